@@ -1,0 +1,195 @@
+"""Domain values of the Flowstate core: states, statuses, error codes, flows, history.
+
+Everything here is an immutable value (frozen dataclasses, str enums). The storage layer maps
+rows to these values, the servicer maps protobuf messages to them; the rules that change them
+live in the sibling modules. Standard library only.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class PhaseState(str, enum.Enum):
+    """State of one phase. Values are the seed guide's lowercase strings."""
+
+    NOT_STARTED = "not_started"
+    IN_PROGRESS = "in_progress"
+    WAITING_VALIDATION = "waiting_validation"
+    WAITING_APPROVAL = "waiting_approval"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRY_NEEDED = "retry_needed"
+    ROLLED_BACK = "rolled_back"
+
+
+class FlowStatus(str, enum.Enum):
+    """Overall status of a flow, derived from its phases (DESIGN.md section 2)."""
+
+    INITIALIZED = "initialized"
+    ACTIVE = "active"
+    DATA_GATHERING = "data_gathering"
+    DISCOVERY = "discovery"
+    ASSESSMENT_READY = "assessment_ready"
+    PLANNING = "planning"
+    WAITING_APPROVAL = "waiting_approval"
+    RETRY_PENDING = "retry_pending"
+    ERROR_RECOVERY = "error_recovery"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+
+
+class ErrorCode(str, enum.Enum):
+    """Every error code of DESIGN.md: refusals (section 4) and phase failure codes (section 2)."""
+
+    # Refusals of a request.
+    INVALID_PHASE = "INVALID_PHASE"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    INVALID_PHASE_TRANSITION = "INVALID_PHASE_TRANSITION"
+    INVALID_FLOW_TRANSITION = "INVALID_FLOW_TRANSITION"
+    PHASE_ORDER_VIOLATION = "PHASE_ORDER_VIOLATION"
+    DEPENDENT_PHASES_ACTIVE = "DEPENDENT_PHASES_ACTIVE"
+    FLOW_PAUSED = "FLOW_PAUSED"
+    FLOW_TERMINAL = "FLOW_TERMINAL"
+    MAX_RETRIES_EXCEEDED = "MAX_RETRIES_EXCEEDED"
+    RETRY_NOT_ALLOWED = "RETRY_NOT_ALLOWED"
+    VERSION_CONFLICT = "VERSION_CONFLICT"
+    FLOW_NOT_FOUND = "FLOW_NOT_FOUND"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    TEMPORARY_RESOURCE_UNAVAILABLE = "TEMPORARY_RESOURCE_UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+    # Phase failure codes reported by workers (carried in a phase's error_context).
+    PHASE_EXECUTION_FAILED = "PHASE_EXECUTION_FAILED"
+    AGENT_TIMEOUT = "AGENT_TIMEOUT"
+    EXTERNAL_SERVICE_ERROR = "EXTERNAL_SERVICE_ERROR"
+    DATA_VALIDATION_FAILED = "DATA_VALIDATION_FAILED"
+    INVALID_TRANSITION = "INVALID_TRANSITION"  # the seed guide's name, kept for compatibility
+
+
+RETRYABLE_ERROR_CODES: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.PHASE_EXECUTION_FAILED,
+        ErrorCode.AGENT_TIMEOUT,
+        ErrorCode.EXTERNAL_SERVICE_ERROR,
+        ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE,
+    }
+)
+"""Failure codes after which a phase may be retried; every other code is non-retryable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """The owner of a flow; always taken from the caller's credentials."""
+
+    client_account_id: str
+    engagement_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseError:
+    """A phase failure report, kept as the phase's error context until the phase succeeds."""
+
+    error_code: ErrorCode
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a phase that failed with this error may be retried without admin force."""
+        return self.error_code in RETRYABLE_ERROR_CODES
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """The state of one phase of one flow."""
+
+    name: str
+    state: PhaseState = PhaseState.NOT_STARTED
+    progress: float = 0.0
+    """In-phase progress f in [0, 1] reported by the worker; only counts while IN_PROGRESS."""
+    retry_count: int = 0
+    last_retry_at: datetime | None = None
+    error: PhaseError | None = None
+    state_entered_at: datetime | None = None
+    """When the phase entered its current state (None while NOT_STARTED); gives time-in-state."""
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A whole flow: the value the core decides on and the store persists."""
+
+    flow_id: str
+    tenant: Tenant
+    definition_name: str
+    definition_version: int
+    phases: tuple[Phase, ...]
+    """In definition order."""
+    status: FlowStatus = FlowStatus.INITIALIZED
+    status_before_pause: FlowStatus | None = None
+    progress: float = 0.0
+    version: int = 0
+    """Per-flow sequence: 1 after creation, +1 per change."""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    display_name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def phase(self, name: str) -> Phase:
+        """The phase called `name`; KeyError when the flow has none."""
+        for candidate in self.phases:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)
+
+    @property
+    def phase_states(self) -> dict[str, PhaseState]:
+        """Phase name → state, the shape the seed guide's API works on."""
+        return {p.name: p.state for p in self.phases}
+
+
+class HistoryKind(str, enum.Enum):
+    """What kind of change a history entry records."""
+
+    CREATED = "created"
+    TRANSITION = "transition"
+    PROGRESS = "progress"
+    ROLLBACK = "rollback"
+    CASCADE_ROLLBACK = "cascade_rollback"
+    RETRY = "retry"
+    PAUSE = "pause"
+    RESUME = "resume"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One immutable audit record; exactly one per flow version."""
+
+    flow_version: int
+    kind: HistoryKind
+    status_before: FlowStatus
+    status_after: FlowStatus
+    occurred_at: datetime
+    phase: str | None = None
+    from_state: PhaseState | None = None
+    to_state: PhaseState | None = None
+    reason: str = ""
+    user_id: str = ""
+    request_id: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    error: PhaseError | None = None
+    time_in_state_seconds: float | None = None
+    """How long the phase spent in the state it left (None for flow-level changes)."""
+    progress_after: float = 0.0
+    cause: str = ""
+    """For cascade steps: the phase whose rollback invalidated this one."""
