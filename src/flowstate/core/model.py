@@ -72,6 +72,9 @@ class ErrorCode(str, enum.Enum):
     EXTERNAL_SERVICE_ERROR = "EXTERNAL_SERVICE_ERROR"
     DATA_VALIDATION_FAILED = "DATA_VALIDATION_FAILED"
     INVALID_TRANSITION = "INVALID_TRANSITION"  # the seed guide's name, kept for compatibility
+    # Ends of a status stream.
+    SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
+    SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
 
 
 RETRYABLE_ERROR_CODES: frozenset[ErrorCode] = frozenset(
