@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 
-class PhaseState(str, enum.Enum):
+class PhaseState(enum.StrEnum):
     """State of one phase. Values are the seed guide's lowercase strings."""
 
     NOT_STARTED = "not_started"
@@ -27,7 +27,7 @@ class PhaseState(str, enum.Enum):
     ROLLED_BACK = "rolled_back"
 
 
-class FlowStatus(str, enum.Enum):
+class FlowStatus(enum.StrEnum):
     """Overall status of a flow, derived from its phases (DESIGN.md section 2)."""
 
     INITIALIZED = "initialized"
@@ -45,7 +45,7 @@ class FlowStatus(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     """Every error code of DESIGN.md: refusals (section 4) and phase failure codes (section 2)."""
 
     # Refusals of a request.
@@ -160,7 +160,7 @@ class Flow:
         return {p.name: p.state for p in self.phases}
 
 
-class HistoryKind(str, enum.Enum):
+class HistoryKind(enum.StrEnum):
     """What kind of change a history entry records."""
 
     CREATED = "created"
@@ -196,3 +196,5 @@ class HistoryEntry:
     progress_after: float = 0.0
     cause: str = ""
     """For cascade steps: the phase whose rollback invalidated this one."""
+    phase_progress: float | None = None
+    """For PROGRESS entries: the in-phase progress f the worker reported (None otherwise)."""

@@ -1,0 +1,334 @@
+"""Flow definitions: the phases of a flow, their dependencies, weights, retry limits, groups.
+
+A definition is data. The core never names a phase in code; everything phase-specific comes from
+a `FlowDefinition`, so tenant-specific and versioned definitions (with parallel branches) drop in
+by building another value, e.g. with `definition_from_dict` from JSON kept in the database.
+
+Every `FlowDefinition` is checked by `validate_definition` when it is constructed, so an invalid
+definition cannot exist. The rules (each failure raises `DefinitionError` naming the culprit):
+
+- a name, a version ≥ 1 and at least one phase;
+- phase names non-empty and unique;
+- every dependency names a known phase, a phase does not depend on itself or twice on the same
+  phase, and the dependencies are acyclic;
+- every dependency is listed *before* its dependent: definition order is a topological order,
+  which is what "the furthest phase" (status rule 8) and "downstream in definition order" mean;
+- weights and max_retries are non-negative integers and the weights sum to 100;
+- a status group, when given, is one of `GROUP_STATUSES` (ACTIVE, DATA_GATHERING, ...);
+- every phase can reach every phase state: the phase table reaches every state from NOT_STARTED
+  (checked in `flowstate.core.rules`) and every phase can be started, which the acyclic,
+  known dependencies guarantee.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from flowstate.core.errors import DefinitionError, FlowStateError
+from flowstate.core.model import ErrorCode, FlowStatus, PhaseState
+from flowstate.core.rules import GROUP_STATUSES, reachable_states
+
+__all__ = [
+    "BUILTIN_DEFINITIONS",
+    "DISCOVERY",
+    "DefinitionError",
+    "FlowDefinition",
+    "PhaseDefinition",
+    "definition_from_dict",
+    "definition_to_dict",
+    "validate_definition",
+]
+
+TOTAL_WEIGHT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseDefinition:
+    """One phase of a definition: what it waits for, what it is worth, how often it may retry."""
+
+    name: str
+    depends_on: tuple[str, ...]
+    weight: int
+    max_retries: int
+    status_group: FlowStatus | None
+    display_name: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowDefinition:
+    """A named, versioned list of phases in a topological (definition) order; validated on init."""
+
+    name: str
+    version: int
+    phases: tuple[PhaseDefinition, ...]
+    display_name: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse to exist when invalid."""
+        validate_definition(self)
+
+    @property
+    def phase_names(self) -> tuple[str, ...]:
+        """Phase names in definition order."""
+        return tuple(p.name for p in self.phases)
+
+    def phase(self, name: str) -> PhaseDefinition:
+        """The phase called `name`; FlowStateError INVALID_PHASE when there is none."""
+        for candidate in self.phases:
+            if candidate.name == name:
+                return candidate
+        raise FlowStateError(
+            ErrorCode.INVALID_PHASE,
+            f"Unknown phase {name!r} in flow definition {self.name!r}",
+            phase=name,
+            valid_phases=list(self.phase_names),
+        )
+
+    def has_phase(self, name: str) -> bool:
+        """Whether the definition has a phase called `name`."""
+        return name in self.phase_names
+
+    def index(self, name: str) -> int:
+        """Position of phase `name` in definition order (INVALID_PHASE when unknown)."""
+        self.phase(name)
+        return self.phase_names.index(name)
+
+    def dependencies(self, name: str) -> tuple[str, ...]:
+        """Direct dependencies of phase `name`."""
+        return self.phase(name).depends_on
+
+    def dependents(self, name: str) -> tuple[str, ...]:
+        """Every phase downstream of `name` (transitively), in definition order."""
+        self.phase(name)
+        downstream = {name}
+        # Definition order is topological, so one forward pass collects the whole closure.
+        for candidate in self.phases:
+            if downstream.intersection(candidate.depends_on):
+                downstream.add(candidate.name)
+        return tuple(n for n in self.phase_names if n in downstream and n != name)
+
+    @property
+    def weights(self) -> Mapping[str, int]:
+        """Phase name → weight."""
+        return MappingProxyType({p.name: p.weight for p in self.phases})
+
+
+def validate_definition(definition: FlowDefinition) -> None:
+    """Raise DefinitionError when `definition` breaks a structural rule (see module docstring)."""
+    label = f"flow definition {definition.name!r} v{definition.version}"
+    if not isinstance(definition.name, str) or not definition.name:
+        raise DefinitionError("flow definition name must be a non-empty string")
+    if not _is_int(definition.version) or definition.version < 1:
+        raise DefinitionError(f"{label}: version must be an integer >= 1")
+    if not definition.phases:
+        raise DefinitionError(f"{label}: has no phases")
+    _check_phase_fields(label, definition.phases)
+    _check_dependencies(label, definition.phases)
+    total = sum(p.weight for p in definition.phases)
+    if total != TOTAL_WEIGHT:
+        raise DefinitionError(f"{label}: phase weights sum to {total}, not {TOTAL_WEIGHT}")
+    # A structural guard: the phase table itself must let every phase reach every state.
+    unreachable = set(PhaseState) - reachable_states()
+    if unreachable:
+        raise DefinitionError(f"{label}: phase states unreachable: {sorted(unreachable)}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_phase_fields(label: str, phases: tuple[PhaseDefinition, ...]) -> None:
+    seen: set[str] = set()
+    for phase in phases:
+        if not isinstance(phase.name, str) or not phase.name:
+            raise DefinitionError(f"{label}: a phase name must be a non-empty string")
+        if phase.name in seen:
+            raise DefinitionError(f"{label}: duplicate phase name {phase.name!r}")
+        seen.add(phase.name)
+        if not _is_int(phase.weight) or phase.weight < 0:
+            raise DefinitionError(
+                f"{label}: phase {phase.name!r} weight must be a non-negative integer, "
+                f"got {phase.weight!r}"
+            )
+        if not _is_int(phase.max_retries) or phase.max_retries < 0:
+            raise DefinitionError(
+                f"{label}: phase {phase.name!r} max_retries must be a non-negative integer, "
+                f"got {phase.max_retries!r}"
+            )
+        if phase.status_group is not None and phase.status_group not in GROUP_STATUSES:
+            allowed = sorted(s.value for s in GROUP_STATUSES)
+            raise DefinitionError(
+                f"{label}: phase {phase.name!r} status group {phase.status_group!r} "
+                f"is not one of {allowed}"
+            )
+
+
+def _check_dependencies(label: str, phases: tuple[PhaseDefinition, ...]) -> None:
+    names = {p.name for p in phases}
+    for phase in phases:
+        if not isinstance(phase.depends_on, tuple):
+            raise DefinitionError(f"{label}: phase {phase.name!r} depends_on must be a tuple")
+        unknown = [d for d in phase.depends_on if d not in names]
+        if unknown:
+            raise DefinitionError(
+                f"{label}: phase {phase.name!r} depends on unknown phase(s) {unknown}"
+            )
+        if phase.name in phase.depends_on:
+            raise DefinitionError(f"{label}: phase {phase.name!r} depends on itself")
+        if len(set(phase.depends_on)) != len(phase.depends_on):
+            raise DefinitionError(f"{label}: phase {phase.name!r} lists a dependency twice")
+    cycle = _find_cycle({p.name: p.depends_on for p in phases})
+    if cycle:
+        raise DefinitionError(f"{label}: dependency cycle {' -> '.join(cycle)}")
+    position = {p.name: i for i, p in enumerate(phases)}
+    for phase in phases:
+        for dependency in phase.depends_on:
+            if position[dependency] > position[phase.name]:
+                raise DefinitionError(
+                    f"{label}: phase {phase.name!r} is listed before its dependency "
+                    f"{dependency!r}; list phases in dependency order"
+                )
+
+
+def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """A dependency cycle as a path that starts and ends on the same phase; [] when acyclic."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> Iterator[list[str]]:
+        if node in path:
+            yield [*path[path.index(node) :], node]
+            return
+        if node in done:
+            return
+        for dependency in graph[node]:
+            yield from visit(dependency, [*path, node])
+        done.add(node)
+
+    for start in graph:
+        for cycle in visit(start, []):
+            return cycle
+    return []
+
+
+def definition_to_dict(definition: FlowDefinition) -> dict[str, Any]:
+    """A plain JSON-able dict of `definition` (the inverse of `definition_from_dict`)."""
+    return {
+        "name": definition.name,
+        "version": definition.version,
+        "display_name": definition.display_name,
+        "description": definition.description,
+        "phases": [
+            {
+                "name": p.name,
+                "depends_on": list(p.depends_on),
+                "weight": p.weight,
+                "max_retries": p.max_retries,
+                "status_group": p.status_group.value if p.status_group else None,
+                "display_name": p.display_name,
+                "description": p.description,
+            }
+            for p in definition.phases
+        ],
+    }
+
+
+def definition_from_dict(data: Mapping[str, Any]) -> FlowDefinition:
+    """Build and validate a definition from `definition_to_dict`'s shape; DefinitionError if bad."""
+    try:
+        phases = tuple(_phase_from_dict(p) for p in data["phases"])
+        return FlowDefinition(
+            name=data["name"],
+            version=data["version"],
+            phases=phases,
+            display_name=data.get("display_name", ""),
+            description=data.get("description", ""),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DefinitionError(f"malformed flow definition: {exc!r}") from exc
+
+
+def _phase_from_dict(data: Mapping[str, Any]) -> PhaseDefinition:
+    group = data.get("status_group")
+    try:
+        status_group = FlowStatus(group) if group is not None else None
+    except ValueError as exc:
+        raise DefinitionError(
+            f"phase {data.get('name')!r}: unknown status group {group!r}"
+        ) from exc
+    depends_on = data.get("depends_on", [])
+    if isinstance(depends_on, str):
+        raise DefinitionError(f"phase {data.get('name')!r}: depends_on must be a list")
+    return PhaseDefinition(
+        name=data["name"],
+        depends_on=tuple(depends_on),
+        weight=data["weight"],
+        max_retries=data["max_retries"],
+        status_group=status_group,
+        display_name=data.get("display_name", ""),
+        description=data.get("description", ""),
+    )
+
+
+DISCOVERY = FlowDefinition(
+    name="discovery",
+    version=1,
+    display_name="Discovery",
+    description="Discovery flow of a migration assessment: import, map, cleanse, inventory, "
+    "analyse dependencies.",
+    phases=(
+        PhaseDefinition(
+            name="data_import",
+            depends_on=(),
+            weight=20,
+            max_retries=3,
+            status_group=FlowStatus.DATA_GATHERING,
+            display_name="Data import",
+            description="Import the raw inventory data.",
+        ),
+        PhaseDefinition(
+            name="field_mapping",
+            depends_on=("data_import",),
+            weight=20,
+            max_retries=3,
+            status_group=FlowStatus.DISCOVERY,
+            display_name="Field mapping",
+            description="Map imported fields onto the asset model.",
+        ),
+        PhaseDefinition(
+            name="data_cleansing",
+            depends_on=("field_mapping",),
+            weight=20,
+            max_retries=2,
+            status_group=FlowStatus.DISCOVERY,
+            display_name="Data cleansing",
+            description="Normalise and deduplicate the mapped data.",
+        ),
+        PhaseDefinition(
+            name="asset_inventory",
+            depends_on=("data_cleansing",),
+            weight=20,
+            max_retries=3,
+            status_group=FlowStatus.ASSESSMENT_READY,
+            display_name="Asset inventory",
+            description="Build the inventory of assets.",
+        ),
+        PhaseDefinition(
+            name="dependency_analysis",
+            depends_on=("asset_inventory",),
+            weight=20,
+            max_retries=2,
+            status_group=FlowStatus.PLANNING,
+            display_name="Dependency analysis",
+            description="Analyse dependencies between assets.",
+        ),
+    ),
+)
+"""The built-in discovery flow (DESIGN.md section 2)."""
+
+BUILTIN_DEFINITIONS: Mapping[str, FlowDefinition] = MappingProxyType({DISCOVERY.name: DISCOVERY})
+"""Built-in definitions by name."""
