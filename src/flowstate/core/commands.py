@@ -1,20 +1,87 @@
 """The pure command layer: decide what a command does to a flow, or refuse it.
 
-(Work in progress: signatures first so storage and server can code against them.)
+`create_flow` builds a new flow; `apply_command(flow, definition, command, ctx)` returns a
+`Decision` (the new flow and the history entries to append) or raises `FlowStateError`;
+`validate_command` is the same decision as a dry run that returns the refusal instead. Nothing
+here reads a clock or performs I/O: time and identity come in through `Context`.
+
+Each change appends exactly one `HistoryEntry`, numbered flow.version + 1, + 2, ... (a cascade
+rollback is one entry per phase). The returned flow has the new phases, the status derived by
+`determine_flow_status` after each step, `calculate_progress`, the last version and
+`updated_at = ctx.now`.
+
+Decisions DESIGN.md leaves open, fixed here:
+
+- **Check order** for a phase command: unknown phase (INVALID_PHASE) → terminal flow
+  (FLOW_TERMINAL) → phase table (INVALID_PHASE_TRANSITION, with `valid_transitions`) → request
+  payload (MALFORMED_REQUEST) → retry gate (MAX_RETRIES_EXCEEDED, then RETRY_NOT_ALLOWED) →
+  dependencies (PHASE_ORDER_VIOLATION) → pause (FLOW_PAUSED). Permanent reasons come before
+  transient ones, so the first refusal is the one worth acting on.
+- **Phase errors.** A `TransitionPhase` into FAILED or RETRY_NEEDED must carry `error`, except
+  when the phase leaves FAILED or RETRY_NEEDED (it already carries one, which is kept unless a new
+  one is given). An `error` on any other transition is MALFORMED_REQUEST. The error stays on the
+  phase until it reaches COMPLETED.
+- **Starting** means entering IN_PROGRESS from any state (first start, retry, restart after a
+  rollback, changes requested after WAITING_APPROVAL): each needs every dependency COMPLETED and
+  a flow that is not PAUSED.
+- **Retry gate.** FAILED → RETRY_NEEDED and RETRY_NEEDED → IN_PROGRESS are retry steps whichever
+  command asks for them (`Retry` or `TransitionPhase`), so limits cannot be bypassed: refused with
+  MAX_RETRIES_EXCEEDED once `retry_count >= max_retries`, and with RETRY_NOT_ALLOWED when the
+  phase error is non-retryable, unless `Retry(force=True)` comes from an admin (`ctx.is_admin`).
+  Force does not lift the retry limit: past it, roll back and restart. Only RETRY_NEEDED →
+  IN_PROGRESS counts an attempt (`retry_count + 1`, `last_retry_at = now`). A missing error counts
+  as retryable. `retry_count` is never reset (it is an audit figure); restarting a ROLLED_BACK
+  phase is not a retry.
+- **Rollback.** `TransitionPhase(..., ROLLED_BACK)` is a rollback with cascade. Cascade steps move
+  downstream phases to ROLLED_BACK from whatever state they are in (an invalidation, outside the
+  phase table); phases still NOT_STARTED or already ROLLED_BACK are left alone. Rolled-back
+  phases keep their error context (they did not succeed).
+- **Progress reports.** Only while IN_PROGRESS, f a finite number in [0, 1]; f may go down (a
+  worker may restart a sub-step). A report equal to the phase's current in-phase progress is a
+  no-op: the flow comes back unchanged with no entries and no new version. Every state change
+  resets the in-phase progress to 0.
+- **Timestamps.** `state_entered_at` is set on every state change; `started_at` when the phase
+  last entered IN_PROGRESS; `completed_at` while COMPLETED only.
+- **Pause.** Only starts are refused on a PAUSED flow: outcomes, progress, rollbacks and the
+  FAILED → RETRY_NEEDED retry step still apply. While paused, `status_before_pause` follows the
+  phases (it holds the status the flow would have if it were not paused), so resume goes straight
+  to the derived status. Cancel clears it.
+- **Flow commands** are checked against the flow table: pause/cancel of a terminal flow, pause
+  of a paused flow and resume of a flow that is not paused are INVALID_FLOW_TRANSITION.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, assert_never
 
-from flowstate.core.definitions import FlowDefinition
+from flowstate.core.definitions import FlowDefinition, PhaseDefinition
 from flowstate.core.derivation import calculate_progress, determine_flow_status
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import Flow, FlowStatus, HistoryEntry, PhaseError, PhaseState, Tenant
+from flowstate.core.model import (
+    ErrorCode,
+    Flow,
+    FlowStatus,
+    HistoryEntry,
+    HistoryKind,
+    Phase,
+    PhaseError,
+    PhaseState,
+    Tenant,
+)
+from flowstate.core.rules import (
+    ERROR_STATES,
+    TERMINAL_STATUSES,
+    RecoveryAction,
+    flow_transition_allowed,
+    phase_transition_allowed,
+    valid_flow_targets,
+    valid_phase_targets,
+)
 
 __all__ = [
     "CancelFlow",
@@ -132,25 +199,510 @@ def create_flow(
     labels: Mapping[str, str] = _EMPTY,
 ) -> Decision:
     """A new flow (version 1, INITIALIZED, every phase NOT_STARTED) and its CREATED entry."""
-    raise NotImplementedError
+    if not flow_id:
+        raise FlowStateError(
+            ErrorCode.MALFORMED_REQUEST, "flow_id must not be empty", field="flow_id"
+        )
+    flow = Flow(
+        flow_id=flow_id,
+        tenant=tenant,
+        definition_name=definition.name,
+        definition_version=definition.version,
+        phases=tuple(Phase(name=name) for name in definition.phase_names),
+        status=FlowStatus.INITIALIZED,
+        progress=0.0,
+        version=1,
+        created_at=ctx.now,
+        updated_at=ctx.now,
+        display_name=display_name,
+        labels=dict(labels),
+    )
+    entry = HistoryEntry(
+        flow_version=1,
+        kind=HistoryKind.CREATED,
+        status_before=FlowStatus.INITIALIZED,
+        status_after=FlowStatus.INITIALIZED,
+        occurred_at=ctx.now,
+        user_id=ctx.user_id,
+        request_id=ctx.request_id,
+        metadata={"definition": definition.name, "definition_version": definition.version},
+    )
+    return Decision(flow=flow, entries=(entry,))
 
 
 def apply_command(
     flow: Flow, definition: FlowDefinition, command: Command, ctx: Context
 ) -> Decision:
-    """Decide `command` on `flow`; raise FlowStateError when it is refused."""
-    raise NotImplementedError
+    """Decide `command` on `flow`; raise FlowStateError when it is refused.
+
+    Raises ValueError (a bug, not a refusal) when `definition` is not the flow's definition.
+    """
+    _check_definition(flow, definition)
+    builder = _Builder(flow, definition, ctx)
+    match command:
+        case TransitionPhase():
+            _transition_phase(builder, command)
+        case UpdatePhaseProgress():
+            _update_progress(builder, command)
+        case Rollback():
+            _rollback(builder, command.phase, command.cascade, command.reason, _EMPTY)
+        case Retry():
+            _retry(builder, command)
+        case PauseFlow():
+            _pause(builder, command)
+        case ResumeFlow():
+            _resume(builder, command)
+        case CancelFlow():
+            _cancel(builder, command)
+        case _:
+            assert_never(command)
+    return builder.decision()
 
 
 def validate_command(
     flow: Flow, definition: FlowDefinition, command: Command, ctx: Context
 ) -> FlowStateError | None:
     """Dry run of `apply_command`: the refusal it would raise, or None when it would apply."""
-    raise NotImplementedError
+    try:
+        apply_command(flow, definition, command, ctx)
+    except FlowStateError as refusal:
+        return refusal
+    return None
 
 
 def validate_flow_status_transition(
     current: FlowStatus, target: FlowStatus
 ) -> FlowStateError | None:
     """INVALID_FLOW_TRANSITION when the flow table does not allow `current` → `target`."""
-    raise NotImplementedError
+    if flow_transition_allowed(current, target):
+        return None
+    targets = valid_flow_targets(current)
+    why = " (it is terminal)" if current in TERMINAL_STATUSES else ""
+    return FlowStateError(
+        ErrorCode.INVALID_FLOW_TRANSITION,
+        f"Cannot transition flow from '{current.value}' to '{target.value}'{why}",
+        from_status=current,
+        to_status=target,
+        valid_transitions=[s for s in FlowStatus if s in targets],
+    )
+
+
+class _Builder:
+    """Accumulates the steps of one decision: each step is a new flow value plus its entry."""
+
+    def __init__(self, flow: Flow, definition: FlowDefinition, ctx: Context) -> None:
+        self.flow = flow
+        self.definition = definition
+        self.ctx = ctx
+        self.entries: list[HistoryEntry] = []
+
+    def change_phase(
+        self,
+        new_phase: Phase,
+        *,
+        kind: HistoryKind,
+        reason: str,
+        metadata: Mapping[str, Any] = _EMPTY,
+        cause: str = "",
+        phase_progress: float | None = None,
+    ) -> None:
+        """Replace one phase, re-derive status and progress, and record the step."""
+        old_phase = self.flow.phase(new_phase.name)
+        phases = tuple(new_phase if p.name == new_phase.name else p for p in self.flow.phases)
+        status, before_pause = self._derive_status(phases)
+        new_flow = replace(
+            self.flow,
+            phases=phases,
+            status=status,
+            status_before_pause=before_pause,
+            progress=calculate_progress(self.definition, phases),
+        )
+        self._record(
+            new_flow,
+            kind=kind,
+            reason=reason,
+            metadata=metadata,
+            phase=new_phase.name,
+            from_state=old_phase.state,
+            to_state=new_phase.state,
+            error=new_phase.error,
+            time_in_state_seconds=_seconds_between(old_phase.state_entered_at, self.ctx.now),
+            cause=cause,
+            phase_progress=phase_progress,
+        )
+
+    def change_status(
+        self, status: FlowStatus, before_pause: FlowStatus | None, kind: HistoryKind, reason: str
+    ) -> None:
+        """Change the flow status directly (pause, resume, cancel) and record the step."""
+        new_flow = replace(self.flow, status=status, status_before_pause=before_pause)
+        self._record(new_flow, kind=kind, reason=reason)
+
+    def decision(self) -> Decision:
+        """The flow after every step, and the steps' entries."""
+        return Decision(flow=self.flow, entries=tuple(self.entries))
+
+    def _derive_status(self, phases: tuple[Phase, ...]) -> tuple[FlowStatus, FlowStatus | None]:
+        if self.flow.status is FlowStatus.PAUSED:
+            # The flow stays PAUSED; what it resumes to follows the phases meanwhile.
+            resume_to = self.flow.status_before_pause or FlowStatus.INITIALIZED
+            return FlowStatus.PAUSED, determine_flow_status(self.definition, phases, resume_to)
+        return determine_flow_status(self.definition, phases, self.flow.status), None
+
+    def _record(self, new_flow: Flow, *, kind: HistoryKind, reason: str, **fields: Any) -> None:
+        version = self.flow.version + 1
+        new_flow = replace(new_flow, version=version, updated_at=self.ctx.now)
+        entry = HistoryEntry(
+            flow_version=version,
+            kind=kind,
+            status_before=self.flow.status,
+            status_after=new_flow.status,
+            occurred_at=self.ctx.now,
+            reason=reason,
+            user_id=self.ctx.user_id,
+            request_id=self.ctx.request_id,
+            progress_after=new_flow.progress,
+            **fields,
+        )
+        self.flow = new_flow
+        self.entries.append(entry)
+
+
+def _check_definition(flow: Flow, definition: FlowDefinition) -> None:
+    same = (
+        flow.definition_name == definition.name
+        and flow.definition_version == definition.version
+        and tuple(p.name for p in flow.phases) == definition.phase_names
+    )
+    if not same:
+        raise ValueError(
+            f"flow {flow.flow_id!r} follows {flow.definition_name!r} v{flow.definition_version}, "
+            f"not {definition.name!r} v{definition.version}"
+        )
+
+
+def _seconds_between(start: datetime | None, end: datetime) -> float | None:
+    if start is None:
+        return None
+    try:
+        return (end - start).total_seconds()
+    except TypeError:  # naive vs aware datetimes: unknown rather than a crash
+        return None
+
+
+def _moved(phase: Phase, target: PhaseState, now: datetime, error: PhaseError | None) -> Phase:
+    """`phase` after a state change at `now`, carrying `error` (cleared on COMPLETED)."""
+    return replace(
+        phase,
+        state=target,
+        progress=0.0,
+        state_entered_at=now,
+        started_at=now if target is PhaseState.IN_PROGRESS else phase.started_at,
+        completed_at=now if target is PhaseState.COMPLETED else None,
+        error=None if target is PhaseState.COMPLETED else error,
+    )
+
+
+def _counted_attempt(phase: Phase, now: datetime) -> Phase:
+    return replace(phase, retry_count=phase.retry_count + 1, last_retry_at=now)
+
+
+def _is_retry_step(current: PhaseState, target: PhaseState) -> bool:
+    return (current, target) in {
+        (PhaseState.FAILED, PhaseState.RETRY_NEEDED),
+        (PhaseState.RETRY_NEEDED, PhaseState.IN_PROGRESS),
+    }
+
+
+# --- checks (each raises the refusal) -----------------------------------------------------
+
+
+def _ensure_not_terminal(flow: Flow, phase: str) -> None:
+    if flow.status in TERMINAL_STATUSES:
+        raise FlowStateError(
+            ErrorCode.FLOW_TERMINAL,
+            f"Flow is {flow.status.value}: phase '{phase}' can no longer change",
+            phase=phase,
+            flow_status=flow.status,
+        )
+
+
+def _ensure_in_table(phase: Phase, target: PhaseState) -> None:
+    if phase_transition_allowed(phase.state, target):
+        return
+    targets = valid_phase_targets(phase.state)
+    raise FlowStateError(
+        ErrorCode.INVALID_PHASE_TRANSITION,
+        f"Cannot transition phase '{phase.name}' from '{phase.state.value}' to '{target.value}'",
+        phase=phase.name,
+        from_state=phase.state,
+        to_state=target,
+        valid_transitions=[s for s in PhaseState if s in targets],
+    )
+
+
+def _ensure_can_start(builder: _Builder, phase: Phase) -> None:
+    """Entering IN_PROGRESS: every dependency COMPLETED, and the flow not PAUSED."""
+    flow, definition = builder.flow, builder.definition
+    blocking = [
+        name
+        for name in definition.dependencies(phase.name)
+        if flow.phase(name).state is not PhaseState.COMPLETED
+    ]
+    if blocking:
+        raise FlowStateError(
+            ErrorCode.PHASE_ORDER_VIOLATION,
+            f"Phase '{phase.name}' cannot start before {', '.join(repr(b) for b in blocking)} "
+            "completed",
+            phase=phase.name,
+            from_state=phase.state,
+            to_state=PhaseState.IN_PROGRESS,
+            blocking_phases=blocking,
+        )
+    if flow.status is FlowStatus.PAUSED:
+        raise FlowStateError(
+            ErrorCode.FLOW_PAUSED,
+            f"Flow is paused: phase '{phase.name}' cannot start until it is resumed",
+            phase=phase.name,
+            from_state=phase.state,
+            to_state=PhaseState.IN_PROGRESS,
+            recovery=[RecoveryAction.RESUME],
+        )
+
+
+def _ensure_retry_allowed(
+    definition: PhaseDefinition, phase: Phase, force: bool, ctx: Context
+) -> bool:
+    """Apply the retry gate; True when an admin force lifted a non-retryable error."""
+    remaining = max(definition.max_retries - phase.retry_count, 0)
+    if remaining == 0:
+        raise FlowStateError(
+            ErrorCode.MAX_RETRIES_EXCEEDED,
+            f"Phase '{phase.name}' has used all {definition.max_retries} retries",
+            phase=phase.name,
+            retry_count=phase.retry_count,
+            max_retries=definition.max_retries,
+            attempts_remaining=0,
+            recovery=_recovery_without_retry(phase.state, can_force=False),
+        )
+    if phase.error is None or phase.error.retryable:
+        return False
+    if force and ctx.is_admin:
+        return True
+    needs = "admin force" if not force else "an admin (force was asked by a non-admin)"
+    raise FlowStateError(
+        ErrorCode.RETRY_NOT_ALLOWED,
+        f"Phase '{phase.name}' failed with non-retryable {phase.error.error_code.value}; "
+        f"retrying it needs {needs}",
+        phase=phase.name,
+        error_code=phase.error.error_code,
+        attempts_remaining=remaining,
+        recovery=_recovery_without_retry(phase.state, can_force=True),
+    )
+
+
+def _recovery_without_retry(state: PhaseState, *, can_force: bool) -> list[RecoveryAction]:
+    """What is left for a phase whose retry was refused (see `flowstate.core.recovery`)."""
+    forced = [RecoveryAction.FORCE_RETRY] if can_force else []
+    if state is PhaseState.RETRY_NEEDED:
+        return [*forced, RecoveryAction.ABANDON, RecoveryAction.CANCEL]
+    return [*forced, RecoveryAction.ROLLBACK, RecoveryAction.CANCEL]
+
+
+def _failure_error(phase: Phase, command: TransitionPhase) -> PhaseError | None:
+    """The error the phase carries after `command`; MALFORMED_REQUEST when it is wrong."""
+    target = command.target_state
+    if target not in ERROR_STATES:
+        if command.error is not None:
+            raise FlowStateError(
+                ErrorCode.MALFORMED_REQUEST,
+                f"An error may only be reported with a transition to FAILED or RETRY_NEEDED, "
+                f"not to '{target.value}'",
+                field="error",
+                phase=phase.name,
+                to_state=target,
+            )
+        return phase.error
+    if command.error is None and phase.state not in ERROR_STATES:
+        raise FlowStateError(
+            ErrorCode.MALFORMED_REQUEST,
+            f"A transition of phase '{phase.name}' to '{target.value}' must report the error",
+            field="error",
+            phase=phase.name,
+            to_state=target,
+        )
+    return command.error or phase.error
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
+    definition = builder.definition.phase(command.phase)
+    _ensure_not_terminal(builder.flow, command.phase)
+    phase = builder.flow.phase(command.phase)
+    target = command.target_state
+    _ensure_in_table(phase, target)
+    if target is PhaseState.ROLLED_BACK:
+        _rollback(builder, phase.name, True, command.reason, command.metadata, command.error)
+        return
+    error = _failure_error(phase, command)
+    counted = _is_retry_step(phase.state, target)
+    if counted:
+        _ensure_retry_allowed(definition, phase, False, builder.ctx)
+    if target is PhaseState.IN_PROGRESS:
+        _ensure_can_start(builder, phase)
+    new_phase = _moved(phase, target, builder.ctx.now, error)
+    if counted and target is PhaseState.IN_PROGRESS:
+        new_phase = _counted_attempt(new_phase, builder.ctx.now)
+    builder.change_phase(
+        new_phase, kind=HistoryKind.TRANSITION, reason=command.reason, metadata=command.metadata
+    )
+
+
+def _update_progress(builder: _Builder, command: UpdatePhaseProgress) -> None:
+    builder.definition.phase(command.phase)
+    _ensure_not_terminal(builder.flow, command.phase)
+    phase = builder.flow.phase(command.phase)
+    fraction = command.progress
+    valid_number = isinstance(fraction, int | float) and not isinstance(fraction, bool)
+    if not valid_number or not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
+        raise FlowStateError(
+            ErrorCode.MALFORMED_REQUEST,
+            f"In-phase progress must be a number in [0, 1], got {fraction!r}",
+            field="progress",
+            phase=phase.name,
+        )
+    if phase.state is not PhaseState.IN_PROGRESS:
+        raise FlowStateError(
+            ErrorCode.INVALID_PHASE_TRANSITION,
+            f"Progress can only be reported while phase '{phase.name}' is in_progress; "
+            f"it is '{phase.state.value}'",
+            phase=phase.name,
+            from_state=phase.state,
+            to_state=phase.state,
+            valid_transitions=[s for s in PhaseState if s in valid_phase_targets(phase.state)],
+        )
+    if float(fraction) == phase.progress:
+        return  # a repeated report changes nothing, so it records nothing
+    builder.change_phase(
+        replace(phase, progress=float(fraction)),
+        kind=HistoryKind.PROGRESS,
+        reason=command.reason,
+        metadata=command.metadata,
+        phase_progress=float(fraction),
+    )
+
+
+def _rollback(
+    builder: _Builder,
+    name: str,
+    cascade: bool,
+    reason: str,
+    metadata: Mapping[str, Any],
+    error: PhaseError | None = None,
+) -> None:
+    definition = builder.definition
+    definition.phase(name)
+    _ensure_not_terminal(builder.flow, name)
+    phase = builder.flow.phase(name)
+    _ensure_in_table(phase, PhaseState.ROLLED_BACK)
+    if error is not None:
+        raise FlowStateError(
+            ErrorCode.MALFORMED_REQUEST,
+            "An error may only be reported with a transition to FAILED or RETRY_NEEDED",
+            field="error",
+            phase=name,
+            to_state=PhaseState.ROLLED_BACK,
+        )
+    untouched = {PhaseState.NOT_STARTED, PhaseState.ROLLED_BACK}
+    active = [
+        d for d in definition.dependents(name) if builder.flow.phase(d).state not in untouched
+    ]
+    if active and not cascade:
+        raise FlowStateError(
+            ErrorCode.DEPENDENT_PHASES_ACTIVE,
+            f"Cannot roll back phase '{name}' without cascade: downstream phase(s) "
+            f"{', '.join(repr(d) for d in active)} have started",
+            phase=name,
+            dependent_phases=active,
+            recovery=[RecoveryAction.ROLLBACK, RecoveryAction.CANCEL],
+        )
+    now = builder.ctx.now
+    builder.change_phase(
+        _moved(phase, PhaseState.ROLLED_BACK, now, phase.error),
+        kind=HistoryKind.ROLLBACK,
+        reason=reason,
+        metadata=metadata,
+    )
+    for dependent in active:
+        current = builder.flow.phase(dependent)
+        builder.change_phase(
+            _moved(current, PhaseState.ROLLED_BACK, now, current.error),
+            kind=HistoryKind.CASCADE_ROLLBACK,
+            reason=reason,
+            cause=name,
+        )
+
+
+def _retry(builder: _Builder, command: Retry) -> None:
+    definition = builder.definition.phase(command.phase)
+    _ensure_not_terminal(builder.flow, command.phase)
+    phase = builder.flow.phase(command.phase)
+    if phase.state is PhaseState.FAILED:
+        target = PhaseState.RETRY_NEEDED
+    elif phase.state is PhaseState.RETRY_NEEDED:
+        target = PhaseState.IN_PROGRESS
+    else:
+        raise FlowStateError(
+            ErrorCode.INVALID_PHASE_TRANSITION,
+            f"Only a failed or retry_needed phase can be retried; phase '{phase.name}' is "
+            f"'{phase.state.value}'",
+            phase=phase.name,
+            from_state=phase.state,
+            valid_transitions=[s for s in PhaseState if s in valid_phase_targets(phase.state)],
+        )
+    forced = _ensure_retry_allowed(definition, phase, command.force, builder.ctx)
+    if target is PhaseState.IN_PROGRESS:
+        _ensure_can_start(builder, phase)
+    new_phase = _moved(phase, target, builder.ctx.now, phase.error)
+    if target is PhaseState.IN_PROGRESS:
+        new_phase = _counted_attempt(new_phase, builder.ctx.now)
+    builder.change_phase(
+        new_phase,
+        kind=HistoryKind.RETRY,
+        reason=command.reason,
+        metadata={"forced": True} if forced else _EMPTY,
+    )
+
+
+def _pause(builder: _Builder, command: PauseFlow) -> None:
+    status = builder.flow.status
+    refusal = validate_flow_status_transition(status, FlowStatus.PAUSED)
+    if refusal is not None:
+        raise refusal
+    builder.change_status(FlowStatus.PAUSED, status, HistoryKind.PAUSE, command.reason)
+
+
+def _resume(builder: _Builder, command: ResumeFlow) -> None:
+    flow = builder.flow
+    if flow.status is not FlowStatus.PAUSED:
+        raise FlowStateError(
+            ErrorCode.INVALID_FLOW_TRANSITION,
+            f"Only a paused flow can be resumed; the flow is '{flow.status.value}'",
+            from_status=flow.status,
+            valid_transitions=[s for s in FlowStatus if s in valid_flow_targets(flow.status)],
+        )
+    resume_to = flow.status_before_pause or FlowStatus.INITIALIZED
+    target = determine_flow_status(builder.definition, flow.phases, resume_to)
+    refusal = validate_flow_status_transition(flow.status, target)
+    if refusal is not None:
+        raise refusal
+    builder.change_status(target, None, HistoryKind.RESUME, command.reason)
+
+
+def _cancel(builder: _Builder, command: CancelFlow) -> None:
+    refusal = validate_flow_status_transition(builder.flow.status, FlowStatus.CANCELLED)
+    if refusal is not None:
+        raise refusal
+    builder.change_status(FlowStatus.CANCELLED, None, HistoryKind.CANCEL, command.reason)

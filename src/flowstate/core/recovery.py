@@ -5,26 +5,14 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from flowstate.core.commands import Command
 from flowstate.core.definitions import FlowDefinition
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, PhaseState
+from flowstate.core.rules import RecoveryAction
 
 __all__ = ["RecoveryAction", "RecoveryOption", "get_recovery_options"]
-
-
-class RecoveryAction(enum.StrEnum):
-    """A kind of recovery step."""
-
-    RESUME = "resume"
-    RETRY = "retry"
-    FORCE_RETRY = "force_retry"
-    RESTART = "restart"
-    ROLLBACK = "rollback"
-    ABANDON = "abandon"
-    CANCEL = "cancel"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ reachable from NOT_STARTED, and nothing leaves a terminal flow status.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 
 from flowstate.core.model import FlowStatus, PhaseState
@@ -35,6 +36,7 @@ __all__ = [
     "PHASE_PROGRESS_FACTORS",
     "PHASE_TRANSITIONS",
     "TERMINAL_STATUSES",
+    "RecoveryAction",
     "check_tables",
     "flow_transition_allowed",
     "phase_transition_allowed",
@@ -114,6 +116,25 @@ PHASE_PROGRESS_FACTORS: Mapping[PhaseState, float] = {
 
 IN_PHASE_PROGRESS_SPAN = 0.4
 """While IN_PROGRESS the factor is 0.3 + 0.4·f for reported in-phase progress f ∈ [0, 1]."""
+
+
+class RecoveryAction(enum.StrEnum):
+    """A kind of recovery step (`flowstate.core.recovery` builds them; refusals name them)."""
+
+    RESUME = "resume"
+    """Resume a paused flow."""
+    RETRY = "retry"
+    """FAILED → RETRY_NEEDED, or RETRY_NEEDED → IN_PROGRESS (counts one attempt)."""
+    FORCE_RETRY = "force_retry"
+    """An admin retry of a phase whose error is non-retryable."""
+    RESTART = "restart"
+    """Re-run a ROLLED_BACK phase: → IN_PROGRESS (not a retry attempt)."""
+    ROLLBACK = "rollback"
+    """COMPLETED or FAILED → ROLLED_BACK, cascading to active downstream phases."""
+    ABANDON = "abandon"
+    """Give up retrying: RETRY_NEEDED → FAILED (which may then be rolled back)."""
+    CANCEL = "cancel"
+    """Cancel the whole flow."""
 
 
 def valid_phase_targets(state: PhaseState) -> frozenset[PhaseState]:
