@@ -1,0 +1,141 @@
+# Flowstate build entry points. Every target installs what it needs through `setup`, so
+# `make test` and `make serve` work on a fresh machine (Python 3.11, Node 20, Go and the package
+# registries are all it expects). `setup` is stamp-based: repeated runs are quick.
+#
+#   make setup            .venv (server + client, dev tools), TS node_modules, Go plugins, Go modules
+#   make generate         regenerate every client from protos/ (scripts/generate.sh)
+#   make lint             buf lint/format/breaking, ruff, mypy, import-linter, tsc, go vet
+#   make check-generated  regenerate and fail if clients/ changed (generated code is committed)
+#   make test             pytest (tests/, clients/python/tests/), npm test, go test
+#   make serve            run the server (flowstate serve)
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON_BOOTSTRAP ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := $(VENV)/bin/buf
+TOOLS := .tools
+STAMPS := $(TOOLS)/stamps
+export GOBIN := $(CURDIR)/$(TOOLS)/bin
+
+# Go protoc plugins, installed into .tools/bin (gitignored) by `make setup`.
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+
+# buf breaking baseline: .ci/breaking-baseline holds the commit (sha, tag or other git revision) of
+# the last released API. `make lint` checks protos/ against it for breaking changes (FILE rules).
+# It is empty until the API is first released: the check is then skipped with a message. A
+# revision that does not exist is an error, so a typo cannot silently disable the check.
+BREAKING_BASELINE_FILE := .ci/breaking-baseline
+
+# Python test directories that exist (an empty tests/ is not tracked by git).
+PYTEST_PATHS := $(wildcard tests clients/python/tests)
+
+.PHONY: help setup generate lint check-generated test serve clean-tools
+
+help:
+	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
+
+# --- setup -------------------------------------------------------------------------------------
+
+setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/protoc-gen-go@$(PROTOC_GEN_GO_VERSION) \
+	$(STAMPS)/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION) $(STAMPS)/go-mod
+
+$(STAMPS):
+	@mkdir -p $@
+
+$(VENV)/bin/python:
+	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
+
+$(STAMPS)/venv: pyproject.toml clients/python/pyproject.toml | $(VENV)/bin/python $(STAMPS)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e clients/python -e '.[dev]'
+	@touch $@
+
+$(STAMPS)/npm: clients/typescript/package.json clients/typescript/package-lock.json | $(STAMPS)
+	cd clients/typescript && npm ci --no-audit --no-fund
+	@touch $@
+
+$(STAMPS)/protoc-gen-go@$(PROTOC_GEN_GO_VERSION): | $(STAMPS)
+	go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@rm -f $(STAMPS)/protoc-gen-go@*
+	@touch $@
+
+$(STAMPS)/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION): | $(STAMPS)
+	go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	@rm -f $(STAMPS)/protoc-gen-go-grpc@*
+	@touch $@
+
+$(STAMPS)/go-mod: clients/go/go.mod clients/go/go.sum | $(STAMPS)
+	cd clients/go && go mod download
+	@touch $@
+
+clean-tools:
+	rm -rf $(TOOLS)
+
+# --- generate ----------------------------------------------------------------------------------
+
+generate: setup
+	scripts/generate.sh
+
+check-generated: generate
+	@changes="$$(git status --porcelain --untracked-files=all -- clients/)"; \
+	if [[ -n "$$changes" ]]; then \
+	  echo "check-generated: the generated clients are out of date with protos/ (or clients/ has"; \
+	  echo "uncommitted changes). Run 'make generate' and commit the result. Changes:"; \
+	  echo "$$changes"; \
+	  git --no-pager diff --stat -- clients/; \
+	  git --no-pager diff -- clients/; \
+	  exit 1; \
+	fi; \
+	echo "check-generated: clients/ is up to date with protos/"
+
+# --- lint --------------------------------------------------------------------------------------
+
+lint: setup
+	$(BUF) lint
+	$(BUF) format --exit-code -d
+	@$(MAKE) breaking
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	cd clients/typescript && node_modules/.bin/tsc --noEmit
+	cd clients/go && go vet ./...
+
+.PHONY: breaking
+breaking:
+	@baseline="$$(sed -e 's/#.*//' $(BREAKING_BASELINE_FILE) 2>/dev/null | tr -d '[:space:]' || true)"; \
+	if [[ -z "$$baseline" ]]; then \
+	  echo "buf breaking: skipped ($(BREAKING_BASELINE_FILE) is empty or absent: no released API yet)"; \
+	  exit 0; \
+	fi; \
+	if ! sha="$$(git rev-parse --verify --quiet "$$baseline^{commit}")"; then \
+	  echo "buf breaking: $(BREAKING_BASELINE_FILE) names '$$baseline', which is not a commit of this" \
+	    "clone (shallow clone? run 'git fetch --unshallow')" >&2; \
+	  exit 1; \
+	fi; \
+	echo "buf breaking: protos/ against $$baseline ($$sha)"; \
+	$(BUF) breaking protos --against ".git#ref=$$sha,subdir=protos"
+
+# --- test --------------------------------------------------------------------------------------
+
+# Runs every suite even if one fails, then fails if any did. pytest's exit code 5 (no tests
+# collected) is a failure like any other non-zero code.
+test: setup
+	@status=0; \
+	echo "== pytest $(PYTEST_PATHS)"; \
+	$(VENV)/bin/pytest $(PYTEST_PATHS) || { echo "pytest failed (exit $$?)"; status=1; }; \
+	echo "== npm test (clients/typescript)"; \
+	(cd clients/typescript && npm test) || { echo "npm test failed"; status=1; }; \
+	echo "== go test (clients/go)"; \
+	(cd clients/go && go test ./...) || { echo "go test failed"; status=1; }; \
+	exit $$status
+
+# --- run ---------------------------------------------------------------------------------------
+
+serve: setup
+	$(VENV)/bin/flowstate serve
