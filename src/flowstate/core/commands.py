@@ -96,10 +96,12 @@ __all__ = [
     "UpdatePhaseProgress",
     "apply_command",
     "calculate_progress",
+    "check_phase_order",
     "create_flow",
     "determine_flow_status",
     "validate_command",
     "validate_flow_status_transition",
+    "validate_phase_transition",
 ]
 
 
@@ -287,6 +289,53 @@ def validate_flow_status_transition(
     )
 
 
+def validate_phase_transition(
+    phase: str, current: PhaseState, target: PhaseState
+) -> FlowStateError | None:
+    """INVALID_PHASE_TRANSITION (with `valid_transitions`) when the phase table refuses the move."""
+    if phase_transition_allowed(current, target):
+        return None
+    targets = valid_phase_targets(current)
+    return FlowStateError(
+        ErrorCode.INVALID_PHASE_TRANSITION,
+        f"Cannot transition phase '{phase}' from '{current.value}' to '{target.value}'",
+        phase=phase,
+        from_state=current,
+        to_state=target,
+        valid_transitions=[s for s in PhaseState if s in targets],
+    )
+
+
+def check_phase_order(
+    definition: FlowDefinition,
+    phase_states: Mapping[str, PhaseState],
+    phase: str,
+    target: PhaseState,
+) -> FlowStateError | None:
+    """PHASE_ORDER_VIOLATION naming the blocking phases when `phase` may not enter `target`.
+
+    Only entering IN_PROGRESS is ordered: it needs every dependency COMPLETED. Phases missing
+    from `phase_states` count as NOT_STARTED.
+    """
+    if target is not PhaseState.IN_PROGRESS:
+        return None
+    blocking = [
+        name
+        for name in definition.dependencies(phase)
+        if phase_states.get(name, PhaseState.NOT_STARTED) is not PhaseState.COMPLETED
+    ]
+    if not blocking:
+        return None
+    return FlowStateError(
+        ErrorCode.PHASE_ORDER_VIOLATION,
+        f"Phase '{phase}' cannot start before {', '.join(repr(b) for b in blocking)} completed",
+        phase=phase,
+        from_state=phase_states.get(phase, PhaseState.NOT_STARTED),
+        to_state=target,
+        blocking_phases=blocking,
+    )
+
+
 class _Builder:
     """Accumulates the steps of one decision: each step is a new flow value plus its entry."""
 
@@ -428,37 +477,19 @@ def _ensure_not_terminal(flow: Flow, phase: str) -> None:
 
 
 def _ensure_in_table(phase: Phase, target: PhaseState) -> None:
-    if phase_transition_allowed(phase.state, target):
-        return
-    targets = valid_phase_targets(phase.state)
-    raise FlowStateError(
-        ErrorCode.INVALID_PHASE_TRANSITION,
-        f"Cannot transition phase '{phase.name}' from '{phase.state.value}' to '{target.value}'",
-        phase=phase.name,
-        from_state=phase.state,
-        to_state=target,
-        valid_transitions=[s for s in PhaseState if s in targets],
-    )
+    refusal = validate_phase_transition(phase.name, phase.state, target)
+    if refusal is not None:
+        raise refusal
 
 
 def _ensure_can_start(builder: _Builder, phase: Phase) -> None:
     """Entering IN_PROGRESS: every dependency COMPLETED, and the flow not PAUSED."""
-    flow, definition = builder.flow, builder.definition
-    blocking = [
-        name
-        for name in definition.dependencies(phase.name)
-        if flow.phase(name).state is not PhaseState.COMPLETED
-    ]
-    if blocking:
-        raise FlowStateError(
-            ErrorCode.PHASE_ORDER_VIOLATION,
-            f"Phase '{phase.name}' cannot start before {', '.join(repr(b) for b in blocking)} "
-            "completed",
-            phase=phase.name,
-            from_state=phase.state,
-            to_state=PhaseState.IN_PROGRESS,
-            blocking_phases=blocking,
-        )
+    flow = builder.flow
+    refusal = check_phase_order(
+        builder.definition, flow.phase_states, phase.name, PhaseState.IN_PROGRESS
+    )
+    if refusal is not None:
+        raise refusal
     if flow.status is FlowStatus.PAUSED:
         raise FlowStateError(
             ErrorCode.FLOW_PAUSED,
