@@ -95,16 +95,21 @@ check-generated: generate
 
 # --- lint --------------------------------------------------------------------------------------
 
+# Runs every check even if one fails (so one report shows every problem), then fails if any did.
 lint: setup
-	$(BUF) lint
-	$(BUF) format --exit-code -d
-	@$(MAKE) breaking
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
-	cd clients/typescript && node_modules/.bin/tsc --noEmit
-	cd clients/go && go vet ./...
+	@failed=(); \
+	check() { echo "+ $$*"; "$$@" || failed+=("$$*"); }; \
+	check $(BUF) lint; \
+	check $(BUF) format --exit-code -d; \
+	check $(MAKE) breaking; \
+	check $(VENV)/bin/ruff check .; \
+	check $(VENV)/bin/ruff format --check .; \
+	check $(VENV)/bin/mypy; \
+	check $(VENV)/bin/lint-imports; \
+	check bash -c 'cd clients/typescript && node_modules/.bin/tsc --noEmit'; \
+	check bash -c 'cd clients/go && go vet ./...'; \
+	if (($${#failed[@]})); then printf 'lint failed: %s\n' "$${failed[@]}" >&2; exit 1; fi; \
+	echo "lint: all checks passed"
 
 .PHONY: breaking
 breaking:
