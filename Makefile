@@ -14,7 +14,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
 
-PYTHON_BOOTSTRAP ?= python3.11
+# The interpreter that creates .venv (the project targets Python 3.11).
+PYTHON_BOOTSTRAP ?= $(or $(shell command -v python3.11),python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := $(VENV)/bin/buf
