@@ -82,14 +82,18 @@ clean-tools:
 generate: setup
 	scripts/generate.sh
 
+# The generated paths (hand-written SDK code beside them is not checked here).
+GENERATED_PATHS := clients/python/src/flowstate/v1 clients/typescript/src/gen clients/go/gen \
+	clients/go/go.mod clients/go/go.sum
+
 check-generated: generate
-	@changes="$$(git status --porcelain --untracked-files=all -- clients/)"; \
+	@changes="$$(git status --porcelain --untracked-files=all -- $(GENERATED_PATHS))"; \
 	if [[ -n "$$changes" ]]; then \
 	  echo "check-generated: the generated clients are out of date with protos/ (or clients/ has"; \
 	  echo "uncommitted changes). Run 'make generate' and commit the result. Changes:"; \
 	  echo "$$changes"; \
-	  git --no-pager diff --stat -- clients/; \
-	  git --no-pager diff -- clients/; \
+	  git --no-pager diff --stat -- $(GENERATED_PATHS); \
+	  git --no-pager diff -- $(GENERATED_PATHS); \
 	  exit 1; \
 	fi; \
 	echo "check-generated: clients/ is up to date with protos/"
