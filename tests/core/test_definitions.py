@@ -1,0 +1,168 @@
+"""Flow definitions: the built-in discovery data, helpers, validation, dict round trip."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from flowstate.core import (
+    BUILTIN_DEFINITIONS,
+    DISCOVERY,
+    DefinitionError,
+    ErrorCode,
+    FlowDefinition,
+    FlowStateError,
+    FlowStatus,
+    PhaseDefinition,
+    definition_from_dict,
+    definition_to_dict,
+)
+
+from .support import BRANCHY
+
+
+def _phase(
+    name: str, depends_on: tuple[str, ...] = (), weight: int = 50, max_retries: int = 1
+) -> PhaseDefinition:
+    return PhaseDefinition(name, depends_on, weight, max_retries, None)
+
+
+def test_discovery_is_the_design_table() -> None:
+    rows = [
+        (p.name, p.depends_on, p.weight, p.max_retries, p.status_group) for p in DISCOVERY.phases
+    ]
+    assert rows == [
+        ("data_import", (), 20, 3, FlowStatus.DATA_GATHERING),
+        ("field_mapping", ("data_import",), 20, 3, FlowStatus.DISCOVERY),
+        ("data_cleansing", ("field_mapping",), 20, 2, FlowStatus.DISCOVERY),
+        ("asset_inventory", ("data_cleansing",), 20, 3, FlowStatus.ASSESSMENT_READY),
+        ("dependency_analysis", ("asset_inventory",), 20, 2, FlowStatus.PLANNING),
+    ]
+    assert (DISCOVERY.name, DISCOVERY.version) == ("discovery", 1)
+    assert BUILTIN_DEFINITIONS == {"discovery": DISCOVERY}
+
+
+def test_helpers() -> None:
+    assert DISCOVERY.phase_names[0] == "data_import"
+    assert DISCOVERY.phase("data_cleansing").max_retries == 2
+    assert DISCOVERY.dependencies("field_mapping") == ("data_import",)
+    assert DISCOVERY.dependents("data_cleansing") == ("asset_inventory", "dependency_analysis")
+    assert DISCOVERY.dependents("dependency_analysis") == ()
+    assert DISCOVERY.index("asset_inventory") == 3
+    assert dict(DISCOVERY.weights) == dict.fromkeys(DISCOVERY.phase_names, 20)
+
+
+def test_dependents_follow_parallel_branches_in_definition_order() -> None:
+    assert BRANCHY.dependents("extract") == ("left", "right", "merge")
+    assert BRANCHY.dependents("right") == ("merge",)
+
+
+def test_unknown_phase_is_invalid_phase() -> None:
+    with pytest.raises(FlowStateError) as raised:
+        DISCOVERY.phase("data_export")
+    assert raised.value.code is ErrorCode.INVALID_PHASE
+    assert raised.value.details["phase"] == "data_export"
+    assert "data_import" in raised.value.details["valid_phases"]
+    with pytest.raises(FlowStateError):
+        DISCOVERY.dependents("data_export")
+
+
+@pytest.mark.parametrize(
+    ("phases", "message"),
+    [
+        ((_phase("a"), _phase("a")), "duplicate phase name 'a'"),
+        ((_phase("a"), _phase("b", ("ghost",))), "depends on unknown phase(s) ['ghost']"),
+        ((_phase("a", ("b",)), _phase("b", ("a",))), "dependency cycle a -> b -> a"),
+        ((_phase("a", ("a",)), _phase("b")), "depends on itself"),
+        ((_phase("a"), _phase("b", ("a", "a"))), "lists a dependency twice"),
+        ((_phase("b", ("a",)), _phase("a")), "listed before its dependency 'a'"),
+        ((_phase("a", weight=50), _phase("b", weight=40)), "weights sum to 90, not 100"),
+        ((_phase("a", weight=150), _phase("b", weight=-50)), "weight must be a non-negative"),
+        ((_phase("a", max_retries=-1), _phase("b")), "max_retries must be a non-negative"),
+        ((), "has no phases"),
+        ((_phase(""), _phase("b")), "phase name must be a non-empty string"),
+    ],
+    ids=[
+        "duplicate-name",
+        "unknown-dependency",
+        "cycle",
+        "self-dependency",
+        "repeated-dependency",
+        "dependency-listed-later",
+        "weights-not-100",
+        "negative-weight",
+        "negative-max-retries",
+        "no-phases",
+        "empty-name",
+    ],
+)
+def test_invalid_definitions_are_refused(phases: tuple[PhaseDefinition, ...], message: str) -> None:
+    with pytest.raises(DefinitionError) as raised:
+        FlowDefinition("custom", 1, phases)
+    assert message in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+
+
+def test_longer_cycle_is_named_in_full() -> None:
+    phases = (_phase("a", ("c",), 40), _phase("b", ("a",), 30), _phase("c", ("b",), 30))
+    with pytest.raises(DefinitionError, match="dependency cycle a -> c -> b -> a"):
+        FlowDefinition("custom", 1, phases)
+
+
+def test_status_group_must_be_a_group_status() -> None:
+    phases = (PhaseDefinition("a", (), 100, 1, FlowStatus.COMPLETED),)
+    with pytest.raises(DefinitionError, match="status group"):
+        FlowDefinition("custom", 1, phases)
+
+
+@pytest.mark.parametrize(("name", "version"), [("", 1), ("custom", 0)])
+def test_name_and_version_are_required(name: str, version: int) -> None:
+    with pytest.raises(DefinitionError):
+        FlowDefinition(name, version, (_phase("a", weight=100),))
+
+
+@pytest.mark.parametrize("definition", [DISCOVERY, BRANCHY], ids=["discovery", "branchy"])
+def test_dict_round_trip_through_json(definition: FlowDefinition) -> None:
+    data = json.loads(json.dumps(definition_to_dict(definition)))
+    assert definition_from_dict(data) == definition
+
+
+def test_dict_shape() -> None:
+    data = definition_to_dict(DISCOVERY)
+    assert data["phases"][1] == {
+        "name": "field_mapping",
+        "depends_on": ["data_import"],
+        "weight": 20,
+        "max_retries": 3,
+        "status_group": "discovery",
+        "display_name": "Field mapping",
+        "description": "Map imported fields onto the asset model.",
+    }
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("phases"),
+        lambda d: d["phases"][0].pop("weight"),
+        lambda d: d["phases"][0].update(status_group="nowhere"),
+        lambda d: d["phases"][1].update(depends_on="data_import"),
+        lambda d: d["phases"][0].update(weight="20"),
+        lambda d: d["phases"][0].update(weight=True),
+    ],
+    ids=[
+        "no-phases",
+        "no-weight",
+        "unknown-group",
+        "depends-on-string",
+        "weight-string",
+        "weight-bool",
+    ],
+)
+def test_malformed_dicts_are_definition_errors(mutate: Any) -> None:
+    data = definition_to_dict(DISCOVERY)
+    mutate(data)
+    with pytest.raises(DefinitionError):
+        definition_from_dict(data)
