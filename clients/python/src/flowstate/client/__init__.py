@@ -1,0 +1,134 @@
+"""The Python SDK of Flowstate: async and sync clients, typed results and typed errors.
+
+Quick start (against ``flowstate serve``; mint a token with ``flowstate token``)::
+
+    from flowstate.client import AsyncFlowstateClient, PhaseState
+
+    async with AsyncFlowstateClient(address="127.0.0.1:50051", token=token) as client:
+        flow = (await client.create_flow("discovery")).flow
+        await client.transition_phase(flow.flow_id, "data_import", PhaseState.IN_PROGRESS)
+        async for event in client.watch(flow.flow_id):
+            print(event.flow_version, event.status.name, event.progress)
+
+`FlowstateClient` is the same API without ``await``, for scripts. Results are frozen dataclasses
+(`Flow`, `MutationResult`, ...) keeping the proto as ``.raw``; errors are `FlowstateError`
+subclasses chosen by the server's error code (the tree is in ``flowstate.client._errors``). The
+generated messages and stubs live in ``flowstate.v1``.
+"""
+
+from flowstate.client._async_client import AsyncFlowstateClient
+from flowstate.client._config import DEFAULT_ADDRESS, TokenSource
+from flowstate.client._enums import (
+    ErrorCode,
+    FlowEventKind,
+    FlowStatus,
+    HistoryEventKind,
+    PhaseState,
+    RecoveryAction,
+)
+from flowstate.client._errors import (
+    Aborted,
+    DeadlineExceeded,
+    DependentPhasesActive,
+    FailedPrecondition,
+    FlowNotFound,
+    FlowPaused,
+    FlowstateError,
+    FlowTerminal,
+    InternalError,
+    InvalidArgument,
+    InvalidFlowTransition,
+    InvalidPhase,
+    InvalidPhaseTransition,
+    MalformedRequest,
+    MaxRetriesExceeded,
+    NotFound,
+    PermissionDenied,
+    PhaseOrderViolation,
+    RequestIdReused,
+    ResourceExhausted,
+    RetryNotAllowed,
+    ServerShuttingDown,
+    SubscriberTooSlow,
+    Unauthenticated,
+    Unavailable,
+    VersionConflict,
+)
+from flowstate.client._models import (
+    Flow,
+    FlowDefinition,
+    FlowEvent,
+    FlowPage,
+    HistoryEntry,
+    HistoryPage,
+    MutationResult,
+    Phase,
+    PhaseDefinition,
+    PhaseFailure,
+    RecoveryOption,
+    RecoveryOptions,
+    ValidationResult,
+)
+from flowstate.client._retry import RetryPolicy
+from flowstate.client._sync_client import FlowstateClient
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "Aborted",
+    "AsyncFlowstateClient",
+    "DeadlineExceeded",
+    "DependentPhasesActive",
+    "ErrorCode",
+    "FailedPrecondition",
+    "Flow",
+    "FlowDefinition",
+    "FlowEvent",
+    "FlowEventKind",
+    "FlowNotFound",
+    "FlowPage",
+    "FlowPaused",
+    "FlowStatus",
+    "FlowTerminal",
+    "FlowstateClient",
+    "FlowstateError",
+    "HistoryEntry",
+    "HistoryEventKind",
+    "HistoryPage",
+    "InternalError",
+    "InvalidArgument",
+    "InvalidFlowTransition",
+    "InvalidPhase",
+    "InvalidPhaseTransition",
+    "MalformedRequest",
+    "MaxRetriesExceeded",
+    "MutationResult",
+    "NotFound",
+    "PermissionDenied",
+    "Phase",
+    "PhaseDefinition",
+    "PhaseFailure",
+    "PhaseOrderViolation",
+    "PhaseState",
+    "RecoveryAction",
+    "RecoveryOption",
+    "RecoveryOptions",
+    "RequestIdReused",
+    "ResourceExhausted",
+    "RetryNotAllowed",
+    "RetryPolicy",
+    "ServerShuttingDown",
+    "SubscriberTooSlow",
+    "TokenSource",
+    "Unauthenticated",
+    "Unavailable",
+    "ValidationResult",
+    "VersionConflict",
+]
+
+# Public classes report the public module (as httpx does), so reprs and tracebacks show
+# `flowstate.client.InvalidPhase` rather than a private path.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("flowstate.client._"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,644 @@
+"""`AsyncFlowstateClient`: the asyncio client of the Flowstate API."""
+
+# ruff: noqa: ASYNC109  # `timeout` is each gRPC attempt's deadline, handed to grpc (API parity with the sync client)
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from flowstate.client import _requests
+from flowstate.client._config import DEFAULT_ADDRESS, DEFAULT_WATCH_RETRY, ClientConfig, TokenSource
+from flowstate.client._errors import error_from_rpc_error
+from flowstate.client._models import (
+    Flow,
+    FlowDefinition,
+    FlowEvent,
+    FlowPage,
+    HistoryEntry,
+    HistoryPage,
+    MutationResult,
+    RecoveryOption,
+    RecoveryOptions,
+    ValidationResult,
+)
+from flowstate.client._requests import EnumLike
+from flowstate.client._retry import RetryPolicy, RetryState
+from flowstate.client._watch import FlowsWatch, FlowWatch, is_resumable
+from flowstate.v1 import flow_service_pb2, flow_service_pb2_grpc
+
+__all__ = ["AsyncFlowstateClient"]
+
+_Req = TypeVar("_Req", bound=Message)
+_Resp = TypeVar("_Resp", bound=Message)
+
+
+class AsyncFlowstateClient:
+    """The asyncio client of the Flowstate API: one method per RPC, typed results and errors.
+
+    Every method raises a `FlowstateError` subclass chosen by the server's error code. Calls are
+    retried on UNAVAILABLE under the `retry` policy; mutations carry a generated ``request_id``
+    (unless given one) that every retry reuses, so a change is never applied twice.
+
+    Use it as an async context manager, or call `close` when done::
+
+        async with AsyncFlowstateClient(token=token) as client:
+            created = await client.create_flow("discovery")
+            await client.transition_phase(created.flow.flow_id, "data_import", "IN_PROGRESS")
+
+    The channel is opened on first use, inside the running event loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str = DEFAULT_ADDRESS,
+        token: TokenSource | None = None,
+        secure: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        timeout: float | None = 30.0,
+        retry: RetryPolicy | None = None,
+        watch_retry: RetryPolicy | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Configure the client; nothing is connected yet.
+
+        Args:
+            address: ``host:port`` of the server.
+            token: A bearer JWT, or a callable returning the current one (called per attempt).
+            secure: Use TLS with the system's root certificates (implied by the next three).
+            root_certificates: PEM roots that sign the server's certificate.
+            private_key: PEM client key, for mTLS (with `certificate_chain`).
+            certificate_chain: PEM client certificate chain, for mTLS.
+            timeout: Seconds each unary attempt may take (None: no limit); overridable per call.
+            retry: Retry policy of unary calls (default: `RetryPolicy()`).
+            watch_retry: Reconnection policy of `watch`/`watch_flows` (default: unlimited
+                attempts within 120 s of consecutive failures).
+            channel_options: Extra ``grpc`` channel arguments.
+        """
+        self._config = ClientConfig(
+            address=address,
+            token=token,
+            secure=secure,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            timeout=timeout,
+            retry=retry if retry is not None else RetryPolicy(),
+            watch_retry=watch_retry if watch_retry is not None else DEFAULT_WATCH_RETRY,
+            channel_options=tuple(channel_options),
+        )
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: flow_service_pb2_grpc.FlowStateServiceAsyncStub | None = None
+        self._closed = False
+        #: Seam for tests: how the client waits between attempts.
+        self._sleep: Callable[[float], Any] = asyncio.sleep
+
+    @property
+    def address(self) -> str:
+        """The server address this client talks to."""
+        return self._config.address
+
+    async def __aenter__(self) -> Self:
+        """Return the client itself."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close the client."""
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; open streams end. The client cannot be used afterwards."""
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub = None
+
+    def _service(self) -> flow_service_pb2_grpc.FlowStateServiceAsyncStub:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if self._stub is None:
+            config = self._config
+            credentials = config.channel_credentials()
+            options = list(config.channel_options)
+            if credentials is None:
+                self._channel = grpc.aio.insecure_channel(config.address, options=options)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    config.address, credentials, options=options
+                )
+            self._stub = flow_service_pb2_grpc.FlowStateServiceStub(self._channel)
+        return self._stub
+
+    async def _call(
+        self,
+        method: Callable[
+            [flow_service_pb2_grpc.FlowStateServiceAsyncStub],
+            grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
+        ],
+        request: _Req,
+        timeout: float | None,
+    ) -> _Resp:
+        """Send `request` through the stub method `method` picks, retrying under the policy."""
+        config = self._config
+        state = RetryState(config.retry)
+        call_timeout = config.timeout if timeout is None else timeout
+        while True:
+            state.begin()
+            try:
+                return await method(self._service())(
+                    request,
+                    timeout=state.attempt_timeout(call_timeout),
+                    metadata=config.metadata(),
+                )
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc_error(exc)
+                delay = state.next_delay(error)
+                if delay is None:
+                    raise error from exc
+            await self._sleep(delay)
+
+    # --- flows ---------------------------------------------------------------------------
+
+    async def create_flow(
+        self,
+        definition_name: str = "",
+        *,
+        definition_version: int = 0,
+        flow_id: str | None = None,
+        display_name: str = "",
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Create a flow of a definition ("discovery" when empty), all phases NOT_STARTED.
+
+        Args:
+            definition_name: The definition to follow.
+            definition_version: Its version; the latest when 0.
+            flow_id: A client-chosen UUID; the server picks one when None.
+            display_name: A human-readable name.
+            labels: Free-form labels.
+            request_id: Idempotency key; generated when None.
+            timeout: Seconds per attempt; the client's default when None.
+        """
+        request = _requests.create_flow(
+            definition_name=definition_name,
+            definition_version=definition_version,
+            flow_id=flow_id,
+            display_name=display_name,
+            labels=labels,
+            request_id=request_id,
+        )
+        response = await self._call(lambda s: s.CreateFlow, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def get_flow(self, flow_id: str, *, timeout: float | None = None) -> Flow:
+        """Return one flow (`FlowNotFound` if the caller's tenant has no such flow)."""
+        response = await self._call(lambda s: s.GetFlow, _requests.get_flow(flow_id), timeout)
+        return Flow._from_proto(response.flow)
+
+    async def list_flows(
+        self,
+        *,
+        statuses: Iterable[EnumLike] = (),
+        phase_states: Mapping[str, Iterable[EnumLike] | EnumLike] | None = None,
+        updated_before: datetime | timedelta | None = None,
+        definition_name: str | None = None,
+        page_size: int = 0,
+        page_token: str | None = None,
+        timeout: float | None = None,
+    ) -> FlowPage:
+        """Return one page of the caller's flows, most recently updated first.
+
+        Args:
+            statuses: Only flows in one of these statuses.
+            phase_states: Only flows whose named phases are in one of the given states,
+                e.g. ``{"data_import": ["FAILED", "RETRY_NEEDED"]}``.
+            updated_before: Only flows unchanged since this time; a `timedelta` means
+                "unchanged for that long" (stuck flows).
+            definition_name: Only flows of this definition.
+            page_size: At most this many flows (the server's default when 0).
+            page_token: `FlowPage.next_page_token` of the previous page.
+            timeout: Seconds per attempt; the client's default when None.
+        """
+        request = _requests.list_flows(
+            statuses=statuses,
+            phase_states=phase_states,
+            updated_before=updated_before,
+            definition_name=definition_name,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._call(lambda s: s.ListFlows, request, timeout)
+        return FlowPage._from_proto(response)
+
+    async def iter_flows(
+        self,
+        *,
+        statuses: Iterable[EnumLike] = (),
+        phase_states: Mapping[str, Iterable[EnumLike] | EnumLike] | None = None,
+        updated_before: datetime | timedelta | None = None,
+        definition_name: str | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Flow]:
+        """Yield every matching flow, fetching pages as needed (filters as `list_flows`)."""
+        statuses = tuple(statuses)
+        if isinstance(updated_before, timedelta):
+            # Fixed once, so that every page uses the same cut-off.
+            updated_before = datetime.now().astimezone() - updated_before
+        token: str | None = None
+        while True:
+            page = await self.list_flows(
+                statuses=statuses,
+                phase_states=phase_states,
+                updated_before=updated_before,
+                definition_name=definition_name,
+                page_size=page_size,
+                page_token=token,
+                timeout=timeout,
+            )
+            for flow in page.flows:
+                yield flow
+            token = page.next_page_token
+            if token is None:
+                return
+
+    async def validate_transition(
+        self,
+        *,
+        flow_id: str | None = None,
+        definition_name: str | None = None,
+        phase: str | None = None,
+        from_state: EnumLike | None = None,
+        to_state: EnumLike | None = None,
+        from_status: EnumLike | None = None,
+        to_status: EnumLike | None = None,
+        timeout: float | None = None,
+    ) -> ValidationResult:
+        """Ask whether a transition is legal, without changing anything (a dry run).
+
+        A phase transition needs `phase` and `to_state`; a flow transition `to_status`. With a
+        `flow_id` the flow's actual state is used (and dependencies, pause, retry counters);
+        without one, `from_state`/`from_status` is checked against the definition's tables.
+        A refusal is returned in `ValidationResult.error`, not raised.
+        """
+        request = _requests.validate_transition(
+            flow_id=flow_id,
+            definition_name=definition_name,
+            phase=phase,
+            from_state=from_state,
+            to_state=to_state,
+            from_status=from_status,
+            to_status=to_status,
+        )
+        response = await self._call(lambda s: s.ValidateTransition, request, timeout)
+        return ValidationResult._from_proto(response)
+
+    async def transition_phase(
+        self,
+        flow_id: str,
+        phase: str,
+        target_state: EnumLike,
+        *,
+        reason: str = "",
+        error_code: EnumLike | None = None,
+        error_message: str = "",
+        error_details: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Move a phase to `target_state` (a `PhaseState`, its number or its name).
+
+        A move to FAILED or RETRY_NEEDED carries the failure report: `error_code` (e.g.
+        ``ErrorCode.AGENT_TIMEOUT``), `error_message` and `error_details`.
+
+        Raises:
+            InvalidPhase, InvalidPhaseTransition, PhaseOrderViolation, FlowPaused,
+            FlowTerminal, VersionConflict: see the errors module.
+        """
+        request = _requests.transition_phase(
+            flow_id,
+            phase,
+            target_state,
+            reason=reason,
+            error_code=error_code,
+            error_message=error_message,
+            error_details=error_details,
+            metadata=metadata,
+            request_id=request_id,
+            expected_version=expected_version,
+        )
+        response = await self._call(lambda s: s.TransitionPhase, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def update_phase_progress(
+        self,
+        flow_id: str,
+        phase: str,
+        progress: float,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Report in-phase progress `progress` in [0, 1] for a phase that is IN_PROGRESS."""
+        request = _requests.update_phase_progress(
+            flow_id,
+            phase,
+            progress,
+            reason=reason,
+            metadata=metadata,
+            request_id=request_id,
+            expected_version=expected_version,
+        )
+        response = await self._call(lambda s: s.UpdatePhaseProgress, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def rollback(
+        self,
+        flow_id: str,
+        phase: str,
+        *,
+        cascade: bool = True,
+        reason: str = "",
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Roll a COMPLETED or FAILED phase back, with its started dependents unless `cascade`
+        is False (then active dependents raise `DependentPhasesActive`)."""
+        request = _requests.rollback(
+            flow_id,
+            phase,
+            cascade=cascade,
+            reason=reason,
+            request_id=request_id,
+            expected_version=expected_version,
+        )
+        response = await self._call(lambda s: s.Rollback, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def retry(
+        self,
+        flow_id: str,
+        phase: str,
+        *,
+        force: bool = False,
+        reason: str = "",
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Retry a phase: FAILED → RETRY_NEEDED, RETRY_NEEDED → IN_PROGRESS (one attempt).
+
+        `force` retries a non-retryable failure (needs the ``flows:admin`` scope).
+
+        Raises:
+            MaxRetriesExceeded, RetryNotAllowed: with the `recovery` that remains.
+        """
+        request = _requests.retry(
+            flow_id,
+            phase,
+            force=force,
+            reason=reason,
+            request_id=request_id,
+            expected_version=expected_version,
+        )
+        response = await self._call(lambda s: s.Retry, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def get_recovery_options(
+        self, flow_id: str, *, timeout: float | None = None
+    ) -> RecoveryOptions:
+        """Return the recovery actions for the flow's current state, most useful first."""
+        request = flow_service_pb2.GetRecoveryOptionsRequest(flow_id=flow_id)
+        response = await self._call(lambda s: s.GetRecoveryOptions, request, timeout)
+        return RecoveryOptions._from_proto(response)
+
+    async def execute_recovery(
+        self,
+        option: RecoveryOption,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Send the request a `RecoveryOption` carries (with a fresh ``request_id``)."""
+        if option.request is None:
+            raise ValueError(f"recovery option {option.action.name} carries no request")
+        request = _requests.with_request_id(option.request, request_id)
+        response: Any
+        match request:
+            case flow_service_pb2.RetryRequest():
+                response = await self._call(lambda s: s.Retry, request, timeout)
+            case flow_service_pb2.RollbackRequest():
+                response = await self._call(lambda s: s.Rollback, request, timeout)
+            case flow_service_pb2.TransitionPhaseRequest():
+                response = await self._call(lambda s: s.TransitionPhase, request, timeout)
+            case flow_service_pb2.ResumeFlowRequest():
+                response = await self._call(lambda s: s.ResumeFlow, request, timeout)
+            case flow_service_pb2.CancelFlowRequest():
+                response = await self._call(lambda s: s.CancelFlow, request, timeout)
+            case flow_service_pb2.PauseFlowRequest():
+                response = await self._call(lambda s: s.PauseFlow, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def pause_flow(
+        self,
+        flow_id: str,
+        *,
+        reason: str = "",
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Pause a non-terminal flow: no phase may start until it is resumed."""
+        request = _requests.pause_flow(
+            flow_id, reason=reason, request_id=request_id, expected_version=expected_version
+        )
+        response = await self._call(lambda s: s.PauseFlow, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def resume_flow(
+        self,
+        flow_id: str,
+        *,
+        reason: str = "",
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Resume a paused flow to the status derived from its phases."""
+        request = _requests.resume_flow(
+            flow_id, reason=reason, request_id=request_id, expected_version=expected_version
+        )
+        response = await self._call(lambda s: s.ResumeFlow, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def cancel_flow(
+        self,
+        flow_id: str,
+        *,
+        reason: str = "",
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Cancel a non-terminal flow; CANCELLED is terminal."""
+        request = _requests.cancel_flow(
+            flow_id, reason=reason, request_id=request_id, expected_version=expected_version
+        )
+        response = await self._call(lambda s: s.CancelFlow, request, timeout)
+        return MutationResult._from_proto(response)
+
+    async def list_flow_history(
+        self,
+        flow_id: str,
+        *,
+        after_version: int = 0,
+        page_size: int = 0,
+        page_token: str | None = None,
+        timeout: float | None = None,
+    ) -> HistoryPage:
+        """Return one page of a flow's history, in version order, after `after_version`."""
+        request = _requests.list_flow_history(
+            flow_id, after_version=after_version, page_size=page_size, page_token=page_token
+        )
+        response = await self._call(lambda s: s.ListFlowHistory, request, timeout)
+        return HistoryPage._from_proto(response)
+
+    async def iter_flow_history(
+        self,
+        flow_id: str,
+        *,
+        after_version: int = 0,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[HistoryEntry]:
+        """Yield every history entry of a flow after `after_version`, fetching pages as needed."""
+        token: str | None = None
+        while True:
+            page = await self.list_flow_history(
+                flow_id,
+                after_version=after_version,
+                page_size=page_size,
+                page_token=token,
+                timeout=timeout,
+            )
+            for entry in page.history_entries:
+                yield entry
+            token = page.next_page_token
+            if token is None:
+                return
+
+    async def get_flow_definition(
+        self, name: str = "discovery", *, version: int = 0, timeout: float | None = None
+    ) -> FlowDefinition:
+        """Return a flow definition (the latest version when `version` is 0)."""
+        request = flow_service_pb2.GetFlowDefinitionRequest(name=name, version=version)
+        response = await self._call(lambda s: s.GetFlowDefinition, request, timeout)
+        return FlowDefinition._from_proto(response.definition)
+
+    # --- streams -------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        flow_id: str,
+        *,
+        after_version: int | None = None,
+        keep_open: bool = False,
+        include_heartbeats: bool = False,
+    ) -> AsyncIterator[FlowEvent]:
+        """Yield a flow's events: a snapshot (or the changes after `after_version`), then each
+        change as it commits, in version order.
+
+        Disconnects, server restarts, SERVER_SHUTTING_DOWN and SUBSCRIBER_TOO_SLOW are handled
+        by reconnecting from the last version seen, with backoff (`watch_retry`); no event is
+        yielded twice and none is missed. The iteration ends after the terminal event unless
+        `keep_open`. Heartbeats are yielded only with `include_heartbeats`.
+        """
+        position = FlowWatch(
+            flow_id,
+            after_version=after_version,
+            keep_open=keep_open,
+            include_heartbeats=include_heartbeats,
+        )
+        async for event in self._stream(lambda s: s.WatchFlow, position):
+            yield event
+
+    async def watch_flows(
+        self,
+        *,
+        statuses: Iterable[EnumLike] = (),
+        definition_name: str | None = None,
+        flow_ids: Iterable[str] = (),
+        cursor: str | None = None,
+        include_heartbeats: bool = False,
+    ) -> AsyncIterator[FlowEvent]:
+        """Yield the events of every matching flow of the caller's tenant, resuming as `watch`.
+
+        Each event carries a `FlowEvent.cursor`; pass the last one as `cursor` to resume later
+        (None: start with a snapshot of every matching flow).
+        """
+        position = FlowsWatch(
+            statuses=tuple(statuses),
+            definition_name=definition_name,
+            flow_ids=tuple(flow_ids),
+            cursor=cursor,
+            include_heartbeats=include_heartbeats,
+        )
+        async for event in self._stream(lambda s: s.WatchFlows, position):
+            yield event
+
+    async def _stream(
+        self,
+        method: Callable[[flow_service_pb2_grpc.FlowStateServiceAsyncStub], Any],
+        position: FlowWatch | FlowsWatch,
+    ) -> AsyncIterator[FlowEvent]:
+        state = RetryState(self._config.watch_retry)
+        while True:
+            state.begin()
+            call = method(self._service())(position.request(), metadata=self._config.metadata())
+            try:
+                async for response in call:
+                    state.reset()
+                    event = position.accept(response)
+                    if event is not None:
+                        yield event
+                    if position.done:
+                        return
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc_error(exc)
+                delay = state.next_delay(error, retryable=is_resumable(error))
+                if delay is None:
+                    raise error from exc
+                await self._sleep(delay)
+                continue
+            finally:
+                call.cancel()
+            if position.ended_for_good():
+                return
+            delay = state.next_backoff()
+            if delay is None:
+                return
+            await self._sleep(delay)

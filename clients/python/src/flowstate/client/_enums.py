@@ -1,0 +1,185 @@
+"""Python enums mirroring the ``flowstate.v1`` proto enums, without the value prefix.
+
+Each enum is an `enum.IntEnum` whose values are the proto numbers, so a member can be passed
+wherever a proto enum value is expected and compared with one (``PhaseState.IN_PROGRESS ==
+states_pb2.PHASE_STATE_IN_PROGRESS``). A number the SDK does not know (a newer server) becomes a
+pseudo-member named ``UNKNOWN_<n>`` instead of failing, so old clients keep reading new flows.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Self
+
+__all__ = [
+    "ErrorCode",
+    "FlowEventKind",
+    "FlowStatus",
+    "HistoryEventKind",
+    "PhaseState",
+    "RecoveryAction",
+]
+
+
+class _ProtoEnum(enum.IntEnum):
+    """Base of the proto mirrors: unknown numbers become ``UNKNOWN_<n>`` pseudo-members."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            member = int.__new__(cls, value)
+            member._name_ = f"UNKNOWN_{value}"
+            member._value_ = value
+            return member
+        return None
+
+    @classmethod
+    def proto_prefix(cls) -> str:
+        """The prefix of this enum's values in the proto (``PHASE_STATE_`` for `PhaseState`)."""
+        return _PREFIXES[cls.__name__]
+
+    @classmethod
+    def parse(cls, value: int | str) -> Self:
+        """A member from a member, a proto number or a name.
+
+        Names are case-insensitive and may carry the proto prefix: ``"in_progress"``,
+        ``"IN_PROGRESS"`` and ``"PHASE_STATE_IN_PROGRESS"`` all give ``PhaseState.IN_PROGRESS``.
+
+        Raises:
+            ValueError: `value` names no member.
+            TypeError: `value` is neither an int nor a str.
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise TypeError(f"{cls.__name__} expects an int or a str, got {value!r}")
+        if isinstance(value, int):
+            return cls(value)
+        name = value.strip().upper().replace("-", "_")
+        prefix = cls.proto_prefix()
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+        try:
+            return cls[name]
+        except KeyError:
+            known = ", ".join(m.name for m in cls if m.value != 0)
+            message = f"unknown {cls.__name__} {value!r} (expected one of: {known})"
+            raise ValueError(message) from None
+
+    @property
+    def proto_name(self) -> str:
+        """The value's name in the proto, e.g. ``PHASE_STATE_IN_PROGRESS``."""
+        return self.proto_prefix() + self.name
+
+
+class PhaseState(_ProtoEnum):
+    """The state of one phase of a flow (``flowstate.v1.PhaseState``)."""
+
+    UNSPECIFIED = 0
+    NOT_STARTED = 1
+    IN_PROGRESS = 2
+    WAITING_VALIDATION = 3
+    WAITING_APPROVAL = 4
+    COMPLETED = 5
+    FAILED = 6
+    RETRY_NEEDED = 7
+    ROLLED_BACK = 8
+
+
+class FlowStatus(_ProtoEnum):
+    """The overall status of a flow, derived from its phases (``flowstate.v1.FlowStatus``)."""
+
+    UNSPECIFIED = 0
+    INITIALIZED = 1
+    ACTIVE = 2
+    DATA_GATHERING = 3
+    DISCOVERY = 4
+    ASSESSMENT_READY = 5
+    PLANNING = 6
+    WAITING_APPROVAL = 7
+    RETRY_PENDING = 8
+    ERROR_RECOVERY = 9
+    COMPLETED = 10
+    FAILED = 11
+    PAUSED = 12
+    CANCELLED = 13
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether nothing can change a flow in this status (COMPLETED, CANCELLED)."""
+        return self in (FlowStatus.COMPLETED, FlowStatus.CANCELLED)
+
+
+class ErrorCode(_ProtoEnum):
+    """Every Flowstate error code: request refusals and phase failure codes."""
+
+    UNSPECIFIED = 0
+    INVALID_PHASE = 1
+    MALFORMED_REQUEST = 2
+    INVALID_PHASE_TRANSITION = 3
+    INVALID_FLOW_TRANSITION = 4
+    PHASE_ORDER_VIOLATION = 5
+    DEPENDENT_PHASES_ACTIVE = 6
+    FLOW_PAUSED = 7
+    FLOW_TERMINAL = 8
+    MAX_RETRIES_EXCEEDED = 9
+    RETRY_NOT_ALLOWED = 10
+    VERSION_CONFLICT = 11
+    FLOW_NOT_FOUND = 12
+    REQUEST_ID_REUSED = 13
+    UNAUTHENTICATED = 14
+    PERMISSION_DENIED = 15
+    TEMPORARY_RESOURCE_UNAVAILABLE = 16
+    INTERNAL = 17
+    PHASE_EXECUTION_FAILED = 18
+    AGENT_TIMEOUT = 19
+    EXTERNAL_SERVICE_ERROR = 20
+    DATA_VALIDATION_FAILED = 21
+    INVALID_TRANSITION = 22
+    SUBSCRIBER_TOO_SLOW = 23
+    SERVER_SHUTTING_DOWN = 24
+
+
+class HistoryEventKind(_ProtoEnum):
+    """What kind of change a history entry records (``flowstate.v1.HistoryEventKind``)."""
+
+    UNSPECIFIED = 0
+    CREATED = 1
+    TRANSITION = 2
+    PROGRESS = 3
+    ROLLBACK = 4
+    CASCADE_ROLLBACK = 5
+    RETRY = 6
+    PAUSE = 7
+    RESUME = 8
+    CANCEL = 9
+
+
+class RecoveryAction(_ProtoEnum):
+    """A recovery action offered by ``GetRecoveryOptions`` (``flowstate.v1.RecoveryAction``)."""
+
+    UNSPECIFIED = 0
+    RETRY = 1
+    FORCE_RETRY = 2
+    ROLLBACK = 3
+    RESTART = 4
+    RESUME = 5
+    CANCEL = 6
+    ABANDON = 7
+
+
+class FlowEventKind(enum.StrEnum):
+    """What a status-stream event carries (the ``kind`` oneof of ``flowstate.v1.FlowEvent``)."""
+
+    SNAPSHOT = "snapshot"
+    CHANGE = "change"
+    HEARTBEAT = "heartbeat"
+
+
+_PREFIXES = {
+    "PhaseState": "PHASE_STATE_",
+    "FlowStatus": "FLOW_STATUS_",
+    "ErrorCode": "ERROR_CODE_",
+    "HistoryEventKind": "HISTORY_EVENT_KIND_",
+    "RecoveryAction": "RECOVERY_ACTION_",
+}

@@ -1,0 +1,135 @@
+"""Bookkeeping of resumable status streams, shared by the async and the sync client.
+
+A stream is resumed after UNAVAILABLE (a dropped connection, a restarting server, a server
+shutting down) and after SUBSCRIBER_TOO_SLOW by opening it again from the last position seen:
+``after_version`` = the last flow version for `watch`, the last cursor for `watch_flows`. The
+server replays what happened in between from history, so nothing is missed; events at or below a
+version already delivered are dropped here, so nothing is delivered twice.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from flowstate.client import _requests
+from flowstate.client._enums import ErrorCode, FlowEventKind, FlowStatus
+from flowstate.client._errors import FlowstateError
+from flowstate.client._models import FlowEvent
+from flowstate.v1 import flow_service_pb2
+
+__all__ = ["FlowWatch", "FlowsWatch", "is_resumable"]
+
+
+def is_resumable(error: FlowstateError) -> bool:
+    """Whether a stream that ended with `error` should be opened again from its position."""
+    return (
+        error.grpc_code == grpc.StatusCode.UNAVAILABLE
+        or error.code == ErrorCode.SUBSCRIBER_TOO_SLOW
+    )
+
+
+class FlowWatch:
+    """The position of one `watch` stream: the last version delivered."""
+
+    def __init__(
+        self,
+        flow_id: str,
+        *,
+        after_version: int | None,
+        keep_open: bool,
+        include_heartbeats: bool,
+    ) -> None:
+        """Start after `after_version` (None: with a snapshot of the current flow)."""
+        self.flow_id = flow_id
+        self.last_version = after_version
+        self.keep_open = keep_open
+        self.include_heartbeats = include_heartbeats
+        self.terminal_seen = False
+        self.received = False
+
+    def request(self) -> flow_service_pb2.WatchFlowRequest:
+        """The request that opens (or reopens) the stream at the current position."""
+        self.received = False
+        return _requests.watch_flow(
+            self.flow_id, after_version=self.last_version, keep_open=self.keep_open
+        )
+
+    def accept(self, response: flow_service_pb2.WatchFlowResponse) -> FlowEvent | None:
+        """The event to deliver for `response`, or None to drop it (a duplicate, a heartbeat)."""
+        self.received = True
+        event = FlowEvent._from_proto(response.event)
+        if event.kind == FlowEventKind.HEARTBEAT:
+            return event if self.include_heartbeats else None
+        if self.last_version is not None and event.flow_version <= self.last_version:
+            return None
+        self.last_version = event.flow_version
+        if FlowStatus(event.status).is_terminal:
+            self.terminal_seen = True
+        return event
+
+    @property
+    def done(self) -> bool:
+        """Whether the iteration is over: the terminal event was delivered (without keep_open)."""
+        return self.terminal_seen and not self.keep_open
+
+    def ended_for_good(self) -> bool:
+        """After a stream ended without error: True if there is nothing more to wait for.
+
+        A stream that ends cleanly after delivering events (and before the flow's terminal
+        event) is resumed; one that ends without sending anything means the server has nothing
+        more to send.
+        """
+        return self.done or not self.received
+
+
+class FlowsWatch:
+    """The position of one `watch_flows` stream: the last cursor and each flow's last version."""
+
+    def __init__(
+        self,
+        *,
+        statuses: tuple[_requests.EnumLike, ...],
+        definition_name: str | None,
+        flow_ids: tuple[str, ...],
+        cursor: str | None,
+        include_heartbeats: bool,
+    ) -> None:
+        """Start after `cursor` (None: with a snapshot of every matching flow)."""
+        self.statuses = statuses
+        self.definition_name = definition_name
+        self.flow_ids = flow_ids
+        self.cursor = cursor
+        self.include_heartbeats = include_heartbeats
+        self.versions: dict[str, int] = {}
+        self.received = False
+
+    def request(self) -> flow_service_pb2.WatchFlowsRequest:
+        """The request that opens (or reopens) the stream at the current position."""
+        self.received = False
+        return _requests.watch_flows(
+            statuses=self.statuses,
+            definition_name=self.definition_name,
+            flow_ids=self.flow_ids,
+            cursor=self.cursor,
+        )
+
+    def accept(self, response: flow_service_pb2.WatchFlowsResponse) -> FlowEvent | None:
+        """The event to deliver for `response`, or None to drop it (a duplicate, a heartbeat)."""
+        self.received = True
+        if response.cursor:
+            self.cursor = response.cursor
+        event = FlowEvent._from_proto(response.event, cursor=response.cursor)
+        if event.kind == FlowEventKind.HEARTBEAT:
+            return event if self.include_heartbeats else None
+        last = self.versions.get(event.flow_id)
+        if last is not None and event.flow_version <= last:
+            return None
+        self.versions[event.flow_id] = event.flow_version
+        return event
+
+    #: A `watch_flows` stream never ends by itself.
+    done = False
+
+    def ended_for_good(self) -> bool:
+        """After a stream ended without error: True if the server had nothing to send."""
+        return not self.received
