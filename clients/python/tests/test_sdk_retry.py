@@ -1,0 +1,232 @@
+"""Retries: UNAVAILABLE is retried with backoff, reusing the request id; nothing else is.
+
+The server is a real ``grpc.aio`` server that answers UNAVAILABLE a scripted number of times
+and then succeeds, recording every request it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import grpc
+import pytest
+from scripted_server import Fail, ScriptedServer, ScriptedServicer
+
+from flowstate.client import (
+    AsyncFlowstateClient,
+    FlowstateClient,
+    FlowstateError,
+    InvalidPhaseTransition,
+    PhaseState,
+    RetryPolicy,
+    Unavailable,
+)
+from flowstate.client._retry import RetryState
+from flowstate.v1 import flow_pb2, flow_service_pb2
+
+UNAVAILABLE = Fail(grpc.StatusCode.UNAVAILABLE, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down")
+
+
+def transition_response(version: int = 2) -> flow_service_pb2.TransitionPhaseResponse:
+    return flow_service_pb2.TransitionPhaseResponse(
+        flow=flow_pb2.Flow(flow_id="f-1", version=version, progress=6.0)
+    )
+
+
+async def test_mutation_retried_on_unavailable_with_the_same_request_id(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add("TransitionPhase", UNAVAILABLE, UNAVAILABLE, transition_response())
+
+    result = await client.transition_phase("f-1", "data_import", PhaseState.IN_PROGRESS)
+
+    assert result.flow.version == 2
+    requests = servicer.requests("TransitionPhase")
+    assert len(requests) == 3
+    request_ids = {request.request_id for request in requests}
+    assert len(request_ids) == 1
+    assert uuid.UUID(request_ids.pop()).version == 4
+    assert requests[0] == requests[1] == requests[2]
+
+
+async def test_given_request_id_is_sent_and_each_call_gets_its_own(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add("PauseFlow", *[flow_service_pb2.PauseFlowResponse()] * 3)
+
+    await client.pause_flow("f-1", request_id="my-key")
+    await client.pause_flow("f-1")
+    await client.pause_flow("f-1")
+
+    ids = [request.request_id for request in servicer.requests("PauseFlow")]
+    assert ids[0] == "my-key"
+    assert ids[1] != ids[2]
+
+
+async def test_reads_are_retried_too(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add(
+        "GetFlow", UNAVAILABLE, flow_service_pb2.GetFlowResponse(flow=flow_pb2.Flow(flow_id="f"))
+    )
+
+    flow = await client.get_flow("f")
+
+    assert flow.flow_id == "f"
+    assert len(servicer.requests("GetFlow")) == 2
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Fail(grpc.StatusCode.FAILED_PRECONDITION, "INVALID_PHASE_TRANSITION"),
+        Fail(grpc.StatusCode.ABORTED, "VERSION_CONFLICT"),
+        Fail(grpc.StatusCode.INTERNAL, "INTERNAL"),
+        Fail(grpc.StatusCode.DEADLINE_EXCEEDED, bare=True),
+        Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, bare=True),
+    ],
+    ids=lambda fail: fail.grpc_code.name,
+)
+async def test_other_failures_are_not_retried(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, failure: Fail
+) -> None:
+    servicer.add("TransitionPhase", failure, transition_response())
+
+    with pytest.raises(FlowstateError) as caught:
+        await client.transition_phase("f-1", "data_import", "COMPLETED")
+
+    assert caught.value.grpc_code == failure.grpc_code
+    assert len(servicer.requests("TransitionPhase")) == 1
+
+
+async def test_gives_up_after_max_attempts(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("GetFlow", *[UNAVAILABLE] * 10)
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.001, jitter=0.0)
+
+    async with AsyncFlowstateClient(address=scripted.address, retry=policy) as client:
+        with pytest.raises(Unavailable) as caught:
+            await client.get_flow("f-1")
+
+    assert caught.value.message == "db down"
+    assert len(servicer.requests("GetFlow")) == 3
+
+
+async def test_overall_deadline_bounds_the_retries(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("GetFlow", *[UNAVAILABLE] * 100)
+    policy = RetryPolicy(
+        max_attempts=None, initial_backoff=0.05, max_backoff=0.05, jitter=0.0, deadline=0.3
+    )
+
+    started = time.monotonic()
+    async with AsyncFlowstateClient(address=scripted.address, retry=policy) as client:
+        with pytest.raises(Unavailable):
+            await client.get_flow("f-1")
+
+    assert time.monotonic() - started < 1.0
+    assert 2 <= len(servicer.requests("GetFlow")) <= 7
+
+
+async def test_server_retry_delay_is_a_minimum_wait(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add(
+        "GetFlow",
+        Fail(grpc.StatusCode.UNAVAILABLE, "TEMPORARY_RESOURCE_UNAVAILABLE", retry_delay=0.04),
+        flow_service_pb2.GetFlowResponse(),
+    )
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+
+    client._sleep = record
+
+    await client.get_flow("f-1")
+
+    assert waits == [pytest.approx(0.04)]
+
+
+async def test_token_source_is_called_for_every_attempt(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("GetFlow", UNAVAILABLE, flow_service_pb2.GetFlowResponse())
+    tokens = iter(["token-1", "token-2"])
+    policy = RetryPolicy(initial_backoff=0.001, jitter=0.0)
+
+    async with AsyncFlowstateClient(
+        address=scripted.address, token=lambda: next(tokens), retry=policy
+    ) as client:
+        await client.get_flow("f-1")
+
+    sent = [call.metadata.get("authorization") for call in servicer.calls]
+    assert sent == ["Bearer token-1", "Bearer token-2"]
+
+
+async def test_no_token_sends_no_authorization(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("GetFlow", flow_service_pb2.GetFlowResponse())
+    async with AsyncFlowstateClient(address=scripted.address) as client:
+        await client.get_flow("f-1")
+    assert "authorization" not in servicer.calls[0].metadata
+
+
+async def test_sync_client_retries_with_the_same_request_id(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("Retry", UNAVAILABLE, flow_service_pb2.RetryResponse())
+    servicer.add("Retry", Fail(grpc.StatusCode.FAILED_PRECONDITION, "INVALID_PHASE_TRANSITION"))
+    policy = RetryPolicy(initial_backoff=0.001, jitter=0.0)
+
+    def run() -> None:
+        with FlowstateClient(address=scripted.address, token="t", retry=policy) as client:
+            client.retry("f-1", "data_import")
+            with pytest.raises(InvalidPhaseTransition):
+                client.retry("f-1", "data_import")
+
+    await asyncio.to_thread(run)
+
+    ids = [request.request_id for request in servicer.requests("Retry")]
+    assert len(ids) == 3
+    assert ids[0] == ids[1] != ids[2]
+
+
+def test_backoff_grows_exponentially_up_to_the_cap() -> None:
+    policy = RetryPolicy(initial_backoff=0.1, max_backoff=0.5, multiplier=2.0, jitter=0.0)
+    assert [policy.backoff(n) for n in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+
+
+def test_jitter_stays_within_its_bounds() -> None:
+    policy = RetryPolicy(initial_backoff=1.0, jitter=0.2)
+    assert policy.backoff(1, rng=lambda: 0.0) == pytest.approx(0.8)
+    assert policy.backoff(1, rng=lambda: 1.0) == pytest.approx(1.2)
+
+
+def test_attempt_timeout_is_cut_to_the_deadline_left() -> None:
+    now = [100.0]
+    state = RetryState(RetryPolicy(deadline=10.0), clock=lambda: now[0])
+    assert state.attempt_timeout(30.0) == pytest.approx(10.0)
+    now[0] = 107.0
+    assert state.attempt_timeout(30.0) == pytest.approx(3.0)
+    assert state.attempt_timeout(1.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"jitter": 1.5}, "jitter"),
+        ({"multiplier": 0.5}, "multiplier"),
+        ({"deadline": 0}, "deadline"),
+    ],
+    ids=str,
+)
+def test_invalid_policies_are_rejected(settings: dict[str, float], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        RetryPolicy(**settings)  # type: ignore[arg-type]

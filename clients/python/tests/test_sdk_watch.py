@@ -1,0 +1,240 @@
+"""`watch` and `watch_flows` resume after failures without missing or repeating an event."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from scripted_server import Fail, ScriptedServer, ScriptedServicer, Stream, flow_event
+
+from flowstate.client import (
+    AsyncFlowstateClient,
+    FlowEvent,
+    FlowEventKind,
+    FlowNotFound,
+    FlowstateClient,
+    FlowStatus,
+    RetryPolicy,
+    Unavailable,
+)
+from flowstate.v1 import flow_service_pb2
+
+COMPLETED = FlowStatus.COMPLETED.value
+SHUTTING_DOWN = Fail(grpc.StatusCode.UNAVAILABLE, "SERVER_SHUTTING_DOWN", "bye")
+TOO_SLOW = Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_TOO_SLOW", "read faster")
+
+
+def one(version: int, kind: str = "change", **kwargs: object) -> flow_service_pb2.WatchFlowResponse:
+    return flow_service_pb2.WatchFlowResponse(event=flow_event(version, kind, **kwargs))  # type: ignore[arg-type]
+
+
+def many(
+    version: int, cursor: str, flow_id: str = "f-1", kind: str = "change"
+) -> flow_service_pb2.WatchFlowsResponse:
+    return flow_service_pb2.WatchFlowsResponse(
+        event=flow_event(version, kind, flow_id=flow_id), cursor=cursor
+    )
+
+
+async def collect(events: object, limit: int = 100) -> list[FlowEvent]:
+    collected: list[FlowEvent] = []
+    async for event in events:  # type: ignore[attr-defined]
+        collected.append(event)
+        if len(collected) >= limit:
+            break
+    return collected
+
+
+@pytest.mark.parametrize("failure", [SHUTTING_DOWN, TOO_SLOW], ids=["shutting-down", "too-slow"])
+async def test_watch_resumes_after_the_last_version_without_duplicates(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, failure: Fail
+) -> None:
+    servicer.add(
+        "WatchFlow",
+        Stream([one(3, "snapshot"), one(4), one(4, "heartbeat"), one(5)], then=failure),
+        Stream([one(5), one(6), one(7, status=COMPLETED)]),
+    )
+
+    events = await collect(client.watch("f-1"))
+
+    assert [(e.kind, e.flow_version) for e in events] == [
+        (FlowEventKind.SNAPSHOT, 3),
+        (FlowEventKind.CHANGE, 4),
+        (FlowEventKind.CHANGE, 5),
+        (FlowEventKind.CHANGE, 6),
+        (FlowEventKind.CHANGE, 7),
+    ]
+    first, second = servicer.requests("WatchFlow")
+    assert not first.HasField("after_version")
+    assert second.after_version == 5
+    assert events[0].snapshot is not None
+    assert events[1].change is not None
+    assert events[-1].status == FlowStatus.COMPLETED
+
+
+async def test_watch_stops_after_the_terminal_event_without_waiting_for_the_server(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add("WatchFlow", Stream([one(2, "snapshot"), one(3, status=COMPLETED)], hang=True))
+
+    events = await asyncio.wait_for(collect(client.watch("f-1")), timeout=5)
+
+    assert [e.flow_version for e in events] == [2, 3]
+
+
+async def test_watch_keep_open_continues_past_the_terminal_event(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add(
+        "WatchFlow",
+        Stream([one(3, status=COMPLETED)], then=SHUTTING_DOWN),
+        Stream([one(3, "heartbeat")], hang=True),
+    )
+
+    events = await asyncio.wait_for(
+        collect(client.watch("f-1", after_version=2, keep_open=True, include_heartbeats=True), 2),
+        timeout=5,
+    )
+
+    assert [e.kind for e in events] == [FlowEventKind.CHANGE, FlowEventKind.HEARTBEAT]
+    assert events[1].heartbeat_time is not None
+    requests = servicer.requests("WatchFlow")
+    assert [r.after_version for r in requests] == [2, 3]
+    assert all(r.keep_open for r in requests)
+
+
+async def test_watch_resumes_after_a_clean_end_before_the_terminal_event(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add(
+        "WatchFlow",
+        Stream([one(1, "snapshot")]),
+        Stream([one(2, status=COMPLETED)]),
+    )
+
+    events = await collect(client.watch("f-1"))
+
+    assert [e.flow_version for e in events] == [1, 2]
+
+
+async def test_watch_raises_what_cannot_be_resumed(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add(
+        "WatchFlow",
+        Stream([one(1, "snapshot")], then=Fail(grpc.StatusCode.NOT_FOUND, "FLOW_NOT_FOUND")),
+    )
+
+    seen: list[int] = []
+
+    async def watch() -> None:
+        async for event in client.watch("f-1"):
+            seen.append(event.flow_version)
+
+    with pytest.raises(FlowNotFound):
+        await watch()
+    assert seen == [1]
+
+
+async def test_watch_gives_up_when_the_reconnect_deadline_runs_out(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("WatchFlow", *[Fail(grpc.StatusCode.UNAVAILABLE, bare=True)] * 50)
+    policy = RetryPolicy(
+        max_attempts=None, initial_backoff=0.01, max_backoff=0.01, jitter=0, deadline=0.2
+    )
+    async with AsyncFlowstateClient(address=scripted.address, watch_retry=policy) as client:
+        with pytest.raises(Unavailable):
+            await collect(client.watch("f-1"))
+
+
+async def test_watch_flows_resumes_from_the_last_cursor(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add(
+        "WatchFlows",
+        Stream(
+            [
+                many(3, "c1", "a", "snapshot"),
+                many(5, "c2", "b", "snapshot"),
+                many(4, "c3", "a"),
+                many(0, "c3", "", "heartbeat"),
+            ],
+            then=SHUTTING_DOWN,
+        ),
+        # The server replays from c3; a repeat of a version already seen is dropped.
+        Stream([many(4, "c3", "a"), many(6, "c4", "b")], hang=True),
+    )
+
+    events = await asyncio.wait_for(
+        collect(client.watch_flows(statuses=["DISCOVERY"], definition_name="discovery"), 4),
+        timeout=5,
+    )
+
+    assert [(e.flow_id, e.flow_version, e.cursor) for e in events] == [
+        ("a", 3, "c1"),
+        ("b", 5, "c2"),
+        ("a", 4, "c3"),
+        ("b", 6, "c4"),
+    ]
+    first, second = servicer.requests("WatchFlows")
+    assert first.cursor == ""
+    assert second.cursor == "c3"
+    assert list(second.statuses) == [FlowStatus.DISCOVERY]
+    assert second.definition_name == "discovery"
+
+
+async def test_watch_survives_a_server_restart_on_the_same_port(
+    servicer: ScriptedServicer,
+) -> None:
+    """The first server dies mid-stream (no status at all); a new one starts on its port."""
+    first = await ScriptedServer(servicer).start()
+    port = first.port
+    servicer.add("WatchFlow", Stream([one(1, "snapshot"), one(2)], hang=True))
+    restarted_client = AsyncFlowstateClient(
+        address=first.address,
+        watch_retry=RetryPolicy(
+            max_attempts=None, initial_backoff=0.05, max_backoff=0.2, jitter=0, deadline=20
+        ),
+    )
+    seen: list[int] = []
+    two_seen = asyncio.Event()
+
+    async def watch() -> None:
+        async for event in restarted_client.watch("f-1"):
+            seen.append(event.flow_version)
+            if len(seen) == 2:
+                two_seen.set()
+
+    task = asyncio.create_task(watch())
+    await asyncio.wait_for(two_seen.wait(), timeout=5)
+    await first.stop(None)
+
+    second = ScriptedServer(servicer, port=port)
+    servicer.add("WatchFlow", Stream([one(2), one(3, status=COMPLETED)]))
+    await second.start()
+    try:
+        await asyncio.wait_for(task, timeout=15)
+    finally:
+        await second.stop(None)
+        await restarted_client.close()
+
+    assert seen == [1, 2, 3]
+    assert servicer.requests("WatchFlow")[-1].after_version == 2
+
+
+async def test_sync_watch_resumes_too(servicer: ScriptedServicer, scripted: ScriptedServer) -> None:
+    servicer.add(
+        "WatchFlow",
+        Stream([one(1, "snapshot"), one(2)], then=SHUTTING_DOWN),
+        Stream([one(2), one(3, status=COMPLETED)]),
+    )
+    policy = RetryPolicy(max_attempts=None, initial_backoff=0.01, jitter=0, deadline=5)
+
+    def run() -> list[int]:
+        with FlowstateClient(address=scripted.address, watch_retry=policy) as client:
+            return [event.flow_version for event in client.watch("f-1")]
+
+    assert await asyncio.to_thread(run) == [1, 2, 3]
+    assert servicer.requests("WatchFlow")[1].after_version == 2
