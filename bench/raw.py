@@ -1,0 +1,352 @@
+"""The raw limits: Flowstate's database work issued directly with asyncpg, no server in between.
+
+Run as a separate process by `bench.run` (``python -m bench.raw MODE ...``); it prints one JSON
+object with the same keys as the Go load generator's ``unary`` mode. Modes:
+
+``transition``
+    The raw limit of TransitionPhase: the same work on the same tables and indexes (the
+    Flowstate schema, migrated by Alembic), issued the fastest direct way: ``BEGIN``;
+    ``SELECT * FROM flows WHERE id = $1 FOR UPDATE``; decide in Python (toggle ``data_import``
+    IN_PROGRESS <-> WAITING_APPROVAL, as the load generator does through the API);
+    ``WITH u AS (UPDATE flows SET phase_states, phase_details, status, progress, version,
+    updated_at ...) INSERT INTO flow_history ...``; ``COMMIT``. Client i uses flow i (distinct
+    flows), or every client uses the first flow (hot flow).
+``transition-full``
+    The statements `flowstate.storage.store.FlowStore.mutate` sends for the same change, as
+    asyncpg calls: ``BEGIN``; the ``set_config`` of role and tenant (row-level security); the
+    tenant-filtered ``SELECT ... FOR UPDATE``; the idempotency-key lookup; one statement that
+    updates the flow, inserts history and the idempotency key (with the response JSON) and
+    calls ``pg_notify``; ``COMMIT``. Its gap to ``transition`` is database work the design
+    chose; the gap between it and the server is Python (gRPC, auth, conversion, SQLAlchemy,
+    the core).
+``select``
+    The read behind GetFlow: ``SELECT * FROM flows WHERE id = $1`` (primary key), autocommit.
+
+Each client is one connection (asyncpg's JSON codecs installed as SQLAlchemy's asyncpg dialect
+installs them), in one process and one event loop, like the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+PHASE = "data_import"
+APP_ROLE = "flowstate_app"
+_IDEMPOTENCY_TTL = timedelta(days=1)
+NOTIFY_CHANNEL = "flowstate_bench_raw"
+"""The raw full transaction notifies a channel nobody listens on: the cost is the same."""
+
+_TOGGLE = {"in_progress": "waiting_approval", "waiting_approval": "in_progress"}
+_STATUS = {"in_progress": "data_gathering", "waiting_approval": "waiting_approval"}
+_PROGRESS = {"in_progress": 6.0, "waiting_approval": 16.0}
+
+_SELECT_FOR_UPDATE = "SELECT * FROM flows WHERE id = $1 FOR UPDATE"
+_SELECT = "SELECT * FROM flows WHERE id = $1"
+_UPDATE = """
+UPDATE flows
+SET phase_states = $2, phase_details = $3, status = $4, progress = $5, version = $6,
+    updated_at = $7
+WHERE id = $1
+"""
+_HISTORY_VALUES = """
+INSERT INTO flow_history (
+    flow_id, client_account_id, engagement_id, version, kind, phase, from_state, to_state,
+    status_before, status_after, reason, user_id, request_id, metadata, error,
+    time_in_state_seconds, progress_after, cause, occurred_at
+) VALUES ($1, $8, $9, $6, 'transition', $10, $11, $12, $13, $4, 'bench', 'bench', $14, $15,
+          NULL, $16, $5, '', $7)
+"""
+_WRITE = f"WITH u AS ({_UPDATE}) {_HISTORY_VALUES}"
+"""The raw limit's one write statement: flow row and history entry."""
+
+_ENTER_TENANT = (
+    "SELECT set_config('role', $1, true),"
+    " set_config('flowstate.client_account_id', $2, true),"
+    " set_config('flowstate.engagement_id', $3, true)"
+)
+_LOCK_IN_TENANT = (
+    "SELECT * FROM flows WHERE id = $1 AND client_account_id = $2 AND engagement_id = $3 FOR UPDATE"
+)
+_IDEMPOTENCY_LOOKUP = """
+SELECT operation, fingerprint, response, expires_at FROM idempotency_keys
+WHERE client_account_id = $1 AND engagement_id = $2 AND request_id = $3
+"""
+_WRITE_FULL = f"""
+WITH u AS ({_UPDATE}),
+h AS ({_HISTORY_VALUES}),
+k AS (
+    INSERT INTO idempotency_keys (
+        client_account_id, engagement_id, request_id, operation, fingerprint, flow_id,
+        response, created_at, expires_at
+    ) VALUES ($8, $9, $14, 'mutate', $17, $1, $18, $7, $19)
+)
+SELECT pg_notify('{NOTIFY_CHANNEL}', $20)
+"""
+"""The store's one write statement: flow row, history entry, idempotency key, notification."""
+
+
+async def _connect(dsn: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+    return conn
+
+
+def _toggled(row: asyncpg.Record, now: datetime) -> dict[str, Any]:
+    """The decision, made in Python like the server makes it (not by SQL)."""
+    states: dict[str, str] = dict(row["phase_states"])
+    before = states[PHASE]
+    after = _TOGGLE.get(before, "in_progress")
+    states[PHASE] = after
+    details: list[dict[str, Any]] = [dict(d) for d in row["phase_details"]]
+    entered = None
+    for detail in details:
+        if detail["name"] == PHASE:
+            entered = detail.get("state_entered_at")
+            detail["state_entered_at"] = now.isoformat()
+    in_state = (now - datetime.fromisoformat(entered)).total_seconds() if entered else None
+    return {
+        "states": states,
+        "details": details,
+        "before": before,
+        "after": after,
+        "status_before": row["status"],
+        "status": _STATUS[after],
+        "progress": _PROGRESS[after],
+        "version": row["version"] + 1,
+        "time_in_state": in_state,
+    }
+
+
+class Transition:
+    """One client's transaction loop on one flow."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        flow_id: str,
+        tenant: tuple[str, str],
+        *,
+        full: bool,
+        client: int,
+    ) -> None:
+        self.conn = conn
+        self.flow_id = flow_id
+        self.tenant = tenant
+        self.full = full
+        self.prefix = f"raw-{uuid.uuid4().hex[:8]}-{client}"
+
+    async def __call__(self, seq: int) -> None:
+        conn = self.conn
+        request_id = f"{self.prefix}-{seq}"
+        async with conn.transaction():
+            if self.full:
+                await conn.fetchrow(_ENTER_TENANT, APP_ROLE, *self.tenant)
+                row = await conn.fetchrow(_LOCK_IN_TENANT, self.flow_id, *self.tenant)
+            else:
+                row = await conn.fetchrow(_SELECT_FOR_UPDATE, self.flow_id)
+            if row is None:
+                raise LookupError(self.flow_id)
+            if self.full:
+                await conn.fetchrow(_IDEMPOTENCY_LOOKUP, *self.tenant, request_id)
+            now = datetime.now(UTC)
+            d = _toggled(row, now)
+            args = [
+                self.flow_id,
+                d["states"],
+                d["details"],
+                d["status"],
+                d["progress"],
+                d["version"],
+                now,
+                row["client_account_id"],
+                row["engagement_id"],
+                PHASE,
+                d["before"],
+                d["after"],
+                d["status_before"],
+                request_id,
+                {},
+                d["time_in_state"],
+            ]
+            if not self.full:
+                await conn.execute(_WRITE, *args)
+                return
+            flow_json = {k: _jsonable(v) for k, v in row.items()} | {
+                "phase_states": d["states"],
+                "phase_details": d["details"],
+                "status": d["status"],
+                "progress": d["progress"],
+                "version": d["version"],
+                "updated_at": now.isoformat(),
+            }
+            entry_json = {
+                "version": d["version"],
+                "kind": "transition",
+                "phase": PHASE,
+                "from_state": d["before"],
+                "to_state": d["after"],
+                "request_id": request_id,
+                "occurred_at": now.isoformat(),
+            }
+            payload = json.dumps(
+                {
+                    "flow_id": self.flow_id,
+                    "version": d["version"],
+                    "client_account_id": self.tenant[0],
+                    "engagement_id": self.tenant[1],
+                }
+            )
+            await conn.fetchrow(
+                _WRITE_FULL,
+                *args,
+                f"{self.flow_id}:{PHASE}:{d['after']}:{seq}",
+                {"flow": flow_json, "entries": [entry_json]},
+                now + _IDEMPOTENCY_TTL,
+                payload,
+            )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
+class Select:
+    """One client's primary-key read loop."""
+
+    def __init__(self, conn: asyncpg.Connection, flow_id: str) -> None:
+        self.conn = conn
+        self.flow_id = flow_id
+
+    async def __call__(self, seq: int) -> None:
+        row = await self.conn.fetchrow(_SELECT, self.flow_id)
+        if row is None:
+            raise LookupError(self.flow_id)
+
+
+Call = Callable[[int], Awaitable[None]]
+
+
+def _percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (as the Go load generator computes it)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, int(p / 100 * len(sorted_values) + 0.999999) - 1))
+    return sorted_values[rank]
+
+
+async def measure(
+    calls: Sequence[Call], *, duration: float, warmup: float
+) -> tuple[list[float], int, dict[str, int]]:
+    """Closed loop: each call site one request at a time; latencies (ms) in the window."""
+    start = time.perf_counter()
+    measure_from = start + warmup
+    end = measure_from + duration
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    error_count = 0
+
+    async def client(call: Call) -> None:
+        nonlocal error_count
+        seq = 0
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                return
+            failure: str | None = None
+            try:
+                await call(seq)
+            except (asyncpg.PostgresError, LookupError, OSError) as exc:
+                failure = f"{type(exc).__name__}: {exc}"[:200]
+            t1 = time.perf_counter()
+            seq += 1
+            if t0 < measure_from or t1 > end:
+                continue
+            if failure is not None:
+                error_count += 1
+                if failure in errors or len(errors) < 5:
+                    errors[failure] = errors.get(failure, 0) + 1
+                continue
+            latencies.append((t1 - t0) * 1000)
+
+    await asyncio.gather(*(client(c) for c in calls))
+    return latencies, error_count, errors
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Open the connections, run the loop, summarise like the Go load generator."""
+    flows: list[str] = [f for f in args.flows.split(",") if f]
+    if not flows:
+        raise SystemExit("--flows is required")
+    conns = await asyncio.gather(*(_connect(args.dsn) for _ in range(args.concurrency)))
+    try:
+        calls: list[Call] = []
+        for i, conn in enumerate(conns):
+            flow_id = flows[i % len(flows)]
+            if args.mode == "select":
+                calls.append(Select(conn, flow_id))
+            else:
+                calls.append(
+                    Transition(
+                        conn,
+                        flow_id,
+                        (args.account, args.engagement),
+                        full=args.mode == "transition-full",
+                        client=i,
+                    )
+                )
+        latencies, error_count, errors = await measure(
+            calls, duration=args.duration, warmup=args.warmup
+        )
+    finally:
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+    latencies.sort()
+    return {
+        "mode": "raw",
+        "rpc": args.mode,
+        "concurrency": args.concurrency,
+        "connections": len(conns),
+        "requests": len(latencies),
+        "errors": error_count,
+        "error_samples": errors or None,
+        "elapsed_s": args.duration,
+        "throughput": len(latencies) / args.duration,
+        "p50_ms": _percentile(latencies, 50),
+        "p99_ms": _percentile(latencies, 99),
+        "mean_ms": statistics.fmean(latencies) if latencies else 0.0,
+        "max_ms": latencies[-1] if latencies else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point: prints one JSON object."""
+    parser = argparse.ArgumentParser(description="Flowstate raw-limit load (asyncpg)")
+    parser.add_argument("mode", choices=["transition", "transition-full", "select"])
+    parser.add_argument("--dsn", required=True, help="postgresql:// DSN of the migrated database")
+    parser.add_argument("--flows", required=True, help="comma-separated flow ids")
+    parser.add_argument("--account", default="bench", help="the flows' client_account_id")
+    parser.add_argument("--engagement", default="bench", help="the flows' engagement_id")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    print(json.dumps(asyncio.run(run(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,234 @@
+"""The bare reference server: what grpc.aio alone costs, for the ratios in the bench report.
+
+It serves four FlowStateService methods trivially, with no database, no auth and no core:
+
+- ``ValidateTransition`` returns a constant response (the echo reference of ValidateTransition);
+- ``GetFlow`` returns an in-memory flow;
+- ``TransitionPhase`` toggles the in-memory flow's ``data_import`` phase, bumps its version and
+  broadcasts the change to every open ``WatchFlow`` stream (the fan-out reference);
+- ``WatchFlow`` sends a snapshot, then every broadcast event, from a bounded per-subscriber queue.
+
+It speaks the real API so the same load generator drives it and the real server alike, and it
+is served the same way as ``flowstate serve`` (one process, one event loop, the same grpc
+server options; see `bench._serverconf`). Run as ``python -m bench.ref_server --port 0``; it
+prints ``PORT <n>`` once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+from grpc import aio
+
+from bench import _serverconf
+from flowstate.v1 import flow_pb2, flow_service_pb2, history_pb2, states_pb2
+
+SERVICE = "flowstate.v1.FlowStateService"
+PHASES = (
+    "data_import",
+    "field_mapping",
+    "data_cleansing",
+    "asset_inventory",
+    "dependency_analysis",
+)
+QUEUE_BOUND = 1024
+"""Per-subscriber queue bound, as a real server must have one (DESIGN.md section 5)."""
+
+_IN_PROGRESS = states_pb2.PHASE_STATE_IN_PROGRESS
+_WAITING_APPROVAL = states_pb2.PHASE_STATE_WAITING_APPROVAL
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class Reference:
+    """In-memory state of the reference server: one flow and its subscribers."""
+
+    def __init__(self) -> None:
+        now = _now()
+        self.flow = flow_pb2.Flow(
+            flow_id="00000000-0000-4000-8000-000000000001",
+            client_account_id="bench",
+            engagement_id="bench",
+            definition_name="discovery",
+            definition_version=1,
+            status=states_pb2.FLOW_STATUS_DATA_GATHERING,
+            progress=6.0,
+            version=2,
+            create_time=now,
+            update_time=now,
+        )
+        for name in PHASES:
+            phase = self.flow.phases.add(name=name, weight=20, max_retries=3)
+            phase.state = states_pb2.PHASE_STATE_NOT_STARTED
+        self.flow.phases[0].state = _IN_PROGRESS
+        self.flow.phases[0].state_enter_time.CopyFrom(now)
+        self.subscribers: set[asyncio.Queue[flow_service_pb2.WatchFlowResponse]] = set()
+        self.validate_response = flow_service_pb2.ValidateTransitionResponse(
+            allowed=True,
+            valid_transitions=[
+                states_pb2.PHASE_STATE_WAITING_VALIDATION,
+                states_pb2.PHASE_STATE_WAITING_APPROVAL,
+                states_pb2.PHASE_STATE_COMPLETED,
+                states_pb2.PHASE_STATE_FAILED,
+                states_pb2.PHASE_STATE_RETRY_NEEDED,
+            ],
+        )
+
+    async def validate_transition(
+        self,
+        request: flow_service_pb2.ValidateTransitionRequest,
+        context: aio.ServicerContext[
+            flow_service_pb2.ValidateTransitionRequest, flow_service_pb2.ValidateTransitionResponse
+        ],
+    ) -> flow_service_pb2.ValidateTransitionResponse:
+        """The echo: a constant answer."""
+        return self.validate_response
+
+    async def get_flow(
+        self,
+        request: flow_service_pb2.GetFlowRequest,
+        context: aio.ServicerContext[
+            flow_service_pb2.GetFlowRequest, flow_service_pb2.GetFlowResponse
+        ],
+    ) -> flow_service_pb2.GetFlowResponse:
+        """The in-memory flow, whatever id is asked for."""
+        return flow_service_pb2.GetFlowResponse(flow=self.flow)
+
+    async def transition_phase(
+        self,
+        request: flow_service_pb2.TransitionPhaseRequest,
+        context: aio.ServicerContext[
+            flow_service_pb2.TransitionPhaseRequest, flow_service_pb2.TransitionPhaseResponse
+        ],
+    ) -> flow_service_pb2.TransitionPhaseResponse:
+        """Toggle data_import, then broadcast the change to every subscriber."""
+        phase = self.flow.phases[0]
+        before = phase.state
+        after = _WAITING_APPROVAL if before == _IN_PROGRESS else _IN_PROGRESS
+        now = _now()
+        phase.state = after
+        phase.state_enter_time.CopyFrom(now)
+        self.flow.version += 1
+        self.flow.update_time.CopyFrom(now)
+        entry = history_pb2.HistoryEntry(
+            flow_id=self.flow.flow_id,
+            flow_version=self.flow.version,
+            kind=history_pb2.HISTORY_EVENT_KIND_TRANSITION,
+            phase=phase.name,
+            from_state=before,
+            to_state=after,
+            status_before=self.flow.status,
+            status_after=self.flow.status,
+            reason=request.reason,
+            user_id="bench",
+            request_id=request.request_id,
+            occur_time=now,
+            time_in_state=duration_pb2.Duration(nanos=1000),
+            progress_after=self.flow.progress,
+        )
+        event = flow_service_pb2.WatchFlowResponse(
+            event=flow_service_pb2.FlowEvent(
+                flow_id=self.flow.flow_id,
+                flow_version=self.flow.version,
+                status=self.flow.status,
+                progress=self.flow.progress,
+                change=entry,
+            )
+        )
+        for queue in self.subscribers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+        return flow_service_pb2.TransitionPhaseResponse(flow=self.flow, history_entries=[entry])
+
+    async def watch_flow(
+        self,
+        request: flow_service_pb2.WatchFlowRequest,
+        context: aio.ServicerContext[
+            flow_service_pb2.WatchFlowRequest, flow_service_pb2.WatchFlowResponse
+        ],
+    ) -> AsyncIterator[flow_service_pb2.WatchFlowResponse]:
+        """A snapshot, then every broadcast event."""
+        queue: asyncio.Queue[flow_service_pb2.WatchFlowResponse] = asyncio.Queue(QUEUE_BOUND)
+        self.subscribers.add(queue)
+        try:
+            yield flow_service_pb2.WatchFlowResponse(
+                event=flow_service_pb2.FlowEvent(
+                    flow_id=self.flow.flow_id,
+                    flow_version=self.flow.version,
+                    status=self.flow.status,
+                    progress=self.flow.progress,
+                    snapshot=self.flow,
+                )
+            )
+            while True:
+                yield await queue.get()
+        finally:
+            self.subscribers.discard(queue)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The four methods as a generic handler (the generated servicer base is abstract)."""
+        fs = flow_service_pb2
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ValidateTransition": grpc.unary_unary_rpc_method_handler(
+                    self.validate_transition,
+                    request_deserializer=fs.ValidateTransitionRequest.FromString,
+                    response_serializer=fs.ValidateTransitionResponse.SerializeToString,
+                ),
+                "GetFlow": grpc.unary_unary_rpc_method_handler(
+                    self.get_flow,
+                    request_deserializer=fs.GetFlowRequest.FromString,
+                    response_serializer=fs.GetFlowResponse.SerializeToString,
+                ),
+                "TransitionPhase": grpc.unary_unary_rpc_method_handler(
+                    self.transition_phase,
+                    request_deserializer=fs.TransitionPhaseRequest.FromString,
+                    response_serializer=fs.TransitionPhaseResponse.SerializeToString,
+                ),
+                "WatchFlow": grpc.unary_stream_rpc_method_handler(
+                    self.watch_flow,
+                    request_deserializer=fs.WatchFlowRequest.FromString,
+                    response_serializer=fs.WatchFlowResponse.SerializeToString,
+                ),
+            },
+        )
+
+
+async def serve(port: int) -> None:
+    """Serve on 127.0.0.1:`port` until SIGTERM or SIGINT."""
+    server = aio.server(options=_serverconf.server_options())
+    server.add_generic_rpc_handlers((Reference().handler(),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"PORT {bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=0.5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: ephemeral)")
+    args = parser.parse_args(argv)
+    _serverconf.install_event_loop_policy()
+    asyncio.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
