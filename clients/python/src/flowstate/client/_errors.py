@@ -544,17 +544,17 @@ def _struct_to_dict(flow_error: errors_pb2.FlowError) -> dict[str, Any]:
     if not flow_error.HasField("details"):
         return {}
     details = json_format.MessageToDict(flow_error.details)
-    return {key: _whole_numbers(value) for key, value in details.items()}
+    return {key: whole_numbers(value) for key, value in details.items()}
 
 
-def _whole_numbers(value: Any) -> Any:
+def whole_numbers(value: Any) -> Any:
     """Struct numbers are doubles; give back ints where they are whole (versions, counts)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, list):
-        return [_whole_numbers(item) for item in value]
+        return [whole_numbers(item) for item in value]
     if isinstance(value, dict):
-        return {key: _whole_numbers(item) for key, item in value.items()}
+        return {key: whole_numbers(item) for key, item in value.items()}
     return value
 
 

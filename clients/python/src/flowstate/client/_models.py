@@ -26,7 +26,7 @@ from flowstate.client._enums import (
     PhaseState,
     RecoveryAction,
 )
-from flowstate.client._errors import FlowstateError, error_from_flow_error
+from flowstate.client._errors import FlowstateError, error_from_flow_error, whole_numbers
 from flowstate.v1 import definition_pb2, errors_pb2, flow_pb2, flow_service_pb2, history_pb2
 
 if TYPE_CHECKING:
@@ -70,7 +70,8 @@ def _struct(message: Any, field: str) -> dict[str, Any]:
     if not message.HasField(field):
         return {}
     value: struct_pb2.Struct = getattr(message, field)
-    return dict(json_format.MessageToDict(value))
+    # Struct numbers are doubles on the wire; give back the ints callers put in.
+    return {key: whole_numbers(item) for key, item in json_format.MessageToDict(value).items()}
 
 
 def _optional_enum(cls: type[_E], value: int) -> _E | None:
