@@ -664,3 +664,14 @@ def test_errors_carry_phase_error_values_unchanged() -> None:
         flow_with({"data_import": START}), TransitionPhase("data_import", S.FAILED, error=custom)
     )
     assert flow.phase("data_import").error == custom
+
+
+def test_states_given_as_strings_follow_the_same_rules() -> None:
+    # A plain string must not slip past the order check (it compares by identity).
+    flow = flow_with({"data_import": S.IN_PROGRESS})
+    command = TransitionPhase("field_mapping", "in_progress")  # type: ignore[arg-type]
+    assert refusal(flow, command).code is ErrorCode.PHASE_ORDER_VIOLATION
+    failing = TransitionPhase("data_import", "failed", error=RETRYABLE)  # type: ignore[arg-type]
+    assert run(flow, failing)[0].phase("data_import").state is S.FAILED
+    garbage = TransitionPhase("data_import", "asleep")  # type: ignore[arg-type]
+    assert refusal(flow, garbage).code is ErrorCode.MALFORMED_REQUEST

@@ -1,9 +1,10 @@
 """Property tests over random command sequences (Hypothesis).
 
-Commands are drawn against the current flow, half of the phase transitions from the legal
-targets of the phase's state, so runs go deep (retries, cascades, pauses) instead of bouncing
-off the first refusal. Both the built-in discovery definition and a custom definition with
-parallel branches are exercised.
+Commands are drawn against the current flow: half are forward moves (start a ready phase,
+complete, ask approval, fail, retry, roll back), a third pass the table and order checks, the
+rest are random (unknown phases, illegal targets, malformed progress, flow commands). So runs go
+deep (retries, cascades, pauses, completion) instead of bouncing off the first refusal. Both the
+built-in discovery definition and a custom definition with parallel branches are exercised.
 """
 
 from __future__ import annotations

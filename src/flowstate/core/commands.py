@@ -452,6 +452,19 @@ def _moved(phase: Phase, target: PhaseState, now: datetime, error: PhaseError | 
     )
 
 
+def _as_state(value: PhaseState | str) -> PhaseState:
+    """The state itself: a plain string would slip past the identity checks below."""
+    try:
+        return PhaseState(value)
+    except ValueError:
+        raise FlowStateError(
+            ErrorCode.MALFORMED_REQUEST,
+            f"Unknown phase state {value!r}",
+            field="target_state",
+            valid_states=list(PhaseState),
+        ) from None
+
+
 def _counted_attempt(phase: Phase, now: datetime) -> Phase:
     return replace(phase, retry_count=phase.retry_count + 1, last_retry_at=now)
 
@@ -540,11 +553,12 @@ def _recovery_without_retry(state: PhaseState, *, can_force: bool) -> list[Recov
     return [*forced, RecoveryAction.ROLLBACK, RecoveryAction.CANCEL]
 
 
-def _failure_error(phase: Phase, command: TransitionPhase) -> PhaseError | None:
-    """The error the phase carries after `command`; MALFORMED_REQUEST when it is wrong."""
-    target = command.target_state
+def _failure_error(
+    phase: Phase, target: PhaseState, reported: PhaseError | None
+) -> PhaseError | None:
+    """The error the phase carries after moving to `target`; MALFORMED_REQUEST when wrong."""
     if target not in ERROR_STATES:
-        if command.error is not None:
+        if reported is not None:
             raise FlowStateError(
                 ErrorCode.MALFORMED_REQUEST,
                 f"An error may only be reported with a transition to FAILED or RETRY_NEEDED, "
@@ -554,7 +568,7 @@ def _failure_error(phase: Phase, command: TransitionPhase) -> PhaseError | None:
                 to_state=target,
             )
         return phase.error
-    if command.error is None and phase.state not in ERROR_STATES:
+    if reported is None and phase.state not in ERROR_STATES:
         raise FlowStateError(
             ErrorCode.MALFORMED_REQUEST,
             f"A transition of phase '{phase.name}' to '{target.value}' must report the error",
@@ -562,7 +576,7 @@ def _failure_error(phase: Phase, command: TransitionPhase) -> PhaseError | None:
             phase=phase.name,
             to_state=target,
         )
-    return command.error or phase.error
+    return reported or phase.error
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -572,12 +586,12 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
     definition = builder.definition.phase(command.phase)
     _ensure_not_terminal(builder.flow, command.phase)
     phase = builder.flow.phase(command.phase)
-    target = command.target_state
+    target = _as_state(command.target_state)
     _ensure_in_table(phase, target)
     if target is PhaseState.ROLLED_BACK:
         _rollback(builder, phase.name, True, command.reason, command.metadata, command.error)
         return
-    error = _failure_error(phase, command)
+    error = _failure_error(phase, target, command.error)
     counted = _is_retry_step(phase.state, target)
     if counted:
         _ensure_retry_allowed(definition, phase, False, builder.ctx)
