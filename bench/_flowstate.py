@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 TENANT = ("bench-account", "bench-engagement")
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "bench" / "out"
 
 
 class Unavailable(Exception):  # noqa: N818 - reads as "Flowstate unavailable: reason"
@@ -59,7 +58,9 @@ def _serve_command() -> list[str]:
     return [sys.executable, "-m", "bench._serve"]
 
 
-def start(procs: Processes, db: Database, config: Config, env: dict[str, str]) -> Flowstate:
+def start(
+    procs: Processes, db: Database, config: Config, env: dict[str, str], work_dir: Path
+) -> Flowstate:
     """Start the server, mint the token, create the flows; Unavailable if it cannot be."""
     from bench.run import Server
 
@@ -71,9 +72,9 @@ def start(procs: Processes, db: Database, config: Config, env: dict[str, str]) -
         raise Unavailable(f"the Flowstate server is not importable ({exc})") from exc
 
     secret = secrets.token_urlsafe(48)
-    ready = OUT / "flowstate.ready"
+    ready = work_dir / "flowstate.ready"
     ready.unlink(missing_ok=True)
-    data_dir = OUT / "flowstate-data"
+    data_dir = work_dir / "flowstate-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     server_env = {
         **env,

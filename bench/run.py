@@ -68,7 +68,7 @@ class Config:
             "concurrencies": (1, 2),
             "read_concurrency": 2,
             "watchers": (1, 10),
-            "idle_streams": 10,
+            "idle_streams": 100,
             "smoke": True,
         }
         base.update(overrides)
@@ -594,7 +594,7 @@ def execute(config: Config, out: Path) -> dict[str, Any]:
     """Run the whole bench; return the report (also written to `out`)."""
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    logs = OUT / "logs"
+    logs = out.parent / "logs"
     if logs.exists():
         shutil.rmtree(logs)
     with Processes(logs) as procs, _db.database() as db:
@@ -604,7 +604,7 @@ def execute(config: Config, out: Path) -> dict[str, Any]:
         flowstate: _flowstate.Flowstate | None = None
         unavailable = ""
         try:
-            flowstate = _flowstate.start(procs, db, config, child_env())
+            flowstate = _flowstate.start(procs, db, config, child_env(), out.parent)
         except _flowstate.Unavailable as exc:
             unavailable = str(exc)
             print(f"Flowstate scenarios skipped: {unavailable}", flush=True)
