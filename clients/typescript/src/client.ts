@@ -1,0 +1,276 @@
+/**
+ * `createFlowstateClient()`: a thin, typed wrapper over the generated Connect client.
+ *
+ * - one method per RPC, taking the request as a plain object (`MessageInitShape`) and returning
+ *   the generated response message;
+ * - the bearer token (a string or a provider called before every attempt) in an interceptor;
+ * - an automatic `requestId` (crypto.randomUUID) on every mutation, the same on every retry;
+ * - retries on UNAVAILABLE with exponential backoff, jitter and a deadline (every unary RPC is
+ *   idempotent: reads have no side effects, mutations carry a request id);
+ * - typed errors (`FlowstateError` and its subclasses, see errors.ts);
+ * - `watch()` / `watchFlows()`: status streams that resume after disconnects (see watch.ts).
+ */
+import { randomUUID } from "node:crypto";
+import type * as http2 from "node:http2";
+
+import { create, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { Code, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
+
+import { toFlowstateError } from "./errors.js";
+import {
+  CancelFlowRequestSchema,
+  CreateFlowRequestSchema,
+  FlowStateService,
+  GetFlowDefinitionRequestSchema,
+  GetFlowRequestSchema,
+  GetRecoveryOptionsRequestSchema,
+  ListFlowHistoryRequestSchema,
+  ListFlowsRequestSchema,
+  PauseFlowRequestSchema,
+  ResumeFlowRequestSchema,
+  RetryRequestSchema,
+  RollbackRequestSchema,
+  TransitionPhaseRequestSchema,
+  UpdatePhaseProgressRequestSchema,
+  ValidateTransitionRequestSchema,
+  type CancelFlowResponse,
+  type CreateFlowResponse,
+  type FlowEvent,
+  type GetFlowDefinitionResponse,
+  type GetFlowResponse,
+  type GetRecoveryOptionsResponse,
+  type HistoryEntry,
+  type ListFlowHistoryResponse,
+  type ListFlowsResponse,
+  type PauseFlowResponse,
+  type ResumeFlowResponse,
+  type RetryResponse,
+  type RollbackResponse,
+  type TransitionPhaseResponse,
+  type UpdatePhaseProgressResponse,
+  type ValidateTransitionResponse,
+} from "./gen/flowstate/v1/index.js";
+import {
+  DEFAULT_RETRY_POLICY,
+  DEFAULT_WATCH_RETRY_POLICY,
+  RetryState,
+  resolveRetryPolicy,
+  sleep,
+  type RetryPolicy,
+} from "./retry.js";
+import { watchFlow, watchFlows, type FlowsEvent, type WatchFlowsOptions, type WatchOptions } from "./watch.js";
+
+/** Where `flowstate serve` listens by default. */
+export const DEFAULT_ADDRESS = "127.0.0.1:50051";
+
+/** A bearer token source: called before every attempt, so a refreshing source returns the fresh token. */
+export type TokenProvider = () => string | Promise<string>;
+
+/** TLS settings (passed to `http2.connect`): custom CA, client certificate for mTLS, server name. */
+export interface TlsOptions {
+  ca?: string | Buffer | Array<string | Buffer>;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  servername?: string;
+}
+
+/** Options of `createFlowstateClient()`. */
+export interface FlowstateClientOptions {
+  /** `host:port` (e.g. `"127.0.0.1:50051"`), or a URL (`http://...`, `https://...`). */
+  address?: string;
+  /** A bearer token (JWT). */
+  token?: string;
+  /** A bearer token source, called before every attempt (takes precedence over `token`). */
+  tokenProvider?: TokenProvider;
+  /** Use TLS: `true` for the system CAs, or settings. Plaintext (h2c) otherwise. */
+  tls?: boolean | TlsOptions;
+  /**
+   * Allow plaintext to a host that is not a loopback address (tokens then travel unencrypted).
+   * Plaintext to 127.0.0.0/8, ::1 and localhost is always allowed.
+   */
+  allowInsecure?: boolean;
+  /** Timeout of each attempt of a unary call, in milliseconds (30 s; 0 disables). */
+  timeoutMs?: number;
+  /** Retry policy of unary calls (overrides of `DEFAULT_RETRY_POLICY`); `false` disables retries. */
+  retry?: Partial<RetryPolicy> | false;
+  /** Reconnection policy of status streams (overrides of `DEFAULT_WATCH_RETRY_POLICY`). */
+  watchRetry?: Partial<RetryPolicy>;
+  /** More Connect interceptors (after the one that sets the token). */
+  interceptors?: Interceptor[];
+  /** HTTP/2 keepalive settings (PING interval and timeout, idle timeout). */
+  http2?: Http2SessionOptions;
+}
+
+/** Per-call options: Connect's `CallOptions` plus a retry override. */
+export interface FlowstateCallOptions extends CallOptions {
+  /** Overrides of the client's retry policy for this call; `false` disables retries. */
+  retry?: Partial<RetryPolicy> | false;
+}
+
+type Init<D extends DescMessage> = MessageInitShape<D>;
+
+/** Request shapes accepted by the client (plain objects; every field optional). */
+export type CreateFlowInput = Init<typeof CreateFlowRequestSchema>;
+export type GetFlowInput = Init<typeof GetFlowRequestSchema>;
+export type ListFlowsInput = Init<typeof ListFlowsRequestSchema>;
+export type ValidateTransitionInput = Init<typeof ValidateTransitionRequestSchema>;
+export type TransitionPhaseInput = Init<typeof TransitionPhaseRequestSchema>;
+export type UpdatePhaseProgressInput = Init<typeof UpdatePhaseProgressRequestSchema>;
+export type RollbackInput = Init<typeof RollbackRequestSchema>;
+export type RetryInput = Init<typeof RetryRequestSchema>;
+export type GetRecoveryOptionsInput = Init<typeof GetRecoveryOptionsRequestSchema>;
+export type PauseFlowInput = Init<typeof PauseFlowRequestSchema>;
+export type ResumeFlowInput = Init<typeof ResumeFlowRequestSchema>;
+export type CancelFlowInput = Init<typeof CancelFlowRequestSchema>;
+export type ListFlowHistoryInput = Init<typeof ListFlowHistoryRequestSchema>;
+export type GetFlowDefinitionInput = Init<typeof GetFlowDefinitionRequestSchema>;
+
+/** The Flowstate client: one method per RPC, plus resumable watches. */
+export interface FlowstateClient {
+  createFlow(request?: CreateFlowInput, options?: FlowstateCallOptions): Promise<CreateFlowResponse>;
+  getFlow(request: GetFlowInput, options?: FlowstateCallOptions): Promise<GetFlowResponse>;
+  listFlows(request?: ListFlowsInput, options?: FlowstateCallOptions): Promise<ListFlowsResponse>;
+  validateTransition(request: ValidateTransitionInput, options?: FlowstateCallOptions): Promise<ValidateTransitionResponse>;
+  transitionPhase(request: TransitionPhaseInput, options?: FlowstateCallOptions): Promise<TransitionPhaseResponse>;
+  updatePhaseProgress(request: UpdatePhaseProgressInput, options?: FlowstateCallOptions): Promise<UpdatePhaseProgressResponse>;
+  rollback(request: RollbackInput, options?: FlowstateCallOptions): Promise<RollbackResponse>;
+  retry(request: RetryInput, options?: FlowstateCallOptions): Promise<RetryResponse>;
+  getRecoveryOptions(request: GetRecoveryOptionsInput, options?: FlowstateCallOptions): Promise<GetRecoveryOptionsResponse>;
+  pauseFlow(request: PauseFlowInput, options?: FlowstateCallOptions): Promise<PauseFlowResponse>;
+  resumeFlow(request: ResumeFlowInput, options?: FlowstateCallOptions): Promise<ResumeFlowResponse>;
+  cancelFlow(request: CancelFlowInput, options?: FlowstateCallOptions): Promise<CancelFlowResponse>;
+  listFlowHistory(request: ListFlowHistoryInput, options?: FlowstateCallOptions): Promise<ListFlowHistoryResponse>;
+  getFlowDefinition(request?: GetFlowDefinitionInput, options?: FlowstateCallOptions): Promise<GetFlowDefinitionResponse>;
+  /** Every history entry of a flow after `afterVersion`, page after page. */
+  history(flowId: string, options?: { afterVersion?: bigint | number; pageSize?: number } & FlowstateCallOptions): AsyncGenerator<HistoryEntry, void, undefined>;
+  /** The events of one flow, resumed across disconnects; ends after the terminal event unless `keepOpen`. */
+  watch(flowId: string, options?: WatchOptions): AsyncGenerator<FlowEvent, void, undefined>;
+  /** The events of the caller's flows, resumed by cursor across disconnects; never ends by itself. */
+  watchFlows(options?: WatchFlowsOptions): AsyncGenerator<FlowsEvent, void, undefined>;
+  /** The generated Connect client on the same connection (no retries, raw ConnectErrors). */
+  readonly raw: Client<typeof FlowStateService>;
+  /** The base URL the client talks to. */
+  readonly baseUrl: string;
+  /** Closes the connection (open streams end with CANCELLED). */
+  close(): void;
+}
+
+const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[?::1\]?)$/i;
+
+/** The base URL for an address (`host:port` or URL) and whether it is a loopback host. */
+export function resolveAddress(address: string, tls: boolean): { baseUrl: string; loopback: boolean } {
+  const baseUrl = address.includes("://") ? address : `${tls ? "https" : "http"}://${address}`;
+  const url = new URL(baseUrl);
+  return { baseUrl: url.origin, loopback: LOOPBACK.test(url.hostname) };
+}
+
+/** Creates a Flowstate client (see `FlowstateClientOptions`). */
+export function createFlowstateClient(options: FlowstateClientOptions = {}): FlowstateClient {
+  const tls = options.tls !== undefined && options.tls !== false;
+  const { baseUrl, loopback } = resolveAddress(options.address ?? DEFAULT_ADDRESS, tls);
+  const secure = baseUrl.startsWith("https:");
+  if (!secure && !loopback && !options.allowInsecure) {
+    throw new Error(
+      `refusing plaintext to ${baseUrl}: the bearer token would travel unencrypted; ` +
+        "set tls (or allowInsecure: true on a trusted network)",
+    );
+  }
+  const retryPolicy = resolveRetryPolicy(options.retry, DEFAULT_RETRY_POLICY);
+  const watchPolicy = resolveRetryPolicy(options.watchRetry, DEFAULT_WATCH_RETRY_POLICY);
+  const timeoutMs = options.timeoutMs ?? 30_000;
+
+  const tokenOf: TokenProvider | undefined =
+    options.tokenProvider ?? (options.token !== undefined ? () => options.token ?? "" : undefined);
+  const auth: Interceptor = (next) => async (request) => {
+    if (tokenOf !== undefined) {
+      const token = await tokenOf();
+      if (token) request.header.set("authorization", `Bearer ${token}`);
+    }
+    return next(request);
+  };
+
+  const nodeOptions: http2.SecureClientSessionOptions = typeof options.tls === "object" ? { ...options.tls } : {};
+  const sessionManager = new Http2SessionManager(baseUrl, options.http2 ?? {}, nodeOptions);
+  const transport = createGrpcTransport({
+    baseUrl,
+    sessionManager,
+    interceptors: [auth, ...(options.interceptors ?? [])],
+  });
+  const raw = createClient(FlowStateService, transport);
+
+  async function unary<D extends DescMessage, R>(
+    schema: D,
+    input: MessageInitShape<D>,
+    call: (request: MessageShape<D>, callOptions: CallOptions) => Promise<R>,
+    mutation: boolean,
+    callOptions: FlowstateCallOptions = {},
+  ): Promise<R> {
+    const request = create(schema, input);
+    if (mutation) {
+      const withId = request as MessageShape<D> & { requestId: string };
+      if (!withId.requestId) withId.requestId = randomUUID();
+    }
+    const { retry, ...connectOptions } = callOptions;
+    const policy = retry === undefined ? retryPolicy : resolveRetryPolicy(retry, retryPolicy);
+    const state = new RetryState(policy);
+    const signal = connectOptions.signal;
+    for (;;) {
+      state.begin();
+      try {
+        return await call(request, {
+          ...connectOptions,
+          timeoutMs: state.attemptTimeoutMs(connectOptions.timeoutMs ?? timeoutMs),
+        });
+      } catch (err) {
+        if (signal?.aborted) throw toFlowstateError(err);
+        const error = toFlowstateError(err);
+        const delay = state.nextDelayMs(error, error.grpcCode === Code.Unavailable);
+        if (delay === undefined) throw error;
+        await sleep(delay, signal);
+      }
+    }
+  }
+
+  const client: FlowstateClient = {
+    raw,
+    baseUrl,
+    createFlow: (request = {}, o) => unary(CreateFlowRequestSchema, request, (r, c) => raw.createFlow(r, c), true, o),
+    getFlow: (request, o) => unary(GetFlowRequestSchema, request, (r, c) => raw.getFlow(r, c), false, o),
+    listFlows: (request = {}, o) => unary(ListFlowsRequestSchema, request, (r, c) => raw.listFlows(r, c), false, o),
+    validateTransition: (request, o) =>
+      unary(ValidateTransitionRequestSchema, request, (r, c) => raw.validateTransition(r, c), false, o),
+    transitionPhase: (request, o) =>
+      unary(TransitionPhaseRequestSchema, request, (r, c) => raw.transitionPhase(r, c), true, o),
+    updatePhaseProgress: (request, o) =>
+      unary(UpdatePhaseProgressRequestSchema, request, (r, c) => raw.updatePhaseProgress(r, c), true, o),
+    rollback: (request, o) => unary(RollbackRequestSchema, request, (r, c) => raw.rollback(r, c), true, o),
+    retry: (request, o) => unary(RetryRequestSchema, request, (r, c) => raw.retry(r, c), true, o),
+    getRecoveryOptions: (request, o) =>
+      unary(GetRecoveryOptionsRequestSchema, request, (r, c) => raw.getRecoveryOptions(r, c), false, o),
+    pauseFlow: (request, o) => unary(PauseFlowRequestSchema, request, (r, c) => raw.pauseFlow(r, c), true, o),
+    resumeFlow: (request, o) => unary(ResumeFlowRequestSchema, request, (r, c) => raw.resumeFlow(r, c), true, o),
+    cancelFlow: (request, o) => unary(CancelFlowRequestSchema, request, (r, c) => raw.cancelFlow(r, c), true, o),
+    listFlowHistory: (request, o) =>
+      unary(ListFlowHistoryRequestSchema, request, (r, c) => raw.listFlowHistory(r, c), false, o),
+    getFlowDefinition: (request = {}, o) =>
+      unary(GetFlowDefinitionRequestSchema, request, (r, c) => raw.getFlowDefinition(r, c), false, o),
+    async *history(flowId, historyOptions = {}) {
+      const { afterVersion, pageSize, ...callOptions } = historyOptions;
+      let pageToken = "";
+      do {
+        const page = await client.listFlowHistory(
+          { flowId, afterVersion: afterVersion === undefined ? 0n : BigInt(afterVersion), pageSize, pageToken },
+          callOptions,
+        );
+        yield* page.historyEntries;
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+    },
+    watch: (flowId, watchOptions = {}) =>
+      watchFlow(raw, flowId, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy)),
+    watchFlows: (watchOptions = {}) => watchFlows(raw, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy)),
+    close: () => sessionManager.abort(),
+  };
+  return client;
+}

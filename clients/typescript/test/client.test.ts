@@ -1,0 +1,481 @@
+// Unit tests of the wrapper against an in-process fake server (test/support/fake-server.ts):
+// token interceptor, request ids and retries, error decoding, resumable watches. Deterministic
+// and fast; the behaviour against the real server is in e2e.test.ts.
+import assert from "node:assert/strict";
+import { after, describe, it } from "node:test";
+
+import { create } from "@bufbuild/protobuf";
+import { Code, type HandlerContext } from "@connectrpc/connect";
+
+import {
+  createFlowstateClient,
+  FlowEventSchema,
+  FlowNotFoundError,
+  FlowStatus,
+  FlowstateError,
+  InternalError,
+  InvalidPhaseTransitionError,
+  isFlowstateError,
+  MalformedRequestError,
+  PermissionDeniedError,
+  PhaseOrderViolationError,
+  PhaseState,
+  resolveRetryPolicy,
+  backoffMs,
+  ServerShuttingDownError,
+  UnauthenticatedError,
+  UnavailableError,
+  VersionConflictError,
+  FailedPreconditionError,
+  type FlowEvent,
+  type FlowstateClient,
+  type FlowstateClientOptions,
+  type WatchFlowRequest,
+  type WatchFlowsRequest,
+} from "../src/index.js";
+import { flowstateError, startFakeServer, type FakeServer } from "./support/fake-server.js";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const FAST_RETRY = { initialBackoffMs: 1, maxBackoffMs: 5, jitter: 0 };
+
+const cleanups: Array<() => Promise<void> | void> = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+});
+
+function clientFor(server: FakeServer, options: Partial<FlowstateClientOptions> = {}): FlowstateClient {
+  const client = createFlowstateClient({ address: server.address, token: "t0k3n", retry: FAST_RETRY, watchRetry: FAST_RETRY, ...options });
+  cleanups.push(() => client.close());
+  return client;
+}
+
+async function serve(impl: Parameters<typeof startFakeServer>[0], port = 0): Promise<FakeServer> {
+  const server = await startFakeServer(impl, port);
+  cleanups.push(() => server.close());
+  return server;
+}
+
+function event(flowVersion: number, status = FlowStatus.DATA_GATHERING, kind: "snapshot" | "change" | "heartbeat" = "change"): FlowEvent {
+  const version = BigInt(flowVersion);
+  const base = { flowId: "f1", flowVersion: kind === "heartbeat" ? 0n : version, status, progress: flowVersion };
+  switch (kind) {
+    case "snapshot":
+      return create(FlowEventSchema, { ...base, kind: { case: "snapshot", value: { flowId: "f1", version, status } } });
+    case "heartbeat":
+      return create(FlowEventSchema, { ...base, kind: { case: "heartbeat", value: {} } });
+    default:
+      return create(FlowEventSchema, {
+        ...base,
+        kind: { case: "change", value: { flowId: "f1", flowVersion: version, statusAfter: status } },
+      });
+  }
+}
+
+async function collect<T>(iterable: AsyncIterable<T>, limit = 100): Promise<T[]> {
+  const items: T[] = [];
+  for await (const item of iterable) {
+    items.push(item);
+    if (items.length >= limit) break;
+  }
+  return items;
+}
+
+describe("unary calls", () => {
+  it("sends the bearer token from a provider on every attempt", async () => {
+    let attempts = 0;
+    const server = await serve({
+      getFlow() {
+        attempts += 1;
+        if (attempts < 3) throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down", { retryAllowed: true });
+        return { flow: { flowId: "f1" } };
+      },
+    });
+    let n = 0;
+    const client = clientFor(server, { token: undefined, tokenProvider: async () => `tok-${++n}` });
+    const response = await client.getFlow({ flowId: "f1" });
+    assert.equal(response.flow?.flowId, "f1");
+    assert.deepEqual(
+      server.headers.map((h) => h.get("authorization")),
+      ["Bearer tok-1", "Bearer tok-2", "Bearer tok-3"],
+    );
+  });
+
+  it("gives a mutation one request id, reused on every retry", async () => {
+    const ids: string[] = [];
+    const server = await serve({
+      transitionPhase(request) {
+        ids.push(request.requestId);
+        if (ids.length < 3) throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down", { retryAllowed: true });
+        return { flow: { flowId: request.flowId, version: 2n } };
+      },
+      createFlow(request) {
+        ids.push(request.requestId);
+        return { flow: { flowId: "new" } };
+      },
+    });
+    const client = clientFor(server);
+    await client.transitionPhase({ flowId: "f1", phase: "data_import", targetState: PhaseState.IN_PROGRESS });
+    assert.equal(ids.length, 3);
+    assert.match(ids[0] ?? "", UUID);
+    assert.equal(new Set(ids).size, 1, "the same request id on every attempt");
+
+    await client.createFlow();
+    await client.createFlow({ requestId: "mine-1" });
+    assert.match(ids[3] ?? "", UUID);
+    assert.notEqual(ids[3], ids[0], "a new call gets a new id");
+    assert.equal(ids[4], "mine-1", "an explicit request id is kept");
+  });
+
+  it("does not retry a refusal, and decodes it", async () => {
+    let calls = 0;
+    const server = await serve({
+      transitionPhase() {
+        calls += 1;
+        throw flowstateError(Code.FailedPrecondition, "INVALID_PHASE_TRANSITION", "cannot go from NOT_STARTED to COMPLETED", {
+          phase: "data_import",
+          validTransitions: [PhaseState.IN_PROGRESS],
+          details: { valid_transitions: ["IN_PROGRESS"], phase: "data_import" },
+          correlationId: "corr-42",
+        });
+      },
+    });
+    const client = clientFor(server);
+    const err = await client
+      .transitionPhase({ flowId: "f1", phase: "data_import", targetState: PhaseState.COMPLETED })
+      .then(() => assert.fail("expected a refusal"), (e: unknown) => e);
+    assert.equal(calls, 1);
+    assert.ok(err instanceof InvalidPhaseTransitionError);
+    assert.ok(err instanceof FailedPreconditionError);
+    assert.ok(err instanceof FlowstateError);
+    assert.ok(isFlowstateError(err));
+    assert.equal(err.code, "INVALID_PHASE_TRANSITION");
+    assert.equal(err.grpcCode, Code.FailedPrecondition);
+    assert.equal(err.grpcCodeName, "FAILED_PRECONDITION");
+    assert.equal(err.message, "cannot go from NOT_STARTED to COMPLETED");
+    assert.deepEqual(err.validTransitions, [PhaseState.IN_PROGRESS]);
+    assert.equal(err.phase, "data_import");
+    assert.equal(err.correlationId, "corr-42");
+    assert.equal(err.retryAllowed, false);
+    assert.deepEqual(err.details, { valid_transitions: ["IN_PROGRESS"], phase: "data_import" });
+    assert.equal(err.name, "InvalidPhaseTransitionError");
+    assert.deepEqual(err.toJSON(), {
+      code: "INVALID_PHASE_TRANSITION",
+      grpcCode: "FAILED_PRECONDITION",
+      message: "cannot go from NOT_STARTED to COMPLETED",
+      details: { valid_transitions: ["IN_PROGRESS"], phase: "data_import" },
+      retryAllowed: false,
+      correlationId: "corr-42",
+      phase: "data_import",
+    });
+  });
+
+  it("gives up after maxAttempts with an UnavailableError", async () => {
+    let calls = 0;
+    const server = await serve({
+      getFlow() {
+        calls += 1;
+        throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down", { retryAllowed: true }, { retryDelaySeconds: 0 });
+      },
+    });
+    const client = clientFor(server, { retry: { ...FAST_RETRY, maxAttempts: 4 } });
+    await assert.rejects(client.getFlow({ flowId: "f1" }), (err: unknown) => {
+      assert.ok(err instanceof UnavailableError);
+      assert.equal(err.code, "TEMPORARY_RESOURCE_UNAVAILABLE");
+      assert.equal(err.retryAllowed, true);
+      assert.equal(err.retryDelayMs, 0);
+      return true;
+    });
+    assert.equal(calls, 4);
+  });
+
+  it("retries nothing with retry: false, per client or per call", async () => {
+    let calls = 0;
+    const server = await serve({
+      getFlow() {
+        calls += 1;
+        throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down");
+      },
+    });
+    await assert.rejects(clientFor(server, { retry: false }).getFlow({ flowId: "f1" }), UnavailableError);
+    assert.equal(calls, 1);
+    await assert.rejects(clientFor(server).getFlow({ flowId: "f1" }, { retry: false }), UnavailableError);
+    assert.equal(calls, 2);
+  });
+
+  it("reports a refused connection as UNAVAILABLE after retrying", async () => {
+    const server = await serve({});
+    const address = server.address;
+    await server.close();
+    const client = createFlowstateClient({ address, retry: { ...FAST_RETRY, maxAttempts: 3 } });
+    cleanups.push(() => client.close());
+    await assert.rejects(client.getFlow({ flowId: "f1" }), (err: unknown) => {
+      assert.ok(err instanceof UnavailableError, String(err));
+      assert.equal(err.grpcCode, Code.Unavailable);
+      assert.equal(err.code, "TEMPORARY_RESOURCE_UNAVAILABLE");
+      assert.equal(err.flowError, undefined);
+      return true;
+    });
+  });
+
+  it("stops retrying when the caller aborts", async () => {
+    const server = await serve({
+      getFlow() {
+        throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down");
+      },
+    });
+    const client = clientFor(server, { retry: { initialBackoffMs: 10_000, maxBackoffMs: 10_000, maxAttempts: 5 } });
+    const controller = new AbortController();
+    const started = Date.now();
+    setTimeout(() => controller.abort(new Error("caller gave up")), 100);
+    await assert.rejects(client.getFlow({ flowId: "f1" }, { signal: controller.signal }), /caller gave up/);
+    assert.ok(Date.now() - started < 5_000);
+  });
+
+  it("refuses plaintext to a non-loopback host unless allowed", () => {
+    assert.throws(() => createFlowstateClient({ address: "flowstate.example.com:443" }), /plaintext/);
+    createFlowstateClient({ address: "flowstate.example.com:443", allowInsecure: true }).close();
+    createFlowstateClient({ address: "flowstate.example.com:443", tls: true }).close();
+    createFlowstateClient({ address: "localhost:50051" }).close();
+    createFlowstateClient({ address: "[::1]:50051" }).close();
+  });
+
+  it("computes exponential backoff with jitter, capped", () => {
+    const policy = resolveRetryPolicy({ initialBackoffMs: 100, maxBackoffMs: 1000, multiplier: 2, jitter: 0.5 });
+    assert.equal(backoffMs(policy, 1, () => 0.5), 100);
+    assert.equal(backoffMs(policy, 3, () => 0.5), 400);
+    assert.equal(backoffMs(policy, 10, () => 0.5), 1000);
+    assert.equal(backoffMs(policy, 1, () => 0), 50);
+    assert.equal(backoffMs(policy, 1, () => 1), 150);
+    assert.throws(() => resolveRetryPolicy({ maxAttempts: 0 }), RangeError);
+    assert.throws(() => resolveRetryPolicy({ jitter: 2 }), RangeError);
+  });
+});
+
+describe("error decoding", () => {
+  const cases: Array<{
+    name: string;
+    error: () => Error;
+    cls: new (...args: never[]) => FlowstateError;
+    check?: (err: FlowstateError) => void;
+  }> = [
+    {
+      name: "PHASE_ORDER_VIOLATION",
+      error: () =>
+        flowstateError(Code.FailedPrecondition, "PHASE_ORDER_VIOLATION", "blocked", {
+          blockingPhases: ["data_import"],
+          details: { blocking_phases: ["data_import"] },
+        }),
+      cls: PhaseOrderViolationError,
+      check: (err) => assert.deepEqual((err as PhaseOrderViolationError).blockingPhases, ["data_import"]),
+    },
+    {
+      name: "VERSION_CONFLICT",
+      error: () =>
+        flowstateError(Code.Aborted, "VERSION_CONFLICT", "stale", { currentVersion: 7n, details: { current_version: 7 } }),
+      cls: VersionConflictError,
+      check: (err) => assert.equal((err as VersionConflictError).currentVersion, 7n),
+    },
+    { name: "FLOW_NOT_FOUND", error: () => flowstateError(Code.NotFound, "FLOW_NOT_FOUND", "no such flow"), cls: FlowNotFoundError },
+    { name: "UNAUTHENTICATED", error: () => flowstateError(Code.Unauthenticated, "UNAUTHENTICATED", "bad token"), cls: UnauthenticatedError },
+    { name: "PERMISSION_DENIED", error: () => flowstateError(Code.PermissionDenied, "PERMISSION_DENIED", "read only"), cls: PermissionDeniedError },
+    {
+      name: "MALFORMED_REQUEST",
+      error: () =>
+        flowstateError(Code.InvalidArgument, "MALFORMED_REQUEST", "flow_id is not a UUID", { details: { field: "flow_id" } }, {
+          fieldViolations: [{ field: "flow_id", description: "not a UUID" }],
+        }),
+      cls: MalformedRequestError,
+      check: (err) => assert.deepEqual(err.fieldViolations.map((v) => v.field), ["flow_id"]),
+    },
+    {
+      name: "SERVER_SHUTTING_DOWN",
+      error: () => flowstateError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "bye", { retryAllowed: true }),
+      cls: ServerShuttingDownError,
+    },
+    {
+      name: "an unknown reason falls back to the class of the gRPC code",
+      error: () => flowstateError(Code.FailedPrecondition, "UNSPECIFIED", "new kind of refusal"),
+      cls: FailedPreconditionError,
+    },
+    {
+      name: "a status without details is classified by its gRPC code",
+      error: () => new Error("boom"),
+      cls: InternalError,
+      check: (err) => {
+        assert.equal(err.code, "INTERNAL");
+        assert.equal(err.grpcCode, Code.Internal); // what Connect sends for an uncaught exception
+      },
+    },
+  ];
+  for (const c of cases) {
+    it(c.name, async () => {
+      const server = await serve({
+        getFlow() {
+          throw c.error();
+        },
+      });
+      const err = await clientFor(server, { retry: false })
+        .getFlow({ flowId: "f1" })
+        .then(() => assert.fail("expected an error"), (e: unknown) => e);
+      assert.ok(err instanceof c.cls, `${String(err)} is a ${c.cls.name}`);
+      c.check?.(err);
+    });
+  }
+});
+
+describe("watch", () => {
+  it("resumes after UNAVAILABLE and SUBSCRIBER_TOO_SLOW from the last version, without duplicates", async () => {
+    const requests: WatchFlowRequest[] = [];
+    const server = await serve({
+      async *watchFlow(request) {
+        requests.push(request);
+        switch (requests.length) {
+          case 1:
+            yield { event: event(1, FlowStatus.INITIALIZED, "snapshot") };
+            yield { event: event(2) };
+            yield { event: event(3) };
+            throw flowstateError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "draining", { retryAllowed: true });
+          case 2:
+            yield { event: event(3) }; // replayed again: must not be delivered twice
+            yield { event: event(4) };
+            throw flowstateError(Code.ResourceExhausted, "SUBSCRIBER_TOO_SLOW", "too slow");
+          default:
+            yield { event: event(0, FlowStatus.DATA_GATHERING, "heartbeat") };
+            yield { event: event(5, FlowStatus.COMPLETED) };
+            yield { event: event(6, FlowStatus.COMPLETED) }; // never read: the watch ends at the terminal event
+        }
+      },
+    });
+    const reconnects: string[] = [];
+    const client = clientFor(server);
+    const events = await collect(client.watch("f1", { onReconnect: ({ error }) => reconnects.push(error.code) }));
+    assert.deepEqual(events.map((e) => e.flowVersion), [1n, 2n, 3n, 4n, 5n]);
+    assert.equal(events[0]?.kind.case, "snapshot");
+    assert.deepEqual(requests.map((r) => r.afterVersion), [undefined, 3n, 4n]);
+    assert.deepEqual(reconnects, ["SERVER_SHUTTING_DOWN", "SUBSCRIBER_TOO_SLOW"]);
+  });
+
+  it("starts after afterVersion, passes keepOpen, and delivers heartbeats when asked", async () => {
+    const requests: WatchFlowRequest[] = [];
+    const server = await serve({
+      async *watchFlow(request) {
+        requests.push(request);
+        yield { event: event(0, FlowStatus.PLANNING, "heartbeat") };
+        yield { event: event(8, FlowStatus.COMPLETED) };
+        yield { event: event(9, FlowStatus.COMPLETED) };
+      },
+    });
+    const client = clientFor(server);
+    const events = await collect(client.watch("f1", { afterVersion: 7, keepOpen: true, includeHeartbeats: true }), 3);
+    assert.deepEqual(events.map((e) => [e.kind.case, e.flowVersion]), [["heartbeat", 0n], ["change", 8n], ["change", 9n]]);
+    assert.equal(requests[0]?.afterVersion, 7n);
+    assert.equal(requests[0]?.keepOpen, true);
+  });
+
+  it("throws a refusal that resuming cannot fix", async () => {
+    const server = await serve({
+      // eslint-disable-next-line require-yield
+      async *watchFlow() {
+        throw flowstateError(Code.NotFound, "FLOW_NOT_FOUND", "no such flow");
+      },
+    });
+    await assert.rejects(collect(clientFor(server).watch("f1")), FlowNotFoundError);
+  });
+
+  it("resumes across a server that was killed and restarted on the same port", async () => {
+    let connections = 0;
+    const requests: WatchFlowRequest[] = [];
+    const impl = {
+      async *watchFlow(request: WatchFlowRequest, context: HandlerContext) {
+        requests.push(request);
+        connections += 1;
+        if (connections === 1) {
+          yield { event: event(1, FlowStatus.INITIALIZED, "snapshot") };
+          yield { event: event(2) };
+          // Hang until the server is killed under us.
+          await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+          return;
+        }
+        yield { event: event(2) };
+        yield { event: event(3, FlowStatus.CANCELLED) };
+      },
+    };
+    const first = await serve(impl);
+    const port = Number(first.address.split(":")[1]);
+    const client = clientFor(first);
+    const seen: bigint[] = [];
+    let second: FakeServer | undefined;
+    for await (const e of client.watch("f1")) {
+      seen.push(e.flowVersion);
+      if (e.flowVersion === 2n && second === undefined) {
+        await first.kill();
+        second = await serve(impl, port);
+      }
+    }
+    assert.deepEqual(seen, [1n, 2n, 3n]);
+    assert.deepEqual(requests.map((r) => r.afterVersion), [undefined, 2n]);
+  });
+
+  it("gives up reconnecting when the policy's deadline runs out", async () => {
+    const server = await serve({});
+    const address = server.address;
+    await server.close();
+    const client = createFlowstateClient({ address, watchRetry: { ...FAST_RETRY, deadlineMs: 200 } });
+    cleanups.push(() => client.close());
+    await assert.rejects(collect(client.watch("f1")), UnavailableError);
+  });
+
+  it("stops on abort, and cancels the server's stream when the consumer breaks", async () => {
+    let serverSawCancel = false;
+    const server = await serve({
+      async *watchFlow(_request, context) {
+        context.signal.addEventListener("abort", () => {
+          serverSawCancel = true;
+        });
+        yield { event: event(1, FlowStatus.INITIALIZED, "snapshot") };
+        await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+      },
+    });
+    const client = clientFor(server);
+    for await (const e of client.watch("f1")) {
+      assert.equal(e.flowVersion, 1n);
+      break;
+    }
+    for (let i = 0; i < 50 && !serverSawCancel; i += 1) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(serverSawCancel, "breaking out of the loop cancels the stream");
+
+    const controller = new AbortController();
+    const iterator = client.watch("f1", { signal: controller.signal });
+    assert.equal((await iterator.next()).value?.flowVersion, 1n);
+    const pending = iterator.next();
+    controller.abort(new Error("done watching"));
+    await assert.rejects(pending, /done watching/);
+  });
+});
+
+describe("watchFlows", () => {
+  it("resumes by cursor and drops versions already delivered per flow", async () => {
+    const requests: WatchFlowsRequest[] = [];
+    const server = await serve({
+      async *watchFlows(request) {
+        requests.push(request);
+        const ev = (flowId: string, version: number) => ({
+          event: { ...event(version), flowId },
+          cursor: `c-${flowId}-${version}`,
+        });
+        if (requests.length === 1) {
+          yield ev("a", 1);
+          yield ev("b", 1);
+          throw flowstateError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "draining");
+        }
+        yield ev("b", 1);
+        yield ev("a", 2);
+      },
+    });
+    const client = clientFor(server);
+    const events = await collect(client.watchFlows({ definitionName: "discovery" }), 3);
+    assert.deepEqual(events.map((e) => `${e.event.flowId}@${e.event.flowVersion}`), ["a@1", "b@1", "a@2"]);
+    assert.deepEqual(requests.map((r) => r.cursor), ["", "c-b-1"]);
+    assert.equal(requests[0]?.definitionName, "discovery");
+  });
+});
