@@ -1,0 +1,265 @@
+"""Server settings: defaults < ``FLOWSTATE_*`` environment variables < command-line flags.
+
+`ServerSettings.from_env` reads the environment; `with_overrides` applies the flags that were
+given. `resolve_auth` turns the settings into the JWT key the server verifies with:
+
+- ``FLOWSTATE_JWT_PUBLIC_KEY_FILE``: RS256 or ES256 (an RSA or EC P-256 PEM public key);
+- ``FLOWSTATE_JWT_SECRET`` or ``FLOWSTATE_JWT_SECRET_FILE``: HS256 (at least 32 bytes);
+- neither: **local dev mode**, allowed only with the embedded database (no
+  ``FLOWSTATE_DATABASE_URL``) or with ``FLOWSTATE_DEV_AUTH=1``: a random secret created in the
+  data directory (mode 0600), issuer ``flowstate-dev``, audience ``flowstate``.
+
+The server never runs without checking credentials: with an external database and no key it
+refuses to start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from flowstate.server.auth import (
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    JwtKey,
+    load_or_create_dev_secret,
+)
+from flowstate.server.logs import LOG_FORMATS
+from flowstate.storage.embedded import default_data_dir
+
+__all__ = ["DEFAULT_PORT", "AuthConfig", "ConfigError", "ServerSettings", "resolve_auth"]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 50051
+MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or contradicts another one."""
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(name: str, value: str, *, minimum: int = 0, maximum: int = 65535) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {value!r}") from None
+    if not minimum <= number <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, not {number}")
+    return number
+
+
+def _float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if not number >= 0:
+        raise ConfigError(f"{name} must be >= 0, not {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `FlowstateServer.start` needs; each field has a ``FLOWSTATE_*`` variable."""
+
+    host: str = DEFAULT_HOST
+    """FLOWSTATE_HOST: the address to listen on."""
+    port: int = DEFAULT_PORT
+    """FLOWSTATE_PORT: the port (0: an ephemeral port, printed when serving)."""
+    database_url: str | None = None
+    """FLOWSTATE_DATABASE_URL: an external PostgreSQL; embedded PostgreSQL when unset."""
+    data_dir: Path | None = None
+    """FLOWSTATE_DATA_DIR: embedded PostgreSQL and the dev secret (platform default)."""
+    migrate: bool | None = None
+    """FLOWSTATE_MIGRATE_ON_START: migrate at start (default: only with the embedded DB)."""
+    jwt_secret: str | None = field(default=None, repr=False)
+    """FLOWSTATE_JWT_SECRET: HS256 secret (environment only: no flag, to keep it out of ps)."""
+    jwt_secret_file: Path | None = None
+    """FLOWSTATE_JWT_SECRET_FILE: file holding the HS256 secret."""
+    jwt_public_key_file: Path | None = None
+    """FLOWSTATE_JWT_PUBLIC_KEY_FILE: PEM public key for RS256 / ES256 tokens."""
+    jwt_issuer: str | None = None
+    """FLOWSTATE_JWT_ISSUER: required `iss` (dev mode: flowstate-dev)."""
+    jwt_audience: str | None = None
+    """FLOWSTATE_JWT_AUDIENCE: required `aud` (dev mode: flowstate)."""
+    dev_auth: bool = False
+    """FLOWSTATE_DEV_AUTH: allow the data-directory dev secret with an external database."""
+    tls_cert_file: Path | None = None
+    """FLOWSTATE_TLS_CERT_FILE: server certificate chain (PEM); TLS when set."""
+    tls_key_file: Path | None = None
+    """FLOWSTATE_TLS_KEY_FILE: server private key (PEM)."""
+    tls_client_ca_file: Path | None = None
+    """FLOWSTATE_TLS_CLIENT_CA_FILE: CA bundle for client certificates; mTLS when set."""
+    metrics_port: int | None = None
+    """FLOWSTATE_METRICS_PORT: Prometheus endpoint port (off when unset; 0: ephemeral)."""
+    metrics_host: str = DEFAULT_HOST
+    """FLOWSTATE_METRICS_HOST: the metrics endpoint's address."""
+    log_format: str = "text"
+    """FLOWSTATE_LOG_FORMAT: text or json."""
+    log_level: str = "INFO"
+    """FLOWSTATE_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR."""
+    grace_period: float = 10.0
+    """FLOWSTATE_GRACE_PERIOD: seconds in-flight RPCs get to finish on shutdown."""
+    ready_file: Path | None = None
+    """FLOWSTATE_READY_FILE: written with the listening address once serving."""
+    heartbeat_interval: float = 15.0
+    """FLOWSTATE_HEARTBEAT_INTERVAL: seconds between heartbeats on idle streams."""
+    db_pool_size: int = 10
+    """FLOWSTATE_DB_POOL_SIZE: pooled database connections (plus as many overflow)."""
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    """Largest request or response message (4 MiB)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
+        """Defaults overridden by the ``FLOWSTATE_*`` variables set (non-empty) in `env`."""
+        values: dict[str, Any] = {}
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        text_fields = {
+            "FLOWSTATE_HOST": "host",
+            "FLOWSTATE_DATABASE_URL": "database_url",
+            "FLOWSTATE_JWT_SECRET": "jwt_secret",
+            "FLOWSTATE_JWT_ISSUER": "jwt_issuer",
+            "FLOWSTATE_JWT_AUDIENCE": "jwt_audience",
+            "FLOWSTATE_METRICS_HOST": "metrics_host",
+            "FLOWSTATE_LOG_FORMAT": "log_format",
+            "FLOWSTATE_LOG_LEVEL": "log_level",
+        }
+        path_fields = {
+            "FLOWSTATE_DATA_DIR": "data_dir",
+            "FLOWSTATE_JWT_SECRET_FILE": "jwt_secret_file",
+            "FLOWSTATE_JWT_PUBLIC_KEY_FILE": "jwt_public_key_file",
+            "FLOWSTATE_TLS_CERT_FILE": "tls_cert_file",
+            "FLOWSTATE_TLS_KEY_FILE": "tls_key_file",
+            "FLOWSTATE_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
+            "FLOWSTATE_READY_FILE": "ready_file",
+        }
+        for name, attribute in text_fields.items():
+            if (value := get(name)) is not None:
+                values[attribute] = value
+        for name, attribute in path_fields.items():
+            if (value := get(name)) is not None:
+                values[attribute] = Path(value).expanduser()
+        if (value := get("FLOWSTATE_PORT")) is not None:
+            values["port"] = _int("FLOWSTATE_PORT", value)
+        if (value := get("FLOWSTATE_METRICS_PORT")) is not None:
+            values["metrics_port"] = _int("FLOWSTATE_METRICS_PORT", value)
+        if (value := get("FLOWSTATE_MIGRATE_ON_START")) is not None:
+            values["migrate"] = _bool("FLOWSTATE_MIGRATE_ON_START", value)
+        if (value := get("FLOWSTATE_DEV_AUTH")) is not None:
+            values["dev_auth"] = _bool("FLOWSTATE_DEV_AUTH", value)
+        if (value := get("FLOWSTATE_GRACE_PERIOD")) is not None:
+            values["grace_period"] = _float("FLOWSTATE_GRACE_PERIOD", value)
+        if (value := get("FLOWSTATE_HEARTBEAT_INTERVAL")) is not None:
+            values["heartbeat_interval"] = _float("FLOWSTATE_HEARTBEAT_INTERVAL", value)
+        if (value := get("FLOWSTATE_DB_POOL_SIZE")) is not None:
+            values["db_pool_size"] = _int("FLOWSTATE_DB_POOL_SIZE", value, minimum=1, maximum=1000)
+        return cls(**values).checked()
+
+    def with_overrides(self, **overrides: Any) -> ServerSettings:
+        """A copy with every override that is not None applied (command-line flags)."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return dataclasses.replace(self, **given).checked()
+
+    def checked(self) -> ServerSettings:
+        """Self, after refusing contradictory or out-of-range settings (ConfigError)."""
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log format must be one of {', '.join(LOG_FORMATS)}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, not {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics port must be between 0 and 65535, not {self.metrics_port}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("TLS needs both FLOWSTATE_TLS_CERT_FILE and FLOWSTATE_TLS_KEY_FILE")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("mTLS (FLOWSTATE_TLS_CLIENT_CA_FILE) needs TLS certificate and key")
+        secrets_given = sum(
+            x is not None for x in (self.jwt_secret, self.jwt_secret_file, self.jwt_public_key_file)
+        )
+        if secrets_given > 1:
+            raise ConfigError(
+                "configure exactly one of FLOWSTATE_JWT_SECRET, FLOWSTATE_JWT_SECRET_FILE "
+                "and FLOWSTATE_JWT_PUBLIC_KEY_FILE"
+            )
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """The data directory: the setting, else the platform default."""
+        return self.data_dir if self.data_dir is not None else default_data_dir({})
+
+    @property
+    def embedded_database(self) -> bool:
+        """Whether the server runs its own (embedded) PostgreSQL."""
+        return self.database_url is None
+
+    @property
+    def migrate_on_start(self) -> bool:
+        """Whether to migrate at start: the setting, else only with the embedded database."""
+        return self.migrate if self.migrate is not None else self.embedded_database
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """The key tokens are verified with, the claims checked, and where it came from."""
+
+    key: JwtKey
+    issuer: str | None
+    audience: str | None
+    source: str
+    """``public-key``, ``secret``, ``secret-file`` or ``dev`` (for the start-up log)."""
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def resolve_auth(settings: ServerSettings) -> AuthConfig:
+    """The JWT verification of `settings` (see the module docstring); ConfigError if none."""
+    try:
+        if settings.jwt_public_key_file is not None:
+            _read_file(settings.jwt_public_key_file, "JWT public key file")
+            key = JwtKey.from_public_key_file(settings.jwt_public_key_file)
+            return AuthConfig(key, settings.jwt_issuer, settings.jwt_audience, "public-key")
+        if settings.jwt_secret is not None:
+            key = JwtKey.hs256(settings.jwt_secret.encode())
+            return AuthConfig(key, settings.jwt_issuer, settings.jwt_audience, "secret")
+        if settings.jwt_secret_file is not None:
+            secret = _read_file(settings.jwt_secret_file, "JWT secret file").strip()
+            key = JwtKey.hs256(secret)
+            return AuthConfig(key, settings.jwt_issuer, settings.jwt_audience, "secret-file")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not (settings.embedded_database or settings.dev_auth):
+        raise ConfigError(
+            "no token verification configured: set FLOWSTATE_JWT_SECRET, "
+            "FLOWSTATE_JWT_SECRET_FILE or FLOWSTATE_JWT_PUBLIC_KEY_FILE (or FLOWSTATE_DEV_AUTH=1 "
+            "to use the data directory's dev secret with an external database)"
+        )
+    secret = load_or_create_dev_secret(settings.resolved_data_dir)
+    return AuthConfig(
+        JwtKey.hs256(secret),
+        settings.jwt_issuer or DEV_ISSUER,
+        settings.jwt_audience or DEV_AUDIENCE,
+        "dev",
+    )

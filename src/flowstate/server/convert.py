@@ -1,0 +1,385 @@
+"""Conversions between the core's domain values and the `flowstate.v1` messages.
+
+Enum tables are built once at import from the names (``PhaseState.IN_PROGRESS`` <->
+``PHASE_STATE_IN_PROGRESS``), so a domain value without a proto counterpart fails at start-up,
+not on a request. Per-definition data (phase weights and retry limits, the `FlowDefinition`
+message) is cached by `DefinitionView`, because definitions are immutable per (name, version).
+
+Nothing here validates requests (see `flowstate.server.validation`) or talks to the store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from flowstate.core.commands import (
+    CancelFlow,
+    Command,
+    PauseFlow,
+    ResumeFlow,
+    Retry,
+    Rollback,
+    TransitionPhase,
+    UpdatePhaseProgress,
+)
+from flowstate.core.definitions import FlowDefinition
+from flowstate.core.model import (
+    ErrorCode,
+    Flow,
+    FlowStatus,
+    HistoryEntry,
+    HistoryKind,
+    Phase,
+    PhaseError,
+    PhaseState,
+)
+from flowstate.core.recovery import RecoveryAction, RecoveryOption
+from flowstate.core.rules import PHASE_PROGRESS_FACTORS, PHASE_TRANSITIONS
+from flowstate.v1 import (
+    definition_pb2,
+    errors_pb2,
+    flow_pb2,
+    flow_service_pb2,
+    history_pb2,
+    states_pb2,
+)
+
+__all__ = [
+    "ERROR_CODE_FROM_PROTO",
+    "ERROR_CODE_TO_PROTO",
+    "FLOW_STATUS_FROM_PROTO",
+    "FLOW_STATUS_TO_PROTO",
+    "HISTORY_KIND_TO_PROTO",
+    "PHASE_STATE_FROM_PROTO",
+    "PHASE_STATE_TO_PROTO",
+    "RECOVERY_ACTION_TO_PROTO",
+    "DefinitionView",
+    "command_to_request",
+    "dict_to_struct",
+    "entry_to_proto",
+    "phase_error_to_proto",
+    "recovery_option_to_proto",
+    "struct_to_dict",
+    "timestamp",
+]
+
+PHASE_STATE_TO_PROTO: Mapping[PhaseState, states_pb2.PhaseState.ValueType] = {
+    member: states_pb2.PhaseState.Value("PHASE_STATE_" + member.name) for member in PhaseState
+}
+"""Domain phase state -> proto number (matched by name; a missing one fails at import)."""
+PHASE_STATE_FROM_PROTO: Mapping[int, PhaseState] = {v: k for k, v in PHASE_STATE_TO_PROTO.items()}
+"""Proto number -> domain phase state; 0 (UNSPECIFIED) and unknown numbers are absent."""
+FLOW_STATUS_TO_PROTO: Mapping[FlowStatus, states_pb2.FlowStatus.ValueType] = {
+    member: states_pb2.FlowStatus.Value("FLOW_STATUS_" + member.name) for member in FlowStatus
+}
+"""Domain flow status -> proto number."""
+FLOW_STATUS_FROM_PROTO: Mapping[int, FlowStatus] = {v: k for k, v in FLOW_STATUS_TO_PROTO.items()}
+"""Proto number -> domain flow status; 0 and unknown numbers are absent."""
+ERROR_CODE_TO_PROTO: Mapping[ErrorCode, errors_pb2.ErrorCode.ValueType] = {
+    member: errors_pb2.ErrorCode.Value("ERROR_CODE_" + member.name) for member in ErrorCode
+}
+"""Domain error code -> proto number."""
+ERROR_CODE_FROM_PROTO: Mapping[int, ErrorCode] = {v: k for k, v in ERROR_CODE_TO_PROTO.items()}
+"""Proto number -> domain error code; 0 and unknown numbers are absent."""
+HISTORY_KIND_TO_PROTO: Mapping[HistoryKind, history_pb2.HistoryEventKind.ValueType] = {
+    member: history_pb2.HistoryEventKind.Value("HISTORY_EVENT_KIND_" + member.name)
+    for member in HistoryKind
+}
+"""Domain history kind -> proto number."""
+RECOVERY_ACTION_TO_PROTO: Mapping[RecoveryAction, flow_service_pb2.RecoveryAction.ValueType] = {
+    member: flow_service_pb2.RecoveryAction.Value("RECOVERY_ACTION_" + member.name)
+    for member in RecoveryAction
+}
+"""Domain recovery action -> proto number."""
+
+
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    """`moment` (timezone-aware, or naive meaning UTC) as a Timestamp."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    message = duration_pb2.Duration()
+    message.FromTimedelta(timedelta(seconds=seconds))
+    return message
+
+
+# --- google.protobuf.Struct <-> dict ---------------------------------------------------------
+
+
+def _value_to_python(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        # JSON has one number type; give integral values back as ints so that details such as
+        # {"rows": 5} survive a round trip unchanged.
+        if math.isfinite(number) and number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value_to_python(item) for item in value.list_value.values]
+    return None
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as a plain dict (integral numbers as ints)."""
+    return {key: _value_to_python(value) for key, value in message.fields.items()}
+
+
+def dict_to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    """A JSON-able mapping as a Struct."""
+    message = struct_pb2.Struct()
+    if data:
+        message.update(data)
+    return message
+
+
+# --- domain -> proto ---------------------------------------------------------------------------
+
+
+def phase_error_to_proto(error: PhaseError) -> errors_pb2.PhaseFailure:
+    """A phase failure report as a PhaseFailure message."""
+    return errors_pb2.PhaseFailure(
+        error_code=ERROR_CODE_TO_PROTO[error.error_code],
+        message=error.message,
+        details=dict_to_struct(error.details),
+        retryable=error.retryable,
+    )
+
+
+def entry_to_proto(flow_id: str, entry: HistoryEntry) -> history_pb2.HistoryEntry:
+    """One history entry of flow `flow_id` as a message."""
+    message = history_pb2.HistoryEntry(
+        flow_id=flow_id,
+        flow_version=entry.flow_version,
+        kind=HISTORY_KIND_TO_PROTO[entry.kind],
+        phase=entry.phase or "",
+        status_before=FLOW_STATUS_TO_PROTO[entry.status_before],
+        status_after=FLOW_STATUS_TO_PROTO[entry.status_after],
+        reason=entry.reason,
+        user_id=entry.user_id,
+        request_id=entry.request_id,
+        occur_time=timestamp(entry.occurred_at),
+        progress_after=entry.progress_after,
+        cause_phase=entry.cause,
+    )
+    if entry.from_state is not None:
+        message.from_state = PHASE_STATE_TO_PROTO[entry.from_state]
+    if entry.to_state is not None:
+        message.to_state = PHASE_STATE_TO_PROTO[entry.to_state]
+    if entry.metadata:
+        message.metadata.update(entry.metadata)
+    if entry.error is not None:
+        message.error_context.CopyFrom(phase_error_to_proto(entry.error))
+    if entry.time_in_state_seconds is not None:
+        message.time_in_state.CopyFrom(_duration(entry.time_in_state_seconds))
+    return message
+
+
+def entries_to_proto(
+    flow_id: str, entries: Iterable[HistoryEntry]
+) -> list[history_pb2.HistoryEntry]:
+    """Several history entries of flow `flow_id`, in order."""
+    return [entry_to_proto(flow_id, entry) for entry in entries]
+
+
+class DefinitionView:
+    """A definition with what the conversions need precomputed: its message, weights, limits."""
+
+    __slots__ = ("_limits", "definition", "message")
+
+    def __init__(self, definition: FlowDefinition) -> None:
+        """Precompute the FlowDefinition message and the per-phase weight and retry limit."""
+        self.definition = definition
+        self._limits = {p.name: (p.weight, p.max_retries) for p in definition.phases}
+        self.message = definition_pb2.FlowDefinition(
+            name=definition.name,
+            version=definition.version,
+            display_name=definition.display_name,
+            description=definition.description,
+            phases=[
+                definition_pb2.PhaseDefinition(
+                    name=p.name,
+                    depends_on=list(p.depends_on),
+                    weight=p.weight,
+                    max_retries=p.max_retries,
+                    status_group=(
+                        FLOW_STATUS_TO_PROTO[p.status_group]
+                        if p.status_group is not None
+                        else states_pb2.FLOW_STATUS_UNSPECIFIED
+                    ),
+                    display_name=p.display_name,
+                    description=p.description,
+                )
+                for p in definition.phases
+            ],
+            phase_transitions=[
+                definition_pb2.PhaseTransitionRule(
+                    from_state=PHASE_STATE_TO_PROTO[state],
+                    to_states=sorted_phase_states(PHASE_TRANSITIONS[state]),
+                )
+                for state in PhaseState
+            ],
+            progress_factors=[
+                definition_pb2.PhaseStateProgress(
+                    state=PHASE_STATE_TO_PROTO[state],
+                    factor=PHASE_PROGRESS_FACTORS[state],
+                )
+                for state in PhaseState
+            ],
+        )
+
+    def phase_to_proto(self, phase: Phase) -> flow_pb2.Phase:
+        """One phase of a flow of this definition as a message."""
+        weight, max_retries = self._limits.get(phase.name, (0, 0))
+        message = flow_pb2.Phase(
+            name=phase.name,
+            state=PHASE_STATE_TO_PROTO[phase.state],
+            progress=phase.progress,
+            retry_count=phase.retry_count,
+            max_retries=max_retries,
+            weight=weight,
+        )
+        if phase.last_retry_at is not None:
+            message.last_retry_time.CopyFrom(timestamp(phase.last_retry_at))
+        if phase.error is not None:
+            message.error_context.CopyFrom(phase_error_to_proto(phase.error))
+        if phase.state_entered_at is not None:
+            message.state_enter_time.CopyFrom(timestamp(phase.state_entered_at))
+        if phase.started_at is not None:
+            message.start_time.CopyFrom(timestamp(phase.started_at))
+        if phase.completed_at is not None:
+            message.complete_time.CopyFrom(timestamp(phase.completed_at))
+        return message
+
+    def flow_to_proto(self, flow: Flow) -> flow_pb2.Flow:
+        """A flow of this definition as a message."""
+        message = flow_pb2.Flow(
+            flow_id=flow.flow_id,
+            client_account_id=flow.tenant.client_account_id,
+            engagement_id=flow.tenant.engagement_id,
+            definition_name=flow.definition_name,
+            definition_version=flow.definition_version,
+            status=FLOW_STATUS_TO_PROTO[flow.status],
+            phases=[self.phase_to_proto(phase) for phase in flow.phases],
+            progress=flow.progress,
+            version=flow.version,
+            display_name=flow.display_name,
+            labels=dict(flow.labels),
+        )
+        if flow.status_before_pause is not None:
+            message.status_before_pause = FLOW_STATUS_TO_PROTO[flow.status_before_pause]
+        if flow.created_at is not None:
+            message.create_time.CopyFrom(timestamp(flow.created_at))
+        if flow.updated_at is not None:
+            message.update_time.CopyFrom(timestamp(flow.updated_at))
+        return message
+
+
+def sorted_phase_states(states: Iterable[PhaseState]) -> list[states_pb2.PhaseState.ValueType]:
+    """Proto numbers of `states`, in enum order (stable output for clients and tests)."""
+    return sorted(PHASE_STATE_TO_PROTO[s] for s in states)
+
+
+def sorted_flow_statuses(statuses: Iterable[FlowStatus]) -> list[states_pb2.FlowStatus.ValueType]:
+    """Proto numbers of `statuses`, in enum order."""
+    return sorted(FLOW_STATUS_TO_PROTO[s] for s in statuses)
+
+
+def command_to_request(
+    flow_id: str, command: Command, expected_version: int | None
+) -> dict[str, Any]:
+    """The `RecoveryOption.request` oneof for `command`: ``{field name: request message}``.
+
+    The request carries no `request_id` (the caller sets one before sending it).
+    """
+    if isinstance(command, Retry):
+        return {
+            "retry": flow_service_pb2.RetryRequest(
+                flow_id=flow_id,
+                phase=command.phase,
+                force=command.force,
+                reason=command.reason,
+                expected_version=expected_version,
+            )
+        }
+    if isinstance(command, Rollback):
+        return {
+            "rollback": flow_service_pb2.RollbackRequest(
+                flow_id=flow_id,
+                phase=command.phase,
+                cascade=command.cascade,
+                reason=command.reason,
+                expected_version=expected_version,
+            )
+        }
+    if isinstance(command, TransitionPhase):
+        request = flow_service_pb2.TransitionPhaseRequest(
+            flow_id=flow_id,
+            phase=command.phase,
+            target_state=PHASE_STATE_TO_PROTO[command.target_state],
+            reason=command.reason,
+            expected_version=expected_version,
+        )
+        if command.error is not None:
+            request.failure.CopyFrom(phase_error_to_proto(command.error))
+        if command.metadata:
+            request.metadata.update(command.metadata)
+        return {"transition_phase": request}
+    if isinstance(command, PauseFlow):
+        return {
+            "pause_flow": flow_service_pb2.PauseFlowRequest(
+                flow_id=flow_id, reason=command.reason, expected_version=expected_version
+            )
+        }
+    if isinstance(command, ResumeFlow):
+        return {
+            "resume_flow": flow_service_pb2.ResumeFlowRequest(
+                flow_id=flow_id, reason=command.reason, expected_version=expected_version
+            )
+        }
+    if isinstance(command, CancelFlow):
+        return {
+            "cancel_flow": flow_service_pb2.CancelFlowRequest(
+                flow_id=flow_id, reason=command.reason, expected_version=expected_version
+            )
+        }
+    if isinstance(command, UpdatePhaseProgress):  # never a recovery step; no request field
+        return {}
+    raise TypeError(f"unknown command {command!r}")
+
+
+def recovery_option_to_proto(flow: Flow, option: RecoveryOption) -> flow_service_pb2.RecoveryOption:
+    """One recovery option, with the exact request to send (pinned to the flow's version)."""
+    message = flow_service_pb2.RecoveryOption(
+        action=RECOVERY_ACTION_TO_PROTO[option.action],
+        phase=option.phase or "",
+        reason=option.reason,
+        allowed=option.allowed,
+        blocking_detail=option.blocking_detail,
+        **command_to_request(flow.flow_id, option.command, flow.version),
+    )
+    if option.target_state is not None:
+        message.target_state = PHASE_STATE_TO_PROTO[option.target_state]
+    if option.target_status is not None:
+        message.target_status = FLOW_STATUS_TO_PROTO[option.target_status]
+    if option.blocked_by is not None:
+        message.blocked_by = ERROR_CODE_TO_PROTO[option.blocked_by]
+    if option.attempts_remaining is not None:
+        message.attempts_remaining = option.attempts_remaining
+    return message

@@ -1,0 +1,240 @@
+"""The one table from domain error codes to gRPC status codes, and the rich status built on it.
+
+Every refusal leaves the server as a `google.rpc.Status` (via grpcio-status) whose details are:
+
+- `google.rpc.ErrorInfo`: reason = the error code (e.g. ``INVALID_PHASE_TRANSITION``), domain
+  ``flowstate.v1``, metadata = the error's details as strings (lists comma-joined, other
+  non-strings as compact JSON) plus ``correlation_id``;
+- `flowstate.v1.FlowError`: the seed guide's structured error (code, message, details Struct,
+  retry_allowed, timestamp, correlation id) with the typed fields filled from the details
+  (phase, valid transitions, blocking/dependent phases, current version, attempts, recovery);
+- `google.rpc.RetryInfo` when `retry_allowed` (the same request may succeed later);
+- `google.rpc.BadRequest` with field violations for malformed requests (details
+  ``field_violations`` or ``field``).
+
+The trailing metadata also carries ``x-correlation-id``. Unexpected exceptions become INTERNAL
+with nothing but ``internal error (correlation id X)``: no exception text, no stack, no SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, FlowStatus, PhaseState
+from flowstate.server.convert import (
+    ERROR_CODE_TO_PROTO,
+    FLOW_STATUS_TO_PROTO,
+    PHASE_STATE_TO_PROTO,
+    dict_to_struct,
+    timestamp,
+)
+from flowstate.v1 import errors_pb2
+
+__all__ = [
+    "CORRELATION_ID_HEADER",
+    "ERROR_DOMAIN",
+    "GRPC_STATUS_BY_CODE",
+    "flow_error_to_proto",
+    "internal_error",
+    "to_grpc_status",
+]
+
+ERROR_DOMAIN: Final = "flowstate.v1"
+"""`ErrorInfo.domain` of every Flowstate error."""
+
+CORRELATION_ID_HEADER: Final = "x-correlation-id"
+"""Request and response metadata key carrying the correlation id."""
+
+_C = ErrorCode
+_S = grpc.StatusCode
+
+GRPC_STATUS_BY_CODE: Mapping[ErrorCode, grpc.StatusCode] = {
+    # INVALID_ARGUMENT: the request itself is wrong.
+    _C.INVALID_PHASE: _S.INVALID_ARGUMENT,
+    _C.MALFORMED_REQUEST: _S.INVALID_ARGUMENT,
+    _C.REQUEST_ID_REUSED: _S.INVALID_ARGUMENT,
+    # FAILED_PRECONDITION: the flow is not in a state that allows the request.
+    _C.INVALID_PHASE_TRANSITION: _S.FAILED_PRECONDITION,
+    _C.INVALID_FLOW_TRANSITION: _S.FAILED_PRECONDITION,
+    _C.PHASE_ORDER_VIOLATION: _S.FAILED_PRECONDITION,
+    _C.DEPENDENT_PHASES_ACTIVE: _S.FAILED_PRECONDITION,
+    _C.FLOW_PAUSED: _S.FAILED_PRECONDITION,
+    _C.FLOW_TERMINAL: _S.FAILED_PRECONDITION,
+    _C.MAX_RETRIES_EXCEEDED: _S.FAILED_PRECONDITION,
+    _C.RETRY_NOT_ALLOWED: _S.FAILED_PRECONDITION,
+    # ABORTED: a concurrency conflict; re-read and decide again.
+    _C.VERSION_CONFLICT: _S.ABORTED,
+    _C.FLOW_NOT_FOUND: _S.NOT_FOUND,
+    _C.UNAUTHENTICATED: _S.UNAUTHENTICATED,
+    _C.PERMISSION_DENIED: _S.PERMISSION_DENIED,
+    _C.TEMPORARY_RESOURCE_UNAVAILABLE: _S.UNAVAILABLE,
+    _C.SERVER_SHUTTING_DOWN: _S.UNAVAILABLE,
+    _C.SUBSCRIBER_TOO_SLOW: _S.RESOURCE_EXHAUSTED,
+    _C.INTERNAL: _S.INTERNAL,
+    # Phase failure codes describe a worker's failure, never a refusal of a request; if one is
+    # ever raised as a refusal, it is a server bug.
+    _C.PHASE_EXECUTION_FAILED: _S.INTERNAL,
+    _C.AGENT_TIMEOUT: _S.INTERNAL,
+    _C.EXTERNAL_SERVICE_ERROR: _S.INTERNAL,
+    _C.DATA_VALIDATION_FAILED: _S.INTERNAL,
+    _C.INVALID_TRANSITION: _S.INTERNAL,
+}
+"""DESIGN.md section 4: the gRPC status code of every error code."""
+
+_MISSING = set(ErrorCode) - set(GRPC_STATUS_BY_CODE)
+if _MISSING:  # pragma: no cover - guards the table against a new ErrorCode
+    raise RuntimeError(f"no gRPC status code for {sorted(_MISSING)}")
+
+_RPC_CODE: Mapping[grpc.StatusCode, int] = {
+    status: getattr(code_pb2, status.name) for status in set(GRPC_STATUS_BY_CODE.values())
+}
+_RETRY_DELAY: Final = duration_pb2.Duration(seconds=1)
+# Core command fields that have another name in the request messages.
+_REQUEST_FIELDS: Final = {"error": "failure"}
+
+
+def _metadata_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+_PHASE_STATE_BY_VALUE = {s.value: PHASE_STATE_TO_PROTO[s] for s in PhaseState}
+_FLOW_STATUS_BY_VALUE = {s.value: FLOW_STATUS_TO_PROTO[s] for s in FlowStatus}
+
+
+def _states(values: list[Any]) -> list[Any]:
+    return [_PHASE_STATE_BY_VALUE[v] for v in values if v in _PHASE_STATE_BY_VALUE]
+
+
+def _statuses(values: list[Any]) -> list[Any]:
+    return [_FLOW_STATUS_BY_VALUE[v] for v in values if v in _FLOW_STATUS_BY_VALUE]
+
+
+def _strings(values: Any) -> list[str]:
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def flow_error_to_proto(
+    error: FlowStateError, *, correlation_id: str, now: datetime
+) -> errors_pb2.FlowError:
+    """The `flowstate.v1.FlowError` of `error`, typed fields taken from its details."""
+    details = error.details
+    message = errors_pb2.FlowError(
+        error_code=ERROR_CODE_TO_PROTO[error.code],
+        message=error.message,
+        details=dict_to_struct(details),
+        retry_allowed=error.retry_allowed,
+        timestamp=timestamp(now),
+        correlation_id=correlation_id,
+        phase=str(details.get("phase") or ""),
+        blocking_phases=_strings(details.get("blocking_phases")),
+        dependent_phases=_strings(details.get("dependent_phases")),
+        recovery=_strings(details.get("recovery")),
+    )
+    valid = details.get("valid_transitions")
+    if isinstance(valid, list):
+        # The core uses one key for both tables; the code says which one it is.
+        if error.code is ErrorCode.INVALID_FLOW_TRANSITION:
+            message.valid_flow_transitions.extend(_statuses(valid))
+        else:
+            message.valid_transitions.extend(_states(valid))
+    flow_valid = details.get("valid_flow_transitions")
+    if isinstance(flow_valid, list):
+        message.valid_flow_transitions.extend(_statuses(flow_valid))
+    current_version = details.get("current_version")
+    if isinstance(current_version, int):
+        message.current_version = current_version
+    attempts = details.get("attempts_remaining")
+    if isinstance(attempts, int):
+        message.attempts_remaining = attempts
+    return message
+
+
+def _bad_request(error: FlowStateError) -> error_details_pb2.BadRequest | None:
+    violations = error.details.get("field_violations")
+    if isinstance(violations, list) and violations:
+        return error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=str(v.get("field", "")), description=str(v.get("description", ""))
+                )
+                for v in violations
+                if isinstance(v, Mapping)
+            ]
+        )
+    field = error.details.get("field")
+    if isinstance(field, str) and field:
+        field = _REQUEST_FIELDS.get(field, field)
+        return error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=error.message)
+            ]
+        )
+    return None
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_grpc_status(error: FlowStateError, *, correlation_id: str, now: datetime) -> grpc.Status:
+    """The rich gRPC status of a refusal, ready for `context.abort_with_status`."""
+    status_code = GRPC_STATUS_BY_CODE[error.code]
+    metadata = {key: _metadata_value(value) for key, value in error.details.items()}
+    metadata["correlation_id"] = correlation_id
+    details = [
+        _packed(
+            error_details_pb2.ErrorInfo(
+                reason=error.code.value, domain=ERROR_DOMAIN, metadata=metadata
+            )
+        ),
+        _packed(flow_error_to_proto(error, correlation_id=correlation_id, now=now)),
+    ]
+    if error.retry_allowed:
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=_RETRY_DELAY)))
+    bad_request = _bad_request(error)
+    if bad_request is not None:
+        details.append(_packed(bad_request))
+    status = rpc_status.to_status(
+        status_pb2.Status(code=_RPC_CODE[status_code], message=error.message, details=details)
+    )
+    return _with_correlation_id(status, correlation_id)
+
+
+def internal_error(correlation_id: str) -> FlowStateError:
+    """The only thing a caller learns about an unexpected exception."""
+    return FlowStateError(
+        ErrorCode.INTERNAL,
+        f"internal error (correlation id {correlation_id})",
+        retry_allowed=False,
+    )
+
+
+class _Status(grpc.Status):
+    """A concrete `grpc.Status` (grpcio-status's own class is private)."""
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, Any], ...]
+    ) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def _with_correlation_id(status: grpc.Status, correlation_id: str) -> grpc.Status:
+    trailing = (*status.trailing_metadata, (CORRELATION_ID_HEADER, correlation_id))
+    return _Status(status.code, status.details, trailing)

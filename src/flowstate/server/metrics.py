@@ -1,0 +1,161 @@
+"""Prometheus metrics of one server, in its own registry, served on a separate HTTP port.
+
+| metric | type | labels |
+|---|---|---|
+| `flowstate_rpc_requests_total` | counter | method, code |
+| `flowstate_rpc_duration_seconds` | histogram | method, code |
+| `flowstate_phase_transitions_total` | counter | phase, from_state, to_state, result |
+| `flowstate_phase_time_in_state_seconds` | histogram | phase, state (the state left) |
+| `flowstate_retries_total` | counter | phase |
+| `flowstate_rollbacks_total` | counter | phase, kind (rollback, cascade) |
+| `flowstate_open_streams` | gauge | method |
+
+`result` is ``applied`` or the refusal's error code. Label values come from definitions and
+enums, never from free request text, so cardinality stays bounded: refusals that name an
+unknown phase (INVALID_PHASE) or a malformed request are not counted as transitions.
+Label children are cached so recording costs a dict lookup and an increment.
+
+Not here yet: a stuck-flows gauge. Counting stuck flows needs a bounded cross-tenant query that
+the store does not offer (every store query is tenant-scoped); until it does, find stuck flows
+per tenant with ``ListFlows(updated_before=..., statuses=...)`` (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, HistoryEntry, HistoryKind
+
+__all__ = ["Metrics", "MetricsEndpoint"]
+
+_RPC_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_STATE_BUCKETS: Final = (
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0,
+    7 * 86400.0,
+)  # fmt: skip
+_UNCOUNTED_REFUSALS: Final = frozenset({ErrorCode.INVALID_PHASE, ErrorCode.MALFORMED_REQUEST})
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsEndpoint:
+    """The running HTTP endpoint: where it listens, and how to stop it."""
+
+    host: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class Metrics:
+    """The server's metrics; one instance per server (tests run several in one process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """Register every metric in `registry` (a fresh one by default)."""
+        self.registry = registry or CollectorRegistry()
+        self._rpc_total = Counter(
+            "flowstate_rpc_requests",
+            "RPCs handled, by method and gRPC status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self._rpc_seconds = Histogram(
+            "flowstate_rpc_duration_seconds",
+            "RPC latency in the server, by method and gRPC status code.",
+            ["method", "code"],
+            buckets=_RPC_BUCKETS,
+            registry=self.registry,
+        )
+        self._transitions = Counter(
+            "flowstate_phase_transitions",
+            "Phase transitions applied or refused, by phase, from/to state and result.",
+            ["phase", "from_state", "to_state", "result"],
+            registry=self.registry,
+        )
+        self._time_in_state = Histogram(
+            "flowstate_phase_time_in_state_seconds",
+            "Time a phase spent in a state before leaving it.",
+            ["phase", "state"],
+            buckets=_STATE_BUCKETS,
+            registry=self.registry,
+        )
+        self._retries = Counter(
+            "flowstate_retries", "Retry steps applied, by phase.", ["phase"], registry=self.registry
+        )
+        self._rollbacks = Counter(
+            "flowstate_rollbacks",
+            "Phases rolled back, by phase and kind (rollback, cascade).",
+            ["phase", "kind"],
+            registry=self.registry,
+        )
+        self.open_streams = Gauge(
+            "flowstate_open_streams",
+            "Open WatchFlow/WatchFlows streams.",
+            ["method"],
+            registry=self.registry,
+        )
+        self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        """Count one RPC and its latency."""
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            children = (
+                self._rpc_total.labels(method, code),
+                self._rpc_seconds.labels(method, code),
+            )
+            self._rpc_children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def record_entries(self, entries: Iterable[HistoryEntry]) -> None:
+        """Count the phase changes a mutation applied (transitions, retries, rollbacks)."""
+        for entry in entries:
+            if entry.phase is None or entry.from_state is None or entry.to_state is None:
+                continue
+            if entry.from_state is entry.to_state:  # a progress report, not a transition
+                continue
+            self._transitions.labels(
+                entry.phase, entry.from_state.value, entry.to_state.value, "applied"
+            ).inc()
+            if entry.time_in_state_seconds is not None:
+                self._time_in_state.labels(entry.phase, entry.from_state.value).observe(
+                    entry.time_in_state_seconds
+                )
+            if entry.kind is HistoryKind.RETRY:
+                self._retries.labels(entry.phase).inc()
+            elif entry.kind is HistoryKind.ROLLBACK:
+                self._rollbacks.labels(entry.phase, "rollback").inc()
+            elif entry.kind is HistoryKind.CASCADE_ROLLBACK:
+                self._rollbacks.labels(entry.phase, "cascade").inc()
+
+    def record_refusal(self, error: FlowStateError) -> None:
+        """Count a refused phase change (the core's refusals name the phase and states)."""
+        phase = error.details.get("phase")
+        if not isinstance(phase, str) or error.code in _UNCOUNTED_REFUSALS:
+            return
+        self._transitions.labels(
+            phase,
+            str(error.details.get("from_state", "")),
+            str(error.details.get("to_state", "")),
+            error.code.value,
+        ).inc()
+
+    def serve(self, host: str, port: int) -> MetricsEndpoint:
+        """Serve ``/metrics`` over HTTP on `host`:`port` (0: an ephemeral port)."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsEndpoint(host, int(server.server_port), server, thread)

@@ -1,0 +1,302 @@
+"""The one wrapper every FlowStateService RPC goes through.
+
+`unary(scope)` and `stream(scope)` decorate servicer methods written as
+``async def Method(self, request, call: Call) -> Response`` (or an async generator of
+responses). The wrapper, per call:
+
+1. takes the correlation id from ``x-correlation-id`` request metadata (if sane) or makes one,
+   and returns it in the trailing metadata;
+2. authenticates the bearer token (`Authenticator`, cached) and checks the method's scope;
+3. runs the method; a `FlowStateError` becomes the rich status of `flowstate.server.errors`
+   (logged at INFO); `NotImplementedError` becomes UNIMPLEMENTED (a feature the server was
+   started without, e.g. streams without a watch hub); any other exception becomes INTERNAL
+   carrying only the correlation id, its stack logged at ERROR with the same id;
+4. counts the RPC and its latency by method and status code, and phase-change refusals.
+
+Nothing else in the servicer catches exceptions. Successes are logged at DEBUG only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol, TypeGuard, TypeVar
+
+import grpc
+import grpc.aio
+
+from flowstate.core.commands import Context
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, Tenant
+from flowstate.server.auth import Authenticator, Principal, Scope
+from flowstate.server.errors import (
+    CORRELATION_ID_HEADER,
+    GRPC_STATUS_BY_CODE,
+    internal_error,
+    to_grpc_status,
+)
+from flowstate.server.metrics import Metrics
+
+__all__ = ["Call", "RpcSupport", "stream", "unary"]
+
+_log = logging.getLogger("flowstate.server.rpc")
+_AUTHORIZATION: Final = "authorization"
+_MAX_CORRELATION_ID: Final = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a servicer method knows about its call: who calls, and the correlation id."""
+
+    principal: Principal
+    correlation_id: str
+
+    @property
+    def tenant(self) -> Tenant:
+        """The caller's tenant (from the token, never from the request)."""
+        return self.principal.tenant
+
+    def context(self, request_id: str = "") -> Context:
+        """The core's context for a decision made now on behalf of the caller."""
+        return Context(
+            now=datetime.now(UTC),
+            user_id=self.principal.user_id,
+            request_id=request_id,
+            is_admin=self.principal.is_admin,
+        )
+
+
+class RpcSupport:
+    """What the wrapper needs from the server: the authenticator and the metrics."""
+
+    __slots__ = ("authenticator", "metrics")
+
+    def __init__(self, authenticator: Authenticator, metrics: Metrics) -> None:
+        """Hold the authenticator and the metrics the wrapper uses on every call."""
+        self.authenticator = authenticator
+        self.metrics = metrics
+
+
+class HasRpcSupport(Protocol):
+    """A servicer whose methods are wrapped: it exposes its `RpcSupport`."""
+
+    @property
+    def rpc_support(self) -> RpcSupport:
+        """The authenticator and metrics."""
+        ...
+
+
+_Svc = TypeVar("_Svc", bound=HasRpcSupport)
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _sane_correlation_id(value: object) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= _MAX_CORRELATION_ID
+        and value.isascii()
+        and value.isprintable()
+    )
+
+
+def _begin(context: _Context) -> tuple[str, str | None]:
+    """(correlation id, authorization header) from the request metadata."""
+    correlation_id: str | None = None
+    authorization: str | None = None
+    for key, value in context.invocation_metadata() or ():
+        if key == _AUTHORIZATION:
+            authorization = value if isinstance(value, str) else None
+        elif key == CORRELATION_ID_HEADER and _sane_correlation_id(value):
+            correlation_id = value
+    return correlation_id or uuid.uuid4().hex, authorization
+
+
+def _authorize(support: RpcSupport, authorization: str | None, scope: Scope) -> Principal:
+    principal = support.authenticator.authenticate(authorization)
+    principal.require(scope)
+    return principal
+
+
+async def _refuse(
+    support: RpcSupport,
+    context: _Context,
+    method: str,
+    error: FlowStateError,
+    correlation_id: str,
+    started: float,
+) -> None:
+    """Abort the call with the rich status of `error` (raises)."""
+    if error.code is ErrorCode.INTERNAL:
+        # Raised below us (e.g. the store, which logged the cause): the caller learns only the
+        # correlation id, and the log ties it to what happened.
+        _log.error(
+            "%s failed: %s (correlation id %s)",
+            method,
+            error.message,
+            correlation_id,
+            extra={
+                "correlation_id": correlation_id,
+                "rpc_method": method,
+                "details": error.details,
+            },
+        )
+        error = internal_error(correlation_id)
+    code = GRPC_STATUS_BY_CODE[error.code]
+    support.metrics.observe_rpc(method, code.name, time.perf_counter() - started)
+    support.metrics.record_refusal(error)
+    _log.info(
+        "%s refused: %s %s",
+        method,
+        error.code.value,
+        error.message,
+        extra={
+            "correlation_id": correlation_id,
+            "rpc_method": method,
+            "grpc_code": code.name,
+            "error_code": error.code.value,
+        },
+    )
+    status = to_grpc_status(error, correlation_id=correlation_id, now=datetime.now(UTC))
+    await context.abort_with_status(status)
+
+
+async def _unimplemented(
+    support: RpcSupport,
+    context: _Context,
+    method: str,
+    exc: NotImplementedError,
+    correlation_id: str,
+    started: float,
+) -> None:
+    """Abort with UNIMPLEMENTED (a feature this server was started without); raises."""
+    support.metrics.observe_rpc(method, "UNIMPLEMENTED", time.perf_counter() - started)
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED,
+        str(exc) or f"{method} is not implemented",
+        ((CORRELATION_ID_HEADER, correlation_id),),
+    )
+
+
+async def _crash(
+    support: RpcSupport, context: _Context, method: str, correlation_id: str, started: float
+) -> None:
+    """Log the exception being handled with the correlation id; abort with INTERNAL (raises)."""
+    support.metrics.observe_rpc(
+        method, grpc.StatusCode.INTERNAL.name, time.perf_counter() - started
+    )
+    _log.exception(
+        "%s failed (correlation id %s)",
+        method,
+        correlation_id,
+        extra={"correlation_id": correlation_id, "rpc_method": method, "grpc_code": "INTERNAL"},
+    )
+    error = internal_error(correlation_id)
+    status = to_grpc_status(error, correlation_id=correlation_id, now=datetime.now(UTC))
+    await context.abort_with_status(status)
+
+
+def _finish(
+    support: RpcSupport, context: _Context, method: str, correlation_id: str, started: float
+) -> None:
+    elapsed = time.perf_counter() - started
+    support.metrics.observe_rpc(method, "OK", elapsed)
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug(
+            "%s ok",
+            method,
+            extra={
+                "correlation_id": correlation_id,
+                "rpc_method": method,
+                "grpc_code": "OK",
+                "duration_ms": round(elapsed * 1000, 3),
+            },
+        )
+
+
+def unary(
+    scope: Scope,
+) -> Callable[
+    [Callable[[_Svc, _Req, Call], Awaitable[_Resp]]],
+    Callable[[_Svc, _Req, _Context], Coroutine[Any, Any, _Resp]],
+]:
+    """Wrap a unary servicer method that needs `scope`."""
+
+    def decorate(
+        func: Callable[[_Svc, _Req, Call], Awaitable[_Resp]],
+    ) -> Callable[[_Svc, _Req, _Context], Coroutine[Any, Any, _Resp]]:
+        method = func.__name__
+
+        @functools.wraps(func)
+        async def handler(self: _Svc, request: _Req, context: _Context) -> _Resp:
+            started = time.perf_counter()
+            support = self.rpc_support
+            correlation_id, authorization = _begin(context)
+            context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
+            try:
+                principal = _authorize(support, authorization, scope)
+                response = await func(self, request, Call(principal, correlation_id))
+            except FlowStateError as error:
+                await _refuse(support, context, method, error, correlation_id, started)
+                raise  # not reached: abort raises
+            except NotImplementedError as exc:
+                await _unimplemented(support, context, method, exc, correlation_id, started)
+                raise  # not reached: abort raises
+            except Exception:
+                await _crash(support, context, method, correlation_id, started)
+                raise  # not reached: abort raises
+            _finish(support, context, method, correlation_id, started)
+            return response
+
+        return handler
+
+    return decorate
+
+
+def stream(
+    scope: Scope,
+) -> Callable[
+    [Callable[[_Svc, _Req, Call], AsyncIterator[_Resp]]],
+    Callable[[_Svc, _Req, _Context], AsyncIterator[_Resp]],
+]:
+    """Wrap a server-streaming servicer method (an async generator) that needs `scope`.
+
+    The method's stream is counted in the ``flowstate_open_streams`` gauge while it is open.
+    """
+
+    def decorate(
+        func: Callable[[_Svc, _Req, Call], AsyncIterator[_Resp]],
+    ) -> Callable[[_Svc, _Req, _Context], AsyncIterator[_Resp]]:
+        method = func.__name__
+
+        @functools.wraps(func)
+        async def handler(self: _Svc, request: _Req, context: _Context) -> AsyncIterator[_Resp]:
+            started = time.perf_counter()
+            support = self.rpc_support
+            correlation_id, authorization = _begin(context)
+            context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
+            gauge = support.metrics.open_streams.labels(method)
+            gauge.inc()
+            try:
+                principal = _authorize(support, authorization, scope)
+                async for response in func(self, request, Call(principal, correlation_id)):
+                    yield response
+            except FlowStateError as error:
+                await _refuse(support, context, method, error, correlation_id, started)
+            except NotImplementedError as exc:
+                await _unimplemented(support, context, method, exc, correlation_id, started)
+            except Exception:
+                await _crash(support, context, method, correlation_id, started)
+            finally:
+                gauge.dec()
+            _finish(support, context, method, correlation_id, started)
+
+        return handler
+
+    return decorate

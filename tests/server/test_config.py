@@ -1,0 +1,132 @@
+"""Settings from the environment and flags, and how the token key is chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from flowstate.server.config import ConfigError, ServerSettings, resolve_auth
+
+SECRET = "s" * 48
+
+
+def test_defaults() -> None:
+    settings = ServerSettings.from_env({})
+    assert (settings.host, settings.port) == ("127.0.0.1", 50051)
+    assert settings.database_url is None
+    assert settings.embedded_database
+    assert settings.migrate_on_start  # the embedded database is migrated at start
+    assert settings.metrics_port is None
+    assert settings.max_message_bytes == 4 * 1024 * 1024
+
+
+def test_environment_variables() -> None:
+    settings = ServerSettings.from_env(
+        {
+            "FLOWSTATE_HOST": "0.0.0.0",
+            "FLOWSTATE_PORT": "0",
+            "FLOWSTATE_DATABASE_URL": "postgresql://db/flowstate",
+            "FLOWSTATE_DATA_DIR": "/var/lib/flowstate",
+            "FLOWSTATE_METRICS_PORT": "9100",
+            "FLOWSTATE_LOG_FORMAT": "json",
+            "FLOWSTATE_GRACE_PERIOD": "2.5",
+            "FLOWSTATE_JWT_SECRET": SECRET,
+            "FLOWSTATE_UNRELATED": "ignored",
+        }
+    )
+    assert (settings.host, settings.port, settings.metrics_port) == ("0.0.0.0", 0, 9100)
+    assert settings.data_dir == Path("/var/lib/flowstate")
+    assert not settings.embedded_database
+    assert not settings.migrate_on_start  # an external database is migrated explicitly
+    assert (settings.log_format, settings.grace_period) == ("json", 2.5)
+    assert SECRET not in repr(settings)
+
+
+def test_flags_override_the_environment() -> None:
+    settings = ServerSettings.from_env({"FLOWSTATE_PORT": "7000"}).with_overrides(
+        port=7001, host=None, migrate=False
+    )
+    assert (settings.port, settings.host, settings.migrate_on_start) == (7001, "127.0.0.1", False)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FLOWSTATE_PORT": "http"},
+        {"FLOWSTATE_PORT": "70000"},
+        {"FLOWSTATE_METRICS_PORT": "-1"},
+        {"FLOWSTATE_MIGRATE_ON_START": "maybe"},
+        {"FLOWSTATE_LOG_FORMAT": "xml"},
+        {"FLOWSTATE_GRACE_PERIOD": "soon"},
+        {"FLOWSTATE_TLS_CERT_FILE": "/cert.pem"},
+        {"FLOWSTATE_TLS_CLIENT_CA_FILE": "/ca.pem"},
+        {"FLOWSTATE_JWT_SECRET": SECRET, "FLOWSTATE_JWT_SECRET_FILE": "/secret"},
+    ],
+    ids=[
+        "port-not-a-number",
+        "port-too-large",
+        "negative-metrics-port",
+        "bad-boolean",
+        "unknown-log-format",
+        "grace-not-a-number",
+        "cert-without-key",
+        "mtls-without-tls",
+        "two-jwt-keys",
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        ServerSettings.from_env(env)
+
+
+def test_dev_mode_with_the_embedded_database(tmp_path: Path) -> None:
+    auth = resolve_auth(ServerSettings(data_dir=tmp_path))
+    assert auth.source == "dev"
+    assert (auth.issuer, auth.audience) == ("flowstate-dev", "flowstate")
+    assert (tmp_path / "jwt-dev-secret").exists()
+    assert resolve_auth(ServerSettings(data_dir=tmp_path)).key == auth.key
+
+
+def test_an_external_database_needs_a_configured_key(tmp_path: Path) -> None:
+    settings = ServerSettings(database_url="postgresql://db/x", data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="no token verification configured"):
+        resolve_auth(settings)
+    assert not (tmp_path / "jwt-dev-secret").exists()
+    assert resolve_auth(ServerSettings(**{**vars(settings), "dev_auth": True})).source == "dev"
+
+
+def test_secret_and_secret_file(tmp_path: Path) -> None:
+    by_env = resolve_auth(ServerSettings(jwt_secret=SECRET, jwt_issuer="idp"))
+    assert (by_env.source, by_env.key.algorithm, by_env.issuer, by_env.audience) == (
+        "secret",
+        "HS256",
+        "idp",
+        None,
+    )
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    by_file = resolve_auth(ServerSettings(jwt_secret_file=secret_file))
+    assert by_file.source == "secret-file"
+    assert by_file.key == by_env.key
+    with pytest.raises(ConfigError, match="32 bytes"):
+        resolve_auth(ServerSettings(jwt_secret="short"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        resolve_auth(ServerSettings(jwt_secret_file=tmp_path / "missing"))
+
+
+def test_public_key_file(tmp_path: Path) -> None:
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    auth = resolve_auth(ServerSettings(jwt_public_key_file=key_file, jwt_audience="flowstate"))
+    assert (auth.source, auth.key.algorithm, auth.audience) == ("public-key", "ES256", "flowstate")
+    key_file.write_text("not a key")
+    with pytest.raises(ConfigError):
+        resolve_auth(ServerSettings(jwt_public_key_file=key_file))
