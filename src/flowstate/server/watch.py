@@ -1,0 +1,795 @@
+"""The status-stream hub behind WatchFlow and WatchFlows (DESIGN.md section 5).
+
+One `WatchHub` per server process. The history table is the log; LISTEN/NOTIFY is only a
+wake-up signal. The moving parts:
+
+- **One listener connection** (`_Listener`) LISTENs on ``flowstate_changes``. A notification
+  names a flow and its tenant; the hub pokes that flow's channel and that tenant's channel. When
+  the connection drops (or stops answering a ping) it reconnects with backoff and pokes *every*
+  channel, which re-reads from history: a lost notification costs a read, never a change.
+- **Channels** (`_Channel`): one per watched flow, one per watching tenant, shared by all of its
+  subscribers. A channel holds a bounded window of the log (the last `queue_limit` entries it
+  read) and at most one read in flight per start position (single-flight), so a change watched
+  by 1000 streams costs one history read. On a poke the channel's pump reads the log after the
+  window's end, appends, and fires one `asyncio.Event` that every subscriber waits on. The pump
+  never awaits a subscriber.
+- **Subscribers** are the async generators returned by `watch_flow` / `watch_flows`. Each keeps
+  only its position. It serves itself from the channel's window; when its position has fallen
+  out of the window (it read too slowly, or it is replaying) it reads the log itself, in pages of
+  `queue_limit`, through the same single-flight reads. So a slow consumer costs no memory
+  beyond one page and never delays anyone: it is resynchronised from history and misses nothing
+  (`SUBSCRIBER_TOO_SLOW` is therefore never raised; the code exists for the servicer's table).
+- Streams send a heartbeat after `heartbeat_interval` seconds without an event, and end with
+  `FlowStateError(SERVER_SHUTTING_DOWN)` when the hub closes.
+
+WatchFlow positions are flow versions. WatchFlows positions are ``(txid, seq)`` of the tenant's
+commit-ordered log (see `flowstate.server.watch_log` and docs/streams.md for why the cursor is
+gap-free).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+import asyncpg
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.engine import make_url
+
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
+from flowstate.server.watch_log import (
+    SNAPSHOT_LIMIT,
+    LogPosition,
+    TenantChange,
+    TenantCursor,
+    TenantLog,
+)
+from flowstate.storage.urls import normalize_database_url
+
+__all__ = ["NOTIFY_CHANNEL", "FlowEventValue", "WatchHub", "WatchStore"]
+
+NOTIFY_CHANNEL: Final = "flowstate_changes"
+"""The LISTEN/NOTIFY channel the store notifies on after each committed mutation."""
+
+TERMINAL_STATUSES: Final = frozenset({FlowStatus.COMPLETED, FlowStatus.CANCELLED})
+
+_log = logging.getLogger("flowstate.watch")
+
+_PING_INTERVAL: Final = 10.0
+_PING_TIMEOUT: Final = 5.0
+_RECONNECT_INITIAL: Final = 0.05
+_RECONNECT_MAX: Final = 5.0
+_PENDING_RETRY_INITIAL: Final = 0.005
+_PENDING_RETRY_MAX: Final = 0.5
+_CLOSE_DRAIN_TIMEOUT: Final = 5.0
+
+
+class WatchStore(Protocol):
+    """What the hub needs from `flowstate.storage.FlowStore`."""
+
+    async def get_flow(self, tenant: Tenant, flow_id: str) -> Flow:
+        """The flow, or FlowStateError(FLOW_NOT_FOUND) (also for another tenant's flow)."""
+        ...
+
+    async def read_changes(
+        self, tenant: Tenant, flow_id: str, after_version: int, limit: int
+    ) -> tuple[HistoryEntry, ...]:
+        """History entries of the flow with version > `after_version`, oldest first."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEventValue:
+    """One event of a status stream, domain-level (the servicer turns it into a FlowEvent).
+
+    Exactly one of `snapshot`, `change` and `heartbeat_at` is set. `flow_version`, `status` and
+    `progress` describe the flow after the event; on WatchFlows heartbeats `flow_id` is empty,
+    `flow_version` 0, `status` INITIALIZED and `progress` 0 (meaningless there). `cursor` is set
+    on WatchFlows events only: the resume token after this event (empty on the snapshot events
+    of the initial snapshot but the last, which cannot be resumed in the middle).
+    """
+
+    flow_id: str
+    flow_version: int
+    status: FlowStatus
+    progress: float
+    snapshot: Flow | None = None
+    change: HistoryEntry | None = None
+    heartbeat_at: datetime | None = None
+    cursor: str = ""
+
+
+def _shutting_down() -> FlowStateError:
+    return FlowStateError(
+        ErrorCode.SERVER_SHUTTING_DOWN,
+        "the server is shutting down; reconnect and resume from the last version or cursor seen",
+        retry_allowed=True,
+    )
+
+
+P = TypeVar("P", int, LogPosition)
+"""A position in a channel's log: a flow version, or a tenant-log ``(txid, seq)``."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Read(Generic[P, T]):
+    """Items after a position; every item in ``(after, covered]`` is in `items`."""
+
+    items: tuple[T, ...]
+    covered: P
+    full: bool
+    pending: bool = False
+
+
+class _Channel(Generic[P, T]):
+    """The shared window of one log (a flow's versions, or a tenant's changes).
+
+    Invariant: when `head` is not None, `items` holds every item with position in
+    ``(base, head]``, in order, and `positions` their positions.
+    """
+
+    def __init__(
+        self,
+        key: Hashable,
+        reader: Callable[[P, int], Awaitable[_Read[P, T]]],
+        position_of: Callable[[T], P],
+        limit: int,
+        on_empty: Callable[[Hashable], None],
+    ) -> None:
+        self.key = key
+        self.changed = asyncio.Event()
+        self.subscribers = 0
+        self.pokes = 0
+        self.base: P | None = None
+        self.head: P | None = None
+        self.items: list[T] = []
+        self.positions: list[P] = []
+        self._reader: Callable[[P, int], Awaitable[_Read[P, T]]] = reader
+        self.position_of: Callable[[T], P] = position_of
+        self._limit = limit
+        self._on_empty = on_empty
+        self._fetches: dict[P, asyncio.Task[_Read[P, T]]] = {}
+        self._pump: asyncio.Task[None] | None = None
+        self._dirty = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = _PENDING_RETRY_INITIAL
+
+    # -- subscribers -------------------------------------------------------------------------
+
+    def subscribe(self) -> int:
+        """Count a subscriber in; returns the poke count to hand to `go_live`."""
+        self.subscribers += 1
+        return self.pokes
+
+    def unsubscribe(self) -> None:
+        """Count a subscriber out; the hub forgets the channel when none is left."""
+        self.subscribers -= 1
+        if self.subscribers == 0:
+            if self._retry is not None:
+                self._retry.cancel()
+            self._on_empty(self.key)
+
+    def go_live(self, position: P, pokes_seen: int, *, current: bool) -> None:
+        """A subscriber stands at `position` and follows the channel from now on.
+
+        When `position` is `current` (a snapshot's), a channel that has never read starts its
+        window there. A poke that arrived while the subscriber was taking its snapshot (and
+        found no window to read after) is replayed.
+        """
+        if self.head is None and current:
+            self.base = self.head = position
+        if self.pokes != pokes_seen:
+            self.poke()
+
+    def items_after(self, position: P) -> list[T] | None:
+        """The window's items after `position`; None when the window does not cover it."""
+        if self.base is None or self.head is None or position < self.base:
+            return None
+        if position >= self.head:
+            return []
+        return self.items[bisect.bisect_right(self.positions, position) :]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def fetch(self, after: P) -> _Read[P, T]:
+        """Read the log after `after` (single-flight per position) and merge it into the window."""
+        task = self._fetches.get(after)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(after))
+            self._fetches[after] = task
+            task.add_done_callback(lambda done: self._fetch_done(after, done))
+        return await asyncio.shield(task)
+
+    def _fetch_done(self, after: P, task: asyncio.Task[_Read[P, T]]) -> None:
+        if self._fetches.get(after) is task:
+            del self._fetches[after]
+        if not task.cancelled():
+            task.exception()  # retrieved here so that an unawaited failure is not reported twice
+
+    async def _fetch(self, after: P) -> _Read[P, T]:
+        read = await self._reader(after, self._limit)
+        self._absorb(after, read)
+        return read
+
+    def _absorb(self, after: P, read: _Read[P, T]) -> None:
+        if self.head is None or self.base is None or after > self.head:
+            # A gap (or the first read): the window restarts at this read.
+            self.base, self.head = after, read.covered
+            self.items = list(read.items)
+            self.positions = [self.position_of(item) for item in read.items]
+            if read.full and self._pump is None:
+                self.poke()  # a page ended the window: more may follow, read on
+        else:
+            extended = read.covered > self.head
+            for item in read.items:
+                position = self.position_of(item)
+                if position > self.head:
+                    self.items.append(item)
+                    self.positions.append(position)
+            self.head = max(self.head, read.covered)
+            if extended and read.full and self._pump is None:
+                self.poke()  # a page ended the window: more may follow, read on
+        overflow = len(self.items) - self._limit
+        if overflow > 0:
+            self.base = self.positions[overflow - 1]
+            del self.items[:overflow]
+            del self.positions[:overflow]
+
+    def fire(self) -> None:
+        """Wake every subscriber (they look at the window, or at the hub's closing flag)."""
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+
+    def poke(self) -> None:
+        """Something may have changed: read the log after the window (one pump at a time)."""
+        self.pokes += 1
+        self._dirty = True
+        if self._pump is None and self.head is not None:
+            self._pump = asyncio.ensure_future(self._run_pump())
+
+    async def _run_pump(self) -> None:
+        try:
+            while self._dirty and self.head is not None and self.subscribers:
+                self._dirty = False
+                while True:
+                    read = await self.fetch(self.head)
+                    if read.items:
+                        self.fire()
+                    if not read.full:
+                        break
+                self._schedule_retry(read.pending)
+        except Exception:  # a failed read ends nothing: subscribers re-read on their own
+            _log.warning("watch channel %r: read failed", self.key, exc_info=True)
+            self.fire()
+        finally:
+            self._pump = None
+
+    def _schedule_retry(self, pending: bool) -> None:
+        """Re-read soon when committed changes wait behind the horizon (no notify will come)."""
+        if not pending:
+            self._retry_delay = _PENDING_RETRY_INITIAL
+            return
+        if self._retry is None or self._retry.cancelled():
+            delay, self._retry_delay = (
+                self._retry_delay,
+                min(self._retry_delay * 2, _PENDING_RETRY_MAX),
+            )
+            self._retry = asyncio.get_running_loop().call_later(delay, self._retry_poke)
+
+    def _retry_poke(self) -> None:
+        self._retry = None
+        if self.subscribers:
+            self.poke()
+
+    async def drain(self) -> None:
+        """Wait for reads in flight (used at close)."""
+        tasks: list[asyncio.Future[Any]] = list(self._fetches.values())
+        if self._pump is not None:
+            tasks.append(self._pump)
+        if self._retry is not None:
+            self._retry.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_CLOSE_DRAIN_TIMEOUT)
+
+
+def _version_of(entry: HistoryEntry) -> int:
+    return entry.flow_version
+
+
+def _position_of(change: TenantChange) -> LogPosition:
+    return change.position
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _connect_kwargs(database_url: str) -> dict[str, Any]:
+    """asyncpg.connect() arguments for a database URL, as SQLAlchemy's dialect makes them.
+
+    Going through the dialect keeps one reading of URLs (unix sockets, ssl) for the store, the
+    listener and the tenant-log pool.
+    """
+    url = make_url(normalize_database_url(database_url))
+    dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it untyped
+    _args, kwargs = dialect.create_connect_args(url)  # type: ignore[no-untyped-call]  # idem
+    kwargs.pop("prepared_statement_cache_size", None)
+    kwargs.pop("async_creator_fn", None)
+    return dict(kwargs)
+
+
+class _Listener:
+    """The process's one LISTEN connection, reconnected with backoff for as long as the hub runs."""
+
+    def __init__(self, hub: WatchHub, connect_kwargs: dict[str, Any]) -> None:
+        self._hub = hub
+        self._connect_kwargs = connect_kwargs
+        self._stop = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process id of the current listener connection (for tests and logs)."""
+        conn = self._conn
+        return None if conn is None or conn.is_closed() else conn.get_server_pid()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        delay = _RECONNECT_INITIAL
+        while not self._stop.is_set():
+            try:
+                await self._serve()
+                delay = _RECONNECT_INITIAL
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                _log.warning("watch listener: connection lost (%s); reconnecting", exc)
+            except Exception:
+                _log.exception("watch listener: unexpected error; reconnecting")
+            finally:
+                self.connected.clear()
+            if self._stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            delay = min(delay * 2, _RECONNECT_MAX)
+
+    async def _serve(self) -> None:
+        lost = asyncio.Event()
+        conn: asyncpg.Connection = await asyncpg.connect(**self._connect_kwargs)
+        self._conn = conn
+        try:
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            self.connections += 1
+            self.connected.set()
+            # Notifications may have been missed while we were away (or before the first
+            # connection): every channel re-reads from history.
+            self._hub._poke_all()
+            while not self._stop.is_set() and not lost.is_set():
+                waiters = [
+                    asyncio.ensure_future(self._stop.wait()),
+                    asyncio.ensure_future(lost.wait()),
+                ]
+                try:
+                    await asyncio.wait(
+                        waiters, timeout=_PING_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+                if not self._stop.is_set() and not lost.is_set():
+                    async with asyncio.timeout(_PING_TIMEOUT):
+                        await conn.fetchval("SELECT 1")
+            if lost.is_set() and not self._stop.is_set():
+                raise ConnectionError("the listener connection was closed")
+        finally:
+            self._conn = None
+            if not conn.is_closed():
+                try:
+                    async with asyncio.timeout(_PING_TIMEOUT):
+                        await conn.close()
+                except Exception:
+                    conn.terminate()
+
+    def _on_notify(
+        self,
+        _conn: asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any],
+        _pid: int,
+        _channel: str,
+        payload: object,
+    ) -> None:
+        try:
+            data = json.loads(str(payload))
+            tenant = Tenant(str(data["client_account_id"]), str(data["engagement_id"]))
+            flow_id = str(data["flow_id"])
+        except (ValueError, KeyError, TypeError):
+            _log.warning("watch listener: ignoring malformed notification %r", str(payload)[:200])
+            return
+        self._hub._on_change(tenant, flow_id)
+
+
+class WatchHub:
+    """Fan-out of committed flow changes to WatchFlow / WatchFlows streams (see module doc)."""
+
+    def __init__(
+        self,
+        store: WatchStore,
+        log: TenantLog,
+        connect_kwargs: dict[str, Any],
+        *,
+        heartbeat_interval: float,
+        queue_limit: int,
+        snapshot_limit: int = SNAPSHOT_LIMIT,
+    ) -> None:
+        """Use `start`; this only wires the parts."""
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
+        if queue_limit < 1:
+            raise ValueError("queue_limit must be at least 1")
+        self._store = store
+        self._log = log
+        self._heartbeat = heartbeat_interval
+        self._limit = queue_limit
+        self._snapshot_limit = snapshot_limit
+        self._closing = False
+        self._open = 0
+        self._flow_channels: dict[Hashable, _Channel[int, HistoryEntry]] = {}
+        self._tenant_channels: dict[Hashable, _Channel[LogPosition, TenantChange]] = {}
+        self._listener = _Listener(self, connect_kwargs)
+
+    @classmethod
+    async def start(
+        cls,
+        store: WatchStore,
+        database_url: str,
+        *,
+        heartbeat_interval: float = 15.0,
+        queue_limit: int = 256,
+        snapshot_limit: int = SNAPSHOT_LIMIT,
+    ) -> WatchHub:
+        """Connect the listener (waits for the first connection) and return the running hub.
+
+        `heartbeat_interval`: seconds without an event before a stream gets a heartbeat.
+        `queue_limit`: entries each channel keeps in memory, and the page size of history reads.
+        `snapshot_limit`: most flows in the initial snapshot of WatchFlows.
+        """
+        connect_kwargs = _connect_kwargs(database_url)
+        log = await TenantLog.open(connect_kwargs)
+        hub = cls(
+            store,
+            log,
+            connect_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            queue_limit=queue_limit,
+            snapshot_limit=snapshot_limit,
+        )
+        hub._listener.start()
+        try:
+            async with asyncio.timeout(30):
+                await hub._listener.connected.wait()
+        except BaseException:
+            await hub.close()
+            raise
+        return hub
+
+    @property
+    def open_streams(self) -> int:
+        """Streams currently open on this hub (for the open-streams gauge)."""
+        return self._open
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The PostgreSQL backend pid of the LISTEN connection (None while reconnecting)."""
+        return self._listener.backend_pid
+
+    @property
+    def listener_connections(self) -> int:
+        """How many times the listener has connected (1 + reconnections)."""
+        return self._listener.connections
+
+    async def close(self) -> None:
+        """End every open stream with SERVER_SHUTTING_DOWN, then stop listening.
+
+        Streams waiting for a change end at once; a stream whose consumer is not reading ends
+        the next time it is read. Reads in flight are allowed to finish (bounded).
+        """
+        if self._closing:
+            return
+        self._closing = True
+        channels: list[_Channel[Any, Any]] = [
+            *self._flow_channels.values(),
+            *self._tenant_channels.values(),
+        ]
+        for channel in channels:
+            channel.fire()
+        await self._listener.stop()
+        await asyncio.gather(*(channel.drain() for channel in channels))
+        await self._log.close()
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def _on_change(self, tenant: Tenant, flow_id: str) -> None:
+        flow_channel = self._flow_channels.get((tenant, flow_id))
+        if flow_channel is not None:
+            flow_channel.poke()
+        tenant_channel = self._tenant_channels.get(tenant)
+        if tenant_channel is not None:
+            tenant_channel.poke()
+
+    def _poke_all(self) -> None:
+        for flow_channel in list(self._flow_channels.values()):
+            flow_channel.poke()
+        for tenant_channel in list(self._tenant_channels.values()):
+            tenant_channel.poke()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise _shutting_down()
+
+    # -- channels ----------------------------------------------------------------------------
+
+    def _flow_channel(self, tenant: Tenant, flow_id: str) -> _Channel[int, HistoryEntry]:
+        key = (tenant, flow_id)
+        channel = self._flow_channels.get(key)
+        if channel is None:
+
+            async def read(after: int, limit: int) -> _Read[int, HistoryEntry]:
+                entries = await self._store.read_changes(tenant, flow_id, after, limit)
+                covered = entries[-1].flow_version if entries else after
+                return _Read(entries, covered, full=len(entries) >= limit)
+
+            channel = _Channel(key, read, _version_of, self._limit, self._forget_flow_channel)
+            self._flow_channels[key] = channel
+        return channel
+
+    def _forget_flow_channel(self, key: Hashable) -> None:
+        self._flow_channels.pop(key, None)
+
+    def _tenant_channel(self, tenant: Tenant) -> _Channel[LogPosition, TenantChange]:
+        channel = self._tenant_channels.get(tenant)
+        if channel is None:
+
+            async def read(after: LogPosition, limit: int) -> _Read[LogPosition, TenantChange]:
+                result = await self._log.read(tenant, after, limit)
+                return _Read(
+                    result.changes,
+                    result.covered,
+                    full=len(result.changes) >= limit,
+                    pending=result.pending,
+                )
+
+            channel = _Channel(tenant, read, _position_of, self._limit, self._forget_tenant)
+            self._tenant_channels[tenant] = channel
+        return channel
+
+    def _forget_tenant(self, key: Hashable) -> None:
+        self._tenant_channels.pop(key, None)
+
+    async def _follow(
+        self, channel: _Channel[P, T], position: P, *, catch_up: bool
+    ) -> AsyncGenerator[tuple[T | None, P], None]:
+        """Items of `channel` after `position`, forever, each with the position it ends at.
+
+        `catch_up`: the log may already hold items after `position` (a resume), so read it
+        first instead of waiting for a notification. Yields ``(None, position)`` when a
+        heartbeat is due; `position` then says how far the log is known to hold nothing more
+        for this follower. Raises SERVER_SHUTTING_DOWN when the hub closes.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._heartbeat
+        while True:
+            changed = channel.changed  # taken before looking, so that no wake-up is lost
+            self._check_open()
+            items = None if catch_up else channel.items_after(position)
+            catch_up = False
+            if items is None:
+                read = await channel.fetch(position)
+                self._check_open()
+                items = list(read.items)
+                covered = read.covered
+                catch_up = read.full
+            else:
+                covered = channel.head if channel.head is not None else position
+            for item in items:
+                position = channel.position_of(item)
+                yield item, position
+            if items:
+                deadline = loop.time() + self._heartbeat
+            position = max(position, covered)
+            if items:
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                yield None, position
+                deadline = loop.time() + self._heartbeat
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+
+    # -- WatchFlow ---------------------------------------------------------------------------
+
+    def watch_flow(
+        self, tenant: Tenant, flow_id: str, *, after_version: int | None, keep_open: bool
+    ) -> AsyncGenerator[FlowEventValue, None]:
+        """Stream one flow: a snapshot (or the changes after `after_version`), then live changes.
+
+        Raises (from the iterator) FLOW_NOT_FOUND for a missing flow or another tenant's,
+        MALFORMED_REQUEST for an `after_version` below 0 or beyond the flow's version, and
+        SERVER_SHUTTING_DOWN when the hub closes. Ends after the event that made the flow
+        COMPLETED or CANCELLED (or after a terminal snapshot) unless `keep_open`.
+        """
+        return self._watch_flow(tenant, flow_id, after_version, keep_open)
+
+    async def _watch_flow(
+        self, tenant: Tenant, flow_id: str, after_version: int | None, keep_open: bool
+    ) -> AsyncGenerator[FlowEventValue, None]:
+        self._check_open()
+        if after_version is not None and after_version < 0:
+            raise FlowStateError(
+                ErrorCode.MALFORMED_REQUEST,
+                "after_version must not be negative",
+                field="after_version",
+            )
+        channel = self._flow_channel(tenant, flow_id)
+        # Subscribe before the snapshot: a change that commits after it is read from history.
+        pokes = channel.subscribe()
+        self._open += 1
+        try:
+            flow = await self._store.get_flow(tenant, flow_id)
+            self._check_open()
+            status, progress = flow.status, flow.progress
+            if after_version is None:
+                position = flow.version
+                yield FlowEventValue(flow_id, flow.version, status, progress, snapshot=flow)
+            elif after_version > flow.version:
+                raise FlowStateError(
+                    ErrorCode.MALFORMED_REQUEST,
+                    f"after_version {after_version} is beyond the flow's version {flow.version}",
+                    field="after_version",
+                    current_version=flow.version,
+                )
+            else:
+                position = after_version
+            if not keep_open and status in TERMINAL_STATUSES and position >= flow.version:
+                return
+            current = position == flow.version
+            channel.go_live(position, pokes, current=current)
+            follow_flow = self._follow(channel, position, catch_up=not current)
+            async with contextlib.aclosing(follow_flow) as follower:
+                async for entry, position in follower:
+                    if entry is None:
+                        yield FlowEventValue(
+                            flow_id, position, status, progress, heartbeat_at=_now()
+                        )
+                        continue
+                    status, progress = entry.status_after, entry.progress_after
+                    yield FlowEventValue(flow_id, position, status, progress, change=entry)
+                    if not keep_open and status in TERMINAL_STATUSES:
+                        return
+        finally:
+            self._open -= 1
+            channel.unsubscribe()
+
+    # -- WatchFlows --------------------------------------------------------------------------
+
+    def watch_flows(
+        self,
+        tenant: Tenant,
+        *,
+        statuses: frozenset[FlowStatus],
+        definition_name: str,
+        flow_ids: frozenset[str],
+        cursor: str,
+    ) -> AsyncGenerator[FlowEventValue, None]:
+        """Stream the tenant's matching flows: a snapshot (or changes after `cursor`), then live.
+
+        Filters (each ignored when empty): the status after the change, the definition name,
+        the flow ids. Every event carries the cursor to resume after it. Raises (from the
+        iterator) MALFORMED_REQUEST for a bad cursor or a snapshot over the limit, and
+        SERVER_SHUTTING_DOWN when the hub closes.
+        """
+        return self._watch_flows(tenant, statuses, definition_name, flow_ids, cursor)
+
+    async def _watch_flows(
+        self,
+        tenant: Tenant,
+        statuses: frozenset[FlowStatus],
+        definition_name: str,
+        flow_ids: frozenset[str],
+        cursor_token: str,
+    ) -> AsyncGenerator[FlowEventValue, None]:
+        self._check_open()
+        resume = TenantCursor.decode(cursor_token) if cursor_token else None
+        channel = self._tenant_channel(tenant)
+        pokes = channel.subscribe()
+        self._open += 1
+        try:
+            if resume is not None:
+                await self._log.check_cursor(resume)
+                cursor = resume
+            else:
+                snapshot = await self._log.snapshot(
+                    tenant,
+                    statuses=statuses,
+                    definition_name=definition_name,
+                    flow_ids=flow_ids,
+                    limit=self._snapshot_limit,
+                )
+                cursor = snapshot.cursor
+                last = len(snapshot.flows) - 1
+                for index, flow in enumerate(snapshot.flows):
+                    self._check_open()
+                    yield FlowEventValue(
+                        flow.flow_id,
+                        flow.version,
+                        flow.status,
+                        flow.progress,
+                        snapshot=flow,
+                        cursor=cursor.encode() if index == last else "",
+                    )
+            self._check_open()
+            channel.go_live(cursor.position, pokes, current=resume is None)
+            follow_tenant = self._follow(channel, cursor.position, catch_up=resume is not None)
+            async with contextlib.aclosing(follow_tenant) as follower:
+                async for change, position in follower:
+                    if change is None:
+                        cursor = cursor.advanced(position)
+                        yield FlowEventValue(
+                            "",
+                            0,
+                            FlowStatus.INITIALIZED,
+                            0.0,
+                            heartbeat_at=_now(),
+                            cursor=cursor.encode(),
+                        )
+                        continue
+                    consumed = cursor.consumed(change)
+                    cursor = cursor.advanced(position)
+                    if consumed or not _matches(change, statuses, definition_name, flow_ids):
+                        continue
+                    entry = change.entry
+                    yield FlowEventValue(
+                        change.flow_id,
+                        entry.flow_version,
+                        entry.status_after,
+                        entry.progress_after,
+                        change=entry,
+                        cursor=cursor.encode(),
+                    )
+        finally:
+            self._open -= 1
+            channel.unsubscribe()
+
+
+def _matches(
+    change: TenantChange,
+    statuses: frozenset[FlowStatus],
+    definition_name: str,
+    flow_ids: frozenset[str],
+) -> bool:
+    """Whether a change passes the WatchFlows filters (each ignored when empty)."""
+    return (
+        (not statuses or change.entry.status_after in statuses)
+        and (not definition_name or change.definition_name == definition_name)
+        and (not flow_ids or change.flow_id in flow_ids)
+    )
