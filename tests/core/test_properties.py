@@ -82,6 +82,11 @@ def forward_commands(flow: Flow, definition: FlowDefinition) -> list[Command]:
             commands += [Retry(name), Rollback(name)]
         elif state is PhaseState.RETRY_NEEDED:
             commands.append(Retry(name))
+    # Pause while work runs (outcomes still land), and resume: the interesting pause cases.
+    if flow.status is FlowStatus.PAUSED:
+        commands.append(ResumeFlow())
+    elif any(p.state is PhaseState.IN_PROGRESS for p in flow.phases):
+        commands.append(PauseFlow())
     return commands
 
 
