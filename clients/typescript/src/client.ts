@@ -17,7 +17,7 @@ import { create, type DescMessage, type MessageInitShape, type MessageShape } fr
 import { Code, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
 
-import { toFlowstateError } from "./errors.js";
+import { toFlowstateError, uncancelled } from "./errors.js";
 import {
   CancelFlowRequestSchema,
   CreateFlowRequestSchema,
@@ -224,7 +224,7 @@ export function createFlowstateClient(options: FlowstateClientOptions = {}): Flo
         });
       } catch (err) {
         if (signal?.aborted) throw toFlowstateError(err);
-        const error = toFlowstateError(err);
+        const error = uncancelled(toFlowstateError(err));
         const delay = state.nextDelayMs(error, error.grpcCode === Code.Unavailable);
         if (delay === undefined) throw error;
         await sleep(delay, signal);

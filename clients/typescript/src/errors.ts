@@ -444,6 +444,23 @@ export function toFlowstateError(reason: unknown): FlowstateError {
   });
 }
 
+/**
+ * `error` as seen by a caller who did not cancel: a call CANCELLED without any status from the
+ * server means the connection (or the server) went away under it (connect-node reports a
+ * killed server's streams as RST_STREAM CANCEL), i.e. UNAVAILABLE, as grpc-go reports it.
+ */
+export function uncancelled(error: FlowstateError): FlowstateError {
+  if (error.grpcCode !== Code.Canceled || error.errorInfo !== undefined || error.flowError !== undefined) return error;
+  return new UnavailableError({
+    code: "TEMPORARY_RESOURCE_UNAVAILABLE",
+    grpcCode: Code.Unavailable,
+    message: `connection lost: ${error.message}`,
+    retryAllowed: true,
+    correlationId: error.correlationId,
+    cause: error.cause ?? error,
+  });
+}
+
 /** Whether `value` is a `FlowstateError` (also across duplicate copies of this package). */
 export function isFlowstateError(value: unknown): value is FlowstateError {
   return value instanceof FlowstateError || (typeof value === "object" && value !== null && BRAND in value);

@@ -11,7 +11,7 @@
  */
 import { Code, type Client } from "@connectrpc/connect";
 
-import { FlowstateError, toFlowstateError } from "./errors.js";
+import { FlowstateError, toFlowstateError, uncancelled } from "./errors.js";
 import type { FlowEvent, FlowStateService } from "./gen/flowstate/v1/flow_service_pb.js";
 import { FlowStatus } from "./gen/flowstate/v1/states_pb.js";
 import { RetryState, sleep, type RetryPolicy } from "./retry.js";
@@ -102,7 +102,7 @@ async function* resumable<T>(
           result = await iterator.next();
         } catch (err) {
           if (signal?.aborted) throw signal.reason;
-          failure = toFlowstateError(err);
+          failure = uncancelled(toFlowstateError(err));
           break;
         }
         if (result.done) break;

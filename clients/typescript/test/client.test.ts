@@ -217,6 +217,31 @@ describe("unary calls", () => {
     });
   });
 
+  it("retries a mutation whose connection broke mid-call, with the same request id", async () => {
+    const ids: string[] = [];
+    const impl = {
+      async transitionPhase(request: { requestId: string }, context: HandlerContext) {
+        ids.push(request.requestId);
+        if (ids.length === 1) {
+          // The first attempt hangs until its server is killed under it.
+          await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+        }
+        return { flow: { flowId: "f1", version: 2n } };
+      },
+    };
+    const first = await serve(impl);
+    const port = Number(first.address.split(":")[1]);
+    const client = clientFor(first, { retry: { ...FAST_RETRY, initialBackoffMs: 50, maxAttempts: 20 } });
+    const pending = client.transitionPhase({ flowId: "f1", phase: "data_import", targetState: PhaseState.IN_PROGRESS });
+    while (ids.length === 0) await new Promise((r) => setTimeout(r, 5));
+    await first.kill();
+    await serve(impl, port);
+    const response = await pending;
+    assert.equal(response.flow?.version, 2n);
+    assert.equal(ids.length, 2);
+    assert.equal(ids[0], ids[1]);
+  });
+
   it("stops retrying when the caller aborts", async () => {
     const server = await serve({
       getFlow() {

@@ -1,0 +1,451 @@
+// End-to-end tests of the wrapper against a real `flowstate serve` started by
+// scripts/with_test_server.py (see support/env.ts for what happens without one).
+import assert from "node:assert/strict";
+import { after, describe, it } from "node:test";
+
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+
+import {
+  createFlowstateClient,
+  DependentPhasesActiveError,
+  ErrorCode,
+  FlowNotFoundError,
+  FlowPausedError,
+  FlowStatus,
+  FlowTerminalError,
+  HistoryEventKind,
+  InvalidPhaseError,
+  InvalidPhaseTransitionError,
+  MalformedRequestError,
+  MaxRetriesExceededError,
+  PermissionDeniedError,
+  PhaseOrderViolationError,
+  PhaseState,
+  RequestIdReusedError,
+  RetryNotAllowedError,
+  UnauthenticatedError,
+  VersionConflictError,
+  type FlowEvent,
+  type FlowstateClient,
+  type FlowstateClientOptions,
+  type FlowstateError,
+} from "../src/index.js";
+import { harness, inCI, testServer } from "./support/env.js";
+
+const PHASES = ["data_import", "field_mapping", "data_cleansing", "asset_inventory", "dependency_analysis"];
+// DESIGN.md "Progress" and "Flow status": each phase started (x 0.3) then completed.
+const PROGRESS = [6, 20, 26, 40, 46, 60, 66, 80, 86, 100];
+const STATUSES = [
+  FlowStatus.DATA_GATHERING,
+  FlowStatus.DATA_GATHERING,
+  FlowStatus.DISCOVERY,
+  FlowStatus.DISCOVERY,
+  FlowStatus.DISCOVERY,
+  FlowStatus.DISCOVERY,
+  FlowStatus.ASSESSMENT_READY,
+  FlowStatus.ASSESSMENT_READY,
+  FlowStatus.PLANNING,
+  FlowStatus.COMPLETED,
+];
+const FAST = { initialBackoffMs: 50, maxBackoffMs: 1_000, deadlineMs: 60_000 };
+const TIMEOUT = { timeout: 60_000 };
+const RESTART_TIMEOUT = { timeout: 180_000 };
+
+if (testServer === undefined) {
+  if (inCI) {
+    it("has a test server (FLOWSTATE_TEST_ADDRESS is set under CI)", () => {
+      assert.fail("CI=true but FLOWSTATE_TEST_ADDRESS is not set: run the tests through scripts/with_test_server.py");
+    });
+  } else {
+    describe("end-to-end against a real server", { skip: "FLOWSTATE_TEST_ADDRESS is not set" }, () => {});
+  }
+} else {
+  const server = testServer;
+  const clients: FlowstateClient[] = [];
+  after(() => {
+    for (const client of clients) client.close();
+  });
+
+  const connect = (token: string = server.token, options: Partial<FlowstateClientOptions> = {}): FlowstateClient => {
+    const client = createFlowstateClient({ address: server.address, token, retry: FAST, watchRetry: FAST, ...options });
+    clients.push(client);
+    return client;
+  };
+  const writer = connect();
+
+  async function newFlow(client = writer): Promise<string> {
+    const { flow } = await client.createFlow({ definitionName: "discovery", displayName: "sdk-ts e2e" });
+    assert.ok(flow);
+    return flow.flowId;
+  }
+
+  async function refusal<T>(promise: Promise<T>): Promise<FlowstateError> {
+    return promise.then(
+      () => assert.fail("expected the server to refuse"),
+      (err: FlowstateError) => err,
+    );
+  }
+
+  async function move(flowId: string, phase: string, targetState: PhaseState, client = writer) {
+    return client.transitionPhase({ flowId, phase, targetState, reason: "e2e" });
+  }
+
+  /** Runs every phase of a flow to COMPLETED; returns the progress and status after each step. */
+  async function runToCompletion(flowId: string, from = 0, client = writer): Promise<Array<[number, FlowStatus, bigint]>> {
+    const steps: Array<[number, FlowStatus, bigint]> = [];
+    for (const phase of PHASES.slice(from)) {
+      for (const target of [PhaseState.IN_PROGRESS, PhaseState.COMPLETED]) {
+        const { flow } = await move(flowId, phase, target, client);
+        assert.ok(flow);
+        steps.push([flow.progress, flow.status, flow.version]);
+      }
+    }
+    return steps;
+  }
+
+  describe("flows end to end", TIMEOUT, () => {
+    it("creates a flow and runs it to completion with the exact progress of every step", async () => {
+      const created = await writer.createFlow({ definitionName: "discovery", labels: { suite: "ts" } });
+      const flow = created.flow;
+      assert.ok(flow);
+      assert.equal(flow.status, FlowStatus.INITIALIZED);
+      assert.equal(flow.version, 1n);
+      assert.equal(flow.progress, 0);
+      assert.deepEqual(flow.phases.map((p) => p.name), PHASES);
+      assert.ok(flow.phases.every((p) => p.state === PhaseState.NOT_STARTED));
+      assert.equal(created.historyEntries[0]?.kind, HistoryEventKind.CREATED);
+
+      const steps = await runToCompletion(flow.flowId);
+      assert.deepEqual(steps.map(([progress]) => progress), PROGRESS);
+      assert.deepEqual(steps.map(([, status]) => status), STATUSES);
+      assert.deepEqual(steps.map(([, , version]) => version), [2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n]);
+
+      const { flow: done } = await writer.getFlow({ flowId: flow.flowId });
+      assert.equal(done?.status, FlowStatus.COMPLETED);
+      assert.equal(done?.progress, 100);
+      const history = [];
+      for await (const entry of writer.history(flow.flowId, { pageSize: 4 })) history.push(entry);
+      assert.deepEqual(history.map((e) => e.flowVersion), Array.from({ length: 11 }, (_, i) => BigInt(i + 1)));
+      assert.deepEqual(history.map((e) => e.progressAfter), [0, ...PROGRESS]);
+      assert.ok(history.slice(1).every((e) => e.userId === "writer" && e.requestId !== ""));
+    });
+
+    it("reports in-phase progress smoothly (0.3 + 0.4 f)", async () => {
+      const flowId = await newFlow();
+      await move(flowId, "data_import", PhaseState.IN_PROGRESS);
+      const { flow } = await writer.updatePhaseProgress({ flowId, phase: "data_import", progress: 0.5 });
+      assert.equal(flow?.progress, 10);
+      assert.equal(flow?.phases[0]?.progress, 0.5);
+    });
+
+    it("lists the caller's flows and serves the definition", async () => {
+      const flowId = await newFlow();
+      const { flows } = await writer.listFlows({ pageSize: 500 });
+      assert.ok(flows.some((f) => f.flowId === flowId));
+      const { definition } = await writer.getFlowDefinition({ name: "discovery" });
+      assert.deepEqual(definition?.phases.map((p) => [p.name, p.weight]), PHASES.map((name) => [name, 20]));
+    });
+
+    it("answers a dry run without changing anything", async () => {
+      const flowId = await newFlow();
+      const answer = await writer.validateTransition({
+        flowId,
+        transition: { case: "phaseTransition", value: { phase: "field_mapping", toState: PhaseState.IN_PROGRESS } },
+      });
+      assert.equal(answer.allowed, false);
+      assert.equal(answer.error?.errorCode, ErrorCode.PHASE_ORDER_VIOLATION);
+      assert.deepEqual(answer.blockingPhases, ["data_import"]);
+      const { flow } = await writer.getFlow({ flowId });
+      assert.equal(flow?.version, 1n);
+    });
+  });
+
+  describe("typed errors from the real server", TIMEOUT, () => {
+    it("INVALID_PHASE_TRANSITION lists the valid transitions", async () => {
+      const flowId = await newFlow();
+      const err = await refusal(move(flowId, "data_import", PhaseState.COMPLETED));
+      assert.ok(err instanceof InvalidPhaseTransitionError, String(err));
+      assert.equal(err.code, "INVALID_PHASE_TRANSITION");
+      assert.equal(err.grpcCode, Code.FailedPrecondition);
+      assert.deepEqual(err.validTransitions, [PhaseState.IN_PROGRESS]);
+      assert.equal(err.phase, "data_import");
+      assert.equal(err.retryAllowed, false);
+      assert.ok(err.correlationId, "a correlation id");
+      assert.ok(err.flowError, "the FlowError detail is decoded");
+    });
+
+    it("PHASE_ORDER_VIOLATION names the blocking phases", async () => {
+      const flowId = await newFlow();
+      const err = await refusal(move(flowId, "field_mapping", PhaseState.IN_PROGRESS));
+      assert.ok(err instanceof PhaseOrderViolationError, String(err));
+      assert.deepEqual(err.blockingPhases, ["data_import"]);
+    });
+
+    it("VERSION_CONFLICT carries the current version", async () => {
+      const flowId = await newFlow();
+      await move(flowId, "data_import", PhaseState.IN_PROGRESS);
+      const err = await refusal(
+        writer.transitionPhase({ flowId, phase: "data_import", targetState: PhaseState.COMPLETED, expectedVersion: 1n }),
+      );
+      assert.ok(err instanceof VersionConflictError, String(err));
+      assert.equal(err.grpcCode, Code.Aborted);
+      assert.equal(err.currentVersion, 2n);
+    });
+
+    it("FLOW_NOT_FOUND for another tenant's flow, for reads and writes alike", async () => {
+      const flowId = await newFlow();
+      const intruder = connect(server.otherTenantToken);
+      const read = await refusal(intruder.getFlow({ flowId }));
+      assert.ok(read instanceof FlowNotFoundError, String(read));
+      assert.equal(read.grpcCode, Code.NotFound);
+      const write = await refusal(move(flowId, "data_import", PhaseState.IN_PROGRESS, intruder));
+      assert.ok(write instanceof FlowNotFoundError, String(write));
+      const { flows } = await intruder.listFlows({ pageSize: 500 });
+      assert.ok(!flows.some((f) => f.flowId === flowId));
+    });
+
+    it("UNAUTHENTICATED without a token or with a forged one", async () => {
+      const anonymous = await refusal(connect("").getFlowDefinition({ name: "discovery" }));
+      assert.ok(anonymous instanceof UnauthenticatedError, String(anonymous));
+      assert.equal(anonymous.code, "UNAUTHENTICATED");
+      const forged = `${server.token.slice(0, -4)}AAAA`;
+      const bad = await refusal(connect(forged).getFlowDefinition({ name: "discovery" }));
+      assert.ok(bad instanceof UnauthenticatedError, String(bad));
+    });
+
+    it("PERMISSION_DENIED for a read-only token that writes; it may still read", async () => {
+      const flowId = await newFlow();
+      const reader = connect(server.readonlyToken);
+      const err = await refusal(reader.createFlow());
+      assert.ok(err instanceof PermissionDeniedError, String(err));
+      assert.equal(err.code, "PERMISSION_DENIED");
+      const mutation = await refusal(move(flowId, "data_import", PhaseState.IN_PROGRESS, reader));
+      assert.ok(mutation instanceof PermissionDeniedError, String(mutation));
+      const { flow } = await reader.getFlow({ flowId });
+      assert.equal(flow?.flowId, flowId);
+    });
+
+    it("INVALID_PHASE and MALFORMED_REQUEST (with the field)", async () => {
+      const flowId = await newFlow();
+      const phase = await refusal(move(flowId, "no_such_phase", PhaseState.IN_PROGRESS));
+      assert.ok(phase instanceof InvalidPhaseError, String(phase));
+      assert.equal(phase.grpcCode, Code.InvalidArgument);
+      const malformed = await refusal(writer.getFlow({ flowId: "not-a-uuid" }));
+      assert.ok(malformed instanceof MalformedRequestError, String(malformed));
+      assert.deepEqual(malformed.fieldViolations.map((v) => v.field), ["flow_id"]);
+    });
+
+    it("FLOW_PAUSED, then FLOW_TERMINAL after cancel", async () => {
+      const flowId = await newFlow();
+      const paused = await writer.pauseFlow({ flowId, reason: "maintenance" });
+      assert.equal(paused.flow?.status, FlowStatus.PAUSED);
+      const err = await refusal(move(flowId, "data_import", PhaseState.IN_PROGRESS));
+      assert.ok(err instanceof FlowPausedError, String(err));
+      const resumed = await writer.resumeFlow({ flowId });
+      assert.equal(resumed.flow?.status, FlowStatus.INITIALIZED);
+      const cancelled = await writer.cancelFlow({ flowId, reason: "done" });
+      assert.equal(cancelled.flow?.status, FlowStatus.CANCELLED);
+      const terminal = await refusal(move(flowId, "data_import", PhaseState.IN_PROGRESS));
+      assert.ok(terminal instanceof FlowTerminalError, String(terminal));
+    });
+
+    it("DEPENDENT_PHASES_ACTIVE for a rollback without cascade; cascade rolls dependents back", async () => {
+      const flowId = await newFlow();
+      await move(flowId, "data_import", PhaseState.IN_PROGRESS);
+      await move(flowId, "data_import", PhaseState.COMPLETED);
+      await move(flowId, "field_mapping", PhaseState.IN_PROGRESS);
+      const err = await refusal(writer.rollback({ flowId, phase: "data_import", cascade: false }));
+      assert.ok(err instanceof DependentPhasesActiveError, String(err));
+      assert.deepEqual(err.dependentPhases, ["field_mapping"]);
+      const rolled = await writer.rollback({ flowId, phase: "data_import", reason: "bad import" });
+      assert.deepEqual(rolled.flow?.phases.slice(0, 2).map((p) => p.state), [PhaseState.ROLLED_BACK, PhaseState.ROLLED_BACK]);
+      assert.deepEqual(rolled.historyEntries.map((e) => e.kind), [HistoryEventKind.ROLLBACK, HistoryEventKind.CASCADE_ROLLBACK]);
+    });
+
+    it("MAX_RETRIES_EXCEEDED after the phase's retries; RETRY_NOT_ALLOWED unless an admin forces it", async () => {
+      const flowId = await newFlow();
+      await move(flowId, "data_import", PhaseState.IN_PROGRESS);
+      const fail = (errorCode: ErrorCode) =>
+        writer.transitionPhase({
+          flowId,
+          phase: "data_import",
+          targetState: PhaseState.FAILED,
+          failure: { errorCode, message: "boom", details: { attempt: 1 } },
+        });
+      await fail(ErrorCode.PHASE_EXECUTION_FAILED);
+      for (let attempt = 1; attempt <= 3; attempt += 1) {
+        await writer.retry({ flowId, phase: "data_import" }); // FAILED -> RETRY_NEEDED
+        const { flow } = await writer.retry({ flowId, phase: "data_import" }); // -> IN_PROGRESS
+        assert.equal(flow?.phases[0]?.retryCount, attempt);
+        await fail(ErrorCode.PHASE_EXECUTION_FAILED);
+      }
+      await writer.retry({ flowId, phase: "data_import" }).catch(() => undefined); // FAILED -> RETRY_NEEDED if allowed
+      const exhausted = await refusal(writer.retry({ flowId, phase: "data_import" }));
+      assert.ok(exhausted instanceof MaxRetriesExceededError, String(exhausted));
+      assert.equal(exhausted.attemptsRemaining, 0);
+
+      const other = await newFlow();
+      await move(other, "data_import", PhaseState.IN_PROGRESS);
+      await writer.transitionPhase({
+        flowId: other,
+        phase: "data_import",
+        targetState: PhaseState.FAILED,
+        failure: { errorCode: ErrorCode.DATA_VALIDATION_FAILED, message: "bad rows" },
+      });
+      const refused = await refusal(writer.retry({ flowId: other, phase: "data_import" }));
+      assert.ok(refused instanceof RetryNotAllowedError, String(refused));
+      const notAdmin = await refusal(writer.retry({ flowId: other, phase: "data_import", force: true }));
+      assert.ok(notAdmin instanceof PermissionDeniedError, String(notAdmin));
+      const forced = await connect(server.adminToken).retry({ flowId: other, phase: "data_import", force: true });
+      assert.equal(forced.flow?.phases[0]?.state, PhaseState.RETRY_NEEDED);
+    });
+  });
+
+  describe("retry safety", TIMEOUT, () => {
+    it("the same request id twice applies once and returns the first response", async () => {
+      const flowId = await newFlow();
+      const request = { flowId, phase: "data_import", targetState: PhaseState.IN_PROGRESS, requestId: `ts-${Date.now()}` };
+      const first = await writer.transitionPhase(request);
+      const second = await writer.transitionPhase(request);
+      assert.equal(first.flow?.version, 2n);
+      assert.equal(second.flow?.version, 2n);
+      assert.deepEqual(
+        second.historyEntries.map((e) => e.flowVersion),
+        first.historyEntries.map((e) => e.flowVersion),
+      );
+      const { historyEntries } = await writer.listFlowHistory({ flowId });
+      assert.equal(historyEntries.filter((e) => e.requestId === request.requestId).length, 1);
+      assert.equal(historyEntries.length, 2);
+
+      const reused = await refusal(writer.transitionPhase({ ...request, targetState: PhaseState.COMPLETED }));
+      assert.ok(reused instanceof RequestIdReusedError, String(reused));
+    });
+
+    it("a response lost in transit is retried with the same request id and applied once", async () => {
+      const flowId = await newFlow();
+      const sent: string[] = [];
+      const loseFirstResponse: Interceptor = (next) => async (req) => {
+        const response = await next(req);
+        if (req.method.name === "TransitionPhase") {
+          if (!req.stream) sent.push((req.message as unknown as { requestId: string }).requestId);
+          if (sent.length === 1) throw new ConnectError("response lost in transit", Code.Unavailable);
+        }
+        return response;
+      };
+      const flaky = connect(server.token, { interceptors: [loseFirstResponse] });
+      const { flow, historyEntries } = await flaky.transitionPhase({ flowId, phase: "data_import", targetState: PhaseState.IN_PROGRESS });
+      assert.equal(sent.length, 2);
+      assert.equal(sent[0], sent[1]);
+      assert.equal(flow?.version, 2n);
+      assert.equal(historyEntries[0]?.requestId, sent[0]);
+      const history = await writer.listFlowHistory({ flowId });
+      assert.equal(history.historyEntries.length, 2, "created + one transition, not two");
+    });
+  });
+
+  describe("watch", TIMEOUT, () => {
+    async function watchAll(client: FlowstateClient, flowId: string, options: Parameters<FlowstateClient["watch"]>[1] = {}) {
+      const events: FlowEvent[] = [];
+      for await (const event of client.watch(flowId, options)) events.push(event);
+      return events;
+    }
+
+    it("streams the snapshot, then every change, and ends after the terminal event", async () => {
+      const flowId = await newFlow();
+      const reader = connect(server.readonlyToken);
+      const events = reader.watch(flowId);
+      const first = await events.next();
+      assert.equal(first.value?.kind.case, "snapshot");
+      assert.equal(first.value?.flowVersion, 1n);
+      const changes = (async () => {
+        const rest: FlowEvent[] = [];
+        for await (const event of events) rest.push(event);
+        return rest;
+      })();
+      await runToCompletion(flowId);
+      const rest = await changes;
+      assert.deepEqual(rest.map((e) => e.flowVersion), Array.from({ length: 10 }, (_, i) => BigInt(i + 2)));
+      assert.deepEqual(rest.map((e) => e.progress), PROGRESS);
+      assert.ok(rest.every((e) => e.kind.case === "change"));
+      assert.equal(rest.at(-1)?.status, FlowStatus.COMPLETED);
+    });
+
+    it("a watch opened late starts from a snapshot of the current state", async () => {
+      const flowId = await newFlow();
+      await runToCompletion(flowId);
+      const events = await watchAll(writer, flowId);
+      assert.deepEqual(events.map((e) => [e.kind.case, e.flowVersion, e.status]), [["snapshot", 11n, FlowStatus.COMPLETED]]);
+    });
+
+    it("resumes after a version: replays exactly the later changes", async () => {
+      const flowId = await newFlow();
+      await runToCompletion(flowId);
+      const events = await watchAll(writer, flowId, { afterVersion: 7n });
+      assert.deepEqual(events.map((e) => e.flowVersion), [8n, 9n, 10n, 11n]);
+      assert.ok(events.every((e) => e.kind.case === "change"));
+    });
+
+    it("FLOW_NOT_FOUND for another tenant's flow", async () => {
+      const flowId = await newFlow();
+      await assert.rejects(watchAll(connect(server.otherTenantToken), flowId), FlowNotFoundError);
+    });
+
+    it("keeps watching the tenant's flows with watchFlows", async () => {
+      const flowId = await newFlow();
+      const controller = new AbortController();
+      const seen: bigint[] = [];
+      const watching = (async () => {
+        for await (const { event, cursor } of writer.watchFlows({ flowIds: [flowId], signal: controller.signal })) {
+          assert.equal(event.flowId, flowId);
+          assert.ok(cursor);
+          seen.push(event.flowVersion);
+          if (event.flowVersion === 3n) return;
+        }
+      })();
+      await move(flowId, "data_import", PhaseState.IN_PROGRESS);
+      await move(flowId, "data_import", PhaseState.COMPLETED);
+      await watching;
+      assert.deepEqual(seen, [...new Set(seen)].sort((a, b) => (a < b ? -1 : 1)), "increasing, no duplicates");
+      assert.deepEqual(seen.slice(-2), [2n, 3n]);
+    });
+  });
+
+  describe("watch across server restarts", RESTART_TIMEOUT, () => {
+    const variants: Array<[string, string | undefined]> = [
+      ["a graceful restart (SERVER_SHUTTING_DOWN)", server.restartCmd],
+      ["a hard restart (SIGKILL: the connection just breaks)", server.hardRestartCmd],
+    ];
+    for (const [name, command] of variants) {
+      it(`resumes after ${name} without missing or repeating a version`, { skip: command ? false : "the harness has no restart command", timeout: 180_000 }, async () => {
+        const client = connect(server.token);
+        const flowId = await newFlow(client);
+        const reconnects: string[] = [];
+        const seen: bigint[] = [];
+        let reachedThree: () => void = () => undefined;
+        const three = new Promise<void>((resolve) => {
+          reachedThree = resolve;
+        });
+        const events = client.watch(flowId, { onReconnect: ({ error }) => reconnects.push(`${error.code}/${error.grpcCodeName}`) });
+        const first = await events.next(); // the snapshot, before anything changes
+        seen.push(first.value?.flowVersion ?? -1n);
+        const watching = (async () => {
+          for await (const event of events) {
+            seen.push(event.flowVersion);
+            if (event.flowVersion === 3n) reachedThree();
+          }
+        })();
+        await move(flowId, "data_import", PhaseState.IN_PROGRESS, client);
+        await move(flowId, "data_import", PhaseState.COMPLETED, client);
+        await three;
+        await harness(command);
+        // The server is back; these changes may commit before the watch has reconnected, and
+        // must then be replayed from history.
+        await runToCompletion(flowId, 1, client);
+        await watching;
+        assert.deepEqual(seen, Array.from({ length: 11 }, (_, i) => BigInt(i + 1)));
+        assert.ok(reconnects.length >= 1, "the watch reconnected");
+        console.log(`reconnected after ${name}: ${reconnects.join(", ")}`);
+      });
+    }
+  });
+}

@@ -1,0 +1,61 @@
+// The end-to-end tests' view of the test server started by scripts/with_test_server.py.
+//
+// Policy: with FLOWSTATE_TEST_ADDRESS unset, the end-to-end suites FAIL under CI=true (a CI run
+// that silently tests nothing is worse than a red one) and are SKIPPED with a loud banner when
+// run by hand. To run them by hand: `make test`, or from clients/typescript
+// `npm run test:e2e` (= ../../scripts/with_test_server.py -- npm test).
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+
+export interface TestServerEnv {
+  address: string;
+  token: string;
+  adminToken: string;
+  otherTenantToken: string;
+  readonlyToken: string;
+  /** Shell commands of the harness: graceful restart, hard (SIGKILL) restart, stop, start. */
+  restartCmd?: string;
+  hardRestartCmd?: string;
+  stopCmd?: string;
+  startCmd?: string;
+}
+
+function load(): TestServerEnv | undefined {
+  const env = process.env;
+  const address = env["FLOWSTATE_TEST_ADDRESS"];
+  if (!address) return undefined;
+  const need = (name: string): string => {
+    const value = env[name];
+    if (!value) throw new Error(`FLOWSTATE_TEST_ADDRESS is set but ${name} is not (use scripts/with_test_server.py)`);
+    return value;
+  };
+  return {
+    address,
+    token: need("FLOWSTATE_TEST_TOKEN"),
+    adminToken: need("FLOWSTATE_TEST_TOKEN_ADMIN"),
+    otherTenantToken: need("FLOWSTATE_TEST_TOKEN_OTHER_TENANT"),
+    readonlyToken: need("FLOWSTATE_TEST_TOKEN_READONLY"),
+    restartCmd: env["FLOWSTATE_TEST_RESTART_CMD"] || undefined,
+    hardRestartCmd: env["FLOWSTATE_TEST_HARD_RESTART_CMD"] || undefined,
+    stopCmd: env["FLOWSTATE_TEST_STOP_CMD"] || undefined,
+    startCmd: env["FLOWSTATE_TEST_START_CMD"] || undefined,
+  };
+}
+
+export const testServer = load();
+export const inCI = process.env["CI"] === "true" || process.env["CI"] === "1";
+
+if (testServer === undefined && !inCI) {
+  const line = "!".repeat(100);
+  console.warn(
+    `\n${line}\n!! FLOWSTATE_TEST_ADDRESS is not set: the end-to-end tests against a real server are SKIPPED.\n` +
+      `!! Run them with \`make test\` or \`npm run test:e2e\` (scripts/with_test_server.py). Under CI=true they fail.\n${line}\n`,
+  );
+}
+
+/** Runs one of the harness's shell commands (restart, stop, start); resolves once it is done. */
+export async function harness(command: string | undefined, timeoutMs = 120_000): Promise<string> {
+  if (!command) throw new Error("the harness gave no such command");
+  const { stdout } = await promisify(execFile)("/bin/sh", ["-c", command], { timeout: timeoutMs });
+  return stdout.trim();
+}
