@@ -62,17 +62,36 @@ def start(
     procs: Processes, db: Database, config: Config, env: dict[str, str], work_dir: Path
 ) -> Flowstate:
     """Start the server, mint the token, create the flows; Unavailable if it cannot be."""
+    try:
+        from flowstate.storage.store import FlowStore  # noqa: F401 - needed by _create_flows
+    except ImportError as exc:
+        raise Unavailable(f"the Flowstate server is not importable ({exc})") from exc
+    server = start_server(procs, db, env, work_dir)
+    n = max(config.concurrencies)
+    created = asyncio.run(_create_flows(db.sqlalchemy_url, n + 2 + n + 1))
+    return Flowstate(
+        server=server,
+        flows=created[:n],
+        hot_flow=created[n],
+        watch_flow=created[n + 1],
+        raw_flows=created[n + 2 :],
+    )
+
+
+def start_server(
+    procs: Processes, db: Database, env: dict[str, str], work_dir: Path, name: str = "flowstate"
+) -> Server:
+    """Start one ``flowstate serve`` and mint a token for the bench tenant."""
     from bench.run import Server
 
     try:
         from flowstate.core.model import Tenant
         from flowstate.server.auth import JwtKey, Scope, mint_token
-        from flowstate.storage.store import FlowStore  # noqa: F401 - needed by _create_flows
     except ImportError as exc:
         raise Unavailable(f"the Flowstate server is not importable ({exc})") from exc
 
     secret = secrets.token_urlsafe(48)
-    ready = work_dir / "flowstate.ready"
+    ready = work_dir / f"{name}.ready"
     ready.unlink(missing_ok=True)
     data_dir = work_dir / "flowstate-data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -86,25 +105,25 @@ def start(
         "FLOWSTATE_READY_FILE": str(ready),
         "FLOWSTATE_DATA_DIR": str(data_dir),
     }
-    for name in (
+    for variable in (
         "FLOWSTATE_JWT_SECRET_FILE",
         "FLOWSTATE_JWT_PUBLIC_KEY_FILE",
         "FLOWSTATE_TLS_CERT_FILE",
     ):
-        server_env.pop(name, None)
-    proc = procs.start("flowstate", _serve_command(), env=server_env, cwd=REPO)
+        server_env.pop(variable, None)
+    proc = procs.start(name, _serve_command(), env=server_env, cwd=REPO)
+    log = procs.log_path(name)
     deadline = time.monotonic() + 90
     while not (ready.exists() and ready.read_text().strip()):
         if proc.poll() is not None:
-            log = tail(procs.log_path("flowstate"))
-            raise BenchError(f"flowstate serve exited with {proc.returncode}: {log}")
+            raise BenchError(f"flowstate serve exited with {proc.returncode}: {tail(log)}")
         if time.monotonic() > deadline:
-            raise BenchError(
-                f"flowstate serve not ready in 90 s: {tail(procs.log_path('flowstate'))}"
-            )
+            procs.stop(proc)
+            raise BenchError(f"flowstate serve not ready in 90 s: {tail(log)}")
         time.sleep(0.1)
     address = ready.read_text().strip().splitlines()[0]
     if not address.startswith("127.0.0.1:"):
+        procs.stop(proc)
         raise BenchError(f"flowstate serve listens on {address!r}, not on 127.0.0.1")
     token = mint_token(
         JwtKey.hs256(secret.encode()),
@@ -112,16 +131,7 @@ def start(
         user_id="bench",
         scopes=(Scope.READ, Scope.WRITE),
     )
-    server = Server("flowstate", address, proc, token)
-    n = max(config.concurrencies)
-    created = asyncio.run(_create_flows(db.sqlalchemy_url, n + 2 + n + 1))
-    return Flowstate(
-        server=server,
-        flows=created[:n],
-        hot_flow=created[n],
-        watch_flow=created[n + 1],
-        raw_flows=created[n + 2 :],
-    )
+    return Server("flowstate", address, proc, token)
 
 
 async def _create_flows(url: str, count: int) -> list[str]:
@@ -131,7 +141,7 @@ async def _create_flows(url: str, count: int) -> list[str]:
     from flowstate.storage.store import FlowStore
 
     tenant = Tenant(*TENANT)
-    store = await FlowStore.open(url, pool_size=4, max_overflow=0)
+    store = await FlowStore.open(url, pool_size=4)
     try:
 
         async def one() -> str:

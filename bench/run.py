@@ -173,15 +173,15 @@ class Server:
         return int(psutil.Process(self.pid).memory_info().rss)
 
 
-def start_reference(procs: Processes) -> Server:
+def start_reference(procs: Processes, name: str = "ref_server") -> Server:
     """Start the bare reference server (echo + in-memory broadcast)."""
     proc = procs.start(
-        "ref_server",
+        name,
         [sys.executable, "-m", "bench.ref_server", "--port", "0"],
         cwd=REPO,
         env=child_env(),
     )
-    port = read_line(proc, "PORT ", timeout=30, log=procs.log_path("ref_server"))
+    port = read_line(proc, "PORT ", timeout=30, log=procs.log_path(name))
     return Server("reference", f"127.0.0.1:{port}", proc)
 
 
@@ -205,6 +205,7 @@ class Bench:
         reference: Server,
         flowstate: _flowstate.Flowstate | None,
         unavailable: str,
+        work_dir: Path,
     ) -> None:
         self.config = config
         self.procs = procs
@@ -213,6 +214,7 @@ class Bench:
         self.reference = reference
         self.flowstate = flowstate
         self.unavailable = unavailable
+        self.work_dir = work_dir
         self._seq = 0
 
     # --- measurements --------------------------------------------------------------------------
@@ -314,10 +316,14 @@ class Bench:
 
         return measure
 
-    def idle_memory(self, server: Server, flow: str, streams: int) -> Measure:
-        """Server RSS growth per idle WatchFlow stream (psutil), streams held by the Go client."""
+    def idle_memory(self, fresh: Callable[[str], Server], flow: str, streams: int) -> Measure:
+        """Server RSS growth per idle WatchFlow stream (psutil), streams held by the Go client.
 
-        def hold(n: int) -> tuple[int, Metrics]:
+        Each measurement uses a fresh server process (`fresh`): one that already served many
+        streams reuses the memory it freed, and would show almost no growth.
+        """
+
+        def hold(server: Server, n: int) -> tuple[int, Metrics]:
             name = self._name(f"idle-{server.name}-{n}")
             proc = self.procs.start(
                 name,
@@ -344,10 +350,14 @@ class Bench:
                 self.procs.stop(proc)
 
         def measure() -> Metrics:
-            hold(min(streams, 50))  # warm the code paths and allocator pools once
-            time.sleep(0.5)
-            before = server.rss()
-            during, ready = hold(streams)
+            server = fresh(self._name("idle-server"))
+            try:
+                hold(server, min(streams, 20))  # warm the code paths once
+                time.sleep(0.5)
+                before = server.rss()
+                during, ready = hold(server, streams)
+            finally:
+                self.procs.stop(server.proc)
             delta = during - before
             return {
                 "streams": streams,
@@ -463,7 +473,9 @@ class Bench:
                 subject_label="WatchFlow",
                 reference_label="bare grpc.aio stream",
                 subject=self._fs_idle(c.idle_streams),
-                reference=self.idle_memory(ref, "bare", c.idle_streams),
+                reference=self.idle_memory(
+                    lambda name: start_reference(self.procs, name), "bare", c.idle_streams
+                ),
                 target=_memory_target(),
             )
         )
@@ -488,7 +500,13 @@ class Bench:
 
     def _fs_idle(self, streams: int) -> Measure | None:
         fs = self.flowstate
-        return None if fs is None else self.idle_memory(fs.server, fs.watch_flow, streams)
+        if fs is None:
+            return None
+
+        def fresh(name: str) -> Server:
+            return _flowstate.start_server(self.procs, self.db, child_env(), self.work_dir, name)
+
+        return self.idle_memory(fresh, fs.watch_flow, streams)
 
     def _full_n(self) -> int:
         return 32 if 32 in self.config.concurrencies else self.config.concurrencies[-1]
@@ -609,7 +627,7 @@ def execute(config: Config, out: Path) -> dict[str, Any]:
             unavailable = str(exc)
             print(f"Flowstate scenarios skipped: {unavailable}", flush=True)
         reference = start_reference(procs)
-        bench = Bench(config, procs, loadgen, db, reference, flowstate, unavailable)
+        bench = Bench(config, procs, loadgen, db, reference, flowstate, unavailable, out.parent)
         scenarios = bench.scenarios()
         bench.run(scenarios)
         report = _report.build(config_dict(config), info, scenarios, time.monotonic() - started)
