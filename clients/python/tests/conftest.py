@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from scripted_server import ScriptedServer, ScriptedServicer
@@ -40,3 +44,35 @@ async def client(scripted: ScriptedServer) -> AsyncIterator[AsyncFlowstateClient
         timeout=5.0,
     ) as client:
         yield client
+
+
+# --- end-to-end: a real Flowstate server over a real PostgreSQL ------------------------------
+#
+# The SDK's end-to-end tests use the shared database fixtures of the server's test suite
+# (tests/conftest.py: an embedded PostgreSQL per session, a database migrated to head). They are
+# loaded from that file by path, under their own module name; where the server distribution is
+# not installed (the SDK tested alone) the end-to-end tests are skipped.
+def _load_root_conftest() -> ModuleType | None:
+    path = Path(__file__).resolve().parents[3] / "tests" / "conftest.py"
+    if not path.is_file() or importlib.util.find_spec("flowstate.testing") is None:
+        return None
+    spec = importlib.util.spec_from_file_location("flowstate_sdk_tests_root_conftest", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_root_conftest = _load_root_conftest()
+
+if _root_conftest is not None:
+    database_server = _root_conftest.database_server
+    database_url = _root_conftest.database_url
+else:
+
+    @pytest.fixture(scope="session")
+    def database_url() -> str:
+        """Stands in for the server suite's fixture when the server is not installed."""
+        pytest.skip("end-to-end tests need the flowstate server distribution")

@@ -358,3 +358,34 @@ def test_transition_request_carries_the_failure_report() -> None:
     assert not plain.HasField("expected_version")
     with pytest.raises(ValueError, match="flow_id"):
         _requests.get_flow("")
+
+
+async def test_iterators_follow_page_tokens(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add(
+        "ListFlows",
+        flow_service_pb2.ListFlowsResponse(
+            flows=[flow_pb2.Flow(flow_id="a"), flow_pb2.Flow(flow_id="b")], next_page_token="p2"
+        ),
+        flow_service_pb2.ListFlowsResponse(flows=[flow_pb2.Flow(flow_id="c")]),
+    )
+    servicer.add(
+        "ListFlowHistory",
+        flow_service_pb2.ListFlowHistoryResponse(
+            history_entries=[history_pb2.HistoryEntry(flow_version=2)], next_page_token="h2"
+        ),
+        flow_service_pb2.ListFlowHistoryResponse(
+            history_entries=[history_pb2.HistoryEntry(flow_version=3)]
+        ),
+    )
+
+    flows = [flow.flow_id async for flow in client.iter_flows(statuses=["FAILED"], page_size=2)]
+    versions = [e.flow_version async for e in client.iter_flow_history("f", after_version=1)]
+
+    assert flows == ["a", "b", "c"]
+    assert [r.page_token for r in servicer.requests("ListFlows")] == ["", "p2"]
+    assert all(list(r.statuses) == [FlowStatus.FAILED] for r in servicer.requests("ListFlows"))
+    assert versions == [2, 3]
+    assert [r.page_token for r in servicer.requests("ListFlowHistory")] == ["", "h2"]
+    assert all(r.after_version == 1 for r in servicer.requests("ListFlowHistory"))

@@ -61,19 +61,20 @@ _Handler = Callable[[FlowstateClient, argparse.Namespace, "_Output"], int]
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``flows`` command group to the ``flowstate`` command line.
 
-    Each leaf command sets ``func`` (``func(args) -> int``, the exit status) on the namespace.
+    Each leaf command sets ``run`` (``run(args) -> int``, the exit status) on the namespace, as
+    every command group of `flowstate.cli.main` does.
     """
     flows = subparsers.add_parser(
         "flows",
         help="inspect and repair flows on a running server",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Inspect and repair flows on a running server (through the Python SDK).",
     )
     commands = flows.add_subparsers(dest="flows_command", metavar="COMMAND", required=True)
     common = _common_options()
 
     def command(name: str, handler: _Handler, help_text: str) -> argparse.ArgumentParser:
         parser = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
-        parser.set_defaults(func=lambda args: _run(handler, args))
+        parser.set_defaults(run=lambda args: _run(handler, args))
         return parser
 
     parser = command("list", _list, "list flows, most recently updated first")
@@ -276,7 +277,7 @@ def _run(handler: _Handler, args: argparse.Namespace) -> int:
             retry=RetryPolicy(max_attempts=3, deadline=max(args.timeout, 1.0)),
         )
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=output.err)
+        print(f"flowstate: error: INVALID_ARGUMENT: {exc}", file=output.err)
         return EXIT_USAGE
     try:
         with client:
@@ -285,7 +286,7 @@ def _run(handler: _Handler, args: argparse.Namespace) -> int:
         _print_error(error, output)
         return EXIT_ERROR
     except ValueError as exc:  # a bad enum name or a missing argument combination
-        print(f"error: {exc}", file=output.err)
+        print(f"flowstate: error: INVALID_ARGUMENT: {exc}", file=output.err)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -296,13 +297,16 @@ def _read(path: Path | None) -> bytes | None:
 
 
 def _print_error(error: FlowstateError, output: _Output) -> None:
+    """The structured error, in the format every `flowstate` command uses."""
     if output.as_json:
         print(json.dumps({"error": error.to_dict()}, indent=2), file=output.err)
         return
     code = error.code.name if error.code != ErrorCode.UNSPECIFIED else error.grpc_code.name
-    print(f"error: {code} ({error.grpc_code.name}): {error.message}", file=output.err)
-    for key, value in error.details.items():
-        print(f"  {key}: {_plain(value)}", file=output.err)
+    print(f"flowstate: error: {code}: {error.message}", file=output.err)
+    if error.details:
+        details = json.dumps(error.details, sort_keys=True, default=str)
+        print(f"  details: {details}", file=output.err)
+    print(f"  grpc_status: {error.grpc_code.name}", file=output.err)
     if error.correlation_id:
         print(f"  correlation_id: {error.correlation_id}", file=output.err)
 
@@ -312,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flowstate")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    status: int = args.func(args)
+    status: int = args.run(args)
     return status
 
 
@@ -640,7 +644,11 @@ def _print_validation(result: ValidationResult, output: _Output) -> None:
         output.line(line)
     else:
         error = result.error
-        output.line(f"not allowed: {error}" if error is not None else "not allowed")
+        output.line(
+            f"not allowed: {error.code.name}: {error.message}"
+            if error is not None
+            else "not allowed"
+        )
     if result.valid_transitions:
         output.line("valid transitions: " + ", ".join(s.name for s in result.valid_transitions))
     if result.valid_flow_transitions:
@@ -665,12 +673,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(str(item) for item in value)
-    return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 if __name__ == "__main__":

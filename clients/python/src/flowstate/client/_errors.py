@@ -151,7 +151,7 @@ class FlowstateError(Exception):
         """``CODE: message``, plus the correlation id when there is one."""
         label = self.code.name if self.code != ErrorCode.UNSPECIFIED else self.grpc_code.name
         text = f"{label}: {self.message}"
-        if self.correlation_id:
+        if self.correlation_id and self.correlation_id not in self.message:
             text += f" (correlation id {self.correlation_id})"
         return text
 
