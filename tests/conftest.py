@@ -15,6 +15,9 @@ Fixtures (all async ones run on the session event loop, see pyproject.toml):
 ``database_url`` (session)
     URL (``postgresql+asyncpg://``) of a database migrated to head, shared by the session.
     Tests isolate by tenant (`tenant`), not by database: never assume a table is empty.
+``store`` (session)
+    An open `flowstate.storage.FlowStore` on ``database_url``. Do not close it; open your own
+    (``await FlowStore.open(database_url)``) when a test must break or close one.
 ``tenant`` (function)
     A `Tenant` unique to the test (uuid-based): a test sees only its own flows.
 ``fresh_database_url`` (function)
@@ -41,6 +44,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from flowstate.core.commands import Context
 from flowstate.core.model import Tenant
+from flowstate.storage import FlowStore
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.migrate import upgrade
 from flowstate.storage.urls import normalize_database_url
@@ -112,6 +116,14 @@ async def database_url(database_server: DatabaseServer) -> AsyncIterator[str]:
     await upgrade(url)
     yield url
     await database_server.drop_database(url)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def store(database_url: str) -> AsyncIterator[FlowStore]:
+    """An open FlowStore on the shared migrated database."""
+    flow_store = await FlowStore.open(database_url)
+    yield flow_store
+    await flow_store.close()
 
 
 @pytest_asyncio.fixture

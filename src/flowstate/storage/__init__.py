@@ -13,3 +13,41 @@ database cannot serve now). Modules:
 
 See docs/storage.md for the schema, transaction shape, idempotency, tenancy and cursors.
 """
+
+from flowstate.storage.embedded import (
+    EmbeddedPostgres,
+    ResolvedDatabase,
+    resolve_database_url,
+)
+from flowstate.storage.errors import SchemaNotReadyError, StoreUnavailable
+from flowstate.storage.legacy import LegacyImportResult, import_legacy_rows
+from flowstate.storage.store import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    NOTIFY_CHANNEL,
+    ChangeBatch,
+    FlowPage,
+    FlowQuery,
+    FlowStore,
+    HistoryPage,
+    MutationResult,
+    TenantChange,
+)
+
+__all__ = [
+    "DEFAULT_IDEMPOTENCY_TTL",
+    "NOTIFY_CHANNEL",
+    "ChangeBatch",
+    "EmbeddedPostgres",
+    "FlowPage",
+    "FlowQuery",
+    "FlowStore",
+    "HistoryPage",
+    "LegacyImportResult",
+    "MutationResult",
+    "ResolvedDatabase",
+    "SchemaNotReadyError",
+    "StoreUnavailable",
+    "TenantChange",
+    "import_legacy_rows",
+    "resolve_database_url",
+]

@@ -187,11 +187,10 @@ class EmbeddedPostgres:
                 _handles[self.pgdata] = remaining
             else:
                 _handles.pop(self.pgdata, None)
-        if force:
+        if remaining <= 0 or force:
+            self._server.cleanup()  # stops the server when no other process holds it
+        if force and (self.pgdata / "postmaster.pid").exists():
             self._server.stop()
-            self._server.cleanup()
-        elif remaining <= 0:
-            self._server.cleanup()
 
     def __enter__(self) -> Self:
         """Return self; `stop` on exit."""

@@ -145,6 +145,7 @@ flow_history = Table(
     Column("progress_after", Float, nullable=False),
     Column("cause", Text, nullable=False),
     Column("occurred_at", _TIMESTAMP, nullable=False),
+    Column("phase_progress", Float, nullable=True),
     # The writing transaction's id (xid8 as bigint): orders commits for the tenant cursor.
     Column(
         "txid",

@@ -1,0 +1,253 @@
+"""Mapping between core values and rows (and the JSON kept in idempotency responses).
+
+One encoding serves both places: `flow_to_row` gives the column values of `flows`,
+`entry_to_row` those of `flow_history`; the JSON form of a value (what an idempotency key
+stores as its response) is the same dict with timestamps as ISO-8601 text. Decoding never
+needs the flow definition: `phase_details` keeps the phases in definition order.
+
+Column shapes (see `flowstate.storage.schema`):
+
+- ``phase_states``: ``{phase: state}``, the value the GIN index and the legacy view read;
+- ``phase_details``: ``[{name, progress, retry_count, last_retry_at, state_entered_at,
+  started_at, completed_at}, ...]`` in definition order;
+- ``error_context``: ``{phase: {error_code, message, details}}`` for phases carrying an error;
+- ``retry_count`` / ``last_retry_at``: the sum / latest over the phases (indexed for queries).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from flowstate.core.model import (
+    ErrorCode,
+    Flow,
+    FlowStatus,
+    HistoryEntry,
+    HistoryKind,
+    Phase,
+    PhaseError,
+    PhaseState,
+    Tenant,
+)
+
+__all__ = [
+    "Row",
+    "dumps",
+    "entry_from_json",
+    "entry_from_row",
+    "entry_to_json",
+    "entry_to_row",
+    "flow_from_json",
+    "flow_from_row",
+    "flow_to_json",
+    "flow_to_row",
+]
+
+_FLOW_TIMESTAMPS = ("created_at", "updated_at", "last_retry_at")
+_ENTRY_TIMESTAMPS = ("occurred_at",)
+
+
+class Row(Protocol):
+    """A result row: a mapping or an asyncpg Record, read by column name."""
+
+    def __getitem__(self, key: str, /) -> Any:
+        """The value of column `key`."""
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text (stdlib); NaN and infinities are refused (PostgreSQL refuses them)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _from_iso(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def error_to_json(error: PhaseError | None) -> dict[str, Any] | None:
+    """A phase error as JSON (None stays None)."""
+    if error is None:
+        return None
+    return {
+        "error_code": error.error_code.value,
+        "message": error.message,
+        "details": dict(error.details),
+    }
+
+
+def error_from_json(data: Mapping[str, Any] | None) -> PhaseError | None:
+    """The inverse of `error_to_json`."""
+    if data is None:
+        return None
+    return PhaseError(
+        error_code=ErrorCode(data["error_code"]),
+        message=data["message"],
+        details=dict(data.get("details") or {}),
+    )
+
+
+def _phase_details(phase: Phase) -> dict[str, Any]:
+    return {
+        "name": phase.name,
+        "progress": phase.progress,
+        "retry_count": phase.retry_count,
+        "last_retry_at": _iso(phase.last_retry_at),
+        "state_entered_at": _iso(phase.state_entered_at),
+        "started_at": _iso(phase.started_at),
+        "completed_at": _iso(phase.completed_at),
+    }
+
+
+def flow_to_row(flow: Flow) -> dict[str, Any]:
+    """Column values of `flow` for the `flows` table (JSONB columns as plain JSON values)."""
+    retry_times = [p.last_retry_at for p in flow.phases if p.last_retry_at is not None]
+    return {
+        "id": flow.flow_id,
+        "client_account_id": flow.tenant.client_account_id,
+        "engagement_id": flow.tenant.engagement_id,
+        "definition_name": flow.definition_name,
+        "definition_version": flow.definition_version,
+        "status": flow.status.value,
+        "status_before_pause": (
+            None if flow.status_before_pause is None else flow.status_before_pause.value
+        ),
+        "version": flow.version,
+        "phase_states": {p.name: p.state.value for p in flow.phases},
+        "phase_details": [_phase_details(p) for p in flow.phases],
+        "progress": flow.progress,
+        "error_context": {p.name: error_to_json(p.error) for p in flow.phases if p.error},
+        "retry_count": sum(p.retry_count for p in flow.phases),
+        "last_retry_at": max(retry_times) if retry_times else None,
+        "display_name": flow.display_name,
+        "labels": dict(flow.labels),
+        "created_at": flow.created_at,
+        "updated_at": flow.updated_at,
+    }
+
+
+def flow_from_row(row: Row) -> Flow:
+    """The `Flow` stored in a `flows` row (as returned by a select of every column)."""
+    states: Mapping[str, str] = row["phase_states"]
+    errors: Mapping[str, Any] = row["error_context"]
+    phases = tuple(
+        Phase(
+            name=detail["name"],
+            state=PhaseState(states[detail["name"]]),
+            progress=detail["progress"],
+            retry_count=detail["retry_count"],
+            last_retry_at=_from_iso(detail["last_retry_at"]),
+            error=error_from_json(errors.get(detail["name"])),
+            state_entered_at=_from_iso(detail["state_entered_at"]),
+            started_at=_from_iso(detail["started_at"]),
+            completed_at=_from_iso(detail["completed_at"]),
+        )
+        for detail in row["phase_details"]
+    )
+    before_pause = row["status_before_pause"]
+    return Flow(
+        flow_id=str(row["id"]),
+        tenant=Tenant(row["client_account_id"], row["engagement_id"]),
+        definition_name=row["definition_name"],
+        definition_version=row["definition_version"],
+        phases=phases,
+        status=FlowStatus(row["status"]),
+        status_before_pause=None if before_pause is None else FlowStatus(before_pause),
+        progress=row["progress"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        display_name=row["display_name"],
+        labels=dict(row["labels"]),
+    )
+
+
+def entry_to_row(flow: Flow, entry: HistoryEntry) -> dict[str, Any]:
+    """Column values of `entry` (of `flow`) for the `flow_history` table, without seq/txid."""
+    return {
+        "flow_id": flow.flow_id,
+        "client_account_id": flow.tenant.client_account_id,
+        "engagement_id": flow.tenant.engagement_id,
+        "version": entry.flow_version,
+        "kind": entry.kind.value,
+        "phase": entry.phase,
+        "from_state": None if entry.from_state is None else entry.from_state.value,
+        "to_state": None if entry.to_state is None else entry.to_state.value,
+        "status_before": entry.status_before.value,
+        "status_after": entry.status_after.value,
+        "reason": entry.reason,
+        "user_id": entry.user_id,
+        "request_id": entry.request_id,
+        "metadata": dict(entry.metadata),
+        "error": error_to_json(entry.error),
+        "time_in_state_seconds": entry.time_in_state_seconds,
+        "progress_after": entry.progress_after,
+        "cause": entry.cause,
+        "occurred_at": entry.occurred_at,
+        "phase_progress": entry.phase_progress,
+    }
+
+
+def entry_from_row(row: Row) -> HistoryEntry:
+    """The `HistoryEntry` stored in a `flow_history` row."""
+    from_state, to_state = row["from_state"], row["to_state"]
+    return HistoryEntry(
+        flow_version=row["version"],
+        kind=HistoryKind(row["kind"]),
+        status_before=FlowStatus(row["status_before"]),
+        status_after=FlowStatus(row["status_after"]),
+        occurred_at=row["occurred_at"],
+        phase=row["phase"],
+        from_state=None if from_state is None else PhaseState(from_state),
+        to_state=None if to_state is None else PhaseState(to_state),
+        reason=row["reason"],
+        user_id=row["user_id"],
+        request_id=row["request_id"],
+        metadata=dict(row["metadata"]),
+        error=error_from_json(row["error"]),
+        time_in_state_seconds=row["time_in_state_seconds"],
+        progress_after=row["progress_after"],
+        cause=row["cause"],
+        phase_progress=_optional(row, "phase_progress"),
+    )
+
+
+def _optional(row: Row, key: str) -> Any:
+    """A column that readers written before it existed may not select: None when absent."""
+    try:
+        return row[key]
+    except KeyError:
+        return None
+
+
+def _with_iso(row: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: _iso(v) if k in keys else v for k, v in row.items()}
+
+
+def _with_datetimes(data: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: _from_iso(v) if k in keys else v for k, v in data.items()}
+
+
+def flow_to_json(flow: Flow) -> dict[str, Any]:
+    """`flow` as a JSON-able dict (the row form with ISO timestamps)."""
+    return _with_iso(flow_to_row(flow), _FLOW_TIMESTAMPS)
+
+
+def flow_from_json(data: Mapping[str, Any]) -> Flow:
+    """The inverse of `flow_to_json`."""
+    return flow_from_row(_with_datetimes(data, _FLOW_TIMESTAMPS))
+
+
+def entry_to_json(flow: Flow, entry: HistoryEntry) -> dict[str, Any]:
+    """`entry` as a JSON-able dict (the row form with ISO timestamps)."""
+    return _with_iso(entry_to_row(flow, entry), _ENTRY_TIMESTAMPS)
+
+
+def entry_from_json(data: Mapping[str, Any]) -> HistoryEntry:
+    """The inverse of `entry_to_json`."""
+    return entry_from_row(_with_datetimes(data, _ENTRY_TIMESTAMPS))

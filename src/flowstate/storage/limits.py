@@ -1,0 +1,165 @@
+"""Input limits, checked before any SQL runs.
+
+PostgreSQL refuses NUL characters in text and JSONB, and unbounded values would let one caller
+bloat rows, history and idempotency responses. Every value a caller controls is checked here
+first; a violation is FlowStateError MALFORMED_REQUEST whose ``field`` detail names the field
+(dotted for nested values, e.g. ``command.error.message``), with ``limit`` when a size was
+exceeded. Nothing is written for a refused request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, PhaseError, Tenant
+from flowstate.storage.codec import dumps
+
+__all__ = [
+    "MAX_DISPLAY_NAME_LENGTH",
+    "MAX_ERROR_MESSAGE_LENGTH",
+    "MAX_FLOW_IDS_PER_QUERY",
+    "MAX_IDENTIFIER_LENGTH",
+    "MAX_JSON_BYTES",
+    "MAX_LABELS",
+    "MAX_LABEL_KEY_LENGTH",
+    "MAX_LABEL_VALUE_LENGTH",
+    "MAX_PAGE_SIZE",
+    "MAX_REASON_LENGTH",
+    "check_command",
+    "check_identifier",
+    "check_json_object",
+    "check_labels",
+    "check_tenant",
+    "check_text",
+    "malformed",
+]
+
+MAX_IDENTIFIER_LENGTH = 256
+"""Tenant ids, request ids, user ids, definition and phase names (characters)."""
+MAX_REASON_LENGTH = 1024
+"""A command's `reason` (characters)."""
+MAX_DISPLAY_NAME_LENGTH = 256
+"""A flow's display name (characters)."""
+MAX_ERROR_MESSAGE_LENGTH = 4096
+"""A phase error's message (characters)."""
+MAX_JSON_BYTES = 16 * 1024
+"""Metadata, and a phase error's details, as UTF-8 JSON (bytes)."""
+MAX_LABELS = 64
+"""Labels per flow."""
+MAX_LABEL_KEY_LENGTH = 63
+"""A label key (characters)."""
+MAX_LABEL_VALUE_LENGTH = 256
+"""A label value (characters)."""
+MAX_PAGE_SIZE = 1000
+"""Larger page sizes are lowered to this (AIP-158 coerces rather than refuses)."""
+MAX_FLOW_IDS_PER_QUERY = 1000
+"""Flow ids one listing may filter on."""
+
+
+def malformed(field: str, message: str, **details: Any) -> FlowStateError:
+    """The MALFORMED_REQUEST refusal for `field`."""
+    return FlowStateError(ErrorCode.MALFORMED_REQUEST, message, field=field, **details)
+
+
+def check_text(field: str, value: object, max_length: int) -> str:
+    """`value` if it is a str without NUL, encodable as UTF-8 and at most `max_length` long."""
+    if not isinstance(value, str):
+        raise malformed(field, f"{field} must be a string")
+    if "\x00" in value:
+        raise malformed(field, f"{field} must not contain NUL characters")
+    if len(value) > max_length:
+        raise malformed(field, f"{field} is longer than {max_length} characters", limit=max_length)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise malformed(field, f"{field} is not valid Unicode text") from None
+    return value
+
+
+def check_identifier(field: str, value: object, *, required: bool = True) -> str:
+    """An id or name: `check_text` with `MAX_IDENTIFIER_LENGTH`, non-empty when `required`."""
+    text = check_text(field, value, MAX_IDENTIFIER_LENGTH)
+    if required and not text:
+        raise malformed(field, f"{field} must not be empty")
+    return text
+
+
+def check_tenant(tenant: Tenant) -> None:
+    """Both tenant ids are non-empty identifiers."""
+    check_identifier("tenant.client_account_id", tenant.client_account_id)
+    check_identifier("tenant.engagement_id", tenant.engagement_id)
+
+
+def _check_json_value(field: str, value: object, depth: int = 0) -> None:
+    if depth > 32:
+        raise malformed(field, f"{field} is nested too deeply")
+    if isinstance(value, str):
+        check_text(field, value, MAX_JSON_BYTES)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise malformed(field, f"{field} keys must be strings")
+            check_text(field, key, MAX_JSON_BYTES)
+            _check_json_value(field, item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json_value(field, item, depth + 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise malformed(field, f"{field} must not contain NaN or infinite numbers")
+    elif value is not None and not isinstance(value, bool | int):
+        raise malformed(field, f"{field} must contain only JSON values")
+
+
+def check_json_object(field: str, value: object) -> None:
+    """A JSON object (str keys; JSON values; no NUL) of at most `MAX_JSON_BYTES` as UTF-8."""
+    if not isinstance(value, Mapping):
+        raise malformed(field, f"{field} must be an object")
+    _check_json_value(field, value)
+    size = len(dumps(dict(value)).encode("utf-8"))
+    if size > MAX_JSON_BYTES:
+        raise malformed(
+            field, f"{field} is larger than {MAX_JSON_BYTES} bytes", limit=MAX_JSON_BYTES
+        )
+
+
+def check_labels(labels: object) -> None:
+    """At most `MAX_LABELS` string labels within the key and value limits."""
+    if not isinstance(labels, Mapping):
+        raise malformed("labels", "labels must be a mapping of strings")
+    if len(labels) > MAX_LABELS:
+        raise malformed("labels", f"a flow has at most {MAX_LABELS} labels", limit=MAX_LABELS)
+    for key, value in labels.items():
+        check_identifier("labels", key)
+        check_text("labels", key, MAX_LABEL_KEY_LENGTH)
+        check_text("labels", value, MAX_LABEL_VALUE_LENGTH)
+
+
+def _check_phase_error(field: str, error: PhaseError) -> None:
+    check_text(f"{field}.message", error.message, MAX_ERROR_MESSAGE_LENGTH)
+    check_json_object(f"{field}.details", error.details)
+
+
+def check_command(command: object) -> None:
+    """Check every caller-controlled field of a core command (any dataclass command).
+
+    Known field names get their limits (``phase``, ``reason``, ``metadata``, ``error``);
+    other strings get the identifier limits; numbers, flags and enums are the core's to judge.
+    """
+    if not dataclasses.is_dataclass(command) or isinstance(command, type):
+        raise malformed("command", "command must be a command value")
+    for spec in dataclasses.fields(command):
+        field = f"command.{spec.name}"
+        value = getattr(command, spec.name)
+        if spec.name == "reason":
+            check_text(field, value, MAX_REASON_LENGTH)
+        elif spec.name == "metadata":
+            check_json_object(field, value)
+        elif isinstance(value, PhaseError):
+            _check_phase_error(field, value)
+        elif isinstance(value, str) and not hasattr(value, "value"):  # enums are the core's
+            check_identifier(field, value, required=False)

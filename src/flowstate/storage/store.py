@@ -1,0 +1,1307 @@
+"""`FlowStore`: the repository of flows, history, idempotency keys and definitions.
+
+One `FlowStore` per process holds the connection pool (`asyncpg.Pool`).
+Every public method is one PostgreSQL transaction, opened and committed inside the method;
+rows never leave it (callers get core values), and every failure is a `FlowStateError` (see
+`flowstate.storage.errors`). Statements are SQLAlchemy Core built on the shared table metadata,
+compiled once and run on the pooled connection's asyncpg driver (`flowstate.storage.sql`).
+
+Shape of every tenant transaction (READ COMMITTED)::
+
+    BEGIN; SELECT set_config('role', 'flowstate_app', true),          -- RLS applies
+                  set_config('flowstate.client_account_id', '…', true),  -- transaction-local
+                  set_config('flowstate.engagement_id', '…', true)       -- (one round trip)
+    ... the method's statements, each also filtered by tenant ...
+    COMMIT
+
+A mutation (`mutate`) is::
+
+    SELECT flows.* WHERE id AND tenant FOR UPDATE         -- concurrent writers queue here
+    SELECT idempotency key (tenant, request_id)           -- only with a request id; after
+                                                          -- the lock, so a racing duplicate
+                                                          -- sees the first one's key
+    compare expected_version; apply_command (pure core)
+    WITH u AS (UPDATE flows ...),
+         h AS (INSERT INTO flow_history SELECT * FROM jsonb_to_recordset($entries)),
+         k AS (INSERT INTO idempotency_keys ...)
+    SELECT pg_notify('flowstate_changes', $payload)       -- every write in one round trip
+    COMMIT
+
+that is 4 round trips (5 with a request id); definitions are cached in-process (the body of a
+(name, version) never changes).
+
+Retries: serialization failures and deadlocks are retried (3 attempts in all), a connection
+that breaks before COMMIT is sent is retried once, a racing duplicate request id is retried so
+it replays; anything else surfaces at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import functools
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any, Self, TypeVar
+
+import asyncpg
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from flowstate.core.commands import Command, Context, apply_command, create_flow
+from flowstate.core.definitions import (
+    BUILTIN_DEFINITIONS,
+    FlowDefinition,
+    definition_from_dict,
+    definition_to_dict,
+)
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
+from flowstate.storage import codec
+from flowstate.storage.errors import (
+    SchemaNotReadyError,
+    StoreUnavailable,
+    classify,
+    constraint_name,
+    to_store_error,
+)
+from flowstate.storage.limits import (
+    MAX_DISPLAY_NAME_LENGTH,
+    MAX_FLOW_IDS_PER_QUERY,
+    MAX_PAGE_SIZE,
+    MAX_REASON_LENGTH,
+    check_command,
+    check_identifier,
+    check_labels,
+    check_tenant,
+    check_text,
+    malformed,
+)
+from flowstate.storage.schema import (
+    APP_ROLE,
+    flow_definitions,
+    flow_history,
+    flows,
+    idempotency_keys,
+)
+from flowstate.storage.sql import (
+    Compiled,
+    Connection,
+    Transaction,
+    compile_statement,
+    connect_arguments,
+    init_connection,
+    reset_connection,
+    sql_literal,
+)
+from flowstate.storage.tokens import decode_token, encode_token, query_hash
+from flowstate.storage.urls import normalize_database_url
+
+__all__ = [
+    "DEFAULT_IDEMPOTENCY_TTL",
+    "NOTIFY_CHANNEL",
+    "ChangeBatch",
+    "FlowPage",
+    "FlowQuery",
+    "FlowStore",
+    "HistoryPage",
+    "MutationResult",
+    "TenantChange",
+]
+
+_log = logging.getLogger("flowstate.storage")
+T = TypeVar("T")
+
+NOTIFY_CHANNEL = "flowstate_changes"
+"""LISTEN/NOTIFY channel: one notification per committed change, a wake-up signal only.
+
+Payload (JSON): ``{"flow_id", "version", "client_account_id", "engagement_id"}`` where
+``version`` is the flow's version after the change. NOTIFY is lost on disconnect: listeners
+re-read from history (`FlowStore.read_changes`, `FlowStore.read_tenant_changes`)."""
+DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
+"""How long a request id is remembered."""
+
+_MAX_CONTENTION_ATTEMPTS = 3
+_MAX_DISCONNECT_ATTEMPTS = 2
+_MAX_KEY_RACE_ATTEMPTS = 3
+_RETRY_BACKOFF_SECONDS = 0.02
+_DEFAULT_FLOW_PAGE_SIZE = 50
+_DEFAULT_HISTORY_PAGE_SIZE = 100
+_MAX_SEQ = 2**63 - 1
+_IDEMPOTENCY_PK = "pk_idempotency_keys"
+_FLOWS_PK = "pk_flows"
+
+# --- results and queries ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MutationResult:
+    """What a create or a mutation did: the flow after it, the entries it appended.
+
+    `replayed` is True when the request id had been seen with the same payload: the stored
+    first result is returned and nothing is written.
+    """
+
+    flow: Flow
+    entries: tuple[HistoryEntry, ...]
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlowQuery:
+    """Filters and page of `FlowStore.list_flows`; every filter is ANDed with the others.
+
+    - `statuses`: the flow status is one of these (empty: any status);
+    - `phase_states`: for every named phase, its state is one of the given states
+      (``{"data_import": frozenset({FAILED, RETRY_NEEDED})}``); each set must be non-empty;
+      served by the GIN index on ``phase_states`` (one ``@>`` containment per state);
+    - `updated_before`: last changed strictly before this instant (stuck flows);
+    - `definition_name`: follows this definition;
+    - `flow_ids`: one of these flows (at most `MAX_FLOW_IDS_PER_QUERY`).
+
+    Results are ordered by (updated_at, flow id), oldest change first. `page_size` 0 means the
+    default (50); larger than `MAX_PAGE_SIZE` is lowered to it; negative is refused.
+    `page_token` is a previous page's `next_page_token`, with the same filters.
+    """
+
+    statuses: frozenset[FlowStatus] = frozenset()
+    phase_states: Mapping[str, frozenset[PhaseState]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    updated_before: datetime | None = None
+    definition_name: str | None = None
+    flow_ids: tuple[str, ...] = ()
+    page_size: int = _DEFAULT_FLOW_PAGE_SIZE
+    page_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowPage:
+    """One page of flows; `next_page_token` is empty on the last page."""
+
+    flows: tuple[Flow, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One page of a flow's history in version order; `next_page_token` empty on the last."""
+
+    entries: tuple[HistoryEntry, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantChange:
+    """One history entry in a tenant-wide change feed."""
+
+    flow_id: str
+    seq: int
+    """Global identity of the history row (unique; increasing in insertion order)."""
+    entry: HistoryEntry
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """Changes after a cursor, in commit-safe order, and the cursor to continue from."""
+
+    changes: tuple[TenantChange, ...]
+    cursor: str
+
+
+# --- statements -------------------------------------------------------------------------------
+
+_ACCOUNT = bindparam("account", type_=Text)
+_ENGAGEMENT = bindparam("engagement", type_=Text)
+_FLOW_ID = bindparam("flow_id", type_=UUID(as_uuid=False))
+_REQUEST_ID = bindparam("request_id", type_=Text)
+_FLOWS_IN_TENANT = and_(flows.c.client_account_id == _ACCOUNT, flows.c.engagement_id == _ENGAGEMENT)
+_KEY_MATCHES = and_(
+    idempotency_keys.c.client_account_id == _ACCOUNT,
+    idempotency_keys.c.engagement_id == _ENGAGEMENT,
+    idempotency_keys.c.request_id == _REQUEST_ID,
+)
+_HISTORY_IN_TENANT = and_(
+    flow_history.c.client_account_id == _ACCOUNT, flow_history.c.engagement_id == _ENGAGEMENT
+)
+_HISTORY_COLUMNS = [c for c in flow_history.c if c.name != "txid"]
+_SNAPSHOT_XMIN = func.cast(
+    func.cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger
+)
+
+_SELECT_FLOW = compile_statement(select(flows).where(flows.c.id == _FLOW_ID, _FLOWS_IN_TENANT))
+_LOCK_FLOW = compile_statement(
+    # The flow row, locked, and (same round trip) the request id's key as of the statement's
+    # snapshot: a duplicate that commits while we wait for the lock is caught later (see
+    # FlowStore.mutate).
+    select(
+        flows,
+        idempotency_keys.c.operation.label("key_operation"),
+        idempotency_keys.c.fingerprint.label("key_fingerprint"),
+        idempotency_keys.c.response.label("key_response"),
+        idempotency_keys.c.expires_at.label("key_expires_at"),
+    )
+    .select_from(flows.outerjoin(idempotency_keys, _KEY_MATCHES))
+    .where(flows.c.id == _FLOW_ID, _FLOWS_IN_TENANT)
+    .with_for_update(of=flows)
+)
+_FLOW_EXISTS = compile_statement(
+    select(flows.c.version).where(flows.c.id == _FLOW_ID, _FLOWS_IN_TENANT)
+)
+_SELECT_KEY = compile_statement(
+    select(
+        idempotency_keys.c.operation,
+        idempotency_keys.c.fingerprint,
+        idempotency_keys.c.response,
+        idempotency_keys.c.expires_at,
+    ).where(_KEY_MATCHES)
+)
+_DELETE_KEY = compile_statement(delete(idempotency_keys).where(_KEY_MATCHES))
+_SELECT_HISTORY = compile_statement(
+    select(*_HISTORY_COLUMNS)
+    .where(
+        flow_history.c.flow_id == _FLOW_ID,
+        _HISTORY_IN_TENANT,
+        flow_history.c.version > bindparam("after_version", type_=Integer),
+    )
+    .order_by(flow_history.c.version)
+    .limit(bindparam("limit", type_=Integer))
+)
+_SELECT_TENANT_CHANGES = compile_statement(
+    select(*_HISTORY_COLUMNS, flow_history.c.txid)
+    .where(
+        _HISTORY_IN_TENANT,
+        tuple_(flow_history.c.txid, flow_history.c.seq)
+        > tuple_(
+            bindparam("after_txid", type_=BigInteger), bindparam("after_seq", type_=BigInteger)
+        ),
+        # Only rows of transactions older than every running one: none of those can still
+        # commit a row that sorts before what we return, so the cursor never skips a commit.
+        flow_history.c.txid < _SNAPSHOT_XMIN,
+    )
+    .order_by(flow_history.c.txid, flow_history.c.seq)
+    .limit(bindparam("limit", type_=Integer))
+)
+_SELECT_SNAPSHOT_XMIN = compile_statement(select(_SNAPSHOT_XMIN))
+_LATEST_DEFINITION = compile_statement(
+    select(flow_definitions.c.body)
+    .where(flow_definitions.c.name == bindparam("name", type_=Text))
+    .order_by(flow_definitions.c.version.desc())
+    .limit(1)
+)
+_EXACT_DEFINITION = compile_statement(
+    select(flow_definitions.c.body).where(
+        flow_definitions.c.name == bindparam("name", type_=Text),
+        flow_definitions.c.version == bindparam("version", type_=Integer),
+    )
+)
+_SEED_DEFINITION = compile_statement(
+    pg_insert(flow_definitions)
+    .values(
+        name=bindparam("name", type_=Text),
+        version=bindparam("version", type_=Integer),
+        body=bindparam("body", type_=JSONB),
+    )
+    .on_conflict_do_nothing()
+)
+_SCHEMA_REVISION = compile_statement(
+    text(
+        "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN NULL"
+        " ELSE (SELECT max(version_num) FROM alembic_version) END"
+    )
+)
+_PING = compile_statement(select(literal(1)))
+
+
+def _purge_statement(limit: int) -> Compiled:
+    key = tuple_(
+        idempotency_keys.c.client_account_id,
+        idempotency_keys.c.engagement_id,
+        idempotency_keys.c.request_id,
+    )
+    expired = (
+        select(
+            idempotency_keys.c.client_account_id,
+            idempotency_keys.c.engagement_id,
+            idempotency_keys.c.request_id,
+        )
+        .where(idempotency_keys.c.expires_at < func.now())
+        .limit(limit)
+    )
+    return compile_statement(delete(idempotency_keys).where(key.in_(expired)))
+
+
+_IMMUTABLE_FLOW_COLUMNS = frozenset(
+    {
+        "id",
+        "client_account_id",
+        "engagement_id",
+        "definition_name",
+        "definition_version",
+        "created_at",
+    }
+)
+_FLOW_JSON = bindparam("flow", type_=JSONB)
+_ENTRIES_JSON = bindparam("entries", type_=JSONB)
+_FLOW_INPUT = (
+    func.jsonb_populate_record(literal_column("NULL::flows"), _FLOW_JSON)
+    .table_valued(*(column(c.name) for c in flows.c))
+    .alias("flow_input")
+)
+_ENTRY_COLUMNS = [c.name for c in flow_history.c if c.name not in ("seq", "txid")]
+_ENTRY_INPUT = (
+    func.jsonb_populate_recordset(literal_column("NULL::flow_history"), _ENTRIES_JSON)
+    .table_valued(*(column(name) for name in _ENTRY_COLUMNS))
+    .alias("entry_input")
+)
+
+
+@functools.cache
+def _write_statement(new: bool, with_entries: bool, with_key: bool) -> Compiled:
+    """The one statement writing a change, compiled once per shape.
+
+    Parameters: ``flow`` (the flow in `codec.flow_to_json` form, expanded into the row by
+    ``jsonb_populate_record``), ``entries`` (the entries in `codec.entry_to_json` form, one
+    text for any number of them), ``key_<column>`` for the idempotency key (its response is
+    built from ``flow`` and ``entries`` in SQL, so nothing is serialised twice), and
+    ``notify_payload``.
+    """
+    ctes: list[Any] = []
+    if with_entries:
+        if new:
+            flow_write: Any = insert(flows).from_select(
+                [c.name for c in flows.c], select(*(_FLOW_INPUT.c[c.name] for c in flows.c))
+            )
+        else:
+            flow_write = (
+                update(flows)
+                .where(flows.c.id == _FLOW_INPUT.c.id)
+                .values(
+                    {
+                        c.name: _FLOW_INPUT.c[c.name]
+                        for c in flows.c
+                        if c.name not in _IMMUTABLE_FLOW_COLUMNS
+                    }
+                )
+            )
+        ctes.append(flow_write.cte("flow_write"))
+        ctes.append(
+            insert(flow_history)
+            .from_select(_ENTRY_COLUMNS, select(*(_ENTRY_INPUT.c[n] for n in _ENTRY_COLUMNS)))
+            .cte("history_write")
+        )
+    if with_key:
+        values: dict[str, Any] = {
+            c.name: bindparam(f"key_{c.name}", type_=c.type)
+            for c in idempotency_keys.c
+            if c.name != "response"
+        }
+        values["response"] = func.jsonb_build_object(
+            literal("flow"), _FLOW_JSON, literal("entries"), _ENTRIES_JSON
+        )
+        ctes.append(insert(idempotency_keys).values(values).cte("key_write"))
+    head: ColumnElement[Any] = (
+        func.pg_notify(NOTIFY_CHANNEL, bindparam("notify_payload", type_=Text))
+        if with_entries
+        else literal(1)
+    )
+    return compile_statement(select(head).add_cte(*ctes))
+
+
+def _begin(tenant: Tenant | None) -> str:
+    """BEGIN, and for a tenant the switch to the app role and the RLS settings, as one batch."""
+    if tenant is None:
+        return "BEGIN"
+    return (
+        f"BEGIN; SELECT set_config('role', {sql_literal(APP_ROLE)}, true),"
+        " set_config('flowstate.client_account_id',"
+        f" {sql_literal(tenant.client_account_id)}, true),"
+        f" set_config('flowstate.engagement_id', {sql_literal(tenant.engagement_id)}, true)"
+    )
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _tenant_params(tenant: Tenant) -> dict[str, Any]:
+    return {"account": tenant.client_account_id, "engagement": tenant.engagement_id}
+
+
+def _check_flow_id(value: object, field: str = "flow_id") -> str:
+    if not isinstance(value, str):
+        raise malformed(field, f"{field} must be a string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise malformed(field, f"{field} must be a UUID") from None
+
+
+def _check_context(ctx: Context) -> None:
+    if ctx.now.utcoffset() is None:
+        raise ValueError("ctx.now must be timezone-aware")
+    check_identifier("user_id", ctx.user_id, required=False)
+    check_identifier("request_id", ctx.request_id, required=False)
+
+
+def _check_page_size(value: object, default: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise malformed("page_size", "page_size must be a non-negative integer")
+    return default if value == 0 else min(value, MAX_PAGE_SIZE)
+
+
+def _check_version(field: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise malformed(field, f"{field} must be a non-negative integer")
+    return value
+
+
+def _canonical(value: Any) -> Any:
+    """JSON `default` hook: the canonical form of what the JSON encoder cannot write itself.
+
+    Dataclasses (commands, errors) become their fields plus their type name, sets sorted
+    lists, other mappings dicts, datetimes ISO text. (str enums are written as their value
+    by the encoder itself.)
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {"type": type(value).__name__, **fields}
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=lambda item: json.dumps(item, default=_canonical))
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+def _fingerprint(operation: str, **payload: Any) -> str:
+    """SHA-256 of the canonical JSON of (operation, payload): what a request id stands for."""
+    canonical = json.dumps(
+        {"operation": operation, **payload},
+        default=_canonical,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=True,
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _flow_not_found(flow_id: str) -> FlowStateError:
+    return FlowStateError(
+        ErrorCode.FLOW_NOT_FOUND, f"Flow {flow_id!r} does not exist", flow_id=flow_id
+    )
+
+
+def _check_decision(before: int, after: Flow, entries: tuple[HistoryEntry, ...]) -> None:
+    """The core's contract: one entry per version, numbered from the old version + 1."""
+    versions = [e.flow_version for e in entries]
+    expected = list(range(before + 1, before + 1 + len(entries)))
+    if versions != expected or after.version != before + len(entries):
+        raise ValueError(f"entry versions {versions} do not follow flow version {before}")
+
+
+@dataclass
+class _Attempt:
+    committing: bool = False
+
+
+async def _abandon(connection: Connection, exc: BaseException, committing: bool) -> None:
+    """Roll back a failed transaction, or drop the connection when its state is unknown."""
+    recoverable = isinstance(exc, FlowStateError) or (
+        isinstance(exc, Exception) and not classify(exc).disconnect
+    )
+    if not committing and recoverable and not connection.is_closed():
+        try:
+            await connection.execute("ROLLBACK")
+            return
+        except Exception:
+            _log.debug("ROLLBACK failed; dropping the connection", exc_info=True)
+    connection.terminate()
+
+
+def _stored_result(
+    ctx: Context,
+    operation: str,
+    fingerprint: str,
+    stored_operation: str,
+    stored_fingerprint: str,
+    response: Mapping[str, Any],
+) -> MutationResult:
+    """The replay of a live key: its stored result, or REQUEST_ID_REUSED for another payload."""
+    if stored_operation != operation or stored_fingerprint != fingerprint:
+        raise FlowStateError(
+            ErrorCode.REQUEST_ID_REUSED,
+            f"Request id {ctx.request_id!r} was already used for a different request",
+            request_id=ctx.request_id,
+        )
+    return MutationResult(
+        flow=codec.flow_from_json(response["flow"]),
+        entries=tuple(codec.entry_from_json(e) for e in response["entries"]),
+        replayed=True,
+    )
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class FlowStore:
+    """The Flowstate repository over PostgreSQL; one per process (it owns the pool).
+
+    Get one with `open`, release it with `close`. All methods are coroutines, safe to call
+    concurrently; each runs its own transaction.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        pool_timeout: float = 10.0,
+        idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
+        purge_every: int = 1000,
+    ) -> None:
+        """Wrap a pool; use `open`, which also checks the schema and seeds definitions."""
+        self._pool = pool
+        self._pool_timeout = pool_timeout
+        self._idempotency_ttl = idempotency_ttl
+        self._purge_every = purge_every
+        self._writes_since_purge = 0
+        self._definitions: dict[tuple[str, int], FlowDefinition] = {}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        database_url: str,
+        *,
+        pool_size: int = 10,
+        pool_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+        lock_timeout: float = 10.0,
+        idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
+        purge_every: int = 1000,
+        migrate: bool = False,
+    ) -> Self:
+        """Connect, optionally migrate to head, check the schema, seed built-in definitions.
+
+        `pool_size` bounds the connections (one is opened at once, more on demand).
+        Timeouts are in seconds: `pool_timeout` waits for a pooled connection,
+        `connect_timeout` for a new one; `statement_timeout` and `lock_timeout` apply to every
+        statement (a flow lock waited on longer fails with StoreUnavailable). Every
+        `purge_every` writes, expired idempotency keys are purged (0: never; see
+        `purge_expired_idempotency_keys`). Raises StoreUnavailable when the database cannot be
+        reached, SchemaNotReadyError when it is not at this build's revision (pass
+        `migrate=True` or run ``flowstate migrate upgrade``).
+        """
+        url = normalize_database_url(database_url)
+        try:
+            if migrate:
+                from flowstate.storage import migrate as migrations
+
+                await migrations.upgrade(url)
+            pool = await asyncpg.create_pool(
+                **connect_arguments(url),
+                min_size=1,
+                max_size=pool_size,
+                timeout=connect_timeout,
+                init=init_connection,
+                reset=reset_connection,
+                server_settings={
+                    "application_name": "flowstate",
+                    # sql_literal relies on it (it is PostgreSQL's default anyway).
+                    "standard_conforming_strings": "on",
+                    "statement_timeout": str(int(statement_timeout * 1000)),
+                    "lock_timeout": str(int(lock_timeout * 1000)),
+                },
+            )
+        except FlowStateError:
+            raise
+        except Exception as exc:
+            raise to_store_error(exc) from exc
+        store = cls(
+            pool,
+            pool_timeout=pool_timeout,
+            idempotency_ttl=idempotency_ttl,
+            purge_every=purge_every,
+        )
+        try:
+            await store._check_schema()
+            await store._seed_definitions()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Close the pool (waiting for connections in use). The store is unusable afterwards."""
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        """Round-trip to the database; StoreUnavailable when it cannot be reached."""
+
+        async def work(tx: Transaction) -> None:
+            await tx.fetchval(_PING)
+
+        await self._run(None, work)
+
+    async def _check_schema(self) -> None:
+        from flowstate.storage.migrate import head_revision
+
+        async def work(tx: Transaction) -> str | None:
+            revision: str | None = await tx.fetchval(_SCHEMA_REVISION)
+            return revision
+
+        current = await self._run(None, work)
+        required = head_revision()
+        if current != required:
+            raise SchemaNotReadyError(current, required)
+
+    async def _seed_definitions(self) -> None:
+        """Insert missing built-in definitions; warn when a stored body differs from the code."""
+
+        async def work(tx: Transaction) -> list[tuple[FlowDefinition, Any]]:
+            seen = []
+            for definition in BUILTIN_DEFINITIONS.values():
+                key = {"name": definition.name, "version": definition.version}
+                await tx.execute(_SEED_DEFINITION, {**key, "body": definition_to_dict(definition)})
+                seen.append((definition, await tx.fetchval(_EXACT_DEFINITION, key)))
+            return seen
+
+        for definition, stored in await self._run(None, work, write=False):
+            if stored != definition_to_dict(definition):
+                _log.warning(
+                    "stored definition %s v%d differs from the built-in one; the stored one is "
+                    "used (a changed definition needs a new version)",
+                    definition.name,
+                    definition.version,
+                )
+
+    # --- the transaction runner -------------------------------------------------------------
+
+    async def _run(
+        self,
+        tenant: Tenant | None,
+        work: Callable[[Transaction], Awaitable[T]],
+        *,
+        write: bool = False,
+    ) -> T:
+        """Run `work` in one transaction (as the app role in `tenant`), with bounded retries."""
+        attempts = {"contention": 0, "disconnect": 0, "key": 0}
+        while True:
+            attempt = _Attempt()
+            try:
+                result = await self._attempt(tenant, work, write, attempt)
+            except FlowStateError:
+                raise
+            except Exception as exc:
+                if await self._should_retry(exc, attempts, attempt.committing):
+                    continue
+                raise self._translate(exc) from exc
+            if write:
+                await self._maybe_purge()
+            return result
+
+    async def _attempt(
+        self,
+        tenant: Tenant | None,
+        work: Callable[[Transaction], Awaitable[T]],
+        write: bool,
+        attempt: _Attempt,
+    ) -> T:
+        try:
+            connection = await self._pool.acquire(timeout=self._pool_timeout)
+        except TimeoutError:
+            raise StoreUnavailable(reason="pool_timeout") from None
+        try:
+            await connection.execute(_begin(tenant))
+            transaction = Transaction(connection)
+            result = await work(transaction)
+            if write:
+                await self._before_commit(transaction)
+            attempt.committing = True
+            await connection.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            await _abandon(connection, exc, attempt.committing)
+            raise
+        finally:
+            await self._pool.release(connection)
+
+    async def _should_retry(
+        self, exc: Exception, attempts: dict[str, int], committing: bool
+    ) -> bool:
+        if constraint_name(exc) == _IDEMPOTENCY_PK:
+            # A racing request with the same id committed first: run again to replay it.
+            attempts["key"] += 1
+            return attempts["key"] < _MAX_KEY_RACE_ATTEMPTS
+        classified = classify(exc)
+        if not classified.retry or (classified.disconnect and committing):
+            return False  # after COMMIT was sent, only the caller can tell what happened
+        kind = "disconnect" if classified.disconnect else "contention"
+        limit = _MAX_DISCONNECT_ATTEMPTS if classified.disconnect else _MAX_CONTENTION_ATTEMPTS
+        attempts[kind] += 1
+        if attempts[kind] >= limit:
+            return False
+        await asyncio.sleep(_RETRY_BACKOFF_SECONDS * attempts[kind])
+        return True
+
+    @staticmethod
+    def _translate(exc: Exception) -> FlowStateError:
+        if constraint_name(exc) == _FLOWS_PK:
+            return malformed("flow_id", "a flow with this flow_id already exists")
+        return to_store_error(exc)
+
+    async def _before_commit(self, transaction: Transaction) -> None:
+        """Test hook: runs after a write transaction's statements, right before COMMIT.
+
+        Does nothing here. A test subclass may raise (or break the connection) to check that
+        a failure at that point leaves no trace.
+        """
+
+    async def _maybe_purge(self) -> None:
+        if self._purge_every <= 0:
+            return
+        self._writes_since_purge += 1
+        if self._writes_since_purge < self._purge_every:
+            return
+        self._writes_since_purge = 0
+        try:
+            await self.purge_expired_idempotency_keys()
+        except FlowStateError:
+            _log.warning("opportunistic purge of idempotency keys failed", exc_info=True)
+
+    # --- definitions ------------------------------------------------------------------------
+
+    async def get_definition(self, name: str, version: int | None = None) -> FlowDefinition:
+        """The definition `name` at `version` (None: its latest version).
+
+        MALFORMED_REQUEST (``field="definition_name"``) when there is no such definition.
+        """
+        check_identifier("definition_name", name)
+        if version is not None:
+            _check_version("definition_version", version)
+            cached = self._definitions.get((name, version))
+            if cached is not None:
+                return cached
+
+        async def work(tx: Transaction) -> FlowDefinition:
+            return await self._load_definition(tx, name, version)
+
+        return await self._run(None, work)
+
+    async def _load_definition(
+        self, tx: Transaction, name: str, version: int | None
+    ) -> FlowDefinition:
+        if version is not None:
+            cached = self._definitions.get((name, version))
+            if cached is not None:
+                return cached
+            body = await tx.fetchval(_EXACT_DEFINITION, {"name": name, "version": version})
+        else:
+            body = await tx.fetchval(_LATEST_DEFINITION, {"name": name})
+        if body is None:
+            raise FlowStateError(
+                ErrorCode.MALFORMED_REQUEST,
+                f"Unknown flow definition {name!r}"
+                + ("" if version is None else f" version {version}"),
+                field="definition_name",
+                definition_name=name,
+                definition_version=version,
+            )
+        definition = definition_from_dict(body)
+        self._definitions[(definition.name, definition.version)] = definition
+        return definition
+
+    # --- idempotency --------------------------------------------------------------------------
+
+    async def _replay(
+        self, tx: Transaction, tenant: Tenant, ctx: Context, operation: str, fingerprint: str
+    ) -> MutationResult | None:
+        """The stored result for ctx.request_id; None when unseen (or expired, then deleted)."""
+        params = {**_tenant_params(tenant), "request_id": ctx.request_id}
+        row = await tx.fetchrow(_SELECT_KEY, params)
+        if row is None:
+            return None
+        if row["expires_at"] <= ctx.now:
+            await tx.execute(_DELETE_KEY, params)
+            return None
+        return _stored_result(
+            ctx, operation, fingerprint, row["operation"], row["fingerprint"], row["response"]
+        )
+
+    def _key_row(
+        self, ctx: Context, operation: str, fingerprint: str, flow: Flow
+    ) -> dict[str, Any]:
+        """The idempotency key's columns but its response (built from the write's inputs)."""
+        return {
+            "client_account_id": flow.tenant.client_account_id,
+            "engagement_id": flow.tenant.engagement_id,
+            "request_id": ctx.request_id,
+            "operation": operation,
+            "fingerprint": fingerprint,
+            "flow_id": flow.flow_id,
+            "created_at": ctx.now,
+            "expires_at": ctx.now + self._idempotency_ttl,
+        }
+
+    async def purge_expired_idempotency_keys(self, *, limit: int = 10_000) -> int:
+        """Delete up to `limit` expired idempotency keys of every tenant; return how many.
+
+        Runs as the connecting user, not the app role: maintenance, not a tenant's request.
+        Called opportunistically every `purge_every` writes; a server may also call it on a
+        timer. (A key past its expiry is ignored by lookups whether purged or not.)
+        """
+        statement = _purge_statement(limit)
+
+        async def work(tx: Transaction) -> int:
+            status = await tx.execute(statement)
+            return int(status.split()[-1])
+
+        return await self._run(None, work)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        tx: Transaction,
+        *,
+        new: bool,
+        flow: Flow,
+        entries: tuple[HistoryEntry, ...],
+        key: dict[str, Any] | None,
+    ) -> None:
+        """Run the one statement writing a change: flow row, history, key, notification."""
+        params: dict[str, Any] = {
+            "flow": codec.flow_to_json(flow),
+            "entries": [codec.entry_to_json(flow, e) for e in entries],
+        }
+        if entries:
+            params["notify_payload"] = codec.dumps(
+                {
+                    "flow_id": flow.flow_id,
+                    "version": flow.version,
+                    "client_account_id": flow.tenant.client_account_id,
+                    "engagement_id": flow.tenant.engagement_id,
+                }
+            )
+        if key is not None:
+            params.update((f"key_{name}", value) for name, value in key.items())
+        await tx.execute(_write_statement(new, bool(entries), key is not None), params)
+
+    async def create_flow(
+        self,
+        tenant: Tenant,
+        *,
+        definition_name: str,
+        ctx: Context,
+        display_name: str = "",
+        labels: Mapping[str, str] = MappingProxyType({}),
+        flow_id: str | None = None,
+    ) -> MutationResult:
+        """Create a flow following the latest version of `definition_name`.
+
+        `flow_id` (a UUID) is generated when None. Idempotent on ``ctx.request_id`` when it is
+        non-empty (the fingerprint covers definition, display name, labels and flow_id).
+        MALFORMED_REQUEST for an unknown definition, bad values, or an existing `flow_id`.
+        """
+        check_tenant(tenant)
+        _check_context(ctx)
+        check_identifier("definition_name", definition_name)
+        check_text("display_name", display_name, MAX_DISPLAY_NAME_LENGTH)
+        check_labels(labels)
+        requested_id = None if flow_id is None else _check_flow_id(flow_id)
+        fingerprint = _fingerprint(
+            "create_flow",
+            definition_name=definition_name,
+            display_name=display_name,
+            labels=dict(labels),
+            flow_id=requested_id,
+        )
+
+        async def work(tx: Transaction) -> MutationResult:
+            if ctx.request_id:
+                replay = await self._replay(tx, tenant, ctx, "create_flow", fingerprint)
+                if replay is not None:
+                    return replay
+            definition = await self._load_definition(tx, definition_name, None)
+            decision = create_flow(
+                requested_id or str(uuid.uuid4()),
+                tenant,
+                definition,
+                ctx,
+                display_name=display_name,
+                labels=labels,
+            )
+            return await self._write_new(
+                tx, decision.flow, decision.entries, ctx, "create_flow", fingerprint
+            )
+
+        return await self._run(tenant, work, write=True)
+
+    async def import_flow(
+        self, flow: Flow, entries: tuple[HistoryEntry, ...], ctx: Context
+    ) -> MutationResult:
+        """Store a flow built outside the commands (an import), with its initial entries.
+
+        For import tools only (`flowstate.storage.legacy`): the flow must be at version
+        ``len(entries)`` and follow a stored definition. Idempotent on ``ctx.request_id`` like
+        `create_flow` (the fingerprint covers the flow id and its phase states).
+        """
+        check_tenant(flow.tenant)
+        _check_context(ctx)
+        flow_id = _check_flow_id(flow.flow_id)
+        check_text("display_name", flow.display_name, MAX_DISPLAY_NAME_LENGTH)
+        check_labels(flow.labels)
+        _check_decision(0, flow, entries)
+        for entry in entries:
+            check_text("reason", entry.reason, MAX_REASON_LENGTH)
+        fingerprint = _fingerprint("import_flow", flow_id=flow_id, phase_states=flow.phase_states)
+
+        async def work(tx: Transaction) -> MutationResult:
+            if ctx.request_id:
+                replay = await self._replay(tx, flow.tenant, ctx, "import_flow", fingerprint)
+                if replay is not None:
+                    return replay
+            await self._load_definition(tx, flow.definition_name, flow.definition_version)
+            return await self._write_new(tx, flow, entries, ctx, "import_flow", fingerprint)
+
+        return await self._run(flow.tenant, work, write=True)
+
+    async def _write_new(
+        self,
+        tx: Transaction,
+        flow: Flow,
+        entries: tuple[HistoryEntry, ...],
+        ctx: Context,
+        operation: str,
+        fingerprint: str,
+    ) -> MutationResult:
+        key = self._key_row(ctx, operation, fingerprint, flow) if ctx.request_id else None
+        await self._write(tx, new=True, flow=flow, entries=entries, key=key)
+        return MutationResult(flow=flow, entries=entries)
+
+    async def mutate(
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        command: Command,
+        ctx: Context,
+        *,
+        expected_version: int | None = None,
+    ) -> MutationResult:
+        """Apply `command` to the flow in one transaction; return the flow and new entries.
+
+        Locks the flow row, replays a known ``ctx.request_id`` (same payload: the stored result
+        with ``replayed=True``; different payload: REQUEST_ID_REUSED), checks
+        `expected_version` (VERSION_CONFLICT with ``current_version``), decides with the core
+        (its refusals propagate unchanged), then writes flow, history, idempotency key and the
+        notification together. FLOW_NOT_FOUND for a missing flow or another tenant's. A
+        command the core turns into no change (no entries) writes nothing but its key.
+        """
+        check_tenant(tenant)
+        _check_context(ctx)
+        flow_id = _check_flow_id(flow_id)
+        check_command(command)
+        if expected_version is not None:
+            _check_version("expected_version", expected_version)
+        fingerprint = (
+            _fingerprint(
+                "mutate", flow_id=flow_id, command=command, expected_version=expected_version
+            )
+            if ctx.request_id
+            else ""
+        )
+        params = {**_tenant_params(tenant), "flow_id": flow_id, "request_id": ctx.request_id}
+
+        async def work(tx: Transaction) -> MutationResult:
+            row = await tx.fetchrow(_LOCK_FLOW, params)
+            if row is None:
+                raise _flow_not_found(flow_id)
+            if ctx.request_id and row["key_operation"] is not None:
+                if row["key_expires_at"] > ctx.now:
+                    return _stored_result(
+                        ctx,
+                        "mutate",
+                        fingerprint,
+                        row["key_operation"],
+                        row["key_fingerprint"],
+                        row["key_response"],
+                    )
+                await tx.execute(_DELETE_KEY, params)
+            flow = codec.flow_from_row(row)
+            try:
+                if expected_version is not None and expected_version != flow.version:
+                    raise FlowStateError(
+                        ErrorCode.VERSION_CONFLICT,
+                        f"Flow {flow_id!r} is at version {flow.version}, not {expected_version}",
+                        current_version=flow.version,
+                        expected_version=expected_version,
+                    )
+                definition = await self._load_definition(
+                    tx, flow.definition_name, flow.definition_version
+                )
+                decision = apply_command(flow, definition, command, ctx)
+            except FlowStateError:
+                # A duplicate of this request may have committed while we waited for the lock
+                # (its key is invisible to the lock statement's snapshot, and its effect is
+                # what made this one fail): look again, now that it is visible.
+                if ctx.request_id:
+                    replay = await self._replay(tx, tenant, ctx, "mutate", fingerprint)
+                    if replay is not None:
+                        return replay
+                raise
+            _check_decision(flow.version, decision.flow, decision.entries)
+            key = (
+                self._key_row(ctx, "mutate", fingerprint, decision.flow) if ctx.request_id else None
+            )
+            if decision.entries or key is not None:
+                # A duplicate that committed meanwhile makes the key insert fail: the whole
+                # transaction is then run again, and replays (see _run).
+                await self._write(
+                    tx, new=False, flow=decision.flow, entries=decision.entries, key=key
+                )
+            return MutationResult(flow=decision.flow, entries=decision.entries)
+
+        return await self._run(tenant, work, write=True)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def get_flow(self, tenant: Tenant, flow_id: str) -> Flow:
+        """The flow; FLOW_NOT_FOUND when it does not exist or belongs to another tenant."""
+        check_tenant(tenant)
+        flow_id = _check_flow_id(flow_id)
+
+        async def work(tx: Transaction) -> Flow:
+            row = await tx.fetchrow(_SELECT_FLOW, {**_tenant_params(tenant), "flow_id": flow_id})
+            if row is None:
+                raise _flow_not_found(flow_id)
+            return codec.flow_from_row(row)
+
+        return await self._run(tenant, work)
+
+    async def list_flows(self, tenant: Tenant, query: FlowQuery) -> FlowPage:
+        """One page of the tenant's flows matching `query` (see `FlowQuery`)."""
+        check_tenant(tenant)
+        page_size = _check_page_size(query.page_size, _DEFAULT_FLOW_PAGE_SIZE)
+        conditions, description = _flow_filters(query)
+        query_id = query_hash(description)
+        if query.page_token:
+            position = decode_token(query.page_token, "flows", query_id)
+            try:
+                after_updated = datetime.fromisoformat(position[0])
+                after_id = str(uuid.UUID(position[1]))
+            except (IndexError, TypeError, ValueError):
+                raise malformed("page_token", "page_token is not a valid token") from None
+            conditions.append(
+                tuple_(flows.c.updated_at, flows.c.id) > tuple_(after_updated, after_id)
+            )
+        statement = compile_statement(
+            select(flows)
+            .where(_FLOWS_IN_TENANT, *conditions)
+            .order_by(flows.c.updated_at, flows.c.id)
+            .limit(page_size + 1)
+        )
+
+        async def work(tx: Transaction) -> FlowPage:
+            rows = await tx.fetch(statement, _tenant_params(tenant))
+            found = tuple(codec.flow_from_row(r) for r in rows[:page_size])
+            token = ""
+            if len(rows) > page_size:
+                last = found[-1]
+                assert last.updated_at is not None  # a stored flow always has one
+                token = encode_token("flows", query_id, [last.updated_at.isoformat(), last.flow_id])
+            return FlowPage(flows=found, next_page_token=token)
+
+        return await self._run(tenant, work)
+
+    async def _history_after(
+        self, tx: Transaction, tenant: Tenant, flow_id: str, after: int, limit: int
+    ) -> tuple[HistoryEntry, ...]:
+        params = {**_tenant_params(tenant), "flow_id": flow_id}
+        rows = await tx.fetch(_SELECT_HISTORY, {**params, "after_version": after, "limit": limit})
+        if not rows and await tx.fetchval(_FLOW_EXISTS, params) is None:
+            raise _flow_not_found(flow_id)
+        return tuple(codec.entry_from_row(r) for r in rows)
+
+    async def list_history(
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        *,
+        after_version: int = 0,
+        page_size: int = _DEFAULT_HISTORY_PAGE_SIZE,
+        page_token: str = "",
+    ) -> HistoryPage:
+        """The flow's history after `after_version`, in version order, one page at a time.
+
+        FLOW_NOT_FOUND for a missing flow or another tenant's.
+        """
+        check_tenant(tenant)
+        flow_id = _check_flow_id(flow_id)
+        size = _check_page_size(page_size, _DEFAULT_HISTORY_PAGE_SIZE)
+        after = _check_version("after_version", after_version)
+        query_id = query_hash({"flow_id": flow_id, "after_version": after_version})
+        if page_token:
+            position = decode_token(page_token, "history", query_id)
+            if len(position) != 1 or not isinstance(position[0], int):
+                raise malformed("page_token", "page_token is not a valid token")
+            after = max(after, position[0])
+
+        async def work(tx: Transaction) -> HistoryPage:
+            entries = await self._history_after(tx, tenant, flow_id, after, size + 1)
+            token = ""
+            if len(entries) > size:
+                entries = entries[:size]
+                token = encode_token("history", query_id, [entries[-1].flow_version])
+            return HistoryPage(entries=entries, next_page_token=token)
+
+        return await self._run(tenant, work)
+
+    async def read_changes(
+        self, tenant: Tenant, flow_id: str, after_version: int, limit: int
+    ) -> tuple[HistoryEntry, ...]:
+        """Up to `limit` history entries of one flow after `after_version`, in version order.
+
+        Gap-free by construction: a flow's versions commit in order (the row lock serialises
+        its writers), so a reader resuming after its last version misses nothing.
+        FLOW_NOT_FOUND for a missing flow or another tenant's.
+        """
+        check_tenant(tenant)
+        flow_id = _check_flow_id(flow_id)
+        after = _check_version("after_version", after_version)
+        size = _check_page_size(limit, _DEFAULT_HISTORY_PAGE_SIZE)
+
+        async def work(tx: Transaction) -> tuple[HistoryEntry, ...]:
+            return await self._history_after(tx, tenant, flow_id, after, size)
+
+        return await self._run(tenant, work)
+
+    async def read_tenant_changes(
+        self, tenant: Tenant, cursor: str = "", *, limit: int = _DEFAULT_HISTORY_PAGE_SIZE
+    ) -> ChangeBatch:
+        """Up to `limit` changes of every flow of the tenant after `cursor` ("" = the start).
+
+        Gap-free across concurrent commits: history rows carry their transaction id, and only
+        rows of transactions older than every transaction still running are returned, in
+        (transaction id, seq) order. A transaction in flight therefore holds back later rows
+        until it ends (milliseconds, usually; a long transaction anywhere in the cluster delays
+        the feed, it never loses a change). Pass the returned cursor to continue; it is
+        opaque (MALFORMED_REQUEST ``field="cursor"`` when it is not one of ours).
+        """
+        check_tenant(tenant)
+        size = _check_page_size(limit, _DEFAULT_HISTORY_PAGE_SIZE)
+        after_txid, after_seq = _decode_cursor(cursor)
+
+        async def work(tx: Transaction) -> ChangeBatch:
+            params = {
+                **_tenant_params(tenant),
+                "after_txid": after_txid,
+                "after_seq": after_seq,
+                "limit": size,
+            }
+            rows = await tx.fetch(_SELECT_TENANT_CHANGES, params)
+            changes = tuple(
+                TenantChange(flow_id=str(r["flow_id"]), seq=r["seq"], entry=codec.entry_from_row(r))
+                for r in rows
+            )
+            next_cursor = cursor
+            if rows:
+                next_cursor = encode_token("changes", "", [rows[-1]["txid"], rows[-1]["seq"]])
+            return ChangeBatch(changes=changes, cursor=next_cursor)
+
+        return await self._run(tenant, work)
+
+    async def tenant_cursor_now(self, tenant: Tenant) -> str:
+        """A `read_tenant_changes` cursor at "now", to pair with a snapshot read after it.
+
+        Changes of transactions still running when it is taken come after it, so a feed read
+        from it may repeat a change the snapshot already shows (compare flow versions) but
+        never misses one.
+        """
+        check_tenant(tenant)
+
+        async def work(tx: Transaction) -> str:
+            horizon = int(await tx.fetchval(_SELECT_SNAPSHOT_XMIN))
+            return encode_token("changes", "", [horizon - 1, _MAX_SEQ])
+
+        return await self._run(tenant, work)
+
+
+def _decode_cursor(cursor: str) -> tuple[int, int]:
+    if not cursor:
+        return (-1, -1)
+    position = decode_token(cursor, "changes", "", field="cursor")
+    if len(position) != 2 or not all(isinstance(p, int) for p in position):
+        raise malformed("cursor", "cursor is not a valid token")
+    return position[0], position[1]
+
+
+def _flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str, Any]]:
+    """SQL conditions of a query's filters, and a canonical description (for page tokens)."""
+    conditions: list[ColumnElement[bool]] = []
+    description: dict[str, Any] = {}
+    if query.statuses:
+        statuses = sorted(FlowStatus(s).value for s in query.statuses)
+        conditions.append(flows.c.status.in_(statuses))
+        description["statuses"] = statuses
+    if query.phase_states:
+        wanted: dict[str, list[str]] = {}
+        for phase, states in query.phase_states.items():
+            check_identifier("phase_states", phase)
+            if not states:
+                raise malformed("phase_states", f"phase_states[{phase!r}] lists no state")
+            wanted[phase] = sorted(PhaseState(s).value for s in states)
+            conditions.append(
+                or_(*(flows.c.phase_states.contains({phase: s}) for s in wanted[phase]))
+            )
+        description["phase_states"] = wanted
+    if query.updated_before is not None:
+        if query.updated_before.utcoffset() is None:
+            raise malformed("updated_before", "updated_before must be timezone-aware")
+        conditions.append(flows.c.updated_at < query.updated_before)
+        description["updated_before"] = query.updated_before.isoformat()
+    if query.definition_name is not None:
+        check_identifier("definition_name", query.definition_name)
+        conditions.append(flows.c.definition_name == query.definition_name)
+        description["definition_name"] = query.definition_name
+    if query.flow_ids:
+        if len(query.flow_ids) > MAX_FLOW_IDS_PER_QUERY:
+            raise malformed(
+                "flow_ids",
+                f"at most {MAX_FLOW_IDS_PER_QUERY} flow ids",
+                limit=MAX_FLOW_IDS_PER_QUERY,
+            )
+        ids = sorted({_check_flow_id(i, "flow_ids") for i in query.flow_ids})
+        conditions.append(flows.c.id.in_(ids))
+        description["flow_ids"] = ids
+    return conditions, description

@@ -1,0 +1,116 @@
+"""Helpers of the storage tests: clocks, flows with every field set, direct SQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from flowstate.core.commands import Context
+from flowstate.core.model import (
+    ErrorCode,
+    Flow,
+    FlowStatus,
+    HistoryEntry,
+    HistoryKind,
+    Phase,
+    PhaseError,
+    PhaseState,
+    Tenant,
+)
+
+ContextFactory = Callable[..., Context]
+T0 = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The libpq form of a ``postgresql+asyncpg://`` URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Rows of `sql`, run as the connecting (super)user, outside the store."""
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return await connection.fetch(sql, *args)
+    finally:
+        await connection.close()
+
+
+async def history_versions(url: str, flow_id: str) -> list[int]:
+    """Every version recorded for a flow, in order (straight from the table)."""
+    rows = await fetch(
+        url, "SELECT version FROM flow_history WHERE flow_id = $1 ORDER BY version", flow_id
+    )
+    return [r["version"] for r in rows]
+
+
+def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tuple[HistoryEntry]]:
+    """A discovery flow with every field set to a non-default value, and its one entry."""
+    error = PhaseError(
+        ErrorCode.AGENT_TIMEOUT, "agent took too long", {"attempt": 2, "nested": {"a": [1, 2.5]}}
+    )
+    phases = (
+        Phase(
+            "data_import",
+            PhaseState.COMPLETED,
+            progress=0.0,
+            retry_count=1,
+            last_retry_at=T0 - timedelta(minutes=30),
+            state_entered_at=T0 - timedelta(minutes=20),
+            started_at=T0 - timedelta(minutes=25),
+            completed_at=T0 - timedelta(minutes=20),
+        ),
+        Phase(
+            "field_mapping",
+            PhaseState.IN_PROGRESS,
+            progress=0.25,
+            retry_count=2,
+            last_retry_at=T0 - timedelta(minutes=10),
+            error=error,
+            state_entered_at=T0 - timedelta(minutes=5),
+            started_at=T0 - timedelta(minutes=5),
+        ),
+        Phase("data_cleansing"),
+        Phase("asset_inventory"),
+        Phase("dependency_analysis"),
+    )
+    flow = Flow(
+        flow_id=flow_id or str(uuid.uuid4()),
+        tenant=tenant,
+        definition_name="discovery",
+        definition_version=1,
+        phases=phases,
+        status=FlowStatus.PAUSED,
+        status_before_pause=FlowStatus.DISCOVERY,
+        progress=33.0,
+        version=1,
+        created_at=T0 - timedelta(hours=1),
+        updated_at=T0,
+        display_name="Rich flow ✓ 'quoted'",
+        labels={"team": "platform", "env": "qa"},
+    )
+    entry = HistoryEntry(
+        flow_version=1,
+        kind=HistoryKind.TRANSITION,
+        status_before=FlowStatus.DATA_GATHERING,
+        status_after=FlowStatus.PAUSED,
+        occurred_at=T0,
+        phase="field_mapping",
+        from_state=PhaseState.RETRY_NEEDED,
+        to_state=PhaseState.IN_PROGRESS,
+        reason="because",
+        user_id="user-1",
+        request_id="request-1",
+        metadata={"k": "v", "n": 1.5, "list": [True, None]},
+        error=error,
+        time_in_state_seconds=12.75,
+        progress_after=33.0,
+        cause="data_import",
+        phase_progress=0.25,
+    )
+    return flow, (entry,)
