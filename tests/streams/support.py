@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -32,16 +33,23 @@ async def create_flow(store: FlowStore, tenant: Tenant) -> Flow:
     return started.flow
 
 
+_progress_steps = itertools.count()
+
+
 async def report_progress(store: FlowStore, tenant: Tenant, flow_id: str, times: int) -> int:
-    """Append `times` progress reports to data_import; returns the flow's last version."""
+    """Append `times` progress reports to data_import; returns the flow's last version.
+
+    Consecutive reports always differ (an unchanged progress writes no history entry).
+    """
     version = 0
-    for index in range(times):
+    for _ in range(times):
         result = await store.mutate(
             tenant,
             flow_id,
-            UpdatePhaseProgress("data_import", ((index % 99) + 1) / 100),
+            UpdatePhaseProgress("data_import", (next(_progress_steps) % 97 + 1) / 100),
             ctx(),
         )
+        assert result.entries, "a progress report that changed nothing"
         version = result.flow.version
     return version
 
@@ -53,8 +61,22 @@ async def next_event(stream: AsyncIterator[FlowEventValue]) -> FlowEventValue:
 
 
 async def next_change(stream: AsyncIterator[FlowEventValue]) -> FlowEventValue:
-    """The next non-heartbeat event."""
-    while True:
+    """The next event that is not a heartbeat, failing the test after EVENT_TIMEOUT seconds."""
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        while True:
+            event = await anext(stream)
+            if event.heartbeat_at is None:
+                return event
+
+
+async def assert_quiet(stream: AsyncIterator[FlowEventValue], seconds: float) -> None:
+    """Only heartbeats arrive for `seconds` (the hub must beat more often than that).
+
+    Reads whole events instead of cancelling a pending one: cancelling `anext` would end the
+    async generator.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
         event = await next_event(stream)
-        if event.heartbeat_at is None:
-            return event
+        assert event.heartbeat_at is not None, f"unexpected event {event!r}"
