@@ -248,7 +248,9 @@ def load_or_create_dev_secret(data_dir: Path) -> bytes:
         return _read_secret(path)
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The directory keeps the default mode: the embedded PostgreSQL (run as another user when
+    # we are root) must traverse it to reach its own `pg` directory. The file is what is 0600.
+    data_dir.mkdir(parents=True, exist_ok=True)
     temporary = data_dir / f".{DEV_SECRET_FILENAME}.{os.getpid()}.{secrets.token_hex(4)}"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

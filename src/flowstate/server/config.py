@@ -119,7 +119,7 @@ class ServerSettings:
     heartbeat_interval: float = 15.0
     """FLOWSTATE_HEARTBEAT_INTERVAL: seconds between heartbeats on idle streams."""
     db_pool_size: int = 10
-    """FLOWSTATE_DB_POOL_SIZE: pooled database connections (plus as many overflow)."""
+    """FLOWSTATE_DB_POOL_SIZE: most database connections the store holds (the hub adds 2)."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest request or response message (4 MiB)."""
 

@@ -39,7 +39,7 @@ from flowstate.core.model import (
     PhaseState,
 )
 from flowstate.core.recovery import RecoveryAction, RecoveryOption
-from flowstate.core.rules import PHASE_PROGRESS_FACTORS, PHASE_TRANSITIONS
+from flowstate.core.rules import FLOW_TRANSITIONS, PHASE_PROGRESS_FACTORS, PHASE_TRANSITIONS
 from flowstate.v1 import (
     definition_pb2,
     errors_pb2,
@@ -54,16 +54,21 @@ __all__ = [
     "ERROR_CODE_TO_PROTO",
     "FLOW_STATUS_FROM_PROTO",
     "FLOW_STATUS_TO_PROTO",
+    "FLOW_TARGETS",
     "HISTORY_KIND_TO_PROTO",
     "PHASE_STATE_FROM_PROTO",
     "PHASE_STATE_TO_PROTO",
+    "PHASE_TARGETS",
     "RECOVERY_ACTION_TO_PROTO",
     "DefinitionView",
     "command_to_request",
     "dict_to_struct",
+    "entries_to_proto",
     "entry_to_proto",
     "phase_error_to_proto",
     "recovery_option_to_proto",
+    "sorted_flow_statuses",
+    "sorted_phase_states",
     "struct_to_dict",
     "timestamp",
 ]
@@ -299,6 +304,17 @@ def sorted_phase_states(states: Iterable[PhaseState]) -> list[states_pb2.PhaseSt
 def sorted_flow_statuses(statuses: Iterable[FlowStatus]) -> list[states_pb2.FlowStatus.ValueType]:
     """Proto numbers of `statuses`, in enum order."""
     return sorted(FLOW_STATUS_TO_PROTO[s] for s in statuses)
+
+
+PHASE_TARGETS: Mapping[PhaseState, tuple[states_pb2.PhaseState.ValueType, ...]] = {
+    state: tuple(sorted_phase_states(PHASE_TRANSITIONS[state])) for state in PhaseState
+}
+"""Legal targets of each phase state as proto numbers, in enum order (precomputed)."""
+
+FLOW_TARGETS: Mapping[FlowStatus, tuple[states_pb2.FlowStatus.ValueType, ...]] = {
+    status: tuple(sorted_flow_statuses(FLOW_TRANSITIONS[status])) for status in FlowStatus
+}
+"""Legal targets of each flow status as proto numbers, in enum order (precomputed)."""
 
 
 def command_to_request(

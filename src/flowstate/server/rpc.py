@@ -202,9 +202,7 @@ async def _crash(
     await context.abort_with_status(status)
 
 
-def _finish(
-    support: RpcSupport, context: _Context, method: str, correlation_id: str, started: float
-) -> None:
+def _finish(support: RpcSupport, method: str, correlation_id: str, started: float) -> None:
     elapsed = time.perf_counter() - started
     support.metrics.observe_rpc(method, "OK", elapsed)
     if _log.isEnabledFor(logging.DEBUG):
@@ -251,7 +249,7 @@ def unary(
             except Exception:
                 await _crash(support, context, method, correlation_id, started)
                 raise  # not reached: abort raises
-            _finish(support, context, method, correlation_id, started)
+            _finish(support, method, correlation_id, started)
             return response
 
         return handler
@@ -295,7 +293,7 @@ def stream(
                 await _crash(support, context, method, correlation_id, started)
             finally:
                 gauge.dec()
-            _finish(support, context, method, correlation_id, started)
+            _finish(support, method, correlation_id, started)
 
         return handler
 

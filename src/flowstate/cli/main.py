@@ -1,0 +1,81 @@
+"""The `flowstate` console script: one argparse parser, a sub-command per group.
+
+Commands: ``serve`` and ``token`` (here), ``migrate`` and ``import-legacy``
+(`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`). A group whose
+module is not part of this build is simply absent.
+
+Failures print a structured error (``flowstate: error: CODE: message`` and the details) on
+stderr and exit non-zero: 1 for a refused or failed operation, 2 for bad usage or settings.
+Tracebacks are shown only with ``FLOWSTATE_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from flowstate.cli import serve, token
+from flowstate.cli._common import print_error, print_flow_state_error, print_rpc_error
+from flowstate.core.errors import FlowStateError
+from flowstate.server.config import ConfigError
+
+__all__ = ["build_parser", "main"]
+
+_OPTIONAL_GROUPS = ("flowstate.cli.storage_commands", "flowstate.cli.flows")
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every command group of this build registered."""
+    parser = argparse.ArgumentParser(
+        prog="flowstate",
+        description="Flowstate: the state of long, multi-phase workflows, over gRPC.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve.register(subparsers)
+    token.register(subparsers)
+    for name in _OPTIONAL_GROUPS:
+        # find_spec, not try/except ImportError: a broken module must fail loudly.
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(run(args))
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as exc:
+        print_error("INVALID_CONFIGURATION", str(exc))
+        return EXIT_USAGE
+    except FlowStateError as exc:
+        print_flow_state_error(exc)
+        return EXIT_FAILURE
+    except grpc.RpcError as exc:
+        print_rpc_error(exc)
+        return EXIT_FAILURE
+    except Exception as exc:
+        if os.environ.get("FLOWSTATE_DEBUG"):
+            logging.getLogger("flowstate.cli").exception("unexpected error")
+        print_error("INTERNAL", f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""`FlowstateServer`: assembles and runs the whole server; stops it gracefully.
+
+Start-up order (each step undone if a later one fails):
+
+1. resolve the token verification (`config.resolve_auth`) - fail fast, before any I/O;
+2. the database: ``FLOWSTATE_DATABASE_URL``, or start the embedded PostgreSQL;
+3. open the `FlowStore` (migrating first when asked: the default with the embedded DB);
+4. start the watch hub (LISTEN/NOTIFY fan-out) on the store, when it is available;
+5. the grpc.aio server: FlowStateService, health (``grpc.health.v1``), reflection (v1alpha),
+   keepalive and message-size options, TLS/mTLS when configured; bind, start;
+6. health SERVING; the Prometheus endpoint, when configured.
+
+Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop accepting
+RPCs; close the watch hub, so open streams end at once with UNAVAILABLE / SERVER_SHUTTING_DOWN
+(clients resume elsewhere); give in-flight RPCs the grace period; close the store; stop the
+embedded PostgreSQL; stop the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flowstate.server.auth import Authenticator
+from flowstate.server.config import AuthConfig, ConfigError, ServerSettings, resolve_auth
+from flowstate.server.metrics import Metrics, MetricsEndpoint
+from flowstate.server.rpc import RpcSupport
+from flowstate.server.servicer import EventSource, FlowStateServicer
+from flowstate.storage.embedded import EmbeddedPostgres
+from flowstate.storage.store import FlowStore
+from flowstate.storage.urls import normalize_database_url, redact_database_url
+from flowstate.v1 import flow_service_pb2, flow_service_pb2_grpc
+
+__all__ = ["SERVICE_NAME", "FlowstateServer", "format_address", "grpc_options"]
+
+_log = logging.getLogger("flowstate.server")
+
+SERVICE_NAME: Final = flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"].full_name
+"""``flowstate.v1.FlowStateService``."""
+
+
+def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    """Channel arguments of the server: message sizes and keepalive suited to long streams."""
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Ping idle connections every 30 s so that dead peers of long streams are noticed and
+        # NATs/load balancers keep the connection; give a ping 10 s to be answered.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Let clients ping as often as every 10 s (also without calls) without a GOAWAY.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_time_between_pings_ms", 10_000),
+        # A fixed port must not be shared silently with another server (SO_REUSEPORT).
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with IPv6 hosts bracketed."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class _Hub(EventSource, Protocol):
+    async def close(self) -> None: ...
+
+
+async def _start_hub(store: FlowStore, url: str, heartbeat: float) -> _Hub | None:
+    """The watch hub, when this build has one (flowstate.server.watch); None otherwise."""
+    try:
+        watch = importlib.import_module("flowstate.server.watch")
+    except ImportError:
+        _log.warning("flowstate.server.watch is not available: WatchFlow/WatchFlows disabled")
+        return None
+    hub: _Hub = await watch.WatchHub.start(store, url, heartbeat_interval=heartbeat)
+    return hub
+
+
+def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = (
+        settings.tls_client_ca_file.read_bytes()
+        if settings.tls_client_ca_file is not None
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+@dataclass
+class _Resources:
+    """What `start` has acquired so far, released in reverse order."""
+
+    embedded: EmbeddedPostgres | None = None
+    store: FlowStore | None = None
+    owns_store: bool = True
+    hub: _Hub | None = None
+    server: grpc.aio.Server | None = None
+    metrics_endpoint: MetricsEndpoint | None = None
+
+    async def release(self, grace: float) -> None:
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.server is not None:
+            steps.append(("grpc server", lambda: _stop_server(self.server, self.hub, grace)))
+        elif self.hub is not None:
+            steps.append(("watch hub", self.hub.close))
+        if self.store is not None and self.owns_store:
+            steps.append(("store", self.store.close))
+        if self.embedded is not None:
+            embedded = self.embedded
+            steps.append(("embedded postgres", lambda: asyncio.to_thread(embedded.stop)))
+        if self.metrics_endpoint is not None:
+            endpoint = self.metrics_endpoint
+            steps.append(("metrics endpoint", lambda: asyncio.to_thread(endpoint.close)))
+        for name, step in steps:
+            try:
+                await step()
+            except Exception:
+                _log.exception("stopping the %s failed", name)
+
+
+async def _stop_server(server: grpc.aio.Server | None, hub: _Hub | None, grace: float) -> None:
+    """Stop accepting RPCs, end the streams (hub), let in-flight RPCs finish within `grace`."""
+    assert server is not None
+    stopping = asyncio.create_task(server.stop(grace))
+    if hub is not None:
+        await hub.close()
+    await stopping
+
+
+class FlowstateServer:
+    """A running Flowstate server. Start with `start`, stop with `stop`."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        resources: _Resources,
+        health_servicer: health.aio.HealthServicer,
+        metrics: Metrics,
+        port: int,
+        auth: AuthConfig,
+    ) -> None:
+        """Use `start`."""
+        self.settings = settings
+        self._resources = resources
+        self._health = health_servicer
+        self.metrics = metrics
+        self.port = port
+        """The bound port (the actual one when the settings asked for 0)."""
+        self.auth = auth
+        """How tokens are verified (the key, issuer, audience)."""
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the server listens on."""
+        return format_address(self.settings.host, self.port)
+
+    @property
+    def store(self) -> FlowStore:
+        """The server's store."""
+        assert self._resources.store is not None
+        return self._resources.store
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The Prometheus endpoint's port, when it runs."""
+        endpoint = self._resources.metrics_endpoint
+        return endpoint.port if endpoint is not None else None
+
+    @classmethod
+    async def start(
+        cls, settings: ServerSettings, *, store: FlowStore | None = None
+    ) -> FlowstateServer:
+        """Start everything (see the module docstring); `store` replaces steps 2-3."""
+        auth = resolve_auth(settings)
+        resources = _Resources(store=store, owns_store=store is None)
+        try:
+            url = await cls._open_store(settings, resources)
+            assert resources.store is not None
+            resources.hub = await _start_hub(resources.store, url, settings.heartbeat_interval)
+            metrics = Metrics()
+            support = RpcSupport(
+                Authenticator(auth.key, issuer=auth.issuer, audience=auth.audience), metrics
+            )
+            server = grpc.aio.server(options=grpc_options(settings))
+            resources.server = server
+            flow_service_pb2_grpc.add_FlowStateServiceServicer_to_server(
+                FlowStateServicer(resources.store, support, resources.hub), server
+            )
+            health_servicer = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            target = format_address(settings.host, settings.port)
+            credentials = _credentials(settings)
+            if credentials is None:
+                port = server.add_insecure_port(target)
+            else:
+                port = server.add_secure_port(target, credentials)
+            await server.start()
+            for service in ("", SERVICE_NAME):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            if settings.metrics_port is not None:
+                resources.metrics_endpoint = metrics.serve(
+                    settings.metrics_host, settings.metrics_port
+                )
+        except BaseException:
+            await resources.release(grace=0)
+            raise
+        instance = cls(settings, resources, health_servicer, metrics, port, auth)
+        _log.info(
+            "serving on %s (%s, auth: %s, streams: %s)",
+            instance.address,
+            "TLS" if credentials is not None else "plaintext",
+            auth.source,
+            "on" if resources.hub is not None else "off",
+        )
+        return instance
+
+    @staticmethod
+    async def _open_store(settings: ServerSettings, resources: _Resources) -> str:
+        """Set `resources.store` (unless given) and return the database URL."""
+        if resources.store is not None:
+            if settings.database_url is None:
+                raise ConfigError("a server started on a given store needs its database_url")
+            return normalize_database_url(settings.database_url)
+        if settings.database_url is not None:
+            url = normalize_database_url(settings.database_url)
+        else:
+            data_dir = settings.resolved_data_dir
+            resources.embedded = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
+            url = resources.embedded.url
+        _log.info(
+            "database %s (%s)%s",
+            redact_database_url(url),
+            "embedded" if resources.embedded is not None else "external",
+            ", migrating to head" if settings.migrate_on_start else "",
+        )
+        resources.store = await FlowStore.open(
+            url,
+            migrate=settings.migrate_on_start,
+            pool_size=settings.db_pool_size,
+        )
+        return url
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop (see the module docstring); idempotent, concurrent calls wait."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            grace = self.settings.grace_period if grace is None else grace
+            _log.info("shutting down (grace period %.1fs)", grace)
+            await self._health.enter_graceful_shutdown()
+            await self._resources.release(grace)
+            _log.info("stopped")
+        finally:
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until `stop` has finished."""
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> FlowstateServer:
+        """Return self; `stop` on exit."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop the server."""
+        await self.stop()

@@ -1,0 +1,585 @@
+"""Request validation: every check that can be made without the store, made before it.
+
+Each function takes one request message and returns the domain values the servicer passes on
+(a core `Command`, ids, filters), or raises `FlowStateError(MALFORMED_REQUEST)` listing *every*
+malformed field (`field_violations`, sent as `google.rpc.BadRequest`). A malformed request never
+reaches SQL and never changes anything.
+
+What is checked (limits as documented in the protos):
+
+- ids: flow ids are canonical UUIDs (lower-cased here); request ids are 1-128 printable
+  characters and required on every mutation;
+- enums: 0 (UNSPECIFIED) and numbers unknown to this server are refused;
+- text: no NUL byte anywhere (Postgres text and JSONB refuse it); reasons at most 1024
+  characters, names and labels at most 256, phase and definition names at most 128;
+- structs (metadata, failure details): at most 16 KiB as JSON, finite numbers, no NUL;
+- numbers: in-phase progress finite and in [0, 1], versions non-negative, page sizes in range.
+
+Semantic checks (unknown phase, illegal transition...) belong to the core, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from flowstate.core.commands import (
+    CancelFlow,
+    Command,
+    PauseFlow,
+    ResumeFlow,
+    Retry,
+    Rollback,
+    TransitionPhase,
+    UpdatePhaseProgress,
+)
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, FlowStatus, PhaseError, PhaseState
+from flowstate.core.rules import ERROR_STATES
+from flowstate.server.convert import (
+    ERROR_CODE_FROM_PROTO,
+    FLOW_STATUS_FROM_PROTO,
+    PHASE_STATE_FROM_PROTO,
+    struct_to_dict,
+)
+from flowstate.storage.codec import dumps
+from flowstate.storage.limits import (
+    MAX_DISPLAY_NAME_LENGTH,
+    MAX_ERROR_MESSAGE_LENGTH,
+    MAX_FLOW_IDS_PER_QUERY,
+    MAX_JSON_BYTES,
+    MAX_LABEL_KEY_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_LABELS,
+    MAX_REASON_LENGTH,
+)
+from flowstate.v1 import errors_pb2, flow_service_pb2
+
+__all__ = [
+    "DEFAULT_DEFINITION",
+    "MAX_HISTORY_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "CreateFlowArgs",
+    "ListFlowsArgs",
+    "ListHistoryArgs",
+    "Mutation",
+    "TransitionCheck",
+    "WatchFlowArgs",
+    "WatchFlowsArgs",
+    "cancel_flow",
+    "create_flow",
+    "flow_id",
+    "get_flow_definition",
+    "list_flow_history",
+    "list_flows",
+    "malformed",
+    "pause_flow",
+    "resume_flow",
+    "retry",
+    "rollback",
+    "transition_phase",
+    "update_phase_progress",
+    "validate_transition",
+    "watch_flow",
+    "watch_flows",
+]
+
+DEFAULT_DEFINITION: Final = "discovery"
+"""The definition used when a request leaves `definition_name` empty."""
+MAX_REQUEST_ID: Final = 128
+MAX_NAME: Final = 128
+MAX_TOKEN: Final = 1024
+MAX_FILTERS: Final = 32
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 500
+DEFAULT_HISTORY_PAGE_SIZE: Final = 100
+MAX_HISTORY_PAGE_SIZE: Final = 1000
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Timestamp.ToDatetime accepts 0001-01-01 .. 9999-12-31.
+_MIN_SECONDS: Final = -62135596800
+_MAX_SECONDS: Final = 253402300799
+
+
+def malformed(violations: Sequence[tuple[str, str]]) -> FlowStateError:
+    """The MALFORMED_REQUEST error for `violations` ((field, description) pairs, at least one)."""
+    field, description = violations[0]
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return FlowStateError(
+        ErrorCode.MALFORMED_REQUEST,
+        f"{field}: {description}{more}",
+        field=field,
+        field_violations=[{"field": f, "description": d} for f, d in violations],
+    )
+
+
+class _Checker:
+    """Collects the violations of one request; `done()` raises them all at once."""
+
+    __slots__ = ("violations",)
+
+    def __init__(self) -> None:
+        self.violations: list[tuple[str, str]] = []
+
+    def fail(self, field: str, description: str) -> None:
+        self.violations.append((field, description))
+
+    def done(self) -> None:
+        if self.violations:
+            raise malformed(self.violations)
+
+    def text(self, field: str, value: str, *, max_len: int, required: bool = False) -> str:
+        if required and not value:
+            self.fail(field, "is required")
+        elif len(value) > max_len:
+            self.fail(field, f"must be at most {max_len} characters")
+        elif "\x00" in value:
+            self.fail(field, "must not contain NUL bytes")
+        return value
+
+    def name(self, field: str, value: str, *, required: bool = True) -> str:
+        return self.text(field, value, max_len=MAX_NAME, required=required)
+
+    def request_id(self, value: str) -> str:
+        if not value:
+            self.fail("request_id", "is required on every mutation (an idempotency key)")
+        elif len(value) > MAX_REQUEST_ID or not value.isprintable():
+            self.fail("request_id", f"must be 1-{MAX_REQUEST_ID} printable characters")
+        return value
+
+    def uuid(self, field: str, value: str, *, required: bool = True) -> str:
+        if not value:
+            if required:
+                self.fail(field, "is required")
+            return ""
+        if len(value) != 36 or not _UUID.fullmatch(value):
+            self.fail(field, "must be a UUID (8-4-4-4-12 hex digits)")
+            return ""
+        return value.lower()
+
+    def phase_state(self, field: str, value: int) -> PhaseState | None:
+        state = PHASE_STATE_FROM_PROTO.get(value)
+        if state is None:
+            self.fail(field, _enum_problem(value, "PhaseState"))
+        return state
+
+    def flow_status(self, field: str, value: int) -> FlowStatus | None:
+        status = FLOW_STATUS_FROM_PROTO.get(value)
+        if status is None:
+            self.fail(field, _enum_problem(value, "FlowStatus"))
+        return status
+
+    def struct(self, field: str, message: struct_pb2.Struct) -> dict[str, Any]:
+        if not message.fields:
+            return {}
+        data = struct_to_dict(message)
+        try:
+            encoded = dumps(data)
+        except ValueError:
+            self.fail(field, "numbers must be finite (no NaN or Infinity)")
+            return {}
+        if len(encoded.encode()) > MAX_JSON_BYTES:
+            self.fail(field, f"must be at most {MAX_JSON_BYTES} bytes as JSON")
+        elif "\\u0000" in encoded:
+            self.fail(field, "must not contain NUL bytes")
+        return data
+
+    def expected_version(self, message: Any) -> int | None:
+        if not message.HasField("expected_version"):
+            return None
+        version = int(message.expected_version)
+        if version < 1:
+            self.fail("expected_version", "must be >= 1 when set")
+        return version
+
+    def page(self, size: int, token: str, *, default: int, maximum: int) -> tuple[int, str]:
+        if size < 0 or size > maximum:
+            self.fail("page_size", f"must be between 0 and {maximum} (0: {default})")
+        self.text("page_token", token, max_len=MAX_TOKEN)
+        return size or default, token
+
+    def timestamp(self, field: str, message: timestamp_pb2.Timestamp) -> datetime | None:
+        if not _MIN_SECONDS <= message.seconds <= _MAX_SECONDS or not (
+            0 <= message.nanos < 1_000_000_000
+        ):
+            self.fail(field, "is not a valid timestamp")
+            return None
+        return message.ToDatetime(tzinfo=UTC)
+
+
+def _enum_problem(value: int, enum_name: str) -> str:
+    if value == 0:
+        return f"is required ({enum_name} UNSPECIFIED is not a value)"
+    return f"unknown {enum_name} value {value}"
+
+
+def _reason(check: _Checker, value: str) -> str:
+    return check.text("reason", value, max_len=MAX_REASON_LENGTH)
+
+
+# --- mutations --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """A validated mutation request: which flow, what to do, idempotency key, expected version."""
+
+    flow_id: str
+    command: Command
+    request_id: str
+    expected_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateFlowArgs:
+    """A validated CreateFlow request."""
+
+    request_id: str
+    definition_name: str
+    definition_version: int
+    flow_id: str | None
+    display_name: str
+    labels: dict[str, str]
+
+
+def create_flow(request: flow_service_pb2.CreateFlowRequest) -> CreateFlowArgs:
+    """Check a CreateFlow request."""
+    check = _Checker()
+    request_id = check.request_id(request.request_id)
+    definition_name = check.name("definition_name", request.definition_name, required=False)
+    if request.definition_version < 0:
+        check.fail("definition_version", "must be >= 0 (0: the latest)")
+    flow_id = check.uuid("flow_id", request.flow_id, required=False)
+    display_name = check.text("display_name", request.display_name, max_len=MAX_DISPLAY_NAME_LENGTH)
+    labels = dict(request.labels)
+    if len(labels) > MAX_LABELS:
+        check.fail("labels", f"must have at most {MAX_LABELS} entries")
+    for key, value in labels.items():
+        check.text("labels", key, max_len=MAX_LABEL_KEY_LENGTH, required=True)
+        check.text(f"labels[{key[:MAX_LABEL_KEY_LENGTH]}]", value, max_len=MAX_LABEL_VALUE_LENGTH)
+    check.done()
+    return CreateFlowArgs(
+        request_id=request_id,
+        definition_name=definition_name or DEFAULT_DEFINITION,
+        definition_version=request.definition_version,
+        flow_id=flow_id or None,
+        display_name=display_name,
+        labels=labels,
+    )
+
+
+def _phase_failure(check: _Checker, message: errors_pb2.PhaseFailure) -> PhaseError | None:
+    code = ERROR_CODE_FROM_PROTO.get(message.error_code)
+    if code is None:
+        check.fail("failure.error_code", _enum_problem(message.error_code, "ErrorCode"))
+    text = check.text("failure.message", message.message, max_len=MAX_ERROR_MESSAGE_LENGTH)
+    details = check.struct("failure.details", message.details)
+    return PhaseError(code, text, details) if code is not None else None
+
+
+def transition_phase(request: flow_service_pb2.TransitionPhaseRequest) -> Mutation:
+    """Check a TransitionPhase request.
+
+    A `failure` is refused with any target but FAILED or RETRY_NEEDED. Whether one is *required*
+    depends on the phase's current state (leaving RETRY_NEEDED for FAILED keeps the error it
+    carries), so the core decides that.
+    """
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    phase = check.name("phase", request.phase)
+    target = check.phase_state("target_state", request.target_state)
+    reason = _reason(check, request.reason)
+    error: PhaseError | None = None
+    if request.HasField("failure"):
+        if target is not None and target not in ERROR_STATES:
+            check.fail("failure", "is only allowed with a FAILED or RETRY_NEEDED target")
+        error = _phase_failure(check, request.failure)
+    metadata = check.struct("metadata", request.metadata)
+    request_id = check.request_id(request.request_id)
+    expected_version = check.expected_version(request)
+    check.done()
+    assert target is not None  # done() raised otherwise
+    command = TransitionPhase(phase, target, reason=reason, error=error, metadata=metadata)
+    return Mutation(flow_id, command, request_id, expected_version)
+
+
+def update_phase_progress(request: flow_service_pb2.UpdatePhaseProgressRequest) -> Mutation:
+    """Check an UpdatePhaseProgress request: progress finite and in [0, 1]."""
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    phase = check.name("phase", request.phase)
+    progress = request.progress
+    if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
+        check.fail("progress", "must be a number in [0, 1]")
+    reason = _reason(check, request.reason)
+    metadata = check.struct("metadata", request.metadata)
+    request_id = check.request_id(request.request_id)
+    expected_version = check.expected_version(request)
+    check.done()
+    command = UpdatePhaseProgress(phase, progress, reason=reason, metadata=metadata)
+    return Mutation(flow_id, command, request_id, expected_version)
+
+
+def rollback(request: flow_service_pb2.RollbackRequest) -> Mutation:
+    """Check a Rollback request; `cascade` defaults to true."""
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    phase = check.name("phase", request.phase)
+    cascade = request.cascade if request.HasField("cascade") else True
+    reason = _reason(check, request.reason)
+    request_id = check.request_id(request.request_id)
+    expected_version = check.expected_version(request)
+    check.done()
+    return Mutation(flow_id, Rollback(phase, cascade, reason), request_id, expected_version)
+
+
+def retry(request: flow_service_pb2.RetryRequest) -> Mutation:
+    """Check a Retry request (the servicer checks that `force` comes with flows:admin)."""
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    phase = check.name("phase", request.phase)
+    reason = _reason(check, request.reason)
+    request_id = check.request_id(request.request_id)
+    expected_version = check.expected_version(request)
+    check.done()
+    return Mutation(flow_id, Retry(phase, request.force, reason), request_id, expected_version)
+
+
+def _flow_level(
+    request: (
+        flow_service_pb2.PauseFlowRequest
+        | flow_service_pb2.ResumeFlowRequest
+        | flow_service_pb2.CancelFlowRequest
+    ),
+    command_type: type[PauseFlow] | type[ResumeFlow] | type[CancelFlow],
+) -> Mutation:
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    reason = _reason(check, request.reason)
+    request_id = check.request_id(request.request_id)
+    expected_version = check.expected_version(request)
+    check.done()
+    return Mutation(flow_id, command_type(reason), request_id, expected_version)
+
+
+def pause_flow(request: flow_service_pb2.PauseFlowRequest) -> Mutation:
+    """Check a PauseFlow request."""
+    return _flow_level(request, PauseFlow)
+
+
+def resume_flow(request: flow_service_pb2.ResumeFlowRequest) -> Mutation:
+    """Check a ResumeFlow request."""
+    return _flow_level(request, ResumeFlow)
+
+
+def cancel_flow(request: flow_service_pb2.CancelFlowRequest) -> Mutation:
+    """Check a CancelFlow request."""
+    return _flow_level(request, CancelFlow)
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def flow_id(value: str, field: str = "flow_id") -> str:
+    """Check one required flow id; the canonical (lower-case) UUID."""
+    check = _Checker()
+    result = check.uuid(field, value)
+    check.done()
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class ListFlowsArgs:
+    """A validated ListFlows request."""
+
+    page_size: int
+    page_token: str
+    statuses: tuple[FlowStatus, ...]
+    phase_states: Mapping[str, tuple[PhaseState, ...]]
+    updated_before: datetime | None
+    definition_name: str | None
+
+
+def list_flows(request: flow_service_pb2.ListFlowsRequest) -> ListFlowsArgs:
+    """Check a ListFlows request (page size 1-500, 50 when 0)."""
+    check = _Checker()
+    page_size, page_token = check.page(
+        request.page_size, request.page_token, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE
+    )
+    statuses = [
+        check.flow_status(f"statuses[{i}]", value) for i, value in enumerate(request.statuses)
+    ]
+    if len(request.phase_states) > MAX_FILTERS:
+        check.fail("phase_states", f"must have at most {MAX_FILTERS} filters")
+    phase_states: dict[str, tuple[PhaseState, ...]] = {}
+    for i, phase_filter in enumerate(request.phase_states):
+        name = check.name(f"phase_states[{i}].phase", phase_filter.phase)
+        if not phase_filter.states:
+            check.fail(f"phase_states[{i}].states", "must name at least one state")
+        states = [
+            check.phase_state(f"phase_states[{i}].states[{j}]", value)
+            for j, value in enumerate(phase_filter.states)
+        ]
+        if name in phase_states:
+            check.fail(f"phase_states[{i}].phase", "names a phase filtered twice")
+        phase_states[name] = tuple(s for s in states if s is not None)
+    updated_before = (
+        check.timestamp("updated_before", request.updated_before)
+        if request.HasField("updated_before")
+        else None
+    )
+    definition_name = check.name("definition_name", request.definition_name, required=False)
+    check.done()
+    return ListFlowsArgs(
+        page_size=page_size,
+        page_token=page_token,
+        statuses=tuple(s for s in statuses if s is not None),
+        phase_states=phase_states,
+        updated_before=updated_before,
+        definition_name=definition_name or None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListHistoryArgs:
+    """A validated ListFlowHistory request."""
+
+    flow_id: str
+    after_version: int
+    page_size: int
+    page_token: str
+
+
+def list_flow_history(request: flow_service_pb2.ListFlowHistoryRequest) -> ListHistoryArgs:
+    """Check a ListFlowHistory request (page size 1-1000, 100 when 0)."""
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    if request.after_version < 0:
+        check.fail("after_version", "must be >= 0")
+    page_size, page_token = check.page(
+        request.page_size,
+        request.page_token,
+        default=DEFAULT_HISTORY_PAGE_SIZE,
+        maximum=MAX_HISTORY_PAGE_SIZE,
+    )
+    check.done()
+    return ListHistoryArgs(flow_id, request.after_version, page_size, page_token)
+
+
+def get_flow_definition(request: flow_service_pb2.GetFlowDefinitionRequest) -> tuple[str, int]:
+    """Check a GetFlowDefinition request: (name, version); "discovery" and latest (0) default."""
+    check = _Checker()
+    name = check.name("name", request.name, required=False)
+    if request.version < 0:
+        check.fail("version", "must be >= 0 (0: the latest)")
+    check.done()
+    return name or DEFAULT_DEFINITION, request.version
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionCheck:
+    """A validated ValidateTransition request: exactly one of `phase` / `to_status` is set.
+
+    `from_state` / `from_status` are None when a flow is named (its actual state is used).
+    """
+
+    flow_id: str | None
+    definition_name: str
+    phase: str | None = None
+    from_state: PhaseState | None = None
+    to_state: PhaseState | None = None
+    from_status: FlowStatus | None = None
+    to_status: FlowStatus | None = None
+
+
+def validate_transition(request: flow_service_pb2.ValidateTransitionRequest) -> TransitionCheck:
+    """Check a ValidateTransition request: one transition; without a flow, its source too."""
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id, required=False) or None
+    definition_name = check.name("definition_name", request.definition_name, required=False)
+    definition_name = definition_name or DEFAULT_DEFINITION
+    kind = request.WhichOneof("transition")
+    result = TransitionCheck(flow_id, definition_name)
+    if kind == "phase_transition":
+        transition = request.phase_transition
+        phase = check.name("phase_transition.phase", transition.phase)
+        from_state = None
+        if flow_id is None:
+            from_state = check.phase_state("phase_transition.from_state", transition.from_state)
+        to_state = check.phase_state("phase_transition.to_state", transition.to_state)
+        result = TransitionCheck(
+            flow_id, definition_name, phase=phase, from_state=from_state, to_state=to_state
+        )
+    elif kind == "flow_transition":
+        flow_transition = request.flow_transition
+        from_status = None
+        if flow_id is None:
+            from_status = check.flow_status(
+                "flow_transition.from_status", flow_transition.from_status
+            )
+        to_status = check.flow_status("flow_transition.to_status", flow_transition.to_status)
+        result = TransitionCheck(
+            flow_id, definition_name, from_status=from_status, to_status=to_status
+        )
+    else:
+        check.fail("transition", "one of phase_transition or flow_transition is required")
+    check.done()
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class WatchFlowArgs:
+    """A validated WatchFlow request."""
+
+    flow_id: str
+    after_version: int | None
+    keep_open: bool
+
+
+def watch_flow(request: flow_service_pb2.WatchFlowRequest) -> WatchFlowArgs:
+    """Check a WatchFlow request."""
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    after_version: int | None = None
+    if request.HasField("after_version"):
+        after_version = request.after_version
+        if after_version < 0:
+            check.fail("after_version", "must be >= 0")
+    check.done()
+    return WatchFlowArgs(flow_id, after_version, request.keep_open)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchFlowsArgs:
+    """A validated WatchFlows request."""
+
+    statuses: tuple[FlowStatus, ...]
+    definition_name: str | None
+    flow_ids: tuple[str, ...]
+    cursor: str | None
+
+
+def watch_flows(request: flow_service_pb2.WatchFlowsRequest) -> WatchFlowsArgs:
+    """Check a WatchFlows request."""
+    check = _Checker()
+    statuses = [
+        check.flow_status(f"statuses[{i}]", value) for i, value in enumerate(request.statuses)
+    ]
+    definition_name = check.name("definition_name", request.definition_name, required=False)
+    if len(request.flow_ids) > MAX_FLOW_IDS_PER_QUERY:
+        check.fail("flow_ids", f"must have at most {MAX_FLOW_IDS_PER_QUERY} entries")
+    flow_ids = [check.uuid(f"flow_ids[{i}]", value) for i, value in enumerate(request.flow_ids)]
+    cursor = check.text("cursor", request.cursor, max_len=MAX_TOKEN)
+    check.done()
+    return WatchFlowsArgs(
+        statuses=tuple(s for s in statuses if s is not None),
+        definition_name=definition_name or None,
+        flow_ids=tuple(flow_ids),
+        cursor=cursor or None,
+    )
