@@ -1,0 +1,370 @@
+// Package flowstate is the idiomatic Go client of Flowstate: a thin wrapper over the generated
+// gRPC stubs (flowstate.dev/client/gen/flowstate/v1) that adds
+//
+//   - per-RPC bearer credentials (a token or a token source; plaintext only to loopback
+//     addresses unless WithInsecure),
+//   - a request id (a random UUID) on every mutation that has none, the same on every retry,
+//   - retries on UNAVAILABLE with exponential backoff, jitter and a deadline (every unary RPC
+//     is idempotent: reads have no side effects, mutations carry a request id),
+//   - typed errors (*Error, with errors.Is-friendly sentinels per code),
+//   - Watch and WatchFlows: status streams as iter.Seq2 iterators that resume after
+//     disconnects from the last version (or cursor) seen, never yielding an event twice.
+//
+// Example:
+//
+//	client, err := flowstate.Dial(ctx, "127.0.0.1:50051", flowstate.WithToken(token))
+//	if err != nil { ... }
+//	defer client.Close()
+//	created, err := client.CreateFlow(ctx, &flowstatev1.CreateFlowRequest{DefinitionName: "discovery"})
+//	_, err = client.TransitionPhase(ctx, &flowstatev1.TransitionPhaseRequest{
+//		FlowId: created.GetFlow().GetFlowId(), Phase: "data_import",
+//		TargetState: flowstatev1.PhaseState_PHASE_STATE_IN_PROGRESS,
+//	})
+//	if errors.Is(err, flowstate.ErrPhaseOrderViolation) { ... }
+//	for event, err := range client.Watch(ctx, flowID) { ... }
+package flowstate
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	flowstatev1 "flowstate.dev/client/gen/flowstate/v1"
+)
+
+// DefaultAddress is where `flowstate serve` listens by default.
+const DefaultAddress = "127.0.0.1:50051"
+
+// TokenSource returns the bearer token to send; it is called before every attempt, so a
+// refreshing source just returns the fresh token.
+type TokenSource func(ctx context.Context) (string, error)
+
+type config struct {
+	tokenSource TokenSource
+	tlsConfig   *tls.Config
+	insecure    bool
+	timeout     time.Duration
+	retry       RetryPolicy
+	watchRetry  RetryPolicy
+	dialOptions []grpc.DialOption
+}
+
+// Option configures a Client.
+type Option func(*config)
+
+// WithToken sends a fixed bearer token (JWT) with every call.
+func WithToken(token string) Option {
+	return func(c *config) {
+		c.tokenSource = func(context.Context) (string, error) { return token, nil }
+	}
+}
+
+// WithTokenSource sends the token the source returns, asked before every attempt.
+func WithTokenSource(source TokenSource) Option {
+	return func(c *config) { c.tokenSource = source }
+}
+
+// WithTLS connects over TLS (nil: the system roots). Set Certificates for mTLS.
+func WithTLS(cfg *tls.Config) Option {
+	return func(c *config) {
+		if cfg == nil {
+			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		c.tlsConfig = cfg
+	}
+}
+
+// WithInsecure allows plaintext to a host that is not a loopback address (the token then
+// travels unencrypted). Plaintext to 127.0.0.0/8, ::1 and localhost is always allowed.
+func WithInsecure() Option {
+	return func(c *config) { c.insecure = true }
+}
+
+// WithTimeout bounds each attempt of a unary call (default 30 s; 0: only the context's
+// deadline). The context's own deadline always applies too.
+func WithTimeout(timeout time.Duration) Option {
+	return func(c *config) { c.timeout = timeout }
+}
+
+// WithRetryPolicy sets the retry policy of unary calls (NoRetry() disables retries).
+func WithRetryPolicy(policy RetryPolicy) Option {
+	return func(c *config) { c.retry = policy }
+}
+
+// WithWatchRetryPolicy sets the reconnection policy of Watch and WatchFlows.
+func WithWatchRetryPolicy(policy RetryPolicy) Option {
+	return func(c *config) { c.watchRetry = policy }
+}
+
+// WithDialOptions adds grpc.DialOptions (keepalive, interceptors, message sizes...).
+func WithDialOptions(options ...grpc.DialOption) Option {
+	return func(c *config) { c.dialOptions = append(c.dialOptions, options...) }
+}
+
+// Client is a Flowstate client; safe for concurrent use. Close it when done.
+type Client struct {
+	conn  *grpc.ClientConn
+	raw   flowstatev1.FlowStateServiceClient
+	cfg   config
+	creds credentials.PerRPCCredentials
+}
+
+// NewClient creates a client for address ("host:port", or a gRPC target such as
+// "dns:///host:port"). It does not connect until the first call (see Dial).
+func NewClient(address string, options ...Option) (*Client, error) {
+	cfg := config{timeout: 30 * time.Second, retry: DefaultRetryPolicy(), watchRetry: DefaultWatchRetryPolicy()}
+	for _, option := range options {
+		option(&cfg)
+	}
+	loopback := isLoopback(address)
+	if cfg.tlsConfig == nil && !loopback && !cfg.insecure {
+		return nil, fmt.Errorf("flowstate: refusing plaintext to %s: the bearer token would travel unencrypted; use WithTLS (or WithInsecure on a trusted network)", address)
+	}
+	transport := insecure.NewCredentials()
+	if cfg.tlsConfig != nil {
+		transport = credentials.NewTLS(cfg.tlsConfig)
+	}
+	creds := &bearerCredentials{source: cfg.tokenSource, requireTLS: cfg.tlsConfig != nil || !(loopback || cfg.insecure)}
+	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(transport), grpc.WithPerRPCCredentials(creds)}, cfg.dialOptions...)
+	conn, err := grpc.NewClient(address, dial...)
+	if err != nil {
+		return nil, fmt.Errorf("flowstate: %w", err)
+	}
+	return &Client{conn: conn, raw: flowstatev1.NewFlowStateServiceClient(conn), cfg: cfg, creds: creds}, nil
+}
+
+// Dial creates a client and waits until it is connected (or ctx is done).
+func Dial(ctx context.Context, address string, options ...Option) (*Client, error) {
+	client, err := NewClient(address, options...)
+	if err != nil {
+		return nil, err
+	}
+	client.conn.Connect()
+	for {
+		state := client.conn.GetState()
+		if state == connectivity.Ready {
+			return client, nil
+		}
+		if !client.conn.WaitForStateChange(ctx, state) {
+			_ = client.conn.Close()
+			return nil, Convert(fmt.Errorf("flowstate: connecting to %s (last state %s): %w", address, state, ctx.Err()))
+		}
+	}
+}
+
+// Close closes the connection; open watches end.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Raw is the generated client on the same connection (bearer token included; no retries,
+// request ids or typed errors).
+func (c *Client) Raw() flowstatev1.FlowStateServiceClient { return c.raw }
+
+// Conn is the underlying gRPC connection.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// bearerCredentials implements credentials.PerRPCCredentials with a TokenSource.
+type bearerCredentials struct {
+	source     TokenSource
+	requireTLS bool
+}
+
+func (b *bearerCredentials) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	if b.source == nil {
+		return nil, nil
+	}
+	token, err := b.source(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("flowstate: token source: %w", err)
+	}
+	if token == "" {
+		return nil, nil
+	}
+	return map[string]string{"authorization": "Bearer " + token}, nil
+}
+
+func (b *bearerCredentials) RequireTransportSecurity() bool { return b.requireTLS }
+
+// isLoopback says whether a target names a loopback host.
+func isLoopback(target string) bool {
+	if i := strings.LastIndex(target, "/"); i >= 0 {
+		target = target[i+1:]
+	}
+	host, _, err := net.SplitHostPort(target)
+	if err != nil {
+		host = strings.Trim(target, "[]")
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// NewRequestID returns a random (version 4) UUID, the request id the client gives mutations.
+func NewRequestID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("flowstate: crypto/rand failed: %v", err))
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// withRequestID returns req, or a copy with a fresh request id when it has none.
+func withRequestID[Req interface {
+	proto.Message
+	GetRequestId() string
+}](req Req, set func(Req, string)) Req {
+	if req.GetRequestId() != "" {
+		return req
+	}
+	var clone Req
+	if req.ProtoReflect().IsValid() {
+		clone = proto.Clone(req).(Req)
+	} else { // a nil request: an empty one
+		clone = req.ProtoReflect().Type().New().Interface().(Req)
+	}
+	set(clone, NewRequestID())
+	return clone
+}
+
+// invoke runs one unary call with the client's retry policy.
+func invoke[Req any, Resp any](ctx context.Context, c *Client, req Req, call func(context.Context, Req, ...grpc.CallOption) (Resp, error), options []grpc.CallOption) (Resp, error) {
+	state := newRetryState(c.cfg.retry)
+	for {
+		state.begin()
+		attemptCtx, cancel := ctx, context.CancelFunc(func() {})
+		if timeout := state.attemptTimeout(c.cfg.timeout); timeout > 0 {
+			attemptCtx, cancel = context.WithTimeout(ctx, timeout)
+		}
+		resp, err := call(attemptCtx, req, options...)
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		failure := Convert(err)
+		var zero Resp
+		if ctx.Err() != nil {
+			return zero, failure
+		}
+		delay, ok := state.nextDelay(failure, retryableUnary(failure))
+		if !ok {
+			return zero, failure
+		}
+		if sleepErr := sleep(ctx, delay); sleepErr != nil {
+			return zero, failure
+		}
+	}
+}
+
+// CreateFlow creates a flow (request id added when empty). req may be nil (a "discovery" flow).
+// Like every mutation, it does not modify req: the request id goes into a copy.
+func (c *Client) CreateFlow(ctx context.Context, req *flowstatev1.CreateFlowRequest, opts ...grpc.CallOption) (*flowstatev1.CreateFlowResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.CreateFlowRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.CreateFlow, opts)
+}
+
+// GetFlow returns one flow.
+func (c *Client) GetFlow(ctx context.Context, req *flowstatev1.GetFlowRequest, opts ...grpc.CallOption) (*flowstatev1.GetFlowResponse, error) {
+	return invoke(ctx, c, req, c.raw.GetFlow, opts)
+}
+
+// ListFlows lists the caller's flows (one page).
+func (c *Client) ListFlows(ctx context.Context, req *flowstatev1.ListFlowsRequest, opts ...grpc.CallOption) (*flowstatev1.ListFlowsResponse, error) {
+	if req == nil {
+		req = &flowstatev1.ListFlowsRequest{}
+	}
+	return invoke(ctx, c, req, c.raw.ListFlows, opts)
+}
+
+// ValidateTransition answers whether a transition is legal (a dry run).
+func (c *Client) ValidateTransition(ctx context.Context, req *flowstatev1.ValidateTransitionRequest, opts ...grpc.CallOption) (*flowstatev1.ValidateTransitionResponse, error) {
+	return invoke(ctx, c, req, c.raw.ValidateTransition, opts)
+}
+
+// TransitionPhase moves a phase to a target state (request id added when empty).
+func (c *Client) TransitionPhase(ctx context.Context, req *flowstatev1.TransitionPhaseRequest, opts ...grpc.CallOption) (*flowstatev1.TransitionPhaseResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.TransitionPhaseRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.TransitionPhase, opts)
+}
+
+// UpdatePhaseProgress reports in-phase progress (request id added when empty).
+func (c *Client) UpdatePhaseProgress(ctx context.Context, req *flowstatev1.UpdatePhaseProgressRequest, opts ...grpc.CallOption) (*flowstatev1.UpdatePhaseProgressResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.UpdatePhaseProgressRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.UpdatePhaseProgress, opts)
+}
+
+// Rollback rolls a phase back (request id added when empty).
+func (c *Client) Rollback(ctx context.Context, req *flowstatev1.RollbackRequest, opts ...grpc.CallOption) (*flowstatev1.RollbackResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.RollbackRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.Rollback, opts)
+}
+
+// Retry retries a failed phase (request id added when empty).
+func (c *Client) Retry(ctx context.Context, req *flowstatev1.RetryRequest, opts ...grpc.CallOption) (*flowstatev1.RetryResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.RetryRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.Retry, opts)
+}
+
+// GetRecoveryOptions lists the recovery actions for the flow's current state.
+func (c *Client) GetRecoveryOptions(ctx context.Context, req *flowstatev1.GetRecoveryOptionsRequest, opts ...grpc.CallOption) (*flowstatev1.GetRecoveryOptionsResponse, error) {
+	return invoke(ctx, c, req, c.raw.GetRecoveryOptions, opts)
+}
+
+// PauseFlow pauses a flow (request id added when empty).
+func (c *Client) PauseFlow(ctx context.Context, req *flowstatev1.PauseFlowRequest, opts ...grpc.CallOption) (*flowstatev1.PauseFlowResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.PauseFlowRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.PauseFlow, opts)
+}
+
+// ResumeFlow resumes a paused flow (request id added when empty).
+func (c *Client) ResumeFlow(ctx context.Context, req *flowstatev1.ResumeFlowRequest, opts ...grpc.CallOption) (*flowstatev1.ResumeFlowResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.ResumeFlowRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.ResumeFlow, opts)
+}
+
+// CancelFlow cancels a flow (request id added when empty).
+func (c *Client) CancelFlow(ctx context.Context, req *flowstatev1.CancelFlowRequest, opts ...grpc.CallOption) (*flowstatev1.CancelFlowResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.CancelFlowRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.CancelFlow, opts)
+}
+
+// ListFlowHistory lists a flow's history entries (one page).
+func (c *Client) ListFlowHistory(ctx context.Context, req *flowstatev1.ListFlowHistoryRequest, opts ...grpc.CallOption) (*flowstatev1.ListFlowHistoryResponse, error) {
+	return invoke(ctx, c, req, c.raw.ListFlowHistory, opts)
+}
+
+// GetFlowDefinition returns a flow definition. req may be nil ("discovery", latest).
+func (c *Client) GetFlowDefinition(ctx context.Context, req *flowstatev1.GetFlowDefinitionRequest, opts ...grpc.CallOption) (*flowstatev1.GetFlowDefinitionResponse, error) {
+	if req == nil {
+		req = &flowstatev1.GetFlowDefinitionRequest{Name: "discovery"}
+	}
+	return invoke(ctx, c, req, c.raw.GetFlowDefinition, opts)
+}
+
+// History returns every history entry of a flow after afterVersion, fetching page after page.
+func (c *Client) History(ctx context.Context, flowID string, afterVersion int64) ([]*flowstatev1.HistoryEntry, error) {
+	var entries []*flowstatev1.HistoryEntry
+	token := ""
+	for {
+		page, err := c.ListFlowHistory(ctx, &flowstatev1.ListFlowHistoryRequest{FlowId: flowID, AfterVersion: afterVersion, PageSize: 1000, PageToken: token})
+		if err != nil {
+			return entries, err
+		}
+		entries = append(entries, page.GetHistoryEntries()...)
+		if token = page.GetNextPageToken(); token == "" {
+			return entries, nil
+		}
+	}
+}

@@ -1,0 +1,280 @@
+package flowstate
+
+import (
+	"context"
+	"errors"
+	"io"
+	"iter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	flowstatev1 "flowstate.dev/client/gen/flowstate/v1"
+)
+
+// WatchOption configures Watch and WatchFlows.
+type WatchOption func(*watchConfig)
+
+type watchConfig struct {
+	afterVersion      *int64
+	keepOpen          bool
+	includeHeartbeats bool
+	retry             *RetryPolicy
+	onReconnect       func(err *Error, attempt int, delay time.Duration)
+	cursor            string
+	filter            *flowstatev1.WatchFlowsRequest
+}
+
+// AfterVersion resumes a Watch after this flow version: every later change is replayed, then
+// the stream goes live. Without it the stream starts with a snapshot of the flow.
+func AfterVersion(version int64) WatchOption {
+	return func(c *watchConfig) { c.afterVersion = &version }
+}
+
+// KeepOpen keeps a Watch going after the flow reached a terminal status (COMPLETED or
+// CANCELLED); without it the iteration ends after the terminal event.
+func KeepOpen() WatchOption { return func(c *watchConfig) { c.keepOpen = true } }
+
+// IncludeHeartbeats also yields heartbeat events (never deduplicated).
+func IncludeHeartbeats() WatchOption { return func(c *watchConfig) { c.includeHeartbeats = true } }
+
+// WatchRetry overrides the client's reconnection policy for this stream.
+func WatchRetry(policy RetryPolicy) WatchOption { return func(c *watchConfig) { c.retry = &policy } }
+
+// OnReconnect is called before each reconnection (for logging, metrics, tests).
+func OnReconnect(fn func(err *Error, attempt int, delay time.Duration)) WatchOption {
+	return func(c *watchConfig) { c.onReconnect = fn }
+}
+
+// AfterCursor resumes a WatchFlows after this cursor (from FlowsEvent.Cursor).
+func AfterCursor(cursor string) WatchOption { return func(c *watchConfig) { c.cursor = cursor } }
+
+// Filter sets the filters of a WatchFlows (statuses, definition name, flow ids; the cursor
+// field is ignored: see AfterCursor).
+func Filter(filter *flowstatev1.WatchFlowsRequest) WatchOption {
+	return func(c *watchConfig) { c.filter = filter }
+}
+
+// FlowsEvent is an event of WatchFlows and the cursor to resume after it.
+type FlowsEvent struct {
+	Event  *flowstatev1.FlowEvent
+	Cursor string
+}
+
+// IsTerminal says whether a flow status is terminal (nothing changes the flow any more).
+func IsTerminal(status flowstatev1.FlowStatus) bool {
+	return status == flowstatev1.FlowStatus_FLOW_STATUS_COMPLETED || status == flowstatev1.FlowStatus_FLOW_STATUS_CANCELLED
+}
+
+// IsResumable says whether a status stream that failed with err should be opened again from
+// its position: the server or the connection is unavailable (including SERVER_SHUTTING_DOWN),
+// the client read too slowly (SUBSCRIBER_TOO_SLOW), or the call was cancelled without any
+// status from the server (a connection that went away; the caller's own cancellation is
+// checked separately).
+func IsResumable(err *Error) bool {
+	switch {
+	case err.GRPCCode == codes.Unavailable, err.Code == CodeSubscriberTooSlow:
+		return true
+	case err.fromServer():
+		return false
+	default:
+		return err.GRPCCode == codes.Canceled || err.GRPCCode == codes.Aborted || err.GRPCCode == codes.Internal || err.GRPCCode == codes.Unknown
+	}
+}
+
+type verdict int
+
+const (
+	skip verdict = iota
+	deliver
+	deliverAndStop
+)
+
+// resumable runs one logical stream over as many connections as it takes.
+func resumable[T any](ctx context.Context, policy RetryPolicy, onReconnect func(*Error, int, time.Duration),
+	open func(context.Context) (grpc.ServerStreamingClient[T], error), accept func(*T) verdict,
+) iter.Seq2[*T, error] {
+	return func(yield func(*T, error) bool) {
+		state := newRetryState(policy)
+		for {
+			state.begin()
+			streamCtx, cancel := context.WithCancel(ctx)
+			received := false
+			var failure *Error
+			stream, err := open(streamCtx)
+			if err != nil {
+				failure = Convert(err)
+			} else {
+				for {
+					item, err := stream.Recv()
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					if err != nil {
+						failure = Convert(err)
+						break
+					}
+					received = true
+					state.reset()
+					switch accept(item) {
+					case skip:
+						continue
+					case deliver:
+						if !yield(item, nil) {
+							cancel()
+							return
+						}
+					case deliverAndStop:
+						yield(item, nil)
+						cancel()
+						return
+					}
+				}
+			}
+			cancel()
+			if ctx.Err() != nil {
+				yield(nil, Convert(ctx.Err()))
+				return
+			}
+			var delay time.Duration
+			var ok bool
+			if failure != nil {
+				if !IsResumable(failure) {
+					yield(nil, failure)
+					return
+				}
+				if delay, ok = state.nextDelay(failure, true); !ok {
+					yield(nil, failure)
+					return
+				}
+			} else {
+				// A clean end: the server had nothing more to send. One that delivered something
+				// before ending early (a server draining without a status) is resumed.
+				if !received {
+					return
+				}
+				if delay, ok = state.nextBackoff(0); !ok {
+					return
+				}
+				failure = &Error{Code: CodeUnspecified, GRPCCode: codes.Unavailable, Message: "stream ended early; resuming"}
+			}
+			if onReconnect != nil {
+				onReconnect(failure, state.attempt, delay)
+			}
+			if err := sleep(ctx, delay); err != nil {
+				yield(nil, Convert(err))
+				return
+			}
+		}
+	}
+}
+
+func (c *Client) watchPolicy(cfg *watchConfig) RetryPolicy {
+	if cfg.retry != nil {
+		return *cfg.retry
+	}
+	return c.cfg.watchRetry
+}
+
+// Watch streams the events of one flow: a snapshot first (or, with AfterVersion, every change
+// after that version), then every change as it commits, in version order. It reconnects after
+// UNAVAILABLE, SERVER_SHUTTING_DOWN and SUBSCRIBER_TOO_SLOW from the last version seen and
+// never yields an event twice. Without KeepOpen the iteration ends after the terminal event.
+// A final non-nil error (a refusal, the reconnection policy running out, ctx done) ends it.
+//
+//	for event, err := range client.Watch(ctx, flowID) {
+//		if err != nil { return err }
+//		fmt.Println(event.GetFlowVersion(), event.GetStatus(), event.GetProgress())
+//	}
+func (c *Client) Watch(ctx context.Context, flowID string, options ...WatchOption) iter.Seq2[*flowstatev1.FlowEvent, error] {
+	cfg := &watchConfig{}
+	for _, option := range options {
+		option(cfg)
+	}
+	last := cfg.afterVersion
+	events := resumable(ctx, c.watchPolicy(cfg), cfg.onReconnect,
+		func(ctx context.Context) (grpc.ServerStreamingClient[flowstatev1.WatchFlowResponse], error) {
+			return c.raw.WatchFlow(ctx, &flowstatev1.WatchFlowRequest{FlowId: flowID, AfterVersion: last, KeepOpen: cfg.keepOpen})
+		},
+		func(response *flowstatev1.WatchFlowResponse) verdict {
+			event := response.GetEvent()
+			if event == nil {
+				return skip
+			}
+			if event.GetHeartbeat() != nil {
+				if cfg.includeHeartbeats {
+					return deliver
+				}
+				return skip
+			}
+			if last != nil && event.GetFlowVersion() <= *last {
+				return skip
+			}
+			version := event.GetFlowVersion()
+			last = &version
+			if IsTerminal(event.GetStatus()) && !cfg.keepOpen {
+				return deliverAndStop
+			}
+			return deliver
+		})
+	return func(yield func(*flowstatev1.FlowEvent, error) bool) {
+		for response, err := range events {
+			if !yield(response.GetEvent(), err) {
+				return
+			}
+		}
+	}
+}
+
+// WatchFlows streams the events of the caller's flows that match Filter, resuming by cursor
+// after disconnects and dropping versions already yielded per flow. It never ends by itself.
+func (c *Client) WatchFlows(ctx context.Context, options ...WatchOption) iter.Seq2[FlowsEvent, error] {
+	cfg := &watchConfig{}
+	for _, option := range options {
+		option(cfg)
+	}
+	cursor := cfg.cursor
+	versions := map[string]int64{}
+	events := resumable(ctx, c.watchPolicy(cfg), cfg.onReconnect,
+		func(ctx context.Context) (grpc.ServerStreamingClient[flowstatev1.WatchFlowsResponse], error) {
+			request := &flowstatev1.WatchFlowsRequest{
+				Statuses:       cfg.filter.GetStatuses(),
+				DefinitionName: cfg.filter.GetDefinitionName(),
+				FlowIds:        cfg.filter.GetFlowIds(),
+				Cursor:         cursor,
+			}
+			return c.raw.WatchFlows(ctx, request)
+		},
+		func(response *flowstatev1.WatchFlowsResponse) verdict {
+			if response.GetCursor() != "" {
+				cursor = response.GetCursor()
+			}
+			event := response.GetEvent()
+			if event == nil {
+				return skip
+			}
+			if event.GetHeartbeat() != nil {
+				if cfg.includeHeartbeats {
+					return deliver
+				}
+				return skip
+			}
+			if seen, ok := versions[event.GetFlowId()]; ok && event.GetFlowVersion() <= seen {
+				return skip
+			}
+			versions[event.GetFlowId()] = event.GetFlowVersion()
+			return deliver
+		})
+	return func(yield func(FlowsEvent, error) bool) {
+		for response, err := range events {
+			if err != nil {
+				yield(FlowsEvent{}, err)
+				return
+			}
+			if !yield(FlowsEvent{Event: response.GetEvent(), Cursor: response.GetCursor()}, nil) {
+				return
+			}
+		}
+	}
+}
