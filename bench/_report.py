@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 SCHEMA = "flowstate-bench/1"
 
 MEDIAN_KEYS = {
-    "unary": ("throughput", "p50_ms", "p99_ms", "mean_ms"),
+    "unary": ("throughput", "p50_ms", "p99_ms", "mean_ms", "process_cpu_us", "postgres_cpu_us"),
     "fanout": (
         "all_p50_ms",
         "all_p99_ms",
@@ -120,19 +120,28 @@ def _num(value: Any, fmt: str = "{:.1f}") -> str:
     return fmt.format(value)
 
 
-def _side(kind: str, m: dict[str, Any] | None) -> tuple[str, str, str]:
-    """(primary figure, p50, p99) of one side."""
+def _side(kind: str, m: dict[str, Any] | None) -> tuple[str, str, str, str]:
+    """(primary figure, p50, p99, CPU per request) of one side."""
     if not m:
-        return ("-", "-", "-")
+        return ("-", "-", "-", "-")
     if kind == "unary":
+        cpu = _num(m.get("process_cpu_us"), "{:.0f}")
+        if isinstance(m.get("postgres_cpu_us"), int | float):
+            cpu += "+" + _num(m.get("postgres_cpu_us"), "{:.0f}")
         return (
             _num(m.get("throughput"), "{:.0f}/s"),
             _num(m.get("p50_ms"), "{:.2f}"),
             _num(m.get("p99_ms"), "{:.2f}"),
+            cpu,
         )
     if kind == "fanout":
-        return ("", _num(m.get("all_p50_ms"), "{:.2f}"), _num(m.get("all_p99_ms"), "{:.2f}"))
-    return (_num(m.get("kib_per_stream"), "{:.1f} KiB"), "", "")
+        return (
+            "",
+            _num(m.get("all_p50_ms"), "{:.2f}"),
+            _num(m.get("all_p99_ms"), "{:.2f}"),
+            "",
+        )
+    return (_num(m.get("kib_per_stream"), "{:.1f} KiB"), "", "", "")
 
 
 def _ratio_cells(kind: str, ratio: dict[str, float]) -> tuple[str, str]:
@@ -148,9 +157,11 @@ HEADER = (
     "Flowstate",
     "p50 ms",
     "p99 ms",
+    "CPU us/req",
     "reference",
     "p50 ms",
     "p99 ms",
+    "CPU us/req",
     "thr ratio",
     "p99 ratio",
     "target",
@@ -180,6 +191,12 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     return out
 
 
+CPU_NOTE = (
+    "CPU us/req: CPU time per request of the server process (for raw references: the asyncpg "
+    "client process) + of PostgreSQL, microseconds."
+)
+
+
 def table(report: dict[str, Any]) -> str:
     """A plain-text table of the medians."""
     body = [HEADER, *rows(report)]
@@ -191,6 +208,7 @@ def table(report: dict[str, Any]) -> str:
             lines.append("  ".join("-" * w for w in widths))
     t = report["targets"]
     lines.append("")
+    lines.append(CPU_NOTE)
     lines.append(
         f"targets: {t['met']} met, {t['missed']} missed, {t['unmeasured']} not measured; "
         f"{report['elapsed_s']} s in all"
@@ -206,7 +224,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in rows(report):
         lines.append("| " + " | ".join(cell or " " for cell in r) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + CPU_NOTE + "\n"
 
 
 def one_line(s: Scenario) -> str:

@@ -31,15 +31,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+
+from bench._cpu import CpuReading
 
 PHASE = "data_import"
 APP_ROLE = "flowstate_app"
@@ -250,16 +254,35 @@ def _percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[rank]
 
 
+@dataclass
+class Window:
+    """What one measurement window saw."""
+
+    latencies: list[float] = field(default_factory=list)
+    """Milliseconds, of the requests that started and ended inside the window."""
+    error_count: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float | None] = field(default_factory=dict)
+
+
 async def measure(
-    calls: Sequence[Call], *, duration: float, warmup: float
-) -> tuple[list[float], int, dict[str, int]]:
+    calls: Sequence[Call], *, duration: float, warmup: float, postmaster_pid: int | None
+) -> Window:
     """Closed loop: each call site one request at a time; latencies (ms) in the window."""
     start = time.perf_counter()
     measure_from = start + warmup
     end = measure_from + duration
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
+    window = Window()
+    latencies = window.latencies
+    errors = window.errors
     error_count = 0
+    readings: list[CpuReading] = []
+
+    async def read_cpu() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        readings.append(CpuReading.take(os.getpid(), postmaster_pid))
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        readings.append(CpuReading.take(os.getpid(), postmaster_pid))
 
     async def client(call: Call) -> None:
         nonlocal error_count
@@ -284,8 +307,10 @@ async def measure(
                 continue
             latencies.append((t1 - t0) * 1000)
 
-    await asyncio.gather(*(client(c) for c in calls))
-    return latencies, error_count, errors
+    await asyncio.gather(read_cpu(), *(client(c) for c in calls))
+    window.error_count = error_count
+    window.cpu = readings[0].per_request_us(readings[1], len(latencies))
+    return window
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -310,12 +335,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         client=i,
                     )
                 )
-        latencies, error_count, errors = await measure(
-            calls, duration=args.duration, warmup=args.warmup
+        window = await measure(
+            calls,
+            duration=args.duration,
+            warmup=args.warmup,
+            postmaster_pid=args.postmaster_pid,
         )
     finally:
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
-    latencies.sort()
+    latencies = sorted(window.latencies)
+    error_count, errors = window.error_count, window.errors
     return {
         "mode": "raw",
         "rpc": args.mode,
@@ -330,6 +359,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": _percentile(latencies, 99),
         "mean_ms": statistics.fmean(latencies) if latencies else 0.0,
         "max_ms": latencies[-1] if latencies else 0.0,
+        **window.cpu,
     }
 
 
@@ -344,6 +374,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--postmaster-pid", type=int, help="PostgreSQL's pid, to report its CPU per request"
+    )
     args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(run(args))), flush=True)
 

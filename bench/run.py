@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 
 from bench import _db, _flowstate, _report
+from bench._cpu import CpuReading
 from bench._procs import BenchError, Processes, read_json_line, read_line
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,12 +249,18 @@ class Bench:
             ]
             if flows:
                 args += ["-flows", ",".join(flows)]
-            return self.procs.run_json(
+            before = CpuReading.take(server.pid, self.db.postgres_pid)
+            result = self.procs.run_json(
                 self._name(f"loadgen-{rpc}-c{concurrency}"),
                 args,
                 timeout=self._timeout(),
                 env=child_env(FLOWSTATE_BENCH_TOKEN=server.token),
             )
+            after = CpuReading.take(server.pid, self.db.postgres_pid)
+            # The readings span warm-up and measurement: assume the warm-up's rate.
+            span = self.config.warmup + self.config.duration
+            result.update(before.per_request_us(after, result["throughput"] * span))
+            return result
 
         return measure
 
@@ -283,6 +290,11 @@ class Bench:
                     str(self.config.duration),
                     "--warmup",
                     str(self.config.warmup),
+                    *(
+                        ["--postmaster-pid", str(self.db.postgres_pid)]
+                        if self.db.postgres_pid
+                        else []
+                    ),
                 ],
                 timeout=self._timeout(60),
                 env=child_env(),
