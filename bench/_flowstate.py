@@ -13,7 +13,6 @@ process before any measurement, each with ``data_import`` IN_PROGRESS, in one te
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import secrets
 import sys
 import time
@@ -52,10 +51,8 @@ class Flowstate:
 
 
 def _serve_command() -> list[str]:
-    if importlib.util.find_spec("flowstate.cli.main") is not None:
-        return [sys.executable, "-m", "flowstate.cli.main", "serve"]
-    # Until the CLI lands: the same FlowstateServer, started by a bench launcher.
-    return [sys.executable, "-m", "bench._serve"]
+    """``flowstate serve`` of this environment (the module, so no installed script is needed)."""
+    return [sys.executable, "-m", "flowstate.cli.main", "serve"]
 
 
 def start(
