@@ -12,7 +12,7 @@ from flowstate.core.model import Flow, PhaseState, Tenant
 from flowstate.server.watch import FlowEventValue
 from flowstate.storage import FlowStore
 
-EVENT_TIMEOUT = 10.0
+EVENT_TIMEOUT = 20.0
 """Seconds any single expected event may take before a test fails."""
 
 

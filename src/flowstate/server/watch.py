@@ -455,6 +455,7 @@ class WatchHub:
         self._flow_channels: dict[Hashable, _Channel[int, HistoryEntry]] = {}
         self._tenant_channels: dict[Hashable, _Channel[LogPosition, TenantChange]] = {}
         self._listener = _Listener(self, connect_kwargs)
+        self._ticker: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(
@@ -483,6 +484,7 @@ class WatchHub:
             snapshot_limit=snapshot_limit,
         )
         hub._listener.start()
+        hub._ticker = asyncio.ensure_future(hub._tick())
         try:
             async with asyncio.timeout(30):
                 await hub._listener.connected.wait()
@@ -515,6 +517,10 @@ class WatchHub:
         if self._closing:
             return
         self._closing = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         channels: list[_Channel[Any, Any]] = [
             *self._flow_channels.values(),
             *self._tenant_channels.values(),
@@ -524,6 +530,21 @@ class WatchHub:
         await self._listener.stop()
         await asyncio.gather(*(channel.drain() for channel in channels))
         await self._log.close()
+
+    async def _tick(self) -> None:
+        """Wake every stream twice per heartbeat interval so that idle ones can send a heartbeat.
+
+        One timer for the process instead of one per stream: a stream's heartbeat therefore
+        goes out between 1 and 1.5 intervals after its last event.
+        """
+        while not self._closing:
+            await asyncio.sleep(self._heartbeat / 2)
+            channels: list[_Channel[Any, Any]] = [
+                *self._flow_channels.values(),
+                *self._tenant_channels.values(),
+            ]
+            for channel in channels:
+                channel.fire()
 
     # -- notifications -----------------------------------------------------------------------
 
@@ -617,14 +638,12 @@ class WatchHub:
             position = max(position, covered)
             if items:
                 continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 yield None, position
                 deadline = loop.time() + self._heartbeat
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await changed.wait()
+            # No timer per stream: the hub's ticker fires every channel twice per interval.
+            await changed.wait()
 
     # -- WatchFlow ---------------------------------------------------------------------------
 
