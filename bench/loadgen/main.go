@@ -441,6 +441,9 @@ type fanoutResult struct {
 	EachP99Ms      float64        `json:"each_p99_ms"`
 	WriteP50Ms     float64        `json:"write_p50_ms"`
 	WriteP99Ms     float64        `json:"write_p99_ms"`
+	// AllMs lists, per fully delivered event, the time until every watcher had it (so that
+	// the runner can pool percentiles over runs: one run has only tens of events).
+	AllMs []float64 `json:"all_ms"`
 }
 
 // event is one change the writer commits, and what the watchers saw of it.
@@ -646,6 +649,10 @@ func runFanout(args []string) error {
 		time.Sleep(*gap)
 	}
 	cancel()
+	allMs := make([]float64, len(allDone))
+	for i, d := range allDone {
+		allMs[i] = ms(d)
+	}
 	for _, d := range [][]time.Duration{allDone, first, each, writes} {
 		sortDurations(d)
 	}
@@ -657,6 +664,7 @@ func runFanout(args []string) error {
 		FirstP50Ms: ms(percentile(first, 50)),
 		EachP50Ms:  ms(percentile(each, 50)), EachP99Ms: ms(percentile(each, 99)),
 		WriteP50Ms: ms(percentile(writes, 50)), WriteP99Ms: ms(percentile(writes, 99)),
+		AllMs: allMs,
 	})
 }
 
