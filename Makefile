@@ -139,10 +139,12 @@ test: setup
 	@status=0; \
 	echo "== pytest $(PYTEST_PATHS)"; \
 	$(VENV)/bin/pytest $(PYTEST_PATHS) || { echo "pytest failed (exit $$?)"; status=1; }; \
-	echo "== npm test (clients/typescript)"; \
-	(cd clients/typescript && npm test) || { echo "npm test failed"; status=1; }; \
-	echo "== go test (clients/go)"; \
-	(cd clients/go && go test ./...) || { echo "go test failed"; status=1; }; \
+	echo "== npm test (clients/typescript, against scripts/with_test_server.py)"; \
+	$(PY) scripts/with_test_server.py -- bash -c 'cd clients/typescript && npm test' \
+	  || { echo "npm test failed"; status=1; }; \
+	echo "== go test (clients/go, against scripts/with_test_server.py)"; \
+	$(PY) scripts/with_test_server.py -- bash -c 'cd clients/go && go test ./...' \
+	  || { echo "go test failed"; status=1; }; \
 	exit $$status
 
 # --- run ---------------------------------------------------------------------------------------
