@@ -103,13 +103,18 @@ RECOVERY_ACTION_TO_PROTO: Mapping[RecoveryAction, flow_service_pb2.RecoveryActio
 """Domain recovery action -> proto number."""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     """`moment` (timezone-aware, or naive meaning UTC) as a Timestamp."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(moment)
-    return message
+    # Integer arithmetic on the timedelta: several times faster than Timestamp.FromDatetime,
+    # and a flow message carries a dozen timestamps.
+    seconds, micros = divmod((moment - _EPOCH) // _MICROSECOND, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
