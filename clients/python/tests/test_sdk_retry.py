@@ -23,6 +23,7 @@ from flowstate.client import (
     RetryPolicy,
     Unavailable,
 )
+from flowstate.client._config import ClientConfig
 from flowstate.client._retry import RetryState
 from flowstate.v1 import flow_pb2, flow_service_pb2
 
@@ -230,3 +231,41 @@ def test_attempt_timeout_is_cut_to_the_deadline_left() -> None:
 def test_invalid_policies_are_rejected(settings: dict[str, float], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         RetryPolicy(**settings)  # type: ignore[arg-type]
+
+
+async def test_a_call_reaches_a_server_that_comes_back_on_the_same_port(
+    servicer: ScriptedServicer,
+) -> None:
+    """Retries span a restart: the channel's own reconnect backoff is capped, so the call gets
+    through soon after the server listens again (gRPC's default backoff grows to 2 minutes)."""
+    first = await ScriptedServer(servicer).start()
+    port, address = first.port, first.address
+    servicer.add("GetFlow", flow_service_pb2.GetFlowResponse(), flow_service_pb2.GetFlowResponse())
+    fast = RetryPolicy(max_attempts=None, initial_backoff=0.05, max_backoff=0.5, deadline=15)
+    restarted_at: list[float] = []
+
+    async def restart_later() -> ScriptedServer:
+        await asyncio.sleep(3.0)
+        server = await ScriptedServer(servicer, port=port).start()
+        restarted_at.append(time.monotonic())
+        return server
+
+    async with AsyncFlowstateClient(address=address, retry=fast, watch_retry=fast) as client:
+        await client.get_flow("f-1")  # connected
+        await first.stop(None)
+        restarting = asyncio.create_task(restart_later())
+        try:
+            await client.get_flow("f-1")  # fails over and over while the server is down
+            done_at = time.monotonic()
+        finally:
+            await (await restarting).stop(None)
+
+    assert done_at - restarted_at[0] < 2.0
+
+
+def test_default_channel_options_yield_to_the_callers() -> None:
+    config = ClientConfig(channel_options=[("grpc.max_reconnect_backoff_ms", 60_000)])
+    options = dict(config.grpc_options())
+    assert options["grpc.max_reconnect_backoff_ms"] == 60_000
+    assert options["grpc.initial_reconnect_backoff_ms"] == 100
+    assert dict(ClientConfig().grpc_options())["grpc.max_reconnect_backoff_ms"] == 5_000

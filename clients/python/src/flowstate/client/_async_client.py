@@ -135,7 +135,7 @@ class AsyncFlowstateClient:
         if self._stub is None:
             config = self._config
             credentials = config.channel_credentials()
-            options = list(config.channel_options)
+            options = config.grpc_options()
             if credentials is None:
                 self._channel = grpc.aio.insecure_channel(config.address, options=options)
             else:

@@ -53,6 +53,24 @@ class ClientConfig:
             self.secure or self.root_certificates is not None or self.certificate_chain is not None
         )
 
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """`channel_options` plus the SDK's defaults for the keys they leave unset.
+
+        gRPC's own reconnection backoff grows to two minutes while a server is down; a call made
+        during that backoff fails at once even if the server is back. Capping it near the retry
+        policy's `max_backoff` lets the SDK's retries (and resumed streams) reach a restarted
+        server as soon as it listens again.
+        """
+        options = list(self.channel_options)
+        given = {key for key, _ in options}
+        cap_ms = int(max(self.retry.max_backoff, self.watch_retry.max_backoff, 1.0) * 1000)
+        defaults = {
+            "grpc.initial_reconnect_backoff_ms": 100,
+            "grpc.max_reconnect_backoff_ms": cap_ms,
+        }
+        options += [(key, value) for key, value in defaults.items() if key not in given]
+        return options
+
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """TLS credentials (system roots unless `root_certificates`), or None for plaintext."""
         if not self.uses_tls:

@@ -134,7 +134,7 @@ class FlowstateClient:
         if self._stub is None:
             config = self._config
             credentials = config.channel_credentials()
-            options = list(config.channel_options)
+            options = config.grpc_options()
             if credentials is None:
                 self._channel = grpc.insecure_channel(config.address, options=options)
             else:
