@@ -17,8 +17,8 @@ object with the same keys as the Go load generator's ``unary`` mode. Modes:
     tenant-filtered ``SELECT ... FOR UPDATE``; the idempotency-key lookup; one statement that
     updates the flow, inserts history and the idempotency key (with the response JSON) and
     calls ``pg_notify``; ``COMMIT``. Its gap to ``transition`` is database work the design
-    chose; the gap between it and the server is Python (gRPC, auth, conversion, SQLAlchemy,
-    the core).
+    chose; the gap between it and the server is Python (gRPC, auth, conversion, the store's
+    code, the core). ``--omit rls,key,notify`` leaves parts out, to price each.
 ``select``
     The read behind GetFlow: ``SELECT * FROM flows WHERE id = $1`` (primary key), autocommit.
 
@@ -86,18 +86,30 @@ _IDEMPOTENCY_LOOKUP = """
 SELECT operation, fingerprint, response, expires_at FROM idempotency_keys
 WHERE client_account_id = $1 AND engagement_id = $2 AND request_id = $3
 """
-_WRITE_FULL = f"""
-WITH u AS ({_UPDATE}),
-h AS ({_HISTORY_VALUES}),
+_KEY_CTE = """
 k AS (
     INSERT INTO idempotency_keys (
         client_account_id, engagement_id, request_id, operation, fingerprint, flow_id,
         response, created_at, expires_at
-    ) VALUES ($8, $9, $14, 'mutate', $17, $1, $18, $7, $19)
-)
-SELECT pg_notify('{NOTIFY_CHANNEL}', $20)
-"""
-"""The store's one write statement: flow row, history entry, idempotency key, notification."""
+    ) VALUES ($8, $9, $14, 'mutate', ${fingerprint}, $1, ${response}, $7, ${expires})
+)"""
+OMITTABLE = ("rls", "key", "notify")
+"""Parts of the store's transaction that ``transition-full --omit`` can leave out."""
+
+
+def full_write_statement(omit: frozenset[str]) -> str:
+    """The store's one write statement: flow row, history entry, idempotency key, notification.
+
+    Without "key" there is no key CTE, without "notify" the statement ends in ``SELECT 1``;
+    parameters $17.. follow in that order (fingerprint, response, expires_at, payload).
+    """
+    ctes = [f"u AS ({_UPDATE})", f"h AS ({_HISTORY_VALUES})"]
+    n = 16
+    if "key" not in omit:
+        ctes.append(_KEY_CTE.format(fingerprint=n + 1, response=n + 2, expires=n + 3))
+        n += 3
+    final = "SELECT 1" if "notify" in omit else f"SELECT pg_notify('{NOTIFY_CHANNEL}', ${n + 1})"
+    return "WITH " + ",\n".join(ctes) + "\n" + final
 
 
 async def _connect(dsn: str) -> asyncpg.Connection:
@@ -146,11 +158,14 @@ class Transition:
         *,
         full: bool,
         client: int,
+        omit: frozenset[str] = frozenset(),
     ) -> None:
         self.conn = conn
         self.flow_id = flow_id
         self.tenant = tenant
         self.full = full
+        self.omit = omit
+        self.write_full = full_write_statement(omit)
         self.prefix = f"raw-{uuid.uuid4().hex[:8]}-{client}"
 
     async def __call__(self, seq: int) -> None:
@@ -158,13 +173,14 @@ class Transition:
         request_id = f"{self.prefix}-{seq}"
         async with conn.transaction():
             if self.full:
-                await conn.fetchrow(_ENTER_TENANT, APP_ROLE, *self.tenant)
+                if "rls" not in self.omit:
+                    await conn.fetchrow(_ENTER_TENANT, APP_ROLE, *self.tenant)
                 row = await conn.fetchrow(_LOCK_IN_TENANT, self.flow_id, *self.tenant)
             else:
                 row = await conn.fetchrow(_SELECT_FOR_UPDATE, self.flow_id)
             if row is None:
                 raise LookupError(self.flow_id)
-            if self.full:
+            if self.full and "key" not in self.omit:
                 await conn.fetchrow(_IDEMPOTENCY_LOOKUP, *self.tenant, request_id)
             now = datetime.now(UTC)
             d = _toggled(row, now)
@@ -214,14 +230,16 @@ class Transition:
                     "engagement_id": self.tenant[1],
                 }
             )
-            await conn.fetchrow(
-                _WRITE_FULL,
-                *args,
-                f"{self.flow_id}:{PHASE}:{d['after']}:{seq}",
-                {"flow": flow_json, "entries": [entry_json]},
-                now + _IDEMPOTENCY_TTL,
-                payload,
-            )
+            extra: list[Any] = []
+            if "key" not in self.omit:
+                extra += [
+                    f"{self.flow_id}:{PHASE}:{d['after']}:{seq}",
+                    {"flow": flow_json, "entries": [entry_json]},
+                    now + _IDEMPOTENCY_TTL,
+                ]
+            if "notify" not in self.omit:
+                extra.append(payload)
+            await conn.fetchrow(self.write_full, *args, *extra)
 
 
 def _jsonable(value: Any) -> Any:
@@ -318,6 +336,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     flows: list[str] = [f for f in args.flows.split(",") if f]
     if not flows:
         raise SystemExit("--flows is required")
+    omit = frozenset(o for o in args.omit.split(",") if o)
+    if not omit <= set(OMITTABLE):
+        raise SystemExit(f"--omit takes {', '.join(OMITTABLE)}")
     conns = await asyncio.gather(*(_connect(args.dsn) for _ in range(args.concurrency)))
     try:
         calls: list[Call] = []
@@ -333,6 +354,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         (args.account, args.engagement),
                         full=args.mode == "transition-full",
                         client=i,
+                        omit=omit,
                     )
                 )
         window = await measure(
@@ -374,6 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--omit",
+        default="",
+        help="transition-full without some of: rls,key,notify (to see what each costs)",
+    )
     parser.add_argument(
         "--postmaster-pid", type=int, help="PostgreSQL's pid, to report its CPU per request"
     )

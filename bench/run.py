@@ -58,13 +58,15 @@ class Config:
     profile_dir: Path | None = None
     profile: tuple[str, ...] = ("transition/distinct/c32", "validate/c32")
     smoke: bool = False
+    server_env: tuple[tuple[str, str], ...] = ()
+    """Extra FLOWSTATE_* settings for the server (experiments, e.g. FLOWSTATE_DB_POOL_SIZE)."""
 
     @staticmethod
     def smoke_config(**overrides: Any) -> Config:
         """Every scenario once, ~1 s each, at tiny concurrency (the smoke test's run)."""
         base: dict[str, Any] = {
             "runs": 1,
-            "duration": 1.0,
+            "duration": 0.8,
             "warmup": 0.2,
             "concurrencies": (1, 2),
             "read_concurrency": 2,
@@ -516,7 +518,8 @@ class Bench:
             return None
 
         def fresh(name: str) -> Server:
-            return _flowstate.start_server(self.procs, self.db, child_env(), self.work_dir, name)
+            env = child_env(**dict(self.config.server_env))
+            return _flowstate.start_server(self.procs, self.db, env, self.work_dir, name)
 
         return self.idle_memory(fresh, fs.watch_flow, streams)
 
@@ -634,7 +637,9 @@ def execute(config: Config, out: Path) -> dict[str, Any]:
         flowstate: _flowstate.Flowstate | None = None
         unavailable = ""
         try:
-            flowstate = _flowstate.start(procs, db, config, child_env(), out.parent)
+            flowstate = _flowstate.start(
+                procs, db, config, child_env(**dict(config.server_env)), out.parent
+            )
         except _flowstate.Unavailable as exc:
             unavailable = str(exc)
             print(f"Flowstate scenarios skipped: {unavailable}", flush=True)
@@ -659,6 +664,7 @@ def config_dict(config: Config) -> dict[str, Any]:
         "idle_streams": config.idle_streams,
         "only": list(config.only),
         "smoke": config.smoke,
+        "server_env": dict(config.server_env),
     }
 
 
@@ -691,6 +697,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, Path, Path | None]:
         nargs="+",
         help="scenario ids to profile (default transition/distinct/c32 validate/c32)",
     )
+    p.add_argument(
+        "--server-env",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra settings for flowstate serve, e.g. FLOWSTATE_DB_POOL_SIZE=32",
+    )
     p.add_argument("--out", type=Path, default=OUT / "results.json", help="JSON report path")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     a = p.parse_args(argv)
@@ -714,6 +727,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, Path, Path | None]:
         overrides["profile_dir"] = a.profile
     if a.profile_scenarios:
         overrides["profile"] = tuple(a.profile_scenarios)
+    if a.server_env:
+        pairs = [item.split("=", 1) for item in a.server_env]
+        if any(len(pair) != 2 or not pair[0].startswith("FLOWSTATE_") for pair in pairs):
+            p.error("--server-env takes FLOWSTATE_NAME=VALUE pairs")
+        overrides["server_env"] = tuple((k, v) for k, v in pairs)
     config = Config.smoke_config(**overrides) if a.smoke else Config(**overrides)
     return config, a.out, a.markdown
 
