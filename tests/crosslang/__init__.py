@@ -1,0 +1,1 @@
+"""Cross-language tests: the Go, TypeScript and Python clients against one server."""
