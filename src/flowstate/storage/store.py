@@ -331,12 +331,10 @@ _SEED_DEFINITION = compile_statement(
     )
     .on_conflict_do_nothing()
 )
-_SCHEMA_REVISION = compile_statement(
-    text(
-        "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN NULL"
-        " ELSE (SELECT max(version_num) FROM alembic_version) END"
-    )
+_HAS_VERSION_TABLE = compile_statement(
+    select(func.to_regclass(literal("alembic_version", Text)).is_not(None))
 )
+_SCHEMA_REVISION = compile_statement(text("SELECT max(version_num) FROM alembic_version"))
 _PING = compile_statement(select(literal(1)))
 
 
@@ -476,9 +474,9 @@ def _check_page_size(value: object, default: int) -> int:
     return default if value == 0 else min(value, MAX_PAGE_SIZE)
 
 
-def _check_version(field: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise malformed(field, f"{field} must be a non-negative integer")
+def _check_version(field: str, value: object, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise malformed(field, f"{field} must be an integer >= {minimum}")
     return value
 
 
@@ -679,6 +677,8 @@ class FlowStore:
         from flowstate.storage.migrate import head_revision
 
         async def work(tx: Transaction) -> str | None:
+            if not await tx.fetchval(_HAS_VERSION_TABLE):
+                return None
             revision: str | None = await tx.fetchval(_SCHEMA_REVISION)
             return revision
 
@@ -810,7 +810,7 @@ class FlowStore:
         """
         check_identifier("definition_name", name)
         if version is not None:
-            _check_version("definition_version", version)
+            _check_version("definition_version", version, minimum=1)
             cached = self._definitions.get((name, version))
             if cached is not None:
                 return cached
@@ -1124,7 +1124,11 @@ class FlowStore:
             except (IndexError, TypeError, ValueError):
                 raise malformed("page_token", "page_token is not a valid token") from None
             conditions.append(
-                tuple_(flows.c.updated_at, flows.c.id) > tuple_(after_updated, after_id)
+                tuple_(flows.c.updated_at, flows.c.id)
+                > tuple_(
+                    literal(after_updated, flows.c.updated_at.type),
+                    literal(after_id, flows.c.id.type),
+                )
             )
         statement = compile_statement(
             select(flows)

@@ -1,0 +1,261 @@
+"""Failures: nothing half-written, and an unreachable database is StoreUnavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from flowstate.core.commands import TransitionPhase, UpdatePhaseProgress
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, PhaseState, Tenant
+from flowstate.storage import FlowStore, StoreUnavailable
+from flowstate.storage.embedded import EmbeddedPostgres
+from flowstate.storage.migrate import upgrade
+from flowstate.storage.sql import Transaction
+
+from .support import ContextFactory, asyncpg_dsn, fetch, history_versions
+from .test_concurrency import started_flow
+
+
+class InjectedFailureError(Exception):
+    """Raised by the test hook after the writes, before COMMIT."""
+
+
+class FailingStore(FlowStore):
+    """A store whose write transactions fail right before COMMIT."""
+
+    calls = 0
+
+    async def _before_commit(self, transaction: Transaction) -> None:
+        type(self).calls += 1
+        raise InjectedFailureError
+
+
+class DisconnectingStore(FlowStore):
+    """A store whose write transactions lose their connection right before COMMIT."""
+
+    calls = 0
+
+    async def _before_commit(self, transaction: Transaction) -> None:
+        type(self).calls += 1
+        await transaction.connection.execute(
+            "RESET ROLE; SELECT pg_terminate_backend(pg_backend_pid())"
+        )
+
+
+async def test_a_failure_before_commit_leaves_no_trace(
+    store: FlowStore, tenant: Tenant, make_context: ContextFactory, database_url: str
+) -> None:
+    flow_id = await started_flow(store, tenant, make_context)
+    before = await store.get_flow(tenant, flow_id)
+    failing = await FailingStore.open(database_url)
+    try:
+        with pytest.raises(FlowStateError) as failed:
+            await failing.mutate(
+                tenant,
+                flow_id,
+                TransitionPhase("data_import", PhaseState.COMPLETED),
+                make_context("r-fail"),
+            )
+        assert failed.value.code is ErrorCode.INTERNAL
+        assert failed.value.message == "internal storage error"
+        assert isinstance(failed.value.__cause__, InjectedFailureError)
+        with pytest.raises(FlowStateError):
+            await failing.create_flow(tenant, definition_name="discovery", ctx=make_context())
+    finally:
+        await failing.close()
+
+    assert await store.get_flow(tenant, flow_id) == before
+    assert await history_versions(database_url, flow_id) == [1, 2]
+    assert len((await store.read_tenant_changes(tenant)).changes) == 2
+    keys = await fetch(
+        database_url,
+        "SELECT 1 FROM idempotency_keys WHERE client_account_id = $1",
+        tenant.client_account_id,
+    )
+    assert keys == []
+    # The request id was not consumed: the same request now applies.
+    applied = await store.mutate(
+        tenant,
+        flow_id,
+        TransitionPhase("data_import", PhaseState.COMPLETED),
+        make_context("r-fail"),
+    )
+    assert not applied.replayed
+
+
+async def test_a_connection_lost_before_commit_is_retried_then_unavailable(
+    store: FlowStore, tenant: Tenant, make_context: ContextFactory, database_url: str
+) -> None:
+    flow_id = await started_flow(store, tenant, make_context)
+    disconnecting = await DisconnectingStore.open(database_url)
+    DisconnectingStore.calls = 0
+    try:
+        with pytest.raises(StoreUnavailable) as unavailable:
+            await disconnecting.mutate(
+                tenant, flow_id, UpdatePhaseProgress("data_import", 0.5), make_context()
+            )
+        assert unavailable.value.code is ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE
+        assert unavailable.value.retry_allowed
+        assert unavailable.value.details == {"reason": "unreachable"}
+        assert DisconnectingStore.calls == 2  # one retry: nothing had been committed
+        # The pool replaced the dead connections: reads still work.
+        assert (await disconnecting.get_flow(tenant, flow_id)).version == 2
+    finally:
+        await disconnecting.close()
+    assert await history_versions(database_url, flow_id) == [1, 2]
+
+
+async def test_terminated_connections_are_replaced_transparently(
+    tenant: Tenant, make_context: ContextFactory, database_url: str
+) -> None:
+    own = await FlowStore.open(database_url, pool_size=2)
+    try:
+        created = await own.create_flow(tenant, definition_name="discovery", ctx=make_context())
+        await fetch(
+            database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'flowstate' AND datname = current_database()"
+            " AND pid <> pg_backend_pid()",
+        )
+        assert await own.get_flow(tenant, created.flow.flow_id) == created.flow
+    finally:
+        await own.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(f"postgresql://postgres@127.0.0.1:{_closed_port()}/flowstate", id="tcp"),
+        pytest.param("postgresql://postgres@/flowstate?host=/nonexistent/socket/dir", id="unix"),
+    ],
+)
+async def test_an_unreachable_database_is_unavailable(url: str) -> None:
+    with pytest.raises(StoreUnavailable) as unavailable:
+        await FlowStore.open(url, connect_timeout=2)
+    assert unavailable.value.details == {"reason": "unreachable"}
+    assert "postgres" not in unavailable.value.message.lower()
+
+
+async def test_an_unmigrated_database_is_refused_at_open(fresh_database_url: str) -> None:
+    with pytest.raises(FlowStateError) as refused:
+        await FlowStore.open(fresh_database_url)
+    assert refused.value.details["current_revision"] is None
+    opened = await FlowStore.open(fresh_database_url, migrate=True)
+    await opened.close()
+
+
+class HoldingStore(FlowStore):
+    """A store whose write transactions wait for `release` before COMMIT."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _before_commit(self, transaction: Transaction) -> None:
+        self.holding.set()
+        await self.release.wait()
+
+
+async def test_pool_exhaustion_is_unavailable(
+    tenant: Tenant, make_context: ContextFactory, database_url: str
+) -> None:
+    held = await HoldingStore.open(database_url, pool_size=1, pool_timeout=0.2)
+    try:
+        create = asyncio.create_task(
+            held.create_flow(tenant, definition_name="discovery", ctx=make_context())
+        )
+        await asyncio.wait_for(held.holding.wait(), 10)
+        with pytest.raises(StoreUnavailable) as unavailable:
+            await held.ping()
+        assert unavailable.value.details == {"reason": "pool_timeout"}
+        held.release.set()
+        await asyncio.wait_for(create, 10)
+    finally:
+        held.release.set()
+        await held.close()
+
+
+async def test_a_flow_locked_too_long_is_unavailable(
+    tenant: Tenant, make_context: ContextFactory, database_url: str, store: FlowStore
+) -> None:
+    flow_id = await started_flow(store, tenant, make_context)
+    impatient = await FlowStore.open(database_url, lock_timeout=0.2)
+    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        async with blocker.transaction():
+            await blocker.execute("SELECT 1 FROM flows WHERE id = $1 FOR UPDATE", flow_id)
+            with pytest.raises(StoreUnavailable) as unavailable:
+                await impatient.mutate(
+                    tenant, flow_id, UpdatePhaseProgress("data_import", 0.5), make_context()
+                )
+        assert unavailable.value.details == {"reason": "timeout"}
+    finally:
+        await blocker.close()
+        await impatient.close()
+
+
+@pytest_asyncio.fixture
+async def own_server(database_server: Any) -> AsyncIterator[tuple[EmbeddedPostgres, Path]]:
+    """An embedded cluster of the test's own, that the test may stop and restart."""
+    if database_server.embedded is None:
+        pytest.skip("needs the embedded server (FLOWSTATE_TEST_DATABASE_URL is set)")
+    data_dir = Path(tempfile.mkdtemp(prefix="flowstate-test-restart-"))
+    server = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
+    try:
+        yield server, data_dir
+    finally:
+        server.stop(force=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+async def test_a_stopped_server_is_unavailable_and_a_restart_recovers(
+    own_server: tuple[EmbeddedPostgres, Path], tenant: Tenant, make_context: ContextFactory
+) -> None:
+    server, data_dir = own_server
+    await upgrade(server.url)
+    own = await FlowStore.open(server.url, connect_timeout=2)
+    try:
+        created = await own.create_flow(tenant, definition_name="discovery", ctx=make_context())
+        flow_id = created.flow.flow_id
+        await asyncio.to_thread(server.stop, force=True)
+
+        for attempt in (
+            own.get_flow(tenant, flow_id),
+            own.mutate(
+                tenant,
+                flow_id,
+                TransitionPhase("data_import", PhaseState.IN_PROGRESS),
+                make_context(),
+            ),
+            own.ping(),
+        ):
+            with pytest.raises(StoreUnavailable):
+                await attempt
+
+        restarted = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
+        try:
+            # Same data directory: the data survived, and the pool reconnects by itself.
+            assert await own.get_flow(tenant, flow_id) == created.flow
+        finally:
+            restarted.stop(force=True)
+    finally:
+        await own.close()
