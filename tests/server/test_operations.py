@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from flowstate.core.model import Tenant
+from flowstate.server.config import ConfigError
+from flowstate.server.logs import configure_logging
 from flowstate.storage import FlowStore
 from flowstate.testing import RunningServer, serve_in_process, serve_subprocess
 from flowstate.v1 import flow_service_pb2 as pb
@@ -277,3 +282,39 @@ def test_token_usage_errors(tmp_path: Path, args: list[str], message: str) -> No
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_port_in_use_is_a_clear_error(
+    server: RunningServer, database_url: str, store: FlowStore
+) -> None:
+    # SO_REUSEPORT is off: a second server must not silently share the port.
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.server.port}"):
+        async with serve_in_process(database_url, store=store, port=server.server.port):
+            pass
+
+
+async def test_messages_over_4_mib_are_refused(api: Api) -> None:
+    too_big = pb.CreateFlowRequest(request_id=request_id(), display_name="x" * (4 * 1024 * 1024))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await api.stub.CreateFlow(too_big, metadata=api.metadata)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_json_logs_carry_the_extra_fields() -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging("json", "INFO", stream)
+    try:
+        logging.getLogger("flowstate.test").info(
+            "refused", extra={"correlation_id": "c-1", "grpc_code": "NOT_FOUND"}
+        )
+    finally:
+        root.handlers[:] = saved_handlers  # give pytest its capture handlers back
+        root.setLevel(saved_level)
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "refused"
+    assert (line["level"], line["logger"]) == ("INFO", "flowstate.test")
+    assert (line["correlation_id"], line["grpc_code"]) == ("c-1", "NOT_FOUND")
+    with pytest.raises(ValueError, match="log format"):
+        configure_logging("xml")

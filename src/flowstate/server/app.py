@@ -211,10 +211,15 @@ class FlowstateServer:
             )
             target = format_address(settings.host, settings.port)
             credentials = _credentials(settings)
-            if credentials is None:
-                port = server.add_insecure_port(target)
-            else:
-                port = server.add_secure_port(target, credentials)
+            try:
+                if credentials is None:
+                    port = server.add_insecure_port(target)
+                else:
+                    port = server.add_secure_port(target, credentials)
+            except RuntimeError:
+                raise ConfigError(
+                    f"cannot listen on {target} (address in use, or not an address of this host)"
+                ) from None
             await server.start()
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
