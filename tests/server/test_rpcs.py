@@ -6,7 +6,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from google.protobuf import timestamp_pb2
 
 from flowstate.core.model import Tenant
@@ -61,11 +60,6 @@ async def test_get_flow(api: Api) -> None:
     assert await api.get(created.flow_id.upper()) == created
 
 
-@pytest.mark.xfail(
-    reason="storage bug: list_flows compiles IN-list filters with render_postcompile before the "
-    "tenant parameters are bound (InvalidRequestError -> INTERNAL)",
-    strict=False,
-)
 async def test_list_flows_filters_and_pages(api: Api) -> None:
     fresh = await api.create()
     running = await api.create()

@@ -110,11 +110,6 @@ async def test_another_tenants_flow_is_not_found(api: Api, rpc: str) -> None:
     assert await owner.get(fid) == before
 
 
-@pytest.mark.xfail(
-    reason="storage bug: list_flows compiles IN-list filters with render_postcompile before the "
-    "tenant parameters are bound (InvalidRequestError -> INTERNAL)",
-    strict=False,
-)
 async def test_listing_and_history_never_show_another_tenants_flows(api: Api) -> None:
     neighbour = api.as_(tenant=Tenant(f"{api.tenant.client_account_id}-x", "e"))
     fid = (await api.create()).flow_id
