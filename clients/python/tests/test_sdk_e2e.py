@@ -157,10 +157,6 @@ async def test_list_flows_filters(client: AsyncFlowstateClient) -> None:
     assert sorted(flow.flow_id for flow in initialized.flows) == sorted(ids[1:])
 
 
-@pytest.mark.xfail(
-    reason="server: a ListFlows page_token compares uuid > varchar (fix pending in storage)",
-    strict=False,
-)
 async def test_iter_flows_follows_page_tokens(client: AsyncFlowstateClient) -> None:
     ids = [(await client.create_flow()).flow.flow_id for _ in range(5)]
 
