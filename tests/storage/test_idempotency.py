@@ -159,3 +159,26 @@ async def test_an_expired_key_no_longer_replays_and_is_purged(
         tenant.client_account_id,
     )
     assert left == []
+
+
+async def test_expired_keys_are_purged_opportunistically(
+    tenant: Tenant, make_context: ContextFactory, database_url: str
+) -> None:
+    purging = await FlowStore.open(database_url, purge_every=1)
+    try:
+        created = await purging.create_flow(
+            tenant,
+            definition_name="discovery",
+            ctx=make_context("r-p1", now=T0 - timedelta(days=3)),
+        )
+        assert created.flow.version == 1
+        # The next write purges every expired key, the one above included.
+        await purging.mutate(tenant, created.flow.flow_id, PauseFlow(), make_context("r-p2"))
+    finally:
+        await purging.close()
+    left = await fetch(
+        database_url,
+        "SELECT request_id FROM idempotency_keys WHERE client_account_id = $1",
+        tenant.client_account_id,
+    )
+    assert [r["request_id"] for r in left] == ["r-p2"]

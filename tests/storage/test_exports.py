@@ -1,0 +1,50 @@
+"""The public names of flowstate.storage, pinned: the server codes against them."""
+
+from __future__ import annotations
+
+import flowstate.storage
+
+EXPORTED = {
+    "DEFAULT_IDEMPOTENCY_TTL",
+    "NOTIFY_CHANNEL",
+    "ChangeBatch",
+    "EmbeddedPostgres",
+    "FlowPage",
+    "FlowQuery",
+    "FlowStore",
+    "HistoryPage",
+    "LegacyImportResult",
+    "MutationResult",
+    "ResolvedDatabase",
+    "SchemaNotReadyError",
+    "StoreUnavailable",
+    "TenantChange",
+    "import_legacy_rows",
+    "resolve_database_url",
+}
+
+
+def test_exported_names() -> None:
+    assert set(flowstate.storage.__all__) == EXPORTED
+    for name in EXPORTED:
+        assert getattr(flowstate.storage, name).__doc__, name
+
+
+def test_store_methods() -> None:
+    public = {n for n in dir(flowstate.storage.FlowStore) if not n.startswith("_")}
+    assert public == {
+        "open",
+        "close",
+        "ping",
+        "create_flow",
+        "import_flow",
+        "get_flow",
+        "list_flows",
+        "list_history",
+        "mutate",
+        "get_definition",
+        "read_changes",
+        "read_tenant_changes",
+        "tenant_cursor_now",
+        "purge_expired_idempotency_keys",
+    }
