@@ -166,3 +166,10 @@ async def test_the_migrate_command(
     assert f"revision: {head}" in await asyncio.to_thread(run, "upgrade")
     assert "revision: 0001_initial" in await asyncio.to_thread(run, "downgrade", "-1")
     assert "revision: none" in await asyncio.to_thread(run, "downgrade", "base")
+
+
+async def test_migrate_refuses_an_unknown_revision(fresh_database_url: str) -> None:
+    with pytest.raises(FlowStateError) as refused:
+        await migrate.upgrade(fresh_database_url, "nonsense")
+    assert refused.value.code is ErrorCode.MALFORMED_REQUEST
+    assert refused.value.details == {"field": "revision"}

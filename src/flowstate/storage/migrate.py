@@ -2,7 +2,9 @@
 
 The migration scripts live in ``flowstate/storage/migrations``; there is no ``alembic.ini``.
 Every function takes a database URL (any form `normalize_database_url` accepts), opens one
-connection without a pool, runs Alembic inside one transaction and closes it again.
+connection without a pool, runs Alembic inside one transaction and closes it again. Failures
+are domain errors: StoreUnavailable when the database cannot be reached, MALFORMED_REQUEST
+(``field="revision"``) for a revision Alembic does not know.
 
 To write a new revision during development::
 
@@ -15,17 +17,24 @@ policies, triggers or views.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from flowstate.core.errors import FlowStateError
+from flowstate.storage.errors import to_store_error
+from flowstate.storage.limits import malformed
 from flowstate.storage.urls import normalize_database_url
+
+T = TypeVar("T")
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -61,6 +70,17 @@ def head_revision() -> str:
     return head
 
 
+async def _guarded(operation: Awaitable[T]) -> T:
+    try:
+        return await operation
+    except FlowStateError:
+        raise
+    except CommandError as exc:
+        raise malformed("revision", str(exc)) from None
+    except Exception as exc:
+        raise to_store_error(exc) from exc
+
+
 async def _run(database_url: str, action: Callable[[Config], None]) -> None:
     engine = create_async_engine(normalize_database_url(database_url), poolclass=pool.NullPool)
     try:
@@ -78,16 +98,20 @@ async def _run(database_url: str, action: Callable[[Config], None]) -> None:
 
 async def upgrade(database_url: str, revision: str = "head") -> None:
     """Upgrade the database to `revision` (default: head) in one transaction."""
-    await _run(database_url, lambda config: command.upgrade(config, revision))
+    await _guarded(_run(database_url, lambda config: command.upgrade(config, revision)))
 
 
 async def downgrade(database_url: str, revision: str) -> None:
     """Downgrade the database to `revision` ("base" removes everything) in one transaction."""
-    await _run(database_url, lambda config: command.downgrade(config, revision))
+    await _guarded(_run(database_url, lambda config: command.downgrade(config, revision)))
 
 
 async def current_revision(database_url: str) -> str | None:
     """The revision the database is at, or None when it has never been migrated."""
+    return await _guarded(_current_revision(database_url))
+
+
+async def _current_revision(database_url: str) -> str | None:
     engine = create_async_engine(normalize_database_url(database_url), poolclass=pool.NullPool)
     try:
         async with engine.connect() as connection:

@@ -623,11 +623,11 @@ class FlowStore:
         `migrate=True` or run ``flowstate migrate upgrade``).
         """
         url = normalize_database_url(database_url)
-        try:
-            if migrate:
-                from flowstate.storage import migrate as migrations
+        if migrate:
+            from flowstate.storage import migrate as migrations
 
-                await migrations.upgrade(url)
+            await migrations.upgrade(url)
+        try:
             pool = await asyncpg.create_pool(
                 **connect_arguments(url),
                 min_size=1,
