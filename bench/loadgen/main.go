@@ -344,12 +344,15 @@ func newCaller(base context.Context, client flowstatev1.FlowStateServiceClient, 
 		}, nil
 	case "progress":
 		// Every client reports in-phase progress on the same IN_PROGRESS phase: always legal,
-		// so racing writers on one hot flow never refuse each other.
+		// so racing writers on one hot flow never refuse each other. The values come from one
+		// counter shared by all clients, so two writes in a row never carry the same value
+		// (a repeat of the current value is a no-op that writes nothing).
 		return func(ctx context.Context, seq int) error {
+			n := progressCounter.Add(1)
 			_, err := client.UpdatePhaseProgress(ctx, &flowstatev1.UpdatePhaseProgressRequest{
 				FlowId:    flowID,
 				Phase:     phase,
-				Progress:  float64(seq%100) / 100,
+				Progress:  float64(n%progressSteps) / progressSteps,
 				RequestId: fmt.Sprintf("%s-%d", worker, seq),
 			})
 			return err
@@ -368,6 +371,11 @@ func newCaller(base context.Context, client flowstatev1.FlowStateServiceClient, 
 	}
 	return nil, fmt.Errorf("unknown -rpc %q", rpc)
 }
+
+// progressCounter numbers the progress reports of all clients; progressSteps is the resolution.
+var progressCounter atomic.Uint64
+
+const progressSteps = 10007
 
 // toggler moves one flow's data_import phase IN_PROGRESS -> WAITING_APPROVAL -> IN_PROGRESS
 // ("changes requested") -> ...: a loop of legal transitions that never ends the flow and
