@@ -11,11 +11,14 @@ What is checked (limits as documented in the protos):
   characters and required on every mutation;
 - enums: 0 (UNSPECIFIED) and numbers unknown to this server are refused;
 - text: no NUL byte anywhere (Postgres text and JSONB refuse it); reasons at most 1024
-  characters, names and labels at most 256, phase and definition names at most 128;
+  characters, display names 256, phase and definition names 128, at most 64 labels with keys
+  of 1-63 and values of at most 256 characters, failure messages 4096;
 - structs (metadata, failure details): at most 16 KiB as JSON, finite numbers, no NUL;
 - numbers: in-phase progress finite and in [0, 1], versions non-negative, page sizes in range.
 
-Semantic checks (unknown phase, illegal transition...) belong to the core, not here.
+Semantic checks (unknown phase, illegal transition...) belong to the core, not here. Where the
+storage checks the same value, its limits (`flowstate.storage.limits`) are used, so the two never
+disagree.
 """
 
 from __future__ import annotations
