@@ -4,7 +4,8 @@
     scripts/with_test_server.py [options] -- COMMAND [ARG...]
 
 Starts ``flowstate serve`` on an ephemeral 127.0.0.1 port with its own embedded PostgreSQL in a
-fresh temporary data directory (or against ``FLOWSTATE_TEST_DATABASE_URL``, migrated at start),
+fresh temporary data directory (or, with ``FLOWSTATE_TEST_DATABASE_URL``, in a fresh database
+created on that server and dropped afterwards, as the Python tests use that variable),
 mints tokens with ``flowstate token``, runs COMMAND with these environment variables, stops the
 server (SIGTERM; its embedded PostgreSQL with it), deletes the data directory and exits with
 COMMAND's exit code:
@@ -32,7 +33,8 @@ exits 0 once done, non-zero on failure.
 Options: ``--timeout SECONDS`` bounds COMMAND (default 1800; it is killed after that),
 ``--ready-timeout`` bounds each server start (default 120), ``--keep`` keeps the temporary
 directory, ``--flowstate PATH`` picks the CLI (default: the repository's .venv/bin/flowstate,
-else ``flowstate`` on PATH). Only the standard library is used.
+else ``flowstate`` on PATH). Only the standard library is used, except with
+``FLOWSTATE_TEST_DATABASE_URL`` (then run it with the project's venv: SQLAlchemy, asyncpg).
 """
 
 from __future__ import annotations
@@ -223,6 +225,50 @@ class TestServer:
         return tokens
 
 
+# --- external database ------------------------------------------------------------------------
+
+
+def _admin(url: str, *statements: str) -> None:
+    """Run statements outside a transaction on `url` (needs the venv: SQLAlchemy, asyncpg)."""
+    import asyncio
+
+    from sqlalchemy import pool, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run() -> None:
+        engine = create_async_engine(url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as connection:
+                for statement in statements:
+                    await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def _create_database(admin_url: str) -> tuple[str, str]:
+    """A fresh database on the server of `admin_url` (as in tests/conftest.py: the URL names a
+    maintenance database whose user may CREATE DATABASE). Returns (its URL, its name)."""
+    from sqlalchemy.engine import make_url
+
+    from flowstate.storage.urls import normalize_database_url
+
+    admin_url = normalize_database_url(admin_url)
+    name = f"flowstate_harness_{secrets.token_hex(6)}"
+    _admin(admin_url, f'CREATE DATABASE "{name}" TEMPLATE template0')
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), name
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    from flowstate.storage.urls import normalize_database_url
+
+    try:
+        _admin(normalize_database_url(admin_url), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except Exception as error:  # cleanup: report, do not mask the command's status
+        _say(f"could not drop database {name}: {error}")
+
+
 # --- control socket ---------------------------------------------------------------------------
 
 
@@ -298,7 +344,12 @@ def _forward_signals(process: subprocess.Popen[bytes]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run()'s cleanup
+
+
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     command: list[str] = args.command
     if command and command[0] == "--":
         command = command[1:]
@@ -306,7 +357,11 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"{PREFIX} no command given (usage: with_test_server.py -- COMMAND...)")
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-test-"))
     workdir.chmod(0o755)  # the embedded PostgreSQL runs as another user and must reach data/
-    database_url = os.environ.get("FLOWSTATE_TEST_DATABASE_URL") or None
+    admin_url = os.environ.get("FLOWSTATE_TEST_DATABASE_URL", "").strip() or None
+    database_url: str | None = None
+    database_name = ""
+    if admin_url:
+        database_url, database_name = _create_database(admin_url)
     server = TestServer(
         flowstate=args.flowstate or _default_flowstate(),
         workdir=workdir,
@@ -331,8 +386,8 @@ def run(args: argparse.Namespace) -> int:
         )
         listener = _serve_control(server, control_path)
         _say(
-            f"serving on {address} ({'external database' if database_url else 'embedded'}"
-            f" PostgreSQL, ready in {time.monotonic() - started:.1f}s; log {server.log_path})"
+            f"serving on {address} (database {database_name or 'embedded'},"
+            f" ready in {time.monotonic() - started:.1f}s; log {server.log_path})"
         )
         me = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))}"
         control = f"--control {shlex.quote(str(control_path))}"
@@ -356,6 +411,8 @@ def run(args: argparse.Namespace) -> int:
         with _forward_signals(child):
             try:
                 status = child.wait(args.timeout)
+                if status < 0:  # killed by a signal: the shell's convention
+                    status = 128 - status
             except subprocess.TimeoutExpired:
                 _say(f"{shlex.join(command)} still running after {args.timeout}s; killing it")
                 child.kill()
@@ -372,6 +429,8 @@ def run(args: argparse.Namespace) -> int:
             listener.close()
         with server.lock:
             server.close()
+        if admin_url and database_name:
+            _drop_database(admin_url, database_name)
         if args.keep:
             _say(f"kept {workdir}")
         else:
