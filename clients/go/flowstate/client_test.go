@@ -604,3 +604,24 @@ func TestWatchFlowsResumesByCursor(t *testing.T) {
 		t.Fatalf("seen %v, cursors %v", seen, cursors)
 	}
 }
+
+func TestDialWaitsForTheConnection(t *testing.T) {
+	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+		return &flowstatev1.GetFlowResponse{Flow: &flowstatev1.Flow{FlowId: "f1"}}, nil
+	}}).serve(t, "")
+	client, err := flowstate.Dial(testContext(t), server.address, flowstate.WithToken("t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if resp, err := client.GetFlow(testContext(t), &flowstatev1.GetFlowRequest{FlowId: "f1"}); err != nil || resp.GetFlow().GetFlowId() != "f1" {
+		t.Fatalf("%v %v", resp, err)
+	}
+
+	server.kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := flowstate.Dial(ctx, server.address); !errors.Is(err, flowstate.ErrDeadlineExceeded) {
+		t.Fatalf("Dial to a closed port: %v", err)
+	}
+}
