@@ -505,13 +505,18 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     # --- streams ------------------------------------------------------------------------------
 
     async def _event(self, value: EventValue) -> pb.FlowEvent:
-        """A hub event as a FlowEvent message."""
+        """A hub event as a FlowEvent message.
+
+        A WatchFlows heartbeat is about no flow: its status stays UNSPECIFIED rather than
+        claiming the placeholder status the hub fills in.
+        """
         event = pb.FlowEvent(
             flow_id=value.flow_id,
             flow_version=value.flow_version,
-            status=FLOW_STATUS_TO_PROTO[value.status],
             progress=value.progress,
         )
+        if value.flow_id:
+            event.status = FLOW_STATUS_TO_PROTO[value.status]
         if value.snapshot is not None:
             event.snapshot.CopyFrom(await self._flow_message(value.snapshot))
         elif value.change is not None:
