@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -135,7 +136,17 @@ func NewClient(address string, options ...Option) (*Client, error) {
 		transport = credentials.NewTLS(cfg.tlsConfig)
 	}
 	creds := &bearerCredentials{source: cfg.tokenSource, requireTLS: cfg.tlsConfig != nil || !(loopback || cfg.insecure)}
-	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(transport), grpc.WithPerRPCCredentials(creds)}, cfg.dialOptions...)
+	// gRPC's own reconnection backoff grows to two minutes while a server is down, and a call
+	// made during it fails at once even when the server is back; capped near the retry
+	// policies' longest wait, retries and resumed watches reach a restarted server promptly.
+	reconnect := backoff.DefaultConfig
+	reconnect.BaseDelay = 100 * time.Millisecond
+	reconnect.MaxDelay = max(cfg.retry.normalized().MaxBackoff, cfg.watchRetry.normalized().MaxBackoff, time.Second)
+	dial := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(transport),
+		grpc.WithPerRPCCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect, MinConnectTimeout: 20 * time.Second}),
+	}, cfg.dialOptions...)
 	conn, err := grpc.NewClient(address, dial...)
 	if err != nil {
 		return nil, fmt.Errorf("flowstate: %w", err)
