@@ -523,9 +523,9 @@ func iterPull(seq iter.Seq2[*flowstatev1.FlowEvent, error]) (func() (*flowstatev
 
 func TestE2EWatchAcrossRestarts(t *testing.T) {
 	srv := server(t)
-	for _, variant := range []struct{ name, command string }{
-		{"graceful", srv.restartCmd},
-		{"hard", srv.hardRestartCmd},
+	for _, variant := range []struct{ name, command, firstReason string }{
+		{"graceful", srv.restartCmd, "SERVER_SHUTTING_DOWN/Unavailable"},
+		{"hard", srv.hardRestartCmd, "TEMPORARY_RESOURCE_UNAVAILABLE/Unavailable"},
 	} {
 		t.Run(variant.name, func(t *testing.T) {
 			if variant.command == "" {
@@ -569,8 +569,8 @@ func TestE2EWatchAcrossRestarts(t *testing.T) {
 			if !slices.Equal(seen, span(1, 11)) {
 				t.Fatalf("versions %v", seen)
 			}
-			if len(reconnects) == 0 {
-				t.Fatal("the watch did not reconnect")
+			if len(reconnects) == 0 || reconnects[0] != variant.firstReason {
+				t.Fatalf("reconnects %v, want the first for %s", reconnects, variant.firstReason)
 			}
 			t.Logf("reconnected after a %s restart: %s", variant.name, strings.Join(reconnects, ", "))
 		})
