@@ -421,8 +421,13 @@ def _write_statement(new: bool, with_entries: bool, with_key: bool) -> Compiled:
             for c in idempotency_keys.c
             if c.name != "response"
         }
+        # The flow as it was after the change, and how many entries it appended: a replay
+        # reads those entries back from the (append-only) history, so the key stays small.
         values["response"] = func.jsonb_build_object(
-            literal("flow"), _FLOW_JSON, literal("entries"), _ENTRIES_JSON
+            literal("flow"),
+            _FLOW_JSON,
+            literal("entry_count"),
+            bindparam("entry_count", type_=Integer),
         )
         ctes.append(insert(idempotency_keys).values(values).cte("key_write"))
     head: ColumnElement[Any] = (
@@ -545,28 +550,6 @@ async def _abandon(connection: Connection, exc: BaseException, committing: bool)
         except Exception:
             _log.debug("ROLLBACK failed; dropping the connection", exc_info=True)
     connection.terminate()
-
-
-def _stored_result(
-    ctx: Context,
-    operation: str,
-    fingerprint: str,
-    stored_operation: str,
-    stored_fingerprint: str,
-    response: Mapping[str, Any],
-) -> MutationResult:
-    """The replay of a live key: its stored result, or REQUEST_ID_REUSED for another payload."""
-    if stored_operation != operation or stored_fingerprint != fingerprint:
-        raise FlowStateError(
-            ErrorCode.REQUEST_ID_REUSED,
-            f"Request id {ctx.request_id!r} was already used for a different request",
-            request_id=ctx.request_id,
-        )
-    return MutationResult(
-        flow=codec.flow_from_json(response["flow"]),
-        entries=tuple(codec.entry_from_json(e) for e in response["entries"]),
-        replayed=True,
-    )
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -740,9 +723,13 @@ class FlowStore:
         attempt: _Attempt,
     ) -> T:
         try:
-            connection = await self._pool.acquire(timeout=self._pool_timeout)
+            # asyncio.timeout rather than acquire(timeout=...), which runs a wait_for task.
+            async with asyncio.timeout(self._pool_timeout) as deadline:
+                connection = await self._pool.acquire()
         except TimeoutError:
-            raise StoreUnavailable(reason="pool_timeout") from None
+            if deadline.expired():
+                raise StoreUnavailable(reason="pool_timeout") from None
+            raise  # a connect timeout inside acquire: classified as unreachable
         try:
             await connection.execute(_begin(tenant))
             transaction = Transaction(connection)
@@ -845,6 +832,33 @@ class FlowStore:
 
     # --- idempotency --------------------------------------------------------------------------
 
+    async def _stored_result(
+        self,
+        tx: Transaction,
+        tenant: Tenant,
+        ctx: Context,
+        expected: tuple[str, str],
+        stored: tuple[str, str],
+        response: Mapping[str, Any],
+    ) -> MutationResult:
+        """The replay of a live key, or REQUEST_ID_REUSED when its (operation, fingerprint)
+        differ from the request's."""
+        if stored != expected:
+            raise FlowStateError(
+                ErrorCode.REQUEST_ID_REUSED,
+                f"Request id {ctx.request_id!r} was already used for a different request",
+                request_id=ctx.request_id,
+            )
+        flow = codec.flow_from_json(response["flow"])
+        if "entries" in response:  # keys written before entry_count: entries inline
+            entries = tuple(codec.entry_from_json(e) for e in response["entries"])
+        else:
+            count = int(response["entry_count"])
+            entries = await self._history_after(
+                tx, tenant, flow.flow_id, flow.version - count, count
+            )
+        return MutationResult(flow=flow, entries=entries, replayed=True)
+
     async def _replay(
         self, tx: Transaction, tenant: Tenant, ctx: Context, operation: str, fingerprint: str
     ) -> MutationResult | None:
@@ -856,8 +870,13 @@ class FlowStore:
         if row["expires_at"] <= ctx.now:
             await tx.execute(_DELETE_KEY, params)
             return None
-        return _stored_result(
-            ctx, operation, fingerprint, row["operation"], row["fingerprint"], row["response"]
+        return await self._stored_result(
+            tx,
+            tenant,
+            ctx,
+            (operation, fingerprint),
+            (row["operation"], row["fingerprint"]),
+            row["response"],
         )
 
     def _key_row(
@@ -917,6 +936,7 @@ class FlowStore:
             )
         if key is not None:
             params.update((f"key_{name}", value) for name, value in key.items())
+            params["entry_count"] = len(entries)
         await tx.execute(_write_statement(new, bool(entries), key is not None), params)
 
     async def create_flow(
@@ -1050,12 +1070,12 @@ class FlowStore:
                 raise _flow_not_found(flow_id)
             if ctx.request_id and row["key_operation"] is not None:
                 if row["key_expires_at"] > ctx.now:
-                    return _stored_result(
+                    return await self._stored_result(
+                        tx,
+                        tenant,
                         ctx,
-                        "mutate",
-                        fingerprint,
-                        row["key_operation"],
-                        row["key_fingerprint"],
+                        ("mutate", fingerprint),
+                        (row["key_operation"], row["key_fingerprint"]),
                         row["key_response"],
                     )
                 await tx.execute(_DELETE_KEY, params)
