@@ -31,7 +31,7 @@ import (
 
 type testServer struct {
 	address, token, adminToken, otherTenantToken, readonlyToken string
-	restartCmd, hardRestartCmd                                  string
+	restartCmd, hardRestartCmd, stopCmd, startCmd               string
 }
 
 var (
@@ -64,6 +64,8 @@ func TestMain(m *testing.M) {
 			readonlyToken:    os.Getenv("FLOWSTATE_TEST_TOKEN_READONLY"),
 			restartCmd:       os.Getenv("FLOWSTATE_TEST_RESTART_CMD"),
 			hardRestartCmd:   os.Getenv("FLOWSTATE_TEST_HARD_RESTART_CMD"),
+			stopCmd:          os.Getenv("FLOWSTATE_TEST_STOP_CMD"),
+			startCmd:         os.Getenv("FLOWSTATE_TEST_START_CMD"),
 		}
 	} else if !inCI {
 		line := strings.Repeat("!", 100)
@@ -553,10 +555,7 @@ func TestE2EWatchAcrossRestarts(t *testing.T) {
 				}
 				seen = append(seen, event.GetFlowVersion())
 			}
-			restart := exec.CommandContext(ctx, "/bin/sh", "-c", variant.command)
-			if output, err := restart.CombinedOutput(); err != nil {
-				t.Fatalf("restart: %v\n%s", err, output)
-			}
+			harness(ctx, t, variant.command)
 			// Changes made now may commit before the watch has reconnected: they must be replayed.
 			runToCompletion(ctx, t, client, flowID, 1)
 			for {
@@ -574,5 +573,41 @@ func TestE2EWatchAcrossRestarts(t *testing.T) {
 			}
 			t.Logf("reconnected after a %s restart: %s", variant.name, strings.Join(reconnects, ", "))
 		})
+	}
+}
+
+func harness(ctx context.Context, t *testing.T, command string) {
+	t.Helper()
+	if output, err := exec.CommandContext(ctx, "/bin/sh", "-c", command).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", command, err, output)
+	}
+}
+
+func TestE2EMutationRetriedAcrossAnOutage(t *testing.T) {
+	srv := server(t)
+	if srv.stopCmd == "" || srv.startCmd == "" {
+		t.Skip("the harness gave no stop/start commands")
+	}
+	ctx := e2eContext(t, 180*time.Second)
+	client := e2eClient(t, srv.token, flowstate.WithRetryPolicy(flowstate.RetryPolicy{MaxAttempts: -1, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Deadline: 2 * time.Minute}))
+	flowID := newFlow(ctx, t, client)
+	harness(ctx, t, srv.stopCmd)
+	type result struct {
+		resp *flowstatev1.TransitionPhaseResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := move(ctx, client, flowID, "data_import", inProgress)
+		done <- result{resp, err}
+	}()
+	time.Sleep(time.Second) // a few attempts fail meanwhile
+	harness(ctx, t, srv.startCmd)
+	got := <-done
+	if got.err != nil || got.resp.GetFlow().GetVersion() != 2 {
+		t.Fatalf("%v %v", got.resp, got.err)
+	}
+	if history, err := client.History(ctx, flowID, 0); err != nil || len(history) != 2 {
+		t.Fatalf("history: %d entries, %v", len(history), err)
 	}
 }

@@ -343,6 +343,30 @@ if (testServer === undefined) {
     });
   });
 
+  describe("retries across a server outage", RESTART_TIMEOUT, () => {
+    it(
+      "a mutation sent while the server is down goes through once it is back, applied once",
+      { skip: server.stopCmd && server.startCmd ? false : "the harness has no stop/start commands", timeout: 180_000 },
+      async () => {
+        const client = connect(server.token, { retry: { maxAttempts: Infinity, initialBackoffMs: 100, maxBackoffMs: 500, deadlineMs: 120_000 } });
+        const flowId = await newFlow(client);
+        await harness(server.stopCmd);
+        let pending: Promise<unknown> | undefined;
+        try {
+          pending = client.transitionPhase({ flowId, phase: "data_import", targetState: PhaseState.IN_PROGRESS });
+          pending.catch(() => undefined); // awaited below
+          await new Promise((resolve) => setTimeout(resolve, 1_000)); // a few attempts fail meanwhile
+        } finally {
+          await harness(server.startCmd);
+        }
+        const response = (await pending) as Awaited<ReturnType<FlowstateClient["transitionPhase"]>>;
+        assert.equal(response.flow?.version, 2n);
+        const { historyEntries } = await client.listFlowHistory({ flowId });
+        assert.equal(historyEntries.length, 2, "created + one transition");
+      },
+    );
+  });
+
   describe("watch", TIMEOUT, () => {
     async function watchAll(client: FlowstateClient, flowId: string, options: Parameters<FlowstateClient["watch"]>[1] = {}) {
       const events: FlowEvent[] = [];
