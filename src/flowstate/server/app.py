@@ -5,7 +5,7 @@ Start-up order (each step undone if a later one fails):
 1. resolve the token verification (`config.resolve_auth`) - fail fast, before any I/O;
 2. the database: ``FLOWSTATE_DATABASE_URL``, or start the embedded PostgreSQL;
 3. open the `FlowStore` (migrating first when asked: the default with the embedded DB);
-4. start the watch hub (LISTEN/NOTIFY fan-out) on the store, when it is available;
+4. start the watch hub (LISTEN/NOTIFY fan-out, `flowstate.server.watch`) on the store;
 5. the grpc.aio server: FlowStateService, health (``grpc.health.v1``), reflection (v1alpha),
    keepalive and message-size options, TLS/mTLS when configured; bind, start;
 6. health SERVING; the Prometheus endpoint, when configured.
@@ -19,11 +19,10 @@ embedded PostgreSQL; stop the metrics endpoint.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import grpc
 import grpc.aio
@@ -34,7 +33,8 @@ from flowstate.server.auth import Authenticator
 from flowstate.server.config import AuthConfig, ConfigError, ServerSettings, resolve_auth
 from flowstate.server.metrics import Metrics, MetricsEndpoint
 from flowstate.server.rpc import RpcSupport
-from flowstate.server.servicer import EventSource, FlowStateServicer
+from flowstate.server.servicer import FlowStateServicer
+from flowstate.server.watch import WatchHub
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.store import FlowStore
 from flowstate.storage.urls import normalize_database_url, redact_database_url
@@ -72,21 +72,6 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-class _Hub(EventSource, Protocol):
-    async def close(self) -> None: ...
-
-
-async def _start_hub(store: FlowStore, url: str, heartbeat: float) -> _Hub | None:
-    """The watch hub, when this build has one (flowstate.server.watch); None otherwise."""
-    try:
-        watch = importlib.import_module("flowstate.server.watch")
-    except ImportError:
-        _log.warning("flowstate.server.watch is not available: WatchFlow/WatchFlows disabled")
-        return None
-    hub: _Hub = await watch.WatchHub.start(store, url, heartbeat_interval=heartbeat)
-    return hub
-
-
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
@@ -109,7 +94,7 @@ class _Resources:
     embedded: EmbeddedPostgres | None = None
     store: FlowStore | None = None
     owns_store: bool = True
-    hub: _Hub | None = None
+    hub: WatchHub | None = None
     server: grpc.aio.Server | None = None
     metrics_endpoint: MetricsEndpoint | None = None
 
@@ -134,7 +119,7 @@ class _Resources:
                 _log.exception("stopping the %s failed", name)
 
 
-async def _stop_server(server: grpc.aio.Server | None, hub: _Hub | None, grace: float) -> None:
+async def _stop_server(server: grpc.aio.Server | None, hub: WatchHub | None, grace: float) -> None:
     """Stop accepting RPCs, end the streams (hub), let in-flight RPCs finish within `grace`."""
     assert server is not None
     stopping = asyncio.create_task(server.stop(grace))
@@ -194,7 +179,9 @@ class FlowstateServer:
         try:
             url = await cls._open_store(settings, resources)
             assert resources.store is not None
-            resources.hub = await _start_hub(resources.store, url, settings.heartbeat_interval)
+            resources.hub = await WatchHub.start(
+                resources.store, url, heartbeat_interval=settings.heartbeat_interval
+            )
             metrics = Metrics()
             support = RpcSupport(
                 Authenticator(auth.key, issuer=auth.issuer, audience=auth.audience), metrics
@@ -232,11 +219,10 @@ class FlowstateServer:
             raise
         instance = cls(settings, resources, health_servicer, metrics, port, auth)
         _log.info(
-            "serving on %s (%s, auth: %s, streams: %s)",
+            "serving on %s (%s, auth: %s)",
             instance.address,
             "TLS" if credentials is not None else "plaintext",
             auth.source,
-            "on" if resources.hub is not None else "off",
         )
         return instance
 

@@ -62,8 +62,8 @@ from flowstate.server.convert import (
 from flowstate.server.errors import flow_error_to_proto
 from flowstate.server.rpc import Call, RpcSupport, stream, unary
 from flowstate.storage.store import FlowQuery, FlowStore, MutationResult
+from flowstate.v1 import flow_pb2, flow_service_pb2_grpc
 from flowstate.v1 import flow_service_pb2 as pb
-from flowstate.v1 import flow_service_pb2_grpc
 
 __all__ = ["EventSource", "EventValue", "FlowStateServicer"]
 
@@ -176,7 +176,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             return view.definition
         return await self._store.get_definition(flow.definition_name, flow.definition_version)
 
-    async def _flow_message(self, flow: Flow) -> Any:
+    async def _flow_message(self, flow: Flow) -> flow_pb2.Flow:
         return self._view(await self._definition_of(flow)).flow_to_proto(flow)
 
     async def _respond(
