@@ -130,3 +130,28 @@ async def test_row_level_security_refuses_writing_into_another_tenant(
             tenant.engagement_id,
             flow_id,
         )
+
+
+async def test_the_read_functions_enter_the_tenant_as_the_app_role(
+    tenant: Tenant, flow_id: str, app_connection: asyncpg.Connection
+) -> None:
+    """flowstate_get_flow / flowstate_flow_history switch role and settings themselves."""
+    rows = await app_connection.fetch(
+        "SELECT * FROM flowstate_get_flow($1, $2, $3)",
+        tenant.client_account_id,
+        tenant.engagement_id,
+        flow_id,
+    )
+    assert [str(r["id"]) for r in rows] == [flow_id]
+    assert await app_connection.fetchval("SELECT current_user") == "flowstate_app"
+    assert (
+        await app_connection.fetchval("SELECT current_setting('flowstate.engagement_id')")
+        == tenant.engagement_id
+    )
+    with pytest.raises(asyncpg.NoDataFoundError):
+        await app_connection.fetch(
+            "SELECT * FROM flowstate_flow_history($1, $2, $3, 0, 10)",
+            tenant.client_account_id,
+            tenant.engagement_id + "-b",
+            flow_id,
+        )

@@ -256,7 +256,6 @@ _SNAPSHOT_XMIN = func.cast(
     func.cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger
 )
 
-_SELECT_FLOW = compile_statement(select(flows).where(flows.c.id == _FLOW_ID, _FLOWS_IN_TENANT))
 _LOCK_FLOW = compile_statement(
     # The flow row, locked, and (same round trip) the request id's key as of the statement's
     # snapshot: a duplicate that commits while we wait for the lock is caught later (see
@@ -310,6 +309,24 @@ _SELECT_TENANT_CHANGES = compile_statement(
     .limit(bindparam("limit", type_=Integer))
 )
 _SELECT_SNAPSHOT_XMIN = compile_statement(select(_SNAPSHOT_XMIN))
+# One round trip reads (migration 0003): the functions enter the tenant (app role, settings)
+# themselves and are called in autocommit, so the call is the whole transaction.
+_GET_FLOW_CALL = compile_statement(
+    text("SELECT * FROM flowstate_get_flow(:account, :engagement, :flow_id)").bindparams(
+        _ACCOUNT, _ENGAGEMENT, _FLOW_ID
+    )
+)
+_FLOW_HISTORY_CALL = compile_statement(
+    text(
+        "SELECT * FROM flowstate_flow_history(:account, :engagement, :flow_id, :after, :limit)"
+    ).bindparams(
+        _ACCOUNT,
+        _ENGAGEMENT,
+        _FLOW_ID,
+        bindparam("after", type_=Integer),
+        bindparam("limit", type_=Integer),
+    )
+)
 _LATEST_DEFINITION = compile_statement(
     select(flow_definitions.c.body)
     .where(flow_definitions.c.name == bindparam("name", type_=Text))
@@ -698,13 +715,18 @@ class FlowStore:
         work: Callable[[Transaction], Awaitable[T]],
         *,
         write: bool = False,
+        autocommit: bool = False,
     ) -> T:
-        """Run `work` in one transaction (as the app role in `tenant`), with bounded retries."""
+        """Run `work` in one transaction (as the app role in `tenant`), with bounded retries.
+
+        With `autocommit`, `work` runs one statement that is its own transaction (the read
+        functions, which enter the tenant themselves): no BEGIN, no COMMIT.
+        """
         attempts = {"contention": 0, "disconnect": 0, "key": 0}
         while True:
             attempt = _Attempt()
             try:
-                result = await self._attempt(tenant, work, write, attempt)
+                result = await self._attempt(tenant, work, write, autocommit, attempt)
             except FlowStateError:
                 raise
             except Exception as exc:
@@ -720,6 +742,7 @@ class FlowStore:
         tenant: Tenant | None,
         work: Callable[[Transaction], Awaitable[T]],
         write: bool,
+        autocommit: bool,
         attempt: _Attempt,
     ) -> T:
         try:
@@ -731,6 +754,8 @@ class FlowStore:
                 raise StoreUnavailable(reason="pool_timeout") from None
             raise  # a connect timeout inside acquire: classified as unreachable
         try:
+            if autocommit:
+                return await work(Transaction(connection))
             await connection.execute(_begin(tenant))
             transaction = Transaction(connection)
             result = await work(transaction)
@@ -740,7 +765,7 @@ class FlowStore:
             await connection.execute("COMMIT")
             return result
         except BaseException as exc:
-            await _abandon(connection, exc, attempt.committing)
+            await _abandon(connection, exc, attempt.committing or autocommit)
             raise
         finally:
             await self._pool.release(connection)
@@ -1123,12 +1148,12 @@ class FlowStore:
         flow_id = _check_flow_id(flow_id)
 
         async def work(tx: Transaction) -> Flow:
-            row = await tx.fetchrow(_SELECT_FLOW, {**_tenant_params(tenant), "flow_id": flow_id})
+            row = await tx.fetchrow(_GET_FLOW_CALL, {**_tenant_params(tenant), "flow_id": flow_id})
             if row is None:
                 raise _flow_not_found(flow_id)
             return codec.flow_from_row(row)
 
-        return await self._run(tenant, work)
+        return await self._run(None, work, autocommit=True)
 
     async def list_flows(self, tenant: Tenant, query: FlowQuery) -> FlowPage:
         """One page of the tenant's flows matching `query` (see `FlowQuery`)."""
@@ -1178,6 +1203,21 @@ class FlowStore:
             raise _flow_not_found(flow_id)
         return tuple(codec.entry_from_row(r) for r in rows)
 
+    async def _read_history(
+        self, tenant: Tenant, flow_id: str, after: int, limit: int
+    ) -> tuple[HistoryEntry, ...]:
+        """Entries after `after`, one round trip; FLOW_NOT_FOUND when the tenant has no flow."""
+
+        async def work(tx: Transaction) -> tuple[HistoryEntry, ...]:
+            params = {**_tenant_params(tenant), "flow_id": flow_id, "after": after}
+            try:
+                rows = await tx.fetch(_FLOW_HISTORY_CALL, {**params, "limit": limit})
+            except asyncpg.NoDataFoundError:
+                raise _flow_not_found(flow_id) from None
+            return tuple(codec.entry_from_row(r) for r in rows)
+
+        return await self._run(None, work, autocommit=True)
+
     async def list_history(
         self,
         tenant: Tenant,
@@ -1202,15 +1242,12 @@ class FlowStore:
                 raise malformed("page_token", "page_token is not a valid token")
             after = max(after, position[0])
 
-        async def work(tx: Transaction) -> HistoryPage:
-            entries = await self._history_after(tx, tenant, flow_id, after, size + 1)
-            token = ""
-            if len(entries) > size:
-                entries = entries[:size]
-                token = encode_token("history", query_id, [entries[-1].flow_version])
-            return HistoryPage(entries=entries, next_page_token=token)
-
-        return await self._run(tenant, work)
+        entries = await self._read_history(tenant, flow_id, after, size + 1)
+        token = ""
+        if len(entries) > size:
+            entries = entries[:size]
+            token = encode_token("history", query_id, [entries[-1].flow_version])
+        return HistoryPage(entries=entries, next_page_token=token)
 
     async def read_changes(
         self, tenant: Tenant, flow_id: str, after_version: int, limit: int
@@ -1225,11 +1262,7 @@ class FlowStore:
         flow_id = _check_flow_id(flow_id)
         after = _check_version("after_version", after_version)
         size = _check_page_size(limit, _DEFAULT_HISTORY_PAGE_SIZE)
-
-        async def work(tx: Transaction) -> tuple[HistoryEntry, ...]:
-            return await self._history_after(tx, tenant, flow_id, after, size)
-
-        return await self._run(tenant, work)
+        return await self._read_history(tenant, flow_id, after, size)
 
     async def read_tenant_changes(
         self, tenant: Tenant, cursor: str = "", *, limit: int = _DEFAULT_HISTORY_PAGE_SIZE
