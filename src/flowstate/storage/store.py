@@ -16,19 +16,21 @@ Shape of every tenant transaction (READ COMMITTED)::
 
 A mutation (`mutate`) is::
 
-    SELECT flows.* WHERE id AND tenant FOR UPDATE         -- concurrent writers queue here
-    SELECT idempotency key (tenant, request_id)           -- only with a request id; after
-                                                          -- the lock, so a racing duplicate
-                                                          -- sees the first one's key
-    compare expected_version; apply_command (pure core)
-    WITH u AS (UPDATE flows ...),
-         h AS (INSERT INTO flow_history SELECT * FROM jsonb_to_recordset($entries)),
+    SELECT flows.*, key.* FROM flows LEFT JOIN idempotency_keys key (tenant, request_id)
+     WHERE id AND tenant FOR UPDATE OF flows              -- concurrent writers queue here
+    replay a live key; compare expected_version; apply_command (pure core)
+    WITH u AS (UPDATE flows ... FROM jsonb_populate_record(NULL::flows, $flow)),
+         h AS (INSERT INTO flow_history ... FROM jsonb_populate_recordset(..., $entries)),
          k AS (INSERT INTO idempotency_keys ...)
     SELECT pg_notify('flowstate_changes', $payload)       -- every write in one round trip
     COMMIT
 
-that is 4 round trips (5 with a request id); definitions are cached in-process (the body of a
-(name, version) never changes).
+that is 4 round trips; definitions are cached in-process (the body of a (name, version) never
+changes). A duplicate request that commits while this one waits for the lock is invisible to
+the lock statement's snapshot: it is caught when the command is refused (the key is read again)
+or when the key insert conflicts (the transaction runs again and replays); see
+docs/storage.md. Reads of one flow or of its history are one round trip: the
+``flowstate_get_flow`` / ``flowstate_flow_history`` functions, called in autocommit.
 
 Retries: serialization failures and deadlocks are retried (3 attempts in all), a connection
 that breaks before COMMIT is sent is retried once, a racing duplicate request id is retried so
