@@ -12,13 +12,14 @@ object with the same keys as the Go load generator's ``unary`` mode. Modes:
     updated_at ...) INSERT INTO flow_history ...``; ``COMMIT``. Client i uses flow i (distinct
     flows), or every client uses the first flow (hot flow).
 ``transition-full``
-    The statements `flowstate.storage.store.FlowStore.mutate` sends for the same change, as
-    asyncpg calls: ``BEGIN``; the ``set_config`` of role and tenant (row-level security); the
-    tenant-filtered ``SELECT ... FOR UPDATE``; the idempotency-key lookup; one statement that
-    updates the flow, inserts history and the idempotency key (with the response JSON) and
-    calls ``pg_notify``; ``COMMIT``. Its gap to ``transition`` is database work the design
-    chose; the gap between it and the server is Python (gRPC, auth, conversion, the store's
-    code, the core). ``--omit rls,key,notify`` leaves parts out, to price each.
+    The shape of what `flowstate.storage.store.FlowStore.mutate` sends for the same change
+    (as of the store's docstring when this was written), 4 round trips: ``BEGIN`` and the
+    ``set_config`` of role and tenant (row-level security) as one simple-protocol batch; the
+    tenant-filtered ``SELECT flows.* ... LEFT JOIN idempotency_keys ... FOR UPDATE OF flows``;
+    one statement that updates the flow, inserts history and the idempotency key (response
+    ``{flow, entry_count}``) and calls ``pg_notify``; ``COMMIT``. Its gap to ``transition`` is
+    database work the design chose; the gap between it and the server is Python (gRPC, auth,
+    conversion, the store's code, the core). ``--omit rls,key,notify`` leaves parts out.
 ``select``
     The read behind GetFlow: ``SELECT * FROM flows WHERE id = $1`` (primary key), autocommit.
 
@@ -74,24 +75,24 @@ INSERT INTO flow_history (
 _WRITE = f"WITH u AS ({_UPDATE}) {_HISTORY_VALUES}"
 """The raw limit's one write statement: flow row and history entry."""
 
-_ENTER_TENANT = (
-    "SELECT set_config('role', $1, true),"
-    " set_config('flowstate.client_account_id', $2, true),"
-    " set_config('flowstate.engagement_id', $3, true)"
-)
 _LOCK_IN_TENANT = (
     "SELECT * FROM flows WHERE id = $1 AND client_account_id = $2 AND engagement_id = $3 FOR UPDATE"
 )
-_IDEMPOTENCY_LOOKUP = """
-SELECT operation, fingerprint, response, expires_at FROM idempotency_keys
-WHERE client_account_id = $1 AND engagement_id = $2 AND request_id = $3
+_LOCK_WITH_KEY = """
+SELECT flows.*, k.operation AS key_operation, k.fingerprint AS key_fingerprint,
+       k.response AS key_response, k.expires_at AS key_expires_at
+FROM flows LEFT OUTER JOIN idempotency_keys AS k
+  ON k.client_account_id = $2 AND k.engagement_id = $3 AND k.request_id = $4
+WHERE flows.id = $1 AND flows.client_account_id = $2 AND flows.engagement_id = $3
+FOR UPDATE OF flows
 """
 _KEY_CTE = """
 k AS (
     INSERT INTO idempotency_keys (
         client_account_id, engagement_id, request_id, operation, fingerprint, flow_id,
         response, created_at, expires_at
-    ) VALUES ($8, $9, $14, 'mutate', ${fingerprint}, $1, ${response}, $7, ${expires})
+    ) VALUES ($8, $9, $14, 'mutate', ${fingerprint}, $1,
+              jsonb_build_object('flow', ${flow}::jsonb, 'entry_count', 1), $7, ${expires})
 )"""
 OMITTABLE = ("rls", "key", "notify")
 """Parts of the store's transaction that ``transition-full --omit`` can leave out."""
@@ -101,12 +102,12 @@ def full_write_statement(omit: frozenset[str]) -> str:
     """The store's one write statement: flow row, history entry, idempotency key, notification.
 
     Without "key" there is no key CTE, without "notify" the statement ends in ``SELECT 1``;
-    parameters $17.. follow in that order (fingerprint, response, expires_at, payload).
+    parameters $17.. follow in that order (fingerprint, flow JSON, expires_at, payload).
     """
     ctes = [f"u AS ({_UPDATE})", f"h AS ({_HISTORY_VALUES})"]
     n = 16
     if "key" not in omit:
-        ctes.append(_KEY_CTE.format(fingerprint=n + 1, response=n + 2, expires=n + 3))
+        ctes.append(_KEY_CTE.format(fingerprint=n + 1, flow=n + 2, expires=n + 3))
         n += 3
     final = "SELECT 1" if "notify" in omit else f"SELECT pg_notify('{NOTIFY_CHANNEL}', ${n + 1})"
     return "WITH " + ",\n".join(ctes) + "\n" + final
@@ -167,45 +168,72 @@ class Transition:
         self.omit = omit
         self.write_full = full_write_statement(omit)
         self.prefix = f"raw-{uuid.uuid4().hex[:8]}-{client}"
+        self.decision: dict[str, Any] = {}
+        # BEGIN and the RLS settings in one simple-protocol batch, as the store sends them.
+        self.begin = "BEGIN"
+        if "rls" not in omit:
+            account, engagement = (_literal(t) for t in tenant)
+            self.begin = (
+                f"BEGIN; SELECT set_config('role', {_literal(APP_ROLE)}, true),"
+                f" set_config('flowstate.client_account_id', {account}, true),"
+                f" set_config('flowstate.engagement_id', {engagement}, true)"
+            )
 
     async def __call__(self, seq: int) -> None:
-        conn = self.conn
         request_id = f"{self.prefix}-{seq}"
-        async with conn.transaction():
-            if self.full:
-                if "rls" not in self.omit:
-                    await conn.fetchrow(_ENTER_TENANT, APP_ROLE, *self.tenant)
-                row = await conn.fetchrow(_LOCK_IN_TENANT, self.flow_id, *self.tenant)
-            else:
-                row = await conn.fetchrow(_SELECT_FOR_UPDATE, self.flow_id)
-            if row is None:
-                raise LookupError(self.flow_id)
-            if self.full and "key" not in self.omit:
-                await conn.fetchrow(_IDEMPOTENCY_LOOKUP, *self.tenant, request_id)
-            now = datetime.now(UTC)
-            d = _toggled(row, now)
-            args = [
-                self.flow_id,
-                d["states"],
-                d["details"],
-                d["status"],
-                d["progress"],
-                d["version"],
-                now,
-                row["client_account_id"],
-                row["engagement_id"],
-                PHASE,
-                d["before"],
-                d["after"],
-                d["status_before"],
-                request_id,
-                {},
-                d["time_in_state"],
-            ]
-            if not self.full:
-                await conn.execute(_WRITE, *args)
-                return
-            flow_json = {k: _jsonable(v) for k, v in row.items()} | {
+        if not self.full:
+            async with self.conn.transaction():
+                row = await self.conn.fetchrow(_SELECT_FOR_UPDATE, self.flow_id)
+                if row is None:
+                    raise LookupError(self.flow_id)
+                now = datetime.now(UTC)
+                await self.conn.execute(_WRITE, *self._args(row, now, request_id))
+            return
+        await self.conn.execute(self.begin)
+        try:
+            await self._full(seq, request_id)
+            await self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.is_in_transaction():
+                await self.conn.execute("ROLLBACK")
+            raise
+
+    def _args(self, row: asyncpg.Record, now: datetime, request_id: str) -> list[Any]:
+        d = _toggled(row, now)
+        self.decision = d
+        return [
+            self.flow_id,
+            d["states"],
+            d["details"],
+            d["status"],
+            d["progress"],
+            d["version"],
+            now,
+            row["client_account_id"],
+            row["engagement_id"],
+            PHASE,
+            d["before"],
+            d["after"],
+            d["status_before"],
+            request_id,
+            {},
+            d["time_in_state"],
+        ]
+
+    async def _full(self, seq: int, request_id: str) -> None:
+        conn = self.conn
+        if "key" in self.omit:
+            row = await conn.fetchrow(_LOCK_IN_TENANT, self.flow_id, *self.tenant)
+        else:
+            row = await conn.fetchrow(_LOCK_WITH_KEY, self.flow_id, *self.tenant, request_id)
+        if row is None:
+            raise LookupError(self.flow_id)
+        now = datetime.now(UTC)
+        args = self._args(row, now, request_id)
+        d = self.decision
+        extra: list[Any] = []
+        if "key" not in self.omit:
+            flow_json = {k: _jsonable(v) for k, v in row.items() if not k.startswith("key_")} | {
                 "phase_states": d["states"],
                 "phase_details": d["details"],
                 "status": d["status"],
@@ -213,33 +241,27 @@ class Transition:
                 "version": d["version"],
                 "updated_at": now.isoformat(),
             }
-            entry_json = {
-                "version": d["version"],
-                "kind": "transition",
-                "phase": PHASE,
-                "from_state": d["before"],
-                "to_state": d["after"],
-                "request_id": request_id,
-                "occurred_at": now.isoformat(),
-            }
-            payload = json.dumps(
-                {
-                    "flow_id": self.flow_id,
-                    "version": d["version"],
-                    "client_account_id": self.tenant[0],
-                    "engagement_id": self.tenant[1],
-                }
+            extra += [
+                f"{self.flow_id}:{PHASE}:{d['after']}:{seq}",
+                flow_json,
+                now + _IDEMPOTENCY_TTL,
+            ]
+        if "notify" not in self.omit:
+            extra.append(
+                json.dumps(
+                    {
+                        "flow_id": self.flow_id,
+                        "version": d["version"],
+                        "client_account_id": self.tenant[0],
+                        "engagement_id": self.tenant[1],
+                    }
+                )
             )
-            extra: list[Any] = []
-            if "key" not in self.omit:
-                extra += [
-                    f"{self.flow_id}:{PHASE}:{d['after']}:{seq}",
-                    {"flow": flow_json, "entries": [entry_json]},
-                    now + _IDEMPOTENCY_TTL,
-                ]
-            if "notify" not in self.omit:
-                extra.append(payload)
-            await conn.fetchrow(self.write_full, *args, *extra)
+        await conn.fetchrow(self.write_full, *args, *extra)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _jsonable(value: Any) -> Any:
