@@ -159,7 +159,10 @@ def classify(exc: BaseException) -> Classified:
         OSError
         | asyncio.TimeoutError
         | asyncpg.exceptions.ConnectionDoesNotExistError
-        | asyncpg.exceptions.InterfaceError,
+        | asyncpg.exceptions.InterfaceError
+        # The server ended an idle connection and asyncpg has not processed it yet: the next
+        # statement finds the protocol mid-way ("cannot switch to state ...").
+        | asyncpg.exceptions.InternalClientError,
     )
     if invalidated or network or (state is not None and state.startswith("08")):
         return Classified(_unavailable("unreachable"), retry=True, disconnect=True)

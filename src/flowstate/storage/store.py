@@ -787,6 +787,10 @@ class FlowStore:
         attempts[kind] += 1
         if attempts[kind] >= limit:
             return False
+        if classified.disconnect:
+            # One broken connection usually means all of them (a server restart, a failover):
+            # have the pool replace every connection instead of finding them one by one.
+            await self._pool.expire_connections()
         await asyncio.sleep(_RETRY_BACKOFF_SECONDS * attempts[kind])
         return True
 
