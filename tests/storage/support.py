@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,8 @@ from flowstate.core.model import (
     PhaseState,
     Tenant,
 )
+from flowstate.storage import FlowStore
+from flowstate.storage.sql import Transaction
 
 ContextFactory = Callable[..., Context]
 T0 = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
@@ -114,3 +117,16 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
         phase_progress=0.25,
     )
     return flow, (entry,)
+
+
+class HoldingStore(FlowStore):
+    """A store whose write transactions wait, written but not committed, until `release`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _before_commit(self, transaction: Transaction) -> None:
+        self.holding.set()
+        await self.release.wait()

@@ -22,7 +22,7 @@ from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.migrate import upgrade
 from flowstate.storage.sql import Transaction
 
-from .support import ContextFactory, asyncpg_dsn, fetch, history_versions
+from .support import ContextFactory, HoldingStore, asyncpg_dsn, fetch, history_versions
 from .test_concurrency import started_flow
 
 
@@ -159,19 +159,6 @@ async def test_an_unmigrated_database_is_refused_at_open(fresh_database_url: str
     assert refused.value.details["current_revision"] is None
     opened = await FlowStore.open(fresh_database_url, migrate=True)
     await opened.close()
-
-
-class HoldingStore(FlowStore):
-    """A store whose write transactions wait for `release` before COMMIT."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.holding = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def _before_commit(self, transaction: Transaction) -> None:
-        self.holding.set()
-        await self.release.wait()
 
 
 async def test_pool_exhaustion_is_unavailable(

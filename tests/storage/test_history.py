@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -11,9 +10,8 @@ from flowstate.core.commands import PauseFlow, UpdatePhaseProgress
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, HistoryKind, Tenant
 from flowstate.storage import FlowStore
-from flowstate.storage.sql import Transaction
 
-from .support import ContextFactory
+from .support import ContextFactory, HoldingStore
 from .test_concurrency import started_flow
 
 
@@ -98,19 +96,6 @@ async def test_a_cursor_taken_now_sees_only_later_changes(
     await store.mutate(tenant, flow_id, PauseFlow(), make_context())
     later = await store.read_tenant_changes(tenant, cursor)
     assert [c.entry.kind for c in later.changes] == [HistoryKind.PAUSE]
-
-
-class HoldingStore(FlowStore):
-    """Holds its next write transaction open (history written, not committed) until released."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.holding = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def _before_commit(self, transaction: Transaction) -> None:
-        self.holding.set()
-        await self.release.wait()
 
 
 async def test_the_tenant_feed_never_skips_a_change_that_commits_late(
