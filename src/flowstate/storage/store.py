@@ -673,7 +673,7 @@ class FlowStore:
         async def work(tx: Transaction) -> None:
             await tx.fetchval(_PING)
 
-        await self._run(None, work)
+        await self._run(None, work, autocommit=True)
 
     async def _check_schema(self) -> None:
         from flowstate.storage.migrate import head_revision
@@ -700,7 +700,7 @@ class FlowStore:
                 seen.append((definition, await tx.fetchval(_EXACT_DEFINITION, key)))
             return seen
 
-        for definition, stored in await self._run(None, work, write=False):
+        for definition, stored in await self._run(None, work):
             if stored != definition_to_dict(definition):
                 _log.warning(
                     "stored definition %s v%d differs from the built-in one; the stored one is "
@@ -836,7 +836,7 @@ class FlowStore:
         async def work(tx: Transaction) -> FlowDefinition:
             return await self._load_definition(tx, name, version)
 
-        return await self._run(None, work)
+        return await self._run(None, work, autocommit=True)  # one statement
 
     async def _load_definition(
         self, tx: Transaction, name: str, version: int | None
@@ -938,7 +938,7 @@ class FlowStore:
             status = await tx.execute(statement)
             return int(status.split()[-1])
 
-        return await self._run(None, work)
+        return await self._run(None, work, autocommit=True)
 
     # --- writes -------------------------------------------------------------------------------
 
