@@ -12,12 +12,13 @@ import importlib
 import pkgutil
 from typing import Any, cast
 
-import flowstate.v1
 import pytest
-from flowstate.v1 import flow_pb2, flow_service_pb2, states_pb2
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
+
+import flowstate.v1
+from flowstate.v1 import flow_pb2, flow_service_pb2, states_pb2
 
 # DESIGN.md, "Phase states" and "Flow status", in proto order after *_UNSPECIFIED = 0.
 PHASE_STATES = [

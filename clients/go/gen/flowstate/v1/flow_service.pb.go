@@ -484,7 +484,7 @@ func (x *ListFlowsRequest) GetDefinitionName() string {
 // Response of ListFlows.
 type ListFlowsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The flows of this page, most recently updated first.
+	// The flows of this page, least recently changed first.
 	Flows []*Flow `protobuf:"bytes,1,rep,name=flows,proto3" json:"flows,omitempty"`
 	// Token for the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`

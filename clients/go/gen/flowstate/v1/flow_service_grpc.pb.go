@@ -68,8 +68,10 @@ type FlowStateServiceClient interface {
 	CreateFlow(ctx context.Context, in *CreateFlowRequest, opts ...grpc.CallOption) (*CreateFlowResponse, error)
 	// Returns one flow.
 	GetFlow(ctx context.Context, in *GetFlowRequest, opts ...grpc.CallOption) (*GetFlowResponse, error)
-	// Lists the caller's flows, newest change first, with filters (status, phase
-	// state, updated before: for finding stuck flows). Paginated (AIP-158).
+	// Lists the caller's flows, least recently changed first (stuck flows lead;
+	// a flow that changes while a client pages moves to the end, so it is never
+	// missed), with filters (status, phase state, updated before: for finding
+	// stuck flows). Paginated (AIP-158).
 	ListFlows(ctx context.Context, in *ListFlowsRequest, opts ...grpc.CallOption) (*ListFlowsResponse, error)
 	// Answers whether a phase or flow transition is legal, and explains why not:
 	// the error it would get, the legal targets, the blocking phases, the retry
@@ -342,8 +344,10 @@ type FlowStateServiceServer interface {
 	CreateFlow(context.Context, *CreateFlowRequest) (*CreateFlowResponse, error)
 	// Returns one flow.
 	GetFlow(context.Context, *GetFlowRequest) (*GetFlowResponse, error)
-	// Lists the caller's flows, newest change first, with filters (status, phase
-	// state, updated before: for finding stuck flows). Paginated (AIP-158).
+	// Lists the caller's flows, least recently changed first (stuck flows lead;
+	// a flow that changes while a client pages moves to the end, so it is never
+	// missed), with filters (status, phase state, updated before: for finding
+	// stuck flows). Paginated (AIP-158).
 	ListFlows(context.Context, *ListFlowsRequest) (*ListFlowsResponse, error)
 	// Answers whether a phase or flow transition is legal, and explains why not:
 	// the error it would get, the legal targets, the blocking phases, the retry

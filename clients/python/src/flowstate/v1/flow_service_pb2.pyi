@@ -300,7 +300,7 @@ class ListFlowsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def flows(self) -> _containers.RepeatedCompositeFieldContainer[_flow_pb2.Flow]:
-        """The flows of this page, most recently updated first."""
+        """The flows of this page, least recently changed first."""
 
     def __init__(
         self,

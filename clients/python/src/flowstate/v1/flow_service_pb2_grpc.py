@@ -178,8 +178,10 @@ class FlowStateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFlows(self, request, context):
-        """Lists the caller's flows, newest change first, with filters (status, phase
-        state, updated before: for finding stuck flows). Paginated (AIP-158).
+        """Lists the caller's flows, least recently changed first (stuck flows lead;
+        a flow that changes while a client pages moves to the end, so it is never
+        missed), with filters (status, phase state, updated before: for finding
+        stuck flows). Paginated (AIP-158).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,8 +60,10 @@ class FlowStateServiceStub:
     GetFlow: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.GetFlowRequest, _flow_service_pb2.GetFlowResponse]
     """Returns one flow."""
     ListFlows: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.ListFlowsRequest, _flow_service_pb2.ListFlowsResponse]
-    """Lists the caller's flows, newest change first, with filters (status, phase
-    state, updated before: for finding stuck flows). Paginated (AIP-158).
+    """Lists the caller's flows, least recently changed first (stuck flows lead;
+    a flow that changes while a client pages moves to the end, so it is never
+    missed), with filters (status, phase state, updated before: for finding
+    stuck flows). Paginated (AIP-158).
     """
     ValidateTransition: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.ValidateTransitionRequest, _flow_service_pb2.ValidateTransitionResponse]
     """Answers whether a phase or flow transition is legal, and explains why not:
@@ -160,8 +162,10 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     GetFlow: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.GetFlowRequest, _flow_service_pb2.GetFlowResponse]  # type: ignore[assignment]
     """Returns one flow."""
     ListFlows: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.ListFlowsRequest, _flow_service_pb2.ListFlowsResponse]  # type: ignore[assignment]
-    """Lists the caller's flows, newest change first, with filters (status, phase
-    state, updated before: for finding stuck flows). Paginated (AIP-158).
+    """Lists the caller's flows, least recently changed first (stuck flows lead;
+    a flow that changes while a client pages moves to the end, so it is never
+    missed), with filters (status, phase state, updated before: for finding
+    stuck flows). Paginated (AIP-158).
     """
     ValidateTransition: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.ValidateTransitionRequest, _flow_service_pb2.ValidateTransitionResponse]  # type: ignore[assignment]
     """Answers whether a phase or flow transition is legal, and explains why not:
@@ -275,8 +279,10 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flow_service_pb2.ListFlowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flow_service_pb2.ListFlowsResponse, _abc.Awaitable[_flow_service_pb2.ListFlowsResponse]]:
-        """Lists the caller's flows, newest change first, with filters (status, phase
-        state, updated before: for finding stuck flows). Paginated (AIP-158).
+        """Lists the caller's flows, least recently changed first (stuck flows lead;
+        a flow that changes while a client pages moves to the end, so it is never
+        missed), with filters (status, phase state, updated before: for finding
+        stuck flows). Paginated (AIP-158).
         """
 
     @_abc_1.abstractmethod

@@ -242,7 +242,7 @@ export const ListFlowsRequestSchema: GenMessage<ListFlowsRequest> = /*@__PURE__*
  */
 export type ListFlowsResponse = Message<"flowstate.v1.ListFlowsResponse"> & {
   /**
-   * The flows of this page, most recently updated first.
+   * The flows of this page, least recently changed first.
    *
    * @generated from field: repeated flowstate.v1.Flow flows = 1;
    */
@@ -1673,8 +1673,10 @@ export const FlowStateService: GenService<{
     output: typeof GetFlowResponseSchema;
   },
   /**
-   * Lists the caller's flows, newest change first, with filters (status, phase
-   * state, updated before: for finding stuck flows). Paginated (AIP-158).
+   * Lists the caller's flows, least recently changed first (stuck flows lead;
+   * a flow that changes while a client pages moves to the end, so it is never
+   * missed), with filters (status, phase state, updated before: for finding
+   * stuck flows). Paginated (AIP-158).
    *
    * @generated from rpc flowstate.v1.FlowStateService.ListFlows
    */
