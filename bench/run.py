@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -736,9 +737,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, Path, Path | None]:
     return config, a.out, a.markdown
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends the bench like Ctrl-C: through the finally blocks that stop every process."""
+    # A second SIGTERM must not interrupt that clean-up half way.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run, print the table, write the JSON (and Markdown)."""
     config, out, markdown = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         report = execute(config, out)
     except BenchError as exc:

@@ -48,18 +48,24 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = dict(os.environ)
     if os.environ.get("FLOWSTATE_TEST_DATABASE_URL"):
         env["FLOWSTATE_BENCH_DATABASE_URL"] = os.environ["FLOWSTATE_TEST_DATABASE_URL"]
-    result = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
         cwd=REPO,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
-        check=False,
     )
-    output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    assert result.returncode == 0, f"bench failed:\n{output}"
-    assert "targets:" in result.stdout  # the table was printed
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the bench stop the servers and PostgreSQL it started.
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"bench --smoke did not finish in 240 s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    output = f"{stdout[-3000:]}\n{stderr[-3000:]}"
+    assert proc.returncode == 0, f"bench failed:\n{output}"
+    assert "targets:" in stdout  # the table was printed
     data: dict[str, Any] = json.loads(out.read_text())
     return data
 
