@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 
 class BenchError(RuntimeError):
@@ -156,9 +156,3 @@ def tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def write_stdin_eof(stream: IO[str] | None) -> None:
-    """Close a child's stdin (the idle load generator's signal to let go of its streams)."""
-    if stream is not None:
-        stream.close()

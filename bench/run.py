@@ -9,7 +9,7 @@ fresh database, starts ``flowstate serve`` and the bare reference server (`bench
 as subprocesses on ephemeral 127.0.0.1 ports, builds the Go load generator (`bench/loadgen`),
 then runs every scenario ``--runs`` times (interleaved with its reference, so both see the same
 machine), and reports medians. Every process it starts is stopped on the way out, also on
-failure or Ctrl-C. It prints a table and writes ``bench/out/results.json``.
+failure, Ctrl-C or SIGTERM. It prints a table and writes ``bench/out/results.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -139,7 +138,7 @@ def _memory_target() -> Target:
 # --- the parts ----------------------------------------------------------------------------------
 
 
-def build_loadgen(procs: Processes) -> Path:
+def build_loadgen() -> Path:
     """Build the Go load generator into bench/out/loadgen (incremental, pinned by go.sum)."""
     go = shutil.which("go")
     if go is None:
@@ -633,7 +632,7 @@ def execute(config: Config, out: Path) -> dict[str, Any]:
         shutil.rmtree(logs)
     with Processes(logs) as procs, _db.database() as db:
         print(f"database: {'embedded' if db.embedded else 'external'} ({db.dsn})", flush=True)
-        loadgen = build_loadgen(procs)
+        loadgen = build_loadgen()
         info = machine_info(db)
         flowstate: _flowstate.Flowstate | None = None
         unavailable = ""
@@ -763,10 +762,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         markdown.write_text(_report.markdown(report))
         print(f"Markdown table: {markdown}")
     return 0
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
 
 
 if __name__ == "__main__":
