@@ -13,7 +13,15 @@ if TYPE_CHECKING:
 SCHEMA = "flowstate-bench/1"
 
 MEDIAN_KEYS = {
-    "unary": ("throughput", "p50_ms", "p99_ms", "mean_ms", "process_cpu_us", "postgres_cpu_us"),
+    "unary": (
+        "throughput",
+        "p50_ms",
+        "p99_ms",
+        "mean_ms",
+        "process_cpu_us",
+        "postgres_cpu_us",
+        "loadgen_cpu_us",
+    ),
     "fanout": (
         "all_p50_ms",
         "all_p99_ms",

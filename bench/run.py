@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -252,16 +253,23 @@ class Bench:
             if flows:
                 args += ["-flows", ",".join(flows)]
             before = CpuReading.take(server.pid, self.db.postgres_pid)
+            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             result = self.procs.run_json(
                 self._name(f"loadgen-{rpc}-c{concurrency}"),
                 args,
                 timeout=self._timeout(),
                 env=child_env(FLOWSTATE_BENCH_TOKEN=server.token),
             )
+            children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             after = CpuReading.take(server.pid, self.db.postgres_pid)
             # The readings span warm-up and measurement: assume the warm-up's rate.
-            span = self.config.warmup + self.config.duration
-            result.update(before.per_request_us(after, result["throughput"] * span))
+            requests = result["throughput"] * (self.config.warmup + self.config.duration)
+            result.update(before.per_request_us(after, requests))
+            # The load generator is the only child waited for in between: its own CPU.
+            loadgen_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+                children_before.ru_utime + children_before.ru_stime
+            )
+            result["loadgen_cpu_us"] = loadgen_cpu / requests * 1e6 if requests > 0 else None
             return result
 
         return measure
