@@ -127,6 +127,10 @@ _MutationResponse = TypeVar(
 # does not change the answer (the retry gate reads the error the phase already carries).
 _DRY_RUN_FAILURE = PhaseError(ErrorCode.PHASE_EXECUTION_FAILED, "ValidateTransition dry run")
 
+# Change events converted once and shared by every stream that delivers them (see
+# `FlowStateServicer._change_event`); cleared when full, like a window of recent changes.
+_SHARED_CHANGES_MAX = 4096
+
 
 def _phase_refusal(definition: FlowDefinition, phase: str) -> FlowStateError | None:
     """INVALID_PHASE when `definition` has no phase `phase`."""
@@ -155,6 +159,10 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         self._views: dict[tuple[str, int], DefinitionView] = {
             (d.name, d.version): DefinitionView(d) for d in BUILTIN_DEFINITIONS.values()
         }
+        # (tenant, flow id, version) -> (the hub's entry, its FlowEvent, its WatchFlowResponse)
+        self._changes: dict[
+            tuple[Tenant, str, int], tuple[HistoryEntry, pb.FlowEvent, pb.WatchFlowResponse]
+        ] = {}
 
     @property
     def rpc_support(self) -> RpcSupport:
@@ -525,6 +533,34 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             event.heartbeat.server_time.CopyFrom(timestamp(value.heartbeat_at))
         return event
 
+    def _shared_change(
+        self, tenant: Tenant, value: EventValue, change: HistoryEntry
+    ) -> tuple[pb.FlowEvent, pb.WatchFlowResponse]:
+        """The change event of `value`, converted once for every stream that delivers it.
+
+        The hub reads each change once and hands the same `HistoryEntry` object to all its
+        subscribers, so a fan-out to N streams converts it once instead of N times. The cache
+        holds the entry itself and reuses the messages only for that very object, so a stale or
+        colliding key can cost a conversion but never deliver another entry. The messages are
+        shared: nothing may modify them after this (grpc only serialises them).
+        """
+        key = (tenant, value.flow_id, value.flow_version)
+        cached = self._changes.get(key)
+        if cached is not None and cached[0] is change:
+            return cached[1], cached[2]
+        event = pb.FlowEvent(
+            flow_id=value.flow_id,
+            flow_version=value.flow_version,
+            progress=value.progress,
+            status=FLOW_STATUS_TO_PROTO[value.status],
+            change=entry_to_proto(value.flow_id, change),
+        )
+        response = pb.WatchFlowResponse(event=event)
+        if len(self._changes) >= _SHARED_CHANGES_MAX:
+            self._changes.clear()
+        self._changes[key] = (change, event, response)
+        return event, response
+
     def _require_hub(self) -> EventSource:
         if self._hub is None:
             raise NotImplementedError("status streams are not available on this server")
@@ -540,7 +576,10 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             call.tenant, args.flow_id, after_version=args.after_version, keep_open=args.keep_open
         )
         async for value in events:
-            yield pb.WatchFlowResponse(event=await self._event(value))
+            if value.change is not None and value.snapshot is None and value.flow_id:
+                yield self._shared_change(call.tenant, value, value.change)[1]
+            else:
+                yield pb.WatchFlowResponse(event=await self._event(value))
 
     @stream(Scope.READ)
     async def WatchFlows(  # noqa: N802 - the proto's method name
@@ -556,4 +595,9 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             cursor=args.cursor or "",
         )
         async for value in events:
-            yield pb.WatchFlowsResponse(event=await self._event(value), cursor=value.cursor)
+            if value.change is not None and value.snapshot is None and value.flow_id:
+                # The cursor is the stream's own; the converted event is shared (and copied in).
+                event = self._shared_change(call.tenant, value, value.change)[0]
+            else:
+                event = await self._event(value)
+            yield pb.WatchFlowsResponse(event=event, cursor=value.cursor)
