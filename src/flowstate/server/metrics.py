@@ -109,6 +109,13 @@ class Metrics:
             registry=self.registry,
         )
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        # Label children by label tuple: ``labels(...)`` validates and hashes under a lock on
+        # every call; these make recording a dict lookup. Label values are bounded (above).
+        self._transition_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._time_in_state_children: dict[tuple[str, str], Histogram] = {}
+        self._retry_children: dict[str, Counter] = {}
+        self._rollback_children: dict[tuple[str, str], Counter] = {}
+        self._open_stream_children: dict[str, Gauge] = {}
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         """Count one RPC and its latency."""
@@ -122,33 +129,54 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def open_stream_gauge(self, method: str) -> Gauge:
+        """The ``flowstate_open_streams`` child of `method` (cached)."""
+        gauge = self._open_stream_children.get(method)
+        if gauge is None:
+            gauge = self._open_stream_children[method] = self.open_streams.labels(method)
+        return gauge
+
+    def _transition(self, phase: str, from_state: str, to_state: str, result: str) -> Counter:
+        key = (phase, from_state, to_state, result)
+        child = self._transition_children.get(key)
+        if child is None:
+            child = self._transition_children[key] = self._transitions.labels(*key)
+        return child
+
     def record_entries(self, entries: Iterable[HistoryEntry]) -> None:
         """Count the phase changes a mutation applied (transitions, retries, rollbacks)."""
         for entry in entries:
-            if entry.phase is None or entry.from_state is None or entry.to_state is None:
+            phase, from_state, to_state = entry.phase, entry.from_state, entry.to_state
+            if phase is None or from_state is None or to_state is None:
                 continue
-            if entry.from_state is entry.to_state:  # a progress report, not a transition
+            if from_state is to_state:  # a progress report, not a transition
                 continue
-            self._transitions.labels(
-                entry.phase, entry.from_state.value, entry.to_state.value, "applied"
-            ).inc()
+            self._transition(phase, from_state.value, to_state.value, "applied").inc()
             if entry.time_in_state_seconds is not None:
-                self._time_in_state.labels(entry.phase, entry.from_state.value).observe(
-                    entry.time_in_state_seconds
-                )
-            if entry.kind is HistoryKind.RETRY:
-                self._retries.labels(entry.phase).inc()
-            elif entry.kind is HistoryKind.ROLLBACK:
-                self._rollbacks.labels(entry.phase, "rollback").inc()
-            elif entry.kind is HistoryKind.CASCADE_ROLLBACK:
-                self._rollbacks.labels(entry.phase, "cascade").inc()
+                key = (phase, from_state.value)
+                histogram = self._time_in_state_children.get(key)
+                if histogram is None:
+                    histogram = self._time_in_state_children[key] = self._time_in_state.labels(*key)
+                histogram.observe(entry.time_in_state_seconds)
+            kind = entry.kind
+            if kind is HistoryKind.RETRY:
+                counter = self._retry_children.get(phase)
+                if counter is None:
+                    counter = self._retry_children[phase] = self._retries.labels(phase)
+                counter.inc()
+            elif kind is HistoryKind.ROLLBACK or kind is HistoryKind.CASCADE_ROLLBACK:
+                rollback = (phase, "rollback" if kind is HistoryKind.ROLLBACK else "cascade")
+                counter = self._rollback_children.get(rollback)
+                if counter is None:
+                    counter = self._rollback_children[rollback] = self._rollbacks.labels(*rollback)
+                counter.inc()
 
     def record_refusal(self, error: FlowStateError) -> None:
         """Count a refused phase change (the core's refusals name the phase and states)."""
         phase = error.details.get("phase")
         if not isinstance(phase, str) or error.code in _UNCOUNTED_REFUSALS:
             return
-        self._transitions.labels(
+        self._transition(
             phase,
             str(error.details.get("from_state", "")),
             str(error.details.get("to_state", "")),

@@ -279,7 +279,7 @@ def stream(
             support = self.rpc_support
             correlation_id, authorization = _begin(context)
             context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
-            gauge = support.metrics.open_streams.labels(method)
+            gauge = support.metrics.open_stream_gauge(method)
             gauge.inc()
             try:
                 principal = _authorize(support, authorization, scope)
