@@ -115,6 +115,7 @@ def build(
                 "subject_label": s.subject_label,
                 "reference_label": s.reference_label,
                 "skipped": s.skip_reason or None,
+                "failures": list(s.failures),
                 "notes": s.notes,
                 "subject": {"runs": s.subject_runs, "median": subject},
                 "reference": {"runs": s.reference_runs, "median": reference},
@@ -205,6 +206,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
         name = s["id"]
         if s["skipped"]:
             name += " (Flowstate skipped)"
+        if s.get("failures"):
+            name += f" [{len(s['failures'])} failed runs]"
         errors = (s["subject"]["median"] or {}).get("errors") or 0
         if errors:
             name += f" [{errors} errors]"
@@ -229,6 +232,9 @@ def table(report: dict[str, Any]) -> str:
             lines.append("  ".join("-" * w for w in widths))
     t = report["targets"]
     lines.append("")
+    for s in report["scenarios"]:
+        for failure in s.get("failures") or ():
+            lines.append(f"FAILED {s['id']} {failure[:300]}")
     lines.append(CPU_NOTE)
     lines.append(
         f"targets: {t['met']} met, {t['missed']} missed, {t['unmeasured']} not measured; "
@@ -258,7 +264,7 @@ def one_line(s: Scenario) -> str:
         if s.kind == "unary":
             parts.append(
                 f"{label} {r.get('throughput', 0):.0f}/s p99 {r.get('p99_ms', 0):.2f} ms"
-                + (f" ({r['errors']} errors)" if r.get("errors") else "")
+                + (f" ({r['errors']} errors: {r.get('error_samples')})" if r.get("errors") else "")
             )
         elif s.kind == "fanout":
             parts.append(

@@ -104,6 +104,8 @@ class Scenario:
     notes: str = ""
     subject_runs: list[Metrics] = field(default_factory=list)
     reference_runs: list[Metrics] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    """Measurements that failed (the medians are over the others)."""
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -553,6 +555,12 @@ class Bench:
                     profiling = self._maybe_profile(s, run, is_subject)
                     try:
                         results.append(measure())
+                    except BenchError as exc:
+                        # One failed measurement (a glitch of a shared machine, a crashed
+                        # stream) is reported, and the other scenarios still run.
+                        side = "flowstate" if is_subject else "reference"
+                        s.failures.append(f"run {run + 1} {side}: {exc}")
+                        print(f"  run {run + 1} {s.id} {side} FAILED: {exc}", flush=True)
                     finally:
                         if profiling is not None:
                             self._finish_profile(profiling)

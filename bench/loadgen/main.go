@@ -550,7 +550,9 @@ func openWatchers(ctx context.Context, c *common, conns []*grpc.ClientConn, flow
 	}
 	ready.Wait()
 	if f := failed.Load(); f > 0 {
-		return 0, fmt.Errorf("%d of %d watch streams failed to open", f, n)
+		errs.mu.Lock()
+		defer errs.mu.Unlock()
+		return 0, fmt.Errorf("%d of %d watch streams failed to open: %v", f, n, errs.samples)
 	}
 	return snapshotVersion.Load(), nil
 }

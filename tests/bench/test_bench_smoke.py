@@ -92,6 +92,7 @@ def test_every_scenario_group_ran(report: dict[str, Any]) -> None:
 def test_both_sides_measured_every_scenario(report: dict[str, Any], side: str) -> None:
     for scenario in report["scenarios"]:
         assert scenario["skipped"] is None, f"{scenario['id']}: {scenario['skipped']}"
+        assert not scenario["failures"], f"{scenario['id']}: {scenario['failures']}"
         runs = scenario[side]["runs"]
         median = scenario[side]["median"]
         assert len(runs) == report["config"]["runs"], scenario["id"]
