@@ -19,9 +19,11 @@ Nothing else in the servicer catches exceptions. Successes are logged at DEBUG o
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import os
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +44,7 @@ from flowstate.server.errors import (
 )
 from flowstate.server.metrics import Metrics
 
-__all__ = ["Call", "RpcSupport", "stream", "unary"]
+__all__ = ["Call", "RpcSupport", "new_correlation_id", "stream", "unary"]
 
 _log = logging.getLogger("flowstate.server.rpc")
 _AUTHORIZATION: Final = "authorization"
@@ -97,6 +99,41 @@ _Resp = TypeVar("_Resp")
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
+class _CorrelationIds:
+    """Correlation ids for calls that sent none: a random per-process prefix and a counter.
+
+    32 hex digits like the `uuid.uuid4().hex` they replace: 16 random ones per process (drawn
+    again in a forked child) then a 16-digit counter, so unique across processes and within
+    one, greppable in logs (one process shares the prefix), and ~10x cheaper than a uuid4.
+    """
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._counter: itertools.count[int] = itertools.count(1)
+        self.reseed()
+
+    def reseed(self) -> None:
+        """A new prefix and counter (at start, and in a forked child)."""
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        """A new id."""
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_correlation_ids = _CorrelationIds()
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_correlation_ids.reseed)
+
+
+def new_correlation_id() -> str:
+    """A fresh correlation id (for a call whose client sent none)."""
+    return _correlation_ids.next()
+
+
 def _sane_correlation_id(value: object) -> TypeGuard[str]:
     return (
         isinstance(value, str)
@@ -115,7 +152,7 @@ def _begin(context: _Context) -> tuple[str, str | None]:
             authorization = value if isinstance(value, str) else None
         elif key == CORRELATION_ID_HEADER and _sane_correlation_id(value):
             correlation_id = value
-    return correlation_id or uuid.uuid4().hex, authorization
+    return correlation_id or _correlation_ids.next(), authorization
 
 
 def _authorize(support: RpcSupport, authorization: str | None, scope: Scope) -> Principal:
