@@ -67,6 +67,7 @@ __all__ = [
     "entry_to_proto",
     "phase_error_to_proto",
     "recovery_option_to_proto",
+    "set_timestamp",
     "sorted_flow_statuses",
     "sorted_phase_states",
     "struct_to_dict",
@@ -104,17 +105,28 @@ RECOVERY_ACTION_TO_PROTO: Mapping[RecoveryAction, flow_service_pb2.RecoveryActio
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+
+
+def _seconds_nanos(moment: datetime) -> tuple[int, int]:
+    """(seconds, nanos) of `moment` (timezone-aware, or naive meaning UTC) since the epoch."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    # Exact integer arithmetic from the timedelta's normalised fields (days may be negative,
+    # seconds and microseconds never are, as Timestamp wants): several times faster than
+    # Timestamp.FromDatetime, and a flow message carries a dozen timestamps.
+    since = moment - _EPOCH
+    return since.days * 86400 + since.seconds, since.microseconds * 1000
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     """`moment` (timezone-aware, or naive meaning UTC) as a Timestamp."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    # Integer arithmetic on the timedelta: several times faster than Timestamp.FromDatetime,
-    # and a flow message carries a dozen timestamps.
-    seconds, micros = divmod((moment - _EPOCH) // _MICROSECOND, 1_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+    seconds, nanos = _seconds_nanos(moment)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def set_timestamp(target: timestamp_pb2.Timestamp, moment: datetime) -> None:
+    """Set the Timestamp field `target` (of some message) to `moment`, in place (no copy)."""
+    target.seconds, target.nanos = _seconds_nanos(moment)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -184,10 +196,10 @@ def entry_to_proto(flow_id: str, entry: HistoryEntry) -> history_pb2.HistoryEntr
         reason=entry.reason,
         user_id=entry.user_id,
         request_id=entry.request_id,
-        occur_time=timestamp(entry.occurred_at),
         progress_after=entry.progress_after,
         cause_phase=entry.cause,
     )
+    set_timestamp(message.occur_time, entry.occurred_at)
     if entry.from_state is not None:
         message.from_state = PHASE_STATE_TO_PROTO[entry.from_state]
     if entry.to_state is not None:
@@ -211,12 +223,21 @@ def entries_to_proto(
 class DefinitionView:
     """A definition with what the conversions need precomputed: its message, weights, limits."""
 
-    __slots__ = ("_limits", "definition", "message")
+    __slots__ = ("_limits", "_phase_names", "_skeleton", "definition", "message")
 
     def __init__(self, definition: FlowDefinition) -> None:
         """Precompute the FlowDefinition message and the per-phase weight and retry limit."""
         self.definition = definition
         self._limits = {p.name: (p.weight, p.max_retries) for p in definition.phases}
+        self._phase_names = tuple(p.name for p in definition.phases)
+        # What every flow message of this definition shares: the phases' names and limits, in
+        # definition order (the order of a flow's phases). Copied, then filled per flow.
+        self._skeleton = flow_pb2.Flow(
+            phases=[
+                flow_pb2.Phase(name=p.name, max_retries=p.max_retries, weight=p.weight)
+                for p in definition.phases
+            ]
+        )
         self.message = definition_pb2.FlowDefinition(
             name=definition.name,
             version=definition.version,
@@ -257,48 +278,65 @@ class DefinitionView:
     def phase_to_proto(self, phase: Phase) -> flow_pb2.Phase:
         """One phase of a flow of this definition as a message."""
         weight, max_retries = self._limits.get(phase.name, (0, 0))
-        message = flow_pb2.Phase(
-            name=phase.name,
-            state=PHASE_STATE_TO_PROTO[phase.state],
-            progress=phase.progress,
-            retry_count=phase.retry_count,
-            max_retries=max_retries,
-            weight=weight,
-        )
-        if phase.last_retry_at is not None:
-            message.last_retry_time.CopyFrom(timestamp(phase.last_retry_at))
-        if phase.error is not None:
-            message.error_context.CopyFrom(phase_error_to_proto(phase.error))
-        if phase.state_entered_at is not None:
-            message.state_enter_time.CopyFrom(timestamp(phase.state_entered_at))
-        if phase.started_at is not None:
-            message.start_time.CopyFrom(timestamp(phase.started_at))
-        if phase.completed_at is not None:
-            message.complete_time.CopyFrom(timestamp(phase.completed_at))
+        message = flow_pb2.Phase(name=phase.name, max_retries=max_retries, weight=weight)
+        _fill_phase(message, phase)
         return message
 
     def flow_to_proto(self, flow: Flow) -> flow_pb2.Flow:
         """A flow of this definition as a message."""
-        message = flow_pb2.Flow(
-            flow_id=flow.flow_id,
-            client_account_id=flow.tenant.client_account_id,
-            engagement_id=flow.tenant.engagement_id,
-            definition_name=flow.definition_name,
-            definition_version=flow.definition_version,
-            status=FLOW_STATUS_TO_PROTO[flow.status],
-            phases=[self.phase_to_proto(phase) for phase in flow.phases],
-            progress=flow.progress,
-            version=flow.version,
-            display_name=flow.display_name,
-            labels=dict(flow.labels),
-        )
+        message = flow_pb2.Flow()
+        self.fill_flow(message, flow)
+        return message
+
+    def fill_flow(self, message: flow_pb2.Flow, flow: Flow) -> None:
+        """Make `message` (e.g. a response's field) `flow`, in place; what it held is replaced.
+
+        Filling the response's own field saves building the message and copying it in.
+        """
+        phases = flow.phases
+        if len(phases) == len(self._phase_names) and all(
+            phase.name == name for phase, name in zip(phases, self._phase_names, strict=True)
+        ):
+            message.CopyFrom(self._skeleton)
+            for phase_message, phase in zip(message.phases, phases, strict=True):
+                _fill_phase(phase_message, phase)
+        else:  # not this definition's phases: each phase on its own, as phase_to_proto does
+            message.Clear()
+            message.phases.extend(self.phase_to_proto(phase) for phase in phases)
+        message.flow_id = flow.flow_id
+        message.client_account_id = flow.tenant.client_account_id
+        message.engagement_id = flow.tenant.engagement_id
+        message.definition_name = flow.definition_name
+        message.definition_version = flow.definition_version
+        message.status = FLOW_STATUS_TO_PROTO[flow.status]
+        message.progress = flow.progress
+        message.version = flow.version
+        message.display_name = flow.display_name
+        if flow.labels:
+            message.labels.update(flow.labels)
         if flow.status_before_pause is not None:
             message.status_before_pause = FLOW_STATUS_TO_PROTO[flow.status_before_pause]
         if flow.created_at is not None:
-            message.create_time.CopyFrom(timestamp(flow.created_at))
+            set_timestamp(message.create_time, flow.created_at)
         if flow.updated_at is not None:
-            message.update_time.CopyFrom(timestamp(flow.updated_at))
-        return message
+            set_timestamp(message.update_time, flow.updated_at)
+
+
+def _fill_phase(message: flow_pb2.Phase, phase: Phase) -> None:
+    """Set the per-flow fields of a Phase message (name and limits are already there)."""
+    message.state = PHASE_STATE_TO_PROTO[phase.state]
+    message.progress = phase.progress
+    message.retry_count = phase.retry_count
+    if phase.last_retry_at is not None:
+        set_timestamp(message.last_retry_time, phase.last_retry_at)
+    if phase.error is not None:
+        message.error_context.CopyFrom(phase_error_to_proto(phase.error))
+    if phase.state_entered_at is not None:
+        set_timestamp(message.state_enter_time, phase.state_entered_at)
+    if phase.started_at is not None:
+        set_timestamp(message.start_time, phase.started_at)
+    if phase.completed_at is not None:
+        set_timestamp(message.complete_time, phase.completed_at)
 
 
 def sorted_phase_states(states: Iterable[PhaseState]) -> list[states_pb2.PhaseState.ValueType]:

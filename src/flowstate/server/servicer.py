@@ -57,7 +57,7 @@ from flowstate.server.convert import (
     entries_to_proto,
     entry_to_proto,
     recovery_option_to_proto,
-    timestamp,
+    set_timestamp,
 )
 from flowstate.server.errors import flow_error_to_proto
 from flowstate.server.rpc import Call, RpcSupport, stream, unary
@@ -187,15 +187,20 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     async def _flow_message(self, flow: Flow) -> flow_pb2.Flow:
         return self._view(await self._definition_of(flow)).flow_to_proto(flow)
 
+    async def _fill_flow(self, target: flow_pb2.Flow, flow: Flow) -> None:
+        """Fill a message's Flow field in place (no separate message copied in)."""
+        self._view(await self._definition_of(flow)).fill_flow(target, flow)
+
     async def _respond(
         self, result: MutationResult, response_type: type[_MutationResponse]
     ) -> _MutationResponse:
         if not result.replayed:
             self._support.metrics.record_entries(result.entries)
-        return response_type(
-            flow=await self._flow_message(result.flow),
-            history_entries=entries_to_proto(result.flow.flow_id, result.entries),
+        response = response_type(
+            history_entries=entries_to_proto(result.flow.flow_id, result.entries)
         )
+        await self._fill_flow(response.flow, result.flow)
+        return response
 
     async def _mutate(
         self, mutation: validation.Mutation, call: Call, response_type: type[_MutationResponse]
@@ -244,7 +249,9 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     ) -> pb.GetFlowResponse:
         """Return one flow of the caller's tenant."""
         flow = await self._store.get_flow(call.tenant, validation.flow_id(request.flow_id))
-        return pb.GetFlowResponse(flow=await self._flow_message(flow))
+        response = pb.GetFlowResponse()
+        await self._fill_flow(response.flow, flow)
+        return response
 
     @unary(Scope.READ)
     async def ListFlows(  # noqa: N802 - the proto's method name
@@ -303,10 +310,11 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         flow = await self._store.get_flow(call.tenant, validation.flow_id(request.flow_id))
         definition = await self._definition_of(flow)
         options = get_recovery_options(flow, definition)
-        return pb.GetRecoveryOptionsResponse(
-            flow=self._view(definition).flow_to_proto(flow),
+        response = pb.GetRecoveryOptionsResponse(
             options=[recovery_option_to_proto(flow, option) for option in options],
         )
+        self._view(definition).fill_flow(response.flow, flow)
+        return response
 
     # --- mutations ------------------------------------------------------------------------------
 
@@ -526,11 +534,11 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         if value.flow_id:
             event.status = FLOW_STATUS_TO_PROTO[value.status]
         if value.snapshot is not None:
-            event.snapshot.CopyFrom(await self._flow_message(value.snapshot))
+            await self._fill_flow(event.snapshot, value.snapshot)
         elif value.change is not None:
             event.change.CopyFrom(entry_to_proto(value.flow_id, value.change))
         elif value.heartbeat_at is not None:
-            event.heartbeat.server_time.CopyFrom(timestamp(value.heartbeat_at))
+            set_timestamp(event.heartbeat.server_time, value.heartbeat_at)
         return event
 
     def _shared_change(
