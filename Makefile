@@ -8,6 +8,7 @@
 #   make check-generated  regenerate and fail if clients/ changed (generated code is committed)
 #   make test             pytest (tests/, clients/python/tests/), npm test, go test
 #   make serve            run the server (flowstate serve)
+#   make bench            benchmarks against the raw limits of the parts (~8 min; bench/README.md)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -36,7 +37,7 @@ BREAKING_BASELINE_FILE := .ci/breaking-baseline
 # Python test directories that exist (an empty tests/ is not tracked by git).
 PYTEST_PATHS := $(wildcard tests clients/python/tests)
 
-.PHONY: help setup generate lint check-generated test serve clean-tools
+.PHONY: help setup generate lint check-generated test serve bench clean-tools
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -113,6 +114,7 @@ lint: setup
 	check $(VENV)/bin/lint-imports; \
 	check bash -c 'cd clients/typescript && node_modules/.bin/tsc --noEmit'; \
 	check bash -c 'cd clients/go && go vet ./...'; \
+	check bash -c 'cd bench/loadgen && test -z "$$(gofmt -l .)" && go vet ./...'; \
 	if (($${#failed[@]})); then printf 'lint failed: %s\n' "$${failed[@]}" >&2; exit 1; fi; \
 	echo "lint: all checks passed"
 
@@ -151,3 +153,6 @@ test: setup
 
 serve: setup
 	$(VENV)/bin/flowstate serve
+
+bench: setup
+	$(VENV)/bin/python -m bench.run
