@@ -14,7 +14,7 @@ import os
 import signal
 from pathlib import Path
 
-from flowstate.server.app import FlowstateServer
+from flowstate.server.app import FlowstateServer, run_event_loop
 from flowstate.server.config import ServerSettings
 from flowstate.server.logs import LOG_FORMATS, configure_logging
 
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown."""
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
-    return asyncio.run(serve(settings))
+    return run_event_loop(serve(settings))
 
 
 def _write_ready_file(path: Path, address: str) -> None:
