@@ -24,7 +24,8 @@ object with the same keys as the Go load generator's ``unary`` mode. Modes:
     The read behind GetFlow: ``SELECT * FROM flows WHERE id = $1`` (primary key), autocommit.
 
 Each client is one connection (asyncpg's JSON codecs installed as SQLAlchemy's asyncpg dialect
-installs them), in one process and one event loop, like the server.
+installs them), in one process and one event loop (the server's: `bench._serverconf.run`), like
+the server.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
+from bench import _serverconf
 from bench._cpu import CpuReading
 
 PHASE = "data_import"
@@ -57,7 +60,8 @@ _STATUS = {"in_progress": "data_gathering", "waiting_approval": "waiting_approva
 _PROGRESS = {"in_progress": 6.0, "waiting_approval": 16.0}
 
 _SELECT_FOR_UPDATE = "SELECT * FROM flows WHERE id = $1 FOR UPDATE"
-_SELECT = "SELECT * FROM flows WHERE id = $1"
+SELECT_FLOW = "SELECT * FROM flows WHERE id = $1"
+"""The raw read behind GetFlow (also served by the grpc+raw reference)."""
 _UPDATE = """
 UPDATE flows
 SET phase_states = $2, phase_details = $3, status = $4, progress = $5, version = $6,
@@ -115,11 +119,16 @@ def full_write_statement(omit: frozenset[str]) -> str:
 
 async def _connect(dsn: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    await install_json_codecs(conn)
+    return conn
+
+
+async def install_json_codecs(conn: asyncpg.Connection) -> None:
+    """JSON codecs as SQLAlchemy's asyncpg dialect installs them."""
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
             typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
-    return conn
 
 
 def _toggled(row: asyncpg.Record, now: datetime) -> dict[str, Any]:
@@ -146,6 +155,48 @@ def _toggled(row: asyncpg.Record, now: datetime) -> dict[str, Any]:
         "version": row["version"] + 1,
         "time_in_state": in_state,
     }
+
+
+async def minimal_transition(
+    conn: asyncpg.Connection | PoolConnectionProxy, flow_id: str, request_id: str
+) -> dict[str, Any]:
+    """The raw limit's transaction on `conn`: lock, decide in Python, one write, commit.
+
+    Returns the decision (new state, status, progress, version). Shared with the grpc+raw
+    reference server (`bench.ref_server --dsn`), which serves it behind a minimal handler.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(_SELECT_FOR_UPDATE, flow_id)
+        if row is None:
+            raise LookupError(flow_id)
+        now = datetime.now(UTC)
+        decision = _toggled(row, now)
+        await conn.execute(_WRITE, *_write_args(flow_id, row, decision, now, request_id))
+    return decision
+
+
+def _write_args(
+    flow_id: str, row: asyncpg.Record, d: dict[str, Any], now: datetime, request_id: str
+) -> list[Any]:
+    """The parameters of `_WRITE` for decision `d` on `row`."""
+    return [
+        flow_id,
+        d["states"],
+        d["details"],
+        d["status"],
+        d["progress"],
+        d["version"],
+        now,
+        row["client_account_id"],
+        row["engagement_id"],
+        PHASE,
+        d["before"],
+        d["after"],
+        d["status_before"],
+        request_id,
+        {},
+        d["time_in_state"],
+    ]
 
 
 class Transition:
@@ -182,12 +233,7 @@ class Transition:
     async def __call__(self, seq: int) -> None:
         request_id = f"{self.prefix}-{seq}"
         if not self.full:
-            async with self.conn.transaction():
-                row = await self.conn.fetchrow(_SELECT_FOR_UPDATE, self.flow_id)
-                if row is None:
-                    raise LookupError(self.flow_id)
-                now = datetime.now(UTC)
-                await self.conn.execute(_WRITE, *self._args(row, now, request_id))
+            self.decision = await minimal_transition(self.conn, self.flow_id, request_id)
             return
         await self.conn.execute(self.begin)
         try:
@@ -199,26 +245,8 @@ class Transition:
             raise
 
     def _args(self, row: asyncpg.Record, now: datetime, request_id: str) -> list[Any]:
-        d = _toggled(row, now)
-        self.decision = d
-        return [
-            self.flow_id,
-            d["states"],
-            d["details"],
-            d["status"],
-            d["progress"],
-            d["version"],
-            now,
-            row["client_account_id"],
-            row["engagement_id"],
-            PHASE,
-            d["before"],
-            d["after"],
-            d["status_before"],
-            request_id,
-            {},
-            d["time_in_state"],
-        ]
+        self.decision = _toggled(row, now)
+        return _write_args(self.flow_id, row, self.decision, now, request_id)
 
     async def _full(self, seq: int, request_id: str) -> None:
         conn = self.conn
@@ -278,7 +306,7 @@ class Select:
         self.flow_id = flow_id
 
     async def __call__(self, seq: int) -> None:
-        row = await self.conn.fetchrow(_SELECT, self.flow_id)
+        row = await self.conn.fetchrow(SELECT_FLOW, self.flow_id)
         if row is None:
             raise LookupError(self.flow_id)
 
@@ -427,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         "--postmaster-pid", type=int, help="PostgreSQL's pid, to report its CPU per request"
     )
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(run(args))), flush=True)
+    print(json.dumps(_serverconf.run(run(args))), flush=True)
 
 
 if __name__ == "__main__":

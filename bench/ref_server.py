@@ -8,6 +8,13 @@ It serves four FlowStateService methods trivially, with no database, no auth and
   broadcasts the change to every open ``WatchFlow`` stream (the fan-out reference);
 - ``WatchFlow`` sends a snapshot, then every broadcast event, from a bounded per-subscriber queue.
 
+With ``--dsn`` it is instead the *grpc+raw* reference: ``TransitionPhase`` runs the raw limit's
+transaction (`bench.raw.minimal_transition`) on the requested flow through an asyncpg pool as
+large as Flowstate's default, and answers with the flow's new version, status and progress;
+``GetFlow`` runs the raw primary-key SELECT and answers with the row's version, status, progress
+and phase states. That is the "minimal grpc.aio handler running the raw transaction" of issue 8:
+what gRPC plus the bare statements cost in one Python process, with nothing of Flowstate's own.
+
 It speaks the real API so the same load generator drives it and the real server alike, and it
 is served the same way as ``flowstate serve`` (one process, one event loop, the same grpc
 server options; see `bench._serverconf`). Run as ``python -m bench.ref_server --port 0``; it
@@ -23,11 +30,13 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 
+import asyncpg
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from grpc import aio
 
-from bench import _serverconf
+from bench import _serverconf, raw
+from flowstate.server.config import ServerSettings
 from flowstate.v1 import flow_pb2, flow_service_pb2, history_pb2, states_pb2
 
 SERVICE = "flowstate.v1.FlowStateService"
@@ -41,6 +50,8 @@ PHASES = (
 QUEUE_BOUND = 1024
 """Per-subscriber queue bound, as a real server must have one (DESIGN.md section 5)."""
 
+POOL_SIZE = ServerSettings().db_pool_size
+"""The grpc+raw reference's pool: as large as Flowstate's by default."""
 _IN_PROGRESS = states_pb2.PHASE_STATE_IN_PROGRESS
 _WAITING_APPROVAL = states_pb2.PHASE_STATE_WAITING_APPROVAL
 
@@ -206,10 +217,90 @@ class Reference:
         )
 
 
-async def serve(port: int) -> None:
+def _status(value: str) -> states_pb2.FlowStatus.ValueType:
+    return states_pb2.FlowStatus.Value(f"FLOW_STATUS_{value.upper()}")
+
+
+class GrpcRaw:
+    """The grpc+raw reference: the raw statements behind minimal handlers."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def transition_phase(
+        self,
+        request: flow_service_pb2.TransitionPhaseRequest,
+        context: aio.ServicerContext[
+            flow_service_pb2.TransitionPhaseRequest, flow_service_pb2.TransitionPhaseResponse
+        ],
+    ) -> flow_service_pb2.TransitionPhaseResponse:
+        """Toggle the flow's data_import in the database; the new version, status, progress."""
+        async with self.pool.acquire() as conn:
+            d = await raw.minimal_transition(conn, request.flow_id, request.request_id)
+        return flow_service_pb2.TransitionPhaseResponse(
+            flow=flow_pb2.Flow(
+                flow_id=request.flow_id,
+                version=d["version"],
+                status=_status(d["status"]),
+                progress=d["progress"],
+            )
+        )
+
+    async def get_flow(
+        self,
+        request: flow_service_pb2.GetFlowRequest,
+        context: aio.ServicerContext[
+            flow_service_pb2.GetFlowRequest, flow_service_pb2.GetFlowResponse
+        ],
+    ) -> flow_service_pb2.GetFlowResponse:
+        """The raw primary-key SELECT; the row's version, status, progress and phase states."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(raw.SELECT_FLOW, request.flow_id)
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such flow")
+        flow = flow_pb2.Flow(
+            flow_id=request.flow_id,
+            version=row["version"],
+            status=_status(row["status"]),
+            progress=row["progress"],
+        )
+        for name, state in row["phase_states"].items():
+            flow.phases.add(
+                name=name, state=states_pb2.PhaseState.Value(f"PHASE_STATE_{state.upper()}")
+            )
+        return flow_service_pb2.GetFlowResponse(flow=flow)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """TransitionPhase and GetFlow."""
+        fs = flow_service_pb2
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "GetFlow": grpc.unary_unary_rpc_method_handler(
+                    self.get_flow,
+                    request_deserializer=fs.GetFlowRequest.FromString,
+                    response_serializer=fs.GetFlowResponse.SerializeToString,
+                ),
+                "TransitionPhase": grpc.unary_unary_rpc_method_handler(
+                    self.transition_phase,
+                    request_deserializer=fs.TransitionPhaseRequest.FromString,
+                    response_serializer=fs.TransitionPhaseResponse.SerializeToString,
+                ),
+            },
+        )
+
+
+async def serve(port: int, dsn: str | None) -> None:
     """Serve on 127.0.0.1:`port` until SIGTERM or SIGINT."""
     server = aio.server(options=_serverconf.server_options())
-    server.add_generic_rpc_handlers((Reference().handler(),))
+    pool: asyncpg.Pool | None = None
+    if dsn is None:
+        server.add_generic_rpc_handlers((Reference().handler(),))
+    else:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, init=raw.install_json_codecs
+        )
+        server.add_generic_rpc_handlers((GrpcRaw(pool).handler(),))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"PORT {bound}", flush=True)
@@ -219,15 +310,19 @@ async def serve(port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(grace=0.5)
+    if pool is not None:
+        await pool.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: ephemeral)")
+    parser.add_argument(
+        "--dsn", help="serve the grpc+raw reference (TransitionPhase only) on this database"
+    )
     args = parser.parse_args(argv)
-    _serverconf.install_event_loop_policy()
-    asyncio.run(serve(args.port))
+    _serverconf.run(serve(args.port, args.dsn))
 
 
 if __name__ == "__main__":

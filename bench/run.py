@@ -179,11 +179,11 @@ class Server:
         return int(psutil.Process(self.pid).memory_info().rss)
 
 
-def start_reference(procs: Processes, name: str = "ref_server") -> Server:
-    """Start the bare reference server (echo + in-memory broadcast)."""
+def start_reference(procs: Processes, name: str = "ref_server", dsn: str | None = None) -> Server:
+    """Start the bare reference server (echo + in-memory broadcast), or with `dsn` grpc+raw."""
     proc = procs.start(
         name,
-        [sys.executable, "-m", "bench.ref_server", "--port", "0"],
+        [sys.executable, "-m", "bench.ref_server", "--port", "0", *(["--dsn", dsn] if dsn else [])],
         cwd=REPO,
         env=child_env(),
     )
@@ -209,6 +209,7 @@ class Bench:
         loadgen: Path,
         db: _db.Database,
         reference: Server,
+        grpc_raw: Server | None,
         flowstate: _flowstate.Flowstate | None,
         unavailable: str,
         work_dir: Path,
@@ -218,6 +219,7 @@ class Bench:
         self.loadgen = loadgen
         self.db = db
         self.reference = reference
+        self.grpc_raw = grpc_raw
         self.flowstate = flowstate
         self.unavailable = unavailable
         self.work_dir = work_dir
@@ -434,6 +436,22 @@ class Bench:
                 notes="reference adds RLS set_config, idempotency key, pg_notify",
             )
         )
+        n = self._full_n()
+        scenarios.append(
+            Scenario(
+                id=f"transition/grpc-raw/c{n}",
+                group="the raw transaction behind a minimal grpc.aio handler (issue 8's scale)",
+                kind="unary",
+                param=n,
+                subject_label="grpc+raw",
+                reference_label="raw asyncpg transaction",
+                subject=self.loadgen_unary(self.grpc_raw, "transition", n, raw_flows[:n])
+                if self.grpc_raw
+                else None,
+                reference=self.raw("transition", n, raw_flows[:n]) if fs else None,
+                notes="no Flowstate code: the floor of gRPC plus the bare transaction",
+            )
+        )
         for n in c.concurrencies:
             scenarios.append(
                 Scenario(
@@ -472,6 +490,21 @@ class Bench:
                 subject=self._fs_unary("getflow", rc, "distinct"),
                 reference=self.raw("select", rc, raw_flows[:rc]) if fs else None,
                 target=_throughput_target(0.5, "raw SELECT") if rc == 32 else None,
+            )
+        )
+        scenarios.append(
+            Scenario(
+                id=f"getflow/grpc-raw/c{rc}",
+                group="the raw SELECT behind a minimal grpc.aio handler",
+                kind="unary",
+                param=rc,
+                subject_label="grpc+raw",
+                reference_label="raw asyncpg PK SELECT",
+                subject=self.loadgen_unary(self.grpc_raw, "getflow", rc, raw_flows[:rc])
+                if self.grpc_raw
+                else None,
+                reference=self.raw("select", rc, raw_flows[:rc]) if fs else None,
+                notes="no Flowstate code: the floor of gRPC plus the bare SELECT",
             )
         )
         for w in c.watchers:
@@ -660,7 +693,10 @@ def execute(config: Config, out: Path) -> dict[str, Any]:
             unavailable = str(exc)
             print(f"Flowstate scenarios skipped: {unavailable}", flush=True)
         reference = start_reference(procs)
-        bench = Bench(config, procs, loadgen, db, reference, flowstate, unavailable, out.parent)
+        grpc_raw = start_reference(procs, "grpc_raw", db.dsn) if flowstate else None
+        bench = Bench(
+            config, procs, loadgen, db, reference, grpc_raw, flowstate, unavailable, out.parent
+        )
         scenarios = bench.scenarios()
         bench.run(scenarios)
         report = _report.build(config_dict(config), info, scenarios, time.monotonic() - started)

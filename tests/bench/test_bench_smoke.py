@@ -29,9 +29,11 @@ pytestmark = [
 GROUPS = {
     "transition/distinct/",
     "transition/distinct-full-sql/",
+    "transition/grpc-raw/",
     "transition/hot/",
     "validate/",
     "getflow/",
+    "getflow/grpc-raw/",
     "fanout/",
     "idle-memory/",
 }
