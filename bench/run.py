@@ -58,6 +58,10 @@ class Config:
     only: tuple[str, ...] = ()
     profile_dir: Path | None = None
     profile: tuple[str, ...] = ("transition/distinct/c32", "validate/c32")
+    profile_native: bool = False
+    """py-spy ``--native``: Cython and C frames too (grpc's and asyncpg's own work)."""
+    profile_references: bool = False
+    """Also profile the reference side where it is a server (echo, broadcast)."""
     smoke: bool = False
     server_env: tuple[tuple[str, str], ...] = ()
     """Extra FLOWSTATE_* settings for the server (experiments, e.g. FLOWSTATE_DB_POOL_SIZE)."""
@@ -106,6 +110,10 @@ class Scenario:
     reference_runs: list[Metrics] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     """Measurements that failed (the medians are over the others)."""
+    subject_server: Server | None = None
+    """The server process doing the subject's work (what ``--profile`` samples)."""
+    reference_server: Server | None = None
+    """The reference's server process, when it has one (``--profile-references``)."""
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -403,6 +411,7 @@ class Bench:
         fs = self.flowstate
         ref = self.reference
         raw_flows = fs.raw_flows if fs else []
+        fs_server = fs.server if fs else None
         scenarios: list[Scenario] = []
 
         for n in c.concurrencies:
@@ -417,6 +426,7 @@ class Bench:
                     subject=self._fs_unary("transition", n, "distinct"),
                     reference=self.raw("transition", n, raw_flows[:n]) if fs else None,
                     target=_transition_target() if n == 32 else None,
+                    subject_server=fs_server,
                 )
             )
         scenarios.append(
@@ -434,6 +444,7 @@ class Bench:
                 if fs
                 else None,
                 notes="reference adds RLS set_config, idempotency key, pg_notify",
+                subject_server=fs_server,
             )
         )
         n = self._full_n()
@@ -450,6 +461,7 @@ class Bench:
                 else None,
                 reference=self.raw("transition", n, raw_flows[:n]) if fs else None,
                 notes="no Flowstate code: the floor of gRPC plus the bare transaction",
+                subject_server=self.grpc_raw,
             )
         )
         for n in c.concurrencies:
@@ -463,6 +475,7 @@ class Bench:
                     reference_label="raw asyncpg transaction",
                     subject=self._fs_unary("progress", n, "hot"),
                     reference=self.raw("transition", n, raw_flows[-1:]) if fs else None,
+                    subject_server=fs_server,
                 )
             )
         rc = c.read_concurrency
@@ -477,6 +490,8 @@ class Bench:
                 subject=self._fs_unary("validate", rc, "none"),
                 reference=self.loadgen_unary(ref, "validate", rc, []),
                 target=_throughput_target(0.7, "echo") if rc == 32 else None,
+                subject_server=fs_server,
+                reference_server=ref,
             )
         )
         scenarios.append(
@@ -490,6 +505,7 @@ class Bench:
                 subject=self._fs_unary("getflow", rc, "distinct"),
                 reference=self.raw("select", rc, raw_flows[:rc]) if fs else None,
                 target=_throughput_target(0.5, "raw SELECT") if rc == 32 else None,
+                subject_server=fs_server,
             )
         )
         scenarios.append(
@@ -505,6 +521,7 @@ class Bench:
                 else None,
                 reference=self.raw("select", rc, raw_flows[:rc]) if fs else None,
                 notes="no Flowstate code: the floor of gRPC plus the bare SELECT",
+                subject_server=self.grpc_raw,
             )
         )
         for w in c.watchers:
@@ -519,6 +536,8 @@ class Bench:
                     subject=self._fs_fanout(w),
                     reference=self.fanout(ref, "bare", w),
                     target=_fanout_target() if w == 1000 else None,
+                    subject_server=fs_server,
+                    reference_server=ref,
                 )
             )
         scenarios.append(
@@ -605,25 +624,27 @@ class Bench:
         self, s: Scenario, run: int, is_subject: bool
     ) -> subprocess.Popen[str] | None:
         c = self.config
-        if c.profile_dir is None or not is_subject or run != 0 or self.flowstate is None:
+        if c.profile_dir is None or run != 0 or s.id not in c.profile:
             return None
-        if s.id not in c.profile:
+        server = s.subject_server if is_subject else s.reference_server
+        if server is None or not (is_subject or c.profile_references):
             return None
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         c.profile_dir.mkdir(parents=True, exist_ok=True)
-        stem = s.id.replace("/", "_")
+        stem = s.id.replace("/", "_") + ("" if is_subject else "_reference")
         return self.procs.start(
             f"py-spy-{stem}",
             [
                 py_spy,
                 "record",
                 "--pid",
-                str(self.flowstate.server.pid),
+                str(server.pid),
                 "--duration",
                 str(int(c.warmup + c.duration)),
                 "--rate",
                 "200",
-                "--nonblocking",
+                # Native stacks need the process paused per sample (slower, still proportional).
+                *(["--native"] if c.profile_native else ["--nonblocking"]),
                 "--format",
                 "raw",
                 "--output",
@@ -750,6 +771,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, Path, Path | None]:
         help="scenario ids to profile (default transition/distinct/c32 validate/c32)",
     )
     p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="py-spy --native: Cython and C frames too (grpc's and asyncpg's own work)",
+    )
+    p.add_argument(
+        "--profile-references",
+        action="store_true",
+        help="also profile the reference server (echo, broadcast) of the profiled scenarios",
+    )
+    p.add_argument(
         "--server-env",
         nargs="+",
         default=[],
@@ -779,6 +810,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, Path, Path | None]:
         overrides["profile_dir"] = a.profile
     if a.profile_scenarios:
         overrides["profile"] = tuple(a.profile_scenarios)
+    overrides["profile_native"] = a.profile_native
+    overrides["profile_references"] = a.profile_references
     if a.server_env:
         pairs = [item.split("=", 1) for item in a.server_env]
         if any(len(pair) != 2 or not pair[0].startswith("FLOWSTATE_") for pair in pairs):
