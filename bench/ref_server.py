@@ -28,7 +28,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 import grpc
@@ -189,32 +190,33 @@ class Reference:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The four methods as a generic handler (the generated servicer base is abstract)."""
-        fs = flow_service_pb2
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "ValidateTransition": grpc.unary_unary_rpc_method_handler(
-                    self.validate_transition,
-                    request_deserializer=fs.ValidateTransitionRequest.FromString,
-                    response_serializer=fs.ValidateTransitionResponse.SerializeToString,
-                ),
-                "GetFlow": grpc.unary_unary_rpc_method_handler(
-                    self.get_flow,
-                    request_deserializer=fs.GetFlowRequest.FromString,
-                    response_serializer=fs.GetFlowResponse.SerializeToString,
-                ),
-                "TransitionPhase": grpc.unary_unary_rpc_method_handler(
-                    self.transition_phase,
-                    request_deserializer=fs.TransitionPhaseRequest.FromString,
-                    response_serializer=fs.TransitionPhaseResponse.SerializeToString,
-                ),
-                "WatchFlow": grpc.unary_stream_rpc_method_handler(
-                    self.watch_flow,
-                    request_deserializer=fs.WatchFlowRequest.FromString,
-                    response_serializer=fs.WatchFlowResponse.SerializeToString,
-                ),
-            },
+        return _handler(
+            ValidateTransition=self.validate_transition,
+            GetFlow=self.get_flow,
+            TransitionPhase=self.transition_phase,
+            WatchFlow=self.watch_flow,
         )
+
+
+def _handler(**methods: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    """FlowStateService methods by name, (de)serialised as the service descriptor says."""
+    service = flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for name, method in methods.items():
+        descriptor = service.methods_by_name[name]
+        request = getattr(flow_service_pb2, descriptor.input_type.name)
+        response = getattr(flow_service_pb2, descriptor.output_type.name)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if descriptor.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[name] = make(
+            method,
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 def _status(value: str) -> states_pb2.FlowStatus.ValueType:
@@ -272,22 +274,7 @@ class GrpcRaw:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """TransitionPhase and GetFlow."""
-        fs = flow_service_pb2
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "GetFlow": grpc.unary_unary_rpc_method_handler(
-                    self.get_flow,
-                    request_deserializer=fs.GetFlowRequest.FromString,
-                    response_serializer=fs.GetFlowResponse.SerializeToString,
-                ),
-                "TransitionPhase": grpc.unary_unary_rpc_method_handler(
-                    self.transition_phase,
-                    request_deserializer=fs.TransitionPhaseRequest.FromString,
-                    response_serializer=fs.TransitionPhaseResponse.SerializeToString,
-                ),
-            },
-        )
+        return _handler(GetFlow=self.get_flow, TransitionPhase=self.transition_phase)
 
 
 async def serve(port: int, dsn: str | None) -> None:
