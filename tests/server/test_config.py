@@ -21,6 +21,7 @@ def test_defaults() -> None:
     assert settings.migrate_on_start  # the embedded database is migrated at start
     assert settings.metrics_port is None
     assert settings.max_message_bytes == 4 * 1024 * 1024
+    assert (settings.stuck_after, settings.stuck_check_interval) == (3600.0, 60.0)
 
 
 def test_environment_variables() -> None:
@@ -34,6 +35,8 @@ def test_environment_variables() -> None:
             "FLOWSTATE_LOG_FORMAT": "json",
             "FLOWSTATE_GRACE_PERIOD": "2.5",
             "FLOWSTATE_JWT_SECRET": SECRET,
+            "FLOWSTATE_STUCK_AFTER": "7200",
+            "FLOWSTATE_STUCK_CHECK_INTERVAL": "0",
             "FLOWSTATE_UNRELATED": "ignored",
         }
     )
@@ -42,6 +45,7 @@ def test_environment_variables() -> None:
     assert not settings.embedded_database
     assert not settings.migrate_on_start  # an external database is migrated explicitly
     assert (settings.log_format, settings.grace_period) == ("json", 2.5)
+    assert (settings.stuck_after, settings.stuck_check_interval) == (7200.0, 0.0)
     assert SECRET not in repr(settings)
 
 
@@ -64,6 +68,8 @@ def test_flags_override_the_environment() -> None:
         {"FLOWSTATE_TLS_CERT_FILE": "/cert.pem"},
         {"FLOWSTATE_TLS_CLIENT_CA_FILE": "/ca.pem"},
         {"FLOWSTATE_JWT_SECRET": SECRET, "FLOWSTATE_JWT_SECRET_FILE": "/secret"},
+        {"FLOWSTATE_STUCK_AFTER": "0"},
+        {"FLOWSTATE_STUCK_CHECK_INTERVAL": "-5"},
     ],
     ids=[
         "port-not-a-number",
@@ -75,6 +81,8 @@ def test_flags_override_the_environment() -> None:
         "cert-without-key",
         "mtls-without-tls",
         "two-jwt-keys",
+        "stuck-after-zero",
+        "negative-stuck-check-interval",
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:

@@ -47,4 +47,5 @@ def test_store_methods() -> None:
         "read_tenant_changes",
         "tenant_cursor_now",
         "purge_expired_idempotency_keys",
+        "count_stuck_flows",
     }

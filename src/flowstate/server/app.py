@@ -8,9 +8,11 @@ Start-up order (each step undone if a later one fails):
 4. start the watch hub (LISTEN/NOTIFY fan-out, `flowstate.server.watch`) on the store;
 5. the grpc.aio server: FlowStateService, health (``grpc.health.v1``), reflection (v1alpha),
    keepalive and message-size options, TLS/mTLS when configured; bind, start;
-6. health SERVING; the Prometheus endpoint, when configured.
+6. health SERVING; the Prometheus endpoint, when configured, with the stuck-flows count on its
+   timer (`flowstate.server.stuck`).
 
-Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop accepting
+Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop counting
+stuck flows; stop accepting
 RPCs; close the watch hub, so open streams end at once with UNAVAILABLE / SERVER_SHUTTING_DOWN
 (clients resume elsewhere); give in-flight RPCs the grace period; close the store; stop the
 embedded PostgreSQL; stop the metrics endpoint.
@@ -34,6 +36,7 @@ from flowstate.server.config import AuthConfig, ConfigError, ServerSettings, res
 from flowstate.server.metrics import Metrics, MetricsEndpoint
 from flowstate.server.rpc import RpcSupport
 from flowstate.server.servicer import FlowStateServicer
+from flowstate.server.stuck import StuckFlowsMonitor
 from flowstate.server.watch import WatchHub
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.store import FlowStore
@@ -116,9 +119,12 @@ class _Resources:
     hub: WatchHub | None = None
     server: grpc.aio.Server | None = None
     metrics_endpoint: MetricsEndpoint | None = None
+    stuck_monitor: StuckFlowsMonitor | None = None
 
     async def release(self, grace: float) -> None:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.stuck_monitor is not None:
+            steps.append(("stuck-flows monitor", self.stuck_monitor.close))
         if self.server is not None:
             steps.append(("grpc server", lambda: _stop_server(self.server, self.hub, grace)))
         elif self.hub is not None:
@@ -233,6 +239,13 @@ class FlowstateServer:
                 resources.metrics_endpoint = metrics.serve(
                     settings.metrics_host, settings.metrics_port
                 )
+                if settings.stuck_check_interval > 0:
+                    resources.stuck_monitor = StuckFlowsMonitor.start(
+                        resources.store,
+                        metrics,
+                        stuck_after=settings.stuck_after,
+                        interval=settings.stuck_check_interval,
+                    )
         except BaseException:
             await resources.release(grace=0)
             raise

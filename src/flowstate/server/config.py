@@ -120,6 +120,11 @@ class ServerSettings:
     """FLOWSTATE_HEARTBEAT_INTERVAL: seconds between heartbeats on idle streams."""
     db_pool_size: int = 10
     """FLOWSTATE_DB_POOL_SIZE: most database connections the store holds (the hub adds 2)."""
+    stuck_after: float = 3600.0
+    """FLOWSTATE_STUCK_AFTER: seconds without a change after which a live flow counts as stuck."""
+    stuck_check_interval: float = 60.0
+    """FLOWSTATE_STUCK_CHECK_INTERVAL: seconds between counts of stuck flows (metrics only; 0:
+    never)."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest request or response message (4 MiB)."""
 
@@ -169,6 +174,10 @@ class ServerSettings:
             values["grace_period"] = _float("FLOWSTATE_GRACE_PERIOD", value)
         if (value := get("FLOWSTATE_HEARTBEAT_INTERVAL")) is not None:
             values["heartbeat_interval"] = _float("FLOWSTATE_HEARTBEAT_INTERVAL", value)
+        if (value := get("FLOWSTATE_STUCK_AFTER")) is not None:
+            values["stuck_after"] = _float("FLOWSTATE_STUCK_AFTER", value)
+        if (value := get("FLOWSTATE_STUCK_CHECK_INTERVAL")) is not None:
+            values["stuck_check_interval"] = _float("FLOWSTATE_STUCK_CHECK_INTERVAL", value)
         if (value := get("FLOWSTATE_DB_POOL_SIZE")) is not None:
             values["db_pool_size"] = _int("FLOWSTATE_DB_POOL_SIZE", value, minimum=1, maximum=1000)
         return cls(**values).checked()
@@ -186,6 +195,12 @@ class ServerSettings:
             raise ConfigError(f"port must be between 0 and 65535, not {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be between 0 and 65535, not {self.metrics_port}")
+        if not self.stuck_after > 0:
+            raise ConfigError(f"FLOWSTATE_STUCK_AFTER must be > 0 seconds, not {self.stuck_after}")
+        if not self.stuck_check_interval >= 0:
+            raise ConfigError(
+                f"FLOWSTATE_STUCK_CHECK_INTERVAL must be >= 0, not {self.stuck_check_interval}"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("TLS needs both FLOWSTATE_TLS_CERT_FILE and FLOWSTATE_TLS_KEY_FILE")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

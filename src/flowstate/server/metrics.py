@@ -9,21 +9,24 @@
 | `flowstate_retries_total` | counter | phase |
 | `flowstate_rollbacks_total` | counter | phase, kind (rollback, cascade) |
 | `flowstate_open_streams` | gauge | method |
+| `flowstate_stuck_flows` | gauge | status |
+| `flowstate_stuck_flows_checked_timestamp_seconds` | gauge | |
 
 `result` is ``applied`` or the refusal's error code. Label values come from definitions and
 enums, never from free request text, so cardinality stays bounded: refusals that name an
 unknown phase (INVALID_PHASE) or a malformed request are not counted as transitions.
 Label children are cached so recording costs a dict lookup and an increment.
 
-Not here yet: a stuck-flows gauge. Counting stuck flows needs a bounded cross-tenant query that
-the store does not offer (every store query is tenant-scoped); until it does, find stuck flows
-per tenant with ``ListFlows(updated_before=..., statuses=...)`` (docs/operations.md).
+`flowstate_stuck_flows` counts the flows of *all* tenants that are not terminal and have not
+changed for ``FLOWSTATE_STUCK_AFTER`` seconds, by status; `flowstate.server.stuck` refreshes it
+every ``FLOWSTATE_STUCK_CHECK_INTERVAL`` seconds (every replica counts the same flows: aggregate
+with ``max``, not ``sum``). The checked timestamp says how fresh it is (alert when it lags).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 from wsgiref.simple_server import WSGIServer
@@ -31,7 +34,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, HistoryEntry, HistoryKind
+from flowstate.core.model import ErrorCode, FlowStatus, HistoryEntry, HistoryKind
+from flowstate.core.rules import TERMINAL_STATUSES
 
 __all__ = ["Metrics", "MetricsEndpoint"]
 
@@ -42,6 +46,7 @@ _STATE_BUCKETS: Final = (
     1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0,
     7 * 86400.0,
 )  # fmt: skip
+_LIVE_STATUSES: Final = tuple(s for s in FlowStatus if s not in TERMINAL_STATUSES)
 _UNCOUNTED_REFUSALS: Final = frozenset({ErrorCode.INVALID_PHASE, ErrorCode.MALFORMED_REQUEST})
 
 
@@ -106,6 +111,17 @@ class Metrics:
             "flowstate_open_streams",
             "Open WatchFlow/WatchFlows streams.",
             ["method"],
+            registry=self.registry,
+        )
+        self._stuck_flows = Gauge(
+            "flowstate_stuck_flows",
+            "Non-terminal flows of all tenants unchanged for FLOWSTATE_STUCK_AFTER, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self._stuck_checked = Gauge(
+            "flowstate_stuck_flows_checked_timestamp_seconds",
+            "When flowstate_stuck_flows was last counted (Unix time).",
             registry=self.registry,
         )
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
@@ -182,6 +198,12 @@ class Metrics:
             str(error.details.get("to_state", "")),
             error.code.value,
         ).inc()
+
+    def set_stuck_flows(self, counts: Mapping[FlowStatus, int], checked_at: float) -> None:
+        """Publish a count of stuck flows (every live status, 0 where none) made at `checked_at`."""
+        for status in _LIVE_STATUSES:
+            self._stuck_flows.labels(status.value).set(counts.get(status, 0))
+        self._stuck_checked.set(checked_at)
 
     def serve(self, host: str, port: int) -> MetricsEndpoint:
         """Serve ``/metrics`` over HTTP on `host`:`port` (0: an ephemeral port)."""

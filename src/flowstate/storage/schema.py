@@ -17,6 +17,10 @@ Tables:
   (see `flowstate.storage.store.FlowStore.read_tenant_changes`).
 - `idempotency_keys`: the first result of each request id, per tenant, until it expires.
 - `flow_definitions`: definition bodies by (name, version), seeded with the built-ins.
+
+`ix_flows_status_updated_at` is the one index without the tenant in front: it serves the
+operators' cross-tenant count of stuck flows (`FlowStore.count_stuck_flows`), and is partial
+(terminal flows, the bulk of an old database, are not in it).
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 
+from flowstate.core.rules import TERMINAL_STATUSES
+
 __all__ = [
+    "ACTIVE_FLOW",
     "APP_ROLE",
     "flow_definitions",
     "flow_history",
@@ -62,6 +69,11 @@ metadata = MetaData(
 )
 
 _TIMESTAMP = TIMESTAMP(timezone=True)
+
+ACTIVE_FLOW = text(
+    "status NOT IN (" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+)
+"""A flow that is not terminal: the predicate of the stuck-flows index and of its count."""
 _EMPTY_OBJECT = text("'{}'::jsonb")
 
 flow_definitions = Table(
@@ -114,6 +126,7 @@ flows = Table(
         "id",
     ),
     Index("ix_flows_tenant_retry_count", "client_account_id", "engagement_id", "retry_count"),
+    Index("ix_flows_status_updated_at", "status", "updated_at", postgresql_where=ACTIVE_FLOW),
     Index(
         "ix_flows_phase_states",
         "phase_states",

@@ -107,6 +107,7 @@ from flowstate.storage.limits import (
     malformed,
 )
 from flowstate.storage.schema import (
+    ACTIVE_FLOW,
     APP_ROLE,
     flow_definitions,
     flow_history,
@@ -355,6 +356,12 @@ _HAS_VERSION_TABLE = compile_statement(
 )
 _SCHEMA_REVISION = compile_statement(text("SELECT max(version_num) FROM alembic_version"))
 _PING = compile_statement(select(literal(1)))
+_COUNT_STUCK = compile_statement(
+    select(flows.c.status, func.count().label("flows"))
+    .where(ACTIVE_FLOW, flows.c.updated_at < bindparam("before", type_=flows.c.updated_at.type))
+    .group_by(flows.c.status)
+)
+_STATUS_BY_VALUE = {status.value: status for status in FlowStatus}
 
 
 def _purge_statement(limit: int) -> Compiled:
@@ -937,6 +944,22 @@ class FlowStore:
         async def work(tx: Transaction) -> int:
             status = await tx.execute(statement)
             return int(status.split()[-1])
+
+        return await self._run(None, work, autocommit=True)
+
+    async def count_stuck_flows(self, *, unchanged_since: datetime) -> dict[FlowStatus, int]:
+        """Non-terminal flows of every tenant unchanged since `unchanged_since`, by status.
+
+        An operator's aggregate (the ``flowstate_stuck_flows`` gauge), never answered to a
+        tenant, so it runs as the connecting user like the purge. One index range scan per
+        status (the partial index ``ix_flows_status_updated_at``); statuses with no stuck flow
+        are absent.
+        """
+
+        async def work(tx: Transaction) -> dict[FlowStatus, int]:
+            rows = await tx.fetch(_COUNT_STUCK, {"before": unchanged_since})
+            counts = ((_STATUS_BY_VALUE.get(row["status"]), row["flows"]) for row in rows)
+            return {status: count for status, count in counts if status is not None}
 
         return await self._run(None, work, autocommit=True)
 
