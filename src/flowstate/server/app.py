@@ -11,6 +11,8 @@ Start-up order (each step undone if a later one fails):
 6. health SERVING; the Prometheus endpoint, when configured, with the stuck-flows count on its
    timer (`flowstate.server.stuck`).
 
+OpenTelemetry tracing (`flowstate.server.tracing`) starts with step 5 when configured.
+
 Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop counting
 stuck flows; stop accepting
 RPCs; close the watch hub, so open streams end at once with UNAVAILABLE / SERVER_SHUTTING_DOWN
@@ -37,6 +39,7 @@ from flowstate.server.metrics import Metrics, MetricsEndpoint
 from flowstate.server.rpc import RpcSupport
 from flowstate.server.servicer import FlowStateServicer
 from flowstate.server.stuck import StuckFlowsMonitor
+from flowstate.server.tracing import Tracing, start_tracing
 from flowstate.server.watch import WatchHub
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.store import FlowStore
@@ -120,6 +123,7 @@ class _Resources:
     server: grpc.aio.Server | None = None
     metrics_endpoint: MetricsEndpoint | None = None
     stuck_monitor: StuckFlowsMonitor | None = None
+    tracing: Tracing | None = None
 
     async def release(self, grace: float) -> None:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
@@ -137,6 +141,9 @@ class _Resources:
         if self.metrics_endpoint is not None:
             endpoint = self.metrics_endpoint
             steps.append(("metrics endpoint", lambda: asyncio.to_thread(endpoint.close)))
+        if self.tracing is not None:
+            tracing = self.tracing  # last: the spans of the shutdown are flushed too
+            steps.append(("tracing", lambda: asyncio.to_thread(tracing.shutdown)))
         for name, step in steps:
             try:
                 await step()
@@ -208,10 +215,16 @@ class FlowstateServer:
                 resources.store, url, heartbeat_interval=settings.heartbeat_interval
             )
             metrics = Metrics()
+            resources.tracing = start_tracing(settings.tracing)
             support = RpcSupport(
-                Authenticator(auth.key, issuer=auth.issuer, audience=auth.audience), metrics
+                Authenticator(auth.key, issuer=auth.issuer, audience=auth.audience),
+                metrics,
+                traced=resources.tracing is not None,
             )
-            server = grpc.aio.server(options=grpc_options(settings))
+            server = grpc.aio.server(
+                options=grpc_options(settings),
+                interceptors=() if resources.tracing is None else (resources.tracing.interceptor,),
+            )
             resources.server = server
             flow_service_pb2_grpc.add_FlowStateServiceServicer_to_server(
                 FlowStateServicer(resources.store, support, resources.hub), server

@@ -28,6 +28,7 @@ from flowstate.server.auth import (
     load_or_create_dev_secret,
 )
 from flowstate.server.logs import LOG_FORMATS
+from flowstate.server.tracing import TRACING_MODES
 from flowstate.storage.embedded import default_data_dir
 
 __all__ = ["DEFAULT_PORT", "AuthConfig", "ConfigError", "ServerSettings", "resolve_auth"]
@@ -120,6 +121,8 @@ class ServerSettings:
     """FLOWSTATE_HEARTBEAT_INTERVAL: seconds between heartbeats on idle streams."""
     db_pool_size: int = 10
     """FLOWSTATE_DB_POOL_SIZE: most database connections the store holds (the hub adds 2)."""
+    tracing: str = "off"
+    """FLOWSTATE_TRACING: OpenTelemetry tracing, off, otlp or console (`server.tracing`)."""
     stuck_after: float = 3600.0
     """FLOWSTATE_STUCK_AFTER: seconds without a change after which a live flow counts as stuck."""
     stuck_check_interval: float = 60.0
@@ -146,6 +149,7 @@ class ServerSettings:
             "FLOWSTATE_METRICS_HOST": "metrics_host",
             "FLOWSTATE_LOG_FORMAT": "log_format",
             "FLOWSTATE_LOG_LEVEL": "log_level",
+            "FLOWSTATE_TRACING": "tracing",
         }
         path_fields = {
             "FLOWSTATE_DATA_DIR": "data_dir",
@@ -195,6 +199,8 @@ class ServerSettings:
             raise ConfigError(f"port must be between 0 and 65535, not {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be between 0 and 65535, not {self.metrics_port}")
+        if self.tracing not in TRACING_MODES:
+            raise ConfigError(f"FLOWSTATE_TRACING must be one of {', '.join(TRACING_MODES)}")
         if not self.stuck_after > 0:
             raise ConfigError(f"FLOWSTATE_STUCK_AFTER must be > 0 seconds, not {self.stuck_after}")
         if not self.stuck_check_interval >= 0:

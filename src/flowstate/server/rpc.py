@@ -74,14 +74,24 @@ class Call:
 
 
 class RpcSupport:
-    """What the wrapper needs from the server: the authenticator and the metrics."""
+    """What the wrapper needs from the server: the authenticator, the metrics, tracing."""
 
-    __slots__ = ("authenticator", "metrics")
+    __slots__ = ("authenticator", "metrics", "traced")
 
-    def __init__(self, authenticator: Authenticator, metrics: Metrics) -> None:
-        """Hold the authenticator and the metrics the wrapper uses on every call."""
+    def __init__(
+        self, authenticator: Authenticator, metrics: Metrics, *, traced: bool = False
+    ) -> None:
+        """Hold what the wrapper uses on every call; `traced`: annotate the RPC's span."""
         self.authenticator = authenticator
         self.metrics = metrics
+        self.traced = traced
+
+
+def _annotate_span(attributes: dict[str, str]) -> None:
+    """Add `attributes` to the current span (the RPC's, with tracing on; see `server.tracing`)."""
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attributes(attributes)
 
 
 class HasRpcSupport(Protocol):
@@ -186,6 +196,8 @@ async def _refuse(
         )
         error = internal_error(correlation_id)
     code = GRPC_STATUS_BY_CODE[error.code]
+    if support.traced:
+        _annotate_span({"flowstate.error_code": error.code.value})
     support.metrics.observe_rpc(method, code.name, time.perf_counter() - started)
     support.metrics.record_refusal(error)
     _log.info(
@@ -274,6 +286,8 @@ def unary(
             support = self.rpc_support
             correlation_id, authorization = _begin(context)
             context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
+            if support.traced:
+                _annotate_span({"flowstate.correlation_id": correlation_id})
             try:
                 principal = _authorize(support, authorization, scope)
                 response = await func(self, request, Call(principal, correlation_id))
@@ -316,6 +330,8 @@ def stream(
             support = self.rpc_support
             correlation_id, authorization = _begin(context)
             context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
+            if support.traced:
+                _annotate_span({"flowstate.correlation_id": correlation_id})
             gauge = support.metrics.open_stream_gauge(method)
             gauge.inc()
             try:
