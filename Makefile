@@ -142,10 +142,10 @@ test: setup
 	echo "== pytest $(PYTEST_PATHS)"; \
 	$(VENV)/bin/pytest $(PYTEST_PATHS) || { echo "pytest failed (exit $$?)"; status=1; }; \
 	echo "== npm test (clients/typescript, against scripts/with_test_server.py)"; \
-	$(PY) scripts/with_test_server.py -- bash -c 'cd clients/typescript && npm test' \
+	$(PY) scripts/with_test_server.py --tls -- bash -c 'cd clients/typescript && npm test' \
 	  || { echo "npm test failed"; status=1; }; \
 	echo "== go test (clients/go, against scripts/with_test_server.py)"; \
-	$(PY) scripts/with_test_server.py -- bash -c 'cd clients/go && go test ./...' \
+	$(PY) scripts/with_test_server.py --tls -- bash -c 'cd clients/go && go test ./...' \
 	  || { echo "go test failed"; status=1; }; \
 	exit $$status
 

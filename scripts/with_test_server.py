@@ -26,6 +26,15 @@ COMMAND's exit code:
     FLOWSTATE_TEST_SERVER_LOG           the server's log file (stdout and stderr)
     FLOWSTATE_TEST_HARNESS              "1"
 
+With ``--tls`` it also starts a second server that requires TLS and client certificates (mTLS),
+with its own embedded PostgreSQL (or the same external database), from a throwaway CA:
+
+    FLOWSTATE_TEST_TLS_ADDRESS          127.0.0.1:PORT of the TLS server
+    FLOWSTATE_TEST_TLS_TOKEN            tenant A, flows:write, for the TLS server
+    FLOWSTATE_TEST_TLS_CA_FILE          the CA to trust (PEM)
+    FLOWSTATE_TEST_TLS_CLIENT_CERT_FILE the client certificate to present (PEM)
+    FLOWSTATE_TEST_TLS_CLIENT_KEY_FILE  its private key (PEM)
+
 The control commands are this script's subcommands (``restart [--hard]``, ``stop``, ``start``,
 ``status``), sent over a Unix socket in the temporary directory; each prints the address and
 exits 0 once done, non-zero on failure.
@@ -34,7 +43,8 @@ Options: ``--timeout SECONDS`` bounds COMMAND (default 1800; it is killed after 
 ``--ready-timeout`` bounds each server start (default 120), ``--keep`` keeps the temporary
 directory, ``--flowstate PATH`` picks the CLI (default: the repository's .venv/bin/flowstate,
 else ``flowstate`` on PATH). Only the standard library is used, except with
-``FLOWSTATE_TEST_DATABASE_URL`` (then run it with the project's venv: SQLAlchemy, asyncpg).
+``FLOWSTATE_TEST_DATABASE_URL`` or ``--tls`` (then run it with the project's venv: SQLAlchemy,
+asyncpg; ``flowstate.testing.write_test_pki``).
 """
 
 from __future__ import annotations
@@ -79,10 +89,17 @@ class TestServer:
     """One `flowstate serve` process on a fixed port once started, restartable in place."""
 
     def __init__(
-        self, *, flowstate: str, workdir: Path, database_url: str | None, ready_timeout: float
+        self,
+        *,
+        flowstate: str,
+        workdir: Path,
+        database_url: str | None,
+        ready_timeout: float,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.flowstate = flowstate
         self.workdir = workdir
+        self.extra_args = list(extra_args)
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(mode=0o755)
         self.log_path = workdir / "server.log"
@@ -117,7 +134,7 @@ class TestServer:
         ready.unlink(missing_ok=True)
         command = [self.flowstate, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--data-dir", str(self.data_dir), "--ready-file", str(ready)]
-        command += ["--grace-period", "2"]
+        command += ["--grace-period", "2", *self.extra_args]
         if self.database_url:
             command += ["--database-url", self.database_url, "--migrate", "--dev-auth"]
         with self.log_path.open("ab") as log:
@@ -269,6 +286,48 @@ def _drop_database(admin_url: str, name: str) -> None:
         _say(f"could not drop database {name}: {error}")
 
 
+# --- the TLS server ---------------------------------------------------------------------------
+
+
+def _start_tls_server(
+    server: TestServer, workdir: Path, tenant: str
+) -> tuple[TestServer, dict[str, str]]:
+    """A second server requiring TLS and client certificates; its environment variables."""
+    from flowstate.testing import write_test_pki
+
+    pki_dir = workdir / "pki"
+    pki_dir.mkdir()
+    pki = write_test_pki(pki_dir)
+    tls_workdir = workdir / "tls-server"
+    tls_workdir.mkdir(mode=0o755)
+    tls_workdir.chmod(0o755)  # its embedded PostgreSQL runs as another user too
+    tls_server = TestServer(
+        flowstate=server.flowstate,
+        workdir=tls_workdir,
+        database_url=server.database_url,
+        ready_timeout=server.ready_timeout,
+        extra_args=[
+            "--tls-cert-file", str(pki.server_cert),
+            "--tls-key-file", str(pki.server_key),
+            "--tls-client-ca-file", str(pki.ca),
+        ],
+    )  # fmt: skip
+    try:
+        address = tls_server.start()
+        token = tls_server.mint({"token": (tenant, "writer", ["flows:write"])})["token"]
+    except BaseException:
+        tls_server.close()
+        raise
+    _say(f"TLS server (mTLS) on {address}; log {tls_server.log_path}")
+    return tls_server, {
+        "FLOWSTATE_TEST_TLS_ADDRESS": address,
+        "FLOWSTATE_TEST_TLS_TOKEN": token,
+        "FLOWSTATE_TEST_TLS_CA_FILE": str(pki.ca),
+        "FLOWSTATE_TEST_TLS_CLIENT_CERT_FILE": str(pki.client_cert),
+        "FLOWSTATE_TEST_TLS_CLIENT_KEY_FILE": str(pki.client_key),
+    }
+
+
 # --- control socket ---------------------------------------------------------------------------
 
 
@@ -370,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
     )
     control_path = workdir / "control.sock"
     listener: socket.socket | None = None
+    tls_server: TestServer | None = None
     status = 1
     try:
         started = time.monotonic()
@@ -384,6 +444,9 @@ def run(args: argparse.Namespace) -> int:
                 "FLOWSTATE_TEST_TOKEN_READONLY": (tenant_a, "reader", ["flows:read"]),
             }
         )
+        if args.tls:
+            tls_server, tls_env = _start_tls_server(server, workdir, tenant_a)
+            tokens.update(tls_env)
         listener = _serve_control(server, control_path)
         _say(
             f"serving on {address} (database {database_name or 'embedded'},"
@@ -429,6 +492,8 @@ def run(args: argparse.Namespace) -> int:
             listener.close()
         with server.lock:
             server.close()
+        if tls_server is not None:
+            tls_server.close()
         if admin_url and database_name:
             _drop_database(admin_url, database_name)
         if args.keep:
@@ -457,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="bound on a start (s)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--flowstate", help="the flowstate CLI to run")
+    parser.add_argument("--tls", action="store_true", help="also start an mTLS server")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     return run(parser.parse_args(argv))
 

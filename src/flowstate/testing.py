@@ -33,7 +33,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,11 @@ __all__ = [
     "READY_LINE",
     "RunningServer",
     "ServerProcess",
+    "TestPki",
     "TokenMinter",
     "serve_in_process",
     "serve_subprocess",
+    "write_test_pki",
 ]
 
 READY_LINE = re.compile(r"^flowstate: serving on (\S+)$")
@@ -278,3 +280,104 @@ def serve_subprocess(
         pump.join(timeout=5)
         if process.stdout is not None:
             process.stdout.close()
+
+
+@dataclass(frozen=True)
+class TestPki:
+    """PEM files of a throwaway CA, a server certificate and a client certificate it signed."""
+
+    __test__ = False  # not a pytest test class
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def write_test_pki(directory: Path, *, valid_for: timedelta = timedelta(days=1)) -> TestPki:
+    """Write a CA, a server certificate (``localhost``, 127.0.0.1, ::1) and a client one to
+    `directory`: for TLS (``--tls-cert-file``/``--tls-key-file``, clients trust ``ca``) and mTLS
+    (``--tls-client-ca-file`` = ``ca``, clients present ``client_*``). Keys are P-256."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def builder(
+        subject: str, issuer: str, key: ec.EllipticCurvePrivateKey
+    ) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + valid_for)
+        )
+
+    def write(
+        stem: str, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey
+    ) -> tuple[Path, Path]:
+        cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_path.chmod(0o600)
+        return cert_path, key_path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        builder("flowstate test CA", "flowstate test CA", ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    ca_path, _ = write("ca", ca, ca_key)
+
+    def leaf(
+        stem: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+    ) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        certificate = (
+            builder(stem, "flowstate test CA", key)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return write(stem, certificate, key)
+
+    server_cert, server_key = leaf(
+        "server",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ],
+    )
+    client_cert, client_key = leaf(
+        "client", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("flowstate-test-client")]
+    )
+    return TestPki(ca_path, server_cert, server_key, client_cert, client_key)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import io
 import json
 import logging
@@ -17,10 +16,6 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -28,7 +23,7 @@ from flowstate.core.model import Tenant
 from flowstate.server.config import ConfigError
 from flowstate.server.logs import configure_logging
 from flowstate.storage import FlowStore
-from flowstate.testing import RunningServer, serve_in_process, serve_subprocess
+from flowstate.testing import RunningServer, serve_in_process, serve_subprocess, write_test_pki
 from flowstate.v1 import flow_service_pb2 as pb
 from flowstate.v1 import flow_service_pb2_grpc
 
@@ -116,59 +111,28 @@ async def test_metrics_endpoint(server: RunningServer, api: Api) -> None:
     assert "flowstate_phase_time_in_state_seconds_bucket" in text
 
 
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / f"{name}.crt"
-    key_path = directory / f"{name}.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls_and_mtls(
     database_url: str, store: FlowStore, tenant: Tenant, tmp_path: Path
 ) -> None:
-    server_cert, server_key = _self_signed(tmp_path, "server")
-    client_cert, client_key = _self_signed(tmp_path, "client")
-    options = [("grpc.ssl_target_name_override", "localhost")]
+    pki = write_test_pki(tmp_path)
     async with serve_in_process(
         database_url,
         store=store,
-        tls_cert_file=server_cert,
-        tls_key_file=server_key,
-        tls_client_ca_file=client_cert,
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.ca,
     ) as running:
         metadata = running.mint.metadata(tenant)
         request = pb.GetFlowDefinitionRequest()
         with_cert = grpc.ssl_channel_credentials(
-            server_cert.read_bytes(), client_key.read_bytes(), client_cert.read_bytes()
+            pki.ca.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
         )
-        async with grpc.aio.secure_channel(running.address, with_cert, options) as channel:
+        async with grpc.aio.secure_channel(running.address, with_cert) as channel:
             stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
             response = await stub.GetFlowDefinition(request, metadata=metadata)
             assert response.definition.name == "discovery"
-        without_cert = grpc.ssl_channel_credentials(server_cert.read_bytes())
-        async with grpc.aio.secure_channel(running.address, without_cert, options) as channel:
+        without_cert = grpc.ssl_channel_credentials(pki.ca.read_bytes())
+        async with grpc.aio.secure_channel(running.address, without_cert) as channel:
             stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.GetFlowDefinition(request, metadata=metadata, timeout=10)

@@ -1,6 +1,7 @@
 // End-to-end tests of the wrapper against a real `flowstate serve` started by
 // scripts/with_test_server.py (see support/env.ts for what happens without one).
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { after, describe, it } from "node:test";
 
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
@@ -28,7 +29,7 @@ import {
   type FlowEvent,
   type FlowstateClient,
   type FlowstateClientOptions,
-  type FlowstateError,
+  FlowstateError,
 } from "../src/index.js";
 import { harness, inCI, testServer } from "./support/env.js";
 
@@ -472,5 +473,54 @@ if (testServer === undefined) {
         console.log(`reconnected after ${name}: ${reconnects.join(", ")}`);
       });
     }
+  });
+
+  describe("TLS and client certificates (the harness's mTLS server)", TIMEOUT, () => {
+    const tls = server.tls;
+    if (tls === undefined) {
+      it("has an mTLS test server under CI", { skip: !inCI }, () => {
+        assert.fail("CI=true but FLOWSTATE_TEST_TLS_ADDRESS is not set: run the harness with --tls");
+      });
+      return;
+    }
+    const ca = readFileSync(tls.caFile);
+    const cert = readFileSync(tls.clientCertFile);
+    const key = readFileSync(tls.clientKeyFile);
+
+    it("creates and reads a flow over TLS, presenting the client certificate", async () => {
+      const client = connect(tls.token, { address: tls.address, tls: { ca, cert, key } });
+      const { flow } = await client.createFlow({ definitionName: "discovery" });
+      assert.ok(flow);
+      const read = await client.getFlow({ flowId: flow.flowId });
+      assert.equal(read.flow?.version, flow.version);
+    });
+
+    // A connection the server ends during the handshake is UNAVAILABLE (retryable); a server
+    // certificate the client cannot verify is Connect's INTERNAL, not retried.
+    const handshakeFailure =
+      (reason: RegExp, grpcCodeName = "UNAVAILABLE") =>
+      (error: unknown) => {
+        assert.ok(error instanceof FlowstateError, String(error));
+        assert.equal(error.grpcCodeName, grpcCodeName, error.message);
+        assert.equal(error.retryAllowed, grpcCodeName === "UNAVAILABLE");
+        assert.match(error.message, reason);
+        return true;
+      };
+
+    it("is refused without a client certificate", async () => {
+      const client = connect(tls.token, { address: tls.address, tls: { ca }, retry: false });
+      await assert.rejects(client.createFlow({ definitionName: "discovery" }), handshakeFailure(/./));
+    });
+
+    it("does not trust a server its CA did not sign", async () => {
+      // The system roots do not include the harness's throwaway CA.
+      const client = connect(tls.token, { address: tls.address, tls: { cert, key }, retry: false });
+      await assert.rejects(client.getFlowDefinition({ name: "discovery" }), handshakeFailure(/unable to verify/i, "INTERNAL"));
+    });
+
+    it("refuses plaintext to a TLS server", async () => {
+      const client = connect(tls.token, { address: tls.address, retry: false });
+      await assert.rejects(client.getFlowDefinition({ name: "discovery" }), handshakeFailure(/./));
+    });
   });
 }

@@ -18,27 +18,54 @@ export interface TestServerEnv {
   hardRestartCmd?: string;
   stopCmd?: string;
   startCmd?: string;
+  /** The harness's second server, requiring TLS and client certificates (`--tls`). */
+  tls?: TlsTestServerEnv;
+}
+
+export interface TlsTestServerEnv {
+  address: string;
+  token: string;
+  caFile: string;
+  clientCertFile: string;
+  clientKeyFile: string;
+}
+
+/** `env[name]`, which must be set when `given` is (the harness sets them together). */
+function need(env: NodeJS.ProcessEnv, given: string, name: string): string {
+  const value = env[name];
+  if (!value) throw new Error(`${given} is set but ${name} is not (use scripts/with_test_server.py)`);
+  return value;
+}
+
+function loadTls(env: NodeJS.ProcessEnv): TlsTestServerEnv | undefined {
+  const address = env["FLOWSTATE_TEST_TLS_ADDRESS"];
+  if (!address) return undefined;
+  const required = (name: string): string => need(env, "FLOWSTATE_TEST_TLS_ADDRESS", name);
+  return {
+    address,
+    token: required("FLOWSTATE_TEST_TLS_TOKEN"),
+    caFile: required("FLOWSTATE_TEST_TLS_CA_FILE"),
+    clientCertFile: required("FLOWSTATE_TEST_TLS_CLIENT_CERT_FILE"),
+    clientKeyFile: required("FLOWSTATE_TEST_TLS_CLIENT_KEY_FILE"),
+  };
 }
 
 function load(): TestServerEnv | undefined {
   const env = process.env;
   const address = env["FLOWSTATE_TEST_ADDRESS"];
   if (!address) return undefined;
-  const need = (name: string): string => {
-    const value = env[name];
-    if (!value) throw new Error(`FLOWSTATE_TEST_ADDRESS is set but ${name} is not (use scripts/with_test_server.py)`);
-    return value;
-  };
+  const required = (name: string): string => need(env, "FLOWSTATE_TEST_ADDRESS", name);
   return {
     address,
-    token: need("FLOWSTATE_TEST_TOKEN"),
-    adminToken: need("FLOWSTATE_TEST_TOKEN_ADMIN"),
-    otherTenantToken: need("FLOWSTATE_TEST_TOKEN_OTHER_TENANT"),
-    readonlyToken: need("FLOWSTATE_TEST_TOKEN_READONLY"),
+    token: required("FLOWSTATE_TEST_TOKEN"),
+    adminToken: required("FLOWSTATE_TEST_TOKEN_ADMIN"),
+    otherTenantToken: required("FLOWSTATE_TEST_TOKEN_OTHER_TENANT"),
+    readonlyToken: required("FLOWSTATE_TEST_TOKEN_READONLY"),
     restartCmd: env["FLOWSTATE_TEST_RESTART_CMD"] || undefined,
     hardRestartCmd: env["FLOWSTATE_TEST_HARD_RESTART_CMD"] || undefined,
     stopCmd: env["FLOWSTATE_TEST_STOP_CMD"] || undefined,
     startCmd: env["FLOWSTATE_TEST_START_CMD"] || undefined,
+    tls: loadTls(env),
   };
 }
 
