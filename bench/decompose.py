@@ -6,9 +6,10 @@
 Runs `bench.raw` (asyncpg, no server) on distinct flows: the minimal transaction, the store's
 full statement sequence, and the full sequence without row-level security (``rls``: the
 ``set_config`` of role and tenant), without the idempotency key (``key``: lookup and insert)
-and without ``pg_notify`` (``notify``), interleaved, and prints the medians: throughput, p99,
-and CPU per transaction in the asyncpg client and in PostgreSQL. No Flowstate server is
-involved; the database is the bench's own (embedded, or FLOWSTATE_BENCH_DATABASE_URL).
+and without ``pg_notify`` (``notify``), and the ``transition-fn`` experiment (the same writes
+in 2 autocommit round trips with optimistic concurrency), interleaved, and prints the medians:
+throughput, p99, and CPU per transaction in the asyncpg client and in PostgreSQL. No Flowstate
+server is involved; the database is the bench's own (embedded, or FLOWSTATE_BENCH_DATABASE_URL).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("full without idempotency key", "transition-full", "key"),
     ("full without pg_notify", "transition-full", "notify"),
     ("full without all three", "transition-full", "rls,key,notify"),
+    ("experiment: 2 round trips, optimistic", "transition-fn", ""),
 )
 
 
@@ -40,16 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--only", nargs="+", default=[], help="variant name prefixes, e.g. minimal store experiment"
+    )
     args = parser.parse_args(argv)
+    variants = [v for v in VARIANTS if not args.only or any(v[0].startswith(o) for o in args.only)]
 
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in VARIANTS}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
     with Processes(OUT / "logs-decompose") as procs, _db.database() as db:
         from flowstate.storage import migrate
 
         asyncio.run(migrate.upgrade(db.sqlalchemy_url))
         flows = asyncio.run(_flowstate._create_flows(db.sqlalchemy_url, args.concurrency))
         for run in range(args.runs):
-            for name, mode, omit in VARIANTS:
+            for name, mode, omit in variants:
                 command = [
                     sys.executable,
                     "-m",

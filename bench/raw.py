@@ -20,6 +20,13 @@ object with the same keys as the Go load generator's ``unary`` mode. Modes:
     ``{flow, entry_count}``) and calls ``pg_notify``; ``COMMIT``. Its gap to ``transition`` is
     database work the design chose; the gap between it and the server is Python (gRPC, auth,
     conversion, the store's code, the core). ``--omit rls,key,notify`` leaves parts out.
+``transition-fn``
+    An experiment for the store's owner: the same change as ``transition-full`` in 2 round trips
+    and no explicit transaction. A plpgsql function reads the flow and the key in the tenant
+    (no lock); Python decides; a second function, in its own autocommit statement, enters the
+    tenant, updates the flow only if its version is still the one read (optimistic concurrency),
+    inserts the history entry and the key and notifies. Distinct flows never conflict; a
+    conflict would be retried by re-reading. Functions: `FN_DDL` (created by this mode).
 ``select``
     The read behind GetFlow: ``SELECT * FROM flows WHERE id = $1`` (primary key), autocommit.
 
@@ -288,6 +295,137 @@ class Transition:
         await conn.fetchrow(self.write_full, *args, *extra)
 
 
+FN_DDL = (
+    # A row type for the read: the flow's columns, then the key's (asyncpg cannot decode a
+    # composite column holding JSON, so the function returns flat rows of this table's type).
+    "CREATE TABLE IF NOT EXISTS bench_flow_with_key (LIKE flows)",
+    "ALTER TABLE bench_flow_with_key ADD COLUMN IF NOT EXISTS key_fingerprint text",
+    f"""
+CREATE OR REPLACE FUNCTION bench_read_for_write(
+    p_account text, p_engagement text, p_id uuid, p_request text
+) RETURNS SETOF bench_flow_with_key
+LANGUAGE plpgsql SECURITY INVOKER AS $$
+BEGIN
+    PERFORM set_config('role', '{APP_ROLE}', true),
+            set_config('flowstate.client_account_id', p_account, true),
+            set_config('flowstate.engagement_id', p_engagement, true);
+    RETURN QUERY SELECT flows.*, k.fingerprint FROM flows
+        LEFT OUTER JOIN idempotency_keys AS k
+          ON k.client_account_id = p_account AND k.engagement_id = p_engagement
+         AND k.request_id = p_request
+        WHERE flows.id = p_id
+          AND flows.client_account_id = p_account AND flows.engagement_id = p_engagement;
+END
+$$;
+""",
+    f"""
+CREATE OR REPLACE FUNCTION bench_write(
+    p_account text, p_engagement text, p_id uuid, p_expected integer,
+    p_states jsonb, p_details jsonb, p_status text, p_progress double precision,
+    p_version integer, p_now timestamptz, p_phase text, p_from text, p_to text,
+    p_status_before text, p_request text, p_metadata jsonb, p_time_in_state double precision,
+    p_fingerprint text, p_flow jsonb, p_expires timestamptz, p_payload text
+) RETURNS boolean LANGUAGE plpgsql SECURITY INVOKER AS $$
+BEGIN
+    PERFORM set_config('role', '{APP_ROLE}', true),
+            set_config('flowstate.client_account_id', p_account, true),
+            set_config('flowstate.engagement_id', p_engagement, true);
+    UPDATE flows SET phase_states = p_states, phase_details = p_details, status = p_status,
+                     progress = p_progress, version = p_version, updated_at = p_now
+        WHERE id = p_id AND version = p_expected
+          AND client_account_id = p_account AND engagement_id = p_engagement;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO flow_history (
+        flow_id, client_account_id, engagement_id, version, kind, phase, from_state, to_state,
+        status_before, status_after, reason, user_id, request_id, metadata, error,
+        time_in_state_seconds, progress_after, cause, occurred_at
+    ) VALUES (p_id, p_account, p_engagement, p_version, 'transition', p_phase, p_from, p_to,
+              p_status_before, p_status, 'bench', 'bench', p_request, p_metadata, NULL,
+              p_time_in_state, p_progress, '', p_now);
+    INSERT INTO idempotency_keys (
+        client_account_id, engagement_id, request_id, operation, fingerprint, flow_id,
+        response, created_at, expires_at
+    ) VALUES (p_account, p_engagement, p_request, 'mutate', p_fingerprint, p_id,
+              jsonb_build_object('flow', p_flow, 'entry_count', 1), p_now, p_expires);
+    PERFORM pg_notify('{NOTIFY_CHANNEL}', p_payload);
+    RETURN true;
+END
+$$;
+""",
+)
+"""The two functions of ``transition-fn`` (one autocommit statement each)."""
+
+_READ_FOR_WRITE = "SELECT * FROM bench_read_for_write($1, $2, $3, $4)"
+_FN_WRITE = "SELECT bench_write(" + ", ".join(f"${i}" for i in range(1, 22)) + ")"
+
+
+class FunctionTransition:
+    """``transition-fn``: read, decide, write-if-unchanged; 2 round trips, no BEGIN/COMMIT."""
+
+    def __init__(
+        self, conn: asyncpg.Connection, flow_id: str, tenant: tuple[str, str], client: int
+    ) -> None:
+        self.conn = conn
+        self.flow_id = flow_id
+        self.tenant = tenant
+        self.prefix = f"raw-fn-{uuid.uuid4().hex[:8]}-{client}"
+        self.conflicts = 0
+
+    async def __call__(self, seq: int) -> None:
+        request_id = f"{self.prefix}-{seq}"
+        while True:
+            read = await self.conn.fetchrow(_READ_FOR_WRITE, *self.tenant, self.flow_id, request_id)
+            if read is None:
+                raise LookupError(self.flow_id)
+            row = read
+            now = datetime.now(UTC)
+            d = _toggled(row, now)
+            flow_json = {k: _jsonable(v) for k, v in row.items() if k != "key_fingerprint"} | {
+                "phase_states": d["states"],
+                "phase_details": d["details"],
+                "status": d["status"],
+                "progress": d["progress"],
+                "version": d["version"],
+                "updated_at": now.isoformat(),
+            }
+            payload = json.dumps(
+                {
+                    "flow_id": self.flow_id,
+                    "version": d["version"],
+                    "client_account_id": self.tenant[0],
+                    "engagement_id": self.tenant[1],
+                }
+            )
+            written = await self.conn.fetchval(
+                _FN_WRITE,
+                *self.tenant,
+                self.flow_id,
+                row["version"],
+                d["states"],
+                d["details"],
+                d["status"],
+                d["progress"],
+                d["version"],
+                now,
+                PHASE,
+                d["before"],
+                d["after"],
+                d["status_before"],
+                request_id,
+                {},
+                d["time_in_state"],
+                f"{self.flow_id}:{PHASE}:{d['after']}:{seq}",
+                flow_json,
+                now + _IDEMPOTENCY_TTL,
+                payload,
+            )
+            if written:
+                return
+            self.conflicts += 1  # changed since the read: decide again on the new state
+
+
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -391,11 +529,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--omit takes {', '.join(OMITTABLE)}")
     conns = await asyncio.gather(*(_connect(args.dsn) for _ in range(args.concurrency)))
     try:
+        if args.mode == "transition-fn":
+            for ddl in FN_DDL:
+                await conns[0].execute(ddl)
         calls: list[Call] = []
         for i, conn in enumerate(conns):
             flow_id = flows[i % len(flows)]
             if args.mode == "select":
                 calls.append(Select(conn, flow_id))
+            elif args.mode == "transition-fn":
+                calls.append(FunctionTransition(conn, flow_id, (args.account, args.engagement), i))
             else:
                 calls.append(
                     Transition(
@@ -438,7 +581,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point: prints one JSON object."""
     parser = argparse.ArgumentParser(description="Flowstate raw-limit load (asyncpg)")
-    parser.add_argument("mode", choices=["transition", "transition-full", "select"])
+    parser.add_argument(
+        "mode", choices=["transition", "transition-full", "transition-fn", "select"]
+    )
     parser.add_argument("--dsn", required=True, help="postgresql:// DSN of the migrated database")
     parser.add_argument("--flows", required=True, help="comma-separated flow ids")
     parser.add_argument("--account", default="bench", help="the flows' client_account_id")
