@@ -516,3 +516,78 @@ async def test_watch_resumes_across_a_server_restart(database_url: str, tenant: 
         (FlowEventKind.CHANGE, 4),
         (FlowEventKind.CHANGE, 5),
     ]
+
+
+async def test_watch_flows_resumes_across_a_server_restart(
+    database_url: str, tenant: Tenant
+) -> None:
+    """The tenant-wide stream resumes by its cursor when `flowstate serve` restarts.
+
+    Two flows change before the restart, one while the server is down (through another server
+    on the same database) and both after it: the watcher sees every version of each flow once,
+    in order, and no flow of another tenant.
+    """
+    minter = TokenMinter.random()
+    token = minter(tenant, scopes=ALL_SCOPES)
+    other_tenant = Tenant(f"{tenant.client_account_id}-x", tenant.engagement_id)
+    env = {"FLOWSTATE_JWT_SECRET": minter.secret, "FLOWSTATE_GRACE_PERIOD": "1"}
+    async with contextlib.AsyncExitStack() as stack:
+        first = await asyncio.to_thread(
+            stack.enter_context, serve_subprocess(database_url=database_url, env=env)
+        )
+        address = first.address
+        client = AsyncFlowstateClient(
+            address=address,
+            token=token,
+            retry=RetryPolicy(max_attempts=None, initial_backoff=0.2, max_backoff=1.0, deadline=60),
+            watch_retry=RetryPolicy(
+                max_attempts=None, initial_backoff=0.1, max_backoff=0.5, deadline=60
+            ),
+        )
+        stack.push_async_callback(client.close)
+        a = (await client.create_flow()).flow.flow_id
+        b = (await client.create_flow()).flow.flow_id
+        seen: dict[str, list[int]] = {}
+        subscribed = asyncio.Event()
+        progressed = asyncio.Event()
+        finished = asyncio.Event()
+
+        async def watch() -> None:
+            async for event in client.watch_flows():
+                seen.setdefault(event.flow_id, []).append(event.flow_version)
+                if {a, b} <= seen.keys():
+                    subscribed.set()
+                if seen.get(a, [])[-1:] == [2] and seen.get(b, [])[-1:] == [2]:
+                    progressed.set()
+                if seen.get(a, [])[-1:] == [4] and seen.get(b, [])[-1:] == [3]:
+                    finished.set()
+                    return
+
+        task = asyncio.create_task(watch())
+        await asyncio.wait_for(subscribed.wait(), timeout=15)
+        await client.transition_phase(a, "data_import", "IN_PROGRESS")
+        await client.transition_phase(b, "data_import", "IN_PROGRESS")
+        await asyncio.wait_for(progressed.wait(), timeout=15)
+
+        assert await asyncio.to_thread(first.stop) == 0
+        async with (
+            serve_in_process(database_url, minter=minter) as other,
+            AsyncFlowstateClient(address=other.address, token=token) as other_client,
+            AsyncFlowstateClient(
+                address=other.address, token=minter(other_tenant, scopes=ALL_SCOPES)
+            ) as intruder,
+        ):
+            await other_client.transition_phase(a, "data_import", "COMPLETED")
+            await intruder.create_flow()  # another tenant's change: never on this stream
+
+        port = address.rsplit(":", 1)[1]
+        await asyncio.to_thread(
+            stack.enter_context,
+            serve_subprocess(database_url=database_url, env=env, args=["--port", port]),
+        )
+        await client.transition_phase(b, "data_import", "COMPLETED")
+        await client.transition_phase(a, "field_mapping", "IN_PROGRESS")
+        await asyncio.wait_for(finished.wait(), timeout=30)
+        await asyncio.wait_for(task, timeout=5)
+
+    assert seen == {a: [1, 2, 3, 4], b: [1, 2, 3]}
