@@ -576,6 +576,56 @@ func TestE2EWatchAcrossRestarts(t *testing.T) {
 	}
 }
 
+func TestE2EWatchFlowsAcrossAHardRestart(t *testing.T) {
+	srv := server(t)
+	if srv.hardRestartCmd == "" {
+		t.Skip("the harness gave no restart command")
+	}
+	ctx := e2eContext(t, 180*time.Second)
+	client := e2eClient(t, srv.token)
+	a, b := newFlow(ctx, t, client), newFlow(ctx, t, client)
+	reconnects := 0
+	streamCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	next, stop := iter.Pull2(client.WatchFlows(streamCtx,
+		flowstate.Filter(&flowstatev1.WatchFlowsRequest{FlowIds: []string{a, b}}),
+		flowstate.OnReconnect(func(*flowstate.Error, int, time.Duration) { reconnects++ })))
+	defer stop()
+	seen := map[string][]int64{}
+	last := func(id string) int64 {
+		if versions := seen[id]; len(versions) > 0 {
+			return versions[len(versions)-1]
+		}
+		return 0
+	}
+	// read until both flows are at least at the given versions (or the stream fails)
+	readUntil := func(va, vb int64) {
+		for last(a) < va || last(b) < vb {
+			event, err, ok := next()
+			if !ok || err != nil {
+				t.Fatalf("stream ended at %v: %v", seen, err)
+			}
+			seen[event.Event.GetFlowId()] = append(seen[event.Event.GetFlowId()], event.Event.GetFlowVersion())
+		}
+	}
+	readUntil(1, 1) // the snapshots
+	mustMove(ctx, t, client, a, "data_import", inProgress)
+	mustMove(ctx, t, client, b, "data_import", inProgress)
+	readUntil(2, 2)
+	harness(ctx, t, srv.hardRestartCmd)
+	// Changes made now may commit before the stream is back: they must be replayed.
+	mustMove(ctx, t, client, b, "data_import", completed)
+	mustMove(ctx, t, client, a, "data_import", completed)
+	runToCompletion(ctx, t, client, a, 1)
+	readUntil(11, 3)
+	if !slices.Equal(seen[a], span(1, 11)) || !slices.Equal(seen[b], span(1, 3)) {
+		t.Fatalf("versions %v", seen)
+	}
+	if reconnects == 0 {
+		t.Fatal("the stream never reconnected")
+	}
+}
+
 func harness(ctx context.Context, t *testing.T, command string) {
 	t.Helper()
 	if output, err := exec.CommandContext(ctx, "/bin/sh", "-c", command).CombinedOutput(); err != nil {
