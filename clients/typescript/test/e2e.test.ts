@@ -483,16 +483,22 @@ if (testServer === undefined) {
       const progressed = new Promise<void>((resolve) => {
         reached = resolve;
       });
+      let snapshotted: () => void = () => undefined;
+      const subscribed = new Promise<void>((resolve) => {
+        snapshotted = resolve;
+      });
       const last = (id: string) => seen.get(id)?.at(-1);
       const controller = new AbortController();
       const watching = (async () => {
         const options = { flowIds: [a, b], signal: controller.signal, onReconnect: ({ error }: { error: FlowstateError }) => reconnects.push(error.grpcCodeName) };
         for await (const { event } of client.watchFlows(options)) {
           seen.set(event.flowId, [...(seen.get(event.flowId) ?? []), event.flowVersion]);
+          if (seen.has(a) && seen.has(b)) snapshotted();
           if (last(a) === 2n && last(b) === 2n) reached();
           if (last(a) === 11n && last(b) === 3n) return;
         }
       })();
+      await subscribed; // both snapshots (version 1) before anything changes
       await move(a, "data_import", PhaseState.IN_PROGRESS, client);
       await move(b, "data_import", PhaseState.IN_PROGRESS, client);
       await progressed;
