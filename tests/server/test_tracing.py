@@ -44,13 +44,24 @@ def test_rpcs_and_their_statements_are_traced(database_url: str, tenant: Tenant)
         )
         with grpc.insecure_channel(process.address) as channel:
             stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-            stub.CreateFlow(pb.CreateFlowRequest(request_id=request_id()), metadata=metadata)
+            flow = stub.CreateFlow(
+                pb.CreateFlowRequest(request_id=request_id()), metadata=metadata
+            ).flow
             with pytest.raises(grpc.RpcError):
                 stub.GetFlow(pb.GetFlowRequest(flow_id=str(uuid.uuid4())), metadata=metadata)
+            # A stream works under the interceptor too: snapshot, then the final change.
+            stream = stub.WatchFlow(pb.WatchFlowRequest(flow_id=flow.flow_id), metadata=metadata)
+            assert next(stream).event.flow_version == 1
+            stub.CancelFlow(
+                pb.CancelFlowRequest(flow_id=flow.flow_id, request_id=request_id()),
+                metadata=metadata,
+            )
+            assert [r.event.flow_version for r in stream] == [2]
+        expected = {f"{SERVICE}/{name}" for name in ("CreateFlow", "GetFlow", "WatchFlow")}
         deadline = time.monotonic() + 10  # spans print as they end; bounded wait for the last
         while time.monotonic() < deadline:
             spans = _spans(process, trace_id)
-            if {f"{SERVICE}/CreateFlow", f"{SERVICE}/GetFlow"} <= {s["name"] for s in spans}:
+            if expected <= {s["name"] for s in spans}:
                 break
             time.sleep(0.05)
         assert process.stop() == 0
@@ -62,6 +73,7 @@ def test_rpcs_and_their_statements_are_traced(database_url: str, tenant: Tenant)
     assert create["attributes"]["flowstate.correlation_id"]
     assert "flowstate.error_code" not in create["attributes"]
     assert get["attributes"]["flowstate.error_code"] == "FLOW_NOT_FOUND"
+    assert rpcs[f"{SERVICE}/WatchFlow"]["attributes"]["flowstate.correlation_id"]
     statements = [
         s
         for s in spans
