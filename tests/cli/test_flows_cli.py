@@ -230,3 +230,32 @@ async def test_the_console_entry_point_runs_the_group(
     assert refused.returncode == 1
     assert refused.stderr.startswith("flowstate: error: INVALID_PHASE_TRANSITION: ")
     assert "Traceback" not in refused.stderr
+
+
+async def test_output_into_a_closed_pipe_stops_quietly(
+    cli_server: RunningServer, cli_token: str
+) -> None:
+    """``flowstate flows create | head -1``: the reader is gone; no error, SIGPIPE's status."""
+    pytest.importorskip("flowstate.cli.main", reason="the flowstate console script")
+    env = {**os.environ, "FLOWSTATE_ADDRESS": cli_server.address, "FLOWSTATE_TOKEN": cli_token}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader left before the first line: every write fails
+        try:
+            return subprocess.run(
+                [sys.executable, "-m", "flowstate.cli.main", "flows", "create"],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+
+    result = await asyncio.to_thread(run)
+
+    assert result.returncode == 128 + 13, result.stderr
+    assert result.stderr == ""

@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     except ConfigError as exc:
         print_error("INVALID_CONFIGURATION", str(exc))
         return EXIT_USAGE
@@ -75,6 +77,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("flowstate.cli").exception("unexpected error")
         print_error("INTERNAL", f"{type(exc).__name__}: {exc}")
         return EXIT_FAILURE
+
+
+def _reader_went_away() -> int:
+    """stdout's reader closed the pipe (``flowstate flows list | head``): stop quietly.
+
+    Python's recipe: point stdout at /dev/null so the interpreter's final flush does not fail
+    again; exit as a process killed by SIGPIPE would (128 + 13), which shells ignore in pipes.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 if __name__ == "__main__":
