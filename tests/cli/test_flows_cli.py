@@ -259,3 +259,25 @@ async def test_output_into_a_closed_pipe_stops_quietly(
 
     assert result.returncode == 128 + 13, result.stderr
     assert result.stderr == ""
+
+
+async def test_watch_prints_every_event_until_the_flow_ends(flows: Runner) -> None:
+    flow_id = flow_id_of(await flows("create"))
+    await flows("transition", flow_id, "data_import", "IN_PROGRESS", "--reason", "go")
+    await flows("cancel", flow_id, "--reason", "done")
+
+    replayed = await flows("watch", flow_id, "--after-version", "0")
+    snapshot = await flows("watch", flow_id, "--json")
+
+    assert replayed.code == 0, replayed.err
+    lines = replayed.out.splitlines()
+    assert [line.split()[0] for line in lines] == ["v1", "v2", "v3"]
+    assert "TRANSITION data_import NOT_STARTED -> IN_PROGRESS  DATA_GATHERING  6.0%" in lines[1]
+    assert lines[1].endswith("go")
+    assert "CANCELLED" in lines[2]
+    assert lines[2].endswith("done")
+    # The flow has ended: the stream is its snapshot, one JSON object per line.
+    assert snapshot.code == 0, snapshot.err
+    (event,) = [json.loads(line) for line in snapshot.out.splitlines()]
+    assert event["flow_version"] == "3"
+    assert event["snapshot"]["status"] == "FLOW_STATUS_CANCELLED"

@@ -10,9 +10,10 @@ come from flags or the environment:
   ``FLOWSTATE_TLS_KEY_FILE``.
 
 Output is a readable table, or with ``--json`` the proto3 JSON of the response (field names as in
-the protos). A refused request prints the structured error (code, message, details) on stderr and
-exits with status 1, never a traceback; ``validate`` also exits 1 when the transition is not
-allowed. Usage errors exit with status 2.
+the protos); ``watch`` prints one line (or one JSON object) per event as it arrives. A refused
+request prints the structured error (code, message, details) on stderr and exits with status 1,
+never a traceback; ``validate`` also exits 1 when the transition is not allowed. Usage errors
+exit with status 2.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from flowstate.client import (
     DEFAULT_ADDRESS,
     ErrorCode,
     Flow,
+    FlowEvent,
+    FlowEventKind,
     FlowstateClient,
     FlowstateError,
     FlowStatus,
@@ -77,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser.set_defaults(run=lambda args: _run(handler, args))
         return parser
 
-    parser = command("list", _list, "list flows, most recently updated first")
+    parser = command("list", _list, "list flows, least recently changed first (stuck flows first)")
     parser.add_argument(
         "--status", action="append", default=[], metavar="STATUS", help="repeatable"
     )
@@ -104,6 +107,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("flow_id")
     parser.add_argument("--after-version", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+
+    parser = command("watch", _watch, "follow a flow's changes as they commit, until it ends")
+    parser.add_argument("flow_id")
+    parser.add_argument(
+        "--after-version",
+        type=int,
+        help="first replay the changes after this version (default: start with a snapshot)",
+    )
+    parser.add_argument(
+        "--keep-open", action="store_true", help="keep following after the flow has ended"
+    )
 
     parser = command("transition", _transition, "move a phase to a state")
     parser.add_argument("flow_id")
@@ -262,6 +276,10 @@ class _Output:
     def line(self, text: str = "") -> None:
         print(text, file=self.out)
 
+    def event(self, text: str) -> None:
+        """One line of a stream, flushed at once (the reader may be a pipe)."""
+        print(text, file=self.out, flush=True)
+
 
 def _run(handler: _Handler, args: argparse.Namespace) -> int:
     output = _Output(as_json=args.json, out=sys.stdout, err=sys.stderr)
@@ -386,6 +404,32 @@ def _history(client: FlowstateClient, args: argparse.Namespace, output: _Output)
     else:
         output.line(_history_table(entries) if entries else "no history entries")
     return EXIT_OK
+
+
+def _watch(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
+    events = client.watch(args.flow_id, after_version=args.after_version, keep_open=args.keep_open)
+    for event in events:
+        if output.as_json:
+            output.event(json.dumps(_proto_json(event.raw), separators=(",", ":")))
+        else:
+            output.event(_event_line(event))
+    return EXIT_OK
+
+
+def _event_line(event: FlowEvent) -> str:
+    """``v3  TRANSITION data_import IN_PROGRESS -> COMPLETED  DATA_GATHERING  20.0%  alice``."""
+    head = f"v{event.flow_version}"
+    state = f"{event.status.name}  {event.progress:.1f}%"
+    change = event.change
+    if event.kind is not FlowEventKind.CHANGE or change is None:
+        return f"{head}  {event.kind.name}  {state}"
+    what = change.kind.name
+    if change.phase:
+        what += f" {change.phase}"
+    if change.from_state is not None and change.to_state is not None:
+        what += f" {change.from_state.name} -> {change.to_state.name}"
+    who = "  ".join(part for part in (change.user_id, change.reason) if part)
+    return f"{head}  {_time(change.occur_time)}  {what}  {state}" + (f"  {who}" if who else "")
 
 
 def _transition(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:

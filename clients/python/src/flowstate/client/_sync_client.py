@@ -221,7 +221,7 @@ class FlowstateClient:
         page_token: str | None = None,
         timeout: float | None = None,
     ) -> FlowPage:
-        """Return one page of the caller's flows, most recently updated first.
+        """Return one page of the caller's flows, least recently changed first.
 
         Args:
             statuses: Only flows in one of these statuses.
