@@ -43,8 +43,8 @@ Options: ``--timeout SECONDS`` bounds COMMAND (default 1800; it is killed after 
 ``--ready-timeout`` bounds each server start (default 120), ``--keep`` keeps the temporary
 directory, ``--flowstate PATH`` picks the CLI (default: the repository's .venv/bin/flowstate,
 else ``flowstate`` on PATH). Only the standard library is used, except with
-``FLOWSTATE_TEST_DATABASE_URL`` or ``--tls`` (then run it with the project's venv: SQLAlchemy,
-asyncpg; ``flowstate.testing.write_test_pki``).
+``FLOWSTATE_TEST_DATABASE_URL`` (then run it with the project's venv: SQLAlchemy, asyncpg);
+``--tls`` writes its certificates with the flowstate CLI's own interpreter.
 """
 
 from __future__ import annotations
@@ -293,11 +293,9 @@ def _start_tls_server(
     server: TestServer, workdir: Path, tenant: str
 ) -> tuple[TestServer, dict[str, str]]:
     """A second server requiring TLS and client certificates; its environment variables."""
-    from flowstate.testing import write_test_pki
-
     pki_dir = workdir / "pki"
     pki_dir.mkdir()
-    pki = write_test_pki(pki_dir)
+    pki = _write_pki(server.flowstate, pki_dir)
     tls_workdir = workdir / "tls-server"
     tls_workdir.mkdir(mode=0o755)
     tls_workdir.chmod(0o755)  # its embedded PostgreSQL runs as another user too
@@ -307,9 +305,9 @@ def _start_tls_server(
         database_url=server.database_url,
         ready_timeout=server.ready_timeout,
         extra_args=[
-            "--tls-cert-file", str(pki.server_cert),
-            "--tls-key-file", str(pki.server_key),
-            "--tls-client-ca-file", str(pki.ca),
+            "--tls-cert-file", str(pki["server_cert"]),
+            "--tls-key-file", str(pki["server_key"]),
+            "--tls-client-ca-file", str(pki["ca"]),
         ],
     )  # fmt: skip
     try:
@@ -322,10 +320,34 @@ def _start_tls_server(
     return tls_server, {
         "FLOWSTATE_TEST_TLS_ADDRESS": address,
         "FLOWSTATE_TEST_TLS_TOKEN": token,
-        "FLOWSTATE_TEST_TLS_CA_FILE": str(pki.ca),
-        "FLOWSTATE_TEST_TLS_CLIENT_CERT_FILE": str(pki.client_cert),
-        "FLOWSTATE_TEST_TLS_CLIENT_KEY_FILE": str(pki.client_key),
+        "FLOWSTATE_TEST_TLS_CA_FILE": str(pki["ca"]),
+        "FLOWSTATE_TEST_TLS_CLIENT_CERT_FILE": str(pki["client_cert"]),
+        "FLOWSTATE_TEST_TLS_CLIENT_KEY_FILE": str(pki["client_key"]),
     }
+
+
+_PKI_SCRIPT = """
+import json, sys
+from dataclasses import asdict
+from pathlib import Path
+from flowstate.testing import write_test_pki
+print(json.dumps({k: str(v) for k, v in asdict(write_test_pki(Path(sys.argv[1]))).items()}))
+"""
+
+
+def _write_pki(flowstate: str, directory: Path) -> dict[str, Path]:
+    """The throwaway CA and certificates (`flowstate.testing.write_test_pki`), written by the
+    interpreter of the flowstate CLI in use, so that this script stays standard-library only."""
+    import json
+
+    python = Path(flowstate).parent / "python"
+    command = [str(python) if python.exists() else sys.executable, "-c", _PKI_SCRIPT]
+    result = subprocess.run(
+        [*command, str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"writing the test certificates failed:\n{result.stderr}")
+    return {name: Path(path) for name, path in json.loads(result.stdout).items()}
 
 
 # --- control socket ---------------------------------------------------------------------------
