@@ -268,31 +268,38 @@ class Transition:
         d = self.decision
         extra: list[Any] = []
         if "key" not in self.omit:
-            flow_json = {k: _jsonable(v) for k, v in row.items() if not k.startswith("key_")} | {
-                "phase_states": d["states"],
-                "phase_details": d["details"],
-                "status": d["status"],
-                "progress": d["progress"],
-                "version": d["version"],
-                "updated_at": now.isoformat(),
-            }
             extra += [
                 f"{self.flow_id}:{PHASE}:{d['after']}:{seq}",
-                flow_json,
+                _key_flow(row, d, now),
                 now + _IDEMPOTENCY_TTL,
             ]
         if "notify" not in self.omit:
-            extra.append(
-                json.dumps(
-                    {
-                        "flow_id": self.flow_id,
-                        "version": d["version"],
-                        "client_account_id": self.tenant[0],
-                        "engagement_id": self.tenant[1],
-                    }
-                )
-            )
+            extra.append(_notify_payload(self.flow_id, self.tenant, d))
         await conn.fetchrow(self.write_full, *args, *extra)
+
+
+def _key_flow(row: asyncpg.Record, d: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The flow after decision `d`, as the idempotency key's response stores it."""
+    return {k: _jsonable(v) for k, v in row.items() if not k.startswith("key_")} | {
+        "phase_states": d["states"],
+        "phase_details": d["details"],
+        "status": d["status"],
+        "progress": d["progress"],
+        "version": d["version"],
+        "updated_at": now.isoformat(),
+    }
+
+
+def _notify_payload(flow_id: str, tenant: tuple[str, str], d: dict[str, Any]) -> str:
+    """The NOTIFY payload the store sends for the change."""
+    return json.dumps(
+        {
+            "flow_id": flow_id,
+            "version": d["version"],
+            "client_account_id": tenant[0],
+            "engagement_id": tenant[1],
+        }
+    )
 
 
 FN_DDL = (
@@ -320,11 +327,12 @@ $$;
 """,
     f"""
 CREATE OR REPLACE FUNCTION bench_write(
-    p_account text, p_engagement text, p_id uuid, p_expected integer,
-    p_states jsonb, p_details jsonb, p_status text, p_progress double precision,
-    p_version integer, p_now timestamptz, p_phase text, p_from text, p_to text,
-    p_status_before text, p_request text, p_metadata jsonb, p_time_in_state double precision,
-    p_fingerprint text, p_flow jsonb, p_expires timestamptz, p_payload text
+    -- $1-$16 as `_WRITE` takes them (`_write_args`), then the optimistic check, key, notify
+    p_id uuid, p_states jsonb, p_details jsonb, p_status text, p_progress double precision,
+    p_version integer, p_now timestamptz, p_account text, p_engagement text, p_phase text,
+    p_from text, p_to text, p_status_before text, p_request text, p_metadata jsonb,
+    p_time_in_state double precision,
+    p_expected integer, p_fingerprint text, p_flow jsonb, p_expires timestamptz, p_payload text
 ) RETURNS boolean LANGUAGE plpgsql SECURITY INVOKER AS $$
 BEGIN
     PERFORM set_config('role', '{APP_ROLE}', true),
@@ -382,44 +390,14 @@ class FunctionTransition:
             row = read
             now = datetime.now(UTC)
             d = _toggled(row, now)
-            flow_json = {k: _jsonable(v) for k, v in row.items() if k != "key_fingerprint"} | {
-                "phase_states": d["states"],
-                "phase_details": d["details"],
-                "status": d["status"],
-                "progress": d["progress"],
-                "version": d["version"],
-                "updated_at": now.isoformat(),
-            }
-            payload = json.dumps(
-                {
-                    "flow_id": self.flow_id,
-                    "version": d["version"],
-                    "client_account_id": self.tenant[0],
-                    "engagement_id": self.tenant[1],
-                }
-            )
             written = await self.conn.fetchval(
                 _FN_WRITE,
-                *self.tenant,
-                self.flow_id,
+                *_write_args(self.flow_id, row, d, now, request_id),
                 row["version"],
-                d["states"],
-                d["details"],
-                d["status"],
-                d["progress"],
-                d["version"],
-                now,
-                PHASE,
-                d["before"],
-                d["after"],
-                d["status_before"],
-                request_id,
-                {},
-                d["time_in_state"],
                 f"{self.flow_id}:{PHASE}:{d['after']}:{seq}",
-                flow_json,
+                _key_flow(row, d, now),
                 now + _IDEMPOTENCY_TTL,
-                payload,
+                _notify_payload(self.flow_id, self.tenant, d),
             )
             if written:
                 return

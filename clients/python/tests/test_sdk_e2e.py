@@ -44,7 +44,13 @@ from flowstate.client import (
     VersionConflict,
 )
 from flowstate.core.model import Tenant
-from flowstate.testing import RunningServer, TokenMinter, serve_in_process, serve_subprocess
+from flowstate.testing import (
+    RunningServer,
+    ServerProcess,
+    TokenMinter,
+    serve_in_process,
+    serve_subprocess,
+)
 from flowstate.v1 import flow_service_pb2, flow_service_pb2_grpc
 
 PHASES = [
@@ -461,21 +467,8 @@ async def test_watch_resumes_across_a_server_restart(database_url: str, tenant: 
     """
     minter = TokenMinter.random()
     token = minter(tenant, scopes=ALL_SCOPES)
-    env = {"FLOWSTATE_JWT_SECRET": minter.secret, "FLOWSTATE_GRACE_PERIOD": "1"}
     async with contextlib.AsyncExitStack() as stack:
-        first = await asyncio.to_thread(
-            stack.enter_context, serve_subprocess(database_url=database_url, env=env)
-        )
-        address = first.address
-        client = AsyncFlowstateClient(
-            address=address,
-            token=token,
-            retry=RetryPolicy(max_attempts=None, initial_backoff=0.2, max_backoff=1.0, deadline=60),
-            watch_retry=RetryPolicy(
-                max_attempts=None, initial_backoff=0.1, max_backoff=0.5, deadline=60
-            ),
-        )
-        stack.push_async_callback(client.close)
+        first, client = await _serve_and_connect(stack, database_url, minter, token)
         flow_id = (await client.create_flow()).flow.flow_id
         seen: list[tuple[FlowEventKind, int]] = []
         subscribed = asyncio.Event()
@@ -500,11 +493,7 @@ async def test_watch_resumes_across_a_server_restart(database_url: str, tenant: 
         ):
             await other_client.transition_phase(flow_id, "data_import", "COMPLETED")
 
-        port = address.rsplit(":", 1)[1]
-        await asyncio.to_thread(
-            stack.enter_context,
-            serve_subprocess(database_url=database_url, env=env, args=["--port", port]),
-        )
+        await _serve_again(stack, database_url, minter, first.address)
         await client.transition_phase(flow_id, "field_mapping", "IN_PROGRESS")
         await client.cancel_flow(flow_id)
         await asyncio.wait_for(task, timeout=30)
@@ -530,21 +519,8 @@ async def test_watch_flows_resumes_across_a_server_restart(
     minter = TokenMinter.random()
     token = minter(tenant, scopes=ALL_SCOPES)
     other_tenant = Tenant(f"{tenant.client_account_id}-x", tenant.engagement_id)
-    env = {"FLOWSTATE_JWT_SECRET": minter.secret, "FLOWSTATE_GRACE_PERIOD": "1"}
     async with contextlib.AsyncExitStack() as stack:
-        first = await asyncio.to_thread(
-            stack.enter_context, serve_subprocess(database_url=database_url, env=env)
-        )
-        address = first.address
-        client = AsyncFlowstateClient(
-            address=address,
-            token=token,
-            retry=RetryPolicy(max_attempts=None, initial_backoff=0.2, max_backoff=1.0, deadline=60),
-            watch_retry=RetryPolicy(
-                max_attempts=None, initial_backoff=0.1, max_backoff=0.5, deadline=60
-            ),
-        )
-        stack.push_async_callback(client.close)
+        first, client = await _serve_and_connect(stack, database_url, minter, token)
         a = (await client.create_flow()).flow.flow_id
         b = (await client.create_flow()).flow.flow_id
         seen: dict[str, list[int]] = {}
@@ -580,14 +556,46 @@ async def test_watch_flows_resumes_across_a_server_restart(
             await other_client.transition_phase(a, "data_import", "COMPLETED")
             await intruder.create_flow()  # another tenant's change: never on this stream
 
-        port = address.rsplit(":", 1)[1]
-        await asyncio.to_thread(
-            stack.enter_context,
-            serve_subprocess(database_url=database_url, env=env, args=["--port", port]),
-        )
+        await _serve_again(stack, database_url, minter, first.address)
         await client.transition_phase(b, "data_import", "COMPLETED")
         await client.transition_phase(a, "field_mapping", "IN_PROGRESS")
         await asyncio.wait_for(finished.wait(), timeout=30)
         await asyncio.wait_for(task, timeout=5)
 
     assert seen == {a: [1, 2, 3, 4], b: [1, 2, 3]}
+
+
+def _restart_env(minter: TokenMinter) -> dict[str, str]:
+    return {"FLOWSTATE_JWT_SECRET": minter.secret, "FLOWSTATE_GRACE_PERIOD": "1"}
+
+
+async def _serve_and_connect(
+    stack: contextlib.AsyncExitStack, database_url: str, minter: TokenMinter, token: str
+) -> tuple[ServerProcess, AsyncFlowstateClient]:
+    """A `flowstate serve` subprocess (stopped with `stack`) and a client that keeps retrying."""
+    server = await asyncio.to_thread(
+        stack.enter_context, serve_subprocess(database_url=database_url, env=_restart_env(minter))
+    )
+    client = AsyncFlowstateClient(
+        address=server.address,
+        token=token,
+        retry=RetryPolicy(max_attempts=None, initial_backoff=0.2, max_backoff=1.0, deadline=60),
+        watch_retry=RetryPolicy(
+            max_attempts=None, initial_backoff=0.1, max_backoff=0.5, deadline=60
+        ),
+    )
+    stack.push_async_callback(client.close)
+    return server, client
+
+
+async def _serve_again(
+    stack: contextlib.AsyncExitStack, database_url: str, minter: TokenMinter, address: str
+) -> None:
+    """Start `flowstate serve` again on the port of `address` (its clients reconnect there)."""
+    port = address.rsplit(":", 1)[1]
+    await asyncio.to_thread(
+        stack.enter_context,
+        serve_subprocess(
+            database_url=database_url, env=_restart_env(minter), args=["--port", port]
+        ),
+    )
