@@ -14,10 +14,10 @@ Start-up order (each step undone if a later one fails):
 OpenTelemetry tracing (`flowstate.server.tracing`) starts with step 5 when configured.
 
 Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop counting
-stuck flows; stop accepting
-RPCs; close the watch hub, so open streams end at once with UNAVAILABLE / SERVER_SHUTTING_DOWN
-(clients resume elsewhere); give in-flight RPCs the grace period; close the store; stop the
-embedded PostgreSQL; stop the metrics endpoint.
+stuck flows; stop accepting RPCs; close the watch hub, so open streams end at once with
+UNAVAILABLE / SERVER_SHUTTING_DOWN (clients resume elsewhere); give in-flight RPCs the grace
+period; close the store; stop the embedded PostgreSQL; stop the metrics endpoint; flush the
+traces.
 """
 
 from __future__ import annotations

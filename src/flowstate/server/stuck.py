@@ -47,9 +47,10 @@ class StuckFlowsMonitor:
 
     async def refresh(self) -> None:
         """Count once and publish the figures."""
-        now = datetime.now(UTC)
-        counts = await self._store.count_stuck_flows(unchanged_since=now - self._stuck_after)
-        self._metrics.set_stuck_flows(counts, checked_at=time.time())
+        checked_at = time.time()
+        unchanged_since = datetime.fromtimestamp(checked_at, UTC) - self._stuck_after
+        counts = await self._store.count_stuck_flows(unchanged_since=unchanged_since)
+        self._metrics.set_stuck_flows(counts, checked_at=checked_at)
 
     async def _run(self) -> None:
         while True:

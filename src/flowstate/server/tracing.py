@@ -21,7 +21,6 @@ tracing on or off, not both (in-process test servers leave it off).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -52,7 +51,8 @@ class Tracing:
 
 
 def _one_line(span: ReadableSpan) -> str:
-    return json.dumps(json.loads(span.to_json(indent=None)), separators=(",", ":")) + "\n"
+    line: str = span.to_json(indent=None)  # no indent: json.dumps writes one line
+    return line + "\n"
 
 
 def start_tracing(mode: str) -> Tracing | None:
