@@ -281,3 +281,12 @@ async def test_watch_prints_every_event_until_the_flow_ends(flows: Runner) -> No
     (event,) = [json.loads(line) for line in snapshot.out.splitlines()]
     assert event["flow_version"] == "3"
     assert event["snapshot"]["status"] == "FLOW_STATUS_CANCELLED"
+
+
+async def test_watch_of_a_bad_flow_id_prints_the_structured_error(flows: Runner) -> None:
+    result = await flows("watch", "not-a-uuid")
+
+    assert result.code == 1
+    assert result.out == ""
+    assert result.err.startswith("flowstate: error: MALFORMED_REQUEST: flow_id")
+    assert "Traceback" not in result.err
