@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from flowstate.cli import serve, token
+from flowstate.cli import console, serve, token
 from flowstate.cli._common import print_error, print_flow_state_error, print_rpc_error
 from flowstate.core.errors import FlowStateError
 from flowstate.server.config import ConfigError
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve.register(subparsers)
+    console.register(subparsers)
     token.register(subparsers)
     for name in _OPTIONAL_GROUPS:
         # find_spec, not try/except ImportError: a broken module must fail loudly.
