@@ -163,6 +163,11 @@ async def test_a_read_only_token_sees_no_action_buttons(
         await expect(page.get_by_test_id("read-only")).to_be_visible()
         assert await page.locator("button[data-action]").count() == 0
         assert await page.get_by_test_id("actions").count() == 0
+
+        await page.get_by_role("link", name="Definitions").click()
+        discovery = page.locator("article[data-definition=discovery]")
+        await expect(discovery.locator("g.node")).to_have_count(5, timeout=TIMEOUT_MS)
+        await expect(discovery.locator("line.edge")).to_have_count(4)
     finally:
         await context.close()
 
