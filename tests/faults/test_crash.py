@@ -110,16 +110,32 @@ def data_dir(tmp_path: Path) -> Path:
     return directory
 
 
-async def test_kill_9_of_server_and_embedded_postgres_then_restart(
+async def test_embedded_postgres_after_kill_9_of_the_server_and_of_both(
     data_dir: Path, tenant: Tenant
 ) -> None:
+    """One data directory (one initdb) through both crashes, checked after each."""
     pgdata = data_dir / "pg"
     ledger = Ledger()
     with reaping_postmaster(pgdata):
+        # kill -9 of the server alone: PostgreSQL outlives it, its pid stays in the handle list.
+        with serve_subprocess(data_dir=data_dir) as crashed:
+            metadata = crashed.mint.metadata(tenant)
+            async with grpc.aio.insecure_channel(crashed.address) as channel:
+                flow_ids = await running_flows(stub_for(channel), metadata, 4)
+            crashed.process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(crashed.process.wait, 30)
+        assert postmaster_pid(pgdata) is not None
+        assert _handle_pids(pgdata) == [crashed.process.pid]
+        # The next server forgets the dead pid, and its clean stop stops PostgreSQL.
+        with serve_subprocess(data_dir=data_dir) as process:
+            assert _handle_pids(pgdata) == [process.process.pid]
+            assert process.stop() == 0
+        assert postmaster_pid(pgdata) is None
+        assert _handle_pids(pgdata) == []
+
+        # kill -9 of the server under write load and of PostgreSQL together.
         with serve_subprocess(data_dir=data_dir) as process:
             metadata = process.mint.metadata(tenant)
-            async with grpc.aio.insecure_channel(process.address) as channel:
-                flow_ids = await running_flows(stub_for(channel), metadata, 4)
             postmaster = postmaster_pid(pgdata)
             assert postmaster is not None
             await _write_until_killed(process, metadata, ledger, flow_ids)
@@ -132,24 +148,4 @@ async def test_kill_9_of_server_and_embedded_postgres_then_restart(
             await _check(process, metadata, flow_ids, ledger)
             assert process.stop() == 0
         assert postmaster_pid(pgdata) is None
-
-
-async def test_embedded_postgres_stops_after_a_crashed_server(
-    data_dir: Path, tenant: Tenant
-) -> None:
-    pgdata = data_dir / "pg"
-    with reaping_postmaster(pgdata):
-        with serve_subprocess(data_dir=data_dir) as crashed:
-            crashed.process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(crashed.process.wait, 30)
-        postmaster = postmaster_pid(pgdata)
-        assert postmaster is not None  # outlived its server, as a crash leaves it
-        assert _handle_pids(pgdata) == [crashed.process.pid]
-        for _ in range(2):  # a clean stop after any history of crashes
-            with serve_subprocess(data_dir=data_dir) as process:
-                async with grpc.aio.insecure_channel(process.address) as channel:
-                    await running_flows(stub_for(channel), process.mint.metadata(tenant), 1)
-                assert _handle_pids(pgdata) == [process.process.pid]
-                assert process.stop() == 0
-            assert postmaster_pid(pgdata) is None
-            assert _handle_pids(pgdata) == []
+        assert _handle_pids(pgdata) == []

@@ -96,6 +96,7 @@ def _scalar(field: descriptor.FieldDescriptor, flow_ids: list[str]) -> st.Search
     if field.type == F.TYPE_FLOAT:
         return st.floats(width=32)
     if field.type == F.TYPE_ENUM:
+        assert field.enum_type is not None
         top = max(v.number for v in field.enum_type.values)
         return st.integers(-3, top + 3)
     low, high = _INTS[field.type]
@@ -112,11 +113,9 @@ def _message(
         return st.just(cls())
     optional: dict[str, st.SearchStrategy[Any]] = {}
     for field in message_type.fields:
-        if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
-            key, value = (
-                field.message_type.fields_by_name["key"],
-                field.message_type.fields_by_name["value"],
-            )
+        entry = field.message_type
+        if field.type == F.TYPE_MESSAGE and entry is not None and entry.GetOptions().map_entry:
+            key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
             optional[field.name] = st.dictionaries(
                 _scalar(key, flow_ids), _field_value(value, flow_ids, depth + 1), max_size=3
             )
@@ -131,6 +130,7 @@ def _field_value(
     field: descriptor.FieldDescriptor, flow_ids: list[str], depth: int
 ) -> st.SearchStrategy[Any]:
     if field.type == F.TYPE_MESSAGE:
+        assert field.message_type is not None
         return _message(field.message_type, flow_ids, depth)
     return _scalar(field, flow_ids)
 
@@ -164,13 +164,15 @@ async def _call(
     path = f"/{SERVICE.full_name}/{method.name}"
     try:
         if method.server_streaming:
-            call: Any = channel.unary_stream(path)(body, metadata=metadata, timeout=10)
+            stream: Any = channel.unary_stream(path)  # raw bytes: no serializer
+            call = stream(body, metadata=metadata, timeout=10)
             try:
                 await call.read()
             finally:
                 call.cancel()
             return grpc.StatusCode.OK
-        await channel.unary_unary(path)(body, metadata=metadata, timeout=10)
+        unary: Any = channel.unary_unary(path)
+        await unary(body, metadata=metadata, timeout=10)
     except grpc.aio.AioRpcError as error:
         return error.code()
     return grpc.StatusCode.OK
