@@ -40,6 +40,11 @@ from .support import (
 )
 
 EVENT_TIMEOUT = 20.0  # seconds one stream read may take before the test fails
+_LISTENER = (
+    "SELECT pid FROM pg_stat_activity"
+    " WHERE datname = current_database() AND query LIKE 'LISTEN %' AND pid <> ALL($1::int[])"
+    " LIMIT 1"
+)
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -92,14 +97,21 @@ async def test_listen_connection_terminated_while_streams_are_open(
                 one, every = _flow_events(stub, metadata, flow_id), _tenant_events(stub, metadata)
                 assert (await anext(one)).WhichOneof("kind") == "snapshot"
                 assert (await anext(every)).WhichOneof("kind") == "snapshot"
-                terminated = 0
-                for _ in range(20):
-                    await ledger.new(flow_id).send(stub, metadata)
-                    terminated += await monitor.fetchval(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
-                    )
-                assert terminated >= 3  # the hub reconnected, and was cut again
+                cut: list[int] = []
+                for _ in range(3):
+                    # Wait (bounded) for the hub's LISTEN connection, cut it, and change the
+                    # flow while it is down and after it is back.
+                    listener = None
+                    for _ in range(400):
+                        listener = await monitor.fetchval(_LISTENER, cut)
+                        if listener is not None:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert listener is not None, "the hub did not listen again"
+                    assert await monitor.fetchval("SELECT pg_terminate_backend($1)", listener)
+                    cut.append(listener)
+                    for _ in range(5):
+                        await ledger.new(flow_id).send(stub, metadata)
                 assert all(r.error is None for r in ledger.reports)
                 last = 2 + len(ledger.reports)  # created, started, the reports
                 expected = list(range(3, last + 1))
