@@ -122,7 +122,9 @@ async def test_overall_deadline_bounds_the_retries(
     a 60 s deadline with a fixed 10 s backoff allows exactly 6 attempts (t = 0, 10, ..., 50)."""
     servicer.add("GetFlow", *[UNAVAILABLE] * 100)
     now = 0.0
-    monkeypatch.setitem(RetryState.__init__.__kwdefaults__, "clock", lambda: now)
+    defaults = RetryState.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "clock", lambda: now)
     waits: list[float] = []
 
     async def virtual_sleep(delay: float) -> None:
