@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -27,7 +28,7 @@ from flowstate.core.errors import FlowStateError
 from flowstate.server.config import ConfigError
 from flowstate.storage.errors import DatabaseSetupError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "version_text"]
 
 _OPTIONAL_GROUPS = ("flowstate.cli.storage_commands", "flowstate.cli.flows")
 EXIT_FAILURE = 1
@@ -39,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowstate",
         description="Flowstate: the state of long, multi-phase workflows, over gRPC.",
+        epilog="`flowstate COMMAND --help` describes each command. Errors print "
+        "`flowstate: error: CODE: message` on stderr; the exit status is 1 for a refused or "
+        "failed operation, 2 for bad usage or settings.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=version_text())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do")
     serve.register(subparsers)
     token.register(subparsers)
     for name in _OPTIONAL_GROUPS:
@@ -48,6 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(subparsers)
     return parser
+
+
+def version_text() -> str:
+    """``flowstate 0.1.0 (client 0.1.0, API flowstate.v1, Python 3.11.7)``."""
+
+    def installed(distribution: str) -> str:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    return (
+        f"flowstate {installed('flowstate')} (client {installed('flowstate-client')}, "
+        f"API flowstate.v1, Python {python})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
