@@ -1,8 +1,8 @@
 """The `flowstate` console script: one argparse parser, a sub-command per group.
 
-Commands: ``serve`` and ``token`` (here), ``migrate`` and ``import-legacy``
-(`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`). A group whose
-module is not part of this build is simply absent.
+Commands: ``serve``, ``token``, ``health`` (their own modules), ``migrate`` and
+``import-legacy`` (`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`). A
+group whose module is not part of this build is simply absent.
 
 Failures print a structured error (``flowstate: error: CODE: message`` and the details) on
 stderr and exit non-zero: 1 for a refused or failed operation, 2 for bad usage or settings.
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from flowstate.cli import serve, token
+from flowstate.cli import health, serve, token
 from flowstate.cli._common import print_error, print_flow_state_error, print_rpc_error
 from flowstate.core.errors import FlowStateError
 from flowstate.server.config import ConfigError
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do")
     serve.register(subparsers)
     token.register(subparsers)
+    health.register(subparsers)
     for name in _OPTIONAL_GROUPS:
         # find_spec, not try/except ImportError: a broken module must fail loudly.
         if importlib.util.find_spec(name) is not None:
