@@ -14,7 +14,8 @@ What is checked (limits as documented in the protos):
   characters, display names 256, phase and definition names 128, at most 64 labels with keys
   of 1-63 and values of at most 256 characters, failure messages 4096;
 - structs (metadata, failure details): at most 16 KiB as JSON, finite numbers, no NUL;
-- numbers: in-phase progress finite and in [0, 1], versions non-negative, page sizes in range.
+- numbers: in-phase progress finite and in [0, 1], versions non-negative, page sizes not
+  negative (above the maximum: lowered to it, as AIP-158 asks).
 
 Semantic checks (unknown phase, illegal transition...) belong to the core, not here. Where the
 storage checks the same value, its limits (`flowstate.storage.limits`) are used, so the two never
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -42,8 +43,7 @@ from flowstate.core.commands import (
     TransitionPhase,
     UpdatePhaseProgress,
 )
-from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, FlowStatus, PhaseError, PhaseState
+from flowstate.core.model import FlowStatus, PhaseError, PhaseState
 from flowstate.core.rules import ERROR_STATES
 from flowstate.server.convert import (
     ERROR_CODE_FROM_PROTO,
@@ -51,6 +51,7 @@ from flowstate.server.convert import (
     PHASE_STATE_FROM_PROTO,
     struct_to_dict,
 )
+from flowstate.service.flows import TransitionCheck
 from flowstate.storage.codec import dumps
 from flowstate.storage.limits import (
     MAX_DISPLAY_NAME_LENGTH,
@@ -61,6 +62,7 @@ from flowstate.storage.limits import (
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
     MAX_REASON_LENGTH,
+    field_violations,
 )
 from flowstate.v1 import errors_pb2, flow_service_pb2
 
@@ -110,16 +112,8 @@ _MIN_SECONDS: Final = -62135596800
 _MAX_SECONDS: Final = 253402300799
 
 
-def malformed(violations: Sequence[tuple[str, str]]) -> FlowStateError:
-    """The MALFORMED_REQUEST error for `violations` ((field, description) pairs, at least one)."""
-    field, description = violations[0]
-    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-    return FlowStateError(
-        ErrorCode.MALFORMED_REQUEST,
-        f"{field}: {description}{more}",
-        field=field,
-        field_violations=[{"field": f, "description": d} for f, d in violations],
-    )
+malformed = field_violations
+"""The MALFORMED_REQUEST error listing every violation (`flowstate.storage.limits`)."""
 
 
 class _Checker:
@@ -189,7 +183,7 @@ class _Checker:
             return {}
         if len(encoded.encode()) > MAX_JSON_BYTES:
             self.fail(field, f"must be at most {MAX_JSON_BYTES} bytes as JSON")
-        elif "\\u0000" in encoded:
+        elif _has_nul(data):  # a real NUL, not the text "\\u0000" (which is stored verbatim)
             self.fail(field, "must not contain NUL bytes")
         return data
 
@@ -202,10 +196,11 @@ class _Checker:
         return version
 
     def page(self, size: int, token: str, *, default: int, maximum: int) -> tuple[int, str]:
-        if size < 0 or size > maximum:
-            self.fail("page_size", f"must be between 0 and {maximum} (0: {default})")
+        # AIP-158: a size above the maximum is lowered to it, not refused.
+        if size < 0:
+            self.fail("page_size", f"must be >= 0 (0: {default}; above {maximum}: {maximum})")
         self.text("page_token", token, max_len=MAX_TOKEN)
-        return size or default, token
+        return min(size or default, maximum), token
 
     def timestamp(self, field: str, message: timestamp_pb2.Timestamp) -> datetime | None:
         if not _MIN_SECONDS <= message.seconds <= _MAX_SECONDS or not (
@@ -214,6 +209,17 @@ class _Checker:
             self.fail(field, "is not a valid timestamp")
             return None
         return message.ToDatetime(tzinfo=UTC)
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string (key or value) of a JSON-like value."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def _enum_problem(value: int, enum_name: str) -> str:
@@ -410,7 +416,7 @@ class ListFlowsArgs:
 
 
 def list_flows(request: flow_service_pb2.ListFlowsRequest) -> ListFlowsArgs:
-    """Check a ListFlows request (page size 1-500, 50 when 0)."""
+    """Check a ListFlows request (page size 1-500: 50 when 0, larger ones lowered to 500)."""
     check = _Checker()
     page_size, page_token = check.page(
         request.page_size, request.page_token, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE
@@ -460,7 +466,7 @@ class ListHistoryArgs:
 
 
 def list_flow_history(request: flow_service_pb2.ListFlowHistoryRequest) -> ListHistoryArgs:
-    """Check a ListFlowHistory request (page size 1-1000, 100 when 0)."""
+    """Check a ListFlowHistory request (page size 1-1000: 100 when 0, larger lowered to 1000)."""
     check = _Checker()
     flow_id = check.uuid("flow_id", request.flow_id)
     if request.after_version < 0:
@@ -483,22 +489,6 @@ def get_flow_definition(request: flow_service_pb2.GetFlowDefinitionRequest) -> t
         check.fail("version", "must be >= 0 (0: the latest)")
     check.done()
     return name or DEFAULT_DEFINITION, request.version
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionCheck:
-    """A validated ValidateTransition request: exactly one of `phase` / `to_status` is set.
-
-    `from_state` / `from_status` are None when a flow is named (its actual state is used).
-    """
-
-    flow_id: str | None
-    definition_name: str
-    phase: str | None = None
-    from_state: PhaseState | None = None
-    to_state: PhaseState | None = None
-    from_status: FlowStatus | None = None
-    to_status: FlowStatus | None = None
 
 
 def validate_transition(request: flow_service_pb2.ValidateTransitionRequest) -> TransitionCheck:
