@@ -306,6 +306,22 @@ def validate_phase_transition(
     )
 
 
+def blocking_phases(
+    definition: FlowDefinition, phase_states: Mapping[str, PhaseState], phase: str
+) -> list[str]:
+    """The dependencies of `phase` that are not COMPLETED (missing ones count as NOT_STARTED)."""
+    return [
+        name
+        for name in definition.dependencies(phase)
+        if phase_states.get(name, PhaseState.NOT_STARTED) is not PhaseState.COMPLETED
+    ]
+
+
+def attempts_remaining(definition: PhaseDefinition, phase: Phase) -> int:
+    """Retries the phase has left under its definition's `max_retries`."""
+    return max(definition.max_retries - phase.retry_count, 0)
+
+
 def check_phase_order(
     definition: FlowDefinition,
     phase_states: Mapping[str, PhaseState],
@@ -319,11 +335,7 @@ def check_phase_order(
     """
     if target is not PhaseState.IN_PROGRESS:
         return None
-    blocking = [
-        name
-        for name in definition.dependencies(phase)
-        if phase_states.get(name, PhaseState.NOT_STARTED) is not PhaseState.COMPLETED
-    ]
+    blocking = blocking_phases(definition, phase_states, phase)
     if not blocking:
         return None
     return FlowStateError(
@@ -518,7 +530,7 @@ def _ensure_retry_allowed(
     definition: PhaseDefinition, phase: Phase, force: bool, ctx: Context
 ) -> bool:
     """Apply the retry gate; True when an admin force lifted a non-retryable error."""
-    remaining = max(definition.max_retries - phase.retry_count, 0)
+    remaining = attempts_remaining(definition, phase)
     if remaining == 0:
         raise FlowStateError(
             ErrorCode.MAX_RETRIES_EXCEEDED,
