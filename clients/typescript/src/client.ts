@@ -15,7 +15,7 @@ import { readFileSync } from "node:fs";
 import type * as http2 from "node:http2";
 
 import { create, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
-import { Code, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
 
 import { FlowstateError, toFlowstateError, uncancelled } from "./errors.js";
@@ -220,6 +220,17 @@ export function withEnvironment(options: FlowstateClientOptions): FlowstateClien
   return resolved;
 }
 
+/**
+ * The error of a call the caller aborted, the same whether the abort came during an attempt or
+ * during the wait before the next: CANCELLED with the signal's reason as message and cause (a
+ * `ConnectError` reason, e.g. a deadline, keeps its own code).
+ */
+function abortError(reason: unknown): FlowstateError {
+  if (reason instanceof ConnectError) return toFlowstateError(reason);
+  const message = reason instanceof Error ? reason.message : String(reason);
+  return toFlowstateError(new ConnectError(message, Code.Canceled, undefined, undefined, reason));
+}
+
 /** Creates a Flowstate client (see `FlowstateClientOptions`). */
 export function createFlowstateClient(given: FlowstateClientOptions = {}): FlowstateClient {
   const options = withEnvironment(given);
@@ -285,7 +296,7 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
         });
       } catch (err) {
         if (closed.signal.aborted) throw closedError();
-        if (signal.aborted) throw toFlowstateError(err);
+        if (signal.aborted) throw abortError(signal.reason);
         const error = uncancelled(toFlowstateError(err));
         const delay = state.nextDelayMs(error, error.grpcCode === Code.Unavailable);
         if (delay === undefined) throw error;
@@ -293,7 +304,7 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
           await sleep(delay, signal);
         } catch (abortReason) {
           if (closed.signal.aborted) throw closedError();
-          throw abortReason;
+          throw abortError(abortReason);
         }
       }
     }

@@ -259,6 +259,32 @@ describe("unary calls", () => {
     assert.ok(Date.now() - started < 5_000);
   });
 
+  it("an abort surfaces the same way during a call and during the backoff", async () => {
+    let calls = 0;
+    const server = await serve({
+      async getFlow(_request, context) {
+        calls += 1;
+        if (calls === 1) throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down");
+        await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+        return {};
+      },
+    });
+    const client = clientFor(server, { retry: { initialBackoffMs: 60_000, maxBackoffMs: 60_000, deadlineMs: 600_000 } });
+    const errors: unknown[] = [];
+    for (const phase of ["backoff", "call"]) {
+      const controller = new AbortController();
+      const pending = client.getFlow({ flowId: "f1" }, { signal: controller.signal }).catch((e: unknown) => e);
+      while (calls < (phase === "backoff" ? 1 : 2)) await new Promise((r) => setTimeout(r, 5));
+      controller.abort(new Error(`gave up in the ${phase}`));
+      errors.push(await pending);
+    }
+    for (const [i, err] of errors.entries()) {
+      assert.ok(err instanceof FlowstateError, String(err));
+      assert.equal(err.grpcCode, Code.Canceled, `${i}: ${String(err)}`);
+      assert.match(err.message, i === 0 ? /gave up in the backoff/ : /gave up in the call/);
+    }
+  });
+
   it("refuses plaintext to a non-loopback host unless allowed", () => {
     assert.throws(() => createFlowstateClient({ address: "flowstate.example.com:443" }), /plaintext/);
     createFlowstateClient({ address: "flowstate.example.com:443", allowInsecure: true }).close();
