@@ -149,6 +149,7 @@ async def test_usage_errors_exit_2(flows: Runner) -> None:
         bad_state.err
     )
     assert bad_duration.code == 2
+    assert "argument --stuck: not a duration like 30m, 2h or 1d: 'soon'" in bad_duration.err
 
 
 async def test_recovery_lists_and_executes_options(flows: Runner) -> None:
@@ -227,9 +228,14 @@ async def test_address_and_token_come_from_the_environment(
     monkeypatch.setenv("FLOWSTATE_ADDRESS", cli_server.address)
     monkeypatch.setenv("FLOWSTATE_TOKEN", cli_token)
 
+    created = await asyncio.to_thread(run_flows, "create", "--json")
     result = await asyncio.to_thread(run_flows, "list")
 
+    assert created.code == 0, created.err
+    flow_id = json.loads(created.out)["flow"]["flow_id"]
     assert result.code == 0, result.err
+    assert result.out.splitlines()[0].startswith("FLOW ID")
+    assert flow_id in result.out
 
 
 async def test_the_console_entry_point_runs_the_group(
