@@ -22,6 +22,7 @@ import {
   PhaseOrderViolationError,
   PhaseState,
   resolveRetryPolicy,
+  RetryState,
   backoffMs,
   ServerShuttingDownError,
   UnauthenticatedError,
@@ -295,6 +296,18 @@ describe("unary calls", () => {
     createFlowstateClient({ address: "flowstate.example.com:443", tls: true }).close();
     createFlowstateClient({ address: "localhost:50051" }).close();
     createFlowstateClient({ address: "[::1]:50051" }).close();
+  });
+
+  it("leaves a call without timeout to the caller; the server's RetryInfo is a minimum", () => {
+    const state = new RetryState(resolveRetryPolicy({ maxBackoffMs: 1_000, jitter: 0, deadlineMs: 60_000 }));
+    assert.equal(state.attemptTimeoutMs(0), undefined);
+    assert.equal(state.attemptTimeoutMs(undefined), undefined);
+    assert.ok((state.attemptTimeoutMs(3_600_000) ?? Infinity) <= 60_000);
+    state.begin();
+    const busy = new UnavailableError({ code: "TEMPORARY_RESOURCE_UNAVAILABLE", grpcCode: Code.Unavailable, message: "busy", retryDelayMs: 7_000 });
+    assert.equal(state.nextDelayMs(busy), 7_000);
+    const later = new UnavailableError({ code: "TEMPORARY_RESOURCE_UNAVAILABLE", grpcCode: Code.Unavailable, message: "busy", retryDelayMs: 120_000 });
+    assert.equal(state.nextDelayMs(later), undefined);
   });
 
   it("computes exponential backoff with jitter, capped", () => {
