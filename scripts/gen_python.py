@@ -10,7 +10,7 @@ Runs ``grpc_tools.protoc`` in-process over every ``protos/flowstate/**/*.proto``
   messages), from ``protoc-gen-connectrpc`` (connectrpc's own plugin, ``protobuf=google``); only
   for protos that declare a service. Importing them needs the ``connectrpc`` package (the
   server's dependency; the client's ``connect`` extra);
-* ``__init__.py``.
+* ``__init__.py`` and ``py.typed`` (the stubs are the package's types, PEP 561).
 
 ``*_pb2_grpc.*`` files are kept only for protos that declare a service. ``google.rpc`` is not
 generated: it comes from the googleapis-common-protos package. ``flowstate/__init__.py`` is never
@@ -120,6 +120,9 @@ def main() -> None:
                 f"gen_python: protos outside flowstate/v1 are not supported: {unexpected}"
             )
         (generated / "__init__.py").write_text(INIT_PY)
+        # PEP 561: the .pyi stubs are the package's types (without it, user code checked with
+        # `mypy --strict` sees flowstate.v1 as untyped and every `.raw` as Any).
+        (generated / "py.typed").write_text("")
         if OUT_DIR.exists():
             shutil.rmtree(OUT_DIR)
         OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
