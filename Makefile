@@ -58,14 +58,13 @@ $(VENV)/bin/python:
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 
 # pip's own output is ~300 lines; show one line per package it fetches and a summary instead of
-# nothing for a minute or two (errors go to stderr, unfiltered).
+# nothing for a minute or two (scripts/pip_progress.awk; errors go to stderr, unfiltered).
 $(STAMPS)/venv: pyproject.toml clients/python/pyproject.toml | $(VENV)/bin/python $(STAMPS)
 	@echo "== pip: installing the server, the Python client and the dev tools into $(VENV)" \
 	  "(1-3 minutes on a fresh machine)"
 	@$(PY) -m pip install --progress-bar off --disable-pip-version-check \
 	  -e clients/python -e '.[dev]' \
-	  | awk '/^Collecting /{print "  pip: collecting " $$2; fflush()} \
-	         /^Successfully installed/{print "  pip: installed " NF-2 " packages"; fflush()}'
+	  | awk -f scripts/pip_progress.awk
 	@touch $@
 
 # Debian's PostgreSQL 15 server binaries, for the tests that need a cluster run as a DBA would
