@@ -7,7 +7,7 @@
 #   make generate         regenerate every client from protos/ (scripts/generate.sh)
 #   make lint             buf lint/format/breaking, ruff, mypy, import-linter, tsc, go vet
 #   make check-generated  regenerate and fail if clients/ changed (generated code is committed)
-#   make test             pytest (tests/, clients/python/tests/), npm test, go test
+#   make test             pytest (tests/, clients/python/tests/), npm test, go test, examples/
 #   make serve            run the server (flowstate serve)
 #   make bench            benchmarks against the raw limits of the parts (~8 min; bench/README.md)
 #   make mutate           mutation testing of flowstate.core with mutmut (docs/testing.md; long)
@@ -144,6 +144,7 @@ lint: setup
 	check bash -c 'cd clients/typescript && node_modules/.bin/tsc --noEmit'; \
 	check bash -c 'cd clients/go && go vet ./...'; \
 	check bash -c 'cd bench/loadgen && test -z "$$(gofmt -l .)" && go vet ./...'; \
+	check bash -c 'test -z "$$(gofmt -l examples/go)"'; \
 	if (($${#failed[@]})); then printf 'lint failed: %s\n' "$${failed[@]}" >&2; exit 1; fi; \
 	echo "lint: all checks passed"
 
@@ -176,6 +177,8 @@ test: setup
 	echo "== go test (clients/go, against scripts/with_test_server.py)"; \
 	$(PY) scripts/with_test_server.py --tls -- bash -c 'cd clients/go && go test ./...' \
 	  || { echo "go test failed"; status=1; }; \
+	echo "== examples (each SDK installed from its built artifact outside the repo; scripts/test_examples.py)"; \
+	$(PY) scripts/test_examples.py || { echo "examples failed"; status=1; }; \
 	exit $$status
 
 # --- run ---------------------------------------------------------------------------------------

@@ -431,6 +431,11 @@ def _common_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--tls", action="store_true", help="use TLS with the system roots")
     group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext to a host that is not loopback (the token travels unencrypted)",
+    )
+    group.add_argument(
         "--tls-ca-file",
         type=Path,
         default=_env_path("FLOWSTATE_TLS_CA_FILE"),
@@ -539,6 +544,7 @@ def _run(handler: _Handler, args: argparse.Namespace) -> int:
             root_certificates=_read(args.tls_ca_file),
             certificate_chain=_read(args.tls_cert_file),
             private_key=_read(args.tls_key_file),
+            allow_insecure=args.insecure,
             timeout=args.timeout,
             retry=RetryPolicy(max_attempts=3, deadline=max(args.timeout, 1.0)),
         )
