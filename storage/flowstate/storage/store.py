@@ -78,15 +78,15 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from flowstate.core.commands import Command, Context, apply_command, create_flow
+from flowstate.core.definition_document import definition_from_document
 from flowstate.core.definitions import (
     BUILTIN_DEFINITIONS,
     FlowDefinition,
-    definition_from_dict,
     definition_to_dict,
 )
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
-from flowstate.storage import codec
+from flowstate.storage import codec, definitions_repo
 from flowstate.storage.errors import (
     SchemaNotReadyError,
     StoreUnavailable,
@@ -109,6 +109,7 @@ from flowstate.storage.limits import (
 from flowstate.storage.schema import (
     ACTIVE_FLOW,
     APP_ROLE,
+    BUILTIN_OWNER,
     flow_definitions,
     flow_history,
     flows,
@@ -157,6 +158,9 @@ _MAX_KEY_RACE_ATTEMPTS = 3
 _RETRY_BACKOFF_SECONDS = 0.02
 _DEFAULT_FLOW_PAGE_SIZE = 50
 _DEFAULT_HISTORY_PAGE_SIZE = 100
+_DEFAULT_DEFINITION_PAGE_SIZE = 100
+_DEFINITION_CACHE_SIZE = 4096
+"""Definitions kept in process; bodies are immutable, so the cache is never invalidated."""
 _MAX_SEQ = 2**63 - 1
 _IDEMPOTENCY_PK = "pk_idempotency_keys"
 _FLOWS_PK = "pk_flows"
@@ -330,14 +334,10 @@ _FLOW_HISTORY_CALL = compile_statement(
         bindparam("limit", type_=Integer),
     )
 )
-_LATEST_DEFINITION = compile_statement(
-    select(flow_definitions.c.body)
-    .where(flow_definitions.c.name == bindparam("name", type_=Text))
-    .order_by(flow_definitions.c.version.desc())
-    .limit(1)
-)
 _EXACT_DEFINITION = compile_statement(
     select(flow_definitions.c.body).where(
+        flow_definitions.c.client_account_id == BUILTIN_OWNER,
+        flow_definitions.c.engagement_id == BUILTIN_OWNER,
         flow_definitions.c.name == bindparam("name", type_=Text),
         flow_definitions.c.version == bindparam("version", type_=Integer),
     )
@@ -602,7 +602,8 @@ class FlowStore:
         self._idempotency_ttl = idempotency_ttl
         self._purge_every = purge_every
         self._writes_since_purge = 0
-        self._definitions: dict[tuple[str, int], FlowDefinition] = {}
+        # (tenant or None for built-ins only, name, version) -> definition; bodies never change.
+        self._definitions: dict[tuple[Tenant | None, str, int], FlowDefinition] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -828,45 +829,108 @@ class FlowStore:
 
     # --- definitions ------------------------------------------------------------------------
 
-    async def get_definition(self, name: str, version: int | None = None) -> FlowDefinition:
-        """The definition `name` at `version` (None: its latest version).
+    async def get_definition(
+        self, name: str, version: int | None = None, *, tenant: Tenant | None = None
+    ) -> FlowDefinition:
+        """The definition `name` at `version` (None: its latest version) in `tenant`'s view
+        (its own definitions and the built-ins; None: the built-ins only).
 
-        MALFORMED_REQUEST (``field="definition_name"``) when there is no such definition.
+        DEFINITION_NOT_FOUND when there is no such definition (also another tenant's).
         """
+        return (await self.get_stored_definition(name, version, tenant=tenant)).definition
+
+    async def get_stored_definition(
+        self, name: str, version: int | None = None, *, tenant: Tenant | None = None
+    ) -> definitions_repo.StoredDefinition:
+        """`get_definition` with whose the definition is and when it was registered."""
         check_identifier("definition_name", name)
+        if tenant is not None:
+            check_tenant(tenant)
         if version is not None:
             _check_version("definition_version", version, minimum=1)
-            cached = self._definitions.get((name, version))
-            if cached is not None:
-                return cached
 
-        async def work(tx: Transaction) -> FlowDefinition:
-            return await self._load_definition(tx, name, version)
+        async def work(tx: Transaction) -> definitions_repo.StoredDefinition:
+            return await definitions_repo.load(tx, tenant, name, version)
 
-        return await self._run(None, work, autocommit=True)  # one statement
+        return await self._run(tenant, work)
 
     async def _load_definition(
-        self, tx: Transaction, name: str, version: int | None
+        self, tx: Transaction, tenant: Tenant, name: str, version: int | None
     ) -> FlowDefinition:
         if version is not None:
-            cached = self._definitions.get((name, version))
+            cached = self._definitions.get((tenant, name, version))
             if cached is not None:
                 return cached
-            body = await tx.fetchval(_EXACT_DEFINITION, {"name": name, "version": version})
-        else:
-            body = await tx.fetchval(_LATEST_DEFINITION, {"name": name})
-        if body is None:
-            raise FlowStateError(
-                ErrorCode.MALFORMED_REQUEST,
-                f"Unknown flow definition {name!r}"
-                + ("" if version is None else f" version {version}"),
-                field="definition_name",
-                definition_name=name,
-                definition_version=version,
-            )
-        definition = definition_from_dict(body)
-        self._definitions[(definition.name, definition.version)] = definition
+        definition = (await definitions_repo.load(tx, tenant, name, version)).definition
+        if len(self._definitions) >= _DEFINITION_CACHE_SIZE:
+            self._definitions.pop(next(iter(self._definitions)))  # oldest first: FIFO
+        self._definitions[(tenant, definition.name, definition.version)] = definition
         return definition
+
+    async def register_definition(
+        self,
+        tenant: Tenant,
+        document: object,
+        ctx: Context,
+        *,
+        allow_shadow_builtin: bool = False,
+        validate_only: bool = False,
+    ) -> tuple[definitions_repo.StoredDefinition, bool]:
+        """Register a definition document for `tenant`: (the stored version, created).
+
+        The document is validated first (MALFORMED_REQUEST with every field violation; nothing
+        is stored). An identical body returns the existing version; idempotent on
+        ``ctx.request_id`` (see `flowstate.storage.definitions_repo`). DEFINITION_SHADOWS_BUILTIN
+        for a built-in's name without `allow_shadow_builtin`.
+        """
+        check_tenant(tenant)
+        _check_context(ctx)
+        submitted = definition_from_document(document)
+
+        async def work(tx: Transaction) -> tuple[definitions_repo.StoredDefinition, bool]:
+            return await definitions_repo.register(
+                tx,
+                tenant,
+                submitted,
+                allow_shadow_builtin=allow_shadow_builtin,
+                request_id=ctx.request_id,
+                now=ctx.now,
+                key_ttl=self._idempotency_ttl,
+                validate_only=validate_only,
+            )
+
+        return await self._run(tenant, work, write=not validate_only)
+
+    async def list_definitions(
+        self, tenant: Tenant, *, name: str = "", page_size: int = 0, page_token: str = ""
+    ) -> definitions_repo.DefinitionPage:
+        """The definitions `tenant` can use: the latest version of each name (its own and the
+        built-ins) by name, or with `name` every version of it, newest first. AIP-158 pages."""
+        check_tenant(tenant)
+        if name:
+            check_identifier("name", name)
+        size = _check_page_size(page_size, _DEFAULT_DEFINITION_PAGE_SIZE)
+        query_id = query_hash({"definitions": name})
+        after: str | int | None = None
+        if page_token:
+            position = decode_token(page_token, "definitions", query_id)
+            valid = len(position) == 1 and isinstance(position[0], int if name else str)
+            if not valid or isinstance(position[0], bool):
+                raise malformed("page_token", "page_token is not a valid token")
+            after = position[0]
+
+        async def work(tx: Transaction) -> list[definitions_repo.StoredDefinition]:
+            return await definitions_repo.list_page(
+                tx, tenant, name=name, after=after, limit=size + 1
+            )
+
+        found = await self._run(tenant, work)
+        token = ""
+        if len(found) > size:
+            found = found[:size]
+            last = found[-1].definition
+            token = encode_token("definitions", query_id, [last.version if name else last.name])
+        return definitions_repo.DefinitionPage(tuple(found), token)
 
     # --- idempotency --------------------------------------------------------------------------
 
@@ -999,15 +1063,17 @@ class FlowStore:
         *,
         definition_name: str,
         ctx: Context,
+        definition_version: int | None = None,
         display_name: str = "",
         labels: Mapping[str, str] = MappingProxyType({}),
         flow_id: str | None = None,
     ) -> MutationResult:
-        """Create a flow following the latest version of `definition_name`.
+        """Create a flow following `definition_name` at `definition_version` (None: the latest)
+        in the tenant's view (DEFINITION_NOT_FOUND when there is none).
 
         `flow_id` (a UUID) is generated when None. Idempotent on ``ctx.request_id`` when it is
         non-empty (the fingerprint covers definition, display name, labels and flow_id).
-        MALFORMED_REQUEST for an unknown definition, bad values, or an existing `flow_id`.
+        MALFORMED_REQUEST for bad values or an existing `flow_id`.
         """
         check_tenant(tenant)
         _check_context(ctx)
@@ -1015,9 +1081,12 @@ class FlowStore:
         check_text("display_name", display_name, MAX_DISPLAY_NAME_LENGTH)
         check_labels(labels)
         requested_id = None if flow_id is None else _check_flow_id(flow_id)
+        if definition_version is not None:
+            _check_version("definition_version", definition_version, minimum=1)
         fingerprint = _fingerprint(
             "create_flow",
             definition_name=definition_name,
+            **({"definition_version": definition_version} if definition_version else {}),
             display_name=display_name,
             labels=dict(labels),
             flow_id=requested_id,
@@ -1028,7 +1097,9 @@ class FlowStore:
                 replay = await self._replay(tx, tenant, ctx, "create_flow", fingerprint)
                 if replay is not None:
                     return replay
-            definition = await self._load_definition(tx, definition_name, None)
+            definition = await self._load_definition(
+                tx, tenant, definition_name, definition_version
+            )
             decision = create_flow(
                 requested_id or str(uuid.uuid4()),
                 tenant,
@@ -1067,7 +1138,9 @@ class FlowStore:
                 replay = await self._replay(tx, flow.tenant, ctx, "import_flow", fingerprint)
                 if replay is not None:
                     return replay
-            await self._load_definition(tx, flow.definition_name, flow.definition_version)
+            await self._load_definition(
+                tx, flow.tenant, flow.definition_name, flow.definition_version
+            )
             return await self._write_new(tx, flow, entries, ctx, "import_flow", fingerprint)
 
         return await self._run(flow.tenant, work, write=True)
@@ -1143,7 +1216,7 @@ class FlowStore:
                         expected_version=expected_version,
                     )
                 definition = await self._load_definition(
-                    tx, flow.definition_name, flow.definition_version
+                    tx, tenant, flow.definition_name, flow.definition_version
                 )
                 decision = apply_command(flow, definition, command, ctx)
             except FlowStateError:
