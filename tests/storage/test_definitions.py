@@ -54,7 +54,8 @@ async def test_reopening_keeps_one_copy(database_url: str) -> None:
     again = await FlowStore.open(database_url)
     await again.close()
     rows = await fetch(
-        database_url, "SELECT count(*) AS n FROM flow_definitions WHERE name = 'discovery'"
-        " AND client_account_id = ''"
+        database_url,
+        "SELECT count(*) AS n FROM flow_definitions WHERE name = 'discovery'"
+        " AND client_account_id = ''",
     )
     assert rows[0]["n"] == 1

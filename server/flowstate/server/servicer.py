@@ -46,16 +46,16 @@ from flowstate.core.model import (
     Tenant,
 )
 from flowstate.core.recovery import get_recovery_options
-from flowstate.core.rules import ERROR_STATES
-from flowstate.server import validation
+from flowstate.core.rules import DONE_STATES, ERROR_STATES
+from flowstate.server import definitions, validation
 from flowstate.server.auth import Scope
 from flowstate.server.convert import (
     FLOW_STATUS_TO_PROTO,
     FLOW_TARGETS,
-    PHASE_TARGETS,
     DefinitionView,
     entries_to_proto,
     entry_to_proto,
+    phase_targets_proto,
     recovery_option_to_proto,
     set_timestamp,
 )
@@ -121,6 +121,7 @@ _MutationResponse = TypeVar(
     pb.PauseFlowResponse,
     pb.ResumeFlowResponse,
     pb.CancelFlowResponse,
+    pb.SkipPhaseResponse,
 )
 
 # A dry run of a transition into FAILED/RETRY_NEEDED needs a failure report; its content
@@ -156,9 +157,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         self._store = store
         self._support = support
         self._hub = hub
-        self._views: dict[tuple[str, int], DefinitionView] = {
-            (d.name, d.version): DefinitionView(d) for d in BUILTIN_DEFINITIONS.values()
-        }
+        self._definitions = definitions.DefinitionViews()
         # (tenant, flow id, version) -> (the hub's entry, its FlowEvent, its WatchFlowResponse)
         self._changes: dict[
             tuple[Tenant, str, int], tuple[HistoryEntry, pb.FlowEvent, pb.WatchFlowResponse]
@@ -172,17 +171,18 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     # --- helpers --------------------------------------------------------------------------------
 
     def _view(self, definition: FlowDefinition) -> DefinitionView:
-        key = (definition.name, definition.version)
-        view = self._views.get(key)
-        if view is None:
-            view = self._views[key] = DefinitionView(definition)
-        return view
+        return self._definitions.view(definition)
 
     async def _definition_of(self, flow: Flow) -> FlowDefinition:
-        view = self._views.get((flow.definition_name, flow.definition_version))
-        if view is not None:
-            return view.definition
-        return await self._store.get_definition(flow.definition_name, flow.definition_version)
+        """The definition `flow` follows, in its tenant's view (definitions never change)."""
+        key = (flow.tenant, flow.definition_name, flow.definition_version)
+        definition = self._definitions.resolved(*key)
+        if definition is None:
+            definition = await self._store.get_definition(
+                flow.definition_name, flow.definition_version, tenant=flow.tenant
+            )
+            self._definitions.remember(flow.tenant, definition)
+        return definition
 
     async def _flow_message(self, flow: Flow) -> flow_pb2.Flow:
         return self._view(await self._definition_of(flow)).flow_to_proto(flow)
@@ -220,22 +220,12 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     async def CreateFlow(  # noqa: N802 - the proto's method name
         self, request: pb.CreateFlowRequest, call: Call
     ) -> pb.CreateFlowResponse:
-        """Create a flow of the latest version of a definition."""
+        """Create a flow of a definition at a version (the latest when 0), in the tenant's view."""
         args = validation.create_flow(request)
-        if args.definition_version:
-            latest = await self._store.get_definition(args.definition_name)
-            if latest.version != args.definition_version:
-                raise validation.malformed(
-                    [
-                        (
-                            "definition_version",
-                            f"only the latest version ({latest.version}) can be used",
-                        )
-                    ]
-                )
         result = await self._store.create_flow(
             call.tenant,
             definition_name=args.definition_name,
+            definition_version=args.definition_version or None,
             ctx=call.context(args.request_id),
             display_name=args.display_name,
             labels=args.labels,
@@ -297,10 +287,43 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     async def GetFlowDefinition(  # noqa: N802 - the proto's method name
         self, request: pb.GetFlowDefinitionRequest, call: Call
     ) -> pb.GetFlowDefinitionResponse:
-        """Return a definition (the latest version when 0)."""
+        """Return a definition of the tenant or a built-in (the latest version when 0)."""
         name, version = validation.get_flow_definition(request)
-        definition = await self._store.get_definition(name, version or None)
-        return pb.GetFlowDefinitionResponse(definition=self._view(definition).message)
+        stored = await self._store.get_stored_definition(name, version or None, tenant=call.tenant)
+        return pb.GetFlowDefinitionResponse(
+            definition=definitions.stored_to_proto(stored, self._view)
+        )
+
+    @unary(Scope.DEFINITIONS_WRITE)
+    async def CreateFlowDefinition(  # noqa: N802 - the proto's method name
+        self, request: pb.CreateFlowDefinitionRequest, call: Call
+    ) -> pb.CreateFlowDefinitionResponse:
+        """Register a definition for the caller's tenant (flowstate.storage.definitions_repo)."""
+        args = definitions.create_flow_definition(request)
+        stored, created = await self._store.register_definition(
+            call.tenant,
+            args.document,
+            call.context(args.request_id),
+            allow_shadow_builtin=args.allow_shadow_builtin,
+            validate_only=args.validate_only,
+        )
+        return pb.CreateFlowDefinitionResponse(
+            definition=definitions.stored_to_proto(stored, self._view), created=created
+        )
+
+    @unary(Scope.READ)
+    async def ListFlowDefinitions(  # noqa: N802 - the proto's method name
+        self, request: pb.ListFlowDefinitionsRequest, call: Call
+    ) -> pb.ListFlowDefinitionsResponse:
+        """The tenant's and the built-in definitions, one page."""
+        args = definitions.list_flow_definitions(request)
+        page = await self._store.list_definitions(
+            call.tenant, name=args.name, page_size=args.page_size, page_token=args.page_token
+        )
+        return pb.ListFlowDefinitionsResponse(
+            definitions=[definitions.stored_to_proto(s, self._view) for s in page.definitions],
+            next_page_token=page.next_page_token,
+        )
 
     @unary(Scope.READ)
     async def GetRecoveryOptions(  # noqa: N802 - the proto's method name
@@ -326,6 +349,13 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         return await self._mutate(
             validation.transition_phase(request), call, pb.TransitionPhaseResponse
         )
+
+    @unary(Scope.WRITE)
+    async def SkipPhase(  # noqa: N802 - the proto's method name
+        self, request: pb.SkipPhaseRequest, call: Call
+    ) -> pb.SkipPhaseResponse:
+        """Skip an optional phase (the checks of TransitionPhase to SKIPPED)."""
+        return await self._mutate(definitions.skip_phase(request), call, pb.SkipPhaseResponse)
 
     @unary(Scope.WRITE)
     async def UpdatePhaseProgress(  # noqa: N802 - the proto's method name
@@ -416,16 +446,19 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         assert check.phase is not None
         assert check.from_state is not None
         assert check.to_state is not None
-        definition = BUILTIN_DEFINITIONS.get(check.definition_name)
-        if definition is None:
-            definition = await self._store.get_definition(check.definition_name)
+        # A built-in's name answers from the code, without the database: the tables are the same
+        # for every definition (a tenant's shadow of it is checked with a flow_id).
+        definition = BUILTIN_DEFINITIONS.get(check.definition_name) or (
+            await self._store.get_definition(check.definition_name, tenant=call.tenant)
+        )
+        optional = definition.has_phase(check.phase) and definition.phase(check.phase).optional
         refusal = _phase_refusal(definition, check.phase) or validate_phase_transition(
-            check.phase, check.from_state, check.to_state
+            check.phase, check.from_state, check.to_state, optional=optional
         )
         return self._answer(
             refusal,
             call,
-            valid_transitions=PHASE_TARGETS[check.from_state],
+            valid_transitions=phase_targets_proto(check.from_state, optional=optional),
         )
 
     def _validate_phase_on_flow(
@@ -447,12 +480,10 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             check.phase, check.to_state, error=_DRY_RUN_FAILURE if needs_failure else None
         )
         blocking = []
-        if check.to_state is PhaseState.IN_PROGRESS:
-            blocking = [
-                d for d in limits.depends_on if flow.phase(d).state is not PhaseState.COMPLETED
-            ]
+        if check.to_state in (PhaseState.IN_PROGRESS, PhaseState.SKIPPED):
+            blocking = [d for d in limits.depends_on if flow.phase(d).state not in DONE_STATES]
         fields: dict[str, Any] = {
-            "valid_transitions": PHASE_TARGETS[phase.state],
+            "valid_transitions": phase_targets_proto(phase.state, optional=limits.optional),
             "blocking_phases": blocking,
             "attempts_remaining": max(limits.max_retries - phase.retry_count, 0),
             "flow_version": flow.version,

@@ -1639,6 +1639,7 @@ type RecoveryOption struct {
 	//	*RecoveryOption_ResumeFlow
 	//	*RecoveryOption_CancelFlow
 	//	*RecoveryOption_PauseFlow
+	//	*RecoveryOption_SkipPhase
 	Request       isRecoveryOption_Request `protobuf_oneof:"request"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1798,6 +1799,15 @@ func (x *RecoveryOption) GetPauseFlow() *PauseFlowRequest {
 	return nil
 }
 
+func (x *RecoveryOption) GetSkipPhase() *SkipPhaseRequest {
+	if x != nil {
+		if x, ok := x.Request.(*RecoveryOption_SkipPhase); ok {
+			return x.SkipPhase
+		}
+	}
+	return nil
+}
+
 type isRecoveryOption_Request interface {
 	isRecoveryOption_Request()
 }
@@ -1832,6 +1842,11 @@ type RecoveryOption_PauseFlow struct {
 	PauseFlow *PauseFlowRequest `protobuf:"bytes,15,opt,name=pause_flow,json=pauseFlow,proto3,oneof"`
 }
 
+type RecoveryOption_SkipPhase struct {
+	// Send with SkipPhase.
+	SkipPhase *SkipPhaseRequest `protobuf:"bytes,16,opt,name=skip_phase,json=skipPhase,proto3,oneof"`
+}
+
 func (*RecoveryOption_Retry) isRecoveryOption_Request() {}
 
 func (*RecoveryOption_Rollback) isRecoveryOption_Request() {}
@@ -1843,6 +1858,8 @@ func (*RecoveryOption_ResumeFlow) isRecoveryOption_Request() {}
 func (*RecoveryOption_CancelFlow) isRecoveryOption_Request() {}
 
 func (*RecoveryOption_PauseFlow) isRecoveryOption_Request() {}
+
+func (*RecoveryOption_SkipPhase) isRecoveryOption_Request() {}
 
 // Request of PauseFlow.
 type PauseFlowRequest struct {
@@ -3407,7 +3424,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\"|\n" +
 	"\x1aGetRecoveryOptionsResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x126\n" +
-	"\aoptions\x18\x02 \x03(\v2\x1c.flowstate.v1.RecoveryOptionR\aoptions\"\xce\x06\n" +
+	"\aoptions\x18\x02 \x03(\v2\x1c.flowstate.v1.RecoveryOptionR\aoptions\"\x8f\a\n" +
 	"\x0eRecoveryOption\x124\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1c.flowstate.v1.RecoveryActionR\x06action\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12;\n" +
@@ -3428,7 +3445,9 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\vcancel_flow\x18\x0e \x01(\v2\x1f.flowstate.v1.CancelFlowRequestH\x00R\n" +
 	"cancelFlow\x12?\n" +
 	"\n" +
-	"pause_flow\x18\x0f \x01(\v2\x1e.flowstate.v1.PauseFlowRequestH\x00R\tpauseFlowB\t\n" +
+	"pause_flow\x18\x0f \x01(\v2\x1e.flowstate.v1.PauseFlowRequestH\x00R\tpauseFlow\x12?\n" +
+	"\n" +
+	"skip_phase\x18\x10 \x01(\v2\x1e.flowstate.v1.SkipPhaseRequestH\x00R\tskipPhaseB\t\n" +
 	"\arequestB\x15\n" +
 	"\x13_attempts_remaining\"\xa7\x01\n" +
 	"\x10PauseFlowRequest\x12\x17\n" +
@@ -3689,71 +3708,72 @@ var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
 	25, // 40: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
 	27, // 41: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
 	23, // 42: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
-	46, // 43: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 44: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	46, // 45: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 46: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	46, // 47: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 48: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	47, // 49: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	55, // 50: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	55, // 51: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
-	55, // 52: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	55, // 53: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
-	53, // 54: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	46, // 55: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 56: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	43, // 57: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	49, // 58: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	43, // 59: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	49, // 60: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	46, // 61: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	47, // 62: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
-	44, // 63: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	50, // 64: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
-	1,  // 65: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	3,  // 66: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	6,  // 67: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	10, // 68: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	12, // 69: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	14, // 70: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	16, // 71: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	18, // 72: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	20, // 73: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	23, // 74: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	25, // 75: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	27, // 76: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	29, // 77: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	31, // 78: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	33, // 79: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
-	35, // 80: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
-	37, // 81: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
-	39, // 82: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	41, // 83: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	2,  // 84: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	4,  // 85: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	7,  // 86: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	11, // 87: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	13, // 88: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	15, // 89: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	17, // 90: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	19, // 91: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	21, // 92: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	24, // 93: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	26, // 94: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	28, // 95: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	30, // 96: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	32, // 97: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	34, // 98: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	36, // 99: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	38, // 100: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	40, // 101: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	42, // 102: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	84, // [84:103] is the sub-list for method output_type
-	65, // [65:84] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	37, // 43: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
+	46, // 44: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 45: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	46, // 46: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 47: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	46, // 48: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 49: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	47, // 50: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	55, // 51: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	55, // 52: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	55, // 53: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	55, // 54: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	53, // 55: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	46, // 56: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 57: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	43, // 58: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
+	49, // 59: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	43, // 60: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
+	49, // 61: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	46, // 62: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	47, // 63: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	44, // 64: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
+	50, // 65: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	1,  // 66: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	3,  // 67: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	6,  // 68: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	10, // 69: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	12, // 70: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	14, // 71: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	16, // 72: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	18, // 73: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	20, // 74: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	23, // 75: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	25, // 76: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	27, // 77: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	29, // 78: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	31, // 79: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	33, // 80: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	35, // 81: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	37, // 82: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	39, // 83: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	41, // 84: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	2,  // 85: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	4,  // 86: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	7,  // 87: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	11, // 88: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	13, // 89: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	15, // 90: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	17, // 91: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	19, // 92: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	21, // 93: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	24, // 94: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	26, // 95: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	28, // 96: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	30, // 97: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	32, // 98: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	34, // 99: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	36, // 100: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	38, // 101: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	40, // 102: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	42, // 103: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	85, // [85:104] is the sub-list for method output_type
+	66, // [66:85] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -3782,6 +3802,7 @@ func file_flowstate_v1_flow_service_proto_init() {
 		(*RecoveryOption_ResumeFlow)(nil),
 		(*RecoveryOption_CancelFlow)(nil),
 		(*RecoveryOption_PauseFlow)(nil),
+		(*RecoveryOption_SkipPhase)(nil),
 	}
 	file_flowstate_v1_flow_service_proto_msgTypes[22].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[24].OneofWrappers = []any{}

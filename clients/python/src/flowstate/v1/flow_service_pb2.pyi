@@ -895,6 +895,7 @@ class RecoveryOption(_message.Message):
     RESUME_FLOW_FIELD_NUMBER: _builtins.int
     CANCEL_FLOW_FIELD_NUMBER: _builtins.int
     PAUSE_FLOW_FIELD_NUMBER: _builtins.int
+    SKIP_PHASE_FIELD_NUMBER: _builtins.int
     action: Global___RecoveryAction.ValueType
     """The action."""
     phase: _builtins.str
@@ -939,6 +940,10 @@ class RecoveryOption(_message.Message):
     def pause_flow(self) -> Global___PauseFlowRequest:
         """Send with PauseFlow."""
 
+    @_builtins.property
+    def skip_phase(self) -> Global___SkipPhaseRequest:
+        """Send with SkipPhase."""
+
     def __init__(
         self,
         *,
@@ -957,14 +962,15 @@ class RecoveryOption(_message.Message):
         resume_flow: Global___ResumeFlowRequest | None = ...,
         cancel_flow: Global___CancelFlowRequest | None = ...,
         pause_flow: Global___PauseFlowRequest | None = ...,
+        skip_phase: Global___SkipPhaseRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "attempts_remaining", b"attempts_remaining", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "transition_phase", b"transition_phase"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "attempts_remaining", b"attempts_remaining", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "transition_phase", b"transition_phase"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "action", b"action", "allowed", b"allowed", "attempts_remaining", b"attempts_remaining", "blocked_by", b"blocked_by", "blocking_detail", b"blocking_detail", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "phase", b"phase", "reason", b"reason", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "target_state", b"target_state", "target_status", b"target_status", "transition_phase", b"transition_phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "action", b"action", "allowed", b"allowed", "attempts_remaining", b"attempts_remaining", "blocked_by", b"blocked_by", "blocking_detail", b"blocking_detail", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "phase", b"phase", "reason", b"reason", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "target_state", b"target_state", "target_status", b"target_status", "transition_phase", b"transition_phase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__attempts_remaining: _TypeAlias = _typing.Literal["attempts_remaining"]  # noqa: Y015
     _WhichOneofArgType__attempts_remaining: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining"]  # noqa: Y015
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["retry", "rollback", "transition_phase", "resume_flow", "cancel_flow", "pause_flow"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["retry", "rollback", "transition_phase", "resume_flow", "cancel_flow", "pause_flow", "skip_phase"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__attempts_remaining) -> _WhichOneofReturnType__attempts_remaining | None: ...
