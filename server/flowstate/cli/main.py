@@ -1,7 +1,8 @@
 """The `flowstate` console script: one argparse parser, a sub-command per group.
 
 Commands: ``serve`` and ``token`` (here), ``migrate`` and ``import-legacy``
-(`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`). A group whose
+(`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`), ``definitions ...``
+(`flowstate.cli.definitions`). A group whose
 module is not part of this build is simply absent.
 
 Failures print a structured error (``flowstate: error: CODE: message`` and the details) on
@@ -29,7 +30,11 @@ from flowstate.storage.errors import DatabaseSetupError
 
 __all__ = ["build_parser", "main"]
 
-_OPTIONAL_GROUPS = ("flowstate.cli.storage_commands", "flowstate.cli.flows")
+_OPTIONAL_GROUPS = (
+    "flowstate.cli.storage_commands",
+    "flowstate.cli.flows",
+    "flowstate.cli.definitions",
+)
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
