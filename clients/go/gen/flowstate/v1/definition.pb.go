@@ -51,8 +51,8 @@ type FlowDefinition struct {
 	// Output only. Whether this is a built-in definition (visible to every
 	// tenant) rather than one registered by the caller's tenant.
 	Builtin bool `protobuf:"varint,8,opt,name=builtin,proto3" json:"builtin,omitempty"`
-	// Output only. When this version was registered (unset for built-ins seeded
-	// before registration times were kept).
+	// Output only. When this version was registered (for a built-in: when this
+	// database first stored it).
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -516,7 +516,7 @@ class FlowDefinition:
     raw: definition_pb2.FlowDefinition = dataclasses.field(repr=False, compare=False)
     #: Whether this is a built-in definition (visible to every tenant).
     builtin: bool = False
-    #: When this version was registered (None for built-ins).
+    #: When this version was registered (a built-in: when the database first stored it).
     create_time: datetime | None = None
 
     def phase(self, name: str) -> PhaseDefinition:

@@ -74,8 +74,8 @@ class FlowDefinition(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When this version was registered (unset for built-ins seeded
-        before registration times were kept).
+        """Output only. When this version was registered (for a built-in: when this
+        database first stored it).
         """
 
     def __init__(

@@ -89,8 +89,8 @@ export type FlowDefinition = Message<"flowstate.v1.FlowDefinition"> & {
   builtin: boolean;
 
   /**
-   * Output only. When this version was registered (unset for built-ins seeded
-   * before registration times were kept).
+   * Output only. When this version was registered (for a built-in: when this
+   * database first stored it).
    *
    * @generated from field: google.protobuf.Timestamp create_time = 9;
    */
