@@ -135,17 +135,19 @@ async def _create_flows(url: str, count: int) -> list[str]:
     """`count` discovery flows of the bench tenant, each with data_import IN_PROGRESS."""
     from flowstate.core.commands import Context, TransitionPhase
     from flowstate.core.model import PhaseState, Tenant
+    from flowstate.service import FlowService
     from flowstate.storage.store import FlowStore
 
     tenant = Tenant(*TENANT)
     store = await FlowStore.open(url, pool_size=4)
+    flows = FlowService(store)
     try:
 
         async def one() -> str:
             ctx = Context(now=datetime.now(UTC), user_id="bench-setup")
-            created: Any = await store.create_flow(tenant, definition_name="discovery", ctx=ctx)
+            created: Any = await flows.create_flow(tenant, definition_name="discovery", ctx=ctx)
             flow_id: str = created.flow.flow_id
-            await store.mutate(
+            await flows.mutate(
                 tenant,
                 flow_id,
                 TransitionPhase("data_import", PhaseState.IN_PROGRESS, reason="bench setup"),

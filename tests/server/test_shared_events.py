@@ -1,19 +1,19 @@
 """Change events are converted once per change and shared by the streams that deliver them.
 
-Pins that the shared conversion is the same message `_event` builds, that it is reused only for
-the very entry object the hub handed out, and that tenants never share an entry's messages.
+Pins that the hub's shared conversion (`SharedChanges`) is the same message the servicer's
+`_event` builds, that it is reused only for the very entry object the hub handed out, and that
+tenants never share an entry's messages.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from flowstate.core.model import FlowStatus, HistoryEntry, HistoryKind, PhaseState, Tenant
-from flowstate.server import servicer as servicer_module
 from flowstate.server.rpc import RpcSupport
 from flowstate.server.servicer import FlowStateServicer
-from flowstate.server.watch import FlowEventValue
+from flowstate.server.watch import FlowEventValue, SharedChanges
 from flowstate.storage.store import FlowStore
 
 TENANT = Tenant("acct-shared", "eng-shared")
@@ -47,41 +47,40 @@ async def test_shared_change_is_the_event_the_servicer_would_build() -> None:
     svc = _servicer()
     value = _change(2)
     assert value.change is not None
-    event, response = svc._shared_change(TENANT, value, value.change)
+    event, response = SharedChanges().get(TENANT, value, value.change)
     assert event == await svc._event(value)
     assert response.event == event
 
 
 def test_same_entry_object_is_converted_once_and_shared() -> None:
-    svc = _servicer()
+    svc = SharedChanges()
     value = _change(2)
     assert value.change is not None
-    first = svc._shared_change(TENANT, value, value.change)
-    again = svc._shared_change(TENANT, value, value.change)
+    first = svc.get(TENANT, value, value.change)
+    again = svc.get(TENANT, value, value.change)
     assert again[0] is first[0]
     assert again[1] is first[1]
 
 
 def test_another_entry_or_tenant_under_the_same_key_is_converted_afresh() -> None:
-    svc = _servicer()
+    svc = SharedChanges()
     value = _change(2, reason="first")
     assert value.change is not None
-    first = svc._shared_change(TENANT, value, value.change)
-    other = svc._shared_change(OTHER, value, value.change)
+    first = svc.get(TENANT, value, value.change)
+    other = svc.get(OTHER, value, value.change)
     assert other[1] is not first[1]
     assert other[1] == first[1]
     replaced = _change(2, reason="second")
     assert replaced.change is not None
-    fresh = svc._shared_change(TENANT, replaced, replaced.change)
+    fresh = svc.get(TENANT, replaced, replaced.change)
     assert fresh[1] is not first[1]
     assert fresh[0].change.reason == "second"
 
 
-def test_cache_stays_bounded(monkeypatch: Any) -> None:
-    monkeypatch.setattr(servicer_module, "_SHARED_CHANGES_MAX", 3)
-    svc = _servicer()
+def test_cache_stays_bounded() -> None:
+    svc = SharedChanges(limit=3)
     for version in range(1, 10):
         value = _change(version)
         assert value.change is not None
-        svc._shared_change(TENANT, value, value.change)
-        assert len(svc._changes) <= 3
+        svc.get(TENANT, value, value.change)
+        assert len(svc) <= 3

@@ -16,6 +16,7 @@ from flowstate.core.commands import Context, TransitionPhase
 from flowstate.core.model import PhaseState, Tenant
 from flowstate.server.metrics import Metrics
 from flowstate.server.stuck import StuckFlowsMonitor
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 from flowstate.testing import serve_in_process
 
@@ -41,9 +42,9 @@ async def test_the_gauge_counts_live_flows_unchanged_for_stuck_after(
     tenant = Tenant(client_account_id=f"stuck-{suffix}", engagement_id=f"engagement-{suffix}")
     ctx = make_context(now=LONG_AGO)
     for _ in range(2):
-        await store.create_flow(tenant, definition_name="discovery", ctx=ctx)
-    started = await store.create_flow(tenant, definition_name="discovery", ctx=ctx)
-    await store.mutate(
+        await FlowService(store).create_flow(tenant, definition_name="discovery", ctx=ctx)
+    started = await FlowService(store).create_flow(tenant, definition_name="discovery", ctx=ctx)
+    await FlowService(store).mutate(
         tenant, started.flow.flow_id, TransitionPhase("data_import", PhaseState.IN_PROGRESS), ctx
     )
     cutoff = LONG_AGO + timedelta(hours=1)

@@ -9,6 +9,7 @@ import pytest
 from flowstate.core.commands import TransitionPhase, UpdatePhaseProgress
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, PhaseState, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowQuery, FlowStore, MutationResult
 
 from .support import ContextFactory, fetch, history_versions
@@ -18,9 +19,11 @@ WRITERS = 16
 
 async def started_flow(store: FlowStore, tenant: Tenant, make_context: ContextFactory) -> str:
     """A discovery flow whose data_import phase is IN_PROGRESS (version 2)."""
-    created = await store.create_flow(tenant, definition_name="discovery", ctx=make_context())
+    created = await FlowService(store).create_flow(
+        tenant, definition_name="discovery", ctx=make_context()
+    )
     flow_id = created.flow.flow_id
-    await store.mutate(
+    await FlowService(store).mutate(
         tenant, flow_id, TransitionPhase("data_import", PhaseState.IN_PROGRESS), make_context()
     )
     return flow_id
@@ -34,7 +37,9 @@ async def test_concurrent_writers_all_apply_in_a_gap_free_chain(
 
     results = await asyncio.gather(
         *(
-            store.mutate(tenant, flow_id, UpdatePhaseProgress("data_import", f), make_context())
+            FlowService(store).mutate(
+                tenant, flow_id, UpdatePhaseProgress("data_import", f), make_context()
+            )
             for f in reports
         )
     )
@@ -55,7 +60,7 @@ async def test_racing_writers_with_the_same_expected_version_one_wins(
     flow_id = await started_flow(store, tenant, make_context)
     outcomes = await asyncio.gather(
         *(
-            store.mutate(
+            FlowService(store).mutate(
                 tenant,
                 flow_id,
                 UpdatePhaseProgress("data_import", round(0.05 * (i + 1), 2)),
@@ -86,7 +91,10 @@ async def test_concurrent_duplicates_of_one_request_apply_once(
     command = TransitionPhase("data_import", PhaseState.COMPLETED, reason="done")
 
     results = await asyncio.gather(
-        *(store.mutate(tenant, flow_id, command, make_context("complete-1")) for _ in range(10))
+        *(
+            FlowService(store).mutate(tenant, flow_id, command, make_context("complete-1"))
+            for _ in range(10)
+        )
     )
 
     assert sum(not r.replayed for r in results) == 1
@@ -107,7 +115,7 @@ async def test_concurrent_duplicate_creates_make_one_flow(
 ) -> None:
     results = await asyncio.gather(
         *(
-            store.create_flow(
+            FlowService(store).create_flow(
                 tenant, definition_name="discovery", ctx=make_context("create-1"), display_name="x"
             )
             for _ in range(10)
@@ -128,8 +136,8 @@ async def test_one_request_id_raced_on_two_flows_applies_to_one(
     command = UpdatePhaseProgress("data_import", 0.5)
 
     outcomes = await asyncio.gather(
-        store.mutate(tenant, first, command, make_context("shared-1")),
-        store.mutate(tenant, second, command, make_context("shared-1")),
+        FlowService(store).mutate(tenant, first, command, make_context("shared-1")),
+        FlowService(store).mutate(tenant, second, command, make_context("shared-1")),
         return_exceptions=True,
     )
 
@@ -153,7 +161,7 @@ async def test_stale_expected_version_is_a_conflict_with_the_current_version(
 ) -> None:
     flow_id = await started_flow(store, tenant, make_context)
     with pytest.raises(FlowStateError) as refused:
-        await store.mutate(
+        await FlowService(store).mutate(
             tenant,
             flow_id,
             UpdatePhaseProgress("data_import", 0.5),

@@ -1,4 +1,7 @@
-"""The definitions registry against a real Postgres: versions, idempotency, tenancy, migration."""
+"""The definitions registry against a real Postgres: versions, idempotency, tenancy, migration.
+
+Through the use cases (`flowstate.service`), which validate documents and drive the store.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import pytest
 from flowstate.core import PhaseState, SkipPhase, TransitionPhase
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Tenant
+from flowstate.service import FlowService
+from flowstate.service import definitions as definition_service
 from flowstate.storage import FlowStore, migrate
 
 from .support import ContextFactory, asyncpg_dsn, fetch
@@ -35,18 +40,26 @@ def other_of(tenant: Tenant) -> Tenant:
 async def test_versions_idempotency_and_pinning(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
-    first, created = await store.register_definition(tenant, diamond(), make_context())
+    first, created = await definition_service.register_definition(
+        store, tenant, diamond(), make_context()
+    )
     assert (first.definition.version, created, first.builtin) == (1, True, False)
-    again, created = await store.register_definition(tenant, diamond(), make_context())
+    again, created = await definition_service.register_definition(
+        store, tenant, diamond(), make_context()
+    )
     assert (again.definition.version, created) == (1, False)
-    second, created = await store.register_definition(tenant, diamond(30), make_context())
+    second, created = await definition_service.register_definition(
+        store, tenant, diamond(30), make_context()
+    )
     assert (second.definition.version, created) == (2, True)
     assert second.definition.phase("d").weight == 30
 
-    old = await store.create_flow(
+    old = await FlowService(store).create_flow(
         tenant, definition_name="diamond", definition_version=1, ctx=make_context()
     )
-    new = await store.create_flow(tenant, definition_name="diamond", ctx=make_context())
+    new = await FlowService(store).create_flow(
+        tenant, definition_name="diamond", ctx=make_context()
+    )
     assert (old.flow.definition_version, new.flow.definition_version) == (1, 2)
     # A flow of the old version keeps working after a new version was registered.
     for command in (
@@ -54,7 +67,7 @@ async def test_versions_idempotency_and_pinning(
         TransitionPhase("a", PhaseState.COMPLETED),
         SkipPhase("c"),
     ):
-        result = await store.mutate(tenant, old.flow.flow_id, command, make_context())
+        result = await FlowService(store).mutate(tenant, old.flow.flow_id, command, make_context())
     assert result.flow.phase("c").state is PhaseState.SKIPPED
     assert result.flow.progress == 50.0
 
@@ -62,20 +75,26 @@ async def test_versions_idempotency_and_pinning(
 async def test_request_id_replays_the_version_it_got(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
-    first, _ = await store.register_definition(tenant, diamond(), make_context("reg-1"))
-    await store.register_definition(tenant, diamond(30), make_context())
-    replay, created = await store.register_definition(tenant, diamond(), make_context("reg-1"))
+    first, _ = await definition_service.register_definition(
+        store, tenant, diamond(), make_context("reg-1")
+    )
+    await definition_service.register_definition(store, tenant, diamond(30), make_context())
+    replay, created = await definition_service.register_definition(
+        store, tenant, diamond(), make_context("reg-1")
+    )
     assert (replay.definition.version, created) == (first.definition.version, False)
     with pytest.raises(FlowStateError) as reused:
-        await store.register_definition(tenant, diamond(40), make_context("reg-1"))
+        await definition_service.register_definition(
+            store, tenant, diamond(40), make_context("reg-1")
+        )
     assert reused.value.code is ErrorCode.REQUEST_ID_REUSED
 
 
 async def test_validate_only_stores_nothing(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory, database_url: str
 ) -> None:
-    would, created = await store.register_definition(
-        tenant, diamond(), make_context(), validate_only=True
+    would, created = await definition_service.register_definition(
+        store, tenant, diamond(), make_context(), validate_only=True
     )
     assert (would.definition.version, created) == (1, False)
     rows = await fetch(
@@ -93,7 +112,7 @@ async def test_an_invalid_document_stores_nothing(
     bad["phases"][3]["depends_on"] = ["b", "ghost"]
     bad["phases"][0]["weight"] = 5
     with pytest.raises(FlowStateError) as refused:
-        await store.register_definition(tenant, bad, make_context("bad-1"))
+        await definition_service.register_definition(store, tenant, bad, make_context("bad-1"))
     assert refused.value.code is ErrorCode.MALFORMED_REQUEST
     assert {v["field"] for v in refused.value.details["field_violations"]} == {
         "phases",
@@ -111,17 +130,19 @@ async def test_tenants_never_see_each_others_definitions(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
     other = other_of(tenant)
-    await store.register_definition(tenant, diamond(), make_context())
+    await definition_service.register_definition(store, tenant, diamond(), make_context())
     with pytest.raises(FlowStateError) as hidden:
         await store.get_definition("diamond", tenant=other)
     assert hidden.value.code is ErrorCode.DEFINITION_NOT_FOUND
     with pytest.raises(FlowStateError) as refused:
-        await store.create_flow(other, definition_name="diamond", ctx=make_context())
+        await FlowService(store).create_flow(other, definition_name="diamond", ctx=make_context())
     assert refused.value.code is ErrorCode.DEFINITION_NOT_FOUND
     listed = await store.list_definitions(other)
     assert [d.definition.name for d in listed.definitions] == ["discovery"]
     # The other tenant may register the same name: its own version 1.
-    theirs, created = await store.register_definition(other, diamond(40), make_context())
+    theirs, created = await definition_service.register_definition(
+        store, other, diamond(40), make_context()
+    )
     assert (theirs.definition.version, created) == (1, True)
     mine = await store.get_definition("diamond", tenant=tenant)
     assert mine.phase("d").weight == 25
@@ -130,19 +151,25 @@ async def test_tenants_never_see_each_others_definitions(
 async def test_shadowing_a_builtin_must_be_explicit(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
-    builtin_flow = await store.create_flow(tenant, definition_name="discovery", ctx=make_context())
+    builtin_flow = await FlowService(store).create_flow(
+        tenant, definition_name="discovery", ctx=make_context()
+    )
     with pytest.raises(FlowStateError) as refused:
-        await store.register_definition(tenant, diamond(name="discovery"), make_context())
+        await definition_service.register_definition(
+            store, tenant, diamond(name="discovery"), make_context()
+        )
     assert refused.value.code is ErrorCode.DEFINITION_SHADOWS_BUILTIN
-    shadow, created = await store.register_definition(
-        tenant, diamond(name="discovery"), make_context(), allow_shadow_builtin=True
+    shadow, created = await definition_service.register_definition(
+        store, tenant, diamond(name="discovery"), make_context(), allow_shadow_builtin=True
     )
     assert (shadow.definition.version, created, shadow.builtin) == (2, True, False)
-    new = await store.create_flow(tenant, definition_name="discovery", ctx=make_context())
+    new = await FlowService(store).create_flow(
+        tenant, definition_name="discovery", ctx=make_context()
+    )
     assert new.flow.definition_version == 2
     assert [p.name for p in new.flow.phases] == ["a", "b", "c", "d"]
     # The flow of the built-in keeps its definition; other tenants still get the built-in.
-    moved = await store.mutate(
+    moved = await FlowService(store).mutate(
         tenant,
         builtin_flow.flow.flow_id,
         TransitionPhase("data_import", PhaseState.IN_PROGRESS),
@@ -157,8 +184,12 @@ async def test_listing_pages_by_name_and_by_version(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
     for name in ("alpha", "beta", "gamma"):
-        await store.register_definition(tenant, diamond(name=name), make_context())
-    await store.register_definition(tenant, diamond(30, name="beta"), make_context())
+        await definition_service.register_definition(
+            store, tenant, diamond(name=name), make_context()
+        )
+    await definition_service.register_definition(
+        store, tenant, diamond(30, name="beta"), make_context()
+    )
     names: list[tuple[str, int]] = []
     token = ""
     while True:
@@ -182,7 +213,7 @@ async def test_listing_pages_by_name_and_by_version(
 async def test_row_level_security_on_definitions(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory, database_url: str
 ) -> None:
-    await store.register_definition(tenant, diamond(), make_context())
+    await definition_service.register_definition(store, tenant, diamond(), make_context())
     other = other_of(tenant)
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
@@ -214,7 +245,9 @@ async def test_migration_keeps_flows_and_refuses_to_drop_tenant_definitions(
     store = await FlowStore.open(fresh_database_url)
     try:
         flow = (
-            await store.create_flow(tenant, definition_name="discovery", ctx=make_context())
+            await FlowService(store).create_flow(
+                tenant, definition_name="discovery", ctx=make_context()
+            )
         ).flow
     finally:
         await store.close()
@@ -224,14 +257,14 @@ async def test_migration_keeps_flows_and_refuses_to_drop_tenant_definitions(
     await migrate.upgrade(fresh_database_url)
     store = await FlowStore.open(fresh_database_url)
     try:
-        moved = await store.mutate(
+        moved = await FlowService(store).mutate(
             tenant,
             flow.flow_id,
             TransitionPhase("data_import", PhaseState.IN_PROGRESS),
             make_context(),
         )
         assert moved.flow.version == 2
-        await store.register_definition(tenant, diamond(), make_context())
+        await definition_service.register_definition(store, tenant, diamond(), make_context())
     finally:
         await store.close()
     with pytest.raises(FlowStateError, match="tenant definition") as refused:

@@ -7,6 +7,7 @@ import pytest
 from flowstate.core.definitions import DISCOVERY, definition_to_dict
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 
 from .support import ContextFactory, fetch
@@ -46,7 +47,7 @@ async def test_creating_a_flow_of_an_unknown_definition_is_not_found(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
     with pytest.raises(FlowStateError) as refused:
-        await store.create_flow(tenant, definition_name="nope", ctx=make_context())
+        await FlowService(store).create_flow(tenant, definition_name="nope", ctx=make_context())
     assert refused.value.code is ErrorCode.DEFINITION_NOT_FOUND
 
 

@@ -17,6 +17,7 @@ import pytest_asyncio
 from flowstate.core.commands import TransitionPhase, UpdatePhaseProgress
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, PhaseState, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore, StoreUnavailable
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.migrate import upgrade
@@ -60,7 +61,7 @@ async def test_a_failure_before_commit_leaves_no_trace(
     failing = await FailingStore.open(database_url)
     try:
         with pytest.raises(FlowStateError) as failed:
-            await failing.mutate(
+            await FlowService(failing).mutate(
                 tenant,
                 flow_id,
                 TransitionPhase("data_import", PhaseState.COMPLETED),
@@ -70,7 +71,9 @@ async def test_a_failure_before_commit_leaves_no_trace(
         assert failed.value.message == "internal storage error"
         assert isinstance(failed.value.__cause__, InjectedFailureError)
         with pytest.raises(FlowStateError):
-            await failing.create_flow(tenant, definition_name="discovery", ctx=make_context())
+            await FlowService(failing).create_flow(
+                tenant, definition_name="discovery", ctx=make_context()
+            )
     finally:
         await failing.close()
 
@@ -84,7 +87,7 @@ async def test_a_failure_before_commit_leaves_no_trace(
     )
     assert keys == []
     # The request id was not consumed: the same request now applies.
-    applied = await store.mutate(
+    applied = await FlowService(store).mutate(
         tenant,
         flow_id,
         TransitionPhase("data_import", PhaseState.COMPLETED),
@@ -101,7 +104,7 @@ async def test_a_connection_lost_before_commit_is_retried_then_unavailable(
     DisconnectingStore.calls = 0
     try:
         with pytest.raises(StoreUnavailable) as unavailable:
-            await disconnecting.mutate(
+            await FlowService(disconnecting).mutate(
                 tenant, flow_id, UpdatePhaseProgress("data_import", 0.5), make_context()
             )
         assert unavailable.value.code is ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE
@@ -120,7 +123,9 @@ async def test_terminated_connections_are_replaced_transparently(
 ) -> None:
     own = await FlowStore.open(database_url, pool_size=2)
     try:
-        created = await own.create_flow(tenant, definition_name="discovery", ctx=make_context())
+        created = await FlowService(own).create_flow(
+            tenant, definition_name="discovery", ctx=make_context()
+        )
         await fetch(
             database_url,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -167,7 +172,7 @@ async def test_pool_exhaustion_is_unavailable(
     held = await HoldingStore.open(database_url, pool_size=1, pool_timeout=0.2)
     try:
         create = asyncio.create_task(
-            held.create_flow(tenant, definition_name="discovery", ctx=make_context())
+            FlowService(held).create_flow(tenant, definition_name="discovery", ctx=make_context())
         )
         await asyncio.wait_for(held.holding.wait(), 10)
         with pytest.raises(StoreUnavailable) as unavailable:
@@ -190,7 +195,7 @@ async def test_a_flow_locked_too_long_is_unavailable(
         async with blocker.transaction():
             await blocker.execute("SELECT 1 FROM flows WHERE id = $1 FOR UPDATE", flow_id)
             with pytest.raises(StoreUnavailable) as unavailable:
-                await impatient.mutate(
+                await FlowService(impatient).mutate(
                     tenant, flow_id, UpdatePhaseProgress("data_import", 0.5), make_context()
                 )
         assert unavailable.value.details == {"reason": "timeout"}
@@ -221,13 +226,15 @@ async def test_a_stopped_server_is_unavailable_and_a_restart_recovers(
     await upgrade(server.url)
     own = await FlowStore.open(server.url, connect_timeout=2)
     try:
-        created = await own.create_flow(tenant, definition_name="discovery", ctx=make_context())
+        created = await FlowService(own).create_flow(
+            tenant, definition_name="discovery", ctx=make_context()
+        )
         flow_id = created.flow.flow_id
         await asyncio.to_thread(server.stop, force=True)
 
         for attempt in (
             own.get_flow(tenant, flow_id),
-            own.mutate(
+            FlowService(own).mutate(
                 tenant,
                 flow_id,
                 TransitionPhase("data_import", PhaseState.IN_PROGRESS),

@@ -9,6 +9,7 @@ import pytest
 from flowstate.core.commands import PauseFlow, UpdatePhaseProgress
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, HistoryKind, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 
 from .support import ContextFactory, HoldingStore
@@ -19,7 +20,7 @@ async def _reported(store: FlowStore, tenant: Tenant, make_context: ContextFacto
     """A started flow with `n` progress reports: versions 1 .. n + 2."""
     flow_id = await started_flow(store, tenant, make_context)
     for i in range(n):
-        await store.mutate(
+        await FlowService(store).mutate(
             tenant, flow_id, UpdatePhaseProgress("data_import", (i + 1) / 100), make_context()
         )
     return flow_id
@@ -93,7 +94,7 @@ async def test_a_cursor_taken_now_sees_only_later_changes(
     flow_id = await _reported(store, tenant, make_context, 1)
     cursor = await store.tenant_cursor_now(tenant)
     assert (await store.read_tenant_changes(tenant, cursor)).changes == ()
-    await store.mutate(tenant, flow_id, PauseFlow(), make_context())
+    await FlowService(store).mutate(tenant, flow_id, PauseFlow(), make_context())
     later = await store.read_tenant_changes(tenant, cursor)
     assert [c.entry.kind for c in later.changes] == [HistoryKind.PAUSE]
 
@@ -108,12 +109,12 @@ async def test_the_tenant_feed_never_skips_a_change_that_commits_late(
     holding = await HoldingStore.open(database_url, pool_size=1)
     try:
         slow = asyncio.create_task(
-            holding.mutate(
+            FlowService(holding).mutate(
                 tenant, slow_flow, UpdatePhaseProgress("data_import", 0.1), make_context()
             )
         )
         await asyncio.wait_for(holding.holding.wait(), 10)
-        fast = await store.mutate(
+        fast = await FlowService(store).mutate(
             tenant, fast_flow, UpdatePhaseProgress("data_import", 0.2), make_context()
         )
         assert fast.flow.version == 3

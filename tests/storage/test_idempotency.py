@@ -9,6 +9,7 @@ import pytest
 from flowstate.core.commands import PauseFlow, TransitionPhase, UpdatePhaseProgress
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, PhaseState, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 
 from .support import T0, ContextFactory, fetch, history_versions
@@ -19,12 +20,14 @@ async def test_a_duplicate_replays_the_first_result_even_after_later_changes(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory, database_url: str
 ) -> None:
     flow_id = await started_flow(store, tenant, make_context)
-    first = await store.mutate(
+    first = await FlowService(store).mutate(
         tenant, flow_id, UpdatePhaseProgress("data_import", 0.25), make_context("report-1")
     )
-    await store.mutate(tenant, flow_id, PauseFlow(reason="later"), make_context("pause-1"))
+    await FlowService(store).mutate(
+        tenant, flow_id, PauseFlow(reason="later"), make_context("pause-1")
+    )
 
-    again = await store.mutate(
+    again = await FlowService(store).mutate(
         tenant, flow_id, UpdatePhaseProgress("data_import", 0.25), make_context("report-1")
     )
 
@@ -51,11 +54,11 @@ async def test_a_request_id_reused_with_another_payload_is_refused(
     second: UpdatePhaseProgress | PauseFlow,
 ) -> None:
     flow_id = await started_flow(store, tenant, make_context)
-    await store.mutate(
+    await FlowService(store).mutate(
         tenant, flow_id, UpdatePhaseProgress("data_import", 0.25), make_context("report-2")
     )
     with pytest.raises(FlowStateError) as refused:
-        await store.mutate(tenant, flow_id, second, make_context("report-2"))
+        await FlowService(store).mutate(tenant, flow_id, second, make_context("report-2"))
     assert refused.value.code is ErrorCode.REQUEST_ID_REUSED
     assert refused.value.details == {"request_id": "report-2"}
     assert await history_versions(database_url, flow_id) == [1, 2, 3]
@@ -66,32 +69,38 @@ async def test_expected_version_is_part_of_the_payload(
 ) -> None:
     flow_id = await started_flow(store, tenant, make_context)
     command = UpdatePhaseProgress("data_import", 0.25)
-    await store.mutate(tenant, flow_id, command, make_context("r-ev"), expected_version=2)
-    again = await store.mutate(tenant, flow_id, command, make_context("r-ev"), expected_version=2)
+    await FlowService(store).mutate(
+        tenant, flow_id, command, make_context("r-ev"), expected_version=2
+    )
+    again = await FlowService(store).mutate(
+        tenant, flow_id, command, make_context("r-ev"), expected_version=2
+    )
     assert again.replayed  # not a VERSION_CONFLICT: the request was already done
     with pytest.raises(FlowStateError) as refused:
-        await store.mutate(tenant, flow_id, command, make_context("r-ev"))
+        await FlowService(store).mutate(tenant, flow_id, command, make_context("r-ev"))
     assert refused.value.code is ErrorCode.REQUEST_ID_REUSED
 
 
 async def test_create_and_mutate_share_the_request_id_space(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
-    created = await store.create_flow(
+    created = await FlowService(store).create_flow(
         tenant, definition_name="discovery", ctx=make_context("r-create")
     )
-    replay = await store.create_flow(
+    replay = await FlowService(store).create_flow(
         tenant, definition_name="discovery", ctx=make_context("r-create")
     )
     assert replay.replayed
     assert replay.flow == created.flow
     with pytest.raises(FlowStateError) as changed:
-        await store.create_flow(
+        await FlowService(store).create_flow(
             tenant, definition_name="discovery", ctx=make_context("r-create"), display_name="x"
         )
     assert changed.value.code is ErrorCode.REQUEST_ID_REUSED
     with pytest.raises(FlowStateError) as other_operation:
-        await store.mutate(tenant, created.flow.flow_id, PauseFlow(), make_context("r-create"))
+        await FlowService(store).mutate(
+            tenant, created.flow.flow_id, PauseFlow(), make_context("r-create")
+        )
     assert other_operation.value.code is ErrorCode.REQUEST_ID_REUSED
 
 
@@ -99,8 +108,12 @@ async def test_request_ids_are_scoped_by_tenant(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
     other = Tenant(tenant.client_account_id, tenant.engagement_id + "-other")
-    mine = await store.create_flow(tenant, definition_name="discovery", ctx=make_context("r-t"))
-    theirs = await store.create_flow(other, definition_name="discovery", ctx=make_context("r-t"))
+    mine = await FlowService(store).create_flow(
+        tenant, definition_name="discovery", ctx=make_context("r-t")
+    )
+    theirs = await FlowService(store).create_flow(
+        other, definition_name="discovery", ctx=make_context("r-t")
+    )
     assert not mine.replayed
     assert not theirs.replayed
     assert mine.flow.flow_id != theirs.flow.flow_id
@@ -113,9 +126,9 @@ async def test_a_refused_command_records_no_key(
     illegal = TransitionPhase("field_mapping", PhaseState.IN_PROGRESS)
     for _ in range(2):  # the same refusal both times, not a replay of a stored one
         with pytest.raises(FlowStateError) as refused:
-            await store.mutate(tenant, flow_id, illegal, make_context("r-refused"))
+            await FlowService(store).mutate(tenant, flow_id, illegal, make_context("r-refused"))
         assert refused.value.code is ErrorCode.PHASE_ORDER_VIOLATION
-    applied = await store.mutate(
+    applied = await FlowService(store).mutate(
         tenant, flow_id, UpdatePhaseProgress("data_import", 0.5), make_context("r-refused")
     )
     assert not applied.replayed
@@ -125,10 +138,12 @@ async def test_a_no_op_command_keeps_its_key_and_replays(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory, database_url: str
 ) -> None:
     flow_id = await started_flow(store, tenant, make_context)
-    await store.mutate(tenant, flow_id, UpdatePhaseProgress("data_import", 0.5), make_context())
+    await FlowService(store).mutate(
+        tenant, flow_id, UpdatePhaseProgress("data_import", 0.5), make_context()
+    )
     same = UpdatePhaseProgress("data_import", 0.5)  # equal to the current value: no change
-    first = await store.mutate(tenant, flow_id, same, make_context("r-noop"))
-    again = await store.mutate(tenant, flow_id, same, make_context("r-noop"))
+    first = await FlowService(store).mutate(tenant, flow_id, same, make_context("r-noop"))
+    again = await FlowService(store).mutate(tenant, flow_id, same, make_context("r-noop"))
     assert first.entries == ()
     assert not first.replayed
     assert again.replayed
@@ -142,16 +157,16 @@ async def test_an_expired_key_no_longer_replays_and_is_purged(
     flow_id = await started_flow(store, tenant, make_context)
     long_ago = T0 - timedelta(days=3)
     command = UpdatePhaseProgress("data_import", 0.5)
-    await store.mutate(tenant, flow_id, command, make_context("r-old", now=long_ago))
+    await FlowService(store).mutate(tenant, flow_id, command, make_context("r-old", now=long_ago))
 
     # Expired (24 h later): the request runs again; here the core finds nothing to change.
-    rerun = await store.mutate(
+    rerun = await FlowService(store).mutate(
         tenant, flow_id, command, make_context("r-old", now=long_ago + timedelta(hours=25))
     )
     assert not rerun.replayed
     assert rerun.entries == ()
 
-    await store.mutate(tenant, flow_id, command, make_context("r-old-2", now=long_ago))
+    await FlowService(store).mutate(tenant, flow_id, command, make_context("r-old-2", now=long_ago))
     assert await store.purge_expired_idempotency_keys() >= 2
     left = await fetch(
         database_url,
@@ -166,14 +181,16 @@ async def test_expired_keys_are_purged_opportunistically(
 ) -> None:
     purging = await FlowStore.open(database_url, purge_every=1)
     try:
-        created = await purging.create_flow(
+        created = await FlowService(purging).create_flow(
             tenant,
             definition_name="discovery",
             ctx=make_context("r-p1", now=T0 - timedelta(days=3)),
         )
         assert created.flow.version == 1
         # The next write purges every expired key, the one above included.
-        await purging.mutate(tenant, created.flow.flow_id, PauseFlow(), make_context("r-p2"))
+        await FlowService(purging).mutate(
+            tenant, created.flow.flow_id, PauseFlow(), make_context("r-p2")
+        )
     finally:
         await purging.close()
     left = await fetch(

@@ -13,8 +13,9 @@ import pytest
 from flowstate.cli import storage_commands
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, FlowStatus, HistoryKind, PhaseState, Tenant
-from flowstate.storage import FlowQuery, FlowStore, import_legacy_rows, migrate
-from flowstate.storage.legacy import LEGACY_IMPORT_REASON, read_legacy_file
+from flowstate.service import import_legacy_rows
+from flowstate.service.legacy import LEGACY_IMPORT_REASON, read_legacy_file
+from flowstate.storage import FlowQuery, FlowStore, migrate
 
 from .support import fetch
 

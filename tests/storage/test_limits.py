@@ -10,6 +10,7 @@ import pytest
 from flowstate.core.commands import Context, TransitionPhase, UpdatePhaseProgress
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, PhaseError, PhaseState, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowQuery, FlowStore
 from flowstate.storage.limits import (
     MAX_DISPLAY_NAME_LENGTH,
@@ -82,7 +83,7 @@ async def test_a_bad_command_is_refused_and_writes_nothing(
 ) -> None:
     flow_id = await started_flow(store, tenant, make_context)
     with pytest.raises(FlowStateError) as refused:
-        await store.mutate(tenant, flow_id, command, make_context("r-bad"))
+        await FlowService(store).mutate(tenant, flow_id, command, make_context("r-bad"))
     assert refused.value.code is ErrorCode.MALFORMED_REQUEST
     assert refused.value.details["field"] == field
     assert await history_versions(database_url, flow_id) == [1, 2]
@@ -97,7 +98,7 @@ async def test_a_bad_command_is_refused_and_writes_nothing(
 def _create(**overrides: Any) -> Callable[[FlowStore, Tenant, Context], Awaitable[Any]]:
     async def call(store: FlowStore, tenant: Tenant, ctx: Context) -> Any:
         arguments: dict[str, Any] = {"definition_name": "discovery", "ctx": ctx, **overrides}
-        return await store.create_flow(tenant, **arguments)
+        return await FlowService(store).create_flow(tenant, **arguments)
 
     return call
 
@@ -150,7 +151,9 @@ async def test_bad_identity_values_are_refused(
     field: str,
 ) -> None:
     with pytest.raises(FlowStateError) as refused:
-        await store.create_flow(tenant, definition_name="discovery", ctx=make_context(**context))
+        await FlowService(store).create_flow(
+            tenant, definition_name="discovery", ctx=make_context(**context)
+        )
     assert refused.value.details["field"] == field
 
 
@@ -178,7 +181,7 @@ async def test_bad_ids_and_versions_are_refused(
         (store.list_history(tenant, flow_id, after_version=-1), "after_version"),
         (store.list_history(tenant, flow_id, page_size=-1), "page_size"),
         (
-            store.mutate(
+            FlowService(store).mutate(
                 tenant,
                 flow_id,
                 UpdatePhaseProgress("data_import", 0.5),

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from flowstate.core.commands import CancelFlow, TransitionPhase
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, FlowStatus, PhaseError, PhaseState, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowQuery, FlowStore
 from flowstate.storage.schema import flows
 from flowstate.storage.sql import compile_statement
@@ -29,9 +30,9 @@ async def _flows_in_states(
 
     async def flow(minute: int, *commands: TransitionPhase | CancelFlow) -> str:
         ctx = make_context(now=T0 + timedelta(minutes=minute))
-        created = await store.create_flow(tenant, definition_name="discovery", ctx=ctx)
+        created = await FlowService(store).create_flow(tenant, definition_name="discovery", ctx=ctx)
         for command in commands:
-            await store.mutate(tenant, created.flow.flow_id, command, ctx)
+            await FlowService(store).mutate(tenant, created.flow.flow_id, command, ctx)
         return created.flow.flow_id
 
     failure = PhaseError(ErrorCode.AGENT_TIMEOUT, "timeout")
@@ -139,7 +140,9 @@ async def test_pages_cover_everything_once(
         # Pairs of flows share an updated_at, so the id breaks ties across page boundaries.
         ctx = make_context(now=T0 + timedelta(seconds=i // 2))
         created.add(
-            (await store.create_flow(tenant, definition_name="discovery", ctx=ctx)).flow.flow_id
+            (
+                await FlowService(store).create_flow(tenant, definition_name="discovery", ctx=ctx)
+            ).flow.flow_id
         )
 
     seen: list[str] = []
@@ -187,7 +190,9 @@ async def test_a_token_of_another_query_is_malformed(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
     for _ in range(3):
-        await store.create_flow(tenant, definition_name="discovery", ctx=make_context())
+        await FlowService(store).create_flow(
+            tenant, definition_name="discovery", ctx=make_context()
+        )
     page = await store.list_flows(tenant, FlowQuery(page_size=1))
     with pytest.raises(FlowStateError) as refused:
         await store.list_flows(

@@ -6,6 +6,7 @@ import dataclasses
 
 from flowstate.core.commands import TransitionPhase
 from flowstate.core.model import PhaseState, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowQuery, FlowStore
 
 from .support import ContextFactory, rich_flow
@@ -21,7 +22,7 @@ async def test_every_field_round_trips(
             if spec.default is not dataclasses.MISSING:
                 assert any(getattr(v, spec.name) != spec.default for v in values), spec.name
 
-    stored = await store.import_flow(flow, entries, make_context("import-1"))
+    stored = await FlowService(store).import_flow(flow, entries, make_context("import-1"))
     assert stored.flow == flow
     assert await store.get_flow(tenant, flow.flow_id) == flow
     page = await store.list_flows(tenant, FlowQuery())
@@ -36,8 +37,8 @@ async def test_stored_response_round_trips(
 ) -> None:
     """A replay rebuilds flow and entries from the JSON kept with the idempotency key."""
     flow, entries = rich_flow(tenant)
-    first = await store.import_flow(flow, entries, make_context("import-2"))
-    again = await store.import_flow(flow, entries, make_context("import-2"))
+    first = await FlowService(store).import_flow(flow, entries, make_context("import-2"))
+    again = await FlowService(store).import_flow(flow, entries, make_context("import-2"))
     assert again.replayed
     assert (again.flow, again.entries) == (first.flow, first.entries) == (flow, entries)
 
@@ -45,10 +46,10 @@ async def test_stored_response_round_trips(
 async def test_mutation_result_equals_what_is_read_back(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
-    created = await store.create_flow(
+    created = await FlowService(store).create_flow(
         tenant, definition_name="discovery", ctx=make_context(), labels={"a": "b"}
     )
-    result = await store.mutate(
+    result = await FlowService(store).mutate(
         tenant,
         created.flow.flow_id,
         TransitionPhase("data_import", PhaseState.IN_PROGRESS, metadata={"x": [1, "y"]}),
@@ -57,7 +58,7 @@ async def test_mutation_result_equals_what_is_read_back(
     assert await store.get_flow(tenant, created.flow.flow_id) == result.flow
     history = await store.list_history(tenant, created.flow.flow_id)
     assert history.entries == created.entries + result.entries
-    replay = await store.mutate(
+    replay = await FlowService(store).mutate(
         tenant,
         created.flow.flow_id,
         TransitionPhase("data_import", PhaseState.IN_PROGRESS, metadata={"x": [1, "y"]}),

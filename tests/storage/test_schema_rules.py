@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from flowstate.core.model import Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 
 from .support import ContextFactory, asyncpg_dsn
@@ -26,7 +27,9 @@ async def test_history_is_append_only_even_for_the_owner(
     database_url: str,
     statement: str,
 ) -> None:
-    created = await store.create_flow(tenant, definition_name="discovery", ctx=make_context())
+    created = await FlowService(store).create_flow(
+        tenant, definition_name="discovery", ctx=make_context()
+    )
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):

@@ -10,8 +10,9 @@ import asyncpg
 
 from flowstate.core.commands import CancelFlow, Command, PauseFlow, TransitionPhase
 from flowstate.core.model import FlowStatus, PhaseState, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
-from flowstate.storage.store import _COUNT_STUCK
+from flowstate.storage.statements import COUNT_STUCK
 
 from .support import ContextFactory, asyncpg_dsn
 
@@ -31,9 +32,9 @@ async def test_counts_live_flows_of_every_tenant_unchanged_since(
 ) -> None:
     async def flow(owner: Tenant, minutes: int, *commands: Command) -> str:
         ctx = make_context(now=LONG_AGO + timedelta(minutes=minutes))
-        created = await store.create_flow(owner, definition_name="discovery", ctx=ctx)
+        created = await FlowService(store).create_flow(owner, definition_name="discovery", ctx=ctx)
         for command in commands:
-            await store.mutate(owner, created.flow.flow_id, command, ctx)
+            await FlowService(store).mutate(owner, created.flow.flow_id, command, ctx)
         return created.flow.flow_id
 
     cutoff = LONG_AGO + timedelta(minutes=30)
@@ -63,7 +64,7 @@ async def test_the_count_is_served_by_the_partial_index(database_url: str) -> No
     try:
         async with connection.transaction():
             await connection.execute("SET LOCAL enable_seqscan = off")
-            rows = await connection.fetch("EXPLAIN (FORMAT JSON) " + _COUNT_STUCK.sql, LONG_AGO)
+            rows = await connection.fetch("EXPLAIN (FORMAT JSON) " + COUNT_STUCK.sql, LONG_AGO)
     finally:
         await connection.close()
     assert "ix_flows_status_updated_at" in json.dumps(json.loads(rows[0][0]))

@@ -11,6 +11,7 @@ import pytest_asyncio
 from flowstate.core.commands import PauseFlow
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Tenant
+from flowstate.service import FlowService
 from flowstate.storage import FlowQuery, FlowStore
 
 from .support import ContextFactory, asyncpg_dsn, history_versions
@@ -25,7 +26,9 @@ def other(tenant: Tenant) -> Tenant:
 @pytest_asyncio.fixture
 async def flow_id(store: FlowStore, tenant: Tenant, make_context: ContextFactory) -> str:
     """A flow of `tenant`."""
-    created = await store.create_flow(tenant, definition_name="discovery", ctx=make_context())
+    created = await FlowService(store).create_flow(
+        tenant, definition_name="discovery", ctx=make_context()
+    )
     return created.flow.flow_id
 
 
@@ -39,7 +42,7 @@ async def test_another_tenant_cannot_read_or_change_the_flow(
 ) -> None:
     attempts = {
         "get": store.get_flow(other, flow_id),
-        "mutate": store.mutate(other, flow_id, PauseFlow(), make_context()),
+        "mutate": FlowService(store).mutate(other, flow_id, PauseFlow(), make_context()),
         "history": store.list_history(other, flow_id),
         "changes": store.read_changes(other, flow_id, 0, 10),
     }
@@ -95,7 +98,9 @@ async def test_row_level_security_hides_other_tenants_even_without_a_where_claus
     app_connection: asyncpg.Connection,
     table: str,
 ) -> None:
-    await store.create_flow(tenant, definition_name="discovery", ctx=make_context("rls-1"))
+    await FlowService(store).create_flow(
+        tenant, definition_name="discovery", ctx=make_context("rls-1")
+    )
     await _enter(app_connection, other)
     assert await app_connection.fetchval(f"SELECT count(*) FROM {table}") == 0
     await _enter(app_connection, tenant)

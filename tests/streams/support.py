@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from flowstate.core.commands import Context, TransitionPhase, UpdatePhaseProgress
 from flowstate.core.model import Flow, PhaseState, Tenant
 from flowstate.server.watch import FlowEventValue
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 
 EVENT_TIMEOUT = 20.0
@@ -23,8 +24,8 @@ def ctx() -> Context:
 
 async def create_flow(store: FlowStore, tenant: Tenant) -> Flow:
     """A new discovery flow (version 1) with data_import IN_PROGRESS (version 2)."""
-    created = await store.create_flow(tenant, definition_name="discovery", ctx=ctx())
-    started = await store.mutate(
+    created = await FlowService(store).create_flow(tenant, definition_name="discovery", ctx=ctx())
+    started = await FlowService(store).mutate(
         tenant,
         created.flow.flow_id,
         TransitionPhase("data_import", PhaseState.IN_PROGRESS),
@@ -43,7 +44,7 @@ async def report_progress(store: FlowStore, tenant: Tenant, flow_id: str, times:
     """
     version = 0
     for _ in range(times):
-        result = await store.mutate(
+        result = await FlowService(store).mutate(
             tenant,
             flow_id,
             UpdatePhaseProgress("data_import", (next(_progress_steps) % 97 + 1) / 100),

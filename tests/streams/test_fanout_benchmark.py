@@ -27,6 +27,7 @@ import pytest
 from flowstate.core.commands import UpdatePhaseProgress
 from flowstate.core.model import Tenant
 from flowstate.server.watch import FlowEventValue, WatchHub
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 from flowstate.storage.urls import normalize_database_url
 
@@ -64,7 +65,7 @@ async def _commit_and_wait(
     store: FlowStore, tenant: Tenant, flow_id: str, arrivals: _Arrivals, step: int
 ) -> float:
     started = time.perf_counter()
-    result = await store.mutate(
+    result = await FlowService(store).mutate(
         tenant, flow_id, UpdatePhaseProgress("data_import", (step % 97 + 1) / 100), ctx()
     )
     version = result.flow.version

@@ -16,6 +16,7 @@ from flowstate.core.commands import CancelFlow
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, FlowStatus, HistoryEntry, Tenant
 from flowstate.server.watch import FlowEventValue, WatchHub
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 from flowstate.storage.urls import normalize_database_url
 
@@ -154,7 +155,7 @@ async def test_ends_after_the_terminal_event_unless_keep_open(
     await next_event(ending)
     await next_event(staying)
 
-    cancelled = await store.mutate(tenant, flow.flow_id, CancelFlow("done"), ctx())
+    cancelled = await FlowService(store).mutate(tenant, flow.flow_id, CancelFlow("done"), ctx())
     for stream in (ending, staying):
         event = await next_change(stream)
         assert (event.status, event.flow_version) == (FlowStatus.CANCELLED, cancelled.flow.version)

@@ -17,6 +17,7 @@ from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, FlowStatus, Tenant
 from flowstate.server.watch import FlowEventValue, WatchHub
 from flowstate.server.watch_log import TenantCursor
+from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 from flowstate.storage.urls import normalize_database_url
 
@@ -89,7 +90,7 @@ async def test_filters_apply_to_the_status_after_the_change_definition_and_ids(
 
     await report_progress(store, tenant, other.flow_id, 1)
     await report_progress(store, tenant, watched.flow_id, 1)
-    await store.mutate(tenant, other.flow_id, CancelFlow("stop"), ctx())
+    await FlowService(store).mutate(tenant, other.flow_id, CancelFlow("stop"), ctx())
 
     event = await next_change(by_id)
     assert (event.flow_id, event.flow_version) == (watched.flow_id, watched.version + 1)

@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 
 from flowstate.core.model import Tenant
+from flowstate.service.legacy import import_legacy_rows, read_legacy_file
 from flowstate.storage import migrate
 from flowstate.storage.embedded import DATABASE_URL_ENV, resolve_database_url
-from flowstate.storage.legacy import import_legacy_rows, read_legacy_file
 from flowstate.storage.limits import malformed
 from flowstate.storage.store import FlowStore
 
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "import-legacy",
         help="create flows from legacy per-phase boolean rows",
         description="Create one discovery flow per row of a legacy export (CSV or JSON); "
-        "see flowstate.storage.legacy. Rerunning skips flows already imported.",
+        "see flowstate.service.legacy. Rerunning skips flows already imported.",
     )
     importer.add_argument("--file", type=Path, required=True, help="rows.csv or rows.json")
     importer.add_argument(

@@ -345,6 +345,23 @@ def phase_targets(current: PhaseState, *, optional: bool) -> frozenset[PhaseStat
     return targets if optional else targets - {PhaseState.SKIPPED}
 
 
+def blocking_phases(
+    definition: FlowDefinition, phase_states: Mapping[str, PhaseState], phase: str
+) -> list[str]:
+    """The dependencies of `phase` that are neither COMPLETED nor SKIPPED (missing ones count
+    as NOT_STARTED)."""
+    return [
+        name
+        for name in definition.dependencies(phase)
+        if phase_states.get(name, PhaseState.NOT_STARTED) not in DONE_STATES
+    ]
+
+
+def attempts_remaining(definition: PhaseDefinition, phase: Phase) -> int:
+    """Retries the phase has left under its definition's `max_retries`."""
+    return max(definition.max_retries - phase.retry_count, 0)
+
+
 def check_phase_order(
     definition: FlowDefinition,
     phase_states: Mapping[str, PhaseState],
@@ -358,11 +375,7 @@ def check_phase_order(
     """
     if target not in (PhaseState.IN_PROGRESS, PhaseState.SKIPPED):
         return None
-    blocking = [
-        name
-        for name in definition.dependencies(phase)
-        if phase_states.get(name, PhaseState.NOT_STARTED) not in DONE_STATES
-    ]
+    blocking = blocking_phases(definition, phase_states, phase)
     if not blocking:
         return None
     verb = "start" if target is PhaseState.IN_PROGRESS else "be skipped"
@@ -559,7 +572,7 @@ def _ensure_retry_allowed(
     definition: PhaseDefinition, phase: Phase, force: bool, ctx: Context
 ) -> bool:
     """Apply the retry gate; True when an admin force lifted a non-retryable error."""
-    remaining = max(definition.max_retries - phase.retry_count, 0)
+    remaining = attempts_remaining(definition, phase)
     if remaining == 0:
         raise FlowStateError(
             ErrorCode.MAX_RETRIES_EXCEEDED,

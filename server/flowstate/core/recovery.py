@@ -51,6 +51,7 @@ from flowstate.core.commands import (
     SkipPhase,
     TransitionPhase,
     apply_command,
+    attempts_remaining,
 )
 from flowstate.core.definitions import FlowDefinition
 from flowstate.core.errors import FlowStateError
@@ -140,7 +141,7 @@ def _phase_candidates(
     flow: Flow, definition: FlowDefinition, phase: Phase, index: int
 ) -> list[_Candidate]:
     name = phase.name
-    remaining = max(definition.phase(name).max_retries - phase.retry_count, 0)
+    remaining = attempts_remaining(definition.phase(name), phase)
     state = phase.state
     skip = _skip_candidates(definition, phase, index)
     if state is PhaseState.FAILED:

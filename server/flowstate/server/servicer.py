@@ -1,52 +1,32 @@
 """`FlowStateServicer`: the FlowStateService RPCs, a few lines each.
 
 Every RPC reads the same way: validate and convert the request (`flowstate.server.validation`),
-call the store (which owns the transaction and runs the core) or the pure core, convert the
-response (`flowstate.server.convert`). Authentication, scopes, error mapping, logging and
-metrics happen once, in the `flowstate.server.rpc` wrapper around each method.
+call a use case (`flowstate.service.FlowService`: idempotency, the core's decision, the store's
+transaction), convert the response (`flowstate.server.convert`). Authentication, scopes, error
+mapping, logging and metrics happen once, in the `flowstate.server.rpc` wrapper around each
+method.
 
 Decisions a reader should know:
 
 - The tenant always comes from the token (`Call.tenant`), never from the request.
-- `ValidateTransition` without a flow id is pure: built-in definitions are in memory, so it
-  never touches the database (custom definitions are read once through the store's cache).
-  With a flow id it reads the flow and dry-runs the matching core command; it never writes.
+- `ValidateTransition` is the core's dry run (`flowstate.core.preview`) through the use case:
+  without a flow id it never touches the database for built-in definitions; with one it reads
+  the flow and dry-runs the matching core command; it never writes.
 - `GetRecoveryOptions` pins each option's request to the flow's current version
   (`expected_version`), so an option executed after the flow changed fails with ABORTED
   instead of doing something the options did not describe.
-- `Retry` with `force` needs flows:admin (PERMISSION_DENIED otherwise), checked before the store.
+- `Retry` with `force` needs flows:admin (PERMISSION_DENIED otherwise), checked before the use case.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-from flowstate.core.commands import (
-    CancelFlow,
-    Command,
-    PauseFlow,
-    ResumeFlow,
-    TransitionPhase,
-    apply_command,
-    validate_command,
-    validate_flow_status_transition,
-    validate_phase_transition,
-)
-from flowstate.core.definitions import BUILTIN_DEFINITIONS, FlowDefinition
-from flowstate.core.errors import FlowStateError
-from flowstate.core.model import (
-    ErrorCode,
-    Flow,
-    FlowStatus,
-    HistoryEntry,
-    PhaseError,
-    PhaseState,
-    Tenant,
-)
-from flowstate.core.recovery import get_recovery_options
-from flowstate.core.rules import DONE_STATES, ERROR_STATES
+from flowstate.core.definitions import FlowDefinition
+from flowstate.core.model import Flow, FlowStatus, HistoryEntry, Tenant
+from flowstate.core.preview import TransitionVerdict
 from flowstate.server import definitions, validation
 from flowstate.server.auth import Scope
 from flowstate.server.convert import (
@@ -61,6 +41,8 @@ from flowstate.server.convert import (
 )
 from flowstate.server.errors import flow_error_to_proto
 from flowstate.server.rpc import Call, RpcSupport, stream, unary
+from flowstate.service import FlowService
+from flowstate.service import definitions as definition_service
 from flowstate.storage.store import FlowQuery, FlowStore, MutationResult
 from flowstate.v1 import flow_pb2, flow_service_pb2_grpc
 from flowstate.v1 import flow_service_pb2 as pb
@@ -110,6 +92,12 @@ class EventSource(Protocol):
         """Events of the tenant's matching flows, each with its resume cursor."""
         ...
 
+    def shared_change(
+        self, tenant: Tenant, value: EventValue, change: HistoryEntry
+    ) -> tuple[pb.FlowEvent, pb.WatchFlowResponse]:
+        """The change event of `value`, converted once for every stream that delivers it."""
+        ...
+
 
 _MutationResponse = TypeVar(
     "_MutationResponse",
@@ -124,44 +112,22 @@ _MutationResponse = TypeVar(
     pb.SkipPhaseResponse,
 )
 
-# A dry run of a transition into FAILED/RETRY_NEEDED needs a failure report; its content
-# does not change the answer (the retry gate reads the error the phase already carries).
-_DRY_RUN_FAILURE = PhaseError(ErrorCode.PHASE_EXECUTION_FAILED, "ValidateTransition dry run")
-
-# Change events converted once and shared by every stream that delivers them (see
-# `FlowStateServicer._change_event`); cleared when full, like a window of recent changes.
-_SHARED_CHANGES_MAX = 4096
-
-
-def _phase_refusal(definition: FlowDefinition, phase: str) -> FlowStateError | None:
-    """INVALID_PHASE when `definition` has no phase `phase`."""
-    if definition.has_phase(phase):
-        return None
-    try:
-        definition.phase(phase)  # raises the core's INVALID_PHASE, with the valid phases
-    except FlowStateError as refusal:
-        return refusal
-    return None  # pragma: no cover - has_phase said it does not exist
-
 
 class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
-    """The FlowStateService implementation over a `FlowStore`."""
+    """The FlowStateService implementation over the use cases of a `FlowStore`."""
 
     def __init__(
         self, store: FlowStore, support: RpcSupport, hub: EventSource | None = None
     ) -> None:
-        """Serve `store` (and streams from `hub`; UNIMPLEMENTED without one).
+        """Serve the use cases on `store` (and streams from `hub`; UNIMPLEMENTED without one).
 
         `support` holds the authenticator and metrics the `rpc` wrapper uses.
         """
         self._store = store
+        self._flows = FlowService(store)
         self._support = support
         self._hub = hub
         self._definitions = definitions.DefinitionViews()
-        # (tenant, flow id, version) -> (the hub's entry, its FlowEvent, its WatchFlowResponse)
-        self._changes: dict[
-            tuple[Tenant, str, int], tuple[HistoryEntry, pb.FlowEvent, pb.WatchFlowResponse]
-        ] = {}
 
     @property
     def rpc_support(self) -> RpcSupport:
@@ -178,9 +144,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         key = (flow.tenant, flow.definition_name, flow.definition_version)
         definition = self._definitions.resolved(*key)
         if definition is None:
-            definition = await self._store.get_definition(
-                flow.definition_name, flow.definition_version, tenant=flow.tenant
-            )
+            definition = await self._flows.definition_of(flow)
             self._definitions.remember(flow.tenant, definition)
         return definition
 
@@ -205,7 +169,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     async def _mutate(
         self, mutation: validation.Mutation, call: Call, response_type: type[_MutationResponse]
     ) -> _MutationResponse:
-        result = await self._store.mutate(
+        result = await self._flows.mutate(
             call.tenant,
             mutation.flow_id,
             mutation.command,
@@ -222,14 +186,14 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     ) -> pb.CreateFlowResponse:
         """Create a flow of a definition at a version (the latest when 0), in the tenant's view."""
         args = validation.create_flow(request)
-        result = await self._store.create_flow(
+        result = await self._flows.create_flow(
             call.tenant,
             definition_name=args.definition_name,
-            definition_version=args.definition_version or None,
             ctx=call.context(args.request_id),
             display_name=args.display_name,
             labels=args.labels,
             flow_id=args.flow_id,
+            definition_version=args.definition_version or None,
         )
         return await self._respond(result, pb.CreateFlowResponse)
 
@@ -238,7 +202,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         self, request: pb.GetFlowRequest, call: Call
     ) -> pb.GetFlowResponse:
         """Return one flow of the caller's tenant."""
-        flow = await self._store.get_flow(call.tenant, validation.flow_id(request.flow_id))
+        flow = await self._flows.get_flow(call.tenant, validation.flow_id(request.flow_id))
         response = pb.GetFlowResponse()
         await self._fill_flow(response.flow, flow)
         return response
@@ -249,7 +213,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     ) -> pb.ListFlowsResponse:
         """List the caller's flows matching the filters, one page."""
         args = validation.list_flows(request)
-        page = await self._store.list_flows(
+        page = await self._flows.list_flows(
             call.tenant,
             FlowQuery(
                 statuses=frozenset(args.statuses),
@@ -271,7 +235,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     ) -> pb.ListFlowHistoryResponse:
         """List a flow's history entries in version order, one page."""
         args = validation.list_flow_history(request)
-        page = await self._store.list_history(
+        page = await self._flows.list_history(
             call.tenant,
             args.flow_id,
             after_version=args.after_version,
@@ -289,7 +253,9 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     ) -> pb.GetFlowDefinitionResponse:
         """Return a definition of the tenant or a built-in (the latest version when 0)."""
         name, version = validation.get_flow_definition(request)
-        stored = await self._store.get_stored_definition(name, version or None, tenant=call.tenant)
+        stored = await definition_service.get_definition(
+            self._store, call.tenant, name, version or None
+        )
         return pb.GetFlowDefinitionResponse(
             definition=definitions.stored_to_proto(stored, self._view)
         )
@@ -298,9 +264,10 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     async def CreateFlowDefinition(  # noqa: N802 - the proto's method name
         self, request: pb.CreateFlowDefinitionRequest, call: Call
     ) -> pb.CreateFlowDefinitionResponse:
-        """Register a definition for the caller's tenant (flowstate.storage.definitions_repo)."""
+        """Register a definition for the caller's tenant (flowstate.service.definitions)."""
         args = definitions.create_flow_definition(request)
-        stored, created = await self._store.register_definition(
+        stored, created = await definition_service.register_definition(
+            self._store,
             call.tenant,
             args.document,
             call.context(args.request_id),
@@ -317,8 +284,12 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     ) -> pb.ListFlowDefinitionsResponse:
         """The tenant's and the built-in definitions, one page."""
         args = definitions.list_flow_definitions(request)
-        page = await self._store.list_definitions(
-            call.tenant, name=args.name, page_size=args.page_size, page_token=args.page_token
+        page = await definition_service.list_definitions(
+            self._store,
+            call.tenant,
+            name=args.name,
+            page_size=args.page_size,
+            page_token=args.page_token,
         )
         return pb.ListFlowDefinitionsResponse(
             definitions=[definitions.stored_to_proto(s, self._view) for s in page.definitions],
@@ -330,13 +301,11 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         self, request: pb.GetRecoveryOptionsRequest, call: Call
     ) -> pb.GetRecoveryOptionsResponse:
         """The ranked recovery options of a flow, each with its ready-to-send request."""
-        flow = await self._store.get_flow(call.tenant, validation.flow_id(request.flow_id))
-        definition = await self._definition_of(flow)
-        options = get_recovery_options(flow, definition)
+        found = await self._flows.recovery_options(call.tenant, validation.flow_id(request.flow_id))
         response = pb.GetRecoveryOptionsResponse(
-            options=[recovery_option_to_proto(flow, option) for option in options],
+            options=[recovery_option_to_proto(found.flow, option) for option in found.options],
         )
-        self._view(definition).fill_flow(response.flow, flow)
+        self._view(found.definition).fill_flow(response.flow, found.flow)
         return response
 
     # --- mutations ------------------------------------------------------------------------------
@@ -412,142 +381,9 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     ) -> pb.ValidateTransitionResponse:
         """Answer whether a phase or flow transition is legal, and why not; never writes."""
         check = validation.validate_transition(request)
-        if check.flow_id is None:
-            return await self._validate_tables(check, call)
-        flow = await self._store.get_flow(call.tenant, check.flow_id)
-        definition = await self._definition_of(flow)
-        if check.to_state is not None:
-            return self._validate_phase_on_flow(check, flow, definition, call)
-        return self._validate_status_on_flow(check, flow, definition, call)
-
-    def _answer(
-        self, refusal: FlowStateError | None, call: Call, **fields: Any
-    ) -> pb.ValidateTransitionResponse:
-        response = pb.ValidateTransitionResponse(allowed=refusal is None, **fields)
-        if refusal is not None:
-            response.error.CopyFrom(
-                flow_error_to_proto(
-                    refusal, correlation_id=call.correlation_id, now=call.context().now
-                )
-            )
-        return response
-
-    async def _validate_tables(
-        self, check: validation.TransitionCheck, call: Call
-    ) -> pb.ValidateTransitionResponse:
-        """Without a flow: the definition's phase names and the transition tables only."""
-        if check.to_status is not None:
-            assert check.from_status is not None
-            return self._answer(
-                validate_flow_status_transition(check.from_status, check.to_status),
-                call,
-                valid_flow_transitions=FLOW_TARGETS[check.from_status],
-            )
-        assert check.phase is not None
-        assert check.from_state is not None
-        assert check.to_state is not None
-        # A built-in's name answers from the code, without the database: the tables are the same
-        # for every definition (a tenant's shadow of it is checked with a flow_id).
-        definition = BUILTIN_DEFINITIONS.get(check.definition_name) or (
-            await self._store.get_definition(check.definition_name, tenant=call.tenant)
-        )
-        optional = definition.has_phase(check.phase) and definition.phase(check.phase).optional
-        refusal = _phase_refusal(definition, check.phase) or validate_phase_transition(
-            check.phase, check.from_state, check.to_state, optional=optional
-        )
-        return self._answer(
-            refusal,
-            call,
-            valid_transitions=phase_targets_proto(check.from_state, optional=optional),
-        )
-
-    def _validate_phase_on_flow(
-        self,
-        check: validation.TransitionCheck,
-        flow: Flow,
-        definition: FlowDefinition,
-        call: Call,
-    ) -> pb.ValidateTransitionResponse:
-        assert check.phase is not None
-        assert check.to_state is not None
-        refusal = _phase_refusal(definition, check.phase)
-        if refusal is not None:
-            return self._answer(refusal, call, flow_version=flow.version)
-        phase = flow.phase(check.phase)
-        limits = definition.phase(check.phase)
-        needs_failure = check.to_state in ERROR_STATES and phase.state not in ERROR_STATES
-        command = TransitionPhase(
-            check.phase, check.to_state, error=_DRY_RUN_FAILURE if needs_failure else None
-        )
-        blocking = []
-        if check.to_state in (PhaseState.IN_PROGRESS, PhaseState.SKIPPED):
-            blocking = [d for d in limits.depends_on if flow.phase(d).state not in DONE_STATES]
-        fields: dict[str, Any] = {
-            "valid_transitions": phase_targets_proto(phase.state, optional=limits.optional),
-            "blocking_phases": blocking,
-            "attempts_remaining": max(limits.max_retries - phase.retry_count, 0),
-            "flow_version": flow.version,
-        }
-        return self._dry_run(flow, definition, command, call, fields)
-
-    def _validate_status_on_flow(
-        self,
-        check: validation.TransitionCheck,
-        flow: Flow,
-        definition: FlowDefinition,
-        call: Call,
-    ) -> pb.ValidateTransitionResponse:
-        target = check.to_status
-        assert target is not None
-        fields: dict[str, Any] = {
-            "valid_flow_transitions": FLOW_TARGETS[flow.status],
-            "flow_version": flow.version,
-        }
-        command: Command | None = None
-        if target is FlowStatus.PAUSED:
-            command = PauseFlow()
-        elif target is FlowStatus.CANCELLED:
-            command = CancelFlow()
-        elif flow.status is FlowStatus.PAUSED:
-            command = ResumeFlow()
-        if command is None:
-            # Any other target is a status the derivation produces, not one a caller asks for:
-            # the answer is the flow table's.
-            refusal = validate_flow_status_transition(flow.status, target)
-            if refusal is None:
-                fields["resulting_status"] = FLOW_STATUS_TO_PROTO[target]
-                fields["resulting_progress"] = flow.progress
-            return self._answer(refusal, call, **fields)
-        return self._dry_run(flow, definition, command, call, fields, wanted_status=target)
-
-    def _dry_run(
-        self,
-        flow: Flow,
-        definition: FlowDefinition,
-        command: Command,
-        call: Call,
-        fields: dict[str, Any],
-        *,
-        wanted_status: FlowStatus | None = None,
-    ) -> pb.ValidateTransitionResponse:
-        """Run `command` through the core without storing anything; describe the outcome."""
         ctx = call.context()
-        refusal = validate_command(flow, definition, command, ctx)
-        if refusal is None:
-            after = apply_command(flow, definition, command, ctx).flow
-            if wanted_status is not None and after.status is not wanted_status:
-                refusal = FlowStateError(
-                    ErrorCode.INVALID_FLOW_TRANSITION,
-                    f"Resuming the flow leads to '{after.status.value}', "
-                    f"not '{wanted_status.value}'",
-                    from_status=flow.status,
-                    to_status=wanted_status,
-                    valid_transitions=[after.status, FlowStatus.CANCELLED],
-                )
-            else:
-                fields["resulting_status"] = FLOW_STATUS_TO_PROTO[after.status]
-                fields["resulting_progress"] = after.progress
-        return self._answer(refusal, call, **fields)
+        verdict = await self._flows.validate_transition(call.tenant, check, ctx)
+        return _verdict_to_proto(verdict, call)
 
     # --- streams ------------------------------------------------------------------------------
 
@@ -572,34 +408,6 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             set_timestamp(event.heartbeat.server_time, value.heartbeat_at)
         return event
 
-    def _shared_change(
-        self, tenant: Tenant, value: EventValue, change: HistoryEntry
-    ) -> tuple[pb.FlowEvent, pb.WatchFlowResponse]:
-        """The change event of `value`, converted once for every stream that delivers it.
-
-        The hub reads each change once and hands the same `HistoryEntry` object to all its
-        subscribers, so a fan-out to N streams converts it once instead of N times. The cache
-        holds the entry itself and reuses the messages only for that very object, so a stale or
-        colliding key can cost a conversion but never deliver another entry. The messages are
-        shared: nothing may modify them after this (grpc only serialises them).
-        """
-        key = (tenant, value.flow_id, value.flow_version)
-        cached = self._changes.get(key)
-        if cached is not None and cached[0] is change:
-            return cached[1], cached[2]
-        event = pb.FlowEvent(
-            flow_id=value.flow_id,
-            flow_version=value.flow_version,
-            progress=value.progress,
-            status=FLOW_STATUS_TO_PROTO[value.status],
-            change=entry_to_proto(value.flow_id, change),
-        )
-        response = pb.WatchFlowResponse(event=event)
-        if len(self._changes) >= _SHARED_CHANGES_MAX:
-            self._changes.clear()
-        self._changes[key] = (change, event, response)
-        return event, response
-
     def _require_hub(self) -> EventSource:
         if self._hub is None:
             raise NotImplementedError("status streams are not available on this server")
@@ -616,7 +424,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         )
         async for value in events:
             if value.change is not None and value.snapshot is None and value.flow_id:
-                yield self._shared_change(call.tenant, value, value.change)[1]
+                yield self._require_hub().shared_change(call.tenant, value, value.change)[1]
             else:
                 yield pb.WatchFlowResponse(event=await self._event(value))
 
@@ -636,7 +444,35 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         async for value in events:
             if value.change is not None and value.snapshot is None and value.flow_id:
                 # The cursor is the stream's own; the converted event is shared (and copied in).
-                event = self._shared_change(call.tenant, value, value.change)[0]
+                event = self._require_hub().shared_change(call.tenant, value, value.change)[0]
             else:
                 event = await self._event(value)
             yield pb.WatchFlowsResponse(event=event, cursor=value.cursor)
+
+
+def _verdict_to_proto(verdict: TransitionVerdict, call: Call) -> pb.ValidateTransitionResponse:
+    """The core's verdict as a ValidateTransitionResponse (the refusal as a FlowError)."""
+    response = pb.ValidateTransitionResponse(
+        allowed=verdict.allowed,
+        blocking_phases=verdict.blocking_phases,
+        flow_version=verdict.flow_version,
+    )
+    if verdict.refusal is not None:
+        response.error.CopyFrom(
+            flow_error_to_proto(
+                verdict.refusal, correlation_id=call.correlation_id, now=call.context().now
+            )
+        )
+    if verdict.targets_of_state is not None:
+        response.valid_transitions.extend(
+            phase_targets_proto(verdict.targets_of_state, optional=verdict.optional)
+        )
+    if verdict.targets_of_status is not None:
+        response.valid_flow_transitions.extend(FLOW_TARGETS[verdict.targets_of_status])
+    if verdict.attempts_remaining is not None:
+        response.attempts_remaining = verdict.attempts_remaining
+    if verdict.resulting_status is not None:
+        response.resulting_status = FLOW_STATUS_TO_PROTO[verdict.resulting_status]
+    if verdict.resulting_progress is not None:
+        response.resulting_progress = verdict.resulting_progress
+    return response

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -42,8 +42,7 @@ from flowstate.core.commands import (
     TransitionPhase,
     UpdatePhaseProgress,
 )
-from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, FlowStatus, PhaseError, PhaseState
+from flowstate.core.model import FlowStatus, PhaseError, PhaseState
 from flowstate.core.rules import ERROR_STATES
 from flowstate.server.convert import (
     ERROR_CODE_FROM_PROTO,
@@ -51,6 +50,7 @@ from flowstate.server.convert import (
     PHASE_STATE_FROM_PROTO,
     struct_to_dict,
 )
+from flowstate.service.flows import TransitionCheck
 from flowstate.storage.codec import dumps
 from flowstate.storage.limits import (
     MAX_DISPLAY_NAME_LENGTH,
@@ -61,6 +61,7 @@ from flowstate.storage.limits import (
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
     MAX_REASON_LENGTH,
+    field_violations,
 )
 from flowstate.v1 import errors_pb2, flow_service_pb2
 
@@ -110,16 +111,8 @@ _MIN_SECONDS: Final = -62135596800
 _MAX_SECONDS: Final = 253402300799
 
 
-def malformed(violations: Sequence[tuple[str, str]]) -> FlowStateError:
-    """The MALFORMED_REQUEST error for `violations` ((field, description) pairs, at least one)."""
-    field, description = violations[0]
-    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-    return FlowStateError(
-        ErrorCode.MALFORMED_REQUEST,
-        f"{field}: {description}{more}",
-        field=field,
-        field_violations=[{"field": f, "description": d} for f, d in violations],
-    )
+malformed = field_violations
+"""The MALFORMED_REQUEST error listing every violation (`flowstate.storage.limits`)."""
 
 
 class _Checker:
@@ -483,22 +476,6 @@ def get_flow_definition(request: flow_service_pb2.GetFlowDefinitionRequest) -> t
         check.fail("version", "must be >= 0 (0: the latest)")
     check.done()
     return name or DEFAULT_DEFINITION, request.version
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionCheck:
-    """A validated ValidateTransition request: exactly one of `phase` / `to_status` is set.
-
-    `from_state` / `from_status` are None when a flow is named (its actual state is used).
-    """
-
-    flow_id: str | None
-    definition_name: str
-    phase: str | None = None
-    from_state: PhaseState | None = None
-    to_state: PhaseState | None = None
-    from_status: FlowStatus | None = None
-    to_status: FlowStatus | None = None
 
 
 def validate_transition(request: flow_service_pb2.ValidateTransitionRequest) -> TransitionCheck:

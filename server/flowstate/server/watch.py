@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
+from flowstate.server.convert import FLOW_STATUS_TO_PROTO, entry_to_proto
 from flowstate.server.watch_log import (
     SNAPSHOT_LIMIT,
     LogPosition,
@@ -53,8 +54,9 @@ from flowstate.server.watch_log import (
     TenantLog,
 )
 from flowstate.storage.urls import normalize_database_url
+from flowstate.v1 import flow_service_pb2 as pb
 
-__all__ = ["NOTIFY_CHANNEL", "FlowEventValue", "WatchHub", "WatchStore"]
+__all__ = ["NOTIFY_CHANNEL", "FlowEventValue", "SharedChanges", "WatchHub", "WatchStore"]
 
 NOTIFY_CHANNEL: Final = "flowstate_changes"
 """The LISTEN/NOTIFY channel the store notifies on after each committed mutation."""
@@ -70,6 +72,7 @@ _RECONNECT_MAX: Final = 5.0
 _PENDING_RETRY_INITIAL: Final = 0.005
 _PENDING_RETRY_MAX: Final = 0.5
 _CLOSE_DRAIN_TIMEOUT: Final = 5.0
+_SHARED_CHANGES_MAX: Final = 4096
 
 
 class WatchStore(Protocol):
@@ -427,6 +430,64 @@ class _Listener:
         self._hub._on_change(tenant, flow_id)
 
 
+class ChangeEvent(Protocol):
+    """What `SharedChanges` reads of an event (a `FlowEventValue` or the servicer's view of one)."""
+
+    @property
+    def flow_id(self) -> str: ...
+    @property
+    def flow_version(self) -> int: ...
+    @property
+    def status(self) -> FlowStatus: ...
+    @property
+    def progress(self) -> float: ...
+
+
+class SharedChanges:
+    """Change events converted once and shared by every stream that delivers them.
+
+    The hub reads each change once and hands the same `HistoryEntry` object to all its
+    subscribers, so a fan-out to N streams converts it once instead of N times. The cache holds
+    the entry itself and reuses the messages only for that very object, so a stale or colliding
+    key can cost a conversion but never deliver another entry. The messages are shared: nothing
+    may modify them after this (grpc only serialises them). Cleared when full, like a window of
+    recent changes.
+    """
+
+    def __init__(self, limit: int = _SHARED_CHANGES_MAX) -> None:
+        """Keep at most `limit` changes."""
+        self._limit = limit
+        # (tenant, flow id, version) -> (the hub's entry, its FlowEvent, its WatchFlowResponse)
+        self._changes: dict[
+            tuple[Tenant, str, int], tuple[HistoryEntry, pb.FlowEvent, pb.WatchFlowResponse]
+        ] = {}
+
+    def __len__(self) -> int:
+        """How many changes are cached."""
+        return len(self._changes)
+
+    def get(
+        self, tenant: Tenant, value: ChangeEvent, change: HistoryEntry
+    ) -> tuple[pb.FlowEvent, pb.WatchFlowResponse]:
+        """The change event of `value` (whose change is `change`) and its WatchFlowResponse."""
+        key = (tenant, value.flow_id, value.flow_version)
+        cached = self._changes.get(key)
+        if cached is not None and cached[0] is change:
+            return cached[1], cached[2]
+        event = pb.FlowEvent(
+            flow_id=value.flow_id,
+            flow_version=value.flow_version,
+            progress=value.progress,
+            status=FLOW_STATUS_TO_PROTO[value.status],
+            change=entry_to_proto(value.flow_id, change),
+        )
+        response = pb.WatchFlowResponse(event=event)
+        if len(self._changes) >= self._limit:
+            self._changes.clear()
+        self._changes[key] = (change, event, response)
+        return event, response
+
+
 class WatchHub:
     """Fan-out of committed flow changes to WatchFlow / WatchFlows streams (see module doc)."""
 
@@ -456,6 +517,13 @@ class WatchHub:
         self._tenant_channels: dict[Hashable, _Channel[LogPosition, TenantChange]] = {}
         self._listener = _Listener(self, connect_kwargs)
         self._ticker: asyncio.Task[None] | None = None
+        self._shared = SharedChanges()
+
+    def shared_change(
+        self, tenant: Tenant, value: ChangeEvent, change: HistoryEntry
+    ) -> tuple[pb.FlowEvent, pb.WatchFlowResponse]:
+        """The change event of `value`, converted once for every stream that delivers it."""
+        return self._shared.get(tenant, value, change)
 
     @classmethod
     async def start(

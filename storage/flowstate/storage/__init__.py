@@ -1,14 +1,14 @@
 """Flowstate storage: PostgreSQL persistence of flows, history, idempotency keys, definitions.
 
-The server codes against `FlowStore` (one per process) and the values it returns; rows never
-leave this package and every failure is a core `FlowStateError` (`StoreUnavailable` when the
-database cannot serve now). Modules:
+The use cases (`flowstate.service`) code against `FlowStore` (one per process) and the values it
+returns; rows never leave this package and every failure is a core `FlowStateError`
+(`StoreUnavailable` when the database cannot serve now). Modules:
 
-- `store`: `FlowStore` and its result/query values;
+- `store`: `FlowStore` (the SQL and the transaction runner a use case hands its decision to)
+  and its result/query values; `statements`: the compiled SQL;
 - `schema`: the tables (SQLAlchemy Core metadata, shared with the migrations);
 - `migrate`: Alembic configured in code (`upgrade`, `downgrade`, `current_revision`);
 - `embedded`: the embedded PostgreSQL and `resolve_database_url`;
-- `legacy`: import of flows from the old per-phase boolean rows;
 - `limits`: input limits checked before any SQL; `errors`: the error mapping.
 
 See docs/storage.md for the schema, transaction shape, idempotency, tenancy and cursors.
@@ -20,7 +20,6 @@ from flowstate.storage.embedded import (
     resolve_database_url,
 )
 from flowstate.storage.errors import SchemaNotReadyError, StoreUnavailable
-from flowstate.storage.legacy import LegacyImportResult, import_legacy_rows
 from flowstate.storage.store import (
     DEFAULT_IDEMPOTENCY_TTL,
     NOTIFY_CHANNEL,
@@ -28,9 +27,13 @@ from flowstate.storage.store import (
     FlowPage,
     FlowQuery,
     FlowStore,
+    FlowTransaction,
     HistoryPage,
+    IdempotencyKey,
     MutationResult,
+    StoredKey,
     TenantChange,
+    Write,
 )
 
 __all__ = [
@@ -41,13 +44,15 @@ __all__ = [
     "FlowPage",
     "FlowQuery",
     "FlowStore",
+    "FlowTransaction",
     "HistoryPage",
-    "LegacyImportResult",
+    "IdempotencyKey",
     "MutationResult",
     "ResolvedDatabase",
     "SchemaNotReadyError",
     "StoreUnavailable",
+    "StoredKey",
     "TenantChange",
-    "import_legacy_rows",
+    "Write",
     "resolve_database_url",
 ]

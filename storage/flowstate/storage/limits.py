@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flowstate.core.commands import Context
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, PhaseError, Tenant
 from flowstate.storage.codec import dumps
@@ -30,11 +32,15 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_REASON_LENGTH",
     "check_command",
+    "check_context",
+    "check_flow_id",
     "check_identifier",
     "check_json_object",
     "check_labels",
     "check_tenant",
     "check_text",
+    "check_version",
+    "field_violations",
     "malformed",
 ]
 
@@ -58,6 +64,22 @@ MAX_PAGE_SIZE = 1000
 """Larger page sizes are lowered to this (AIP-158 coerces rather than refuses)."""
 MAX_FLOW_IDS_PER_QUERY = 1000
 """Flow ids one listing may filter on."""
+
+
+def field_violations(violations: Sequence[tuple[str, str]]) -> FlowStateError:
+    """The MALFORMED_REQUEST error for `violations` ((field, description) pairs, at least one).
+
+    The message names the first; ``field_violations`` lists them all (sent as
+    ``google.rpc.BadRequest``).
+    """
+    field, description = violations[0]
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return FlowStateError(
+        ErrorCode.MALFORMED_REQUEST,
+        f"{field}: {description}{more}",
+        field=field,
+        field_violations=[{"field": f, "description": d} for f, d in violations],
+    )
 
 
 def malformed(field: str, message: str, **details: Any) -> FlowStateError:
@@ -163,3 +185,28 @@ def check_command(command: object) -> None:
             _check_phase_error(field, value)
         elif isinstance(value, str) and not hasattr(value, "value"):  # enums are the core's
             check_identifier(field, value, required=False)
+
+
+def check_flow_id(value: object, field: str = "flow_id") -> str:
+    """A flow id: a UUID, returned in canonical (lower-case, hyphenated) form."""
+    if not isinstance(value, str):
+        raise malformed(field, f"{field} must be a string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise malformed(field, f"{field} must be a UUID") from None
+
+
+def check_version(field: str, value: object, minimum: int = 0) -> int:
+    """A flow or definition version: an int of at least `minimum`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise malformed(field, f"{field} must be an integer >= {minimum}")
+    return value
+
+
+def check_context(ctx: Context) -> None:
+    """A core context: a timezone-aware `now` (ValueError: a bug), identifiers in limits."""
+    if ctx.now.utcoffset() is None:
+        raise ValueError("ctx.now must be timezone-aware")
+    check_identifier("user_id", ctx.user_id, required=False)
+    check_identifier("request_id", ctx.request_id, required=False)

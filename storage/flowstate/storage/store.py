@@ -1,24 +1,19 @@
-"""`FlowStore`: the repository of flows, history, idempotency keys and definitions.
+"""`FlowStore`: the SQL of flows, history, idempotency keys and definitions, and the runner.
 
-One `FlowStore` per process holds the connection pool (`asyncpg.Pool`).
-Every public method is one PostgreSQL transaction, opened and committed inside the method;
-rows never leave it (callers get core values), and every failure is a `FlowStateError` (see
-`flowstate.storage.errors`). Statements are SQLAlchemy Core built on the shared table metadata,
-compiled once and run on the pooled connection's asyncpg driver (`flowstate.storage.sql`).
+One `FlowStore` per process holds the connection pool (`asyncpg.Pool`). Every public method is
+one PostgreSQL transaction, opened and committed inside the method; rows never leave it
+(callers get core values), and every failure is a `FlowStateError` (see
+`flowstate.storage.errors`). Statements live in `flowstate.storage.statements`.
 
-Shape of every tenant transaction (READ COMMITTED)::
+The store decides nothing about flows: a use case (`flowstate.service`) hands it a decision.
+`update_flow` is the shape of every mutation (read under lock, decide in a closure, write)::
 
     BEGIN; SELECT set_config('role', 'flowstate_app', true),          -- RLS applies
                   set_config('flowstate.client_account_id', '…', true),  -- transaction-local
                   set_config('flowstate.engagement_id', '…', true)       -- (one round trip)
-    ... the method's statements, each also filtered by tenant ...
-    COMMIT
-
-A mutation (`mutate`) is::
-
     SELECT flows.*, key.* FROM flows LEFT JOIN idempotency_keys key (tenant, request_id)
      WHERE id AND tenant FOR UPDATE OF flows              -- concurrent writers queue here
-    replay a live key; compare expected_version; apply_command (pure core)
+    decide(transaction, flow, key)                        -- the use case: replay or a Write
     WITH u AS (UPDATE flows ... FROM jsonb_populate_record(NULL::flows, $flow)),
          h AS (INSERT INTO flow_history ... FROM jsonb_populate_recordset(..., $entries)),
          k AS (INSERT INTO idempotency_keys ...)
@@ -27,10 +22,10 @@ A mutation (`mutate`) is::
 
 that is 4 round trips; definitions are cached in-process (the body of a (name, version) never
 changes). A duplicate request that commits while this one waits for the lock is invisible to
-the lock statement's snapshot: it is caught when the command is refused (the key is read again)
-or when the key insert conflicts (the transaction runs again and replays); see
-docs/storage.md. Reads of one flow or of its history are one round trip: the
-``flowstate_get_flow`` / ``flowstate_flow_history`` functions, called in autocommit.
+the lock statement's snapshot: the decision looks its key up again when the command is refused
+(`FlowTransaction.find_key`), and a conflicting key insert runs the whole transaction again,
+which then replays; see docs/storage.md. Reads of one flow or of its history are one round
+trip: the ``flowstate_get_flow`` / ``flowstate_flow_history`` functions, called in autocommit.
 
 Retries: serialization failures and deadlocks are retried (3 attempts in all), a connection
 that breaks before COMMIT is sent is retried once, a racing duplicate request id is retried so
@@ -40,11 +35,6 @@ it replays; anything else surfaces at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import enum
-import functools
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -54,31 +44,9 @@ from types import MappingProxyType
 from typing import Any, Self, TypeVar
 
 import asyncpg
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Integer,
-    Text,
-    and_,
-    any_,
-    bindparam,
-    column,
-    delete,
-    func,
-    insert,
-    literal,
-    literal_column,
-    or_,
-    select,
-    text,
-    tuple_,
-    update,
-)
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import ColumnElement, Text, any_, literal, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
-from flowstate.core.commands import Command, Context, apply_command, create_flow
-from flowstate.core.definition_document import definition_from_document
 from flowstate.core.definitions import (
     BUILTIN_DEFINITIONS,
     FlowDefinition,
@@ -95,35 +63,44 @@ from flowstate.storage.errors import (
     to_store_error,
 )
 from flowstate.storage.limits import (
-    MAX_DISPLAY_NAME_LENGTH,
     MAX_FLOW_IDS_PER_QUERY,
     MAX_PAGE_SIZE,
-    MAX_REASON_LENGTH,
-    check_command,
+    check_flow_id,
     check_identifier,
-    check_labels,
     check_tenant,
-    check_text,
+    check_version,
     malformed,
 )
-from flowstate.storage.schema import (
-    ACTIVE_FLOW,
-    APP_ROLE,
-    BUILTIN_OWNER,
-    flow_definitions,
-    flow_history,
-    flows,
-    idempotency_keys,
-)
+from flowstate.storage.schema import flows
 from flowstate.storage.sql import (
-    Compiled,
     Connection,
     Transaction,
     compile_statement,
     connect_arguments,
     init_connection,
     reset_connection,
-    sql_literal,
+)
+from flowstate.storage.statements import (
+    COUNT_STUCK,
+    DELETE_KEY,
+    EXACT_DEFINITION,
+    FLOW_EXISTS,
+    FLOW_HISTORY_CALL,
+    FLOWS_IN_TENANT,
+    GET_FLOW_CALL,
+    HAS_VERSION_TABLE,
+    LOCK_FLOW,
+    NOTIFY_CHANNEL,
+    PING,
+    SCHEMA_REVISION,
+    SEED_DEFINITION,
+    SELECT_HISTORY,
+    SELECT_KEY,
+    SELECT_SNAPSHOT_XMIN,
+    SELECT_TENANT_CHANGES,
+    begin,
+    purge_statement,
+    write_statement,
 )
 from flowstate.storage.tokens import decode_token, encode_token, query_hash
 from flowstate.storage.urls import normalize_database_url
@@ -135,20 +112,19 @@ __all__ = [
     "FlowPage",
     "FlowQuery",
     "FlowStore",
+    "FlowTransaction",
     "HistoryPage",
+    "IdempotencyKey",
     "MutationResult",
+    "Outcome",
+    "StoredKey",
     "TenantChange",
+    "Write",
 ]
 
 _log = logging.getLogger("flowstate.storage")
 T = TypeVar("T")
 
-NOTIFY_CHANNEL = "flowstate_changes"
-"""LISTEN/NOTIFY channel: one notification per committed change, a wake-up signal only.
-
-Payload (JSON): ``{"flow_id", "version", "client_account_id", "engagement_id"}`` where
-``version`` is the flow's version after the change. NOTIFY is lost on disconnect: listeners
-re-read from history (`FlowStore.read_changes`, `FlowStore.read_tenant_changes`)."""
 DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
 """How long a request id is remembered."""
 
@@ -162,6 +138,7 @@ _DEFAULT_DEFINITION_PAGE_SIZE = 100
 _DEFINITION_CACHE_SIZE = 4096
 """Definitions kept in process; bodies are immutable, so the cache is never invalidated."""
 _MAX_SEQ = 2**63 - 1
+_STATUS_BY_VALUE = {status.value: status for status in FlowStatus}
 _IDEMPOTENCY_PK = "pk_idempotency_keys"
 _FLOWS_PK = "pk_flows"
 
@@ -243,239 +220,6 @@ class ChangeBatch:
     cursor: str
 
 
-# --- statements -------------------------------------------------------------------------------
-
-_ACCOUNT = bindparam("account", type_=Text)
-_ENGAGEMENT = bindparam("engagement", type_=Text)
-_FLOW_ID = bindparam("flow_id", type_=UUID(as_uuid=False))
-_REQUEST_ID = bindparam("request_id", type_=Text)
-_FLOWS_IN_TENANT = and_(flows.c.client_account_id == _ACCOUNT, flows.c.engagement_id == _ENGAGEMENT)
-_KEY_MATCHES = and_(
-    idempotency_keys.c.client_account_id == _ACCOUNT,
-    idempotency_keys.c.engagement_id == _ENGAGEMENT,
-    idempotency_keys.c.request_id == _REQUEST_ID,
-)
-_HISTORY_IN_TENANT = and_(
-    flow_history.c.client_account_id == _ACCOUNT, flow_history.c.engagement_id == _ENGAGEMENT
-)
-_HISTORY_COLUMNS = [c for c in flow_history.c if c.name != "txid"]
-_SNAPSHOT_XMIN = func.cast(
-    func.cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger
-)
-
-_LOCK_FLOW = compile_statement(
-    # The flow row, locked, and (same round trip) the request id's key as of the statement's
-    # snapshot: a duplicate that commits while we wait for the lock is caught later (see
-    # FlowStore.mutate).
-    select(
-        flows,
-        idempotency_keys.c.operation.label("key_operation"),
-        idempotency_keys.c.fingerprint.label("key_fingerprint"),
-        idempotency_keys.c.response.label("key_response"),
-        idempotency_keys.c.expires_at.label("key_expires_at"),
-    )
-    .select_from(flows.outerjoin(idempotency_keys, _KEY_MATCHES))
-    .where(flows.c.id == _FLOW_ID, _FLOWS_IN_TENANT)
-    .with_for_update(of=flows)
-)
-_FLOW_EXISTS = compile_statement(
-    select(flows.c.version).where(flows.c.id == _FLOW_ID, _FLOWS_IN_TENANT)
-)
-_SELECT_KEY = compile_statement(
-    select(
-        idempotency_keys.c.operation,
-        idempotency_keys.c.fingerprint,
-        idempotency_keys.c.response,
-        idempotency_keys.c.expires_at,
-    ).where(_KEY_MATCHES)
-)
-_DELETE_KEY = compile_statement(delete(idempotency_keys).where(_KEY_MATCHES))
-_SELECT_HISTORY = compile_statement(
-    select(*_HISTORY_COLUMNS)
-    .where(
-        flow_history.c.flow_id == _FLOW_ID,
-        _HISTORY_IN_TENANT,
-        flow_history.c.version > bindparam("after_version", type_=Integer),
-    )
-    .order_by(flow_history.c.version)
-    .limit(bindparam("limit", type_=Integer))
-)
-_SELECT_TENANT_CHANGES = compile_statement(
-    select(*_HISTORY_COLUMNS, flow_history.c.txid)
-    .where(
-        _HISTORY_IN_TENANT,
-        tuple_(flow_history.c.txid, flow_history.c.seq)
-        > tuple_(
-            bindparam("after_txid", type_=BigInteger), bindparam("after_seq", type_=BigInteger)
-        ),
-        # Only rows of transactions older than every running one: none of those can still
-        # commit a row that sorts before what we return, so the cursor never skips a commit.
-        flow_history.c.txid < _SNAPSHOT_XMIN,
-    )
-    .order_by(flow_history.c.txid, flow_history.c.seq)
-    .limit(bindparam("limit", type_=Integer))
-)
-_SELECT_SNAPSHOT_XMIN = compile_statement(select(_SNAPSHOT_XMIN))
-# One round trip reads (migration 0003): the functions enter the tenant (app role, settings)
-# themselves and are called in autocommit, so the call is the whole transaction.
-_GET_FLOW_CALL = compile_statement(
-    text("SELECT * FROM flowstate_get_flow(:account, :engagement, :flow_id)").bindparams(
-        _ACCOUNT, _ENGAGEMENT, _FLOW_ID
-    )
-)
-_FLOW_HISTORY_CALL = compile_statement(
-    text(
-        "SELECT * FROM flowstate_flow_history(:account, :engagement, :flow_id, :after, :limit)"
-    ).bindparams(
-        _ACCOUNT,
-        _ENGAGEMENT,
-        _FLOW_ID,
-        bindparam("after", type_=Integer),
-        bindparam("limit", type_=Integer),
-    )
-)
-_EXACT_DEFINITION = compile_statement(
-    select(flow_definitions.c.body).where(
-        flow_definitions.c.client_account_id == BUILTIN_OWNER,
-        flow_definitions.c.engagement_id == BUILTIN_OWNER,
-        flow_definitions.c.name == bindparam("name", type_=Text),
-        flow_definitions.c.version == bindparam("version", type_=Integer),
-    )
-)
-_SEED_DEFINITION = compile_statement(
-    pg_insert(flow_definitions)
-    .values(
-        name=bindparam("name", type_=Text),
-        version=bindparam("version", type_=Integer),
-        body=bindparam("body", type_=JSONB),
-    )
-    .on_conflict_do_nothing()
-)
-_HAS_VERSION_TABLE = compile_statement(
-    select(func.to_regclass(literal("alembic_version", Text)).is_not(None))
-)
-_SCHEMA_REVISION = compile_statement(text("SELECT max(version_num) FROM alembic_version"))
-_PING = compile_statement(select(literal(1)))
-_COUNT_STUCK = compile_statement(
-    select(flows.c.status, func.count().label("flows"))
-    .where(ACTIVE_FLOW, flows.c.updated_at < bindparam("before", type_=flows.c.updated_at.type))
-    .group_by(flows.c.status)
-)
-_STATUS_BY_VALUE = {status.value: status for status in FlowStatus}
-
-
-def _purge_statement(limit: int) -> Compiled:
-    key = tuple_(
-        idempotency_keys.c.client_account_id,
-        idempotency_keys.c.engagement_id,
-        idempotency_keys.c.request_id,
-    )
-    expired = (
-        select(
-            idempotency_keys.c.client_account_id,
-            idempotency_keys.c.engagement_id,
-            idempotency_keys.c.request_id,
-        )
-        .where(idempotency_keys.c.expires_at < func.now())
-        .limit(limit)
-    )
-    return compile_statement(delete(idempotency_keys).where(key.in_(expired)))
-
-
-_IMMUTABLE_FLOW_COLUMNS = frozenset(
-    {
-        "id",
-        "client_account_id",
-        "engagement_id",
-        "definition_name",
-        "definition_version",
-        "created_at",
-    }
-)
-_FLOW_JSON = bindparam("flow", type_=JSONB)
-_ENTRIES_JSON = bindparam("entries", type_=JSONB)
-_FLOW_INPUT = (
-    func.jsonb_populate_record(literal_column("NULL::flows"), _FLOW_JSON)
-    .table_valued(*(column(c.name) for c in flows.c))
-    .alias("flow_input")
-)
-_ENTRY_COLUMNS = [c.name for c in flow_history.c if c.name not in ("seq", "txid")]
-_ENTRY_INPUT = (
-    func.jsonb_populate_recordset(literal_column("NULL::flow_history"), _ENTRIES_JSON)
-    .table_valued(*(column(name) for name in _ENTRY_COLUMNS))
-    .alias("entry_input")
-)
-
-
-@functools.cache
-def _write_statement(new: bool, with_entries: bool, with_key: bool) -> Compiled:
-    """The one statement writing a change, compiled once per shape.
-
-    Parameters: ``flow`` (the flow in `codec.flow_to_json` form, expanded into the row by
-    ``jsonb_populate_record``), ``entries`` (the entries in `codec.entry_to_json` form, one
-    text for any number of them), ``key_<column>`` for the idempotency key (its response is
-    built from ``flow`` and ``entries`` in SQL, so nothing is serialised twice), and
-    ``notify_payload``.
-    """
-    ctes: list[Any] = []
-    if with_entries:
-        if new:
-            flow_write: Any = insert(flows).from_select(
-                [c.name for c in flows.c], select(*(_FLOW_INPUT.c[c.name] for c in flows.c))
-            )
-        else:
-            flow_write = (
-                update(flows)
-                .where(flows.c.id == _FLOW_INPUT.c.id)
-                .values(
-                    {
-                        c.name: _FLOW_INPUT.c[c.name]
-                        for c in flows.c
-                        if c.name not in _IMMUTABLE_FLOW_COLUMNS
-                    }
-                )
-            )
-        ctes.append(flow_write.cte("flow_write"))
-        ctes.append(
-            insert(flow_history)
-            .from_select(_ENTRY_COLUMNS, select(*(_ENTRY_INPUT.c[n] for n in _ENTRY_COLUMNS)))
-            .cte("history_write")
-        )
-    if with_key:
-        values: dict[str, Any] = {
-            c.name: bindparam(f"key_{c.name}", type_=c.type)
-            for c in idempotency_keys.c
-            if c.name != "response"
-        }
-        # The flow as it was after the change, and how many entries it appended: a replay
-        # reads those entries back from the (append-only) history, so the key stays small.
-        values["response"] = func.jsonb_build_object(
-            literal("flow"),
-            _FLOW_JSON,
-            literal("entry_count"),
-            bindparam("entry_count", type_=Integer),
-        )
-        ctes.append(insert(idempotency_keys).values(values).cte("key_write"))
-    head: ColumnElement[Any] = (
-        func.pg_notify(NOTIFY_CHANNEL, bindparam("notify_payload", type_=Text))
-        if with_entries
-        else literal(1)
-    )
-    return compile_statement(select(head).add_cte(*ctes))
-
-
-def _begin(tenant: Tenant | None) -> str:
-    """BEGIN, and for a tenant the switch to the app role and the RLS settings, as one batch."""
-    if tenant is None:
-        return "BEGIN"
-    return (
-        f"BEGIN; SELECT set_config('role', {sql_literal(APP_ROLE)}, true),"
-        " set_config('flowstate.client_account_id',"
-        f" {sql_literal(tenant.client_account_id)}, true),"
-        f" set_config('flowstate.engagement_id', {sql_literal(tenant.engagement_id)}, true)"
-    )
-
-
 # --- helpers ------------------------------------------------------------------------------
 
 
@@ -483,66 +227,10 @@ def _tenant_params(tenant: Tenant) -> dict[str, Any]:
     return {"account": tenant.client_account_id, "engagement": tenant.engagement_id}
 
 
-def _check_flow_id(value: object, field: str = "flow_id") -> str:
-    if not isinstance(value, str):
-        raise malformed(field, f"{field} must be a string")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise malformed(field, f"{field} must be a UUID") from None
-
-
-def _check_context(ctx: Context) -> None:
-    if ctx.now.utcoffset() is None:
-        raise ValueError("ctx.now must be timezone-aware")
-    check_identifier("user_id", ctx.user_id, required=False)
-    check_identifier("request_id", ctx.request_id, required=False)
-
-
 def _check_page_size(value: object, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise malformed("page_size", "page_size must be a non-negative integer")
     return default if value == 0 else min(value, MAX_PAGE_SIZE)
-
-
-def _check_version(field: str, value: object, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise malformed(field, f"{field} must be an integer >= {minimum}")
-    return value
-
-
-def _canonical(value: Any) -> Any:
-    """JSON `default` hook: the canonical form of what the JSON encoder cannot write itself.
-
-    Dataclasses (commands, errors) become their fields plus their type name, sets sorted
-    lists, other mappings dicts, datetimes ISO text. (str enums are written as their value
-    by the encoder itself.)
-    """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return {"type": type(value).__name__, **fields}
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=lambda item: json.dumps(item, default=_canonical))
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    raise TypeError(f"cannot fingerprint {type(value).__name__}")
-
-
-def _fingerprint(operation: str, **payload: Any) -> str:
-    """SHA-256 of the canonical JSON of (operation, payload): what a request id stands for."""
-    canonical = json.dumps(
-        {"operation": operation, **payload},
-        default=_canonical,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=True,
-    )
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _flow_not_found(flow_id: str) -> FlowStateError:
@@ -576,6 +264,104 @@ async def _abandon(connection: Connection, exc: BaseException, committing: bool)
         except Exception:
             _log.debug("ROLLBACK failed; dropping the connection", exc_info=True)
     connection.terminate()
+
+
+# --- the unit of work -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """What a request id stands for: the operation and the fingerprint of its payload."""
+
+    request_id: str
+    operation: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A live stored idempotency key: what its request id stood for, and the first result."""
+
+    operation: str
+    fingerprint: str
+    response: Mapping[str, Any]
+    """The flow after the first request and how many entries it appended (`write_statement`)."""
+
+    def matches(self, key: IdempotencyKey) -> bool:
+        """Whether `key` asks for the same request this key remembers."""
+        return (self.operation, self.fingerprint) == (key.operation, key.fingerprint)
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A use case's decision for the runner to store (`FlowStore.update_flow`/`insert_flow`).
+
+    The flow after the change, the history entries it appends (one per version, from the old
+    version + 1), and the request's key (None without a request id).
+    """
+
+    flow: Flow
+    entries: tuple[HistoryEntry, ...]
+    key: IdempotencyKey | None = None
+
+
+Outcome = Write | MutationResult
+"""What a decision returns: a `Write`, or a replayed `MutationResult` (nothing is written)."""
+
+
+class FlowTransaction:
+    """One open tenant transaction, lent to a use case's decision; its reads see the lock."""
+
+    def __init__(self, store: FlowStore, tx: Transaction, tenant: Tenant, now: datetime) -> None:
+        """Wrap the runner's transaction (`FlowStore.update_flow` / `insert_flow` make these)."""
+        self._store = store
+        self._tx = tx
+        self._tenant = tenant
+        self._now = now
+
+    async def definition(self, name: str, version: int | None = None) -> FlowDefinition:
+        """A definition in this tenant's view (its latest version when None), from the store's
+        cache or this tx; DEFINITION_NOT_FOUND when there is none."""
+        return await self._store._load_definition(self._tx, self._tenant, name, version)
+
+    async def find_key(self, request_id: str) -> StoredKey | None:
+        """The live key of `request_id` as of now (an expired one is deleted: None)."""
+        row = await self._tx.fetchrow(
+            SELECT_KEY, {**_tenant_params(self._tenant), "request_id": request_id}
+        )
+        if row is None:
+            return None
+        return await self.live_key(
+            request_id, row["operation"], row["fingerprint"], row["response"], row["expires_at"]
+        )
+
+    async def live_key(
+        self,
+        request_id: str,
+        operation: str,
+        fingerprint: str,
+        response: Mapping[str, Any],
+        expires_at: datetime,
+    ) -> StoredKey | None:
+        """The key read from a row, or None after deleting it when it has expired."""
+        if expires_at <= self._now:
+            params = {**_tenant_params(self._tenant), "request_id": request_id}
+            await self._tx.execute(DELETE_KEY, params)
+            return None
+        return StoredKey(operation, fingerprint, response)
+
+    async def replay(self, stored: StoredKey) -> MutationResult:
+        """The first result of a stored key (its entries read back from history)."""
+        response = stored.response
+        flow = codec.flow_from_json(response["flow"])
+        if "entries" in response:  # keys written before entry_count: entries inline
+            entries = tuple(codec.entry_from_json(e) for e in response["entries"])
+        else:
+            count = int(response["entry_count"])
+            entries = await self._store._history_after(
+                self._tx, self._tenant, flow.flow_id, flow.version - count, count
+            )
+        return MutationResult(flow=flow, entries=entries, replayed=True)
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -679,7 +465,7 @@ class FlowStore:
         """Round-trip to the database; StoreUnavailable when it cannot be reached."""
 
         async def work(tx: Transaction) -> None:
-            await tx.fetchval(_PING)
+            await tx.fetchval(PING)
 
         await self._run(None, work, autocommit=True)
 
@@ -687,9 +473,9 @@ class FlowStore:
         from flowstate.storage.migrate import head_revision
 
         async def work(tx: Transaction) -> str | None:
-            if not await tx.fetchval(_HAS_VERSION_TABLE):
+            if not await tx.fetchval(HAS_VERSION_TABLE):
                 return None
-            revision: str | None = await tx.fetchval(_SCHEMA_REVISION)
+            revision: str | None = await tx.fetchval(SCHEMA_REVISION)
             return revision
 
         current = await self._run(None, work)
@@ -704,8 +490,8 @@ class FlowStore:
             seen = []
             for definition in BUILTIN_DEFINITIONS.values():
                 key = {"name": definition.name, "version": definition.version}
-                await tx.execute(_SEED_DEFINITION, {**key, "body": definition_to_dict(definition)})
-                seen.append((definition, await tx.fetchval(_EXACT_DEFINITION, key)))
+                await tx.execute(SEED_DEFINITION, {**key, "body": definition_to_dict(definition)})
+                seen.append((definition, await tx.fetchval(EXACT_DEFINITION, key)))
             return seen
 
         for definition, stored in await self._run(None, work):
@@ -766,7 +552,7 @@ class FlowStore:
         try:
             if autocommit:
                 return await work(Transaction(connection))
-            await connection.execute(_begin(tenant))
+            await connection.execute(begin(tenant))
             transaction = Transaction(connection)
             result = await work(transaction)
             if write:
@@ -837,6 +623,10 @@ class FlowStore:
 
         DEFINITION_NOT_FOUND when there is no such definition (also another tenant's).
         """
+        if version is not None:
+            cached = self._definitions.get((tenant, name, version))
+            if cached is not None:
+                return cached
         return (await self.get_stored_definition(name, version, tenant=tenant)).definition
 
     async def get_stored_definition(
@@ -847,12 +637,14 @@ class FlowStore:
         if tenant is not None:
             check_tenant(tenant)
         if version is not None:
-            _check_version("definition_version", version, minimum=1)
+            check_version("definition_version", version, minimum=1)
 
         async def work(tx: Transaction) -> definitions_repo.StoredDefinition:
             return await definitions_repo.load(tx, tenant, name, version)
 
-        return await self._run(tenant, work)
+        stored = await self._run(tenant, work)
+        self._remember_definition(tenant, stored.definition)
+        return stored
 
     async def _load_definition(
         self, tx: Transaction, tenant: Tenant, name: str, version: int | None
@@ -862,30 +654,33 @@ class FlowStore:
             if cached is not None:
                 return cached
         definition = (await definitions_repo.load(tx, tenant, name, version)).definition
+        self._remember_definition(tenant, definition)
+        return definition
+
+    def _remember_definition(self, tenant: Tenant | None, definition: FlowDefinition) -> None:
         if len(self._definitions) >= _DEFINITION_CACHE_SIZE:
             self._definitions.pop(next(iter(self._definitions)))  # oldest first: FIFO
         self._definitions[(tenant, definition.name, definition.version)] = definition
-        return definition
 
     async def register_definition(
         self,
         tenant: Tenant,
-        document: object,
-        ctx: Context,
+        submitted: FlowDefinition,
         *,
+        request_id: str,
+        now: datetime,
         allow_shadow_builtin: bool = False,
         validate_only: bool = False,
     ) -> tuple[definitions_repo.StoredDefinition, bool]:
-        """Register a definition document for `tenant`: (the stored version, created).
+        """Register `submitted` (validated; its version is ignored) for `tenant`:
+        (the stored version, created).
 
-        The document is validated first (MALFORMED_REQUEST with every field violation; nothing
-        is stored). An identical body returns the existing version; idempotent on
-        ``ctx.request_id`` (see `flowstate.storage.definitions_repo`). DEFINITION_SHADOWS_BUILTIN
-        for a built-in's name without `allow_shadow_builtin`.
+        An identical body returns the existing version; idempotent on `request_id` (see
+        `flowstate.storage.definitions_repo`). DEFINITION_SHADOWS_BUILTIN for a built-in's name
+        without `allow_shadow_builtin`. With `validate_only`, nothing is written.
         """
         check_tenant(tenant)
-        _check_context(ctx)
-        submitted = definition_from_document(document)
+        check_identifier("request_id", request_id, required=False)
 
         async def work(tx: Transaction) -> tuple[definitions_repo.StoredDefinition, bool]:
             return await definitions_repo.register(
@@ -893,8 +688,8 @@ class FlowStore:
                 tenant,
                 submitted,
                 allow_shadow_builtin=allow_shadow_builtin,
-                request_id=ctx.request_id,
-                now=ctx.now,
+                request_id=request_id,
+                now=now,
                 key_ttl=self._idempotency_ttl,
                 validate_only=validate_only,
             )
@@ -932,69 +727,7 @@ class FlowStore:
             token = encode_token("definitions", query_id, [last.version if name else last.name])
         return definitions_repo.DefinitionPage(tuple(found), token)
 
-    # --- idempotency --------------------------------------------------------------------------
-
-    async def _stored_result(
-        self,
-        tx: Transaction,
-        tenant: Tenant,
-        ctx: Context,
-        expected: tuple[str, str],
-        stored: tuple[str, str],
-        response: Mapping[str, Any],
-    ) -> MutationResult:
-        """The replay of a live key, or REQUEST_ID_REUSED when its (operation, fingerprint)
-        differ from the request's."""
-        if stored != expected:
-            raise FlowStateError(
-                ErrorCode.REQUEST_ID_REUSED,
-                f"Request id {ctx.request_id!r} was already used for a different request",
-                request_id=ctx.request_id,
-            )
-        flow = codec.flow_from_json(response["flow"])
-        if "entries" in response:  # keys written before entry_count: entries inline
-            entries = tuple(codec.entry_from_json(e) for e in response["entries"])
-        else:
-            count = int(response["entry_count"])
-            entries = await self._history_after(
-                tx, tenant, flow.flow_id, flow.version - count, count
-            )
-        return MutationResult(flow=flow, entries=entries, replayed=True)
-
-    async def _replay(
-        self, tx: Transaction, tenant: Tenant, ctx: Context, operation: str, fingerprint: str
-    ) -> MutationResult | None:
-        """The stored result for ctx.request_id; None when unseen (or expired, then deleted)."""
-        params = {**_tenant_params(tenant), "request_id": ctx.request_id}
-        row = await tx.fetchrow(_SELECT_KEY, params)
-        if row is None:
-            return None
-        if row["expires_at"] <= ctx.now:
-            await tx.execute(_DELETE_KEY, params)
-            return None
-        return await self._stored_result(
-            tx,
-            tenant,
-            ctx,
-            (operation, fingerprint),
-            (row["operation"], row["fingerprint"]),
-            row["response"],
-        )
-
-    def _key_row(
-        self, ctx: Context, operation: str, fingerprint: str, flow: Flow
-    ) -> dict[str, Any]:
-        """The idempotency key's columns but its response (built from the write's inputs)."""
-        return {
-            "client_account_id": flow.tenant.client_account_id,
-            "engagement_id": flow.tenant.engagement_id,
-            "request_id": ctx.request_id,
-            "operation": operation,
-            "fingerprint": fingerprint,
-            "flow_id": flow.flow_id,
-            "created_at": ctx.now,
-            "expires_at": ctx.now + self._idempotency_ttl,
-        }
+    # --- idempotency keys -----------------------------------------------------------------------
 
     async def purge_expired_idempotency_keys(self, *, limit: int = 10_000) -> int:
         """Delete up to `limit` expired idempotency keys of every tenant; return how many.
@@ -1003,7 +736,7 @@ class FlowStore:
         Called opportunistically every `purge_every` writes; a server may also call it on a
         timer. (A key past its expiry is ignored by lookups whether purged or not.)
         """
-        statement = _purge_statement(limit)
+        statement = purge_statement(limit)
 
         async def work(tx: Transaction) -> int:
             status = await tx.execute(statement)
@@ -1021,24 +754,93 @@ class FlowStore:
         """
 
         async def work(tx: Transaction) -> dict[FlowStatus, int]:
-            rows = await tx.fetch(_COUNT_STUCK, {"before": unchanged_since})
+            rows = await tx.fetch(COUNT_STUCK, {"before": unchanged_since})
             counts = ((_STATUS_BY_VALUE.get(row["status"]), row["flows"]) for row in rows)
             return {status: count for status, count in counts if status is not None}
 
         return await self._run(None, work, autocommit=True)
 
-    # --- writes -------------------------------------------------------------------------------
+    # --- writes: the runner a use case hands its decision to -------------------------------------
 
-    async def _write(
+    async def update_flow(
         self,
-        tx: Transaction,
+        tenant: Tenant,
+        flow_id: str,
+        decide: Callable[[FlowTransaction, Flow, StoredKey | None], Awaitable[Outcome]],
         *,
-        new: bool,
-        flow: Flow,
-        entries: tuple[HistoryEntry, ...],
-        key: dict[str, Any] | None,
-    ) -> None:
+        request_id: str,
+        now: datetime,
+    ) -> MutationResult:
+        """Read the flow under its row lock, let `decide` choose, write what it chose; commit.
+
+        `decide` gets the open transaction, the locked flow and the live key of `request_id`
+        as of the lock ("" or an expired key: None). It returns a `Write` (written here: flow,
+        entries, key and notification in one statement; a write without entries stores only
+        its key) or a replayed `MutationResult` (nothing is written). Its refusals propagate
+        and roll back. FLOW_NOT_FOUND for a missing flow or another tenant's. The whole
+        transaction, `decide` included, runs again when a racing duplicate's key insert
+        conflicts, so that it replays (see docs/storage.md).
+        """
+        check_tenant(tenant)
+        flow_id = check_flow_id(flow_id)
+        params = {**_tenant_params(tenant), "flow_id": flow_id, "request_id": request_id}
+
+        async def work(tx: Transaction) -> MutationResult:
+            row = await tx.fetchrow(LOCK_FLOW, params)
+            if row is None:
+                raise _flow_not_found(flow_id)
+            unit = FlowTransaction(self, tx, tenant, now)
+            stored = None
+            if request_id and row["key_operation"] is not None:
+                stored = await unit.live_key(
+                    request_id,
+                    row["key_operation"],
+                    row["key_fingerprint"],
+                    row["key_response"],
+                    row["key_expires_at"],
+                )
+            flow = codec.flow_from_row(row)
+            outcome = await decide(unit, flow, stored)
+            if isinstance(outcome, MutationResult):
+                return outcome
+            _check_decision(flow.version, outcome.flow, outcome.entries)
+            if outcome.entries or outcome.key is not None:
+                await self._write(tx, outcome, new=False, now=now)
+            return MutationResult(flow=outcome.flow, entries=outcome.entries)
+
+        return await self._run(tenant, work, write=True)
+
+    async def insert_flow(
+        self,
+        tenant: Tenant,
+        decide: Callable[[FlowTransaction], Awaitable[Outcome]],
+        *,
+        now: datetime,
+    ) -> MutationResult:
+        """Let `decide` build a new flow in an open transaction, and write it; commit.
+
+        Like `update_flow` without a flow to lock: `decide` may look up its request's key
+        (`FlowTransaction.find_key`) and return the replay. The written flow must belong to
+        `tenant` and be at version ``len(entries)``. MALFORMED_REQUEST (``field="flow_id"``)
+        when a flow with its id already exists.
+        """
+        check_tenant(tenant)
+
+        async def work(tx: Transaction) -> MutationResult:
+            outcome = await decide(FlowTransaction(self, tx, tenant, now))
+            if isinstance(outcome, MutationResult):
+                return outcome
+            if outcome.flow.tenant != tenant:
+                raise ValueError("a new flow must belong to the transaction's tenant")
+            _check_decision(0, outcome.flow, outcome.entries)
+            await self._write(tx, outcome, new=True, now=now)
+            return MutationResult(flow=outcome.flow, entries=outcome.entries)
+
+        return await self._run(tenant, work, write=True)
+
+    async def _write(self, tx: Transaction, write: Write, *, new: bool, now: datetime) -> None:
         """Run the one statement writing a change: flow row, history, key, notification."""
+        flow, entries = write.flow, write.entries
         params: dict[str, Any] = {
             "flow": codec.flow_to_json(flow),
             "entries": [codec.entry_to_json(flow, e) for e in entries],
@@ -1052,205 +854,29 @@ class FlowStore:
                     "engagement_id": flow.tenant.engagement_id,
                 }
             )
-        if key is not None:
-            params.update((f"key_{name}", value) for name, value in key.items())
-            params["entry_count"] = len(entries)
-        await tx.execute(_write_statement(new, bool(entries), key is not None), params)
-
-    async def create_flow(
-        self,
-        tenant: Tenant,
-        *,
-        definition_name: str,
-        ctx: Context,
-        definition_version: int | None = None,
-        display_name: str = "",
-        labels: Mapping[str, str] = MappingProxyType({}),
-        flow_id: str | None = None,
-    ) -> MutationResult:
-        """Create a flow following `definition_name` at `definition_version` (None: the latest)
-        in the tenant's view (DEFINITION_NOT_FOUND when there is none).
-
-        `flow_id` (a UUID) is generated when None. Idempotent on ``ctx.request_id`` when it is
-        non-empty (the fingerprint covers definition, display name, labels and flow_id).
-        MALFORMED_REQUEST for bad values or an existing `flow_id`.
-        """
-        check_tenant(tenant)
-        _check_context(ctx)
-        check_identifier("definition_name", definition_name)
-        check_text("display_name", display_name, MAX_DISPLAY_NAME_LENGTH)
-        check_labels(labels)
-        requested_id = None if flow_id is None else _check_flow_id(flow_id)
-        if definition_version is not None:
-            _check_version("definition_version", definition_version, minimum=1)
-        fingerprint = _fingerprint(
-            "create_flow",
-            definition_name=definition_name,
-            **({"definition_version": definition_version} if definition_version else {}),
-            display_name=display_name,
-            labels=dict(labels),
-            flow_id=requested_id,
-        )
-
-        async def work(tx: Transaction) -> MutationResult:
-            if ctx.request_id:
-                replay = await self._replay(tx, tenant, ctx, "create_flow", fingerprint)
-                if replay is not None:
-                    return replay
-            definition = await self._load_definition(
-                tx, tenant, definition_name, definition_version
+        if write.key is not None:
+            params.update(
+                key_client_account_id=flow.tenant.client_account_id,
+                key_engagement_id=flow.tenant.engagement_id,
+                key_request_id=write.key.request_id,
+                key_operation=write.key.operation,
+                key_fingerprint=write.key.fingerprint,
+                key_flow_id=flow.flow_id,
+                key_created_at=now,
+                key_expires_at=now + self._idempotency_ttl,
+                entry_count=len(entries),
             )
-            decision = create_flow(
-                requested_id or str(uuid.uuid4()),
-                tenant,
-                definition,
-                ctx,
-                display_name=display_name,
-                labels=labels,
-            )
-            return await self._write_new(
-                tx, decision.flow, decision.entries, ctx, "create_flow", fingerprint
-            )
-
-        return await self._run(tenant, work, write=True)
-
-    async def import_flow(
-        self, flow: Flow, entries: tuple[HistoryEntry, ...], ctx: Context
-    ) -> MutationResult:
-        """Store a flow built outside the commands (an import), with its initial entries.
-
-        For import tools only (`flowstate.storage.legacy`): the flow must be at version
-        ``len(entries)`` and follow a stored definition. Idempotent on ``ctx.request_id`` like
-        `create_flow` (the fingerprint covers the flow id and its phase states).
-        """
-        check_tenant(flow.tenant)
-        _check_context(ctx)
-        flow_id = _check_flow_id(flow.flow_id)
-        check_text("display_name", flow.display_name, MAX_DISPLAY_NAME_LENGTH)
-        check_labels(flow.labels)
-        _check_decision(0, flow, entries)
-        for entry in entries:
-            check_text("reason", entry.reason, MAX_REASON_LENGTH)
-        fingerprint = _fingerprint("import_flow", flow_id=flow_id, phase_states=flow.phase_states)
-
-        async def work(tx: Transaction) -> MutationResult:
-            if ctx.request_id:
-                replay = await self._replay(tx, flow.tenant, ctx, "import_flow", fingerprint)
-                if replay is not None:
-                    return replay
-            await self._load_definition(
-                tx, flow.tenant, flow.definition_name, flow.definition_version
-            )
-            return await self._write_new(tx, flow, entries, ctx, "import_flow", fingerprint)
-
-        return await self._run(flow.tenant, work, write=True)
-
-    async def _write_new(
-        self,
-        tx: Transaction,
-        flow: Flow,
-        entries: tuple[HistoryEntry, ...],
-        ctx: Context,
-        operation: str,
-        fingerprint: str,
-    ) -> MutationResult:
-        key = self._key_row(ctx, operation, fingerprint, flow) if ctx.request_id else None
-        await self._write(tx, new=True, flow=flow, entries=entries, key=key)
-        return MutationResult(flow=flow, entries=entries)
-
-    async def mutate(
-        self,
-        tenant: Tenant,
-        flow_id: str,
-        command: Command,
-        ctx: Context,
-        *,
-        expected_version: int | None = None,
-    ) -> MutationResult:
-        """Apply `command` to the flow in one transaction; return the flow and new entries.
-
-        Locks the flow row, replays a known ``ctx.request_id`` (same payload: the stored result
-        with ``replayed=True``; different payload: REQUEST_ID_REUSED), checks
-        `expected_version` (VERSION_CONFLICT with ``current_version``), decides with the core
-        (its refusals propagate unchanged), then writes flow, history, idempotency key and the
-        notification together. FLOW_NOT_FOUND for a missing flow or another tenant's. A
-        command the core turns into no change (no entries) writes nothing but its key.
-        """
-        check_tenant(tenant)
-        _check_context(ctx)
-        flow_id = _check_flow_id(flow_id)
-        check_command(command)
-        if expected_version is not None:
-            _check_version("expected_version", expected_version)
-        fingerprint = (
-            _fingerprint(
-                "mutate", flow_id=flow_id, command=command, expected_version=expected_version
-            )
-            if ctx.request_id
-            else ""
-        )
-        params = {**_tenant_params(tenant), "flow_id": flow_id, "request_id": ctx.request_id}
-
-        async def work(tx: Transaction) -> MutationResult:
-            row = await tx.fetchrow(_LOCK_FLOW, params)
-            if row is None:
-                raise _flow_not_found(flow_id)
-            if ctx.request_id and row["key_operation"] is not None:
-                if row["key_expires_at"] > ctx.now:
-                    return await self._stored_result(
-                        tx,
-                        tenant,
-                        ctx,
-                        ("mutate", fingerprint),
-                        (row["key_operation"], row["key_fingerprint"]),
-                        row["key_response"],
-                    )
-                await tx.execute(_DELETE_KEY, params)
-            flow = codec.flow_from_row(row)
-            try:
-                if expected_version is not None and expected_version != flow.version:
-                    raise FlowStateError(
-                        ErrorCode.VERSION_CONFLICT,
-                        f"Flow {flow_id!r} is at version {flow.version}, not {expected_version}",
-                        current_version=flow.version,
-                        expected_version=expected_version,
-                    )
-                definition = await self._load_definition(
-                    tx, tenant, flow.definition_name, flow.definition_version
-                )
-                decision = apply_command(flow, definition, command, ctx)
-            except FlowStateError:
-                # A duplicate of this request may have committed while we waited for the lock
-                # (its key is invisible to the lock statement's snapshot, and its effect is
-                # what made this one fail): look again, now that it is visible.
-                if ctx.request_id:
-                    replay = await self._replay(tx, tenant, ctx, "mutate", fingerprint)
-                    if replay is not None:
-                        return replay
-                raise
-            _check_decision(flow.version, decision.flow, decision.entries)
-            key = (
-                self._key_row(ctx, "mutate", fingerprint, decision.flow) if ctx.request_id else None
-            )
-            if decision.entries or key is not None:
-                # A duplicate that committed meanwhile makes the key insert fail: the whole
-                # transaction is then run again, and replays (see _run).
-                await self._write(
-                    tx, new=False, flow=decision.flow, entries=decision.entries, key=key
-                )
-            return MutationResult(flow=decision.flow, entries=decision.entries)
-
-        return await self._run(tenant, work, write=True)
+        await tx.execute(write_statement(new, bool(entries), write.key is not None), params)
 
     # --- reads ----------------------------------------------------------------------------------
 
     async def get_flow(self, tenant: Tenant, flow_id: str) -> Flow:
         """The flow; FLOW_NOT_FOUND when it does not exist or belongs to another tenant."""
         check_tenant(tenant)
-        flow_id = _check_flow_id(flow_id)
+        flow_id = check_flow_id(flow_id)
 
         async def work(tx: Transaction) -> Flow:
-            row = await tx.fetchrow(_GET_FLOW_CALL, {**_tenant_params(tenant), "flow_id": flow_id})
+            row = await tx.fetchrow(GET_FLOW_CALL, {**_tenant_params(tenant), "flow_id": flow_id})
             if row is None:
                 raise _flow_not_found(flow_id)
             return codec.flow_from_row(row)
@@ -1279,7 +905,7 @@ class FlowStore:
             )
         statement = compile_statement(
             select(flows)
-            .where(_FLOWS_IN_TENANT, *conditions)
+            .where(FLOWS_IN_TENANT, *conditions)
             .order_by(flows.c.updated_at, flows.c.id)
             .limit(page_size + 1)
         )
@@ -1300,8 +926,8 @@ class FlowStore:
         self, tx: Transaction, tenant: Tenant, flow_id: str, after: int, limit: int
     ) -> tuple[HistoryEntry, ...]:
         params = {**_tenant_params(tenant), "flow_id": flow_id}
-        rows = await tx.fetch(_SELECT_HISTORY, {**params, "after_version": after, "limit": limit})
-        if not rows and await tx.fetchval(_FLOW_EXISTS, params) is None:
+        rows = await tx.fetch(SELECT_HISTORY, {**params, "after_version": after, "limit": limit})
+        if not rows and await tx.fetchval(FLOW_EXISTS, params) is None:
             raise _flow_not_found(flow_id)
         return tuple(codec.entry_from_row(r) for r in rows)
 
@@ -1313,7 +939,7 @@ class FlowStore:
         async def work(tx: Transaction) -> tuple[HistoryEntry, ...]:
             params = {**_tenant_params(tenant), "flow_id": flow_id, "after": after}
             try:
-                rows = await tx.fetch(_FLOW_HISTORY_CALL, {**params, "limit": limit})
+                rows = await tx.fetch(FLOW_HISTORY_CALL, {**params, "limit": limit})
             except asyncpg.NoDataFoundError:
                 raise _flow_not_found(flow_id) from None
             return tuple(codec.entry_from_row(r) for r in rows)
@@ -1334,9 +960,9 @@ class FlowStore:
         FLOW_NOT_FOUND for a missing flow or another tenant's.
         """
         check_tenant(tenant)
-        flow_id = _check_flow_id(flow_id)
+        flow_id = check_flow_id(flow_id)
         size = _check_page_size(page_size, _DEFAULT_HISTORY_PAGE_SIZE)
-        after = _check_version("after_version", after_version)
+        after = check_version("after_version", after_version)
         query_id = query_hash({"flow_id": flow_id, "after_version": after_version})
         if page_token:
             position = decode_token(page_token, "history", query_id)
@@ -1361,8 +987,8 @@ class FlowStore:
         FLOW_NOT_FOUND for a missing flow or another tenant's.
         """
         check_tenant(tenant)
-        flow_id = _check_flow_id(flow_id)
-        after = _check_version("after_version", after_version)
+        flow_id = check_flow_id(flow_id)
+        after = check_version("after_version", after_version)
         size = _check_page_size(limit, _DEFAULT_HISTORY_PAGE_SIZE)
         return await self._read_history(tenant, flow_id, after, size)
 
@@ -1389,7 +1015,7 @@ class FlowStore:
                 "after_seq": after_seq,
                 "limit": size,
             }
-            rows = await tx.fetch(_SELECT_TENANT_CHANGES, params)
+            rows = await tx.fetch(SELECT_TENANT_CHANGES, params)
             changes = tuple(
                 TenantChange(flow_id=str(r["flow_id"]), seq=r["seq"], entry=codec.entry_from_row(r))
                 for r in rows
@@ -1411,7 +1037,7 @@ class FlowStore:
         check_tenant(tenant)
 
         async def work(tx: Transaction) -> str:
-            horizon = int(await tx.fetchval(_SELECT_SNAPSHOT_XMIN))
+            horizon = int(await tx.fetchval(SELECT_SNAPSHOT_XMIN))
             return encode_token("changes", "", [horizon - 1, _MAX_SEQ])
 
         return await self._run(tenant, work)
@@ -1461,7 +1087,7 @@ def _flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str
                 f"at most {MAX_FLOW_IDS_PER_QUERY} flow ids",
                 limit=MAX_FLOW_IDS_PER_QUERY,
             )
-        ids = sorted({_check_flow_id(i, "flow_ids") for i in query.flow_ids})
+        ids = sorted({check_flow_id(i, "flow_ids") for i in query.flow_ids})
         conditions.append(flows.c.id == any_(literal(ids, ARRAY(UUID(as_uuid=False)))))
         description["flow_ids"] = ids
     return conditions, description

@@ -39,6 +39,7 @@ from flowstate.core.definitions import DISCOVERY, FlowDefinition
 from flowstate.core.derivation import calculate_progress, determine_flow_status
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
+from flowstate.service.flows import FlowService
 from flowstate.storage.limits import malformed
 from flowstate.storage.store import FlowStore
 
@@ -112,6 +113,7 @@ async def import_legacy_rows(
     now: datetime | None = None,
 ) -> LegacyImportResult:
     """Create one discovery flow per legacy row (see the module docstring)."""
+    service = FlowService(store)
     definition = await store.get_definition(DISCOVERY.name)
     missing = [p for p in definition.phase_names if p not in LEGACY_COMPLETION_COLUMNS]
     if missing:
@@ -138,7 +140,7 @@ async def import_legacy_rows(
             definition, tenant, flow_id, ctx, str(display_name), completed, legacy_id
         )
         try:
-            result = await store.import_flow(flow, entries, ctx)
+            result = await service.import_flow(flow, entries, ctx)
         except FlowStateError as error:
             already = error.code is ErrorCode.REQUEST_ID_REUSED or (
                 error.code is ErrorCode.MALFORMED_REQUEST

@@ -1,0 +1,281 @@
+"""The store's SQL: every statement built with SQLAlchemy Core on the shared schema, compiled once.
+
+`flowstate.storage.store` runs these on its pooled asyncpg connections (`flowstate.storage.sql`).
+Parameters are named; tenant statements filter by ``account`` and ``engagement`` besides RLS.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from flowstate.core.model import Tenant
+from flowstate.storage.schema import (
+    ACTIVE_FLOW,
+    APP_ROLE,
+    BUILTIN_OWNER,
+    flow_definitions,
+    flow_history,
+    flows,
+    idempotency_keys,
+)
+from flowstate.storage.sql import Compiled, compile_statement, sql_literal
+
+NOTIFY_CHANNEL = "flowstate_changes"
+"""LISTEN/NOTIFY channel: one notification per committed change, a wake-up signal only.
+
+Payload (JSON): ``{"flow_id", "version", "client_account_id", "engagement_id"}`` where
+``version`` is the flow's version after the change. NOTIFY is lost on disconnect: listeners
+re-read from history."""
+
+ACCOUNT = bindparam("account", type_=Text)
+ENGAGEMENT = bindparam("engagement", type_=Text)
+FLOW_ID = bindparam("flow_id", type_=UUID(as_uuid=False))
+REQUEST_ID = bindparam("request_id", type_=Text)
+FLOWS_IN_TENANT = and_(flows.c.client_account_id == ACCOUNT, flows.c.engagement_id == ENGAGEMENT)
+KEY_MATCHES = and_(
+    idempotency_keys.c.client_account_id == ACCOUNT,
+    idempotency_keys.c.engagement_id == ENGAGEMENT,
+    idempotency_keys.c.request_id == REQUEST_ID,
+)
+HISTORY_IN_TENANT = and_(
+    flow_history.c.client_account_id == ACCOUNT, flow_history.c.engagement_id == ENGAGEMENT
+)
+HISTORY_COLUMNS = [c for c in flow_history.c if c.name != "txid"]
+SNAPSHOT_XMIN = func.cast(
+    func.cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger
+)
+
+LOCK_FLOW = compile_statement(
+    # The flow row, locked, and (same round trip) the request id's key as of the statement's
+    # snapshot: a duplicate that commits while we wait for the lock is caught later (see
+    # FlowStore.mutate).
+    select(
+        flows,
+        idempotency_keys.c.operation.label("key_operation"),
+        idempotency_keys.c.fingerprint.label("key_fingerprint"),
+        idempotency_keys.c.response.label("key_response"),
+        idempotency_keys.c.expires_at.label("key_expires_at"),
+    )
+    .select_from(flows.outerjoin(idempotency_keys, KEY_MATCHES))
+    .where(flows.c.id == FLOW_ID, FLOWS_IN_TENANT)
+    .with_for_update(of=flows)
+)
+FLOW_EXISTS = compile_statement(
+    select(flows.c.version).where(flows.c.id == FLOW_ID, FLOWS_IN_TENANT)
+)
+SELECT_KEY = compile_statement(
+    select(
+        idempotency_keys.c.operation,
+        idempotency_keys.c.fingerprint,
+        idempotency_keys.c.response,
+        idempotency_keys.c.expires_at,
+    ).where(KEY_MATCHES)
+)
+DELETE_KEY = compile_statement(delete(idempotency_keys).where(KEY_MATCHES))
+SELECT_HISTORY = compile_statement(
+    select(*HISTORY_COLUMNS)
+    .where(
+        flow_history.c.flow_id == FLOW_ID,
+        HISTORY_IN_TENANT,
+        flow_history.c.version > bindparam("after_version", type_=Integer),
+    )
+    .order_by(flow_history.c.version)
+    .limit(bindparam("limit", type_=Integer))
+)
+SELECT_TENANT_CHANGES = compile_statement(
+    select(*HISTORY_COLUMNS, flow_history.c.txid)
+    .where(
+        HISTORY_IN_TENANT,
+        tuple_(flow_history.c.txid, flow_history.c.seq)
+        > tuple_(
+            bindparam("after_txid", type_=BigInteger), bindparam("after_seq", type_=BigInteger)
+        ),
+        # Only rows of transactions older than every running one: none of those can still
+        # commit a row that sorts before what we return, so the cursor never skips a commit.
+        flow_history.c.txid < SNAPSHOT_XMIN,
+    )
+    .order_by(flow_history.c.txid, flow_history.c.seq)
+    .limit(bindparam("limit", type_=Integer))
+)
+SELECT_SNAPSHOT_XMIN = compile_statement(select(SNAPSHOT_XMIN))
+# One round trip reads (migration 0003): the functions enter the tenant (app role, settings)
+# themselves and are called in autocommit, so the call is the whole transaction.
+GET_FLOW_CALL = compile_statement(
+    text("SELECT * FROM flowstate_get_flow(:account, :engagement, :flow_id)").bindparams(
+        ACCOUNT, ENGAGEMENT, FLOW_ID
+    )
+)
+FLOW_HISTORY_CALL = compile_statement(
+    text(
+        "SELECT * FROM flowstate_flow_history(:account, :engagement, :flow_id, :after, :limit)"
+    ).bindparams(
+        ACCOUNT,
+        ENGAGEMENT,
+        FLOW_ID,
+        bindparam("after", type_=Integer),
+        bindparam("limit", type_=Integer),
+    )
+)
+# The built-in's own row (the seed compares it with the code); tenants' definitions are read by
+# flowstate.storage.definitions_repo.
+EXACT_DEFINITION = compile_statement(
+    select(flow_definitions.c.body).where(
+        flow_definitions.c.client_account_id == BUILTIN_OWNER,
+        flow_definitions.c.engagement_id == BUILTIN_OWNER,
+        flow_definitions.c.name == bindparam("name", type_=Text),
+        flow_definitions.c.version == bindparam("version", type_=Integer),
+    )
+)
+SEED_DEFINITION = compile_statement(
+    pg_insert(flow_definitions)
+    .values(
+        name=bindparam("name", type_=Text),
+        version=bindparam("version", type_=Integer),
+        body=bindparam("body", type_=JSONB),
+    )
+    .on_conflict_do_nothing()
+)
+HAS_VERSION_TABLE = compile_statement(
+    select(func.to_regclass(literal("alembic_version", Text)).is_not(None))
+)
+SCHEMA_REVISION = compile_statement(text("SELECT max(version_num) FROM alembic_version"))
+PING = compile_statement(select(literal(1)))
+COUNT_STUCK = compile_statement(
+    select(flows.c.status, func.count().label("flows"))
+    .where(ACTIVE_FLOW, flows.c.updated_at < bindparam("before", type_=flows.c.updated_at.type))
+    .group_by(flows.c.status)
+)
+
+
+def purge_statement(limit: int) -> Compiled:
+    key = tuple_(
+        idempotency_keys.c.client_account_id,
+        idempotency_keys.c.engagement_id,
+        idempotency_keys.c.request_id,
+    )
+    expired = (
+        select(
+            idempotency_keys.c.client_account_id,
+            idempotency_keys.c.engagement_id,
+            idempotency_keys.c.request_id,
+        )
+        .where(idempotency_keys.c.expires_at < func.now())
+        .limit(limit)
+    )
+    return compile_statement(delete(idempotency_keys).where(key.in_(expired)))
+
+
+IMMUTABLE_FLOW_COLUMNS = frozenset(
+    {
+        "id",
+        "client_account_id",
+        "engagement_id",
+        "definition_name",
+        "definition_version",
+        "created_at",
+    }
+)
+FLOW_JSON = bindparam("flow", type_=JSONB)
+ENTRIES_JSON = bindparam("entries", type_=JSONB)
+FLOW_INPUT = (
+    func.jsonb_populate_record(literal_column("NULL::flows"), FLOW_JSON)
+    .table_valued(*(column(c.name) for c in flows.c))
+    .alias("flow_input")
+)
+ENTRY_COLUMNS = [c.name for c in flow_history.c if c.name not in ("seq", "txid")]
+ENTRY_INPUT = (
+    func.jsonb_populate_recordset(literal_column("NULL::flow_history"), ENTRIES_JSON)
+    .table_valued(*(column(name) for name in ENTRY_COLUMNS))
+    .alias("entry_input")
+)
+
+
+@functools.cache
+def write_statement(new: bool, with_entries: bool, with_key: bool) -> Compiled:
+    """The one statement writing a change, compiled once per shape.
+
+    Parameters: ``flow`` (the flow in `codec.flow_to_json` form, expanded into the row by
+    ``jsonb_populate_record``), ``entries`` (the entries in `codec.entry_to_json` form, one
+    text for any number of them), ``key_<column>`` for the idempotency key (its response is
+    built from ``flow`` and ``entries`` in SQL, so nothing is serialised twice), and
+    ``notify_payload``.
+    """
+    ctes: list[Any] = []
+    if with_entries:
+        if new:
+            flow_write: Any = insert(flows).from_select(
+                [c.name for c in flows.c], select(*(FLOW_INPUT.c[c.name] for c in flows.c))
+            )
+        else:
+            flow_write = (
+                update(flows)
+                .where(flows.c.id == FLOW_INPUT.c.id)
+                .values(
+                    {
+                        c.name: FLOW_INPUT.c[c.name]
+                        for c in flows.c
+                        if c.name not in IMMUTABLE_FLOW_COLUMNS
+                    }
+                )
+            )
+        ctes.append(flow_write.cte("flow_write"))
+        ctes.append(
+            insert(flow_history)
+            .from_select(ENTRY_COLUMNS, select(*(ENTRY_INPUT.c[n] for n in ENTRY_COLUMNS)))
+            .cte("history_write")
+        )
+    if with_key:
+        values: dict[str, Any] = {
+            c.name: bindparam(f"key_{c.name}", type_=c.type)
+            for c in idempotency_keys.c
+            if c.name != "response"
+        }
+        # The flow as it was after the change, and how many entries it appended: a replay
+        # reads those entries back from the (append-only) history, so the key stays small.
+        values["response"] = func.jsonb_build_object(
+            literal("flow"),
+            FLOW_JSON,
+            literal("entry_count"),
+            bindparam("entry_count", type_=Integer),
+        )
+        ctes.append(insert(idempotency_keys).values(values).cte("key_write"))
+    head: ColumnElement[Any] = (
+        func.pg_notify(NOTIFY_CHANNEL, bindparam("notify_payload", type_=Text))
+        if with_entries
+        else literal(1)
+    )
+    return compile_statement(select(head).add_cte(*ctes))
+
+
+def begin(tenant: Tenant | None) -> str:
+    """BEGIN, and for a tenant the switch to the app role and the RLS settings, as one batch."""
+    if tenant is None:
+        return "BEGIN"
+    return (
+        f"BEGIN; SELECT set_config('role', {sql_literal(APP_ROLE)}, true),"
+        " set_config('flowstate.client_account_id',"
+        f" {sql_literal(tenant.client_account_id)}, true),"
+        f" set_config('flowstate.engagement_id', {sql_literal(tenant.engagement_id)}, true)"
+    )
