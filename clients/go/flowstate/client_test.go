@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -250,16 +251,49 @@ func TestMutationRetriedAfterTheConnectionBrokeMidCall(t *testing.T) {
 }
 
 func TestCancelledContextStopsRetrying(t *testing.T) {
+	var calls atomic.Int32
 	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+		calls.Add(1)
 		return nil, unavailable()
 	}}).serve(t, "")
-	client := newTestClient(t, server.address, flowstate.WithRetryPolicy(flowstate.RetryPolicy{MaxAttempts: 5, InitialBackoff: 10 * time.Second, MaxBackoff: 10 * time.Second}))
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	// Signalled once the first attempt's answer is back in the client: it is then in its backoff.
+	attemptDone := make(chan struct{}, 1)
+	observe := grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		select {
+		case attemptDone <- struct{}{}:
+		default:
+		}
+		return err
+	})
+	// A backoff of an hour: the call can only come back if cancelling the context ends the wait.
+	client := newTestClient(t, server.address, flowstate.WithDialOptions(observe),
+		flowstate.WithRetryPolicy(flowstate.RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Hour, MaxBackoff: time.Hour}))
+	guard := testContext(t)
+	ctx, cancel := context.WithCancel(guard)
 	defer cancel()
-	started := time.Now()
-	_, err := client.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: "f1"})
-	if err == nil || time.Since(started) > 5*time.Second {
-		t.Fatalf("err = %v after %v", err, time.Since(started))
+	done := make(chan error, 1)
+	go func() {
+		_, err := client.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: "f1"})
+		done <- err
+	}()
+	select {
+	case <-attemptDone:
+	case <-guard.Done():
+		t.Fatal("the first attempt never came back")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		// The last attempt's error is returned, not a bare context error.
+		if !errors.Is(err, flowstate.ErrUnavailable) || status.Code(err) != codes.Unavailable {
+			t.Fatalf("err = %v, want the UNAVAILABLE of the one attempt", err)
+		}
+	case <-guard.Done():
+		t.Fatal("the call did not return after its context was cancelled")
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d attempts, want 1 (cancelled during the first backoff)", n)
 	}
 }
 

@@ -345,11 +345,20 @@ func TestE2ETypedErrors(t *testing.T) {
 			}
 			fail(flowID, flowstatev1.ErrorCode_ERROR_CODE_PHASE_EXECUTION_FAILED)
 		}
-		_, _ = retry(flowID, false, writer) // FAILED -> RETRY_NEEDED, if the server still allows it
-		_, err := retry(flowID, false, writer)
-		fe := expectError(t, err, flowstate.ErrMaxRetriesExceeded, codes.FailedPrecondition)
-		if n, ok := fe.AttemptsRemaining(); !ok || n != 0 {
-			t.Fatalf("attempts remaining %d %v", n, ok)
+		// Every retry step is gated, FAILED -> RETRY_NEEDED too: refused, and refused again.
+		for range 2 {
+			_, err := retry(flowID, false, writer)
+			fe := expectError(t, err, flowstate.ErrMaxRetriesExceeded, codes.FailedPrecondition)
+			if n, ok := fe.AttemptsRemaining(); !ok || n != 0 {
+				t.Fatalf("attempts remaining %d %v", n, ok)
+			}
+		}
+		still, err := writer.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: flowID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := still.GetFlow().GetPhases()[0]; p.GetState() != flowstatev1.PhaseState_PHASE_STATE_FAILED || p.GetRetryCount() != 3 {
+			t.Fatalf("after exhaustion: %v", p)
 		}
 
 		other := newFlowStarted(ctx, t, writer)
