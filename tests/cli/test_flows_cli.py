@@ -215,7 +215,7 @@ async def test_address_and_token_come_from_the_environment(
     result = await asyncio.to_thread(run_flows, "list")
 
     assert created.code == 0, created.err
-    flow_id = json.loads(created.out)["flow"]["flow_id"]
+    flow_id = json.loads(created.out)["flow"]["flowId"]
     assert result.code == 0, result.err
     assert result.out.splitlines()[0].startswith("FLOW ID")
     assert flow_id in result.out
