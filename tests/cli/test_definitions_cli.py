@@ -69,10 +69,10 @@ async def test_apply_the_example_then_show_list_and_create_a_flow(
 
     created = await flows("create", "--definition", "order_fulfilment", "--json")
     flow = json.loads(created.out)["flow"]
-    assert flow["definition_name"] == "order_fulfilment"
+    assert flow["definitionName"] == "order_fulfilment"
     assert [p["name"] for p in flow["phases"]] == ["receive", "pick", "gift_wrap", "ship"]
     # The README's quickstart, step by step.
-    flow_id = flow["flow_id"]
+    flow_id = flow["flowId"]
     for phase, state in (
         ("receive", "in_progress"),
         ("receive", "completed"),
@@ -85,7 +85,7 @@ async def test_apply_the_example_then_show_list_and_create_a_flow(
     after = json.loads(skipped.out)
     assert after["flow"]["phases"][2]["state"] == "PHASE_STATE_SKIPPED"
     assert after["flow"]["progress"] == 39.0  # receive 20 + pick 30 x 0.3 + gift_wrap 10
-    assert after["history_entries"][0]["kind"] == "HISTORY_EVENT_KIND_SKIP"
+    assert after["historyEntries"][0]["kind"] == "HISTORY_EVENT_KIND_SKIP"
 
 
 async def test_an_invalid_file_prints_every_problem_with_its_path(

@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="register, list and draw flow definitions",
         description="Register, list and draw the flow definitions of your tenant.",
     )
-    commands = group.add_subparsers(dest="definitions_command", metavar="COMMAND", required=True)
+    commands = group.add_subparsers(
+        dest="definitions_command", metavar="COMMAND", required=True, help="what to do"
+    )
     common = _common_options()
 
     parser = commands.add_parser(
@@ -79,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser(
         "show", parents=[common], help="show a definition's phases and draw its DAG"
     )
-    parser.add_argument("name")
+    parser.add_argument("name", help="the definition's name, e.g. discovery")
     parser.add_argument("--version", type=int, default=0, help="the version (default: latest)")
     parser.set_defaults(run=lambda args: _run(_show, args))
 

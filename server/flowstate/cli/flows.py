@@ -263,8 +263,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _mutation_options(parser)
 
     parser = command("skip", _skip, "skip an optional phase (it counts as done)")
-    parser.add_argument("flow_id")
-    parser.add_argument("phase")
+    parser.add_argument("flow_id", help="the flow's id (a UUID)")
+    parser.add_argument("phase", help="an optional phase of the flow's definition")
     _mutation_options(parser)
 
     for name, handler, help_text in (
