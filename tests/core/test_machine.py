@@ -224,6 +224,7 @@ ALL_STATES = [
     "failed",
     "retry_needed",
     "rolled_back",
+    "skipped",
 ]
 
 
