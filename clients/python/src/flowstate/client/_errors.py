@@ -151,6 +151,22 @@ class FlowstateError(Exception):
         self.retry_delay = retry_delay
         self.status = status
 
+    @property
+    def field_violations(self) -> list[tuple[str, str]]:
+        """(field, description) of each ``google.rpc.BadRequest`` violation of the status.
+
+        A malformed request names every problem with its path, e.g. a refused flow definition
+        ``("phases[2].depends_on[0]", "unknown phase 'ghost'")``; empty for other errors.
+        """
+        if self.status is None:
+            return []
+        found: list[tuple[str, str]] = []
+        for packed in self.status.details:
+            bad_request = error_details_pb2.BadRequest()
+            if packed.Unpack(bad_request):  # False for every other detail type
+                found += [(v.field, v.description) for v in bad_request.field_violations]
+        return found
+
     def __str__(self) -> str:
         """``CODE: message``, plus the correlation id when there is one."""
         label = self.code.name if self.code != ErrorCode.UNSPECIFIED else self.grpc_code.name
