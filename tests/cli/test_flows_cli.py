@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -121,6 +122,22 @@ async def test_an_unreachable_server_is_unavailable_naming_the_address() -> None
     error = json.loads(as_json.err)["error"]
     assert error["code"] == "UNAVAILABLE"
     assert error["message"].startswith("cannot reach 127.0.0.1:1 (")
+
+
+async def test_a_port_that_never_answers_is_a_deadline_naming_the_address() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        result = await asyncio.to_thread(
+            run_flows, "list", "--address", address, "--token", "t", "--timeout", "1"
+        )
+
+    assert result.code == 1
+    assert result.err.startswith(
+        f"flowstate: error: DEADLINE_EXCEEDED: no answer from {address} within 1s ("
+    )
 
 
 async def test_usage_errors_exit_2(flows: Runner) -> None:

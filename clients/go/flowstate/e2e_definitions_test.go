@@ -44,12 +44,11 @@ func TestE2EDiamondWithParallelBranchesAndASkip(t *testing.T) {
 	if again.GetCreated() || again.GetDefinition().GetVersion() != first.GetDefinition().GetVersion() {
 		t.Fatalf("re-registering the same body: created=%v version %d, want the existing version %d", again.GetCreated(), again.GetDefinition().GetVersion(), first.GetDefinition().GetVersion())
 	}
-	definitions, err := writer.Definitions(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	names := []string{}
-	for _, d := range definitions {
+	for d, err := range writer.Definitions(ctx, "") {
+		if err != nil {
+			t.Fatal(err)
+		}
 		names = append(names, d.GetName())
 	}
 	if !slices.Contains(names, "go_diamond") || !slices.Contains(names, "discovery") {

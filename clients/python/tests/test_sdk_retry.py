@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from scripted_server import Fail, ScriptedServer, ScriptedServicer
 
 from flowstate.client import (
     AsyncFlowstateClient,
+    ErrorCode,
     FlowstateClient,
     FlowstateError,
     InvalidPhaseTransition,
@@ -227,6 +229,21 @@ def test_attempt_timeout_is_cut_to_the_deadline_left() -> None:
     now[0] = 107.0
     assert state.attempt_timeout(30.0) == pytest.approx(3.0)
     assert state.attempt_timeout(1.0) == pytest.approx(1.0)
+    # No timeout stays none: only the caller's own deadline bounds the attempt.
+    assert state.attempt_timeout(None) is None
+
+
+def test_the_servers_retry_delay_is_a_minimum_even_above_max_backoff() -> None:
+    now = [100.0]
+    policy = RetryPolicy(max_backoff=1.0, jitter=0.0, deadline=60.0)
+    state = RetryState(policy, clock=lambda: now[0])
+    state.begin()
+    error = Unavailable(
+        "busy", code=ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE, retry_delay=timedelta(seconds=7)
+    )
+    assert state.next_delay(error) == pytest.approx(7.0)
+    now[0] = 155.0  # a wait that would pass the deadline gives up instead
+    assert state.next_delay(error) is None
 
 
 @pytest.mark.parametrize(
@@ -291,3 +308,14 @@ def test_default_channel_options_yield_to_the_callers() -> None:
     assert options["grpc.max_reconnect_backoff_ms"] == 60_000
     assert options["grpc.initial_reconnect_backoff_ms"] == 100
     assert dict(ClientConfig().grpc_options())["grpc.max_reconnect_backoff_ms"] == 5_000
+
+
+async def test_a_per_call_retry_policy_overrides_the_clients(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add("GetFlow", UNAVAILABLE, UNAVAILABLE)
+
+    with pytest.raises(Unavailable):
+        await client.get_flow("f-1", retry=RetryPolicy.disabled())
+
+    assert len(servicer.calls) == 1
