@@ -657,7 +657,7 @@ class AsyncFlowstateClient:
 
     async def iter_flow_definitions(
         self, *, name: str = "", page_size: int = 0, timeout: float | None = None
-    ) -> AsyncIterator[FlowDefinition]:
+    ) -> AsyncGenerator[FlowDefinition, None]:
         """Every definition `list_flow_definitions` lists, page after page."""
         token: str | None = None
         while True:

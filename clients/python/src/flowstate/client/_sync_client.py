@@ -650,7 +650,7 @@ class FlowstateClient:
 
     def iter_flow_definitions(
         self, *, name: str = "", page_size: int = 0, timeout: float | None = None
-    ) -> Iterator[FlowDefinition]:
+    ) -> Generator[FlowDefinition, None, None]:
         """Every definition `list_flow_definitions` lists, page after page."""
         token: str | None = None
         while True:
