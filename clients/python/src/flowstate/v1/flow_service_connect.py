@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .flow_service_pb2 import CancelFlowRequest, CancelFlowResponse, CreateFlowRequest, CreateFlowResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
+from .flow_service_pb2 import CancelFlowRequest, CancelFlowResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -163,7 +163,38 @@ class FlowStateService(Protocol):
     async def get_flow_definition(self, request: GetFlowDefinitionRequest, ctx: RequestContext[GetFlowDefinitionRequest, GetFlowDefinitionResponse], /) -> GetFlowDefinitionResponse:
         """
         Returns a flow definition (phases, dependencies, weights, retry limits,
-        status groups, transition table, progress factors).
+        status groups, transition table, progress factors): the caller's tenant's
+        own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def create_flow_definition(self, request: CreateFlowDefinitionRequest, ctx: RequestContext[CreateFlowDefinitionRequest, CreateFlowDefinitionResponse], /) -> CreateFlowDefinitionResponse:
+        """
+        Registers a flow definition for the caller's tenant (scope
+        `definitions:write`). The body identical to an existing version of the name
+        returns that version (created = false); any other body becomes the next
+        version. Every structural problem is reported at once as
+        google.rpc.BadRequest field violations with paths relative to the
+        definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+        Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def list_flow_definitions(self, request: ListFlowDefinitionsRequest, ctx: RequestContext[ListFlowDefinitionsRequest, ListFlowDefinitionsResponse], /) -> ListFlowDefinitionsResponse:
+        """
+        Lists the definitions the caller can use: its tenant's and the built-ins,
+        the latest version of each name in name order (or every version of one
+        name). Paginated (AIP-158).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def skip_phase(self, request: SkipPhaseRequest, ctx: RequestContext[SkipPhaseRequest, SkipPhaseResponse], /) -> SkipPhaseResponse:
+        """
+        Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+        or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+        its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+        VERSION_CONFLICT.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -354,6 +385,39 @@ class FlowStateServiceASGIApplication(ConnectASGIApplication[FlowStateService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.get_flow_definition,
+                ),
+                "/flowstate.v1.FlowStateService/CreateFlowDefinition": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CreateFlowDefinition",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=CreateFlowDefinitionRequest,
+                        output=CreateFlowDefinitionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.create_flow_definition,
+                ),
+                "/flowstate.v1.FlowStateService/ListFlowDefinitions": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListFlowDefinitions",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ListFlowDefinitionsRequest,
+                        output=ListFlowDefinitionsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.list_flow_definitions,
+                ),
+                "/flowstate.v1.FlowStateService/SkipPhase": Endpoint.unary(
+                    method=MethodInfo(
+                        name="SkipPhase",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=SkipPhaseRequest,
+                        output=SkipPhaseResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.skip_phase,
                 ),
                 "/flowstate.v1.FlowStateService/WatchFlow": Endpoint.server_stream(
                     method=MethodInfo(
@@ -778,7 +842,8 @@ class FlowStateServiceClient(ConnectClient):
     ) -> GetFlowDefinitionResponse:
         """
         Returns a flow definition (phases, dependencies, weights, retry limits,
-        status groups, transition table, progress factors).
+        status groups, transition table, progress factors): the caller's tenant's
+        own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
         """
         return await self.execute_unary(
             request=request,
@@ -793,6 +858,89 @@ class FlowStateServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
             use_get=use_get,
+        )
+    async def create_flow_definition(
+        self,
+        request: CreateFlowDefinitionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CreateFlowDefinitionResponse:
+        """
+        Registers a flow definition for the caller's tenant (scope
+        `definitions:write`). The body identical to an existing version of the name
+        returns that version (created = false); any other body becomes the next
+        version. Every structural problem is reported at once as
+        google.rpc.BadRequest field violations with paths relative to the
+        definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+        Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CreateFlowDefinition",
+                service_name="flowstate.v1.FlowStateService",
+                input=CreateFlowDefinitionRequest,
+                output=CreateFlowDefinitionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def list_flow_definitions(
+        self,
+        request: ListFlowDefinitionsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListFlowDefinitionsResponse:
+        """
+        Lists the definitions the caller can use: its tenant's and the built-ins,
+        the latest version of each name in name order (or every version of one
+        name). Paginated (AIP-158).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListFlowDefinitions",
+                service_name="flowstate.v1.FlowStateService",
+                input=ListFlowDefinitionsRequest,
+                output=ListFlowDefinitionsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    async def skip_phase(
+        self,
+        request: SkipPhaseRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SkipPhaseResponse:
+        """
+        Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+        or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+        its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+        VERSION_CONFLICT.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SkipPhase",
+                service_name="flowstate.v1.FlowStateService",
+                input=SkipPhaseRequest,
+                output=SkipPhaseResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
         )
     def watch_flow(
         self,
@@ -975,7 +1123,38 @@ class FlowStateServiceSync(Protocol):
     def get_flow_definition(self, request: GetFlowDefinitionRequest, ctx: RequestContext[GetFlowDefinitionRequest, GetFlowDefinitionResponse], /) -> GetFlowDefinitionResponse:
         """
         Returns a flow definition (phases, dependencies, weights, retry limits,
-        status groups, transition table, progress factors).
+        status groups, transition table, progress factors): the caller's tenant's
+        own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def create_flow_definition(self, request: CreateFlowDefinitionRequest, ctx: RequestContext[CreateFlowDefinitionRequest, CreateFlowDefinitionResponse], /) -> CreateFlowDefinitionResponse:
+        """
+        Registers a flow definition for the caller's tenant (scope
+        `definitions:write`). The body identical to an existing version of the name
+        returns that version (created = false); any other body becomes the next
+        version. Every structural problem is reported at once as
+        google.rpc.BadRequest field violations with paths relative to the
+        definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+        Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def list_flow_definitions(self, request: ListFlowDefinitionsRequest, ctx: RequestContext[ListFlowDefinitionsRequest, ListFlowDefinitionsResponse], /) -> ListFlowDefinitionsResponse:
+        """
+        Lists the definitions the caller can use: its tenant's and the built-ins,
+        the latest version of each name in name order (or every version of one
+        name). Paginated (AIP-158).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def skip_phase(self, request: SkipPhaseRequest, ctx: RequestContext[SkipPhaseRequest, SkipPhaseResponse], /) -> SkipPhaseResponse:
+        """
+        Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+        or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+        its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+        VERSION_CONFLICT.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1164,6 +1343,39 @@ class FlowStateServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.get_flow_definition,
+                ),
+                "/flowstate.v1.FlowStateService/CreateFlowDefinition": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CreateFlowDefinition",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=CreateFlowDefinitionRequest,
+                        output=CreateFlowDefinitionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.create_flow_definition,
+                ),
+                "/flowstate.v1.FlowStateService/ListFlowDefinitions": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListFlowDefinitions",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ListFlowDefinitionsRequest,
+                        output=ListFlowDefinitionsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.list_flow_definitions,
+                ),
+                "/flowstate.v1.FlowStateService/SkipPhase": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="SkipPhase",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=SkipPhaseRequest,
+                        output=SkipPhaseResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.skip_phase,
                 ),
                 "/flowstate.v1.FlowStateService/WatchFlow": EndpointSync.server_stream(
                     method=MethodInfo(
@@ -1588,7 +1800,8 @@ class FlowStateServiceClientSync(ConnectClientSync):
     ) -> GetFlowDefinitionResponse:
         """
         Returns a flow definition (phases, dependencies, weights, retry limits,
-        status groups, transition table, progress factors).
+        status groups, transition table, progress factors): the caller's tenant's
+        own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
         """
         return self.execute_unary(
             request=request,
@@ -1603,6 +1816,89 @@ class FlowStateServiceClientSync(ConnectClientSync):
             headers=headers,
             timeout_ms=timeout_ms,
             use_get=use_get,
+        )
+    def create_flow_definition(
+        self,
+        request: CreateFlowDefinitionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CreateFlowDefinitionResponse:
+        """
+        Registers a flow definition for the caller's tenant (scope
+        `definitions:write`). The body identical to an existing version of the name
+        returns that version (created = false); any other body becomes the next
+        version. Every structural problem is reported at once as
+        google.rpc.BadRequest field violations with paths relative to the
+        definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+        Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CreateFlowDefinition",
+                service_name="flowstate.v1.FlowStateService",
+                input=CreateFlowDefinitionRequest,
+                output=CreateFlowDefinitionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def list_flow_definitions(
+        self,
+        request: ListFlowDefinitionsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListFlowDefinitionsResponse:
+        """
+        Lists the definitions the caller can use: its tenant's and the built-ins,
+        the latest version of each name in name order (or every version of one
+        name). Paginated (AIP-158).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListFlowDefinitions",
+                service_name="flowstate.v1.FlowStateService",
+                input=ListFlowDefinitionsRequest,
+                output=ListFlowDefinitionsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def skip_phase(
+        self,
+        request: SkipPhaseRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SkipPhaseResponse:
+        """
+        Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+        or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+        its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+        VERSION_CONFLICT.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SkipPhase",
+                service_name="flowstate.v1.FlowStateService",
+                input=SkipPhaseRequest,
+                output=SkipPhaseResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
         )
     def watch_flow(
         self,
