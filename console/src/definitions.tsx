@@ -1,7 +1,6 @@
 /**
- * Definitions: each definition and version this tenant can use, with its DAG. The server has
- * no listing RPC yet, so the page shows the built-in `discovery` and every (name, version) the
- * tenant's flows use, each read with GetFlowDefinition.
+ * Definitions: every version of every definition this tenant can use (ListFlowDefinitions: the
+ * tenant's and the built-ins), each with its DAG and phase table.
  */
 import type { Client } from "@connectrpc/connect";
 import { useEffect, useState } from "preact/hooks";
@@ -13,21 +12,27 @@ import { statusName } from "./format.js";
 
 type Api = Client<typeof FlowStateService>;
 
-async function loadDefinitions(api: Api): Promise<FlowDefinition[]> {
-  const wanted = new Map<string, { name: string; version: number }>([["discovery@0", { name: "discovery", version: 0 }]]);
+const MAX_PAGES = 20;
+
+/** Every page of a listing (bounded). */
+async function allPages(list: (pageToken: string) => Promise<{ definitions: FlowDefinition[]; nextPageToken: string }>) {
+  const result: FlowDefinition[] = [];
   let pageToken = "";
-  for (let pages = 0; pages < 20; pages++) {
-    const page = await api.listFlows({ pageSize: 500, pageToken });
-    for (const f of page.flows) wanted.set(`${f.definitionName}@${f.definitionVersion}`, { name: f.definitionName, version: f.definitionVersion });
+  for (let pages = 0; pages < MAX_PAGES; pages++) {
+    const page = await list(pageToken);
+    result.push(...page.definitions);
     pageToken = page.nextPageToken;
     if (!pageToken) break;
   }
-  const found = new Map<string, FlowDefinition>();
-  for (const { name, version } of wanted.values()) {
-    const { definition } = await api.getFlowDefinition({ name, version });
-    if (definition) found.set(`${definition.name}@${definition.version}`, definition);
-  }
-  return [...found.values()].sort((a, b) => a.name.localeCompare(b.name) || a.version - b.version);
+  return result;
+}
+
+async function loadDefinitions(api: Api): Promise<FlowDefinition[]> {
+  const latest = await allPages((pageToken) => api.listFlowDefinitions({ pageSize: 100, pageToken }));
+  const versions = await Promise.all(
+    latest.map((d) => allPages((pageToken) => api.listFlowDefinitions({ name: d.name, pageSize: 100, pageToken }))),
+  );
+  return versions.flat(); // by name, each name's versions newest first
 }
 
 export function Definitions({ api }: { api: Api }) {
@@ -58,6 +63,7 @@ export function Definitions({ api }: { api: Api }) {
                 <th>Weight</th>
                 <th>Max retries</th>
                 <th>Status group</th>
+                <th>Optional</th>
               </tr>
             </thead>
             <tbody>
@@ -68,6 +74,7 @@ export function Definitions({ api }: { api: Api }) {
                   <td>{p.weight}</td>
                   <td>{p.maxRetries}</td>
                   <td>{p.statusGroup ? statusName(p.statusGroup) : "—"}</td>
+                  <td>{p.optional ? "yes (may be skipped)" : "no"}</td>
                 </tr>
               ))}
             </tbody>

@@ -124,6 +124,8 @@ function send(api: Api, option: RecoveryOption): Promise<unknown> {
       return api.cancelFlow({ ...r.value, requestId });
     case "pauseFlow":
       return api.pauseFlow({ ...r.value, requestId });
+    case "skipPhase":
+      return api.skipPhase({ ...r.value, requestId });
     default:
       return Promise.reject(new Error("This option carries no request the console knows how to send."));
   }
