@@ -352,3 +352,13 @@ def test_blocked_recovery_options_come_last_with_what_blocks_them(
             detail="Phase 'field_mapping' cannot start before 'data_import' completed",
         ),
     ]
+
+
+def test_the_default_clock_is_aware_utc() -> None:
+    """Without an injected clock the machine stamps with the current UTC time, never naive."""
+    before = datetime.now(UTC)
+    response = FlowStateMachine().create_error_response(ErrorCode.FLOW_PAUSED, "paused")
+    stamped = datetime.fromisoformat(response["timestamp"].replace("Z", "+00:00"))
+    assert response["timestamp"].endswith("Z")
+    assert stamped.tzinfo is not None
+    assert stamped >= before.replace(microsecond=0)
