@@ -362,3 +362,8 @@ def test_the_default_clock_is_aware_utc() -> None:
     assert response["timestamp"].endswith("Z")
     assert stamped.tzinfo is not None
     assert stamped >= before.replace(microsecond=0)
+
+
+def test_a_completed_flow_has_no_recovery_options(machine: FlowStateMachine) -> None:
+    """The machine derives the flow's status from the phases: all COMPLETED is terminal."""
+    assert machine.get_recovery_options({name: "completed" for name in machine.PHASES}) == []
