@@ -100,6 +100,35 @@ def _cases() -> dict[str, tuple[Flow, Command]]:
             ),
             PauseFlow(),
         ),
+        "start-while-paused": (
+            flow_with({}, status=F.PAUSED, status_before_pause=F.INITIALIZED),
+            TransitionPhase("data_import", S.IN_PROGRESS),
+        ),
+        "start-before-dependency": (
+            flow_with({"data_import": S.IN_PROGRESS}),
+            TransitionPhase("field_mapping", S.IN_PROGRESS),
+        ),
+        "error-on-completion": (
+            flow_with({"data_import": S.IN_PROGRESS}),
+            TransitionPhase("data_import", S.COMPLETED, error=RETRYABLE),
+        ),
+        "failure-without-error": (
+            flow_with({"data_import": S.IN_PROGRESS}),
+            TransitionPhase("data_import", S.FAILED),
+        ),
+        "unknown-target-state": (
+            flow_with({"data_import": S.IN_PROGRESS}),
+            TransitionPhase("data_import", "sleeping"),  # type: ignore[arg-type]
+        ),
+        "transition-terminal": (
+            flow_with({"data_import": S.IN_PROGRESS}, status=F.CANCELLED),
+            TransitionPhase("data_import", S.COMPLETED),
+        ),
+        "transition-not-in-table": (flow_with({}), TransitionPhase("data_import", S.COMPLETED)),
+        "retry-step-by-transition-exhausted": (
+            flow_with({"data_import": S.FAILED}, retry_counts={"data_import": 3}),
+            TransitionPhase("data_import", S.RETRY_NEEDED),
+        ),
     }
 
 
@@ -263,6 +292,95 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "timestamp": "2025-01-19T10:30:00Z",
     },
 }
+
+
+def _refusal(code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": "failed",
+        "error_code": code,
+        "message": message,
+        "details": details,
+        "retry_allowed": False,
+        "timestamp": "2025-01-19T10:30:00Z",
+    }
+
+
+ALL_STATES = [
+    "not_started",
+    "in_progress",
+    "waiting_validation",
+    "waiting_approval",
+    "completed",
+    "failed",
+    "retry_needed",
+    "rolled_back",
+]
+EXPECTED.update(
+    {
+        "start-while-paused": _refusal(
+            "FLOW_PAUSED",
+            "Flow is paused: phase 'data_import' cannot start until it is resumed",
+            {
+                "phase": "data_import",
+                "from_state": "not_started",
+                "to_state": "in_progress",
+                "recovery": ["resume"],
+            },
+        ),
+        "start-before-dependency": _refusal(
+            "PHASE_ORDER_VIOLATION",
+            "Phase 'field_mapping' cannot start before 'data_import' completed",
+            {
+                "phase": "field_mapping",
+                "from_state": "not_started",
+                "to_state": "in_progress",
+                "blocking_phases": ["data_import"],
+            },
+        ),
+        "error-on-completion": _refusal(
+            "MALFORMED_REQUEST",
+            "An error may only be reported with a transition to FAILED or RETRY_NEEDED, "
+            "not to 'completed'",
+            {"field": "error", "phase": "data_import", "to_state": "completed"},
+        ),
+        "failure-without-error": _refusal(
+            "MALFORMED_REQUEST",
+            "A transition of phase 'data_import' to 'failed' must report the error",
+            {"field": "error", "phase": "data_import", "to_state": "failed"},
+        ),
+        "unknown-target-state": _refusal(
+            "MALFORMED_REQUEST",
+            "Unknown phase state 'sleeping'",
+            {"field": "target_state", "valid_states": ALL_STATES},
+        ),
+        "transition-terminal": _refusal(
+            "FLOW_TERMINAL",
+            "Flow is cancelled: phase 'data_import' can no longer change",
+            {"phase": "data_import", "flow_status": "cancelled"},
+        ),
+        "transition-not-in-table": _refusal(
+            "INVALID_PHASE_TRANSITION",
+            "Cannot transition phase 'data_import' from 'not_started' to 'completed'",
+            {
+                "phase": "data_import",
+                "from_state": "not_started",
+                "to_state": "completed",
+                "valid_transitions": ["in_progress"],
+            },
+        ),
+        "retry-step-by-transition-exhausted": _refusal(
+            "MAX_RETRIES_EXCEEDED",
+            "Phase 'data_import' has used all 3 retries",
+            {
+                "phase": "data_import",
+                "retry_count": 3,
+                "max_retries": 3,
+                "attempts_remaining": 0,
+                "recovery": ["rollback", "cancel"],
+            },
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
