@@ -63,8 +63,11 @@ class Mutant:
         return self.name.partition("__mutmut_")[0]
 
 
-def _stage() -> None:
-    """Rebuild .mutmut/ with the sources, the tests and a pyproject.toml for mutmut and pytest."""
+def _stage(weaken: list[str]) -> None:
+    """Rebuild .mutmut/ with the sources, the tests and a pyproject.toml for mutmut and pytest.
+
+    `weaken` names test files left out (to check that the score really drops without them).
+    """
     shutil.rmtree(STAGE, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for source, target in {**SOURCES, **TESTS}.items():
@@ -82,7 +85,7 @@ def _stage() -> None:
         "[tool.mutmut]",
         f"source_paths = {json.dumps(list(SOURCES.values()))}",
         f"pytest_add_cli_args_test_selection = {json.dumps(['tests/core'])}",
-        f"pytest_add_cli_args = {json.dumps(PYTEST_ARGS)}",
+        f"pytest_add_cli_args = {json.dumps(PYTEST_ARGS + [f'--ignore={w}' for w in weaken])}",
         "",
         "[tool.pytest.ini_options]",
         *(f"{key} = {json.dumps(value)}" for key, value in options.items()),
@@ -193,9 +196,14 @@ def _report(mutants: list[Mutant], min_score: float, elapsed: float, sample: str
     print()
     print(f"mutate: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {sample}, {elapsed:.0f} s")
     print("mutate: statuses " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    kinds: dict[str, int] = {}
+    for mutant in listed:
+        kind = (_listed(mutant, entries) or {}).get("kind", "equivalent")
+        kinds[kind] = kinds.get(kind, 0) + 1
     print(
         f"mutate: {len(mutants)} mutants, {killed} killed (timeouts included), "
-        f"{len(listed)} listed as equivalent, {len(unlisted)} surviving unlisted"
+        f"{len(listed)} listed ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}), "
+        f"{len(unlisted)} surviving unlisted"
     )
     print(f"mutate: score {score:.1f}% of non-equivalent mutants killed (minimum {min_score}%)")
     for mutant in unlisted:
@@ -220,10 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=23, help="seed of the sample")
     parser.add_argument("--min-score", type=float, default=90.0, help="percent, else exit 1")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--weaken",
+        action="append",
+        default=[],
+        metavar="TEST_FILE",
+        help="leave this test file out (e.g. tests/core/test_commands.py), to see the score drop",
+    )
     args = parser.parse_args(argv)
 
     started = time.monotonic()
-    _stage()
+    _stage(args.weaken)
     names: list[str] = []
     label = "all mutants"
     if args.sample:
