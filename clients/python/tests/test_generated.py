@@ -31,6 +31,7 @@ PHASE_STATES = [
     "FAILED",
     "RETRY_NEEDED",
     "ROLLED_BACK",
+    "SKIPPED",  # DESIGN.md section 9: optional phases
 ]
 FLOW_STATUSES = [
     "INITIALIZED",
@@ -50,6 +51,9 @@ FLOW_STATUSES = [
 # DESIGN.md section 3: the RPCs of FlowStateService; the two Watch RPCs are server streaming.
 RPCS = {
     "CreateFlow",
+    "CreateFlowDefinition",  # section 9
+    "ListFlowDefinitions",
+    "SkipPhase",
     "GetFlow",
     "ListFlows",
     "ValidateTransition",
@@ -199,7 +203,8 @@ def test_every_proto_file_has_its_generated_modules() -> None:
     protos = sorted(p.stem for p in _PROTO_DIR.glob("*.proto"))
     assert protos, f"no .proto files under {_PROTO_DIR}"
     expected = {f"flowstate.v1.{stem}_pb2" for stem in protos} | {
-        "flowstate.v1.flow_service_pb2_grpc"
+        "flowstate.v1.flow_service_pb2_grpc",
+        "flowstate.v1.flow_service_connect",  # Connect / gRPC-Web (the `connect` extra)
     }
     assert set(_generated_modules()) == expected
 
