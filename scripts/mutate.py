@@ -48,6 +48,23 @@ PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "--ignore=tests/core/test_purity.
 
 KILLED = {"killed", "timeout"}
 
+# The modules whose survivors have been triaged (docs/testing.md); the CI sample draws from these
+# only, so a module added later cannot fail CI before its own tests are triaged. Add a module here
+# once `make mutate` shows its survivors killed or listed.
+TRIAGED = tuple(
+    f"flowstate.core.{name}."
+    for name in (
+        "commands",
+        "definitions",
+        "derivation",
+        "errors",
+        "machine",
+        "model",
+        "recovery",
+        "rules",
+    )
+)
+
 
 @dataclass(frozen=True)
 class Mutant:
@@ -223,11 +240,13 @@ def _unlisted_report(mutants: list[Mutant]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run mutmut over the core (or a seeded sample of it) and check the score."""
+    global STAGE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, default=0, help="run only N mutants (0: all)")
     parser.add_argument("--seed", type=int, default=23, help="seed of the sample")
     parser.add_argument("--min-score", type=float, default=90.0, help="percent, else exit 1")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--stage", type=Path, default=STAGE, help="work directory (rebuilt)")
     parser.add_argument(
         "--weaken",
         action="append",
@@ -237,16 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    STAGE = args.stage.resolve()
     started = time.monotonic()
     _stage(args.weaken)
     names: list[str] = []
     label = "all mutants"
     if args.sample:
-        everything = _generate()
+        everything = [n for n in _generate() if n.startswith(TRIAGED)]
         names = sorted(
             random.Random(args.seed).sample(everything, min(args.sample, len(everything)))
         )
-        label = f"sample of {len(names)} of {len(everything)} (seed {args.seed})"
+        label = f"sample of {len(names)} of {len(everything)} in triaged modules (seed {args.seed})"
     code = _mutmut("run", "--max-children", str(args.max_children), *names, quiet=True)
     if code:
         raise SystemExit(f"mutate: mutmut run failed (exit {code}); run it in {STAGE} to see why")

@@ -215,17 +215,7 @@ ALL_STATUSES = [
     "paused",
     "cancelled",
 ]
-ALL_STATES = [
-    "not_started",
-    "in_progress",
-    "waiting_validation",
-    "waiting_approval",
-    "completed",
-    "failed",
-    "retry_needed",
-    "rolled_back",
-    "skipped",
-]
+ALL_STATES = [s.value for s in PhaseState]  # the enum is the list; its order is the API's
 
 
 @pytest.mark.parametrize(("current", "target"), [("bogus", "active"), ("active", "bogus")])

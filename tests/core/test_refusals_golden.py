@@ -17,6 +17,7 @@ from flowstate.core import (
     HistoryEntry,
     HistoryKind,
     PauseFlow,
+    PhaseState,
     ResumeFlow,
     Retry,
     Rollback,
@@ -305,16 +306,7 @@ def _refusal(code: str, message: str, details: dict[str, Any]) -> dict[str, Any]
     }
 
 
-ALL_STATES = [
-    "not_started",
-    "in_progress",
-    "waiting_validation",
-    "waiting_approval",
-    "completed",
-    "failed",
-    "retry_needed",
-    "rolled_back",
-]
+ALL_STATES = [s.value for s in PhaseState]  # the enum is the list; its order is the API's
 EXPECTED.update(
     {
         "start-while-paused": _refusal(
