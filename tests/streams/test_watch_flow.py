@@ -193,13 +193,20 @@ async def test_listener_killed_while_changes_happen_loses_nothing(
     admin = await asyncpg.connect(normalize_database_url(database_url).replace("+asyncpg", ""))
     try:
         writer = asyncio.ensure_future(report_progress(store, tenant, flow.flow_id, 30))
+        cut: list[int] = []
         for _ in range(3):
-            pid = hub.listener_pid
-            while pid is None:  # reconnecting
-                await asyncio.sleep(0.01)
+            # Wait (bounded) until the hub listens on a connection not yet cut: right after a
+            # cut it may still report the terminated backend's pid, or None while reconnecting.
+            pid = None
+            for _ in range(500):
                 pid = hub.listener_pid
+                if pid is not None and pid not in cut:
+                    break
+                await asyncio.sleep(0.01)
+            assert pid is not None and pid not in cut, "the hub did not listen again"
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-            await asyncio.sleep(0.02)
+            cut.append(pid)
+            await asyncio.sleep(0.02)  # let a change or two commit while the listener is down
         last = await writer
     finally:
         await admin.close()

@@ -634,6 +634,16 @@ class WatchHub:
         if self._closing:
             raise _shutting_down()
 
+    def _as_shutdown(self, error: Exception) -> None:
+        """Raise SERVER_SHUTTING_DOWN instead of `error` when the hub is closing.
+
+        A stream whose first read starts while `close` runs meets a closing pool (asyncpg's
+        "pool is closing"): that is the shutdown, and the client must see the resumable
+        status, not an internal error.
+        """
+        if self._closing and not isinstance(error, FlowStateError):
+            raise _shutting_down() from error
+
     # -- channels ----------------------------------------------------------------------------
 
     def _flow_channel(self, tenant: Tenant, flow_id: str) -> _Channel[int, HistoryEntry]:
@@ -773,6 +783,9 @@ class WatchHub:
                     yield FlowEventValue(flow_id, position, status, progress, change=entry)
                     if not keep_open and status in TERMINAL_STATUSES:
                         return
+        except Exception as error:
+            self._as_shutdown(error)
+            raise
         finally:
             self._open -= 1
             channel.unsubscribe()
@@ -863,6 +876,9 @@ class WatchHub:
                         change=entry,
                         cursor=cursor.encode(),
                     )
+        except Exception as error:
+            self._as_shutdown(error)
+            raise
         finally:
             self._open -= 1
             channel.unsubscribe()
