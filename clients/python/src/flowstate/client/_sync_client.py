@@ -1,7 +1,10 @@
-"""`FlowstateClient`: the blocking client of the Flowstate API, for scripts and the CLI.
+"""`FlowstateClient`: the blocking client of the Flowstate API (scripts, the CLI).
 
 It mirrors `AsyncFlowstateClient` method for method over a synchronous ``grpc`` channel, with
 the same requests, retries, results and errors; `watch` and `watch_flows` are plain iterators.
+
+Generated from ``_async_client.py`` by ``scripts/gen_sync_client.py`` (``make generate``): edit
+the asyncio client, not this file.
 """
 
 from __future__ import annotations
