@@ -2,7 +2,8 @@
 # `make test` and `make serve` work on a fresh machine (Python 3.11, Node 20, Go and the package
 # registries are all it expects). `setup` is stamp-based: repeated runs are quick.
 #
-#   make setup            .venv (server + client, dev tools), TS node_modules, Go plugins, Go modules
+#   make setup            .venv (server + client, dev tools), TS node_modules, Go plugins, Go modules,
+#                         Debian's postgresql-15 (apt-get, as root, when missing)
 #   make generate         regenerate every client from protos/ (scripts/generate.sh)
 #   make lint             buf lint/format/breaking, ruff, mypy, import-linter, tsc, go vet
 #   make check-generated  regenerate and fail if clients/ changed (generated code is committed)
@@ -45,7 +46,7 @@ help:
 # --- setup -------------------------------------------------------------------------------------
 
 setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/protoc-gen-go@$(PROTOC_GEN_GO_VERSION) \
-	$(STAMPS)/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION) $(STAMPS)/go-mod
+	$(STAMPS)/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION) $(STAMPS)/go-mod $(STAMPS)/pg15
 
 $(STAMPS):
 	@mkdir -p $@
@@ -53,9 +54,33 @@ $(STAMPS):
 $(VENV)/bin/python:
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 
+# pip's own output is ~300 lines; show one line per package it fetches and a summary instead of
+# nothing for a minute or two (errors go to stderr, unfiltered).
 $(STAMPS)/venv: pyproject.toml clients/python/pyproject.toml | $(VENV)/bin/python $(STAMPS)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e clients/python -e '.[dev]'
+	@echo "== pip: installing the server, the Python client and the dev tools into $(VENV)" \
+	  "(1-3 minutes on a fresh machine)"
+	@$(PY) -m pip install --progress-bar off --disable-pip-version-check \
+	  -e clients/python -e '.[dev]' \
+	  | awk '/^Collecting /{print "  pip: collecting " $$2; fflush()} \
+	         /^Successfully installed/{print "  pip: installed " NF-2 " packages"; fflush()}'
 	@touch $@
+
+# Debian's PostgreSQL 15 server binaries, for the tests that need a cluster run as a DBA would
+# (flowstate.testing_postgres). Installed with apt-get when missing and run as root (CI); the
+# package's default cluster is not created. Elsewhere those tests are skipped with a message.
+PG_BINDIR := /usr/lib/postgresql/15/bin
+$(STAMPS)/pg15: | $(STAMPS)
+	@if [[ ! -x $(PG_BINDIR)/initdb && $$(id -u) == 0 ]] && command -v apt-get >/dev/null; then \
+	  echo "== apt-get: installing postgresql-15 (tests run a cluster from $(PG_BINDIR))"; \
+	  mkdir -p /etc/postgresql-common/createcluster.d; \
+	  echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/flowstate.conf; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    postgresql-15 >/dev/null; \
+	fi
+	@if [[ -x $(PG_BINDIR)/initdb ]]; then touch $@; else \
+	  echo "note: no PostgreSQL 15 in $(PG_BINDIR): the external-cluster tests will be skipped" \
+	    "(install postgresql-15 or set FLOWSTATE_PG_BINDIR)"; fi
 
 $(STAMPS)/npm: clients/typescript/package.json clients/typescript/package-lock.json | $(STAMPS)
 	cd clients/typescript && npm ci --no-audit --no-fund

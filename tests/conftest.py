@@ -22,6 +22,19 @@ Fixtures (all async ones run on the session event loop, see pyproject.toml):
     A `Tenant` unique to the test (uuid-based): a test sees only its own flows.
 ``fresh_database_url`` (function)
     A new, empty, unmigrated database for the test (migration tests), dropped afterwards.
+``pg15`` (session)
+    A started `flowstate.testing_postgres.ExternalPostgres`: Debian's PostgreSQL 15 on
+    127.0.0.1 (a free port), password authentication over TCP, run as a non-root user; the
+    superuser is ``postgres``. For what the embedded server cannot show (roles a DBA created,
+    a cluster that is killed or restarted). Started on first use; roles are cluster-wide, so
+    drop the ones a test creates. A test that stops or kills it must start it again, or make
+    its own with `external_postgres()` (depend on ``pg_binaries``, the binaries' directory:
+    without them the tests are skipped, and failed on CI, where ``make setup`` installs them).
+Hypothesis profiles (see docs/testing.md): ``ci`` is derandomised (a fixed seed derived from
+each test, no example database), so a CI run is reproducible and a red run stays red; ``dev``
+(the default elsewhere) draws new examples every run and remembers failing ones. ``CI=true``
+(set by CI) selects ``ci``; ``HYPOTHESIS_PROFILE`` overrides either way.
+
 ``make_context`` (function)
     ``make_context(request_id="", *, user_id="tester", is_admin=False, now=None)`` builds a
     core `Context` stamped with the current UTC time.
@@ -33,13 +46,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 from sqlalchemy import pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -50,8 +64,37 @@ from flowstate.storage import FlowStore
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.migrate import upgrade
 from flowstate.storage.urls import normalize_database_url
+from flowstate.testing_postgres import (
+    ExternalPostgres,
+    PostgresBinariesMissing,
+    external_postgres,
+    pg_bindir,
+)
 
 TEST_DATABASE_URL_ENV = "FLOWSTATE_TEST_DATABASE_URL"
+
+HYPOTHESIS_PROFILE_ENV = "HYPOTHESIS_PROFILE"
+
+# Both start from Hypothesis' own defaults: a profile without a parent would inherit from whatever
+# profile is loaded now (Hypothesis loads its built-in "ci" profile itself when CI is set).
+_HYPOTHESIS_DEFAULTS = settings.get_profile("default")
+settings.register_profile(
+    "ci", _HYPOTHESIS_DEFAULTS, derandomize=True, database=None, print_blob=True
+)
+settings.register_profile("dev", _HYPOTHESIS_DEFAULTS, print_blob=True)
+
+
+def hypothesis_profile(env: Mapping[str, str] | None = None) -> str:
+    """The profile to load: HYPOTHESIS_PROFILE when set, else ``ci`` under CI=true, else ``dev``."""
+    env = os.environ if env is None else env
+    explicit = env.get(HYPOTHESIS_PROFILE_ENV, "")
+    if explicit:
+        return explicit
+    return "ci" if env.get("CI", "").lower() in {"true", "1", "yes"} else "dev"
+
+
+# Loaded here, before any test module builds its own settings on top of the profile.
+settings.load_profile(hypothesis_profile())
 
 # Test-only durability trade-offs: a crash of the test server loses nothing we care about.
 _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -137,6 +180,24 @@ async def fresh_database_url(database_server: DatabaseServer) -> AsyncIterator[s
     url = await database_server.create_database()
     yield url
     await database_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def pg_binaries() -> Path:
+    """PostgreSQL 15's binaries directory; skips the test without it (fails on CI, ``CI`` set)."""
+    try:
+        return pg_bindir()
+    except PostgresBinariesMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def pg15(pg_binaries: Path) -> Iterator[ExternalPostgres]:
+    """An external PostgreSQL 15 cluster for the session (see the module docstring)."""
+    with external_postgres(bindir=pg_binaries) as cluster:
+        yield cluster
 
 
 @pytest.fixture

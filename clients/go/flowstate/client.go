@@ -118,6 +118,9 @@ type Client struct {
 	raw   flowstatev1.FlowStateServiceClient
 	cfg   config
 	creds credentials.PerRPCCredentials
+	// closed is done once Close was called: open watches end instead of reconnecting.
+	closed context.Context
+	close  context.CancelFunc
 }
 
 // NewClient creates a client for address ("host:port", or a gRPC target such as
@@ -151,7 +154,8 @@ func NewClient(address string, options ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("flowstate: %w", err)
 	}
-	return &Client{conn: conn, raw: flowstatev1.NewFlowStateServiceClient(conn), cfg: cfg, creds: creds}, nil
+	closed, closeFn := context.WithCancel(context.Background())
+	return &Client{conn: conn, raw: flowstatev1.NewFlowStateServiceClient(conn), cfg: cfg, creds: creds, closed: closed, close: closeFn}, nil
 }
 
 // Dial creates a client and waits until it is connected (or ctx is done).
@@ -173,8 +177,13 @@ func Dial(ctx context.Context, address string, options ...Option) (*Client, erro
 	}
 }
 
-// Close closes the connection; open watches end.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes the connection. A locally closed client is final: open Watch and WatchFlows
+// iterations end (without an error), promptly, also while waiting to reconnect; unary calls
+// fail with CANCELLED.
+func (c *Client) Close() error {
+	c.close()
+	return c.conn.Close()
+}
 
 // Raw is the generated client on the same connection (bearer token included; no retries,
 // request ids or typed errors).

@@ -625,3 +625,77 @@ func TestDialWaitsForTheConnection(t *testing.T) {
 		t.Fatalf("Dial to a closed port: %v", err)
 	}
 }
+
+// Close ends open watches at once: neither the closing connection's CANCELLED nor a pending
+// reconnection wait makes them go on (they used to reconnect for two minutes).
+func TestCloseEndsOpenWatches(t *testing.T) {
+	var mu sync.Mutex
+	opened := 0
+	server := (&fakeServer{
+		watchFlow: func(_ *flowstatev1.WatchFlowRequest, stream grpc.ServerStreamingServer[flowstatev1.WatchFlowResponse]) error {
+			mu.Lock()
+			opened++
+			mu.Unlock()
+			_ = stream.Send(snapshotEvent(1, flowstatev1.FlowStatus_FLOW_STATUS_INITIALIZED))
+			<-stream.Context().Done()
+			return nil
+		},
+		watchFlows: func(_ *flowstatev1.WatchFlowsRequest, stream grpc.ServerStreamingServer[flowstatev1.WatchFlowsResponse]) error {
+			_ = stream.Send(&flowstatev1.WatchFlowsResponse{Event: changeEvent(1, flowstatev1.FlowStatus_FLOW_STATUS_DATA_GATHERING).GetEvent(), Cursor: "c1"})
+			return unavailable() // then a 60 s wait before reconnecting
+		},
+	}).serve(t, "")
+	slow := flowstate.RetryPolicy{MaxAttempts: -1, InitialBackoff: time.Minute, MaxBackoff: time.Minute, Deadline: 10 * time.Minute}
+	client := newTestClient(t, server.address, flowstate.WithWatchRetryPolicy(slow))
+	ctx := testContext(t)
+	type result struct {
+		seen int
+		err  error
+	}
+	results := make(chan result, 2)
+	first := make(chan struct{}, 2)
+	go func() {
+		r := result{}
+		for _, err := range client.Watch(ctx, "f1") {
+			if err != nil {
+				r.err = err
+				break
+			}
+			r.seen++
+			first <- struct{}{}
+		}
+		results <- r
+	}()
+	go func() {
+		r := result{}
+		for _, err := range client.WatchFlows(ctx) {
+			if err != nil {
+				r.err = err
+				break
+			}
+			r.seen++
+			first <- struct{}{}
+		}
+		results <- r
+	}()
+	<-first
+	<-first
+	if err := client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case r := <-results:
+			if r.err != nil || r.seen != 1 {
+				t.Fatalf("after Close: %d events, error %v", r.seen, r.err)
+			}
+		case <-ctx.Done():
+			t.Fatal("a watch went on after Close")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if opened != 1 {
+		t.Fatalf("WatchFlow opened %d times", opened)
+	}
+}

@@ -92,14 +92,24 @@ const (
 )
 
 // resumable runs one logical stream over as many connections as it takes.
-func resumable[T any](ctx context.Context, policy RetryPolicy, onReconnect func(*Error, int, time.Duration),
+//
+// Client.Close ends it: the closing connection's CANCELLED is not a reason to reconnect, and a
+// wait before reconnecting is cut short. A locally closed client is final, so the iteration
+// just ends (no error: the caller asked for it).
+func resumable[T any](ctx context.Context, closed context.Context, policy RetryPolicy, onReconnect func(*Error, int, time.Duration),
 	open func(context.Context) (grpc.ServerStreamingClient[T], error), accept func(*T) verdict,
 ) iter.Seq2[*T, error] {
 	return func(yield func(*T, error) bool) {
+		runCtx, stopRun := context.WithCancel(ctx)
+		defer stopRun()
+		defer context.AfterFunc(closed, stopRun)()
 		state := newRetryState(policy)
 		for {
+			if closed.Err() != nil && ctx.Err() == nil {
+				return
+			}
 			state.begin()
-			streamCtx, cancel := context.WithCancel(ctx)
+			streamCtx, cancel := context.WithCancel(runCtx)
 			received := false
 			var failure *Error
 			stream, err := open(streamCtx)
@@ -137,6 +147,9 @@ func resumable[T any](ctx context.Context, policy RetryPolicy, onReconnect func(
 				yield(nil, Convert(ctx.Err()))
 				return
 			}
+			if closed.Err() != nil {
+				return
+			}
 			var delay time.Duration
 			var ok bool
 			if failure != nil {
@@ -162,8 +175,10 @@ func resumable[T any](ctx context.Context, policy RetryPolicy, onReconnect func(
 			if onReconnect != nil {
 				onReconnect(failure, state.attempt, delay)
 			}
-			if err := sleep(ctx, delay); err != nil {
-				yield(nil, Convert(err))
+			if err := sleep(runCtx, delay); err != nil {
+				if ctx.Err() != nil {
+					yield(nil, Convert(ctx.Err()))
+				}
 				return
 			}
 		}
@@ -193,7 +208,7 @@ func (c *Client) Watch(ctx context.Context, flowID string, options ...WatchOptio
 		option(cfg)
 	}
 	last := cfg.afterVersion
-	events := resumable(ctx, c.watchPolicy(cfg), cfg.onReconnect,
+	events := resumable(ctx, c.closed, c.watchPolicy(cfg), cfg.onReconnect,
 		func(ctx context.Context) (grpc.ServerStreamingClient[flowstatev1.WatchFlowResponse], error) {
 			return c.raw.WatchFlow(ctx, &flowstatev1.WatchFlowRequest{FlowId: flowID, AfterVersion: last, KeepOpen: cfg.keepOpen})
 		},
@@ -236,7 +251,7 @@ func (c *Client) WatchFlows(ctx context.Context, options ...WatchOption) iter.Se
 	}
 	cursor := cfg.cursor
 	versions := map[string]int64{}
-	events := resumable(ctx, c.watchPolicy(cfg), cfg.onReconnect,
+	events := resumable(ctx, c.closed, c.watchPolicy(cfg), cfg.onReconnect,
 		func(ctx context.Context) (grpc.ServerStreamingClient[flowstatev1.WatchFlowsResponse], error) {
 			request := &flowstatev1.WatchFlowsRequest{
 				Statuses:       cfg.filter.GetStatuses(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import pytest
@@ -238,3 +239,95 @@ async def test_sync_watch_resumes_too(servicer: ScriptedServicer, scripted: Scri
 
     assert await asyncio.to_thread(run) == [1, 2, 3]
     assert servicer.requests("WatchFlow")[1].after_version == 2
+
+
+# --- close() ends open watches -----------------------------------------------------------------
+
+
+async def test_close_ends_an_open_watch_in_another_task_without_cancelling_it(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("WatchFlow", Stream([one(1, "snapshot")], hang=True))
+    client = AsyncFlowstateClient(address=scripted.address)
+    seen: list[int] = []
+    first = asyncio.Event()
+
+    async def watch() -> str:
+        async for event in client.watch("f-1"):
+            seen.append(event.flow_version)
+            first.set()
+        return "ended"
+
+    # In a TaskGroup: a CancelledError nobody asked for would tear the whole group down.
+    async with asyncio.timeout(10), asyncio.TaskGroup() as group:
+        watcher = group.create_task(watch())
+        await first.wait()
+        await client.close()
+
+    assert watcher.result() == "ended"
+    assert seen == [1]
+    assert not watcher.cancelled()
+
+
+async def test_close_ends_a_watch_that_waits_to_reconnect(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("WatchFlow", Stream([one(1, "snapshot")], then=SHUTTING_DOWN))
+    slow = RetryPolicy(
+        max_attempts=None, initial_backoff=60, max_backoff=60, jitter=0, deadline=600
+    )
+    client = AsyncFlowstateClient(address=scripted.address, watch_retry=slow)
+    first = asyncio.Event()
+
+    async def watch() -> list[int]:
+        seen = []
+        async for event in client.watch("f-1"):
+            seen.append(event.flow_version)
+            first.set()
+        return seen
+
+    async with asyncio.timeout(10):
+        watcher = asyncio.create_task(watch())
+        await first.wait()
+        await client.close()
+        assert await watcher == [1]
+    assert len(servicer.requests("WatchFlow")) == 1
+
+
+async def test_cancelling_the_watching_task_still_cancels_it(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add("WatchFlow", Stream([one(1, "snapshot")], hang=True))
+    first = asyncio.Event()
+
+    async def watch() -> None:
+        async for _ in client.watch("f-1"):
+            first.set()
+
+    watcher = asyncio.create_task(watch())
+    async with asyncio.timeout(10):
+        await first.wait()
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+
+
+async def test_sync_close_ends_a_watch_in_another_thread(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add("WatchFlow", Stream([one(1, "snapshot")], hang=True))
+    client = FlowstateClient(address=scripted.address)
+    first = threading.Event()
+
+    def watch() -> list[int]:
+        seen = []
+        for event in client.watch("f-1"):
+            seen.append(event.flow_version)
+            first.set()
+        return seen
+
+    async with asyncio.timeout(10):
+        watcher = asyncio.ensure_future(asyncio.to_thread(watch))
+        await asyncio.to_thread(first.wait, 10)
+        client.close()
+        assert await watcher == [1]

@@ -17,7 +17,7 @@ import { create, type DescMessage, type MessageInitShape, type MessageShape } fr
 import { Code, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
 
-import { toFlowstateError, uncancelled } from "./errors.js";
+import { FlowstateError, toFlowstateError, uncancelled } from "./errors.js";
 import {
   CancelFlowRequestSchema,
   CreateFlowRequestSchema,
@@ -152,7 +152,11 @@ export interface FlowstateClient {
   readonly raw: Client<typeof FlowStateService>;
   /** The base URL the client talks to. */
   readonly baseUrl: string;
-  /** Closes the connection (open streams end with CANCELLED). */
+  /**
+   * Closes the connection. A locally closed client is final: open `watch()`/`watchFlows()`
+   * iterations end (`for await` finishes), promptly, also while waiting to reconnect; calls in
+   * flight and later calls reject with a CANCELLED `FlowstateError`.
+   */
   close(): void;
 }
 
@@ -163,6 +167,11 @@ export function resolveAddress(address: string, tls: boolean): { baseUrl: string
   const baseUrl = address.includes("://") ? address : `${tls ? "https" : "http"}://${address}`;
   const url = new URL(baseUrl);
   return { baseUrl: url.origin, loopback: LOOPBACK.test(url.hostname) };
+}
+
+/** The error of a call on (or interrupted by) a closed client. */
+function closedError(): FlowstateError {
+  return new FlowstateError({ code: "UNSPECIFIED", grpcCode: Code.Canceled, message: "the client is closed" });
 }
 
 /** Creates a Flowstate client (see `FlowstateClientOptions`). */
@@ -198,6 +207,7 @@ export function createFlowstateClient(options: FlowstateClientOptions = {}): Flo
     interceptors: [auth, ...(options.interceptors ?? [])],
   });
   const raw = createClient(FlowStateService, transport);
+  const closed = new AbortController();
 
   async function unary<D extends DescMessage, R>(
     schema: D,
@@ -214,20 +224,29 @@ export function createFlowstateClient(options: FlowstateClientOptions = {}): Flo
     const { retry, ...connectOptions } = callOptions;
     const policy = retry === undefined ? retryPolicy : resolveRetryPolicy(retry, retryPolicy);
     const state = new RetryState(policy);
-    const signal = connectOptions.signal;
+    const signal =
+      connectOptions.signal === undefined ? closed.signal : AbortSignal.any([connectOptions.signal, closed.signal]);
     for (;;) {
       state.begin();
       try {
+        if (closed.signal.aborted) throw closedError();
         return await call(request, {
           ...connectOptions,
+          signal,
           timeoutMs: state.attemptTimeoutMs(connectOptions.timeoutMs ?? timeoutMs),
         });
       } catch (err) {
-        if (signal?.aborted) throw toFlowstateError(err);
+        if (closed.signal.aborted) throw closedError();
+        if (signal.aborted) throw toFlowstateError(err);
         const error = uncancelled(toFlowstateError(err));
         const delay = state.nextDelayMs(error, error.grpcCode === Code.Unavailable);
         if (delay === undefined) throw error;
-        await sleep(delay, signal);
+        try {
+          await sleep(delay, signal);
+        } catch (abortReason) {
+          if (closed.signal.aborted) throw closedError();
+          throw abortReason;
+        }
       }
     }
   }
@@ -268,9 +287,13 @@ export function createFlowstateClient(options: FlowstateClientOptions = {}): Flo
       } while (pageToken);
     },
     watch: (flowId, watchOptions = {}) =>
-      watchFlow(raw, flowId, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy)),
-    watchFlows: (watchOptions = {}) => watchFlows(raw, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy)),
-    close: () => sessionManager.abort(),
+      watchFlow(raw, flowId, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy), closed.signal),
+    watchFlows: (watchOptions = {}) =>
+      watchFlows(raw, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy), closed.signal),
+    close: () => {
+      closed.abort(closedError());
+      sessionManager.abort();
+    },
   };
   return client;
 }

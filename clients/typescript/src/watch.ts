@@ -85,13 +85,18 @@ async function* resumable<T>(
   policy: RetryPolicy,
   signal: AbortSignal | undefined,
   onReconnect: ReconnectListener | undefined,
+  closed: AbortSignal,
 ): AsyncGenerator<T, void, undefined> {
   const state = new RetryState(policy);
+  // The caller's signal or the client's close(): either stops the open stream and the backoff.
+  const stop = signal === undefined ? closed : AbortSignal.any([signal, closed]);
   for (;;) {
+    if (signal?.aborted) throw signal.reason;
+    if (closed.aborted) return; // a locally closed client is final: the iteration ends
     state.begin();
     const controller = new AbortController();
-    const abort = (): void => controller.abort(signal?.reason);
-    signal?.addEventListener("abort", abort, { once: true });
+    const abort = (): void => controller.abort(stop.reason);
+    stop.addEventListener("abort", abort, { once: true });
     let received = false;
     let failure: FlowstateError | undefined;
     try {
@@ -102,6 +107,7 @@ async function* resumable<T>(
           result = await iterator.next();
         } catch (err) {
           if (signal?.aborted) throw signal.reason;
+          if (closed.aborted) return;
           failure = uncancelled(toFlowstateError(err));
           break;
         }
@@ -114,7 +120,7 @@ async function* resumable<T>(
         if (verdict === "yield-and-stop") return;
       }
     } finally {
-      signal?.removeEventListener("abort", abort);
+      stop.removeEventListener("abort", abort);
       controller.abort();
     }
     let delay: number | undefined;
@@ -137,7 +143,11 @@ async function* resumable<T>(
       attempt: state.attempt,
       delayMs: delay,
     });
-    await sleep(delay, signal);
+    try {
+      await sleep(delay, stop);
+    } catch (err) {
+      if (signal?.aborted || !closed.aborted) throw err;
+    }
   }
 }
 
@@ -147,6 +157,7 @@ export function watchFlow(
   flowId: string,
   options: WatchOptions,
   policy: RetryPolicy,
+  closed: AbortSignal = new AbortController().signal,
 ): AsyncGenerator<FlowEvent, void, undefined> {
   let last = options.afterVersion === undefined ? undefined : BigInt(options.afterVersion);
   const keepOpen = options.keepOpen ?? false;
@@ -163,6 +174,7 @@ export function watchFlow(
     policy,
     options.signal,
     options.onReconnect,
+    closed,
   );
   return (async function* () {
     for await (const response of events) {
@@ -176,6 +188,7 @@ export function watchFlows(
   raw: RawClient,
   options: WatchFlowsOptions,
   policy: RetryPolicy,
+  closed: AbortSignal = new AbortController().signal,
 ): AsyncGenerator<FlowsEvent, void, undefined> {
   let cursor = options.cursor ?? "";
   const versions = new Map<string, bigint>();
@@ -203,6 +216,7 @@ export function watchFlows(
     policy,
     options.signal,
     options.onReconnect,
+    closed,
   );
   return (async function* () {
     for await (const response of events) {

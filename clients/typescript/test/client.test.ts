@@ -478,6 +478,53 @@ describe("watch", () => {
   });
 });
 
+describe("close()", () => {
+  it("ends an open watch: the for await finishes", async () => {
+    const server = await serve({
+      async *watchFlow(_request, context) {
+        yield { event: event(1, FlowStatus.INITIALIZED, "snapshot") };
+        await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+      },
+    });
+    const client = clientFor(server);
+    const seen: bigint[] = [];
+    for await (const e of client.watch("f1")) {
+      seen.push(e.flowVersion);
+      client.close();
+    }
+    assert.deepEqual(seen, [1n]);
+  });
+
+  it("ends a watch that waits to reconnect, and a watchFlows", async () => {
+    let opened = 0;
+    const server = await serve({
+      async *watchFlow() {
+        opened += 1;
+        yield { event: event(1, FlowStatus.INITIALIZED, "snapshot") };
+        throw flowstateError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "bye");
+      },
+      async *watchFlows(_request, context) {
+        yield { event: event(1), cursor: "c1" };
+        await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+      },
+    });
+    const slow = { initialBackoffMs: 60_000, maxBackoffMs: 60_000, jitter: 0, deadlineMs: 600_000 };
+    const client = clientFor(server, { watchRetry: slow });
+    const flows = client.watchFlows();
+    assert.equal((await flows.next()).value?.cursor, "c1");
+    const pendingFlows = flows.next();
+    const watch = client.watch("f1");
+    assert.equal((await watch.next()).value?.flowVersion, 1n);
+    const pending = watch.next(); // fails with UNAVAILABLE, then waits 60 s to reconnect
+    await new Promise((r) => setTimeout(r, 50));
+    client.close();
+    assert.deepEqual(await pending, { done: true, value: undefined });
+    assert.deepEqual(await pendingFlows, { done: true, value: undefined });
+    assert.equal(opened, 1);
+    await assert.rejects(client.getFlow({ flowId: "f1" }), (err: unknown) => isFlowstateError(err) && err.grpcCode === Code.Canceled);
+  });
+});
+
 describe("watchFlows", () => {
   it("resumes by cursor and drops versions already delivered per flow", async () => {
     const requests: WatchFlowsRequest[] = [];

@@ -25,6 +25,7 @@ from flowstate.cli import serve, token
 from flowstate.cli._common import print_error, print_flow_state_error, print_rpc_error
 from flowstate.core.errors import FlowStateError
 from flowstate.server.config import ConfigError
+from flowstate.storage.errors import DatabaseSetupError
 
 __all__ = ["build_parser", "main"]
 
@@ -66,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print_error("INVALID_CONFIGURATION", str(exc))
         return EXIT_USAGE
+    except DatabaseSetupError as exc:
+        # Not a refused request: the database needs an operator first; the message says how.
+        print_error("FAILED_PRECONDITION", exc.message)
+        return EXIT_FAILURE
     except FlowStateError as exc:
         print_flow_state_error(exc)
         return EXIT_FAILURE

@@ -6,7 +6,11 @@ Exception tree of what the store raises (all `FlowStateError`)::
     ├── StoreUnavailable         TEMPORARY_RESOURCE_UNAVAILABLE, retry_allowed: the database
     │                            cannot be reached or is restarting, the pool is exhausted, a
     │                            lock or statement timed out, contention outlasted the retries
-    ├── SchemaNotReadyError      INTERNAL: the database is not migrated to this build's head
+    ├── DatabaseSetupError       INTERNAL to an RPC, FAILED_PRECONDITION in the CLI: only an
+    │   │                        operator can fix it; the message says how
+    │   ├── SchemaNotReadyError  the database is not migrated to this build's head
+    │   └── MigrationPrivilegesError  the migrating role lacks a privilege; details["sql"] is
+    │                            what a DBA must run
     └── FlowStateError           refusals: FLOW_NOT_FOUND, VERSION_CONFLICT, REQUEST_ID_REUSED,
                                  MALFORMED_REQUEST (limits, bad ids, bad tokens), the core's own
                                  refusals, and INTERNAL for anything unexpected (logged here with
@@ -32,10 +36,13 @@ from flowstate.core.model import ErrorCode
 
 __all__ = [
     "Classified",
+    "DatabaseSetupError",
+    "MigrationPrivilegesError",
     "SchemaNotReadyError",
     "StoreUnavailable",
     "classify",
     "constraint_name",
+    "postgres_message",
     "sqlstate",
     "to_store_error",
 ]
@@ -59,7 +66,16 @@ class StoreUnavailable(FlowStateError):  # noqa: N818 - name fixed by the storag
         )
 
 
-class SchemaNotReadyError(FlowStateError):
+class DatabaseSetupError(FlowStateError):
+    """The database is not ready for this build and only an operator can change that.
+
+    Raised at startup and by migrations, never for one request. Its code stays INTERNAL (no
+    request could succeed), and the CLI prints it as FAILED_PRECONDITION with the message,
+    which names the fix.
+    """
+
+
+class SchemaNotReadyError(DatabaseSetupError):
     """The database schema is not at the revision this build needs (run ``flowstate migrate``)."""
 
     def __init__(self, current: str | None, required: str) -> None:
@@ -71,6 +87,25 @@ class SchemaNotReadyError(FlowStateError):
             retry_allowed=False,
             current_revision=current,
             required_revision=required,
+        )
+
+
+class MigrationPrivilegesError(DatabaseSetupError):
+    """The migrating role may not do what a migration needs; ``details["sql"]`` fixes it.
+
+    The SQL is for a DBA (a superuser or a role with CREATEROLE) to run once; the migration
+    can then be run again by the database owner.
+    """
+
+    def __init__(self, problem: str, *, sql: str, user: str) -> None:
+        """Build the error from what is missing, the SQL that grants it and the migrating user."""
+        super().__init__(
+            ErrorCode.INTERNAL,
+            f"{problem}. Ask a DBA to run, then run `flowstate migrate upgrade` again:\n\n"
+            f"    {sql}\n",
+            retry_allowed=False,
+            sql=sql,
+            user=user,
         )
 
 
@@ -90,6 +125,14 @@ def sqlstate(exc: BaseException) -> str | None:
         state = getattr(cause, "sqlstate", None)
         if isinstance(state, str) and state:
             return state
+    return None
+
+
+def postgres_message(exc: BaseException) -> str | None:
+    """PostgreSQL's own message for `exc` or one of its causes (for operators, not callers)."""
+    for cause in _causes(exc):
+        if isinstance(cause, asyncpg.PostgresError):
+            return str(cause)
     return None
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -100,6 +101,8 @@ class AsyncFlowstateClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: flow_service_pb2_grpc.FlowStateServiceAsyncStub | None = None
         self._closed = False
+        #: Set by `close`: ends the wait before a stream reconnects.
+        self._closed_event = asyncio.Event()
         #: Seam for tests: how the client waits between attempts.
         self._sleep: Callable[[float], Any] = asyncio.sleep
 
@@ -122,8 +125,13 @@ class AsyncFlowstateClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel; open streams end. The client cannot be used afterwards."""
+        """Close the channel; the client cannot be used afterwards.
+
+        Open `watch`/`watch_flows` iterations end (they return, in whichever task iterates
+        them), promptly, also while waiting to reconnect: a locally closed client is final.
+        """
         self._closed = True
+        self._closed_event.set()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -559,6 +567,11 @@ class AsyncFlowstateClient:
         response = await self._call(lambda s: s.GetFlowDefinition, request, timeout)
         return FlowDefinition._from_proto(response.definition)
 
+    async def _pause(self, delay: float) -> None:
+        """Wait `delay` seconds before a stream reconnects, or less if the client closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed_event.wait(), delay)
+
     # --- streams -------------------------------------------------------------------------
 
     async def watch(
@@ -618,6 +631,8 @@ class AsyncFlowstateClient:
         state = RetryState(self._config.watch_retry)
         while True:
             state.begin()
+            if self._closed:
+                return
             call = method(self._service())(position.request(), metadata=self._config.metadata())
             try:
                 async for response in call:
@@ -627,12 +642,22 @@ class AsyncFlowstateClient:
                         yield event
                     if position.done:
                         return
+            except asyncio.CancelledError:
+                # grpc.aio raises CancelledError in the iterating task when the channel closes
+                # under an open call. The task itself was not cancelled: a locally closed
+                # client ends the iteration instead (TaskGroup and timeouts rely on
+                # CancelledError meaning "this task was cancelled").
+                if self._closed and not _being_cancelled():
+                    return
+                raise
             except grpc.aio.AioRpcError as exc:
+                if self._closed:
+                    return
                 error = error_from_rpc_error(exc)
                 delay = state.next_delay(error, retryable=is_resumable(error))
                 if delay is None:
                     raise error from exc
-                await self._sleep(delay)
+                await self._pause(delay)
                 continue
             finally:
                 call.cancel()
@@ -641,4 +666,10 @@ class AsyncFlowstateClient:
             delay = state.next_backoff()
             if delay is None:
                 return
-            await self._sleep(delay)
+            await self._pause(delay)
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task has a pending cancellation request (someone cancelled it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

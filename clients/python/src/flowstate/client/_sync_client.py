@@ -9,6 +9,7 @@ the asyncio client, not this file.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -102,6 +103,8 @@ class FlowstateClient:
         self._channel: grpc.Channel | None = None
         self._stub: flow_service_pb2_grpc.FlowStateServiceStub | None = None
         self._closed = False
+        #: Set by `close`: ends the wait before a stream reconnects.
+        self._closed_event = threading.Event()
         #: Seam for tests: how the client waits between attempts.
         self._sleep: Callable[[float], Any] = time.sleep
 
@@ -124,8 +127,13 @@ class FlowstateClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel; open streams end. The client cannot be used afterwards."""
+        """Close the channel; the client cannot be used afterwards.
+
+        Open `watch`/`watch_flows` iterations (in other threads) end: they return, promptly,
+        also while waiting to reconnect. A locally closed client is final.
+        """
         self._closed = True
+        self._closed_event.set()
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -614,6 +622,8 @@ class FlowstateClient:
         state = RetryState(self._config.watch_retry)
         while True:
             state.begin()
+            if self._closed:
+                return
             call = method(self._service())(position.request(), metadata=self._config.metadata())
             try:
                 for response in call:
@@ -624,11 +634,13 @@ class FlowstateClient:
                     if position.done:
                         return
             except grpc.RpcError as exc:
+                if self._closed:
+                    return
                 error = error_from_rpc_error(exc)
                 delay = state.next_delay(error, retryable=is_resumable(error))
                 if delay is None:
                     raise error from exc
-                self._sleep(delay)
+                self._closed_event.wait(delay)
                 continue
             finally:
                 call.cancel()
@@ -637,4 +649,4 @@ class FlowstateClient:
             delay = state.next_backoff()
             if delay is None:
                 return
-            self._sleep(delay)
+            self._closed_event.wait(delay)

@@ -264,7 +264,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop everything `upgrade` created; the role only when no other database still uses it."""
+    """Drop everything `upgrade` created; the role only when no other database still uses it
+    and the migrating role may drop roles (a DBA may have created it for an owner that may not)."""
     op.execute("DROP VIEW legacy_discovery_flows")
     op.drop_table("idempotency_keys")
     op.drop_table("flow_history")
@@ -276,8 +277,8 @@ def downgrade() -> None:
         DO $$
         BEGIN
             DROP ROLE IF EXISTS {APP_ROLE};
-        EXCEPTION WHEN dependent_objects_still_exist THEN
-            NULL;  -- still granted privileges in another database of the cluster
+        EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+            NULL;  -- still granted privileges in another database, or not ours to drop
         END
         $$;
         """
