@@ -36,7 +36,18 @@ the asyncio client, not this file.
 # (pattern, replacement) in order; every pattern must match at least once (a rewrite that no
 # longer applies means the async client changed shape: update this table).
 _REWRITES: tuple[tuple[str, str], ...] = (
-    (r"^import asyncio\n", "import time\n"),
+    (r"^import asyncio\n", "import threading\nimport time\n"),
+    (r"\basyncio\.Event\(\)", "threading.Event()"),
+    (r"in whichever task iterates", "in whichever thread iterates"),
+    # The wait before a stream reconnects: an Event with a timeout, no wait_for.
+    (
+        r"^( +)with contextlib\.suppress\(TimeoutError\):\n"
+        r" +await asyncio\.wait_for\(self\._closed_event\.wait\(\), delay\)\n",
+        r"\1self._closed_event.wait(delay)\n",
+    ),
+    # grpc.aio's CancelledError on a closed channel (and its helper) has no sync counterpart.
+    (r"^( +)except asyncio\.CancelledError:\n(?:\1 [^\n]*\n)+", ""),
+    (r"\n\n\ndef _being_cancelled\(\) -> bool:\n(?:[ #][^\n]*\n|\n(?= ))+", "\n"),
     (r"^import grpc\.aio\n", ""),
     (r"\n\n    The channel is opened on first use, inside the running event loop\.\n", "\n"),
     (r"The asyncio client", "The blocking client"),

@@ -129,8 +129,8 @@ class FlowstateClient:
     def close(self) -> None:
         """Close the channel; the client cannot be used afterwards.
 
-        Open `watch`/`watch_flows` iterations (in other threads) end: they return, promptly,
-        also while waiting to reconnect. A locally closed client is final.
+        Open `watch`/`watch_flows` iterations end (they return, in whichever thread iterates
+        them), promptly, also while waiting to reconnect: a locally closed client is final.
         """
         self._closed = True
         self._closed_event.set()
@@ -565,6 +565,10 @@ class FlowstateClient:
         response = self._call(lambda s: s.GetFlowDefinition, request, timeout)
         return FlowDefinition._from_proto(response.definition)
 
+    def _pause(self, delay: float) -> None:
+        """Wait `delay` seconds before a stream reconnects, or less if the client closes."""
+        self._closed_event.wait(delay)
+
     # --- streams -------------------------------------------------------------------------
 
     def watch(
@@ -640,7 +644,7 @@ class FlowstateClient:
                 delay = state.next_delay(error, retryable=is_resumable(error))
                 if delay is None:
                     raise error from exc
-                self._closed_event.wait(delay)
+                self._pause(delay)
                 continue
             finally:
                 call.cancel()
@@ -649,4 +653,4 @@ class FlowstateClient:
             delay = state.next_backoff()
             if delay is None:
                 return
-            self._closed_event.wait(delay)
+            self._pause(delay)
