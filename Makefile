@@ -24,6 +24,9 @@ BUF := $(VENV)/bin/buf
 TOOLS := .tools
 STAMPS := $(TOOLS)/stamps
 export GOBIN := $(CURDIR)/$(TOOLS)/bin
+# gRPC's C core logs routine INFO lines to stderr by itself (docs/operations.md, "Logs"): errors
+# only, in the test output too, unless the caller sets a level.
+export GRPC_VERBOSITY ?= ERROR
 
 # Go protoc plugins, installed into .tools/bin (gitignored) by `make setup`.
 PROTOC_GEN_GO_VERSION := v1.36.12

@@ -51,8 +51,8 @@ async def test_create_transition_get_history_and_list_as_tables(flows: Runner) -
     assert "cli demo" in listed.out
 
 
-async def test_json_output_is_the_proto_json(flows: Runner) -> None:
-    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flow_id"]
+async def test_json_output_is_the_canonical_proto3_json(flows: Runner) -> None:
+    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flowId"]
     moved = json.loads(
         (await flows("transition", flow_id, "data_import", "IN_PROGRESS", "--json")).out
     )
@@ -61,18 +61,18 @@ async def test_json_output_is_the_proto_json(flows: Runner) -> None:
     listed = json.loads((await flows("list", "--json", "--status", "DATA_GATHERING")).out)
 
     assert moved["flow"]["version"] == "2"  # int64 is a string in proto3 JSON
-    assert moved["history_entries"][0]["to_state"] == "PHASE_STATE_IN_PROGRESS"
+    assert moved["historyEntries"][0]["toState"] == "PHASE_STATE_IN_PROGRESS"
     assert got["status"] == "FLOW_STATUS_DATA_GATHERING"
     assert got["progress"] == 6.0
-    assert [entry["kind"] for entry in history["history_entries"]] == [
+    assert [entry["kind"] for entry in history["historyEntries"]] == [
         "HISTORY_EVENT_KIND_CREATED",
         "HISTORY_EVENT_KIND_TRANSITION",
     ]
-    assert [flow["flow_id"] for flow in listed["flows"]] == [flow_id]
+    assert [flow["flowId"] for flow in listed["flows"]] == [flow_id]
 
 
 async def test_a_refusal_prints_the_structured_error_and_exits_1(flows: Runner) -> None:
-    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flow_id"]
+    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flowId"]
 
     text = await flows("transition", flow_id, "data_import", "COMPLETED")
     as_json = await flows("transition", flow_id, "data_import", "COMPLETED", "--json")
@@ -105,14 +105,22 @@ async def test_not_found_and_bad_credentials(flows: Runner, cli_server: RunningS
     assert unauthenticated.err.startswith("flowstate: error: UNAUTHENTICATED: ")
 
 
-async def test_unreachable_server_is_a_structured_unavailable() -> None:
+async def test_an_unreachable_server_is_unavailable_naming_the_address() -> None:
     result = await asyncio.to_thread(
         run_flows, "list", "--address", "127.0.0.1:1", "--token", "t", "--timeout", "1"
     )
+    as_json = await asyncio.to_thread(
+        run_flows, "list", "--address", "127.0.0.1:1", "--token", "t", "--timeout", "1", "--json"
+    )
 
     assert result.code == 1
-    assert result.err.startswith("flowstate: error: TEMPORARY_RESOURCE_UNAVAILABLE: ")
+    assert result.out == ""
+    assert result.err.startswith("flowstate: error: UNAVAILABLE: cannot reach 127.0.0.1:1 (")
+    assert "TEMPORARY_RESOURCE_UNAVAILABLE" not in result.err
     assert "grpc_status: UNAVAILABLE" in result.err
+    error = json.loads(as_json.err)["error"]
+    assert error["code"] == "UNAVAILABLE"
+    assert error["message"].startswith("cannot reach 127.0.0.1:1 (")
 
 
 async def test_usage_errors_exit_2(flows: Runner) -> None:
@@ -120,12 +128,14 @@ async def test_usage_errors_exit_2(flows: Runner) -> None:
     bad_duration = await flows("list", "--stuck", "soon")
 
     assert bad_state.code == 2
-    assert "unknown PhaseState 'RUNNING'" in bad_state.err
+    assert "argument STATE: unknown PhaseState 'RUNNING' (expected one of: NOT_STARTED," in (
+        bad_state.err
+    )
     assert bad_duration.code == 2
 
 
 async def test_recovery_lists_and_executes_options(flows: Runner) -> None:
-    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flow_id"]
+    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flowId"]
     await flows("transition", flow_id, "data_import", "IN_PROGRESS")
     failed = await flows(
         "transition", flow_id, "data_import", "FAILED",
@@ -142,11 +152,11 @@ async def test_recovery_lists_and_executes_options(flows: Runner) -> None:
     assert rows[1].split()[:2] == ["#", "ACTION"]
     assert rows[2].split()[:4] == ["1", "RETRY", "data_import", "RETRY_NEEDED"]
     assert executed.code == 0, executed.err
-    assert json.loads(executed.out)["history_entries"][0]["kind"] == "HISTORY_EVENT_KIND_RETRY"
+    assert json.loads(executed.out)["historyEntries"][0]["kind"] == "HISTORY_EVENT_KIND_RETRY"
 
 
 async def test_mutations_pause_resume_rollback_retry_cancel(flows: Runner) -> None:
-    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flow_id"]
+    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flowId"]
 
     async def status(*argv: str) -> str:
         result = await flows(*argv, "--json")
@@ -177,7 +187,7 @@ async def test_mutations_pause_resume_rollback_retry_cancel(flows: Runner) -> No
 
 
 async def test_validate_answers_with_its_exit_code(flows: Runner) -> None:
-    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flow_id"]
+    flow_id = json.loads((await flows("create", "--json")).out)["flow"]["flowId"]
 
     allowed = await flows("validate", flow_id, "--phase", "data_import", "--to", "IN_PROGRESS")
     blocked = await flows("validate", flow_id, "--phase", "field_mapping", "--to", "IN_PROGRESS")
@@ -191,7 +201,7 @@ async def test_validate_answers_with_its_exit_code(flows: Runner) -> None:
     assert blocked.out.startswith("not allowed: PHASE_ORDER_VIOLATION: ")
     assert "blocking phases: data_import" in blocked.out
     assert tables.code == 1
-    assert json.loads(tables.out)["valid_transitions"] == ["PHASE_STATE_IN_PROGRESS"]
+    assert json.loads(tables.out)["validTransitions"] == ["PHASE_STATE_IN_PROGRESS"]
 
 
 async def test_address_and_token_come_from_the_environment(
@@ -223,7 +233,7 @@ async def test_the_console_entry_point_runs_the_group(
 
     created = await asyncio.to_thread(run, "create", "--json")
     refused = await asyncio.to_thread(
-        run, "transition", json.loads(created.stdout)["flow"]["flow_id"], "data_import", "FAILED"
+        run, "transition", json.loads(created.stdout)["flow"]["flowId"], "data_import", "COMPLETED"
     )
 
     assert created.returncode == 0, created.stderr
@@ -279,7 +289,7 @@ async def test_watch_prints_every_event_until_the_flow_ends(flows: Runner) -> No
     # The flow has ended: the stream is its snapshot, one JSON object per line.
     assert snapshot.code == 0, snapshot.err
     (event,) = [json.loads(line) for line in snapshot.out.splitlines()]
-    assert event["flow_version"] == "3"
+    assert event["flowVersion"] == "3"
     assert event["snapshot"]["status"] == "FLOW_STATUS_CANCELLED"
 
 

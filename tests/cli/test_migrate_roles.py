@@ -200,7 +200,7 @@ def test_a_role_that_does_not_own_the_database_gets_postgres_refusal_without_a_t
     assert refused.code == 1
     assert refused.err == (
         "flowstate: error: FAILED_PRECONDITION: the database refused the migration: permission "
-        "denied for schema public. Run `flowstate migrate` as the owner of the database "
+        "denied for schema public. Run `flowstate migrate upgrade` as the owner of the database "
         '(docs/operations.md, "Database roles")\n'
     )
     assert tables(cluster, owner.database) == ""

@@ -9,11 +9,14 @@ come from flags or the environment:
   ``--tls-cert-file`` / ``FLOWSTATE_TLS_CERT_FILE`` with ``--tls-key-file`` /
   ``FLOWSTATE_TLS_KEY_FILE``.
 
-Output is a readable table, or with ``--json`` the proto3 JSON of the response (field names as in
-the protos); ``watch`` prints one line (or one JSON object) per event as it arrives. A refused
-request prints the structured error (code, message, details) on stderr and exits with status 1,
-never a traceback; ``validate`` also exits 1 when the transition is not allowed. Usage errors
-exit with status 2.
+Output is a readable table, or with ``--json`` the canonical proto3 JSON of the response
+(lowerCamelCase field names, enum value names, 64-bit integers as strings: what ``buf curl``
+prints); ``watch`` and ``watch-all`` print one line (or one JSON object) per event as it
+arrives. A refused request prints the structured error (code, message, details) on stderr and
+exits with status 1, never a traceback; a server that cannot be reached is ``UNAVAILABLE:
+cannot reach HOST:PORT``; ``validate`` also exits 1 when the transition is not allowed. Usage
+errors (a state, status or error code that does not exist, a move to FAILED without
+``--error-code``) exit with status 2 and list the valid values.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -47,6 +52,7 @@ from flowstate.client import (
     RetryPolicy,
     ValidationResult,
 )
+from flowstate.v1 import flow_service_pb2
 
 __all__ = ["main", "register"]
 
@@ -54,6 +60,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+_NO_SERVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 _Handler = Callable[[FlowstateClient, argparse.Namespace, "_Output"], int]
 
@@ -72,24 +79,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="inspect and repair flows on a running server",
         description="Inspect and repair flows on a running server (through the Python SDK).",
     )
-    commands = flows.add_subparsers(dest="flows_command", metavar="COMMAND", required=True)
+    commands = flows.add_subparsers(
+        dest="flows_command", metavar="COMMAND", required=True, help="what to do"
+    )
     common = _common_options()
 
-    def command(name: str, handler: _Handler, help_text: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def command(
+        name: str, handler: _Handler, help_text: str, description: str | None = None
+    ) -> argparse.ArgumentParser:
+        parser = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=description or help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         parser.set_defaults(run=lambda args: _run(handler, args))
         return parser
 
     parser = command("list", _list, "list flows, least recently changed first (stuck flows first)")
     parser.add_argument(
-        "--status", action="append", default=[], metavar="STATUS", help="repeatable"
+        "--status",
+        action="append",
+        default=[],
+        type=_enum_name(FlowStatus),
+        metavar="STATUS",
+        help=f"only flows in this status (repeatable): {_names(FlowStatus)}",
     )
     parser.add_argument(
         "--phase-state",
         action="append",
         default=[],
         metavar="PHASE=STATE[,STATE]",
-        help="only flows whose phase is in one of the states (repeatable)",
+        help=f"only flows whose phase is in one of the states (repeatable); states: "
+        f"{_names(PhaseState)}",
     )
     parser.add_argument(
         "--stuck",
@@ -97,53 +120,140 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DURATION",
         help="only flows unchanged for this long, e.g. 30m, 2h, 1d",
     )
-    parser.add_argument("--definition", help="only flows of this definition")
-    parser.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
+    parser.add_argument("--definition", metavar="NAME", help="only flows of this definition")
+    parser.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N flows (0: all; default 50)"
+    )
 
     parser = command("get", _get, "show a flow and its phases")
-    parser.add_argument("flow_id")
+    _flow_id_argument(parser)
 
-    parser = command("history", _history, "show a flow's history")
-    parser.add_argument("flow_id")
-    parser.add_argument("--after-version", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
-
-    parser = command("watch", _watch, "follow a flow's changes as they commit, until it ends")
-    parser.add_argument("flow_id")
+    parser = command("history", _history, "show a flow's history (oldest first)")
+    _flow_id_argument(parser)
     parser.add_argument(
         "--after-version",
         type=int,
-        help="first replay the changes after this version (default: start with a snapshot)",
+        default=0,
+        metavar="N",
+        help="only entries after flow version N (default 0: all)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="at most N entries (default 0: all)"
+    )
+
+    parser = command("watch", _watch, "follow a flow's changes as they commit, until it ends")
+    _flow_id_argument(parser)
+    parser.add_argument(
+        "--after-version",
+        type=int,
+        metavar="N",
+        help="first replay the changes after version N (default: start with a snapshot)",
     )
     parser.add_argument(
         "--keep-open", action="store_true", help="keep following after the flow has ended"
     )
 
-    parser = command("transition", _transition, "move a phase to a state")
-    parser.add_argument("flow_id")
-    parser.add_argument("phase")
-    parser.add_argument("state", help="target phase state, e.g. IN_PROGRESS")
-    parser.add_argument("--error-code", help="failure code (to FAILED / RETRY_NEEDED)")
-    parser.add_argument("--error-message", default="", help="failure message")
-    parser.add_argument("--error-details", type=_json_object, help="failure details (JSON)")
-    parser.add_argument("--metadata", type=_json_object, help="history metadata (JSON)")
+    parser = command(
+        "watch-all",
+        _watch_all,
+        "follow every flow of the tenant (WatchFlows), until interrupted",
+        "Follow every matching flow of the token's tenant: a snapshot of each, then every "
+        "change as it\ncommits, one line (or, with --json, one JSON object) per event. Each event "
+        "carries a cursor;\npass the last one to --cursor to resume where a previous run "
+        "stopped.",
+    )
+    parser.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        type=_enum_name(FlowStatus),
+        metavar="STATUS",
+        help=f"only flows in this status (repeatable): {_names(FlowStatus)}",
+    )
+    parser.add_argument("--definition", metavar="NAME", help="only flows of this definition")
+    parser.add_argument(
+        "--flow-id",
+        dest="flow_ids",
+        action="append",
+        default=[],
+        metavar="FLOW_ID",
+        help="only this flow (repeatable)",
+    )
+    parser.add_argument(
+        "--cursor", help="resume after this event's cursor (default: start with snapshots)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="stop after N events (default 0: never)"
+    )
+
+    parser = command(
+        "transition",
+        _transition,
+        "move a phase to a state",
+        "Move a phase to a state. A move to FAILED or RETRY_NEEDED reports why: --error-code "
+        "(required)\nand optionally --error-message and --error-details.\n\n"
+        + _listing("States", PhaseState),
+    )
+    _flow_id_argument(parser)
+    _phase_argument(parser)
+    parser.add_argument(
+        "state",
+        type=_enum_name(PhaseState),
+        metavar="STATE",
+        help="target phase state, e.g. IN_PROGRESS (any case)",
+    )
+    parser.add_argument(
+        "--error-code",
+        type=_failure_code,
+        metavar="CODE",
+        help="why the phase failed (required for FAILED / RETRY_NEEDED): " + _PHASE_FAILURE_HELP,
+    )
+    parser.add_argument(
+        "--error-message", default="", metavar="TEXT", help="what failed, for people"
+    )
+    parser.add_argument(
+        "--error-details",
+        type=_json_object,
+        metavar="JSON",
+        help="failure details as a JSON object, e.g. '{\"rows\": 3}'",
+    )
+    parser.add_argument(
+        "--metadata", type=_json_object, metavar="JSON", help="history metadata (a JSON object)"
+    )
     _mutation_options(parser)
 
     parser = command("progress", _progress, "report in-phase progress (0..1) of a running phase")
-    parser.add_argument("flow_id")
-    parser.add_argument("phase")
-    parser.add_argument("progress", type=float)
+    _flow_id_argument(parser)
+    _phase_argument(parser)
+    parser.add_argument(
+        "progress", type=float, metavar="FRACTION", help="how far the phase is, 0.0 to 1.0"
+    )
     _mutation_options(parser)
 
-    parser = command("retry", _retry, "retry a failed phase")
-    parser.add_argument("flow_id")
-    parser.add_argument("phase")
-    parser.add_argument("--force", action="store_true", help="non-retryable failure (admin)")
+    parser = command(
+        "retry",
+        _retry,
+        "retry a failed phase (FAILED -> RETRY_NEEDED; again: -> IN_PROGRESS)",
+        "Retry a phase. A retry is two steps, each its own transition and history entry:\n"
+        "  FAILED -> RETRY_NEEDED        (the flow is RETRY_PENDING; nothing runs yet)\n"
+        "  RETRY_NEEDED -> IN_PROGRESS   (counts one attempt against the phase's max_retries)\n"
+        "so a FAILED phase needs two calls, or one with --restart, which makes both.",
+    )
+    _flow_id_argument(parser)
+    _phase_argument(parser)
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="from FAILED, go straight back to IN_PROGRESS (both steps, two history entries)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="retry a non-retryable failure (flows:admin scope)"
+    )
     _mutation_options(parser)
 
     parser = command("rollback", _rollback, "roll a phase back (and its dependents)")
-    parser.add_argument("flow_id")
-    parser.add_argument("phase")
+    _flow_id_argument(parser)
+    _phase_argument(parser)
     parser.add_argument(
         "--no-cascade",
         dest="cascade",
@@ -158,32 +268,151 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("cancel", _cancel, "cancel a flow (terminal)"),
     ):
         parser = command(name, handler, help_text)
-        parser.add_argument("flow_id")
+        _flow_id_argument(parser)
         _mutation_options(parser)
 
     parser = command("recovery", _recovery, "list (or execute) a flow's recovery options")
-    parser.add_argument("flow_id")
+    _flow_id_argument(parser)
     parser.add_argument(
         "--execute", type=int, metavar="N", help="execute option number N of the list"
     )
-    parser.add_argument("--request-id", help="idempotency key for --execute")
+    parser.add_argument(
+        "--request-id", metavar="ID", help="idempotency key for --execute (default: generated)"
+    )
 
     parser = command("create", _create, "create a flow")
-    parser.add_argument("--definition", default="", help='definition name (default "discovery")')
-    parser.add_argument("--definition-version", type=int, default=0)
-    parser.add_argument("--display-name", default="")
-    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--flow-id", help="client-chosen UUID")
-    parser.add_argument("--request-id", help="idempotency key (generated when omitted)")
+    parser.add_argument(
+        "--definition", default="", metavar="NAME", help='definition name (default "discovery")'
+    )
+    parser.add_argument(
+        "--definition-version",
+        type=int,
+        default=0,
+        metavar="N",
+        help="definition version (default 0: the latest)",
+    )
+    parser.add_argument("--display-name", default="", metavar="TEXT", help="a name for people")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label to filter by later (repeatable)",
+    )
+    parser.add_argument("--flow-id", metavar="UUID", help="client-chosen id (default: generated)")
+    parser.add_argument("--request-id", metavar="ID", help="idempotency key (default: generated)")
 
-    parser = command("validate", _validate, "check a transition without applying it")
-    parser.add_argument("flow_id", nargs="?", help="check against this flow's actual state")
-    parser.add_argument("--definition", help="definition whose tables to check (no flow id)")
-    parser.add_argument("--phase", help="phase transition: the phase")
-    parser.add_argument("--from", dest="from_state", help="phase transition: current state")
-    parser.add_argument("--to", dest="to_state", help="phase transition: target state")
-    parser.add_argument("--from-status", help="flow transition: current status")
-    parser.add_argument("--to-status", help="flow transition: target status")
+    parser = command(
+        "validate",
+        _validate,
+        "check a transition without applying it (exit 0: allowed, 1: not)",
+        "Check a transition without applying it; exit 0 when allowed, 1 when not.\n"
+        "A phase transition: --phase and --to (with FLOW_ID, or --from for the tables alone).\n"
+        "A flow transition: --to-status (with FLOW_ID, or --from-status).\n\n"
+        + _listing("States", PhaseState)
+        + "\n"
+        + _listing("Statuses", FlowStatus),
+    )
+    parser.add_argument(
+        "flow_id",
+        nargs="?",
+        metavar="FLOW_ID",
+        help="check against this flow's actual state (default: the tables alone)",
+    )
+    parser.add_argument(
+        "--definition",
+        metavar="NAME",
+        help="definition whose tables to check without a flow (default discovery)",
+    )
+    parser.add_argument("--phase", metavar="PHASE", help="phase transition: the phase")
+    parser.add_argument(
+        "--from",
+        dest="from_state",
+        type=_enum_name(PhaseState),
+        metavar="STATE",
+        help="phase transition: current state",
+    )
+    parser.add_argument(
+        "--to",
+        dest="to_state",
+        type=_enum_name(PhaseState),
+        metavar="STATE",
+        help="phase transition: target state",
+    )
+    parser.add_argument(
+        "--from-status",
+        type=_enum_name(FlowStatus),
+        metavar="STATUS",
+        help="flow transition: current status",
+    )
+    parser.add_argument(
+        "--to-status",
+        type=_enum_name(FlowStatus),
+        metavar="STATUS",
+        help="flow transition: target status",
+    )
+
+
+_PHASE_FAILURE_CODES = (
+    ErrorCode.PHASE_EXECUTION_FAILED,
+    ErrorCode.AGENT_TIMEOUT,
+    ErrorCode.EXTERNAL_SERVICE_ERROR,
+    ErrorCode.DATA_VALIDATION_FAILED,
+)
+"""The codes a worker reports a phase failure with (DESIGN.md section 2, "Failure reports")."""
+_PHASE_FAILURE_HELP = (
+    "PHASE_EXECUTION_FAILED, AGENT_TIMEOUT, EXTERNAL_SERVICE_ERROR (retryable) or "
+    "DATA_VALIDATION_FAILED (not retryable)"
+)
+
+
+def _listing(label: str, enum: type[PhaseState] | type[FlowStatus]) -> str:
+    """``States: A, B, ...`` wrapped for a help description."""
+    return textwrap.fill(f"{label}: {_names(enum)}", width=90, subsequent_indent="  ")
+
+
+def _names(enum: type[PhaseState] | type[FlowStatus]) -> str:
+    """The member names a user may type, in the API's order."""
+    return ", ".join(member.name for member in enum if member.value != 0)
+
+
+_Enum = PhaseState | FlowStatus | ErrorCode
+
+
+def _enum_name(enum: type[_Enum]) -> Callable[[str], str]:
+    """An argparse type: a member name in any case, checked here so usage errors list the
+    valid names; the SDK receives the canonical name."""
+
+    def parse(text: str) -> str:
+        try:
+            return enum.parse(text).name
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = enum.__name__  # argparse names the type in its message
+    return parse
+
+
+def _failure_code(text: str) -> str:
+    """--error-code: any ErrorCode name; a wrong one is answered with the phase failure codes."""
+    try:
+        return ErrorCode.parse(text).name
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown error code {text!r}: a phase failure is {_PHASE_FAILURE_HELP}"
+        ) from None
+
+
+def _flow_id_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("flow_id", metavar="FLOW_ID", help="the flow's id (a UUID)")
+
+
+def _phase_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "phase",
+        metavar="PHASE",
+        help="phase name, e.g. data_import (`flowstate flows get FLOW_ID` lists them)",
+    )
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -192,45 +421,65 @@ def _common_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--address",
         default=os.environ.get("FLOWSTATE_ADDRESS", DEFAULT_ADDRESS),
+        metavar="HOST:PORT",
         help="server host:port (FLOWSTATE_ADDRESS; default %(default)s)",
     )
     group.add_argument(
         "--token",
         default=os.environ.get("FLOWSTATE_TOKEN"),
-        help="bearer token (FLOWSTATE_TOKEN)",
+        metavar="JWT",
+        help="bearer token (FLOWSTATE_TOKEN; `flowstate token` mints one in dev mode)",
     )
     group.add_argument("--tls", action="store_true", help="use TLS with the system roots")
     group.add_argument(
         "--tls-ca-file",
         type=Path,
         default=_env_path("FLOWSTATE_TLS_CA_FILE"),
+        metavar="PEM",
         help="PEM roots of the server certificate (FLOWSTATE_TLS_CA_FILE)",
     )
     group.add_argument(
         "--tls-cert-file",
         type=Path,
         default=_env_path("FLOWSTATE_TLS_CERT_FILE"),
+        metavar="PEM",
         help="client certificate for mTLS (FLOWSTATE_TLS_CERT_FILE)",
     )
     group.add_argument(
         "--tls-key-file",
         type=Path,
         default=_env_path("FLOWSTATE_TLS_KEY_FILE"),
+        metavar="PEM",
         help="client key for mTLS (FLOWSTATE_TLS_KEY_FILE)",
     )
     group.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds per call (default %(default)s)"
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="per call, retries included (default %(default)s)",
     )
-    common.add_argument("--json", action="store_true", help="print proto3 JSON")
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="print the response as canonical proto3 JSON (camelCase names, as buf curl does)",
+    )
     return common
 
 
 def _mutation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reason", default="", help="recorded in history")
+    parser.add_argument("--reason", default="", metavar="TEXT", help="recorded in the history")
     parser.add_argument(
-        "--expected-version", type=int, help="apply only if the flow is at this version"
+        "--expected-version",
+        type=int,
+        metavar="N",
+        help="apply only if the flow is at version N (else VERSION_CONFLICT)",
     )
-    parser.add_argument("--request-id", help="idempotency key (generated when omitted)")
+    parser.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="idempotency key: the same ID again replays the first result (default: generated)",
+    )
 
 
 def _env_path(name: str) -> Path | None:
@@ -301,7 +550,7 @@ def _run(handler: _Handler, args: argparse.Namespace) -> int:
         with client:
             return handler(client, args, output)
     except FlowstateError as error:
-        _print_error(error, output)
+        _print_error(error, output, address=args.address)
         return EXIT_ERROR
     except ValueError as exc:  # a bad enum name or a missing argument combination
         print(f"flowstate: error: INVALID_ARGUMENT: {exc}", file=output.err)
@@ -314,13 +563,23 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-def _print_error(error: FlowstateError, output: _Output) -> None:
-    """The structured error, in the format every `flowstate` command uses."""
-    if output.as_json:
-        print(json.dumps({"error": error.to_dict()}, indent=2), file=output.err)
-        return
+def _print_error(error: FlowstateError, output: _Output, *, address: str) -> None:
+    """The structured error, in the format every `flowstate` command uses.
+
+    A call that never reached a server (UNAVAILABLE without the server's FlowError) says so
+    and names the address, rather than the SDK's TEMPORARY_RESOURCE_UNAVAILABLE, which is
+    also what a server says when its database is down.
+    """
     code = error.code.name if error.code != ErrorCode.UNSPECIFIED else error.grpc_code.name
-    print(f"flowstate: error: {code}: {error.message}", file=output.err)
+    message = error.message
+    if error.flow_error is None and error.grpc_code in _NO_SERVER_CODES:
+        code = error.grpc_code.name
+        message = f"cannot reach {address} ({error.message})"
+    if output.as_json:
+        fields = {**error.to_dict(), "code": code, "message": message}
+        print(json.dumps({"error": fields}, indent=2), file=output.err)
+        return
+    print(f"flowstate: error: {code}: {message}", file=output.err)
     if error.details:
         details = json.dumps(error.details, sort_keys=True, default=str)
         print(f"  details: {details}", file=output.err)
@@ -400,9 +659,30 @@ def _history(client: FlowstateClient, args: argparse.Namespace, output: _Output)
         if args.limit and len(entries) >= args.limit:
             break
     if output.as_json:
-        output.json({"history_entries": [_proto_json(entry.raw) for entry in entries]})
+        output.json({"historyEntries": [_proto_json(entry.raw) for entry in entries]})
     else:
         output.line(_history_table(entries) if entries else "no history entries")
+    return EXIT_OK
+
+
+def _watch_all(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
+    events = client.watch_flows(
+        statuses=args.status,
+        definition_name=args.definition,
+        flow_ids=args.flow_ids,
+        cursor=args.cursor,
+    )
+    for count, event in enumerate(events, start=1):
+        if output.as_json:  # the response as WatchFlows sends it: {"event": ..., "cursor": ...}
+            response = flow_service_pb2.WatchFlowsResponse(
+                event=event.raw, cursor=event.cursor or ""
+            )
+            output.event(json.dumps(_proto_json(response), separators=(",", ":")))
+        else:
+            cursor = f"  cursor={event.cursor}" if event.cursor else ""
+            output.event(f"{event.flow_id}  {_event_line(event)}{cursor}")
+        if count == args.limit:
+            break
     return EXIT_OK
 
 
@@ -433,10 +713,16 @@ def _event_line(event: FlowEvent) -> str:
 
 
 def _transition(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
+    state = PhaseState.parse(args.state)
+    if state in (PhaseState.FAILED, PhaseState.RETRY_NEEDED) and not args.error_code:
+        raise ValueError(
+            f"a move to {state.name} reports why: add --error-code CODE, one of "
+            f"{_PHASE_FAILURE_HELP} (and --error-message TEXT)"
+        )
     result = client.transition_phase(
         args.flow_id,
         args.phase,
-        PhaseState.parse(args.state),
+        state,
         reason=args.reason,
         error_code=args.error_code,
         error_message=args.error_message,
@@ -469,7 +755,29 @@ def _retry(client: FlowstateClient, args: argparse.Namespace, output: _Output) -
         request_id=args.request_id,
         expected_version=args.expected_version,
     )
+    if args.restart and _phase_state(result.flow, args.phase) is PhaseState.RETRY_NEEDED:
+        # The second step: RETRY_NEEDED -> IN_PROGRESS, at the version the first one made (a
+        # change in between is a VERSION_CONFLICT, not a silent restart of something else).
+        first = result
+        result = client.retry(
+            args.flow_id,
+            args.phase,
+            force=args.force,
+            reason=args.reason,
+            request_id=f"{args.request_id}:restart" if args.request_id else None,
+            expected_version=first.flow.version,
+        )
+        # One response with both entries, so --json has the same shape as a single retry.
+        raw = flow_service_pb2.RetryResponse(
+            flow=result.raw.flow,
+            history_entries=[*first.raw.history_entries, *result.raw.history_entries],
+        )
+        result = MutationResult._from_proto(raw)
     return _print_mutation(result, output)
+
+
+def _phase_state(flow: Flow, phase: str) -> PhaseState | None:
+    return next((p.state for p in flow.phases if p.name == phase), None)
 
 
 def _rollback(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
@@ -557,7 +865,8 @@ def _validate(client: FlowstateClient, args: argparse.Namespace, output: _Output
 
 
 def _proto_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """The canonical proto3 JSON mapping (lowerCamelCase names, enum names, int64 as strings)."""
+    return json_format.MessageToDict(message)
 
 
 def _print_mutation(result: MutationResult, output: _Output) -> int:

@@ -1,8 +1,8 @@
 """The `flowstate` console script: one argparse parser, a sub-command per group.
 
-Commands: ``serve`` and ``token`` (here), ``migrate`` and ``import-legacy``
-(`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`). A group whose
-module is not part of this build is simply absent.
+Commands: ``serve``, ``token``, ``health`` (their own modules), ``migrate`` and
+``import-legacy`` (`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`). A
+group whose module is not part of this build is simply absent.
 
 Failures print a structured error (``flowstate: error: CODE: message`` and the details) on
 stderr and exit non-zero: 1 for a refused or failed operation, 2 for bad usage or settings.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -21,13 +22,13 @@ from collections.abc import Sequence
 
 import grpc
 
-from flowstate.cli import serve, token
+from flowstate.cli import health, serve, token
 from flowstate.cli._common import print_error, print_flow_state_error, print_rpc_error
 from flowstate.core.errors import FlowStateError
 from flowstate.server.config import ConfigError
 from flowstate.storage.errors import DatabaseSetupError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "version_text"]
 
 _OPTIONAL_GROUPS = ("flowstate.cli.storage_commands", "flowstate.cli.flows")
 EXIT_FAILURE = 1
@@ -39,15 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowstate",
         description="Flowstate: the state of long, multi-phase workflows, over gRPC.",
+        epilog="`flowstate COMMAND --help` describes each command. Errors print "
+        "`flowstate: error: CODE: message` on stderr; the exit status is 1 for a refused or "
+        "failed operation, 2 for bad usage or settings.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=version_text())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do")
     serve.register(subparsers)
     token.register(subparsers)
+    health.register(subparsers)
     for name in _OPTIONAL_GROUPS:
         # find_spec, not try/except ImportError: a broken module must fail loudly.
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(subparsers)
     return parser
+
+
+def version_text() -> str:
+    """``flowstate 0.1.0 (client 0.1.0, API flowstate.v1, Python 3.11.7)``."""
+
+    def installed(distribution: str) -> str:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    return (
+        f"flowstate {installed('flowstate')} (client {installed('flowstate-client')}, "
+        f"API flowstate.v1, Python {python})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,8 +55,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(FLOWSTATE_METRICS_PORT; off)",
     )
     parser.add_argument("--metrics-host", help="metrics address (FLOWSTATE_METRICS_HOST)")
-    parser.add_argument("--log-format", choices=LOG_FORMATS, help="FLOWSTATE_LOG_FORMAT (text)")
-    parser.add_argument("--log-level", help="FLOWSTATE_LOG_LEVEL (INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="log lines on stderr as text or one JSON object each (FLOWSTATE_LOG_FORMAT; text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        help="DEBUG, INFO, WARNING or ERROR (FLOWSTATE_LOG_LEVEL; INFO)",
+    )
     parser.add_argument(
         "--grace-period",
         type=float,
@@ -79,10 +86,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="use the data directory's dev secret even with an external database "
         "(FLOWSTATE_DEV_AUTH)",
     )
-    parser.add_argument("--tls-cert-file", type=Path, help="FLOWSTATE_TLS_CERT_FILE")
-    parser.add_argument("--tls-key-file", type=Path, help="FLOWSTATE_TLS_KEY_FILE")
     parser.add_argument(
-        "--tls-client-ca-file", type=Path, help="require client certificates (mTLS)"
+        "--tls-cert-file",
+        type=Path,
+        help="serve TLS with this PEM certificate chain (FLOWSTATE_TLS_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--tls-key-file", type=Path, help="the certificate's PEM key (FLOWSTATE_TLS_KEY_FILE)"
+    )
+    parser.add_argument(
+        "--tls-client-ca-file",
+        type=Path,
+        help="require client certificates signed by these PEM roots, mTLS "
+        "(FLOWSTATE_TLS_CLIENT_CA_FILE)",
     )
     parser.set_defaults(run=run)
 

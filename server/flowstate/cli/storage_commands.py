@@ -28,6 +28,18 @@ from flowstate.storage.store import FlowStore
 __all__ = ["register"]
 
 
+_MIGRATE_DESCRIPTION = """\
+Apply or revert the database schema migrations.
+
+  flowstate migrate upgrade              to the latest revision (run after every upgrade)
+  flowstate migrate downgrade -1         one revision back ("base": drop everything)
+  flowstate migrate current              the database's revision and the one this build needs
+
+The database is --database-url (default $FLOWSTATE_DATABASE_URL); without one, the embedded
+PostgreSQL of --data-dir, which `flowstate serve` migrates by itself. Run it as the database
+owner: docs/operations.md ("Database roles") lists the roles it needs."""
+
+
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
@@ -45,14 +57,37 @@ def _add_database_options(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``migrate`` (upgrade/downgrade/current) and ``import-legacy`` to the CLI."""
     migrate_parser = subparsers.add_parser(
-        "migrate", help="apply or revert database migrations", description=__doc__
+        "migrate",
+        help="apply or revert database migrations (flowstate migrate upgrade)",
+        description=_MIGRATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    actions = migrate_parser.add_subparsers(dest="migrate_action", metavar="ACTION", required=True)
-    upgrade = actions.add_parser("upgrade", help="upgrade the schema (default: to head)")
-    upgrade.add_argument("revision", nargs="?", default="head")
-    downgrade = actions.add_parser("downgrade", help="downgrade the schema to REVISION")
-    downgrade.add_argument("revision", help='target revision, e.g. "-1" or "base"')
-    current = actions.add_parser("current", help="print the schema revision")
+    actions = migrate_parser.add_subparsers(
+        dest="migrate_action", metavar="ACTION", required=True, help="what to do"
+    )
+    upgrade = actions.add_parser(
+        "upgrade",
+        help="upgrade the schema (default: to head); run it after every upgrade of Flowstate",
+        description="Upgrade the schema, in one transaction. Run it as the database's owner; "
+        "docs/operations.md (Database roles) says which roles it needs.",
+    )
+    upgrade.add_argument(
+        "revision", nargs="?", default="head", help="target revision (default: head, the latest)"
+    )
+    downgrade = actions.add_parser(
+        "downgrade",
+        help="downgrade the schema to REVISION",
+        description='Downgrade the schema to REVISION, in one transaction ("base" drops '
+        "every table, and with them every flow).",
+    )
+    downgrade.add_argument(
+        "revision", help='target revision: an id, "-1" (one step back) or "base" (empty)'
+    )
+    current = actions.add_parser(
+        "current",
+        help="print the schema revision",
+        description="Print the database's schema revision and the one this build needs.",
+    )
     for action in (upgrade, downgrade, current):
         _add_database_options(action)
         action.set_defaults(run=_run_migrate)
@@ -63,14 +98,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Create one discovery flow per row of a legacy export (CSV or JSON); "
         "see flowstate.service.legacy. Rerunning skips flows already imported.",
     )
-    importer.add_argument("--file", type=Path, required=True, help="rows.csv or rows.json")
+    importer.add_argument(
+        "--file", type=Path, required=True, help="the legacy export, rows.csv or rows.json"
+    )
     importer.add_argument(
         "--tenant", required=True, metavar="ACCOUNT/ENGAGEMENT", help="the owning tenant"
     )
     importer.add_argument(
-        "--format", choices=("csv", "json"), default=None, help="default: from the extension"
+        "--format",
+        choices=("csv", "json"),
+        default=None,
+        help="the file's format (default: from its extension)",
     )
-    importer.add_argument("--user-id", default="legacy-import", help="recorded in the history")
+    importer.add_argument(
+        "--user-id",
+        default="legacy-import",
+        help="recorded in the history as who imported (default: %(default)s)",
+    )
     _add_database_options(importer)
     importer.set_defaults(run=_run_import)
 

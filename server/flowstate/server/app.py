@@ -14,10 +14,10 @@ Start-up order (each step undone if a later one fails):
 OpenTelemetry tracing (`flowstate.server.tracing`) starts with step 5 when configured.
 
 Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop counting
-stuck flows; stop accepting RPCs; close the watch hub, so open streams end at once with
-UNAVAILABLE / SERVER_SHUTTING_DOWN (clients resume elsewhere); give in-flight RPCs the grace
-period; close the store; stop the embedded PostgreSQL; stop the metrics endpoint; flush the
-traces.
+stuck flows; refuse every new RPC with UNAVAILABLE / SERVER_SHUTTING_DOWN and RetryInfo
+(`rpc.CallGate`); close the watch hub, so open streams end at once with the same status
+(clients resume elsewhere); let the RPCs in flight finish within the grace period; stop gRPC;
+close the store; stop the embedded PostgreSQL; stop the metrics endpoint; flush the traces.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from flowstate.server.auth import Authenticator
 from flowstate.server.config import AuthConfig, ConfigError, ServerSettings, resolve_auth
 from flowstate.server.metrics import Metrics, MetricsEndpoint
-from flowstate.server.rpc import RpcSupport
+from flowstate.server.rpc import RpcSupport, add_service
 from flowstate.server.servicer import FlowStateServicer
 from flowstate.server.stuck import StuckFlowsMonitor
 from flowstate.server.tracing import Tracing, start_tracing
@@ -44,7 +44,7 @@ from flowstate.server.watch import WatchHub
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.store import FlowStore
 from flowstate.storage.urls import normalize_database_url, redact_database_url
-from flowstate.v1 import flow_service_pb2, flow_service_pb2_grpc
+from flowstate.v1 import flow_service_pb2
 
 __all__ = ["SERVICE_NAME", "FlowstateServer", "format_address", "grpc_options", "run_event_loop"]
 
@@ -120,6 +120,7 @@ class _Resources:
     store: FlowStore | None = None
     owns_store: bool = True
     hub: WatchHub | None = None
+    support: RpcSupport | None = None
     server: grpc.aio.Server | None = None
     metrics_endpoint: MetricsEndpoint | None = None
     stuck_monitor: StuckFlowsMonitor | None = None
@@ -130,7 +131,9 @@ class _Resources:
         if self.stuck_monitor is not None:
             steps.append(("stuck-flows monitor", self.stuck_monitor.close))
         if self.server is not None:
-            steps.append(("grpc server", lambda: _stop_server(self.server, self.hub, grace)))
+            steps.append(
+                ("grpc server", lambda: _stop_server(self.server, self.hub, self.support, grace))
+            )
         elif self.hub is not None:
             steps.append(("watch hub", self.hub.close))
         if self.store is not None and self.owns_store:
@@ -151,13 +154,30 @@ class _Resources:
                 _log.exception("stopping the %s failed", name)
 
 
-async def _stop_server(server: grpc.aio.Server | None, hub: WatchHub | None, grace: float) -> None:
-    """Stop accepting RPCs, end the streams (hub), let in-flight RPCs finish within `grace`."""
+async def _stop_server(
+    server: grpc.aio.Server | None,
+    hub: WatchHub | None,
+    support: RpcSupport | None,
+    grace: float,
+) -> None:
+    """Refuse new RPCs (UNAVAILABLE), end the streams (hub), let the RPCs in flight finish
+    within `grace`, then stop gRPC (which cancels whatever is still running).
+
+    The drain is ours (`rpc.CallGate`), not gRPC's: `server.stop(grace)` alone would cancel
+    the calls gRPC had received but not yet handed over, and clients see CANCELLED.
+    """
     assert server is not None
-    stopping = asyncio.create_task(server.stop(grace))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    if support is not None:
+        support.gate.close()
     if hub is not None:
         await hub.close()
-    await stopping
+    if support is not None and not await support.gate.drained(max(deadline - loop.time(), 0)):
+        _log.warning(
+            "grace period over: cancelling %d RPCs still in flight", support.gate.in_flight
+        )
+    await server.stop(max(deadline - loop.time(), 0))
 
 
 class FlowstateServer:
@@ -226,9 +246,12 @@ class FlowstateServer:
                 interceptors=() if resources.tracing is None else (resources.tracing.interceptor,),
             )
             resources.server = server
-            flow_service_pb2_grpc.add_FlowStateServiceServicer_to_server(
-                FlowStateServicer(resources.store, support, resources.hub), server
+            add_service(
+                FlowStateServicer(resources.store, support, resources.hub),
+                server,
+                flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"],
             )
+            resources.support = support
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection(

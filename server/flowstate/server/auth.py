@@ -7,7 +7,10 @@ secret) or RS256/ES256 (the server holds the public key). Claims:
 - ``client_account_id`` and ``engagement_id``: the tenant (never taken from a request body);
 - ``scope``: space-separated ``flows:read``, ``flows:write``, ``flows:admin``; write implies
   read and admin implies write;
-- ``exp`` (required), ``iss`` / ``aud`` (checked when configured).
+- ``exp`` (required), ``iss`` / ``aud`` (checked when configured); ``exp``, ``nbf`` and
+  ``iat`` must be JSON numbers (RFC 7519 NumericDate), not numeric strings.
+
+A request with more than one ``authorization`` header is refused (`flowstate.server.rpc`).
 
 Missing, malformed, expired or forged tokens are UNAUTHENTICATED; a valid token whose scopes
 are too small is PERMISSION_DENIED. Verified tokens are cached until they expire (bounded), so
@@ -58,6 +61,7 @@ DEV_SECRET_FILENAME: Final = "jwt-dev-secret"
 """Name of the dev secret file inside the data directory."""
 _MAX_CLAIM: Final = 256
 _CACHE_SIZE: Final = 4096
+_NUMERIC_DATES: Final = ("exp", "nbf", "iat")
 
 
 class Scope(enum.StrEnum):
@@ -200,6 +204,11 @@ class Authenticator:
             raise _unauthenticated("token expired") from None
         except jwt.InvalidTokenError as exc:
             raise _unauthenticated(f"invalid token: {exc}") from None
+        for claim in _NUMERIC_DATES:
+            value = payload.get(claim)
+            # PyJWT converts "123" with int(); RFC 7519 says a NumericDate is a JSON number.
+            if claim in payload and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise _unauthenticated(f"token claim {claim!r} must be a number (NumericDate)")
         tenant = Tenant(_claim(payload, "client_account_id"), _claim(payload, "engagement_id"))
         scope = payload.get("scope", "")
         granted = scope.split() if isinstance(scope, str) else []

@@ -12,6 +12,13 @@ Every refusal leaves the server as a `google.rpc.Status` (via grpcio-status) who
 - `google.rpc.BadRequest` with field violations for malformed requests (details
   ``field_violations`` or ``field``).
 
+The whole status stays small whatever the input, far under gRPC's default 8 KiB metadata
+limit (past which a client sees RESOURCE_EXHAUSTED instead of the refusal): the field
+violations travel in BadRequest only (not again in ErrorInfo and FlowError), at most
+`MAX_LISTED_VIOLATIONS` of them, and ErrorInfo and FlowError say how many were left out
+(``field_violations_omitted``); every text is clipped; if the details still exceed
+`MAX_DETAILS_BYTES`, the free-form ones are dropped (the typed fields remain).
+
 The trailing metadata also carries ``x-correlation-id``. Unexpected exceptions become INTERNAL
 with nothing but ``internal error (correlation id X)``: no exception text, no stack, no SQL.
 """
@@ -43,6 +50,8 @@ __all__ = [
     "CORRELATION_ID_HEADER",
     "ERROR_DOMAIN",
     "GRPC_STATUS_BY_CODE",
+    "MAX_DETAILS_BYTES",
+    "MAX_LISTED_VIOLATIONS",
     "flow_error_to_proto",
     "internal_error",
     "to_grpc_status",
@@ -98,6 +107,15 @@ _RPC_CODE: Mapping[grpc.StatusCode, int] = {
     status: getattr(code_pb2, status.name) for status in set(GRPC_STATUS_BY_CODE.values())
 }
 _RETRY_DELAY: Final = duration_pb2.Duration(seconds=1)
+
+MAX_LISTED_VIOLATIONS: Final = 10
+"""Field violations listed in BadRequest; the rest are counted (``field_violations_omitted``)."""
+MAX_DETAILS_BYTES: Final = 4096
+"""Upper bound of the serialized status details (base64 on the wire: under 5.5 KiB)."""
+_MAX_TEXT: Final = 256  # each metadata value, violation description, field path
+_MAX_MESSAGE: Final = 512  # the status message
+_VIOLATIONS: Final = "field_violations"
+_OMITTED: Final = "field_violations_omitted"
 # Core command fields that have another name in the request messages.
 _REQUEST_FIELDS: Final = {"error": "failure"}
 
@@ -126,6 +144,10 @@ def _strings(values: Any) -> list[str]:
     return [str(v) for v in values] if isinstance(values, list) else []
 
 
+def _clip(text: str, limit: int = _MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def flow_error_to_proto(
     error: FlowStateError, *, correlation_id: str, now: datetime
 ) -> errors_pb2.FlowError:
@@ -133,7 +155,7 @@ def flow_error_to_proto(
     details = error.details
     message = errors_pb2.FlowError(
         error_code=ERROR_CODE_TO_PROTO[error.code],
-        message=error.message,
+        message=_clip(error.message, _MAX_MESSAGE),
         details=dict_to_struct(details),
         retry_allowed=error.retry_allowed,
         timestamp=timestamp(now),
@@ -162,27 +184,27 @@ def flow_error_to_proto(
     return message
 
 
-def _bad_request(error: FlowStateError) -> error_details_pb2.BadRequest | None:
-    violations = error.details.get("field_violations")
+def _violations(error: FlowStateError) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """Every field violation of `error` (clipped texts), from its details."""
+    violations = error.details.get(_VIOLATIONS)
     if isinstance(violations, list) and violations:
-        return error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=str(v.get("field", "")), description=str(v.get("description", ""))
-                )
-                for v in violations
-                if isinstance(v, Mapping)
-            ]
-        )
+        return [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_clip(str(v.get("field", ""))),
+                description=_clip(str(v.get("description", ""))),
+            )
+            for v in violations
+            if isinstance(v, Mapping)
+        ]
     field = error.details.get("field")
     if isinstance(field, str) and field:
         field = _REQUEST_FIELDS.get(field, field)
-        return error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=field, description=error.message)
-            ]
-        )
-    return None
+        return [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_clip(field), description=_clip(error.message)
+            )
+        ]
+    return []
 
 
 def _packed(message: Any) -> any_pb2.Any:
@@ -191,28 +213,70 @@ def _packed(message: Any) -> any_pb2.Any:
     return packed
 
 
-def to_grpc_status(error: FlowStateError, *, correlation_id: str, now: datetime) -> grpc.Status:
-    """The rich gRPC status of a refusal, ready for `context.abort_with_status`."""
-    status_code = GRPC_STATUS_BY_CODE[error.code]
-    metadata = {key: _metadata_value(value) for key, value in error.details.items()}
+def _status_proto(
+    error: FlowStateError,
+    violations: list[error_details_pb2.BadRequest.FieldViolation],
+    *,
+    listed: int,
+    free_form: bool,
+    correlation_id: str,
+    now: datetime,
+) -> status_pb2.Status:
+    """The status with the first `listed` violations; without free-form details unless
+    `free_form` (the typed FlowError fields and the codes always remain)."""
+    details = {k: v for k, v in error.details.items() if k != _VIOLATIONS} if free_form else {}
+    omitted = len(violations) - listed
+    if omitted > 0:
+        details[_OMITTED] = omitted
+    metadata = {key: _clip(_metadata_value(value)) for key, value in details.items()}
     metadata["correlation_id"] = correlation_id
-    details = [
+    flow_error = flow_error_to_proto(error, correlation_id=correlation_id, now=now)
+    flow_error.details.CopyFrom(dict_to_struct(details))
+    packed = [
         _packed(
             error_details_pb2.ErrorInfo(
                 reason=error.code.value, domain=ERROR_DOMAIN, metadata=metadata
             )
         ),
-        _packed(flow_error_to_proto(error, correlation_id=correlation_id, now=now)),
+        _packed(flow_error),
     ]
     if error.retry_allowed:
-        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=_RETRY_DELAY)))
-    bad_request = _bad_request(error)
-    if bad_request is not None:
-        details.append(_packed(bad_request))
-    status = rpc_status.to_status(
-        status_pb2.Status(code=_RPC_CODE[status_code], message=error.message, details=details)
+        packed.append(_packed(error_details_pb2.RetryInfo(retry_delay=_RETRY_DELAY)))
+    if listed > 0:
+        packed.append(_packed(error_details_pb2.BadRequest(field_violations=violations[:listed])))
+    return status_pb2.Status(
+        code=_RPC_CODE[GRPC_STATUS_BY_CODE[error.code]],
+        message=_clip(error.message, _MAX_MESSAGE),
+        details=packed,
     )
-    return _with_correlation_id(status, correlation_id)
+
+
+def to_grpc_status(error: FlowStateError, *, correlation_id: str, now: datetime) -> grpc.Status:
+    """The rich gRPC status of a refusal, ready for `context.abort_with_status`.
+
+    Bounded (module docstring): at most `MAX_LISTED_VIOLATIONS` violations, fewer if they
+    would not fit in `MAX_DETAILS_BYTES`, then no free-form details at all if even that is too
+    much.
+    """
+    violations = _violations(error)
+    listed = min(len(violations), MAX_LISTED_VIOLATIONS)
+    free_form = True
+    while True:
+        proto = _status_proto(
+            error,
+            violations,
+            listed=listed,
+            free_form=free_form,
+            correlation_id=correlation_id,
+            now=now,
+        )
+        if proto.ByteSize() <= MAX_DETAILS_BYTES or (listed <= 1 and not free_form):
+            break
+        if listed > 1:
+            listed //= 2
+        else:
+            free_form = False
+    return _with_correlation_id(rpc_status.to_status(proto), correlation_id)
 
 
 def internal_error(correlation_id: str) -> FlowStateError:

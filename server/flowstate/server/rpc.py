@@ -6,18 +6,24 @@ responses). The wrapper, per call:
 
 1. takes the correlation id from ``x-correlation-id`` request metadata (if sane) or makes one,
    and returns it in the trailing metadata;
-2. authenticates the bearer token (`Authenticator`, cached) and checks the method's scope;
-3. runs the method; a `FlowStateError` becomes the rich status of `flowstate.server.errors`
+2. refuses the call with UNAVAILABLE / SERVER_SHUTTING_DOWN (+ RetryInfo) once the server has
+   begun to drain (`CallGate`), and otherwise counts it in flight until it ends, so that
+   shutdown can wait for exactly the calls it accepted;
+3. authenticates the bearer token (`Authenticator`, cached; more than one ``authorization``
+   header is refused, not resolved by order) and checks the method's scope; a request body
+   that did not decode (`Undecodable`, see `add_service`) is then MALFORMED_REQUEST;
+4. runs the method; a `FlowStateError` becomes the rich status of `flowstate.server.errors`
    (logged at INFO); `NotImplementedError` becomes UNIMPLEMENTED (a feature the server was
    started without, e.g. streams without a watch hub); any other exception becomes INTERNAL
    carrying only the correlation id, its stack logged at ERROR with the same id;
-4. counts the RPC and its latency by method and status code, and phase-change refusals.
+5. counts the RPC and its latency by method and status code, and phase-change refusals.
 
 Nothing else in the servicer catches exceptions. Successes are logged at DEBUG only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -31,6 +37,7 @@ from typing import Any, Final, Protocol, TypeGuard, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf import descriptor, message_factory
 
 from flowstate.core.commands import Context
 from flowstate.core.errors import FlowStateError
@@ -44,7 +51,16 @@ from flowstate.server.errors import (
 )
 from flowstate.server.metrics import Metrics
 
-__all__ = ["Call", "RpcSupport", "new_correlation_id", "stream", "unary"]
+__all__ = [
+    "Call",
+    "CallGate",
+    "RpcSupport",
+    "Undecodable",
+    "add_service",
+    "new_correlation_id",
+    "stream",
+    "unary",
+]
 
 _log = logging.getLogger("flowstate.server.rpc")
 _AUTHORIZATION: Final = "authorization"
@@ -73,10 +89,75 @@ class Call:
         )
 
 
-class RpcSupport:
-    """What the wrapper needs from the server: the authenticator, the metrics, tracing."""
+class CallGate:
+    """Admits calls until closed and counts those in flight, so that a drain can wait for them.
 
-    __slots__ = ("authenticator", "metrics", "traced")
+    grpc.aio's own `server.stop(grace)` cancels every call that gRPC has received but not yet
+    handed to the application (a burst queued behind a busy event loop), and the client sees
+    CANCELLED, which no SDK retries. So the server drains here first: `close` makes every
+    later call end at once with UNAVAILABLE / SERVER_SHUTTING_DOWN (retryable, RetryInfo),
+    `drained` waits until the admitted calls have ended and no call has arrived for a short
+    quiet spell (gRPC's queue is empty), and only then is the gRPC server stopped.
+    """
+
+    __slots__ = ("_active", "_idle", "_last_arrival", "_open")
+
+    def __init__(self) -> None:
+        """An open gate with nothing in flight."""
+        self._open = True
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._last_arrival = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Calls admitted and not yet ended."""
+        return self._active
+
+    def enter(self) -> bool:
+        """Admit a call (then `leave` when it ends); False once the gate is closed."""
+        self._last_arrival = time.monotonic()
+        if not self._open:
+            return False
+        self._active += 1
+        self._idle.clear()
+        return True
+
+    def leave(self) -> None:
+        """A call admitted by `enter` has ended."""
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
+
+    def close(self) -> None:
+        """Refuse every later call."""
+        self._open = False
+
+    async def drained(self, within: float, *, quiet: float = 0.2) -> bool:
+        """Wait (at most `within` s) until nothing is in flight and nothing arrived for `quiet`
+        seconds; whether that happened in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return self._active == 0
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._idle.wait()
+            except TimeoutError:
+                return False
+            since = time.monotonic() - self._last_arrival
+            if since >= quiet:
+                return True
+            await asyncio.sleep(min(quiet - since, max(deadline - loop.time(), 0)))
+
+
+class RpcSupport:
+    """What the wrapper needs from the server: the authenticator, the metrics, tracing, the gate."""
+
+    __slots__ = ("authenticator", "gate", "metrics", "traced")
 
     def __init__(
         self, authenticator: Authenticator, metrics: Metrics, *, traced: bool = False
@@ -85,6 +166,56 @@ class RpcSupport:
         self.authenticator = authenticator
         self.metrics = metrics
         self.traced = traced
+        self.gate = CallGate()
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request body that is not a valid message of its type (truncated, garbage, invalid
+    UTF-8, nested too deep); the wrapper refuses it as MALFORMED_REQUEST after authentication."""
+
+    message_name: str
+
+
+def _lenient(message_class: Any) -> Callable[[bytes], Any]:
+    """`message_class.FromString`, but an `Undecodable` instead of an exception: raised in the
+    deserializer, the exception would reach the caller as UNKNOWN naming the parser's class."""
+    name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception:  # DecodeError, and whatever else the parser may raise on bad bytes
+            return Undecodable(name)
+
+    return deserialize
+
+
+def add_service(
+    servicer: object, server: grpc.aio.Server, service: descriptor.ServiceDescriptor
+) -> None:
+    """Register `servicer`'s methods for `service` (as the generated ``add_..._to_server`` does),
+    with request deserializers that never raise (see `Undecodable`)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        if method.client_streaming:  # pragma: no cover - the API has no client streams
+            raise ValueError(f"{method.full_name}: client streaming is not supported")
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def _annotate_span(attributes: dict[str, str]) -> None:
@@ -153,22 +284,46 @@ def _sane_correlation_id(value: object) -> TypeGuard[str]:
     )
 
 
-def _begin(context: _Context) -> tuple[str, str | None]:
-    """(correlation id, authorization header) from the request metadata."""
+def _begin(context: _Context) -> tuple[str, list[str]]:
+    """(correlation id, every authorization header value) from the request metadata."""
     correlation_id: str | None = None
-    authorization: str | None = None
+    authorizations: list[str] = []
     for key, value in context.invocation_metadata() or ():
         if key == _AUTHORIZATION:
-            authorization = value if isinstance(value, str) else None
+            authorizations.append(value if isinstance(value, str) else "")
         elif key == CORRELATION_ID_HEADER and _sane_correlation_id(value):
             correlation_id = value
-    return correlation_id or _correlation_ids.next(), authorization
+    return correlation_id or _correlation_ids.next(), authorizations
 
 
-def _authorize(support: RpcSupport, authorization: str | None, scope: Scope) -> Principal:
-    principal = support.authenticator.authenticate(authorization)
+def _authorize(support: RpcSupport, authorizations: list[str], scope: Scope) -> Principal:
+    if len(authorizations) > 1:
+        # Which one counts would depend on proxies and libraries along the way: refuse.
+        raise FlowStateError(
+            ErrorCode.UNAUTHENTICATED,
+            "send exactly one authorization header",
+            retry_allowed=False,
+        )
+    principal = support.authenticator.authenticate(authorizations[0] if authorizations else None)
     principal.require(scope)
     return principal
+
+
+def _check_decoded(request: object) -> None:
+    if isinstance(request, Undecodable):
+        raise FlowStateError(
+            ErrorCode.MALFORMED_REQUEST,
+            f"the request body is not a valid {request.message_name} message",
+            field="request",
+        )
+
+
+def _shutting_down() -> FlowStateError:
+    return FlowStateError(
+        ErrorCode.SERVER_SHUTTING_DOWN,
+        "the server is shutting down; retry (another replica, or this one once restarted)",
+        retry_allowed=True,
+    )
 
 
 async def _refuse(
@@ -284,12 +439,15 @@ def unary(
         async def handler(self: _Svc, request: _Req, context: _Context) -> _Resp:
             started = time.perf_counter()
             support = self.rpc_support
-            correlation_id, authorization = _begin(context)
+            correlation_id, authorizations = _begin(context)
             context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
             if support.traced:
                 _annotate_span({"flowstate.correlation_id": correlation_id})
+            if not support.gate.enter():
+                await _refuse(support, context, method, _shutting_down(), correlation_id, started)
             try:
-                principal = _authorize(support, authorization, scope)
+                principal = _authorize(support, authorizations, scope)
+                _check_decoded(request)
                 response = await func(self, request, Call(principal, correlation_id))
             except FlowStateError as error:
                 await _refuse(support, context, method, error, correlation_id, started)
@@ -300,6 +458,8 @@ def unary(
             except Exception:
                 await _crash(support, context, method, correlation_id, started)
                 raise  # not reached: abort raises
+            finally:
+                support.gate.leave()
             _finish(support, method, correlation_id, started)
             return response
 
@@ -328,14 +488,17 @@ def stream(
         async def handler(self: _Svc, request: _Req, context: _Context) -> AsyncIterator[_Resp]:
             started = time.perf_counter()
             support = self.rpc_support
-            correlation_id, authorization = _begin(context)
+            correlation_id, authorizations = _begin(context)
             context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
             if support.traced:
                 _annotate_span({"flowstate.correlation_id": correlation_id})
+            if not support.gate.enter():
+                await _refuse(support, context, method, _shutting_down(), correlation_id, started)
             gauge = support.metrics.open_stream_gauge(method)
             gauge.inc()
             try:
-                principal = _authorize(support, authorization, scope)
+                principal = _authorize(support, authorizations, scope)
+                _check_decoded(request)
                 async for response in func(self, request, Call(principal, correlation_id)):
                     yield response
             except FlowStateError as error:
@@ -346,6 +509,7 @@ def stream(
                 await _crash(support, context, method, correlation_id, started)
             finally:
                 gauge.dec()
+                support.gate.leave()
             _finish(support, method, correlation_id, started)
 
         return handler

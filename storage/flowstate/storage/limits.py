@@ -83,7 +83,7 @@ MAX_FILTERS = 32
 DEFAULT_FLOW_PAGE_SIZE = 50
 """Flows per page when the caller asks for 0."""
 MAX_FLOW_PAGE_SIZE = 500
-"""Flows per page at most (the API refuses more; the store lowers larger sizes to it)."""
+"""Flows per page at most (larger sizes are lowered to it, AIP-158)."""
 DEFAULT_HISTORY_PAGE_SIZE = 100
 """History entries per page when the caller asks for 0."""
 MAX_HISTORY_PAGE_SIZE = 1000

@@ -156,8 +156,8 @@ def _refused(exc: BaseException) -> DatabaseSetupError:
     reason = postgres_message(exc) or "permission denied"
     return DatabaseSetupError(
         ErrorCode.INTERNAL,
-        f"the database refused the migration: {reason}. Run `flowstate migrate` as the owner of "
-        'the database (docs/operations.md, "Database roles")',
+        f"the database refused the migration: {reason}. Run `flowstate migrate upgrade` as the "
+        'owner of the database (docs/operations.md, "Database roles")',
         retry_allowed=False,
         sqlstate=_INSUFFICIENT_PRIVILEGE,
     )

@@ -36,7 +36,14 @@ _MAX_DISCONNECT_ATTEMPTS = 2
 _MAX_KEY_RACE_ATTEMPTS = 3
 _RETRY_BACKOFF_SECONDS = 0.02
 _IDEMPOTENCY_PK = "pk_idempotency_keys"
-_FLOWS_PK = "pk_flows"
+# A new flow's id already taken (by any tenant): the flows row or, when the one write statement
+# checks the history first, its version-1 entry. Only a create can hit the history constraint:
+# a change of an existing flow holds the row lock while it picks the next version.
+_FLOW_ID_TAKEN = frozenset({"pk_flows", "uq_flow_history_flow_id_version"})
+# The one refusal of such an id, identical whichever tenant holds it (docs/server.md).
+_FLOW_ID_TAKEN_MESSAGE = (
+    "flow_id is not available: omit it to have one generated, or send a new UUID"
+)
 
 
 @dataclass
@@ -151,8 +158,8 @@ class TransactionRunner:
 
     @staticmethod
     def _translate(exc: Exception) -> FlowStateError:
-        if constraint_name(exc) == _FLOWS_PK:
-            return malformed("flow_id", "a flow with this flow_id already exists")
+        if constraint_name(exc) in _FLOW_ID_TAKEN:
+            return malformed("flow_id", _FLOW_ID_TAKEN_MESSAGE)
         return to_store_error(exc)
 
     async def _before_commit(self, transaction: Transaction) -> None:

@@ -393,7 +393,8 @@ func (x *PhaseStateFilter) GetStates() []PhaseState {
 // with OR.
 type ListFlowsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// At most this many flows (1-500; 50 when 0).
+	// At most this many flows (50 when 0; a larger value than 500 is lowered to
+	// 500; negative values are refused).
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page; empty for the first page.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -2229,7 +2230,8 @@ type ListFlowHistoryRequest struct {
 	FlowId string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
 	// Only entries with a flow version greater than this.
 	AfterVersion int64 `protobuf:"varint,2,opt,name=after_version,json=afterVersion,proto3" json:"after_version,omitempty"`
-	// At most this many entries (1-1000; 100 when 0).
+	// At most this many entries (100 when 0; a larger value than 1000 is lowered
+	// to 1000; negative values are refused).
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page; empty for the first page.
 	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`

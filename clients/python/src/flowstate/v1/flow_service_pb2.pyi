@@ -253,7 +253,9 @@ class ListFlowsRequest(_message.Message):
     UPDATED_BEFORE_FIELD_NUMBER: _builtins.int
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most this many flows (1-500; 50 when 0)."""
+    """At most this many flows (50 when 0; a larger value than 500 is lowered to
+    500; negative values are refused).
+    """
     page_token: _builtins.str
     """The `next_page_token` of the previous page; empty for the first page."""
     definition_name: _builtins.str
@@ -1178,7 +1180,9 @@ class ListFlowHistoryRequest(_message.Message):
     after_version: _builtins.int
     """Only entries with a flow version greater than this."""
     page_size: _builtins.int
-    """At most this many entries (1-1000; 100 when 0)."""
+    """At most this many entries (100 when 0; a larger value than 1000 is lowered
+    to 1000; negative values are refused).
+    """
     page_token: _builtins.str
     """The `next_page_token` of the previous page; empty for the first page."""
     def __init__(

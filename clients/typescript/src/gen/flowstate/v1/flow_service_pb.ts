@@ -186,7 +186,8 @@ export const PhaseStateFilterSchema: GenMessage<PhaseStateFilter> = /*@__PURE__*
  */
 export type ListFlowsRequest = Message<"flowstate.v1.ListFlowsRequest"> & {
   /**
-   * At most this many flows (1-500; 50 when 0).
+   * At most this many flows (50 when 0; a larger value than 500 is lowered to
+   * 500; negative values are refused).
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -1235,7 +1236,8 @@ export type ListFlowHistoryRequest = Message<"flowstate.v1.ListFlowHistoryReques
   afterVersion: bigint;
 
   /**
-   * At most this many entries (1-1000; 100 when 0).
+   * At most this many entries (100 when 0; a larger value than 1000 is lowered
+   * to 1000; negative values are refused).
    *
    * @generated from field: int32 page_size = 3;
    */
