@@ -360,10 +360,11 @@ class _Listener:
     async def _serve(self) -> None:
         lost = asyncio.Event()
         conn: asyncpg.Connection = await asyncpg.connect(**self._connect_kwargs)
-        self._conn = conn
         try:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            # Only a listening connection is "the listener" (`backend_pid`, `connections`).
+            self._conn = conn
             self.connections += 1
             self.connected.set()
             # Notifications may have been missed while we were away (or before the first
