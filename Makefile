@@ -7,7 +7,7 @@
 #   make generate         regenerate every client from protos/ (scripts/generate.sh)
 #   make lint             buf lint/format/breaking, ruff, mypy, import-linter, tsc, go vet
 #   make check-generated  regenerate and fail if clients/ changed (generated code is committed)
-#   make test             pytest (tests/, clients/python/tests/), npm test, go test
+#   make test             pytest (tests/, clients/python/tests/), npm test, go test, examples/
 #   make serve            run the server (flowstate serve)
 #   make bench            benchmarks against the raw limits of the parts (~8 min; bench/README.md)
 
@@ -58,14 +58,13 @@ $(VENV)/bin/python:
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 
 # pip's own output is ~300 lines; show one line per package it fetches and a summary instead of
-# nothing for a minute or two (errors go to stderr, unfiltered).
+# nothing for a minute or two (scripts/pip_progress.awk; errors go to stderr, unfiltered).
 $(STAMPS)/venv: pyproject.toml clients/python/pyproject.toml | $(VENV)/bin/python $(STAMPS)
 	@echo "== pip: installing the server, the Python client and the dev tools into $(VENV)" \
 	  "(1-3 minutes on a fresh machine)"
 	@$(PY) -m pip install --progress-bar off --disable-pip-version-check \
 	  -e clients/python -e '.[dev]' \
-	  | awk '/^Collecting /{print "  pip: collecting " $$2; fflush()} \
-	         /^Successfully installed/{print "  pip: installed " NF-2 " packages"; fflush()}'
+	  | awk -f scripts/pip_progress.awk
 	@touch $@
 
 # Debian's PostgreSQL 15 server binaries, for the tests that need a cluster run as a DBA would
@@ -144,6 +143,7 @@ lint: setup
 	check bash -c 'cd clients/typescript && node_modules/.bin/tsc --noEmit'; \
 	check bash -c 'cd clients/go && go vet ./...'; \
 	check bash -c 'cd bench/loadgen && test -z "$$(gofmt -l .)" && go vet ./...'; \
+	check bash -c 'test -z "$$(gofmt -l examples/go)"'; \
 	if (($${#failed[@]})); then printf 'lint failed: %s\n' "$${failed[@]}" >&2; exit 1; fi; \
 	echo "lint: all checks passed"
 
@@ -176,6 +176,8 @@ test: setup
 	echo "== go test (clients/go, against scripts/with_test_server.py)"; \
 	$(PY) scripts/with_test_server.py --tls -- bash -c 'cd clients/go && go test ./...' \
 	  || { echo "go test failed"; status=1; }; \
+	echo "== examples (each SDK installed from its built artifact outside the repo; scripts/test_examples.py)"; \
+	$(PY) scripts/test_examples.py || { echo "examples failed"; status=1; }; \
 	exit $$status
 
 # --- run ---------------------------------------------------------------------------------------

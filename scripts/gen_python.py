@@ -6,7 +6,7 @@ Runs ``grpc_tools.protoc`` in-process over every ``protos/flowstate/**/*.proto``
 * ``*_pb2.py`` (messages) and ``*_pb2_grpc.py`` (gRPC stubs and servicers), from grpcio-tools;
 * ``*_pb2.pyi`` and ``*_pb2_grpc.pyi`` type stubs, from mypy-protobuf (``protoc-gen-mypy`` /
   ``protoc-gen-mypy_grpc``, installed next to this interpreter);
-* ``__init__.py``.
+* ``__init__.py`` and ``py.typed`` (the stubs are the package's types, PEP 561).
 
 ``*_pb2_grpc.*`` files are kept only for protos that declare a service. ``google.rpc`` is not
 generated: it comes from the googleapis-common-protos package. ``flowstate/__init__.py`` is never
@@ -113,6 +113,9 @@ def main() -> None:
                 f"gen_python: protos outside flowstate/v1 are not supported: {unexpected}"
             )
         (generated / "__init__.py").write_text(INIT_PY)
+        # PEP 561: the .pyi stubs are the package's types (without it, user code checked with
+        # `mypy --strict` sees flowstate.v1 as untyped and every `.raw` as Any).
+        (generated / "py.typed").write_text("")
         if OUT_DIR.exists():
             shutil.rmtree(OUT_DIR)
         OUT_DIR.parent.mkdir(parents=True, exist_ok=True)

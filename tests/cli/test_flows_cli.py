@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -123,6 +124,22 @@ async def test_an_unreachable_server_is_unavailable_naming_the_address() -> None
     assert error["message"].startswith("cannot reach 127.0.0.1:1 (")
 
 
+async def test_a_port_that_never_answers_is_a_deadline_naming_the_address() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        result = await asyncio.to_thread(
+            run_flows, "list", "--address", address, "--token", "t", "--timeout", "1"
+        )
+
+    assert result.code == 1
+    assert result.err.startswith(
+        f"flowstate: error: DEADLINE_EXCEEDED: no answer from {address} within 1s ("
+    )
+
+
 async def test_usage_errors_exit_2(flows: Runner) -> None:
     bad_state = await flows("transition", "00000000-0000-4000-8000-000000000000", "p", "RUNNING")
     bad_duration = await flows("list", "--stuck", "soon")
@@ -132,6 +149,7 @@ async def test_usage_errors_exit_2(flows: Runner) -> None:
         bad_state.err
     )
     assert bad_duration.code == 2
+    assert "argument --stuck: not a duration like 30m, 2h or 1d: 'soon'" in bad_duration.err
 
 
 async def test_recovery_lists_and_executes_options(flows: Runner) -> None:
@@ -210,9 +228,14 @@ async def test_address_and_token_come_from_the_environment(
     monkeypatch.setenv("FLOWSTATE_ADDRESS", cli_server.address)
     monkeypatch.setenv("FLOWSTATE_TOKEN", cli_token)
 
+    created = await asyncio.to_thread(run_flows, "create", "--json")
     result = await asyncio.to_thread(run_flows, "list")
 
+    assert created.code == 0, created.err
+    flow_id = json.loads(created.out)["flow"]["flowId"]
     assert result.code == 0, result.err
+    assert result.out.splitlines()[0].startswith("FLOW ID")
+    assert flow_id in result.out
 
 
 async def test_the_console_entry_point_runs_the_group(

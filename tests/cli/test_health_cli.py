@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import socket
 
 from flowstate.cli.main import main
 from flowstate.testing import RunningServer
@@ -43,3 +44,17 @@ async def test_an_unknown_service_and_an_unreachable_server_exit_1(
     )
     assert (unreachable.code, unreachable.out) == (1, "")
     assert unreachable.err.startswith("flowstate: error: UNAVAILABLE: cannot reach 127.0.0.1:1 (")
+
+
+async def test_a_port_that_never_answers_is_a_deadline_naming_the_address() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        result = await asyncio.to_thread(health, "--address", address, "--timeout", "1")
+
+    assert (result.code, result.out) == (1, "")
+    assert (
+        result.err == f"flowstate: error: DEADLINE_EXCEEDED: no answer from {address} within 1s\n"
+    )

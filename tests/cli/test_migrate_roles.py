@@ -204,3 +204,26 @@ def test_a_role_that_does_not_own_the_database_gets_postgres_refusal_without_a_t
         '(docs/operations.md, "Database roles")\n'
     )
     assert tables(cluster, owner.database) == ""
+
+
+async def test_a_server_role_that_may_not_switch_to_the_app_role_is_refused_at_start(
+    cluster: ExternalPostgres, make_owner: Callable[..., Owner], tmp_path: Path
+) -> None:
+    owner = make_owner(createrole=True)
+    migrated = await asyncio.to_thread(flowstate, "migrate", "upgrade", "--database-url", owner.url)
+    cluster.psql(f"REVOKE {APP_ROLE} FROM {owner.name}")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("flow_id,data_import_completed\n")
+
+    refused = await asyncio.to_thread(
+        flowstate, "import-legacy", "--file", str(rows), "--tenant", "a/b",
+        "--database-url", owner.url,
+    )  # fmt: skip
+
+    assert migrated.code == 0, migrated.err
+    assert (refused.code, refused.out) == (1, "")
+    assert refused.err == (
+        f"flowstate: error: FAILED_PRECONDITION: the role {owner.name} is not a member of the "
+        f"role {APP_ROLE}, which every transaction switches to. Ask a DBA to run, then start "
+        f"again:\n\n    GRANT {APP_ROLE} TO {owner.name};\n\n"
+    )

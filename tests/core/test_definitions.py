@@ -166,3 +166,116 @@ def test_malformed_dicts_are_definition_errors(mutate: Any) -> None:
     mutate(data)
     with pytest.raises(DefinitionError):
         definition_from_dict(data)
+
+
+# Definitions are built inside the tests (not at import time), so a mutant of the validation is
+# active when they are built; every refusal is checked by its whole message.
+P = PhaseDefinition
+_ONE = (P("a", (), 100, 0, None),)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: FlowDefinition("", 1, _ONE), "flow definition name must be a non-empty string"),
+        (
+            lambda: FlowDefinition("x", 0, _ONE),
+            "flow definition 'x' v0: version must be an integer >= 1",
+        ),
+        (
+            lambda: FlowDefinition("x", True, _ONE),
+            "flow definition 'x' vTrue: version must be an integer >= 1",
+        ),
+        (
+            lambda: FlowDefinition(
+                "x",
+                1,
+                (P("a", (), 50.5, 0, None), P("b", (), 49.5, 0, None)),  # type: ignore[arg-type]
+            ),
+            "flow definition 'x' v1: phase 'a' weight must be a non-negative integer, got 50.5",
+        ),
+        (
+            lambda: FlowDefinition("x", 1, (P("a", (), -1, 0, None), P("b", (), 101, 0, None))),
+            "flow definition 'x' v1: phase 'a' weight must be a non-negative integer, got -1",
+        ),
+        (
+            lambda: FlowDefinition("x", 1, (P("a", (), 100, True, None),)),
+            "flow definition 'x' v1: phase 'a' max_retries must be a non-negative integer, "
+            "got True",
+        ),
+        (
+            lambda: FlowDefinition("x", 1, (P("a", ["b"], 100, 0, None),)),  # type: ignore[arg-type]
+            "flow definition 'x' v1: phase 'a' depends_on must be a tuple",
+        ),
+        (
+            lambda: FlowDefinition("x", 1, (P("a", (), 100, 0, FlowStatus.PAUSED),)),
+            "flow definition 'x' v1: phase 'a' status group <FlowStatus.PAUSED: 'paused'> is not "
+            "one of ['active', 'assessment_ready', 'data_gathering', 'discovery', 'planning']",
+        ),
+        (
+            lambda: definition_from_dict(
+                {
+                    "name": "x",
+                    "version": 1,
+                    "phases": [
+                        {"name": "a", "weight": 100, "max_retries": 0, "status_group": "no"}
+                    ],
+                }
+            ),
+            "phase 'a': unknown status group 'no'",
+        ),
+        (
+            lambda: definition_from_dict(
+                {
+                    "name": "x",
+                    "version": 1,
+                    "phases": [{"name": "a", "weight": 100, "max_retries": 0, "depends_on": "b"}],
+                }
+            ),
+            "phase 'a': depends_on must be a list",
+        ),
+        (
+            lambda: definition_from_dict(
+                {"name": "x", "version": 1, "phases": [{"name": "a", "max_retries": 0}]}
+            ),
+            "malformed flow definition: KeyError('weight')",
+        ),
+    ],
+    ids=[
+        "empty-name",
+        "version-0",
+        "bool-version",
+        "float-weight",
+        "negative-weight",
+        "bool-max-retries",
+        "list-depends-on",
+        "non-group-status",
+        "unknown-group-in-dict",
+        "string-depends-on-in-dict",
+        "missing-weight-in-dict",
+    ],
+)
+def test_each_invalid_definition_is_refused_with_its_own_message(build: Any, message: str) -> None:
+    with pytest.raises(DefinitionError) as refused:
+        build()
+    assert str(refused.value) == message
+
+
+def test_weights_of_zero_are_valid_when_built_at_run_time() -> None:
+    gate_first = FlowDefinition(
+        "gated", 1, (P("gate", (), 0, 0, None), P("work", ("gate",), 100, 1, None))
+    )
+    assert gate_first.weights == {"gate": 0, "work": 100}
+
+
+def test_a_dict_without_optional_keys_gets_their_defaults() -> None:
+    definition = definition_from_dict(
+        {"name": "x", "version": 1, "phases": [{"name": "a", "weight": 100, "max_retries": 0}]}
+    )
+    assert definition == FlowDefinition(
+        name="x",
+        version=1,
+        phases=(P("a", (), 100, 0, None, display_name="", description=""),),
+        display_name="",
+        description="",
+    )

@@ -34,9 +34,22 @@ def test_details_are_normalised_to_json_values() -> None:
     assert "INVALID_PHASE_TRANSITION" in repr(error)
 
 
+# DESIGN.md section 2, "Failure reports", written out here rather than read from the code.
+DESIGN_RETRYABLE = {
+    ErrorCode.PHASE_EXECUTION_FAILED,
+    ErrorCode.AGENT_TIMEOUT,
+    ErrorCode.EXTERNAL_SERVICE_ERROR,
+    ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE,
+}
+
+
+def test_retryable_codes_are_designs() -> None:
+    assert RETRYABLE_ERROR_CODES == DESIGN_RETRYABLE
+
+
 def test_retry_allowed_follows_the_classification_unless_given() -> None:
     for code in ErrorCode:
-        assert FlowStateError(code, "x").retry_allowed is (code in RETRYABLE_ERROR_CODES)
+        assert FlowStateError(code, "x").retry_allowed is (code in DESIGN_RETRYABLE)
     assert FlowStateError(ErrorCode.VERSION_CONFLICT, "x", retry_allowed=True).retry_allowed
 
 

@@ -203,3 +203,157 @@ def test_create_error_response(machine: FlowStateMachine, code: str, retry_allow
         "timestamp": "2025-01-19T10:30:00Z",
     }
     assert isinstance(FlowTransitionError(ErrorCode(code), "x"), Exception)
+
+
+ALL_STATUSES = [
+    "initialized",
+    "active",
+    "data_gathering",
+    "discovery",
+    "assessment_ready",
+    "planning",
+    "waiting_approval",
+    "retry_pending",
+    "error_recovery",
+    "completed",
+    "failed",
+    "paused",
+    "cancelled",
+]
+ALL_STATES = [
+    "not_started",
+    "in_progress",
+    "waiting_validation",
+    "waiting_approval",
+    "completed",
+    "failed",
+    "retry_needed",
+    "rolled_back",
+]
+
+
+@pytest.mark.parametrize(("current", "target"), [("bogus", "active"), ("active", "bogus")])
+def test_an_unknown_flow_status_is_a_complete_malformed_request(
+    machine: FlowStateMachine, current: str, target: str
+) -> None:
+    ok, error = machine.validate_flow_transition(current, target)
+    assert not ok
+    assert error is not None
+    assert error.to_dict(T0) == {
+        "status": "failed",
+        "error_code": "MALFORMED_REQUEST",
+        "message": "Unknown flow status 'bogus'",
+        "details": {"field": "status", "valid_statuses": ALL_STATUSES},
+        "retry_allowed": False,
+        "timestamp": "2025-01-19T10:30:00Z",
+    }
+    with pytest.raises(FlowTransitionError) as raised:
+        machine.determine_flow_status({}, "bogus")
+    assert raised.value.details == {"field": "status", "valid_statuses": ALL_STATUSES}
+
+
+@pytest.mark.parametrize(
+    ("current", "target"), [("sleeping", "in_progress"), ("not_started", "sleeping")]
+)
+def test_an_unknown_phase_state_is_a_complete_malformed_request(
+    machine: FlowStateMachine, current: str, target: str
+) -> None:
+    ok, error = machine.validate_phase_transition("data_import", current, target)
+    assert not ok
+    assert error is not None
+    assert (error.code, error.message) == (
+        ErrorCode.MALFORMED_REQUEST,
+        "Unknown phase state 'sleeping'",
+    )
+    assert error.details == {"field": "state", "valid_states": ALL_STATES}
+    assert machine.validate_phase_order(
+        {"data_import": "sleeping"}, "field_mapping", "in_progress"
+    ) == (
+        False,
+        "Unknown phase state 'sleeping'",
+    )
+    assert machine.validate_phase_order({}, "nope", "in_progress") == (
+        False,
+        "Unknown phase 'nope' in flow definition 'discovery'",
+    )
+
+
+def _option(
+    action: str,
+    phase: str | None,
+    target_state: str | None,
+    target_status: str | None,
+    reason: str,
+    *,
+    attempts: int | None = None,
+    blocked_by: str | None = None,
+    detail: str = "",
+) -> dict[str, object]:
+    return {
+        "action": action,
+        "phase": phase,
+        "target_state": target_state,
+        "target_status": target_status,
+        "reason": reason,
+        "allowed": blocked_by is None,
+        "blocked_by": blocked_by,
+        "blocking_detail": detail,
+        "attempts_remaining": attempts,
+    }
+
+
+def test_recovery_options_are_complete_dicts(machine: FlowStateMachine) -> None:
+    options = machine.get_recovery_options({"data_import": "completed", "field_mapping": "failed"})
+    assert options == [
+        _option(
+            "retry",
+            "field_mapping",
+            "retry_needed",
+            "retry_pending",
+            "Retry: mark failed phase 'field_mapping' for retry; 3 attempt(s) left",
+            attempts=3,
+        ),
+        _option(
+            "rollback",
+            "field_mapping",
+            "rolled_back",
+            "discovery",
+            "Roll back failed phase 'field_mapping' so it can be restarted",
+        ),
+        _option(
+            "rollback",
+            "data_import",
+            "rolled_back",
+            "discovery",
+            "Roll back completed phase 'data_import' (and downstream field_mapping) to revise it",
+        ),
+        _option("cancel", None, None, "cancelled", "Cancel the flow for good"),
+    ]
+
+
+def test_blocked_recovery_options_come_last_with_what_blocks_them(
+    machine: FlowStateMachine,
+) -> None:
+    options = machine.get_recovery_options(
+        {"data_import": "in_progress", "field_mapping": "retry_needed"}
+    )
+    assert options == [
+        _option(
+            "abandon",
+            "field_mapping",
+            "failed",
+            "error_recovery",
+            "Stop retrying phase 'field_mapping': mark it failed so it can be rolled back",
+        ),
+        _option("cancel", None, None, "cancelled", "Cancel the flow for good"),
+        _option(
+            "retry",
+            "field_mapping",
+            "in_progress",
+            None,
+            "Retry: restart phase 'field_mapping' (counts one attempt); 3 attempt(s) left",
+            attempts=3,
+            blocked_by="PHASE_ORDER_VIOLATION",
+            detail="Phase 'field_mapping' cannot start before 'data_import' completed",
+        ),
+    ]

@@ -12,8 +12,10 @@ import pytest
 
 from flowstate.core import (
     DISCOVERY,
+    ErrorCode,
     Flow,
     FlowDefinition,
+    FlowStateError,
     FlowStatus,
     HistoryKind,
     PauseFlow,
@@ -173,22 +175,26 @@ def test_started_at_is_kept_by_changes_that_do_not_start() -> None:
 
 # --- a phase of weight 0 ----------------------------------------------------------------------
 
-ZERO_WEIGHT = FlowDefinition(
-    name="with_gate",
-    version=1,
-    phases=(
-        PhaseDefinition("gate", (), 0, 1, None),
-        PhaseDefinition("work", ("gate",), 100, 1, FlowStatus.PLANNING),
-    ),
-)
+
+def _zero_weight() -> FlowDefinition:
+    """Built when called, not at import: the validation must run under test."""
+    return FlowDefinition(
+        name="with_gate",
+        version=1,
+        phases=(
+            PhaseDefinition("gate", (), 0, 1, None),
+            PhaseDefinition("work", ("gate",), 100, 1, FlowStatus.PLANNING),
+        ),
+    )
 
 
 def test_a_phase_of_weight_zero_is_a_valid_definition() -> None:
     """Catches `weight < 0` turned into `weight <= 0` (DESIGN: weights are non-negative)."""
-    assert ZERO_WEIGHT.weights == {"gate": 0, "work": 100}
+    assert _zero_weight().weights == {"gate": 0, "work": 100}
 
 
 def test_a_phase_of_weight_zero_adds_nothing_but_still_orders_and_derives() -> None:
+    ZERO_WEIGHT = _zero_weight()  # noqa: N806
     flow = flow_with({}, definition=ZERO_WEIGHT)
     flow, _ = run(flow, TransitionPhase("gate", S.IN_PROGRESS), definition=ZERO_WEIGHT)
     assert flow.progress == 0.0
@@ -262,3 +268,29 @@ def test_derivation_keeps_error_recovery_only_from_a_recovering_status() -> None
         assert determine_flow_status(DISCOVERY, phases, recovering) is F.ERROR_RECOVERY
     assert determine_flow_status(DISCOVERY, phases, F.INITIALIZED) is F.DATA_GATHERING
     assert determine_flow_status(DISCOVERY, phases, F.PAUSED) is F.PAUSED
+
+
+def test_resume_of_a_flow_that_is_not_paused_is_a_complete_refusal() -> None:
+    flow = flow_with({"data_import": S.IN_PROGRESS})
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, DISCOVERY, ResumeFlow(), ctx(5))
+    assert refused.value.code is ErrorCode.INVALID_FLOW_TRANSITION
+    assert refused.value.message == (
+        "Only a paused flow can be resumed; the flow is 'data_gathering'"
+    )
+    assert refused.value.details == {
+        "from_status": "data_gathering",
+        "valid_transitions": [
+            "active",
+            "discovery",
+            "assessment_ready",
+            "planning",
+            "waiting_approval",
+            "retry_pending",
+            "error_recovery",
+            "completed",
+            "failed",
+            "paused",
+            "cancelled",
+        ],
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
@@ -16,6 +17,7 @@ from flowstate.core import (
     PhaseState,
     TransitionPhase,
     apply_command,
+    rules,
     validate_flow_status_transition,
 )
 from flowstate.core.commands import validate_phase_transition
@@ -138,3 +140,42 @@ def test_every_phase_state_is_reachable_and_terminal_statuses_are_absorbing() ->
     assert reachable_states() == frozenset(PhaseState)
     assert not FLOW_TRANSITIONS[F.COMPLETED]
     assert not FLOW_TRANSITIONS[F.CANCELLED]
+
+
+@pytest.mark.parametrize(
+    ("table", "broken", "message"),
+    [
+        (
+            "PHASE_TRANSITIONS",
+            {s: t for s, t in rules.PHASE_TRANSITIONS.items() if s is not S.ROLLED_BACK},
+            "phase table has no row for ['rolled_back']",
+        ),
+        (
+            "PHASE_TRANSITIONS",
+            {
+                **rules.PHASE_TRANSITIONS,
+                S.COMPLETED: frozenset(),
+                S.FAILED: frozenset({S.RETRY_NEEDED}),
+            },
+            "phase states unreachable: ['rolled_back']",
+        ),
+        (
+            "FLOW_TRANSITIONS",
+            {**rules.FLOW_TRANSITIONS, F.CANCELLED: frozenset({F.ACTIVE})},
+            "terminal flow status cancelled has outgoing transitions",
+        ),
+        (
+            "FLOW_TRANSITIONS",
+            {s: t for s, t in rules.FLOW_TRANSITIONS.items() if s is not F.PAUSED},
+            "flow table does not cover every status",
+        ),
+    ],
+    ids=["missing-phase-row", "unreachable-state", "terminal-with-exit", "missing-flow-row"],
+)
+def test_check_tables_refuses_broken_tables(
+    monkeypatch: pytest.MonkeyPatch, table: str, broken: object, message: str
+) -> None:
+    """check_tables runs at import; here it is run on broken copies of the tables."""
+    monkeypatch.setattr(rules, table, broken)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        check_tables()

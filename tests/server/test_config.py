@@ -57,37 +57,71 @@ def test_flags_override_the_environment() -> None:
 
 
 @pytest.mark.parametrize(
-    "env",
+    ("env", "message"),
     [
-        {"FLOWSTATE_PORT": "http"},
-        {"FLOWSTATE_PORT": "70000"},
-        {"FLOWSTATE_METRICS_PORT": "-1"},
-        {"FLOWSTATE_MIGRATE_ON_START": "maybe"},
-        {"FLOWSTATE_LOG_FORMAT": "xml"},
-        {"FLOWSTATE_GRACE_PERIOD": "soon"},
-        {"FLOWSTATE_TLS_CERT_FILE": "/cert.pem"},
-        {"FLOWSTATE_TLS_CLIENT_CA_FILE": "/ca.pem"},
-        {"FLOWSTATE_JWT_SECRET": SECRET, "FLOWSTATE_JWT_SECRET_FILE": "/secret"},
-        {"FLOWSTATE_STUCK_AFTER": "0"},
-        {"FLOWSTATE_STUCK_CHECK_INTERVAL": "-5"},
-    ],
-    ids=[
-        "port-not-a-number",
-        "port-too-large",
-        "negative-metrics-port",
-        "bad-boolean",
-        "unknown-log-format",
-        "grace-not-a-number",
-        "cert-without-key",
-        "mtls-without-tls",
-        "two-jwt-keys",
-        "stuck-after-zero",
-        "negative-stuck-check-interval",
+        pytest.param(
+            {"FLOWSTATE_PORT": "http"},
+            "FLOWSTATE_PORT must be an integer, not 'http'",
+            id="port-not-a-number",
+        ),
+        pytest.param(
+            {"FLOWSTATE_PORT": "70000"},
+            "FLOWSTATE_PORT must be between 0 and 65535, not 70000",
+            id="port-too-large",
+        ),
+        pytest.param(
+            {"FLOWSTATE_METRICS_PORT": "-1"},
+            "FLOWSTATE_METRICS_PORT must be between 0 and 65535, not -1",
+            id="negative-metrics-port",
+        ),
+        pytest.param(
+            {"FLOWSTATE_MIGRATE_ON_START": "maybe"},
+            "FLOWSTATE_MIGRATE_ON_START must be true or false, not 'maybe'",
+            id="bad-boolean",
+        ),
+        pytest.param(
+            {"FLOWSTATE_LOG_FORMAT": "xml"},
+            "log format must be one of text, json",
+            id="unknown-log-format",
+        ),
+        pytest.param(
+            {"FLOWSTATE_GRACE_PERIOD": "soon"},
+            "FLOWSTATE_GRACE_PERIOD must be a number, not 'soon'",
+            id="grace-not-a-number",
+        ),
+        pytest.param(
+            {"FLOWSTATE_TLS_CERT_FILE": "/cert.pem"},
+            "TLS needs both FLOWSTATE_TLS_CERT_FILE and FLOWSTATE_TLS_KEY_FILE",
+            id="cert-without-key",
+        ),
+        pytest.param(
+            {"FLOWSTATE_TLS_CLIENT_CA_FILE": "/ca.pem"},
+            "mTLS (FLOWSTATE_TLS_CLIENT_CA_FILE) needs TLS certificate and key",
+            id="mtls-without-tls",
+        ),
+        pytest.param(
+            {"FLOWSTATE_JWT_SECRET": SECRET, "FLOWSTATE_JWT_SECRET_FILE": "/secret"},
+            "configure exactly one of FLOWSTATE_JWT_SECRET, FLOWSTATE_JWT_SECRET_FILE and "
+            "FLOWSTATE_JWT_PUBLIC_KEY_FILE",
+            id="two-jwt-keys",
+        ),
+        pytest.param(
+            {"FLOWSTATE_STUCK_AFTER": "0"},
+            "FLOWSTATE_STUCK_AFTER must be > 0 seconds, not 0.0",
+            id="stuck-after-zero",
+        ),
+        pytest.param(
+            {"FLOWSTATE_STUCK_CHECK_INTERVAL": "-5"},
+            "FLOWSTATE_STUCK_CHECK_INTERVAL must be >= 0, not '-5'",
+            id="negative-stuck-check-interval",
+        ),
     ],
 )
-def test_bad_settings_are_refused(env: dict[str, str]) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
+    """Each bad setting is refused for its own reason, named in the message."""
+    with pytest.raises(ConfigError) as refused:
         ServerSettings.from_env(env)
+    assert str(refused.value) == message
 
 
 def test_dev_mode_with_the_embedded_database(tmp_path: Path) -> None:
@@ -136,5 +170,5 @@ def test_public_key_file(tmp_path: Path) -> None:
     auth = resolve_auth(ServerSettings(jwt_public_key_file=key_file, jwt_audience="flowstate"))
     assert (auth.source, auth.key.algorithm, auth.audience) == ("public-key", "ES256", "flowstate")
     key_file.write_text("not a key")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="PEM"):
         resolve_auth(ServerSettings(jwt_public_key_file=key_file))

@@ -70,8 +70,23 @@ def _details(status: grpc.Status) -> dict[str, object]:
     return found
 
 
+# Phase failure codes describe a worker's failure; raised as a refusal they are a server bug.
+FAILURE_CODES = {
+    C.PHASE_EXECUTION_FAILED,
+    C.AGENT_TIMEOUT,
+    C.EXTERNAL_SERVICE_ERROR,
+    C.DATA_VALIDATION_FAILED,
+    C.INVALID_TRANSITION,
+}
+
+
 def test_every_error_code_has_a_grpc_status() -> None:
     assert set(GRPC_STATUS_BY_CODE) == set(ErrorCode)
+    # The hand-written table covers every code of the enum too, so a new code needs a decision.
+    assert set(DESIGN_TABLE) | FAILURE_CODES == set(ErrorCode)
+    assert not set(DESIGN_TABLE) & FAILURE_CODES
+    for code in FAILURE_CODES:
+        assert GRPC_STATUS_BY_CODE[code] is G.INTERNAL
 
 
 @pytest.mark.parametrize(("code", "expected"), DESIGN_TABLE.items(), ids=lambda v: str(v))

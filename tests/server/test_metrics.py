@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, FlowStatus, HistoryEntry, HistoryKind, PhaseState
-from flowstate.server.metrics import Metrics
+from flowstate.server.metrics import Metrics, client_label
 
 _AT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -144,3 +144,29 @@ def test_open_stream_gauge_is_one_child_per_method() -> None:
     gauge.inc()
     gauge.dec()
     assert _value(metrics, "flowstate_open_streams", method="WatchFlow") == 1
+
+
+def test_client_labels_are_bounded() -> None:
+    assert client_label("python/0.1.0") == ("python", "0.1.0")
+    assert client_label("go/1.2.3-rc.1") == ("go", "1.2.3-rc.1")
+    assert client_label("typescript/latest") == ("typescript", "other")
+    assert client_label("curl/8.0.0") == ("other", "other")
+    assert client_label(None) == ("none", "")
+
+
+def test_client_requests_are_counted_and_new_versions_capped() -> None:
+    metrics = Metrics()
+    assert metrics.observe_client("python", "0.1.0") is True
+    assert metrics.observe_client("python", "0.1.0") is False
+    assert _value(metrics, "flowstate_client_requests_total", sdk="python", version="0.1.0") == 2
+    for patch in range(200):
+        metrics.observe_client("go", f"1.0.{patch}")
+    samples = [
+        sample
+        for family in metrics.registry.collect()
+        if family.name == "flowstate_client_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    ]
+    assert len(samples) <= 65
+    assert _value(metrics, "flowstate_client_requests_total", sdk="go", version="other") == 137

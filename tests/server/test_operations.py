@@ -76,6 +76,23 @@ async def test_correlation_id_is_returned_or_generated(api: Api) -> None:
     assert len(generated) == 32
 
 
+async def test_calls_are_counted_by_client_sdk(server: RunningServer, api: Api) -> None:
+    for client in ("go/9.8.7", "curl/1"):
+        await api.stub.GetFlowDefinition(
+            pb.GetFlowDefinitionRequest(), metadata=(*api.metadata, ("x-flowstate-client", client))
+        )
+    port = server.server.metrics_port
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            body: bytes = response.read()
+            return body.decode()
+
+    text = await asyncio.to_thread(scrape)
+    assert 'flowstate_client_requests_total{sdk="go",version="9.8.7"}' in text
+    assert 'flowstate_client_requests_total{sdk="other",version="other"}' in text
+
+
 async def test_metrics_endpoint(server: RunningServer, api: Api) -> None:
     fid = (await api.create()).flow_id
     await api.move(fid, "data_import", S.PHASE_STATE_IN_PROGRESS)

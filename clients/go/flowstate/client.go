@@ -28,8 +28,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"iter"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -46,6 +49,13 @@ import (
 // DefaultAddress is where `flowstate serve` listens by default.
 const DefaultAddress = "127.0.0.1:50051"
 
+// Version is this SDK's version, sent with every call as "x-flowstate-client: go/<Version>"
+// (the server counts calls by SDK and version).
+const Version = "0.1.0"
+
+// ClientHeader is the request metadata key naming the SDK and its version.
+const ClientHeader = "x-flowstate-client"
+
 // TokenSource returns the bearer token to send; it is called before every attempt, so a
 // refreshing source just returns the fresh token.
 type TokenSource func(ctx context.Context) (string, error)
@@ -58,6 +68,7 @@ type config struct {
 	retry       RetryPolicy
 	watchRetry  RetryPolicy
 	dialOptions []grpc.DialOption
+	lookupEnv   func(string) (string, bool)
 }
 
 // Option configures a Client.
@@ -107,6 +118,12 @@ func WithWatchRetryPolicy(policy RetryPolicy) Option {
 	return func(c *config) { c.watchRetry = policy }
 }
 
+// WithoutEnvironment stops NewClient from reading FLOWSTATE_* environment variables for the
+// settings the options leave unset (see NewClient).
+func WithoutEnvironment() Option {
+	return func(c *config) { c.lookupEnv = func(string) (string, bool) { return "", false } }
+}
+
 // WithDialOptions adds grpc.DialOptions (keepalive, interceptors, message sizes...).
 func WithDialOptions(options ...grpc.DialOption) Option {
 	return func(c *config) { c.dialOptions = append(c.dialOptions, options...) }
@@ -125,10 +142,20 @@ type Client struct {
 
 // NewClient creates a client for address ("host:port", or a gRPC target such as
 // "dns:///host:port"). It does not connect until the first call (see Dial).
+//
+// Settings the arguments leave unset come from the environment, as for the flowstate CLI
+// (explicit arguments and options win): an empty address is FLOWSTATE_ADDRESS (else
+// DefaultAddress); without WithToken or WithTokenSource, FLOWSTATE_TOKEN; without WithTLS,
+// FLOWSTATE_TLS_CA_FILE, FLOWSTATE_TLS_CERT_FILE + FLOWSTATE_TLS_KEY_FILE (mTLS), or
+// FLOWSTATE_TLS=1 (the system roots). WithoutEnvironment turns this off.
 func NewClient(address string, options ...Option) (*Client, error) {
-	cfg := config{timeout: 30 * time.Second, retry: DefaultRetryPolicy(), watchRetry: DefaultWatchRetryPolicy()}
+	cfg := config{timeout: 30 * time.Second, retry: DefaultRetryPolicy(), watchRetry: DefaultWatchRetryPolicy(), lookupEnv: os.LookupEnv}
 	for _, option := range options {
 		option(&cfg)
+	}
+	var err error
+	if address, err = cfg.fromEnvironment(address); err != nil {
+		return nil, err
 	}
 	loopback := isLoopback(address)
 	if cfg.tlsConfig == nil && !loopback && !cfg.insecure {
@@ -156,6 +183,56 @@ func NewClient(address string, options ...Option) (*Client, error) {
 	}
 	closed, closeFn := context.WithCancel(context.Background())
 	return &Client{conn: conn, raw: flowstatev1.NewFlowStateServiceClient(conn), cfg: cfg, creds: creds, closed: closed, close: closeFn}, nil
+}
+
+// fromEnvironment fills the settings the caller left unset from FLOWSTATE_* variables.
+func (c *config) fromEnvironment(address string) (string, error) {
+	env := func(name string) string {
+		value, _ := c.lookupEnv(name)
+		return value
+	}
+	if address == "" {
+		address = env("FLOWSTATE_ADDRESS")
+	}
+	if address == "" {
+		address = DefaultAddress
+	}
+	if c.tokenSource == nil {
+		if token := env("FLOWSTATE_TOKEN"); token != "" {
+			c.tokenSource = func(context.Context) (string, error) { return token, nil }
+		}
+	}
+	if c.tlsConfig != nil {
+		return address, nil
+	}
+	caFile, certFile, keyFile := env("FLOWSTATE_TLS_CA_FILE"), env("FLOWSTATE_TLS_CERT_FILE"), env("FLOWSTATE_TLS_KEY_FILE")
+	switch strings.ToLower(strings.TrimSpace(env("FLOWSTATE_TLS"))) {
+	case "1", "true", "yes", "on":
+		c.tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if caFile == "" && certFile == "" && keyFile == "" {
+		return address, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return "", fmt.Errorf("flowstate: FLOWSTATE_TLS_CA_FILE=%s: %w", caFile, err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return "", fmt.Errorf("flowstate: FLOWSTATE_TLS_CA_FILE=%s: no PEM certificate in it", caFile)
+		}
+	}
+	if certFile != "" || keyFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return "", fmt.Errorf("flowstate: FLOWSTATE_TLS_CERT_FILE=%s, FLOWSTATE_TLS_KEY_FILE=%s: %w", certFile, keyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	c.tlsConfig = cfg
+	return address, nil
 }
 
 // Dial creates a client and waits until it is connected (or ctx is done).
@@ -199,17 +276,18 @@ type bearerCredentials struct {
 }
 
 func (b *bearerCredentials) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	metadata := map[string]string{ClientHeader: "go/" + Version}
 	if b.source == nil {
-		return nil, nil
+		return metadata, nil
 	}
 	token, err := b.source(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("flowstate: token source: %w", err)
 	}
-	if token == "" {
-		return nil, nil
+	if token != "" {
+		metadata["authorization"] = "Bearer " + token
 	}
-	return map[string]string{"authorization": "Bearer " + token}, nil
+	return metadata, nil
 }
 
 func (b *bearerCredentials) RequireTransportSecurity() bool { return b.requireTLS }
@@ -259,9 +337,26 @@ func withRequestID[Req interface {
 	return clone
 }
 
-// invoke runs one unary call with the client's retry policy.
+// retryCallOption carries a per-call retry policy (CallRetry) to invoke; gRPC ignores it.
+type retryCallOption struct {
+	grpc.EmptyCallOption
+	policy RetryPolicy
+}
+
+// CallRetry overrides the client's retry policy for one call (NoRetry() disables retries):
+//
+//	client.GetFlow(ctx, req, flowstate.CallRetry(flowstate.NoRetry()))
+func CallRetry(policy RetryPolicy) grpc.CallOption { return retryCallOption{policy: policy} }
+
+// invoke runs one unary call with the client's retry policy (or the call's CallRetry).
 func invoke[Req any, Resp any](ctx context.Context, c *Client, req Req, call func(context.Context, Req, ...grpc.CallOption) (Resp, error), options []grpc.CallOption) (Resp, error) {
-	state := newRetryState(c.cfg.retry)
+	policy := c.cfg.retry
+	for _, option := range options {
+		if override, ok := option.(retryCallOption); ok {
+			policy = override.policy
+		}
+	}
+	state := newRetryState(policy)
 	for {
 		state.begin()
 		attemptCtx, cancel := ctx, context.CancelFunc(func() {})
@@ -373,18 +468,51 @@ func (c *Client) GetFlowDefinition(ctx context.Context, req *flowstatev1.GetFlow
 	return invoke(ctx, c, req, c.raw.GetFlowDefinition, opts)
 }
 
-// History returns every history entry of a flow after afterVersion, fetching page after page.
-func (c *Client) History(ctx context.Context, flowID string, afterVersion int64) ([]*flowstatev1.HistoryEntry, error) {
-	var entries []*flowstatev1.HistoryEntry
-	token := ""
-	for {
-		page, err := c.ListFlowHistory(ctx, &flowstatev1.ListFlowHistoryRequest{FlowId: flowID, AfterVersion: afterVersion, PageSize: 1000, PageToken: token})
-		if err != nil {
-			return entries, err
+// History yields every history entry of a flow after afterVersion, fetching pages lazily as
+// the loop asks for more. A final non-nil error ends it.
+//
+//	for entry, err := range client.History(ctx, flowID, 0) { ... }
+func (c *Client) History(ctx context.Context, flowID string, afterVersion int64, opts ...grpc.CallOption) iter.Seq2[*flowstatev1.HistoryEntry, error] {
+	return pages(func(token string) ([]*flowstatev1.HistoryEntry, string, error) {
+		page, err := c.ListFlowHistory(ctx, &flowstatev1.ListFlowHistoryRequest{FlowId: flowID, AfterVersion: afterVersion, PageToken: token}, opts...)
+		return page.GetHistoryEntries(), page.GetNextPageToken(), err
+	})
+}
+
+// Flows yields every flow matching req's filters (its page token is ignored), fetching pages
+// lazily as the loop asks for more. A final non-nil error ends it.
+func (c *Client) Flows(ctx context.Context, req *flowstatev1.ListFlowsRequest, opts ...grpc.CallOption) iter.Seq2[*flowstatev1.Flow, error] {
+	return pages(func(token string) ([]*flowstatev1.Flow, string, error) {
+		page := &flowstatev1.ListFlowsRequest{}
+		if req != nil {
+			page = proto.Clone(req).(*flowstatev1.ListFlowsRequest)
 		}
-		entries = append(entries, page.GetHistoryEntries()...)
-		if token = page.GetNextPageToken(); token == "" {
-			return entries, nil
+		page.PageToken = token
+		response, err := c.ListFlows(ctx, page, opts...)
+		return response.GetFlows(), response.GetNextPageToken(), err
+	})
+}
+
+// pages turns a page fetcher into a lazy iterator over the items of every page.
+func pages[T any](fetch func(token string) (items []T, next string, err error)) iter.Seq2[T, error] {
+	return func(yield func(T, error) bool) {
+		token := ""
+		for {
+			items, next, err := fetch(token)
+			if err != nil {
+				var zero T
+				yield(zero, err)
+				return
+			}
+			for _, item := range items {
+				if !yield(item, nil) {
+					return
+				}
+			}
+			if next == "" {
+				return
+			}
+			token = next
 		}
 	}
 }

@@ -8,9 +8,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -250,16 +253,49 @@ func TestMutationRetriedAfterTheConnectionBrokeMidCall(t *testing.T) {
 }
 
 func TestCancelledContextStopsRetrying(t *testing.T) {
+	var calls atomic.Int32
 	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+		calls.Add(1)
 		return nil, unavailable()
 	}}).serve(t, "")
-	client := newTestClient(t, server.address, flowstate.WithRetryPolicy(flowstate.RetryPolicy{MaxAttempts: 5, InitialBackoff: 10 * time.Second, MaxBackoff: 10 * time.Second}))
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	// Signalled once the first attempt's answer is back in the client: it is then in its backoff.
+	attemptDone := make(chan struct{}, 1)
+	observe := grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		select {
+		case attemptDone <- struct{}{}:
+		default:
+		}
+		return err
+	})
+	// A backoff of an hour: the call can only come back if cancelling the context ends the wait.
+	client := newTestClient(t, server.address, flowstate.WithDialOptions(observe),
+		flowstate.WithRetryPolicy(flowstate.RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Hour, MaxBackoff: time.Hour}))
+	guard := testContext(t)
+	ctx, cancel := context.WithCancel(guard)
 	defer cancel()
-	started := time.Now()
-	_, err := client.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: "f1"})
-	if err == nil || time.Since(started) > 5*time.Second {
-		t.Fatalf("err = %v after %v", err, time.Since(started))
+	done := make(chan error, 1)
+	go func() {
+		_, err := client.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: "f1"})
+		done <- err
+	}()
+	select {
+	case <-attemptDone:
+	case <-guard.Done():
+		t.Fatal("the first attempt never came back")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		// The last attempt's error is returned, not a bare context error.
+		if !errors.Is(err, flowstate.ErrUnavailable) || status.Code(err) != codes.Unavailable {
+			t.Fatalf("err = %v, want the UNAVAILABLE of the one attempt", err)
+		}
+	case <-guard.Done():
+		t.Fatal("the call did not return after its context was cancelled")
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d attempts, want 1 (cancelled during the first backoff)", n)
 	}
 }
 
@@ -697,5 +733,102 @@ func TestCloseEndsOpenWatches(t *testing.T) {
 	defer mu.Unlock()
 	if opened != 1 {
 		t.Fatalf("WatchFlow opened %d times", opened)
+	}
+}
+
+func TestErrorUnwrapsToTheContextError(t *testing.T) {
+	server := (&fakeServer{getFlow: func(ctx context.Context, _ *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}}).serve(t, "")
+	client := newTestClient(t, server.address, flowstate.WithTimeout(0))
+	ctx, cancel := context.WithTimeout(testContext(t), 50*time.Millisecond)
+	defer cancel()
+	_, err := client.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: "f1"})
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, flowstate.ErrDeadlineExceeded) {
+		t.Fatalf("err = %v", err)
+	}
+	if !errors.Is(flowstate.Convert(status.Error(codes.Canceled, "gone")), context.Canceled) {
+		t.Fatal("a CANCELLED status does not unwrap to context.Canceled")
+	}
+	if errors.Is(flowstate.Convert(status.Error(codes.NotFound, "no")), context.Canceled) {
+		t.Fatal("NOT_FOUND unwraps to context.Canceled")
+	}
+}
+
+func TestCallRetryOverridesThePolicyForOneCall(t *testing.T) {
+	attempts := 0
+	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+		attempts++
+		return nil, unavailable()
+	}}).serve(t, "")
+	client := newTestClient(t, server.address)
+	_, err := client.GetFlow(testContext(t), &flowstatev1.GetFlowRequest{FlowId: "f1"}, flowstate.CallRetry(flowstate.NoRetry()))
+	if !errors.Is(err, flowstate.ErrUnavailable) || attempts != 1 {
+		t.Fatalf("with NoRetry: %d attempts, %v", attempts, err)
+	}
+	attempts = 0
+	_, _ = client.GetFlow(testContext(t), &flowstatev1.GetFlowRequest{FlowId: "f1"})
+	if attempts != 5 {
+		t.Fatalf("with the client's policy: %d attempts", attempts)
+	}
+}
+
+func TestHistoryFetchesPagesLazily(t *testing.T) {
+	var tokens []string
+	server := (&fakeServer{listFlowHistory: func(_ context.Context, req *flowstatev1.ListFlowHistoryRequest) (*flowstatev1.ListFlowHistoryResponse, error) {
+		tokens = append(tokens, req.GetPageToken())
+		page := len(tokens)
+		return &flowstatev1.ListFlowHistoryResponse{
+			HistoryEntries: []*flowstatev1.HistoryEntry{{FlowVersion: int64(2*page - 1)}, {FlowVersion: int64(2 * page)}},
+			NextPageToken:  fmt.Sprintf("p%d", page+1),
+		}, nil
+	}}).serve(t, "")
+	client := newTestClient(t, server.address)
+	var versions []int64
+	for entry, err := range client.History(testContext(t), "f1", 0) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		versions = append(versions, entry.GetFlowVersion())
+		if len(versions) == 3 {
+			break
+		}
+	}
+	if !slices.Equal(versions, []int64{1, 2, 3}) || !slices.Equal(tokens, []string{"", "p2"}) {
+		t.Fatalf("versions %v, page tokens %v", versions, tokens)
+	}
+}
+
+func TestClientHeaderAndEnvironment(t *testing.T) {
+	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+		return &flowstatev1.GetFlowResponse{}, nil
+	}}).serve(t, "")
+	t.Setenv("FLOWSTATE_ADDRESS", server.address)
+	t.Setenv("FLOWSTATE_TOKEN", "env-token")
+	client, err := flowstate.NewClient("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.GetFlow(testContext(t), &flowstatev1.GetFlowRequest{FlowId: "f1"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := server.headers(); !slices.Equal(got, []string{"Bearer env-token"}) {
+		t.Fatalf("authorization = %v", got)
+	}
+	server.mu.Lock()
+	got := server.clientHeader
+	server.mu.Unlock()
+	if !slices.Equal(got, []string{"go/" + flowstate.Version}) {
+		t.Fatalf("x-flowstate-client = %v", got)
+	}
+	// Explicit arguments win; a missing certificate file is named.
+	t.Setenv("FLOWSTATE_TLS_CA_FILE", "/nonexistent/ca.pem")
+	if _, err := flowstate.NewClient(server.address, flowstate.WithToken("mine")); err == nil || !strings.Contains(err.Error(), "FLOWSTATE_TLS_CA_FILE=/nonexistent/ca.pem") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := flowstate.NewClient(server.address, flowstate.WithoutEnvironment()); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -181,7 +181,7 @@ func TestE2ECreateAndCompleteWithExactProgress(t *testing.T) {
 			t.Errorf("step %d: progress %v status %v version %d; want %v %v %d", i, step.GetProgress(), step.GetStatus(), step.GetVersion(), progressSteps[i], statusSteps[i], i+2)
 		}
 	}
-	history, err := client.History(ctx, flow.GetFlowId(), 0)
+	history, err := allHistory(ctx, client, flow.GetFlowId())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,11 +345,20 @@ func TestE2ETypedErrors(t *testing.T) {
 			}
 			fail(flowID, flowstatev1.ErrorCode_ERROR_CODE_PHASE_EXECUTION_FAILED)
 		}
-		_, _ = retry(flowID, false, writer) // FAILED -> RETRY_NEEDED, if the server still allows it
-		_, err := retry(flowID, false, writer)
-		fe := expectError(t, err, flowstate.ErrMaxRetriesExceeded, codes.FailedPrecondition)
-		if n, ok := fe.AttemptsRemaining(); !ok || n != 0 {
-			t.Fatalf("attempts remaining %d %v", n, ok)
+		// Every retry step is gated, FAILED -> RETRY_NEEDED too: refused, and refused again.
+		for range 2 {
+			_, err := retry(flowID, false, writer)
+			fe := expectError(t, err, flowstate.ErrMaxRetriesExceeded, codes.FailedPrecondition)
+			if n, ok := fe.AttemptsRemaining(); !ok || n != 0 {
+				t.Fatalf("attempts remaining %d %v", n, ok)
+			}
+		}
+		still, err := writer.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: flowID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := still.GetFlow().GetPhases()[0]; p.GetState() != flowstatev1.PhaseState_PHASE_STATE_FAILED || p.GetRetryCount() != 3 {
+			t.Fatalf("after exhaustion: %v", p)
 		}
 
 		other := newFlowStarted(ctx, t, writer)
@@ -381,7 +390,7 @@ func TestE2ERetrySafety(t *testing.T) {
 		if err != nil || second.GetFlow().GetVersion() != first.GetFlow().GetVersion() || first.GetFlow().GetVersion() != 2 {
 			t.Fatalf("replay: %v %v", second, err)
 		}
-		history, err := writer.History(ctx, flowID, 0)
+		history, err := allHistory(ctx, writer, flowID)
 		if err != nil || len(history) != 2 {
 			t.Fatalf("history: %d entries, %v", len(history), err)
 		}
@@ -415,7 +424,7 @@ func TestE2ERetrySafety(t *testing.T) {
 		if len(sent) != 2 || sent[0] != sent[1] || resp.GetFlow().GetVersion() != 2 || resp.GetHistoryEntries()[0].GetRequestId() != sent[0] {
 			t.Fatalf("sent %v, response %v", sent, resp)
 		}
-		if history, err := writer.History(ctx, flowID, 0); err != nil || len(history) != 2 {
+		if history, err := allHistory(ctx, writer, flowID); err != nil || len(history) != 2 {
 			t.Fatalf("history: %d entries, %v", len(history), err)
 		}
 	})
@@ -657,7 +666,19 @@ func TestE2EMutationRetriedAcrossAnOutage(t *testing.T) {
 	if got.err != nil || got.resp.GetFlow().GetVersion() != 2 {
 		t.Fatalf("%v %v", got.resp, got.err)
 	}
-	if history, err := client.History(ctx, flowID, 0); err != nil || len(history) != 2 {
+	if history, err := allHistory(ctx, client, flowID); err != nil || len(history) != 2 {
 		t.Fatalf("history: %d entries, %v", len(history), err)
 	}
+}
+
+// allHistory collects Client.History (an iterator) into a slice.
+func allHistory(ctx context.Context, client *flowstate.Client, flowID string) ([]*flowstatev1.HistoryEntry, error) {
+	var entries []*flowstatev1.HistoryEntry
+	for entry, err := range client.History(ctx, flowID, 0) {
+		if err != nil {
+			return entries, err
+		}
+		entries = append(entries, entry)
+	}
+	return entries, nil
 }

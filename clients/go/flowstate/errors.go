@@ -1,6 +1,7 @@
 package flowstate
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,6 +90,24 @@ type Error struct {
 	CorrelationID string
 	// Status is the gRPC status the error was decoded from.
 	Status *status.Status
+	// cause is the error Convert was given.
+	cause error
+}
+
+// Unwrap returns the error the call failed with: context.DeadlineExceeded or context.Canceled
+// for a call that ran out of time or was cancelled (also when gRPC reported it as a status),
+// else the error Convert was given. So errors.Is(err, context.DeadlineExceeded) works.
+func (e *Error) Unwrap() error {
+	if e.cause != nil && (errors.Is(e.cause, context.DeadlineExceeded) || errors.Is(e.cause, context.Canceled)) {
+		return e.cause
+	}
+	switch e.GRPCCode {
+	case codes.DeadlineExceeded:
+		return context.DeadlineExceeded
+	case codes.Canceled:
+		return context.Canceled
+	}
+	return e.cause
 }
 
 // Error implements error: "CODE: message (correlation id X)".
@@ -300,7 +319,7 @@ func Convert(err error) *Error {
 	if !isStatus {
 		st = status.FromContextError(err) // CANCELLED, DEADLINE_EXCEEDED, else UNKNOWN
 	}
-	result := &Error{GRPCCode: st.Code(), Message: st.Message(), Status: st}
+	result := &Error{GRPCCode: st.Code(), Message: st.Message(), Status: st, cause: err}
 	for _, detail := range st.Details() {
 		switch d := detail.(type) {
 		case *errdetails.ErrorInfo:

@@ -28,14 +28,16 @@ import (
 type fakeServer struct {
 	flowstatev1.UnimplementedFlowStateServiceServer
 
-	mu         sync.Mutex
-	authHeader []string
+	mu           sync.Mutex
+	authHeader   []string
+	clientHeader []string
 
 	getFlow         func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error)
 	createFlow      func(context.Context, *flowstatev1.CreateFlowRequest) (*flowstatev1.CreateFlowResponse, error)
 	transitionPhase func(context.Context, *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error)
 	watchFlow       func(*flowstatev1.WatchFlowRequest, grpc.ServerStreamingServer[flowstatev1.WatchFlowResponse]) error
 	watchFlows      func(*flowstatev1.WatchFlowsRequest, grpc.ServerStreamingServer[flowstatev1.WatchFlowsResponse]) error
+	listFlowHistory func(context.Context, *flowstatev1.ListFlowHistoryRequest) (*flowstatev1.ListFlowHistoryResponse, error)
 
 	address string
 	grpc    *grpc.Server
@@ -46,6 +48,7 @@ func (f *fakeServer) record(ctx context.Context) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.authHeader = append(f.authHeader, md.Get("authorization")...)
+	f.clientHeader = append(f.clientHeader, md.Get("x-flowstate-client")...)
 }
 
 func (f *fakeServer) headers() []string {
@@ -57,6 +60,11 @@ func (f *fakeServer) headers() []string {
 func (f *fakeServer) GetFlow(ctx context.Context, req *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
 	f.record(ctx)
 	return f.getFlow(ctx, req)
+}
+
+func (f *fakeServer) ListFlowHistory(ctx context.Context, req *flowstatev1.ListFlowHistoryRequest) (*flowstatev1.ListFlowHistoryResponse, error) {
+	f.record(ctx)
+	return f.listFlowHistory(ctx, req)
 }
 
 func (f *fakeServer) CreateFlow(ctx context.Context, req *flowstatev1.CreateFlowRequest) (*flowstatev1.CreateFlowResponse, error) {

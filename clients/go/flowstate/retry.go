@@ -104,16 +104,13 @@ func (s *retryState) reset() {
 
 func (s *retryState) begin() { s.attempt++ }
 
-// attemptTimeout is the timeout of the attempt about to start: timeout (0: none), cut to what
-// is left of the deadline.
+// attemptTimeout is the timeout of the attempt about to start: timeout, cut to what is left of
+// the deadline. 0 stays 0 (none): only the caller's context bounds the attempt.
 func (s *retryState) attemptTimeout(timeout time.Duration) time.Duration {
-	if s.policy.Deadline < 0 {
+	if s.policy.Deadline < 0 || timeout <= 0 {
 		return timeout
 	}
 	left := max(s.policy.Deadline-time.Since(s.start), time.Millisecond)
-	if timeout <= 0 {
-		return left
-	}
 	return min(timeout, left)
 }
 
@@ -122,7 +119,8 @@ func (s *retryState) nextDelay(err *Error, retryable bool) (time.Duration, bool)
 	if !retryable {
 		return 0, false
 	}
-	return s.nextBackoff(min(err.RetryDelay, s.policy.MaxBackoff))
+	// The server's RetryInfo is a minimum, even above MaxBackoff (the deadline still bounds it).
+	return s.nextBackoff(err.RetryDelay)
 }
 
 func (s *retryState) nextBackoff(minimum time.Duration) (time.Duration, bool) {

@@ -17,6 +17,23 @@ from flowstate.client import AsyncFlowstateClient, RetryPolicy
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
 
 
+#: The environment the clients read settings from (cleared so a developer's shell cannot leak in).
+CLIENT_ENVIRONMENT = (
+    "FLOWSTATE_ADDRESS",
+    "FLOWSTATE_TOKEN",
+    "FLOWSTATE_TLS",
+    "FLOWSTATE_TLS_CA_FILE",
+    "FLOWSTATE_TLS_CERT_FILE",
+    "FLOWSTATE_TLS_KEY_FILE",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_client_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CLIENT_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def servicer() -> ScriptedServicer:
     """The script and the record of the server."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -191,9 +192,35 @@ def test_generated_modules_exist() -> None:
     assert "flowstate.v1.flow_service_pb2_grpc" in modules
 
 
-@pytest.mark.parametrize("module", _generated_modules())
-def test_generated_module_imports(module: str) -> None:
-    assert importlib.import_module(module) is not None
+_PROTO_DIR = Path(__file__).resolve().parents[3] / "protos" / "flowstate" / "v1"
+
+
+def test_every_proto_file_has_its_generated_modules() -> None:
+    protos = sorted(p.stem for p in _PROTO_DIR.glob("*.proto"))
+    assert protos, f"no .proto files under {_PROTO_DIR}"
+    expected = {f"flowstate.v1.{stem}_pb2" for stem in protos} | {
+        "flowstate.v1.flow_service_pb2_grpc"
+    }
+    assert set(_generated_modules()) == expected
+
+
+@pytest.mark.parametrize("module", [m for m in _generated_modules() if m.endswith("_pb2")])
+def test_generated_message_module_describes_its_proto_file(module: str) -> None:
+    """Each _pb2 module holds the descriptor of the .proto file it is named after."""
+    imported = importlib.import_module(module)
+    stem = module.rsplit(".", 1)[1].removesuffix("_pb2")
+    assert imported.DESCRIPTOR.name == f"flowstate/v1/{stem}.proto"
+    assert imported.DESCRIPTOR.package == "flowstate.v1"
+
+
+def test_generated_grpc_module_has_the_stub_and_servicer_of_every_rpc() -> None:
+    grpc_module = importlib.import_module("flowstate.v1.flow_service_pb2_grpc")
+    service = flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"]
+    servicer = grpc_module.FlowStateServiceServicer
+    assert service.methods, "FlowStateService has no RPCs"
+    for method in service.methods:
+        assert callable(getattr(servicer, method.name)), method.name
+    assert callable(grpc_module.add_FlowStateServiceServicer_to_server)
 
 
 def _full_flow() -> flow_pb2.Flow:

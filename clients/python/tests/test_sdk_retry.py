@@ -7,8 +7,8 @@ and then succeeds, recording every request it received.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -16,6 +16,7 @@ from scripted_server import Fail, ScriptedServer, ScriptedServicer
 
 from flowstate.client import (
     AsyncFlowstateClient,
+    ErrorCode,
     FlowstateClient,
     FlowstateError,
     InvalidPhaseTransition,
@@ -117,20 +118,32 @@ async def test_gives_up_after_max_attempts(
 
 
 async def test_overall_deadline_bounds_the_retries(
-    servicer: ScriptedServicer, scripted: ScriptedServer
+    servicer: ScriptedServicer, scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No attempt starts after the deadline: on a virtual clock that only the backoff moves,
+    a 60 s deadline with a fixed 10 s backoff allows exactly 6 attempts (t = 0, 10, ..., 50)."""
     servicer.add("GetFlow", *[UNAVAILABLE] * 100)
-    policy = RetryPolicy(
-        max_attempts=None, initial_backoff=0.05, max_backoff=0.05, jitter=0.0, deadline=0.3
-    )
+    now = 0.0
+    defaults = RetryState.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "clock", lambda: now)
+    waits: list[float] = []
 
-    started = time.monotonic()
+    async def virtual_sleep(delay: float) -> None:
+        nonlocal now
+        waits.append(delay)
+        now += delay
+
+    policy = RetryPolicy(
+        max_attempts=None, initial_backoff=10.0, max_backoff=10.0, jitter=0.0, deadline=60.0
+    )
     async with AsyncFlowstateClient(address=scripted.address, retry=policy) as client:
+        client._sleep = virtual_sleep
         with pytest.raises(Unavailable):
             await client.get_flow("f-1")
 
-    assert time.monotonic() - started < 1.0
-    assert 2 <= len(servicer.requests("GetFlow")) <= 7
+    assert len(servicer.requests("GetFlow")) == 6
+    assert waits == [10.0] * 5
 
 
 async def test_server_retry_delay_is_a_minimum_wait(
@@ -216,6 +229,21 @@ def test_attempt_timeout_is_cut_to_the_deadline_left() -> None:
     now[0] = 107.0
     assert state.attempt_timeout(30.0) == pytest.approx(3.0)
     assert state.attempt_timeout(1.0) == pytest.approx(1.0)
+    # No timeout stays none: only the caller's own deadline bounds the attempt.
+    assert state.attempt_timeout(None) is None
+
+
+def test_the_servers_retry_delay_is_a_minimum_even_above_max_backoff() -> None:
+    now = [100.0]
+    policy = RetryPolicy(max_backoff=1.0, jitter=0.0, deadline=60.0)
+    state = RetryState(policy, clock=lambda: now[0])
+    state.begin()
+    error = Unavailable(
+        "busy", code=ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE, retry_delay=timedelta(seconds=7)
+    )
+    assert state.next_delay(error) == pytest.approx(7.0)
+    now[0] = 155.0  # a wait that would pass the deadline gives up instead
+    assert state.next_delay(error) is None
 
 
 @pytest.mark.parametrize(
@@ -236,31 +264,42 @@ def test_invalid_policies_are_rejected(settings: dict[str, float], problem: str)
 async def test_a_call_reaches_a_server_that_comes_back_on_the_same_port(
     servicer: ScriptedServicer,
 ) -> None:
-    """Retries span a restart: the channel's own reconnect backoff is capped, so the call gets
-    through soon after the server listens again (gRPC's default backoff grows to 2 minutes)."""
+    """Retries span a restart: the channel's own reconnect backoff is capped (see the test
+    below), so the call gets through within the retry policy's deadline once the server listens
+    again. The server comes back after three attempts have failed, counted, not slept for."""
     first = await ScriptedServer(servicer).start()
     port, address = first.port, first.address
     servicer.add("GetFlow", flow_service_pb2.GetFlowResponse(), flow_service_pb2.GetFlowResponse())
     fast = RetryPolicy(max_attempts=None, initial_backoff=0.05, max_backoff=0.5, deadline=15)
-    restarted_at: list[float] = []
+    failed_attempts = 0
+    down_long_enough = asyncio.Event()
 
-    async def restart_later() -> ScriptedServer:
-        await asyncio.sleep(3.0)
-        server = await ScriptedServer(servicer, port=port).start()
-        restarted_at.append(time.monotonic())
-        return server
+    async def counting_sleep(delay: float) -> None:
+        nonlocal failed_attempts
+        failed_attempts += 1
+        if failed_attempts >= 3:
+            down_long_enough.set()
+        await asyncio.sleep(delay)
+
+    async def restart_when_attempts_failed() -> ScriptedServer:
+        await down_long_enough.wait()
+        return await ScriptedServer(servicer, port=port).start()
 
     async with AsyncFlowstateClient(address=address, retry=fast, watch_retry=fast) as client:
         await client.get_flow("f-1")  # connected
         await first.stop(None)
-        restarting = asyncio.create_task(restart_later())
+        client._sleep = counting_sleep
+        restarting = asyncio.create_task(restart_when_attempts_failed())
         try:
             await client.get_flow("f-1")  # fails over and over while the server is down
-            done_at = time.monotonic()
         finally:
-            await (await restarting).stop(None)
+            if restarting.done() or down_long_enough.is_set():
+                await (await restarting).stop(None)
+            else:
+                restarting.cancel()
 
-    assert done_at - restarted_at[0] < 2.0
+    assert failed_attempts >= 3
+    assert len(servicer.requests("GetFlow")) == 2  # one before the restart, one after
 
 
 def test_default_channel_options_yield_to_the_callers() -> None:
@@ -269,3 +308,14 @@ def test_default_channel_options_yield_to_the_callers() -> None:
     assert options["grpc.max_reconnect_backoff_ms"] == 60_000
     assert options["grpc.initial_reconnect_backoff_ms"] == 100
     assert dict(ClientConfig().grpc_options())["grpc.max_reconnect_backoff_ms"] == 5_000
+
+
+async def test_a_per_call_retry_policy_overrides_the_clients(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    servicer.add("GetFlow", UNAVAILABLE, UNAVAILABLE)
+
+    with pytest.raises(Unavailable):
+        await client.get_flow("f-1", retry=RetryPolicy.disabled())
+
+    assert len(servicer.calls) == 1

@@ -11,10 +11,11 @@
  * - `watch()` / `watchFlows()`: status streams that resume after disconnects (see watch.ts).
  */
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import type * as http2 from "node:http2";
 
 import { create, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
-import { Code, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
 
 import { FlowstateError, toFlowstateError, uncancelled } from "./errors.js";
@@ -36,6 +37,7 @@ import {
   ValidateTransitionRequestSchema,
   type CancelFlowResponse,
   type CreateFlowResponse,
+  type Flow,
   type FlowEvent,
   type GetFlowDefinitionResponse,
   type GetFlowResponse,
@@ -59,10 +61,14 @@ import {
   sleep,
   type RetryPolicy,
 } from "./retry.js";
+import { VERSION } from "./version.js";
 import { watchFlow, watchFlows, type FlowsEvent, type WatchFlowsOptions, type WatchOptions } from "./watch.js";
 
 /** Where `flowstate serve` listens by default. */
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
+
+/** Request header naming this SDK and its version (the server counts calls by it). */
+export const CLIENT_HEADER = "x-flowstate-client";
 
 /** A bearer token source: called before every attempt, so a refreshing source returns the fresh token. */
 export type TokenProvider = () => string | Promise<string>;
@@ -100,6 +106,13 @@ export interface FlowstateClientOptions {
   interceptors?: Interceptor[];
   /** HTTP/2 keepalive settings (PING interval and timeout, idle timeout). */
   http2?: Http2SessionOptions;
+  /**
+   * Where unset settings come from (default `process.env`; `false`: nowhere). Explicit options
+   * win: `FLOWSTATE_ADDRESS`, `FLOWSTATE_TOKEN` (when neither `token` nor `tokenProvider` is
+   * given) and, when `tls` is not given, `FLOWSTATE_TLS_CA_FILE`, `FLOWSTATE_TLS_CERT_FILE` +
+   * `FLOWSTATE_TLS_KEY_FILE` (mTLS) or `FLOWSTATE_TLS=1` (the system CAs).
+   */
+  env?: Record<string, string | undefined> | false;
 }
 
 /** Per-call options: Connect's `CallOptions` plus a retry override. */
@@ -142,7 +155,9 @@ export interface FlowstateClient {
   cancelFlow(request: CancelFlowInput, options?: FlowstateCallOptions): Promise<CancelFlowResponse>;
   listFlowHistory(request: ListFlowHistoryInput, options?: FlowstateCallOptions): Promise<ListFlowHistoryResponse>;
   getFlowDefinition(request?: GetFlowDefinitionInput, options?: FlowstateCallOptions): Promise<GetFlowDefinitionResponse>;
-  /** Every history entry of a flow after `afterVersion`, page after page. */
+  /** Every flow matching the filters of `request` (its page token is ignored), fetching pages lazily. */
+  flows(request?: ListFlowsInput, options?: FlowstateCallOptions): AsyncGenerator<Flow, void, undefined>;
+  /** Every history entry of a flow after `afterVersion`, fetching pages lazily. */
   history(flowId: string, options?: { afterVersion?: bigint | number; pageSize?: number } & FlowstateCallOptions): AsyncGenerator<HistoryEntry, void, undefined>;
   /** The events of one flow, resumed across disconnects; ends after the terminal event unless `keepOpen`. */
   watch(flowId: string, options?: WatchOptions): AsyncGenerator<FlowEvent, void, undefined>;
@@ -174,8 +189,51 @@ function closedError(): FlowstateError {
   return new FlowstateError({ code: "UNSPECIFIED", grpcCode: Code.Canceled, message: "the client is closed" });
 }
 
+function readPem(env: Record<string, string | undefined>, name: string): Buffer | undefined {
+  const path = env[name];
+  if (!path) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new Error(`${name}=${path}: cannot read it (${(err as Error).message})`);
+  }
+}
+
+/** `options` with the settings it leaves unset taken from the environment (see `env`). */
+export function withEnvironment(options: FlowstateClientOptions): FlowstateClientOptions {
+  const env = options.env === false ? {} : (options.env ?? process.env);
+  const resolved: FlowstateClientOptions = { ...options };
+  resolved.address = options.address ?? (env.FLOWSTATE_ADDRESS || undefined);
+  if (options.token === undefined && options.tokenProvider === undefined && env.FLOWSTATE_TOKEN) {
+    resolved.token = env.FLOWSTATE_TOKEN;
+  }
+  if (options.tls === undefined) {
+    const ca = readPem(env, "FLOWSTATE_TLS_CA_FILE");
+    const cert = readPem(env, "FLOWSTATE_TLS_CERT_FILE");
+    const key = readPem(env, "FLOWSTATE_TLS_KEY_FILE");
+    if (ca !== undefined || cert !== undefined || key !== undefined) {
+      resolved.tls = { ca, cert, key };
+    } else if (["1", "true", "yes", "on"].includes((env.FLOWSTATE_TLS ?? "").trim().toLowerCase())) {
+      resolved.tls = true;
+    }
+  }
+  return resolved;
+}
+
+/**
+ * The error of a call the caller aborted, the same whether the abort came during an attempt or
+ * during the wait before the next: CANCELLED with the signal's reason as message and cause (a
+ * `ConnectError` reason, e.g. a deadline, keeps its own code).
+ */
+function abortError(reason: unknown): FlowstateError {
+  if (reason instanceof ConnectError) return toFlowstateError(reason);
+  const message = reason instanceof Error ? reason.message : String(reason);
+  return toFlowstateError(new ConnectError(message, Code.Canceled, undefined, undefined, reason));
+}
+
 /** Creates a Flowstate client (see `FlowstateClientOptions`). */
-export function createFlowstateClient(options: FlowstateClientOptions = {}): FlowstateClient {
+export function createFlowstateClient(given: FlowstateClientOptions = {}): FlowstateClient {
+  const options = withEnvironment(given);
   const tls = options.tls !== undefined && options.tls !== false;
   const { baseUrl, loopback } = resolveAddress(options.address ?? DEFAULT_ADDRESS, tls);
   const secure = baseUrl.startsWith("https:");
@@ -192,6 +250,7 @@ export function createFlowstateClient(options: FlowstateClientOptions = {}): Flo
   const tokenOf: TokenProvider | undefined =
     options.tokenProvider ?? (options.token !== undefined ? () => options.token ?? "" : undefined);
   const auth: Interceptor = (next) => async (request) => {
+    request.header.set(CLIENT_HEADER, `typescript/${VERSION}`);
     if (tokenOf !== undefined) {
       const token = await tokenOf();
       if (token) request.header.set("authorization", `Bearer ${token}`);
@@ -237,7 +296,7 @@ export function createFlowstateClient(options: FlowstateClientOptions = {}): Flo
         });
       } catch (err) {
         if (closed.signal.aborted) throw closedError();
-        if (signal.aborted) throw toFlowstateError(err);
+        if (signal.aborted) throw abortError(signal.reason);
         const error = uncancelled(toFlowstateError(err));
         const delay = state.nextDelayMs(error, error.grpcCode === Code.Unavailable);
         if (delay === undefined) throw error;
@@ -245,7 +304,7 @@ export function createFlowstateClient(options: FlowstateClientOptions = {}): Flo
           await sleep(delay, signal);
         } catch (abortReason) {
           if (closed.signal.aborted) throw closedError();
-          throw abortReason;
+          throw abortError(abortReason);
         }
       }
     }
@@ -274,6 +333,14 @@ export function createFlowstateClient(options: FlowstateClientOptions = {}): Flo
       unary(ListFlowHistoryRequestSchema, request, (r, c) => raw.listFlowHistory(r, c), false, o),
     getFlowDefinition: (request = {}, o) =>
       unary(GetFlowDefinitionRequestSchema, request, (r, c) => raw.getFlowDefinition(r, c), false, o),
+    async *flows(request = {}, callOptions) {
+      let pageToken = "";
+      do {
+        const page = await client.listFlows({ ...request, pageToken }, callOptions);
+        yield* page.flows;
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+    },
     async *history(flowId, historyOptions = {}) {
       const { afterVersion, pageSize, ...callOptions } = historyOptions;
       let pageToken = "";

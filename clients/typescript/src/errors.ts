@@ -169,6 +169,29 @@ export class FlowstateError extends Error {
     this.correlationId = init.correlationId || undefined;
   }
 
+  /**
+   * `instanceof` that also recognises errors from a duplicate copy of this package (two
+   * versions in one node_modules): an object branded as a Flowstate error whose class chain
+   * has a class of the same name (`err instanceof FlowNotFoundError` holds for either copy's).
+   */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    if (typeof value !== "object" || value === null || !(BRAND in value)) return false;
+    for (let proto = Object.getPrototypeOf(value); proto !== null; proto = Object.getPrototypeOf(proto)) {
+      if ((proto as { constructor?: { name?: string } }).constructor?.name === this.name) return true;
+    }
+    return false;
+  }
+
+  /**
+   * The error as Connect's `ConnectError` (the one the call threw, when there was one), for code
+   * that handles Connect errors: same code, message, metadata and details.
+   */
+  toConnectError(): ConnectError {
+    if (this.cause instanceof ConnectError) return this.cause;
+    return new ConnectError(this.message, this.grpcCode, undefined, undefined, this);
+  }
+
   /** The gRPC code's upper-case name, e.g. `"NOT_FOUND"`. */
   get grpcCodeName(): GrpcCodeName {
     return grpcCodeName(this.grpcCode);
@@ -463,7 +486,7 @@ export function uncancelled(error: FlowstateError): FlowstateError {
 
 /** Whether `value` is a `FlowstateError` (also across duplicate copies of this package). */
 export function isFlowstateError(value: unknown): value is FlowstateError {
-  return value instanceof FlowstateError || (typeof value === "object" && value !== null && BRAND in value);
+  return value instanceof FlowstateError;
 }
 
 /** When a FlowError was produced, as a Date (undefined when the server sent no timestamp). */

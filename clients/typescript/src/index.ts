@@ -23,3 +23,4 @@ export * from "./client.js";
 export * from "./errors.js";
 export * from "./retry.js";
 export * from "./watch.js";
+export { VERSION } from "./version.js";

@@ -96,11 +96,15 @@ export class RetryState {
     this.attempt += 1;
   }
 
-  /** The timeout of the attempt about to start: `timeoutMs`, cut to what is left of the deadline. */
+  /**
+   * The timeout of the attempt about to start: `timeoutMs`, cut to what is left of the deadline.
+   * No timeout (undefined or 0) stays none: only the caller's signal bounds the attempt.
+   */
   attemptTimeoutMs(timeoutMs: number | undefined): number | undefined {
+    if (timeoutMs === undefined || timeoutMs <= 0) return undefined;
     if (!Number.isFinite(this.policy.deadlineMs)) return timeoutMs;
     const left = Math.max(1, Math.floor(this.policy.deadlineMs - (this.now() - this.start)));
-    return timeoutMs === undefined || timeoutMs <= 0 ? left : Math.min(timeoutMs, left);
+    return Math.min(timeoutMs, left);
   }
 
   /**
@@ -109,7 +113,8 @@ export class RetryState {
    */
   nextDelayMs(error: FlowstateError, retryable: boolean = error.grpcCode === Code.Unavailable): number | undefined {
     if (!retryable) return undefined;
-    const minimum = Math.min(error.retryDelayMs ?? 0, this.policy.maxBackoffMs);
+    // The server's RetryInfo is a minimum, even above maxBackoffMs (the deadline still bounds it).
+    const minimum = error.retryDelayMs ?? 0;
     return this.nextBackoffMs(minimum);
   }
 

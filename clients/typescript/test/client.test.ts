@@ -2,10 +2,11 @@
 // token interceptor, request ids and retries, error decoding, resumable watches. Deterministic
 // and fast; the behaviour against the real server is in e2e.test.ts.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { after, describe, it } from "node:test";
 
 import { create } from "@bufbuild/protobuf";
-import { Code, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 
 import {
   createFlowstateClient,
@@ -21,6 +22,7 @@ import {
   PhaseOrderViolationError,
   PhaseState,
   resolveRetryPolicy,
+  RetryState,
   backoffMs,
   ServerShuttingDownError,
   UnauthenticatedError,
@@ -32,6 +34,8 @@ import {
   type FlowstateClientOptions,
   type WatchFlowRequest,
   type WatchFlowsRequest,
+  VERSION,
+  withEnvironment,
 } from "../src/index.js";
 import { flowstateError, startFakeServer, type FakeServer } from "./support/fake-server.js";
 
@@ -233,7 +237,8 @@ describe("unary calls", () => {
     const port = Number(first.address.split(":")[1]);
     const client = clientFor(first, { retry: { ...FAST_RETRY, initialBackoffMs: 50, maxAttempts: 20 } });
     const pending = client.transitionPhase({ flowId: "f1", phase: "data_import", targetState: PhaseState.IN_PROGRESS });
-    while (ids.length === 0) await new Promise((r) => setTimeout(r, 5));
+    for (let i = 0; i < 2_000 && ids.length === 0; i += 1) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(ids.length, 1, "the first attempt reached the server");
     await first.kill();
     await serve(impl, port);
     const response = await pending;
@@ -242,18 +247,47 @@ describe("unary calls", () => {
     assert.equal(ids[0], ids[1]);
   });
 
-  it("stops retrying when the caller aborts", async () => {
+  // A backoff of ten minutes and a 30 s test timeout: the call can only end in time if the
+  // abort ends the wait. The abort comes when the server has answered the first attempt.
+  it("stops retrying when the caller aborts", { timeout: 30_000 }, async () => {
+    const controller = new AbortController();
+    let calls = 0;
     const server = await serve({
       getFlow() {
+        calls += 1;
+        setImmediate(() => controller.abort(new Error("caller gave up")));
         throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down");
       },
     });
-    const client = clientFor(server, { retry: { initialBackoffMs: 10_000, maxBackoffMs: 10_000, maxAttempts: 5 } });
-    const controller = new AbortController();
-    const started = Date.now();
-    setTimeout(() => controller.abort(new Error("caller gave up")), 100);
+    const client = clientFor(server, { retry: { initialBackoffMs: 600_000, maxBackoffMs: 600_000, maxAttempts: 5, deadlineMs: 3_600_000 } });
     await assert.rejects(client.getFlow({ flowId: "f1" }, { signal: controller.signal }), /caller gave up/);
-    assert.ok(Date.now() - started < 5_000);
+    assert.equal(calls, 1);
+  });
+
+  it("an abort surfaces the same way during a call and during the backoff", async () => {
+    let calls = 0;
+    const server = await serve({
+      async getFlow(_request, context) {
+        calls += 1;
+        if (calls === 1) throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down");
+        await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+        return {};
+      },
+    });
+    const client = clientFor(server, { retry: { initialBackoffMs: 60_000, maxBackoffMs: 60_000, deadlineMs: 600_000 } });
+    const errors: unknown[] = [];
+    for (const phase of ["backoff", "call"]) {
+      const controller = new AbortController();
+      const pending = client.getFlow({ flowId: "f1" }, { signal: controller.signal }).catch((e: unknown) => e);
+      while (calls < (phase === "backoff" ? 1 : 2)) await new Promise((r) => setTimeout(r, 5));
+      controller.abort(new Error(`gave up in the ${phase}`));
+      errors.push(await pending);
+    }
+    for (const [i, err] of errors.entries()) {
+      assert.ok(err instanceof FlowstateError, String(err));
+      assert.equal(err.grpcCode, Code.Canceled, `${i}: ${String(err)}`);
+      assert.match(err.message, i === 0 ? /gave up in the backoff/ : /gave up in the call/);
+    }
   });
 
   it("refuses plaintext to a non-loopback host unless allowed", () => {
@@ -262,6 +296,18 @@ describe("unary calls", () => {
     createFlowstateClient({ address: "flowstate.example.com:443", tls: true }).close();
     createFlowstateClient({ address: "localhost:50051" }).close();
     createFlowstateClient({ address: "[::1]:50051" }).close();
+  });
+
+  it("leaves a call without timeout to the caller; the server's RetryInfo is a minimum", () => {
+    const state = new RetryState(resolveRetryPolicy({ maxBackoffMs: 1_000, jitter: 0, deadlineMs: 60_000 }));
+    assert.equal(state.attemptTimeoutMs(0), undefined);
+    assert.equal(state.attemptTimeoutMs(undefined), undefined);
+    assert.ok((state.attemptTimeoutMs(3_600_000) ?? Infinity) <= 60_000);
+    state.begin();
+    const busy = new UnavailableError({ code: "TEMPORARY_RESOURCE_UNAVAILABLE", grpcCode: Code.Unavailable, message: "busy", retryDelayMs: 7_000 });
+    assert.equal(state.nextDelayMs(busy), 7_000);
+    const later = new UnavailableError({ code: "TEMPORARY_RESOURCE_UNAVAILABLE", grpcCode: Code.Unavailable, message: "busy", retryDelayMs: 120_000 });
+    assert.equal(state.nextDelayMs(later), undefined);
   });
 
   it("computes exponential backoff with jitter, capped", () => {
@@ -475,6 +521,76 @@ describe("watch", () => {
     const pending = iterator.next();
     controller.abort(new Error("done watching"));
     await assert.rejects(pending, /done watching/);
+  });
+});
+
+describe("settings and interop", () => {
+  it("names the SDK and its version (package.json's) in every call", async () => {
+    const server = await serve({ getFlow: () => ({ flow: { flowId: "f1" } }) });
+    await clientFor(server).getFlow({ flowId: "f1" });
+    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
+    assert.equal(VERSION, pkg.version);
+    assert.equal(server.headers[0]?.get("x-flowstate-client"), `typescript/${pkg.version}`);
+  });
+
+  it("takes unset settings from the environment; explicit options win", async () => {
+    const server = await serve({ getFlow: () => ({ flow: { flowId: "f1" } }) });
+    const env = { FLOWSTATE_ADDRESS: server.address, FLOWSTATE_TOKEN: "env-token" };
+    const client = createFlowstateClient({ env, retry: false });
+    cleanups.push(() => client.close());
+    await client.getFlow({ flowId: "f1" });
+    assert.equal(server.headers[0]?.get("authorization"), "Bearer env-token");
+    const explicit = withEnvironment({ env: { ...env, FLOWSTATE_TLS: "1" }, address: "127.0.0.1:9", token: "mine", tls: false });
+    assert.deepEqual([explicit.address, explicit.token, explicit.tls], ["127.0.0.1:9", "mine", false]);
+    assert.equal(withEnvironment({ env: { FLOWSTATE_TLS: "true" } }).tls, true);
+    assert.equal(withEnvironment({ env: false }).address, undefined);
+    assert.throws(() => withEnvironment({ env: { FLOWSTATE_TLS_CA_FILE: "/nonexistent/ca.pem" } }), /FLOWSTATE_TLS_CA_FILE=\/nonexistent\/ca\.pem/);
+  });
+
+  it("errors interoperate with Connect and with a duplicate copy of the package", async () => {
+    const server = await serve({
+      getFlow() {
+        throw flowstateError(Code.NotFound, "FLOW_NOT_FOUND", "no such flow");
+      },
+    });
+    const err = await clientFor(server).getFlow({ flowId: "f1" }).catch((e: unknown) => e);
+    assert.ok(err instanceof FlowNotFoundError);
+    const connectError = (err as FlowNotFoundError).toConnectError();
+    assert.ok(connectError instanceof ConnectError);
+    assert.equal(connectError.code, Code.NotFound);
+    // A copy of the classes from another installation of the package: same names, same brand.
+    const brand: unique symbol = Symbol.for("@flowstate/client/FlowstateError") as never;
+    class FlowstateError extends Error {
+      readonly [brand] = true;
+    }
+    class NotFoundError extends FlowstateError {}
+    class FlowNotFoundError2 extends NotFoundError {}
+    Object.defineProperty(FlowNotFoundError2, "name", { value: "FlowNotFoundError" });
+    const foreign = new FlowNotFoundError2("elsewhere");
+    assert.ok(foreign instanceof FlowNotFoundError);
+    assert.ok(isFlowstateError(foreign));
+    assert.ok(!(foreign instanceof PermissionDeniedError));
+    assert.ok(!(new Error("plain") instanceof FlowNotFoundError));
+  });
+});
+
+describe("paging", () => {
+  it("flows() fetches pages lazily, as the loop asks for more", async () => {
+    const tokens: string[] = [];
+    const server = await serve({
+      listFlows(request) {
+        tokens.push(request.pageToken);
+        const page = tokens.length;
+        return { flows: [{ flowId: `f${2 * page - 1}` }, { flowId: `f${2 * page}` }], nextPageToken: `p${page + 1}` };
+      },
+    });
+    const seen: string[] = [];
+    for await (const flow of clientFor(server).flows({ statuses: [FlowStatus.ACTIVE] })) {
+      seen.push(flow.flowId);
+      if (seen.length === 3) break;
+    }
+    assert.deepEqual(seen, ["f1", "f2", "f3"]);
+    assert.deepEqual(tokens, ["", "p2"]);
   });
 });
 

@@ -280,10 +280,15 @@ if (testServer === undefined) {
         assert.equal(flow?.phases[0]?.retryCount, attempt);
         await fail(ErrorCode.PHASE_EXECUTION_FAILED);
       }
-      await writer.retry({ flowId, phase: "data_import" }).catch(() => undefined); // FAILED -> RETRY_NEEDED if allowed
-      const exhausted = await refusal(writer.retry({ flowId, phase: "data_import" }));
-      assert.ok(exhausted instanceof MaxRetriesExceededError, String(exhausted));
-      assert.equal(exhausted.attemptsRemaining, 0);
+      // Every retry step is gated, FAILED -> RETRY_NEEDED too: refused, and refused again.
+      for (let refusedTwice = 0; refusedTwice < 2; refusedTwice += 1) {
+        const exhausted = await refusal(writer.retry({ flowId, phase: "data_import" }));
+        assert.ok(exhausted instanceof MaxRetriesExceededError, String(exhausted));
+        assert.equal(exhausted.attemptsRemaining, 0);
+      }
+      const { flow: still } = await writer.getFlow({ flowId });
+      assert.equal(still?.phases[0]?.state, PhaseState.FAILED);
+      assert.equal(still?.phases[0]?.retryCount, 3);
 
       const other = await newFlow();
       await move(other, "data_import", PhaseState.IN_PROGRESS);

@@ -60,7 +60,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_NO_SERVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 _Handler = Callable[[FlowstateClient, argparse.Namespace, "_Output"], int]
 
@@ -432,6 +431,11 @@ def _common_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--tls", action="store_true", help="use TLS with the system roots")
     group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext to a host that is not loopback (the token travels unencrypted)",
+    )
+    group.add_argument(
         "--tls-ca-file",
         type=Path,
         default=_env_path("FLOWSTATE_TLS_CA_FILE"),
@@ -540,6 +544,7 @@ def _run(handler: _Handler, args: argparse.Namespace) -> int:
             root_certificates=_read(args.tls_ca_file),
             certificate_chain=_read(args.tls_cert_file),
             private_key=_read(args.tls_key_file),
+            allow_insecure=args.insecure,
             timeout=args.timeout,
             retry=RetryPolicy(max_attempts=3, deadline=max(args.timeout, 1.0)),
         )
@@ -550,7 +555,7 @@ def _run(handler: _Handler, args: argparse.Namespace) -> int:
         with client:
             return handler(client, args, output)
     except FlowstateError as error:
-        _print_error(error, output, address=args.address)
+        _print_error(error, output, address=args.address, timeout=args.timeout)
         return EXIT_ERROR
     except ValueError as exc:  # a bad enum name or a missing argument combination
         print(f"flowstate: error: INVALID_ARGUMENT: {exc}", file=output.err)
@@ -563,18 +568,21 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-def _print_error(error: FlowstateError, output: _Output, *, address: str) -> None:
+def _print_error(error: FlowstateError, output: _Output, *, address: str, timeout: float) -> None:
     """The structured error, in the format every `flowstate` command uses.
 
-    A call that never reached a server (UNAVAILABLE without the server's FlowError) says so
-    and names the address, rather than the SDK's TEMPORARY_RESOURCE_UNAVAILABLE, which is
-    also what a server says when its database is down.
+    A call that got no answer from a Flowstate server (UNAVAILABLE or DEADLINE_EXCEEDED
+    without the server's FlowError) says so and names the address, rather than the SDK's
+    TEMPORARY_RESOURCE_UNAVAILABLE, which is also what a server says when its database is down.
     """
     code = error.code.name if error.code != ErrorCode.UNSPECIFIED else error.grpc_code.name
     message = error.message
-    if error.flow_error is None and error.grpc_code in _NO_SERVER_CODES:
+    if error.flow_error is None and error.grpc_code is grpc.StatusCode.UNAVAILABLE:
         code = error.grpc_code.name
         message = f"cannot reach {address} ({error.message})"
+    elif error.flow_error is None and error.grpc_code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        code = error.grpc_code.name
+        message = f"no answer from {address} within {timeout:g}s ({error.message})"
     if output.as_json:
         fields = {**error.to_dict(), "code": code, "message": message}
         print(json.dumps({"error": fields}, indent=2), file=output.err)

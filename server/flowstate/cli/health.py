@@ -104,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = error.details() if isinstance(error, grpc.Call) else str(error)
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if code is grpc.StatusCode.UNAVAILABLE:
                 print_error(code.name, f"cannot reach {args.address} ({details})")
+            elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                print_error(code.name, f"no answer from {args.address} within {args.timeout:g}s")
             elif code is grpc.StatusCode.NOT_FOUND:
                 print_error(code.name, f"the server has no service {args.service!r}")
             else:

@@ -11,11 +11,18 @@
 | `flowstate_open_streams` | gauge | method |
 | `flowstate_stuck_flows` | gauge | status |
 | `flowstate_stuck_flows_checked_timestamp_seconds` | gauge | |
+| `flowstate_client_requests_total` | counter | sdk, version |
 
 `result` is ``applied`` or the refusal's error code. Label values come from definitions and
 enums, never from free request text, so cardinality stays bounded: refusals that name an
 unknown phase (INVALID_PHASE) or a malformed request are not counted as transitions.
 Label children are cached so recording costs a dict lookup and an increment.
+
+`flowstate_client_requests_total` counts RPCs by the ``x-flowstate-client: <sdk>/<version>``
+header the SDKs send (`CLIENT_HEADER`): `sdk` is ``python``, ``typescript``, ``go``, ``other``
+(any other value) or ``none`` (no header); `version` is the SDK's version when it looks like one
+(``MAJOR.MINOR.PATCH``), else ``other``; after `_MAX_CLIENT_VERSIONS` distinct versions more
+are counted as ``other``, so a misbehaving client cannot grow the label set.
 
 `flowstate_stuck_flows` counts the flows of *all* tenants that are not terminal and have not
 changed for ``FLOWSTATE_STUCK_AFTER`` seconds, by status; `flowstate.server.stuck` refreshes it
@@ -25,6 +32,7 @@ with ``max``, not ``sum``). The checked timestamp says how fresh it is (alert wh
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,7 +45,13 @@ from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, FlowStatus, HistoryEntry, HistoryKind
 from flowstate.core.rules import TERMINAL_STATUSES
 
-__all__ = ["Metrics", "MetricsEndpoint"]
+__all__ = ["CLIENT_HEADER", "Metrics", "MetricsEndpoint", "client_label"]
+
+#: Request metadata naming the SDK and its version, e.g. ``python/0.1.0``.
+CLIENT_HEADER: Final = "x-flowstate-client"
+_KNOWN_SDKS: Final = frozenset({"python", "typescript", "go"})
+_VERSION: Final = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,4}(?:[-+][0-9A-Za-z.-]{1,32})?")
+_MAX_CLIENT_VERSIONS: Final = 64
 
 _RPC_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -48,6 +62,16 @@ _STATE_BUCKETS: Final = (
 )  # fmt: skip
 _LIVE_STATUSES: Final = tuple(s for s in FlowStatus if s not in TERMINAL_STATUSES)
 _UNCOUNTED_REFUSALS: Final = frozenset({ErrorCode.INVALID_PHASE, ErrorCode.MALFORMED_REQUEST})
+
+
+def client_label(header: str | None) -> tuple[str, str]:
+    """(sdk, version) of an ``x-flowstate-client`` value, each from a bounded set (above)."""
+    if header is None:
+        return "none", ""
+    sdk, _, version = header.partition("/")
+    if sdk not in _KNOWN_SDKS:
+        return "other", "other"
+    return sdk, version if _VERSION.fullmatch(version) else "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +148,13 @@ class Metrics:
             "When flowstate_stuck_flows was last counted (Unix time).",
             registry=self.registry,
         )
+        self._client_requests = Counter(
+            "flowstate_client_requests",
+            "RPCs by the SDK that sent them (x-flowstate-client), and its version.",
+            ["sdk", "version"],
+            registry=self.registry,
+        )
+        self._client_children: dict[tuple[str, str], Counter] = {}
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # Label children by label tuple: ``labels(...)`` validates and hashes under a lock on
         # every call; these make recording a dict lookup. Label values are bounded (above).
@@ -144,6 +175,20 @@ class Metrics:
             self._rpc_children[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_client(self, sdk: str, version: str) -> bool:
+        """Count one RPC of an SDK (labels from `client_label`); True the first time it is seen."""
+        key = (sdk, version)
+        child = self._client_children.get(key)
+        first = child is None
+        if child is None:
+            if len(self._client_children) >= _MAX_CLIENT_VERSIONS and version:
+                key = (sdk, "other")
+                child = self._client_children.get(key)
+            if child is None:
+                child = self._client_children[key] = self._client_requests.labels(*key)
+        child.inc()
+        return first
 
     def open_stream_gauge(self, method: str) -> Gauge:
         """The ``flowstate_open_streams`` child of `method` (cached)."""

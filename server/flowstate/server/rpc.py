@@ -16,7 +16,8 @@ responses). The wrapper, per call:
    (logged at INFO); `NotImplementedError` becomes UNIMPLEMENTED (a feature the server was
    started without, e.g. streams without a watch hub); any other exception becomes INTERNAL
    carrying only the correlation id, its stack logged at ERROR with the same id;
-5. counts the RPC and its latency by method and status code, and phase-change refusals.
+5. counts the RPC and its latency by method and status code, and phase-change refusals;
+6. counts the calling SDK and its version (``x-flowstate-client``), logging each new one once.
 
 Nothing else in the servicer catches exceptions. Successes are logged at DEBUG only.
 """
@@ -49,7 +50,7 @@ from flowstate.server.errors import (
     internal_error,
     to_grpc_status,
 )
-from flowstate.server.metrics import Metrics
+from flowstate.server.metrics import CLIENT_HEADER, Metrics, client_label
 
 __all__ = [
     "Call",
@@ -284,15 +285,24 @@ def _sane_correlation_id(value: object) -> TypeGuard[str]:
     )
 
 
-def _begin(context: _Context) -> tuple[str, list[str]]:
-    """(correlation id, every authorization header value) from the request metadata."""
+def _begin(support: RpcSupport, context: _Context) -> tuple[str, list[str]]:
+    """(correlation id, every authorization header value) from the request metadata; counts
+    the client SDK (``x-flowstate-client``)."""
     correlation_id: str | None = None
     authorizations: list[str] = []
+    client: str | None = None
     for key, value in context.invocation_metadata() or ():
         if key == _AUTHORIZATION:
             authorizations.append(value if isinstance(value, str) else "")
         elif key == CORRELATION_ID_HEADER and _sane_correlation_id(value):
             correlation_id = value
+        elif key == CLIENT_HEADER and isinstance(value, str):
+            client = value
+    sdk, version = client_label(client)
+    if support.metrics.observe_client(sdk, version):
+        _log.info(
+            "first call from client %s/%s", sdk, version, extra={"sdk": sdk, "sdk_version": version}
+        )
     return correlation_id or _correlation_ids.next(), authorizations
 
 
@@ -439,7 +449,7 @@ def unary(
         async def handler(self: _Svc, request: _Req, context: _Context) -> _Resp:
             started = time.perf_counter()
             support = self.rpc_support
-            correlation_id, authorizations = _begin(context)
+            correlation_id, authorizations = _begin(support, context)
             context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
             if support.traced:
                 _annotate_span({"flowstate.correlation_id": correlation_id})
@@ -488,7 +498,7 @@ def stream(
         async def handler(self: _Svc, request: _Req, context: _Context) -> AsyncIterator[_Resp]:
             started = time.perf_counter()
             support = self.rpc_support
-            correlation_id, authorizations = _begin(context)
+            correlation_id, authorizations = _begin(support, context)
             context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
             if support.traced:
                 _annotate_span({"flowstate.correlation_id": correlation_id})

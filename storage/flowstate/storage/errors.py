@@ -9,8 +9,9 @@ Exception tree of what the store raises (all `FlowStateError`)::
     ├── DatabaseSetupError       INTERNAL to an RPC, FAILED_PRECONDITION in the CLI: only an
     │   │                        operator can fix it; the message says how
     │   ├── SchemaNotReadyError  the database is not migrated to this build's head
-    │   └── MigrationPrivilegesError  the migrating role lacks a privilege; details["sql"] is
-    │                            what a DBA must run
+    │   ├── MigrationPrivilegesError  the migrating role lacks a privilege; details["sql"] is
+    │   │                        what a DBA must run
+    │   └── AppRoleNotGrantedError  the server's role may not switch to the app role
     └── FlowStateError           refusals: FLOW_NOT_FOUND, VERSION_CONFLICT, REQUEST_ID_REUSED,
                                  MALFORMED_REQUEST (limits, bad ids, bad tokens), the core's own
                                  refusals, and INTERNAL for anything unexpected (logged here with
@@ -33,8 +34,10 @@ from sqlalchemy import exc as sa_exc
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode
+from flowstate.storage.schema import APP_ROLE
 
 __all__ = [
+    "AppRoleNotGrantedError",
     "Classified",
     "DatabaseSetupError",
     "MigrationPrivilegesError",
@@ -103,6 +106,26 @@ class MigrationPrivilegesError(DatabaseSetupError):
             ErrorCode.INTERNAL,
             f"{problem}. Ask a DBA to run, then run `flowstate migrate upgrade` again:\n\n"
             f"    {sql}\n",
+            retry_allowed=False,
+            sql=sql,
+            user=user,
+        )
+
+
+class AppRoleNotGrantedError(DatabaseSetupError):
+    """The role the server connects as is not a member of the app role (``details["sql"]``).
+
+    Every store transaction switches to ``flowstate_app``; without the membership each would
+    fail, so `FlowStore.open` refuses to start instead.
+    """
+
+    def __init__(self, user: str) -> None:
+        """Build the error from the connected role's (quoted) name."""
+        sql = f"GRANT {APP_ROLE} TO {user};"
+        super().__init__(
+            ErrorCode.INTERNAL,
+            f"the role {user} is not a member of the role {APP_ROLE}, which every "
+            f"transaction switches to. Ask a DBA to run, then start again:\n\n    {sql}\n",
             retry_allowed=False,
             sql=sql,
             user=user,

@@ -153,6 +153,13 @@ HAS_VERSION_TABLE = compile_statement(
 )
 SCHEMA_REVISION = compile_statement(text("SELECT max(version_num) FROM alembic_version"))
 PING = compile_statement(select(literal(1)))
+# '' when the connected role may switch to the app role, else its quoted name (for the GRANT).
+APP_ROLE_MISSING_FOR = compile_statement(
+    text(
+        f"SELECT CASE WHEN pg_has_role(current_user, {sql_literal(APP_ROLE)}, 'MEMBER') "
+        "THEN '' ELSE quote_ident(current_user) END"
+    )
+)
 COUNT_STUCK = compile_statement(
     select(flows.c.status, func.count().label("flows"))
     .where(ACTIVE_FLOW, flows.c.updated_at < bindparam("before", type_=flows.c.updated_at.type))

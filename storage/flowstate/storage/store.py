@@ -51,7 +51,7 @@ from flowstate.core.definitions import (
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.storage import codec
-from flowstate.storage.errors import SchemaNotReadyError, to_store_error
+from flowstate.storage.errors import AppRoleNotGrantedError, SchemaNotReadyError, to_store_error
 from flowstate.storage.limits import (
     DEFAULT_FLOW_PAGE_SIZE,
     DEFAULT_HISTORY_PAGE_SIZE,
@@ -71,6 +71,7 @@ from flowstate.storage.sql import (
     reset_connection,
 )
 from flowstate.storage.statements import (
+    APP_ROLE_MISSING_FOR,
     COUNT_STUCK,
     DELETE_KEY,
     EXACT_DEFINITION,
@@ -316,16 +317,18 @@ class FlowStore(TransactionRunner):
     async def _check_schema(self) -> None:
         from flowstate.storage.migrate import head_revision
 
-        async def work(tx: Transaction) -> str | None:
+        async def work(tx: Transaction) -> tuple[str | None, str]:
             if not await tx.fetchval(HAS_VERSION_TABLE):
-                return None
+                return None, ""
             revision: str | None = await tx.fetchval(SCHEMA_REVISION)
-            return revision
+            return revision, await tx.fetchval(APP_ROLE_MISSING_FOR)
 
-        current = await self._run(None, work)
+        current, not_member = await self._run(None, work)
         required = head_revision()
         if current != required:
             raise SchemaNotReadyError(current, required)
+        if not_member:  # every transaction would fail to SET ROLE: say so now, with the fix
+            raise AppRoleNotGrantedError(not_member)
 
     async def _seed_definitions(self) -> None:
         """Insert missing built-in definitions; warn when a stored body differs from the code."""

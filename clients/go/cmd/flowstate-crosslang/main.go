@@ -35,7 +35,8 @@ func main() {
 }
 
 func connect(tokenVariable string) (*flowstate.Client, error) {
-	options := []flowstate.Option{flowstate.WithRetryPolicy(flowstate.NoRetry())}
+	// The settings are read here, explicitly: no FLOWSTATE_TOKEN for the "no token" cases.
+	options := []flowstate.Option{flowstate.WithRetryPolicy(flowstate.NoRetry()), flowstate.WithoutEnvironment()}
 	if tokenVariable != "" {
 		options = append(options, flowstate.WithToken(os.Getenv(tokenVariable)))
 	}

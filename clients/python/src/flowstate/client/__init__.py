@@ -71,6 +71,7 @@ from flowstate.client._models import (
 )
 from flowstate.client._retry import RetryPolicy
 from flowstate.client._sync_client import FlowstateClient
+from flowstate.client._version import __version__
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -123,6 +124,7 @@ __all__ = [
     "Unavailable",
     "ValidationResult",
     "VersionConflict",
+    "__version__",
 ]
 
 # Public classes report the public module (as httpx does), so reprs and tracebacks show

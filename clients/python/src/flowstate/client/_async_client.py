@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -16,7 +16,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from flowstate.client import _requests
-from flowstate.client._config import DEFAULT_ADDRESS, DEFAULT_WATCH_RETRY, ClientConfig, TokenSource
+from flowstate.client._config import ClientConfig, TokenSource
 from flowstate.client._errors import error_from_rpc_error
 from flowstate.client._models import (
     Flow,
@@ -60,12 +60,13 @@ class AsyncFlowstateClient:
     def __init__(
         self,
         *,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         token: TokenSource | None = None,
-        secure: bool = False,
+        secure: bool | None = None,
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
+        allow_insecure: bool = False,
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
         watch_retry: RetryPolicy | None = None,
@@ -73,30 +74,38 @@ class AsyncFlowstateClient:
     ) -> None:
         """Configure the client; nothing is connected yet.
 
+        Settings left unset come from the environment (``FLOWSTATE_ADDRESS``,
+        ``FLOWSTATE_TOKEN``, ``FLOWSTATE_TLS_CA_FILE``, ...: see `flowstate.client._config`).
+
         Args:
-            address: ``host:port`` of the server.
-            token: A bearer JWT, or a callable returning the current one (called per attempt).
+            address: ``host:port`` of the server; else ``FLOWSTATE_ADDRESS``, else
+                ``127.0.0.1:50051``.
+            token: A bearer JWT, or a callable (or coroutine function) returning the
+                current one, called per attempt; else ``FLOWSTATE_TOKEN``.
             secure: Use TLS with the system's root certificates (implied by the next three).
             root_certificates: PEM roots that sign the server's certificate.
             private_key: PEM client key, for mTLS (with `certificate_chain`).
             certificate_chain: PEM client certificate chain, for mTLS.
+            allow_insecure: Send the token in plaintext to a host that is not loopback (only on
+                a trusted network); refused otherwise.
             timeout: Seconds each unary attempt may take (None: no limit); overridable per call.
             retry: Retry policy of unary calls (default: `RetryPolicy()`).
             watch_retry: Reconnection policy of `watch`/`watch_flows` (default: unlimited
                 attempts within 120 s of consecutive failures).
             channel_options: Extra ``grpc`` channel arguments.
         """
-        self._config = ClientConfig(
+        self._config = ClientConfig.from_options(
             address=address,
             token=token,
             secure=secure,
             root_certificates=root_certificates,
             private_key=private_key,
             certificate_chain=certificate_chain,
+            allow_insecure=allow_insecure,
             timeout=timeout,
-            retry=retry if retry is not None else RetryPolicy(),
-            watch_retry=watch_retry if watch_retry is not None else DEFAULT_WATCH_RETRY,
-            channel_options=tuple(channel_options),
+            retry=retry,
+            watch_retry=watch_retry,
+            channel_options=channel_options,
         )
         self._channel: grpc.aio.Channel | None = None
         self._stub: flow_service_pb2_grpc.FlowStateServiceAsyncStub | None = None
@@ -161,10 +170,12 @@ class AsyncFlowstateClient:
         ],
         request: _Req,
         timeout: float | None,
+        retry: RetryPolicy | None = None,
     ) -> _Resp:
-        """Send `request` through the stub method `method` picks, retrying under the policy."""
+        """Send `request` through the stub method `method` picks, retrying under the policy
+        (`retry`: this call's own, overriding the client's)."""
         config = self._config
-        state = RetryState(config.retry)
+        state = RetryState(retry if retry is not None else config.retry)
         call_timeout = config.timeout if timeout is None else timeout
         while True:
             state.begin()
@@ -172,7 +183,7 @@ class AsyncFlowstateClient:
                 return await method(self._service())(
                     request,
                     timeout=state.attempt_timeout(call_timeout),
-                    metadata=config.metadata(),
+                    metadata=await config.metadata_async(),
                 )
             except grpc.aio.AioRpcError as exc:
                 error = error_from_rpc_error(exc)
@@ -193,6 +204,7 @@ class AsyncFlowstateClient:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Create a flow of a definition ("discovery" when empty), all phases NOT_STARTED.
 
@@ -204,6 +216,7 @@ class AsyncFlowstateClient:
             labels: Free-form labels.
             request_id: Idempotency key; generated when None.
             timeout: Seconds per attempt; the client's default when None.
+            retry: This call's retry policy; the client's when None.
         """
         request = _requests.create_flow(
             definition_name=definition_name,
@@ -213,12 +226,16 @@ class AsyncFlowstateClient:
             labels=labels,
             request_id=request_id,
         )
-        response = await self._call(lambda s: s.CreateFlow, request, timeout)
+        response = await self._call(lambda s: s.CreateFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
-    async def get_flow(self, flow_id: str, *, timeout: float | None = None) -> Flow:
+    async def get_flow(
+        self, flow_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> Flow:
         """Return one flow (`FlowNotFound` if the caller's tenant has no such flow)."""
-        response = await self._call(lambda s: s.GetFlow, _requests.get_flow(flow_id), timeout)
+        response = await self._call(
+            lambda s: s.GetFlow, _requests.get_flow(flow_id), timeout, retry
+        )
         return Flow._from_proto(response.flow)
 
     async def list_flows(
@@ -231,6 +248,7 @@ class AsyncFlowstateClient:
         page_size: int = 0,
         page_token: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> FlowPage:
         """Return one page of the caller's flows, least recently changed first.
 
@@ -244,6 +262,7 @@ class AsyncFlowstateClient:
             page_size: At most this many flows (the server's default when 0).
             page_token: `FlowPage.next_page_token` of the previous page.
             timeout: Seconds per attempt; the client's default when None.
+            retry: This call's retry policy; the client's when None.
         """
         request = _requests.list_flows(
             statuses=statuses,
@@ -253,7 +272,7 @@ class AsyncFlowstateClient:
             page_size=page_size,
             page_token=page_token,
         )
-        response = await self._call(lambda s: s.ListFlows, request, timeout)
+        response = await self._call(lambda s: s.ListFlows, request, timeout, retry)
         return FlowPage._from_proto(response)
 
     async def iter_flows(
@@ -265,7 +284,8 @@ class AsyncFlowstateClient:
         definition_name: str | None = None,
         page_size: int = 0,
         timeout: float | None = None,
-    ) -> AsyncIterator[Flow]:
+        retry: RetryPolicy | None = None,
+    ) -> AsyncGenerator[Flow, None]:
         """Yield every matching flow, fetching pages as needed (filters as `list_flows`)."""
         statuses = tuple(statuses)
         if isinstance(updated_before, timedelta):
@@ -281,6 +301,7 @@ class AsyncFlowstateClient:
                 page_size=page_size,
                 page_token=token,
                 timeout=timeout,
+                retry=retry,
             )
             for flow in page.flows:
                 yield flow
@@ -299,6 +320,7 @@ class AsyncFlowstateClient:
         from_status: EnumLike | None = None,
         to_status: EnumLike | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> ValidationResult:
         """Ask whether a transition is legal, without changing anything (a dry run).
 
@@ -316,7 +338,7 @@ class AsyncFlowstateClient:
             from_status=from_status,
             to_status=to_status,
         )
-        response = await self._call(lambda s: s.ValidateTransition, request, timeout)
+        response = await self._call(lambda s: s.ValidateTransition, request, timeout, retry)
         return ValidationResult._from_proto(response)
 
     async def transition_phase(
@@ -333,6 +355,7 @@ class AsyncFlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Move a phase to `target_state` (a `PhaseState`, its number or its name).
 
@@ -355,7 +378,7 @@ class AsyncFlowstateClient:
             request_id=request_id,
             expected_version=expected_version,
         )
-        response = await self._call(lambda s: s.TransitionPhase, request, timeout)
+        response = await self._call(lambda s: s.TransitionPhase, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def update_phase_progress(
@@ -369,6 +392,7 @@ class AsyncFlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Report in-phase progress `progress` in [0, 1] for a phase that is IN_PROGRESS."""
         request = _requests.update_phase_progress(
@@ -380,7 +404,7 @@ class AsyncFlowstateClient:
             request_id=request_id,
             expected_version=expected_version,
         )
-        response = await self._call(lambda s: s.UpdatePhaseProgress, request, timeout)
+        response = await self._call(lambda s: s.UpdatePhaseProgress, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def rollback(
@@ -393,6 +417,7 @@ class AsyncFlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Roll a COMPLETED or FAILED phase back, with its started dependents unless `cascade`
         is False (then active dependents raise `DependentPhasesActive`)."""
@@ -404,7 +429,7 @@ class AsyncFlowstateClient:
             request_id=request_id,
             expected_version=expected_version,
         )
-        response = await self._call(lambda s: s.Rollback, request, timeout)
+        response = await self._call(lambda s: s.Rollback, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def retry(
@@ -417,6 +442,7 @@ class AsyncFlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Retry a phase: FAILED → RETRY_NEEDED, RETRY_NEEDED → IN_PROGRESS (one attempt).
 
@@ -433,15 +459,15 @@ class AsyncFlowstateClient:
             request_id=request_id,
             expected_version=expected_version,
         )
-        response = await self._call(lambda s: s.Retry, request, timeout)
+        response = await self._call(lambda s: s.Retry, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def get_recovery_options(
-        self, flow_id: str, *, timeout: float | None = None
+        self, flow_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> RecoveryOptions:
         """Return the recovery actions for the flow's current state, most useful first."""
         request = flow_service_pb2.GetRecoveryOptionsRequest(flow_id=flow_id)
-        response = await self._call(lambda s: s.GetRecoveryOptions, request, timeout)
+        response = await self._call(lambda s: s.GetRecoveryOptions, request, timeout, retry)
         return RecoveryOptions._from_proto(response)
 
     async def execute_recovery(
@@ -450,6 +476,7 @@ class AsyncFlowstateClient:
         *,
         request_id: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Send the request a `RecoveryOption` carries (with a fresh ``request_id``)."""
         if option.request is None:
@@ -458,17 +485,17 @@ class AsyncFlowstateClient:
         response: Any
         match request:
             case flow_service_pb2.RetryRequest():
-                response = await self._call(lambda s: s.Retry, request, timeout)
+                response = await self._call(lambda s: s.Retry, request, timeout, retry)
             case flow_service_pb2.RollbackRequest():
-                response = await self._call(lambda s: s.Rollback, request, timeout)
+                response = await self._call(lambda s: s.Rollback, request, timeout, retry)
             case flow_service_pb2.TransitionPhaseRequest():
-                response = await self._call(lambda s: s.TransitionPhase, request, timeout)
+                response = await self._call(lambda s: s.TransitionPhase, request, timeout, retry)
             case flow_service_pb2.ResumeFlowRequest():
-                response = await self._call(lambda s: s.ResumeFlow, request, timeout)
+                response = await self._call(lambda s: s.ResumeFlow, request, timeout, retry)
             case flow_service_pb2.CancelFlowRequest():
-                response = await self._call(lambda s: s.CancelFlow, request, timeout)
+                response = await self._call(lambda s: s.CancelFlow, request, timeout, retry)
             case flow_service_pb2.PauseFlowRequest():
-                response = await self._call(lambda s: s.PauseFlow, request, timeout)
+                response = await self._call(lambda s: s.PauseFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def pause_flow(
@@ -479,12 +506,13 @@ class AsyncFlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Pause a non-terminal flow: no phase may start until it is resumed."""
         request = _requests.pause_flow(
             flow_id, reason=reason, request_id=request_id, expected_version=expected_version
         )
-        response = await self._call(lambda s: s.PauseFlow, request, timeout)
+        response = await self._call(lambda s: s.PauseFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def resume_flow(
@@ -495,12 +523,13 @@ class AsyncFlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Resume a paused flow to the status derived from its phases."""
         request = _requests.resume_flow(
             flow_id, reason=reason, request_id=request_id, expected_version=expected_version
         )
-        response = await self._call(lambda s: s.ResumeFlow, request, timeout)
+        response = await self._call(lambda s: s.ResumeFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def cancel_flow(
@@ -511,12 +540,13 @@ class AsyncFlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Cancel a non-terminal flow; CANCELLED is terminal."""
         request = _requests.cancel_flow(
             flow_id, reason=reason, request_id=request_id, expected_version=expected_version
         )
-        response = await self._call(lambda s: s.CancelFlow, request, timeout)
+        response = await self._call(lambda s: s.CancelFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def list_flow_history(
@@ -527,12 +557,13 @@ class AsyncFlowstateClient:
         page_size: int = 0,
         page_token: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> HistoryPage:
         """Return one page of a flow's history, in version order, after `after_version`."""
         request = _requests.list_flow_history(
             flow_id, after_version=after_version, page_size=page_size, page_token=page_token
         )
-        response = await self._call(lambda s: s.ListFlowHistory, request, timeout)
+        response = await self._call(lambda s: s.ListFlowHistory, request, timeout, retry)
         return HistoryPage._from_proto(response)
 
     async def iter_flow_history(
@@ -542,7 +573,8 @@ class AsyncFlowstateClient:
         after_version: int = 0,
         page_size: int = 0,
         timeout: float | None = None,
-    ) -> AsyncIterator[HistoryEntry]:
+        retry: RetryPolicy | None = None,
+    ) -> AsyncGenerator[HistoryEntry, None]:
         """Yield every history entry of a flow after `after_version`, fetching pages as needed."""
         token: str | None = None
         while True:
@@ -552,6 +584,7 @@ class AsyncFlowstateClient:
                 page_size=page_size,
                 page_token=token,
                 timeout=timeout,
+                retry=retry,
             )
             for entry in page.history_entries:
                 yield entry
@@ -560,11 +593,16 @@ class AsyncFlowstateClient:
                 return
 
     async def get_flow_definition(
-        self, name: str = "discovery", *, version: int = 0, timeout: float | None = None
+        self,
+        name: str = "discovery",
+        *,
+        version: int = 0,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> FlowDefinition:
         """Return a flow definition (the latest version when `version` is 0)."""
         request = flow_service_pb2.GetFlowDefinitionRequest(name=name, version=version)
-        response = await self._call(lambda s: s.GetFlowDefinition, request, timeout)
+        response = await self._call(lambda s: s.GetFlowDefinition, request, timeout, retry)
         return FlowDefinition._from_proto(response.definition)
 
     async def _pause(self, delay: float) -> None:
@@ -581,7 +619,7 @@ class AsyncFlowstateClient:
         after_version: int | None = None,
         keep_open: bool = False,
         include_heartbeats: bool = False,
-    ) -> AsyncIterator[FlowEvent]:
+    ) -> AsyncGenerator[FlowEvent, None]:
         """Yield a flow's events: a snapshot (or the changes after `after_version`), then each
         change as it commits, in version order.
 
@@ -607,7 +645,7 @@ class AsyncFlowstateClient:
         flow_ids: Iterable[str] = (),
         cursor: str | None = None,
         include_heartbeats: bool = False,
-    ) -> AsyncIterator[FlowEvent]:
+    ) -> AsyncGenerator[FlowEvent, None]:
         """Yield the events of every matching flow of the caller's tenant, resuming as `watch`.
 
         Each event carries a `FlowEvent.cursor`; pass the last one as `cursor` to resume later
@@ -627,13 +665,14 @@ class AsyncFlowstateClient:
         self,
         method: Callable[[flow_service_pb2_grpc.FlowStateServiceAsyncStub], Any],
         position: FlowWatch | FlowsWatch,
-    ) -> AsyncIterator[FlowEvent]:
+    ) -> AsyncGenerator[FlowEvent, None]:
         state = RetryState(self._config.watch_retry)
         while True:
             state.begin()
             if self._closed:
                 return
-            call = method(self._service())(position.request(), metadata=self._config.metadata())
+            metadata = await self._config.metadata_async()
+            call = method(self._service())(position.request(), metadata=metadata)
             try:
                 async for response in call:
                     state.reset()

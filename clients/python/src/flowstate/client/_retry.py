@@ -27,8 +27,9 @@ class RetryPolicy:
 
     The wait before attempt ``n + 1`` is ``min(max_backoff, initial_backoff * multiplier **
     (n - 1))``, scaled by a random factor in ``[1 - jitter, 1 + jitter]``, and at least the delay
-    the server suggested in a ``google.rpc.RetryInfo``. No attempt starts after `deadline`
-    seconds from the first one, and each attempt's own timeout is cut to what is left of it.
+    the server suggested in a ``google.rpc.RetryInfo`` (even above `max_backoff`). No attempt
+    starts after `deadline` seconds from the first one, and each attempt's own timeout is cut to
+    what is left of it (an attempt without a timeout is bounded by the caller only).
 
     Attributes:
         max_attempts: Attempts in all, the first included (1 disables retries); None: no limit
@@ -91,11 +92,14 @@ class RetryState:
         self.attempt += 1
 
     def attempt_timeout(self, timeout: float | None) -> float | None:
-        """The timeout of the attempt about to start: `timeout`, cut to the deadline left."""
-        if self._policy.deadline is None:
+        """The timeout of the attempt about to start: `timeout`, cut to the deadline left.
+
+        None stays None: without a timeout only the caller's own deadline bounds the attempt.
+        """
+        if self._policy.deadline is None or timeout is None:
             return timeout
         left = max(0.001, self._policy.deadline - (self._clock() - self._start))
-        return left if timeout is None else min(timeout, left)
+        return min(timeout, left)
 
     def next_delay(self, error: FlowstateError, *, retryable: bool | None = None) -> float | None:
         """Seconds to wait before the next attempt, or None to give up and raise `error`.
@@ -110,7 +114,9 @@ class RetryState:
             return None
         minimum = 0.0
         if error.retry_delay is not None:
-            minimum = min(error.retry_delay / timedelta(seconds=1), policy.max_backoff)
+            # The server's RetryInfo is a minimum, even above max_backoff (the deadline still
+            # bounds it: a wait that would pass it gives up instead).
+            minimum = error.retry_delay / timedelta(seconds=1)
         return self.next_backoff(minimum=minimum)
 
     def next_backoff(self, *, minimum: float = 0.0) -> float | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import Message
 
 from flowstate.client import _requests
-from flowstate.client._config import DEFAULT_ADDRESS, DEFAULT_WATCH_RETRY, ClientConfig, TokenSource
+from flowstate.client._config import ClientConfig, TokenSource
 from flowstate.client._errors import error_from_rpc_error
 from flowstate.client._models import (
     Flow,
@@ -62,12 +62,13 @@ class FlowstateClient:
     def __init__(
         self,
         *,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         token: TokenSource | None = None,
-        secure: bool = False,
+        secure: bool | None = None,
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
+        allow_insecure: bool = False,
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
         watch_retry: RetryPolicy | None = None,
@@ -75,30 +76,38 @@ class FlowstateClient:
     ) -> None:
         """Configure the client; nothing is connected yet.
 
+        Settings left unset come from the environment (``FLOWSTATE_ADDRESS``,
+        ``FLOWSTATE_TOKEN``, ``FLOWSTATE_TLS_CA_FILE``, ...: see `flowstate.client._config`).
+
         Args:
-            address: ``host:port`` of the server.
-            token: A bearer JWT, or a callable returning the current one (called per attempt).
+            address: ``host:port`` of the server; else ``FLOWSTATE_ADDRESS``, else
+                ``127.0.0.1:50051``.
+            token: A bearer JWT, or a callable returning the current one (called per
+                attempt); else ``FLOWSTATE_TOKEN``.
             secure: Use TLS with the system's root certificates (implied by the next three).
             root_certificates: PEM roots that sign the server's certificate.
             private_key: PEM client key, for mTLS (with `certificate_chain`).
             certificate_chain: PEM client certificate chain, for mTLS.
+            allow_insecure: Send the token in plaintext to a host that is not loopback (only on
+                a trusted network); refused otherwise.
             timeout: Seconds each unary attempt may take (None: no limit); overridable per call.
             retry: Retry policy of unary calls (default: `RetryPolicy()`).
             watch_retry: Reconnection policy of `watch`/`watch_flows` (default: unlimited
                 attempts within 120 s of consecutive failures).
             channel_options: Extra ``grpc`` channel arguments.
         """
-        self._config = ClientConfig(
+        self._config = ClientConfig.from_options(
             address=address,
             token=token,
             secure=secure,
             root_certificates=root_certificates,
             private_key=private_key,
             certificate_chain=certificate_chain,
+            allow_insecure=allow_insecure,
             timeout=timeout,
-            retry=retry if retry is not None else RetryPolicy(),
-            watch_retry=watch_retry if watch_retry is not None else DEFAULT_WATCH_RETRY,
-            channel_options=tuple(channel_options),
+            retry=retry,
+            watch_retry=watch_retry,
+            channel_options=channel_options,
         )
         self._channel: grpc.Channel | None = None
         self._stub: flow_service_pb2_grpc.FlowStateServiceStub | None = None
@@ -161,10 +170,12 @@ class FlowstateClient:
         ],
         request: _Req,
         timeout: float | None,
+        retry: RetryPolicy | None = None,
     ) -> _Resp:
-        """Send `request` through the stub method `method` picks, retrying under the policy."""
+        """Send `request` through the stub method `method` picks, retrying under the policy
+        (`retry`: this call's own, overriding the client's)."""
         config = self._config
-        state = RetryState(config.retry)
+        state = RetryState(retry if retry is not None else config.retry)
         call_timeout = config.timeout if timeout is None else timeout
         while True:
             state.begin()
@@ -193,6 +204,7 @@ class FlowstateClient:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Create a flow of a definition ("discovery" when empty), all phases NOT_STARTED.
 
@@ -204,6 +216,7 @@ class FlowstateClient:
             labels: Free-form labels.
             request_id: Idempotency key; generated when None.
             timeout: Seconds per attempt; the client's default when None.
+            retry: This call's retry policy; the client's when None.
         """
         request = _requests.create_flow(
             definition_name=definition_name,
@@ -213,12 +226,14 @@ class FlowstateClient:
             labels=labels,
             request_id=request_id,
         )
-        response = self._call(lambda s: s.CreateFlow, request, timeout)
+        response = self._call(lambda s: s.CreateFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
-    def get_flow(self, flow_id: str, *, timeout: float | None = None) -> Flow:
+    def get_flow(
+        self, flow_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> Flow:
         """Return one flow (`FlowNotFound` if the caller's tenant has no such flow)."""
-        response = self._call(lambda s: s.GetFlow, _requests.get_flow(flow_id), timeout)
+        response = self._call(lambda s: s.GetFlow, _requests.get_flow(flow_id), timeout, retry)
         return Flow._from_proto(response.flow)
 
     def list_flows(
@@ -231,6 +246,7 @@ class FlowstateClient:
         page_size: int = 0,
         page_token: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> FlowPage:
         """Return one page of the caller's flows, least recently changed first.
 
@@ -244,6 +260,7 @@ class FlowstateClient:
             page_size: At most this many flows (the server's default when 0).
             page_token: `FlowPage.next_page_token` of the previous page.
             timeout: Seconds per attempt; the client's default when None.
+            retry: This call's retry policy; the client's when None.
         """
         request = _requests.list_flows(
             statuses=statuses,
@@ -253,7 +270,7 @@ class FlowstateClient:
             page_size=page_size,
             page_token=page_token,
         )
-        response = self._call(lambda s: s.ListFlows, request, timeout)
+        response = self._call(lambda s: s.ListFlows, request, timeout, retry)
         return FlowPage._from_proto(response)
 
     def iter_flows(
@@ -265,7 +282,8 @@ class FlowstateClient:
         definition_name: str | None = None,
         page_size: int = 0,
         timeout: float | None = None,
-    ) -> Iterator[Flow]:
+        retry: RetryPolicy | None = None,
+    ) -> Generator[Flow, None, None]:
         """Yield every matching flow, fetching pages as needed (filters as `list_flows`)."""
         statuses = tuple(statuses)
         if isinstance(updated_before, timedelta):
@@ -281,6 +299,7 @@ class FlowstateClient:
                 page_size=page_size,
                 page_token=token,
                 timeout=timeout,
+                retry=retry,
             )
             yield from page.flows
             token = page.next_page_token
@@ -298,6 +317,7 @@ class FlowstateClient:
         from_status: EnumLike | None = None,
         to_status: EnumLike | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> ValidationResult:
         """Ask whether a transition is legal, without changing anything (a dry run).
 
@@ -315,7 +335,7 @@ class FlowstateClient:
             from_status=from_status,
             to_status=to_status,
         )
-        response = self._call(lambda s: s.ValidateTransition, request, timeout)
+        response = self._call(lambda s: s.ValidateTransition, request, timeout, retry)
         return ValidationResult._from_proto(response)
 
     def transition_phase(
@@ -332,6 +352,7 @@ class FlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Move a phase to `target_state` (a `PhaseState`, its number or its name).
 
@@ -354,7 +375,7 @@ class FlowstateClient:
             request_id=request_id,
             expected_version=expected_version,
         )
-        response = self._call(lambda s: s.TransitionPhase, request, timeout)
+        response = self._call(lambda s: s.TransitionPhase, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def update_phase_progress(
@@ -368,6 +389,7 @@ class FlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Report in-phase progress `progress` in [0, 1] for a phase that is IN_PROGRESS."""
         request = _requests.update_phase_progress(
@@ -379,7 +401,7 @@ class FlowstateClient:
             request_id=request_id,
             expected_version=expected_version,
         )
-        response = self._call(lambda s: s.UpdatePhaseProgress, request, timeout)
+        response = self._call(lambda s: s.UpdatePhaseProgress, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def rollback(
@@ -392,6 +414,7 @@ class FlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Roll a COMPLETED or FAILED phase back, with its started dependents unless `cascade`
         is False (then active dependents raise `DependentPhasesActive`)."""
@@ -403,7 +426,7 @@ class FlowstateClient:
             request_id=request_id,
             expected_version=expected_version,
         )
-        response = self._call(lambda s: s.Rollback, request, timeout)
+        response = self._call(lambda s: s.Rollback, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def retry(
@@ -416,6 +439,7 @@ class FlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Retry a phase: FAILED → RETRY_NEEDED, RETRY_NEEDED → IN_PROGRESS (one attempt).
 
@@ -432,15 +456,15 @@ class FlowstateClient:
             request_id=request_id,
             expected_version=expected_version,
         )
-        response = self._call(lambda s: s.Retry, request, timeout)
+        response = self._call(lambda s: s.Retry, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def get_recovery_options(
-        self, flow_id: str, *, timeout: float | None = None
+        self, flow_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> RecoveryOptions:
         """Return the recovery actions for the flow's current state, most useful first."""
         request = flow_service_pb2.GetRecoveryOptionsRequest(flow_id=flow_id)
-        response = self._call(lambda s: s.GetRecoveryOptions, request, timeout)
+        response = self._call(lambda s: s.GetRecoveryOptions, request, timeout, retry)
         return RecoveryOptions._from_proto(response)
 
     def execute_recovery(
@@ -449,6 +473,7 @@ class FlowstateClient:
         *,
         request_id: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Send the request a `RecoveryOption` carries (with a fresh ``request_id``)."""
         if option.request is None:
@@ -457,17 +482,17 @@ class FlowstateClient:
         response: Any
         match request:
             case flow_service_pb2.RetryRequest():
-                response = self._call(lambda s: s.Retry, request, timeout)
+                response = self._call(lambda s: s.Retry, request, timeout, retry)
             case flow_service_pb2.RollbackRequest():
-                response = self._call(lambda s: s.Rollback, request, timeout)
+                response = self._call(lambda s: s.Rollback, request, timeout, retry)
             case flow_service_pb2.TransitionPhaseRequest():
-                response = self._call(lambda s: s.TransitionPhase, request, timeout)
+                response = self._call(lambda s: s.TransitionPhase, request, timeout, retry)
             case flow_service_pb2.ResumeFlowRequest():
-                response = self._call(lambda s: s.ResumeFlow, request, timeout)
+                response = self._call(lambda s: s.ResumeFlow, request, timeout, retry)
             case flow_service_pb2.CancelFlowRequest():
-                response = self._call(lambda s: s.CancelFlow, request, timeout)
+                response = self._call(lambda s: s.CancelFlow, request, timeout, retry)
             case flow_service_pb2.PauseFlowRequest():
-                response = self._call(lambda s: s.PauseFlow, request, timeout)
+                response = self._call(lambda s: s.PauseFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def pause_flow(
@@ -478,12 +503,13 @@ class FlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Pause a non-terminal flow: no phase may start until it is resumed."""
         request = _requests.pause_flow(
             flow_id, reason=reason, request_id=request_id, expected_version=expected_version
         )
-        response = self._call(lambda s: s.PauseFlow, request, timeout)
+        response = self._call(lambda s: s.PauseFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def resume_flow(
@@ -494,12 +520,13 @@ class FlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Resume a paused flow to the status derived from its phases."""
         request = _requests.resume_flow(
             flow_id, reason=reason, request_id=request_id, expected_version=expected_version
         )
-        response = self._call(lambda s: s.ResumeFlow, request, timeout)
+        response = self._call(lambda s: s.ResumeFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def cancel_flow(
@@ -510,12 +537,13 @@ class FlowstateClient:
         request_id: str | None = None,
         expected_version: int | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> MutationResult:
         """Cancel a non-terminal flow; CANCELLED is terminal."""
         request = _requests.cancel_flow(
             flow_id, reason=reason, request_id=request_id, expected_version=expected_version
         )
-        response = self._call(lambda s: s.CancelFlow, request, timeout)
+        response = self._call(lambda s: s.CancelFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def list_flow_history(
@@ -526,12 +554,13 @@ class FlowstateClient:
         page_size: int = 0,
         page_token: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> HistoryPage:
         """Return one page of a flow's history, in version order, after `after_version`."""
         request = _requests.list_flow_history(
             flow_id, after_version=after_version, page_size=page_size, page_token=page_token
         )
-        response = self._call(lambda s: s.ListFlowHistory, request, timeout)
+        response = self._call(lambda s: s.ListFlowHistory, request, timeout, retry)
         return HistoryPage._from_proto(response)
 
     def iter_flow_history(
@@ -541,7 +570,8 @@ class FlowstateClient:
         after_version: int = 0,
         page_size: int = 0,
         timeout: float | None = None,
-    ) -> Iterator[HistoryEntry]:
+        retry: RetryPolicy | None = None,
+    ) -> Generator[HistoryEntry, None, None]:
         """Yield every history entry of a flow after `after_version`, fetching pages as needed."""
         token: str | None = None
         while True:
@@ -551,6 +581,7 @@ class FlowstateClient:
                 page_size=page_size,
                 page_token=token,
                 timeout=timeout,
+                retry=retry,
             )
             yield from page.history_entries
             token = page.next_page_token
@@ -558,11 +589,16 @@ class FlowstateClient:
                 return
 
     def get_flow_definition(
-        self, name: str = "discovery", *, version: int = 0, timeout: float | None = None
+        self,
+        name: str = "discovery",
+        *,
+        version: int = 0,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> FlowDefinition:
         """Return a flow definition (the latest version when `version` is 0)."""
         request = flow_service_pb2.GetFlowDefinitionRequest(name=name, version=version)
-        response = self._call(lambda s: s.GetFlowDefinition, request, timeout)
+        response = self._call(lambda s: s.GetFlowDefinition, request, timeout, retry)
         return FlowDefinition._from_proto(response.definition)
 
     def _pause(self, delay: float) -> None:
@@ -578,7 +614,7 @@ class FlowstateClient:
         after_version: int | None = None,
         keep_open: bool = False,
         include_heartbeats: bool = False,
-    ) -> Iterator[FlowEvent]:
+    ) -> Generator[FlowEvent, None, None]:
         """Yield a flow's events: a snapshot (or the changes after `after_version`), then each
         change as it commits, in version order.
 
@@ -603,7 +639,7 @@ class FlowstateClient:
         flow_ids: Iterable[str] = (),
         cursor: str | None = None,
         include_heartbeats: bool = False,
-    ) -> Iterator[FlowEvent]:
+    ) -> Generator[FlowEvent, None, None]:
         """Yield the events of every matching flow of the caller's tenant, resuming as `watch`.
 
         Each event carries a `FlowEvent.cursor`; pass the last one as `cursor` to resume later
@@ -622,7 +658,7 @@ class FlowstateClient:
         self,
         method: Callable[[flow_service_pb2_grpc.FlowStateServiceStub], Any],
         position: FlowWatch | FlowsWatch,
-    ) -> Iterator[FlowEvent]:
+    ) -> Generator[FlowEvent, None, None]:
         state = RetryState(self._config.watch_retry)
         while True:
             state.begin()
