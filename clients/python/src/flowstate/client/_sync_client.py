@@ -82,8 +82,8 @@ class FlowstateClient:
         Args:
             address: ``host:port`` of the server; else ``FLOWSTATE_ADDRESS``, else
                 ``127.0.0.1:50051``.
-            token: A bearer JWT, or a callable returning the current one (called per
-                attempt); else ``FLOWSTATE_TOKEN``.
+            token: A bearer JWT, or a callable returning the
+                current one, called per attempt; else ``FLOWSTATE_TOKEN``.
             secure: Use TLS with the system's root certificates (implied by the next three).
             root_certificates: PEM roots that sign the server's certificate.
             private_key: PEM client key, for mTLS (with `certificate_chain`).
@@ -664,7 +664,8 @@ class FlowstateClient:
             state.begin()
             if self._closed:
                 return
-            call = method(self._service())(position.request(), metadata=self._config.metadata())
+            metadata = self._config.metadata()
+            call = method(self._service())(position.request(), metadata=metadata)
             try:
                 for response in call:
                     state.reset()
