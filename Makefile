@@ -10,6 +10,8 @@
 #   make test             pytest (tests/, clients/python/tests/), npm test, go test, examples/
 #   make serve            run the server (flowstate serve)
 #   make bench            benchmarks against the raw limits of the parts (~8 min; bench/README.md)
+#   make mutate           mutation testing of flowstate.core with mutmut (docs/testing.md; long)
+#   make mutate-sample    a fixed, seeded sample of those mutants (CI; a few minutes)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -41,7 +43,7 @@ BREAKING_BASELINE_FILE := .ci/breaking-baseline
 # Python test directories that exist (an empty tests/ is not tracked by git).
 PYTEST_PATHS := $(wildcard tests clients/python/tests)
 
-.PHONY: help setup generate lint check-generated test serve bench clean-tools
+.PHONY: help setup generate lint check-generated test serve bench mutate mutate-sample clean-tools
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -187,3 +189,18 @@ serve: setup
 
 bench: setup
 	$(VENV)/bin/python -m bench.run
+
+# --- mutation testing (docs/testing.md) ----------------------------------------------------------
+
+# The sample: MUTATE_SAMPLE mutants drawn with MUTATE_SEED; fails below MUTATE_SAMPLE_MIN percent
+# of non-equivalent mutants killed. The full run fails below 90%.
+MUTATE_SAMPLE ?= 60
+MUTATE_SEED ?= 23
+MUTATE_SAMPLE_MIN ?= 85
+
+mutate: setup
+	$(PY) scripts/mutate.py --min-score 90
+
+mutate-sample: setup
+	$(PY) scripts/mutate.py --sample $(MUTATE_SAMPLE) --seed $(MUTATE_SEED) \
+	  --min-score $(MUTATE_SAMPLE_MIN)

@@ -33,7 +33,8 @@ Fixtures (all async ones run on the session event loop, see pyproject.toml):
 Hypothesis profiles (see docs/testing.md): ``ci`` is derandomised (a fixed seed derived from
 each test, no example database), so a CI run is reproducible and a red run stays red; ``dev``
 (the default elsewhere) draws new examples every run and remembers failing ones. ``CI=true``
-(set by CI) selects ``ci``; ``HYPOTHESIS_PROFILE`` overrides either way.
+(set by CI) selects ``ci``; ``HYPOTHESIS_PROFILE`` overrides either way (``mutation``, few
+examples, is what ``make mutate`` uses).
 
 ``make_context`` (function)
     ``make_context(request_id="", *, user_id="tester", is_admin=False, now=None)`` builds a
@@ -82,6 +83,10 @@ settings.register_profile(
     "ci", _HYPOTHESIS_DEFAULTS, derandomize=True, database=None, print_blob=True
 )
 settings.register_profile("dev", _HYPOTHESIS_DEFAULTS, print_blob=True)
+# `make mutate` runs the core tests once per mutant: few examples, still derandomised.
+settings.register_profile(
+    "mutation", _HYPOTHESIS_DEFAULTS, derandomize=True, database=None, max_examples=10
+)
 
 
 def hypothesis_profile(env: Mapping[str, str] | None = None) -> str:

@@ -43,8 +43,15 @@ from flowstate.core.rules import TERMINAL_STATUSES, flow_transition_allowed
 
 from .support import BRANCHY, FATAL, RETRYABLE, TENANT, ctx
 
+
+def examples(wanted: int) -> int:
+    """`wanted`, unless the loaded profile asks for far fewer (``mutation``: one run per mutant)."""
+    default = settings.default
+    return min(wanted, 2 * default.max_examples) if default is not None else wanted
+
+
 PROPERTY_SETTINGS = settings(
-    max_examples=200,
+    max_examples=examples(200),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -233,7 +240,7 @@ def test_random_commands_on_parallel_branches_keep_every_invariant(
     run_random_commands(data, BRANCHY, steps)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     data=st.data(),
     steps=st.integers(0, 25),
@@ -262,7 +269,7 @@ def test_every_allowed_recovery_option_applies(
             assert refusal.code is option.blocked_by
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(data=st.data(), steps=st.integers(0, 20))
 def test_terminal_flows_absorb_every_command(data: st.DataObject, steps: int) -> None:
     flow = run_random_commands(data, DISCOVERY, steps)

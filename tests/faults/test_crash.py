@@ -39,8 +39,9 @@ LOAD_SECONDS = 0.5
 async def _write_until_killed(
     process: ServerProcess, metadata: Metadata, ledger: Ledger, flow_ids: list[str]
 ) -> None:
-    """`WRITERS` loops of progress reports (one flow each) until the process is SIGKILLed
-    `LOAD_SECONDS` after they start; each loop stops at its first failure."""
+    """One loop of progress reports per flow until the process is SIGKILLed, `LOAD_SECONDS`
+    after they start and once each has had a write acknowledged; each loop stops at its first
+    failure."""
     async with grpc.aio.insecure_channel(process.address) as channel:
         stub = stub_for(channel)
 
@@ -53,6 +54,10 @@ async def _write_until_killed(
 
         writers = [asyncio.create_task(writer(flow_id)) for flow_id in flow_ids]
         await asyncio.sleep(LOAD_SECONDS)
+        for _ in range(400):  # bounded: until each writer has had a write acknowledged
+            if {r.flow_id for r in ledger.acknowledged()} >= set(flow_ids):
+                break
+            await asyncio.sleep(0.05)
         process.process.send_signal(signal.SIGKILL)
         await asyncio.gather(*writers)
     await asyncio.to_thread(process.process.wait, 30)

@@ -204,16 +204,24 @@ async def test_postgres_stop_and_start_under_load(pg_binaries: Path, tenant: Ten
                     _resuming_watcher(stub, metadata, flow_ids[0], seen, stop)
                 )
 
-                async def writer(flow_id: str, reports: int) -> None:
-                    for _ in range(reports):
+                restarted = asyncio.Event()
+
+                async def writer(flow_id: str) -> None:
+                    """Writes before, during and after the outage: 10 after the restart."""
+                    after_restart = 0
+                    for _ in range(1000):  # bounded; the outage takes a few seconds
                         await _write_retrying(stub, metadata, ledger.new(flow_id), refusals)
+                        after_restart += restarted.is_set()
+                        if after_restart >= 10:
+                            return
                         await asyncio.sleep(0.02)
 
-                writers = [asyncio.create_task(writer(f, 40)) for f in flow_ids]
+                writers = [asyncio.create_task(writer(f)) for f in flow_ids]
                 await asyncio.sleep(0.3)
                 await asyncio.to_thread(_in_fresh_interpreter, cluster, "stop")
                 await asyncio.sleep(1.0)
                 await asyncio.to_thread(_in_fresh_interpreter, cluster, "start")
+                restarted.set()
                 await asyncio.gather(*writers)
                 last = 2 + sum(r.flow_id == flow_ids[0] for r in ledger.reports)
                 for _ in range(200):  # bounded: the watcher catches up

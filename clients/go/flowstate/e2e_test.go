@@ -682,3 +682,66 @@ func allHistory(ctx context.Context, client *flowstate.Client, flowID string) ([
 	}
 	return entries, nil
 }
+
+func TestE2ERecoveryOptions(t *testing.T) {
+	srv := server(t)
+	ctx := e2eContext(t, 60*time.Second)
+	writer := e2eClient(t, srv.token)
+
+	flowID := newFlowStarted(ctx, t, writer)
+	mustMove(ctx, t, writer, flowID, "data_import", flowstatev1.PhaseState_PHASE_STATE_COMPLETED)
+	mustMove(ctx, t, writer, flowID, "field_mapping", inProgress)
+	if _, err := writer.TransitionPhase(ctx, &flowstatev1.TransitionPhaseRequest{FlowId: flowID, Phase: "field_mapping", TargetState: flowstatev1.PhaseState_PHASE_STATE_FAILED,
+		Failure: &flowstatev1.PhaseFailure{ErrorCode: flowstatev1.ErrorCode_ERROR_CODE_DATA_VALIDATION_FAILED, Message: "bad rows"}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := writer.GetRecoveryOptions(ctx, &flowstatev1.GetRecoveryOptionsRequest{FlowId: flowID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetFlow().GetVersion() != 5 {
+		t.Fatalf("options computed on version %d, want 5", resp.GetFlow().GetVersion())
+	}
+	// The core's ranking (tests/core/test_recovery_golden.py); force_retry as an admin would send it.
+	type row struct {
+		action    flowstatev1.RecoveryAction
+		phase     string
+		allowed   bool
+		blockedBy flowstatev1.ErrorCode
+		status    flowstatev1.FlowStatus
+	}
+	want := []row{
+		{flowstatev1.RecoveryAction_RECOVERY_ACTION_FORCE_RETRY, "field_mapping", true, flowstatev1.ErrorCode_ERROR_CODE_UNSPECIFIED, flowstatev1.FlowStatus_FLOW_STATUS_RETRY_PENDING},
+		{flowstatev1.RecoveryAction_RECOVERY_ACTION_ROLLBACK, "field_mapping", true, flowstatev1.ErrorCode_ERROR_CODE_UNSPECIFIED, flowstatev1.FlowStatus_FLOW_STATUS_DISCOVERY},
+		{flowstatev1.RecoveryAction_RECOVERY_ACTION_ROLLBACK, "data_import", true, flowstatev1.ErrorCode_ERROR_CODE_UNSPECIFIED, flowstatev1.FlowStatus_FLOW_STATUS_DISCOVERY},
+		{flowstatev1.RecoveryAction_RECOVERY_ACTION_CANCEL, "", true, flowstatev1.ErrorCode_ERROR_CODE_UNSPECIFIED, flowstatev1.FlowStatus_FLOW_STATUS_CANCELLED},
+		{flowstatev1.RecoveryAction_RECOVERY_ACTION_RETRY, "field_mapping", false, flowstatev1.ErrorCode_ERROR_CODE_RETRY_NOT_ALLOWED, flowstatev1.FlowStatus_FLOW_STATUS_UNSPECIFIED},
+	}
+	var got []row
+	for _, o := range resp.GetOptions() {
+		got = append(got, row{o.GetAction(), o.GetPhase(), o.GetAllowed(), o.GetBlockedBy(), o.GetTargetStatus()})
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("options:\n got %v\nwant %v", got, want)
+	}
+	rollback := resp.GetOptions()[1].GetRollback()
+	if rollback == nil || rollback.GetFlowId() != flowID || rollback.GetPhase() != "field_mapping" {
+		t.Fatalf("rollback option's request: %v", resp.GetOptions()[1])
+	}
+	done, err := writer.Rollback(ctx, rollback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	phases := done.GetFlow().GetPhases()
+	if phases[0].GetState() != flowstatev1.PhaseState_PHASE_STATE_COMPLETED || phases[1].GetState() != flowstatev1.PhaseState_PHASE_STATE_ROLLED_BACK {
+		t.Fatalf("after the rollback option: %v", phases[:2])
+	}
+	if done.GetFlow().GetStatus() != want[1].status || len(done.GetHistoryEntries()) != 1 ||
+		done.GetHistoryEntries()[0].GetKind() != flowstatev1.HistoryEventKind_HISTORY_EVENT_KIND_ROLLBACK {
+		t.Fatalf("status %v, entries %v", done.GetFlow().GetStatus(), done.GetHistoryEntries())
+	}
+	after, err := writer.GetRecoveryOptions(ctx, &flowstatev1.GetRecoveryOptionsRequest{FlowId: flowID})
+	if err != nil || after.GetOptions()[0].GetAction() != flowstatev1.RecoveryAction_RECOVERY_ACTION_RESTART {
+		t.Fatalf("after: %v %v", after, err)
+	}
+}

@@ -7,9 +7,11 @@ server sends (ErrorInfo + FlowError + RetryInfo), so decoding goes through the r
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from scripted_server import Fail, ScriptedServer, ScriptedServicer, free_port
 
 from flowstate.client import (
@@ -292,3 +294,56 @@ def test_every_refusal_code_has_a_class() -> None:
         ErrorCode.INVALID_TRANSITION,
     }
     assert refusals | failure_codes == set(ErrorCode)
+
+
+def _rich(status: grpc.Status) -> tuple[int, error_details_pb2.ErrorInfo, errors_pb2.FlowError]:
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    assert isinstance(raw, bytes)
+    rich = status_pb2.Status.FromString(raw)
+    info, flow_error = error_details_pb2.ErrorInfo(), errors_pb2.FlowError()
+    for packed in rich.details:
+        if packed.TypeName() == "google.rpc.ErrorInfo":
+            packed.Unpack(info)
+        elif packed.TypeName() == "flowstate.v1.FlowError":
+            packed.Unpack(flow_error)
+    return rich.code, info, flow_error
+
+
+@pytest.mark.parametrize(
+    ("reason", "grpc_code"), [case[:2] for case in CASES], ids=[case[0] for case in CASES]
+)
+def test_the_scripted_servers_errors_are_the_servers_own(
+    reason: str, grpc_code: grpc.StatusCode
+) -> None:
+    """The fake encodes refusals by hand; this keeps it from drifting away from the server.
+
+    Each case's status is built twice, by `Fail` and by the server's own encoder
+    (`flowstate.server.errors.to_grpc_status`), and every field `Fail` sets must agree.
+    """
+    server_errors = pytest.importorskip("flowstate.server.errors")
+    core_errors = pytest.importorskip("flowstate.core.errors")
+    core_model = pytest.importorskip("flowstate.core.model")
+    details = {"phase_hint": "x"}
+    refusal = core_errors.FlowStateError(
+        core_model.ErrorCode[reason], f"{reason} happened", **details
+    )
+    real = server_errors.to_grpc_status(refusal, correlation_id="c-1", now=datetime.now(UTC))
+    fake = Fail(
+        grpc_code,
+        reason,
+        f"{reason} happened",
+        details,
+        retry_delay=0.5 if refusal.retry_allowed else None,
+    ).status()
+
+    assert fake.code == real.code == grpc_code
+    (real_code, real_info, real_error), (fake_code, fake_info, fake_error) = (
+        _rich(real),
+        _rich(fake),
+    )
+    assert fake_code == real_code
+    assert (fake_info.reason, fake_info.domain) == (real_info.reason, real_info.domain)
+    assert fake_error.error_code == real_error.error_code
+    assert fake_error.message == real_error.message
+    assert fake_error.details == real_error.details
+    assert fake_error.retry_allowed == real_error.retry_allowed

@@ -22,6 +22,7 @@ import {
   PermissionDeniedError,
   PhaseOrderViolationError,
   PhaseState,
+  RecoveryAction,
   RequestIdReusedError,
   RetryNotAllowedError,
   UnauthenticatedError,
@@ -304,6 +305,48 @@ if (testServer === undefined) {
       assert.ok(notAdmin instanceof PermissionDeniedError, String(notAdmin));
       const forced = await connect(server.adminToken).retry({ flowId: other, phase: "data_import", force: true });
       assert.equal(forced.flow?.phases[0]?.state, PhaseState.RETRY_NEEDED);
+    });
+  });
+
+  describe("recovery options", TIMEOUT, () => {
+    it("GetRecoveryOptions lists the options, and sending the rollback option's request rolls back", async () => {
+      const flowId = await newFlow();
+      await move(flowId, "data_import", PhaseState.IN_PROGRESS);
+      await move(flowId, "data_import", PhaseState.COMPLETED);
+      await move(flowId, "field_mapping", PhaseState.IN_PROGRESS);
+      await writer.transitionPhase({
+        flowId,
+        phase: "field_mapping",
+        targetState: PhaseState.FAILED,
+        failure: { errorCode: ErrorCode.DATA_VALIDATION_FAILED, message: "bad rows" },
+      });
+      const { flow, options } = await writer.getRecoveryOptions({ flowId });
+      assert.equal(flow?.version, 5n);
+      // The core's ranking (tests/core/test_recovery_golden.py); force_retry is offered as an
+      // admin would send it.
+      assert.deepEqual(
+        options.map((o) => [o.action, o.phase, o.allowed, o.blockedBy, o.targetStatus]),
+        [
+          [RecoveryAction.FORCE_RETRY, "field_mapping", true, ErrorCode.UNSPECIFIED, FlowStatus.RETRY_PENDING],
+          [RecoveryAction.ROLLBACK, "field_mapping", true, ErrorCode.UNSPECIFIED, FlowStatus.DISCOVERY],
+          [RecoveryAction.ROLLBACK, "data_import", true, ErrorCode.UNSPECIFIED, FlowStatus.DISCOVERY],
+          [RecoveryAction.CANCEL, "", true, ErrorCode.UNSPECIFIED, FlowStatus.CANCELLED],
+          [RecoveryAction.RETRY, "field_mapping", false, ErrorCode.RETRY_NOT_ALLOWED, FlowStatus.UNSPECIFIED],
+        ],
+      );
+      const rollback = options[1];
+      assert.ok(rollback && rollback.request.case === "rollback", String(rollback?.request.case));
+      assert.equal(rollback.request.value.flowId, flowId);
+      assert.equal(rollback.request.value.phase, "field_mapping");
+      const done = await writer.rollback(rollback.request.value);
+      assert.deepEqual(
+        done.flow?.phases.slice(0, 2).map((p) => p.state),
+        [PhaseState.COMPLETED, PhaseState.ROLLED_BACK],
+      );
+      assert.equal(done.flow?.status, rollback.targetStatus);
+      assert.deepEqual(done.historyEntries.map((e) => e.kind), [HistoryEventKind.ROLLBACK]);
+      const after = await writer.getRecoveryOptions({ flowId });
+      assert.equal(after.options[0]?.action, RecoveryAction.RESTART);
     });
   });
 

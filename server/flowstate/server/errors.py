@@ -4,7 +4,7 @@ Every refusal leaves the server as a `google.rpc.Status` (via grpcio-status) who
 
 - `google.rpc.ErrorInfo`: reason = the error code (e.g. ``INVALID_PHASE_TRANSITION``), domain
   ``flowstate.v1``, metadata = the error's details as strings (lists comma-joined, other
-  non-strings as compact JSON) plus ``correlation_id``;
+  non-strings as compact JSON; field violations excepted, see below) plus ``correlation_id``;
 - `flowstate.v1.FlowError`: the seed guide's structured error (code, message, details Struct,
   retry_allowed, timestamp, correlation id) with the typed fields filled from the details
   (phase, valid transitions, blocking/dependent phases, current version, attempts, recovery);
