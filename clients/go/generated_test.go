@@ -27,13 +27,14 @@ var rpcs = []string{
 	"CreateFlow", "GetFlow", "ListFlows", "ValidateTransition", "TransitionPhase",
 	"UpdatePhaseProgress", "Rollback", "Retry", "GetRecoveryOptions", "PauseFlow", "ResumeFlow",
 	"CancelFlow", "ListFlowHistory", "GetFlowDefinition", "WatchFlow", "WatchFlows",
+	"CreateFlowDefinition", "ListFlowDefinitions", "SkipPhase", // section 9
 }
 var streamingRPCs = []string{"WatchFlow", "WatchFlows"}
 
 // DESIGN.md, "Phase states" and "Flow status", in proto order after *_UNSPECIFIED = 0.
 var phaseStates = []string{
 	"NOT_STARTED", "IN_PROGRESS", "WAITING_VALIDATION", "WAITING_APPROVAL", "COMPLETED", "FAILED",
-	"RETRY_NEEDED", "ROLLED_BACK",
+	"RETRY_NEEDED", "ROLLED_BACK", "SKIPPED",
 }
 var flowStatuses = []string{
 	"INITIALIZED", "ACTIVE", "DATA_GATHERING", "DISCOVERY", "ASSESSMENT_READY", "PLANNING",

@@ -140,11 +140,11 @@ class FlowStateMachine:
     ) -> tuple[bool, FlowStateError | None]:
         """Whether the phase table allows the move, and the error when it does not."""
         try:
-            self.definition.phase(phase)
+            optional = self.definition.phase(phase).optional
             current, target = _state(current_state), _state(target_state)
         except FlowStateError as malformed:
             return False, malformed
-        refusal = validate_phase_transition(phase, current, target)
+        refusal = validate_phase_transition(phase, current, target, optional=optional)
         return refusal is None, refusal
 
     def validate_flow_transition(

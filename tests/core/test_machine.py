@@ -158,7 +158,7 @@ def test_class_and_instance_attributes(machine: FlowStateMachine) -> None:
     assert phases == list(DISCOVERY.phase_names)
     assert weights == dict.fromkeys(DISCOVERY.phase_names, 20)
     assert machine.PHASE_PROGRESS_WEIGHTS[S.WAITING_APPROVAL] == 0.8
-    assert machine.VALID_PHASE_TRANSITIONS[S.NOT_STARTED] == {S.IN_PROGRESS}
+    assert machine.VALID_PHASE_TRANSITIONS[S.NOT_STARTED] == {S.IN_PROGRESS, S.SKIPPED}
     assert machine.get_phase_dependencies() == {
         "data_import": [],
         "field_mapping": ["data_import"],
@@ -229,6 +229,7 @@ ALL_STATES = [
     "failed",
     "retry_needed",
     "rolled_back",
+    "skipped",
 ]
 
 

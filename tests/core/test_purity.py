@@ -72,6 +72,7 @@ def test_exported_names() -> None:
             "ResumeFlow",
             "Retry",
             "Rollback",
+            "SkipPhase",
             "Tenant",
             "TransitionPhase",
             "UpdatePhaseProgress",

@@ -42,6 +42,11 @@ DESIGN_PHASE_TABLE: dict[PhaseState, set[PhaseState]] = {
     S.RETRY_NEEDED: {S.IN_PROGRESS, S.FAILED},
     S.ROLLED_BACK: {S.IN_PROGRESS},
 }
+# DESIGN.md section 9: optional phases may be skipped (SKIPPED), and a rollback undoes a skip.
+SKIP_SOURCES = {S.NOT_STARTED, S.ROLLED_BACK, S.FAILED, S.RETRY_NEEDED}
+for _source in SKIP_SOURCES:
+    DESIGN_PHASE_TABLE[_source].add(S.SKIPPED)
+DESIGN_PHASE_TABLE[S.SKIPPED] = {S.ROLLED_BACK}
 
 _GROUPS = {F.ACTIVE, F.DATA_GATHERING, F.DISCOVERY, F.ASSESSMENT_READY, F.PLANNING}
 _TERMINAL = {F.COMPLETED, F.CANCELLED}
@@ -65,6 +70,8 @@ FLOW_TABLE_EXTENSIONS = {
     (F.FAILED, F.WAITING_APPROVAL),
     (F.PAUSED, F.INITIALIZED),
     (F.PAUSED, F.COMPLETED),
+    (F.INITIALIZED, F.COMPLETED),
+    (F.FAILED, F.COMPLETED),
 }
 
 
@@ -94,18 +101,32 @@ def test_phase_matrix(pair: tuple[PhaseState, PhaseState]) -> None:
 
 @pytest.mark.parametrize("pair", PHASE_PAIRS, ids=[_pair_id(p) for p in PHASE_PAIRS])
 def test_phase_matrix_through_apply_command(pair: tuple[PhaseState, PhaseState]) -> None:
-    """The same matrix end to end: data_import has no dependency, so only the table decides."""
+    """The same matrix end to end: data_import has no dependency, so only the table decides.
+
+    data_import is not optional, so SKIPPED is refused from every state.
+    """
     current, target = pair
     flow = flow_with({"data_import": current})
     error = RETRYABLE if target in {S.FAILED, S.RETRY_NEEDED} else None
     command = TransitionPhase("data_import", target, error=error)
-    if target in DESIGN_PHASE_TABLE[current]:
+    if target in DESIGN_PHASE_TABLE[current] and target is not S.SKIPPED:
         decision = apply_command(flow, DISCOVERY, command, ctx(5))
         assert decision.flow.phase("data_import").state is target
     else:
         with pytest.raises(FlowStateError) as raised:
             apply_command(flow, DISCOVERY, command, ctx(5))
         assert raised.value.code is ErrorCode.INVALID_PHASE_TRANSITION
+
+
+@pytest.mark.parametrize("current", list(PhaseState), ids=[s.value for s in PhaseState])
+def test_a_phase_that_is_not_optional_never_lists_skipped(current: PhaseState) -> None:
+    refusal = validate_phase_transition("data_import", current, S.SKIPPED, optional=False)
+    assert refusal is not None
+    assert refusal.code is ErrorCode.INVALID_PHASE_TRANSITION
+    assert S.SKIPPED.value not in refusal.details["valid_transitions"]
+    assert set(refusal.details["valid_transitions"]) == {
+        s.value for s in DESIGN_PHASE_TABLE[current] - {S.SKIPPED}
+    }
 
 
 @pytest.mark.parametrize("pair", FLOW_PAIRS, ids=[_pair_id(p) for p in FLOW_PAIRS])
@@ -156,6 +177,7 @@ def test_every_phase_state_is_reachable_and_terminal_statuses_are_absorbing() ->
                 **rules.PHASE_TRANSITIONS,
                 S.COMPLETED: frozenset(),
                 S.FAILED: frozenset({S.RETRY_NEEDED}),
+                S.SKIPPED: frozenset(),  # a rollback of a skip reaches rolled_back too
             },
             "phase states unreachable: ['rolled_back']",
         ),

@@ -70,11 +70,19 @@ def test_a_valid_token_gives_tenant_user_and_scopes() -> None:
     [
         (["flows:read"], {Scope.READ}),
         (["flows:write"], {Scope.READ, Scope.WRITE}),
-        (["flows:admin"], {Scope.READ, Scope.WRITE, Scope.ADMIN}),
+        (["flows:admin"], {Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.DEFINITIONS_WRITE}),
+        (["definitions:write"], {Scope.READ, Scope.DEFINITIONS_WRITE}),
         (["openid", "profile"], set()),
         ([], set()),
     ],
-    ids=["read", "write-implies-read", "admin-implies-all", "unknown-ignored", "none"],
+    ids=[
+        "read",
+        "write-implies-read",
+        "admin-implies-all",
+        "definitions-write-implies-read",
+        "unknown-ignored",
+        "none",
+    ],
 )
 def test_scope_implications(granted: list[str], expected: set[Scope]) -> None:
     assert effective_scopes(granted) == expected

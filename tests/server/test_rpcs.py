@@ -177,7 +177,12 @@ async def test_get_flow_definition(api: Api) -> None:
         assert sum(p.weight for p in definition.phases) == 100
         assert definition.phases[0].status_group == F.FLOW_STATUS_DATA_GATHERING
         rules = {r.from_state: list(r.to_states) for r in definition.phase_transitions}
-        assert rules[S.PHASE_STATE_NOT_STARTED] == [S.PHASE_STATE_IN_PROGRESS]
+        # The table is the same for every phase; SKIPPED applies to optional phases only.
+        assert rules[S.PHASE_STATE_NOT_STARTED] == [
+            S.PHASE_STATE_IN_PROGRESS,
+            S.PHASE_STATE_SKIPPED,
+        ]
+        assert not any(p.optional for p in definition.phases)
         assert rules[S.PHASE_STATE_WAITING_APPROVAL] == [
             S.PHASE_STATE_IN_PROGRESS,
             S.PHASE_STATE_COMPLETED,

@@ -31,31 +31,32 @@ async def test_a_stored_body_is_the_core_dict(database_url: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "version"), [("nope", None), ("discovery", 99)])
-async def test_an_unknown_definition_is_malformed(
+async def test_an_unknown_definition_is_not_found(
     store: FlowStore, name: str, version: int | None
 ) -> None:
     with pytest.raises(FlowStateError) as refused:
         await store.get_definition(name, version)
-    assert refused.value.code is ErrorCode.MALFORMED_REQUEST
+    assert refused.value.code is ErrorCode.DEFINITION_NOT_FOUND
     assert refused.value.details == {
-        "field": "definition_name",
         "definition_name": name,
         "definition_version": version,
     }
 
 
-async def test_creating_a_flow_of_an_unknown_definition_is_malformed(
+async def test_creating_a_flow_of_an_unknown_definition_is_not_found(
     store: FlowStore, tenant: Tenant, make_context: ContextFactory
 ) -> None:
     with pytest.raises(FlowStateError) as refused:
         await FlowService(store).create_flow(tenant, definition_name="nope", ctx=make_context())
-    assert refused.value.details["field"] == "definition_name"
+    assert refused.value.code is ErrorCode.DEFINITION_NOT_FOUND
 
 
 async def test_reopening_keeps_one_copy(database_url: str) -> None:
     again = await FlowStore.open(database_url)
     await again.close()
     rows = await fetch(
-        database_url, "SELECT count(*) AS n FROM flow_definitions WHERE name = 'discovery'"
+        database_url,
+        "SELECT count(*) AS n FROM flow_definitions WHERE name = 'discovery'"
+        " AND client_account_id = ''",
     )
     assert rows[0]["n"] == 1

@@ -165,7 +165,7 @@ async def test_the_migrate_command(
     head = migrate.head_revision()
     assert "revision: none" in await asyncio.to_thread(run, "current")
     assert f"revision: {head}" in await asyncio.to_thread(run, "upgrade")
-    assert "revision: 0003_read_functions" in await asyncio.to_thread(run, "downgrade", "-1")
+    assert "revision: 0004_stuck_flows_index" in await asyncio.to_thread(run, "downgrade", "-1")
     assert "revision: none" in await asyncio.to_thread(run, "downgrade", "base")
 
 

@@ -468,6 +468,40 @@ func (c *Client) GetFlowDefinition(ctx context.Context, req *flowstatev1.GetFlow
 	return invoke(ctx, c, req, c.raw.GetFlowDefinition, opts)
 }
 
+// CreateFlowDefinition registers a definition for the caller's tenant (scope definitions:write;
+// request id added when empty). A body identical to the latest version returns that version
+// (Created false); another body becomes the next version. Every structural problem comes back at
+// once: ErrMalformedRequest, with the paths in Error.FieldViolations.
+func (c *Client) CreateFlowDefinition(ctx context.Context, req *flowstatev1.CreateFlowDefinitionRequest, opts ...grpc.CallOption) (*flowstatev1.CreateFlowDefinitionResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.CreateFlowDefinitionRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.CreateFlowDefinition, opts)
+}
+
+// ListFlowDefinitions lists the definitions the caller can use (one page): the latest version of
+// each name (the tenant's and the built-ins), or every version of req.Name. req may be nil.
+func (c *Client) ListFlowDefinitions(ctx context.Context, req *flowstatev1.ListFlowDefinitionsRequest, opts ...grpc.CallOption) (*flowstatev1.ListFlowDefinitionsResponse, error) {
+	if req == nil {
+		req = &flowstatev1.ListFlowDefinitionsRequest{}
+	}
+	return invoke(ctx, c, req, c.raw.ListFlowDefinitions, opts)
+}
+
+// Definitions yields every definition ListFlowDefinitions lists (every version of name, when
+// not empty), fetching pages lazily as the loop asks for more. A final non-nil error ends it.
+func (c *Client) Definitions(ctx context.Context, name string, opts ...grpc.CallOption) iter.Seq2[*flowstatev1.FlowDefinition, error] {
+	return pages(func(token string) ([]*flowstatev1.FlowDefinition, string, error) {
+		page, err := c.ListFlowDefinitions(ctx, &flowstatev1.ListFlowDefinitionsRequest{Name: name, PageToken: token}, opts...)
+		return page.GetDefinitions(), page.GetNextPageToken(), err
+	})
+}
+
+// SkipPhase skips an optional phase: SKIPPED satisfies its dependents and counts as done
+// (request id added when empty).
+func (c *Client) SkipPhase(ctx context.Context, req *flowstatev1.SkipPhaseRequest, opts ...grpc.CallOption) (*flowstatev1.SkipPhaseResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.SkipPhaseRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.SkipPhase, opts)
+}
+
 // History yields every history entry of a flow after afterVersion, fetching pages lazily as
 // the loop asks for more. A final non-nil error ends it.
 //

@@ -47,6 +47,8 @@ const (
 	CodeInternal                     Code = "INTERNAL"
 	CodeSubscriberTooSlow            Code = "SUBSCRIBER_TOO_SLOW"
 	CodeServerShuttingDown           Code = "SERVER_SHUTTING_DOWN"
+	CodeDefinitionNotFound           Code = "DEFINITION_NOT_FOUND"
+	CodeDefinitionShadowsBuiltin     Code = "DEFINITION_SHADOWS_BUILTIN"
 )
 
 // CodeOf returns the Code of a flowstatev1.ErrorCode (e.g. in ValidateTransitionResponse.Error).
@@ -410,6 +412,8 @@ var (
 	ErrTemporaryResourceUnavailable = codeSentinel(CodeTemporaryResourceUnavailable)
 	ErrSubscriberTooSlow            = codeSentinel(CodeSubscriberTooSlow)
 	ErrServerShuttingDown           = codeSentinel(CodeServerShuttingDown)
+	ErrDefinitionNotFound           = codeSentinel(CodeDefinitionNotFound)
+	ErrDefinitionShadowsBuiltin     = codeSentinel(CodeDefinitionShadowsBuiltin)
 )
 
 // Sentinels by gRPC code (the classes of the Python and TypeScript clients), for errors.Is.

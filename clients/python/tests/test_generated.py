@@ -31,6 +31,7 @@ PHASE_STATES = [
     "FAILED",
     "RETRY_NEEDED",
     "ROLLED_BACK",
+    "SKIPPED",  # DESIGN.md section 9: optional phases
 ]
 FLOW_STATUSES = [
     "INITIALIZED",
@@ -50,6 +51,9 @@ FLOW_STATUSES = [
 # DESIGN.md section 3: the RPCs of FlowStateService; the two Watch RPCs are server streaming.
 RPCS = {
     "CreateFlow",
+    "CreateFlowDefinition",  # section 9
+    "ListFlowDefinitions",
+    "SkipPhase",
     "GetFlow",
     "ListFlows",
     "ValidateTransition",

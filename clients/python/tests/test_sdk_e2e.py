@@ -599,3 +599,87 @@ async def _serve_again(
             database_url=database_url, env=_restart_env(minter), args=["--port", port]
         ),
     )
+
+
+# --- definitions: a diamond with parallel branches and an optional phase ----------------------
+
+DIAMOND = {
+    "name": "sdk_diamond",
+    "phases": [
+        {"name": "a", "weight": 25, "status_group": "data_gathering"},
+        {"name": "b", "depends_on": ["a"], "weight": 25, "status_group": "DISCOVERY"},
+        {"name": "c", "depends_on": ["a"], "weight": 25, "optional": True},
+        {"name": "d", "depends_on": ["b", "c"], "weight": 25, "status_group": "planning"},
+    ],
+}
+DEFINITION_SCOPES = (*ALL_SCOPES, "definitions:write")
+
+
+async def test_a_diamond_runs_with_parallel_branches_and_a_skip(make_client: MakeClient) -> None:
+    client = make_client(scopes=DEFINITION_SCOPES)
+    registered = await client.create_flow_definition(DIAMOND)
+    assert (registered.definition.version, registered.created) == (1, True)
+    assert registered.definition.phase("c").optional
+    assert not registered.definition.builtin
+    again = await client.create_flow_definition(DIAMOND)
+    assert (again.definition.version, again.created) == (1, False)
+    names = [d.name async for d in client.iter_flow_definitions(page_size=1)]
+    assert names == ["discovery", "sdk_diamond"]
+
+    flow = (await client.create_flow("sdk_diamond")).flow
+    flow_id = flow.flow_id
+    await client.transition_phase(flow_id, "a", PhaseState.IN_PROGRESS)
+    result = await client.transition_phase(flow_id, "a", PhaseState.COMPLETED)
+    assert (result.flow.status, result.flow.progress) == (FlowStatus.DATA_GATHERING, 25.0)
+    # b and c run in parallel.
+    await client.transition_phase(flow_id, "b", PhaseState.IN_PROGRESS)
+    both = (await client.transition_phase(flow_id, "c", PhaseState.IN_PROGRESS)).flow
+    assert [p.state for p in both.phases[1:3]] == [PhaseState.IN_PROGRESS] * 2
+    assert both.progress == 40.0
+    assert both.status == FlowStatus.ACTIVE  # c, listed after b, has no status group
+    with pytest.raises(PhaseOrderViolation) as blocked:
+        await client.transition_phase(flow_id, "d", PhaseState.IN_PROGRESS)
+    assert list(blocked.value.blocking_phases) == ["b", "c"]
+    await client.transition_phase(
+        flow_id, "c", PhaseState.FAILED, error_code=ErrorCode.AGENT_TIMEOUT, error_message="slow"
+    )
+    with pytest.raises(InvalidPhaseTransition):
+        await client.skip_phase(flow_id, "b")  # b is not optional
+    skipped = await client.skip_phase(flow_id, "c", reason="not needed this time")
+    assert skipped.flow.phase("c").state is PhaseState.SKIPPED
+    assert skipped.flow.phase("c").state.is_done
+    assert [e.kind for e in skipped.history_entries] == [HistoryEventKind.SKIP]
+    assert skipped.flow.progress == 57.5
+    await client.transition_phase(flow_id, "b", PhaseState.COMPLETED)
+    await client.transition_phase(flow_id, "d", PhaseState.IN_PROGRESS)
+    done = (await client.transition_phase(flow_id, "d", PhaseState.COMPLETED)).flow
+    assert (done.status, done.progress) == (FlowStatus.COMPLETED, 100.0)
+
+
+async def test_the_sync_client_registers_and_skips(
+    flowstate_server: RunningServer, tenant: Tenant
+) -> None:
+    """The sync client blocks, so it runs in a thread while the in-process server serves."""
+    from flowstate.client import DefinitionNotFound, DefinitionShadowsBuiltin, FlowstateClient
+
+    token = flowstate_server.mint(tenant, user="sdk-sync", scopes=DEFINITION_SCOPES)
+
+    def scenario() -> None:
+        with FlowstateClient(address=flowstate_server.address, token=token, timeout=10) as client:
+            with pytest.raises(MalformedRequest) as refused:
+                client.create_flow_definition({**DIAMOND, "phases": DIAMOND["phases"][:3]})
+            assert "phases" in {field for field, _ in refused.value.field_violations}
+            with pytest.raises(DefinitionShadowsBuiltin):
+                client.create_flow_definition({**DIAMOND, "name": "discovery"})
+            with pytest.raises(DefinitionNotFound):
+                client.get_flow_definition("sdk_diamond")
+            assert client.create_flow_definition(DIAMOND).definition.version == 1
+            flow_id = client.create_flow("sdk_diamond", definition_version=1).flow.flow_id
+            client.transition_phase(flow_id, "a", PhaseState.IN_PROGRESS)
+            client.transition_phase(flow_id, "a", PhaseState.COMPLETED)
+            flow = client.skip_phase(flow_id, "c").flow
+            assert flow.phase("c").state is PhaseState.SKIPPED
+            assert flow.progress == 50.0
+            assert [d.version for d in client.iter_flow_definitions(name="sdk_diamond")] == [1]
+
+    await asyncio.to_thread(scenario)

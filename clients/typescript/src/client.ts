@@ -21,34 +21,41 @@ import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } fr
 import { FlowstateError, toFlowstateError, uncancelled } from "./errors.js";
 import {
   CancelFlowRequestSchema,
+  CreateFlowDefinitionRequestSchema,
   CreateFlowRequestSchema,
   FlowStateService,
   GetFlowDefinitionRequestSchema,
   GetFlowRequestSchema,
   GetRecoveryOptionsRequestSchema,
+  ListFlowDefinitionsRequestSchema,
   ListFlowHistoryRequestSchema,
   ListFlowsRequestSchema,
   PauseFlowRequestSchema,
   ResumeFlowRequestSchema,
   RetryRequestSchema,
   RollbackRequestSchema,
+  SkipPhaseRequestSchema,
   TransitionPhaseRequestSchema,
   UpdatePhaseProgressRequestSchema,
   ValidateTransitionRequestSchema,
   type CancelFlowResponse,
+  type CreateFlowDefinitionResponse,
   type CreateFlowResponse,
+  type FlowDefinition,
   type Flow,
   type FlowEvent,
   type GetFlowDefinitionResponse,
   type GetFlowResponse,
   type GetRecoveryOptionsResponse,
   type HistoryEntry,
+  type ListFlowDefinitionsResponse,
   type ListFlowHistoryResponse,
   type ListFlowsResponse,
   type PauseFlowResponse,
   type ResumeFlowResponse,
   type RetryResponse,
   type RollbackResponse,
+  type SkipPhaseResponse,
   type TransitionPhaseResponse,
   type UpdatePhaseProgressResponse,
   type ValidateTransitionResponse,
@@ -138,6 +145,9 @@ export type ResumeFlowInput = Init<typeof ResumeFlowRequestSchema>;
 export type CancelFlowInput = Init<typeof CancelFlowRequestSchema>;
 export type ListFlowHistoryInput = Init<typeof ListFlowHistoryRequestSchema>;
 export type GetFlowDefinitionInput = Init<typeof GetFlowDefinitionRequestSchema>;
+export type CreateFlowDefinitionInput = Init<typeof CreateFlowDefinitionRequestSchema>;
+export type ListFlowDefinitionsInput = Init<typeof ListFlowDefinitionsRequestSchema>;
+export type SkipPhaseInput = Init<typeof SkipPhaseRequestSchema>;
 
 /** The Flowstate client: one method per RPC, plus resumable watches. */
 export interface FlowstateClient {
@@ -155,6 +165,18 @@ export interface FlowstateClient {
   cancelFlow(request: CancelFlowInput, options?: FlowstateCallOptions): Promise<CancelFlowResponse>;
   listFlowHistory(request: ListFlowHistoryInput, options?: FlowstateCallOptions): Promise<ListFlowHistoryResponse>;
   getFlowDefinition(request?: GetFlowDefinitionInput, options?: FlowstateCallOptions): Promise<GetFlowDefinitionResponse>;
+  /**
+   * Registers a definition for the caller's tenant (scope `definitions:write`): an identical body
+   * returns the existing version (`created` false), another body the next version. Every
+   * structural problem comes back at once as a `MalformedRequestError` with field violations.
+   */
+  createFlowDefinition(request: CreateFlowDefinitionInput, options?: FlowstateCallOptions): Promise<CreateFlowDefinitionResponse>;
+  /** One page of the definitions the caller can use (latest version of each name, or every version of `name`). */
+  listFlowDefinitions(request?: ListFlowDefinitionsInput, options?: FlowstateCallOptions): Promise<ListFlowDefinitionsResponse>;
+  /** Every definition `listFlowDefinitions` lists, page after page. */
+  definitions(options?: { name?: string; pageSize?: number } & FlowstateCallOptions): AsyncGenerator<FlowDefinition, void, undefined>;
+  /** Skips an optional phase (-> SKIPPED, which satisfies its dependents and counts as done). */
+  skipPhase(request: SkipPhaseInput, options?: FlowstateCallOptions): Promise<SkipPhaseResponse>;
   /** Every flow matching the filters of `request` (its page token is ignored), fetching pages lazily. */
   flows(request?: ListFlowsInput, options?: FlowstateCallOptions): AsyncGenerator<Flow, void, undefined>;
   /** Every history entry of a flow after `afterVersion`, fetching pages lazily. */
@@ -333,6 +355,20 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
       unary(ListFlowHistoryRequestSchema, request, (r, c) => raw.listFlowHistory(r, c), false, o),
     getFlowDefinition: (request = {}, o) =>
       unary(GetFlowDefinitionRequestSchema, request, (r, c) => raw.getFlowDefinition(r, c), false, o),
+    createFlowDefinition: (request, o) =>
+      unary(CreateFlowDefinitionRequestSchema, request, (r, c) => raw.createFlowDefinition(r, c), true, o),
+    listFlowDefinitions: (request = {}, o) =>
+      unary(ListFlowDefinitionsRequestSchema, request, (r, c) => raw.listFlowDefinitions(r, c), false, o),
+    async *definitions(listOptions = {}) {
+      const { name, pageSize, ...callOptions } = listOptions;
+      let pageToken = "";
+      do {
+        const page = await client.listFlowDefinitions({ name, pageSize, pageToken }, callOptions);
+        yield* page.definitions;
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+    },
+    skipPhase: (request, o) => unary(SkipPhaseRequestSchema, request, (r, c) => raw.skipPhase(r, c), true, o),
     async *flows(request = {}, callOptions) {
       let pageToken = "";
       do {

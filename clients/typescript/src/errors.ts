@@ -25,11 +25,13 @@
  *   │   ├── FlowPausedError
  *   │   ├── FlowTerminalError
  *   │   ├── MaxRetriesExceededError            .attemptsRemaining
- *   │   └── RetryNotAllowedError               .attemptsRemaining
+ *   │   ├── RetryNotAllowedError               .attemptsRemaining
+ *   │   └── DefinitionShadowsBuiltinError      set allowShadowBuiltin
  *   ├── AbortedError                       ABORTED
  *   │   └── VersionConflictError               .currentVersion
  *   ├── NotFoundError                      NOT_FOUND
- *   │   └── FlowNotFoundError
+ *   │   ├── FlowNotFoundError
+ *   │   └── DefinitionNotFoundError            also another tenant's definition
  *   ├── UnauthenticatedError               UNAUTHENTICATED
  *   ├── PermissionDeniedError              PERMISSION_DENIED
  *   ├── ResourceExhaustedError             RESOURCE_EXHAUSTED
@@ -329,6 +331,10 @@ export class VersionConflictError extends AbortedError {
 export class NotFoundError extends FlowstateError {}
 /** No such flow for the caller's tenant (also the answer for another tenant's flow). */
 export class FlowNotFoundError extends NotFoundError {}
+/** No such flow definition (or version) for the caller's tenant (also another tenant's). */
+export class DefinitionNotFoundError extends NotFoundError {}
+/** The definition's name is a built-in's; register it with `allowShadowBuiltin: true`. */
+export class DefinitionShadowsBuiltinError extends FailedPreconditionError {}
 /** The credentials are missing, expired or forged (UNAUTHENTICATED). */
 export class UnauthenticatedError extends FlowstateError {}
 /** The credentials' scopes are too small for the call (PERMISSION_DENIED). */
@@ -365,6 +371,8 @@ const BY_REASON: Partial<Record<FlowstateErrorCode, ErrorClass>> = {
   RETRY_NOT_ALLOWED: RetryNotAllowedError,
   VERSION_CONFLICT: VersionConflictError,
   FLOW_NOT_FOUND: FlowNotFoundError,
+  DEFINITION_NOT_FOUND: DefinitionNotFoundError,
+  DEFINITION_SHADOWS_BUILTIN: DefinitionShadowsBuiltinError,
   UNAUTHENTICATED: UnauthenticatedError,
   PERMISSION_DENIED: PermissionDeniedError,
   TEMPORARY_RESOURCE_UNAVAILABLE: UnavailableError,

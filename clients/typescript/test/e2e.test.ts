@@ -8,6 +8,8 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
 import {
   createFlowstateClient,
+  DefinitionNotFoundError,
+  DefinitionShadowsBuiltinError,
   DependentPhasesActiveError,
   ErrorCode,
   FlowNotFoundError,
@@ -347,6 +349,79 @@ if (testServer === undefined) {
       assert.deepEqual(done.historyEntries.map((e) => e.kind), [HistoryEventKind.ROLLBACK]);
       const after = await writer.getRecoveryOptions({ flowId });
       assert.equal(after.options[0]?.action, RecoveryAction.RESTART);
+    });
+  });
+
+  describe("definitions: a diamond with parallel branches and an optional phase", TIMEOUT, () => {
+    // a -> b, a -> c (optional), b + c -> d. The admin token has definitions:write.
+    const diamond = {
+      name: "ts_diamond",
+      phases: [
+        { name: "a", weight: 25, statusGroup: FlowStatus.DATA_GATHERING },
+        { name: "b", dependsOn: ["a"], weight: 25, statusGroup: FlowStatus.DISCOVERY },
+        { name: "c", dependsOn: ["a"], weight: 25, optional: true },
+        { name: "d", dependsOn: ["b", "c"], weight: 25, statusGroup: FlowStatus.PLANNING },
+      ],
+    };
+
+    it("registers, runs b and c in parallel, skips c, and reads progress and status", async () => {
+      const admin = connect(server.adminToken);
+      const first = await admin.createFlowDefinition({ definition: diamond });
+      const again = await admin.createFlowDefinition({ definition: diamond });
+      assert.equal(first.definition?.version, again.definition?.version);
+      assert.equal(again.created, false);
+      assert.equal(first.definition?.phases[2]?.optional, true);
+      const names: string[] = [];
+      for await (const definition of writer.definitions({ pageSize: 1 })) names.push(definition.name);
+      assert.ok(names.includes("ts_diamond") && names.includes("discovery"), names.join(","));
+
+      const { flow } = await writer.createFlow({ definitionName: "ts_diamond" });
+      const flowId = flow!.flowId;
+      const move = (phase: string, targetState: PhaseState) => writer.transitionPhase({ flowId, phase, targetState });
+      await move("a", PhaseState.IN_PROGRESS);
+      const a = await move("a", PhaseState.COMPLETED);
+      assert.deepEqual([a.flow?.status, a.flow?.progress], [FlowStatus.DATA_GATHERING, 25]);
+      await move("b", PhaseState.IN_PROGRESS);
+      const both = await move("c", PhaseState.IN_PROGRESS);
+      assert.deepEqual(
+        both.flow?.phases.slice(1, 3).map((p) => p.state),
+        [PhaseState.IN_PROGRESS, PhaseState.IN_PROGRESS],
+      );
+      assert.deepEqual([both.flow?.status, both.flow?.progress], [FlowStatus.ACTIVE, 40]);
+      const blocked = await refusal(move("d", PhaseState.IN_PROGRESS));
+      assert.ok(blocked instanceof PhaseOrderViolationError, String(blocked));
+      assert.deepEqual(blocked.blockingPhases, ["b", "c"]);
+      await writer.transitionPhase({
+        flowId,
+        phase: "c",
+        targetState: PhaseState.FAILED,
+        failure: { errorCode: ErrorCode.AGENT_TIMEOUT, message: "slow" },
+      });
+      const notOptional = await refusal(writer.skipPhase({ flowId, phase: "b" }));
+      assert.ok(notOptional instanceof InvalidPhaseTransitionError, String(notOptional));
+      const skipped = await writer.skipPhase({ flowId, phase: "c", reason: "not needed" });
+      assert.equal(skipped.flow?.phases[2]?.state, PhaseState.SKIPPED);
+      assert.deepEqual(skipped.historyEntries.map((e) => e.kind), [HistoryEventKind.SKIP]);
+      assert.equal(skipped.flow?.progress, 57.5);
+      await move("b", PhaseState.COMPLETED);
+      await move("d", PhaseState.IN_PROGRESS);
+      const done = await move("d", PhaseState.COMPLETED);
+      assert.deepEqual([done.flow?.status, done.flow?.progress], [FlowStatus.COMPLETED, 100]);
+    });
+
+    it("refuses a definition with every problem, another tenant never sees it, shadowing is explicit", async () => {
+      const admin = connect(server.adminToken);
+      const broken = await refusal(
+        admin.createFlowDefinition({ definition: { ...diamond, phases: diamond.phases.slice(0, 3) } }),
+      );
+      assert.ok(broken instanceof MalformedRequestError, String(broken));
+      const shadow = await refusal(admin.createFlowDefinition({ definition: { ...diamond, name: "discovery" } }));
+      assert.ok(shadow instanceof DefinitionShadowsBuiltinError, String(shadow));
+      await admin.createFlowDefinition({ definition: diamond });
+      const hidden = await refusal(connect(server.otherTenantToken).getFlowDefinition({ name: "ts_diamond" }));
+      assert.ok(hidden instanceof DefinitionNotFoundError, String(hidden));
+      const denied = await refusal(writer.createFlowDefinition({ definition: { ...diamond, name: "ts_other" } }));
+      assert.ok(denied instanceof PermissionDeniedError, String(denied));
     });
   });
 

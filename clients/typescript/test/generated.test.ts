@@ -27,6 +27,7 @@ import {
   FlowStateService,
   FlowStatusSchema,
   googleRpc,
+  PhaseState,
   PhaseStateSchema,
   file_flowstate_v1_flow_service,
 } from "../src/index.js";
@@ -47,6 +48,9 @@ const RPCS = [
   "CancelFlow",
   "ListFlowHistory",
   "GetFlowDefinition",
+  "CreateFlowDefinition", // section 9
+  "ListFlowDefinitions",
+  "SkipPhase",
   "WatchFlow",
   "WatchFlows",
 ];
@@ -55,7 +59,7 @@ const STREAMING_RPCS = ["WatchFlow", "WatchFlows"];
 const PHASE_STATES = [
   "PHASE_STATE_UNSPECIFIED",
   ...["NOT_STARTED", "IN_PROGRESS", "WAITING_VALIDATION", "WAITING_APPROVAL", "COMPLETED", "FAILED"],
-  ...["RETRY_NEEDED", "ROLLED_BACK"],
+  ...["RETRY_NEEDED", "ROLLED_BACK", "SKIPPED"],
 ].map((name) => (name.startsWith("PHASE_STATE_") ? name : `PHASE_STATE_${name}`));
 const FLOW_STATUSES = [
   "FLOW_STATUS_UNSPECIFIED",
@@ -206,6 +210,15 @@ describe("generated code", () => {
       FlowStatusSchema.values.map((v) => [v.name, v.number]),
       FLOW_STATUSES.map((name, i) => [name, i]),
     );
+  });
+
+  it("keeps an enum value it does not know (a newer server's) as its number", () => {
+    // 42 is no PhaseState of this build: it must survive decoding and re-encoding unchanged.
+    const flow = create(FlowSchema, { phases: [{ name: "x", state: 42 as PhaseState }] });
+    const decoded = fromBinary(FlowSchema, toBinary(FlowSchema, flow));
+    assert.equal(decoded.phases[0]?.state, 42);
+    assert.equal(PhaseState[decoded.phases[0]!.state], undefined);
+    assert.equal(fromJson(FlowSchema, toJson(FlowSchema, decoded)).phases[0]?.state, 42);
   });
 
   it("describes every RPC of FlowStateService", () => {

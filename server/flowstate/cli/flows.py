@@ -261,6 +261,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _mutation_options(parser)
 
+    parser = command("skip", _skip, "skip an optional phase (it counts as done)")
+    parser.add_argument("flow_id", help="the flow's id (a UUID)")
+    parser.add_argument("phase", help="an optional phase of the flow's definition")
+    _mutation_options(parser)
+
     for name, handler, help_text in (
         ("pause", _pause, "pause a flow: no phase may start"),
         ("resume", _resume, "resume a paused flow"),
@@ -793,6 +798,17 @@ def _rollback(client: FlowstateClient, args: argparse.Namespace, output: _Output
         args.flow_id,
         args.phase,
         cascade=args.cascade,
+        reason=args.reason,
+        request_id=args.request_id,
+        expected_version=args.expected_version,
+    )
+    return _print_mutation(result, output)
+
+
+def _skip(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
+    result = client.skip_phase(
+        args.flow_id,
+        args.phase,
         reason=args.reason,
         request_id=args.request_id,
         expected_version=args.expected_version,

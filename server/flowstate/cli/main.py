@@ -1,8 +1,9 @@
 """The `flowstate` console script: one argparse parser, a sub-command per group.
 
 Commands: ``serve``, ``token``, ``health`` (their own modules), ``migrate`` and
-``import-legacy`` (`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`). A
-group whose module is not part of this build is simply absent.
+``import-legacy`` (`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`),
+``definitions ...`` (`flowstate.cli.definitions`). A group whose module is not part of this
+build is simply absent.
 
 Failures print a structured error (``flowstate: error: CODE: message`` and the details) on
 stderr and exit non-zero: 1 for a refused or failed operation, 2 for bad usage or settings.
@@ -30,7 +31,11 @@ from flowstate.storage.errors import DatabaseSetupError
 
 __all__ = ["build_parser", "main", "version_text"]
 
-_OPTIONAL_GROUPS = ("flowstate.cli.storage_commands", "flowstate.cli.flows")
+_OPTIONAL_GROUPS = (
+    "flowstate.cli.storage_commands",
+    "flowstate.cli.flows",
+    "flowstate.cli.definitions",
+)
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 

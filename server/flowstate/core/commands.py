@@ -42,6 +42,14 @@ Decisions DESIGN.md leaves open, fixed here:
   resets the in-phase progress to 0.
 - **Timestamps.** `state_entered_at` is set on every state change; `started_at` when the phase
   last entered IN_PROGRESS; `completed_at` while COMPLETED only.
+- **Skip** (DESIGN.md section 9). `SkipPhase`, or `TransitionPhase(..., SKIPPED)`, moves an
+  *optional* phase to SKIPPED from NOT_STARTED, ROLLED_BACK, FAILED or RETRY_NEEDED; for a phase
+  that is not optional it is INVALID_PHASE_TRANSITION, and `valid_transitions` of a
+  non-optional phase never list SKIPPED. A skip is ordered like a start (every dependency done,
+  flow not PAUSED): skipping decides the phase's outcome, so it waits for its inputs like any
+  outcome would, and a rollback upstream can always undo it. The skip clears the phase error (the
+  failure is settled; history keeps it). A dependency is satisfied by COMPLETED or SKIPPED
+  (`DONE_STATES`), so a join starts once each of its dependencies completed or was skipped.
 - **Pause.** Only starts are refused on a PAUSED flow: outcomes, progress, rollbacks and the
   FAILED → RETRY_NEEDED retry step still apply. While paused, `status_before_pause` follows the
   phases (it holds the status the flow would have if it were not paused), so resume goes straight
@@ -74,6 +82,7 @@ from flowstate.core.model import (
     Tenant,
 )
 from flowstate.core.rules import (
+    DONE_STATES,
     ERROR_STATES,
     TERMINAL_STATUSES,
     RecoveryAction,
@@ -92,6 +101,7 @@ __all__ = [
     "ResumeFlow",
     "Retry",
     "Rollback",
+    "SkipPhase",
     "TransitionPhase",
     "UpdatePhaseProgress",
     "apply_command",
@@ -99,6 +109,7 @@ __all__ = [
     "check_phase_order",
     "create_flow",
     "determine_flow_status",
+    "phase_targets",
     "validate_command",
     "validate_flow_status_transition",
     "validate_phase_transition",
@@ -155,6 +166,15 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class SkipPhase:
+    """Skip an optional phase: → SKIPPED, which satisfies its dependents and counts as done."""
+
+    phase: str
+    reason: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class PauseFlow:
     """Pause the flow: no phase may start until it is resumed."""
 
@@ -178,7 +198,14 @@ class CancelFlow:
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 Command = (
-    TransitionPhase | UpdatePhaseProgress | Rollback | Retry | PauseFlow | ResumeFlow | CancelFlow
+    TransitionPhase
+    | UpdatePhaseProgress
+    | Rollback
+    | Retry
+    | SkipPhase
+    | PauseFlow
+    | ResumeFlow
+    | CancelFlow
 )
 """Every command `apply_command` accepts."""
 
@@ -250,6 +277,8 @@ def apply_command(
             _rollback(builder, command.phase, command.cascade, command.reason, _EMPTY)
         case Retry():
             _retry(builder, command)
+        case SkipPhase():
+            _skip(builder, command.phase, command.reason, command.metadata)
         case PauseFlow():
             _pause(builder, command)
         case ResumeFlow():
@@ -290,15 +319,19 @@ def validate_flow_status_transition(
 
 
 def validate_phase_transition(
-    phase: str, current: PhaseState, target: PhaseState
+    phase: str, current: PhaseState, target: PhaseState, *, optional: bool = True
 ) -> FlowStateError | None:
-    """INVALID_PHASE_TRANSITION (with `valid_transitions`) when the phase table refuses the move."""
-    if phase_transition_allowed(current, target):
+    """INVALID_PHASE_TRANSITION (with `valid_transitions`) when the phase table refuses the move.
+
+    A phase that is not `optional` may never be skipped: SKIPPED is neither allowed nor listed.
+    """
+    if phase_transition_allowed(current, target) and (optional or target is not PhaseState.SKIPPED):
         return None
-    targets = valid_phase_targets(current)
+    targets = phase_targets(current, optional=optional)
+    why = " (it is not optional)" if target is PhaseState.SKIPPED and not optional else ""
     return FlowStateError(
         ErrorCode.INVALID_PHASE_TRANSITION,
-        f"Cannot transition phase '{phase}' from '{current.value}' to '{target.value}'",
+        f"Cannot transition phase '{phase}' from '{current.value}' to '{target.value}'{why}",
         phase=phase,
         from_state=current,
         to_state=target,
@@ -306,14 +339,21 @@ def validate_phase_transition(
     )
 
 
+def phase_targets(current: PhaseState, *, optional: bool) -> frozenset[PhaseState]:
+    """The legal targets of a phase in `current`; SKIPPED only when the phase is optional."""
+    targets = valid_phase_targets(current)
+    return targets if optional else targets - {PhaseState.SKIPPED}
+
+
 def blocking_phases(
     definition: FlowDefinition, phase_states: Mapping[str, PhaseState], phase: str
 ) -> list[str]:
-    """The dependencies of `phase` that are not COMPLETED (missing ones count as NOT_STARTED)."""
+    """The dependencies of `phase` that are neither COMPLETED nor SKIPPED (missing ones count
+    as NOT_STARTED)."""
     return [
         name
         for name in definition.dependencies(phase)
-        if phase_states.get(name, PhaseState.NOT_STARTED) is not PhaseState.COMPLETED
+        if phase_states.get(name, PhaseState.NOT_STARTED) not in DONE_STATES
     ]
 
 
@@ -330,17 +370,18 @@ def check_phase_order(
 ) -> FlowStateError | None:
     """PHASE_ORDER_VIOLATION naming the blocking phases when `phase` may not enter `target`.
 
-    Only entering IN_PROGRESS is ordered: it needs every dependency COMPLETED. Phases missing
-    from `phase_states` count as NOT_STARTED.
+    Entering IN_PROGRESS and SKIPPED is ordered: it needs every dependency COMPLETED or SKIPPED.
+    Phases missing from `phase_states` count as NOT_STARTED.
     """
-    if target is not PhaseState.IN_PROGRESS:
+    if target not in (PhaseState.IN_PROGRESS, PhaseState.SKIPPED):
         return None
     blocking = blocking_phases(definition, phase_states, phase)
     if not blocking:
         return None
+    verb = "start" if target is PhaseState.IN_PROGRESS else "be skipped"
     return FlowStateError(
         ErrorCode.PHASE_ORDER_VIOLATION,
-        f"Phase '{phase}' cannot start before {', '.join(repr(b) for b in blocking)} completed",
+        f"Phase '{phase}' cannot {verb} before {', '.join(repr(b) for b in blocking)} completed",
         phase=phase,
         from_state=phase_states.get(phase, PhaseState.NOT_STARTED),
         to_state=target,
@@ -501,27 +542,28 @@ def _ensure_not_terminal(flow: Flow, phase: str) -> None:
         )
 
 
-def _ensure_in_table(phase: Phase, target: PhaseState) -> None:
-    refusal = validate_phase_transition(phase.name, phase.state, target)
+def _ensure_in_table(phase: Phase, target: PhaseState, optional: bool) -> None:
+    refusal = validate_phase_transition(phase.name, phase.state, target, optional=optional)
     if refusal is not None:
         raise refusal
 
 
-def _ensure_can_start(builder: _Builder, phase: Phase) -> None:
-    """Entering IN_PROGRESS: every dependency COMPLETED, and the flow not PAUSED."""
+def _ensure_can_start(
+    builder: _Builder, phase: Phase, target: PhaseState = PhaseState.IN_PROGRESS
+) -> None:
+    """Entering IN_PROGRESS (or SKIPPED): every dependency done, and the flow not PAUSED."""
     flow = builder.flow
-    refusal = check_phase_order(
-        builder.definition, flow.phase_states, phase.name, PhaseState.IN_PROGRESS
-    )
+    refusal = check_phase_order(builder.definition, flow.phase_states, phase.name, target)
     if refusal is not None:
         raise refusal
     if flow.status is FlowStatus.PAUSED:
+        verb = "start" if target is PhaseState.IN_PROGRESS else "be skipped"
         raise FlowStateError(
             ErrorCode.FLOW_PAUSED,
-            f"Flow is paused: phase '{phase.name}' cannot start until it is resumed",
+            f"Flow is paused: phase '{phase.name}' cannot {verb} until it is resumed",
             phase=phase.name,
             from_state=phase.state,
-            to_state=PhaseState.IN_PROGRESS,
+            to_state=target,
             recovery=[RecoveryAction.RESUME],
         )
 
@@ -599,9 +641,12 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
     _ensure_not_terminal(builder.flow, command.phase)
     phase = builder.flow.phase(command.phase)
     target = _as_state(command.target_state)
-    _ensure_in_table(phase, target)
+    _ensure_in_table(phase, target, definition.optional)
     if target is PhaseState.ROLLED_BACK:
         _rollback(builder, phase.name, True, command.reason, command.metadata, command.error)
+        return
+    if target is PhaseState.SKIPPED:
+        _skip(builder, phase.name, command.reason, command.metadata, command.error)
         return
     error = _failure_error(phase, target, command.error)
     counted = _is_retry_step(phase.state, target)
@@ -618,7 +663,7 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
 
 
 def _update_progress(builder: _Builder, command: UpdatePhaseProgress) -> None:
-    builder.definition.phase(command.phase)
+    definition = builder.definition.phase(command.phase)
     _ensure_not_terminal(builder.flow, command.phase)
     phase = builder.flow.phase(command.phase)
     fraction = command.progress
@@ -638,7 +683,11 @@ def _update_progress(builder: _Builder, command: UpdatePhaseProgress) -> None:
             phase=phase.name,
             from_state=phase.state,
             to_state=phase.state,
-            valid_transitions=[s for s in PhaseState if s in valid_phase_targets(phase.state)],
+            valid_transitions=[
+                s
+                for s in PhaseState
+                if s in phase_targets(phase.state, optional=definition.optional)
+            ],
         )
     if float(fraction) == phase.progress:
         return  # a repeated report changes nothing, so it records nothing
@@ -660,10 +709,10 @@ def _rollback(
     error: PhaseError | None = None,
 ) -> None:
     definition = builder.definition
-    definition.phase(name)
+    optional = definition.phase(name).optional
     _ensure_not_terminal(builder.flow, name)
     phase = builder.flow.phase(name)
-    _ensure_in_table(phase, PhaseState.ROLLED_BACK)
+    _ensure_in_table(phase, PhaseState.ROLLED_BACK, optional)
     if error is not None:
         raise FlowStateError(
             ErrorCode.MALFORMED_REQUEST,
@@ -717,7 +766,11 @@ def _retry(builder: _Builder, command: Retry) -> None:
             f"'{phase.state.value}'",
             phase=phase.name,
             from_state=phase.state,
-            valid_transitions=[s for s in PhaseState if s in valid_phase_targets(phase.state)],
+            valid_transitions=[
+                s
+                for s in PhaseState
+                if s in phase_targets(phase.state, optional=definition.optional)
+            ],
         )
     forced = _ensure_retry_allowed(definition, phase, command.force, builder.ctx)
     if target is PhaseState.IN_PROGRESS:
@@ -730,6 +783,34 @@ def _retry(builder: _Builder, command: Retry) -> None:
         kind=HistoryKind.RETRY,
         reason=command.reason,
         metadata={"forced": True} if forced else _EMPTY,
+    )
+
+
+def _skip(
+    builder: _Builder,
+    name: str,
+    reason: str,
+    metadata: Mapping[str, Any],
+    error: PhaseError | None = None,
+) -> None:
+    definition = builder.definition.phase(name)
+    _ensure_not_terminal(builder.flow, name)
+    phase = builder.flow.phase(name)
+    _ensure_in_table(phase, PhaseState.SKIPPED, definition.optional)
+    if error is not None:
+        raise FlowStateError(
+            ErrorCode.MALFORMED_REQUEST,
+            "An error may only be reported with a transition to FAILED or RETRY_NEEDED",
+            field="error",
+            phase=name,
+            to_state=PhaseState.SKIPPED,
+        )
+    _ensure_can_start(builder, phase, PhaseState.SKIPPED)
+    builder.change_phase(
+        _moved(phase, PhaseState.SKIPPED, builder.ctx.now, None),
+        kind=HistoryKind.SKIP,
+        reason=reason,
+        metadata=metadata,
     )
 
 

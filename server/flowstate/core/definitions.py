@@ -13,7 +13,8 @@ definition cannot exist. The rules (each failure raises `DefinitionError` naming
   phase, and the dependencies are acyclic;
 - every dependency is listed *before* its dependent: definition order is a topological order,
   which is what "the furthest phase" (status rule 8) and "downstream in definition order" mean;
-- weights and max_retries are non-negative integers and the weights sum to 100;
+- weights and max_retries are non-negative integers and the weights sum to 100; `optional` is a
+  bool;
 - a status group, when given, is one of `GROUP_STATUSES` (ACTIVE, DATA_GATHERING, ...);
 - every phase can reach every phase state: the phase table reaches every state from NOT_STARTED
   (checked in `flowstate.core.rules`) and every phase can be started, which the acyclic,
@@ -56,6 +57,8 @@ class PhaseDefinition:
     status_group: FlowStatus | None
     display_name: str = ""
     description: str = ""
+    optional: bool = False
+    """Whether the phase may be skipped (`SkipPhase`): SKIPPED then satisfies its dependents."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,8 @@ def _check_phase_fields(label: str, phases: tuple[PhaseDefinition, ...]) -> None
                 f"{label}: phase {phase.name!r} weight must be a non-negative integer, "
                 f"got {phase.weight!r}"
             )
+        if not isinstance(phase.optional, bool):
+            raise DefinitionError(f"{label}: phase {phase.name!r} optional must be a bool")
         if not _is_int(phase.max_retries) or phase.max_retries < 0:
             raise DefinitionError(
                 f"{label}: phase {phase.name!r} max_retries must be a non-negative integer, "
@@ -216,7 +221,11 @@ def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str]:
 
 
 def definition_to_dict(definition: FlowDefinition) -> dict[str, Any]:
-    """A plain JSON-able dict of `definition` (the inverse of `definition_from_dict`)."""
+    """A plain JSON-able dict of `definition` (the inverse of `definition_from_dict`).
+
+    `optional` appears only on optional phases, so bodies stored before optional phases existed
+    (the built-in's) compare equal to today's dict of the same definition.
+    """
     return {
         "name": definition.name,
         "version": definition.version,
@@ -231,6 +240,7 @@ def definition_to_dict(definition: FlowDefinition) -> dict[str, Any]:
                 "status_group": p.status_group.value if p.status_group else None,
                 "display_name": p.display_name,
                 "description": p.description,
+                **({"optional": True} if p.optional else {}),
             }
             for p in definition.phases
         ],
@@ -271,6 +281,7 @@ def _phase_from_dict(data: Mapping[str, Any]) -> PhaseDefinition:
         status_group=status_group,
         display_name=data.get("display_name", ""),
         description=data.get("description", ""),
+        optional=data.get("optional", False),
     )
 
 

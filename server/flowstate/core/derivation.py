@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from flowstate.core.definitions import FlowDefinition
 from flowstate.core.model import FlowStatus, Phase, PhaseState
-from flowstate.core.rules import IN_PHASE_PROGRESS_SPAN, PHASE_PROGRESS_FACTORS
+from flowstate.core.rules import DONE_STATES, IN_PHASE_PROGRESS_SPAN, PHASE_PROGRESS_FACTORS
 
 __all__ = ["PhasesInput", "calculate_progress", "determine_flow_status", "phase_factor"]
 
@@ -45,14 +45,23 @@ def determine_flow_status(
 
     1. CANCELLED and COMPLETED are terminal; PAUSED stays until resumed.
     2. No phase has left NOT_STARTED → `current_status`.
-    3. Every phase COMPLETED → COMPLETED.
+    3. Every phase COMPLETED or SKIPPED → COMPLETED.
     4. Some phase FAILED and none RETRY_NEEDED or IN_PROGRESS → FAILED.
     5. Some phase RETRY_NEEDED → RETRY_PENDING.
     6. Some phase IN_PROGRESS while the flow is RETRY_PENDING, ERROR_RECOVERY or FAILED
        → ERROR_RECOVERY.
     7. Some phase WAITING_APPROVAL → WAITING_APPROVAL.
-    8. The status group of the furthest (in definition order) phase that has left NOT_STARTED,
-       or ACTIVE when that phase has no status group.
+    8. The status group of the furthest (in definition order) phase that has left NOT_STARTED
+       and was not skipped (a skipped one only when every phase that left NOT_STARTED was
+       skipped), or ACTIVE when that phase has no status group.
+
+    Parallel branches (docs/definitions.md): when several phases are active at once, the most
+    urgent condition wins (rules 4-7 look at every phase, in that order: FAILED, RETRY_PENDING,
+    ERROR_RECOVERY, WAITING_APPROVAL); when none applies, two branches in different status
+    groups give the group of the branch listed later in the definition. Definition order is a
+    topological order, so "later" is never upstream, and the author decides which group wins
+    by the order of independent phases. The status is a function of the phase states and the
+    current status only: it does not depend on which branch moved first.
     """
     if current_status in _STICKY_STATUSES:
         return current_status
@@ -60,7 +69,7 @@ def determine_flow_status(
     present = set(states.values())
     if present == {PhaseState.NOT_STARTED}:
         return current_status
-    if present == {PhaseState.COMPLETED}:
+    if present <= DONE_STATES:
         return FlowStatus.COMPLETED
     if PhaseState.FAILED in present and not present & {
         PhaseState.RETRY_NEEDED,
@@ -73,7 +82,9 @@ def determine_flow_status(
         return FlowStatus.ERROR_RECOVERY
     if PhaseState.WAITING_APPROVAL in present:
         return FlowStatus.WAITING_APPROVAL
-    furthest = [name for name, state in states.items() if state is not PhaseState.NOT_STARTED][-1]
+    left = [name for name, state in states.items() if state is not PhaseState.NOT_STARTED]
+    ran = [name for name in left if states[name] is not PhaseState.SKIPPED]
+    furthest = (ran or left)[-1]
     return definition.phase(furthest).status_group or FlowStatus.ACTIVE
 
 

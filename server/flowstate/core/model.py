@@ -25,6 +25,8 @@ class PhaseState(enum.StrEnum):
     FAILED = "failed"
     RETRY_NEEDED = "retry_needed"
     ROLLED_BACK = "rolled_back"
+    SKIPPED = "skipped"
+    """An optional phase that was skipped (`SkipPhase`): counts as done, never ran."""
 
 
 class FlowStatus(enum.StrEnum):
@@ -62,6 +64,8 @@ class ErrorCode(enum.StrEnum):
     VERSION_CONFLICT = "VERSION_CONFLICT"
     FLOW_NOT_FOUND = "FLOW_NOT_FOUND"
     REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    DEFINITION_NOT_FOUND = "DEFINITION_NOT_FOUND"
+    DEFINITION_SHADOWS_BUILTIN = "DEFINITION_SHADOWS_BUILTIN"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     TEMPORARY_RESOURCE_UNAVAILABLE = "TEMPORARY_RESOURCE_UNAVAILABLE"
@@ -169,6 +173,7 @@ class HistoryKind(enum.StrEnum):
     ROLLBACK = "rollback"
     CASCADE_ROLLBACK = "cascade_rollback"
     RETRY = "retry"
+    SKIP = "skip"
     PAUSE = "pause"
     RESUME = "resume"
     CANCEL = "cancel"

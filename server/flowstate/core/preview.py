@@ -47,7 +47,8 @@ class TransitionVerdict:
     """Whether a transition is allowed (`refusal` is None) and what the answer knows.
 
     `targets_of_state` / `targets_of_status`: the phase state / flow status whose legal
-    targets (by the tables) belong in the answer; `flow_version` 0 when no flow was named;
+    targets (by the tables) belong in the answer, SKIPPED among them only when the phase is
+    `optional`; `flow_version` 0 when no flow was named;
     `resulting_status` and `resulting_progress` are set when the transition is allowed on a
     flow.
     """
@@ -60,6 +61,7 @@ class TransitionVerdict:
     flow_version: int = 0
     resulting_status: FlowStatus | None = None
     resulting_progress: float | None = None
+    optional: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -87,8 +89,11 @@ def table_phase_transition(
     definition: FlowDefinition, phase: str, current: PhaseState, target: PhaseState
 ) -> TransitionVerdict:
     """The phase table's answer for `phase` of `definition` going `current` → `target`."""
-    refusal = _phase_refusal(definition, phase) or validate_phase_transition(phase, current, target)
-    return TransitionVerdict(refusal, targets_of_state=current)
+    optional = definition.has_phase(phase) and definition.phase(phase).optional
+    refusal = _phase_refusal(definition, phase) or validate_phase_transition(
+        phase, current, target, optional=optional
+    )
+    return TransitionVerdict(refusal, targets_of_state=current, optional=optional)
 
 
 def preview_phase_transition(
@@ -102,11 +107,12 @@ def preview_phase_transition(
     needs_failure = target in ERROR_STATES and current.state not in ERROR_STATES
     command = TransitionPhase(phase, target, error=_DRY_RUN_FAILURE if needs_failure else None)
     blocking: tuple[str, ...] = ()
-    if target is PhaseState.IN_PROGRESS:
+    if target in (PhaseState.IN_PROGRESS, PhaseState.SKIPPED):
         blocking = tuple(blocking_phases(definition, flow.phase_states, phase))
     verdict = TransitionVerdict(
         None,
         targets_of_state=current.state,
+        optional=definition.phase(phase).optional,
         blocking_phases=blocking,
         attempts_remaining=attempts_remaining(definition.phase(phase), current),
         flow_version=flow.version,

@@ -7,8 +7,10 @@
   (admin only), `rollback` (→ ROLLED_BACK, cascading);
 - RETRY_NEEDED phase → `retry` (→ IN_PROGRESS, one attempt), `force_retry` when its error is
   non-retryable, `abandon` (→ FAILED, after which it can be rolled back);
+- FAILED or RETRY_NEEDED phase that its definition marks optional → also `skip` (→ SKIPPED,
+  which satisfies its dependents so the flow goes on without it);
 - ROLLED_BACK phase → `restart` (→ IN_PROGRESS);
-- COMPLETED phase → `rollback` (→ ROLLED_BACK, cascading);
+- COMPLETED or SKIPPED phase → `rollback` (→ ROLLED_BACK, cascading);
 - always → `cancel`.
 
 A terminal flow (COMPLETED, CANCELLED) has no options: nothing can change it.
@@ -22,11 +24,15 @@ is evaluated as an admin would send it; every other option as a plain caller.
 Ranking, most useful first:
 
 1. allowed options before blocked ones;
-2. then by action: resume, retry, force_retry, restart, rollback of a FAILED phase, abandon,
-   rollback of a COMPLETED phase, cancel — fix the failure in place first, undo work later,
-   give up last;
-3. then by phase: definition order, except rollbacks of COMPLETED phases, which come latest
-   phase first (undoing the most recent work loses the least).
+2. then by action: resume, retry, force_retry, restart, rollback of a FAILED phase, skip,
+   abandon, rollback of a COMPLETED or SKIPPED phase, cancel — fix the failure in place first,
+   undo work later, give up last;
+3. then by phase: definition order, except rollbacks of COMPLETED or SKIPPED phases, which come
+   latest phase first (undoing the most recent work loses the least).
+
+Several failed branches (parallel phases that failed independently) each get their own options,
+ranked by the rules above; since rank 2 comes before rank 3, every branch's retry is offered
+before any rollback, and the branches' options of one kind follow definition order.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from flowstate.core.commands import (
     ResumeFlow,
     Retry,
     Rollback,
+    SkipPhase,
     TransitionPhase,
     apply_command,
     attempts_remaining,
@@ -108,7 +115,7 @@ def get_recovery_options(flow: Flow, definition: FlowDefinition) -> list[Recover
             target_state=None,
             reason="Cancel the flow for good",
             command=CancelFlow(reason="recovery: cancel"),
-            rank=7,
+            rank=8,
             order=0,
             target_status=FlowStatus.CANCELLED,
         )
@@ -136,9 +143,11 @@ def _phase_candidates(
     name = phase.name
     remaining = attempts_remaining(definition.phase(name), phase)
     state = phase.state
+    skip = _skip_candidates(definition, phase, index)
     if state is PhaseState.FAILED:
         return [
             *_retry_candidates(phase, PhaseState.RETRY_NEEDED, remaining, index),
+            *skip,
             _Candidate(
                 action=RecoveryAction.ROLLBACK,
                 phase=name,
@@ -153,13 +162,14 @@ def _phase_candidates(
     if state is PhaseState.RETRY_NEEDED:
         return [
             *_retry_candidates(phase, PhaseState.IN_PROGRESS, remaining, index),
+            *skip,
             _Candidate(
                 action=RecoveryAction.ABANDON,
                 phase=name,
                 target_state=PhaseState.FAILED,
                 reason=f"Stop retrying phase '{name}': mark it failed so it can be rolled back",
                 command=TransitionPhase(name, PhaseState.FAILED, reason="recovery: abandon"),
-                rank=5,
+                rank=6,
                 order=index,
             ),
         ]
@@ -175,20 +185,37 @@ def _phase_candidates(
                 order=index,
             )
         ]
-    if state is PhaseState.COMPLETED:
+    if state in (PhaseState.COMPLETED, PhaseState.SKIPPED):
+        what = "completed" if state is PhaseState.COMPLETED else "skipped"
         return [
             _Candidate(
                 action=RecoveryAction.ROLLBACK,
                 phase=name,
                 target_state=PhaseState.ROLLED_BACK,
-                reason=f"Roll back completed phase '{name}'{_cascade_note(flow, definition, name)}"
+                reason=f"Roll back {what} phase '{name}'{_cascade_note(flow, definition, name)}"
                 " to revise it",
                 command=Rollback(phase=name, reason="recovery: rollback"),
-                rank=6,
+                rank=7,
                 order=-index,  # latest completed phase first
             )
         ]
     return []
+
+
+def _skip_candidates(definition: FlowDefinition, phase: Phase, index: int) -> list[_Candidate]:
+    if not definition.phase(phase.name).optional:
+        return []
+    return [
+        _Candidate(
+            action=RecoveryAction.SKIP,
+            phase=phase.name,
+            target_state=PhaseState.SKIPPED,
+            reason=f"Phase '{phase.name}' is optional: skip it so the flow goes on without it",
+            command=SkipPhase(phase=phase.name, reason="recovery: skip"),
+            rank=5,
+            order=index,
+        )
+    ]
 
 
 def _retry_candidates(

@@ -5,6 +5,15 @@
   extensions listed below.
 - `PHASE_PROGRESS_FACTORS`: the weight factor of each phase state for overall progress.
 - `GROUP_STATUSES`: the statuses a phase definition may name as its status group.
+- `DONE_STATES`: COMPLETED and SKIPPED, the states that satisfy a dependency.
+
+SKIPPED (DESIGN.md section 9) extends the phase table: an *optional* phase may be skipped from
+NOT_STARTED, ROLLED_BACK (never ran, or its run was undone), FAILED and RETRY_NEEDED (give up on
+it and let the flow go on); the table allows these moves for every phase and the commands refuse
+them for a phase its definition does not mark optional. A skip is recorded as its own state, so
+the Flow, history and streams show it. SKIPPED counts as done (progress factor 1.0, satisfies
+dependents, counts for COMPLETED) and leaves only by a rollback (of itself or upstream), after
+which the phase may run or be skipped again.
 
 Extensions of the flow table beyond DESIGN.md (each legitimate; tests/core/test_properties.py
 fails if any is removed, and tests/core/test_commands.py shows how each arises):
@@ -19,6 +28,10 @@ fails if any is removed, and tests/core/test_commands.py shows how each arises):
   always be resumed" invariant. Resume goes to the *derived* status, which is INITIALIZED for a
   flow paused before any phase started, and COMPLETED when the phases that were running when it
   was paused all completed while it was paused.
+- INITIALIZED → COMPLETED and FAILED → COMPLETED: found by the property test over random DAGs
+  (tests/core/test_dag_properties.py) once optional phases exist. Skipping the only phase of a
+  definition whose phases are all optional completes a flow that had not started; skipping a
+  failed optional phase when every other phase is done completes a FAILED flow.
 
 Both tables are checked when this module is imported (`check_tables`): every phase state is
 reachable from NOT_STARTED, and nothing leaves a terminal flow status.
@@ -32,12 +45,14 @@ from collections.abc import Mapping
 from flowstate.core.model import FlowStatus, PhaseState
 
 __all__ = [
+    "DONE_STATES",
     "ERROR_STATES",
     "FLOW_TRANSITIONS",
     "GROUP_STATUSES",
     "IN_PHASE_PROGRESS_SPAN",
     "PHASE_PROGRESS_FACTORS",
     "PHASE_TRANSITIONS",
+    "SKIP_SOURCES",
     "TERMINAL_STATUSES",
     "RecoveryAction",
     "check_tables",
@@ -52,7 +67,8 @@ _S = PhaseState
 _F = FlowStatus
 
 PHASE_TRANSITIONS: Mapping[PhaseState, frozenset[PhaseState]] = {
-    _S.NOT_STARTED: frozenset({_S.IN_PROGRESS}),
+    # SKIPPED: only for phases their definition marks optional (checked by the commands).
+    _S.NOT_STARTED: frozenset({_S.IN_PROGRESS, _S.SKIPPED}),
     _S.IN_PROGRESS: frozenset(
         {_S.WAITING_VALIDATION, _S.WAITING_APPROVAL, _S.COMPLETED, _S.FAILED, _S.RETRY_NEEDED}
     ),
@@ -62,10 +78,12 @@ PHASE_TRANSITIONS: Mapping[PhaseState, frozenset[PhaseState]] = {
     # IN_PROGRESS: changes requested; FAILED: rejected.
     _S.WAITING_APPROVAL: frozenset({_S.COMPLETED, _S.IN_PROGRESS, _S.FAILED}),
     _S.COMPLETED: frozenset({_S.ROLLED_BACK, _S.RETRY_NEEDED}),
-    _S.FAILED: frozenset({_S.RETRY_NEEDED, _S.ROLLED_BACK}),
+    _S.FAILED: frozenset({_S.RETRY_NEEDED, _S.ROLLED_BACK, _S.SKIPPED}),
     # FAILED: retries exhausted or abandoned.
-    _S.RETRY_NEEDED: frozenset({_S.IN_PROGRESS, _S.FAILED}),
-    _S.ROLLED_BACK: frozenset({_S.IN_PROGRESS}),
+    _S.RETRY_NEEDED: frozenset({_S.IN_PROGRESS, _S.FAILED, _S.SKIPPED}),
+    _S.ROLLED_BACK: frozenset({_S.IN_PROGRESS, _S.SKIPPED}),
+    # ROLLED_BACK: the skip is undone (a rollback of it, or of a phase upstream).
+    _S.SKIPPED: frozenset({_S.ROLLED_BACK}),
 }
 """Legal phase transitions: source state → target states."""
 
@@ -76,6 +94,14 @@ GROUP_STATUSES: frozenset[FlowStatus] = frozenset(
     {_F.ACTIVE, _F.DATA_GATHERING, _F.DISCOVERY, _F.ASSESSMENT_READY, _F.PLANNING}
 )
 """Statuses that describe *where* a healthy flow is; a phase's status group is one of them."""
+
+DONE_STATES: frozenset[PhaseState] = frozenset({_S.COMPLETED, _S.SKIPPED})
+"""Phase states that satisfy a dependency and count as done for COMPLETED."""
+
+SKIP_SOURCES: frozenset[PhaseState] = frozenset(
+    {_S.NOT_STARTED, _S.FAILED, _S.RETRY_NEEDED, _S.ROLLED_BACK}
+)
+"""States an optional phase may be skipped from (the phase table's sources of SKIPPED)."""
 
 ERROR_STATES: frozenset[PhaseState] = frozenset({_S.FAILED, _S.RETRY_NEEDED})
 """Phase states that carry a phase error; a transition into them must report one."""
@@ -88,7 +114,8 @@ def _all_but(*excluded: FlowStatus) -> frozenset[FlowStatus]:
 
 
 FLOW_TRANSITIONS: Mapping[FlowStatus, frozenset[FlowStatus]] = {
-    _F.INITIALIZED: GROUP_STATUSES | {_F.PAUSED, _F.CANCELLED},
+    # COMPLETED: extension, every phase optional and skipped (see above).
+    _F.INITIALIZED: GROUP_STATUSES | {_F.PAUSED, _F.CANCELLED, _F.COMPLETED},
     **{status: _all_but(status, _F.INITIALIZED) for status in _ACTIVE_STATUSES},
     _F.FAILED: GROUP_STATUSES
     | {
@@ -97,6 +124,7 @@ FLOW_TRANSITIONS: Mapping[FlowStatus, frozenset[FlowStatus]] = {
         _F.CANCELLED,
         _F.PAUSED,  # extension: any non-terminal status may be paused
         _F.WAITING_APPROVAL,  # extension: rollback of the failed phase, another awaits approval
+        _F.COMPLETED,  # extension: skip of the failed optional phase, every other one done
     },
     # Resume goes to the derived status; INITIALIZED and COMPLETED are extensions (see above).
     _F.PAUSED: _all_but(_F.PAUSED),
@@ -114,6 +142,7 @@ PHASE_PROGRESS_FACTORS: Mapping[PhaseState, float] = {
     _S.FAILED: 0.0,
     _S.RETRY_NEEDED: 0.1,
     _S.ROLLED_BACK: 0.0,
+    _S.SKIPPED: 1.0,
 }
 """Share of a phase's weight counted towards overall progress in each state."""
 
@@ -134,6 +163,8 @@ class RecoveryAction(enum.StrEnum):
     """Re-run a ROLLED_BACK phase: → IN_PROGRESS (not a retry attempt)."""
     ROLLBACK = "rollback"
     """COMPLETED or FAILED → ROLLED_BACK, cascading to active downstream phases."""
+    SKIP = "skip"
+    """Skip an optional phase that failed: → SKIPPED, which satisfies its dependents."""
     ABANDON = "abandon"
     """Give up retrying: RETRY_NEEDED → FAILED (which may then be rolled back)."""
     CANCEL = "cancel"
@@ -183,6 +214,9 @@ def check_tables() -> None:
     for status in TERMINAL_STATUSES:
         if FLOW_TRANSITIONS[status]:
             raise ValueError(f"terminal flow status {status.value} has outgoing transitions")
+    skip_sources = {s for s, targets in PHASE_TRANSITIONS.items() if PhaseState.SKIPPED in targets}
+    if skip_sources != SKIP_SOURCES:
+        raise ValueError("SKIP_SOURCES does not match the phase table")
     if set(FlowStatus) - set(FLOW_TRANSITIONS):
         raise ValueError("flow table does not cover every status")
 

@@ -5,8 +5,10 @@ secret) or RS256/ES256 (the server holds the public key). Claims:
 
 - ``sub``: the user, recorded in every history entry the request writes;
 - ``client_account_id`` and ``engagement_id``: the tenant (never taken from a request body);
-- ``scope``: space-separated ``flows:read``, ``flows:write``, ``flows:admin``; write implies
-  read and admin implies write;
+- ``scope``: space-separated ``flows:read``, ``flows:write``, ``flows:admin``,
+  ``definitions:write``; write implies read, admin implies write and ``definitions:write``
+  (registering definitions changes what every flow of the tenant may follow, so a plain
+  writer does not get it), and ``definitions:write`` implies read;
 - ``exp`` (required), ``iss`` / ``aud`` (checked when configured); ``exp``, ``nbf`` and
   ``iat`` must be JSON numbers (RFC 7519 NumericDate), not numeric strings.
 
@@ -70,12 +72,15 @@ class Scope(enum.StrEnum):
     READ = "flows:read"
     WRITE = "flows:write"
     ADMIN = "flows:admin"
+    DEFINITIONS_WRITE = "definitions:write"
+    """Register flow definitions for the tenant (CreateFlowDefinition); admins have it."""
 
 
 _IMPLIED: dict[Scope, frozenset[Scope]] = {
     Scope.READ: frozenset({Scope.READ}),
     Scope.WRITE: frozenset({Scope.READ, Scope.WRITE}),
-    Scope.ADMIN: frozenset({Scope.READ, Scope.WRITE, Scope.ADMIN}),
+    Scope.ADMIN: frozenset({Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.DEFINITIONS_WRITE}),
+    Scope.DEFINITIONS_WRITE: frozenset({Scope.READ, Scope.DEFINITIONS_WRITE}),
 }
 
 

@@ -24,6 +24,7 @@ from flowstate.core.commands import (
     ResumeFlow,
     Retry,
     Rollback,
+    SkipPhase,
     TransitionPhase,
     UpdatePhaseProgress,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "PHASE_STATE_FROM_PROTO",
     "PHASE_STATE_TO_PROTO",
     "PHASE_TARGETS",
+    "PHASE_TARGETS_NOT_OPTIONAL",
     "RECOVERY_ACTION_TO_PROTO",
     "DefinitionView",
     "command_to_request",
@@ -66,6 +68,7 @@ __all__ = [
     "entries_to_proto",
     "entry_to_proto",
     "phase_error_to_proto",
+    "phase_targets_proto",
     "recovery_option_to_proto",
     "set_timestamp",
     "sorted_flow_statuses",
@@ -228,13 +231,15 @@ class DefinitionView:
     def __init__(self, definition: FlowDefinition) -> None:
         """Precompute the FlowDefinition message and the per-phase weight and retry limit."""
         self.definition = definition
-        self._limits = {p.name: (p.weight, p.max_retries) for p in definition.phases}
+        self._limits = {p.name: (p.weight, p.max_retries, p.optional) for p in definition.phases}
         self._phase_names = tuple(p.name for p in definition.phases)
         # What every flow message of this definition shares: the phases' names and limits, in
         # definition order (the order of a flow's phases). Copied, then filled per flow.
         self._skeleton = flow_pb2.Flow(
             phases=[
-                flow_pb2.Phase(name=p.name, max_retries=p.max_retries, weight=p.weight)
+                flow_pb2.Phase(
+                    name=p.name, max_retries=p.max_retries, weight=p.weight, optional=p.optional
+                )
                 for p in definition.phases
             ]
         )
@@ -256,6 +261,7 @@ class DefinitionView:
                     ),
                     display_name=p.display_name,
                     description=p.description,
+                    optional=p.optional,
                 )
                 for p in definition.phases
             ],
@@ -277,8 +283,10 @@ class DefinitionView:
 
     def phase_to_proto(self, phase: Phase) -> flow_pb2.Phase:
         """One phase of a flow of this definition as a message."""
-        weight, max_retries = self._limits.get(phase.name, (0, 0))
-        message = flow_pb2.Phase(name=phase.name, max_retries=max_retries, weight=weight)
+        weight, max_retries, optional = self._limits.get(phase.name, (0, 0, False))
+        message = flow_pb2.Phase(
+            name=phase.name, max_retries=max_retries, weight=weight, optional=optional
+        )
         _fill_phase(message, phase)
         return message
 
@@ -353,6 +361,19 @@ PHASE_TARGETS: Mapping[PhaseState, tuple[states_pb2.PhaseState.ValueType, ...]] 
     state: tuple(sorted_phase_states(PHASE_TRANSITIONS[state])) for state in PhaseState
 }
 """Legal targets of each phase state as proto numbers, in enum order (precomputed)."""
+PHASE_TARGETS_NOT_OPTIONAL: Mapping[PhaseState, tuple[states_pb2.PhaseState.ValueType, ...]] = {
+    state: tuple(sorted_phase_states(PHASE_TRANSITIONS[state] - {PhaseState.SKIPPED}))
+    for state in PhaseState
+}
+"""`PHASE_TARGETS` for a phase that is not optional: never SKIPPED."""
+
+
+def phase_targets_proto(
+    state: PhaseState, *, optional: bool
+) -> tuple[states_pb2.PhaseState.ValueType, ...]:
+    """Legal targets of a phase in `state` as proto numbers; SKIPPED only when optional."""
+    return (PHASE_TARGETS if optional else PHASE_TARGETS_NOT_OPTIONAL)[state]
+
 
 FLOW_TARGETS: Mapping[FlowStatus, tuple[states_pb2.FlowStatus.ValueType, ...]] = {
     status: tuple(sorted_flow_statuses(FLOW_TRANSITIONS[status])) for status in FlowStatus
@@ -400,6 +421,16 @@ def command_to_request(
         if command.metadata:
             request.metadata.update(command.metadata)
         return {"transition_phase": request}
+    if isinstance(command, SkipPhase):
+        skip = flow_service_pb2.SkipPhaseRequest(
+            flow_id=flow_id,
+            phase=command.phase,
+            reason=command.reason,
+            expected_version=expected_version,
+        )
+        if command.metadata:
+            skip.metadata.update(command.metadata)
+        return {"skip_phase": skip}
     if isinstance(command, PauseFlow):
         return {
             "pause_flow": flow_service_pb2.PauseFlowRequest(

@@ -24,24 +24,25 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from flowstate.core.definitions import BUILTIN_DEFINITIONS, FlowDefinition
+from flowstate.core.definitions import FlowDefinition
 from flowstate.core.model import Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.core.preview import TransitionVerdict
-from flowstate.server import validation
+from flowstate.server import definitions, validation
 from flowstate.server.auth import Scope
 from flowstate.server.convert import (
     FLOW_STATUS_TO_PROTO,
     FLOW_TARGETS,
-    PHASE_TARGETS,
     DefinitionView,
     entries_to_proto,
     entry_to_proto,
+    phase_targets_proto,
     recovery_option_to_proto,
     set_timestamp,
 )
 from flowstate.server.errors import flow_error_to_proto
 from flowstate.server.rpc import Call, RpcSupport, stream, unary
 from flowstate.service import FlowService
+from flowstate.service import definitions as definition_service
 from flowstate.storage.store import FlowQuery, FlowStore, MutationResult
 from flowstate.v1 import flow_pb2, flow_service_pb2_grpc
 from flowstate.v1 import flow_service_pb2 as pb
@@ -108,6 +109,7 @@ _MutationResponse = TypeVar(
     pb.PauseFlowResponse,
     pb.ResumeFlowResponse,
     pb.CancelFlowResponse,
+    pb.SkipPhaseResponse,
 )
 
 
@@ -121,12 +123,11 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
 
         `support` holds the authenticator and metrics the `rpc` wrapper uses.
         """
+        self._store = store
         self._flows = FlowService(store)
         self._support = support
         self._hub = hub
-        self._views: dict[tuple[str, int], DefinitionView] = {
-            (d.name, d.version): DefinitionView(d) for d in BUILTIN_DEFINITIONS.values()
-        }
+        self._definitions = definitions.DefinitionViews()
 
     @property
     def rpc_support(self) -> RpcSupport:
@@ -136,17 +137,16 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     # --- helpers --------------------------------------------------------------------------------
 
     def _view(self, definition: FlowDefinition) -> DefinitionView:
-        key = (definition.name, definition.version)
-        view = self._views.get(key)
-        if view is None:
-            view = self._views[key] = DefinitionView(definition)
-        return view
+        return self._definitions.view(definition)
 
     async def _definition_of(self, flow: Flow) -> FlowDefinition:
-        view = self._views.get((flow.definition_name, flow.definition_version))
-        if view is not None:
-            return view.definition
-        return await self._flows.definition_of(flow)
+        """The definition `flow` follows, in its tenant's view (definitions never change)."""
+        key = (flow.tenant, flow.definition_name, flow.definition_version)
+        definition = self._definitions.resolved(*key)
+        if definition is None:
+            definition = await self._flows.definition_of(flow)
+            self._definitions.remember(flow.tenant, definition)
+        return definition
 
     async def _flow_message(self, flow: Flow) -> flow_pb2.Flow:
         return self._view(await self._definition_of(flow)).flow_to_proto(flow)
@@ -184,7 +184,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     async def CreateFlow(  # noqa: N802 - the proto's method name
         self, request: pb.CreateFlowRequest, call: Call
     ) -> pb.CreateFlowResponse:
-        """Create a flow of the latest version of a definition."""
+        """Create a flow of a definition at a version (the latest when 0), in the tenant's view."""
         args = validation.create_flow(request)
         result = await self._flows.create_flow(
             call.tenant,
@@ -251,10 +251,50 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     async def GetFlowDefinition(  # noqa: N802 - the proto's method name
         self, request: pb.GetFlowDefinitionRequest, call: Call
     ) -> pb.GetFlowDefinitionResponse:
-        """Return a definition (the latest version when 0)."""
+        """Return a definition of the tenant or a built-in (the latest version when 0)."""
         name, version = validation.get_flow_definition(request)
-        definition = await self._flows.get_definition(name, version or None)
-        return pb.GetFlowDefinitionResponse(definition=self._view(definition).message)
+        stored = await definition_service.get_definition(
+            self._store, call.tenant, name, version or None
+        )
+        return pb.GetFlowDefinitionResponse(
+            definition=definitions.stored_to_proto(stored, self._view)
+        )
+
+    @unary(Scope.DEFINITIONS_WRITE)
+    async def CreateFlowDefinition(  # noqa: N802 - the proto's method name
+        self, request: pb.CreateFlowDefinitionRequest, call: Call
+    ) -> pb.CreateFlowDefinitionResponse:
+        """Register a definition for the caller's tenant (flowstate.service.definitions)."""
+        args = definitions.create_flow_definition(request)
+        stored, created = await definition_service.register_definition(
+            self._store,
+            call.tenant,
+            args.document,
+            call.context(args.request_id),
+            allow_shadow_builtin=args.allow_shadow_builtin,
+            validate_only=args.validate_only,
+        )
+        return pb.CreateFlowDefinitionResponse(
+            definition=definitions.stored_to_proto(stored, self._view), created=created
+        )
+
+    @unary(Scope.READ)
+    async def ListFlowDefinitions(  # noqa: N802 - the proto's method name
+        self, request: pb.ListFlowDefinitionsRequest, call: Call
+    ) -> pb.ListFlowDefinitionsResponse:
+        """The tenant's and the built-in definitions, one page."""
+        args = definitions.list_flow_definitions(request)
+        page = await definition_service.list_definitions(
+            self._store,
+            call.tenant,
+            name=args.name,
+            page_size=args.page_size,
+            page_token=args.page_token,
+        )
+        return pb.ListFlowDefinitionsResponse(
+            definitions=[definitions.stored_to_proto(s, self._view) for s in page.definitions],
+            next_page_token=page.next_page_token,
+        )
 
     @unary(Scope.READ)
     async def GetRecoveryOptions(  # noqa: N802 - the proto's method name
@@ -278,6 +318,13 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         return await self._mutate(
             validation.transition_phase(request), call, pb.TransitionPhaseResponse
         )
+
+    @unary(Scope.WRITE)
+    async def SkipPhase(  # noqa: N802 - the proto's method name
+        self, request: pb.SkipPhaseRequest, call: Call
+    ) -> pb.SkipPhaseResponse:
+        """Skip an optional phase (the checks of TransitionPhase to SKIPPED)."""
+        return await self._mutate(definitions.skip_phase(request), call, pb.SkipPhaseResponse)
 
     @unary(Scope.WRITE)
     async def UpdatePhaseProgress(  # noqa: N802 - the proto's method name
@@ -417,7 +464,9 @@ def _verdict_to_proto(verdict: TransitionVerdict, call: Call) -> pb.ValidateTran
             )
         )
     if verdict.targets_of_state is not None:
-        response.valid_transitions.extend(PHASE_TARGETS[verdict.targets_of_state])
+        response.valid_transitions.extend(
+            phase_targets_proto(verdict.targets_of_state, optional=verdict.optional)
+        )
     if verdict.targets_of_status is not None:
         response.valid_flow_transitions.extend(FLOW_TARGETS[verdict.targets_of_status])
     if verdict.attempts_remaining is not None:

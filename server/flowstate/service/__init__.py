@@ -6,6 +6,7 @@ the store's transaction runner. Modules:
 
 - `flows`: `FlowService` (create, mutate, import, reads, the ValidateTransition dry run,
   recovery options) and its values;
+- `definitions`: the definitions registry (register a tenant's definition, read, list);
 - `idempotency`: request fingerprints;
 - `legacy`: import of flows from the old per-phase boolean rows.
 """

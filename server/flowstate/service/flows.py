@@ -44,7 +44,6 @@ from flowstate.storage.limits import (
     check_tenant,
     check_text,
     check_version,
-    field_violations,
 )
 from flowstate.storage.store import (
     FlowPage,
@@ -125,13 +124,14 @@ class FlowService:
         flow_id: str | None = None,
         definition_version: int | None = None,
     ) -> MutationResult:
-        """Create a flow following the latest version of `definition_name`.
+        """Create a flow following `definition_name` at `definition_version` (None or 0: the
+        latest) in the tenant's view (its own definitions and the built-ins).
 
-        `definition_version`, when given, must be that latest version (MALFORMED_REQUEST
-        otherwise: older versions cannot be started). `flow_id` (a UUID) is generated when
+        The flow keeps that version (docs/definitions.md). `flow_id` (a UUID) is generated when
         None. Idempotent on ``ctx.request_id`` when it is non-empty (the fingerprint covers
-        definition, display name, labels and flow_id). MALFORMED_REQUEST for an unknown
-        definition, bad values, or an existing `flow_id`.
+        definition, version, display name, labels and flow_id). DEFINITION_NOT_FOUND for an
+        unknown definition or version (also another tenant's); MALFORMED_REQUEST for bad values
+        or an existing `flow_id`.
         """
         check_tenant(tenant)
         check_context(ctx)
@@ -139,21 +139,14 @@ class FlowService:
         check_text("display_name", display_name, MAX_DISPLAY_NAME_LENGTH)
         check_labels(labels)
         requested_id = None if flow_id is None else check_flow_id(flow_id)
+        version = None
         if definition_version:
-            latest = await self.store.get_definition(definition_name)
-            if latest.version != definition_version:
-                raise field_violations(
-                    [
-                        (
-                            "definition_version",
-                            f"only the latest version ({latest.version}) can be used",
-                        )
-                    ]
-                )
+            version = check_version("definition_version", definition_version, minimum=1)
         key = self._key(
             ctx,
             "create_flow",
             definition_name=definition_name,
+            **({"definition_version": version} if version else {}),
             display_name=display_name,
             labels=dict(labels),
             flow_id=requested_id,
@@ -163,7 +156,7 @@ class FlowService:
             replay = await _replay_if_seen(tx, key)
             if replay is not None:
                 return replay
-            definition = await tx.definition(definition_name)
+            definition = await tx.definition(definition_name, version)
             decision = create_flow(
                 requested_id or str(uuid.uuid4()),
                 tenant,
@@ -292,17 +285,18 @@ class FlowService:
             tenant, flow_id, after_version=after_version, page_size=page_size, page_token=page_token
         )
 
-    async def get_definition(self, name: str, version: int | None = None) -> FlowDefinition:
-        """A definition (built-ins from memory; its latest version when `version` is None)."""
-        if version is not None:
-            builtin = BUILTIN_DEFINITIONS.get(name)
-            if builtin is not None and builtin.version == version:
-                return builtin
-        return await self.store.get_definition(name, version)
+    async def get_definition(
+        self, name: str, version: int | None = None, *, tenant: Tenant | None = None
+    ) -> FlowDefinition:
+        """A definition in `tenant`'s view (None: built-ins only; its latest version when
+        `version` is None), from the store's cache when it has been read before."""
+        return await self.store.get_definition(name, version, tenant=tenant)
 
     async def definition_of(self, flow: Flow) -> FlowDefinition:
-        """The definition `flow` follows."""
-        return await self.get_definition(flow.definition_name, flow.definition_version)
+        """The definition `flow` follows, in its tenant's view."""
+        return await self.get_definition(
+            flow.definition_name, flow.definition_version, tenant=flow.tenant
+        )
 
     async def recovery_options(self, tenant: Tenant, flow_id: str) -> RecoveryView:
         """The ranked recovery options of a flow (the core's), with the flow they are for."""
@@ -326,9 +320,11 @@ class FlowService:
             assert check.phase is not None
             assert check.from_state is not None
             assert check.to_state is not None
+            # A built-in's name answers from memory: the tables are the same for every
+            # definition (a tenant's shadow of it is checked with a flow id).
             definition = BUILTIN_DEFINITIONS.get(check.definition_name)
             if definition is None:
-                definition = await self.store.get_definition(check.definition_name)
+                definition = await self.store.get_definition(check.definition_name, tenant=tenant)
             return table_phase_transition(definition, check.phase, check.from_state, check.to_state)
         flow = await self.store.get_flow(tenant, check.flow_id)
         definition = await self.definition_of(flow)

@@ -24,8 +24,10 @@ from flowstate.core.model import ErrorCode, PhaseError, Tenant
 from flowstate.storage.codec import dumps
 
 __all__ = [
+    "DEFAULT_DEFINITION_PAGE_SIZE",
     "DEFAULT_FLOW_PAGE_SIZE",
     "DEFAULT_HISTORY_PAGE_SIZE",
+    "MAX_DEFINITION_PAGE_SIZE",
     "MAX_DISPLAY_NAME_LENGTH",
     "MAX_ERROR_MESSAGE_LENGTH",
     "MAX_FILTERS",
@@ -88,6 +90,10 @@ DEFAULT_HISTORY_PAGE_SIZE = 100
 """History entries per page when the caller asks for 0."""
 MAX_HISTORY_PAGE_SIZE = 1000
 """History entries per page (or change-feed read) at most."""
+DEFAULT_DEFINITION_PAGE_SIZE = 100
+"""Definitions per page when the caller asks for 0."""
+MAX_DEFINITION_PAGE_SIZE = 1000
+"""Definitions per page at most (larger sizes are lowered to it)."""
 MAX_FLOW_IDS_PER_QUERY = 1000
 """Flow ids one listing may filter on."""
 MIN_EXPECTED_VERSION = 1

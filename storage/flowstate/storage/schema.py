@@ -16,7 +16,8 @@ Tables:
   identity; `txid` is the writing transaction's id, which makes a tenant-wide cursor gap-free
   (see `flowstate.storage.changes`).
 - `idempotency_keys`: the first result of each request id, per tenant, until it expires.
-- `flow_definitions`: definition bodies by (name, version), seeded with the built-ins.
+- `flow_definitions`: definition bodies by (tenant, name, version); the built-ins (seeded at
+  start) have the empty tenant `BUILTIN_OWNER` and are visible to every tenant.
 
 `ix_flows_status_updated_at` is the one index without the tenant in front: it serves the
 operators' cross-tenant count of stuck flows (`FlowStore.count_stuck_flows`), and is partial
@@ -48,6 +49,7 @@ from flowstate.core.rules import TERMINAL_STATUSES
 __all__ = [
     "ACTIVE_FLOW",
     "APP_ROLE",
+    "BUILTIN_OWNER",
     "flow_definitions",
     "flow_history",
     "flows",
@@ -76,6 +78,9 @@ ACTIVE_FLOW = text(
 """A flow that is not terminal: the predicate of the stuck-flows index and of its count."""
 _EMPTY_OBJECT = text("'{}'::jsonb")
 
+BUILTIN_OWNER = ""
+"""`client_account_id` and `engagement_id` of a built-in definition (visible to every tenant)."""
+
 flow_definitions = Table(
     "flow_definitions",
     metadata,
@@ -83,7 +88,10 @@ flow_definitions = Table(
     Column("version", Integer, nullable=False),
     Column("body", JSONB, nullable=False),
     Column("created_at", _TIMESTAMP, nullable=False, server_default=text("now()")),
-    PrimaryKeyConstraint("name", "version"),
+    Column("client_account_id", Text, nullable=False, server_default=text("''")),
+    Column("engagement_id", Text, nullable=False, server_default=text("''")),
+    # Also serves "the latest version of a name for a tenant" (a backward index scan).
+    PrimaryKeyConstraint("client_account_id", "engagement_id", "name", "version"),
     CheckConstraint("version >= 1", name="version_positive"),
 )
 
@@ -108,11 +116,9 @@ flows = Table(
     Column("labels", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
     Column("created_at", _TIMESTAMP, nullable=False),
     Column("updated_at", _TIMESTAMP, nullable=False),
+    # No foreign key to flow_definitions: (name, version) resolves in the flow's tenant's view
+    # (its own definitions, then the built-ins); see migration 0005.
     PrimaryKeyConstraint("id"),
-    ForeignKeyConstraint(
-        ["definition_name", "definition_version"],
-        ["flow_definitions.name", "flow_definitions.version"],
-    ),
     CheckConstraint("version >= 1", name="version_positive"),
     CheckConstraint("progress >= 0 AND progress <= 100", name="progress_range"),
     CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),

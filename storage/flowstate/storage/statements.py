@@ -42,6 +42,7 @@ from flowstate.storage.limits import (
 from flowstate.storage.schema import (
     ACTIVE_FLOW,
     APP_ROLE,
+    BUILTIN_OWNER,
     flow_definitions,
     flow_history,
     flows,
@@ -127,14 +128,12 @@ FLOW_HISTORY_CALL = compile_statement(
         bindparam("limit", type_=Integer),
     )
 )
-LATEST_DEFINITION = compile_statement(
-    select(flow_definitions.c.body)
-    .where(flow_definitions.c.name == bindparam("name", type_=Text))
-    .order_by(flow_definitions.c.version.desc())
-    .limit(1)
-)
+# The built-in's own row (the seed compares it with the code); tenants' definitions are read by
+# flowstate.storage.definitions_repo.
 EXACT_DEFINITION = compile_statement(
     select(flow_definitions.c.body).where(
+        flow_definitions.c.client_account_id == BUILTIN_OWNER,
+        flow_definitions.c.engagement_id == BUILTIN_OWNER,
         flow_definitions.c.name == bindparam("name", type_=Text),
         flow_definitions.c.version == bindparam("version", type_=Integer),
     )

@@ -45,19 +45,22 @@ import asyncpg
 from flowstate.core.definitions import (
     BUILTIN_DEFINITIONS,
     FlowDefinition,
-    definition_from_dict,
     definition_to_dict,
 )
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
-from flowstate.storage import codec
+from flowstate.storage import codec, definitions_repo
 from flowstate.storage.errors import AppRoleNotGrantedError, SchemaNotReadyError, to_store_error
 from flowstate.storage.limits import (
+    DEFAULT_DEFINITION_PAGE_SIZE,
     DEFAULT_FLOW_PAGE_SIZE,
     DEFAULT_HISTORY_PAGE_SIZE,
+    MAX_DEFINITION_PAGE_SIZE,
     MAX_FLOW_PAGE_SIZE,
     MAX_HISTORY_PAGE_SIZE,
+    MAX_REQUEST_ID_LENGTH,
     check_flow_id,
+    check_identifier,
     check_name,
     check_tenant,
     check_version,
@@ -79,7 +82,6 @@ from flowstate.storage.statements import (
     FLOW_HISTORY_CALL,
     GET_FLOW_CALL,
     HAS_VERSION_TABLE,
-    LATEST_DEFINITION,
     LOCK_FLOW,
     NOTIFY_CHANNEL,
     PING,
@@ -125,6 +127,8 @@ _log = logging.getLogger("flowstate.storage")
 DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
 """How long a request id is remembered."""
 
+_DEFINITION_CACHE_SIZE = 4096
+"""Definitions kept in process; bodies are immutable, so the cache is never invalidated."""
 _STATUS_BY_VALUE = {status.value: status for status in FlowStatus}
 
 # --- helpers ------------------------------------------------------------------------------
@@ -168,8 +172,9 @@ class FlowTransaction:
         self._now = now
 
     async def definition(self, name: str, version: int | None = None) -> FlowDefinition:
-        """A definition (its latest version when None), from the store's cache or this tx."""
-        return await self._store._load_definition(self._tx, name, version)
+        """A definition in this tenant's view (its latest version when None), from the store's
+        cache or this tx; DEFINITION_NOT_FOUND when there is none."""
+        return await self._store._load_definition(self._tx, self._tenant, name, version)
 
     async def find_key(self, request_id: str) -> StoredKey | None:
         """The live key of `request_id` as of now (an expired one is deleted: None)."""
@@ -234,7 +239,8 @@ class FlowStore(TransactionRunner):
         self._idempotency_ttl = idempotency_ttl
         self._purge_every = purge_every
         self._writes_since_purge = 0
-        self._definitions: dict[tuple[str, int], FlowDefinition] = {}
+        # (tenant or None for built-ins only, name, version) -> definition; bodies never change.
+        self._definitions: dict[tuple[Tenant | None, str, int], FlowDefinition] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -365,45 +371,117 @@ class FlowStore(TransactionRunner):
 
     # --- definitions ------------------------------------------------------------------------
 
-    async def get_definition(self, name: str, version: int | None = None) -> FlowDefinition:
-        """The definition `name` at `version` (None: its latest version).
+    async def get_definition(
+        self, name: str, version: int | None = None, *, tenant: Tenant | None = None
+    ) -> FlowDefinition:
+        """The definition `name` at `version` (None: its latest version) in `tenant`'s view
+        (its own definitions and the built-ins; None: the built-ins only).
 
-        MALFORMED_REQUEST (``field="definition_name"``) when there is no such definition.
+        DEFINITION_NOT_FOUND when there is no such definition (also another tenant's).
         """
+        if version is not None:
+            cached = self._definitions.get((tenant, name, version))
+            if cached is not None:
+                return cached
+        return (await self.get_stored_definition(name, version, tenant=tenant)).definition
+
+    async def get_stored_definition(
+        self, name: str, version: int | None = None, *, tenant: Tenant | None = None
+    ) -> definitions_repo.StoredDefinition:
+        """`get_definition` with whose the definition is and when it was registered."""
         check_name("definition_name", name)
+        if tenant is not None:
+            check_tenant(tenant)
         if version is not None:
             check_version("definition_version", version, minimum=1)
-            cached = self._definitions.get((name, version))
-            if cached is not None:
-                return cached
 
-        async def work(tx: Transaction) -> FlowDefinition:
-            return await self._load_definition(tx, name, version)
+        async def work(tx: Transaction) -> definitions_repo.StoredDefinition:
+            return await definitions_repo.load(tx, tenant, name, version)
 
-        return await self._run(None, work, autocommit=True)  # one statement
+        stored = await self._run(tenant, work)
+        self._remember_definition(tenant, stored.definition)
+        return stored
 
     async def _load_definition(
-        self, tx: Transaction, name: str, version: int | None
+        self, tx: Transaction, tenant: Tenant, name: str, version: int | None
     ) -> FlowDefinition:
         if version is not None:
-            cached = self._definitions.get((name, version))
+            cached = self._definitions.get((tenant, name, version))
             if cached is not None:
                 return cached
-            body = await tx.fetchval(EXACT_DEFINITION, {"name": name, "version": version})
-        else:
-            body = await tx.fetchval(LATEST_DEFINITION, {"name": name})
-        if body is None:
-            raise FlowStateError(
-                ErrorCode.MALFORMED_REQUEST,
-                f"Unknown flow definition {name!r}"
-                + ("" if version is None else f" version {version}"),
-                field="definition_name",
-                definition_name=name,
-                definition_version=version,
-            )
-        definition = definition_from_dict(body)
-        self._definitions[(definition.name, definition.version)] = definition
+        definition = (await definitions_repo.load(tx, tenant, name, version)).definition
+        self._remember_definition(tenant, definition)
         return definition
+
+    def _remember_definition(self, tenant: Tenant | None, definition: FlowDefinition) -> None:
+        if len(self._definitions) >= _DEFINITION_CACHE_SIZE:
+            self._definitions.pop(next(iter(self._definitions)))  # oldest first: FIFO
+        self._definitions[(tenant, definition.name, definition.version)] = definition
+
+    async def register_definition(
+        self,
+        tenant: Tenant,
+        submitted: FlowDefinition,
+        *,
+        request_id: str,
+        now: datetime,
+        allow_shadow_builtin: bool = False,
+        validate_only: bool = False,
+    ) -> tuple[definitions_repo.StoredDefinition, bool]:
+        """Register `submitted` (validated; its version is ignored) for `tenant`:
+        (the stored version, created).
+
+        An identical body returns the existing version; idempotent on `request_id` (see
+        `flowstate.storage.definitions_repo`). DEFINITION_SHADOWS_BUILTIN for a built-in's name
+        without `allow_shadow_builtin`. With `validate_only`, nothing is written.
+        """
+        check_tenant(tenant)
+        check_identifier("request_id", request_id, required=False, max_length=MAX_REQUEST_ID_LENGTH)
+
+        async def work(tx: Transaction) -> tuple[definitions_repo.StoredDefinition, bool]:
+            return await definitions_repo.register(
+                tx,
+                tenant,
+                submitted,
+                allow_shadow_builtin=allow_shadow_builtin,
+                request_id=request_id,
+                now=now,
+                key_ttl=self._idempotency_ttl,
+                validate_only=validate_only,
+            )
+
+        return await self._run(tenant, work, write=not validate_only)
+
+    async def list_definitions(
+        self, tenant: Tenant, *, name: str = "", page_size: int = 0, page_token: str = ""
+    ) -> definitions_repo.DefinitionPage:
+        """The definitions `tenant` can use: the latest version of each name (its own and the
+        built-ins) by name, or with `name` every version of it, newest first. AIP-158 pages."""
+        check_tenant(tenant)
+        if name:
+            check_name("name", name)
+        size = _check_page_size(page_size, DEFAULT_DEFINITION_PAGE_SIZE, MAX_DEFINITION_PAGE_SIZE)
+        query_id = query_hash({"definitions": name})
+        after: str | int | None = None
+        if page_token:
+            position = decode_token(page_token, "definitions", query_id)
+            valid = len(position) == 1 and isinstance(position[0], int if name else str)
+            if not valid or isinstance(position[0], bool):
+                raise malformed("page_token", "page_token is not a valid token")
+            after = position[0]
+
+        async def work(tx: Transaction) -> list[definitions_repo.StoredDefinition]:
+            return await definitions_repo.list_page(
+                tx, tenant, name=name, after=after, limit=size + 1
+            )
+
+        found = await self._run(tenant, work)
+        token = ""
+        if len(found) > size:
+            found = found[:size]
+            last = found[-1].definition
+            token = encode_token("definitions", query_id, [last.version if name else last.name])
+        return definitions_repo.DefinitionPage(tuple(found), token)
 
     # --- idempotency keys -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ package flowstatev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -24,13 +25,20 @@ const (
 // A flow definition: ordered phases with dependencies (a DAG), weights that sum
 // to 100, retry limits and status groups. Served to clients so they can render
 // flows and validate transitions locally.
+//
+// Definitions are per tenant and versioned (CreateFlowDefinition): the
+// versions of a (tenant, name) are numbered 1, 2, ... and never change. The
+// built-in definitions (`discovery`) are visible to every tenant.
 type FlowDefinition struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The definition's name, e.g. "discovery".
+	// The definition's name: lowercase letters, digits and `_`, starting with a
+	// letter, at most 63 characters, e.g. "discovery".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// The definition's version; flows keep the version they were created with.
+	// Output only. The definition's version, assigned by the registry; flows
+	// keep the version they were created with. Ignored in CreateFlowDefinition.
 	Version int32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	// The phases, in order.
+	// The phases (at least 1, at most 64), each listed after the phases it
+	// depends on (definition order is a topological order of the DAG).
 	Phases []*PhaseDefinition `protobuf:"bytes,3,rep,name=phases,proto3" json:"phases,omitempty"`
 	// A human-readable name.
 	DisplayName string `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
@@ -40,8 +48,14 @@ type FlowDefinition struct {
 	PhaseTransitions []*PhaseTransitionRule `protobuf:"bytes,6,rep,name=phase_transitions,json=phaseTransitions,proto3" json:"phase_transitions,omitempty"`
 	// The progress factor of each phase state.
 	ProgressFactors []*PhaseStateProgress `protobuf:"bytes,7,rep,name=progress_factors,json=progressFactors,proto3" json:"progress_factors,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Output only. Whether this is a built-in definition (visible to every
+	// tenant) rather than one registered by the caller's tenant.
+	Builtin bool `protobuf:"varint,8,opt,name=builtin,proto3" json:"builtin,omitempty"`
+	// Output only. When this version was registered (for a built-in: when this
+	// database first stored it).
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FlowDefinition) Reset() {
@@ -123,12 +137,28 @@ func (x *FlowDefinition) GetProgressFactors() []*PhaseStateProgress {
 	return nil
 }
 
+func (x *FlowDefinition) GetBuiltin() bool {
+	if x != nil {
+		return x.Builtin
+	}
+	return false
+}
+
+func (x *FlowDefinition) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
 // One phase of a flow definition.
 type PhaseDefinition struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The phase's name, unique within the definition, e.g. "field_mapping".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Phases that must be COMPLETED before this one may enter IN_PROGRESS.
+	// Phases that must be COMPLETED (or SKIPPED) before this one may enter
+	// IN_PROGRESS; phases with no dependency in common run in parallel. At most
+	// 16, each listed earlier in the definition.
 	DependsOn []string `protobuf:"bytes,2,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
 	// The phase's weight in the flow's progress, in percent points.
 	Weight int32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
@@ -140,7 +170,13 @@ type PhaseDefinition struct {
 	// A human-readable name.
 	DisplayName string `protobuf:"bytes,6,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// What the phase does.
-	Description   string `protobuf:"bytes,7,opt,name=description,proto3" json:"description,omitempty"`
+	Description string `protobuf:"bytes,7,opt,name=description,proto3" json:"description,omitempty"`
+	// Whether the phase may be skipped (SkipPhase): SKIPPED satisfies the phases
+	// that depend on it and counts as done for progress and for COMPLETED.
+	Optional bool `protobuf:"varint,8,opt,name=optional,proto3" json:"optional,omitempty"`
+	// Reserved for the phase's policies (timeouts, retry policy, approvals); must
+	// be empty until the server supports them.
+	Policy        *PhasePolicy `protobuf:"bytes,9,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -224,6 +260,59 @@ func (x *PhaseDefinition) GetDescription() string {
 	return ""
 }
 
+func (x *PhaseDefinition) GetOptional() bool {
+	if x != nil {
+		return x.Optional
+	}
+	return false
+}
+
+func (x *PhaseDefinition) GetPolicy() *PhasePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// The policies of a phase. Reserved: no field exists yet, and a definition
+// whose policy carries fields this server does not know is refused rather than
+// run without them.
+type PhasePolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PhasePolicy) Reset() {
+	*x = PhasePolicy{}
+	mi := &file_flowstate_v1_definition_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PhasePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PhasePolicy) ProtoMessage() {}
+
+func (x *PhasePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_definition_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PhasePolicy.ProtoReflect.Descriptor instead.
+func (*PhasePolicy) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{2}
+}
+
 // The legal targets of one phase state.
 type PhaseTransitionRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -237,7 +326,7 @@ type PhaseTransitionRule struct {
 
 func (x *PhaseTransitionRule) Reset() {
 	*x = PhaseTransitionRule{}
-	mi := &file_flowstate_v1_definition_proto_msgTypes[2]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +338,7 @@ func (x *PhaseTransitionRule) String() string {
 func (*PhaseTransitionRule) ProtoMessage() {}
 
 func (x *PhaseTransitionRule) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_definition_proto_msgTypes[2]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +351,7 @@ func (x *PhaseTransitionRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseTransitionRule.ProtoReflect.Descriptor instead.
 func (*PhaseTransitionRule) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{2}
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PhaseTransitionRule) GetFromState() PhaseState {
@@ -292,7 +381,7 @@ type PhaseStateProgress struct {
 
 func (x *PhaseStateProgress) Reset() {
 	*x = PhaseStateProgress{}
-	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +393,7 @@ func (x *PhaseStateProgress) String() string {
 func (*PhaseStateProgress) ProtoMessage() {}
 
 func (x *PhaseStateProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +406,7 @@ func (x *PhaseStateProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseStateProgress.ProtoReflect.Descriptor instead.
 func (*PhaseStateProgress) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{3}
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PhaseStateProgress) GetState() PhaseState {
@@ -338,7 +427,7 @@ var File_flowstate_v1_definition_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflowstate/v1/definition.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/states.proto\"\xd7\x02\n" +
+	"\x1dflowstate/v1/definition.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x03\n" +
 	"\x0eFlowDefinition\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x05R\aversion\x125\n" +
@@ -346,7 +435,10 @@ const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\x05 \x01(\tR\vdescription\x12N\n" +
 	"\x11phase_transitions\x18\x06 \x03(\v2!.flowstate.v1.PhaseTransitionRuleR\x10phaseTransitions\x12K\n" +
-	"\x10progress_factors\x18\a \x03(\v2 .flowstate.v1.PhaseStateProgressR\x0fprogressFactors\"\xff\x01\n" +
+	"\x10progress_factors\x18\a \x03(\v2 .flowstate.v1.PhaseStateProgressR\x0fprogressFactors\x12\x18\n" +
+	"\abuiltin\x18\b \x01(\bR\abuiltin\x12;\n" +
+	"\vcreate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"\xce\x02\n" +
 	"\x0fPhaseDefinition\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -356,7 +448,10 @@ const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"maxRetries\x12;\n" +
 	"\fstatus_group\x18\x05 \x01(\x0e2\x18.flowstate.v1.FlowStatusR\vstatusGroup\x12!\n" +
 	"\fdisplay_name\x18\x06 \x01(\tR\vdisplayName\x12 \n" +
-	"\vdescription\x18\a \x01(\tR\vdescription\"\x85\x01\n" +
+	"\vdescription\x18\a \x01(\tR\vdescription\x12\x1a\n" +
+	"\boptional\x18\b \x01(\bR\boptional\x121\n" +
+	"\x06policy\x18\t \x01(\v2\x19.flowstate.v1.PhasePolicyR\x06policy\"\r\n" +
+	"\vPhasePolicy\"\x85\x01\n" +
 	"\x13PhaseTransitionRule\x127\n" +
 	"\n" +
 	"from_state\x18\x01 \x01(\x0e2\x18.flowstate.v1.PhaseStateR\tfromState\x125\n" +
@@ -378,28 +473,32 @@ func file_flowstate_v1_definition_proto_rawDescGZIP() []byte {
 	return file_flowstate_v1_definition_proto_rawDescData
 }
 
-var file_flowstate_v1_definition_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_flowstate_v1_definition_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_flowstate_v1_definition_proto_goTypes = []any{
-	(*FlowDefinition)(nil),      // 0: flowstate.v1.FlowDefinition
-	(*PhaseDefinition)(nil),     // 1: flowstate.v1.PhaseDefinition
-	(*PhaseTransitionRule)(nil), // 2: flowstate.v1.PhaseTransitionRule
-	(*PhaseStateProgress)(nil),  // 3: flowstate.v1.PhaseStateProgress
-	(FlowStatus)(0),             // 4: flowstate.v1.FlowStatus
-	(PhaseState)(0),             // 5: flowstate.v1.PhaseState
+	(*FlowDefinition)(nil),        // 0: flowstate.v1.FlowDefinition
+	(*PhaseDefinition)(nil),       // 1: flowstate.v1.PhaseDefinition
+	(*PhasePolicy)(nil),           // 2: flowstate.v1.PhasePolicy
+	(*PhaseTransitionRule)(nil),   // 3: flowstate.v1.PhaseTransitionRule
+	(*PhaseStateProgress)(nil),    // 4: flowstate.v1.PhaseStateProgress
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(FlowStatus)(0),               // 6: flowstate.v1.FlowStatus
+	(PhaseState)(0),               // 7: flowstate.v1.PhaseState
 }
 var file_flowstate_v1_definition_proto_depIdxs = []int32{
 	1, // 0: flowstate.v1.FlowDefinition.phases:type_name -> flowstate.v1.PhaseDefinition
-	2, // 1: flowstate.v1.FlowDefinition.phase_transitions:type_name -> flowstate.v1.PhaseTransitionRule
-	3, // 2: flowstate.v1.FlowDefinition.progress_factors:type_name -> flowstate.v1.PhaseStateProgress
-	4, // 3: flowstate.v1.PhaseDefinition.status_group:type_name -> flowstate.v1.FlowStatus
-	5, // 4: flowstate.v1.PhaseTransitionRule.from_state:type_name -> flowstate.v1.PhaseState
-	5, // 5: flowstate.v1.PhaseTransitionRule.to_states:type_name -> flowstate.v1.PhaseState
-	5, // 6: flowstate.v1.PhaseStateProgress.state:type_name -> flowstate.v1.PhaseState
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	3, // 1: flowstate.v1.FlowDefinition.phase_transitions:type_name -> flowstate.v1.PhaseTransitionRule
+	4, // 2: flowstate.v1.FlowDefinition.progress_factors:type_name -> flowstate.v1.PhaseStateProgress
+	5, // 3: flowstate.v1.FlowDefinition.create_time:type_name -> google.protobuf.Timestamp
+	6, // 4: flowstate.v1.PhaseDefinition.status_group:type_name -> flowstate.v1.FlowStatus
+	2, // 5: flowstate.v1.PhaseDefinition.policy:type_name -> flowstate.v1.PhasePolicy
+	7, // 6: flowstate.v1.PhaseTransitionRule.from_state:type_name -> flowstate.v1.PhaseState
+	7, // 7: flowstate.v1.PhaseTransitionRule.to_states:type_name -> flowstate.v1.PhaseState
+	7, // 8: flowstate.v1.PhaseStateProgress.state:type_name -> flowstate.v1.PhaseState
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_definition_proto_init() }
@@ -414,7 +513,7 @@ func file_flowstate_v1_definition_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_definition_proto_rawDesc), len(file_flowstate_v1_definition_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -93,6 +93,12 @@ const (
 	// UNAVAILABLE: the server is shutting down; reconnect (to another replica)
 	// and resume from the last version (or cursor) seen.
 	ErrorCode_ERROR_CODE_SERVER_SHUTTING_DOWN ErrorCode = 24
+	// NOT_FOUND: no such flow definition (or version) for the caller's tenant
+	// (also another tenant's definition).
+	ErrorCode_ERROR_CODE_DEFINITION_NOT_FOUND ErrorCode = 25
+	// FAILED_PRECONDITION: CreateFlowDefinition named a built-in definition
+	// without `allow_shadow_builtin`.
+	ErrorCode_ERROR_CODE_DEFINITION_SHADOWS_BUILTIN ErrorCode = 26
 )
 
 // Enum value maps for ErrorCode.
@@ -123,6 +129,8 @@ var (
 		22: "ERROR_CODE_INVALID_TRANSITION",
 		23: "ERROR_CODE_SUBSCRIBER_TOO_SLOW",
 		24: "ERROR_CODE_SERVER_SHUTTING_DOWN",
+		25: "ERROR_CODE_DEFINITION_NOT_FOUND",
+		26: "ERROR_CODE_DEFINITION_SHADOWS_BUILTIN",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":                    0,
@@ -150,6 +158,8 @@ var (
 		"ERROR_CODE_INVALID_TRANSITION":             22,
 		"ERROR_CODE_SUBSCRIBER_TOO_SLOW":            23,
 		"ERROR_CODE_SERVER_SHUTTING_DOWN":           24,
+		"ERROR_CODE_DEFINITION_NOT_FOUND":           25,
+		"ERROR_CODE_DEFINITION_SHADOWS_BUILTIN":     26,
 	}
 )
 
@@ -450,7 +460,7 @@ const file_flowstate_v1_errors_proto_rawDesc = "" +
 	"error_code\x18\x01 \x01(\x0e2\x17.flowstate.v1.ErrorCodeR\terrorCode\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x12\x1c\n" +
-	"\tretryable\x18\x04 \x01(\bR\tretryable*\xf2\x06\n" +
+	"\tretryable\x18\x04 \x01(\bR\tretryable*\xc2\a\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18ERROR_CODE_INVALID_PHASE\x10\x01\x12 \n" +
@@ -477,7 +487,9 @@ const file_flowstate_v1_errors_proto_rawDesc = "" +
 	"!ERROR_CODE_DATA_VALIDATION_FAILED\x10\x15\x12!\n" +
 	"\x1dERROR_CODE_INVALID_TRANSITION\x10\x16\x12\"\n" +
 	"\x1eERROR_CODE_SUBSCRIBER_TOO_SLOW\x10\x17\x12#\n" +
-	"\x1fERROR_CODE_SERVER_SHUTTING_DOWN\x10\x18B\xa3\x01\n" +
+	"\x1fERROR_CODE_SERVER_SHUTTING_DOWN\x10\x18\x12#\n" +
+	"\x1fERROR_CODE_DEFINITION_NOT_FOUND\x10\x19\x12)\n" +
+	"%ERROR_CODE_DEFINITION_SHADOWS_BUILTIN\x10\x1aB\xa3\x01\n" +
 	"\x10com.flowstate.v1B\vErrorsProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (

@@ -213,7 +213,9 @@ type Phase struct {
 	// When the phase last entered COMPLETED; unset if never.
 	CompleteTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=complete_time,json=completeTime,proto3" json:"complete_time,omitempty"`
 	// The phase's weight in the flow's progress (weights sum to 100).
-	Weight        int32 `protobuf:"varint,11,opt,name=weight,proto3" json:"weight,omitempty"`
+	Weight int32 `protobuf:"varint,11,opt,name=weight,proto3" json:"weight,omitempty"`
+	// The phase's `optional` flag from its definition: whether it may be skipped.
+	Optional      bool `protobuf:"varint,12,opt,name=optional,proto3" json:"optional,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -325,6 +327,13 @@ func (x *Phase) GetWeight() int32 {
 	return 0
 }
 
+func (x *Phase) GetOptional() bool {
+	if x != nil {
+		return x.Optional
+	}
+	return false
+}
+
 var File_flowstate_v1_flow_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_proto_rawDesc = "" +
@@ -350,7 +359,7 @@ const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"\x06labels\x18\x0e \x03(\v2\x1e.flowstate.v1.Flow.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x04\n" +
 	"\x05Phase\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.flowstate.v1.PhaseStateR\x05state\x12\x1a\n" +
@@ -366,7 +375,8 @@ const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"start_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12?\n" +
 	"\rcomplete_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\fcompleteTime\x12\x16\n" +
-	"\x06weight\x18\v \x01(\x05R\x06weightB\xa1\x01\n" +
+	"\x06weight\x18\v \x01(\x05R\x06weight\x12\x1a\n" +
+	"\boptional\x18\f \x01(\bR\boptionalB\xa1\x01\n" +
 	"\x10com.flowstate.v1B\tFlowProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (

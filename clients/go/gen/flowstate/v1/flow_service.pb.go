@@ -43,6 +43,8 @@ const (
 	RecoveryAction_RECOVERY_ACTION_CANCEL RecoveryAction = 6
 	// Give up on a phase waiting for retry (RETRY_NEEDED -> FAILED).
 	RecoveryAction_RECOVERY_ACTION_ABANDON RecoveryAction = 7
+	// Skip an optional phase that failed (FAILED or RETRY_NEEDED -> SKIPPED).
+	RecoveryAction_RECOVERY_ACTION_SKIP RecoveryAction = 8
 )
 
 // Enum value maps for RecoveryAction.
@@ -56,6 +58,7 @@ var (
 		5: "RECOVERY_ACTION_RESUME",
 		6: "RECOVERY_ACTION_CANCEL",
 		7: "RECOVERY_ACTION_ABANDON",
+		8: "RECOVERY_ACTION_SKIP",
 	}
 	RecoveryAction_value = map[string]int32{
 		"RECOVERY_ACTION_UNSPECIFIED": 0,
@@ -66,6 +69,7 @@ var (
 		"RECOVERY_ACTION_RESUME":      5,
 		"RECOVERY_ACTION_CANCEL":      6,
 		"RECOVERY_ACTION_ABANDON":     7,
+		"RECOVERY_ACTION_SKIP":        8,
 	}
 )
 
@@ -101,9 +105,11 @@ type CreateFlowRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Idempotency key (1-128 printable characters); the SDKs generate one.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// The definition to follow; "discovery" when empty.
+	// The definition to follow (the tenant's own or a built-in; a tenant's
+	// definition that shadows a built-in wins); "discovery" when empty.
 	DefinitionName string `protobuf:"bytes,2,opt,name=definition_name,json=definitionName,proto3" json:"definition_name,omitempty"`
-	// The definition version; the latest when 0.
+	// The definition version; the latest when 0. The flow keeps this version:
+	// registering a newer one does not change existing flows.
 	DefinitionVersion int32 `protobuf:"varint,3,opt,name=definition_version,json=definitionVersion,proto3" json:"definition_version,omitempty"`
 	// Optional client-chosen flow id (a UUID); the server picks one when empty.
 	FlowId string `protobuf:"bytes,4,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
@@ -1634,6 +1640,7 @@ type RecoveryOption struct {
 	//	*RecoveryOption_ResumeFlow
 	//	*RecoveryOption_CancelFlow
 	//	*RecoveryOption_PauseFlow
+	//	*RecoveryOption_SkipPhase
 	Request       isRecoveryOption_Request `protobuf_oneof:"request"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1793,6 +1800,15 @@ func (x *RecoveryOption) GetPauseFlow() *PauseFlowRequest {
 	return nil
 }
 
+func (x *RecoveryOption) GetSkipPhase() *SkipPhaseRequest {
+	if x != nil {
+		if x, ok := x.Request.(*RecoveryOption_SkipPhase); ok {
+			return x.SkipPhase
+		}
+	}
+	return nil
+}
+
 type isRecoveryOption_Request interface {
 	isRecoveryOption_Request()
 }
@@ -1827,6 +1843,11 @@ type RecoveryOption_PauseFlow struct {
 	PauseFlow *PauseFlowRequest `protobuf:"bytes,15,opt,name=pause_flow,json=pauseFlow,proto3,oneof"`
 }
 
+type RecoveryOption_SkipPhase struct {
+	// Send with SkipPhase.
+	SkipPhase *SkipPhaseRequest `protobuf:"bytes,16,opt,name=skip_phase,json=skipPhase,proto3,oneof"`
+}
+
 func (*RecoveryOption_Retry) isRecoveryOption_Request() {}
 
 func (*RecoveryOption_Rollback) isRecoveryOption_Request() {}
@@ -1838,6 +1859,8 @@ func (*RecoveryOption_ResumeFlow) isRecoveryOption_Request() {}
 func (*RecoveryOption_CancelFlow) isRecoveryOption_Request() {}
 
 func (*RecoveryOption_PauseFlow) isRecoveryOption_Request() {}
+
+func (*RecoveryOption_SkipPhase) isRecoveryOption_Request() {}
 
 // Request of PauseFlow.
 type PauseFlowRequest struct {
@@ -2453,6 +2476,408 @@ func (x *GetFlowDefinitionResponse) GetDefinition() *FlowDefinition {
 	return nil
 }
 
+// Request of CreateFlowDefinition.
+type CreateFlowDefinitionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Idempotency key (1-128 printable characters): the same key with the same
+	// definition returns the version it created; with another definition it is
+	// refused (REQUEST_ID_REUSED).
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The definition to register; `version` and the other output-only fields
+	// are ignored.
+	Definition *FlowDefinition `protobuf:"bytes,2,opt,name=definition,proto3" json:"definition,omitempty"`
+	// Register a name that a built-in definition has. The tenant's definition
+	// then shadows the built-in for this tenant only (its flows of the built-in
+	// keep working); its versions continue after the built-in's latest.
+	AllowShadowBuiltin bool `protobuf:"varint,3,opt,name=allow_shadow_builtin,json=allowShadowBuiltin,proto3" json:"allow_shadow_builtin,omitempty"`
+	// Validate only: report the problems (or the version it would get) and
+	// store nothing.
+	ValidateOnly  bool `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateFlowDefinitionRequest) Reset() {
+	*x = CreateFlowDefinitionRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateFlowDefinitionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateFlowDefinitionRequest) ProtoMessage() {}
+
+func (x *CreateFlowDefinitionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateFlowDefinitionRequest.ProtoReflect.Descriptor instead.
+func (*CreateFlowDefinitionRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CreateFlowDefinitionRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CreateFlowDefinitionRequest) GetDefinition() *FlowDefinition {
+	if x != nil {
+		return x.Definition
+	}
+	return nil
+}
+
+func (x *CreateFlowDefinitionRequest) GetAllowShadowBuiltin() bool {
+	if x != nil {
+		return x.AllowShadowBuiltin
+	}
+	return false
+}
+
+func (x *CreateFlowDefinitionRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+// Response of CreateFlowDefinition.
+type CreateFlowDefinitionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored (or, with validate_only, the would-be) definition with its
+	// version.
+	Definition *FlowDefinition `protobuf:"bytes,1,opt,name=definition,proto3" json:"definition,omitempty"`
+	// Whether a new version was created (false: an identical body existed, or
+	// validate_only).
+	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateFlowDefinitionResponse) Reset() {
+	*x = CreateFlowDefinitionResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateFlowDefinitionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateFlowDefinitionResponse) ProtoMessage() {}
+
+func (x *CreateFlowDefinitionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateFlowDefinitionResponse.ProtoReflect.Descriptor instead.
+func (*CreateFlowDefinitionResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *CreateFlowDefinitionResponse) GetDefinition() *FlowDefinition {
+	if x != nil {
+		return x.Definition
+	}
+	return nil
+}
+
+func (x *CreateFlowDefinitionResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+// Request of ListFlowDefinitions.
+type ListFlowDefinitionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many definitions (1-1000; 100 when 0).
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The `next_page_token` of the previous page; empty for the first page.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// When set, every version of this name (newest first) instead of the latest
+	// version of every name.
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFlowDefinitionsRequest) Reset() {
+	*x = ListFlowDefinitionsRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFlowDefinitionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFlowDefinitionsRequest) ProtoMessage() {}
+
+func (x *ListFlowDefinitionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFlowDefinitionsRequest.ProtoReflect.Descriptor instead.
+func (*ListFlowDefinitionsRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListFlowDefinitionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListFlowDefinitionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListFlowDefinitionsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// Response of ListFlowDefinitions.
+type ListFlowDefinitionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The definitions, by name (or by version, newest first, with `name`).
+	Definitions []*FlowDefinition `protobuf:"bytes,1,rep,name=definitions,proto3" json:"definitions,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFlowDefinitionsResponse) Reset() {
+	*x = ListFlowDefinitionsResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFlowDefinitionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFlowDefinitionsResponse) ProtoMessage() {}
+
+func (x *ListFlowDefinitionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFlowDefinitionsResponse.ProtoReflect.Descriptor instead.
+func (*ListFlowDefinitionsResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListFlowDefinitionsResponse) GetDefinitions() []*FlowDefinition {
+	if x != nil {
+		return x.Definitions
+	}
+	return nil
+}
+
+func (x *ListFlowDefinitionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request of SkipPhase.
+type SkipPhaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The flow's id.
+	FlowId string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// The optional phase to skip.
+	Phase string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	// Why (at most 1024 characters); recorded in history.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Free-form metadata recorded in history (at most 16 KiB as JSON).
+	Metadata *structpb.Struct `protobuf:"bytes,4,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// Idempotency key (1-128 printable characters); the SDKs generate one.
+	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Apply only if the flow is at this version (ABORTED otherwise).
+	ExpectedVersion *int64 `protobuf:"varint,6,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SkipPhaseRequest) Reset() {
+	*x = SkipPhaseRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SkipPhaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SkipPhaseRequest) ProtoMessage() {}
+
+func (x *SkipPhaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SkipPhaseRequest.ProtoReflect.Descriptor instead.
+func (*SkipPhaseRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *SkipPhaseRequest) GetFlowId() string {
+	if x != nil {
+		return x.FlowId
+	}
+	return ""
+}
+
+func (x *SkipPhaseRequest) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *SkipPhaseRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SkipPhaseRequest) GetMetadata() *structpb.Struct {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *SkipPhaseRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SkipPhaseRequest) GetExpectedVersion() int64 {
+	if x != nil && x.ExpectedVersion != nil {
+		return *x.ExpectedVersion
+	}
+	return 0
+}
+
+// Response of SkipPhase.
+type SkipPhaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The flow after the change.
+	Flow *Flow `protobuf:"bytes,1,opt,name=flow,proto3" json:"flow,omitempty"`
+	// The history entries the change appended.
+	HistoryEntries []*HistoryEntry `protobuf:"bytes,2,rep,name=history_entries,json=historyEntries,proto3" json:"history_entries,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SkipPhaseResponse) Reset() {
+	*x = SkipPhaseResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SkipPhaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SkipPhaseResponse) ProtoMessage() {}
+
+func (x *SkipPhaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SkipPhaseResponse.ProtoReflect.Descriptor instead.
+func (*SkipPhaseResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *SkipPhaseResponse) GetFlow() *Flow {
+	if x != nil {
+		return x.Flow
+	}
+	return nil
+}
+
+func (x *SkipPhaseResponse) GetHistoryEntries() []*HistoryEntry {
+	if x != nil {
+		return x.HistoryEntries
+	}
+	return nil
+}
+
 // Request of WatchFlow.
 type WatchFlowRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2470,7 +2895,7 @@ type WatchFlowRequest struct {
 
 func (x *WatchFlowRequest) Reset() {
 	*x = WatchFlowRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[32]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +2907,7 @@ func (x *WatchFlowRequest) String() string {
 func (*WatchFlowRequest) ProtoMessage() {}
 
 func (x *WatchFlowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[32]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +2920,7 @@ func (x *WatchFlowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowRequest.ProtoReflect.Descriptor instead.
 func (*WatchFlowRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{32}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WatchFlowRequest) GetFlowId() string {
@@ -2530,7 +2955,7 @@ type WatchFlowResponse struct {
 
 func (x *WatchFlowResponse) Reset() {
 	*x = WatchFlowResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[33]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2542,7 +2967,7 @@ func (x *WatchFlowResponse) String() string {
 func (*WatchFlowResponse) ProtoMessage() {}
 
 func (x *WatchFlowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[33]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2555,7 +2980,7 @@ func (x *WatchFlowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowResponse.ProtoReflect.Descriptor instead.
 func (*WatchFlowResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{33}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchFlowResponse) GetEvent() *FlowEvent {
@@ -2583,7 +3008,7 @@ type WatchFlowsRequest struct {
 
 func (x *WatchFlowsRequest) Reset() {
 	*x = WatchFlowsRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[34]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +3020,7 @@ func (x *WatchFlowsRequest) String() string {
 func (*WatchFlowsRequest) ProtoMessage() {}
 
 func (x *WatchFlowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[34]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +3033,7 @@ func (x *WatchFlowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowsRequest.ProtoReflect.Descriptor instead.
 func (*WatchFlowsRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{34}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchFlowsRequest) GetStatuses() []FlowStatus {
@@ -2652,7 +3077,7 @@ type WatchFlowsResponse struct {
 
 func (x *WatchFlowsResponse) Reset() {
 	*x = WatchFlowsResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[35]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +3089,7 @@ func (x *WatchFlowsResponse) String() string {
 func (*WatchFlowsResponse) ProtoMessage() {}
 
 func (x *WatchFlowsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[35]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +3102,7 @@ func (x *WatchFlowsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowsResponse.ProtoReflect.Descriptor instead.
 func (*WatchFlowsResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{35}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchFlowsResponse) GetEvent() *FlowEvent {
@@ -2719,7 +3144,7 @@ type FlowEvent struct {
 
 func (x *FlowEvent) Reset() {
 	*x = FlowEvent{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[36]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2731,7 +3156,7 @@ func (x *FlowEvent) String() string {
 func (*FlowEvent) ProtoMessage() {}
 
 func (x *FlowEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[36]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2744,7 +3169,7 @@ func (x *FlowEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowEvent.ProtoReflect.Descriptor instead.
 func (*FlowEvent) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{36}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *FlowEvent) GetFlowId() string {
@@ -2845,7 +3270,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[37]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2857,7 +3282,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[37]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2870,7 +3295,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{37}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Heartbeat) GetServerTime() *timestamppb.Timestamp {
@@ -3001,7 +3426,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\"|\n" +
 	"\x1aGetRecoveryOptionsResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x126\n" +
-	"\aoptions\x18\x02 \x03(\v2\x1c.flowstate.v1.RecoveryOptionR\aoptions\"\xce\x06\n" +
+	"\aoptions\x18\x02 \x03(\v2\x1c.flowstate.v1.RecoveryOptionR\aoptions\"\x8f\a\n" +
 	"\x0eRecoveryOption\x124\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1c.flowstate.v1.RecoveryActionR\x06action\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12;\n" +
@@ -3022,7 +3447,9 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\vcancel_flow\x18\x0e \x01(\v2\x1f.flowstate.v1.CancelFlowRequestH\x00R\n" +
 	"cancelFlow\x12?\n" +
 	"\n" +
-	"pause_flow\x18\x0f \x01(\v2\x1e.flowstate.v1.PauseFlowRequestH\x00R\tpauseFlowB\t\n" +
+	"pause_flow\x18\x0f \x01(\v2\x1e.flowstate.v1.PauseFlowRequestH\x00R\tpauseFlow\x12?\n" +
+	"\n" +
+	"skip_phase\x18\x10 \x01(\v2\x1e.flowstate.v1.SkipPhaseRequestH\x00R\tskipPhaseB\t\n" +
 	"\arequestB\x15\n" +
 	"\x13_attempts_remaining\"\xa7\x01\n" +
 	"\x10PauseFlowRequest\x12\x17\n" +
@@ -3070,7 +3497,40 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x19GetFlowDefinitionResponse\x12<\n" +
 	"\n" +
 	"definition\x18\x01 \x01(\v2\x1c.flowstate.v1.FlowDefinitionR\n" +
-	"definition\"\x84\x01\n" +
+	"definition\"\xd1\x01\n" +
+	"\x1bCreateFlowDefinitionRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12<\n" +
+	"\n" +
+	"definition\x18\x02 \x01(\v2\x1c.flowstate.v1.FlowDefinitionR\n" +
+	"definition\x120\n" +
+	"\x14allow_shadow_builtin\x18\x03 \x01(\bR\x12allowShadowBuiltin\x12#\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"v\n" +
+	"\x1cCreateFlowDefinitionResponse\x12<\n" +
+	"\n" +
+	"definition\x18\x01 \x01(\v2\x1c.flowstate.v1.FlowDefinitionR\n" +
+	"definition\x12\x18\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"l\n" +
+	"\x1aListFlowDefinitionsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"\x85\x01\n" +
+	"\x1bListFlowDefinitionsResponse\x12>\n" +
+	"\vdefinitions\x18\x01 \x03(\v2\x1c.flowstate.v1.FlowDefinitionR\vdefinitions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf2\x01\n" +
+	"\x10SkipPhaseRequest\x12\x17\n" +
+	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x123\n" +
+	"\bmetadata\x18\x04 \x01(\v2\x17.google.protobuf.StructR\bmetadata\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x12.\n" +
+	"\x10expected_version\x18\x06 \x01(\x03H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
+	"\x11_expected_version\"\x80\x01\n" +
+	"\x11SkipPhaseResponse\x12&\n" +
+	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x12C\n" +
+	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries\"\x84\x01\n" +
 	"\x10WatchFlowRequest\x12\x17\n" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12(\n" +
 	"\rafter_version\x18\x02 \x01(\x03H\x00R\fafterVersion\x88\x01\x01\x12\x1b\n" +
@@ -3097,7 +3557,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x04kind\"H\n" +
 	"\tHeartbeat\x12;\n" +
 	"\vserver_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime*\xfd\x01\n" +
+	"serverTime*\x97\x02\n" +
 	"\x0eRecoveryAction\x12\x1f\n" +
 	"\x1bRECOVERY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15RECOVERY_ACTION_RETRY\x10\x01\x12\x1f\n" +
@@ -3106,7 +3566,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x17RECOVERY_ACTION_RESTART\x10\x04\x12\x1a\n" +
 	"\x16RECOVERY_ACTION_RESUME\x10\x05\x12\x1a\n" +
 	"\x16RECOVERY_ACTION_CANCEL\x10\x06\x12\x1b\n" +
-	"\x17RECOVERY_ACTION_ABANDON\x10\a2\x9b\v\n" +
+	"\x17RECOVERY_ACTION_ABANDON\x10\a\x12\x18\n" +
+	"\x14RECOVERY_ACTION_SKIP\x10\b2\xc9\r\n" +
 	"\x10FlowStateService\x12O\n" +
 	"\n" +
 	"CreateFlow\x12\x1f.flowstate.v1.CreateFlowRequest\x1a .flowstate.v1.CreateFlowResponse\x12K\n" +
@@ -3124,7 +3585,10 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\n" +
 	"CancelFlow\x12\x1f.flowstate.v1.CancelFlowRequest\x1a .flowstate.v1.CancelFlowResponse\x12c\n" +
 	"\x0fListFlowHistory\x12$.flowstate.v1.ListFlowHistoryRequest\x1a%.flowstate.v1.ListFlowHistoryResponse\"\x03\x90\x02\x01\x12i\n" +
-	"\x11GetFlowDefinition\x12&.flowstate.v1.GetFlowDefinitionRequest\x1a'.flowstate.v1.GetFlowDefinitionResponse\"\x03\x90\x02\x01\x12N\n" +
+	"\x11GetFlowDefinition\x12&.flowstate.v1.GetFlowDefinitionRequest\x1a'.flowstate.v1.GetFlowDefinitionResponse\"\x03\x90\x02\x01\x12m\n" +
+	"\x14CreateFlowDefinition\x12).flowstate.v1.CreateFlowDefinitionRequest\x1a*.flowstate.v1.CreateFlowDefinitionResponse\x12o\n" +
+	"\x13ListFlowDefinitions\x12(.flowstate.v1.ListFlowDefinitionsRequest\x1a).flowstate.v1.ListFlowDefinitionsResponse\"\x03\x90\x02\x01\x12L\n" +
+	"\tSkipPhase\x12\x1e.flowstate.v1.SkipPhaseRequest\x1a\x1f.flowstate.v1.SkipPhaseResponse\x12N\n" +
 	"\tWatchFlow\x12\x1e.flowstate.v1.WatchFlowRequest\x1a\x1f.flowstate.v1.WatchFlowResponse0\x01\x12Q\n" +
 	"\n" +
 	"WatchFlows\x12\x1f.flowstate.v1.WatchFlowsRequest\x1a .flowstate.v1.WatchFlowsResponse0\x01B\xa8\x01\n" +
@@ -3143,156 +3607,175 @@ func file_flowstate_v1_flow_service_proto_rawDescGZIP() []byte {
 }
 
 var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_flowstate_v1_flow_service_proto_goTypes = []any{
-	(RecoveryAction)(0),                 // 0: flowstate.v1.RecoveryAction
-	(*CreateFlowRequest)(nil),           // 1: flowstate.v1.CreateFlowRequest
-	(*CreateFlowResponse)(nil),          // 2: flowstate.v1.CreateFlowResponse
-	(*GetFlowRequest)(nil),              // 3: flowstate.v1.GetFlowRequest
-	(*GetFlowResponse)(nil),             // 4: flowstate.v1.GetFlowResponse
-	(*PhaseStateFilter)(nil),            // 5: flowstate.v1.PhaseStateFilter
-	(*ListFlowsRequest)(nil),            // 6: flowstate.v1.ListFlowsRequest
-	(*ListFlowsResponse)(nil),           // 7: flowstate.v1.ListFlowsResponse
-	(*PhaseTransition)(nil),             // 8: flowstate.v1.PhaseTransition
-	(*FlowTransition)(nil),              // 9: flowstate.v1.FlowTransition
-	(*ValidateTransitionRequest)(nil),   // 10: flowstate.v1.ValidateTransitionRequest
-	(*ValidateTransitionResponse)(nil),  // 11: flowstate.v1.ValidateTransitionResponse
-	(*TransitionPhaseRequest)(nil),      // 12: flowstate.v1.TransitionPhaseRequest
-	(*TransitionPhaseResponse)(nil),     // 13: flowstate.v1.TransitionPhaseResponse
-	(*UpdatePhaseProgressRequest)(nil),  // 14: flowstate.v1.UpdatePhaseProgressRequest
-	(*UpdatePhaseProgressResponse)(nil), // 15: flowstate.v1.UpdatePhaseProgressResponse
-	(*RollbackRequest)(nil),             // 16: flowstate.v1.RollbackRequest
-	(*RollbackResponse)(nil),            // 17: flowstate.v1.RollbackResponse
-	(*RetryRequest)(nil),                // 18: flowstate.v1.RetryRequest
-	(*RetryResponse)(nil),               // 19: flowstate.v1.RetryResponse
-	(*GetRecoveryOptionsRequest)(nil),   // 20: flowstate.v1.GetRecoveryOptionsRequest
-	(*GetRecoveryOptionsResponse)(nil),  // 21: flowstate.v1.GetRecoveryOptionsResponse
-	(*RecoveryOption)(nil),              // 22: flowstate.v1.RecoveryOption
-	(*PauseFlowRequest)(nil),            // 23: flowstate.v1.PauseFlowRequest
-	(*PauseFlowResponse)(nil),           // 24: flowstate.v1.PauseFlowResponse
-	(*ResumeFlowRequest)(nil),           // 25: flowstate.v1.ResumeFlowRequest
-	(*ResumeFlowResponse)(nil),          // 26: flowstate.v1.ResumeFlowResponse
-	(*CancelFlowRequest)(nil),           // 27: flowstate.v1.CancelFlowRequest
-	(*CancelFlowResponse)(nil),          // 28: flowstate.v1.CancelFlowResponse
-	(*ListFlowHistoryRequest)(nil),      // 29: flowstate.v1.ListFlowHistoryRequest
-	(*ListFlowHistoryResponse)(nil),     // 30: flowstate.v1.ListFlowHistoryResponse
-	(*GetFlowDefinitionRequest)(nil),    // 31: flowstate.v1.GetFlowDefinitionRequest
-	(*GetFlowDefinitionResponse)(nil),   // 32: flowstate.v1.GetFlowDefinitionResponse
-	(*WatchFlowRequest)(nil),            // 33: flowstate.v1.WatchFlowRequest
-	(*WatchFlowResponse)(nil),           // 34: flowstate.v1.WatchFlowResponse
-	(*WatchFlowsRequest)(nil),           // 35: flowstate.v1.WatchFlowsRequest
-	(*WatchFlowsResponse)(nil),          // 36: flowstate.v1.WatchFlowsResponse
-	(*FlowEvent)(nil),                   // 37: flowstate.v1.FlowEvent
-	(*Heartbeat)(nil),                   // 38: flowstate.v1.Heartbeat
-	nil,                                 // 39: flowstate.v1.CreateFlowRequest.LabelsEntry
-	(*Flow)(nil),                        // 40: flowstate.v1.Flow
-	(*HistoryEntry)(nil),                // 41: flowstate.v1.HistoryEntry
-	(PhaseState)(0),                     // 42: flowstate.v1.PhaseState
-	(FlowStatus)(0),                     // 43: flowstate.v1.FlowStatus
-	(*timestamppb.Timestamp)(nil),       // 44: google.protobuf.Timestamp
-	(*FlowError)(nil),                   // 45: flowstate.v1.FlowError
-	(*PhaseFailure)(nil),                // 46: flowstate.v1.PhaseFailure
-	(*structpb.Struct)(nil),             // 47: google.protobuf.Struct
-	(ErrorCode)(0),                      // 48: flowstate.v1.ErrorCode
-	(*FlowDefinition)(nil),              // 49: flowstate.v1.FlowDefinition
+	(RecoveryAction)(0),                  // 0: flowstate.v1.RecoveryAction
+	(*CreateFlowRequest)(nil),            // 1: flowstate.v1.CreateFlowRequest
+	(*CreateFlowResponse)(nil),           // 2: flowstate.v1.CreateFlowResponse
+	(*GetFlowRequest)(nil),               // 3: flowstate.v1.GetFlowRequest
+	(*GetFlowResponse)(nil),              // 4: flowstate.v1.GetFlowResponse
+	(*PhaseStateFilter)(nil),             // 5: flowstate.v1.PhaseStateFilter
+	(*ListFlowsRequest)(nil),             // 6: flowstate.v1.ListFlowsRequest
+	(*ListFlowsResponse)(nil),            // 7: flowstate.v1.ListFlowsResponse
+	(*PhaseTransition)(nil),              // 8: flowstate.v1.PhaseTransition
+	(*FlowTransition)(nil),               // 9: flowstate.v1.FlowTransition
+	(*ValidateTransitionRequest)(nil),    // 10: flowstate.v1.ValidateTransitionRequest
+	(*ValidateTransitionResponse)(nil),   // 11: flowstate.v1.ValidateTransitionResponse
+	(*TransitionPhaseRequest)(nil),       // 12: flowstate.v1.TransitionPhaseRequest
+	(*TransitionPhaseResponse)(nil),      // 13: flowstate.v1.TransitionPhaseResponse
+	(*UpdatePhaseProgressRequest)(nil),   // 14: flowstate.v1.UpdatePhaseProgressRequest
+	(*UpdatePhaseProgressResponse)(nil),  // 15: flowstate.v1.UpdatePhaseProgressResponse
+	(*RollbackRequest)(nil),              // 16: flowstate.v1.RollbackRequest
+	(*RollbackResponse)(nil),             // 17: flowstate.v1.RollbackResponse
+	(*RetryRequest)(nil),                 // 18: flowstate.v1.RetryRequest
+	(*RetryResponse)(nil),                // 19: flowstate.v1.RetryResponse
+	(*GetRecoveryOptionsRequest)(nil),    // 20: flowstate.v1.GetRecoveryOptionsRequest
+	(*GetRecoveryOptionsResponse)(nil),   // 21: flowstate.v1.GetRecoveryOptionsResponse
+	(*RecoveryOption)(nil),               // 22: flowstate.v1.RecoveryOption
+	(*PauseFlowRequest)(nil),             // 23: flowstate.v1.PauseFlowRequest
+	(*PauseFlowResponse)(nil),            // 24: flowstate.v1.PauseFlowResponse
+	(*ResumeFlowRequest)(nil),            // 25: flowstate.v1.ResumeFlowRequest
+	(*ResumeFlowResponse)(nil),           // 26: flowstate.v1.ResumeFlowResponse
+	(*CancelFlowRequest)(nil),            // 27: flowstate.v1.CancelFlowRequest
+	(*CancelFlowResponse)(nil),           // 28: flowstate.v1.CancelFlowResponse
+	(*ListFlowHistoryRequest)(nil),       // 29: flowstate.v1.ListFlowHistoryRequest
+	(*ListFlowHistoryResponse)(nil),      // 30: flowstate.v1.ListFlowHistoryResponse
+	(*GetFlowDefinitionRequest)(nil),     // 31: flowstate.v1.GetFlowDefinitionRequest
+	(*GetFlowDefinitionResponse)(nil),    // 32: flowstate.v1.GetFlowDefinitionResponse
+	(*CreateFlowDefinitionRequest)(nil),  // 33: flowstate.v1.CreateFlowDefinitionRequest
+	(*CreateFlowDefinitionResponse)(nil), // 34: flowstate.v1.CreateFlowDefinitionResponse
+	(*ListFlowDefinitionsRequest)(nil),   // 35: flowstate.v1.ListFlowDefinitionsRequest
+	(*ListFlowDefinitionsResponse)(nil),  // 36: flowstate.v1.ListFlowDefinitionsResponse
+	(*SkipPhaseRequest)(nil),             // 37: flowstate.v1.SkipPhaseRequest
+	(*SkipPhaseResponse)(nil),            // 38: flowstate.v1.SkipPhaseResponse
+	(*WatchFlowRequest)(nil),             // 39: flowstate.v1.WatchFlowRequest
+	(*WatchFlowResponse)(nil),            // 40: flowstate.v1.WatchFlowResponse
+	(*WatchFlowsRequest)(nil),            // 41: flowstate.v1.WatchFlowsRequest
+	(*WatchFlowsResponse)(nil),           // 42: flowstate.v1.WatchFlowsResponse
+	(*FlowEvent)(nil),                    // 43: flowstate.v1.FlowEvent
+	(*Heartbeat)(nil),                    // 44: flowstate.v1.Heartbeat
+	nil,                                  // 45: flowstate.v1.CreateFlowRequest.LabelsEntry
+	(*Flow)(nil),                         // 46: flowstate.v1.Flow
+	(*HistoryEntry)(nil),                 // 47: flowstate.v1.HistoryEntry
+	(PhaseState)(0),                      // 48: flowstate.v1.PhaseState
+	(FlowStatus)(0),                      // 49: flowstate.v1.FlowStatus
+	(*timestamppb.Timestamp)(nil),        // 50: google.protobuf.Timestamp
+	(*FlowError)(nil),                    // 51: flowstate.v1.FlowError
+	(*PhaseFailure)(nil),                 // 52: flowstate.v1.PhaseFailure
+	(*structpb.Struct)(nil),              // 53: google.protobuf.Struct
+	(ErrorCode)(0),                       // 54: flowstate.v1.ErrorCode
+	(*FlowDefinition)(nil),               // 55: flowstate.v1.FlowDefinition
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
-	39, // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
-	40, // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
-	41, // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	40, // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
-	42, // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
-	43, // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	45, // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
+	46, // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	46, // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
+	48, // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
+	49, // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
 	5,  // 6: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
-	44, // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
-	40, // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
-	42, // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
-	42, // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
-	43, // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
-	43, // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
+	50, // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
+	46, // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
+	48, // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
+	48, // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
+	49, // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
+	49, // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
 	8,  // 13: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
 	9,  // 14: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
-	45, // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
-	42, // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
-	43, // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
-	43, // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
-	42, // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
-	46, // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
-	47, // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	40, // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	41, // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	47, // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
-	40, // 25: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
-	41, // 26: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	40, // 27: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
-	41, // 28: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	40, // 29: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
-	41, // 30: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	40, // 31: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
+	51, // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
+	48, // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
+	49, // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
+	49, // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
+	48, // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
+	52, // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
+	53, // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	46, // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	53, // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
+	46, // 25: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 26: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	46, // 27: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 28: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	46, // 29: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 30: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	46, // 31: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
 	22, // 32: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
 	0,  // 33: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
-	42, // 34: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
-	43, // 35: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
-	48, // 36: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
+	48, // 34: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
+	49, // 35: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
+	54, // 36: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
 	18, // 37: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
 	16, // 38: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
 	12, // 39: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
 	25, // 40: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
 	27, // 41: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
 	23, // 42: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
-	40, // 43: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	41, // 44: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	40, // 45: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	41, // 46: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	40, // 47: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	41, // 48: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	41, // 49: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	49, // 50: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	37, // 51: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	43, // 52: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	37, // 53: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	43, // 54: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	40, // 55: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	41, // 56: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
-	38, // 57: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	44, // 58: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
-	1,  // 59: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	3,  // 60: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	6,  // 61: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	10, // 62: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	12, // 63: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	14, // 64: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	16, // 65: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	18, // 66: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	20, // 67: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	23, // 68: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	25, // 69: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	27, // 70: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	29, // 71: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	31, // 72: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	33, // 73: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	35, // 74: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	2,  // 75: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	4,  // 76: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	7,  // 77: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	11, // 78: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	13, // 79: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	15, // 80: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	17, // 81: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	19, // 82: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	21, // 83: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	24, // 84: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	26, // 85: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	28, // 86: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	30, // 87: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	32, // 88: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	34, // 89: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	36, // 90: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	75, // [75:91] is the sub-list for method output_type
-	59, // [59:75] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	37, // 43: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
+	46, // 44: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 45: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	46, // 46: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 47: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	46, // 48: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 49: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	47, // 50: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	55, // 51: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	55, // 52: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	55, // 53: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	55, // 54: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	53, // 55: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	46, // 56: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	47, // 57: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	43, // 58: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
+	49, // 59: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	43, // 60: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
+	49, // 61: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	46, // 62: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	47, // 63: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	44, // 64: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
+	50, // 65: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	1,  // 66: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	3,  // 67: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	6,  // 68: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	10, // 69: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	12, // 70: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	14, // 71: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	16, // 72: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	18, // 73: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	20, // 74: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	23, // 75: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	25, // 76: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	27, // 77: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	29, // 78: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	31, // 79: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	33, // 80: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	35, // 81: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	37, // 82: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	39, // 83: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	41, // 84: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	2,  // 85: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	4,  // 86: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	7,  // 87: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	11, // 88: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	13, // 89: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	15, // 90: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	17, // 91: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	19, // 92: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	21, // 93: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	24, // 94: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	26, // 95: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	28, // 96: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	30, // 97: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	32, // 98: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	34, // 99: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	36, // 100: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	38, // 101: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	40, // 102: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	42, // 103: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	85, // [85:104] is the sub-list for method output_type
+	66, // [66:85] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -3321,12 +3804,14 @@ func file_flowstate_v1_flow_service_proto_init() {
 		(*RecoveryOption_ResumeFlow)(nil),
 		(*RecoveryOption_CancelFlow)(nil),
 		(*RecoveryOption_PauseFlow)(nil),
+		(*RecoveryOption_SkipPhase)(nil),
 	}
 	file_flowstate_v1_flow_service_proto_msgTypes[22].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[24].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[26].OneofWrappers = []any{}
-	file_flowstate_v1_flow_service_proto_msgTypes[32].OneofWrappers = []any{}
-	file_flowstate_v1_flow_service_proto_msgTypes[36].OneofWrappers = []any{
+	file_flowstate_v1_flow_service_proto_msgTypes[36].OneofWrappers = []any{}
+	file_flowstate_v1_flow_service_proto_msgTypes[38].OneofWrappers = []any{}
+	file_flowstate_v1_flow_service_proto_msgTypes[42].OneofWrappers = []any{
 		(*FlowEvent_Snapshot)(nil),
 		(*FlowEvent_Change)(nil),
 		(*FlowEvent_Heartbeat)(nil),
@@ -3337,7 +3822,7 @@ func file_flowstate_v1_flow_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_service_proto_rawDesc), len(file_flowstate_v1_flow_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,22 +19,25 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	FlowStateService_CreateFlow_FullMethodName          = "/flowstate.v1.FlowStateService/CreateFlow"
-	FlowStateService_GetFlow_FullMethodName             = "/flowstate.v1.FlowStateService/GetFlow"
-	FlowStateService_ListFlows_FullMethodName           = "/flowstate.v1.FlowStateService/ListFlows"
-	FlowStateService_ValidateTransition_FullMethodName  = "/flowstate.v1.FlowStateService/ValidateTransition"
-	FlowStateService_TransitionPhase_FullMethodName     = "/flowstate.v1.FlowStateService/TransitionPhase"
-	FlowStateService_UpdatePhaseProgress_FullMethodName = "/flowstate.v1.FlowStateService/UpdatePhaseProgress"
-	FlowStateService_Rollback_FullMethodName            = "/flowstate.v1.FlowStateService/Rollback"
-	FlowStateService_Retry_FullMethodName               = "/flowstate.v1.FlowStateService/Retry"
-	FlowStateService_GetRecoveryOptions_FullMethodName  = "/flowstate.v1.FlowStateService/GetRecoveryOptions"
-	FlowStateService_PauseFlow_FullMethodName           = "/flowstate.v1.FlowStateService/PauseFlow"
-	FlowStateService_ResumeFlow_FullMethodName          = "/flowstate.v1.FlowStateService/ResumeFlow"
-	FlowStateService_CancelFlow_FullMethodName          = "/flowstate.v1.FlowStateService/CancelFlow"
-	FlowStateService_ListFlowHistory_FullMethodName     = "/flowstate.v1.FlowStateService/ListFlowHistory"
-	FlowStateService_GetFlowDefinition_FullMethodName   = "/flowstate.v1.FlowStateService/GetFlowDefinition"
-	FlowStateService_WatchFlow_FullMethodName           = "/flowstate.v1.FlowStateService/WatchFlow"
-	FlowStateService_WatchFlows_FullMethodName          = "/flowstate.v1.FlowStateService/WatchFlows"
+	FlowStateService_CreateFlow_FullMethodName           = "/flowstate.v1.FlowStateService/CreateFlow"
+	FlowStateService_GetFlow_FullMethodName              = "/flowstate.v1.FlowStateService/GetFlow"
+	FlowStateService_ListFlows_FullMethodName            = "/flowstate.v1.FlowStateService/ListFlows"
+	FlowStateService_ValidateTransition_FullMethodName   = "/flowstate.v1.FlowStateService/ValidateTransition"
+	FlowStateService_TransitionPhase_FullMethodName      = "/flowstate.v1.FlowStateService/TransitionPhase"
+	FlowStateService_UpdatePhaseProgress_FullMethodName  = "/flowstate.v1.FlowStateService/UpdatePhaseProgress"
+	FlowStateService_Rollback_FullMethodName             = "/flowstate.v1.FlowStateService/Rollback"
+	FlowStateService_Retry_FullMethodName                = "/flowstate.v1.FlowStateService/Retry"
+	FlowStateService_GetRecoveryOptions_FullMethodName   = "/flowstate.v1.FlowStateService/GetRecoveryOptions"
+	FlowStateService_PauseFlow_FullMethodName            = "/flowstate.v1.FlowStateService/PauseFlow"
+	FlowStateService_ResumeFlow_FullMethodName           = "/flowstate.v1.FlowStateService/ResumeFlow"
+	FlowStateService_CancelFlow_FullMethodName           = "/flowstate.v1.FlowStateService/CancelFlow"
+	FlowStateService_ListFlowHistory_FullMethodName      = "/flowstate.v1.FlowStateService/ListFlowHistory"
+	FlowStateService_GetFlowDefinition_FullMethodName    = "/flowstate.v1.FlowStateService/GetFlowDefinition"
+	FlowStateService_CreateFlowDefinition_FullMethodName = "/flowstate.v1.FlowStateService/CreateFlowDefinition"
+	FlowStateService_ListFlowDefinitions_FullMethodName  = "/flowstate.v1.FlowStateService/ListFlowDefinitions"
+	FlowStateService_SkipPhase_FullMethodName            = "/flowstate.v1.FlowStateService/SkipPhase"
+	FlowStateService_WatchFlow_FullMethodName            = "/flowstate.v1.FlowStateService/WatchFlow"
+	FlowStateService_WatchFlows_FullMethodName           = "/flowstate.v1.FlowStateService/WatchFlows"
 )
 
 // FlowStateServiceClient is the client API for FlowStateService service.
@@ -114,8 +117,27 @@ type FlowStateServiceClient interface {
 	// Lists a flow's history entries in version order. Paginated (AIP-158).
 	ListFlowHistory(ctx context.Context, in *ListFlowHistoryRequest, opts ...grpc.CallOption) (*ListFlowHistoryResponse, error)
 	// Returns a flow definition (phases, dependencies, weights, retry limits,
-	// status groups, transition table, progress factors).
+	// status groups, transition table, progress factors): the caller's tenant's
+	// own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
 	GetFlowDefinition(ctx context.Context, in *GetFlowDefinitionRequest, opts ...grpc.CallOption) (*GetFlowDefinitionResponse, error)
+	// Registers a flow definition for the caller's tenant (scope
+	// `definitions:write`). The body identical to an existing version of the name
+	// returns that version (created = false); any other body becomes the next
+	// version. Every structural problem is reported at once as
+	// google.rpc.BadRequest field violations with paths relative to the
+	// definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+	// Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+	CreateFlowDefinition(ctx context.Context, in *CreateFlowDefinitionRequest, opts ...grpc.CallOption) (*CreateFlowDefinitionResponse, error)
+	// Lists the definitions the caller can use: its tenant's and the built-ins,
+	// the latest version of each name in name order (or every version of one
+	// name). Paginated (AIP-158).
+	ListFlowDefinitions(ctx context.Context, in *ListFlowDefinitionsRequest, opts ...grpc.CallOption) (*ListFlowDefinitionsResponse, error)
+	// Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+	// or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+	// INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+	// its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+	// VERSION_CONFLICT.
+	SkipPhase(ctx context.Context, in *SkipPhaseRequest, opts ...grpc.CallOption) (*SkipPhaseResponse, error)
 	// Streams one flow: first the current snapshot (or, with `after_version`,
 	// every change after that version replayed from history), then every change
 	// as it commits, in version order, with heartbeats while idle. A client that
@@ -278,6 +300,36 @@ func (c *flowStateServiceClient) GetFlowDefinition(ctx context.Context, in *GetF
 	return out, nil
 }
 
+func (c *flowStateServiceClient) CreateFlowDefinition(ctx context.Context, in *CreateFlowDefinitionRequest, opts ...grpc.CallOption) (*CreateFlowDefinitionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateFlowDefinitionResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_CreateFlowDefinition_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) ListFlowDefinitions(ctx context.Context, in *ListFlowDefinitionsRequest, opts ...grpc.CallOption) (*ListFlowDefinitionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFlowDefinitionsResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_ListFlowDefinitions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) SkipPhase(ctx context.Context, in *SkipPhaseRequest, opts ...grpc.CallOption) (*SkipPhaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SkipPhaseResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_SkipPhase_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *flowStateServiceClient) WatchFlow(ctx context.Context, in *WatchFlowRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchFlowResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &FlowStateService_ServiceDesc.Streams[0], FlowStateService_WatchFlow_FullMethodName, cOpts...)
@@ -393,8 +445,27 @@ type FlowStateServiceServer interface {
 	// Lists a flow's history entries in version order. Paginated (AIP-158).
 	ListFlowHistory(context.Context, *ListFlowHistoryRequest) (*ListFlowHistoryResponse, error)
 	// Returns a flow definition (phases, dependencies, weights, retry limits,
-	// status groups, transition table, progress factors).
+	// status groups, transition table, progress factors): the caller's tenant's
+	// own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
 	GetFlowDefinition(context.Context, *GetFlowDefinitionRequest) (*GetFlowDefinitionResponse, error)
+	// Registers a flow definition for the caller's tenant (scope
+	// `definitions:write`). The body identical to an existing version of the name
+	// returns that version (created = false); any other body becomes the next
+	// version. Every structural problem is reported at once as
+	// google.rpc.BadRequest field violations with paths relative to the
+	// definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+	// Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+	CreateFlowDefinition(context.Context, *CreateFlowDefinitionRequest) (*CreateFlowDefinitionResponse, error)
+	// Lists the definitions the caller can use: its tenant's and the built-ins,
+	// the latest version of each name in name order (or every version of one
+	// name). Paginated (AIP-158).
+	ListFlowDefinitions(context.Context, *ListFlowDefinitionsRequest) (*ListFlowDefinitionsResponse, error)
+	// Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+	// or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+	// INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+	// its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+	// VERSION_CONFLICT.
+	SkipPhase(context.Context, *SkipPhaseRequest) (*SkipPhaseResponse, error)
 	// Streams one flow: first the current snapshot (or, with `after_version`,
 	// every change after that version replayed from history), then every change
 	// as it commits, in version order, with heartbeats while idle. A client that
@@ -458,6 +529,15 @@ func (UnimplementedFlowStateServiceServer) ListFlowHistory(context.Context, *Lis
 }
 func (UnimplementedFlowStateServiceServer) GetFlowDefinition(context.Context, *GetFlowDefinitionRequest) (*GetFlowDefinitionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetFlowDefinition not implemented")
+}
+func (UnimplementedFlowStateServiceServer) CreateFlowDefinition(context.Context, *CreateFlowDefinitionRequest) (*CreateFlowDefinitionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateFlowDefinition not implemented")
+}
+func (UnimplementedFlowStateServiceServer) ListFlowDefinitions(context.Context, *ListFlowDefinitionsRequest) (*ListFlowDefinitionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFlowDefinitions not implemented")
+}
+func (UnimplementedFlowStateServiceServer) SkipPhase(context.Context, *SkipPhaseRequest) (*SkipPhaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SkipPhase not implemented")
 }
 func (UnimplementedFlowStateServiceServer) WatchFlow(*WatchFlowRequest, grpc.ServerStreamingServer[WatchFlowResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchFlow not implemented")
@@ -738,6 +818,60 @@ func _FlowStateService_GetFlowDefinition_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FlowStateService_CreateFlowDefinition_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateFlowDefinitionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).CreateFlowDefinition(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_CreateFlowDefinition_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).CreateFlowDefinition(ctx, req.(*CreateFlowDefinitionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_ListFlowDefinitions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFlowDefinitionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).ListFlowDefinitions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_ListFlowDefinitions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).ListFlowDefinitions(ctx, req.(*ListFlowDefinitionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_SkipPhase_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SkipPhaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).SkipPhase(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_SkipPhase_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).SkipPhase(ctx, req.(*SkipPhaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FlowStateService_WatchFlow_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchFlowRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -822,6 +956,18 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetFlowDefinition",
 			Handler:    _FlowStateService_GetFlowDefinition_Handler,
+		},
+		{
+			MethodName: "CreateFlowDefinition",
+			Handler:    _FlowStateService_CreateFlowDefinition_Handler,
+		},
+		{
+			MethodName: "ListFlowDefinitions",
+			Handler:    _FlowStateService_ListFlowDefinitions_Handler,
+		},
+		{
+			MethodName: "SkipPhase",
+			Handler:    _FlowStateService_SkipPhase_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -49,21 +49,24 @@ const (
 	HistoryEventKind_HISTORY_EVENT_KIND_RESUME HistoryEventKind = 8
 	// The flow was cancelled.
 	HistoryEventKind_HISTORY_EVENT_KIND_CANCEL HistoryEventKind = 9
+	// An optional phase was skipped through SkipPhase (to_state SKIPPED).
+	HistoryEventKind_HISTORY_EVENT_KIND_SKIP HistoryEventKind = 10
 )
 
 // Enum value maps for HistoryEventKind.
 var (
 	HistoryEventKind_name = map[int32]string{
-		0: "HISTORY_EVENT_KIND_UNSPECIFIED",
-		1: "HISTORY_EVENT_KIND_CREATED",
-		2: "HISTORY_EVENT_KIND_TRANSITION",
-		3: "HISTORY_EVENT_KIND_PROGRESS",
-		4: "HISTORY_EVENT_KIND_ROLLBACK",
-		5: "HISTORY_EVENT_KIND_CASCADE_ROLLBACK",
-		6: "HISTORY_EVENT_KIND_RETRY",
-		7: "HISTORY_EVENT_KIND_PAUSE",
-		8: "HISTORY_EVENT_KIND_RESUME",
-		9: "HISTORY_EVENT_KIND_CANCEL",
+		0:  "HISTORY_EVENT_KIND_UNSPECIFIED",
+		1:  "HISTORY_EVENT_KIND_CREATED",
+		2:  "HISTORY_EVENT_KIND_TRANSITION",
+		3:  "HISTORY_EVENT_KIND_PROGRESS",
+		4:  "HISTORY_EVENT_KIND_ROLLBACK",
+		5:  "HISTORY_EVENT_KIND_CASCADE_ROLLBACK",
+		6:  "HISTORY_EVENT_KIND_RETRY",
+		7:  "HISTORY_EVENT_KIND_PAUSE",
+		8:  "HISTORY_EVENT_KIND_RESUME",
+		9:  "HISTORY_EVENT_KIND_CANCEL",
+		10: "HISTORY_EVENT_KIND_SKIP",
 	}
 	HistoryEventKind_value = map[string]int32{
 		"HISTORY_EVENT_KIND_UNSPECIFIED":      0,
@@ -76,6 +79,7 @@ var (
 		"HISTORY_EVENT_KIND_PAUSE":            7,
 		"HISTORY_EVENT_KIND_RESUME":           8,
 		"HISTORY_EVENT_KIND_CANCEL":           9,
+		"HISTORY_EVENT_KIND_SKIP":             10,
 	}
 )
 
@@ -326,7 +330,7 @@ const file_flowstate_v1_history_proto_rawDesc = "" +
 	"\rtime_in_state\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\vtimeInState\x12%\n" +
 	"\x0eprogress_after\x18\x10 \x01(\x01R\rprogressAfter\x12\x1f\n" +
 	"\vcause_phase\x18\x11 \x01(\tR\n" +
-	"causePhase*\xde\x02\n" +
+	"causePhase*\xfb\x02\n" +
 	"\x10HistoryEventKind\x12\"\n" +
 	"\x1eHISTORY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aHISTORY_EVENT_KIND_CREATED\x10\x01\x12!\n" +
@@ -337,7 +341,9 @@ const file_flowstate_v1_history_proto_rawDesc = "" +
 	"\x18HISTORY_EVENT_KIND_RETRY\x10\x06\x12\x1c\n" +
 	"\x18HISTORY_EVENT_KIND_PAUSE\x10\a\x12\x1d\n" +
 	"\x19HISTORY_EVENT_KIND_RESUME\x10\b\x12\x1d\n" +
-	"\x19HISTORY_EVENT_KIND_CANCEL\x10\tB\xa4\x01\n" +
+	"\x19HISTORY_EVENT_KIND_CANCEL\x10\t\x12\x1b\n" +
+	"\x17HISTORY_EVENT_KIND_SKIP\x10\n" +
+	"B\xa4\x01\n" +
 	"\x10com.flowstate.v1B\fHistoryProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (

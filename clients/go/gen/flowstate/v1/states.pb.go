@@ -35,8 +35,16 @@ const (
 //	RETRY_NEEDED       -> IN_PROGRESS, FAILED (retries exhausted or abandoned)
 //	ROLLED_BACK        -> IN_PROGRESS
 //
-// A phase may enter IN_PROGRESS only when every phase it depends on is
-// COMPLETED (otherwise PHASE_ORDER_VIOLATION).
+// Optional phases (PhaseDefinition.optional) may also be skipped:
+//
+//	NOT_STARTED, ROLLED_BACK, FAILED, RETRY_NEEDED -> SKIPPED
+//	SKIPPED            -> ROLLED_BACK (a rollback of it or of a phase upstream)
+//
+// A phase may enter IN_PROGRESS (or SKIPPED) only when every phase it depends
+// on is COMPLETED or SKIPPED (otherwise PHASE_ORDER_VIOLATION).
+//
+// Clients must accept values they do not know (a newer server may add states):
+// treat an unknown state as "not done" and show its number.
 type PhaseState int32
 
 const (
@@ -60,6 +68,9 @@ const (
 	// The phase's result was invalidated by a rollback (of itself or of a phase
 	// it depends on). Progress factor 0.
 	PhaseState_PHASE_STATE_ROLLED_BACK PhaseState = 8
+	// An optional phase that was skipped (SkipPhase): it never ran, satisfies the
+	// phases that depend on it and counts as done. Progress factor 1.0.
+	PhaseState_PHASE_STATE_SKIPPED PhaseState = 9
 )
 
 // Enum value maps for PhaseState.
@@ -74,6 +85,7 @@ var (
 		6: "PHASE_STATE_FAILED",
 		7: "PHASE_STATE_RETRY_NEEDED",
 		8: "PHASE_STATE_ROLLED_BACK",
+		9: "PHASE_STATE_SKIPPED",
 	}
 	PhaseState_value = map[string]int32{
 		"PHASE_STATE_UNSPECIFIED":        0,
@@ -85,6 +97,7 @@ var (
 		"PHASE_STATE_FAILED":             6,
 		"PHASE_STATE_RETRY_NEEDED":       7,
 		"PHASE_STATE_ROLLED_BACK":        8,
+		"PHASE_STATE_SKIPPED":            9,
 	}
 )
 
@@ -120,14 +133,16 @@ func (PhaseState) EnumDescriptor() ([]byte, []int) {
 //
 //  1. CANCELLED and COMPLETED are terminal; PAUSED stays until resumed.
 //  2. No phase has left NOT_STARTED: the status is kept (INITIALIZED for a new flow).
-//  3. Every phase COMPLETED: COMPLETED.
+//  3. Every phase COMPLETED or SKIPPED: COMPLETED.
 //  4. Some phase FAILED and none RETRY_NEEDED or IN_PROGRESS: FAILED.
 //  5. Some phase RETRY_NEEDED: RETRY_PENDING.
 //  6. Some phase IN_PROGRESS while the flow is RETRY_PENDING, ERROR_RECOVERY
 //     or FAILED: ERROR_RECOVERY.
 //  7. Some phase WAITING_APPROVAL: WAITING_APPROVAL.
-//  8. Otherwise the status group of the furthest phase that has left
-//     NOT_STARTED (ACTIVE when its definition gives it none).
+//  8. Otherwise the status group of the furthest phase (in definition order)
+//     that has left NOT_STARTED and was not skipped (ACTIVE when its
+//     definition gives it none). With parallel branches in different groups,
+//     the branch listed later in the definition wins.
 type FlowStatus int32
 
 const (
@@ -229,7 +244,7 @@ var File_flowstate_v1_states_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_states_proto_rawDesc = "" +
 	"\n" +
-	"\x19flowstate/v1/states.proto\x12\fflowstate.v1*\x97\x02\n" +
+	"\x19flowstate/v1/states.proto\x12\fflowstate.v1*\xb0\x02\n" +
 	"\n" +
 	"PhaseState\x12\x1b\n" +
 	"\x17PHASE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
@@ -240,7 +255,8 @@ const file_flowstate_v1_states_proto_rawDesc = "" +
 	"\x15PHASE_STATE_COMPLETED\x10\x05\x12\x16\n" +
 	"\x12PHASE_STATE_FAILED\x10\x06\x12\x1c\n" +
 	"\x18PHASE_STATE_RETRY_NEEDED\x10\a\x12\x1b\n" +
-	"\x17PHASE_STATE_ROLLED_BACK\x10\b*\x9c\x03\n" +
+	"\x17PHASE_STATE_ROLLED_BACK\x10\b\x12\x17\n" +
+	"\x13PHASE_STATE_SKIPPED\x10\t*\x9c\x03\n" +
 	"\n" +
 	"FlowStatus\x12\x1b\n" +
 	"\x17FLOW_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +

@@ -29,6 +29,8 @@ from flowstate.client._enums import (
 from flowstate.client._errors import (
     Aborted,
     DeadlineExceeded,
+    DefinitionNotFound,
+    DefinitionShadowsBuiltin,
     DependentPhasesActive,
     FailedPrecondition,
     FlowNotFound,
@@ -55,6 +57,8 @@ from flowstate.client._errors import (
     VersionConflict,
 )
 from flowstate.client._models import (
+    DefinitionPage,
+    DefinitionRegistration,
     Flow,
     FlowDefinition,
     FlowEvent,
@@ -78,6 +82,10 @@ __all__ = [
     "Aborted",
     "AsyncFlowstateClient",
     "DeadlineExceeded",
+    "DefinitionNotFound",
+    "DefinitionPage",
+    "DefinitionRegistration",
+    "DefinitionShadowsBuiltin",
     "DependentPhasesActive",
     "ErrorCode",
     "FailedPrecondition",

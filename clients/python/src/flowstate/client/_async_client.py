@@ -19,6 +19,8 @@ from flowstate.client import _requests
 from flowstate.client._config import ClientConfig, TokenSource
 from flowstate.client._errors import error_from_rpc_error
 from flowstate.client._models import (
+    DefinitionPage,
+    DefinitionRegistration,
     Flow,
     FlowDefinition,
     FlowEvent,
@@ -33,7 +35,7 @@ from flowstate.client._models import (
 from flowstate.client._requests import EnumLike
 from flowstate.client._retry import RetryPolicy, RetryState
 from flowstate.client._watch import FlowsWatch, FlowWatch, is_resumable
-from flowstate.v1 import flow_service_pb2, flow_service_pb2_grpc
+from flowstate.v1 import definition_pb2, flow_service_pb2, flow_service_pb2_grpc
 
 __all__ = ["AsyncFlowstateClient"]
 
@@ -604,6 +606,97 @@ class AsyncFlowstateClient:
         request = flow_service_pb2.GetFlowDefinitionRequest(name=name, version=version)
         response = await self._call(lambda s: s.GetFlowDefinition, request, timeout, retry)
         return FlowDefinition._from_proto(response.definition)
+
+    # --- definitions ---------------------------------------------------------------------
+
+    async def create_flow_definition(
+        self,
+        definition: Mapping[str, Any] | definition_pb2.FlowDefinition,
+        *,
+        allow_shadow_builtin: bool = False,
+        validate_only: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> DefinitionRegistration:
+        """Register a definition for the caller's tenant (needs the ``definitions:write`` scope).
+
+        `definition` is a ``FlowDefinition`` message or a mapping with its fields (a parsed YAML
+        or JSON file). The body identical to the latest version returns that version
+        (``created`` False); any other body becomes the next version. With `validate_only`
+        nothing is stored.
+
+        Raises:
+            MalformedRequest: every structural problem, each with its path
+                (``.field_violations``); DefinitionShadowsBuiltin, RequestIdReused,
+                PermissionDenied.
+        """
+        request = _requests.create_flow_definition(
+            definition,
+            allow_shadow_builtin=allow_shadow_builtin,
+            validate_only=validate_only,
+            request_id=request_id,
+        )
+        response = await self._call(lambda s: s.CreateFlowDefinition, request, timeout)
+        return DefinitionRegistration._from_proto(response)
+
+    async def list_flow_definitions(
+        self,
+        *,
+        name: str = "",
+        page_size: int = 0,
+        page_token: str | None = None,
+        timeout: float | None = None,
+    ) -> DefinitionPage:
+        """One page of the definitions the caller can use: the latest version of each name (its
+        tenant's and the built-ins), or with `name` every version of it, newest first."""
+        request = flow_service_pb2.ListFlowDefinitionsRequest(
+            name=name, page_size=page_size, page_token=page_token or ""
+        )
+        response = await self._call(lambda s: s.ListFlowDefinitions, request, timeout)
+        return DefinitionPage._from_proto(response)
+
+    async def iter_flow_definitions(
+        self, *, name: str = "", page_size: int = 0, timeout: float | None = None
+    ) -> AsyncGenerator[FlowDefinition, None]:
+        """Every definition `list_flow_definitions` lists, page after page."""
+        token: str | None = None
+        while True:
+            page = await self.list_flow_definitions(
+                name=name, page_size=page_size, page_token=token, timeout=timeout
+            )
+            for definition in page.definitions:
+                yield definition
+            token = page.next_page_token
+            if token is None:
+                return
+
+    async def skip_phase(
+        self,
+        flow_id: str,
+        phase: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Skip an optional phase (→ SKIPPED, which satisfies its dependents).
+
+        Raises:
+            InvalidPhaseTransition: the phase is not optional, or not skippable from its state;
+            PhaseOrderViolation, FlowPaused, FlowTerminal, VersionConflict.
+        """
+        request = _requests.skip_phase(
+            flow_id,
+            phase,
+            reason=reason,
+            metadata=metadata,
+            request_id=request_id,
+            expected_version=expected_version,
+        )
+        response = await self._call(lambda s: s.SkipPhase, request, timeout)
+        return MutationResult._from_proto(response)
 
     async def _pause(self, delay: float) -> None:
         """Wait `delay` seconds before a stream reconnects, or less if the client closes."""

@@ -84,6 +84,13 @@ class PhaseState(_ProtoEnum):
     FAILED = 6
     RETRY_NEEDED = 7
     ROLLED_BACK = 8
+    #: An optional phase that was skipped: satisfies its dependents, counts as done.
+    SKIPPED = 9
+
+    @property
+    def is_done(self) -> bool:
+        """Whether the phase counts as done (COMPLETED or SKIPPED): its dependents may start."""
+        return self in (PhaseState.COMPLETED, PhaseState.SKIPPED)
 
 
 class FlowStatus(_ProtoEnum):
@@ -138,6 +145,8 @@ class ErrorCode(_ProtoEnum):
     INVALID_TRANSITION = 22
     SUBSCRIBER_TOO_SLOW = 23
     SERVER_SHUTTING_DOWN = 24
+    DEFINITION_NOT_FOUND = 25
+    DEFINITION_SHADOWS_BUILTIN = 26
 
 
 class HistoryEventKind(_ProtoEnum):
@@ -153,6 +162,7 @@ class HistoryEventKind(_ProtoEnum):
     PAUSE = 7
     RESUME = 8
     CANCEL = 9
+    SKIP = 10
 
 
 class RecoveryAction(_ProtoEnum):
@@ -166,6 +176,7 @@ class RecoveryAction(_ProtoEnum):
     RESUME = 5
     CANCEL = 6
     ABANDON = 7
+    SKIP = 8
 
 
 class FlowEventKind(enum.StrEnum):

@@ -18,11 +18,13 @@ catch as precisely as they need::
     │   ├── FlowPaused
     │   ├── FlowTerminal
     │   ├── MaxRetriesExceeded              .attempts_remaining, .recovery
-    │   └── RetryNotAllowed                 .recovery
+    │   ├── RetryNotAllowed                 .recovery
+    │   └── DefinitionShadowsBuiltin        needs allow_shadow_builtin
     ├── Aborted                         ABORTED
     │   └── VersionConflict                 .current_version
     ├── NotFound                        NOT_FOUND
-    │   └── FlowNotFound
+    │   ├── FlowNotFound
+    │   └── DefinitionNotFound              also another tenant's definition
     ├── Unauthenticated                 UNAUTHENTICATED
     ├── PermissionDenied                PERMISSION_DENIED
     ├── ResourceExhausted               RESOURCE_EXHAUSTED
@@ -56,6 +58,8 @@ from flowstate.v1 import errors_pb2
 __all__ = [
     "Aborted",
     "DeadlineExceeded",
+    "DefinitionNotFound",
+    "DefinitionShadowsBuiltin",
     "DependentPhasesActive",
     "FailedPrecondition",
     "FlowNotFound",
@@ -146,6 +150,22 @@ class FlowstateError(Exception):
         self.phase = phase or None
         self.retry_delay = retry_delay
         self.status = status
+
+    @property
+    def field_violations(self) -> list[tuple[str, str]]:
+        """(field, description) of each ``google.rpc.BadRequest`` violation of the status.
+
+        A malformed request names every problem with its path, e.g. a refused flow definition
+        ``("phases[2].depends_on[0]", "unknown phase 'ghost'")``; empty for other errors.
+        """
+        if self.status is None:
+            return []
+        found: list[tuple[str, str]] = []
+        for packed in self.status.details:
+            bad_request = error_details_pb2.BadRequest()
+            if packed.Unpack(bad_request):  # False for every other detail type
+                found += [(v.field, v.description) for v in bad_request.field_violations]
+        return found
 
     def __str__(self) -> str:
         """``CODE: message``, plus the correlation id when there is one."""
@@ -320,6 +340,14 @@ class FlowNotFound(NotFound):
     """No such flow for the caller's tenant (also the answer for another tenant's flow)."""
 
 
+class DefinitionNotFound(NotFound):
+    """No such flow definition (or version) for the caller's tenant (also another tenant's)."""
+
+
+class DefinitionShadowsBuiltin(FailedPrecondition):
+    """The definition's name is a built-in's; register it with ``allow_shadow_builtin=True``."""
+
+
 class Unauthenticated(FlowstateError):
     """The credentials are missing, expired or forged (UNAUTHENTICATED)."""
 
@@ -389,6 +417,8 @@ _BY_REASON: dict[ErrorCode, type[FlowstateError]] = {
     ErrorCode.RETRY_NOT_ALLOWED: RetryNotAllowed,
     ErrorCode.VERSION_CONFLICT: VersionConflict,
     ErrorCode.FLOW_NOT_FOUND: FlowNotFound,
+    ErrorCode.DEFINITION_NOT_FOUND: DefinitionNotFound,
+    ErrorCode.DEFINITION_SHADOWS_BUILTIN: DefinitionShadowsBuiltin,
     ErrorCode.UNAUTHENTICATED: Unauthenticated,
     ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE: Unavailable,

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from flowstate.client._sync_client import FlowstateClient
 
 __all__ = [
+    "DefinitionPage",
+    "DefinitionRegistration",
     "Flow",
     "FlowDefinition",
     "FlowEvent",
@@ -120,6 +122,8 @@ class Phase:
     start_time: datetime | None
     complete_time: datetime | None
     raw: flow_pb2.Phase = dataclasses.field(repr=False, compare=False)
+    #: Whether the definition marks the phase optional (it may be skipped).
+    optional: bool = False
 
     @property
     def attempts_remaining(self) -> int:
@@ -145,6 +149,7 @@ class Phase:
             start_time=_time(raw, "start_time"),
             complete_time=_time(raw, "complete_time"),
             raw=raw,
+            optional=raw.optional,
         )
 
 
@@ -271,6 +276,7 @@ _MutationResponse = (
     | flow_service_pb2.PauseFlowResponse
     | flow_service_pb2.ResumeFlowResponse
     | flow_service_pb2.CancelFlowResponse
+    | flow_service_pb2.SkipPhaseResponse
 )
 
 
@@ -476,6 +482,8 @@ class PhaseDefinition:
     display_name: str
     description: str
     raw: definition_pb2.PhaseDefinition = dataclasses.field(repr=False, compare=False)
+    #: Whether the phase may be skipped (`skip_phase`).
+    optional: bool = False
 
     @classmethod
     def _from_proto(cls, raw: definition_pb2.PhaseDefinition) -> PhaseDefinition:
@@ -488,6 +496,7 @@ class PhaseDefinition:
             display_name=raw.display_name,
             description=raw.description,
             raw=raw,
+            optional=raw.optional,
         )
 
 
@@ -505,6 +514,10 @@ class FlowDefinition:
     #: Progress factor of each phase state.
     progress_factors: Mapping[PhaseState, float]
     raw: definition_pb2.FlowDefinition = dataclasses.field(repr=False, compare=False)
+    #: Whether this is a built-in definition (visible to every tenant).
+    builtin: bool = False
+    #: When this version was registered (a built-in: when the database first stored it).
+    create_time: datetime | None = None
 
     def phase(self, name: str) -> PhaseDefinition:
         """The phase called `name`.
@@ -534,6 +547,46 @@ class FlowDefinition:
                 for rule in raw.phase_transitions
             },
             progress_factors={PhaseState(item.state): item.factor for item in raw.progress_factors},
+            raw=raw,
+            builtin=raw.builtin,
+            create_time=_time(raw, "create_time"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionRegistration:
+    """The result of `create_flow_definition`: the stored version and whether it is new."""
+
+    definition: FlowDefinition
+    #: False when an identical body already existed (or with validate_only).
+    created: bool
+    raw: flow_service_pb2.CreateFlowDefinitionResponse = dataclasses.field(
+        repr=False, compare=False
+    )
+
+    @classmethod
+    def _from_proto(
+        cls, raw: flow_service_pb2.CreateFlowDefinitionResponse
+    ) -> DefinitionRegistration:
+        return cls(
+            definition=FlowDefinition._from_proto(raw.definition), created=raw.created, raw=raw
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionPage:
+    """One page of `list_flow_definitions`."""
+
+    definitions: tuple[FlowDefinition, ...]
+    #: Pass as ``page_token`` to get the next page; None on the last page.
+    next_page_token: str | None
+    raw: flow_service_pb2.ListFlowDefinitionsResponse = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def _from_proto(cls, raw: flow_service_pb2.ListFlowDefinitionsResponse) -> DefinitionPage:
+        return cls(
+            definitions=tuple(FlowDefinition._from_proto(d) for d in raw.definitions),
+            next_page_token=raw.next_page_token or None,
             raw=raw,
         )
 

@@ -12,16 +12,18 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 from flowstate.client._enums import ErrorCode, FlowStatus, PhaseState
-from flowstate.v1 import errors_pb2, flow_service_pb2, states_pb2
+from flowstate.v1 import definition_pb2, errors_pb2, flow_service_pb2, states_pb2
 
 __all__ = [
     "EnumLike",
     "cancel_flow",
     "create_flow",
+    "create_flow_definition",
+    "definition_message",
     "get_flow",
     "list_flow_history",
     "list_flows",
@@ -30,6 +32,7 @@ __all__ = [
     "resume_flow",
     "retry",
     "rollback",
+    "skip_phase",
     "transition_phase",
     "update_phase_progress",
     "validate_transition",
@@ -101,6 +104,72 @@ def create_flow(
         flow_id=flow_id or "",
         display_name=display_name,
         labels=dict(labels or {}),
+    )
+
+
+def definition_message(
+    definition: Mapping[str, Any] | definition_pb2.FlowDefinition,
+) -> definition_pb2.FlowDefinition:
+    """A ``FlowDefinition`` message from a message or a plain mapping (a parsed YAML/JSON file).
+
+    The mapping has the keys of the message: ``name``, ``display_name``, ``description`` and
+    ``phases``, each phase with ``name``, ``depends_on``, ``weight``, ``max_retries``,
+    ``status_group`` (a `FlowStatus`, its number or its name), ``optional``, ``display_name``,
+    ``description``. The server checks the structure (and names every problem with its path);
+    here a key the message has no field for, or a value of the wrong type, raises ValueError.
+    """
+    if isinstance(definition, definition_pb2.FlowDefinition):
+        return definition
+    data = dict(definition)
+    phases = []
+    for phase in data.pop("phases", None) or []:
+        entry = dict(phase) if isinstance(phase, Mapping) else {"name": phase}
+        group = entry.get("status_group")
+        if group is not None and group != "":
+            entry["status_group"] = FlowStatus.parse(group).proto_name
+        phases.append(entry)
+    data["phases"] = phases
+    message = definition_pb2.FlowDefinition()
+    try:
+        json_format.ParseDict(data, message)
+    except json_format.ParseError as exc:
+        raise ValueError(f"not a flow definition: {exc}") from None
+    return message
+
+
+def create_flow_definition(
+    definition: Mapping[str, Any] | definition_pb2.FlowDefinition,
+    *,
+    allow_shadow_builtin: bool,
+    validate_only: bool,
+    request_id: str | None,
+) -> flow_service_pb2.CreateFlowDefinitionRequest:
+    """A ``CreateFlowDefinitionRequest``."""
+    return flow_service_pb2.CreateFlowDefinitionRequest(
+        request_id=request_id or new_request_id(),
+        definition=definition_message(definition),
+        allow_shadow_builtin=allow_shadow_builtin,
+        validate_only=validate_only,
+    )
+
+
+def skip_phase(
+    flow_id: str,
+    phase: str,
+    *,
+    reason: str,
+    metadata: Mapping[str, Any] | None,
+    request_id: str | None,
+    expected_version: int | None,
+) -> flow_service_pb2.SkipPhaseRequest:
+    """A ``SkipPhaseRequest``."""
+    return flow_service_pb2.SkipPhaseRequest(
+        flow_id=_flow_id(flow_id),
+        phase=phase,
+        reason=reason,
+        metadata=_struct(metadata),
+        request_id=request_id or new_request_id(),
+        expected_version=expected_version,
     )
 
 

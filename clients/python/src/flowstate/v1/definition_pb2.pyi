@@ -7,6 +7,7 @@ from collections import abc as _abc
 from flowstate.v1 import states_pb2 as _states_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -24,6 +25,10 @@ class FlowDefinition(_message.Message):
     """A flow definition: ordered phases with dependencies (a DAG), weights that sum
     to 100, retry limits and status groups. Served to clients so they can render
     flows and validate transitions locally.
+
+    Definitions are per tenant and versioned (CreateFlowDefinition): the
+    versions of a (tenant, name) are numbered 1, 2, ... and never change. The
+    built-in definitions (`discovery`) are visible to every tenant.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -35,17 +40,29 @@ class FlowDefinition(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PHASE_TRANSITIONS_FIELD_NUMBER: _builtins.int
     PROGRESS_FACTORS_FIELD_NUMBER: _builtins.int
+    BUILTIN_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The definition's name, e.g. "discovery"."""
+    """The definition's name: lowercase letters, digits and `_`, starting with a
+    letter, at most 63 characters, e.g. "discovery".
+    """
     version: _builtins.int
-    """The definition's version; flows keep the version they were created with."""
+    """Output only. The definition's version, assigned by the registry; flows
+    keep the version they were created with. Ignored in CreateFlowDefinition.
+    """
     display_name: _builtins.str
     """A human-readable name."""
     description: _builtins.str
     """What flows of this definition do."""
+    builtin: _builtins.bool
+    """Output only. Whether this is a built-in definition (visible to every
+    tenant) rather than one registered by the caller's tenant.
+    """
     @_builtins.property
     def phases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhaseDefinition]:
-        """The phases, in order."""
+        """The phases (at least 1, at most 64), each listed after the phases it
+        depends on (definition order is a topological order of the DAG).
+        """
 
     @_builtins.property
     def phase_transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhaseTransitionRule]:
@@ -54,6 +71,12 @@ class FlowDefinition(_message.Message):
     @_builtins.property
     def progress_factors(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhaseStateProgress]:
         """The progress factor of each phase state."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When this version was registered (for a built-in: when this
+        database first stored it).
+        """
 
     def __init__(
         self,
@@ -65,10 +88,12 @@ class FlowDefinition(_message.Message):
         description: _builtins.str = ...,
         phase_transitions: _abc.Iterable[Global___PhaseTransitionRule] | None = ...,
         progress_factors: _abc.Iterable[Global___PhaseStateProgress] | None = ...,
+        builtin: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "display_name", b"display_name", "name", b"name", "phase_transitions", b"phase_transitions", "phases", b"phases", "progress_factors", b"progress_factors", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin", b"builtin", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "name", b"name", "phase_transitions", b"phase_transitions", "phases", b"phases", "progress_factors", b"progress_factors", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -87,6 +112,8 @@ class PhaseDefinition(_message.Message):
     STATUS_GROUP_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    OPTIONAL_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The phase's name, unique within the definition, e.g. "field_mapping"."""
     weight: _builtins.int
@@ -101,9 +128,22 @@ class PhaseDefinition(_message.Message):
     """A human-readable name."""
     description: _builtins.str
     """What the phase does."""
+    optional: _builtins.bool
+    """Whether the phase may be skipped (SkipPhase): SKIPPED satisfies the phases
+    that depend on it and counts as done for progress and for COMPLETED.
+    """
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Phases that must be COMPLETED before this one may enter IN_PROGRESS."""
+        """Phases that must be COMPLETED (or SKIPPED) before this one may enter
+        IN_PROGRESS; phases with no dependency in common run in parallel. At most
+        16, each listed earlier in the definition.
+        """
+
+    @_builtins.property
+    def policy(self) -> Global___PhasePolicy:
+        """Reserved for the phase's policies (timeouts, retry policy, approvals); must
+        be empty until the server supports them.
+        """
 
     def __init__(
         self,
@@ -115,14 +155,36 @@ class PhaseDefinition(_message.Message):
         status_group: _states_pb2.FlowStatus.ValueType = ...,
         display_name: _builtins.str = ...,
         description: _builtins.str = ...,
+        optional: _builtins.bool = ...,
+        policy: Global___PhasePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["depends_on", b"depends_on", "description", b"description", "display_name", b"display_name", "max_retries", b"max_retries", "name", b"name", "status_group", b"status_group", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depends_on", b"depends_on", "description", b"description", "display_name", b"display_name", "max_retries", b"max_retries", "name", b"name", "optional", b"optional", "policy", b"policy", "status_group", b"status_group", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PhaseDefinition: _TypeAlias = PhaseDefinition  # noqa: Y015
+
+@_typing.final
+class PhasePolicy(_message.Message):
+    """The policies of a phase. Reserved: no field exists yet, and a definition
+    whose policy carries fields this server does not know is refused rather than
+    run without them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhasePolicy: _TypeAlias = PhasePolicy  # noqa: Y015
 
 @_typing.final
 class PhaseTransitionRule(_message.Message):

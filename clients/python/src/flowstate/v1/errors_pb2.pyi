@@ -104,6 +104,14 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """UNAVAILABLE: the server is shutting down; reconnect (to another replica)
     and resume from the last version (or cursor) seen.
     """
+    ERROR_CODE_DEFINITION_NOT_FOUND: _ErrorCode.ValueType  # 25
+    """NOT_FOUND: no such flow definition (or version) for the caller's tenant
+    (also another tenant's definition).
+    """
+    ERROR_CODE_DEFINITION_SHADOWS_BUILTIN: _ErrorCode.ValueType  # 26
+    """FAILED_PRECONDITION: CreateFlowDefinition named a built-in definition
+    without `allow_shadow_builtin`.
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Every error code Flowstate uses: the refusals of a request (carried as the
@@ -186,6 +194,14 @@ from the last version (or cursor) seen.
 ERROR_CODE_SERVER_SHUTTING_DOWN: ErrorCode.ValueType  # 24
 """UNAVAILABLE: the server is shutting down; reconnect (to another replica)
 and resume from the last version (or cursor) seen.
+"""
+ERROR_CODE_DEFINITION_NOT_FOUND: ErrorCode.ValueType  # 25
+"""NOT_FOUND: no such flow definition (or version) for the caller's tenant
+(also another tenant's definition).
+"""
+ERROR_CODE_DEFINITION_SHADOWS_BUILTIN: ErrorCode.ValueType  # 26
+"""FAILED_PRECONDITION: CreateFlowDefinition named a built-in definition
+without `allow_shadow_builtin`.
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 

@@ -146,6 +146,7 @@ class Phase(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    OPTIONAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The phase's name in the flow definition, e.g. "data_import"."""
     state: _states_pb2.PhaseState.ValueType
@@ -160,6 +161,8 @@ class Phase(_message.Message):
     """How many retry attempts the definition allows for the phase."""
     weight: _builtins.int
     """The phase's weight in the flow's progress (weights sum to 100)."""
+    optional: _builtins.bool
+    """The phase's `optional` flag from its definition: whether it may be skipped."""
     @_builtins.property
     def last_retry_time(self) -> _timestamp_pb2.Timestamp:
         """When the phase was last retried; unset if never."""
@@ -194,10 +197,11 @@ class Phase(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         weight: _builtins.int = ...,
+        optional: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "start_time", b"start_time", "state_enter_time", b"state_enter_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "max_retries", b"max_retries", "name", b"name", "progress", b"progress", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "state_enter_time", b"state_enter_time", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "max_retries", b"max_retries", "name", b"name", "optional", b"optional", "progress", b"progress", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "state_enter_time", b"state_enter_time", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -48,6 +48,8 @@ class _RecoveryActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Recove
     """Cancel the flow."""
     RECOVERY_ACTION_ABANDON: _RecoveryAction.ValueType  # 7
     """Give up on a phase waiting for retry (RETRY_NEEDED -> FAILED)."""
+    RECOVERY_ACTION_SKIP: _RecoveryAction.ValueType  # 8
+    """Skip an optional phase that failed (FAILED or RETRY_NEEDED -> SKIPPED)."""
 
 class RecoveryAction(_RecoveryAction, metaclass=_RecoveryActionEnumTypeWrapper):
     """A recovery action."""
@@ -68,6 +70,8 @@ RECOVERY_ACTION_CANCEL: RecoveryAction.ValueType  # 6
 """Cancel the flow."""
 RECOVERY_ACTION_ABANDON: RecoveryAction.ValueType  # 7
 """Give up on a phase waiting for retry (RETRY_NEEDED -> FAILED)."""
+RECOVERY_ACTION_SKIP: RecoveryAction.ValueType  # 8
+"""Skip an optional phase that failed (FAILED or RETRY_NEEDED -> SKIPPED)."""
 Global___RecoveryAction: _TypeAlias = RecoveryAction  # noqa: Y015
 
 @_typing.final
@@ -105,9 +109,13 @@ class CreateFlowRequest(_message.Message):
     request_id: _builtins.str
     """Idempotency key (1-128 printable characters); the SDKs generate one."""
     definition_name: _builtins.str
-    """The definition to follow; "discovery" when empty."""
+    """The definition to follow (the tenant's own or a built-in; a tenant's
+    definition that shadows a built-in wins); "discovery" when empty.
+    """
     definition_version: _builtins.int
-    """The definition version; the latest when 0."""
+    """The definition version; the latest when 0. The flow keeps this version:
+    registering a newer one does not change existing flows.
+    """
     flow_id: _builtins.str
     """Optional client-chosen flow id (a UUID); the server picks one when empty."""
     display_name: _builtins.str
@@ -889,6 +897,7 @@ class RecoveryOption(_message.Message):
     RESUME_FLOW_FIELD_NUMBER: _builtins.int
     CANCEL_FLOW_FIELD_NUMBER: _builtins.int
     PAUSE_FLOW_FIELD_NUMBER: _builtins.int
+    SKIP_PHASE_FIELD_NUMBER: _builtins.int
     action: Global___RecoveryAction.ValueType
     """The action."""
     phase: _builtins.str
@@ -933,6 +942,10 @@ class RecoveryOption(_message.Message):
     def pause_flow(self) -> Global___PauseFlowRequest:
         """Send with PauseFlow."""
 
+    @_builtins.property
+    def skip_phase(self) -> Global___SkipPhaseRequest:
+        """Send with SkipPhase."""
+
     def __init__(
         self,
         *,
@@ -951,14 +964,15 @@ class RecoveryOption(_message.Message):
         resume_flow: Global___ResumeFlowRequest | None = ...,
         cancel_flow: Global___CancelFlowRequest | None = ...,
         pause_flow: Global___PauseFlowRequest | None = ...,
+        skip_phase: Global___SkipPhaseRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "attempts_remaining", b"attempts_remaining", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "transition_phase", b"transition_phase"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "attempts_remaining", b"attempts_remaining", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "transition_phase", b"transition_phase"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "action", b"action", "allowed", b"allowed", "attempts_remaining", b"attempts_remaining", "blocked_by", b"blocked_by", "blocking_detail", b"blocking_detail", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "phase", b"phase", "reason", b"reason", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "target_state", b"target_state", "target_status", b"target_status", "transition_phase", b"transition_phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "action", b"action", "allowed", b"allowed", "attempts_remaining", b"attempts_remaining", "blocked_by", b"blocked_by", "blocking_detail", b"blocking_detail", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "phase", b"phase", "reason", b"reason", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "target_state", b"target_state", "target_status", b"target_status", "transition_phase", b"transition_phase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__attempts_remaining: _TypeAlias = _typing.Literal["attempts_remaining"]  # noqa: Y015
     _WhichOneofArgType__attempts_remaining: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining"]  # noqa: Y015
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["retry", "rollback", "transition_phase", "resume_flow", "cancel_flow", "pause_flow"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["retry", "rollback", "transition_phase", "resume_flow", "cancel_flow", "pause_flow", "skip_phase"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__attempts_remaining) -> _WhichOneofReturnType__attempts_remaining | None: ...
@@ -1278,6 +1292,220 @@ class GetFlowDefinitionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetFlowDefinitionResponse: _TypeAlias = GetFlowDefinitionResponse  # noqa: Y015
+
+@_typing.final
+class CreateFlowDefinitionRequest(_message.Message):
+    """Request of CreateFlowDefinition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    ALLOW_SHADOW_BUILTIN_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (1-128 printable characters): the same key with the same
+    definition returns the version it created; with another definition it is
+    refused (REQUEST_ID_REUSED).
+    """
+    allow_shadow_builtin: _builtins.bool
+    """Register a name that a built-in definition has. The tenant's definition
+    then shadows the built-in for this tenant only (its flows of the built-in
+    keep working); its versions continue after the built-in's latest.
+    """
+    validate_only: _builtins.bool
+    """Validate only: report the problems (or the version it would get) and
+    store nothing.
+    """
+    @_builtins.property
+    def definition(self) -> _definition_pb2.FlowDefinition:
+        """The definition to register; `version` and the other output-only fields
+        are ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        definition: _definition_pb2.FlowDefinition | None = ...,
+        allow_shadow_builtin: _builtins.bool = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_shadow_builtin", b"allow_shadow_builtin", "definition", b"definition", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateFlowDefinitionRequest: _TypeAlias = CreateFlowDefinitionRequest  # noqa: Y015
+
+@_typing.final
+class CreateFlowDefinitionResponse(_message.Message):
+    """Response of CreateFlowDefinition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """Whether a new version was created (false: an identical body existed, or
+    validate_only).
+    """
+    @_builtins.property
+    def definition(self) -> _definition_pb2.FlowDefinition:
+        """The stored (or, with validate_only, the would-be) definition with its
+        version.
+        """
+
+    def __init__(
+        self,
+        *,
+        definition: _definition_pb2.FlowDefinition | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "definition", b"definition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateFlowDefinitionResponse: _TypeAlias = CreateFlowDefinitionResponse  # noqa: Y015
+
+@_typing.final
+class ListFlowDefinitionsRequest(_message.Message):
+    """Request of ListFlowDefinitions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many definitions (1-1000; 100 when 0)."""
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page; empty for the first page."""
+    name: _builtins.str
+    """When set, every version of this name (newest first) instead of the latest
+    version of every name.
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFlowDefinitionsRequest: _TypeAlias = ListFlowDefinitionsRequest  # noqa: Y015
+
+@_typing.final
+class ListFlowDefinitionsResponse(_message.Message):
+    """Response of ListFlowDefinitions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFINITIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def definitions(self) -> _containers.RepeatedCompositeFieldContainer[_definition_pb2.FlowDefinition]:
+        """The definitions, by name (or by version, newest first, with `name`)."""
+
+    def __init__(
+        self,
+        *,
+        definitions: _abc.Iterable[_definition_pb2.FlowDefinition] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definitions", b"definitions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFlowDefinitionsResponse: _TypeAlias = ListFlowDefinitionsResponse  # noqa: Y015
+
+@_typing.final
+class SkipPhaseRequest(_message.Message):
+    """Request of SkipPhase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    flow_id: _builtins.str
+    """The flow's id."""
+    phase: _builtins.str
+    """The optional phase to skip."""
+    reason: _builtins.str
+    """Why (at most 1024 characters); recorded in history."""
+    request_id: _builtins.str
+    """Idempotency key (1-128 printable characters); the SDKs generate one."""
+    expected_version: _builtins.int
+    """Apply only if the flow is at this version (ABORTED otherwise)."""
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Free-form metadata recorded in history (at most 16 KiB as JSON)."""
+
+    def __init__(
+        self,
+        *,
+        flow_id: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        request_id: _builtins.str = ...,
+        expected_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "flow_id", b"flow_id", "metadata", b"metadata", "phase", b"phase", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___SkipPhaseRequest: _TypeAlias = SkipPhaseRequest  # noqa: Y015
+
+@_typing.final
+class SkipPhaseResponse(_message.Message):
+    """Response of SkipPhase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_FIELD_NUMBER: _builtins.int
+    HISTORY_ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def flow(self) -> _flow_pb2.Flow:
+        """The flow after the change."""
+
+    @_builtins.property
+    def history_entries(self) -> _containers.RepeatedCompositeFieldContainer[_history_pb2.HistoryEntry]:
+        """The history entries the change appended."""
+
+    def __init__(
+        self,
+        *,
+        flow: _flow_pb2.Flow | None = ...,
+        history_entries: _abc.Iterable[_history_pb2.HistoryEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "history_entries", b"history_entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkipPhaseResponse: _TypeAlias = SkipPhaseResponse  # noqa: Y015
 
 @_typing.final
 class WatchFlowRequest(_message.Message):

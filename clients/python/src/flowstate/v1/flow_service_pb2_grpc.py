@@ -126,6 +126,21 @@ class FlowStateServiceStub:
                 request_serializer=flowstate_dot_v1_dot_flow__service__pb2.GetFlowDefinitionRequest.SerializeToString,
                 response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.GetFlowDefinitionResponse.FromString,
                 _registered_method=True)
+        self.CreateFlowDefinition = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/CreateFlowDefinition',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.CreateFlowDefinitionRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.CreateFlowDefinitionResponse.FromString,
+                _registered_method=True)
+        self.ListFlowDefinitions = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/ListFlowDefinitions',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.ListFlowDefinitionsRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.ListFlowDefinitionsResponse.FromString,
+                _registered_method=True)
+        self.SkipPhase = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/SkipPhase',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.SkipPhaseRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.SkipPhaseResponse.FromString,
+                _registered_method=True)
         self.WatchFlow = channel.unary_stream(
                 '/flowstate.v1.FlowStateService/WatchFlow',
                 request_serializer=flowstate_dot_v1_dot_flow__service__pb2.WatchFlowRequest.SerializeToString,
@@ -279,7 +294,41 @@ class FlowStateServiceServicer:
 
     def GetFlowDefinition(self, request, context):
         """Returns a flow definition (phases, dependencies, weights, retry limits,
-        status groups, transition table, progress factors).
+        status groups, transition table, progress factors): the caller's tenant's
+        own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateFlowDefinition(self, request, context):
+        """Registers a flow definition for the caller's tenant (scope
+        `definitions:write`). The body identical to an existing version of the name
+        returns that version (created = false); any other body becomes the next
+        version. Every structural problem is reported at once as
+        google.rpc.BadRequest field violations with paths relative to the
+        definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+        Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFlowDefinitions(self, request, context):
+        """Lists the definitions the caller can use: its tenant's and the built-ins,
+        the latest version of each name in name order (or every version of one
+        name). Paginated (AIP-158).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SkipPhase(self, request, context):
+        """Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+        or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+        its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+        VERSION_CONFLICT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -379,6 +428,21 @@ def add_FlowStateServiceServicer_to_server(servicer, server):
                     servicer.GetFlowDefinition,
                     request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.GetFlowDefinitionRequest.FromString,
                     response_serializer=flowstate_dot_v1_dot_flow__service__pb2.GetFlowDefinitionResponse.SerializeToString,
+            ),
+            'CreateFlowDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFlowDefinition,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.CreateFlowDefinitionRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.CreateFlowDefinitionResponse.SerializeToString,
+            ),
+            'ListFlowDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlowDefinitions,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.ListFlowDefinitionsRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.ListFlowDefinitionsResponse.SerializeToString,
+            ),
+            'SkipPhase': grpc.unary_unary_rpc_method_handler(
+                    servicer.SkipPhase,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.SkipPhaseRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.SkipPhaseResponse.SerializeToString,
             ),
             'WatchFlow': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchFlow,
@@ -791,6 +855,87 @@ class FlowStateService:
             '/flowstate.v1.FlowStateService/GetFlowDefinition',
             flowstate_dot_v1_dot_flow__service__pb2.GetFlowDefinitionRequest.SerializeToString,
             flowstate_dot_v1_dot_flow__service__pb2.GetFlowDefinitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateFlowDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/CreateFlowDefinition',
+            flowstate_dot_v1_dot_flow__service__pb2.CreateFlowDefinitionRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.CreateFlowDefinitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlowDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/ListFlowDefinitions',
+            flowstate_dot_v1_dot_flow__service__pb2.ListFlowDefinitionsRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.ListFlowDefinitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SkipPhase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/SkipPhase',
+            flowstate_dot_v1_dot_flow__service__pb2.SkipPhaseRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.SkipPhaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -116,7 +116,29 @@ class FlowStateServiceStub:
     """Lists a flow's history entries in version order. Paginated (AIP-158)."""
     GetFlowDefinition: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.GetFlowDefinitionRequest, _flow_service_pb2.GetFlowDefinitionResponse]
     """Returns a flow definition (phases, dependencies, weights, retry limits,
-    status groups, transition table, progress factors).
+    status groups, transition table, progress factors): the caller's tenant's
+    own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
+    """
+    CreateFlowDefinition: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.CreateFlowDefinitionRequest, _flow_service_pb2.CreateFlowDefinitionResponse]
+    """Registers a flow definition for the caller's tenant (scope
+    `definitions:write`). The body identical to an existing version of the name
+    returns that version (created = false); any other body becomes the next
+    version. Every structural problem is reported at once as
+    google.rpc.BadRequest field violations with paths relative to the
+    definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+    Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+    """
+    ListFlowDefinitions: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.ListFlowDefinitionsRequest, _flow_service_pb2.ListFlowDefinitionsResponse]
+    """Lists the definitions the caller can use: its tenant's and the built-ins,
+    the latest version of each name in name order (or every version of one
+    name). Paginated (AIP-158).
+    """
+    SkipPhase: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.SkipPhaseRequest, _flow_service_pb2.SkipPhaseResponse]
+    """Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+    or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+    INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+    its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+    VERSION_CONFLICT.
     """
     WatchFlow: _grpc.UnaryStreamMultiCallable[_flow_service_pb2.WatchFlowRequest, _flow_service_pb2.WatchFlowResponse]
     """Streams one flow: first the current snapshot (or, with `after_version`,
@@ -221,7 +243,29 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     """Lists a flow's history entries in version order. Paginated (AIP-158)."""
     GetFlowDefinition: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.GetFlowDefinitionRequest, _flow_service_pb2.GetFlowDefinitionResponse]  # type: ignore[assignment]
     """Returns a flow definition (phases, dependencies, weights, retry limits,
-    status groups, transition table, progress factors).
+    status groups, transition table, progress factors): the caller's tenant's
+    own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
+    """
+    CreateFlowDefinition: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.CreateFlowDefinitionRequest, _flow_service_pb2.CreateFlowDefinitionResponse]  # type: ignore[assignment]
+    """Registers a flow definition for the caller's tenant (scope
+    `definitions:write`). The body identical to an existing version of the name
+    returns that version (created = false); any other body becomes the next
+    version. Every structural problem is reported at once as
+    google.rpc.BadRequest field violations with paths relative to the
+    definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+    Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+    """
+    ListFlowDefinitions: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.ListFlowDefinitionsRequest, _flow_service_pb2.ListFlowDefinitionsResponse]  # type: ignore[assignment]
+    """Lists the definitions the caller can use: its tenant's and the built-ins,
+    the latest version of each name in name order (or every version of one
+    name). Paginated (AIP-158).
+    """
+    SkipPhase: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.SkipPhaseRequest, _flow_service_pb2.SkipPhaseResponse]  # type: ignore[assignment]
+    """Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+    or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+    INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+    its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+    VERSION_CONFLICT.
     """
     WatchFlow: _aio.UnaryStreamMultiCallable[_flow_service_pb2.WatchFlowRequest, _flow_service_pb2.WatchFlowResponse]  # type: ignore[assignment]
     """Streams one flow: first the current snapshot (or, with `after_version`,
@@ -407,7 +451,47 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flow_service_pb2.GetFlowDefinitionResponse, _abc.Awaitable[_flow_service_pb2.GetFlowDefinitionResponse]]:
         """Returns a flow definition (phases, dependencies, weights, retry limits,
-        status groups, transition table, progress factors).
+        status groups, transition table, progress factors): the caller's tenant's
+        own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateFlowDefinition(
+        self,
+        request: _flow_service_pb2.CreateFlowDefinitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.CreateFlowDefinitionResponse, _abc.Awaitable[_flow_service_pb2.CreateFlowDefinitionResponse]]:
+        """Registers a flow definition for the caller's tenant (scope
+        `definitions:write`). The body identical to an existing version of the name
+        returns that version (created = false); any other body becomes the next
+        version. Every structural problem is reported at once as
+        google.rpc.BadRequest field violations with paths relative to the
+        definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+        Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFlowDefinitions(
+        self,
+        request: _flow_service_pb2.ListFlowDefinitionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.ListFlowDefinitionsResponse, _abc.Awaitable[_flow_service_pb2.ListFlowDefinitionsResponse]]:
+        """Lists the definitions the caller can use: its tenant's and the built-ins,
+        the latest version of each name in name order (or every version of one
+        name). Paginated (AIP-158).
+        """
+
+    @_abc_1.abstractmethod
+    def SkipPhase(
+        self,
+        request: _flow_service_pb2.SkipPhaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.SkipPhaseResponse, _abc.Awaitable[_flow_service_pb2.SkipPhaseResponse]]:
+        """Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+        or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+        its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+        VERSION_CONFLICT.
         """
 
     @_abc_1.abstractmethod

@@ -50,6 +50,8 @@ class _HistoryEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Hist
     """The flow was resumed."""
     HISTORY_EVENT_KIND_CANCEL: _HistoryEventKind.ValueType  # 9
     """The flow was cancelled."""
+    HISTORY_EVENT_KIND_SKIP: _HistoryEventKind.ValueType  # 10
+    """An optional phase was skipped through SkipPhase (to_state SKIPPED)."""
 
 class HistoryEventKind(_HistoryEventKind, metaclass=_HistoryEventKindEnumTypeWrapper):
     """What kind of change a history entry records."""
@@ -76,6 +78,8 @@ HISTORY_EVENT_KIND_RESUME: HistoryEventKind.ValueType  # 8
 """The flow was resumed."""
 HISTORY_EVENT_KIND_CANCEL: HistoryEventKind.ValueType  # 9
 """The flow was cancelled."""
+HISTORY_EVENT_KIND_SKIP: HistoryEventKind.ValueType  # 10
+"""An optional phase was skipped through SkipPhase (to_state SKIPPED)."""
 Global___HistoryEventKind: _TypeAlias = HistoryEventKind  # noqa: Y015
 
 @_typing.final

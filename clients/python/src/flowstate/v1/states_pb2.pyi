@@ -44,6 +44,10 @@ class _PhaseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseState
     """The phase's result was invalidated by a rollback (of itself or of a phase
     it depends on). Progress factor 0.
     """
+    PHASE_STATE_SKIPPED: _PhaseState.ValueType  # 9
+    """An optional phase that was skipped (SkipPhase): it never ran, satisfies the
+    phases that depend on it and counts as done. Progress factor 1.0.
+    """
 
 class PhaseState(_PhaseState, metaclass=_PhaseStateEnumTypeWrapper):
     """The state of one phase of a flow.
@@ -60,8 +64,16 @@ class PhaseState(_PhaseState, metaclass=_PhaseStateEnumTypeWrapper):
       RETRY_NEEDED       -> IN_PROGRESS, FAILED (retries exhausted or abandoned)
       ROLLED_BACK        -> IN_PROGRESS
 
-    A phase may enter IN_PROGRESS only when every phase it depends on is
-    COMPLETED (otherwise PHASE_ORDER_VIOLATION).
+    Optional phases (PhaseDefinition.optional) may also be skipped:
+
+      NOT_STARTED, ROLLED_BACK, FAILED, RETRY_NEEDED -> SKIPPED
+      SKIPPED            -> ROLLED_BACK (a rollback of it or of a phase upstream)
+
+    A phase may enter IN_PROGRESS (or SKIPPED) only when every phase it depends
+    on is COMPLETED or SKIPPED (otherwise PHASE_ORDER_VIOLATION).
+
+    Clients must accept values they do not know (a newer server may add states):
+    treat an unknown state as "not done" and show its number.
     """
 
 PHASE_STATE_UNSPECIFIED: PhaseState.ValueType  # 0
@@ -85,6 +97,10 @@ PHASE_STATE_RETRY_NEEDED: PhaseState.ValueType  # 7
 PHASE_STATE_ROLLED_BACK: PhaseState.ValueType  # 8
 """The phase's result was invalidated by a rollback (of itself or of a phase
 it depends on). Progress factor 0.
+"""
+PHASE_STATE_SKIPPED: PhaseState.ValueType  # 9
+"""An optional phase that was skipped (SkipPhase): it never ran, satisfies the
+phases that depend on it and counts as done. Progress factor 1.0.
 """
 Global___PhaseState: _TypeAlias = PhaseState  # noqa: Y015
 
@@ -131,14 +147,16 @@ class FlowStatus(_FlowStatus, metaclass=_FlowStatusEnumTypeWrapper):
 
       1. CANCELLED and COMPLETED are terminal; PAUSED stays until resumed.
       2. No phase has left NOT_STARTED: the status is kept (INITIALIZED for a new flow).
-      3. Every phase COMPLETED: COMPLETED.
+      3. Every phase COMPLETED or SKIPPED: COMPLETED.
       4. Some phase FAILED and none RETRY_NEEDED or IN_PROGRESS: FAILED.
       5. Some phase RETRY_NEEDED: RETRY_PENDING.
       6. Some phase IN_PROGRESS while the flow is RETRY_PENDING, ERROR_RECOVERY
          or FAILED: ERROR_RECOVERY.
       7. Some phase WAITING_APPROVAL: WAITING_APPROVAL.
-      8. Otherwise the status group of the furthest phase that has left
-         NOT_STARTED (ACTIVE when its definition gives it none).
+      8. Otherwise the status group of the furthest phase (in definition order)
+         that has left NOT_STARTED and was not skipped (ACTIVE when its
+         definition gives it none). With parallel branches in different groups,
+         the branch listed later in the definition wins.
     """
 
 FLOW_STATUS_UNSPECIFIED: FlowStatus.ValueType  # 0

@@ -6,38 +6,47 @@ import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { FlowStatus, PhaseState } from "./states_pb.js";
 import { file_flowstate_v1_states } from "./states_pb.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file flowstate/v1/definition.proto.
  */
 export const file_flowstate_v1_definition: GenFile = /*@__PURE__*/
-  fileDesc("Ch1mbG93c3RhdGUvdjEvZGVmaW5pdGlvbi5wcm90bxIMZmxvd3N0YXRlLnYxIoMCCg5GbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSLQoGcGhhc2VzGAMgAygLMh0uZmxvd3N0YXRlLnYxLlBoYXNlRGVmaW5pdGlvbhIUCgxkaXNwbGF5X25hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSPAoRcGhhc2VfdHJhbnNpdGlvbnMYBiADKAsyIS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uUnVsZRI6ChBwcm9ncmVzc19mYWN0b3JzGAcgAygLMiAuZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGVQcm9ncmVzcyKzAQoPUGhhc2VEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEgoKZGVwZW5kc19vbhgCIAMoCRIOCgZ3ZWlnaHQYAyABKAUSEwoLbWF4X3JldHJpZXMYBCABKAUSLgoMc3RhdHVzX2dyb3VwGAUgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFAoMZGlzcGxheV9uYW1lGAYgASgJEhMKC2Rlc2NyaXB0aW9uGAcgASgJInAKE1BoYXNlVHJhbnNpdGlvblJ1bGUSLAoKZnJvbV9zdGF0ZRgBIAEoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlEisKCXRvX3N0YXRlcxgCIAMoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlIk0KElBoYXNlU3RhdGVQcm9ncmVzcxInCgVzdGF0ZRgBIAEoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlEg4KBmZhY3RvchgCIAEoAWIGcHJvdG8z", [file_flowstate_v1_states]);
+  fileDesc("Ch1mbG93c3RhdGUvdjEvZGVmaW5pdGlvbi5wcm90bxIMZmxvd3N0YXRlLnYxIsUCCg5GbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSLQoGcGhhc2VzGAMgAygLMh0uZmxvd3N0YXRlLnYxLlBoYXNlRGVmaW5pdGlvbhIUCgxkaXNwbGF5X25hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSPAoRcGhhc2VfdHJhbnNpdGlvbnMYBiADKAsyIS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uUnVsZRI6ChBwcm9ncmVzc19mYWN0b3JzGAcgAygLMiAuZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGVQcm9ncmVzcxIPCgdidWlsdGluGAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLwAQoPUGhhc2VEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEgoKZGVwZW5kc19vbhgCIAMoCRIOCgZ3ZWlnaHQYAyABKAUSEwoLbWF4X3JldHJpZXMYBCABKAUSLgoMc3RhdHVzX2dyb3VwGAUgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFAoMZGlzcGxheV9uYW1lGAYgASgJEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhAKCG9wdGlvbmFsGAggASgIEikKBnBvbGljeRgJIAEoCzIZLmZsb3dzdGF0ZS52MS5QaGFzZVBvbGljeSINCgtQaGFzZVBvbGljeSJwChNQaGFzZVRyYW5zaXRpb25SdWxlEiwKCmZyb21fc3RhdGUYASABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIrCgl0b19zdGF0ZXMYAiADKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZSJNChJQaGFzZVN0YXRlUHJvZ3Jlc3MSJwoFc3RhdGUYASABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIOCgZmYWN0b3IYAiABKAFiBnByb3RvMw", [file_flowstate_v1_states, file_google_protobuf_timestamp]);
 
 /**
  * A flow definition: ordered phases with dependencies (a DAG), weights that sum
  * to 100, retry limits and status groups. Served to clients so they can render
  * flows and validate transitions locally.
  *
+ * Definitions are per tenant and versioned (CreateFlowDefinition): the
+ * versions of a (tenant, name) are numbered 1, 2, ... and never change. The
+ * built-in definitions (`discovery`) are visible to every tenant.
+ *
  * @generated from message flowstate.v1.FlowDefinition
  */
 export type FlowDefinition = Message<"flowstate.v1.FlowDefinition"> & {
   /**
-   * The definition's name, e.g. "discovery".
+   * The definition's name: lowercase letters, digits and `_`, starting with a
+   * letter, at most 63 characters, e.g. "discovery".
    *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
-   * The definition's version; flows keep the version they were created with.
+   * Output only. The definition's version, assigned by the registry; flows
+   * keep the version they were created with. Ignored in CreateFlowDefinition.
    *
    * @generated from field: int32 version = 2;
    */
   version: number;
 
   /**
-   * The phases, in order.
+   * The phases (at least 1, at most 64), each listed after the phases it
+   * depends on (definition order is a topological order of the DAG).
    *
    * @generated from field: repeated flowstate.v1.PhaseDefinition phases = 3;
    */
@@ -70,6 +79,22 @@ export type FlowDefinition = Message<"flowstate.v1.FlowDefinition"> & {
    * @generated from field: repeated flowstate.v1.PhaseStateProgress progress_factors = 7;
    */
   progressFactors: PhaseStateProgress[];
+
+  /**
+   * Output only. Whether this is a built-in definition (visible to every
+   * tenant) rather than one registered by the caller's tenant.
+   *
+   * @generated from field: bool builtin = 8;
+   */
+  builtin: boolean;
+
+  /**
+   * Output only. When this version was registered (for a built-in: when this
+   * database first stored it).
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 9;
+   */
+  createTime?: Timestamp | undefined;
 };
 
 /**
@@ -93,7 +118,9 @@ export type PhaseDefinition = Message<"flowstate.v1.PhaseDefinition"> & {
   name: string;
 
   /**
-   * Phases that must be COMPLETED before this one may enter IN_PROGRESS.
+   * Phases that must be COMPLETED (or SKIPPED) before this one may enter
+   * IN_PROGRESS; phases with no dependency in common run in parallel. At most
+   * 16, each listed earlier in the definition.
    *
    * @generated from field: repeated string depends_on = 2;
    */
@@ -134,6 +161,22 @@ export type PhaseDefinition = Message<"flowstate.v1.PhaseDefinition"> & {
    * @generated from field: string description = 7;
    */
   description: string;
+
+  /**
+   * Whether the phase may be skipped (SkipPhase): SKIPPED satisfies the phases
+   * that depend on it and counts as done for progress and for COMPLETED.
+   *
+   * @generated from field: bool optional = 8;
+   */
+  optional: boolean;
+
+  /**
+   * Reserved for the phase's policies (timeouts, retry policy, approvals); must
+   * be empty until the server supports them.
+   *
+   * @generated from field: flowstate.v1.PhasePolicy policy = 9;
+   */
+  policy?: PhasePolicy | undefined;
 };
 
 /**
@@ -142,6 +185,23 @@ export type PhaseDefinition = Message<"flowstate.v1.PhaseDefinition"> & {
  */
 export const PhaseDefinitionSchema: GenMessage<PhaseDefinition> = /*@__PURE__*/
   messageDesc(file_flowstate_v1_definition, 1);
+
+/**
+ * The policies of a phase. Reserved: no field exists yet, and a definition
+ * whose policy carries fields this server does not know is refused rather than
+ * run without them.
+ *
+ * @generated from message flowstate.v1.PhasePolicy
+ */
+export type PhasePolicy = Message<"flowstate.v1.PhasePolicy"> & {
+};
+
+/**
+ * Describes the message flowstate.v1.PhasePolicy.
+ * Use `create(PhasePolicySchema)` to create a new message.
+ */
+export const PhasePolicySchema: GenMessage<PhasePolicy> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_definition, 2);
 
 /**
  * The legal targets of one phase state.
@@ -169,7 +229,7 @@ export type PhaseTransitionRule = Message<"flowstate.v1.PhaseTransitionRule"> & 
  * Use `create(PhaseTransitionRuleSchema)` to create a new message.
  */
 export const PhaseTransitionRuleSchema: GenMessage<PhaseTransitionRule> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_definition, 2);
+  messageDesc(file_flowstate_v1_definition, 3);
 
 /**
  * The progress factor of one phase state.
@@ -197,5 +257,5 @@ export type PhaseStateProgress = Message<"flowstate.v1.PhaseStateProgress"> & {
  * Use `create(PhaseStateProgressSchema)` to create a new message.
  */
 export const PhaseStateProgressSchema: GenMessage<PhaseStateProgress> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_definition, 3);
+  messageDesc(file_flowstate_v1_definition, 4);
 

@@ -22,7 +22,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file flowstate/v1/flow_service.proto.
  */
 export const file_flowstate_v1_flow_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9mbG93c3RhdGUvdjEvZmxvd19zZXJ2aWNlLnByb3RvEgxmbG93c3RhdGUudjEi7wEKEUNyZWF0ZUZsb3dSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEhoKEmRlZmluaXRpb25fdmVyc2lvbhgDIAEoBRIPCgdmbG93X2lkGAQgASgJEhQKDGRpc3BsYXlfbmFtZRgFIAEoCRI7CgZsYWJlbHMYBiADKAsyKy5mbG93c3RhdGUudjEuQ3JlYXRlRmxvd1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJrChJDcmVhdGVGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkiIQoOR2V0Rmxvd1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCSIzCg9HZXRGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93IksKEFBoYXNlU3RhdGVGaWx0ZXISDQoFcGhhc2UYASABKAkSKAoGc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUi6AEKEExpc3RGbG93c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSKgoIc3RhdHVzZXMYAyADKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxI0CgxwaGFzZV9zdGF0ZXMYBCADKAsyHi5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZUZpbHRlchIyCg51cGRhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPZGVmaW5pdGlvbl9uYW1lGAYgASgJIk8KEUxpc3RGbG93c1Jlc3BvbnNlEiEKBWZsb3dzGAEgAygLMhIuZmxvd3N0YXRlLnYxLkZsb3cSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKD1BoYXNlVHJhbnNpdGlvbhINCgVwaGFzZRgBIAEoCRIsCgpmcm9tX3N0YXRlGAIgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKgoIdG9fc3RhdGUYAyABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZSJsCg5GbG93VHJhbnNpdGlvbhItCgtmcm9tX3N0YXR1cxgBIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEisKCXRvX3N0YXR1cxgCIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzIscBChlWYWxpZGF0ZVRyYW5zaXRpb25SZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEjkKEHBoYXNlX3RyYW5zaXRpb24YAyABKAsyHS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uSAASNwoPZmxvd190cmFuc2l0aW9uGAQgASgLMhwuZmxvd3N0YXRlLnYxLkZsb3dUcmFuc2l0aW9uSABCDAoKdHJhbnNpdGlvbiL7AgoaVmFsaWRhdGVUcmFuc2l0aW9uUmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBImCgVlcnJvchgCIAEoCzIXLmZsb3dzdGF0ZS52MS5GbG93RXJyb3ISMwoRdmFsaWRfdHJhbnNpdGlvbnMYAyADKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRI4ChZ2YWxpZF9mbG93X3RyYW5zaXRpb25zGAQgAygOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFwoPYmxvY2tpbmdfcGhhc2VzGAUgAygJEh8KEmF0dGVtcHRzX3JlbWFpbmluZxgGIAEoBUgAiAEBEhQKDGZsb3dfdmVyc2lvbhgHIAEoAxIyChByZXN1bHRpbmdfc3RhdHVzGAggASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSGgoScmVzdWx0aW5nX3Byb2dyZXNzGAkgASgBQhUKE19hdHRlbXB0c19yZW1haW5pbmcimAIKFlRyYW5zaXRpb25QaGFzZVJlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIuCgx0YXJnZXRfc3RhdGUYAyABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIOCgZyZWFzb24YBCABKAkSKwoHZmFpbHVyZRgFIAEoCzIaLmZsb3dzdGF0ZS52MS5QaGFzZUZhaWx1cmUSKQoIbWV0YWRhdGEYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCnJlcXVlc3RfaWQYByABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgIIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uInAKF1RyYW5zaXRpb25QaGFzZVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5ItEBChpVcGRhdGVQaGFzZVByb2dyZXNzUmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEhAKCHByb2dyZXNzGAMgASgBEg4KBnJlYXNvbhgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKcmVxdWVzdF9pZBgGIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAcgASgDSACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24idAobVXBkYXRlUGhhc2VQcm9ncmVzc1Jlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5IqsBCg9Sb2xsYmFja1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIUCgdjYXNjYWRlGAMgASgISACIAQESDgoGcmVhc29uGAQgASgJEhIKCnJlcXVlc3RfaWQYBSABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgGIAEoA0gBiAEBQgoKCF9jYXNjYWRlQhMKEV9leHBlY3RlZF92ZXJzaW9uImkKEFJvbGxiYWNrUmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkilQEKDFJldHJ5UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEg0KBWZvcmNlGAMgASgIEg4KBnJlYXNvbhgEIAEoCRISCgpyZXF1ZXN0X2lkGAUgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBiABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJmCg1SZXRyeVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5IiwKGUdldFJlY292ZXJ5T3B0aW9uc1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCSJtChpHZXRSZWNvdmVyeU9wdGlvbnNSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSLQoHb3B0aW9ucxgCIAMoCzIcLmZsb3dzdGF0ZS52MS5SZWNvdmVyeU9wdGlvbiKgBQoOUmVjb3ZlcnlPcHRpb24SLAoGYWN0aW9uGAEgASgOMhwuZmxvd3N0YXRlLnYxLlJlY292ZXJ5QWN0aW9uEg0KBXBoYXNlGAIgASgJEi4KDHRhcmdldF9zdGF0ZRgDIAEoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlEi8KDXRhcmdldF9zdGF0dXMYBCABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIOCgZyZWFzb24YBSABKAkSDwoHYWxsb3dlZBgGIAEoCBIrCgpibG9ja2VkX2J5GAcgASgOMhcuZmxvd3N0YXRlLnYxLkVycm9yQ29kZRIXCg9ibG9ja2luZ19kZXRhaWwYCCABKAkSHwoSYXR0ZW1wdHNfcmVtYWluaW5nGAkgASgFSAGIAQESKwoFcmV0cnkYCiABKAsyGi5mbG93c3RhdGUudjEuUmV0cnlSZXF1ZXN0SAASMQoIcm9sbGJhY2sYCyABKAsyHS5mbG93c3RhdGUudjEuUm9sbGJhY2tSZXF1ZXN0SAASQAoQdHJhbnNpdGlvbl9waGFzZRgMIAEoCzIkLmZsb3dzdGF0ZS52MS5UcmFuc2l0aW9uUGhhc2VSZXF1ZXN0SAASNgoLcmVzdW1lX2Zsb3cYDSABKAsyHy5mbG93c3RhdGUudjEuUmVzdW1lRmxvd1JlcXVlc3RIABI2CgtjYW5jZWxfZmxvdxgOIAEoCzIfLmZsb3dzdGF0ZS52MS5DYW5jZWxGbG93UmVxdWVzdEgAEjQKCnBhdXNlX2Zsb3cYDyABKAsyHi5mbG93c3RhdGUudjEuUGF1c2VGbG93UmVxdWVzdEgAQgkKB3JlcXVlc3RCFQoTX2F0dGVtcHRzX3JlbWFpbmluZyJ7ChBQYXVzZUZsb3dSZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgEIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImoKEVBhdXNlRmxvd1Jlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5InwKEVJlc3VtZUZsb3dSZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgEIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImsKElJlc3VtZUZsb3dSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSMwoPaGlzdG9yeV9lbnRyaWVzGAIgAygLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeSJ8ChFDYW5jZWxGbG93UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBCABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJrChJDYW5jZWxGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkiZwoWTGlzdEZsb3dIaXN0b3J5UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEhUKDWFmdGVyX3ZlcnNpb24YAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiZwoXTGlzdEZsb3dIaXN0b3J5UmVzcG9uc2USMwoPaGlzdG9yeV9lbnRyaWVzGAEgAygLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoYR2V0Rmxvd0RlZmluaXRpb25SZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJNChlHZXRGbG93RGVmaW5pdGlvblJlc3BvbnNlEjAKCmRlZmluaXRpb24YASABKAsyHC5mbG93c3RhdGUudjEuRmxvd0RlZmluaXRpb24iZAoQV2F0Y2hGbG93UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEhoKDWFmdGVyX3ZlcnNpb24YAiABKANIAIgBARIRCglrZWVwX29wZW4YAyABKAhCEAoOX2FmdGVyX3ZlcnNpb24iOwoRV2F0Y2hGbG93UmVzcG9uc2USJgoFZXZlbnQYASABKAsyFy5mbG93c3RhdGUudjEuRmxvd0V2ZW50InoKEVdhdGNoRmxvd3NSZXF1ZXN0EioKCHN0YXR1c2VzGAEgAygOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEhAKCGZsb3dfaWRzGAMgAygJEg4KBmN1cnNvchgEIAEoCSJMChJXYXRjaEZsb3dzUmVzcG9uc2USJgoFZXZlbnQYASABKAsyFy5mbG93c3RhdGUudjEuRmxvd0V2ZW50Eg4KBmN1cnNvchgCIAEoCSL6AQoJRmxvd0V2ZW50Eg8KB2Zsb3dfaWQYASABKAkSFAoMZmxvd192ZXJzaW9uGAIgASgDEigKBnN0YXR1cxgDIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEhAKCHByb2dyZXNzGAQgASgBEiYKCHNuYXBzaG90GAUgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3dIABIsCgZjaGFuZ2UYBiABKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5SAASLAoJaGVhcnRiZWF0GAcgASgLMhcuZmxvd3N0YXRlLnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQiPAoJSGVhcnRiZWF0Ei8KC3NlcnZlcl90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCr9AQoOUmVjb3ZlcnlBY3Rpb24SHwobUkVDT1ZFUllfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGQoVUkVDT1ZFUllfQUNUSU9OX1JFVFJZEAESHwobUkVDT1ZFUllfQUNUSU9OX0ZPUkNFX1JFVFJZEAISHAoYUkVDT1ZFUllfQUNUSU9OX1JPTExCQUNLEAMSGwoXUkVDT1ZFUllfQUNUSU9OX1JFU1RBUlQQBBIaChZSRUNPVkVSWV9BQ1RJT05fUkVTVU1FEAUSGgoWUkVDT1ZFUllfQUNUSU9OX0NBTkNFTBAGEhsKF1JFQ09WRVJZX0FDVElPTl9BQkFORE9OEAcymwsKEEZsb3dTdGF0ZVNlcnZpY2USTwoKQ3JlYXRlRmxvdxIfLmZsb3dzdGF0ZS52MS5DcmVhdGVGbG93UmVxdWVzdBogLmZsb3dzdGF0ZS52MS5DcmVhdGVGbG93UmVzcG9uc2USSwoHR2V0RmxvdxIcLmZsb3dzdGF0ZS52MS5HZXRGbG93UmVxdWVzdBodLmZsb3dzdGF0ZS52MS5HZXRGbG93UmVzcG9uc2UiA5ACARJRCglMaXN0Rmxvd3MSHi5mbG93c3RhdGUudjEuTGlzdEZsb3dzUmVxdWVzdBofLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd3NSZXNwb25zZSIDkAIBEmwKElZhbGlkYXRlVHJhbnNpdGlvbhInLmZsb3dzdGF0ZS52MS5WYWxpZGF0ZVRyYW5zaXRpb25SZXF1ZXN0GiguZmxvd3N0YXRlLnYxLlZhbGlkYXRlVHJhbnNpdGlvblJlc3BvbnNlIgOQAgESXgoPVHJhbnNpdGlvblBoYXNlEiQuZmxvd3N0YXRlLnYxLlRyYW5zaXRpb25QaGFzZVJlcXVlc3QaJS5mbG93c3RhdGUudjEuVHJhbnNpdGlvblBoYXNlUmVzcG9uc2USagoTVXBkYXRlUGhhc2VQcm9ncmVzcxIoLmZsb3dzdGF0ZS52MS5VcGRhdGVQaGFzZVByb2dyZXNzUmVxdWVzdBopLmZsb3dzdGF0ZS52MS5VcGRhdGVQaGFzZVByb2dyZXNzUmVzcG9uc2USSQoIUm9sbGJhY2sSHS5mbG93c3RhdGUudjEuUm9sbGJhY2tSZXF1ZXN0Gh4uZmxvd3N0YXRlLnYxLlJvbGxiYWNrUmVzcG9uc2USQAoFUmV0cnkSGi5mbG93c3RhdGUudjEuUmV0cnlSZXF1ZXN0GhsuZmxvd3N0YXRlLnYxLlJldHJ5UmVzcG9uc2USbAoSR2V0UmVjb3ZlcnlPcHRpb25zEicuZmxvd3N0YXRlLnYxLkdldFJlY292ZXJ5T3B0aW9uc1JlcXVlc3QaKC5mbG93c3RhdGUudjEuR2V0UmVjb3ZlcnlPcHRpb25zUmVzcG9uc2UiA5ACARJMCglQYXVzZUZsb3cSHi5mbG93c3RhdGUudjEuUGF1c2VGbG93UmVxdWVzdBofLmZsb3dzdGF0ZS52MS5QYXVzZUZsb3dSZXNwb25zZRJPCgpSZXN1bWVGbG93Eh8uZmxvd3N0YXRlLnYxLlJlc3VtZUZsb3dSZXF1ZXN0GiAuZmxvd3N0YXRlLnYxLlJlc3VtZUZsb3dSZXNwb25zZRJPCgpDYW5jZWxGbG93Eh8uZmxvd3N0YXRlLnYxLkNhbmNlbEZsb3dSZXF1ZXN0GiAuZmxvd3N0YXRlLnYxLkNhbmNlbEZsb3dSZXNwb25zZRJjCg9MaXN0Rmxvd0hpc3RvcnkSJC5mbG93c3RhdGUudjEuTGlzdEZsb3dIaXN0b3J5UmVxdWVzdBolLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd0hpc3RvcnlSZXNwb25zZSIDkAIBEmkKEUdldEZsb3dEZWZpbml0aW9uEiYuZmxvd3N0YXRlLnYxLkdldEZsb3dEZWZpbml0aW9uUmVxdWVzdBonLmZsb3dzdGF0ZS52MS5HZXRGbG93RGVmaW5pdGlvblJlc3BvbnNlIgOQAgESTgoJV2F0Y2hGbG93Eh4uZmxvd3N0YXRlLnYxLldhdGNoRmxvd1JlcXVlc3QaHy5mbG93c3RhdGUudjEuV2F0Y2hGbG93UmVzcG9uc2UwARJRCgpXYXRjaEZsb3dzEh8uZmxvd3N0YXRlLnYxLldhdGNoRmxvd3NSZXF1ZXN0GiAuZmxvd3N0YXRlLnYxLldhdGNoRmxvd3NSZXNwb25zZTABYgZwcm90bzM", [file_flowstate_v1_definition, file_flowstate_v1_errors, file_flowstate_v1_flow, file_flowstate_v1_history, file_flowstate_v1_states, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch9mbG93c3RhdGUvdjEvZmxvd19zZXJ2aWNlLnByb3RvEgxmbG93c3RhdGUudjEi7wEKEUNyZWF0ZUZsb3dSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEhoKEmRlZmluaXRpb25fdmVyc2lvbhgDIAEoBRIPCgdmbG93X2lkGAQgASgJEhQKDGRpc3BsYXlfbmFtZRgFIAEoCRI7CgZsYWJlbHMYBiADKAsyKy5mbG93c3RhdGUudjEuQ3JlYXRlRmxvd1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJrChJDcmVhdGVGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkiIQoOR2V0Rmxvd1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCSIzCg9HZXRGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93IksKEFBoYXNlU3RhdGVGaWx0ZXISDQoFcGhhc2UYASABKAkSKAoGc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUi6AEKEExpc3RGbG93c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSKgoIc3RhdHVzZXMYAyADKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxI0CgxwaGFzZV9zdGF0ZXMYBCADKAsyHi5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZUZpbHRlchIyCg51cGRhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPZGVmaW5pdGlvbl9uYW1lGAYgASgJIk8KEUxpc3RGbG93c1Jlc3BvbnNlEiEKBWZsb3dzGAEgAygLMhIuZmxvd3N0YXRlLnYxLkZsb3cSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKD1BoYXNlVHJhbnNpdGlvbhINCgVwaGFzZRgBIAEoCRIsCgpmcm9tX3N0YXRlGAIgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKgoIdG9fc3RhdGUYAyABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZSJsCg5GbG93VHJhbnNpdGlvbhItCgtmcm9tX3N0YXR1cxgBIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEisKCXRvX3N0YXR1cxgCIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzIscBChlWYWxpZGF0ZVRyYW5zaXRpb25SZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEjkKEHBoYXNlX3RyYW5zaXRpb24YAyABKAsyHS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uSAASNwoPZmxvd190cmFuc2l0aW9uGAQgASgLMhwuZmxvd3N0YXRlLnYxLkZsb3dUcmFuc2l0aW9uSABCDAoKdHJhbnNpdGlvbiL7AgoaVmFsaWRhdGVUcmFuc2l0aW9uUmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBImCgVlcnJvchgCIAEoCzIXLmZsb3dzdGF0ZS52MS5GbG93RXJyb3ISMwoRdmFsaWRfdHJhbnNpdGlvbnMYAyADKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRI4ChZ2YWxpZF9mbG93X3RyYW5zaXRpb25zGAQgAygOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFwoPYmxvY2tpbmdfcGhhc2VzGAUgAygJEh8KEmF0dGVtcHRzX3JlbWFpbmluZxgGIAEoBUgAiAEBEhQKDGZsb3dfdmVyc2lvbhgHIAEoAxIyChByZXN1bHRpbmdfc3RhdHVzGAggASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSGgoScmVzdWx0aW5nX3Byb2dyZXNzGAkgASgBQhUKE19hdHRlbXB0c19yZW1haW5pbmcimAIKFlRyYW5zaXRpb25QaGFzZVJlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIuCgx0YXJnZXRfc3RhdGUYAyABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIOCgZyZWFzb24YBCABKAkSKwoHZmFpbHVyZRgFIAEoCzIaLmZsb3dzdGF0ZS52MS5QaGFzZUZhaWx1cmUSKQoIbWV0YWRhdGEYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCnJlcXVlc3RfaWQYByABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgIIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uInAKF1RyYW5zaXRpb25QaGFzZVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5ItEBChpVcGRhdGVQaGFzZVByb2dyZXNzUmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEhAKCHByb2dyZXNzGAMgASgBEg4KBnJlYXNvbhgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKcmVxdWVzdF9pZBgGIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAcgASgDSACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24idAobVXBkYXRlUGhhc2VQcm9ncmVzc1Jlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5IqsBCg9Sb2xsYmFja1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIUCgdjYXNjYWRlGAMgASgISACIAQESDgoGcmVhc29uGAQgASgJEhIKCnJlcXVlc3RfaWQYBSABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgGIAEoA0gBiAEBQgoKCF9jYXNjYWRlQhMKEV9leHBlY3RlZF92ZXJzaW9uImkKEFJvbGxiYWNrUmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkilQEKDFJldHJ5UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEg0KBWZvcmNlGAMgASgIEg4KBnJlYXNvbhgEIAEoCRISCgpyZXF1ZXN0X2lkGAUgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBiABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJmCg1SZXRyeVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5IiwKGUdldFJlY292ZXJ5T3B0aW9uc1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCSJtChpHZXRSZWNvdmVyeU9wdGlvbnNSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSLQoHb3B0aW9ucxgCIAMoCzIcLmZsb3dzdGF0ZS52MS5SZWNvdmVyeU9wdGlvbiLWBQoOUmVjb3ZlcnlPcHRpb24SLAoGYWN0aW9uGAEgASgOMhwuZmxvd3N0YXRlLnYxLlJlY292ZXJ5QWN0aW9uEg0KBXBoYXNlGAIgASgJEi4KDHRhcmdldF9zdGF0ZRgDIAEoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlEi8KDXRhcmdldF9zdGF0dXMYBCABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIOCgZyZWFzb24YBSABKAkSDwoHYWxsb3dlZBgGIAEoCBIrCgpibG9ja2VkX2J5GAcgASgOMhcuZmxvd3N0YXRlLnYxLkVycm9yQ29kZRIXCg9ibG9ja2luZ19kZXRhaWwYCCABKAkSHwoSYXR0ZW1wdHNfcmVtYWluaW5nGAkgASgFSAGIAQESKwoFcmV0cnkYCiABKAsyGi5mbG93c3RhdGUudjEuUmV0cnlSZXF1ZXN0SAASMQoIcm9sbGJhY2sYCyABKAsyHS5mbG93c3RhdGUudjEuUm9sbGJhY2tSZXF1ZXN0SAASQAoQdHJhbnNpdGlvbl9waGFzZRgMIAEoCzIkLmZsb3dzdGF0ZS52MS5UcmFuc2l0aW9uUGhhc2VSZXF1ZXN0SAASNgoLcmVzdW1lX2Zsb3cYDSABKAsyHy5mbG93c3RhdGUudjEuUmVzdW1lRmxvd1JlcXVlc3RIABI2CgtjYW5jZWxfZmxvdxgOIAEoCzIfLmZsb3dzdGF0ZS52MS5DYW5jZWxGbG93UmVxdWVzdEgAEjQKCnBhdXNlX2Zsb3cYDyABKAsyHi5mbG93c3RhdGUudjEuUGF1c2VGbG93UmVxdWVzdEgAEjQKCnNraXBfcGhhc2UYECABKAsyHi5mbG93c3RhdGUudjEuU2tpcFBoYXNlUmVxdWVzdEgAQgkKB3JlcXVlc3RCFQoTX2F0dGVtcHRzX3JlbWFpbmluZyJ7ChBQYXVzZUZsb3dSZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgEIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImoKEVBhdXNlRmxvd1Jlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5InwKEVJlc3VtZUZsb3dSZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgEIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImsKElJlc3VtZUZsb3dSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSMwoPaGlzdG9yeV9lbnRyaWVzGAIgAygLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeSJ8ChFDYW5jZWxGbG93UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBCABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJrChJDYW5jZWxGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkiZwoWTGlzdEZsb3dIaXN0b3J5UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEhUKDWFmdGVyX3ZlcnNpb24YAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiZwoXTGlzdEZsb3dIaXN0b3J5UmVzcG9uc2USMwoPaGlzdG9yeV9lbnRyaWVzGAEgAygLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoYR2V0Rmxvd0RlZmluaXRpb25SZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJNChlHZXRGbG93RGVmaW5pdGlvblJlc3BvbnNlEjAKCmRlZmluaXRpb24YASABKAsyHC5mbG93c3RhdGUudjEuRmxvd0RlZmluaXRpb24imAEKG0NyZWF0ZUZsb3dEZWZpbml0aW9uUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEjAKCmRlZmluaXRpb24YAiABKAsyHC5mbG93c3RhdGUudjEuRmxvd0RlZmluaXRpb24SHAoUYWxsb3dfc2hhZG93X2J1aWx0aW4YAyABKAgSFQoNdmFsaWRhdGVfb25seRgEIAEoCCJhChxDcmVhdGVGbG93RGVmaW5pdGlvblJlc3BvbnNlEjAKCmRlZmluaXRpb24YASABKAsyHC5mbG93c3RhdGUudjEuRmxvd0RlZmluaXRpb24SDwoHY3JlYXRlZBgCIAEoCCJRChpMaXN0Rmxvd0RlZmluaXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIMCgRuYW1lGAMgASgJImkKG0xpc3RGbG93RGVmaW5pdGlvbnNSZXNwb25zZRIxCgtkZWZpbml0aW9ucxgBIAMoCzIcLmZsb3dzdGF0ZS52MS5GbG93RGVmaW5pdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkitQEKEFNraXBQaGFzZVJlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSKQoIbWV0YWRhdGEYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCnJlcXVlc3RfaWQYBSABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgGIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImoKEVNraXBQaGFzZVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5ImQKEFdhdGNoRmxvd1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRIaCg1hZnRlcl92ZXJzaW9uGAIgASgDSACIAQESEQoJa2VlcF9vcGVuGAMgASgIQhAKDl9hZnRlcl92ZXJzaW9uIjsKEVdhdGNoRmxvd1Jlc3BvbnNlEiYKBWV2ZW50GAEgASgLMhcuZmxvd3N0YXRlLnYxLkZsb3dFdmVudCJ6ChFXYXRjaEZsb3dzUmVxdWVzdBIqCghzdGF0dXNlcxgBIAMoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEhcKD2RlZmluaXRpb25fbmFtZRgCIAEoCRIQCghmbG93X2lkcxgDIAMoCRIOCgZjdXJzb3IYBCABKAkiTAoSV2F0Y2hGbG93c1Jlc3BvbnNlEiYKBWV2ZW50GAEgASgLMhcuZmxvd3N0YXRlLnYxLkZsb3dFdmVudBIOCgZjdXJzb3IYAiABKAki+gEKCUZsb3dFdmVudBIPCgdmbG93X2lkGAEgASgJEhQKDGZsb3dfdmVyc2lvbhgCIAEoAxIoCgZzdGF0dXMYAyABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIQCghwcm9ncmVzcxgEIAEoARImCghzbmFwc2hvdBgFIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93SAASLAoGY2hhbmdlGAYgASgLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeUgAEiwKCWhlYXJ0YmVhdBgHIAEoCzIXLmZsb3dzdGF0ZS52MS5IZWFydGJlYXRIAEIGCgRraW5kIjwKCUhlYXJ0YmVhdBIvCgtzZXJ2ZXJfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqlwIKDlJlY292ZXJ5QWN0aW9uEh8KG1JFQ09WRVJZX0FDVElPTl9VTlNQRUNJRklFRBAAEhkKFVJFQ09WRVJZX0FDVElPTl9SRVRSWRABEh8KG1JFQ09WRVJZX0FDVElPTl9GT1JDRV9SRVRSWRACEhwKGFJFQ09WRVJZX0FDVElPTl9ST0xMQkFDSxADEhsKF1JFQ09WRVJZX0FDVElPTl9SRVNUQVJUEAQSGgoWUkVDT1ZFUllfQUNUSU9OX1JFU1VNRRAFEhoKFlJFQ09WRVJZX0FDVElPTl9DQU5DRUwQBhIbChdSRUNPVkVSWV9BQ1RJT05fQUJBTkRPThAHEhgKFFJFQ09WRVJZX0FDVElPTl9TS0lQEAgyyQ0KEEZsb3dTdGF0ZVNlcnZpY2USTwoKQ3JlYXRlRmxvdxIfLmZsb3dzdGF0ZS52MS5DcmVhdGVGbG93UmVxdWVzdBogLmZsb3dzdGF0ZS52MS5DcmVhdGVGbG93UmVzcG9uc2USSwoHR2V0RmxvdxIcLmZsb3dzdGF0ZS52MS5HZXRGbG93UmVxdWVzdBodLmZsb3dzdGF0ZS52MS5HZXRGbG93UmVzcG9uc2UiA5ACARJRCglMaXN0Rmxvd3MSHi5mbG93c3RhdGUudjEuTGlzdEZsb3dzUmVxdWVzdBofLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd3NSZXNwb25zZSIDkAIBEmwKElZhbGlkYXRlVHJhbnNpdGlvbhInLmZsb3dzdGF0ZS52MS5WYWxpZGF0ZVRyYW5zaXRpb25SZXF1ZXN0GiguZmxvd3N0YXRlLnYxLlZhbGlkYXRlVHJhbnNpdGlvblJlc3BvbnNlIgOQAgESXgoPVHJhbnNpdGlvblBoYXNlEiQuZmxvd3N0YXRlLnYxLlRyYW5zaXRpb25QaGFzZVJlcXVlc3QaJS5mbG93c3RhdGUudjEuVHJhbnNpdGlvblBoYXNlUmVzcG9uc2USagoTVXBkYXRlUGhhc2VQcm9ncmVzcxIoLmZsb3dzdGF0ZS52MS5VcGRhdGVQaGFzZVByb2dyZXNzUmVxdWVzdBopLmZsb3dzdGF0ZS52MS5VcGRhdGVQaGFzZVByb2dyZXNzUmVzcG9uc2USSQoIUm9sbGJhY2sSHS5mbG93c3RhdGUudjEuUm9sbGJhY2tSZXF1ZXN0Gh4uZmxvd3N0YXRlLnYxLlJvbGxiYWNrUmVzcG9uc2USQAoFUmV0cnkSGi5mbG93c3RhdGUudjEuUmV0cnlSZXF1ZXN0GhsuZmxvd3N0YXRlLnYxLlJldHJ5UmVzcG9uc2USbAoSR2V0UmVjb3ZlcnlPcHRpb25zEicuZmxvd3N0YXRlLnYxLkdldFJlY292ZXJ5T3B0aW9uc1JlcXVlc3QaKC5mbG93c3RhdGUudjEuR2V0UmVjb3ZlcnlPcHRpb25zUmVzcG9uc2UiA5ACARJMCglQYXVzZUZsb3cSHi5mbG93c3RhdGUudjEuUGF1c2VGbG93UmVxdWVzdBofLmZsb3dzdGF0ZS52MS5QYXVzZUZsb3dSZXNwb25zZRJPCgpSZXN1bWVGbG93Eh8uZmxvd3N0YXRlLnYxLlJlc3VtZUZsb3dSZXF1ZXN0GiAuZmxvd3N0YXRlLnYxLlJlc3VtZUZsb3dSZXNwb25zZRJPCgpDYW5jZWxGbG93Eh8uZmxvd3N0YXRlLnYxLkNhbmNlbEZsb3dSZXF1ZXN0GiAuZmxvd3N0YXRlLnYxLkNhbmNlbEZsb3dSZXNwb25zZRJjCg9MaXN0Rmxvd0hpc3RvcnkSJC5mbG93c3RhdGUudjEuTGlzdEZsb3dIaXN0b3J5UmVxdWVzdBolLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd0hpc3RvcnlSZXNwb25zZSIDkAIBEmkKEUdldEZsb3dEZWZpbml0aW9uEiYuZmxvd3N0YXRlLnYxLkdldEZsb3dEZWZpbml0aW9uUmVxdWVzdBonLmZsb3dzdGF0ZS52MS5HZXRGbG93RGVmaW5pdGlvblJlc3BvbnNlIgOQAgESbQoUQ3JlYXRlRmxvd0RlZmluaXRpb24SKS5mbG93c3RhdGUudjEuQ3JlYXRlRmxvd0RlZmluaXRpb25SZXF1ZXN0GiouZmxvd3N0YXRlLnYxLkNyZWF0ZUZsb3dEZWZpbml0aW9uUmVzcG9uc2USbwoTTGlzdEZsb3dEZWZpbml0aW9ucxIoLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd0RlZmluaXRpb25zUmVxdWVzdBopLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd0RlZmluaXRpb25zUmVzcG9uc2UiA5ACARJMCglTa2lwUGhhc2USHi5mbG93c3RhdGUudjEuU2tpcFBoYXNlUmVxdWVzdBofLmZsb3dzdGF0ZS52MS5Ta2lwUGhhc2VSZXNwb25zZRJOCglXYXRjaEZsb3cSHi5mbG93c3RhdGUudjEuV2F0Y2hGbG93UmVxdWVzdBofLmZsb3dzdGF0ZS52MS5XYXRjaEZsb3dSZXNwb25zZTABElEKCldhdGNoRmxvd3MSHy5mbG93c3RhdGUudjEuV2F0Y2hGbG93c1JlcXVlc3QaIC5mbG93c3RhdGUudjEuV2F0Y2hGbG93c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_flowstate_v1_definition, file_flowstate_v1_errors, file_flowstate_v1_flow, file_flowstate_v1_history, file_flowstate_v1_states, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Request of CreateFlow. (No `expected_version`: there is no flow yet.)
@@ -38,14 +38,16 @@ export type CreateFlowRequest = Message<"flowstate.v1.CreateFlowRequest"> & {
   requestId: string;
 
   /**
-   * The definition to follow; "discovery" when empty.
+   * The definition to follow (the tenant's own or a built-in; a tenant's
+   * definition that shadows a built-in wins); "discovery" when empty.
    *
    * @generated from field: string definition_name = 2;
    */
   definitionName: string;
 
   /**
-   * The definition version; the latest when 0.
+   * The definition version; the latest when 0. The flow keeps this version:
+   * registering a newer one does not change existing flows.
    *
    * @generated from field: int32 definition_version = 3;
    */
@@ -995,6 +997,14 @@ export type RecoveryOption = Message<"flowstate.v1.RecoveryOption"> & {
      */
     value: PauseFlowRequest;
     case: "pauseFlow";
+  } | {
+    /**
+     * Send with SkipPhase.
+     *
+     * @generated from field: flowstate.v1.SkipPhaseRequest skip_phase = 16;
+     */
+    value: SkipPhaseRequest;
+    case: "skipPhase";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1336,6 +1346,232 @@ export const GetFlowDefinitionResponseSchema: GenMessage<GetFlowDefinitionRespon
   messageDesc(file_flowstate_v1_flow_service, 31);
 
 /**
+ * Request of CreateFlowDefinition.
+ *
+ * @generated from message flowstate.v1.CreateFlowDefinitionRequest
+ */
+export type CreateFlowDefinitionRequest = Message<"flowstate.v1.CreateFlowDefinitionRequest"> & {
+  /**
+   * Idempotency key (1-128 printable characters): the same key with the same
+   * definition returns the version it created; with another definition it is
+   * refused (REQUEST_ID_REUSED).
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The definition to register; `version` and the other output-only fields
+   * are ignored.
+   *
+   * @generated from field: flowstate.v1.FlowDefinition definition = 2;
+   */
+  definition?: FlowDefinition | undefined;
+
+  /**
+   * Register a name that a built-in definition has. The tenant's definition
+   * then shadows the built-in for this tenant only (its flows of the built-in
+   * keep working); its versions continue after the built-in's latest.
+   *
+   * @generated from field: bool allow_shadow_builtin = 3;
+   */
+  allowShadowBuiltin: boolean;
+
+  /**
+   * Validate only: report the problems (or the version it would get) and
+   * store nothing.
+   *
+   * @generated from field: bool validate_only = 4;
+   */
+  validateOnly: boolean;
+};
+
+/**
+ * Describes the message flowstate.v1.CreateFlowDefinitionRequest.
+ * Use `create(CreateFlowDefinitionRequestSchema)` to create a new message.
+ */
+export const CreateFlowDefinitionRequestSchema: GenMessage<CreateFlowDefinitionRequest> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow_service, 32);
+
+/**
+ * Response of CreateFlowDefinition.
+ *
+ * @generated from message flowstate.v1.CreateFlowDefinitionResponse
+ */
+export type CreateFlowDefinitionResponse = Message<"flowstate.v1.CreateFlowDefinitionResponse"> & {
+  /**
+   * The stored (or, with validate_only, the would-be) definition with its
+   * version.
+   *
+   * @generated from field: flowstate.v1.FlowDefinition definition = 1;
+   */
+  definition?: FlowDefinition | undefined;
+
+  /**
+   * Whether a new version was created (false: an identical body existed, or
+   * validate_only).
+   *
+   * @generated from field: bool created = 2;
+   */
+  created: boolean;
+};
+
+/**
+ * Describes the message flowstate.v1.CreateFlowDefinitionResponse.
+ * Use `create(CreateFlowDefinitionResponseSchema)` to create a new message.
+ */
+export const CreateFlowDefinitionResponseSchema: GenMessage<CreateFlowDefinitionResponse> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow_service, 33);
+
+/**
+ * Request of ListFlowDefinitions.
+ *
+ * @generated from message flowstate.v1.ListFlowDefinitionsRequest
+ */
+export type ListFlowDefinitionsRequest = Message<"flowstate.v1.ListFlowDefinitionsRequest"> & {
+  /**
+   * At most this many definitions (1-1000; 100 when 0).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The `next_page_token` of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * When set, every version of this name (newest first) instead of the latest
+   * version of every name.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message flowstate.v1.ListFlowDefinitionsRequest.
+ * Use `create(ListFlowDefinitionsRequestSchema)` to create a new message.
+ */
+export const ListFlowDefinitionsRequestSchema: GenMessage<ListFlowDefinitionsRequest> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow_service, 34);
+
+/**
+ * Response of ListFlowDefinitions.
+ *
+ * @generated from message flowstate.v1.ListFlowDefinitionsResponse
+ */
+export type ListFlowDefinitionsResponse = Message<"flowstate.v1.ListFlowDefinitionsResponse"> & {
+  /**
+   * The definitions, by name (or by version, newest first, with `name`).
+   *
+   * @generated from field: repeated flowstate.v1.FlowDefinition definitions = 1;
+   */
+  definitions: FlowDefinition[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message flowstate.v1.ListFlowDefinitionsResponse.
+ * Use `create(ListFlowDefinitionsResponseSchema)` to create a new message.
+ */
+export const ListFlowDefinitionsResponseSchema: GenMessage<ListFlowDefinitionsResponse> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow_service, 35);
+
+/**
+ * Request of SkipPhase.
+ *
+ * @generated from message flowstate.v1.SkipPhaseRequest
+ */
+export type SkipPhaseRequest = Message<"flowstate.v1.SkipPhaseRequest"> & {
+  /**
+   * The flow's id.
+   *
+   * @generated from field: string flow_id = 1;
+   */
+  flowId: string;
+
+  /**
+   * The optional phase to skip.
+   *
+   * @generated from field: string phase = 2;
+   */
+  phase: string;
+
+  /**
+   * Why (at most 1024 characters); recorded in history.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * Free-form metadata recorded in history (at most 16 KiB as JSON).
+   *
+   * @generated from field: google.protobuf.Struct metadata = 4;
+   */
+  metadata?: JsonObject | undefined;
+
+  /**
+   * Idempotency key (1-128 printable characters); the SDKs generate one.
+   *
+   * @generated from field: string request_id = 5;
+   */
+  requestId: string;
+
+  /**
+   * Apply only if the flow is at this version (ABORTED otherwise).
+   *
+   * @generated from field: optional int64 expected_version = 6;
+   */
+  expectedVersion?: bigint | undefined;
+};
+
+/**
+ * Describes the message flowstate.v1.SkipPhaseRequest.
+ * Use `create(SkipPhaseRequestSchema)` to create a new message.
+ */
+export const SkipPhaseRequestSchema: GenMessage<SkipPhaseRequest> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow_service, 36);
+
+/**
+ * Response of SkipPhase.
+ *
+ * @generated from message flowstate.v1.SkipPhaseResponse
+ */
+export type SkipPhaseResponse = Message<"flowstate.v1.SkipPhaseResponse"> & {
+  /**
+   * The flow after the change.
+   *
+   * @generated from field: flowstate.v1.Flow flow = 1;
+   */
+  flow?: Flow | undefined;
+
+  /**
+   * The history entries the change appended.
+   *
+   * @generated from field: repeated flowstate.v1.HistoryEntry history_entries = 2;
+   */
+  historyEntries: HistoryEntry[];
+};
+
+/**
+ * Describes the message flowstate.v1.SkipPhaseResponse.
+ * Use `create(SkipPhaseResponseSchema)` to create a new message.
+ */
+export const SkipPhaseResponseSchema: GenMessage<SkipPhaseResponse> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow_service, 37);
+
+/**
  * Request of WatchFlow.
  *
  * @generated from message flowstate.v1.WatchFlowRequest
@@ -1370,7 +1606,7 @@ export type WatchFlowRequest = Message<"flowstate.v1.WatchFlowRequest"> & {
  * Use `create(WatchFlowRequestSchema)` to create a new message.
  */
 export const WatchFlowRequestSchema: GenMessage<WatchFlowRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 32);
+  messageDesc(file_flowstate_v1_flow_service, 38);
 
 /**
  * Response of WatchFlow: one event.
@@ -1391,7 +1627,7 @@ export type WatchFlowResponse = Message<"flowstate.v1.WatchFlowResponse"> & {
  * Use `create(WatchFlowResponseSchema)` to create a new message.
  */
 export const WatchFlowResponseSchema: GenMessage<WatchFlowResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 33);
+  messageDesc(file_flowstate_v1_flow_service, 39);
 
 /**
  * Request of WatchFlows.
@@ -1434,7 +1670,7 @@ export type WatchFlowsRequest = Message<"flowstate.v1.WatchFlowsRequest"> & {
  * Use `create(WatchFlowsRequestSchema)` to create a new message.
  */
 export const WatchFlowsRequestSchema: GenMessage<WatchFlowsRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 34);
+  messageDesc(file_flowstate_v1_flow_service, 40);
 
 /**
  * Response of WatchFlows: one event.
@@ -1462,7 +1698,7 @@ export type WatchFlowsResponse = Message<"flowstate.v1.WatchFlowsResponse"> & {
  * Use `create(WatchFlowsResponseSchema)` to create a new message.
  */
 export const WatchFlowsResponseSchema: GenMessage<WatchFlowsResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 35);
+  messageDesc(file_flowstate_v1_flow_service, 41);
 
 /**
  * One event of a status stream.
@@ -1535,7 +1771,7 @@ export type FlowEvent = Message<"flowstate.v1.FlowEvent"> & {
  * Use `create(FlowEventSchema)` to create a new message.
  */
 export const FlowEventSchema: GenMessage<FlowEvent> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 36);
+  messageDesc(file_flowstate_v1_flow_service, 42);
 
 /**
  * A keepalive event on an idle stream.
@@ -1556,7 +1792,7 @@ export type Heartbeat = Message<"flowstate.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 37);
+  messageDesc(file_flowstate_v1_flow_service, 43);
 
 /**
  * A recovery action.
@@ -1619,6 +1855,13 @@ export enum RecoveryAction {
    * @generated from enum value: RECOVERY_ACTION_ABANDON = 7;
    */
   ABANDON = 7,
+
+  /**
+   * Skip an optional phase that failed (FAILED or RETRY_NEEDED -> SKIPPED).
+   *
+   * @generated from enum value: RECOVERY_ACTION_SKIP = 8;
+   */
+  SKIP = 8,
 }
 
 /**
@@ -1809,7 +2052,8 @@ export const FlowStateService: GenService<{
   },
   /**
    * Returns a flow definition (phases, dependencies, weights, retry limits,
-   * status groups, transition table, progress factors).
+   * status groups, transition table, progress factors): the caller's tenant's
+   * own, or a built-in. Errors: DEFINITION_NOT_FOUND (also another tenant's).
    *
    * @generated from rpc flowstate.v1.FlowStateService.GetFlowDefinition
    */
@@ -1817,6 +2061,48 @@ export const FlowStateService: GenService<{
     methodKind: "unary";
     input: typeof GetFlowDefinitionRequestSchema;
     output: typeof GetFlowDefinitionResponseSchema;
+  },
+  /**
+   * Registers a flow definition for the caller's tenant (scope
+   * `definitions:write`). The body identical to an existing version of the name
+   * returns that version (created = false); any other body becomes the next
+   * version. Every structural problem is reported at once as
+   * google.rpc.BadRequest field violations with paths relative to the
+   * definition (`phases[2].depends_on[0]`); nothing is stored on refusal.
+   * Errors: MALFORMED_REQUEST, DEFINITION_SHADOWS_BUILTIN, REQUEST_ID_REUSED.
+   *
+   * @generated from rpc flowstate.v1.FlowStateService.CreateFlowDefinition
+   */
+  createFlowDefinition: {
+    methodKind: "unary";
+    input: typeof CreateFlowDefinitionRequestSchema;
+    output: typeof CreateFlowDefinitionResponseSchema;
+  },
+  /**
+   * Lists the definitions the caller can use: its tenant's and the built-ins,
+   * the latest version of each name in name order (or every version of one
+   * name). Paginated (AIP-158).
+   *
+   * @generated from rpc flowstate.v1.FlowStateService.ListFlowDefinitions
+   */
+  listFlowDefinitions: {
+    methodKind: "unary";
+    input: typeof ListFlowDefinitionsRequestSchema;
+    output: typeof ListFlowDefinitionsResponseSchema;
+  },
+  /**
+   * Skips an optional phase (-> SKIPPED) from NOT_STARTED, ROLLED_BACK, FAILED
+   * or RETRY_NEEDED, once its dependencies are COMPLETED or SKIPPED. Errors:
+   * INVALID_PHASE, INVALID_PHASE_TRANSITION (not optional, or not skippable from
+   * its state), PHASE_ORDER_VIOLATION, FLOW_PAUSED, FLOW_TERMINAL,
+   * VERSION_CONFLICT.
+   *
+   * @generated from rpc flowstate.v1.FlowStateService.SkipPhase
+   */
+  skipPhase: {
+    methodKind: "unary";
+    input: typeof SkipPhaseRequestSchema;
+    output: typeof SkipPhaseResponseSchema;
   },
   /**
    * Streams one flow: first the current snapshot (or, with `after_version`,

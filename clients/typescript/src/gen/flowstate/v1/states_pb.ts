@@ -9,7 +9,7 @@ import { enumDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
  * Describes the file flowstate/v1/states.proto.
  */
 export const file_flowstate_v1_states: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbG93c3RhdGUvdjEvc3RhdGVzLnByb3RvEgxmbG93c3RhdGUudjEqlwIKClBoYXNlU3RhdGUSGwoXUEhBU0VfU1RBVEVfVU5TUEVDSUZJRUQQABIbChdQSEFTRV9TVEFURV9OT1RfU1RBUlRFRBABEhsKF1BIQVNFX1NUQVRFX0lOX1BST0dSRVNTEAISIgoeUEhBU0VfU1RBVEVfV0FJVElOR19WQUxJREFUSU9OEAMSIAocUEhBU0VfU1RBVEVfV0FJVElOR19BUFBST1ZBTBAEEhkKFVBIQVNFX1NUQVRFX0NPTVBMRVRFRBAFEhYKElBIQVNFX1NUQVRFX0ZBSUxFRBAGEhwKGFBIQVNFX1NUQVRFX1JFVFJZX05FRURFRBAHEhsKF1BIQVNFX1NUQVRFX1JPTExFRF9CQUNLEAgqnAMKCkZsb3dTdGF0dXMSGwoXRkxPV19TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdGTE9XX1NUQVRVU19JTklUSUFMSVpFRBABEhYKEkZMT1dfU1RBVFVTX0FDVElWRRACEh4KGkZMT1dfU1RBVFVTX0RBVEFfR0FUSEVSSU5HEAMSGQoVRkxPV19TVEFUVVNfRElTQ09WRVJZEAQSIAocRkxPV19TVEFUVVNfQVNTRVNTTUVOVF9SRUFEWRAFEhgKFEZMT1dfU1RBVFVTX1BMQU5OSU5HEAYSIAocRkxPV19TVEFUVVNfV0FJVElOR19BUFBST1ZBTBAHEh0KGUZMT1dfU1RBVFVTX1JFVFJZX1BFTkRJTkcQCBIeChpGTE9XX1NUQVRVU19FUlJPUl9SRUNPVkVSWRAJEhkKFUZMT1dfU1RBVFVTX0NPTVBMRVRFRBAKEhYKEkZMT1dfU1RBVFVTX0ZBSUxFRBALEhYKEkZMT1dfU1RBVFVTX1BBVVNFRBAMEhkKFUZMT1dfU1RBVFVTX0NBTkNFTExFRBANYgZwcm90bzM");
+  fileDesc("ChlmbG93c3RhdGUvdjEvc3RhdGVzLnByb3RvEgxmbG93c3RhdGUudjEqsAIKClBoYXNlU3RhdGUSGwoXUEhBU0VfU1RBVEVfVU5TUEVDSUZJRUQQABIbChdQSEFTRV9TVEFURV9OT1RfU1RBUlRFRBABEhsKF1BIQVNFX1NUQVRFX0lOX1BST0dSRVNTEAISIgoeUEhBU0VfU1RBVEVfV0FJVElOR19WQUxJREFUSU9OEAMSIAocUEhBU0VfU1RBVEVfV0FJVElOR19BUFBST1ZBTBAEEhkKFVBIQVNFX1NUQVRFX0NPTVBMRVRFRBAFEhYKElBIQVNFX1NUQVRFX0ZBSUxFRBAGEhwKGFBIQVNFX1NUQVRFX1JFVFJZX05FRURFRBAHEhsKF1BIQVNFX1NUQVRFX1JPTExFRF9CQUNLEAgSFwoTUEhBU0VfU1RBVEVfU0tJUFBFRBAJKpwDCgpGbG93U3RhdHVzEhsKF0ZMT1dfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXRkxPV19TVEFUVVNfSU5JVElBTElaRUQQARIWChJGTE9XX1NUQVRVU19BQ1RJVkUQAhIeChpGTE9XX1NUQVRVU19EQVRBX0dBVEhFUklORxADEhkKFUZMT1dfU1RBVFVTX0RJU0NPVkVSWRAEEiAKHEZMT1dfU1RBVFVTX0FTU0VTU01FTlRfUkVBRFkQBRIYChRGTE9XX1NUQVRVU19QTEFOTklORxAGEiAKHEZMT1dfU1RBVFVTX1dBSVRJTkdfQVBQUk9WQUwQBxIdChlGTE9XX1NUQVRVU19SRVRSWV9QRU5ESU5HEAgSHgoaRkxPV19TVEFUVVNfRVJST1JfUkVDT1ZFUlkQCRIZChVGTE9XX1NUQVRVU19DT01QTEVURUQQChIWChJGTE9XX1NUQVRVU19GQUlMRUQQCxIWChJGTE9XX1NUQVRVU19QQVVTRUQQDBIZChVGTE9XX1NUQVRVU19DQU5DRUxMRUQQDWIGcHJvdG8z");
 
 /**
  * The state of one phase of a flow.
@@ -26,8 +26,16 @@ export const file_flowstate_v1_states: GenFile = /*@__PURE__*/
  *   RETRY_NEEDED       -> IN_PROGRESS, FAILED (retries exhausted or abandoned)
  *   ROLLED_BACK        -> IN_PROGRESS
  *
- * A phase may enter IN_PROGRESS only when every phase it depends on is
- * COMPLETED (otherwise PHASE_ORDER_VIOLATION).
+ * Optional phases (PhaseDefinition.optional) may also be skipped:
+ *
+ *   NOT_STARTED, ROLLED_BACK, FAILED, RETRY_NEEDED -> SKIPPED
+ *   SKIPPED            -> ROLLED_BACK (a rollback of it or of a phase upstream)
+ *
+ * A phase may enter IN_PROGRESS (or SKIPPED) only when every phase it depends
+ * on is COMPLETED or SKIPPED (otherwise PHASE_ORDER_VIOLATION).
+ *
+ * Clients must accept values they do not know (a newer server may add states):
+ * treat an unknown state as "not done" and show its number.
  *
  * @generated from enum flowstate.v1.PhaseState
  */
@@ -96,6 +104,14 @@ export enum PhaseState {
    * @generated from enum value: PHASE_STATE_ROLLED_BACK = 8;
    */
   ROLLED_BACK = 8,
+
+  /**
+   * An optional phase that was skipped (SkipPhase): it never ran, satisfies the
+   * phases that depend on it and counts as done. Progress factor 1.0.
+   *
+   * @generated from enum value: PHASE_STATE_SKIPPED = 9;
+   */
+  SKIPPED = 9,
 }
 
 /**
@@ -110,14 +126,16 @@ export const PhaseStateSchema: GenEnum<PhaseState> = /*@__PURE__*/
  *
  *   1. CANCELLED and COMPLETED are terminal; PAUSED stays until resumed.
  *   2. No phase has left NOT_STARTED: the status is kept (INITIALIZED for a new flow).
- *   3. Every phase COMPLETED: COMPLETED.
+ *   3. Every phase COMPLETED or SKIPPED: COMPLETED.
  *   4. Some phase FAILED and none RETRY_NEEDED or IN_PROGRESS: FAILED.
  *   5. Some phase RETRY_NEEDED: RETRY_PENDING.
  *   6. Some phase IN_PROGRESS while the flow is RETRY_PENDING, ERROR_RECOVERY
  *      or FAILED: ERROR_RECOVERY.
  *   7. Some phase WAITING_APPROVAL: WAITING_APPROVAL.
- *   8. Otherwise the status group of the furthest phase that has left
- *      NOT_STARTED (ACTIVE when its definition gives it none).
+ *   8. Otherwise the status group of the furthest phase (in definition order)
+ *      that has left NOT_STARTED and was not skipped (ACTIVE when its
+ *      definition gives it none). With parallel branches in different groups,
+ *      the branch listed later in the definition wins.
  *
  * @generated from enum flowstate.v1.FlowStatus
  */

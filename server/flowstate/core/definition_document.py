@@ -1,0 +1,356 @@
+"""Submitted flow definitions: exhaustive validation with field paths, and the registry's limits.
+
+A tenant submits a definition as a *document*: a plain mapping (from JSON, YAML or the
+`CreateFlowDefinition` message) with the shape of `definition_to_dict` minus `version`, which
+the registry assigns. `check_document` reports every structural problem at once, each as a
+`Violation` whose `field` is a path into the document (``phases[2].depends_on[0]``), so a
+client can point at all of them in one round; `definition_from_document` raises them as one
+MALFORMED_REQUEST with ``field_violations`` (the server turns them into a
+`google.rpc.BadRequest`). Nothing is built when anything is wrong.
+
+What is checked (the limits are the constants below, documented in docs/definitions.md):
+
+- the document is a mapping with known keys only (a typo is an error, not silently ignored);
+- `name` and every phase name match `NAME_PATTERN` (lowercase letters, digits, `_`, starting
+  with a letter, at most `MAX_NAME_LENGTH` characters);
+- `display_name` / `description` are strings within `MAX_DISPLAY_NAME_LENGTH` /
+  `MAX_DESCRIPTION_LENGTH`;
+- `phases` is a non-empty list of at most `MAX_PHASES` phases, names unique;
+- `depends_on` lists at most `MAX_DEPENDENCIES` known phases (the fan-in of a join), none
+  twice, not the phase itself; the dependencies are acyclic (each cycle is named:
+  ``a -> b -> a``) and every dependency is listed before its dependent (definition order is a
+  topological order, see `flowstate.core.definitions`);
+- `weight` is an integer in [0, 100] and the weights sum to 100; `max_retries` an integer in
+  [0, `MAX_RETRIES`]; `status_group` one of `GROUP_STATUSES` (its value or name, any case);
+  `optional` a bool;
+- `policy` is reserved for the timeouts, retry policies and approvals of DESIGN.md section 10:
+  it may be given only empty until they exist, so a body that relies on a policy is refused
+  rather than silently run without it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from flowstate.core.definitions import (
+    TOTAL_WEIGHT,
+    FlowDefinition,
+    PhaseDefinition,
+    definition_to_dict,
+)
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, FlowStatus
+from flowstate.core.rules import GROUP_STATUSES
+
+__all__ = [
+    "MAX_DEPENDENCIES",
+    "MAX_DESCRIPTION_LENGTH",
+    "MAX_DISPLAY_NAME_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_PHASES",
+    "MAX_RETRIES",
+    "NAME_PATTERN",
+    "Violation",
+    "check_document",
+    "definition_body",
+    "definition_from_document",
+]
+
+MAX_PHASES: Final = 64
+"""Phases per definition: enough for any real pipeline, small enough to render and to store."""
+MAX_DEPENDENCIES: Final = 16
+"""Dependencies per phase (the fan-in of a join)."""
+MAX_NAME_LENGTH: Final = 63
+"""Characters of a definition or phase name (a Postgres identifier's length)."""
+NAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*")
+"""Definition and phase names: lowercase snake case, starting with a letter."""
+MAX_DISPLAY_NAME_LENGTH: Final = 256
+"""Characters of a display name."""
+MAX_DESCRIPTION_LENGTH: Final = 2048
+"""Characters of a description."""
+MAX_RETRIES: Final = 100
+"""Largest `max_retries` of a phase."""
+MAX_CYCLES_REPORTED: Final = 10
+"""Cycles named in one refusal; more are the same mistake many times."""
+
+_DEFINITION_KEYS: Final = frozenset({"name", "display_name", "description", "phases"})
+_PHASE_KEYS: Final = frozenset(
+    {
+        "name",
+        "depends_on",
+        "weight",
+        "max_retries",
+        "status_group",
+        "display_name",
+        "description",
+        "optional",
+        "policy",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One problem of a document: where (`field`, a path) and what is wrong."""
+
+    field: str
+    description: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The shape of a `google.rpc.BadRequest.FieldViolation`."""
+        return {"field": self.field, "description": self.description}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.violations.append(Violation(field, description))
+
+    def name(self, field: str, value: object, what: str) -> bool:
+        if not isinstance(value, str) or not value:
+            self.add(field, f"{what} is required (a non-empty string)")
+            return False
+        if len(value) > MAX_NAME_LENGTH:
+            self.add(field, f"{what} {value[:20]!r}... is longer than {MAX_NAME_LENGTH} characters")
+            return False
+        if not NAME_PATTERN.fullmatch(value):
+            self.add(
+                field,
+                f"{what} {value!r} must be lowercase letters, digits and '_', "
+                "starting with a letter",
+            )
+            return False
+        return True
+
+    def text(self, field: str, value: object, limit: int) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            self.add(field, "must be a string")
+        elif len(value) > limit:
+            self.add(field, f"is longer than {limit} characters")
+        elif "\x00" in value:
+            self.add(field, "must not contain NUL characters")
+
+    def unknown_keys(self, prefix: str, data: Mapping[Any, Any], known: frozenset[str]) -> None:
+        for key in data:
+            if key not in known:
+                field = f"{prefix}{key}" if isinstance(key, str) else prefix.rstrip(".")
+                where = "the definition" if not prefix else "a phase"
+                hint = " (versions are assigned by the registry)" if key == "version" else ""
+                self.add(field, f"unknown field of {where}: {key!r}{hint}")
+
+
+def _status_group(value: object) -> FlowStatus | None:
+    if not isinstance(value, str):
+        return None
+    key = value.strip().lower().removeprefix("flow_status_")
+    try:
+        status = FlowStatus(key)
+    except ValueError:
+        return None
+    return status if status in GROUP_STATUSES else None
+
+
+def check_document(data: object) -> list[Violation]:
+    """Every structural problem of a submitted definition document (empty when it is valid)."""
+    check = _Checker()
+    if not isinstance(data, Mapping):
+        check.add("", "a flow definition must be a mapping with a name and phases")
+        return check.violations
+    check.unknown_keys("", data, _DEFINITION_KEYS)
+    check.name("name", data.get("name"), "the definition name")
+    check.text("display_name", data.get("display_name"), MAX_DISPLAY_NAME_LENGTH)
+    check.text("description", data.get("description"), MAX_DESCRIPTION_LENGTH)
+    phases = data.get("phases")
+    if not isinstance(phases, list) or not phases:
+        check.add("phases", "a definition needs at least one phase (a non-empty list)")
+        return check.violations
+    if len(phases) > MAX_PHASES:
+        check.add("phases", f"{len(phases)} phases; at most {MAX_PHASES} are allowed")
+    names: dict[str, int] = {}
+    weights: list[int] = []
+    for index, phase in enumerate(phases):
+        prefix = f"phases[{index}]"
+        if not isinstance(phase, Mapping):
+            check.add(prefix, "a phase must be a mapping with a name")
+            continue
+        check.unknown_keys(prefix + ".", phase, _PHASE_KEYS)
+        name = phase.get("name")
+        if check.name(f"{prefix}.name", name, "the phase name"):
+            assert isinstance(name, str)
+            if name in names:
+                check.add(
+                    f"{prefix}.name", f"duplicate phase {name!r} (also phases[{names[name]}])"
+                )
+            else:
+                names[name] = index
+        weight: Any = phase.get("weight")
+        if not _is_int(weight) or not 0 <= weight <= TOTAL_WEIGHT:
+            check.add(f"{prefix}.weight", f"must be an integer in [0, {TOTAL_WEIGHT}]")
+        else:
+            weights.append(weight)
+        retries: Any = phase.get("max_retries", 0)
+        if not _is_int(retries) or not 0 <= retries <= MAX_RETRIES:
+            check.add(f"{prefix}.max_retries", f"must be an integer in [0, {MAX_RETRIES}]")
+        group = phase.get("status_group")
+        if group not in (None, "") and _status_group(group) is None:
+            allowed = ", ".join(sorted(s.value for s in GROUP_STATUSES))
+            check.add(f"{prefix}.status_group", f"{group!r} is not one of: {allowed}")
+        if not isinstance(phase.get("optional", False), bool):
+            check.add(f"{prefix}.optional", "must be true or false")
+        policy = phase.get("policy")
+        if policy not in (None, {}):
+            check.add(
+                f"{prefix}.policy",
+                "reserved for timeouts, retry policies and approvals (DESIGN.md section 10), "
+                "which this server does not support yet; leave it empty",
+            )
+        check.text(f"{prefix}.display_name", phase.get("display_name"), MAX_DISPLAY_NAME_LENGTH)
+        check.text(f"{prefix}.description", phase.get("description"), MAX_DESCRIPTION_LENGTH)
+    if len(weights) == len(phases) and sum(weights) != TOTAL_WEIGHT:
+        check.add("phases", f"phase weights sum to {sum(weights)}, not {TOTAL_WEIGHT}")
+    _check_dependencies(check, phases, names)
+    return check.violations
+
+
+def _check_dependencies(check: _Checker, phases: list[Any], names: Mapping[str, int]) -> None:
+    edges: dict[str, list[tuple[str, str]]] = {name: [] for name in names}
+    for index, phase in enumerate(phases):
+        if not isinstance(phase, Mapping):
+            continue
+        prefix = f"phases[{index}].depends_on"
+        depends_on = phase.get("depends_on", [])
+        if not isinstance(depends_on, list):
+            check.add(prefix, "must be a list of phase names")
+            continue
+        if len(depends_on) > MAX_DEPENDENCIES:
+            check.add(prefix, f"{len(depends_on)} dependencies; at most {MAX_DEPENDENCIES}")
+        own = phase.get("name")
+        seen: set[str] = set()
+        for position, dependency in enumerate(depends_on):
+            field = f"{prefix}[{position}]"
+            if not isinstance(dependency, str) or dependency not in names:
+                check.add(field, f"unknown phase {dependency!r}")
+            elif dependency == own:
+                check.add(field, f"phase {own!r} depends on itself")
+            elif dependency in seen:
+                check.add(field, f"{dependency!r} is listed twice")
+            else:
+                seen.add(dependency)
+                if isinstance(own, str) and names.get(own) == index:
+                    edges[own].append((dependency, field))
+    cycles = _cycles(edges)
+    for cycle, field in cycles:
+        check.add(field, f"dependency cycle: {' -> '.join(cycle)}")
+    if cycles:
+        return  # every order is wrong inside a cycle; the cycle is the error worth reading
+    for name, dependencies in edges.items():
+        for dependency, field in dependencies:
+            if names[dependency] > names[name]:
+                check.add(
+                    field,
+                    f"{dependency!r} is listed after {name!r}; list every phase after the "
+                    "phases it depends on",
+                )
+
+
+def _cycles(edges: Mapping[str, list[tuple[str, str]]]) -> list[tuple[list[str], str]]:
+    """Cycles of the dependency graph, each with the path of an edge that closes it."""
+    found: list[tuple[list[str], str]] = []
+    removed: set[tuple[str, str]] = set()
+    while len(found) < MAX_CYCLES_REPORTED:
+        cycle = _one_cycle(edges, removed)
+        if cycle is None:
+            break
+        path, closing = cycle
+        found.append((path, closing[1]))
+        removed.add((closing[0], closing[1]))
+    return found
+
+
+def _one_cycle(
+    edges: Mapping[str, list[tuple[str, str]]], removed: set[tuple[str, str]]
+) -> tuple[list[str], tuple[str, str]] | None:
+    """A cycle as ([a, b, ..., a], (phase, field of the closing edge)), or None."""
+    done: set[str] = set()
+    for start in edges:
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = [start]
+        on_path = {start}
+        while stack:
+            node, next_edge = stack[-1]
+            outgoing = [e for e in edges[node] if (node, e[1]) not in removed]
+            if next_edge >= len(outgoing) or node in done:
+                stack.pop()
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+                continue
+            stack[-1] = (node, next_edge + 1)
+            dependency, field = outgoing[next_edge]
+            if dependency in on_path:
+                cycle = [*path[path.index(dependency) :], dependency]
+                return cycle, (node, field)
+            if dependency not in done:
+                stack.append((dependency, 0))
+                path.append(dependency)
+                on_path.add(dependency)
+    return None
+
+
+def definition_from_document(data: object, *, version: int = 1) -> FlowDefinition:
+    """The definition `data` describes, at `version`; MALFORMED_REQUEST listing every problem."""
+    violations = check_document(data)
+    if violations:
+        raise invalid_definition(violations)
+    assert isinstance(data, Mapping)
+    phases = tuple(
+        PhaseDefinition(
+            name=p["name"],
+            depends_on=tuple(p.get("depends_on", [])),
+            weight=p["weight"],
+            max_retries=p.get("max_retries", 0),
+            status_group=_status_group(p.get("status_group")),
+            display_name=p.get("display_name") or "",
+            description=p.get("description") or "",
+            optional=p.get("optional", False),
+        )
+        for p in data["phases"]
+    )
+    return FlowDefinition(
+        name=data["name"],
+        version=version,
+        phases=phases,
+        display_name=data.get("display_name") or "",
+        description=data.get("description") or "",
+    )
+
+
+def invalid_definition(violations: list[Violation]) -> FlowStateError:
+    """The refusal of a document with `violations` (MALFORMED_REQUEST, field violations)."""
+    count = len(violations)
+    first = violations[0]
+    where = f" at {first.field}" if first.field else ""
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return FlowStateError(
+        ErrorCode.MALFORMED_REQUEST,
+        f"Invalid flow definition: {first.description}{where}{more}",
+        field_violations=[v.to_dict() for v in violations],
+    )
+
+
+def definition_body(definition: FlowDefinition) -> dict[str, Any]:
+    """The version-free body of `definition`: what makes two registrations the same."""
+    body = definition_to_dict(definition)
+    del body["version"]
+    return body
