@@ -76,7 +76,7 @@ HISTORY_COLUMNS = [c for c in flow_history.c if c.name != "txid"]
 LOCK_FLOW = compile_statement(
     # The flow row, locked, and (same round trip) the request id's key as of the statement's
     # snapshot: a duplicate that commits while we wait for the lock is caught later (see
-    # FlowStore.mutate).
+    # FlowStore.update_flow and FlowService.mutate).
     select(
         flows,
         idempotency_keys.c.operation.label("key_operation"),
