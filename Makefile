@@ -3,9 +3,10 @@
 # registries are all it expects). `setup` is stamp-based: repeated runs are quick.
 #
 #   make setup            .venv (server + client, dev tools), TS node_modules, Go plugins, Go modules,
-#                         Debian's postgresql-15 (apt-get, as root, when missing)
+#                         Debian's postgresql-15 and chromium (apt-get, as root, when missing),
+#                         the web console (console/dist)
 #   make generate         regenerate every client from protos/ (scripts/generate.sh)
-#   make lint             buf lint/format/breaking, ruff, mypy, import-linter, tsc, go vet
+#   make lint             buf lint/format/breaking, ruff, mypy, import-linter, tsc (client, console), go vet
 #   make check-generated  regenerate and fail if clients/ changed (generated code is committed)
 #   make test             pytest (tests/, clients/python/tests/), npm test, go test, examples/
 #   make serve            run the server (flowstate serve)
@@ -51,7 +52,8 @@ help:
 # --- setup -------------------------------------------------------------------------------------
 
 setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/protoc-gen-go@$(PROTOC_GEN_GO_VERSION) \
-	$(STAMPS)/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION) $(STAMPS)/go-mod $(STAMPS)/pg15
+	$(STAMPS)/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION) $(STAMPS)/go-mod $(STAMPS)/pg15 \
+	$(STAMPS)/console $(STAMPS)/chromium
 
 $(STAMPS):
 	@mkdir -p $@
@@ -64,7 +66,7 @@ $(VENV)/bin/python:
 $(STAMPS)/venv: pyproject.toml clients/python/pyproject.toml | $(VENV)/bin/python $(STAMPS)
 	@echo "== pip: installing the server, the Python client and the dev tools into $(VENV)" \
 	  "(1-3 minutes on a fresh machine)"
-	@$(PY) -m pip install --progress-bar off --disable-pip-version-check \
+	@PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install --progress-bar off --disable-pip-version-check \
 	  -e clients/python -e '.[dev]' \
 	  | awk -f scripts/pip_progress.awk
 	@touch $@
@@ -89,6 +91,27 @@ $(STAMPS)/pg15: | $(STAMPS)
 $(STAMPS)/npm: clients/typescript/package.json clients/typescript/package-lock.json | $(STAMPS)
 	cd clients/typescript && npm ci --no-audit --no-fund
 	@touch $@
+
+# The web console (console/, served by `flowstate serve` on its HTTP port): pinned npm packages
+# (lock file) and an esbuild bundle in console/dist, rebuilt when its sources or the generated
+# TypeScript client change. Nothing is fetched at run time.
+CONSOLE_SOURCES := $(wildcard console/src/* console/build.mjs) \
+	$(shell find clients/typescript/src/gen -name '*.ts' 2>/dev/null) clients/typescript/src/errors.ts
+$(STAMPS)/console: console/package.json console/package-lock.json $(CONSOLE_SOURCES) | $(STAMPS)
+	cd console && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+	@touch $@
+
+# Debian's chromium for the browser tests (tests/web/test_console_browser.py, Playwright with
+# the system browser: Playwright downloads none). Installed with apt-get when missing, as root.
+$(STAMPS)/chromium: | $(STAMPS)
+	@if ! command -v chromium >/dev/null && [[ $$(id -u) == 0 ]] && command -v apt-get >/dev/null; then \
+	  echo "== apt-get: installing chromium (browser tests of the console)"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-dejavu-core >/dev/null; \
+	fi
+	@if command -v chromium >/dev/null; then touch $@; else \
+	  echo "note: no chromium: the console's browser tests will be skipped (apt-get install chromium)"; fi
 
 $(STAMPS)/protoc-gen-go@$(PROTOC_GEN_GO_VERSION): | $(STAMPS)
 	go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
@@ -143,6 +166,7 @@ lint: setup
 	check $(VENV)/bin/mypy; \
 	check $(VENV)/bin/lint-imports; \
 	check bash -c 'cd clients/typescript && node_modules/.bin/tsc --noEmit'; \
+	check bash -c 'cd console && node_modules/.bin/tsc --noEmit'; \
 	check bash -c 'cd clients/go && go vet ./...'; \
 	check bash -c 'cd bench/loadgen && test -z "$$(gofmt -l .)" && go vet ./...'; \
 	check bash -c 'test -z "$$(gofmt -l examples/go)"'; \
@@ -184,6 +208,7 @@ test: setup
 
 # --- run ---------------------------------------------------------------------------------------
 
+# Prints the gRPC address, the console URL and (local dev mode) a one-time sign-in link.
 serve: setup
 	$(VENV)/bin/flowstate serve
 

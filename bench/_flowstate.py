@@ -96,6 +96,7 @@ def start_server(
         **env,
         "FLOWSTATE_HOST": "127.0.0.1",
         "FLOWSTATE_PORT": "0",
+        "FLOWSTATE_HTTP_PORT": "off",
         "FLOWSTATE_DATABASE_URL": db.sqlalchemy_url,
         "FLOWSTATE_MIGRATE_ON_START": "1",
         "FLOWSTATE_JWT_SECRET": secret,

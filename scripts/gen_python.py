@@ -6,6 +6,10 @@ Runs ``grpc_tools.protoc`` in-process over every ``protos/flowstate/**/*.proto``
 * ``*_pb2.py`` (messages) and ``*_pb2_grpc.py`` (gRPC stubs and servicers), from grpcio-tools;
 * ``*_pb2.pyi`` and ``*_pb2_grpc.pyi`` type stubs, from mypy-protobuf (``protoc-gen-mypy`` /
   ``protoc-gen-mypy_grpc``, installed next to this interpreter);
+* ``*_connect.py`` (Connect / gRPC-Web ASGI application and clients over google.protobuf
+  messages), from ``protoc-gen-connectrpc`` (connectrpc's own plugin, ``protobuf=google``); only
+  for protos that declare a service. Importing them needs the ``connectrpc`` package (the
+  server's dependency; the client's ``connect`` extra);
 * ``__init__.py`` and ``py.typed`` (the stubs are the package's types, PEP 561).
 
 ``*_pb2_grpc.*`` files are kept only for protos that declare a service. ``google.rpc`` is not
@@ -36,8 +40,9 @@ THIRD_PARTY = ROOT / "third_party" / "googleapis"
 OUT_DIR = ROOT / "clients" / "python" / "src" / PACKAGE_DIR
 
 INIT_PY = '''\
-"""Generated protobuf messages and gRPC stubs for the Flowstate API (``flowstate.v1``).
+"""Generated protobuf messages, gRPC stubs and Connect applications for ``flowstate.v1``.
 
+``*_connect.py`` modules need the ``connectrpc`` package (the ``connect`` extra).
 Do not edit: regenerate with ``scripts/generate.sh`` (``make generate``).
 """
 '''
@@ -50,7 +55,7 @@ def _plugin(name: str) -> str:
         return str(candidate)
     found = shutil.which(name)
     if found is None:
-        raise SystemExit(f"gen_python: {name} not found (pip install mypy-protobuf)")
+        raise SystemExit(f"gen_python: {name} not found (run make setup)")
     return found
 
 
@@ -74,10 +79,12 @@ def _run_protoc(protos: list[str], out: Path) -> descriptor_pb2.FileDescriptorSe
         f"-I{wkt_include}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--plugin=protoc-gen-connectrpc={_plugin('protoc-gen-connectrpc')}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out=quiet:{out}",
         f"--mypy_grpc_out=quiet:{out}",
+        f"--connectrpc_out=protobuf=google:{out}",
         f"--descriptor_set_out={descriptor_set}",
         *(str(PROTO_ROOT / proto) for proto in protos),
     ]

@@ -134,7 +134,7 @@ class TestServer:
         ready.unlink(missing_ok=True)
         command = [self.flowstate, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--data-dir", str(self.data_dir), "--ready-file", str(ready)]
-        command += ["--grace-period", "2", *self.extra_args]
+        command += ["--grace-period", "2", "--http-port", "off", *self.extra_args]
         if self.database_url:
             command += ["--database-url", self.database_url, "--migrate", "--dev-auth"]
         with self.log_path.open("ab") as log:

@@ -157,6 +157,7 @@ async def serve_in_process(
         "jwt_issuer": minter.issuer,
         "jwt_audience": minter.audience,
         "grace_period": 1.0,
+        "http_port": None,  # the HTTP port only when a test asks for it (http_port=0)
     }
     values.update(settings)
     server = await FlowstateServer.start(ServerSettings(**values).checked(), store=store)
@@ -229,7 +230,7 @@ def serve_subprocess(
     """
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
     command = [sys.executable, "-m", "flowstate.cli.main", "serve", "--host", "127.0.0.1"]
-    command += ["--port", "0"]
+    command += ["--port", "0", "--http-port", "off"]  # `args` may turn it on (--http-port 0)
     minter: TokenMinter | None = None
     if database_url is not None:
         minter = TokenMinter.random()

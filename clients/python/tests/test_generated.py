@@ -203,7 +203,8 @@ def test_every_proto_file_has_its_generated_modules() -> None:
     protos = sorted(p.stem for p in _PROTO_DIR.glob("*.proto"))
     assert protos, f"no .proto files under {_PROTO_DIR}"
     expected = {f"flowstate.v1.{stem}_pb2" for stem in protos} | {
-        "flowstate.v1.flow_service_pb2_grpc"
+        "flowstate.v1.flow_service_pb2_grpc",
+        "flowstate.v1.flow_service_connect",  # Connect / gRPC-Web (the `connect` extra)
     }
     assert set(_generated_modules()) == expected
 

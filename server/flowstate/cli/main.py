@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from flowstate.cli import health, serve, token
+from flowstate.cli import console, health, serve, token
 from flowstate.cli._common import print_error, print_flow_state_error, print_rpc_error
 from flowstate.core.errors import FlowStateError
 from flowstate.server.config import ConfigError
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do")
     serve.register(subparsers)
+    console.register(subparsers)
     token.register(subparsers)
     health.register(subparsers)
     for name in _OPTIONAL_GROUPS:

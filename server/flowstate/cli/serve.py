@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 from pathlib import Path
 
+from flowstate.cli.console import console_signin_url
 from flowstate.server.app import FlowstateServer, run_event_loop
-from flowstate.server.config import ServerSettings
+from flowstate.server.config import ConfigError, ServerSettings, parse_http_port, parse_origins
 from flowstate.server.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["register", "run"]
@@ -55,6 +57,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(FLOWSTATE_METRICS_PORT; off)",
     )
     parser.add_argument("--metrics-host", help="metrics address (FLOWSTATE_METRICS_HOST)")
+    parser.add_argument(
+        "--http-port",
+        help="Connect, gRPC-Web and the web console on this port, 0 for an ephemeral one, "
+        "off for none (FLOWSTATE_HTTP_PORT; 8080)",
+    )
+    parser.add_argument("--http-host", help="HTTP port address (FLOWSTATE_HTTP_HOST; 127.0.0.1)")
+    parser.add_argument(
+        "--http-cors-origins",
+        type=_origins,
+        help="comma-separated origins allowed to call the HTTP port from a browser "
+        "(FLOWSTATE_HTTP_CORS_ORIGINS; none: same-origin only)",
+    )
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
@@ -103,9 +117,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(run=run)
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    try:
+        return parse_origins(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Environment settings overridden by the flags that were given."""
-    return ServerSettings.from_env(os.environ).with_overrides(
+    settings = ServerSettings.from_env(os.environ).with_overrides(
         host=args.host,
         port=args.port,
         database_url=args.database_url,
@@ -114,6 +135,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         ready_file=args.ready_file,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        http_host=args.http_host,
+        http_cors_origins=args.http_cors_origins,
         log_format=args.log_format,
         log_level=args.log_level,
         grace_period=args.grace_period,
@@ -126,6 +149,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         tls_key_file=args.tls_key_file,
         tls_client_ca_file=args.tls_client_ca_file,
     )
+    if args.http_port is not None:  # "off" is None, which with_overrides would skip
+        settings = dataclasses.replace(settings, http_port=parse_http_port(args.http_port))
+    return settings.checked()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,6 +181,11 @@ async def serve(settings: ServerSettings) -> int:
                 "/metrics",
                 flush=True,
             )
+        if server.console_url is not None:
+            print(f"flowstate: console on {server.console_url}", flush=True)
+            if server.auth.source == "dev":
+                link = console_signin_url(server.console_url, server.auth)
+                print(f"flowstate: sign in as dev/local (one-time link): {link}", flush=True)
         if settings.ready_file is not None:
             _write_ready_file(settings.ready_file, server.address)
         # Last: whoever waits for this line may rely on everything above.

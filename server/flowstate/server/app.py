@@ -8,16 +8,20 @@ Start-up order (each step undone if a later one fails):
 4. start the watch hub (LISTEN/NOTIFY fan-out, `flowstate.server.watch`) on the store;
 5. the grpc.aio server: FlowStateService, health (``grpc.health.v1``), reflection (v1alpha),
    keepalive and message-size options, TLS/mTLS when configured; bind, start;
-6. health SERVING; the Prometheus endpoint, when configured, with the stuck-flows count on its
+6. the HTTP port, when configured (default 127.0.0.1:8080): Connect, gRPC-Web and the console
+   over the same servicer (`flowstate.server.web`, `flowstate.server.connect`), under uvicorn on
+   this event loop;
+7. health SERVING; the Prometheus endpoint, when configured, with the stuck-flows count on its
    timer (`flowstate.server.stuck`).
 
 OpenTelemetry tracing (`flowstate.server.tracing`) starts with step 5 when configured.
 
 Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop counting
 stuck flows; refuse every new RPC with UNAVAILABLE / SERVER_SHUTTING_DOWN and RetryInfo
-(`rpc.CallGate`); close the watch hub, so open streams end at once with the same status
-(clients resume elsewhere); let the RPCs in flight finish within the grace period; stop gRPC;
-close the store; stop the embedded PostgreSQL; stop the metrics endpoint; flush the traces.
+(`rpc.CallGate`, on both ports: the HTTP port's calls go through the same wrapper); close the
+watch hub, so open streams end at once with the same status (clients resume elsewhere); let the
+RPCs in flight finish within the grace period; stop gRPC; stop the HTTP port; close the store;
+stop the embedded PostgreSQL; stop the metrics endpoint; flush the traces.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from grpc_reflection.v1alpha import reflection
 
 from flowstate.server.auth import Authenticator
 from flowstate.server.config import AuthConfig, ConfigError, ServerSettings, resolve_auth
+from flowstate.server.connect import connect_application
 from flowstate.server.metrics import Metrics, MetricsEndpoint
 from flowstate.server.rpc import RpcSupport, add_service
 from flowstate.server.servicer import FlowStateServicer
 from flowstate.server.stuck import StuckFlowsMonitor
 from flowstate.server.tracing import Tracing, start_tracing
 from flowstate.server.watch import WatchHub
+from flowstate.server.web import ConsoleAssets, HttpEndpoint, SignIn, WebApp, default_console_dir
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.store import FlowStore
 from flowstate.storage.urls import normalize_database_url, redact_database_url
@@ -122,6 +128,7 @@ class _Resources:
     hub: WatchHub | None = None
     support: RpcSupport | None = None
     server: grpc.aio.Server | None = None
+    http: HttpEndpoint | None = None
     metrics_endpoint: MetricsEndpoint | None = None
     stuck_monitor: StuckFlowsMonitor | None = None
     tracing: Tracing | None = None
@@ -136,6 +143,9 @@ class _Resources:
             )
         elif self.hub is not None:
             steps.append(("watch hub", self.hub.close))
+        if self.http is not None:
+            http = self.http
+            steps.append(("http port", lambda: http.close(grace)))
         if self.store is not None and self.owns_store:
             steps.append(("store", self.store.close))
         if self.embedded is not None:
@@ -180,6 +190,38 @@ async def _stop_server(
     await server.stop(max(deadline - loop.time(), 0))
 
 
+async def _start_http(
+    settings: ServerSettings, auth: AuthConfig, servicer: FlowStateServicer
+) -> HttpEndpoint:
+    """The HTTP port: Connect + gRPC-Web over `servicer`, the console, dev sign-in links."""
+    assert settings.http_port is not None
+    signin = (
+        SignIn(auth.key, issuer=auth.issuer, audience=auth.audience)
+        if auth.source == "dev"
+        else None
+    )
+    app = WebApp(
+        connect_application(servicer, read_max_bytes=settings.max_message_bytes),
+        api_prefix=f"/{SERVICE_NAME}/",
+        console=ConsoleAssets.load(settings.console_dir or default_console_dir()),
+        signin=signin,
+        cors_origins=frozenset(settings.http_cors_origins),
+    )
+    try:
+        return await HttpEndpoint.start(
+            app,
+            settings.http_host,
+            settings.http_port,
+            tls=(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file),
+        )
+    except OSError as exc:
+        target = format_address(settings.http_host, settings.http_port)
+        raise ConfigError(
+            f"cannot listen on {target} for HTTP ({exc.strerror or exc}); "
+            "choose another --http-port, or --http-port off"
+        ) from None
+
+
 class FlowstateServer:
     """A running Flowstate server. Start with `start`, stop with `stop`."""
 
@@ -216,6 +258,20 @@ class FlowstateServer:
         return self._resources.store
 
     @property
+    def http_port(self) -> int | None:
+        """The HTTP port (Connect, gRPC-Web, console), when it runs."""
+        return self._resources.http.port if self._resources.http is not None else None
+
+    @property
+    def console_url(self) -> str | None:
+        """``http://HOST:PORT/``: the console, when the HTTP port runs."""
+        port = self.http_port
+        if port is None:
+            return None
+        scheme = "https" if self.settings.tls_cert_file is not None else "http"
+        return f"{scheme}://{format_address(self.settings.http_host, port)}/"
+
+    @property
     def metrics_port(self) -> int | None:
         """The Prometheus endpoint's port, when it runs."""
         endpoint = self._resources.metrics_endpoint
@@ -246,10 +302,9 @@ class FlowstateServer:
                 interceptors=() if resources.tracing is None else (resources.tracing.interceptor,),
             )
             resources.server = server
+            servicer = FlowStateServicer(resources.store, support, resources.hub)
             add_service(
-                FlowStateServicer(resources.store, support, resources.hub),
-                server,
-                flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"],
+                servicer, server, flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"]
             )
             resources.support = support
             health_servicer = health.aio.HealthServicer()
@@ -269,6 +324,8 @@ class FlowstateServer:
                     f"cannot listen on {target} (address in use, or not an address of this host)"
                 ) from None
             await server.start()
+            if settings.http_port is not None:
+                resources.http = await _start_http(settings, auth, servicer)
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
             if settings.metrics_port is not None:

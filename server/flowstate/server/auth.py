@@ -235,6 +235,7 @@ def mint_token(
     issuer: str | None = None,
     audience: str | None = None,
     now: float | None = None,
+    token_id: str | None = None,
 ) -> str:
     """A signed token for `tenant` and `user_id`; HS256 keys only (no private keys here)."""
     if key.signing_key is None:
@@ -252,6 +253,8 @@ def mint_token(
         claims["iss"] = issuer
     if audience is not None:
         claims["aud"] = audience
+    if token_id is not None:
+        claims["jti"] = token_id
     return jwt.encode(claims, key.signing_key, algorithm=key.algorithm)
 
 

@@ -31,10 +31,18 @@ from flowstate.server.logs import LOG_FORMATS
 from flowstate.server.tracing import TRACING_MODES
 from flowstate.storage.embedded import default_data_dir
 
-__all__ = ["DEFAULT_PORT", "AuthConfig", "ConfigError", "ServerSettings", "resolve_auth"]
+__all__ = [
+    "DEFAULT_HTTP_PORT",
+    "DEFAULT_PORT",
+    "AuthConfig",
+    "ConfigError",
+    "ServerSettings",
+    "resolve_auth",
+]
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 50051
+DEFAULT_HTTP_PORT: Final = 8080
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
@@ -73,6 +81,23 @@ def _float(name: str, value: str) -> float:
     return number
 
 
+def parse_http_port(value: str) -> int | None:
+    """``FLOWSTATE_HTTP_PORT`` / ``--http-port``: a port, 0 for an ephemeral one, or ``off``."""
+    if value.strip().lower() == "off":
+        return None
+    return _int("the HTTP port", value)
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """Comma-separated origins (``scheme://host[:port]``, no path), for CORS."""
+    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ConfigError(f"a CORS origin is scheme://host[:port], not {origin!r}")
+    return origins
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Everything `FlowstateServer.start` needs; each field has a ``FLOWSTATE_*`` variable."""
@@ -105,6 +130,15 @@ class ServerSettings:
     """FLOWSTATE_TLS_KEY_FILE: server private key (PEM)."""
     tls_client_ca_file: Path | None = None
     """FLOWSTATE_TLS_CLIENT_CA_FILE: CA bundle for client certificates; mTLS when set."""
+    http_port: int | None = DEFAULT_HTTP_PORT
+    """FLOWSTATE_HTTP_PORT: Connect, gRPC-Web and the console (`server.web`; off: None / "off")."""
+    http_host: str = DEFAULT_HOST
+    """FLOWSTATE_HTTP_HOST: the HTTP port's address."""
+    http_cors_origins: tuple[str, ...] = ()
+    """FLOWSTATE_HTTP_CORS_ORIGINS: other origins allowed to call the HTTP port (comma-separated);
+    none: same-origin only."""
+    console_dir: Path | None = None
+    """FLOWSTATE_CONSOLE_DIR: the built console (default: ``console/dist`` of the source tree)."""
     metrics_port: int | None = None
     """FLOWSTATE_METRICS_PORT: Prometheus endpoint port (off when unset; 0: ephemeral)."""
     metrics_host: str = DEFAULT_HOST
@@ -147,6 +181,7 @@ class ServerSettings:
             "FLOWSTATE_JWT_ISSUER": "jwt_issuer",
             "FLOWSTATE_JWT_AUDIENCE": "jwt_audience",
             "FLOWSTATE_METRICS_HOST": "metrics_host",
+            "FLOWSTATE_HTTP_HOST": "http_host",
             "FLOWSTATE_LOG_FORMAT": "log_format",
             "FLOWSTATE_LOG_LEVEL": "log_level",
             "FLOWSTATE_TRACING": "tracing",
@@ -159,6 +194,7 @@ class ServerSettings:
             "FLOWSTATE_TLS_KEY_FILE": "tls_key_file",
             "FLOWSTATE_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
             "FLOWSTATE_READY_FILE": "ready_file",
+            "FLOWSTATE_CONSOLE_DIR": "console_dir",
         }
         for name, attribute in text_fields.items():
             if (value := get(name)) is not None:
@@ -170,6 +206,10 @@ class ServerSettings:
             values["port"] = _int("FLOWSTATE_PORT", value)
         if (value := get("FLOWSTATE_METRICS_PORT")) is not None:
             values["metrics_port"] = _int("FLOWSTATE_METRICS_PORT", value)
+        if (value := get("FLOWSTATE_HTTP_PORT")) is not None:
+            values["http_port"] = parse_http_port(value)
+        if (value := get("FLOWSTATE_HTTP_CORS_ORIGINS")) is not None:
+            values["http_cors_origins"] = parse_origins(value)
         if (value := get("FLOWSTATE_MIGRATE_ON_START")) is not None:
             values["migrate"] = _bool("FLOWSTATE_MIGRATE_ON_START", value)
         if (value := get("FLOWSTATE_DEV_AUTH")) is not None:
@@ -199,6 +239,8 @@ class ServerSettings:
             raise ConfigError(f"port must be between 0 and 65535, not {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be between 0 and 65535, not {self.metrics_port}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"HTTP port must be between 0 and 65535, not {self.http_port}")
         if self.tracing not in TRACING_MODES:
             raise ConfigError(f"FLOWSTATE_TRACING must be one of {', '.join(TRACING_MODES)}")
         if not self.stuck_after > 0:

@@ -1,0 +1,221 @@
+/**
+ * The board: the tenant's flows, live (WatchFlows: a snapshot of every matching flow, then every
+ * change), filtered by status and definition on the server, stuck-only and paged here.
+ */
+import type { Client } from "@connectrpc/connect";
+import { useEffect, useRef, useState } from "preact/hooks";
+
+import { FlowStatus, type FlowStateService } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { describeError } from "./api.js";
+import { ago, statusClass, statusName, TERMINAL } from "./format.js";
+import { link } from "./router.js";
+
+/** A live flow without a change for this long gets the "stuck" badge. */
+export const STUCK_AFTER_MS = 60 * 60 * 1000;
+const PAGE_SIZE = 20;
+
+interface Row {
+  flowId: string;
+  name: string;
+  definition: string;
+  status: FlowStatus;
+  progress: number;
+  version: bigint;
+  updated: Timestamp | undefined;
+}
+
+const STATUSES = Object.values(FlowStatus).filter((v): v is FlowStatus => typeof v === "number" && v !== FlowStatus.UNSPECIFIED);
+
+export function Board({ api }: { api: Client<typeof FlowStateService> }) {
+  const [rows, setRows] = useState(new Map<string, Row>());
+  const [status, setStatus] = useState<FlowStatus | 0>(0);
+  const [definition, setDefinition] = useState("");
+  const [stuckOnly, setStuckOnly] = useState(false);
+  const [page, setPage] = useState(0);
+  const [live, setLive] = useState<"connecting" | "live" | string>("connecting");
+  const [now, setNow] = useState(Date.now());
+  const described = useRef(new Set<string>());
+
+  useEffect(() => {
+    const timer = setInterval(() => setNow(Date.now()), 5000);
+    return () => clearInterval(timer);
+  }, []);
+
+  // A flow that appears by a change (created after the stream's snapshot) is read once for its
+  // name and definition.
+  useEffect(() => {
+    const missing = [...rows.values()].filter((r) => !r.definition && !described.current.has(r.flowId));
+    for (const r of missing) {
+      described.current.add(r.flowId);
+      api.getFlow({ flowId: r.flowId }).then(
+        ({ flow }) =>
+          flow &&
+          setRows((old) => {
+            const row = old.get(flow.flowId);
+            if (!row) return old;
+            const rows = new Map(old);
+            rows.set(flow.flowId, { ...row, name: flow.displayName, definition: `${flow.definitionName} v${flow.definitionVersion}` });
+            return rows;
+          }),
+        () => undefined, // the next event tries nothing more; the row keeps its id
+      );
+    }
+  }, [api, rows]);
+
+  useEffect(() => {
+    const abort = new AbortController();
+    let cursor = "";
+    setRows(new Map());
+    setLive("connecting");
+    (async () => {
+      for (let attempt = 0; !abort.signal.aborted; attempt++) {
+        try {
+          const stream = api.watchFlows(
+            { statuses: status ? [status] : [], definitionName: definition.trim(), cursor },
+            { signal: abort.signal },
+          );
+          // Live from the request on: an empty tenant's stream sends nothing until a change
+          // or the next heartbeat; a failure below says so.
+          setLive("live");
+          for await (const { event, cursor: next } of stream) {
+            attempt = 0;
+            if (next) cursor = next;
+            if (!event || !event.flowId) continue; // heartbeat
+            setRows((old) => {
+              const rows = new Map(old);
+              const prev = rows.get(event.flowId);
+              const snapshot = event.kind.case === "snapshot" ? event.kind.value : undefined;
+              const change = event.kind.case === "change" ? event.kind.value : undefined;
+              rows.set(event.flowId, {
+                flowId: event.flowId,
+                name: snapshot?.displayName ?? prev?.name ?? "",
+                definition: snapshot ? `${snapshot.definitionName} v${snapshot.definitionVersion}` : (prev?.definition ?? ""),
+                status: event.status,
+                progress: event.progress,
+                version: event.flowVersion,
+                updated: snapshot?.updateTime ?? change?.occurTime ?? prev?.updated,
+              });
+              return rows;
+            });
+          }
+        } catch (err) {
+          if (abort.signal.aborted) return;
+          setLive(describeError(err));
+        }
+        // Reconnect with the cursor: nothing is missed, nothing is seen twice.
+        await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** attempt)));
+      }
+    })();
+    return () => abort.abort();
+  }, [api, status, definition]);
+
+  const isStuck = (r: Row) =>
+    !TERMINAL.has(r.status) && r.updated !== undefined && now - Number(r.updated.seconds) * 1000 > STUCK_AFTER_MS;
+  const sorted = [...rows.values()]
+    .filter((r) => !stuckOnly || isStuck(r))
+    .sort((a, b) => Number((b.updated?.seconds ?? 0n) - (a.updated?.seconds ?? 0n)) || a.flowId.localeCompare(b.flowId));
+  const pages = Math.max(1, Math.ceil(sorted.length / PAGE_SIZE));
+  const current = Math.min(page, pages - 1);
+  const shown = sorted.slice(current * PAGE_SIZE, (current + 1) * PAGE_SIZE);
+
+  return (
+    <section>
+      <h1>Flows</h1>
+      <form class="filters" onSubmit={(e) => e.preventDefault()}>
+        <label>
+          Status{" "}
+          <select
+            name="status"
+            value={status}
+            onChange={(e) => {
+              setStatus(Number((e.target as HTMLSelectElement).value) as FlowStatus);
+              setPage(0);
+            }}
+          >
+            <option value={0}>any</option>
+            {STATUSES.map((s) => (
+              <option key={s} value={s}>
+                {statusName(s)}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Definition{" "}
+          <input
+            name="definition"
+            placeholder="any"
+            value={definition}
+            onChange={(e) => {
+              setDefinition((e.target as HTMLInputElement).value);
+              setPage(0);
+            }}
+          />
+        </label>
+        <label>
+          <input type="checkbox" name="stuck" checked={stuckOnly} onChange={(e) => setStuckOnly((e.target as HTMLInputElement).checked)} />{" "}
+          stuck only
+        </label>
+        <span class={`live ${live === "live" ? "ok" : "bad"}`} data-testid="live">
+          {live === "live" ? "● live" : live === "connecting" ? "connecting…" : `○ ${live} (reconnecting)`}
+        </span>
+      </form>
+      <table class="board">
+        <thead>
+          <tr>
+            <th>Flow</th>
+            <th>Definition</th>
+            <th>Status</th>
+            <th>Progress</th>
+            <th>Updated</th>
+          </tr>
+        </thead>
+        <tbody>
+          {shown.map((r) => (
+            <tr key={r.flowId} data-flow-id={r.flowId}>
+              <td>
+                <a href={`/flows/${r.flowId}`} onClick={link}>
+                  {r.name || r.flowId.slice(0, 8)}
+                </a>
+                <div class="sub">{r.flowId}</div>
+              </td>
+              <td>{r.definition}</td>
+              <td>
+                <span class={`badge ${statusClass(r.status)}`} data-testid="status">
+                  {statusName(r.status)}
+                </span>
+                {isStuck(r) && <span class="badge stuck">stuck</span>}
+              </td>
+              <td>
+                <div class="bar" title={`${r.progress}%`}>
+                  <div style={{ width: `${Math.min(100, r.progress)}%` }} />
+                </div>
+                <span class="pct" data-testid="progress">{r.progress.toFixed(1)}%</span>
+              </td>
+              <td title={r.updated ? new Date(Number(r.updated.seconds) * 1000).toISOString() : ""}>{ago(r.updated, now)}</td>
+            </tr>
+          ))}
+          {shown.length === 0 && (
+            <tr>
+              <td colSpan={5} class="empty">
+                {live === "live" ? "No flows match." : "Loading…"}
+              </td>
+            </tr>
+          )}
+        </tbody>
+      </table>
+      <nav class="pager">
+        <button type="button" disabled={current === 0} onClick={() => setPage(current - 1)}>
+          ← newer
+        </button>
+        <span>
+          page {current + 1} of {pages} ({sorted.length} flows)
+        </span>
+        <button type="button" disabled={current >= pages - 1} onClick={() => setPage(current + 1)}>
+          older →
+        </button>
+      </nav>
+    </section>
+  );
+}

@@ -1,0 +1,236 @@
+"""The web console in a real browser: Debian's Chromium driven by Playwright, a real server.
+
+Flows are driven through the API (Connect JSON over the same HTTP port) while the browser
+watches: the board and the flow page follow live, Retry on a failed phase moves it, a read-only
+token sees no action buttons, and an action confirmed on a stale page reports the version
+conflict in words. Skipped when no Chromium is installed (``make setup`` installs it).
+
+``FLOWSTATE_SCREENSHOTS`` (a directory) saves the board and the flow page as PNGs
+(docs/console.md's pictures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from flowstate.cli.console import console_signin_url
+from flowstate.core.model import Tenant
+from flowstate.testing import RunningServer, serve_in_process
+
+CHROMIUM = os.environ.get("FLOWSTATE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no Chromium (make setup installs Debian's chromium)"
+)
+SERVICE = "/flowstate.v1.FlowStateService"
+TIMEOUT_MS = 15_000
+SCREENSHOTS = os.environ.get("FLOWSTATE_SCREENSHOTS")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium (the system's: Playwright downloads no browser)."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+class Api:
+    """Drives flows through the HTTP port (Connect JSON), as a worker would."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str) -> None:
+        self._http = http
+        self._headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+
+    async def call(self, method: str, **body: Any) -> dict[str, Any]:
+        if method not in ("GetFlow", "ListFlows"):
+            body.setdefault("requestId", str(uuid.uuid4()))
+        response = await self._http.post(
+            f"{SERVICE}/{method}", content=json.dumps(body), headers=self._headers
+        )
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def move(self, flow_id: str, phase: str, state: str, **extra: Any) -> dict[str, Any]:
+        return await self.call(
+            "TransitionPhase", flowId=flow_id, phase=phase, targetState=state, **extra
+        )
+
+    async def fail(self, flow_id: str, phase: str) -> dict[str, Any]:
+        failure = {"errorCode": "ERROR_CODE_PHASE_EXECUTION_FAILED", "message": "agent crashed"}
+        return await self.move(flow_id, phase, "PHASE_STATE_FAILED", failure=failure)
+
+
+async def _sign_in(page: Page, base_url: str, token: str) -> None:
+    await page.goto(base_url + "/")
+    await page.fill("textarea[name=token]", token)
+    await page.click("button[type=submit]")
+    await expect(page.get_by_test_id("who")).to_be_visible(timeout=TIMEOUT_MS)
+
+
+async def test_board_and_flow_page_follow_the_api_live_and_retry_works(
+    browser: Browser, http: httpx.AsyncClient, base_url: str, web_server: RunningServer
+) -> None:
+    tenant = Tenant("acme", f"console-{uuid.uuid4().hex[:8]}")
+    token = web_server.mint(tenant, user="alice", scopes=["flows:write"])
+    api = Api(http, token)
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    try:
+        await _sign_in(page, base_url, token)
+        await expect(page.get_by_test_id("who")).to_contain_text("alice")
+        await expect(page.get_by_test_id("who")).to_contain_text(tenant.client_account_id)
+        await expect(page.get_by_test_id("live")).to_have_text("● live", timeout=TIMEOUT_MS)
+
+        flow_id = (await api.call("CreateFlow", displayName="Q3 migration"))["flow"]["flowId"]
+        row = page.locator(f"tr[data-flow-id='{flow_id}']")
+        await expect(row.get_by_test_id("status")).to_have_text("initialized", timeout=TIMEOUT_MS)
+        await api.move(flow_id, "data_import", "PHASE_STATE_IN_PROGRESS")
+        await expect(row.get_by_test_id("status")).to_have_text("data gathering")
+        await expect(row.get_by_test_id("progress")).to_have_text("6.0%")
+        await api.move(flow_id, "data_import", "PHASE_STATE_COMPLETED")
+        await expect(row.get_by_test_id("progress")).to_have_text("20.0%")
+        if SCREENSHOTS:
+            other = (await api.call("CreateFlow", displayName="Q4 assessment"))["flow"]["flowId"]
+            await api.move(other, "data_import", "PHASE_STATE_IN_PROGRESS")
+            await expect(page.locator(f"tr[data-flow-id='{other}']")).to_be_visible()
+            await page.screenshot(path=f"{SCREENSHOTS}/console-board.png")
+
+        await row.locator("a").click()
+        phase = page.locator("tr[data-phase='field_mapping']").get_by_test_id("phase-state")
+        await expect(phase).to_have_text("not started", timeout=TIMEOUT_MS)
+        await api.move(flow_id, "field_mapping", "PHASE_STATE_IN_PROGRESS")
+        await expect(phase).to_have_text("in progress", timeout=TIMEOUT_MS)
+        await api.fail(flow_id, "field_mapping")
+        await expect(phase).to_have_text("failed", timeout=TIMEOUT_MS)
+        await expect(page.locator("tr[data-phase='field_mapping'] .errctx")).to_contain_text(
+            "agent crashed"
+        )
+        await expect(page.get_by_test_id("flow-status")).to_have_text("failed")
+
+        retry = page.locator("button[data-action=retry][data-phase=field_mapping]")
+        await retry.click(timeout=TIMEOUT_MS)
+        await expect(page.get_by_test_id("confirm-change")).to_contain_text(
+            "field_mapping goes from failed to retry needed"
+        )
+        if SCREENSHOTS:
+            await page.screenshot(path=f"{SCREENSHOTS}/console-flow-confirm.png")
+        await page.get_by_test_id("confirm").click()
+        await expect(phase).to_have_text("retry needed", timeout=TIMEOUT_MS)
+        await expect(page.get_by_test_id("notice")).to_contain_text("Done")
+        await expect(page.get_by_test_id("flow-status")).to_have_text("retry pending")
+        assert (await api.call("GetFlow", flowId=flow_id))["flow"]["phases"][1]["state"] == (
+            "PHASE_STATE_RETRY_NEEDED"
+        )
+        if SCREENSHOTS:
+            await page.screenshot(path=f"{SCREENSHOTS}/console-flow.png", full_page=True)
+    finally:
+        await context.close()
+
+
+async def test_a_read_only_token_sees_no_action_buttons(
+    browser: Browser, http: httpx.AsyncClient, base_url: str, web_server: RunningServer
+) -> None:
+    tenant = Tenant("acme", f"console-{uuid.uuid4().hex[:8]}")
+    writer = Api(http, web_server.mint(tenant))
+    flow_id = (await writer.call("CreateFlow"))["flow"]["flowId"]
+    await writer.move(flow_id, "data_import", "PHASE_STATE_IN_PROGRESS")
+    await writer.fail(flow_id, "data_import")
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await _sign_in(page, base_url, web_server.mint(tenant, scopes=["flows:read"]))
+        await page.locator(f"tr[data-flow-id='{flow_id}'] a").click(timeout=TIMEOUT_MS)
+        await expect(page.get_by_test_id("flow-status")).to_have_text("failed", timeout=TIMEOUT_MS)
+        await expect(page.get_by_test_id("read-only")).to_be_visible()
+        assert await page.locator("button[data-action]").count() == 0
+        assert await page.get_by_test_id("actions").count() == 0
+
+        await page.get_by_role("link", name="Definitions").click()
+        discovery = page.locator("article[data-definition=discovery]")
+        await expect(discovery.locator("g.node")).to_have_count(5, timeout=TIMEOUT_MS)
+        await expect(discovery.locator("line.edge")).to_have_count(4)
+    finally:
+        await context.close()
+
+
+async def test_an_action_on_a_stale_page_reports_the_version_conflict(
+    browser: Browser, http: httpx.AsyncClient, base_url: str, web_server: RunningServer
+) -> None:
+    tenant = Tenant("acme", f"console-{uuid.uuid4().hex[:8]}")
+    token = web_server.mint(tenant)
+    api = Api(http, token)
+    flow_id = (await api.call("CreateFlow"))["flow"]["flowId"]
+    await api.move(flow_id, "data_import", "PHASE_STATE_IN_PROGRESS")
+    failed = await api.fail(flow_id, "data_import")
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await _sign_in(page, base_url, token)
+        await page.goto(f"{base_url}/flows/{flow_id}")
+        await expect(page.get_by_test_id("flow-version")).to_have_text(
+            str(failed["flow"]["version"]), timeout=TIMEOUT_MS
+        )
+        await page.locator("button[data-action=retry][data-phase=data_import]").click()
+        await expect(page.get_by_test_id("confirm")).to_be_visible()
+        # While the confirmation is open, someone else changes the flow.
+        await api.call("PauseFlow", flowId=flow_id, reason="maintenance")
+        await page.get_by_test_id("confirm").click()
+        notice = page.get_by_test_id("notice")
+        await expect(notice).to_contain_text("Version conflict", timeout=TIMEOUT_MS)
+        await expect(notice).to_contain_text(f"now at version {int(failed['flow']['version']) + 1}")
+        await expect(page.get_by_test_id("flow-status")).to_have_text("paused")
+        flow = (await api.call("GetFlow", flowId=flow_id))["flow"]
+        assert flow["phases"][0]["state"] == "PHASE_STATE_FAILED"  # the retry changed nothing
+    finally:
+        await context.close()
+
+
+async def test_the_dev_sign_in_link_signs_in_once_and_leaves_no_secret_in_the_url(
+    browser: Browser, database_url: str, tmp_path: Path
+) -> None:
+    async with serve_in_process(
+        database_url,
+        http_port=0,
+        jwt_secret=None,
+        jwt_issuer=None,
+        jwt_audience=None,
+        dev_auth=True,
+        data_dir=tmp_path,
+    ) as running:
+        server = running.server
+        assert server.console_url is not None
+        link = console_signin_url(server.console_url, server.auth, user_id="erin")
+        context = await browser.new_context()
+        page = await context.new_page()
+        try:
+            await page.goto(link)
+            await expect(page.get_by_test_id("who")).to_contain_text("erin", timeout=TIMEOUT_MS)
+            await expect(page.get_by_test_id("who")).to_contain_text("dev/local")
+            assert "signin" not in page.url
+            assert "signin" not in await page.evaluate("location.href")
+            await page.reload()  # the session survives a reload of the tab (sessionStorage)
+            await expect(page.get_by_test_id("who")).to_contain_text("erin", timeout=TIMEOUT_MS)
+            second = await context.new_page()
+            await second.goto(link)  # the same link again: refused, in words
+            await expect(second.get_by_role("alert")).to_contain_text("already used")
+        finally:
+            await context.close()
