@@ -221,7 +221,7 @@ bench: setup
 # of non-equivalent mutants killed. The full run fails below 90%.
 MUTATE_SAMPLE ?= 60
 MUTATE_SEED ?= 23
-MUTATE_SAMPLE_MIN ?= 85
+MUTATE_SAMPLE_MIN ?= 90
 
 mutate: setup
 	$(PY) scripts/mutate.py --min-score 90

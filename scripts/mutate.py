@@ -48,6 +48,23 @@ PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "--ignore=tests/core/test_purity.
 
 KILLED = {"killed", "timeout"}
 
+# The modules whose survivors have been triaged (docs/testing.md); the CI sample draws from these
+# only, so a module added later cannot fail CI before its own tests are triaged. Add a module here
+# once `make mutate` shows its survivors killed or listed.
+TRIAGED = tuple(
+    f"flowstate.core.{name}."
+    for name in (
+        "commands",
+        "definitions",
+        "derivation",
+        "errors",
+        "machine",
+        "model",
+        "recovery",
+        "rules",
+    )
+)
+
 
 @dataclass(frozen=True)
 class Mutant:
@@ -63,8 +80,11 @@ class Mutant:
         return self.name.partition("__mutmut_")[0]
 
 
-def _stage() -> None:
-    """Rebuild .mutmut/ with the sources, the tests and a pyproject.toml for mutmut and pytest."""
+def _stage(weaken: list[str]) -> None:
+    """Rebuild .mutmut/ with the sources, the tests and a pyproject.toml for mutmut and pytest.
+
+    `weaken` names test files left out (to check that the score really drops without them).
+    """
     shutil.rmtree(STAGE, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for source, target in {**SOURCES, **TESTS}.items():
@@ -82,7 +102,7 @@ def _stage() -> None:
         "[tool.mutmut]",
         f"source_paths = {json.dumps(list(SOURCES.values()))}",
         f"pytest_add_cli_args_test_selection = {json.dumps(['tests/core'])}",
-        f"pytest_add_cli_args = {json.dumps(PYTEST_ARGS)}",
+        f"pytest_add_cli_args = {json.dumps(PYTEST_ARGS + [f'--ignore={w}' for w in weaken])}",
         "",
         "[tool.pytest.ini_options]",
         *(f"{key} = {json.dumps(value)}" for key, value in options.items()),
@@ -193,9 +213,14 @@ def _report(mutants: list[Mutant], min_score: float, elapsed: float, sample: str
     print()
     print(f"mutate: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {sample}, {elapsed:.0f} s")
     print("mutate: statuses " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    kinds: dict[str, int] = {}
+    for mutant in listed:
+        kind = (_listed(mutant, entries) or {}).get("kind", "equivalent")
+        kinds[kind] = kinds.get(kind, 0) + 1
     print(
         f"mutate: {len(mutants)} mutants, {killed} killed (timeouts included), "
-        f"{len(listed)} listed as equivalent, {len(unlisted)} surviving unlisted"
+        f"{len(listed)} listed ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}), "
+        f"{len(unlisted)} surviving unlisted"
     )
     print(f"mutate: score {score:.1f}% of non-equivalent mutants killed (minimum {min_score}%)")
     for mutant in unlisted:
@@ -215,23 +240,33 @@ def _unlisted_report(mutants: list[Mutant]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run mutmut over the core (or a seeded sample of it) and check the score."""
+    global STAGE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, default=0, help="run only N mutants (0: all)")
     parser.add_argument("--seed", type=int, default=23, help="seed of the sample")
     parser.add_argument("--min-score", type=float, default=90.0, help="percent, else exit 1")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--stage", type=Path, default=STAGE, help="work directory (rebuilt)")
+    parser.add_argument(
+        "--weaken",
+        action="append",
+        default=[],
+        metavar="TEST_FILE",
+        help="leave this test file out (e.g. tests/core/test_commands.py), to see the score drop",
+    )
     args = parser.parse_args(argv)
 
+    STAGE = args.stage.resolve()
     started = time.monotonic()
-    _stage()
+    _stage(args.weaken)
     names: list[str] = []
     label = "all mutants"
     if args.sample:
-        everything = _generate()
+        everything = [n for n in _generate() if n.startswith(TRIAGED)]
         names = sorted(
             random.Random(args.seed).sample(everything, min(args.sample, len(everything)))
         )
-        label = f"sample of {len(names)} of {len(everything)} (seed {args.seed})"
+        label = f"sample of {len(names)} of {len(everything)} in triaged modules (seed {args.seed})"
     code = _mutmut("run", "--max-children", str(args.max_children), *names, quiet=True)
     if code:
         raise SystemExit(f"mutate: mutmut run failed (exit {code}); run it in {STAGE} to see why")

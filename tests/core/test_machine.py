@@ -220,17 +220,7 @@ ALL_STATUSES = [
     "paused",
     "cancelled",
 ]
-ALL_STATES = [
-    "not_started",
-    "in_progress",
-    "waiting_validation",
-    "waiting_approval",
-    "completed",
-    "failed",
-    "retry_needed",
-    "rolled_back",
-    "skipped",
-]
+ALL_STATES = [s.value for s in PhaseState]  # the enum is the list; its order is the API's
 
 
 @pytest.mark.parametrize(("current", "target"), [("bogus", "active"), ("active", "bogus")])
@@ -358,3 +348,18 @@ def test_blocked_recovery_options_come_last_with_what_blocks_them(
             detail="Phase 'field_mapping' cannot start before 'data_import' completed",
         ),
     ]
+
+
+def test_the_default_clock_is_aware_utc() -> None:
+    """Without an injected clock the machine stamps with the current UTC time, never naive."""
+    before = datetime.now(UTC)
+    response = FlowStateMachine().create_error_response(ErrorCode.FLOW_PAUSED, "paused")
+    stamped = datetime.fromisoformat(response["timestamp"].replace("Z", "+00:00"))
+    assert response["timestamp"].endswith("Z")
+    assert stamped.tzinfo is not None
+    assert stamped >= before.replace(microsecond=0)
+
+
+def test_a_completed_flow_has_no_recovery_options(machine: FlowStateMachine) -> None:
+    """The machine derives the flow's status from the phases: all COMPLETED is terminal."""
+    assert machine.get_recovery_options({name: "completed" for name in machine.PHASES}) == []

@@ -8,9 +8,12 @@ a visible decision (mutation testing found each field unchecked).
 from __future__ import annotations
 
 from flowstate.core import (
+    DISCOVERY,
     CancelFlow,
     Command,
     ErrorCode,
+    Flow,
+    FlowDefinition,
     FlowStatus,
     PhaseState,
     RecoveryAction,
@@ -235,4 +238,44 @@ def test_two_failed_phases_in_definition_order_and_a_failure_without_error() -> 
             blocked_by=E.MAX_RETRIES_EXCEEDED,
             detail="Phase 'right' has used all 0 retries",
         ),
+    ]
+
+
+def _order(flow: Flow, definition: FlowDefinition = DISCOVERY) -> list[tuple[str, str | None]]:
+    return [(o.action.value, o.phase) for o in get_recovery_options(flow, definition)]
+
+
+def test_the_action_rank_decides_before_the_phase_order() -> None:
+    """Each pair below puts the better-ranked action on the later phase, so swapping two
+    ranks (or ordering by phase first) changes the list."""
+    # rollback of a FAILED phase (later) before abandon (earlier)
+    assert _order(flow_with({"data_import": S.RETRY_NEEDED, "field_mapping": S.FAILED})) == [
+        ("retry", "data_import"),
+        ("retry", "field_mapping"),
+        ("rollback", "field_mapping"),
+        ("abandon", "data_import"),
+        ("cancel", None),
+    ]
+    # restart (later) before the rollback of a FAILED phase (earlier)
+    branchy = flow_with(
+        {"extract": S.COMPLETED, "left": S.FAILED, "right": S.ROLLED_BACK}, definition=BRANCHY
+    )
+    assert _order(branchy, BRANCHY) == [
+        ("retry", "left"),
+        ("restart", "right"),
+        ("rollback", "left"),
+        ("rollback", "extract"),
+        ("cancel", None),
+    ]
+    # retry (later) before force_retry (earlier)
+    fatal_first = flow_with(
+        {"data_import": S.FAILED, "field_mapping": S.FAILED}, errors={"data_import": FATAL}
+    )
+    assert _order(fatal_first) == [
+        ("retry", "field_mapping"),
+        ("force_retry", "data_import"),
+        ("rollback", "data_import"),
+        ("rollback", "field_mapping"),
+        ("cancel", None),
+        ("retry", "data_import"),
     ]

@@ -123,9 +123,8 @@ class ConsoleAssets:
                 content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
                 if content_type.startswith("text/") or content_type.endswith("javascript"):
                     content_type += "; charset=utf-8"
-                # index.html names the bundles; it must never be cached past a new build.
-                cache = "no-cache" if path.name == "index.html" else "no-cache, max-age=0"
-                files[url] = _Asset(path.read_bytes(), content_type, cache)
+                # The bundle's name does not change between builds: revalidate every time.
+                files[url] = _Asset(path.read_bytes(), content_type, "no-cache")
         return cls(files)
 
     @property
