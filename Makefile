@@ -135,9 +135,10 @@ clean-tools:
 generate: setup
 	scripts/generate.sh
 
-# The generated paths (hand-written SDK code beside them is not checked here).
+# The generated paths (hand-written SDK code beside them is not checked here), the Python SDK's
+# blocking client included (generated from the asyncio one).
 GENERATED_PATHS := clients/python/src/flowstate/v1 clients/typescript/src/gen clients/go/gen \
-	clients/go/go.mod clients/go/go.sum
+	clients/go/go.mod clients/go/go.sum clients/python/src/flowstate/client/_sync_client.py
 
 check-generated: generate
 	@changes="$$(git status --porcelain --untracked-files=all -- $(GENERATED_PATHS))"; \

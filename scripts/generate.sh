@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every Flowstate client from protos/ in one step, with local plugins only:
 #   Python     -> clients/python/src/flowstate/v1   (scripts/gen_python.py: grpc_tools + mypy-protobuf)
+#                 clients/python/src/flowstate/client/_sync_client.py (scripts/gen_sync_client.py)
 #   TypeScript -> clients/typescript/src/gen        (buf generate, buf.gen.yaml: protoc-gen-es)
 #   Go         -> clients/go/gen                    (buf generate, buf.gen.go.yaml: protoc-gen-go(-grpc))
 # The tools come from `make setup` (.venv, clients/typescript/node_modules, .tools/bin).
@@ -26,6 +27,8 @@ fi
 
 echo "generate.sh: python"
 "$PYTHON" scripts/gen_python.py
+# The blocking SDK client, from the asyncio one (one client, two faces).
+"$PYTHON" scripts/gen_sync_client.py
 
 echo "generate.sh: typescript"
 "$BUF" generate --template buf.gen.yaml

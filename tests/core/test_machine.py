@@ -1,4 +1,5 @@
-"""The seed guide's FlowStateMachine API works as its usage examples show."""
+"""The seed guide's FlowStateMachine API (`flowstate.flow_state_machine`) works as its usage
+examples show."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flowstate.core import (
-    BUILTIN_DEFINITIONS,
-    DISCOVERY,
+from flowstate.core import BUILTIN_DEFINITIONS, DISCOVERY
+from flowstate.flow_state_machine import (
     ErrorCode,
-    FlowStateError,
     FlowStateMachine,
     FlowStatus,
+    FlowTransitionError,
     PhaseState,
+    PhaseTransition,
 )
 
 from .support import BRANCHY, T0
@@ -40,16 +41,18 @@ def test_the_guide_basic_phase_transition_example(machine: FlowStateMachine) -> 
     )
     assert (success, error) == (True, None)
     assert machine.transition_history == [
-        {
-            "phase": "data_import",
-            "from_state": "not_started",
-            "to_state": "in_progress",
-            "reason": "user_initiated",
-            "user_id": "user123",
-            "metadata": {},
-            "timestamp": "2025-01-19T10:30:00Z",
-        }
+        PhaseTransition(
+            phase="data_import",
+            from_state=PhaseState.NOT_STARTED,
+            to_state=PhaseState.IN_PROGRESS,
+            reason="user_initiated",
+            user_id="user123",
+            timestamp=T0,
+            metadata={},
+        )
     ]
+    record = machine.transition_history[0]
+    assert (record.from_state, record.to_state) == ("not_started", "in_progress")
 
 
 def test_the_guide_error_example(machine: FlowStateMachine) -> None:
@@ -92,6 +95,8 @@ def test_states_may_be_given_as_strings_and_garbage_is_malformed(
     ok, error = machine.validate_phase_transition("data_export", S.NOT_STARTED, S.IN_PROGRESS)
     assert error is not None
     assert error.code is ErrorCode.INVALID_PHASE
+    assert isinstance(error, FlowTransitionError)
+    assert error.error_code == "INVALID_PHASE"
 
 
 def test_validate_flow_transition(machine: FlowStateMachine) -> None:
@@ -197,7 +202,7 @@ def test_create_error_response(machine: FlowStateMachine, code: str, retry_allow
         "retry_allowed": retry_allowed,
         "timestamp": "2025-01-19T10:30:00Z",
     }
-    assert isinstance(FlowStateError(ErrorCode(code), "x"), Exception)
+    assert isinstance(FlowTransitionError(ErrorCode(code), "x"), Exception)
 
 
 ALL_STATUSES = [
@@ -233,7 +238,7 @@ def test_an_unknown_flow_status_is_a_complete_malformed_request(
         "retry_allowed": False,
         "timestamp": "2025-01-19T10:30:00Z",
     }
-    with pytest.raises(FlowStateError) as raised:
+    with pytest.raises(FlowTransitionError) as raised:
         machine.determine_flow_status({}, "bogus")
     assert raised.value.details == {"field": "status", "valid_statuses": ALL_STATUSES}
 

@@ -7,7 +7,6 @@ import flowstate.storage
 EXPORTED = {
     "DEFAULT_IDEMPOTENCY_TTL",
     "NOTIFY_CHANNEL",
-    "ChangeBatch",
     "EmbeddedPostgres",
     "FlowPage",
     "FlowQuery",
@@ -20,7 +19,6 @@ EXPORTED = {
     "SchemaNotReadyError",
     "StoreUnavailable",
     "StoredKey",
-    "TenantChange",
     "Write",
     "resolve_database_url",
 }
@@ -48,8 +46,6 @@ def test_store_methods() -> None:
         "register_definition",
         "list_definitions",
         "read_changes",
-        "read_tenant_changes",
-        "tenant_cursor_now",
         "purge_expired_idempotency_keys",
         "count_stuck_flows",
     }

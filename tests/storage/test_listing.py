@@ -16,7 +16,7 @@ from flowstate.service import FlowService
 from flowstate.storage import FlowQuery, FlowStore
 from flowstate.storage.schema import flows
 from flowstate.storage.sql import compile_statement
-from flowstate.storage.store import _flow_filters
+from flowstate.storage.statements import flow_filters as _flow_filters
 
 from .support import T0, ContextFactory, asyncpg_dsn
 

@@ -16,9 +16,9 @@ from flowstate.core.commands import CancelFlow
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, FlowStatus, Tenant
 from flowstate.server.watch import FlowEventValue, WatchHub
-from flowstate.server.watch_log import TenantCursor
 from flowstate.service import FlowService
 from flowstate.storage import FlowStore
+from flowstate.storage.changes import TenantCursor
 from flowstate.storage.urls import normalize_database_url
 
 from .support import assert_quiet, create_flow, ctx, next_change, next_event, report_progress

@@ -9,7 +9,10 @@ Modules:
 - `errors`: `FlowStateError` (refusals) and `DefinitionError`;
 - `commands`: commands, `create_flow`, `apply_command`, `validate_command` (the server's API);
 - `recovery`: ranked recovery options, each with its ready-to-send command;
-- `machine`: the seed guide's `FlowStateMachine` API.
+- `preview`: dry runs of transitions (ValidateTransition's answers).
+
+The seed guide's `FlowStateMachine` façade is `flowstate.flow_state_machine` (outside the core:
+it reads a clock).
 """
 
 from flowstate.core.commands import (
@@ -40,7 +43,6 @@ from flowstate.core.definitions import (
 )
 from flowstate.core.derivation import calculate_progress, determine_flow_status
 from flowstate.core.errors import DefinitionError, FlowStateError
-from flowstate.core.machine import FlowStateMachine
 from flowstate.core.model import (
     RETRYABLE_ERROR_CODES,
     ErrorCode,
@@ -76,7 +78,6 @@ __all__ = [
     "Flow",
     "FlowDefinition",
     "FlowStateError",
-    "FlowStateMachine",
     "FlowStatus",
     "HistoryEntry",
     "HistoryKind",

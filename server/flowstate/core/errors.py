@@ -8,7 +8,9 @@ Exception hierarchy::
         └── DefinitionError a flow definition that breaks a structural rule (load time)
 
 `FlowStateError` is what every refusal of the core raises (and what `validate_command` returns);
-the servicer maps its `code` to a gRPC status and its `to_dict()` to `flowstate.v1.FlowError`.
+the server maps its `code` to a gRPC status and its details to `flowstate.v1.FlowError`
+(`flowstate.server.errors`); `to_dict()` is the seed guide's error response
+(`flowstate.flow_state_machine`).
 `DefinitionError` is a programming or configuration error, never a caller's mistake.
 
 Constructor convention: ``FlowStateError(code, message, **details)``; the keyword arguments are
@@ -74,6 +76,11 @@ class FlowStateError(Exception):
     def __repr__(self) -> str:
         """Show the code and message, which is what a reader of a log needs first."""
         return f"FlowStateError({self.code.value}, {self.message!r}, details={self.details!r})"
+
+    @property
+    def error_code(self) -> ErrorCode:
+        """The seed guide's name of `code` (a str enum: equal to ``"INVALID_PHASE"`` etc.)."""
+        return self.code
 
     def to_dict(self, timestamp: datetime) -> dict[str, Any]:
         """The seed guide's structured error response, stamped with `timestamp`."""

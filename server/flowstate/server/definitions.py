@@ -29,6 +29,11 @@ from flowstate.server.convert import (
 )
 from flowstate.server.validation import malformed
 from flowstate.storage.definitions_repo import StoredDefinition
+from flowstate.storage.limits import (
+    DEFAULT_DEFINITION_PAGE_SIZE,
+    MAX_DEFINITION_PAGE_SIZE,
+    MAX_REQUEST_ID_LENGTH,
+)
 from flowstate.v1 import definition_pb2, flow_service_pb2
 
 __all__ = [
@@ -42,9 +47,9 @@ __all__ = [
     "stored_to_proto",
 ]
 
-MAX_REQUEST_ID: Final = 128
-MAX_PAGE_SIZE: Final = 1000
-DEFAULT_PAGE_SIZE: Final = 100
+MAX_REQUEST_ID: Final = MAX_REQUEST_ID_LENGTH
+MAX_PAGE_SIZE: Final = MAX_DEFINITION_PAGE_SIZE
+DEFAULT_PAGE_SIZE: Final = DEFAULT_DEFINITION_PAGE_SIZE
 MAX_VIEWS: Final = 1024
 """Definition views and (tenant, name, version) resolutions kept in process (FIFO beyond)."""
 

@@ -17,9 +17,9 @@ What is checked (limits as documented in the protos):
 - numbers: in-phase progress finite and in [0, 1], versions non-negative, page sizes not
   negative (above the maximum: lowered to it, as AIP-158 asks).
 
-Semantic checks (unknown phase, illegal transition...) belong to the core, not here. Where the
-storage checks the same value, its limits (`flowstate.storage.limits`) are used, so the two never
-disagree.
+Semantic checks (unknown phase, illegal transition...) belong to the core, not here. Every limit
+comes from the one table, `flowstate.storage.limits` (which the use cases and the store check
+with too), so the layers never disagree.
 """
 
 from __future__ import annotations
@@ -54,14 +54,23 @@ from flowstate.server.convert import (
 from flowstate.service.flows import TransitionCheck
 from flowstate.storage.codec import dumps
 from flowstate.storage.limits import (
+    DEFAULT_FLOW_PAGE_SIZE,
+    DEFAULT_HISTORY_PAGE_SIZE,
     MAX_DISPLAY_NAME_LENGTH,
     MAX_ERROR_MESSAGE_LENGTH,
+    MAX_FILTERS,
     MAX_FLOW_IDS_PER_QUERY,
+    MAX_FLOW_PAGE_SIZE,
+    MAX_HISTORY_PAGE_SIZE,
     MAX_JSON_BYTES,
     MAX_LABEL_KEY_LENGTH,
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
+    MAX_NAME_LENGTH,
+    MAX_PAGE_TOKEN_LENGTH,
     MAX_REASON_LENGTH,
+    MAX_REQUEST_ID_LENGTH,
+    MIN_EXPECTED_VERSION,
     field_violations,
 )
 from flowstate.v1 import errors_pb2, flow_service_pb2
@@ -97,14 +106,8 @@ __all__ = [
 
 DEFAULT_DEFINITION: Final = "discovery"
 """The definition used when a request leaves `definition_name` empty."""
-MAX_REQUEST_ID: Final = 128
-MAX_NAME: Final = 128
-MAX_TOKEN: Final = 1024
-MAX_FILTERS: Final = 32
-DEFAULT_PAGE_SIZE: Final = 50
-MAX_PAGE_SIZE: Final = 500
-DEFAULT_HISTORY_PAGE_SIZE: Final = 100
-MAX_HISTORY_PAGE_SIZE: Final = 1000
+MAX_PAGE_SIZE: Final = MAX_FLOW_PAGE_SIZE
+"""ListFlows' largest page (the limits table's `MAX_FLOW_PAGE_SIZE`)."""
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Timestamp.ToDatetime accepts 0001-01-01 .. 9999-12-31.
@@ -141,13 +144,13 @@ class _Checker:
         return value
 
     def name(self, field: str, value: str, *, required: bool = True) -> str:
-        return self.text(field, value, max_len=MAX_NAME, required=required)
+        return self.text(field, value, max_len=MAX_NAME_LENGTH, required=required)
 
     def request_id(self, value: str) -> str:
         if not value:
             self.fail("request_id", "is required on every mutation (an idempotency key)")
-        elif len(value) > MAX_REQUEST_ID or not value.isprintable():
-            self.fail("request_id", f"must be 1-{MAX_REQUEST_ID} printable characters")
+        elif len(value) > MAX_REQUEST_ID_LENGTH or not value.isprintable():
+            self.fail("request_id", f"must be 1-{MAX_REQUEST_ID_LENGTH} printable characters")
         return value
 
     def uuid(self, field: str, value: str, *, required: bool = True) -> str:
@@ -191,15 +194,15 @@ class _Checker:
         if not message.HasField("expected_version"):
             return None
         version = int(message.expected_version)
-        if version < 1:
-            self.fail("expected_version", "must be >= 1 when set")
+        if version < MIN_EXPECTED_VERSION:
+            self.fail("expected_version", f"must be >= {MIN_EXPECTED_VERSION} when set")
         return version
 
     def page(self, size: int, token: str, *, default: int, maximum: int) -> tuple[int, str]:
         # AIP-158: a size above the maximum is lowered to it, not refused.
         if size < 0:
             self.fail("page_size", f"must be >= 0 (0: {default}; above {maximum}: {maximum})")
-        self.text("page_token", token, max_len=MAX_TOKEN)
+        self.text("page_token", token, max_len=MAX_PAGE_TOKEN_LENGTH)
         return min(size or default, maximum), token
 
     def timestamp(self, field: str, message: timestamp_pb2.Timestamp) -> datetime | None:
@@ -419,7 +422,10 @@ def list_flows(request: flow_service_pb2.ListFlowsRequest) -> ListFlowsArgs:
     """Check a ListFlows request (page size 1-500: 50 when 0, larger ones lowered to 500)."""
     check = _Checker()
     page_size, page_token = check.page(
-        request.page_size, request.page_token, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE
+        request.page_size,
+        request.page_token,
+        default=DEFAULT_FLOW_PAGE_SIZE,
+        maximum=MAX_FLOW_PAGE_SIZE,
     )
     statuses = [
         check.flow_status(f"statuses[{i}]", value) for i, value in enumerate(request.statuses)
@@ -568,7 +574,7 @@ def watch_flows(request: flow_service_pb2.WatchFlowsRequest) -> WatchFlowsArgs:
     if len(request.flow_ids) > MAX_FLOW_IDS_PER_QUERY:
         check.fail("flow_ids", f"must have at most {MAX_FLOW_IDS_PER_QUERY} entries")
     flow_ids = [check.uuid(f"flow_ids[{i}]", value) for i, value in enumerate(request.flow_ids)]
-    cursor = check.text("cursor", request.cursor, max_len=MAX_TOKEN)
+    cursor = check.text("cursor", request.cursor, max_len=MAX_PAGE_TOKEN_LENGTH)
     check.done()
     return WatchFlowsArgs(
         statuses=tuple(s for s in statuses if s is not None),

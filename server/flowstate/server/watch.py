@@ -23,7 +23,7 @@ wake-up signal. The moving parts:
   `FlowStateError(SERVER_SHUTTING_DOWN)` when the hub closes.
 
 WatchFlow positions are flow versions. WatchFlows positions are ``(txid, seq)`` of the tenant's
-commit-ordered log (see `flowstate.server.watch_log` and docs/streams.md for why the cursor is
+commit-ordered log (see `flowstate.storage.changes` and docs/streams.md for why the cursor is
 gap-free).
 """
 
@@ -40,28 +40,24 @@ from datetime import UTC, datetime
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import asyncpg
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.engine import make_url
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
+from flowstate.core.rules import TERMINAL_STATUSES
 from flowstate.server.convert import FLOW_STATUS_TO_PROTO, entry_to_proto
-from flowstate.server.watch_log import (
+from flowstate.storage.changes import (
     SNAPSHOT_LIMIT,
     LogPosition,
     TenantChange,
     TenantCursor,
     TenantLog,
 )
+from flowstate.storage.sql import connect_arguments
+from flowstate.storage.statements import NOTIFY_CHANNEL
 from flowstate.storage.urls import normalize_database_url
 from flowstate.v1 import flow_service_pb2 as pb
 
 __all__ = ["NOTIFY_CHANNEL", "FlowEventValue", "SharedChanges", "WatchHub", "WatchStore"]
-
-NOTIFY_CHANNEL: Final = "flowstate_changes"
-"""The LISTEN/NOTIFY channel the store notifies on after each committed mutation."""
-
-TERMINAL_STATUSES: Final = frozenset({FlowStatus.COMPLETED, FlowStatus.CANCELLED})
 
 _log = logging.getLogger("flowstate.watch")
 
@@ -316,20 +312,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _connect_kwargs(database_url: str) -> dict[str, Any]:
-    """asyncpg.connect() arguments for a database URL, as SQLAlchemy's dialect makes them.
-
-    Going through the dialect keeps one reading of URLs (unix sockets, ssl) for the store, the
-    listener and the tenant-log pool.
-    """
-    url = make_url(normalize_database_url(database_url))
-    dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it untyped
-    _args, kwargs = dialect.create_connect_args(url)  # type: ignore[no-untyped-call]  # idem
-    kwargs.pop("prepared_statement_cache_size", None)
-    kwargs.pop("async_creator_fn", None)
-    return dict(kwargs)
-
-
 class _Listener:
     """The process's one LISTEN connection, reconnected with backoff for as long as the hub runs."""
 
@@ -378,10 +360,11 @@ class _Listener:
     async def _serve(self) -> None:
         lost = asyncio.Event()
         conn: asyncpg.Connection = await asyncpg.connect(**self._connect_kwargs)
-        self._conn = conn
         try:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            # Only a listening connection is "the listener" (`backend_pid`, `connections`).
+            self._conn = conn
             self.connections += 1
             self.connected.set()
             # Notifications may have been missed while we were away (or before the first
@@ -541,8 +524,8 @@ class WatchHub:
         `queue_limit`: entries each channel keeps in memory, and the page size of history reads.
         `snapshot_limit`: most flows in the initial snapshot of WatchFlows.
         """
-        connect_kwargs = _connect_kwargs(database_url)
-        log = await TenantLog.open(connect_kwargs)
+        connect_kwargs = connect_arguments(normalize_database_url(database_url))
+        log = await TenantLog.open(database_url)
         hub = cls(
             store,
             log,

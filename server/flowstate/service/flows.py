@@ -33,13 +33,14 @@ from flowstate.core.preview import (
 from flowstate.core.recovery import RecoveryOption, get_recovery_options
 from flowstate.service.idempotency import fingerprint
 from flowstate.storage.limits import (
+    DEFAULT_HISTORY_PAGE_SIZE,
     MAX_DISPLAY_NAME_LENGTH,
     MAX_REASON_LENGTH,
     check_command,
     check_context,
     check_flow_id,
-    check_identifier,
     check_labels,
+    check_name,
     check_tenant,
     check_text,
     check_version,
@@ -58,8 +59,6 @@ from flowstate.storage.store import (
 )
 
 __all__ = ["FlowService", "RecoveryView", "TransitionCheck"]
-
-_DEFAULT_HISTORY_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +135,7 @@ class FlowService:
         """
         check_tenant(tenant)
         check_context(ctx)
-        check_identifier("definition_name", definition_name)
+        check_name("definition_name", definition_name)
         check_text("display_name", display_name, MAX_DISPLAY_NAME_LENGTH)
         check_labels(labels)
         requested_id = None if flow_id is None else check_flow_id(flow_id)
@@ -278,7 +277,7 @@ class FlowService:
         flow_id: str,
         *,
         after_version: int = 0,
-        page_size: int = _DEFAULT_HISTORY_PAGE_SIZE,
+        page_size: int = DEFAULT_HISTORY_PAGE_SIZE,
         page_token: str = "",
     ) -> HistoryPage:
         """The flow's history after `after_version`, in version order, one page at a time."""

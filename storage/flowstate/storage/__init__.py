@@ -4,12 +4,14 @@ The use cases (`flowstate.service`) code against `FlowStore` (one per process) a
 returns; rows never leave this package and every failure is a core `FlowStateError`
 (`StoreUnavailable` when the database cannot serve now). Modules:
 
-- `store`: `FlowStore` (the SQL and the transaction runner a use case hands its decision to)
-  and its result/query values; `statements`: the compiled SQL;
+- `store`: `FlowStore` (reads, and the runner a use case hands its decision to: `update_flow`,
+  `insert_flow`) and `FlowTransaction`; `values`: what it takes and returns; `statements`: the
+  compiled SQL; `runner`: transactions with bounded retries;
+- `changes`: the tenant change log behind WatchFlows (commit-ordered reads, the resume cursor);
 - `schema`: the tables (SQLAlchemy Core metadata, shared with the migrations);
 - `migrate`: Alembic configured in code (`upgrade`, `downgrade`, `current_revision`);
 - `embedded`: the embedded PostgreSQL and `resolve_database_url`;
-- `limits`: input limits checked before any SQL; `errors`: the error mapping.
+- `limits`: the one table of input limits and its checks; `errors`: the error mapping.
 
 See docs/storage.md for the schema, transaction shape, idempotency, tenancy and cursors.
 """
@@ -23,23 +25,22 @@ from flowstate.storage.errors import SchemaNotReadyError, StoreUnavailable
 from flowstate.storage.store import (
     DEFAULT_IDEMPOTENCY_TTL,
     NOTIFY_CHANNEL,
-    ChangeBatch,
-    FlowPage,
-    FlowQuery,
     FlowStore,
     FlowTransaction,
+)
+from flowstate.storage.values import (
+    FlowPage,
+    FlowQuery,
     HistoryPage,
     IdempotencyKey,
     MutationResult,
     StoredKey,
-    TenantChange,
     Write,
 )
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "NOTIFY_CHANNEL",
-    "ChangeBatch",
     "EmbeddedPostgres",
     "FlowPage",
     "FlowQuery",
@@ -52,7 +53,6 @@ __all__ = [
     "SchemaNotReadyError",
     "StoreUnavailable",
     "StoredKey",
-    "TenantChange",
     "Write",
     "resolve_database_url",
 ]

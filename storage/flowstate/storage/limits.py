@@ -1,8 +1,11 @@
-"""Input limits, checked before any SQL runs.
+"""The one table of input limits, and the checks every layer below the API edge makes with it.
 
 PostgreSQL refuses NUL characters in text and JSONB, and unbounded values would let one caller
-bloat rows, history and idempotency responses. Every value a caller controls is checked here
-first; a violation is FlowStateError MALFORMED_REQUEST whose ``field`` detail names the field
+bloat rows, history and idempotency responses. The API's edge (`flowstate.server.validation`)
+reports every violation of a request at once with these constants (`field_violations`, the one
+way to build a field violation); the use cases and the store check the same values with the
+same constants before any SQL runs, one violation at a time, so a direct caller gets the same
+answer. A violation is FlowStateError MALFORMED_REQUEST whose ``field`` detail names the field
 (dotted for nested values, e.g. ``command.error.message``), with ``limit`` when a size was
 exceeded. Nothing is written for a refused request.
 """
@@ -21,22 +24,33 @@ from flowstate.core.model import ErrorCode, PhaseError, Tenant
 from flowstate.storage.codec import dumps
 
 __all__ = [
+    "DEFAULT_DEFINITION_PAGE_SIZE",
+    "DEFAULT_FLOW_PAGE_SIZE",
+    "DEFAULT_HISTORY_PAGE_SIZE",
+    "MAX_DEFINITION_PAGE_SIZE",
     "MAX_DISPLAY_NAME_LENGTH",
     "MAX_ERROR_MESSAGE_LENGTH",
+    "MAX_FILTERS",
     "MAX_FLOW_IDS_PER_QUERY",
+    "MAX_FLOW_PAGE_SIZE",
+    "MAX_HISTORY_PAGE_SIZE",
     "MAX_IDENTIFIER_LENGTH",
     "MAX_JSON_BYTES",
     "MAX_LABELS",
     "MAX_LABEL_KEY_LENGTH",
     "MAX_LABEL_VALUE_LENGTH",
-    "MAX_PAGE_SIZE",
+    "MAX_NAME_LENGTH",
+    "MAX_PAGE_TOKEN_LENGTH",
     "MAX_REASON_LENGTH",
+    "MAX_REQUEST_ID_LENGTH",
+    "MIN_EXPECTED_VERSION",
     "check_command",
     "check_context",
     "check_flow_id",
     "check_identifier",
     "check_json_object",
     "check_labels",
+    "check_name",
     "check_tenant",
     "check_text",
     "check_version",
@@ -45,7 +59,11 @@ __all__ = [
 ]
 
 MAX_IDENTIFIER_LENGTH = 256
-"""Tenant ids, request ids, user ids, definition and phase names (characters)."""
+"""Tenant ids and user ids (characters): they come from tokens, not from requests."""
+MAX_NAME_LENGTH = 128
+"""Definition and phase names (characters)."""
+MAX_REQUEST_ID_LENGTH = 128
+"""A request id (characters; printable at the API's edge)."""
 MAX_REASON_LENGTH = 1024
 """A command's `reason` (characters)."""
 MAX_DISPLAY_NAME_LENGTH = 256
@@ -60,10 +78,28 @@ MAX_LABEL_KEY_LENGTH = 63
 """A label key (characters)."""
 MAX_LABEL_VALUE_LENGTH = 256
 """A label value (characters)."""
-MAX_PAGE_SIZE = 1000
-"""Larger page sizes are lowered to this (AIP-158 coerces rather than refuses)."""
+MAX_PAGE_TOKEN_LENGTH = 1024
+"""A page token or stream cursor sent back by a client (characters)."""
+MAX_FILTERS = 32
+"""Phase-state filters of one listing."""
+DEFAULT_FLOW_PAGE_SIZE = 50
+"""Flows per page when the caller asks for 0."""
+MAX_FLOW_PAGE_SIZE = 500
+"""Flows per page at most (larger sizes are lowered to it, AIP-158)."""
+DEFAULT_HISTORY_PAGE_SIZE = 100
+"""History entries per page when the caller asks for 0."""
+MAX_HISTORY_PAGE_SIZE = 1000
+"""History entries per page (or change-feed read) at most."""
+DEFAULT_DEFINITION_PAGE_SIZE = 100
+"""Definitions per page when the caller asks for 0."""
+MAX_DEFINITION_PAGE_SIZE = 1000
+"""Definitions per page at most (larger sizes are lowered to it)."""
 MAX_FLOW_IDS_PER_QUERY = 1000
 """Flow ids one listing may filter on."""
+MIN_EXPECTED_VERSION = 1
+"""The API refuses a smaller `expected_version` (MALFORMED_REQUEST: versions start at 1, and
+proto3 ``optional`` tells "unset" from 0). Below the edge any version >= 0 is a well-formed
+question; one the flow is not at (0 included) is VERSION_CONFLICT, as the tests pin."""
 
 
 def field_violations(violations: Sequence[tuple[str, str]]) -> FlowStateError:
@@ -102,12 +138,19 @@ def check_text(field: str, value: object, max_length: int) -> str:
     return value
 
 
-def check_identifier(field: str, value: object, *, required: bool = True) -> str:
-    """An id or name: `check_text` with `MAX_IDENTIFIER_LENGTH`, non-empty when `required`."""
-    text = check_text(field, value, MAX_IDENTIFIER_LENGTH)
+def check_identifier(
+    field: str, value: object, *, required: bool = True, max_length: int = MAX_IDENTIFIER_LENGTH
+) -> str:
+    """An id or name: `check_text` with `max_length`, non-empty when `required`."""
+    text = check_text(field, value, max_length)
     if required and not text:
         raise malformed(field, f"{field} must not be empty")
     return text
+
+
+def check_name(field: str, value: object, *, required: bool = True) -> str:
+    """A definition or phase name: `check_identifier` with `MAX_NAME_LENGTH`."""
+    return check_identifier(field, value, required=required, max_length=MAX_NAME_LENGTH)
 
 
 def check_tenant(tenant: Tenant) -> None:
@@ -184,7 +227,7 @@ def check_command(command: object) -> None:
         elif isinstance(value, PhaseError):
             _check_phase_error(field, value)
         elif isinstance(value, str) and not hasattr(value, "value"):  # enums are the core's
-            check_identifier(field, value, required=False)
+            check_name(field, value, required=False)
 
 
 def check_flow_id(value: object, field: str = "flow_id") -> str:
@@ -209,4 +252,4 @@ def check_context(ctx: Context) -> None:
     if ctx.now.utcoffset() is None:
         raise ValueError("ctx.now must be timezone-aware")
     check_identifier("user_id", ctx.user_id, required=False)
-    check_identifier("request_id", ctx.request_id, required=False)
+    check_identifier("request_id", ctx.request_id, required=False, max_length=MAX_REQUEST_ID_LENGTH)

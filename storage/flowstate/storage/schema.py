@@ -14,7 +14,7 @@ Tables:
   `error_context`.
 - `flow_history`: the append-only audit log, one row per flow version. `seq` is a global
   identity; `txid` is the writing transaction's id, which makes a tenant-wide cursor gap-free
-  (see `flowstate.storage.store.FlowStore.read_tenant_changes`).
+  (see `flowstate.storage.changes`).
 - `idempotency_keys`: the first result of each request id, per tenant, until it expires.
 - `flow_definitions`: definition bodies by (tenant, name, version); the built-ins (seeded at
   start) have the empty tenant `BUILTIN_OWNER` and are visible to every tenant.

@@ -81,10 +81,17 @@ def compile_statement(statement: ClauseElement) -> Compiled:
 
 
 def connect_arguments(database_url: str) -> dict[str, Any]:
-    """asyncpg connect keyword arguments for a ``postgresql+asyncpg://`` URL (as SQLAlchemy
-    would pass them: host, port, user, password, database, and query parameters)."""
+    """asyncpg connect keyword arguments for a ``postgresql+asyncpg://`` URL.
+
+    As SQLAlchemy's dialect makes them (host, port, user, password, database, unix sockets,
+    ssl and other query parameters), without the dialect's own options, which asyncpg does not
+    take. The one reading of URLs for the store's pool, the change log's and the listener.
+    """
     _, kwargs = _DIALECT.create_connect_args(make_url(database_url))  # type: ignore[no-untyped-call]
-    return dict(kwargs)
+    arguments = dict(kwargs)
+    arguments.pop("prepared_statement_cache_size", None)
+    arguments.pop("async_creator_fn", None)
+    return arguments
 
 
 def _identity(value: str) -> str:

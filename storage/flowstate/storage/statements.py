@@ -7,14 +7,15 @@ Parameters are named; tenant statements filter by ``account`` and ``engagement``
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     Integer,
     Text,
     and_,
+    any_,
     bindparam,
     column,
     delete,
@@ -22,15 +23,22 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
     text,
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from flowstate.core.model import Tenant
+from flowstate.core.model import FlowStatus, PhaseState, Tenant
+from flowstate.storage.limits import (
+    MAX_FLOW_IDS_PER_QUERY,
+    check_flow_id,
+    check_name,
+    malformed,
+)
 from flowstate.storage.schema import (
     ACTIVE_FLOW,
     APP_ROLE,
@@ -41,6 +49,7 @@ from flowstate.storage.schema import (
     idempotency_keys,
 )
 from flowstate.storage.sql import Compiled, compile_statement, sql_literal
+from flowstate.storage.values import FlowQuery
 
 NOTIFY_CHANNEL = "flowstate_changes"
 """LISTEN/NOTIFY channel: one notification per committed change, a wake-up signal only.
@@ -63,14 +72,11 @@ HISTORY_IN_TENANT = and_(
     flow_history.c.client_account_id == ACCOUNT, flow_history.c.engagement_id == ENGAGEMENT
 )
 HISTORY_COLUMNS = [c for c in flow_history.c if c.name != "txid"]
-SNAPSHOT_XMIN = func.cast(
-    func.cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger
-)
 
 LOCK_FLOW = compile_statement(
     # The flow row, locked, and (same round trip) the request id's key as of the statement's
     # snapshot: a duplicate that commits while we wait for the lock is caught later (see
-    # FlowStore.mutate).
+    # FlowStore.update_flow and FlowService.mutate).
     select(
         flows,
         idempotency_keys.c.operation.label("key_operation"),
@@ -104,22 +110,6 @@ SELECT_HISTORY = compile_statement(
     .order_by(flow_history.c.version)
     .limit(bindparam("limit", type_=Integer))
 )
-SELECT_TENANT_CHANGES = compile_statement(
-    select(*HISTORY_COLUMNS, flow_history.c.txid)
-    .where(
-        HISTORY_IN_TENANT,
-        tuple_(flow_history.c.txid, flow_history.c.seq)
-        > tuple_(
-            bindparam("after_txid", type_=BigInteger), bindparam("after_seq", type_=BigInteger)
-        ),
-        # Only rows of transactions older than every running one: none of those can still
-        # commit a row that sorts before what we return, so the cursor never skips a commit.
-        flow_history.c.txid < SNAPSHOT_XMIN,
-    )
-    .order_by(flow_history.c.txid, flow_history.c.seq)
-    .limit(bindparam("limit", type_=Integer))
-)
-SELECT_SNAPSHOT_XMIN = compile_statement(select(SNAPSHOT_XMIN))
 # One round trip reads (migration 0003): the functions enter the tenant (app role, settings)
 # themselves and are called in autocommit, so the call is the whole transaction.
 GET_FLOW_CALL = compile_statement(
@@ -276,13 +266,77 @@ def write_statement(new: bool, with_entries: bool, with_key: bool) -> Compiled:
     return compile_statement(select(head).add_cte(*ctes))
 
 
+def enter_tenant(tenant: Tenant) -> str:
+    """The switch to the app role and the tenant's RLS settings, transaction-local."""
+    return (
+        f"SELECT set_config('role', {sql_literal(APP_ROLE)}, true),"
+        " set_config('flowstate.client_account_id',"
+        f" {sql_literal(tenant.client_account_id)}, true),"
+        f" set_config('flowstate.engagement_id', {sql_literal(tenant.engagement_id)}, true)"
+    )
+
+
 def begin(tenant: Tenant | None) -> str:
     """BEGIN, and for a tenant the switch to the app role and the RLS settings, as one batch."""
     if tenant is None:
         return "BEGIN"
-    return (
-        f"BEGIN; SELECT set_config('role', {sql_literal(APP_ROLE)}, true),"
-        " set_config('flowstate.client_account_id',"
-        f" {sql_literal(tenant.client_account_id)}, true),"
-        f" set_config('flowstate.engagement_id', {sql_literal(tenant.engagement_id)}, true)"
+    return "BEGIN; " + enter_tenant(tenant)
+
+
+def flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str, Any]]:
+    """SQL conditions of a query's filters, and a canonical description (for page tokens)."""
+    conditions: list[ColumnElement[bool]] = []
+    description: dict[str, Any] = {}
+    if query.statuses:
+        statuses = sorted(FlowStatus(s).value for s in query.statuses)
+        conditions.append(flows.c.status == any_(literal(statuses, ARRAY(Text))))
+        description["statuses"] = statuses
+    if query.phase_states:
+        wanted: dict[str, list[str]] = {}
+        for phase, states in query.phase_states.items():
+            check_name("phase_states", phase)
+            if not states:
+                raise malformed("phase_states", f"phase_states[{phase!r}] lists no state")
+            wanted[phase] = sorted(PhaseState(s).value for s in states)
+            conditions.append(
+                or_(*(flows.c.phase_states.contains({phase: s}) for s in wanted[phase]))
+            )
+        description["phase_states"] = wanted
+    if query.updated_before is not None:
+        if query.updated_before.utcoffset() is None:
+            raise malformed("updated_before", "updated_before must be timezone-aware")
+        conditions.append(flows.c.updated_at < query.updated_before)
+        description["updated_before"] = query.updated_before.isoformat()
+    if query.definition_name is not None:
+        check_name("definition_name", query.definition_name)
+        conditions.append(flows.c.definition_name == query.definition_name)
+        description["definition_name"] = query.definition_name
+    if query.flow_ids:
+        if len(query.flow_ids) > MAX_FLOW_IDS_PER_QUERY:
+            raise malformed(
+                "flow_ids",
+                f"at most {MAX_FLOW_IDS_PER_QUERY} flow ids",
+                limit=MAX_FLOW_IDS_PER_QUERY,
+            )
+        ids = sorted({check_flow_id(i, "flow_ids") for i in query.flow_ids})
+        conditions.append(flows.c.id == any_(literal(ids, ARRAY(UUID(as_uuid=False)))))
+        description["flow_ids"] = ids
+    return conditions, description
+
+
+def list_flows_statement(
+    conditions: list[ColumnElement[bool]], after: tuple[datetime, str] | None, limit: int
+) -> Compiled:
+    """One page of a tenant's flows: `conditions`, after the keyset position, oldest first."""
+    where = list(conditions)
+    if after is not None:
+        where.append(
+            tuple_(flows.c.updated_at, flows.c.id)
+            > tuple_(literal(after[0], flows.c.updated_at.type), literal(after[1], flows.c.id.type))
+        )
+    return compile_statement(
+        select(flows)
+        .where(FLOWS_IN_TENANT, *where)
+        .order_by(flows.c.updated_at, flows.c.id)
+        .limit(limit)
     )

@@ -34,18 +34,13 @@ it replays; anything else surfaces at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from types import MappingProxyType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import asyncpg
-from sqlalchemy import ColumnElement, Text, any_, literal, or_, select, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from flowstate.core.definitions import (
     BUILTIN_DEFINITIONS,
@@ -53,30 +48,27 @@ from flowstate.core.definitions import (
     definition_to_dict,
 )
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
+from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.storage import codec, definitions_repo
-from flowstate.storage.errors import (
-    AppRoleNotGrantedError,
-    SchemaNotReadyError,
-    StoreUnavailable,
-    classify,
-    constraint_name,
-    to_store_error,
-)
+from flowstate.storage.errors import AppRoleNotGrantedError, SchemaNotReadyError, to_store_error
 from flowstate.storage.limits import (
-    MAX_FLOW_IDS_PER_QUERY,
-    MAX_PAGE_SIZE,
+    DEFAULT_DEFINITION_PAGE_SIZE,
+    DEFAULT_FLOW_PAGE_SIZE,
+    DEFAULT_HISTORY_PAGE_SIZE,
+    MAX_DEFINITION_PAGE_SIZE,
+    MAX_FLOW_PAGE_SIZE,
+    MAX_HISTORY_PAGE_SIZE,
+    MAX_REQUEST_ID_LENGTH,
     check_flow_id,
     check_identifier,
+    check_name,
     check_tenant,
     check_version,
     malformed,
 )
-from flowstate.storage.schema import flows
+from flowstate.storage.runner import TransactionRunner
 from flowstate.storage.sql import (
-    Connection,
     Transaction,
-    compile_statement,
     connect_arguments,
     init_connection,
     reset_connection,
@@ -88,7 +80,6 @@ from flowstate.storage.statements import (
     EXACT_DEFINITION,
     FLOW_EXISTS,
     FLOW_HISTORY_CALL,
-    FLOWS_IN_TENANT,
     GET_FLOW_CALL,
     HAS_VERSION_TABLE,
     LOCK_FLOW,
@@ -98,19 +89,27 @@ from flowstate.storage.statements import (
     SEED_DEFINITION,
     SELECT_HISTORY,
     SELECT_KEY,
-    SELECT_SNAPSHOT_XMIN,
-    SELECT_TENANT_CHANGES,
-    begin,
+    flow_filters,
+    list_flows_statement,
     purge_statement,
     write_statement,
 )
 from flowstate.storage.tokens import decode_token, encode_token, query_hash
 from flowstate.storage.urls import normalize_database_url
+from flowstate.storage.values import (
+    FlowPage,
+    FlowQuery,
+    HistoryPage,
+    IdempotencyKey,
+    MutationResult,
+    Outcome,
+    StoredKey,
+    Write,
+)
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "NOTIFY_CHANNEL",
-    "ChangeBatch",
     "FlowPage",
     "FlowQuery",
     "FlowStore",
@@ -120,114 +119,17 @@ __all__ = [
     "MutationResult",
     "Outcome",
     "StoredKey",
-    "TenantChange",
     "Write",
 ]
 
 _log = logging.getLogger("flowstate.storage")
-T = TypeVar("T")
 
 DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
 """How long a request id is remembered."""
 
-_MAX_CONTENTION_ATTEMPTS = 3
-_MAX_DISCONNECT_ATTEMPTS = 2
-_MAX_KEY_RACE_ATTEMPTS = 3
-_RETRY_BACKOFF_SECONDS = 0.02
-_DEFAULT_FLOW_PAGE_SIZE = 50
-_DEFAULT_HISTORY_PAGE_SIZE = 100
-_DEFAULT_DEFINITION_PAGE_SIZE = 100
 _DEFINITION_CACHE_SIZE = 4096
 """Definitions kept in process; bodies are immutable, so the cache is never invalidated."""
-_MAX_SEQ = 2**63 - 1
 _STATUS_BY_VALUE = {status.value: status for status in FlowStatus}
-_IDEMPOTENCY_PK = "pk_idempotency_keys"
-# A new flow's id already taken (by any tenant): the flows row or, when the one write statement
-# checks the history first, its version-1 entry. Only a create can hit the history constraint:
-# a change of an existing flow holds the row lock while it picks the next version.
-_FLOW_ID_TAKEN = frozenset({"pk_flows", "uq_flow_history_flow_id_version"})
-# The one refusal of such an id, identical whichever tenant holds it (docs/server.md).
-_FLOW_ID_TAKEN_MESSAGE = (
-    "flow_id is not available: omit it to have one generated, or send a new UUID"
-)
-
-# --- results and queries ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MutationResult:
-    """What a create or a mutation did: the flow after it, the entries it appended.
-
-    `replayed` is True when the request id had been seen with the same payload: the stored
-    first result is returned and nothing is written.
-    """
-
-    flow: Flow
-    entries: tuple[HistoryEntry, ...]
-    replayed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class FlowQuery:
-    """Filters and page of `FlowStore.list_flows`; every filter is ANDed with the others.
-
-    - `statuses`: the flow status is one of these (empty: any status);
-    - `phase_states`: for every named phase, its state is one of the given states
-      (``{"data_import": frozenset({FAILED, RETRY_NEEDED})}``); each set must be non-empty;
-      served by the GIN index on ``phase_states`` (one ``@>`` containment per state);
-    - `updated_before`: last changed strictly before this instant (stuck flows);
-    - `definition_name`: follows this definition;
-    - `flow_ids`: one of these flows (at most `MAX_FLOW_IDS_PER_QUERY`).
-
-    Results are ordered by (updated_at, flow id), oldest change first. `page_size` 0 means the
-    default (50); larger than `MAX_PAGE_SIZE` is lowered to it; negative is refused.
-    `page_token` is a previous page's `next_page_token`, with the same filters.
-    """
-
-    statuses: frozenset[FlowStatus] = frozenset()
-    phase_states: Mapping[str, frozenset[PhaseState]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
-    updated_before: datetime | None = None
-    definition_name: str | None = None
-    flow_ids: tuple[str, ...] = ()
-    page_size: int = _DEFAULT_FLOW_PAGE_SIZE
-    page_token: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class FlowPage:
-    """One page of flows; `next_page_token` is empty on the last page."""
-
-    flows: tuple[Flow, ...]
-    next_page_token: str
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    """One page of a flow's history in version order; `next_page_token` empty on the last."""
-
-    entries: tuple[HistoryEntry, ...]
-    next_page_token: str
-
-
-@dataclass(frozen=True, slots=True)
-class TenantChange:
-    """One history entry in a tenant-wide change feed."""
-
-    flow_id: str
-    seq: int
-    """Global identity of the history row (unique; increasing in insertion order)."""
-    entry: HistoryEntry
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeBatch:
-    """Changes after a cursor, in commit-safe order, and the cursor to continue from."""
-
-    changes: tuple[TenantChange, ...]
-    cursor: str
-
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -236,10 +138,10 @@ def _tenant_params(tenant: Tenant) -> dict[str, Any]:
     return {"account": tenant.client_account_id, "engagement": tenant.engagement_id}
 
 
-def _check_page_size(value: object, default: int) -> int:
+def _check_page_size(value: object, default: int, maximum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise malformed("page_size", "page_size must be a non-negative integer")
-    return default if value == 0 else min(value, MAX_PAGE_SIZE)
+    return default if value == 0 else min(value, maximum)
 
 
 def _flow_not_found(flow_id: str) -> FlowStateError:
@@ -256,66 +158,7 @@ def _check_decision(before: int, after: Flow, entries: tuple[HistoryEntry, ...])
         raise ValueError(f"entry versions {versions} do not follow flow version {before}")
 
 
-@dataclass
-class _Attempt:
-    committing: bool = False
-
-
-async def _abandon(connection: Connection, exc: BaseException, committing: bool) -> None:
-    """Roll back a failed transaction, or drop the connection when its state is unknown."""
-    recoverable = isinstance(exc, FlowStateError) or (
-        isinstance(exc, Exception) and not classify(exc).disconnect
-    )
-    if not committing and recoverable and not connection.is_closed():
-        try:
-            await connection.execute("ROLLBACK")
-            return
-        except Exception:
-            _log.debug("ROLLBACK failed; dropping the connection", exc_info=True)
-    connection.terminate()
-
-
 # --- the unit of work -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyKey:
-    """What a request id stands for: the operation and the fingerprint of its payload."""
-
-    request_id: str
-    operation: str
-    fingerprint: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKey:
-    """A live stored idempotency key: what its request id stood for, and the first result."""
-
-    operation: str
-    fingerprint: str
-    response: Mapping[str, Any]
-    """The flow after the first request and how many entries it appended (`write_statement`)."""
-
-    def matches(self, key: IdempotencyKey) -> bool:
-        """Whether `key` asks for the same request this key remembers."""
-        return (self.operation, self.fingerprint) == (key.operation, key.fingerprint)
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """A use case's decision for the runner to store (`FlowStore.update_flow`/`insert_flow`).
-
-    The flow after the change, the history entries it appends (one per version, from the old
-    version + 1), and the request's key (None without a request id).
-    """
-
-    flow: Flow
-    entries: tuple[HistoryEntry, ...]
-    key: IdempotencyKey | None = None
-
-
-Outcome = Write | MutationResult
-"""What a decision returns: a `Write`, or a replayed `MutationResult` (nothing is written)."""
 
 
 class FlowTransaction:
@@ -376,7 +219,7 @@ class FlowTransaction:
 # --- the store ----------------------------------------------------------------------------
 
 
-class FlowStore:
+class FlowStore(TransactionRunner):
     """The Flowstate repository over PostgreSQL; one per process (it owns the pool).
 
     Get one with `open`, release it with `close`. All methods are coroutines, safe to call
@@ -392,8 +235,7 @@ class FlowStore:
         purge_every: int = 1000,
     ) -> None:
         """Wrap a pool; use `open`, which also checks the schema and seeds definitions."""
-        self._pool = pool
-        self._pool_timeout = pool_timeout
+        super().__init__(pool, pool_timeout=pool_timeout)
         self._idempotency_ttl = idempotency_ttl
         self._purge_every = purge_every
         self._writes_since_purge = 0
@@ -514,105 +356,8 @@ class FlowStore:
                     definition.version,
                 )
 
-    # --- the transaction runner -------------------------------------------------------------
-
-    async def _run(
-        self,
-        tenant: Tenant | None,
-        work: Callable[[Transaction], Awaitable[T]],
-        *,
-        write: bool = False,
-        autocommit: bool = False,
-    ) -> T:
-        """Run `work` in one transaction (as the app role in `tenant`), with bounded retries.
-
-        With `autocommit`, `work` runs one statement that is its own transaction (the read
-        functions, which enter the tenant themselves): no BEGIN, no COMMIT.
-        """
-        attempts = {"contention": 0, "disconnect": 0, "key": 0}
-        while True:
-            attempt = _Attempt()
-            try:
-                result = await self._attempt(tenant, work, write, autocommit, attempt)
-            except FlowStateError:
-                raise
-            except Exception as exc:
-                if await self._should_retry(exc, attempts, attempt.committing):
-                    continue
-                raise self._translate(exc) from exc
-            if write:
-                await self._maybe_purge()
-            return result
-
-    async def _attempt(
-        self,
-        tenant: Tenant | None,
-        work: Callable[[Transaction], Awaitable[T]],
-        write: bool,
-        autocommit: bool,
-        attempt: _Attempt,
-    ) -> T:
-        try:
-            # asyncio.timeout rather than acquire(timeout=...), which runs a wait_for task.
-            async with asyncio.timeout(self._pool_timeout) as deadline:
-                connection = await self._pool.acquire()
-        except TimeoutError:
-            if deadline.expired():
-                raise StoreUnavailable(reason="pool_timeout") from None
-            raise  # a connect timeout inside acquire: classified as unreachable
-        try:
-            if autocommit:
-                return await work(Transaction(connection))
-            await connection.execute(begin(tenant))
-            transaction = Transaction(connection)
-            result = await work(transaction)
-            if write:
-                await self._before_commit(transaction)
-            attempt.committing = True
-            await connection.execute("COMMIT")
-            return result
-        except BaseException as exc:
-            await _abandon(connection, exc, attempt.committing or autocommit)
-            raise
-        finally:
-            await self._pool.release(connection)
-
-    async def _should_retry(
-        self, exc: Exception, attempts: dict[str, int], committing: bool
-    ) -> bool:
-        if constraint_name(exc) == _IDEMPOTENCY_PK:
-            # A racing request with the same id committed first: run again to replay it.
-            attempts["key"] += 1
-            return attempts["key"] < _MAX_KEY_RACE_ATTEMPTS
-        classified = classify(exc)
-        if not classified.retry or (classified.disconnect and committing):
-            return False  # after COMMIT was sent, only the caller can tell what happened
-        kind = "disconnect" if classified.disconnect else "contention"
-        limit = _MAX_DISCONNECT_ATTEMPTS if classified.disconnect else _MAX_CONTENTION_ATTEMPTS
-        attempts[kind] += 1
-        if attempts[kind] >= limit:
-            return False
-        if classified.disconnect:
-            # One broken connection usually means all of them (a server restart, a failover):
-            # have the pool replace every connection instead of finding them one by one.
-            await self._pool.expire_connections()
-        await asyncio.sleep(_RETRY_BACKOFF_SECONDS * attempts[kind])
-        return True
-
-    @staticmethod
-    def _translate(exc: Exception) -> FlowStateError:
-        if constraint_name(exc) in _FLOW_ID_TAKEN:
-            return malformed("flow_id", _FLOW_ID_TAKEN_MESSAGE)
-        return to_store_error(exc)
-
-    async def _before_commit(self, transaction: Transaction) -> None:
-        """Test hook: runs after a write transaction's statements, right before COMMIT.
-
-        Does nothing here. A test subclass may raise (or break the connection) to check that
-        a failure at that point leaves no trace.
-        """
-
-    async def _maybe_purge(self) -> None:
+    async def _after_write(self) -> None:
+        """Every `purge_every` writes, purge expired idempotency keys (best effort)."""
         if self._purge_every <= 0:
             return
         self._writes_since_purge += 1
@@ -644,7 +389,7 @@ class FlowStore:
         self, name: str, version: int | None = None, *, tenant: Tenant | None = None
     ) -> definitions_repo.StoredDefinition:
         """`get_definition` with whose the definition is and when it was registered."""
-        check_identifier("definition_name", name)
+        check_name("definition_name", name)
         if tenant is not None:
             check_tenant(tenant)
         if version is not None:
@@ -691,7 +436,7 @@ class FlowStore:
         without `allow_shadow_builtin`. With `validate_only`, nothing is written.
         """
         check_tenant(tenant)
-        check_identifier("request_id", request_id, required=False)
+        check_identifier("request_id", request_id, required=False, max_length=MAX_REQUEST_ID_LENGTH)
 
         async def work(tx: Transaction) -> tuple[definitions_repo.StoredDefinition, bool]:
             return await definitions_repo.register(
@@ -714,8 +459,8 @@ class FlowStore:
         built-ins) by name, or with `name` every version of it, newest first. AIP-158 pages."""
         check_tenant(tenant)
         if name:
-            check_identifier("name", name)
-        size = _check_page_size(page_size, _DEFAULT_DEFINITION_PAGE_SIZE)
+            check_name("name", name)
+        size = _check_page_size(page_size, DEFAULT_DEFINITION_PAGE_SIZE, MAX_DEFINITION_PAGE_SIZE)
         query_id = query_hash({"definitions": name})
         after: str | int | None = None
         if page_token:
@@ -897,29 +642,17 @@ class FlowStore:
     async def list_flows(self, tenant: Tenant, query: FlowQuery) -> FlowPage:
         """One page of the tenant's flows matching `query` (see `FlowQuery`)."""
         check_tenant(tenant)
-        page_size = _check_page_size(query.page_size, _DEFAULT_FLOW_PAGE_SIZE)
-        conditions, description = _flow_filters(query)
+        page_size = _check_page_size(query.page_size, DEFAULT_FLOW_PAGE_SIZE, MAX_FLOW_PAGE_SIZE)
+        conditions, description = flow_filters(query)
         query_id = query_hash(description)
+        after = None
         if query.page_token:
             position = decode_token(query.page_token, "flows", query_id)
             try:
-                after_updated = datetime.fromisoformat(position[0])
-                after_id = str(uuid.UUID(position[1]))
+                after = (datetime.fromisoformat(position[0]), str(uuid.UUID(position[1])))
             except (IndexError, TypeError, ValueError):
                 raise malformed("page_token", "page_token is not a valid token") from None
-            conditions.append(
-                tuple_(flows.c.updated_at, flows.c.id)
-                > tuple_(
-                    literal(after_updated, flows.c.updated_at.type),
-                    literal(after_id, flows.c.id.type),
-                )
-            )
-        statement = compile_statement(
-            select(flows)
-            .where(FLOWS_IN_TENANT, *conditions)
-            .order_by(flows.c.updated_at, flows.c.id)
-            .limit(page_size + 1)
-        )
+        statement = list_flows_statement(conditions, after, page_size + 1)
 
         async def work(tx: Transaction) -> FlowPage:
             rows = await tx.fetch(statement, _tenant_params(tenant))
@@ -963,7 +696,7 @@ class FlowStore:
         flow_id: str,
         *,
         after_version: int = 0,
-        page_size: int = _DEFAULT_HISTORY_PAGE_SIZE,
+        page_size: int = DEFAULT_HISTORY_PAGE_SIZE,
         page_token: str = "",
     ) -> HistoryPage:
         """The flow's history after `after_version`, in version order, one page at a time.
@@ -972,7 +705,7 @@ class FlowStore:
         """
         check_tenant(tenant)
         flow_id = check_flow_id(flow_id)
-        size = _check_page_size(page_size, _DEFAULT_HISTORY_PAGE_SIZE)
+        size = _check_page_size(page_size, DEFAULT_HISTORY_PAGE_SIZE, MAX_HISTORY_PAGE_SIZE)
         after = check_version("after_version", after_version)
         query_id = query_hash({"flow_id": flow_id, "after_version": after_version})
         if page_token:
@@ -1000,105 +733,5 @@ class FlowStore:
         check_tenant(tenant)
         flow_id = check_flow_id(flow_id)
         after = check_version("after_version", after_version)
-        size = _check_page_size(limit, _DEFAULT_HISTORY_PAGE_SIZE)
+        size = _check_page_size(limit, DEFAULT_HISTORY_PAGE_SIZE, MAX_HISTORY_PAGE_SIZE)
         return await self._read_history(tenant, flow_id, after, size)
-
-    async def read_tenant_changes(
-        self, tenant: Tenant, cursor: str = "", *, limit: int = _DEFAULT_HISTORY_PAGE_SIZE
-    ) -> ChangeBatch:
-        """Up to `limit` changes of every flow of the tenant after `cursor` ("" = the start).
-
-        Gap-free across concurrent commits: history rows carry their transaction id, and only
-        rows of transactions older than every transaction still running are returned, in
-        (transaction id, seq) order. A transaction in flight therefore holds back later rows
-        until it ends (milliseconds, usually; a long transaction anywhere in the cluster delays
-        the feed, it never loses a change). Pass the returned cursor to continue; it is
-        opaque (MALFORMED_REQUEST ``field="cursor"`` when it is not one of ours).
-        """
-        check_tenant(tenant)
-        size = _check_page_size(limit, _DEFAULT_HISTORY_PAGE_SIZE)
-        after_txid, after_seq = _decode_cursor(cursor)
-
-        async def work(tx: Transaction) -> ChangeBatch:
-            params = {
-                **_tenant_params(tenant),
-                "after_txid": after_txid,
-                "after_seq": after_seq,
-                "limit": size,
-            }
-            rows = await tx.fetch(SELECT_TENANT_CHANGES, params)
-            changes = tuple(
-                TenantChange(flow_id=str(r["flow_id"]), seq=r["seq"], entry=codec.entry_from_row(r))
-                for r in rows
-            )
-            next_cursor = cursor
-            if rows:
-                next_cursor = encode_token("changes", "", [rows[-1]["txid"], rows[-1]["seq"]])
-            return ChangeBatch(changes=changes, cursor=next_cursor)
-
-        return await self._run(tenant, work)
-
-    async def tenant_cursor_now(self, tenant: Tenant) -> str:
-        """A `read_tenant_changes` cursor at "now", to pair with a snapshot read after it.
-
-        Changes of transactions still running when it is taken come after it, so a feed read
-        from it may repeat a change the snapshot already shows (compare flow versions) but
-        never misses one.
-        """
-        check_tenant(tenant)
-
-        async def work(tx: Transaction) -> str:
-            horizon = int(await tx.fetchval(SELECT_SNAPSHOT_XMIN))
-            return encode_token("changes", "", [horizon - 1, _MAX_SEQ])
-
-        return await self._run(tenant, work)
-
-
-def _decode_cursor(cursor: str) -> tuple[int, int]:
-    if not cursor:
-        return (-1, -1)
-    position = decode_token(cursor, "changes", "", field="cursor")
-    if len(position) != 2 or not all(isinstance(p, int) for p in position):
-        raise malformed("cursor", "cursor is not a valid token")
-    return position[0], position[1]
-
-
-def _flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str, Any]]:
-    """SQL conditions of a query's filters, and a canonical description (for page tokens)."""
-    conditions: list[ColumnElement[bool]] = []
-    description: dict[str, Any] = {}
-    if query.statuses:
-        statuses = sorted(FlowStatus(s).value for s in query.statuses)
-        conditions.append(flows.c.status == any_(literal(statuses, ARRAY(Text))))
-        description["statuses"] = statuses
-    if query.phase_states:
-        wanted: dict[str, list[str]] = {}
-        for phase, states in query.phase_states.items():
-            check_identifier("phase_states", phase)
-            if not states:
-                raise malformed("phase_states", f"phase_states[{phase!r}] lists no state")
-            wanted[phase] = sorted(PhaseState(s).value for s in states)
-            conditions.append(
-                or_(*(flows.c.phase_states.contains({phase: s}) for s in wanted[phase]))
-            )
-        description["phase_states"] = wanted
-    if query.updated_before is not None:
-        if query.updated_before.utcoffset() is None:
-            raise malformed("updated_before", "updated_before must be timezone-aware")
-        conditions.append(flows.c.updated_at < query.updated_before)
-        description["updated_before"] = query.updated_before.isoformat()
-    if query.definition_name is not None:
-        check_identifier("definition_name", query.definition_name)
-        conditions.append(flows.c.definition_name == query.definition_name)
-        description["definition_name"] = query.definition_name
-    if query.flow_ids:
-        if len(query.flow_ids) > MAX_FLOW_IDS_PER_QUERY:
-            raise malformed(
-                "flow_ids",
-                f"at most {MAX_FLOW_IDS_PER_QUERY} flow ids",
-                limit=MAX_FLOW_IDS_PER_QUERY,
-            )
-        ids = sorted({check_flow_id(i, "flow_ids") for i in query.flow_ids})
-        conditions.append(flows.c.id == any_(literal(ids, ARRAY(UUID(as_uuid=False)))))
-        description["flow_ids"] = ids
-    return conditions, description

@@ -85,8 +85,10 @@ const (
 	// Phase failure code (non-retryable): the seed guide's name for an invalid
 	// transition, kept so that its reports can be recorded unchanged.
 	ErrorCode_ERROR_CODE_INVALID_TRANSITION ErrorCode = 22
-	// RESOURCE_EXHAUSTED: a status stream was ended because its client read too
-	// slowly; resume from the last version (or cursor) seen.
+	// RESOURCE_EXHAUSTED: reserved for a status stream ended because its client
+	// read too slowly. This server never ends one for that (a slow reader is
+	// served from history and misses nothing); a client that gets it resumes
+	// from the last version (or cursor) seen.
 	ErrorCode_ERROR_CODE_SUBSCRIBER_TOO_SLOW ErrorCode = 23
 	// UNAVAILABLE: the server is shutting down; reconnect (to another replica)
 	// and resume from the last version (or cursor) seen.

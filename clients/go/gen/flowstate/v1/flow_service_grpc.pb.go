@@ -83,7 +83,10 @@ type FlowStateServiceClient interface {
 	ValidateTransition(ctx context.Context, in *ValidateTransitionRequest, opts ...grpc.CallOption) (*ValidateTransitionResponse, error)
 	// Moves a phase to a target state. Errors: INVALID_PHASE,
 	// INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-	// not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+	// not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+	// when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+	// IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+	// (the phase failed with a non-retryable error: use Retry with force).
 	TransitionPhase(ctx context.Context, in *TransitionPhaseRequest, opts ...grpc.CallOption) (*TransitionPhaseResponse, error)
 	// Reports in-phase progress f in [0, 1] for a phase that is IN_PROGRESS.
 	// Errors: INVALID_PHASE, INVALID_PHASE_TRANSITION (phase not running),
@@ -140,9 +143,9 @@ type FlowStateServiceClient interface {
 	// as it commits, in version order, with heartbeats while idle. A client that
 	// reconnects with the last version it saw misses nothing and sees nothing
 	// twice. Ends after the terminal event unless `keep_open` is set. A stream
-	// ended with UNAVAILABLE (server shutting down) should be resumed;
-	// RESOURCE_EXHAUSTED means the client read too slowly and should resume
-	// from its last version.
+	// ended with UNAVAILABLE (server shutting down) should be resumed from the
+	// last version seen. A client that reads slowly is not cut off: it is served
+	// from history and catches up, missing nothing.
 	WatchFlow(ctx context.Context, in *WatchFlowRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchFlowResponse], error)
 	// Streams every change of the caller's flows that match the filter, resumable
 	// by the cursor each event carries; otherwise as WatchFlow.
@@ -408,7 +411,10 @@ type FlowStateServiceServer interface {
 	ValidateTransition(context.Context, *ValidateTransitionRequest) (*ValidateTransitionResponse, error)
 	// Moves a phase to a target state. Errors: INVALID_PHASE,
 	// INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-	// not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+	// not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+	// when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+	// IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+	// (the phase failed with a non-retryable error: use Retry with force).
 	TransitionPhase(context.Context, *TransitionPhaseRequest) (*TransitionPhaseResponse, error)
 	// Reports in-phase progress f in [0, 1] for a phase that is IN_PROGRESS.
 	// Errors: INVALID_PHASE, INVALID_PHASE_TRANSITION (phase not running),
@@ -465,9 +471,9 @@ type FlowStateServiceServer interface {
 	// as it commits, in version order, with heartbeats while idle. A client that
 	// reconnects with the last version it saw misses nothing and sees nothing
 	// twice. Ends after the terminal event unless `keep_open` is set. A stream
-	// ended with UNAVAILABLE (server shutting down) should be resumed;
-	// RESOURCE_EXHAUSTED means the client read too slowly and should resume
-	// from its last version.
+	// ended with UNAVAILABLE (server shutting down) should be resumed from the
+	// last version seen. A client that reads slowly is not cut off: it is served
+	// from history and catches up, missing nothing.
 	WatchFlow(*WatchFlowRequest, grpc.ServerStreamingServer[WatchFlowResponse]) error
 	// Streams every change of the caller's flows that match the filter, resumable
 	// by the cursor each event carries; otherwise as WatchFlow.

@@ -1,7 +1,10 @@
-"""`FlowstateClient`: the blocking client of the Flowstate API, for scripts and the CLI.
+"""`FlowstateClient`: the blocking client of the Flowstate API (scripts, the CLI).
 
 It mirrors `AsyncFlowstateClient` method for method over a synchronous ``grpc`` channel, with
 the same requests, retries, results and errors; `watch` and `watch_flows` are plain iterators.
+
+Generated from ``_async_client.py`` by ``scripts/gen_sync_client.py`` (``make generate``): edit
+the asyncio client, not this file.
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ class FlowstateClient:
         Args:
             address: ``host:port`` of the server; else ``FLOWSTATE_ADDRESS``, else
                 ``127.0.0.1:50051``.
-            token: A bearer JWT, or a callable returning the current one (called per
-                attempt); else ``FLOWSTATE_TOKEN``.
+            token: A bearer JWT, or a callable returning the
+                current one, called per attempt; else ``FLOWSTATE_TOKEN``.
             secure: Use TLS with the system's root certificates (implied by the next three).
             root_certificates: PEM roots that sign the server's certificate.
             private_key: PEM client key, for mTLS (with `certificate_chain`).
@@ -137,8 +140,8 @@ class FlowstateClient:
     def close(self) -> None:
         """Close the channel; the client cannot be used afterwards.
 
-        Open `watch`/`watch_flows` iterations (in other threads) end: they return, promptly,
-        also while waiting to reconnect. A locally closed client is final.
+        Open `watch`/`watch_flows` iterations end (they return, in whichever thread iterates
+        them), promptly, also while waiting to reconnect: a locally closed client is final.
         """
         self._closed = True
         self._closed_event.set()
@@ -690,6 +693,10 @@ class FlowstateClient:
         response = self._call(lambda s: s.SkipPhase, request, timeout)
         return MutationResult._from_proto(response)
 
+    def _pause(self, delay: float) -> None:
+        """Wait `delay` seconds before a stream reconnects, or less if the client closes."""
+        self._closed_event.wait(delay)
+
     # --- streams -------------------------------------------------------------------------
 
     def watch(
@@ -749,7 +756,8 @@ class FlowstateClient:
             state.begin()
             if self._closed:
                 return
-            call = method(self._service())(position.request(), metadata=self._config.metadata())
+            metadata = self._config.metadata()
+            call = method(self._service())(position.request(), metadata=metadata)
             try:
                 for response in call:
                     state.reset()
@@ -765,7 +773,7 @@ class FlowstateClient:
                 delay = state.next_delay(error, retryable=is_resumable(error))
                 if delay is None:
                     raise error from exc
-                self._closed_event.wait(delay)
+                self._pause(delay)
                 continue
             finally:
                 call.cancel()
@@ -774,4 +782,4 @@ class FlowstateClient:
             delay = state.next_backoff()
             if delay is None:
                 return
-            self._closed_event.wait(delay)
+            self._pause(delay)

@@ -95,8 +95,10 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     transition, kept so that its reports can be recorded unchanged.
     """
     ERROR_CODE_SUBSCRIBER_TOO_SLOW: _ErrorCode.ValueType  # 23
-    """RESOURCE_EXHAUSTED: a status stream was ended because its client read too
-    slowly; resume from the last version (or cursor) seen.
+    """RESOURCE_EXHAUSTED: reserved for a status stream ended because its client
+    read too slowly. This server never ends one for that (a slow reader is
+    served from history and misses nothing); a client that gets it resumes
+    from the last version (or cursor) seen.
     """
     ERROR_CODE_SERVER_SHUTTING_DOWN: _ErrorCode.ValueType  # 24
     """UNAVAILABLE: the server is shutting down; reconnect (to another replica)
@@ -184,8 +186,10 @@ ERROR_CODE_INVALID_TRANSITION: ErrorCode.ValueType  # 22
 transition, kept so that its reports can be recorded unchanged.
 """
 ERROR_CODE_SUBSCRIBER_TOO_SLOW: ErrorCode.ValueType  # 23
-"""RESOURCE_EXHAUSTED: a status stream was ended because its client read too
-slowly; resume from the last version (or cursor) seen.
+"""RESOURCE_EXHAUSTED: reserved for a status stream ended because its client
+read too slowly. This server never ends one for that (a slow reader is
+served from history and misses nothing); a client that gets it resumes
+from the last version (or cursor) seen.
 """
 ERROR_CODE_SERVER_SHUTTING_DOWN: ErrorCode.ValueType  # 24
 """UNAVAILABLE: the server is shutting down; reconnect (to another replica)

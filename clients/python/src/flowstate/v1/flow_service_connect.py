@@ -96,7 +96,10 @@ class FlowStateService(Protocol):
         """
         Moves a phase to a target state. Errors: INVALID_PHASE,
         INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+        when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+        IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+        (the phase failed with a non-retryable error: use Retry with force).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -205,9 +208,9 @@ class FlowStateService(Protocol):
         as it commits, in version order, with heartbeats while idle. A client that
         reconnects with the last version it saw misses nothing and sees nothing
         twice. Ends after the terminal event unless `keep_open` is set. A stream
-        ended with UNAVAILABLE (server shutting down) should be resumed;
-        RESOURCE_EXHAUSTED means the client read too slowly and should resume
-        from its last version.
+        ended with UNAVAILABLE (server shutting down) should be resumed from the
+        last version seen. A client that reads slowly is not cut off: it is served
+        from history and catches up, missing nothing.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -617,7 +620,10 @@ class FlowStateServiceClient(ConnectClient):
         """
         Moves a phase to a target state. Errors: INVALID_PHASE,
         INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+        when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+        IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+        (the phase failed with a non-retryable error: use Retry with force).
         """
         return await self.execute_unary(
             request=request,
@@ -955,9 +961,9 @@ class FlowStateServiceClient(ConnectClient):
         as it commits, in version order, with heartbeats while idle. A client that
         reconnects with the last version it saw misses nothing and sees nothing
         twice. Ends after the terminal event unless `keep_open` is set. A stream
-        ended with UNAVAILABLE (server shutting down) should be resumed;
-        RESOURCE_EXHAUSTED means the client read too slowly and should resume
-        from its last version.
+        ended with UNAVAILABLE (server shutting down) should be resumed from the
+        last version seen. A client that reads slowly is not cut off: it is served
+        from history and catches up, missing nothing.
         """
         return self.execute_server_stream(
             request=request,
@@ -1056,7 +1062,10 @@ class FlowStateServiceSync(Protocol):
         """
         Moves a phase to a target state. Errors: INVALID_PHASE,
         INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+        when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+        IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+        (the phase failed with a non-retryable error: use Retry with force).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1165,9 +1174,9 @@ class FlowStateServiceSync(Protocol):
         as it commits, in version order, with heartbeats while idle. A client that
         reconnects with the last version it saw misses nothing and sees nothing
         twice. Ends after the terminal event unless `keep_open` is set. A stream
-        ended with UNAVAILABLE (server shutting down) should be resumed;
-        RESOURCE_EXHAUSTED means the client read too slowly and should resume
-        from its last version.
+        ended with UNAVAILABLE (server shutting down) should be resumed from the
+        last version seen. A client that reads slowly is not cut off: it is served
+        from history and catches up, missing nothing.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1575,7 +1584,10 @@ class FlowStateServiceClientSync(ConnectClientSync):
         """
         Moves a phase to a target state. Errors: INVALID_PHASE,
         INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+        when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+        IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+        (the phase failed with a non-retryable error: use Retry with force).
         """
         return self.execute_unary(
             request=request,
@@ -1913,9 +1925,9 @@ class FlowStateServiceClientSync(ConnectClientSync):
         as it commits, in version order, with heartbeats while idle. A client that
         reconnects with the last version it saw misses nothing and sees nothing
         twice. Ends after the terminal event unless `keep_open` is set. A stream
-        ended with UNAVAILABLE (server shutting down) should be resumed;
-        RESOURCE_EXHAUSTED means the client read too slowly and should resume
-        from its last version.
+        ended with UNAVAILABLE (server shutting down) should be resumed from the
+        last version seen. A client that reads slowly is not cut off: it is served
+        from history and catches up, missing nothing.
         """
         return self.execute_server_stream(
             request=request,

@@ -215,7 +215,10 @@ class FlowStateServiceServicer:
     def TransitionPhase(self, request, context):
         """Moves a phase to a target state. Errors: INVALID_PHASE,
         INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+        when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+        IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+        (the phase failed with a non-retryable error: use Retry with force).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -337,9 +340,9 @@ class FlowStateServiceServicer:
         as it commits, in version order, with heartbeats while idle. A client that
         reconnects with the last version it saw misses nothing and sees nothing
         twice. Ends after the terminal event unless `keep_open` is set. A stream
-        ended with UNAVAILABLE (server shutting down) should be resumed;
-        RESOURCE_EXHAUSTED means the client read too slowly and should resume
-        from its last version.
+        ended with UNAVAILABLE (server shutting down) should be resumed from the
+        last version seen. A client that reads slowly is not cut off: it is served
+        from history and catches up, missing nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

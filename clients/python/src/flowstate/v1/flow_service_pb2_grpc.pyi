@@ -74,7 +74,10 @@ class FlowStateServiceStub:
     TransitionPhase: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.TransitionPhaseRequest, _flow_service_pb2.TransitionPhaseResponse]
     """Moves a phase to a target state. Errors: INVALID_PHASE,
     INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-    not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+    not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+    when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+    IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+    (the phase failed with a non-retryable error: use Retry with force).
     """
     UpdatePhaseProgress: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.UpdatePhaseProgressRequest, _flow_service_pb2.UpdatePhaseProgressResponse]
     """Reports in-phase progress f in [0, 1] for a phase that is IN_PROGRESS.
@@ -143,9 +146,9 @@ class FlowStateServiceStub:
     as it commits, in version order, with heartbeats while idle. A client that
     reconnects with the last version it saw misses nothing and sees nothing
     twice. Ends after the terminal event unless `keep_open` is set. A stream
-    ended with UNAVAILABLE (server shutting down) should be resumed;
-    RESOURCE_EXHAUSTED means the client read too slowly and should resume
-    from its last version.
+    ended with UNAVAILABLE (server shutting down) should be resumed from the
+    last version seen. A client that reads slowly is not cut off: it is served
+    from history and catches up, missing nothing.
     """
     WatchFlows: _grpc.UnaryStreamMultiCallable[_flow_service_pb2.WatchFlowsRequest, _flow_service_pb2.WatchFlowsResponse]
     """Streams every change of the caller's flows that match the filter, resumable
@@ -198,7 +201,10 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     TransitionPhase: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.TransitionPhaseRequest, _flow_service_pb2.TransitionPhaseResponse]  # type: ignore[assignment]
     """Moves a phase to a target state. Errors: INVALID_PHASE,
     INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-    not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+    not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+    when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+    IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+    (the phase failed with a non-retryable error: use Retry with force).
     """
     UpdatePhaseProgress: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.UpdatePhaseProgressRequest, _flow_service_pb2.UpdatePhaseProgressResponse]  # type: ignore[assignment]
     """Reports in-phase progress f in [0, 1] for a phase that is IN_PROGRESS.
@@ -267,9 +273,9 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     as it commits, in version order, with heartbeats while idle. A client that
     reconnects with the last version it saw misses nothing and sees nothing
     twice. Ends after the terminal event unless `keep_open` is set. A stream
-    ended with UNAVAILABLE (server shutting down) should be resumed;
-    RESOURCE_EXHAUSTED means the client read too slowly and should resume
-    from its last version.
+    ended with UNAVAILABLE (server shutting down) should be resumed from the
+    last version seen. A client that reads slowly is not cut off: it is served
+    from history and catches up, missing nothing.
     """
     WatchFlows: _aio.UnaryStreamMultiCallable[_flow_service_pb2.WatchFlowsRequest, _flow_service_pb2.WatchFlowsResponse]  # type: ignore[assignment]
     """Streams every change of the caller's flows that match the filter, resumable
@@ -349,7 +355,10 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_flow_service_pb2.TransitionPhaseResponse, _abc.Awaitable[_flow_service_pb2.TransitionPhaseResponse]]:
         """Moves a phase to a target state. Errors: INVALID_PHASE,
         INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION, FLOW_PAUSED (a phase may
-        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT.
+        not start while the flow is paused), FLOW_TERMINAL, VERSION_CONFLICT; and,
+        when the move is a retry step (FAILED to RETRY_NEEDED, RETRY_NEEDED to
+        IN_PROGRESS), MAX_RETRIES_EXCEEDED (no retries left) or RETRY_NOT_ALLOWED
+        (the phase failed with a non-retryable error: use Retry with force).
         """
 
     @_abc_1.abstractmethod
@@ -496,9 +505,9 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
         as it commits, in version order, with heartbeats while idle. A client that
         reconnects with the last version it saw misses nothing and sees nothing
         twice. Ends after the terminal event unless `keep_open` is set. A stream
-        ended with UNAVAILABLE (server shutting down) should be resumed;
-        RESOURCE_EXHAUSTED means the client read too slowly and should resume
-        from its last version.
+        ended with UNAVAILABLE (server shutting down) should be resumed from the
+        last version seen. A client that reads slowly is not cut off: it is served
+        from history and catches up, missing nothing.
         """
 
     @_abc_1.abstractmethod

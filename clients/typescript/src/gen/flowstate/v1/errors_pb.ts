@@ -356,8 +356,10 @@ export enum ErrorCode {
   INVALID_TRANSITION = 22,
 
   /**
-   * RESOURCE_EXHAUSTED: a status stream was ended because its client read too
-   * slowly; resume from the last version (or cursor) seen.
+   * RESOURCE_EXHAUSTED: reserved for a status stream ended because its client
+   * read too slowly. This server never ends one for that (a slow reader is
+   * served from history and misses nothing); a client that gets it resumes
+   * from the last version (or cursor) seen.
    *
    * @generated from enum value: ERROR_CODE_SUBSCRIBER_TOO_SLOW = 23;
    */

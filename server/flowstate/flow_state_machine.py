@@ -1,8 +1,9 @@
-"""The seed guide's `FlowStateMachine` API, as a thin wrapper over the pure core.
+"""The seed guide's `FlowStateMachine` API, as a thin façade over the pure core.
 
-Code written against the guide's usage examples works unchanged::
+Code written against the guide (``app.services.flow_state_machine``) runs unchanged but for the
+import path::
 
-    from flowstate.core import FlowStateMachine, PhaseState
+    from flowstate.flow_state_machine import FlowStateMachine, PhaseState
 
     state_machine = FlowStateMachine()
     is_valid, error = state_machine.validate_phase_transition(
@@ -11,18 +12,22 @@ Code written against the guide's usage examples works unchanged::
 
 The machine works on the guide's shape, a mapping phase name → `PhaseState` (state values as
 strings are accepted too), for the definition it was built with (`DISCOVERY` by default).
-Validation methods return ``(ok, error)`` tuples instead of raising. Without per-phase retry
-counts or errors, `get_recovery_options` assumes no retry was used yet and errors are retryable.
+Validation methods return ``(ok, error)`` tuples instead of raising; an error is a
+`FlowTransitionError` (the core's `FlowStateError`) whose ``error_code`` compares equal to the
+code string (``error.error_code == "INVALID_PHASE"``). `transition_history` holds
+`PhaseTransition` records. Without per-phase retry counts or errors, `get_recovery_options`
+assumes no retry was used yet and errors are retryable.
 
-This is the one place of the core that reads a clock: `transition_phase` stamps its audit
-records and `create_error_response` its responses with `clock()`, which defaults to
-``datetime.now(UTC)`` and can be injected for tests. Services use `flowstate.core.commands`,
-where time comes in through `Context`.
+It lives outside `flowstate.core` because it reads a clock (the core never does):
+`transition_phase` stamps its records and `create_error_response` its responses with `clock()`,
+which defaults to ``datetime.now(UTC)`` and can be injected for tests. Services use
+`flowstate.core.commands`, where time comes in through `Context`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -33,7 +38,7 @@ from flowstate.core.commands import (
 )
 from flowstate.core.definitions import DISCOVERY, FlowDefinition
 from flowstate.core.derivation import calculate_progress, determine_flow_status
-from flowstate.core.errors import FlowStateError, format_timestamp, jsonable
+from flowstate.core.errors import FlowStateError, jsonable
 from flowstate.core.model import (
     RETRYABLE_ERROR_CODES,
     ErrorCode,
@@ -46,10 +51,34 @@ from flowstate.core.model import (
 from flowstate.core.recovery import get_recovery_options
 from flowstate.core.rules import FLOW_TRANSITIONS, PHASE_PROGRESS_FACTORS, PHASE_TRANSITIONS
 
-__all__ = ["FlowStateMachine"]
+__all__ = [
+    "ErrorCode",
+    "FlowStateMachine",
+    "FlowStatus",
+    "FlowTransitionError",
+    "PhaseState",
+    "PhaseTransition",
+]
+
+FlowTransitionError = FlowStateError
+"""The guide's name for a refused transition: the core's `FlowStateError` (``error_code``,
+``message``, ``details``, ``retry_allowed``, ``to_dict``)."""
 
 StateLike = PhaseState | str
 StatusLike = FlowStatus | str
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseTransition:
+    """One applied transition in `FlowStateMachine.transition_history` (the guide's record)."""
+
+    phase: str
+    from_state: PhaseState
+    to_state: PhaseState
+    reason: str
+    user_id: str | None
+    timestamp: datetime
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _utc_now() -> datetime:
@@ -101,7 +130,7 @@ class FlowStateMachine:
         self._clock = clock
         self.PHASES: list[str] = list(definition.phase_names)
         self.PHASE_WEIGHTS: dict[str, int] = dict(definition.weights)
-        self.transition_history: list[dict[str, Any]] = []
+        self.transition_history: list[PhaseTransition] = []
 
     def _states(self, phase_states: Mapping[str, StateLike]) -> dict[str, PhaseState]:
         return {name: _state(state) for name, state in phase_states.items()}
@@ -154,24 +183,24 @@ class FlowStateMachine:
         metadata: Mapping[str, Any] | None = None,
         user_id: str | None = None,
     ) -> tuple[bool, FlowStateError | None]:
-        """Validate the move and, when legal, append an audit record to `transition_history`.
+        """Validate the move and, when legal, append a `PhaseTransition` to `transition_history`.
 
-        The record holds phase, from_state, to_state (state values), reason, user_id, metadata
-        and an ISO-8601 timestamp from the clock.
+        The record holds phase, from_state, to_state, reason, user_id, metadata and the time
+        from the clock.
         """
         valid, error = self.validate_phase_transition(phase, current_state, target_state)
         if not valid:
             return False, error
         self.transition_history.append(
-            {
-                "phase": phase,
-                "from_state": _state(current_state).value,
-                "to_state": _state(target_state).value,
-                "reason": reason,
-                "user_id": user_id,
-                "metadata": dict(metadata or {}),
-                "timestamp": format_timestamp(self._clock()),
-            }
+            PhaseTransition(
+                phase=phase,
+                from_state=_state(current_state),
+                to_state=_state(target_state),
+                reason=reason,
+                user_id=user_id,
+                timestamp=self._clock(),
+                metadata=dict(metadata or {}),
+            )
         )
         return True, None
 

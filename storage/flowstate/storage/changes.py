@@ -1,4 +1,4 @@
-"""The tenant-wide change log behind WatchFlows: commit-ordered reads and the resume cursor.
+"""The tenant change log behind WatchFlows: commit-ordered reads and the resume cursor.
 
 `flow_history` has a global identity `seq` and the writing transaction's id `txid` (xid8). A
 sequence value alone is not commit-ordered: a transaction can take seq 10, another seq 11 and
@@ -28,6 +28,11 @@ were in flight when the snapshot was taken).
 
 The cursor is opaque to clients: ``base64url(json)`` of ``{"v": 1, "t": txid, "s": seq}`` plus
 ``"k"`` (skip map) and ``"u"`` (skip-until txid) while a skip map is in force.
+
+Statements are built on the schema (`flowstate.storage.schema`) and run on a small pool of the
+log's own with the store's connection setup (`flowstate.storage.sql`), each read in a read-only
+REPEATABLE READ transaction as the application role in the tenant, like the store's, so
+row-level security applies here too.
 """
 
 from __future__ import annotations
@@ -35,15 +40,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar
 
 import asyncpg
+from sqlalchemy import BigInteger, Integer, Text, and_, any_, bindparam, func, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.storage.codec import entry_from_row, flow_from_row
+from flowstate.storage.schema import flow_history, flows
+from flowstate.storage.sql import (
+    Transaction,
+    compile_statement,
+    connect_arguments,
+    init_connection,
+    reset_connection,
+)
+from flowstate.storage.statements import enter_tenant
+from flowstate.storage.urls import normalize_database_url
 
 __all__ = [
     "MAX_SEQ",
@@ -65,61 +82,58 @@ MAX_SEQ: Final = 2**63 - 1
 SNAPSHOT_LIMIT: Final = 1000
 """At most this many flows in the initial snapshot of WatchFlows (more: MALFORMED_REQUEST)."""
 
-_APP_ROLE: Final = "flowstate_app"
+T = TypeVar("T")
 _CURSOR_VERSION: Final = 1
 _MAX_CURSOR_LENGTH: Final = 64 * 1024
 
-_ENTRY_COLUMNS: Final = """
-    h.txid, h.seq, h.flow_id::text AS flow_id, f.definition_name, h.version, h.kind, h.phase,
-    h.from_state, h.to_state, h.status_before, h.status_after, h.reason, h.user_id,
-    h.request_id, h.metadata, h.error, h.time_in_state_seconds, h.progress_after, h.cause,
-    h.occurred_at
-"""
-
-_READ_SQL: Final = f"""
-SELECT {_ENTRY_COLUMNS}
-FROM flow_history h JOIN flows f ON f.id = h.flow_id
-WHERE h.client_account_id = $1 AND h.engagement_id = $2
-  AND (h.txid, h.seq) > ($3::bigint, $4::bigint)
-  AND h.txid < $5::bigint
-ORDER BY h.txid, h.seq
-LIMIT $6
-"""
-
-_HORIZON_SQL: Final = """
-SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
-       pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax
-"""
-
-_PENDING_SQL: Final = """
-SELECT EXISTS (
-    SELECT 1 FROM flow_history h
-    WHERE h.client_account_id = $1 AND h.engagement_id = $2 AND h.txid >= $3::bigint
-      AND (h.txid, h.seq) > ($4::bigint, $5::bigint)
+_ACCOUNT = bindparam("account", type_=Text)
+_ENGAGEMENT = bindparam("engagement", type_=Text)
+_HISTORY_IN_TENANT = and_(
+    flow_history.c.client_account_id == _ACCOUNT, flow_history.c.engagement_id == _ENGAGEMENT
 )
-"""
+_AFTER = tuple_(flow_history.c.txid, flow_history.c.seq) > tuple_(
+    bindparam("after_txid", type_=BigInteger), bindparam("after_seq", type_=BigInteger)
+)
+_XMIN = func.cast(func.cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger)
+_XMAX = func.cast(func.cast(func.pg_snapshot_xmax(func.pg_current_snapshot()), Text), BigInteger)
+_HORIZON = bindparam("horizon", type_=BigInteger)
 
-_SNAPSHOT_SQL: Final = """
-SELECT id::text AS id, client_account_id, engagement_id, definition_name, definition_version,
-       status, status_before_pause, version, phase_states, phase_details, progress,
-       error_context, display_name, labels, created_at, updated_at
-FROM flows
-WHERE client_account_id = $1 AND engagement_id = $2
-  AND (cardinality($3::text[]) = 0 OR status = ANY($3::text[]))
-  AND ($4::text = '' OR definition_name = $4::text)
-  AND (cardinality($5::text[]) = 0 OR id::text = ANY($5::text[]))
-ORDER BY updated_at, id
-LIMIT $6
-"""
-
-_SKIP_SQL: Final = """
-SELECT flow_id::text AS flow_id, max(version) AS version
-FROM flow_history
-WHERE client_account_id = $1 AND engagement_id = $2 AND txid >= $3::bigint
-GROUP BY flow_id
-"""
-
-_CURRENT_XMAX_SQL: Final = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+_READ = compile_statement(
+    select(flow_history, flows.c.definition_name)
+    .select_from(flow_history.join(flows, flows.c.id == flow_history.c.flow_id))
+    .where(_HISTORY_IN_TENANT, _AFTER, flow_history.c.txid < _HORIZON)
+    .order_by(flow_history.c.txid, flow_history.c.seq)
+    .limit(bindparam("limit", type_=Integer))
+)
+_HORIZON_NOW = compile_statement(select(_XMIN.label("xmin"), _XMAX.label("xmax")))
+_XMAX_NOW = compile_statement(select(_XMAX))
+_PENDING = compile_statement(
+    select(
+        select(flow_history.c.seq)
+        .where(_HISTORY_IN_TENANT, flow_history.c.txid >= _HORIZON, _AFTER)
+        .exists()
+    )
+)
+_STATUSES = bindparam("statuses", type_=ARRAY(Text))
+_DEFINITION = bindparam("definition_name", type_=Text)
+_FLOW_IDS = bindparam("flow_ids", type_=ARRAY(Text))
+_SNAPSHOT = compile_statement(
+    select(flows)
+    .where(
+        flows.c.client_account_id == _ACCOUNT,
+        flows.c.engagement_id == _ENGAGEMENT,
+        or_(func.cardinality(_STATUSES) == 0, flows.c.status == any_(_STATUSES)),
+        or_(_DEFINITION == "", flows.c.definition_name == _DEFINITION),
+        or_(func.cardinality(_FLOW_IDS) == 0, func.cast(flows.c.id, Text) == any_(_FLOW_IDS)),
+    )
+    .order_by(flows.c.updated_at, flows.c.id)
+    .limit(bindparam("limit", type_=Integer))
+)
+_SKIP = compile_statement(
+    select(flow_history.c.flow_id, func.max(flow_history.c.version).label("version"))
+    .where(_HISTORY_IN_TENANT, flow_history.c.txid >= _HORIZON)
+    .group_by(flow_history.c.flow_id)
+)
 
 
 def _malformed_cursor(reason: str) -> FlowStateError:
@@ -129,6 +143,16 @@ def _malformed_cursor(reason: str) -> FlowStateError:
         "or start again without one",
         field="cursor",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantChange:
+    """One history entry of the tenant log, with what WatchFlows filters on."""
+
+    position: LogPosition
+    flow_id: str
+    definition_name: str
+    entry: HistoryEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,16 +223,6 @@ def _is_count(value: object) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class TenantChange:
-    """One history entry of the tenant log, with what WatchFlows filters on."""
-
-    position: LogPosition
-    flow_id: str
-    definition_name: str
-    entry: HistoryEntry
-
-
-@dataclass(frozen=True, slots=True)
 class TenantRead:
     """The result of one read of the log after a position.
 
@@ -229,27 +243,27 @@ class TenantSnapshot:
     cursor: TenantCursor
 
 
-async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
-    for name in ("jsonb", "json"):
-        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+def _tenant_params(tenant: Tenant) -> dict[str, Any]:
+    return {"account": tenant.client_account_id, "engagement": tenant.engagement_id}
 
 
 class TenantLog:
-    """Reads the tenant-wide log over a small asyncpg pool of its own.
-
-    Every read runs in a read-only REPEATABLE READ transaction as the application role with the
-    tenant set, like the store's transactions, so row-level security applies here too.
-    """
+    """Reads the tenant-wide log over a small asyncpg pool of its own (see the module doc)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         """Wrap an open pool (see `open`)."""
         self._pool = pool
 
     @classmethod
-    async def open(cls, connect_kwargs: Mapping[str, Any], *, max_size: int = 4) -> TenantLog:
-        """Open the pool with asyncpg connection arguments."""
+    async def open(cls, database_url: str, *, max_size: int = 4) -> TenantLog:
+        """Open the pool on `database_url` with the store's connection setup."""
         pool = await asyncpg.create_pool(
-            min_size=0, max_size=max_size, init=_init_connection, **connect_kwargs
+            **connect_arguments(normalize_database_url(database_url)),
+            min_size=0,
+            max_size=max_size,
+            init=init_connection,
+            reset=reset_connection,
+            server_settings={"application_name": "flowstate-watch"},
         )
         return cls(pool)
 
@@ -257,55 +271,41 @@ class TenantLog:
         """Close the pool (waits for reads in progress)."""
         await self._pool.close()
 
-    async def _scope(self, conn: asyncpg.pool.PoolConnectionProxy[Any], tenant: Tenant) -> None:
-        await conn.execute(f"SET LOCAL ROLE {_APP_ROLE}")
-        await conn.execute(
-            "SELECT set_config('flowstate.client_account_id', $1, true),"
-            " set_config('flowstate.engagement_id', $2, true)",
-            tenant.client_account_id,
-            tenant.engagement_id,
-        )
+    async def _snapshot_read(
+        self, tenant: Tenant, statements: Callable[[Transaction], Awaitable[T]]
+    ) -> T:
+        """Run `statements(tx)` in one read-only REPEATABLE READ transaction in `tenant`."""
+        async with (
+            self._pool.acquire() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await connection.execute(enter_tenant(tenant))
+            return await statements(Transaction(connection))
 
     async def read(self, tenant: Tenant, after: LogPosition, limit: int) -> TenantRead:
         """The next at most `limit` entries of `tenant` after `after`, in log order."""
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            await self._scope(conn, tenant)
-            horizon = await conn.fetchrow(_HORIZON_SQL)
+        params = {**_tenant_params(tenant), "after_txid": after[0], "after_seq": after[1]}
+
+        async def statements(tx: Transaction) -> tuple[list[asyncpg.Record], int, bool]:
+            horizon = await tx.fetchrow(_HORIZON_NOW)
             assert horizon is not None
             xmin: int = horizon["xmin"]
-            rows = await conn.fetch(
-                _READ_SQL,
-                tenant.client_account_id,
-                tenant.engagement_id,
-                after[0],
-                after[1],
-                xmin,
-                limit,
-            )
+            rows = await tx.fetch(_READ, {**params, "horizon": xmin, "limit": limit})
             pending = False
             if len(rows) < limit:
-                pending = bool(
-                    await conn.fetchval(
-                        _PENDING_SQL,
-                        tenant.client_account_id,
-                        tenant.engagement_id,
-                        xmin,
-                        after[0],
-                        after[1],
-                    )
-                )
-        changes = tuple(_change_from_row(cast(Mapping[str, Any], row)) for row in rows)
+                pending = bool(await tx.fetchval(_PENDING, {**params, "horizon": xmin}))
+            return rows, xmin, pending
+
+        rows, xmin, pending = await self._snapshot_read(tenant, statements)
+        changes = tuple(_change_from_row(row) for row in rows)
         full = len(rows) == limit
         covered = changes[-1].position if full else max(after, (xmin - 1, MAX_SEQ))
         return TenantRead(changes, covered, pending)
 
     async def check_cursor(self, cursor: TenantCursor) -> None:
         """MALFORMED_REQUEST when `cursor` points past anything this database has written."""
-        async with self._pool.acquire() as conn:
-            xmax: int = await conn.fetchval(_CURRENT_XMAX_SQL)
+        async with self._pool.acquire() as connection:
+            xmax: int = await Transaction(connection).fetchval(_XMAX_NOW)
         if cursor.position[0] >= xmax or (cursor.skip and cursor.skip_until > xmax):
             raise _malformed_cursor("it points past the end of the log")
 
@@ -319,27 +319,24 @@ class TenantLog:
         limit: int = SNAPSHOT_LIMIT,
     ) -> TenantSnapshot:
         """The matching flows now, and the cursor after them (MALFORMED_REQUEST past `limit`)."""
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            await self._scope(conn, tenant)
-            horizon = await conn.fetchrow(_HORIZON_SQL)
+        params = _tenant_params(tenant)
+        filters = {
+            "statuses": sorted(status.value for status in statuses),
+            "definition_name": definition_name,
+            "flow_ids": sorted(flow_ids),
+            "limit": limit + 1,
+        }
+
+        async def statements(
+            tx: Transaction,
+        ) -> tuple[list[asyncpg.Record], list[asyncpg.Record], int, int]:
+            horizon = await tx.fetchrow(_HORIZON_NOW)
             assert horizon is not None
-            xmin: int = horizon["xmin"]
-            xmax: int = horizon["xmax"]
-            rows = await conn.fetch(
-                _SNAPSHOT_SQL,
-                tenant.client_account_id,
-                tenant.engagement_id,
-                sorted(status.value for status in statuses),
-                definition_name,
-                sorted(flow_ids),
-                limit + 1,
-            )
-            skip_rows = await conn.fetch(
-                _SKIP_SQL, tenant.client_account_id, tenant.engagement_id, xmin
-            )
+            rows = await tx.fetch(_SNAPSHOT, {**params, **filters})
+            skip_rows = await tx.fetch(_SKIP, {**params, "horizon": horizon["xmin"]})
+            return rows, skip_rows, horizon["xmin"], horizon["xmax"]
+
+        rows, skip_rows, xmin, xmax = await self._snapshot_read(tenant, statements)
         if len(rows) > limit:
             raise FlowStateError(
                 ErrorCode.MALFORMED_REQUEST,
@@ -348,17 +345,15 @@ class TenantLog:
                 field="flow_ids",
                 snapshot_limit=limit,
             )
-        skip = {row["flow_id"]: row["version"] for row in skip_rows}
+        skip = {str(row["flow_id"]): row["version"] for row in skip_rows}
         cursor = TenantCursor((xmin - 1, MAX_SEQ), skip, xmax if skip else 0)
-        return TenantSnapshot(
-            tuple(flow_from_row(cast(Mapping[str, Any], row)) for row in rows), cursor
-        )
+        return TenantSnapshot(tuple(flow_from_row(row) for row in rows), cursor)
 
 
-def _change_from_row(row: Mapping[str, Any]) -> TenantChange:
+def _change_from_row(row: asyncpg.Record) -> TenantChange:
     return TenantChange(
         position=(row["txid"], row["seq"]),
-        flow_id=row["flow_id"],
+        flow_id=str(row["flow_id"]),
         definition_name=row["definition_name"],
         entry=entry_from_row(row),
     )

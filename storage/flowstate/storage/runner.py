@@ -1,0 +1,173 @@
+"""`TransactionRunner`: one PostgreSQL transaction per call, on a pool, with bounded retries.
+
+The shape of every store call: take a pooled connection (waiting at most `pool_timeout`),
+``BEGIN`` and enter the tenant (app role, RLS settings) in one batch, run the work, ``COMMIT``.
+Serialization failures and deadlocks are retried (3 attempts in all), a connection that breaks
+before COMMIT is sent is retried once (after expiring every pooled connection), a racing
+duplicate request id (its key's primary key) is retried so that the work replays it; anything
+else surfaces at once as a `FlowStateError` (`flowstate.storage.errors`). A failed transaction
+is rolled back, or its connection dropped when its state is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import Tenant
+from flowstate.storage.errors import StoreUnavailable, classify, constraint_name, to_store_error
+from flowstate.storage.limits import malformed
+from flowstate.storage.sql import Connection, Transaction
+from flowstate.storage.statements import begin
+
+__all__ = ["TransactionRunner"]
+
+_log = logging.getLogger("flowstate.storage")
+T = TypeVar("T")
+
+_MAX_CONTENTION_ATTEMPTS = 3
+_MAX_DISCONNECT_ATTEMPTS = 2
+_MAX_KEY_RACE_ATTEMPTS = 3
+_RETRY_BACKOFF_SECONDS = 0.02
+_IDEMPOTENCY_PK = "pk_idempotency_keys"
+# A new flow's id already taken (by any tenant): the flows row or, when the one write statement
+# checks the history first, its version-1 entry. Only a create can hit the history constraint:
+# a change of an existing flow holds the row lock while it picks the next version.
+_FLOW_ID_TAKEN = frozenset({"pk_flows", "uq_flow_history_flow_id_version"})
+# The one refusal of such an id, identical whichever tenant holds it (docs/server.md).
+_FLOW_ID_TAKEN_MESSAGE = (
+    "flow_id is not available: omit it to have one generated, or send a new UUID"
+)
+
+
+@dataclass
+class _Attempt:
+    committing: bool = False
+
+
+async def _abandon(connection: Connection, exc: BaseException, committing: bool) -> None:
+    """Roll back a failed transaction, or drop the connection when its state is unknown."""
+    recoverable = isinstance(exc, FlowStateError) or (
+        isinstance(exc, Exception) and not classify(exc).disconnect
+    )
+    if not committing and recoverable and not connection.is_closed():
+        try:
+            await connection.execute("ROLLBACK")
+            return
+        except Exception:
+            _log.debug("ROLLBACK failed; dropping the connection", exc_info=True)
+    connection.terminate()
+
+
+class TransactionRunner:
+    """Runs work in transactions on one pool (see the module doc); the store builds on it."""
+
+    def __init__(self, pool: asyncpg.Pool, *, pool_timeout: float = 10.0) -> None:
+        """Run on `pool`, waiting at most `pool_timeout` seconds for a connection."""
+        self._pool = pool
+        self._pool_timeout = pool_timeout
+
+    async def _run(
+        self,
+        tenant: Tenant | None,
+        work: Callable[[Transaction], Awaitable[T]],
+        *,
+        write: bool = False,
+        autocommit: bool = False,
+    ) -> T:
+        """Run `work` in one transaction (as the app role in `tenant`), with bounded retries.
+
+        With `autocommit`, `work` runs one statement that is its own transaction (the read
+        functions, which enter the tenant themselves): no BEGIN, no COMMIT.
+        """
+        attempts = {"contention": 0, "disconnect": 0, "key": 0}
+        while True:
+            attempt = _Attempt()
+            try:
+                result = await self._attempt(tenant, work, write, autocommit, attempt)
+            except FlowStateError:
+                raise
+            except Exception as exc:
+                if await self._should_retry(exc, attempts, attempt.committing):
+                    continue
+                raise self._translate(exc) from exc
+            if write:
+                await self._after_write()
+            return result
+
+    async def _attempt(
+        self,
+        tenant: Tenant | None,
+        work: Callable[[Transaction], Awaitable[T]],
+        write: bool,
+        autocommit: bool,
+        attempt: _Attempt,
+    ) -> T:
+        try:
+            # asyncio.timeout rather than acquire(timeout=...), which runs a wait_for task.
+            async with asyncio.timeout(self._pool_timeout) as deadline:
+                connection = await self._pool.acquire()
+        except TimeoutError:
+            if deadline.expired():
+                raise StoreUnavailable(reason="pool_timeout") from None
+            raise  # a connect timeout inside acquire: classified as unreachable
+        try:
+            if autocommit:
+                return await work(Transaction(connection))
+            await connection.execute(begin(tenant))
+            transaction = Transaction(connection)
+            result = await work(transaction)
+            if write:
+                await self._before_commit(transaction)
+            attempt.committing = True
+            await connection.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            await _abandon(connection, exc, attempt.committing or autocommit)
+            raise
+        finally:
+            await self._pool.release(connection)
+
+    async def _should_retry(
+        self, exc: Exception, attempts: dict[str, int], committing: bool
+    ) -> bool:
+        if constraint_name(exc) == _IDEMPOTENCY_PK:
+            # A racing request with the same id committed first: run again to replay it.
+            attempts["key"] += 1
+            return attempts["key"] < _MAX_KEY_RACE_ATTEMPTS
+        classified = classify(exc)
+        if not classified.retry or (classified.disconnect and committing):
+            return False  # after COMMIT was sent, only the caller can tell what happened
+        kind = "disconnect" if classified.disconnect else "contention"
+        limit = _MAX_DISCONNECT_ATTEMPTS if classified.disconnect else _MAX_CONTENTION_ATTEMPTS
+        attempts[kind] += 1
+        if attempts[kind] >= limit:
+            return False
+        if classified.disconnect:
+            # One broken connection usually means all of them (a server restart, a failover):
+            # have the pool replace every connection instead of finding them one by one.
+            await self._pool.expire_connections()
+        await asyncio.sleep(_RETRY_BACKOFF_SECONDS * attempts[kind])
+        return True
+
+    @staticmethod
+    def _translate(exc: Exception) -> FlowStateError:
+        if constraint_name(exc) in _FLOW_ID_TAKEN:
+            return malformed("flow_id", _FLOW_ID_TAKEN_MESSAGE)
+        return to_store_error(exc)
+
+    async def _before_commit(self, transaction: Transaction) -> None:
+        """Test hook: runs after a write transaction's statements, right before COMMIT.
+
+        Does nothing here. A test subclass may raise (or break the connection) to check that
+        a failure at that point leaves no trace.
+        """
+
+    async def _after_write(self) -> None:
+        """Runs after each committed write transaction; nothing here (the store purges keys)."""
