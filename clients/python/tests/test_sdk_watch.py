@@ -15,6 +15,7 @@ from flowstate.client import (
     FlowEventKind,
     FlowNotFound,
     FlowstateClient,
+    FlowstateError,
     FlowStatus,
     RetryPolicy,
     Unavailable,
@@ -331,3 +332,21 @@ async def test_sync_close_ends_a_watch_in_another_thread(
         await asyncio.to_thread(first.wait, 10)
         client.close()
         assert await watcher == [1]
+
+
+async def test_a_call_on_a_closed_client_is_cancelled_in_both_faces(
+    scripted: ScriptedServer, servicer: ScriptedServicer
+) -> None:
+    """As in the TypeScript and Go SDKs: the SDK's own CANCELLED error, never sent."""
+    async_client = AsyncFlowstateClient(address=scripted.address)
+    await async_client.close()
+    with pytest.raises(FlowstateError, match="the client is closed") as raised:
+        await async_client.get_flow("f-1")
+    assert raised.value.grpc_code == grpc.StatusCode.CANCELLED
+
+    sync_client = FlowstateClient(address=scripted.address)
+    sync_client.close()
+    with pytest.raises(FlowstateError, match="the client is closed") as raised:
+        sync_client.get_flow("f-1")
+    assert raised.value.grpc_code == grpc.StatusCode.CANCELLED
+    assert servicer.requests("GetFlow") == []

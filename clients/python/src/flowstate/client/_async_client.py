@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from flowstate.client import _requests
 from flowstate.client._config import ClientConfig, TokenSource
-from flowstate.client._errors import error_from_rpc_error
+from flowstate.client._errors import FlowstateError, error_from_rpc_error
 from flowstate.client._models import (
     DefinitionPage,
     DefinitionRegistration,
@@ -150,7 +150,8 @@ class AsyncFlowstateClient:
 
     def _service(self) -> flow_service_pb2_grpc.FlowStateServiceAsyncStub:
         if self._closed:
-            raise RuntimeError("the client is closed")
+            # As in the TypeScript and Go SDKs: a call on a closed client is CANCELLED.
+            raise FlowstateError("the client is closed", grpc_code=grpc.StatusCode.CANCELLED)
         if self._stub is None:
             config = self._config
             credentials = config.channel_credentials()
