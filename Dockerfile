@@ -33,10 +33,14 @@ ENV PATH=/opt/flowstate/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FLOWSTATE_HOST=0.0.0.0 \
     FLOWSTATE_PORT=50051 \
+    FLOWSTATE_HTTP_HOST=0.0.0.0 \
+    FLOWSTATE_HTTP_PORT=8080 \
     FLOWSTATE_DATA_DIR=/var/lib/flowstate
 USER 10001:10001
 WORKDIR /var/lib/flowstate
-EXPOSE 50051
+# 50051: gRPC; 8080: Connect and gRPC-Web (docs/console.md). The web console's files are not in
+# the image yet (they are built from console/ with Node): its page says so.
+EXPOSE 50051 8080
 # Shell form, so a changed FLOWSTATE_PORT is followed. Behind TLS, also set
 # FLOWSTATE_TLS_CA_FILE (and the certificate must name 127.0.0.1).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
