@@ -266,9 +266,11 @@ class _Channel(Generic[P, T]):
                     if not read.full:
                         break
                 self._schedule_retry(read.pending)
-        except Exception:  # a failed read ends nothing: subscribers re-read on their own
+        except Exception:  # a failed read ends nothing: the channel re-reads with backoff
             _log.warning("watch channel %r: read failed", self.key, exc_info=True)
             self.fire()
+            # No notification may follow (the change was the last one): read again soon.
+            self._schedule_retry(pending=True)
         finally:
             self._pump = None
 
@@ -321,6 +323,9 @@ class _Listener:
         self._stop = asyncio.Event()
         self.connected = asyncio.Event()
         self.connections = 0
+        self.first_error: Exception | None = None
+        """Why the first connection failed (before any succeeded): `WatchHub.start` raises it."""
+        self.first_failed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
 
@@ -346,8 +351,10 @@ class _Listener:
                 delay = _RECONNECT_INITIAL
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 _log.warning("watch listener: connection lost (%s); reconnecting", exc)
-            except Exception:
+                self._note_failure(exc)
+            except Exception as exc:
                 _log.exception("watch listener: unexpected error; reconnecting")
+                self._note_failure(exc)
             finally:
                 self.connected.clear()
             if self._stop.is_set():
@@ -356,6 +363,11 @@ class _Listener:
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
             delay = min(delay * 2, _RECONNECT_MAX)
+
+    def _note_failure(self, error: Exception) -> None:
+        if self.connections == 0 and self.first_error is None:
+            self.first_error = error
+            self.first_failed.set()
 
     async def _serve(self) -> None:
         lost = asyncio.Event()
@@ -536,12 +548,25 @@ class WatchHub:
         )
         hub._listener.start()
         hub._ticker = asyncio.ensure_future(hub._tick())
+        listener = hub._listener
+        waiters = [
+            asyncio.ensure_future(listener.connected.wait()),
+            asyncio.ensure_future(listener.first_failed.wait()),
+        ]
         try:
-            async with asyncio.timeout(30):
-                await hub._listener.connected.wait()
+            await asyncio.wait(waiters, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            if not listener.connected.is_set():
+                # Fail fast with the cause (e.g. connection refused), not after a bare timeout.
+                if listener.first_error is not None:
+                    raise listener.first_error
+                raise TimeoutError("the watch hub's LISTEN connection did not connect in 30 s")
         except BaseException:
             await hub.close()
             raise
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
         return hub
 
     @property
