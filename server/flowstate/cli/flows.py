@@ -736,13 +736,11 @@ def _transition(client: FlowstateClient, args: argparse.Namespace, output: _Outp
         args.flow_id,
         args.phase,
         state,
-        reason=args.reason,
         error_code=args.error_code,
         error_message=args.error_message,
         error_details=args.error_details,
         metadata=args.metadata,
-        request_id=args.request_id,
-        expected_version=args.expected_version,
+        **_flow_mutation(args),
     )
     return _print_mutation(result, output)
 
@@ -752,9 +750,7 @@ def _progress(client: FlowstateClient, args: argparse.Namespace, output: _Output
         args.flow_id,
         args.phase,
         args.progress,
-        reason=args.reason,
-        request_id=args.request_id,
-        expected_version=args.expected_version,
+        **_flow_mutation(args),
     )
     return _print_mutation(result, output)
 
@@ -764,9 +760,7 @@ def _retry(client: FlowstateClient, args: argparse.Namespace, output: _Output) -
         args.flow_id,
         args.phase,
         force=args.force,
-        reason=args.reason,
-        request_id=args.request_id,
-        expected_version=args.expected_version,
+        **_flow_mutation(args),
     )
     if args.restart and _phase_state(result.flow, args.phase) is PhaseState.RETRY_NEEDED:
         # The second step: RETRY_NEEDED -> IN_PROGRESS, at the version the first one made (a
@@ -798,9 +792,7 @@ def _rollback(client: FlowstateClient, args: argparse.Namespace, output: _Output
         args.flow_id,
         args.phase,
         cascade=args.cascade,
-        reason=args.reason,
-        request_id=args.request_id,
-        expected_version=args.expected_version,
+        **_flow_mutation(args),
     )
     return _print_mutation(result, output)
 
@@ -809,9 +801,7 @@ def _skip(client: FlowstateClient, args: argparse.Namespace, output: _Output) ->
     result = client.skip_phase(
         args.flow_id,
         args.phase,
-        reason=args.reason,
-        request_id=args.request_id,
-        expected_version=args.expected_version,
+        **_flow_mutation(args),
     )
     return _print_mutation(result, output)
 
@@ -829,6 +819,7 @@ def _cancel(client: FlowstateClient, args: argparse.Namespace, output: _Output) 
 
 
 def _flow_mutation(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments every mutation command shares."""
     return {
         "reason": args.reason,
         "request_id": args.request_id,
