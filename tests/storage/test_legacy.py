@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.script import ScriptDirectory
 
 from flowstate.cli import storage_commands
 from flowstate.core.errors import FlowStateError
@@ -163,9 +164,12 @@ async def test_the_migrate_command(
         return capsys.readouterr().out
 
     head = migrate.head_revision()
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    before_head = scripts.get_revision(head).down_revision
+    assert isinstance(before_head, str)
     assert "revision: none" in await asyncio.to_thread(run, "current")
     assert f"revision: {head}" in await asyncio.to_thread(run, "upgrade")
-    assert "revision: 0004_stuck_flows_index" in await asyncio.to_thread(run, "downgrade", "-1")
+    assert f"revision: {before_head}" in await asyncio.to_thread(run, "downgrade", "-1")
     assert "revision: none" in await asyncio.to_thread(run, "downgrade", "base")
 
 
