@@ -324,3 +324,29 @@ def test_uvicorns_colour_copy_of_the_message_is_not_logged(fmt: str) -> None:
     assert "color_message" not in text
     assert "\x1b" not in text
     assert "\\u001b" not in text
+
+
+async def test_stream_lag_is_measured_for_changes_read_live(
+    server: RunningServer, api: Api
+) -> None:
+    """A change delivered on an open stream adds one lag observation (bounded polling)."""
+    port = server.server.metrics_port
+    assert port is not None
+    count = re.compile(r"^flowstate_stream_lag_seconds_count (\S+)$", re.MULTILINE)
+
+    def observations() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            found = count.search(response.read().decode())
+        assert found is not None
+        return float(found.group(1))
+
+    fid = (await api.create()).flow_id
+    stream = api.stub.WatchFlow(pb.WatchFlowRequest(flow_id=fid), metadata=api.metadata)
+    events = stream.__aiter__()
+    assert (await anext(events)).event.flow_version == 1  # the snapshot: subscribed
+    before = await asyncio.to_thread(observations)
+    await api.move(fid, "data_import", S.PHASE_STATE_IN_PROGRESS)
+    assert (await asyncio.wait_for(anext(events), timeout=10)).event.flow_version == 2
+    stream.cancel()
+
+    assert await asyncio.to_thread(observations) >= before + 1

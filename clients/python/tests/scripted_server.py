@@ -118,6 +118,8 @@ class ScriptedServicer:
         assert isinstance(outcome, Stream)
         for response in outcome.responses:
             yield response
+        if outcome.then is not None and outcome.then.bare:
+            await context.abort(outcome.then.grpc_code, outcome.then.message)
         if outcome.then is not None:
             await context.abort_with_status(outcome.then.status())
         if outcome.hang:

@@ -415,7 +415,7 @@ async def test_watch_streams_every_change_once(client: AsyncFlowstateClient) -> 
             snapshot_seen.set()
 
     task = asyncio.create_task(watch())
-    await asyncio.wait_for(snapshot_seen.wait(), timeout=10)
+    await _until(snapshot_seen, task, within=10)
     for phase in PHASES:
         await client.transition_phase(flow_id, phase, "IN_PROGRESS")
         await client.transition_phase(flow_id, phase, "COMPLETED")
@@ -452,7 +452,7 @@ async def test_watch_flows_sees_the_tenants_flows(client: AsyncFlowstateClient) 
                 return
 
     task = asyncio.create_task(watch())
-    await asyncio.wait_for(ready.wait(), timeout=10)
+    await _until(ready, task, within=10)
     await client.transition_phase(first, "data_import", "IN_PROGRESS")
     await asyncio.wait_for(task, timeout=10)
 
@@ -482,9 +482,9 @@ async def test_watch_resumes_across_a_server_restart(database_url: str, tenant: 
                     progressed.set()
 
         task = asyncio.create_task(watch())
-        await asyncio.wait_for(subscribed.wait(), timeout=15)
+        await _until(subscribed, task, within=15)
         await client.transition_phase(flow_id, "data_import", "IN_PROGRESS")
-        await asyncio.wait_for(progressed.wait(), timeout=15)
+        await _until(progressed, task, within=15)
 
         assert await asyncio.to_thread(first.stop) == 0
         async with (
@@ -540,10 +540,10 @@ async def test_watch_flows_resumes_across_a_server_restart(
                     return
 
         task = asyncio.create_task(watch())
-        await asyncio.wait_for(subscribed.wait(), timeout=15)
+        await _until(subscribed, task, within=15)
         await client.transition_phase(a, "data_import", "IN_PROGRESS")
         await client.transition_phase(b, "data_import", "IN_PROGRESS")
-        await asyncio.wait_for(progressed.wait(), timeout=15)
+        await _until(progressed, task, within=15)
 
         assert await asyncio.to_thread(first.stop) == 0
         async with (
@@ -559,10 +559,27 @@ async def test_watch_flows_resumes_across_a_server_restart(
         await _serve_again(stack, database_url, minter, first.address)
         await client.transition_phase(b, "data_import", "COMPLETED")
         await client.transition_phase(a, "field_mapping", "IN_PROGRESS")
-        await asyncio.wait_for(finished.wait(), timeout=30)
+        await _until(finished, task, within=30)
         await asyncio.wait_for(task, timeout=5)
 
     assert seen == {a: [1, 2, 3, 4], b: [1, 2, 3]}
+
+
+async def _until(event: asyncio.Event, task: asyncio.Task[None], *, within: float) -> None:
+    """Wait until the watcher `task` sets `event`; raise the watcher's own error if it ended
+    first (a bare wait on the event would only time out and hide why)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, task}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if event.is_set():
+        return
+    if task.done():
+        task.result()  # the watcher's exception, if it raised
+        raise AssertionError("the watcher ended without the awaited event")
+    task.cancel()
+    raise AssertionError(f"the watcher saw no awaited event within {within} s")
 
 
 def _restart_env(minter: TokenMinter) -> dict[str, str]:

@@ -120,6 +120,38 @@ async def test_watch_resumes_after_a_clean_end_before_the_terminal_event(
     assert [e.flow_version for e in events] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN]
+)
+async def test_watch_resumes_a_stream_broken_without_a_status_from_the_server(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, code: grpc.StatusCode
+) -> None:
+    """As in the TypeScript and Go SDKs: e.g. gRPC's own `server.stop` cancels a stream."""
+    servicer.add(
+        "WatchFlow",
+        Stream([one(1, "snapshot")], then=Fail(code, message="gone", bare=True)),
+        Stream([one(2, status=COMPLETED)]),
+    )
+
+    events = await collect(client.watch("f-1"))
+
+    assert [e.flow_version for e in events] == [1, 2]
+    assert servicer.requests("WatchFlow")[1].after_version == 1
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL])
+async def test_watch_raises_a_broken_stream_the_server_explained(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, code: grpc.StatusCode
+) -> None:
+    servicer.add("WatchFlow", Stream([one(1, "snapshot")], then=Fail(code, "INTERNAL")))
+
+    with pytest.raises(FlowstateError) as raised:
+        await collect(client.watch("f-1"))
+
+    assert raised.value.grpc_code == code
+    assert len(servicer.requests("WatchFlow")) == 1
+
+
 async def test_watch_raises_what_cannot_be_resumed(
     servicer: ScriptedServicer, client: AsyncFlowstateClient
 ) -> None:

@@ -287,10 +287,13 @@ class FlowstateServer:
         try:
             url = await cls._open_store(settings, resources)
             assert resources.store is not None
-            resources.hub = await WatchHub.start(
-                resources.store, url, heartbeat_interval=settings.heartbeat_interval
-            )
             metrics = Metrics()
+            resources.hub = await WatchHub.start(
+                resources.store,
+                url,
+                heartbeat_interval=settings.heartbeat_interval,
+                on_lag=metrics.observe_stream_lag,
+            )
             resources.tracing = start_tracing(settings.tracing)
             support = RpcSupport(
                 Authenticator(auth.key, issuer=auth.issuer, audience=auth.audience),

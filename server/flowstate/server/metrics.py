@@ -12,6 +12,7 @@
 | `flowstate_stuck_flows` | gauge | status |
 | `flowstate_stuck_flows_checked_timestamp_seconds` | gauge | |
 | `flowstate_client_requests_total` | counter | sdk, version |
+| `flowstate_stream_lag_seconds` | histogram | |
 
 `result` is ``applied`` or the refusal's error code. Label values come from definitions and
 enums, never from free request text, so cardinality stays bounded: refusals that name an
@@ -23,6 +24,10 @@ header the SDKs send (`CLIENT_HEADER`): `sdk` is ``python``, ``typescript``, ``g
 (any other value) or ``none`` (no header); `version` is the SDK's version when it looks like one
 (``MAJOR.MINOR.PATCH``), else ``other``; after `_MAX_CLIENT_VERSIONS` distinct versions more
 are counted as ``other``, so a misbehaving client cannot grow the label set.
+
+`flowstate_stream_lag_seconds` is the time from a change's commit (the database's clock) to the
+watch hub reading it for a live channel (once per channel that reads it): notification plus
+read; a growing p99 means streams fall behind.
 
 `flowstate_stuck_flows` counts the flows of *all* tenants that are not terminal and have not
 changed for ``FLOWSTATE_STUCK_AFTER`` seconds, by status; `flowstate.server.stuck` refreshes it
@@ -55,6 +60,9 @@ _MAX_CLIENT_VERSIONS: Final = 64
 
 _RPC_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_LAG_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 _STATE_BUCKETS: Final = (
     1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0,
@@ -154,6 +162,12 @@ class Metrics:
             ["sdk", "version"],
             registry=self.registry,
         )
+        self._stream_lag = Histogram(
+            "flowstate_stream_lag_seconds",
+            "Seconds from a change's commit to the watch hub reading it live (per channel).",
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
+        )
         self._client_children: dict[tuple[str, str], Counter] = {}
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # Label children by label tuple: ``labels(...)`` validates and hashes under a lock on
@@ -189,6 +203,10 @@ class Metrics:
                 child = self._client_children[key] = self._client_requests.labels(*key)
         child.inc()
         return first
+
+    def observe_stream_lag(self, seconds: float) -> None:
+        """A change read live by the watch hub `seconds` after its commit."""
+        self._stream_lag.observe(seconds)
 
     def open_stream_gauge(self, method: str) -> Gauge:
         """The ``flowstate_open_streams`` child of `method` (cached)."""

@@ -52,7 +52,7 @@ from flowstate.server.convert import (
     struct_to_dict,
 )
 from flowstate.service.flows import TransitionCheck
-from flowstate.storage.codec import dumps
+from flowstate.storage.codec import EncodedJson
 from flowstate.storage.limits import (
     DEFAULT_FLOW_PAGE_SIZE,
     DEFAULT_HISTORY_PAGE_SIZE,
@@ -175,20 +175,20 @@ class _Checker:
             self.fail(field, _enum_problem(value, "FlowStatus"))
         return status
 
-    def struct(self, field: str, message: struct_pb2.Struct) -> dict[str, Any]:
+    def struct(self, field: str, message: struct_pb2.Struct) -> Mapping[str, Any]:
         if not message.fields:
             return {}
         data = struct_to_dict(message)
         try:
-            encoded = dumps(data)
+            encoded = EncodedJson(data)  # the one encoding: later layers reuse its text
         except ValueError:
             self.fail(field, "numbers must be finite (no NaN or Infinity)")
             return {}
-        if len(encoded.encode()) > MAX_JSON_BYTES:
+        if len(encoded.text.encode()) > MAX_JSON_BYTES:
             self.fail(field, f"must be at most {MAX_JSON_BYTES} bytes as JSON")
         elif _has_nul(data):  # a real NUL, not the text "\\u0000" (which is stored verbatim)
             self.fail(field, "must not contain NUL bytes")
-        return data
+        return encoded
 
     def expected_version(self, message: Any) -> int | None:
         if not message.HasField("expected_version"):

@@ -34,7 +34,7 @@ import bisect
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, Protocol, TypeVar
@@ -143,6 +143,7 @@ class _Channel(Generic[P, T]):
         position_of: Callable[[T], P],
         limit: int,
         on_empty: Callable[[Hashable], None],
+        on_live: Callable[[Sequence[T]], None] = lambda items: None,
     ) -> None:
         self.key = key
         self.changed = asyncio.Event()
@@ -156,6 +157,7 @@ class _Channel(Generic[P, T]):
         self.position_of: Callable[[T], P] = position_of
         self._limit = limit
         self._on_empty = on_empty
+        self._on_live = on_live
         self._fetches: dict[P, asyncio.Task[_Read[P, T]]] = {}
         self._pump: asyncio.Task[None] | None = None
         self._dirty = False
@@ -262,6 +264,7 @@ class _Channel(Generic[P, T]):
                 while True:
                     read = await self.fetch(self.head)
                     if read.items:
+                        self._on_live(read.items)  # newly committed: measure the lag
                         self.fire()
                     if not read.full:
                         break
@@ -495,6 +498,7 @@ class WatchHub:
         heartbeat_interval: float,
         queue_limit: int,
         snapshot_limit: int = SNAPSHOT_LIMIT,
+        on_lag: Callable[[float], None] | None = None,
     ) -> None:
         """Use `start`; this only wires the parts."""
         if heartbeat_interval <= 0:
@@ -506,6 +510,7 @@ class WatchHub:
         self._heartbeat = heartbeat_interval
         self._limit = queue_limit
         self._snapshot_limit = snapshot_limit
+        self._on_lag = on_lag
         self._closing = False
         self._open = 0
         self._flow_channels: dict[Hashable, _Channel[int, HistoryEntry]] = {}
@@ -529,12 +534,14 @@ class WatchHub:
         heartbeat_interval: float = 15.0,
         queue_limit: int = 256,
         snapshot_limit: int = SNAPSHOT_LIMIT,
+        on_lag: Callable[[float], None] | None = None,
     ) -> WatchHub:
         """Connect the listener (waits for the first connection) and return the running hub.
 
         `heartbeat_interval`: seconds without an event before a stream gets a heartbeat.
         `queue_limit`: entries each channel keeps in memory, and the page size of history reads.
         `snapshot_limit`: most flows in the initial snapshot of WatchFlows.
+        `on_lag`: called with the seconds from each change's commit to the hub reading it live.
         """
         connect_kwargs = connect_arguments(normalize_database_url(database_url))
         log = await TenantLog.open(database_url)
@@ -545,6 +552,7 @@ class WatchHub:
             heartbeat_interval=heartbeat_interval,
             queue_limit=queue_limit,
             snapshot_limit=snapshot_limit,
+            on_lag=on_lag,
         )
         hub._listener.start()
         hub._ticker = asyncio.ensure_future(hub._tick())
@@ -664,7 +672,14 @@ class WatchHub:
                 covered = entries[-1].flow_version if entries else after
                 return _Read(entries, covered, full=len(entries) >= limit)
 
-            channel = _Channel(key, read, _version_of, self._limit, self._forget_flow_channel)
+            channel = _Channel(
+                key,
+                read,
+                _version_of,
+                self._limit,
+                self._forget_flow_channel,
+                lambda entries: self._observe_lag(entry.occurred_at for entry in entries),
+            )
             self._flow_channels[key] = channel
         return channel
 
@@ -684,12 +699,26 @@ class WatchHub:
                     pending=result.pending,
                 )
 
-            channel = _Channel(tenant, read, _position_of, self._limit, self._forget_tenant)
+            channel = _Channel(
+                tenant,
+                read,
+                _position_of,
+                self._limit,
+                self._forget_tenant,
+                lambda changes: self._observe_lag(c.entry.occurred_at for c in changes),
+            )
             self._tenant_channels[tenant] = channel
         return channel
 
     def _forget_tenant(self, key: Hashable) -> None:
         self._tenant_channels.pop(key, None)
+
+    def _observe_lag(self, committed: Iterable[datetime]) -> None:
+        if self._on_lag is None:
+            return
+        now = _now()
+        for moment in committed:
+            self._on_lag(max((now - moment).total_seconds(), 0.0))  # clocks may differ a little
 
     async def _follow(
         self, channel: _Channel[P, T], position: P, *, catch_up: bool

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from flowstate.storage.codec import dumps_canonical
+
 __all__ = ["fingerprint"]
 
 
@@ -40,13 +42,11 @@ def _canonical(value: Any) -> Any:
 
 
 def fingerprint(operation: str, **payload: Any) -> str:
-    """SHA-256 (hex) of the canonical JSON of (operation, payload)."""
-    canonical = json.dumps(
-        {"operation": operation, **payload},
-        default=_canonical,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=True,
+    """SHA-256 (hex) of the canonical JSON of (operation, payload).
+
+    A request's metadata arrives as an `EncodedJson`: its text is spliced in, not re-encoded.
+    """
+    canonical = dumps_canonical(
+        {"operation": operation, **payload}, default=_canonical, allow_nan=True
     )
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()

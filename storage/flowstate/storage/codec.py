@@ -17,7 +17,8 @@ Column shapes (see `flowstate.storage.schema`):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from flowstate.core.model import (
 )
 
 __all__ = [
+    "EncodedJson",
     "Row",
     "dumps",
     "entry_from_json",
@@ -57,9 +59,79 @@ class Row(Protocol):
         """The value of column `key`."""
 
 
+class EncodedJson(Mapping[str, Any]):
+    """A JSON object together with its text, encoded once where it enters (a request's metadata).
+
+    The size check, the request fingerprint and the write all reuse `text` (`dumps` and
+    `dumps_canonical` splice it in) instead of encoding the object again. The text is canonical
+    (sorted keys, compact, UTF-8 as is), so it is also what the fingerprint hashes.
+    """
+
+    __slots__ = ("_data", "text")
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        """Encode `data` (ValueError for NaN or an infinity, which PostgreSQL refuses)."""
+        self._data = dict(data)
+        self.text = dumps_canonical(self._data)
+
+    def __getitem__(self, key: str) -> Any:
+        """The value of `key`."""
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys."""
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        """The number of keys."""
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        """As the dict it holds."""
+        return repr(self._data)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON text (stdlib); NaN and infinities are refused (PostgreSQL refuses them)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON text (stdlib); NaN and infinities are refused (PostgreSQL refuses them).
+
+    An `EncodedJson` anywhere in `value` is written as its text, not encoded again.
+    """
+    return _dumps_splicing(value, sort_keys=False, allow_nan=False, default=None)
+
+
+def dumps_canonical(value: Any, *, default: Any = None, allow_nan: bool = False) -> str:
+    """Canonical JSON text: `dumps` with sorted keys (`default` as in `json.dumps`)."""
+    return _dumps_splicing(value, sort_keys=True, allow_nan=allow_nan, default=default)
+
+
+def _dumps_splicing(value: Any, *, sort_keys: bool, allow_nan: bool, default: Any) -> str:
+    # The encoder hands each EncodedJson (a Mapping, not a dict) to the hook, which leaves a
+    # placeholder string no caller can guess (a fresh UUID per call); the placeholders are then
+    # replaced by the texts. Sorted or not, an object's text differs only in key order, which
+    # JSON (and jsonb) does not give meaning to; canonical callers get canonical texts.
+    texts: dict[str, str] = {}
+    token = uuid.uuid4().hex
+
+    def hook(item: Any) -> Any:
+        if isinstance(item, EncodedJson):
+            placeholder = f"{token}:{len(texts)}"
+            texts[f'"{placeholder}"'] = item.text
+            return placeholder
+        if default is None:
+            raise TypeError(f"Object of type {type(item).__name__} is not JSON serializable")
+        return default(item)
+
+    text = json.dumps(
+        value,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=allow_nan,
+        sort_keys=sort_keys,
+        default=hook,
+    )
+    for placeholder, encoded in texts.items():
+        text = text.replace(placeholder, encoded, 1)
+    return text
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -183,7 +255,7 @@ def entry_to_row(flow: Flow, entry: HistoryEntry) -> dict[str, Any]:
         "reason": entry.reason,
         "user_id": entry.user_id,
         "request_id": entry.request_id,
-        "metadata": dict(entry.metadata),
+        "metadata": _json_object(entry.metadata),
         "error": error_to_json(entry.error),
         "time_in_state_seconds": entry.time_in_state_seconds,
         "progress_after": entry.progress_after,
@@ -191,6 +263,11 @@ def entry_to_row(flow: Flow, entry: HistoryEntry) -> dict[str, Any]:
         "occurred_at": entry.occurred_at,
         "phase_progress": entry.phase_progress,
     }
+
+
+def _json_object(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    # An EncodedJson stays as it is: `dumps` writes its text.
+    return value if isinstance(value, EncodedJson) else dict(value)
 
 
 def entry_from_row(row: Row) -> HistoryEntry:

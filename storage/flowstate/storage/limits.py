@@ -21,7 +21,7 @@ from typing import Any
 from flowstate.core.commands import Context
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, PhaseError, Tenant
-from flowstate.storage.codec import dumps
+from flowstate.storage.codec import EncodedJson, dumps
 
 __all__ = [
     "DEFAULT_DEFINITION_PAGE_SIZE",
@@ -185,7 +185,8 @@ def check_json_object(field: str, value: object) -> None:
     if not isinstance(value, Mapping):
         raise malformed(field, f"{field} must be an object")
     _check_json_value(field, value)
-    size = len(dumps(dict(value)).encode("utf-8"))
+    text = value.text if isinstance(value, EncodedJson) else dumps(dict(value))
+    size = len(text.encode("utf-8"))
     if size > MAX_JSON_BYTES:
         raise malformed(
             field, f"{field} is larger than {MAX_JSON_BYTES} bytes", limit=MAX_JSON_BYTES

@@ -1,31 +1,64 @@
 """Bookkeeping of resumable status streams, shared by the async and the sync client.
 
 A stream is resumed after UNAVAILABLE (a dropped connection, a restarting server, a server
-shutting down) and after SUBSCRIBER_TOO_SLOW by opening it again from the last position seen:
-``after_version`` = the last flow version for `watch`, the last cursor for `watch_flows`. The
-server replays what happened in between from history, so nothing is missed; events at or below a
-version already delivered are dropped here, so nothing is delivered twice.
+shutting down), after SUBSCRIBER_TOO_SLOW, and after a call that broke without any status from
+the server (CANCELLED and the like, e.g. from gRPC's own stop) by opening it again from the last
+position seen: ``after_version`` = the last flow version for `watch`, the last cursor for
+`watch_flows`. The server replays what happened in between from history, so nothing is missed;
+events at or below a version already delivered are dropped here, so nothing is delivered twice.
 """
 
 from __future__ import annotations
 
 import grpc
+from google.rpc import error_details_pb2
 
 from flowstate.client import _requests
 from flowstate.client._enums import ErrorCode, FlowEventKind, FlowStatus
-from flowstate.client._errors import FlowstateError
+from flowstate.client._errors import ERROR_DOMAIN, FlowstateError
 from flowstate.client._models import FlowEvent
 from flowstate.v1 import flow_service_pb2
 
 __all__ = ["FlowWatch", "FlowsWatch", "is_resumable"]
 
 
+_BROKEN_WITHOUT_STATUS = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+"""Codes a stream ends with when its connection or the server process goes away mid-call
+(gRPC's own `server.stop` cancels the calls it still holds): resumable when the server sent no
+error details, as in the TypeScript and Go SDKs."""
+
+
 def is_resumable(error: FlowstateError) -> bool:
-    """Whether a stream that ended with `error` should be opened again from its position."""
-    return (
+    """Whether a stream that ended with `error` should be opened again from its position.
+
+    Yes after UNAVAILABLE (including SERVER_SHUTTING_DOWN) and SUBSCRIBER_TOO_SLOW, and after a
+    call that broke without any status from the server (no rich status). The caller's own
+    cancellation never gets here: it surfaces as `asyncio.CancelledError` or a closed client.
+    """
+    if (
         error.grpc_code == grpc.StatusCode.UNAVAILABLE
         or error.code == ErrorCode.SUBSCRIBER_TOO_SLOW
-    )
+    ):
+        return True
+    return error.grpc_code in _BROKEN_WITHOUT_STATUS and not _from_server(error)
+
+
+def _from_server(error: FlowstateError) -> bool:
+    """Whether the server produced the status: it carries a FlowError or a Flowstate ErrorInfo."""
+    if error.flow_error is not None:
+        return True
+    for detail in error.status.details if error.status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain in ("", ERROR_DOMAIN):
+            return True
+    return False
 
 
 class FlowWatch:
