@@ -55,7 +55,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "phases": [
             phase("a", weight=30),
             phase("a", weight=30),
-            phase("c", "ghost", "c", weight=30, policy={"timeout": "1h"}),
+            phase("c", "ghost", "c", weight=30, policy={"timeout": "1 hour"}),
             phase("d", "a", "a", weight=-1, optional="yes", status_group="FAILED"),
         ],
     }
@@ -66,7 +66,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "phases[1].name",
         "phases[2].depends_on[0]",
         "phases[2].depends_on[1]",
-        "phases[2].policy",
+        "phases[2].policy.timeout",
         "phases[3].depends_on[1]",
         "phases[3].weight",
         "phases[3].optional",

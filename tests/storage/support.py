@@ -67,6 +67,7 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
             state_entered_at=T0 - timedelta(minutes=20),
             started_at=T0 - timedelta(minutes=25),
             completed_at=T0 - timedelta(minutes=20),
+            next_attempt_at=T0 - timedelta(minutes=21),
         ),
         Phase(
             "field_mapping",
@@ -115,6 +116,7 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
         progress_after=33.0,
         cause="data_import",
         phase_progress=0.25,
+        next_attempt_at=T0 + timedelta(seconds=1.5),
     )
     return flow, (entry,)
 

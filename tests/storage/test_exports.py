@@ -48,4 +48,6 @@ def test_store_methods() -> None:
         "read_changes",
         "purge_expired_idempotency_keys",
         "count_stuck_flows",
+        "claim_timers",
+        "touch_heartbeat",
     }

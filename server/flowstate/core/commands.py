@@ -81,6 +81,7 @@ from flowstate.core.model import (
     PhaseState,
     Tenant,
 )
+from flowstate.core.retries import next_attempt_at
 from flowstate.core.rules import (
     DONE_STATES,
     ERROR_STATES,
@@ -106,6 +107,7 @@ __all__ = [
     "UpdatePhaseProgress",
     "apply_command",
     "calculate_progress",
+    "check_heartbeat",
     "check_phase_order",
     "create_flow",
     "determine_flow_status",
@@ -410,6 +412,7 @@ class _Builder:
     ) -> None:
         """Replace one phase, re-derive status and progress, and record the step."""
         old_phase = self.flow.phase(new_phase.name)
+        new_phase = self._schedule_retry(old_phase, new_phase)
         phases = tuple(new_phase if p.name == new_phase.name else p for p in self.flow.phases)
         status, before_pause = self._derive_status(phases)
         new_flow = replace(
@@ -431,7 +434,21 @@ class _Builder:
             time_in_state_seconds=_seconds_between(old_phase.state_entered_at, self.ctx.now),
             cause=cause,
             phase_progress=phase_progress,
+            next_attempt_at=(
+                new_phase.next_attempt_at if new_phase.state is PhaseState.FAILED else None
+            ),
         )
+
+    def _schedule_retry(self, old: Phase, new: Phase) -> Phase:
+        """Stamp or clear `next_attempt_at` (the automatic retry, `flowstate.core.timers`)."""
+        if new.state is PhaseState.FAILED and old.state is not PhaseState.FAILED:
+            due = next_attempt_at(self.definition.phase(new.name), new, self.ctx.now)
+            return replace(new, next_attempt_at=due)
+        if new.state is old.state or (
+            old.state is PhaseState.FAILED and new.state is PhaseState.RETRY_NEEDED
+        ):
+            return replace(new, next_attempt_at=old.next_attempt_at)
+        return replace(new, next_attempt_at=None)
 
     def change_status(
         self, status: FlowStatus, before_pause: FlowStatus | None, kind: HistoryKind, reason: str
@@ -662,6 +679,29 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
     )
 
 
+def _ensure_running(phase: Phase, optional: bool, what: str) -> None:
+    if phase.state is not PhaseState.IN_PROGRESS:
+        raise FlowStateError(
+            ErrorCode.INVALID_PHASE_TRANSITION,
+            f"{what} can only be reported while phase '{phase.name}' is in_progress; "
+            f"it is '{phase.state.value}'",
+            phase=phase.name,
+            from_state=phase.state,
+            to_state=phase.state,
+            valid_transitions=[
+                s for s in PhaseState if s in phase_targets(phase.state, optional=optional)
+            ],
+        )
+
+
+def check_heartbeat(flow: Flow, definition: FlowDefinition, phase: str) -> None:
+    """Refuse a worker's heartbeat for a phase that is not running, as a progress report is
+    refused: INVALID_PHASE, FLOW_TERMINAL, INVALID_PHASE_TRANSITION (with its state)."""
+    phase_definition = definition.phase(phase)
+    _ensure_not_terminal(flow, phase)
+    _ensure_running(flow.phase(phase), phase_definition.optional, "Heartbeats")
+
+
 def _update_progress(builder: _Builder, command: UpdatePhaseProgress) -> None:
     definition = builder.definition.phase(command.phase)
     _ensure_not_terminal(builder.flow, command.phase)
@@ -675,20 +715,7 @@ def _update_progress(builder: _Builder, command: UpdatePhaseProgress) -> None:
             field="progress",
             phase=phase.name,
         )
-    if phase.state is not PhaseState.IN_PROGRESS:
-        raise FlowStateError(
-            ErrorCode.INVALID_PHASE_TRANSITION,
-            f"Progress can only be reported while phase '{phase.name}' is in_progress; "
-            f"it is '{phase.state.value}'",
-            phase=phase.name,
-            from_state=phase.state,
-            to_state=phase.state,
-            valid_transitions=[
-                s
-                for s in PhaseState
-                if s in phase_targets(phase.state, optional=definition.optional)
-            ],
-        )
+    _ensure_running(phase, definition.optional, "Progress")
     if float(fraction) == phase.progress:
         return  # a repeated report changes nothing, so it records nothing
     builder.change_phase(

@@ -23,9 +23,14 @@ What is checked (the limits are the constants below, documented in docs/definiti
 - `weight` is an integer in [0, 100] and the weights sum to 100; `max_retries` an integer in
   [0, `MAX_RETRIES`]; `status_group` one of `GROUP_STATUSES` (its value or name, any case);
   `optional` a bool;
-- `policy` is reserved for the timeouts, retry policies and approvals of DESIGN.md section 10:
-  it may be given only empty until they exist, so a body that relies on a policy is refused
-  rather than silently run without it.
+- `policy` (DESIGN.md section 10, docs/timers.md) is a mapping with known keys only:
+  `timeout` and `heartbeat_timeout` are durations in [`MIN_POLICY_DURATION`,
+  `MAX_POLICY_DURATION`]; `retry_policy` has `initial_backoff` (a duration in [0,
+  `MAX_POLICY_DURATION`]), `multiplier` (a number in [1, `MAX_BACKOFF_MULTIPLIER`]),
+  `max_backoff` (a duration, at least `initial_backoff`) and `retry_on` (a non-empty list of
+  retryable phase failure codes, none twice; a non-retryable code could never be retried, so
+  naming one is an error). A duration is a number of seconds or a string such as ``"500ms"``,
+  ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``; the registry stores seconds.
 """
 
 from __future__ import annotations
@@ -39,24 +44,30 @@ from flowstate.core.definitions import (
     TOTAL_WEIGHT,
     FlowDefinition,
     PhaseDefinition,
+    PhasePolicy,
+    RetryPolicy,
     definition_to_dict,
 )
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, FlowStatus
+from flowstate.core.model import RETRYABLE_ERROR_CODES, ErrorCode, FlowStatus
 from flowstate.core.rules import GROUP_STATUSES
 
 __all__ = [
+    "MAX_BACKOFF_MULTIPLIER",
     "MAX_DEPENDENCIES",
     "MAX_DESCRIPTION_LENGTH",
     "MAX_DISPLAY_NAME_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_PHASES",
+    "MAX_POLICY_DURATION",
     "MAX_RETRIES",
+    "MIN_POLICY_DURATION",
     "NAME_PATTERN",
     "Violation",
     "check_document",
     "definition_body",
     "definition_from_document",
+    "parse_duration",
 ]
 
 MAX_PHASES: Final = 64
@@ -75,6 +86,17 @@ MAX_RETRIES: Final = 100
 """Largest `max_retries` of a phase."""
 MAX_CYCLES_REPORTED: Final = 10
 """Cycles named in one refusal; more are the same mistake many times."""
+MIN_POLICY_DURATION: Final = 0.1
+"""Shortest `timeout` / `heartbeat_timeout`, seconds: below the timer interval it means nothing."""
+MAX_POLICY_DURATION: Final = 30 * 24 * 3600.0
+"""Longest policy duration (timeouts, backoffs), seconds: 30 days."""
+MAX_BACKOFF_MULTIPLIER: Final = 10.0
+"""Largest `retry_policy.multiplier`."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_POLICY_KEYS: Final = frozenset({"timeout", "heartbeat_timeout", "retry_policy"})
+_RETRY_POLICY_KEYS: Final = frozenset({"initial_backoff", "multiplier", "max_backoff", "retry_on"})
 
 _DEFINITION_KEYS: Final = frozenset({"name", "display_name", "description", "phases"})
 _PHASE_KEYS: Final = frozenset(
@@ -208,19 +230,125 @@ def check_document(data: object) -> list[Violation]:
             check.add(f"{prefix}.status_group", f"{group!r} is not one of: {allowed}")
         if not isinstance(phase.get("optional", False), bool):
             check.add(f"{prefix}.optional", "must be true or false")
-        policy = phase.get("policy")
-        if policy not in (None, {}):
-            check.add(
-                f"{prefix}.policy",
-                "reserved for timeouts, retry policies and approvals (DESIGN.md section 10), "
-                "which this server does not support yet; leave it empty",
-            )
+        _check_policy(check, f"{prefix}.policy", phase.get("policy"))
         check.text(f"{prefix}.display_name", phase.get("display_name"), MAX_DISPLAY_NAME_LENGTH)
         check.text(f"{prefix}.description", phase.get("description"), MAX_DESCRIPTION_LENGTH)
     if len(weights) == len(phases) and sum(weights) != TOTAL_WEIGHT:
         check.add("phases", f"phase weights sum to {sum(weights)}, not {TOTAL_WEIGHT}")
     _check_dependencies(check, phases, names)
     return check.violations
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds of a duration (a number of seconds, or ``"500ms"``, ``"30s"``, ``"5m"``,
+    ``"2h"``, ``"1d"``); None when `value` is not one."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        return number if number == number and abs(number) != float("inf") else None
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return None
+
+
+def _duration(
+    check: _Checker, field: str, value: object, minimum: float, maximum: float
+) -> float | None:
+    seconds = parse_duration(value)
+    if seconds is None:
+        check.add(field, "must be a duration: seconds, or a string like '30s', '5m', '2h'")
+        return None
+    if not minimum <= seconds <= maximum:
+        check.add(field, f"must be between {minimum:g} and {maximum:g} seconds")
+        return None
+    return seconds
+
+
+def _check_policy(check: _Checker, prefix: str, policy: object) -> None:
+    if policy is None:
+        return
+    if not isinstance(policy, Mapping):
+        check.add(prefix, "must be a mapping of policies (timeout, heartbeat_timeout, ...)")
+        return
+    for key in policy:
+        if key not in _POLICY_KEYS:
+            field = f"{prefix}.{key}" if isinstance(key, str) else prefix
+            check.add(field, f"unknown policy {key!r}")
+    for key in ("timeout", "heartbeat_timeout"):
+        if policy.get(key) is not None:
+            _duration(
+                check, f"{prefix}.{key}", policy[key], MIN_POLICY_DURATION, MAX_POLICY_DURATION
+            )
+    retry = policy.get("retry_policy")
+    if retry is None:
+        return
+    where = f"{prefix}.retry_policy"
+    if not isinstance(retry, Mapping):
+        check.add(where, "must be a mapping (initial_backoff, multiplier, max_backoff, retry_on)")
+        return
+    for key in retry:
+        if key not in _RETRY_POLICY_KEYS:
+            field = f"{where}.{key}" if isinstance(key, str) else where
+            check.add(field, f"unknown field of a retry policy: {key!r}")
+    initial = _duration(
+        check, f"{where}.initial_backoff", retry.get("initial_backoff"), 0.0, MAX_POLICY_DURATION
+    )
+    maximum = _duration(
+        check, f"{where}.max_backoff", retry.get("max_backoff"), 0.0, MAX_POLICY_DURATION
+    )
+    if initial is not None and maximum is not None and maximum < initial:
+        check.add(f"{where}.max_backoff", "must be at least initial_backoff")
+    multiplier = retry.get("multiplier", 1.0)
+    valid_number = isinstance(multiplier, int | float) and not isinstance(multiplier, bool)
+    if not valid_number or not 1.0 <= multiplier <= MAX_BACKOFF_MULTIPLIER:
+        check.add(f"{where}.multiplier", f"must be a number in [1, {MAX_BACKOFF_MULTIPLIER:g}]")
+    codes = retry.get("retry_on")
+    if not isinstance(codes, list) or not codes:
+        check.add(f"{where}.retry_on", "must be a non-empty list of retryable error codes")
+        return
+    allowed = sorted(code.value for code in RETRYABLE_ERROR_CODES)
+    seen: set[ErrorCode] = set()
+    for position, code in enumerate(codes):
+        field = f"{where}.retry_on[{position}]"
+        parsed = _error_code(code)
+        if parsed is None or parsed not in RETRYABLE_ERROR_CODES:
+            check.add(field, f"{code!r} is not a retryable error code: one of {', '.join(allowed)}")
+        elif parsed in seen:
+            check.add(field, f"{parsed.value} is listed twice")
+        else:
+            seen.add(parsed)
+
+
+def _error_code(value: object) -> ErrorCode | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return ErrorCode(value.strip().upper().removeprefix("ERROR_CODE_"))
+    except ValueError:
+        return None
+
+
+def _policy(data: object) -> PhasePolicy:
+    """The policy of a checked document's phase (None or {}: no policy)."""
+    if not isinstance(data, Mapping) or not data:
+        return PhasePolicy()
+    retry = data.get("retry_policy")
+    retry_policy = None
+    if retry is not None:
+        retry_policy = RetryPolicy(
+            initial_backoff=parse_duration(retry["initial_backoff"]) or 0.0,
+            multiplier=float(retry.get("multiplier", 1.0)),
+            max_backoff=parse_duration(retry["max_backoff"]) or 0.0,
+            retry_on=frozenset(
+                code for code in map(_error_code, retry["retry_on"]) if code is not None
+            ),
+        )
+    return PhasePolicy(
+        timeout=parse_duration(data.get("timeout")),
+        heartbeat_timeout=parse_duration(data.get("heartbeat_timeout")),
+        retry_policy=retry_policy,
+    )
 
 
 def _check_dependencies(check: _Checker, phases: list[Any], names: Mapping[str, int]) -> None:
@@ -324,6 +452,7 @@ def definition_from_document(data: object, *, version: int = 1) -> FlowDefinitio
             display_name=p.get("display_name") or "",
             description=p.get("description") or "",
             optional=p.get("optional", False),
+            policy=_policy(p.get("policy")),
         )
         for p in data["phases"]
     )

@@ -24,7 +24,7 @@ definition cannot exist. The rules (each failure raises `DefinitionError` naming
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -38,12 +38,92 @@ __all__ = [
     "DefinitionError",
     "FlowDefinition",
     "PhaseDefinition",
+    "PhasePolicy",
+    "RetryPolicy",
     "definition_from_dict",
     "definition_to_dict",
     "validate_definition",
 ]
 
 TOTAL_WEIGHT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Automatic retry of a FAILED phase (DESIGN.md section 10): when, and after which codes.
+
+    After the phase's n-th attempt failed (n = its `retry_count`) with a code in `retry_on`, the
+    server moves it to RETRY_NEEDED after ``min(initial_backoff * multiplier ** n,
+    max_backoff)`` seconds (`flowstate.core.timers.retry_backoff`). Durations in seconds.
+    """
+
+    initial_backoff: float
+    multiplier: float
+    max_backoff: float
+    retry_on: frozenset[ErrorCode]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON form (codes sorted, durations in seconds)."""
+        return {
+            "initial_backoff": self.initial_backoff,
+            "multiplier": self.multiplier,
+            "max_backoff": self.max_backoff,
+            "retry_on": sorted(code.value for code in self.retry_on),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PhasePolicy:
+    """The per-phase policies the server applies with its timers (DESIGN.md section 10).
+
+    Each is optional (None: no such policy). Durations in seconds. `timeout` bounds the time
+    IN_PROGRESS; `heartbeat_timeout` the time IN_PROGRESS without a heartbeat (a `Heartbeat`
+    or an `UpdatePhaseProgress`); `retry_policy` retries a FAILED phase automatically. Checked
+    (with paths and limits) by `flowstate.core.definition_document`.
+    """
+
+    timeout: float | None = None
+    heartbeat_timeout: float | None = None
+    retry_policy: RetryPolicy | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether no policy is set (the phase never gets a timer)."""
+        return self.timeout is None and self.heartbeat_timeout is None and self.retry_policy is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON form: only the policies that are set."""
+        data: dict[str, Any] = {}
+        if self.timeout is not None:
+            data["timeout"] = self.timeout
+        if self.heartbeat_timeout is not None:
+            data["heartbeat_timeout"] = self.heartbeat_timeout
+        if self.retry_policy is not None:
+            data["retry_policy"] = self.retry_policy.to_dict()
+        return data
+
+
+def policy_from_dict(data: Mapping[str, Any] | None) -> PhasePolicy:
+    """The inverse of `PhasePolicy.to_dict` (None or {}: no policy); for checked data only."""
+    if not data:
+        return PhasePolicy()
+    retry = data.get("retry_policy")
+    return PhasePolicy(
+        timeout=_seconds(data.get("timeout")),
+        heartbeat_timeout=_seconds(data.get("heartbeat_timeout")),
+        retry_policy=None
+        if retry is None
+        else RetryPolicy(
+            initial_backoff=float(retry["initial_backoff"]),
+            multiplier=float(retry["multiplier"]),
+            max_backoff=float(retry["max_backoff"]),
+            retry_on=frozenset(ErrorCode(code) for code in retry["retry_on"]),
+        ),
+    )
+
+
+def _seconds(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +139,8 @@ class PhaseDefinition:
     description: str = ""
     optional: bool = False
     """Whether the phase may be skipped (`SkipPhase`): SKIPPED then satisfies its dependents."""
+    policy: PhasePolicy = field(default_factory=PhasePolicy)
+    """Timeouts and automatic retry (DESIGN.md section 10); empty by default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +196,11 @@ class FlowDefinition:
             if downstream.intersection(candidate.depends_on):
                 downstream.add(candidate.name)
         return tuple(n for n in self.phase_names if n in downstream and n != name)
+
+    @property
+    def has_timers(self) -> bool:
+        """Whether any phase has a policy the server keeps a timer for (else: never a timer)."""
+        return any(not p.policy.is_empty for p in self.phases)
 
     @property
     def weights(self) -> Mapping[str, int]:
@@ -223,8 +310,9 @@ def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str]:
 def definition_to_dict(definition: FlowDefinition) -> dict[str, Any]:
     """A plain JSON-able dict of `definition` (the inverse of `definition_from_dict`).
 
-    `optional` appears only on optional phases, so bodies stored before optional phases existed
-    (the built-in's) compare equal to today's dict of the same definition.
+    `optional` appears only on optional phases and `policy` only on phases with a policy, so
+    bodies stored before either existed (the built-in's) compare equal to today's dict of the
+    same definition.
     """
     return {
         "name": definition.name,
@@ -241,6 +329,7 @@ def definition_to_dict(definition: FlowDefinition) -> dict[str, Any]:
                 "display_name": p.display_name,
                 "description": p.description,
                 **({"optional": True} if p.optional else {}),
+                **({"policy": p.policy.to_dict()} if not p.policy.is_empty else {}),
             }
             for p in definition.phases
         ],
@@ -282,6 +371,7 @@ def _phase_from_dict(data: Mapping[str, Any]) -> PhaseDefinition:
         display_name=data.get("display_name", ""),
         description=data.get("description", ""),
         optional=data.get("optional", False),
+        policy=policy_from_dict(data.get("policy")),
     )
 
 

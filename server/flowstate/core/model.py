@@ -129,6 +129,10 @@ class Phase:
     """When the phase entered its current state (None while NOT_STARTED); gives time-in-state."""
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    """When the server retries the phase automatically (its `retry_policy`): set when the phase
+    fails with a matching code, kept when the timer moves it to RETRY_NEEDED, cleared by any
+    other change of state. None when no automatic retry is scheduled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,3 +207,5 @@ class HistoryEntry:
     """For cascade steps: the phase whose rollback invalidated this one."""
     phase_progress: float | None = None
     """For PROGRESS entries: the in-phase progress f the worker reported (None otherwise)."""
+    next_attempt_at: datetime | None = None
+    """For a failure with a matching retry policy: when the automatic retry is due."""

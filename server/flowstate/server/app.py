@@ -11,15 +11,19 @@ Start-up order (each step undone if a later one fails):
 6. the HTTP port, when configured (default 127.0.0.1:8080): Connect, gRPC-Web and the console
    over the same servicer (`flowstate.server.web`, `flowstate.server.connect`), under uvicorn on
    this event loop;
-7. health SERVING; the Prometheus endpoint, when configured, with the stuck-flows count on its
+7. the timer loop (`flowstate.server.timers`, docs/timers.md) unless
+   ``FLOWSTATE_TIMER_INTERVAL`` is 0;
+8. health SERVING; the Prometheus endpoint, when configured, with the stuck-flows count on its
    timer (`flowstate.server.stuck`).
 
 OpenTelemetry tracing (`flowstate.server.tracing`) starts with step 5 when configured.
 
-Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop counting
-stuck flows; refuse every new RPC with UNAVAILABLE / SERVER_SHUTTING_DOWN and RetryInfo
-(`rpc.CallGate`, on both ports: the HTTP port's calls go through the same wrapper); close the
-watch hub, so open streams end at once with the same status (clients resume elsewhere); let the
+Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop the timer
+loop (claimed timers it did not fire stay due: another replica fires them once the claims
+expire); stop counting stuck flows; refuse every new RPC with UNAVAILABLE /
+SERVER_SHUTTING_DOWN and RetryInfo (`rpc.CallGate`, on both ports: the HTTP port's calls go
+through the same wrapper); close the watch hub, so open streams end at once with the same
+status (clients resume elsewhere); let the
 RPCs in flight finish within the grace period; stop gRPC; stop the HTTP port; close the store;
 stop the embedded PostgreSQL; stop the metrics endpoint; flush the traces.
 """
@@ -44,9 +48,11 @@ from flowstate.server.metrics import Metrics, MetricsEndpoint
 from flowstate.server.rpc import RpcSupport, add_service
 from flowstate.server.servicer import FlowStateServicer
 from flowstate.server.stuck import StuckFlowsMonitor
+from flowstate.server.timers import TimerLoop
 from flowstate.server.tracing import Tracing, start_tracing
 from flowstate.server.watch import WatchHub
 from flowstate.server.web import ConsoleAssets, HttpEndpoint, SignIn, WebApp, default_console_dir
+from flowstate.service.timers import TimerService
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.store import FlowStore
 from flowstate.storage.urls import normalize_database_url, redact_database_url
@@ -131,10 +137,13 @@ class _Resources:
     http: HttpEndpoint | None = None
     metrics_endpoint: MetricsEndpoint | None = None
     stuck_monitor: StuckFlowsMonitor | None = None
+    timer_loop: TimerLoop | None = None
     tracing: Tracing | None = None
 
     async def release(self, grace: float) -> None:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.timer_loop is not None:
+            steps.append(("timer loop", self.timer_loop.close))
         if self.stuck_monitor is not None:
             steps.append(("stuck-flows monitor", self.stuck_monitor.close))
         if self.server is not None:
@@ -329,6 +338,13 @@ class FlowstateServer:
             await server.start()
             if settings.http_port is not None:
                 resources.http = await _start_http(settings, auth, servicer)
+            if settings.timer_interval > 0:
+                timer_service = TimerService(
+                    resources.store, batch=settings.timer_batch, lease=settings.timer_lease
+                )
+                resources.timer_loop = TimerLoop.start(
+                    timer_service, metrics, interval=settings.timer_interval
+                )
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
             if settings.metrics_port is not None:

@@ -162,6 +162,15 @@ class ServerSettings:
     stuck_check_interval: float = 60.0
     """FLOWSTATE_STUCK_CHECK_INTERVAL: seconds between counts of stuck flows (metrics only; 0:
     never)."""
+    timer_interval: float = 1.0
+    """FLOWSTATE_TIMER_INTERVAL: seconds between rounds of the timer loop (docs/timers.md; 0:
+    this server fires no timers, another replica must)."""
+    timer_batch: int = 100
+    """FLOWSTATE_TIMER_BATCH: most due timers one round claims (a full batch: the next round
+    starts at once)."""
+    timer_lease: float = 30.0
+    """FLOWSTATE_TIMER_LEASE: seconds a claimed timer is reserved for its replica; a replica
+    that dies holding claims delays those timers by at most this long."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest request or response message (4 MiB)."""
 
@@ -222,6 +231,12 @@ class ServerSettings:
             values["stuck_after"] = _float("FLOWSTATE_STUCK_AFTER", value)
         if (value := get("FLOWSTATE_STUCK_CHECK_INTERVAL")) is not None:
             values["stuck_check_interval"] = _float("FLOWSTATE_STUCK_CHECK_INTERVAL", value)
+        if (value := get("FLOWSTATE_TIMER_INTERVAL")) is not None:
+            values["timer_interval"] = _float("FLOWSTATE_TIMER_INTERVAL", value)
+        if (value := get("FLOWSTATE_TIMER_BATCH")) is not None:
+            values["timer_batch"] = _int("FLOWSTATE_TIMER_BATCH", value, minimum=1, maximum=10000)
+        if (value := get("FLOWSTATE_TIMER_LEASE")) is not None:
+            values["timer_lease"] = _float("FLOWSTATE_TIMER_LEASE", value)
         if (value := get("FLOWSTATE_DB_POOL_SIZE")) is not None:
             values["db_pool_size"] = _int("FLOWSTATE_DB_POOL_SIZE", value, minimum=1, maximum=1000)
         return cls(**values).checked()
@@ -249,6 +264,14 @@ class ServerSettings:
             raise ConfigError(
                 f"FLOWSTATE_STUCK_CHECK_INTERVAL must be >= 0, not {self.stuck_check_interval}"
             )
+        if not self.timer_interval >= 0:
+            raise ConfigError(f"FLOWSTATE_TIMER_INTERVAL must be >= 0, not {self.timer_interval}")
+        if not 1 <= self.timer_batch <= 10000:
+            raise ConfigError(
+                f"FLOWSTATE_TIMER_BATCH must be between 1 and 10000, not {self.timer_batch}"
+            )
+        if not self.timer_lease > 0:
+            raise ConfigError(f"FLOWSTATE_TIMER_LEASE must be > 0 seconds, not {self.timer_lease}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("TLS needs both FLOWSTATE_TLS_CERT_FILE and FLOWSTATE_TLS_KEY_FILE")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2, unknown_fields
 
 from flowstate.core.commands import (
     CancelFlow,
@@ -28,7 +28,7 @@ from flowstate.core.commands import (
     TransitionPhase,
     UpdatePhaseProgress,
 )
-from flowstate.core.definitions import FlowDefinition
+from flowstate.core.definitions import FlowDefinition, PhasePolicy
 from flowstate.core.model import (
     ErrorCode,
     Flow,
@@ -69,6 +69,8 @@ __all__ = [
     "entry_to_proto",
     "phase_error_to_proto",
     "phase_targets_proto",
+    "policy_document",
+    "policy_to_proto",
     "recovery_option_to_proto",
     "set_timestamp",
     "sorted_flow_statuses",
@@ -213,6 +215,8 @@ def entry_to_proto(flow_id: str, entry: HistoryEntry) -> history_pb2.HistoryEntr
         message.error_context.CopyFrom(phase_error_to_proto(entry.error))
     if entry.time_in_state_seconds is not None:
         message.time_in_state.CopyFrom(_duration(entry.time_in_state_seconds))
+    if entry.next_attempt_at is not None:
+        set_timestamp(message.next_attempt_time, entry.next_attempt_at)
     return message
 
 
@@ -262,6 +266,7 @@ class DefinitionView:
                     display_name=p.display_name,
                     description=p.description,
                     optional=p.optional,
+                    policy=policy_to_proto(p.policy),
                 )
                 for p in definition.phases
             ],
@@ -345,6 +350,8 @@ def _fill_phase(message: flow_pb2.Phase, phase: Phase) -> None:
         set_timestamp(message.start_time, phase.started_at)
     if phase.completed_at is not None:
         set_timestamp(message.complete_time, phase.completed_at)
+    if phase.next_attempt_at is not None:
+        set_timestamp(message.next_attempt_time, phase.next_attempt_at)
 
 
 def sorted_phase_states(states: Iterable[PhaseState]) -> list[states_pb2.PhaseState.ValueType]:
@@ -472,4 +479,52 @@ def recovery_option_to_proto(flow: Flow, option: RecoveryOption) -> flow_service
         message.blocked_by = ERROR_CODE_TO_PROTO[option.blocked_by]
     if option.attempts_remaining is not None:
         message.attempts_remaining = option.attempts_remaining
+    if option.phase and option.action in (RecoveryAction.RETRY, RecoveryAction.FORCE_RETRY):
+        due = flow.phase(option.phase).next_attempt_at
+        if due is not None:
+            set_timestamp(message.next_attempt_time, due)
     return message
+
+
+def policy_to_proto(policy: PhasePolicy) -> definition_pb2.PhasePolicy:
+    """A phase's policies as a message (empty when it has none)."""
+    message = definition_pb2.PhasePolicy()
+    if policy.timeout is not None:
+        message.timeout.CopyFrom(_duration(policy.timeout))
+    if policy.heartbeat_timeout is not None:
+        message.heartbeat_timeout.CopyFrom(_duration(policy.heartbeat_timeout))
+    retry = policy.retry_policy
+    if retry is not None:
+        message.retry_policy.initial_backoff.CopyFrom(_duration(retry.initial_backoff))
+        message.retry_policy.multiplier = retry.multiplier
+        message.retry_policy.max_backoff.CopyFrom(_duration(retry.max_backoff))
+        message.retry_policy.retry_on.extend(
+            sorted(ERROR_CODE_TO_PROTO[code] for code in retry.retry_on)
+        )
+    return message
+
+
+def policy_document(message: definition_pb2.PhasePolicy) -> dict[str, Any]:
+    """The document form of a PhasePolicy message (checked by the definition checker)."""
+    document: dict[str, Any] = {}
+    if message.HasField("timeout"):
+        document["timeout"] = message.timeout.ToTimedelta().total_seconds()
+    if message.HasField("heartbeat_timeout"):
+        document["heartbeat_timeout"] = message.heartbeat_timeout.ToTimedelta().total_seconds()
+    if message.HasField("retry_policy"):
+        retry = message.retry_policy
+        codes = [ERROR_CODE_FROM_PROTO.get(code) for code in retry.retry_on]
+        document["retry_policy"] = {
+            "initial_backoff": retry.initial_backoff.ToTimedelta().total_seconds(),
+            "multiplier": retry.multiplier or 1.0,
+            "max_backoff": retry.max_backoff.ToTimedelta().total_seconds(),
+            # An unknown number stays visible to the checker as a string it will refuse.
+            "retry_on": [
+                code.value if code is not None else f"#{number}"
+                for code, number in zip(codes, retry.retry_on, strict=True)
+            ],
+        }
+    if len(unknown_fields.UnknownFieldSet(message)):
+        # A policy this server does not know (a newer client's): refused, never ignored.
+        document["unknown_policy"] = True
+    return document

@@ -25,6 +25,7 @@ from flowstate.server.convert import (
     FLOW_STATUS_FROM_PROTO,
     PHASE_STATE_TO_PROTO,
     DefinitionView,
+    policy_document,
     timestamp,
 )
 from flowstate.server.validation import malformed
@@ -71,8 +72,10 @@ def document_of(message: definition_pb2.FlowDefinition) -> dict[str, Any]:
             status = FLOW_STATUS_FROM_PROTO.get(phase.status_group)
             # An unknown number stays visible to the checker as a string it will refuse.
             entry["status_group"] = status.value if status else f"#{phase.status_group}"
-        if phase.HasField("policy") and phase.policy.ListFields():
-            entry["policy"] = {f.name: True for f, _ in phase.policy.ListFields()}
+        if phase.HasField("policy"):
+            policy = policy_document(phase.policy)
+            if policy:
+                entry["policy"] = policy
         phases.append(entry)
     return {
         "name": message.name,

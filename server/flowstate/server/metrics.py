@@ -68,6 +68,9 @@ _STATE_BUCKETS: Final = (
     1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0,
     7 * 86400.0,
 )  # fmt: skip
+_TIMER_LAG_BUCKETS: Final = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
 _LIVE_STATUSES: Final = tuple(s for s in FlowStatus if s not in TERMINAL_STATUSES)
 _UNCOUNTED_REFUSALS: Final = frozenset({ErrorCode.INVALID_PHASE, ErrorCode.MALFORMED_REQUEST})
 
@@ -168,6 +171,18 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=self.registry,
         )
+        self._timers_fired = Counter(
+            "flowstate_timers_fired",
+            "Timers that changed their flow (docs/timers.md), by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self._timer_lag = Histogram(
+            "flowstate_timer_lag_seconds",
+            "How late a timer fired: database now minus its due time.",
+            buckets=_TIMER_LAG_BUCKETS,
+            registry=self.registry,
+        )
         self._client_children: dict[tuple[str, str], Counter] = {}
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # Label children by label tuple: ``labels(...)`` validates and hashes under a lock on
@@ -261,6 +276,11 @@ class Metrics:
             str(error.details.get("to_state", "")),
             error.code.value,
         ).inc()
+
+    def record_timer(self, kind: str, lag_seconds: float) -> None:
+        """Count one fired timer and how late it fired."""
+        self._timers_fired.labels(kind).inc()
+        self._timer_lag.observe(max(lag_seconds, 0.0))
 
     def set_stuck_flows(self, counts: Mapping[FlowStatus, int], checked_at: float) -> None:
         """Publish a count of stuck flows (every live status, 0 where none) made at `checked_at`."""

@@ -336,6 +336,18 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         )
 
     @unary(Scope.WRITE)
+    async def Heartbeat(  # noqa: N802 - the proto's method name
+        self, request: pb.HeartbeatRequest, call: Call
+    ) -> pb.HeartbeatResponse:
+        """A worker's sign of life: push the phase's heartbeat timeout back (docs/timers.md)."""
+        flow_id, phase = validation.heartbeat(request)
+        beat = await self._flows.heartbeat(call.tenant, flow_id, phase)
+        response = pb.HeartbeatResponse(flow_version=beat.flow_version)
+        if beat.deadline is not None:
+            set_timestamp(response.heartbeat_deadline_time, beat.deadline)
+        return response
+
+    @unary(Scope.WRITE)
     async def Rollback(  # noqa: N802 - the proto's method name
         self, request: pb.RollbackRequest, call: Call
     ) -> pb.RollbackResponse:

@@ -90,6 +90,7 @@ __all__ = [
     "create_flow",
     "flow_id",
     "get_flow_definition",
+    "heartbeat",
     "list_flow_history",
     "list_flows",
     "malformed",
@@ -319,6 +320,15 @@ def transition_phase(request: flow_service_pb2.TransitionPhaseRequest) -> Mutati
     assert target is not None  # done() raised otherwise
     command = TransitionPhase(phase, target, reason=reason, error=error, metadata=metadata)
     return Mutation(flow_id, command, request_id, expected_version)
+
+
+def heartbeat(request: flow_service_pb2.HeartbeatRequest) -> tuple[str, str]:
+    """Check a Heartbeat request: (flow id, phase)."""
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    phase = check.name("phase", request.phase)
+    check.done()
+    return flow_id, phase
 
 
 def update_phase_progress(request: flow_service_pb2.UpdatePhaseProgressRequest) -> Mutation:

@@ -17,9 +17,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 
-from flowstate.core.commands import Command, Context, apply_command, create_flow
+from flowstate.core.commands import (
+    Command,
+    Context,
+    Decision,
+    UpdatePhaseProgress,
+    apply_command,
+    check_heartbeat,
+    create_flow,
+)
 from flowstate.core.definitions import BUILTIN_DEFINITIONS, FlowDefinition
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
@@ -31,6 +40,7 @@ from flowstate.core.preview import (
     table_phase_transition,
 )
 from flowstate.core.recovery import RecoveryOption, get_recovery_options
+from flowstate.core.timers import TimerKind, plan_timers
 from flowstate.service.idempotency import fingerprint
 from flowstate.storage.limits import (
     DEFAULT_HISTORY_PAGE_SIZE,
@@ -57,8 +67,25 @@ from flowstate.storage.store import (
     StoredKey,
     Write,
 )
+from flowstate.storage.values import TimerSync
 
-__all__ = ["FlowService", "RecoveryView", "TransitionCheck"]
+__all__ = ["FlowService", "Heartbeat", "RecoveryView", "TransitionCheck", "timer_sync"]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What a heartbeat did: the flow's version, and the phase's heartbeat deadline (None
+    when the phase has no `heartbeat_timeout`)."""
+
+    flow_version: int
+    deadline: datetime | None
+
+
+def timer_sync(decision: Decision, definition: FlowDefinition, ctx: Context) -> TimerSync | None:
+    """The flow's timers after `decision` (None when its definition never needs one)."""
+    if not definition.has_timers or not decision.entries:
+        return None
+    return TimerSync(plan_timers(decision.flow, definition, decision.entries), ctx.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +268,11 @@ class FlowService:
                     )
                 definition = await tx.definition(flow.definition_name, flow.definition_version)
                 decision = apply_command(flow, definition, command, ctx)
+                if isinstance(command, UpdatePhaseProgress) and not decision.entries:
+                    # A repeated report changes nothing but is still a heartbeat.
+                    beat = definition.phase(command.phase).policy.heartbeat_timeout
+                    if beat is not None:
+                        heartbeats.append(beat)
             except FlowStateError:
                 # A duplicate of this request may have committed while we waited for the lock
                 # (its key is invisible to the lock statement's snapshot, and its effect is
@@ -249,11 +281,43 @@ class FlowService:
                 if replay is not None:
                     return replay
                 raise
-            return Write(decision.flow, decision.entries, key)
+            return Write(
+                decision.flow, decision.entries, key, timer_sync(decision, definition, ctx)
+            )
 
-        return await self.store.update_flow(
+        heartbeats: list[float] = []
+        result = await self.store.update_flow(
             tenant, flow_id, decide, request_id=ctx.request_id, now=ctx.now
         )
+        if heartbeats and isinstance(command, UpdatePhaseProgress):
+            await self.store.touch_heartbeat(
+                tenant, flow_id, command.phase, TimerKind.HEARTBEAT_TIMEOUT.value, heartbeats[-1]
+            )
+        return result
+
+    async def heartbeat(self, tenant: Tenant, flow_id: str, phase: str) -> Heartbeat:
+        """A worker's sign of life for `phase` (IN_PROGRESS): push its heartbeat timer back.
+
+        Writes no history and no new flow version: only the timer row moves (docs/timers.md).
+        The deadline is None when the phase has no `heartbeat_timeout`. INVALID_PHASE for an
+        unknown phase, INVALID_PHASE_TRANSITION (with the phase's state) when it is not
+        IN_PROGRESS (a late worker learns its phase timed out), FLOW_NOT_FOUND.
+        """
+        check_tenant(tenant)
+        flow_id = check_flow_id(flow_id)
+        flow = await self.store.get_flow(tenant, flow_id)
+        definition = await self.definition_of(flow)
+        seconds = definition.phase(phase).policy.heartbeat_timeout
+        check_heartbeat(flow, definition, phase)
+        if seconds is None:
+            return Heartbeat(flow.version, None)
+        due = await self.store.touch_heartbeat(
+            tenant, flow_id, phase, TimerKind.HEARTBEAT_TIMEOUT.value, seconds
+        )
+        if due is None:  # the phase changed since the read (e.g. it just timed out)
+            flow = await self.store.get_flow(tenant, flow_id)
+            check_heartbeat(flow, definition, phase)
+        return Heartbeat(flow.version, due)
 
     @staticmethod
     def _key(ctx: Context, operation: str, **payload: object) -> IdempotencyKey | None:

@@ -9,7 +9,8 @@ Column shapes (see `flowstate.storage.schema`):
 
 - ``phase_states``: ``{phase: state}``, the value the GIN index and the legacy view read;
 - ``phase_details``: ``[{name, progress, retry_count, last_retry_at, state_entered_at,
-  started_at, completed_at}, ...]`` in definition order;
+  started_at, completed_at, next_attempt_at}, ...]`` in definition order (`next_attempt_at`
+  only while an automatic retry is scheduled);
 - ``error_context``: ``{phase: {error_code, message, details}}`` for phases carrying an error;
 - ``retry_count`` / ``last_retry_at``: the sum / latest over the phases (indexed for queries).
 """
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 _FLOW_TIMESTAMPS = ("created_at", "updated_at", "last_retry_at")
-_ENTRY_TIMESTAMPS = ("occurred_at",)
+_ENTRY_TIMESTAMPS = ("occurred_at", "next_attempt_at")
 
 
 class Row(Protocol):
@@ -173,6 +174,7 @@ def _phase_details(phase: Phase) -> dict[str, Any]:
         "state_entered_at": _iso(phase.state_entered_at),
         "started_at": _iso(phase.started_at),
         "completed_at": _iso(phase.completed_at),
+        **({"next_attempt_at": _iso(phase.next_attempt_at)} if phase.next_attempt_at else {}),
     }
 
 
@@ -218,6 +220,7 @@ def flow_from_row(row: Row) -> Flow:
             state_entered_at=_from_iso(detail["state_entered_at"]),
             started_at=_from_iso(detail["started_at"]),
             completed_at=_from_iso(detail["completed_at"]),
+            next_attempt_at=_from_iso(detail.get("next_attempt_at")),
         )
         for detail in row["phase_details"]
     )
@@ -262,6 +265,7 @@ def entry_to_row(flow: Flow, entry: HistoryEntry) -> dict[str, Any]:
         "cause": entry.cause,
         "occurred_at": entry.occurred_at,
         "phase_progress": entry.phase_progress,
+        "next_attempt_at": entry.next_attempt_at,
     }
 
 
@@ -291,6 +295,7 @@ def entry_from_row(row: Row) -> HistoryEntry:
         progress_after=row["progress_after"],
         cause=row["cause"],
         phase_progress=_optional(row, "phase_progress"),
+        next_attempt_at=_optional(row, "next_attempt_at"),
     )
 
 

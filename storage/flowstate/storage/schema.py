@@ -16,6 +16,10 @@ Tables:
   identity; `txid` is the writing transaction's id, which makes a tenant-wide cursor gap-free
   (see `flowstate.storage.changes`).
 - `idempotency_keys`: the first result of each request id, per tenant, until it expires.
+- `flow_timers`: the due timers of flows (phase timeouts, heartbeats, automatic retries; see
+  docs/timers.md), one row per (flow, phase, kind). Claimed across tenants by whichever replica
+  gets them first (``FOR UPDATE SKIP LOCKED``), through two partial indexes: unclaimed rows by
+  due time, claimed rows by the end of their claim.
 - `flow_definitions`: definition bodies by (tenant, name, version); the built-ins (seeded at
   start) have the empty tenant `BUILTIN_OWNER` and are visible to every tenant.
 
@@ -52,6 +56,7 @@ __all__ = [
     "BUILTIN_OWNER",
     "flow_definitions",
     "flow_history",
+    "flow_timers",
     "flows",
     "idempotency_keys",
     "metadata",
@@ -165,6 +170,7 @@ flow_history = Table(
     Column("cause", Text, nullable=False),
     Column("occurred_at", _TIMESTAMP, nullable=False),
     Column("phase_progress", Float, nullable=True),
+    Column("next_attempt_at", _TIMESTAMP, nullable=True),
     # The writing transaction's id (xid8 as bigint): orders commits for the tenant cursor.
     Column(
         "txid",
@@ -193,4 +199,25 @@ idempotency_keys = Table(
     Column("expires_at", _TIMESTAMP, nullable=False),
     PrimaryKeyConstraint("client_account_id", "engagement_id", "request_id"),
     Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+flow_timers = Table(
+    "flow_timers",
+    metadata,
+    Column("flow_id", UUID(as_uuid=False), nullable=False),
+    Column("phase", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("due_at", _TIMESTAMP, nullable=False),
+    Column("flow_version", Integer, nullable=False),
+    Column("claimed_until", _TIMESTAMP, nullable=True),
+    PrimaryKeyConstraint("flow_id", "phase", "kind"),
+    ForeignKeyConstraint(["flow_id"], ["flows.id"], ondelete="CASCADE"),
+    Index("ix_flow_timers_due_at", "due_at", postgresql_where=text("claimed_until IS NULL")),
+    Index(
+        "ix_flow_timers_claimed_until",
+        "claimed_until",
+        postgresql_where=text("claimed_until IS NOT NULL"),
+    ),
 )

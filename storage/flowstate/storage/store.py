@@ -49,7 +49,7 @@ from flowstate.core.definitions import (
 )
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
-from flowstate.storage import codec, definitions_repo
+from flowstate.storage import codec, definitions_repo, timers
 from flowstate.storage.errors import AppRoleNotGrantedError, SchemaNotReadyError, to_store_error
 from flowstate.storage.limits import (
     DEFAULT_DEFINITION_PAGE_SIZE,
@@ -97,10 +97,12 @@ from flowstate.storage.statements import (
 from flowstate.storage.tokens import decode_token, encode_token, query_hash
 from flowstate.storage.urls import normalize_database_url
 from flowstate.storage.values import (
+    ClaimedTimer,
     FlowPage,
     FlowQuery,
     HistoryPage,
     IdempotencyKey,
+    LockedTimer,
     MutationResult,
     Outcome,
     StoredKey,
@@ -201,6 +203,20 @@ class FlowTransaction:
             await self._tx.execute(DELETE_KEY, params)
             return None
         return StoredKey(operation, fingerprint, response)
+
+    async def lock_timer(self, flow_id: str, phase: str, kind: str) -> LockedTimer | None:
+        """The flow's timer row (locked: a racing Heartbeat waits) with the database clock;
+        None when it is gone (fired, or disarmed by a change of the flow)."""
+        row = await self._tx.fetchrow(
+            timers.LOCK, {"flow_id": flow_id, "phase": phase, "kind": kind}
+        )
+        if row is None:
+            return None
+        return LockedTimer(due_at=row["due_at"], flow_version=row["flow_version"], now=row["now"])
+
+    async def delete_timer(self, flow_id: str, phase: str, kind: str) -> None:
+        """Delete one of the flow's timer rows (a void timer)."""
+        await self._tx.execute(timers.DELETE, {"flow_id": flow_id, "phase": phase, "kind": kind})
 
     async def replay(self, stored: StoredKey) -> MutationResult:
         """The first result of a stored key (its entries read back from history)."""
@@ -516,6 +532,46 @@ class FlowStore(TransactionRunner):
 
         return await self._run(None, work, autocommit=True)
 
+    # --- timers (docs/timers.md) -----------------------------------------------------------------
+
+    async def claim_timers(self, *, batch: int, lease: float) -> list[ClaimedTimer]:
+        """Claim up to `batch` due timers of every tenant for `lease` seconds (see
+        `flowstate.storage.timers`); the caller fires each through `update_flow`.
+
+        Runs as the connecting user (cross-tenant maintenance, like the purge), one statement.
+        """
+
+        async def work(tx: Transaction) -> list[ClaimedTimer]:
+            rows = await tx.fetch(timers.CLAIM, {"lease": lease, "batch": batch})
+            return [
+                ClaimedTimer(
+                    tenant=Tenant(row["client_account_id"], row["engagement_id"]),
+                    flow_id=str(row["flow_id"]),
+                    phase=row["phase"],
+                    kind=row["kind"],
+                    due_at=row["due_at"],
+                    flow_version=row["flow_version"],
+                )
+                for row in rows
+            ]
+
+        return await self._run(None, work, autocommit=True)
+
+    async def touch_heartbeat(
+        self, tenant: Tenant, flow_id: str, phase: str, kind: str, seconds: float
+    ) -> datetime | None:
+        """Push the flow's `kind` timer of `phase` to `seconds` from now (database clock; never
+        earlier); its new due time, or None when the flow has no such timer."""
+        check_tenant(tenant)
+        flow_id = check_flow_id(flow_id)
+        params = {"flow_id": flow_id, "phase": phase, "kind": kind, "seconds": seconds}
+
+        async def work(tx: Transaction) -> datetime | None:
+            due: datetime | None = await tx.fetchval(timers.HEARTBEAT, params)
+            return due
+
+        return await self._run(tenant, work, write=True)
+
     # --- writes: the runner a use case hands its decision to -------------------------------------
 
     async def update_flow(
@@ -560,7 +616,7 @@ class FlowStore(TransactionRunner):
             if isinstance(outcome, MutationResult):
                 return outcome
             _check_decision(flow.version, outcome.flow, outcome.entries)
-            if outcome.entries or outcome.key is not None:
+            if outcome.entries or outcome.key is not None or outcome.timers is not None:
                 await self._write(tx, outcome, new=False, now=now)
             return MutationResult(flow=outcome.flow, entries=outcome.entries)
 
@@ -622,7 +678,29 @@ class FlowStore(TransactionRunner):
                 key_expires_at=now + self._idempotency_ttl,
                 entry_count=len(entries),
             )
-        await tx.execute(write_statement(new, bool(entries), write.key is not None), params)
+        if entries or write.key is not None:
+            await tx.execute(write_statement(new, bool(entries), write.key is not None), params)
+        if write.timers is not None:
+            sync = write.timers
+            planned = [
+                {
+                    "phase": t.phase,
+                    "kind": t.kind.value,
+                    "delay": (t.due_at - sync.now).total_seconds(),
+                    "reset": t.reset,
+                }
+                for t in sync.timers
+            ]
+            await tx.execute(
+                timers.SYNC,
+                {
+                    "timers": planned,
+                    "flow_id": flow.flow_id,
+                    "account": flow.tenant.client_account_id,
+                    "engagement": flow.tenant.engagement_id,
+                    "version": flow.version,
+                },
+            )
 
     # --- reads ----------------------------------------------------------------------------------
 

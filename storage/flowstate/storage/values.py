@@ -11,17 +11,21 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from flowstate.core.model import Flow, FlowStatus, HistoryEntry, PhaseState
+from flowstate.core.model import Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
+from flowstate.core.timers import PlannedTimer
 from flowstate.storage.limits import DEFAULT_FLOW_PAGE_SIZE
 
 __all__ = [
+    "ClaimedTimer",
     "FlowPage",
     "FlowQuery",
     "HistoryPage",
     "IdempotencyKey",
+    "LockedTimer",
     "MutationResult",
     "Outcome",
     "StoredKey",
+    "TimerSync",
     "Write",
 ]
 
@@ -118,6 +122,43 @@ class Write:
     flow: Flow
     entries: tuple[HistoryEntry, ...]
     key: IdempotencyKey | None = None
+    timers: TimerSync | None = None
+    """The flow's timers after the change (None: leave them alone; the flow has none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerSync:
+    """Replace a flow's timer rows with `timers` (`flowstate.core.timers.plan_timers`).
+
+    Due times are relative to `now` (the clock the plan was made with): a row is due
+    ``due_at - now`` after the writing statement by the database clock. A timer already stored
+    keeps its due time unless the planned one `resets` it (and is later). Rows not planned go.
+    """
+
+    timers: tuple[PlannedTimer, ...]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTimer:
+    """A due timer claimed by this replica (`FlowStore.claim_timers`), to fire or void."""
+
+    tenant: Tenant
+    flow_id: str
+    phase: str
+    kind: str
+    """A `flowstate.core.timers.TimerKind` value (kept as text: a newer replica may know more)."""
+    due_at: datetime
+    flow_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockedTimer:
+    """A timer row read under lock in the flow's transaction, with the database clock."""
+
+    due_at: datetime
+    flow_version: int
+    now: datetime
 
 
 Outcome = Write | MutationResult

@@ -9,6 +9,7 @@ package flowstatev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -174,8 +175,8 @@ type PhaseDefinition struct {
 	// Whether the phase may be skipped (SkipPhase): SKIPPED satisfies the phases
 	// that depend on it and counts as done for progress and for COMPLETED.
 	Optional bool `protobuf:"varint,8,opt,name=optional,proto3" json:"optional,omitempty"`
-	// Reserved for the phase's policies (timeouts, retry policy, approvals); must
-	// be empty until the server supports them.
+	// The phase's policies, applied by the server's timers (timeouts, automatic
+	// retry); unset or empty: none.
 	Policy        *PhasePolicy `protobuf:"bytes,9,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -274,11 +275,20 @@ func (x *PhaseDefinition) GetPolicy() *PhasePolicy {
 	return nil
 }
 
-// The policies of a phase. Reserved: no field exists yet, and a definition
-// whose policy carries fields this server does not know is refused rather than
-// run without them.
+// The policies of a phase (DESIGN.md section 10; docs/timers.md). Each is
+// optional. When a timeout passes, the server fails the phase with
+// AGENT_TIMEOUT (retryable) as user `system:timer`; a retry policy makes the
+// server move a FAILED phase to RETRY_NEEDED once its backoff has passed.
+// Durations are between 0.1 s and 30 days.
 type PhasePolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Longest time the phase may stay IN_PROGRESS.
+	Timeout *durationpb.Duration `protobuf:"bytes,20,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Longest time the phase may stay IN_PROGRESS without a Heartbeat or an
+	// UpdatePhaseProgress.
+	HeartbeatTimeout *durationpb.Duration `protobuf:"bytes,21,opt,name=heartbeat_timeout,json=heartbeatTimeout,proto3" json:"heartbeat_timeout,omitempty"`
+	// Automatic retry of the phase after it FAILED with one of the listed codes.
+	RetryPolicy   *PhaseRetryPolicy `protobuf:"bytes,22,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -313,6 +323,107 @@ func (*PhasePolicy) Descriptor() ([]byte, []int) {
 	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{2}
 }
 
+func (x *PhasePolicy) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *PhasePolicy) GetHeartbeatTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatTimeout
+	}
+	return nil
+}
+
+func (x *PhasePolicy) GetRetryPolicy() *PhaseRetryPolicy {
+	if x != nil {
+		return x.RetryPolicy
+	}
+	return nil
+}
+
+// Automatic retry (docs/timers.md). After the phase failed with a code in
+// `retry_on` having used n retries, the server moves it to RETRY_NEEDED after
+// min(initial_backoff x multiplier^n, max_backoff), and stamps the time on the
+// phase (`Phase.next_attempt_time`). `max_retries` still holds: past it, or for
+// a non-retryable code, nothing is scheduled.
+type PhaseRetryPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The wait before the first retry (0 to 30 days).
+	InitialBackoff *durationpb.Duration `protobuf:"bytes,1,opt,name=initial_backoff,json=initialBackoff,proto3" json:"initial_backoff,omitempty"`
+	// The factor each further retry multiplies the wait by, in [1, 10]; 0 means
+	// 1.
+	Multiplier float64 `protobuf:"fixed64,2,opt,name=multiplier,proto3" json:"multiplier,omitempty"`
+	// The longest wait (at least `initial_backoff`, at most 30 days).
+	MaxBackoff *durationpb.Duration `protobuf:"bytes,3,opt,name=max_backoff,json=maxBackoff,proto3" json:"max_backoff,omitempty"`
+	// The failure codes that are retried automatically: at least one, each
+	// retryable (PHASE_EXECUTION_FAILED, AGENT_TIMEOUT, EXTERNAL_SERVICE_ERROR,
+	// TEMPORARY_RESOURCE_UNAVAILABLE).
+	RetryOn       []ErrorCode `protobuf:"varint,4,rep,packed,name=retry_on,json=retryOn,proto3,enum=flowstate.v1.ErrorCode" json:"retry_on,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PhaseRetryPolicy) Reset() {
+	*x = PhaseRetryPolicy{}
+	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PhaseRetryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PhaseRetryPolicy) ProtoMessage() {}
+
+func (x *PhaseRetryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PhaseRetryPolicy.ProtoReflect.Descriptor instead.
+func (*PhaseRetryPolicy) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PhaseRetryPolicy) GetInitialBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.InitialBackoff
+	}
+	return nil
+}
+
+func (x *PhaseRetryPolicy) GetMultiplier() float64 {
+	if x != nil {
+		return x.Multiplier
+	}
+	return 0
+}
+
+func (x *PhaseRetryPolicy) GetMaxBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.MaxBackoff
+	}
+	return nil
+}
+
+func (x *PhaseRetryPolicy) GetRetryOn() []ErrorCode {
+	if x != nil {
+		return x.RetryOn
+	}
+	return nil
+}
+
 // The legal targets of one phase state.
 type PhaseTransitionRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -326,7 +437,7 @@ type PhaseTransitionRule struct {
 
 func (x *PhaseTransitionRule) Reset() {
 	*x = PhaseTransitionRule{}
-	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +449,7 @@ func (x *PhaseTransitionRule) String() string {
 func (*PhaseTransitionRule) ProtoMessage() {}
 
 func (x *PhaseTransitionRule) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +462,7 @@ func (x *PhaseTransitionRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseTransitionRule.ProtoReflect.Descriptor instead.
 func (*PhaseTransitionRule) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{3}
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PhaseTransitionRule) GetFromState() PhaseState {
@@ -381,7 +492,7 @@ type PhaseStateProgress struct {
 
 func (x *PhaseStateProgress) Reset() {
 	*x = PhaseStateProgress{}
-	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +504,7 @@ func (x *PhaseStateProgress) String() string {
 func (*PhaseStateProgress) ProtoMessage() {}
 
 func (x *PhaseStateProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +517,7 @@ func (x *PhaseStateProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseStateProgress.ProtoReflect.Descriptor instead.
 func (*PhaseStateProgress) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{4}
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PhaseStateProgress) GetState() PhaseState {
@@ -427,7 +538,7 @@ var File_flowstate_v1_definition_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflowstate/v1/definition.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x03\n" +
+	"\x1dflowstate/v1/definition.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x03\n" +
 	"\x0eFlowDefinition\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x05R\aversion\x125\n" +
@@ -450,8 +561,19 @@ const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\fdisplay_name\x18\x06 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\a \x01(\tR\vdescription\x12\x1a\n" +
 	"\boptional\x18\b \x01(\bR\boptional\x121\n" +
-	"\x06policy\x18\t \x01(\v2\x19.flowstate.v1.PhasePolicyR\x06policy\"\r\n" +
-	"\vPhasePolicy\"\x85\x01\n" +
+	"\x06policy\x18\t \x01(\v2\x19.flowstate.v1.PhasePolicyR\x06policy\"\xcd\x01\n" +
+	"\vPhasePolicy\x123\n" +
+	"\atimeout\x18\x14 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12F\n" +
+	"\x11heartbeat_timeout\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x10heartbeatTimeout\x12A\n" +
+	"\fretry_policy\x18\x16 \x01(\v2\x1e.flowstate.v1.PhaseRetryPolicyR\vretryPolicy\"\xe6\x01\n" +
+	"\x10PhaseRetryPolicy\x12B\n" +
+	"\x0finitial_backoff\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12\x1e\n" +
+	"\n" +
+	"multiplier\x18\x02 \x01(\x01R\n" +
+	"multiplier\x12:\n" +
+	"\vmax_backoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"maxBackoff\x122\n" +
+	"\bretry_on\x18\x04 \x03(\x0e2\x17.flowstate.v1.ErrorCodeR\aretryOn\"\x85\x01\n" +
 	"\x13PhaseTransitionRule\x127\n" +
 	"\n" +
 	"from_state\x18\x01 \x01(\x0e2\x18.flowstate.v1.PhaseStateR\tfromState\x125\n" +
@@ -473,32 +595,41 @@ func file_flowstate_v1_definition_proto_rawDescGZIP() []byte {
 	return file_flowstate_v1_definition_proto_rawDescData
 }
 
-var file_flowstate_v1_definition_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_flowstate_v1_definition_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_flowstate_v1_definition_proto_goTypes = []any{
 	(*FlowDefinition)(nil),        // 0: flowstate.v1.FlowDefinition
 	(*PhaseDefinition)(nil),       // 1: flowstate.v1.PhaseDefinition
 	(*PhasePolicy)(nil),           // 2: flowstate.v1.PhasePolicy
-	(*PhaseTransitionRule)(nil),   // 3: flowstate.v1.PhaseTransitionRule
-	(*PhaseStateProgress)(nil),    // 4: flowstate.v1.PhaseStateProgress
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(FlowStatus)(0),               // 6: flowstate.v1.FlowStatus
-	(PhaseState)(0),               // 7: flowstate.v1.PhaseState
+	(*PhaseRetryPolicy)(nil),      // 3: flowstate.v1.PhaseRetryPolicy
+	(*PhaseTransitionRule)(nil),   // 4: flowstate.v1.PhaseTransitionRule
+	(*PhaseStateProgress)(nil),    // 5: flowstate.v1.PhaseStateProgress
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(FlowStatus)(0),               // 7: flowstate.v1.FlowStatus
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	(ErrorCode)(0),                // 9: flowstate.v1.ErrorCode
+	(PhaseState)(0),               // 10: flowstate.v1.PhaseState
 }
 var file_flowstate_v1_definition_proto_depIdxs = []int32{
-	1, // 0: flowstate.v1.FlowDefinition.phases:type_name -> flowstate.v1.PhaseDefinition
-	3, // 1: flowstate.v1.FlowDefinition.phase_transitions:type_name -> flowstate.v1.PhaseTransitionRule
-	4, // 2: flowstate.v1.FlowDefinition.progress_factors:type_name -> flowstate.v1.PhaseStateProgress
-	5, // 3: flowstate.v1.FlowDefinition.create_time:type_name -> google.protobuf.Timestamp
-	6, // 4: flowstate.v1.PhaseDefinition.status_group:type_name -> flowstate.v1.FlowStatus
-	2, // 5: flowstate.v1.PhaseDefinition.policy:type_name -> flowstate.v1.PhasePolicy
-	7, // 6: flowstate.v1.PhaseTransitionRule.from_state:type_name -> flowstate.v1.PhaseState
-	7, // 7: flowstate.v1.PhaseTransitionRule.to_states:type_name -> flowstate.v1.PhaseState
-	7, // 8: flowstate.v1.PhaseStateProgress.state:type_name -> flowstate.v1.PhaseState
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	1,  // 0: flowstate.v1.FlowDefinition.phases:type_name -> flowstate.v1.PhaseDefinition
+	4,  // 1: flowstate.v1.FlowDefinition.phase_transitions:type_name -> flowstate.v1.PhaseTransitionRule
+	5,  // 2: flowstate.v1.FlowDefinition.progress_factors:type_name -> flowstate.v1.PhaseStateProgress
+	6,  // 3: flowstate.v1.FlowDefinition.create_time:type_name -> google.protobuf.Timestamp
+	7,  // 4: flowstate.v1.PhaseDefinition.status_group:type_name -> flowstate.v1.FlowStatus
+	2,  // 5: flowstate.v1.PhaseDefinition.policy:type_name -> flowstate.v1.PhasePolicy
+	8,  // 6: flowstate.v1.PhasePolicy.timeout:type_name -> google.protobuf.Duration
+	8,  // 7: flowstate.v1.PhasePolicy.heartbeat_timeout:type_name -> google.protobuf.Duration
+	3,  // 8: flowstate.v1.PhasePolicy.retry_policy:type_name -> flowstate.v1.PhaseRetryPolicy
+	8,  // 9: flowstate.v1.PhaseRetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	8,  // 10: flowstate.v1.PhaseRetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	9,  // 11: flowstate.v1.PhaseRetryPolicy.retry_on:type_name -> flowstate.v1.ErrorCode
+	10, // 12: flowstate.v1.PhaseTransitionRule.from_state:type_name -> flowstate.v1.PhaseState
+	10, // 13: flowstate.v1.PhaseTransitionRule.to_states:type_name -> flowstate.v1.PhaseState
+	10, // 14: flowstate.v1.PhaseStateProgress.state:type_name -> flowstate.v1.PhaseState
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_definition_proto_init() }
@@ -506,6 +637,7 @@ func file_flowstate_v1_definition_proto_init() {
 	if File_flowstate_v1_definition_proto != nil {
 		return
 	}
+	file_flowstate_v1_errors_proto_init()
 	file_flowstate_v1_states_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -513,7 +645,7 @@ func file_flowstate_v1_definition_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_definition_proto_rawDesc), len(file_flowstate_v1_definition_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

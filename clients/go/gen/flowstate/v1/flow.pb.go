@@ -215,9 +215,13 @@ type Phase struct {
 	// The phase's weight in the flow's progress (weights sum to 100).
 	Weight int32 `protobuf:"varint,11,opt,name=weight,proto3" json:"weight,omitempty"`
 	// The phase's `optional` flag from its definition: whether it may be skipped.
-	Optional      bool `protobuf:"varint,12,opt,name=optional,proto3" json:"optional,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Optional bool `protobuf:"varint,12,opt,name=optional,proto3" json:"optional,omitempty"`
+	// When the server moves the phase to RETRY_NEEDED automatically (its
+	// definition's retry policy): set while it is FAILED with a retry scheduled,
+	// kept in RETRY_NEEDED (when the retry became due); unset otherwise.
+	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Phase) Reset() {
@@ -334,6 +338,13 @@ func (x *Phase) GetOptional() bool {
 	return false
 }
 
+func (x *Phase) GetNextAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptTime
+	}
+	return nil
+}
+
 var File_flowstate_v1_flow_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_proto_rawDesc = "" +
@@ -359,7 +370,7 @@ const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"\x06labels\x18\x0e \x03(\v2\x1e.flowstate.v1.Flow.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x04\n" +
 	"\x05Phase\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.flowstate.v1.PhaseStateR\x05state\x12\x1a\n" +
@@ -376,7 +387,8 @@ const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"\rcomplete_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\fcompleteTime\x12\x16\n" +
 	"\x06weight\x18\v \x01(\x05R\x06weight\x12\x1a\n" +
-	"\boptional\x18\f \x01(\bR\boptionalB\xa1\x01\n" +
+	"\boptional\x18\f \x01(\bR\boptional\x12F\n" +
+	"\x11next_attempt_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTimeB\xa1\x01\n" +
 	"\x10com.flowstate.v1B\tFlowProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -414,11 +426,12 @@ var file_flowstate_v1_flow_proto_depIdxs = []int32{
 	4,  // 9: flowstate.v1.Phase.state_enter_time:type_name -> google.protobuf.Timestamp
 	4,  // 10: flowstate.v1.Phase.start_time:type_name -> google.protobuf.Timestamp
 	4,  // 11: flowstate.v1.Phase.complete_time:type_name -> google.protobuf.Timestamp
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	4,  // 12: flowstate.v1.Phase.next_attempt_time:type_name -> google.protobuf.Timestamp
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_proto_init() }

@@ -1155,6 +1155,117 @@ func (x *UpdatePhaseProgressRequest) GetExpectedVersion() int64 {
 	return 0
 }
 
+// Request of Heartbeat.
+type HeartbeatRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The flow's id.
+	FlowId string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// The phase's name; it must be IN_PROGRESS.
+	Phase         string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatRequest) Reset() {
+	*x = HeartbeatRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatRequest) ProtoMessage() {}
+
+func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *HeartbeatRequest) GetFlowId() string {
+	if x != nil {
+		return x.FlowId
+	}
+	return ""
+}
+
+func (x *HeartbeatRequest) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+// Response of Heartbeat.
+type HeartbeatResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The flow's version (a heartbeat does not change it).
+	FlowVersion int64 `protobuf:"varint,1,opt,name=flow_version,json=flowVersion,proto3" json:"flow_version,omitempty"`
+	// When the phase times out without a further heartbeat (database clock);
+	// unset when the phase has no heartbeat timeout.
+	HeartbeatDeadlineTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=heartbeat_deadline_time,json=heartbeatDeadlineTime,proto3" json:"heartbeat_deadline_time,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *HeartbeatResponse) Reset() {
+	*x = HeartbeatResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResponse) ProtoMessage() {}
+
+func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *HeartbeatResponse) GetFlowVersion() int64 {
+	if x != nil {
+		return x.FlowVersion
+	}
+	return 0
+}
+
+func (x *HeartbeatResponse) GetHeartbeatDeadlineTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeartbeatDeadlineTime
+	}
+	return nil
+}
+
 // Response of UpdatePhaseProgress.
 type UpdatePhaseProgressResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1168,7 +1279,7 @@ type UpdatePhaseProgressResponse struct {
 
 func (x *UpdatePhaseProgressResponse) Reset() {
 	*x = UpdatePhaseProgressResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[14]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1291,7 @@ func (x *UpdatePhaseProgressResponse) String() string {
 func (*UpdatePhaseProgressResponse) ProtoMessage() {}
 
 func (x *UpdatePhaseProgressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[14]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1304,7 @@ func (x *UpdatePhaseProgressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePhaseProgressResponse.ProtoReflect.Descriptor instead.
 func (*UpdatePhaseProgressResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{14}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdatePhaseProgressResponse) GetFlow() *Flow {
@@ -1233,7 +1344,7 @@ type RollbackRequest struct {
 
 func (x *RollbackRequest) Reset() {
 	*x = RollbackRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[15]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1356,7 @@ func (x *RollbackRequest) String() string {
 func (*RollbackRequest) ProtoMessage() {}
 
 func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[15]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1369,7 @@ func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackRequest.ProtoReflect.Descriptor instead.
 func (*RollbackRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{15}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RollbackRequest) GetFlowId() string {
@@ -1317,7 +1428,7 @@ type RollbackResponse struct {
 
 func (x *RollbackResponse) Reset() {
 	*x = RollbackResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[16]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1440,7 @@ func (x *RollbackResponse) String() string {
 func (*RollbackResponse) ProtoMessage() {}
 
 func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[16]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1453,7 @@ func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackResponse.ProtoReflect.Descriptor instead.
 func (*RollbackResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{16}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RollbackResponse) GetFlow() *Flow {
@@ -1381,7 +1492,7 @@ type RetryRequest struct {
 
 func (x *RetryRequest) Reset() {
 	*x = RetryRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[17]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1504,7 @@ func (x *RetryRequest) String() string {
 func (*RetryRequest) ProtoMessage() {}
 
 func (x *RetryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[17]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1517,7 @@ func (x *RetryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryRequest.ProtoReflect.Descriptor instead.
 func (*RetryRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{17}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RetryRequest) GetFlowId() string {
@@ -1464,7 +1575,7 @@ type RetryResponse struct {
 
 func (x *RetryResponse) Reset() {
 	*x = RetryResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[18]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1587,7 @@ func (x *RetryResponse) String() string {
 func (*RetryResponse) ProtoMessage() {}
 
 func (x *RetryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[18]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1600,7 @@ func (x *RetryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryResponse.ProtoReflect.Descriptor instead.
 func (*RetryResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{18}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RetryResponse) GetFlow() *Flow {
@@ -1517,7 +1628,7 @@ type GetRecoveryOptionsRequest struct {
 
 func (x *GetRecoveryOptionsRequest) Reset() {
 	*x = GetRecoveryOptionsRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[19]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1640,7 @@ func (x *GetRecoveryOptionsRequest) String() string {
 func (*GetRecoveryOptionsRequest) ProtoMessage() {}
 
 func (x *GetRecoveryOptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[19]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1653,7 @@ func (x *GetRecoveryOptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRecoveryOptionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRecoveryOptionsRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{19}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetRecoveryOptionsRequest) GetFlowId() string {
@@ -1565,7 +1676,7 @@ type GetRecoveryOptionsResponse struct {
 
 func (x *GetRecoveryOptionsResponse) Reset() {
 	*x = GetRecoveryOptionsResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[20]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +1688,7 @@ func (x *GetRecoveryOptionsResponse) String() string {
 func (*GetRecoveryOptionsResponse) ProtoMessage() {}
 
 func (x *GetRecoveryOptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[20]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +1701,7 @@ func (x *GetRecoveryOptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRecoveryOptionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRecoveryOptionsResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{20}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetRecoveryOptionsResponse) GetFlow() *Flow {
@@ -1629,6 +1740,9 @@ type RecoveryOption struct {
 	BlockingDetail string `protobuf:"bytes,8,opt,name=blocking_detail,json=blockingDetail,proto3" json:"blocking_detail,omitempty"`
 	// Retry attempts left for the phase, for retry actions.
 	AttemptsRemaining *int32 `protobuf:"varint,9,opt,name=attempts_remaining,json=attemptsRemaining,proto3,oneof" json:"attempts_remaining,omitempty"`
+	// For a retry of a phase whose retry policy scheduled an automatic retry:
+	// when the server will move it to RETRY_NEEDED itself.
+	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
 	// The exact request that performs the action (without `request_id`; set one
 	// before sending).
 	//
@@ -1648,7 +1762,7 @@ type RecoveryOption struct {
 
 func (x *RecoveryOption) Reset() {
 	*x = RecoveryOption{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[21]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1774,7 @@ func (x *RecoveryOption) String() string {
 func (*RecoveryOption) ProtoMessage() {}
 
 func (x *RecoveryOption) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[21]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1787,7 @@ func (x *RecoveryOption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryOption.ProtoReflect.Descriptor instead.
 func (*RecoveryOption) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{21}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RecoveryOption) GetAction() RecoveryAction {
@@ -1737,6 +1851,13 @@ func (x *RecoveryOption) GetAttemptsRemaining() int32 {
 		return *x.AttemptsRemaining
 	}
 	return 0
+}
+
+func (x *RecoveryOption) GetNextAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptTime
+	}
+	return nil
 }
 
 func (x *RecoveryOption) GetRequest() isRecoveryOption_Request {
@@ -1879,7 +2000,7 @@ type PauseFlowRequest struct {
 
 func (x *PauseFlowRequest) Reset() {
 	*x = PauseFlowRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[22]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +2012,7 @@ func (x *PauseFlowRequest) String() string {
 func (*PauseFlowRequest) ProtoMessage() {}
 
 func (x *PauseFlowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[22]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2025,7 @@ func (x *PauseFlowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseFlowRequest.ProtoReflect.Descriptor instead.
 func (*PauseFlowRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{22}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PauseFlowRequest) GetFlowId() string {
@@ -1948,7 +2069,7 @@ type PauseFlowResponse struct {
 
 func (x *PauseFlowResponse) Reset() {
 	*x = PauseFlowResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[23]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2081,7 @@ func (x *PauseFlowResponse) String() string {
 func (*PauseFlowResponse) ProtoMessage() {}
 
 func (x *PauseFlowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[23]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2094,7 @@ func (x *PauseFlowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseFlowResponse.ProtoReflect.Descriptor instead.
 func (*PauseFlowResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{23}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PauseFlowResponse) GetFlow() *Flow {
@@ -2007,7 +2128,7 @@ type ResumeFlowRequest struct {
 
 func (x *ResumeFlowRequest) Reset() {
 	*x = ResumeFlowRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[24]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2140,7 @@ func (x *ResumeFlowRequest) String() string {
 func (*ResumeFlowRequest) ProtoMessage() {}
 
 func (x *ResumeFlowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[24]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2153,7 @@ func (x *ResumeFlowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeFlowRequest.ProtoReflect.Descriptor instead.
 func (*ResumeFlowRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{24}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ResumeFlowRequest) GetFlowId() string {
@@ -2076,7 +2197,7 @@ type ResumeFlowResponse struct {
 
 func (x *ResumeFlowResponse) Reset() {
 	*x = ResumeFlowResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[25]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2209,7 @@ func (x *ResumeFlowResponse) String() string {
 func (*ResumeFlowResponse) ProtoMessage() {}
 
 func (x *ResumeFlowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[25]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2222,7 @@ func (x *ResumeFlowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeFlowResponse.ProtoReflect.Descriptor instead.
 func (*ResumeFlowResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{25}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ResumeFlowResponse) GetFlow() *Flow {
@@ -2135,7 +2256,7 @@ type CancelFlowRequest struct {
 
 func (x *CancelFlowRequest) Reset() {
 	*x = CancelFlowRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[26]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2268,7 @@ func (x *CancelFlowRequest) String() string {
 func (*CancelFlowRequest) ProtoMessage() {}
 
 func (x *CancelFlowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[26]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2281,7 @@ func (x *CancelFlowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelFlowRequest.ProtoReflect.Descriptor instead.
 func (*CancelFlowRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{26}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CancelFlowRequest) GetFlowId() string {
@@ -2204,7 +2325,7 @@ type CancelFlowResponse struct {
 
 func (x *CancelFlowResponse) Reset() {
 	*x = CancelFlowResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[27]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2337,7 @@ func (x *CancelFlowResponse) String() string {
 func (*CancelFlowResponse) ProtoMessage() {}
 
 func (x *CancelFlowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[27]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2350,7 @@ func (x *CancelFlowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelFlowResponse.ProtoReflect.Descriptor instead.
 func (*CancelFlowResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{27}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CancelFlowResponse) GetFlow() *Flow {
@@ -2264,7 +2385,7 @@ type ListFlowHistoryRequest struct {
 
 func (x *ListFlowHistoryRequest) Reset() {
 	*x = ListFlowHistoryRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[28]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2397,7 @@ func (x *ListFlowHistoryRequest) String() string {
 func (*ListFlowHistoryRequest) ProtoMessage() {}
 
 func (x *ListFlowHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[28]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2410,7 @@ func (x *ListFlowHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFlowHistoryRequest.ProtoReflect.Descriptor instead.
 func (*ListFlowHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{28}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListFlowHistoryRequest) GetFlowId() string {
@@ -2333,7 +2454,7 @@ type ListFlowHistoryResponse struct {
 
 func (x *ListFlowHistoryResponse) Reset() {
 	*x = ListFlowHistoryResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[29]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2466,7 @@ func (x *ListFlowHistoryResponse) String() string {
 func (*ListFlowHistoryResponse) ProtoMessage() {}
 
 func (x *ListFlowHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[29]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2479,7 @@ func (x *ListFlowHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFlowHistoryResponse.ProtoReflect.Descriptor instead.
 func (*ListFlowHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{29}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListFlowHistoryResponse) GetHistoryEntries() []*HistoryEntry {
@@ -2388,7 +2509,7 @@ type GetFlowDefinitionRequest struct {
 
 func (x *GetFlowDefinitionRequest) Reset() {
 	*x = GetFlowDefinitionRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[30]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2521,7 @@ func (x *GetFlowDefinitionRequest) String() string {
 func (*GetFlowDefinitionRequest) ProtoMessage() {}
 
 func (x *GetFlowDefinitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[30]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2534,7 @@ func (x *GetFlowDefinitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFlowDefinitionRequest.ProtoReflect.Descriptor instead.
 func (*GetFlowDefinitionRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{30}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetFlowDefinitionRequest) GetName() string {
@@ -2441,7 +2562,7 @@ type GetFlowDefinitionResponse struct {
 
 func (x *GetFlowDefinitionResponse) Reset() {
 	*x = GetFlowDefinitionResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[31]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2574,7 @@ func (x *GetFlowDefinitionResponse) String() string {
 func (*GetFlowDefinitionResponse) ProtoMessage() {}
 
 func (x *GetFlowDefinitionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[31]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2587,7 @@ func (x *GetFlowDefinitionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFlowDefinitionResponse.ProtoReflect.Descriptor instead.
 func (*GetFlowDefinitionResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{31}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetFlowDefinitionResponse) GetDefinition() *FlowDefinition {
@@ -2499,7 +2620,7 @@ type CreateFlowDefinitionRequest struct {
 
 func (x *CreateFlowDefinitionRequest) Reset() {
 	*x = CreateFlowDefinitionRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[32]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2511,7 +2632,7 @@ func (x *CreateFlowDefinitionRequest) String() string {
 func (*CreateFlowDefinitionRequest) ProtoMessage() {}
 
 func (x *CreateFlowDefinitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[32]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2524,7 +2645,7 @@ func (x *CreateFlowDefinitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateFlowDefinitionRequest.ProtoReflect.Descriptor instead.
 func (*CreateFlowDefinitionRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{32}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateFlowDefinitionRequest) GetRequestId() string {
@@ -2570,7 +2691,7 @@ type CreateFlowDefinitionResponse struct {
 
 func (x *CreateFlowDefinitionResponse) Reset() {
 	*x = CreateFlowDefinitionResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[33]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2582,7 +2703,7 @@ func (x *CreateFlowDefinitionResponse) String() string {
 func (*CreateFlowDefinitionResponse) ProtoMessage() {}
 
 func (x *CreateFlowDefinitionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[33]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2595,7 +2716,7 @@ func (x *CreateFlowDefinitionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateFlowDefinitionResponse.ProtoReflect.Descriptor instead.
 func (*CreateFlowDefinitionResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{33}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateFlowDefinitionResponse) GetDefinition() *FlowDefinition {
@@ -2628,7 +2749,7 @@ type ListFlowDefinitionsRequest struct {
 
 func (x *ListFlowDefinitionsRequest) Reset() {
 	*x = ListFlowDefinitionsRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[34]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +2761,7 @@ func (x *ListFlowDefinitionsRequest) String() string {
 func (*ListFlowDefinitionsRequest) ProtoMessage() {}
 
 func (x *ListFlowDefinitionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[34]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +2774,7 @@ func (x *ListFlowDefinitionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFlowDefinitionsRequest.ProtoReflect.Descriptor instead.
 func (*ListFlowDefinitionsRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{34}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListFlowDefinitionsRequest) GetPageSize() int32 {
@@ -2690,7 +2811,7 @@ type ListFlowDefinitionsResponse struct {
 
 func (x *ListFlowDefinitionsResponse) Reset() {
 	*x = ListFlowDefinitionsResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[35]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2823,7 @@ func (x *ListFlowDefinitionsResponse) String() string {
 func (*ListFlowDefinitionsResponse) ProtoMessage() {}
 
 func (x *ListFlowDefinitionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[35]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2836,7 @@ func (x *ListFlowDefinitionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFlowDefinitionsResponse.ProtoReflect.Descriptor instead.
 func (*ListFlowDefinitionsResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{35}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListFlowDefinitionsResponse) GetDefinitions() []*FlowDefinition {
@@ -2753,7 +2874,7 @@ type SkipPhaseRequest struct {
 
 func (x *SkipPhaseRequest) Reset() {
 	*x = SkipPhaseRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[36]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2765,7 +2886,7 @@ func (x *SkipPhaseRequest) String() string {
 func (*SkipPhaseRequest) ProtoMessage() {}
 
 func (x *SkipPhaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[36]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2778,7 +2899,7 @@ func (x *SkipPhaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkipPhaseRequest.ProtoReflect.Descriptor instead.
 func (*SkipPhaseRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{36}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SkipPhaseRequest) GetFlowId() string {
@@ -2836,7 +2957,7 @@ type SkipPhaseResponse struct {
 
 func (x *SkipPhaseResponse) Reset() {
 	*x = SkipPhaseResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[37]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2848,7 +2969,7 @@ func (x *SkipPhaseResponse) String() string {
 func (*SkipPhaseResponse) ProtoMessage() {}
 
 func (x *SkipPhaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[37]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2861,7 +2982,7 @@ func (x *SkipPhaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkipPhaseResponse.ProtoReflect.Descriptor instead.
 func (*SkipPhaseResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{37}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SkipPhaseResponse) GetFlow() *Flow {
@@ -2895,7 +3016,7 @@ type WatchFlowRequest struct {
 
 func (x *WatchFlowRequest) Reset() {
 	*x = WatchFlowRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[38]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2907,7 +3028,7 @@ func (x *WatchFlowRequest) String() string {
 func (*WatchFlowRequest) ProtoMessage() {}
 
 func (x *WatchFlowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[38]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2920,7 +3041,7 @@ func (x *WatchFlowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowRequest.ProtoReflect.Descriptor instead.
 func (*WatchFlowRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{38}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchFlowRequest) GetFlowId() string {
@@ -2955,7 +3076,7 @@ type WatchFlowResponse struct {
 
 func (x *WatchFlowResponse) Reset() {
 	*x = WatchFlowResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[39]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2967,7 +3088,7 @@ func (x *WatchFlowResponse) String() string {
 func (*WatchFlowResponse) ProtoMessage() {}
 
 func (x *WatchFlowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[39]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2980,7 +3101,7 @@ func (x *WatchFlowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowResponse.ProtoReflect.Descriptor instead.
 func (*WatchFlowResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{39}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchFlowResponse) GetEvent() *FlowEvent {
@@ -3008,7 +3129,7 @@ type WatchFlowsRequest struct {
 
 func (x *WatchFlowsRequest) Reset() {
 	*x = WatchFlowsRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[40]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3020,7 +3141,7 @@ func (x *WatchFlowsRequest) String() string {
 func (*WatchFlowsRequest) ProtoMessage() {}
 
 func (x *WatchFlowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[40]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3033,7 +3154,7 @@ func (x *WatchFlowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowsRequest.ProtoReflect.Descriptor instead.
 func (*WatchFlowsRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{40}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WatchFlowsRequest) GetStatuses() []FlowStatus {
@@ -3077,7 +3198,7 @@ type WatchFlowsResponse struct {
 
 func (x *WatchFlowsResponse) Reset() {
 	*x = WatchFlowsResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[41]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3089,7 +3210,7 @@ func (x *WatchFlowsResponse) String() string {
 func (*WatchFlowsResponse) ProtoMessage() {}
 
 func (x *WatchFlowsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[41]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3102,7 +3223,7 @@ func (x *WatchFlowsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowsResponse.ProtoReflect.Descriptor instead.
 func (*WatchFlowsResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{41}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchFlowsResponse) GetEvent() *FlowEvent {
@@ -3144,7 +3265,7 @@ type FlowEvent struct {
 
 func (x *FlowEvent) Reset() {
 	*x = FlowEvent{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3156,7 +3277,7 @@ func (x *FlowEvent) String() string {
 func (*FlowEvent) ProtoMessage() {}
 
 func (x *FlowEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3169,7 +3290,7 @@ func (x *FlowEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowEvent.ProtoReflect.Descriptor instead.
 func (*FlowEvent) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{42}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *FlowEvent) GetFlowId() string {
@@ -3270,7 +3391,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3282,7 +3403,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3295,7 +3416,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{43}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Heartbeat) GetServerTime() *timestamppb.Timestamp {
@@ -3392,7 +3513,13 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x06 \x01(\tR\trequestId\x12.\n" +
 	"\x10expected_version\x18\a \x01(\x03H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
-	"\x11_expected_version\"\x8a\x01\n" +
+	"\x11_expected_version\"A\n" +
+	"\x10HeartbeatRequest\x12\x17\n" +
+	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\"\x8a\x01\n" +
+	"\x11HeartbeatResponse\x12!\n" +
+	"\fflow_version\x18\x01 \x01(\x03R\vflowVersion\x12R\n" +
+	"\x17heartbeat_deadline_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x15heartbeatDeadlineTime\"\x8a\x01\n" +
 	"\x1bUpdatePhaseProgressResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x12C\n" +
 	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries\"\xe7\x01\n" +
@@ -3426,7 +3553,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\"|\n" +
 	"\x1aGetRecoveryOptionsResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x126\n" +
-	"\aoptions\x18\x02 \x03(\v2\x1c.flowstate.v1.RecoveryOptionR\aoptions\"\x8f\a\n" +
+	"\aoptions\x18\x02 \x03(\v2\x1c.flowstate.v1.RecoveryOptionR\aoptions\"\xd7\a\n" +
 	"\x0eRecoveryOption\x124\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1c.flowstate.v1.RecoveryActionR\x06action\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12;\n" +
@@ -3437,7 +3564,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\n" +
 	"blocked_by\x18\a \x01(\x0e2\x17.flowstate.v1.ErrorCodeR\tblockedBy\x12'\n" +
 	"\x0fblocking_detail\x18\b \x01(\tR\x0eblockingDetail\x122\n" +
-	"\x12attempts_remaining\x18\t \x01(\x05H\x01R\x11attemptsRemaining\x88\x01\x01\x122\n" +
+	"\x12attempts_remaining\x18\t \x01(\x05H\x01R\x11attemptsRemaining\x88\x01\x01\x12F\n" +
+	"\x11next_attempt_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\x122\n" +
 	"\x05retry\x18\n" +
 	" \x01(\v2\x1a.flowstate.v1.RetryRequestH\x00R\x05retry\x12;\n" +
 	"\brollback\x18\v \x01(\v2\x1d.flowstate.v1.RollbackRequestH\x00R\brollback\x12Q\n" +
@@ -3567,7 +3695,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x16RECOVERY_ACTION_RESUME\x10\x05\x12\x1a\n" +
 	"\x16RECOVERY_ACTION_CANCEL\x10\x06\x12\x1b\n" +
 	"\x17RECOVERY_ACTION_ABANDON\x10\a\x12\x18\n" +
-	"\x14RECOVERY_ACTION_SKIP\x10\b2\xc9\r\n" +
+	"\x14RECOVERY_ACTION_SKIP\x10\b2\x97\x0e\n" +
 	"\x10FlowStateService\x12O\n" +
 	"\n" +
 	"CreateFlow\x12\x1f.flowstate.v1.CreateFlowRequest\x1a .flowstate.v1.CreateFlowResponse\x12K\n" +
@@ -3591,7 +3719,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\tSkipPhase\x12\x1e.flowstate.v1.SkipPhaseRequest\x1a\x1f.flowstate.v1.SkipPhaseResponse\x12N\n" +
 	"\tWatchFlow\x12\x1e.flowstate.v1.WatchFlowRequest\x1a\x1f.flowstate.v1.WatchFlowResponse0\x01\x12Q\n" +
 	"\n" +
-	"WatchFlows\x12\x1f.flowstate.v1.WatchFlowsRequest\x1a .flowstate.v1.WatchFlowsResponse0\x01B\xa8\x01\n" +
+	"WatchFlows\x12\x1f.flowstate.v1.WatchFlowsRequest\x1a .flowstate.v1.WatchFlowsResponse0\x01\x12L\n" +
+	"\tHeartbeat\x12\x1e.flowstate.v1.HeartbeatRequest\x1a\x1f.flowstate.v1.HeartbeatResponseB\xa8\x01\n" +
 	"\x10com.flowstate.v1B\x10FlowServiceProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -3607,7 +3736,7 @@ func file_flowstate_v1_flow_service_proto_rawDescGZIP() []byte {
 }
 
 var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(RecoveryAction)(0),                  // 0: flowstate.v1.RecoveryAction
 	(*CreateFlowRequest)(nil),            // 1: flowstate.v1.CreateFlowRequest
@@ -3624,158 +3753,164 @@ var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(*TransitionPhaseRequest)(nil),       // 12: flowstate.v1.TransitionPhaseRequest
 	(*TransitionPhaseResponse)(nil),      // 13: flowstate.v1.TransitionPhaseResponse
 	(*UpdatePhaseProgressRequest)(nil),   // 14: flowstate.v1.UpdatePhaseProgressRequest
-	(*UpdatePhaseProgressResponse)(nil),  // 15: flowstate.v1.UpdatePhaseProgressResponse
-	(*RollbackRequest)(nil),              // 16: flowstate.v1.RollbackRequest
-	(*RollbackResponse)(nil),             // 17: flowstate.v1.RollbackResponse
-	(*RetryRequest)(nil),                 // 18: flowstate.v1.RetryRequest
-	(*RetryResponse)(nil),                // 19: flowstate.v1.RetryResponse
-	(*GetRecoveryOptionsRequest)(nil),    // 20: flowstate.v1.GetRecoveryOptionsRequest
-	(*GetRecoveryOptionsResponse)(nil),   // 21: flowstate.v1.GetRecoveryOptionsResponse
-	(*RecoveryOption)(nil),               // 22: flowstate.v1.RecoveryOption
-	(*PauseFlowRequest)(nil),             // 23: flowstate.v1.PauseFlowRequest
-	(*PauseFlowResponse)(nil),            // 24: flowstate.v1.PauseFlowResponse
-	(*ResumeFlowRequest)(nil),            // 25: flowstate.v1.ResumeFlowRequest
-	(*ResumeFlowResponse)(nil),           // 26: flowstate.v1.ResumeFlowResponse
-	(*CancelFlowRequest)(nil),            // 27: flowstate.v1.CancelFlowRequest
-	(*CancelFlowResponse)(nil),           // 28: flowstate.v1.CancelFlowResponse
-	(*ListFlowHistoryRequest)(nil),       // 29: flowstate.v1.ListFlowHistoryRequest
-	(*ListFlowHistoryResponse)(nil),      // 30: flowstate.v1.ListFlowHistoryResponse
-	(*GetFlowDefinitionRequest)(nil),     // 31: flowstate.v1.GetFlowDefinitionRequest
-	(*GetFlowDefinitionResponse)(nil),    // 32: flowstate.v1.GetFlowDefinitionResponse
-	(*CreateFlowDefinitionRequest)(nil),  // 33: flowstate.v1.CreateFlowDefinitionRequest
-	(*CreateFlowDefinitionResponse)(nil), // 34: flowstate.v1.CreateFlowDefinitionResponse
-	(*ListFlowDefinitionsRequest)(nil),   // 35: flowstate.v1.ListFlowDefinitionsRequest
-	(*ListFlowDefinitionsResponse)(nil),  // 36: flowstate.v1.ListFlowDefinitionsResponse
-	(*SkipPhaseRequest)(nil),             // 37: flowstate.v1.SkipPhaseRequest
-	(*SkipPhaseResponse)(nil),            // 38: flowstate.v1.SkipPhaseResponse
-	(*WatchFlowRequest)(nil),             // 39: flowstate.v1.WatchFlowRequest
-	(*WatchFlowResponse)(nil),            // 40: flowstate.v1.WatchFlowResponse
-	(*WatchFlowsRequest)(nil),            // 41: flowstate.v1.WatchFlowsRequest
-	(*WatchFlowsResponse)(nil),           // 42: flowstate.v1.WatchFlowsResponse
-	(*FlowEvent)(nil),                    // 43: flowstate.v1.FlowEvent
-	(*Heartbeat)(nil),                    // 44: flowstate.v1.Heartbeat
-	nil,                                  // 45: flowstate.v1.CreateFlowRequest.LabelsEntry
-	(*Flow)(nil),                         // 46: flowstate.v1.Flow
-	(*HistoryEntry)(nil),                 // 47: flowstate.v1.HistoryEntry
-	(PhaseState)(0),                      // 48: flowstate.v1.PhaseState
-	(FlowStatus)(0),                      // 49: flowstate.v1.FlowStatus
-	(*timestamppb.Timestamp)(nil),        // 50: google.protobuf.Timestamp
-	(*FlowError)(nil),                    // 51: flowstate.v1.FlowError
-	(*PhaseFailure)(nil),                 // 52: flowstate.v1.PhaseFailure
-	(*structpb.Struct)(nil),              // 53: google.protobuf.Struct
-	(ErrorCode)(0),                       // 54: flowstate.v1.ErrorCode
-	(*FlowDefinition)(nil),               // 55: flowstate.v1.FlowDefinition
+	(*HeartbeatRequest)(nil),             // 15: flowstate.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),            // 16: flowstate.v1.HeartbeatResponse
+	(*UpdatePhaseProgressResponse)(nil),  // 17: flowstate.v1.UpdatePhaseProgressResponse
+	(*RollbackRequest)(nil),              // 18: flowstate.v1.RollbackRequest
+	(*RollbackResponse)(nil),             // 19: flowstate.v1.RollbackResponse
+	(*RetryRequest)(nil),                 // 20: flowstate.v1.RetryRequest
+	(*RetryResponse)(nil),                // 21: flowstate.v1.RetryResponse
+	(*GetRecoveryOptionsRequest)(nil),    // 22: flowstate.v1.GetRecoveryOptionsRequest
+	(*GetRecoveryOptionsResponse)(nil),   // 23: flowstate.v1.GetRecoveryOptionsResponse
+	(*RecoveryOption)(nil),               // 24: flowstate.v1.RecoveryOption
+	(*PauseFlowRequest)(nil),             // 25: flowstate.v1.PauseFlowRequest
+	(*PauseFlowResponse)(nil),            // 26: flowstate.v1.PauseFlowResponse
+	(*ResumeFlowRequest)(nil),            // 27: flowstate.v1.ResumeFlowRequest
+	(*ResumeFlowResponse)(nil),           // 28: flowstate.v1.ResumeFlowResponse
+	(*CancelFlowRequest)(nil),            // 29: flowstate.v1.CancelFlowRequest
+	(*CancelFlowResponse)(nil),           // 30: flowstate.v1.CancelFlowResponse
+	(*ListFlowHistoryRequest)(nil),       // 31: flowstate.v1.ListFlowHistoryRequest
+	(*ListFlowHistoryResponse)(nil),      // 32: flowstate.v1.ListFlowHistoryResponse
+	(*GetFlowDefinitionRequest)(nil),     // 33: flowstate.v1.GetFlowDefinitionRequest
+	(*GetFlowDefinitionResponse)(nil),    // 34: flowstate.v1.GetFlowDefinitionResponse
+	(*CreateFlowDefinitionRequest)(nil),  // 35: flowstate.v1.CreateFlowDefinitionRequest
+	(*CreateFlowDefinitionResponse)(nil), // 36: flowstate.v1.CreateFlowDefinitionResponse
+	(*ListFlowDefinitionsRequest)(nil),   // 37: flowstate.v1.ListFlowDefinitionsRequest
+	(*ListFlowDefinitionsResponse)(nil),  // 38: flowstate.v1.ListFlowDefinitionsResponse
+	(*SkipPhaseRequest)(nil),             // 39: flowstate.v1.SkipPhaseRequest
+	(*SkipPhaseResponse)(nil),            // 40: flowstate.v1.SkipPhaseResponse
+	(*WatchFlowRequest)(nil),             // 41: flowstate.v1.WatchFlowRequest
+	(*WatchFlowResponse)(nil),            // 42: flowstate.v1.WatchFlowResponse
+	(*WatchFlowsRequest)(nil),            // 43: flowstate.v1.WatchFlowsRequest
+	(*WatchFlowsResponse)(nil),           // 44: flowstate.v1.WatchFlowsResponse
+	(*FlowEvent)(nil),                    // 45: flowstate.v1.FlowEvent
+	(*Heartbeat)(nil),                    // 46: flowstate.v1.Heartbeat
+	nil,                                  // 47: flowstate.v1.CreateFlowRequest.LabelsEntry
+	(*Flow)(nil),                         // 48: flowstate.v1.Flow
+	(*HistoryEntry)(nil),                 // 49: flowstate.v1.HistoryEntry
+	(PhaseState)(0),                      // 50: flowstate.v1.PhaseState
+	(FlowStatus)(0),                      // 51: flowstate.v1.FlowStatus
+	(*timestamppb.Timestamp)(nil),        // 52: google.protobuf.Timestamp
+	(*FlowError)(nil),                    // 53: flowstate.v1.FlowError
+	(*PhaseFailure)(nil),                 // 54: flowstate.v1.PhaseFailure
+	(*structpb.Struct)(nil),              // 55: google.protobuf.Struct
+	(ErrorCode)(0),                       // 56: flowstate.v1.ErrorCode
+	(*FlowDefinition)(nil),               // 57: flowstate.v1.FlowDefinition
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
-	45, // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
-	46, // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	46, // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
-	48, // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
-	49, // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	47, // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
+	48, // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48, // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
+	50, // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
+	51, // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
 	5,  // 6: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
-	50, // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
-	46, // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
-	48, // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
-	48, // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
-	49, // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
-	49, // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
+	52, // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
+	48, // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
+	50, // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
+	50, // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
+	51, // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
+	51, // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
 	8,  // 13: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
 	9,  // 14: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
-	51, // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
-	48, // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
-	49, // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
-	49, // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
-	48, // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
-	52, // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
-	53, // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	46, // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	53, // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
-	46, // 25: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 26: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	46, // 27: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 28: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	46, // 29: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 30: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	46, // 31: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
-	22, // 32: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
-	0,  // 33: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
-	48, // 34: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
-	49, // 35: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
-	54, // 36: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
-	18, // 37: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
-	16, // 38: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
-	12, // 39: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
-	25, // 40: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
-	27, // 41: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
-	23, // 42: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
-	37, // 43: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
-	46, // 44: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 45: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	46, // 46: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 47: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	46, // 48: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 49: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	47, // 50: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	55, // 51: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	55, // 52: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
-	55, // 53: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	55, // 54: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
-	53, // 55: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	46, // 56: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	47, // 57: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	43, // 58: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	49, // 59: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	43, // 60: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	49, // 61: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	46, // 62: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	47, // 63: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
-	44, // 64: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	50, // 65: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
-	1,  // 66: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	3,  // 67: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	6,  // 68: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	10, // 69: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	12, // 70: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	14, // 71: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	16, // 72: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	18, // 73: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	20, // 74: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	23, // 75: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	25, // 76: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	27, // 77: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	29, // 78: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	31, // 79: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	33, // 80: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
-	35, // 81: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
-	37, // 82: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
-	39, // 83: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	41, // 84: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	2,  // 85: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	4,  // 86: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	7,  // 87: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	11, // 88: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	13, // 89: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	15, // 90: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	17, // 91: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	19, // 92: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	21, // 93: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	24, // 94: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	26, // 95: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	28, // 96: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	30, // 97: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	32, // 98: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	34, // 99: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	36, // 100: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	38, // 101: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	40, // 102: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	42, // 103: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	85, // [85:104] is the sub-list for method output_type
-	66, // [66:85] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	53, // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
+	50, // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
+	51, // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
+	51, // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
+	50, // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
+	54, // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
+	55, // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	48, // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	55, // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
+	52, // 25: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
+	48, // 26: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 27: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48, // 28: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 29: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48, // 30: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 31: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48, // 32: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
+	24, // 33: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
+	0,  // 34: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
+	50, // 35: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
+	51, // 36: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
+	56, // 37: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
+	52, // 38: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
+	20, // 39: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
+	18, // 40: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
+	12, // 41: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
+	27, // 42: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
+	29, // 43: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
+	25, // 44: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
+	39, // 45: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
+	48, // 46: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 47: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48, // 48: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 49: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48, // 50: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 51: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	49, // 52: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	57, // 53: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	57, // 54: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	57, // 55: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	57, // 56: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	55, // 57: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	48, // 58: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	49, // 59: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	45, // 60: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
+	51, // 61: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	45, // 62: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
+	51, // 63: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	48, // 64: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	49, // 65: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	46, // 66: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
+	52, // 67: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	1,  // 68: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	3,  // 69: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	6,  // 70: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	10, // 71: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	12, // 72: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	14, // 73: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	18, // 74: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	20, // 75: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	22, // 76: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	25, // 77: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	27, // 78: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	29, // 79: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	31, // 80: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	33, // 81: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	35, // 82: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	37, // 83: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	39, // 84: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	41, // 85: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	43, // 86: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	15, // 87: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
+	2,  // 88: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	4,  // 89: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	7,  // 90: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	11, // 91: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	13, // 92: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	17, // 93: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	19, // 94: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	21, // 95: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	23, // 96: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	26, // 97: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	28, // 98: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	30, // 99: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	32, // 100: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	34, // 101: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	36, // 102: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	38, // 103: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	40, // 104: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	42, // 105: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	44, // 106: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	16, // 107: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
+	88, // [88:108] is the sub-list for method output_type
+	68, // [68:88] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -3795,9 +3930,9 @@ func file_flowstate_v1_flow_service_proto_init() {
 	file_flowstate_v1_flow_service_proto_msgTypes[10].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[11].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[13].OneofWrappers = []any{}
-	file_flowstate_v1_flow_service_proto_msgTypes[15].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[17].OneofWrappers = []any{}
-	file_flowstate_v1_flow_service_proto_msgTypes[21].OneofWrappers = []any{
+	file_flowstate_v1_flow_service_proto_msgTypes[19].OneofWrappers = []any{}
+	file_flowstate_v1_flow_service_proto_msgTypes[23].OneofWrappers = []any{
 		(*RecoveryOption_Retry)(nil),
 		(*RecoveryOption_Rollback)(nil),
 		(*RecoveryOption_TransitionPhase)(nil),
@@ -3806,12 +3941,12 @@ func file_flowstate_v1_flow_service_proto_init() {
 		(*RecoveryOption_PauseFlow)(nil),
 		(*RecoveryOption_SkipPhase)(nil),
 	}
-	file_flowstate_v1_flow_service_proto_msgTypes[22].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[24].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[26].OneofWrappers = []any{}
-	file_flowstate_v1_flow_service_proto_msgTypes[36].OneofWrappers = []any{}
+	file_flowstate_v1_flow_service_proto_msgTypes[28].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[38].OneofWrappers = []any{}
-	file_flowstate_v1_flow_service_proto_msgTypes[42].OneofWrappers = []any{
+	file_flowstate_v1_flow_service_proto_msgTypes[40].OneofWrappers = []any{}
+	file_flowstate_v1_flow_service_proto_msgTypes[44].OneofWrappers = []any{
 		(*FlowEvent_Snapshot)(nil),
 		(*FlowEvent_Change)(nil),
 		(*FlowEvent_Heartbeat)(nil),
@@ -3822,7 +3957,7 @@ func file_flowstate_v1_flow_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_service_proto_rawDesc), len(file_flowstate_v1_flow_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	FlowStateService_SkipPhase_FullMethodName            = "/flowstate.v1.FlowStateService/SkipPhase"
 	FlowStateService_WatchFlow_FullMethodName            = "/flowstate.v1.FlowStateService/WatchFlow"
 	FlowStateService_WatchFlows_FullMethodName           = "/flowstate.v1.FlowStateService/WatchFlows"
+	FlowStateService_Heartbeat_FullMethodName            = "/flowstate.v1.FlowStateService/Heartbeat"
 )
 
 // FlowStateServiceClient is the client API for FlowStateService service.
@@ -150,6 +151,12 @@ type FlowStateServiceClient interface {
 	// Streams every change of the caller's flows that match the filter, resumable
 	// by the cursor each event carries; otherwise as WatchFlow.
 	WatchFlows(ctx context.Context, in *WatchFlowsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchFlowsResponse], error)
+	// A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+	// phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+	// history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+	// INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+	// timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 }
 
 type flowStateServiceClient struct {
@@ -368,6 +375,16 @@ func (c *flowStateServiceClient) WatchFlows(ctx context.Context, in *WatchFlowsR
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FlowStateService_WatchFlowsClient = grpc.ServerStreamingClient[WatchFlowsResponse]
 
+func (c *flowStateServiceClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HeartbeatResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_Heartbeat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FlowStateServiceServer is the server API for FlowStateService service.
 // All implementations must embed UnimplementedFlowStateServiceServer
 // for forward compatibility.
@@ -478,6 +495,12 @@ type FlowStateServiceServer interface {
 	// Streams every change of the caller's flows that match the filter, resumable
 	// by the cursor each event carries; otherwise as WatchFlow.
 	WatchFlows(*WatchFlowsRequest, grpc.ServerStreamingServer[WatchFlowsResponse]) error
+	// A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+	// phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+	// history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+	// INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+	// timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	mustEmbedUnimplementedFlowStateServiceServer()
 }
 
@@ -544,6 +567,9 @@ func (UnimplementedFlowStateServiceServer) WatchFlow(*WatchFlowRequest, grpc.Ser
 }
 func (UnimplementedFlowStateServiceServer) WatchFlows(*WatchFlowsRequest, grpc.ServerStreamingServer[WatchFlowsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchFlows not implemented")
+}
+func (UnimplementedFlowStateServiceServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
 }
 func (UnimplementedFlowStateServiceServer) mustEmbedUnimplementedFlowStateServiceServer() {}
 func (UnimplementedFlowStateServiceServer) testEmbeddedByValue()                          {}
@@ -894,6 +920,24 @@ func _FlowStateService_WatchFlows_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FlowStateService_WatchFlowsServer = grpc.ServerStreamingServer[WatchFlowsResponse]
 
+func _FlowStateService_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HeartbeatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).Heartbeat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_Heartbeat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).Heartbeat(ctx, req.(*HeartbeatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FlowStateService_ServiceDesc is the grpc.ServiceDesc for FlowStateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -968,6 +1012,10 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SkipPhase",
 			Handler:    _FlowStateService_SkipPhase_Handler,
+		},
+		{
+			MethodName: "Heartbeat",
+			Handler:    _FlowStateService_Heartbeat_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

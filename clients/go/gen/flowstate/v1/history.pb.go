@@ -149,9 +149,12 @@ type HistoryEntry struct {
 	// The flow's overall progress after the change, in percent.
 	ProgressAfter float64 `protobuf:"fixed64,16,opt,name=progress_after,json=progressAfter,proto3" json:"progress_after,omitempty"`
 	// For CASCADE_ROLLBACK: the phase whose rollback invalidated this one.
-	CausePhase    string `protobuf:"bytes,17,opt,name=cause_phase,json=causePhase,proto3" json:"cause_phase,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CausePhase string `protobuf:"bytes,17,opt,name=cause_phase,json=causePhase,proto3" json:"cause_phase,omitempty"`
+	// For a failure the phase's retry policy will retry: when the server moves
+	// the phase to RETRY_NEEDED.
+	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *HistoryEntry) Reset() {
@@ -303,11 +306,18 @@ func (x *HistoryEntry) GetCausePhase() string {
 	return ""
 }
 
+func (x *HistoryEntry) GetNextAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptTime
+	}
+	return nil
+}
+
 var File_flowstate_v1_history_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_history_proto_rawDesc = "" +
 	"\n" +
-	"\x1aflowstate/v1/history.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x06\n" +
+	"\x1aflowstate/v1/history.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x06\n" +
 	"\fHistoryEntry\x12\x17\n" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12!\n" +
 	"\fflow_version\x18\x02 \x01(\x03R\vflowVersion\x122\n" +
@@ -330,7 +340,8 @@ const file_flowstate_v1_history_proto_rawDesc = "" +
 	"\rtime_in_state\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\vtimeInState\x12%\n" +
 	"\x0eprogress_after\x18\x10 \x01(\x01R\rprogressAfter\x12\x1f\n" +
 	"\vcause_phase\x18\x11 \x01(\tR\n" +
-	"causePhase*\xfb\x02\n" +
+	"causePhase\x12F\n" +
+	"\x11next_attempt_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime*\xfb\x02\n" +
 	"\x10HistoryEventKind\x12\"\n" +
 	"\x1eHISTORY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aHISTORY_EVENT_KIND_CREATED\x10\x01\x12!\n" +
@@ -371,20 +382,21 @@ var file_flowstate_v1_history_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
 }
 var file_flowstate_v1_history_proto_depIdxs = []int32{
-	0, // 0: flowstate.v1.HistoryEntry.kind:type_name -> flowstate.v1.HistoryEventKind
-	2, // 1: flowstate.v1.HistoryEntry.from_state:type_name -> flowstate.v1.PhaseState
-	2, // 2: flowstate.v1.HistoryEntry.to_state:type_name -> flowstate.v1.PhaseState
-	3, // 3: flowstate.v1.HistoryEntry.status_before:type_name -> flowstate.v1.FlowStatus
-	3, // 4: flowstate.v1.HistoryEntry.status_after:type_name -> flowstate.v1.FlowStatus
-	4, // 5: flowstate.v1.HistoryEntry.metadata:type_name -> google.protobuf.Struct
-	5, // 6: flowstate.v1.HistoryEntry.error_context:type_name -> flowstate.v1.PhaseFailure
-	6, // 7: flowstate.v1.HistoryEntry.occur_time:type_name -> google.protobuf.Timestamp
-	7, // 8: flowstate.v1.HistoryEntry.time_in_state:type_name -> google.protobuf.Duration
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	0,  // 0: flowstate.v1.HistoryEntry.kind:type_name -> flowstate.v1.HistoryEventKind
+	2,  // 1: flowstate.v1.HistoryEntry.from_state:type_name -> flowstate.v1.PhaseState
+	2,  // 2: flowstate.v1.HistoryEntry.to_state:type_name -> flowstate.v1.PhaseState
+	3,  // 3: flowstate.v1.HistoryEntry.status_before:type_name -> flowstate.v1.FlowStatus
+	3,  // 4: flowstate.v1.HistoryEntry.status_after:type_name -> flowstate.v1.FlowStatus
+	4,  // 5: flowstate.v1.HistoryEntry.metadata:type_name -> google.protobuf.Struct
+	5,  // 6: flowstate.v1.HistoryEntry.error_context:type_name -> flowstate.v1.PhaseFailure
+	6,  // 7: flowstate.v1.HistoryEntry.occur_time:type_name -> google.protobuf.Timestamp
+	7,  // 8: flowstate.v1.HistoryEntry.time_in_state:type_name -> google.protobuf.Duration
+	6,  // 9: flowstate.v1.HistoryEntry.next_attempt_time:type_name -> google.protobuf.Timestamp
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_history_proto_init() }

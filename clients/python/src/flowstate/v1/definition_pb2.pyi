@@ -4,8 +4,10 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from flowstate.v1 import errors_pb2 as _errors_pb2
 from flowstate.v1 import states_pb2 as _states_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -141,8 +143,8 @@ class PhaseDefinition(_message.Message):
 
     @_builtins.property
     def policy(self) -> Global___PhasePolicy:
-        """Reserved for the phase's policies (timeouts, retry policy, approvals); must
-        be empty until the server supports them.
+        """The phase's policies, applied by the server's timers (timeouts, automatic
+        retry); unset or empty: none.
         """
 
     def __init__(
@@ -168,23 +170,96 @@ Global___PhaseDefinition: _TypeAlias = PhaseDefinition  # noqa: Y015
 
 @_typing.final
 class PhasePolicy(_message.Message):
-    """The policies of a phase. Reserved: no field exists yet, and a definition
-    whose policy carries fields this server does not know is refused rather than
-    run without them.
+    """The policies of a phase (DESIGN.md section 10; docs/timers.md). Each is
+    optional. When a timeout passes, the server fails the phase with
+    AGENT_TIMEOUT (retryable) as user `system:timer`; a retry policy makes the
+    server move a FAILED phase to RETRY_NEEDED once its backoff has passed.
+    Durations are between 0.1 s and 30 days.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Longest time the phase may stay IN_PROGRESS."""
+
+    @_builtins.property
+    def heartbeat_timeout(self) -> _duration_pb2.Duration:
+        """Longest time the phase may stay IN_PROGRESS without a Heartbeat or an
+        UpdatePhaseProgress.
+        """
+
+    @_builtins.property
+    def retry_policy(self) -> Global___PhaseRetryPolicy:
+        """Automatic retry of the phase after it FAILED with one of the listed codes."""
+
     def __init__(
         self,
+        *,
+        timeout: _duration_pb2.Duration | None = ...,
+        heartbeat_timeout: _duration_pb2.Duration | None = ...,
+        retry_policy: Global___PhaseRetryPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PhasePolicy: _TypeAlias = PhasePolicy  # noqa: Y015
+
+@_typing.final
+class PhaseRetryPolicy(_message.Message):
+    """Automatic retry (docs/timers.md). After the phase failed with a code in
+    `retry_on` having used n retries, the server moves it to RETRY_NEEDED after
+    min(initial_backoff x multiplier^n, max_backoff), and stamps the time on the
+    phase (`Phase.next_attempt_time`). `max_retries` still holds: past it, or for
+    a non-retryable code, nothing is scheduled.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    RETRY_ON_FIELD_NUMBER: _builtins.int
+    multiplier: _builtins.float
+    """The factor each further retry multiplies the wait by, in [1, 10]; 0 means
+    1.
+    """
+    @_builtins.property
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """The wait before the first retry (0 to 30 days)."""
+
+    @_builtins.property
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """The longest wait (at least `initial_backoff`, at most 30 days)."""
+
+    @_builtins.property
+    def retry_on(self) -> _containers.RepeatedScalarFieldContainer[_errors_pb2.ErrorCode.ValueType]:
+        """The failure codes that are retried automatically: at least one, each
+        retryable (PHASE_EXECUTION_FAILED, AGENT_TIMEOUT, EXTERNAL_SERVICE_ERROR,
+        TEMPORARY_RESOURCE_UNAVAILABLE).
+        """
+
+    def __init__(
+        self,
+        *,
+        initial_backoff: _duration_pb2.Duration | None = ...,
+        multiplier: _builtins.float = ...,
+        max_backoff: _duration_pb2.Duration | None = ...,
+        retry_on: _abc.Iterable[_errors_pb2.ErrorCode.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff", "multiplier", b"multiplier", "retry_on", b"retry_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhaseRetryPolicy: _TypeAlias = PhaseRetryPolicy  # noqa: Y015
 
 @_typing.final
 class PhaseTransitionRule(_message.Message):

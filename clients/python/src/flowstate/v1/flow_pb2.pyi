@@ -147,6 +147,7 @@ class Phase(_message.Message):
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     OPTIONAL_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The phase's name in the flow definition, e.g. "data_import"."""
     state: _states_pb2.PhaseState.ValueType
@@ -183,6 +184,13 @@ class Phase(_message.Message):
     def complete_time(self) -> _timestamp_pb2.Timestamp:
         """When the phase last entered COMPLETED; unset if never."""
 
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the server moves the phase to RETRY_NEEDED automatically (its
+        definition's retry policy): set while it is FAILED with a retry scheduled,
+        kept in RETRY_NEEDED (when the retry became due); unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -198,10 +206,11 @@ class Phase(_message.Message):
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         weight: _builtins.int = ...,
         optional: _builtins.bool = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "start_time", b"start_time", "state_enter_time", b"state_enter_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "next_attempt_time", b"next_attempt_time", "start_time", b"start_time", "state_enter_time", b"state_enter_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "max_retries", b"max_retries", "name", b"name", "optional", b"optional", "progress", b"progress", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "state_enter_time", b"state_enter_time", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "max_retries", b"max_retries", "name", b"name", "next_attempt_time", b"next_attempt_time", "optional", b"optional", "progress", b"progress", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "state_enter_time", b"state_enter_time", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

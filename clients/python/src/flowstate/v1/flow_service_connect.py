@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .flow_service_pb2 import CancelFlowRequest, CancelFlowResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
+from .flow_service_pb2 import CancelFlowRequest, CancelFlowResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -218,6 +218,16 @@ class FlowStateService(Protocol):
         """
         Streams every change of the caller's flows that match the filter, resumable
         by the cursor each event carries; otherwise as WatchFlow.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def heartbeat(self, request: HeartbeatRequest, ctx: RequestContext[HeartbeatRequest, HeartbeatResponse], /) -> HeartbeatResponse:
+        """
+        A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+        phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+        history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+        timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -443,6 +453,17 @@ class FlowStateServiceASGIApplication(ConnectASGIApplication[FlowStateService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.watch_flows,
+                ),
+                "/flowstate.v1.FlowStateService/Heartbeat": Endpoint.unary(
+                    method=MethodInfo(
+                        name="Heartbeat",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=HeartbeatRequest,
+                        output=HeartbeatResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.heartbeat,
                 ),
             },
             interceptors=interceptors,
@@ -1002,6 +1023,33 @@ class FlowStateServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def heartbeat(
+        self,
+        request: HeartbeatRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> HeartbeatResponse:
+        """
+        A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+        phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+        history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+        timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="Heartbeat",
+                service_name="flowstate.v1.FlowStateService",
+                input=HeartbeatRequest,
+                output=HeartbeatResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class FlowStateServiceSync(Protocol):
     """
@@ -1184,6 +1232,16 @@ class FlowStateServiceSync(Protocol):
         """
         Streams every change of the caller's flows that match the filter, resumable
         by the cursor each event carries; otherwise as WatchFlow.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def heartbeat(self, request: HeartbeatRequest, ctx: RequestContext[HeartbeatRequest, HeartbeatResponse], /) -> HeartbeatResponse:
+        """
+        A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+        phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+        history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+        timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1407,6 +1465,17 @@ class FlowStateServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=service.watch_flows,
+                ),
+                "/flowstate.v1.FlowStateService/Heartbeat": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="Heartbeat",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=HeartbeatRequest,
+                        output=HeartbeatResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.heartbeat,
                 ),
             },
             interceptors=interceptors,
@@ -1962,6 +2031,33 @@ class FlowStateServiceClientSync(ConnectClientSync):
                 output=WatchFlowsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def heartbeat(
+        self,
+        request: HeartbeatRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> HeartbeatResponse:
+        """
+        A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+        phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+        history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+        timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="Heartbeat",
+                service_name="flowstate.v1.FlowStateService",
+                input=HeartbeatRequest,
+                output=HeartbeatResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

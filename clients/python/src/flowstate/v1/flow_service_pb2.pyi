@@ -635,6 +635,62 @@ class UpdatePhaseProgressRequest(_message.Message):
 Global___UpdatePhaseProgressRequest: _TypeAlias = UpdatePhaseProgressRequest  # noqa: Y015
 
 @_typing.final
+class HeartbeatRequest(_message.Message):
+    """Request of Heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    flow_id: _builtins.str
+    """The flow's id."""
+    phase: _builtins.str
+    """The phase's name; it must be IN_PROGRESS."""
+    def __init__(
+        self,
+        *,
+        flow_id: _builtins.str = ...,
+        phase: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_id", b"flow_id", "phase", b"phase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatResponse(_message.Message):
+    """Response of Heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_VERSION_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    flow_version: _builtins.int
+    """The flow's version (a heartbeat does not change it)."""
+    @_builtins.property
+    def heartbeat_deadline_time(self) -> _timestamp_pb2.Timestamp:
+        """When the phase times out without a further heartbeat (database clock);
+        unset when the phase has no heartbeat timeout.
+        """
+
+    def __init__(
+        self,
+        *,
+        flow_version: _builtins.int = ...,
+        heartbeat_deadline_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_deadline_time", b"heartbeat_deadline_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_version", b"flow_version", "heartbeat_deadline_time", b"heartbeat_deadline_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
 class UpdatePhaseProgressResponse(_message.Message):
     """Response of UpdatePhaseProgress."""
 
@@ -891,6 +947,7 @@ class RecoveryOption(_message.Message):
     BLOCKED_BY_FIELD_NUMBER: _builtins.int
     BLOCKING_DETAIL_FIELD_NUMBER: _builtins.int
     ATTEMPTS_REMAINING_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
     TRANSITION_PHASE_FIELD_NUMBER: _builtins.int
@@ -918,6 +975,12 @@ class RecoveryOption(_message.Message):
     """When not allowed: what blocks it, for a human."""
     attempts_remaining: _builtins.int
     """Retry attempts left for the phase, for retry actions."""
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """For a retry of a phase whose retry policy scheduled an automatic retry:
+        when the server will move it to RETRY_NEEDED itself.
+        """
+
     @_builtins.property
     def retry(self) -> Global___RetryRequest:
         """Send with Retry."""
@@ -958,6 +1021,7 @@ class RecoveryOption(_message.Message):
         blocked_by: _errors_pb2.ErrorCode.ValueType = ...,
         blocking_detail: _builtins.str = ...,
         attempts_remaining: _builtins.int | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         retry: Global___RetryRequest | None = ...,
         rollback: Global___RollbackRequest | None = ...,
         transition_phase: Global___TransitionPhaseRequest | None = ...,
@@ -966,9 +1030,9 @@ class RecoveryOption(_message.Message):
         pause_flow: Global___PauseFlowRequest | None = ...,
         skip_phase: Global___SkipPhaseRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "attempts_remaining", b"attempts_remaining", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "transition_phase", b"transition_phase"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "attempts_remaining", b"attempts_remaining", "cancel_flow", b"cancel_flow", "next_attempt_time", b"next_attempt_time", "pause_flow", b"pause_flow", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "transition_phase", b"transition_phase"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "action", b"action", "allowed", b"allowed", "attempts_remaining", b"attempts_remaining", "blocked_by", b"blocked_by", "blocking_detail", b"blocking_detail", "cancel_flow", b"cancel_flow", "pause_flow", b"pause_flow", "phase", b"phase", "reason", b"reason", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "target_state", b"target_state", "target_status", b"target_status", "transition_phase", b"transition_phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "action", b"action", "allowed", b"allowed", "attempts_remaining", b"attempts_remaining", "blocked_by", b"blocked_by", "blocking_detail", b"blocking_detail", "cancel_flow", b"cancel_flow", "next_attempt_time", b"next_attempt_time", "pause_flow", b"pause_flow", "phase", b"phase", "reason", b"reason", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "target_state", b"target_state", "target_status", b"target_status", "transition_phase", b"transition_phase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__attempts_remaining: _TypeAlias = _typing.Literal["attempts_remaining"]  # noqa: Y015
     _WhichOneofArgType__attempts_remaining: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining"]  # noqa: Y015

@@ -151,6 +151,11 @@ class FlowStateServiceStub:
                 request_serializer=flowstate_dot_v1_dot_flow__service__pb2.WatchFlowsRequest.SerializeToString,
                 response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.WatchFlowsResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/Heartbeat',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class FlowStateServiceServicer:
@@ -356,6 +361,19 @@ class FlowStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """--- Timers (DESIGN.md section 10; docs/timers.md) ---
+
+        A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+        phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+        history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+        timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -453,6 +471,11 @@ def add_FlowStateServiceServicer_to_server(servicer, server):
                     servicer.WatchFlows,
                     request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.WatchFlowsRequest.FromString,
                     response_serializer=flowstate_dot_v1_dot_flow__service__pb2.WatchFlowsResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.HeartbeatRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -990,6 +1013,33 @@ class FlowStateService:
             '/flowstate.v1.FlowStateService/WatchFlows',
             flowstate_dot_v1_dot_flow__service__pb2.WatchFlowsRequest.SerializeToString,
             flowstate_dot_v1_dot_flow__service__pb2.WatchFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/Heartbeat',
+            flowstate_dot_v1_dot_flow__service__pb2.HeartbeatRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

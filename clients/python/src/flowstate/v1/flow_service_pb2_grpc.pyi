@@ -154,6 +154,15 @@ class FlowStateServiceStub:
     """Streams every change of the caller's flows that match the filter, resumable
     by the cursor each event carries; otherwise as WatchFlow.
     """
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.HeartbeatRequest, _flow_service_pb2.HeartbeatResponse]
+    """--- Timers (DESIGN.md section 10; docs/timers.md) ---
+
+    A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+    phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+    history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+    INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+    timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class FlowStateServiceAsyncStub(FlowStateServiceStub):
@@ -280,6 +289,15 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     WatchFlows: _aio.UnaryStreamMultiCallable[_flow_service_pb2.WatchFlowsRequest, _flow_service_pb2.WatchFlowsResponse]  # type: ignore[assignment]
     """Streams every change of the caller's flows that match the filter, resumable
     by the cursor each event carries; otherwise as WatchFlow.
+    """
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.HeartbeatRequest, _flow_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """--- Timers (DESIGN.md section 10; docs/timers.md) ---
+
+    A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+    phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+    history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+    INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+    timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
     """
 
 class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -518,6 +536,21 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_flow_service_pb2.WatchFlowsResponse], _abc.AsyncIterator[_flow_service_pb2.WatchFlowsResponse]]:
         """Streams every change of the caller's flows that match the filter, resumable
         by the cursor each event carries; otherwise as WatchFlow.
+        """
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _flow_service_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.HeartbeatResponse, _abc.Awaitable[_flow_service_pb2.HeartbeatResponse]]:
+        """--- Timers (DESIGN.md section 10; docs/timers.md) ---
+
+        A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+        phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+        history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+        timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
         """
 
 def add_FlowStateServiceServicer_to_server(servicer: FlowStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

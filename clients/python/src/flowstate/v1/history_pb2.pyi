@@ -107,6 +107,7 @@ class HistoryEntry(_message.Message):
     TIME_IN_STATE_FIELD_NUMBER: _builtins.int
     PROGRESS_AFTER_FIELD_NUMBER: _builtins.int
     CAUSE_PHASE_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow the entry belongs to."""
     flow_version: _builtins.int
@@ -153,6 +154,12 @@ class HistoryEntry(_message.Message):
         and for phases leaving NOT_STARTED.
         """
 
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """For a failure the phase's retry policy will retry: when the server moves
+        the phase to RETRY_NEEDED.
+        """
+
     def __init__(
         self,
         *,
@@ -173,10 +180,11 @@ class HistoryEntry(_message.Message):
         time_in_state: _duration_pb2.Duration | None = ...,
         progress_after: _builtins.float = ...,
         cause_phase: _builtins.str = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error_context", b"error_context", "metadata", b"metadata", "occur_time", b"occur_time", "time_in_state", b"time_in_state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error_context", b"error_context", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "occur_time", b"occur_time", "time_in_state", b"time_in_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause_phase", b"cause_phase", "error_context", b"error_context", "flow_id", b"flow_id", "flow_version", b"flow_version", "from_state", b"from_state", "kind", b"kind", "metadata", b"metadata", "occur_time", b"occur_time", "phase", b"phase", "progress_after", b"progress_after", "reason", b"reason", "request_id", b"request_id", "status_after", b"status_after", "status_before", b"status_before", "time_in_state", b"time_in_state", "to_state", b"to_state", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause_phase", b"cause_phase", "error_context", b"error_context", "flow_id", b"flow_id", "flow_version", b"flow_version", "from_state", b"from_state", "kind", b"kind", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "occur_time", b"occur_time", "phase", b"phase", "progress_after", b"progress_after", "reason", b"reason", "request_id", b"request_id", "status_after", b"status_after", "status_before", b"status_before", "time_in_state", b"time_in_state", "to_state", b"to_state", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

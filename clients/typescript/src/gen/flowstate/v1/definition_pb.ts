@@ -4,17 +4,19 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { ErrorCode } from "./errors_pb.js";
+import { file_flowstate_v1_errors } from "./errors_pb.js";
 import type { FlowStatus, PhaseState } from "./states_pb.js";
 import { file_flowstate_v1_states } from "./states_pb.js";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file flowstate/v1/definition.proto.
  */
 export const file_flowstate_v1_definition: GenFile = /*@__PURE__*/
-  fileDesc("Ch1mbG93c3RhdGUvdjEvZGVmaW5pdGlvbi5wcm90bxIMZmxvd3N0YXRlLnYxIsUCCg5GbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSLQoGcGhhc2VzGAMgAygLMh0uZmxvd3N0YXRlLnYxLlBoYXNlRGVmaW5pdGlvbhIUCgxkaXNwbGF5X25hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSPAoRcGhhc2VfdHJhbnNpdGlvbnMYBiADKAsyIS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uUnVsZRI6ChBwcm9ncmVzc19mYWN0b3JzGAcgAygLMiAuZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGVQcm9ncmVzcxIPCgdidWlsdGluGAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLwAQoPUGhhc2VEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEgoKZGVwZW5kc19vbhgCIAMoCRIOCgZ3ZWlnaHQYAyABKAUSEwoLbWF4X3JldHJpZXMYBCABKAUSLgoMc3RhdHVzX2dyb3VwGAUgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFAoMZGlzcGxheV9uYW1lGAYgASgJEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhAKCG9wdGlvbmFsGAggASgIEikKBnBvbGljeRgJIAEoCzIZLmZsb3dzdGF0ZS52MS5QaGFzZVBvbGljeSINCgtQaGFzZVBvbGljeSJwChNQaGFzZVRyYW5zaXRpb25SdWxlEiwKCmZyb21fc3RhdGUYASABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIrCgl0b19zdGF0ZXMYAiADKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZSJNChJQaGFzZVN0YXRlUHJvZ3Jlc3MSJwoFc3RhdGUYASABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIOCgZmYWN0b3IYAiABKAFiBnByb3RvMw", [file_flowstate_v1_states, file_google_protobuf_timestamp]);
+  fileDesc("Ch1mbG93c3RhdGUvdjEvZGVmaW5pdGlvbi5wcm90bxIMZmxvd3N0YXRlLnYxIsUCCg5GbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSLQoGcGhhc2VzGAMgAygLMh0uZmxvd3N0YXRlLnYxLlBoYXNlRGVmaW5pdGlvbhIUCgxkaXNwbGF5X25hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSPAoRcGhhc2VfdHJhbnNpdGlvbnMYBiADKAsyIS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uUnVsZRI6ChBwcm9ncmVzc19mYWN0b3JzGAcgAygLMiAuZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGVQcm9ncmVzcxIPCgdidWlsdGluGAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLwAQoPUGhhc2VEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEgoKZGVwZW5kc19vbhgCIAMoCRIOCgZ3ZWlnaHQYAyABKAUSEwoLbWF4X3JldHJpZXMYBCABKAUSLgoMc3RhdHVzX2dyb3VwGAUgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFAoMZGlzcGxheV9uYW1lGAYgASgJEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhAKCG9wdGlvbmFsGAggASgIEikKBnBvbGljeRgJIAEoCzIZLmZsb3dzdGF0ZS52MS5QaGFzZVBvbGljeSKlAQoLUGhhc2VQb2xpY3kSKgoHdGltZW91dBgUIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChFoZWFydGJlYXRfdGltZW91dBgVIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0CgxyZXRyeV9wb2xpY3kYFiABKAsyHi5mbG93c3RhdGUudjEuUGhhc2VSZXRyeVBvbGljeSK1AQoQUGhhc2VSZXRyeVBvbGljeRIyCg9pbml0aWFsX2JhY2tvZmYYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbXVsdGlwbGllchgCIAEoARIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIpCghyZXRyeV9vbhgEIAMoDjIXLmZsb3dzdGF0ZS52MS5FcnJvckNvZGUicAoTUGhhc2VUcmFuc2l0aW9uUnVsZRIsCgpmcm9tX3N0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKwoJdG9fc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUiTQoSUGhhc2VTdGF0ZVByb2dyZXNzEicKBXN0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSDgoGZmFjdG9yGAIgASgBYgZwcm90bzM", [file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A flow definition: ordered phases with dependencies (a DAG), weights that sum
@@ -171,8 +173,8 @@ export type PhaseDefinition = Message<"flowstate.v1.PhaseDefinition"> & {
   optional: boolean;
 
   /**
-   * Reserved for the phase's policies (timeouts, retry policy, approvals); must
-   * be empty until the server supports them.
+   * The phase's policies, applied by the server's timers (timeouts, automatic
+   * retry); unset or empty: none.
    *
    * @generated from field: flowstate.v1.PhasePolicy policy = 9;
    */
@@ -187,13 +189,36 @@ export const PhaseDefinitionSchema: GenMessage<PhaseDefinition> = /*@__PURE__*/
   messageDesc(file_flowstate_v1_definition, 1);
 
 /**
- * The policies of a phase. Reserved: no field exists yet, and a definition
- * whose policy carries fields this server does not know is refused rather than
- * run without them.
+ * The policies of a phase (DESIGN.md section 10; docs/timers.md). Each is
+ * optional. When a timeout passes, the server fails the phase with
+ * AGENT_TIMEOUT (retryable) as user `system:timer`; a retry policy makes the
+ * server move a FAILED phase to RETRY_NEEDED once its backoff has passed.
+ * Durations are between 0.1 s and 30 days.
  *
  * @generated from message flowstate.v1.PhasePolicy
  */
 export type PhasePolicy = Message<"flowstate.v1.PhasePolicy"> & {
+  /**
+   * Longest time the phase may stay IN_PROGRESS.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 20;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * Longest time the phase may stay IN_PROGRESS without a Heartbeat or an
+   * UpdatePhaseProgress.
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_timeout = 21;
+   */
+  heartbeatTimeout?: Duration | undefined;
+
+  /**
+   * Automatic retry of the phase after it FAILED with one of the listed codes.
+   *
+   * @generated from field: flowstate.v1.PhaseRetryPolicy retry_policy = 22;
+   */
+  retryPolicy?: PhaseRetryPolicy | undefined;
 };
 
 /**
@@ -202,6 +227,55 @@ export type PhasePolicy = Message<"flowstate.v1.PhasePolicy"> & {
  */
 export const PhasePolicySchema: GenMessage<PhasePolicy> = /*@__PURE__*/
   messageDesc(file_flowstate_v1_definition, 2);
+
+/**
+ * Automatic retry (docs/timers.md). After the phase failed with a code in
+ * `retry_on` having used n retries, the server moves it to RETRY_NEEDED after
+ * min(initial_backoff x multiplier^n, max_backoff), and stamps the time on the
+ * phase (`Phase.next_attempt_time`). `max_retries` still holds: past it, or for
+ * a non-retryable code, nothing is scheduled.
+ *
+ * @generated from message flowstate.v1.PhaseRetryPolicy
+ */
+export type PhaseRetryPolicy = Message<"flowstate.v1.PhaseRetryPolicy"> & {
+  /**
+   * The wait before the first retry (0 to 30 days).
+   *
+   * @generated from field: google.protobuf.Duration initial_backoff = 1;
+   */
+  initialBackoff?: Duration | undefined;
+
+  /**
+   * The factor each further retry multiplies the wait by, in [1, 10]; 0 means
+   * 1.
+   *
+   * @generated from field: double multiplier = 2;
+   */
+  multiplier: number;
+
+  /**
+   * The longest wait (at least `initial_backoff`, at most 30 days).
+   *
+   * @generated from field: google.protobuf.Duration max_backoff = 3;
+   */
+  maxBackoff?: Duration | undefined;
+
+  /**
+   * The failure codes that are retried automatically: at least one, each
+   * retryable (PHASE_EXECUTION_FAILED, AGENT_TIMEOUT, EXTERNAL_SERVICE_ERROR,
+   * TEMPORARY_RESOURCE_UNAVAILABLE).
+   *
+   * @generated from field: repeated flowstate.v1.ErrorCode retry_on = 4;
+   */
+  retryOn: ErrorCode[];
+};
+
+/**
+ * Describes the message flowstate.v1.PhaseRetryPolicy.
+ * Use `create(PhaseRetryPolicySchema)` to create a new message.
+ */
+export const PhaseRetryPolicySchema: GenMessage<PhaseRetryPolicy> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_definition, 3);
 
 /**
  * The legal targets of one phase state.
@@ -229,7 +303,7 @@ export type PhaseTransitionRule = Message<"flowstate.v1.PhaseTransitionRule"> & 
  * Use `create(PhaseTransitionRuleSchema)` to create a new message.
  */
 export const PhaseTransitionRuleSchema: GenMessage<PhaseTransitionRule> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_definition, 3);
+  messageDesc(file_flowstate_v1_definition, 4);
 
 /**
  * The progress factor of one phase state.
@@ -257,5 +331,5 @@ export type PhaseStateProgress = Message<"flowstate.v1.PhaseStateProgress"> & {
  * Use `create(PhaseStateProgressSchema)` to create a new message.
  */
 export const PhaseStateProgressSchema: GenMessage<PhaseStateProgress> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_definition, 4);
+  messageDesc(file_flowstate_v1_definition, 5);
 

@@ -22,7 +22,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file flowstate/v1/flow_service.proto.
  */
 export const file_flowstate_v1_flow_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9mbG93c3RhdGUvdjEvZmxvd19zZXJ2aWNlLnByb3RvEgxmbG93c3RhdGUudjEi7wEKEUNyZWF0ZUZsb3dSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEhoKEmRlZmluaXRpb25fdmVyc2lvbhgDIAEoBRIPCgdmbG93X2lkGAQgASgJEhQKDGRpc3BsYXlfbmFtZRgFIAEoCRI7CgZsYWJlbHMYBiADKAsyKy5mbG93c3RhdGUudjEuQ3JlYXRlRmxvd1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJrChJDcmVhdGVGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkiIQoOR2V0Rmxvd1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCSIzCg9HZXRGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93IksKEFBoYXNlU3RhdGVGaWx0ZXISDQoFcGhhc2UYASABKAkSKAoGc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUi6AEKEExpc3RGbG93c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSKgoIc3RhdHVzZXMYAyADKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxI0CgxwaGFzZV9zdGF0ZXMYBCADKAsyHi5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZUZpbHRlchIyCg51cGRhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPZGVmaW5pdGlvbl9uYW1lGAYgASgJIk8KEUxpc3RGbG93c1Jlc3BvbnNlEiEKBWZsb3dzGAEgAygLMhIuZmxvd3N0YXRlLnYxLkZsb3cSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKD1BoYXNlVHJhbnNpdGlvbhINCgVwaGFzZRgBIAEoCRIsCgpmcm9tX3N0YXRlGAIgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKgoIdG9fc3RhdGUYAyABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZSJsCg5GbG93VHJhbnNpdGlvbhItCgtmcm9tX3N0YXR1cxgBIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEisKCXRvX3N0YXR1cxgCIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzIscBChlWYWxpZGF0ZVRyYW5zaXRpb25SZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEjkKEHBoYXNlX3RyYW5zaXRpb24YAyABKAsyHS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uSAASNwoPZmxvd190cmFuc2l0aW9uGAQgASgLMhwuZmxvd3N0YXRlLnYxLkZsb3dUcmFuc2l0aW9uSABCDAoKdHJhbnNpdGlvbiL7AgoaVmFsaWRhdGVUcmFuc2l0aW9uUmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBImCgVlcnJvchgCIAEoCzIXLmZsb3dzdGF0ZS52MS5GbG93RXJyb3ISMwoRdmFsaWRfdHJhbnNpdGlvbnMYAyADKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRI4ChZ2YWxpZF9mbG93X3RyYW5zaXRpb25zGAQgAygOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFwoPYmxvY2tpbmdfcGhhc2VzGAUgAygJEh8KEmF0dGVtcHRzX3JlbWFpbmluZxgGIAEoBUgAiAEBEhQKDGZsb3dfdmVyc2lvbhgHIAEoAxIyChByZXN1bHRpbmdfc3RhdHVzGAggASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSGgoScmVzdWx0aW5nX3Byb2dyZXNzGAkgASgBQhUKE19hdHRlbXB0c19yZW1haW5pbmcimAIKFlRyYW5zaXRpb25QaGFzZVJlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIuCgx0YXJnZXRfc3RhdGUYAyABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIOCgZyZWFzb24YBCABKAkSKwoHZmFpbHVyZRgFIAEoCzIaLmZsb3dzdGF0ZS52MS5QaGFzZUZhaWx1cmUSKQoIbWV0YWRhdGEYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCnJlcXVlc3RfaWQYByABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgIIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uInAKF1RyYW5zaXRpb25QaGFzZVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5ItEBChpVcGRhdGVQaGFzZVByb2dyZXNzUmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEhAKCHByb2dyZXNzGAMgASgBEg4KBnJlYXNvbhgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKcmVxdWVzdF9pZBgGIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAcgASgDSACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24idAobVXBkYXRlUGhhc2VQcm9ncmVzc1Jlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5IqsBCg9Sb2xsYmFja1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIUCgdjYXNjYWRlGAMgASgISACIAQESDgoGcmVhc29uGAQgASgJEhIKCnJlcXVlc3RfaWQYBSABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgGIAEoA0gBiAEBQgoKCF9jYXNjYWRlQhMKEV9leHBlY3RlZF92ZXJzaW9uImkKEFJvbGxiYWNrUmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkilQEKDFJldHJ5UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEg0KBWZvcmNlGAMgASgIEg4KBnJlYXNvbhgEIAEoCRISCgpyZXF1ZXN0X2lkGAUgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBiABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJmCg1SZXRyeVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5IiwKGUdldFJlY292ZXJ5T3B0aW9uc1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCSJtChpHZXRSZWNvdmVyeU9wdGlvbnNSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSLQoHb3B0aW9ucxgCIAMoCzIcLmZsb3dzdGF0ZS52MS5SZWNvdmVyeU9wdGlvbiLWBQoOUmVjb3ZlcnlPcHRpb24SLAoGYWN0aW9uGAEgASgOMhwuZmxvd3N0YXRlLnYxLlJlY292ZXJ5QWN0aW9uEg0KBXBoYXNlGAIgASgJEi4KDHRhcmdldF9zdGF0ZRgDIAEoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlEi8KDXRhcmdldF9zdGF0dXMYBCABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIOCgZyZWFzb24YBSABKAkSDwoHYWxsb3dlZBgGIAEoCBIrCgpibG9ja2VkX2J5GAcgASgOMhcuZmxvd3N0YXRlLnYxLkVycm9yQ29kZRIXCg9ibG9ja2luZ19kZXRhaWwYCCABKAkSHwoSYXR0ZW1wdHNfcmVtYWluaW5nGAkgASgFSAGIAQESKwoFcmV0cnkYCiABKAsyGi5mbG93c3RhdGUudjEuUmV0cnlSZXF1ZXN0SAASMQoIcm9sbGJhY2sYCyABKAsyHS5mbG93c3RhdGUudjEuUm9sbGJhY2tSZXF1ZXN0SAASQAoQdHJhbnNpdGlvbl9waGFzZRgMIAEoCzIkLmZsb3dzdGF0ZS52MS5UcmFuc2l0aW9uUGhhc2VSZXF1ZXN0SAASNgoLcmVzdW1lX2Zsb3cYDSABKAsyHy5mbG93c3RhdGUudjEuUmVzdW1lRmxvd1JlcXVlc3RIABI2CgtjYW5jZWxfZmxvdxgOIAEoCzIfLmZsb3dzdGF0ZS52MS5DYW5jZWxGbG93UmVxdWVzdEgAEjQKCnBhdXNlX2Zsb3cYDyABKAsyHi5mbG93c3RhdGUudjEuUGF1c2VGbG93UmVxdWVzdEgAEjQKCnNraXBfcGhhc2UYECABKAsyHi5mbG93c3RhdGUudjEuU2tpcFBoYXNlUmVxdWVzdEgAQgkKB3JlcXVlc3RCFQoTX2F0dGVtcHRzX3JlbWFpbmluZyJ7ChBQYXVzZUZsb3dSZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgEIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImoKEVBhdXNlRmxvd1Jlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5InwKEVJlc3VtZUZsb3dSZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgEIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImsKElJlc3VtZUZsb3dSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSMwoPaGlzdG9yeV9lbnRyaWVzGAIgAygLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeSJ8ChFDYW5jZWxGbG93UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBCABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJrChJDYW5jZWxGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkiZwoWTGlzdEZsb3dIaXN0b3J5UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEhUKDWFmdGVyX3ZlcnNpb24YAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiZwoXTGlzdEZsb3dIaXN0b3J5UmVzcG9uc2USMwoPaGlzdG9yeV9lbnRyaWVzGAEgAygLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoYR2V0Rmxvd0RlZmluaXRpb25SZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJNChlHZXRGbG93RGVmaW5pdGlvblJlc3BvbnNlEjAKCmRlZmluaXRpb24YASABKAsyHC5mbG93c3RhdGUudjEuRmxvd0RlZmluaXRpb24imAEKG0NyZWF0ZUZsb3dEZWZpbml0aW9uUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEjAKCmRlZmluaXRpb24YAiABKAsyHC5mbG93c3RhdGUudjEuRmxvd0RlZmluaXRpb24SHAoUYWxsb3dfc2hhZG93X2J1aWx0aW4YAyABKAgSFQoNdmFsaWRhdGVfb25seRgEIAEoCCJhChxDcmVhdGVGbG93RGVmaW5pdGlvblJlc3BvbnNlEjAKCmRlZmluaXRpb24YASABKAsyHC5mbG93c3RhdGUudjEuRmxvd0RlZmluaXRpb24SDwoHY3JlYXRlZBgCIAEoCCJRChpMaXN0Rmxvd0RlZmluaXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIMCgRuYW1lGAMgASgJImkKG0xpc3RGbG93RGVmaW5pdGlvbnNSZXNwb25zZRIxCgtkZWZpbml0aW9ucxgBIAMoCzIcLmZsb3dzdGF0ZS52MS5GbG93RGVmaW5pdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkitQEKEFNraXBQaGFzZVJlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSKQoIbWV0YWRhdGEYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCnJlcXVlc3RfaWQYBSABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgGIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImoKEVNraXBQaGFzZVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5ImQKEFdhdGNoRmxvd1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRIaCg1hZnRlcl92ZXJzaW9uGAIgASgDSACIAQESEQoJa2VlcF9vcGVuGAMgASgIQhAKDl9hZnRlcl92ZXJzaW9uIjsKEVdhdGNoRmxvd1Jlc3BvbnNlEiYKBWV2ZW50GAEgASgLMhcuZmxvd3N0YXRlLnYxLkZsb3dFdmVudCJ6ChFXYXRjaEZsb3dzUmVxdWVzdBIqCghzdGF0dXNlcxgBIAMoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEhcKD2RlZmluaXRpb25fbmFtZRgCIAEoCRIQCghmbG93X2lkcxgDIAMoCRIOCgZjdXJzb3IYBCABKAkiTAoSV2F0Y2hGbG93c1Jlc3BvbnNlEiYKBWV2ZW50GAEgASgLMhcuZmxvd3N0YXRlLnYxLkZsb3dFdmVudBIOCgZjdXJzb3IYAiABKAki+gEKCUZsb3dFdmVudBIPCgdmbG93X2lkGAEgASgJEhQKDGZsb3dfdmVyc2lvbhgCIAEoAxIoCgZzdGF0dXMYAyABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIQCghwcm9ncmVzcxgEIAEoARImCghzbmFwc2hvdBgFIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93SAASLAoGY2hhbmdlGAYgASgLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeUgAEiwKCWhlYXJ0YmVhdBgHIAEoCzIXLmZsb3dzdGF0ZS52MS5IZWFydGJlYXRIAEIGCgRraW5kIjwKCUhlYXJ0YmVhdBIvCgtzZXJ2ZXJfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqlwIKDlJlY292ZXJ5QWN0aW9uEh8KG1JFQ09WRVJZX0FDVElPTl9VTlNQRUNJRklFRBAAEhkKFVJFQ09WRVJZX0FDVElPTl9SRVRSWRABEh8KG1JFQ09WRVJZX0FDVElPTl9GT1JDRV9SRVRSWRACEhwKGFJFQ09WRVJZX0FDVElPTl9ST0xMQkFDSxADEhsKF1JFQ09WRVJZX0FDVElPTl9SRVNUQVJUEAQSGgoWUkVDT1ZFUllfQUNUSU9OX1JFU1VNRRAFEhoKFlJFQ09WRVJZX0FDVElPTl9DQU5DRUwQBhIbChdSRUNPVkVSWV9BQ1RJT05fQUJBTkRPThAHEhgKFFJFQ09WRVJZX0FDVElPTl9TS0lQEAgyyQ0KEEZsb3dTdGF0ZVNlcnZpY2USTwoKQ3JlYXRlRmxvdxIfLmZsb3dzdGF0ZS52MS5DcmVhdGVGbG93UmVxdWVzdBogLmZsb3dzdGF0ZS52MS5DcmVhdGVGbG93UmVzcG9uc2USSwoHR2V0RmxvdxIcLmZsb3dzdGF0ZS52MS5HZXRGbG93UmVxdWVzdBodLmZsb3dzdGF0ZS52MS5HZXRGbG93UmVzcG9uc2UiA5ACARJRCglMaXN0Rmxvd3MSHi5mbG93c3RhdGUudjEuTGlzdEZsb3dzUmVxdWVzdBofLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd3NSZXNwb25zZSIDkAIBEmwKElZhbGlkYXRlVHJhbnNpdGlvbhInLmZsb3dzdGF0ZS52MS5WYWxpZGF0ZVRyYW5zaXRpb25SZXF1ZXN0GiguZmxvd3N0YXRlLnYxLlZhbGlkYXRlVHJhbnNpdGlvblJlc3BvbnNlIgOQAgESXgoPVHJhbnNpdGlvblBoYXNlEiQuZmxvd3N0YXRlLnYxLlRyYW5zaXRpb25QaGFzZVJlcXVlc3QaJS5mbG93c3RhdGUudjEuVHJhbnNpdGlvblBoYXNlUmVzcG9uc2USagoTVXBkYXRlUGhhc2VQcm9ncmVzcxIoLmZsb3dzdGF0ZS52MS5VcGRhdGVQaGFzZVByb2dyZXNzUmVxdWVzdBopLmZsb3dzdGF0ZS52MS5VcGRhdGVQaGFzZVByb2dyZXNzUmVzcG9uc2USSQoIUm9sbGJhY2sSHS5mbG93c3RhdGUudjEuUm9sbGJhY2tSZXF1ZXN0Gh4uZmxvd3N0YXRlLnYxLlJvbGxiYWNrUmVzcG9uc2USQAoFUmV0cnkSGi5mbG93c3RhdGUudjEuUmV0cnlSZXF1ZXN0GhsuZmxvd3N0YXRlLnYxLlJldHJ5UmVzcG9uc2USbAoSR2V0UmVjb3ZlcnlPcHRpb25zEicuZmxvd3N0YXRlLnYxLkdldFJlY292ZXJ5T3B0aW9uc1JlcXVlc3QaKC5mbG93c3RhdGUudjEuR2V0UmVjb3ZlcnlPcHRpb25zUmVzcG9uc2UiA5ACARJMCglQYXVzZUZsb3cSHi5mbG93c3RhdGUudjEuUGF1c2VGbG93UmVxdWVzdBofLmZsb3dzdGF0ZS52MS5QYXVzZUZsb3dSZXNwb25zZRJPCgpSZXN1bWVGbG93Eh8uZmxvd3N0YXRlLnYxLlJlc3VtZUZsb3dSZXF1ZXN0GiAuZmxvd3N0YXRlLnYxLlJlc3VtZUZsb3dSZXNwb25zZRJPCgpDYW5jZWxGbG93Eh8uZmxvd3N0YXRlLnYxLkNhbmNlbEZsb3dSZXF1ZXN0GiAuZmxvd3N0YXRlLnYxLkNhbmNlbEZsb3dSZXNwb25zZRJjCg9MaXN0Rmxvd0hpc3RvcnkSJC5mbG93c3RhdGUudjEuTGlzdEZsb3dIaXN0b3J5UmVxdWVzdBolLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd0hpc3RvcnlSZXNwb25zZSIDkAIBEmkKEUdldEZsb3dEZWZpbml0aW9uEiYuZmxvd3N0YXRlLnYxLkdldEZsb3dEZWZpbml0aW9uUmVxdWVzdBonLmZsb3dzdGF0ZS52MS5HZXRGbG93RGVmaW5pdGlvblJlc3BvbnNlIgOQAgESbQoUQ3JlYXRlRmxvd0RlZmluaXRpb24SKS5mbG93c3RhdGUudjEuQ3JlYXRlRmxvd0RlZmluaXRpb25SZXF1ZXN0GiouZmxvd3N0YXRlLnYxLkNyZWF0ZUZsb3dEZWZpbml0aW9uUmVzcG9uc2USbwoTTGlzdEZsb3dEZWZpbml0aW9ucxIoLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd0RlZmluaXRpb25zUmVxdWVzdBopLmZsb3dzdGF0ZS52MS5MaXN0Rmxvd0RlZmluaXRpb25zUmVzcG9uc2UiA5ACARJMCglTa2lwUGhhc2USHi5mbG93c3RhdGUudjEuU2tpcFBoYXNlUmVxdWVzdBofLmZsb3dzdGF0ZS52MS5Ta2lwUGhhc2VSZXNwb25zZRJOCglXYXRjaEZsb3cSHi5mbG93c3RhdGUudjEuV2F0Y2hGbG93UmVxdWVzdBofLmZsb3dzdGF0ZS52MS5XYXRjaEZsb3dSZXNwb25zZTABElEKCldhdGNoRmxvd3MSHy5mbG93c3RhdGUudjEuV2F0Y2hGbG93c1JlcXVlc3QaIC5mbG93c3RhdGUudjEuV2F0Y2hGbG93c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_flowstate_v1_definition, file_flowstate_v1_errors, file_flowstate_v1_flow, file_flowstate_v1_history, file_flowstate_v1_states, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch9mbG93c3RhdGUvdjEvZmxvd19zZXJ2aWNlLnByb3RvEgxmbG93c3RhdGUudjEi7wEKEUNyZWF0ZUZsb3dSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEhoKEmRlZmluaXRpb25fdmVyc2lvbhgDIAEoBRIPCgdmbG93X2lkGAQgASgJEhQKDGRpc3BsYXlfbmFtZRgFIAEoCRI7CgZsYWJlbHMYBiADKAsyKy5mbG93c3RhdGUudjEuQ3JlYXRlRmxvd1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJrChJDcmVhdGVGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkiIQoOR2V0Rmxvd1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCSIzCg9HZXRGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93IksKEFBoYXNlU3RhdGVGaWx0ZXISDQoFcGhhc2UYASABKAkSKAoGc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUi6AEKEExpc3RGbG93c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSKgoIc3RhdHVzZXMYAyADKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxI0CgxwaGFzZV9zdGF0ZXMYBCADKAsyHi5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZUZpbHRlchIyCg51cGRhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPZGVmaW5pdGlvbl9uYW1lGAYgASgJIk8KEUxpc3RGbG93c1Jlc3BvbnNlEiEKBWZsb3dzGAEgAygLMhIuZmxvd3N0YXRlLnYxLkZsb3cSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInoKD1BoYXNlVHJhbnNpdGlvbhINCgVwaGFzZRgBIAEoCRIsCgpmcm9tX3N0YXRlGAIgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKgoIdG9fc3RhdGUYAyABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZSJsCg5GbG93VHJhbnNpdGlvbhItCgtmcm9tX3N0YXR1cxgBIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEisKCXRvX3N0YXR1cxgCIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzIscBChlWYWxpZGF0ZVRyYW5zaXRpb25SZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSFwoPZGVmaW5pdGlvbl9uYW1lGAIgASgJEjkKEHBoYXNlX3RyYW5zaXRpb24YAyABKAsyHS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uSAASNwoPZmxvd190cmFuc2l0aW9uGAQgASgLMhwuZmxvd3N0YXRlLnYxLkZsb3dUcmFuc2l0aW9uSABCDAoKdHJhbnNpdGlvbiL7AgoaVmFsaWRhdGVUcmFuc2l0aW9uUmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBImCgVlcnJvchgCIAEoCzIXLmZsb3dzdGF0ZS52MS5GbG93RXJyb3ISMwoRdmFsaWRfdHJhbnNpdGlvbnMYAyADKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRI4ChZ2YWxpZF9mbG93X3RyYW5zaXRpb25zGAQgAygOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFwoPYmxvY2tpbmdfcGhhc2VzGAUgAygJEh8KEmF0dGVtcHRzX3JlbWFpbmluZxgGIAEoBUgAiAEBEhQKDGZsb3dfdmVyc2lvbhgHIAEoAxIyChByZXN1bHRpbmdfc3RhdHVzGAggASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSGgoScmVzdWx0aW5nX3Byb2dyZXNzGAkgASgBQhUKE19hdHRlbXB0c19yZW1haW5pbmcimAIKFlRyYW5zaXRpb25QaGFzZVJlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIuCgx0YXJnZXRfc3RhdGUYAyABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIOCgZyZWFzb24YBCABKAkSKwoHZmFpbHVyZRgFIAEoCzIaLmZsb3dzdGF0ZS52MS5QaGFzZUZhaWx1cmUSKQoIbWV0YWRhdGEYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCnJlcXVlc3RfaWQYByABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgIIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uInAKF1RyYW5zaXRpb25QaGFzZVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5ItEBChpVcGRhdGVQaGFzZVByb2dyZXNzUmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEhAKCHByb2dyZXNzGAMgASgBEg4KBnJlYXNvbhgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKcmVxdWVzdF9pZBgGIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAcgASgDSACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iMgoQSGVhcnRiZWF0UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJImYKEUhlYXJ0YmVhdFJlc3BvbnNlEhQKDGZsb3dfdmVyc2lvbhgBIAEoAxI7ChdoZWFydGJlYXRfZGVhZGxpbmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidAobVXBkYXRlUGhhc2VQcm9ncmVzc1Jlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5IqsBCg9Sb2xsYmFja1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRIUCgdjYXNjYWRlGAMgASgISACIAQESDgoGcmVhc29uGAQgASgJEhIKCnJlcXVlc3RfaWQYBSABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgGIAEoA0gBiAEBQgoKCF9jYXNjYWRlQhMKEV9leHBlY3RlZF92ZXJzaW9uImkKEFJvbGxiYWNrUmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkilQEKDFJldHJ5UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEg0KBWZvcmNlGAMgASgIEg4KBnJlYXNvbhgEIAEoCRISCgpyZXF1ZXN0X2lkGAUgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBiABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJmCg1SZXRyeVJlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5IiwKGUdldFJlY292ZXJ5T3B0aW9uc1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCSJtChpHZXRSZWNvdmVyeU9wdGlvbnNSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSLQoHb3B0aW9ucxgCIAMoCzIcLmZsb3dzdGF0ZS52MS5SZWNvdmVyeU9wdGlvbiKNBgoOUmVjb3ZlcnlPcHRpb24SLAoGYWN0aW9uGAEgASgOMhwuZmxvd3N0YXRlLnYxLlJlY292ZXJ5QWN0aW9uEg0KBXBoYXNlGAIgASgJEi4KDHRhcmdldF9zdGF0ZRgDIAEoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlEi8KDXRhcmdldF9zdGF0dXMYBCABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIOCgZyZWFzb24YBSABKAkSDwoHYWxsb3dlZBgGIAEoCBIrCgpibG9ja2VkX2J5GAcgASgOMhcuZmxvd3N0YXRlLnYxLkVycm9yQ29kZRIXCg9ibG9ja2luZ19kZXRhaWwYCCABKAkSHwoSYXR0ZW1wdHNfcmVtYWluaW5nGAkgASgFSAGIAQESNQoRbmV4dF9hdHRlbXB0X3RpbWUYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKBXJldHJ5GAogASgLMhouZmxvd3N0YXRlLnYxLlJldHJ5UmVxdWVzdEgAEjEKCHJvbGxiYWNrGAsgASgLMh0uZmxvd3N0YXRlLnYxLlJvbGxiYWNrUmVxdWVzdEgAEkAKEHRyYW5zaXRpb25fcGhhc2UYDCABKAsyJC5mbG93c3RhdGUudjEuVHJhbnNpdGlvblBoYXNlUmVxdWVzdEgAEjYKC3Jlc3VtZV9mbG93GA0gASgLMh8uZmxvd3N0YXRlLnYxLlJlc3VtZUZsb3dSZXF1ZXN0SAASNgoLY2FuY2VsX2Zsb3cYDiABKAsyHy5mbG93c3RhdGUudjEuQ2FuY2VsRmxvd1JlcXVlc3RIABI0CgpwYXVzZV9mbG93GA8gASgLMh4uZmxvd3N0YXRlLnYxLlBhdXNlRmxvd1JlcXVlc3RIABI0Cgpza2lwX3BoYXNlGBAgASgLMh4uZmxvd3N0YXRlLnYxLlNraXBQaGFzZVJlcXVlc3RIAEIJCgdyZXF1ZXN0QhUKE19hdHRlbXB0c19yZW1haW5pbmciewoQUGF1c2VGbG93UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBCABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJqChFQYXVzZUZsb3dSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSMwoPaGlzdG9yeV9lbnRyaWVzGAIgAygLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeSJ8ChFSZXN1bWVGbG93UmVxdWVzdBIPCgdmbG93X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBCABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJrChJSZXN1bWVGbG93UmVzcG9uc2USIAoEZmxvdxgBIAEoCzISLmZsb3dzdGF0ZS52MS5GbG93EjMKD2hpc3RvcnlfZW50cmllcxgCIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkifAoRQ2FuY2VsRmxvd1JlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIdChBleHBlY3RlZF92ZXJzaW9uGAQgASgDSACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iawoSQ2FuY2VsRmxvd1Jlc3BvbnNlEiAKBGZsb3cYASABKAsyEi5mbG93c3RhdGUudjEuRmxvdxIzCg9oaXN0b3J5X2VudHJpZXMYAiADKAsyGi5mbG93c3RhdGUudjEuSGlzdG9yeUVudHJ5ImcKFkxpc3RGbG93SGlzdG9yeVJlcXVlc3QSDwoHZmxvd19pZBgBIAEoCRIVCg1hZnRlcl92ZXJzaW9uGAIgASgDEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJImcKF0xpc3RGbG93SGlzdG9yeVJlc3BvbnNlEjMKD2hpc3RvcnlfZW50cmllcxgBIAMoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjkKGEdldEZsb3dEZWZpbml0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUiTQoZR2V0Rmxvd0RlZmluaXRpb25SZXNwb25zZRIwCgpkZWZpbml0aW9uGAEgASgLMhwuZmxvd3N0YXRlLnYxLkZsb3dEZWZpbml0aW9uIpgBChtDcmVhdGVGbG93RGVmaW5pdGlvblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIwCgpkZWZpbml0aW9uGAIgASgLMhwuZmxvd3N0YXRlLnYxLkZsb3dEZWZpbml0aW9uEhwKFGFsbG93X3NoYWRvd19idWlsdGluGAMgASgIEhUKDXZhbGlkYXRlX29ubHkYBCABKAgiYQocQ3JlYXRlRmxvd0RlZmluaXRpb25SZXNwb25zZRIwCgpkZWZpbml0aW9uGAEgASgLMhwuZmxvd3N0YXRlLnYxLkZsb3dEZWZpbml0aW9uEg8KB2NyZWF0ZWQYAiABKAgiUQoaTGlzdEZsb3dEZWZpbml0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDAoEbmFtZRgDIAEoCSJpChtMaXN0Rmxvd0RlZmluaXRpb25zUmVzcG9uc2USMQoLZGVmaW5pdGlvbnMYASADKAsyHC5mbG93c3RhdGUudjEuRmxvd0RlZmluaXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIrUBChBTa2lwUGhhc2VSZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSDQoFcGhhc2UYAiABKAkSDgoGcmVhc29uGAMgASgJEikKCG1ldGFkYXRhGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBISCgpyZXF1ZXN0X2lkGAUgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBiABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJqChFTa2lwUGhhc2VSZXNwb25zZRIgCgRmbG93GAEgASgLMhIuZmxvd3N0YXRlLnYxLkZsb3cSMwoPaGlzdG9yeV9lbnRyaWVzGAIgAygLMhouZmxvd3N0YXRlLnYxLkhpc3RvcnlFbnRyeSJkChBXYXRjaEZsb3dSZXF1ZXN0Eg8KB2Zsb3dfaWQYASABKAkSGgoNYWZ0ZXJfdmVyc2lvbhgCIAEoA0gAiAEBEhEKCWtlZXBfb3BlbhgDIAEoCEIQCg5fYWZ0ZXJfdmVyc2lvbiI7ChFXYXRjaEZsb3dSZXNwb25zZRImCgVldmVudBgBIAEoCzIXLmZsb3dzdGF0ZS52MS5GbG93RXZlbnQiegoRV2F0Y2hGbG93c1JlcXVlc3QSKgoIc3RhdHVzZXMYASADKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIXCg9kZWZpbml0aW9uX25hbWUYAiABKAkSEAoIZmxvd19pZHMYAyADKAkSDgoGY3Vyc29yGAQgASgJIkwKEldhdGNoRmxvd3NSZXNwb25zZRImCgVldmVudBgBIAEoCzIXLmZsb3dzdGF0ZS52MS5GbG93RXZlbnQSDgoGY3Vyc29yGAIgASgJIvoBCglGbG93RXZlbnQSDwoHZmxvd19pZBgBIAEoCRIUCgxmbG93X3ZlcnNpb24YAiABKAMSKAoGc3RhdHVzGAMgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSEAoIcHJvZ3Jlc3MYBCABKAESJgoIc25hcHNob3QYBSABKAsyEi5mbG93c3RhdGUudjEuRmxvd0gAEiwKBmNoYW5nZRgGIAEoCzIaLmZsb3dzdGF0ZS52MS5IaXN0b3J5RW50cnlIABIsCgloZWFydGJlYXQYByABKAsyFy5mbG93c3RhdGUudjEuSGVhcnRiZWF0SABCBgoEa2luZCI8CglIZWFydGJlYXQSLwoLc2VydmVyX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKpcCCg5SZWNvdmVyeUFjdGlvbhIfChtSRUNPVkVSWV9BQ1RJT05fVU5TUEVDSUZJRUQQABIZChVSRUNPVkVSWV9BQ1RJT05fUkVUUlkQARIfChtSRUNPVkVSWV9BQ1RJT05fRk9SQ0VfUkVUUlkQAhIcChhSRUNPVkVSWV9BQ1RJT05fUk9MTEJBQ0sQAxIbChdSRUNPVkVSWV9BQ1RJT05fUkVTVEFSVBAEEhoKFlJFQ09WRVJZX0FDVElPTl9SRVNVTUUQBRIaChZSRUNPVkVSWV9BQ1RJT05fQ0FOQ0VMEAYSGwoXUkVDT1ZFUllfQUNUSU9OX0FCQU5ET04QBxIYChRSRUNPVkVSWV9BQ1RJT05fU0tJUBAIMpcOChBGbG93U3RhdGVTZXJ2aWNlEk8KCkNyZWF0ZUZsb3cSHy5mbG93c3RhdGUudjEuQ3JlYXRlRmxvd1JlcXVlc3QaIC5mbG93c3RhdGUudjEuQ3JlYXRlRmxvd1Jlc3BvbnNlEksKB0dldEZsb3cSHC5mbG93c3RhdGUudjEuR2V0Rmxvd1JlcXVlc3QaHS5mbG93c3RhdGUudjEuR2V0Rmxvd1Jlc3BvbnNlIgOQAgESUQoJTGlzdEZsb3dzEh4uZmxvd3N0YXRlLnYxLkxpc3RGbG93c1JlcXVlc3QaHy5mbG93c3RhdGUudjEuTGlzdEZsb3dzUmVzcG9uc2UiA5ACARJsChJWYWxpZGF0ZVRyYW5zaXRpb24SJy5mbG93c3RhdGUudjEuVmFsaWRhdGVUcmFuc2l0aW9uUmVxdWVzdBooLmZsb3dzdGF0ZS52MS5WYWxpZGF0ZVRyYW5zaXRpb25SZXNwb25zZSIDkAIBEl4KD1RyYW5zaXRpb25QaGFzZRIkLmZsb3dzdGF0ZS52MS5UcmFuc2l0aW9uUGhhc2VSZXF1ZXN0GiUuZmxvd3N0YXRlLnYxLlRyYW5zaXRpb25QaGFzZVJlc3BvbnNlEmoKE1VwZGF0ZVBoYXNlUHJvZ3Jlc3MSKC5mbG93c3RhdGUudjEuVXBkYXRlUGhhc2VQcm9ncmVzc1JlcXVlc3QaKS5mbG93c3RhdGUudjEuVXBkYXRlUGhhc2VQcm9ncmVzc1Jlc3BvbnNlEkkKCFJvbGxiYWNrEh0uZmxvd3N0YXRlLnYxLlJvbGxiYWNrUmVxdWVzdBoeLmZsb3dzdGF0ZS52MS5Sb2xsYmFja1Jlc3BvbnNlEkAKBVJldHJ5EhouZmxvd3N0YXRlLnYxLlJldHJ5UmVxdWVzdBobLmZsb3dzdGF0ZS52MS5SZXRyeVJlc3BvbnNlEmwKEkdldFJlY292ZXJ5T3B0aW9ucxInLmZsb3dzdGF0ZS52MS5HZXRSZWNvdmVyeU9wdGlvbnNSZXF1ZXN0GiguZmxvd3N0YXRlLnYxLkdldFJlY292ZXJ5T3B0aW9uc1Jlc3BvbnNlIgOQAgESTAoJUGF1c2VGbG93Eh4uZmxvd3N0YXRlLnYxLlBhdXNlRmxvd1JlcXVlc3QaHy5mbG93c3RhdGUudjEuUGF1c2VGbG93UmVzcG9uc2USTwoKUmVzdW1lRmxvdxIfLmZsb3dzdGF0ZS52MS5SZXN1bWVGbG93UmVxdWVzdBogLmZsb3dzdGF0ZS52MS5SZXN1bWVGbG93UmVzcG9uc2USTwoKQ2FuY2VsRmxvdxIfLmZsb3dzdGF0ZS52MS5DYW5jZWxGbG93UmVxdWVzdBogLmZsb3dzdGF0ZS52MS5DYW5jZWxGbG93UmVzcG9uc2USYwoPTGlzdEZsb3dIaXN0b3J5EiQuZmxvd3N0YXRlLnYxLkxpc3RGbG93SGlzdG9yeVJlcXVlc3QaJS5mbG93c3RhdGUudjEuTGlzdEZsb3dIaXN0b3J5UmVzcG9uc2UiA5ACARJpChFHZXRGbG93RGVmaW5pdGlvbhImLmZsb3dzdGF0ZS52MS5HZXRGbG93RGVmaW5pdGlvblJlcXVlc3QaJy5mbG93c3RhdGUudjEuR2V0Rmxvd0RlZmluaXRpb25SZXNwb25zZSIDkAIBEm0KFENyZWF0ZUZsb3dEZWZpbml0aW9uEikuZmxvd3N0YXRlLnYxLkNyZWF0ZUZsb3dEZWZpbml0aW9uUmVxdWVzdBoqLmZsb3dzdGF0ZS52MS5DcmVhdGVGbG93RGVmaW5pdGlvblJlc3BvbnNlEm8KE0xpc3RGbG93RGVmaW5pdGlvbnMSKC5mbG93c3RhdGUudjEuTGlzdEZsb3dEZWZpbml0aW9uc1JlcXVlc3QaKS5mbG93c3RhdGUudjEuTGlzdEZsb3dEZWZpbml0aW9uc1Jlc3BvbnNlIgOQAgESTAoJU2tpcFBoYXNlEh4uZmxvd3N0YXRlLnYxLlNraXBQaGFzZVJlcXVlc3QaHy5mbG93c3RhdGUudjEuU2tpcFBoYXNlUmVzcG9uc2USTgoJV2F0Y2hGbG93Eh4uZmxvd3N0YXRlLnYxLldhdGNoRmxvd1JlcXVlc3QaHy5mbG93c3RhdGUudjEuV2F0Y2hGbG93UmVzcG9uc2UwARJRCgpXYXRjaEZsb3dzEh8uZmxvd3N0YXRlLnYxLldhdGNoRmxvd3NSZXF1ZXN0GiAuZmxvd3N0YXRlLnYxLldhdGNoRmxvd3NSZXNwb25zZTABEkwKCUhlYXJ0YmVhdBIeLmZsb3dzdGF0ZS52MS5IZWFydGJlYXRSZXF1ZXN0Gh8uZmxvd3N0YXRlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlYgZwcm90bzM", [file_flowstate_v1_definition, file_flowstate_v1_errors, file_flowstate_v1_flow, file_flowstate_v1_history, file_flowstate_v1_states, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Request of CreateFlow. (No `expected_version`: there is no flow yet.)
@@ -625,6 +625,63 @@ export const UpdatePhaseProgressRequestSchema: GenMessage<UpdatePhaseProgressReq
   messageDesc(file_flowstate_v1_flow_service, 13);
 
 /**
+ * Request of Heartbeat.
+ *
+ * @generated from message flowstate.v1.HeartbeatRequest
+ */
+export type HeartbeatRequest = Message<"flowstate.v1.HeartbeatRequest"> & {
+  /**
+   * The flow's id.
+   *
+   * @generated from field: string flow_id = 1;
+   */
+  flowId: string;
+
+  /**
+   * The phase's name; it must be IN_PROGRESS.
+   *
+   * @generated from field: string phase = 2;
+   */
+  phase: string;
+};
+
+/**
+ * Describes the message flowstate.v1.HeartbeatRequest.
+ * Use `create(HeartbeatRequestSchema)` to create a new message.
+ */
+export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow_service, 14);
+
+/**
+ * Response of Heartbeat.
+ *
+ * @generated from message flowstate.v1.HeartbeatResponse
+ */
+export type HeartbeatResponse = Message<"flowstate.v1.HeartbeatResponse"> & {
+  /**
+   * The flow's version (a heartbeat does not change it).
+   *
+   * @generated from field: int64 flow_version = 1;
+   */
+  flowVersion: bigint;
+
+  /**
+   * When the phase times out without a further heartbeat (database clock);
+   * unset when the phase has no heartbeat timeout.
+   *
+   * @generated from field: google.protobuf.Timestamp heartbeat_deadline_time = 2;
+   */
+  heartbeatDeadlineTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flowstate.v1.HeartbeatResponse.
+ * Use `create(HeartbeatResponseSchema)` to create a new message.
+ */
+export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow_service, 15);
+
+/**
  * Response of UpdatePhaseProgress.
  *
  * @generated from message flowstate.v1.UpdatePhaseProgressResponse
@@ -650,7 +707,7 @@ export type UpdatePhaseProgressResponse = Message<"flowstate.v1.UpdatePhaseProgr
  * Use `create(UpdatePhaseProgressResponseSchema)` to create a new message.
  */
 export const UpdatePhaseProgressResponseSchema: GenMessage<UpdatePhaseProgressResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 14);
+  messageDesc(file_flowstate_v1_flow_service, 16);
 
 /**
  * Request of Rollback.
@@ -708,7 +765,7 @@ export type RollbackRequest = Message<"flowstate.v1.RollbackRequest"> & {
  * Use `create(RollbackRequestSchema)` to create a new message.
  */
 export const RollbackRequestSchema: GenMessage<RollbackRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 15);
+  messageDesc(file_flowstate_v1_flow_service, 17);
 
 /**
  * Response of Rollback.
@@ -737,7 +794,7 @@ export type RollbackResponse = Message<"flowstate.v1.RollbackResponse"> & {
  * Use `create(RollbackResponseSchema)` to create a new message.
  */
 export const RollbackResponseSchema: GenMessage<RollbackResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 16);
+  messageDesc(file_flowstate_v1_flow_service, 18);
 
 /**
  * Request of Retry.
@@ -794,7 +851,7 @@ export type RetryRequest = Message<"flowstate.v1.RetryRequest"> & {
  * Use `create(RetryRequestSchema)` to create a new message.
  */
 export const RetryRequestSchema: GenMessage<RetryRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 17);
+  messageDesc(file_flowstate_v1_flow_service, 19);
 
 /**
  * Response of Retry.
@@ -822,7 +879,7 @@ export type RetryResponse = Message<"flowstate.v1.RetryResponse"> & {
  * Use `create(RetryResponseSchema)` to create a new message.
  */
 export const RetryResponseSchema: GenMessage<RetryResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 18);
+  messageDesc(file_flowstate_v1_flow_service, 20);
 
 /**
  * Request of GetRecoveryOptions.
@@ -843,7 +900,7 @@ export type GetRecoveryOptionsRequest = Message<"flowstate.v1.GetRecoveryOptions
  * Use `create(GetRecoveryOptionsRequestSchema)` to create a new message.
  */
 export const GetRecoveryOptionsRequestSchema: GenMessage<GetRecoveryOptionsRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 19);
+  messageDesc(file_flowstate_v1_flow_service, 21);
 
 /**
  * Response of GetRecoveryOptions.
@@ -871,7 +928,7 @@ export type GetRecoveryOptionsResponse = Message<"flowstate.v1.GetRecoveryOption
  * Use `create(GetRecoveryOptionsResponseSchema)` to create a new message.
  */
 export const GetRecoveryOptionsResponseSchema: GenMessage<GetRecoveryOptionsResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 20);
+  messageDesc(file_flowstate_v1_flow_service, 22);
 
 /**
  * One recovery action for the flow's current state, ready to execute.
@@ -944,6 +1001,14 @@ export type RecoveryOption = Message<"flowstate.v1.RecoveryOption"> & {
   attemptsRemaining?: number | undefined;
 
   /**
+   * For a retry of a phase whose retry policy scheduled an automatic retry:
+   * when the server will move it to RETRY_NEEDED itself.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_time = 20;
+   */
+  nextAttemptTime?: Timestamp | undefined;
+
+  /**
    * The exact request that performs the action (without `request_id`; set one
    * before sending).
    *
@@ -1013,7 +1078,7 @@ export type RecoveryOption = Message<"flowstate.v1.RecoveryOption"> & {
  * Use `create(RecoveryOptionSchema)` to create a new message.
  */
 export const RecoveryOptionSchema: GenMessage<RecoveryOption> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 21);
+  messageDesc(file_flowstate_v1_flow_service, 23);
 
 /**
  * Request of PauseFlow.
@@ -1055,7 +1120,7 @@ export type PauseFlowRequest = Message<"flowstate.v1.PauseFlowRequest"> & {
  * Use `create(PauseFlowRequestSchema)` to create a new message.
  */
 export const PauseFlowRequestSchema: GenMessage<PauseFlowRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 22);
+  messageDesc(file_flowstate_v1_flow_service, 24);
 
 /**
  * Response of PauseFlow.
@@ -1083,7 +1148,7 @@ export type PauseFlowResponse = Message<"flowstate.v1.PauseFlowResponse"> & {
  * Use `create(PauseFlowResponseSchema)` to create a new message.
  */
 export const PauseFlowResponseSchema: GenMessage<PauseFlowResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 23);
+  messageDesc(file_flowstate_v1_flow_service, 25);
 
 /**
  * Request of ResumeFlow.
@@ -1125,7 +1190,7 @@ export type ResumeFlowRequest = Message<"flowstate.v1.ResumeFlowRequest"> & {
  * Use `create(ResumeFlowRequestSchema)` to create a new message.
  */
 export const ResumeFlowRequestSchema: GenMessage<ResumeFlowRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 24);
+  messageDesc(file_flowstate_v1_flow_service, 26);
 
 /**
  * Response of ResumeFlow.
@@ -1153,7 +1218,7 @@ export type ResumeFlowResponse = Message<"flowstate.v1.ResumeFlowResponse"> & {
  * Use `create(ResumeFlowResponseSchema)` to create a new message.
  */
 export const ResumeFlowResponseSchema: GenMessage<ResumeFlowResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 25);
+  messageDesc(file_flowstate_v1_flow_service, 27);
 
 /**
  * Request of CancelFlow.
@@ -1195,7 +1260,7 @@ export type CancelFlowRequest = Message<"flowstate.v1.CancelFlowRequest"> & {
  * Use `create(CancelFlowRequestSchema)` to create a new message.
  */
 export const CancelFlowRequestSchema: GenMessage<CancelFlowRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 26);
+  messageDesc(file_flowstate_v1_flow_service, 28);
 
 /**
  * Response of CancelFlow.
@@ -1223,7 +1288,7 @@ export type CancelFlowResponse = Message<"flowstate.v1.CancelFlowResponse"> & {
  * Use `create(CancelFlowResponseSchema)` to create a new message.
  */
 export const CancelFlowResponseSchema: GenMessage<CancelFlowResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 27);
+  messageDesc(file_flowstate_v1_flow_service, 29);
 
 /**
  * Request of ListFlowHistory.
@@ -1266,7 +1331,7 @@ export type ListFlowHistoryRequest = Message<"flowstate.v1.ListFlowHistoryReques
  * Use `create(ListFlowHistoryRequestSchema)` to create a new message.
  */
 export const ListFlowHistoryRequestSchema: GenMessage<ListFlowHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 28);
+  messageDesc(file_flowstate_v1_flow_service, 30);
 
 /**
  * Response of ListFlowHistory.
@@ -1294,7 +1359,7 @@ export type ListFlowHistoryResponse = Message<"flowstate.v1.ListFlowHistoryRespo
  * Use `create(ListFlowHistoryResponseSchema)` to create a new message.
  */
 export const ListFlowHistoryResponseSchema: GenMessage<ListFlowHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 29);
+  messageDesc(file_flowstate_v1_flow_service, 31);
 
 /**
  * Request of GetFlowDefinition.
@@ -1322,7 +1387,7 @@ export type GetFlowDefinitionRequest = Message<"flowstate.v1.GetFlowDefinitionRe
  * Use `create(GetFlowDefinitionRequestSchema)` to create a new message.
  */
 export const GetFlowDefinitionRequestSchema: GenMessage<GetFlowDefinitionRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 30);
+  messageDesc(file_flowstate_v1_flow_service, 32);
 
 /**
  * Response of GetFlowDefinition.
@@ -1343,7 +1408,7 @@ export type GetFlowDefinitionResponse = Message<"flowstate.v1.GetFlowDefinitionR
  * Use `create(GetFlowDefinitionResponseSchema)` to create a new message.
  */
 export const GetFlowDefinitionResponseSchema: GenMessage<GetFlowDefinitionResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 31);
+  messageDesc(file_flowstate_v1_flow_service, 33);
 
 /**
  * Request of CreateFlowDefinition.
@@ -1391,7 +1456,7 @@ export type CreateFlowDefinitionRequest = Message<"flowstate.v1.CreateFlowDefini
  * Use `create(CreateFlowDefinitionRequestSchema)` to create a new message.
  */
 export const CreateFlowDefinitionRequestSchema: GenMessage<CreateFlowDefinitionRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 32);
+  messageDesc(file_flowstate_v1_flow_service, 34);
 
 /**
  * Response of CreateFlowDefinition.
@@ -1421,7 +1486,7 @@ export type CreateFlowDefinitionResponse = Message<"flowstate.v1.CreateFlowDefin
  * Use `create(CreateFlowDefinitionResponseSchema)` to create a new message.
  */
 export const CreateFlowDefinitionResponseSchema: GenMessage<CreateFlowDefinitionResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 33);
+  messageDesc(file_flowstate_v1_flow_service, 35);
 
 /**
  * Request of ListFlowDefinitions.
@@ -1457,7 +1522,7 @@ export type ListFlowDefinitionsRequest = Message<"flowstate.v1.ListFlowDefinitio
  * Use `create(ListFlowDefinitionsRequestSchema)` to create a new message.
  */
 export const ListFlowDefinitionsRequestSchema: GenMessage<ListFlowDefinitionsRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 34);
+  messageDesc(file_flowstate_v1_flow_service, 36);
 
 /**
  * Response of ListFlowDefinitions.
@@ -1485,7 +1550,7 @@ export type ListFlowDefinitionsResponse = Message<"flowstate.v1.ListFlowDefiniti
  * Use `create(ListFlowDefinitionsResponseSchema)` to create a new message.
  */
 export const ListFlowDefinitionsResponseSchema: GenMessage<ListFlowDefinitionsResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 35);
+  messageDesc(file_flowstate_v1_flow_service, 37);
 
 /**
  * Request of SkipPhase.
@@ -1541,7 +1606,7 @@ export type SkipPhaseRequest = Message<"flowstate.v1.SkipPhaseRequest"> & {
  * Use `create(SkipPhaseRequestSchema)` to create a new message.
  */
 export const SkipPhaseRequestSchema: GenMessage<SkipPhaseRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 36);
+  messageDesc(file_flowstate_v1_flow_service, 38);
 
 /**
  * Response of SkipPhase.
@@ -1569,7 +1634,7 @@ export type SkipPhaseResponse = Message<"flowstate.v1.SkipPhaseResponse"> & {
  * Use `create(SkipPhaseResponseSchema)` to create a new message.
  */
 export const SkipPhaseResponseSchema: GenMessage<SkipPhaseResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 37);
+  messageDesc(file_flowstate_v1_flow_service, 39);
 
 /**
  * Request of WatchFlow.
@@ -1606,7 +1671,7 @@ export type WatchFlowRequest = Message<"flowstate.v1.WatchFlowRequest"> & {
  * Use `create(WatchFlowRequestSchema)` to create a new message.
  */
 export const WatchFlowRequestSchema: GenMessage<WatchFlowRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 38);
+  messageDesc(file_flowstate_v1_flow_service, 40);
 
 /**
  * Response of WatchFlow: one event.
@@ -1627,7 +1692,7 @@ export type WatchFlowResponse = Message<"flowstate.v1.WatchFlowResponse"> & {
  * Use `create(WatchFlowResponseSchema)` to create a new message.
  */
 export const WatchFlowResponseSchema: GenMessage<WatchFlowResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 39);
+  messageDesc(file_flowstate_v1_flow_service, 41);
 
 /**
  * Request of WatchFlows.
@@ -1670,7 +1735,7 @@ export type WatchFlowsRequest = Message<"flowstate.v1.WatchFlowsRequest"> & {
  * Use `create(WatchFlowsRequestSchema)` to create a new message.
  */
 export const WatchFlowsRequestSchema: GenMessage<WatchFlowsRequest> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 40);
+  messageDesc(file_flowstate_v1_flow_service, 42);
 
 /**
  * Response of WatchFlows: one event.
@@ -1698,7 +1763,7 @@ export type WatchFlowsResponse = Message<"flowstate.v1.WatchFlowsResponse"> & {
  * Use `create(WatchFlowsResponseSchema)` to create a new message.
  */
 export const WatchFlowsResponseSchema: GenMessage<WatchFlowsResponse> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 41);
+  messageDesc(file_flowstate_v1_flow_service, 43);
 
 /**
  * One event of a status stream.
@@ -1771,7 +1836,7 @@ export type FlowEvent = Message<"flowstate.v1.FlowEvent"> & {
  * Use `create(FlowEventSchema)` to create a new message.
  */
 export const FlowEventSchema: GenMessage<FlowEvent> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 42);
+  messageDesc(file_flowstate_v1_flow_service, 44);
 
 /**
  * A keepalive event on an idle stream.
@@ -1792,7 +1857,7 @@ export type Heartbeat = Message<"flowstate.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow_service, 43);
+  messageDesc(file_flowstate_v1_flow_service, 45);
 
 /**
  * A recovery action.
@@ -2131,6 +2196,20 @@ export const FlowStateService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchFlowsRequestSchema;
     output: typeof WatchFlowsResponseSchema;
+  },
+  /**
+   * A worker's sign of life for a phase that is IN_PROGRESS: pushes the
+   * phase's heartbeat timeout back (UpdatePhaseProgress does too). Writes no
+   * history and no new flow version. Scope as UpdatePhaseProgress. Errors:
+   * INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
+   * timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+   *
+   * @generated from rpc flowstate.v1.FlowStateService.Heartbeat
+   */
+  heartbeat: {
+    methodKind: "unary";
+    input: typeof HeartbeatRequestSchema;
+    output: typeof HeartbeatResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flowstate_v1_flow_service, 0);
