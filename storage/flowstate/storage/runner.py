@@ -39,7 +39,7 @@ _IDEMPOTENCY_PK = "pk_idempotency_keys"
 # A new flow's id already taken (by any tenant): the flows row or, when the one write statement
 # checks the history first, its version-1 entry. Only a create can hit the history constraint:
 # a change of an existing flow holds the row lock while it picks the next version.
-_FLOW_ID_TAKEN = frozenset({"pk_flows", "uq_flow_history_flow_id_version"})
+_FLOW_ID_TAKEN = frozenset({"pk_flows", "uq_flow_history_flow_id_version_occurred_at"})
 # The one refusal of such an id, identical whichever tenant holds it (docs/server.md).
 _FLOW_ID_TAKEN_MESSAGE = (
     "flow_id is not available: omit it to have one generated, or send a new UUID"

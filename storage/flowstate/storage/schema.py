@@ -12,7 +12,8 @@ Tables:
   ``{phase name: state value}`` so that a phase-state filter is one `@>` containment served by
   the GIN index; the rest of each phase lives in `phase_details`, the open phase errors in
   `error_context`.
-- `flow_history`: the append-only audit log, one row per flow version. `seq` is a global
+- `flow_history`: the append-only audit log, one row per flow version, partitioned by month of
+  `occurred_at` (partitions are not in this metadata: `is_history_partition`). `seq` is a global
   identity; `txid` is the writing transaction's id, which makes a tenant-wide cursor gap-free
   (see `flowstate.storage.changes`).
 - `idempotency_keys`: the first result of each request id, per tenant, until it expires.
@@ -20,6 +21,9 @@ Tables:
   docs/timers.md), one row per (flow, phase, kind). Claimed across tenants by whichever replica
   gets them first (``FOR UPDATE SKIP LOCKED``), through two partial indexes: unclaimed rows by
   due time, claimed rows by the end of their claim.
+- `retention_policies`: per tenant, how many days a terminal flow is kept before the archiver
+  exports and deletes it (docs/retention.md).
+- `flow_archives`: the catalog of archived flows (where, SHA-256, version; purged / restored).
 - `flow_definitions`: definition bodies by (tenant, name, version); the built-ins (seeded at
   start) have the empty tenant `BUILTIN_OWNER` and are visible to every tenant.
 
@@ -54,12 +58,18 @@ __all__ = [
     "ACTIVE_FLOW",
     "APP_ROLE",
     "BUILTIN_OWNER",
+    "HISTORY_PARTITION_PREFIX",
+    "TERMINAL_FLOW",
+    "flow_archives",
     "flow_definitions",
     "flow_history",
     "flow_timers",
     "flows",
     "idempotency_keys",
+    "include_in_autogenerate",
+    "is_history_partition",
     "metadata",
+    "retention_policies",
 ]
 
 APP_ROLE = "flowstate_app"
@@ -81,6 +91,25 @@ ACTIVE_FLOW = text(
     "status NOT IN (" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES)) + ")"
 )
 """A flow that is not terminal: the predicate of the stuck-flows index and of its count."""
+TERMINAL_FLOW = text(
+    "status IN (" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+)
+"""A terminal flow: the predicate of the archiver's index (retention counts from its update)."""
+
+HISTORY_PARTITION_PREFIX = "flow_history_"
+"""`flow_history` is partitioned by month: ``flow_history_YYYY_MM`` and ``flow_history_default``."""
+
+
+def is_history_partition(name: str) -> bool:
+    """Whether a table name is one of `flow_history`'s partitions (not in this metadata)."""
+    return name.startswith(HISTORY_PARTITION_PREFIX) and name != "flow_history"
+
+
+def include_in_autogenerate(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's ``include_name`` hook: every object but `flow_history`'s partitions."""
+    return not (type_ == "table" and name is not None and is_history_partition(name))
+
+
 _EMPTY_OBJECT = text("'{}'::jsonb")
 
 BUILTIN_OWNER = ""
@@ -138,6 +167,7 @@ flows = Table(
     ),
     Index("ix_flows_tenant_retry_count", "client_account_id", "engagement_id", "retry_count"),
     Index("ix_flows_status_updated_at", "status", "updated_at", postgresql_where=ACTIVE_FLOW),
+    Index("ix_flows_terminal_updated_at", "updated_at", postgresql_where=TERMINAL_FLOW),
     Index(
         "ix_flows_phase_states",
         "phase_states",
@@ -178,11 +208,45 @@ flow_history = Table(
         nullable=False,
         server_default=text("(pg_current_xact_id()::text)::bigint"),
     ),
-    PrimaryKeyConstraint("seq"),
-    UniqueConstraint("flow_id", "version"),
+    # Partitioned by month of occurred_at (migration 0008): unique constraints must hold the
+    # partition key. A flow's versions stay unique: a change holds the flow's row lock.
+    PrimaryKeyConstraint("seq", "occurred_at"),
+    UniqueConstraint("flow_id", "version", "occurred_at"),
     ForeignKeyConstraint(["flow_id"], ["flows.id"]),
     CheckConstraint("version >= 1", name="version_positive"),
     Index("ix_flow_history_tenant_txid_seq", "client_account_id", "engagement_id", "txid", "seq"),
+    postgresql_partition_by="RANGE (occurred_at)",
+)
+
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("retain_days", Integer, nullable=False),
+    Column("updated_at", _TIMESTAMP, nullable=False, server_default=text("now()")),
+    Column("updated_by", Text, nullable=False, server_default=text("''")),
+    PrimaryKeyConstraint("client_account_id", "engagement_id"),
+    CheckConstraint("retain_days >= 1", name="retain_days_positive"),
+)
+
+flow_archives = Table(
+    "flow_archives",
+    metadata,
+    Column("flow_id", UUID(as_uuid=False), nullable=False),
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("flow_version", Integer, nullable=False),
+    Column("entry_count", Integer, nullable=False),
+    Column("location", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("archived_at", _TIMESTAMP, nullable=False, server_default=text("now()")),
+    Column("purged_at", _TIMESTAMP, nullable=True),
+    Column("restored_at", _TIMESTAMP, nullable=True),
+    PrimaryKeyConstraint("flow_id"),
+    Index(
+        "ix_flow_archives_tenant_archived_at", "client_account_id", "engagement_id", "archived_at"
+    ),
 )
 
 idempotency_keys = Table(

@@ -16,7 +16,7 @@ from alembic import context
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from flowstate.storage.schema import metadata
+from flowstate.storage.schema import include_in_autogenerate, metadata
 
 MIGRATION_LOCK_KEY = 0x466C6F7753746174  # "FlowStat": any constant shared by all replicas
 
@@ -24,7 +24,12 @@ config = context.config
 
 
 def _run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        compare_type=True,
+        include_name=include_in_autogenerate,
+    )
     with context.begin_transaction():
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
