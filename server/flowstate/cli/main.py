@@ -35,6 +35,7 @@ _OPTIONAL_GROUPS = (
     "flowstate.cli.storage_commands",
     "flowstate.cli.flows",
     "flowstate.cli.definitions",
+    "flowstate.cli.archive",
 )
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

@@ -25,7 +25,7 @@ from flowstate.storage.embedded import DATABASE_URL_ENV, resolve_database_url
 from flowstate.storage.limits import malformed
 from flowstate.storage.store import FlowStore
 
-__all__ = ["register"]
+__all__ = ["add_database_options", "database_environment", "parse_tenant", "register"]
 
 
 _MIGRATE_DESCRIPTION = """\
@@ -40,7 +40,8 @@ PostgreSQL of --data-dir, which `flowstate serve` migrates by itself. Run it as 
 owner: docs/operations.md ("Database roles") lists the roles it needs."""
 
 
-def _add_database_options(parser: argparse.ArgumentParser) -> None:
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """``--database-url`` and ``--data-dir``, shared by the commands that open the database."""
     parser.add_argument(
         "--database-url",
         default=None,
@@ -89,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Print the database's schema revision and the one this build needs.",
     )
     for action in (upgrade, downgrade, current):
-        _add_database_options(action)
+        add_database_options(action)
         action.set_defaults(run=_run_migrate)
 
     importer = subparsers.add_parser(
@@ -115,11 +116,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="legacy-import",
         help="recorded in the history as who imported (default: %(default)s)",
     )
-    _add_database_options(importer)
+    add_database_options(importer)
     importer.set_defaults(run=_run_import)
 
 
-def _environment(args: argparse.Namespace) -> dict[str, str]:
+def database_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The environment with ``--database-url`` (when given) as the database URL variable."""
     env = dict(os.environ)
     if args.database_url:
         env[DATABASE_URL_ENV] = args.database_url
@@ -127,7 +129,7 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
-    with resolve_database_url(_environment(args), data_dir=args.data_dir) as database:
+    with resolve_database_url(database_environment(args), data_dir=args.data_dir) as database:
         if args.migrate_action == "upgrade":
             asyncio.run(migrate.upgrade(database.url, args.revision))
         elif args.migrate_action == "downgrade":
@@ -157,6 +159,6 @@ def _run_import(args: argparse.Namespace) -> int:
             await store.close()
         return f"imported {len(result.created)} flow(s), skipped {len(result.skipped)} existing"
 
-    with resolve_database_url(_environment(args), data_dir=args.data_dir) as database:
+    with resolve_database_url(database_environment(args), data_dir=args.data_dir) as database:
         print(asyncio.run(run(database.url)))
     return 0

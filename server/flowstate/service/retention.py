@@ -88,14 +88,18 @@ class Archiver:
         self.max_batches = max_batches
         self.settle = settle
         self.partitions_ahead = partitions_ahead
+        self._written: list[str] = []
 
     async def _write(self, batch: CandidateBatch) -> ArchiveRecord:
         now = datetime.now(UTC)
-        return await self.sink.write(archive_name(now), encode_archive(batch, now))
+        record = await self.sink.write(archive_name(now), encode_archive(batch, now))
+        self._written.append(record.location)
+        return record
 
     async def run_once(self, now: datetime | None = None) -> ArchiveRunResult:
         """One bounded run of the four steps (module doc)."""
         result = ArchiveRunResult()
+        self._written = result.archives
         result.created_partitions = await self.store.ensure_partitions(
             self.partitions_ahead, now=now
         )
