@@ -37,6 +37,9 @@ def test_environment_variables() -> None:
             "FLOWSTATE_JWT_SECRET": SECRET,
             "FLOWSTATE_STUCK_AFTER": "7200",
             "FLOWSTATE_STUCK_CHECK_INTERVAL": "0",
+            "FLOWSTATE_ARCHIVE_DIR": "/var/lib/flowstate/archive",
+            "FLOWSTATE_ARCHIVE_INTERVAL": "600",
+            "FLOWSTATE_RETENTION_DEFAULT_DAYS": "365",
             "FLOWSTATE_UNRELATED": "ignored",
         }
     )
@@ -46,6 +49,8 @@ def test_environment_variables() -> None:
     assert not settings.migrate_on_start  # an external database is migrated explicitly
     assert (settings.log_format, settings.grace_period) == ("json", 2.5)
     assert (settings.stuck_after, settings.stuck_check_interval) == (7200.0, 0.0)
+    assert settings.archive_dir == Path("/var/lib/flowstate/archive")
+    assert (settings.archive_interval, settings.retention_default_days) == (600.0, 365)
     assert SECRET not in repr(settings)
 
 
@@ -114,6 +119,16 @@ def test_flags_override_the_environment() -> None:
             {"FLOWSTATE_STUCK_CHECK_INTERVAL": "-5"},
             "FLOWSTATE_STUCK_CHECK_INTERVAL must be >= 0, not '-5'",
             id="negative-stuck-check-interval",
+        ),
+        pytest.param(
+            {"FLOWSTATE_RETENTION_DEFAULT_DAYS": "0"},
+            "FLOWSTATE_RETENTION_DEFAULT_DAYS must be between 1 and 36500, not 0",
+            id="retention-default-days-zero",
+        ),
+        pytest.param(
+            {"FLOWSTATE_ARCHIVE_INTERVAL": "0"},
+            "FLOWSTATE_ARCHIVE_INTERVAL must be > 0 seconds, not 0.0",
+            id="archive-interval-zero",
         ),
     ],
 )

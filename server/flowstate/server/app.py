@@ -41,6 +41,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flowstate.server.archiving import ArchiverTask
 from flowstate.server.auth import Authenticator
 from flowstate.server.config import AuthConfig, ConfigError, ServerSettings, resolve_auth
 from flowstate.server.connect import connect_application
@@ -138,6 +139,7 @@ class _Resources:
     metrics_endpoint: MetricsEndpoint | None = None
     stuck_monitor: StuckFlowsMonitor | None = None
     timer_loop: TimerLoop | None = None
+    archiver: ArchiverTask | None = None
     tracing: Tracing | None = None
 
     async def release(self, grace: float) -> None:
@@ -146,6 +148,8 @@ class _Resources:
             steps.append(("timer loop", self.timer_loop.close))
         if self.stuck_monitor is not None:
             steps.append(("stuck-flows monitor", self.stuck_monitor.close))
+        if self.archiver is not None:
+            steps.append(("archiver", self.archiver.close))
         if self.server is not None:
             steps.append(
                 ("grpc server", lambda: _stop_server(self.server, self.hub, self.support, grace))
@@ -281,6 +285,11 @@ class FlowstateServer:
         return f"{scheme}://{format_address(self.settings.http_host, port)}/"
 
     @property
+    def archiver(self) -> ArchiverTask | None:
+        """The archiver task, when FLOWSTATE_ARCHIVE_DIR is set."""
+        return self._resources.archiver
+
+    @property
     def metrics_port(self) -> int | None:
         """The Prometheus endpoint's port, when it runs."""
         endpoint = self._resources.metrics_endpoint
@@ -358,6 +367,14 @@ class FlowstateServer:
                         stuck_after=settings.stuck_after,
                         interval=settings.stuck_check_interval,
                     )
+            if settings.archive_dir is not None:
+                resources.archiver = await ArchiverTask.start(
+                    url,
+                    settings.archive_dir,
+                    metrics,
+                    interval=settings.archive_interval,
+                    default_days=settings.retention_default_days,
+                )
         except BaseException:
             await resources.release(grace=0)
             raise

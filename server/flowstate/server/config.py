@@ -171,6 +171,13 @@ class ServerSettings:
     timer_lease: float = 30.0
     """FLOWSTATE_TIMER_LEASE: seconds a claimed timer is reserved for its replica; a replica
     that dies holding claims delays those timers by at most this long."""
+    archive_dir: Path | None = None
+    """FLOWSTATE_ARCHIVE_DIR: run the archiver (docs/retention.md) into this directory; off when
+    unset."""
+    archive_interval: float = 3600.0
+    """FLOWSTATE_ARCHIVE_INTERVAL: seconds between archiver runs (when FLOWSTATE_ARCHIVE_DIR)."""
+    retention_default_days: int | None = None
+    """FLOWSTATE_RETENTION_DEFAULT_DAYS: retention of tenants without a policy (unset: keep)."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest request or response message (4 MiB)."""
 
@@ -204,6 +211,7 @@ class ServerSettings:
             "FLOWSTATE_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
             "FLOWSTATE_READY_FILE": "ready_file",
             "FLOWSTATE_CONSOLE_DIR": "console_dir",
+            "FLOWSTATE_ARCHIVE_DIR": "archive_dir",
         }
         for name, attribute in text_fields.items():
             if (value := get(name)) is not None:
@@ -237,6 +245,12 @@ class ServerSettings:
             values["timer_batch"] = _int("FLOWSTATE_TIMER_BATCH", value, minimum=1, maximum=10000)
         if (value := get("FLOWSTATE_TIMER_LEASE")) is not None:
             values["timer_lease"] = _float("FLOWSTATE_TIMER_LEASE", value)
+        if (value := get("FLOWSTATE_ARCHIVE_INTERVAL")) is not None:
+            values["archive_interval"] = _float("FLOWSTATE_ARCHIVE_INTERVAL", value)
+        if (value := get("FLOWSTATE_RETENTION_DEFAULT_DAYS")) is not None:
+            values["retention_default_days"] = _int(
+                "FLOWSTATE_RETENTION_DEFAULT_DAYS", value, minimum=1, maximum=36500
+            )
         if (value := get("FLOWSTATE_DB_POOL_SIZE")) is not None:
             values["db_pool_size"] = _int("FLOWSTATE_DB_POOL_SIZE", value, minimum=1, maximum=1000)
         return cls(**values).checked()
@@ -272,6 +286,10 @@ class ServerSettings:
             )
         if not self.timer_lease > 0:
             raise ConfigError(f"FLOWSTATE_TIMER_LEASE must be > 0 seconds, not {self.timer_lease}")
+        if not self.archive_interval > 0:
+            raise ConfigError(
+                f"FLOWSTATE_ARCHIVE_INTERVAL must be > 0 seconds, not {self.archive_interval}"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("TLS needs both FLOWSTATE_TLS_CERT_FILE and FLOWSTATE_TLS_KEY_FILE")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

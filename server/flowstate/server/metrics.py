@@ -13,6 +13,12 @@
 | `flowstate_stuck_flows_checked_timestamp_seconds` | gauge | |
 | `flowstate_client_requests_total` | counter | sdk, version |
 | `flowstate_stream_lag_seconds` | histogram | |
+| `flowstate_archived_flows_total` | counter | |
+| `flowstate_archive_purged_flows_total` | counter | |
+| `flowstate_archive_dropped_partitions_total` | counter | |
+| `flowstate_archive_runs_total` | counter | result (ok, failed) |
+| `flowstate_archive_pending_flows` | gauge | |
+| `flowstate_archive_lag_seconds` | gauge | |
 
 `result` is ``applied`` or the refusal's error code. Label values come from definitions and
 enums, never from free request text, so cardinality stays bounded: refusals that name an
@@ -33,6 +39,11 @@ read; a growing p99 means streams fall behind.
 changed for ``FLOWSTATE_STUCK_AFTER`` seconds, by status; `flowstate.server.stuck` refreshes it
 every ``FLOWSTATE_STUCK_CHECK_INTERVAL`` seconds (every replica counts the same flows: aggregate
 with ``max``, not ``sum``). The checked timestamp says how fresh it is (alert when it lags).
+
+The archive metrics come from the archiver task (`flowstate.server.archiving`, on servers with
+``FLOWSTATE_ARCHIVE_DIR``): flows archived, deleted and partitions dropped by this replica's
+runs (sum over replicas), and after each run the expired terminal flows still waiting and how
+long the oldest of them is overdue (every replica sees the same: aggregate with ``max``).
 """
 
 from __future__ import annotations
@@ -183,6 +194,37 @@ class Metrics:
             buckets=_TIMER_LAG_BUCKETS,
             registry=self.registry,
         )
+        self._archived_flows = Counter(
+            "flowstate_archived_flows_total",
+            "Terminal flows archived (exported and verified) by this server's archiver.",
+            registry=self.registry,
+        )
+        self._archive_purged = Counter(
+            "flowstate_archive_purged_flows_total",
+            "Archived flows deleted through the sanctioned function by this server's archiver.",
+            registry=self.registry,
+        )
+        self._archive_dropped = Counter(
+            "flowstate_archive_dropped_partitions_total",
+            "History partitions dropped whole because every row in them was archived.",
+            registry=self.registry,
+        )
+        self._archive_runs = Counter(
+            "flowstate_archive_runs_total",
+            "Archiver runs by result (ok, failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self._archive_pending = Gauge(
+            "flowstate_archive_pending_flows",
+            "Expired terminal flows not archived yet (after the last run).",
+            registry=self.registry,
+        )
+        self._archive_lag = Gauge(
+            "flowstate_archive_lag_seconds",
+            "How long the oldest expired, unarchived terminal flow is overdue (after a run).",
+            registry=self.registry,
+        )
         self._client_children: dict[tuple[str, str], Counter] = {}
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # Label children by label tuple: ``labels(...)`` validates and hashes under a lock on
@@ -287,6 +329,21 @@ class Metrics:
         for status in _LIVE_STATUSES:
             self._stuck_flows.labels(status.value).set(counts.get(status, 0))
         self._stuck_checked.set(checked_at)
+
+    def record_archive_run(
+        self, *, archived: int, purged: int, dropped: int, pending: int, lag: float
+    ) -> None:
+        """Publish what one successful archiver run did and the backlog it left."""
+        self._archived_flows.inc(archived)
+        self._archive_purged.inc(purged)
+        self._archive_dropped.inc(dropped)
+        self._archive_runs.labels("ok").inc()
+        self._archive_pending.set(pending)
+        self._archive_lag.set(lag)
+
+    def record_archive_failure(self) -> None:
+        """Count an archiver run that failed."""
+        self._archive_runs.labels("failed").inc()
 
     def serve(self, host: str, port: int) -> MetricsEndpoint:
         """Serve ``/metrics`` over HTTP on `host`:`port` (0: an ephemeral port)."""

@@ -190,6 +190,8 @@ _DROP_PARTITIONS = f"""
         v_name text;
         v_live boolean;
     BEGIN
+        -- One at a time (replicas), after which the list of partitions is current.
+        PERFORM pg_advisory_xact_lock(hashtext('flowstate_history_partitions'));
         FOR v_name IN
             SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
             WHERE i.inhparent = 'flow_history'::regclass
@@ -209,7 +211,7 @@ _DROP_PARTITIONS = f"""
                 v_name
             ) INTO v_live;
             IF NOT v_live THEN
-                EXECUTE format('DROP TABLE %I', v_name);
+                EXECUTE format('DROP TABLE IF EXISTS %I', v_name);
                 RETURN NEXT v_name;
             END IF;
         END LOOP;
