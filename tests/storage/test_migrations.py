@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 from alembic.autogenerate import compare_metadata
-from alembic.script import ScriptDirectory
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -85,8 +85,9 @@ async def test_metadata_matches_migrations(database_url: str) -> None:
 async def test_history_partitioning_up_and_down_keeps_every_row(
     fresh_database_url: str,
 ) -> None:
-    """Migration 0008 (history partitions) on a database with data: down to one table and up to partitions again,
-    every history row (seq and txid too) is kept, and new entries continue the identity."""
+    """Migration 0008 (history partitions) on a database with data: down to one table and up
+    to partitions again, every history row (seq and txid too) is kept, and new entries continue
+    the identity."""
     from flowstate.core.commands import CancelFlow, Context
     from flowstate.core.model import Tenant
     from flowstate.service import FlowService
