@@ -146,3 +146,54 @@ def test_render_dag_of_a_diamond() -> None:
         "           ▲ a    ▲ a",
         "         ┌───┐",
     ]
+
+
+TIMED_YAML = """
+name: cli_timed
+phases:
+  - name: work
+    weight: 100
+    max_retries: 2
+    policy:
+      timeout: 1h
+      heartbeat_timeout: 10m
+      retry_policy:
+        initial_backoff: 1h
+        multiplier: 2
+        max_backoff: 2h
+        retry_on: [EXTERNAL_SERVICE_ERROR]
+"""
+
+
+async def test_timers_heartbeat_and_get_show_a_phases_timers(
+    definitions: Runner, flows: Runner, tmp_path: Path
+) -> None:
+    source = tmp_path / "timed.yaml"
+    source.write_text(TIMED_YAML)
+    applied = await definitions("apply", str(source))
+    assert applied.code == 0, applied.err
+    shown = await definitions("show", "cli_timed", "--json")
+    policy = json.loads(shown.out)["phases"][0]["policy"]
+    assert (policy["timeout"], policy["heartbeatTimeout"]) == ("3600s", "600s")
+    flow_id = json.loads((await flows("create", "--definition", "cli_timed", "--json")).out)[
+        "flow"
+    ]["flowId"]
+    idle = await flows("heartbeat", flow_id, "work")
+    assert idle.code == 1
+    assert "INVALID_PHASE_TRANSITION" in idle.out + idle.err
+    await flows("transition", flow_id, "work", "in_progress")
+    beat = await flows("heartbeat", flow_id, "work")
+    assert beat.code == 0, beat.err
+    assert beat.out.startswith("alive; times out at ")
+    running = await flows("get", flow_id)
+    assert "TIMERS" in running.out.splitlines()[running.out.splitlines().index("") + 1]
+    assert "timeout at " in running.out
+    assert "heartbeat within 600s" in running.out
+    failed = await flows(
+        "transition", flow_id, "work", "failed", "--error-code", "EXTERNAL_SERVICE_ERROR"
+    )
+    assert failed.code == 0, failed.err
+    got = await flows("get", flow_id)
+    assert "retry at " in got.out
+    as_json = json.loads((await flows("get", flow_id, "--json")).out)
+    assert "nextAttemptTime" in as_json["phases"][0]

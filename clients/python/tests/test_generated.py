@@ -69,6 +69,7 @@ RPCS = {
     "GetFlowDefinition",
     "WatchFlow",
     "WatchFlows",
+    "Heartbeat",  # section 10 (timers)
 }
 STREAMING_RPCS = {"WatchFlow", "WatchFlows"}
 

@@ -700,3 +700,60 @@ async def test_the_sync_client_registers_and_skips(
             assert [d.version for d in client.iter_flow_definitions(name="sdk_diamond")] == [1]
 
     await asyncio.to_thread(scenario)
+
+
+TIMED = {
+    "name": "sdk_timed",
+    "phases": [
+        {
+            "name": "work",
+            "weight": 100,
+            "max_retries": 1,
+            "policy": {
+                "heartbeat_timeout": "30s",
+                "retry_policy": {
+                    "initial_backoff": "200ms",
+                    "multiplier": 2,
+                    "max_backoff": 1,
+                    "retry_on": ["external_service_error", ErrorCode.AGENT_TIMEOUT],
+                },
+            },
+        }
+    ],
+}
+
+
+async def test_heartbeats_and_automatic_retries(make_client: MakeClient) -> None:
+    client = make_client(scopes=DEFINITION_SCOPES)
+    registered = await client.create_flow_definition(TIMED)
+    policy = registered.definition.raw.phases[0].policy
+    assert policy.heartbeat_timeout.ToTimedelta().total_seconds() == 30
+    assert policy.retry_policy.initial_backoff.ToMilliseconds() == 200
+    flow_id = (await client.create_flow("sdk_timed")).flow.flow_id
+    with pytest.raises(InvalidPhaseTransition):
+        await client.heartbeat(flow_id, "work")  # not running yet
+    started = await client.transition_phase(flow_id, "work", PhaseState.IN_PROGRESS)
+    beat = await client.heartbeat(flow_id, "work")
+    assert beat.flow_version == started.flow.version
+    assert beat.heartbeat_deadline_time is not None
+    failed = await client.transition_phase(
+        flow_id,
+        "work",
+        PhaseState.FAILED,
+        error_code=ErrorCode.EXTERNAL_SERVICE_ERROR,
+        error_message="down",
+    )
+    due = failed.flow.phase("work").next_attempt_time
+    assert due is not None
+    assert failed.history_entries[-1].next_attempt_time == due
+    options = await client.get_recovery_options(flow_id)
+    assert [o.next_attempt_time for o in options.options if o.action.name == "RETRY"] == [due]
+    for _ in range(300):  # bounded: the server's timer loop moves it (backoff 0.2 s)
+        flow = await client.get_flow(flow_id)
+        if flow.phase("work").state is PhaseState.RETRY_NEEDED:
+            break
+        await asyncio.sleep(0.05)
+    assert flow.phase("work").state is PhaseState.RETRY_NEEDED
+    assert flow.phase("work").next_attempt_time == due
+    history = await client.list_flow_history(flow_id)
+    assert history.history_entries[-1].user_id == "system:timer"

@@ -33,6 +33,7 @@ EXPECTED = [
     "FlowTerminal",
     "FlowstateClient",
     "FlowstateError",
+    "HeartbeatResult",
     "HistoryEntry",
     "HistoryEventKind",
     "HistoryPage",

@@ -40,6 +40,7 @@ from flowstate.client import (
     DEFAULT_ADDRESS,
     ErrorCode,
     Flow,
+    FlowDefinition,
     FlowEvent,
     FlowEventKind,
     FlowstateClient,
@@ -47,6 +48,7 @@ from flowstate.client import (
     FlowStatus,
     HistoryEntry,
     MutationResult,
+    Phase,
     PhaseState,
     RecoveryOptions,
     RetryPolicy,
@@ -228,6 +230,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "progress", type=float, metavar="FRACTION", help="how far the phase is, 0.0 to 1.0"
     )
     _mutation_options(parser)
+
+    parser = command(
+        "heartbeat",
+        _heartbeat,
+        "a worker's sign of life for a running phase (pushes its heartbeat timeout back)",
+        "A worker's sign of life for a running phase: pushes its heartbeat timeout back\n"
+        "(docs/timers.md). Writes no history. Fails with INVALID_PHASE_TRANSITION when the\n"
+        "phase is not running (e.g. the server timed it out).",
+    )
+    _flow_id_argument(parser)
+    _phase_argument(parser)
 
     parser = command(
         "retry",
@@ -660,9 +673,31 @@ def _get(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> 
     flow = client.get_flow(args.flow_id)
     if output.as_json:
         output.json(_proto_json(flow.raw))
-    else:
-        _print_flow(flow, output)
+        return EXIT_OK
+    definition = None
+    if any(p.state == PhaseState.IN_PROGRESS for p in flow.phases):
+        # The phases' timeouts are in the definition (docs/timers.md).
+        definition = client.get_flow_definition(
+            flow.definition_name, version=flow.definition_version
+        )
+    _print_flow(flow, output, definition)
     return EXIT_OK
+
+
+def _timers(phase: Phase, definition: FlowDefinition | None) -> str:
+    """The phase's pending timers, for a person: automatic retry, timeout, heartbeat."""
+    timers = []
+    if phase.next_attempt_time is not None and phase.state == PhaseState.FAILED:
+        timers.append(f"retry at {_time(phase.next_attempt_time)}")
+    if definition is not None and phase.state == PhaseState.IN_PROGRESS:
+        policy = definition.phase(phase.name).raw.policy
+        if policy.HasField("timeout") and phase.state_enter_time is not None:
+            due = phase.state_enter_time + policy.timeout.ToTimedelta()
+            timers.append(f"timeout at {_time(due)}")
+        if policy.HasField("heartbeat_timeout"):
+            seconds = policy.heartbeat_timeout.ToTimedelta().total_seconds()
+            timers.append(f"heartbeat within {seconds:g}s")
+    return "; ".join(timers)
 
 
 def _history(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
@@ -753,6 +788,17 @@ def _progress(client: FlowstateClient, args: argparse.Namespace, output: _Output
         **_flow_mutation(args),
     )
     return _print_mutation(result, output)
+
+
+def _heartbeat(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
+    beat = client.heartbeat(args.flow_id, args.phase)
+    if output.as_json:
+        output.json(_proto_json(beat.raw))
+    elif beat.heartbeat_deadline_time is not None:
+        output.line(f"alive; times out at {_time(beat.heartbeat_deadline_time)} without another")
+    else:
+        output.line("alive (the phase has no heartbeat timeout)")
+    return EXIT_OK
 
 
 def _retry(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
@@ -896,7 +942,7 @@ def _print_mutation(result: MutationResult, output: _Output) -> int:
     return EXIT_OK
 
 
-def _print_flow(flow: Flow, output: _Output) -> None:
+def _print_flow(flow: Flow, output: _Output, definition: FlowDefinition | None = None) -> None:
     status = flow.status.name
     if flow.status_before_pause is not None:
         status += f" (was {flow.status_before_pause.name})"
@@ -917,27 +963,28 @@ def _print_flow(flow: Flow, output: _Output) -> None:
         if value:
             output.line(f"{name.ljust(width)}  {value}")
     output.line()
-    output.line(
-        _table(
-            ["PHASE", "STATE", "IN-PHASE", "RETRIES", "WEIGHT", "SINCE", "ERROR"],
-            [
-                [
-                    phase.name,
-                    phase.state.name,
-                    f"{phase.progress * 100:.0f}%" if phase.state == PhaseState.IN_PROGRESS else "",
-                    f"{phase.retry_count}/{phase.max_retries}",
-                    str(phase.weight),
-                    _time(phase.state_enter_time),
-                    (
-                        f"{phase.error_context.error_code.name}: {phase.error_context.message}"
-                        if phase.error_context is not None
-                        else ""
-                    ),
-                ]
-                for phase in flow.phases
-            ],
-        )
-    )
+    rows = [
+        [
+            phase.name,
+            phase.state.name,
+            f"{phase.progress * 100:.0f}%" if phase.state == PhaseState.IN_PROGRESS else "",
+            f"{phase.retry_count}/{phase.max_retries}",
+            str(phase.weight),
+            _time(phase.state_enter_time),
+            (
+                f"{phase.error_context.error_code.name}: {phase.error_context.message}"
+                if phase.error_context is not None
+                else ""
+            ),
+            _timers(phase, definition),
+        ]
+        for phase in flow.phases
+    ]
+    headers = ["PHASE", "STATE", "IN-PHASE", "RETRIES", "WEIGHT", "SINCE", "ERROR", "TIMERS"]
+    if not any(row[-1] for row in rows):  # no timer anywhere: the column says nothing
+        headers.pop()
+        rows = [row[:-1] for row in rows]
+    output.line(_table(headers, rows))
 
 
 def _history_table(entries: Iterable[HistoryEntry]) -> str:

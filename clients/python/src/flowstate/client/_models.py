@@ -40,6 +40,7 @@ __all__ = [
     "FlowDefinition",
     "FlowEvent",
     "FlowPage",
+    "HeartbeatResult",
     "HistoryEntry",
     "HistoryPage",
     "MutationResult",
@@ -124,6 +125,9 @@ class Phase:
     raw: flow_pb2.Phase = dataclasses.field(repr=False, compare=False)
     #: Whether the definition marks the phase optional (it may be skipped).
     optional: bool = False
+    #: When the server moves the phase to RETRY_NEEDED by itself (its retry policy): set while
+    #: FAILED with a retry scheduled, kept in RETRY_NEEDED; None otherwise.
+    next_attempt_time: datetime | None = None
 
     @property
     def attempts_remaining(self) -> int:
@@ -150,6 +154,7 @@ class Phase:
             complete_time=_time(raw, "complete_time"),
             raw=raw,
             optional=raw.optional,
+            next_attempt_time=_time(raw, "next_attempt_time"),
         )
 
 
@@ -238,6 +243,8 @@ class HistoryEntry:
     #: For CASCADE_ROLLBACK: the phase whose rollback invalidated this one.
     cause_phase: str | None
     raw: history_pb2.HistoryEntry = dataclasses.field(repr=False, compare=False)
+    #: For a failure the phase's retry policy retries: when the server moves it to RETRY_NEEDED.
+    next_attempt_time: datetime | None = None
 
     @classmethod
     def _from_proto(cls, raw: history_pb2.HistoryEntry) -> HistoryEntry:
@@ -264,6 +271,7 @@ class HistoryEntry:
             progress_after=raw.progress_after,
             cause_phase=raw.cause_phase or None,
             raw=raw,
+            next_attempt_time=_time(raw, "next_attempt_time"),
         )
 
 
@@ -293,6 +301,24 @@ class MutationResult:
         return cls(
             flow=Flow._from_proto(raw.flow),
             history_entries=tuple(HistoryEntry._from_proto(e) for e in raw.history_entries),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    """What `heartbeat` returns: the flow's version (a heartbeat does not change it) and when
+    the phase times out without a further heartbeat (None: it has no heartbeat timeout)."""
+
+    flow_version: int
+    heartbeat_deadline_time: datetime | None
+    raw: flow_service_pb2.HeartbeatResponse = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def _from_proto(cls, raw: flow_service_pb2.HeartbeatResponse) -> HeartbeatResult:
+        return cls(
+            flow_version=raw.flow_version,
+            heartbeat_deadline_time=_time(raw, "heartbeat_deadline_time"),
             raw=raw,
         )
 
@@ -402,6 +428,8 @@ class RecoveryOption:
     #: The exact request that performs the action (without a ``request_id``).
     request: _RecoveryRequest | None = dataclasses.field(repr=False, compare=False)
     raw: flow_service_pb2.RecoveryOption = dataclasses.field(repr=False, compare=False)
+    #: For a retry the server will make by itself (the phase's retry policy): when.
+    next_attempt_time: datetime | None = None
 
     @overload
     def execute(
@@ -444,6 +472,7 @@ class RecoveryOption:
             attempts_remaining=_optional_int(raw, "attempts_remaining"),
             request=request,
             raw=raw,
+            next_attempt_time=_time(raw, "next_attempt_time"),
         )
 
 

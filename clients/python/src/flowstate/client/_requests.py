@@ -7,6 +7,7 @@ request for every retry of the call, so a retried mutation is never applied twic
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -115,8 +116,12 @@ def definition_message(
     The mapping has the keys of the message: ``name``, ``display_name``, ``description`` and
     ``phases``, each phase with ``name``, ``depends_on``, ``weight``, ``max_retries``,
     ``status_group`` (a `FlowStatus`, its number or its name), ``optional``, ``display_name``,
-    ``description``. The server checks the structure (and names every problem with its path);
-    here a key the message has no field for, or a value of the wrong type, raises ValueError.
+    ``description`` and ``policy`` (``timeout``, ``heartbeat_timeout``, ``retry_policy`` with
+    ``initial_backoff``, ``multiplier``, ``max_backoff``, ``retry_on``; durations as seconds
+    or ``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``; codes as `ErrorCode` members,
+    numbers or names). The server checks the structure and the limits (and names every problem
+    with its path); here a key the message has no field for, or a value of the wrong type,
+    raises ValueError.
     """
     if isinstance(definition, definition_pb2.FlowDefinition):
         return definition
@@ -127,6 +132,8 @@ def definition_message(
         group = entry.get("status_group")
         if group is not None and group != "":
             entry["status_group"] = FlowStatus.parse(group).proto_name
+        if isinstance(entry.get("policy"), Mapping):
+            entry["policy"] = _policy_json(entry["policy"])
         phases.append(entry)
     data["phases"] = phases
     message = definition_pb2.FlowDefinition()
@@ -135,6 +142,44 @@ def definition_message(
     except json_format.ParseError as exc:
         raise ValueError(f"not a flow definition: {exc}") from None
     return message
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration_json(value: Any) -> Any:
+    """A duration (seconds, or ``"30s"``, ``"5m"``, ...) in the JSON form of a proto Duration;
+    anything else unchanged (the message parser refuses it)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        return value
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def _policy_json(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """A phase policy mapping in the JSON form of ``PhasePolicy`` (see `definition_message`)."""
+    data = dict(policy)
+    for key in ("timeout", "heartbeat_timeout"):
+        if key in data:
+            data[key] = _duration_json(data[key])
+    retry = data.get("retry_policy")
+    if isinstance(retry, Mapping):
+        retry = dict(retry)
+        for key in ("initial_backoff", "max_backoff"):
+            if key in retry:
+                retry[key] = _duration_json(retry[key])
+        codes = retry.get("retry_on")
+        if isinstance(codes, list):
+            retry["retry_on"] = [
+                ErrorCode.parse(code).proto_name if isinstance(code, int | str) else code
+                for code in codes
+            ]
+        data["retry_policy"] = retry
+    return data
 
 
 def create_flow_definition(
@@ -294,6 +339,11 @@ def update_phase_progress(
         request_id=request_id or new_request_id(),
         expected_version=expected_version,
     )
+
+
+def heartbeat(flow_id: str, phase: str) -> flow_service_pb2.HeartbeatRequest:
+    """A ``HeartbeatRequest``."""
+    return flow_service_pb2.HeartbeatRequest(flow_id=_flow_id(flow_id), phase=phase)
 
 
 def rollback(

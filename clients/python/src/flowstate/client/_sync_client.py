@@ -29,6 +29,7 @@ from flowstate.client._models import (
     FlowDefinition,
     FlowEvent,
     FlowPage,
+    HeartbeatResult,
     HistoryEntry,
     HistoryPage,
     MutationResult,
@@ -406,6 +407,23 @@ class FlowstateClient:
         )
         response = self._call(lambda s: s.UpdatePhaseProgress, request, timeout, retry)
         return MutationResult._from_proto(response)
+
+    def heartbeat(
+        self,
+        flow_id: str,
+        phase: str,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> HeartbeatResult:
+        """A worker's sign of life for `phase` (IN_PROGRESS): pushes its heartbeat timeout back.
+
+        Writes no history and no new flow version. Raises `InvalidPhaseTransition` when the
+        phase is not running (e.g. the server timed it out: stop working on it).
+        """
+        request = _requests.heartbeat(flow_id, phase)
+        response = self._call(lambda s: s.Heartbeat, request, timeout, retry)
+        return HeartbeatResult._from_proto(response)
 
     def rollback(
         self,
