@@ -163,6 +163,24 @@ async def test_list_flows_filters(client: AsyncFlowstateClient) -> None:
     assert sorted(flow.flow_id for flow in initialized.flows) == sorted(ids[1:])
 
 
+async def test_filters_and_counts(client: AsyncFlowstateClient) -> None:
+    core = [(await client.create_flow(labels={"team": "core"})).flow.flow_id for _ in range(2)]
+    await client.create_flow(labels={"team": "web"})
+    await client.transition_phase(core[0], "data_import", "IN_PROGRESS")
+
+    listed = await client.list_flows(filter='labels.team = "core" AND status = INITIALIZED')
+    iterated = [f.flow_id async for f in client.iter_flows(filter="labels.team = core")]
+    counted = await client.count_flows("labels.team = core", group_by="status")
+
+    assert [flow.flow_id for flow in listed.flows] == [core[1]]
+    assert sorted(iterated) == sorted(core)
+    assert counted.total == 2
+    assert counted.groups == {"DATA_GATHERING": 1, "INITIALIZED": 1}
+    with pytest.raises(MalformedRequest) as refused:
+        await client.count_flows("labels.team =")
+    assert refused.value.details["position"] == 13
+
+
 async def test_iter_flows_follows_page_tokens(client: AsyncFlowstateClient) -> None:
     ids = [(await client.create_flow()).flow.flow_id for _ in range(5)]
 

@@ -23,6 +23,7 @@ EXPECTED = [
     "ErrorCode",
     "FailedPrecondition",
     "Flow",
+    "FlowCount",
     "FlowDefinition",
     "FlowEvent",
     "FlowEventKind",

@@ -122,8 +122,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only flows unchanged for this long, e.g. 30m, 2h, 1d",
     )
     parser.add_argument("--definition", metavar="NAME", help="only flows of this definition")
+    _filter_argument(parser)
     parser.add_argument(
         "--limit", type=int, default=50, metavar="N", help="at most N flows (0: all; default 50)"
+    )
+
+    parser = command(
+        "count",
+        _count,
+        "count flows matching a filter, per status, definition or phase state",
+        "Count the tenant's flows matching --filter, in all and per group (--by).\n\n"
+        "examples:\n"
+        "  flowstate flows count --by status\n"
+        "  flowstate flows count --filter 'labels.team = \"core\"' --by phase.data_import",
+    )
+    _filter_argument(parser)
+    parser.add_argument(
+        "--by",
+        default="",
+        metavar="GROUP",
+        help="status, definition or phase.<name> (default: the total only)",
     )
 
     parser = command("get", _get, "show a flow and its phases")
@@ -623,6 +641,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _filter_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--filter",
+        default="",
+        metavar="FILTER",
+        help="only flows matching this filter (docs/filters.md), e.g. "
+        "'status = FAILED AND labels.team = \"core\"', 'error = EXTERNAL_SERVICE_ERROR AND "
+        "updated > -1h', 'stuck'",
+    )
+
+
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -639,6 +668,7 @@ def _list(client: FlowstateClient, args: argparse.Namespace, output: _Output) ->
         phase_states=phase_states,
         updated_before=args.stuck,
         definition_name=args.definition,
+        filter=args.filter,
         page_size=min(args.limit, 500) if args.limit > 0 else 0,
     ):
         flows.append(flow)
@@ -666,6 +696,17 @@ def _list(client: FlowstateClient, args: argparse.Namespace, output: _Output) ->
         if flows
         else "no flows"
     )
+    return EXIT_OK
+
+
+def _count(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
+    counted = client.count_flows(args.filter, group_by=args.by)
+    if output.as_json:
+        output.json(_proto_json(counted.raw))
+        return EXIT_OK
+    rows = [[key or "(none)", str(count)] for key, count in counted.groups.items()]
+    rows.append(["TOTAL", str(counted.total)])
+    output.line(_table([args.by.upper() or "FLOWS", "COUNT"], rows))
     return EXIT_OK
 
 

@@ -323,7 +323,9 @@ class FlowstateServer:
                 interceptors=() if resources.tracing is None else (resources.tracing.interceptor,),
             )
             resources.server = server
-            servicer = FlowStateServicer(resources.store, support, resources.hub)
+            servicer = FlowStateServicer(
+                resources.store, support, resources.hub, stuck_after=settings.stuck_after
+            )
             add_service(
                 servicer, server, flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"]
             )

@@ -21,10 +21,11 @@ Decisions a reader should know:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from flowstate.core.definitions import FlowDefinition
+from flowstate.core.filters import Filter
 from flowstate.core.model import Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.core.preview import TransitionVerdict
 from flowstate.server import definitions, validation
@@ -88,6 +89,7 @@ class EventSource(Protocol):
         definition_name: str,
         flow_ids: frozenset[str],
         cursor: str,
+        condition: Filter | None = None,
     ) -> AsyncIterator[EventValue]:
         """Events of the tenant's matching flows, each with its resume cursor."""
         ...
@@ -117,12 +119,19 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     """The FlowStateService implementation over the use cases of a `FlowStore`."""
 
     def __init__(
-        self, store: FlowStore, support: RpcSupport, hub: EventSource | None = None
+        self,
+        store: FlowStore,
+        support: RpcSupport,
+        hub: EventSource | None = None,
+        *,
+        stuck_after: float = 3600.0,
     ) -> None:
         """Serve the use cases on `store` (and streams from `hub`; UNIMPLEMENTED without one).
 
-        `support` holds the authenticator and metrics the `rpc` wrapper uses.
+        `support` holds the authenticator and metrics the `rpc` wrapper uses; `stuck_after`
+        (FLOWSTATE_STUCK_AFTER, seconds) is what ``stuck`` means in filters.
         """
+        self._stuck_after = timedelta(seconds=stuck_after)
         self._store = store
         self._flows = FlowService(store)
         self._support = support
@@ -135,6 +144,11 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         return self._support
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _filter(self, text: str, field: str = "filter") -> Filter | None:
+        return validation.flow_filter(
+            text, now=datetime.now(UTC), stuck_after=self._stuck_after, field=field
+        )
 
     def _view(self, definition: FlowDefinition) -> DefinitionView:
         return self._definitions.view(definition)
@@ -220,6 +234,8 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
                 phase_states={k: frozenset(v) for k, v in args.phase_states.items()},
                 updated_before=args.updated_before,
                 definition_name=args.definition_name,
+                filter=self._filter(args.filter_text),
+                filter_text=args.filter_text,
                 page_size=args.page_size,
                 page_token=args.page_token,
             ),
@@ -227,6 +243,27 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         return pb.ListFlowsResponse(
             flows=[await self._flow_message(flow) for flow in page.flows],
             next_page_token=page.next_page_token,
+        )
+
+    @unary(Scope.READ)
+    async def CountFlows(  # noqa: N802 - the proto's method name
+        self, request: pb.CountFlowsRequest, call: Call
+    ) -> pb.CountFlowsResponse:
+        """Count the caller's flows matching the filter, in all and per group."""
+        group_by, phase = validation.count_group(request.group_by)
+        condition = self._filter(request.filter)
+        counted = await self._flows.count_flows(
+            call.tenant,
+            FlowQuery(filter=condition, filter_text=request.filter),
+            group_by=group_by,
+            phase=phase,
+        )
+        return pb.CountFlowsResponse(
+            total_count=counted.total,
+            groups=[
+                pb.FlowCountGroup(key=key if group_by == "definition" else key.upper(), count=n)
+                for key, n in counted.groups
+            ],
         )
 
     @unary(Scope.READ)
@@ -452,6 +489,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             definition_name=args.definition_name or "",
             flow_ids=frozenset(args.flow_ids),
             cursor=args.cursor or "",
+            condition=self._filter(args.filter_text),
         )
         async for value in events:
             if value.change is not None and value.snapshot is None and value.flow_id:

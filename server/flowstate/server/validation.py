@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -43,6 +43,7 @@ from flowstate.core.commands import (
     TransitionPhase,
     UpdatePhaseProgress,
 )
+from flowstate.core.filters import Filter, parse_filter
 from flowstate.core.model import FlowStatus, PhaseError, PhaseState
 from flowstate.core.rules import ERROR_STATES
 from flowstate.server.convert import (
@@ -58,6 +59,9 @@ from flowstate.storage.limits import (
     DEFAULT_HISTORY_PAGE_SIZE,
     MAX_DISPLAY_NAME_LENGTH,
     MAX_ERROR_MESSAGE_LENGTH,
+    MAX_FILTER_DEPTH,
+    MAX_FILTER_LENGTH,
+    MAX_FILTER_TERMS,
     MAX_FILTERS,
     MAX_FLOW_IDS_PER_QUERY,
     MAX_FLOW_PAGE_SIZE,
@@ -87,7 +91,9 @@ __all__ = [
     "WatchFlowArgs",
     "WatchFlowsArgs",
     "cancel_flow",
+    "count_group",
     "create_flow",
+    "flow_filter",
     "flow_id",
     "get_flow_definition",
     "heartbeat",
@@ -426,6 +432,45 @@ class ListFlowsArgs:
     phase_states: Mapping[str, tuple[PhaseState, ...]]
     updated_before: datetime | None
     definition_name: str | None
+    filter_text: str = ""
+
+
+def flow_filter(
+    text: str, *, now: datetime, stuck_after: timedelta, field: str = "filter"
+) -> Filter | None:
+    """The parsed filter `text` (None when blank), its relative times and ``stuck`` resolved at
+    `now` (stuck: unchanged for `stuck_after`, the server's FLOWSTATE_STUCK_AFTER).
+
+    MALFORMED_REQUEST with ``position`` (0-based offset) when it does not parse; see
+    `flowstate.core.filters` for the language and docs/filters.md for its reference.
+    """
+    check = _Checker()
+    check.text(field, text, max_len=MAX_FILTER_LENGTH)
+    check.done()
+    return parse_filter(
+        text,
+        now=now,
+        stuck_before=now - stuck_after,
+        field=field,
+        max_depth=MAX_FILTER_DEPTH,
+        max_terms=MAX_FILTER_TERMS,
+    )
+
+
+def count_group(group_by: str) -> tuple[str, str | None]:
+    """CountFlows' `group_by`: ("", None), ("status", None), ("definition", None) or
+    ("phase", name) for ``phase.<name>``; MALFORMED_REQUEST otherwise."""
+    check = _Checker()
+    head, dot, name = group_by.partition(".")
+    if group_by in ("", "status", "definition"):
+        return group_by, None
+    if head == "phase" and dot and name:
+        check.name("group_by", name)
+        check.done()
+        return "phase", name
+    check.fail("group_by", "must be status, definition, phase.<name> or empty")
+    check.done()
+    raise AssertionError("unreachable")  # check.done raised
 
 
 def list_flows(request: flow_service_pb2.ListFlowsRequest) -> ListFlowsArgs:
@@ -468,6 +513,7 @@ def list_flows(request: flow_service_pb2.ListFlowsRequest) -> ListFlowsArgs:
         phase_states=phase_states,
         updated_before=updated_before,
         definition_name=definition_name or None,
+        filter_text=request.filter,
     )
 
 
@@ -572,6 +618,7 @@ class WatchFlowsArgs:
     definition_name: str | None
     flow_ids: tuple[str, ...]
     cursor: str | None
+    filter_text: str = ""
 
 
 def watch_flows(request: flow_service_pb2.WatchFlowsRequest) -> WatchFlowsArgs:
@@ -591,4 +638,5 @@ def watch_flows(request: flow_service_pb2.WatchFlowsRequest) -> WatchFlowsArgs:
         definition_name=definition_name or None,
         flow_ids=tuple(flow_ids),
         cursor=cursor or None,
+        filter_text=request.filter,
     )

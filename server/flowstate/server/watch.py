@@ -42,6 +42,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import asyncpg
 
 from flowstate.core.errors import FlowStateError
+from flowstate.core.filters import Filter, matches
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.core.rules import TERMINAL_STATUSES
 from flowstate.server.convert import FLOW_STATUS_TO_PROTO, entry_to_proto
@@ -837,15 +838,17 @@ class WatchHub:
         definition_name: str,
         flow_ids: frozenset[str],
         cursor: str,
+        condition: Filter | None = None,
     ) -> AsyncGenerator[FlowEventValue, None]:
         """Stream the tenant's matching flows: a snapshot (or changes after `cursor`), then live.
 
         Filters (each ignored when empty): the status after the change, the definition name,
-        the flow ids. Every event carries the cursor to resume after it. Raises (from the
+        the flow ids, and `condition` (a parsed filter, on the flow as the change left it:
+        `TenantChange.facts`). Every event carries the cursor to resume after it. Raises (from the
         iterator) MALFORMED_REQUEST for a bad cursor or a snapshot over the limit, and
         SERVER_SHUTTING_DOWN when the hub closes.
         """
-        return self._watch_flows(tenant, statuses, definition_name, flow_ids, cursor)
+        return self._watch_flows(tenant, statuses, definition_name, flow_ids, cursor, condition)
 
     async def _watch_flows(
         self,
@@ -854,6 +857,7 @@ class WatchHub:
         definition_name: str,
         flow_ids: frozenset[str],
         cursor_token: str,
+        condition: Filter | None,
     ) -> AsyncGenerator[FlowEventValue, None]:
         self._check_open()
         resume = TenantCursor.decode(cursor_token) if cursor_token else None
@@ -871,6 +875,7 @@ class WatchHub:
                     definition_name=definition_name,
                     flow_ids=flow_ids,
                     limit=self._snapshot_limit,
+                    condition=condition,
                 )
                 cursor = snapshot.cursor
                 last = len(snapshot.flows) - 1
@@ -902,7 +907,9 @@ class WatchHub:
                         continue
                     consumed = cursor.consumed(change)
                     cursor = cursor.advanced(position)
-                    if consumed or not _matches(change, statuses, definition_name, flow_ids):
+                    if consumed or not _matches(
+                        change, statuses, definition_name, flow_ids, condition
+                    ):
                         continue
                     entry = change.entry
                     yield FlowEventValue(
@@ -926,10 +933,12 @@ def _matches(
     statuses: frozenset[FlowStatus],
     definition_name: str,
     flow_ids: frozenset[str],
+    condition: Filter | None,
 ) -> bool:
     """Whether a change passes the WatchFlows filters (each ignored when empty)."""
     return (
         (not statuses or change.entry.status_after in statuses)
         and (not definition_name or change.definition_name == definition_name)
         and (not flow_ids or change.flow_id in flow_ids)
+        and (condition is None or (change.facts is not None and matches(condition, change.facts)))
     )

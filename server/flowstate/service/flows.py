@@ -56,6 +56,7 @@ from flowstate.storage.limits import (
     check_version,
 )
 from flowstate.storage.store import (
+    FlowCount,
     FlowPage,
     FlowQuery,
     FlowStore,
@@ -334,6 +335,12 @@ class FlowService:
     async def list_flows(self, tenant: Tenant, query: FlowQuery) -> FlowPage:
         """One page of the tenant's flows matching `query` (see `FlowQuery`)."""
         return await self.store.list_flows(tenant, query)
+
+    async def count_flows(
+        self, tenant: Tenant, query: FlowQuery, *, group_by: str = "", phase: str | None = None
+    ) -> FlowCount:
+        """How many of the tenant's flows match `query`, per group (`FlowStore.count_flows`)."""
+        return await self.store.count_flows(tenant, query, group_by=group_by, phase=phase)
 
     async def list_history(
         self,

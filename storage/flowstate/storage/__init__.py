@@ -29,6 +29,7 @@ from flowstate.storage.store import (
     FlowTransaction,
 )
 from flowstate.storage.values import (
+    FlowCount,
     FlowPage,
     FlowQuery,
     HistoryPage,
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "NOTIFY_CHANNEL",
     "EmbeddedPostgres",
+    "FlowCount",
     "FlowPage",
     "FlowQuery",
     "FlowStore",

@@ -49,10 +49,13 @@ from sqlalchemy import BigInteger, Integer, Text, and_, any_, bindparam, func, o
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
+from flowstate.core.filters import Filter, FlowFacts
+from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
 from flowstate.storage.codec import entry_from_row, flow_from_row
+from flowstate.storage.filters import filter_condition
 from flowstate.storage.schema import flow_history, flows
 from flowstate.storage.sql import (
+    Compiled,
     Transaction,
     compile_statement,
     connect_arguments,
@@ -99,7 +102,14 @@ _XMAX = func.cast(func.cast(func.pg_snapshot_xmax(func.pg_current_snapshot()), T
 _HORIZON = bindparam("horizon", type_=BigInteger)
 
 _READ = compile_statement(
-    select(flow_history, flows.c.definition_name)
+    select(
+        flow_history,
+        flows.c.definition_name,
+        flows.c.labels.label("flow_labels"),
+        flows.c.created_at.label("flow_created_at"),
+        flows.c.phase_states.label("flow_phase_states"),
+        flows.c.error_context.label("flow_error_context"),
+    )
     .select_from(flow_history.join(flows, flows.c.id == flow_history.c.flow_id))
     .where(_HISTORY_IN_TENANT, _AFTER, flow_history.c.txid < _HORIZON)
     .order_by(flow_history.c.txid, flow_history.c.seq)
@@ -117,7 +127,7 @@ _PENDING = compile_statement(
 _STATUSES = bindparam("statuses", type_=ARRAY(Text))
 _DEFINITION = bindparam("definition_name", type_=Text)
 _FLOW_IDS = bindparam("flow_ids", type_=ARRAY(Text))
-_SNAPSHOT = compile_statement(
+_SNAPSHOT_SELECT = (
     select(flows)
     .where(
         flows.c.client_account_id == _ACCOUNT,
@@ -129,6 +139,13 @@ _SNAPSHOT = compile_statement(
     .order_by(flows.c.updated_at, flows.c.id)
     .limit(bindparam("limit", type_=Integer))
 )
+_SNAPSHOT = compile_statement(_SNAPSHOT_SELECT)
+
+
+def _snapshot_with(condition: Filter) -> Compiled:
+    return compile_statement(_SNAPSHOT_SELECT.where(filter_condition(condition)))
+
+
 _SKIP = compile_statement(
     select(flow_history.c.flow_id, func.max(flow_history.c.version).label("version"))
     .where(_HISTORY_IN_TENANT, flow_history.c.txid >= _HORIZON)
@@ -153,6 +170,11 @@ class TenantChange:
     flow_id: str
     definition_name: str
     entry: HistoryEntry
+    facts: FlowFacts | None = None
+    """The flow as the change left it, for filters (`flowstate.core.filters.matches`): status
+    and time from the entry, the changed phase's new state from the entry, labels and creation
+    time from the flow; the other phases' states and the open error codes are the flow's when
+    the change is read (a later change may already have moved them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,8 +339,12 @@ class TenantLog:
         definition_name: str,
         flow_ids: frozenset[str],
         limit: int = SNAPSHOT_LIMIT,
+        condition: Filter | None = None,
     ) -> TenantSnapshot:
-        """The matching flows now, and the cursor after them (MALFORMED_REQUEST past `limit`)."""
+        """The matching flows now, and the cursor after them (MALFORMED_REQUEST past `limit`).
+
+        `condition`: a parsed filter (compiled by `flowstate.storage.filters`), ANDed."""
+        snapshot_statement = _SNAPSHOT if condition is None else _snapshot_with(condition)
         params = _tenant_params(tenant)
         filters = {
             "statuses": sorted(status.value for status in statuses),
@@ -332,7 +358,7 @@ class TenantLog:
         ) -> tuple[list[asyncpg.Record], list[asyncpg.Record], int, int]:
             horizon = await tx.fetchrow(_HORIZON_NOW)
             assert horizon is not None
-            rows = await tx.fetch(_SNAPSHOT, {**params, **filters})
+            rows = await tx.fetch(snapshot_statement, {**params, **filters})
             skip_rows = await tx.fetch(_SKIP, {**params, "horizon": horizon["xmin"]})
             return rows, skip_rows, horizon["xmin"], horizon["xmax"]
 
@@ -351,9 +377,24 @@ class TenantLog:
 
 
 def _change_from_row(row: asyncpg.Record) -> TenantChange:
+    entry = entry_from_row(row)
+    phase_states = {name: PhaseState(state) for name, state in row["flow_phase_states"].items()}
+    if entry.phase is not None and entry.to_state is not None:
+        phase_states[entry.phase] = entry.to_state
+    errors = row["flow_error_context"]
+    facts = FlowFacts(
+        status=entry.status_after,
+        definition_name=row["definition_name"],
+        phase_states=phase_states,
+        labels=dict(row["flow_labels"]),
+        error_codes=frozenset(str(e.get("error_code", "")) for e in errors.values()),
+        created_at=row["flow_created_at"],
+        updated_at=entry.occurred_at,
+    )
     return TenantChange(
         position=(row["txid"], row["seq"]),
         flow_id=str(row["flow_id"]),
         definition_name=row["definition_name"],
-        entry=entry_from_row(row),
+        entry=entry,
+        facts=facts,
     )

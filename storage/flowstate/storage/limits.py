@@ -31,6 +31,9 @@ __all__ = [
     "MAX_DISPLAY_NAME_LENGTH",
     "MAX_ERROR_MESSAGE_LENGTH",
     "MAX_FILTERS",
+    "MAX_FILTER_DEPTH",
+    "MAX_FILTER_LENGTH",
+    "MAX_FILTER_TERMS",
     "MAX_FLOW_IDS_PER_QUERY",
     "MAX_FLOW_PAGE_SIZE",
     "MAX_HISTORY_PAGE_SIZE",
@@ -82,6 +85,12 @@ MAX_PAGE_TOKEN_LENGTH = 1024
 """A page token or stream cursor sent back by a client (characters)."""
 MAX_FILTERS = 32
 """Phase-state filters of one listing."""
+MAX_FILTER_LENGTH = 4096
+"""A filter string (`flowstate.core.filters`), characters."""
+MAX_FILTER_TERMS = 64
+"""Comparisons in one filter."""
+MAX_FILTER_DEPTH = 16
+"""Nesting of parentheses and NOT in one filter."""
 DEFAULT_FLOW_PAGE_SIZE = 50
 """Flows per page when the caller asks for 0."""
 MAX_FLOW_PAGE_SIZE = 500

@@ -174,6 +174,12 @@ flows = Table(
         postgresql_using="gin",
         postgresql_ops={"phase_states": "jsonb_path_ops"},
     ),
+    Index(
+        "ix_flows_labels",
+        "labels",
+        postgresql_using="gin",
+        postgresql_ops={"labels": "jsonb_path_ops"},
+    ),
 )
 
 flow_history = Table(

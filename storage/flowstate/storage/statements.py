@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from flowstate.core.model import FlowStatus, PhaseState, Tenant
+from flowstate.storage.filters import filter_condition
 from flowstate.storage.limits import (
     MAX_FLOW_IDS_PER_QUERY,
     check_flow_id,
@@ -328,6 +329,9 @@ def flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str,
         ids = sorted({check_flow_id(i, "flow_ids") for i in query.flow_ids})
         conditions.append(flows.c.id == any_(literal(ids, ARRAY(UUID(as_uuid=False)))))
         description["flow_ids"] = ids
+    if query.filter is not None:
+        conditions.append(filter_condition(query.filter))
+        description["filter"] = query.filter_text
     return conditions, description
 
 
@@ -347,3 +351,27 @@ def list_flows_statement(
         .order_by(flows.c.updated_at, flows.c.id)
         .limit(limit)
     )
+
+
+def count_flows_statement(
+    conditions: list[ColumnElement[bool]], group_by: str, phase: str | None
+) -> Compiled:
+    """How many of a tenant's flows match `conditions`, per `group_by` key.
+
+    `group_by` is "" (one row, key ''), "status", "definition" or "phase" (the state of
+    `phase`, bound as a parameter; '' where the flow has no such phase).
+    """
+    key: ColumnElement[Any]
+    if group_by == "status":
+        key = flows.c.status
+    elif group_by == "definition":
+        key = flows.c.definition_name
+    elif group_by == "phase":
+        key = func.coalesce(flows.c.phase_states.op("->>")(literal(phase, Text)), "")
+    else:
+        key = literal("", Text)
+    grouped = key.label("key")
+    statement = select(grouped, func.count().label("flows")).where(FLOWS_IN_TENANT, *conditions)
+    if group_by:
+        statement = statement.group_by(grouped)
+    return compile_statement(statement)

@@ -89,6 +89,7 @@ from flowstate.storage.statements import (
     SEED_DEFINITION,
     SELECT_HISTORY,
     SELECT_KEY,
+    count_flows_statement,
     flow_filters,
     list_flows_statement,
     purge_statement,
@@ -98,6 +99,7 @@ from flowstate.storage.tokens import decode_token, encode_token, query_hash
 from flowstate.storage.urls import normalize_database_url
 from flowstate.storage.values import (
     ClaimedTimer,
+    FlowCount,
     FlowPage,
     FlowQuery,
     HistoryPage,
@@ -112,6 +114,7 @@ from flowstate.storage.values import (
 __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "NOTIFY_CHANNEL",
+    "FlowCount",
     "FlowPage",
     "FlowQuery",
     "FlowStore",
@@ -144,6 +147,10 @@ def _check_page_size(value: object, default: int, maximum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise malformed("page_size", "page_size must be a non-negative integer")
     return default if value == 0 else min(value, maximum)
+
+
+def _largest_first(group: tuple[str, int]) -> tuple[int, str]:
+    return -group[1], group[0]
 
 
 def _flow_not_found(flow_id: str) -> FlowStateError:
@@ -741,6 +748,28 @@ class FlowStore(TransactionRunner):
                 assert last.updated_at is not None  # a stored flow always has one
                 token = encode_token("flows", query_id, [last.updated_at.isoformat(), last.flow_id])
             return FlowPage(flows=found, next_page_token=token)
+
+        return await self._run(tenant, work)
+
+    async def count_flows(
+        self, tenant: Tenant, query: FlowQuery, *, group_by: str = "", phase: str | None = None
+    ) -> FlowCount:
+        """How many of the tenant's flows match `query`'s filters (its page is ignored), in all
+        and per `group_by` key: "" (no groups), "status", "definition", or "phase" (the state
+        of `phase`). Groups come largest first, then by key."""
+        check_tenant(tenant)
+        if group_by not in ("", "status", "definition", "phase"):
+            raise malformed("group_by", "group_by must be status, definition or phase.<name>")
+        if group_by == "phase":
+            check_name("group_by", phase)
+        conditions, _ = flow_filters(query)
+        statement = count_flows_statement(conditions, group_by, phase)
+
+        async def work(tx: Transaction) -> FlowCount:
+            rows = await tx.fetch(statement, _tenant_params(tenant))
+            counts = sorted(((r["key"], int(r["flows"])) for r in rows), key=_largest_first)
+            total = sum(count for _, count in counts)
+            return FlowCount(total=total, groups=tuple(counts) if group_by else ())
 
         return await self._run(tenant, work)
 

@@ -11,12 +11,14 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from flowstate.core.filters import Filter
 from flowstate.core.model import Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
 from flowstate.core.timers import PlannedTimer
 from flowstate.storage.limits import DEFAULT_FLOW_PAGE_SIZE
 
 __all__ = [
     "ClaimedTimer",
+    "FlowCount",
     "FlowPage",
     "FlowQuery",
     "HistoryPage",
@@ -53,7 +55,10 @@ class FlowQuery:
       served by the GIN index on ``phase_states`` (one ``@>`` containment per state);
     - `updated_before`: last changed strictly before this instant (stuck flows);
     - `definition_name`: follows this definition;
-    - `flow_ids`: one of these flows (at most `MAX_FLOW_IDS_PER_QUERY`).
+    - `flow_ids`: one of these flows (at most `MAX_FLOW_IDS_PER_QUERY`);
+    - `filter`: a parsed filter (`flowstate.core.filters`), compiled by
+      `flowstate.storage.filters`; `filter_text` is the text it was parsed from, which the
+      page token fingerprints (relative times move between pages, the text does not).
 
     Results are ordered by (updated_at, flow id), oldest change first. `page_size` 0 means the
     default (`DEFAULT_FLOW_PAGE_SIZE`); larger than `MAX_FLOW_PAGE_SIZE` is lowered to it;
@@ -68,8 +73,21 @@ class FlowQuery:
     updated_before: datetime | None = None
     definition_name: str | None = None
     flow_ids: tuple[str, ...] = ()
+    filter: Filter | None = None
+    filter_text: str = ""
     page_size: int = DEFAULT_FLOW_PAGE_SIZE
     page_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowCount:
+    """`CountFlows`: how many flows match, in all and per group key (empty without a grouping).
+
+    A flow whose grouped phase does not exist (another definition) counts under the key "".
+    """
+
+    total: int
+    groups: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -412,8 +412,14 @@ type ListFlowsRequest struct {
 	UpdatedBefore *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=updated_before,json=updatedBefore,proto3" json:"updated_before,omitempty"`
 	// Only flows of this definition.
 	DefinitionName string `protobuf:"bytes,6,opt,name=definition_name,json=definitionName,proto3" json:"definition_name,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Only flows matching this filter (AIP-160 subset, docs/filters.md), ANDed
+	// with the fields above, e.g. `status = FAILED AND labels.team = "core"`,
+	// `error = EXTERNAL_SERVICE_ERROR AND updated > -1h`, `stuck`. A filter
+	// that does not parse is INVALID_ARGUMENT (MALFORMED_REQUEST) whose
+	// FlowError details carry `position`, the 0-based offset of the problem.
+	Filter        string `protobuf:"bytes,30,opt,name=filter,proto3" json:"filter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListFlowsRequest) Reset() {
@@ -484,6 +490,13 @@ func (x *ListFlowsRequest) GetUpdatedBefore() *timestamppb.Timestamp {
 func (x *ListFlowsRequest) GetDefinitionName() string {
 	if x != nil {
 		return x.DefinitionName
+	}
+	return ""
+}
+
+func (x *ListFlowsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
 	}
 	return ""
 }
@@ -3122,7 +3135,12 @@ type WatchFlowsRequest struct {
 	FlowIds []string `protobuf:"bytes,3,rep,name=flow_ids,json=flowIds,proto3" json:"flow_ids,omitempty"`
 	// Resume after this cursor (from a previous event). When empty, the stream
 	// starts with a snapshot of every matching flow, then streams live.
-	Cursor        string `protobuf:"bytes,4,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	Cursor string `protobuf:"bytes,4,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// Only flows matching this filter (as ListFlowsRequest.filter), evaluated on
+	// the flow as each change left it; relative times (`-1h`) and `stuck` are
+	// resolved when the stream starts. A change's phase states other than the
+	// changed phase are the flow's when the change is read.
+	Filter        string `protobuf:"bytes,30,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3181,6 +3199,13 @@ func (x *WatchFlowsRequest) GetFlowIds() []string {
 func (x *WatchFlowsRequest) GetCursor() string {
 	if x != nil {
 		return x.Cursor
+	}
+	return ""
+}
+
+func (x *WatchFlowsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
 	}
 	return ""
 }
@@ -3426,6 +3451,174 @@ func (x *Heartbeat) GetServerTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// Request of CountFlows.
+type CountFlowsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only flows matching this filter (as ListFlowsRequest.filter); every flow
+	// of the caller's tenant when empty.
+	Filter string `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// How to group: "status", "definition", "phase.<name>" (that phase's state;
+	// flows without the phase count under ""), or empty for the total only.
+	GroupBy       string `protobuf:"bytes,2,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountFlowsRequest) Reset() {
+	*x = CountFlowsRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountFlowsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountFlowsRequest) ProtoMessage() {}
+
+func (x *CountFlowsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountFlowsRequest.ProtoReflect.Descriptor instead.
+func (*CountFlowsRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *CountFlowsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *CountFlowsRequest) GetGroupBy() string {
+	if x != nil {
+		return x.GroupBy
+	}
+	return ""
+}
+
+// Response of CountFlows.
+type CountFlowsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many flows match.
+	TotalCount int64 `protobuf:"varint,1,opt,name=total_count,json=totalCount,proto3" json:"total_count,omitempty"`
+	// One entry per group key, largest first (empty without group_by).
+	Groups        []*FlowCountGroup `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountFlowsResponse) Reset() {
+	*x = CountFlowsResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountFlowsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountFlowsResponse) ProtoMessage() {}
+
+func (x *CountFlowsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountFlowsResponse.ProtoReflect.Descriptor instead.
+func (*CountFlowsResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *CountFlowsResponse) GetTotalCount() int64 {
+	if x != nil {
+		return x.TotalCount
+	}
+	return 0
+}
+
+func (x *CountFlowsResponse) GetGroups() []*FlowCountGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// One group of CountFlowsResponse.
+type FlowCountGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's key: the status or phase state name as in the enums without
+	// their prefix (e.g. "FAILED"), or the definition name.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// How many flows are in the group.
+	Count         int64 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlowCountGroup) Reset() {
+	*x = FlowCountGroup{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlowCountGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlowCountGroup) ProtoMessage() {}
+
+func (x *FlowCountGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlowCountGroup.ProtoReflect.Descriptor instead.
+func (*FlowCountGroup) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *FlowCountGroup) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *FlowCountGroup) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 var File_flowstate_v1_flow_service_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_service_proto_rawDesc = "" +
@@ -3451,7 +3644,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\"Z\n" +
 	"\x10PhaseStateFilter\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x120\n" +
-	"\x06states\x18\x02 \x03(\x0e2\x18.flowstate.v1.PhaseStateR\x06states\"\xb3\x02\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x18.flowstate.v1.PhaseStateR\x06states\"\xcb\x02\n" +
 	"\x10ListFlowsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3459,7 +3652,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\bstatuses\x18\x03 \x03(\x0e2\x18.flowstate.v1.FlowStatusR\bstatuses\x12A\n" +
 	"\fphase_states\x18\x04 \x03(\v2\x1e.flowstate.v1.PhaseStateFilterR\vphaseStates\x12A\n" +
 	"\x0eupdated_before\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rupdatedBefore\x12'\n" +
-	"\x0fdefinition_name\x18\x06 \x01(\tR\x0edefinitionName\"e\n" +
+	"\x0fdefinition_name\x18\x06 \x01(\tR\x0edefinitionName\x12\x16\n" +
+	"\x06filter\x18\x1e \x01(\tR\x06filter\"e\n" +
 	"\x11ListFlowsResponse\x12(\n" +
 	"\x05flows\x18\x01 \x03(\v2\x12.flowstate.v1.FlowR\x05flows\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x95\x01\n" +
@@ -3665,12 +3859,13 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\tkeep_open\x18\x03 \x01(\bR\bkeepOpenB\x10\n" +
 	"\x0e_after_version\"B\n" +
 	"\x11WatchFlowResponse\x12-\n" +
-	"\x05event\x18\x01 \x01(\v2\x17.flowstate.v1.FlowEventR\x05event\"\xa5\x01\n" +
+	"\x05event\x18\x01 \x01(\v2\x17.flowstate.v1.FlowEventR\x05event\"\xbd\x01\n" +
 	"\x11WatchFlowsRequest\x124\n" +
 	"\bstatuses\x18\x01 \x03(\x0e2\x18.flowstate.v1.FlowStatusR\bstatuses\x12'\n" +
 	"\x0fdefinition_name\x18\x02 \x01(\tR\x0edefinitionName\x12\x19\n" +
 	"\bflow_ids\x18\x03 \x03(\tR\aflowIds\x12\x16\n" +
-	"\x06cursor\x18\x04 \x01(\tR\x06cursor\"[\n" +
+	"\x06cursor\x18\x04 \x01(\tR\x06cursor\x12\x16\n" +
+	"\x06filter\x18\x1e \x01(\tR\x06filter\"[\n" +
 	"\x12WatchFlowsResponse\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.flowstate.v1.FlowEventR\x05event\x12\x16\n" +
 	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"\xbe\x02\n" +
@@ -3685,7 +3880,17 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x04kind\"H\n" +
 	"\tHeartbeat\x12;\n" +
 	"\vserver_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime*\x97\x02\n" +
+	"serverTime\"F\n" +
+	"\x11CountFlowsRequest\x12\x16\n" +
+	"\x06filter\x18\x01 \x01(\tR\x06filter\x12\x19\n" +
+	"\bgroup_by\x18\x02 \x01(\tR\agroupBy\"k\n" +
+	"\x12CountFlowsResponse\x12\x1f\n" +
+	"\vtotal_count\x18\x01 \x01(\x03R\n" +
+	"totalCount\x124\n" +
+	"\x06groups\x18\x02 \x03(\v2\x1c.flowstate.v1.FlowCountGroupR\x06groups\"8\n" +
+	"\x0eFlowCountGroup\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count*\x97\x02\n" +
 	"\x0eRecoveryAction\x12\x1f\n" +
 	"\x1bRECOVERY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15RECOVERY_ACTION_RETRY\x10\x01\x12\x1f\n" +
@@ -3695,7 +3900,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x16RECOVERY_ACTION_RESUME\x10\x05\x12\x1a\n" +
 	"\x16RECOVERY_ACTION_CANCEL\x10\x06\x12\x1b\n" +
 	"\x17RECOVERY_ACTION_ABANDON\x10\a\x12\x18\n" +
-	"\x14RECOVERY_ACTION_SKIP\x10\b2\x97\x0e\n" +
+	"\x14RECOVERY_ACTION_SKIP\x10\b2\xed\x0e\n" +
 	"\x10FlowStateService\x12O\n" +
 	"\n" +
 	"CreateFlow\x12\x1f.flowstate.v1.CreateFlowRequest\x1a .flowstate.v1.CreateFlowResponse\x12K\n" +
@@ -3720,7 +3925,9 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\tWatchFlow\x12\x1e.flowstate.v1.WatchFlowRequest\x1a\x1f.flowstate.v1.WatchFlowResponse0\x01\x12Q\n" +
 	"\n" +
 	"WatchFlows\x12\x1f.flowstate.v1.WatchFlowsRequest\x1a .flowstate.v1.WatchFlowsResponse0\x01\x12L\n" +
-	"\tHeartbeat\x12\x1e.flowstate.v1.HeartbeatRequest\x1a\x1f.flowstate.v1.HeartbeatResponseB\xa8\x01\n" +
+	"\tHeartbeat\x12\x1e.flowstate.v1.HeartbeatRequest\x1a\x1f.flowstate.v1.HeartbeatResponse\x12T\n" +
+	"\n" +
+	"CountFlows\x12\x1f.flowstate.v1.CountFlowsRequest\x1a .flowstate.v1.CountFlowsResponse\"\x03\x90\x02\x01B\xa8\x01\n" +
 	"\x10com.flowstate.v1B\x10FlowServiceProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -3736,7 +3943,7 @@ func file_flowstate_v1_flow_service_proto_rawDescGZIP() []byte {
 }
 
 var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(RecoveryAction)(0),                  // 0: flowstate.v1.RecoveryAction
 	(*CreateFlowRequest)(nil),            // 1: flowstate.v1.CreateFlowRequest
@@ -3785,58 +3992,61 @@ var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(*WatchFlowsResponse)(nil),           // 44: flowstate.v1.WatchFlowsResponse
 	(*FlowEvent)(nil),                    // 45: flowstate.v1.FlowEvent
 	(*Heartbeat)(nil),                    // 46: flowstate.v1.Heartbeat
-	nil,                                  // 47: flowstate.v1.CreateFlowRequest.LabelsEntry
-	(*Flow)(nil),                         // 48: flowstate.v1.Flow
-	(*HistoryEntry)(nil),                 // 49: flowstate.v1.HistoryEntry
-	(PhaseState)(0),                      // 50: flowstate.v1.PhaseState
-	(FlowStatus)(0),                      // 51: flowstate.v1.FlowStatus
-	(*timestamppb.Timestamp)(nil),        // 52: google.protobuf.Timestamp
-	(*FlowError)(nil),                    // 53: flowstate.v1.FlowError
-	(*PhaseFailure)(nil),                 // 54: flowstate.v1.PhaseFailure
-	(*structpb.Struct)(nil),              // 55: google.protobuf.Struct
-	(ErrorCode)(0),                       // 56: flowstate.v1.ErrorCode
-	(*FlowDefinition)(nil),               // 57: flowstate.v1.FlowDefinition
+	(*CountFlowsRequest)(nil),            // 47: flowstate.v1.CountFlowsRequest
+	(*CountFlowsResponse)(nil),           // 48: flowstate.v1.CountFlowsResponse
+	(*FlowCountGroup)(nil),               // 49: flowstate.v1.FlowCountGroup
+	nil,                                  // 50: flowstate.v1.CreateFlowRequest.LabelsEntry
+	(*Flow)(nil),                         // 51: flowstate.v1.Flow
+	(*HistoryEntry)(nil),                 // 52: flowstate.v1.HistoryEntry
+	(PhaseState)(0),                      // 53: flowstate.v1.PhaseState
+	(FlowStatus)(0),                      // 54: flowstate.v1.FlowStatus
+	(*timestamppb.Timestamp)(nil),        // 55: google.protobuf.Timestamp
+	(*FlowError)(nil),                    // 56: flowstate.v1.FlowError
+	(*PhaseFailure)(nil),                 // 57: flowstate.v1.PhaseFailure
+	(*structpb.Struct)(nil),              // 58: google.protobuf.Struct
+	(ErrorCode)(0),                       // 59: flowstate.v1.ErrorCode
+	(*FlowDefinition)(nil),               // 60: flowstate.v1.FlowDefinition
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
-	47, // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
-	48, // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48, // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
-	50, // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
-	51, // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	50, // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
+	51, // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	51, // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
+	53, // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
+	54, // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
 	5,  // 6: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
-	52, // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
-	48, // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
-	50, // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
-	50, // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
-	51, // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
-	51, // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
+	55, // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
+	51, // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
+	53, // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
+	53, // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
+	54, // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
+	54, // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
 	8,  // 13: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
 	9,  // 14: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
-	53, // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
-	50, // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
-	51, // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
-	51, // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
-	50, // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
-	54, // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
-	55, // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	48, // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	55, // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
-	52, // 25: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
-	48, // 26: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 27: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48, // 28: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 29: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48, // 30: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 31: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48, // 32: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
+	56, // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
+	53, // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
+	54, // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
+	54, // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
+	53, // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
+	57, // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
+	58, // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	51, // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	58, // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
+	55, // 25: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
+	51, // 26: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 27: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	51, // 28: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 29: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	51, // 30: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 31: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	51, // 32: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
 	24, // 33: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
 	0,  // 34: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
-	50, // 35: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
-	51, // 36: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
-	56, // 37: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
-	52, // 38: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
+	53, // 35: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
+	54, // 36: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
+	59, // 37: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
+	55, // 38: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
 	20, // 39: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
 	18, // 40: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
 	12, // 41: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
@@ -3844,73 +4054,76 @@ var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
 	29, // 43: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
 	25, // 44: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
 	39, // 45: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
-	48, // 46: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 47: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48, // 48: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 49: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48, // 50: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 51: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	49, // 52: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	57, // 53: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	57, // 54: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
-	57, // 55: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	57, // 56: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
-	55, // 57: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	48, // 58: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	49, // 59: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	51, // 46: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 47: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	51, // 48: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 49: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	51, // 50: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 51: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	52, // 52: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	60, // 53: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	60, // 54: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	60, // 55: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	60, // 56: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	58, // 57: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	51, // 58: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	52, // 59: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
 	45, // 60: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	51, // 61: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	54, // 61: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
 	45, // 62: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	51, // 63: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	48, // 64: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	49, // 65: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	54, // 63: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	51, // 64: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	52, // 65: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
 	46, // 66: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	52, // 67: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
-	1,  // 68: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	3,  // 69: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	6,  // 70: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	10, // 71: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	12, // 72: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	14, // 73: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	18, // 74: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	20, // 75: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	22, // 76: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	25, // 77: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	27, // 78: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	29, // 79: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	31, // 80: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	33, // 81: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	35, // 82: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
-	37, // 83: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
-	39, // 84: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
-	41, // 85: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	43, // 86: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	15, // 87: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
-	2,  // 88: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	4,  // 89: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	7,  // 90: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	11, // 91: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	13, // 92: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	17, // 93: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	19, // 94: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	21, // 95: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	23, // 96: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	26, // 97: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	28, // 98: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	30, // 99: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	32, // 100: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	34, // 101: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	36, // 102: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	38, // 103: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	40, // 104: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	42, // 105: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	44, // 106: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	16, // 107: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
-	88, // [88:108] is the sub-list for method output_type
-	68, // [68:88] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	55, // 67: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	49, // 68: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
+	1,  // 69: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	3,  // 70: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	6,  // 71: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	10, // 72: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	12, // 73: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	14, // 74: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	18, // 75: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	20, // 76: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	22, // 77: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	25, // 78: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	27, // 79: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	29, // 80: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	31, // 81: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	33, // 82: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	35, // 83: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	37, // 84: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	39, // 85: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	41, // 86: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	43, // 87: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	15, // 88: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
+	47, // 89: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
+	2,  // 90: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	4,  // 91: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	7,  // 92: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	11, // 93: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	13, // 94: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	17, // 95: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	19, // 96: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	21, // 97: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	23, // 98: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	26, // 99: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	28, // 100: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	30, // 101: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	32, // 102: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	34, // 103: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	36, // 104: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	38, // 105: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	40, // 106: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	42, // 107: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	44, // 108: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	16, // 109: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
+	48, // 110: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
+	90, // [90:111] is the sub-list for method output_type
+	69, // [69:90] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -3957,7 +4170,7 @@ func file_flowstate_v1_flow_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_service_proto_rawDesc), len(file_flowstate_v1_flow_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   47,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

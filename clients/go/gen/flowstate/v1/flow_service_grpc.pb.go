@@ -39,6 +39,7 @@ const (
 	FlowStateService_WatchFlow_FullMethodName            = "/flowstate.v1.FlowStateService/WatchFlow"
 	FlowStateService_WatchFlows_FullMethodName           = "/flowstate.v1.FlowStateService/WatchFlows"
 	FlowStateService_Heartbeat_FullMethodName            = "/flowstate.v1.FlowStateService/Heartbeat"
+	FlowStateService_CountFlows_FullMethodName           = "/flowstate.v1.FlowStateService/CountFlows"
 )
 
 // FlowStateServiceClient is the client API for FlowStateService service.
@@ -157,6 +158,11 @@ type FlowStateServiceClient interface {
 	// INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
 	// timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
+	// Counts the caller's flows that match a filter, in all and per group
+	// (status, definition or one phase's state): the figures of a dashboard.
+	// Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+	// parse, with its position; an unknown group_by).
+	CountFlows(ctx context.Context, in *CountFlowsRequest, opts ...grpc.CallOption) (*CountFlowsResponse, error)
 }
 
 type flowStateServiceClient struct {
@@ -385,6 +391,16 @@ func (c *flowStateServiceClient) Heartbeat(ctx context.Context, in *HeartbeatReq
 	return out, nil
 }
 
+func (c *flowStateServiceClient) CountFlows(ctx context.Context, in *CountFlowsRequest, opts ...grpc.CallOption) (*CountFlowsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CountFlowsResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_CountFlows_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FlowStateServiceServer is the server API for FlowStateService service.
 // All implementations must embed UnimplementedFlowStateServiceServer
 // for forward compatibility.
@@ -501,6 +517,11 @@ type FlowStateServiceServer interface {
 	// INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
 	// timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
+	// Counts the caller's flows that match a filter, in all and per group
+	// (status, definition or one phase's state): the figures of a dashboard.
+	// Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+	// parse, with its position; an unknown group_by).
+	CountFlows(context.Context, *CountFlowsRequest) (*CountFlowsResponse, error)
 	mustEmbedUnimplementedFlowStateServiceServer()
 }
 
@@ -570,6 +591,9 @@ func (UnimplementedFlowStateServiceServer) WatchFlows(*WatchFlowsRequest, grpc.S
 }
 func (UnimplementedFlowStateServiceServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (UnimplementedFlowStateServiceServer) CountFlows(context.Context, *CountFlowsRequest) (*CountFlowsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CountFlows not implemented")
 }
 func (UnimplementedFlowStateServiceServer) mustEmbedUnimplementedFlowStateServiceServer() {}
 func (UnimplementedFlowStateServiceServer) testEmbeddedByValue()                          {}
@@ -938,6 +962,24 @@ func _FlowStateService_Heartbeat_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FlowStateService_CountFlows_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountFlowsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).CountFlows(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_CountFlows_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).CountFlows(ctx, req.(*CountFlowsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FlowStateService_ServiceDesc is the grpc.ServiceDesc for FlowStateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1016,6 +1058,10 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Heartbeat",
 			Handler:    _FlowStateService_Heartbeat_Handler,
+		},
+		{
+			MethodName: "CountFlows",
+			Handler:    _FlowStateService_CountFlows_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -342,6 +342,21 @@ class FlowPage:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowCount:
+    """The answer of `count_flows`: the total and, with a grouping, one count per key."""
+
+    total: int
+    #: ``{key: count}``, largest first: status or phase-state names ("FAILED"), or definition
+    #: names; empty without ``group_by``.
+    groups: dict[str, int]
+    raw: flow_service_pb2.CountFlowsResponse = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def _from_proto(cls, raw: flow_service_pb2.CountFlowsResponse) -> FlowCount:
+        return cls(total=raw.total_count, groups={g.key: g.count for g in raw.groups}, raw=raw)
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryPage:
     """One page of `list_flow_history`, in version order."""
 

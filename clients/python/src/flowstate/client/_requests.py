@@ -232,11 +232,13 @@ def list_flows(
     page_size: int,
     page_token: str | None,
     now: datetime | None = None,
+    filter: str = "",
 ) -> flow_service_pb2.ListFlowsRequest:
     """A ``ListFlowsRequest``; a `timedelta` `updated_before` means "not changed for that long"."""
     request = flow_service_pb2.ListFlowsRequest(
         page_size=page_size,
         page_token=page_token or "",
+        filter=filter,
         statuses=[_flow_status(status) for status in statuses],
         definition_name=definition_name or "",
     )
@@ -449,6 +451,7 @@ def watch_flows(
     definition_name: str | None,
     flow_ids: Iterable[str],
     cursor: str | None,
+    filter: str = "",
 ) -> flow_service_pb2.WatchFlowsRequest:
     """A ``WatchFlowsRequest``."""
     return flow_service_pb2.WatchFlowsRequest(
@@ -456,4 +459,5 @@ def watch_flows(
         definition_name=definition_name or "",
         flow_ids=list(flow_ids),
         cursor=cursor or "",
+        filter=filter,
     )

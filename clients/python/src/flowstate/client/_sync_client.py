@@ -26,6 +26,7 @@ from flowstate.client._models import (
     DefinitionPage,
     DefinitionRegistration,
     Flow,
+    FlowCount,
     FlowDefinition,
     FlowEvent,
     FlowPage,
@@ -247,6 +248,7 @@ class FlowstateClient:
         phase_states: Mapping[str, Iterable[EnumLike] | EnumLike] | None = None,
         updated_before: datetime | timedelta | None = None,
         definition_name: str | None = None,
+        filter: str = "",
         page_size: int = 0,
         page_token: str | None = None,
         timeout: float | None = None,
@@ -261,6 +263,8 @@ class FlowstateClient:
             updated_before: Only flows unchanged since this time; a `timedelta` means
                 "unchanged for that long" (stuck flows).
             definition_name: Only flows of this definition.
+            filter: Only flows matching this filter (docs/filters.md), e.g.
+                ``'error = EXTERNAL_SERVICE_ERROR AND updated > -1h'``.
             page_size: At most this many flows (the server's default when 0).
             page_token: `FlowPage.next_page_token` of the previous page.
             timeout: Seconds per attempt; the client's default when None.
@@ -273,6 +277,7 @@ class FlowstateClient:
             definition_name=definition_name,
             page_size=page_size,
             page_token=page_token,
+            filter=filter,
         )
         response = self._call(lambda s: s.ListFlows, request, timeout, retry)
         return FlowPage._from_proto(response)
@@ -284,6 +289,7 @@ class FlowstateClient:
         phase_states: Mapping[str, Iterable[EnumLike] | EnumLike] | None = None,
         updated_before: datetime | timedelta | None = None,
         definition_name: str | None = None,
+        filter: str = "",
         page_size: int = 0,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
@@ -300,6 +306,7 @@ class FlowstateClient:
                 phase_states=phase_states,
                 updated_before=updated_before,
                 definition_name=definition_name,
+                filter=filter,
                 page_size=page_size,
                 page_token=token,
                 timeout=timeout,
@@ -309,6 +316,20 @@ class FlowstateClient:
             token = page.next_page_token
             if token is None:
                 return
+
+    def count_flows(
+        self,
+        filter: str = "",
+        *,
+        group_by: str = "",
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> FlowCount:
+        """Count the caller's flows matching `filter` (every flow when empty), in all and per
+        `group_by` key: "status", "definition", "phase.<name>", or "" (the total only)."""
+        request = flow_service_pb2.CountFlowsRequest(filter=filter, group_by=group_by)
+        response = self._call(lambda s: s.CountFlows, request, timeout, retry)
+        return FlowCount._from_proto(response)
 
     def validate_transition(
         self,
@@ -750,8 +771,11 @@ class FlowstateClient:
         flow_ids: Iterable[str] = (),
         cursor: str | None = None,
         include_heartbeats: bool = False,
+        filter: str = "",
     ) -> Generator[FlowEvent, None, None]:
         """Yield the events of every matching flow of the caller's tenant, resuming as `watch`.
+
+        `filter` (docs/filters.md) is evaluated on each flow as the change left it.
 
         Each event carries a `FlowEvent.cursor`; pass the last one as `cursor` to resume later
         (None: start with a snapshot of every matching flow).
@@ -762,6 +786,7 @@ class FlowstateClient:
             flow_ids=tuple(flow_ids),
             cursor=cursor,
             include_heartbeats=include_heartbeats,
+            filter=filter,
         )
         yield from self._stream(lambda s: s.WatchFlows, position)
 

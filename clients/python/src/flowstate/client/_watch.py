@@ -126,8 +126,10 @@ class FlowsWatch:
         flow_ids: tuple[str, ...],
         cursor: str | None,
         include_heartbeats: bool,
+        filter: str = "",
     ) -> None:
         """Start after `cursor` (None: with a snapshot of every matching flow)."""
+        self.filter = filter
         self.statuses = statuses
         self.definition_name = definition_name
         self.flow_ids = flow_ids
@@ -144,6 +146,7 @@ class FlowsWatch:
             definition_name=self.definition_name,
             flow_ids=self.flow_ids,
             cursor=self.cursor,
+            filter=self.filter,
         )
 
     def accept(self, response: flow_service_pb2.WatchFlowsResponse) -> FlowEvent | None:

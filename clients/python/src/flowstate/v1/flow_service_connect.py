@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .flow_service_pb2 import CancelFlowRequest, CancelFlowResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
+from .flow_service_pb2 import CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -228,6 +228,15 @@ class FlowStateService(Protocol):
         history and no new flow version. Scope as UpdatePhaseProgress. Errors:
         INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
         timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def count_flows(self, request: CountFlowsRequest, ctx: RequestContext[CountFlowsRequest, CountFlowsResponse], /) -> CountFlowsResponse:
+        """
+        Counts the caller's flows that match a filter, in all and per group
+        (status, definition or one phase's state): the figures of a dashboard.
+        Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+        parse, with its position; an unknown group_by).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -464,6 +473,17 @@ class FlowStateServiceASGIApplication(ConnectASGIApplication[FlowStateService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.heartbeat,
+                ),
+                "/flowstate.v1.FlowStateService/CountFlows": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CountFlows",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=CountFlowsRequest,
+                        output=CountFlowsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.count_flows,
                 ),
             },
             interceptors=interceptors,
@@ -1050,6 +1070,34 @@ class FlowStateServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def count_flows(
+        self,
+        request: CountFlowsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> CountFlowsResponse:
+        """
+        Counts the caller's flows that match a filter, in all and per group
+        (status, definition or one phase's state): the figures of a dashboard.
+        Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+        parse, with its position; an unknown group_by).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CountFlows",
+                service_name="flowstate.v1.FlowStateService",
+                input=CountFlowsRequest,
+                output=CountFlowsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
 
 class FlowStateServiceSync(Protocol):
     """
@@ -1242,6 +1290,15 @@ class FlowStateServiceSync(Protocol):
         history and no new flow version. Scope as UpdatePhaseProgress. Errors:
         INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
         timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def count_flows(self, request: CountFlowsRequest, ctx: RequestContext[CountFlowsRequest, CountFlowsResponse], /) -> CountFlowsResponse:
+        """
+        Counts the caller's flows that match a filter, in all and per group
+        (status, definition or one phase's state): the figures of a dashboard.
+        Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+        parse, with its position; an unknown group_by).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1476,6 +1533,17 @@ class FlowStateServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.heartbeat,
+                ),
+                "/flowstate.v1.FlowStateService/CountFlows": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CountFlows",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=CountFlowsRequest,
+                        output=CountFlowsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.count_flows,
                 ),
             },
             interceptors=interceptors,
@@ -2061,4 +2129,32 @@ class FlowStateServiceClientSync(ConnectClientSync):
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+        )
+    def count_flows(
+        self,
+        request: CountFlowsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> CountFlowsResponse:
+        """
+        Counts the caller's flows that match a filter, in all and per group
+        (status, definition or one phase's state): the figures of a dashboard.
+        Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+        parse, with its position; an unknown group_by).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CountFlows",
+                service_name="flowstate.v1.FlowStateService",
+                input=CountFlowsRequest,
+                output=CountFlowsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
         )

@@ -260,6 +260,7 @@ class ListFlowsRequest(_message.Message):
     PHASE_STATES_FIELD_NUMBER: _builtins.int
     UPDATED_BEFORE_FIELD_NUMBER: _builtins.int
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many flows (50 when 0; a larger value than 500 is lowered to
     500; negative values are refused).
@@ -268,6 +269,13 @@ class ListFlowsRequest(_message.Message):
     """The `next_page_token` of the previous page; empty for the first page."""
     definition_name: _builtins.str
     """Only flows of this definition."""
+    filter: _builtins.str
+    """Only flows matching this filter (AIP-160 subset, docs/filters.md), ANDed
+    with the fields above, e.g. `status = FAILED AND labels.team = "core"`,
+    `error = EXTERNAL_SERVICE_ERROR AND updated > -1h`, `stuck`. A filter
+    that does not parse is INVALID_ARGUMENT (MALFORMED_REQUEST) whose
+    FlowError details carry `position`, the 0-based offset of the problem.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_states_pb2.FlowStatus.ValueType]:
         """Only flows in one of these statuses."""
@@ -289,10 +297,11 @@ class ListFlowsRequest(_message.Message):
         phase_states: _abc.Iterable[Global___PhaseStateFilter] | None = ...,
         updated_before: _timestamp_pb2.Timestamp | None = ...,
         definition_name: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_before", b"updated_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "page_size", b"page_size", "page_token", b"page_token", "phase_states", b"phase_states", "statuses", b"statuses", "updated_before", b"updated_before"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "phase_states", b"phase_states", "statuses", b"statuses", "updated_before", b"updated_before"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1641,11 +1650,18 @@ class WatchFlowsRequest(_message.Message):
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
     FLOW_IDS_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     definition_name: _builtins.str
     """Only flows of this definition."""
     cursor: _builtins.str
     """Resume after this cursor (from a previous event). When empty, the stream
     starts with a snapshot of every matching flow, then streams live.
+    """
+    filter: _builtins.str
+    """Only flows matching this filter (as ListFlowsRequest.filter), evaluated on
+    the flow as each change left it; relative times (`-1h`) and `stuck` are
+    resolved when the stream starts. A change's phase states other than the
+    changed phase are the flow's when the change is read.
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_states_pb2.FlowStatus.ValueType]:
@@ -1662,10 +1678,11 @@ class WatchFlowsRequest(_message.Message):
         definition_name: _builtins.str = ...,
         flow_ids: _abc.Iterable[_builtins.str] | None = ...,
         cursor: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "definition_name", b"definition_name", "flow_ids", b"flow_ids", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "definition_name", b"definition_name", "filter", b"filter", "flow_ids", b"flow_ids", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1776,3 +1793,89 @@ class Heartbeat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class CountFlowsRequest(_message.Message):
+    """Request of CountFlows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """Only flows matching this filter (as ListFlowsRequest.filter); every flow
+    of the caller's tenant when empty.
+    """
+    group_by: _builtins.str
+    """How to group: "status", "definition", "phase.<name>" (that phase's state;
+    flows without the phase count under ""), or empty for the total only.
+    """
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+        group_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "group_by", b"group_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountFlowsRequest: _TypeAlias = CountFlowsRequest  # noqa: Y015
+
+@_typing.final
+class CountFlowsResponse(_message.Message):
+    """Response of CountFlows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_COUNT_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    total_count: _builtins.int
+    """How many flows match."""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlowCountGroup]:
+        """One entry per group key, largest first (empty without group_by)."""
+
+    def __init__(
+        self,
+        *,
+        total_count: _builtins.int = ...,
+        groups: _abc.Iterable[Global___FlowCountGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "total_count", b"total_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountFlowsResponse: _TypeAlias = CountFlowsResponse  # noqa: Y015
+
+@_typing.final
+class FlowCountGroup(_message.Message):
+    """One group of CountFlowsResponse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The group's key: the status or phase state name as in the enums without
+    their prefix (e.g. "FAILED"), or the definition name.
+    """
+    count: _builtins.int
+    """How many flows are in the group."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlowCountGroup: _TypeAlias = FlowCountGroup  # noqa: Y015

@@ -156,6 +156,11 @@ class FlowStateServiceStub:
                 request_serializer=flowstate_dot_v1_dot_flow__service__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.CountFlows = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/CountFlows',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.CountFlowsRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.CountFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class FlowStateServiceServicer:
@@ -374,6 +379,18 @@ class FlowStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountFlows(self, request, context):
+        """--- Search and counts (DESIGN.md section 12) ---------------------------
+
+        Counts the caller's flows that match a filter, in all and per group
+        (status, definition or one phase's state): the figures of a dashboard.
+        Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+        parse, with its position; an unknown group_by).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -476,6 +493,11 @@ def add_FlowStateServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.HeartbeatRequest.FromString,
                     response_serializer=flowstate_dot_v1_dot_flow__service__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'CountFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountFlows,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.CountFlowsRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.CountFlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1040,6 +1062,33 @@ class FlowStateService:
             '/flowstate.v1.FlowStateService/Heartbeat',
             flowstate_dot_v1_dot_flow__service__pb2.HeartbeatRequest.SerializeToString,
             flowstate_dot_v1_dot_flow__service__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/CountFlows',
+            flowstate_dot_v1_dot_flow__service__pb2.CountFlowsRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.CountFlowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -163,6 +163,14 @@ class FlowStateServiceStub:
     INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
     timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
     """
+    CountFlows: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.CountFlowsRequest, _flow_service_pb2.CountFlowsResponse]
+    """--- Search and counts (DESIGN.md section 12) ---------------------------
+
+    Counts the caller's flows that match a filter, in all and per group
+    (status, definition or one phase's state): the figures of a dashboard.
+    Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+    parse, with its position; an unknown group_by).
+    """
 
 @_typing.type_check_only
 class FlowStateServiceAsyncStub(FlowStateServiceStub):
@@ -298,6 +306,14 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     history and no new flow version. Scope as UpdatePhaseProgress. Errors:
     INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
     timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+    """
+    CountFlows: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.CountFlowsRequest, _flow_service_pb2.CountFlowsResponse]  # type: ignore[assignment]
+    """--- Search and counts (DESIGN.md section 12) ---------------------------
+
+    Counts the caller's flows that match a filter, in all and per group
+    (status, definition or one phase's state): the figures of a dashboard.
+    Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+    parse, with its position; an unknown group_by).
     """
 
 class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -551,6 +567,20 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
         history and no new flow version. Scope as UpdatePhaseProgress. Errors:
         INVALID_PHASE, INVALID_PHASE_TRANSITION (the phase is not running, e.g. it
         timed out: the worker should stop), FLOW_TERMINAL, FLOW_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def CountFlows(
+        self,
+        request: _flow_service_pb2.CountFlowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.CountFlowsResponse, _abc.Awaitable[_flow_service_pb2.CountFlowsResponse]]:
+        """--- Search and counts (DESIGN.md section 12) ---------------------------
+
+        Counts the caller's flows that match a filter, in all and per group
+        (status, definition or one phase's state): the figures of a dashboard.
+        Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
+        parse, with its position; an unknown group_by).
         """
 
 def add_FlowStateServiceServicer_to_server(servicer: FlowStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
