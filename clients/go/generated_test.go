@@ -28,6 +28,7 @@ var rpcs = []string{
 	"UpdatePhaseProgress", "Rollback", "Retry", "GetRecoveryOptions", "PauseFlow", "ResumeFlow",
 	"CancelFlow", "ListFlowHistory", "GetFlowDefinition", "WatchFlow", "WatchFlows",
 	"CreateFlowDefinition", "ListFlowDefinitions", "SkipPhase", // section 9
+	"Heartbeat", // section 10 (timers)
 }
 var streamingRPCs = []string{"WatchFlow", "WatchFlows"}
 

@@ -420,6 +420,14 @@ func (c *Client) UpdatePhaseProgress(ctx context.Context, req *flowstatev1.Updat
 	return invoke(ctx, c, req, c.raw.UpdatePhaseProgress, opts)
 }
 
+// Heartbeat is a worker's sign of life for a running phase: it pushes the phase's heartbeat
+// timeout back (no history, no new version). HeartbeatDeadlineTime is unset when the phase has
+// no heartbeat timeout. An *InvalidPhaseTransitionError means the phase is not running (e.g.
+// the server timed it out): stop working on it.
+func (c *Client) Heartbeat(ctx context.Context, req *flowstatev1.HeartbeatRequest, opts ...grpc.CallOption) (*flowstatev1.HeartbeatResponse, error) {
+	return invoke(ctx, c, req, c.raw.Heartbeat, opts)
+}
+
 // Rollback rolls a phase back (request id added when empty).
 func (c *Client) Rollback(ctx context.Context, req *flowstatev1.RollbackRequest, opts ...grpc.CallOption) (*flowstatev1.RollbackResponse, error) {
 	req = withRequestID(req, func(r *flowstatev1.RollbackRequest, id string) { r.RequestId = id })

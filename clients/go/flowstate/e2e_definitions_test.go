@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"flowstate.dev/client/flowstate"
 	flowstatev1 "flowstate.dev/client/gen/flowstate/v1"
@@ -143,5 +144,72 @@ func TestUnknownEnumValuesSurvive(t *testing.T) {
 	}
 	if decoded.GetState() != 42 || decoded.GetState().String() != "42" {
 		t.Fatalf("state %d (%s), want 42", decoded.GetState(), decoded.GetState().String())
+	}
+}
+
+// TestE2EHeartbeatsAndAutomaticRetries registers a phase with a heartbeat timeout and a retry
+// policy: a heartbeat pushes the deadline back, and a listed failure is moved to RETRY_NEEDED
+// by the server (as system:timer) once its backoff has passed, with next_attempt_time stamped.
+func TestE2EHeartbeatsAndAutomaticRetries(t *testing.T) {
+	srv := server(t)
+	ctx := e2eContext(t, 60*time.Second)
+	admin := e2eClient(t, srv.adminToken)
+	writer := e2eClient(t, srv.token)
+	timed := &flowstatev1.FlowDefinition{
+		Name: "go_timed",
+		Phases: []*flowstatev1.PhaseDefinition{{
+			Name: "work", Weight: 100, MaxRetries: 1,
+			Policy: &flowstatev1.PhasePolicy{
+				HeartbeatTimeout: durationpb.New(30 * time.Second),
+				RetryPolicy: &flowstatev1.PhaseRetryPolicy{
+					InitialBackoff: durationpb.New(200 * time.Millisecond),
+					Multiplier:     2,
+					MaxBackoff:     durationpb.New(time.Second),
+					RetryOn:        []flowstatev1.ErrorCode{flowstatev1.ErrorCode_ERROR_CODE_EXTERNAL_SERVICE_ERROR},
+				},
+			},
+		}},
+	}
+	if _, err := admin.CreateFlowDefinition(ctx, &flowstatev1.CreateFlowDefinitionRequest{Definition: timed}); err != nil {
+		t.Fatal(err)
+	}
+	created, err := writer.CreateFlow(ctx, &flowstatev1.CreateFlowRequest{DefinitionName: "go_timed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flowID := created.GetFlow().GetFlowId()
+	_, err = writer.Heartbeat(ctx, &flowstatev1.HeartbeatRequest{FlowId: flowID, Phase: "work"})
+	expectError(t, err, flowstate.ErrInvalidPhaseTransition, codes.FailedPrecondition)
+	started := mustMove(ctx, t, writer, flowID, "work", inProgress)
+	beat, err := writer.Heartbeat(ctx, &flowstatev1.HeartbeatRequest{FlowId: flowID, Phase: "work"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if beat.GetFlowVersion() != started.GetVersion() || beat.GetHeartbeatDeadlineTime() == nil {
+		t.Fatalf("heartbeat: version %d (flow at %d), deadline %v", beat.GetFlowVersion(), started.GetVersion(), beat.GetHeartbeatDeadlineTime())
+	}
+	failed, err := writer.TransitionPhase(ctx, &flowstatev1.TransitionPhaseRequest{
+		FlowId: flowID, Phase: "work", TargetState: flowstatev1.PhaseState_PHASE_STATE_FAILED,
+		Failure: &flowstatev1.PhaseFailure{ErrorCode: flowstatev1.ErrorCode_ERROR_CODE_EXTERNAL_SERVICE_ERROR, Message: "down"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := failed.GetFlow().GetPhases()[0].GetNextAttemptTime()
+	entries := failed.GetHistoryEntries()
+	if due == nil || !proto.Equal(entries[len(entries)-1].GetNextAttemptTime(), due) {
+		t.Fatalf("next attempt: phase %v, entry %v", due, entries[len(entries)-1].GetNextAttemptTime())
+	}
+	state := flowstatev1.PhaseState_PHASE_STATE_FAILED
+	for i := 0; i < 300 && state != flowstatev1.PhaseState_PHASE_STATE_RETRY_NEEDED; i++ { // bounded polling
+		time.Sleep(50 * time.Millisecond)
+		got, err := writer.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: flowID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		state = got.GetFlow().GetPhases()[0].GetState()
+	}
+	if state != flowstatev1.PhaseState_PHASE_STATE_RETRY_NEEDED {
+		t.Fatalf("the server did not retry the phase: %v", state)
 	}
 }

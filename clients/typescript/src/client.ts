@@ -37,6 +37,7 @@ import {
   SkipPhaseRequestSchema,
   TransitionPhaseRequestSchema,
   UpdatePhaseProgressRequestSchema,
+  HeartbeatRequestSchema,
   ValidateTransitionRequestSchema,
   type CancelFlowResponse,
   type CreateFlowDefinitionResponse,
@@ -58,6 +59,7 @@ import {
   type SkipPhaseResponse,
   type TransitionPhaseResponse,
   type UpdatePhaseProgressResponse,
+  type HeartbeatResponse,
   type ValidateTransitionResponse,
 } from "./gen/flowstate/v1/index.js";
 import {
@@ -137,6 +139,7 @@ export type ListFlowsInput = Init<typeof ListFlowsRequestSchema>;
 export type ValidateTransitionInput = Init<typeof ValidateTransitionRequestSchema>;
 export type TransitionPhaseInput = Init<typeof TransitionPhaseRequestSchema>;
 export type UpdatePhaseProgressInput = Init<typeof UpdatePhaseProgressRequestSchema>;
+export type HeartbeatInput = Init<typeof HeartbeatRequestSchema>;
 export type RollbackInput = Init<typeof RollbackRequestSchema>;
 export type RetryInput = Init<typeof RetryRequestSchema>;
 export type GetRecoveryOptionsInput = Init<typeof GetRecoveryOptionsRequestSchema>;
@@ -157,6 +160,12 @@ export interface FlowstateClient {
   validateTransition(request: ValidateTransitionInput, options?: FlowstateCallOptions): Promise<ValidateTransitionResponse>;
   transitionPhase(request: TransitionPhaseInput, options?: FlowstateCallOptions): Promise<TransitionPhaseResponse>;
   updatePhaseProgress(request: UpdatePhaseProgressInput, options?: FlowstateCallOptions): Promise<UpdatePhaseProgressResponse>;
+  /**
+   * A worker's sign of life for a running phase: pushes its heartbeat timeout back (no history, no
+   * new version). `heartbeatDeadlineTime` is unset when the phase has no heartbeat timeout. An
+   * `InvalidPhaseTransitionError` means the phase is not running (e.g. it timed out): stop.
+   */
+  heartbeat(request: HeartbeatInput, options?: FlowstateCallOptions): Promise<HeartbeatResponse>;
   rollback(request: RollbackInput, options?: FlowstateCallOptions): Promise<RollbackResponse>;
   retry(request: RetryInput, options?: FlowstateCallOptions): Promise<RetryResponse>;
   getRecoveryOptions(request: GetRecoveryOptionsInput, options?: FlowstateCallOptions): Promise<GetRecoveryOptionsResponse>;
@@ -344,6 +353,7 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
       unary(TransitionPhaseRequestSchema, request, (r, c) => raw.transitionPhase(r, c), true, o),
     updatePhaseProgress: (request, o) =>
       unary(UpdatePhaseProgressRequestSchema, request, (r, c) => raw.updatePhaseProgress(r, c), true, o),
+    heartbeat: (request, o) => unary(HeartbeatRequestSchema, request, (r, c) => raw.heartbeat(r, c), false, o),
     rollback: (request, o) => unary(RollbackRequestSchema, request, (r, c) => raw.rollback(r, c), true, o),
     retry: (request, o) => unary(RetryRequestSchema, request, (r, c) => raw.retry(r, c), true, o),
     getRecoveryOptions: (request, o) =>

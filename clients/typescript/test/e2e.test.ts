@@ -425,6 +425,59 @@ if (testServer === undefined) {
     });
   });
 
+  describe("timers: heartbeats and automatic retries", TIMEOUT, () => {
+    const timed = {
+      name: "ts_timed",
+      phases: [
+        {
+          name: "work",
+          weight: 100,
+          maxRetries: 1,
+          policy: {
+            heartbeatTimeout: { seconds: 30n },
+            retryPolicy: {
+              initialBackoff: { nanos: 200_000_000 },
+              multiplier: 2,
+              maxBackoff: { seconds: 1n },
+              retryOn: [ErrorCode.EXTERNAL_SERVICE_ERROR],
+            },
+          },
+        },
+      ],
+    };
+
+    it("heartbeats a running phase, and the server retries a listed failure after its backoff", async () => {
+      const admin = connect(server.adminToken);
+      await admin.createFlowDefinition({ definition: timed });
+      const { flow } = await writer.createFlow({ definitionName: "ts_timed" });
+      const flowId = flow!.flowId;
+      const idle = await refusal(writer.heartbeat({ flowId, phase: "work" }));
+      assert.ok(idle instanceof InvalidPhaseTransitionError, String(idle));
+      const started = await writer.transitionPhase({ flowId, phase: "work", targetState: PhaseState.IN_PROGRESS });
+      const beat = await writer.heartbeat({ flowId, phase: "work" });
+      assert.equal(beat.flowVersion, started.flow?.version);
+      assert.ok(beat.heartbeatDeadlineTime);
+      const failed = await writer.transitionPhase({
+        flowId,
+        phase: "work",
+        targetState: PhaseState.FAILED,
+        failure: { errorCode: ErrorCode.EXTERNAL_SERVICE_ERROR, message: "down" },
+      });
+      const due = failed.flow?.phases[0]?.nextAttemptTime;
+      assert.ok(due);
+      assert.deepEqual(failed.historyEntries.at(-1)?.nextAttemptTime, due);
+      let state = PhaseState.FAILED;
+      for (let i = 0; i < 300 && state !== PhaseState.RETRY_NEEDED; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 50)); // bounded polling
+        state = (await writer.getFlow({ flowId })).flow?.phases[0]?.state ?? state;
+      }
+      assert.equal(state, PhaseState.RETRY_NEEDED);
+      const entries = [];
+      for await (const entry of writer.history(flowId)) entries.push(entry);
+      assert.equal(entries.at(-1)?.userId, "system:timer");
+    });
+  });
+
   describe("retry safety", TIMEOUT, () => {
     it("the same request id twice applies once and returns the first response", async () => {
       const flowId = await newFlow();

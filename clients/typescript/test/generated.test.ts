@@ -53,6 +53,7 @@ const RPCS = [
   "SkipPhase",
   "WatchFlow",
   "WatchFlows",
+  "Heartbeat", // section 10 (timers)
 ];
 const STREAMING_RPCS = ["WatchFlow", "WatchFlows"];
 // DESIGN.md, "Phase states" and "Flow status", in proto order.
