@@ -130,6 +130,16 @@ def test_flags_override_the_environment() -> None:
             "FLOWSTATE_ARCHIVE_INTERVAL must be > 0 seconds, not 0.0",
             id="archive-interval-zero",
         ),
+        pytest.param(
+            {"FLOWSTATE_ARCHIVE_DIR": "/a", "FLOWSTATE_ARCHIVE_URL": "s3://b/p"},
+            "set FLOWSTATE_ARCHIVE_DIR or FLOWSTATE_ARCHIVE_URL, not both",
+            id="archive-dir-and-url",
+        ),
+        pytest.param(
+            {"FLOWSTATE_ARCHIVE_URL": "https://bucket/prefix"},
+            "FLOWSTATE_ARCHIVE_URL must be an s3://bucket/prefix URL, not 'https://bucket/prefix'",
+            id="archive-url-not-s3",
+        ),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:

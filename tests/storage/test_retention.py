@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,13 @@ from flowstate.core.model import ErrorCode, PhaseState, Tenant
 from flowstate.service import FlowService
 from flowstate.service.retention import Archiver
 from flowstate.storage import FlowStore
-from flowstate.storage.archives import ArchivedFlowRows, DirectoryArchiveSink, decode_archive
+from flowstate.storage.archives import (
+    ArchivedFlowRows,
+    DirectoryArchiveSink,
+    S3ArchiveSink,
+    archive_sink,
+    decode_archive,
+)
 from flowstate.storage.migrate import upgrade
 from flowstate.storage.retention import RetentionStore
 
@@ -316,3 +322,61 @@ async def test_a_damaged_archive_is_refused(tmp_path: Path) -> None:
         decode_archive(data, str(path))
     assert refused.value.details["field"] == "archive"
     assert "announces 2 flows" in str(refused.value)
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local S3-compatible server (moto's, pure Python) on 127.0.0.1, with a bucket."""
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "flowstate-test",
+        "AWS_SECRET_ACCESS_KEY": "flowstate-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="flowstate-archive")
+        yield endpoint
+    finally:
+        server.stop()
+
+
+async def test_archives_to_an_s3_compatible_store_and_restores_from_it(
+    store: FlowStore,
+    retention_store: RetentionStore,
+    database_url: str,
+    tenant: Tenant,
+    make_context: ContextFactory,
+    s3_endpoint: str,
+) -> None:
+    service = FlowService(store)
+    await retention_store.set_policy(tenant, 1, "admin")
+    flow_ids = [await _terminal_flow(service, tenant, make_context, steps=1) for _ in range(2)]
+    before = {flow_id: await _rows(database_url, flow_id) for flow_id in flow_ids}
+    sink = S3ArchiveSink("s3://flowstate-archive/prod/eu", endpoint_url=s3_endpoint)
+    archiver = Archiver(retention_store, sink)
+
+    result = await archiver.run_once(datetime.now(UTC) + timedelta(days=2))
+
+    assert result.archived_by_tenant[tenant] == 2
+    [location] = {a.location for a in await retention_store.list_archives(tenant)}
+    assert location.startswith("s3://flowstate-archive/prod/eu/flowstate-archive-")
+    assert {f.flow_id for f in decode_archive(await sink.read(location))} >= set(flow_ids)
+    assert [await _rows(database_url, flow_id) for flow_id in flow_ids] == [(None, [])] * 2
+
+    restored = await Archiver(
+        retention_store, archive_sink(location, endpoint_url=s3_endpoint)
+    ).restore(location, flow_ids)
+
+    assert restored.flows == 2
+    for flow_id in flow_ids:
+        assert await _rows(database_url, flow_id) == before[flow_id]

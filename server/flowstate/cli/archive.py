@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from flowstate.cli.storage_commands import add_database_options, database_environment, parse_tenant
 from flowstate.service.retention import Archiver
-from flowstate.storage.archives import DirectoryArchiveSink
+from flowstate.storage.archives import archive_sink
 from flowstate.storage.embedded import resolve_database_url
 from flowstate.storage.limits import malformed
 from flowstate.storage.retention import RetentionStore
@@ -56,7 +56,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Lines into --dir (verified), drop fully archived partitions, delete the rest through "
         "the sanctioned function.",
     )
-    run.add_argument("--dir", type=Path, required=True, help="directory the archives go to")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dir", type=Path, help="directory the archives go to")
+    where.add_argument(
+        "--url",
+        metavar="s3://BUCKET/PREFIX",
+        help="S3-compatible store the archives go to (credentials, region and endpoint from "
+        "AWS_* variables, e.g. AWS_ENDPOINT_URL for MinIO)",
+    )
     run.add_argument(
         "--default-days",
         type=int,
@@ -87,7 +94,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "exactly as archived, in one transaction; refused when one exists. Restored flows are "
         "held: retention does not archive them again.",
     )
-    restore.add_argument("file", type=Path, help="an archive file written by `archive run`")
+    restore.add_argument(
+        "file", help="an archive written by `archive run`: a path or s3://BUCKET/KEY"
+    )
     restore.add_argument(
         "--flow", action="append", default=[], metavar="ID", help="only this flow (repeatable)"
     )
@@ -125,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     async def work(store: RetentionStore) -> str:
         archiver = Archiver(
             store,
-            DirectoryArchiveSink(args.dir),
+            archive_sink(args.url if args.url else str(args.dir)),
             default_days=args.default_days,
             batch_size=args.batch_size,
             max_batches=args.max_batches,
@@ -134,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
         waiting, overdue = await archiver.lag(args.now)
         return (
             f"archived {result.archived_flows} flow(s) ({result.archived_entries} entries) "
-            f"into {len(result.archives)} file(s) under {args.dir}; "
+            f"into {len(result.archives)} archive(s) under {args.url or args.dir}; "
             f"dropped {len(result.dropped_partitions)} partition(s); "
             f"deleted {result.purged_flows} flow(s) ({result.purged_entries} entries row by "
             f"row); created {len(result.created_partitions)} partition(s); "
@@ -173,8 +182,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     async def work(store: RetentionStore) -> str:
-        archiver = Archiver(store, DirectoryArchiveSink(args.file.parent))
-        result = await archiver.restore(str(args.file), args.flow)
+        archiver = Archiver(store, archive_sink(args.file))
+        result = await archiver.restore(args.file, args.flow)
         return f"restored {result.flows} flow(s), {result.entries} history entries"
 
     print(_with_store(args, work))

@@ -369,10 +369,10 @@ class FlowstateServer:
                         stuck_after=settings.stuck_after,
                         interval=settings.stuck_check_interval,
                     )
-            if settings.archive_dir is not None:
+            if settings.archive_target is not None:
                 resources.archiver = await ArchiverTask.start(
                     url,
-                    settings.archive_dir,
+                    settings.archive_target,
                     metrics,
                     interval=settings.archive_interval,
                     default_days=settings.retention_default_days,

@@ -1,7 +1,7 @@
-"""The archiver as a background task of the server (``FLOWSTATE_ARCHIVE_DIR``).
+"""The archiver as a background task of the server (``FLOWSTATE_ARCHIVE_DIR`` or ``_URL``).
 
 Every ``FLOWSTATE_ARCHIVE_INTERVAL`` seconds (the first run right after start) it runs one
-bounded `flowstate.service.retention.Archiver` pass into the directory, with
+bounded `flowstate.service.retention.Archiver` pass into the directory or S3 URL, with
 ``FLOWSTATE_RETENTION_DEFAULT_DAYS`` for tenants without a policy, on a small pool of its own,
 and publishes the archive metrics. Every replica may run it: batches are locked with SKIP
 LOCKED and partition changes are serialised in the database, so replicas split the work. A
@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 
 from flowstate.server.metrics import Metrics
 from flowstate.service.retention import Archiver, ArchiveRunResult
-from flowstate.storage.archives import DirectoryArchiveSink
+from flowstate.storage.archives import archive_sink
 from flowstate.storage.retention import RetentionStore
 
 __all__ = ["ArchiverTask"]
@@ -42,7 +41,7 @@ class ArchiverTask:
     async def start(
         cls,
         database_url: str,
-        directory: Path,
+        target: str,
         metrics: Metrics,
         *,
         interval: float,
@@ -50,7 +49,7 @@ class ArchiverTask:
     ) -> ArchiverTask:
         """Open the archiver's pool and start the timer (first run now)."""
         store = await RetentionStore.open(database_url)
-        archiver = Archiver(store, DirectoryArchiveSink(directory), default_days=default_days)
+        archiver = Archiver(store, archive_sink(target), default_days=default_days)
         task = cls(store, archiver, metrics)
         task._task = asyncio.create_task(task._run(interval), name="flowstate-archiver")
         return task

@@ -173,7 +173,10 @@ class ServerSettings:
     that dies holding claims delays those timers by at most this long."""
     archive_dir: Path | None = None
     """FLOWSTATE_ARCHIVE_DIR: run the archiver (docs/retention.md) into this directory; off when
-    unset."""
+    unset (and FLOWSTATE_ARCHIVE_URL unset)."""
+    archive_url: str | None = None
+    """FLOWSTATE_ARCHIVE_URL: run the archiver into this S3-compatible ``s3://bucket/prefix``
+    (boto3; credentials and endpoint from the AWS_* variables)."""
     archive_interval: float = 3600.0
     """FLOWSTATE_ARCHIVE_INTERVAL: seconds between archiver runs (when FLOWSTATE_ARCHIVE_DIR)."""
     retention_default_days: int | None = None
@@ -201,6 +204,7 @@ class ServerSettings:
             "FLOWSTATE_LOG_FORMAT": "log_format",
             "FLOWSTATE_LOG_LEVEL": "log_level",
             "FLOWSTATE_TRACING": "tracing",
+            "FLOWSTATE_ARCHIVE_URL": "archive_url",
         }
         path_fields = {
             "FLOWSTATE_DATA_DIR": "data_dir",
@@ -286,6 +290,12 @@ class ServerSettings:
             )
         if not self.timer_lease > 0:
             raise ConfigError(f"FLOWSTATE_TIMER_LEASE must be > 0 seconds, not {self.timer_lease}")
+        if self.archive_dir is not None and self.archive_url is not None:
+            raise ConfigError("set FLOWSTATE_ARCHIVE_DIR or FLOWSTATE_ARCHIVE_URL, not both")
+        if self.archive_url is not None and not self.archive_url.startswith("s3://"):
+            raise ConfigError(
+                f"FLOWSTATE_ARCHIVE_URL must be an s3://bucket/prefix URL, not {self.archive_url!r}"
+            )
         if not self.archive_interval > 0:
             raise ConfigError(
                 f"FLOWSTATE_ARCHIVE_INTERVAL must be > 0 seconds, not {self.archive_interval}"
@@ -308,6 +318,13 @@ class ServerSettings:
     def resolved_data_dir(self) -> Path:
         """The data directory: the setting, else the platform default."""
         return self.data_dir if self.data_dir is not None else default_data_dir({})
+
+    @property
+    def archive_target(self) -> str | None:
+        """Where the server's archiver writes (a directory or an s3:// URL); None: it is off."""
+        if self.archive_url is not None:
+            return self.archive_url
+        return None if self.archive_dir is None else str(self.archive_dir)
 
     @property
     def embedded_database(self) -> bool:

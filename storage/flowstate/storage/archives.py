@@ -1,4 +1,4 @@
-"""Archive files: the JSON Lines format and where archives are written (a local directory).
+"""Archive files: the JSON Lines format and where archives are written (a directory or S3).
 
 One archive holds one batch of flows (`flowstate.storage.retention`), as JSON Lines (UTF-8):
 
@@ -15,11 +15,21 @@ Rows are PostgreSQL's own ``to_jsonb`` of the stored row, so a restore
 fsyncs the directory, then reads the file back and compares its SHA-256 with the bytes it meant
 to write (and parses it) before it reports the archive written: the archiver deletes nothing
 that this check did not see on disk.
+
+`S3ArchiveSink` puts the object to an S3-compatible store (``s3://bucket/prefix``) with boto3
+(pinned in pyproject.toml; credentials, region and endpoint from boto3's usual sources:
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``
+for MinIO, Ceph and the like, or the given `endpoint_url`), sending its SHA-256 so that the
+store checks the upload itself, then GETs it back and compares the SHA-256 of what it reads.
+boto3 is blocking: each call runs in a worker thread.
+
+`archive_sink(target)` picks one: ``s3://...`` is S3, anything else a directory path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -40,7 +50,9 @@ __all__ = [
     "ArchiveSink",
     "ArchivedFlowRows",
     "DirectoryArchiveSink",
+    "S3ArchiveSink",
     "archive_name",
+    "archive_sink",
     "decode_archive",
     "encode_archive",
 ]
@@ -171,6 +183,77 @@ class DirectoryArchiveSink:
     async def read(self, location: str) -> bytes:
         """The bytes of the archive at `location` (a path)."""
         return await asyncio.to_thread(Path(location).read_bytes)
+
+
+class S3ArchiveSink:
+    """Archives as objects under ``s3://bucket/prefix`` of an S3-compatible store."""
+
+    def __init__(self, url: str, *, endpoint_url: str | None = None) -> None:
+        """Write under `url` (``s3://bucket`` or ``s3://bucket/prefix``)."""
+        bucket, prefix = _split_s3_url(url, "archive_url")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._endpoint_url = endpoint_url
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        """The bucket and prefix."""
+        return f"S3ArchiveSink('s3://{self.bucket}/{self.prefix}')"
+
+    def _s3(self) -> Any:
+        if self._client is None:
+            import boto3  # the one S3 library (pyproject.toml); imported when S3 is used
+
+            self._client = boto3.client("s3", endpoint_url=self._endpoint_url)
+        return self._client
+
+    async def write(self, name: str, data: bytes) -> ArchiveRecord:
+        """PUT with the SHA-256 for the store to check, then GET it back and compare."""
+        digest = hashlib.sha256(data)
+        expected = digest.hexdigest()
+        key = f"{self.prefix}/{name}" if self.prefix else name
+        location = f"s3://{self.bucket}/{key}"
+
+        def put() -> None:
+            self._s3().put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType="application/jsonl",
+                ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+            )
+
+        await asyncio.to_thread(put)
+        back = await self.read(location)
+        if hashlib.sha256(back).hexdigest() != expected:
+            raise OSError(f"archive {location} does not read back as written")
+        decode_archive(back, location)
+        return ArchiveRecord(location=location, sha256=expected)
+
+    async def read(self, location: str) -> bytes:
+        """The bytes of the object at ``s3://bucket/key``."""
+        bucket, key = _split_s3_url(location, "archive")
+
+        def get() -> bytes:
+            body: bytes = self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return body
+
+        return await asyncio.to_thread(get)
+
+
+def _split_s3_url(url: str, field: str) -> tuple[str, str]:
+    rest = url.removeprefix("s3://")
+    bucket, _, key = rest.partition("/")
+    if not url.startswith("s3://") or not bucket:
+        raise malformed(field, f"{url!r} is not an s3://bucket/key URL")
+    return bucket, key
+
+
+def archive_sink(target: str, *, endpoint_url: str | None = None) -> ArchiveSink:
+    """The sink of `target`: ``s3://bucket/prefix`` (S3-compatible), else a directory path."""
+    if target.startswith("s3://"):
+        return S3ArchiveSink(target, endpoint_url=endpoint_url)
+    return DirectoryArchiveSink(target)
 
 
 def flows_in(
