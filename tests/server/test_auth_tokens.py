@@ -70,8 +70,12 @@ def test_a_valid_token_gives_tenant_user_and_scopes() -> None:
     [
         (["flows:read"], {Scope.READ}),
         (["flows:write"], {Scope.READ, Scope.WRITE}),
-        (["flows:admin"], {Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.DEFINITIONS_WRITE}),
+        (
+            ["flows:admin"],
+            {Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.DEFINITIONS_WRITE, Scope.WEBHOOKS_ADMIN},
+        ),
         (["definitions:write"], {Scope.READ, Scope.DEFINITIONS_WRITE}),
+        (["webhooks:admin"], {Scope.READ, Scope.WEBHOOKS_ADMIN}),
         (["openid", "profile"], set()),
         ([], set()),
     ],
@@ -80,6 +84,7 @@ def test_a_valid_token_gives_tenant_user_and_scopes() -> None:
         "write-implies-read",
         "admin-implies-all",
         "definitions-write-implies-read",
+        "webhooks-admin-implies-read",
         "unknown-ignored",
         "none",
     ],

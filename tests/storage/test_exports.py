@@ -52,4 +52,13 @@ def test_store_methods() -> None:
         "count_stuck_flows",
         "claim_timers",
         "touch_heartbeat",
+        "create_webhook",
+        "list_webhooks",
+        "get_webhook",
+        "delete_webhook",
+        "rewind_webhook",
+        "claim_webhooks",
+        "advance_webhook",
+        "record_webhook_failure",
+        "release_webhooks",
     }

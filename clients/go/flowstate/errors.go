@@ -49,6 +49,8 @@ const (
 	CodeServerShuttingDown           Code = "SERVER_SHUTTING_DOWN"
 	CodeDefinitionNotFound           Code = "DEFINITION_NOT_FOUND"
 	CodeDefinitionShadowsBuiltin     Code = "DEFINITION_SHADOWS_BUILTIN"
+	CodeWebhookNotFound              Code = "WEBHOOK_NOT_FOUND"
+	CodeRateLimited                  Code = "RATE_LIMITED"
 )
 
 // CodeOf returns the Code of a flowstatev1.ErrorCode (e.g. in ValidateTransitionResponse.Error).
@@ -414,6 +416,8 @@ var (
 	ErrServerShuttingDown           = codeSentinel(CodeServerShuttingDown)
 	ErrDefinitionNotFound           = codeSentinel(CodeDefinitionNotFound)
 	ErrDefinitionShadowsBuiltin     = codeSentinel(CodeDefinitionShadowsBuiltin)
+	ErrWebhookNotFound              = codeSentinel(CodeWebhookNotFound)
+	ErrRateLimited                  = codeSentinel(CodeRateLimited)
 )
 
 // Sentinels by gRPC code (the classes of the Python and TypeScript clients), for errors.Is.

@@ -54,6 +54,13 @@ RPCS = {
     "CreateFlowDefinition",  # section 9
     "ListFlowDefinitions",
     "SkipPhase",
+    "Heartbeat",  # section 10
+    "CountFlows",  # section 12
+    "CreateWebhook",
+    "ListWebhooks",
+    "DeleteWebhook",
+    "TestWebhook",
+    "ReplayWebhook",
     "GetFlow",
     "ListFlows",
     "ValidateTransition",
@@ -68,8 +75,7 @@ RPCS = {
     "ListFlowHistory",
     "GetFlowDefinition",
     "WatchFlow",
-    "WatchFlows",
-    "Heartbeat",  # section 10 (timers)
+    "WatchFlows",  # section 10 (timers)
 }
 STREAMING_RPCS = {"WatchFlow", "WatchFlows"}
 

@@ -40,6 +40,7 @@ from flowstate.client import (
     PermissionDenied,
     PhaseOrderViolation,
     PhaseState,
+    RateLimited,
     RequestIdReused,
     ResourceExhausted,
     RetryNotAllowed,
@@ -49,6 +50,7 @@ from flowstate.client import (
     Unauthenticated,
     Unavailable,
     VersionConflict,
+    WebhookNotFound,
 )
 from flowstate.client._errors import error_from_flow_error
 from flowstate.v1 import errors_pb2, states_pb2
@@ -88,6 +90,8 @@ CASES = [
     ("TEMPORARY_RESOURCE_UNAVAILABLE", SC.UNAVAILABLE, Unavailable, FlowstateError),
     ("SERVER_SHUTTING_DOWN", SC.UNAVAILABLE, ServerShuttingDown, Unavailable),
     ("SUBSCRIBER_TOO_SLOW", SC.RESOURCE_EXHAUSTED, SubscriberTooSlow, ResourceExhausted),
+    ("RATE_LIMITED", SC.RESOURCE_EXHAUSTED, RateLimited, ResourceExhausted),
+    ("WEBHOOK_NOT_FOUND", SC.NOT_FOUND, WebhookNotFound, NotFound),
     ("INTERNAL", SC.INTERNAL, InternalError, FlowstateError),
 ]
 

@@ -53,6 +53,7 @@ EXPECTED = [
     "PhaseFailure",
     "PhaseOrderViolation",
     "PhaseState",
+    "RateLimited",
     "RecoveryAction",
     "RecoveryOption",
     "RecoveryOptions",
@@ -67,6 +68,7 @@ EXPECTED = [
     "Unavailable",
     "ValidationResult",
     "VersionConflict",
+    "WebhookNotFound",
     "__version__",
 ]
 

@@ -31,10 +31,12 @@
  *   │   └── VersionConflictError               .currentVersion
  *   ├── NotFoundError                      NOT_FOUND
  *   │   ├── FlowNotFoundError
- *   │   └── DefinitionNotFoundError            also another tenant's definition
+ *   │   ├── DefinitionNotFoundError            also another tenant's definition
+ *   │   └── WebhookNotFoundError               also another tenant's webhook
  *   ├── UnauthenticatedError               UNAUTHENTICATED
  *   ├── PermissionDeniedError              PERMISSION_DENIED
  *   ├── ResourceExhaustedError             RESOURCE_EXHAUSTED
+ *   │   ├── RateLimitedError                   the tenant's request budget (retried first)
  *   │   └── SubscriberTooSlowError
  *   ├── UnavailableError                   UNAVAILABLE (server, network or database down)
  *   │   └── ServerShuttingDownError
@@ -333,6 +335,8 @@ export class NotFoundError extends FlowstateError {}
 export class FlowNotFoundError extends NotFoundError {}
 /** No such flow definition (or version) for the caller's tenant (also another tenant's). */
 export class DefinitionNotFoundError extends NotFoundError {}
+/** No such webhook for the caller's tenant (also another tenant's). */
+export class WebhookNotFoundError extends NotFoundError {}
 /** The definition's name is a built-in's; register it with `allowShadowBuiltin: true`. */
 export class DefinitionShadowsBuiltinError extends FailedPreconditionError {}
 /** The credentials are missing, expired or forged (UNAUTHENTICATED). */
@@ -341,6 +345,11 @@ export class UnauthenticatedError extends FlowstateError {}
 export class PermissionDeniedError extends FlowstateError {}
 /** A limit was hit (RESOURCE_EXHAUSTED). */
 export class ResourceExhaustedError extends FlowstateError {}
+/**
+ * The tenant spent its request budget for this kind of call (RATE_LIMITED); nothing was applied.
+ * The client already retried after the server's RetryInfo delay before throwing this.
+ */
+export class RateLimitedError extends ResourceExhaustedError {}
 /** A status stream was read too slowly; `watch()` resumes by itself from the last version. */
 export class SubscriberTooSlowError extends ResourceExhaustedError {}
 /** The server, the network or the database is unavailable; already retried with backoff. */
@@ -373,6 +382,8 @@ const BY_REASON: Partial<Record<FlowstateErrorCode, ErrorClass>> = {
   FLOW_NOT_FOUND: FlowNotFoundError,
   DEFINITION_NOT_FOUND: DefinitionNotFoundError,
   DEFINITION_SHADOWS_BUILTIN: DefinitionShadowsBuiltinError,
+  WEBHOOK_NOT_FOUND: WebhookNotFoundError,
+  RATE_LIMITED: RateLimitedError,
   UNAUTHENTICATED: UnauthenticatedError,
   PERMISSION_DENIED: PermissionDeniedError,
   TEMPORARY_RESOURCE_UNAVAILABLE: UnavailableError,

@@ -13,6 +13,7 @@ Start-up order (each step undone if a later one fails):
    this event loop;
 7. the timer loop (`flowstate.server.timers`, docs/timers.md) unless
    ``FLOWSTATE_TIMER_INTERVAL`` is 0;
+7. webhook deliveries (`flowstate.service.webhook_delivery`, unless FLOWSTATE_WEBHOOKS=off);
 8. health SERVING; the Prometheus endpoint, when configured, with the stuck-flows count on its
    timer (`flowstate.server.stuck`).
 
@@ -31,6 +32,7 @@ stop the embedded PostgreSQL; stop the metrics endpoint; flush the traces.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -54,6 +56,9 @@ from flowstate.server.tracing import Tracing, start_tracing
 from flowstate.server.watch import WatchHub
 from flowstate.server.web import ConsoleAssets, HttpEndpoint, SignIn, WebApp, default_console_dir
 from flowstate.service.timers import TimerService
+from flowstate.service.webhook_delivery import DeliverySettings, WebhookDispatcher
+from flowstate.service.webhooks import TargetPolicy, WebhookSender, WebhookService
+from flowstate.storage.changes import TenantLog
 from flowstate.storage.embedded import EmbeddedPostgres
 from flowstate.storage.store import FlowStore
 from flowstate.storage.urls import normalize_database_url, redact_database_url
@@ -141,6 +146,9 @@ class _Resources:
     timer_loop: TimerLoop | None = None
     archiver: ArchiverTask | None = None
     tracing: Tracing | None = None
+    webhook_sender: WebhookSender | None = None
+    webhook_log: TenantLog | None = None
+    dispatcher: WebhookDispatcher | None = None
 
     async def release(self, grace: float) -> None:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
@@ -150,6 +158,10 @@ class _Resources:
             steps.append(("stuck-flows monitor", self.stuck_monitor.close))
         if self.archiver is not None:
             steps.append(("archiver", self.archiver.close))
+        if self.dispatcher is not None:
+            steps.append(("webhook deliveries", self.dispatcher.close))
+        if self.webhook_log is not None:
+            steps.append(("webhook change log", self.webhook_log.close))
         if self.server is not None:
             steps.append(
                 ("grpc server", lambda: _stop_server(self.server, self.hub, self.support, grace))
@@ -159,6 +171,8 @@ class _Resources:
         if self.http is not None:
             http = self.http
             steps.append(("http port", lambda: http.close(grace)))
+        if self.webhook_sender is not None:
+            steps.append(("webhook sender", self.webhook_sender.close))
         if self.store is not None and self.owns_store:
             steps.append(("store", self.store.close))
         if self.embedded is not None:
@@ -323,8 +337,21 @@ class FlowstateServer:
                 interceptors=() if resources.tracing is None else (resources.tracing.interceptor,),
             )
             resources.server = server
+            resources.webhook_sender = WebhookSender(
+                TargetPolicy(
+                    tuple(
+                        ipaddress.ip_network(n, strict=False)
+                        for n in settings.webhook_allow_networks
+                    )
+                ),
+                timeout=settings.webhook_timeout,
+            )
             servicer = FlowStateServicer(
-                resources.store, support, resources.hub, stuck_after=settings.stuck_after
+                resources.store,
+                support,
+                resources.hub,
+                stuck_after=settings.stuck_after,
+                webhooks=WebhookService(resources.store, resources.webhook_sender),
             )
             add_service(
                 servicer, server, flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"]
@@ -358,6 +385,22 @@ class FlowstateServer:
                 )
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            if settings.webhooks:
+                resources.webhook_log = await TenantLog.open(url, max_size=2)
+                resources.dispatcher = WebhookDispatcher.start(
+                    resources.store,
+                    resources.webhook_log,
+                    resources.webhook_sender,
+                    DeliverySettings(
+                        poll_interval=settings.webhook_poll_interval,
+                        lease_seconds=settings.webhook_lease_seconds,
+                        max_concurrency=settings.webhook_max_concurrency,
+                        initial_backoff=settings.webhook_initial_backoff,
+                        max_backoff=settings.webhook_max_backoff,
+                        failure_budget=settings.webhook_failure_budget,
+                    ),
+                    metrics.observe_webhook,
+                )
             if settings.metrics_port is not None:
                 resources.metrics_endpoint = metrics.serve(
                     settings.metrics_host, settings.metrics_port

@@ -74,13 +74,18 @@ class Scope(enum.StrEnum):
     ADMIN = "flows:admin"
     DEFINITIONS_WRITE = "definitions:write"
     """Register flow definitions for the tenant (CreateFlowDefinition); admins have it."""
+    WEBHOOKS_ADMIN = "webhooks:admin"
+    """Manage the tenant's webhooks (Create/List/Delete/Test/ReplayWebhook); admins have it."""
 
 
 _IMPLIED: dict[Scope, frozenset[Scope]] = {
     Scope.READ: frozenset({Scope.READ}),
     Scope.WRITE: frozenset({Scope.READ, Scope.WRITE}),
-    Scope.ADMIN: frozenset({Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.DEFINITIONS_WRITE}),
+    Scope.ADMIN: frozenset(
+        {Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.DEFINITIONS_WRITE, Scope.WEBHOOKS_ADMIN}
+    ),
     Scope.DEFINITIONS_WRITE: frozenset({Scope.READ, Scope.DEFINITIONS_WRITE}),
+    Scope.WEBHOOKS_ADMIN: frozenset({Scope.READ, Scope.WEBHOOKS_ADMIN}),
 }
 
 

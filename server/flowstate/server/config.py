@@ -16,6 +16,7 @@ refuses to start.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,25 @@ class ServerSettings:
     """FLOWSTATE_RETENTION_DEFAULT_DAYS: retention of tenants without a policy (unset: keep)."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest request or response message (4 MiB)."""
+    webhooks: bool = True
+    """FLOWSTATE_WEBHOOKS: deliver webhooks from this replica (the RPCs work either way)."""
+    webhook_allow_networks: tuple[str, ...] = ()
+    """FLOWSTATE_WEBHOOK_ALLOW_NETWORKS: networks (CIDR, comma-separated) webhook URLs may reach
+    although private or loopback, and over http (e.g. ``127.0.0.0/8`` in development)."""
+    webhook_timeout: float = 10.0
+    """FLOWSTATE_WEBHOOK_TIMEOUT: seconds one delivery request may take in total."""
+    webhook_poll_interval: float = 1.0
+    """FLOWSTATE_WEBHOOK_POLL_INTERVAL: seconds between lease renewals and idle log reads."""
+    webhook_lease_seconds: float = 30.0
+    """FLOWSTATE_WEBHOOK_LEASE_SECONDS: a replica's hold on a subscription without renewal."""
+    webhook_failure_budget: int = 12
+    """FLOWSTATE_WEBHOOK_FAILURE_BUDGET: consecutive failed attempts before disabling."""
+    webhook_initial_backoff: float = 1.0
+    """FLOWSTATE_WEBHOOK_INITIAL_BACKOFF: seconds before the first retry (doubling each time)."""
+    webhook_max_backoff: float = 300.0
+    """FLOWSTATE_WEBHOOK_MAX_BACKOFF: the longest wait between attempts."""
+    webhook_max_concurrency: int = 32
+    """FLOWSTATE_WEBHOOK_MAX_CONCURRENCY: delivery requests in flight at once per replica."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
@@ -255,6 +275,29 @@ class ServerSettings:
             values["retention_default_days"] = _int(
                 "FLOWSTATE_RETENTION_DEFAULT_DAYS", value, minimum=1, maximum=36500
             )
+        if (value := get("FLOWSTATE_WEBHOOKS")) is not None:
+            values["webhooks"] = _bool("FLOWSTATE_WEBHOOKS", value)
+        if (value := get("FLOWSTATE_WEBHOOK_ALLOW_NETWORKS")) is not None:
+            values["webhook_allow_networks"] = tuple(
+                n.strip() for n in value.split(",") if n.strip()
+            )
+        for name, attribute in (
+            ("FLOWSTATE_WEBHOOK_TIMEOUT", "webhook_timeout"),
+            ("FLOWSTATE_WEBHOOK_POLL_INTERVAL", "webhook_poll_interval"),
+            ("FLOWSTATE_WEBHOOK_LEASE_SECONDS", "webhook_lease_seconds"),
+            ("FLOWSTATE_WEBHOOK_INITIAL_BACKOFF", "webhook_initial_backoff"),
+            ("FLOWSTATE_WEBHOOK_MAX_BACKOFF", "webhook_max_backoff"),
+        ):
+            if (value := get(name)) is not None:
+                values[attribute] = _float(name, value)
+        if (value := get("FLOWSTATE_WEBHOOK_FAILURE_BUDGET")) is not None:
+            values["webhook_failure_budget"] = _int(
+                "FLOWSTATE_WEBHOOK_FAILURE_BUDGET", value, minimum=1, maximum=1000
+            )
+        if (value := get("FLOWSTATE_WEBHOOK_MAX_CONCURRENCY")) is not None:
+            values["webhook_max_concurrency"] = _int(
+                "FLOWSTATE_WEBHOOK_MAX_CONCURRENCY", value, minimum=1, maximum=10_000
+            )
         if (value := get("FLOWSTATE_DB_POOL_SIZE")) is not None:
             values["db_pool_size"] = _int("FLOWSTATE_DB_POOL_SIZE", value, minimum=1, maximum=1000)
         return cls(**values).checked()
@@ -299,6 +342,20 @@ class ServerSettings:
         if not self.archive_interval > 0:
             raise ConfigError(
                 f"FLOWSTATE_ARCHIVE_INTERVAL must be > 0 seconds, not {self.archive_interval}"
+            )
+        for network in self.webhook_allow_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"FLOWSTATE_WEBHOOK_ALLOW_NETWORKS: {network!r} is not a network (CIDR)"
+                ) from None
+        if not self.webhook_timeout > 0 or not self.webhook_poll_interval > 0:
+            raise ConfigError("FLOWSTATE_WEBHOOK_TIMEOUT and _POLL_INTERVAL must be > 0")
+        if not self.webhook_lease_seconds >= 3 * self.webhook_poll_interval:
+            raise ConfigError(
+                "FLOWSTATE_WEBHOOK_LEASE_SECONDS must be at least 3 poll intervals "
+                f"({3 * self.webhook_poll_interval:g} s), so that leases are renewed in time"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("TLS needs both FLOWSTATE_TLS_CERT_FILE and FLOWSTATE_TLS_KEY_FILE")

@@ -8,7 +8,8 @@ Every refusal leaves the server as a `google.rpc.Status` (via grpcio-status) who
 - `flowstate.v1.FlowError`: the seed guide's structured error (code, message, details Struct,
   retry_allowed, timestamp, correlation id) with the typed fields filled from the details
   (phase, valid transitions, blocking/dependent phases, current version, attempts, recovery);
-- `google.rpc.RetryInfo` when `retry_allowed` (the same request may succeed later);
+- `google.rpc.RetryInfo` when `retry_allowed` (the same request may succeed later): the delay
+  is 1 s, or the error's ``retry_after_seconds`` (RATE_LIMITED: when the next token is there);
 - `google.rpc.BadRequest` with field violations for malformed requests (details
   ``field_violations`` or ``field``).
 
@@ -85,6 +86,9 @@ GRPC_STATUS_BY_CODE: Mapping[ErrorCode, grpc.StatusCode] = {
     _C.FLOW_NOT_FOUND: _S.NOT_FOUND,
     _C.DEFINITION_NOT_FOUND: _S.NOT_FOUND,
     _C.DEFINITION_SHADOWS_BUILTIN: _S.FAILED_PRECONDITION,
+    _C.WEBHOOK_NOT_FOUND: _S.NOT_FOUND,
+    # The caller's tenant spent its request budget for this kind of call (RetryInfo says when).
+    _C.RATE_LIMITED: _S.RESOURCE_EXHAUSTED,
     _C.UNAUTHENTICATED: _S.UNAUTHENTICATED,
     _C.PERMISSION_DENIED: _S.PERMISSION_DENIED,
     _C.TEMPORARY_RESOURCE_UNAVAILABLE: _S.UNAVAILABLE,
@@ -243,7 +247,7 @@ def _status_proto(
         _packed(flow_error),
     ]
     if error.retry_allowed:
-        packed.append(_packed(error_details_pb2.RetryInfo(retry_delay=_RETRY_DELAY)))
+        packed.append(_packed(error_details_pb2.RetryInfo(retry_delay=_retry_delay(error))))
     if listed > 0:
         packed.append(_packed(error_details_pb2.BadRequest(field_violations=violations[:listed])))
     return status_pb2.Status(
@@ -251,6 +255,16 @@ def _status_proto(
         message=_clip(error.message, _MAX_MESSAGE),
         details=packed,
     )
+
+
+def _retry_delay(error: FlowStateError) -> duration_pb2.Duration:
+    """The RetryInfo delay: the error's ``retry_after_seconds`` (a rate limit), else 1 s."""
+    after = error.details.get("retry_after_seconds")
+    if isinstance(after, int | float) and not isinstance(after, bool) and 0 <= after < 86400:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(1_000_000, int(after * 1e9)))  # at least 1 ms
+        return delay
+    return _RETRY_DELAY
 
 
 def to_grpc_status(error: FlowStateError, *, correlation_id: str, now: datetime) -> grpc.Status:

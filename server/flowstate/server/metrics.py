@@ -19,10 +19,22 @@
 | `flowstate_archive_runs_total` | counter | result (ok, failed) |
 | `flowstate_archive_pending_flows` | gauge | |
 | `flowstate_archive_lag_seconds` | gauge | |
+| `flowstate_webhook_deliveries_total` | counter | result (ok, failed, disabled) |
+| `flowstate_tenant_requests_total` | counter | tenant (top N, else ``other``), family, result |
 
 `result` is ``applied`` or the refusal's error code. Label values come from definitions and
 enums, never from free request text, so cardinality stays bounded: refusals that name an
-unknown phase (INVALID_PHASE) or a malformed request are not counted as transitions.
+unknown phase (INVALID_PHASE) or a malformed request are not counted as transitions. Since
+tenants register their own definitions, phase names are tenant data too: the first
+`MAX_PHASE_LABELS` distinct phase names get their own ``phase`` label, every later one is
+counted as ``other``.
+
+`flowstate_tenant_requests_total` counts admitted (``admitted``) and rate-limited
+(``limited``) calls per tenant and RPC family (`flowstate.server.ratelimit`). The ``tenant``
+label (``account/engagement``) is given to at most ``FLOWSTATE_TENANT_METRICS_TOP_N`` (20)
+tenants: the first ones to make `TENANT_LABEL_AFTER` calls (counted in a bounded table that
+halves its counts when full, so only sustained callers get there); every other tenant is
+``other``. Labels are kept for the process's life (a Prometheus series cannot be renamed).
 Label children are cached so recording costs a dict lookup and an increment.
 
 `flowstate_client_requests_total` counts RPCs by the ``x-flowstate-client: <sdk>/<version>``
@@ -58,16 +70,29 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, FlowStatus, HistoryEntry, HistoryKind
+from flowstate.core.model import ErrorCode, FlowStatus, HistoryEntry, HistoryKind, Tenant
 from flowstate.core.rules import TERMINAL_STATUSES
 
-__all__ = ["CLIENT_HEADER", "Metrics", "MetricsEndpoint", "client_label"]
+__all__ = [
+    "CLIENT_HEADER",
+    "MAX_PHASE_LABELS",
+    "TENANT_LABEL_AFTER",
+    "Metrics",
+    "MetricsEndpoint",
+    "TenantLabels",
+    "client_label",
+]
 
 #: Request metadata naming the SDK and its version, e.g. ``python/0.1.0``.
 CLIENT_HEADER: Final = "x-flowstate-client"
 _KNOWN_SDKS: Final = frozenset({"python", "typescript", "go"})
 _VERSION: Final = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,4}(?:[-+][0-9A-Za-z.-]{1,32})?")
 _MAX_CLIENT_VERSIONS: Final = 64
+MAX_PHASE_LABELS: Final = 256
+"""Distinct ``phase`` label values; later phase names are ``other``."""
+TENANT_LABEL_AFTER: Final = 100
+"""Calls after which a tenant gets its own ``tenant`` label (while fewer than N have one)."""
+OTHER: Final = "other"
 
 _RPC_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -115,9 +140,21 @@ class MetricsEndpoint:
 class Metrics:
     """The server's metrics; one instance per server (tests run several in one process)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        """Register every metric in `registry` (a fresh one by default)."""
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, tenant_top_n: int = 20
+    ) -> None:
+        """Register every metric in `registry` (a fresh one by default); at most
+        `tenant_top_n` tenants get their own ``tenant`` label."""
         self.registry = registry or CollectorRegistry()
+        self._phases: set[str] = set()
+        self.tenant_labels = TenantLabels(tenant_top_n)
+        self._tenant_requests = Counter(
+            "flowstate_tenant_requests",
+            "Calls per tenant (top N, else other) and RPC family: admitted or limited.",
+            ["tenant", "family", "result"],
+            registry=self.registry,
+        )
+        self._tenant_children: dict[tuple[str, str, str], Counter] = {}
         self._rpc_total = Counter(
             "flowstate_rpc_requests",
             "RPCs handled, by method and gRPC status code.",
@@ -225,6 +262,13 @@ class Metrics:
             "How long the oldest expired, unarchived terminal flow is overdue (after a run).",
             registry=self.registry,
         )
+        self._webhook_deliveries = Counter(
+            "flowstate_webhook_deliveries",
+            "Webhook delivery attempts by result: ok (2xx), failed; disabled counts subscriptions "
+            "the failure budget stopped.",
+            ["result"],
+            registry=self.registry,
+        )
         self._client_children: dict[tuple[str, str], Counter] = {}
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # Label children by label tuple: ``labels(...)`` validates and hashes under a lock on
@@ -265,6 +309,10 @@ class Metrics:
         """A change read live by the watch hub `seconds` after its commit."""
         self._stream_lag.observe(seconds)
 
+    def observe_webhook(self, result: str) -> None:
+        """Count one webhook attempt (``ok``, ``failed``) or a disabled subscription."""
+        self._webhook_deliveries.labels(result).inc()
+
     def open_stream_gauge(self, method: str) -> Gauge:
         """The ``flowstate_open_streams`` child of `method` (cached)."""
         gauge = self._open_stream_children.get(method)
@@ -272,7 +320,25 @@ class Metrics:
             gauge = self._open_stream_children[method] = self.open_streams.labels(method)
         return gauge
 
+    def _phase(self, phase: str) -> str:
+        """`phase` as a label value: itself among the first `MAX_PHASE_LABELS`, else other."""
+        if phase in self._phases:
+            return phase
+        if len(self._phases) >= MAX_PHASE_LABELS:
+            return OTHER
+        self._phases.add(phase)
+        return phase
+
+    def observe_tenant(self, tenant: Tenant, family: str, result: str) -> None:
+        """Count one call of `tenant` in `family`: ``admitted`` or ``limited``."""
+        key = (self.tenant_labels.label(tenant), family, result)
+        child = self._tenant_children.get(key)
+        if child is None:
+            child = self._tenant_children[key] = self._tenant_requests.labels(*key)
+        child.inc()
+
     def _transition(self, phase: str, from_state: str, to_state: str, result: str) -> Counter:
+        phase = self._phase(phase)
         key = (phase, from_state, to_state, result)
         child = self._transition_children.get(key)
         if child is None:
@@ -288,6 +354,7 @@ class Metrics:
             if from_state is to_state:  # a progress report, not a transition
                 continue
             self._transition(phase, from_state.value, to_state.value, "applied").inc()
+            phase = self._phase(phase)
             if entry.time_in_state_seconds is not None:
                 key = (phase, from_state.value)
                 histogram = self._time_in_state_children.get(key)
@@ -349,3 +416,39 @@ class Metrics:
         """Serve ``/metrics`` over HTTP on `host`:`port` (0: an ephemeral port)."""
         server, thread = start_http_server(port, addr=host, registry=self.registry)
         return MetricsEndpoint(host, int(server.server_port), server, thread)
+
+
+class TenantLabels:
+    """The ``tenant`` label of each tenant: its own for at most `top_n`, else ``other``."""
+
+    __slots__ = ("_counts", "_labels", "_top_n")
+
+    def __init__(self, top_n: int) -> None:
+        """At most `top_n` tenants (0: none) get their own label."""
+        self._top_n = top_n
+        self._labels: dict[Tenant, str] = {}
+        self._counts: dict[Tenant, int] = {}
+
+    @property
+    def labelled(self) -> int:
+        """Tenants that have their own label."""
+        return len(self._labels)
+
+    def label(self, tenant: Tenant) -> str:
+        """The label of `tenant` now (counts the call)."""
+        label = self._labels.get(tenant)
+        if label is not None:
+            return label
+        if len(self._labels) >= self._top_n:
+            return OTHER
+        count = self._counts.get(tenant, 0) + 1
+        if count >= TENANT_LABEL_AFTER:
+            self._counts.pop(tenant, None)
+            label = self._labels[tenant] = f"{tenant.client_account_id}/{tenant.engagement_id}"
+            return label
+        if tenant not in self._counts and len(self._counts) >= 10 * self._top_n:
+            # Bounded table: halve every count and forget the tenants that reach 0, so only
+            # sustained callers can climb to TENANT_LABEL_AFTER.
+            self._counts = {t: c // 2 for t, c in self._counts.items() if c // 2 > 0}
+        self._counts[tenant] = count
+        return OTHER

@@ -42,10 +42,12 @@ from flowstate.server.convert import (
 )
 from flowstate.server.errors import flow_error_to_proto
 from flowstate.server.rpc import Call, RpcSupport, stream, unary
+from flowstate.server.webhooks import webhook_to_proto
 from flowstate.service import FlowService
 from flowstate.service import definitions as definition_service
+from flowstate.service.webhooks import WebhookService
 from flowstate.storage.store import FlowQuery, FlowStore, MutationResult
-from flowstate.v1 import flow_pb2, flow_service_pb2_grpc
+from flowstate.v1 import flow_pb2, flow_service_pb2_grpc, webhook_pb2
 from flowstate.v1 import flow_service_pb2 as pb
 
 __all__ = ["EventSource", "EventValue", "FlowStateServicer"]
@@ -125,14 +127,17 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         hub: EventSource | None = None,
         *,
         stuck_after: float = 3600.0,
+        webhooks: WebhookService | None = None,
     ) -> None:
-        """Serve the use cases on `store` (and streams from `hub`; UNIMPLEMENTED without one).
+        """Serve the use cases on `store` (and streams from `hub`, webhooks with `webhooks`;
+        UNIMPLEMENTED without them).
 
         `support` holds the authenticator and metrics the `rpc` wrapper uses; `stuck_after`
         (FLOWSTATE_STUCK_AFTER, seconds) is what ``stuck`` means in filters.
         """
         self._stuck_after = timedelta(seconds=stuck_after)
         self._store = store
+        self._webhooks = webhooks
         self._flows = FlowService(store)
         self._support = support
         self._hub = hub
@@ -332,6 +337,69 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             definitions=[definitions.stored_to_proto(s, self._view) for s in page.definitions],
             next_page_token=page.next_page_token,
         )
+
+    # --- webhooks (flowstate.service.webhooks) -------------------------------------------------
+
+    def _webhook_service(self) -> WebhookService:
+        if self._webhooks is None:
+            raise NotImplementedError("this server was started without webhooks")
+        return self._webhooks
+
+    @unary(Scope.WEBHOOKS_ADMIN)
+    async def CreateWebhook(  # noqa: N802 - the proto's method name
+        self, request: webhook_pb2.CreateWebhookRequest, call: Call
+    ) -> webhook_pb2.CreateWebhookResponse:
+        """Subscribe a URL to the tenant's changes; the secret is answered only here."""
+        args = validation.create_webhook(request)
+        stored, secret = await self._webhook_service().create(
+            call.tenant,
+            url=args.url,
+            statuses=args.statuses,
+            definition_name=args.definition_name,
+            secret=args.secret,
+            now=call.context().now,
+        )
+        return webhook_pb2.CreateWebhookResponse(webhook=webhook_to_proto(stored), secret=secret)
+
+    @unary(Scope.WEBHOOKS_ADMIN)
+    async def ListWebhooks(  # noqa: N802 - the proto's method name
+        self, request: webhook_pb2.ListWebhooksRequest, call: Call
+    ) -> webhook_pb2.ListWebhooksResponse:
+        """The tenant's webhooks with their delivery status."""
+        found = await self._webhook_service().list(call.tenant)
+        return webhook_pb2.ListWebhooksResponse(webhooks=[webhook_to_proto(w) for w in found])
+
+    @unary(Scope.WEBHOOKS_ADMIN)
+    async def DeleteWebhook(  # noqa: N802 - the proto's method name
+        self, request: webhook_pb2.DeleteWebhookRequest, call: Call
+    ) -> webhook_pb2.DeleteWebhookResponse:
+        """Delete one of the tenant's webhooks."""
+        await self._webhook_service().delete(call.tenant, validation.webhook_id(request.webhook_id))
+        return webhook_pb2.DeleteWebhookResponse()
+
+    @unary(Scope.WEBHOOKS_ADMIN)
+    async def TestWebhook(  # noqa: N802 - the proto's method name
+        self, request: webhook_pb2.TestWebhookRequest, call: Call
+    ) -> webhook_pb2.TestWebhookResponse:
+        """Send a signed test event now and report the receiver's answer."""
+        message_id, result = await self._webhook_service().test(
+            call.tenant, validation.webhook_id(request.webhook_id)
+        )
+        return webhook_pb2.TestWebhookResponse(
+            delivered=result.ok, http_status=result.status, error=result.error, event_id=message_id
+        )
+
+    @unary(Scope.WEBHOOKS_ADMIN)
+    async def ReplayWebhook(  # noqa: N802 - the proto's method name
+        self, request: webhook_pb2.ReplayWebhookRequest, call: Call
+    ) -> webhook_pb2.ReplayWebhookResponse:
+        """Move the cursor (after a cursor, from a time, or to now) and enable the webhook."""
+        webhook_id = validation.webhook_id(request.webhook_id)
+        since = request.since_time.ToDatetime(UTC) if request.HasField("since_time") else None
+        stored = await self._webhook_service().replay(
+            call.tenant, webhook_id, after_cursor=request.after_cursor, since=since
+        )
+        return webhook_pb2.ReplayWebhookResponse(webhook=webhook_to_proto(stored))
 
     @unary(Scope.READ)
     async def GetRecoveryOptions(  # noqa: N802 - the proto's method name

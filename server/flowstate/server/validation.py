@@ -74,16 +74,18 @@ from flowstate.storage.limits import (
     MAX_PAGE_TOKEN_LENGTH,
     MAX_REASON_LENGTH,
     MAX_REQUEST_ID_LENGTH,
+    MAX_WEBHOOK_URL_LENGTH,
     MIN_EXPECTED_VERSION,
     field_violations,
 )
-from flowstate.v1 import errors_pb2, flow_service_pb2
+from flowstate.v1 import errors_pb2, flow_service_pb2, webhook_pb2
 
 __all__ = [
     "DEFAULT_DEFINITION",
     "MAX_HISTORY_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "CreateFlowArgs",
+    "CreateWebhookArgs",
     "ListFlowsArgs",
     "ListHistoryArgs",
     "Mutation",
@@ -93,6 +95,7 @@ __all__ = [
     "cancel_flow",
     "count_group",
     "create_flow",
+    "create_webhook",
     "flow_filter",
     "flow_id",
     "get_flow_definition",
@@ -109,6 +112,7 @@ __all__ = [
     "validate_transition",
     "watch_flow",
     "watch_flows",
+    "webhook_id",
 ]
 
 DEFAULT_DEFINITION: Final = "discovery"
@@ -640,3 +644,39 @@ def watch_flows(request: flow_service_pb2.WatchFlowsRequest) -> WatchFlowsArgs:
         cursor=cursor or None,
         filter_text=request.filter,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateWebhookArgs:
+    """A validated CreateWebhook request (the URL policy and the secret are the use case's)."""
+
+    url: str
+    statuses: tuple[FlowStatus, ...]
+    definition_name: str
+    secret: str
+
+
+def create_webhook(request: webhook_pb2.CreateWebhookRequest) -> CreateWebhookArgs:
+    """Check a CreateWebhook request's fields."""
+    check = _Checker()
+    url = check.text("url", request.url, max_len=MAX_WEBHOOK_URL_LENGTH, required=True)
+    statuses = [
+        check.flow_status(f"statuses[{i}]", value) for i, value in enumerate(request.statuses)
+    ]
+    definition_name = check.name("definition_name", request.definition_name, required=False)
+    secret = check.text("secret", request.secret, max_len=MAX_PAGE_TOKEN_LENGTH)
+    check.done()
+    return CreateWebhookArgs(
+        url=url,
+        statuses=tuple(s for s in statuses if s is not None),
+        definition_name=definition_name or "",
+        secret=secret,
+    )
+
+
+def webhook_id(value: str) -> str:
+    """Check a request's ``webhook_id`` (a UUID)."""
+    check = _Checker()
+    found = check.uuid("webhook_id", value)
+    check.done()
+    return found

@@ -46,6 +46,8 @@ __all__ = [
     "MAX_PAGE_TOKEN_LENGTH",
     "MAX_REASON_LENGTH",
     "MAX_REQUEST_ID_LENGTH",
+    "MAX_WEBHOOKS_PER_TENANT",
+    "MAX_WEBHOOK_URL_LENGTH",
     "MIN_EXPECTED_VERSION",
     "check_command",
     "check_context",
@@ -105,6 +107,10 @@ MAX_DEFINITION_PAGE_SIZE = 1000
 """Definitions per page at most (larger sizes are lowered to it)."""
 MAX_FLOW_IDS_PER_QUERY = 1000
 """Flow ids one listing may filter on."""
+MAX_WEBHOOKS_PER_TENANT = 50
+"""Webhook subscriptions one tenant may hold (CreateWebhook past it: MALFORMED_REQUEST)."""
+MAX_WEBHOOK_URL_LENGTH = 2048
+"""A webhook's URL (characters)."""
 MIN_EXPECTED_VERSION = 1
 """The API refuses a smaller `expected_version` (MALFORMED_REQUEST: versions start at 1, and
 proto3 ``optional`` tells "unset" from 0). Below the edge any version >= 0 is a well-formed

@@ -26,6 +26,9 @@ Tables:
 - `flow_archives`: the catalog of archived flows (where, SHA-256, version; purged / restored).
 - `flow_definitions`: definition bodies by (tenant, name, version); the built-ins (seeded at
   start) have the empty tenant `BUILTIN_OWNER` and are visible to every tenant.
+- `webhook_subscriptions`: a tenant's webhooks (URL, signing secret, filter), each with its
+  delivery cursor in the tenant change log (``cursor_txid``, ``cursor_seq``: a position of
+  `flowstate.storage.changes`), its delivery status, and the lease of the replica delivering it.
 
 `ix_flows_status_updated_at` is the one index without the tenant in front: it serves the
 operators' cross-tenant count of stuck flows (`FlowStore.count_stuck_flows`), and is partial
@@ -50,7 +53,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 
 from flowstate.core.rules import TERMINAL_STATUSES
 
@@ -70,6 +73,7 @@ __all__ = [
     "is_history_partition",
     "metadata",
     "retention_policies",
+    "webhook_subscriptions",
 ]
 
 APP_ROLE = "flowstate_app"
@@ -290,4 +294,44 @@ flow_timers = Table(
         "claimed_until",
         postgresql_where=text("claimed_until IS NOT NULL"),
     ),
+)
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", UUID(as_uuid=False), nullable=False),
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    # The signing secret (``whsec_`` + base64), needed in clear to sign; never answered again
+    # after CreateWebhook.
+    Column("secret", Text, nullable=False),
+    Column("statuses", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("definition_name", Text, nullable=False, server_default=text("''")),
+    Column("state", Text, nullable=False),
+    Column("disabled_reason", Text, nullable=False, server_default=text("''")),
+    # The delivery cursor: every change at or before (cursor_txid, cursor_seq) is delivered.
+    Column("cursor_txid", BigInteger, nullable=False),
+    Column("cursor_seq", BigInteger, nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, server_default=text("0")),
+    Column("delivered_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_error", Text, nullable=False, server_default=text("''")),
+    Column("last_attempt_at", _TIMESTAMP, nullable=True),
+    Column("last_success_at", _TIMESTAMP, nullable=True),
+    Column("created_at", _TIMESTAMP, nullable=False),
+    # The replica delivering this subscription, until when (database clock).
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_expires_at", _TIMESTAMP, nullable=True),
+    # Bumped by every replay: a delivery task started before it may no longer write.
+    Column("generation", Integer, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("id"),
+    CheckConstraint("state IN ('ACTIVE', 'DISABLED')", name="state_known"),
+    Index(
+        "ix_webhook_subscriptions_tenant_created_at",
+        "client_account_id",
+        "engagement_id",
+        "created_at",
+        "id",
+    ),
+    Index("ix_webhook_subscriptions_state", "state"),
 )

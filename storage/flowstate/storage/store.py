@@ -49,7 +49,7 @@ from flowstate.core.definitions import (
 )
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
-from flowstate.storage import codec, definitions_repo, timers
+from flowstate.storage import codec, definitions_repo, timers, webhooks_repo
 from flowstate.storage.errors import AppRoleNotGrantedError, SchemaNotReadyError, to_store_error
 from flowstate.storage.limits import (
     DEFAULT_DEFINITION_PAGE_SIZE,
@@ -151,6 +151,19 @@ def _check_page_size(value: object, default: int, maximum: int) -> int:
 
 def _largest_first(group: tuple[str, int]) -> tuple[int, str]:
     return -group[1], group[0]
+
+
+def _check_webhook_id(webhook_id: str) -> str:
+    try:
+        return str(uuid.UUID(webhook_id))
+    except (ValueError, TypeError, AttributeError):
+        raise _webhook_not_found(str(webhook_id)[:64]) from None
+
+
+def _webhook_not_found(webhook_id: str) -> FlowStateError:
+    return FlowStateError(
+        ErrorCode.WEBHOOK_NOT_FOUND, f"webhook {webhook_id} not found", webhook_id=webhook_id
+    )
 
 
 def _flow_not_found(flow_id: str) -> FlowStateError:
@@ -505,6 +518,146 @@ class FlowStore(TransactionRunner):
             last = found[-1].definition
             token = encode_token("definitions", query_id, [last.version if name else last.name])
         return definitions_repo.DefinitionPage(tuple(found), token)
+
+    # --- webhooks (`flowstate.storage.webhooks_repo`) ------------------------------------------
+
+    async def create_webhook(
+        self,
+        tenant: Tenant,
+        *,
+        url: str,
+        secret: str,
+        statuses: tuple[str, ...],
+        definition_name: str,
+        now: datetime,
+    ) -> webhooks_repo.StoredWebhook:
+        """A new subscription of `tenant`, delivering every change that commits after it."""
+        check_tenant(tenant)
+
+        async def work(tx: Transaction) -> webhooks_repo.StoredWebhook:
+            return await webhooks_repo.create(
+                tx,
+                tenant,
+                webhook_id=str(uuid.uuid4()),
+                url=url,
+                secret=secret,
+                statuses=statuses,
+                definition_name=definition_name,
+                now=now,
+            )
+
+        return await self._run(tenant, work, write=True)
+
+    async def list_webhooks(self, tenant: Tenant) -> tuple[webhooks_repo.StoredWebhook, ...]:
+        """Every subscription of `tenant`, oldest first."""
+        check_tenant(tenant)
+
+        async def work(tx: Transaction) -> tuple[webhooks_repo.StoredWebhook, ...]:
+            return await webhooks_repo.list_all(tx, tenant)
+
+        return await self._run(tenant, work)
+
+    async def get_webhook(
+        self, tenant: Tenant, webhook_id: str
+    ) -> tuple[webhooks_repo.StoredWebhook, str]:
+        """The subscription and its secret; WEBHOOK_NOT_FOUND for another tenant's or none."""
+        check_tenant(tenant)
+        webhook_id = _check_webhook_id(webhook_id)
+
+        async def work(tx: Transaction) -> tuple[webhooks_repo.StoredWebhook, str] | None:
+            return await webhooks_repo.get(tx, tenant, webhook_id)
+
+        found = await self._run(tenant, work)
+        if found is None:
+            raise _webhook_not_found(webhook_id)
+        return found
+
+    async def delete_webhook(self, tenant: Tenant, webhook_id: str) -> None:
+        """Delete the subscription; WEBHOOK_NOT_FOUND when `tenant` has none with this id."""
+        check_tenant(tenant)
+        webhook_id = _check_webhook_id(webhook_id)
+
+        async def work(tx: Transaction) -> bool:
+            return await webhooks_repo.delete(tx, tenant, webhook_id)
+
+        if not await self._run(tenant, work, write=True):
+            raise _webhook_not_found(webhook_id)
+
+    async def rewind_webhook(
+        self,
+        tenant: Tenant,
+        webhook_id: str,
+        *,
+        position: tuple[int, int] | None = None,
+        since: datetime | None = None,
+    ) -> webhooks_repo.StoredWebhook:
+        """Move the cursor to `position`, or to just before the first change at or after
+        `since` (neither: now), and enable the subscription (a replay)."""
+        check_tenant(tenant)
+        webhook_id = _check_webhook_id(webhook_id)
+
+        async def work(tx: Transaction) -> webhooks_repo.StoredWebhook | None:
+            target = position or await webhooks_repo.position_at(tx, tenant, since)
+            return await webhooks_repo.rewind(tx, tenant, webhook_id, target)
+
+        found = await self._run(tenant, work, write=True)
+        if found is None:
+            raise _webhook_not_found(webhook_id)
+        return found
+
+    async def claim_webhooks(
+        self, owner: str, *, lease_seconds: float, limit: int
+    ) -> tuple[webhooks_repo.ClaimedWebhook, ...]:
+        """Take or renew `owner`'s leases (the delivery loop; every tenant)."""
+
+        async def work(tx: Transaction) -> tuple[webhooks_repo.ClaimedWebhook, ...]:
+            return await webhooks_repo.claim(tx, owner, lease_seconds=lease_seconds, limit=limit)
+
+        return await self._run(None, work, write=True)
+
+    async def advance_webhook(
+        self,
+        held: webhooks_repo.ClaimedWebhook,
+        owner: str,
+        position: tuple[int, int],
+        *,
+        delivered: int,
+        now: datetime,
+    ) -> bool:
+        """Store the cursor after acknowledged deliveries; False when the lease is lost."""
+
+        async def work(tx: Transaction) -> bool:
+            return await webhooks_repo.advance(
+                tx, held, owner, position, delivered=delivered, now=now
+            )
+
+        return await self._run(None, work, write=True)
+
+    async def record_webhook_failure(
+        self,
+        held: webhooks_repo.ClaimedWebhook,
+        owner: str,
+        *,
+        error: str,
+        budget: int,
+        now: datetime,
+    ) -> webhooks_repo.FailureCount | None:
+        """Count a failed attempt (disabling at `budget`); None when the lease is lost."""
+
+        async def work(tx: Transaction) -> webhooks_repo.FailureCount | None:
+            return await webhooks_repo.record_failure(
+                tx, held, owner, error=error, budget=budget, now=now
+            )
+
+        return await self._run(None, work, write=True)
+
+    async def release_webhooks(self, owner: str) -> None:
+        """Give up every lease `owner` holds."""
+
+        async def work(tx: Transaction) -> None:
+            await webhooks_repo.release(tx, owner)
+
+        await self._run(None, work, write=True)
 
     # --- idempotency keys -----------------------------------------------------------------------
 

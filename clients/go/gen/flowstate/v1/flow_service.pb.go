@@ -3623,7 +3623,7 @@ var File_flowstate_v1_flow_service_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fflowstate/v1/flow_service.proto\x12\fflowstate.v1\x1a\x1dflowstate/v1/definition.proto\x1a\x19flowstate/v1/errors.proto\x1a\x17flowstate/v1/flow.proto\x1a\x1aflowstate/v1/history.proto\x1a\x19flowstate/v1/states.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n" +
+	"\x1fflowstate/v1/flow_service.proto\x12\fflowstate.v1\x1a\x1dflowstate/v1/definition.proto\x1a\x19flowstate/v1/errors.proto\x1a\x17flowstate/v1/flow.proto\x1a\x1aflowstate/v1/history.proto\x1a\x19flowstate/v1/states.proto\x1a\x1aflowstate/v1/webhook.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n" +
 	"\x11CreateFlowRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12'\n" +
@@ -3900,7 +3900,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x16RECOVERY_ACTION_RESUME\x10\x05\x12\x1a\n" +
 	"\x16RECOVERY_ACTION_CANCEL\x10\x06\x12\x1b\n" +
 	"\x17RECOVERY_ACTION_ABANDON\x10\a\x12\x18\n" +
-	"\x14RECOVERY_ACTION_SKIP\x10\b2\xed\x0e\n" +
+	"\x14RECOVERY_ACTION_SKIP\x10\b2\xab\x12\n" +
 	"\x10FlowStateService\x12O\n" +
 	"\n" +
 	"CreateFlow\x12\x1f.flowstate.v1.CreateFlowRequest\x1a .flowstate.v1.CreateFlowResponse\x12K\n" +
@@ -3927,7 +3927,12 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"WatchFlows\x12\x1f.flowstate.v1.WatchFlowsRequest\x1a .flowstate.v1.WatchFlowsResponse0\x01\x12L\n" +
 	"\tHeartbeat\x12\x1e.flowstate.v1.HeartbeatRequest\x1a\x1f.flowstate.v1.HeartbeatResponse\x12T\n" +
 	"\n" +
-	"CountFlows\x12\x1f.flowstate.v1.CountFlowsRequest\x1a .flowstate.v1.CountFlowsResponse\"\x03\x90\x02\x01B\xa8\x01\n" +
+	"CountFlows\x12\x1f.flowstate.v1.CountFlowsRequest\x1a .flowstate.v1.CountFlowsResponse\"\x03\x90\x02\x01\x12X\n" +
+	"\rCreateWebhook\x12\".flowstate.v1.CreateWebhookRequest\x1a#.flowstate.v1.CreateWebhookResponse\x12Z\n" +
+	"\fListWebhooks\x12!.flowstate.v1.ListWebhooksRequest\x1a\".flowstate.v1.ListWebhooksResponse\"\x03\x90\x02\x01\x12X\n" +
+	"\rDeleteWebhook\x12\".flowstate.v1.DeleteWebhookRequest\x1a#.flowstate.v1.DeleteWebhookResponse\x12R\n" +
+	"\vTestWebhook\x12 .flowstate.v1.TestWebhookRequest\x1a!.flowstate.v1.TestWebhookResponse\x12X\n" +
+	"\rReplayWebhook\x12\".flowstate.v1.ReplayWebhookRequest\x1a#.flowstate.v1.ReplayWebhookResponseB\xa8\x01\n" +
 	"\x10com.flowstate.v1B\x10FlowServiceProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -4006,6 +4011,16 @@ var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(*structpb.Struct)(nil),              // 58: google.protobuf.Struct
 	(ErrorCode)(0),                       // 59: flowstate.v1.ErrorCode
 	(*FlowDefinition)(nil),               // 60: flowstate.v1.FlowDefinition
+	(*CreateWebhookRequest)(nil),         // 61: flowstate.v1.CreateWebhookRequest
+	(*ListWebhooksRequest)(nil),          // 62: flowstate.v1.ListWebhooksRequest
+	(*DeleteWebhookRequest)(nil),         // 63: flowstate.v1.DeleteWebhookRequest
+	(*TestWebhookRequest)(nil),           // 64: flowstate.v1.TestWebhookRequest
+	(*ReplayWebhookRequest)(nil),         // 65: flowstate.v1.ReplayWebhookRequest
+	(*CreateWebhookResponse)(nil),        // 66: flowstate.v1.CreateWebhookResponse
+	(*ListWebhooksResponse)(nil),         // 67: flowstate.v1.ListWebhooksResponse
+	(*DeleteWebhookResponse)(nil),        // 68: flowstate.v1.DeleteWebhookResponse
+	(*TestWebhookResponse)(nil),          // 69: flowstate.v1.TestWebhookResponse
+	(*ReplayWebhookResponse)(nil),        // 70: flowstate.v1.ReplayWebhookResponse
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
 	50, // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
@@ -4098,29 +4113,39 @@ var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
 	43, // 87: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
 	15, // 88: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
 	47, // 89: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
-	2,  // 90: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	4,  // 91: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	7,  // 92: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	11, // 93: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	13, // 94: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	17, // 95: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	19, // 96: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	21, // 97: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	23, // 98: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	26, // 99: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	28, // 100: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	30, // 101: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	32, // 102: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	34, // 103: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	36, // 104: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	38, // 105: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	40, // 106: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	42, // 107: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	44, // 108: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	16, // 109: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
-	48, // 110: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
-	90, // [90:111] is the sub-list for method output_type
-	69, // [69:90] is the sub-list for method input_type
+	61, // 90: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
+	62, // 91: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
+	63, // 92: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
+	64, // 93: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
+	65, // 94: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
+	2,  // 95: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	4,  // 96: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	7,  // 97: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	11, // 98: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	13, // 99: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	17, // 100: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	19, // 101: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	21, // 102: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	23, // 103: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	26, // 104: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	28, // 105: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	30, // 106: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	32, // 107: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	34, // 108: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	36, // 109: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	38, // 110: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	40, // 111: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	42, // 112: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	44, // 113: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	16, // 114: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
+	48, // 115: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
+	66, // 116: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
+	67, // 117: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
+	68, // 118: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
+	69, // 119: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
+	70, // 120: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
+	95, // [95:121] is the sub-list for method output_type
+	69, // [69:95] is the sub-list for method input_type
 	69, // [69:69] is the sub-list for extension type_name
 	69, // [69:69] is the sub-list for extension extendee
 	0,  // [0:69] is the sub-list for field type_name
@@ -4136,6 +4161,7 @@ func file_flowstate_v1_flow_service_proto_init() {
 	file_flowstate_v1_flow_proto_init()
 	file_flowstate_v1_history_proto_init()
 	file_flowstate_v1_states_proto_init()
+	file_flowstate_v1_webhook_proto_init()
 	file_flowstate_v1_flow_service_proto_msgTypes[9].OneofWrappers = []any{
 		(*ValidateTransitionRequest_PhaseTransition)(nil),
 		(*ValidateTransitionRequest_FlowTransition)(nil),

@@ -40,6 +40,11 @@ const (
 	FlowStateService_WatchFlows_FullMethodName           = "/flowstate.v1.FlowStateService/WatchFlows"
 	FlowStateService_Heartbeat_FullMethodName            = "/flowstate.v1.FlowStateService/Heartbeat"
 	FlowStateService_CountFlows_FullMethodName           = "/flowstate.v1.FlowStateService/CountFlows"
+	FlowStateService_CreateWebhook_FullMethodName        = "/flowstate.v1.FlowStateService/CreateWebhook"
+	FlowStateService_ListWebhooks_FullMethodName         = "/flowstate.v1.FlowStateService/ListWebhooks"
+	FlowStateService_DeleteWebhook_FullMethodName        = "/flowstate.v1.FlowStateService/DeleteWebhook"
+	FlowStateService_TestWebhook_FullMethodName          = "/flowstate.v1.FlowStateService/TestWebhook"
+	FlowStateService_ReplayWebhook_FullMethodName        = "/flowstate.v1.FlowStateService/ReplayWebhook"
 )
 
 // FlowStateServiceClient is the client API for FlowStateService service.
@@ -163,6 +168,26 @@ type FlowStateServiceClient interface {
 	// Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
 	// parse, with its position; an unknown group_by).
 	CountFlows(ctx context.Context, in *CountFlowsRequest, opts ...grpc.CallOption) (*CountFlowsResponse, error)
+	// Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+	// must be https and resolve only to public addresses unless the server
+	// allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+	// with the changes that commit after the call. Errors: MALFORMED_REQUEST
+	// (url, secret, statuses, definition_name; too many webhooks).
+	CreateWebhook(ctx context.Context, in *CreateWebhookRequest, opts ...grpc.CallOption) (*CreateWebhookResponse, error)
+	// Lists the caller's webhooks with their delivery status (never secrets).
+	ListWebhooks(ctx context.Context, in *ListWebhooksRequest, opts ...grpc.CallOption) (*ListWebhooksResponse, error)
+	// Deletes a webhook; deliveries in flight may still arrive. Errors:
+	// WEBHOOK_NOT_FOUND.
+	DeleteWebhook(ctx context.Context, in *DeleteWebhookRequest, opts ...grpc.CallOption) (*DeleteWebhookResponse, error)
+	// Sends one signed test event (type `webhook.test`) to the webhook's URL now
+	// and reports what the receiver answered; the cursor does not move. Errors:
+	// WEBHOOK_NOT_FOUND.
+	TestWebhook(ctx context.Context, in *TestWebhookRequest, opts ...grpc.CallOption) (*TestWebhookResponse, error)
+	// Moves the webhook's cursor (back, to deliver again, or forward) and
+	// enables it if it was disabled: after `after_cursor`, or from
+	// `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+	// MALFORMED_REQUEST (both given, or a bad cursor).
+	ReplayWebhook(ctx context.Context, in *ReplayWebhookRequest, opts ...grpc.CallOption) (*ReplayWebhookResponse, error)
 }
 
 type flowStateServiceClient struct {
@@ -401,6 +426,56 @@ func (c *flowStateServiceClient) CountFlows(ctx context.Context, in *CountFlowsR
 	return out, nil
 }
 
+func (c *flowStateServiceClient) CreateWebhook(ctx context.Context, in *CreateWebhookRequest, opts ...grpc.CallOption) (*CreateWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateWebhookResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_CreateWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) ListWebhooks(ctx context.Context, in *ListWebhooksRequest, opts ...grpc.CallOption) (*ListWebhooksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWebhooksResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_ListWebhooks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) DeleteWebhook(ctx context.Context, in *DeleteWebhookRequest, opts ...grpc.CallOption) (*DeleteWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteWebhookResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_DeleteWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) TestWebhook(ctx context.Context, in *TestWebhookRequest, opts ...grpc.CallOption) (*TestWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TestWebhookResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_TestWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) ReplayWebhook(ctx context.Context, in *ReplayWebhookRequest, opts ...grpc.CallOption) (*ReplayWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplayWebhookResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_ReplayWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FlowStateServiceServer is the server API for FlowStateService service.
 // All implementations must embed UnimplementedFlowStateServiceServer
 // for forward compatibility.
@@ -522,6 +597,26 @@ type FlowStateServiceServer interface {
 	// Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
 	// parse, with its position; an unknown group_by).
 	CountFlows(context.Context, *CountFlowsRequest) (*CountFlowsResponse, error)
+	// Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+	// must be https and resolve only to public addresses unless the server
+	// allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+	// with the changes that commit after the call. Errors: MALFORMED_REQUEST
+	// (url, secret, statuses, definition_name; too many webhooks).
+	CreateWebhook(context.Context, *CreateWebhookRequest) (*CreateWebhookResponse, error)
+	// Lists the caller's webhooks with their delivery status (never secrets).
+	ListWebhooks(context.Context, *ListWebhooksRequest) (*ListWebhooksResponse, error)
+	// Deletes a webhook; deliveries in flight may still arrive. Errors:
+	// WEBHOOK_NOT_FOUND.
+	DeleteWebhook(context.Context, *DeleteWebhookRequest) (*DeleteWebhookResponse, error)
+	// Sends one signed test event (type `webhook.test`) to the webhook's URL now
+	// and reports what the receiver answered; the cursor does not move. Errors:
+	// WEBHOOK_NOT_FOUND.
+	TestWebhook(context.Context, *TestWebhookRequest) (*TestWebhookResponse, error)
+	// Moves the webhook's cursor (back, to deliver again, or forward) and
+	// enables it if it was disabled: after `after_cursor`, or from
+	// `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+	// MALFORMED_REQUEST (both given, or a bad cursor).
+	ReplayWebhook(context.Context, *ReplayWebhookRequest) (*ReplayWebhookResponse, error)
 	mustEmbedUnimplementedFlowStateServiceServer()
 }
 
@@ -594,6 +689,21 @@ func (UnimplementedFlowStateServiceServer) Heartbeat(context.Context, *Heartbeat
 }
 func (UnimplementedFlowStateServiceServer) CountFlows(context.Context, *CountFlowsRequest) (*CountFlowsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CountFlows not implemented")
+}
+func (UnimplementedFlowStateServiceServer) CreateWebhook(context.Context, *CreateWebhookRequest) (*CreateWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateWebhook not implemented")
+}
+func (UnimplementedFlowStateServiceServer) ListWebhooks(context.Context, *ListWebhooksRequest) (*ListWebhooksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWebhooks not implemented")
+}
+func (UnimplementedFlowStateServiceServer) DeleteWebhook(context.Context, *DeleteWebhookRequest) (*DeleteWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteWebhook not implemented")
+}
+func (UnimplementedFlowStateServiceServer) TestWebhook(context.Context, *TestWebhookRequest) (*TestWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TestWebhook not implemented")
+}
+func (UnimplementedFlowStateServiceServer) ReplayWebhook(context.Context, *ReplayWebhookRequest) (*ReplayWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplayWebhook not implemented")
 }
 func (UnimplementedFlowStateServiceServer) mustEmbedUnimplementedFlowStateServiceServer() {}
 func (UnimplementedFlowStateServiceServer) testEmbeddedByValue()                          {}
@@ -980,6 +1090,96 @@ func _FlowStateService_CountFlows_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FlowStateService_CreateWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).CreateWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_CreateWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).CreateWebhook(ctx, req.(*CreateWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_ListWebhooks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWebhooksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).ListWebhooks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_ListWebhooks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).ListWebhooks(ctx, req.(*ListWebhooksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_DeleteWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).DeleteWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_DeleteWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).DeleteWebhook(ctx, req.(*DeleteWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_TestWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TestWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).TestWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_TestWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).TestWebhook(ctx, req.(*TestWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_ReplayWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplayWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).ReplayWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_ReplayWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).ReplayWebhook(ctx, req.(*ReplayWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FlowStateService_ServiceDesc is the grpc.ServiceDesc for FlowStateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1062,6 +1262,26 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CountFlows",
 			Handler:    _FlowStateService_CountFlows_Handler,
+		},
+		{
+			MethodName: "CreateWebhook",
+			Handler:    _FlowStateService_CreateWebhook_Handler,
+		},
+		{
+			MethodName: "ListWebhooks",
+			Handler:    _FlowStateService_ListWebhooks_Handler,
+		},
+		{
+			MethodName: "DeleteWebhook",
+			Handler:    _FlowStateService_DeleteWebhook_Handler,
+		},
+		{
+			MethodName: "TestWebhook",
+			Handler:    _FlowStateService_TestWebhook_Handler,
+		},
+		{
+			MethodName: "ReplayWebhook",
+			Handler:    _FlowStateService_ReplayWebhook_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -47,6 +47,7 @@ from flowstate.client._errors import (
     NotFound,
     PermissionDenied,
     PhaseOrderViolation,
+    RateLimited,
     RequestIdReused,
     ResourceExhausted,
     RetryNotAllowed,
@@ -55,6 +56,7 @@ from flowstate.client._errors import (
     Unauthenticated,
     Unavailable,
     VersionConflict,
+    WebhookNotFound,
 )
 from flowstate.client._models import (
     DefinitionPage,
@@ -122,6 +124,7 @@ __all__ = [
     "PhaseFailure",
     "PhaseOrderViolation",
     "PhaseState",
+    "RateLimited",
     "RecoveryAction",
     "RecoveryOption",
     "RecoveryOptions",
@@ -136,6 +139,7 @@ __all__ = [
     "Unavailable",
     "ValidationResult",
     "VersionConflict",
+    "WebhookNotFound",
     "__version__",
 ]
 

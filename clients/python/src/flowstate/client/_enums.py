@@ -147,6 +147,8 @@ class ErrorCode(_ProtoEnum):
     SERVER_SHUTTING_DOWN = 24
     DEFINITION_NOT_FOUND = 25
     DEFINITION_SHADOWS_BUILTIN = 26
+    WEBHOOK_NOT_FOUND = 45
+    RATE_LIMITED = 46
 
 
 class HistoryEventKind(_ProtoEnum):

@@ -24,10 +24,12 @@ catch as precisely as they need::
     │   └── VersionConflict                 .current_version
     ├── NotFound                        NOT_FOUND
     │   ├── FlowNotFound
-    │   └── DefinitionNotFound              also another tenant's definition
+    │   ├── DefinitionNotFound              also another tenant's definition
+    │   └── WebhookNotFound                 also another tenant's webhook
     ├── Unauthenticated                 UNAUTHENTICATED
     ├── PermissionDenied                PERMISSION_DENIED
     ├── ResourceExhausted               RESOURCE_EXHAUSTED
+    │   ├── RateLimited                     the tenant's request budget (retried first)
     │   └── SubscriberTooSlow               a status stream was read too slowly
     ├── Unavailable                     UNAVAILABLE (database or server unreachable)
     │   └── ServerShuttingDown              reconnect, possibly to another replica
@@ -76,6 +78,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "PhaseOrderViolation",
+    "RateLimited",
     "RequestIdReused",
     "ResourceExhausted",
     "RetryNotAllowed",
@@ -84,6 +87,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "VersionConflict",
+    "WebhookNotFound",
 ]
 
 ERROR_DOMAIN = "flowstate.v1"
@@ -344,6 +348,10 @@ class DefinitionNotFound(NotFound):
     """No such flow definition (or version) for the caller's tenant (also another tenant's)."""
 
 
+class WebhookNotFound(NotFound):
+    """No such webhook for the caller's tenant (also another tenant's)."""
+
+
 class DefinitionShadowsBuiltin(FailedPrecondition):
     """The definition's name is a built-in's; register it with ``allow_shadow_builtin=True``."""
 
@@ -364,6 +372,14 @@ class ResourceExhausted(FlowstateError):
     """A limit was hit (RESOURCE_EXHAUSTED)."""
 
     default_grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class RateLimited(ResourceExhausted):
+    """The tenant spent its request budget for this kind of call (RATE_LIMITED).
+
+    Nothing was applied. The SDK already retried after the delay the server asked for
+    (``retry_delay``, from google.rpc.RetryInfo) before raising this.
+    """
 
 
 class SubscriberTooSlow(ResourceExhausted):
@@ -419,6 +435,8 @@ _BY_REASON: dict[ErrorCode, type[FlowstateError]] = {
     ErrorCode.FLOW_NOT_FOUND: FlowNotFound,
     ErrorCode.DEFINITION_NOT_FOUND: DefinitionNotFound,
     ErrorCode.DEFINITION_SHADOWS_BUILTIN: DefinitionShadowsBuiltin,
+    ErrorCode.WEBHOOK_NOT_FOUND: WebhookNotFound,
+    ErrorCode.RATE_LIMITED: RateLimited,
     ErrorCode.UNAUTHENTICATED: Unauthenticated,
     ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE: Unavailable,

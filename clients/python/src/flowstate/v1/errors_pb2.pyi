@@ -112,6 +112,15 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """FAILED_PRECONDITION: CreateFlowDefinition named a built-in definition
     without `allow_shadow_builtin`.
     """
+    ERROR_CODE_WEBHOOK_NOT_FOUND: _ErrorCode.ValueType  # 45
+    """NOT_FOUND: no such webhook subscription for the caller's tenant (also
+    another tenant's).
+    """
+    ERROR_CODE_RATE_LIMITED: _ErrorCode.ValueType  # 46
+    """RESOURCE_EXHAUSTED: the caller's tenant spent its request budget for this
+    family of calls (read, write, stream, admin); google.rpc.RetryInfo says
+    when a token is available again. Retryable after that delay.
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Every error code Flowstate uses: the refusals of a request (carried as the
@@ -202,6 +211,15 @@ ERROR_CODE_DEFINITION_NOT_FOUND: ErrorCode.ValueType  # 25
 ERROR_CODE_DEFINITION_SHADOWS_BUILTIN: ErrorCode.ValueType  # 26
 """FAILED_PRECONDITION: CreateFlowDefinition named a built-in definition
 without `allow_shadow_builtin`.
+"""
+ERROR_CODE_WEBHOOK_NOT_FOUND: ErrorCode.ValueType  # 45
+"""NOT_FOUND: no such webhook subscription for the caller's tenant (also
+another tenant's).
+"""
+ERROR_CODE_RATE_LIMITED: ErrorCode.ValueType  # 46
+"""RESOURCE_EXHAUSTED: the caller's tenant spent its request budget for this
+family of calls (read, write, stream, admin); google.rpc.RetryInfo says
+when a token is available again. Retryable after that delay.
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 

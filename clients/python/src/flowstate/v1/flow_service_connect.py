@@ -19,6 +19,7 @@ from connectrpc.errors import ConnectError
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
+from flowstate.v1.webhook_pb2 import CreateWebhookRequest, CreateWebhookResponse, DeleteWebhookRequest, DeleteWebhookResponse, ListWebhooksRequest, ListWebhooksResponse, ReplayWebhookRequest, ReplayWebhookResponse, TestWebhookRequest, TestWebhookResponse
 from pyqwest import Client, SyncClient
 
 from .flow_service_pb2 import CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
@@ -237,6 +238,46 @@ class FlowStateService(Protocol):
         (status, definition or one phase's state): the figures of a dashboard.
         Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
         parse, with its position; an unknown group_by).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def create_webhook(self, request: CreateWebhookRequest, ctx: RequestContext[CreateWebhookRequest, CreateWebhookResponse], /) -> CreateWebhookResponse:
+        """
+        Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+        must be https and resolve only to public addresses unless the server
+        allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+        with the changes that commit after the call. Errors: MALFORMED_REQUEST
+        (url, secret, statuses, definition_name; too many webhooks).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def list_webhooks(self, request: ListWebhooksRequest, ctx: RequestContext[ListWebhooksRequest, ListWebhooksResponse], /) -> ListWebhooksResponse:
+        """
+        Lists the caller's webhooks with their delivery status (never secrets).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def delete_webhook(self, request: DeleteWebhookRequest, ctx: RequestContext[DeleteWebhookRequest, DeleteWebhookResponse], /) -> DeleteWebhookResponse:
+        """
+        Deletes a webhook; deliveries in flight may still arrive. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def test_webhook(self, request: TestWebhookRequest, ctx: RequestContext[TestWebhookRequest, TestWebhookResponse], /) -> TestWebhookResponse:
+        """
+        Sends one signed test event (type `webhook.test`) to the webhook's URL now
+        and reports what the receiver answered; the cursor does not move. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def replay_webhook(self, request: ReplayWebhookRequest, ctx: RequestContext[ReplayWebhookRequest, ReplayWebhookResponse], /) -> ReplayWebhookResponse:
+        """
+        Moves the webhook's cursor (back, to deliver again, or forward) and
+        enables it if it was disabled: after `after_cursor`, or from
+        `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+        MALFORMED_REQUEST (both given, or a bad cursor).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -484,6 +525,61 @@ class FlowStateServiceASGIApplication(ConnectASGIApplication[FlowStateService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.count_flows,
+                ),
+                "/flowstate.v1.FlowStateService/CreateWebhook": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CreateWebhook",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=CreateWebhookRequest,
+                        output=CreateWebhookResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.create_webhook,
+                ),
+                "/flowstate.v1.FlowStateService/ListWebhooks": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListWebhooks",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ListWebhooksRequest,
+                        output=ListWebhooksResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.list_webhooks,
+                ),
+                "/flowstate.v1.FlowStateService/DeleteWebhook": Endpoint.unary(
+                    method=MethodInfo(
+                        name="DeleteWebhook",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=DeleteWebhookRequest,
+                        output=DeleteWebhookResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.delete_webhook,
+                ),
+                "/flowstate.v1.FlowStateService/TestWebhook": Endpoint.unary(
+                    method=MethodInfo(
+                        name="TestWebhook",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=TestWebhookRequest,
+                        output=TestWebhookResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.test_webhook,
+                ),
+                "/flowstate.v1.FlowStateService/ReplayWebhook": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ReplayWebhook",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ReplayWebhookRequest,
+                        output=ReplayWebhookResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.replay_webhook,
                 ),
             },
             interceptors=interceptors,
@@ -1098,6 +1194,133 @@ class FlowStateServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
             use_get=use_get,
         )
+    async def create_webhook(
+        self,
+        request: CreateWebhookRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CreateWebhookResponse:
+        """
+        Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+        must be https and resolve only to public addresses unless the server
+        allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+        with the changes that commit after the call. Errors: MALFORMED_REQUEST
+        (url, secret, statuses, definition_name; too many webhooks).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CreateWebhook",
+                service_name="flowstate.v1.FlowStateService",
+                input=CreateWebhookRequest,
+                output=CreateWebhookResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def list_webhooks(
+        self,
+        request: ListWebhooksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListWebhooksResponse:
+        """
+        Lists the caller's webhooks with their delivery status (never secrets).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListWebhooks",
+                service_name="flowstate.v1.FlowStateService",
+                input=ListWebhooksRequest,
+                output=ListWebhooksResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    async def delete_webhook(
+        self,
+        request: DeleteWebhookRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DeleteWebhookResponse:
+        """
+        Deletes a webhook; deliveries in flight may still arrive. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DeleteWebhook",
+                service_name="flowstate.v1.FlowStateService",
+                input=DeleteWebhookRequest,
+                output=DeleteWebhookResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def test_webhook(
+        self,
+        request: TestWebhookRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> TestWebhookResponse:
+        """
+        Sends one signed test event (type `webhook.test`) to the webhook's URL now
+        and reports what the receiver answered; the cursor does not move. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="TestWebhook",
+                service_name="flowstate.v1.FlowStateService",
+                input=TestWebhookRequest,
+                output=TestWebhookResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def replay_webhook(
+        self,
+        request: ReplayWebhookRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ReplayWebhookResponse:
+        """
+        Moves the webhook's cursor (back, to deliver again, or forward) and
+        enables it if it was disabled: after `after_cursor`, or from
+        `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+        MALFORMED_REQUEST (both given, or a bad cursor).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ReplayWebhook",
+                service_name="flowstate.v1.FlowStateService",
+                input=ReplayWebhookRequest,
+                output=ReplayWebhookResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class FlowStateServiceSync(Protocol):
     """
@@ -1299,6 +1522,46 @@ class FlowStateServiceSync(Protocol):
         (status, definition or one phase's state): the figures of a dashboard.
         Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
         parse, with its position; an unknown group_by).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def create_webhook(self, request: CreateWebhookRequest, ctx: RequestContext[CreateWebhookRequest, CreateWebhookResponse], /) -> CreateWebhookResponse:
+        """
+        Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+        must be https and resolve only to public addresses unless the server
+        allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+        with the changes that commit after the call. Errors: MALFORMED_REQUEST
+        (url, secret, statuses, definition_name; too many webhooks).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def list_webhooks(self, request: ListWebhooksRequest, ctx: RequestContext[ListWebhooksRequest, ListWebhooksResponse], /) -> ListWebhooksResponse:
+        """
+        Lists the caller's webhooks with their delivery status (never secrets).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def delete_webhook(self, request: DeleteWebhookRequest, ctx: RequestContext[DeleteWebhookRequest, DeleteWebhookResponse], /) -> DeleteWebhookResponse:
+        """
+        Deletes a webhook; deliveries in flight may still arrive. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def test_webhook(self, request: TestWebhookRequest, ctx: RequestContext[TestWebhookRequest, TestWebhookResponse], /) -> TestWebhookResponse:
+        """
+        Sends one signed test event (type `webhook.test`) to the webhook's URL now
+        and reports what the receiver answered; the cursor does not move. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def replay_webhook(self, request: ReplayWebhookRequest, ctx: RequestContext[ReplayWebhookRequest, ReplayWebhookResponse], /) -> ReplayWebhookResponse:
+        """
+        Moves the webhook's cursor (back, to deliver again, or forward) and
+        enables it if it was disabled: after `after_cursor`, or from
+        `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+        MALFORMED_REQUEST (both given, or a bad cursor).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1544,6 +1807,61 @@ class FlowStateServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.count_flows,
+                ),
+                "/flowstate.v1.FlowStateService/CreateWebhook": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CreateWebhook",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=CreateWebhookRequest,
+                        output=CreateWebhookResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.create_webhook,
+                ),
+                "/flowstate.v1.FlowStateService/ListWebhooks": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListWebhooks",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ListWebhooksRequest,
+                        output=ListWebhooksResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.list_webhooks,
+                ),
+                "/flowstate.v1.FlowStateService/DeleteWebhook": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="DeleteWebhook",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=DeleteWebhookRequest,
+                        output=DeleteWebhookResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.delete_webhook,
+                ),
+                "/flowstate.v1.FlowStateService/TestWebhook": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="TestWebhook",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=TestWebhookRequest,
+                        output=TestWebhookResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.test_webhook,
+                ),
+                "/flowstate.v1.FlowStateService/ReplayWebhook": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ReplayWebhook",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ReplayWebhookRequest,
+                        output=ReplayWebhookResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.replay_webhook,
                 ),
             },
             interceptors=interceptors,
@@ -2157,4 +2475,131 @@ class FlowStateServiceClientSync(ConnectClientSync):
             headers=headers,
             timeout_ms=timeout_ms,
             use_get=use_get,
+        )
+    def create_webhook(
+        self,
+        request: CreateWebhookRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CreateWebhookResponse:
+        """
+        Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+        must be https and resolve only to public addresses unless the server
+        allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+        with the changes that commit after the call. Errors: MALFORMED_REQUEST
+        (url, secret, statuses, definition_name; too many webhooks).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CreateWebhook",
+                service_name="flowstate.v1.FlowStateService",
+                input=CreateWebhookRequest,
+                output=CreateWebhookResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def list_webhooks(
+        self,
+        request: ListWebhooksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListWebhooksResponse:
+        """
+        Lists the caller's webhooks with their delivery status (never secrets).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListWebhooks",
+                service_name="flowstate.v1.FlowStateService",
+                input=ListWebhooksRequest,
+                output=ListWebhooksResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def delete_webhook(
+        self,
+        request: DeleteWebhookRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DeleteWebhookResponse:
+        """
+        Deletes a webhook; deliveries in flight may still arrive. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DeleteWebhook",
+                service_name="flowstate.v1.FlowStateService",
+                input=DeleteWebhookRequest,
+                output=DeleteWebhookResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def test_webhook(
+        self,
+        request: TestWebhookRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> TestWebhookResponse:
+        """
+        Sends one signed test event (type `webhook.test`) to the webhook's URL now
+        and reports what the receiver answered; the cursor does not move. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="TestWebhook",
+                service_name="flowstate.v1.FlowStateService",
+                input=TestWebhookRequest,
+                output=TestWebhookResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def replay_webhook(
+        self,
+        request: ReplayWebhookRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ReplayWebhookResponse:
+        """
+        Moves the webhook's cursor (back, to deliver again, or forward) and
+        enables it if it was disabled: after `after_cursor`, or from
+        `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+        MALFORMED_REQUEST (both given, or a bad cursor).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ReplayWebhook",
+                service_name="flowstate.v1.FlowStateService",
+                input=ReplayWebhookRequest,
+                output=ReplayWebhookResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
         )

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from flowstate.v1 import flow_service_pb2 as flowstate_dot_v1_dot_flow__service__pb2
+from flowstate.v1 import webhook_pb2 as flowstate_dot_v1_dot_webhook__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -160,6 +161,31 @@ class FlowStateServiceStub:
                 '/flowstate.v1.FlowStateService/CountFlows',
                 request_serializer=flowstate_dot_v1_dot_flow__service__pb2.CountFlowsRequest.SerializeToString,
                 response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.CountFlowsResponse.FromString,
+                _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/CreateWebhook',
+                request_serializer=flowstate_dot_v1_dot_webhook__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_webhook__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/ListWebhooks',
+                request_serializer=flowstate_dot_v1_dot_webhook__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_webhook__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/DeleteWebhook',
+                request_serializer=flowstate_dot_v1_dot_webhook__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_webhook__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
+        self.TestWebhook = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/TestWebhook',
+                request_serializer=flowstate_dot_v1_dot_webhook__pb2.TestWebhookRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_webhook__pb2.TestWebhookResponse.FromString,
+                _registered_method=True)
+        self.ReplayWebhook = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/ReplayWebhook',
+                request_serializer=flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookResponse.FromString,
                 _registered_method=True)
 
 
@@ -391,6 +417,53 @@ class FlowStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWebhook(self, request, context):
+        """--- Webhooks (DESIGN.md section 12; scope `webhooks:admin`) ---
+
+        Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+        must be https and resolve only to public addresses unless the server
+        allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+        with the changes that commit after the call. Errors: MALFORMED_REQUEST
+        (url, secret, statuses, definition_name; too many webhooks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Lists the caller's webhooks with their delivery status (never secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Deletes a webhook; deliveries in flight may still arrive. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestWebhook(self, request, context):
+        """Sends one signed test event (type `webhook.test`) to the webhook's URL now
+        and reports what the receiver answered; the cursor does not move. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayWebhook(self, request, context):
+        """Moves the webhook's cursor (back, to deliver again, or forward) and
+        enables it if it was disabled: after `after_cursor`, or from
+        `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+        MALFORMED_REQUEST (both given, or a bad cursor).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -498,6 +571,31 @@ def add_FlowStateServiceServicer_to_server(servicer, server):
                     servicer.CountFlows,
                     request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.CountFlowsRequest.FromString,
                     response_serializer=flowstate_dot_v1_dot_flow__service__pb2.CountFlowsResponse.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=flowstate_dot_v1_dot_webhook__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_webhook__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=flowstate_dot_v1_dot_webhook__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_webhook__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=flowstate_dot_v1_dot_webhook__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_webhook__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'TestWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestWebhook,
+                    request_deserializer=flowstate_dot_v1_dot_webhook__pb2.TestWebhookRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_webhook__pb2.TestWebhookResponse.SerializeToString,
+            ),
+            'ReplayWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayWebhook,
+                    request_deserializer=flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1089,6 +1187,141 @@ class FlowStateService:
             '/flowstate.v1.FlowStateService/CountFlows',
             flowstate_dot_v1_dot_flow__service__pb2.CountFlowsRequest.SerializeToString,
             flowstate_dot_v1_dot_flow__service__pb2.CountFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/CreateWebhook',
+            flowstate_dot_v1_dot_webhook__pb2.CreateWebhookRequest.SerializeToString,
+            flowstate_dot_v1_dot_webhook__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/ListWebhooks',
+            flowstate_dot_v1_dot_webhook__pb2.ListWebhooksRequest.SerializeToString,
+            flowstate_dot_v1_dot_webhook__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/DeleteWebhook',
+            flowstate_dot_v1_dot_webhook__pb2.DeleteWebhookRequest.SerializeToString,
+            flowstate_dot_v1_dot_webhook__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/TestWebhook',
+            flowstate_dot_v1_dot_webhook__pb2.TestWebhookRequest.SerializeToString,
+            flowstate_dot_v1_dot_webhook__pb2.TestWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/ReplayWebhook',
+            flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookRequest.SerializeToString,
+            flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

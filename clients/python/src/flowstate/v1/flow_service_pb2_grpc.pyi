@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from flowstate.v1 import flow_service_pb2 as _flow_service_pb2
+from flowstate.v1 import webhook_pb2 as _webhook_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -171,6 +172,32 @@ class FlowStateServiceStub:
     Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
     parse, with its position; an unknown group_by).
     """
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.CreateWebhookRequest, _webhook_pb2.CreateWebhookResponse]
+    """--- Webhooks (DESIGN.md section 12; scope `webhooks:admin`) ---
+
+    Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+    must be https and resolve only to public addresses unless the server
+    allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+    with the changes that commit after the call. Errors: MALFORMED_REQUEST
+    (url, secret, statuses, definition_name; too many webhooks).
+    """
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.ListWebhooksRequest, _webhook_pb2.ListWebhooksResponse]
+    """Lists the caller's webhooks with their delivery status (never secrets)."""
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.DeleteWebhookRequest, _webhook_pb2.DeleteWebhookResponse]
+    """Deletes a webhook; deliveries in flight may still arrive. Errors:
+    WEBHOOK_NOT_FOUND.
+    """
+    TestWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.TestWebhookRequest, _webhook_pb2.TestWebhookResponse]
+    """Sends one signed test event (type `webhook.test`) to the webhook's URL now
+    and reports what the receiver answered; the cursor does not move. Errors:
+    WEBHOOK_NOT_FOUND.
+    """
+    ReplayWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.ReplayWebhookRequest, _webhook_pb2.ReplayWebhookResponse]
+    """Moves the webhook's cursor (back, to deliver again, or forward) and
+    enables it if it was disabled: after `after_cursor`, or from
+    `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+    MALFORMED_REQUEST (both given, or a bad cursor).
+    """
 
 @_typing.type_check_only
 class FlowStateServiceAsyncStub(FlowStateServiceStub):
@@ -314,6 +341,32 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     (status, definition or one phase's state): the figures of a dashboard.
     Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
     parse, with its position; an unknown group_by).
+    """
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_webhook_pb2.CreateWebhookRequest, _webhook_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """--- Webhooks (DESIGN.md section 12; scope `webhooks:admin`) ---
+
+    Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+    must be https and resolve only to public addresses unless the server
+    allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+    with the changes that commit after the call. Errors: MALFORMED_REQUEST
+    (url, secret, statuses, definition_name; too many webhooks).
+    """
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_webhook_pb2.ListWebhooksRequest, _webhook_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    """Lists the caller's webhooks with their delivery status (never secrets)."""
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_webhook_pb2.DeleteWebhookRequest, _webhook_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
+    """Deletes a webhook; deliveries in flight may still arrive. Errors:
+    WEBHOOK_NOT_FOUND.
+    """
+    TestWebhook: _aio.UnaryUnaryMultiCallable[_webhook_pb2.TestWebhookRequest, _webhook_pb2.TestWebhookResponse]  # type: ignore[assignment]
+    """Sends one signed test event (type `webhook.test`) to the webhook's URL now
+    and reports what the receiver answered; the cursor does not move. Errors:
+    WEBHOOK_NOT_FOUND.
+    """
+    ReplayWebhook: _aio.UnaryUnaryMultiCallable[_webhook_pb2.ReplayWebhookRequest, _webhook_pb2.ReplayWebhookResponse]  # type: ignore[assignment]
+    """Moves the webhook's cursor (back, to deliver again, or forward) and
+    enables it if it was disabled: after `after_cursor`, or from
+    `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+    MALFORMED_REQUEST (both given, or a bad cursor).
     """
 
 class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -581,6 +634,62 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
         (status, definition or one phase's state): the figures of a dashboard.
         Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that does not
         parse, with its position; an unknown group_by).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _webhook_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.CreateWebhookResponse, _abc.Awaitable[_webhook_pb2.CreateWebhookResponse]]:
+        """--- Webhooks (DESIGN.md section 12; scope `webhooks:admin`) ---
+
+        Subscribes a URL to the caller's flow changes (docs/webhooks.md). The URL
+        must be https and resolve only to public addresses unless the server
+        allows the network (FLOWSTATE_WEBHOOK_ALLOW_NETWORKS). Delivery starts
+        with the changes that commit after the call. Errors: MALFORMED_REQUEST
+        (url, secret, statuses, definition_name; too many webhooks).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _webhook_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.ListWebhooksResponse, _abc.Awaitable[_webhook_pb2.ListWebhooksResponse]]:
+        """Lists the caller's webhooks with their delivery status (never secrets)."""
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _webhook_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.DeleteWebhookResponse, _abc.Awaitable[_webhook_pb2.DeleteWebhookResponse]]:
+        """Deletes a webhook; deliveries in flight may still arrive. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def TestWebhook(
+        self,
+        request: _webhook_pb2.TestWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.TestWebhookResponse, _abc.Awaitable[_webhook_pb2.TestWebhookResponse]]:
+        """Sends one signed test event (type `webhook.test`) to the webhook's URL now
+        and reports what the receiver answered; the cursor does not move. Errors:
+        WEBHOOK_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayWebhook(
+        self,
+        request: _webhook_pb2.ReplayWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.ReplayWebhookResponse, _abc.Awaitable[_webhook_pb2.ReplayWebhookResponse]]:
+        """Moves the webhook's cursor (back, to deliver again, or forward) and
+        enables it if it was disabled: after `after_cursor`, or from
+        `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
+        MALFORMED_REQUEST (both given, or a bad cursor).
         """
 
 def add_FlowStateServiceServicer_to_server(servicer: FlowStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

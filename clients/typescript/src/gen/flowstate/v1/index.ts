@@ -7,3 +7,4 @@ export * from "./flow_pb.js";
 export * from "./flow_service_pb.js";
 export * from "./history_pb.js";
 export * from "./states_pb.js";
+export * from "./webhook_pb.js";
