@@ -6,7 +6,8 @@
 #                         Debian's postgresql-15 and chromium (apt-get, as root, when missing),
 #                         the web console (console/dist)
 #   make generate         regenerate every client from protos/ (scripts/generate.sh)
-#   make lint             buf lint/format/breaking, ruff, mypy, import-linter, tsc (client, console), go vet
+#   make lint             buf lint/format/breaking, ruff, mypy, import-linter, tsc (client, console), go vet,
+#                         promtool check/test rules (deploy/prometheus)
 #   make check-generated  regenerate and fail if clients/ changed (generated code is committed)
 #   make test             pytest (tests/, clients/python/tests/), npm test, go test, examples/
 #   make serve            run the server (flowstate serve)
@@ -34,6 +35,9 @@ export GRPC_VERBOSITY ?= ERROR
 # Go protoc plugins, installed into .tools/bin (gitignored) by `make setup`.
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+# promtool (Prometheus 3.x's Go module version) checks and unit-tests deploy/prometheus/.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := $(TOOLS)/bin/promtool
 
 # buf breaking baseline: .ci/breaking-baseline holds the commit (sha, tag or other git revision) of
 # the last released API. `make lint` checks protos/ against it for breaking changes (FILE rules).
@@ -53,7 +57,7 @@ help:
 
 setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/protoc-gen-go@$(PROTOC_GEN_GO_VERSION) \
 	$(STAMPS)/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION) $(STAMPS)/go-mod $(STAMPS)/pg15 \
-	$(STAMPS)/console $(STAMPS)/chromium
+	$(STAMPS)/console $(STAMPS)/chromium $(STAMPS)/promtool@$(PROMTOOL_VERSION)
 
 $(STAMPS):
 	@mkdir -p $@
@@ -113,6 +117,13 @@ $(STAMPS)/chromium: | $(STAMPS)
 	@if command -v chromium >/dev/null; then touch $@; else \
 	  echo "note: no chromium: the console's browser tests will be skipped (apt-get install chromium)"; fi
 
+# promtool builds from source (the Go module proxy; 2-5 minutes once).
+$(STAMPS)/promtool@$(PROMTOOL_VERSION): | $(STAMPS)
+	@echo "== go install promtool@$(PROMTOOL_VERSION) (the alerting rules' checker; a few minutes once)"
+	go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	@rm -f $(STAMPS)/promtool@*
+	@touch $@
+
 $(STAMPS)/protoc-gen-go@$(PROTOC_GEN_GO_VERSION): | $(STAMPS)
 	go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	@rm -f $(STAMPS)/protoc-gen-go@*
@@ -170,6 +181,8 @@ lint: setup
 	check bash -c 'cd clients/go && go vet ./...'; \
 	check bash -c 'cd bench/loadgen && test -z "$$(gofmt -l .)" && go vet ./...'; \
 	check bash -c 'test -z "$$(gofmt -l examples/go)"'; \
+	check $(PROMTOOL) check rules deploy/prometheus/alerts.yaml; \
+	check $(PROMTOOL) test rules deploy/prometheus/alerts_test.yaml; \
 	if (($${#failed[@]})); then printf 'lint failed: %s\n' "$${failed[@]}" >&2; exit 1; fi; \
 	echo "lint: all checks passed"
 

@@ -33,6 +33,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TEST_FILE",
         help="leave this test file out (e.g. tests/core/test_commands.py), to see the score drop",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="run only the mutants whose name matches (fnmatch; e.g. '*x__rollback__mutmut_*')",
+    )
     args = parser.parse_args(argv)
 
     STAGE = args.stage.resolve()
@@ -267,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             random.Random(args.seed).sample(everything, min(args.sample, len(everything)))
         )
         label = f"sample of {len(names)} of {len(everything)} in triaged modules (seed {args.seed})"
+    elif args.only:
+        names = sorted(n for n in _generate() if any(fnmatch(n, glob) for glob in args.only))
+        if not names:
+            raise SystemExit(f"mutate: no mutant matches {args.only}")
+        label = f"{len(names)} mutants matching {' '.join(args.only)}"
     code = _mutmut("run", "--max-children", str(args.max_children), *names, quiet=True)
     if code:
         raise SystemExit(f"mutate: mutmut run failed (exit {code}); run it in {STAGE} to see why")
