@@ -127,6 +127,30 @@ func TestMutationGetsOneRequestIDReusedOnRetries(t *testing.T) {
 	}
 }
 
+func TestRateLimitedCallIsRetriedWithTheSameRequestID(t *testing.T) {
+	var mu sync.Mutex
+	var ids []string
+	server := (&fakeServer{
+		transitionPhase: func(_ context.Context, req *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			ids = append(ids, req.GetRequestId())
+			if len(ids) == 1 {
+				return nil, refusal(codes.ResourceExhausted, "RATE_LIMITED", "slow down", &flowstatev1.FlowError{RetryAllowed: true})
+			}
+			return &flowstatev1.TransitionPhaseResponse{Flow: &flowstatev1.Flow{Version: 2}}, nil
+		},
+	}).serve(t, "")
+	client := newTestClient(t, server.address)
+	request := &flowstatev1.TransitionPhaseRequest{FlowId: "f1", Phase: "data_import", TargetState: flowstatev1.PhaseState_PHASE_STATE_IN_PROGRESS}
+	if _, err := client.TransitionPhase(testContext(t), request); err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 2 || ids[0] != ids[1] {
+		t.Fatalf("request ids = %v, want one id twice (RATE_LIMITED retried)", ids)
+	}
+}
+
 func TestRefusalIsNotRetriedAndIsDecoded(t *testing.T) {
 	calls := 0
 	server := (&fakeServer{transitionPhase: func(context.Context, *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error) {

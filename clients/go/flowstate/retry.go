@@ -11,8 +11,9 @@ import (
 
 // RetryPolicy is exponential backoff with jitter and an overall deadline.
 //
-// Unary calls are retried only on UNAVAILABLE (the server, the network or the database is
-// unreachable, or the server is shutting down). That is safe for mutations because the client
+// Unary calls are retried on UNAVAILABLE (the server, the network or the database is
+// unreachable, or the server is shutting down) and on RATE_LIMITED (RESOURCE_EXHAUSTED: the
+// tenant's request budget), each time waiting at least the server's RetryInfo delay. That is safe for mutations because the client
 // sends the same request_id on every attempt, and the server answers a repeated id with the
 // first response instead of applying the change twice.
 //
@@ -149,7 +150,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// retryableUnary says whether a unary call that failed with err may be sent again.
+// retryableUnary says whether a unary call that failed with err may be sent again: UNAVAILABLE,
+// or RATE_LIMITED (the tenant's request budget; nothing was applied, and nextDelay waits at least
+// the server's RetryInfo delay).
 func retryableUnary(err *Error) bool {
-	return err.GRPCCode == codes.Unavailable
+	return err.GRPCCode == codes.Unavailable || err.Code == CodeRateLimited
 }

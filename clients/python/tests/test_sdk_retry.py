@@ -21,6 +21,7 @@ from flowstate.client import (
     FlowstateError,
     InvalidPhaseTransition,
     PhaseState,
+    RateLimited,
     RetryPolicy,
     Unavailable,
 )
@@ -319,3 +320,40 @@ async def test_a_per_call_retry_policy_overrides_the_clients(
         await client.get_flow("f-1", retry=RetryPolicy.disabled())
 
     assert len(servicer.calls) == 1
+
+
+async def test_rate_limited_calls_are_retried_after_the_servers_delay(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    """RATE_LIMITED (RESOURCE_EXHAUSTED) applied nothing: the SDK waits the RetryInfo delay and
+    sends the same request again."""
+    servicer.add(
+        "TransitionPhase",
+        Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", retry_delay=0.25),
+        transition_response(),
+    )
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+
+    client._sleep = record
+
+    await client.transition_phase("f-1", "data_import", "COMPLETED")
+
+    first, second = servicer.requests("TransitionPhase")
+    assert first.request_id == second.request_id
+    assert waits == [pytest.approx(0.25)]
+
+
+async def test_rate_limited_calls_are_raised_when_the_policy_says_so(
+    servicer: ScriptedServicer, scripted: ScriptedServer
+) -> None:
+    servicer.add(
+        "GetFlow", Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", retry_delay=0.25)
+    )
+    policy = RetryPolicy(retry_rate_limited=False)
+    async with AsyncFlowstateClient(address=scripted.address, retry=policy) as client:
+        with pytest.raises(RateLimited):
+            await client.get_flow("f-1")
+    assert len(servicer.requests("GetFlow")) == 1

@@ -67,6 +67,7 @@ import {
   DEFAULT_WATCH_RETRY_POLICY,
   RetryState,
   resolveRetryPolicy,
+  retryableUnary,
   sleep,
   type RetryPolicy,
 } from "./retry.js";
@@ -329,7 +330,7 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
         if (closed.signal.aborted) throw closedError();
         if (signal.aborted) throw abortError(signal.reason);
         const error = uncancelled(toFlowstateError(err));
-        const delay = state.nextDelayMs(error, error.grpcCode === Code.Unavailable);
+        const delay = state.nextDelayMs(error, retryableUnary(error));
         if (delay === undefined) throw error;
         try {
           await sleep(delay, signal);

@@ -1,8 +1,9 @@
 /**
  * Retry policy of the client: which failures are retried, how long to wait, when to give up.
  *
- * Unary calls are retried only on UNAVAILABLE (the server, the network or the database is
- * unreachable, or the server is shutting down). That is safe for mutations because the client
+ * Unary calls are retried on UNAVAILABLE (the server, the network or the database is
+ * unreachable, or the server is shutting down) and on RATE_LIMITED (RESOURCE_EXHAUSTED: the
+ * tenant's request budget), each time waiting at least the server's RetryInfo delay. That is safe for mutations because the client
  * sends the *same* `requestId` on every attempt, and the server answers a repeated id with the
  * first response instead of applying the change twice. Every other failure is thrown at once.
  */
@@ -111,7 +112,7 @@ export class RetryState {
    * Milliseconds to wait before the next attempt after `error`, or undefined to give up.
    * `retryable` overrides the decision by gRPC code (streams resume on more errors).
    */
-  nextDelayMs(error: FlowstateError, retryable: boolean = error.grpcCode === Code.Unavailable): number | undefined {
+  nextDelayMs(error: FlowstateError, retryable: boolean = retryableUnary(error)): number | undefined {
     if (!retryable) return undefined;
     // The server's RetryInfo is a minimum, even above maxBackoffMs (the deadline still bounds it).
     const minimum = error.retryDelayMs ?? 0;
@@ -147,4 +148,13 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, ms);
     signal?.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/**
+ * Whether a unary call that failed with `error` may be sent again: UNAVAILABLE, or RATE_LIMITED
+ * (the tenant's request budget; nothing was applied, and the wait is at least the server's
+ * RetryInfo delay).
+ */
+export function retryableUnary(error: FlowstateError): boolean {
+  return error.grpcCode === Code.Unavailable || error.code === "RATE_LIMITED";
 }

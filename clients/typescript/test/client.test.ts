@@ -130,6 +130,23 @@ describe("unary calls", () => {
     assert.equal(ids[4], "mine-1", "an explicit request id is kept");
   });
 
+  it("retries a RATE_LIMITED refusal after the server's delay, with the same request id", async () => {
+    const ids: string[] = [];
+    const server = await serve({
+      transitionPhase(request) {
+        ids.push(request.requestId);
+        if (ids.length === 1) {
+          throw flowstateError(Code.ResourceExhausted, "RATE_LIMITED", "slow down", { retryAllowed: true }, { retryDelaySeconds: 0 });
+        }
+        return { flow: { flowId: request.flowId, version: 2n } };
+      },
+    });
+    const client = clientFor(server);
+    await client.transitionPhase({ flowId: "f1", phase: "data_import", targetState: PhaseState.IN_PROGRESS });
+    assert.equal(ids.length, 2);
+    assert.equal(new Set(ids).size, 1, "the same request id on both attempts");
+  });
+
   it("does not retry a refusal, and decodes it", async () => {
     let calls = 0;
     const server = await serve({

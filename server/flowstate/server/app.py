@@ -48,6 +48,7 @@ from flowstate.server.auth import Authenticator
 from flowstate.server.config import AuthConfig, ConfigError, ServerSettings, resolve_auth
 from flowstate.server.connect import connect_application
 from flowstate.server.metrics import Metrics, MetricsEndpoint
+from flowstate.server.ratelimit import RateLimiter
 from flowstate.server.rpc import RpcSupport, add_service
 from flowstate.server.servicer import FlowStateServicer
 from flowstate.server.stuck import StuckFlowsMonitor
@@ -319,7 +320,7 @@ class FlowstateServer:
         try:
             url = await cls._open_store(settings, resources)
             assert resources.store is not None
-            metrics = Metrics()
+            metrics = Metrics(tenant_top_n=settings.tenant_metrics_top_n)
             resources.hub = await WatchHub.start(
                 resources.store,
                 url,
@@ -331,6 +332,7 @@ class FlowstateServer:
                 Authenticator(auth.key, issuer=auth.issuer, audience=auth.audience),
                 metrics,
                 traced=resources.tracing is not None,
+                limiter=RateLimiter(settings.rate_limits) if settings.rate_limits else None,
             )
             server = grpc.aio.server(
                 options=grpc_options(settings),

@@ -29,6 +29,7 @@ from flowstate.server.auth import (
     load_or_create_dev_secret,
 )
 from flowstate.server.logs import LOG_FORMATS
+from flowstate.server.ratelimit import DEFAULT_LIMITS, Limit, parse_limits
 from flowstate.server.tracing import TRACING_MODES
 from flowstate.storage.embedded import default_data_dir
 
@@ -184,6 +185,11 @@ class ServerSettings:
     """FLOWSTATE_RETENTION_DEFAULT_DAYS: retention of tenants without a policy (unset: keep)."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest request or response message (4 MiB)."""
+    rate_limits: Mapping[str, Limit] | None = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    """FLOWSTATE_RATE_LIMITS: per-tenant token buckets by RPC family (`server.ratelimit`;
+    ``read=500:1000,write=200:400``; ``off``: None)."""
+    tenant_metrics_top_n: int = 20
+    """FLOWSTATE_TENANT_METRICS_TOP_N: tenants with their own ``tenant`` metric label."""
     webhooks: bool = True
     """FLOWSTATE_WEBHOOKS: deliver webhooks from this replica (the RPCs work either way)."""
     webhook_allow_networks: tuple[str, ...] = ()
@@ -274,6 +280,15 @@ class ServerSettings:
         if (value := get("FLOWSTATE_RETENTION_DEFAULT_DAYS")) is not None:
             values["retention_default_days"] = _int(
                 "FLOWSTATE_RETENTION_DEFAULT_DAYS", value, minimum=1, maximum=36500
+            )
+        if (value := get("FLOWSTATE_RATE_LIMITS")) is not None:
+            try:
+                values["rate_limits"] = parse_limits(value)
+            except ValueError as exc:
+                raise ConfigError(f"FLOWSTATE_RATE_LIMITS: {exc}") from None
+        if (value := get("FLOWSTATE_TENANT_METRICS_TOP_N")) is not None:
+            values["tenant_metrics_top_n"] = _int(
+                "FLOWSTATE_TENANT_METRICS_TOP_N", value, minimum=0, maximum=1000
             )
         if (value := get("FLOWSTATE_WEBHOOKS")) is not None:
             values["webhooks"] = _bool("FLOWSTATE_WEBHOOKS", value)

@@ -8,10 +8,12 @@ tokens per second; a call takes one. An empty bucket refuses the call with RESOU
 RATE_LIMITED and a ``google.rpc.RetryInfo`` delay: when the next token will be there. Nothing
 is applied for a refused call, so the SDKs retry it after that delay.
 
-Defaults (`DEFAULT_LIMITS`, per replica): read 500/s (burst 1000), write 200/s (400),
-stream 20/s (40), admin 10/s (20). ``FLOWSTATE_RATE_LIMITS`` overrides them
-(``read=500:1000,write=200:400``, ``family=rate:burst``; a family left out keeps its default;
-``off`` disables limiting).
+Defaults (`DEFAULT_LIMITS`, per tenant and per replica): read 5000/s (burst 10000), write
+2000/s (4000), stream 100/s (200), admin 50/s (100): above what one replica serves on the
+benchmark machine (bench/RESULTS.md), so they stop runaway clients without touching normal
+load; an operator sets them from the capacity to share (docs/operations.md, "Rate limits").
+``FLOWSTATE_RATE_LIMITS`` overrides them (``read=500:1000,write=200:400``,
+``family=rate[:burst]``; a family left out keeps its default; ``off`` disables limiting).
 
 **Replicas.** Buckets live in each replica's memory (a check costs a dict lookup, no round
 trip): behind a load balancer spreading a tenant's calls over N replicas, the tenant's limit is
@@ -60,10 +62,10 @@ class Limit:
 
 
 DEFAULT_LIMITS: Final[Mapping[str, Limit]] = {
-    "read": Limit(500, 1000),
-    "write": Limit(200, 400),
-    "stream": Limit(20, 40),
-    "admin": Limit(10, 20),
+    "read": Limit(5000, 10000),
+    "write": Limit(2000, 4000),
+    "stream": Limit(100, 200),
+    "admin": Limit(50, 100),
 }
 """Per tenant and per replica (module doc)."""
 

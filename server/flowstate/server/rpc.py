@@ -10,8 +10,10 @@ responses). The wrapper, per call:
    begun to drain (`CallGate`), and otherwise counts it in flight until it ends, so that
    shutdown can wait for exactly the calls it accepted;
 3. authenticates the bearer token (`Authenticator`, cached; more than one ``authorization``
-   header is refused, not resolved by order) and checks the method's scope; a request body
-   that did not decode (`Undecodable`, see `add_service`) is then MALFORMED_REQUEST;
+   header is refused, not resolved by order) and checks the method's scope; takes a token of
+   the tenant's bucket for the method's family (`flowstate.server.ratelimit`: RATE_LIMITED
+   with RetryInfo when empty); a request body that did not decode (`Undecodable`, see
+   `add_service`) is then MALFORMED_REQUEST;
 4. runs the method; a `FlowStateError` becomes the rich status of `flowstate.server.errors`
    (logged at INFO); `NotImplementedError` becomes UNIMPLEMENTED (a feature the server was
    started without, e.g. streams without a watch hub); any other exception becomes INTERNAL
@@ -51,6 +53,7 @@ from flowstate.server.errors import (
     to_grpc_status,
 )
 from flowstate.server.metrics import CLIENT_HEADER, Metrics, client_label
+from flowstate.server.ratelimit import RateLimiter, family_of
 
 __all__ = [
     "Call",
@@ -156,17 +159,25 @@ class CallGate:
 
 
 class RpcSupport:
-    """What the wrapper needs from the server: the authenticator, the metrics, tracing, the gate."""
+    """What the wrapper needs from the server: the authenticator, the metrics, tracing, the gate,
+    the per-tenant rate limiter."""
 
-    __slots__ = ("authenticator", "gate", "metrics", "traced")
+    __slots__ = ("authenticator", "gate", "limiter", "metrics", "traced")
 
     def __init__(
-        self, authenticator: Authenticator, metrics: Metrics, *, traced: bool = False
+        self,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        *,
+        traced: bool = False,
+        limiter: RateLimiter | None = None,
     ) -> None:
-        """Hold what the wrapper uses on every call; `traced`: annotate the RPC's span."""
+        """Hold what the wrapper uses on every call; `traced`: annotate the RPC's span;
+        `limiter`: per-tenant rate limits (none: unlimited)."""
         self.authenticator = authenticator
         self.metrics = metrics
         self.traced = traced
+        self.limiter = limiter
         self.gate = CallGate()
 
 
@@ -304,6 +315,19 @@ def _begin(support: RpcSupport, context: _Context) -> tuple[str, list[str]]:
             "first call from client %s/%s", sdk, version, extra={"sdk": sdk, "sdk_version": version}
         )
     return correlation_id or _correlation_ids.next(), authorizations
+
+
+def _admit(support: RpcSupport, principal: Principal, family: str) -> None:
+    """Take a token of the caller's tenant for `family` (RATE_LIMITED when there is none)."""
+    limiter = support.limiter
+    if limiter is None:
+        return
+    try:
+        limiter.check(principal.tenant, family)
+    except FlowStateError:
+        support.metrics.observe_tenant(principal.tenant, family, "limited")
+        raise
+    support.metrics.observe_tenant(principal.tenant, family, "admitted")
 
 
 def _authorize(support: RpcSupport, authorizations: list[str], scope: Scope) -> Principal:
@@ -444,6 +468,7 @@ def unary(
         func: Callable[[_Svc, _Req, Call], Awaitable[_Resp]],
     ) -> Callable[[_Svc, _Req, _Context], Coroutine[Any, Any, _Resp]]:
         method = func.__name__
+        family = family_of(scope, streaming=False)
 
         @functools.wraps(func)
         async def handler(self: _Svc, request: _Req, context: _Context) -> _Resp:
@@ -457,6 +482,7 @@ def unary(
                 await _refuse(support, context, method, _shutting_down(), correlation_id, started)
             try:
                 principal = _authorize(support, authorizations, scope)
+                _admit(support, principal, family)
                 _check_decoded(request)
                 response = await func(self, request, Call(principal, correlation_id))
             except FlowStateError as error:
@@ -493,6 +519,7 @@ def stream(
         func: Callable[[_Svc, _Req, Call], AsyncIterator[_Resp]],
     ) -> Callable[[_Svc, _Req, _Context], AsyncIterator[_Resp]]:
         method = func.__name__
+        family = family_of(scope, streaming=True)
 
         @functools.wraps(func)
         async def handler(self: _Svc, request: _Req, context: _Context) -> AsyncIterator[_Resp]:
@@ -508,6 +535,7 @@ def stream(
             gauge.inc()
             try:
                 principal = _authorize(support, authorizations, scope)
+                _admit(support, principal, family)
                 _check_decoded(request)
                 async for response in func(self, request, Call(principal, correlation_id)):
                     yield response

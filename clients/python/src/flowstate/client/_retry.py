@@ -1,9 +1,11 @@
 """Retry policy of the SDK: which failures are retried, how long to wait, when to give up.
 
-Unary calls are retried only on UNAVAILABLE (the server or its database is unreachable, or the
-server is shutting down). That is safe for mutations because the SDK sends the *same*
-``request_id`` on every attempt, and the server returns the first response for a repeated id
-instead of applying the change twice. Every other failure is raised at once.
+Unary calls are retried on UNAVAILABLE (the server or its database is unreachable, or the
+server is shutting down) and on RATE_LIMITED (the tenant's request budget: RESOURCE_EXHAUSTED,
+nothing was applied), each time waiting at least the delay of the server's RetryInfo. That is
+safe for mutations because the SDK sends the *same* ``request_id`` on every attempt, and the
+server returns the first response for a repeated id instead of applying the change twice.
+Every other failure is raised at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import timedelta
 
 import grpc
 
+from flowstate.client._enums import ErrorCode
 from flowstate.client._errors import FlowstateError
 
 __all__ = ["RetryPolicy"]
@@ -40,6 +43,7 @@ class RetryPolicy:
         jitter: Relative randomisation of each wait, in [0, 1].
         deadline: Seconds from the first attempt after which no attempt starts; None: no limit.
         retryable_codes: gRPC codes worth another attempt.
+        retry_rate_limited: Retry RATE_LIMITED refusals (after the server's RetryInfo delay).
     """
 
     max_attempts: int | None = 5
@@ -49,6 +53,7 @@ class RetryPolicy:
     jitter: float = 0.2
     deadline: float | None = 30.0
     retryable_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+    retry_rate_limited: bool = True
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work."""
@@ -109,7 +114,9 @@ class RetryState:
         """
         policy = self._policy
         if retryable is None:
-            retryable = error.grpc_code in policy.retryable_codes
+            retryable = error.grpc_code in policy.retryable_codes or (
+                policy.retry_rate_limited and error.code is ErrorCode.RATE_LIMITED
+            )
         if not retryable:
             return None
         minimum = 0.0
