@@ -22,6 +22,7 @@ def test_defaults() -> None:
     assert settings.metrics_port is None
     assert settings.max_message_bytes == 4 * 1024 * 1024
     assert (settings.stuck_after, settings.stuck_check_interval) == (3600.0, 60.0)
+    assert (settings.group_commit, settings.group_commit_max_batch) == (True, 64)
 
 
 def test_environment_variables() -> None:
@@ -40,6 +41,8 @@ def test_environment_variables() -> None:
             "FLOWSTATE_ARCHIVE_DIR": "/var/lib/flowstate/archive",
             "FLOWSTATE_ARCHIVE_INTERVAL": "600",
             "FLOWSTATE_RETENTION_DEFAULT_DAYS": "365",
+            "FLOWSTATE_GROUP_COMMIT": "off",
+            "FLOWSTATE_GROUP_COMMIT_MAX_BATCH": "8",
             "FLOWSTATE_UNRELATED": "ignored",
         }
     )
@@ -51,6 +54,7 @@ def test_environment_variables() -> None:
     assert (settings.stuck_after, settings.stuck_check_interval) == (7200.0, 0.0)
     assert settings.archive_dir == Path("/var/lib/flowstate/archive")
     assert (settings.archive_interval, settings.retention_default_days) == (600.0, 365)
+    assert (settings.group_commit, settings.group_commit_max_batch) == (False, 8)
     assert SECRET not in repr(settings)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
 
 from flowstate.core.commands import Context
@@ -152,3 +153,18 @@ async def insert_flows(url: str, flows: list[Flow]) -> None:
         )
     finally:
         await connection.close()
+
+
+async def store_both_ways(
+    database_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[FlowStore]:
+    """A store with group commit on, then off, for modules that run their tests both ways::
+
+    store = pytest_asyncio.fixture(name="store", **BOTH_WAYS)(store_both_ways)
+    """
+    opened = await FlowStore.open(database_url, group_commit=request.param)
+    yield opened
+    await opened.close()
+
+
+BOTH_WAYS: dict[str, Any] = {"params": [True, False], "ids": ["group-commit", "one-by-one"]}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 
 from flowstate.core.commands import TransitionPhase, UpdatePhaseProgress
 from flowstate.core.errors import FlowStateError
@@ -12,7 +14,15 @@ from flowstate.core.model import ErrorCode, PhaseState, Tenant
 from flowstate.service import FlowService
 from flowstate.storage import FlowQuery, FlowStore, MutationResult
 
-from .support import ContextFactory, fetch, history_versions
+from .support import BOTH_WAYS, ContextFactory, fetch, history_versions, store_both_ways
+
+
+@pytest_asyncio.fixture(name="store", **BOTH_WAYS)
+async def _store(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[FlowStore]:
+    """Every test here runs with group commit and without."""
+    async for opened in store_both_ways(database_url, request):
+        yield opened
+
 
 WRITERS = 16
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+import pytest_asyncio
 
 from flowstate.core.commands import PauseFlow, TransitionPhase, UpdatePhaseProgress
 from flowstate.core.errors import FlowStateError
@@ -12,8 +14,15 @@ from flowstate.core.model import ErrorCode, PhaseState, Tenant
 from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 
-from .support import T0, ContextFactory, fetch, history_versions
+from .support import BOTH_WAYS, T0, ContextFactory, fetch, history_versions, store_both_ways
 from .test_concurrency import started_flow
+
+
+@pytest_asyncio.fixture(name="store", **BOTH_WAYS)
+async def _store(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[FlowStore]:
+    """Every test here runs with group commit and without."""
+    async for opened in store_both_ways(database_url, request):
+        yield opened
 
 
 async def test_a_duplicate_replays_the_first_result_even_after_later_changes(

@@ -19,7 +19,13 @@ import pytest
 from flowstate.core.model import Tenant
 from flowstate.storage import migrate
 from flowstate.storage.sql import Compiled
-from flowstate.storage.statements import FLOW_EXISTS, LOCK_FLOW, enter_tenant
+from flowstate.storage.statements import (
+    FLOW_EXISTS,
+    LOCK_FLOW,
+    LOCK_FLOWS,
+    WRITE_BATCH,
+    enter_tenant,
+)
 
 from .support import asyncpg_dsn
 
@@ -38,17 +44,46 @@ def _by_id() -> Mapping[str, Any]:
     }
 
 
+def _batch() -> Mapping[str, Any]:
+    return {
+        "account": TENANT.client_account_id,
+        "engagement": TENANT.engagement_id,
+        "flow_ids": [str(uuid.uuid4()) for _ in range(8)],
+        "request_ids": ["a", "b"],
+        "states": [],
+        "final": [1, 2],
+        "entries": [],
+        "keys": [],
+        "notify": [],
+    }
+
+
 STATEMENTS: dict[str, tuple[Compiled, ParamsFactory]] = {
     "lock": (LOCK_FLOW, _by_id),
     "exists": (FLOW_EXISTS, _by_id),
+    "lock a batch": (LOCK_FLOWS, _batch),
+    "write a batch": (WRITE_BATCH, _batch),
 }
 
 
+def _index_names(node: Mapping[str, Any]) -> list[str]:
+    names = [node["Index Name"]] if "Index Name" in node else []
+    for child in node.get("Plans", []):
+        names.extend(_index_names(child))
+    return names
+
+
 def _flow_scans(node: Mapping[str, Any]) -> list[str]:
-    """How each scan of `flows` in a plan reads it: the index name, or the node type."""
+    """How each scan of `flows` in a plan reads it: the index(es), or the node type (Seq Scan)."""
     found = []
-    if node.get("Relation Name") == "flows":
-        found.append(node.get("Index Name") or node["Node Type"])
+    if node.get("Relation Name") == "flows" and node["Node Type"] != "ModifyTable":
+        if "Index Name" in node:
+            found.append(node["Index Name"])
+        elif node["Node Type"] == "Bitmap Heap Scan":  # the bitmap's index scans below it
+            found.extend(_index_names(node) or [node["Node Type"]])
+        else:
+            found.append(node["Node Type"])
+        return found
     for child in node.get("Plans", []):
         found.extend(_flow_scans(child))
     return found

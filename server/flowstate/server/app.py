@@ -457,6 +457,8 @@ class FlowstateServer:
             url,
             migrate=settings.migrate_on_start,
             pool_size=settings.db_pool_size,
+            group_commit=settings.group_commit,
+            group_commit_max_batch=settings.group_commit_max_batch,
         )
         return url
 

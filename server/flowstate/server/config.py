@@ -157,6 +157,11 @@ class ServerSettings:
     """FLOWSTATE_HEARTBEAT_INTERVAL: seconds between heartbeats on idle streams."""
     db_pool_size: int = 10
     """FLOWSTATE_DB_POOL_SIZE: most database connections the store holds (the hub adds 2)."""
+    group_commit: bool = True
+    """FLOWSTATE_GROUP_COMMIT: concurrent mutations of one tenant share transactions
+    (docs/performance.md, "Group commit"); off: one transaction per mutation."""
+    group_commit_max_batch: int = 64
+    """FLOWSTATE_GROUP_COMMIT_MAX_BATCH: most mutations one shared transaction holds."""
     tracing: str = "off"
     """FLOWSTATE_TRACING: OpenTelemetry tracing, off, otlp or console (`server.tracing`)."""
     stuck_after: float = 3600.0
@@ -315,6 +320,12 @@ class ServerSettings:
             )
         if (value := get("FLOWSTATE_DB_POOL_SIZE")) is not None:
             values["db_pool_size"] = _int("FLOWSTATE_DB_POOL_SIZE", value, minimum=1, maximum=1000)
+        if (value := get("FLOWSTATE_GROUP_COMMIT")) is not None:
+            values["group_commit"] = _bool("FLOWSTATE_GROUP_COMMIT", value)
+        if (value := get("FLOWSTATE_GROUP_COMMIT_MAX_BATCH")) is not None:
+            values["group_commit_max_batch"] = _int(
+                "FLOWSTATE_GROUP_COMMIT_MAX_BATCH", value, minimum=1, maximum=1000
+            )
         return cls(**values).checked()
 
     def with_overrides(self, **overrides: Any) -> ServerSettings:

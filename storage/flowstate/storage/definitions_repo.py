@@ -43,6 +43,7 @@ from flowstate.storage.sql import Transaction, compile_statement
 __all__ = [
     "DefinitionPage",
     "StoredDefinition",
+    "latest_version",
     "list_page",
     "load",
     "register",
@@ -91,6 +92,13 @@ _LOAD_LATEST = compile_statement(
     text(
         f"SELECT {_COLUMNS} FROM flow_definitions WHERE {_VISIBLE} AND name = :name "
         "ORDER BY version DESC, client_account_id = '' LIMIT 1"
+    ).bindparams(*_TENANT_PARAMS, bindparam("name", type_=Text))
+)
+# Only the number of the latest version: its body is usually in the store's cache already.
+_LATEST_VERSION = compile_statement(
+    text(
+        f"SELECT version FROM flow_definitions WHERE {_VISIBLE} AND name = :name "
+        "ORDER BY version DESC LIMIT 1"
     ).bindparams(*_TENANT_PARAMS, bindparam("name", type_=Text))
 )
 _HAS_BUILTIN = compile_statement(
@@ -208,6 +216,17 @@ async def load(
     if row is None:
         raise _not_found(name, version)
     return _stored(row)
+
+
+async def latest_version(tx: Transaction, tenant: Tenant, name: str) -> int:
+    """The number of the latest version of `name` in `tenant`'s view (no body is read).
+
+    DEFINITION_NOT_FOUND when the tenant sees no version of it.
+    """
+    version = await tx.fetchval(_LATEST_VERSION, {**_params(tenant), "name": name})
+    if version is None:
+        raise _not_found(name, None)
+    return int(version)
 
 
 def fingerprint(body: Mapping[str, Any], allow_shadow_builtin: bool) -> str:

@@ -375,3 +375,81 @@ def count_flows_statement(
     if group_by:
         statement = statement.group_by(grouped)
     return compile_statement(statement)
+
+
+# --- group commit (FlowStore.update_flow with several requests in one transaction) ------------
+
+_FLOW_COLUMN_NAMES = [c.name for c in flows.c]
+_KEY_COLUMNS_NULL = (
+    "NULL::text AS key_request_id, NULL::text AS key_operation, NULL::text AS key_fingerprint,"
+    " NULL::jsonb AS key_response, NULL::timestamptz AS key_expires_at"
+)
+FLOW_IDS = bindparam("flow_ids", type_=ARRAY(UUID(as_uuid=False)))
+
+LOCK_FLOWS = compile_statement(
+    # Every flow of a batch, locked in id order (two batches never wait on each other in a
+    # cycle), and the live-or-not keys of its request ids, as of the statement's snapshot: one
+    # round trip. Flow rows have key_request_id NULL; key rows have every flow column NULL.
+    # The tenant filter is a row comparison (no index serves it), so the primary key is the
+    # only index matching `id = ANY(...)` whatever the statistics (tests/storage/test_plans.py).
+    text(
+        "WITH locked AS MATERIALIZED ("
+        " SELECT * FROM flows WHERE id = ANY(:flow_ids)"
+        " AND (client_account_id, engagement_id) IS NOT DISTINCT FROM (:account, :engagement)"
+        " ORDER BY id FOR UPDATE),"
+        " stored AS MATERIALIZED ("
+        " SELECT request_id, operation, fingerprint, response, expires_at FROM idempotency_keys"
+        " WHERE client_account_id = :account AND engagement_id = :engagement"
+        " AND request_id = ANY(:request_ids))"
+        f" SELECT locked.*, {_KEY_COLUMNS_NULL} FROM locked"
+        " UNION ALL"
+        " SELECT (NULL::flows).*, stored.request_id, stored.operation, stored.fingerprint,"
+        " stored.response, stored.expires_at FROM stored"
+    ).bindparams(ACCOUNT, ENGAGEMENT, FLOW_IDS, bindparam("request_ids", type_=ARRAY(Text)))
+)
+
+_MUTABLE_FLOW_COLUMNS = [n for n in _FLOW_COLUMN_NAMES if n not in IMMUTABLE_FLOW_COLUMNS]
+WRITE_BATCH = compile_statement(
+    # Every accepted change of a batch in one statement. ``states`` lists the flow after each
+    # accepted request, in order; ``final`` the positions (1-based) of each changed flow's last
+    # state, which is what its row becomes; ``entries`` every new history entry in order;
+    # ``keys`` the requests' idempotency keys, each pointing at its own state (the response a
+    # replay returns, as in `write_statement`); ``notify`` one payload per changed flow.
+    text(
+        "WITH state AS ("
+        " SELECT s.flow, s.position FROM jsonb_array_elements(:states)"
+        " WITH ORDINALITY AS s(flow, position)),"
+        " flow_input AS ("
+        " SELECT r.* FROM state CROSS JOIN LATERAL jsonb_populate_record(NULL::flows, state.flow)"
+        " AS r WHERE state.position = ANY(:final)),"
+        " flow_write AS ("
+        " UPDATE flows SET "
+        + ", ".join(f"{n} = flow_input.{n}" for n in _MUTABLE_FLOW_COLUMNS)
+        + " FROM flow_input WHERE flows.id = flow_input.id AND flows.id = ANY(:flow_ids)),"
+        " history_write AS ("
+        f" INSERT INTO flow_history ({', '.join(ENTRY_COLUMNS)})"
+        f" SELECT {', '.join(ENTRY_COLUMNS)}"
+        " FROM jsonb_populate_recordset(NULL::flow_history, :entries)),"
+        " key_write AS ("
+        " INSERT INTO idempotency_keys (client_account_id, engagement_id, request_id, operation,"
+        " fingerprint, flow_id, response, created_at, expires_at)"
+        " SELECT :account, :engagement, k.request_id, k.operation, k.fingerprint, k.flow_id,"
+        " jsonb_build_object('flow', state.flow, 'entry_count', k.entry_count),"
+        " k.created_at, k.expires_at"
+        " FROM jsonb_to_recordset(:keys) AS k(request_id text, operation text, fingerprint text,"
+        " flow_id uuid, position bigint, entry_count integer, created_at timestamptz,"
+        " expires_at timestamptz)"
+        " JOIN state ON state.position = k.position)"
+        f" SELECT count(pg_notify({sql_literal(NOTIFY_CHANNEL)}, n.payload))"
+        " FROM jsonb_array_elements_text(:notify) AS n(payload)"
+    ).bindparams(
+        ACCOUNT,
+        ENGAGEMENT,
+        FLOW_IDS,
+        bindparam("states", type_=JSONB),
+        bindparam("final", type_=ARRAY(Integer)),
+        bindparam("entries", type_=JSONB),
+        bindparam("keys", type_=JSONB),
+        bindparam("notify", type_=JSONB),
+    )
+)

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Self
 
@@ -51,6 +52,7 @@ from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.storage import codec, definitions_repo, timers, webhooks_repo
 from flowstate.storage.errors import AppRoleNotGrantedError, SchemaNotReadyError, to_store_error
+from flowstate.storage.group_commit import GroupCommit, Queued
 from flowstate.storage.limits import (
     DEFAULT_DEFINITION_PAGE_SIZE,
     DEFAULT_FLOW_PAGE_SIZE,
@@ -66,8 +68,9 @@ from flowstate.storage.limits import (
     check_version,
     malformed,
 )
-from flowstate.storage.runner import TransactionRunner
+from flowstate.storage.runner import TransactionRunner, _Attempt
 from flowstate.storage.sql import (
+    Compiled,
     Transaction,
     connect_arguments,
     init_connection,
@@ -83,12 +86,14 @@ from flowstate.storage.statements import (
     GET_FLOW_CALL,
     HAS_VERSION_TABLE,
     LOCK_FLOW,
+    LOCK_FLOWS,
     NOTIFY_CHANNEL,
     PING,
     SCHEMA_REVISION,
     SEED_DEFINITION,
     SELECT_HISTORY,
     SELECT_KEY,
+    WRITE_BATCH,
     count_flows_statement,
     flow_filters,
     list_flows_statement,
@@ -135,6 +140,12 @@ DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
 _DEFINITION_CACHE_SIZE = 4096
 """Definitions kept in process; bodies are immutable, so the cache is never invalidated."""
 _STATUS_BY_VALUE = {status.value: status for status in FlowStatus}
+_NO_PARAMS: Mapping[str, Any] = {}
+
+DEFAULT_GROUP_COMMIT_MAX_BATCH = 64
+"""Most mutations one group-commit transaction holds."""
+DEFAULT_GROUP_COMMIT_MAX_IN_FLIGHT = 2
+"""Most group-commit transactions of one tenant running at once (each holds a connection)."""
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -178,6 +189,74 @@ def _check_decision(before: int, after: Flow, entries: tuple[HistoryEntry, ...])
     expected = list(range(before + 1, before + 1 + len(entries)))
     if versions != expected or after.version != before + len(entries):
         raise ValueError(f"entry versions {versions} do not follow flow version {before}")
+
+
+Decide = Callable[["FlowTransaction", Flow, StoredKey | None], Awaitable[Outcome]]
+"""A use case's decision about one locked flow (see `FlowStore.update_flow`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Mutation:
+    """One `update_flow` call waiting for its batch (group commit)."""
+
+    tenant: Tenant
+    flow_id: str
+    decide: Decide
+    request_id: str
+    now: datetime
+
+
+class _DecisionTransaction(Transaction):
+    """The batch's transaction as one decision sees it: its statements run in a savepoint.
+
+    A decision that runs statements (a definition not cached yet, a key looked up again, an
+    expired key deleted) and is then refused must leave no trace, as its own transaction would
+    not: the first statement of a decision opens a savepoint, a refusal rolls back to it. A
+    decision that runs no statement (the common case) costs no round trip.
+    """
+
+    _SAVEPOINT = "flowstate_decision"
+
+    def __init__(self, transaction: Transaction) -> None:
+        """Run on `transaction`'s connection, inside the batch's open transaction."""
+        super().__init__(transaction.connection)
+        self._open = False
+
+    async def _enter(self) -> None:
+        if not self._open:
+            await self.connection.execute(f"SAVEPOINT {self._SAVEPOINT}")
+            self._open = True
+
+    async def fetch(
+        self, statement: Compiled, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> list[asyncpg.Record]:
+        """As `Transaction.fetch`, inside the decision's savepoint."""
+        await self._enter()
+        return await super().fetch(statement, params)
+
+    async def fetchrow(
+        self, statement: Compiled, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> asyncpg.Record | None:
+        """As `Transaction.fetchrow`, inside the decision's savepoint."""
+        await self._enter()
+        return await super().fetchrow(statement, params)
+
+    async def fetchval(self, statement: Compiled, params: Mapping[str, Any] = _NO_PARAMS) -> Any:
+        """As `Transaction.fetchval`, inside the decision's savepoint."""
+        await self._enter()
+        return await super().fetchval(statement, params)
+
+    async def execute(self, statement: Compiled, params: Mapping[str, Any] = _NO_PARAMS) -> str:
+        """As `Transaction.execute`, inside the decision's savepoint."""
+        await self._enter()
+        return await super().execute(statement, params)
+
+    async def end(self, *, keep: bool) -> None:
+        """End the decision: keep what it ran, or undo it (only when it ran anything)."""
+        if self._open:
+            self._open = False
+            undo = "" if keep else f"ROLLBACK TO SAVEPOINT {self._SAVEPOINT}; "
+            await self.connection.execute(f"{undo}RELEASE SAVEPOINT {self._SAVEPOINT}")
 
 
 # --- the unit of work -------------------------------------------------------------------------
@@ -269,9 +348,19 @@ class FlowStore(TransactionRunner):
         pool_timeout: float = 10.0,
         idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
         purge_every: int = 1000,
+        group_commit: bool = True,
+        group_commit_max_batch: int = DEFAULT_GROUP_COMMIT_MAX_BATCH,
+        group_commit_max_in_flight: int = DEFAULT_GROUP_COMMIT_MAX_IN_FLIGHT,
     ) -> None:
         """Wrap a pool; use `open`, which also checks the schema and seeds definitions."""
         super().__init__(pool, pool_timeout=pool_timeout)
+        self._group_commit: GroupCommit[MutationResult] | None = None
+        if group_commit:
+            self._group_commit = GroupCommit(
+                self._run_batch,
+                max_batch=group_commit_max_batch,
+                max_in_flight=group_commit_max_in_flight,
+            )
         self._idempotency_ttl = idempotency_ttl
         self._purge_every = purge_every
         self._writes_since_purge = 0
@@ -293,6 +382,9 @@ class FlowStore(TransactionRunner):
         idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
         purge_every: int = 1000,
         migrate: bool = False,
+        group_commit: bool = True,
+        group_commit_max_batch: int = DEFAULT_GROUP_COMMIT_MAX_BATCH,
+        group_commit_max_in_flight: int = DEFAULT_GROUP_COMMIT_MAX_IN_FLIGHT,
     ) -> Self:
         """Connect, optionally migrate to head, check the schema, seed built-in definitions.
 
@@ -304,6 +396,11 @@ class FlowStore(TransactionRunner):
         `purge_expired_idempotency_keys`). Raises StoreUnavailable when the database cannot be
         reached, SchemaNotReadyError when it is not at this build's revision (pass
         `migrate=True` or run ``flowstate migrate upgrade``).
+
+        With `group_commit` (the default), concurrent `update_flow` calls of one tenant share
+        transactions (at most `group_commit_max_batch` calls each, at most
+        `group_commit_max_in_flight` such transactions at once per tenant); results are the
+        same as without (docs/performance.md, "Group commit").
         """
         url = normalize_database_url(database_url)
         if migrate:
@@ -335,6 +432,9 @@ class FlowStore(TransactionRunner):
             pool_timeout=pool_timeout,
             idempotency_ttl=idempotency_ttl,
             purge_every=purge_every,
+            group_commit=group_commit,
+            group_commit_max_batch=group_commit_max_batch,
+            group_commit_max_in_flight=group_commit_max_in_flight,
         )
         try:
             await store._check_schema()
@@ -346,6 +446,8 @@ class FlowStore(TransactionRunner):
 
     async def close(self) -> None:
         """Close the pool (waiting for connections in use). The store is unusable afterwards."""
+        if self._group_commit is not None:
+            await self._group_commit.wait_idle()
         await self._pool.close()
 
     async def ping(self) -> None:
@@ -441,10 +543,13 @@ class FlowStore(TransactionRunner):
     async def _load_definition(
         self, tx: Transaction, tenant: Tenant, name: str, version: int | None
     ) -> FlowDefinition:
-        if version is not None:
-            cached = self._definitions.get((tenant, name, version))
-            if cached is not None:
-                return cached
+        if version is None:
+            # "The latest" can change at any time (a registration, maybe by another process):
+            # ask for its number, and take the (immutable) body from the cache when it is there.
+            version = await definitions_repo.latest_version(tx, tenant, name)
+        cached = self._definitions.get((tenant, name, version))
+        if cached is not None:
+            return cached
         definition = (await definitions_repo.load(tx, tenant, name, version)).definition
         self._remember_definition(tenant, definition)
         return definition
@@ -738,7 +843,7 @@ class FlowStore(TransactionRunner):
         self,
         tenant: Tenant,
         flow_id: str,
-        decide: Callable[[FlowTransaction, Flow, StoredKey | None], Awaitable[Outcome]],
+        decide: Decide,
         *,
         request_id: str,
         now: datetime,
@@ -752,9 +857,22 @@ class FlowStore(TransactionRunner):
         and roll back. FLOW_NOT_FOUND for a missing flow or another tenant's. The whole
         transaction, `decide` included, runs again when a racing duplicate's key insert
         conflicts, so that it replays (see docs/storage.md).
+
+        With group commit, concurrent calls of one tenant share a transaction (`_run_batch`):
+        each `decide` still sees its own locked flow and key and its refusal fails only its own
+        call; `decide` may be called again (on a fallback), as it may be today on a retry.
         """
         check_tenant(tenant)
         flow_id = check_flow_id(flow_id)
+        if self._group_commit is None:
+            return await self._update_one(tenant, flow_id, decide, request_id, now)
+        mutation = _Mutation(tenant, flow_id, decide, request_id, now)
+        return await self._group_commit.submit(tenant, mutation, request_id)
+
+    async def _update_one(
+        self, tenant: Tenant, flow_id: str, decide: Decide, request_id: str, now: datetime
+    ) -> MutationResult:
+        """`update_flow` in a transaction of its own (no group commit, or a batch of one)."""
         params = {**_tenant_params(tenant), "flow_id": flow_id, "request_id": request_id}
 
         async def work(tx: Transaction) -> MutationResult:
@@ -781,6 +899,181 @@ class FlowStore(TransactionRunner):
             return MutationResult(flow=outcome.flow, entries=outcome.entries)
 
         return await self._run(tenant, work, write=True)
+
+    async def _run_batch(self, lane: Hashable, batch: list[Queued[MutationResult]]) -> None:
+        """Run a group-commit batch: one transaction for all, or one each when that fails.
+
+        One round trip locks every flow (in id order) and reads the requests' keys; each
+        request is decided in order (the same flow twice: on the flow as the previous request
+        left it), a refusal answering that request only; one statement writes every accepted
+        change; one COMMIT. A database error before COMMIT runs every request again in a
+        transaction of its own, in batch order (as if group commit were off); an error while
+        committing (the outcome unknown) fails them all, as it fails a lone transaction.
+        """
+        mutations: list[_Mutation] = [queued.request for queued in batch]
+        if len(batch) == 1:
+            await self._run_alone(batch[0])
+            return
+        tenant = mutations[0].tenant
+        attempt = _Attempt()
+
+        async def work(tx: Transaction) -> list[MutationResult | FlowStateError]:
+            return await self._decide_batch(tx, tenant, mutations)
+
+        try:
+            results = await self._attempt(tenant, work, True, False, attempt)
+        except Exception as exc:
+            if attempt.committing:
+                error = exc if isinstance(exc, FlowStateError) else self._translate(exc)
+                for queued in batch:
+                    queued.settle(error)
+                return
+            _log.info(
+                "group commit of %d mutations failed (%s); running them one by one",
+                len(batch),
+                type(exc).__name__,
+            )
+            for queued in batch:
+                await self._run_alone(queued)
+            return
+        await self._after_write()
+        for queued, result in zip(batch, results, strict=True):
+            queued.settle(result)
+
+    async def _run_alone(self, queued: Queued[MutationResult]) -> None:
+        mutation: _Mutation = queued.request
+        try:
+            result = await self._update_one(
+                mutation.tenant,
+                mutation.flow_id,
+                mutation.decide,
+                mutation.request_id,
+                mutation.now,
+            )
+        except Exception as exc:
+            queued.settle(exc)
+            return
+        queued.settle(result)
+
+    async def _decide_batch(
+        self, tx: Transaction, tenant: Tenant, mutations: list[_Mutation]
+    ) -> list[MutationResult | FlowStateError]:
+        """Lock, decide each mutation in order, write the accepted ones (one statement)."""
+        rows = await tx.fetch(
+            LOCK_FLOWS,
+            {
+                **_tenant_params(tenant),
+                "flow_ids": sorted({m.flow_id for m in mutations}),
+                "request_ids": [m.request_id for m in mutations if m.request_id],
+            },
+        )
+        locked: dict[str, asyncpg.Record] = {}
+        keys: dict[str, asyncpg.Record] = {}
+        for row in rows:
+            request_id = row["key_request_id"]
+            if request_id is None:
+                locked[str(row["id"])] = row
+            else:
+                keys[request_id] = row
+        current: dict[str, Flow] = {}
+        decision_tx = _DecisionTransaction(tx)
+        results: list[MutationResult | FlowStateError] = []
+        writes: list[tuple[_Mutation, Write]] = []
+        for mutation in mutations:
+            flow_id = mutation.flow_id
+            flow_row = locked.get(flow_id)
+            if flow_row is None:
+                results.append(_flow_not_found(flow_id))
+                continue
+            flow = current.get(flow_id)
+            if flow is None:
+                flow = current[flow_id] = codec.flow_from_row(flow_row)
+            unit = FlowTransaction(self, decision_tx, tenant, mutation.now)
+            try:
+                stored = None
+                key = keys.get(mutation.request_id) if mutation.request_id else None
+                if key is not None:
+                    stored = await unit.live_key(
+                        mutation.request_id,
+                        key["key_operation"],
+                        key["key_fingerprint"],
+                        key["key_response"],
+                        key["key_expires_at"],
+                    )
+                outcome = await mutation.decide(unit, flow, stored)
+            except FlowStateError as refusal:
+                await decision_tx.end(keep=False)
+                results.append(refusal)
+                continue
+            await decision_tx.end(keep=True)
+            if isinstance(outcome, MutationResult):
+                results.append(outcome)
+                continue
+            _check_decision(flow.version, outcome.flow, outcome.entries)
+            if outcome.entries or outcome.key is not None or outcome.timers is not None:
+                writes.append((mutation, outcome))
+            if outcome.entries:
+                current[flow_id] = outcome.flow
+            results.append(MutationResult(flow=outcome.flow, entries=outcome.entries))
+        if writes:
+            await self._write_batch(tx, tenant, writes)
+        return results
+
+    async def _write_batch(
+        self, tx: Transaction, tenant: Tenant, writes: list[tuple[_Mutation, Write]]
+    ) -> None:
+        """Write a batch's accepted changes: `WRITE_BATCH`, the batch form of `_write`."""
+        if any(type(write) is not Write or write.timers is not None for _, write in writes):
+            # Timers to sync, or a decision of a kind this statement does not know: the lone
+            # write, one by one (still one transaction, one COMMIT).
+            for mutation, write in writes:
+                await self._write(tx, write, new=False, now=mutation.now)
+            return
+        states: list[dict[str, Any]] = []
+        final: dict[str, int] = {}
+        entries: list[dict[str, Any]] = []
+        keys: list[dict[str, Any]] = []
+        notify: dict[str, str] = {}
+        for mutation, write in writes:
+            flow = write.flow
+            states.append(codec.flow_to_json(flow))
+            position = len(states)
+            if write.entries:
+                final[flow.flow_id] = position
+                entries.extend(codec.entry_to_json(flow, e) for e in write.entries)
+                notify[flow.flow_id] = codec.dumps(
+                    {
+                        "flow_id": flow.flow_id,
+                        "version": flow.version,
+                        "client_account_id": flow.tenant.client_account_id,
+                        "engagement_id": flow.tenant.engagement_id,
+                    }
+                )
+            if write.key is not None:
+                keys.append(
+                    {
+                        "request_id": write.key.request_id,
+                        "operation": write.key.operation,
+                        "fingerprint": write.key.fingerprint,
+                        "flow_id": flow.flow_id,
+                        "position": position,
+                        "entry_count": len(write.entries),
+                        "created_at": mutation.now.isoformat(),
+                        "expires_at": (mutation.now + self._idempotency_ttl).isoformat(),
+                    }
+                )
+        await tx.execute(
+            WRITE_BATCH,
+            {
+                **_tenant_params(tenant),
+                "states": states,
+                "final": list(final.values()),
+                "flow_ids": list(final),
+                "entries": entries,
+                "keys": keys,
+                "notify": list(notify.values()),
+            },
+        )
 
     async def insert_flow(
         self,
