@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 
 from flowstate.cli.console import console_signin_url
+from flowstate.cli.workers import supervise
 from flowstate.server.app import FlowstateServer, run_event_loop
 from flowstate.server.config import ConfigError, ServerSettings, parse_http_port, parse_origins
 from flowstate.server.logs import LOG_FORMATS, configure_logging
@@ -114,6 +115,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="require client certificates signed by these PEM roots, mTLS "
         "(FLOWSTATE_TLS_CLIENT_CA_FILE)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the ports, under a supervisor that restarts them "
+        "(FLOWSTATE_WORKERS; the number of cores)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -148,6 +155,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
         tls_client_ca_file=args.tls_client_ca_file,
+        workers=args.workers,
     )
     if args.http_port is not None:  # "off" is None, which with_overrides would skip
         settings = dataclasses.replace(settings, http_port=parse_http_port(args.http_port))
@@ -158,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown."""
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
+    if settings.workers > 1:
+        return run_event_loop(supervise(settings))
     return run_event_loop(serve(settings))
 
 
@@ -174,6 +184,7 @@ async def serve(settings: ServerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await FlowstateServer.start(settings)
+    worker = settings.reuse_port  # a worker of `serve --workers N`: the supervisor announces
     try:
         if server.metrics_port is not None:
             print(
@@ -181,7 +192,7 @@ async def serve(settings: ServerSettings) -> int:
                 "/metrics",
                 flush=True,
             )
-        if server.console_url is not None:
+        if server.console_url is not None and not worker:
             print(f"flowstate: console on {server.console_url}", flush=True)
             if server.auth.source == "dev":
                 link = console_signin_url(server.console_url, server.auth)
@@ -189,7 +200,8 @@ async def serve(settings: ServerSettings) -> int:
         if settings.ready_file is not None:
             _write_ready_file(settings.ready_file, server.address)
         # Last: whoever waits for this line may rely on everything above.
-        print(f"flowstate: serving on {server.address}", flush=True)
+        verb = "worker serving" if worker else "serving"
+        print(f"flowstate: {verb} on {server.address}", flush=True)
         await stop.wait()
     finally:
         await server.stop()

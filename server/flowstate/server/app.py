@@ -106,8 +106,9 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         # Let clients ping as often as every 10 s (also without calls) without a GOAWAY.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.min_time_between_pings_ms", 10_000),
-        # A fixed port must not be shared silently with another server (SO_REUSEPORT).
-        ("grpc.so_reuseport", 0),
+        # A fixed port must not be shared silently with another server (SO_REUSEPORT), except
+        # by the workers of one `flowstate serve --workers N` (FLOWSTATE_REUSE_PORT).
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
     ]
 
 
@@ -241,6 +242,7 @@ async def _start_http(
             settings.http_host,
             settings.http_port,
             tls=(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file),
+            reuse_port=settings.reuse_port,
         )
     except OSError as exc:
         target = format_address(settings.http_host, settings.http_port)

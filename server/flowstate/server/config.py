@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,12 @@ class ServerSettings:
     """FLOWSTATE_HEARTBEAT_INTERVAL: seconds between heartbeats on idle streams."""
     db_pool_size: int = 10
     """FLOWSTATE_DB_POOL_SIZE: most database connections the store holds (the hub adds 2)."""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """FLOWSTATE_WORKERS: server processes sharing the ports (``flowstate serve --workers``;
+    default: the number of cores). More than one: a supervisor runs them (`cli.workers`)."""
+    reuse_port: bool = False
+    """FLOWSTATE_REUSE_PORT: bind the gRPC and HTTP ports with SO_REUSEPORT (set by the
+    supervisor for its workers; off otherwise, so that a taken port is an error)."""
     group_commit: bool = True
     """FLOWSTATE_GROUP_COMMIT: concurrent mutations of one tenant share transactions
     (docs/performance.md, "Group commit"); off: one transaction per mutation."""
@@ -320,6 +327,10 @@ class ServerSettings:
             )
         if (value := get("FLOWSTATE_DB_POOL_SIZE")) is not None:
             values["db_pool_size"] = _int("FLOWSTATE_DB_POOL_SIZE", value, minimum=1, maximum=1000)
+        if (value := get("FLOWSTATE_WORKERS")) is not None:
+            values["workers"] = _int("FLOWSTATE_WORKERS", value, minimum=1, maximum=1024)
+        if (value := get("FLOWSTATE_REUSE_PORT")) is not None:
+            values["reuse_port"] = _bool("FLOWSTATE_REUSE_PORT", value)
         if (value := get("FLOWSTATE_GROUP_COMMIT")) is not None:
             values["group_commit"] = _bool("FLOWSTATE_GROUP_COMMIT", value)
         if (value := get("FLOWSTATE_GROUP_COMMIT_MAX_BATCH")) is not None:
@@ -343,6 +354,8 @@ class ServerSettings:
             raise ConfigError(f"metrics port must be between 0 and 65535, not {self.metrics_port}")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ConfigError(f"HTTP port must be between 0 and 65535, not {self.http_port}")
+        if not 1 <= self.workers <= 1024:
+            raise ConfigError(f"workers must be between 1 and 1024, not {self.workers}")
         if self.tracing not in TRACING_MODES:
             raise ConfigError(f"FLOWSTATE_TRACING must be one of {', '.join(TRACING_MODES)}")
         if not self.stuck_after > 0:

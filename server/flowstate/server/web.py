@@ -385,11 +385,13 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # the workers of `flowstate serve --workers N` share the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host.strip("[]"), port))
     except OSError:
         sock.close()
@@ -416,14 +418,16 @@ class HttpEndpoint:
         port: int,
         *,
         tls: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+        reuse_port: bool = False,
     ) -> HttpEndpoint:
         """Bind `host`:`port` (OSError if taken) and serve until `close`.
 
         `tls`: (certificate chain, key, client CA) as for the gRPC port: HTTPS when the first
-        two are set, client certificates required when the third is.
+        two are set, client certificates required when the third is. `reuse_port`: bind with
+        SO_REUSEPORT (the port is shared by the workers of one `flowstate serve`).
         """
         cert, key, client_ca = tls
-        sock = _bind(host, port)
+        sock = _bind(host, port, reuse_port=reuse_port)
         bound = sock.getsockname()[1]
         config = uvicorn.Config(
             app,
