@@ -14,12 +14,21 @@ import psutil
 
 
 def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of one process (0 when it is gone)."""
+    """User + system CPU seconds of a process and its children (``flowstate serve --workers N``:
+    the supervisor and its workers); 0 when it is gone."""
     try:
-        times = psutil.Process(pid).cpu_times()
+        process = psutil.Process(pid)
+        procs = [process, *process.children(recursive=True)]
     except psutil.Error:
         return 0.0
-    return float(times.user + times.system)
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return float(total)
 
 
 def postgres_cpu(postmaster_pid: int | None) -> float:

@@ -93,6 +93,9 @@ def start_server(
     data_dir = work_dir / "flowstate-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     server_env = {
+        # One server process unless the run asks for more (--server-env FLOWSTATE_WORKERS=2):
+        # the bench compares one process with one reference process.
+        "FLOWSTATE_WORKERS": "1",
         **env,
         "FLOWSTATE_HOST": "127.0.0.1",
         "FLOWSTATE_PORT": "0",

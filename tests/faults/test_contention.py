@@ -56,7 +56,11 @@ class Rig:
 
 
 async def _rig(
-    fresh_database_url: str, *, lock_timeout: float, pool_timeout: float
+    fresh_database_url: str,
+    *,
+    lock_timeout: float,
+    pool_timeout: float,
+    group_commit: bool = True,
 ) -> AsyncIterator[Rig]:
     store = await FlowStore.open(
         fresh_database_url,
@@ -64,6 +68,7 @@ async def _rig(
         pool_size=POOL,
         pool_timeout=pool_timeout,
         lock_timeout=lock_timeout,
+        group_commit=group_commit,
     )
     admin = await asyncpg.connect(_asyncpg_dsn(fresh_database_url))
     monitor = await asyncpg.connect(_asyncpg_dsn(fresh_database_url))
@@ -87,8 +92,12 @@ async def storm_rig(fresh_database_url: str) -> AsyncIterator[Rig]:
 @pytest_asyncio.fixture
 async def slow_rig(fresh_database_url: str) -> AsyncIterator[Rig]:
     """Locks are waited for 20 s (the calls are slow), connections for 1 s (which includes
-    opening one: the pool starts with one connection and grows on demand)."""
-    async for rig in _rig(fresh_database_url, lock_timeout=20, pool_timeout=1.0):
+    opening one: the pool starts with one connection and grows on demand). One transaction
+    per call: with group commit one tenant's mutations hold at most two connections, and the
+    slow calls could not exhaust the pool."""
+    async for rig in _rig(
+        fresh_database_url, lock_timeout=20, pool_timeout=1.0, group_commit=False
+    ):
         yield rig
 
 

@@ -179,12 +179,8 @@ async def supervise(settings: ServerSettings) -> int:
         try:
             await _wait_ready(workers)
         except _WorkerFailedError as failed:
-            print(
-                f"flowstate: worker {failed.index} "
-                + ("did not start in time" if failed.code is None else f"exited ({failed.code})"),
-                file=sys.stderr,
-                flush=True,
-            )
+            if failed.code is None:  # a worker that exited has said why on stderr already
+                print(f"flowstate: worker {failed.index} did not start in time", file=sys.stderr)
             return failed.code or 1
         for worker in workers:
             assert worker.process is not None

@@ -3,9 +3,10 @@
 `FlowStore.update_flow` hands each request to a `GroupCommit` queue (one per tenant, since a
 transaction enters one tenant for row-level security). When fewer than `max_in_flight` batches
 of that tenant are running, a new batch starts at once with whatever is queued (up to
-`max_batch` requests): a request on an idle server starts its own batch of one without waiting,
-and under load the requests that arrived while the previous batches ran go together. Nothing
-ever waits for a batch to fill.
+`max_batch` requests): a request on an idle server runs at once as a batch of one, in its own
+task (so cancelling it cancels its transaction, as without group commit), and under load the
+requests that arrived while the previous batches ran go together, in a task of the batch's own.
+Nothing ever waits for a batch to fill.
 
 A batch holds at most one request per request id (a duplicate stays queued for the next batch,
 which then sees the first one's committed key and replays it). The same flow may appear several
@@ -89,6 +90,15 @@ class GroupCommit(Generic[R]):
         state = self._lanes.get(lane)
         if state is None:
             state = self._lanes[lane] = _Lane()
+        if state.in_flight < self._max_in_flight and not state.queued:
+            # Nothing to group with: run it in the caller's task, so that cancelling the call
+            # cancels its transaction (as without group commit); later calls queue behind it.
+            state.in_flight += 1
+            try:
+                await self._run_batch(lane, [queued])
+            finally:
+                self._finished(lane, state)
+            return queued.future.result()
         state.queued.append(queued)
         if state.in_flight < self._max_in_flight:
             self._start(lane, state)
@@ -135,13 +145,17 @@ class GroupCommit(Generic[R]):
                 queued.future.cancel()
             raise
         finally:
-            state.in_flight -= 1
             for queued in batch:  # run_batch's contract broken: do not hang
                 queued.settle(RuntimeError("batch left a request unanswered"))
-            while state.queued and state.in_flight < self._max_in_flight:
-                self._start(lane, state)
-            if not state.queued and state.in_flight == 0:
-                self._lanes.pop(lane, None)
+            self._finished(lane, state)
+
+    def _finished(self, lane: Hashable, state: _Lane[R]) -> None:
+        """A batch of `lane` ended: start the next ones from its queue."""
+        state.in_flight -= 1
+        while state.queued and state.in_flight < self._max_in_flight:
+            self._start(lane, state)
+        if not state.queued and state.in_flight == 0:
+            self._lanes.pop(lane, None)
 
     async def wait_idle(self) -> None:
         """Wait until no batch is running (for shutdown)."""
