@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -775,3 +776,54 @@ async def test_heartbeats_and_automatic_retries(make_client: MakeClient) -> None
     assert flow.phase("work").next_attempt_time == due
     history = await client.list_flow_history(flow_id)
     assert history.history_entries[-1].user_id == "system:timer"
+
+
+async def test_webhooks_create_list_test_replay_delete(database_url: str, tenant: Tenant) -> None:
+    """The webhook calls against a real server (one that may reach 127.0.0.1; its delivery loop
+    is off, so TestWebhook's request is the only one the receiver gets)."""
+    from flowstate.client import WebhookNotFound
+    from flowstate.v1 import webhook_pb2
+
+    received: list[dict[str, str]] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        headers: dict[str, str] = {}
+        await reader.readline()
+        while (line := (await reader.readline()).decode().strip()) != "":
+            name, _, value = line.partition(":")
+            headers[name.lower()] = value.strip()
+        await reader.readexactly(int(headers.get("content-length", "0")))
+        received.append(headers)
+        writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    receiver = await asyncio.start_server(answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{receiver.sockets[0].getsockname()[1]}/hook"
+    try:
+        async with serve_in_process(
+            database_url, webhook_allow_networks=("127.0.0.0/8",), webhooks=False
+        ) as server:
+            token = server.mint(tenant, scopes=("webhooks:admin",))
+            async with AsyncFlowstateClient(address=server.address, token=token) as client:
+                created = await client.create_webhook(url, statuses=[FlowStatus.COMPLETED])
+                assert created.secret.startswith("whsec_")
+                webhook = created.webhook
+                assert list(webhook.statuses) == [FlowStatus.COMPLETED.value]
+                listed = await client.list_webhooks()
+                assert [w.webhook_id for w in listed] == [webhook.webhook_id]
+                tested = await client.test_webhook(webhook.webhook_id)
+                assert tested.delivered
+                assert received[-1]["webhook-id"] == tested.event_id
+                assert received[-1]["webhook-signature"].startswith("v1,")
+                replayed = await client.replay_webhook(
+                    webhook.webhook_id, since=datetime.now(UTC) - timedelta(minutes=1)
+                )
+                assert replayed.state == webhook_pb2.WEBHOOK_STATE_ACTIVE
+                await client.delete_webhook(webhook.webhook_id)
+                assert await client.list_webhooks() == []
+                with pytest.raises(WebhookNotFound):
+                    await client.delete_webhook(webhook.webhook_id)
+    finally:
+        receiver.close()
+        await receiver.wait_closed()

@@ -2,8 +2,8 @@
 
 Commands: ``serve``, ``token``, ``health`` (their own modules), ``migrate`` and
 ``import-legacy`` (`flowstate.cli.storage_commands`), ``flows ...`` (`flowstate.cli.flows`),
-``definitions ...`` (`flowstate.cli.definitions`). A group whose module is not part of this
-build is simply absent.
+``definitions ...`` (`flowstate.cli.definitions`), ``webhooks ...``
+(`flowstate.cli.webhooks`). A group whose module is not part of this build is simply absent.
 
 Failures print a structured error (``flowstate: error: CODE: message`` and the details) on
 stderr and exit non-zero: 1 for a refused or failed operation, 2 for bad usage or settings.
@@ -36,6 +36,7 @@ _OPTIONAL_GROUPS = (
     "flowstate.cli.flows",
     "flowstate.cli.definitions",
     "flowstate.cli.archive",
+    "flowstate.cli.webhooks",
 )
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

@@ -53,8 +53,12 @@ def _phase_state(value: EnumLike) -> states_pb2.PhaseState.ValueType:
     return states_pb2.PhaseState.ValueType(PhaseState.parse(value))
 
 
-def _flow_status(value: EnumLike) -> states_pb2.FlowStatus.ValueType:
+def flow_status(value: EnumLike) -> states_pb2.FlowStatus.ValueType:
+    """The proto number of a `FlowStatus`, its number or its name."""
     return states_pb2.FlowStatus.ValueType(FlowStatus.parse(value))
+
+
+_flow_status = flow_status
 
 
 def _error_code(value: EnumLike) -> errors_pb2.ErrorCode.ValueType:

@@ -41,7 +41,7 @@ from flowstate.client._models import (
 from flowstate.client._requests import EnumLike
 from flowstate.client._retry import RetryPolicy, RetryState
 from flowstate.client._watch import FlowsWatch, FlowWatch, is_resumable
-from flowstate.v1 import definition_pb2, flow_service_pb2, flow_service_pb2_grpc
+from flowstate.v1 import definition_pb2, flow_service_pb2, flow_service_pb2_grpc, webhook_pb2
 
 __all__ = ["FlowstateClient"]
 
@@ -704,6 +704,65 @@ class FlowstateClient:
             token = page.next_page_token
             if token is None:
                 return
+
+    # --- webhooks (scope webhooks:admin; docs/webhooks.md) ---------------------------------
+
+    def create_webhook(
+        self,
+        url: str,
+        *,
+        statuses: Iterable[EnumLike] = (),
+        definition_name: str = "",
+        secret: str = "",
+        timeout: float | None = None,
+    ) -> webhook_pb2.CreateWebhookResponse:
+        """Subscribe `url` to the tenant's flow changes; the response carries the webhook and
+        its signing secret (returned only here; `secret` empty: the server makes one).
+
+        Raises:
+            MalformedRequest: a refused URL (not https, or a private address), a bad secret.
+        """
+        request = webhook_pb2.CreateWebhookRequest(
+            url=url,
+            statuses=[_requests.flow_status(status) for status in statuses],
+            definition_name=definition_name,
+            secret=secret,
+        )
+        return self._call(lambda s: s.CreateWebhook, request, timeout)
+
+    def list_webhooks(self, *, timeout: float | None = None) -> list[webhook_pb2.Webhook]:
+        """The tenant's webhooks with their delivery status (never their secrets)."""
+        request = webhook_pb2.ListWebhooksRequest()
+        response = self._call(lambda s: s.ListWebhooks, request, timeout)
+        return list(response.webhooks)
+
+    def delete_webhook(self, webhook_id: str, *, timeout: float | None = None) -> None:
+        """Delete a webhook (WebhookNotFound for an unknown id or another tenant's)."""
+        request = webhook_pb2.DeleteWebhookRequest(webhook_id=webhook_id)
+        self._call(lambda s: s.DeleteWebhook, request, timeout)
+
+    def test_webhook(
+        self, webhook_id: str, *, timeout: float | None = None
+    ) -> webhook_pb2.TestWebhookResponse:
+        """Send one signed ``webhook.test`` event now; the receiver's answer."""
+        request = webhook_pb2.TestWebhookRequest(webhook_id=webhook_id)
+        return self._call(lambda s: s.TestWebhook, request, timeout)
+
+    def replay_webhook(
+        self,
+        webhook_id: str,
+        *,
+        after_cursor: str = "",
+        since: datetime | None = None,
+        timeout: float | None = None,
+    ) -> webhook_pb2.Webhook:
+        """Deliver again every change after `after_cursor` (a delivery's ``cursor``), or since
+        `since`, or (neither) from now on; enables a disabled webhook."""
+        request = webhook_pb2.ReplayWebhookRequest(webhook_id=webhook_id, after_cursor=after_cursor)
+        if since is not None:
+            request.since_time.FromDatetime(since)
+        response = self._call(lambda s: s.ReplayWebhook, request, timeout)
+        return response.webhook
 
     def skip_phase(
         self,
