@@ -15,9 +15,10 @@ load; an operator sets them from the capacity to share (docs/operations.md, "Rat
 ``FLOWSTATE_RATE_LIMITS`` overrides them (``read=500:1000,write=200:400``,
 ``family=rate[:burst]``; a family left out keeps its default; ``off`` disables limiting).
 
-**Replicas.** Buckets live in each replica's memory (a check costs a dict lookup, no round
-trip): behind a load balancer spreading a tenant's calls over N replicas, the tenant's limit is
-about N times the configured one, so configure ``limit / N`` for a cluster-wide budget. A
+**Replicas.** Buckets live in each server process's memory (a check costs a dict lookup, no
+round trip): when a tenant's calls are spread over N processes (replicas, and the workers of
+``serve --workers``), the tenant's limit is about N times the configured one, so configure
+``limit / N`` for a budget across all of them. A
 Postgres-backed bucket would make the limit exact but would add a database round trip to every
 call, the very resource a noisy tenant exhausts. Memory stays bounded: buckets that have filled
 up again are dropped (a full bucket is the same as none) when more than `MAX_BUCKETS` exist.
