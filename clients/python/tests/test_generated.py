@@ -56,6 +56,12 @@ RPCS = {
     "SkipPhase",
     "Heartbeat",  # section 10
     "CountFlows",  # section 12
+    "StartBulkAction",
+    "GetBulkAction",
+    "ListBulkActions",
+    "ListBulkActionResults",
+    "CancelBulkAction",
+    "WatchBulkAction",
     "CreateWebhook",
     "ListWebhooks",
     "DeleteWebhook",
@@ -77,7 +83,7 @@ RPCS = {
     "WatchFlow",
     "WatchFlows",  # section 10 (timers)
 }
-STREAMING_RPCS = {"WatchFlow", "WatchFlows"}
+STREAMING_RPCS = {"WatchFlow", "WatchFlows", "WatchBulkAction"}
 
 _INT_TYPES = {
     FieldDescriptor.TYPE_INT32,

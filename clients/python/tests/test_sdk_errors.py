@@ -17,6 +17,7 @@ from scripted_server import Fail, ScriptedServer, ScriptedServicer, free_port
 from flowstate.client import (
     Aborted,
     AsyncFlowstateClient,
+    BulkActionNotFound,
     DeadlineExceeded,
     DefinitionNotFound,
     DefinitionShadowsBuiltin,
@@ -79,6 +80,7 @@ CASES = [
     ("VERSION_CONFLICT", SC.ABORTED, VersionConflict, Aborted),
     ("FLOW_NOT_FOUND", SC.NOT_FOUND, FlowNotFound, NotFound),
     ("DEFINITION_NOT_FOUND", SC.NOT_FOUND, DefinitionNotFound, NotFound),
+    ("BULK_ACTION_NOT_FOUND", SC.NOT_FOUND, BulkActionNotFound, NotFound),
     (
         "DEFINITION_SHADOWS_BUILTIN",
         SC.FAILED_PRECONDITION,

@@ -34,6 +34,7 @@ __all__ = ["build_parser", "main", "version_text"]
 _OPTIONAL_GROUPS = (
     "flowstate.cli.storage_commands",
     "flowstate.cli.flows",
+    "flowstate.cli.bulk",
     "flowstate.cli.definitions",
     "flowstate.cli.archive",
     "flowstate.cli.webhooks",

@@ -12,7 +12,8 @@ Start-up order (each step undone if a later one fails):
    over the same servicer (`flowstate.server.web`, `flowstate.server.connect`), under uvicorn on
    this event loop;
 7. the timer loop (`flowstate.server.timers`, docs/timers.md) unless
-   ``FLOWSTATE_TIMER_INTERVAL`` is 0;
+   ``FLOWSTATE_TIMER_INTERVAL`` is 0, and the bulk worker (`flowstate.server.bulk`,
+   docs/bulk-actions.md) unless ``FLOWSTATE_BULK_INTERVAL`` is 0;
 7. webhook deliveries (`flowstate.service.webhook_delivery`, unless FLOWSTATE_WEBHOOKS=off);
 8. health SERVING; the Prometheus endpoint, when configured, with the stuck-flows count on its
    timer (`flowstate.server.stuck`).
@@ -21,7 +22,8 @@ OpenTelemetry tracing (`flowstate.server.tracing`) starts with step 5 when confi
 
 Shutdown (`stop`, on SIGTERM/SIGINT in `flowstate serve`): health NOT_SERVING; stop the timer
 loop (claimed timers it did not fire stay due: another replica fires them once the claims
-expire); stop counting stuck flows; refuse every new RPC with UNAVAILABLE /
+expire); stop the bulk worker (it gives its action's lease up: another replica continues);
+stop counting stuck flows; refuse every new RPC with UNAVAILABLE /
 SERVER_SHUTTING_DOWN and RetryInfo (`rpc.CallGate`, on both ports: the HTTP port's calls go
 through the same wrapper); close the watch hub, so open streams end at once with the same
 status (clients resume elsewhere); let the
@@ -34,8 +36,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -45,6 +51,7 @@ from grpc_reflection.v1alpha import reflection
 
 from flowstate.server.archiving import ArchiverTask
 from flowstate.server.auth import Authenticator
+from flowstate.server.bulk import BulkLoop
 from flowstate.server.config import AuthConfig, ConfigError, ServerSettings, resolve_auth
 from flowstate.server.connect import connect_application
 from flowstate.server.metrics import Metrics, MetricsEndpoint
@@ -56,6 +63,7 @@ from flowstate.server.timers import TimerLoop
 from flowstate.server.tracing import Tracing, start_tracing
 from flowstate.server.watch import WatchHub
 from flowstate.server.web import ConsoleAssets, HttpEndpoint, SignIn, WebApp, default_console_dir
+from flowstate.service.bulk import BulkService
 from flowstate.service.timers import TimerService
 from flowstate.service.webhook_delivery import DeliverySettings, WebhookDispatcher
 from flowstate.service.webhooks import TargetPolicy, WebhookSender, WebhookService
@@ -146,6 +154,7 @@ class _Resources:
     metrics_endpoint: MetricsEndpoint | None = None
     stuck_monitor: StuckFlowsMonitor | None = None
     timer_loop: TimerLoop | None = None
+    bulk_loop: BulkLoop | None = None
     archiver: ArchiverTask | None = None
     tracing: Tracing | None = None
     webhook_sender: WebhookSender | None = None
@@ -156,6 +165,8 @@ class _Resources:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.timer_loop is not None:
             steps.append(("timer loop", self.timer_loop.close))
+        if self.bulk_loop is not None:
+            steps.append(("bulk worker", self.bulk_loop.close))
         if self.stuck_monitor is not None:
             steps.append(("stuck-flows monitor", self.stuck_monitor.close))
         if self.archiver is not None:
@@ -350,12 +361,20 @@ class FlowstateServer:
                 ),
                 timeout=settings.webhook_timeout,
             )
+            bulk_service = BulkService(
+                resources.store,
+                owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                rate=settings.bulk_rate,
+                lease=settings.bulk_lease,
+                clock=lambda: datetime.now(UTC),
+            )
             servicer = FlowStateServicer(
                 resources.store,
                 support,
                 resources.hub,
                 stuck_after=settings.stuck_after,
                 webhooks=WebhookService(resources.store, resources.webhook_sender),
+                bulk=bulk_service,
             )
             add_service(
                 servicer, server, flow_service_pb2.DESCRIPTOR.services_by_name["FlowStateService"]
@@ -386,6 +405,10 @@ class FlowstateServer:
                 )
                 resources.timer_loop = TimerLoop.start(
                     timer_service, metrics, interval=settings.timer_interval
+                )
+            if settings.bulk_interval > 0:
+                resources.bulk_loop = BulkLoop.start(
+                    bulk_service, metrics, interval=settings.bulk_interval
                 )
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -185,6 +185,14 @@ class ServerSettings:
     timer_lease: float = 30.0
     """FLOWSTATE_TIMER_LEASE: seconds a claimed timer is reserved for its replica; a replica
     that dies holding claims delays those timers by at most this long."""
+    bulk_interval: float = 1.0
+    """FLOWSTATE_BULK_INTERVAL: seconds between looks for a bulk action to work on
+    (docs/bulk-actions.md; 0: this server works on none, another replica must)."""
+    bulk_rate: float = 100.0
+    """FLOWSTATE_BULK_RATE: flows per second one server's bulk worker takes at most."""
+    bulk_lease: float = 30.0
+    """FLOWSTATE_BULK_LEASE: seconds a bulk action stays with a server that stopped renewing
+    its lease (it renews with every flow) before another takes it over."""
     archive_dir: Path | None = None
     """FLOWSTATE_ARCHIVE_DIR: run the archiver (docs/retention.md) into this directory; off when
     unset (and FLOWSTATE_ARCHIVE_URL unset)."""
@@ -287,6 +295,12 @@ class ServerSettings:
             values["timer_batch"] = _int("FLOWSTATE_TIMER_BATCH", value, minimum=1, maximum=10000)
         if (value := get("FLOWSTATE_TIMER_LEASE")) is not None:
             values["timer_lease"] = _float("FLOWSTATE_TIMER_LEASE", value)
+        if (value := get("FLOWSTATE_BULK_INTERVAL")) is not None:
+            values["bulk_interval"] = _float("FLOWSTATE_BULK_INTERVAL", value)
+        if (value := get("FLOWSTATE_BULK_RATE")) is not None:
+            values["bulk_rate"] = _float("FLOWSTATE_BULK_RATE", value)
+        if (value := get("FLOWSTATE_BULK_LEASE")) is not None:
+            values["bulk_lease"] = _float("FLOWSTATE_BULK_LEASE", value)
         if (value := get("FLOWSTATE_ARCHIVE_INTERVAL")) is not None:
             values["archive_interval"] = _float("FLOWSTATE_ARCHIVE_INTERVAL", value)
         if (value := get("FLOWSTATE_RETENTION_DEFAULT_DAYS")) is not None:
@@ -378,6 +392,12 @@ class ServerSettings:
             raise ConfigError(
                 f"FLOWSTATE_ARCHIVE_URL must be an s3://bucket/prefix URL, not {self.archive_url!r}"
             )
+        if not self.bulk_interval >= 0:
+            raise ConfigError(f"FLOWSTATE_BULK_INTERVAL must be >= 0, not {self.bulk_interval}")
+        if not self.bulk_rate > 0:
+            raise ConfigError(f"FLOWSTATE_BULK_RATE must be > 0 flows/s, not {self.bulk_rate}")
+        if not self.bulk_lease > 0:
+            raise ConfigError(f"FLOWSTATE_BULK_LEASE must be > 0 seconds, not {self.bulk_lease}")
         if not self.archive_interval > 0:
             raise ConfigError(
                 f"FLOWSTATE_ARCHIVE_INTERVAL must be > 0 seconds, not {self.archive_interval}"

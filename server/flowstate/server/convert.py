@@ -17,6 +17,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2, unknown_fields
 
+from flowstate.core.bulk import BulkActionKind, BulkActionState, BulkOutcome
 from flowstate.core.commands import (
     CancelFlow,
     Command,
@@ -41,6 +42,7 @@ from flowstate.core.model import (
 )
 from flowstate.core.recovery import RecoveryAction, RecoveryOption
 from flowstate.core.rules import FLOW_TRANSITIONS, PHASE_PROGRESS_FACTORS, PHASE_TRANSITIONS
+from flowstate.storage.bulk import BulkAction
 from flowstate.v1 import (
     definition_pb2,
     errors_pb2,
@@ -51,6 +53,9 @@ from flowstate.v1 import (
 )
 
 __all__ = [
+    "BULK_KIND_TO_PROTO",
+    "BULK_OUTCOME_TO_PROTO",
+    "BULK_STATE_TO_PROTO",
     "ERROR_CODE_FROM_PROTO",
     "ERROR_CODE_TO_PROTO",
     "FLOW_STATUS_FROM_PROTO",
@@ -63,6 +68,7 @@ __all__ = [
     "PHASE_TARGETS_NOT_OPTIONAL",
     "RECOVERY_ACTION_TO_PROTO",
     "DefinitionView",
+    "bulk_action_to_proto",
     "command_to_request",
     "dict_to_struct",
     "entries_to_proto",
@@ -528,3 +534,42 @@ def policy_document(message: definition_pb2.PhasePolicy) -> dict[str, Any]:
         # A policy this server does not know (a newer client's): refused, never ignored.
         document["unknown_policy"] = True
     return document
+
+
+BULK_KIND_TO_PROTO: Mapping[BulkActionKind, flow_service_pb2.BulkActionType.ValueType] = {
+    kind: flow_service_pb2.BulkActionType.Value("BULK_ACTION_TYPE_" + kind.name)
+    for kind in BulkActionKind
+}
+"""Bulk action kind -> proto number."""
+BULK_STATE_TO_PROTO: Mapping[BulkActionState, flow_service_pb2.BulkActionState.ValueType] = {
+    state: flow_service_pb2.BulkActionState.Value("BULK_ACTION_STATE_" + state.name)
+    for state in BulkActionState
+}
+"""Bulk action state -> proto number."""
+BULK_OUTCOME_TO_PROTO: Mapping[BulkOutcome, flow_service_pb2.BulkFlowOutcome.ValueType] = {
+    outcome: flow_service_pb2.BulkFlowOutcome.Value("BULK_FLOW_OUTCOME_" + outcome.name)
+    for outcome in BulkOutcome
+}
+"""Bulk flow outcome -> proto number."""
+
+
+def bulk_action_to_proto(action: BulkAction) -> flow_service_pb2.BulkAction:
+    """The `flowstate.v1.BulkAction` of a stored action."""
+    message = flow_service_pb2.BulkAction(
+        bulk_action_id=action.action_id,
+        action=BULK_KIND_TO_PROTO[action.kind],
+        phase=action.phase or "",
+        filter=action.filter,
+        reason=action.reason,
+        user_id=action.user_id,
+        state=BULK_STATE_TO_PROTO[action.state],
+        total_count=action.total,
+        applied_count=action.applied,
+        refused_count=action.refused,
+        skipped_count=action.skipped,
+    )
+    set_timestamp(message.create_time, action.created_at)
+    set_timestamp(message.update_time, action.updated_at)
+    if action.finished_at is not None:
+        set_timestamp(message.end_time, action.finished_at)
+    return message

@@ -85,6 +85,7 @@ GRPC_STATUS_BY_CODE: Mapping[ErrorCode, grpc.StatusCode] = {
     _C.VERSION_CONFLICT: _S.ABORTED,
     _C.FLOW_NOT_FOUND: _S.NOT_FOUND,
     _C.DEFINITION_NOT_FOUND: _S.NOT_FOUND,
+    _C.BULK_ACTION_NOT_FOUND: _S.NOT_FOUND,
     _C.DEFINITION_SHADOWS_BUILTIN: _S.FAILED_PRECONDITION,
     _C.WEBHOOK_NOT_FOUND: _S.NOT_FOUND,
     # The caller's tenant spent its request budget for this kind of call (RetryInfo says when).

@@ -21,6 +21,7 @@
 | `flowstate_archive_lag_seconds` | gauge | |
 | `flowstate_webhook_deliveries_total` | counter | result (ok, failed, disabled) |
 | `flowstate_tenant_requests_total` | counter | tenant (top N, else ``other``), family, result |
+| `flowstate_bulk_flows_total` | counter | |
 
 `result` is ``applied`` or the refusal's error code. Label values come from definitions and
 enums, never from free request text, so cardinality stays bounded: refusals that name an
@@ -219,6 +220,11 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=self.registry,
         )
+        self._bulk_flows = Counter(
+            "flowstate_bulk_flows",
+            "Flows a bulk action of this server took (applied, refused or skipped).",
+            registry=self.registry,
+        )
         self._timers_fired = Counter(
             "flowstate_timers_fired",
             "Timers that changed their flow (docs/timers.md), by kind.",
@@ -385,6 +391,10 @@ class Metrics:
             str(error.details.get("to_state", "")),
             error.code.value,
         ).inc()
+
+    def record_bulk_flows(self, count: int) -> None:
+        """Count flows taken by this server's bulk worker."""
+        self._bulk_flows.inc(count)
 
     def record_timer(self, kind: str, lag_seconds: float) -> None:
         """Count one fired timer and how late it fired."""

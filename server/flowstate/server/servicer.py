@@ -20,20 +20,25 @@ Decisions a reader should know:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
+from flowstate.core.bulk import BulkActionState, BulkOutcome
 from flowstate.core.definitions import FlowDefinition
+from flowstate.core.errors import FlowStateError
 from flowstate.core.filters import Filter
-from flowstate.core.model import Flow, FlowStatus, HistoryEntry, Tenant
+from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.core.preview import TransitionVerdict
 from flowstate.server import definitions, validation
 from flowstate.server.auth import Scope
 from flowstate.server.convert import (
+    BULK_OUTCOME_TO_PROTO,
     FLOW_STATUS_TO_PROTO,
     FLOW_TARGETS,
     DefinitionView,
+    bulk_action_to_proto,
     entries_to_proto,
     entry_to_proto,
     phase_targets_proto,
@@ -45,12 +50,17 @@ from flowstate.server.rpc import Call, RpcSupport, stream, unary
 from flowstate.server.webhooks import webhook_to_proto
 from flowstate.service import FlowService
 from flowstate.service import definitions as definition_service
+from flowstate.service.bulk import BulkService
 from flowstate.service.webhooks import WebhookService
+from flowstate.storage.bulk import BulkItem, BulkSelection
 from flowstate.storage.store import FlowQuery, FlowStore, MutationResult
 from flowstate.v1 import flow_pb2, flow_service_pb2_grpc, webhook_pb2
 from flowstate.v1 import flow_service_pb2 as pb
 
-__all__ = ["EventSource", "EventValue", "FlowStateServicer"]
+__all__ = ["BULK_WATCH_INTERVAL", "EventSource", "EventValue", "FlowStateServicer"]
+
+BULK_WATCH_INTERVAL = 0.5
+"""Seconds between looks at a watched bulk action (WatchBulkAction)."""
 
 
 class EventValue(Protocol):
@@ -128,6 +138,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         *,
         stuck_after: float = 3600.0,
         webhooks: WebhookService | None = None,
+        bulk: BulkService | None = None,
     ) -> None:
         """Serve the use cases on `store` (and streams from `hub`, webhooks with `webhooks`;
         UNIMPLEMENTED without them).
@@ -136,6 +147,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         (FLOWSTATE_STUCK_AFTER, seconds) is what ``stuck`` means in filters.
         """
         self._stuck_after = timedelta(seconds=stuck_after)
+        self._bulk = bulk
         self._store = store
         self._webhooks = webhooks
         self._flows = FlowService(store)
@@ -567,6 +579,97 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
                 event = await self._event(value)
             yield pb.WatchFlowsResponse(event=event, cursor=value.cursor)
 
+    # --- bulk actions (docs/bulk-actions.md) ----------------------------------------------------
+
+    def _require_bulk(self) -> BulkService:
+        if self._bulk is None:
+            raise FlowStateError(ErrorCode.INTERNAL, "bulk actions are not configured")
+        return self._bulk
+
+    @unary(Scope.ADMIN)
+    async def StartBulkAction(  # noqa: N802 - the proto's method name
+        self, request: pb.StartBulkActionRequest, call: Call
+    ) -> pb.StartBulkActionResponse:
+        """Start a bulk action over a filter or ids; it runs in the background."""
+        args = validation.start_bulk_action(request)
+        condition = self._filter(args.filter_text) if args.filter_text else None
+        action, _ = await self._require_bulk().start(
+            call.tenant,
+            kind=args.kind,
+            phase=args.phase,
+            selection=BulkSelection(condition, args.filter_text, args.flow_ids),
+            reason=args.reason,
+            user_id=call.principal.user_id,
+            request_id=args.request_id,
+        )
+        return pb.StartBulkActionResponse(bulk_action=bulk_action_to_proto(action))
+
+    @unary(Scope.ADMIN)
+    async def GetBulkAction(  # noqa: N802 - the proto's method name
+        self, request: pb.GetBulkActionRequest, call: Call
+    ) -> pb.GetBulkActionResponse:
+        """Return one bulk action of the caller's tenant."""
+        action_id = validation.bulk_action_id(request.bulk_action_id)
+        action = await self._require_bulk().actions.get(call.tenant, action_id)
+        return pb.GetBulkActionResponse(bulk_action=bulk_action_to_proto(action))
+
+    @unary(Scope.ADMIN)
+    async def ListBulkActions(  # noqa: N802 - the proto's method name
+        self, request: pb.ListBulkActionsRequest, call: Call
+    ) -> pb.ListBulkActionsResponse:
+        """List the caller's bulk actions, newest first."""
+        size, token = validation.list_bulk_actions(request)
+        actions, next_token = await self._require_bulk().actions.list_actions(
+            call.tenant, page_size=size, page_token=token
+        )
+        return pb.ListBulkActionsResponse(
+            bulk_actions=[bulk_action_to_proto(a) for a in actions], next_page_token=next_token
+        )
+
+    @unary(Scope.ADMIN)
+    async def ListBulkActionResults(  # noqa: N802 - the proto's method name
+        self, request: pb.ListBulkActionResultsRequest, call: Call
+    ) -> pb.ListBulkActionResultsResponse:
+        """List a bulk action's per-flow results, in the order its flows are taken."""
+        action_id, outcome, size, token = validation.list_bulk_action_results(request)
+        items, next_token = await self._require_bulk().actions.results(
+            call.tenant, action_id, outcome=outcome, page_size=size, page_token=token
+        )
+        return pb.ListBulkActionResultsResponse(
+            results=[_bulk_result(item, call) for item in items], next_page_token=next_token
+        )
+
+    @unary(Scope.ADMIN)
+    async def CancelBulkAction(  # noqa: N802 - the proto's method name
+        self, request: pb.CancelBulkActionRequest, call: Call
+    ) -> pb.CancelBulkActionResponse:
+        """Cancel a running bulk action (a finished one is returned unchanged)."""
+        action_id = validation.bulk_action_id(request.bulk_action_id)
+        action = await self._require_bulk().actions.cancel(call.tenant, action_id)
+        return pb.CancelBulkActionResponse(bulk_action=bulk_action_to_proto(action))
+
+    @stream(Scope.ADMIN)
+    async def WatchBulkAction(  # noqa: N802 - the proto's method name
+        self, request: pb.WatchBulkActionRequest, call: Call
+    ) -> AsyncIterator[pb.WatchBulkActionResponse]:
+        """Stream a bulk action whenever its progress changes, until it is finished.
+
+        Polls the action (every `BULK_WATCH_INTERVAL` seconds): progress is a figure to watch,
+        not a log to replay, so a missed intermediate count loses nothing.
+        """
+        action_id = validation.bulk_action_id(request.bulk_action_id)
+        actions = self._require_bulk().actions
+        last: tuple[object, ...] | None = None
+        while True:
+            action = await actions.get(call.tenant, action_id)
+            seen = (action.state, action.applied, action.refused, action.skipped)
+            if seen != last:
+                last = seen
+                yield pb.WatchBulkActionResponse(bulk_action=bulk_action_to_proto(action))
+            if action.state is not BulkActionState.RUNNING:
+                return
+            await asyncio.sleep(BULK_WATCH_INTERVAL)
+
 
 def _verdict_to_proto(verdict: TransitionVerdict, call: Call) -> pb.ValidateTransitionResponse:
     """The core's verdict as a ValidateTransitionResponse (the refusal as a FlowError)."""
@@ -594,3 +697,25 @@ def _verdict_to_proto(verdict: TransitionVerdict, call: Call) -> pb.ValidateTran
     if verdict.resulting_progress is not None:
         response.resulting_progress = verdict.resulting_progress
     return response
+
+
+def _bulk_result(item: BulkItem, call: Call) -> pb.BulkFlowResult:
+    """One per-flow result; a refusal as the FlowError the flow's own call would have got."""
+    result = pb.BulkFlowResult(flow_id=item.flow_id, phase=item.phase or "")
+    if item.outcome is not None:
+        result.outcome = BULK_OUTCOME_TO_PROTO[item.outcome]
+    if item.done_at is not None:
+        set_timestamp(result.done_time, item.done_at)
+    error = item.error or {}
+    if item.outcome is BulkOutcome.REFUSED and "error_code" in error:
+        refusal = FlowStateError(
+            ErrorCode(error["error_code"]),
+            str(error.get("message", "")),
+            **error.get("details", {}),
+        )
+        result.error.CopyFrom(
+            flow_error_to_proto(refusal, correlation_id="", now=item.done_at or datetime.now(UTC))
+        )
+    elif item.outcome is BulkOutcome.SKIPPED:
+        result.skip_reason = str(error.get("reason", ""))
+    return result

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from flowstate.core.bulk import PHASE_KINDS, BulkActionKind, BulkOutcome
 from flowstate.core.commands import (
     CancelFlow,
     Command,
@@ -81,6 +82,8 @@ from flowstate.storage.limits import (
 from flowstate.v1 import errors_pb2, flow_service_pb2, webhook_pb2
 
 __all__ = [
+    "BULK_KIND_FROM_PROTO",
+    "BULK_OUTCOME_FROM_PROTO",
     "DEFAULT_DEFINITION",
     "MAX_HISTORY_PAGE_SIZE",
     "MAX_PAGE_SIZE",
@@ -89,9 +92,11 @@ __all__ = [
     "ListFlowsArgs",
     "ListHistoryArgs",
     "Mutation",
+    "StartBulkArgs",
     "TransitionCheck",
     "WatchFlowArgs",
     "WatchFlowsArgs",
+    "bulk_action_id",
     "cancel_flow",
     "count_group",
     "create_flow",
@@ -100,6 +105,8 @@ __all__ = [
     "flow_id",
     "get_flow_definition",
     "heartbeat",
+    "list_bulk_action_results",
+    "list_bulk_actions",
     "list_flow_history",
     "list_flows",
     "malformed",
@@ -107,6 +114,7 @@ __all__ = [
     "resume_flow",
     "retry",
     "rollback",
+    "start_bulk_action",
     "transition_phase",
     "update_phase_progress",
     "validate_transition",
@@ -680,3 +688,89 @@ def webhook_id(value: str) -> str:
     found = check.uuid("webhook_id", value)
     check.done()
     return found
+
+
+BULK_KIND_FROM_PROTO: Final[Mapping[int, BulkActionKind]] = {
+    flow_service_pb2.BulkActionType.Value("BULK_ACTION_TYPE_" + kind.name): kind
+    for kind in BulkActionKind
+}
+"""Proto number -> bulk action kind; 0 and unknown numbers are absent."""
+BULK_OUTCOME_FROM_PROTO: Final[Mapping[int, BulkOutcome]] = {
+    flow_service_pb2.BulkFlowOutcome.Value("BULK_FLOW_OUTCOME_" + o.name): o for o in BulkOutcome
+}
+"""Proto number -> bulk flow outcome; 0 (every outcome) is absent."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartBulkArgs:
+    """A validated StartBulkAction request (the filter is parsed by the servicer)."""
+
+    request_id: str
+    kind: BulkActionKind
+    phase: str | None
+    filter_text: str
+    flow_ids: tuple[str, ...]
+    reason: str
+
+
+def start_bulk_action(request: flow_service_pb2.StartBulkActionRequest) -> StartBulkArgs:
+    """Check a StartBulkAction request: a known action, a filter or ids (not both), the phase
+    a ROLLBACK or SKIP needs."""
+    check = _Checker()
+    request_id = check.request_id(request.request_id)
+    kind = BULK_KIND_FROM_PROTO.get(request.action)
+    if kind is None:
+        check.fail("action", "must be RETRY, CANCEL, PAUSE, RESUME, ROLLBACK or SKIP")
+    phase = check.name("phase", request.phase, required=kind in PHASE_KINDS) or None
+    check.text("filter", request.filter, max_len=MAX_FILTER_LENGTH)
+    if len(request.flow_ids) > MAX_FLOW_IDS_PER_QUERY:
+        check.fail("flow_ids", f"must have at most {MAX_FLOW_IDS_PER_QUERY} entries")
+    flow_ids = [check.uuid(f"flow_ids[{i}]", v) for i, v in enumerate(request.flow_ids)]
+    if request.filter and flow_ids:
+        check.fail("flow_ids", "give a filter or flow ids, not both")
+    if not request.filter.strip() and not flow_ids:
+        check.fail("filter", "is required (or flow_ids)")
+    reason = check.text("reason", request.reason, max_len=MAX_REASON_LENGTH)
+    check.done()
+    assert kind is not None
+    return StartBulkArgs(request_id, kind, phase, request.filter, tuple(flow_ids), reason)
+
+
+def bulk_action_id(value: str) -> str:
+    """A bulk action id (a UUID, lower-cased)."""
+    check = _Checker()
+    action_id = check.uuid("bulk_action_id", value)
+    check.done()
+    return action_id
+
+
+def list_bulk_actions(request: flow_service_pb2.ListBulkActionsRequest) -> tuple[int, str]:
+    """Check a ListBulkActions request: (page size, page token)."""
+    check = _Checker()
+    page = check.page(
+        request.page_size,
+        request.page_token,
+        default=DEFAULT_FLOW_PAGE_SIZE,
+        maximum=MAX_FLOW_PAGE_SIZE,
+    )
+    check.done()
+    return page
+
+
+def list_bulk_action_results(
+    request: flow_service_pb2.ListBulkActionResultsRequest,
+) -> tuple[str, BulkOutcome | None, int, str]:
+    """Check a ListBulkActionResults request: (id, outcome or None, page size, page token)."""
+    check = _Checker()
+    action_id = check.uuid("bulk_action_id", request.bulk_action_id)
+    outcome = BULK_OUTCOME_FROM_PROTO.get(request.outcome)
+    if request.outcome and outcome is None:
+        check.fail("outcome", "is not a known outcome")
+    size, token = check.page(
+        request.page_size,
+        request.page_token,
+        default=DEFAULT_HISTORY_PAGE_SIZE,
+        maximum=MAX_HISTORY_PAGE_SIZE,
+    )
+    check.done()
+    return action_id, outcome, size, token

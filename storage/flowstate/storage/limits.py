@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_DEFINITION_PAGE_SIZE",
     "DEFAULT_FLOW_PAGE_SIZE",
     "DEFAULT_HISTORY_PAGE_SIZE",
+    "MAX_BULK_FLOWS",
     "MAX_DEFINITION_PAGE_SIZE",
     "MAX_DISPLAY_NAME_LENGTH",
     "MAX_ERROR_MESSAGE_LENGTH",
@@ -87,6 +88,8 @@ MAX_PAGE_TOKEN_LENGTH = 1024
 """A page token or stream cursor sent back by a client (characters)."""
 MAX_FILTERS = 32
 """Phase-state filters of one listing."""
+MAX_BULK_FLOWS = 100_000
+"""Flows one bulk action may take (a larger selection is refused: narrow the filter)."""
 MAX_FILTER_LENGTH = 4096
 """A filter string (`flowstate.core.filters`), characters."""
 MAX_FILTER_TERMS = 64

@@ -63,6 +63,8 @@ __all__ = [
     "BUILTIN_OWNER",
     "HISTORY_PARTITION_PREFIX",
     "TERMINAL_FLOW",
+    "bulk_action_items",
+    "bulk_actions",
     "flow_archives",
     "flow_definitions",
     "flow_history",
@@ -335,3 +337,64 @@ webhook_subscriptions = Table(
     ),
     Index("ix_webhook_subscriptions_state", "state"),
 )
+
+bulk_actions = Table(
+    "bulk_actions",
+    metadata,
+    Column("id", UUID(as_uuid=False), nullable=False),
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("phase", Text, nullable=True),
+    Column("filter", Text, nullable=False, server_default=text("''")),
+    Column("reason", Text, nullable=False, server_default=text("''")),
+    Column("user_id", Text, nullable=False),
+    Column("request_id", Text, nullable=False, server_default=text("''")),
+    Column("fingerprint", Text, nullable=False, server_default=text("''")),
+    Column("state", Text, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("applied", Integer, nullable=False, server_default=text("0")),
+    Column("refused", Integer, nullable=False, server_default=text("0")),
+    Column("skipped", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", _TIMESTAMP, nullable=False),
+    Column("updated_at", _TIMESTAMP, nullable=False),
+    Column("finished_at", _TIMESTAMP, nullable=True),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_until", _TIMESTAMP, nullable=True),
+    PrimaryKeyConstraint("id"),
+    Index("ix_bulk_actions_tenant_created_at", "client_account_id", "engagement_id", "created_at"),
+    Index(
+        "ix_bulk_actions_request_id",
+        "client_account_id",
+        "engagement_id",
+        "request_id",
+        unique=True,
+        postgresql_where=text("request_id <> ''"),
+    ),
+    Index("ix_bulk_actions_running", "created_at", postgresql_where=text("state = 'running'")),
+)
+"""Bulk actions (docs/bulk-actions.md): one row per action, its counts and its worker's lease."""
+
+bulk_action_items = Table(
+    "bulk_action_items",
+    metadata,
+    Column("action_id", UUID(as_uuid=False), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("flow_id", UUID(as_uuid=False), nullable=False),
+    Column("client_account_id", Text, nullable=False),
+    Column("engagement_id", Text, nullable=False),
+    Column("phase", Text, nullable=True),
+    Column("outcome", Text, nullable=True),
+    Column("error", JSONB, nullable=True),
+    Column("done_at", _TIMESTAMP, nullable=True),
+    PrimaryKeyConstraint("action_id", "position"),
+    ForeignKeyConstraint(["action_id"], ["bulk_actions.id"], ondelete="CASCADE"),
+    Index(
+        "ix_bulk_action_items_pending",
+        "action_id",
+        "position",
+        postgresql_where=text("outcome IS NULL"),
+    ),
+)
+"""The flows of a bulk action, fixed when it starts (no foreign key to flows: retention may
+delete a flow; the action then records it as refused with FLOW_NOT_FOUND)."""

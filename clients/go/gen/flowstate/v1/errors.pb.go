@@ -106,6 +106,9 @@ const (
 	// family of calls (read, write, stream, admin); google.rpc.RetryInfo says
 	// when a token is available again. Retryable after that delay.
 	ErrorCode_ERROR_CODE_RATE_LIMITED ErrorCode = 46
+	// NOT_FOUND: no such bulk action for the caller's tenant (also another
+	// tenant's).
+	ErrorCode_ERROR_CODE_BULK_ACTION_NOT_FOUND ErrorCode = 40
 )
 
 // Enum value maps for ErrorCode.
@@ -140,6 +143,7 @@ var (
 		26: "ERROR_CODE_DEFINITION_SHADOWS_BUILTIN",
 		45: "ERROR_CODE_WEBHOOK_NOT_FOUND",
 		46: "ERROR_CODE_RATE_LIMITED",
+		40: "ERROR_CODE_BULK_ACTION_NOT_FOUND",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":                    0,
@@ -171,6 +175,7 @@ var (
 		"ERROR_CODE_DEFINITION_SHADOWS_BUILTIN":     26,
 		"ERROR_CODE_WEBHOOK_NOT_FOUND":              45,
 		"ERROR_CODE_RATE_LIMITED":                   46,
+		"ERROR_CODE_BULK_ACTION_NOT_FOUND":          40,
 	}
 )
 
@@ -471,7 +476,7 @@ const file_flowstate_v1_errors_proto_rawDesc = "" +
 	"error_code\x18\x01 \x01(\x0e2\x17.flowstate.v1.ErrorCodeR\terrorCode\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x12\x1c\n" +
-	"\tretryable\x18\x04 \x01(\bR\tretryable*\x81\b\n" +
+	"\tretryable\x18\x04 \x01(\bR\tretryable*\xa7\b\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18ERROR_CODE_INVALID_PHASE\x10\x01\x12 \n" +
@@ -502,7 +507,8 @@ const file_flowstate_v1_errors_proto_rawDesc = "" +
 	"\x1fERROR_CODE_DEFINITION_NOT_FOUND\x10\x19\x12)\n" +
 	"%ERROR_CODE_DEFINITION_SHADOWS_BUILTIN\x10\x1a\x12 \n" +
 	"\x1cERROR_CODE_WEBHOOK_NOT_FOUND\x10-\x12\x1b\n" +
-	"\x17ERROR_CODE_RATE_LIMITED\x10.B\xa3\x01\n" +
+	"\x17ERROR_CODE_RATE_LIMITED\x10.\x12$\n" +
+	" ERROR_CODE_BULK_ACTION_NOT_FOUND\x10(B\xa3\x01\n" +
 	"\x10com.flowstate.v1B\vErrorsProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (

@@ -100,6 +100,190 @@ func (RecoveryAction) EnumDescriptor() ([]byte, []int) {
 	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{0}
 }
 
+// What a bulk action does to each of its flows.
+type BulkActionType int32
+
+const (
+	// Not set; refused.
+	BulkActionType_BULK_ACTION_TYPE_UNSPECIFIED BulkActionType = 0
+	// Retry the flow's first FAILED phase (as of the start), FAILED ->
+	// RETRY_NEEDED; a flow without one is skipped.
+	BulkActionType_BULK_ACTION_TYPE_RETRY BulkActionType = 1
+	// Cancel the flow.
+	BulkActionType_BULK_ACTION_TYPE_CANCEL BulkActionType = 2
+	// Pause the flow.
+	BulkActionType_BULK_ACTION_TYPE_PAUSE BulkActionType = 3
+	// Resume the paused flow.
+	BulkActionType_BULK_ACTION_TYPE_RESUME BulkActionType = 4
+	// Roll back `phase` (cascading).
+	BulkActionType_BULK_ACTION_TYPE_ROLLBACK BulkActionType = 5
+	// Skip the optional `phase`.
+	BulkActionType_BULK_ACTION_TYPE_SKIP BulkActionType = 6
+)
+
+// Enum value maps for BulkActionType.
+var (
+	BulkActionType_name = map[int32]string{
+		0: "BULK_ACTION_TYPE_UNSPECIFIED",
+		1: "BULK_ACTION_TYPE_RETRY",
+		2: "BULK_ACTION_TYPE_CANCEL",
+		3: "BULK_ACTION_TYPE_PAUSE",
+		4: "BULK_ACTION_TYPE_RESUME",
+		5: "BULK_ACTION_TYPE_ROLLBACK",
+		6: "BULK_ACTION_TYPE_SKIP",
+	}
+	BulkActionType_value = map[string]int32{
+		"BULK_ACTION_TYPE_UNSPECIFIED": 0,
+		"BULK_ACTION_TYPE_RETRY":       1,
+		"BULK_ACTION_TYPE_CANCEL":      2,
+		"BULK_ACTION_TYPE_PAUSE":       3,
+		"BULK_ACTION_TYPE_RESUME":      4,
+		"BULK_ACTION_TYPE_ROLLBACK":    5,
+		"BULK_ACTION_TYPE_SKIP":        6,
+	}
+)
+
+func (x BulkActionType) Enum() *BulkActionType {
+	p := new(BulkActionType)
+	*p = x
+	return p
+}
+
+func (x BulkActionType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BulkActionType) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowstate_v1_flow_service_proto_enumTypes[1].Descriptor()
+}
+
+func (BulkActionType) Type() protoreflect.EnumType {
+	return &file_flowstate_v1_flow_service_proto_enumTypes[1]
+}
+
+func (x BulkActionType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BulkActionType.Descriptor instead.
+func (BulkActionType) EnumDescriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{1}
+}
+
+// Where a bulk action stands.
+type BulkActionState int32
+
+const (
+	// Not set.
+	BulkActionState_BULK_ACTION_STATE_UNSPECIFIED BulkActionState = 0
+	// Flows remain to be taken.
+	BulkActionState_BULK_ACTION_STATE_RUNNING BulkActionState = 1
+	// Every flow was taken (each applied, refused or skipped).
+	BulkActionState_BULK_ACTION_STATE_SUCCEEDED BulkActionState = 2
+	// Cancelled before every flow was taken.
+	BulkActionState_BULK_ACTION_STATE_CANCELLED BulkActionState = 3
+)
+
+// Enum value maps for BulkActionState.
+var (
+	BulkActionState_name = map[int32]string{
+		0: "BULK_ACTION_STATE_UNSPECIFIED",
+		1: "BULK_ACTION_STATE_RUNNING",
+		2: "BULK_ACTION_STATE_SUCCEEDED",
+		3: "BULK_ACTION_STATE_CANCELLED",
+	}
+	BulkActionState_value = map[string]int32{
+		"BULK_ACTION_STATE_UNSPECIFIED": 0,
+		"BULK_ACTION_STATE_RUNNING":     1,
+		"BULK_ACTION_STATE_SUCCEEDED":   2,
+		"BULK_ACTION_STATE_CANCELLED":   3,
+	}
+)
+
+func (x BulkActionState) Enum() *BulkActionState {
+	p := new(BulkActionState)
+	*p = x
+	return p
+}
+
+func (x BulkActionState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BulkActionState) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowstate_v1_flow_service_proto_enumTypes[2].Descriptor()
+}
+
+func (BulkActionState) Type() protoreflect.EnumType {
+	return &file_flowstate_v1_flow_service_proto_enumTypes[2]
+}
+
+func (x BulkActionState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BulkActionState.Descriptor instead.
+func (BulkActionState) EnumDescriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{2}
+}
+
+// What happened to one flow of a bulk action.
+type BulkFlowOutcome int32
+
+const (
+	// Not taken yet (or never: the action was cancelled first).
+	BulkFlowOutcome_BULK_FLOW_OUTCOME_UNSPECIFIED BulkFlowOutcome = 0
+	// The command changed the flow.
+	BulkFlowOutcome_BULK_FLOW_OUTCOME_APPLIED BulkFlowOutcome = 1
+	// The server refused the command; `error` says why.
+	BulkFlowOutcome_BULK_FLOW_OUTCOME_REFUSED BulkFlowOutcome = 2
+	// Nothing to do (e.g. retry of a flow without a FAILED phase).
+	BulkFlowOutcome_BULK_FLOW_OUTCOME_SKIPPED BulkFlowOutcome = 3
+)
+
+// Enum value maps for BulkFlowOutcome.
+var (
+	BulkFlowOutcome_name = map[int32]string{
+		0: "BULK_FLOW_OUTCOME_UNSPECIFIED",
+		1: "BULK_FLOW_OUTCOME_APPLIED",
+		2: "BULK_FLOW_OUTCOME_REFUSED",
+		3: "BULK_FLOW_OUTCOME_SKIPPED",
+	}
+	BulkFlowOutcome_value = map[string]int32{
+		"BULK_FLOW_OUTCOME_UNSPECIFIED": 0,
+		"BULK_FLOW_OUTCOME_APPLIED":     1,
+		"BULK_FLOW_OUTCOME_REFUSED":     2,
+		"BULK_FLOW_OUTCOME_SKIPPED":     3,
+	}
+)
+
+func (x BulkFlowOutcome) Enum() *BulkFlowOutcome {
+	p := new(BulkFlowOutcome)
+	*p = x
+	return p
+}
+
+func (x BulkFlowOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BulkFlowOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowstate_v1_flow_service_proto_enumTypes[3].Descriptor()
+}
+
+func (BulkFlowOutcome) Type() protoreflect.EnumType {
+	return &file_flowstate_v1_flow_service_proto_enumTypes[3]
+}
+
+func (x BulkFlowOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BulkFlowOutcome.Descriptor instead.
+func (BulkFlowOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{3}
+}
+
 // Request of CreateFlow. (No `expected_version`: there is no flow yet.)
 type CreateFlowRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3619,6 +3803,912 @@ func (x *FlowCountGroup) GetCount() int64 {
 	return 0
 }
 
+// A bulk action: a long-running operation over a fixed set of flows.
+type BulkAction struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action's id (a UUID). Output only.
+	BulkActionId string `protobuf:"bytes,1,opt,name=bulk_action_id,json=bulkActionId,proto3" json:"bulk_action_id,omitempty"`
+	// What it does.
+	Action BulkActionType `protobuf:"varint,2,opt,name=action,proto3,enum=flowstate.v1.BulkActionType" json:"action,omitempty"`
+	// The phase of a rollback or skip; empty otherwise.
+	Phase string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The filter that chose the flows (empty when they were given by id).
+	Filter string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
+	// The reason recorded in each flow's history.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Who started it (the token subject). Output only.
+	UserId string `protobuf:"bytes,6,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Where it stands. Output only.
+	State BulkActionState `protobuf:"varint,7,opt,name=state,proto3,enum=flowstate.v1.BulkActionState" json:"state,omitempty"`
+	// How many flows it took when it started. Output only.
+	TotalCount int64 `protobuf:"varint,8,opt,name=total_count,json=totalCount,proto3" json:"total_count,omitempty"`
+	// Flows changed so far. Output only.
+	AppliedCount int64 `protobuf:"varint,9,opt,name=applied_count,json=appliedCount,proto3" json:"applied_count,omitempty"`
+	// Flows whose command was refused so far. Output only.
+	RefusedCount int64 `protobuf:"varint,10,opt,name=refused_count,json=refusedCount,proto3" json:"refused_count,omitempty"`
+	// Flows skipped so far. Output only.
+	SkippedCount int64 `protobuf:"varint,11,opt,name=skipped_count,json=skippedCount,proto3" json:"skipped_count,omitempty"`
+	// When it started. Output only.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When its progress last changed. Output only.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// When it finished (succeeded or was cancelled). Output only.
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BulkAction) Reset() {
+	*x = BulkAction{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BulkAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BulkAction) ProtoMessage() {}
+
+func (x *BulkAction) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BulkAction.ProtoReflect.Descriptor instead.
+func (*BulkAction) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *BulkAction) GetBulkActionId() string {
+	if x != nil {
+		return x.BulkActionId
+	}
+	return ""
+}
+
+func (x *BulkAction) GetAction() BulkActionType {
+	if x != nil {
+		return x.Action
+	}
+	return BulkActionType_BULK_ACTION_TYPE_UNSPECIFIED
+}
+
+func (x *BulkAction) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *BulkAction) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *BulkAction) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *BulkAction) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *BulkAction) GetState() BulkActionState {
+	if x != nil {
+		return x.State
+	}
+	return BulkActionState_BULK_ACTION_STATE_UNSPECIFIED
+}
+
+func (x *BulkAction) GetTotalCount() int64 {
+	if x != nil {
+		return x.TotalCount
+	}
+	return 0
+}
+
+func (x *BulkAction) GetAppliedCount() int64 {
+	if x != nil {
+		return x.AppliedCount
+	}
+	return 0
+}
+
+func (x *BulkAction) GetRefusedCount() int64 {
+	if x != nil {
+		return x.RefusedCount
+	}
+	return 0
+}
+
+func (x *BulkAction) GetSkippedCount() int64 {
+	if x != nil {
+		return x.SkippedCount
+	}
+	return 0
+}
+
+func (x *BulkAction) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *BulkAction) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *BulkAction) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+// The result of a bulk action for one flow.
+type BulkFlowResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The flow.
+	FlowId string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// What happened (UNSPECIFIED: not taken yet).
+	Outcome BulkFlowOutcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=flowstate.v1.BulkFlowOutcome" json:"outcome,omitempty"`
+	// The phase acted on, if any.
+	Phase string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	// Why the command was refused (REFUSED only).
+	Error *FlowError `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// Why the flow was skipped (SKIPPED only).
+	SkipReason string `protobuf:"bytes,5,opt,name=skip_reason,json=skipReason,proto3" json:"skip_reason,omitempty"`
+	// When the flow was taken.
+	DoneTime      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=done_time,json=doneTime,proto3" json:"done_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BulkFlowResult) Reset() {
+	*x = BulkFlowResult{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BulkFlowResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BulkFlowResult) ProtoMessage() {}
+
+func (x *BulkFlowResult) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BulkFlowResult.ProtoReflect.Descriptor instead.
+func (*BulkFlowResult) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *BulkFlowResult) GetFlowId() string {
+	if x != nil {
+		return x.FlowId
+	}
+	return ""
+}
+
+func (x *BulkFlowResult) GetOutcome() BulkFlowOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return BulkFlowOutcome_BULK_FLOW_OUTCOME_UNSPECIFIED
+}
+
+func (x *BulkFlowResult) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *BulkFlowResult) GetError() *FlowError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *BulkFlowResult) GetSkipReason() string {
+	if x != nil {
+		return x.SkipReason
+	}
+	return ""
+}
+
+func (x *BulkFlowResult) GetDoneTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DoneTime
+	}
+	return nil
+}
+
+// Request of StartBulkAction: a filter or ids (not both).
+type StartBulkActionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Idempotency key: the same id returns the first action and starts nothing.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// What to do.
+	Action BulkActionType `protobuf:"varint,2,opt,name=action,proto3,enum=flowstate.v1.BulkActionType" json:"action,omitempty"`
+	// The phase (ROLLBACK and SKIP only; required for them).
+	Phase string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The flows: every flow of the caller's tenant matching this filter
+	// (ListFlowsRequest.filter) when the action starts.
+	Filter string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Or: these flows (at most 1000 ids; ids of no flow are ignored).
+	FlowIds []string `protobuf:"bytes,5,rep,name=flow_ids,json=flowIds,proto3" json:"flow_ids,omitempty"`
+	// Recorded in each flow's history.
+	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartBulkActionRequest) Reset() {
+	*x = StartBulkActionRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartBulkActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartBulkActionRequest) ProtoMessage() {}
+
+func (x *StartBulkActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartBulkActionRequest.ProtoReflect.Descriptor instead.
+func (*StartBulkActionRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *StartBulkActionRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *StartBulkActionRequest) GetAction() BulkActionType {
+	if x != nil {
+		return x.Action
+	}
+	return BulkActionType_BULK_ACTION_TYPE_UNSPECIFIED
+}
+
+func (x *StartBulkActionRequest) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *StartBulkActionRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *StartBulkActionRequest) GetFlowIds() []string {
+	if x != nil {
+		return x.FlowIds
+	}
+	return nil
+}
+
+func (x *StartBulkActionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Response of StartBulkAction.
+type StartBulkActionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action, RUNNING (or already finished, for a repeated request id).
+	BulkAction    *BulkAction `protobuf:"bytes,1,opt,name=bulk_action,json=bulkAction,proto3" json:"bulk_action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartBulkActionResponse) Reset() {
+	*x = StartBulkActionResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartBulkActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartBulkActionResponse) ProtoMessage() {}
+
+func (x *StartBulkActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartBulkActionResponse.ProtoReflect.Descriptor instead.
+func (*StartBulkActionResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *StartBulkActionResponse) GetBulkAction() *BulkAction {
+	if x != nil {
+		return x.BulkAction
+	}
+	return nil
+}
+
+// Request of GetBulkAction.
+type GetBulkActionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action's id.
+	BulkActionId  string `protobuf:"bytes,1,opt,name=bulk_action_id,json=bulkActionId,proto3" json:"bulk_action_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBulkActionRequest) Reset() {
+	*x = GetBulkActionRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBulkActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBulkActionRequest) ProtoMessage() {}
+
+func (x *GetBulkActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBulkActionRequest.ProtoReflect.Descriptor instead.
+func (*GetBulkActionRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *GetBulkActionRequest) GetBulkActionId() string {
+	if x != nil {
+		return x.BulkActionId
+	}
+	return ""
+}
+
+// Response of GetBulkAction.
+type GetBulkActionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action.
+	BulkAction    *BulkAction `protobuf:"bytes,1,opt,name=bulk_action,json=bulkAction,proto3" json:"bulk_action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBulkActionResponse) Reset() {
+	*x = GetBulkActionResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBulkActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBulkActionResponse) ProtoMessage() {}
+
+func (x *GetBulkActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBulkActionResponse.ProtoReflect.Descriptor instead.
+func (*GetBulkActionResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *GetBulkActionResponse) GetBulkAction() *BulkAction {
+	if x != nil {
+		return x.BulkAction
+	}
+	return nil
+}
+
+// Request of ListBulkActions.
+type ListBulkActionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many actions (50 when 0, at most 500).
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The `next_page_token` of the previous page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBulkActionsRequest) Reset() {
+	*x = ListBulkActionsRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBulkActionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBulkActionsRequest) ProtoMessage() {}
+
+func (x *ListBulkActionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBulkActionsRequest.ProtoReflect.Descriptor instead.
+func (*ListBulkActionsRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ListBulkActionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListBulkActionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Response of ListBulkActions.
+type ListBulkActionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The actions, newest first.
+	BulkActions []*BulkAction `protobuf:"bytes,1,rep,name=bulk_actions,json=bulkActions,proto3" json:"bulk_actions,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBulkActionsResponse) Reset() {
+	*x = ListBulkActionsResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBulkActionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBulkActionsResponse) ProtoMessage() {}
+
+func (x *ListBulkActionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBulkActionsResponse.ProtoReflect.Descriptor instead.
+func (*ListBulkActionsResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *ListBulkActionsResponse) GetBulkActions() []*BulkAction {
+	if x != nil {
+		return x.BulkActions
+	}
+	return nil
+}
+
+func (x *ListBulkActionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request of ListBulkActionResults.
+type ListBulkActionResultsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action's id.
+	BulkActionId string `protobuf:"bytes,1,opt,name=bulk_action_id,json=bulkActionId,proto3" json:"bulk_action_id,omitempty"`
+	// Only results with this outcome (UNSPECIFIED: every flow).
+	Outcome BulkFlowOutcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=flowstate.v1.BulkFlowOutcome" json:"outcome,omitempty"`
+	// At most this many results (100 when 0, at most 1000).
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The `next_page_token` of the previous page.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBulkActionResultsRequest) Reset() {
+	*x = ListBulkActionResultsRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBulkActionResultsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBulkActionResultsRequest) ProtoMessage() {}
+
+func (x *ListBulkActionResultsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBulkActionResultsRequest.ProtoReflect.Descriptor instead.
+func (*ListBulkActionResultsRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *ListBulkActionResultsRequest) GetBulkActionId() string {
+	if x != nil {
+		return x.BulkActionId
+	}
+	return ""
+}
+
+func (x *ListBulkActionResultsRequest) GetOutcome() BulkFlowOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return BulkFlowOutcome_BULK_FLOW_OUTCOME_UNSPECIFIED
+}
+
+func (x *ListBulkActionResultsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListBulkActionResultsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Response of ListBulkActionResults.
+type ListBulkActionResultsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The results, in the order the flows are taken.
+	Results []*BulkFlowResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBulkActionResultsResponse) Reset() {
+	*x = ListBulkActionResultsResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBulkActionResultsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBulkActionResultsResponse) ProtoMessage() {}
+
+func (x *ListBulkActionResultsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBulkActionResultsResponse.ProtoReflect.Descriptor instead.
+func (*ListBulkActionResultsResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ListBulkActionResultsResponse) GetResults() []*BulkFlowResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *ListBulkActionResultsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request of CancelBulkAction.
+type CancelBulkActionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action's id.
+	BulkActionId  string `protobuf:"bytes,1,opt,name=bulk_action_id,json=bulkActionId,proto3" json:"bulk_action_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelBulkActionRequest) Reset() {
+	*x = CancelBulkActionRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelBulkActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelBulkActionRequest) ProtoMessage() {}
+
+func (x *CancelBulkActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelBulkActionRequest.ProtoReflect.Descriptor instead.
+func (*CancelBulkActionRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *CancelBulkActionRequest) GetBulkActionId() string {
+	if x != nil {
+		return x.BulkActionId
+	}
+	return ""
+}
+
+// Response of CancelBulkAction.
+type CancelBulkActionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action, CANCELLED (or as it finished).
+	BulkAction    *BulkAction `protobuf:"bytes,1,opt,name=bulk_action,json=bulkAction,proto3" json:"bulk_action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelBulkActionResponse) Reset() {
+	*x = CancelBulkActionResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelBulkActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelBulkActionResponse) ProtoMessage() {}
+
+func (x *CancelBulkActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelBulkActionResponse.ProtoReflect.Descriptor instead.
+func (*CancelBulkActionResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *CancelBulkActionResponse) GetBulkAction() *BulkAction {
+	if x != nil {
+		return x.BulkAction
+	}
+	return nil
+}
+
+// Request of WatchBulkAction.
+type WatchBulkActionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action's id.
+	BulkActionId  string `protobuf:"bytes,1,opt,name=bulk_action_id,json=bulkActionId,proto3" json:"bulk_action_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchBulkActionRequest) Reset() {
+	*x = WatchBulkActionRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchBulkActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchBulkActionRequest) ProtoMessage() {}
+
+func (x *WatchBulkActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchBulkActionRequest.ProtoReflect.Descriptor instead.
+func (*WatchBulkActionRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *WatchBulkActionRequest) GetBulkActionId() string {
+	if x != nil {
+		return x.BulkActionId
+	}
+	return ""
+}
+
+// Response of WatchBulkAction: the action whenever it changed.
+type WatchBulkActionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action.
+	BulkAction    *BulkAction `protobuf:"bytes,1,opt,name=bulk_action,json=bulkAction,proto3" json:"bulk_action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchBulkActionResponse) Reset() {
+	*x = WatchBulkActionResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchBulkActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchBulkActionResponse) ProtoMessage() {}
+
+func (x *WatchBulkActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchBulkActionResponse.ProtoReflect.Descriptor instead.
+func (*WatchBulkActionResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *WatchBulkActionResponse) GetBulkAction() *BulkAction {
+	if x != nil {
+		return x.BulkAction
+	}
+	return nil
+}
+
 var File_flowstate_v1_flow_service_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_service_proto_rawDesc = "" +
@@ -3890,7 +4980,77 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x06groups\x18\x02 \x03(\v2\x1c.flowstate.v1.FlowCountGroupR\x06groups\"8\n" +
 	"\x0eFlowCountGroup\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count*\x97\x02\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count\"\xbd\x04\n" +
+	"\n" +
+	"BulkAction\x12$\n" +
+	"\x0ebulk_action_id\x18\x01 \x01(\tR\fbulkActionId\x124\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x1c.flowstate.v1.BulkActionTypeR\x06action\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x17\n" +
+	"\auser_id\x18\x06 \x01(\tR\x06userId\x123\n" +
+	"\x05state\x18\a \x01(\x0e2\x1d.flowstate.v1.BulkActionStateR\x05state\x12\x1f\n" +
+	"\vtotal_count\x18\b \x01(\x03R\n" +
+	"totalCount\x12#\n" +
+	"\rapplied_count\x18\t \x01(\x03R\fappliedCount\x12#\n" +
+	"\rrefused_count\x18\n" +
+	" \x01(\x03R\frefusedCount\x12#\n" +
+	"\rskipped_count\x18\v \x01(\x03R\fskippedCount\x12;\n" +
+	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x125\n" +
+	"\bend_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\x81\x02\n" +
+	"\x0eBulkFlowResult\x12\x17\n" +
+	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x127\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1d.flowstate.v1.BulkFlowOutcomeR\aoutcome\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12-\n" +
+	"\x05error\x18\x04 \x01(\v2\x17.flowstate.v1.FlowErrorR\x05error\x12\x1f\n" +
+	"\vskip_reason\x18\x05 \x01(\tR\n" +
+	"skipReason\x127\n" +
+	"\tdone_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bdoneTime\"\xce\x01\n" +
+	"\x16StartBulkActionRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x124\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x1c.flowstate.v1.BulkActionTypeR\x06action\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\x12\x19\n" +
+	"\bflow_ids\x18\x05 \x03(\tR\aflowIds\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"T\n" +
+	"\x17StartBulkActionResponse\x129\n" +
+	"\vbulk_action\x18\x01 \x01(\v2\x18.flowstate.v1.BulkActionR\n" +
+	"bulkAction\"<\n" +
+	"\x14GetBulkActionRequest\x12$\n" +
+	"\x0ebulk_action_id\x18\x01 \x01(\tR\fbulkActionId\"R\n" +
+	"\x15GetBulkActionResponse\x129\n" +
+	"\vbulk_action\x18\x01 \x01(\v2\x18.flowstate.v1.BulkActionR\n" +
+	"bulkAction\"T\n" +
+	"\x16ListBulkActionsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"~\n" +
+	"\x17ListBulkActionsResponse\x12;\n" +
+	"\fbulk_actions\x18\x01 \x03(\v2\x18.flowstate.v1.BulkActionR\vbulkActions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb9\x01\n" +
+	"\x1cListBulkActionResultsRequest\x12$\n" +
+	"\x0ebulk_action_id\x18\x01 \x01(\tR\fbulkActionId\x127\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1d.flowstate.v1.BulkFlowOutcomeR\aoutcome\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\x7f\n" +
+	"\x1dListBulkActionResultsResponse\x126\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.flowstate.v1.BulkFlowResultR\aresults\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"?\n" +
+	"\x17CancelBulkActionRequest\x12$\n" +
+	"\x0ebulk_action_id\x18\x01 \x01(\tR\fbulkActionId\"U\n" +
+	"\x18CancelBulkActionResponse\x129\n" +
+	"\vbulk_action\x18\x01 \x01(\v2\x18.flowstate.v1.BulkActionR\n" +
+	"bulkAction\">\n" +
+	"\x16WatchBulkActionRequest\x12$\n" +
+	"\x0ebulk_action_id\x18\x01 \x01(\tR\fbulkActionId\"T\n" +
+	"\x17WatchBulkActionResponse\x129\n" +
+	"\vbulk_action\x18\x01 \x01(\v2\x18.flowstate.v1.BulkActionR\n" +
+	"bulkAction*\x97\x02\n" +
 	"\x0eRecoveryAction\x12\x1f\n" +
 	"\x1bRECOVERY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15RECOVERY_ACTION_RETRY\x10\x01\x12\x1f\n" +
@@ -3900,7 +5060,25 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x16RECOVERY_ACTION_RESUME\x10\x05\x12\x1a\n" +
 	"\x16RECOVERY_ACTION_CANCEL\x10\x06\x12\x1b\n" +
 	"\x17RECOVERY_ACTION_ABANDON\x10\a\x12\x18\n" +
-	"\x14RECOVERY_ACTION_SKIP\x10\b2\xab\x12\n" +
+	"\x14RECOVERY_ACTION_SKIP\x10\b*\xde\x01\n" +
+	"\x0eBulkActionType\x12 \n" +
+	"\x1cBULK_ACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16BULK_ACTION_TYPE_RETRY\x10\x01\x12\x1b\n" +
+	"\x17BULK_ACTION_TYPE_CANCEL\x10\x02\x12\x1a\n" +
+	"\x16BULK_ACTION_TYPE_PAUSE\x10\x03\x12\x1b\n" +
+	"\x17BULK_ACTION_TYPE_RESUME\x10\x04\x12\x1d\n" +
+	"\x19BULK_ACTION_TYPE_ROLLBACK\x10\x05\x12\x19\n" +
+	"\x15BULK_ACTION_TYPE_SKIP\x10\x06*\x95\x01\n" +
+	"\x0fBulkActionState\x12!\n" +
+	"\x1dBULK_ACTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19BULK_ACTION_STATE_RUNNING\x10\x01\x12\x1f\n" +
+	"\x1bBULK_ACTION_STATE_SUCCEEDED\x10\x02\x12\x1f\n" +
+	"\x1bBULK_ACTION_STATE_CANCELLED\x10\x03*\x91\x01\n" +
+	"\x0fBulkFlowOutcome\x12!\n" +
+	"\x1dBULK_FLOW_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19BULK_FLOW_OUTCOME_APPLIED\x10\x01\x12\x1d\n" +
+	"\x19BULK_FLOW_OUTCOME_REFUSED\x10\x02\x12\x1d\n" +
+	"\x19BULK_FLOW_OUTCOME_SKIPPED\x10\x032\x8b\x17\n" +
 	"\x10FlowStateService\x12O\n" +
 	"\n" +
 	"CreateFlow\x12\x1f.flowstate.v1.CreateFlowRequest\x1a .flowstate.v1.CreateFlowResponse\x12K\n" +
@@ -3932,7 +5110,13 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\fListWebhooks\x12!.flowstate.v1.ListWebhooksRequest\x1a\".flowstate.v1.ListWebhooksResponse\"\x03\x90\x02\x01\x12X\n" +
 	"\rDeleteWebhook\x12\".flowstate.v1.DeleteWebhookRequest\x1a#.flowstate.v1.DeleteWebhookResponse\x12R\n" +
 	"\vTestWebhook\x12 .flowstate.v1.TestWebhookRequest\x1a!.flowstate.v1.TestWebhookResponse\x12X\n" +
-	"\rReplayWebhook\x12\".flowstate.v1.ReplayWebhookRequest\x1a#.flowstate.v1.ReplayWebhookResponseB\xa8\x01\n" +
+	"\rReplayWebhook\x12\".flowstate.v1.ReplayWebhookRequest\x1a#.flowstate.v1.ReplayWebhookResponse\x12^\n" +
+	"\x0fStartBulkAction\x12$.flowstate.v1.StartBulkActionRequest\x1a%.flowstate.v1.StartBulkActionResponse\x12]\n" +
+	"\rGetBulkAction\x12\".flowstate.v1.GetBulkActionRequest\x1a#.flowstate.v1.GetBulkActionResponse\"\x03\x90\x02\x01\x12c\n" +
+	"\x0fListBulkActions\x12$.flowstate.v1.ListBulkActionsRequest\x1a%.flowstate.v1.ListBulkActionsResponse\"\x03\x90\x02\x01\x12u\n" +
+	"\x15ListBulkActionResults\x12*.flowstate.v1.ListBulkActionResultsRequest\x1a+.flowstate.v1.ListBulkActionResultsResponse\"\x03\x90\x02\x01\x12a\n" +
+	"\x10CancelBulkAction\x12%.flowstate.v1.CancelBulkActionRequest\x1a&.flowstate.v1.CancelBulkActionResponse\x12`\n" +
+	"\x0fWatchBulkAction\x12$.flowstate.v1.WatchBulkActionRequest\x1a%.flowstate.v1.WatchBulkActionResponse0\x01B\xa8\x01\n" +
 	"\x10com.flowstate.v1B\x10FlowServiceProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -3947,208 +5131,253 @@ func file_flowstate_v1_flow_service_proto_rawDescGZIP() []byte {
 	return file_flowstate_v1_flow_service_proto_rawDescData
 }
 
-var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_flowstate_v1_flow_service_proto_goTypes = []any{
-	(RecoveryAction)(0),                  // 0: flowstate.v1.RecoveryAction
-	(*CreateFlowRequest)(nil),            // 1: flowstate.v1.CreateFlowRequest
-	(*CreateFlowResponse)(nil),           // 2: flowstate.v1.CreateFlowResponse
-	(*GetFlowRequest)(nil),               // 3: flowstate.v1.GetFlowRequest
-	(*GetFlowResponse)(nil),              // 4: flowstate.v1.GetFlowResponse
-	(*PhaseStateFilter)(nil),             // 5: flowstate.v1.PhaseStateFilter
-	(*ListFlowsRequest)(nil),             // 6: flowstate.v1.ListFlowsRequest
-	(*ListFlowsResponse)(nil),            // 7: flowstate.v1.ListFlowsResponse
-	(*PhaseTransition)(nil),              // 8: flowstate.v1.PhaseTransition
-	(*FlowTransition)(nil),               // 9: flowstate.v1.FlowTransition
-	(*ValidateTransitionRequest)(nil),    // 10: flowstate.v1.ValidateTransitionRequest
-	(*ValidateTransitionResponse)(nil),   // 11: flowstate.v1.ValidateTransitionResponse
-	(*TransitionPhaseRequest)(nil),       // 12: flowstate.v1.TransitionPhaseRequest
-	(*TransitionPhaseResponse)(nil),      // 13: flowstate.v1.TransitionPhaseResponse
-	(*UpdatePhaseProgressRequest)(nil),   // 14: flowstate.v1.UpdatePhaseProgressRequest
-	(*HeartbeatRequest)(nil),             // 15: flowstate.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),            // 16: flowstate.v1.HeartbeatResponse
-	(*UpdatePhaseProgressResponse)(nil),  // 17: flowstate.v1.UpdatePhaseProgressResponse
-	(*RollbackRequest)(nil),              // 18: flowstate.v1.RollbackRequest
-	(*RollbackResponse)(nil),             // 19: flowstate.v1.RollbackResponse
-	(*RetryRequest)(nil),                 // 20: flowstate.v1.RetryRequest
-	(*RetryResponse)(nil),                // 21: flowstate.v1.RetryResponse
-	(*GetRecoveryOptionsRequest)(nil),    // 22: flowstate.v1.GetRecoveryOptionsRequest
-	(*GetRecoveryOptionsResponse)(nil),   // 23: flowstate.v1.GetRecoveryOptionsResponse
-	(*RecoveryOption)(nil),               // 24: flowstate.v1.RecoveryOption
-	(*PauseFlowRequest)(nil),             // 25: flowstate.v1.PauseFlowRequest
-	(*PauseFlowResponse)(nil),            // 26: flowstate.v1.PauseFlowResponse
-	(*ResumeFlowRequest)(nil),            // 27: flowstate.v1.ResumeFlowRequest
-	(*ResumeFlowResponse)(nil),           // 28: flowstate.v1.ResumeFlowResponse
-	(*CancelFlowRequest)(nil),            // 29: flowstate.v1.CancelFlowRequest
-	(*CancelFlowResponse)(nil),           // 30: flowstate.v1.CancelFlowResponse
-	(*ListFlowHistoryRequest)(nil),       // 31: flowstate.v1.ListFlowHistoryRequest
-	(*ListFlowHistoryResponse)(nil),      // 32: flowstate.v1.ListFlowHistoryResponse
-	(*GetFlowDefinitionRequest)(nil),     // 33: flowstate.v1.GetFlowDefinitionRequest
-	(*GetFlowDefinitionResponse)(nil),    // 34: flowstate.v1.GetFlowDefinitionResponse
-	(*CreateFlowDefinitionRequest)(nil),  // 35: flowstate.v1.CreateFlowDefinitionRequest
-	(*CreateFlowDefinitionResponse)(nil), // 36: flowstate.v1.CreateFlowDefinitionResponse
-	(*ListFlowDefinitionsRequest)(nil),   // 37: flowstate.v1.ListFlowDefinitionsRequest
-	(*ListFlowDefinitionsResponse)(nil),  // 38: flowstate.v1.ListFlowDefinitionsResponse
-	(*SkipPhaseRequest)(nil),             // 39: flowstate.v1.SkipPhaseRequest
-	(*SkipPhaseResponse)(nil),            // 40: flowstate.v1.SkipPhaseResponse
-	(*WatchFlowRequest)(nil),             // 41: flowstate.v1.WatchFlowRequest
-	(*WatchFlowResponse)(nil),            // 42: flowstate.v1.WatchFlowResponse
-	(*WatchFlowsRequest)(nil),            // 43: flowstate.v1.WatchFlowsRequest
-	(*WatchFlowsResponse)(nil),           // 44: flowstate.v1.WatchFlowsResponse
-	(*FlowEvent)(nil),                    // 45: flowstate.v1.FlowEvent
-	(*Heartbeat)(nil),                    // 46: flowstate.v1.Heartbeat
-	(*CountFlowsRequest)(nil),            // 47: flowstate.v1.CountFlowsRequest
-	(*CountFlowsResponse)(nil),           // 48: flowstate.v1.CountFlowsResponse
-	(*FlowCountGroup)(nil),               // 49: flowstate.v1.FlowCountGroup
-	nil,                                  // 50: flowstate.v1.CreateFlowRequest.LabelsEntry
-	(*Flow)(nil),                         // 51: flowstate.v1.Flow
-	(*HistoryEntry)(nil),                 // 52: flowstate.v1.HistoryEntry
-	(PhaseState)(0),                      // 53: flowstate.v1.PhaseState
-	(FlowStatus)(0),                      // 54: flowstate.v1.FlowStatus
-	(*timestamppb.Timestamp)(nil),        // 55: google.protobuf.Timestamp
-	(*FlowError)(nil),                    // 56: flowstate.v1.FlowError
-	(*PhaseFailure)(nil),                 // 57: flowstate.v1.PhaseFailure
-	(*structpb.Struct)(nil),              // 58: google.protobuf.Struct
-	(ErrorCode)(0),                       // 59: flowstate.v1.ErrorCode
-	(*FlowDefinition)(nil),               // 60: flowstate.v1.FlowDefinition
-	(*CreateWebhookRequest)(nil),         // 61: flowstate.v1.CreateWebhookRequest
-	(*ListWebhooksRequest)(nil),          // 62: flowstate.v1.ListWebhooksRequest
-	(*DeleteWebhookRequest)(nil),         // 63: flowstate.v1.DeleteWebhookRequest
-	(*TestWebhookRequest)(nil),           // 64: flowstate.v1.TestWebhookRequest
-	(*ReplayWebhookRequest)(nil),         // 65: flowstate.v1.ReplayWebhookRequest
-	(*CreateWebhookResponse)(nil),        // 66: flowstate.v1.CreateWebhookResponse
-	(*ListWebhooksResponse)(nil),         // 67: flowstate.v1.ListWebhooksResponse
-	(*DeleteWebhookResponse)(nil),        // 68: flowstate.v1.DeleteWebhookResponse
-	(*TestWebhookResponse)(nil),          // 69: flowstate.v1.TestWebhookResponse
-	(*ReplayWebhookResponse)(nil),        // 70: flowstate.v1.ReplayWebhookResponse
+	(RecoveryAction)(0),                   // 0: flowstate.v1.RecoveryAction
+	(BulkActionType)(0),                   // 1: flowstate.v1.BulkActionType
+	(BulkActionState)(0),                  // 2: flowstate.v1.BulkActionState
+	(BulkFlowOutcome)(0),                  // 3: flowstate.v1.BulkFlowOutcome
+	(*CreateFlowRequest)(nil),             // 4: flowstate.v1.CreateFlowRequest
+	(*CreateFlowResponse)(nil),            // 5: flowstate.v1.CreateFlowResponse
+	(*GetFlowRequest)(nil),                // 6: flowstate.v1.GetFlowRequest
+	(*GetFlowResponse)(nil),               // 7: flowstate.v1.GetFlowResponse
+	(*PhaseStateFilter)(nil),              // 8: flowstate.v1.PhaseStateFilter
+	(*ListFlowsRequest)(nil),              // 9: flowstate.v1.ListFlowsRequest
+	(*ListFlowsResponse)(nil),             // 10: flowstate.v1.ListFlowsResponse
+	(*PhaseTransition)(nil),               // 11: flowstate.v1.PhaseTransition
+	(*FlowTransition)(nil),                // 12: flowstate.v1.FlowTransition
+	(*ValidateTransitionRequest)(nil),     // 13: flowstate.v1.ValidateTransitionRequest
+	(*ValidateTransitionResponse)(nil),    // 14: flowstate.v1.ValidateTransitionResponse
+	(*TransitionPhaseRequest)(nil),        // 15: flowstate.v1.TransitionPhaseRequest
+	(*TransitionPhaseResponse)(nil),       // 16: flowstate.v1.TransitionPhaseResponse
+	(*UpdatePhaseProgressRequest)(nil),    // 17: flowstate.v1.UpdatePhaseProgressRequest
+	(*HeartbeatRequest)(nil),              // 18: flowstate.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),             // 19: flowstate.v1.HeartbeatResponse
+	(*UpdatePhaseProgressResponse)(nil),   // 20: flowstate.v1.UpdatePhaseProgressResponse
+	(*RollbackRequest)(nil),               // 21: flowstate.v1.RollbackRequest
+	(*RollbackResponse)(nil),              // 22: flowstate.v1.RollbackResponse
+	(*RetryRequest)(nil),                  // 23: flowstate.v1.RetryRequest
+	(*RetryResponse)(nil),                 // 24: flowstate.v1.RetryResponse
+	(*GetRecoveryOptionsRequest)(nil),     // 25: flowstate.v1.GetRecoveryOptionsRequest
+	(*GetRecoveryOptionsResponse)(nil),    // 26: flowstate.v1.GetRecoveryOptionsResponse
+	(*RecoveryOption)(nil),                // 27: flowstate.v1.RecoveryOption
+	(*PauseFlowRequest)(nil),              // 28: flowstate.v1.PauseFlowRequest
+	(*PauseFlowResponse)(nil),             // 29: flowstate.v1.PauseFlowResponse
+	(*ResumeFlowRequest)(nil),             // 30: flowstate.v1.ResumeFlowRequest
+	(*ResumeFlowResponse)(nil),            // 31: flowstate.v1.ResumeFlowResponse
+	(*CancelFlowRequest)(nil),             // 32: flowstate.v1.CancelFlowRequest
+	(*CancelFlowResponse)(nil),            // 33: flowstate.v1.CancelFlowResponse
+	(*ListFlowHistoryRequest)(nil),        // 34: flowstate.v1.ListFlowHistoryRequest
+	(*ListFlowHistoryResponse)(nil),       // 35: flowstate.v1.ListFlowHistoryResponse
+	(*GetFlowDefinitionRequest)(nil),      // 36: flowstate.v1.GetFlowDefinitionRequest
+	(*GetFlowDefinitionResponse)(nil),     // 37: flowstate.v1.GetFlowDefinitionResponse
+	(*CreateFlowDefinitionRequest)(nil),   // 38: flowstate.v1.CreateFlowDefinitionRequest
+	(*CreateFlowDefinitionResponse)(nil),  // 39: flowstate.v1.CreateFlowDefinitionResponse
+	(*ListFlowDefinitionsRequest)(nil),    // 40: flowstate.v1.ListFlowDefinitionsRequest
+	(*ListFlowDefinitionsResponse)(nil),   // 41: flowstate.v1.ListFlowDefinitionsResponse
+	(*SkipPhaseRequest)(nil),              // 42: flowstate.v1.SkipPhaseRequest
+	(*SkipPhaseResponse)(nil),             // 43: flowstate.v1.SkipPhaseResponse
+	(*WatchFlowRequest)(nil),              // 44: flowstate.v1.WatchFlowRequest
+	(*WatchFlowResponse)(nil),             // 45: flowstate.v1.WatchFlowResponse
+	(*WatchFlowsRequest)(nil),             // 46: flowstate.v1.WatchFlowsRequest
+	(*WatchFlowsResponse)(nil),            // 47: flowstate.v1.WatchFlowsResponse
+	(*FlowEvent)(nil),                     // 48: flowstate.v1.FlowEvent
+	(*Heartbeat)(nil),                     // 49: flowstate.v1.Heartbeat
+	(*CountFlowsRequest)(nil),             // 50: flowstate.v1.CountFlowsRequest
+	(*CountFlowsResponse)(nil),            // 51: flowstate.v1.CountFlowsResponse
+	(*FlowCountGroup)(nil),                // 52: flowstate.v1.FlowCountGroup
+	(*BulkAction)(nil),                    // 53: flowstate.v1.BulkAction
+	(*BulkFlowResult)(nil),                // 54: flowstate.v1.BulkFlowResult
+	(*StartBulkActionRequest)(nil),        // 55: flowstate.v1.StartBulkActionRequest
+	(*StartBulkActionResponse)(nil),       // 56: flowstate.v1.StartBulkActionResponse
+	(*GetBulkActionRequest)(nil),          // 57: flowstate.v1.GetBulkActionRequest
+	(*GetBulkActionResponse)(nil),         // 58: flowstate.v1.GetBulkActionResponse
+	(*ListBulkActionsRequest)(nil),        // 59: flowstate.v1.ListBulkActionsRequest
+	(*ListBulkActionsResponse)(nil),       // 60: flowstate.v1.ListBulkActionsResponse
+	(*ListBulkActionResultsRequest)(nil),  // 61: flowstate.v1.ListBulkActionResultsRequest
+	(*ListBulkActionResultsResponse)(nil), // 62: flowstate.v1.ListBulkActionResultsResponse
+	(*CancelBulkActionRequest)(nil),       // 63: flowstate.v1.CancelBulkActionRequest
+	(*CancelBulkActionResponse)(nil),      // 64: flowstate.v1.CancelBulkActionResponse
+	(*WatchBulkActionRequest)(nil),        // 65: flowstate.v1.WatchBulkActionRequest
+	(*WatchBulkActionResponse)(nil),       // 66: flowstate.v1.WatchBulkActionResponse
+	nil,                                   // 67: flowstate.v1.CreateFlowRequest.LabelsEntry
+	(*Flow)(nil),                          // 68: flowstate.v1.Flow
+	(*HistoryEntry)(nil),                  // 69: flowstate.v1.HistoryEntry
+	(PhaseState)(0),                       // 70: flowstate.v1.PhaseState
+	(FlowStatus)(0),                       // 71: flowstate.v1.FlowStatus
+	(*timestamppb.Timestamp)(nil),         // 72: google.protobuf.Timestamp
+	(*FlowError)(nil),                     // 73: flowstate.v1.FlowError
+	(*PhaseFailure)(nil),                  // 74: flowstate.v1.PhaseFailure
+	(*structpb.Struct)(nil),               // 75: google.protobuf.Struct
+	(ErrorCode)(0),                        // 76: flowstate.v1.ErrorCode
+	(*FlowDefinition)(nil),                // 77: flowstate.v1.FlowDefinition
+	(*CreateWebhookRequest)(nil),          // 78: flowstate.v1.CreateWebhookRequest
+	(*ListWebhooksRequest)(nil),           // 79: flowstate.v1.ListWebhooksRequest
+	(*DeleteWebhookRequest)(nil),          // 80: flowstate.v1.DeleteWebhookRequest
+	(*TestWebhookRequest)(nil),            // 81: flowstate.v1.TestWebhookRequest
+	(*ReplayWebhookRequest)(nil),          // 82: flowstate.v1.ReplayWebhookRequest
+	(*CreateWebhookResponse)(nil),         // 83: flowstate.v1.CreateWebhookResponse
+	(*ListWebhooksResponse)(nil),          // 84: flowstate.v1.ListWebhooksResponse
+	(*DeleteWebhookResponse)(nil),         // 85: flowstate.v1.DeleteWebhookResponse
+	(*TestWebhookResponse)(nil),           // 86: flowstate.v1.TestWebhookResponse
+	(*ReplayWebhookResponse)(nil),         // 87: flowstate.v1.ReplayWebhookResponse
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
-	50, // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
-	51, // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	51, // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
-	53, // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
-	54, // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	5,  // 6: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
-	55, // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
-	51, // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
-	53, // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
-	53, // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
-	54, // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
-	54, // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
-	8,  // 13: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
-	9,  // 14: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
-	56, // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
-	53, // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
-	54, // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
-	54, // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
-	53, // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
-	57, // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
-	58, // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	51, // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	58, // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
-	55, // 25: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
-	51, // 26: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 27: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	51, // 28: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 29: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	51, // 30: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 31: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	51, // 32: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
-	24, // 33: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
-	0,  // 34: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
-	53, // 35: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
-	54, // 36: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
-	59, // 37: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
-	55, // 38: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
-	20, // 39: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
-	18, // 40: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
-	12, // 41: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
-	27, // 42: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
-	29, // 43: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
-	25, // 44: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
-	39, // 45: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
-	51, // 46: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 47: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	51, // 48: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 49: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	51, // 50: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 51: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	52, // 52: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	60, // 53: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	60, // 54: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
-	60, // 55: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	60, // 56: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
-	58, // 57: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	51, // 58: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	52, // 59: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	45, // 60: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	54, // 61: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	45, // 62: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	54, // 63: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	51, // 64: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	52, // 65: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
-	46, // 66: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	55, // 67: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
-	49, // 68: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
-	1,  // 69: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	3,  // 70: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	6,  // 71: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	10, // 72: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	12, // 73: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	14, // 74: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	18, // 75: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	20, // 76: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	22, // 77: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	25, // 78: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	27, // 79: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	29, // 80: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	31, // 81: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	33, // 82: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	35, // 83: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
-	37, // 84: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
-	39, // 85: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
-	41, // 86: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	43, // 87: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	15, // 88: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
-	47, // 89: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
-	61, // 90: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
-	62, // 91: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
-	63, // 92: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
-	64, // 93: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
-	65, // 94: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
-	2,  // 95: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	4,  // 96: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	7,  // 97: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	11, // 98: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	13, // 99: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	17, // 100: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	19, // 101: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	21, // 102: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	23, // 103: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	26, // 104: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	28, // 105: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	30, // 106: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	32, // 107: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	34, // 108: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	36, // 109: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	38, // 110: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	40, // 111: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	42, // 112: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	44, // 113: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	16, // 114: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
-	48, // 115: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
-	66, // 116: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
-	67, // 117: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
-	68, // 118: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
-	69, // 119: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
-	70, // 120: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
-	95, // [95:121] is the sub-list for method output_type
-	69, // [69:95] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	67,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
+	68,  // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	68,  // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
+	70,  // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
+	71,  // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	8,   // 6: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
+	72,  // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
+	68,  // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
+	70,  // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
+	70,  // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
+	71,  // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
+	71,  // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
+	11,  // 13: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
+	12,  // 14: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
+	73,  // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
+	70,  // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
+	71,  // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
+	71,  // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
+	70,  // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
+	74,  // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
+	75,  // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	68,  // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	75,  // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
+	72,  // 25: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
+	68,  // 26: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 27: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	68,  // 28: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 29: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	68,  // 30: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 31: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	68,  // 32: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
+	27,  // 33: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
+	0,   // 34: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
+	70,  // 35: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
+	71,  // 36: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
+	76,  // 37: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
+	72,  // 38: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
+	23,  // 39: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
+	21,  // 40: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
+	15,  // 41: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
+	30,  // 42: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
+	32,  // 43: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
+	28,  // 44: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
+	42,  // 45: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
+	68,  // 46: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 47: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	68,  // 48: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 49: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	68,  // 50: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 51: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	69,  // 52: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	77,  // 53: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	77,  // 54: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	77,  // 55: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	77,  // 56: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	75,  // 57: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	68,  // 58: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	69,  // 59: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48,  // 60: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
+	71,  // 61: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	48,  // 62: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
+	71,  // 63: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	68,  // 64: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	69,  // 65: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	49,  // 66: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
+	72,  // 67: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	52,  // 68: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
+	1,   // 69: flowstate.v1.BulkAction.action:type_name -> flowstate.v1.BulkActionType
+	2,   // 70: flowstate.v1.BulkAction.state:type_name -> flowstate.v1.BulkActionState
+	72,  // 71: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
+	72,  // 72: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
+	72,  // 73: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
+	3,   // 74: flowstate.v1.BulkFlowResult.outcome:type_name -> flowstate.v1.BulkFlowOutcome
+	73,  // 75: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
+	72,  // 76: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
+	1,   // 77: flowstate.v1.StartBulkActionRequest.action:type_name -> flowstate.v1.BulkActionType
+	53,  // 78: flowstate.v1.StartBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 79: flowstate.v1.GetBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 80: flowstate.v1.ListBulkActionsResponse.bulk_actions:type_name -> flowstate.v1.BulkAction
+	3,   // 81: flowstate.v1.ListBulkActionResultsRequest.outcome:type_name -> flowstate.v1.BulkFlowOutcome
+	54,  // 82: flowstate.v1.ListBulkActionResultsResponse.results:type_name -> flowstate.v1.BulkFlowResult
+	53,  // 83: flowstate.v1.CancelBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 84: flowstate.v1.WatchBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	4,   // 85: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	6,   // 86: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	9,   // 87: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	13,  // 88: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	15,  // 89: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	17,  // 90: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	21,  // 91: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	23,  // 92: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	25,  // 93: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	28,  // 94: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	30,  // 95: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	32,  // 96: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	34,  // 97: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	36,  // 98: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	38,  // 99: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	40,  // 100: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	42,  // 101: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	44,  // 102: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	46,  // 103: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	18,  // 104: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
+	50,  // 105: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
+	78,  // 106: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
+	79,  // 107: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
+	80,  // 108: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
+	81,  // 109: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
+	82,  // 110: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
+	55,  // 111: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
+	57,  // 112: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
+	59,  // 113: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
+	61,  // 114: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
+	63,  // 115: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
+	65,  // 116: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
+	5,   // 117: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	7,   // 118: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	10,  // 119: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	14,  // 120: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	16,  // 121: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	20,  // 122: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	22,  // 123: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	24,  // 124: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	26,  // 125: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	29,  // 126: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	31,  // 127: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	33,  // 128: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	35,  // 129: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	37,  // 130: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	39,  // 131: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	41,  // 132: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	43,  // 133: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	45,  // 134: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	47,  // 135: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	19,  // 136: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
+	51,  // 137: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
+	83,  // 138: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
+	84,  // 139: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
+	85,  // 140: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
+	86,  // 141: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
+	87,  // 142: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
+	56,  // 143: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
+	58,  // 144: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
+	60,  // 145: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
+	62,  // 146: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
+	64,  // 147: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
+	66,  // 148: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
+	117, // [117:149] is the sub-list for method output_type
+	85,  // [85:117] is the sub-list for method input_type
+	85,  // [85:85] is the sub-list for extension type_name
+	85,  // [85:85] is the sub-list for extension extendee
+	0,   // [0:85] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -4195,8 +5424,8 @@ func file_flowstate_v1_flow_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_service_proto_rawDesc), len(file_flowstate_v1_flow_service_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   50,
+			NumEnums:      4,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

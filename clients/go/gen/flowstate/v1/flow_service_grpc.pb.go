@@ -19,32 +19,38 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	FlowStateService_CreateFlow_FullMethodName           = "/flowstate.v1.FlowStateService/CreateFlow"
-	FlowStateService_GetFlow_FullMethodName              = "/flowstate.v1.FlowStateService/GetFlow"
-	FlowStateService_ListFlows_FullMethodName            = "/flowstate.v1.FlowStateService/ListFlows"
-	FlowStateService_ValidateTransition_FullMethodName   = "/flowstate.v1.FlowStateService/ValidateTransition"
-	FlowStateService_TransitionPhase_FullMethodName      = "/flowstate.v1.FlowStateService/TransitionPhase"
-	FlowStateService_UpdatePhaseProgress_FullMethodName  = "/flowstate.v1.FlowStateService/UpdatePhaseProgress"
-	FlowStateService_Rollback_FullMethodName             = "/flowstate.v1.FlowStateService/Rollback"
-	FlowStateService_Retry_FullMethodName                = "/flowstate.v1.FlowStateService/Retry"
-	FlowStateService_GetRecoveryOptions_FullMethodName   = "/flowstate.v1.FlowStateService/GetRecoveryOptions"
-	FlowStateService_PauseFlow_FullMethodName            = "/flowstate.v1.FlowStateService/PauseFlow"
-	FlowStateService_ResumeFlow_FullMethodName           = "/flowstate.v1.FlowStateService/ResumeFlow"
-	FlowStateService_CancelFlow_FullMethodName           = "/flowstate.v1.FlowStateService/CancelFlow"
-	FlowStateService_ListFlowHistory_FullMethodName      = "/flowstate.v1.FlowStateService/ListFlowHistory"
-	FlowStateService_GetFlowDefinition_FullMethodName    = "/flowstate.v1.FlowStateService/GetFlowDefinition"
-	FlowStateService_CreateFlowDefinition_FullMethodName = "/flowstate.v1.FlowStateService/CreateFlowDefinition"
-	FlowStateService_ListFlowDefinitions_FullMethodName  = "/flowstate.v1.FlowStateService/ListFlowDefinitions"
-	FlowStateService_SkipPhase_FullMethodName            = "/flowstate.v1.FlowStateService/SkipPhase"
-	FlowStateService_WatchFlow_FullMethodName            = "/flowstate.v1.FlowStateService/WatchFlow"
-	FlowStateService_WatchFlows_FullMethodName           = "/flowstate.v1.FlowStateService/WatchFlows"
-	FlowStateService_Heartbeat_FullMethodName            = "/flowstate.v1.FlowStateService/Heartbeat"
-	FlowStateService_CountFlows_FullMethodName           = "/flowstate.v1.FlowStateService/CountFlows"
-	FlowStateService_CreateWebhook_FullMethodName        = "/flowstate.v1.FlowStateService/CreateWebhook"
-	FlowStateService_ListWebhooks_FullMethodName         = "/flowstate.v1.FlowStateService/ListWebhooks"
-	FlowStateService_DeleteWebhook_FullMethodName        = "/flowstate.v1.FlowStateService/DeleteWebhook"
-	FlowStateService_TestWebhook_FullMethodName          = "/flowstate.v1.FlowStateService/TestWebhook"
-	FlowStateService_ReplayWebhook_FullMethodName        = "/flowstate.v1.FlowStateService/ReplayWebhook"
+	FlowStateService_CreateFlow_FullMethodName            = "/flowstate.v1.FlowStateService/CreateFlow"
+	FlowStateService_GetFlow_FullMethodName               = "/flowstate.v1.FlowStateService/GetFlow"
+	FlowStateService_ListFlows_FullMethodName             = "/flowstate.v1.FlowStateService/ListFlows"
+	FlowStateService_ValidateTransition_FullMethodName    = "/flowstate.v1.FlowStateService/ValidateTransition"
+	FlowStateService_TransitionPhase_FullMethodName       = "/flowstate.v1.FlowStateService/TransitionPhase"
+	FlowStateService_UpdatePhaseProgress_FullMethodName   = "/flowstate.v1.FlowStateService/UpdatePhaseProgress"
+	FlowStateService_Rollback_FullMethodName              = "/flowstate.v1.FlowStateService/Rollback"
+	FlowStateService_Retry_FullMethodName                 = "/flowstate.v1.FlowStateService/Retry"
+	FlowStateService_GetRecoveryOptions_FullMethodName    = "/flowstate.v1.FlowStateService/GetRecoveryOptions"
+	FlowStateService_PauseFlow_FullMethodName             = "/flowstate.v1.FlowStateService/PauseFlow"
+	FlowStateService_ResumeFlow_FullMethodName            = "/flowstate.v1.FlowStateService/ResumeFlow"
+	FlowStateService_CancelFlow_FullMethodName            = "/flowstate.v1.FlowStateService/CancelFlow"
+	FlowStateService_ListFlowHistory_FullMethodName       = "/flowstate.v1.FlowStateService/ListFlowHistory"
+	FlowStateService_GetFlowDefinition_FullMethodName     = "/flowstate.v1.FlowStateService/GetFlowDefinition"
+	FlowStateService_CreateFlowDefinition_FullMethodName  = "/flowstate.v1.FlowStateService/CreateFlowDefinition"
+	FlowStateService_ListFlowDefinitions_FullMethodName   = "/flowstate.v1.FlowStateService/ListFlowDefinitions"
+	FlowStateService_SkipPhase_FullMethodName             = "/flowstate.v1.FlowStateService/SkipPhase"
+	FlowStateService_WatchFlow_FullMethodName             = "/flowstate.v1.FlowStateService/WatchFlow"
+	FlowStateService_WatchFlows_FullMethodName            = "/flowstate.v1.FlowStateService/WatchFlows"
+	FlowStateService_Heartbeat_FullMethodName             = "/flowstate.v1.FlowStateService/Heartbeat"
+	FlowStateService_CountFlows_FullMethodName            = "/flowstate.v1.FlowStateService/CountFlows"
+	FlowStateService_CreateWebhook_FullMethodName         = "/flowstate.v1.FlowStateService/CreateWebhook"
+	FlowStateService_ListWebhooks_FullMethodName          = "/flowstate.v1.FlowStateService/ListWebhooks"
+	FlowStateService_DeleteWebhook_FullMethodName         = "/flowstate.v1.FlowStateService/DeleteWebhook"
+	FlowStateService_TestWebhook_FullMethodName           = "/flowstate.v1.FlowStateService/TestWebhook"
+	FlowStateService_ReplayWebhook_FullMethodName         = "/flowstate.v1.FlowStateService/ReplayWebhook"
+	FlowStateService_StartBulkAction_FullMethodName       = "/flowstate.v1.FlowStateService/StartBulkAction"
+	FlowStateService_GetBulkAction_FullMethodName         = "/flowstate.v1.FlowStateService/GetBulkAction"
+	FlowStateService_ListBulkActions_FullMethodName       = "/flowstate.v1.FlowStateService/ListBulkActions"
+	FlowStateService_ListBulkActionResults_FullMethodName = "/flowstate.v1.FlowStateService/ListBulkActionResults"
+	FlowStateService_CancelBulkAction_FullMethodName      = "/flowstate.v1.FlowStateService/CancelBulkAction"
+	FlowStateService_WatchBulkAction_FullMethodName       = "/flowstate.v1.FlowStateService/WatchBulkAction"
 )
 
 // FlowStateServiceClient is the client API for FlowStateService service.
@@ -188,6 +194,27 @@ type FlowStateServiceClient interface {
 	// `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
 	// MALFORMED_REQUEST (both given, or a bad cursor).
 	ReplayWebhook(ctx context.Context, in *ReplayWebhookRequest, opts ...grpc.CallOption) (*ReplayWebhookResponse, error)
+	// Starts a bulk action and returns it at once (state RUNNING, its flows
+	// counted); a server works through it in the background. Idempotent on
+	// `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+	// does not parse, no filter and no ids, a missing phase, too many flows).
+	StartBulkAction(ctx context.Context, in *StartBulkActionRequest, opts ...grpc.CallOption) (*StartBulkActionResponse, error)
+	// Returns one bulk action with its progress. Errors: NOT_FOUND
+	// (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+	GetBulkAction(ctx context.Context, in *GetBulkActionRequest, opts ...grpc.CallOption) (*GetBulkActionResponse, error)
+	// Lists the caller's bulk actions, newest first. Paginated (AIP-158).
+	ListBulkActions(ctx context.Context, in *ListBulkActionsRequest, opts ...grpc.CallOption) (*ListBulkActionsResponse, error)
+	// Lists the per-flow results of a bulk action in the order its flows were
+	// taken (optionally only one outcome, e.g. the refused ones with their
+	// errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+	ListBulkActionResults(ctx context.Context, in *ListBulkActionResultsRequest, opts ...grpc.CallOption) (*ListBulkActionResultsResponse, error)
+	// Stops a running bulk action: flows not taken yet are left alone (the
+	// flow being changed at that moment may still finish). Cancelling a
+	// finished action changes nothing and returns it. Errors: NOT_FOUND.
+	CancelBulkAction(ctx context.Context, in *CancelBulkActionRequest, opts ...grpc.CallOption) (*CancelBulkActionResponse, error)
+	// Streams a bulk action's progress: the action now, then again whenever its
+	// counts or state change, ending after it is finished. Errors: NOT_FOUND.
+	WatchBulkAction(ctx context.Context, in *WatchBulkActionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBulkActionResponse], error)
 }
 
 type flowStateServiceClient struct {
@@ -476,6 +503,75 @@ func (c *flowStateServiceClient) ReplayWebhook(ctx context.Context, in *ReplayWe
 	return out, nil
 }
 
+func (c *flowStateServiceClient) StartBulkAction(ctx context.Context, in *StartBulkActionRequest, opts ...grpc.CallOption) (*StartBulkActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartBulkActionResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_StartBulkAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) GetBulkAction(ctx context.Context, in *GetBulkActionRequest, opts ...grpc.CallOption) (*GetBulkActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBulkActionResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_GetBulkAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) ListBulkActions(ctx context.Context, in *ListBulkActionsRequest, opts ...grpc.CallOption) (*ListBulkActionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBulkActionsResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_ListBulkActions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) ListBulkActionResults(ctx context.Context, in *ListBulkActionResultsRequest, opts ...grpc.CallOption) (*ListBulkActionResultsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBulkActionResultsResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_ListBulkActionResults_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) CancelBulkAction(ctx context.Context, in *CancelBulkActionRequest, opts ...grpc.CallOption) (*CancelBulkActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelBulkActionResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_CancelBulkAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) WatchBulkAction(ctx context.Context, in *WatchBulkActionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBulkActionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &FlowStateService_ServiceDesc.Streams[2], FlowStateService_WatchBulkAction_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchBulkActionRequest, WatchBulkActionResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type FlowStateService_WatchBulkActionClient = grpc.ServerStreamingClient[WatchBulkActionResponse]
+
 // FlowStateServiceServer is the server API for FlowStateService service.
 // All implementations must embed UnimplementedFlowStateServiceServer
 // for forward compatibility.
@@ -617,6 +713,27 @@ type FlowStateServiceServer interface {
 	// `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
 	// MALFORMED_REQUEST (both given, or a bad cursor).
 	ReplayWebhook(context.Context, *ReplayWebhookRequest) (*ReplayWebhookResponse, error)
+	// Starts a bulk action and returns it at once (state RUNNING, its flows
+	// counted); a server works through it in the background. Idempotent on
+	// `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+	// does not parse, no filter and no ids, a missing phase, too many flows).
+	StartBulkAction(context.Context, *StartBulkActionRequest) (*StartBulkActionResponse, error)
+	// Returns one bulk action with its progress. Errors: NOT_FOUND
+	// (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+	GetBulkAction(context.Context, *GetBulkActionRequest) (*GetBulkActionResponse, error)
+	// Lists the caller's bulk actions, newest first. Paginated (AIP-158).
+	ListBulkActions(context.Context, *ListBulkActionsRequest) (*ListBulkActionsResponse, error)
+	// Lists the per-flow results of a bulk action in the order its flows were
+	// taken (optionally only one outcome, e.g. the refused ones with their
+	// errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+	ListBulkActionResults(context.Context, *ListBulkActionResultsRequest) (*ListBulkActionResultsResponse, error)
+	// Stops a running bulk action: flows not taken yet are left alone (the
+	// flow being changed at that moment may still finish). Cancelling a
+	// finished action changes nothing and returns it. Errors: NOT_FOUND.
+	CancelBulkAction(context.Context, *CancelBulkActionRequest) (*CancelBulkActionResponse, error)
+	// Streams a bulk action's progress: the action now, then again whenever its
+	// counts or state change, ending after it is finished. Errors: NOT_FOUND.
+	WatchBulkAction(*WatchBulkActionRequest, grpc.ServerStreamingServer[WatchBulkActionResponse]) error
 	mustEmbedUnimplementedFlowStateServiceServer()
 }
 
@@ -704,6 +821,24 @@ func (UnimplementedFlowStateServiceServer) TestWebhook(context.Context, *TestWeb
 }
 func (UnimplementedFlowStateServiceServer) ReplayWebhook(context.Context, *ReplayWebhookRequest) (*ReplayWebhookResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReplayWebhook not implemented")
+}
+func (UnimplementedFlowStateServiceServer) StartBulkAction(context.Context, *StartBulkActionRequest) (*StartBulkActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartBulkAction not implemented")
+}
+func (UnimplementedFlowStateServiceServer) GetBulkAction(context.Context, *GetBulkActionRequest) (*GetBulkActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetBulkAction not implemented")
+}
+func (UnimplementedFlowStateServiceServer) ListBulkActions(context.Context, *ListBulkActionsRequest) (*ListBulkActionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBulkActions not implemented")
+}
+func (UnimplementedFlowStateServiceServer) ListBulkActionResults(context.Context, *ListBulkActionResultsRequest) (*ListBulkActionResultsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBulkActionResults not implemented")
+}
+func (UnimplementedFlowStateServiceServer) CancelBulkAction(context.Context, *CancelBulkActionRequest) (*CancelBulkActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelBulkAction not implemented")
+}
+func (UnimplementedFlowStateServiceServer) WatchBulkAction(*WatchBulkActionRequest, grpc.ServerStreamingServer[WatchBulkActionResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchBulkAction not implemented")
 }
 func (UnimplementedFlowStateServiceServer) mustEmbedUnimplementedFlowStateServiceServer() {}
 func (UnimplementedFlowStateServiceServer) testEmbeddedByValue()                          {}
@@ -1180,6 +1315,107 @@ func _FlowStateService_ReplayWebhook_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FlowStateService_StartBulkAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartBulkActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).StartBulkAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_StartBulkAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).StartBulkAction(ctx, req.(*StartBulkActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_GetBulkAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBulkActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).GetBulkAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_GetBulkAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).GetBulkAction(ctx, req.(*GetBulkActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_ListBulkActions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBulkActionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).ListBulkActions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_ListBulkActions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).ListBulkActions(ctx, req.(*ListBulkActionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_ListBulkActionResults_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBulkActionResultsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).ListBulkActionResults(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_ListBulkActionResults_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).ListBulkActionResults(ctx, req.(*ListBulkActionResultsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_CancelBulkAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelBulkActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).CancelBulkAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_CancelBulkAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).CancelBulkAction(ctx, req.(*CancelBulkActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_WatchBulkAction_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchBulkActionRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(FlowStateServiceServer).WatchBulkAction(m, &grpc.GenericServerStream[WatchBulkActionRequest, WatchBulkActionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type FlowStateService_WatchBulkActionServer = grpc.ServerStreamingServer[WatchBulkActionResponse]
+
 // FlowStateService_ServiceDesc is the grpc.ServiceDesc for FlowStateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1283,6 +1519,26 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ReplayWebhook",
 			Handler:    _FlowStateService_ReplayWebhook_Handler,
 		},
+		{
+			MethodName: "StartBulkAction",
+			Handler:    _FlowStateService_StartBulkAction_Handler,
+		},
+		{
+			MethodName: "GetBulkAction",
+			Handler:    _FlowStateService_GetBulkAction_Handler,
+		},
+		{
+			MethodName: "ListBulkActions",
+			Handler:    _FlowStateService_ListBulkActions_Handler,
+		},
+		{
+			MethodName: "ListBulkActionResults",
+			Handler:    _FlowStateService_ListBulkActionResults_Handler,
+		},
+		{
+			MethodName: "CancelBulkAction",
+			Handler:    _FlowStateService_CancelBulkAction_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -1293,6 +1549,11 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchFlows",
 			Handler:       _FlowStateService_WatchFlows_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchBulkAction",
+			Handler:       _FlowStateService_WatchBulkAction_Handler,
 			ServerStreams: true,
 		},
 	},

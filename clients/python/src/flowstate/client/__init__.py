@@ -19,6 +19,9 @@ generated messages and stubs live in ``flowstate.v1``.
 from flowstate.client._async_client import AsyncFlowstateClient
 from flowstate.client._config import DEFAULT_ADDRESS, TokenSource
 from flowstate.client._enums import (
+    BulkActionState,
+    BulkActionType,
+    BulkFlowOutcome,
     ErrorCode,
     FlowEventKind,
     FlowStatus,
@@ -28,6 +31,7 @@ from flowstate.client._enums import (
 )
 from flowstate.client._errors import (
     Aborted,
+    BulkActionNotFound,
     DeadlineExceeded,
     DefinitionNotFound,
     DefinitionShadowsBuiltin,
@@ -59,6 +63,8 @@ from flowstate.client._errors import (
     WebhookNotFound,
 )
 from flowstate.client._models import (
+    BulkAction,
+    BulkFlowResult,
     DefinitionPage,
     DefinitionRegistration,
     Flow,
@@ -85,6 +91,12 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "Aborted",
     "AsyncFlowstateClient",
+    "BulkAction",
+    "BulkActionNotFound",
+    "BulkActionState",
+    "BulkActionType",
+    "BulkFlowOutcome",
+    "BulkFlowResult",
     "DeadlineExceeded",
     "DefinitionNotFound",
     "DefinitionPage",

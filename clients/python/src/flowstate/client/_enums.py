@@ -12,6 +12,9 @@ import enum
 from typing import Any, Self
 
 __all__ = [
+    "BulkActionState",
+    "BulkActionType",
+    "BulkFlowOutcome",
     "ErrorCode",
     "FlowEventKind",
     "FlowStatus",
@@ -149,6 +152,7 @@ class ErrorCode(_ProtoEnum):
     DEFINITION_SHADOWS_BUILTIN = 26
     WEBHOOK_NOT_FOUND = 45
     RATE_LIMITED = 46
+    BULK_ACTION_NOT_FOUND = 40
 
 
 class HistoryEventKind(_ProtoEnum):
@@ -189,7 +193,41 @@ class FlowEventKind(enum.StrEnum):
     HEARTBEAT = "heartbeat"
 
 
+class BulkActionType(_ProtoEnum):
+    """What a bulk action does to each flow (``flowstate.v1.BulkActionType``)."""
+
+    UNSPECIFIED = 0
+    RETRY = 1
+    CANCEL = 2
+    PAUSE = 3
+    RESUME = 4
+    ROLLBACK = 5
+    SKIP = 6
+
+
+class BulkActionState(_ProtoEnum):
+    """Where a bulk action stands (``flowstate.v1.BulkActionState``)."""
+
+    UNSPECIFIED = 0
+    RUNNING = 1
+    SUCCEEDED = 2
+    CANCELLED = 3
+
+
+class BulkFlowOutcome(_ProtoEnum):
+    """What a bulk action did to one flow (``flowstate.v1.BulkFlowOutcome``; UNSPECIFIED: not
+    taken yet)."""
+
+    UNSPECIFIED = 0
+    APPLIED = 1
+    REFUSED = 2
+    SKIPPED = 3
+
+
 _PREFIXES = {
+    "BulkActionType": "BULK_ACTION_TYPE_",
+    "BulkActionState": "BULK_ACTION_STATE_",
+    "BulkFlowOutcome": "BULK_FLOW_OUTCOME_",
     "PhaseState": "PHASE_STATE_",
     "FlowStatus": "FLOW_STATUS_",
     "ErrorCode": "ERROR_CODE_",

@@ -59,6 +59,7 @@ from flowstate.v1 import errors_pb2
 
 __all__ = [
     "Aborted",
+    "BulkActionNotFound",
     "DeadlineExceeded",
     "DefinitionNotFound",
     "DefinitionShadowsBuiltin",
@@ -352,6 +353,10 @@ class WebhookNotFound(NotFound):
     """No such webhook for the caller's tenant (also another tenant's)."""
 
 
+class BulkActionNotFound(NotFound):
+    """No such bulk action for the caller's tenant (also another tenant's)."""
+
+
 class DefinitionShadowsBuiltin(FailedPrecondition):
     """The definition's name is a built-in's; register it with ``allow_shadow_builtin=True``."""
 
@@ -434,6 +439,7 @@ _BY_REASON: dict[ErrorCode, type[FlowstateError]] = {
     ErrorCode.VERSION_CONFLICT: VersionConflict,
     ErrorCode.FLOW_NOT_FOUND: FlowNotFound,
     ErrorCode.DEFINITION_NOT_FOUND: DefinitionNotFound,
+    ErrorCode.BULK_ACTION_NOT_FOUND: BulkActionNotFound,
     ErrorCode.DEFINITION_SHADOWS_BUILTIN: DefinitionShadowsBuiltin,
     ErrorCode.WEBHOOK_NOT_FOUND: WebhookNotFound,
     ErrorCode.RATE_LIMITED: RateLimited,

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from flowstate.client._enums import (
+    BulkActionState,
+    BulkActionType,
+    BulkFlowOutcome,
     ErrorCode,
     FlowEventKind,
     FlowStatus,
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
     from flowstate.client._sync_client import FlowstateClient
 
 __all__ = [
+    "BulkAction",
+    "BulkFlowResult",
     "DefinitionPage",
     "DefinitionRegistration",
     "Flow",
@@ -354,6 +359,87 @@ class FlowCount:
     @classmethod
     def _from_proto(cls, raw: flow_service_pb2.CountFlowsResponse) -> FlowCount:
         return cls(total=raw.total_count, groups={g.key: g.count for g in raw.groups}, raw=raw)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkAction:
+    """A bulk action (`start_bulk_action`): what it does, to how many flows, how far it got."""
+
+    bulk_action_id: str
+    action: BulkActionType
+    phase: str | None
+    filter: str
+    reason: str
+    user_id: str
+    state: BulkActionState
+    total: int
+    applied: int
+    refused: int
+    skipped: int
+    create_time: datetime | None
+    update_time: datetime | None
+    end_time: datetime | None
+    raw: flow_service_pb2.BulkAction = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def done(self) -> int:
+        """Flows taken so far (applied, refused or skipped)."""
+        return self.applied + self.refused + self.skipped
+
+    @property
+    def finished(self) -> bool:
+        """Whether it will not change any more (SUCCEEDED or CANCELLED)."""
+        return self.state != BulkActionState.RUNNING
+
+    @classmethod
+    def _from_proto(cls, raw: flow_service_pb2.BulkAction) -> BulkAction:
+        return cls(
+            bulk_action_id=raw.bulk_action_id,
+            action=BulkActionType(raw.action),
+            phase=raw.phase or None,
+            filter=raw.filter,
+            reason=raw.reason,
+            user_id=raw.user_id,
+            state=BulkActionState(raw.state),
+            total=raw.total_count,
+            applied=raw.applied_count,
+            refused=raw.refused_count,
+            skipped=raw.skipped_count,
+            create_time=_time(raw, "create_time"),
+            update_time=_time(raw, "update_time"),
+            end_time=_time(raw, "end_time"),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BulkFlowResult:
+    """What a bulk action did to one flow; `error_code`/`message`/`details` for a refusal."""
+
+    flow_id: str
+    outcome: BulkFlowOutcome
+    phase: str | None
+    error_code: ErrorCode | None
+    message: str
+    details: dict[str, Any]
+    skip_reason: str
+    done_time: datetime | None
+    raw: flow_service_pb2.BulkFlowResult = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def _from_proto(cls, raw: flow_service_pb2.BulkFlowResult) -> BulkFlowResult:
+        refused = raw.HasField("error")
+        return cls(
+            flow_id=raw.flow_id,
+            outcome=BulkFlowOutcome(raw.outcome),
+            phase=raw.phase or None,
+            error_code=ErrorCode(raw.error.error_code) if refused else None,
+            message=raw.error.message if refused else "",
+            details=_struct(raw.error, "details") if refused else {},
+            skip_reason=raw.skip_reason,
+            done_time=_time(raw, "done_time"),
+            raw=raw,
+        )
 
 
 @dataclass(frozen=True, slots=True)

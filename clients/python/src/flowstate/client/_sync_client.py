@@ -21,8 +21,11 @@ from google.protobuf.message import Message
 
 from flowstate.client import _requests
 from flowstate.client._config import ClientConfig, TokenSource
+from flowstate.client._enums import BulkActionType, BulkFlowOutcome
 from flowstate.client._errors import FlowstateError, error_from_rpc_error
 from flowstate.client._models import (
+    BulkAction,
+    BulkFlowResult,
     DefinitionPage,
     DefinitionRegistration,
     Flow,
@@ -38,7 +41,7 @@ from flowstate.client._models import (
     RecoveryOptions,
     ValidationResult,
 )
-from flowstate.client._requests import EnumLike
+from flowstate.client._requests import EnumLike, new_request_id
 from flowstate.client._retry import RetryPolicy, RetryState
 from flowstate.client._watch import FlowsWatch, FlowWatch, is_resumable
 from flowstate.v1 import definition_pb2, flow_service_pb2, flow_service_pb2_grpc, webhook_pb2
@@ -791,6 +794,118 @@ class FlowstateClient:
         )
         response = self._call(lambda s: s.SkipPhase, request, timeout)
         return MutationResult._from_proto(response)
+
+    # --- bulk actions (docs/bulk-actions.md; scope flows:admin) -------------------------------
+
+    def start_bulk_action(
+        self,
+        action: EnumLike,
+        *,
+        filter: str = "",
+        flow_ids: Iterable[str] = (),
+        phase: str = "",
+        reason: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BulkAction:
+        """Start a bulk action (``"RETRY"``, ``"CANCEL"``, ``"PAUSE"``, ``"RESUME"``,
+        ``"ROLLBACK"`` or ``"SKIP"``; the last two need `phase`) over the flows matching
+        `filter` or the given `flow_ids`; the server works through it in the background.
+        Idempotent on `request_id` (generated when None), so it is retried safely."""
+        request = flow_service_pb2.StartBulkActionRequest(
+            request_id=request_id or new_request_id(),
+            action=flow_service_pb2.BulkActionType.ValueType(BulkActionType.parse(action)),
+            filter=filter,
+            flow_ids=list(flow_ids),
+            phase=phase,
+            reason=reason,
+        )
+        response = self._call(lambda s: s.StartBulkAction, request, timeout, retry)
+        return BulkAction._from_proto(response.bulk_action)
+
+    def get_bulk_action(
+        self,
+        bulk_action_id: str,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BulkAction:
+        """Return one bulk action (`NotFound` if the caller's tenant has no such action)."""
+        request = flow_service_pb2.GetBulkActionRequest(bulk_action_id=bulk_action_id)
+        response = self._call(lambda s: s.GetBulkAction, request, timeout, retry)
+        return BulkAction._from_proto(response.bulk_action)
+
+    def list_bulk_actions(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> tuple[list[BulkAction], str | None]:
+        """One page of the caller's bulk actions, newest first, and the next page's token."""
+        request = flow_service_pb2.ListBulkActionsRequest(
+            page_size=page_size, page_token=page_token or ""
+        )
+        response = self._call(lambda s: s.ListBulkActions, request, timeout, retry)
+        actions = [BulkAction._from_proto(a) for a in response.bulk_actions]
+        return actions, response.next_page_token or None
+
+    def iter_bulk_action_results(
+        self,
+        bulk_action_id: str,
+        *,
+        outcome: EnumLike | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Generator[BulkFlowResult, None, None]:
+        """Yield a bulk action's per-flow results in the order its flows are taken (only
+        `outcome`, e.g. ``"REFUSED"``, when given), fetching pages as needed."""
+        token = ""
+        while True:
+            request = flow_service_pb2.ListBulkActionResultsRequest(
+                bulk_action_id=bulk_action_id,
+                outcome=flow_service_pb2.BulkFlowOutcome.ValueType(
+                    BulkFlowOutcome.parse(outcome) if outcome is not None else 0
+                ),
+                page_size=page_size,
+                page_token=token,
+            )
+            response = self._call(lambda s: s.ListBulkActionResults, request, timeout, retry)
+            for result in response.results:
+                yield BulkFlowResult._from_proto(result)
+            token = response.next_page_token
+            if not token:
+                return
+
+    def cancel_bulk_action(
+        self,
+        bulk_action_id: str,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BulkAction:
+        """Cancel a running bulk action (flows not taken yet are left alone)."""
+        request = flow_service_pb2.CancelBulkActionRequest(bulk_action_id=bulk_action_id)
+        response = self._call(lambda s: s.CancelBulkAction, request, timeout, retry)
+        return BulkAction._from_proto(response.bulk_action)
+
+    def watch_bulk_action(self, bulk_action_id: str) -> Generator[BulkAction, None, None]:
+        """Yield the bulk action now and whenever its progress changes, until it finishes."""
+        metadata = self._config.metadata()
+        call = self._service().WatchBulkAction(
+            flow_service_pb2.WatchBulkActionRequest(bulk_action_id=bulk_action_id),
+            metadata=metadata,
+        )
+        try:
+            for response in call:
+                yield BulkAction._from_proto(response.bulk_action)
+        except grpc.RpcError as exc:
+            raise error_from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
 
     def _pause(self, delay: float) -> None:
         """Wait `delay` seconds before a stream reconnects, or less if the client closes."""

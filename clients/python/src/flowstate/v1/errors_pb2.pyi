@@ -121,6 +121,10 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     family of calls (read, write, stream, admin); google.rpc.RetryInfo says
     when a token is available again. Retryable after that delay.
     """
+    ERROR_CODE_BULK_ACTION_NOT_FOUND: _ErrorCode.ValueType  # 40
+    """NOT_FOUND: no such bulk action for the caller's tenant (also another
+    tenant's).
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Every error code Flowstate uses: the refusals of a request (carried as the
@@ -220,6 +224,10 @@ ERROR_CODE_RATE_LIMITED: ErrorCode.ValueType  # 46
 """RESOURCE_EXHAUSTED: the caller's tenant spent its request budget for this
 family of calls (read, write, stream, admin); google.rpc.RetryInfo says
 when a token is available again. Retryable after that delay.
+"""
+ERROR_CODE_BULK_ACTION_NOT_FOUND: ErrorCode.ValueType  # 40
+"""NOT_FOUND: no such bulk action for the caller's tenant (also another
+tenant's).
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 

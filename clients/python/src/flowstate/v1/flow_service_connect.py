@@ -22,7 +22,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from flowstate.v1.webhook_pb2 import CreateWebhookRequest, CreateWebhookResponse, DeleteWebhookRequest, DeleteWebhookResponse, ListWebhooksRequest, ListWebhooksResponse, ReplayWebhookRequest, ReplayWebhookResponse, TestWebhookRequest, TestWebhookResponse
 from pyqwest import Client, SyncClient
 
-from .flow_service_pb2 import CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
+from .flow_service_pb2 import CancelBulkActionRequest, CancelBulkActionResponse, CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetBulkActionRequest, GetBulkActionResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListBulkActionResultsRequest, ListBulkActionResultsResponse, ListBulkActionsRequest, ListBulkActionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, StartBulkActionRequest, StartBulkActionResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchBulkActionRequest, WatchBulkActionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -278,6 +278,60 @@ class FlowStateService(Protocol):
         enables it if it was disabled: after `after_cursor`, or from
         `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
         MALFORMED_REQUEST (both given, or a bad cursor).
+
+        --- Bulk actions (DESIGN.md section 12; docs/bulk-actions.md) ----------
+
+        A bulk action applies one command (retry, cancel, pause, resume, rollback
+        or skip of a phase) to every flow of a filter or an id list, as a
+        long-running operation: the set of flows is fixed when it starts, each
+        flow is its own transaction (idempotent per (action, flow): its request id
+        is derived from both), the results are kept per flow, and any replica
+        continues an action whose server stopped. Scope `flows:admin`.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def start_bulk_action(self, request: StartBulkActionRequest, ctx: RequestContext[StartBulkActionRequest, StartBulkActionResponse], /) -> StartBulkActionResponse:
+        """
+        Starts a bulk action and returns it at once (state RUNNING, its flows
+        counted); a server works through it in the background. Idempotent on
+        `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+        does not parse, no filter and no ids, a missing phase, too many flows).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_bulk_action(self, request: GetBulkActionRequest, ctx: RequestContext[GetBulkActionRequest, GetBulkActionResponse], /) -> GetBulkActionResponse:
+        """
+        Returns one bulk action with its progress. Errors: NOT_FOUND
+        (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def list_bulk_actions(self, request: ListBulkActionsRequest, ctx: RequestContext[ListBulkActionsRequest, ListBulkActionsResponse], /) -> ListBulkActionsResponse:
+        """
+        Lists the caller's bulk actions, newest first. Paginated (AIP-158).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def list_bulk_action_results(self, request: ListBulkActionResultsRequest, ctx: RequestContext[ListBulkActionResultsRequest, ListBulkActionResultsResponse], /) -> ListBulkActionResultsResponse:
+        """
+        Lists the per-flow results of a bulk action in the order its flows were
+        taken (optionally only one outcome, e.g. the refused ones with their
+        errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def cancel_bulk_action(self, request: CancelBulkActionRequest, ctx: RequestContext[CancelBulkActionRequest, CancelBulkActionResponse], /) -> CancelBulkActionResponse:
+        """
+        Stops a running bulk action: flows not taken yet are left alone (the
+        flow being changed at that moment may still finish). Cancelling a
+        finished action changes nothing and returns it. Errors: NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def watch_bulk_action(self, request: WatchBulkActionRequest, ctx: RequestContext[WatchBulkActionRequest, WatchBulkActionResponse], /) -> AsyncIterator[WatchBulkActionResponse]:
+        """
+        Streams a bulk action's progress: the action now, then again whenever its
+        counts or state change, ending after it is finished. Errors: NOT_FOUND.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -580,6 +634,72 @@ class FlowStateServiceASGIApplication(ConnectASGIApplication[FlowStateService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.replay_webhook,
+                ),
+                "/flowstate.v1.FlowStateService/StartBulkAction": Endpoint.unary(
+                    method=MethodInfo(
+                        name="StartBulkAction",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=StartBulkActionRequest,
+                        output=StartBulkActionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.start_bulk_action,
+                ),
+                "/flowstate.v1.FlowStateService/GetBulkAction": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetBulkAction",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=GetBulkActionRequest,
+                        output=GetBulkActionResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_bulk_action,
+                ),
+                "/flowstate.v1.FlowStateService/ListBulkActions": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListBulkActions",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ListBulkActionsRequest,
+                        output=ListBulkActionsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.list_bulk_actions,
+                ),
+                "/flowstate.v1.FlowStateService/ListBulkActionResults": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListBulkActionResults",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ListBulkActionResultsRequest,
+                        output=ListBulkActionResultsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.list_bulk_action_results,
+                ),
+                "/flowstate.v1.FlowStateService/CancelBulkAction": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CancelBulkAction",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=CancelBulkActionRequest,
+                        output=CancelBulkActionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.cancel_bulk_action,
+                ),
+                "/flowstate.v1.FlowStateService/WatchBulkAction": Endpoint.server_stream(
+                    method=MethodInfo(
+                        name="WatchBulkAction",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=WatchBulkActionRequest,
+                        output=WatchBulkActionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=svc.watch_bulk_action,
                 ),
             },
             interceptors=interceptors,
@@ -1307,6 +1427,15 @@ class FlowStateServiceClient(ConnectClient):
         enables it if it was disabled: after `after_cursor`, or from
         `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
         MALFORMED_REQUEST (both given, or a bad cursor).
+
+        --- Bulk actions (DESIGN.md section 12; docs/bulk-actions.md) ----------
+
+        A bulk action applies one command (retry, cancel, pause, resume, rollback
+        or skip of a phase) to every flow of a filter or an id list, as a
+        long-running operation: the set of flows is fixed when it starts, each
+        flow is its own transaction (idempotent per (action, flow): its request id
+        is derived from both), the results are kept per flow, and any replica
+        continues an action whose server stopped. Scope `flows:admin`.
         """
         return await self.execute_unary(
             request=request,
@@ -1317,6 +1446,159 @@ class FlowStateServiceClient(ConnectClient):
                 output=ReplayWebhookResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def start_bulk_action(
+        self,
+        request: StartBulkActionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> StartBulkActionResponse:
+        """
+        Starts a bulk action and returns it at once (state RUNNING, its flows
+        counted); a server works through it in the background. Idempotent on
+        `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+        does not parse, no filter and no ids, a missing phase, too many flows).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="StartBulkAction",
+                service_name="flowstate.v1.FlowStateService",
+                input=StartBulkActionRequest,
+                output=StartBulkActionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def get_bulk_action(
+        self,
+        request: GetBulkActionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetBulkActionResponse:
+        """
+        Returns one bulk action with its progress. Errors: NOT_FOUND
+        (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetBulkAction",
+                service_name="flowstate.v1.FlowStateService",
+                input=GetBulkActionRequest,
+                output=GetBulkActionResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    async def list_bulk_actions(
+        self,
+        request: ListBulkActionsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListBulkActionsResponse:
+        """
+        Lists the caller's bulk actions, newest first. Paginated (AIP-158).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListBulkActions",
+                service_name="flowstate.v1.FlowStateService",
+                input=ListBulkActionsRequest,
+                output=ListBulkActionsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    async def list_bulk_action_results(
+        self,
+        request: ListBulkActionResultsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListBulkActionResultsResponse:
+        """
+        Lists the per-flow results of a bulk action in the order its flows were
+        taken (optionally only one outcome, e.g. the refused ones with their
+        errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListBulkActionResults",
+                service_name="flowstate.v1.FlowStateService",
+                input=ListBulkActionResultsRequest,
+                output=ListBulkActionResultsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    async def cancel_bulk_action(
+        self,
+        request: CancelBulkActionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CancelBulkActionResponse:
+        """
+        Stops a running bulk action: flows not taken yet are left alone (the
+        flow being changed at that moment may still finish). Cancelling a
+        finished action changes nothing and returns it. Errors: NOT_FOUND.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CancelBulkAction",
+                service_name="flowstate.v1.FlowStateService",
+                input=CancelBulkActionRequest,
+                output=CancelBulkActionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def watch_bulk_action(
+        self,
+        request: WatchBulkActionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[WatchBulkActionResponse]:
+        """
+        Streams a bulk action's progress: the action now, then again whenever its
+        counts or state change, ending after it is finished. Errors: NOT_FOUND.
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="WatchBulkAction",
+                service_name="flowstate.v1.FlowStateService",
+                input=WatchBulkActionRequest,
+                output=WatchBulkActionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.SERVER_STREAM,
             ),
             headers=headers,
             timeout_ms=timeout_ms,
@@ -1562,6 +1844,60 @@ class FlowStateServiceSync(Protocol):
         enables it if it was disabled: after `after_cursor`, or from
         `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
         MALFORMED_REQUEST (both given, or a bad cursor).
+
+        --- Bulk actions (DESIGN.md section 12; docs/bulk-actions.md) ----------
+
+        A bulk action applies one command (retry, cancel, pause, resume, rollback
+        or skip of a phase) to every flow of a filter or an id list, as a
+        long-running operation: the set of flows is fixed when it starts, each
+        flow is its own transaction (idempotent per (action, flow): its request id
+        is derived from both), the results are kept per flow, and any replica
+        continues an action whose server stopped. Scope `flows:admin`.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def start_bulk_action(self, request: StartBulkActionRequest, ctx: RequestContext[StartBulkActionRequest, StartBulkActionResponse], /) -> StartBulkActionResponse:
+        """
+        Starts a bulk action and returns it at once (state RUNNING, its flows
+        counted); a server works through it in the background. Idempotent on
+        `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+        does not parse, no filter and no ids, a missing phase, too many flows).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_bulk_action(self, request: GetBulkActionRequest, ctx: RequestContext[GetBulkActionRequest, GetBulkActionResponse], /) -> GetBulkActionResponse:
+        """
+        Returns one bulk action with its progress. Errors: NOT_FOUND
+        (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def list_bulk_actions(self, request: ListBulkActionsRequest, ctx: RequestContext[ListBulkActionsRequest, ListBulkActionsResponse], /) -> ListBulkActionsResponse:
+        """
+        Lists the caller's bulk actions, newest first. Paginated (AIP-158).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def list_bulk_action_results(self, request: ListBulkActionResultsRequest, ctx: RequestContext[ListBulkActionResultsRequest, ListBulkActionResultsResponse], /) -> ListBulkActionResultsResponse:
+        """
+        Lists the per-flow results of a bulk action in the order its flows were
+        taken (optionally only one outcome, e.g. the refused ones with their
+        errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def cancel_bulk_action(self, request: CancelBulkActionRequest, ctx: RequestContext[CancelBulkActionRequest, CancelBulkActionResponse], /) -> CancelBulkActionResponse:
+        """
+        Stops a running bulk action: flows not taken yet are left alone (the
+        flow being changed at that moment may still finish). Cancelling a
+        finished action changes nothing and returns it. Errors: NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def watch_bulk_action(self, request: WatchBulkActionRequest, ctx: RequestContext[WatchBulkActionRequest, WatchBulkActionResponse], /) -> Iterator[WatchBulkActionResponse]:
+        """
+        Streams a bulk action's progress: the action now, then again whenever its
+        counts or state change, ending after it is finished. Errors: NOT_FOUND.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1862,6 +2198,72 @@ class FlowStateServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.replay_webhook,
+                ),
+                "/flowstate.v1.FlowStateService/StartBulkAction": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="StartBulkAction",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=StartBulkActionRequest,
+                        output=StartBulkActionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.start_bulk_action,
+                ),
+                "/flowstate.v1.FlowStateService/GetBulkAction": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetBulkAction",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=GetBulkActionRequest,
+                        output=GetBulkActionResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_bulk_action,
+                ),
+                "/flowstate.v1.FlowStateService/ListBulkActions": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListBulkActions",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ListBulkActionsRequest,
+                        output=ListBulkActionsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.list_bulk_actions,
+                ),
+                "/flowstate.v1.FlowStateService/ListBulkActionResults": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListBulkActionResults",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=ListBulkActionResultsRequest,
+                        output=ListBulkActionResultsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.list_bulk_action_results,
+                ),
+                "/flowstate.v1.FlowStateService/CancelBulkAction": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CancelBulkAction",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=CancelBulkActionRequest,
+                        output=CancelBulkActionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.cancel_bulk_action,
+                ),
+                "/flowstate.v1.FlowStateService/WatchBulkAction": EndpointSync.server_stream(
+                    method=MethodInfo(
+                        name="WatchBulkAction",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=WatchBulkActionRequest,
+                        output=WatchBulkActionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=service.watch_bulk_action,
                 ),
             },
             interceptors=interceptors,
@@ -2589,6 +2991,15 @@ class FlowStateServiceClientSync(ConnectClientSync):
         enables it if it was disabled: after `after_cursor`, or from
         `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
         MALFORMED_REQUEST (both given, or a bad cursor).
+
+        --- Bulk actions (DESIGN.md section 12; docs/bulk-actions.md) ----------
+
+        A bulk action applies one command (retry, cancel, pause, resume, rollback
+        or skip of a phase) to every flow of a filter or an id list, as a
+        long-running operation: the set of flows is fixed when it starts, each
+        flow is its own transaction (idempotent per (action, flow): its request id
+        is derived from both), the results are kept per flow, and any replica
+        continues an action whose server stopped. Scope `flows:admin`.
         """
         return self.execute_unary(
             request=request,
@@ -2599,6 +3010,159 @@ class FlowStateServiceClientSync(ConnectClientSync):
                 output=ReplayWebhookResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def start_bulk_action(
+        self,
+        request: StartBulkActionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> StartBulkActionResponse:
+        """
+        Starts a bulk action and returns it at once (state RUNNING, its flows
+        counted); a server works through it in the background. Idempotent on
+        `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+        does not parse, no filter and no ids, a missing phase, too many flows).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="StartBulkAction",
+                service_name="flowstate.v1.FlowStateService",
+                input=StartBulkActionRequest,
+                output=StartBulkActionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_bulk_action(
+        self,
+        request: GetBulkActionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetBulkActionResponse:
+        """
+        Returns one bulk action with its progress. Errors: NOT_FOUND
+        (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetBulkAction",
+                service_name="flowstate.v1.FlowStateService",
+                input=GetBulkActionRequest,
+                output=GetBulkActionResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def list_bulk_actions(
+        self,
+        request: ListBulkActionsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListBulkActionsResponse:
+        """
+        Lists the caller's bulk actions, newest first. Paginated (AIP-158).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListBulkActions",
+                service_name="flowstate.v1.FlowStateService",
+                input=ListBulkActionsRequest,
+                output=ListBulkActionsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def list_bulk_action_results(
+        self,
+        request: ListBulkActionResultsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ListBulkActionResultsResponse:
+        """
+        Lists the per-flow results of a bulk action in the order its flows were
+        taken (optionally only one outcome, e.g. the refused ones with their
+        errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListBulkActionResults",
+                service_name="flowstate.v1.FlowStateService",
+                input=ListBulkActionResultsRequest,
+                output=ListBulkActionResultsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def cancel_bulk_action(
+        self,
+        request: CancelBulkActionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CancelBulkActionResponse:
+        """
+        Stops a running bulk action: flows not taken yet are left alone (the
+        flow being changed at that moment may still finish). Cancelling a
+        finished action changes nothing and returns it. Errors: NOT_FOUND.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CancelBulkAction",
+                service_name="flowstate.v1.FlowStateService",
+                input=CancelBulkActionRequest,
+                output=CancelBulkActionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def watch_bulk_action(
+        self,
+        request: WatchBulkActionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> Iterator[WatchBulkActionResponse]:
+        """
+        Streams a bulk action's progress: the action now, then again whenever its
+        counts or state change, ending after it is finished. Errors: NOT_FOUND.
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="WatchBulkAction",
+                service_name="flowstate.v1.FlowStateService",
+                input=WatchBulkActionRequest,
+                output=WatchBulkActionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.SERVER_STREAM,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

@@ -74,6 +74,106 @@ RECOVERY_ACTION_SKIP: RecoveryAction.ValueType  # 8
 """Skip an optional phase that failed (FAILED or RETRY_NEEDED -> SKIPPED)."""
 Global___RecoveryAction: _TypeAlias = RecoveryAction  # noqa: Y015
 
+class _BulkActionType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BulkActionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BulkActionType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BULK_ACTION_TYPE_UNSPECIFIED: _BulkActionType.ValueType  # 0
+    """Not set; refused."""
+    BULK_ACTION_TYPE_RETRY: _BulkActionType.ValueType  # 1
+    """Retry the flow's first FAILED phase (as of the start), FAILED ->
+    RETRY_NEEDED; a flow without one is skipped.
+    """
+    BULK_ACTION_TYPE_CANCEL: _BulkActionType.ValueType  # 2
+    """Cancel the flow."""
+    BULK_ACTION_TYPE_PAUSE: _BulkActionType.ValueType  # 3
+    """Pause the flow."""
+    BULK_ACTION_TYPE_RESUME: _BulkActionType.ValueType  # 4
+    """Resume the paused flow."""
+    BULK_ACTION_TYPE_ROLLBACK: _BulkActionType.ValueType  # 5
+    """Roll back `phase` (cascading)."""
+    BULK_ACTION_TYPE_SKIP: _BulkActionType.ValueType  # 6
+    """Skip the optional `phase`."""
+
+class BulkActionType(_BulkActionType, metaclass=_BulkActionTypeEnumTypeWrapper):
+    """What a bulk action does to each of its flows."""
+
+BULK_ACTION_TYPE_UNSPECIFIED: BulkActionType.ValueType  # 0
+"""Not set; refused."""
+BULK_ACTION_TYPE_RETRY: BulkActionType.ValueType  # 1
+"""Retry the flow's first FAILED phase (as of the start), FAILED ->
+RETRY_NEEDED; a flow without one is skipped.
+"""
+BULK_ACTION_TYPE_CANCEL: BulkActionType.ValueType  # 2
+"""Cancel the flow."""
+BULK_ACTION_TYPE_PAUSE: BulkActionType.ValueType  # 3
+"""Pause the flow."""
+BULK_ACTION_TYPE_RESUME: BulkActionType.ValueType  # 4
+"""Resume the paused flow."""
+BULK_ACTION_TYPE_ROLLBACK: BulkActionType.ValueType  # 5
+"""Roll back `phase` (cascading)."""
+BULK_ACTION_TYPE_SKIP: BulkActionType.ValueType  # 6
+"""Skip the optional `phase`."""
+Global___BulkActionType: _TypeAlias = BulkActionType  # noqa: Y015
+
+class _BulkActionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BulkActionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BulkActionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BULK_ACTION_STATE_UNSPECIFIED: _BulkActionState.ValueType  # 0
+    """Not set."""
+    BULK_ACTION_STATE_RUNNING: _BulkActionState.ValueType  # 1
+    """Flows remain to be taken."""
+    BULK_ACTION_STATE_SUCCEEDED: _BulkActionState.ValueType  # 2
+    """Every flow was taken (each applied, refused or skipped)."""
+    BULK_ACTION_STATE_CANCELLED: _BulkActionState.ValueType  # 3
+    """Cancelled before every flow was taken."""
+
+class BulkActionState(_BulkActionState, metaclass=_BulkActionStateEnumTypeWrapper):
+    """Where a bulk action stands."""
+
+BULK_ACTION_STATE_UNSPECIFIED: BulkActionState.ValueType  # 0
+"""Not set."""
+BULK_ACTION_STATE_RUNNING: BulkActionState.ValueType  # 1
+"""Flows remain to be taken."""
+BULK_ACTION_STATE_SUCCEEDED: BulkActionState.ValueType  # 2
+"""Every flow was taken (each applied, refused or skipped)."""
+BULK_ACTION_STATE_CANCELLED: BulkActionState.ValueType  # 3
+"""Cancelled before every flow was taken."""
+Global___BulkActionState: _TypeAlias = BulkActionState  # noqa: Y015
+
+class _BulkFlowOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BulkFlowOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BulkFlowOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BULK_FLOW_OUTCOME_UNSPECIFIED: _BulkFlowOutcome.ValueType  # 0
+    """Not taken yet (or never: the action was cancelled first)."""
+    BULK_FLOW_OUTCOME_APPLIED: _BulkFlowOutcome.ValueType  # 1
+    """The command changed the flow."""
+    BULK_FLOW_OUTCOME_REFUSED: _BulkFlowOutcome.ValueType  # 2
+    """The server refused the command; `error` says why."""
+    BULK_FLOW_OUTCOME_SKIPPED: _BulkFlowOutcome.ValueType  # 3
+    """Nothing to do (e.g. retry of a flow without a FAILED phase)."""
+
+class BulkFlowOutcome(_BulkFlowOutcome, metaclass=_BulkFlowOutcomeEnumTypeWrapper):
+    """What happened to one flow of a bulk action."""
+
+BULK_FLOW_OUTCOME_UNSPECIFIED: BulkFlowOutcome.ValueType  # 0
+"""Not taken yet (or never: the action was cancelled first)."""
+BULK_FLOW_OUTCOME_APPLIED: BulkFlowOutcome.ValueType  # 1
+"""The command changed the flow."""
+BULK_FLOW_OUTCOME_REFUSED: BulkFlowOutcome.ValueType  # 2
+"""The server refused the command; `error` says why."""
+BULK_FLOW_OUTCOME_SKIPPED: BulkFlowOutcome.ValueType  # 3
+"""Nothing to do (e.g. retry of a flow without a FAILED phase)."""
+Global___BulkFlowOutcome: _TypeAlias = BulkFlowOutcome  # noqa: Y015
+
 @_typing.final
 class CreateFlowRequest(_message.Message):
     """Request of CreateFlow. (No `expected_version`: there is no flow yet.)"""
@@ -1879,3 +1979,453 @@ class FlowCountGroup(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FlowCountGroup: _TypeAlias = FlowCountGroup  # noqa: Y015
+
+@_typing.final
+class BulkAction(_message.Message):
+    """A bulk action: a long-running operation over a fixed set of flows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TOTAL_COUNT_FIELD_NUMBER: _builtins.int
+    APPLIED_COUNT_FIELD_NUMBER: _builtins.int
+    REFUSED_COUNT_FIELD_NUMBER: _builtins.int
+    SKIPPED_COUNT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    bulk_action_id: _builtins.str
+    """The action's id (a UUID). Output only."""
+    action: Global___BulkActionType.ValueType
+    """What it does."""
+    phase: _builtins.str
+    """The phase of a rollback or skip; empty otherwise."""
+    filter: _builtins.str
+    """The filter that chose the flows (empty when they were given by id)."""
+    reason: _builtins.str
+    """The reason recorded in each flow's history."""
+    user_id: _builtins.str
+    """Who started it (the token subject). Output only."""
+    state: Global___BulkActionState.ValueType
+    """Where it stands. Output only."""
+    total_count: _builtins.int
+    """How many flows it took when it started. Output only."""
+    applied_count: _builtins.int
+    """Flows changed so far. Output only."""
+    refused_count: _builtins.int
+    """Flows whose command was refused so far. Output only."""
+    skipped_count: _builtins.int
+    """Flows skipped so far. Output only."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started. Output only."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When its progress last changed. Output only."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it finished (succeeded or was cancelled). Output only."""
+
+    def __init__(
+        self,
+        *,
+        bulk_action_id: _builtins.str = ...,
+        action: Global___BulkActionType.ValueType = ...,
+        phase: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        state: Global___BulkActionState.ValueType = ...,
+        total_count: _builtins.int = ...,
+        applied_count: _builtins.int = ...,
+        refused_count: _builtins.int = ...,
+        skipped_count: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "applied_count", b"applied_count", "bulk_action_id", b"bulk_action_id", "create_time", b"create_time", "end_time", b"end_time", "filter", b"filter", "phase", b"phase", "reason", b"reason", "refused_count", b"refused_count", "skipped_count", b"skipped_count", "state", b"state", "total_count", b"total_count", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkAction: _TypeAlias = BulkAction  # noqa: Y015
+
+@_typing.final
+class BulkFlowResult(_message.Message):
+    """The result of a bulk action for one flow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    SKIP_REASON_FIELD_NUMBER: _builtins.int
+    DONE_TIME_FIELD_NUMBER: _builtins.int
+    flow_id: _builtins.str
+    """The flow."""
+    outcome: Global___BulkFlowOutcome.ValueType
+    """What happened (UNSPECIFIED: not taken yet)."""
+    phase: _builtins.str
+    """The phase acted on, if any."""
+    skip_reason: _builtins.str
+    """Why the flow was skipped (SKIPPED only)."""
+    @_builtins.property
+    def error(self) -> _errors_pb2.FlowError:
+        """Why the command was refused (REFUSED only)."""
+
+    @_builtins.property
+    def done_time(self) -> _timestamp_pb2.Timestamp:
+        """When the flow was taken."""
+
+    def __init__(
+        self,
+        *,
+        flow_id: _builtins.str = ...,
+        outcome: Global___BulkFlowOutcome.ValueType = ...,
+        phase: _builtins.str = ...,
+        error: _errors_pb2.FlowError | None = ...,
+        skip_reason: _builtins.str = ...,
+        done_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done_time", b"done_time", "error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done_time", b"done_time", "error", b"error", "flow_id", b"flow_id", "outcome", b"outcome", "phase", b"phase", "skip_reason", b"skip_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkFlowResult: _TypeAlias = BulkFlowResult  # noqa: Y015
+
+@_typing.final
+class StartBulkActionRequest(_message.Message):
+    """Request of StartBulkAction: a filter or ids (not both)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    FLOW_IDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key: the same id returns the first action and starts nothing."""
+    action: Global___BulkActionType.ValueType
+    """What to do."""
+    phase: _builtins.str
+    """The phase (ROLLBACK and SKIP only; required for them)."""
+    filter: _builtins.str
+    """The flows: every flow of the caller's tenant matching this filter
+    (ListFlowsRequest.filter) when the action starts.
+    """
+    reason: _builtins.str
+    """Recorded in each flow's history."""
+    @_builtins.property
+    def flow_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Or: these flows (at most 1000 ids; ids of no flow are ignored)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        action: Global___BulkActionType.ValueType = ...,
+        phase: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        flow_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "filter", b"filter", "flow_ids", b"flow_ids", "phase", b"phase", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartBulkActionRequest: _TypeAlias = StartBulkActionRequest  # noqa: Y015
+
+@_typing.final
+class StartBulkActionResponse(_message.Message):
+    """Response of StartBulkAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bulk_action(self) -> Global___BulkAction:
+        """The action, RUNNING (or already finished, for a repeated request id)."""
+
+    def __init__(
+        self,
+        *,
+        bulk_action: Global___BulkAction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bulk_action", b"bulk_action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_action", b"bulk_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartBulkActionResponse: _TypeAlias = StartBulkActionResponse  # noqa: Y015
+
+@_typing.final
+class GetBulkActionRequest(_message.Message):
+    """Request of GetBulkAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_ID_FIELD_NUMBER: _builtins.int
+    bulk_action_id: _builtins.str
+    """The action's id."""
+    def __init__(
+        self,
+        *,
+        bulk_action_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_action_id", b"bulk_action_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBulkActionRequest: _TypeAlias = GetBulkActionRequest  # noqa: Y015
+
+@_typing.final
+class GetBulkActionResponse(_message.Message):
+    """Response of GetBulkAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bulk_action(self) -> Global___BulkAction:
+        """The action."""
+
+    def __init__(
+        self,
+        *,
+        bulk_action: Global___BulkAction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bulk_action", b"bulk_action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_action", b"bulk_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBulkActionResponse: _TypeAlias = GetBulkActionResponse  # noqa: Y015
+
+@_typing.final
+class ListBulkActionsRequest(_message.Message):
+    """Request of ListBulkActions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many actions (50 when 0, at most 500)."""
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBulkActionsRequest: _TypeAlias = ListBulkActionsRequest  # noqa: Y015
+
+@_typing.final
+class ListBulkActionsResponse(_message.Message):
+    """Response of ListBulkActions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def bulk_actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___BulkAction]:
+        """The actions, newest first."""
+
+    def __init__(
+        self,
+        *,
+        bulk_actions: _abc.Iterable[Global___BulkAction] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_actions", b"bulk_actions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBulkActionsResponse: _TypeAlias = ListBulkActionsResponse  # noqa: Y015
+
+@_typing.final
+class ListBulkActionResultsRequest(_message.Message):
+    """Request of ListBulkActionResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    bulk_action_id: _builtins.str
+    """The action's id."""
+    outcome: Global___BulkFlowOutcome.ValueType
+    """Only results with this outcome (UNSPECIFIED: every flow)."""
+    page_size: _builtins.int
+    """At most this many results (100 when 0, at most 1000)."""
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        bulk_action_id: _builtins.str = ...,
+        outcome: Global___BulkFlowOutcome.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_action_id", b"bulk_action_id", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBulkActionResultsRequest: _TypeAlias = ListBulkActionResultsRequest  # noqa: Y015
+
+@_typing.final
+class ListBulkActionResultsResponse(_message.Message):
+    """Response of ListBulkActionResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BulkFlowResult]:
+        """The results, in the order the flows are taken."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BulkFlowResult] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBulkActionResultsResponse: _TypeAlias = ListBulkActionResultsResponse  # noqa: Y015
+
+@_typing.final
+class CancelBulkActionRequest(_message.Message):
+    """Request of CancelBulkAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_ID_FIELD_NUMBER: _builtins.int
+    bulk_action_id: _builtins.str
+    """The action's id."""
+    def __init__(
+        self,
+        *,
+        bulk_action_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_action_id", b"bulk_action_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelBulkActionRequest: _TypeAlias = CancelBulkActionRequest  # noqa: Y015
+
+@_typing.final
+class CancelBulkActionResponse(_message.Message):
+    """Response of CancelBulkAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bulk_action(self) -> Global___BulkAction:
+        """The action, CANCELLED (or as it finished)."""
+
+    def __init__(
+        self,
+        *,
+        bulk_action: Global___BulkAction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bulk_action", b"bulk_action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_action", b"bulk_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelBulkActionResponse: _TypeAlias = CancelBulkActionResponse  # noqa: Y015
+
+@_typing.final
+class WatchBulkActionRequest(_message.Message):
+    """Request of WatchBulkAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_ID_FIELD_NUMBER: _builtins.int
+    bulk_action_id: _builtins.str
+    """The action's id."""
+    def __init__(
+        self,
+        *,
+        bulk_action_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_action_id", b"bulk_action_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBulkActionRequest: _TypeAlias = WatchBulkActionRequest  # noqa: Y015
+
+@_typing.final
+class WatchBulkActionResponse(_message.Message):
+    """Response of WatchBulkAction: the action whenever it changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bulk_action(self) -> Global___BulkAction:
+        """The action."""
+
+    def __init__(
+        self,
+        *,
+        bulk_action: Global___BulkAction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bulk_action", b"bulk_action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_action", b"bulk_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBulkActionResponse: _TypeAlias = WatchBulkActionResponse  # noqa: Y015

@@ -187,6 +187,36 @@ class FlowStateServiceStub:
                 request_serializer=flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookRequest.SerializeToString,
                 response_deserializer=flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookResponse.FromString,
                 _registered_method=True)
+        self.StartBulkAction = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/StartBulkAction',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.StartBulkActionRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.StartBulkActionResponse.FromString,
+                _registered_method=True)
+        self.GetBulkAction = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/GetBulkAction',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.GetBulkActionRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.GetBulkActionResponse.FromString,
+                _registered_method=True)
+        self.ListBulkActions = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/ListBulkActions',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionsRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionsResponse.FromString,
+                _registered_method=True)
+        self.ListBulkActionResults = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/ListBulkActionResults',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionResultsRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionResultsResponse.FromString,
+                _registered_method=True)
+        self.CancelBulkAction = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/CancelBulkAction',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.CancelBulkActionRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.CancelBulkActionResponse.FromString,
+                _registered_method=True)
+        self.WatchBulkAction = channel.unary_stream(
+                '/flowstate.v1.FlowStateService/WatchBulkAction',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionResponse.FromString,
+                _registered_method=True)
 
 
 class FlowStateServiceServicer:
@@ -459,6 +489,65 @@ class FlowStateServiceServicer:
         enables it if it was disabled: after `after_cursor`, or from
         `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
         MALFORMED_REQUEST (both given, or a bad cursor).
+        --- Bulk actions (DESIGN.md section 12; docs/bulk-actions.md) ----------
+
+        A bulk action applies one command (retry, cancel, pause, resume, rollback
+        or skip of a phase) to every flow of a filter or an id list, as a
+        long-running operation: the set of flows is fixed when it starts, each
+        flow is its own transaction (idempotent per (action, flow): its request id
+        is derived from both), the results are kept per flow, and any replica
+        continues an action whose server stopped. Scope `flows:admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartBulkAction(self, request, context):
+        """Starts a bulk action and returns it at once (state RUNNING, its flows
+        counted); a server works through it in the background. Idempotent on
+        `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+        does not parse, no filter and no ids, a missing phase, too many flows).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBulkAction(self, request, context):
+        """Returns one bulk action with its progress. Errors: NOT_FOUND
+        (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBulkActions(self, request, context):
+        """Lists the caller's bulk actions, newest first. Paginated (AIP-158).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBulkActionResults(self, request, context):
+        """Lists the per-flow results of a bulk action in the order its flows were
+        taken (optionally only one outcome, e.g. the refused ones with their
+        errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelBulkAction(self, request, context):
+        """Stops a running bulk action: flows not taken yet are left alone (the
+        flow being changed at that moment may still finish). Cancelling a
+        finished action changes nothing and returns it. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBulkAction(self, request, context):
+        """Streams a bulk action's progress: the action now, then again whenever its
+        counts or state change, ending after it is finished. Errors: NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -596,6 +685,36 @@ def add_FlowStateServiceServicer_to_server(servicer, server):
                     servicer.ReplayWebhook,
                     request_deserializer=flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookRequest.FromString,
                     response_serializer=flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookResponse.SerializeToString,
+            ),
+            'StartBulkAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartBulkAction,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.StartBulkActionRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.StartBulkActionResponse.SerializeToString,
+            ),
+            'GetBulkAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBulkAction,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.GetBulkActionRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.GetBulkActionResponse.SerializeToString,
+            ),
+            'ListBulkActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBulkActions,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionsRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionsResponse.SerializeToString,
+            ),
+            'ListBulkActionResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBulkActionResults,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionResultsRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionResultsResponse.SerializeToString,
+            ),
+            'CancelBulkAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelBulkAction,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.CancelBulkActionRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.CancelBulkActionResponse.SerializeToString,
+            ),
+            'WatchBulkAction': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBulkAction,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1322,6 +1441,168 @@ class FlowStateService:
             '/flowstate.v1.FlowStateService/ReplayWebhook',
             flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookRequest.SerializeToString,
             flowstate_dot_v1_dot_webhook__pb2.ReplayWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartBulkAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/StartBulkAction',
+            flowstate_dot_v1_dot_flow__service__pb2.StartBulkActionRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.StartBulkActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBulkAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/GetBulkAction',
+            flowstate_dot_v1_dot_flow__service__pb2.GetBulkActionRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.GetBulkActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBulkActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/ListBulkActions',
+            flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionsRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBulkActionResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/ListBulkActionResults',
+            flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionResultsRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.ListBulkActionResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelBulkAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/CancelBulkAction',
+            flowstate_dot_v1_dot_flow__service__pb2.CancelBulkActionRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.CancelBulkActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBulkAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/WatchBulkAction',
+            flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

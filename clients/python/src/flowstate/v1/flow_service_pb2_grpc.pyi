@@ -197,6 +197,40 @@ class FlowStateServiceStub:
     enables it if it was disabled: after `after_cursor`, or from
     `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
     MALFORMED_REQUEST (both given, or a bad cursor).
+    --- Bulk actions (DESIGN.md section 12; docs/bulk-actions.md) ----------
+
+    A bulk action applies one command (retry, cancel, pause, resume, rollback
+    or skip of a phase) to every flow of a filter or an id list, as a
+    long-running operation: the set of flows is fixed when it starts, each
+    flow is its own transaction (idempotent per (action, flow): its request id
+    is derived from both), the results are kept per flow, and any replica
+    continues an action whose server stopped. Scope `flows:admin`.
+    """
+    StartBulkAction: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.StartBulkActionRequest, _flow_service_pb2.StartBulkActionResponse]
+    """Starts a bulk action and returns it at once (state RUNNING, its flows
+    counted); a server works through it in the background. Idempotent on
+    `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+    does not parse, no filter and no ids, a missing phase, too many flows).
+    """
+    GetBulkAction: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.GetBulkActionRequest, _flow_service_pb2.GetBulkActionResponse]
+    """Returns one bulk action with its progress. Errors: NOT_FOUND
+    (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+    """
+    ListBulkActions: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.ListBulkActionsRequest, _flow_service_pb2.ListBulkActionsResponse]
+    """Lists the caller's bulk actions, newest first. Paginated (AIP-158)."""
+    ListBulkActionResults: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.ListBulkActionResultsRequest, _flow_service_pb2.ListBulkActionResultsResponse]
+    """Lists the per-flow results of a bulk action in the order its flows were
+    taken (optionally only one outcome, e.g. the refused ones with their
+    errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+    """
+    CancelBulkAction: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.CancelBulkActionRequest, _flow_service_pb2.CancelBulkActionResponse]
+    """Stops a running bulk action: flows not taken yet are left alone (the
+    flow being changed at that moment may still finish). Cancelling a
+    finished action changes nothing and returns it. Errors: NOT_FOUND.
+    """
+    WatchBulkAction: _grpc.UnaryStreamMultiCallable[_flow_service_pb2.WatchBulkActionRequest, _flow_service_pb2.WatchBulkActionResponse]
+    """Streams a bulk action's progress: the action now, then again whenever its
+    counts or state change, ending after it is finished. Errors: NOT_FOUND.
     """
 
 @_typing.type_check_only
@@ -367,6 +401,40 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     enables it if it was disabled: after `after_cursor`, or from
     `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
     MALFORMED_REQUEST (both given, or a bad cursor).
+    --- Bulk actions (DESIGN.md section 12; docs/bulk-actions.md) ----------
+
+    A bulk action applies one command (retry, cancel, pause, resume, rollback
+    or skip of a phase) to every flow of a filter or an id list, as a
+    long-running operation: the set of flows is fixed when it starts, each
+    flow is its own transaction (idempotent per (action, flow): its request id
+    is derived from both), the results are kept per flow, and any replica
+    continues an action whose server stopped. Scope `flows:admin`.
+    """
+    StartBulkAction: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.StartBulkActionRequest, _flow_service_pb2.StartBulkActionResponse]  # type: ignore[assignment]
+    """Starts a bulk action and returns it at once (state RUNNING, its flows
+    counted); a server works through it in the background. Idempotent on
+    `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+    does not parse, no filter and no ids, a missing phase, too many flows).
+    """
+    GetBulkAction: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.GetBulkActionRequest, _flow_service_pb2.GetBulkActionResponse]  # type: ignore[assignment]
+    """Returns one bulk action with its progress. Errors: NOT_FOUND
+    (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+    """
+    ListBulkActions: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.ListBulkActionsRequest, _flow_service_pb2.ListBulkActionsResponse]  # type: ignore[assignment]
+    """Lists the caller's bulk actions, newest first. Paginated (AIP-158)."""
+    ListBulkActionResults: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.ListBulkActionResultsRequest, _flow_service_pb2.ListBulkActionResultsResponse]  # type: ignore[assignment]
+    """Lists the per-flow results of a bulk action in the order its flows were
+    taken (optionally only one outcome, e.g. the refused ones with their
+    errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+    """
+    CancelBulkAction: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.CancelBulkActionRequest, _flow_service_pb2.CancelBulkActionResponse]  # type: ignore[assignment]
+    """Stops a running bulk action: flows not taken yet are left alone (the
+    flow being changed at that moment may still finish). Cancelling a
+    finished action changes nothing and returns it. Errors: NOT_FOUND.
+    """
+    WatchBulkAction: _aio.UnaryStreamMultiCallable[_flow_service_pb2.WatchBulkActionRequest, _flow_service_pb2.WatchBulkActionResponse]  # type: ignore[assignment]
+    """Streams a bulk action's progress: the action now, then again whenever its
+    counts or state change, ending after it is finished. Errors: NOT_FOUND.
     """
 
 class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -690,6 +758,76 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
         enables it if it was disabled: after `after_cursor`, or from
         `since_time`, or (neither) from now. Errors: WEBHOOK_NOT_FOUND,
         MALFORMED_REQUEST (both given, or a bad cursor).
+        --- Bulk actions (DESIGN.md section 12; docs/bulk-actions.md) ----------
+
+        A bulk action applies one command (retry, cancel, pause, resume, rollback
+        or skip of a phase) to every flow of a filter or an id list, as a
+        long-running operation: the set of flows is fixed when it starts, each
+        flow is its own transaction (idempotent per (action, flow): its request id
+        is derived from both), the results are kept per flow, and any replica
+        continues an action whose server stopped. Scope `flows:admin`.
+        """
+
+    @_abc_1.abstractmethod
+    def StartBulkAction(
+        self,
+        request: _flow_service_pb2.StartBulkActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.StartBulkActionResponse, _abc.Awaitable[_flow_service_pb2.StartBulkActionResponse]]:
+        """Starts a bulk action and returns it at once (state RUNNING, its flows
+        counted); a server works through it in the background. Idempotent on
+        `request_id`. Errors: INVALID_ARGUMENT (MALFORMED_REQUEST: a filter that
+        does not parse, no filter and no ids, a missing phase, too many flows).
+        """
+
+    @_abc_1.abstractmethod
+    def GetBulkAction(
+        self,
+        request: _flow_service_pb2.GetBulkActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.GetBulkActionResponse, _abc.Awaitable[_flow_service_pb2.GetBulkActionResponse]]:
+        """Returns one bulk action with its progress. Errors: NOT_FOUND
+        (BULK_ACTION_NOT_FOUND, also for another tenant's action).
+        """
+
+    @_abc_1.abstractmethod
+    def ListBulkActions(
+        self,
+        request: _flow_service_pb2.ListBulkActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.ListBulkActionsResponse, _abc.Awaitable[_flow_service_pb2.ListBulkActionsResponse]]:
+        """Lists the caller's bulk actions, newest first. Paginated (AIP-158)."""
+
+    @_abc_1.abstractmethod
+    def ListBulkActionResults(
+        self,
+        request: _flow_service_pb2.ListBulkActionResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.ListBulkActionResultsResponse, _abc.Awaitable[_flow_service_pb2.ListBulkActionResultsResponse]]:
+        """Lists the per-flow results of a bulk action in the order its flows were
+        taken (optionally only one outcome, e.g. the refused ones with their
+        errors). Paginated. Errors: NOT_FOUND (BULK_ACTION_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelBulkAction(
+        self,
+        request: _flow_service_pb2.CancelBulkActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.CancelBulkActionResponse, _abc.Awaitable[_flow_service_pb2.CancelBulkActionResponse]]:
+        """Stops a running bulk action: flows not taken yet are left alone (the
+        flow being changed at that moment may still finish). Cancelling a
+        finished action changes nothing and returns it. Errors: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchBulkAction(
+        self,
+        request: _flow_service_pb2.WatchBulkActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_flow_service_pb2.WatchBulkActionResponse], _abc.AsyncIterator[_flow_service_pb2.WatchBulkActionResponse]]:
+        """Streams a bulk action's progress: the action now, then again whenever its
+        counts or state change, ending after it is finished. Errors: NOT_FOUND.
         """
 
 def add_FlowStateServiceServicer_to_server(servicer: FlowStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
