@@ -40,11 +40,17 @@ from flowstate.core.model import (
 )
 from flowstate.storage import codec, migrate
 from flowstate.testing import serve_subprocess
-from flowstate.v1 import flow_service_pb2_grpc, states_pb2
 from flowstate.v1 import flow_service_pb2 as pb
+from flowstate.v1 import flow_service_pb2_grpc, states_pb2
 
 TENANT = Tenant("bench-account", "bench-engagement")
-PHASES = ("data_import", "field_mapping", "data_cleansing", "asset_inventory", "dependency_analysis")
+PHASES = (
+    "data_import",
+    "field_mapping",
+    "data_cleansing",
+    "asset_inventory",
+    "dependency_analysis",
+)
 
 
 def _flow(state: PhaseState, now: datetime) -> Flow:
