@@ -43,6 +43,9 @@ def test_environment_variables() -> None:
             "FLOWSTATE_RETENTION_DEFAULT_DAYS": "365",
             "FLOWSTATE_GROUP_COMMIT": "off",
             "FLOWSTATE_GROUP_COMMIT_MAX_BATCH": "8",
+            "FLOWSTATE_TIMER_INTERVAL": "0.25",
+            "FLOWSTATE_TIMER_BATCH": "500",
+            "FLOWSTATE_TIMER_LEASE": "5",
             "FLOWSTATE_UNRELATED": "ignored",
         }
     )
@@ -55,6 +58,7 @@ def test_environment_variables() -> None:
     assert settings.archive_dir == Path("/var/lib/flowstate/archive")
     assert (settings.archive_interval, settings.retention_default_days) == (600.0, 365)
     assert (settings.group_commit, settings.group_commit_max_batch) == (False, 8)
+    assert (settings.timer_interval, settings.timer_batch, settings.timer_lease) == (0.25, 500, 5.0)
     assert SECRET not in repr(settings)
 
 
@@ -128,6 +132,21 @@ def test_flags_override_the_environment() -> None:
             {"FLOWSTATE_RETENTION_DEFAULT_DAYS": "0"},
             "FLOWSTATE_RETENTION_DEFAULT_DAYS must be between 1 and 36500, not 0",
             id="retention-default-days-zero",
+        ),
+        pytest.param(
+            {"FLOWSTATE_TIMER_BATCH": "0"},
+            "FLOWSTATE_TIMER_BATCH must be between 1 and 10000, not 0",
+            id="timer-batch-zero",
+        ),
+        pytest.param(
+            {"FLOWSTATE_TIMER_LEASE": "0"},
+            "FLOWSTATE_TIMER_LEASE must be > 0 seconds, not 0.0",
+            id="timer-lease-zero",
+        ),
+        pytest.param(
+            {"FLOWSTATE_TIMER_INTERVAL": "soon"},
+            "FLOWSTATE_TIMER_INTERVAL must be a number, not 'soon'",
+            id="timer-interval-not-a-number",
         ),
         pytest.param(
             {"FLOWSTATE_ARCHIVE_INTERVAL": "0"},

@@ -163,11 +163,13 @@ class _Checker:
         elif "\x00" in value:
             self.add(field, "must not contain NUL characters")
 
-    def unknown_keys(self, prefix: str, data: Mapping[Any, Any], known: frozenset[str]) -> None:
+    def unknown_keys(
+        self, prefix: str, data: Mapping[Any, Any], known: frozenset[str], where: str = ""
+    ) -> None:
         for key in data:
             if key not in known:
                 field = f"{prefix}{key}" if isinstance(key, str) else prefix.rstrip(".")
-                where = "the definition" if not prefix else "a phase"
+                where = where or ("the definition" if not prefix else "a phase")
                 hint = " (versions are assigned by the registry)" if key == "version" else ""
                 self.add(field, f"unknown field of {where}: {key!r}{hint}")
 
@@ -271,10 +273,7 @@ def _check_policy(check: _Checker, prefix: str, policy: object) -> None:
     if not isinstance(policy, Mapping):
         check.add(prefix, "must be a mapping of policies (timeout, heartbeat_timeout, ...)")
         return
-    for key in policy:
-        if key not in _POLICY_KEYS:
-            field = f"{prefix}.{key}" if isinstance(key, str) else prefix
-            check.add(field, f"unknown policy {key!r}")
+    check.unknown_keys(prefix + ".", policy, _POLICY_KEYS, "a phase policy")
     for key in ("timeout", "heartbeat_timeout"):
         if policy.get(key) is not None:
             _duration(
@@ -287,10 +286,7 @@ def _check_policy(check: _Checker, prefix: str, policy: object) -> None:
     if not isinstance(retry, Mapping):
         check.add(where, "must be a mapping (initial_backoff, multiplier, max_backoff, retry_on)")
         return
-    for key in retry:
-        if key not in _RETRY_POLICY_KEYS:
-            field = f"{where}.{key}" if isinstance(key, str) else where
-            check.add(field, f"unknown field of a retry policy: {key!r}")
+    check.unknown_keys(where + ".", retry, _RETRY_POLICY_KEYS, "a retry policy")
     initial = _duration(
         check, f"{where}.initial_backoff", retry.get("initial_backoff"), 0.0, MAX_POLICY_DURATION
     )

@@ -10,11 +10,11 @@ the gauge keeps its last value, which the checked timestamp shows to be old.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+from flowstate.server.background import BackgroundTask
 from flowstate.server.metrics import Metrics
 from flowstate.storage import FlowStore
 
@@ -23,7 +23,7 @@ __all__ = ["StuckFlowsMonitor"]
 _log = logging.getLogger("flowstate.server.stuck")
 
 
-class StuckFlowsMonitor:
+class StuckFlowsMonitor(BackgroundTask):
     """Refreshes the stuck-flows gauge every `interval` seconds until closed."""
 
     def __init__(
@@ -34,7 +34,6 @@ class StuckFlowsMonitor:
         self._metrics = metrics
         self._stuck_after = timedelta(seconds=stuck_after)
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def start(
@@ -42,7 +41,7 @@ class StuckFlowsMonitor:
     ) -> StuckFlowsMonitor:
         """A monitor whose first count runs now, then every `interval` seconds."""
         monitor = cls(store, metrics, stuck_after=stuck_after, interval=interval)
-        monitor._task = asyncio.create_task(monitor._run(), name="flowstate-stuck-flows")
+        monitor._begin(monitor._run(), "flowstate-stuck-flows")
         return monitor
 
     async def refresh(self) -> None:
@@ -61,12 +60,3 @@ class StuckFlowsMonitor:
                     "counting stuck flows failed; retrying in %s s", self._interval, exc_info=True
                 )
             await asyncio.sleep(self._interval)
-
-    async def close(self) -> None:
-        """Stop counting (waits for a count in progress to be cancelled)."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None

@@ -13,9 +13,9 @@ entries in the transition metrics like any mutation's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from flowstate.server.background import BackgroundTask
 from flowstate.server.metrics import Metrics
 from flowstate.service.timers import TimerService
 
@@ -24,7 +24,7 @@ __all__ = ["TimerLoop"]
 _log = logging.getLogger("flowstate.server.timers")
 
 
-class TimerLoop:
+class TimerLoop(BackgroundTask):
     """Runs `TimerService.fire_due` every `interval` seconds until closed."""
 
     def __init__(self, service: TimerService, metrics: Metrics, *, interval: float) -> None:
@@ -32,13 +32,12 @@ class TimerLoop:
         self._service = service
         self._metrics = metrics
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def start(cls, service: TimerService, metrics: Metrics, *, interval: float) -> TimerLoop:
         """A loop whose first round runs now."""
         loop = cls(service, metrics, interval=interval)
-        loop._task = asyncio.create_task(loop._run(), name="flowstate-timers")
+        loop._begin(loop._run(), "flowstate-timers")
         return loop
 
     async def run_once(self) -> int:
@@ -60,12 +59,3 @@ class TimerLoop:
                 claimed = 0
             if claimed < self._service.batch:
                 await asyncio.sleep(self._interval)
-
-    async def close(self) -> None:
-        """Stop (a round in progress is cancelled; its open transaction rolls back)."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
