@@ -28,7 +28,9 @@ var rpcs = []string{
 	"UpdatePhaseProgress", "Rollback", "Retry", "GetRecoveryOptions", "PauseFlow", "ResumeFlow",
 	"CancelFlow", "ListFlowHistory", "GetFlowDefinition", "WatchFlow", "WatchFlows",
 	"CreateFlowDefinition", "ListFlowDefinitions", "SkipPhase", // section 9
-	"Heartbeat", // section 10 (timers)
+	"Heartbeat",                                                                      // section 10 (timers)
+	"CountFlows",                                                                     // section 12 (search)
+	"CreateWebhook", "ListWebhooks", "DeleteWebhook", "TestWebhook", "ReplayWebhook", // section 12 (webhooks)
 }
 var streamingRPCs = []string{"WatchFlow", "WatchFlows"}
 

@@ -54,6 +54,12 @@ const RPCS = [
   "WatchFlow",
   "WatchFlows",
   "Heartbeat", // section 10 (timers)
+  "CountFlows", // section 12 (search)
+  "CreateWebhook", // section 12 (webhooks)
+  "ListWebhooks",
+  "DeleteWebhook",
+  "TestWebhook",
+  "ReplayWebhook",
 ];
 const STREAMING_RPCS = ["WatchFlow", "WatchFlows"];
 // DESIGN.md, "Phase states" and "Flow status", in proto order.
