@@ -510,6 +510,32 @@ func (c *Client) SkipPhase(ctx context.Context, req *flowstatev1.SkipPhaseReques
 	return invoke(ctx, c, req, c.raw.SkipPhase, opts)
 }
 
+// CreateWebhook subscribes a URL to the tenant's flow changes (scope webhooks:admin); the
+// response carries the signing secret, returned only here (docs/webhooks.md).
+func (c *Client) CreateWebhook(ctx context.Context, req *flowstatev1.CreateWebhookRequest, opts ...grpc.CallOption) (*flowstatev1.CreateWebhookResponse, error) {
+	return invoke(ctx, c, req, c.raw.CreateWebhook, opts)
+}
+
+// ListWebhooks lists the tenant's webhooks with their delivery status (never secrets).
+func (c *Client) ListWebhooks(ctx context.Context, req *flowstatev1.ListWebhooksRequest, opts ...grpc.CallOption) (*flowstatev1.ListWebhooksResponse, error) {
+	return invoke(ctx, c, req, c.raw.ListWebhooks, opts)
+}
+
+// DeleteWebhook deletes a webhook (ErrWebhookNotFound for an unknown id or another tenant's).
+func (c *Client) DeleteWebhook(ctx context.Context, req *flowstatev1.DeleteWebhookRequest, opts ...grpc.CallOption) (*flowstatev1.DeleteWebhookResponse, error) {
+	return invoke(ctx, c, req, c.raw.DeleteWebhook, opts)
+}
+
+// TestWebhook sends one signed webhook.test event now and reports the receiver's answer.
+func (c *Client) TestWebhook(ctx context.Context, req *flowstatev1.TestWebhookRequest, opts ...grpc.CallOption) (*flowstatev1.TestWebhookResponse, error) {
+	return invoke(ctx, c, req, c.raw.TestWebhook, opts)
+}
+
+// ReplayWebhook moves a webhook's cursor (after a cursor, from a time, or to now) and enables it.
+func (c *Client) ReplayWebhook(ctx context.Context, req *flowstatev1.ReplayWebhookRequest, opts ...grpc.CallOption) (*flowstatev1.ReplayWebhookResponse, error) {
+	return invoke(ctx, c, req, c.raw.ReplayWebhook, opts)
+}
+
 // History yields every history entry of a flow after afterVersion, fetching pages lazily as
 // the loop asks for more. A final non-nil error ends it.
 //

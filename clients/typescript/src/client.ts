@@ -39,6 +39,16 @@ import {
   UpdatePhaseProgressRequestSchema,
   HeartbeatRequestSchema,
   ValidateTransitionRequestSchema,
+  CreateWebhookRequestSchema,
+  ListWebhooksRequestSchema,
+  DeleteWebhookRequestSchema,
+  TestWebhookRequestSchema,
+  ReplayWebhookRequestSchema,
+  type CreateWebhookResponse,
+  type ListWebhooksResponse,
+  type DeleteWebhookResponse,
+  type TestWebhookResponse,
+  type ReplayWebhookResponse,
   type CancelFlowResponse,
   type CreateFlowDefinitionResponse,
   type CreateFlowResponse,
@@ -152,6 +162,10 @@ export type GetFlowDefinitionInput = Init<typeof GetFlowDefinitionRequestSchema>
 export type CreateFlowDefinitionInput = Init<typeof CreateFlowDefinitionRequestSchema>;
 export type ListFlowDefinitionsInput = Init<typeof ListFlowDefinitionsRequestSchema>;
 export type SkipPhaseInput = Init<typeof SkipPhaseRequestSchema>;
+export type CreateWebhookInput = Init<typeof CreateWebhookRequestSchema>;
+export type DeleteWebhookInput = Init<typeof DeleteWebhookRequestSchema>;
+export type TestWebhookInput = Init<typeof TestWebhookRequestSchema>;
+export type ReplayWebhookInput = Init<typeof ReplayWebhookRequestSchema>;
 
 /** The Flowstate client: one method per RPC, plus resumable watches. */
 export interface FlowstateClient {
@@ -187,6 +201,16 @@ export interface FlowstateClient {
   definitions(options?: { name?: string; pageSize?: number } & FlowstateCallOptions): AsyncGenerator<FlowDefinition, void, undefined>;
   /** Skips an optional phase (-> SKIPPED, which satisfies its dependents and counts as done). */
   skipPhase(request: SkipPhaseInput, options?: FlowstateCallOptions): Promise<SkipPhaseResponse>;
+  /** Subscribes a URL to the tenant's flow changes (webhooks:admin); the response carries the signing secret, returned only here. */
+  createWebhook(request: CreateWebhookInput, options?: FlowstateCallOptions): Promise<CreateWebhookResponse>;
+  /** The tenant's webhooks with their delivery status (never secrets). */
+  listWebhooks(options?: FlowstateCallOptions): Promise<ListWebhooksResponse>;
+  /** Deletes a webhook (`WebhookNotFoundError` for an unknown id or another tenant's). */
+  deleteWebhook(request: DeleteWebhookInput, options?: FlowstateCallOptions): Promise<DeleteWebhookResponse>;
+  /** Sends one signed `webhook.test` event now and reports the receiver's answer. */
+  testWebhook(request: TestWebhookInput, options?: FlowstateCallOptions): Promise<TestWebhookResponse>;
+  /** Moves a webhook's cursor (after a cursor, from a time, or to now) and enables it. */
+  replayWebhook(request: ReplayWebhookInput, options?: FlowstateCallOptions): Promise<ReplayWebhookResponse>;
   /** Every flow matching the filters of `request` (its page token is ignored), fetching pages lazily. */
   flows(request?: ListFlowsInput, options?: FlowstateCallOptions): AsyncGenerator<Flow, void, undefined>;
   /** Every history entry of a flow after `afterVersion`, fetching pages lazily. */
@@ -380,6 +404,11 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
       } while (pageToken);
     },
     skipPhase: (request, o) => unary(SkipPhaseRequestSchema, request, (r, c) => raw.skipPhase(r, c), true, o),
+    createWebhook: (request, o) => unary(CreateWebhookRequestSchema, request, (r, c) => raw.createWebhook(r, c), false, o),
+    listWebhooks: (o) => unary(ListWebhooksRequestSchema, {}, (r, c) => raw.listWebhooks(r, c), false, o),
+    deleteWebhook: (request, o) => unary(DeleteWebhookRequestSchema, request, (r, c) => raw.deleteWebhook(r, c), false, o),
+    testWebhook: (request, o) => unary(TestWebhookRequestSchema, request, (r, c) => raw.testWebhook(r, c), false, o),
+    replayWebhook: (request, o) => unary(ReplayWebhookRequestSchema, request, (r, c) => raw.replayWebhook(r, c), false, o),
     async *flows(request = {}, callOptions) {
       let pageToken = "";
       do {

@@ -29,6 +29,8 @@ import {
   RetryNotAllowedError,
   UnauthenticatedError,
   VersionConflictError,
+  WebhookNotFoundError,
+  WebhookState,
   type FlowEvent,
   type FlowstateClient,
   type FlowstateClientOptions,
@@ -422,6 +424,25 @@ if (testServer === undefined) {
       assert.ok(hidden instanceof DefinitionNotFoundError, String(hidden));
       const denied = await refusal(writer.createFlowDefinition({ definition: { ...diamond, name: "ts_other" } }));
       assert.ok(denied instanceof PermissionDeniedError, String(denied));
+    });
+  });
+
+  describe("webhooks", TIMEOUT, () => {
+    it("creates, lists, replays and deletes a webhook; refuses a private target", async () => {
+      const admin = connect(server.adminToken); // flows:admin implies webhooks:admin
+      const refused = await refusal(admin.createWebhook({ url: "https://169.254.169.254/latest" }));
+      assert.ok(refused instanceof MalformedRequestError, String(refused));
+      // A public address literal (no DNS lookup); nothing is delivered without flow changes.
+      const created = await admin.createWebhook({ url: "https://93.184.216.34/ts-hook", statuses: [FlowStatus.COMPLETED] });
+      assert.match(created.secret, /^whsec_/);
+      const id = created.webhook?.webhookId ?? "";
+      const listed = await admin.listWebhooks();
+      assert.ok(listed.webhooks.some((w) => w.webhookId === id));
+      const replayed = await admin.replayWebhook({ webhookId: id });
+      assert.equal(replayed.webhook?.state, WebhookState.ACTIVE);
+      await admin.deleteWebhook({ webhookId: id });
+      const gone = await refusal(admin.deleteWebhook({ webhookId: id }));
+      assert.ok(gone instanceof WebhookNotFoundError, String(gone));
     });
   });
 
