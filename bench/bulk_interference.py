@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import time
 import uuid
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ import asyncpg
 import grpc.aio
 
 from bench._db import database
+from bench._latency import summary
 from flowstate.core.model import (
     ErrorCode,
     Flow,
@@ -124,20 +124,11 @@ async def _phase(stub: Any, metadata: Any, flows: list[str], seconds: float) -> 
     return samples
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "calls": len(ordered),
-        "p50_ms": round(statistics.median(ordered), 2),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
-    }
-
-
 async def _measure(address: str, metadata: Any, flows: list[str], seconds: float) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
         await _phase(stub, metadata, flows, 2.0)  # warm-up
-        idle = _summary(await _phase(stub, metadata, flows, seconds))
+        idle = summary(await _phase(stub, metadata, flows, seconds))
         started = await stub.StartBulkAction(
             pb.StartBulkActionRequest(
                 request_id=uuid.uuid4().hex,
@@ -148,7 +139,7 @@ async def _measure(address: str, metadata: Any, flows: list[str], seconds: float
             metadata=metadata,
         )
         action_id = started.bulk_action.bulk_action_id
-        during = _summary(await _phase(stub, metadata, flows, seconds))
+        during = summary(await _phase(stub, metadata, flows, seconds))
         got = await stub.GetBulkAction(
             pb.GetBulkActionRequest(bulk_action_id=action_id), metadata=metadata
         )

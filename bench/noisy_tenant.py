@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import grpc
 import grpc.aio
 
 from bench._db import database
+from bench._latency import summary
 from flowstate.core.model import Tenant
 from flowstate.storage import migrate
 from flowstate.testing import serve_subprocess
@@ -99,15 +99,6 @@ async def _clients(
     return samples, sum(r[0] for r in results), sum(r[1] for r in results)
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "calls": len(ordered),
-        "p50_ms": round(statistics.median(ordered), 2),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
-    }
-
-
 def _flood_main(address: str, token: str, flow_id: str, clients: int, seconds: float) -> None:
     """The flooding process: prints ``{"ok": n, "refused": m}``."""
     metadata = (("authorization", f"Bearer {token}"),)
@@ -148,7 +139,7 @@ async def _measure_mode(server: Any, flooders: int, seconds: float) -> dict[str,
             flood.kill()
             flood.wait()
     noisy = json.loads(out.strip().splitlines()[-1])
-    idle_s, during_s = _summary(idle), _summary(during)
+    idle_s, during_s = summary(idle), summary(during)
     return {
         "idle": idle_s,
         "flood": during_s,

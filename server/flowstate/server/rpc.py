@@ -15,8 +15,9 @@ responses). The wrapper, per call:
    with RetryInfo when empty); a request body that did not decode (`Undecodable`, see
    `add_service`) is then MALFORMED_REQUEST;
 4. runs the method; a `FlowStateError` becomes the rich status of `flowstate.server.errors`
-   (logged at INFO); `NotImplementedError` becomes UNIMPLEMENTED (a feature the server was
-   started without, e.g. streams without a watch hub); any other exception becomes INTERNAL
+   (logged at INFO; RATE_LIMITED at DEBUG, counted in the metrics instead);
+   `NotImplementedError` becomes UNIMPLEMENTED (a feature the server was started without, e.g.
+   streams without a watch hub); any other exception becomes INTERNAL
    carrying only the correlation id, its stack logged at ERROR with the same id;
 5. counts the RPC and its latency by method and status code, and phase-change refusals;
 6. counts the calling SDK and its version (``x-flowstate-client``), logging each new one once.
@@ -389,18 +390,23 @@ async def _refuse(
         _annotate_span({"flowstate.error_code": error.code.value})
     support.metrics.observe_rpc(method, code.name, time.perf_counter() - started)
     support.metrics.record_refusal(error)
-    _log.info(
-        "%s refused: %s %s",
-        method,
-        error.code.value,
-        error.message,
-        extra={
-            "correlation_id": correlation_id,
-            "rpc_method": method,
-            "grpc_code": code.name,
-            "error_code": error.code.value,
-        },
-    )
+    # A flood of rate-limited calls must not become a flood of log lines (the refusals are
+    # counted in flowstate_tenant_requests_total): those log at DEBUG, every other at INFO.
+    level = logging.DEBUG if error.code is ErrorCode.RATE_LIMITED else logging.INFO
+    if _log.isEnabledFor(level):
+        _log.log(
+            level,
+            "%s refused: %s %s",
+            method,
+            error.code.value,
+            error.message,
+            extra={
+                "correlation_id": correlation_id,
+                "rpc_method": method,
+                "grpc_code": code.name,
+                "error_code": error.code.value,
+            },
+        )
     status = to_grpc_status(error, correlation_id=correlation_id, now=datetime.now(UTC))
     await context.abort_with_status(status)
 
