@@ -112,6 +112,8 @@ class TestServer:
         # The server's environment: none of the caller's FLOWSTATE_* settings.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
         self.env["FLOWSTATE_DATA_DIR"] = str(self.data_dir)
+        # Alert scans every 200 ms, so the SDKs' tests see a passed deadline's alert promptly.
+        self.env["FLOWSTATE_ALERT_CHECK_INTERVAL"] = "0.2"
 
     # --- lifecycle ------------------------------------------------------------------------
 

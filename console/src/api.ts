@@ -28,7 +28,8 @@ export interface Session {
 const IMPLIED: Record<string, string[]> = {
   "flows:read": ["flows:read"],
   "flows:write": ["flows:read", "flows:write"],
-  "flows:admin": ["flows:read", "flows:write", "flows:admin"],
+  "flows:admin": ["flows:read", "flows:write", "flows:admin", "flows:approve"],
+  "flows:approve": ["flows:read", "flows:approve"],
 };
 
 /** The session of a JWT, or null when it is not one. */

@@ -1,18 +1,21 @@
 /**
  * The board: the tenant's flows, live (WatchFlows: a snapshot of every matching flow, then every
  * change), filtered by status and definition on the server, stuck-only and paged here.
+ *
+ * "Stuck" and the other alert badges come from the server (Flow.alerts and the stream's alert
+ * events: docs/approvals.md), so the board agrees with FLOWSTATE_STUCK_AFTER and its per-status
+ * thresholds: a snapshot brings the flow's alerts in force, an alert event adds one, and a change
+ * ends a STUCK alert (the flow moved) and, when the flow ends, every alert.
  */
 import type { Client } from "@connectrpc/connect";
 import { useEffect, useRef, useState } from "preact/hooks";
 
-import { FlowStatus, type FlowStateService } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
+import { AlertKind, FlowStatus, type FlowStateService } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { describeError } from "./api.js";
-import { ago, statusClass, statusName, TERMINAL } from "./format.js";
+import { ago, alertName, statusClass, statusName, TERMINAL } from "./format.js";
 import { link } from "./router.js";
 
-/** A live flow without a change for this long gets the "stuck" badge. */
-export const STUCK_AFTER_MS = 60 * 60 * 1000;
 const PAGE_SIZE = 20;
 
 interface Row {
@@ -23,6 +26,19 @@ interface Row {
   progress: number;
   version: bigint;
   updated: Timestamp | undefined;
+  /** The alerts in force, by kind (from the server). */
+  alerts: AlertKind[];
+}
+
+/** The alerts of a row after `event` (see the module doc). */
+function alertsAfter(prev: AlertKind[], kind: string | undefined, value: unknown, status: FlowStatus): AlertKind[] {
+  if (kind === "snapshot") return ((value as { alerts?: { kind: AlertKind }[] }).alerts ?? []).map((a) => a.kind);
+  if (kind === "alert") {
+    const alert = (value as { kind: AlertKind }).kind;
+    return prev.includes(alert) ? prev : [...prev, alert];
+  }
+  if (kind === "change") return TERMINAL.has(status) ? [] : prev.filter((a) => a !== AlertKind.STUCK);
+  return prev;
 }
 
 const STATUSES = Object.values(FlowStatus).filter((v): v is FlowStatus => typeof v === "number" && v !== FlowStatus.UNSPECIFIED);
@@ -94,7 +110,9 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
                 status: event.status,
                 progress: event.progress,
                 version: event.flowVersion,
+                // An alert is not a change: the last change's time stays.
                 updated: snapshot?.updateTime ?? change?.occurTime ?? prev?.updated,
+                alerts: alertsAfter(prev?.alerts ?? [], event.kind.case, event.kind.value, event.status),
               });
               return rows;
             });
@@ -110,8 +128,7 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
     return () => abort.abort();
   }, [api, status, definition]);
 
-  const isStuck = (r: Row) =>
-    !TERMINAL.has(r.status) && r.updated !== undefined && now - Number(r.updated.seconds) * 1000 > STUCK_AFTER_MS;
+  const isStuck = (r: Row) => r.alerts.includes(AlertKind.STUCK);
   const sorted = [...rows.values()]
     .filter((r) => !stuckOnly || isStuck(r))
     .sort((a, b) => Number((b.updated?.seconds ?? 0n) - (a.updated?.seconds ?? 0n)) || a.flowId.localeCompare(b.flowId));
@@ -185,7 +202,11 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
                 <span class={`badge ${statusClass(r.status)}`} data-testid="status">
                   {statusName(r.status)}
                 </span>
-                {isStuck(r) && <span class="badge stuck">stuck</span>}
+                {r.alerts.map((a) => (
+                  <span key={a} class={`badge alert ${a === AlertKind.STUCK ? "stuck" : ""}`} data-testid="alert">
+                    {alertName(a)}
+                  </span>
+                ))}
               </td>
               <td>
                 <div class="bar" title={`${r.progress}%`}>

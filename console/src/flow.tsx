@@ -6,12 +6,19 @@
  * Each action is sent exactly as GetRecoveryOptions described it, including `expected_version`
  * (the version the page showed), so an action confirmed on a stale page fails with
  * VERSION_CONFLICT instead of overwriting what happened meanwhile; the page says so in words.
+ *
+ * A phase in WAITING_APPROVAL gets approve / request changes / reject buttons when the token has
+ * flows:approve (DecidePhase, docs/approvals.md), each confirmed with a comment box; the last
+ * decision shows on the phase. The flow's alerts in force (a passed deadline, stuck, an approval
+ * timeout) show as badges next to its status.
  */
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
 import {
+  ApprovalDecision,
+  DecidePhaseRequestSchema,
   ErrorCode,
   FlowStatus,
   PauseFlowRequestSchema,
@@ -26,7 +33,19 @@ import {
 } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
 import { describeError, type Session } from "./api.js";
 import { Dag } from "./dag.js";
-import { actionName, duration, kindName, stateClass, stateName, statusClass, statusName, TERMINAL, when } from "./format.js";
+import {
+  actionName,
+  alertName,
+  decisionName,
+  duration,
+  kindName,
+  stateClass,
+  stateName,
+  statusClass,
+  statusName,
+  TERMINAL,
+  when,
+} from "./format.js";
 
 type Api = Client<typeof FlowStateService>;
 
@@ -42,8 +61,16 @@ interface Pending {
   title: string;
   change: string;
   version: bigint;
-  run: () => Promise<unknown>;
+  /** Whether the dialog asks for a comment (passed to `run`). */
+  comment?: boolean;
+  run: (comment: string) => Promise<unknown>;
 }
+
+const DECISIONS: Array<{ decision: ApprovalDecision; label: string; target: PhaseState }> = [
+  { decision: ApprovalDecision.APPROVE, label: "approve", target: PhaseState.COMPLETED },
+  { decision: ApprovalDecision.REQUEST_CHANGES, label: "request changes", target: PhaseState.IN_PROGRESS },
+  { decision: ApprovalDecision.REJECT, label: "reject", target: PhaseState.FAILED },
+];
 
 const MAX_HISTORY = 1000;
 
@@ -142,6 +169,7 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
   const [notice, setNotice] = useState<{ ok: boolean; text: string } | null>(null);
   const [pending, setPending] = useState<Pending | null>(null);
   const [busy, setBusy] = useState(false);
+  const [comment, setComment] = useState("");
   const [live, setLive] = useState(false);
   const reloading = useRef<Promise<void> | null>(null);
   const again = useRef(false);
@@ -195,6 +223,8 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
   if (!data) return <p>Loading…</p>;
   const { flow, definition, history, options } = data;
   const canWrite = session.scopes.has("flows:write");
+  const canApprove = session.scopes.has("flows:approve");
+  const waiting = flow.phases.filter((p) => p.state === PhaseState.WAITING_APPROVAL);
   const downstream = computeDownstream(definition, flow);
   // Without its definition (not readable), the phases are drawn in their order.
   const phaseDefs =
@@ -207,13 +237,14 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
 
   const confirm = (p: Pending) => {
     setNotice(null);
+    setComment("");
     setPending(p);
   };
   const execute = async () => {
     if (!pending) return;
     setBusy(true);
     try {
-      await pending.run();
+      await pending.run(comment);
       setNotice({ ok: true, text: `Done: ${pending.title}.` });
     } catch (err) {
       setNotice({ ok: false, text: describeError(err) });
@@ -236,6 +267,12 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
         <span class="bar wide">
           <span style={{ width: `${Math.min(100, flow.progress)}%` }} />
         </span>{" "}
+        {flow.alerts.map((a) => (
+          <span key={`${a.kind}-${a.phase}`} class="badge alert" data-testid="alert" title={a.message}>
+            {alertName(a.kind)}
+            {a.phase ? `: ${a.phase}` : ""}
+          </span>
+        ))}{" "}
         <span data-testid="flow-progress">{flow.progress.toFixed(1)}%</span> · {flow.definitionName} v{flow.definitionVersion} · version{" "}
         <span data-testid="flow-version">{String(flow.version)}</span> · updated {when(flow.updateTime)}{" "}
         <span class={`live ${live ? "ok" : "bad"}`}>{live ? "● live" : "○ reconnecting"}</span>
@@ -259,6 +296,7 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
             <th>In-phase progress</th>
             <th>Retries</th>
             <th>Error</th>
+            <th>Approval</th>
           </tr>
         </thead>
         <tbody>
@@ -291,10 +329,66 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
                   </>
                 )}
               </td>
+              <td class="approval" data-testid="approval">
+                {p.approval && p.approval.decision !== ApprovalDecision.UNSPECIFIED && (
+                  <>
+                    <strong>{decisionName(p.approval.decision)}</strong> by {p.approval.approver} {when(p.approval.decideTime)}
+                    {p.approval.comment && <div class="sub">“{p.approval.comment}”</div>}
+                  </>
+                )}
+              </td>
             </tr>
           ))}
         </tbody>
       </table>
+
+      {waiting.length > 0 && (
+        <>
+          <h2>Approval</h2>
+          {canApprove ? (
+            <div class="actions" data-testid="approvals">
+              {waiting.flatMap((p) =>
+                DECISIONS.map(({ decision, label, target }) => (
+                  <div class="option" key={`${p.name}-${label}`}>
+                    <button
+                      type="button"
+                      data-decision={ApprovalDecision[decision]?.toLowerCase()}
+                      data-phase={p.name}
+                      disabled={busy}
+                      onClick={() =>
+                        confirm({
+                          title: `${label} ${p.name}`,
+                          change: `Phase ${p.name} goes from waiting approval to ${stateName(target)}; you (${session.user}) are recorded as the approver.`,
+                          version: flow.version,
+                          comment: true,
+                          run: (text) =>
+                            api.decidePhase(
+                              create(DecidePhaseRequestSchema, {
+                                flowId: flow.flowId,
+                                phase: p.name,
+                                decision,
+                                comment: text,
+                                requestId: crypto.randomUUID(),
+                                expectedVersion: flow.version,
+                              }),
+                            ),
+                        })
+                      }
+                    >
+                      {label} {p.name}
+                    </button>
+                  </div>
+                )),
+              )}
+            </div>
+          ) : (
+            <p class="sub" data-testid="no-approve">
+              {waiting.map((p) => p.name).join(", ")} {waiting.length > 1 ? "wait" : "waits"} for approval; deciding needs the
+              flows:approve scope, which your token does not have.
+            </p>
+          )}
+        </>
+      )}
 
       <h2>Recovery</h2>
       {canWrite ? (
@@ -379,6 +473,21 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
           <div class="box">
             <h3 id="confirm-title">Confirm: {pending.title}</h3>
             <p data-testid="confirm-change">{pending.change}</p>
+            {pending.comment && (
+              <p>
+                <label>
+                  Comment (recorded in history){" "}
+                  <textarea
+                    name="comment"
+                    data-testid="comment"
+                    rows={3}
+                    maxLength={1024}
+                    value={comment}
+                    onInput={(e) => setComment((e.target as HTMLTextAreaElement).value)}
+                  />
+                </label>
+              </p>
+            )}
             <p class="sub">Applies only if the flow is still at version {String(pending.version)} (what this page shows).</p>
             <button type="button" class="primary" data-testid="confirm" disabled={busy} onClick={() => void execute()}>
               Confirm

@@ -1,5 +1,12 @@
 /** Words for enum values and times. */
-import { FlowStatus, HistoryEventKind, PhaseState, RecoveryAction } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
+import {
+  AlertKind,
+  ApprovalDecision,
+  FlowStatus,
+  HistoryEventKind,
+  PhaseState,
+  RecoveryAction,
+} from "../../clients/typescript/src/gen/flowstate/v1/index.js";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 
 const words = (name: string | undefined): string => (name ?? "unknown").toLowerCase().replace(/_/g, " ");
@@ -8,6 +15,8 @@ export const statusName = (s: FlowStatus): string => words(FlowStatus[s]);
 export const stateName = (s: PhaseState): string => words(PhaseState[s]);
 export const actionName = (a: RecoveryAction): string => words(RecoveryAction[a]);
 export const kindName = (k: HistoryEventKind): string => words(HistoryEventKind[k]);
+export const alertName = (a: AlertKind): string => words(AlertKind[a]);
+export const decisionName = (d: ApprovalDecision): string => words(ApprovalDecision[d]);
 /** CSS class of a state or status (e.g. `st-failed`). */
 export const stateClass = (s: PhaseState): string => `st-${(PhaseState[s] ?? "unknown").toLowerCase()}`;
 export const statusClass = (s: FlowStatus): string => `st-${(FlowStatus[s] ?? "unknown").toLowerCase()}`;

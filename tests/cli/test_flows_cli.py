@@ -323,3 +323,24 @@ async def test_watch_of_a_bad_flow_id_prints_the_structured_error(flows: Runner)
     assert result.out == ""
     assert result.err.startswith("flowstate: error: MALFORMED_REQUEST: flow_id")
     assert "Traceback" not in result.err
+
+
+async def test_decide_approves_with_a_comment_and_list_filters_alerting(flows: Runner) -> None:
+    flow_id = json.loads((await flows("create", "--deadline", "2d", "--json")).out)["flow"][
+        "flowId"
+    ]
+    for state in ("IN_PROGRESS", "WAITING_APPROVAL"):
+        assert (await flows("transition", flow_id, "data_import", state)).code == 0
+    early = await flows("decide", flow_id, "field_mapping", "approve")
+    assert early.code == 1
+    assert early.err.startswith("flowstate: error: INVALID_PHASE_TRANSITION: ")
+    decided = await flows("decide", flow_id, "data_import", "approve", "--comment", "lgtm")
+    assert decided.code == 0, decided.err
+    assert "data_import          COMPLETED" in decided.out
+    assert "DECISION" in decided.out
+    assert decided.out.rstrip().endswith("lgtm")
+    shown = await flows("get", flow_id)
+    assert "deadline" in shown.out
+    alerting = await flows("list", "--alerting")
+    assert alerting.code == 0
+    assert flow_id not in alerting.out

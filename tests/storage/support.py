@@ -14,12 +14,16 @@ from sqlalchemy.engine import make_url
 
 from flowstate.core.commands import Context
 from flowstate.core.model import (
+    AlertKind,
+    ApprovalDecision,
     ErrorCode,
     Flow,
+    FlowAlert,
     FlowStatus,
     HistoryEntry,
     HistoryKind,
     Phase,
+    PhaseApproval,
     PhaseError,
     PhaseState,
     Tenant,
@@ -58,6 +62,17 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
     error = PhaseError(
         ErrorCode.AGENT_TIMEOUT, "agent took too long", {"attempt": 2, "nested": {"a": [1, 2.5]}}
     )
+    approval = PhaseApproval(
+        ApprovalDecision.APPROVE, "approver-1", "fine ✓", T0 - timedelta(minutes=20)
+    )
+    alert = FlowAlert(
+        AlertKind.APPROVAL_TIMEOUT,
+        due_at=T0 - timedelta(minutes=2),
+        raised_at=T0 - timedelta(minutes=1),
+        status=FlowStatus.WAITING_APPROVAL,
+        phase="field_mapping",
+        message="waited too long",
+    )
     phases = (
         Phase(
             "data_import",
@@ -69,6 +84,7 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
             started_at=T0 - timedelta(minutes=25),
             completed_at=T0 - timedelta(minutes=20),
             next_attempt_at=T0 - timedelta(minutes=21),
+            approval=approval,
         ),
         Phase(
             "field_mapping",
@@ -98,6 +114,9 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
         updated_at=T0,
         display_name="Rich flow ✓ 'quoted'",
         labels={"team": "platform", "env": "qa"},
+        deadline=T0 + timedelta(hours=3),
+        alerts=(alert,),
+        alert_due_at=T0 + timedelta(hours=3),
     )
     entry = HistoryEntry(
         flow_version=1,
@@ -118,6 +137,8 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
         cause="data_import",
         phase_progress=0.25,
         next_attempt_at=T0 + timedelta(seconds=1.5),
+        approval=approval,
+        alert=alert,
     )
     return flow, (entry,)
 

@@ -61,4 +61,5 @@ def test_store_methods() -> None:
         "advance_webhook",
         "record_webhook_failure",
         "release_webhooks",
+        "due_alert_flows",
     }

@@ -24,9 +24,14 @@ ALLOWED_ORIGIN = "http://console.example.test:3000"
 
 @pytest_asyncio.fixture(scope="session")
 async def web_server(database_url: str, store: FlowStore) -> AsyncIterator[RunningServer]:
-    """The session's in-process server with its HTTP port."""
+    """The session's in-process server with its HTTP port (alert scans every 200 ms, so the
+    console's alert badges are tested promptly)."""
     async with serve_in_process(
-        database_url, store=store, http_port=0, http_cors_origins=(ALLOWED_ORIGIN,)
+        database_url,
+        store=store,
+        http_port=0,
+        http_cors_origins=(ALLOWED_ORIGIN,),
+        alert_check_interval=0.2,
     ) as running:
         yield running
 

@@ -237,3 +237,61 @@ async def test_the_dev_sign_in_link_signs_in_once_and_leaves_no_secret_in_the_ur
             await expect(second.get_by_role("alert")).to_contain_text("already used")
         finally:
             await context.close()
+
+
+async def test_approval_buttons_decide_with_a_comment_and_alerts_show_as_badges(
+    browser: Browser, http: httpx.AsyncClient, base_url: str, web_server: RunningServer
+) -> None:
+    """A phase in WAITING_APPROVAL: an approver (flows:approve) sees approve / request changes /
+    reject and decides with a comment after a confirmation; a writer without flows:approve sees
+    no decision button. A passed deadline shows as an alert badge on the board and the page."""
+    tenant = Tenant("acme", f"console-{uuid.uuid4().hex[:8]}")
+    worker = Api(http, web_server.mint(tenant, user="worker"))
+    past = "2020-01-01T00:00:00Z"  # already passed: the next alert scan raises it
+    flow_id = (await worker.call("CreateFlow", displayName="needs sign-off", deadline=past))[
+        "flow"
+    ]["flowId"]
+    await worker.move(flow_id, "data_import", "PHASE_STATE_IN_PROGRESS")
+    await worker.move(flow_id, "data_import", "PHASE_STATE_WAITING_APPROVAL")
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await _sign_in(page, base_url, web_server.mint(tenant, user="worker"))
+        row = page.locator(f"tr[data-flow-id='{flow_id}']")
+        await expect(row.get_by_test_id("alert")).to_have_text(
+            "deadline exceeded", timeout=TIMEOUT_MS
+        )
+        await row.locator("a").click()
+        await expect(page.get_by_test_id("alert")).to_have_text(
+            "deadline exceeded", timeout=TIMEOUT_MS
+        )
+        await expect(page.get_by_test_id("no-approve")).to_be_visible()
+        assert await page.locator("button[data-decision]").count() == 0
+
+        await context.close()
+        context = await browser.new_context()
+        page = await context.new_page()
+        await _sign_in(
+            page, base_url, web_server.mint(tenant, user="carol", scopes=["flows:approve"])
+        )
+        await page.goto(f"{base_url}/flows/{flow_id}")
+        approve = page.locator("button[data-decision=approve][data-phase=data_import]")
+        await expect(approve).to_be_visible(timeout=TIMEOUT_MS)
+        await expect(page.locator("button[data-decision]")).to_have_count(3)
+        assert await page.get_by_test_id("actions").count() == 0  # no flows:write
+        await approve.click()
+        await expect(page.get_by_test_id("confirm-change")).to_contain_text(
+            "data_import goes from waiting approval to completed"
+        )
+        await page.get_by_test_id("comment").fill("numbers check out")
+        await page.get_by_test_id("confirm").click()
+        phase = page.locator("tr[data-phase='data_import']")
+        await expect(phase.get_by_test_id("phase-state")).to_have_text(
+            "completed", timeout=TIMEOUT_MS
+        )
+        await expect(phase.get_by_test_id("approval")).to_contain_text("approve by carol")
+        await expect(phase.get_by_test_id("approval")).to_contain_text("numbers check out")
+        decided = (await worker.call("GetFlow", flowId=flow_id))["flow"]["phases"][0]["approval"]
+        assert (decided["approver"], decided["comment"]) == ("carol", "numbers check out")
+    finally:
+        await context.close()

@@ -536,6 +536,16 @@ func (c *Client) ReplayWebhook(ctx context.Context, req *flowstatev1.ReplayWebho
 	return invoke(ctx, c, req, c.raw.ReplayWebhook, opts)
 }
 
+// DecidePhase decides on a phase waiting for approval (request id added when empty): APPROVE
+// -> COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED (APPROVAL_REJECTED). It needs
+// the flows:approve scope and whatever scope or claim the phase's approval policy names
+// (PermissionDenied otherwise); the approver (the token's subject), decision and comment are
+// recorded on the phase and in history.
+func (c *Client) DecidePhase(ctx context.Context, req *flowstatev1.DecidePhaseRequest, opts ...grpc.CallOption) (*flowstatev1.DecidePhaseResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.DecidePhaseRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.DecidePhase, opts)
+}
+
 // History yields every history entry of a flow after afterVersion, fetching pages lazily as
 // the loop asks for more. A final non-nil error ends it.
 //

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flowstate.dev/client/flowstate"
 	flowstatev1 "flowstate.dev/client/gen/flowstate/v1"
@@ -743,5 +744,52 @@ func TestE2ERecoveryOptions(t *testing.T) {
 	after, err := writer.GetRecoveryOptions(ctx, &flowstatev1.GetRecoveryOptionsRequest{FlowId: flowID})
 	if err != nil || after.GetOptions()[0].GetAction() != flowstatev1.RecoveryAction_RECOVERY_ACTION_RESTART {
 		t.Fatalf("after: %v %v", after, err)
+	}
+}
+
+func TestE2EApprovalsAndAlerts(t *testing.T) {
+	srv := server(t)
+	ctx := e2eContext(t, 60*time.Second)
+	writer := e2eClient(t, srv.token)
+	approver := e2eClient(t, srv.adminToken)
+
+	// The harness server scans for alerts every 200 ms (scripts/with_test_server.py).
+	created, err := writer.CreateFlow(ctx, &flowstatev1.CreateFlowRequest{
+		DefinitionName: "discovery",
+		Deadline:       timestamppb.New(time.Now().Add(300 * time.Millisecond)),
+	})
+	if err != nil || created.GetFlow().GetDeadline() == nil {
+		t.Fatalf("create with a deadline: %v %v", created, err)
+	}
+	flowID := created.GetFlow().GetFlowId()
+	mustMove(ctx, t, writer, flowID, "data_import", inProgress)
+	mustMove(ctx, t, writer, flowID, "data_import", flowstatev1.PhaseState_PHASE_STATE_WAITING_APPROVAL)
+	decide := &flowstatev1.DecidePhaseRequest{FlowId: flowID, Phase: "data_import", Decision: flowstatev1.ApprovalDecision_APPROVAL_DECISION_APPROVE, Comment: "fine"}
+	_, err = writer.DecidePhase(ctx, decide)
+	expectError(t, err, flowstate.ErrPermissionDenied, codes.PermissionDenied)
+	decided, err := approver.DecidePhase(ctx, decide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	approval := decided.GetFlow().GetPhases()[0].GetApproval()
+	if decided.GetFlow().GetPhases()[0].GetState() != completed || approval.GetApprover() != "admin" || approval.GetComment() != "fine" {
+		t.Fatalf("decided: %v", decided.GetFlow().GetPhases()[0])
+	}
+	if kinds := decided.GetHistoryEntries(); len(kinds) != 1 || kinds[0].GetKind() != flowstatev1.HistoryEventKind_HISTORY_EVENT_KIND_DECISION {
+		t.Fatalf("entries: %v", kinds)
+	}
+
+	var alert *flowstatev1.FlowAlert
+	for event, err := range writer.Watch(ctx, flowID, flowstate.AfterVersion(1), flowstate.KeepOpen()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if event.GetAlert() != nil {
+			alert = event.GetAlert()
+			break
+		}
+	}
+	if alert.GetKind() != flowstatev1.AlertKind_ALERT_KIND_DEADLINE_EXCEEDED {
+		t.Fatalf("alert: %v", alert)
 	}
 }

@@ -51,6 +51,7 @@ const (
 	CodeDefinitionShadowsBuiltin     Code = "DEFINITION_SHADOWS_BUILTIN"
 	CodeWebhookNotFound              Code = "WEBHOOK_NOT_FOUND"
 	CodeRateLimited                  Code = "RATE_LIMITED"
+	CodeApprovalRequired             Code = "APPROVAL_REQUIRED"
 )
 
 // CodeOf returns the Code of a flowstatev1.ErrorCode (e.g. in ValidateTransitionResponse.Error).
@@ -418,6 +419,7 @@ var (
 	ErrDefinitionShadowsBuiltin     = codeSentinel(CodeDefinitionShadowsBuiltin)
 	ErrWebhookNotFound              = codeSentinel(CodeWebhookNotFound)
 	ErrRateLimited                  = codeSentinel(CodeRateLimited)
+	ErrApprovalRequired             = codeSentinel(CodeApprovalRequired)
 )
 
 // Sentinels by gRPC code (the classes of the Python and TypeScript clients), for errors.Is.

@@ -67,6 +67,7 @@ RPCS = {
     "DeleteWebhook",
     "TestWebhook",
     "ReplayWebhook",
+    "DecidePhase",  # section 10 (approvals)
     "GetFlow",
     "ListFlows",
     "ValidateTransition",

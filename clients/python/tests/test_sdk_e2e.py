@@ -21,6 +21,8 @@ import grpc.aio
 import pytest_asyncio  # after the skip: only the server's test stack has it
 
 from flowstate.client import (
+    AlertKind,
+    ApprovalDecision,
     AsyncFlowstateClient,
     DependentPhasesActive,
     ErrorCode,
@@ -827,3 +829,53 @@ async def test_webhooks_create_list_test_replay_delete(database_url: str, tenant
     finally:
         receiver.close()
         await receiver.wait_closed()
+
+
+async def test_decide_phase_records_the_approver_and_alerts_reach_watchers(
+    database_url: str, tenant: Tenant
+) -> None:
+    """DecidePhase (flows:approve) and a deadline's ALERT event through the SDK, on a server
+    that scans for alerts every 50 ms."""
+    async with serve_in_process(database_url, alert_check_interval=0.05) as server:
+        worker = AsyncFlowstateClient(
+            address=server.address, token=server.mint(tenant, user="worker"), timeout=10
+        )
+        approver = AsyncFlowstateClient(
+            address=server.address,
+            token=server.mint(tenant, user="ann", scopes=("flows:approve",)),
+            timeout=10,
+        )
+        async with worker, approver:
+            deadline = datetime.now(UTC) + timedelta(seconds=0.3)
+            created = await worker.create_flow("discovery", deadline=deadline)
+            flow_id = created.flow.flow_id
+            assert created.flow.deadline == deadline
+            await worker.transition_phase(flow_id, "data_import", "IN_PROGRESS")
+            await worker.transition_phase(flow_id, "data_import", "WAITING_APPROVAL")
+            with pytest.raises(PermissionDenied):
+                await worker.decide_phase(flow_id, "data_import", "APPROVE")
+            decided = await approver.decide_phase(
+                flow_id, "data_import", ApprovalDecision.APPROVE, comment="looks right"
+            )
+            phase = decided.flow.phase("data_import")
+            assert phase.state is PhaseState.COMPLETED
+            assert phase.approval is not None
+            assert (phase.approval.decision, phase.approval.approver, phase.approval.comment) == (
+                ApprovalDecision.APPROVE,
+                "ann",
+                "looks right",
+            )
+            (entry,) = decided.history_entries
+            assert entry.kind is HistoryEventKind.DECISION
+            assert entry.approval == phase.approval
+
+            async with asyncio.timeout(15):
+                async for event in worker.watch(flow_id, after_version=1, keep_open=True):
+                    if event.kind is FlowEventKind.ALERT:
+                        break
+            assert event.alert is not None
+            assert event.alert.kind is AlertKind.DEADLINE_EXCEEDED
+            flow = await worker.get_flow(flow_id)
+            assert [a.kind for a in flow.alerts] == [AlertKind.DEADLINE_EXCEEDED]
+            page = await worker.list_flows(alerting=True)
+            assert [f.flow_id for f in page.flows] == [flow_id]

@@ -16,6 +16,7 @@ from scripted_server import Fail, ScriptedServer, ScriptedServicer, free_port
 
 from flowstate.client import (
     Aborted,
+    ApprovalRequired,
     AsyncFlowstateClient,
     BulkActionNotFound,
     DeadlineExceeded,
@@ -77,6 +78,7 @@ CASES = [
     ("FLOW_TERMINAL", SC.FAILED_PRECONDITION, FlowTerminal, FailedPrecondition),
     ("MAX_RETRIES_EXCEEDED", SC.FAILED_PRECONDITION, MaxRetriesExceeded, FailedPrecondition),
     ("RETRY_NOT_ALLOWED", SC.FAILED_PRECONDITION, RetryNotAllowed, FailedPrecondition),
+    ("APPROVAL_REQUIRED", SC.FAILED_PRECONDITION, ApprovalRequired, FailedPrecondition),
     ("VERSION_CONFLICT", SC.ABORTED, VersionConflict, Aborted),
     ("FLOW_NOT_FOUND", SC.NOT_FOUND, FlowNotFound, NotFound),
     ("DEFINITION_NOT_FOUND", SC.NOT_FOUND, DefinitionNotFound, NotFound),
@@ -307,6 +309,7 @@ def test_every_refusal_code_has_a_class() -> None:
         ErrorCode.EXTERNAL_SERVICE_ERROR,
         ErrorCode.DATA_VALIDATION_FAILED,
         ErrorCode.INVALID_TRANSITION,
+        ErrorCode.APPROVAL_REJECTED,
     }
     assert refusals | failure_codes == set(ErrorCode)
 

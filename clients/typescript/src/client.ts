@@ -35,6 +35,7 @@ import {
   RetryRequestSchema,
   RollbackRequestSchema,
   SkipPhaseRequestSchema,
+  DecidePhaseRequestSchema,
   TransitionPhaseRequestSchema,
   UpdatePhaseProgressRequestSchema,
   HeartbeatRequestSchema,
@@ -67,6 +68,7 @@ import {
   type RetryResponse,
   type RollbackResponse,
   type SkipPhaseResponse,
+  type DecidePhaseResponse,
   type TransitionPhaseResponse,
   type UpdatePhaseProgressResponse,
   type HeartbeatResponse,
@@ -166,6 +168,7 @@ export type CreateWebhookInput = Init<typeof CreateWebhookRequestSchema>;
 export type DeleteWebhookInput = Init<typeof DeleteWebhookRequestSchema>;
 export type TestWebhookInput = Init<typeof TestWebhookRequestSchema>;
 export type ReplayWebhookInput = Init<typeof ReplayWebhookRequestSchema>;
+export type DecidePhaseInput = Init<typeof DecidePhaseRequestSchema>;
 
 /** The Flowstate client: one method per RPC, plus resumable watches. */
 export interface FlowstateClient {
@@ -211,6 +214,13 @@ export interface FlowstateClient {
   testWebhook(request: TestWebhookInput, options?: FlowstateCallOptions): Promise<TestWebhookResponse>;
   /** Moves a webhook's cursor (after a cursor, from a time, or to now) and enables it. */
   replayWebhook(request: ReplayWebhookInput, options?: FlowstateCallOptions): Promise<ReplayWebhookResponse>;
+  /**
+   * Decides on a phase waiting for approval (scope `flows:approve`): APPROVE -> COMPLETED,
+   * REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED (APPROVAL_REJECTED). The approver (the
+   * token's subject), decision and comment are recorded on the phase and in history. A missing
+   * scope or claim of the phase's policy is a `PermissionDeniedError`.
+   */
+  decidePhase(request: DecidePhaseInput, options?: FlowstateCallOptions): Promise<DecidePhaseResponse>;
   /** Every flow matching the filters of `request` (its page token is ignored), fetching pages lazily. */
   flows(request?: ListFlowsInput, options?: FlowstateCallOptions): AsyncGenerator<Flow, void, undefined>;
   /** Every history entry of a flow after `afterVersion`, fetching pages lazily. */
@@ -409,6 +419,7 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
     deleteWebhook: (request, o) => unary(DeleteWebhookRequestSchema, request, (r, c) => raw.deleteWebhook(r, c), false, o),
     testWebhook: (request, o) => unary(TestWebhookRequestSchema, request, (r, c) => raw.testWebhook(r, c), false, o),
     replayWebhook: (request, o) => unary(ReplayWebhookRequestSchema, request, (r, c) => raw.replayWebhook(r, c), false, o),
+    decidePhase: (request, o) => unary(DecidePhaseRequestSchema, request, (r, c) => raw.decidePhase(r, c), true, o),
     async *flows(request = {}, callOptions) {
       let pageToken = "";
       do {

@@ -26,7 +26,8 @@
  *   │   ├── FlowTerminalError
  *   │   ├── MaxRetriesExceededError            .attemptsRemaining
  *   │   ├── RetryNotAllowedError               .attemptsRemaining
- *   │   └── DefinitionShadowsBuiltinError      set allowShadowBuiltin
+ *   │   ├── DefinitionShadowsBuiltinError      set allowShadowBuiltin
+ *   │   └── ApprovalRequiredError              decide with decidePhase (flows:approve)
  *   ├── AbortedError                       ABORTED
  *   │   └── VersionConflictError               .currentVersion
  *   ├── NotFoundError                      NOT_FOUND
@@ -339,6 +340,8 @@ export class DefinitionNotFoundError extends NotFoundError {}
 export class WebhookNotFoundError extends NotFoundError {}
 /** The definition's name is a built-in's; register it with `allowShadowBuiltin: true`. */
 export class DefinitionShadowsBuiltinError extends FailedPreconditionError {}
+/** The phase's policy requires an approval decision: use `decidePhase` (scope flows:approve). */
+export class ApprovalRequiredError extends FailedPreconditionError {}
 /** The credentials are missing, expired or forged (UNAUTHENTICATED). */
 export class UnauthenticatedError extends FlowstateError {}
 /** The credentials' scopes are too small for the call (PERMISSION_DENIED). */
@@ -384,6 +387,7 @@ const BY_REASON: Partial<Record<FlowstateErrorCode, ErrorClass>> = {
   DEFINITION_SHADOWS_BUILTIN: DefinitionShadowsBuiltinError,
   WEBHOOK_NOT_FOUND: WebhookNotFoundError,
   RATE_LIMITED: RateLimitedError,
+  APPROVAL_REQUIRED: ApprovalRequiredError,
   UNAUTHENTICATED: UnauthenticatedError,
   PERMISSION_DENIED: PermissionDeniedError,
   TEMPORARY_RESOURCE_UNAVAILABLE: UnavailableError,

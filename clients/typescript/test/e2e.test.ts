@@ -6,7 +6,11 @@ import { after, describe, it } from "node:test";
 
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+
 import {
+  AlertKind,
+  ApprovalDecision,
   createFlowstateClient,
   DefinitionNotFoundError,
   DefinitionShadowsBuiltinError,
@@ -496,6 +500,49 @@ if (testServer === undefined) {
       const entries = [];
       for await (const entry of writer.history(flowId)) entries.push(entry);
       assert.equal(entries.at(-1)?.userId, "system:timer");
+    });
+  });
+
+  describe("approvals and alerts", TIMEOUT, () => {
+    it("decidePhase needs flows:approve and records the approver; a passed deadline's alert reaches watch()", async () => {
+      // The harness server scans for alerts every 200 ms (scripts/with_test_server.py).
+      const { flow } = await writer.createFlow({
+        definitionName: "discovery",
+        deadline: timestampFromDate(new Date(Date.now() + 300)),
+      });
+      assert.ok(flow?.deadline);
+      const flowId = flow.flowId;
+      await move(flowId, "data_import", PhaseState.IN_PROGRESS);
+      await move(flowId, "data_import", PhaseState.WAITING_APPROVAL);
+      const denied = await refusal(
+        writer.decidePhase({ flowId, phase: "data_import", decision: ApprovalDecision.APPROVE }),
+      );
+      assert.ok(denied instanceof PermissionDeniedError, String(denied));
+      const approver = connect(server.adminToken);
+      const decided = await approver.decidePhase({
+        flowId,
+        phase: "data_import",
+        decision: ApprovalDecision.REQUEST_CHANGES,
+        comment: "redo the import",
+      });
+      const phase = decided.flow?.phases[0];
+      assert.equal(phase?.state, PhaseState.IN_PROGRESS);
+      assert.equal(phase?.approval?.decision, ApprovalDecision.REQUEST_CHANGES);
+      assert.equal(phase?.approval?.approver, "admin");
+      assert.equal(phase?.approval?.comment, "redo the import");
+      assert.deepEqual(decided.historyEntries.map((e) => e.kind), [HistoryEventKind.DECISION]);
+
+      let alert: FlowEvent | undefined;
+      for await (const event of writer.watch(flowId, { afterVersion: 1n, keepOpen: true })) {
+        if (event.kind.case === "alert") {
+          alert = event;
+          break;
+        }
+      }
+      assert.equal(alert?.kind.case, "alert");
+      assert.equal(alert?.kind.value.kind, AlertKind.DEADLINE_EXCEEDED);
+      const alerting = await writer.listFlows({ alerting: true });
+      assert.ok(alerting.flows.some((f) => f.flowId === flowId && f.alerts.length === 1));
     });
   });
 

@@ -60,6 +60,7 @@ const RPCS = [
   "DeleteWebhook",
   "TestWebhook",
   "ReplayWebhook",
+  "DecidePhase", // section 10 (approvals)
 ];
 const STREAMING_RPCS = ["WatchFlow", "WatchFlows"];
 // DESIGN.md, "Phase states" and "Flow status", in proto order.

@@ -38,6 +38,7 @@ from google.protobuf.message import Message
 
 from flowstate.client import (
     DEFAULT_ADDRESS,
+    ApprovalDecision,
     ErrorCode,
     Flow,
     FlowDefinition,
@@ -123,6 +124,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--definition", metavar="NAME", help="only flows of this definition")
     _filter_argument(parser)
+    parser.add_argument(
+        "--alerting",
+        action="store_true",
+        help="only flows with an alert in force (deadline passed, stuck, approval overdue)",
+    )
     parser.add_argument(
         "--limit", type=int, default=50, metavar="N", help="at most N flows (0: all; default 50)"
     )
@@ -292,6 +298,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _mutation_options(parser)
 
+    parser = command(
+        "decide",
+        _decide,
+        "approve, reject or send back a phase waiting for approval (flows:approve scope)",
+        "Decide on a phase in WAITING_APPROVAL (needs the flows:approve scope, and whatever the\n"
+        "phase's approval policy asks of the token):\n"
+        "  APPROVE          -> COMPLETED\n"
+        "  REQUEST_CHANGES  -> IN_PROGRESS (back to its worker)\n"
+        "  REJECT           -> FAILED (APPROVAL_REJECTED, not retryable without admin force)\n"
+        "The approver (the token's subject), decision and --comment are recorded in history\n"
+        "and on the phase.",
+    )
+    _flow_id_argument(parser)
+    _phase_argument(parser)
+    parser.add_argument(
+        "decision",
+        type=_enum_name(ApprovalDecision),
+        metavar="DECISION",
+        help="APPROVE, REJECT or REQUEST_CHANGES (any case)",
+    )
+    parser.add_argument("--comment", default="", metavar="TEXT", help="why; recorded in history")
+    parser.add_argument(
+        "--expected-version",
+        type=int,
+        metavar="N",
+        help="apply only if the flow is at version N (else VERSION_CONFLICT)",
+    )
+    parser.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="idempotency key: the same ID again replays the first result (default: generated)",
+    )
+
     parser = command("skip", _skip, "skip an optional phase (it counts as done)")
     parser.add_argument("flow_id", help="the flow's id (a UUID)")
     parser.add_argument("phase", help="an optional phase of the flow's definition")
@@ -335,6 +374,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a label to filter by later (repeatable)",
     )
     parser.add_argument("--flow-id", metavar="UUID", help="client-chosen id (default: generated)")
+    parser.add_argument(
+        "--deadline",
+        type=_duration,
+        metavar="DURATION",
+        help="the flow should be finished within this long, e.g. 4h, 2d (else an alert)",
+    )
     parser.add_argument("--request-id", metavar="ID", help="idempotency key (default: generated)")
 
     parser = command(
@@ -411,7 +456,7 @@ def _names(enum: type[PhaseState] | type[FlowStatus]) -> str:
     return ", ".join(member.name for member in enum if member.value != 0)
 
 
-_Enum = PhaseState | FlowStatus | ErrorCode
+_Enum = PhaseState | FlowStatus | ErrorCode | ApprovalDecision
 
 
 def _enum_name(enum: type[_Enum]) -> Callable[[str], str]:
@@ -669,6 +714,7 @@ def _list(client: FlowstateClient, args: argparse.Namespace, output: _Output) ->
         updated_before=args.stuck,
         definition_name=args.definition,
         filter=args.filter,
+        alerting=args.alerting,
         page_size=min(args.limit, 500) if args.limit > 0 else 0,
     ):
         flows.append(flow)
@@ -790,6 +836,10 @@ def _event_line(event: FlowEvent) -> str:
     head = f"v{event.flow_version}"
     state = f"{event.status.name}  {event.progress:.1f}%"
     change = event.change
+    if event.alert is not None:
+        alert = event.alert
+        when = _time(alert.raise_time)
+        return f"{head}  {when}  ALERT {alert.kind.name}  {state}  {alert.message}"
     if event.kind is not FlowEventKind.CHANGE or change is None:
         return f"{head}  {event.kind.name}  {state}"
     what = change.kind.name
@@ -893,6 +943,18 @@ def _skip(client: FlowstateClient, args: argparse.Namespace, output: _Output) ->
     return _print_mutation(result, output)
 
 
+def _decide(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
+    result = client.decide_phase(
+        args.flow_id,
+        args.phase,
+        args.decision,
+        comment=args.comment,
+        request_id=args.request_id,
+        expected_version=args.expected_version,
+    )
+    return _print_mutation(result, output)
+
+
 def _pause(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
     return _print_mutation(client.pause_flow(args.flow_id, **_flow_mutation(args)), output)
 
@@ -942,6 +1004,7 @@ def _create(client: FlowstateClient, args: argparse.Namespace, output: _Output) 
         display_name=args.display_name,
         labels=labels,
         request_id=args.request_id,
+        deadline=None if args.deadline is None else datetime.now().astimezone() + args.deadline,
     )
     return _print_mutation(result, output)
 
@@ -998,6 +1061,14 @@ def _print_flow(flow: Flow, output: _Output, definition: FlowDefinition | None =
         ("created", _time(flow.create_time)),
         ("updated", _time(flow.update_time)),
         ("labels", ", ".join(f"{k}={v}" for k, v in sorted(flow.labels.items()))),
+        ("deadline", _time(flow.deadline) if flow.deadline else ""),
+        (
+            "alerts",
+            "; ".join(
+                f"{a.kind.name}{' ' + a.phase if a.phase else ''} since {_time(a.raise_time)}"
+                for a in flow.alerts
+            ),
+        ),
     ]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:

@@ -56,6 +56,22 @@ Decisions DESIGN.md leaves open, fixed here:
   to the derived status. Cancel clears it.
 - **Flow commands** are checked against the flow table: pause/cancel of a terminal flow, pause
   of a paused flow and resume of a flow that is not paused are INVALID_FLOW_TRANSITION.
+- **Approvals** (DESIGN.md section 10, docs/approvals.md). `DecidePhase` works on a phase in
+  WAITING_APPROVAL: APPROVE → COMPLETED, REQUEST_CHANGES → IN_PROGRESS (a start: ordered and
+  refused while PAUSED), REJECT → FAILED with the non-retryable APPROVAL_REJECTED. The checks:
+  unknown phase → terminal flow → the policy's scope / claim (PERMISSION_DENIED: the decider's
+  identity is checked before anything about the flow's state is revealed) → phase state
+  (INVALID_PHASE_TRANSITION). The decision (approver = ``ctx.user_id``, comment, time) is kept
+  on the phase and in the DECISION entry. A phase whose policy has `required` cannot complete
+  without a decision: a `TransitionPhase` to COMPLETED from IN_PROGRESS or WAITING_VALIDATION
+  lands in WAITING_APPROVAL instead (the entry records the target asked for in its metadata),
+  and a `TransitionPhase` out of WAITING_APPROVAL is refused with APPROVAL_REQUIRED.
+- **Alerts** (`flowstate.core.alerts`). `RaiseAlert` appends an ALERT entry and adds the alert
+  to `Flow.alerts` without changing any phase or `updated_at` (an alert is not activity, so
+  it does not reset the stuck clock); it is a no-op when an alert of the same kind (and
+  phase) is already in force, which makes each breach raise once. Every other change prunes
+  the alerts that are over (`alerts_in_force`). `ExpireApproval` is the approval timeout's
+  REJECT, as `system:timer`; void (a no-op) when the phase is no longer the same wait.
 """
 
 from __future__ import annotations
@@ -63,20 +79,30 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, assert_never
 
-from flowstate.core.definitions import FlowDefinition, PhaseDefinition
+from flowstate.core.alerts import alert_due_at, alerts_in_force, approval_wait_due, approval_waits
+from flowstate.core.definitions import (
+    ApprovalPolicy,
+    ApprovalTimeoutAction,
+    FlowDefinition,
+    PhaseDefinition,
+)
 from flowstate.core.derivation import calculate_progress, determine_flow_status
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import (
+    AlertKind,
+    ApprovalDecision,
     ErrorCode,
     Flow,
+    FlowAlert,
     FlowStatus,
     HistoryEntry,
     HistoryKind,
     Phase,
+    PhaseApproval,
     PhaseError,
     PhaseState,
     Tenant,
@@ -97,8 +123,11 @@ __all__ = [
     "CancelFlow",
     "Command",
     "Context",
+    "DecidePhase",
     "Decision",
+    "ExpireApproval",
     "PauseFlow",
+    "RaiseAlert",
     "ResumeFlow",
     "Retry",
     "Rollback",
@@ -106,11 +135,13 @@ __all__ = [
     "TransitionPhase",
     "UpdatePhaseProgress",
     "apply_command",
+    "breaches",
     "calculate_progress",
     "check_heartbeat",
     "check_phase_order",
     "create_flow",
     "determine_flow_status",
+    "may_decide",
     "phase_targets",
     "validate_command",
     "validate_flow_status_transition",
@@ -126,6 +157,34 @@ class Context:
     user_id: str = ""
     request_id: str = ""
     is_admin: bool = False
+    grants: frozenset[str] = frozenset()
+    """The scope names the caller's token carries (as written, unknown ones included)."""
+    claims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The caller's string claims (a list of strings keeps every string), for approval policies."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecidePhase:
+    """Decide on a phase waiting for approval (approver: ``ctx.user_id``)."""
+
+    phase: str
+    decision: ApprovalDecision
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireApproval:
+    """The approval timeout's REJECT: fail the phase if it still waits since `waiting_since`."""
+
+    phase: str
+    waiting_since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlert:
+    """Raise `alert` on the flow, unless an alert of its kind (and phase) is in force."""
+
+    alert: FlowAlert
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +267,9 @@ Command = (
     | PauseFlow
     | ResumeFlow
     | CancelFlow
+    | DecidePhase
+    | ExpireApproval
+    | RaiseAlert
 )
 """Every command `apply_command` accepts."""
 
@@ -228,8 +290,13 @@ def create_flow(
     *,
     display_name: str = "",
     labels: Mapping[str, str] = _EMPTY,
+    deadline: datetime | None = None,
 ) -> Decision:
-    """A new flow (version 1, INITIALIZED, every phase NOT_STARTED) and its CREATED entry."""
+    """A new flow (version 1, INITIALIZED, every phase NOT_STARTED) and its CREATED entry.
+
+    `deadline` (None: creation plus the definition's `deadline_seconds`, if any) is when the
+    flow should be finished.
+    """
     if not flow_id:
         raise FlowStateError(
             ErrorCode.MALFORMED_REQUEST, "flow_id must not be empty", field="flow_id"
@@ -248,6 +315,10 @@ def create_flow(
         display_name=display_name,
         labels=dict(labels),
     )
+    if deadline is None and definition.deadline_seconds is not None:
+        deadline = ctx.now + timedelta(seconds=definition.deadline_seconds)
+    flow = replace(flow, deadline=deadline)
+    flow = replace(flow, alert_due_at=alert_due_at(flow, definition))
     entry = HistoryEntry(
         flow_version=1,
         kind=HistoryKind.CREATED,
@@ -287,6 +358,12 @@ def apply_command(
             _resume(builder, command)
         case CancelFlow():
             _cancel(builder, command)
+        case DecidePhase():
+            _decide(builder, command)
+        case ExpireApproval():
+            _expire_approval(builder, command)
+        case RaiseAlert():
+            _raise_alert(builder, command.alert)
         case _:
             assert_never(command)
     return builder.decision()
@@ -409,6 +486,7 @@ class _Builder:
         metadata: Mapping[str, Any] = _EMPTY,
         cause: str = "",
         phase_progress: float | None = None,
+        approval: PhaseApproval | None = None,
     ) -> None:
         """Replace one phase, re-derive status and progress, and record the step."""
         old_phase = self.flow.phase(new_phase.name)
@@ -437,6 +515,7 @@ class _Builder:
             next_attempt_at=(
                 new_phase.next_attempt_at if new_phase.state is PhaseState.FAILED else None
             ),
+            approval=approval,
         )
 
     def _schedule_retry(self, old: Phase, new: Phase) -> Phase:
@@ -450,6 +529,11 @@ class _Builder:
             return replace(new, next_attempt_at=old.next_attempt_at)
         return replace(new, next_attempt_at=None)
 
+    def raise_alert(self, alert: FlowAlert) -> None:
+        """Add `alert` to the flow's alerts in force and record it (nothing else changes)."""
+        new_flow = replace(self.flow, alerts=(*self.flow.alerts, alert))
+        self._record(new_flow, kind=HistoryKind.ALERT, reason=alert.message, alert=alert)
+
     def change_status(
         self, status: FlowStatus, before_pause: FlowStatus | None, kind: HistoryKind, reason: str
     ) -> None:
@@ -459,7 +543,10 @@ class _Builder:
 
     def decision(self) -> Decision:
         """The flow after every step, and the steps' entries."""
-        return Decision(flow=self.flow, entries=tuple(self.entries))
+        flow = self.flow
+        if self.entries:
+            flow = replace(flow, alert_due_at=alert_due_at(flow, self.definition))
+        return Decision(flow=flow, entries=tuple(self.entries))
 
     def _derive_status(self, phases: tuple[Phase, ...]) -> tuple[FlowStatus, FlowStatus | None]:
         if self.flow.status is FlowStatus.PAUSED:
@@ -470,7 +557,11 @@ class _Builder:
 
     def _record(self, new_flow: Flow, *, kind: HistoryKind, reason: str, **fields: Any) -> None:
         version = self.flow.version + 1
-        new_flow = replace(new_flow, version=version, updated_at=self.ctx.now)
+        if kind is HistoryKind.ALERT:
+            new_flow = replace(new_flow, version=version)
+        else:
+            new_flow = replace(new_flow, version=version, updated_at=self.ctx.now)
+            new_flow = replace(new_flow, alerts=alerts_in_force(new_flow, self.definition))
         entry = HistoryEntry(
             flow_version=version,
             kind=kind,
@@ -659,6 +750,20 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
     phase = builder.flow.phase(command.phase)
     target = _as_state(command.target_state)
     _ensure_in_table(phase, target, definition.optional)
+    metadata = command.metadata
+    if definition.approval is not None and definition.approval.required:
+        if phase.state is PhaseState.WAITING_APPROVAL:
+            raise FlowStateError(
+                ErrorCode.APPROVAL_REQUIRED,
+                f"Phase '{phase.name}' requires an approval decision: only DecidePhase "
+                "(scope flows:approve) moves it out of waiting_approval",
+                phase=phase.name,
+                from_state=phase.state,
+                to_state=target,
+            )
+        if target is PhaseState.COMPLETED:
+            target = PhaseState.WAITING_APPROVAL
+            metadata = {**metadata, "requested_state": PhaseState.COMPLETED.value}
     if target is PhaseState.ROLLED_BACK:
         _rollback(builder, phase.name, True, command.reason, command.metadata, command.error)
         return
@@ -675,7 +780,7 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
     if counted and target is PhaseState.IN_PROGRESS:
         new_phase = _counted_attempt(new_phase, builder.ctx.now)
     builder.change_phase(
-        new_phase, kind=HistoryKind.TRANSITION, reason=command.reason, metadata=command.metadata
+        new_phase, kind=HistoryKind.TRANSITION, reason=command.reason, metadata=metadata
     )
 
 
@@ -871,3 +976,163 @@ def _cancel(builder: _Builder, command: CancelFlow) -> None:
     if refusal is not None:
         raise refusal
     builder.change_status(FlowStatus.CANCELLED, None, HistoryKind.CANCEL, command.reason)
+
+
+# --- approvals and alerts ------------------------------------------------------------------------
+
+_DECISION_TARGETS: Mapping[ApprovalDecision, PhaseState] = MappingProxyType(
+    {
+        ApprovalDecision.APPROVE: PhaseState.COMPLETED,
+        ApprovalDecision.REQUEST_CHANGES: PhaseState.IN_PROGRESS,
+        ApprovalDecision.REJECT: PhaseState.FAILED,
+    }
+)
+
+
+def may_decide(policy: ApprovalPolicy | None, ctx: Context) -> FlowStateError | None:
+    """PERMISSION_DENIED when the caller does not satisfy the approval policy's scope or claim.
+
+    (The flows:approve scope itself is the server's check, before any use case runs.)
+    """
+    if policy is None:
+        return None
+    if policy.scope and policy.scope not in ctx.grants:
+        return FlowStateError(
+            ErrorCode.PERMISSION_DENIED,
+            f"deciding on this phase needs the {policy.scope} scope",
+            required_scope=policy.scope,
+        )
+    if policy.claim and policy.claim_value not in ctx.claims.get(policy.claim, ()):
+        return FlowStateError(
+            ErrorCode.PERMISSION_DENIED,
+            f"deciding on this phase needs the claim {policy.claim} = {policy.claim_value!r}",
+            required_claim=policy.claim,
+            required_claim_value=policy.claim_value,
+        )
+    return None
+
+
+def _decide(builder: _Builder, command: DecidePhase) -> None:
+    definition = builder.definition.phase(command.phase)
+    _ensure_not_terminal(builder.flow, command.phase)
+    refusal = may_decide(definition.approval, builder.ctx)
+    if refusal is not None:
+        raise refusal
+    phase = builder.flow.phase(command.phase)
+    try:
+        decision = ApprovalDecision(command.decision)
+    except ValueError:
+        raise FlowStateError(
+            ErrorCode.MALFORMED_REQUEST,
+            f"Unknown decision {command.decision!r}",
+            field="decision",
+            valid_decisions=list(ApprovalDecision),
+        ) from None
+    if phase.state is not PhaseState.WAITING_APPROVAL:
+        raise FlowStateError(
+            ErrorCode.INVALID_PHASE_TRANSITION,
+            f"Only a phase waiting for approval can be decided on; phase '{phase.name}' is "
+            f"'{phase.state.value}'",
+            phase=phase.name,
+            from_state=phase.state,
+            to_state=_DECISION_TARGETS[decision],
+            valid_transitions=[
+                s
+                for s in PhaseState
+                if s in phase_targets(phase.state, optional=definition.optional)
+            ],
+        )
+    approval = PhaseApproval(decision, builder.ctx.user_id, command.comment, builder.ctx.now)
+    _apply_decision(builder, phase, approval, command.comment)
+
+
+def _apply_decision(builder: _Builder, phase: Phase, approval: PhaseApproval, reason: str) -> None:
+    target = _DECISION_TARGETS[approval.decision]
+    error = phase.error
+    if target is PhaseState.IN_PROGRESS:
+        _ensure_can_start(builder, phase)
+    elif target is PhaseState.FAILED:
+        error = PhaseError(
+            ErrorCode.APPROVAL_REJECTED,
+            reason or f"rejected by {approval.approver or 'an approver'}",
+            {"approver": approval.approver},
+        )
+    new_phase = replace(_moved(phase, target, builder.ctx.now, error), approval=approval)
+    builder.change_phase(new_phase, kind=HistoryKind.DECISION, reason=reason, approval=approval)
+
+
+def _expire_approval(builder: _Builder, command: ExpireApproval) -> None:
+    flow = builder.flow
+    phase = flow.phase(command.phase)
+    if (
+        flow.status in TERMINAL_STATUSES
+        or phase.state is not PhaseState.WAITING_APPROVAL
+        or phase.state_entered_at != command.waiting_since
+    ):
+        return  # void: the wait it was about is over
+    timeout = builder.definition.phase(command.phase).approval
+    seconds = timeout.timeout_seconds if timeout else None
+    why = f"approval timed out after {seconds:g} s" if seconds else "approval timed out"
+    approval = PhaseApproval(ApprovalDecision.REJECT, builder.ctx.user_id, why, builder.ctx.now)
+    _apply_decision(builder, phase, approval, why)
+
+
+def _raise_alert(builder: _Builder, alert: FlowAlert) -> None:
+    flow = builder.flow
+    if flow.status in TERMINAL_STATUSES:
+        return
+    same = any(a.kind is alert.kind and a.phase == alert.phase for a in flow.alerts)
+    if same:
+        return  # raised once per breach
+    if (
+        alert.kind is AlertKind.APPROVAL_TIMEOUT
+        and approval_wait_due(flow, builder.definition, alert.phase) != alert.due_at
+    ):
+        return  # void: the wait it was about is over
+    builder.raise_alert(replace(alert, status=flow.status))
+
+
+def breaches(
+    flow: Flow,
+    definition: FlowDefinition,
+    now: datetime,
+    stuck_after: Mapping[FlowStatus, float],
+) -> list[Command]:
+    """What is due on `flow` at `now`: the commands the alert scan applies, as `system:timer`.
+
+    `stuck_after` maps a status to its stuck threshold in seconds (a status missing, or 0:
+    never stuck). Each command is a no-op when what it is about is handled already, so a
+    command computed before the flow's lock was taken stays safe to apply.
+    """
+    if flow.status in TERMINAL_STATUSES:
+        return []
+    due: list[Command] = []
+    has = {(a.kind, a.phase) for a in flow.alerts}
+    deadline = flow.deadline
+    if deadline is not None and deadline <= now and (AlertKind.DEADLINE_EXCEEDED, "") not in has:
+        message = f"the flow's deadline {deadline.isoformat()} has passed"
+        alert = FlowAlert(AlertKind.DEADLINE_EXCEEDED, deadline, now, flow.status, message=message)
+        due.append(RaiseAlert(alert))
+    threshold = stuck_after.get(flow.status, 0)
+    if threshold > 0 and flow.updated_at is not None and (AlertKind.STUCK, "") not in has:
+        stuck_at = flow.updated_at + timedelta(seconds=threshold)
+        if stuck_at <= now:
+            message = f"no change for {threshold:g} s in status {flow.status.value}"
+            due.append(
+                RaiseAlert(FlowAlert(AlertKind.STUCK, stuck_at, now, flow.status, message=message))
+            )
+    for phase, when, action in approval_waits(flow, definition):
+        if when > now:
+            continue
+        waiting_since = flow.phase(phase).state_entered_at
+        assert waiting_since is not None
+        if action is ApprovalTimeoutAction.REJECT:
+            due.append(ExpireApproval(phase, waiting_since))
+        elif (AlertKind.APPROVAL_TIMEOUT, phase) not in has:
+            message = f"phase '{phase}' has waited for approval since {waiting_since.isoformat()}"
+            due.append(
+                RaiseAlert(
+                    FlowAlert(AlertKind.APPROVAL_TIMEOUT, when, now, flow.status, phase, message)
+                )
+            )
+    return due

@@ -31,6 +31,11 @@ What is checked (the limits are the constants below, documented in docs/definiti
   retryable phase failure codes, none twice; a non-retryable code could never be retried, so
   naming one is an error). A duration is a number of seconds or a string such as ``"500ms"``,
   ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``; the registry stores seconds.
+  `policy.approval` (docs/approvals.md): `required` a bool; `scope` a scope name; `claim` and
+  `claim_value` non-empty strings given together; `approval_timeout` a duration (as the
+  timeouts) and `on_timeout` (``reject`` or ``escalate``) given together;
+- `deadline` (how long after creation a flow should be finished) is a duration of at most
+  `MAX_DEADLINE` seconds.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from typing import Any, Final
 
 from flowstate.core.definitions import (
     TOTAL_WEIGHT,
+    ApprovalPolicy,
+    ApprovalTimeoutAction,
     FlowDefinition,
     PhaseDefinition,
     PhasePolicy,
@@ -54,6 +61,7 @@ from flowstate.core.rules import GROUP_STATUSES
 
 __all__ = [
     "MAX_BACKOFF_MULTIPLIER",
+    "MAX_DEADLINE",
     "MAX_DEPENDENCIES",
     "MAX_DESCRIPTION_LENGTH",
     "MAX_DISPLAY_NAME_LENGTH",
@@ -95,10 +103,18 @@ MAX_BACKOFF_MULTIPLIER: Final = 10.0
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_POLICY_KEYS: Final = frozenset({"timeout", "heartbeat_timeout", "retry_policy"})
+_POLICY_KEYS: Final = frozenset({"timeout", "heartbeat_timeout", "retry_policy", "approval"})
 _RETRY_POLICY_KEYS: Final = frozenset({"initial_backoff", "multiplier", "max_backoff", "retry_on"})
 
-_DEFINITION_KEYS: Final = frozenset({"name", "display_name", "description", "phases"})
+MAX_DEADLINE: Final = 366 * 24 * 3600.0
+"""Longest definition `deadline`, seconds: a year."""
+MAX_POLICY_TEXT_LENGTH: Final = 256
+"""Characters of an approval policy's scope, claim name or claim value."""
+
+_DEFINITION_KEYS: Final = frozenset({"name", "display_name", "description", "phases", "deadline"})
+_APPROVAL_KEYS: Final = frozenset(
+    {"required", "scope", "claim", "claim_value", "approval_timeout", "on_timeout"}
+)
 _PHASE_KEYS: Final = frozenset(
     {
         "name",
@@ -195,6 +211,8 @@ def check_document(data: object) -> list[Violation]:
     check.name("name", data.get("name"), "the definition name")
     check.text("display_name", data.get("display_name"), MAX_DISPLAY_NAME_LENGTH)
     check.text("description", data.get("description"), MAX_DESCRIPTION_LENGTH)
+    if data.get("deadline") is not None:
+        _duration(check, "deadline", data["deadline"], MIN_POLICY_DURATION, MAX_DEADLINE)
     phases = data.get("phases")
     if not isinstance(phases, list) or not phases:
         check.add("phases", "a definition needs at least one phase (a non-empty list)")
@@ -273,6 +291,7 @@ def _check_policy(check: _Checker, prefix: str, policy: object) -> None:
     if not isinstance(policy, Mapping):
         check.add(prefix, "must be a mapping of policies (timeout, heartbeat_timeout, ...)")
         return
+    _check_approval(check, f"{prefix}.approval", policy.get("approval"))
     check.unknown_keys(prefix + ".", policy, _POLICY_KEYS, "a phase policy")
     for key in ("timeout", "heartbeat_timeout"):
         if policy.get(key) is not None:
@@ -323,6 +342,72 @@ def _error_code(value: object) -> ErrorCode | None:
         return ErrorCode(value.strip().upper().removeprefix("ERROR_CODE_"))
     except ValueError:
         return None
+
+
+def _check_approval(check: _Checker, field: str, approval: object) -> None:
+    if approval is None:
+        return
+    if not isinstance(approval, Mapping):
+        check.add(field, "must be a mapping (required, scope, claim, claim_value, ...)")
+        return
+    for key in approval:
+        if key not in _APPROVAL_KEYS:
+            where = f"{field}.{key}" if isinstance(key, str) else field
+            check.add(where, f"unknown field of an approval policy: {key!r}")
+    if not isinstance(approval.get("required", False), bool):
+        check.add(f"{field}.required", "must be true or false")
+    for key in ("scope", "claim", "claim_value"):
+        value = approval.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or len(value) > MAX_POLICY_TEXT_LENGTH:
+            check.add(
+                f"{field}.{key}",
+                f"must be a non-empty string of at most {MAX_POLICY_TEXT_LENGTH} characters",
+            )
+        elif key != "claim_value" and any(c.isspace() for c in value):
+            check.add(f"{field}.{key}", "must not contain spaces")
+    if (approval.get("claim") is None) != (approval.get("claim_value") is None):
+        missing = "claim_value" if approval.get("claim_value") is None else "claim"
+        check.add(f"{field}.{missing}", "claim and claim_value are given together")
+    timeout = approval.get("approval_timeout")
+    if timeout is not None:
+        _duration(
+            check, f"{field}.approval_timeout", timeout, MIN_POLICY_DURATION, MAX_POLICY_DURATION
+        )
+    on_timeout = approval.get("on_timeout")
+    if on_timeout is not None and _timeout_action(on_timeout) is None:
+        actions = ", ".join(a.value for a in ApprovalTimeoutAction)
+        check.add(f"{field}.on_timeout", f"{on_timeout!r} is not one of: {actions}")
+    if (timeout is None) != (on_timeout is None):
+        missing = "on_timeout" if on_timeout is None else "approval_timeout"
+        check.add(f"{field}.{missing}", "approval_timeout and on_timeout are given together")
+
+
+def _timeout_action(value: object) -> ApprovalTimeoutAction | None:
+    if not isinstance(value, str):
+        return None
+    key = value.strip().lower().removeprefix("approval_timeout_action_")
+    try:
+        return ApprovalTimeoutAction(key)
+    except ValueError:
+        return None
+
+
+def _approval_policy(policy: object) -> ApprovalPolicy | None:
+    """The checked ``policy.approval`` of a phase as a value (None when absent or empty)."""
+    if not isinstance(policy, Mapping) or not policy.get("approval"):
+        return None
+    data = policy["approval"]
+    result = ApprovalPolicy(
+        required=data.get("required", False),
+        scope=data.get("scope") or "",
+        claim=data.get("claim") or "",
+        claim_value=data.get("claim_value") or "",
+        timeout_seconds=parse_duration(data.get("approval_timeout")),
+        on_timeout=_timeout_action(data.get("on_timeout")),
+    )
+    return result if result != ApprovalPolicy() else None
 
 
 def _policy(data: object) -> PhasePolicy:
@@ -449,6 +534,7 @@ def definition_from_document(data: object, *, version: int = 1) -> FlowDefinitio
             description=p.get("description") or "",
             optional=p.get("optional", False),
             policy=_policy(p.get("policy")),
+            approval=_approval_policy(p.get("policy")),
         )
         for p in data["phases"]
     )
@@ -458,6 +544,7 @@ def definition_from_document(data: object, *, version: int = 1) -> FlowDefinitio
         phases=phases,
         display_name=data.get("display_name") or "",
         description=data.get("description") or "",
+        deadline_seconds=parse_duration(data.get("deadline")),
     )
 
 

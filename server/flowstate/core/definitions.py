@@ -23,6 +23,7 @@ definition cannot exist. The rules (each failure raises `DefinitionError` naming
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,6 +36,8 @@ from flowstate.core.rules import GROUP_STATUSES, reachable_states
 __all__ = [
     "BUILTIN_DEFINITIONS",
     "DISCOVERY",
+    "ApprovalPolicy",
+    "ApprovalTimeoutAction",
     "DefinitionError",
     "FlowDefinition",
     "PhaseDefinition",
@@ -46,6 +49,62 @@ __all__ = [
 ]
 
 TOTAL_WEIGHT = 100
+
+
+class ApprovalTimeoutAction(enum.StrEnum):
+    """What the server does when a phase waited for approval longer than its timeout."""
+
+    REJECT = "reject"
+    """Reject the phase as ``system:timer`` (FAILED, APPROVAL_REJECTED)."""
+    ESCALATE = "escalate"
+    """Raise an APPROVAL_TIMEOUT alert; the phase keeps waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalPolicy:
+    """A phase's approval policy (``policy.approval`` in a definition document).
+
+    `required`: a worker's COMPLETED lands in WAITING_APPROVAL and only `DecidePhase` moves the
+    phase on. `scope` / `claim` + `claim_value`: what the decider's token must carry besides
+    ``flows:approve``. `timeout_seconds` + `on_timeout`: what happens when nobody decides.
+    """
+
+    required: bool = False
+    scope: str = ""
+    claim: str = ""
+    claim_value: str = ""
+    timeout_seconds: float | None = None
+    on_timeout: ApprovalTimeoutAction | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document form (only the fields that are set)."""
+        data: dict[str, Any] = {}
+        if self.required:
+            data["required"] = True
+        if self.scope:
+            data["scope"] = self.scope
+        if self.claim:
+            data["claim"] = self.claim
+            data["claim_value"] = self.claim_value
+        if self.timeout_seconds is not None:
+            data["approval_timeout"] = self.timeout_seconds
+        if self.on_timeout is not None:
+            data["on_timeout"] = self.on_timeout.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ApprovalPolicy:
+        """The inverse of `to_dict` (values already checked: `definition_document`)."""
+        timeout = data.get("approval_timeout")
+        on_timeout = data.get("on_timeout")
+        return cls(
+            required=bool(data.get("required", False)),
+            scope=data.get("scope") or "",
+            claim=data.get("claim") or "",
+            claim_value=data.get("claim_value") or "",
+            timeout_seconds=None if timeout is None else float(timeout),
+            on_timeout=None if not on_timeout else ApprovalTimeoutAction(on_timeout),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +200,8 @@ class PhaseDefinition:
     """Whether the phase may be skipped (`SkipPhase`): SKIPPED then satisfies its dependents."""
     policy: PhasePolicy = field(default_factory=PhasePolicy)
     """Timeouts and automatic retry (DESIGN.md section 10); empty by default."""
+    approval: ApprovalPolicy | None = None
+    """The phase's approval policy (``policy.approval``); None: anyone with flows:approve."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +213,8 @@ class FlowDefinition:
     phases: tuple[PhaseDefinition, ...]
     display_name: str = ""
     description: str = ""
+    deadline_seconds: float | None = None
+    """How long after creation a flow should be finished (`Flow.deadline`); None: no deadline."""
 
     def __post_init__(self) -> None:
         """Refuse to exist when invalid."""
@@ -218,6 +281,9 @@ def validate_definition(definition: FlowDefinition) -> None:
     if not definition.phases:
         raise DefinitionError(f"{label}: has no phases")
     _check_phase_fields(label, definition.phases)
+    deadline = definition.deadline_seconds
+    if deadline is not None and (not isinstance(deadline, int | float) or not deadline > 0):
+        raise DefinitionError(f"{label}: deadline must be a positive number of seconds")
     _check_dependencies(label, definition.phases)
     total = sum(p.weight for p in definition.phases)
     if total != TOTAL_WEIGHT:
@@ -319,6 +385,11 @@ def definition_to_dict(definition: FlowDefinition) -> dict[str, Any]:
         "version": definition.version,
         "display_name": definition.display_name,
         "description": definition.description,
+        **(
+            {"deadline": definition.deadline_seconds}
+            if definition.deadline_seconds is not None
+            else {}
+        ),
         "phases": [
             {
                 "name": p.name,
@@ -329,7 +400,13 @@ def definition_to_dict(definition: FlowDefinition) -> dict[str, Any]:
                 "display_name": p.display_name,
                 "description": p.description,
                 **({"optional": True} if p.optional else {}),
-                **({"policy": p.policy.to_dict()} if not p.policy.is_empty else {}),
+                **(
+                    {"policy": {**p.policy.to_dict(), "approval": p.approval.to_dict()}}
+                    if p.approval
+                    else {"policy": p.policy.to_dict()}
+                    if not p.policy.is_empty
+                    else {}
+                ),
             }
             for p in definition.phases
         ],
@@ -346,6 +423,7 @@ def definition_from_dict(data: Mapping[str, Any]) -> FlowDefinition:
             phases=phases,
             display_name=data.get("display_name", ""),
             description=data.get("description", ""),
+            deadline_seconds=data.get("deadline"),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise DefinitionError(f"malformed flow definition: {exc!r}") from exc
@@ -372,7 +450,14 @@ def _phase_from_dict(data: Mapping[str, Any]) -> PhaseDefinition:
         description=data.get("description", ""),
         optional=data.get("optional", False),
         policy=policy_from_dict(data.get("policy")),
+        approval=_approval_from_dict(data.get("policy")),
     )
+
+
+def _approval_from_dict(policy: object) -> ApprovalPolicy | None:
+    if not isinstance(policy, Mapping) or not isinstance(policy.get("approval"), Mapping):
+        return None
+    return ApprovalPolicy.from_dict(policy["approval"])
 
 
 DISCOVERY = FlowDefinition(

@@ -69,6 +69,7 @@ class ErrorCode(enum.StrEnum):
     WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
     RATE_LIMITED = "RATE_LIMITED"
     BULK_ACTION_NOT_FOUND = "BULK_ACTION_NOT_FOUND"
+    APPROVAL_REQUIRED = "APPROVAL_REQUIRED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     TEMPORARY_RESOURCE_UNAVAILABLE = "TEMPORARY_RESOURCE_UNAVAILABLE"
@@ -79,6 +80,8 @@ class ErrorCode(enum.StrEnum):
     EXTERNAL_SERVICE_ERROR = "EXTERNAL_SERVICE_ERROR"
     DATA_VALIDATION_FAILED = "DATA_VALIDATION_FAILED"
     INVALID_TRANSITION = "INVALID_TRANSITION"  # the seed guide's name, kept for compatibility
+    APPROVAL_REJECTED = "APPROVAL_REJECTED"
+    """A person rejected the phase's result (DecidePhase REJECT) or its approval timed out."""
     # Ends of a status stream.
     SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
     SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
@@ -117,6 +120,47 @@ class PhaseError:
         return self.error_code in RETRYABLE_ERROR_CODES
 
 
+class ApprovalDecision(enum.StrEnum):
+    """A person's decision on a phase waiting for approval (`DecidePhase`)."""
+
+    APPROVE = "approve"
+    REJECT = "reject"
+    REQUEST_CHANGES = "request_changes"
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseApproval:
+    """Who decided what about a phase, and when (kept on the phase and in history)."""
+
+    decision: ApprovalDecision
+    approver: str
+    comment: str
+    decided_at: datetime
+
+
+class AlertKind(enum.StrEnum):
+    """What an alert is about."""
+
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    STUCK = "stuck"
+    APPROVAL_TIMEOUT = "approval_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowAlert:
+    """A breach raised on a flow (once per breach; see `flowstate.core.alerts`)."""
+
+    kind: AlertKind
+    due_at: datetime
+    """When the breached limit was due."""
+    raised_at: datetime
+    status: FlowStatus
+    """The flow status when the alert was raised."""
+    phase: str = ""
+    """The phase it is about (APPROVAL_TIMEOUT); empty otherwise."""
+    message: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Phase:
     """The state of one phase of one flow."""
@@ -136,6 +180,8 @@ class Phase:
     """When the server retries the phase automatically (its `retry_policy`): set when the phase
     fails with a matching code, kept when the timer moves it to RETRY_NEEDED, cleared by any
     other change of state. None when no automatic retry is scheduled."""
+    approval: PhaseApproval | None = None
+    """The last approval decision on the phase (None if none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +203,13 @@ class Flow:
     updated_at: datetime | None = None
     display_name: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    deadline: datetime | None = None
+    """When the flow should be finished (one DEADLINE_EXCEEDED alert if it is not by then)."""
+    alerts: tuple[FlowAlert, ...] = ()
+    """The alerts in force (see `flowstate.core.alerts`): raised and not over yet."""
+    alert_due_at: datetime | None = None
+    """Derived: the earliest deadline or approval timeout not handled yet (the alert scan's
+    index; `flowstate.core.alerts.alert_due_at`)."""
 
     def phase(self, name: str) -> Phase:
         """The phase called `name`; KeyError when the flow has none."""
@@ -184,6 +237,8 @@ class HistoryKind(enum.StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     CANCEL = "cancel"
+    DECISION = "decision"
+    ALERT = "alert"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,3 +267,7 @@ class HistoryEntry:
     """For PROGRESS entries: the in-phase progress f the worker reported (None otherwise)."""
     next_attempt_at: datetime | None = None
     """For a failure with a matching retry policy: when the automatic retry is due."""
+    approval: PhaseApproval | None = None
+    """For DECISION entries: the decision, approver and comment."""
+    alert: FlowAlert | None = None
+    """For ALERT entries: the alert raised."""

@@ -49,6 +49,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flowstate.server.alerts import AlertMonitor
 from flowstate.server.archiving import ArchiverTask
 from flowstate.server.auth import Authenticator
 from flowstate.server.bulk import BulkLoop
@@ -156,6 +157,7 @@ class _Resources:
     timer_loop: TimerLoop | None = None
     bulk_loop: BulkLoop | None = None
     archiver: ArchiverTask | None = None
+    alert_monitor: AlertMonitor | None = None
     tracing: Tracing | None = None
     webhook_sender: WebhookSender | None = None
     webhook_log: TenantLog | None = None
@@ -175,6 +177,8 @@ class _Resources:
             steps.append(("webhook deliveries", self.dispatcher.close))
         if self.webhook_log is not None:
             steps.append(("webhook change log", self.webhook_log.close))
+        if self.alert_monitor is not None:
+            steps.append(("alert monitor", self.alert_monitor.close))
         if self.server is not None:
             steps.append(
                 ("grpc server", lambda: _stop_server(self.server, self.hub, self.support, grace))
@@ -409,6 +413,14 @@ class FlowstateServer:
             if settings.bulk_interval > 0:
                 resources.bulk_loop = BulkLoop.start(
                     bulk_service, metrics, interval=settings.bulk_interval
+                )
+            if settings.alert_check_interval > 0:
+                resources.alert_monitor = AlertMonitor.start(
+                    resources.store,
+                    metrics,
+                    stuck_after=settings.stuck_thresholds(),
+                    interval=settings.alert_check_interval,
+                    batch_size=settings.alert_batch_size,
                 )
             for service in ("", SERVICE_NAME):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

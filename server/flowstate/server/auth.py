@@ -6,9 +6,13 @@ secret) or RS256/ES256 (the server holds the public key). Claims:
 - ``sub``: the user, recorded in every history entry the request writes;
 - ``client_account_id`` and ``engagement_id``: the tenant (never taken from a request body);
 - ``scope``: space-separated ``flows:read``, ``flows:write``, ``flows:admin``,
-  ``definitions:write``; write implies read, admin implies write and ``definitions:write``
-  (registering definitions changes what every flow of the tenant may follow, so a plain
-  writer does not get it), and ``definitions:write`` implies read;
+  ``definitions:write``, ``flows:approve``; write implies read, admin implies write,
+  ``definitions:write`` and ``flows:approve`` (registering definitions changes what every flow
+  of the tenant may follow, and approving judges a worker's result, so a plain writer gets
+  neither), and ``definitions:write`` and ``flows:approve`` imply read. Other scope names are
+  kept as written (`Principal.grants`) for approval policies that name them;
+- other string (or list-of-strings) claims are kept (`Principal.claims`) for approval
+  policies that name a claim and value (docs/approvals.md);
 - ``exp`` (required), ``iss`` / ``aud`` (checked when configured); ``exp``, ``nbf`` and
   ``iat`` must be JSON numbers (RFC 7519 NumericDate), not numeric strings.
 
@@ -30,8 +34,8 @@ import enum
 import os
 import secrets
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -76,17 +80,29 @@ class Scope(enum.StrEnum):
     """Register flow definitions for the tenant (CreateFlowDefinition); admins have it."""
     WEBHOOKS_ADMIN = "webhooks:admin"
     """Manage the tenant's webhooks (Create/List/Delete/Test/ReplayWebhook); admins have it."""
+    APPROVE = "flows:approve"
+    """Decide on phases waiting for approval (DecidePhase); admins have it."""
 
 
 _IMPLIED: dict[Scope, frozenset[Scope]] = {
     Scope.READ: frozenset({Scope.READ}),
     Scope.WRITE: frozenset({Scope.READ, Scope.WRITE}),
     Scope.ADMIN: frozenset(
-        {Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.DEFINITIONS_WRITE, Scope.WEBHOOKS_ADMIN}
+        {
+            Scope.READ,
+            Scope.WRITE,
+            Scope.ADMIN,
+            Scope.DEFINITIONS_WRITE,
+            Scope.WEBHOOKS_ADMIN,
+            Scope.APPROVE,
+        }
     ),
     Scope.DEFINITIONS_WRITE: frozenset({Scope.READ, Scope.DEFINITIONS_WRITE}),
     Scope.WEBHOOKS_ADMIN: frozenset({Scope.READ, Scope.WEBHOOKS_ADMIN}),
+    Scope.APPROVE: frozenset({Scope.READ, Scope.APPROVE}),
 }
+_MAX_CLAIMS: Final = 64
+_MAX_CLAIM_VALUES: Final = 64
 
 
 def effective_scopes(granted: Iterable[str]) -> frozenset[Scope]:
@@ -107,6 +123,10 @@ class Principal:
     scopes: frozenset[Scope]
     expires_at: float
     """The token's `exp` (seconds since the epoch)."""
+    grants: frozenset[str] = frozenset()
+    """The scope names as written in the token (unknown ones included)."""
+    claims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The token's string claims (a list of strings keeps its strings), bounded."""
 
     def require(self, scope: Scope) -> None:
         """Raise PERMISSION_DENIED unless the principal holds `scope`."""
@@ -227,7 +247,25 @@ class Authenticator:
             user_id=_claim(payload, "sub"),
             scopes=effective_scopes(granted),
             expires_at=float(payload["exp"]),
+            grants=frozenset(g for g in granted if len(g) <= _MAX_CLAIM),
+            claims=_string_claims(payload),
         )
+
+
+def _string_claims(payload: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The string and list-of-strings claims of a token, bounded (for approval policies)."""
+    claims: dict[str, tuple[str, ...]] = {}
+    for name, value in payload.items():
+        if len(claims) >= _MAX_CLAIMS:
+            break
+        if isinstance(value, str):
+            values: tuple[str, ...] = (value,)
+        elif isinstance(value, list):
+            values = tuple(v for v in value[:_MAX_CLAIM_VALUES] if isinstance(v, str))
+        else:
+            continue
+        claims[name] = tuple(v for v in values if len(v) <= _MAX_CLAIM)
+    return claims
 
 
 def mint_token(
@@ -241,8 +279,13 @@ def mint_token(
     audience: str | None = None,
     now: float | None = None,
     token_id: str | None = None,
+    extra_claims: Mapping[str, Any] | None = None,
 ) -> str:
-    """A signed token for `tenant` and `user_id`; HS256 keys only (no private keys here)."""
+    """A signed token for `tenant` and `user_id`; HS256 keys only (no private keys here).
+
+    `extra_claims` (e.g. ``{"groups": ["finance"]}``) are added as they are, for approval
+    policies that name a claim; they cannot replace the claims above.
+    """
     if key.signing_key is None:
         raise ValueError(f"cannot mint {key.algorithm} tokens: no signing key")
     issued = time.time() if now is None else now
@@ -260,6 +303,8 @@ def mint_token(
         claims["aud"] = audience
     if token_id is not None:
         claims["jti"] = token_id
+    if extra_claims:
+        claims = {**extra_claims, **claims}
     return jwt.encode(claims, key.signing_key, algorithm=key.algorithm)
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from flowstate.core.model import FlowStatus
+from flowstate.core.rules import TERMINAL_STATUSES
 from flowstate.server.auth import (
     DEV_AUDIENCE,
     DEV_ISSUER,
@@ -203,6 +205,15 @@ class ServerSettings:
     """FLOWSTATE_ARCHIVE_INTERVAL: seconds between archiver runs (when FLOWSTATE_ARCHIVE_DIR)."""
     retention_default_days: int | None = None
     """FLOWSTATE_RETENTION_DEFAULT_DAYS: retention of tenants without a policy (unset: keep)."""
+    stuck_after_by_status: Mapping[FlowStatus, float] = field(default_factory=dict)
+    """FLOWSTATE_STUCK_AFTER_BY_STATUS: per-status stuck thresholds overriding
+    FLOWSTATE_STUCK_AFTER for STUCK alerts, e.g. ``waiting_approval=86400,paused=0`` (0: never
+    stuck in that status)."""
+    alert_check_interval: float = 10.0
+    """FLOWSTATE_ALERT_CHECK_INTERVAL: seconds between scans for due alerts (deadlines, stuck
+    flows, approval timeouts; 0: never)."""
+    alert_batch_size: int = 100
+    """FLOWSTATE_ALERT_BATCH_SIZE: most flows one alert scan decides."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest request or response message (4 MiB)."""
     rate_limits: Mapping[str, Limit] | None = field(default_factory=lambda: dict(DEFAULT_LIMITS))
@@ -229,6 +240,14 @@ class ServerSettings:
     """FLOWSTATE_WEBHOOK_MAX_BACKOFF: the longest wait between attempts."""
     webhook_max_concurrency: int = 32
     """FLOWSTATE_WEBHOOK_MAX_CONCURRENCY: delivery requests in flight at once per replica."""
+
+    def stuck_thresholds(self) -> dict[FlowStatus, float]:
+        """Seconds after which a flow in each live status is stuck (0: never), for alerts."""
+        return {
+            status: self.stuck_after_by_status.get(status, self.stuck_after)
+            for status in FlowStatus
+            if status not in TERMINAL_STATUSES
+        }
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
@@ -339,6 +358,14 @@ class ServerSettings:
             values["webhook_max_concurrency"] = _int(
                 "FLOWSTATE_WEBHOOK_MAX_CONCURRENCY", value, minimum=1, maximum=10_000
             )
+        if (value := get("FLOWSTATE_STUCK_AFTER_BY_STATUS")) is not None:
+            values["stuck_after_by_status"] = parse_stuck_after_by_status(value)
+        if (value := get("FLOWSTATE_ALERT_CHECK_INTERVAL")) is not None:
+            values["alert_check_interval"] = _float("FLOWSTATE_ALERT_CHECK_INTERVAL", value)
+        if (value := get("FLOWSTATE_ALERT_BATCH_SIZE")) is not None:
+            values["alert_batch_size"] = _int(
+                "FLOWSTATE_ALERT_BATCH_SIZE", value, minimum=1, maximum=10000
+            )
         if (value := get("FLOWSTATE_DB_POOL_SIZE")) is not None:
             values["db_pool_size"] = _int("FLOWSTATE_DB_POOL_SIZE", value, minimum=1, maximum=1000)
         if (value := get("FLOWSTATE_WORKERS")) is not None:
@@ -415,6 +442,10 @@ class ServerSettings:
             raise ConfigError(
                 "FLOWSTATE_WEBHOOK_LEASE_SECONDS must be at least 3 poll intervals "
                 f"({3 * self.webhook_poll_interval:g} s), so that leases are renewed in time"
+            )
+        if not self.alert_check_interval >= 0:
+            raise ConfigError(
+                f"FLOWSTATE_ALERT_CHECK_INTERVAL must be >= 0, not {self.alert_check_interval}"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("TLS needs both FLOWSTATE_TLS_CERT_FILE and FLOWSTATE_TLS_KEY_FILE")
@@ -500,3 +531,28 @@ def resolve_auth(settings: ServerSettings) -> AuthConfig:
         settings.jwt_audience or DEV_AUDIENCE,
         "dev",
     )
+
+
+def parse_stuck_after_by_status(value: str) -> dict[FlowStatus, float]:
+    """``status=seconds,...`` (statuses by value or name, any case); ConfigError when bad."""
+    thresholds: dict[FlowStatus, float] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, seconds = item.partition("=")
+        key = name.strip().lower().removeprefix("flow_status_")
+        try:
+            status = FlowStatus(key)
+        except ValueError:
+            raise ConfigError(
+                f"FLOWSTATE_STUCK_AFTER_BY_STATUS: unknown status {name.strip()!r}"
+            ) from None
+        if not sep or status in TERMINAL_STATUSES:
+            raise ConfigError(
+                f"FLOWSTATE_STUCK_AFTER_BY_STATUS: expected live_status=seconds, not {item!r}"
+            )
+        number = _float("FLOWSTATE_STUCK_AFTER_BY_STATUS", seconds.strip())
+        if not number >= 0:
+            raise ConfigError(f"FLOWSTATE_STUCK_AFTER_BY_STATUS: {item!r} must be >= 0 seconds")
+        thresholds[status] = number
+    return thresholds

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2, unknown_fields
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2, unknown_fields
 
 from flowstate.core.bulk import BulkActionKind, BulkActionState, BulkOutcome
 from flowstate.core.commands import (
@@ -29,14 +29,23 @@ from flowstate.core.commands import (
     TransitionPhase,
     UpdatePhaseProgress,
 )
-from flowstate.core.definitions import FlowDefinition, PhasePolicy
+from flowstate.core.definitions import (
+    ApprovalPolicy,
+    ApprovalTimeoutAction,
+    FlowDefinition,
+    PhasePolicy,
+)
 from flowstate.core.model import (
+    AlertKind,
+    ApprovalDecision,
     ErrorCode,
     Flow,
+    FlowAlert,
     FlowStatus,
     HistoryEntry,
     HistoryKind,
     Phase,
+    PhaseApproval,
     PhaseError,
     PhaseState,
 )
@@ -44,6 +53,7 @@ from flowstate.core.recovery import RecoveryAction, RecoveryOption
 from flowstate.core.rules import FLOW_TRANSITIONS, PHASE_PROGRESS_FACTORS, PHASE_TRANSITIONS
 from flowstate.storage.bulk import BulkAction
 from flowstate.v1 import (
+    approvals_pb2,
     definition_pb2,
     errors_pb2,
     flow_pb2,
@@ -56,6 +66,9 @@ __all__ = [
     "BULK_KIND_TO_PROTO",
     "BULK_OUTCOME_TO_PROTO",
     "BULK_STATE_TO_PROTO",
+    "ALERT_KIND_TO_PROTO",
+    "APPROVAL_DECISION_FROM_PROTO",
+    "APPROVAL_DECISION_TO_PROTO",
     "ERROR_CODE_FROM_PROTO",
     "ERROR_CODE_TO_PROTO",
     "FLOW_STATUS_FROM_PROTO",
@@ -69,10 +82,13 @@ __all__ = [
     "RECOVERY_ACTION_TO_PROTO",
     "DefinitionView",
     "bulk_action_to_proto",
+    "alert_to_proto",
+    "approval_to_proto",
     "command_to_request",
     "dict_to_struct",
     "entries_to_proto",
     "entry_to_proto",
+    "fill_event_change",
     "phase_error_to_proto",
     "phase_targets_proto",
     "policy_document",
@@ -113,6 +129,25 @@ RECOVERY_ACTION_TO_PROTO: Mapping[RecoveryAction, flow_service_pb2.RecoveryActio
     for member in RecoveryAction
 }
 """Domain recovery action -> proto number."""
+APPROVAL_DECISION_TO_PROTO: Mapping[ApprovalDecision, approvals_pb2.ApprovalDecision.ValueType] = {
+    member: approvals_pb2.ApprovalDecision.Value("APPROVAL_DECISION_" + member.name)
+    for member in ApprovalDecision
+}
+"""Domain approval decision -> proto number."""
+APPROVAL_DECISION_FROM_PROTO: Mapping[int, ApprovalDecision] = {
+    v: k for k, v in APPROVAL_DECISION_TO_PROTO.items()
+}
+"""Proto number -> domain approval decision; 0 and unknown numbers are absent."""
+ALERT_KIND_TO_PROTO: Mapping[AlertKind, approvals_pb2.AlertKind.ValueType] = {
+    member: approvals_pb2.AlertKind.Value("ALERT_KIND_" + member.name) for member in AlertKind
+}
+"""Domain alert kind -> proto number."""
+_TIMEOUT_ACTION_TO_PROTO: Mapping[
+    ApprovalTimeoutAction, approvals_pb2.ApprovalTimeoutAction.ValueType
+] = {
+    member: approvals_pb2.ApprovalTimeoutAction.Value("APPROVAL_TIMEOUT_ACTION_" + member.name)
+    for member in ApprovalTimeoutAction
+}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -223,6 +258,10 @@ def entry_to_proto(flow_id: str, entry: HistoryEntry) -> history_pb2.HistoryEntr
         message.time_in_state.CopyFrom(_duration(entry.time_in_state_seconds))
     if entry.next_attempt_at is not None:
         set_timestamp(message.next_attempt_time, entry.next_attempt_at)
+    if entry.approval is not None:
+        message.approval.CopyFrom(approval_to_proto(entry.approval))
+    if entry.alert is not None:
+        message.alert.CopyFrom(alert_to_proto(entry.alert))
     return message
 
 
@@ -272,7 +311,7 @@ class DefinitionView:
                     display_name=p.display_name,
                     description=p.description,
                     optional=p.optional,
-                    policy=policy_to_proto(p.policy),
+                    policy=policy_to_proto(p.policy, p.approval),
                 )
                 for p in definition.phases
             ],
@@ -291,6 +330,8 @@ class DefinitionView:
                 for state in PhaseState
             ],
         )
+        if definition.deadline_seconds is not None:
+            self.message.deadline.CopyFrom(_duration(definition.deadline_seconds))
 
     def phase_to_proto(self, phase: Phase) -> flow_pb2.Phase:
         """One phase of a flow of this definition as a message."""
@@ -339,6 +380,10 @@ class DefinitionView:
             set_timestamp(message.create_time, flow.created_at)
         if flow.updated_at is not None:
             set_timestamp(message.update_time, flow.updated_at)
+        if flow.deadline is not None:
+            set_timestamp(message.deadline, flow.deadline)
+        if flow.alerts:
+            message.alerts.extend(alert_to_proto(alert) for alert in flow.alerts)
 
 
 def _fill_phase(message: flow_pb2.Phase, phase: Phase) -> None:
@@ -358,6 +403,8 @@ def _fill_phase(message: flow_pb2.Phase, phase: Phase) -> None:
         set_timestamp(message.complete_time, phase.completed_at)
     if phase.next_attempt_at is not None:
         set_timestamp(message.next_attempt_time, phase.next_attempt_at)
+    if phase.approval is not None:
+        message.approval.CopyFrom(approval_to_proto(phase.approval))
 
 
 def sorted_phase_states(states: Iterable[PhaseState]) -> list[states_pb2.PhaseState.ValueType]:
@@ -492,9 +539,13 @@ def recovery_option_to_proto(flow: Flow, option: RecoveryOption) -> flow_service
     return message
 
 
-def policy_to_proto(policy: PhasePolicy) -> definition_pb2.PhasePolicy:
+def policy_to_proto(
+    policy: PhasePolicy, approval: ApprovalPolicy | None = None
+) -> definition_pb2.PhasePolicy:
     """A phase's policies as a message (empty when it has none)."""
     message = definition_pb2.PhasePolicy()
+    if approval is not None:
+        message.approval.CopyFrom(_approval_policy_to_proto(approval))
     if policy.timeout is not None:
         message.timeout.CopyFrom(_duration(policy.timeout))
     if policy.heartbeat_timeout is not None:
@@ -530,6 +581,11 @@ def policy_document(message: definition_pb2.PhasePolicy) -> dict[str, Any]:
                 for code, number in zip(codes, retry.retry_on, strict=True)
             ],
         }
+    if message.HasField("approval"):
+        # The JSON form (durations as "3600s", enums by name), read by the checker like a file's.
+        document["approval"] = json_format.MessageToDict(
+            message.approval, preserving_proto_field_name=True
+        )
     if len(unknown_fields.UnknownFieldSet(message)):
         # A policy this server does not know (a newer client's): refused, never ignored.
         document["unknown_policy"] = True
@@ -573,3 +629,53 @@ def bulk_action_to_proto(action: BulkAction) -> flow_service_pb2.BulkAction:
     if action.finished_at is not None:
         set_timestamp(message.end_time, action.finished_at)
     return message
+
+
+# --- approvals and alerts --------------------------------------------------------------------
+
+
+def approval_to_proto(approval: PhaseApproval) -> approvals_pb2.PhaseApproval:
+    """An approval decision as a PhaseApproval message."""
+    message = approvals_pb2.PhaseApproval(
+        decision=APPROVAL_DECISION_TO_PROTO[approval.decision],
+        approver=approval.approver,
+        comment=approval.comment,
+    )
+    set_timestamp(message.decide_time, approval.decided_at)
+    return message
+
+
+def alert_to_proto(alert: FlowAlert) -> approvals_pb2.FlowAlert:
+    """An alert as a FlowAlert message."""
+    message = approvals_pb2.FlowAlert(
+        kind=ALERT_KIND_TO_PROTO[alert.kind],
+        phase=alert.phase,
+        status=FLOW_STATUS_TO_PROTO[alert.status],
+        message=alert.message,
+    )
+    set_timestamp(message.due_time, alert.due_at)
+    set_timestamp(message.raise_time, alert.raised_at)
+    return message
+
+
+def _approval_policy_to_proto(approval: ApprovalPolicy) -> approvals_pb2.ApprovalPolicy:
+    message = approvals_pb2.ApprovalPolicy(
+        required=approval.required,
+        scope=approval.scope,
+        claim=approval.claim,
+        claim_value=approval.claim_value,
+    )
+    if approval.timeout_seconds is not None:
+        message.approval_timeout.CopyFrom(_duration(approval.timeout_seconds))
+    if approval.on_timeout is not None:
+        message.on_timeout = _TIMEOUT_ACTION_TO_PROTO[approval.on_timeout]
+    return message
+
+
+def fill_event_change(event: flow_service_pb2.FlowEvent, flow_id: str, entry: HistoryEntry) -> None:
+    """Set the `kind` of a stream event for one history entry, in place: an ALERT entry is the
+    `alert` case (clients that do not know it ignore it), any other entry the `change` case."""
+    if entry.kind is HistoryKind.ALERT and entry.alert is not None:
+        event.alert.CopyFrom(alert_to_proto(entry.alert))
+    else:
+        event.change.CopyFrom(entry_to_proto(flow_id, entry))

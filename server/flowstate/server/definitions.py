@@ -77,12 +77,15 @@ def document_of(message: definition_pb2.FlowDefinition) -> dict[str, Any]:
             if policy:
                 entry["policy"] = policy
         phases.append(entry)
-    return {
+    document: dict[str, Any] = {
         "name": message.name,
         "display_name": message.display_name,
         "description": message.description,
         "phases": phases,
     }
+    if message.HasField("deadline"):
+        document["deadline"] = message.deadline.ToTimedelta().total_seconds()
+    return document
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,7 @@ GRPC_STATUS_BY_CODE: Mapping[ErrorCode, grpc.StatusCode] = {
     _C.FLOW_TERMINAL: _S.FAILED_PRECONDITION,
     _C.MAX_RETRIES_EXCEEDED: _S.FAILED_PRECONDITION,
     _C.RETRY_NOT_ALLOWED: _S.FAILED_PRECONDITION,
+    _C.APPROVAL_REQUIRED: _S.FAILED_PRECONDITION,
     # ABORTED: a concurrency conflict; re-read and decide again.
     _C.VERSION_CONFLICT: _S.ABORTED,
     _C.FLOW_NOT_FOUND: _S.NOT_FOUND,
@@ -103,6 +104,7 @@ GRPC_STATUS_BY_CODE: Mapping[ErrorCode, grpc.StatusCode] = {
     _C.EXTERNAL_SERVICE_ERROR: _S.INTERNAL,
     _C.DATA_VALIDATION_FAILED: _S.INTERNAL,
     _C.INVALID_TRANSITION: _S.INTERNAL,
+    _C.APPROVAL_REJECTED: _S.INTERNAL,
 }
 """DESIGN.md section 4: the gRPC status code of every error code."""
 

@@ -22,6 +22,7 @@
 | `flowstate_webhook_deliveries_total` | counter | result (ok, failed, disabled) |
 | `flowstate_tenant_requests_total` | counter | tenant (top N, else ``other``), family, result |
 | `flowstate_bulk_flows_total` | counter | |
+| `flowstate_alerts_total` | counter | kind |
 
 `result` is ``applied`` or the refusal's error code. Label values come from definitions and
 enums, never from free request text, so cardinality stays bounded: refusals that name an
@@ -57,6 +58,10 @@ The archive metrics come from the archiver task (`flowstate.server.archiving`, o
 ``FLOWSTATE_ARCHIVE_DIR``): flows archived, deleted and partitions dropped by this replica's
 runs (sum over replicas), and after each run the expired terminal flows still waiting and how
 long the oldest of them is overdue (every replica sees the same: aggregate with ``max``).
+
+`flowstate_alerts_total` counts the alerts this server raised (`flowstate.server.alerts`), by
+kind (``deadline_exceeded``, ``stuck``, ``approval_timeout``); each breach is raised once by one
+replica, so aggregate with ``sum``.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, FlowStatus, HistoryEntry, HistoryKind, Tenant
+from flowstate.core.model import AlertKind, ErrorCode, FlowStatus, HistoryEntry, HistoryKind, Tenant
 from flowstate.core.rules import TERMINAL_STATUSES
 
 __all__ = [
@@ -275,6 +280,13 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        alerts = Counter(
+            "flowstate_alerts",
+            "Alerts raised (a deadline passed, a flow stuck, an approval timeout escalated).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self._alert_children = {kind: alerts.labels(kind.value) for kind in AlertKind}
         self._client_children: dict[tuple[str, str], Counter] = {}
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # Label children by label tuple: ``labels(...)`` validates and hashes under a lock on
@@ -352,8 +364,11 @@ class Metrics:
         return child
 
     def record_entries(self, entries: Iterable[HistoryEntry]) -> None:
-        """Count the phase changes a mutation applied (transitions, retries, rollbacks)."""
+        """Count the phase changes a mutation applied (transitions, retries, rollbacks) and the
+        alerts it raised."""
         for entry in entries:
+            if entry.alert is not None:
+                self._alert_children[entry.alert.kind].inc()
             phase, from_state, to_state = entry.phase, entry.from_state, entry.to_state
             if phase is None or from_state is None or to_state is None:
                 continue

@@ -91,6 +91,8 @@ class Call:
             user_id=self.principal.user_id,
             request_id=request_id,
             is_admin=self.principal.is_admin,
+            grants=self.principal.grants,
+            claims=self.principal.claims,
         )
 
 

@@ -40,7 +40,7 @@ from flowstate.server.convert import (
     DefinitionView,
     bulk_action_to_proto,
     entries_to_proto,
-    entry_to_proto,
+    fill_event_change,
     phase_targets_proto,
     recovery_option_to_proto,
     set_timestamp,
@@ -124,6 +124,7 @@ _MutationResponse = TypeVar(
     pb.ResumeFlowResponse,
     pb.CancelFlowResponse,
     pb.SkipPhaseResponse,
+    pb.DecidePhaseResponse,
 )
 
 
@@ -225,6 +226,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             labels=args.labels,
             flow_id=args.flow_id,
             definition_version=args.definition_version or None,
+            deadline=args.deadline,
         )
         return await self._respond(result, pb.CreateFlowResponse)
 
@@ -253,6 +255,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
                 definition_name=args.definition_name,
                 filter=self._filter(args.filter_text),
                 filter_text=args.filter_text,
+                alerting=args.alerting,
                 page_size=args.page_size,
                 page_token=args.page_token,
             ),
@@ -502,6 +505,14 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         """Cancel a flow (terminal)."""
         return await self._mutate(validation.cancel_flow(request), call, pb.CancelFlowResponse)
 
+    @unary(Scope.APPROVE)
+    async def DecidePhase(  # noqa: N802 - the proto's method name
+        self, request: pb.DecidePhaseRequest, call: Call
+    ) -> pb.DecidePhaseResponse:
+        """Approve, reject or send back a phase waiting for approval (the core checks the
+        phase's policy against the caller's scopes and claims)."""
+        return await self._mutate(validation.decide_phase(request), call, pb.DecidePhaseResponse)
+
     # --- ValidateTransition ---------------------------------------------------------------------
 
     @unary(Scope.READ)
@@ -532,7 +543,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         if value.snapshot is not None:
             await self._fill_flow(event.snapshot, value.snapshot)
         elif value.change is not None:
-            event.change.CopyFrom(entry_to_proto(value.flow_id, value.change))
+            fill_event_change(event, value.flow_id, value.change)
         elif value.heartbeat_at is not None:
             set_timestamp(event.heartbeat.server_time, value.heartbeat_at)
         return event

@@ -37,6 +37,7 @@ from flowstate.core.bulk import PHASE_KINDS, BulkActionKind, BulkOutcome
 from flowstate.core.commands import (
     CancelFlow,
     Command,
+    DecidePhase,
     PauseFlow,
     ResumeFlow,
     Retry,
@@ -48,6 +49,7 @@ from flowstate.core.filters import Filter, parse_filter
 from flowstate.core.model import FlowStatus, PhaseError, PhaseState
 from flowstate.core.rules import ERROR_STATES
 from flowstate.server.convert import (
+    APPROVAL_DECISION_FROM_PROTO,
     ERROR_CODE_FROM_PROTO,
     FLOW_STATUS_FROM_PROTO,
     PHASE_STATE_FROM_PROTO,
@@ -277,6 +279,7 @@ class CreateFlowArgs:
     flow_id: str | None
     display_name: str
     labels: dict[str, str]
+    deadline: datetime | None = None
 
 
 def create_flow(request: flow_service_pb2.CreateFlowRequest) -> CreateFlowArgs:
@@ -294,6 +297,9 @@ def create_flow(request: flow_service_pb2.CreateFlowRequest) -> CreateFlowArgs:
     for key, value in labels.items():
         check.text("labels", key, max_len=MAX_LABEL_KEY_LENGTH, required=True)
         check.text(f"labels[{key[:MAX_LABEL_KEY_LENGTH]}]", value, max_len=MAX_LABEL_VALUE_LENGTH)
+    deadline = (
+        check.timestamp("deadline", request.deadline) if request.HasField("deadline") else None
+    )
     check.done()
     return CreateFlowArgs(
         request_id=request_id,
@@ -302,6 +308,7 @@ def create_flow(request: flow_service_pb2.CreateFlowRequest) -> CreateFlowArgs:
         flow_id=flow_id or None,
         display_name=display_name,
         labels=labels,
+        deadline=deadline,
     )
 
 
@@ -423,6 +430,22 @@ def cancel_flow(request: flow_service_pb2.CancelFlowRequest) -> Mutation:
     return _flow_level(request, CancelFlow)
 
 
+def decide_phase(request: flow_service_pb2.DecidePhaseRequest) -> Mutation:
+    """Check a DecidePhase request: a known decision; the comment is a reason."""
+    check = _Checker()
+    flow_id = check.uuid("flow_id", request.flow_id)
+    phase = check.name("phase", request.phase)
+    decision = APPROVAL_DECISION_FROM_PROTO.get(request.decision)
+    if decision is None:
+        check.fail("decision", _enum_problem(request.decision, "ApprovalDecision"))
+    comment = _reason(check, request.comment)
+    request_id = check.request_id(request.request_id)
+    expected_version = check.expected_version(request)
+    check.done()
+    assert decision is not None  # done() raised otherwise
+    return Mutation(flow_id, DecidePhase(phase, decision, comment), request_id, expected_version)
+
+
 # --- reads ------------------------------------------------------------------------------------
 
 
@@ -444,6 +467,7 @@ class ListFlowsArgs:
     phase_states: Mapping[str, tuple[PhaseState, ...]]
     updated_before: datetime | None
     definition_name: str | None
+    alerting: bool = False
     filter_text: str = ""
 
 
@@ -526,6 +550,7 @@ def list_flows(request: flow_service_pb2.ListFlowsRequest) -> ListFlowsArgs:
         updated_before=updated_before,
         definition_name=definition_name or None,
         filter_text=request.filter,
+        alerting=request.alerting,
     )
 
 

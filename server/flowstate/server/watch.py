@@ -45,7 +45,7 @@ from flowstate.core.errors import FlowStateError
 from flowstate.core.filters import Filter, matches
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.core.rules import TERMINAL_STATUSES
-from flowstate.server.convert import FLOW_STATUS_TO_PROTO, entry_to_proto
+from flowstate.server.convert import FLOW_STATUS_TO_PROTO, fill_event_change
 from flowstate.storage.changes import (
     SNAPSHOT_LIMIT,
     LogPosition,
@@ -478,8 +478,8 @@ class SharedChanges:
             flow_version=value.flow_version,
             progress=value.progress,
             status=FLOW_STATUS_TO_PROTO[value.status],
-            change=entry_to_proto(value.flow_id, change),
         )
+        fill_event_change(event, value.flow_id, change)
         response = pb.WatchFlowResponse(event=event)
         if len(self._changes) >= self._limit:
             self._changes.clear()

@@ -151,6 +151,7 @@ class FlowService:
         labels: Mapping[str, str] = MappingProxyType({}),
         flow_id: str | None = None,
         definition_version: int | None = None,
+        deadline: datetime | None = None,
     ) -> MutationResult:
         """Create a flow following `definition_name` at `definition_version` (None or 0: the
         latest) in the tenant's view (its own definitions and the built-ins).
@@ -159,7 +160,8 @@ class FlowService:
         None. Idempotent on ``ctx.request_id`` when it is non-empty (the fingerprint covers
         definition, version, display name, labels and flow_id). DEFINITION_NOT_FOUND for an
         unknown definition or version (also another tenant's); MALFORMED_REQUEST for bad values
-        or an existing `flow_id`.
+        or an existing `flow_id`. `deadline` (timezone-aware; None: the definition's, if any)
+        is when the flow should be finished.
         """
         check_tenant(tenant)
         check_context(ctx)
@@ -167,6 +169,8 @@ class FlowService:
         check_text("display_name", display_name, MAX_DISPLAY_NAME_LENGTH)
         check_labels(labels)
         requested_id = None if flow_id is None else check_flow_id(flow_id)
+        if deadline is not None and deadline.utcoffset() is None:
+            raise ValueError("deadline must be timezone-aware")
         version = None
         if definition_version:
             version = check_version("definition_version", definition_version, minimum=1)
@@ -178,6 +182,7 @@ class FlowService:
             display_name=display_name,
             labels=dict(labels),
             flow_id=requested_id,
+            **({"deadline": deadline.isoformat()} if deadline else {}),
         )
 
         async def decide(tx: FlowTransaction) -> Outcome:
@@ -192,6 +197,7 @@ class FlowService:
                 ctx,
                 display_name=display_name,
                 labels=labels,
+                deadline=deadline,
             )
             return Write(decision.flow, decision.entries, key)
 

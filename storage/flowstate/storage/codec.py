@@ -24,12 +24,16 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from flowstate.core.model import (
+    AlertKind,
+    ApprovalDecision,
     ErrorCode,
     Flow,
+    FlowAlert,
     FlowStatus,
     HistoryEntry,
     HistoryKind,
     Phase,
+    PhaseApproval,
     PhaseError,
     PhaseState,
     Tenant,
@@ -49,7 +53,7 @@ __all__ = [
     "flow_to_row",
 ]
 
-_FLOW_TIMESTAMPS = ("created_at", "updated_at", "last_retry_at")
+_FLOW_TIMESTAMPS = ("created_at", "updated_at", "last_retry_at", "deadline", "alert_due_at")
 _ENTRY_TIMESTAMPS = ("occurred_at", "next_attempt_at")
 
 
@@ -165,7 +169,65 @@ def error_from_json(data: Mapping[str, Any] | None) -> PhaseError | None:
     )
 
 
+def approval_to_json(approval: PhaseApproval | None) -> dict[str, Any] | None:
+    """An approval decision as JSON (None stays None)."""
+    if approval is None:
+        return None
+    return {
+        "decision": approval.decision.value,
+        "approver": approval.approver,
+        "comment": approval.comment,
+        "decided_at": approval.decided_at.isoformat(),
+    }
+
+
+def approval_from_json(data: Mapping[str, Any] | None) -> PhaseApproval | None:
+    """The inverse of `approval_to_json`."""
+    if data is None:
+        return None
+    return PhaseApproval(
+        decision=ApprovalDecision(data["decision"]),
+        approver=data["approver"],
+        comment=data["comment"],
+        decided_at=datetime.fromisoformat(data["decided_at"]),
+    )
+
+
+def alert_to_json(alert: FlowAlert | None) -> dict[str, Any] | None:
+    """An alert as JSON (None stays None)."""
+    if alert is None:
+        return None
+    return {
+        "kind": alert.kind.value,
+        "phase": alert.phase,
+        "status": alert.status.value,
+        "due_at": alert.due_at.isoformat(),
+        "raised_at": alert.raised_at.isoformat(),
+        "message": alert.message,
+    }
+
+
+def alert_from_json(data: Mapping[str, Any] | None) -> FlowAlert | None:
+    """The inverse of `alert_to_json`."""
+    if data is None:
+        return None
+    return FlowAlert(
+        kind=AlertKind(data["kind"]),
+        due_at=datetime.fromisoformat(data["due_at"]),
+        raised_at=datetime.fromisoformat(data["raised_at"]),
+        status=FlowStatus(data["status"]),
+        phase=data.get("phase", ""),
+        message=data.get("message", ""),
+    )
+
+
 def _phase_details(phase: Phase) -> dict[str, Any]:
+    if phase.approval is not None:
+        return {**_plain_phase_details(phase), "approval": approval_to_json(phase.approval)}
+    return _plain_phase_details(phase)
+
+
+def _plain_phase_details(phase: Phase) -> dict[str, Any]:
     return {
         "name": phase.name,
         "progress": phase.progress,
@@ -202,6 +264,9 @@ def flow_to_row(flow: Flow) -> dict[str, Any]:
         "labels": dict(flow.labels),
         "created_at": flow.created_at,
         "updated_at": flow.updated_at,
+        "deadline": flow.deadline,
+        "alerts": [alert_to_json(a) for a in flow.alerts],
+        "alert_due_at": flow.alert_due_at,
     }
 
 
@@ -221,6 +286,7 @@ def flow_from_row(row: Row) -> Flow:
             started_at=_from_iso(detail["started_at"]),
             completed_at=_from_iso(detail["completed_at"]),
             next_attempt_at=_from_iso(detail.get("next_attempt_at")),
+            approval=approval_from_json(detail.get("approval")),
         )
         for detail in row["phase_details"]
     )
@@ -239,6 +305,9 @@ def flow_from_row(row: Row) -> Flow:
         updated_at=row["updated_at"],
         display_name=row["display_name"],
         labels=dict(row["labels"]),
+        deadline=_optional(row, "deadline"),
+        alerts=_alerts(_optional(row, "alerts")),
+        alert_due_at=_optional(row, "alert_due_at"),
     )
 
 
@@ -266,6 +335,8 @@ def entry_to_row(flow: Flow, entry: HistoryEntry) -> dict[str, Any]:
         "occurred_at": entry.occurred_at,
         "phase_progress": entry.phase_progress,
         "next_attempt_at": entry.next_attempt_at,
+        "approval": approval_to_json(entry.approval),
+        "alert": alert_to_json(entry.alert),
     }
 
 
@@ -296,7 +367,14 @@ def entry_from_row(row: Row) -> HistoryEntry:
         cause=row["cause"],
         phase_progress=_optional(row, "phase_progress"),
         next_attempt_at=_optional(row, "next_attempt_at"),
+        approval=approval_from_json(_optional(row, "approval")),
+        alert=alert_from_json(_optional(row, "alert")),
     )
+
+
+def _alerts(data: list[Mapping[str, Any]] | None) -> tuple[FlowAlert, ...]:
+    alerts = (alert_from_json(item) for item in data or ())
+    return tuple(alert for alert in alerts if alert is not None)
 
 
 def _optional(row: Row, key: str) -> Any:

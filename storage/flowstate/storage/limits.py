@@ -239,7 +239,7 @@ def check_command(command: object) -> None:
     for spec in dataclasses.fields(command):
         field = f"command.{spec.name}"
         value = getattr(command, spec.name)
-        if spec.name == "reason":
+        if spec.name in ("reason", "comment"):
             check_text(field, value, MAX_REASON_LENGTH)
         elif spec.name == "metadata":
             check_json_object(field, value)

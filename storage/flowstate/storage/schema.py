@@ -156,6 +156,11 @@ flows = Table(
     Column("labels", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
     Column("created_at", _TIMESTAMP, nullable=False),
     Column("updated_at", _TIMESTAMP, nullable=False),
+    # Migration 0012: the flow's deadline, its alerts in force (a JSON list) and the earliest
+    # deadline or approval timeout not handled yet (what the alert scan looks for).
+    Column("deadline", _TIMESTAMP, nullable=True),
+    Column("alerts", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("alert_due_at", _TIMESTAMP, nullable=True),
     # No foreign key to flow_definitions: (name, version) resolves in the flow's tenant's view
     # (its own definitions, then the built-ins); see migration 0005.
     PrimaryKeyConstraint("id"),
@@ -174,6 +179,11 @@ flows = Table(
     Index("ix_flows_tenant_retry_count", "client_account_id", "engagement_id", "retry_count"),
     Index("ix_flows_status_updated_at", "status", "updated_at", postgresql_where=ACTIVE_FLOW),
     Index("ix_flows_terminal_updated_at", "updated_at", postgresql_where=TERMINAL_FLOW),
+    Index(
+        "ix_flows_alert_due_at",
+        "alert_due_at",
+        postgresql_where=text("alert_due_at IS NOT NULL"),
+    ),
     Index(
         "ix_flows_phase_states",
         "phase_states",
@@ -213,6 +223,9 @@ flow_history = Table(
     Column("occurred_at", _TIMESTAMP, nullable=False),
     Column("phase_progress", Float, nullable=True),
     Column("next_attempt_at", _TIMESTAMP, nullable=True),
+    # Migration 0012: the decision of a DECISION entry, the alert of an ALERT entry.
+    Column("approval", JSONB, nullable=True),
+    Column("alert", JSONB, nullable=True),
     # The writing transaction's id (xid8 as bigint): orders commits for the tenant cursor.
     Column(
         "txid",

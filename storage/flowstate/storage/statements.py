@@ -160,6 +160,7 @@ HAS_VERSION_TABLE = compile_statement(
 )
 SCHEMA_REVISION = compile_statement(text("SELECT max(version_num) FROM alembic_version"))
 PING = compile_statement(select(literal(1)))
+NOW = compile_statement(select(func.now()))
 # '' when the connected role may switch to the app role, else its quoted name (for the GRANT).
 APP_ROLE_MISSING_FOR = compile_statement(
     text(
@@ -332,7 +333,49 @@ def flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str,
     if query.filter is not None:
         conditions.append(filter_condition(query.filter))
         description["filter"] = query.filter_text
+    if query.alerting:
+        conditions.append(func.jsonb_array_length(flows.c.alerts) > 0)
+        description["alerting"] = True
     return conditions, description
+
+
+@functools.cache
+def due_alerts_statement(stuck_after: tuple[tuple[str, float], ...], limit: int) -> Compiled:
+    """Flows of every tenant with a breach due now (the database clock), at most `limit`.
+
+    Due: `alert_due_at` has passed (deadlines, approval timeouts: ``ix_flows_alert_due_at``),
+    or the flow is live, has no STUCK alert in force and has not changed for the threshold of
+    its status (``stuck_after``: (status value, seconds) pairs; ``ix_flows_status_updated_at``).
+    Returns id, tenant and the database's ``now()``; most overdue first.
+    """
+    stuck = [
+        and_(
+            flows.c.status == status,
+            flows.c.updated_at <= func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds),
+        )
+        for status, seconds in stuck_after
+    ]
+    due = flows.c.alert_due_at <= func.now()
+    if stuck:
+        due = or_(
+            due,
+            and_(
+                ACTIVE_FLOW,
+                or_(*stuck),
+                ~flows.c.alerts.contains(literal([{"kind": "stuck"}], JSONB)),
+            ),
+        )
+    return compile_statement(
+        select(
+            flows.c.id,
+            flows.c.client_account_id,
+            flows.c.engagement_id,
+            func.now().label("now"),
+        )
+        .where(due)
+        .order_by(func.coalesce(flows.c.alert_due_at, flows.c.updated_at))
+        .limit(limit)
+    )
 
 
 def list_flows_statement(

@@ -88,6 +88,7 @@ from flowstate.storage.statements import (
     LOCK_FLOW,
     LOCK_FLOWS,
     NOTIFY_CHANNEL,
+    NOW,
     PING,
     SCHEMA_REVISION,
     SEED_DEFINITION,
@@ -95,6 +96,7 @@ from flowstate.storage.statements import (
     SELECT_KEY,
     WRITE_BATCH,
     count_flows_statement,
+    due_alerts_statement,
     flow_filters,
     list_flows_statement,
     purge_statement,
@@ -818,6 +820,33 @@ class FlowStore(TransactionRunner):
                     flow_version=row["flow_version"],
                 )
                 for row in rows
+            ]
+
+        return await self._run(None, work, autocommit=True)
+
+    async def due_alert_flows(
+        self, *, stuck_after: Mapping[FlowStatus, float], limit: int
+    ) -> tuple[datetime, list[tuple[Tenant, str]]]:
+        """The database's now and up to `limit` flows of every tenant with a breach due.
+
+        For the server's alert scan (`flowstate.service.alerts`), which then decides each flow
+        under its lock; like the stuck count it runs as the connecting user, across tenants.
+        `stuck_after`: seconds per status (0 or missing: never stuck).
+        """
+        pairs = tuple(
+            sorted(
+                (status.value, float(seconds))
+                for status, seconds in stuck_after.items()
+                if seconds > 0
+            )
+        )
+        statement = due_alerts_statement(pairs, limit)
+
+        async def work(tx: Transaction) -> tuple[datetime, list[tuple[Tenant, str]]]:
+            now: datetime = await tx.fetchval(NOW)
+            rows = await tx.fetch(statement)
+            return now, [
+                (Tenant(r["client_account_id"], r["engagement_id"]), str(r["id"])) for r in rows
             ]
 
         return await self._run(None, work, autocommit=True)

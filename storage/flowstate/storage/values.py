@@ -58,7 +58,8 @@ class FlowQuery:
     - `flow_ids`: one of these flows (at most `MAX_FLOW_IDS_PER_QUERY`);
     - `filter`: a parsed filter (`flowstate.core.filters`), compiled by
       `flowstate.storage.filters`; `filter_text` is the text it was parsed from, which the
-      page token fingerprints (relative times move between pages, the text does not).
+      page token fingerprints (relative times move between pages, the text does not);
+    - `alerting`: only flows with an alert in force (`Flow.alerts` not empty).
 
     Results are ordered by (updated_at, flow id), oldest change first. `page_size` 0 means the
     default (`DEFAULT_FLOW_PAGE_SIZE`); larger than `MAX_FLOW_PAGE_SIZE` is lowered to it;
@@ -75,6 +76,7 @@ class FlowQuery:
     flow_ids: tuple[str, ...] = ()
     filter: Filter | None = None
     filter_text: str = ""
+    alerting: bool = False
     page_size: int = DEFAULT_FLOW_PAGE_SIZE
     page_token: str = ""
 

@@ -54,7 +54,10 @@ type FlowDefinition struct {
 	Builtin bool `protobuf:"varint,8,opt,name=builtin,proto3" json:"builtin,omitempty"`
 	// Output only. When this version was registered (for a built-in: when this
 	// database first stored it).
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// How long after creation a flow of this definition should be finished
+	// (Flow.deadline); unset: no deadline unless CreateFlow sets one.
+	Deadline      *durationpb.Duration `protobuf:"bytes,25,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -152,6 +155,13 @@ func (x *FlowDefinition) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *FlowDefinition) GetDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
 // One phase of a flow definition.
 type PhaseDefinition struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -175,8 +185,8 @@ type PhaseDefinition struct {
 	// Whether the phase may be skipped (SkipPhase): SKIPPED satisfies the phases
 	// that depend on it and counts as done for progress and for COMPLETED.
 	Optional bool `protobuf:"varint,8,opt,name=optional,proto3" json:"optional,omitempty"`
-	// The phase's policies, applied by the server's timers (timeouts, automatic
-	// retry); unset or empty: none.
+	// The phase's policies (DESIGN.md section 10): timeouts and automatic retry
+	// (docs/timers.md), approvals (docs/approvals.md); unset or empty: none.
 	Policy        *PhasePolicy `protobuf:"bytes,9,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -288,7 +298,10 @@ type PhasePolicy struct {
 	// UpdatePhaseProgress.
 	HeartbeatTimeout *durationpb.Duration `protobuf:"bytes,21,opt,name=heartbeat_timeout,json=heartbeatTimeout,proto3" json:"heartbeat_timeout,omitempty"`
 	// Automatic retry of the phase after it FAILED with one of the listed codes.
-	RetryPolicy   *PhaseRetryPolicy `protobuf:"bytes,22,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	RetryPolicy *PhaseRetryPolicy `protobuf:"bytes,22,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	// Approval: whether a decision is required before COMPLETED, who may decide,
+	// and what happens when nobody decides in time (docs/approvals.md).
+	Approval      *ApprovalPolicy `protobuf:"bytes,25,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -340,6 +353,13 @@ func (x *PhasePolicy) GetHeartbeatTimeout() *durationpb.Duration {
 func (x *PhasePolicy) GetRetryPolicy() *PhaseRetryPolicy {
 	if x != nil {
 		return x.RetryPolicy
+	}
+	return nil
+}
+
+func (x *PhasePolicy) GetApproval() *ApprovalPolicy {
+	if x != nil {
+		return x.Approval
 	}
 	return nil
 }
@@ -538,7 +558,7 @@ var File_flowstate_v1_definition_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflowstate/v1/definition.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x03\n" +
+	"\x1dflowstate/v1/definition.proto\x12\fflowstate.v1\x1a\x1cflowstate/v1/approvals.proto\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n" +
 	"\x0eFlowDefinition\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x05R\aversion\x125\n" +
@@ -549,7 +569,8 @@ const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\x10progress_factors\x18\a \x03(\v2 .flowstate.v1.PhaseStateProgressR\x0fprogressFactors\x12\x18\n" +
 	"\abuiltin\x18\b \x01(\bR\abuiltin\x12;\n" +
 	"\vcreate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xce\x02\n" +
+	"createTime\x125\n" +
+	"\bdeadline\x18\x19 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\"\xce\x02\n" +
 	"\x0fPhaseDefinition\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -561,11 +582,12 @@ const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\fdisplay_name\x18\x06 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\a \x01(\tR\vdescription\x12\x1a\n" +
 	"\boptional\x18\b \x01(\bR\boptional\x121\n" +
-	"\x06policy\x18\t \x01(\v2\x19.flowstate.v1.PhasePolicyR\x06policy\"\xcd\x01\n" +
+	"\x06policy\x18\t \x01(\v2\x19.flowstate.v1.PhasePolicyR\x06policy\"\x87\x02\n" +
 	"\vPhasePolicy\x123\n" +
 	"\atimeout\x18\x14 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12F\n" +
 	"\x11heartbeat_timeout\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x10heartbeatTimeout\x12A\n" +
-	"\fretry_policy\x18\x16 \x01(\v2\x1e.flowstate.v1.PhaseRetryPolicyR\vretryPolicy\"\xe6\x01\n" +
+	"\fretry_policy\x18\x16 \x01(\v2\x1e.flowstate.v1.PhaseRetryPolicyR\vretryPolicy\x128\n" +
+	"\bapproval\x18\x19 \x01(\v2\x1c.flowstate.v1.ApprovalPolicyR\bapproval\"\xe6\x01\n" +
 	"\x10PhaseRetryPolicy\x12B\n" +
 	"\x0finitial_backoff\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12\x1e\n" +
 	"\n" +
@@ -604,32 +626,35 @@ var file_flowstate_v1_definition_proto_goTypes = []any{
 	(*PhaseTransitionRule)(nil),   // 4: flowstate.v1.PhaseTransitionRule
 	(*PhaseStateProgress)(nil),    // 5: flowstate.v1.PhaseStateProgress
 	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(FlowStatus)(0),               // 7: flowstate.v1.FlowStatus
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
-	(ErrorCode)(0),                // 9: flowstate.v1.ErrorCode
-	(PhaseState)(0),               // 10: flowstate.v1.PhaseState
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(FlowStatus)(0),               // 8: flowstate.v1.FlowStatus
+	(*ApprovalPolicy)(nil),        // 9: flowstate.v1.ApprovalPolicy
+	(ErrorCode)(0),                // 10: flowstate.v1.ErrorCode
+	(PhaseState)(0),               // 11: flowstate.v1.PhaseState
 }
 var file_flowstate_v1_definition_proto_depIdxs = []int32{
 	1,  // 0: flowstate.v1.FlowDefinition.phases:type_name -> flowstate.v1.PhaseDefinition
 	4,  // 1: flowstate.v1.FlowDefinition.phase_transitions:type_name -> flowstate.v1.PhaseTransitionRule
 	5,  // 2: flowstate.v1.FlowDefinition.progress_factors:type_name -> flowstate.v1.PhaseStateProgress
 	6,  // 3: flowstate.v1.FlowDefinition.create_time:type_name -> google.protobuf.Timestamp
-	7,  // 4: flowstate.v1.PhaseDefinition.status_group:type_name -> flowstate.v1.FlowStatus
-	2,  // 5: flowstate.v1.PhaseDefinition.policy:type_name -> flowstate.v1.PhasePolicy
-	8,  // 6: flowstate.v1.PhasePolicy.timeout:type_name -> google.protobuf.Duration
-	8,  // 7: flowstate.v1.PhasePolicy.heartbeat_timeout:type_name -> google.protobuf.Duration
-	3,  // 8: flowstate.v1.PhasePolicy.retry_policy:type_name -> flowstate.v1.PhaseRetryPolicy
-	8,  // 9: flowstate.v1.PhaseRetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	8,  // 10: flowstate.v1.PhaseRetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	9,  // 11: flowstate.v1.PhaseRetryPolicy.retry_on:type_name -> flowstate.v1.ErrorCode
-	10, // 12: flowstate.v1.PhaseTransitionRule.from_state:type_name -> flowstate.v1.PhaseState
-	10, // 13: flowstate.v1.PhaseTransitionRule.to_states:type_name -> flowstate.v1.PhaseState
-	10, // 14: flowstate.v1.PhaseStateProgress.state:type_name -> flowstate.v1.PhaseState
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	7,  // 4: flowstate.v1.FlowDefinition.deadline:type_name -> google.protobuf.Duration
+	8,  // 5: flowstate.v1.PhaseDefinition.status_group:type_name -> flowstate.v1.FlowStatus
+	2,  // 6: flowstate.v1.PhaseDefinition.policy:type_name -> flowstate.v1.PhasePolicy
+	7,  // 7: flowstate.v1.PhasePolicy.timeout:type_name -> google.protobuf.Duration
+	7,  // 8: flowstate.v1.PhasePolicy.heartbeat_timeout:type_name -> google.protobuf.Duration
+	3,  // 9: flowstate.v1.PhasePolicy.retry_policy:type_name -> flowstate.v1.PhaseRetryPolicy
+	9,  // 10: flowstate.v1.PhasePolicy.approval:type_name -> flowstate.v1.ApprovalPolicy
+	7,  // 11: flowstate.v1.PhaseRetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	7,  // 12: flowstate.v1.PhaseRetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	10, // 13: flowstate.v1.PhaseRetryPolicy.retry_on:type_name -> flowstate.v1.ErrorCode
+	11, // 14: flowstate.v1.PhaseTransitionRule.from_state:type_name -> flowstate.v1.PhaseState
+	11, // 15: flowstate.v1.PhaseTransitionRule.to_states:type_name -> flowstate.v1.PhaseState
+	11, // 16: flowstate.v1.PhaseStateProgress.state:type_name -> flowstate.v1.PhaseState
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_definition_proto_init() }
@@ -637,6 +662,7 @@ func file_flowstate_v1_definition_proto_init() {
 	if File_flowstate_v1_definition_proto != nil {
 		return
 	}
+	file_flowstate_v1_approvals_proto_init()
 	file_flowstate_v1_errors_proto_init()
 	file_flowstate_v1_states_proto_init()
 	type x struct{}

@@ -55,7 +55,15 @@ type Flow struct {
 	// A human-readable name given at creation.
 	DisplayName string `protobuf:"bytes,13,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// Free-form labels given at creation (at most 64 entries).
-	Labels        map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When the flow should be finished (CreateFlowRequest.deadline, or creation
+	// plus the definition's `deadline`); unset: none. A flow not terminal by
+	// then gets one DEADLINE_EXCEEDED alert.
+	Deadline *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// The alerts in force: breaches raised and not over yet (a STUCK alert ends
+	// with the flow's next change, an APPROVAL_TIMEOUT one when the phase leaves
+	// WAITING_APPROVAL; DEADLINE_EXCEEDED stays). Empty on terminal flows.
+	Alerts        []*FlowAlert `protobuf:"bytes,26,rep,name=alerts,proto3" json:"alerts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -188,6 +196,20 @@ func (x *Flow) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *Flow) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *Flow) GetAlerts() []*FlowAlert {
+	if x != nil {
+		return x.Alerts
+	}
+	return nil
+}
+
 // The state of one phase of a flow. Output only.
 type Phase struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -220,8 +242,10 @@ type Phase struct {
 	// definition's retry policy): set while it is FAILED with a retry scheduled,
 	// kept in RETRY_NEEDED (when the retry became due); unset otherwise.
 	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The last approval decision on the phase (DecidePhase); unset if none.
+	Approval      *PhaseApproval `protobuf:"bytes,25,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Phase) Reset() {
@@ -345,11 +369,18 @@ func (x *Phase) GetNextAttemptTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Phase) GetApproval() *PhaseApproval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 var File_flowstate_v1_flow_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"\n" +
-	"\x17flowstate/v1/flow.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x05\n" +
+	"\x17flowstate/v1/flow.proto\x12\fflowstate.v1\x1a\x1cflowstate/v1/approvals.proto\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x06\n" +
 	"\x04Flow\x12\x17\n" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12*\n" +
 	"\x11client_account_id\x18\x02 \x01(\tR\x0fclientAccountId\x12#\n" +
@@ -367,10 +398,12 @@ const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12!\n" +
 	"\fdisplay_name\x18\r \x01(\tR\vdisplayName\x126\n" +
-	"\x06labels\x18\x0e \x03(\v2\x1e.flowstate.v1.Flow.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x0e \x03(\v2\x1e.flowstate.v1.Flow.LabelsEntryR\x06labels\x126\n" +
+	"\bdeadline\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12/\n" +
+	"\x06alerts\x18\x1a \x03(\v2\x17.flowstate.v1.FlowAlertR\x06alerts\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa5\x05\n" +
 	"\x05Phase\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.flowstate.v1.PhaseStateR\x05state\x12\x1a\n" +
@@ -388,7 +421,8 @@ const file_flowstate_v1_flow_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\fcompleteTime\x12\x16\n" +
 	"\x06weight\x18\v \x01(\x05R\x06weight\x12\x1a\n" +
 	"\boptional\x18\f \x01(\bR\boptional\x12F\n" +
-	"\x11next_attempt_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTimeB\xa1\x01\n" +
+	"\x11next_attempt_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\x127\n" +
+	"\bapproval\x18\x19 \x01(\v2\x1b.flowstate.v1.PhaseApprovalR\bapprovalB\xa1\x01\n" +
 	"\x10com.flowstate.v1B\tFlowProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -410,8 +444,10 @@ var file_flowstate_v1_flow_proto_goTypes = []any{
 	nil,                           // 2: flowstate.v1.Flow.LabelsEntry
 	(FlowStatus)(0),               // 3: flowstate.v1.FlowStatus
 	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(PhaseState)(0),               // 5: flowstate.v1.PhaseState
-	(*PhaseFailure)(nil),          // 6: flowstate.v1.PhaseFailure
+	(*FlowAlert)(nil),             // 5: flowstate.v1.FlowAlert
+	(PhaseState)(0),               // 6: flowstate.v1.PhaseState
+	(*PhaseFailure)(nil),          // 7: flowstate.v1.PhaseFailure
+	(*PhaseApproval)(nil),         // 8: flowstate.v1.PhaseApproval
 }
 var file_flowstate_v1_flow_proto_depIdxs = []int32{
 	3,  // 0: flowstate.v1.Flow.status:type_name -> flowstate.v1.FlowStatus
@@ -420,18 +456,21 @@ var file_flowstate_v1_flow_proto_depIdxs = []int32{
 	4,  // 3: flowstate.v1.Flow.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 4: flowstate.v1.Flow.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: flowstate.v1.Flow.labels:type_name -> flowstate.v1.Flow.LabelsEntry
-	5,  // 6: flowstate.v1.Phase.state:type_name -> flowstate.v1.PhaseState
-	4,  // 7: flowstate.v1.Phase.last_retry_time:type_name -> google.protobuf.Timestamp
-	6,  // 8: flowstate.v1.Phase.error_context:type_name -> flowstate.v1.PhaseFailure
-	4,  // 9: flowstate.v1.Phase.state_enter_time:type_name -> google.protobuf.Timestamp
-	4,  // 10: flowstate.v1.Phase.start_time:type_name -> google.protobuf.Timestamp
-	4,  // 11: flowstate.v1.Phase.complete_time:type_name -> google.protobuf.Timestamp
-	4,  // 12: flowstate.v1.Phase.next_attempt_time:type_name -> google.protobuf.Timestamp
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	4,  // 6: flowstate.v1.Flow.deadline:type_name -> google.protobuf.Timestamp
+	5,  // 7: flowstate.v1.Flow.alerts:type_name -> flowstate.v1.FlowAlert
+	6,  // 8: flowstate.v1.Phase.state:type_name -> flowstate.v1.PhaseState
+	4,  // 9: flowstate.v1.Phase.last_retry_time:type_name -> google.protobuf.Timestamp
+	7,  // 10: flowstate.v1.Phase.error_context:type_name -> flowstate.v1.PhaseFailure
+	4,  // 11: flowstate.v1.Phase.state_enter_time:type_name -> google.protobuf.Timestamp
+	4,  // 12: flowstate.v1.Phase.start_time:type_name -> google.protobuf.Timestamp
+	4,  // 13: flowstate.v1.Phase.complete_time:type_name -> google.protobuf.Timestamp
+	4,  // 14: flowstate.v1.Phase.next_attempt_time:type_name -> google.protobuf.Timestamp
+	8,  // 15: flowstate.v1.Phase.approval:type_name -> flowstate.v1.PhaseApproval
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_proto_init() }
@@ -439,6 +478,7 @@ func file_flowstate_v1_flow_proto_init() {
 	if File_flowstate_v1_flow_proto != nil {
 		return
 	}
+	file_flowstate_v1_approvals_proto_init()
 	file_flowstate_v1_errors_proto_init()
 	file_flowstate_v1_states_proto_init()
 	type x struct{}

@@ -51,6 +51,12 @@ const (
 	HistoryEventKind_HISTORY_EVENT_KIND_CANCEL HistoryEventKind = 9
 	// An optional phase was skipped through SkipPhase (to_state SKIPPED).
 	HistoryEventKind_HISTORY_EVENT_KIND_SKIP HistoryEventKind = 10
+	// A person decided on a phase waiting for approval (DecidePhase), or its
+	// approval timed out (user `system:timer`); `approval` says what.
+	HistoryEventKind_HISTORY_EVENT_KIND_DECISION HistoryEventKind = 35
+	// The server raised an alert (`alert` says which); no phase changed. Streams
+	// send it as FlowEvent.alert.
+	HistoryEventKind_HISTORY_EVENT_KIND_ALERT HistoryEventKind = 36
 )
 
 // Enum value maps for HistoryEventKind.
@@ -67,6 +73,8 @@ var (
 		8:  "HISTORY_EVENT_KIND_RESUME",
 		9:  "HISTORY_EVENT_KIND_CANCEL",
 		10: "HISTORY_EVENT_KIND_SKIP",
+		35: "HISTORY_EVENT_KIND_DECISION",
+		36: "HISTORY_EVENT_KIND_ALERT",
 	}
 	HistoryEventKind_value = map[string]int32{
 		"HISTORY_EVENT_KIND_UNSPECIFIED":      0,
@@ -80,6 +88,8 @@ var (
 		"HISTORY_EVENT_KIND_RESUME":           8,
 		"HISTORY_EVENT_KIND_CANCEL":           9,
 		"HISTORY_EVENT_KIND_SKIP":             10,
+		"HISTORY_EVENT_KIND_DECISION":         35,
+		"HISTORY_EVENT_KIND_ALERT":            36,
 	}
 )
 
@@ -153,8 +163,12 @@ type HistoryEntry struct {
 	// For a failure the phase's retry policy will retry: when the server moves
 	// the phase to RETRY_NEEDED.
 	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// For DECISION: the decision, approver and comment.
+	Approval *PhaseApproval `protobuf:"bytes,25,opt,name=approval,proto3" json:"approval,omitempty"`
+	// For ALERT: the alert raised.
+	Alert         *FlowAlert `protobuf:"bytes,26,opt,name=alert,proto3" json:"alert,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HistoryEntry) Reset() {
@@ -313,11 +327,25 @@ func (x *HistoryEntry) GetNextAttemptTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *HistoryEntry) GetApproval() *PhaseApproval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+func (x *HistoryEntry) GetAlert() *FlowAlert {
+	if x != nil {
+		return x.Alert
+	}
+	return nil
+}
+
 var File_flowstate_v1_history_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_history_proto_rawDesc = "" +
 	"\n" +
-	"\x1aflowstate/v1/history.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x06\n" +
+	"\x1aflowstate/v1/history.proto\x12\fflowstate.v1\x1a\x1cflowstate/v1/approvals.proto\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\a\n" +
 	"\fHistoryEntry\x12\x17\n" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12!\n" +
 	"\fflow_version\x18\x02 \x01(\x03R\vflowVersion\x122\n" +
@@ -341,7 +369,9 @@ const file_flowstate_v1_history_proto_rawDesc = "" +
 	"\x0eprogress_after\x18\x10 \x01(\x01R\rprogressAfter\x12\x1f\n" +
 	"\vcause_phase\x18\x11 \x01(\tR\n" +
 	"causePhase\x12F\n" +
-	"\x11next_attempt_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime*\xfb\x02\n" +
+	"\x11next_attempt_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\x127\n" +
+	"\bapproval\x18\x19 \x01(\v2\x1b.flowstate.v1.PhaseApprovalR\bapproval\x12-\n" +
+	"\x05alert\x18\x1a \x01(\v2\x17.flowstate.v1.FlowAlertR\x05alert*\xba\x03\n" +
 	"\x10HistoryEventKind\x12\"\n" +
 	"\x1eHISTORY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aHISTORY_EVENT_KIND_CREATED\x10\x01\x12!\n" +
@@ -354,7 +384,9 @@ const file_flowstate_v1_history_proto_rawDesc = "" +
 	"\x19HISTORY_EVENT_KIND_RESUME\x10\b\x12\x1d\n" +
 	"\x19HISTORY_EVENT_KIND_CANCEL\x10\t\x12\x1b\n" +
 	"\x17HISTORY_EVENT_KIND_SKIP\x10\n" +
-	"B\xa4\x01\n" +
+	"\x12\x1f\n" +
+	"\x1bHISTORY_EVENT_KIND_DECISION\x10#\x12\x1c\n" +
+	"\x18HISTORY_EVENT_KIND_ALERT\x10$B\xa4\x01\n" +
 	"\x10com.flowstate.v1B\fHistoryProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -380,6 +412,8 @@ var file_flowstate_v1_history_proto_goTypes = []any{
 	(*PhaseFailure)(nil),          // 5: flowstate.v1.PhaseFailure
 	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(*PhaseApproval)(nil),         // 8: flowstate.v1.PhaseApproval
+	(*FlowAlert)(nil),             // 9: flowstate.v1.FlowAlert
 }
 var file_flowstate_v1_history_proto_depIdxs = []int32{
 	0,  // 0: flowstate.v1.HistoryEntry.kind:type_name -> flowstate.v1.HistoryEventKind
@@ -392,11 +426,13 @@ var file_flowstate_v1_history_proto_depIdxs = []int32{
 	6,  // 7: flowstate.v1.HistoryEntry.occur_time:type_name -> google.protobuf.Timestamp
 	7,  // 8: flowstate.v1.HistoryEntry.time_in_state:type_name -> google.protobuf.Duration
 	6,  // 9: flowstate.v1.HistoryEntry.next_attempt_time:type_name -> google.protobuf.Timestamp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	8,  // 10: flowstate.v1.HistoryEntry.approval:type_name -> flowstate.v1.PhaseApproval
+	9,  // 11: flowstate.v1.HistoryEntry.alert:type_name -> flowstate.v1.FlowAlert
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_history_proto_init() }
@@ -404,6 +440,7 @@ func file_flowstate_v1_history_proto_init() {
 	if File_flowstate_v1_history_proto != nil {
 		return
 	}
+	file_flowstate_v1_approvals_proto_init()
 	file_flowstate_v1_errors_proto_init()
 	file_flowstate_v1_states_proto_init()
 	type x struct{}

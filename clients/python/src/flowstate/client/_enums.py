@@ -15,6 +15,8 @@ __all__ = [
     "BulkActionState",
     "BulkActionType",
     "BulkFlowOutcome",
+    "AlertKind",
+    "ApprovalDecision",
     "ErrorCode",
     "FlowEventKind",
     "FlowStatus",
@@ -153,6 +155,10 @@ class ErrorCode(_ProtoEnum):
     WEBHOOK_NOT_FOUND = 45
     RATE_LIMITED = 46
     BULK_ACTION_NOT_FOUND = 40
+    #: Phase failure code (non-retryable): a person rejected the phase (or its approval timed out).
+    APPROVAL_REJECTED = 35
+    #: Refusal: the phase's policy requires a DecidePhase decision.
+    APPROVAL_REQUIRED = 36
 
 
 class HistoryEventKind(_ProtoEnum):
@@ -169,6 +175,28 @@ class HistoryEventKind(_ProtoEnum):
     RESUME = 8
     CANCEL = 9
     SKIP = 10
+    #: A person decided on a phase waiting for approval (`HistoryEntry.approval`).
+    DECISION = 35
+    #: The server raised an alert (`HistoryEntry.alert`); no phase changed.
+    ALERT = 36
+
+
+class ApprovalDecision(_ProtoEnum):
+    """A decision on a phase waiting for approval (``flowstate.v1.ApprovalDecision``)."""
+
+    UNSPECIFIED = 0
+    APPROVE = 1
+    REJECT = 2
+    REQUEST_CHANGES = 3
+
+
+class AlertKind(_ProtoEnum):
+    """What an alert is about (``flowstate.v1.AlertKind``)."""
+
+    UNSPECIFIED = 0
+    DEADLINE_EXCEEDED = 1
+    STUCK = 2
+    APPROVAL_TIMEOUT = 3
 
 
 class RecoveryAction(_ProtoEnum):
@@ -191,6 +219,8 @@ class FlowEventKind(enum.StrEnum):
     SNAPSHOT = "snapshot"
     CHANGE = "change"
     HEARTBEAT = "heartbeat"
+    #: The server raised an alert on the flow (a deadline passed, stuck, approval timeout).
+    ALERT = "alert"
 
 
 class BulkActionType(_ProtoEnum):
@@ -233,4 +263,6 @@ _PREFIXES = {
     "ErrorCode": "ERROR_CODE_",
     "HistoryEventKind": "HISTORY_EVENT_KIND_",
     "RecoveryAction": "RECOVERY_ACTION_",
+    "ApprovalDecision": "APPROVAL_DECISION_",
+    "AlertKind": "ALERT_KIND_",
 }

@@ -293,6 +293,10 @@ class FlowTerminal(FailedPrecondition):
     """The flow is COMPLETED or CANCELLED; nothing changes it any more."""
 
 
+class ApprovalRequired(FailedPrecondition):
+    """The phase's policy requires an approval decision: use `decide_phase` (flows:approve)."""
+
+
 class _RetryAccounting(FailedPrecondition):
     @property
     def attempts_remaining(self) -> int | None:
@@ -443,6 +447,7 @@ _BY_REASON: dict[ErrorCode, type[FlowstateError]] = {
     ErrorCode.DEFINITION_SHADOWS_BUILTIN: DefinitionShadowsBuiltin,
     ErrorCode.WEBHOOK_NOT_FOUND: WebhookNotFound,
     ErrorCode.RATE_LIMITED: RateLimited,
+    ErrorCode.APPROVAL_REQUIRED: ApprovalRequired,
     ErrorCode.UNAUTHENTICATED: Unauthenticated,
     ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE: Unavailable,

@@ -22,6 +22,8 @@ from flowstate.client._enums import (
     BulkActionState,
     BulkActionType,
     BulkFlowOutcome,
+    AlertKind,
+    ApprovalDecision,
     ErrorCode,
     FlowEventKind,
     FlowStatus,
@@ -30,7 +32,14 @@ from flowstate.client._enums import (
     RecoveryAction,
 )
 from flowstate.client._errors import FlowstateError, error_from_flow_error, whole_numbers
-from flowstate.v1 import definition_pb2, errors_pb2, flow_pb2, flow_service_pb2, history_pb2
+from flowstate.v1 import (
+    approvals_pb2,
+    definition_pb2,
+    errors_pb2,
+    flow_pb2,
+    flow_service_pb2,
+    history_pb2,
+)
 
 if TYPE_CHECKING:
     from flowstate.client._async_client import AsyncFlowstateClient
@@ -42,6 +51,7 @@ __all__ = [
     "DefinitionPage",
     "DefinitionRegistration",
     "Flow",
+    "FlowAlert",
     "FlowDefinition",
     "FlowEvent",
     "FlowPage",
@@ -50,6 +60,7 @@ __all__ = [
     "HistoryPage",
     "MutationResult",
     "Phase",
+    "PhaseApproval",
     "PhaseDefinition",
     "PhaseFailure",
     "RecoveryOption",
@@ -112,6 +123,57 @@ class PhaseFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class PhaseApproval:
+    """Who decided what about a phase waiting for approval, and when."""
+
+    decision: ApprovalDecision
+    #: The decider's token subject (``system:timer`` for an approval timeout).
+    approver: str
+    comment: str
+    decide_time: datetime | None
+    raw: approvals_pb2.PhaseApproval = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def _from_proto(cls, raw: approvals_pb2.PhaseApproval) -> PhaseApproval:
+        return cls(
+            decision=ApprovalDecision(raw.decision),
+            approver=raw.approver,
+            comment=raw.comment,
+            decide_time=_time(raw, "decide_time"),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowAlert:
+    """A breach the server raised on a flow: a passed deadline, a stuck flow, an approval
+    timeout escalated."""
+
+    kind: AlertKind
+    #: The phase it is about (APPROVAL_TIMEOUT); None otherwise.
+    phase: str | None
+    #: The flow status when the alert was raised.
+    status: FlowStatus
+    #: When the breached limit was due.
+    due_time: datetime | None
+    raise_time: datetime | None
+    message: str
+    raw: approvals_pb2.FlowAlert = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def _from_proto(cls, raw: approvals_pb2.FlowAlert) -> FlowAlert:
+        return cls(
+            kind=AlertKind(raw.kind),
+            phase=raw.phase or None,
+            status=FlowStatus(raw.status),
+            due_time=_time(raw, "due_time"),
+            raise_time=_time(raw, "raise_time"),
+            message=raw.message,
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Phase:
     """The state of one phase of a flow."""
 
@@ -133,6 +195,8 @@ class Phase:
     #: When the server moves the phase to RETRY_NEEDED by itself (its retry policy): set while
     #: FAILED with a retry scheduled, kept in RETRY_NEEDED; None otherwise.
     next_attempt_time: datetime | None = None
+    #: The last approval decision on the phase (`decide_phase`); None if none.
+    approval: PhaseApproval | None = None
 
     @property
     def attempts_remaining(self) -> int:
@@ -160,6 +224,9 @@ class Phase:
             raw=raw,
             optional=raw.optional,
             next_attempt_time=_time(raw, "next_attempt_time"),
+            approval=(
+                PhaseApproval._from_proto(raw.approval) if raw.HasField("approval") else None
+            ),
         )
 
 
@@ -185,6 +252,10 @@ class Flow:
     display_name: str
     labels: Mapping[str, str]
     raw: flow_pb2.Flow = dataclasses.field(repr=False, compare=False)
+    #: When the flow should be finished; None: no deadline.
+    deadline: datetime | None = None
+    #: The alerts in force (raised and not over yet).
+    alerts: tuple[FlowAlert, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -220,6 +291,8 @@ class Flow:
             display_name=raw.display_name,
             labels=dict(raw.labels),
             raw=raw,
+            deadline=_time(raw, "deadline"),
+            alerts=tuple(FlowAlert._from_proto(alert) for alert in raw.alerts),
         )
 
 
@@ -250,6 +323,10 @@ class HistoryEntry:
     raw: history_pb2.HistoryEntry = dataclasses.field(repr=False, compare=False)
     #: For a failure the phase's retry policy retries: when the server moves it to RETRY_NEEDED.
     next_attempt_time: datetime | None = None
+    #: For DECISION entries: the decision, approver and comment.
+    approval: PhaseApproval | None = None
+    #: For ALERT entries: the alert raised.
+    alert: FlowAlert | None = None
 
     @classmethod
     def _from_proto(cls, raw: history_pb2.HistoryEntry) -> HistoryEntry:
@@ -277,6 +354,10 @@ class HistoryEntry:
             cause_phase=raw.cause_phase or None,
             raw=raw,
             next_attempt_time=_time(raw, "next_attempt_time"),
+            approval=(
+                PhaseApproval._from_proto(raw.approval) if raw.HasField("approval") else None
+            ),
+            alert=FlowAlert._from_proto(raw.alert) if raw.HasField("alert") else None,
         )
 
 
@@ -290,6 +371,7 @@ _MutationResponse = (
     | flow_service_pb2.ResumeFlowResponse
     | flow_service_pb2.CancelFlowResponse
     | flow_service_pb2.SkipPhaseResponse
+    | flow_service_pb2.DecidePhaseResponse
 )
 
 
@@ -741,6 +823,8 @@ class FlowEvent:
     #: For `watch_flows`: resume after this event by passing it as ``cursor``.
     cursor: str | None
     raw: flow_service_pb2.FlowEvent = dataclasses.field(repr=False, compare=False)
+    #: The alert the server raised (``kind == ALERT``).
+    alert: FlowAlert | None = None
 
     @classmethod
     def _from_proto(cls, raw: flow_service_pb2.FlowEvent, cursor: str | None = None) -> FlowEvent:
@@ -757,4 +841,5 @@ class FlowEvent:
             heartbeat_time=(_time(raw.heartbeat, "server_time") if which == "heartbeat" else None),
             cursor=cursor or None,
             raw=raw,
+            alert=FlowAlert._from_proto(raw.alert) if which == "alert" else None,
         )

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
-from flowstate.client._enums import ErrorCode, FlowStatus, PhaseState
-from flowstate.v1 import definition_pb2, errors_pb2, flow_service_pb2, states_pb2
+from flowstate.client._enums import ApprovalDecision, ErrorCode, FlowStatus, PhaseState
+from flowstate.v1 import approvals_pb2, definition_pb2, errors_pb2, flow_service_pb2, states_pb2
 
 __all__ = [
     "EnumLike",
@@ -100,15 +100,41 @@ def create_flow(
     display_name: str,
     labels: Mapping[str, str] | None,
     request_id: str | None,
+    deadline: datetime | None = None,
 ) -> flow_service_pb2.CreateFlowRequest:
     """A ``CreateFlowRequest``."""
-    return flow_service_pb2.CreateFlowRequest(
+    request = flow_service_pb2.CreateFlowRequest(
         request_id=request_id or new_request_id(),
         definition_name=definition_name,
         definition_version=definition_version,
         flow_id=flow_id or "",
         display_name=display_name,
         labels=dict(labels or {}),
+    )
+    if deadline is not None:
+        if deadline.tzinfo is None:
+            raise ValueError("deadline must be timezone-aware")
+        request.deadline.FromDatetime(deadline)
+    return request
+
+
+def decide_phase(
+    flow_id: str,
+    phase: str,
+    decision: EnumLike,
+    *,
+    comment: str,
+    request_id: str | None,
+    expected_version: int | None,
+) -> flow_service_pb2.DecidePhaseRequest:
+    """A ``DecidePhaseRequest`` (`decision`: an `ApprovalDecision`, its number or name)."""
+    return flow_service_pb2.DecidePhaseRequest(
+        flow_id=_flow_id(flow_id),
+        phase=phase,
+        decision=approvals_pb2.ApprovalDecision.ValueType(ApprovalDecision.parse(decision)),
+        comment=comment,
+        request_id=request_id or new_request_id(),
+        expected_version=expected_version,
     )
 
 
@@ -237,6 +263,7 @@ def list_flows(
     page_token: str | None,
     now: datetime | None = None,
     filter: str = "",
+    alerting: bool = False,
 ) -> flow_service_pb2.ListFlowsRequest:
     """A ``ListFlowsRequest``; a `timedelta` `updated_before` means "not changed for that long"."""
     request = flow_service_pb2.ListFlowsRequest(
@@ -245,6 +272,7 @@ def list_flows(
         filter=filter,
         statuses=[_flow_status(status) for status in statuses],
         definition_name=definition_name or "",
+        alerting=alerting,
     )
     for phase, states in (phase_states or {}).items():
         values = [states] if isinstance(states, int | str) else list(states)

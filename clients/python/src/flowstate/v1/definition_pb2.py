@@ -22,29 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from flowstate.v1 import approvals_pb2 as flowstate_dot_v1_dot_approvals__pb2
 from flowstate.v1 import errors_pb2 as flowstate_dot_v1_dot_errors__pb2
 from flowstate.v1 import states_pb2 as flowstate_dot_v1_dot_states__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66lowstate/v1/definition.proto\x12\x0c\x66lowstate.v1\x1a\x19\x66lowstate/v1/errors.proto\x1a\x19\x66lowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x02\n\x0e\x46lowDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12-\n\x06phases\x18\x03 \x03(\x0b\x32\x1d.flowstate.v1.PhaseDefinition\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12<\n\x11phase_transitions\x18\x06 \x03(\x0b\x32!.flowstate.v1.PhaseTransitionRule\x12:\n\x10progress_factors\x18\x07 \x03(\x0b\x32 .flowstate.v1.PhaseStateProgress\x12\x0f\n\x07\x62uiltin\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf0\x01\n\x0fPhaseDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndepends_on\x18\x02 \x03(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\x12.\n\x0cstatus_group\x18\x05 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x14\n\x0c\x64isplay_name\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x10\n\x08optional\x18\x08 \x01(\x08\x12)\n\x06policy\x18\t \x01(\x0b\x32\x19.flowstate.v1.PhasePolicy\"\xa5\x01\n\x0bPhasePolicy\x12*\n\x07timeout\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x15 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x0cretry_policy\x18\x16 \x01(\x0b\x32\x1e.flowstate.v1.PhaseRetryPolicy\"\xb5\x01\n\x10PhaseRetryPolicy\x12\x32\n\x0finitial_backoff\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x08retry_on\x18\x04 \x03(\x0e\x32\x17.flowstate.v1.ErrorCode\"p\n\x13PhaseTransitionRule\x12,\n\nfrom_state\x18\x01 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12+\n\tto_states\x18\x02 \x03(\x0e\x32\x18.flowstate.v1.PhaseState\"M\n\x12PhaseStateProgress\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66lowstate/v1/definition.proto\x12\x0c\x66lowstate.v1\x1a\x1c\x66lowstate/v1/approvals.proto\x1a\x19\x66lowstate/v1/errors.proto\x1a\x19\x66lowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n\x0e\x46lowDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12-\n\x06phases\x18\x03 \x03(\x0b\x32\x1d.flowstate.v1.PhaseDefinition\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12<\n\x11phase_transitions\x18\x06 \x03(\x0b\x32!.flowstate.v1.PhaseTransitionRule\x12:\n\x10progress_factors\x18\x07 \x03(\x0b\x32 .flowstate.v1.PhaseStateProgress\x12\x0f\n\x07\x62uiltin\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64\x65\x61\x64line\x18\x19 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf0\x01\n\x0fPhaseDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndepends_on\x18\x02 \x03(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\x12.\n\x0cstatus_group\x18\x05 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x14\n\x0c\x64isplay_name\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x10\n\x08optional\x18\x08 \x01(\x08\x12)\n\x06policy\x18\t \x01(\x0b\x32\x19.flowstate.v1.PhasePolicy\"\xd5\x01\n\x0bPhasePolicy\x12*\n\x07timeout\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x15 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x0cretry_policy\x18\x16 \x01(\x0b\x32\x1e.flowstate.v1.PhaseRetryPolicy\x12.\n\x08\x61pproval\x18\x19 \x01(\x0b\x32\x1c.flowstate.v1.ApprovalPolicy\"\xb5\x01\n\x10PhaseRetryPolicy\x12\x32\n\x0finitial_backoff\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x08retry_on\x18\x04 \x03(\x0e\x32\x17.flowstate.v1.ErrorCode\"p\n\x13PhaseTransitionRule\x12,\n\nfrom_state\x18\x01 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12+\n\tto_states\x18\x02 \x03(\x0e\x32\x18.flowstate.v1.PhaseState\"M\n\x12PhaseStateProgress\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowstate.v1.definition_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FLOWDEFINITION']._serialized_start=167
-  _globals['_FLOWDEFINITION']._serialized_end=492
-  _globals['_PHASEDEFINITION']._serialized_start=495
-  _globals['_PHASEDEFINITION']._serialized_end=735
-  _globals['_PHASEPOLICY']._serialized_start=738
-  _globals['_PHASEPOLICY']._serialized_end=903
-  _globals['_PHASERETRYPOLICY']._serialized_start=906
-  _globals['_PHASERETRYPOLICY']._serialized_end=1087
-  _globals['_PHASETRANSITIONRULE']._serialized_start=1089
-  _globals['_PHASETRANSITIONRULE']._serialized_end=1201
-  _globals['_PHASESTATEPROGRESS']._serialized_start=1203
-  _globals['_PHASESTATEPROGRESS']._serialized_end=1280
+  _globals['_FLOWDEFINITION']._serialized_start=197
+  _globals['_FLOWDEFINITION']._serialized_end=567
+  _globals['_PHASEDEFINITION']._serialized_start=570
+  _globals['_PHASEDEFINITION']._serialized_end=810
+  _globals['_PHASEPOLICY']._serialized_start=813
+  _globals['_PHASEPOLICY']._serialized_end=1026
+  _globals['_PHASERETRYPOLICY']._serialized_start=1029
+  _globals['_PHASERETRYPOLICY']._serialized_end=1210
+  _globals['_PHASETRANSITIONRULE']._serialized_start=1212
+  _globals['_PHASETRANSITIONRULE']._serialized_end=1324
+  _globals['_PHASESTATEPROGRESS']._serialized_start=1326
+  _globals['_PHASESTATEPROGRESS']._serialized_end=1403
 # @@protoc_insertion_point(module_scope)

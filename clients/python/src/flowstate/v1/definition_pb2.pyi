@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from flowstate.v1 import approvals_pb2 as _approvals_pb2
 from flowstate.v1 import errors_pb2 as _errors_pb2
 from flowstate.v1 import states_pb2 as _states_pb2
 from google.protobuf import descriptor as _descriptor
@@ -44,6 +45,7 @@ class FlowDefinition(_message.Message):
     PROGRESS_FACTORS_FIELD_NUMBER: _builtins.int
     BUILTIN_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The definition's name: lowercase letters, digits and `_`, starting with a
     letter, at most 63 characters, e.g. "discovery".
@@ -80,6 +82,12 @@ class FlowDefinition(_message.Message):
         database first stored it).
         """
 
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """How long after creation a flow of this definition should be finished
+        (Flow.deadline); unset: no deadline unless CreateFlow sets one.
+        """
+
     def __init__(
         self,
         *,
@@ -92,10 +100,11 @@ class FlowDefinition(_message.Message):
         progress_factors: _abc.Iterable[Global___PhaseStateProgress] | None = ...,
         builtin: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin", b"builtin", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "name", b"name", "phase_transitions", b"phase_transitions", "phases", b"phases", "progress_factors", b"progress_factors", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin", b"builtin", "create_time", b"create_time", "deadline", b"deadline", "description", b"description", "display_name", b"display_name", "name", b"name", "phase_transitions", b"phase_transitions", "phases", b"phases", "progress_factors", b"progress_factors", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -143,8 +152,8 @@ class PhaseDefinition(_message.Message):
 
     @_builtins.property
     def policy(self) -> Global___PhasePolicy:
-        """The phase's policies, applied by the server's timers (timeouts, automatic
-        retry); unset or empty: none.
+        """The phase's policies (DESIGN.md section 10): timeouts and automatic retry
+        (docs/timers.md), approvals (docs/approvals.md); unset or empty: none.
         """
 
     def __init__(
@@ -182,6 +191,7 @@ class PhasePolicy(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Longest time the phase may stay IN_PROGRESS."""
@@ -196,16 +206,23 @@ class PhasePolicy(_message.Message):
     def retry_policy(self) -> Global___PhaseRetryPolicy:
         """Automatic retry of the phase after it FAILED with one of the listed codes."""
 
+    @_builtins.property
+    def approval(self) -> _approvals_pb2.ApprovalPolicy:
+        """Approval: whether a decision is required before COMPLETED, who may decide,
+        and what happens when nobody decides in time (docs/approvals.md).
+        """
+
     def __init__(
         self,
         *,
         timeout: _duration_pb2.Duration | None = ...,
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
         retry_policy: Global___PhaseRetryPolicy | None = ...,
+        approval: _approvals_pb2.ApprovalPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "heartbeat_timeout", b"heartbeat_timeout", "retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "heartbeat_timeout", b"heartbeat_timeout", "retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

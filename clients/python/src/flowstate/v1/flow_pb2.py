@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from flowstate.v1 import approvals_pb2 as flowstate_dot_v1_dot_approvals__pb2
 from flowstate.v1 import errors_pb2 as flowstate_dot_v1_dot_errors__pb2
 from flowstate.v1 import states_pb2 as flowstate_dot_v1_dot_states__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lowstate/v1/flow.proto\x12\x0c\x66lowstate.v1\x1a\x19\x66lowstate/v1/errors.proto\x1a\x19\x66lowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x03\n\x04\x46low\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x19\n\x11\x63lient_account_id\x18\x02 \x01(\t\x12\x15\n\rengagement_id\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x04 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x05 \x01(\x05\x12(\n\x06status\x18\x06 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x35\n\x13status_before_pause\x18\x07 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12#\n\x06phases\x18\x08 \x03(\x0b\x32\x13.flowstate.v1.Phase\x12\x10\n\x08progress\x18\t \x01(\x01\x12\x0f\n\x07version\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64isplay_name\x18\r \x01(\t\x12.\n\x06labels\x18\x0e \x03(\x0b\x32\x1e.flowstate.v1.Flow.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd4\x03\n\x05Phase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x13\n\x0bretry_count\x18\x04 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x05 \x01(\x05\x12\x33\n\x0flast_retry_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rerror_context\x18\x07 \x01(\x0b\x32\x1a.flowstate.v1.PhaseFailure\x12\x34\n\x10state_enter_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06weight\x18\x0b \x01(\x05\x12\x10\n\x08optional\x18\x0c \x01(\x08\x12\x35\n\x11next_attempt_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lowstate/v1/flow.proto\x12\x0c\x66lowstate.v1\x1a\x1c\x66lowstate/v1/approvals.proto\x1a\x19\x66lowstate/v1/errors.proto\x1a\x19\x66lowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x04\n\x04\x46low\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x19\n\x11\x63lient_account_id\x18\x02 \x01(\t\x12\x15\n\rengagement_id\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x04 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x05 \x01(\x05\x12(\n\x06status\x18\x06 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x35\n\x13status_before_pause\x18\x07 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12#\n\x06phases\x18\x08 \x03(\x0b\x32\x13.flowstate.v1.Phase\x12\x10\n\x08progress\x18\t \x01(\x01\x12\x0f\n\x07version\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64isplay_name\x18\r \x01(\t\x12.\n\x06labels\x18\x0e \x03(\x0b\x32\x1e.flowstate.v1.Flow.LabelsEntry\x12,\n\x08\x64\x65\x61\x64line\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06\x61lerts\x18\x1a \x03(\x0b\x32\x17.flowstate.v1.FlowAlert\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x04\n\x05Phase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x13\n\x0bretry_count\x18\x04 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x05 \x01(\x05\x12\x33\n\x0flast_retry_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rerror_context\x18\x07 \x01(\x0b\x32\x1a.flowstate.v1.PhaseFailure\x12\x34\n\x10state_enter_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06weight\x18\x0b \x01(\x05\x12\x10\n\x08optional\x18\x0c \x01(\x08\x12\x35\n\x11next_attempt_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08\x61pproval\x18\x19 \x01(\x0b\x32\x1b.flowstate.v1.PhaseApprovalb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FLOW_LABELSENTRY']._loaded_options = None
   _globals['_FLOW_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_FLOW']._serialized_start=129
-  _globals['_FLOW']._serialized_end=639
-  _globals['_FLOW_LABELSENTRY']._serialized_start=594
-  _globals['_FLOW_LABELSENTRY']._serialized_end=639
-  _globals['_PHASE']._serialized_start=642
-  _globals['_PHASE']._serialized_end=1110
+  _globals['_FLOW']._serialized_start=159
+  _globals['_FLOW']._serialized_end=756
+  _globals['_FLOW_LABELSENTRY']._serialized_start=711
+  _globals['_FLOW_LABELSENTRY']._serialized_end=756
+  _globals['_PHASE']._serialized_start=759
+  _globals['_PHASE']._serialized_end=1274
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from flowstate.v1 import approvals_pb2 as _approvals_pb2
 from flowstate.v1 import errors_pb2 as _errors_pb2
 from flowstate.v1 import states_pb2 as _states_pb2
 from google.protobuf import descriptor as _descriptor
@@ -63,6 +64,8 @@ class Flow(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow's id (a UUID)."""
     client_account_id: _builtins.str
@@ -103,6 +106,20 @@ class Flow(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels given at creation (at most 64 entries)."""
 
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the flow should be finished (CreateFlowRequest.deadline, or creation
+        plus the definition's `deadline`); unset: none. A flow not terminal by
+        then gets one DEADLINE_EXCEEDED alert.
+        """
+
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[_approvals_pb2.FlowAlert]:
+        """The alerts in force: breaches raised and not over yet (a STUCK alert ends
+        with the flow's next change, an APPROVAL_TIMEOUT one when the phase leaves
+        WAITING_APPROVAL; DEADLINE_EXCEEDED stays). Empty on terminal flows.
+        """
+
     def __init__(
         self,
         *,
@@ -120,10 +137,12 @@ class Flow(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         display_name: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        alerts: _abc.Iterable[_approvals_pb2.FlowAlert] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_account_id", b"client_account_id", "create_time", b"create_time", "definition_name", b"definition_name", "definition_version", b"definition_version", "display_name", b"display_name", "engagement_id", b"engagement_id", "flow_id", b"flow_id", "labels", b"labels", "phases", b"phases", "progress", b"progress", "status", b"status", "status_before_pause", b"status_before_pause", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "client_account_id", b"client_account_id", "create_time", b"create_time", "deadline", b"deadline", "definition_name", b"definition_name", "definition_version", b"definition_version", "display_name", b"display_name", "engagement_id", b"engagement_id", "flow_id", b"flow_id", "labels", b"labels", "phases", b"phases", "progress", b"progress", "status", b"status", "status_before_pause", b"status_before_pause", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -148,6 +167,7 @@ class Phase(_message.Message):
     WEIGHT_FIELD_NUMBER: _builtins.int
     OPTIONAL_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The phase's name in the flow definition, e.g. "data_import"."""
     state: _states_pb2.PhaseState.ValueType
@@ -191,6 +211,10 @@ class Phase(_message.Message):
         kept in RETRY_NEEDED (when the retry became due); unset otherwise.
         """
 
+    @_builtins.property
+    def approval(self) -> _approvals_pb2.PhaseApproval:
+        """The last approval decision on the phase (DecidePhase); unset if none."""
+
     def __init__(
         self,
         *,
@@ -207,10 +231,11 @@ class Phase(_message.Message):
         weight: _builtins.int = ...,
         optional: _builtins.bool = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        approval: _approvals_pb2.PhaseApproval | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "next_attempt_time", b"next_attempt_time", "start_time", b"start_time", "state_enter_time", b"state_enter_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "next_attempt_time", b"next_attempt_time", "start_time", b"start_time", "state_enter_time", b"state_enter_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "max_retries", b"max_retries", "name", b"name", "next_attempt_time", b"next_attempt_time", "optional", b"optional", "progress", b"progress", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "state_enter_time", b"state_enter_time", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "max_retries", b"max_retries", "name", b"name", "next_attempt_time", b"next_attempt_time", "optional", b"optional", "progress", b"progress", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "state_enter_time", b"state_enter_time", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from flowstate.v1 import approvals_pb2 as flowstate_dot_v1_dot_approvals__pb2
 from flowstate.v1 import errors_pb2 as flowstate_dot_v1_dot_errors__pb2
 from flowstate.v1 import states_pb2 as flowstate_dot_v1_dot_states__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
@@ -29,15 +30,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lowstate/v1/history.proto\x12\x0c\x66lowstate.v1\x1a\x19\x66lowstate/v1/errors.proto\x1a\x19\x66lowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x05\n\x0cHistoryEntry\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x02 \x01(\x03\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.flowstate.v1.HistoryEventKind\x12\r\n\x05phase\x18\x04 \x01(\t\x12,\n\nfrom_state\x18\x05 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12*\n\x08to_state\x18\x06 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12/\n\rstatus_before\x18\x07 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12.\n\x0cstatus_after\x18\x08 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07user_id\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12)\n\x08metadata\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\rerror_context\x18\r \x01(\x0b\x32\x1a.flowstate.v1.PhaseFailure\x12.\n\noccur_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\rtime_in_state\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eprogress_after\x18\x10 \x01(\x01\x12\x13\n\x0b\x63\x61use_phase\x18\x11 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xfb\x02\n\x10HistoryEventKind\x12\"\n\x1eHISTORY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aHISTORY_EVENT_KIND_CREATED\x10\x01\x12!\n\x1dHISTORY_EVENT_KIND_TRANSITION\x10\x02\x12\x1f\n\x1bHISTORY_EVENT_KIND_PROGRESS\x10\x03\x12\x1f\n\x1bHISTORY_EVENT_KIND_ROLLBACK\x10\x04\x12\'\n#HISTORY_EVENT_KIND_CASCADE_ROLLBACK\x10\x05\x12\x1c\n\x18HISTORY_EVENT_KIND_RETRY\x10\x06\x12\x1c\n\x18HISTORY_EVENT_KIND_PAUSE\x10\x07\x12\x1d\n\x19HISTORY_EVENT_KIND_RESUME\x10\x08\x12\x1d\n\x19HISTORY_EVENT_KIND_CANCEL\x10\t\x12\x1b\n\x17HISTORY_EVENT_KIND_SKIP\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lowstate/v1/history.proto\x12\x0c\x66lowstate.v1\x1a\x1c\x66lowstate/v1/approvals.proto\x1a\x19\x66lowstate/v1/errors.proto\x1a\x19\x66lowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x05\n\x0cHistoryEntry\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x02 \x01(\x03\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.flowstate.v1.HistoryEventKind\x12\r\n\x05phase\x18\x04 \x01(\t\x12,\n\nfrom_state\x18\x05 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12*\n\x08to_state\x18\x06 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12/\n\rstatus_before\x18\x07 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12.\n\x0cstatus_after\x18\x08 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07user_id\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12)\n\x08metadata\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\rerror_context\x18\r \x01(\x0b\x32\x1a.flowstate.v1.PhaseFailure\x12.\n\noccur_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\rtime_in_state\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eprogress_after\x18\x10 \x01(\x01\x12\x13\n\x0b\x63\x61use_phase\x18\x11 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08\x61pproval\x18\x19 \x01(\x0b\x32\x1b.flowstate.v1.PhaseApproval\x12&\n\x05\x61lert\x18\x1a \x01(\x0b\x32\x17.flowstate.v1.FlowAlert*\xba\x03\n\x10HistoryEventKind\x12\"\n\x1eHISTORY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aHISTORY_EVENT_KIND_CREATED\x10\x01\x12!\n\x1dHISTORY_EVENT_KIND_TRANSITION\x10\x02\x12\x1f\n\x1bHISTORY_EVENT_KIND_PROGRESS\x10\x03\x12\x1f\n\x1bHISTORY_EVENT_KIND_ROLLBACK\x10\x04\x12\'\n#HISTORY_EVENT_KIND_CASCADE_ROLLBACK\x10\x05\x12\x1c\n\x18HISTORY_EVENT_KIND_RETRY\x10\x06\x12\x1c\n\x18HISTORY_EVENT_KIND_PAUSE\x10\x07\x12\x1d\n\x19HISTORY_EVENT_KIND_RESUME\x10\x08\x12\x1d\n\x19HISTORY_EVENT_KIND_CANCEL\x10\t\x12\x1b\n\x17HISTORY_EVENT_KIND_SKIP\x10\n\x12\x1f\n\x1bHISTORY_EVENT_KIND_DECISION\x10#\x12\x1c\n\x18HISTORY_EVENT_KIND_ALERT\x10$b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowstate.v1.history_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HISTORYEVENTKIND']._serialized_start=843
-  _globals['_HISTORYEVENTKIND']._serialized_end=1222
-  _globals['_HISTORYENTRY']._serialized_start=194
-  _globals['_HISTORYENTRY']._serialized_end=840
+  _globals['_HISTORYEVENTKIND']._serialized_start=960
+  _globals['_HISTORYEVENTKIND']._serialized_end=1402
+  _globals['_HISTORYENTRY']._serialized_start=224
+  _globals['_HISTORYENTRY']._serialized_end=957
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from flowstate.v1 import approvals_pb2 as _approvals_pb2
 from flowstate.v1 import errors_pb2 as _errors_pb2
 from flowstate.v1 import states_pb2 as _states_pb2
 from google.protobuf import descriptor as _descriptor
@@ -52,6 +53,14 @@ class _HistoryEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Hist
     """The flow was cancelled."""
     HISTORY_EVENT_KIND_SKIP: _HistoryEventKind.ValueType  # 10
     """An optional phase was skipped through SkipPhase (to_state SKIPPED)."""
+    HISTORY_EVENT_KIND_DECISION: _HistoryEventKind.ValueType  # 35
+    """A person decided on a phase waiting for approval (DecidePhase), or its
+    approval timed out (user `system:timer`); `approval` says what.
+    """
+    HISTORY_EVENT_KIND_ALERT: _HistoryEventKind.ValueType  # 36
+    """The server raised an alert (`alert` says which); no phase changed. Streams
+    send it as FlowEvent.alert.
+    """
 
 class HistoryEventKind(_HistoryEventKind, metaclass=_HistoryEventKindEnumTypeWrapper):
     """What kind of change a history entry records."""
@@ -80,6 +89,14 @@ HISTORY_EVENT_KIND_CANCEL: HistoryEventKind.ValueType  # 9
 """The flow was cancelled."""
 HISTORY_EVENT_KIND_SKIP: HistoryEventKind.ValueType  # 10
 """An optional phase was skipped through SkipPhase (to_state SKIPPED)."""
+HISTORY_EVENT_KIND_DECISION: HistoryEventKind.ValueType  # 35
+"""A person decided on a phase waiting for approval (DecidePhase), or its
+approval timed out (user `system:timer`); `approval` says what.
+"""
+HISTORY_EVENT_KIND_ALERT: HistoryEventKind.ValueType  # 36
+"""The server raised an alert (`alert` says which); no phase changed. Streams
+send it as FlowEvent.alert.
+"""
 Global___HistoryEventKind: _TypeAlias = HistoryEventKind  # noqa: Y015
 
 @_typing.final
@@ -108,6 +125,8 @@ class HistoryEntry(_message.Message):
     PROGRESS_AFTER_FIELD_NUMBER: _builtins.int
     CAUSE_PHASE_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow the entry belongs to."""
     flow_version: _builtins.int
@@ -160,6 +179,14 @@ class HistoryEntry(_message.Message):
         the phase to RETRY_NEEDED.
         """
 
+    @_builtins.property
+    def approval(self) -> _approvals_pb2.PhaseApproval:
+        """For DECISION: the decision, approver and comment."""
+
+    @_builtins.property
+    def alert(self) -> _approvals_pb2.FlowAlert:
+        """For ALERT: the alert raised."""
+
     def __init__(
         self,
         *,
@@ -181,10 +208,12 @@ class HistoryEntry(_message.Message):
         progress_after: _builtins.float = ...,
         cause_phase: _builtins.str = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        approval: _approvals_pb2.PhaseApproval | None = ...,
+        alert: _approvals_pb2.FlowAlert | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error_context", b"error_context", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "occur_time", b"occur_time", "time_in_state", b"time_in_state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "approval", b"approval", "error_context", b"error_context", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "occur_time", b"occur_time", "time_in_state", b"time_in_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause_phase", b"cause_phase", "error_context", b"error_context", "flow_id", b"flow_id", "flow_version", b"flow_version", "from_state", b"from_state", "kind", b"kind", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "occur_time", b"occur_time", "phase", b"phase", "progress_after", b"progress_after", "reason", b"reason", "request_id", b"request_id", "status_after", b"status_after", "status_before", b"status_before", "time_in_state", b"time_in_state", "to_state", b"to_state", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "approval", b"approval", "cause_phase", b"cause_phase", "error_context", b"error_context", "flow_id", b"flow_id", "flow_version", b"flow_version", "from_state", b"from_state", "kind", b"kind", "metadata", b"metadata", "next_attempt_time", b"next_attempt_time", "occur_time", b"occur_time", "phase", b"phase", "progress_after", b"progress_after", "reason", b"reason", "request_id", b"request_id", "status_after", b"status_after", "status_before", b"status_before", "time_in_state", b"time_in_state", "to_state", b"to_state", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { ApprovalPolicy } from "./approvals_pb.js";
+import { file_flowstate_v1_approvals } from "./approvals_pb.js";
 import type { ErrorCode } from "./errors_pb.js";
 import { file_flowstate_v1_errors } from "./errors_pb.js";
 import type { FlowStatus, PhaseState } from "./states_pb.js";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flowstate/v1/definition.proto.
  */
 export const file_flowstate_v1_definition: GenFile = /*@__PURE__*/
-  fileDesc("Ch1mbG93c3RhdGUvdjEvZGVmaW5pdGlvbi5wcm90bxIMZmxvd3N0YXRlLnYxIsUCCg5GbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSLQoGcGhhc2VzGAMgAygLMh0uZmxvd3N0YXRlLnYxLlBoYXNlRGVmaW5pdGlvbhIUCgxkaXNwbGF5X25hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSPAoRcGhhc2VfdHJhbnNpdGlvbnMYBiADKAsyIS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uUnVsZRI6ChBwcm9ncmVzc19mYWN0b3JzGAcgAygLMiAuZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGVQcm9ncmVzcxIPCgdidWlsdGluGAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLwAQoPUGhhc2VEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEgoKZGVwZW5kc19vbhgCIAMoCRIOCgZ3ZWlnaHQYAyABKAUSEwoLbWF4X3JldHJpZXMYBCABKAUSLgoMc3RhdHVzX2dyb3VwGAUgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFAoMZGlzcGxheV9uYW1lGAYgASgJEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhAKCG9wdGlvbmFsGAggASgIEikKBnBvbGljeRgJIAEoCzIZLmZsb3dzdGF0ZS52MS5QaGFzZVBvbGljeSKlAQoLUGhhc2VQb2xpY3kSKgoHdGltZW91dBgUIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChFoZWFydGJlYXRfdGltZW91dBgVIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0CgxyZXRyeV9wb2xpY3kYFiABKAsyHi5mbG93c3RhdGUudjEuUGhhc2VSZXRyeVBvbGljeSK1AQoQUGhhc2VSZXRyeVBvbGljeRIyCg9pbml0aWFsX2JhY2tvZmYYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbXVsdGlwbGllchgCIAEoARIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIpCghyZXRyeV9vbhgEIAMoDjIXLmZsb3dzdGF0ZS52MS5FcnJvckNvZGUicAoTUGhhc2VUcmFuc2l0aW9uUnVsZRIsCgpmcm9tX3N0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKwoJdG9fc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUiTQoSUGhhc2VTdGF0ZVByb2dyZXNzEicKBXN0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSDgoGZmFjdG9yGAIgASgBYgZwcm90bzM", [file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch1mbG93c3RhdGUvdjEvZGVmaW5pdGlvbi5wcm90bxIMZmxvd3N0YXRlLnYxIvICCg5GbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSLQoGcGhhc2VzGAMgAygLMh0uZmxvd3N0YXRlLnYxLlBoYXNlRGVmaW5pdGlvbhIUCgxkaXNwbGF5X25hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSPAoRcGhhc2VfdHJhbnNpdGlvbnMYBiADKAsyIS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uUnVsZRI6ChBwcm9ncmVzc19mYWN0b3JzGAcgAygLMiAuZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGVQcm9ncmVzcxIPCgdidWlsdGluGAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkZWFkbGluZRgZIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLwAQoPUGhhc2VEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEgoKZGVwZW5kc19vbhgCIAMoCRIOCgZ3ZWlnaHQYAyABKAUSEwoLbWF4X3JldHJpZXMYBCABKAUSLgoMc3RhdHVzX2dyb3VwGAUgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFAoMZGlzcGxheV9uYW1lGAYgASgJEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhAKCG9wdGlvbmFsGAggASgIEikKBnBvbGljeRgJIAEoCzIZLmZsb3dzdGF0ZS52MS5QaGFzZVBvbGljeSLVAQoLUGhhc2VQb2xpY3kSKgoHdGltZW91dBgUIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChFoZWFydGJlYXRfdGltZW91dBgVIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0CgxyZXRyeV9wb2xpY3kYFiABKAsyHi5mbG93c3RhdGUudjEuUGhhc2VSZXRyeVBvbGljeRIuCghhcHByb3ZhbBgZIAEoCzIcLmZsb3dzdGF0ZS52MS5BcHByb3ZhbFBvbGljeSK1AQoQUGhhc2VSZXRyeVBvbGljeRIyCg9pbml0aWFsX2JhY2tvZmYYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbXVsdGlwbGllchgCIAEoARIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIpCghyZXRyeV9vbhgEIAMoDjIXLmZsb3dzdGF0ZS52MS5FcnJvckNvZGUicAoTUGhhc2VUcmFuc2l0aW9uUnVsZRIsCgpmcm9tX3N0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKwoJdG9fc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUiTQoSUGhhc2VTdGF0ZVByb2dyZXNzEicKBXN0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSDgoGZmFjdG9yGAIgASgBYgZwcm90bzM", [file_flowstate_v1_approvals, file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A flow definition: ordered phases with dependencies (a DAG), weights that sum
@@ -97,6 +99,14 @@ export type FlowDefinition = Message<"flowstate.v1.FlowDefinition"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 9;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * How long after creation a flow of this definition should be finished
+   * (Flow.deadline); unset: no deadline unless CreateFlow sets one.
+   *
+   * @generated from field: google.protobuf.Duration deadline = 25;
+   */
+  deadline?: Duration | undefined;
 };
 
 /**
@@ -173,8 +183,8 @@ export type PhaseDefinition = Message<"flowstate.v1.PhaseDefinition"> & {
   optional: boolean;
 
   /**
-   * The phase's policies, applied by the server's timers (timeouts, automatic
-   * retry); unset or empty: none.
+   * The phase's policies (DESIGN.md section 10): timeouts and automatic retry
+   * (docs/timers.md), approvals (docs/approvals.md); unset or empty: none.
    *
    * @generated from field: flowstate.v1.PhasePolicy policy = 9;
    */
@@ -219,6 +229,14 @@ export type PhasePolicy = Message<"flowstate.v1.PhasePolicy"> & {
    * @generated from field: flowstate.v1.PhaseRetryPolicy retry_policy = 22;
    */
   retryPolicy?: PhaseRetryPolicy | undefined;
+
+  /**
+   * Approval: whether a decision is required before COMPLETED, who may decide,
+   * and what happens when nobody decides in time (docs/approvals.md).
+   *
+   * @generated from field: flowstate.v1.ApprovalPolicy approval = 25;
+   */
+  approval?: ApprovalPolicy | undefined;
 };
 
 /**

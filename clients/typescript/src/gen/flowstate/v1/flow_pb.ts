@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { FlowAlert, PhaseApproval } from "./approvals_pb.js";
+import { file_flowstate_v1_approvals } from "./approvals_pb.js";
 import type { PhaseFailure } from "./errors_pb.js";
 import { file_flowstate_v1_errors } from "./errors_pb.js";
 import type { FlowStatus, PhaseState } from "./states_pb.js";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flowstate/v1/flow.proto.
  */
 export const file_flowstate_v1_flow: GenFile = /*@__PURE__*/
-  fileDesc("ChdmbG93c3RhdGUvdjEvZmxvdy5wcm90bxIMZmxvd3N0YXRlLnYxIv4DCgRGbG93Eg8KB2Zsb3dfaWQYASABKAkSGQoRY2xpZW50X2FjY291bnRfaWQYAiABKAkSFQoNZW5nYWdlbWVudF9pZBgDIAEoCRIXCg9kZWZpbml0aW9uX25hbWUYBCABKAkSGgoSZGVmaW5pdGlvbl92ZXJzaW9uGAUgASgFEigKBnN0YXR1cxgGIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEjUKE3N0YXR1c19iZWZvcmVfcGF1c2UYByABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIjCgZwaGFzZXMYCCADKAsyEy5mbG93c3RhdGUudjEuUGhhc2USEAoIcHJvZ3Jlc3MYCSABKAESDwoHdmVyc2lvbhgKIAEoAxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGRpc3BsYXlfbmFtZRgNIAEoCRIuCgZsYWJlbHMYDiADKAsyHi5mbG93c3RhdGUudjEuRmxvdy5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItQDCgVQaGFzZRIMCgRuYW1lGAEgASgJEicKBXN0YXRlGAIgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSEAoIcHJvZ3Jlc3MYAyABKAESEwoLcmV0cnlfY291bnQYBCABKAUSEwoLbWF4X3JldHJpZXMYBSABKAUSMwoPbGFzdF9yZXRyeV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1lcnJvcl9jb250ZXh0GAcgASgLMhouZmxvd3N0YXRlLnYxLlBoYXNlRmFpbHVyZRI0ChBzdGF0ZV9lbnRlcl90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1jb21wbGV0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ3ZWlnaHQYCyABKAUSEAoIb3B0aW9uYWwYDCABKAgSNQoRbmV4dF9hdHRlbXB0X3RpbWUYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wYgZwcm90bzM", [file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_timestamp]);
+  fileDesc("ChdmbG93c3RhdGUvdjEvZmxvdy5wcm90bxIMZmxvd3N0YXRlLnYxItUECgRGbG93Eg8KB2Zsb3dfaWQYASABKAkSGQoRY2xpZW50X2FjY291bnRfaWQYAiABKAkSFQoNZW5nYWdlbWVudF9pZBgDIAEoCRIXCg9kZWZpbml0aW9uX25hbWUYBCABKAkSGgoSZGVmaW5pdGlvbl92ZXJzaW9uGAUgASgFEigKBnN0YXR1cxgGIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEjUKE3N0YXR1c19iZWZvcmVfcGF1c2UYByABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIjCgZwaGFzZXMYCCADKAsyEy5mbG93c3RhdGUudjEuUGhhc2USEAoIcHJvZ3Jlc3MYCSABKAESDwoHdmVyc2lvbhgKIAEoAxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGRpc3BsYXlfbmFtZRgNIAEoCRIuCgZsYWJlbHMYDiADKAsyHi5mbG93c3RhdGUudjEuRmxvdy5MYWJlbHNFbnRyeRIsCghkZWFkbGluZRgZIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoGYWxlcnRzGBogAygLMhcuZmxvd3N0YXRlLnYxLkZsb3dBbGVydBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoMECgVQaGFzZRIMCgRuYW1lGAEgASgJEicKBXN0YXRlGAIgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSEAoIcHJvZ3Jlc3MYAyABKAESEwoLcmV0cnlfY291bnQYBCABKAUSEwoLbWF4X3JldHJpZXMYBSABKAUSMwoPbGFzdF9yZXRyeV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1lcnJvcl9jb250ZXh0GAcgASgLMhouZmxvd3N0YXRlLnYxLlBoYXNlRmFpbHVyZRI0ChBzdGF0ZV9lbnRlcl90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1jb21wbGV0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ3ZWlnaHQYCyABKAUSEAoIb3B0aW9uYWwYDCABKAgSNQoRbmV4dF9hdHRlbXB0X3RpbWUYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCGFwcHJvdmFsGBkgASgLMhsuZmxvd3N0YXRlLnYxLlBoYXNlQXBwcm92YWxiBnByb3RvMw", [file_flowstate_v1_approvals, file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_timestamp]);
 
 /**
  * A flow: one run of a flow definition, owned by one tenant. Every field is
@@ -124,6 +126,24 @@ export type Flow = Message<"flowstate.v1.Flow"> & {
    * @generated from field: map<string, string> labels = 14;
    */
   labels: { [key: string]: string };
+
+  /**
+   * When the flow should be finished (CreateFlowRequest.deadline, or creation
+   * plus the definition's `deadline`); unset: none. A flow not terminal by
+   * then gets one DEADLINE_EXCEEDED alert.
+   *
+   * @generated from field: google.protobuf.Timestamp deadline = 25;
+   */
+  deadline?: Timestamp | undefined;
+
+  /**
+   * The alerts in force: breaches raised and not over yet (a STUCK alert ends
+   * with the flow's next change, an APPROVAL_TIMEOUT one when the phase leaves
+   * WAITING_APPROVAL; DEADLINE_EXCEEDED stays). Empty on terminal flows.
+   *
+   * @generated from field: repeated flowstate.v1.FlowAlert alerts = 26;
+   */
+  alerts: FlowAlert[];
 };
 
 /**
@@ -232,6 +252,13 @@ export type Phase = Message<"flowstate.v1.Phase"> & {
    * @generated from field: google.protobuf.Timestamp next_attempt_time = 20;
    */
   nextAttemptTime?: Timestamp | undefined;
+
+  /**
+   * The last approval decision on the phase (DecidePhase); unset if none.
+   *
+   * @generated from field: flowstate.v1.PhaseApproval approval = 25;
+   */
+  approval?: PhaseApproval | undefined;
 };
 
 /**

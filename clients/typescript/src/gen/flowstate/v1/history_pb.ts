@@ -4,6 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { FlowAlert, PhaseApproval } from "./approvals_pb.js";
+import { file_flowstate_v1_approvals } from "./approvals_pb.js";
 import type { PhaseFailure } from "./errors_pb.js";
 import { file_flowstate_v1_errors } from "./errors_pb.js";
 import type { FlowStatus, PhaseState } from "./states_pb.js";
@@ -16,7 +18,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file flowstate/v1/history.proto.
  */
 export const file_flowstate_v1_history: GenFile = /*@__PURE__*/
-  fileDesc("ChpmbG93c3RhdGUvdjEvaGlzdG9yeS5wcm90bxIMZmxvd3N0YXRlLnYxIoYFCgxIaXN0b3J5RW50cnkSDwoHZmxvd19pZBgBIAEoCRIUCgxmbG93X3ZlcnNpb24YAiABKAMSLAoEa2luZBgDIAEoDjIeLmZsb3dzdGF0ZS52MS5IaXN0b3J5RXZlbnRLaW5kEg0KBXBoYXNlGAQgASgJEiwKCmZyb21fc3RhdGUYBSABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIqCgh0b19zdGF0ZRgGIAEoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlEi8KDXN0YXR1c19iZWZvcmUYByABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIuCgxzdGF0dXNfYWZ0ZXIYCCABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIOCgZyZWFzb24YCSABKAkSDwoHdXNlcl9pZBgKIAEoCRISCgpyZXF1ZXN0X2lkGAsgASgJEikKCG1ldGFkYXRhGAwgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIxCg1lcnJvcl9jb250ZXh0GA0gASgLMhouZmxvd3N0YXRlLnYxLlBoYXNlRmFpbHVyZRIuCgpvY2N1cl90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg10aW1lX2luX3N0YXRlGA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDnByb2dyZXNzX2FmdGVyGBAgASgBEhMKC2NhdXNlX3BoYXNlGBEgASgJEjUKEW5leHRfYXR0ZW1wdF90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCr7AgoQSGlzdG9yeUV2ZW50S2luZBIiCh5ISVNUT1JZX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIeChpISVNUT1JZX0VWRU5UX0tJTkRfQ1JFQVRFRBABEiEKHUhJU1RPUllfRVZFTlRfS0lORF9UUkFOU0lUSU9OEAISHwobSElTVE9SWV9FVkVOVF9LSU5EX1BST0dSRVNTEAMSHwobSElTVE9SWV9FVkVOVF9LSU5EX1JPTExCQUNLEAQSJwojSElTVE9SWV9FVkVOVF9LSU5EX0NBU0NBREVfUk9MTEJBQ0sQBRIcChhISVNUT1JZX0VWRU5UX0tJTkRfUkVUUlkQBhIcChhISVNUT1JZX0VWRU5UX0tJTkRfUEFVU0UQBxIdChlISVNUT1JZX0VWRU5UX0tJTkRfUkVTVU1FEAgSHQoZSElTVE9SWV9FVkVOVF9LSU5EX0NBTkNFTBAJEhsKF0hJU1RPUllfRVZFTlRfS0lORF9TS0lQEApiBnByb3RvMw", [file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChpmbG93c3RhdGUvdjEvaGlzdG9yeS5wcm90bxIMZmxvd3N0YXRlLnYxIt0FCgxIaXN0b3J5RW50cnkSDwoHZmxvd19pZBgBIAEoCRIUCgxmbG93X3ZlcnNpb24YAiABKAMSLAoEa2luZBgDIAEoDjIeLmZsb3dzdGF0ZS52MS5IaXN0b3J5RXZlbnRLaW5kEg0KBXBoYXNlGAQgASgJEiwKCmZyb21fc3RhdGUYBSABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIqCgh0b19zdGF0ZRgGIAEoDjIYLmZsb3dzdGF0ZS52MS5QaGFzZVN0YXRlEi8KDXN0YXR1c19iZWZvcmUYByABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIuCgxzdGF0dXNfYWZ0ZXIYCCABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIOCgZyZWFzb24YCSABKAkSDwoHdXNlcl9pZBgKIAEoCRISCgpyZXF1ZXN0X2lkGAsgASgJEikKCG1ldGFkYXRhGAwgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIxCg1lcnJvcl9jb250ZXh0GA0gASgLMhouZmxvd3N0YXRlLnYxLlBoYXNlRmFpbHVyZRIuCgpvY2N1cl90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg10aW1lX2luX3N0YXRlGA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDnByb2dyZXNzX2FmdGVyGBAgASgBEhMKC2NhdXNlX3BoYXNlGBEgASgJEjUKEW5leHRfYXR0ZW1wdF90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCghhcHByb3ZhbBgZIAEoCzIbLmZsb3dzdGF0ZS52MS5QaGFzZUFwcHJvdmFsEiYKBWFsZXJ0GBogASgLMhcuZmxvd3N0YXRlLnYxLkZsb3dBbGVydCq6AwoQSGlzdG9yeUV2ZW50S2luZBIiCh5ISVNUT1JZX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIeChpISVNUT1JZX0VWRU5UX0tJTkRfQ1JFQVRFRBABEiEKHUhJU1RPUllfRVZFTlRfS0lORF9UUkFOU0lUSU9OEAISHwobSElTVE9SWV9FVkVOVF9LSU5EX1BST0dSRVNTEAMSHwobSElTVE9SWV9FVkVOVF9LSU5EX1JPTExCQUNLEAQSJwojSElTVE9SWV9FVkVOVF9LSU5EX0NBU0NBREVfUk9MTEJBQ0sQBRIcChhISVNUT1JZX0VWRU5UX0tJTkRfUkVUUlkQBhIcChhISVNUT1JZX0VWRU5UX0tJTkRfUEFVU0UQBxIdChlISVNUT1JZX0VWRU5UX0tJTkRfUkVTVU1FEAgSHQoZSElTVE9SWV9FVkVOVF9LSU5EX0NBTkNFTBAJEhsKF0hJU1RPUllfRVZFTlRfS0lORF9TS0lQEAoSHwobSElTVE9SWV9FVkVOVF9LSU5EX0RFQ0lTSU9OECMSHAoYSElTVE9SWV9FVkVOVF9LSU5EX0FMRVJUECRiBnByb3RvMw", [file_flowstate_v1_approvals, file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * One immutable audit record. Every change appends exactly one entry per flow
@@ -153,6 +155,20 @@ export type HistoryEntry = Message<"flowstate.v1.HistoryEntry"> & {
    * @generated from field: google.protobuf.Timestamp next_attempt_time = 20;
    */
   nextAttemptTime?: Timestamp | undefined;
+
+  /**
+   * For DECISION: the decision, approver and comment.
+   *
+   * @generated from field: flowstate.v1.PhaseApproval approval = 25;
+   */
+  approval?: PhaseApproval | undefined;
+
+  /**
+   * For ALERT: the alert raised.
+   *
+   * @generated from field: flowstate.v1.FlowAlert alert = 26;
+   */
+  alert?: FlowAlert | undefined;
 };
 
 /**
@@ -245,6 +261,22 @@ export enum HistoryEventKind {
    * @generated from enum value: HISTORY_EVENT_KIND_SKIP = 10;
    */
   SKIP = 10,
+
+  /**
+   * A person decided on a phase waiting for approval (DecidePhase), or its
+   * approval timed out (user `system:timer`); `approval` says what.
+   *
+   * @generated from enum value: HISTORY_EVENT_KIND_DECISION = 35;
+   */
+  DECISION = 35,
+
+  /**
+   * The server raised an alert (`alert` says which); no phase changed. Streams
+   * send it as FlowEvent.alert.
+   *
+   * @generated from enum value: HISTORY_EVENT_KIND_ALERT = 36;
+   */
+  ALERT = 36,
 }
 
 /**

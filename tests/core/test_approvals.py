@@ -1,0 +1,319 @@
+"""Approvals and alerts in the pure core: DecidePhase, the approval policy, breach predicates."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from flowstate.core.commands import (
+    Context,
+    DecidePhase,
+    ExpireApproval,
+    RaiseAlert,
+    TransitionPhase,
+    UpdatePhaseProgress,
+    apply_command,
+    breaches,
+    create_flow,
+)
+from flowstate.core.definition_document import check_document, definition_from_document
+from flowstate.core.definitions import (
+    ApprovalPolicy,
+    ApprovalTimeoutAction,
+    FlowDefinition,
+    PhaseDefinition,
+    definition_from_dict,
+    definition_to_dict,
+)
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import (
+    AlertKind,
+    ApprovalDecision,
+    ErrorCode,
+    Flow,
+    FlowStatus,
+    HistoryKind,
+    PhaseState,
+)
+from flowstate.core.timers import SYSTEM_TIMER_USER
+
+from .support import TENANT, at
+
+S = PhaseState
+
+
+def _definition(policy: ApprovalPolicy | None, *, deadline: float | None = None) -> FlowDefinition:
+    return FlowDefinition(
+        name="review",
+        version=1,
+        phases=(
+            PhaseDefinition("draft", (), 50, 1, None),
+            PhaseDefinition("publish", ("draft",), 50, 1, None, approval=policy),
+        ),
+        deadline_seconds=deadline,
+    )
+
+
+def _ctx(seconds: float, user: str = "alice", **extra: Any) -> Context:
+    return Context(now=at(seconds), user_id=user, **extra)
+
+
+def _run(flow: Flow, definition: FlowDefinition, *steps: tuple[object, Context]) -> Flow:
+    for command, ctx in steps:
+        flow = apply_command(flow, definition, command, ctx).flow  # type: ignore[arg-type]
+    return flow
+
+
+def _waiting(definition: FlowDefinition) -> Flow:
+    """A flow whose `publish` phase waits for approval (entered at T0 + 30 s)."""
+    flow = create_flow("f-1", TENANT, definition, _ctx(0)).flow
+    return _run(
+        flow,
+        definition,
+        (TransitionPhase("draft", S.IN_PROGRESS), _ctx(10)),
+        (TransitionPhase("draft", S.COMPLETED), _ctx(11)),
+        (TransitionPhase("publish", S.IN_PROGRESS), _ctx(20)),
+        (TransitionPhase("publish", S.WAITING_APPROVAL), _ctx(30)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("decision", "target"),
+    [
+        (ApprovalDecision.APPROVE, S.COMPLETED),
+        (ApprovalDecision.REQUEST_CHANGES, S.IN_PROGRESS),
+        (ApprovalDecision.REJECT, S.FAILED),
+    ],
+)
+def test_a_decision_moves_the_phase_and_records_who_decided(
+    decision: ApprovalDecision, target: PhaseState
+) -> None:
+    definition = _definition(None)
+    flow = _waiting(definition)
+    result = apply_command(
+        flow, definition, DecidePhase("publish", decision, "looks fine"), _ctx(40, "bob")
+    )
+    phase = result.flow.phase("publish")
+    assert phase.state is target
+    assert phase.approval is not None
+    assert (phase.approval.decision, phase.approval.approver, phase.approval.comment) == (
+        decision,
+        "bob",
+        "looks fine",
+    )
+    (entry,) = result.entries
+    assert entry.kind is HistoryKind.DECISION
+    assert (entry.from_state, entry.to_state, entry.user_id) == (S.WAITING_APPROVAL, target, "bob")
+    assert entry.approval == phase.approval
+    if target is S.FAILED:
+        assert phase.error is not None
+        assert phase.error.error_code is ErrorCode.APPROVAL_REJECTED
+        assert not phase.error.retryable
+
+
+def test_deciding_a_phase_that_does_not_wait_is_refused() -> None:
+    definition = _definition(None)
+    flow = create_flow("f-1", TENANT, definition, _ctx(0)).flow
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, definition, DecidePhase("draft", ApprovalDecision.APPROVE), _ctx(1))
+    assert refused.value.code is ErrorCode.INVALID_PHASE_TRANSITION
+
+
+def test_required_approval_turns_a_completion_into_a_wait_and_only_a_decision_ends_it() -> None:
+    definition = _definition(ApprovalPolicy(required=True))
+    flow = _run(
+        create_flow("f-1", TENANT, definition, _ctx(0)).flow,
+        definition,
+        (TransitionPhase("draft", S.IN_PROGRESS), _ctx(1)),
+        (TransitionPhase("draft", S.COMPLETED), _ctx(2)),
+        (TransitionPhase("publish", S.IN_PROGRESS), _ctx(3)),
+    )
+    result = apply_command(flow, definition, TransitionPhase("publish", S.COMPLETED), _ctx(4))
+    assert result.flow.phase("publish").state is S.WAITING_APPROVAL
+    assert result.entries[0].metadata["requested_state"] == "completed"
+    for target in (S.COMPLETED, S.FAILED, S.IN_PROGRESS):
+        with pytest.raises(FlowStateError) as refused:
+            apply_command(result.flow, definition, TransitionPhase("publish", target), _ctx(5))
+        assert refused.value.code is ErrorCode.APPROVAL_REQUIRED
+
+
+@pytest.mark.parametrize(
+    ("policy", "extra", "allowed"),
+    [
+        (ApprovalPolicy(scope="approve:finance"), {}, False),
+        (ApprovalPolicy(scope="approve:finance"), {"grants": frozenset({"approve:finance"})}, True),
+        (ApprovalPolicy(claim="groups", claim_value="finance"), {}, False),
+        (
+            ApprovalPolicy(claim="groups", claim_value="finance"),
+            {"claims": {"groups": ("sales",)}},
+            False,
+        ),
+        (
+            ApprovalPolicy(claim="groups", claim_value="finance"),
+            {"claims": {"groups": ("sales", "finance")}},
+            True,
+        ),
+    ],
+)
+def test_the_policy_names_who_may_decide(
+    policy: ApprovalPolicy, extra: dict[str, Any], allowed: bool
+) -> None:
+    definition = _definition(policy)
+    flow = _waiting(definition)
+    command = DecidePhase("publish", ApprovalDecision.APPROVE)
+    if allowed:
+        assert apply_command(flow, definition, command, _ctx(40, **extra)).entries
+        return
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, definition, command, _ctx(40, **extra))
+    assert refused.value.code is ErrorCode.PERMISSION_DENIED
+
+
+def test_a_deadline_breach_is_raised_once_and_stays_until_the_flow_ends() -> None:
+    definition = _definition(None, deadline=60)
+    flow = create_flow("f-1", TENANT, definition, _ctx(0)).flow
+    assert flow.deadline == at(60)
+    assert flow.alert_due_at == at(60)
+    assert breaches(flow, definition, at(59), {}) == []
+    (command,) = breaches(flow, definition, at(61), {})
+    assert isinstance(command, RaiseAlert)
+    decision = apply_command(flow, definition, command, _ctx(61, SYSTEM_TIMER_USER))
+    (entry,) = decision.entries
+    assert entry.kind is HistoryKind.ALERT
+    assert entry.alert is not None
+    assert entry.alert.kind is AlertKind.DEADLINE_EXCEEDED
+    flow = decision.flow
+    assert flow.updated_at == at(0)  # an alert is not activity
+    assert flow.alert_due_at is None
+    assert breaches(flow, definition, at(120), {}) == []
+    # Applying the same alert again (a second replica) changes nothing.
+    assert apply_command(flow, definition, command, _ctx(62, SYSTEM_TIMER_USER)).entries == ()
+    flow = _run(flow, definition, (TransitionPhase("draft", S.IN_PROGRESS), _ctx(70)))
+    assert [a.kind for a in flow.alerts] == [AlertKind.DEADLINE_EXCEEDED]
+
+
+def test_a_stuck_alert_ends_with_the_next_change_and_may_be_raised_again() -> None:
+    definition = _definition(None)
+    flow = _run(
+        create_flow("f-1", TENANT, definition, _ctx(0)).flow,
+        definition,
+        (TransitionPhase("draft", S.IN_PROGRESS), _ctx(1)),
+    )
+    thresholds = {FlowStatus.ACTIVE: 100.0}
+    assert breaches(flow, definition, at(100), thresholds) == []
+    (command,) = breaches(flow, definition, at(101), thresholds)
+    flow = apply_command(flow, definition, command, _ctx(101, SYSTEM_TIMER_USER)).flow
+    assert [a.kind for a in flow.alerts] == [AlertKind.STUCK]
+    assert breaches(flow, definition, at(500), thresholds) == []
+    flow = _run(flow, definition, (UpdatePhaseProgress("draft", 0.5), _ctx(600)))
+    assert flow.alerts == ()
+    assert len(breaches(flow, definition, at(701), thresholds)) == 1
+    assert breaches(flow, definition, at(701), {FlowStatus.ACTIVE: 0.0}) == []
+
+
+def test_an_approval_timeout_rejects_as_the_timer_or_escalates_once() -> None:
+    reject = _definition(
+        ApprovalPolicy(timeout_seconds=60, on_timeout=ApprovalTimeoutAction.REJECT)
+    )
+    flow = _waiting(reject)
+    assert flow.alert_due_at == at(90)
+    (command,) = breaches(flow, reject, at(90), {})
+    assert command == ExpireApproval("publish", at(30))
+    result = apply_command(flow, reject, command, _ctx(90, SYSTEM_TIMER_USER))
+    phase = result.flow.phase("publish")
+    assert phase.state is S.FAILED
+    assert phase.approval is not None
+    assert (phase.approval.decision, phase.approval.approver) == (
+        ApprovalDecision.REJECT,
+        SYSTEM_TIMER_USER,
+    )
+    assert result.flow.alert_due_at is None
+    # Void once the wait it was about is over.
+    assert apply_command(result.flow, reject, command, _ctx(91, SYSTEM_TIMER_USER)).entries == ()
+
+    escalate = _definition(
+        ApprovalPolicy(timeout_seconds=60, on_timeout=ApprovalTimeoutAction.ESCALATE)
+    )
+    flow = _waiting(escalate)
+    (command,) = breaches(flow, escalate, at(95), {})
+    flow = apply_command(flow, escalate, command, _ctx(95, SYSTEM_TIMER_USER)).flow
+    assert flow.phase("publish").state is S.WAITING_APPROVAL
+    assert [(a.kind, a.phase) for a in flow.alerts] == [(AlertKind.APPROVAL_TIMEOUT, "publish")]
+    assert flow.alert_due_at is None
+    assert breaches(flow, escalate, at(200), {}) == []
+    decided = apply_command(
+        flow, escalate, DecidePhase("publish", ApprovalDecision.APPROVE), _ctx(300)
+    ).flow
+    assert decided.alerts == ()
+
+
+def test_approval_policies_are_checked_with_paths_and_round_trip() -> None:
+    document = {
+        "name": "review",
+        "deadline": "2h",
+        "phases": [
+            {"name": "draft", "weight": 50},
+            {
+                "name": "publish",
+                "weight": 50,
+                "depends_on": ["draft"],
+                "policy": {
+                    "approval": {
+                        "required": True,
+                        "claim": "groups",
+                        "claim_value": "finance",
+                        "approval_timeout": "3600s",
+                        "on_timeout": "APPROVAL_TIMEOUT_ACTION_ESCALATE",
+                    }
+                },
+            },
+        ],
+    }
+    definition = definition_from_document(document)
+    assert definition.deadline_seconds == 7200
+    policy = definition.phase("publish").approval
+    assert policy == ApprovalPolicy(
+        required=True,
+        claim="groups",
+        claim_value="finance",
+        timeout_seconds=3600,
+        on_timeout=ApprovalTimeoutAction.ESCALATE,
+    )
+    assert definition_from_dict(definition_to_dict(definition)) == definition
+    bad = {
+        "name": "review",
+        "deadline": "soon",
+        "phases": [
+            {
+                "name": "publish",
+                "weight": 100,
+                "policy": {
+                    "approval": {
+                        "required": "yes",
+                        "claim": "groups",
+                        "approval_timeout": -5,
+                        "on_timeout": "ignore",
+                        "who": "me",
+                    }
+                },
+            }
+        ],
+    }
+    fields = {v.field for v in check_document(bad)}
+    prefix = "phases[0].policy.approval"
+    assert fields == {
+        "deadline",
+        f"{prefix}.who",
+        f"{prefix}.required",
+        f"{prefix}.claim_value",
+        f"{prefix}.approval_timeout",
+        f"{prefix}.on_timeout",
+    }
+
+
+def test_a_flow_deadline_given_at_creation_wins_over_the_definition() -> None:
+    definition = _definition(None, deadline=60)
+    flow = create_flow("f-1", TENANT, definition, _ctx(0), deadline=at(0) + timedelta(hours=1))
+    assert flow.flow.deadline == at(3600)
