@@ -63,12 +63,12 @@ from flowstate.v1 import (
 )
 
 __all__ = [
-    "BULK_KIND_TO_PROTO",
-    "BULK_OUTCOME_TO_PROTO",
-    "BULK_STATE_TO_PROTO",
     "ALERT_KIND_TO_PROTO",
     "APPROVAL_DECISION_FROM_PROTO",
     "APPROVAL_DECISION_TO_PROTO",
+    "BULK_KIND_TO_PROTO",
+    "BULK_OUTCOME_TO_PROTO",
+    "BULK_STATE_TO_PROTO",
     "ERROR_CODE_FROM_PROTO",
     "ERROR_CODE_TO_PROTO",
     "FLOW_STATUS_FROM_PROTO",
@@ -81,9 +81,9 @@ __all__ = [
     "PHASE_TARGETS_NOT_OPTIONAL",
     "RECOVERY_ACTION_TO_PROTO",
     "DefinitionView",
-    "bulk_action_to_proto",
     "alert_to_proto",
     "approval_to_proto",
+    "bulk_action_to_proto",
     "command_to_request",
     "dict_to_struct",
     "entries_to_proto",

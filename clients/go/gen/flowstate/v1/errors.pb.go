@@ -109,6 +109,14 @@ const (
 	// NOT_FOUND: no such bulk action for the caller's tenant (also another
 	// tenant's).
 	ErrorCode_ERROR_CODE_BULK_ACTION_NOT_FOUND ErrorCode = 40
+	// Phase failure code (non-retryable): a person rejected the phase's result
+	// (DecidePhase REJECT), or its approval timed out with on_timeout REJECT.
+	ErrorCode_ERROR_CODE_APPROVAL_REJECTED ErrorCode = 35
+	// FAILED_PRECONDITION: the phase's policy requires approval, so only
+	// DecidePhase (scope flows:approve) moves it out of WAITING_APPROVAL; or the
+	// caller's token does not satisfy the policy's scope or claim (then
+	// PERMISSION_DENIED is used instead).
+	ErrorCode_ERROR_CODE_APPROVAL_REQUIRED ErrorCode = 36
 )
 
 // Enum value maps for ErrorCode.
@@ -144,6 +152,8 @@ var (
 		45: "ERROR_CODE_WEBHOOK_NOT_FOUND",
 		46: "ERROR_CODE_RATE_LIMITED",
 		40: "ERROR_CODE_BULK_ACTION_NOT_FOUND",
+		35: "ERROR_CODE_APPROVAL_REJECTED",
+		36: "ERROR_CODE_APPROVAL_REQUIRED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":                    0,
@@ -176,6 +186,8 @@ var (
 		"ERROR_CODE_WEBHOOK_NOT_FOUND":              45,
 		"ERROR_CODE_RATE_LIMITED":                   46,
 		"ERROR_CODE_BULK_ACTION_NOT_FOUND":          40,
+		"ERROR_CODE_APPROVAL_REJECTED":              35,
+		"ERROR_CODE_APPROVAL_REQUIRED":              36,
 	}
 )
 
@@ -476,7 +488,7 @@ const file_flowstate_v1_errors_proto_rawDesc = "" +
 	"error_code\x18\x01 \x01(\x0e2\x17.flowstate.v1.ErrorCodeR\terrorCode\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x12\x1c\n" +
-	"\tretryable\x18\x04 \x01(\bR\tretryable*\xa7\b\n" +
+	"\tretryable\x18\x04 \x01(\bR\tretryable*\xeb\b\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18ERROR_CODE_INVALID_PHASE\x10\x01\x12 \n" +
@@ -508,7 +520,9 @@ const file_flowstate_v1_errors_proto_rawDesc = "" +
 	"%ERROR_CODE_DEFINITION_SHADOWS_BUILTIN\x10\x1a\x12 \n" +
 	"\x1cERROR_CODE_WEBHOOK_NOT_FOUND\x10-\x12\x1b\n" +
 	"\x17ERROR_CODE_RATE_LIMITED\x10.\x12$\n" +
-	" ERROR_CODE_BULK_ACTION_NOT_FOUND\x10(B\xa3\x01\n" +
+	" ERROR_CODE_BULK_ACTION_NOT_FOUND\x10(\x12 \n" +
+	"\x1cERROR_CODE_APPROVAL_REJECTED\x10#\x12 \n" +
+	"\x1cERROR_CODE_APPROVAL_REQUIRED\x10$B\xa3\x01\n" +
 	"\x10com.flowstate.v1B\vErrorsProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (

@@ -300,7 +300,11 @@ type CreateFlowRequest struct {
 	// A human-readable name (at most 256 characters).
 	DisplayName string `protobuf:"bytes,5,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// Free-form labels (at most 64 entries of at most 256 characters).
-	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When the flow should be finished (it gets one DEADLINE_EXCEEDED alert if
+	// it is not terminal by then); overrides the definition's `deadline`. Unset:
+	// the definition's, if any.
+	Deadline      *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -373,6 +377,13 @@ func (x *CreateFlowRequest) GetDisplayName() string {
 func (x *CreateFlowRequest) GetLabels() map[string]string {
 	if x != nil {
 		return x.Labels
+	}
+	return nil
+}
+
+func (x *CreateFlowRequest) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
 	}
 	return nil
 }
@@ -601,7 +612,10 @@ type ListFlowsRequest struct {
 	// `error = EXTERNAL_SERVICE_ERROR AND updated > -1h`, `stuck`. A filter
 	// that does not parse is INVALID_ARGUMENT (MALFORMED_REQUEST) whose
 	// FlowError details carry `position`, the 0-based offset of the problem.
-	Filter        string `protobuf:"bytes,30,opt,name=filter,proto3" json:"filter,omitempty"`
+	Filter string `protobuf:"bytes,30,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Only flows with an alert in force (Flow.alerts: a passed deadline, a stuck
+	// status, an escalated approval timeout).
+	Alerting      bool `protobuf:"varint,25,opt,name=alerting,proto3" json:"alerting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -683,6 +697,13 @@ func (x *ListFlowsRequest) GetFilter() string {
 		return x.Filter
 	}
 	return ""
+}
+
+func (x *ListFlowsRequest) GetAlerting() bool {
+	if x != nil {
+		return x.Alerting
+	}
+	return false
 }
 
 // Response of ListFlows.
@@ -3467,6 +3488,7 @@ type FlowEvent struct {
 	//	*FlowEvent_Snapshot
 	//	*FlowEvent_Change
 	//	*FlowEvent_Heartbeat
+	//	*FlowEvent_Alert
 	Kind          isFlowEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3564,6 +3586,15 @@ func (x *FlowEvent) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *FlowEvent) GetAlert() *FlowAlert {
+	if x != nil {
+		if x, ok := x.Kind.(*FlowEvent_Alert); ok {
+			return x.Alert
+		}
+	}
+	return nil
+}
+
 type isFlowEvent_Kind interface {
 	isFlowEvent_Kind()
 }
@@ -3583,11 +3614,20 @@ type FlowEvent_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,7,opt,name=heartbeat,proto3,oneof"`
 }
 
+type FlowEvent_Alert struct {
+	// The server raised an alert on the flow (a breach, raised once; its
+	// history entry has kind ALERT and this event's flow_version). Clients
+	// that do not know this case ignore it.
+	Alert *FlowAlert `protobuf:"bytes,25,opt,name=alert,proto3,oneof"`
+}
+
 func (*FlowEvent_Snapshot) isFlowEvent_Kind() {}
 
 func (*FlowEvent_Change) isFlowEvent_Kind() {}
 
 func (*FlowEvent_Heartbeat) isFlowEvent_Kind() {}
+
+func (*FlowEvent_Alert) isFlowEvent_Kind() {}
 
 // A keepalive event on an idle stream.
 type Heartbeat struct {
@@ -4709,11 +4749,157 @@ func (x *WatchBulkActionResponse) GetBulkAction() *BulkAction {
 	return nil
 }
 
+// Request of DecidePhase.
+type DecidePhaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The flow's id.
+	FlowId string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// The phase to decide on; it must be WAITING_APPROVAL.
+	Phase string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The decision.
+	Decision ApprovalDecision `protobuf:"varint,3,opt,name=decision,proto3,enum=flowstate.v1.ApprovalDecision" json:"decision,omitempty"`
+	// Why (at most 1024 characters); recorded in history and on the phase.
+	Comment string `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`
+	// Idempotency key (1-128 printable characters); the SDKs generate one.
+	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Apply only if the flow is at this version (ABORTED otherwise).
+	ExpectedVersion *int64 `protobuf:"varint,6,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DecidePhaseRequest) Reset() {
+	*x = DecidePhaseRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecidePhaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecidePhaseRequest) ProtoMessage() {}
+
+func (x *DecidePhaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecidePhaseRequest.ProtoReflect.Descriptor instead.
+func (*DecidePhaseRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *DecidePhaseRequest) GetFlowId() string {
+	if x != nil {
+		return x.FlowId
+	}
+	return ""
+}
+
+func (x *DecidePhaseRequest) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *DecidePhaseRequest) GetDecision() ApprovalDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return ApprovalDecision_APPROVAL_DECISION_UNSPECIFIED
+}
+
+func (x *DecidePhaseRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *DecidePhaseRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *DecidePhaseRequest) GetExpectedVersion() int64 {
+	if x != nil && x.ExpectedVersion != nil {
+		return *x.ExpectedVersion
+	}
+	return 0
+}
+
+// Response of DecidePhase.
+type DecidePhaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The flow after the change.
+	Flow *Flow `protobuf:"bytes,1,opt,name=flow,proto3" json:"flow,omitempty"`
+	// The history entries the change appended (one DECISION entry).
+	HistoryEntries []*HistoryEntry `protobuf:"bytes,2,rep,name=history_entries,json=historyEntries,proto3" json:"history_entries,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DecidePhaseResponse) Reset() {
+	*x = DecidePhaseResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecidePhaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecidePhaseResponse) ProtoMessage() {}
+
+func (x *DecidePhaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecidePhaseResponse.ProtoReflect.Descriptor instead.
+func (*DecidePhaseResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *DecidePhaseResponse) GetFlow() *Flow {
+	if x != nil {
+		return x.Flow
+	}
+	return nil
+}
+
+func (x *DecidePhaseResponse) GetHistoryEntries() []*HistoryEntry {
+	if x != nil {
+		return x.HistoryEntries
+	}
+	return nil
+}
+
 var File_flowstate_v1_flow_service_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fflowstate/v1/flow_service.proto\x12\fflowstate.v1\x1a\x1dflowstate/v1/definition.proto\x1a\x19flowstate/v1/errors.proto\x1a\x17flowstate/v1/flow.proto\x1a\x1aflowstate/v1/history.proto\x1a\x19flowstate/v1/states.proto\x1a\x1aflowstate/v1/webhook.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n" +
+	"\x1fflowstate/v1/flow_service.proto\x12\fflowstate.v1\x1a\x1cflowstate/v1/approvals.proto\x1a\x1dflowstate/v1/definition.proto\x1a\x19flowstate/v1/errors.proto\x1a\x17flowstate/v1/flow.proto\x1a\x1aflowstate/v1/history.proto\x1a\x19flowstate/v1/states.proto\x1a\x1aflowstate/v1/webhook.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x02\n" +
 	"\x11CreateFlowRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12'\n" +
@@ -4721,7 +4907,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x12definition_version\x18\x03 \x01(\x05R\x11definitionVersion\x12\x17\n" +
 	"\aflow_id\x18\x04 \x01(\tR\x06flowId\x12!\n" +
 	"\fdisplay_name\x18\x05 \x01(\tR\vdisplayName\x12C\n" +
-	"\x06labels\x18\x06 \x03(\v2+.flowstate.v1.CreateFlowRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x06 \x03(\v2+.flowstate.v1.CreateFlowRequest.LabelsEntryR\x06labels\x126\n" +
+	"\bdeadline\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
@@ -4734,7 +4921,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\"Z\n" +
 	"\x10PhaseStateFilter\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x120\n" +
-	"\x06states\x18\x02 \x03(\x0e2\x18.flowstate.v1.PhaseStateR\x06states\"\xcb\x02\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x18.flowstate.v1.PhaseStateR\x06states\"\xe7\x02\n" +
 	"\x10ListFlowsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -4743,7 +4930,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\fphase_states\x18\x04 \x03(\v2\x1e.flowstate.v1.PhaseStateFilterR\vphaseStates\x12A\n" +
 	"\x0eupdated_before\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rupdatedBefore\x12'\n" +
 	"\x0fdefinition_name\x18\x06 \x01(\tR\x0edefinitionName\x12\x16\n" +
-	"\x06filter\x18\x1e \x01(\tR\x06filter\"e\n" +
+	"\x06filter\x18\x1e \x01(\tR\x06filter\x12\x1a\n" +
+	"\balerting\x18\x19 \x01(\bR\balerting\"e\n" +
 	"\x11ListFlowsResponse\x12(\n" +
 	"\x05flows\x18\x01 \x03(\v2\x12.flowstate.v1.FlowR\x05flows\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x95\x01\n" +
@@ -4958,7 +5146,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x06filter\x18\x1e \x01(\tR\x06filter\"[\n" +
 	"\x12WatchFlowsResponse\x12-\n" +
 	"\x05event\x18\x01 \x01(\v2\x17.flowstate.v1.FlowEventR\x05event\x12\x16\n" +
-	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"\xbe\x02\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"\xef\x02\n" +
 	"\tFlowEvent\x12\x17\n" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12!\n" +
 	"\fflow_version\x18\x02 \x01(\x03R\vflowVersion\x120\n" +
@@ -4966,7 +5154,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\bprogress\x18\x04 \x01(\x01R\bprogress\x120\n" +
 	"\bsnapshot\x18\x05 \x01(\v2\x12.flowstate.v1.FlowH\x00R\bsnapshot\x124\n" +
 	"\x06change\x18\x06 \x01(\v2\x1a.flowstate.v1.HistoryEntryH\x00R\x06change\x127\n" +
-	"\theartbeat\x18\a \x01(\v2\x17.flowstate.v1.HeartbeatH\x00R\theartbeatB\x06\n" +
+	"\theartbeat\x18\a \x01(\v2\x17.flowstate.v1.HeartbeatH\x00R\theartbeat\x12/\n" +
+	"\x05alert\x18\x19 \x01(\v2\x17.flowstate.v1.FlowAlertH\x00R\x05alertB\x06\n" +
 	"\x04kind\"H\n" +
 	"\tHeartbeat\x12;\n" +
 	"\vserver_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -5050,7 +5239,19 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x0ebulk_action_id\x18\x01 \x01(\tR\fbulkActionId\"T\n" +
 	"\x17WatchBulkActionResponse\x129\n" +
 	"\vbulk_action\x18\x01 \x01(\v2\x18.flowstate.v1.BulkActionR\n" +
-	"bulkAction*\x97\x02\n" +
+	"bulkAction\"\xfd\x01\n" +
+	"\x12DecidePhaseRequest\x12\x17\n" +
+	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x12:\n" +
+	"\bdecision\x18\x03 \x01(\x0e2\x1e.flowstate.v1.ApprovalDecisionR\bdecision\x12\x18\n" +
+	"\acomment\x18\x04 \x01(\tR\acomment\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x12.\n" +
+	"\x10expected_version\x18\x06 \x01(\x03H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
+	"\x11_expected_version\"\x82\x01\n" +
+	"\x13DecidePhaseResponse\x12&\n" +
+	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x12C\n" +
+	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries*\x97\x02\n" +
 	"\x0eRecoveryAction\x12\x1f\n" +
 	"\x1bRECOVERY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15RECOVERY_ACTION_RETRY\x10\x01\x12\x1f\n" +
@@ -5078,7 +5279,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x1dBULK_FLOW_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19BULK_FLOW_OUTCOME_APPLIED\x10\x01\x12\x1d\n" +
 	"\x19BULK_FLOW_OUTCOME_REFUSED\x10\x02\x12\x1d\n" +
-	"\x19BULK_FLOW_OUTCOME_SKIPPED\x10\x032\x8b\x17\n" +
+	"\x19BULK_FLOW_OUTCOME_SKIPPED\x10\x032\xdf\x17\n" +
 	"\x10FlowStateService\x12O\n" +
 	"\n" +
 	"CreateFlow\x12\x1f.flowstate.v1.CreateFlowRequest\x1a .flowstate.v1.CreateFlowResponse\x12K\n" +
@@ -5116,7 +5317,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x0fListBulkActions\x12$.flowstate.v1.ListBulkActionsRequest\x1a%.flowstate.v1.ListBulkActionsResponse\"\x03\x90\x02\x01\x12u\n" +
 	"\x15ListBulkActionResults\x12*.flowstate.v1.ListBulkActionResultsRequest\x1a+.flowstate.v1.ListBulkActionResultsResponse\"\x03\x90\x02\x01\x12a\n" +
 	"\x10CancelBulkAction\x12%.flowstate.v1.CancelBulkActionRequest\x1a&.flowstate.v1.CancelBulkActionResponse\x12`\n" +
-	"\x0fWatchBulkAction\x12$.flowstate.v1.WatchBulkActionRequest\x1a%.flowstate.v1.WatchBulkActionResponse0\x01B\xa8\x01\n" +
+	"\x0fWatchBulkAction\x12$.flowstate.v1.WatchBulkActionRequest\x1a%.flowstate.v1.WatchBulkActionResponse0\x01\x12R\n" +
+	"\vDecidePhase\x12 .flowstate.v1.DecidePhaseRequest\x1a!.flowstate.v1.DecidePhaseResponseB\xa8\x01\n" +
 	"\x10com.flowstate.v1B\x10FlowServiceProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -5132,7 +5334,7 @@ func file_flowstate_v1_flow_service_proto_rawDescGZIP() []byte {
 }
 
 var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
+var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(RecoveryAction)(0),                   // 0: flowstate.v1.RecoveryAction
 	(BulkActionType)(0),                   // 1: flowstate.v1.BulkActionType
@@ -5201,183 +5403,194 @@ var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(*CancelBulkActionResponse)(nil),      // 64: flowstate.v1.CancelBulkActionResponse
 	(*WatchBulkActionRequest)(nil),        // 65: flowstate.v1.WatchBulkActionRequest
 	(*WatchBulkActionResponse)(nil),       // 66: flowstate.v1.WatchBulkActionResponse
-	nil,                                   // 67: flowstate.v1.CreateFlowRequest.LabelsEntry
-	(*Flow)(nil),                          // 68: flowstate.v1.Flow
-	(*HistoryEntry)(nil),                  // 69: flowstate.v1.HistoryEntry
-	(PhaseState)(0),                       // 70: flowstate.v1.PhaseState
-	(FlowStatus)(0),                       // 71: flowstate.v1.FlowStatus
-	(*timestamppb.Timestamp)(nil),         // 72: google.protobuf.Timestamp
-	(*FlowError)(nil),                     // 73: flowstate.v1.FlowError
-	(*PhaseFailure)(nil),                  // 74: flowstate.v1.PhaseFailure
-	(*structpb.Struct)(nil),               // 75: google.protobuf.Struct
-	(ErrorCode)(0),                        // 76: flowstate.v1.ErrorCode
-	(*FlowDefinition)(nil),                // 77: flowstate.v1.FlowDefinition
-	(*CreateWebhookRequest)(nil),          // 78: flowstate.v1.CreateWebhookRequest
-	(*ListWebhooksRequest)(nil),           // 79: flowstate.v1.ListWebhooksRequest
-	(*DeleteWebhookRequest)(nil),          // 80: flowstate.v1.DeleteWebhookRequest
-	(*TestWebhookRequest)(nil),            // 81: flowstate.v1.TestWebhookRequest
-	(*ReplayWebhookRequest)(nil),          // 82: flowstate.v1.ReplayWebhookRequest
-	(*CreateWebhookResponse)(nil),         // 83: flowstate.v1.CreateWebhookResponse
-	(*ListWebhooksResponse)(nil),          // 84: flowstate.v1.ListWebhooksResponse
-	(*DeleteWebhookResponse)(nil),         // 85: flowstate.v1.DeleteWebhookResponse
-	(*TestWebhookResponse)(nil),           // 86: flowstate.v1.TestWebhookResponse
-	(*ReplayWebhookResponse)(nil),         // 87: flowstate.v1.ReplayWebhookResponse
+	(*DecidePhaseRequest)(nil),            // 67: flowstate.v1.DecidePhaseRequest
+	(*DecidePhaseResponse)(nil),           // 68: flowstate.v1.DecidePhaseResponse
+	nil,                                   // 69: flowstate.v1.CreateFlowRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),         // 70: google.protobuf.Timestamp
+	(*Flow)(nil),                          // 71: flowstate.v1.Flow
+	(*HistoryEntry)(nil),                  // 72: flowstate.v1.HistoryEntry
+	(PhaseState)(0),                       // 73: flowstate.v1.PhaseState
+	(FlowStatus)(0),                       // 74: flowstate.v1.FlowStatus
+	(*FlowError)(nil),                     // 75: flowstate.v1.FlowError
+	(*PhaseFailure)(nil),                  // 76: flowstate.v1.PhaseFailure
+	(*structpb.Struct)(nil),               // 77: google.protobuf.Struct
+	(ErrorCode)(0),                        // 78: flowstate.v1.ErrorCode
+	(*FlowDefinition)(nil),                // 79: flowstate.v1.FlowDefinition
+	(*FlowAlert)(nil),                     // 80: flowstate.v1.FlowAlert
+	(ApprovalDecision)(0),                 // 81: flowstate.v1.ApprovalDecision
+	(*CreateWebhookRequest)(nil),          // 82: flowstate.v1.CreateWebhookRequest
+	(*ListWebhooksRequest)(nil),           // 83: flowstate.v1.ListWebhooksRequest
+	(*DeleteWebhookRequest)(nil),          // 84: flowstate.v1.DeleteWebhookRequest
+	(*TestWebhookRequest)(nil),            // 85: flowstate.v1.TestWebhookRequest
+	(*ReplayWebhookRequest)(nil),          // 86: flowstate.v1.ReplayWebhookRequest
+	(*CreateWebhookResponse)(nil),         // 87: flowstate.v1.CreateWebhookResponse
+	(*ListWebhooksResponse)(nil),          // 88: flowstate.v1.ListWebhooksResponse
+	(*DeleteWebhookResponse)(nil),         // 89: flowstate.v1.DeleteWebhookResponse
+	(*TestWebhookResponse)(nil),           // 90: flowstate.v1.TestWebhookResponse
+	(*ReplayWebhookResponse)(nil),         // 91: flowstate.v1.ReplayWebhookResponse
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
-	67,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
-	68,  // 1: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 2: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	68,  // 3: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
-	70,  // 4: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
-	71,  // 5: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	8,   // 6: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
-	72,  // 7: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
-	68,  // 8: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
-	70,  // 9: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
-	70,  // 10: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
-	71,  // 11: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
-	71,  // 12: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
-	11,  // 13: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
-	12,  // 14: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
-	73,  // 15: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
-	70,  // 16: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
-	71,  // 17: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
-	71,  // 18: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
-	70,  // 19: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
-	74,  // 20: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
-	75,  // 21: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	68,  // 22: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 23: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	75,  // 24: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
-	72,  // 25: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
-	68,  // 26: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 27: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	68,  // 28: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 29: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	68,  // 30: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 31: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	68,  // 32: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
-	27,  // 33: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
-	0,   // 34: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
-	70,  // 35: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
-	71,  // 36: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
-	76,  // 37: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
-	72,  // 38: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
-	23,  // 39: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
-	21,  // 40: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
-	15,  // 41: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
-	30,  // 42: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
-	32,  // 43: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
-	28,  // 44: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
-	42,  // 45: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
-	68,  // 46: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 47: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	68,  // 48: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 49: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	68,  // 50: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 51: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	69,  // 52: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	77,  // 53: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	77,  // 54: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
-	77,  // 55: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	77,  // 56: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
-	75,  // 57: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	68,  // 58: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	69,  // 59: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48,  // 60: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	71,  // 61: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	48,  // 62: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	71,  // 63: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	68,  // 64: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	69,  // 65: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
-	49,  // 66: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	72,  // 67: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
-	52,  // 68: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
-	1,   // 69: flowstate.v1.BulkAction.action:type_name -> flowstate.v1.BulkActionType
-	2,   // 70: flowstate.v1.BulkAction.state:type_name -> flowstate.v1.BulkActionState
-	72,  // 71: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
-	72,  // 72: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
-	72,  // 73: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
-	3,   // 74: flowstate.v1.BulkFlowResult.outcome:type_name -> flowstate.v1.BulkFlowOutcome
-	73,  // 75: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
-	72,  // 76: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
-	1,   // 77: flowstate.v1.StartBulkActionRequest.action:type_name -> flowstate.v1.BulkActionType
-	53,  // 78: flowstate.v1.StartBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 79: flowstate.v1.GetBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 80: flowstate.v1.ListBulkActionsResponse.bulk_actions:type_name -> flowstate.v1.BulkAction
-	3,   // 81: flowstate.v1.ListBulkActionResultsRequest.outcome:type_name -> flowstate.v1.BulkFlowOutcome
-	54,  // 82: flowstate.v1.ListBulkActionResultsResponse.results:type_name -> flowstate.v1.BulkFlowResult
-	53,  // 83: flowstate.v1.CancelBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 84: flowstate.v1.WatchBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	4,   // 85: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	6,   // 86: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	9,   // 87: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	13,  // 88: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	15,  // 89: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	17,  // 90: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	21,  // 91: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	23,  // 92: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	25,  // 93: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	28,  // 94: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	30,  // 95: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	32,  // 96: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	34,  // 97: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	36,  // 98: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	38,  // 99: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
-	40,  // 100: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
-	42,  // 101: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
-	44,  // 102: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	46,  // 103: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	18,  // 104: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
-	50,  // 105: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
-	78,  // 106: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
-	79,  // 107: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
-	80,  // 108: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
-	81,  // 109: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
-	82,  // 110: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
-	55,  // 111: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
-	57,  // 112: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
-	59,  // 113: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
-	61,  // 114: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
-	63,  // 115: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
-	65,  // 116: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
-	5,   // 117: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	7,   // 118: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	10,  // 119: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	14,  // 120: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	16,  // 121: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	20,  // 122: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	22,  // 123: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	24,  // 124: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	26,  // 125: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	29,  // 126: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	31,  // 127: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	33,  // 128: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	35,  // 129: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	37,  // 130: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	39,  // 131: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	41,  // 132: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	43,  // 133: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	45,  // 134: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	47,  // 135: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	19,  // 136: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
-	51,  // 137: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
-	83,  // 138: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
-	84,  // 139: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
-	85,  // 140: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
-	86,  // 141: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
-	87,  // 142: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
-	56,  // 143: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
-	58,  // 144: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
-	60,  // 145: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
-	62,  // 146: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
-	64,  // 147: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
-	66,  // 148: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
-	117, // [117:149] is the sub-list for method output_type
-	85,  // [85:117] is the sub-list for method input_type
-	85,  // [85:85] is the sub-list for extension type_name
-	85,  // [85:85] is the sub-list for extension extendee
-	0,   // [0:85] is the sub-list for field type_name
+	69,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
+	70,  // 1: flowstate.v1.CreateFlowRequest.deadline:type_name -> google.protobuf.Timestamp
+	71,  // 2: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 3: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	71,  // 4: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
+	73,  // 5: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
+	74,  // 6: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	8,   // 7: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
+	70,  // 8: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
+	71,  // 9: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
+	73,  // 10: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
+	73,  // 11: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
+	74,  // 12: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
+	74,  // 13: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
+	11,  // 14: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
+	12,  // 15: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
+	75,  // 16: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
+	73,  // 17: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
+	74,  // 18: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
+	74,  // 19: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
+	73,  // 20: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
+	76,  // 21: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
+	77,  // 22: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	71,  // 23: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 24: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	77,  // 25: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
+	70,  // 26: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
+	71,  // 27: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 28: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	71,  // 29: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 30: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	71,  // 31: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 32: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	71,  // 33: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
+	27,  // 34: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
+	0,   // 35: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
+	73,  // 36: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
+	74,  // 37: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
+	78,  // 38: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
+	70,  // 39: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
+	23,  // 40: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
+	21,  // 41: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
+	15,  // 42: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
+	30,  // 43: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
+	32,  // 44: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
+	28,  // 45: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
+	42,  // 46: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
+	71,  // 47: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 48: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	71,  // 49: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 50: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	71,  // 51: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 52: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	72,  // 53: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 54: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	79,  // 55: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	79,  // 56: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	79,  // 57: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	77,  // 58: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	71,  // 59: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 60: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48,  // 61: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
+	74,  // 62: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	48,  // 63: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
+	74,  // 64: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	71,  // 65: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	72,  // 66: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	49,  // 67: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
+	80,  // 68: flowstate.v1.FlowEvent.alert:type_name -> flowstate.v1.FlowAlert
+	70,  // 69: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	52,  // 70: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
+	1,   // 71: flowstate.v1.BulkAction.action:type_name -> flowstate.v1.BulkActionType
+	2,   // 72: flowstate.v1.BulkAction.state:type_name -> flowstate.v1.BulkActionState
+	70,  // 73: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
+	70,  // 74: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
+	70,  // 75: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
+	3,   // 76: flowstate.v1.BulkFlowResult.outcome:type_name -> flowstate.v1.BulkFlowOutcome
+	75,  // 77: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
+	70,  // 78: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
+	1,   // 79: flowstate.v1.StartBulkActionRequest.action:type_name -> flowstate.v1.BulkActionType
+	53,  // 80: flowstate.v1.StartBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 81: flowstate.v1.GetBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 82: flowstate.v1.ListBulkActionsResponse.bulk_actions:type_name -> flowstate.v1.BulkAction
+	3,   // 83: flowstate.v1.ListBulkActionResultsRequest.outcome:type_name -> flowstate.v1.BulkFlowOutcome
+	54,  // 84: flowstate.v1.ListBulkActionResultsResponse.results:type_name -> flowstate.v1.BulkFlowResult
+	53,  // 85: flowstate.v1.CancelBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 86: flowstate.v1.WatchBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	81,  // 87: flowstate.v1.DecidePhaseRequest.decision:type_name -> flowstate.v1.ApprovalDecision
+	71,  // 88: flowstate.v1.DecidePhaseResponse.flow:type_name -> flowstate.v1.Flow
+	72,  // 89: flowstate.v1.DecidePhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	4,   // 90: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	6,   // 91: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	9,   // 92: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	13,  // 93: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	15,  // 94: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	17,  // 95: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	21,  // 96: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	23,  // 97: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	25,  // 98: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	28,  // 99: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	30,  // 100: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	32,  // 101: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	34,  // 102: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	36,  // 103: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	38,  // 104: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	40,  // 105: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	42,  // 106: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	44,  // 107: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	46,  // 108: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	18,  // 109: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
+	50,  // 110: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
+	82,  // 111: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
+	83,  // 112: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
+	84,  // 113: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
+	85,  // 114: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
+	86,  // 115: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
+	55,  // 116: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
+	57,  // 117: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
+	59,  // 118: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
+	61,  // 119: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
+	63,  // 120: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
+	65,  // 121: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
+	67,  // 122: flowstate.v1.FlowStateService.DecidePhase:input_type -> flowstate.v1.DecidePhaseRequest
+	5,   // 123: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	7,   // 124: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	10,  // 125: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	14,  // 126: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	16,  // 127: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	20,  // 128: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	22,  // 129: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	24,  // 130: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	26,  // 131: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	29,  // 132: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	31,  // 133: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	33,  // 134: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	35,  // 135: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	37,  // 136: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	39,  // 137: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	41,  // 138: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	43,  // 139: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	45,  // 140: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	47,  // 141: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	19,  // 142: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
+	51,  // 143: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
+	87,  // 144: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
+	88,  // 145: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
+	89,  // 146: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
+	90,  // 147: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
+	91,  // 148: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
+	56,  // 149: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
+	58,  // 150: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
+	60,  // 151: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
+	62,  // 152: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
+	64,  // 153: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
+	66,  // 154: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
+	68,  // 155: flowstate.v1.FlowStateService.DecidePhase:output_type -> flowstate.v1.DecidePhaseResponse
+	123, // [123:156] is the sub-list for method output_type
+	90,  // [90:123] is the sub-list for method input_type
+	90,  // [90:90] is the sub-list for extension type_name
+	90,  // [90:90] is the sub-list for extension extendee
+	0,   // [0:90] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -5385,6 +5598,7 @@ func file_flowstate_v1_flow_service_proto_init() {
 	if File_flowstate_v1_flow_service_proto != nil {
 		return
 	}
+	file_flowstate_v1_approvals_proto_init()
 	file_flowstate_v1_definition_proto_init()
 	file_flowstate_v1_errors_proto_init()
 	file_flowstate_v1_flow_proto_init()
@@ -5418,14 +5632,16 @@ func file_flowstate_v1_flow_service_proto_init() {
 		(*FlowEvent_Snapshot)(nil),
 		(*FlowEvent_Change)(nil),
 		(*FlowEvent_Heartbeat)(nil),
+		(*FlowEvent_Alert)(nil),
 	}
+	file_flowstate_v1_flow_service_proto_msgTypes[63].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_service_proto_rawDesc), len(file_flowstate_v1_flow_service_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   64,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

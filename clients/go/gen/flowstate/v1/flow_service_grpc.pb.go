@@ -51,6 +51,7 @@ const (
 	FlowStateService_ListBulkActionResults_FullMethodName = "/flowstate.v1.FlowStateService/ListBulkActionResults"
 	FlowStateService_CancelBulkAction_FullMethodName      = "/flowstate.v1.FlowStateService/CancelBulkAction"
 	FlowStateService_WatchBulkAction_FullMethodName       = "/flowstate.v1.FlowStateService/WatchBulkAction"
+	FlowStateService_DecidePhase_FullMethodName           = "/flowstate.v1.FlowStateService/DecidePhase"
 )
 
 // FlowStateServiceClient is the client API for FlowStateService service.
@@ -215,6 +216,17 @@ type FlowStateServiceClient interface {
 	// Streams a bulk action's progress: the action now, then again whenever its
 	// counts or state change, ending after it is finished. Errors: NOT_FOUND.
 	WatchBulkAction(ctx context.Context, in *WatchBulkActionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBulkActionResponse], error)
+	// Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+	// COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+	// non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+	// have it; flows:write does not imply it), and whatever scope or claim the
+	// phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+	// changed). The approver (the token's `sub`), decision and comment are
+	// recorded in the DECISION history entry and on the phase. Errors:
+	// INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+	// PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+	// again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+	DecidePhase(ctx context.Context, in *DecidePhaseRequest, opts ...grpc.CallOption) (*DecidePhaseResponse, error)
 }
 
 type flowStateServiceClient struct {
@@ -572,6 +584,16 @@ func (c *flowStateServiceClient) WatchBulkAction(ctx context.Context, in *WatchB
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FlowStateService_WatchBulkActionClient = grpc.ServerStreamingClient[WatchBulkActionResponse]
 
+func (c *flowStateServiceClient) DecidePhase(ctx context.Context, in *DecidePhaseRequest, opts ...grpc.CallOption) (*DecidePhaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecidePhaseResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_DecidePhase_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FlowStateServiceServer is the server API for FlowStateService service.
 // All implementations must embed UnimplementedFlowStateServiceServer
 // for forward compatibility.
@@ -734,6 +756,17 @@ type FlowStateServiceServer interface {
 	// Streams a bulk action's progress: the action now, then again whenever its
 	// counts or state change, ending after it is finished. Errors: NOT_FOUND.
 	WatchBulkAction(*WatchBulkActionRequest, grpc.ServerStreamingServer[WatchBulkActionResponse]) error
+	// Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+	// COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+	// non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+	// have it; flows:write does not imply it), and whatever scope or claim the
+	// phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+	// changed). The approver (the token's `sub`), decision and comment are
+	// recorded in the DECISION history entry and on the phase. Errors:
+	// INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+	// PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+	// again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+	DecidePhase(context.Context, *DecidePhaseRequest) (*DecidePhaseResponse, error)
 	mustEmbedUnimplementedFlowStateServiceServer()
 }
 
@@ -839,6 +872,9 @@ func (UnimplementedFlowStateServiceServer) CancelBulkAction(context.Context, *Ca
 }
 func (UnimplementedFlowStateServiceServer) WatchBulkAction(*WatchBulkActionRequest, grpc.ServerStreamingServer[WatchBulkActionResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchBulkAction not implemented")
+}
+func (UnimplementedFlowStateServiceServer) DecidePhase(context.Context, *DecidePhaseRequest) (*DecidePhaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DecidePhase not implemented")
 }
 func (UnimplementedFlowStateServiceServer) mustEmbedUnimplementedFlowStateServiceServer() {}
 func (UnimplementedFlowStateServiceServer) testEmbeddedByValue()                          {}
@@ -1416,6 +1452,24 @@ func _FlowStateService_WatchBulkAction_Handler(srv interface{}, stream grpc.Serv
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FlowStateService_WatchBulkActionServer = grpc.ServerStreamingServer[WatchBulkActionResponse]
 
+func _FlowStateService_DecidePhase_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecidePhaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).DecidePhase(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_DecidePhase_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).DecidePhase(ctx, req.(*DecidePhaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FlowStateService_ServiceDesc is the grpc.ServiceDesc for FlowStateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1538,6 +1592,10 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelBulkAction",
 			Handler:    _FlowStateService_CancelBulkAction_Handler,
+		},
+		{
+			MethodName: "DecidePhase",
+			Handler:    _FlowStateService_DecidePhase_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

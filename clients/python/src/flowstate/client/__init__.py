@@ -19,11 +19,11 @@ generated messages and stubs live in ``flowstate.v1``.
 from flowstate.client._async_client import AsyncFlowstateClient
 from flowstate.client._config import DEFAULT_ADDRESS, TokenSource
 from flowstate.client._enums import (
+    AlertKind,
+    ApprovalDecision,
     BulkActionState,
     BulkActionType,
     BulkFlowOutcome,
-    AlertKind,
-    ApprovalDecision,
     ErrorCode,
     FlowEventKind,
     FlowStatus,
@@ -33,8 +33,8 @@ from flowstate.client._enums import (
 )
 from flowstate.client._errors import (
     Aborted,
-    BulkActionNotFound,
     ApprovalRequired,
+    BulkActionNotFound,
     DeadlineExceeded,
     DefinitionNotFound,
     DefinitionShadowsBuiltin,

@@ -12,11 +12,11 @@ import enum
 from typing import Any, Self
 
 __all__ = [
+    "AlertKind",
+    "ApprovalDecision",
     "BulkActionState",
     "BulkActionType",
     "BulkFlowOutcome",
-    "AlertKind",
-    "ApprovalDecision",
     "ErrorCode",
     "FlowEventKind",
     "FlowStatus",

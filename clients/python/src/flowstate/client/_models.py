@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from flowstate.client._enums import (
+    AlertKind,
+    ApprovalDecision,
     BulkActionState,
     BulkActionType,
     BulkFlowOutcome,
-    AlertKind,
-    ApprovalDecision,
     ErrorCode,
     FlowEventKind,
     FlowStatus,

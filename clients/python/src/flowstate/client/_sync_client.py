@@ -211,6 +211,7 @@ class FlowstateClient:
         display_name: str = "",
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        deadline: datetime | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> MutationResult:
@@ -223,6 +224,8 @@ class FlowstateClient:
             display_name: A human-readable name.
             labels: Free-form labels.
             request_id: Idempotency key; generated when None.
+            deadline: When the flow should be finished (timezone-aware); the definition's
+                `deadline` when None. A flow not terminal by then gets a DEADLINE_EXCEEDED alert.
             timeout: Seconds per attempt; the client's default when None.
             retry: This call's retry policy; the client's when None.
         """
@@ -233,6 +236,7 @@ class FlowstateClient:
             display_name=display_name,
             labels=labels,
             request_id=request_id,
+            deadline=deadline,
         )
         response = self._call(lambda s: s.CreateFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
@@ -252,6 +256,7 @@ class FlowstateClient:
         updated_before: datetime | timedelta | None = None,
         definition_name: str | None = None,
         filter: str = "",
+        alerting: bool = False,
         page_size: int = 0,
         page_token: str | None = None,
         timeout: float | None = None,
@@ -268,6 +273,7 @@ class FlowstateClient:
             definition_name: Only flows of this definition.
             filter: Only flows matching this filter (docs/filters.md), e.g.
                 ``'error = EXTERNAL_SERVICE_ERROR AND updated > -1h'``.
+            alerting: Only flows with an alert in force (`Flow.alerts`).
             page_size: At most this many flows (the server's default when 0).
             page_token: `FlowPage.next_page_token` of the previous page.
             timeout: Seconds per attempt; the client's default when None.
@@ -281,6 +287,7 @@ class FlowstateClient:
             page_size=page_size,
             page_token=page_token,
             filter=filter,
+            alerting=alerting,
         )
         response = self._call(lambda s: s.ListFlows, request, timeout, retry)
         return FlowPage._from_proto(response)
@@ -293,6 +300,7 @@ class FlowstateClient:
         updated_before: datetime | timedelta | None = None,
         definition_name: str | None = None,
         filter: str = "",
+        alerting: bool = False,
         page_size: int = 0,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
@@ -310,6 +318,7 @@ class FlowstateClient:
                 updated_before=updated_before,
                 definition_name=definition_name,
                 filter=filter,
+                alerting=alerting,
                 page_size=page_size,
                 page_token=token,
                 timeout=timeout,
@@ -906,6 +915,40 @@ class FlowstateClient:
             raise error_from_rpc_error(exc) from exc
         finally:
             call.cancel()
+
+    def decide_phase(
+        self,
+        flow_id: str,
+        phase: str,
+        decision: EnumLike,
+        *,
+        comment: str = "",
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Decide on a phase waiting for approval (needs the flows:approve scope).
+
+        `decision` is an `ApprovalDecision` (or its name: ``"APPROVE"``, ``"REJECT"``,
+        ``"REQUEST_CHANGES"``): APPROVE → COMPLETED, REQUEST_CHANGES → IN_PROGRESS, REJECT →
+        FAILED (non-retryable APPROVAL_REJECTED). The approver (the token's subject), decision
+        and comment are recorded on the phase (`Phase.approval`) and in history.
+
+        Raises:
+            PermissionDenied: no flows:approve scope, or the phase's policy names a scope or
+                claim the token lacks; InvalidPhaseTransition (not WAITING_APPROVAL),
+                PhaseOrderViolation, FlowPaused, FlowTerminal, VersionConflict.
+        """
+        request = _requests.decide_phase(
+            flow_id,
+            phase,
+            decision,
+            comment=comment,
+            request_id=request_id,
+            expected_version=expected_version,
+        )
+        response = self._call(lambda s: s.DecidePhase, request, timeout)
+        return MutationResult._from_proto(response)
 
     def _pause(self, delay: float) -> None:
         """Wait `delay` seconds before a stream reconnects, or less if the client closes."""

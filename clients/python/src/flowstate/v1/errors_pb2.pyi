@@ -125,6 +125,16 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """NOT_FOUND: no such bulk action for the caller's tenant (also another
     tenant's).
     """
+    ERROR_CODE_APPROVAL_REJECTED: _ErrorCode.ValueType  # 35
+    """Phase failure code (non-retryable): a person rejected the phase's result
+    (DecidePhase REJECT), or its approval timed out with on_timeout REJECT.
+    """
+    ERROR_CODE_APPROVAL_REQUIRED: _ErrorCode.ValueType  # 36
+    """FAILED_PRECONDITION: the phase's policy requires approval, so only
+    DecidePhase (scope flows:approve) moves it out of WAITING_APPROVAL; or the
+    caller's token does not satisfy the policy's scope or claim (then
+    PERMISSION_DENIED is used instead).
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Every error code Flowstate uses: the refusals of a request (carried as the
@@ -228,6 +238,16 @@ when a token is available again. Retryable after that delay.
 ERROR_CODE_BULK_ACTION_NOT_FOUND: ErrorCode.ValueType  # 40
 """NOT_FOUND: no such bulk action for the caller's tenant (also another
 tenant's).
+"""
+ERROR_CODE_APPROVAL_REJECTED: ErrorCode.ValueType  # 35
+"""Phase failure code (non-retryable): a person rejected the phase's result
+(DecidePhase REJECT), or its approval timed out with on_timeout REJECT.
+"""
+ERROR_CODE_APPROVAL_REQUIRED: ErrorCode.ValueType  # 36
+"""FAILED_PRECONDITION: the phase's policy requires approval, so only
+DecidePhase (scope flows:approve) moves it out of WAITING_APPROVAL; or the
+caller's token does not satisfy the policy's scope or claim (then
+PERMISSION_DENIED is used instead).
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 

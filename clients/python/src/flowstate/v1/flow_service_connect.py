@@ -22,7 +22,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from flowstate.v1.webhook_pb2 import CreateWebhookRequest, CreateWebhookResponse, DeleteWebhookRequest, DeleteWebhookResponse, ListWebhooksRequest, ListWebhooksResponse, ReplayWebhookRequest, ReplayWebhookResponse, TestWebhookRequest, TestWebhookResponse
 from pyqwest import Client, SyncClient
 
-from .flow_service_pb2 import CancelBulkActionRequest, CancelBulkActionResponse, CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, GetBulkActionRequest, GetBulkActionResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListBulkActionResultsRequest, ListBulkActionResultsResponse, ListBulkActionsRequest, ListBulkActionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, StartBulkActionRequest, StartBulkActionResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchBulkActionRequest, WatchBulkActionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
+from .flow_service_pb2 import CancelBulkActionRequest, CancelBulkActionResponse, CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, DecidePhaseRequest, DecidePhaseResponse, GetBulkActionRequest, GetBulkActionResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListBulkActionResultsRequest, ListBulkActionResultsResponse, ListBulkActionsRequest, ListBulkActionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, StartBulkActionRequest, StartBulkActionResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchBulkActionRequest, WatchBulkActionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -332,6 +332,21 @@ class FlowStateService(Protocol):
         """
         Streams a bulk action's progress: the action now, then again whenever its
         counts or state change, ending after it is finished. Errors: NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def decide_phase(self, request: DecidePhaseRequest, ctx: RequestContext[DecidePhaseRequest, DecidePhaseResponse], /) -> DecidePhaseResponse:
+        """
+        Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+        COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+        non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+        have it; flows:write does not imply it), and whatever scope or claim the
+        phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+        changed). The approver (the token's `sub`), decision and comment are
+        recorded in the DECISION history entry and on the phase. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+        PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+        again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -700,6 +715,17 @@ class FlowStateServiceASGIApplication(ConnectASGIApplication[FlowStateService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.watch_bulk_action,
+                ),
+                "/flowstate.v1.FlowStateService/DecidePhase": Endpoint.unary(
+                    method=MethodInfo(
+                        name="DecidePhase",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=DecidePhaseRequest,
+                        output=DecidePhaseResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.decide_phase,
                 ),
             },
             interceptors=interceptors,
@@ -1603,6 +1629,38 @@ class FlowStateServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def decide_phase(
+        self,
+        request: DecidePhaseRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DecidePhaseResponse:
+        """
+        Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+        COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+        non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+        have it; flows:write does not imply it), and whatever scope or claim the
+        phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+        changed). The approver (the token's `sub`), decision and comment are
+        recorded in the DECISION history entry and on the phase. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+        PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+        again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DecidePhase",
+                service_name="flowstate.v1.FlowStateService",
+                input=DecidePhaseRequest,
+                output=DecidePhaseResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class FlowStateServiceSync(Protocol):
     """
@@ -1898,6 +1956,21 @@ class FlowStateServiceSync(Protocol):
         """
         Streams a bulk action's progress: the action now, then again whenever its
         counts or state change, ending after it is finished. Errors: NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def decide_phase(self, request: DecidePhaseRequest, ctx: RequestContext[DecidePhaseRequest, DecidePhaseResponse], /) -> DecidePhaseResponse:
+        """
+        Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+        COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+        non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+        have it; flows:write does not imply it), and whatever scope or claim the
+        phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+        changed). The approver (the token's `sub`), decision and comment are
+        recorded in the DECISION history entry and on the phase. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+        PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+        again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -2264,6 +2337,17 @@ class FlowStateServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=service.watch_bulk_action,
+                ),
+                "/flowstate.v1.FlowStateService/DecidePhase": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="DecidePhase",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=DecidePhaseRequest,
+                        output=DecidePhaseResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.decide_phase,
                 ),
             },
             interceptors=interceptors,
@@ -3163,6 +3247,38 @@ class FlowStateServiceClientSync(ConnectClientSync):
                 output=WatchBulkActionResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def decide_phase(
+        self,
+        request: DecidePhaseRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DecidePhaseResponse:
+        """
+        Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+        COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+        non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+        have it; flows:write does not imply it), and whatever scope or claim the
+        phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+        changed). The approver (the token's `sub`), decision and comment are
+        recorded in the DECISION history entry and on the phase. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+        PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+        again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DecidePhase",
+                service_name="flowstate.v1.FlowStateService",
+                input=DecidePhaseRequest,
+                output=DecidePhaseResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

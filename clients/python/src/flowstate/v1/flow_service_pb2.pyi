@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from flowstate.v1 import approvals_pb2 as _approvals_pb2
 from flowstate.v1 import definition_pb2 as _definition_pb2
 from flowstate.v1 import errors_pb2 as _errors_pb2
 from flowstate.v1 import flow_pb2 as _flow_pb2
@@ -206,6 +207,7 @@ class CreateFlowRequest(_message.Message):
     FLOW_ID_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (1-128 printable characters); the SDKs generate one."""
     definition_name: _builtins.str
@@ -224,6 +226,13 @@ class CreateFlowRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels (at most 64 entries of at most 256 characters)."""
 
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the flow should be finished (it gets one DEADLINE_EXCEEDED alert if
+        it is not terminal by then); overrides the definition's `deadline`. Unset:
+        the definition's, if any.
+        """
+
     def __init__(
         self,
         *,
@@ -233,10 +242,11 @@ class CreateFlowRequest(_message.Message):
         flow_id: _builtins.str = ...,
         display_name: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "definition_version", b"definition_version", "display_name", b"display_name", "flow_id", b"flow_id", "labels", b"labels", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "definition_name", b"definition_name", "definition_version", b"definition_version", "display_name", b"display_name", "flow_id", b"flow_id", "labels", b"labels", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +371,7 @@ class ListFlowsRequest(_message.Message):
     UPDATED_BEFORE_FIELD_NUMBER: _builtins.int
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ALERTING_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many flows (50 when 0; a larger value than 500 is lowered to
     500; negative values are refused).
@@ -375,6 +386,10 @@ class ListFlowsRequest(_message.Message):
     `error = EXTERNAL_SERVICE_ERROR AND updated > -1h`, `stuck`. A filter
     that does not parse is INVALID_ARGUMENT (MALFORMED_REQUEST) whose
     FlowError details carry `position`, the 0-based offset of the problem.
+    """
+    alerting: _builtins.bool
+    """Only flows with an alert in force (Flow.alerts: a passed deadline, a stuck
+    status, an escalated approval timeout).
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_states_pb2.FlowStatus.ValueType]:
@@ -398,10 +413,11 @@ class ListFlowsRequest(_message.Message):
         updated_before: _timestamp_pb2.Timestamp | None = ...,
         definition_name: _builtins.str = ...,
         filter: _builtins.str = ...,
+        alerting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_before", b"updated_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "phase_states", b"phase_states", "statuses", b"statuses", "updated_before", b"updated_before"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerting", b"alerting", "definition_name", b"definition_name", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "phase_states", b"phase_states", "statuses", b"statuses", "updated_before", b"updated_before"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1829,6 +1845,7 @@ class FlowEvent(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     CHANGE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow the event is about; empty for heartbeats of WatchFlows."""
     flow_version: _builtins.int
@@ -1849,6 +1866,13 @@ class FlowEvent(_message.Message):
     def heartbeat(self) -> Global___Heartbeat:
         """Nothing happened; the stream is alive."""
 
+    @_builtins.property
+    def alert(self) -> _approvals_pb2.FlowAlert:
+        """The server raised an alert on the flow (a breach, raised once; its
+        history entry has kind ALERT and this event's flow_version). Clients
+        that do not know this case ignore it.
+        """
+
     def __init__(
         self,
         *,
@@ -1859,12 +1883,13 @@ class FlowEvent(_message.Message):
         snapshot: _flow_pb2.Flow | None = ...,
         change: _history_pb2.HistoryEntry | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        alert: _approvals_pb2.FlowAlert | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "heartbeat", b"heartbeat", "kind", b"kind", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "change", b"change", "heartbeat", b"heartbeat", "kind", b"kind", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "flow_id", b"flow_id", "flow_version", b"flow_version", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "snapshot", b"snapshot", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "change", b"change", "flow_id", b"flow_id", "flow_version", b"flow_version", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "snapshot", b"snapshot", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["snapshot", "change", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["snapshot", "change", "heartbeat", "alert"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -2429,3 +2454,77 @@ class WatchBulkActionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchBulkActionResponse: _TypeAlias = WatchBulkActionResponse  # noqa: Y015
+
+@_typing.final
+class DecidePhaseRequest(_message.Message):
+    """Request of DecidePhase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    flow_id: _builtins.str
+    """The flow's id."""
+    phase: _builtins.str
+    """The phase to decide on; it must be WAITING_APPROVAL."""
+    decision: _approvals_pb2.ApprovalDecision.ValueType
+    """The decision."""
+    comment: _builtins.str
+    """Why (at most 1024 characters); recorded in history and on the phase."""
+    request_id: _builtins.str
+    """Idempotency key (1-128 printable characters); the SDKs generate one."""
+    expected_version: _builtins.int
+    """Apply only if the flow is at this version (ABORTED otherwise)."""
+    def __init__(
+        self,
+        *,
+        flow_id: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        decision: _approvals_pb2.ApprovalDecision.ValueType = ...,
+        comment: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        expected_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "comment", b"comment", "decision", b"decision", "expected_version", b"expected_version", "flow_id", b"flow_id", "phase", b"phase", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___DecidePhaseRequest: _TypeAlias = DecidePhaseRequest  # noqa: Y015
+
+@_typing.final
+class DecidePhaseResponse(_message.Message):
+    """Response of DecidePhase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_FIELD_NUMBER: _builtins.int
+    HISTORY_ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def flow(self) -> _flow_pb2.Flow:
+        """The flow after the change."""
+
+    @_builtins.property
+    def history_entries(self) -> _containers.RepeatedCompositeFieldContainer[_history_pb2.HistoryEntry]:
+        """The history entries the change appended (one DECISION entry)."""
+
+    def __init__(
+        self,
+        *,
+        flow: _flow_pb2.Flow | None = ...,
+        history_entries: _abc.Iterable[_history_pb2.HistoryEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "history_entries", b"history_entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecidePhaseResponse: _TypeAlias = DecidePhaseResponse  # noqa: Y015

@@ -217,6 +217,11 @@ class FlowStateServiceStub:
                 request_serializer=flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionRequest.SerializeToString,
                 response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionResponse.FromString,
                 _registered_method=True)
+        self.DecidePhase = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/DecidePhase',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseResponse.FromString,
+                _registered_method=True)
 
 
 class FlowStateServiceServicer:
@@ -553,6 +558,24 @@ class FlowStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecidePhase(self, request, context):
+        """--- Approvals (DESIGN.md section 10) ---
+
+        Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+        COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+        non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+        have it; flows:write does not imply it), and whatever scope or claim the
+        phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+        changed). The approver (the token's `sub`), decision and comment are
+        recorded in the DECISION history entry and on the phase. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+        PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+        again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -715,6 +738,11 @@ def add_FlowStateServiceServicer_to_server(servicer, server):
                     servicer.WatchBulkAction,
                     request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionRequest.FromString,
                     response_serializer=flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionResponse.SerializeToString,
+            ),
+            'DecidePhase': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecidePhase,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1603,6 +1631,33 @@ class FlowStateService:
             '/flowstate.v1.FlowStateService/WatchBulkAction',
             flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionRequest.SerializeToString,
             flowstate_dot_v1_dot_flow__service__pb2.WatchBulkActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecidePhase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/DecidePhase',
+            flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

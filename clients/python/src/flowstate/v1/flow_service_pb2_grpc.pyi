@@ -232,6 +232,20 @@ class FlowStateServiceStub:
     """Streams a bulk action's progress: the action now, then again whenever its
     counts or state change, ending after it is finished. Errors: NOT_FOUND.
     """
+    DecidePhase: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.DecidePhaseRequest, _flow_service_pb2.DecidePhaseResponse]
+    """--- Approvals (DESIGN.md section 10) ---
+
+    Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+    COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+    non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+    have it; flows:write does not imply it), and whatever scope or claim the
+    phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+    changed). The approver (the token's `sub`), decision and comment are
+    recorded in the DECISION history entry and on the phase. Errors:
+    INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+    PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+    again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class FlowStateServiceAsyncStub(FlowStateServiceStub):
@@ -435,6 +449,20 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     WatchBulkAction: _aio.UnaryStreamMultiCallable[_flow_service_pb2.WatchBulkActionRequest, _flow_service_pb2.WatchBulkActionResponse]  # type: ignore[assignment]
     """Streams a bulk action's progress: the action now, then again whenever its
     counts or state change, ending after it is finished. Errors: NOT_FOUND.
+    """
+    DecidePhase: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.DecidePhaseRequest, _flow_service_pb2.DecidePhaseResponse]  # type: ignore[assignment]
+    """--- Approvals (DESIGN.md section 10) ---
+
+    Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+    COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+    non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+    have it; flows:write does not imply it), and whatever scope or claim the
+    phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+    changed). The approver (the token's `sub`), decision and comment are
+    recorded in the DECISION history entry and on the phase. Errors:
+    INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+    PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+    again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
     """
 
 class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -828,6 +856,26 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_flow_service_pb2.WatchBulkActionResponse], _abc.AsyncIterator[_flow_service_pb2.WatchBulkActionResponse]]:
         """Streams a bulk action's progress: the action now, then again whenever its
         counts or state change, ending after it is finished. Errors: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def DecidePhase(
+        self,
+        request: _flow_service_pb2.DecidePhaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.DecidePhaseResponse, _abc.Awaitable[_flow_service_pb2.DecidePhaseResponse]]:
+        """--- Approvals (DESIGN.md section 10) ---
+
+        Decides on a phase that waits for approval (WAITING_APPROVAL): APPROVE ->
+        COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED with the
+        non-retryable code APPROVAL_REJECTED. Needs the flows:approve scope (admins
+        have it; flows:write does not imply it), and whatever scope or claim the
+        phase's approval policy names (PERMISSION_DENIED otherwise, nothing
+        changed). The approver (the token's `sub`), decision and comment are
+        recorded in the DECISION history entry and on the phase. Errors:
+        INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
+        PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
+        again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
         """
 
 def add_FlowStateServiceServicer_to_server(servicer: FlowStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
