@@ -29,7 +29,9 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
 	"iter"
 	"net"
 	"os"
@@ -544,6 +546,78 @@ func (c *Client) ReplayWebhook(ctx context.Context, req *flowstatev1.ReplayWebho
 func (c *Client) DecidePhase(ctx context.Context, req *flowstatev1.DecidePhaseRequest, opts ...grpc.CallOption) (*flowstatev1.DecidePhaseResponse, error) {
 	req = withRequestID(req, func(r *flowstatev1.DecidePhaseRequest, id string) { r.RequestId = id })
 	return invoke(ctx, c, req, c.raw.DecidePhase, opts)
+}
+
+// CountFlows counts the caller's flows matching req.Filter (docs/filters.md), in all and per
+// req.GroupBy ("status", "definition", "phase.<name>"). A filter that does not parse is
+// ErrMalformedRequest with details["position"], the offset of the problem.
+func (c *Client) CountFlows(ctx context.Context, req *flowstatev1.CountFlowsRequest, opts ...grpc.CallOption) (*flowstatev1.CountFlowsResponse, error) {
+	if req == nil {
+		req = &flowstatev1.CountFlowsRequest{}
+	}
+	return invoke(ctx, c, req, c.raw.CountFlows, opts)
+}
+
+// StartBulkAction starts a bulk action over a filter or flow ids (scope flows:admin,
+// docs/bulk-actions.md); the server works through it in the background. Request id added when
+// empty, so a retried start starts nothing twice.
+func (c *Client) StartBulkAction(ctx context.Context, req *flowstatev1.StartBulkActionRequest, opts ...grpc.CallOption) (*flowstatev1.StartBulkActionResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.StartBulkActionRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.StartBulkAction, opts)
+}
+
+// GetBulkAction returns one bulk action with its progress (ErrBulkActionNotFound otherwise).
+func (c *Client) GetBulkAction(ctx context.Context, req *flowstatev1.GetBulkActionRequest, opts ...grpc.CallOption) (*flowstatev1.GetBulkActionResponse, error) {
+	return invoke(ctx, c, req, c.raw.GetBulkAction, opts)
+}
+
+// ListBulkActions returns one page of the caller's bulk actions, newest first.
+func (c *Client) ListBulkActions(ctx context.Context, req *flowstatev1.ListBulkActionsRequest, opts ...grpc.CallOption) (*flowstatev1.ListBulkActionsResponse, error) {
+	if req == nil {
+		req = &flowstatev1.ListBulkActionsRequest{}
+	}
+	return invoke(ctx, c, req, c.raw.ListBulkActions, opts)
+}
+
+// CancelBulkAction stops a running bulk action (flows not taken yet are left alone).
+func (c *Client) CancelBulkAction(ctx context.Context, req *flowstatev1.CancelBulkActionRequest, opts ...grpc.CallOption) (*flowstatev1.CancelBulkActionResponse, error) {
+	return invoke(ctx, c, req, c.raw.CancelBulkAction, opts)
+}
+
+// BulkActionResults yields every per-flow result of a bulk action (only outcome, unless
+// UNSPECIFIED), fetching pages lazily. A final non-nil error ends it.
+func (c *Client) BulkActionResults(ctx context.Context, bulkActionID string, outcome flowstatev1.BulkFlowOutcome, opts ...grpc.CallOption) iter.Seq2[*flowstatev1.BulkFlowResult, error] {
+	return pages(func(token string) ([]*flowstatev1.BulkFlowResult, string, error) {
+		page, err := invoke(ctx, c, &flowstatev1.ListBulkActionResultsRequest{BulkActionId: bulkActionID, Outcome: outcome, PageToken: token}, c.raw.ListBulkActionResults, opts)
+		return page.GetResults(), page.GetNextPageToken(), err
+	})
+}
+
+// WatchBulkAction yields the bulk action now and at every change of its progress, until it is
+// finished. A final non-nil error ends it.
+func (c *Client) WatchBulkAction(ctx context.Context, bulkActionID string, opts ...grpc.CallOption) iter.Seq2[*flowstatev1.BulkAction, error] {
+	return func(yield func(*flowstatev1.BulkAction, error) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := c.raw.WatchBulkAction(ctx, &flowstatev1.WatchBulkActionRequest{BulkActionId: bulkActionID}, opts...)
+		if err != nil {
+			yield(nil, Convert(err))
+			return
+		}
+		for {
+			response, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err != nil {
+				yield(nil, Convert(err))
+				return
+			}
+			if !yield(response.GetBulkAction(), nil) {
+				return
+			}
+		}
+	}
 }
 
 // History yields every history entry of a flow after afterVersion, fetching pages lazily as

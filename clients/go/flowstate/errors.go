@@ -52,6 +52,7 @@ const (
 	CodeWebhookNotFound              Code = "WEBHOOK_NOT_FOUND"
 	CodeRateLimited                  Code = "RATE_LIMITED"
 	CodeApprovalRequired             Code = "APPROVAL_REQUIRED"
+	CodeBulkActionNotFound           Code = "BULK_ACTION_NOT_FOUND"
 )
 
 // CodeOf returns the Code of a flowstatev1.ErrorCode (e.g. in ValidateTransitionResponse.Error).
@@ -420,6 +421,7 @@ var (
 	ErrWebhookNotFound              = codeSentinel(CodeWebhookNotFound)
 	ErrRateLimited                  = codeSentinel(CodeRateLimited)
 	ErrApprovalRequired             = codeSentinel(CodeApprovalRequired)
+	ErrBulkActionNotFound           = codeSentinel(CodeBulkActionNotFound)
 )
 
 // Sentinels by gRPC code (the classes of the Python and TypeScript clients), for errors.Is.

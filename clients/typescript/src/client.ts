@@ -20,6 +20,21 @@ import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } fr
 
 import { FlowstateError, toFlowstateError, uncancelled } from "./errors.js";
 import {
+  CancelBulkActionRequestSchema,
+  CountFlowsRequestSchema,
+  GetBulkActionRequestSchema,
+  ListBulkActionResultsRequestSchema,
+  ListBulkActionsRequestSchema,
+  StartBulkActionRequestSchema,
+  WatchBulkActionRequestSchema,
+  type BulkAction,
+  type BulkFlowResult,
+  type CancelBulkActionResponse,
+  type CountFlowsResponse,
+  type GetBulkActionResponse,
+  type ListBulkActionResultsResponse,
+  type ListBulkActionsResponse,
+  type StartBulkActionResponse,
   CancelFlowRequestSchema,
   CreateFlowDefinitionRequestSchema,
   CreateFlowRequestSchema,
@@ -169,6 +184,12 @@ export type DeleteWebhookInput = Init<typeof DeleteWebhookRequestSchema>;
 export type TestWebhookInput = Init<typeof TestWebhookRequestSchema>;
 export type ReplayWebhookInput = Init<typeof ReplayWebhookRequestSchema>;
 export type DecidePhaseInput = Init<typeof DecidePhaseRequestSchema>;
+export type CountFlowsInput = Init<typeof CountFlowsRequestSchema>;
+export type StartBulkActionInput = Init<typeof StartBulkActionRequestSchema>;
+export type GetBulkActionInput = Init<typeof GetBulkActionRequestSchema>;
+export type ListBulkActionsInput = Init<typeof ListBulkActionsRequestSchema>;
+export type ListBulkActionResultsInput = Init<typeof ListBulkActionResultsRequestSchema>;
+export type CancelBulkActionInput = Init<typeof CancelBulkActionRequestSchema>;
 
 /** The Flowstate client: one method per RPC, plus resumable watches. */
 export interface FlowstateClient {
@@ -221,6 +242,29 @@ export interface FlowstateClient {
    * scope or claim of the phase's policy is a `PermissionDeniedError`.
    */
   decidePhase(request: DecidePhaseInput, options?: FlowstateCallOptions): Promise<DecidePhaseResponse>;
+  /**
+   * Counts the caller's flows matching `filter` (docs/filters.md), in all and per `groupBy`
+   * ("status", "definition", "phase.<name>"). A filter that does not parse is a
+   * `MalformedRequestError` whose `details.position` is the offset of the problem.
+   */
+  countFlows(request?: CountFlowsInput, options?: FlowstateCallOptions): Promise<CountFlowsResponse>;
+  /**
+   * Starts a bulk action (scope `flows:admin`, docs/bulk-actions.md) over a filter or flow ids;
+   * the server works through it in the background. Idempotent on `requestId` (generated when unset).
+   */
+  startBulkAction(request: StartBulkActionInput, options?: FlowstateCallOptions): Promise<StartBulkActionResponse>;
+  /** One bulk action with its progress (`BulkActionNotFoundError` for another tenant's). */
+  getBulkAction(request: GetBulkActionInput, options?: FlowstateCallOptions): Promise<GetBulkActionResponse>;
+  /** One page of the caller's bulk actions, newest first. */
+  listBulkActions(request?: ListBulkActionsInput, options?: FlowstateCallOptions): Promise<ListBulkActionsResponse>;
+  /** One page of a bulk action's per-flow results (optionally one outcome). */
+  listBulkActionResults(request: ListBulkActionResultsInput, options?: FlowstateCallOptions): Promise<ListBulkActionResultsResponse>;
+  /** Every per-flow result of a bulk action (optionally one outcome), fetching pages lazily. */
+  bulkActionResults(request: ListBulkActionResultsInput, options?: FlowstateCallOptions): AsyncGenerator<BulkFlowResult, void, undefined>;
+  /** Cancels a running bulk action (flows not taken yet are left alone). */
+  cancelBulkAction(request: CancelBulkActionInput, options?: FlowstateCallOptions): Promise<CancelBulkActionResponse>;
+  /** The bulk action now and at every change of its progress, until it is finished. */
+  watchBulkAction(bulkActionId: string, options?: CallOptions): AsyncGenerator<BulkAction, void, undefined>;
   /** Every flow matching the filters of `request` (its page token is ignored), fetching pages lazily. */
   flows(request?: ListFlowsInput, options?: FlowstateCallOptions): AsyncGenerator<Flow, void, undefined>;
   /** Every history entry of a flow after `afterVersion`, fetching pages lazily. */
@@ -420,6 +464,34 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
     testWebhook: (request, o) => unary(TestWebhookRequestSchema, request, (r, c) => raw.testWebhook(r, c), false, o),
     replayWebhook: (request, o) => unary(ReplayWebhookRequestSchema, request, (r, c) => raw.replayWebhook(r, c), false, o),
     decidePhase: (request, o) => unary(DecidePhaseRequestSchema, request, (r, c) => raw.decidePhase(r, c), true, o),
+    countFlows: (request = {}, o) => unary(CountFlowsRequestSchema, request, (r, c) => raw.countFlows(r, c), false, o),
+    startBulkAction: (request, o) =>
+      unary(StartBulkActionRequestSchema, request, (r, c) => raw.startBulkAction(r, c), true, o),
+    getBulkAction: (request, o) => unary(GetBulkActionRequestSchema, request, (r, c) => raw.getBulkAction(r, c), false, o),
+    listBulkActions: (request = {}, o) =>
+      unary(ListBulkActionsRequestSchema, request, (r, c) => raw.listBulkActions(r, c), false, o),
+    listBulkActionResults: (request, o) =>
+      unary(ListBulkActionResultsRequestSchema, request, (r, c) => raw.listBulkActionResults(r, c), false, o),
+    async *bulkActionResults(request, callOptions) {
+      let pageToken = "";
+      do {
+        const page = await client.listBulkActionResults({ ...request, pageToken }, callOptions);
+        yield* page.results;
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+    },
+    cancelBulkAction: (request, o) =>
+      unary(CancelBulkActionRequestSchema, request, (r, c) => raw.cancelBulkAction(r, c), false, o),
+    async *watchBulkAction(bulkActionId, callOptions) {
+      const request = create(WatchBulkActionRequestSchema, { bulkActionId });
+      try {
+        for await (const response of raw.watchBulkAction(request, callOptions)) {
+          if (response.bulkAction) yield response.bulkAction;
+        }
+      } catch (err) {
+        throw toFlowstateError(ConnectError.from(err));
+      }
+    },
     async *flows(request = {}, callOptions) {
       let pageToken = "";
       do {

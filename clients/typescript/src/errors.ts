@@ -33,7 +33,8 @@
  *   ├── NotFoundError                      NOT_FOUND
  *   │   ├── FlowNotFoundError
  *   │   ├── DefinitionNotFoundError            also another tenant's definition
- *   │   └── WebhookNotFoundError               also another tenant's webhook
+ *   │   ├── WebhookNotFoundError               also another tenant's webhook
+ *   │   └── BulkActionNotFoundError            also another tenant's bulk action
  *   ├── UnauthenticatedError               UNAUTHENTICATED
  *   ├── PermissionDeniedError              PERMISSION_DENIED
  *   ├── ResourceExhaustedError             RESOURCE_EXHAUSTED
@@ -336,6 +337,8 @@ export class NotFoundError extends FlowstateError {}
 export class FlowNotFoundError extends NotFoundError {}
 /** No such flow definition (or version) for the caller's tenant (also another tenant's). */
 export class DefinitionNotFoundError extends NotFoundError {}
+/** No such bulk action for the caller's tenant (also another tenant's). */
+export class BulkActionNotFoundError extends NotFoundError {}
 /** No such webhook for the caller's tenant (also another tenant's). */
 export class WebhookNotFoundError extends NotFoundError {}
 /** The definition's name is a built-in's; register it with `allowShadowBuiltin: true`. */
@@ -384,6 +387,7 @@ const BY_REASON: Partial<Record<FlowstateErrorCode, ErrorClass>> = {
   VERSION_CONFLICT: VersionConflictError,
   FLOW_NOT_FOUND: FlowNotFoundError,
   DEFINITION_NOT_FOUND: DefinitionNotFoundError,
+  BULK_ACTION_NOT_FOUND: BulkActionNotFoundError,
   DEFINITION_SHADOWS_BUILTIN: DefinitionShadowsBuiltinError,
   WEBHOOK_NOT_FOUND: WebhookNotFoundError,
   RATE_LIMITED: RateLimitedError,

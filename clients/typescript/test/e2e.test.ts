@@ -6,11 +6,17 @@ import { after, describe, it } from "node:test";
 
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
+import { randomUUID } from "node:crypto";
+
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 
 import {
   AlertKind,
   ApprovalDecision,
+  BulkActionNotFoundError,
+  BulkActionState,
+  BulkActionType,
+  BulkFlowOutcome,
   createFlowstateClient,
   DefinitionNotFoundError,
   DefinitionShadowsBuiltinError,
@@ -167,6 +173,59 @@ if (testServer === undefined) {
       assert.deepEqual(answer.blockingPhases, ["data_import"]);
       const { flow } = await writer.getFlow({ flowId });
       assert.equal(flow?.version, 1n);
+    });
+  });
+
+  describe("filters, counts and bulk actions", TIMEOUT, () => {
+    it("counts with a filter, retries in bulk, watches the progress and reads the refusals", async () => {
+      const run = randomUUID();
+      const labels = { run };
+      const failed: string[] = [];
+      for (const errorCode of [ErrorCode.EXTERNAL_SERVICE_ERROR, ErrorCode.EXTERNAL_SERVICE_ERROR, ErrorCode.DATA_VALIDATION_FAILED]) {
+        const { flow } = await writer.createFlow({ definitionName: "discovery", labels });
+        assert.ok(flow);
+        await move(flow.flowId, "data_import", PhaseState.IN_PROGRESS);
+        await writer.transitionPhase({
+          flowId: flow.flowId,
+          phase: "data_import",
+          targetState: PhaseState.FAILED,
+          failure: { errorCode, message: "down" },
+        });
+        failed.push(flow.flowId);
+      }
+      await writer.createFlow({ definitionName: "discovery", labels });
+      const filter = `labels.run = "${run}"`;
+      const counted = await writer.countFlows({ filter, groupBy: "status" });
+      assert.equal(counted.totalCount, 4n);
+      assert.deepEqual(counted.groups.map((g) => [g.key, g.count]), [["FAILED", 3n], ["INITIALIZED", 1n]]);
+      const bad = await refusal(writer.countFlows({ filter: "status =" }));
+      assert.ok(bad instanceof MalformedRequestError, String(bad));
+      assert.equal(bad.details.position, 8);
+
+      const admin = connect(server.adminToken);
+      const { bulkAction } = await admin.startBulkAction({
+        action: BulkActionType.RETRY,
+        filter: `${filter} AND status = FAILED`,
+        reason: "ts e2e",
+      });
+      assert.ok(bulkAction);
+      assert.equal(bulkAction.totalCount, 3n);
+      let last = bulkAction;
+      for await (const update of admin.watchBulkAction(bulkAction.bulkActionId)) last = update;
+      assert.equal(last.state, BulkActionState.SUCCEEDED);
+      assert.deepEqual([last.appliedCount, last.refusedCount, last.skippedCount], [2n, 1n, 0n]);
+      const refused = [];
+      for await (const result of admin.bulkActionResults({
+        bulkActionId: bulkAction.bulkActionId,
+        outcome: BulkFlowOutcome.REFUSED,
+      })) {
+        refused.push(result);
+      }
+      assert.deepEqual(refused.map((r) => [r.flowId, r.error?.errorCode]), [[failed[2], ErrorCode.RETRY_NOT_ALLOWED]]);
+      const { bulkActions } = await admin.listBulkActions({ pageSize: 50 });
+      assert.ok(bulkActions.some((a) => a.bulkActionId === bulkAction.bulkActionId));
+      const missing = await refusal(admin.getBulkAction({ bulkActionId: randomUUID() }));
+      assert.ok(missing instanceof BulkActionNotFoundError, String(missing));
     });
   });
 

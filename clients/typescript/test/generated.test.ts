@@ -55,6 +55,12 @@ const RPCS = [
   "WatchFlows",
   "Heartbeat", // section 10 (timers)
   "CountFlows", // section 12 (search)
+  "StartBulkAction", // section 12 (bulk actions)
+  "GetBulkAction",
+  "ListBulkActions",
+  "ListBulkActionResults",
+  "CancelBulkAction",
+  "WatchBulkAction",
   "CreateWebhook", // section 12 (webhooks)
   "ListWebhooks",
   "DeleteWebhook",
@@ -62,7 +68,7 @@ const RPCS = [
   "ReplayWebhook",
   "DecidePhase", // section 10 (approvals)
 ];
-const STREAMING_RPCS = ["WatchFlow", "WatchFlows"];
+const STREAMING_RPCS = ["WatchFlow", "WatchFlows", "WatchBulkAction"];
 // DESIGN.md, "Phase states" and "Flow status", in proto order.
 const PHASE_STATES = [
   "PHASE_STATE_UNSPECIFIED",
