@@ -25,8 +25,8 @@ from flowstate.core.definitions import (
     definition_from_dict,
     definition_to_dict,
 )
-from flowstate.core.model import ErrorCode, Flow, PhaseError, PhaseState
-from flowstate.core.retries import retry_backoff
+from flowstate.core.model import ErrorCode, Flow, Phase, PhaseError, PhaseState
+from flowstate.core.retries import next_attempt_at, retry_backoff
 from flowstate.core.timers import PlannedTimer, TimerKind, plan_timers, timer_command
 
 from .support import T0, TENANT
@@ -155,9 +155,21 @@ def test_no_retry_is_scheduled_past_max_retries() -> None:
 
 def test_the_backoff_grows_by_the_multiplier_up_to_the_maximum() -> None:
     assert [retry_backoff(RETRY, n) for n in range(5)] == [2.0, 6.0, 10.0, 10.0, 10.0]
+    double = RetryPolicy(0.5, 2.0, 3.0, frozenset({ErrorCode.AGENT_TIMEOUT}))
+    assert [retry_backoff(double, n) for n in range(4)] == [0.5, 1.0, 2.0, 3.0]
     flat = RetryPolicy(1.0, 1.0, 5.0, frozenset({ErrorCode.AGENT_TIMEOUT}))
     assert retry_backoff(flat, 1000) == 1.0
-    assert retry_backoff(RETRY, 10**6) == 10.0  # no overflow
+    steep = RetryPolicy(1.0, 10.0, 2_592_000.0, frozenset({ErrorCode.AGENT_TIMEOUT}))
+    assert retry_backoff(steep, 10**6) == 2_592_000.0  # no overflow
+
+
+def test_only_a_failed_phase_gets_a_next_attempt() -> None:
+    work = TIMED.phase("work")
+    running = Phase("work", S.IN_PROGRESS, error=DOWN)
+    assert next_attempt_at(work, running, T0) is None
+    failed = Phase("work", S.FAILED, error=DOWN, retry_count=1)
+    assert next_attempt_at(work, failed, T0) == T0 + timedelta(seconds=6)
+    assert next_attempt_at(work, Phase("work", S.FAILED), T0) is None  # no error: nothing
 
 
 def test_a_timer_the_flow_no_longer_needs_is_void() -> None:
@@ -217,3 +229,58 @@ def test_durations(text: object, seconds: float) -> None:
 @pytest.mark.parametrize("bad", ["5 minutes", "-1s", "s", True, None, float("nan"), [1]])
 def test_not_durations(bad: object) -> None:
     assert parse_duration(bad) is None
+
+
+def test_the_commands_of_due_timers_are_pinned() -> None:
+    flow, _ = run(new_flow(), (5, TransitionPhase("work", S.IN_PROGRESS)))
+    assert timer_command(flow, TIMED, TimerKind.PHASE_TIMEOUT, "work") == TransitionPhase(
+        "work",
+        S.FAILED,
+        reason="timeout passed",
+        error=PhaseError(
+            ErrorCode.AGENT_TIMEOUT,
+            "Phase 'work' was in progress for more than 60 s (timeout)",
+            {"policy": "timeout", "seconds": 60.0},
+        ),
+    )
+    assert timer_command(flow, TIMED, TimerKind.HEARTBEAT_TIMEOUT, "work") == TransitionPhase(
+        "work",
+        S.FAILED,
+        reason="heartbeat_timeout passed",
+        error=PhaseError(
+            ErrorCode.AGENT_TIMEOUT,
+            "Phase 'work' was without a heartbeat for more than 10 s (heartbeat_timeout)",
+            {"policy": "heartbeat_timeout", "seconds": 10.0},
+        ),
+    )
+    # A running phase has no retry timer, and `after` (not running) no timeout: both void.
+    assert timer_command(flow, TIMED, TimerKind.RETRY_BACKOFF, "work") is None
+    assert timer_command(flow, LATE, TimerKind.PHASE_TIMEOUT, "work") is None
+    failed, _ = run(flow, (7, TransitionPhase("work", S.FAILED, error=DOWN)))
+    assert timer_command(failed, TIMED, TimerKind.RETRY_BACKOFF, "work") == Retry(
+        "work", reason="automatic retry (retry_policy): backoff passed"
+    )
+
+
+LATE = FlowDefinition(
+    name="timed",
+    version=1,
+    phases=(
+        PhaseDefinition("work", (), 50, 2, None),
+        PhaseDefinition("after", ("work",), 50, 0, None, policy=PhasePolicy(timeout=30.0)),
+    ),
+)
+"""Same phases as TIMED, but only the second one has a policy."""
+
+
+def test_phases_without_a_policy_do_not_hide_the_later_ones() -> None:
+    flow = create_flow("f", TENANT, LATE, at(0)).flow
+    for when, command in (
+        (1, TransitionPhase("work", S.IN_PROGRESS)),
+        (2, TransitionPhase("work", S.COMPLETED)),
+        (3, TransitionPhase("after", S.IN_PROGRESS)),
+    ):
+        flow = apply_command(flow, LATE, command, at(when)).flow
+    assert plan_timers(flow, LATE) == (
+        PlannedTimer(TimerKind.PHASE_TIMEOUT, "after", T0 + timedelta(seconds=33)),
+    )

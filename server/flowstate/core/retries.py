@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from flowstate.core.definition_document import MAX_RETRIES
 from flowstate.core.definitions import PhaseDefinition, RetryPolicy
 from flowstate.core.model import Phase, PhaseState
 
@@ -18,15 +19,10 @@ __all__ = ["next_attempt_at", "retry_backoff"]
 def retry_backoff(policy: RetryPolicy, attempts_used: int) -> float:
     """Seconds to wait before the retry after `attempts_used` retries:
     ``min(initial_backoff * multiplier ** attempts_used, max_backoff)``."""
-    if policy.multiplier > 1.0 and attempts_used > 0:
-        # Bounded without overflow: once past max_backoff, more attempts stay there.
-        backoff = policy.initial_backoff
-        for _ in range(attempts_used):
-            backoff *= policy.multiplier
-            if backoff >= policy.max_backoff:
-                return policy.max_backoff
-        return min(backoff, policy.max_backoff)
-    return min(policy.initial_backoff, policy.max_backoff)
+    # The exponent never needs to pass MAX_RETRIES (no phase uses more retries), and bounded
+    # by it the power stays a finite float (multiplier <= 10).
+    exponent = min(max(attempts_used, 0), MAX_RETRIES)
+    return min(policy.initial_backoff * policy.multiplier**exponent, policy.max_backoff)
 
 
 def next_attempt_at(definition: PhaseDefinition, phase: Phase, now: datetime) -> datetime | None:
