@@ -6,13 +6,24 @@
  * events: docs/approvals.md), so the board agrees with FLOWSTATE_STUCK_AFTER and its per-status
  * thresholds: a snapshot brings the flow's alerts in force, an alert event adds one, and a change
  * ends a STUCK alert (the flow moved) and, when the flow ends, every alert.
+ *
+ * Labels (`team=core, env=prod`) become a server-side filter (docs/filters.md): every pair must
+ * match. With `flows:admin`, rows can be selected and one bulk action (docs/bulk-actions.md)
+ * started on them: StartBulkAction with their ids, then WatchBulkAction until it is finished,
+ * whose counts the notice shows.
  */
 import type { Client } from "@connectrpc/connect";
 import { useEffect, useRef, useState } from "preact/hooks";
 
-import { AlertKind, FlowStatus, type FlowStateService } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
+import {
+  AlertKind,
+  BulkActionState,
+  BulkActionType,
+  FlowStatus,
+  type FlowStateService,
+} from "../../clients/typescript/src/gen/flowstate/v1/index.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { describeError } from "./api.js";
+import { describeError, type Session } from "./api.js";
 import { ago, alertName, statusClass, statusName, TERMINAL } from "./format.js";
 import { link } from "./router.js";
 
@@ -41,10 +52,36 @@ function alertsAfter(prev: AlertKind[], kind: string | undefined, value: unknown
   return prev;
 }
 
+/** `team=core, env=prod` as a filter: every label must match (values quoted, so any text). */
+export function labelsFilter(text: string): string {
+  return text
+    .split(",")
+    .map((pair) => pair.trim())
+    .filter((pair) => pair.includes("="))
+    .map((pair) => {
+      const [key = "", ...rest] = pair.split("=");
+      return `labels.${JSON.stringify(key.trim())} = ${JSON.stringify(rest.join("=").trim())}`;
+    })
+    .join(" AND ");
+}
+
+const BULK_ACTIONS: [BulkActionType, string][] = [
+  [BulkActionType.RETRY, "retry"],
+  [BulkActionType.PAUSE, "pause"],
+  [BulkActionType.RESUME, "resume"],
+  [BulkActionType.CANCEL, "cancel"],
+];
+
 const STATUSES = Object.values(FlowStatus).filter((v): v is FlowStatus => typeof v === "number" && v !== FlowStatus.UNSPECIFIED);
 
-export function Board({ api }: { api: Client<typeof FlowStateService> }) {
+export function Board({ api, session }: { api: Client<typeof FlowStateService>; session?: Session }) {
   const [rows, setRows] = useState(new Map<string, Row>());
+  const [labels, setLabels] = useState("");
+  const [selected, setSelected] = useState(new Set<string>());
+  const [bulkAction, setBulkAction] = useState(BulkActionType.RETRY);
+  const [confirming, setConfirming] = useState(false);
+  const [bulkNotice, setBulkNotice] = useState("");
+  const admin = session?.scopes.has("flows:admin") ?? false;
   const [status, setStatus] = useState<FlowStatus | 0>(0);
   const [definition, setDefinition] = useState("");
   const [stuckOnly, setStuckOnly] = useState(false);
@@ -88,7 +125,7 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
       for (let attempt = 0; !abort.signal.aborted; attempt++) {
         try {
           const stream = api.watchFlows(
-            { statuses: status ? [status] : [], definitionName: definition.trim(), cursor },
+            { statuses: status ? [status] : [], definitionName: definition.trim(), cursor, filter: labelsFilter(labels) },
             { signal: abort.signal },
           );
           // Live from the request on: an empty tenant's stream sends nothing until a change
@@ -126,7 +163,42 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
       }
     })();
     return () => abort.abort();
-  }, [api, status, definition]);
+  }, [api, status, definition, labels]);
+
+  const toggle = (flowId: string) =>
+    setSelected((old) => {
+      const next = new Set(old);
+      if (next.has(flowId)) next.delete(flowId);
+      else next.add(flowId);
+      return next;
+    });
+
+  async function runBulk() {
+    setConfirming(false);
+    const name = BULK_ACTIONS.find(([a]) => a === bulkAction)?.[1] ?? "";
+    try {
+      const { bulkAction: started } = await api.startBulkAction({
+        requestId: crypto.randomUUID(),
+        action: bulkAction,
+        flowIds: [...selected],
+        reason: "console bulk action",
+      });
+      if (!started) return;
+      let last = started;
+      for await (const { bulkAction: update } of api.watchBulkAction({ bulkActionId: started.bulkActionId })) {
+        if (!update) continue;
+        last = update;
+        setBulkNotice(`bulk ${name}: ${update.appliedCount + update.refusedCount + update.skippedCount}/${update.totalCount}`);
+      }
+      const state = last.state === BulkActionState.SUCCEEDED ? "done" : "stopped";
+      setBulkNotice(
+        `bulk ${name} ${state}: applied ${last.appliedCount}, refused ${last.refusedCount}, skipped ${last.skippedCount}`,
+      );
+      setSelected(new Set());
+    } catch (err) {
+      setBulkNotice(`bulk ${name} failed: ${describeError(err)}`);
+    }
+  }
 
   const isStuck = (r: Row) => r.alerts.includes(AlertKind.STUCK);
   const sorted = [...rows.values()]
@@ -171,6 +243,18 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
           />
         </label>
         <label>
+          Labels{" "}
+          <input
+            name="labels"
+            placeholder="team=core, env=prod"
+            value={labels}
+            onChange={(e) => {
+              setLabels((e.target as HTMLInputElement).value);
+              setPage(0);
+            }}
+          />
+        </label>
+        <label>
           <input type="checkbox" name="stuck" checked={stuckOnly} onChange={(e) => setStuckOnly((e.target as HTMLInputElement).checked)} />{" "}
           stuck only
         </label>
@@ -178,9 +262,67 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
           {live === "live" ? "● live" : live === "connecting" ? "connecting…" : `○ ${live} (reconnecting)`}
         </span>
       </form>
+      {admin && (
+        <div class="bulk" data-testid="bulk-bar">
+          <span data-testid="selected-count">{selected.size} selected</span>{" "}
+          <select
+            name="bulk-action"
+            value={bulkAction}
+            onChange={(e) => setBulkAction(Number((e.target as HTMLSelectElement).value) as BulkActionType)}
+          >
+            {BULK_ACTIONS.map(([value, name]) => (
+              <option key={value} value={value}>
+                {name}
+              </option>
+            ))}
+          </select>{" "}
+          <button type="button" data-testid="bulk-start" disabled={selected.size === 0} onClick={() => setConfirming(true)}>
+            Apply to selected
+          </button>
+          {confirming && (
+            <span data-testid="bulk-confirm">
+              {" "}
+              {BULK_ACTIONS.find(([a]) => a === bulkAction)?.[1]} {selected.size} flows?{" "}
+              <button type="button" data-testid="bulk-confirm-yes" onClick={() => void runBulk()}>
+                Confirm
+              </button>{" "}
+              <button type="button" onClick={() => setConfirming(false)}>
+                Cancel
+              </button>
+            </span>
+          )}
+          {bulkNotice && (
+            <span class="notice" data-testid="bulk-notice">
+              {" "}
+              {bulkNotice}
+            </span>
+          )}
+        </div>
+      )}
       <table class="board">
         <thead>
           <tr>
+            {admin && (
+              <th>
+                <input
+                  type="checkbox"
+                  data-testid="select-all"
+                  aria-label="select every flow shown"
+                  checked={shown.length > 0 && shown.every((r) => selected.has(r.flowId))}
+                  onChange={(e) => {
+                    const on = (e.target as HTMLInputElement).checked;
+                    setSelected((old) => {
+                      const next = new Set(old);
+                      for (const r of shown) {
+                        if (on) next.add(r.flowId);
+                        else next.delete(r.flowId);
+                      }
+                      return next;
+                    });
+                  }}
+                />
+              </th>
+            )}
             <th>Flow</th>
             <th>Definition</th>
             <th>Status</th>
@@ -191,6 +333,17 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
         <tbody>
           {shown.map((r) => (
             <tr key={r.flowId} data-flow-id={r.flowId}>
+              {admin && (
+                <td>
+                  <input
+                    type="checkbox"
+                    data-testid="select"
+                    aria-label={`select ${r.flowId}`}
+                    checked={selected.has(r.flowId)}
+                    onChange={() => toggle(r.flowId)}
+                  />
+                </td>
+              )}
               <td>
                 <a href={`/flows/${r.flowId}`} onClick={link}>
                   {r.name || r.flowId.slice(0, 8)}
@@ -219,7 +372,7 @@ export function Board({ api }: { api: Client<typeof FlowStateService> }) {
           ))}
           {shown.length === 0 && (
             <tr>
-              <td colSpan={5} class="empty">
+              <td colSpan={admin ? 6 : 5} class="empty">
                 {live === "live" ? "No flows match." : "Loading…"}
               </td>
             </tr>

@@ -101,7 +101,7 @@ function App() {
         ) : path === "/definitions" ? (
           <Definitions api={api} />
         ) : (
-          <Board api={api} />
+          <Board api={api} session={session} />
         )}
       </main>
     </>

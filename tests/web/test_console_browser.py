@@ -295,3 +295,56 @@ async def test_approval_buttons_decide_with_a_comment_and_alerts_show_as_badges(
         assert (decided["approver"], decided["comment"]) == ("carol", "numbers check out")
     finally:
         await context.close()
+
+
+async def test_labels_filter_multi_select_and_a_bulk_retry_on_the_board(
+    browser: Browser, http: httpx.AsyncClient, base_url: str, web_server: RunningServer
+) -> None:
+    """The board filters by labels on the server; an admin selects the flows shown and retries
+    them in one bulk action, whose outcome counts the notice shows; a writer sees no selection."""
+    tenant = Tenant("acme", f"console-{uuid.uuid4().hex[:8]}")
+    worker = Api(http, web_server.mint(tenant, user="worker"))
+    core = []
+    for name in ("core-a", "core-b", "core-new"):
+        created = await worker.call("CreateFlow", displayName=name, labels={"team": "core"})
+        core.append(created["flow"]["flowId"])
+    web = (await worker.call("CreateFlow", displayName="web", labels={"team": "web"}))["flow"]
+    for flow_id in core[:2]:
+        await worker.move(flow_id, "data_import", "PHASE_STATE_IN_PROGRESS")
+        await worker.fail(flow_id, "data_import")
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    try:
+        await _sign_in(page, base_url, web_server.mint(tenant, user="writer"))
+        await expect(page.locator(f"tr[data-flow-id='{web['flowId']}']")).to_be_visible(
+            timeout=TIMEOUT_MS
+        )
+        assert await page.get_by_test_id("bulk-bar").count() == 0
+        assert await page.get_by_test_id("select").count() == 0
+
+        await context.close()
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        await _sign_in(page, base_url, web_server.mint(tenant, user="olga", scopes=["flows:admin"]))
+        await page.fill("input[name=labels]", "team=core")
+        await page.press("input[name=labels]", "Tab")  # commits the field (a change event)
+        for flow_id in core:
+            await expect(page.locator(f"tr[data-flow-id='{flow_id}']")).to_be_visible(
+                timeout=TIMEOUT_MS
+            )
+        await expect(page.locator(f"tr[data-flow-id='{web['flowId']}']")).to_have_count(0)
+        await page.get_by_test_id("select-all").check()
+        await expect(page.get_by_test_id("selected-count")).to_have_text("3 selected")
+        await page.select_option("select[name=bulk-action]", label="retry")
+        await page.get_by_test_id("bulk-start").click()
+        await expect(page.get_by_test_id("bulk-confirm")).to_contain_text("retry 3 flows?")
+        await page.get_by_test_id("bulk-confirm-yes").click()
+        await expect(page.get_by_test_id("bulk-notice")).to_have_text(
+            "bulk retry done: applied 2, refused 0, skipped 1", timeout=TIMEOUT_MS
+        )
+        for flow_id in core[:2]:
+            status = page.locator(f"tr[data-flow-id='{flow_id}']").get_by_test_id("status")
+            await expect(status).to_have_text("retry pending", timeout=TIMEOUT_MS)
+        await expect(page.get_by_test_id("selected-count")).to_have_text("0 selected")
+    finally:
+        await context.close()
