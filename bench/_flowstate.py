@@ -96,6 +96,8 @@ def start_server(
         # One server process unless the run asks for more (--server-env FLOWSTATE_WORKERS=2):
         # the bench compares one process with one reference process.
         "FLOWSTATE_WORKERS": "1",
+        # The bench measures throughput, not the per-tenant limits (one tenant sends it all).
+        "FLOWSTATE_RATE_LIMITS": "off",
         **env,
         "FLOWSTATE_HOST": "127.0.0.1",
         "FLOWSTATE_PORT": "0",

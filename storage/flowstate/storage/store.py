@@ -937,7 +937,8 @@ class FlowStore(TransactionRunner):
         left it), a refusal answering that request only; one statement writes every accepted
         change; one COMMIT. A database error before COMMIT runs every request again in a
         transaction of its own, in batch order (as if group commit were off); an error while
-        committing (the outcome unknown) fails them all, as it fails a lone transaction.
+        committing (the outcome unknown), or one the runner has already classified (no pooled
+        connection within the pool timeout), fails them all, as it fails a lone transaction.
         """
         mutations: list[_Mutation] = [queued.request for queued in batch]
         if len(batch) == 1:
@@ -951,11 +952,17 @@ class FlowStore(TransactionRunner):
 
         try:
             results = await self._attempt(tenant, work, True, False, attempt)
+        except FlowStateError as classified:
+            # Already classified (no pooled connection in time, the database unreachable):
+            # the same answer for every call; running them one by one would wait once each.
+            for queued in batch:
+                queued.settle(classified)
+            return
         except Exception as exc:
             if attempt.committing:
-                error = exc if isinstance(exc, FlowStateError) else self._translate(exc)
+                unknown = self._translate(exc)
                 for queued in batch:
-                    queued.settle(error)
+                    queued.settle(unknown)
                 return
             _log.info(
                 "group commit of %d mutations failed (%s); running them one by one",
