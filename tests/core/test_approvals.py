@@ -37,7 +37,13 @@ from flowstate.core.model import (
     HistoryKind,
     PhaseState,
 )
-from flowstate.core.timers import SYSTEM_TIMER_USER
+from flowstate.core.timers import (
+    SYSTEM_TIMER_USER,
+    PlannedTimer,
+    TimerKind,
+    plan_timers,
+    timer_command,
+)
 
 from .support import TENANT, at
 
@@ -214,12 +220,17 @@ def test_a_stuck_alert_ends_with_the_next_change_and_may_be_raised_again() -> No
 
 
 def test_an_approval_timeout_rejects_as_the_timer_or_escalates_once() -> None:
+    """The approval timeout is a timer of the timer engine (kind approval_timeout)."""
     reject = _definition(
         ApprovalPolicy(timeout_seconds=60, on_timeout=ApprovalTimeoutAction.REJECT)
     )
+    assert reject.has_timers
     flow = _waiting(reject)
-    assert flow.alert_due_at == at(90)
-    (command,) = breaches(flow, reject, at(90), {})
+    assert plan_timers(flow, reject) == (
+        PlannedTimer(TimerKind.APPROVAL_TIMEOUT, "publish", at(90)),
+    )
+    assert flow.alert_due_at is None  # not the alert scan's: the timer's
+    command = timer_command(flow, reject, TimerKind.APPROVAL_TIMEOUT, "publish")
     assert command == ExpireApproval("publish", at(30))
     result = apply_command(flow, reject, command, _ctx(90, SYSTEM_TIMER_USER))
     phase = result.flow.phase("publish")
@@ -229,7 +240,8 @@ def test_an_approval_timeout_rejects_as_the_timer_or_escalates_once() -> None:
         ApprovalDecision.REJECT,
         SYSTEM_TIMER_USER,
     )
-    assert result.flow.alert_due_at is None
+    assert plan_timers(result.flow, reject) == ()
+    assert timer_command(result.flow, reject, TimerKind.APPROVAL_TIMEOUT, "publish") is None
     # Void once the wait it was about is over.
     assert apply_command(result.flow, reject, command, _ctx(91, SYSTEM_TIMER_USER)).entries == ()
 
@@ -237,11 +249,14 @@ def test_an_approval_timeout_rejects_as_the_timer_or_escalates_once() -> None:
         ApprovalPolicy(timeout_seconds=60, on_timeout=ApprovalTimeoutAction.ESCALATE)
     )
     flow = _waiting(escalate)
-    (command,) = breaches(flow, escalate, at(95), {})
+    command = timer_command(flow, escalate, TimerKind.APPROVAL_TIMEOUT, "publish")
+    assert isinstance(command, RaiseAlert)
     flow = apply_command(flow, escalate, command, _ctx(95, SYSTEM_TIMER_USER)).flow
     assert flow.phase("publish").state is S.WAITING_APPROVAL
-    assert [(a.kind, a.phase) for a in flow.alerts] == [(AlertKind.APPROVAL_TIMEOUT, "publish")]
-    assert flow.alert_due_at is None
+    assert [(a.kind, a.phase, a.due_at, a.raised_at) for a in flow.alerts] == [
+        (AlertKind.APPROVAL_TIMEOUT, "publish", at(90), at(95))
+    ]
+    assert plan_timers(flow, escalate) == ()  # escalated once: not planned again
     assert breaches(flow, escalate, at(200), {}) == []
     decided = apply_command(
         flow, escalate, DecidePhase("publish", ApprovalDecision.APPROVE), _ctx(300)

@@ -1,10 +1,11 @@
 """Alerts (deadlines, stuck flows, approval timeouts) on a real database and a real server.
 
-Each breach is raised once however many replicas scan (two `AlertScan`s on two stores racing
-over the same flows stand for two replicas), the alert reaches WatchFlows / WatchFlow as the
-`alert` event case and a stream resumed by cursor (or version) delivers it exactly once, and an
-approval timeout rejects as ``system:timer`` or escalates. Real time is kept short (fractions of
-a second) and every wait is bounded polling, never a sleep that hopes.
+Each breach is raised once however many replicas scan (two `AlertScan`s, or for approval
+timeouts two `TimerService`s, on two stores racing over the same flows stand for two
+replicas), the alert reaches WatchFlows / WatchFlow as the `alert` event case and a stream
+resumed by cursor (or version) delivers it exactly once, and an approval timeout rejects as
+``system:timer`` or escalates. Real time is kept short (fractions of a second) and every wait
+is bounded polling, never a sleep that hopes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flowstate.core.timers import SYSTEM_TIMER_USER
 from flowstate.service import FlowService
 from flowstate.service.alerts import AlertScan
 from flowstate.service.definitions import register_definition
+from flowstate.service.timers import TimerService
 from flowstate.storage import FlowQuery, FlowStore, migrate
 from flowstate.testing import serve_in_process
 from flowstate.v1 import approvals_pb2, flow_service_pb2_grpc
@@ -128,9 +130,11 @@ async def test_two_replicas_raise_each_breach_once(
 async def test_approval_timeout_rejects_as_the_timer_or_escalates(
     stores: tuple[FlowStore, FlowStore], tenant: Tenant
 ) -> None:
+    """The approval timeout is a timer of the timer engine: two replicas' timer services fire it
+    once; with escalate the phase keeps waiting and the timer is not planned again."""
     store = stores[0]
     service = FlowService(store)
-    scan = AlertScan(store, stuck_after={}, batch_size=10)
+    replicas = [TimerService(s, batch=10, lease=30.0) for s in stores]
     for action in ("reject", "escalate"):
         document = {
             "name": f"review_{action}",
@@ -150,7 +154,7 @@ async def test_approval_timeout_rejects_as_the_timer_or_escalates(
             await service.mutate(tenant, flow_id, TransitionPhase("publish", state), _ctx())
 
         async def handled(flow_id: str = flow_id) -> Any:
-            await scan.run_once()
+            await asyncio.gather(*(replica.fire_due() for replica in replicas))
             history = await store.list_history(tenant, flow_id)
             last = history.entries[-1]
             return last if last.user_id == SYSTEM_TIMER_USER else None
@@ -171,7 +175,7 @@ async def test_approval_timeout_rejects_as_the_timer_or_escalates(
             assert (entry.alert.kind, entry.alert.phase) == (AlertKind.APPROVAL_TIMEOUT, "publish")
             assert flow.phase("publish").state is S.WAITING_APPROVAL
         for _ in range(3):
-            await scan.run_once()
+            await asyncio.gather(*(replica.fire_due() for replica in replicas))
         assert (await store.get_flow(tenant, flow_id)).version == flow.version
 
 

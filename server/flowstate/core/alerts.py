@@ -1,9 +1,11 @@
 """Breach predicates: when a flow's deadline, stuck threshold or approval timeout is due.
 
-Pure functions over a flow and its definition (no clock: `now` comes in). The server's alert
-scan (`flowstate.service.alerts`) asks `breaches` what is due for a flow it locked and applies
-the commands it gets (`RaiseAlert`, `ExpireApproval`) in the same transaction, so each breach
-is raised once however many replicas scan: the alert in force is the marker.
+Pure functions over a flow and its definition (no clock: `now` comes in). Deadlines and stuck
+flows are found by the server's alert scan (`flowstate.service.alerts`), which asks
+`flowstate.core.commands.breaches` what is due for a flow it locked and applies the
+`RaiseAlert` commands it gets in the same transaction, so each breach is raised once however
+many replicas scan: the alert in force is the marker. Approval timeouts are timers of the timer
+engine (`flowstate.core.timers`, kind ``approval_timeout``), planned from `approval_waits`.
 
 - **Deadline**: a flow that is not terminal at `Flow.deadline` gets one DEADLINE_EXCEEDED alert;
   it stays in force until the flow ends.
@@ -14,8 +16,8 @@ is raised once however many replicas scan: the alert in force is the marker.
   rejected (`on_timeout: reject`, the `ExpireApproval` command) or gets one APPROVAL_TIMEOUT
   alert (`escalate`), which ends when the phase stops waiting.
 
-`alert_due_at` is the earliest deadline or approval due time not handled yet: the store keeps it
-in an indexed column, so the scan finds due flows without reading the others. Stuck breaches are
+`alert_due_at` is the flow's deadline while it is not handled yet: the store keeps it in an
+indexed column, so the scan finds due flows without reading the others. Stuck breaches are
 found on `updated_at` (the stuck-flows index) instead, because their thresholds are server
 settings.
 """
@@ -81,14 +83,8 @@ def alerts_in_force(flow: Flow, definition: FlowDefinition) -> tuple[FlowAlert, 
 
 
 def alert_due_at(flow: Flow, definition: FlowDefinition) -> datetime | None:
-    """The earliest deadline or approval timeout of `flow` not handled yet (None: nothing)."""
-    if flow.status in TERMINAL_STATUSES:
+    """The deadline of `flow` while no DEADLINE_EXCEEDED alert handled it (None: nothing due)."""
+    del definition  # the deadline is the flow's own (set from the definition at creation)
+    if flow.status in TERMINAL_STATUSES or _has_alert(flow, AlertKind.DEADLINE_EXCEEDED):
         return None
-    due: list[datetime] = []
-    if flow.deadline is not None and not _has_alert(flow, AlertKind.DEADLINE_EXCEEDED):
-        due.append(flow.deadline)
-    for phase, when, action in approval_waits(flow, definition):
-        escalated = _has_alert(flow, AlertKind.APPROVAL_TIMEOUT, phase)
-        if action is ApprovalTimeoutAction.REJECT or not escalated:
-            due.append(when)
-    return min(due, default=None)
+    return flow.deadline

@@ -83,10 +83,9 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, assert_never
 
-from flowstate.core.alerts import alert_due_at, alerts_in_force, approval_wait_due, approval_waits
+from flowstate.core.alerts import alert_due_at, alerts_in_force, approval_wait_due
 from flowstate.core.definitions import (
     ApprovalPolicy,
-    ApprovalTimeoutAction,
     FlowDefinition,
     PhaseDefinition,
 )
@@ -1089,7 +1088,7 @@ def _raise_alert(builder: _Builder, alert: FlowAlert) -> None:
         and approval_wait_due(flow, builder.definition, alert.phase) != alert.due_at
     ):
         return  # void: the wait it was about is over
-    builder.raise_alert(replace(alert, status=flow.status))
+    builder.raise_alert(replace(alert, status=flow.status, raised_at=builder.ctx.now))
 
 
 def breaches(
@@ -1098,7 +1097,8 @@ def breaches(
     now: datetime,
     stuck_after: Mapping[FlowStatus, float],
 ) -> list[Command]:
-    """What is due on `flow` at `now`: the commands the alert scan applies, as `system:timer`.
+    """What is due on `flow` at `now`: the deadline and stuck alerts the alert scan raises, as
+    `system:timer` (approval timeouts are timers: `flowstate.core.timers`).
 
     `stuck_after` maps a status to its stuck threshold in seconds (a status missing, or 0:
     never stuck). Each command is a no-op when what it is about is handled already, so a
@@ -1120,19 +1120,5 @@ def breaches(
             message = f"no change for {threshold:g} s in status {flow.status.value}"
             due.append(
                 RaiseAlert(FlowAlert(AlertKind.STUCK, stuck_at, now, flow.status, message=message))
-            )
-    for phase, when, action in approval_waits(flow, definition):
-        if when > now:
-            continue
-        waiting_since = flow.phase(phase).state_entered_at
-        assert waiting_since is not None
-        if action is ApprovalTimeoutAction.REJECT:
-            due.append(ExpireApproval(phase, waiting_since))
-        elif (AlertKind.APPROVAL_TIMEOUT, phase) not in has:
-            message = f"phase '{phase}' has waited for approval since {waiting_since.isoformat()}"
-            due.append(
-                RaiseAlert(
-                    FlowAlert(AlertKind.APPROVAL_TIMEOUT, when, now, flow.status, phase, message)
-                )
             )
     return due

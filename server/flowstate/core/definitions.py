@@ -262,8 +262,12 @@ class FlowDefinition:
 
     @property
     def has_timers(self) -> bool:
-        """Whether any phase has a policy the server keeps a timer for (else: never a timer)."""
-        return any(not p.policy.is_empty for p in self.phases)
+        """Whether any phase has a policy the server keeps a timer for (else: never a timer):
+        a timeout or retry policy, or an approval timeout."""
+        return any(
+            not p.policy.is_empty or (p.approval is not None and p.approval.on_timeout is not None)
+            for p in self.phases
+        )
 
     @property
     def weights(self) -> Mapping[str, int]:

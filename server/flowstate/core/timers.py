@@ -20,6 +20,11 @@ Kinds (`TimerKind`) and their rules:
   (Heartbeat RPCs move the stored row directly). Fires FAILED with AGENT_TIMEOUT.
 - ``retry_backoff``: the phase is FAILED with `next_attempt_at` set (its `retry_policy`
   matched, `flowstate.core.retries`); due then. Fires the retry step FAILED → RETRY_NEEDED.
+- ``approval_timeout``: the phase is WAITING_APPROVAL and its `approval` policy has an
+  `approval_timeout` (docs/approvals.md); due that long after it entered WAITING_APPROVAL.
+  Fires `ExpireApproval` (on_timeout ``reject``: FAILED with APPROVAL_REJECTED as
+  `system:timer`) or `RaiseAlert` (``escalate``: one APPROVAL_TIMEOUT alert; not planned again
+  while that alert is in force).
 
 Adding a kind: a `TimerKind` value, a rule in `plan_timers`, a case in `timer_command`
 (docs/timers.md walks through it).
@@ -32,11 +37,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from flowstate.core.commands import Command, Retry, TransitionPhase
-from flowstate.core.definitions import FlowDefinition
+from flowstate.core.alerts import approval_wait_due, approval_waits
+from flowstate.core.commands import (
+    Command,
+    ExpireApproval,
+    RaiseAlert,
+    Retry,
+    TransitionPhase,
+)
+from flowstate.core.definitions import ApprovalTimeoutAction, FlowDefinition
 from flowstate.core.model import (
+    AlertKind,
     ErrorCode,
     Flow,
+    FlowAlert,
     HistoryEntry,
     HistoryKind,
     PhaseError,
@@ -62,6 +76,7 @@ class TimerKind(enum.StrEnum):
     PHASE_TIMEOUT = "phase_timeout"
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     RETRY_BACKOFF = "retry_backoff"
+    APPROVAL_TIMEOUT = "approval_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +106,12 @@ def plan_timers(
         return ()
     entries = tuple(entries)
     planned: list[PlannedTimer] = []
+    for waiting, due, action in approval_waits(flow, definition):
+        escalated = any(
+            a.kind is AlertKind.APPROVAL_TIMEOUT and a.phase == waiting for a in flow.alerts
+        )
+        if action is ApprovalTimeoutAction.REJECT or not escalated:
+            planned.append(PlannedTimer(TimerKind.APPROVAL_TIMEOUT, waiting, due))
     for phase in flow.phases:
         policy = definition.phase(phase.name).policy
         if policy.is_empty:
@@ -131,7 +152,25 @@ def timer_command(
             )
         case TimerKind.RETRY_BACKOFF:
             return Retry(phase, reason="automatic retry (retry_policy): backoff passed")
+        case TimerKind.APPROVAL_TIMEOUT:
+            return _approval_timed_out(flow, definition, phase)
     raise ValueError(f"unknown timer kind {kind!r}")  # pragma: no cover - exhaustive above
+
+
+def _approval_timed_out(flow: Flow, definition: FlowDefinition, phase: str) -> Command:
+    """The approval timeout's command: reject the wait, or raise one APPROVAL_TIMEOUT alert."""
+    approval = definition.phase(phase).approval
+    due = approval_wait_due(flow, definition, phase)
+    waiting_since = flow.phase(phase).state_entered_at
+    assert approval is not None
+    assert due is not None
+    assert waiting_since is not None
+    if approval.on_timeout is ApprovalTimeoutAction.REJECT:
+        return ExpireApproval(phase, waiting_since)
+    message = f"phase '{phase}' has waited for approval since {waiting_since.isoformat()}"
+    # raised_at and status are the firing's (RaiseAlert stamps them).
+    alert = FlowAlert(AlertKind.APPROVAL_TIMEOUT, due, due, flow.status, phase, message)
+    return RaiseAlert(alert)
 
 
 def _timed_out(phase: str, policy: str, seconds: float, what: str) -> TransitionPhase:

@@ -211,7 +211,7 @@ class ServerSettings:
     stuck in that status)."""
     alert_check_interval: float = 10.0
     """FLOWSTATE_ALERT_CHECK_INTERVAL: seconds between scans for due alerts (deadlines, stuck
-    flows, approval timeouts; 0: never)."""
+    flows; approval timeouts are timers: FLOWSTATE_TIMER_INTERVAL; 0: never)."""
     alert_batch_size: int = 100
     """FLOWSTATE_ALERT_BATCH_SIZE: most flows one alert scan decides."""
     max_message_bytes: int = MAX_MESSAGE_BYTES

@@ -1,4 +1,4 @@
-"""The alert scan: raise due breaches (deadlines, stuck flows, approval timeouts) exactly once.
+"""The alert scan: raise due deadline and stuck-flow breaches exactly once.
 
 Every server runs `AlertScan.run_once` on a timer (`flowstate.server.alerts`). One round:
 
@@ -7,13 +7,14 @@ Every server runs `AlertScan.run_once` on a timer (`flowstate.server.alerts`). O
    STUCK alert in force has not changed for its status's threshold);
 2. each flow is decided in its own transaction under its row lock (`FlowStore.update_flow`):
    the core says what is due on the flow *as locked* (`flowstate.core.commands.breaches`) and
-   applies it as user ``system:timer``; the alert in force (or the rejected phase) is written
-   in the same transaction as its history entry, which is what the streams deliver.
+   applies it as user ``system:timer``; the alert in force is written in the same
+   transaction as its history entry, which is what the streams deliver, and the flow's timers
+   are re-planned at its new version (as every change does).
 
 Several replicas may pick the same flow: the second one waits for the lock, then finds the
 alert in force and writes nothing, so each breach is raised once. A flow that changed in
-between is judged as it is now (a wait that ended is void). Failures of one flow are logged and
-the flow is tried again next round.
+between is judged as it is now. Failures of one flow are logged and the flow is tried again
+next round. (Approval timeouts are timers of the timer engine: `flowstate.core.timers`.)
 """
 
 from __future__ import annotations
