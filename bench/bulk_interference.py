@@ -38,8 +38,8 @@ from flowstate.core.model import (
     PhaseState,
     Tenant,
 )
-from flowstate.storage import codec, migrate
-from flowstate.testing import serve_subprocess
+from flowstate.storage import migrate
+from flowstate.testing import insert_flow_rows, serve_subprocess
 from flowstate.v1 import flow_service_pb2 as pb
 from flowstate.v1 import flow_service_pb2_grpc, states_pb2
 
@@ -86,14 +86,9 @@ async def _prepare(dsn: str, url: str, flows: int, clients: int) -> list[str]:
     now = datetime.now(UTC)
     interactive = [_flow(PhaseState.IN_PROGRESS, now) for _ in range(clients)]
     rows = [_flow(PhaseState.FAILED, now) for _ in range(flows)] + interactive
+    await insert_flow_rows(url, rows)
     connection = await asyncpg.connect(dsn)
     try:
-        for start in range(0, len(rows), 2000):
-            payload = codec.dumps([codec.flow_to_json(f) for f in rows[start : start + 2000]])
-            await connection.execute(
-                "INSERT INTO flows SELECT * FROM jsonb_populate_recordset(NULL::flows, $1::jsonb)",
-                payload,
-            )
         await connection.execute("ANALYZE flows")
     finally:
         await connection.close()

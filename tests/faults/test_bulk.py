@@ -29,8 +29,8 @@ from flowstate.core.model import (
     PhaseState,
     Tenant,
 )
-from flowstate.storage import codec, migrate
-from flowstate.testing import serve_subprocess
+from flowstate.storage import migrate
+from flowstate.testing import insert_flow_rows, serve_subprocess
 from flowstate.v1 import flow_service_pb2 as pb
 
 from .support import request_id, stub_for
@@ -103,12 +103,7 @@ async def failed_flows(url: str, count: int) -> list[str]:
         )
         for _ in range(count)
     ]
-    payload = codec.dumps([codec.flow_to_json(flow) for flow in flows])
-    await sql(
-        url,
-        "INSERT INTO flows SELECT * FROM jsonb_populate_recordset(NULL::flows, $1::jsonb)",
-        payload,
-    )
+    await insert_flow_rows(url, flows)
     return [flow.flow_id for flow in flows]
 
 

@@ -157,23 +157,10 @@ class HoldingStore(FlowStore):
 
 
 async def insert_flows(url: str, flows: list[Flow]) -> None:
-    """Write `flows` as rows in one statement (as the connecting user), without history.
+    """Write `flows` as rows, without history (`flowstate.testing.insert_flow_rows`)."""
+    from flowstate.testing import insert_flow_rows
 
-    For tests about what reads or bulk actions do with many flows, not about creating them:
-    thousands of flows in well under a second. Each flow is stored exactly as given (its
-    version, timestamps, phases); the store's own writes append history from there.
-    """
-    from flowstate.storage import codec
-
-    payload = codec.dumps([codec.flow_to_json(flow) for flow in flows])
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await connection.execute(
-            "INSERT INTO flows SELECT * FROM jsonb_populate_recordset(NULL::flows, $1::jsonb)",
-            payload,
-        )
-    finally:
-        await connection.close()
+    await insert_flow_rows(url, flows)
 
 
 async def store_both_ways(

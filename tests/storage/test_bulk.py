@@ -377,3 +377,33 @@ async def test_start_refuses_a_missing_selection_or_phase(
     assert no_phase.value.details["field"] == "phase"
     listed, _ = await service.actions.list_actions(tenant, page_size=10, page_token="")
     assert listed == []  # nothing stored
+
+
+async def test_a_stopping_worker_gives_its_lease_up_so_another_continues_at_once(
+    bulk_store: FlowStore, tenant: Tenant, bulk_database: str
+) -> None:
+    await insert_flows(bulk_database, [_flow(tenant, "retryable", minute=i) for i in range(30)])
+    stopping = _service(bulk_store, rate=20.0, lease=600.0)  # a lease that would not expire
+    action, _ = await stopping.start(
+        tenant,
+        kind=BulkActionKind.RETRY,
+        phase=None,
+        selection=_selection("labels.kind = retryable AND status = FAILED"),
+        reason="",
+        user_id="operator",
+        request_id="",
+    )
+    worker = asyncio.create_task(stopping.work_once())
+    async with asyncio.timeout(30):
+        for _ in range(600):  # bounded polling: until it is under way
+            if (await stopping.actions.get(tenant, action.action_id)).applied >= 2:
+                break
+            await asyncio.sleep(0.05)
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    await stopping.release()
+    successor = _service(bulk_store)
+    assert (await successor.work_once()).action_id == action.action_id
+    done = await successor.actions.get(tenant, action.action_id)
+    assert (done.state, done.applied) == (BulkActionState.SUCCEEDED, 30)

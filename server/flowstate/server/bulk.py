@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 
+from flowstate.server.background import BackgroundTask
 from flowstate.server.metrics import Metrics
 from flowstate.service.bulk import BulkService
 
@@ -21,7 +22,7 @@ __all__ = ["BulkLoop"]
 _log = logging.getLogger("flowstate.server.bulk")
 
 
-class BulkLoop:
+class BulkLoop(BackgroundTask):
     """Runs `BulkService.work_once` until closed."""
 
     def __init__(self, service: BulkService, metrics: Metrics, *, interval: float) -> None:
@@ -29,13 +30,12 @@ class BulkLoop:
         self._service = service
         self._metrics = metrics
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def start(cls, service: BulkService, metrics: Metrics, *, interval: float) -> BulkLoop:
         """A loop whose first round runs now."""
         loop = cls(service, metrics, interval=interval)
-        loop._task = asyncio.create_task(loop._run(), name="flowstate-bulk")
+        loop._begin(loop._run(), "flowstate-bulk")
         return loop
 
     async def _run(self) -> None:
@@ -55,11 +55,6 @@ class BulkLoop:
     async def close(self) -> None:
         """Stop (the flow in progress is cancelled, its transaction rolls back) and give the
         lease up."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        await super().close()
         with contextlib.suppress(Exception):
             await self._service.release()

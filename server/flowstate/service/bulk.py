@@ -142,30 +142,31 @@ class BulkService:
         claimed = await self.actions.claim(self.owner, lease=self.lease)
         if claimed is None:
             return BulkRound(None, 0)
+        # Kept while the round runs and when it is cancelled (a stopping server), so that
+        # `release` can give the lease up; cleared when the round ends by itself.
         self.current = claimed
         taken = 0
-        try:
-            while True:
-                items = await self.actions.pending(claimed.action.action_id, limit=self.batch)
-                if not items:
-                    await self.actions.finish(claimed)
-                    break
-                for item in items:
-                    started = time.monotonic()
-                    state = await self._take(claimed, item)
-                    taken += 1
-                    if state is not BulkActionState.RUNNING:
-                        return BulkRound(claimed.action.action_id, taken)
-                    pause = 1.0 / self.rate - (time.monotonic() - started)
-                    if pause > 0:
-                        await asyncio.sleep(pause)
-        finally:
-            self.current = None
+        while True:
+            items = await self.actions.pending(claimed.action.action_id, limit=self.batch)
+            if not items:
+                await self.actions.finish(claimed)
+                break
+            for item in items:
+                started = time.monotonic()
+                state = await self._take(claimed, item)
+                taken += 1
+                if state is not BulkActionState.RUNNING:
+                    self.current = None
+                    return BulkRound(claimed.action.action_id, taken)
+                pause = 1.0 / self.rate - (time.monotonic() - started)
+                if pause > 0:
+                    await asyncio.sleep(pause)
+        self.current = None
         return BulkRound(claimed.action.action_id, taken)
 
     async def release(self) -> None:
         """Give up the lease held now, if any (a stopping server): another continues at once."""
-        claimed = self.current
+        claimed, self.current = self.current, None
         if claimed is not None:
             await self.actions.release(claimed)
 
