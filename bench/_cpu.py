@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import psutil
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (``flowstate serve --workers N``:
-    the supervisor and its workers); 0 when it is gone."""
+def _tree_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of a process and all its descendants (0 when it is gone)."""
+    if pid is None:
+        return 0.0
     try:
-        process = psutil.Process(pid)
-        procs = [process, *process.children(recursive=True)]
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0.0
     total = 0.0
@@ -31,27 +32,19 @@ def process_cpu(pid: int) -> float:
     return float(total)
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (``flowstate serve --workers N``: the
+    supervisor and its workers)."""
+    return _tree_cpu(pid)
+
+
 def postgres_cpu(postmaster_pid: int | None) -> float:
     """CPU seconds of a PostgreSQL cluster: the postmaster and its children (the backends).
 
     Backends that exit between two readings take their CPU with them: read while the
     connections that matter are open.
     """
-    if postmaster_pid is None:
-        return 0.0
-    try:
-        postmaster = psutil.Process(postmaster_pid)
-        procs = [postmaster, *postmaster.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
+    return _tree_cpu(postmaster_pid)
 
 
 @dataclass(frozen=True)
