@@ -31,6 +31,7 @@ var rpcs = []string{
 	"Heartbeat",                                                                      // section 10 (timers)
 	"CountFlows",                                                                     // section 12 (search)
 	"CreateWebhook", "ListWebhooks", "DeleteWebhook", "TestWebhook", "ReplayWebhook", // section 12 (webhooks)
+	"LinkChildFlow", // issue 21 (child flows)
 }
 var streamingRPCs = []string{"WatchFlow", "WatchFlows"}
 

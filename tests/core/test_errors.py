@@ -40,6 +40,8 @@ DESIGN_RETRYABLE = {
     ErrorCode.AGENT_TIMEOUT,
     ErrorCode.EXTERNAL_SERVICE_ERROR,
     ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE,
+    # docs/child_flows.md: a phase whose child flow was cancelled may be retried (a new child).
+    ErrorCode.CHILD_FLOW_CANCELLED,
 }
 
 

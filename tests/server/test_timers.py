@@ -394,3 +394,43 @@ async def timer_rows(store: FlowStore, flow_id: str) -> list[tuple[str, str]]:
             flow_id,
         )
     return [(row["phase"], row["kind"]) for row in rows]
+
+
+async def test_a_childs_timeout_fails_its_parent_phase_whose_retry_cancels_the_child(
+    worker: Api,
+) -> None:
+    """Timers fire through the tree (docs/child_flows.md): the child's timeout moves the parent
+    phase in the same transaction, and the parent's automatic retry cancels the failed child."""
+    child_definition = definition_pb2.FlowDefinition(
+        name="timed_child",
+        phases=[
+            definition_pb2.PhaseDefinition(name="work", weight=100, policy=policy(timeout=0.3))
+        ],
+    )
+    await worker.stub.CreateFlowDefinition(
+        pb.CreateFlowDefinitionRequest(definition=child_definition, request_id=request_id()),
+        metadata=worker.metadata,
+    )
+    parent_definition = definition_pb2.FlowDefinition(
+        name="timed_parent",
+        phases=[
+            definition_pb2.PhaseDefinition(
+                name="work",
+                weight=100,
+                max_retries=2,
+                kind=definition_pb2.PHASE_KIND_CHILD_FLOW,
+                child_flow=definition_pb2.ChildFlowSpec(definition_name="timed_child"),
+                policy=policy(retry=(0.1, 1.0, 0.1, [E.ERROR_CODE_AGENT_TIMEOUT])),
+            )
+        ],
+    )
+    parent_id = await start_flow(worker, parent_definition)
+    started = await worker.move(parent_id, "work", states_pb2.PHASE_STATE_IN_PROGRESS)
+    child_id = phase(started.flow).child_flow_id
+    await worker.move(child_id, "work", states_pb2.PHASE_STATE_IN_PROGRESS)
+    parent = await until(
+        lambda: worker.get(parent_id), state_is(states_pb2.PHASE_STATE_RETRY_NEEDED)
+    )
+    assert phase(parent).error_context.error_code == E.ERROR_CODE_AGENT_TIMEOUT
+    assert phase(parent).error_context.details["child_flow_id"] == child_id
+    assert (await worker.get(child_id)).status == states_pb2.FLOW_STATUS_CANCELLED

@@ -17,6 +17,7 @@ from flowstate.core.model import (
     AlertKind,
     ApprovalDecision,
     ErrorCode,
+    ExternalDependency,
     Flow,
     FlowAlert,
     FlowStatus,
@@ -85,6 +86,7 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
             completed_at=T0 - timedelta(minutes=20),
             next_attempt_at=T0 - timedelta(minutes=21),
             approval=approval,
+            child_flow_id="00000000-0000-4000-8000-0000000000c1",
         ),
         Phase(
             "field_mapping",
@@ -117,6 +119,11 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
         deadline=T0 + timedelta(hours=3),
         alerts=(alert,),
         alert_due_at=T0 + timedelta(hours=3),
+        parent_flow_id="00000000-0000-4000-8000-0000000000a1",
+        parent_phase="deploy",
+        external_dependencies=(
+            ExternalDependency("data_import", "00000000-0000-4000-8000-0000000000b1", "ship"),
+        ),
     )
     entry = HistoryEntry(
         flow_version=1,

@@ -62,4 +62,5 @@ def test_store_methods() -> None:
         "record_webhook_failure",
         "release_webhooks",
         "due_alert_flows",
+        "children_of",
     }

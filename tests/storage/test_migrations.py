@@ -186,3 +186,26 @@ async def test_hot_history_reads_use_indexes_on_every_partition(database_url: st
     for plan in plans:
         assert "flow_history" in plan
         assert "Seq Scan on flow_history" not in plan, plan
+
+
+async def test_child_flow_columns_up_and_down(fresh_database_url: str) -> None:
+    """Migration 0013: the parent link, external dependencies and children index come and go."""
+    columns = (
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'flows'"
+        " AND column_name IN ('parent_flow_id', 'parent_phase', 'external_dependencies')"
+    )
+    child_flows = ScriptDirectory.from_config(migrate.alembic_config()).get_revision(
+        "0013_child_flows"
+    )
+    assert child_flows is not None
+    assert isinstance(child_flows.down_revision, str)
+    await migrate.upgrade(fresh_database_url, "0013_child_flows")
+    assert await _scalar_set(fresh_database_url, columns) == {
+        "parent_flow_id",
+        "parent_phase",
+        "external_dependencies",
+    }
+    await migrate.downgrade(fresh_database_url, child_flows.down_revision)
+    assert await _scalar_set(fresh_database_url, columns) == set()
+    await migrate.upgrade(fresh_database_url)
+    assert len(await _scalar_set(fresh_database_url, columns)) == 3

@@ -620,6 +620,13 @@ func (c *Client) WatchBulkAction(ctx context.Context, bulkActionID string, opts 
 	}
 }
 
+// LinkChildFlow starts a child_flow phase following an existing root flow of the tenant
+// instead of a new child (docs/child_flows.md); GetFlow with ChildrenDepth returns the tree.
+func (c *Client) LinkChildFlow(ctx context.Context, req *flowstatev1.LinkChildFlowRequest, opts ...grpc.CallOption) (*flowstatev1.LinkChildFlowResponse, error) {
+	req = withRequestID(req, func(r *flowstatev1.LinkChildFlowRequest, id string) { r.RequestId = id })
+	return invoke(ctx, c, req, c.raw.LinkChildFlow, opts)
+}
+
 // History yields every history entry of a flow after afterVersion, fetching pages lazily as
 // the loop asks for more. A final non-nil error ends it.
 //

@@ -53,6 +53,10 @@ const (
 	CodeRateLimited                  Code = "RATE_LIMITED"
 	CodeApprovalRequired             Code = "APPROVAL_REQUIRED"
 	CodeBulkActionNotFound           Code = "BULK_ACTION_NOT_FOUND"
+	CodeChildFlowCancelled           Code = "CHILD_FLOW_CANCELLED"
+	CodePhaseFollowsChildFlow        Code = "PHASE_FOLLOWS_CHILD_FLOW"
+	CodeChildFlowLimitExceeded       Code = "CHILD_FLOW_LIMIT_EXCEEDED"
+	CodeChildFlowNotLinkable         Code = "CHILD_FLOW_NOT_LINKABLE"
 )
 
 // CodeOf returns the Code of a flowstatev1.ErrorCode (e.g. in ValidateTransitionResponse.Error).
@@ -422,6 +426,9 @@ var (
 	ErrRateLimited                  = codeSentinel(CodeRateLimited)
 	ErrApprovalRequired             = codeSentinel(CodeApprovalRequired)
 	ErrBulkActionNotFound           = codeSentinel(CodeBulkActionNotFound)
+	ErrPhaseFollowsChildFlow        = codeSentinel(CodePhaseFollowsChildFlow)
+	ErrChildFlowLimitExceeded       = codeSentinel(CodeChildFlowLimitExceeded)
+	ErrChildFlowNotLinkable         = codeSentinel(CodeChildFlowNotLinkable)
 )
 
 // Sentinels by gRPC code (the classes of the Python and TypeScript clients), for errors.Is.

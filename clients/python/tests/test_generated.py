@@ -83,6 +83,7 @@ RPCS = {
     "GetFlowDefinition",
     "WatchFlow",
     "WatchFlows",  # section 10 (timers)
+    "LinkChildFlow",  # issue 21
 }
 STREAMING_RPCS = {"WatchFlow", "WatchFlows", "WatchBulkAction"}
 

@@ -24,6 +24,7 @@ from flowstate.client import (
     AlertKind,
     ApprovalDecision,
     AsyncFlowstateClient,
+    ChildFlowNotLinkable,
     DependentPhasesActive,
     ErrorCode,
     FlowEventKind,
@@ -879,3 +880,50 @@ async def test_decide_phase_records_the_approver_and_alerts_reach_watchers(
             assert [a.kind for a in flow.alerts] == [AlertKind.DEADLINE_EXCEEDED]
             page = await worker.list_flows(alerting=True)
             assert [f.flow_id for f in page.flows] == [flow_id]
+
+
+# --- child flows (docs/child_flows.md) ------------------------------------------------------------
+
+CHILD_WORK = {"name": "sdk_child", "phases": [{"name": "work", "weight": 100}]}
+MASTER = {
+    "name": "sdk_master",
+    "phases": [
+        {
+            "name": name,
+            "weight": 50,
+            "kind": "child_flow",
+            "child_flow": {"definition": "sdk_child", "on_parent_cancel": policy},
+        }
+        for name, policy in (("left", "cascade"), ("right", "abandon"))
+    ],
+}
+
+
+async def test_child_flows_link_tree_and_follow(make_client: MakeClient) -> None:
+    client = make_client(scopes=DEFINITION_SCOPES)
+    await client.create_flow_definition(CHILD_WORK)
+    master_definition = (await client.create_flow_definition(MASTER)).definition
+    assert master_definition.raw.phases[1].child_flow.definition_name == "sdk_child"
+    master = (await client.create_flow("sdk_master")).flow
+    started = await client.transition_phase(master.flow_id, "left", PhaseState.IN_PROGRESS)
+    child_id = started.flow.phase("left").child_flow_id
+    assert child_id is not None
+    existing = (await client.create_flow("sdk_child")).flow
+    linked = await client.link_child_flow(master.flow_id, "right", existing.flow_id)
+    assert linked.flow.phase("right").child_flow_id == existing.flow_id
+
+    tree = await client.get_flow_tree(master.flow_id, depth=1)
+    assert {f.flow_id for f in tree.children(master.flow_id)} == {child_id, existing.flow_id}
+    assert not tree.truncated
+    page = await client.list_flows(parent_flow_id=master.flow_id)
+    assert {f.parent_phase for f in page.flows} == {"left", "right"}
+
+    for flow_id in (child_id, existing.flow_id):
+        await client.transition_phase(flow_id, "work", PhaseState.IN_PROGRESS)
+        await client.transition_phase(flow_id, "work", PhaseState.COMPLETED)
+    done = await client.get_flow(master.flow_id)
+    assert (done.status, done.progress) == (FlowStatus.COMPLETED, 100.0)
+    with pytest.raises(ChildFlowNotLinkable):
+        await client.link_child_flow(
+            (await client.create_flow("sdk_master")).flow.flow_id, "left", existing.flow_id
+        )

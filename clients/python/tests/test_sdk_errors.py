@@ -19,6 +19,8 @@ from flowstate.client import (
     ApprovalRequired,
     AsyncFlowstateClient,
     BulkActionNotFound,
+    ChildFlowLimitExceeded,
+    ChildFlowNotLinkable,
     DeadlineExceeded,
     DefinitionNotFound,
     DefinitionShadowsBuiltin,
@@ -40,6 +42,7 @@ from flowstate.client import (
     MaxRetriesExceeded,
     NotFound,
     PermissionDenied,
+    PhaseFollowsChildFlow,
     PhaseOrderViolation,
     PhaseState,
     RateLimited,
@@ -89,6 +92,14 @@ CASES = [
         DefinitionShadowsBuiltin,
         FailedPrecondition,
     ),
+    ("PHASE_FOLLOWS_CHILD_FLOW", SC.FAILED_PRECONDITION, PhaseFollowsChildFlow, FailedPrecondition),
+    (
+        "CHILD_FLOW_LIMIT_EXCEEDED",
+        SC.FAILED_PRECONDITION,
+        ChildFlowLimitExceeded,
+        FailedPrecondition,
+    ),
+    ("CHILD_FLOW_NOT_LINKABLE", SC.FAILED_PRECONDITION, ChildFlowNotLinkable, FailedPrecondition),
     ("UNAUTHENTICATED", SC.UNAUTHENTICATED, Unauthenticated, FlowstateError),
     ("PERMISSION_DENIED", SC.PERMISSION_DENIED, PermissionDenied, FlowstateError),
     ("TEMPORARY_RESOURCE_UNAVAILABLE", SC.UNAVAILABLE, Unavailable, FlowstateError),
@@ -310,6 +321,7 @@ def test_every_refusal_code_has_a_class() -> None:
         ErrorCode.DATA_VALIDATION_FAILED,
         ErrorCode.INVALID_TRANSITION,
         ErrorCode.APPROVAL_REJECTED,
+        ErrorCode.CHILD_FLOW_CANCELLED,
     }
     assert refusals | failure_codes == set(ErrorCode)
 

@@ -54,6 +54,7 @@ import {
   TransitionPhaseRequestSchema,
   UpdatePhaseProgressRequestSchema,
   HeartbeatRequestSchema,
+  LinkChildFlowRequestSchema,
   ValidateTransitionRequestSchema,
   CreateWebhookRequestSchema,
   ListWebhooksRequestSchema,
@@ -87,6 +88,7 @@ import {
   type TransitionPhaseResponse,
   type UpdatePhaseProgressResponse,
   type HeartbeatResponse,
+  type LinkChildFlowResponse,
   type ValidateTransitionResponse,
 } from "./gen/flowstate/v1/index.js";
 import {
@@ -190,6 +192,7 @@ export type GetBulkActionInput = Init<typeof GetBulkActionRequestSchema>;
 export type ListBulkActionsInput = Init<typeof ListBulkActionsRequestSchema>;
 export type ListBulkActionResultsInput = Init<typeof ListBulkActionResultsRequestSchema>;
 export type CancelBulkActionInput = Init<typeof CancelBulkActionRequestSchema>;
+export type LinkChildFlowInput = Init<typeof LinkChildFlowRequestSchema>;
 
 /** The Flowstate client: one method per RPC, plus resumable watches. */
 export interface FlowstateClient {
@@ -265,6 +268,12 @@ export interface FlowstateClient {
   cancelBulkAction(request: CancelBulkActionInput, options?: FlowstateCallOptions): Promise<CancelBulkActionResponse>;
   /** The bulk action now and at every change of its progress, until it is finished. */
   watchBulkAction(bulkActionId: string, options?: CallOptions): AsyncGenerator<BulkAction, void, undefined>;
+
+  /**
+   * Starts a child_flow phase following an existing root flow of the tenant instead of a new
+   * child (docs/child_flows.md). `getFlow({ flowId, childrenDepth })` returns a flow's tree.
+   */
+  linkChildFlow(request: LinkChildFlowInput, options?: FlowstateCallOptions): Promise<LinkChildFlowResponse>;
   /** Every flow matching the filters of `request` (its page token is ignored), fetching pages lazily. */
   flows(request?: ListFlowsInput, options?: FlowstateCallOptions): AsyncGenerator<Flow, void, undefined>;
   /** Every history entry of a flow after `afterVersion`, fetching pages lazily. */
@@ -492,6 +501,8 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
         throw toFlowstateError(ConnectError.from(err));
       }
     },
+    linkChildFlow: (request, o) =>
+      unary(LinkChildFlowRequestSchema, request, (r, c) => raw.linkChildFlow(r, c), true, o),
     async *flows(request = {}, callOptions) {
       let pageToken = "";
       do {

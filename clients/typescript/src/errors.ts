@@ -27,7 +27,10 @@
  *   │   ├── MaxRetriesExceededError            .attemptsRemaining
  *   │   ├── RetryNotAllowedError               .attemptsRemaining
  *   │   ├── DefinitionShadowsBuiltinError      set allowShadowBuiltin
- *   │   └── ApprovalRequiredError              decide with decidePhase (flows:approve)
+ *   │   ├── ApprovalRequiredError              decide with decidePhase (flows:approve)
+ *   │   ├── PhaseFollowsChildFlowError         the phase's outcome comes from its child flow
+ *   │   ├── ChildFlowLimitExceededError        too deep, or too many children
+ *   │   └── ChildFlowNotLinkableError          already a child, other definition, or a cycle
  *   ├── AbortedError                       ABORTED
  *   │   └── VersionConflictError               .currentVersion
  *   ├── NotFoundError                      NOT_FOUND
@@ -345,6 +348,12 @@ export class WebhookNotFoundError extends NotFoundError {}
 export class DefinitionShadowsBuiltinError extends FailedPreconditionError {}
 /** The phase's policy requires an approval decision: use `decidePhase` (scope flows:approve). */
 export class ApprovalRequiredError extends FailedPreconditionError {}
+/** The phase is of kind child_flow: its progress and outcome come from its child flow. */
+export class PhaseFollowsChildFlowError extends FailedPreconditionError {}
+/** A new child flow would be too deep, or its parent has too many children. */
+export class ChildFlowLimitExceededError extends FailedPreconditionError {}
+/** The flow to link already has a parent, follows another definition, or is an ancestor. */
+export class ChildFlowNotLinkableError extends FailedPreconditionError {}
 /** The credentials are missing, expired or forged (UNAUTHENTICATED). */
 export class UnauthenticatedError extends FlowstateError {}
 /** The credentials' scopes are too small for the call (PERMISSION_DENIED). */
@@ -392,6 +401,9 @@ const BY_REASON: Partial<Record<FlowstateErrorCode, ErrorClass>> = {
   WEBHOOK_NOT_FOUND: WebhookNotFoundError,
   RATE_LIMITED: RateLimitedError,
   APPROVAL_REQUIRED: ApprovalRequiredError,
+  PHASE_FOLLOWS_CHILD_FLOW: PhaseFollowsChildFlowError,
+  CHILD_FLOW_LIMIT_EXCEEDED: ChildFlowLimitExceededError,
+  CHILD_FLOW_NOT_LINKABLE: ChildFlowNotLinkableError,
   UNAUTHENTICATED: UnauthenticatedError,
   PERMISSION_DENIED: PermissionDeniedError,
   TEMPORARY_RESOURCE_UNAVAILABLE: UnavailableError,

@@ -17,6 +17,7 @@ import {
   BulkActionState,
   BulkActionType,
   BulkFlowOutcome,
+  ChildFlowNotLinkableError,
   createFlowstateClient,
   DefinitionNotFoundError,
   DefinitionShadowsBuiltinError,
@@ -31,7 +32,10 @@ import {
   InvalidPhaseTransitionError,
   MalformedRequestError,
   MaxRetriesExceededError,
+  ParentCancelPolicy,
   PermissionDeniedError,
+  PhaseFollowsChildFlowError,
+  PhaseKind,
   PhaseOrderViolationError,
   PhaseState,
   RecoveryAction,
@@ -506,6 +510,49 @@ if (testServer === undefined) {
       await admin.deleteWebhook({ webhookId: id });
       const gone = await refusal(admin.deleteWebhook({ webhookId: id }));
       assert.ok(gone instanceof WebhookNotFoundError, String(gone));
+    });
+  });
+
+  describe("child flows (docs/child_flows.md)", TIMEOUT, () => {
+    const child = { name: "ts_child", phases: [{ name: "work", weight: 100 }] };
+    const master = {
+      name: "ts_master",
+      phases: ["left", "right"].map((name) => ({
+        name,
+        weight: 50,
+        kind: PhaseKind.CHILD_FLOW,
+        childFlow: { definitionName: "ts_child", onParentCancel: ParentCancelPolicy.CASCADE },
+      })),
+    };
+
+    it("creates and links children, reads the tree, and the parent follows them", async () => {
+      const admin = connect(server.adminToken);
+      await admin.createFlowDefinition({ definition: child });
+      await admin.createFlowDefinition({ definition: master });
+      const parentId = (await writer.createFlow({ definitionName: "ts_master" })).flow!.flowId;
+      const started = await writer.transitionPhase({ flowId: parentId, phase: "left", targetState: PhaseState.IN_PROGRESS });
+      const created = started.flow!.phases[0]!.childFlowId;
+      assert.ok(created);
+      const existing = (await writer.createFlow({ definitionName: "ts_child" })).flow!.flowId;
+      const linked = await writer.linkChildFlow({ flowId: parentId, phase: "right", childFlowId: existing });
+      assert.equal(linked.flow?.phases[1]?.childFlowId, existing);
+      const worker = await refusal(writer.updatePhaseProgress({ flowId: parentId, phase: "left", progress: 0.5 }));
+      assert.ok(worker instanceof PhaseFollowsChildFlowError, String(worker));
+      const again = await refusal(writer.linkChildFlow({ flowId: parentId, phase: "right", childFlowId: existing }));
+      assert.ok(again instanceof ChildFlowNotLinkableError, String(again));
+
+      const tree = await writer.getFlow({ flowId: parentId, childrenDepth: 2 });
+      assert.deepEqual(tree.descendants.map((f) => f.flowId).sort(), [created, existing].sort());
+      assert.ok(tree.descendants.every((f) => f.parentFlowId === parentId));
+      const listed = await writer.listFlows({ parentFlowId: parentId });
+      assert.equal(listed.flows.length, 2);
+
+      for (const flowId of [created, existing]) {
+        await writer.transitionPhase({ flowId, phase: "work", targetState: PhaseState.IN_PROGRESS });
+        await writer.transitionPhase({ flowId, phase: "work", targetState: PhaseState.COMPLETED });
+      }
+      const done = await writer.getFlow({ flowId: parentId });
+      assert.equal(done.flow?.status, FlowStatus.COMPLETED);
     });
   });
 

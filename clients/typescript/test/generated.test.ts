@@ -67,6 +67,7 @@ const RPCS = [
   "TestWebhook",
   "ReplayWebhook",
   "DecidePhase", // section 10 (approvals)
+  "LinkChildFlow", // issue 21 (child flows)
 ];
 const STREAMING_RPCS = ["WatchFlow", "WatchFlows", "WatchBulkAction"];
 // DESIGN.md, "Phase states" and "Flow status", in proto order.

@@ -153,6 +153,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = command("get", _get, "show a flow and its phases")
     _flow_id_argument(parser)
 
+    parser = command(
+        "tree",
+        _tree,
+        "show a flow and its child flows as a tree (docs/child_flows.md)",
+        "Show a flow and its child flows, level by level: each line a flow (status, progress)\n"
+        "under the phase of its parent it follows.",
+    )
+    _flow_id_argument(parser)
+    parser.add_argument(
+        "--depth", type=int, default=5, metavar="N", help="levels of children (1-5; default 5)"
+    )
+
     parser = command("history", _history, "show a flow's history (oldest first)")
     _flow_id_argument(parser)
     parser.add_argument(
@@ -768,6 +780,37 @@ def _get(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> 
             flow.definition_name, version=flow.definition_version
         )
     _print_flow(flow, output, definition)
+    return EXIT_OK
+
+
+def _tree(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
+    tree = client.get_flow_tree(args.flow_id, depth=args.depth)
+    if output.as_json:
+        output.json(_proto_json(tree.raw))
+        return EXIT_OK
+
+    def describe(flow: Flow) -> str:
+        return (
+            f"{flow.flow_id}  {flow.definition_name} v{flow.definition_version}  "
+            f"{flow.status.name}  {flow.progress:g}%"
+        )
+
+    def walk(flow: Flow, indent: str) -> None:
+        for child in tree.children(flow.flow_id):
+            phase = flow.phase(child.parent_phase) if child.parent_phase else None
+            current = phase is not None and phase.child_flow_id == child.flow_id
+            label = (
+                f"{child.parent_phase} ({phase.state.name})"
+                if current and phase
+                else (f"{child.parent_phase} (earlier attempt)")
+            )
+            output.line(f"{indent}└─ {label}: {describe(child)}")
+            walk(child, indent + "   ")
+
+    output.line(describe(tree.flow))
+    walk(tree.flow, "")
+    if tree.truncated:
+        output.line("(cut at the server's limit of flows per tree)")
     return EXIT_OK
 
 

@@ -77,6 +77,7 @@ Decisions DESIGN.md leaves open, fixed here:
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -86,7 +87,9 @@ from typing import Any, assert_never
 from flowstate.core.alerts import alert_due_at, alerts_in_force, approval_wait_due
 from flowstate.core.definitions import (
     ApprovalPolicy,
+    ChildFlowSpec,
     FlowDefinition,
+    ParentCancelPolicy,
     PhaseDefinition,
 )
 from flowstate.core.derivation import calculate_progress, determine_flow_status
@@ -95,6 +98,7 @@ from flowstate.core.model import (
     AlertKind,
     ApprovalDecision,
     ErrorCode,
+    ExternalDependency,
     Flow,
     FlowAlert,
     FlowStatus,
@@ -119,18 +123,24 @@ from flowstate.core.rules import (
 )
 
 __all__ = [
+    "FOLLOWING_STATES",
+    "CancelChild",
     "CancelFlow",
     "Command",
     "Context",
     "DecidePhase",
     "Decision",
+    "Effect",
     "ExpireApproval",
+    "FollowChild",
+    "LinkChild",
     "PauseFlow",
     "RaiseAlert",
     "ResumeFlow",
     "Retry",
     "Rollback",
     "SkipPhase",
+    "StartChild",
     "TransitionPhase",
     "UpdatePhaseProgress",
     "apply_command",
@@ -156,6 +166,11 @@ class Context:
     user_id: str = ""
     request_id: str = ""
     is_admin: bool = False
+    external_states: Mapping[tuple[str, str], PhaseState] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """(flow id, phase) → state of the phases of other flows this flow's
+    `external_dependencies` name, read by the use case; a missing one counts as NOT_STARTED."""
     grants: frozenset[str] = frozenset()
     """The scope names the caller's token carries (as written, unknown ones included)."""
     claims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -255,6 +270,32 @@ class CancelFlow:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class FollowChild:
+    """A child flow changed: its parent's `phase` follows it (a system command).
+
+    `child_status` / `child_progress` are the child's after its change; `child_error` the
+    error its failure carries (`flowstate.core.children.child_failure`). Nothing happens when
+    the phase no longer follows `child_flow_id` or the parent is terminal.
+    """
+
+    phase: str
+    child_flow_id: str
+    child_status: FlowStatus
+    child_progress: float = 0.0
+    child_error: PhaseError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChild:
+    """Start the child_flow `phase` following an existing flow instead of a new one
+    (`LinkChildFlow`); the use case has checked the child may be linked."""
+
+    phase: str
+    child: FollowChild
+    reason: str = ""
+
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 Command = (
@@ -269,16 +310,43 @@ Command = (
     | DecidePhase
     | ExpireApproval
     | RaiseAlert
+    | FollowChild
+    | LinkChild
 )
 """Every command `apply_command` accepts."""
 
 
 @dataclass(frozen=True, slots=True)
+class StartChild:
+    """Effect: create child flow `child_flow_id` of `spec` for `phase`, in the same transaction."""
+
+    phase: str
+    child_flow_id: str
+    spec: ChildFlowSpec
+
+
+@dataclass(frozen=True, slots=True)
+class CancelChild:
+    """Effect: cancel child flow `child_flow_id` (of `phase`) when it is not terminal yet, in
+    the same transaction."""
+
+    phase: str
+    child_flow_id: str
+    reason: str
+
+
+Effect = StartChild | CancelChild
+"""What a decision asks the use case to do to other flows (described, never performed here)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome of a command: the new flow and the history entries it appends, in order."""
+    """The outcome of a command: the new flow, the history entries it appends, in order, and
+    the effects on child flows the use case performs in the same transaction."""
 
     flow: Flow
     entries: tuple[HistoryEntry, ...]
+    effects: tuple[Effect, ...] = ()
 
 
 def create_flow(
@@ -363,6 +431,10 @@ def apply_command(
             _expire_approval(builder, command)
         case RaiseAlert():
             _raise_alert(builder, command.alert)
+        case FollowChild():
+            _follow_child(builder, command)
+        case LinkChild():
+            _link_child(builder, command)
         case _:
             assert_never(command)
     return builder.decision()
@@ -467,6 +539,50 @@ def check_phase_order(
     )
 
 
+def blocking_external(
+    flow: Flow, external_states: Mapping[tuple[str, str], PhaseState], phase: str
+) -> list[ExternalDependency]:
+    """The external dependencies of `phase` whose phase is not done (missing: NOT_STARTED)."""
+    return [
+        d
+        for d in flow.external_dependencies
+        if d.phase == phase
+        and external_states.get((d.flow_id, d.flow_phase), PhaseState.NOT_STARTED)
+        not in DONE_STATES
+    ]
+
+
+def external_name(dependency: ExternalDependency) -> str:
+    """How errors and recovery options name a phase of another flow: ``<flow id>/<phase>``."""
+    return f"{dependency.flow_id}/{dependency.flow_phase}"
+
+
+def check_external_order(
+    flow: Flow,
+    external_states: Mapping[tuple[str, str], PhaseState],
+    phase: str,
+    target: PhaseState,
+) -> FlowStateError | None:
+    """PHASE_ORDER_VIOLATION naming the phases of other flows `phase` still waits for."""
+    if target not in (PhaseState.IN_PROGRESS, PhaseState.SKIPPED):
+        return None
+    blocking = blocking_external(flow, external_states, phase)
+    if not blocking:
+        return None
+    names = [external_name(d) for d in blocking]
+    verb = "start" if target is PhaseState.IN_PROGRESS else "be skipped"
+    return FlowStateError(
+        ErrorCode.PHASE_ORDER_VIOLATION,
+        f"Phase '{phase}' cannot {verb} before phase(s) of other flows completed: "
+        + ", ".join(repr(n) for n in names),
+        phase=phase,
+        from_state=flow.phase(phase).state if phase in flow.phase_states else None,
+        to_state=target,
+        blocking_phases=names,
+        blocking_external=[{"flow_id": d.flow_id, "phase": d.flow_phase} for d in blocking],
+    )
+
+
 class _Builder:
     """Accumulates the steps of one decision: each step is a new flow value plus its entry."""
 
@@ -475,6 +591,7 @@ class _Builder:
         self.definition = definition
         self.ctx = ctx
         self.entries: list[HistoryEntry] = []
+        self.effects: list[Effect] = []
 
     def change_phase(
         self,
@@ -545,7 +662,13 @@ class _Builder:
         flow = self.flow
         if self.entries:
             flow = replace(flow, alert_due_at=alert_due_at(flow, self.definition))
-        return Decision(flow=flow, entries=tuple(self.entries))
+        return Decision(flow=flow, entries=tuple(self.entries), effects=tuple(self.effects))
+
+    def cancel_child(self, phase: Phase, reason: str) -> None:
+        """Ask for the phase's child to be cancelled, when it has one (a no-op on a terminal
+        child)."""
+        if phase.child_flow_id is not None:
+            self.effects.append(CancelChild(phase.name, phase.child_flow_id, reason))
 
     def _derive_status(self, phases: tuple[Phase, ...]) -> tuple[FlowStatus, FlowStatus | None]:
         if self.flow.status is FlowStatus.PAUSED:
@@ -661,6 +784,8 @@ def _ensure_can_start(
     """Entering IN_PROGRESS (or SKIPPED): every dependency done, and the flow not PAUSED."""
     flow = builder.flow
     refusal = check_phase_order(builder.definition, flow.phase_states, phase.name, target)
+    if refusal is None:
+        refusal = check_external_order(flow, builder.ctx.external_states, phase.name, target)
     if refusal is not None:
         raise refusal
     if flow.status is FlowStatus.PAUSED:
@@ -769,6 +894,8 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
     if target is PhaseState.SKIPPED:
         _skip(builder, phase.name, command.reason, command.metadata, command.error)
         return
+    if definition.child_flow is not None and not _caller_may_move_child_phase(phase, target):
+        raise _follows_child(phase, target)
     error = _failure_error(phase, target, command.error)
     counted = _is_retry_step(phase.state, target)
     if counted:
@@ -778,6 +905,12 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
     new_phase = _moved(phase, target, builder.ctx.now, error)
     if counted and target is PhaseState.IN_PROGRESS:
         new_phase = _counted_attempt(new_phase, builder.ctx.now)
+    metadata = command.metadata
+    if definition.child_flow is not None:
+        if target is PhaseState.IN_PROGRESS:
+            new_phase, metadata = _start_child(builder, new_phase, definition.child_flow, metadata)
+        elif target is PhaseState.RETRY_NEEDED:  # the failed child is given up for a new one
+            builder.cancel_child(phase, f"phase '{phase.name}' of the parent is retried")
     builder.change_phase(
         new_phase, kind=HistoryKind.TRANSITION, reason=command.reason, metadata=metadata
     )
@@ -820,6 +953,8 @@ def _update_progress(builder: _Builder, command: UpdatePhaseProgress) -> None:
             phase=phase.name,
         )
     _ensure_running(phase, definition.optional, "Progress")
+    if definition.child_flow is not None:
+        raise _follows_child(phase, phase.state)
     if float(fraction) == phase.progress:
         return  # a repeated report changes nothing, so it records nothing
     builder.change_phase(
@@ -866,6 +1001,7 @@ def _rollback(
             recovery=[RecoveryAction.ROLLBACK, RecoveryAction.CANCEL],
         )
     now = builder.ctx.now
+    builder.cancel_child(phase, f"phase '{name}' of the parent was rolled back")
     builder.change_phase(
         _moved(phase, PhaseState.ROLLED_BACK, now, phase.error),
         kind=HistoryKind.ROLLBACK,
@@ -874,6 +1010,7 @@ def _rollback(
     )
     for dependent in active:
         current = builder.flow.phase(dependent)
+        builder.cancel_child(current, f"phase '{dependent}' of the parent was rolled back")
         builder.change_phase(
             _moved(current, PhaseState.ROLLED_BACK, now, current.error),
             kind=HistoryKind.CASCADE_ROLLBACK,
@@ -907,13 +1044,16 @@ def _retry(builder: _Builder, command: Retry) -> None:
     if target is PhaseState.IN_PROGRESS:
         _ensure_can_start(builder, phase)
     new_phase = _moved(phase, target, builder.ctx.now, phase.error)
+    metadata: Mapping[str, Any] = {"forced": True} if forced else _EMPTY
     if target is PhaseState.IN_PROGRESS:
         new_phase = _counted_attempt(new_phase, builder.ctx.now)
+    if definition.child_flow is not None:
+        if target is PhaseState.IN_PROGRESS:
+            new_phase, metadata = _start_child(builder, new_phase, definition.child_flow, metadata)
+        else:
+            builder.cancel_child(phase, f"phase '{phase.name}' of the parent is retried")
     builder.change_phase(
-        new_phase,
-        kind=HistoryKind.RETRY,
-        reason=command.reason,
-        metadata={"forced": True} if forced else _EMPTY,
+        new_phase, kind=HistoryKind.RETRY, reason=command.reason, metadata=metadata
     )
 
 
@@ -937,6 +1077,7 @@ def _skip(
             to_state=PhaseState.SKIPPED,
         )
     _ensure_can_start(builder, phase, PhaseState.SKIPPED)
+    builder.cancel_child(phase, f"phase '{name}' of the parent was skipped")
     builder.change_phase(
         _moved(phase, PhaseState.SKIPPED, builder.ctx.now, None),
         kind=HistoryKind.SKIP,
@@ -974,6 +1115,14 @@ def _cancel(builder: _Builder, command: CancelFlow) -> None:
     refusal = validate_flow_status_transition(builder.flow.status, FlowStatus.CANCELLED)
     if refusal is not None:
         raise refusal
+    for definition in builder.definition.phases:
+        phase = builder.flow.phase(definition.name)
+        cascade = (
+            definition.child_flow is not None
+            and definition.child_flow.on_parent_cancel is ParentCancelPolicy.CASCADE
+        )
+        if cascade and phase.state in FOLLOWING_STATES:
+            builder.cancel_child(phase, "the parent flow was cancelled")
     builder.change_status(FlowStatus.CANCELLED, None, HistoryKind.CANCEL, command.reason)
 
 
@@ -1122,3 +1271,131 @@ def breaches(
                 RaiseAlert(FlowAlert(AlertKind.STUCK, stuck_at, now, flow.status, message=message))
             )
     return due
+
+
+# --- child flows (docs/child_flows.md) ----------------------------------------------------------
+
+_CHILD_PHASE_CALLER_MOVES = frozenset(
+    {(PhaseState.FAILED, PhaseState.RETRY_NEEDED), (PhaseState.RETRY_NEEDED, PhaseState.FAILED)}
+)
+"""Moves of a child_flow phase a caller may ask for besides a start (a new child), a rollback
+and a skip: the retry step out of FAILED (the failed child is cancelled) and abandoning a retry
+(no child is active then); every other move follows the child."""
+
+
+def _caller_may_move_child_phase(phase: Phase, target: PhaseState) -> bool:
+    return target is PhaseState.IN_PROGRESS or (phase.state, target) in _CHILD_PHASE_CALLER_MOVES
+
+
+FOLLOWING_STATES = frozenset({PhaseState.IN_PROGRESS, PhaseState.FAILED})
+"""States in which a child_flow phase follows its child (FAILED: the child may still recover)."""
+CHILD_SYSTEM_USER = "system:child_flow"
+"""The user of history entries a phase gets from its child when no caller is known."""
+
+
+def child_flow_id_for(flow_id: str, phase: str, version: int) -> str:
+    """The id of the child a start of `phase` at flow `version` creates: a UUIDv5, so a
+    decision stays pure and a replayed or retried transaction makes the same child."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"flowstate:{flow_id}/{phase}/{version}"))
+
+
+def _follows_child(phase: Phase, target: PhaseState) -> FlowStateError:
+    return FlowStateError(
+        ErrorCode.PHASE_FOLLOWS_CHILD_FLOW,
+        f"Phase '{phase.name}' follows its child flow: its progress and outcome come from "
+        "the child (report them there, or cancel the child to fail the phase)",
+        phase=phase.name,
+        from_state=phase.state,
+        to_state=target,
+        child_flow_id=phase.child_flow_id or "",
+    )
+
+
+def _start_child(
+    builder: _Builder, phase: Phase, spec: ChildFlowSpec, metadata: Mapping[str, Any]
+) -> tuple[Phase, Mapping[str, Any]]:
+    """`phase` entering IN_PROGRESS with a new child, and the StartChild effect."""
+    child_id = child_flow_id_for(builder.flow.flow_id, phase.name, builder.flow.version + 1)
+    builder.effects.append(StartChild(phase.name, child_id, spec))
+    return replace(phase, child_flow_id=child_id), {**metadata, "child_flow_id": child_id}
+
+
+def _link_child(builder: _Builder, command: LinkChild) -> None:
+    definition = builder.definition.phase(command.phase)
+    _ensure_not_terminal(builder.flow, command.phase)
+    phase = builder.flow.phase(command.phase)
+    if definition.child_flow is None:
+        raise FlowStateError(
+            ErrorCode.CHILD_FLOW_NOT_LINKABLE,
+            f"Phase '{phase.name}' is not of kind child_flow",
+            phase=phase.name,
+        )
+    _ensure_in_table(phase, PhaseState.IN_PROGRESS, definition.optional)
+    counted = _is_retry_step(phase.state, PhaseState.IN_PROGRESS)
+    if counted:
+        _ensure_retry_allowed(definition, phase, False, builder.ctx)
+    _ensure_can_start(builder, phase)
+    new_phase = _moved(phase, PhaseState.IN_PROGRESS, builder.ctx.now, phase.error)
+    if counted:
+        new_phase = _counted_attempt(new_phase, builder.ctx.now)
+    child_id = command.child.child_flow_id
+    builder.change_phase(
+        replace(new_phase, child_flow_id=child_id),
+        kind=HistoryKind.TRANSITION,
+        reason=command.reason,
+        metadata={"child_flow_id": child_id, "linked": True},
+    )
+    _follow_child(builder, replace(command.child, phase=phase.name))
+
+
+def _follow_child(builder: _Builder, command: FollowChild) -> None:
+    flow = builder.flow
+    phase = flow.phase(command.phase)
+    if (
+        flow.status in TERMINAL_STATUSES
+        or phase.child_flow_id != command.child_flow_id
+        or phase.state not in FOLLOWING_STATES
+    ):
+        return  # the phase moved on (rollback, retry, skip) or the parent ended: not following
+    status = FlowStatus(command.child_status)
+    metadata = {"child_flow_id": command.child_flow_id, "child_status": status.value}
+    reason = f"child flow {command.child_flow_id} is {status.value}"
+    now = builder.ctx.now
+    if status is FlowStatus.COMPLETED:
+        target, error = PhaseState.COMPLETED, None
+    elif status is FlowStatus.FAILED:
+        target = PhaseState.FAILED
+        error = command.child_error or PhaseError(
+            ErrorCode.PHASE_EXECUTION_FAILED,
+            f"Child flow {command.child_flow_id} failed",
+            {"child_flow_id": command.child_flow_id},
+        )
+    elif status is FlowStatus.CANCELLED:
+        target = PhaseState.FAILED
+        error = PhaseError(
+            ErrorCode.CHILD_FLOW_CANCELLED,
+            f"Child flow {command.child_flow_id} was cancelled",
+            {"child_flow_id": command.child_flow_id},
+        )
+    else:
+        target, error = PhaseState.IN_PROGRESS, None
+    if target is not phase.state:
+        # FAILED -> IN_PROGRESS / COMPLETED (the child recovered) is outside the phase table,
+        # like a cascade step: the phase only mirrors the child, which moved legally.
+        builder.change_phase(
+            _moved(phase, target, now, error if target is PhaseState.FAILED else phase.error),
+            kind=HistoryKind.TRANSITION,
+            reason=reason,
+            metadata=metadata,
+        )
+        phase = builder.flow.phase(command.phase)
+    if target is PhaseState.IN_PROGRESS:
+        fraction = min(max(command.child_progress / 100.0, 0.0), 1.0)
+        if fraction != phase.progress:
+            builder.change_phase(
+                replace(phase, progress=fraction),
+                kind=HistoryKind.PROGRESS,
+                reason=reason,
+                metadata=metadata,
+                phase_progress=fraction,
+            )

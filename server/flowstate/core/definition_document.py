@@ -23,6 +23,10 @@ What is checked (the limits are the constants below, documented in docs/definiti
 - `weight` is an integer in [0, 100] and the weights sum to 100; `max_retries` an integer in
   [0, `MAX_RETRIES`]; `status_group` one of `GROUP_STATUSES` (its value or name, any case);
   `optional` a bool;
+- `kind` is ``task`` (default) or ``child_flow``; a child_flow phase has `child_flow` with
+  `definition` (a name, not the definition's own), optional `version` (>= 1; absent: the
+  latest when the child starts) and `on_parent_cancel` (``cascade``, the default, or
+  ``abandon``); see docs/child_flows.md;
 - `policy` (DESIGN.md section 10, docs/timers.md) is a mapping with known keys only:
   `timeout` and `heartbeat_timeout` are durations in [`MIN_POLICY_DURATION`,
   `MAX_POLICY_DURATION`]; `retry_policy` has `initial_backoff` (a duration in [0,
@@ -50,9 +54,11 @@ from flowstate.core.definitions import (
     ApprovalPolicy,
     ApprovalTimeoutAction,
     FlowDefinition,
+    ParentCancelPolicy,
     PhaseDefinition,
     PhasePolicy,
     RetryPolicy,
+    child_from_dict,
     definition_to_dict,
 )
 from flowstate.core.errors import FlowStateError
@@ -126,8 +132,13 @@ _PHASE_KEYS: Final = frozenset(
         "description",
         "optional",
         "policy",
+        "kind",
+        "child_flow",
     }
 )
+PHASE_KINDS: Final = ("task", "child_flow")
+"""`kind` of a phase: a task reported by a worker (the default) or a child flow."""
+_CHILD_FLOW_KEYS: Final = frozenset({"definition", "version", "on_parent_cancel"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +261,7 @@ def check_document(data: object) -> list[Violation]:
             check.add(f"{prefix}.status_group", f"{group!r} is not one of: {allowed}")
         if not isinstance(phase.get("optional", False), bool):
             check.add(f"{prefix}.optional", "must be true or false")
+        _check_kind(check, prefix, phase, data.get("name"))
         _check_policy(check, f"{prefix}.policy", phase.get("policy"))
         check.text(f"{prefix}.display_name", phase.get("display_name"), MAX_DISPLAY_NAME_LENGTH)
         check.text(f"{prefix}.description", phase.get("description"), MAX_DESCRIPTION_LENGTH)
@@ -432,6 +444,39 @@ def _policy(data: object) -> PhasePolicy:
     )
 
 
+def _check_kind(check: _Checker, prefix: str, phase: Mapping[str, Any], own: object) -> None:
+    kind = phase.get("kind", "task")
+    child = phase.get("child_flow")
+    if kind not in PHASE_KINDS:
+        check.add(f"{prefix}.kind", f"{kind!r} is not one of: {', '.join(PHASE_KINDS)}")
+        return
+    if kind == "task":
+        if child is not None:
+            check.add(f"{prefix}.child_flow", "only a phase of kind child_flow names a child flow")
+        return
+    policy = phase.get("policy")
+    for key in ("timeout", "heartbeat_timeout"):
+        if isinstance(policy, Mapping) and policy.get(key) is not None:
+            check.add(
+                f"{prefix}.policy.{key}",
+                "a child_flow phase follows its child flow, whose phases carry the timeouts",
+            )
+    field = f"{prefix}.child_flow"
+    if not isinstance(child, Mapping):
+        check.add(field, "a phase of kind child_flow needs child_flow: {definition: NAME}")
+        return
+    check.unknown_keys(field + ".", child, _CHILD_FLOW_KEYS)
+    name = child.get("definition")
+    if check.name(f"{field}.definition", name, "the child definition name") and name == own:
+        check.add(f"{field}.definition", "a definition cannot have itself as a child flow")
+    version: Any = child.get("version", 0)
+    if not _is_int(version) or version < 0:
+        check.add(f"{field}.version", "must be an integer >= 1 (or 0 / absent: the latest)")
+    policy = child.get("on_parent_cancel", "cascade")
+    if policy not in [p.value for p in ParentCancelPolicy]:
+        check.add(f"{field}.on_parent_cancel", "must be one of: cascade, abandon")
+
+
 def _check_dependencies(check: _Checker, phases: list[Any], names: Mapping[str, int]) -> None:
     edges: dict[str, list[tuple[str, str]]] = {name: [] for name in names}
     for index, phase in enumerate(phases):
@@ -535,6 +580,9 @@ def definition_from_document(data: object, *, version: int = 1) -> FlowDefinitio
             optional=p.get("optional", False),
             policy=_policy(p.get("policy")),
             approval=_approval_policy(p.get("policy")),
+            child_flow=(
+                child_from_dict(p["child_flow"]) if p.get("kind") == "child_flow" else None
+            ),
         )
         for p in data["phases"]
     )

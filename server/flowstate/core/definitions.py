@@ -38,8 +38,10 @@ __all__ = [
     "DISCOVERY",
     "ApprovalPolicy",
     "ApprovalTimeoutAction",
+    "ChildFlowSpec",
     "DefinitionError",
     "FlowDefinition",
+    "ParentCancelPolicy",
     "PhaseDefinition",
     "PhasePolicy",
     "RetryPolicy",
@@ -105,6 +107,25 @@ class ApprovalPolicy:
             timeout_seconds=None if timeout is None else float(timeout),
             on_timeout=None if not on_timeout else ApprovalTimeoutAction(on_timeout),
         )
+
+
+class ParentCancelPolicy(enum.StrEnum):
+    """What cancelling the parent does to a child flow that is still active."""
+
+    CASCADE = "cascade"
+    """Cancel the child in the parent's transaction (the default)."""
+    ABANDON = "abandon"
+    """Leave the child running on its own; the terminal parent no longer follows it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFlowSpec:
+    """A phase of kind ``child_flow``: starting it creates a flow of `definition_name`."""
+
+    definition_name: str
+    definition_version: int = 0
+    """0: the latest version when the child is created."""
+    on_parent_cancel: ParentCancelPolicy = ParentCancelPolicy.CASCADE
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +223,9 @@ class PhaseDefinition:
     """Timeouts and automatic retry (DESIGN.md section 10); empty by default."""
     approval: ApprovalPolicy | None = None
     """The phase's approval policy (``policy.approval``); None: anyone with flows:approve."""
+    child_flow: ChildFlowSpec | None = None
+    """Set for a phase of kind ``child_flow``: the phase follows a child flow of this
+    definition (docs/child_flows.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +346,16 @@ def _check_phase_fields(label: str, phases: tuple[PhaseDefinition, ...]) -> None
                 f"{label}: phase {phase.name!r} max_retries must be a non-negative integer, "
                 f"got {phase.max_retries!r}"
             )
+        child = phase.child_flow
+        if child is not None and (
+            not isinstance(child, ChildFlowSpec)
+            or not isinstance(child.definition_name, str)
+            or not child.definition_name
+            or not _is_int(child.definition_version)
+            or child.definition_version < 0
+            or not isinstance(child.on_parent_cancel, ParentCancelPolicy)
+        ):
+            raise DefinitionError(f"{label}: phase {phase.name!r} has a malformed child_flow")
         if phase.status_group is not None and phase.status_group not in GROUP_STATUSES:
             allowed = sorted(s.value for s in GROUP_STATUSES)
             raise DefinitionError(
@@ -411,10 +445,33 @@ def definition_to_dict(definition: FlowDefinition) -> dict[str, Any]:
                     if not p.policy.is_empty
                     else {}
                 ),
+                **(_child_to_dict(p.child_flow) if p.child_flow else {}),
             }
             for p in definition.phases
         ],
     }
+
+
+def _child_to_dict(child: ChildFlowSpec) -> dict[str, Any]:
+    """The ``kind`` and ``child_flow`` keys of a child_flow phase (absent on other phases, so
+    older bodies compare equal)."""
+    return {
+        "kind": "child_flow",
+        "child_flow": {
+            "definition": child.definition_name,
+            **({"version": child.definition_version} if child.definition_version else {}),
+            "on_parent_cancel": child.on_parent_cancel.value,
+        },
+    }
+
+
+def child_from_dict(data: Mapping[str, Any]) -> ChildFlowSpec:
+    """The inverse of `_child_to_dict`'s ``child_flow`` value."""
+    return ChildFlowSpec(
+        definition_name=data["definition"],
+        definition_version=data.get("version", 0),
+        on_parent_cancel=ParentCancelPolicy(data.get("on_parent_cancel", "cascade")),
+    )
 
 
 def definition_from_dict(data: Mapping[str, Any]) -> FlowDefinition:
@@ -429,7 +486,9 @@ def definition_from_dict(data: Mapping[str, Any]) -> FlowDefinition:
             description=data.get("description", ""),
             deadline_seconds=data.get("deadline"),
         )
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, DefinitionError):
+            raise
         raise DefinitionError(f"malformed flow definition: {exc!r}") from exc
 
 
@@ -455,6 +514,7 @@ def _phase_from_dict(data: Mapping[str, Any]) -> PhaseDefinition:
         optional=data.get("optional", False),
         policy=policy_from_dict(data.get("policy")),
         approval=_approval_from_dict(data.get("policy")),
+        child_flow=child_from_dict(data["child_flow"]) if data.get("child_flow") else None,
     )
 
 

@@ -85,6 +85,17 @@ class ErrorCode(enum.StrEnum):
     # Ends of a status stream.
     SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
     SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
+    # Child flows (docs/child_flows.md).
+    CHILD_FLOW_CANCELLED = "CHILD_FLOW_CANCELLED"
+    """Phase failure code: the phase's child flow was cancelled (retryable: a retry starts a
+    new child)."""
+    PHASE_FOLLOWS_CHILD_FLOW = "PHASE_FOLLOWS_CHILD_FLOW"
+    """Refusal: the phase's outcome and progress come from its child flow, not from a worker."""
+    CHILD_FLOW_LIMIT_EXCEEDED = "CHILD_FLOW_LIMIT_EXCEEDED"
+    """Refusal: a new child would pass the maximum depth or the children per flow."""
+    CHILD_FLOW_NOT_LINKABLE = "CHILD_FLOW_NOT_LINKABLE"
+    """Refusal: the flow to link already has a parent, follows another definition, or would
+    become its own ancestor."""
 
 
 RETRYABLE_ERROR_CODES: frozenset[ErrorCode] = frozenset(
@@ -93,6 +104,7 @@ RETRYABLE_ERROR_CODES: frozenset[ErrorCode] = frozenset(
         ErrorCode.AGENT_TIMEOUT,
         ErrorCode.EXTERNAL_SERVICE_ERROR,
         ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE,
+        ErrorCode.CHILD_FLOW_CANCELLED,
     }
 )
 """Failure codes after which a phase may be retried; every other code is non-retryable."""
@@ -182,6 +194,18 @@ class Phase:
     other change of state. None when no automatic retry is scheduled."""
     approval: PhaseApproval | None = None
     """The last approval decision on the phase (None if none)."""
+    child_flow_id: str | None = None
+    """For a phase of kind child_flow: the child flow of its latest start (kept afterwards, so
+    the flow page and history can name it; a retry or restart replaces it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalDependency:
+    """A phase of another flow (same tenant) that must be done before `phase` may start."""
+
+    phase: str
+    flow_id: str
+    flow_phase: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +234,12 @@ class Flow:
     alert_due_at: datetime | None = None
     """Derived: the earliest deadline or approval timeout not handled yet (the alert scan's
     index; `flowstate.core.alerts.alert_due_at`)."""
+    parent_flow_id: str | None = None
+    """The flow whose child_flow phase this flow is the child of (None for a root flow)."""
+    parent_phase: str | None = None
+    """That phase of the parent."""
+    external_dependencies: tuple[ExternalDependency, ...] = ()
+    """Phases of other flows that phases of this flow wait for (set at creation)."""
 
     def phase(self, name: str) -> Phase:
         """The phase called `name`; KeyError when the flow has none."""

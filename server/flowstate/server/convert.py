@@ -33,6 +33,8 @@ from flowstate.core.definitions import (
     ApprovalPolicy,
     ApprovalTimeoutAction,
     FlowDefinition,
+    ParentCancelPolicy,
+    PhaseDefinition,
     PhasePolicy,
 )
 from flowstate.core.model import (
@@ -312,6 +314,7 @@ class DefinitionView:
                     description=p.description,
                     optional=p.optional,
                     policy=policy_to_proto(p.policy, p.approval),
+                    **_kind_fields(p),
                 )
                 for p in definition.phases
             ],
@@ -384,6 +387,34 @@ class DefinitionView:
             set_timestamp(message.deadline, flow.deadline)
         if flow.alerts:
             message.alerts.extend(alert_to_proto(alert) for alert in flow.alerts)
+        if flow.parent_flow_id is not None:
+            message.parent_flow_id = flow.parent_flow_id
+            message.parent_phase = flow.parent_phase or ""
+        for dependency in flow.external_dependencies:
+            message.external_dependencies.add(
+                phase=dependency.phase,
+                flow_id=dependency.flow_id,
+                flow_phase=dependency.flow_phase,
+            )
+
+
+def _kind_fields(phase: PhaseDefinition) -> dict[str, Any]:
+    """`kind` and `child_flow` of a PhaseDefinition message (a TASK phase: kind only)."""
+    child = phase.child_flow
+    if child is None:
+        return {"kind": definition_pb2.PHASE_KIND_TASK}
+    return {
+        "kind": definition_pb2.PHASE_KIND_CHILD_FLOW,
+        "child_flow": definition_pb2.ChildFlowSpec(
+            definition_name=child.definition_name,
+            definition_version=child.definition_version,
+            on_parent_cancel=(
+                definition_pb2.PARENT_CANCEL_POLICY_ABANDON
+                if child.on_parent_cancel is ParentCancelPolicy.ABANDON
+                else definition_pb2.PARENT_CANCEL_POLICY_CASCADE
+            ),
+        ),
+    }
 
 
 def _fill_phase(message: flow_pb2.Phase, phase: Phase) -> None:
@@ -405,6 +436,8 @@ def _fill_phase(message: flow_pb2.Phase, phase: Phase) -> None:
         set_timestamp(message.next_attempt_time, phase.next_attempt_at)
     if phase.approval is not None:
         message.approval.CopyFrom(approval_to_proto(phase.approval))
+    if phase.child_flow_id is not None:
+        message.child_flow_id = phase.child_flow_id
 
 
 def sorted_phase_states(states: Iterable[PhaseState]) -> list[states_pb2.PhaseState.ValueType]:
@@ -522,6 +555,7 @@ def recovery_option_to_proto(flow: Flow, option: RecoveryOption) -> flow_service
         reason=option.reason,
         allowed=option.allowed,
         blocking_detail=option.blocking_detail,
+        flow_id=flow.flow_id,
         **command_to_request(flow.flow_id, option.command, flow.version),
     )
     if option.target_state is not None:

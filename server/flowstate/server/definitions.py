@@ -72,6 +72,13 @@ def document_of(message: definition_pb2.FlowDefinition) -> dict[str, Any]:
             status = FLOW_STATUS_FROM_PROTO.get(phase.status_group)
             # An unknown number stays visible to the checker as a string it will refuse.
             entry["status_group"] = status.value if status else f"#{phase.status_group}"
+        if phase.kind == definition_pb2.PHASE_KIND_CHILD_FLOW or phase.HasField("child_flow"):
+            entry.update(_child_flow_document(phase))
+        elif phase.kind not in (
+            definition_pb2.PHASE_KIND_UNSPECIFIED,
+            definition_pb2.PHASE_KIND_TASK,
+        ):
+            entry["kind"] = f"#{phase.kind}"
         if phase.HasField("policy"):
             policy = policy_document(phase.policy)
             if policy:
@@ -86,6 +93,28 @@ def document_of(message: definition_pb2.FlowDefinition) -> dict[str, Any]:
     if message.HasField("deadline"):
         document["deadline"] = message.deadline.ToTimedelta().total_seconds()
     return document
+
+
+_PARENT_CANCEL_POLICIES: Final = {
+    definition_pb2.PARENT_CANCEL_POLICY_UNSPECIFIED: "cascade",
+    definition_pb2.PARENT_CANCEL_POLICY_CASCADE: "cascade",
+    definition_pb2.PARENT_CANCEL_POLICY_ABANDON: "abandon",
+}
+
+
+def _child_flow_document(phase: definition_pb2.PhaseDefinition) -> dict[str, Any]:
+    """The ``kind`` / ``child_flow`` keys of a phase message (checked by the document)."""
+    kind = "child_flow" if phase.kind == definition_pb2.PHASE_KIND_CHILD_FLOW else "task"
+    if kind == "task" and phase.kind != definition_pb2.PHASE_KIND_TASK:
+        kind = "child_flow"  # child_flow given without a kind: what it means
+    if not phase.HasField("child_flow"):
+        return {"kind": kind}
+    child = phase.child_flow
+    policy = _PARENT_CANCEL_POLICIES.get(child.on_parent_cancel, f"#{child.on_parent_cancel}")
+    spec: dict[str, Any] = {"definition": child.definition_name, "on_parent_cancel": policy}
+    if child.definition_version:
+        spec["version"] = child.definition_version
+    return {"kind": kind, "child_flow": spec}
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,7 @@ _MutationResponse = TypeVar(
     pb.CancelFlowResponse,
     pb.SkipPhaseResponse,
     pb.DecidePhaseResponse,
+    pb.LinkChildFlowResponse,
 )
 
 
@@ -227,6 +228,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             flow_id=args.flow_id,
             definition_version=args.definition_version or None,
             deadline=args.deadline,
+            external_dependencies=args.external_dependencies,
         )
         return await self._respond(result, pb.CreateFlowResponse)
 
@@ -234,10 +236,18 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
     async def GetFlow(  # noqa: N802 - the proto's method name
         self, request: pb.GetFlowRequest, call: Call
     ) -> pb.GetFlowResponse:
-        """Return one flow of the caller's tenant."""
-        flow = await self._flows.get_flow(call.tenant, validation.flow_id(request.flow_id))
+        """Return one flow of the caller's tenant (with its descendants when asked)."""
+        flow_id = validation.flow_id(request.flow_id)
+        depth = validation.children_depth(request.children_depth)
         response = pb.GetFlowResponse()
-        await self._fill_flow(response.flow, flow)
+        if not depth:
+            await self._fill_flow(response.flow, await self._flows.get_flow(call.tenant, flow_id))
+            return response
+        tree = await self._flows.get_flow_tree(call.tenant, flow_id, depth)
+        await self._fill_flow(response.flow, tree.flow)
+        for descendant in tree.descendants:
+            await self._fill_flow(response.descendants.add(), descendant)
+        response.descendants_truncated = tree.truncated
         return response
 
     @unary(Scope.READ)
@@ -256,6 +266,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
                 filter=self._filter(args.filter_text),
                 filter_text=args.filter_text,
                 alerting=args.alerting,
+                parent_flow_id=args.parent_flow_id,
                 page_size=args.page_size,
                 page_token=args.page_token,
             ),
@@ -425,6 +436,10 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         response = pb.GetRecoveryOptionsResponse(
             options=[recovery_option_to_proto(found.flow, option) for option in found.options],
         )
+        for child, option in found.child_options:
+            message = recovery_option_to_proto(child, option)
+            message.parent_phase = child.parent_phase or ""
+            response.options.append(message)
         self._view(found.definition).fill_flow(response.flow, found.flow)
         return response
 
@@ -438,6 +453,23 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         return await self._mutate(
             validation.transition_phase(request), call, pb.TransitionPhaseResponse
         )
+
+    @unary(Scope.WRITE)
+    async def LinkChildFlow(  # noqa: N802 - the proto's method name
+        self, request: pb.LinkChildFlowRequest, call: Call
+    ) -> pb.LinkChildFlowResponse:
+        """Start a child_flow phase following an existing root flow of the tenant."""
+        args = validation.link_child_flow(request)
+        result = await self._flows.link_child_flow(
+            call.tenant,
+            args.flow_id,
+            args.phase,
+            args.child_flow_id,
+            call.context(args.request_id),
+            reason=args.reason,
+            expected_version=args.expected_version,
+        )
+        return await self._respond(result, pb.LinkChildFlowResponse)
 
     @unary(Scope.WRITE)
     async def SkipPhase(  # noqa: N802 - the proto's method name

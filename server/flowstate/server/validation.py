@@ -46,7 +46,7 @@ from flowstate.core.commands import (
     UpdatePhaseProgress,
 )
 from flowstate.core.filters import Filter, parse_filter
-from flowstate.core.model import FlowStatus, PhaseError, PhaseState
+from flowstate.core.model import ExternalDependency, FlowStatus, PhaseError, PhaseState
 from flowstate.core.rules import ERROR_STATES
 from flowstate.server.convert import (
     APPROVAL_DECISION_FROM_PROTO,
@@ -60,8 +60,10 @@ from flowstate.storage.codec import EncodedJson
 from flowstate.storage.limits import (
     DEFAULT_FLOW_PAGE_SIZE,
     DEFAULT_HISTORY_PAGE_SIZE,
+    MAX_CHILD_FLOW_DEPTH,
     MAX_DISPLAY_NAME_LENGTH,
     MAX_ERROR_MESSAGE_LENGTH,
+    MAX_EXTERNAL_DEPENDENCIES,
     MAX_FILTER_DEPTH,
     MAX_FILTER_LENGTH,
     MAX_FILTER_TERMS,
@@ -280,6 +282,7 @@ class CreateFlowArgs:
     display_name: str
     labels: dict[str, str]
     deadline: datetime | None = None
+    external_dependencies: tuple[ExternalDependency, ...] = ()
 
 
 def create_flow(request: flow_service_pb2.CreateFlowRequest) -> CreateFlowArgs:
@@ -300,8 +303,21 @@ def create_flow(request: flow_service_pb2.CreateFlowRequest) -> CreateFlowArgs:
     deadline = (
         check.timestamp("deadline", request.deadline) if request.HasField("deadline") else None
     )
+    if len(request.external_dependencies) > MAX_EXTERNAL_DEPENDENCIES:
+        check.fail(
+            "external_dependencies", f"must have at most {MAX_EXTERNAL_DEPENDENCIES} entries"
+        )
+    externals = tuple(
+        ExternalDependency(
+            check.name(f"external_dependencies[{i}].phase", d.phase),
+            check.uuid(f"external_dependencies[{i}].flow_id", d.flow_id),
+            check.name(f"external_dependencies[{i}].flow_phase", d.flow_phase),
+        )
+        for i, d in enumerate(request.external_dependencies)
+    )
     check.done()
     return CreateFlowArgs(
+        external_dependencies=externals,
         request_id=request_id,
         definition_name=definition_name or DEFAULT_DEFINITION,
         definition_version=request.definition_version,
@@ -469,6 +485,7 @@ class ListFlowsArgs:
     definition_name: str | None
     alerting: bool = False
     filter_text: str = ""
+    parent_flow_id: str | None = None
 
 
 def flow_filter(
@@ -541,8 +558,10 @@ def list_flows(request: flow_service_pb2.ListFlowsRequest) -> ListFlowsArgs:
         else None
     )
     definition_name = check.name("definition_name", request.definition_name, required=False)
+    parent_flow_id = check.uuid("parent_flow_id", request.parent_flow_id, required=False)
     check.done()
     return ListFlowsArgs(
+        parent_flow_id=parent_flow_id or None,
         page_size=page_size,
         page_token=page_token,
         statuses=tuple(s for s in statuses if s is not None),
@@ -799,3 +818,42 @@ def list_bulk_action_results(
     )
     check.done()
     return action_id, outcome, size, token
+
+
+# --- child flows (docs/child_flows.md) --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChildArgs:
+    """A validated LinkChildFlow request."""
+
+    flow_id: str
+    phase: str
+    child_flow_id: str
+    reason: str
+    request_id: str
+    expected_version: int | None
+
+
+def link_child_flow(request: flow_service_pb2.LinkChildFlowRequest) -> LinkChildArgs:
+    """Check a LinkChildFlow request."""
+    check = _Checker()
+    parent = check.uuid("flow_id", request.flow_id)
+    phase = check.name("phase", request.phase)
+    child = check.uuid("child_flow_id", request.child_flow_id)
+    if parent and parent == child:
+        check.fail("child_flow_id", "must not be the parent flow itself")
+    reason = _reason(check, request.reason)
+    request_id = check.request_id(request.request_id)
+    expected_version = check.expected_version(request)
+    check.done()
+    return LinkChildArgs(parent, phase, child, reason, request_id, expected_version)
+
+
+def children_depth(value: int) -> int:
+    """Check GetFlow's `children_depth`: 0 to `MAX_CHILD_FLOW_DEPTH`."""
+    check = _Checker()
+    if not 0 <= value <= MAX_CHILD_FLOW_DEPTH:
+        check.fail("children_depth", f"must be in [0, {MAX_CHILD_FLOW_DEPTH}]")
+    check.done()
+    return value

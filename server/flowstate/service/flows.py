@@ -15,15 +15,22 @@ from the store, and never write.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import MappingProxyType
 
+from flowstate.core.children import child_failure, follow_command
 from flowstate.core.commands import (
+    FOLLOWING_STATES,
+    CancelChild,
+    CancelFlow,
     Command,
     Context,
     Decision,
+    FollowChild,
+    LinkChild,
+    StartChild,
     UpdatePhaseProgress,
     apply_command,
     check_heartbeat,
@@ -31,7 +38,15 @@ from flowstate.core.commands import (
 )
 from flowstate.core.definitions import BUILTIN_DEFINITIONS, FlowDefinition
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
+from flowstate.core.model import (
+    ErrorCode,
+    ExternalDependency,
+    Flow,
+    FlowStatus,
+    HistoryEntry,
+    PhaseState,
+    Tenant,
+)
 from flowstate.core.preview import (
     TransitionVerdict,
     preview_flow_transition,
@@ -40,12 +55,17 @@ from flowstate.core.preview import (
     table_phase_transition,
 )
 from flowstate.core.recovery import RecoveryOption, get_recovery_options
+from flowstate.core.rules import TERMINAL_STATUSES
 from flowstate.core.timers import TimerKind, plan_timers
 from flowstate.service.idempotency import fingerprint
 from flowstate.storage.limits import (
     DEFAULT_HISTORY_PAGE_SIZE,
+    MAX_CHILD_FLOW_DEPTH,
+    MAX_CHILDREN_PER_FLOW,
     MAX_DISPLAY_NAME_LENGTH,
+    MAX_EXTERNAL_DEPENDENCIES,
     MAX_REASON_LENGTH,
+    MAX_TREE_FLOWS,
     check_command,
     check_context,
     check_flow_id,
@@ -54,6 +74,7 @@ from flowstate.storage.limits import (
     check_tenant,
     check_text,
     check_version,
+    malformed,
 )
 from flowstate.storage.store import (
     FlowCount,
@@ -70,7 +91,17 @@ from flowstate.storage.store import (
 )
 from flowstate.storage.values import TimerSync
 
-__all__ = ["FlowService", "Heartbeat", "RecoveryView", "TransitionCheck", "timer_sync"]
+__all__ = [
+    "FlowService",
+    "FlowTree",
+    "Heartbeat",
+    "RecoveryView",
+    "TransitionCheck",
+    "TreeDecide",
+    "follow_through",
+    "timer_sync",
+    "update_tree",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +118,29 @@ def timer_sync(decision: Decision, definition: FlowDefinition, ctx: Context) -> 
     if not definition.has_timers or not decision.entries:
         return None
     return TimerSync(plan_timers(decision.flow, definition, decision.entries), ctx.now)
+
+
+class _NeedLocksError(FlowStateError):
+    """Internal: a decision must change descendants this transaction did not lock first.
+
+    Raised inside the transaction (which rolls back, releasing the flow's lock); `mutate` runs
+    it again with them in `lock_first`, so that a flow is always locked after its descendants.
+    """
+
+    def __init__(self, level: int, flow_ids: list[str]) -> None:
+        super().__init__(ErrorCode.INTERNAL, "child flows must be locked first")
+        self.level = level
+        self.flow_ids = flow_ids
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTree:
+    """A flow and its descendants down to a depth, breadth first (`truncated` when
+    `MAX_TREE_FLOWS` cut it)."""
+
+    flow: Flow
+    descendants: tuple[Flow, ...]
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +166,9 @@ class RecoveryView:
     flow: Flow
     definition: FlowDefinition
     options: list[RecoveryOption]
+    child_options: tuple[tuple[Flow, RecoveryOption], ...] = ()
+    """The options of the active child flows the flow's phases follow (and of theirs), each
+    with the child it acts on, after the flow's own."""
 
 
 async def _replayed(tx: FlowTransaction, stored: StoredKey, key: IdempotencyKey) -> MutationResult:
@@ -152,6 +209,7 @@ class FlowService:
         flow_id: str | None = None,
         definition_version: int | None = None,
         deadline: datetime | None = None,
+        external_dependencies: tuple[ExternalDependency, ...] = (),
     ) -> MutationResult:
         """Create a flow following `definition_name` at `definition_version` (None or 0: the
         latest) in the tenant's view (its own definitions and the built-ins).
@@ -174,6 +232,7 @@ class FlowService:
         version = None
         if definition_version:
             version = check_version("definition_version", definition_version, minimum=1)
+        externals = _check_external_dependencies(external_dependencies, requested_id)
         key = self._key(
             ctx,
             "create_flow",
@@ -183,6 +242,7 @@ class FlowService:
             labels=dict(labels),
             flow_id=requested_id,
             **({"deadline": deadline.isoformat()} if deadline else {}),
+            **({"external_dependencies": externals} if externals else {}),
         )
 
         async def decide(tx: FlowTransaction) -> Outcome:
@@ -199,7 +259,11 @@ class FlowService:
                 labels=labels,
                 deadline=deadline,
             )
-            return Write(decision.flow, decision.entries, key)
+            flow = decision.flow
+            if externals:
+                await _check_external_targets(tx, definition, externals)
+                flow = replace(flow, external_dependencies=externals)
+            return Write(flow, decision.entries, key)
 
         return await self.store.insert_flow(tenant, decide, now=ctx.now)
 
@@ -262,7 +326,122 @@ class FlowService:
             ctx, "mutate", flow_id=flow_id, command=command, expected_version=expected_version
         )
 
-        async def decide(tx: FlowTransaction, flow: Flow, stored: StoredKey | None) -> Outcome:
+        async def fixed(tx: FlowTransaction, flow: Flow) -> Command:
+            return command
+
+        heartbeats: list[float] = []
+        result = await self._mutate_tree(
+            tenant, flow_id, ctx, key, expected_version, fixed, heartbeats=heartbeats
+        )
+        if heartbeats and isinstance(command, UpdatePhaseProgress):
+            await self.store.touch_heartbeat(
+                tenant, flow_id, command.phase, TimerKind.HEARTBEAT_TIMEOUT.value, heartbeats[-1]
+            )
+        return result
+
+    async def link_child_flow(
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        phase: str,
+        child_flow_id: str,
+        ctx: Context,
+        *,
+        reason: str = "",
+        expected_version: int | None = None,
+    ) -> MutationResult:
+        """Start the child_flow `phase` of `flow_id` following the existing flow
+        `child_flow_id` instead of a new child (docs/child_flows.md).
+
+        The child must be a root flow of the same tenant (FLOW_NOT_FOUND otherwise, as for any
+        flow of another tenant), follow the phase's child definition (and version, when the
+        phase pins one), and not be the parent or one of its ancestors
+        (CHILD_FLOW_NOT_LINKABLE); the limits of `MAX_CHILD_FLOW_DEPTH` and
+        `MAX_CHILDREN_PER_FLOW` hold. The phase starts like `TransitionPhase` to IN_PROGRESS
+        (order, pause, retry gate) and at once follows the child's current state.
+        """
+        check_tenant(tenant)
+        check_context(ctx)
+        flow_id = check_flow_id(flow_id)
+        child_id = check_flow_id(child_flow_id, "child_flow_id")
+        check_name("phase", phase)
+        check_text("reason", reason, MAX_REASON_LENGTH)
+        if expected_version is not None:
+            check_version("expected_version", expected_version)
+        if child_id == flow_id:
+            raise _not_linkable(child_id, "a flow cannot be its own child")
+        key = self._key(
+            ctx,
+            "link_child_flow",
+            flow_id=flow_id,
+            phase=phase,
+            child_flow_id=child_id,
+            reason=reason,
+            expected_version=expected_version,
+        )
+
+        async def command(tx: FlowTransaction, parent: Flow) -> Command:
+            found = await tx.lock_flows([child_id])
+            if not found:
+                raise FlowStateError(
+                    ErrorCode.FLOW_NOT_FOUND,
+                    f"Flow {child_id!r} does not exist",
+                    flow_id=child_id,
+                )
+            child = found[0]
+            definition = await tx.definition(parent.definition_name, parent.definition_version)
+            spec = definition.phase(phase).child_flow
+            if spec is not None:
+                if child.definition_name != spec.definition_name or (
+                    spec.definition_version and child.definition_version != spec.definition_version
+                ):
+                    raise _not_linkable(
+                        child_id,
+                        f"phase '{phase}' runs child flows of {spec.definition_name!r}"
+                        + (f" v{spec.definition_version}" if spec.definition_version else "")
+                        + f", not {child.definition_name!r} v{child.definition_version}",
+                    )
+                if child.parent_flow_id is not None:
+                    raise _not_linkable(
+                        child_id, f"flow {child_id} is already a child of {child.parent_flow_id}"
+                    )
+                if child_id in await tx.ancestors(parent.flow_id, MAX_CHILD_FLOW_DEPTH + 1):
+                    raise _not_linkable(
+                        child_id, f"flow {child_id} is an ancestor of {parent.flow_id}"
+                    )
+                await _check_child_limits(tx, parent, subtree_of=child)
+                await tx.set_parent(child_id, parent.flow_id, phase)
+            return LinkChild(phase, _follow_of(child), reason)
+
+        return await self._mutate_tree(
+            tenant, flow_id, ctx, key, expected_version, command, lock_first=[child_id]
+        )
+
+    async def _mutate_tree(
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        ctx: Context,
+        key: IdempotencyKey | None,
+        expected_version: int | None,
+        command_of: Callable[[FlowTransaction, Flow], Awaitable[Command]],
+        *,
+        lock_first: list[str] | None = None,
+        heartbeats: list[float] | None = None,
+    ) -> MutationResult:
+        """`mutate`'s transaction: decide on the flow, perform the decision's effects on child
+        flows, and let the parent phase follow the flow, all in one transaction.
+
+        Lock order (docs/child_flows.md, "Atomicity"): a flow is locked after its
+        descendants. The flow's parents are locked after it (walking up); descendants that a
+        decision changes (a cancel cascade) must be locked before it, so when a decision
+        needs some that were not, the transaction is rolled back and run again with them in
+        `lock_first`, deepest first.
+        """
+
+        async def decide(
+            tx: FlowTransaction, flow: Flow, stored: StoredKey | None, locked: set[str]
+        ) -> Outcome:
             if key is not None and stored is not None:
                 return await _replayed(tx, stored, key)
             try:
@@ -273,13 +452,23 @@ class FlowService:
                         current_version=flow.version,
                         expected_version=expected_version,
                     )
+                command = await command_of(tx, flow)
                 definition = await tx.definition(flow.definition_name, flow.definition_version)
-                decision = apply_command(flow, definition, command, ctx)
-                if isinstance(command, UpdatePhaseProgress) and not decision.entries:
+                decision = apply_command(
+                    flow, definition, command, await _with_external(tx, flow, ctx)
+                )
+                if (
+                    heartbeats is not None
+                    and isinstance(command, UpdatePhaseProgress)
+                    and not decision.entries
+                ):
                     # A repeated report changes nothing but is still a heartbeat.
                     beat = definition.phase(command.phase).policy.heartbeat_timeout
                     if beat is not None:
                         heartbeats.append(beat)
+                await _perform_effects(tx, decision, ctx, locked, 1)
+            except _NeedLocksError:
+                raise
             except FlowStateError:
                 # A duplicate of this request may have committed while we waited for the lock
                 # (its key is invisible to the lock statement's snapshot, and its effect is
@@ -288,19 +477,41 @@ class FlowService:
                 if replay is not None:
                     return replay
                 raise
+            if decision.entries:
+                await _propagate_up(tx, decision.flow, ctx)
             return Write(
                 decision.flow, decision.entries, key, timer_sync(decision, definition, ctx)
             )
 
-        heartbeats: list[float] = []
-        result = await self.store.update_flow(
-            tenant, flow_id, decide, request_id=ctx.request_id, now=ctx.now
+        return await update_tree(
+            self.store,
+            tenant,
+            flow_id,
+            decide,
+            request_id=ctx.request_id,
+            now=ctx.now,
+            lock_first=lock_first or (),
         )
-        if heartbeats and isinstance(command, UpdatePhaseProgress):
-            await self.store.touch_heartbeat(
-                tenant, flow_id, command.phase, TimerKind.HEARTBEAT_TIMEOUT.value, heartbeats[-1]
-            )
-        return result
+
+    async def get_flow_tree(self, tenant: Tenant, flow_id: str, depth: int) -> FlowTree:
+        """The flow and its descendants down to `depth` levels (at most `MAX_TREE_FLOWS`)."""
+        flow = await self.store.get_flow(tenant, flow_id)
+        depth = min(max(depth, 0), MAX_CHILD_FLOW_DEPTH)
+        found: list[Flow] = []
+        level = [flow.flow_id]
+        truncated = False
+        for _ in range(depth):
+            if not level:
+                break
+            room = MAX_TREE_FLOWS - len(found)
+            children = await self.store.children_of(tenant, level, room + 1)
+            if len(children) > room:
+                children, truncated = children[:room], True
+            found.extend(children)
+            level = [c.flow_id for c in children]
+            if truncated:
+                break
+        return FlowTree(flow, tuple(found), truncated)
 
     async def heartbeat(self, tenant: Tenant, flow_id: str, phase: str) -> Heartbeat:
         """A worker's sign of life for `phase` (IN_PROGRESS): push its heartbeat timer back.
@@ -379,7 +590,27 @@ class FlowService:
         """The ranked recovery options of a flow (the core's), with the flow they are for."""
         flow = await self.store.get_flow(tenant, flow_id)
         definition = await self.definition_of(flow)
-        return RecoveryView(flow, definition, get_recovery_options(flow, definition))
+        child_options: list[tuple[Flow, RecoveryOption]] = []
+        level = [flow]
+        for _ in range(MAX_CHILD_FLOW_DEPTH):
+            followed = [
+                p.child_flow_id
+                for parent in level
+                for p in parent.phases
+                if p.child_flow_id is not None and p.state in FOLLOWING_STATES
+            ]
+            if not followed:
+                break
+            page = await self.store.list_flows(tenant, FlowQuery(flow_ids=tuple(followed)))
+            level = [c for c in page.flows if c.status not in TERMINAL_STATUSES]
+            for child in level:
+                child_definition = await self.definition_of(child)
+                child_options.extend(
+                    (child, option) for option in get_recovery_options(child, child_definition)
+                )
+        return RecoveryView(
+            flow, definition, get_recovery_options(flow, definition), tuple(child_options)
+        )
 
     async def validate_transition(
         self, tenant: Tenant, check: TransitionCheck, ctx: Context
@@ -410,3 +641,229 @@ class FlowService:
             return preview_phase_transition(flow, definition, check.phase, check.to_state, ctx)
         assert check.to_status is not None
         return preview_flow_transition(flow, definition, check.to_status, ctx)
+
+
+# --- child flows and cross-flow dependencies (docs/child_flows.md) -----------------------------
+
+
+def _not_linkable(child_id: str, why: str) -> FlowStateError:
+    return FlowStateError(
+        ErrorCode.CHILD_FLOW_NOT_LINKABLE,
+        f"Flow {child_id} cannot be linked as a child: {why}",
+        child_flow_id=child_id,
+    )
+
+
+def _follow_of(child: Flow) -> FollowChild:
+    return FollowChild(
+        phase="",
+        child_flow_id=child.flow_id,
+        child_status=child.status,
+        child_progress=child.progress,
+        child_error=child_failure(child) if child.status is FlowStatus.FAILED else None,
+    )
+
+
+def _check_external_dependencies(
+    dependencies: tuple[ExternalDependency, ...], own_id: str | None
+) -> tuple[ExternalDependency, ...]:
+    if len(dependencies) > MAX_EXTERNAL_DEPENDENCIES:
+        raise malformed(
+            "external_dependencies",
+            f"at most {MAX_EXTERNAL_DEPENDENCIES} external dependencies",
+            limit=MAX_EXTERNAL_DEPENDENCIES,
+        )
+    checked = []
+    for index, dependency in enumerate(dependencies):
+        field = f"external_dependencies[{index}]"
+        check_name(f"{field}.phase", dependency.phase)
+        check_name(f"{field}.flow_phase", dependency.flow_phase)
+        other = check_flow_id(dependency.flow_id, f"{field}.flow_id")
+        if other == own_id:
+            raise malformed(f"{field}.flow_id", "a flow cannot depend on itself")
+        checked.append(ExternalDependency(dependency.phase, other, dependency.flow_phase))
+    if len(set(checked)) != len(checked):
+        raise malformed("external_dependencies", "an external dependency is listed twice")
+    return tuple(checked)
+
+
+async def _check_external_targets(
+    tx: FlowTransaction, definition: FlowDefinition, externals: tuple[ExternalDependency, ...]
+) -> None:
+    """Every external dependency names a phase of this definition and an existing phase of a
+    flow of the tenant (another tenant's flow is FLOW_NOT_FOUND, as always)."""
+    others = {f.flow_id: f for f in await tx.read_flows(sorted({d.flow_id for d in externals}))}
+    for dependency in externals:
+        definition.phase(dependency.phase)
+        other = others.get(dependency.flow_id)
+        if other is None:
+            raise FlowStateError(
+                ErrorCode.FLOW_NOT_FOUND,
+                f"Flow {dependency.flow_id!r} does not exist",
+                flow_id=dependency.flow_id,
+            )
+        if dependency.flow_phase not in other.phase_states:
+            raise FlowStateError(
+                ErrorCode.INVALID_PHASE,
+                f"Flow {dependency.flow_id} has no phase {dependency.flow_phase!r}",
+                phase=dependency.flow_phase,
+                valid_phases=list(other.phase_states),
+            )
+
+
+async def _with_external(tx: FlowTransaction, flow: Flow, ctx: Context) -> Context:
+    """`ctx` with the states of the phases of other flows that `flow` depends on."""
+    if not flow.external_dependencies:
+        return ctx
+    ids = sorted({d.flow_id for d in flow.external_dependencies})
+    states = {
+        (other.flow_id, name): state
+        for other in await tx.read_flows(ids)
+        for name, state in other.phase_states.items()
+    }
+    return replace(ctx, external_states=states)
+
+
+async def _check_child_limits(
+    tx: FlowTransaction, parent: Flow, subtree_of: Flow | None = None
+) -> None:
+    """CHILD_FLOW_LIMIT_EXCEEDED when `parent` has its most children, or a child would sit
+    deeper than `MAX_CHILD_FLOW_DEPTH` (a linked flow's own children count: its subtree's
+    depth is bounded by the same limit, so its deepest level is checked conservatively)."""
+    children = await tx.count_children(parent.flow_id)
+    if children >= MAX_CHILDREN_PER_FLOW:
+        raise FlowStateError(
+            ErrorCode.CHILD_FLOW_LIMIT_EXCEEDED,
+            f"Flow {parent.flow_id} already has {children} child flows, the most allowed",
+            limit=MAX_CHILDREN_PER_FLOW,
+        )
+    depth = len(await tx.ancestors(parent.flow_id, MAX_CHILD_FLOW_DEPTH + 1))
+    extra = 0
+    if subtree_of is not None and any(p.child_flow_id for p in subtree_of.phases):
+        extra = 1  # a linked flow with children: at least one more level below it
+    if depth + extra > MAX_CHILD_FLOW_DEPTH:
+        raise FlowStateError(
+            ErrorCode.CHILD_FLOW_LIMIT_EXCEEDED,
+            f"A child of flow {parent.flow_id} would be deeper than {MAX_CHILD_FLOW_DEPTH} "
+            "levels of child flows",
+            limit=MAX_CHILD_FLOW_DEPTH,
+        )
+
+
+TreeDecide = Callable[[FlowTransaction, Flow, StoredKey | None, set[str]], Awaitable[Outcome]]
+"""A decision in a tree: `FlowStore.update_flow`'s closure, also given the descendants this
+attempt locked first (`follow_through` needs them)."""
+
+
+async def update_tree(
+    store: FlowStore,
+    tenant: Tenant,
+    flow_id: str,
+    decide: TreeDecide,
+    *,
+    request_id: str,
+    now: datetime,
+    lock_first: Sequence[str] = (),
+) -> MutationResult:
+    """`FlowStore.update_flow` for a flow that may be in a tree of child flows.
+
+    Lock order (docs/child_flows.md, "Atomicity"): a flow is locked after its descendants.
+    Its parents are locked after it (`follow_through` walks up); descendants that a decision
+    changes (a cancel cascade) must be locked before it, so when a decision needs some that
+    were not (`follow_through` raises), the transaction is rolled back and run again with them
+    in ``lock_first``, deepest level first.
+    """
+    levels: dict[int, set[str]] = {}
+    for _ in range(MAX_CHILD_FLOW_DEPTH * 4 + 2):
+        order = [i for level in sorted(levels, reverse=True) for i in sorted(levels[level])]
+        locked = {i for ids in levels.values() for i in ids}
+
+        async def attempt(
+            tx: FlowTransaction, flow: Flow, stored: StoredKey | None, locked: set[str] = locked
+        ) -> Outcome:
+            return await decide(tx, flow, stored, locked)
+
+        try:
+            return await store.update_flow(
+                tenant,
+                flow_id,
+                attempt,
+                request_id=request_id,
+                now=now,
+                lock_first=[*lock_first, *order],
+            )
+        except _NeedLocksError as need:
+            levels.setdefault(need.level, set()).update(need.flow_ids)
+    raise FlowStateError(ErrorCode.INTERNAL, "child flows changed while being locked")
+
+
+async def follow_through(
+    tx: FlowTransaction, decision: Decision, ctx: Context, locked: set[str]
+) -> None:
+    """What a decision on a flow means for the rest of its tree, in the same transaction: the
+    child flows it starts or cancels, and its parent phase (and theirs, up to the root)."""
+    await _perform_effects(tx, decision, ctx, locked, 1)
+    if decision.entries:
+        await _propagate_up(tx, decision.flow, ctx)
+
+
+async def _perform_effects(
+    tx: FlowTransaction, decision: Decision, ctx: Context, locked: set[str], level: int
+) -> None:
+    """Create and cancel the child flows `decision` asks for, in this transaction.
+
+    A child to cancel must have been locked before the flow (`_NeedLocksError` otherwise); its own
+    cascade (grandchildren) is performed the same way, one level deeper.
+    """
+    cancels = [e for e in decision.effects if isinstance(e, CancelChild)]
+    missing = sorted({e.child_flow_id for e in cancels} - locked)
+    if missing:
+        raise _NeedLocksError(level, missing)
+    for effect in decision.effects:
+        if isinstance(effect, StartChild):
+            await _start_child(tx, decision.flow, effect, ctx)
+            continue
+        found = await tx.lock_flows([effect.child_flow_id])
+        if not found or found[0].status in TERMINAL_STATUSES:
+            continue
+        child = found[0]
+        definition = await tx.definition(child.definition_name, child.definition_version)
+        cancelled = apply_command(child, definition, CancelFlow(reason=effect.reason), ctx)
+        await _perform_effects(tx, cancelled, ctx, locked, level + 1)
+        timers = timer_sync(cancelled, definition, ctx)
+        await tx.write(Write(cancelled.flow, cancelled.entries, None, timers), new=False)
+
+
+async def _start_child(tx: FlowTransaction, parent: Flow, effect: StartChild, ctx: Context) -> None:
+    await _check_child_limits(tx, parent)
+    spec = effect.spec
+    definition = await tx.definition(spec.definition_name, spec.definition_version or None)
+    created = create_flow(
+        effect.child_flow_id,
+        parent.tenant,
+        definition,
+        ctx,
+        display_name=f"{parent.display_name or parent.flow_id} / {effect.phase}"[:256],
+    )
+    child = replace(created.flow, parent_flow_id=parent.flow_id, parent_phase=effect.phase)
+    await tx.write(Write(child, created.entries), new=True)  # nothing runs yet: no timers
+
+
+async def _propagate_up(tx: FlowTransaction, flow: Flow, ctx: Context) -> None:
+    """Let the parent phase follow `flow`, and its parent the parent, up to the root."""
+    current = flow
+    for _ in range(MAX_CHILD_FLOW_DEPTH + 1):
+        follow = follow_command(current)
+        if follow is None or current.parent_flow_id is None:
+            return
+        found = await tx.lock_flows([current.parent_flow_id])
+        if not found:
+            return
+        parent = found[0]
+        definition = await tx.definition(parent.definition_name, parent.definition_version)
+        decision = apply_command(parent, definition, follow, ctx)
+        if not decision.entries:
+            return
+        timers = timer_sync(decision, definition, ctx)
+        await tx.write(Write(decision.flow, decision.entries, None, timers), new=False)
+        current = decision.flow

@@ -28,7 +28,7 @@ from flowstate.core.commands import Context, apply_command
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow
 from flowstate.core.timers import SYSTEM_TIMER_USER, TimerKind, plan_timers, timer_command
-from flowstate.service.flows import timer_sync
+from flowstate.service.flows import follow_through, timer_sync, update_tree
 from flowstate.storage.store import FlowStore, FlowTransaction
 from flowstate.storage.values import (
     ClaimedTimer,
@@ -96,7 +96,9 @@ class TimerService:
         """Fire one claimed timer in its flow's transaction; None when it was void."""
         lag: list[float] = []
 
-        async def decide(tx: FlowTransaction, flow: Flow, stored: StoredKey | None) -> Outcome:
+        async def decide(
+            tx: FlowTransaction, flow: Flow, stored: StoredKey | None, children: set[str]
+        ) -> Outcome:
             del stored  # timers carry no request id
             unchanged = MutationResult(flow=flow, entries=())
             locked = await tx.lock_timer(timer.flow_id, timer.phase, timer.kind)
@@ -134,13 +136,16 @@ class TimerService:
                 )
                 await tx.delete_timer(timer.flow_id, timer.phase, timer.kind)
                 return unchanged
+            # A child flow's timer moves its parent phase too; a parent's retry cancels the
+            # failed child (docs/child_flows.md): same transaction, same lock order.
+            await follow_through(tx, decision, ctx, children)
             lag.append((locked.now - locked.due_at).total_seconds())
             return Write(
                 decision.flow, decision.entries, None, timer_sync(decision, definition, ctx)
             )
 
-        result = await self.store.update_flow(
-            timer.tenant, timer.flow_id, decide, request_id="", now=timer.due_at
+        result = await update_tree(
+            self.store, timer.tenant, timer.flow_id, decide, request_id="", now=timer.due_at
         )
         if not lag or not result.entries:
             return None

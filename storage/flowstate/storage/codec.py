@@ -27,6 +27,7 @@ from flowstate.core.model import (
     AlertKind,
     ApprovalDecision,
     ErrorCode,
+    ExternalDependency,
     Flow,
     FlowAlert,
     FlowStatus,
@@ -237,6 +238,7 @@ def _plain_phase_details(phase: Phase) -> dict[str, Any]:
         "started_at": _iso(phase.started_at),
         "completed_at": _iso(phase.completed_at),
         **({"next_attempt_at": _iso(phase.next_attempt_at)} if phase.next_attempt_at else {}),
+        **({"child_flow_id": phase.child_flow_id} if phase.child_flow_id else {}),
     }
 
 
@@ -267,6 +269,12 @@ def flow_to_row(flow: Flow) -> dict[str, Any]:
         "deadline": flow.deadline,
         "alerts": [alert_to_json(a) for a in flow.alerts],
         "alert_due_at": flow.alert_due_at,
+        "parent_flow_id": flow.parent_flow_id,
+        "parent_phase": flow.parent_phase,
+        "external_dependencies": [
+            {"phase": d.phase, "flow_id": d.flow_id, "flow_phase": d.flow_phase}
+            for d in flow.external_dependencies
+        ],
     }
 
 
@@ -287,10 +295,12 @@ def flow_from_row(row: Row) -> Flow:
             completed_at=_from_iso(detail["completed_at"]),
             next_attempt_at=_from_iso(detail.get("next_attempt_at")),
             approval=approval_from_json(detail.get("approval")),
+            child_flow_id=detail.get("child_flow_id"),
         )
         for detail in row["phase_details"]
     )
     before_pause = row["status_before_pause"]
+    parent = _optional(row, "parent_flow_id")
     return Flow(
         flow_id=str(row["id"]),
         tenant=Tenant(row["client_account_id"], row["engagement_id"]),
@@ -308,6 +318,12 @@ def flow_from_row(row: Row) -> Flow:
         deadline=_optional(row, "deadline"),
         alerts=_alerts(_optional(row, "alerts")),
         alert_due_at=_optional(row, "alert_due_at"),
+        parent_flow_id=None if parent is None else str(parent),
+        parent_phase=_optional(row, "parent_phase"),
+        external_dependencies=tuple(
+            ExternalDependency(d["phase"], d["flow_id"], d["flow_phase"])
+            for d in (_optional(row, "external_dependencies") or ())
+        ),
     )
 
 

@@ -28,9 +28,12 @@ __all__ = [
     "DEFAULT_FLOW_PAGE_SIZE",
     "DEFAULT_HISTORY_PAGE_SIZE",
     "MAX_BULK_FLOWS",
+    "MAX_CHILDREN_PER_FLOW",
+    "MAX_CHILD_FLOW_DEPTH",
     "MAX_DEFINITION_PAGE_SIZE",
     "MAX_DISPLAY_NAME_LENGTH",
     "MAX_ERROR_MESSAGE_LENGTH",
+    "MAX_EXTERNAL_DEPENDENCIES",
     "MAX_FILTERS",
     "MAX_FILTER_DEPTH",
     "MAX_FILTER_LENGTH",
@@ -47,6 +50,7 @@ __all__ = [
     "MAX_PAGE_TOKEN_LENGTH",
     "MAX_REASON_LENGTH",
     "MAX_REQUEST_ID_LENGTH",
+    "MAX_TREE_FLOWS",
     "MAX_WEBHOOKS_PER_TENANT",
     "MAX_WEBHOOK_URL_LENGTH",
     "MIN_EXPECTED_VERSION",
@@ -114,6 +118,17 @@ MAX_WEBHOOKS_PER_TENANT = 50
 """Webhook subscriptions one tenant may hold (CreateWebhook past it: MALFORMED_REQUEST)."""
 MAX_WEBHOOK_URL_LENGTH = 2048
 """A webhook's URL (characters)."""
+MAX_CHILD_FLOW_DEPTH = 5
+"""Levels of child flows below a root flow (a root's child is at depth 1): a child_flow phase
+whose child would be deeper is refused with CHILD_FLOW_LIMIT_EXCEEDED. Bounds every walk up a
+tree (propagation, cycle checks) and the locks one transaction takes."""
+MAX_CHILDREN_PER_FLOW = 100
+"""Child flows one flow may ever have (created or linked; a retry's new child counts too):
+bounds the locks of a cancel cascade and the rows GetFlow's tree reads per flow."""
+MAX_EXTERNAL_DEPENDENCIES = 32
+"""Cross-flow dependencies one flow may declare (each is read when its phase starts)."""
+MAX_TREE_FLOWS = 500
+"""Flows a GetFlow with children returns at most (the rest is cut, and said so)."""
 MIN_EXPECTED_VERSION = 1
 """The API refuses a smaller `expected_version` (MALFORMED_REQUEST: versions start at 1, and
 proto3 ``optional`` tells "unset" from 0). Below the edge any version >= 0 is a well-formed

@@ -161,6 +161,10 @@ flows = Table(
     Column("deadline", _TIMESTAMP, nullable=True),
     Column("alerts", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("alert_due_at", _TIMESTAMP, nullable=True),
+    # Child flows (migration 0013, docs/child_flows.md).
+    Column("parent_flow_id", UUID(as_uuid=False), nullable=True),
+    Column("parent_phase", Text, nullable=True),
+    Column("external_dependencies", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     # No foreign key to flow_definitions: (name, version) resolves in the flow's tenant's view
     # (its own definitions, then the built-ins); see migration 0005.
     PrimaryKeyConstraint("id"),
@@ -183,6 +187,13 @@ flows = Table(
         "ix_flows_alert_due_at",
         "alert_due_at",
         postgresql_where=text("alert_due_at IS NOT NULL"),
+    ),
+    Index(
+        "ix_flows_client_account_id_engagement_id_parent_flow_id",
+        "client_account_id",
+        "engagement_id",
+        "parent_flow_id",
+        postgresql_where=text("parent_flow_id IS NOT NULL"),
     ),
     Index(
         "ix_flows_phase_states",

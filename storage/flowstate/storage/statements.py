@@ -320,6 +320,10 @@ def flow_filters(query: FlowQuery) -> tuple[list[ColumnElement[bool]], dict[str,
         check_name("definition_name", query.definition_name)
         conditions.append(flows.c.definition_name == query.definition_name)
         description["definition_name"] = query.definition_name
+    if query.parent_flow_id is not None:
+        parent = check_flow_id(query.parent_flow_id, "parent_flow_id")
+        conditions.append(flows.c.parent_flow_id == literal(parent, UUID(as_uuid=False)))
+        description["parent_flow_id"] = parent
     if query.flow_ids:
         if len(query.flow_ids) > MAX_FLOW_IDS_PER_QUERY:
             raise malformed(
@@ -494,5 +498,52 @@ WRITE_BATCH = compile_statement(
         bindparam("entries", type_=JSONB),
         bindparam("keys", type_=JSONB),
         bindparam("notify", type_=JSONB),
+    )
+)
+
+
+# --- child flows (docs/child_flows.md) --------------------------------------------------------
+
+TREE_FLOW_IDS = bindparam("ids", type_=ARRAY(UUID(as_uuid=False)))
+LOCK_TREE_FLOWS = compile_statement(
+    # Flows of the tenant, locked one after the other in the order of `ids` (the lock order of
+    # a tree: a flow after its descendants; see FlowStore.update_flow).
+    select(flows)
+    .where(flows.c.id == any_(TREE_FLOW_IDS), FLOWS_IN_TENANT)
+    .order_by(func.array_position(TREE_FLOW_IDS, flows.c.id))
+    .with_for_update()
+)
+SELECT_FLOWS = compile_statement(
+    select(flows).where(flows.c.id == any_(TREE_FLOW_IDS), FLOWS_IN_TENANT)
+)
+COUNT_CHILDREN = compile_statement(
+    select(func.count())
+    .select_from(flows)
+    .where(flows.c.parent_flow_id == FLOW_ID, FLOWS_IN_TENANT)
+)
+SELECT_CHILDREN = compile_statement(
+    select(flows)
+    .where(flows.c.parent_flow_id == any_(TREE_FLOW_IDS), FLOWS_IN_TENANT)
+    .order_by(flows.c.created_at, flows.c.id)
+    .limit(bindparam("limit", type_=Integer))
+)
+ANCESTORS = compile_statement(
+    text(
+        "WITH RECURSIVE up(id, parent_flow_id, depth) AS ("
+        " SELECT id, parent_flow_id, 0 FROM flows"
+        "  WHERE id = :flow_id AND client_account_id = :account AND engagement_id = :engagement"
+        " UNION ALL"
+        " SELECT f.id, f.parent_flow_id, up.depth + 1 FROM flows f JOIN up"
+        "  ON f.id = up.parent_flow_id AND f.client_account_id = :account"
+        "  AND f.engagement_id = :engagement WHERE up.depth < :limit"
+        ") SELECT id FROM up ORDER BY depth"
+    ).bindparams(ACCOUNT, ENGAGEMENT, FLOW_ID, bindparam("limit", type_=Integer))
+)
+SET_PARENT = compile_statement(
+    update(flows)
+    .where(flows.c.id == FLOW_ID, FLOWS_IN_TENANT)
+    .values(
+        parent_flow_id=bindparam("parent_flow_id", type_=UUID(as_uuid=False)),
+        parent_phase=bindparam("parent_phase", type_=Text),
     )
 )

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Self
@@ -77,7 +77,9 @@ from flowstate.storage.sql import (
     reset_connection,
 )
 from flowstate.storage.statements import (
+    ANCESTORS,
     APP_ROLE_MISSING_FOR,
+    COUNT_CHILDREN,
     COUNT_STUCK,
     DELETE_KEY,
     EXACT_DEFINITION,
@@ -87,13 +89,17 @@ from flowstate.storage.statements import (
     HAS_VERSION_TABLE,
     LOCK_FLOW,
     LOCK_FLOWS,
+    LOCK_TREE_FLOWS,
     NOTIFY_CHANNEL,
     NOW,
     PING,
     SCHEMA_REVISION,
     SEED_DEFINITION,
+    SELECT_CHILDREN,
+    SELECT_FLOWS,
     SELECT_HISTORY,
     SELECT_KEY,
+    SET_PARENT,
     WRITE_BATCH,
     count_flows_statement,
     due_alerts_statement,
@@ -318,6 +324,63 @@ class FlowTransaction:
     async def delete_timer(self, flow_id: str, phase: str, kind: str) -> None:
         """Delete one of the flow's timer rows (a void timer)."""
         await self._tx.execute(timers.DELETE, {"flow_id": flow_id, "phase": phase, "kind": kind})
+
+    async def lock_flows(self, flow_ids: Sequence[str]) -> list[Flow]:
+        """The tenant's flows among `flow_ids`, locked in that order (missing ones left out)."""
+        if not flow_ids:
+            return []
+        rows = await self._tx.fetch(
+            LOCK_TREE_FLOWS, {**_tenant_params(self._tenant), "ids": list(flow_ids)}
+        )
+        return [codec.flow_from_row(r) for r in rows]
+
+    async def read_flows(self, flow_ids: Sequence[str]) -> list[Flow]:
+        """The tenant's flows among `flow_ids`, as of this transaction's snapshot (no lock)."""
+        if not flow_ids:
+            return []
+        rows = await self._tx.fetch(
+            SELECT_FLOWS, {**_tenant_params(self._tenant), "ids": list(flow_ids)}
+        )
+        return [codec.flow_from_row(r) for r in rows]
+
+    async def count_children(self, flow_id: str) -> int:
+        """How many flows have ever been children of `flow_id`."""
+        count: int = await self._tx.fetchval(
+            COUNT_CHILDREN, {**_tenant_params(self._tenant), "flow_id": flow_id}
+        )
+        return count
+
+    async def ancestors(self, flow_id: str, limit: int) -> list[str]:
+        """`flow_id` and its ancestors, nearest first, at most `limit` + 1 of them."""
+        rows = await self._tx.fetch(
+            ANCESTORS, {**_tenant_params(self._tenant), "flow_id": flow_id, "limit": limit}
+        )
+        return [str(r["id"]) for r in rows]
+
+    async def set_parent(self, flow_id: str, parent_flow_id: str, parent_phase: str) -> None:
+        """Record the parent of a linked flow (no version: the child's own state is unchanged)."""
+        params = {
+            **_tenant_params(self._tenant),
+            "flow_id": flow_id,
+            "parent_flow_id": parent_flow_id,
+            "parent_phase": parent_phase,
+        }
+        await self._tx.execute(SET_PARENT, params)
+
+    async def write(self, write: Write, *, new: bool) -> None:
+        """Write another flow's change in this transaction (a child or a parent of the flow
+        being decided): flow, entries, notification; no idempotency key."""
+        if write.flow.tenant != self._tenant:
+            raise ValueError("a flow written in a transaction must belong to its tenant")
+        before = 0 if new else write.flow.version - len(write.entries)
+        _check_decision(before, write.flow, write.entries)
+        if write.entries:
+            await self._store._write(
+                self._tx,
+                Write(write.flow, write.entries, None, write.timers),
+                new=new,
+                now=self._now,
+            )
 
     async def replay(self, stored: StoredKey) -> MutationResult:
         """The first result of a stored key (its entries read back from history)."""
@@ -876,8 +939,13 @@ class FlowStore(TransactionRunner):
         *,
         request_id: str,
         now: datetime,
+        lock_first: Sequence[str] = (),
     ) -> MutationResult:
         """Read the flow under its row lock, let `decide` choose, write what it chose; commit.
+
+        `lock_first` names flows to lock, in that order, before this one: the descendants a
+        decision will change (child flows), so that every transaction locks a flow after its
+        descendants and never the other way round (docs/child_flows.md, "Atomicity").
 
         `decide` gets the open transaction, the locked flow and the live key of `request_id`
         as of the lock ("" or an expired key: None). It returns a `Write` (written here: flow,
@@ -893,18 +961,29 @@ class FlowStore(TransactionRunner):
         """
         check_tenant(tenant)
         flow_id = check_flow_id(flow_id)
-        if self._group_commit is None:
-            return await self._update_one(tenant, flow_id, decide, request_id, now)
+        if self._group_commit is None or lock_first:
+            # A transaction that must lock descendants first runs alone: a batch locks its
+            # flows in id order, not a tree's order.
+            return await self._update_one(tenant, flow_id, decide, request_id, now, lock_first)
         mutation = _Mutation(tenant, flow_id, decide, request_id, now)
         return await self._group_commit.submit(tenant, mutation, request_id)
 
     async def _update_one(
-        self, tenant: Tenant, flow_id: str, decide: Decide, request_id: str, now: datetime
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        decide: Decide,
+        request_id: str,
+        now: datetime,
+        lock_first: Sequence[str] = (),
     ) -> MutationResult:
         """`update_flow` in a transaction of its own (no group commit, or a batch of one)."""
         params = {**_tenant_params(tenant), "flow_id": flow_id, "request_id": request_id}
 
         async def work(tx: Transaction) -> MutationResult:
+            if lock_first:
+                ids = [i for i in lock_first if i != flow_id]
+                await tx.fetch(LOCK_TREE_FLOWS, {**_tenant_params(tenant), "ids": ids})
             row = await tx.fetchrow(LOCK_FLOW, params)
             if row is None:
                 raise _flow_not_found(flow_id)
@@ -1252,6 +1331,20 @@ class FlowStore(TransactionRunner):
             counts = sorted(((r["key"], int(r["flows"])) for r in rows), key=_largest_first)
             total = sum(count for _, count in counts)
             return FlowCount(total=total, groups=tuple(counts) if group_by else ())
+
+        return await self._run(tenant, work)
+
+    async def children_of(
+        self, tenant: Tenant, flow_ids: Sequence[str], limit: int
+    ) -> tuple[Flow, ...]:
+        """The child flows of `flow_ids` (at most `limit`), oldest first."""
+        check_tenant(tenant)
+
+        async def work(tx: Transaction) -> tuple[Flow, ...]:
+            rows = await tx.fetch(
+                SELECT_CHILDREN, {**_tenant_params(tenant), "ids": list(flow_ids), "limit": limit}
+            )
+            return tuple(codec.flow_from_row(r) for r in rows)
 
         return await self._run(tenant, work)
 

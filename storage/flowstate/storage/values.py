@@ -60,6 +60,7 @@ class FlowQuery:
       `flowstate.storage.filters`; `filter_text` is the text it was parsed from, which the
       page token fingerprints (relative times move between pages, the text does not);
     - `alerting`: only flows with an alert in force (`Flow.alerts` not empty).
+    - `parent_flow_id`: a child flow of this flow.
 
     Results are ordered by (updated_at, flow id), oldest change first. `page_size` 0 means the
     default (`DEFAULT_FLOW_PAGE_SIZE`); larger than `MAX_FLOW_PAGE_SIZE` is lowered to it;
@@ -77,6 +78,8 @@ class FlowQuery:
     filter: Filter | None = None
     filter_text: str = ""
     alerting: bool = False
+    parent_flow_id: str | None = None
+    """Only the children of this flow (docs/child_flows.md)."""
     page_size: int = DEFAULT_FLOW_PAGE_SIZE
     page_token: str = ""
 

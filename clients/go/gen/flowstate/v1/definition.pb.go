@@ -23,6 +23,116 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// What a phase is.
+type PhaseKind int32
+
+const (
+	// Not set: a TASK.
+	PhaseKind_PHASE_KIND_UNSPECIFIED PhaseKind = 0
+	// Work reported by a worker (TransitionPhase, UpdatePhaseProgress).
+	PhaseKind_PHASE_KIND_TASK PhaseKind = 1
+	// A whole child flow: starting the phase creates the child (in the same
+	// transaction), and the phase then follows it: the child's progress is the
+	// phase's in-phase progress, child COMPLETED -> phase COMPLETED, child
+	// FAILED -> phase FAILED (with the child's error), child CANCELLED -> phase
+	// FAILED (CHILD_FLOW_CANCELLED).
+	PhaseKind_PHASE_KIND_CHILD_FLOW PhaseKind = 2
+)
+
+// Enum value maps for PhaseKind.
+var (
+	PhaseKind_name = map[int32]string{
+		0: "PHASE_KIND_UNSPECIFIED",
+		1: "PHASE_KIND_TASK",
+		2: "PHASE_KIND_CHILD_FLOW",
+	}
+	PhaseKind_value = map[string]int32{
+		"PHASE_KIND_UNSPECIFIED": 0,
+		"PHASE_KIND_TASK":        1,
+		"PHASE_KIND_CHILD_FLOW":  2,
+	}
+)
+
+func (x PhaseKind) Enum() *PhaseKind {
+	p := new(PhaseKind)
+	*p = x
+	return p
+}
+
+func (x PhaseKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PhaseKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowstate_v1_definition_proto_enumTypes[0].Descriptor()
+}
+
+func (PhaseKind) Type() protoreflect.EnumType {
+	return &file_flowstate_v1_definition_proto_enumTypes[0]
+}
+
+func (x PhaseKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PhaseKind.Descriptor instead.
+func (PhaseKind) EnumDescriptor() ([]byte, []int) {
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{0}
+}
+
+// What cancelling a parent flow does to its active child flows.
+type ParentCancelPolicy int32
+
+const (
+	// Not set: CASCADE.
+	ParentCancelPolicy_PARENT_CANCEL_POLICY_UNSPECIFIED ParentCancelPolicy = 0
+	// The child is cancelled in the parent's transaction.
+	ParentCancelPolicy_PARENT_CANCEL_POLICY_CASCADE ParentCancelPolicy = 1
+	// The child keeps running on its own; the cancelled parent ignores it.
+	ParentCancelPolicy_PARENT_CANCEL_POLICY_ABANDON ParentCancelPolicy = 2
+)
+
+// Enum value maps for ParentCancelPolicy.
+var (
+	ParentCancelPolicy_name = map[int32]string{
+		0: "PARENT_CANCEL_POLICY_UNSPECIFIED",
+		1: "PARENT_CANCEL_POLICY_CASCADE",
+		2: "PARENT_CANCEL_POLICY_ABANDON",
+	}
+	ParentCancelPolicy_value = map[string]int32{
+		"PARENT_CANCEL_POLICY_UNSPECIFIED": 0,
+		"PARENT_CANCEL_POLICY_CASCADE":     1,
+		"PARENT_CANCEL_POLICY_ABANDON":     2,
+	}
+)
+
+func (x ParentCancelPolicy) Enum() *ParentCancelPolicy {
+	p := new(ParentCancelPolicy)
+	*p = x
+	return p
+}
+
+func (x ParentCancelPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ParentCancelPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowstate_v1_definition_proto_enumTypes[1].Descriptor()
+}
+
+func (ParentCancelPolicy) Type() protoreflect.EnumType {
+	return &file_flowstate_v1_definition_proto_enumTypes[1]
+}
+
+func (x ParentCancelPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ParentCancelPolicy.Descriptor instead.
+func (ParentCancelPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{1}
+}
+
 // A flow definition: ordered phases with dependencies (a DAG), weights that sum
 // to 100, retry limits and status groups. Served to clients so they can render
 // flows and validate transitions locally.
@@ -187,7 +297,13 @@ type PhaseDefinition struct {
 	Optional bool `protobuf:"varint,8,opt,name=optional,proto3" json:"optional,omitempty"`
 	// The phase's policies (DESIGN.md section 10): timeouts and automatic retry
 	// (docs/timers.md), approvals (docs/approvals.md); unset or empty: none.
-	Policy        *PhasePolicy `protobuf:"bytes,9,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy *PhasePolicy `protobuf:"bytes,9,opt,name=policy,proto3" json:"policy,omitempty"`
+	// What the phase is: a task reported by a worker (TASK, the default when
+	// unspecified) or a whole child flow (CHILD_FLOW, see `child_flow`).
+	Kind PhaseKind `protobuf:"varint,60,opt,name=kind,proto3,enum=flowstate.v1.PhaseKind" json:"kind,omitempty"`
+	// For a CHILD_FLOW phase: the flow each start of the phase creates, and
+	// what cancelling the parent does to it. Unset for a TASK phase.
+	ChildFlow     *ChildFlowSpec `protobuf:"bytes,61,opt,name=child_flow,json=childFlow,proto3" json:"child_flow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -285,6 +401,85 @@ func (x *PhaseDefinition) GetPolicy() *PhasePolicy {
 	return nil
 }
 
+func (x *PhaseDefinition) GetKind() PhaseKind {
+	if x != nil {
+		return x.Kind
+	}
+	return PhaseKind_PHASE_KIND_UNSPECIFIED
+}
+
+func (x *PhaseDefinition) GetChildFlow() *ChildFlowSpec {
+	if x != nil {
+		return x.ChildFlow
+	}
+	return nil
+}
+
+// The child flow of a CHILD_FLOW phase.
+type ChildFlowSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The child's definition (the tenant's own or a built-in; not the parent's
+	// own definition).
+	DefinitionName string `protobuf:"bytes,1,opt,name=definition_name,json=definitionName,proto3" json:"definition_name,omitempty"`
+	// The child's definition version; 0: the latest when the child is created.
+	DefinitionVersion int32 `protobuf:"varint,2,opt,name=definition_version,json=definitionVersion,proto3" json:"definition_version,omitempty"`
+	// What cancelling the parent does to a child that is still active.
+	OnParentCancel ParentCancelPolicy `protobuf:"varint,3,opt,name=on_parent_cancel,json=onParentCancel,proto3,enum=flowstate.v1.ParentCancelPolicy" json:"on_parent_cancel,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ChildFlowSpec) Reset() {
+	*x = ChildFlowSpec{}
+	mi := &file_flowstate_v1_definition_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChildFlowSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChildFlowSpec) ProtoMessage() {}
+
+func (x *ChildFlowSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_definition_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChildFlowSpec.ProtoReflect.Descriptor instead.
+func (*ChildFlowSpec) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ChildFlowSpec) GetDefinitionName() string {
+	if x != nil {
+		return x.DefinitionName
+	}
+	return ""
+}
+
+func (x *ChildFlowSpec) GetDefinitionVersion() int32 {
+	if x != nil {
+		return x.DefinitionVersion
+	}
+	return 0
+}
+
+func (x *ChildFlowSpec) GetOnParentCancel() ParentCancelPolicy {
+	if x != nil {
+		return x.OnParentCancel
+	}
+	return ParentCancelPolicy_PARENT_CANCEL_POLICY_UNSPECIFIED
+}
+
 // The policies of a phase (DESIGN.md section 10; docs/timers.md). Each is
 // optional. When a timeout passes, the server fails the phase with
 // AGENT_TIMEOUT (retryable) as user `system:timer`; a retry policy makes the
@@ -308,7 +503,7 @@ type PhasePolicy struct {
 
 func (x *PhasePolicy) Reset() {
 	*x = PhasePolicy{}
-	mi := &file_flowstate_v1_definition_proto_msgTypes[2]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -320,7 +515,7 @@ func (x *PhasePolicy) String() string {
 func (*PhasePolicy) ProtoMessage() {}
 
 func (x *PhasePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_definition_proto_msgTypes[2]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -333,7 +528,7 @@ func (x *PhasePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhasePolicy.ProtoReflect.Descriptor instead.
 func (*PhasePolicy) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{2}
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PhasePolicy) GetTimeout() *durationpb.Duration {
@@ -388,7 +583,7 @@ type PhaseRetryPolicy struct {
 
 func (x *PhaseRetryPolicy) Reset() {
 	*x = PhaseRetryPolicy{}
-	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +595,7 @@ func (x *PhaseRetryPolicy) String() string {
 func (*PhaseRetryPolicy) ProtoMessage() {}
 
 func (x *PhaseRetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_definition_proto_msgTypes[3]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +608,7 @@ func (x *PhaseRetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseRetryPolicy.ProtoReflect.Descriptor instead.
 func (*PhaseRetryPolicy) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{3}
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PhaseRetryPolicy) GetInitialBackoff() *durationpb.Duration {
@@ -457,7 +652,7 @@ type PhaseTransitionRule struct {
 
 func (x *PhaseTransitionRule) Reset() {
 	*x = PhaseTransitionRule{}
-	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +664,7 @@ func (x *PhaseTransitionRule) String() string {
 func (*PhaseTransitionRule) ProtoMessage() {}
 
 func (x *PhaseTransitionRule) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_definition_proto_msgTypes[4]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +677,7 @@ func (x *PhaseTransitionRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseTransitionRule.ProtoReflect.Descriptor instead.
 func (*PhaseTransitionRule) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{4}
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PhaseTransitionRule) GetFromState() PhaseState {
@@ -512,7 +707,7 @@ type PhaseStateProgress struct {
 
 func (x *PhaseStateProgress) Reset() {
 	*x = PhaseStateProgress{}
-	mi := &file_flowstate_v1_definition_proto_msgTypes[5]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +719,7 @@ func (x *PhaseStateProgress) String() string {
 func (*PhaseStateProgress) ProtoMessage() {}
 
 func (x *PhaseStateProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_definition_proto_msgTypes[5]
+	mi := &file_flowstate_v1_definition_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +732,7 @@ func (x *PhaseStateProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseStateProgress.ProtoReflect.Descriptor instead.
 func (*PhaseStateProgress) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{5}
+	return file_flowstate_v1_definition_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PhaseStateProgress) GetState() PhaseState {
@@ -570,7 +765,7 @@ const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\abuiltin\x18\b \x01(\bR\abuiltin\x12;\n" +
 	"\vcreate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x125\n" +
-	"\bdeadline\x18\x19 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\"\xce\x02\n" +
+	"\bdeadline\x18\x19 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\"\xb7\x03\n" +
 	"\x0fPhaseDefinition\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -582,7 +777,14 @@ const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\fdisplay_name\x18\x06 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\a \x01(\tR\vdescription\x12\x1a\n" +
 	"\boptional\x18\b \x01(\bR\boptional\x121\n" +
-	"\x06policy\x18\t \x01(\v2\x19.flowstate.v1.PhasePolicyR\x06policy\"\x87\x02\n" +
+	"\x06policy\x18\t \x01(\v2\x19.flowstate.v1.PhasePolicyR\x06policy\x12+\n" +
+	"\x04kind\x18< \x01(\x0e2\x17.flowstate.v1.PhaseKindR\x04kind\x12:\n" +
+	"\n" +
+	"child_flow\x18= \x01(\v2\x1b.flowstate.v1.ChildFlowSpecR\tchildFlow\"\xb3\x01\n" +
+	"\rChildFlowSpec\x12'\n" +
+	"\x0fdefinition_name\x18\x01 \x01(\tR\x0edefinitionName\x12-\n" +
+	"\x12definition_version\x18\x02 \x01(\x05R\x11definitionVersion\x12J\n" +
+	"\x10on_parent_cancel\x18\x03 \x01(\x0e2 .flowstate.v1.ParentCancelPolicyR\x0eonParentCancel\"\x87\x02\n" +
 	"\vPhasePolicy\x123\n" +
 	"\atimeout\x18\x14 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12F\n" +
 	"\x11heartbeat_timeout\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x10heartbeatTimeout\x12A\n" +
@@ -602,7 +804,15 @@ const file_flowstate_v1_definition_proto_rawDesc = "" +
 	"\tto_states\x18\x02 \x03(\x0e2\x18.flowstate.v1.PhaseStateR\btoStates\"\\\n" +
 	"\x12PhaseStateProgress\x12.\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x18.flowstate.v1.PhaseStateR\x05state\x12\x16\n" +
-	"\x06factor\x18\x02 \x01(\x01R\x06factorB\xa7\x01\n" +
+	"\x06factor\x18\x02 \x01(\x01R\x06factor*W\n" +
+	"\tPhaseKind\x12\x1a\n" +
+	"\x16PHASE_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fPHASE_KIND_TASK\x10\x01\x12\x19\n" +
+	"\x15PHASE_KIND_CHILD_FLOW\x10\x02*~\n" +
+	"\x12ParentCancelPolicy\x12$\n" +
+	" PARENT_CANCEL_POLICY_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cPARENT_CANCEL_POLICY_CASCADE\x10\x01\x12 \n" +
+	"\x1cPARENT_CANCEL_POLICY_ABANDON\x10\x02B\xa7\x01\n" +
 	"\x10com.flowstate.v1B\x0fDefinitionProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -617,44 +827,51 @@ func file_flowstate_v1_definition_proto_rawDescGZIP() []byte {
 	return file_flowstate_v1_definition_proto_rawDescData
 }
 
-var file_flowstate_v1_definition_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_flowstate_v1_definition_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_flowstate_v1_definition_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_flowstate_v1_definition_proto_goTypes = []any{
-	(*FlowDefinition)(nil),        // 0: flowstate.v1.FlowDefinition
-	(*PhaseDefinition)(nil),       // 1: flowstate.v1.PhaseDefinition
-	(*PhasePolicy)(nil),           // 2: flowstate.v1.PhasePolicy
-	(*PhaseRetryPolicy)(nil),      // 3: flowstate.v1.PhaseRetryPolicy
-	(*PhaseTransitionRule)(nil),   // 4: flowstate.v1.PhaseTransitionRule
-	(*PhaseStateProgress)(nil),    // 5: flowstate.v1.PhaseStateProgress
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
-	(FlowStatus)(0),               // 8: flowstate.v1.FlowStatus
-	(*ApprovalPolicy)(nil),        // 9: flowstate.v1.ApprovalPolicy
-	(ErrorCode)(0),                // 10: flowstate.v1.ErrorCode
-	(PhaseState)(0),               // 11: flowstate.v1.PhaseState
+	(PhaseKind)(0),                // 0: flowstate.v1.PhaseKind
+	(ParentCancelPolicy)(0),       // 1: flowstate.v1.ParentCancelPolicy
+	(*FlowDefinition)(nil),        // 2: flowstate.v1.FlowDefinition
+	(*PhaseDefinition)(nil),       // 3: flowstate.v1.PhaseDefinition
+	(*ChildFlowSpec)(nil),         // 4: flowstate.v1.ChildFlowSpec
+	(*PhasePolicy)(nil),           // 5: flowstate.v1.PhasePolicy
+	(*PhaseRetryPolicy)(nil),      // 6: flowstate.v1.PhaseRetryPolicy
+	(*PhaseTransitionRule)(nil),   // 7: flowstate.v1.PhaseTransitionRule
+	(*PhaseStateProgress)(nil),    // 8: flowstate.v1.PhaseStateProgress
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
+	(FlowStatus)(0),               // 11: flowstate.v1.FlowStatus
+	(*ApprovalPolicy)(nil),        // 12: flowstate.v1.ApprovalPolicy
+	(ErrorCode)(0),                // 13: flowstate.v1.ErrorCode
+	(PhaseState)(0),               // 14: flowstate.v1.PhaseState
 }
 var file_flowstate_v1_definition_proto_depIdxs = []int32{
-	1,  // 0: flowstate.v1.FlowDefinition.phases:type_name -> flowstate.v1.PhaseDefinition
-	4,  // 1: flowstate.v1.FlowDefinition.phase_transitions:type_name -> flowstate.v1.PhaseTransitionRule
-	5,  // 2: flowstate.v1.FlowDefinition.progress_factors:type_name -> flowstate.v1.PhaseStateProgress
-	6,  // 3: flowstate.v1.FlowDefinition.create_time:type_name -> google.protobuf.Timestamp
-	7,  // 4: flowstate.v1.FlowDefinition.deadline:type_name -> google.protobuf.Duration
-	8,  // 5: flowstate.v1.PhaseDefinition.status_group:type_name -> flowstate.v1.FlowStatus
-	2,  // 6: flowstate.v1.PhaseDefinition.policy:type_name -> flowstate.v1.PhasePolicy
-	7,  // 7: flowstate.v1.PhasePolicy.timeout:type_name -> google.protobuf.Duration
-	7,  // 8: flowstate.v1.PhasePolicy.heartbeat_timeout:type_name -> google.protobuf.Duration
-	3,  // 9: flowstate.v1.PhasePolicy.retry_policy:type_name -> flowstate.v1.PhaseRetryPolicy
-	9,  // 10: flowstate.v1.PhasePolicy.approval:type_name -> flowstate.v1.ApprovalPolicy
-	7,  // 11: flowstate.v1.PhaseRetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	7,  // 12: flowstate.v1.PhaseRetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	10, // 13: flowstate.v1.PhaseRetryPolicy.retry_on:type_name -> flowstate.v1.ErrorCode
-	11, // 14: flowstate.v1.PhaseTransitionRule.from_state:type_name -> flowstate.v1.PhaseState
-	11, // 15: flowstate.v1.PhaseTransitionRule.to_states:type_name -> flowstate.v1.PhaseState
-	11, // 16: flowstate.v1.PhaseStateProgress.state:type_name -> flowstate.v1.PhaseState
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	3,  // 0: flowstate.v1.FlowDefinition.phases:type_name -> flowstate.v1.PhaseDefinition
+	7,  // 1: flowstate.v1.FlowDefinition.phase_transitions:type_name -> flowstate.v1.PhaseTransitionRule
+	8,  // 2: flowstate.v1.FlowDefinition.progress_factors:type_name -> flowstate.v1.PhaseStateProgress
+	9,  // 3: flowstate.v1.FlowDefinition.create_time:type_name -> google.protobuf.Timestamp
+	10, // 4: flowstate.v1.FlowDefinition.deadline:type_name -> google.protobuf.Duration
+	11, // 5: flowstate.v1.PhaseDefinition.status_group:type_name -> flowstate.v1.FlowStatus
+	5,  // 6: flowstate.v1.PhaseDefinition.policy:type_name -> flowstate.v1.PhasePolicy
+	0,  // 7: flowstate.v1.PhaseDefinition.kind:type_name -> flowstate.v1.PhaseKind
+	4,  // 8: flowstate.v1.PhaseDefinition.child_flow:type_name -> flowstate.v1.ChildFlowSpec
+	1,  // 9: flowstate.v1.ChildFlowSpec.on_parent_cancel:type_name -> flowstate.v1.ParentCancelPolicy
+	10, // 10: flowstate.v1.PhasePolicy.timeout:type_name -> google.protobuf.Duration
+	10, // 11: flowstate.v1.PhasePolicy.heartbeat_timeout:type_name -> google.protobuf.Duration
+	6,  // 12: flowstate.v1.PhasePolicy.retry_policy:type_name -> flowstate.v1.PhaseRetryPolicy
+	12, // 13: flowstate.v1.PhasePolicy.approval:type_name -> flowstate.v1.ApprovalPolicy
+	10, // 14: flowstate.v1.PhaseRetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	10, // 15: flowstate.v1.PhaseRetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	13, // 16: flowstate.v1.PhaseRetryPolicy.retry_on:type_name -> flowstate.v1.ErrorCode
+	14, // 17: flowstate.v1.PhaseTransitionRule.from_state:type_name -> flowstate.v1.PhaseState
+	14, // 18: flowstate.v1.PhaseTransitionRule.to_states:type_name -> flowstate.v1.PhaseState
+	14, // 19: flowstate.v1.PhaseStateProgress.state:type_name -> flowstate.v1.PhaseState
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_definition_proto_init() }
@@ -670,13 +887,14 @@ func file_flowstate_v1_definition_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_definition_proto_rawDesc), len(file_flowstate_v1_definition_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   6,
+			NumEnums:      2,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_flowstate_v1_definition_proto_goTypes,
 		DependencyIndexes: file_flowstate_v1_definition_proto_depIdxs,
+		EnumInfos:         file_flowstate_v1_definition_proto_enumTypes,
 		MessageInfos:      file_flowstate_v1_definition_proto_msgTypes,
 	}.Build()
 	File_flowstate_v1_definition_proto = out.File

@@ -117,6 +117,18 @@ const (
 	// caller's token does not satisfy the policy's scope or claim (then
 	// PERMISSION_DENIED is used instead).
 	ErrorCode_ERROR_CODE_APPROVAL_REQUIRED ErrorCode = 36
+	// Phase failure code (retryable): the phase's child flow was cancelled; a
+	// retry of the phase creates a new child.
+	ErrorCode_ERROR_CODE_CHILD_FLOW_CANCELLED ErrorCode = 60
+	// FAILED_PRECONDITION: the phase is of kind CHILD_FLOW: its progress and
+	// outcome come from its child flow, not from a worker.
+	ErrorCode_ERROR_CODE_PHASE_FOLLOWS_CHILD_FLOW ErrorCode = 61
+	// FAILED_PRECONDITION: a new child flow would pass the maximum depth of
+	// child flows or the maximum children of one flow (details: `limit`).
+	ErrorCode_ERROR_CODE_CHILD_FLOW_LIMIT_EXCEEDED ErrorCode = 62
+	// FAILED_PRECONDITION: LinkChildFlow named a flow that already has a parent,
+	// follows another definition, or is the parent or one of its ancestors.
+	ErrorCode_ERROR_CODE_CHILD_FLOW_NOT_LINKABLE ErrorCode = 63
 )
 
 // Enum value maps for ErrorCode.
@@ -154,6 +166,10 @@ var (
 		40: "ERROR_CODE_BULK_ACTION_NOT_FOUND",
 		35: "ERROR_CODE_APPROVAL_REJECTED",
 		36: "ERROR_CODE_APPROVAL_REQUIRED",
+		60: "ERROR_CODE_CHILD_FLOW_CANCELLED",
+		61: "ERROR_CODE_PHASE_FOLLOWS_CHILD_FLOW",
+		62: "ERROR_CODE_CHILD_FLOW_LIMIT_EXCEEDED",
+		63: "ERROR_CODE_CHILD_FLOW_NOT_LINKABLE",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":                    0,
@@ -188,6 +204,10 @@ var (
 		"ERROR_CODE_BULK_ACTION_NOT_FOUND":          40,
 		"ERROR_CODE_APPROVAL_REJECTED":              35,
 		"ERROR_CODE_APPROVAL_REQUIRED":              36,
+		"ERROR_CODE_CHILD_FLOW_CANCELLED":           60,
+		"ERROR_CODE_PHASE_FOLLOWS_CHILD_FLOW":       61,
+		"ERROR_CODE_CHILD_FLOW_LIMIT_EXCEEDED":      62,
+		"ERROR_CODE_CHILD_FLOW_NOT_LINKABLE":        63,
 	}
 )
 
@@ -488,7 +508,8 @@ const file_flowstate_v1_errors_proto_rawDesc = "" +
 	"error_code\x18\x01 \x01(\x0e2\x17.flowstate.v1.ErrorCodeR\terrorCode\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\x12\x1c\n" +
-	"\tretryable\x18\x04 \x01(\bR\tretryable*\xeb\b\n" +
+	"\tretryable\x18\x04 \x01(\bR\tretryable*\x8b\n" +
+	"\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18ERROR_CODE_INVALID_PHASE\x10\x01\x12 \n" +
@@ -522,7 +543,11 @@ const file_flowstate_v1_errors_proto_rawDesc = "" +
 	"\x17ERROR_CODE_RATE_LIMITED\x10.\x12$\n" +
 	" ERROR_CODE_BULK_ACTION_NOT_FOUND\x10(\x12 \n" +
 	"\x1cERROR_CODE_APPROVAL_REJECTED\x10#\x12 \n" +
-	"\x1cERROR_CODE_APPROVAL_REQUIRED\x10$B\xa3\x01\n" +
+	"\x1cERROR_CODE_APPROVAL_REQUIRED\x10$\x12#\n" +
+	"\x1fERROR_CODE_CHILD_FLOW_CANCELLED\x10<\x12'\n" +
+	"#ERROR_CODE_PHASE_FOLLOWS_CHILD_FLOW\x10=\x12(\n" +
+	"$ERROR_CODE_CHILD_FLOW_LIMIT_EXCEEDED\x10>\x12&\n" +
+	"\"ERROR_CODE_CHILD_FLOW_NOT_LINKABLE\x10?B\xa3\x01\n" +
 	"\x10com.flowstate.v1B\vErrorsProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (

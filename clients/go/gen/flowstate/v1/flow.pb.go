@@ -63,9 +63,17 @@ type Flow struct {
 	// The alerts in force: breaches raised and not over yet (a STUCK alert ends
 	// with the flow's next change, an APPROVAL_TIMEOUT one when the phase leaves
 	// WAITING_APPROVAL; DEADLINE_EXCEEDED stays). Empty on terminal flows.
-	Alerts        []*FlowAlert `protobuf:"bytes,26,rep,name=alerts,proto3" json:"alerts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Alerts []*FlowAlert `protobuf:"bytes,26,rep,name=alerts,proto3" json:"alerts,omitempty"`
+	// The flow whose CHILD_FLOW phase this flow is the child of; empty for a
+	// root flow.
+	ParentFlowId string `protobuf:"bytes,60,opt,name=parent_flow_id,json=parentFlowId,proto3" json:"parent_flow_id,omitempty"`
+	// That phase of the parent.
+	ParentPhase string `protobuf:"bytes,61,opt,name=parent_phase,json=parentPhase,proto3" json:"parent_phase,omitempty"`
+	// Phases of other flows (same tenant) that phases of this flow wait for,
+	// given at creation.
+	ExternalDependencies []*ExternalDependency `protobuf:"bytes,62,rep,name=external_dependencies,json=externalDependencies,proto3" json:"external_dependencies,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Flow) Reset() {
@@ -210,6 +218,93 @@ func (x *Flow) GetAlerts() []*FlowAlert {
 	return nil
 }
 
+func (x *Flow) GetParentFlowId() string {
+	if x != nil {
+		return x.ParentFlowId
+	}
+	return ""
+}
+
+func (x *Flow) GetParentPhase() string {
+	if x != nil {
+		return x.ParentPhase
+	}
+	return ""
+}
+
+func (x *Flow) GetExternalDependencies() []*ExternalDependency {
+	if x != nil {
+		return x.ExternalDependencies
+	}
+	return nil
+}
+
+// A dependency of one phase on a phase of another flow of the same tenant: the
+// phase may start (or be skipped) only once that phase is COMPLETED or
+// SKIPPED. Order refusals name it as "<flow_id>/<flow_phase>".
+type ExternalDependency struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The phase of this flow that waits.
+	Phase string `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The other flow's id.
+	FlowId string `protobuf:"bytes,2,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// The phase of the other flow it waits for.
+	FlowPhase     string `protobuf:"bytes,3,opt,name=flow_phase,json=flowPhase,proto3" json:"flow_phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExternalDependency) Reset() {
+	*x = ExternalDependency{}
+	mi := &file_flowstate_v1_flow_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalDependency) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalDependency) ProtoMessage() {}
+
+func (x *ExternalDependency) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalDependency.ProtoReflect.Descriptor instead.
+func (*ExternalDependency) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ExternalDependency) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *ExternalDependency) GetFlowId() string {
+	if x != nil {
+		return x.FlowId
+	}
+	return ""
+}
+
+func (x *ExternalDependency) GetFlowPhase() string {
+	if x != nil {
+		return x.FlowPhase
+	}
+	return ""
+}
+
 // The state of one phase of a flow. Output only.
 type Phase struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -243,14 +338,18 @@ type Phase struct {
 	// kept in RETRY_NEEDED (when the retry became due); unset otherwise.
 	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
 	// The last approval decision on the phase (DecidePhase); unset if none.
-	Approval      *PhaseApproval `protobuf:"bytes,25,opt,name=approval,proto3" json:"approval,omitempty"`
+	Approval *PhaseApproval `protobuf:"bytes,25,opt,name=approval,proto3" json:"approval,omitempty"`
+	// For a CHILD_FLOW phase: the child flow of its latest start (kept after
+	// the phase ends; a retry or a restart replaces it, history keeps the old
+	// ids). Empty otherwise.
+	ChildFlowId   string `protobuf:"bytes,60,opt,name=child_flow_id,json=childFlowId,proto3" json:"child_flow_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Phase) Reset() {
 	*x = Phase{}
-	mi := &file_flowstate_v1_flow_proto_msgTypes[1]
+	mi := &file_flowstate_v1_flow_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +361,7 @@ func (x *Phase) String() string {
 func (*Phase) ProtoMessage() {}
 
 func (x *Phase) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_proto_msgTypes[1]
+	mi := &file_flowstate_v1_flow_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +374,7 @@ func (x *Phase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Phase.ProtoReflect.Descriptor instead.
 func (*Phase) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_proto_rawDescGZIP(), []int{1}
+	return file_flowstate_v1_flow_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Phase) GetName() string {
@@ -376,11 +475,18 @@ func (x *Phase) GetApproval() *PhaseApproval {
 	return nil
 }
 
+func (x *Phase) GetChildFlowId() string {
+	if x != nil {
+		return x.ChildFlowId
+	}
+	return ""
+}
+
 var File_flowstate_v1_flow_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"\n" +
-	"\x17flowstate/v1/flow.proto\x12\fflowstate.v1\x1a\x1cflowstate/v1/approvals.proto\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x06\n" +
+	"\x17flowstate/v1/flow.proto\x12\fflowstate.v1\x1a\x1cflowstate/v1/approvals.proto\x1a\x19flowstate/v1/errors.proto\x1a\x19flowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\a\n" +
 	"\x04Flow\x12\x17\n" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12*\n" +
 	"\x11client_account_id\x18\x02 \x01(\tR\x0fclientAccountId\x12#\n" +
@@ -400,10 +506,18 @@ const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"\fdisplay_name\x18\r \x01(\tR\vdisplayName\x126\n" +
 	"\x06labels\x18\x0e \x03(\v2\x1e.flowstate.v1.Flow.LabelsEntryR\x06labels\x126\n" +
 	"\bdeadline\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12/\n" +
-	"\x06alerts\x18\x1a \x03(\v2\x17.flowstate.v1.FlowAlertR\x06alerts\x1a9\n" +
+	"\x06alerts\x18\x1a \x03(\v2\x17.flowstate.v1.FlowAlertR\x06alerts\x12$\n" +
+	"\x0eparent_flow_id\x18< \x01(\tR\fparentFlowId\x12!\n" +
+	"\fparent_phase\x18= \x01(\tR\vparentPhase\x12U\n" +
+	"\x15external_dependencies\x18> \x03(\v2 .flowstate.v1.ExternalDependencyR\x14externalDependencies\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa5\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"b\n" +
+	"\x12ExternalDependency\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x17\n" +
+	"\aflow_id\x18\x02 \x01(\tR\x06flowId\x12\x1d\n" +
+	"\n" +
+	"flow_phase\x18\x03 \x01(\tR\tflowPhase\"\xc9\x05\n" +
 	"\x05Phase\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.flowstate.v1.PhaseStateR\x05state\x12\x1a\n" +
@@ -422,7 +536,8 @@ const file_flowstate_v1_flow_proto_rawDesc = "" +
 	"\x06weight\x18\v \x01(\x05R\x06weight\x12\x1a\n" +
 	"\boptional\x18\f \x01(\bR\boptional\x12F\n" +
 	"\x11next_attempt_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\x127\n" +
-	"\bapproval\x18\x19 \x01(\v2\x1b.flowstate.v1.PhaseApprovalR\bapprovalB\xa1\x01\n" +
+	"\bapproval\x18\x19 \x01(\v2\x1b.flowstate.v1.PhaseApprovalR\bapproval\x12\"\n" +
+	"\rchild_flow_id\x18< \x01(\tR\vchildFlowIdB\xa1\x01\n" +
 	"\x10com.flowstate.v1B\tFlowProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -437,40 +552,42 @@ func file_flowstate_v1_flow_proto_rawDescGZIP() []byte {
 	return file_flowstate_v1_flow_proto_rawDescData
 }
 
-var file_flowstate_v1_flow_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_flowstate_v1_flow_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_flowstate_v1_flow_proto_goTypes = []any{
 	(*Flow)(nil),                  // 0: flowstate.v1.Flow
-	(*Phase)(nil),                 // 1: flowstate.v1.Phase
-	nil,                           // 2: flowstate.v1.Flow.LabelsEntry
-	(FlowStatus)(0),               // 3: flowstate.v1.FlowStatus
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(*FlowAlert)(nil),             // 5: flowstate.v1.FlowAlert
-	(PhaseState)(0),               // 6: flowstate.v1.PhaseState
-	(*PhaseFailure)(nil),          // 7: flowstate.v1.PhaseFailure
-	(*PhaseApproval)(nil),         // 8: flowstate.v1.PhaseApproval
+	(*ExternalDependency)(nil),    // 1: flowstate.v1.ExternalDependency
+	(*Phase)(nil),                 // 2: flowstate.v1.Phase
+	nil,                           // 3: flowstate.v1.Flow.LabelsEntry
+	(FlowStatus)(0),               // 4: flowstate.v1.FlowStatus
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*FlowAlert)(nil),             // 6: flowstate.v1.FlowAlert
+	(PhaseState)(0),               // 7: flowstate.v1.PhaseState
+	(*PhaseFailure)(nil),          // 8: flowstate.v1.PhaseFailure
+	(*PhaseApproval)(nil),         // 9: flowstate.v1.PhaseApproval
 }
 var file_flowstate_v1_flow_proto_depIdxs = []int32{
-	3,  // 0: flowstate.v1.Flow.status:type_name -> flowstate.v1.FlowStatus
-	3,  // 1: flowstate.v1.Flow.status_before_pause:type_name -> flowstate.v1.FlowStatus
-	1,  // 2: flowstate.v1.Flow.phases:type_name -> flowstate.v1.Phase
-	4,  // 3: flowstate.v1.Flow.create_time:type_name -> google.protobuf.Timestamp
-	4,  // 4: flowstate.v1.Flow.update_time:type_name -> google.protobuf.Timestamp
-	2,  // 5: flowstate.v1.Flow.labels:type_name -> flowstate.v1.Flow.LabelsEntry
-	4,  // 6: flowstate.v1.Flow.deadline:type_name -> google.protobuf.Timestamp
-	5,  // 7: flowstate.v1.Flow.alerts:type_name -> flowstate.v1.FlowAlert
-	6,  // 8: flowstate.v1.Phase.state:type_name -> flowstate.v1.PhaseState
-	4,  // 9: flowstate.v1.Phase.last_retry_time:type_name -> google.protobuf.Timestamp
-	7,  // 10: flowstate.v1.Phase.error_context:type_name -> flowstate.v1.PhaseFailure
-	4,  // 11: flowstate.v1.Phase.state_enter_time:type_name -> google.protobuf.Timestamp
-	4,  // 12: flowstate.v1.Phase.start_time:type_name -> google.protobuf.Timestamp
-	4,  // 13: flowstate.v1.Phase.complete_time:type_name -> google.protobuf.Timestamp
-	4,  // 14: flowstate.v1.Phase.next_attempt_time:type_name -> google.protobuf.Timestamp
-	8,  // 15: flowstate.v1.Phase.approval:type_name -> flowstate.v1.PhaseApproval
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	4,  // 0: flowstate.v1.Flow.status:type_name -> flowstate.v1.FlowStatus
+	4,  // 1: flowstate.v1.Flow.status_before_pause:type_name -> flowstate.v1.FlowStatus
+	2,  // 2: flowstate.v1.Flow.phases:type_name -> flowstate.v1.Phase
+	5,  // 3: flowstate.v1.Flow.create_time:type_name -> google.protobuf.Timestamp
+	5,  // 4: flowstate.v1.Flow.update_time:type_name -> google.protobuf.Timestamp
+	3,  // 5: flowstate.v1.Flow.labels:type_name -> flowstate.v1.Flow.LabelsEntry
+	5,  // 6: flowstate.v1.Flow.deadline:type_name -> google.protobuf.Timestamp
+	6,  // 7: flowstate.v1.Flow.alerts:type_name -> flowstate.v1.FlowAlert
+	1,  // 8: flowstate.v1.Flow.external_dependencies:type_name -> flowstate.v1.ExternalDependency
+	7,  // 9: flowstate.v1.Phase.state:type_name -> flowstate.v1.PhaseState
+	5,  // 10: flowstate.v1.Phase.last_retry_time:type_name -> google.protobuf.Timestamp
+	8,  // 11: flowstate.v1.Phase.error_context:type_name -> flowstate.v1.PhaseFailure
+	5,  // 12: flowstate.v1.Phase.state_enter_time:type_name -> google.protobuf.Timestamp
+	5,  // 13: flowstate.v1.Phase.start_time:type_name -> google.protobuf.Timestamp
+	5,  // 14: flowstate.v1.Phase.complete_time:type_name -> google.protobuf.Timestamp
+	5,  // 15: flowstate.v1.Phase.next_attempt_time:type_name -> google.protobuf.Timestamp
+	9,  // 16: flowstate.v1.Phase.approval:type_name -> flowstate.v1.PhaseApproval
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_proto_init() }
@@ -487,7 +604,7 @@ func file_flowstate_v1_flow_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_proto_rawDesc), len(file_flowstate_v1_flow_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

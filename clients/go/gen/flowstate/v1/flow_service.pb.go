@@ -304,9 +304,14 @@ type CreateFlowRequest struct {
 	// When the flow should be finished (it gets one DEADLINE_EXCEEDED alert if
 	// it is not terminal by then); overrides the definition's `deadline`. Unset:
 	// the definition's, if any.
-	Deadline      *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Deadline *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// Phases of other flows of the tenant that phases of this flow wait for (at
+	// most 32). Each names an existing flow and phase (FLOW_NOT_FOUND,
+	// INVALID_PHASE otherwise); since the other flow exists first, dependencies
+	// between flows never form a cycle.
+	ExternalDependencies []*ExternalDependency `protobuf:"bytes,60,rep,name=external_dependencies,json=externalDependencies,proto3" json:"external_dependencies,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *CreateFlowRequest) Reset() {
@@ -388,6 +393,13 @@ func (x *CreateFlowRequest) GetDeadline() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *CreateFlowRequest) GetExternalDependencies() []*ExternalDependency {
+	if x != nil {
+		return x.ExternalDependencies
+	}
+	return nil
+}
+
 // Response of CreateFlow.
 type CreateFlowResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -447,7 +459,10 @@ func (x *CreateFlowResponse) GetHistoryEntries() []*HistoryEntry {
 type GetFlowRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The flow's id.
-	FlowId        string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	FlowId string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// Also return the flow's child flows down to this many levels (0: none; at
+	// most 5), in `descendants`.
+	ChildrenDepth int32 `protobuf:"varint,60,opt,name=children_depth,json=childrenDepth,proto3" json:"children_depth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -489,13 +504,25 @@ func (x *GetFlowRequest) GetFlowId() string {
 	return ""
 }
 
+func (x *GetFlowRequest) GetChildrenDepth() int32 {
+	if x != nil {
+		return x.ChildrenDepth
+	}
+	return 0
+}
+
 // Response of GetFlow.
 type GetFlowResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The flow.
-	Flow          *Flow `protobuf:"bytes,1,opt,name=flow,proto3" json:"flow,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Flow *Flow `protobuf:"bytes,1,opt,name=flow,proto3" json:"flow,omitempty"`
+	// With `children_depth`: the flow's descendants, level by level (each
+	// names its parent in `parent_flow_id`), at most 500.
+	Descendants []*Flow `protobuf:"bytes,60,rep,name=descendants,proto3" json:"descendants,omitempty"`
+	// Whether `descendants` was cut at 500 flows.
+	DescendantsTruncated bool `protobuf:"varint,61,opt,name=descendants_truncated,json=descendantsTruncated,proto3" json:"descendants_truncated,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GetFlowResponse) Reset() {
@@ -533,6 +560,20 @@ func (x *GetFlowResponse) GetFlow() *Flow {
 		return x.Flow
 	}
 	return nil
+}
+
+func (x *GetFlowResponse) GetDescendants() []*Flow {
+	if x != nil {
+		return x.Descendants
+	}
+	return nil
+}
+
+func (x *GetFlowResponse) GetDescendantsTruncated() bool {
+	if x != nil {
+		return x.DescendantsTruncated
+	}
+	return false
 }
 
 // A filter on one phase's state.
@@ -615,7 +656,9 @@ type ListFlowsRequest struct {
 	Filter string `protobuf:"bytes,30,opt,name=filter,proto3" json:"filter,omitempty"`
 	// Only flows with an alert in force (Flow.alerts: a passed deadline, a stuck
 	// status, an escalated approval timeout).
-	Alerting      bool `protobuf:"varint,25,opt,name=alerting,proto3" json:"alerting,omitempty"`
+	Alerting bool `protobuf:"varint,25,opt,name=alerting,proto3" json:"alerting,omitempty"`
+	// Only the child flows of this flow (a UUID; its direct children).
+	ParentFlowId  string `protobuf:"bytes,60,opt,name=parent_flow_id,json=parentFlowId,proto3" json:"parent_flow_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -704,6 +747,13 @@ func (x *ListFlowsRequest) GetAlerting() bool {
 		return x.Alerting
 	}
 	return false
+}
+
+func (x *ListFlowsRequest) GetParentFlowId() string {
+	if x != nil {
+		return x.ParentFlowId
+	}
+	return ""
 }
 
 // Response of ListFlows.
@@ -1973,7 +2023,12 @@ type RecoveryOption struct {
 	//	*RecoveryOption_CancelFlow
 	//	*RecoveryOption_PauseFlow
 	//	*RecoveryOption_SkipPhase
-	Request       isRecoveryOption_Request `protobuf_oneof:"request"`
+	Request isRecoveryOption_Request `protobuf_oneof:"request"`
+	// The flow the action acts on: the flow asked about, or one of its active
+	// child flows (a parent's options include its children's, after its own).
+	FlowId string `protobuf:"bytes,60,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// For an option of a child flow: the parent's phase that follows that child.
+	ParentPhase   string `protobuf:"bytes,61,opt,name=parent_phase,json=parentPhase,proto3" json:"parent_phase,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2146,6 +2201,20 @@ func (x *RecoveryOption) GetSkipPhase() *SkipPhaseRequest {
 		}
 	}
 	return nil
+}
+
+func (x *RecoveryOption) GetFlowId() string {
+	if x != nil {
+		return x.FlowId
+	}
+	return ""
+}
+
+func (x *RecoveryOption) GetParentPhase() string {
+	if x != nil {
+		return x.ParentPhase
+	}
+	return ""
 }
 
 type isRecoveryOption_Request interface {
@@ -4895,11 +4964,157 @@ func (x *DecidePhaseResponse) GetHistoryEntries() []*HistoryEntry {
 	return nil
 }
 
+// Request of LinkChildFlow.
+type LinkChildFlowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The parent flow's id.
+	FlowId string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// The parent's CHILD_FLOW phase to start.
+	Phase string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The existing flow (a root flow of the same tenant) the phase follows.
+	ChildFlowId string `protobuf:"bytes,3,opt,name=child_flow_id,json=childFlowId,proto3" json:"child_flow_id,omitempty"`
+	// Why (at most 1024 characters); recorded in history.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Idempotency key (1-128 printable characters); the SDKs generate one.
+	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Apply only if the parent is at this version (ABORTED otherwise).
+	ExpectedVersion *int64 `protobuf:"varint,6,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *LinkChildFlowRequest) Reset() {
+	*x = LinkChildFlowRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkChildFlowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkChildFlowRequest) ProtoMessage() {}
+
+func (x *LinkChildFlowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkChildFlowRequest.ProtoReflect.Descriptor instead.
+func (*LinkChildFlowRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *LinkChildFlowRequest) GetFlowId() string {
+	if x != nil {
+		return x.FlowId
+	}
+	return ""
+}
+
+func (x *LinkChildFlowRequest) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *LinkChildFlowRequest) GetChildFlowId() string {
+	if x != nil {
+		return x.ChildFlowId
+	}
+	return ""
+}
+
+func (x *LinkChildFlowRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *LinkChildFlowRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *LinkChildFlowRequest) GetExpectedVersion() int64 {
+	if x != nil && x.ExpectedVersion != nil {
+		return *x.ExpectedVersion
+	}
+	return 0
+}
+
+// Response of LinkChildFlow.
+type LinkChildFlowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The parent flow after the change.
+	Flow *Flow `protobuf:"bytes,1,opt,name=flow,proto3" json:"flow,omitempty"`
+	// The history entries the change appended to the parent.
+	HistoryEntries []*HistoryEntry `protobuf:"bytes,2,rep,name=history_entries,json=historyEntries,proto3" json:"history_entries,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LinkChildFlowResponse) Reset() {
+	*x = LinkChildFlowResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkChildFlowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkChildFlowResponse) ProtoMessage() {}
+
+func (x *LinkChildFlowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkChildFlowResponse.ProtoReflect.Descriptor instead.
+func (*LinkChildFlowResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *LinkChildFlowResponse) GetFlow() *Flow {
+	if x != nil {
+		return x.Flow
+	}
+	return nil
+}
+
+func (x *LinkChildFlowResponse) GetHistoryEntries() []*HistoryEntry {
+	if x != nil {
+		return x.HistoryEntries
+	}
+	return nil
+}
+
 var File_flowstate_v1_flow_service_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fflowstate/v1/flow_service.proto\x12\fflowstate.v1\x1a\x1cflowstate/v1/approvals.proto\x1a\x1dflowstate/v1/definition.proto\x1a\x19flowstate/v1/errors.proto\x1a\x17flowstate/v1/flow.proto\x1a\x1aflowstate/v1/history.proto\x1a\x19flowstate/v1/states.proto\x1a\x1aflowstate/v1/webhook.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x02\n" +
+	"\x1fflowstate/v1/flow_service.proto\x12\fflowstate.v1\x1a\x1cflowstate/v1/approvals.proto\x1a\x1dflowstate/v1/definition.proto\x1a\x19flowstate/v1/errors.proto\x1a\x17flowstate/v1/flow.proto\x1a\x1aflowstate/v1/history.proto\x1a\x19flowstate/v1/states.proto\x1a\x1aflowstate/v1/webhook.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x03\n" +
 	"\x11CreateFlowRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12'\n" +
@@ -4908,20 +5123,24 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\aflow_id\x18\x04 \x01(\tR\x06flowId\x12!\n" +
 	"\fdisplay_name\x18\x05 \x01(\tR\vdisplayName\x12C\n" +
 	"\x06labels\x18\x06 \x03(\v2+.flowstate.v1.CreateFlowRequest.LabelsEntryR\x06labels\x126\n" +
-	"\bdeadline\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x1a9\n" +
+	"\bdeadline\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12U\n" +
+	"\x15external_dependencies\x18< \x03(\v2 .flowstate.v1.ExternalDependencyR\x14externalDependencies\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
 	"\x12CreateFlowResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x12C\n" +
-	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries\")\n" +
+	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries\"P\n" +
 	"\x0eGetFlowRequest\x12\x17\n" +
-	"\aflow_id\x18\x01 \x01(\tR\x06flowId\"9\n" +
+	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12%\n" +
+	"\x0echildren_depth\x18< \x01(\x05R\rchildrenDepth\"\xa4\x01\n" +
 	"\x0fGetFlowResponse\x12&\n" +
-	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\"Z\n" +
+	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x124\n" +
+	"\vdescendants\x18< \x03(\v2\x12.flowstate.v1.FlowR\vdescendants\x123\n" +
+	"\x15descendants_truncated\x18= \x01(\bR\x14descendantsTruncated\"Z\n" +
 	"\x10PhaseStateFilter\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x120\n" +
-	"\x06states\x18\x02 \x03(\x0e2\x18.flowstate.v1.PhaseStateR\x06states\"\xe7\x02\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x18.flowstate.v1.PhaseStateR\x06states\"\x8d\x03\n" +
 	"\x10ListFlowsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -4931,7 +5150,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x0eupdated_before\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rupdatedBefore\x12'\n" +
 	"\x0fdefinition_name\x18\x06 \x01(\tR\x0edefinitionName\x12\x16\n" +
 	"\x06filter\x18\x1e \x01(\tR\x06filter\x12\x1a\n" +
-	"\balerting\x18\x19 \x01(\bR\balerting\"e\n" +
+	"\balerting\x18\x19 \x01(\bR\balerting\x12$\n" +
+	"\x0eparent_flow_id\x18< \x01(\tR\fparentFlowId\"e\n" +
 	"\x11ListFlowsResponse\x12(\n" +
 	"\x05flows\x18\x01 \x03(\v2\x12.flowstate.v1.FlowR\x05flows\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x95\x01\n" +
@@ -5025,7 +5245,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\"|\n" +
 	"\x1aGetRecoveryOptionsResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x126\n" +
-	"\aoptions\x18\x02 \x03(\v2\x1c.flowstate.v1.RecoveryOptionR\aoptions\"\xd7\a\n" +
+	"\aoptions\x18\x02 \x03(\v2\x1c.flowstate.v1.RecoveryOptionR\aoptions\"\x93\b\n" +
 	"\x0eRecoveryOption\x124\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1c.flowstate.v1.RecoveryActionR\x06action\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12;\n" +
@@ -5049,7 +5269,9 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\n" +
 	"pause_flow\x18\x0f \x01(\v2\x1e.flowstate.v1.PauseFlowRequestH\x00R\tpauseFlow\x12?\n" +
 	"\n" +
-	"skip_phase\x18\x10 \x01(\v2\x1e.flowstate.v1.SkipPhaseRequestH\x00R\tskipPhaseB\t\n" +
+	"skip_phase\x18\x10 \x01(\v2\x1e.flowstate.v1.SkipPhaseRequestH\x00R\tskipPhase\x12\x17\n" +
+	"\aflow_id\x18< \x01(\tR\x06flowId\x12!\n" +
+	"\fparent_phase\x18= \x01(\tR\vparentPhaseB\t\n" +
 	"\arequestB\x15\n" +
 	"\x13_attempts_remaining\"\xa7\x01\n" +
 	"\x10PauseFlowRequest\x12\x17\n" +
@@ -5251,6 +5473,18 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x11_expected_version\"\x82\x01\n" +
 	"\x13DecidePhaseResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x12C\n" +
+	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries\"\xe5\x01\n" +
+	"\x14LinkChildFlowRequest\x12\x17\n" +
+	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\"\n" +
+	"\rchild_flow_id\x18\x03 \x01(\tR\vchildFlowId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x12.\n" +
+	"\x10expected_version\x18\x06 \x01(\x03H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
+	"\x11_expected_version\"\x84\x01\n" +
+	"\x15LinkChildFlowResponse\x12&\n" +
+	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x12C\n" +
 	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries*\x97\x02\n" +
 	"\x0eRecoveryAction\x12\x1f\n" +
 	"\x1bRECOVERY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
@@ -5279,7 +5513,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x1dBULK_FLOW_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19BULK_FLOW_OUTCOME_APPLIED\x10\x01\x12\x1d\n" +
 	"\x19BULK_FLOW_OUTCOME_REFUSED\x10\x02\x12\x1d\n" +
-	"\x19BULK_FLOW_OUTCOME_SKIPPED\x10\x032\xdf\x17\n" +
+	"\x19BULK_FLOW_OUTCOME_SKIPPED\x10\x032\xb9\x18\n" +
 	"\x10FlowStateService\x12O\n" +
 	"\n" +
 	"CreateFlow\x12\x1f.flowstate.v1.CreateFlowRequest\x1a .flowstate.v1.CreateFlowResponse\x12K\n" +
@@ -5318,7 +5552,8 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x15ListBulkActionResults\x12*.flowstate.v1.ListBulkActionResultsRequest\x1a+.flowstate.v1.ListBulkActionResultsResponse\"\x03\x90\x02\x01\x12a\n" +
 	"\x10CancelBulkAction\x12%.flowstate.v1.CancelBulkActionRequest\x1a&.flowstate.v1.CancelBulkActionResponse\x12`\n" +
 	"\x0fWatchBulkAction\x12$.flowstate.v1.WatchBulkActionRequest\x1a%.flowstate.v1.WatchBulkActionResponse0\x01\x12R\n" +
-	"\vDecidePhase\x12 .flowstate.v1.DecidePhaseRequest\x1a!.flowstate.v1.DecidePhaseResponseB\xa8\x01\n" +
+	"\vDecidePhase\x12 .flowstate.v1.DecidePhaseRequest\x1a!.flowstate.v1.DecidePhaseResponse\x12X\n" +
+	"\rLinkChildFlow\x12\".flowstate.v1.LinkChildFlowRequest\x1a#.flowstate.v1.LinkChildFlowResponseB\xa8\x01\n" +
 	"\x10com.flowstate.v1B\x10FlowServiceProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -5334,7 +5569,7 @@ func file_flowstate_v1_flow_service_proto_rawDescGZIP() []byte {
 }
 
 var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
 var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(RecoveryAction)(0),                   // 0: flowstate.v1.RecoveryAction
 	(BulkActionType)(0),                   // 1: flowstate.v1.BulkActionType
@@ -5405,192 +5640,201 @@ var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(*WatchBulkActionResponse)(nil),       // 66: flowstate.v1.WatchBulkActionResponse
 	(*DecidePhaseRequest)(nil),            // 67: flowstate.v1.DecidePhaseRequest
 	(*DecidePhaseResponse)(nil),           // 68: flowstate.v1.DecidePhaseResponse
-	nil,                                   // 69: flowstate.v1.CreateFlowRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),         // 70: google.protobuf.Timestamp
-	(*Flow)(nil),                          // 71: flowstate.v1.Flow
-	(*HistoryEntry)(nil),                  // 72: flowstate.v1.HistoryEntry
-	(PhaseState)(0),                       // 73: flowstate.v1.PhaseState
-	(FlowStatus)(0),                       // 74: flowstate.v1.FlowStatus
-	(*FlowError)(nil),                     // 75: flowstate.v1.FlowError
-	(*PhaseFailure)(nil),                  // 76: flowstate.v1.PhaseFailure
-	(*structpb.Struct)(nil),               // 77: google.protobuf.Struct
-	(ErrorCode)(0),                        // 78: flowstate.v1.ErrorCode
-	(*FlowDefinition)(nil),                // 79: flowstate.v1.FlowDefinition
-	(*FlowAlert)(nil),                     // 80: flowstate.v1.FlowAlert
-	(ApprovalDecision)(0),                 // 81: flowstate.v1.ApprovalDecision
-	(*CreateWebhookRequest)(nil),          // 82: flowstate.v1.CreateWebhookRequest
-	(*ListWebhooksRequest)(nil),           // 83: flowstate.v1.ListWebhooksRequest
-	(*DeleteWebhookRequest)(nil),          // 84: flowstate.v1.DeleteWebhookRequest
-	(*TestWebhookRequest)(nil),            // 85: flowstate.v1.TestWebhookRequest
-	(*ReplayWebhookRequest)(nil),          // 86: flowstate.v1.ReplayWebhookRequest
-	(*CreateWebhookResponse)(nil),         // 87: flowstate.v1.CreateWebhookResponse
-	(*ListWebhooksResponse)(nil),          // 88: flowstate.v1.ListWebhooksResponse
-	(*DeleteWebhookResponse)(nil),         // 89: flowstate.v1.DeleteWebhookResponse
-	(*TestWebhookResponse)(nil),           // 90: flowstate.v1.TestWebhookResponse
-	(*ReplayWebhookResponse)(nil),         // 91: flowstate.v1.ReplayWebhookResponse
+	(*LinkChildFlowRequest)(nil),          // 69: flowstate.v1.LinkChildFlowRequest
+	(*LinkChildFlowResponse)(nil),         // 70: flowstate.v1.LinkChildFlowResponse
+	nil,                                   // 71: flowstate.v1.CreateFlowRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),         // 72: google.protobuf.Timestamp
+	(*ExternalDependency)(nil),            // 73: flowstate.v1.ExternalDependency
+	(*Flow)(nil),                          // 74: flowstate.v1.Flow
+	(*HistoryEntry)(nil),                  // 75: flowstate.v1.HistoryEntry
+	(PhaseState)(0),                       // 76: flowstate.v1.PhaseState
+	(FlowStatus)(0),                       // 77: flowstate.v1.FlowStatus
+	(*FlowError)(nil),                     // 78: flowstate.v1.FlowError
+	(*PhaseFailure)(nil),                  // 79: flowstate.v1.PhaseFailure
+	(*structpb.Struct)(nil),               // 80: google.protobuf.Struct
+	(ErrorCode)(0),                        // 81: flowstate.v1.ErrorCode
+	(*FlowDefinition)(nil),                // 82: flowstate.v1.FlowDefinition
+	(*FlowAlert)(nil),                     // 83: flowstate.v1.FlowAlert
+	(ApprovalDecision)(0),                 // 84: flowstate.v1.ApprovalDecision
+	(*CreateWebhookRequest)(nil),          // 85: flowstate.v1.CreateWebhookRequest
+	(*ListWebhooksRequest)(nil),           // 86: flowstate.v1.ListWebhooksRequest
+	(*DeleteWebhookRequest)(nil),          // 87: flowstate.v1.DeleteWebhookRequest
+	(*TestWebhookRequest)(nil),            // 88: flowstate.v1.TestWebhookRequest
+	(*ReplayWebhookRequest)(nil),          // 89: flowstate.v1.ReplayWebhookRequest
+	(*CreateWebhookResponse)(nil),         // 90: flowstate.v1.CreateWebhookResponse
+	(*ListWebhooksResponse)(nil),          // 91: flowstate.v1.ListWebhooksResponse
+	(*DeleteWebhookResponse)(nil),         // 92: flowstate.v1.DeleteWebhookResponse
+	(*TestWebhookResponse)(nil),           // 93: flowstate.v1.TestWebhookResponse
+	(*ReplayWebhookResponse)(nil),         // 94: flowstate.v1.ReplayWebhookResponse
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
-	69,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
-	70,  // 1: flowstate.v1.CreateFlowRequest.deadline:type_name -> google.protobuf.Timestamp
-	71,  // 2: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 3: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	71,  // 4: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
-	73,  // 5: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
-	74,  // 6: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	8,   // 7: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
-	70,  // 8: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
-	71,  // 9: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
-	73,  // 10: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
-	73,  // 11: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
-	74,  // 12: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
-	74,  // 13: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
-	11,  // 14: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
-	12,  // 15: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
-	75,  // 16: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
-	73,  // 17: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
-	74,  // 18: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
-	74,  // 19: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
-	73,  // 20: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
-	76,  // 21: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
-	77,  // 22: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	71,  // 23: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 24: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	77,  // 25: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
-	70,  // 26: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
-	71,  // 27: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 28: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	71,  // 29: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 30: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	71,  // 31: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 32: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	71,  // 33: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
-	27,  // 34: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
-	0,   // 35: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
-	73,  // 36: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
-	74,  // 37: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
-	78,  // 38: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
-	70,  // 39: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
-	23,  // 40: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
-	21,  // 41: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
-	15,  // 42: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
-	30,  // 43: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
-	32,  // 44: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
-	28,  // 45: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
-	42,  // 46: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
-	71,  // 47: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 48: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	71,  // 49: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 50: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	71,  // 51: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 52: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	72,  // 53: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	79,  // 54: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	79,  // 55: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
-	79,  // 56: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	79,  // 57: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
-	77,  // 58: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	71,  // 59: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 60: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48,  // 61: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	74,  // 62: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	48,  // 63: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	74,  // 64: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	71,  // 65: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	72,  // 66: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
-	49,  // 67: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	80,  // 68: flowstate.v1.FlowEvent.alert:type_name -> flowstate.v1.FlowAlert
-	70,  // 69: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
-	52,  // 70: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
-	1,   // 71: flowstate.v1.BulkAction.action:type_name -> flowstate.v1.BulkActionType
-	2,   // 72: flowstate.v1.BulkAction.state:type_name -> flowstate.v1.BulkActionState
-	70,  // 73: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
-	70,  // 74: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
-	70,  // 75: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
-	3,   // 76: flowstate.v1.BulkFlowResult.outcome:type_name -> flowstate.v1.BulkFlowOutcome
-	75,  // 77: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
-	70,  // 78: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
-	1,   // 79: flowstate.v1.StartBulkActionRequest.action:type_name -> flowstate.v1.BulkActionType
-	53,  // 80: flowstate.v1.StartBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 81: flowstate.v1.GetBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 82: flowstate.v1.ListBulkActionsResponse.bulk_actions:type_name -> flowstate.v1.BulkAction
-	3,   // 83: flowstate.v1.ListBulkActionResultsRequest.outcome:type_name -> flowstate.v1.BulkFlowOutcome
-	54,  // 84: flowstate.v1.ListBulkActionResultsResponse.results:type_name -> flowstate.v1.BulkFlowResult
-	53,  // 85: flowstate.v1.CancelBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 86: flowstate.v1.WatchBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	81,  // 87: flowstate.v1.DecidePhaseRequest.decision:type_name -> flowstate.v1.ApprovalDecision
-	71,  // 88: flowstate.v1.DecidePhaseResponse.flow:type_name -> flowstate.v1.Flow
-	72,  // 89: flowstate.v1.DecidePhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	4,   // 90: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	6,   // 91: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	9,   // 92: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	13,  // 93: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	15,  // 94: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	17,  // 95: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	21,  // 96: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	23,  // 97: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	25,  // 98: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	28,  // 99: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	30,  // 100: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	32,  // 101: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	34,  // 102: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	36,  // 103: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	38,  // 104: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
-	40,  // 105: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
-	42,  // 106: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
-	44,  // 107: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	46,  // 108: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	18,  // 109: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
-	50,  // 110: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
-	82,  // 111: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
-	83,  // 112: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
-	84,  // 113: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
-	85,  // 114: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
-	86,  // 115: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
-	55,  // 116: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
-	57,  // 117: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
-	59,  // 118: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
-	61,  // 119: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
-	63,  // 120: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
-	65,  // 121: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
-	67,  // 122: flowstate.v1.FlowStateService.DecidePhase:input_type -> flowstate.v1.DecidePhaseRequest
-	5,   // 123: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	7,   // 124: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	10,  // 125: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	14,  // 126: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	16,  // 127: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	20,  // 128: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	22,  // 129: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	24,  // 130: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	26,  // 131: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	29,  // 132: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	31,  // 133: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	33,  // 134: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	35,  // 135: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	37,  // 136: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	39,  // 137: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	41,  // 138: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	43,  // 139: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	45,  // 140: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	47,  // 141: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	19,  // 142: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
-	51,  // 143: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
-	87,  // 144: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
-	88,  // 145: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
-	89,  // 146: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
-	90,  // 147: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
-	91,  // 148: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
-	56,  // 149: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
-	58,  // 150: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
-	60,  // 151: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
-	62,  // 152: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
-	64,  // 153: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
-	66,  // 154: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
-	68,  // 155: flowstate.v1.FlowStateService.DecidePhase:output_type -> flowstate.v1.DecidePhaseResponse
-	123, // [123:156] is the sub-list for method output_type
-	90,  // [90:123] is the sub-list for method input_type
-	90,  // [90:90] is the sub-list for extension type_name
-	90,  // [90:90] is the sub-list for extension extendee
-	0,   // [0:90] is the sub-list for field type_name
+	71,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
+	72,  // 1: flowstate.v1.CreateFlowRequest.deadline:type_name -> google.protobuf.Timestamp
+	73,  // 2: flowstate.v1.CreateFlowRequest.external_dependencies:type_name -> flowstate.v1.ExternalDependency
+	74,  // 3: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 4: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	74,  // 5: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
+	74,  // 6: flowstate.v1.GetFlowResponse.descendants:type_name -> flowstate.v1.Flow
+	76,  // 7: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
+	77,  // 8: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	8,   // 9: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
+	72,  // 10: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
+	74,  // 11: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
+	76,  // 12: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
+	76,  // 13: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
+	77,  // 14: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
+	77,  // 15: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
+	11,  // 16: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
+	12,  // 17: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
+	78,  // 18: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
+	76,  // 19: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
+	77,  // 20: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
+	77,  // 21: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
+	76,  // 22: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
+	79,  // 23: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
+	80,  // 24: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	74,  // 25: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 26: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	80,  // 27: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
+	72,  // 28: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
+	74,  // 29: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 30: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	74,  // 31: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 32: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	74,  // 33: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 34: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	74,  // 35: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
+	27,  // 36: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
+	0,   // 37: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
+	76,  // 38: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
+	77,  // 39: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
+	81,  // 40: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
+	72,  // 41: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
+	23,  // 42: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
+	21,  // 43: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
+	15,  // 44: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
+	30,  // 45: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
+	32,  // 46: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
+	28,  // 47: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
+	42,  // 48: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
+	74,  // 49: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 50: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	74,  // 51: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 52: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	74,  // 53: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 54: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	75,  // 55: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	82,  // 56: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	82,  // 57: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	82,  // 58: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	82,  // 59: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	80,  // 60: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	74,  // 61: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 62: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	48,  // 63: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
+	77,  // 64: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	48,  // 65: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
+	77,  // 66: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	74,  // 67: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	75,  // 68: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	49,  // 69: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
+	83,  // 70: flowstate.v1.FlowEvent.alert:type_name -> flowstate.v1.FlowAlert
+	72,  // 71: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	52,  // 72: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
+	1,   // 73: flowstate.v1.BulkAction.action:type_name -> flowstate.v1.BulkActionType
+	2,   // 74: flowstate.v1.BulkAction.state:type_name -> flowstate.v1.BulkActionState
+	72,  // 75: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
+	72,  // 76: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
+	72,  // 77: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
+	3,   // 78: flowstate.v1.BulkFlowResult.outcome:type_name -> flowstate.v1.BulkFlowOutcome
+	78,  // 79: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
+	72,  // 80: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
+	1,   // 81: flowstate.v1.StartBulkActionRequest.action:type_name -> flowstate.v1.BulkActionType
+	53,  // 82: flowstate.v1.StartBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 83: flowstate.v1.GetBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 84: flowstate.v1.ListBulkActionsResponse.bulk_actions:type_name -> flowstate.v1.BulkAction
+	3,   // 85: flowstate.v1.ListBulkActionResultsRequest.outcome:type_name -> flowstate.v1.BulkFlowOutcome
+	54,  // 86: flowstate.v1.ListBulkActionResultsResponse.results:type_name -> flowstate.v1.BulkFlowResult
+	53,  // 87: flowstate.v1.CancelBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	53,  // 88: flowstate.v1.WatchBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	84,  // 89: flowstate.v1.DecidePhaseRequest.decision:type_name -> flowstate.v1.ApprovalDecision
+	74,  // 90: flowstate.v1.DecidePhaseResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 91: flowstate.v1.DecidePhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	74,  // 92: flowstate.v1.LinkChildFlowResponse.flow:type_name -> flowstate.v1.Flow
+	75,  // 93: flowstate.v1.LinkChildFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	4,   // 94: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	6,   // 95: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	9,   // 96: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	13,  // 97: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	15,  // 98: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	17,  // 99: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	21,  // 100: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	23,  // 101: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	25,  // 102: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	28,  // 103: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	30,  // 104: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	32,  // 105: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	34,  // 106: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	36,  // 107: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	38,  // 108: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	40,  // 109: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	42,  // 110: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	44,  // 111: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	46,  // 112: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	18,  // 113: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
+	50,  // 114: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
+	85,  // 115: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
+	86,  // 116: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
+	87,  // 117: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
+	88,  // 118: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
+	89,  // 119: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
+	55,  // 120: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
+	57,  // 121: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
+	59,  // 122: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
+	61,  // 123: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
+	63,  // 124: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
+	65,  // 125: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
+	67,  // 126: flowstate.v1.FlowStateService.DecidePhase:input_type -> flowstate.v1.DecidePhaseRequest
+	69,  // 127: flowstate.v1.FlowStateService.LinkChildFlow:input_type -> flowstate.v1.LinkChildFlowRequest
+	5,   // 128: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	7,   // 129: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	10,  // 130: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	14,  // 131: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	16,  // 132: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	20,  // 133: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	22,  // 134: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	24,  // 135: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	26,  // 136: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	29,  // 137: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	31,  // 138: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	33,  // 139: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	35,  // 140: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	37,  // 141: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	39,  // 142: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	41,  // 143: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	43,  // 144: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	45,  // 145: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	47,  // 146: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	19,  // 147: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
+	51,  // 148: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
+	90,  // 149: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
+	91,  // 150: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
+	92,  // 151: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
+	93,  // 152: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
+	94,  // 153: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
+	56,  // 154: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
+	58,  // 155: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
+	60,  // 156: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
+	62,  // 157: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
+	64,  // 158: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
+	66,  // 159: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
+	68,  // 160: flowstate.v1.FlowStateService.DecidePhase:output_type -> flowstate.v1.DecidePhaseResponse
+	70,  // 161: flowstate.v1.FlowStateService.LinkChildFlow:output_type -> flowstate.v1.LinkChildFlowResponse
+	128, // [128:162] is the sub-list for method output_type
+	94,  // [94:128] is the sub-list for method input_type
+	94,  // [94:94] is the sub-list for extension type_name
+	94,  // [94:94] is the sub-list for extension extendee
+	0,   // [0:94] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -5635,13 +5879,14 @@ func file_flowstate_v1_flow_service_proto_init() {
 		(*FlowEvent_Alert)(nil),
 	}
 	file_flowstate_v1_flow_service_proto_msgTypes[63].OneofWrappers = []any{}
+	file_flowstate_v1_flow_service_proto_msgTypes[65].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_service_proto_rawDesc), len(file_flowstate_v1_flow_service_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   66,
+			NumMessages:   68,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -52,6 +52,7 @@ const (
 	FlowStateService_CancelBulkAction_FullMethodName      = "/flowstate.v1.FlowStateService/CancelBulkAction"
 	FlowStateService_WatchBulkAction_FullMethodName       = "/flowstate.v1.FlowStateService/WatchBulkAction"
 	FlowStateService_DecidePhase_FullMethodName           = "/flowstate.v1.FlowStateService/DecidePhase"
+	FlowStateService_LinkChildFlow_FullMethodName         = "/flowstate.v1.FlowStateService/LinkChildFlow"
 )
 
 // FlowStateServiceClient is the client API for FlowStateService service.
@@ -227,6 +228,16 @@ type FlowStateServiceClient interface {
 	// PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
 	// again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
 	DecidePhase(ctx context.Context, in *DecidePhaseRequest, opts ...grpc.CallOption) (*DecidePhaseResponse, error)
+	// Starts a CHILD_FLOW phase following an existing flow instead of creating a
+	// new child: the flow must be a root flow of the caller's tenant that follows
+	// the phase's child definition. The phase enters IN_PROGRESS (the checks of
+	// TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+	// Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+	// CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+	// own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+	// INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+	// FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+	LinkChildFlow(ctx context.Context, in *LinkChildFlowRequest, opts ...grpc.CallOption) (*LinkChildFlowResponse, error)
 }
 
 type flowStateServiceClient struct {
@@ -594,6 +605,16 @@ func (c *flowStateServiceClient) DecidePhase(ctx context.Context, in *DecidePhas
 	return out, nil
 }
 
+func (c *flowStateServiceClient) LinkChildFlow(ctx context.Context, in *LinkChildFlowRequest, opts ...grpc.CallOption) (*LinkChildFlowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LinkChildFlowResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_LinkChildFlow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FlowStateServiceServer is the server API for FlowStateService service.
 // All implementations must embed UnimplementedFlowStateServiceServer
 // for forward compatibility.
@@ -767,6 +788,16 @@ type FlowStateServiceServer interface {
 	// PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
 	// again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
 	DecidePhase(context.Context, *DecidePhaseRequest) (*DecidePhaseResponse, error)
+	// Starts a CHILD_FLOW phase following an existing flow instead of creating a
+	// new child: the flow must be a root flow of the caller's tenant that follows
+	// the phase's child definition. The phase enters IN_PROGRESS (the checks of
+	// TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+	// Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+	// CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+	// own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+	// INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+	// FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+	LinkChildFlow(context.Context, *LinkChildFlowRequest) (*LinkChildFlowResponse, error)
 	mustEmbedUnimplementedFlowStateServiceServer()
 }
 
@@ -875,6 +906,9 @@ func (UnimplementedFlowStateServiceServer) WatchBulkAction(*WatchBulkActionReque
 }
 func (UnimplementedFlowStateServiceServer) DecidePhase(context.Context, *DecidePhaseRequest) (*DecidePhaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DecidePhase not implemented")
+}
+func (UnimplementedFlowStateServiceServer) LinkChildFlow(context.Context, *LinkChildFlowRequest) (*LinkChildFlowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LinkChildFlow not implemented")
 }
 func (UnimplementedFlowStateServiceServer) mustEmbedUnimplementedFlowStateServiceServer() {}
 func (UnimplementedFlowStateServiceServer) testEmbeddedByValue()                          {}
@@ -1470,6 +1504,24 @@ func _FlowStateService_DecidePhase_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FlowStateService_LinkChildFlow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LinkChildFlowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).LinkChildFlow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_LinkChildFlow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).LinkChildFlow(ctx, req.(*LinkChildFlowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FlowStateService_ServiceDesc is the grpc.ServiceDesc for FlowStateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1596,6 +1648,10 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DecidePhase",
 			Handler:    _FlowStateService_DecidePhase_Handler,
+		},
+		{
+			MethodName: "LinkChildFlow",
+			Handler:    _FlowStateService_LinkChildFlow_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

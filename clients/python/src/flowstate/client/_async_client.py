@@ -29,6 +29,7 @@ from flowstate.client._models import (
     FlowDefinition,
     FlowEvent,
     FlowPage,
+    FlowTree,
     HeartbeatResult,
     HistoryEntry,
     HistoryPage,
@@ -250,6 +251,55 @@ class AsyncFlowstateClient:
         )
         return Flow._from_proto(response.flow)
 
+    async def get_flow_tree(
+        self,
+        flow_id: str,
+        *,
+        depth: int = 5,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> FlowTree:
+        """Return a flow with its child flows down to `depth` levels (1-5; docs/child_flows.md).
+
+        Raises:
+            FlowNotFound: the caller's tenant has no such flow.
+        """
+        request = _requests.get_flow(flow_id, children_depth=depth)
+        response = await self._call(lambda s: s.GetFlow, request, timeout, retry)
+        return FlowTree._from_proto(response)
+
+    async def link_child_flow(
+        self,
+        flow_id: str,
+        phase: str,
+        child_flow_id: str,
+        *,
+        reason: str = "",
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Start the child_flow `phase` of `flow_id` following the existing root flow
+        `child_flow_id` (same tenant, the phase's child definition) instead of a new child.
+
+        Raises:
+            FlowNotFound: either flow does not exist for the caller's tenant.
+            ChildFlowNotLinkable: the flow already has a parent, follows another definition,
+                is an ancestor of `flow_id`, or the phase is not of kind child_flow.
+            ChildFlowLimitExceeded, InvalidPhaseTransition, PhaseOrderViolation, FlowPaused,
+            FlowTerminal, VersionConflict.
+        """
+        request = _requests.link_child_flow(
+            flow_id,
+            phase,
+            child_flow_id,
+            reason=reason,
+            request_id=request_id,
+            expected_version=expected_version,
+        )
+        response = await self._call(lambda s: s.LinkChildFlow, request, timeout)
+        return MutationResult._from_proto(response)
+
     async def list_flows(
         self,
         *,
@@ -263,6 +313,7 @@ class AsyncFlowstateClient:
         page_token: str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        parent_flow_id: str | None = None,
     ) -> FlowPage:
         """Return one page of the caller's flows, least recently changed first.
 
@@ -280,6 +331,7 @@ class AsyncFlowstateClient:
             page_token: `FlowPage.next_page_token` of the previous page.
             timeout: Seconds per attempt; the client's default when None.
             retry: This call's retry policy; the client's when None.
+            parent_flow_id: Only the child flows of this flow.
         """
         request = _requests.list_flows(
             statuses=statuses,
@@ -290,6 +342,7 @@ class AsyncFlowstateClient:
             page_token=page_token,
             filter=filter,
             alerting=alerting,
+            parent_flow_id=parent_flow_id,
         )
         response = await self._call(lambda s: s.ListFlows, request, timeout, retry)
         return FlowPage._from_proto(response)

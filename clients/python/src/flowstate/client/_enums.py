@@ -159,6 +159,10 @@ class ErrorCode(_ProtoEnum):
     APPROVAL_REJECTED = 35
     #: Refusal: the phase's policy requires a DecidePhase decision.
     APPROVAL_REQUIRED = 36
+    CHILD_FLOW_CANCELLED = 60
+    PHASE_FOLLOWS_CHILD_FLOW = 61
+    CHILD_FLOW_LIMIT_EXCEEDED = 62
+    CHILD_FLOW_NOT_LINKABLE = 63
 
 
 class HistoryEventKind(_ProtoEnum):

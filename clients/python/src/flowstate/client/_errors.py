@@ -19,7 +19,10 @@ catch as precisely as they need::
     │   ├── FlowTerminal
     │   ├── MaxRetriesExceeded              .attempts_remaining, .recovery
     │   ├── RetryNotAllowed                 .recovery
-    │   └── DefinitionShadowsBuiltin        needs allow_shadow_builtin
+    │   ├── DefinitionShadowsBuiltin        needs allow_shadow_builtin
+    │   ├── PhaseFollowsChildFlow           the phase's outcome comes from its child flow
+    │   ├── ChildFlowLimitExceeded          too deep, or too many children
+    │   └── ChildFlowNotLinkable            already a child, other definition, or a cycle
     ├── Aborted                         ABORTED
     │   └── VersionConflict                 .current_version
     ├── NotFound                        NOT_FOUND
@@ -60,6 +63,8 @@ from flowstate.v1 import errors_pb2
 __all__ = [
     "Aborted",
     "BulkActionNotFound",
+    "ChildFlowLimitExceeded",
+    "ChildFlowNotLinkable",
     "DeadlineExceeded",
     "DefinitionNotFound",
     "DefinitionShadowsBuiltin",
@@ -78,6 +83,7 @@ __all__ = [
     "MaxRetriesExceeded",
     "NotFound",
     "PermissionDenied",
+    "PhaseFollowsChildFlow",
     "PhaseOrderViolation",
     "RateLimited",
     "RequestIdReused",
@@ -422,6 +428,18 @@ class DeadlineExceeded(FlowstateError):
     default_grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class PhaseFollowsChildFlow(FailedPrecondition):
+    """The phase is of kind child_flow: its progress and outcome come from its child flow."""
+
+
+class ChildFlowLimitExceeded(FailedPrecondition):
+    """A new child flow would be too deep, or its parent has too many children."""
+
+
+class ChildFlowNotLinkable(FailedPrecondition):
+    """The flow to link already has a parent, follows another definition, or is an ancestor."""
+
+
 class InternalError(FlowstateError):
     """The server failed unexpectedly; report `correlation_id` to its operators (INTERNAL)."""
 
@@ -448,6 +466,9 @@ _BY_REASON: dict[ErrorCode, type[FlowstateError]] = {
     ErrorCode.WEBHOOK_NOT_FOUND: WebhookNotFound,
     ErrorCode.RATE_LIMITED: RateLimited,
     ErrorCode.APPROVAL_REQUIRED: ApprovalRequired,
+    ErrorCode.PHASE_FOLLOWS_CHILD_FLOW: PhaseFollowsChildFlow,
+    ErrorCode.CHILD_FLOW_LIMIT_EXCEEDED: ChildFlowLimitExceeded,
+    ErrorCode.CHILD_FLOW_NOT_LINKABLE: ChildFlowNotLinkable,
     ErrorCode.UNAUTHENTICATED: Unauthenticated,
     ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.TEMPORARY_RESOURCE_UNAVAILABLE: Unavailable,

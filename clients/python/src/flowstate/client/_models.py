@@ -197,6 +197,8 @@ class Phase:
     next_attempt_time: datetime | None = None
     #: The last approval decision on the phase (`decide_phase`); None if none.
     approval: PhaseApproval | None = None
+    #: For a phase of kind child_flow: the child flow of its latest start (None otherwise).
+    child_flow_id: str | None = None
 
     @property
     def attempts_remaining(self) -> int:
@@ -227,6 +229,7 @@ class Phase:
             approval=(
                 PhaseApproval._from_proto(raw.approval) if raw.HasField("approval") else None
             ),
+            child_flow_id=raw.child_flow_id or None,
         )
 
 
@@ -256,6 +259,10 @@ class Flow:
     deadline: datetime | None = None
     #: The alerts in force (raised and not over yet).
     alerts: tuple[FlowAlert, ...] = ()
+    #: The flow whose child_flow phase this flow is the child of (None for a root flow).
+    parent_flow_id: str | None = None
+    #: That phase of the parent.
+    parent_phase: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -293,6 +300,8 @@ class Flow:
             raw=raw,
             deadline=_time(raw, "deadline"),
             alerts=tuple(FlowAlert._from_proto(alert) for alert in raw.alerts),
+            parent_flow_id=raw.parent_flow_id or None,
+            parent_phase=raw.parent_phase or None,
         )
 
 
@@ -372,6 +381,7 @@ _MutationResponse = (
     | flow_service_pb2.CancelFlowResponse
     | flow_service_pb2.SkipPhaseResponse
     | flow_service_pb2.DecidePhaseResponse
+    | flow_service_pb2.LinkChildFlowResponse
 )
 
 
@@ -520,6 +530,31 @@ class BulkFlowResult:
             details=_struct(raw.error, "details") if refused else {},
             skip_reason=raw.skip_reason,
             done_time=_time(raw, "done_time"),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTree:
+    """A flow and its descendants (`get_flow_tree`), level by level."""
+
+    flow: Flow
+    #: Every child flow down to the asked depth; each names its parent (``parent_flow_id``).
+    descendants: tuple[Flow, ...]
+    #: Whether the server cut the descendants at its limit (500).
+    truncated: bool
+    raw: flow_service_pb2.GetFlowResponse = dataclasses.field(repr=False, compare=False)
+
+    def children(self, flow_id: str) -> tuple[Flow, ...]:
+        """The direct children of `flow_id` among the descendants, oldest first."""
+        return tuple(f for f in self.descendants if f.parent_flow_id == flow_id)
+
+    @classmethod
+    def _from_proto(cls, raw: flow_service_pb2.GetFlowResponse) -> FlowTree:
+        return cls(
+            flow=Flow._from_proto(raw.flow),
+            descendants=tuple(Flow._from_proto(f) for f in raw.descendants),
+            truncated=raw.descendants_truncated,
             raw=raw,
         )
 

@@ -146,12 +146,13 @@ def definition_message(
     The mapping has the keys of the message: ``name``, ``display_name``, ``description`` and
     ``phases``, each phase with ``name``, ``depends_on``, ``weight``, ``max_retries``,
     ``status_group`` (a `FlowStatus`, its number or its name), ``optional``, ``display_name``,
-    ``description`` and ``policy`` (``timeout``, ``heartbeat_timeout``, ``retry_policy`` with
-    ``initial_backoff``, ``multiplier``, ``max_backoff``, ``retry_on``; durations as seconds
-    or ``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``; codes as `ErrorCode` members,
-    numbers or names). The server checks the structure and the limits (and names every problem
-    with its path); here a key the message has no field for, or a value of the wrong type,
-    raises ValueError.
+    ``description``, ``kind`` and ``child_flow`` (docs/child_flows.md: ``kind: child_flow``,
+    ``child_flow: {definition, version, on_parent_cancel}`` or the message's names), and
+    ``policy`` (``timeout``, ``heartbeat_timeout``, ``retry_policy`` with ``initial_backoff``,
+    ``multiplier``, ``max_backoff``, ``retry_on``; durations as seconds or ``"500ms"``,
+    ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``; codes as `ErrorCode` members, numbers or names).
+    The server checks the structure and the limits (and names every problem with its path);
+    here a key the message has no field for, or a value of the wrong type, raises ValueError.
     """
     if isinstance(definition, definition_pb2.FlowDefinition):
         return definition
@@ -164,6 +165,7 @@ def definition_message(
             entry["status_group"] = FlowStatus.parse(group).proto_name
         if isinstance(entry.get("policy"), Mapping):
             entry["policy"] = _policy_json(entry["policy"])
+        _child_flow_keys(entry)
         phases.append(entry)
     data["phases"] = phases
     message = definition_pb2.FlowDefinition()
@@ -212,6 +214,31 @@ def _policy_json(policy: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _enum_name(value: object, prefix: str) -> object:
+    """``child_flow`` -> ``PHASE_KIND_CHILD_FLOW`` (names given in the file's short form)."""
+    if isinstance(value, str) and not value.upper().startswith(prefix):
+        return prefix + value.upper()
+    return value
+
+
+def _child_flow_keys(entry: dict[str, Any]) -> None:
+    """Accept a phase's ``kind`` and ``child_flow`` in the file form of docs/child_flows.md
+    (``kind: child_flow``, ``child_flow: {definition, version, on_parent_cancel}``) as well as
+    in the message's."""
+    if "kind" in entry:
+        entry["kind"] = _enum_name(entry["kind"], "PHASE_KIND_")
+    child = entry.get("child_flow")
+    if isinstance(child, Mapping):
+        spec = dict(child)
+        if "definition" in spec:
+            spec["definition_name"] = spec.pop("definition")
+        if "version" in spec:
+            spec["definition_version"] = spec.pop("version")
+        if "on_parent_cancel" in spec:
+            spec["on_parent_cancel"] = _enum_name(spec["on_parent_cancel"], "PARENT_CANCEL_POLICY_")
+        entry["child_flow"] = spec
+
+
 def create_flow_definition(
     definition: Mapping[str, Any] | definition_pb2.FlowDefinition,
     *,
@@ -248,9 +275,29 @@ def skip_phase(
     )
 
 
-def get_flow(flow_id: str) -> flow_service_pb2.GetFlowRequest:
-    """A ``GetFlowRequest``."""
-    return flow_service_pb2.GetFlowRequest(flow_id=_flow_id(flow_id))
+def get_flow(flow_id: str, *, children_depth: int = 0) -> flow_service_pb2.GetFlowRequest:
+    """A ``GetFlowRequest`` (with the flow's descendants down to `children_depth` levels)."""
+    return flow_service_pb2.GetFlowRequest(flow_id=_flow_id(flow_id), children_depth=children_depth)
+
+
+def link_child_flow(
+    flow_id: str,
+    phase: str,
+    child_flow_id: str,
+    *,
+    reason: str,
+    request_id: str | None,
+    expected_version: int | None,
+) -> flow_service_pb2.LinkChildFlowRequest:
+    """A ``LinkChildFlowRequest``."""
+    return flow_service_pb2.LinkChildFlowRequest(
+        flow_id=_flow_id(flow_id),
+        phase=phase,
+        child_flow_id=_flow_id(child_flow_id),
+        reason=reason,
+        request_id=request_id or new_request_id(),
+        expected_version=expected_version,
+    )
 
 
 def list_flows(
@@ -264,6 +311,7 @@ def list_flows(
     now: datetime | None = None,
     filter: str = "",
     alerting: bool = False,
+    parent_flow_id: str | None = None,
 ) -> flow_service_pb2.ListFlowsRequest:
     """A ``ListFlowsRequest``; a `timedelta` `updated_before` means "not changed for that long"."""
     request = flow_service_pb2.ListFlowsRequest(
@@ -273,6 +321,7 @@ def list_flows(
         statuses=[_flow_status(status) for status in statuses],
         definition_name=definition_name or "",
         alerting=alerting,
+        parent_flow_id=_flow_id(parent_flow_id) if parent_flow_id else "",
     )
     for phase, states in (phase_states or {}).items():
         values = [states] if isinstance(states, int | str) else list(states)

@@ -33,6 +33,7 @@ from flowstate.client._models import (
     FlowDefinition,
     FlowEvent,
     FlowPage,
+    FlowTree,
     HeartbeatResult,
     HistoryEntry,
     HistoryPage,
@@ -248,6 +249,55 @@ class FlowstateClient:
         response = self._call(lambda s: s.GetFlow, _requests.get_flow(flow_id), timeout, retry)
         return Flow._from_proto(response.flow)
 
+    def get_flow_tree(
+        self,
+        flow_id: str,
+        *,
+        depth: int = 5,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> FlowTree:
+        """Return a flow with its child flows down to `depth` levels (1-5; docs/child_flows.md).
+
+        Raises:
+            FlowNotFound: the caller's tenant has no such flow.
+        """
+        request = _requests.get_flow(flow_id, children_depth=depth)
+        response = self._call(lambda s: s.GetFlow, request, timeout, retry)
+        return FlowTree._from_proto(response)
+
+    def link_child_flow(
+        self,
+        flow_id: str,
+        phase: str,
+        child_flow_id: str,
+        *,
+        reason: str = "",
+        request_id: str | None = None,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> MutationResult:
+        """Start the child_flow `phase` of `flow_id` following the existing root flow
+        `child_flow_id` (same tenant, the phase's child definition) instead of a new child.
+
+        Raises:
+            FlowNotFound: either flow does not exist for the caller's tenant.
+            ChildFlowNotLinkable: the flow already has a parent, follows another definition,
+                is an ancestor of `flow_id`, or the phase is not of kind child_flow.
+            ChildFlowLimitExceeded, InvalidPhaseTransition, PhaseOrderViolation, FlowPaused,
+            FlowTerminal, VersionConflict.
+        """
+        request = _requests.link_child_flow(
+            flow_id,
+            phase,
+            child_flow_id,
+            reason=reason,
+            request_id=request_id,
+            expected_version=expected_version,
+        )
+        response = self._call(lambda s: s.LinkChildFlow, request, timeout)
+        return MutationResult._from_proto(response)
+
     def list_flows(
         self,
         *,
@@ -261,6 +311,7 @@ class FlowstateClient:
         page_token: str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        parent_flow_id: str | None = None,
     ) -> FlowPage:
         """Return one page of the caller's flows, least recently changed first.
 
@@ -278,6 +329,7 @@ class FlowstateClient:
             page_token: `FlowPage.next_page_token` of the previous page.
             timeout: Seconds per attempt; the client's default when None.
             retry: This call's retry policy; the client's when None.
+            parent_flow_id: Only the child flows of this flow.
         """
         request = _requests.list_flows(
             statuses=statuses,
@@ -288,6 +340,7 @@ class FlowstateClient:
             page_token=page_token,
             filter=filter,
             alerting=alerting,
+            parent_flow_id=parent_flow_id,
         )
         response = self._call(lambda s: s.ListFlows, request, timeout, retry)
         return FlowPage._from_proto(response)

@@ -29,23 +29,29 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66lowstate/v1/definition.proto\x12\x0c\x66lowstate.v1\x1a\x1c\x66lowstate/v1/approvals.proto\x1a\x19\x66lowstate/v1/errors.proto\x1a\x19\x66lowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n\x0e\x46lowDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12-\n\x06phases\x18\x03 \x03(\x0b\x32\x1d.flowstate.v1.PhaseDefinition\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12<\n\x11phase_transitions\x18\x06 \x03(\x0b\x32!.flowstate.v1.PhaseTransitionRule\x12:\n\x10progress_factors\x18\x07 \x03(\x0b\x32 .flowstate.v1.PhaseStateProgress\x12\x0f\n\x07\x62uiltin\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64\x65\x61\x64line\x18\x19 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf0\x01\n\x0fPhaseDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndepends_on\x18\x02 \x03(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\x12.\n\x0cstatus_group\x18\x05 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x14\n\x0c\x64isplay_name\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x10\n\x08optional\x18\x08 \x01(\x08\x12)\n\x06policy\x18\t \x01(\x0b\x32\x19.flowstate.v1.PhasePolicy\"\xd5\x01\n\x0bPhasePolicy\x12*\n\x07timeout\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x15 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x0cretry_policy\x18\x16 \x01(\x0b\x32\x1e.flowstate.v1.PhaseRetryPolicy\x12.\n\x08\x61pproval\x18\x19 \x01(\x0b\x32\x1c.flowstate.v1.ApprovalPolicy\"\xb5\x01\n\x10PhaseRetryPolicy\x12\x32\n\x0finitial_backoff\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x08retry_on\x18\x04 \x03(\x0e\x32\x17.flowstate.v1.ErrorCode\"p\n\x13PhaseTransitionRule\x12,\n\nfrom_state\x18\x01 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12+\n\tto_states\x18\x02 \x03(\x0e\x32\x18.flowstate.v1.PhaseState\"M\n\x12PhaseStateProgress\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66lowstate/v1/definition.proto\x12\x0c\x66lowstate.v1\x1a\x1c\x66lowstate/v1/approvals.proto\x1a\x19\x66lowstate/v1/errors.proto\x1a\x19\x66lowstate/v1/states.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n\x0e\x46lowDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12-\n\x06phases\x18\x03 \x03(\x0b\x32\x1d.flowstate.v1.PhaseDefinition\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12<\n\x11phase_transitions\x18\x06 \x03(\x0b\x32!.flowstate.v1.PhaseTransitionRule\x12:\n\x10progress_factors\x18\x07 \x03(\x0b\x32 .flowstate.v1.PhaseStateProgress\x12\x0f\n\x07\x62uiltin\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64\x65\x61\x64line\x18\x19 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc8\x02\n\x0fPhaseDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndepends_on\x18\x02 \x03(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\x12.\n\x0cstatus_group\x18\x05 \x01(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x14\n\x0c\x64isplay_name\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x10\n\x08optional\x18\x08 \x01(\x08\x12)\n\x06policy\x18\t \x01(\x0b\x32\x19.flowstate.v1.PhasePolicy\x12%\n\x04kind\x18< \x01(\x0e\x32\x17.flowstate.v1.PhaseKind\x12/\n\nchild_flow\x18= \x01(\x0b\x32\x1b.flowstate.v1.ChildFlowSpec\"\x80\x01\n\rChildFlowSpec\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x02 \x01(\x05\x12:\n\x10on_parent_cancel\x18\x03 \x01(\x0e\x32 .flowstate.v1.ParentCancelPolicy\"\xd5\x01\n\x0bPhasePolicy\x12*\n\x07timeout\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x15 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x0cretry_policy\x18\x16 \x01(\x0b\x32\x1e.flowstate.v1.PhaseRetryPolicy\x12.\n\x08\x61pproval\x18\x19 \x01(\x0b\x32\x1c.flowstate.v1.ApprovalPolicy\"\xb5\x01\n\x10PhaseRetryPolicy\x12\x32\n\x0finitial_backoff\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x08retry_on\x18\x04 \x03(\x0e\x32\x17.flowstate.v1.ErrorCode\"p\n\x13PhaseTransitionRule\x12,\n\nfrom_state\x18\x01 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12+\n\tto_states\x18\x02 \x03(\x0e\x32\x18.flowstate.v1.PhaseState\"M\n\x12PhaseStateProgress\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.flowstate.v1.PhaseState\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\x01*W\n\tPhaseKind\x12\x1a\n\x16PHASE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fPHASE_KIND_TASK\x10\x01\x12\x19\n\x15PHASE_KIND_CHILD_FLOW\x10\x02*~\n\x12ParentCancelPolicy\x12$\n PARENT_CANCEL_POLICY_UNSPECIFIED\x10\x00\x12 \n\x1cPARENT_CANCEL_POLICY_CASCADE\x10\x01\x12 \n\x1cPARENT_CANCEL_POLICY_ABANDON\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowstate.v1.definition_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PHASEKIND']._serialized_start=1624
+  _globals['_PHASEKIND']._serialized_end=1711
+  _globals['_PARENTCANCELPOLICY']._serialized_start=1713
+  _globals['_PARENTCANCELPOLICY']._serialized_end=1839
   _globals['_FLOWDEFINITION']._serialized_start=197
   _globals['_FLOWDEFINITION']._serialized_end=567
   _globals['_PHASEDEFINITION']._serialized_start=570
-  _globals['_PHASEDEFINITION']._serialized_end=810
-  _globals['_PHASEPOLICY']._serialized_start=813
-  _globals['_PHASEPOLICY']._serialized_end=1026
-  _globals['_PHASERETRYPOLICY']._serialized_start=1029
-  _globals['_PHASERETRYPOLICY']._serialized_end=1210
-  _globals['_PHASETRANSITIONRULE']._serialized_start=1212
-  _globals['_PHASETRANSITIONRULE']._serialized_end=1324
-  _globals['_PHASESTATEPROGRESS']._serialized_start=1326
-  _globals['_PHASESTATEPROGRESS']._serialized_end=1403
+  _globals['_PHASEDEFINITION']._serialized_end=898
+  _globals['_CHILDFLOWSPEC']._serialized_start=901
+  _globals['_CHILDFLOWSPEC']._serialized_end=1029
+  _globals['_PHASEPOLICY']._serialized_start=1032
+  _globals['_PHASEPOLICY']._serialized_end=1245
+  _globals['_PHASERETRYPOLICY']._serialized_start=1248
+  _globals['_PHASERETRYPOLICY']._serialized_end=1429
+  _globals['_PHASETRANSITIONRULE']._serialized_start=1431
+  _globals['_PHASETRANSITIONRULE']._serialized_end=1543
+  _globals['_PHASESTATEPROGRESS']._serialized_start=1545
+  _globals['_PHASESTATEPROGRESS']._serialized_end=1622
 # @@protoc_insertion_point(module_scope)

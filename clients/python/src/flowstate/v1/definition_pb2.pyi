@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,64 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PhaseKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PhaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PHASE_KIND_UNSPECIFIED: _PhaseKind.ValueType  # 0
+    """Not set: a TASK."""
+    PHASE_KIND_TASK: _PhaseKind.ValueType  # 1
+    """Work reported by a worker (TransitionPhase, UpdatePhaseProgress)."""
+    PHASE_KIND_CHILD_FLOW: _PhaseKind.ValueType  # 2
+    """A whole child flow: starting the phase creates the child (in the same
+    transaction), and the phase then follows it: the child's progress is the
+    phase's in-phase progress, child COMPLETED -> phase COMPLETED, child
+    FAILED -> phase FAILED (with the child's error), child CANCELLED -> phase
+    FAILED (CHILD_FLOW_CANCELLED).
+    """
+
+class PhaseKind(_PhaseKind, metaclass=_PhaseKindEnumTypeWrapper):
+    """What a phase is."""
+
+PHASE_KIND_UNSPECIFIED: PhaseKind.ValueType  # 0
+"""Not set: a TASK."""
+PHASE_KIND_TASK: PhaseKind.ValueType  # 1
+"""Work reported by a worker (TransitionPhase, UpdatePhaseProgress)."""
+PHASE_KIND_CHILD_FLOW: PhaseKind.ValueType  # 2
+"""A whole child flow: starting the phase creates the child (in the same
+transaction), and the phase then follows it: the child's progress is the
+phase's in-phase progress, child COMPLETED -> phase COMPLETED, child
+FAILED -> phase FAILED (with the child's error), child CANCELLED -> phase
+FAILED (CHILD_FLOW_CANCELLED).
+"""
+Global___PhaseKind: _TypeAlias = PhaseKind  # noqa: Y015
+
+class _ParentCancelPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParentCancelPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParentCancelPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARENT_CANCEL_POLICY_UNSPECIFIED: _ParentCancelPolicy.ValueType  # 0
+    """Not set: CASCADE."""
+    PARENT_CANCEL_POLICY_CASCADE: _ParentCancelPolicy.ValueType  # 1
+    """The child is cancelled in the parent's transaction."""
+    PARENT_CANCEL_POLICY_ABANDON: _ParentCancelPolicy.ValueType  # 2
+    """The child keeps running on its own; the cancelled parent ignores it."""
+
+class ParentCancelPolicy(_ParentCancelPolicy, metaclass=_ParentCancelPolicyEnumTypeWrapper):
+    """What cancelling a parent flow does to its active child flows."""
+
+PARENT_CANCEL_POLICY_UNSPECIFIED: ParentCancelPolicy.ValueType  # 0
+"""Not set: CASCADE."""
+PARENT_CANCEL_POLICY_CASCADE: ParentCancelPolicy.ValueType  # 1
+"""The child is cancelled in the parent's transaction."""
+PARENT_CANCEL_POLICY_ABANDON: ParentCancelPolicy.ValueType  # 2
+"""The child keeps running on its own; the cancelled parent ignores it."""
+Global___ParentCancelPolicy: _TypeAlias = ParentCancelPolicy  # noqa: Y015
 
 @_typing.final
 class FlowDefinition(_message.Message):
@@ -125,6 +184,8 @@ class PhaseDefinition(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OPTIONAL_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CHILD_FLOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The phase's name, unique within the definition, e.g. "field_mapping"."""
     weight: _builtins.int
@@ -143,6 +204,10 @@ class PhaseDefinition(_message.Message):
     """Whether the phase may be skipped (SkipPhase): SKIPPED satisfies the phases
     that depend on it and counts as done for progress and for COMPLETED.
     """
+    kind: Global___PhaseKind.ValueType
+    """What the phase is: a task reported by a worker (TASK, the default when
+    unspecified) or a whole child flow (CHILD_FLOW, see `child_flow`).
+    """
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Phases that must be COMPLETED (or SKIPPED) before this one may enter
@@ -154,6 +219,12 @@ class PhaseDefinition(_message.Message):
     def policy(self) -> Global___PhasePolicy:
         """The phase's policies (DESIGN.md section 10): timeouts and automatic retry
         (docs/timers.md), approvals (docs/approvals.md); unset or empty: none.
+        """
+
+    @_builtins.property
+    def child_flow(self) -> Global___ChildFlowSpec:
+        """For a CHILD_FLOW phase: the flow each start of the phase creates, and
+        what cancelling the parent does to it. Unset for a TASK phase.
         """
 
     def __init__(
@@ -168,14 +239,48 @@ class PhaseDefinition(_message.Message):
         description: _builtins.str = ...,
         optional: _builtins.bool = ...,
         policy: Global___PhasePolicy | None = ...,
+        kind: Global___PhaseKind.ValueType = ...,
+        child_flow: Global___ChildFlowSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_flow", b"child_flow", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["depends_on", b"depends_on", "description", b"description", "display_name", b"display_name", "max_retries", b"max_retries", "name", b"name", "optional", b"optional", "policy", b"policy", "status_group", b"status_group", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_flow", b"child_flow", "depends_on", b"depends_on", "description", b"description", "display_name", b"display_name", "kind", b"kind", "max_retries", b"max_retries", "name", b"name", "optional", b"optional", "policy", b"policy", "status_group", b"status_group", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PhaseDefinition: _TypeAlias = PhaseDefinition  # noqa: Y015
+
+@_typing.final
+class ChildFlowSpec(_message.Message):
+    """The child flow of a CHILD_FLOW phase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFINITION_NAME_FIELD_NUMBER: _builtins.int
+    DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    ON_PARENT_CANCEL_FIELD_NUMBER: _builtins.int
+    definition_name: _builtins.str
+    """The child's definition (the tenant's own or a built-in; not the parent's
+    own definition).
+    """
+    definition_version: _builtins.int
+    """The child's definition version; 0: the latest when the child is created."""
+    on_parent_cancel: Global___ParentCancelPolicy.ValueType
+    """What cancelling the parent does to a child that is still active."""
+    def __init__(
+        self,
+        *,
+        definition_name: _builtins.str = ...,
+        definition_version: _builtins.int = ...,
+        on_parent_cancel: Global___ParentCancelPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "definition_version", b"definition_version", "on_parent_cancel", b"on_parent_cancel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildFlowSpec: _TypeAlias = ChildFlowSpec  # noqa: Y015
 
 @_typing.final
 class PhasePolicy(_message.Message):

@@ -135,6 +135,22 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     caller's token does not satisfy the policy's scope or claim (then
     PERMISSION_DENIED is used instead).
     """
+    ERROR_CODE_CHILD_FLOW_CANCELLED: _ErrorCode.ValueType  # 60
+    """Phase failure code (retryable): the phase's child flow was cancelled; a
+    retry of the phase creates a new child.
+    """
+    ERROR_CODE_PHASE_FOLLOWS_CHILD_FLOW: _ErrorCode.ValueType  # 61
+    """FAILED_PRECONDITION: the phase is of kind CHILD_FLOW: its progress and
+    outcome come from its child flow, not from a worker.
+    """
+    ERROR_CODE_CHILD_FLOW_LIMIT_EXCEEDED: _ErrorCode.ValueType  # 62
+    """FAILED_PRECONDITION: a new child flow would pass the maximum depth of
+    child flows or the maximum children of one flow (details: `limit`).
+    """
+    ERROR_CODE_CHILD_FLOW_NOT_LINKABLE: _ErrorCode.ValueType  # 63
+    """FAILED_PRECONDITION: LinkChildFlow named a flow that already has a parent,
+    follows another definition, or is the parent or one of its ancestors.
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Every error code Flowstate uses: the refusals of a request (carried as the
@@ -248,6 +264,22 @@ ERROR_CODE_APPROVAL_REQUIRED: ErrorCode.ValueType  # 36
 DecidePhase (scope flows:approve) moves it out of WAITING_APPROVAL; or the
 caller's token does not satisfy the policy's scope or claim (then
 PERMISSION_DENIED is used instead).
+"""
+ERROR_CODE_CHILD_FLOW_CANCELLED: ErrorCode.ValueType  # 60
+"""Phase failure code (retryable): the phase's child flow was cancelled; a
+retry of the phase creates a new child.
+"""
+ERROR_CODE_PHASE_FOLLOWS_CHILD_FLOW: ErrorCode.ValueType  # 61
+"""FAILED_PRECONDITION: the phase is of kind CHILD_FLOW: its progress and
+outcome come from its child flow, not from a worker.
+"""
+ERROR_CODE_CHILD_FLOW_LIMIT_EXCEEDED: ErrorCode.ValueType  # 62
+"""FAILED_PRECONDITION: a new child flow would pass the maximum depth of
+child flows or the maximum children of one flow (details: `limit`).
+"""
+ERROR_CODE_CHILD_FLOW_NOT_LINKABLE: ErrorCode.ValueType  # 63
+"""FAILED_PRECONDITION: LinkChildFlow named a flow that already has a parent,
+follows another definition, or is the parent or one of its ancestors.
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 

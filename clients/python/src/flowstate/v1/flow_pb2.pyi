@@ -66,6 +66,9 @@ class Flow(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     ALERTS_FIELD_NUMBER: _builtins.int
+    PARENT_FLOW_ID_FIELD_NUMBER: _builtins.int
+    PARENT_PHASE_FIELD_NUMBER: _builtins.int
+    EXTERNAL_DEPENDENCIES_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow's id (a UUID)."""
     client_account_id: _builtins.str
@@ -90,6 +93,12 @@ class Flow(_message.Message):
     """
     display_name: _builtins.str
     """A human-readable name given at creation."""
+    parent_flow_id: _builtins.str
+    """The flow whose CHILD_FLOW phase this flow is the child of; empty for a
+    root flow.
+    """
+    parent_phase: _builtins.str
+    """That phase of the parent."""
     @_builtins.property
     def phases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Phase]:
         """The phases, in definition order."""
@@ -120,6 +129,12 @@ class Flow(_message.Message):
         WAITING_APPROVAL; DEADLINE_EXCEEDED stays). Empty on terminal flows.
         """
 
+    @_builtins.property
+    def external_dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExternalDependency]:
+        """Phases of other flows (same tenant) that phases of this flow wait for,
+        given at creation.
+        """
+
     def __init__(
         self,
         *,
@@ -139,14 +154,50 @@ class Flow(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         alerts: _abc.Iterable[_approvals_pb2.FlowAlert] | None = ...,
+        parent_flow_id: _builtins.str = ...,
+        parent_phase: _builtins.str = ...,
+        external_dependencies: _abc.Iterable[Global___ExternalDependency] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "client_account_id", b"client_account_id", "create_time", b"create_time", "deadline", b"deadline", "definition_name", b"definition_name", "definition_version", b"definition_version", "display_name", b"display_name", "engagement_id", b"engagement_id", "flow_id", b"flow_id", "labels", b"labels", "phases", b"phases", "progress", b"progress", "status", b"status", "status_before_pause", b"status_before_pause", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "client_account_id", b"client_account_id", "create_time", b"create_time", "deadline", b"deadline", "definition_name", b"definition_name", "definition_version", b"definition_version", "display_name", b"display_name", "engagement_id", b"engagement_id", "external_dependencies", b"external_dependencies", "flow_id", b"flow_id", "labels", b"labels", "parent_flow_id", b"parent_flow_id", "parent_phase", b"parent_phase", "phases", b"phases", "progress", b"progress", "status", b"status", "status_before_pause", b"status_before_pause", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Flow: _TypeAlias = Flow  # noqa: Y015
+
+@_typing.final
+class ExternalDependency(_message.Message):
+    """A dependency of one phase on a phase of another flow of the same tenant: the
+    phase may start (or be skipped) only once that phase is COMPLETED or
+    SKIPPED. Order refusals name it as "<flow_id>/<flow_phase>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    FLOW_PHASE_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    """The phase of this flow that waits."""
+    flow_id: _builtins.str
+    """The other flow's id."""
+    flow_phase: _builtins.str
+    """The phase of the other flow it waits for."""
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        flow_id: _builtins.str = ...,
+        flow_phase: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_id", b"flow_id", "flow_phase", b"flow_phase", "phase", b"phase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExternalDependency: _TypeAlias = ExternalDependency  # noqa: Y015
 
 @_typing.final
 class Phase(_message.Message):
@@ -168,6 +219,7 @@ class Phase(_message.Message):
     OPTIONAL_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
+    CHILD_FLOW_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The phase's name in the flow definition, e.g. "data_import"."""
     state: _states_pb2.PhaseState.ValueType
@@ -184,6 +236,11 @@ class Phase(_message.Message):
     """The phase's weight in the flow's progress (weights sum to 100)."""
     optional: _builtins.bool
     """The phase's `optional` flag from its definition: whether it may be skipped."""
+    child_flow_id: _builtins.str
+    """For a CHILD_FLOW phase: the child flow of its latest start (kept after
+    the phase ends; a retry or a restart replaces it, history keeps the old
+    ids). Empty otherwise.
+    """
     @_builtins.property
     def last_retry_time(self) -> _timestamp_pb2.Timestamp:
         """When the phase was last retried; unset if never."""
@@ -232,10 +289,11 @@ class Phase(_message.Message):
         optional: _builtins.bool = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         approval: _approvals_pb2.PhaseApproval | None = ...,
+        child_flow_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "next_attempt_time", b"next_attempt_time", "start_time", b"start_time", "state_enter_time", b"state_enter_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "max_retries", b"max_retries", "name", b"name", "next_attempt_time", b"next_attempt_time", "optional", b"optional", "progress", b"progress", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "state_enter_time", b"state_enter_time", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "child_flow_id", b"child_flow_id", "complete_time", b"complete_time", "error_context", b"error_context", "last_retry_time", b"last_retry_time", "max_retries", b"max_retries", "name", b"name", "next_attempt_time", b"next_attempt_time", "optional", b"optional", "progress", b"progress", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "state_enter_time", b"state_enter_time", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,7 +22,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from flowstate.v1.webhook_pb2 import CreateWebhookRequest, CreateWebhookResponse, DeleteWebhookRequest, DeleteWebhookResponse, ListWebhooksRequest, ListWebhooksResponse, ReplayWebhookRequest, ReplayWebhookResponse, TestWebhookRequest, TestWebhookResponse
 from pyqwest import Client, SyncClient
 
-from .flow_service_pb2 import CancelBulkActionRequest, CancelBulkActionResponse, CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, DecidePhaseRequest, DecidePhaseResponse, GetBulkActionRequest, GetBulkActionResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, ListBulkActionResultsRequest, ListBulkActionResultsResponse, ListBulkActionsRequest, ListBulkActionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, StartBulkActionRequest, StartBulkActionResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchBulkActionRequest, WatchBulkActionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
+from .flow_service_pb2 import CancelBulkActionRequest, CancelBulkActionResponse, CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, DecidePhaseRequest, DecidePhaseResponse, GetBulkActionRequest, GetBulkActionResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, LinkChildFlowRequest, LinkChildFlowResponse, ListBulkActionResultsRequest, ListBulkActionResultsResponse, ListBulkActionsRequest, ListBulkActionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, StartBulkActionRequest, StartBulkActionResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchBulkActionRequest, WatchBulkActionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -347,6 +347,20 @@ class FlowStateService(Protocol):
         INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
         PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
         again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def link_child_flow(self, request: LinkChildFlowRequest, ctx: RequestContext[LinkChildFlowRequest, LinkChildFlowResponse], /) -> LinkChildFlowResponse:
+        """
+        Starts a CHILD_FLOW phase following an existing flow instead of creating a
+        new child: the flow must be a root flow of the caller's tenant that follows
+        the phase's child definition. The phase enters IN_PROGRESS (the checks of
+        TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+        Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+        CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+        own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+        INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+        FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -726,6 +740,17 @@ class FlowStateServiceASGIApplication(ConnectASGIApplication[FlowStateService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.decide_phase,
+                ),
+                "/flowstate.v1.FlowStateService/LinkChildFlow": Endpoint.unary(
+                    method=MethodInfo(
+                        name="LinkChildFlow",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=LinkChildFlowRequest,
+                        output=LinkChildFlowResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.link_child_flow,
                 ),
             },
             interceptors=interceptors,
@@ -1661,6 +1686,37 @@ class FlowStateServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def link_child_flow(
+        self,
+        request: LinkChildFlowRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> LinkChildFlowResponse:
+        """
+        Starts a CHILD_FLOW phase following an existing flow instead of creating a
+        new child: the flow must be a root flow of the caller's tenant that follows
+        the phase's child definition. The phase enters IN_PROGRESS (the checks of
+        TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+        Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+        CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+        own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+        INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+        FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="LinkChildFlow",
+                service_name="flowstate.v1.FlowStateService",
+                input=LinkChildFlowRequest,
+                output=LinkChildFlowResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class FlowStateServiceSync(Protocol):
     """
@@ -1971,6 +2027,20 @@ class FlowStateServiceSync(Protocol):
         INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
         PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
         again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def link_child_flow(self, request: LinkChildFlowRequest, ctx: RequestContext[LinkChildFlowRequest, LinkChildFlowResponse], /) -> LinkChildFlowResponse:
+        """
+        Starts a CHILD_FLOW phase following an existing flow instead of creating a
+        new child: the flow must be a root flow of the caller's tenant that follows
+        the phase's child definition. The phase enters IN_PROGRESS (the checks of
+        TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+        Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+        CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+        own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+        INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+        FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -2348,6 +2418,17 @@ class FlowStateServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.decide_phase,
+                ),
+                "/flowstate.v1.FlowStateService/LinkChildFlow": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="LinkChildFlow",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=LinkChildFlowRequest,
+                        output=LinkChildFlowResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.link_child_flow,
                 ),
             },
             interceptors=interceptors,
@@ -3277,6 +3358,37 @@ class FlowStateServiceClientSync(ConnectClientSync):
                 service_name="flowstate.v1.FlowStateService",
                 input=DecidePhaseRequest,
                 output=DecidePhaseResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def link_child_flow(
+        self,
+        request: LinkChildFlowRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> LinkChildFlowResponse:
+        """
+        Starts a CHILD_FLOW phase following an existing flow instead of creating a
+        new child: the flow must be a root flow of the caller's tenant that follows
+        the phase's child definition. The phase enters IN_PROGRESS (the checks of
+        TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+        Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+        CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+        own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+        INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+        FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="LinkChildFlow",
+                service_name="flowstate.v1.FlowStateService",
+                input=LinkChildFlowRequest,
+                output=LinkChildFlowResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

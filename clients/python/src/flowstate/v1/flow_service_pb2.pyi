@@ -208,6 +208,7 @@ class CreateFlowRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    EXTERNAL_DEPENDENCIES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (1-128 printable characters); the SDKs generate one."""
     definition_name: _builtins.str
@@ -233,6 +234,14 @@ class CreateFlowRequest(_message.Message):
         the definition's, if any.
         """
 
+    @_builtins.property
+    def external_dependencies(self) -> _containers.RepeatedCompositeFieldContainer[_flow_pb2.ExternalDependency]:
+        """Phases of other flows of the tenant that phases of this flow wait for (at
+        most 32). Each names an existing flow and phase (FLOW_NOT_FOUND,
+        INVALID_PHASE otherwise); since the other flow exists first, dependencies
+        between flows never form a cycle.
+        """
+
     def __init__(
         self,
         *,
@@ -243,10 +252,11 @@ class CreateFlowRequest(_message.Message):
         display_name: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        external_dependencies: _abc.Iterable[_flow_pb2.ExternalDependency] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "definition_name", b"definition_name", "definition_version", b"definition_version", "display_name", b"display_name", "flow_id", b"flow_id", "labels", b"labels", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "definition_name", b"definition_name", "definition_version", b"definition_version", "display_name", b"display_name", "external_dependencies", b"external_dependencies", "flow_id", b"flow_id", "labels", b"labels", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -289,16 +299,22 @@ class GetFlowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_ID_FIELD_NUMBER: _builtins.int
+    CHILDREN_DEPTH_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow's id."""
+    children_depth: _builtins.int
+    """Also return the flow's child flows down to this many levels (0: none; at
+    most 5), in `descendants`.
+    """
     def __init__(
         self,
         *,
         flow_id: _builtins.str = ...,
+        children_depth: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_id", b"flow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children_depth", b"children_depth", "flow_id", b"flow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -311,18 +327,30 @@ class GetFlowResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_FIELD_NUMBER: _builtins.int
+    DESCENDANTS_FIELD_NUMBER: _builtins.int
+    DESCENDANTS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    descendants_truncated: _builtins.bool
+    """Whether `descendants` was cut at 500 flows."""
     @_builtins.property
     def flow(self) -> _flow_pb2.Flow:
         """The flow."""
+
+    @_builtins.property
+    def descendants(self) -> _containers.RepeatedCompositeFieldContainer[_flow_pb2.Flow]:
+        """With `children_depth`: the flow's descendants, level by level (each
+        names its parent in `parent_flow_id`), at most 500.
+        """
 
     def __init__(
         self,
         *,
         flow: _flow_pb2.Flow | None = ...,
+        descendants: _abc.Iterable[_flow_pb2.Flow] | None = ...,
+        descendants_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["descendants", b"descendants", "descendants_truncated", b"descendants_truncated", "flow", b"flow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -372,6 +400,7 @@ class ListFlowsRequest(_message.Message):
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     ALERTING_FIELD_NUMBER: _builtins.int
+    PARENT_FLOW_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many flows (50 when 0; a larger value than 500 is lowered to
     500; negative values are refused).
@@ -391,6 +420,8 @@ class ListFlowsRequest(_message.Message):
     """Only flows with an alert in force (Flow.alerts: a passed deadline, a stuck
     status, an escalated approval timeout).
     """
+    parent_flow_id: _builtins.str
+    """Only the child flows of this flow (a UUID; its direct children)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_states_pb2.FlowStatus.ValueType]:
         """Only flows in one of these statuses."""
@@ -414,10 +445,11 @@ class ListFlowsRequest(_message.Message):
         definition_name: _builtins.str = ...,
         filter: _builtins.str = ...,
         alerting: _builtins.bool = ...,
+        parent_flow_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_before", b"updated_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerting", b"alerting", "definition_name", b"definition_name", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "phase_states", b"phase_states", "statuses", b"statuses", "updated_before", b"updated_before"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerting", b"alerting", "definition_name", b"definition_name", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent_flow_id", b"parent_flow_id", "phase_states", b"phase_states", "statuses", b"statuses", "updated_before", b"updated_before"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1080,6 +1112,8 @@ class RecoveryOption(_message.Message):
     CANCEL_FLOW_FIELD_NUMBER: _builtins.int
     PAUSE_FLOW_FIELD_NUMBER: _builtins.int
     SKIP_PHASE_FIELD_NUMBER: _builtins.int
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    PARENT_PHASE_FIELD_NUMBER: _builtins.int
     action: Global___RecoveryAction.ValueType
     """The action."""
     phase: _builtins.str
@@ -1100,6 +1134,12 @@ class RecoveryOption(_message.Message):
     """When not allowed: what blocks it, for a human."""
     attempts_remaining: _builtins.int
     """Retry attempts left for the phase, for retry actions."""
+    flow_id: _builtins.str
+    """The flow the action acts on: the flow asked about, or one of its active
+    child flows (a parent's options include its children's, after its own).
+    """
+    parent_phase: _builtins.str
+    """For an option of a child flow: the parent's phase that follows that child."""
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
         """For a retry of a phase whose retry policy scheduled an automatic retry:
@@ -1154,10 +1194,12 @@ class RecoveryOption(_message.Message):
         cancel_flow: Global___CancelFlowRequest | None = ...,
         pause_flow: Global___PauseFlowRequest | None = ...,
         skip_phase: Global___SkipPhaseRequest | None = ...,
+        flow_id: _builtins.str = ...,
+        parent_phase: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "attempts_remaining", b"attempts_remaining", "cancel_flow", b"cancel_flow", "next_attempt_time", b"next_attempt_time", "pause_flow", b"pause_flow", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "transition_phase", b"transition_phase"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "action", b"action", "allowed", b"allowed", "attempts_remaining", b"attempts_remaining", "blocked_by", b"blocked_by", "blocking_detail", b"blocking_detail", "cancel_flow", b"cancel_flow", "next_attempt_time", b"next_attempt_time", "pause_flow", b"pause_flow", "phase", b"phase", "reason", b"reason", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "target_state", b"target_state", "target_status", b"target_status", "transition_phase", b"transition_phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining", "action", b"action", "allowed", b"allowed", "attempts_remaining", b"attempts_remaining", "blocked_by", b"blocked_by", "blocking_detail", b"blocking_detail", "cancel_flow", b"cancel_flow", "flow_id", b"flow_id", "next_attempt_time", b"next_attempt_time", "parent_phase", b"parent_phase", "pause_flow", b"pause_flow", "phase", b"phase", "reason", b"reason", "request", b"request", "resume_flow", b"resume_flow", "retry", b"retry", "rollback", b"rollback", "skip_phase", b"skip_phase", "target_state", b"target_state", "target_status", b"target_status", "transition_phase", b"transition_phase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__attempts_remaining: _TypeAlias = _typing.Literal["attempts_remaining"]  # noqa: Y015
     _WhichOneofArgType__attempts_remaining: _TypeAlias = _typing.Literal["_attempts_remaining", b"_attempts_remaining"]  # noqa: Y015
@@ -2528,3 +2570,77 @@ class DecidePhaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecidePhaseResponse: _TypeAlias = DecidePhaseResponse  # noqa: Y015
+
+@_typing.final
+class LinkChildFlowRequest(_message.Message):
+    """Request of LinkChildFlow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    CHILD_FLOW_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    flow_id: _builtins.str
+    """The parent flow's id."""
+    phase: _builtins.str
+    """The parent's CHILD_FLOW phase to start."""
+    child_flow_id: _builtins.str
+    """The existing flow (a root flow of the same tenant) the phase follows."""
+    reason: _builtins.str
+    """Why (at most 1024 characters); recorded in history."""
+    request_id: _builtins.str
+    """Idempotency key (1-128 printable characters); the SDKs generate one."""
+    expected_version: _builtins.int
+    """Apply only if the parent is at this version (ABORTED otherwise)."""
+    def __init__(
+        self,
+        *,
+        flow_id: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        child_flow_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        expected_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "child_flow_id", b"child_flow_id", "expected_version", b"expected_version", "flow_id", b"flow_id", "phase", b"phase", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___LinkChildFlowRequest: _TypeAlias = LinkChildFlowRequest  # noqa: Y015
+
+@_typing.final
+class LinkChildFlowResponse(_message.Message):
+    """Response of LinkChildFlow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_FIELD_NUMBER: _builtins.int
+    HISTORY_ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def flow(self) -> _flow_pb2.Flow:
+        """The parent flow after the change."""
+
+    @_builtins.property
+    def history_entries(self) -> _containers.RepeatedCompositeFieldContainer[_history_pb2.HistoryEntry]:
+        """The history entries the change appended to the parent."""
+
+    def __init__(
+        self,
+        *,
+        flow: _flow_pb2.Flow | None = ...,
+        history_entries: _abc.Iterable[_history_pb2.HistoryEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "history_entries", b"history_entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkChildFlowResponse: _TypeAlias = LinkChildFlowResponse  # noqa: Y015

@@ -222,6 +222,11 @@ class FlowStateServiceStub:
                 request_serializer=flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseRequest.SerializeToString,
                 response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseResponse.FromString,
                 _registered_method=True)
+        self.LinkChildFlow = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/LinkChildFlow',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowResponse.FromString,
+                _registered_method=True)
 
 
 class FlowStateServiceServicer:
@@ -576,6 +581,23 @@ class FlowStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LinkChildFlow(self, request, context):
+        """--- Child flows (issue 21, docs/child_flows.md) ---
+
+        Starts a CHILD_FLOW phase following an existing flow instead of creating a
+        new child: the flow must be a root flow of the caller's tenant that follows
+        the phase's child definition. The phase enters IN_PROGRESS (the checks of
+        TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+        Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+        CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+        own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+        INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+        FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -743,6 +765,11 @@ def add_FlowStateServiceServicer_to_server(servicer, server):
                     servicer.DecidePhase,
                     request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseRequest.FromString,
                     response_serializer=flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseResponse.SerializeToString,
+            ),
+            'LinkChildFlow': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkChildFlow,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1658,6 +1685,33 @@ class FlowStateService:
             '/flowstate.v1.FlowStateService/DecidePhase',
             flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseRequest.SerializeToString,
             flowstate_dot_v1_dot_flow__service__pb2.DecidePhaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkChildFlow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/LinkChildFlow',
+            flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -246,6 +246,19 @@ class FlowStateServiceStub:
     PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
     again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
     """
+    LinkChildFlow: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.LinkChildFlowRequest, _flow_service_pb2.LinkChildFlowResponse]
+    """--- Child flows (issue 21, docs/child_flows.md) ---
+
+    Starts a CHILD_FLOW phase following an existing flow instead of creating a
+    new child: the flow must be a root flow of the caller's tenant that follows
+    the phase's child definition. The phase enters IN_PROGRESS (the checks of
+    TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+    Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+    CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+    own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+    INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+    FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+    """
 
 @_typing.type_check_only
 class FlowStateServiceAsyncStub(FlowStateServiceStub):
@@ -463,6 +476,19 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
     PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
     again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+    """
+    LinkChildFlow: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.LinkChildFlowRequest, _flow_service_pb2.LinkChildFlowResponse]  # type: ignore[assignment]
+    """--- Child flows (issue 21, docs/child_flows.md) ---
+
+    Starts a CHILD_FLOW phase following an existing flow instead of creating a
+    new child: the flow must be a root flow of the caller's tenant that follows
+    the phase's child definition. The phase enters IN_PROGRESS (the checks of
+    TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+    Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+    CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+    own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+    INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+    FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
     """
 
 class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -876,6 +902,25 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_PHASE, INVALID_PHASE_TRANSITION (not WAITING_APPROVAL),
         PHASE_ORDER_VIOLATION and FLOW_PAUSED (REQUEST_CHANGES starts the phase
         again), FLOW_TERMINAL, VERSION_CONFLICT, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def LinkChildFlow(
+        self,
+        request: _flow_service_pb2.LinkChildFlowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.LinkChildFlowResponse, _abc.Awaitable[_flow_service_pb2.LinkChildFlowResponse]]:
+        """--- Child flows (issue 21, docs/child_flows.md) ---
+
+        Starts a CHILD_FLOW phase following an existing flow instead of creating a
+        new child: the flow must be a root flow of the caller's tenant that follows
+        the phase's child definition. The phase enters IN_PROGRESS (the checks of
+        TransitionPhase to IN_PROGRESS) and at once follows the child's state.
+        Errors: FLOW_NOT_FOUND (either flow, also another tenant's),
+        CHILD_FLOW_NOT_LINKABLE (already a child, other definition, would be its
+        own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
+        INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
+        FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
         """
 
 def add_FlowStateServiceServicer_to_server(servicer: FlowStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,8 +2,8 @@
 // @generated from file flowstate/v1/definition.proto (package flowstate.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ApprovalPolicy } from "./approvals_pb.js";
 import { file_flowstate_v1_approvals } from "./approvals_pb.js";
 import type { ErrorCode } from "./errors_pb.js";
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flowstate/v1/definition.proto.
  */
 export const file_flowstate_v1_definition: GenFile = /*@__PURE__*/
-  fileDesc("Ch1mbG93c3RhdGUvdjEvZGVmaW5pdGlvbi5wcm90bxIMZmxvd3N0YXRlLnYxIvICCg5GbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSLQoGcGhhc2VzGAMgAygLMh0uZmxvd3N0YXRlLnYxLlBoYXNlRGVmaW5pdGlvbhIUCgxkaXNwbGF5X25hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSPAoRcGhhc2VfdHJhbnNpdGlvbnMYBiADKAsyIS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uUnVsZRI6ChBwcm9ncmVzc19mYWN0b3JzGAcgAygLMiAuZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGVQcm9ncmVzcxIPCgdidWlsdGluGAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkZWFkbGluZRgZIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLwAQoPUGhhc2VEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEgoKZGVwZW5kc19vbhgCIAMoCRIOCgZ3ZWlnaHQYAyABKAUSEwoLbWF4X3JldHJpZXMYBCABKAUSLgoMc3RhdHVzX2dyb3VwGAUgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFAoMZGlzcGxheV9uYW1lGAYgASgJEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhAKCG9wdGlvbmFsGAggASgIEikKBnBvbGljeRgJIAEoCzIZLmZsb3dzdGF0ZS52MS5QaGFzZVBvbGljeSLVAQoLUGhhc2VQb2xpY3kSKgoHdGltZW91dBgUIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChFoZWFydGJlYXRfdGltZW91dBgVIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0CgxyZXRyeV9wb2xpY3kYFiABKAsyHi5mbG93c3RhdGUudjEuUGhhc2VSZXRyeVBvbGljeRIuCghhcHByb3ZhbBgZIAEoCzIcLmZsb3dzdGF0ZS52MS5BcHByb3ZhbFBvbGljeSK1AQoQUGhhc2VSZXRyeVBvbGljeRIyCg9pbml0aWFsX2JhY2tvZmYYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbXVsdGlwbGllchgCIAEoARIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIpCghyZXRyeV9vbhgEIAMoDjIXLmZsb3dzdGF0ZS52MS5FcnJvckNvZGUicAoTUGhhc2VUcmFuc2l0aW9uUnVsZRIsCgpmcm9tX3N0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKwoJdG9fc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUiTQoSUGhhc2VTdGF0ZVByb2dyZXNzEicKBXN0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSDgoGZmFjdG9yGAIgASgBYgZwcm90bzM", [file_flowstate_v1_approvals, file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch1mbG93c3RhdGUvdjEvZGVmaW5pdGlvbi5wcm90bxIMZmxvd3N0YXRlLnYxIvICCg5GbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSLQoGcGhhc2VzGAMgAygLMh0uZmxvd3N0YXRlLnYxLlBoYXNlRGVmaW5pdGlvbhIUCgxkaXNwbGF5X25hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSPAoRcGhhc2VfdHJhbnNpdGlvbnMYBiADKAsyIS5mbG93c3RhdGUudjEuUGhhc2VUcmFuc2l0aW9uUnVsZRI6ChBwcm9ncmVzc19mYWN0b3JzGAcgAygLMiAuZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGVQcm9ncmVzcxIPCgdidWlsdGluGAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkZWFkbGluZRgZIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLIAgoPUGhhc2VEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEgoKZGVwZW5kc19vbhgCIAMoCRIOCgZ3ZWlnaHQYAyABKAUSEwoLbWF4X3JldHJpZXMYBCABKAUSLgoMc3RhdHVzX2dyb3VwGAUgASgOMhguZmxvd3N0YXRlLnYxLkZsb3dTdGF0dXMSFAoMZGlzcGxheV9uYW1lGAYgASgJEhMKC2Rlc2NyaXB0aW9uGAcgASgJEhAKCG9wdGlvbmFsGAggASgIEikKBnBvbGljeRgJIAEoCzIZLmZsb3dzdGF0ZS52MS5QaGFzZVBvbGljeRIlCgRraW5kGDwgASgOMhcuZmxvd3N0YXRlLnYxLlBoYXNlS2luZBIvCgpjaGlsZF9mbG93GD0gASgLMhsuZmxvd3N0YXRlLnYxLkNoaWxkRmxvd1NwZWMigAEKDUNoaWxkRmxvd1NwZWMSFwoPZGVmaW5pdGlvbl9uYW1lGAEgASgJEhoKEmRlZmluaXRpb25fdmVyc2lvbhgCIAEoBRI6ChBvbl9wYXJlbnRfY2FuY2VsGAMgASgOMiAuZmxvd3N0YXRlLnYxLlBhcmVudENhbmNlbFBvbGljeSLVAQoLUGhhc2VQb2xpY3kSKgoHdGltZW91dBgUIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChFoZWFydGJlYXRfdGltZW91dBgVIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0CgxyZXRyeV9wb2xpY3kYFiABKAsyHi5mbG93c3RhdGUudjEuUGhhc2VSZXRyeVBvbGljeRIuCghhcHByb3ZhbBgZIAEoCzIcLmZsb3dzdGF0ZS52MS5BcHByb3ZhbFBvbGljeSK1AQoQUGhhc2VSZXRyeVBvbGljeRIyCg9pbml0aWFsX2JhY2tvZmYYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbXVsdGlwbGllchgCIAEoARIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIpCghyZXRyeV9vbhgEIAMoDjIXLmZsb3dzdGF0ZS52MS5FcnJvckNvZGUicAoTUGhhc2VUcmFuc2l0aW9uUnVsZRIsCgpmcm9tX3N0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSKwoJdG9fc3RhdGVzGAIgAygOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUiTQoSUGhhc2VTdGF0ZVByb2dyZXNzEicKBXN0YXRlGAEgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSDgoGZmFjdG9yGAIgASgBKlcKCVBoYXNlS2luZBIaChZQSEFTRV9LSU5EX1VOU1BFQ0lGSUVEEAASEwoPUEhBU0VfS0lORF9UQVNLEAESGQoVUEhBU0VfS0lORF9DSElMRF9GTE9XEAIqfgoSUGFyZW50Q2FuY2VsUG9saWN5EiQKIFBBUkVOVF9DQU5DRUxfUE9MSUNZX1VOU1BFQ0lGSUVEEAASIAocUEFSRU5UX0NBTkNFTF9QT0xJQ1lfQ0FTQ0FERRABEiAKHFBBUkVOVF9DQU5DRUxfUE9MSUNZX0FCQU5ET04QAmIGcHJvdG8z", [file_flowstate_v1_approvals, file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A flow definition: ordered phases with dependencies (a DAG), weights that sum
@@ -189,6 +189,22 @@ export type PhaseDefinition = Message<"flowstate.v1.PhaseDefinition"> & {
    * @generated from field: flowstate.v1.PhasePolicy policy = 9;
    */
   policy?: PhasePolicy | undefined;
+
+  /**
+   * What the phase is: a task reported by a worker (TASK, the default when
+   * unspecified) or a whole child flow (CHILD_FLOW, see `child_flow`).
+   *
+   * @generated from field: flowstate.v1.PhaseKind kind = 60;
+   */
+  kind: PhaseKind;
+
+  /**
+   * For a CHILD_FLOW phase: the flow each start of the phase creates, and
+   * what cancelling the parent does to it. Unset for a TASK phase.
+   *
+   * @generated from field: flowstate.v1.ChildFlowSpec child_flow = 61;
+   */
+  childFlow?: ChildFlowSpec | undefined;
 };
 
 /**
@@ -197,6 +213,42 @@ export type PhaseDefinition = Message<"flowstate.v1.PhaseDefinition"> & {
  */
 export const PhaseDefinitionSchema: GenMessage<PhaseDefinition> = /*@__PURE__*/
   messageDesc(file_flowstate_v1_definition, 1);
+
+/**
+ * The child flow of a CHILD_FLOW phase.
+ *
+ * @generated from message flowstate.v1.ChildFlowSpec
+ */
+export type ChildFlowSpec = Message<"flowstate.v1.ChildFlowSpec"> & {
+  /**
+   * The child's definition (the tenant's own or a built-in; not the parent's
+   * own definition).
+   *
+   * @generated from field: string definition_name = 1;
+   */
+  definitionName: string;
+
+  /**
+   * The child's definition version; 0: the latest when the child is created.
+   *
+   * @generated from field: int32 definition_version = 2;
+   */
+  definitionVersion: number;
+
+  /**
+   * What cancelling the parent does to a child that is still active.
+   *
+   * @generated from field: flowstate.v1.ParentCancelPolicy on_parent_cancel = 3;
+   */
+  onParentCancel: ParentCancelPolicy;
+};
+
+/**
+ * Describes the message flowstate.v1.ChildFlowSpec.
+ * Use `create(ChildFlowSpecSchema)` to create a new message.
+ */
+export const ChildFlowSpecSchema: GenMessage<ChildFlowSpec> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_definition, 2);
 
 /**
  * The policies of a phase (DESIGN.md section 10; docs/timers.md). Each is
@@ -244,7 +296,7 @@ export type PhasePolicy = Message<"flowstate.v1.PhasePolicy"> & {
  * Use `create(PhasePolicySchema)` to create a new message.
  */
 export const PhasePolicySchema: GenMessage<PhasePolicy> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_definition, 2);
+  messageDesc(file_flowstate_v1_definition, 3);
 
 /**
  * Automatic retry (docs/timers.md). After the phase failed with a code in
@@ -293,7 +345,7 @@ export type PhaseRetryPolicy = Message<"flowstate.v1.PhaseRetryPolicy"> & {
  * Use `create(PhaseRetryPolicySchema)` to create a new message.
  */
 export const PhaseRetryPolicySchema: GenMessage<PhaseRetryPolicy> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_definition, 3);
+  messageDesc(file_flowstate_v1_definition, 4);
 
 /**
  * The legal targets of one phase state.
@@ -321,7 +373,7 @@ export type PhaseTransitionRule = Message<"flowstate.v1.PhaseTransitionRule"> & 
  * Use `create(PhaseTransitionRuleSchema)` to create a new message.
  */
 export const PhaseTransitionRuleSchema: GenMessage<PhaseTransitionRule> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_definition, 4);
+  messageDesc(file_flowstate_v1_definition, 5);
 
 /**
  * The progress factor of one phase state.
@@ -349,5 +401,77 @@ export type PhaseStateProgress = Message<"flowstate.v1.PhaseStateProgress"> & {
  * Use `create(PhaseStateProgressSchema)` to create a new message.
  */
 export const PhaseStateProgressSchema: GenMessage<PhaseStateProgress> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_definition, 5);
+  messageDesc(file_flowstate_v1_definition, 6);
+
+/**
+ * What a phase is.
+ *
+ * @generated from enum flowstate.v1.PhaseKind
+ */
+export enum PhaseKind {
+  /**
+   * Not set: a TASK.
+   *
+   * @generated from enum value: PHASE_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Work reported by a worker (TransitionPhase, UpdatePhaseProgress).
+   *
+   * @generated from enum value: PHASE_KIND_TASK = 1;
+   */
+  TASK = 1,
+
+  /**
+   * A whole child flow: starting the phase creates the child (in the same
+   * transaction), and the phase then follows it: the child's progress is the
+   * phase's in-phase progress, child COMPLETED -> phase COMPLETED, child
+   * FAILED -> phase FAILED (with the child's error), child CANCELLED -> phase
+   * FAILED (CHILD_FLOW_CANCELLED).
+   *
+   * @generated from enum value: PHASE_KIND_CHILD_FLOW = 2;
+   */
+  CHILD_FLOW = 2,
+}
+
+/**
+ * Describes the enum flowstate.v1.PhaseKind.
+ */
+export const PhaseKindSchema: GenEnum<PhaseKind> = /*@__PURE__*/
+  enumDesc(file_flowstate_v1_definition, 0);
+
+/**
+ * What cancelling a parent flow does to its active child flows.
+ *
+ * @generated from enum flowstate.v1.ParentCancelPolicy
+ */
+export enum ParentCancelPolicy {
+  /**
+   * Not set: CASCADE.
+   *
+   * @generated from enum value: PARENT_CANCEL_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The child is cancelled in the parent's transaction.
+   *
+   * @generated from enum value: PARENT_CANCEL_POLICY_CASCADE = 1;
+   */
+  CASCADE = 1,
+
+  /**
+   * The child keeps running on its own; the cancelled parent ignores it.
+   *
+   * @generated from enum value: PARENT_CANCEL_POLICY_ABANDON = 2;
+   */
+  ABANDON = 2,
+}
+
+/**
+ * Describes the enum flowstate.v1.ParentCancelPolicy.
+ */
+export const ParentCancelPolicySchema: GenEnum<ParentCancelPolicy> = /*@__PURE__*/
+  enumDesc(file_flowstate_v1_definition, 1);
 

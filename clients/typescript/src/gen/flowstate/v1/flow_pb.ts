@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flowstate/v1/flow.proto.
  */
 export const file_flowstate_v1_flow: GenFile = /*@__PURE__*/
-  fileDesc("ChdmbG93c3RhdGUvdjEvZmxvdy5wcm90bxIMZmxvd3N0YXRlLnYxItUECgRGbG93Eg8KB2Zsb3dfaWQYASABKAkSGQoRY2xpZW50X2FjY291bnRfaWQYAiABKAkSFQoNZW5nYWdlbWVudF9pZBgDIAEoCRIXCg9kZWZpbml0aW9uX25hbWUYBCABKAkSGgoSZGVmaW5pdGlvbl92ZXJzaW9uGAUgASgFEigKBnN0YXR1cxgGIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEjUKE3N0YXR1c19iZWZvcmVfcGF1c2UYByABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIjCgZwaGFzZXMYCCADKAsyEy5mbG93c3RhdGUudjEuUGhhc2USEAoIcHJvZ3Jlc3MYCSABKAESDwoHdmVyc2lvbhgKIAEoAxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGRpc3BsYXlfbmFtZRgNIAEoCRIuCgZsYWJlbHMYDiADKAsyHi5mbG93c3RhdGUudjEuRmxvdy5MYWJlbHNFbnRyeRIsCghkZWFkbGluZRgZIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoGYWxlcnRzGBogAygLMhcuZmxvd3N0YXRlLnYxLkZsb3dBbGVydBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoMECgVQaGFzZRIMCgRuYW1lGAEgASgJEicKBXN0YXRlGAIgASgOMhguZmxvd3N0YXRlLnYxLlBoYXNlU3RhdGUSEAoIcHJvZ3Jlc3MYAyABKAESEwoLcmV0cnlfY291bnQYBCABKAUSEwoLbWF4X3JldHJpZXMYBSABKAUSMwoPbGFzdF9yZXRyeV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1lcnJvcl9jb250ZXh0GAcgASgLMhouZmxvd3N0YXRlLnYxLlBoYXNlRmFpbHVyZRI0ChBzdGF0ZV9lbnRlcl90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1jb21wbGV0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ3ZWlnaHQYCyABKAUSEAoIb3B0aW9uYWwYDCABKAgSNQoRbmV4dF9hdHRlbXB0X3RpbWUYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCGFwcHJvdmFsGBkgASgLMhsuZmxvd3N0YXRlLnYxLlBoYXNlQXBwcm92YWxiBnByb3RvMw", [file_flowstate_v1_approvals, file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_timestamp]);
+  fileDesc("ChdmbG93c3RhdGUvdjEvZmxvdy5wcm90bxIMZmxvd3N0YXRlLnYxIsQFCgRGbG93Eg8KB2Zsb3dfaWQYASABKAkSGQoRY2xpZW50X2FjY291bnRfaWQYAiABKAkSFQoNZW5nYWdlbWVudF9pZBgDIAEoCRIXCg9kZWZpbml0aW9uX25hbWUYBCABKAkSGgoSZGVmaW5pdGlvbl92ZXJzaW9uGAUgASgFEigKBnN0YXR1cxgGIAEoDjIYLmZsb3dzdGF0ZS52MS5GbG93U3RhdHVzEjUKE3N0YXR1c19iZWZvcmVfcGF1c2UYByABKA4yGC5mbG93c3RhdGUudjEuRmxvd1N0YXR1cxIjCgZwaGFzZXMYCCADKAsyEy5mbG93c3RhdGUudjEuUGhhc2USEAoIcHJvZ3Jlc3MYCSABKAESDwoHdmVyc2lvbhgKIAEoAxIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGRpc3BsYXlfbmFtZRgNIAEoCRIuCgZsYWJlbHMYDiADKAsyHi5mbG93c3RhdGUudjEuRmxvdy5MYWJlbHNFbnRyeRIsCghkZWFkbGluZRgZIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoGYWxlcnRzGBogAygLMhcuZmxvd3N0YXRlLnYxLkZsb3dBbGVydBIWCg5wYXJlbnRfZmxvd19pZBg8IAEoCRIUCgxwYXJlbnRfcGhhc2UYPSABKAkSPwoVZXh0ZXJuYWxfZGVwZW5kZW5jaWVzGD4gAygLMiAuZmxvd3N0YXRlLnYxLkV4dGVybmFsRGVwZW5kZW5jeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKEkV4dGVybmFsRGVwZW5kZW5jeRINCgVwaGFzZRgBIAEoCRIPCgdmbG93X2lkGAIgASgJEhIKCmZsb3dfcGhhc2UYAyABKAkimgQKBVBoYXNlEgwKBG5hbWUYASABKAkSJwoFc3RhdGUYAiABKA4yGC5mbG93c3RhdGUudjEuUGhhc2VTdGF0ZRIQCghwcm9ncmVzcxgDIAEoARITCgtyZXRyeV9jb3VudBgEIAEoBRITCgttYXhfcmV0cmllcxgFIAEoBRIzCg9sYXN0X3JldHJ5X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVycm9yX2NvbnRleHQYByABKAsyGi5mbG93c3RhdGUudjEuUGhhc2VGYWlsdXJlEjQKEHN0YXRlX2VudGVyX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBndlaWdodBgLIAEoBRIQCghvcHRpb25hbBgMIAEoCBI1ChFuZXh0X2F0dGVtcHRfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoIYXBwcm92YWwYGSABKAsyGy5mbG93c3RhdGUudjEuUGhhc2VBcHByb3ZhbBIVCg1jaGlsZF9mbG93X2lkGDwgASgJYgZwcm90bzM", [file_flowstate_v1_approvals, file_flowstate_v1_errors, file_flowstate_v1_states, file_google_protobuf_timestamp]);
 
 /**
  * A flow: one run of a flow definition, owned by one tenant. Every field is
@@ -144,6 +144,29 @@ export type Flow = Message<"flowstate.v1.Flow"> & {
    * @generated from field: repeated flowstate.v1.FlowAlert alerts = 26;
    */
   alerts: FlowAlert[];
+
+  /**
+   * The flow whose CHILD_FLOW phase this flow is the child of; empty for a
+   * root flow.
+   *
+   * @generated from field: string parent_flow_id = 60;
+   */
+  parentFlowId: string;
+
+  /**
+   * That phase of the parent.
+   *
+   * @generated from field: string parent_phase = 61;
+   */
+  parentPhase: string;
+
+  /**
+   * Phases of other flows (same tenant) that phases of this flow wait for,
+   * given at creation.
+   *
+   * @generated from field: repeated flowstate.v1.ExternalDependency external_dependencies = 62;
+   */
+  externalDependencies: ExternalDependency[];
 };
 
 /**
@@ -152,6 +175,43 @@ export type Flow = Message<"flowstate.v1.Flow"> & {
  */
 export const FlowSchema: GenMessage<Flow> = /*@__PURE__*/
   messageDesc(file_flowstate_v1_flow, 0);
+
+/**
+ * A dependency of one phase on a phase of another flow of the same tenant: the
+ * phase may start (or be skipped) only once that phase is COMPLETED or
+ * SKIPPED. Order refusals name it as "<flow_id>/<flow_phase>".
+ *
+ * @generated from message flowstate.v1.ExternalDependency
+ */
+export type ExternalDependency = Message<"flowstate.v1.ExternalDependency"> & {
+  /**
+   * The phase of this flow that waits.
+   *
+   * @generated from field: string phase = 1;
+   */
+  phase: string;
+
+  /**
+   * The other flow's id.
+   *
+   * @generated from field: string flow_id = 2;
+   */
+  flowId: string;
+
+  /**
+   * The phase of the other flow it waits for.
+   *
+   * @generated from field: string flow_phase = 3;
+   */
+  flowPhase: string;
+};
+
+/**
+ * Describes the message flowstate.v1.ExternalDependency.
+ * Use `create(ExternalDependencySchema)` to create a new message.
+ */
+export const ExternalDependencySchema: GenMessage<ExternalDependency> = /*@__PURE__*/
+  messageDesc(file_flowstate_v1_flow, 1);
 
 /**
  * The state of one phase of a flow. Output only.
@@ -259,6 +319,15 @@ export type Phase = Message<"flowstate.v1.Phase"> & {
    * @generated from field: flowstate.v1.PhaseApproval approval = 25;
    */
   approval?: PhaseApproval | undefined;
+
+  /**
+   * For a CHILD_FLOW phase: the child flow of its latest start (kept after
+   * the phase ends; a retry or a restart replaces it, history keeps the old
+   * ids). Empty otherwise.
+   *
+   * @generated from field: string child_flow_id = 60;
+   */
+  childFlowId: string;
 };
 
 /**
@@ -266,5 +335,5 @@ export type Phase = Message<"flowstate.v1.Phase"> & {
  * Use `create(PhaseSchema)` to create a new message.
  */
 export const PhaseSchema: GenMessage<Phase> = /*@__PURE__*/
-  messageDesc(file_flowstate_v1_flow, 1);
+  messageDesc(file_flowstate_v1_flow, 2);
 
