@@ -905,7 +905,6 @@ def _transition_phase(builder: _Builder, command: TransitionPhase) -> None:
     new_phase = _moved(phase, target, builder.ctx.now, error)
     if counted and target is PhaseState.IN_PROGRESS:
         new_phase = _counted_attempt(new_phase, builder.ctx.now)
-    metadata = command.metadata
     if definition.child_flow is not None:
         if target is PhaseState.IN_PROGRESS:
             new_phase, metadata = _start_child(builder, new_phase, definition.child_flow, metadata)
