@@ -331,17 +331,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="APPROVE, REJECT or REQUEST_CHANGES (any case)",
     )
     parser.add_argument("--comment", default="", metavar="TEXT", help="why; recorded in history")
-    parser.add_argument(
-        "--expected-version",
-        type=int,
-        metavar="N",
-        help="apply only if the flow is at version N (else VERSION_CONFLICT)",
-    )
-    parser.add_argument(
-        "--request-id",
-        metavar="ID",
-        help="idempotency key: the same ID again replays the first result (default: generated)",
-    )
+    _mutation_options(parser, reason=False)
 
     parser = command("skip", _skip, "skip an optional phase (it counts as done)")
     parser.add_argument("flow_id", help="the flow's id (a UUID)")
@@ -564,8 +554,9 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def _mutation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reason", default="", metavar="TEXT", help="recorded in the history")
+def _mutation_options(parser: argparse.ArgumentParser, *, reason: bool = True) -> None:
+    if reason:
+        parser.add_argument("--reason", default="", metavar="TEXT", help="recorded in the history")
     parser.add_argument(
         "--expected-version",
         type=int,
