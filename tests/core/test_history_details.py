@@ -190,6 +190,9 @@ def test_an_error_reported_with_a_skip_is_refused() -> None:
 
     assert refused.value.code is ErrorCode.MALFORMED_REQUEST
     assert refused.value.details["field"] == "error"
+    assert str(refused.value) == (
+        "An error may only be reported with a transition to FAILED or RETRY_NEEDED"
+    )
 
 
 def test_a_refused_rollback_of_an_optional_phase_offers_the_skip() -> None:
