@@ -43,6 +43,7 @@ def test_environment_variables() -> None:
             "FLOWSTATE_RETENTION_DEFAULT_DAYS": "365",
             "FLOWSTATE_GROUP_COMMIT": "off",
             "FLOWSTATE_GROUP_COMMIT_MAX_BATCH": "8",
+            "FLOWSTATE_GROUP_COMMIT_MAX_IN_FLIGHT": "4",
             "FLOWSTATE_TIMER_INTERVAL": "0.25",
             "FLOWSTATE_TIMER_BATCH": "500",
             "FLOWSTATE_TIMER_LEASE": "5",
@@ -58,6 +59,7 @@ def test_environment_variables() -> None:
     assert settings.archive_dir == Path("/var/lib/flowstate/archive")
     assert (settings.archive_interval, settings.retention_default_days) == (600.0, 365)
     assert (settings.group_commit, settings.group_commit_max_batch) == (False, 8)
+    assert settings.group_commit_max_in_flight == 4
     assert (settings.timer_interval, settings.timer_batch, settings.timer_lease) == (0.25, 500, 5.0)
     assert SECRET not in repr(settings)
 

@@ -496,6 +496,7 @@ class FlowstateServer:
             pool_size=settings.db_pool_size,
             group_commit=settings.group_commit,
             group_commit_max_batch=settings.group_commit_max_batch,
+            group_commit_max_in_flight=settings.group_commit_max_in_flight,
         )
         return url
 

@@ -171,6 +171,9 @@ class ServerSettings:
     (docs/performance.md, "Group commit"); off: one transaction per mutation."""
     group_commit_max_batch: int = 64
     """FLOWSTATE_GROUP_COMMIT_MAX_BATCH: most mutations one shared transaction holds."""
+    group_commit_max_in_flight: int = 2
+    """FLOWSTATE_GROUP_COMMIT_MAX_IN_FLIGHT: most shared transactions of one tenant at once
+    (each holds a pooled connection)."""
     tracing: str = "off"
     """FLOWSTATE_TRACING: OpenTelemetry tracing, off, otlp or console (`server.tracing`)."""
     stuck_after: float = 3600.0
@@ -374,6 +377,10 @@ class ServerSettings:
             values["reuse_port"] = _bool("FLOWSTATE_REUSE_PORT", value)
         if (value := get("FLOWSTATE_GROUP_COMMIT")) is not None:
             values["group_commit"] = _bool("FLOWSTATE_GROUP_COMMIT", value)
+        if (value := get("FLOWSTATE_GROUP_COMMIT_MAX_IN_FLIGHT")) is not None:
+            values["group_commit_max_in_flight"] = _int(
+                "FLOWSTATE_GROUP_COMMIT_MAX_IN_FLIGHT", value, minimum=1, maximum=1000
+            )
         if (value := get("FLOWSTATE_GROUP_COMMIT_MAX_BATCH")) is not None:
             values["group_commit_max_batch"] = _int(
                 "FLOWSTATE_GROUP_COMMIT_MAX_BATCH", value, minimum=1, maximum=1000
