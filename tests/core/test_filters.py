@@ -13,14 +13,15 @@ from flowstate.core.filters import (
     FlowFacts,
     Not,
     Or,
-    Stuck,
     matches,
     parse_filter,
+    stuck_rule,
 )
 from flowstate.core.model import ErrorCode, FlowStatus, PhaseState
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 STUCK_BEFORE = NOW - timedelta(hours=1)
+STUCK = stuck_rule(STUCK_BEFORE)
 
 
 def parse(text: str) -> object:
@@ -69,15 +70,15 @@ VALID = [
         "created = 2026-12-01T10:00:00+01:00",
         cmp("created", None, "=", datetime(2026, 12, 1, 9, tzinfo=UTC)),
     ),
-    ("stuck", Stuck(STUCK_BEFORE)),
-    ("NOT stuck", Not(Stuck(STUCK_BEFORE))),
+    ("stuck", STUCK),
+    ("NOT stuck", Not(STUCK)),
     (
         "status = FAILED AND labels.team = x AND stuck",
         And(
             (
                 cmp("status", None, "=", FlowStatus.FAILED),
                 cmp("labels", "team", "=", "x"),
-                Stuck(STUCK_BEFORE),
+                STUCK,
             )
         ),
     ),
@@ -94,12 +95,12 @@ VALID = [
         "(status = FAILED OR stuck) AND NOT (labels.env = prod)",
         And(
             (
-                Or((cmp("status", None, "=", FlowStatus.FAILED), Stuck(STUCK_BEFORE))),
+                Or((cmp("status", None, "=", FlowStatus.FAILED), STUCK)),
                 Not(cmp("labels", "env", "=", "prod")),
             )
         ),
     ),
-    ("((stuck))", Stuck(STUCK_BEFORE)),
+    ("((stuck))", STUCK),
 ]
 
 
@@ -213,4 +214,26 @@ def test_a_terminal_flow_is_never_stuck() -> None:
     done = FlowFacts(
         **{**{f: getattr(FACTS, f) for f in FACTS.__slots__}, "status": FlowStatus.COMPLETED}
     )
-    assert not matches(Stuck(STUCK_BEFORE), done)
+    assert not matches(STUCK, done)
+
+
+def test_stuck_follows_per_status_thresholds() -> None:
+    """With a threshold per status (the STUCK alerts' rule), a status without one is never
+    stuck and each status has its own instant."""
+    rule = parse_filter(
+        "stuck",
+        now=NOW,
+        stuck_before={
+            FlowStatus.FAILED: NOW - timedelta(hours=3),
+            FlowStatus.PAUSED: NOW - timedelta(minutes=1),
+        },
+    )
+    assert not matches(rule, FACTS)  # FAILED, unchanged for 2 h < 3 h
+    paused = FlowFacts(
+        **{**{f: getattr(FACTS, f) for f in FACTS.__slots__}, "status": FlowStatus.PAUSED}
+    )
+    assert matches(rule, paused)
+    active = FlowFacts(
+        **{**{f: getattr(FACTS, f) for f in FACTS.__slots__}, "status": FlowStatus.ACTIVE}
+    )
+    assert not matches(rule, active)  # no threshold: never stuck

@@ -63,6 +63,7 @@ __all__ = [
     "Stuck",
     "matches",
     "parse_filter",
+    "stuck_rule",
 ]
 
 ORDERING_OPERATORS = frozenset({"<", "<=", ">", ">="})
@@ -131,9 +132,11 @@ class Not:
 
 @dataclass(frozen=True, slots=True)
 class Stuck:
-    """Not terminal and last changed strictly before `before` (the server's stuck rule)."""
+    """The server's stuck rule: a flow in one of the statuses of `before` whose last change is
+    strictly before that status's instant (statuses absent, the terminal ones among them, are
+    never stuck). One instant per status: the per-status thresholds of the alerts."""
 
-    before: datetime
+    before: tuple[tuple[FlowStatus, datetime], ...]
 
 
 Filter: TypeAlias = Comparison | And | Or | Not | Stuck
@@ -198,7 +201,7 @@ class _Parser:
         text: str,
         field: str,
         now: datetime,
-        stuck_before: datetime,
+        stuck_before: datetime | Mapping[FlowStatus, datetime],
         max_depth: int,
         max_terms: int,
     ) -> None:
@@ -206,7 +209,7 @@ class _Parser:
         self.index = 0
         self.field = field
         self.now = now
-        self.stuck_before = stuck_before
+        self.stuck = stuck_rule(stuck_before)
         self.max_depth = max_depth
         self.max_terms = max_terms
         self.terms = 0
@@ -271,7 +274,7 @@ class _Parser:
         if token.kind == "word" and token.text.lower() == "stuck":
             self.index += 1
             self.count_term(token)
-            return Stuck(self.stuck_before)
+            return self.stuck
         return self.comparison()
 
     def count_term(self, token: _Token) -> None:
@@ -381,11 +384,20 @@ def _describe(token: _Token) -> str:
     return repr(token.text)
 
 
+def stuck_rule(before: datetime | Mapping[FlowStatus, datetime]) -> Stuck:
+    """The stuck rule of one instant for every live status, or of one instant per status."""
+    if isinstance(before, datetime):
+        return Stuck(tuple((s, before) for s in FlowStatus if s not in TERMINAL_STATUSES))
+    return Stuck(
+        tuple((s, before[s]) for s in FlowStatus if s in before and s not in TERMINAL_STATUSES)
+    )
+
+
 def parse_filter(
     text: str,
     *,
     now: datetime,
-    stuck_before: datetime,
+    stuck_before: datetime | Mapping[FlowStatus, datetime],
     field: str = "filter",
     max_depth: int = 16,
     max_terms: int = 64,
@@ -393,7 +405,8 @@ def parse_filter(
     """The filter `text` as a tree (None when it is empty or blank); FilterError otherwise.
 
     `now` resolves relative times (``updated > -1h``); `stuck_before` is the instant before
-    which a live flow's last change makes it stuck. `field` names the request field in errors.
+    which a live flow's last change makes it stuck, or that instant per status (a status
+    absent is never stuck). `field` names the request field in errors.
     """
     return _Parser(text, field, now, stuck_before, max_depth, max_terms).parse()
 
@@ -413,7 +426,8 @@ def matches(condition: Filter | None, facts: FlowFacts) -> bool:
     if isinstance(condition, Not):
         return not matches(condition.part, facts)
     if isinstance(condition, Stuck):
-        return facts.status not in TERMINAL_STATUSES and facts.updated_at < condition.before
+        bound = dict(condition.before).get(facts.status)
+        return bound is not None and facts.updated_at < bound
     return _compare(condition, facts)
 
 

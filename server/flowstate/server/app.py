@@ -376,7 +376,7 @@ class FlowstateServer:
                 resources.store,
                 support,
                 resources.hub,
-                stuck_after=settings.stuck_after,
+                stuck_after=settings.stuck_thresholds(),
                 webhooks=WebhookService(resources.store, resources.webhook_sender),
                 bulk=bulk_service,
             )

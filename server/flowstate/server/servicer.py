@@ -21,7 +21,7 @@ Decisions a reader should know:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
@@ -138,7 +138,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         support: RpcSupport,
         hub: EventSource | None = None,
         *,
-        stuck_after: float = 3600.0,
+        stuck_after: float | Mapping[FlowStatus, float] = 3600.0,
         webhooks: WebhookService | None = None,
         bulk: BulkService | None = None,
     ) -> None:
@@ -146,9 +146,12 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         UNIMPLEMENTED without them).
 
         `support` holds the authenticator and metrics the `rpc` wrapper uses; `stuck_after`
-        (FLOWSTATE_STUCK_AFTER, seconds) is what ``stuck`` means in filters.
+        (seconds, or seconds per status: `ServerSettings.stuck_thresholds`, the STUCK alerts'
+        rule) is what ``stuck`` means in filters.
         """
-        self._stuck_after = timedelta(seconds=stuck_after)
+        self._stuck_after: timedelta | Mapping[FlowStatus, float] = (
+            stuck_after if isinstance(stuck_after, Mapping) else timedelta(seconds=stuck_after)
+        )
         self._bulk = bulk
         self._store = store
         self._webhooks = webhooks

@@ -489,10 +489,16 @@ class ListFlowsArgs:
 
 
 def flow_filter(
-    text: str, *, now: datetime, stuck_after: timedelta, field: str = "filter"
+    text: str,
+    *,
+    now: datetime,
+    stuck_after: timedelta | Mapping[FlowStatus, float],
+    field: str = "filter",
 ) -> Filter | None:
     """The parsed filter `text` (None when blank), its relative times and ``stuck`` resolved at
-    `now` (stuck: unchanged for `stuck_after`, the server's FLOWSTATE_STUCK_AFTER).
+    `now`. ``stuck`` is the server's rule: unchanged for `stuck_after` (FLOWSTATE_STUCK_AFTER),
+    or per status for a mapping of seconds (`ServerSettings.stuck_thresholds`, the thresholds of
+    the STUCK alerts; 0: never stuck in that status).
 
     MALFORMED_REQUEST with ``position`` (0-based offset) when it does not parse; see
     `flowstate.core.filters` for the language and docs/filters.md for its reference.
@@ -500,10 +506,19 @@ def flow_filter(
     check = _Checker()
     check.text(field, text, max_len=MAX_FILTER_LENGTH)
     check.done()
+    stuck_before: datetime | dict[FlowStatus, datetime]
+    if isinstance(stuck_after, timedelta):
+        stuck_before = now - stuck_after
+    else:
+        stuck_before = {
+            status: now - timedelta(seconds=seconds)
+            for status, seconds in stuck_after.items()
+            if seconds > 0
+        }
     return parse_filter(
         text,
         now=now,
-        stuck_before=now - stuck_after,
+        stuck_before=stuck_before,
         field=field,
         max_depth=MAX_FILTER_DEPTH,
         max_terms=MAX_FILTER_TERMS,

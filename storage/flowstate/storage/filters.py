@@ -11,8 +11,9 @@ the index that serves it:
   docs/storage.md, "Label filters", has the measurement behind GIN rather than a label table);
 - ``error``: a JSON path existence test on ``error_context`` with the code as a path variable;
 - ``created`` / ``updated``: plain comparisons (``ix_flows_tenant_updated_at``);
-- ``stuck``: `ACTIVE_FLOW` and ``updated_at < $n``, the same predicate as the stuck-flows
-  gauge (``FlowStore.count_stuck_flows``).
+- ``stuck``: per live status, ``status = $s AND updated_at < $n`` with that status's threshold
+  (``FLOWSTATE_STUCK_AFTER`` and ``FLOWSTATE_STUCK_AFTER_BY_STATUS``, as the STUCK alerts), ORed
+  (``ix_flows_tenant_status``).
 
 ``!=`` is the negation of ``=`` (a flow without the label or phase matches ``!=``), as in
 `flowstate.core.filters.matches`.
@@ -22,11 +23,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, and_, any_, func, literal, literal_column, not_, or_
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    and_,
+    any_,
+    false,
+    func,
+    literal,
+    literal_column,
+    not_,
+    or_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from flowstate.core.filters import And, Comparison, Filter, Not, Or, Stuck
-from flowstate.storage.schema import ACTIVE_FLOW, flows
+from flowstate.storage.schema import flows
 
 __all__ = ["filter_condition"]
 
@@ -43,8 +55,17 @@ def filter_condition(condition: Filter) -> ColumnElement[bool]:
     if isinstance(condition, Not):
         return not_(filter_condition(condition.part))
     if isinstance(condition, Stuck):
-        before = literal(condition.before, flows.c.updated_at.type)
-        return and_(ACTIVE_FLOW, flows.c.updated_at < before)
+        if not condition.before:
+            return false()
+        return or_(
+            *(
+                and_(
+                    flows.c.status == literal(status.value, Text),
+                    flows.c.updated_at < literal(before, flows.c.updated_at.type),
+                )
+                for status, before in condition.before
+            )
+        )
     return _comparison(condition)
 
 
