@@ -9,7 +9,10 @@ secret) or RS256/ES256 (the server holds the public key). Claims:
   ``definitions:write``, ``flows:approve``; write implies read, admin implies write,
   ``definitions:write`` and ``flows:approve`` (registering definitions changes what every flow
   of the tenant may follow, and approving judges a worker's result, so a plain writer gets
-  neither), and ``definitions:write`` and ``flows:approve`` imply read. Other scope names are
+  neither), and ``definitions:write`` and ``flows:approve`` imply read. ``retention:admin``
+  (Get/SetRetentionPolicy: how long the tenant's ended flows are kept before they are archived
+  and deleted) implies read and is not implied by ``flows:admin``: shortening retention
+  deletes history, a separate power a flow administrator need not hold. Other scope names are
   kept as written (`Principal.grants`) for approval policies that name them;
 - other string (or list-of-strings) claims are kept (`Principal.claims`) for approval
   policies that name a claim and value (docs/approvals.md);
@@ -82,6 +85,8 @@ class Scope(enum.StrEnum):
     """Manage the tenant's webhooks (Create/List/Delete/Test/ReplayWebhook); admins have it."""
     APPROVE = "flows:approve"
     """Decide on phases waiting for approval (DecidePhase); admins have it."""
+    RETENTION_ADMIN = "retention:admin"
+    """Read and set the tenant's retention policy (docs/retention.md); flows:admin has it not."""
 
 
 _IMPLIED: dict[Scope, frozenset[Scope]] = {
@@ -100,6 +105,7 @@ _IMPLIED: dict[Scope, frozenset[Scope]] = {
     Scope.DEFINITIONS_WRITE: frozenset({Scope.READ, Scope.DEFINITIONS_WRITE}),
     Scope.WEBHOOKS_ADMIN: frozenset({Scope.READ, Scope.WEBHOOKS_ADMIN}),
     Scope.APPROVE: frozenset({Scope.READ, Scope.APPROVE}),
+    Scope.RETENTION_ADMIN: frozenset({Scope.READ, Scope.RETENTION_ADMIN}),
 }
 _MAX_CLAIMS: Final = 64
 _MAX_CLAIM_VALUES: Final = 64

@@ -54,6 +54,7 @@ from flowstate.core.model import (
 from flowstate.core.recovery import RecoveryAction, RecoveryOption
 from flowstate.core.rules import FLOW_TRANSITIONS, PHASE_PROGRESS_FACTORS, PHASE_TRANSITIONS
 from flowstate.storage.bulk import BulkAction
+from flowstate.storage.retention import RetentionPolicy
 from flowstate.v1 import (
     approvals_pb2,
     definition_pb2,
@@ -96,6 +97,7 @@ __all__ = [
     "policy_document",
     "policy_to_proto",
     "recovery_option_to_proto",
+    "retention_policy_to_proto",
     "set_timestamp",
     "sorted_flow_statuses",
     "sorted_phase_states",
@@ -713,3 +715,14 @@ def fill_event_change(event: flow_service_pb2.FlowEvent, flow_id: str, entry: Hi
         event.alert.CopyFrom(alert_to_proto(entry.alert))
     else:
         event.change.CopyFrom(entry_to_proto(flow_id, entry))
+
+
+def retention_policy_to_proto(policy: RetentionPolicy | None) -> flow_service_pb2.RetentionPolicy:
+    """A tenant's retention policy; None (no policy of its own) is retain_days 0."""
+    message = flow_service_pb2.RetentionPolicy()
+    if policy is not None:
+        message.retain_days = policy.retain_days
+        message.updated_by = policy.updated_by
+        if policy.updated_at is not None:
+            set_timestamp(message.update_time, policy.updated_at)
+    return message

@@ -43,6 +43,7 @@ from flowstate.server.convert import (
     fill_event_change,
     phase_targets_proto,
     recovery_option_to_proto,
+    retention_policy_to_proto,
     set_timestamp,
 )
 from flowstate.server.errors import flow_error_to_proto
@@ -50,6 +51,7 @@ from flowstate.server.rpc import Call, RpcSupport, stream, unary
 from flowstate.server.webhooks import webhook_to_proto
 from flowstate.service import FlowService
 from flowstate.service import definitions as definition_service
+from flowstate.service import retention as retention_service
 from flowstate.service.bulk import BulkService
 from flowstate.service.webhooks import WebhookService
 from flowstate.storage.bulk import BulkItem, BulkSelection
@@ -299,6 +301,24 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
                 for key, n in counted.groups
             ],
         )
+
+    @unary(Scope.RETENTION_ADMIN)
+    async def GetRetentionPolicy(  # noqa: N802 - the proto's method name
+        self, request: pb.GetRetentionPolicyRequest, call: Call
+    ) -> pb.GetRetentionPolicyResponse:
+        """The tenant's own retention policy (retain_days 0: none)."""
+        policy = await retention_service.get_policy(self._store, call.tenant)
+        return pb.GetRetentionPolicyResponse(policy=retention_policy_to_proto(policy))
+
+    @unary(Scope.RETENTION_ADMIN)
+    async def SetRetentionPolicy(  # noqa: N802 - the proto's method name
+        self, request: pb.SetRetentionPolicyRequest, call: Call
+    ) -> pb.SetRetentionPolicyResponse:
+        """Set (1..36500 days) or remove (0) the tenant's retention policy."""
+        policy = await retention_service.set_policy(
+            self._store, call.tenant, request.retain_days, call.principal.user_id
+        )
+        return pb.SetRetentionPolicyResponse(policy=retention_policy_to_proto(policy))
 
     @unary(Scope.READ)
     async def ListFlowHistory(  # noqa: N802 - the proto's method name

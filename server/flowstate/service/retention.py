@@ -34,9 +34,15 @@ from flowstate.storage.archives import (
     encode_archive,
     flows_in,
 )
-from flowstate.storage.retention import ArchiveRecord, CandidateBatch, RetentionStore
+from flowstate.storage.retention import (
+    ArchiveRecord,
+    CandidateBatch,
+    RetentionPolicy,
+    RetentionStore,
+)
+from flowstate.storage.store import FlowStore
 
-__all__ = ["ArchiveRunResult", "Archiver", "RestoreResult"]
+__all__ = ["ArchiveRunResult", "Archiver", "RestoreResult", "get_policy", "set_policy"]
 
 _log = logging.getLogger("flowstate.retention")
 
@@ -141,3 +147,15 @@ class Archiver:
         flows = flows_in(await self.read_archive(location), flow_ids)
         entries = await self.store.restore([(f.row, f.entries) for f in flows])
         return RestoreResult(len(flows), entries, tuple(f.flow_id for f in flows))
+
+
+async def get_policy(store: FlowStore, tenant: Tenant) -> RetentionPolicy | None:
+    """The tenant's own retention policy (GetRetentionPolicy), or None."""
+    return await store.get_retention_policy(tenant)
+
+
+async def set_policy(
+    store: FlowStore, tenant: Tenant, retain_days: int, user_id: str
+) -> RetentionPolicy | None:
+    """Set the tenant's policy to `retain_days` (1..36500), or remove it (0): what is stored."""
+    return await store.set_retention_policy(tenant, retain_days, user_id)

@@ -53,6 +53,9 @@ __all__ = [
     "RetentionPolicy",
     "RetentionStore",
     "check_retain_days",
+    "delete_policy",
+    "select_policy",
+    "upsert_policy",
 ]
 
 MAX_RETAIN_DAYS = 36500
@@ -200,6 +203,33 @@ def check_retain_days(days: object, field: str = "retain_days") -> int:
     return days
 
 
+async def select_policy(tx: Transaction, tenant: Tenant) -> RetentionPolicy | None:
+    """The tenant's own policy in an open tenant transaction (RLS), or None."""
+    row = await tx.connection.fetchrow(
+        _SELECT_POLICY, tenant.client_account_id, tenant.engagement_id
+    )
+    return None if row is None else RetentionPolicy(**dict(row))
+
+
+async def upsert_policy(
+    tx: Transaction, tenant: Tenant, days: int, user_id: str
+) -> RetentionPolicy:
+    """Store the tenant's policy (`days` already checked); what is stored."""
+    row = await tx.connection.fetchrow(
+        _UPSERT_POLICY, tenant.client_account_id, tenant.engagement_id, days, user_id
+    )
+    assert row is not None
+    return RetentionPolicy(**dict(row))
+
+
+async def delete_policy(tx: Transaction, tenant: Tenant) -> bool:
+    """Remove the tenant's own policy; whether there was one."""
+    status = await tx.connection.execute(
+        _DELETE_POLICY, tenant.client_account_id, tenant.engagement_id
+    )
+    return bool(status != "DELETE 0")
+
+
 @dataclass(frozen=True, slots=True)
 class ArchiveListing:
     """One row of the archive catalog."""
@@ -247,39 +277,22 @@ class RetentionStore(TransactionRunner):
         """The tenant's own policy, or None (then the server's default applies)."""
         check_tenant(tenant)
 
-        async def work(tx: Transaction) -> RetentionPolicy | None:
-            row = await tx.connection.fetchrow(
-                _SELECT_POLICY, tenant.client_account_id, tenant.engagement_id
-            )
-            return None if row is None else RetentionPolicy(**dict(row))
-
-        return await self._run(tenant, work)
+        return await self._run(tenant, lambda tx: select_policy(tx, tenant))
 
     async def set_policy(self, tenant: Tenant, retain_days: int, user_id: str) -> RetentionPolicy:
         """Set the tenant's policy (validated); returns what is stored."""
         check_tenant(tenant)
         days = check_retain_days(retain_days)
 
-        async def work(tx: Transaction) -> RetentionPolicy:
-            row = await tx.connection.fetchrow(
-                _UPSERT_POLICY, tenant.client_account_id, tenant.engagement_id, days, user_id
-            )
-            assert row is not None
-            return RetentionPolicy(**dict(row))
-
-        return await self._run(tenant, work, write=True)
+        return await self._run(
+            tenant, lambda tx: upsert_policy(tx, tenant, days, user_id), write=True
+        )
 
     async def clear_policy(self, tenant: Tenant) -> bool:
         """Remove the tenant's policy (the default applies again); whether there was one."""
         check_tenant(tenant)
 
-        async def work(tx: Transaction) -> bool:
-            status = await tx.connection.execute(
-                _DELETE_POLICY, tenant.client_account_id, tenant.engagement_id
-            )
-            return status != "DELETE 0"
-
-        return await self._run(tenant, work, write=True)
+        return await self._run(tenant, lambda tx: delete_policy(tx, tenant), write=True)
 
     # --- partitions -------------------------------------------------------------------------
 

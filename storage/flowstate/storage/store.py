@@ -50,7 +50,7 @@ from flowstate.core.definitions import (
 )
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
-from flowstate.storage import codec, definitions_repo, timers, webhooks_repo
+from flowstate.storage import codec, definitions_repo, retention, timers, webhooks_repo
 from flowstate.storage.errors import AppRoleNotGrantedError, SchemaNotReadyError, to_store_error
 from flowstate.storage.group_commit import GroupCommit, Queued
 from flowstate.storage.limits import (
@@ -930,6 +930,26 @@ class FlowStore(TransactionRunner):
         return await self._run(tenant, work, write=True)
 
     # --- writes: the runner a use case hands its decision to -------------------------------------
+
+    # --- retention policies (docs/retention.md; the archiver has its own RetentionStore) ----
+
+    async def get_retention_policy(self, tenant: Tenant) -> retention.RetentionPolicy | None:
+        """The tenant's own retention policy, or None."""
+        check_tenant(tenant)
+        return await self._run(tenant, lambda tx: retention.select_policy(tx, tenant))
+
+    async def set_retention_policy(
+        self, tenant: Tenant, retain_days: int, user_id: str
+    ) -> retention.RetentionPolicy | None:
+        """Set the tenant's policy (1..36500 days), or remove it (0); what is stored now."""
+        check_tenant(tenant)
+        if retain_days == 0:
+            await self._run(tenant, lambda tx: retention.delete_policy(tx, tenant), write=True)
+            return None
+        days = retention.check_retain_days(retain_days)
+        return await self._run(
+            tenant, lambda tx: retention.upsert_policy(tx, tenant, days, user_id), write=True
+        )
 
     async def update_flow(
         self,

@@ -90,6 +90,7 @@ from flowstate.client._models import (
     PhaseFailure,
     RecoveryOption,
     RecoveryOptions,
+    RetentionPolicy,
     ValidationResult,
 )
 from flowstate.client._retry import RetryPolicy
@@ -160,6 +161,7 @@ __all__ = [
     "RecoveryOptions",
     "RequestIdReused",
     "ResourceExhausted",
+    "RetentionPolicy",
     "RetryNotAllowed",
     "RetryPolicy",
     "ServerShuttingDown",

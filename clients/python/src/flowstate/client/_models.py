@@ -560,6 +560,28 @@ class FlowTree:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """The tenant's retention policy (`get_retention_policy`, `set_retention_policy`)."""
+
+    #: Days a COMPLETED or CANCELLED flow is kept after its last change before it is archived
+    #: and deleted; 0: the tenant has no policy of its own (the server's default applies).
+    retain_days: int
+    #: When it was last set, and by whom (None and "" without a policy).
+    update_time: datetime | None
+    updated_by: str
+    raw: flow_service_pb2.RetentionPolicy = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def _from_proto(cls, raw: flow_service_pb2.RetentionPolicy) -> RetentionPolicy:
+        return cls(
+            retain_days=raw.retain_days,
+            update_time=_time(raw, "update_time"),
+            updated_by=raw.updated_by,
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryPage:
     """One page of `list_flow_history`, in version order."""
 

@@ -40,6 +40,7 @@ from flowstate.client._models import (
     MutationResult,
     RecoveryOption,
     RecoveryOptions,
+    RetentionPolicy,
     ValidationResult,
 )
 from flowstate.client._requests import EnumLike, new_request_id
@@ -395,6 +396,28 @@ class FlowstateClient:
         request = flow_service_pb2.CountFlowsRequest(filter=filter, group_by=group_by)
         response = self._call(lambda s: s.CountFlows, request, timeout, retry)
         return FlowCount._from_proto(response)
+
+    def get_retention_policy(
+        self, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> RetentionPolicy:
+        """The tenant's retention policy (scope ``retention:admin``; retain_days 0: none)."""
+        request = flow_service_pb2.GetRetentionPolicyRequest()
+        response = self._call(lambda s: s.GetRetentionPolicy, request, timeout, retry)
+        return RetentionPolicy._from_proto(response.policy)
+
+    def set_retention_policy(
+        self,
+        retain_days: int,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> RetentionPolicy:
+        """Keep the tenant's COMPLETED and CANCELLED flows `retain_days` (1..36500) after their
+        last change, then archive and delete them; 0 removes the tenant's own policy. Scope
+        ``retention:admin``; idempotent."""
+        request = flow_service_pb2.SetRetentionPolicyRequest(retain_days=retain_days)
+        response = self._call(lambda s: s.SetRetentionPolicy, request, timeout, retry)
+        return RetentionPolicy._from_proto(response.policy)
 
     def validate_transition(
         self,
