@@ -84,6 +84,8 @@ RPCS = {
     "WatchFlow",
     "WatchFlows",  # section 10 (timers)
     "LinkChildFlow",  # issue 21
+    "GetRetentionPolicy",  # section 12 (retention)
+    "SetRetentionPolicy",
 }
 STREAMING_RPCS = {"WatchFlow", "WatchFlows", "WatchBulkAction"}
 

@@ -74,6 +74,7 @@ EXPECTED = [
     "RecoveryOptions",
     "RequestIdReused",
     "ResourceExhausted",
+    "RetentionPolicy",
     "RetryNotAllowed",
     "RetryPolicy",
     "ServerShuttingDown",

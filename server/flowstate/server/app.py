@@ -318,7 +318,7 @@ class FlowstateServer:
 
     @property
     def archiver(self) -> ArchiverTask | None:
-        """The archiver task, when FLOWSTATE_ARCHIVE_DIR is set."""
+        """The archiver task (archiving with FLOWSTATE_ARCHIVE_DIR/_URL; partitions always)."""
         return self._resources.archiver
 
     @property
@@ -451,14 +451,14 @@ class FlowstateServer:
                         stuck_after=settings.stuck_after,
                         interval=settings.stuck_check_interval,
                     )
-            if settings.archive_target is not None:
-                resources.archiver = await ArchiverTask.start(
-                    url,
-                    settings.archive_target,
-                    metrics,
-                    interval=settings.archive_interval,
-                    default_days=settings.retention_default_days,
-                )
+            # Archives when a target is set; always keeps history partitions created ahead.
+            resources.archiver = await ArchiverTask.start(
+                url,
+                settings.archive_target,
+                metrics,
+                interval=settings.archive_interval,
+                default_days=settings.retention_default_days,
+            )
         except BaseException:
             await resources.release(grace=0)
             raise

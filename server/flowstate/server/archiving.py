@@ -1,5 +1,9 @@
 """The archiver as a background task of the server (``FLOWSTATE_ARCHIVE_DIR`` or ``_URL``).
 
+Without an archive target the task still keeps the monthly history partitions created ahead
+(every `PARTITIONS_INTERVAL`), so entries never pile up in the default partition of a server
+that does not archive.
+
 Every ``FLOWSTATE_ARCHIVE_INTERVAL`` seconds (the first run right after start) it runs one
 bounded `flowstate.service.retention.Archiver` pass into the directory or S3 URL, with
 ``FLOWSTATE_RETENTION_DEFAULT_DAYS`` for tenants without a policy, on a small pool of its own,
@@ -20,7 +24,10 @@ from flowstate.service.retention import Archiver, ArchiveRunResult
 from flowstate.storage.archives import archive_sink
 from flowstate.storage.retention import RetentionStore
 
-__all__ = ["ArchiverTask"]
+__all__ = ["PARTITIONS_INTERVAL", "ArchiverTask"]
+
+PARTITIONS_INTERVAL = 6 * 3600.0
+"""Seconds between partition checks of a server that does not archive."""
 
 _log = logging.getLogger("flowstate.server.archiving")
 
@@ -28,7 +35,7 @@ _log = logging.getLogger("flowstate.server.archiving")
 class ArchiverTask:
     """Runs the archiver every `interval` seconds until closed."""
 
-    def __init__(self, store: RetentionStore, archiver: Archiver, metrics: Metrics) -> None:
+    def __init__(self, store: RetentionStore, archiver: Archiver | None, metrics: Metrics) -> None:
         """Use `start`."""
         self._store = store
         self._archiver = archiver
@@ -41,21 +48,32 @@ class ArchiverTask:
     async def start(
         cls,
         database_url: str,
-        target: str,
+        target: str | None,
         metrics: Metrics,
         *,
         interval: float,
         default_days: int | None,
     ) -> ArchiverTask:
-        """Open the archiver's pool and start the timer (first run now)."""
+        """Open the archiver's pool and start the timer (first run now); without a `target`
+        only the partitions are kept ahead, every `PARTITIONS_INTERVAL` seconds."""
         store = await RetentionStore.open(database_url)
-        archiver = Archiver(store, archive_sink(target), default_days=default_days)
+        archiver = (
+            None
+            if target is None
+            else Archiver(store, archive_sink(target), default_days=default_days)
+        )
         task = cls(store, archiver, metrics)
-        task._task = asyncio.create_task(task._run(interval), name="flowstate-archiver")
+        every = interval if archiver is not None else PARTITIONS_INTERVAL
+        task._task = asyncio.create_task(task._run(every), name="flowstate-archiver")
         return task
 
-    async def run_once(self) -> ArchiveRunResult:
-        """One run, its metrics published."""
+    async def run_once(self) -> ArchiveRunResult | None:
+        """One run, its metrics published (without a target: the partitions only)."""
+        if self._archiver is None:
+            created = await self._store.ensure_partitions()
+            if created:
+                _log.info("created history partitions %s", created)
+            return None
         result = await self._archiver.run_once()
         pending, lag = await self._archiver.lag()
         self._metrics.record_archive_run(
