@@ -380,3 +380,31 @@ async def test_archives_to_an_s3_compatible_store_and_restores_from_it(
     assert restored.flows == 2
     for flow_id in flow_ids:
         assert await _rows(database_url, flow_id) == before[flow_id]
+
+
+async def test_an_archive_from_an_older_schema_restores_with_defaults(
+    store: FlowStore,
+    retention_store: RetentionStore,
+    database_url: str,
+    tenant: Tenant,
+    make_context: ContextFactory,
+    tmp_path: Path,
+) -> None:
+    """A column added after the archive was written takes its default; an unknown key is
+    ignored (archives outlive schema versions)."""
+    service = FlowService(store)
+    await retention_store.set_policy(tenant, 1, "admin")
+    flow_id = await _terminal_flow(service, tenant, make_context)
+    archiver = _archiver(retention_store, tmp_path / "new")
+    await archiver.run_once(datetime.now(UTC) + timedelta(days=2))
+    [listing] = await retention_store.list_archives(tenant)
+    [flow] = await archiver.read_archive(listing.location)
+    old_row = {k: v for k, v in flow.row.items() if k not in ("labels", "display_name")}
+    old_row["retired_column"] = "from an older build"
+    old_entries = [{k: v for k, v in e.items() if k != "phase_progress"} for e in flow.entries]
+
+    await retention_store.restore([(old_row, old_entries)])
+
+    restored = await store.get_flow(tenant, flow_id)
+    assert (restored.labels, restored.display_name) == ({}, "")
+    assert len((await store.list_history(tenant, flow_id)).entries) == 2

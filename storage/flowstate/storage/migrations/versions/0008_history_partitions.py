@@ -225,12 +225,31 @@ _RESTORE = """
     SET search_path FROM CURRENT AS $$
     DECLARE
         v_id uuid := (p_flow ->> 'id')::uuid;
-        v_entries integer;
+        v_entries integer := 0;
+        v_columns text;
     BEGIN
-        INSERT INTO flows SELECT * FROM jsonb_populate_record(NULL::flows, p_flow);
-        INSERT INTO flow_history OVERRIDING SYSTEM VALUE
-            SELECT * FROM jsonb_populate_recordset(NULL::flow_history, p_entries);
-        GET DIAGNOSTICS v_entries = ROW_COUNT;
+        -- Only the columns the archive holds: a column added since it was written takes its
+        -- default, a key whose column is gone is ignored.
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
+        FROM pg_attribute a
+        WHERE a.attrelid = 'flows'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+          AND p_flow ? a.attname;
+        EXECUTE format(
+            'INSERT INTO flows (%1$s) SELECT %1$s FROM jsonb_populate_record(NULL::flows, $1)',
+            v_columns
+        ) USING p_flow;
+        IF jsonb_array_length(p_entries) > 0 THEN
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
+            FROM pg_attribute a
+            WHERE a.attrelid = 'flow_history'::regclass AND a.attnum > 0
+              AND NOT a.attisdropped AND (p_entries -> 0) ? a.attname;
+            EXECUTE format(
+                'INSERT INTO flow_history (%1$s) OVERRIDING SYSTEM VALUE SELECT %1$s'
+                ' FROM jsonb_populate_recordset(NULL::flow_history, $1)',
+                v_columns
+            ) USING p_entries;
+            GET DIAGNOSTICS v_entries = ROW_COUNT;
+        END IF;
         -- A restored flow is held: retention never archives it again by itself.
         INSERT INTO flow_archives AS a (
             flow_id, client_account_id, engagement_id, flow_version, entry_count,
