@@ -50,6 +50,8 @@ def test_store_methods() -> None:
         "read_changes",
         "purge_expired_idempotency_keys",
         "count_stuck_flows",
+        "get_retention_policy",
+        "set_retention_policy",
         "claim_timers",
         "touch_heartbeat",
         "create_webhook",
