@@ -5110,6 +5110,246 @@ func (x *LinkChildFlowResponse) GetHistoryEntries() []*HistoryEntry {
 	return nil
 }
 
+// A tenant's retention policy.
+type RetentionPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Days a terminal flow is kept after its last change; 0: no policy of the
+	// tenant's own.
+	RetainDays int32 `protobuf:"varint,1,opt,name=retain_days,json=retainDays,proto3" json:"retain_days,omitempty"`
+	// When the policy was last set (unset without a policy).
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Who set it (the token's subject; empty without a policy).
+	UpdatedBy     string `protobuf:"bytes,3,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetentionPolicy) Reset() {
+	*x = RetentionPolicy{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetentionPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetentionPolicy) ProtoMessage() {}
+
+func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetentionPolicy.ProtoReflect.Descriptor instead.
+func (*RetentionPolicy) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *RetentionPolicy) GetRetainDays() int32 {
+	if x != nil {
+		return x.RetainDays
+	}
+	return 0
+}
+
+func (x *RetentionPolicy) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *RetentionPolicy) GetUpdatedBy() string {
+	if x != nil {
+		return x.UpdatedBy
+	}
+	return ""
+}
+
+// Request of GetRetentionPolicy (the tenant comes from the token).
+type GetRetentionPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRetentionPolicyRequest) Reset() {
+	*x = GetRetentionPolicyRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRetentionPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRetentionPolicyRequest) ProtoMessage() {}
+
+func (x *GetRetentionPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRetentionPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetRetentionPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{68}
+}
+
+// Response of GetRetentionPolicy.
+type GetRetentionPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's policy (retain_days 0: none of its own).
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRetentionPolicyResponse) Reset() {
+	*x = GetRetentionPolicyResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRetentionPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRetentionPolicyResponse) ProtoMessage() {}
+
+func (x *GetRetentionPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRetentionPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetRetentionPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *GetRetentionPolicyResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// Request of SetRetentionPolicy (the tenant comes from the token).
+type SetRetentionPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Days from 1 to 36500; 0 removes the tenant's own policy.
+	RetainDays    int32 `protobuf:"varint,1,opt,name=retain_days,json=retainDays,proto3" json:"retain_days,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRetentionPolicyRequest) Reset() {
+	*x = SetRetentionPolicyRequest{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRetentionPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRetentionPolicyRequest) ProtoMessage() {}
+
+func (x *SetRetentionPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRetentionPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetRetentionPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *SetRetentionPolicyRequest) GetRetainDays() int32 {
+	if x != nil {
+		return x.RetainDays
+	}
+	return 0
+}
+
+// Response of SetRetentionPolicy.
+type SetRetentionPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy as stored now.
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRetentionPolicyResponse) Reset() {
+	*x = SetRetentionPolicyResponse{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRetentionPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRetentionPolicyResponse) ProtoMessage() {}
+
+func (x *SetRetentionPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRetentionPolicyResponse.ProtoReflect.Descriptor instead.
+func (*SetRetentionPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *SetRetentionPolicyResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 var File_flowstate_v1_flow_service_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_flow_service_proto_rawDesc = "" +
@@ -5485,7 +5725,22 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x11_expected_version\"\x84\x01\n" +
 	"\x15LinkChildFlowResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x12C\n" +
-	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries*\x97\x02\n" +
+	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries\"\x8e\x01\n" +
+	"\x0fRetentionPolicy\x12\x1f\n" +
+	"\vretain_days\x18\x01 \x01(\x05R\n" +
+	"retainDays\x12;\n" +
+	"\vupdate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x1d\n" +
+	"\n" +
+	"updated_by\x18\x03 \x01(\tR\tupdatedBy\"\x1b\n" +
+	"\x19GetRetentionPolicyRequest\"S\n" +
+	"\x1aGetRetentionPolicyResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.flowstate.v1.RetentionPolicyR\x06policy\"<\n" +
+	"\x19SetRetentionPolicyRequest\x12\x1f\n" +
+	"\vretain_days\x18\x01 \x01(\x05R\n" +
+	"retainDays\"S\n" +
+	"\x1aSetRetentionPolicyResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.flowstate.v1.RetentionPolicyR\x06policy*\x97\x02\n" +
 	"\x0eRecoveryAction\x12\x1f\n" +
 	"\x1bRECOVERY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15RECOVERY_ACTION_RETRY\x10\x01\x12\x1f\n" +
@@ -5513,7 +5768,7 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x1dBULK_FLOW_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19BULK_FLOW_OUTCOME_APPLIED\x10\x01\x12\x1d\n" +
 	"\x19BULK_FLOW_OUTCOME_REFUSED\x10\x02\x12\x1d\n" +
-	"\x19BULK_FLOW_OUTCOME_SKIPPED\x10\x032\xb9\x18\n" +
+	"\x19BULK_FLOW_OUTCOME_SKIPPED\x10\x032\x95\x1a\n" +
 	"\x10FlowStateService\x12O\n" +
 	"\n" +
 	"CreateFlow\x12\x1f.flowstate.v1.CreateFlowRequest\x1a .flowstate.v1.CreateFlowResponse\x12K\n" +
@@ -5553,7 +5808,9 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x10CancelBulkAction\x12%.flowstate.v1.CancelBulkActionRequest\x1a&.flowstate.v1.CancelBulkActionResponse\x12`\n" +
 	"\x0fWatchBulkAction\x12$.flowstate.v1.WatchBulkActionRequest\x1a%.flowstate.v1.WatchBulkActionResponse0\x01\x12R\n" +
 	"\vDecidePhase\x12 .flowstate.v1.DecidePhaseRequest\x1a!.flowstate.v1.DecidePhaseResponse\x12X\n" +
-	"\rLinkChildFlow\x12\".flowstate.v1.LinkChildFlowRequest\x1a#.flowstate.v1.LinkChildFlowResponseB\xa8\x01\n" +
+	"\rLinkChildFlow\x12\".flowstate.v1.LinkChildFlowRequest\x1a#.flowstate.v1.LinkChildFlowResponse\x12l\n" +
+	"\x12GetRetentionPolicy\x12'.flowstate.v1.GetRetentionPolicyRequest\x1a(.flowstate.v1.GetRetentionPolicyResponse\"\x03\x90\x02\x01\x12l\n" +
+	"\x12SetRetentionPolicy\x12'.flowstate.v1.SetRetentionPolicyRequest\x1a(.flowstate.v1.SetRetentionPolicyResponse\"\x03\x90\x02\x02B\xa8\x01\n" +
 	"\x10com.flowstate.v1B\x10FlowServiceProtoP\x01Z1flowstate.dev/client/gen/flowstate/v1;flowstatev1\xa2\x02\x03FXX\xaa\x02\fFlowstate.V1\xca\x02\fFlowstate\\V1\xe2\x02\x18Flowstate\\V1\\GPBMetadata\xea\x02\rFlowstate::V1b\x06proto3"
 
 var (
@@ -5569,7 +5826,7 @@ func file_flowstate_v1_flow_service_proto_rawDescGZIP() []byte {
 }
 
 var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
+var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
 var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(RecoveryAction)(0),                   // 0: flowstate.v1.RecoveryAction
 	(BulkActionType)(0),                   // 1: flowstate.v1.BulkActionType
@@ -5642,74 +5899,79 @@ var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(*DecidePhaseResponse)(nil),           // 68: flowstate.v1.DecidePhaseResponse
 	(*LinkChildFlowRequest)(nil),          // 69: flowstate.v1.LinkChildFlowRequest
 	(*LinkChildFlowResponse)(nil),         // 70: flowstate.v1.LinkChildFlowResponse
-	nil,                                   // 71: flowstate.v1.CreateFlowRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),         // 72: google.protobuf.Timestamp
-	(*ExternalDependency)(nil),            // 73: flowstate.v1.ExternalDependency
-	(*Flow)(nil),                          // 74: flowstate.v1.Flow
-	(*HistoryEntry)(nil),                  // 75: flowstate.v1.HistoryEntry
-	(PhaseState)(0),                       // 76: flowstate.v1.PhaseState
-	(FlowStatus)(0),                       // 77: flowstate.v1.FlowStatus
-	(*FlowError)(nil),                     // 78: flowstate.v1.FlowError
-	(*PhaseFailure)(nil),                  // 79: flowstate.v1.PhaseFailure
-	(*structpb.Struct)(nil),               // 80: google.protobuf.Struct
-	(ErrorCode)(0),                        // 81: flowstate.v1.ErrorCode
-	(*FlowDefinition)(nil),                // 82: flowstate.v1.FlowDefinition
-	(*FlowAlert)(nil),                     // 83: flowstate.v1.FlowAlert
-	(ApprovalDecision)(0),                 // 84: flowstate.v1.ApprovalDecision
-	(*CreateWebhookRequest)(nil),          // 85: flowstate.v1.CreateWebhookRequest
-	(*ListWebhooksRequest)(nil),           // 86: flowstate.v1.ListWebhooksRequest
-	(*DeleteWebhookRequest)(nil),          // 87: flowstate.v1.DeleteWebhookRequest
-	(*TestWebhookRequest)(nil),            // 88: flowstate.v1.TestWebhookRequest
-	(*ReplayWebhookRequest)(nil),          // 89: flowstate.v1.ReplayWebhookRequest
-	(*CreateWebhookResponse)(nil),         // 90: flowstate.v1.CreateWebhookResponse
-	(*ListWebhooksResponse)(nil),          // 91: flowstate.v1.ListWebhooksResponse
-	(*DeleteWebhookResponse)(nil),         // 92: flowstate.v1.DeleteWebhookResponse
-	(*TestWebhookResponse)(nil),           // 93: flowstate.v1.TestWebhookResponse
-	(*ReplayWebhookResponse)(nil),         // 94: flowstate.v1.ReplayWebhookResponse
+	(*RetentionPolicy)(nil),               // 71: flowstate.v1.RetentionPolicy
+	(*GetRetentionPolicyRequest)(nil),     // 72: flowstate.v1.GetRetentionPolicyRequest
+	(*GetRetentionPolicyResponse)(nil),    // 73: flowstate.v1.GetRetentionPolicyResponse
+	(*SetRetentionPolicyRequest)(nil),     // 74: flowstate.v1.SetRetentionPolicyRequest
+	(*SetRetentionPolicyResponse)(nil),    // 75: flowstate.v1.SetRetentionPolicyResponse
+	nil,                                   // 76: flowstate.v1.CreateFlowRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),         // 77: google.protobuf.Timestamp
+	(*ExternalDependency)(nil),            // 78: flowstate.v1.ExternalDependency
+	(*Flow)(nil),                          // 79: flowstate.v1.Flow
+	(*HistoryEntry)(nil),                  // 80: flowstate.v1.HistoryEntry
+	(PhaseState)(0),                       // 81: flowstate.v1.PhaseState
+	(FlowStatus)(0),                       // 82: flowstate.v1.FlowStatus
+	(*FlowError)(nil),                     // 83: flowstate.v1.FlowError
+	(*PhaseFailure)(nil),                  // 84: flowstate.v1.PhaseFailure
+	(*structpb.Struct)(nil),               // 85: google.protobuf.Struct
+	(ErrorCode)(0),                        // 86: flowstate.v1.ErrorCode
+	(*FlowDefinition)(nil),                // 87: flowstate.v1.FlowDefinition
+	(*FlowAlert)(nil),                     // 88: flowstate.v1.FlowAlert
+	(ApprovalDecision)(0),                 // 89: flowstate.v1.ApprovalDecision
+	(*CreateWebhookRequest)(nil),          // 90: flowstate.v1.CreateWebhookRequest
+	(*ListWebhooksRequest)(nil),           // 91: flowstate.v1.ListWebhooksRequest
+	(*DeleteWebhookRequest)(nil),          // 92: flowstate.v1.DeleteWebhookRequest
+	(*TestWebhookRequest)(nil),            // 93: flowstate.v1.TestWebhookRequest
+	(*ReplayWebhookRequest)(nil),          // 94: flowstate.v1.ReplayWebhookRequest
+	(*CreateWebhookResponse)(nil),         // 95: flowstate.v1.CreateWebhookResponse
+	(*ListWebhooksResponse)(nil),          // 96: flowstate.v1.ListWebhooksResponse
+	(*DeleteWebhookResponse)(nil),         // 97: flowstate.v1.DeleteWebhookResponse
+	(*TestWebhookResponse)(nil),           // 98: flowstate.v1.TestWebhookResponse
+	(*ReplayWebhookResponse)(nil),         // 99: flowstate.v1.ReplayWebhookResponse
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
-	71,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
-	72,  // 1: flowstate.v1.CreateFlowRequest.deadline:type_name -> google.protobuf.Timestamp
-	73,  // 2: flowstate.v1.CreateFlowRequest.external_dependencies:type_name -> flowstate.v1.ExternalDependency
-	74,  // 3: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 4: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	74,  // 5: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
-	74,  // 6: flowstate.v1.GetFlowResponse.descendants:type_name -> flowstate.v1.Flow
-	76,  // 7: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
-	77,  // 8: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	76,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
+	77,  // 1: flowstate.v1.CreateFlowRequest.deadline:type_name -> google.protobuf.Timestamp
+	78,  // 2: flowstate.v1.CreateFlowRequest.external_dependencies:type_name -> flowstate.v1.ExternalDependency
+	79,  // 3: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 4: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 5: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
+	79,  // 6: flowstate.v1.GetFlowResponse.descendants:type_name -> flowstate.v1.Flow
+	81,  // 7: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
+	82,  // 8: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
 	8,   // 9: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
-	72,  // 10: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
-	74,  // 11: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
-	76,  // 12: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
-	76,  // 13: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
-	77,  // 14: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
-	77,  // 15: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
+	77,  // 10: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
+	79,  // 11: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
+	81,  // 12: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
+	81,  // 13: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
+	82,  // 14: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
+	82,  // 15: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
 	11,  // 16: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
 	12,  // 17: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
-	78,  // 18: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
-	76,  // 19: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
-	77,  // 20: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
-	77,  // 21: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
-	76,  // 22: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
-	79,  // 23: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
-	80,  // 24: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	74,  // 25: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 26: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	80,  // 27: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
-	72,  // 28: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
-	74,  // 29: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 30: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	74,  // 31: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 32: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	74,  // 33: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 34: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	74,  // 35: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
+	83,  // 18: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
+	81,  // 19: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
+	82,  // 20: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
+	82,  // 21: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
+	81,  // 22: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
+	84,  // 23: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
+	85,  // 24: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	79,  // 25: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 26: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	85,  // 27: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
+	77,  // 28: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
+	79,  // 29: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 30: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 31: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 32: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 33: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 34: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 35: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
 	27,  // 36: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
 	0,   // 37: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
-	76,  // 38: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
-	77,  // 39: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
-	81,  // 40: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
-	72,  // 41: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
+	81,  // 38: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
+	82,  // 39: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
+	86,  // 40: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
+	77,  // 41: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
 	23,  // 42: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
 	21,  // 43: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
 	15,  // 44: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
@@ -5717,38 +5979,38 @@ var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
 	32,  // 46: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
 	28,  // 47: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
 	42,  // 48: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
-	74,  // 49: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 50: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	74,  // 51: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 52: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	74,  // 53: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 54: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	75,  // 55: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	82,  // 56: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	82,  // 57: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
-	82,  // 58: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	82,  // 59: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
-	80,  // 60: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	74,  // 61: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 62: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 49: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 50: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 51: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 52: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 53: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 54: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	80,  // 55: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	87,  // 56: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	87,  // 57: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	87,  // 58: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	87,  // 59: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	85,  // 60: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	79,  // 61: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 62: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
 	48,  // 63: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	77,  // 64: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	82,  // 64: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
 	48,  // 65: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	77,  // 66: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	74,  // 67: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	75,  // 68: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	82,  // 66: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	79,  // 67: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	80,  // 68: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
 	49,  // 69: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	83,  // 70: flowstate.v1.FlowEvent.alert:type_name -> flowstate.v1.FlowAlert
-	72,  // 71: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	88,  // 70: flowstate.v1.FlowEvent.alert:type_name -> flowstate.v1.FlowAlert
+	77,  // 71: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
 	52,  // 72: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
 	1,   // 73: flowstate.v1.BulkAction.action:type_name -> flowstate.v1.BulkActionType
 	2,   // 74: flowstate.v1.BulkAction.state:type_name -> flowstate.v1.BulkActionState
-	72,  // 75: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
-	72,  // 76: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
-	72,  // 77: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
+	77,  // 75: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 76: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
+	77,  // 77: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
 	3,   // 78: flowstate.v1.BulkFlowResult.outcome:type_name -> flowstate.v1.BulkFlowOutcome
-	78,  // 79: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
-	72,  // 80: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
+	83,  // 79: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
+	77,  // 80: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
 	1,   // 81: flowstate.v1.StartBulkActionRequest.action:type_name -> flowstate.v1.BulkActionType
 	53,  // 82: flowstate.v1.StartBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
 	53,  // 83: flowstate.v1.GetBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
@@ -5757,84 +6019,91 @@ var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
 	54,  // 86: flowstate.v1.ListBulkActionResultsResponse.results:type_name -> flowstate.v1.BulkFlowResult
 	53,  // 87: flowstate.v1.CancelBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
 	53,  // 88: flowstate.v1.WatchBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	84,  // 89: flowstate.v1.DecidePhaseRequest.decision:type_name -> flowstate.v1.ApprovalDecision
-	74,  // 90: flowstate.v1.DecidePhaseResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 91: flowstate.v1.DecidePhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	74,  // 92: flowstate.v1.LinkChildFlowResponse.flow:type_name -> flowstate.v1.Flow
-	75,  // 93: flowstate.v1.LinkChildFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	4,   // 94: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	6,   // 95: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	9,   // 96: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	13,  // 97: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	15,  // 98: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	17,  // 99: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	21,  // 100: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	23,  // 101: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	25,  // 102: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	28,  // 103: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	30,  // 104: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	32,  // 105: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	34,  // 106: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	36,  // 107: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	38,  // 108: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
-	40,  // 109: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
-	42,  // 110: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
-	44,  // 111: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	46,  // 112: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	18,  // 113: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
-	50,  // 114: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
-	85,  // 115: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
-	86,  // 116: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
-	87,  // 117: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
-	88,  // 118: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
-	89,  // 119: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
-	55,  // 120: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
-	57,  // 121: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
-	59,  // 122: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
-	61,  // 123: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
-	63,  // 124: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
-	65,  // 125: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
-	67,  // 126: flowstate.v1.FlowStateService.DecidePhase:input_type -> flowstate.v1.DecidePhaseRequest
-	69,  // 127: flowstate.v1.FlowStateService.LinkChildFlow:input_type -> flowstate.v1.LinkChildFlowRequest
-	5,   // 128: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	7,   // 129: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	10,  // 130: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	14,  // 131: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	16,  // 132: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	20,  // 133: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	22,  // 134: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	24,  // 135: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	26,  // 136: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	29,  // 137: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	31,  // 138: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	33,  // 139: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	35,  // 140: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	37,  // 141: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	39,  // 142: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	41,  // 143: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	43,  // 144: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	45,  // 145: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	47,  // 146: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	19,  // 147: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
-	51,  // 148: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
-	90,  // 149: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
-	91,  // 150: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
-	92,  // 151: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
-	93,  // 152: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
-	94,  // 153: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
-	56,  // 154: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
-	58,  // 155: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
-	60,  // 156: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
-	62,  // 157: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
-	64,  // 158: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
-	66,  // 159: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
-	68,  // 160: flowstate.v1.FlowStateService.DecidePhase:output_type -> flowstate.v1.DecidePhaseResponse
-	70,  // 161: flowstate.v1.FlowStateService.LinkChildFlow:output_type -> flowstate.v1.LinkChildFlowResponse
-	128, // [128:162] is the sub-list for method output_type
-	94,  // [94:128] is the sub-list for method input_type
-	94,  // [94:94] is the sub-list for extension type_name
-	94,  // [94:94] is the sub-list for extension extendee
-	0,   // [0:94] is the sub-list for field type_name
+	89,  // 89: flowstate.v1.DecidePhaseRequest.decision:type_name -> flowstate.v1.ApprovalDecision
+	79,  // 90: flowstate.v1.DecidePhaseResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 91: flowstate.v1.DecidePhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 92: flowstate.v1.LinkChildFlowResponse.flow:type_name -> flowstate.v1.Flow
+	80,  // 93: flowstate.v1.LinkChildFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	77,  // 94: flowstate.v1.RetentionPolicy.update_time:type_name -> google.protobuf.Timestamp
+	71,  // 95: flowstate.v1.GetRetentionPolicyResponse.policy:type_name -> flowstate.v1.RetentionPolicy
+	71,  // 96: flowstate.v1.SetRetentionPolicyResponse.policy:type_name -> flowstate.v1.RetentionPolicy
+	4,   // 97: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	6,   // 98: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	9,   // 99: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	13,  // 100: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	15,  // 101: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	17,  // 102: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	21,  // 103: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	23,  // 104: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	25,  // 105: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	28,  // 106: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	30,  // 107: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	32,  // 108: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	34,  // 109: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	36,  // 110: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	38,  // 111: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	40,  // 112: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	42,  // 113: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	44,  // 114: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	46,  // 115: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	18,  // 116: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
+	50,  // 117: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
+	90,  // 118: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
+	91,  // 119: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
+	92,  // 120: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
+	93,  // 121: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
+	94,  // 122: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
+	55,  // 123: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
+	57,  // 124: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
+	59,  // 125: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
+	61,  // 126: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
+	63,  // 127: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
+	65,  // 128: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
+	67,  // 129: flowstate.v1.FlowStateService.DecidePhase:input_type -> flowstate.v1.DecidePhaseRequest
+	69,  // 130: flowstate.v1.FlowStateService.LinkChildFlow:input_type -> flowstate.v1.LinkChildFlowRequest
+	72,  // 131: flowstate.v1.FlowStateService.GetRetentionPolicy:input_type -> flowstate.v1.GetRetentionPolicyRequest
+	74,  // 132: flowstate.v1.FlowStateService.SetRetentionPolicy:input_type -> flowstate.v1.SetRetentionPolicyRequest
+	5,   // 133: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	7,   // 134: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	10,  // 135: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	14,  // 136: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	16,  // 137: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	20,  // 138: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	22,  // 139: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	24,  // 140: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	26,  // 141: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	29,  // 142: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	31,  // 143: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	33,  // 144: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	35,  // 145: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	37,  // 146: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	39,  // 147: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	41,  // 148: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	43,  // 149: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	45,  // 150: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	47,  // 151: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	19,  // 152: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
+	51,  // 153: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
+	95,  // 154: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
+	96,  // 155: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
+	97,  // 156: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
+	98,  // 157: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
+	99,  // 158: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
+	56,  // 159: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
+	58,  // 160: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
+	60,  // 161: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
+	62,  // 162: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
+	64,  // 163: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
+	66,  // 164: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
+	68,  // 165: flowstate.v1.FlowStateService.DecidePhase:output_type -> flowstate.v1.DecidePhaseResponse
+	70,  // 166: flowstate.v1.FlowStateService.LinkChildFlow:output_type -> flowstate.v1.LinkChildFlowResponse
+	73,  // 167: flowstate.v1.FlowStateService.GetRetentionPolicy:output_type -> flowstate.v1.GetRetentionPolicyResponse
+	75,  // 168: flowstate.v1.FlowStateService.SetRetentionPolicy:output_type -> flowstate.v1.SetRetentionPolicyResponse
+	133, // [133:169] is the sub-list for method output_type
+	97,  // [97:133] is the sub-list for method input_type
+	97,  // [97:97] is the sub-list for extension type_name
+	97,  // [97:97] is the sub-list for extension extendee
+	0,   // [0:97] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -5886,7 +6155,7 @@ func file_flowstate_v1_flow_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_service_proto_rawDesc), len(file_flowstate_v1_flow_service_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   68,
+			NumMessages:   73,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

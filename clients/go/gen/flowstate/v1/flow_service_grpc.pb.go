@@ -53,6 +53,8 @@ const (
 	FlowStateService_WatchBulkAction_FullMethodName       = "/flowstate.v1.FlowStateService/WatchBulkAction"
 	FlowStateService_DecidePhase_FullMethodName           = "/flowstate.v1.FlowStateService/DecidePhase"
 	FlowStateService_LinkChildFlow_FullMethodName         = "/flowstate.v1.FlowStateService/LinkChildFlow"
+	FlowStateService_GetRetentionPolicy_FullMethodName    = "/flowstate.v1.FlowStateService/GetRetentionPolicy"
+	FlowStateService_SetRetentionPolicy_FullMethodName    = "/flowstate.v1.FlowStateService/SetRetentionPolicy"
 )
 
 // FlowStateServiceClient is the client API for FlowStateService service.
@@ -238,6 +240,16 @@ type FlowStateServiceClient interface {
 	// INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
 	// FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
 	LinkChildFlow(ctx context.Context, in *LinkChildFlowRequest, opts ...grpc.CallOption) (*LinkChildFlowResponse, error)
+	// Returns the caller's tenant's retention policy (scope `retention:admin`):
+	// how many days a COMPLETED or CANCELLED flow is kept after its last change
+	// before the archiver exports and deletes it. `retain_days` 0: the tenant has
+	// no policy of its own (the server's default applies, or flows are kept).
+	GetRetentionPolicy(ctx context.Context, in *GetRetentionPolicyRequest, opts ...grpc.CallOption) (*GetRetentionPolicyResponse, error)
+	// Sets the caller's tenant's retention policy (scope `retention:admin`):
+	// `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+	// Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+	// changes).
+	SetRetentionPolicy(ctx context.Context, in *SetRetentionPolicyRequest, opts ...grpc.CallOption) (*SetRetentionPolicyResponse, error)
 }
 
 type flowStateServiceClient struct {
@@ -615,6 +627,26 @@ func (c *flowStateServiceClient) LinkChildFlow(ctx context.Context, in *LinkChil
 	return out, nil
 }
 
+func (c *flowStateServiceClient) GetRetentionPolicy(ctx context.Context, in *GetRetentionPolicyRequest, opts ...grpc.CallOption) (*GetRetentionPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRetentionPolicyResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_GetRetentionPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *flowStateServiceClient) SetRetentionPolicy(ctx context.Context, in *SetRetentionPolicyRequest, opts ...grpc.CallOption) (*SetRetentionPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRetentionPolicyResponse)
+	err := c.cc.Invoke(ctx, FlowStateService_SetRetentionPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FlowStateServiceServer is the server API for FlowStateService service.
 // All implementations must embed UnimplementedFlowStateServiceServer
 // for forward compatibility.
@@ -798,6 +830,16 @@ type FlowStateServiceServer interface {
 	// INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
 	// FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
 	LinkChildFlow(context.Context, *LinkChildFlowRequest) (*LinkChildFlowResponse, error)
+	// Returns the caller's tenant's retention policy (scope `retention:admin`):
+	// how many days a COMPLETED or CANCELLED flow is kept after its last change
+	// before the archiver exports and deletes it. `retain_days` 0: the tenant has
+	// no policy of its own (the server's default applies, or flows are kept).
+	GetRetentionPolicy(context.Context, *GetRetentionPolicyRequest) (*GetRetentionPolicyResponse, error)
+	// Sets the caller's tenant's retention policy (scope `retention:admin`):
+	// `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+	// Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+	// changes).
+	SetRetentionPolicy(context.Context, *SetRetentionPolicyRequest) (*SetRetentionPolicyResponse, error)
 	mustEmbedUnimplementedFlowStateServiceServer()
 }
 
@@ -909,6 +951,12 @@ func (UnimplementedFlowStateServiceServer) DecidePhase(context.Context, *DecideP
 }
 func (UnimplementedFlowStateServiceServer) LinkChildFlow(context.Context, *LinkChildFlowRequest) (*LinkChildFlowResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LinkChildFlow not implemented")
+}
+func (UnimplementedFlowStateServiceServer) GetRetentionPolicy(context.Context, *GetRetentionPolicyRequest) (*GetRetentionPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRetentionPolicy not implemented")
+}
+func (UnimplementedFlowStateServiceServer) SetRetentionPolicy(context.Context, *SetRetentionPolicyRequest) (*SetRetentionPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRetentionPolicy not implemented")
 }
 func (UnimplementedFlowStateServiceServer) mustEmbedUnimplementedFlowStateServiceServer() {}
 func (UnimplementedFlowStateServiceServer) testEmbeddedByValue()                          {}
@@ -1522,6 +1570,42 @@ func _FlowStateService_LinkChildFlow_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FlowStateService_GetRetentionPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRetentionPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).GetRetentionPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_GetRetentionPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).GetRetentionPolicy(ctx, req.(*GetRetentionPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FlowStateService_SetRetentionPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRetentionPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FlowStateServiceServer).SetRetentionPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FlowStateService_SetRetentionPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FlowStateServiceServer).SetRetentionPolicy(ctx, req.(*SetRetentionPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FlowStateService_ServiceDesc is the grpc.ServiceDesc for FlowStateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1652,6 +1736,14 @@ var FlowStateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "LinkChildFlow",
 			Handler:    _FlowStateService_LinkChildFlow_Handler,
+		},
+		{
+			MethodName: "GetRetentionPolicy",
+			Handler:    _FlowStateService_GetRetentionPolicy_Handler,
+		},
+		{
+			MethodName: "SetRetentionPolicy",
+			Handler:    _FlowStateService_SetRetentionPolicy_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -22,7 +22,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from flowstate.v1.webhook_pb2 import CreateWebhookRequest, CreateWebhookResponse, DeleteWebhookRequest, DeleteWebhookResponse, ListWebhooksRequest, ListWebhooksResponse, ReplayWebhookRequest, ReplayWebhookResponse, TestWebhookRequest, TestWebhookResponse
 from pyqwest import Client, SyncClient
 
-from .flow_service_pb2 import CancelBulkActionRequest, CancelBulkActionResponse, CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, DecidePhaseRequest, DecidePhaseResponse, GetBulkActionRequest, GetBulkActionResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, HeartbeatRequest, HeartbeatResponse, LinkChildFlowRequest, LinkChildFlowResponse, ListBulkActionResultsRequest, ListBulkActionResultsResponse, ListBulkActionsRequest, ListBulkActionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SkipPhaseRequest, SkipPhaseResponse, StartBulkActionRequest, StartBulkActionResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchBulkActionRequest, WatchBulkActionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
+from .flow_service_pb2 import CancelBulkActionRequest, CancelBulkActionResponse, CancelFlowRequest, CancelFlowResponse, CountFlowsRequest, CountFlowsResponse, CreateFlowDefinitionRequest, CreateFlowDefinitionResponse, CreateFlowRequest, CreateFlowResponse, DecidePhaseRequest, DecidePhaseResponse, GetBulkActionRequest, GetBulkActionResponse, GetFlowDefinitionRequest, GetFlowDefinitionResponse, GetFlowRequest, GetFlowResponse, GetRecoveryOptionsRequest, GetRecoveryOptionsResponse, GetRetentionPolicyRequest, GetRetentionPolicyResponse, HeartbeatRequest, HeartbeatResponse, LinkChildFlowRequest, LinkChildFlowResponse, ListBulkActionResultsRequest, ListBulkActionResultsResponse, ListBulkActionsRequest, ListBulkActionsResponse, ListFlowDefinitionsRequest, ListFlowDefinitionsResponse, ListFlowHistoryRequest, ListFlowHistoryResponse, ListFlowsRequest, ListFlowsResponse, PauseFlowRequest, PauseFlowResponse, ResumeFlowRequest, ResumeFlowResponse, RetryRequest, RetryResponse, RollbackRequest, RollbackResponse, SetRetentionPolicyRequest, SetRetentionPolicyResponse, SkipPhaseRequest, SkipPhaseResponse, StartBulkActionRequest, StartBulkActionResponse, TransitionPhaseRequest, TransitionPhaseResponse, UpdatePhaseProgressRequest, UpdatePhaseProgressResponse, ValidateTransitionRequest, ValidateTransitionResponse, WatchBulkActionRequest, WatchBulkActionResponse, WatchFlowRequest, WatchFlowResponse, WatchFlowsRequest, WatchFlowsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -361,6 +361,24 @@ class FlowStateService(Protocol):
         own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
         INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
         FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_retention_policy(self, request: GetRetentionPolicyRequest, ctx: RequestContext[GetRetentionPolicyRequest, GetRetentionPolicyResponse], /) -> GetRetentionPolicyResponse:
+        """
+        Returns the caller's tenant's retention policy (scope `retention:admin`):
+        how many days a COMPLETED or CANCELLED flow is kept after its last change
+        before the archiver exports and deletes it. `retain_days` 0: the tenant has
+        no policy of its own (the server's default applies, or flows are kept).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def set_retention_policy(self, request: SetRetentionPolicyRequest, ctx: RequestContext[SetRetentionPolicyRequest, SetRetentionPolicyResponse], /) -> SetRetentionPolicyResponse:
+        """
+        Sets the caller's tenant's retention policy (scope `retention:admin`):
+        `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+        Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+        changes).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -751,6 +769,28 @@ class FlowStateServiceASGIApplication(ConnectASGIApplication[FlowStateService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.link_child_flow,
+                ),
+                "/flowstate.v1.FlowStateService/GetRetentionPolicy": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetRetentionPolicy",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=GetRetentionPolicyRequest,
+                        output=GetRetentionPolicyResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_retention_policy,
+                ),
+                "/flowstate.v1.FlowStateService/SetRetentionPolicy": Endpoint.unary(
+                    method=MethodInfo(
+                        name="SetRetentionPolicy",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=SetRetentionPolicyRequest,
+                        output=SetRetentionPolicyResponse,
+                        idempotency_level=IdempotencyLevel.IDEMPOTENT,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.set_retention_policy,
                 ),
             },
             interceptors=interceptors,
@@ -1717,6 +1757,60 @@ class FlowStateServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def get_retention_policy(
+        self,
+        request: GetRetentionPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetRetentionPolicyResponse:
+        """
+        Returns the caller's tenant's retention policy (scope `retention:admin`):
+        how many days a COMPLETED or CANCELLED flow is kept after its last change
+        before the archiver exports and deletes it. `retain_days` 0: the tenant has
+        no policy of its own (the server's default applies, or flows are kept).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetRetentionPolicy",
+                service_name="flowstate.v1.FlowStateService",
+                input=GetRetentionPolicyRequest,
+                output=GetRetentionPolicyResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    async def set_retention_policy(
+        self,
+        request: SetRetentionPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetRetentionPolicyResponse:
+        """
+        Sets the caller's tenant's retention policy (scope `retention:admin`):
+        `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+        Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+        changes).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetRetentionPolicy",
+                service_name="flowstate.v1.FlowStateService",
+                input=SetRetentionPolicyRequest,
+                output=SetRetentionPolicyResponse,
+                idempotency_level=IdempotencyLevel.IDEMPOTENT,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class FlowStateServiceSync(Protocol):
     """
@@ -2041,6 +2135,24 @@ class FlowStateServiceSync(Protocol):
         own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
         INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
         FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_retention_policy(self, request: GetRetentionPolicyRequest, ctx: RequestContext[GetRetentionPolicyRequest, GetRetentionPolicyResponse], /) -> GetRetentionPolicyResponse:
+        """
+        Returns the caller's tenant's retention policy (scope `retention:admin`):
+        how many days a COMPLETED or CANCELLED flow is kept after its last change
+        before the archiver exports and deletes it. `retain_days` 0: the tenant has
+        no policy of its own (the server's default applies, or flows are kept).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def set_retention_policy(self, request: SetRetentionPolicyRequest, ctx: RequestContext[SetRetentionPolicyRequest, SetRetentionPolicyResponse], /) -> SetRetentionPolicyResponse:
+        """
+        Sets the caller's tenant's retention policy (scope `retention:admin`):
+        `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+        Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+        changes).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -2429,6 +2541,28 @@ class FlowStateServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.link_child_flow,
+                ),
+                "/flowstate.v1.FlowStateService/GetRetentionPolicy": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetRetentionPolicy",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=GetRetentionPolicyRequest,
+                        output=GetRetentionPolicyResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_retention_policy,
+                ),
+                "/flowstate.v1.FlowStateService/SetRetentionPolicy": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="SetRetentionPolicy",
+                        service_name="flowstate.v1.FlowStateService",
+                        input=SetRetentionPolicyRequest,
+                        output=SetRetentionPolicyResponse,
+                        idempotency_level=IdempotencyLevel.IDEMPOTENT,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.set_retention_policy,
                 ),
             },
             interceptors=interceptors,
@@ -3390,6 +3524,60 @@ class FlowStateServiceClientSync(ConnectClientSync):
                 input=LinkChildFlowRequest,
                 output=LinkChildFlowResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_retention_policy(
+        self,
+        request: GetRetentionPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetRetentionPolicyResponse:
+        """
+        Returns the caller's tenant's retention policy (scope `retention:admin`):
+        how many days a COMPLETED or CANCELLED flow is kept after its last change
+        before the archiver exports and deletes it. `retain_days` 0: the tenant has
+        no policy of its own (the server's default applies, or flows are kept).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetRetentionPolicy",
+                service_name="flowstate.v1.FlowStateService",
+                input=GetRetentionPolicyRequest,
+                output=GetRetentionPolicyResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def set_retention_policy(
+        self,
+        request: SetRetentionPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetRetentionPolicyResponse:
+        """
+        Sets the caller's tenant's retention policy (scope `retention:admin`):
+        `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+        Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+        changes).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetRetentionPolicy",
+                service_name="flowstate.v1.FlowStateService",
+                input=SetRetentionPolicyRequest,
+                output=SetRetentionPolicyResponse,
+                idempotency_level=IdempotencyLevel.IDEMPOTENT,
                 stream_type=StreamType.UNARY,
             ),
             headers=headers,

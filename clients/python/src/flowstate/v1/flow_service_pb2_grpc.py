@@ -227,6 +227,16 @@ class FlowStateServiceStub:
                 request_serializer=flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowRequest.SerializeToString,
                 response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowResponse.FromString,
                 _registered_method=True)
+        self.GetRetentionPolicy = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/GetRetentionPolicy',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.GetRetentionPolicyRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.GetRetentionPolicyResponse.FromString,
+                _registered_method=True)
+        self.SetRetentionPolicy = channel.unary_unary(
+                '/flowstate.v1.FlowStateService/SetRetentionPolicy',
+                request_serializer=flowstate_dot_v1_dot_flow__service__pb2.SetRetentionPolicyRequest.SerializeToString,
+                response_deserializer=flowstate_dot_v1_dot_flow__service__pb2.SetRetentionPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class FlowStateServiceServicer:
@@ -598,6 +608,28 @@ class FlowStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRetentionPolicy(self, request, context):
+        """--- Retention (DESIGN.md section 12; docs/retention.md) ------------------
+
+        Returns the caller's tenant's retention policy (scope `retention:admin`):
+        how many days a COMPLETED or CANCELLED flow is kept after its last change
+        before the archiver exports and deletes it. `retain_days` 0: the tenant has
+        no policy of its own (the server's default applies, or flows are kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetentionPolicy(self, request, context):
+        """Sets the caller's tenant's retention policy (scope `retention:admin`):
+        `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+        Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+        changes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -770,6 +802,16 @@ def add_FlowStateServiceServicer_to_server(servicer, server):
                     servicer.LinkChildFlow,
                     request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowRequest.FromString,
                     response_serializer=flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowResponse.SerializeToString,
+            ),
+            'GetRetentionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetentionPolicy,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.GetRetentionPolicyRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.GetRetentionPolicyResponse.SerializeToString,
+            ),
+            'SetRetentionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetentionPolicy,
+                    request_deserializer=flowstate_dot_v1_dot_flow__service__pb2.SetRetentionPolicyRequest.FromString,
+                    response_serializer=flowstate_dot_v1_dot_flow__service__pb2.SetRetentionPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1712,6 +1754,60 @@ class FlowStateService:
             '/flowstate.v1.FlowStateService/LinkChildFlow',
             flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowRequest.SerializeToString,
             flowstate_dot_v1_dot_flow__service__pb2.LinkChildFlowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetentionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/GetRetentionPolicy',
+            flowstate_dot_v1_dot_flow__service__pb2.GetRetentionPolicyRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.GetRetentionPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetentionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowstate.v1.FlowStateService/SetRetentionPolicy',
+            flowstate_dot_v1_dot_flow__service__pb2.SetRetentionPolicyRequest.SerializeToString,
+            flowstate_dot_v1_dot_flow__service__pb2.SetRetentionPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

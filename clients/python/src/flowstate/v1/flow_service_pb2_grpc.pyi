@@ -259,6 +259,20 @@ class FlowStateServiceStub:
     INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
     FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
     """
+    GetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.GetRetentionPolicyRequest, _flow_service_pb2.GetRetentionPolicyResponse]
+    """--- Retention (DESIGN.md section 12; docs/retention.md) ------------------
+
+    Returns the caller's tenant's retention policy (scope `retention:admin`):
+    how many days a COMPLETED or CANCELLED flow is kept after its last change
+    before the archiver exports and deletes it. `retain_days` 0: the tenant has
+    no policy of its own (the server's default applies, or flows are kept).
+    """
+    SetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.SetRetentionPolicyRequest, _flow_service_pb2.SetRetentionPolicyResponse]
+    """Sets the caller's tenant's retention policy (scope `retention:admin`):
+    `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+    Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+    changes).
+    """
 
 @_typing.type_check_only
 class FlowStateServiceAsyncStub(FlowStateServiceStub):
@@ -489,6 +503,20 @@ class FlowStateServiceAsyncStub(FlowStateServiceStub):
     own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
     INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
     FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+    """
+    GetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.GetRetentionPolicyRequest, _flow_service_pb2.GetRetentionPolicyResponse]  # type: ignore[assignment]
+    """--- Retention (DESIGN.md section 12; docs/retention.md) ------------------
+
+    Returns the caller's tenant's retention policy (scope `retention:admin`):
+    how many days a COMPLETED or CANCELLED flow is kept after its last change
+    before the archiver exports and deletes it. `retain_days` 0: the tenant has
+    no policy of its own (the server's default applies, or flows are kept).
+    """
+    SetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.SetRetentionPolicyRequest, _flow_service_pb2.SetRetentionPolicyResponse]  # type: ignore[assignment]
+    """Sets the caller's tenant's retention policy (scope `retention:admin`):
+    `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+    Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+    changes).
     """
 
 class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -921,6 +949,32 @@ class FlowStateServiceServicer(metaclass=_abc_1.ABCMeta):
         own ancestor, phase not CHILD_FLOW), CHILD_FLOW_LIMIT_EXCEEDED,
         INVALID_PHASE, INVALID_PHASE_TRANSITION, PHASE_ORDER_VIOLATION,
         FLOW_PAUSED, FLOW_TERMINAL, VERSION_CONFLICT.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRetentionPolicy(
+        self,
+        request: _flow_service_pb2.GetRetentionPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.GetRetentionPolicyResponse, _abc.Awaitable[_flow_service_pb2.GetRetentionPolicyResponse]]:
+        """--- Retention (DESIGN.md section 12; docs/retention.md) ------------------
+
+        Returns the caller's tenant's retention policy (scope `retention:admin`):
+        how many days a COMPLETED or CANCELLED flow is kept after its last change
+        before the archiver exports and deletes it. `retain_days` 0: the tenant has
+        no policy of its own (the server's default applies, or flows are kept).
+        """
+
+    @_abc_1.abstractmethod
+    def SetRetentionPolicy(
+        self,
+        request: _flow_service_pb2.SetRetentionPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.SetRetentionPolicyResponse, _abc.Awaitable[_flow_service_pb2.SetRetentionPolicyResponse]]:
+        """Sets the caller's tenant's retention policy (scope `retention:admin`):
+        `retain_days` from 1 to 36500, or 0 to remove the tenant's own policy.
+        Idempotent. Errors: MALFORMED_REQUEST (`retain_days` out of range; nothing
+        changes).
         """
 
 def add_FlowStateServiceServicer_to_server(servicer: FlowStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
