@@ -86,6 +86,25 @@ def _read_archives(directory: Path) -> list[ArchivedFlowRows]:
     return [flow for path in directory.iterdir() for flow in decode_archive(path.read_bytes())]
 
 
+async def _expiring_flows(
+    store: FlowStore,
+    retention_store: RetentionStore,
+    url: str,
+    tenant: Tenant,
+    make_context: ContextFactory,
+    *,
+    count: int,
+    steps: int,
+) -> tuple[list[str], dict[str, tuple[Any, list[Any]]]]:
+    """`count` ended flows of a tenant kept one day, and their rows as stored now."""
+    service = FlowService(store)
+    await retention_store.set_policy(tenant, 1, "admin")
+    flow_ids = [
+        await _terminal_flow(service, tenant, make_context, steps=steps) for _ in range(count)
+    ]
+    return flow_ids, {flow_id: await _rows(url, flow_id) for flow_id in flow_ids}
+
+
 async def test_archive_and_delete_a_thousand_terminal_flows(
     store: FlowStore,
     retention_store: RetentionStore,
@@ -148,10 +167,9 @@ async def test_an_archived_flow_restores_identically(
     make_context: ContextFactory,
     tmp_path: Path,
 ) -> None:
-    service = FlowService(store)
-    await retention_store.set_policy(tenant, 1, "admin")
-    flow_ids = [await _terminal_flow(service, tenant, make_context, steps=2) for _ in range(3)]
-    before = {flow_id: await _rows(database_url, flow_id) for flow_id in flow_ids}
+    flow_ids, before = await _expiring_flows(
+        store, retention_store, database_url, tenant, make_context, count=3, steps=2
+    )
     domain_before = {
         flow_id: (
             await store.get_flow(tenant, flow_id),
@@ -358,10 +376,9 @@ async def test_archives_to_an_s3_compatible_store_and_restores_from_it(
     make_context: ContextFactory,
     s3_endpoint: str,
 ) -> None:
-    service = FlowService(store)
-    await retention_store.set_policy(tenant, 1, "admin")
-    flow_ids = [await _terminal_flow(service, tenant, make_context, steps=1) for _ in range(2)]
-    before = {flow_id: await _rows(database_url, flow_id) for flow_id in flow_ids}
+    flow_ids, before = await _expiring_flows(
+        store, retention_store, database_url, tenant, make_context, count=2, steps=1
+    )
     sink = S3ArchiveSink("s3://flowstate-archive/prod/eu", endpoint_url=s3_endpoint)
     archiver = Archiver(retention_store, sink)
 
