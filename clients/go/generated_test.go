@@ -31,9 +31,12 @@ var rpcs = []string{
 	"Heartbeat",                                                                      // section 10 (timers)
 	"CountFlows",                                                                     // section 12 (search)
 	"CreateWebhook", "ListWebhooks", "DeleteWebhook", "TestWebhook", "ReplayWebhook", // section 12 (webhooks)
+	"StartBulkAction", "GetBulkAction", "ListBulkActions", "ListBulkActionResults", "CancelBulkAction", "WatchBulkAction", // section 12 (bulk actions)
+	"DecidePhase",                              // section 10 (approvals)
+	"GetRetentionPolicy", "SetRetentionPolicy", // section 12 (retention)
 	"LinkChildFlow", // issue 21 (child flows)
 }
-var streamingRPCs = []string{"WatchFlow", "WatchFlows"}
+var streamingRPCs = []string{"WatchBulkAction", "WatchFlow", "WatchFlows"}
 
 // DESIGN.md, "Phase states" and "Flow status", in proto order after *_UNSPECIFIED = 0.
 var phaseStates = []string{
