@@ -67,6 +67,8 @@ const RPCS = [
   "TestWebhook",
   "ReplayWebhook",
   "DecidePhase", // section 10 (approvals)
+  "GetRetentionPolicy", // section 12 (retention)
+  "SetRetentionPolicy",
   "LinkChildFlow", // issue 21 (child flows)
 ];
 const STREAMING_RPCS = ["WatchFlow", "WatchFlows", "WatchBulkAction"];
