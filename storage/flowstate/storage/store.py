@@ -327,21 +327,17 @@ class FlowTransaction:
 
     async def lock_flows(self, flow_ids: Sequence[str]) -> list[Flow]:
         """The tenant's flows among `flow_ids`, locked in that order (missing ones left out)."""
-        if not flow_ids:
-            return []
-        rows = await self._tx.fetch(
-            LOCK_TREE_FLOWS, {**_tenant_params(self._tenant), "ids": list(flow_ids)}
-        )
-        return [codec.flow_from_row(r) for r in rows]
+        return await self._flows(LOCK_TREE_FLOWS, flow_ids)
 
     async def read_flows(self, flow_ids: Sequence[str]) -> list[Flow]:
         """The tenant's flows among `flow_ids`, as of this transaction's snapshot (no lock)."""
+        return await self._flows(SELECT_FLOWS, flow_ids)
+
+    async def _flows(self, statement: Compiled, flow_ids: Sequence[str]) -> list[Flow]:
         if not flow_ids:
             return []
-        rows = await self._tx.fetch(
-            SELECT_FLOWS, {**_tenant_params(self._tenant), "ids": list(flow_ids)}
-        )
-        return [codec.flow_from_row(r) for r in rows]
+        params = {**_tenant_params(self._tenant), "ids": list(flow_ids)}
+        return [codec.flow_from_row(r) for r in await self._tx.fetch(statement, params)]
 
     async def count_children(self, flow_id: str) -> int:
         """How many flows have ever been children of `flow_id`."""
