@@ -11,11 +11,11 @@ and retried next interval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 
 from flowstate.core.model import FlowStatus
+from flowstate.server.background import BackgroundTask
 from flowstate.server.metrics import Metrics
 from flowstate.service.alerts import AlertScan, ScanResult
 from flowstate.storage import FlowStore
@@ -26,8 +26,8 @@ _log = logging.getLogger("flowstate.server.alerts")
 _MAX_ROUNDS_IN_A_ROW = 10
 
 
-class AlertMonitor:
-    """Runs alert scans every `interval` seconds until closed."""
+class AlertMonitor(BackgroundTask):
+    """Runs alert scans every `interval` seconds until closed (`close`, from BackgroundTask)."""
 
     def __init__(
         self,
@@ -42,7 +42,6 @@ class AlertMonitor:
         self._scan = AlertScan(store, stuck_after=stuck_after, batch_size=batch_size)
         self._metrics = metrics
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def start(
@@ -58,7 +57,7 @@ class AlertMonitor:
         monitor = cls(
             store, metrics, stuck_after=stuck_after, interval=interval, batch_size=batch_size
         )
-        monitor._task = asyncio.create_task(monitor._run(), name="flowstate-alerts")
+        monitor._begin(monitor._run(), "flowstate-alerts")
         return monitor
 
     async def scan(self) -> ScanResult:
@@ -76,12 +75,3 @@ class AlertMonitor:
             except Exception:
                 _log.warning("alert scan failed; retrying in %s s", self._interval, exc_info=True)
             await asyncio.sleep(self._interval)
-
-    async def close(self) -> None:
-        """Stop scanning (a scan in progress is cancelled; its transaction rolls back)."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None

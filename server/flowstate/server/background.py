@@ -1,8 +1,8 @@
 """`BackgroundTask`: one asyncio task a server runs beside its RPCs until it is closed.
 
-The shape of the server's periodic jobs (the stuck-flows count, the timer loop): a subclass
-starts its loop with `_begin`, and `close` cancels it and waits for the cancellation (a
-transaction in progress rolls back).
+The shape of the server's periodic jobs (the stuck-flows count, the timer loop, the alert
+scan): a subclass starts its loop with `_begin`, and `close` cancels it and waits for the
+cancellation (a transaction in progress rolls back).
 """
 
 from __future__ import annotations
