@@ -143,6 +143,10 @@ def test_required_approval_turns_a_completion_into_a_wait_and_only_a_decision_en
         with pytest.raises(FlowStateError) as refused:
             apply_command(result.flow, definition, TransitionPhase("publish", target), _ctx(5))
         assert refused.value.code is ErrorCode.APPROVAL_REQUIRED
+        assert str(refused.value) == (
+            "Phase 'publish' requires an approval decision: only DecidePhase "
+            "(scope flows:approve) moves it out of waiting_approval"
+        )
 
 
 @pytest.mark.parametrize(
@@ -185,11 +189,13 @@ def test_a_deadline_breach_is_raised_once_and_stays_until_the_flow_ends() -> Non
     assert breaches(flow, definition, at(59), {}) == []
     (command,) = breaches(flow, definition, at(61), {})
     assert isinstance(command, RaiseAlert)
+    assert (command.alert.due_at, command.alert.raised_at) == (at(60), at(61))
     decision = apply_command(flow, definition, command, _ctx(61, SYSTEM_TIMER_USER))
     (entry,) = decision.entries
     assert entry.kind is HistoryKind.ALERT
     assert entry.alert is not None
     assert entry.alert.kind is AlertKind.DEADLINE_EXCEEDED
+    assert (entry.alert.due_at, entry.alert.raised_at) == (at(60), at(61))
     flow = decision.flow
     assert flow.updated_at == at(0)  # an alert is not activity
     assert flow.alert_due_at is None

@@ -50,7 +50,7 @@ from flowstate.core.commands import (
     StartChild,
     child_flow_id_for,
 )
-from flowstate.core.definitions import ChildFlowSpec, ParentCancelPolicy
+from flowstate.core.definitions import ChildFlowSpec, ParentCancelPolicy, child_from_dict
 from flowstate.core.model import ErrorCode, ExternalDependency
 from flowstate.core.rules import TERMINAL_STATUSES, flow_transition_allowed
 
@@ -408,3 +408,12 @@ def test_external_dependencies_block_a_start_and_name_the_other_flow() -> None:
     ready = replace(ctx(), external_states={(other, "done"): S.COMPLETED})
     started_flow = apply_command(flow, LEAF, TransitionPhase("a", S.IN_PROGRESS), ready).flow
     assert started_flow.phase("a").state is S.IN_PROGRESS
+
+
+def test_a_child_flow_spec_reads_back_from_its_stored_form() -> None:
+    assert child_from_dict(
+        {"definition": "etl", "version": 3, "on_parent_cancel": "abandon"}
+    ) == ChildFlowSpec("etl", 3, ParentCancelPolicy.ABANDON)
+    assert child_from_dict({"definition": "etl"}) == ChildFlowSpec(
+        "etl", 0, ParentCancelPolicy.CASCADE
+    )

@@ -119,6 +119,9 @@ def test_a_failure_with_a_listed_code_schedules_the_retry_with_backoff() -> None
     assert retried.phase("work").next_attempt_at == due  # kept in RETRY_NEEDED
     restarted = apply_command(retried, TIMED, TransitionPhase("work", S.IN_PROGRESS), at(10))
     assert restarted.flow.phase("work").next_attempt_at is None
+    # Leaving FAILED other than by the retry step drops the scheduled attempt.
+    rolled_back = apply_command(flow, TIMED, TransitionPhase("work", S.ROLLED_BACK), at(8))
+    assert rolled_back.flow.phase("work").next_attempt_at is None
 
 
 @pytest.mark.parametrize(
