@@ -161,6 +161,92 @@ def test_verified_tokens_are_cached() -> None:
     assert authenticator.authenticate(header) is authenticator.authenticate(header)
 
 
+class _Clock:
+    """A settable clock for the cache's expiry (PyJWT keeps reading the real one)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("leeway", [0.0, 5.0])
+def test_a_cached_token_is_refused_from_its_expiry_on(leeway: float) -> None:
+    issued = float(int(time.time()))
+    clock = _Clock(issued)
+    authenticator = Authenticator(
+        KEY, issuer=DEV_ISSUER, audience=DEV_AUDIENCE, leeway_seconds=leeway, clock=clock
+    )
+    header = _bearer(_token(ttl=timedelta(seconds=600), now=issued))
+    principal = authenticator.authenticate(header)
+    assert principal.expires_at == issued + 600
+    clock.now = issued + 600 + leeway - 0.5
+    assert authenticator.authenticate(header) is principal  # still cached, still valid
+    clock.now = issued + 600 + leeway
+    for _ in range(2):  # from the cache, then (evicted) from a fresh verification
+        refusal = _refusal(lambda: authenticator.authenticate(header))
+        assert refusal.code is ErrorCode.UNAUTHENTICATED
+        assert refusal.message == "token expired"
+        assert not refusal.retry_allowed
+
+
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used() -> None:
+    authenticator = Authenticator(KEY, issuer=DEV_ISSUER, audience=DEV_AUDIENCE, cache_size=2)
+    first, second, third = (_bearer(_token(user_id=name)) for name in ("a", "b", "c"))
+    cached_first = authenticator.authenticate(first)
+    cached_second = authenticator.authenticate(second)
+    assert authenticator.authenticate(first) is cached_first  # first is now the most recent
+    authenticator.authenticate(third)  # evicts second, the least recently used
+    assert authenticator.authenticate(first) is cached_first
+    again = authenticator.authenticate(second)  # verified again: a new principal
+    assert again is not cached_second
+    assert again == cached_second
+    with pytest.raises(ValueError, match="at least 1"):
+        Authenticator(KEY, cache_size=0)
+
+
+def _tampered(token: str, **claims: object) -> str:
+    """`token` with `claims` changed in its payload and its signature kept."""
+    header, payload, signature = token.split(".")
+    decoded = jwt.decode(token, options={"verify_signature": False})
+    decoded.update(claims)
+    forged = jwt.encode(decoded, b"k" * 48, algorithm="HS256").split(".")[1]
+    assert forged != payload
+    return ".".join((header, forged, signature))
+
+
+def test_a_tampered_token_is_refused_while_the_original_is_cached() -> None:
+    authenticator = _authenticator()
+    token = _token(scopes=["flows:read"])
+    assert authenticator.authenticate(_bearer(token)).tenant == TENANT
+    other_tenant = _tampered(token, client_account_id="other", engagement_id="x")
+    more_scopes = _tampered(token, scope="flows:admin")
+    later_expiry = _tampered(token, exp=int(time.time()) + 10**6)
+    bad_signature = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    for forged in (other_tenant, more_scopes, later_expiry, bad_signature):
+        with pytest.raises(FlowStateError) as caught:
+            authenticator.authenticate(_bearer(forged))
+        assert caught.value.code is ErrorCode.UNAUTHENTICATED
+    assert authenticator.authenticate(_bearer(token)).scopes == {Scope.READ}
+
+
+def test_each_token_keeps_its_own_tenant_in_a_warm_cache() -> None:
+    authenticator = _authenticator()
+    tenants = [Tenant("acme", "m1"), Tenant("acme", "m2"), Tenant("globex", "m1")]
+    headers = [_bearer(_token(tenant=tenant)) for tenant in tenants]
+    for _ in range(2):
+        assert [authenticator.authenticate(h).tenant for h in headers] == tenants
+
+
+def test_a_new_key_means_a_new_cache() -> None:
+    header = _bearer(_token())
+    _authenticator().authenticate(header)
+    rotated = _authenticator(JwtKey.hs256(b"r" * 48))
+    refusal = _refusal(lambda: rotated.authenticate(header))
+    assert refusal.code is ErrorCode.UNAUTHENTICATED
+
+
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
 def test_public_key_tokens(tmp_path: Path, kind: str) -> None:
     private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey

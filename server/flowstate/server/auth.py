@@ -22,8 +22,13 @@ secret) or RS256/ES256 (the server holds the public key). Claims:
 A request with more than one ``authorization`` header is refused (`flowstate.server.rpc`).
 
 Missing, malformed, expired or forged tokens are UNAUTHENTICATED; a valid token whose scopes
-are too small is PERMISSION_DENIED. Verified tokens are cached until they expire (bounded), so
-the hot path decodes each token once; the key is parsed once at start-up.
+are too small is PERMISSION_DENIED. The key is parsed once at start-up, and a token is verified
+once: `Authenticator` keeps the principals of verified tokens in a bounded LRU keyed by the
+whole ``authorization`` value (signature included, so a token whose claims were altered is a
+different key and is verified, and refused, like any other; the tenant is the token's own),
+until the token's ``exp`` (plus the leeway): a cached token that has expired is refused
+"token expired", as the verification would. The cache belongs to the `Authenticator` and its
+one key: a new key or new settings mean a new `Authenticator`, with an empty cache.
 
 Local dev mode: the server creates a random secret (file mode 0600) in its data directory on
 first start, with issuer ``flowstate-dev`` and audience ``flowstate``; `flowstate token` mints
@@ -37,7 +42,8 @@ import enum
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -188,7 +194,13 @@ def _claim(payload: dict[str, Any], name: str) -> str:
 
 
 class Authenticator:
-    """Verifies bearer tokens against one key; caches verified tokens until they expire."""
+    """Verifies bearer tokens against one key; caches verified tokens until they expire.
+
+    The cache (`cache_size` entries, least recently used evicted first) maps the exact
+    ``authorization`` value to the `Principal` its verification gave; a hit costs a dict
+    lookup and a clock read instead of a signature check and a JSON decode. `clock` (seconds
+    since the epoch; `time.time` by default) decides when a cached token has expired.
+    """
 
     def __init__(
         self,
@@ -197,29 +209,41 @@ class Authenticator:
         issuer: str | None = None,
         audience: str | None = None,
         leeway_seconds: float = 0.0,
+        cache_size: int = _CACHE_SIZE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """Verify with `key`; check `iss` / `aud` when given."""
+        """Verify with `key`; check `iss` / `aud` when given; cache up to `cache_size` tokens."""
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
         self._key = key
         self._algorithms = [key.algorithm]
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
         self._options: Any = {"require": ["exp", "sub"], "verify_aud": audience is not None}
-        self._cache: dict[str, Principal] = {}
+        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``authorization`` header value; UNAUTHENTICATED if it is bad."""
         if not authorization:
             raise _unauthenticated("missing bearer token (authorization: Bearer <token>)")
-        cached = self._cache.get(authorization)
+        cache = self._cache
+        cached = cache.get(authorization)
         if cached is not None:
-            if cached.expires_at + self._leeway > time.time():
+            if cached.expires_at + self._leeway > self._clock():
+                cache.move_to_end(authorization)
                 return cached
-            del self._cache[authorization]
+            del cache[authorization]
+            raise _unauthenticated("token expired")
         principal = self._verify(authorization)
-        if len(self._cache) >= _CACHE_SIZE:
-            self._cache.clear()
-        self._cache[authorization] = principal
+        if principal.expires_at + self._leeway <= self._clock():
+            # PyJWT read its own clock; this one decides, on a hit as on a miss.
+            raise _unauthenticated("token expired")
+        cache[authorization] = principal
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
         return principal
 
     def _verify(self, authorization: str) -> Principal:
