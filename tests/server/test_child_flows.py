@@ -478,3 +478,75 @@ async def test_concurrent_child_reports_and_a_parent_cancel_settle_consistently(
 
 async def _raise(error: Exception) -> None:
     raise error
+
+
+async def test_watch_flow_with_dependencies_names_the_waiting_phase_on_the_wire(
+    api: Api,
+) -> None:
+    upstream = await api.create()
+    downstream = await api.create(
+        external_dependencies=[
+            flow_pb2.ExternalDependency(
+                phase="data_import", flow_id=upstream.flow_id, flow_phase="data_import"
+            )
+        ]
+    )
+    call = api.stub.WatchFlow(
+        pb.WatchFlowRequest(flow_id=downstream.flow_id, include_dependencies=True),
+        metadata=api.metadata,
+    )
+    stream = aiter(call)
+    own, other = await anext(stream), await anext(stream)
+    assert (own.event.flow_id, own.relation) == (downstream.flow_id, pb.WATCH_RELATION_SELF)
+    assert own.cursor == ""  # only the last snapshot event carries the cursor
+    assert (other.event.flow_id, other.relation) == (
+        upstream.flow_id,
+        pb.WATCH_RELATION_DEPENDENCY,
+    )
+    assert other.cursor
+    waiting = pb.WaitingPhase(
+        flow_id=downstream.flow_id, phase="data_import", flow_phase="data_import"
+    )
+    assert list(other.waiting) == [waiting]
+    await api.complete(upstream.flow_id, "data_import")
+    started, completed = await anext(stream), await anext(stream)
+    for woken in (started, completed):
+        assert woken.relation == pb.WATCH_RELATION_DEPENDENCY
+        assert woken.event.change.phase == "data_import"
+        assert list(woken.waiting) == [waiting]
+        assert woken.cursor
+    assert completed.event.change.to_state == S.PHASE_STATE_COMPLETED
+    call.cancel()
+
+
+async def test_watch_flow_tree_requests_are_checked(api: Api) -> None:
+    flow = await api.create()
+
+    async def refusal(request: pb.WatchFlowRequest) -> set[str]:
+        call = api.stub.WatchFlow(request, metadata=api.metadata)
+        failed = await refused(anext(aiter(call)))
+        assert failed.code == grpc.StatusCode.INVALID_ARGUMENT, failed
+        return failed.violated_fields
+
+    assert await refusal(pb.WatchFlowRequest(flow_id=flow.flow_id, children_depth=6)) == {
+        "children_depth"
+    }
+    assert await refusal(pb.WatchFlowRequest(flow_id=flow.flow_id, children_depth=-1)) == {
+        "children_depth"
+    }
+    assert await refusal(
+        pb.WatchFlowRequest(flow_id=flow.flow_id, children_depth=1, after_version=1)
+    ) == {"after_version"}
+    assert await refusal(pb.WatchFlowRequest(flow_id=flow.flow_id, cursor="abc")) == {"cursor"}
+    call = api.stub.WatchFlow(
+        pb.WatchFlowRequest(flow_id=flow.flow_id, children_depth=1, cursor="not-a-cursor"),
+        metadata=api.metadata,
+    )
+    bad_cursor = await refused(anext(aiter(call)))
+    assert bad_cursor.reason == "MALFORMED_REQUEST"
+    assert "cursor" in bad_cursor.message
+    # A plain stream is unchanged: no cursor, no relation.
+    plain = api.stub.WatchFlow(pb.WatchFlowRequest(flow_id=flow.flow_id), metadata=api.metadata)
+    first = await anext(aiter(plain))
+    assert (first.cursor, first.relation) == ("", pb.WATCH_RELATION_UNSPECIFIED)
+    plain.cancel()

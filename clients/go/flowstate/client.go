@@ -627,6 +627,38 @@ func (c *Client) LinkChildFlow(ctx context.Context, req *flowstatev1.LinkChildFl
 	return invoke(ctx, c, req, c.raw.LinkChildFlow, opts)
 }
 
+// FlowTree is a flow with its descendants (GetFlowTree), level by level.
+type FlowTree struct {
+	// Flow is the flow asked for.
+	Flow *flowstatev1.Flow
+	// Descendants are its child flows down to the asked depth; each names its parent
+	// (ParentFlowId).
+	Descendants []*flowstatev1.Flow
+	// Truncated says whether the server cut the descendants at its limit (500).
+	Truncated bool
+}
+
+// Children returns the direct children of flowID among the tree's descendants, oldest first.
+func (t *FlowTree) Children(flowID string) []*flowstatev1.Flow {
+	var children []*flowstatev1.Flow
+	for _, flow := range t.Descendants {
+		if flow.GetParentFlowId() == flowID {
+			children = append(children, flow)
+		}
+	}
+	return children
+}
+
+// GetFlowTree returns a flow with its child flows down to depth levels (1 to
+// MaxChildrenDepth; docs/child_flows.md), as the CLI's `flows tree` draws it.
+func (c *Client) GetFlowTree(ctx context.Context, flowID string, depth int32, opts ...grpc.CallOption) (*FlowTree, error) {
+	response, err := c.GetFlow(ctx, &flowstatev1.GetFlowRequest{FlowId: flowID, ChildrenDepth: depth}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &FlowTree{Flow: response.GetFlow(), Descendants: response.GetDescendants(), Truncated: response.GetDescendantsTruncated()}, nil
+}
+
 // History yields every history entry of a flow after afterVersion, fetching pages lazily as
 // the loop asks for more. A final non-nil error ends it.
 //

@@ -24,6 +24,8 @@ type watchConfig struct {
 	onReconnect       func(err *Error, attempt int, delay time.Duration)
 	cursor            string
 	filter            *flowstatev1.WatchFlowsRequest
+	childrenDepth     *int32
+	dependencies      bool
 }
 
 // AfterVersion resumes a Watch after this flow version: every later change is replayed, then
@@ -47,7 +49,8 @@ func OnReconnect(fn func(err *Error, attempt int, delay time.Duration)) WatchOpt
 	return func(c *watchConfig) { c.onReconnect = fn }
 }
 
-// AfterCursor resumes a WatchFlows after this cursor (from FlowsEvent.Cursor).
+// AfterCursor resumes a WatchFlows after this cursor (from FlowsEvent.Cursor), or a WatchTree
+// after the cursor of one of its responses.
 func AfterCursor(cursor string) WatchOption { return func(c *watchConfig) { c.cursor = cursor } }
 
 // Filter sets the filters of a WatchFlows (statuses, definition name, flow ids; the cursor
@@ -55,6 +58,20 @@ func AfterCursor(cursor string) WatchOption { return func(c *watchConfig) { c.cu
 func Filter(filter *flowstatev1.WatchFlowsRequest) WatchOption {
 	return func(c *watchConfig) { c.filter = filter }
 }
+
+// ChildrenDepth sets how many levels of child flows a WatchTree includes (0 to
+// MaxChildrenDepth; default MaxChildrenDepth).
+func ChildrenDepth(depth int32) WatchOption {
+	return func(c *watchConfig) { c.childrenDepth = &depth }
+}
+
+// IncludeDependencies makes a WatchTree also stream the changes of the phases of other flows
+// that the tree's external dependencies wait for (relation DEPENDENCY).
+func IncludeDependencies() WatchOption { return func(c *watchConfig) { c.dependencies = true } }
+
+// MaxChildrenDepth is the deepest level of child flows GetFlowTree and WatchTree reach (the
+// server's limit, docs/child_flows.md).
+const MaxChildrenDepth int32 = 5
 
 // FlowsEvent is an event of WatchFlows and the cursor to resume after it.
 type FlowsEvent struct {
@@ -96,8 +113,11 @@ const (
 // Client.Close ends it: the closing connection's CANCELLED is not a reason to reconnect, and a
 // wait before reconnecting is cut short. A locally closed client is final, so the iteration
 // just ends (no error: the caller asked for it).
+//
+// finished (may be nil) says, after a clean end of a stream, that the logical stream is over
+// (WatchTree: the server ends it after the watched flow's terminal transaction).
 func resumable[T any](ctx context.Context, closed context.Context, policy RetryPolicy, onReconnect func(*Error, int, time.Duration),
-	open func(context.Context) (grpc.ServerStreamingClient[T], error), accept func(*T) verdict,
+	open func(context.Context) (grpc.ServerStreamingClient[T], error), accept func(*T) verdict, finished func() bool,
 ) iter.Seq2[*T, error] {
 	return func(yield func(*T, error) bool) {
 		runCtx, stopRun := context.WithCancel(ctx)
@@ -164,7 +184,7 @@ func resumable[T any](ctx context.Context, closed context.Context, policy RetryP
 			} else {
 				// A clean end: the server had nothing more to send. One that delivered something
 				// before ending early (a server draining without a status) is resumed.
-				if !received {
+				if !received || (finished != nil && finished()) {
 					return
 				}
 				if delay, ok = state.nextBackoff(0); !ok {
@@ -232,7 +252,7 @@ func (c *Client) Watch(ctx context.Context, flowID string, options ...WatchOptio
 				return deliverAndStop
 			}
 			return deliver
-		})
+		}, nil)
 	return func(yield func(*flowstatev1.FlowEvent, error) bool) {
 		for response, err := range events {
 			if !yield(response.GetEvent(), err) {
@@ -280,7 +300,7 @@ func (c *Client) WatchFlows(ctx context.Context, options ...WatchOption) iter.Se
 			}
 			versions[event.GetFlowId()] = event.GetFlowVersion()
 			return deliver
-		})
+		}, nil)
 	return func(yield func(FlowsEvent, error) bool) {
 		for response, err := range events {
 			if err != nil {
@@ -292,4 +312,59 @@ func (c *Client) WatchFlows(ctx context.Context, options ...WatchOption) iter.Se
 			}
 		}
 	}
+}
+
+// WatchTree streams a flow with its child flows down to ChildrenDepth levels (default
+// MaxChildrenDepth; children created or linked while it runs included) and, with
+// IncludeDependencies, the changes of the phases its tree's external dependencies wait for
+// (docs/child_flows.md, "Watching a tree"). It starts with a snapshot event per flow (or, with
+// AfterCursor, every change after that cursor). Each response says which flow its event is
+// about (Event.FlowId), how it relates to the watched one (Relation), a descendant's parent
+// (ParentFlowId), the phases a dependency's change concerns (Waiting), and the cursor to resume
+// after it. It reconnects like Watch, from the last cursor, and never yields a flow's version
+// twice. Without KeepOpen it ends after the watched flow's terminal transaction (its children's
+// changes in that transaction included).
+func (c *Client) WatchTree(ctx context.Context, flowID string, options ...WatchOption) iter.Seq2[*flowstatev1.WatchFlowResponse, error] {
+	cfg := &watchConfig{}
+	for _, option := range options {
+		option(cfg)
+	}
+	depth := MaxChildrenDepth
+	if cfg.childrenDepth != nil {
+		depth = *cfg.childrenDepth
+	}
+	cursor := cfg.cursor
+	versions := map[string]int64{}
+	terminal := false
+	return resumable(ctx, c.closed, c.watchPolicy(cfg), cfg.onReconnect,
+		func(ctx context.Context) (grpc.ServerStreamingClient[flowstatev1.WatchFlowResponse], error) {
+			return c.raw.WatchFlow(ctx, &flowstatev1.WatchFlowRequest{
+				FlowId: flowID, KeepOpen: cfg.keepOpen, ChildrenDepth: depth,
+				IncludeDependencies: cfg.dependencies, Cursor: cursor,
+			})
+		},
+		func(response *flowstatev1.WatchFlowResponse) verdict {
+			if response.GetCursor() != "" {
+				cursor = response.GetCursor()
+			}
+			event := response.GetEvent()
+			if event == nil {
+				return skip
+			}
+			if event.GetHeartbeat() != nil {
+				if cfg.includeHeartbeats {
+					return deliver
+				}
+				return skip
+			}
+			if seen, ok := versions[event.GetFlowId()]; ok && event.GetFlowVersion() <= seen {
+				return skip
+			}
+			versions[event.GetFlowId()] = event.GetFlowVersion()
+			if event.GetFlowId() == flowID && IsTerminal(event.GetStatus()) {
+				terminal = true
+			}
+			return deliver
+		},
+		func() bool { return terminal && !cfg.keepOpen })
 }

@@ -27,6 +27,7 @@ from flowstate.client import (
     ChildFlowNotLinkable,
     DependentPhasesActive,
     ErrorCode,
+    ExternalDependency,
     FlowEventKind,
     FlowNotFound,
     FlowPaused,
@@ -46,6 +47,8 @@ from flowstate.client import (
     RetryPolicy,
     Unauthenticated,
     VersionConflict,
+    WaitingPhase,
+    WatchRelation,
 )
 from flowstate.core.model import Tenant
 from flowstate.testing import (
@@ -930,3 +933,56 @@ async def test_child_flows_link_tree_and_follow(make_client: MakeClient) -> None
         await client.link_child_flow(
             (await client.create_flow("sdk_master")).flow.flow_id, "left", existing.flow_id
         )
+
+
+async def test_watch_a_tree_with_its_children_and_dependencies_resumes_by_cursor(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(scopes=DEFINITION_SCOPES)
+    await client.create_flow_definition(CHILD_WORK)
+    await client.create_flow_definition(MASTER)
+    upstream = (await client.create_flow("sdk_child")).flow
+    master = (
+        await client.create_flow(
+            "sdk_master",
+            external_dependencies=[ExternalDependency("right", upstream.flow_id, "work")],
+        )
+    ).flow
+    stream = client.watch(master.flow_id, children_depth=1, include_dependencies=True)
+    own, dependency = await anext(stream), await anext(stream)
+    assert (own.flow_id, own.relation, own.kind) == (
+        master.flow_id,
+        WatchRelation.SELF,
+        FlowEventKind.SNAPSHOT,
+    )
+    assert (dependency.flow_id, dependency.relation) == (upstream.flow_id, WatchRelation.DEPENDENCY)
+    assert dependency.waiting == (WaitingPhase(master.flow_id, "right", "work"),)
+    assert dependency.cursor
+
+    started = await client.transition_phase(master.flow_id, "left", PhaseState.IN_PROGRESS)
+    child_id = started.flow.phase("left").child_flow_id
+    assert child_id is not None
+    seen = [await anext(stream) for _ in range(2)]  # the child's creation and the parent's start
+    child_event = next(e for e in seen if e.flow_id == child_id)
+    assert (child_event.relation, child_event.parent_flow_id) == (
+        WatchRelation.DESCENDANT,
+        master.flow_id,
+    )
+    cursor = seen[-1].cursor
+    await stream.aclose()
+
+    await client.transition_phase(child_id, "work", PhaseState.IN_PROGRESS)  # nobody watches
+    await client.transition_phase(upstream.flow_id, "work", PhaseState.IN_PROGRESS)
+    resumed = client.watch(
+        master.flow_id, children_depth=1, include_dependencies=True, cursor=cursor
+    )
+    events = [await anext(resumed) for _ in range(3)]  # child, parent following it, upstream
+    assert {(e.flow_id, e.relation) for e in events} == {
+        (child_id, WatchRelation.DESCENDANT),
+        (master.flow_id, WatchRelation.SELF),
+        (upstream.flow_id, WatchRelation.DEPENDENCY),
+    }
+    woken = next(e for e in events if e.relation is WatchRelation.DEPENDENCY)
+    assert woken.change is not None
+    assert (woken.change.phase, woken.change.to_state) == ("work", PhaseState.IN_PROGRESS)
+    await resumed.aclose()

@@ -11,6 +11,7 @@ from flowstate.client import (
     HistoryEventKind,
     PhaseState,
     RecoveryAction,
+    WatchRelation,
 )
 from flowstate.v1 import errors_pb2, flow_service_pb2, history_pb2, states_pb2
 
@@ -20,6 +21,7 @@ MIRRORS = [
     (ErrorCode, errors_pb2.ErrorCode, "ERROR_CODE_"),
     (HistoryEventKind, history_pb2.HistoryEventKind, "HISTORY_EVENT_KIND_"),
     (RecoveryAction, flow_service_pb2.RecoveryAction, "RECOVERY_ACTION_"),
+    (WatchRelation, flow_service_pb2.WatchRelation, "WATCH_RELATION_"),
 ]
 
 

@@ -32,6 +32,7 @@ EXPECTED = [
     "DefinitionShadowsBuiltin",
     "DependentPhasesActive",
     "ErrorCode",
+    "ExternalDependency",
     "FailedPrecondition",
     "Flow",
     "FlowAlert",
@@ -84,6 +85,8 @@ EXPECTED = [
     "Unavailable",
     "ValidationResult",
     "VersionConflict",
+    "WaitingPhase",
+    "WatchRelation",
     "WebhookNotFound",
     "__version__",
 ]

@@ -90,6 +90,7 @@ import {
   type HeartbeatResponse,
   type LinkChildFlowResponse,
   type ValidateTransitionResponse,
+  type WatchFlowResponse,
 } from "./gen/flowstate/v1/index.js";
 import {
   DEFAULT_RETRY_POLICY,
@@ -101,7 +102,16 @@ import {
   type RetryPolicy,
 } from "./retry.js";
 import { VERSION } from "./version.js";
-import { watchFlow, watchFlows, type FlowsEvent, type WatchFlowsOptions, type WatchOptions } from "./watch.js";
+import {
+  MAX_CHILDREN_DEPTH,
+  watchFlow,
+  watchFlows,
+  watchTree,
+  type FlowsEvent,
+  type WatchFlowsOptions,
+  type WatchOptions,
+  type WatchTreeOptions,
+} from "./watch.js";
 
 /** Where `flowstate serve` listens by default. */
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
@@ -282,6 +292,15 @@ export interface FlowstateClient {
   watch(flowId: string, options?: WatchOptions): AsyncGenerator<FlowEvent, void, undefined>;
   /** The events of the caller's flows, resumed by cursor across disconnects; never ends by itself. */
   watchFlows(options?: WatchFlowsOptions): AsyncGenerator<FlowsEvent, void, undefined>;
+  /**
+   * The events of a flow and its child flows (and, with `includeDependencies`, of the phases its
+   * tree's external dependencies wait for), resumed by cursor; each response carries the event,
+   * its `relation`, a descendant's `parentFlowId`, the `waiting` phases and the `cursor`. Ends
+   * after the flow's terminal transaction unless `keepOpen` (docs/child_flows.md).
+   */
+  watchTree(flowId: string, options?: WatchTreeOptions): AsyncGenerator<WatchFlowResponse, void, undefined>;
+  /** A flow with its child flows down to `depth` levels (1-5, default 5), as `flowstate flows tree` draws it. */
+  getFlowTree(flowId: string, options?: { depth?: number } & FlowstateCallOptions): Promise<FlowTree>;
   /** The generated Connect client on the same connection (no retries, raw ConnectErrors). */
   readonly raw: Client<typeof FlowStateService>;
   /** The base URL the client talks to. */
@@ -292,6 +311,28 @@ export interface FlowstateClient {
    * flight and later calls reject with a CANCELLED `FlowstateError`.
    */
   close(): void;
+}
+
+/** A flow with its descendants (`getFlowTree()`), level by level. */
+export interface FlowTree {
+  /** The flow asked for. */
+  flow: Flow;
+  /** Its child flows down to the asked depth; each names its parent (`parentFlowId`). */
+  descendants: Flow[];
+  /** Whether the server cut the descendants at its limit (500). */
+  truncated: boolean;
+  /** The direct children of `flowId` among the descendants, oldest first. */
+  children(flowId: string): Flow[];
+}
+
+function flowTree(response: GetFlowResponse): FlowTree {
+  const descendants = response.descendants;
+  return {
+    flow: response.flow!,
+    descendants,
+    truncated: response.descendantsTruncated,
+    children: (flowId) => descendants.filter((f) => f.parentFlowId === flowId),
+  };
 }
 
 const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[?::1\]?)$/i;
@@ -527,6 +568,13 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
       watchFlow(raw, flowId, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy), closed.signal),
     watchFlows: (watchOptions = {}) =>
       watchFlows(raw, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy), closed.signal),
+    watchTree: (flowId, watchOptions = {}) =>
+      watchTree(raw, flowId, watchOptions, resolveRetryPolicy(watchOptions.retry, watchPolicy), closed.signal),
+    getFlowTree: async (flowId, treeOptions = {}) => {
+      const { depth, ...callOptions } = treeOptions;
+      const response = await client.getFlow({ flowId, childrenDepth: depth ?? MAX_CHILDREN_DEPTH }, callOptions);
+      return flowTree(response);
+    },
     close: () => {
       closed.abort(closedError());
       sessionManager.abort();

@@ -5,14 +5,14 @@
  * A stream is resumed after UNAVAILABLE (a dropped connection, a restarting server, a server
  * shutting down: SERVER_SHUTTING_DOWN), after SUBSCRIBER_TOO_SLOW, and after a connection that
  * broke without a status, by opening it again from the last position seen: `afterVersion` = the
- * last flow version for `watch`, the last cursor for `watchFlows`. The server replays what
+ * last flow version for `watch`, the last cursor for `watchFlows` and `watchTree`. The server replays what
  * happened in between from history, so nothing is missed; events at or below a version already
  * delivered are dropped here, so nothing is delivered twice.
  */
 import { Code, type Client } from "@connectrpc/connect";
 
 import { FlowstateError, toFlowstateError, uncancelled } from "./errors.js";
-import type { FlowEvent, FlowStateService } from "./gen/flowstate/v1/flow_service_pb.js";
+import type { FlowEvent, FlowStateService, WatchFlowResponse } from "./gen/flowstate/v1/flow_service_pb.js";
 import { FlowStatus } from "./gen/flowstate/v1/states_pb.js";
 import { RetryState, sleep, type RetryPolicy } from "./retry.js";
 
@@ -58,6 +58,29 @@ export interface WatchFlowsOptions {
   onReconnect?: ReconnectListener;
 }
 
+/** The deepest level of child flows `getFlowTree()` and `watchTree()` reach (the server's limit). */
+export const MAX_CHILDREN_DEPTH = 5;
+
+/** Options of `watchTree()`. */
+export interface WatchTreeOptions {
+  /** Levels of child flows to include, 0 to MAX_CHILDREN_DEPTH (default MAX_CHILDREN_DEPTH). */
+  childrenDepth?: number;
+  /** Also stream the changes of the phases of other flows the tree's external dependencies wait for. */
+  includeDependencies?: boolean;
+  /** Resume after this cursor (from a response's `cursor`); unset: start with a snapshot per flow. */
+  cursor?: string;
+  /** Keep watching after the flow reached a terminal status (the iteration ends after its terminal transaction otherwise). */
+  keepOpen?: boolean;
+  /** Stops the iteration; the pending `next()` rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** Also deliver heartbeat events. */
+  includeHeartbeats?: boolean;
+  /** Overrides of the client's reconnection policy for this stream. */
+  retry?: Partial<RetryPolicy>;
+  /** Called before each reconnection. */
+  onReconnect?: ReconnectListener;
+}
+
 /** An event of `watchFlows()`: the flow event and the cursor to resume after it. */
 export interface FlowsEvent {
   event: FlowEvent;
@@ -78,7 +101,11 @@ export function isResumable(error: FlowstateError): boolean {
 
 type RawClient = Client<typeof FlowStateService>;
 
-/** Runs one logical stream over as many connections as it takes. */
+/**
+ * Runs one logical stream over as many connections as it takes. `finished` says, after a clean
+ * end, that the logical stream is over (`watchTree`: the server ends it after the watched
+ * flow's terminal transaction).
+ */
 async function* resumable<T>(
   open: (signal: AbortSignal) => AsyncIterable<T>,
   accept: (item: T) => "yield" | "skip" | "yield-and-stop",
@@ -86,6 +113,7 @@ async function* resumable<T>(
   signal: AbortSignal | undefined,
   onReconnect: ReconnectListener | undefined,
   closed: AbortSignal,
+  finished: () => boolean = () => false,
 ): AsyncGenerator<T, void, undefined> {
   const state = new RetryState(policy);
   // The caller's signal or the client's close(): either stops the open stream and the backoff.
@@ -132,7 +160,7 @@ async function* resumable<T>(
       // A clean end: the server had nothing more to send (or ended after the terminal event).
       // One that delivered something before ending early (e.g. a server draining without a
       // status) is resumed.
-      if (!received) return;
+      if (!received || finished()) return;
       delay = state.nextBackoffMs();
       if (delay === undefined) return;
     }
@@ -223,4 +251,53 @@ export function watchFlows(
       if (response.event !== undefined) yield { event: response.event, cursor: response.cursor };
     }
   })();
+}
+
+/**
+ * The events of a flow, its child flows down to `childrenDepth` levels and (with
+ * `includeDependencies`) the phases its tree's external dependencies wait for, resumed by cursor
+ * across disconnects; each response says which flow its event is about (docs/child_flows.md,
+ * "Watching a tree").
+ */
+export function watchTree(
+  raw: RawClient,
+  flowId: string,
+  options: WatchTreeOptions,
+  policy: RetryPolicy,
+  closed: AbortSignal = new AbortController().signal,
+): AsyncGenerator<WatchFlowResponse, void, undefined> {
+  let cursor = options.cursor ?? "";
+  const keepOpen = options.keepOpen ?? false;
+  const versions = new Map<string, bigint>();
+  let terminal = false;
+  const responses = resumable(
+    (signal) =>
+      raw.watchFlow(
+        {
+          flowId,
+          keepOpen,
+          childrenDepth: options.childrenDepth ?? MAX_CHILDREN_DEPTH,
+          includeDependencies: options.includeDependencies ?? false,
+          cursor,
+        },
+        { signal, timeoutMs: 0 },
+      ),
+    (response) => {
+      if (response.cursor) cursor = response.cursor;
+      const event = response.event;
+      if (event === undefined) return "skip";
+      if (event.kind.case === "heartbeat") return options.includeHeartbeats ? "yield" : "skip";
+      const seen = versions.get(event.flowId);
+      if (seen !== undefined && event.flowVersion <= seen) return "skip";
+      versions.set(event.flowId, event.flowVersion);
+      if (event.flowId === flowId && TERMINAL_STATUSES.has(event.status)) terminal = true;
+      return "yield";
+    },
+    policy,
+    options.signal,
+    options.onReconnect,
+    closed,
+    () => terminal && !keepOpen,
+  );
+  return responses;
 }

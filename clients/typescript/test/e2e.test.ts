@@ -44,6 +44,7 @@ import {
   UnauthenticatedError,
   VersionConflictError,
   WebhookNotFoundError,
+  WatchRelation,
   WebhookState,
   type FlowEvent,
   type FlowstateClient,
@@ -553,6 +554,57 @@ if (testServer === undefined) {
       }
       const done = await writer.getFlow({ flowId: parentId });
       assert.equal(done.flow?.status, FlowStatus.COMPLETED);
+    });
+
+    it("watches a tree with its dependencies, resumes by cursor, and reads it with getFlowTree", async () => {
+      const admin = connect(server.adminToken);
+      await admin.createFlowDefinition({ definition: child });
+      await admin.createFlowDefinition({ definition: master });
+      const upstream = (await writer.createFlow({ definitionName: "ts_child" })).flow!.flowId;
+      const parentId = (
+        await writer.createFlow({
+          definitionName: "ts_master",
+          externalDependencies: [{ phase: "right", flowId: upstream, flowPhase: "work" }],
+        })
+      ).flow!.flowId;
+      const stream = writer.watchTree(parentId, { includeDependencies: true });
+      const own = (await stream.next()).value!;
+      const dependency = (await stream.next()).value!;
+      assert.equal(own.event?.flowId, parentId);
+      assert.equal(own.relation, WatchRelation.SELF);
+      assert.equal(own.event?.kind.case, "snapshot");
+      assert.equal(dependency.relation, WatchRelation.DEPENDENCY);
+      assert.equal(dependency.event?.flowId, upstream);
+      assert.deepEqual(
+        dependency.waiting.map((w) => [w.flowId, w.phase, w.flowPhase]),
+        [[parentId, "right", "work"]],
+      );
+      assert.ok(dependency.cursor);
+
+      const started = await writer.transitionPhase({ flowId: parentId, phase: "left", targetState: PhaseState.IN_PROGRESS });
+      const childId = started.flow!.phases[0]!.childFlowId;
+      const seen = [(await stream.next()).value!, (await stream.next()).value!]; // one transaction
+      const childEvent = seen.find((r) => r.event?.flowId === childId)!;
+      assert.equal(childEvent.relation, WatchRelation.DESCENDANT);
+      assert.equal(childEvent.parentFlowId, parentId);
+      const cursor = seen[1]!.cursor;
+      await stream.return(undefined);
+
+      await writer.transitionPhase({ flowId: childId, phase: "work", targetState: PhaseState.IN_PROGRESS }); // unwatched
+      await writer.transitionPhase({ flowId: upstream, phase: "work", targetState: PhaseState.IN_PROGRESS });
+      const resumed = writer.watchTree(parentId, { includeDependencies: true, cursor });
+      const rest = [(await resumed.next()).value!, (await resumed.next()).value!, (await resumed.next()).value!];
+      assert.deepEqual(
+        rest.map((r) => `${r.event?.flowId}:${r.relation}`).sort(),
+        [`${childId}:${WatchRelation.DESCENDANT}`, `${parentId}:${WatchRelation.SELF}`, `${upstream}:${WatchRelation.DEPENDENCY}`].sort(),
+      );
+      assert.ok(rest.every((r) => r.event?.kind.case === "change" && r.cursor));
+      await resumed.return(undefined);
+
+      const tree = await writer.getFlowTree(parentId, { depth: 1 });
+      assert.equal(tree.flow.flowId, parentId);
+      assert.deepEqual(tree.children(parentId).map((f) => f.flowId), [childId]);
+      assert.equal(tree.truncated, false);
     });
   });
 

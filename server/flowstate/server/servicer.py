@@ -29,7 +29,14 @@ from flowstate.core.bulk import BulkActionState, BulkOutcome
 from flowstate.core.definitions import FlowDefinition
 from flowstate.core.errors import FlowStateError
 from flowstate.core.filters import Filter
-from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
+from flowstate.core.model import (
+    ErrorCode,
+    ExternalDependency,
+    Flow,
+    FlowStatus,
+    HistoryEntry,
+    Tenant,
+)
 from flowstate.core.preview import TransitionVerdict
 from flowstate.server import definitions, validation
 from flowstate.server.auth import Scope
@@ -64,6 +71,13 @@ __all__ = ["BULK_WATCH_INTERVAL", "EventSource", "EventValue", "FlowStateService
 BULK_WATCH_INTERVAL = 0.5
 """Seconds between looks at a watched bulk action (WatchBulkAction)."""
 
+_WATCH_RELATION: dict[str | None, pb.WatchRelation.ValueType] = {
+    None: pb.WATCH_RELATION_UNSPECIFIED,
+    "self": pb.WATCH_RELATION_SELF,
+    "descendant": pb.WATCH_RELATION_DESCENDANT,
+    "dependency": pb.WATCH_RELATION_DEPENDENCY,
+}
+
 
 class EventValue(Protocol):
     """One domain event of a status stream (`flowstate.server.watch.FlowEventValue`)."""
@@ -84,15 +98,29 @@ class EventValue(Protocol):
     def heartbeat_at(self) -> datetime | None: ...
     @property
     def cursor(self) -> str: ...
+    @property
+    def relation(self) -> str | None: ...
+    @property
+    def parent_flow_id(self) -> str: ...
+    @property
+    def waiting(self) -> tuple[ExternalDependency, ...]: ...
 
 
 class EventSource(Protocol):
     """What the servicer needs from the watch hub (`flowstate.server.watch.WatchHub`)."""
 
     def watch_flow(
-        self, tenant: Tenant, flow_id: str, *, after_version: int | None, keep_open: bool
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        *,
+        after_version: int | None,
+        keep_open: bool,
+        children_depth: int = 0,
+        include_dependencies: bool = False,
+        cursor: str = "",
     ) -> AsyncIterator[EventValue]:
-        """Events of one flow (FlowStateError FLOW_NOT_FOUND, SERVER_SHUTTING_DOWN...)."""
+        """Events of one flow, or of its tree (FLOW_NOT_FOUND, SERVER_SHUTTING_DOWN...)."""
         ...
 
     def watch_flows(
@@ -615,13 +643,40 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         """Stream one flow's snapshot (or replay) and then its changes, from the hub."""
         args = validation.watch_flow(request)
         events = self._require_hub().watch_flow(
-            call.tenant, args.flow_id, after_version=args.after_version, keep_open=args.keep_open
+            call.tenant,
+            args.flow_id,
+            after_version=args.after_version,
+            keep_open=args.keep_open,
+            children_depth=args.children_depth,
+            include_dependencies=args.include_dependencies,
+            cursor=args.cursor,
         )
+        if args.tree:
+            async for value in events:
+                yield await self._tree_response(call, value)
+            return
         async for value in events:
             if value.change is not None and value.snapshot is None and value.flow_id:
                 yield self._require_hub().shared_change(call.tenant, value, value.change)[1]
             else:
                 yield pb.WatchFlowResponse(event=await self._event(value))
+
+    async def _tree_response(self, call: Call, value: EventValue) -> pb.WatchFlowResponse:
+        """A tree stream's event: the (shared) event with its cursor, relation and waiters."""
+        if value.change is not None and value.snapshot is None and value.flow_id:
+            event = self._require_hub().shared_change(call.tenant, value, value.change)[0]
+        else:
+            event = await self._event(value)
+        return pb.WatchFlowResponse(
+            event=event,
+            cursor=value.cursor,
+            relation=_WATCH_RELATION[value.relation],
+            parent_flow_id=value.parent_flow_id,
+            waiting=[
+                pb.WaitingPhase(flow_id=w.flow_id, phase=w.phase, flow_phase=w.flow_phase)
+                for w in value.waiting
+            ],
+        )
 
     @stream(Scope.READ)
     async def WatchFlows(  # noqa: N802 - the proto's method name

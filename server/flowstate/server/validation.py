@@ -666,10 +666,22 @@ class WatchFlowArgs:
     flow_id: str
     after_version: int | None
     keep_open: bool
+    children_depth: int = 0
+    include_dependencies: bool = False
+    cursor: str = ""
+
+    @property
+    def tree(self) -> bool:
+        """Whether the stream is a tree stream (children or dependencies; resumed by cursor)."""
+        return self.children_depth > 0 or self.include_dependencies
 
 
 def watch_flow(request: flow_service_pb2.WatchFlowRequest) -> WatchFlowArgs:
-    """Check a WatchFlow request."""
+    """Check a WatchFlow request.
+
+    A tree stream (children_depth > 0 or include_dependencies) resumes by `cursor`, a plain
+    one by `after_version`: the other position is refused.
+    """
     check = _Checker()
     flow_id = check.uuid("flow_id", request.flow_id)
     after_version: int | None = None
@@ -677,8 +689,22 @@ def watch_flow(request: flow_service_pb2.WatchFlowRequest) -> WatchFlowArgs:
         after_version = request.after_version
         if after_version < 0:
             check.fail("after_version", "must be >= 0")
+    depth = _check_children_depth(check, request.children_depth)
+    cursor = check.text("cursor", request.cursor, max_len=MAX_PAGE_TOKEN_LENGTH) or ""
+    args = WatchFlowArgs(
+        flow_id, after_version, request.keep_open, depth, request.include_dependencies, cursor
+    )
+    if args.tree and after_version is not None:
+        check.fail(
+            "after_version",
+            "a stream with children_depth or include_dependencies resumes by cursor",
+        )
+    if cursor and not args.tree:
+        check.fail(
+            "cursor", "only a stream with children_depth or include_dependencies takes a cursor"
+        )
     check.done()
-    return WatchFlowArgs(flow_id, after_version, request.keep_open)
+    return args
 
 
 @dataclass(frozen=True, slots=True)
@@ -868,7 +894,13 @@ def link_child_flow(request: flow_service_pb2.LinkChildFlowRequest) -> LinkChild
 def children_depth(value: int) -> int:
     """Check GetFlow's `children_depth`: 0 to `MAX_CHILD_FLOW_DEPTH`."""
     check = _Checker()
+    _check_children_depth(check, value)
+    check.done()
+    return value
+
+
+def _check_children_depth(check: _Checker, value: int) -> int:
+    """The one rule of `children_depth` (GetFlow, WatchFlow): 0 to `MAX_CHILD_FLOW_DEPTH`."""
     if not 0 <= value <= MAX_CHILD_FLOW_DEPTH:
         check.fail("children_depth", f"must be in [0, {MAX_CHILD_FLOW_DEPTH}]")
-    check.done()
     return value

@@ -35,23 +35,32 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 import asyncpg
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.filters import Filter, matches
-from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, Tenant
+from flowstate.core.model import (
+    ErrorCode,
+    ExternalDependency,
+    Flow,
+    FlowStatus,
+    HistoryEntry,
+    Tenant,
+)
 from flowstate.core.rules import TERMINAL_STATUSES
 from flowstate.server.convert import FLOW_STATUS_TO_PROTO, fill_event_change
 from flowstate.storage.changes import (
+    MAX_SEQ,
     SNAPSHOT_LIMIT,
     LogPosition,
     TenantChange,
     TenantCursor,
     TenantLog,
+    TreeRead,
 )
 from flowstate.storage.sql import connect_arguments
 from flowstate.storage.statements import NOTIFY_CHANNEL
@@ -86,6 +95,10 @@ class WatchStore(Protocol):
         ...
 
 
+Relation = Literal["self", "descendant", "dependency"] | None
+"""How an event's flow relates to the flow a tree stream watches (None: a plain stream)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FlowEventValue:
     """One event of a status stream, domain-level (the servicer turns it into a FlowEvent).
@@ -105,6 +118,14 @@ class FlowEventValue:
     change: HistoryEntry | None = None
     heartbeat_at: datetime | None = None
     cursor: str = ""
+    relation: Relation = None
+    """On WatchFlow streams with children or dependencies: how the event's flow relates to the
+    watched flow ("self", "descendant", "dependency"); None on plain streams."""
+    parent_flow_id: str = ""
+    """On "descendant" events: the parent of the event's flow."""
+    waiting: tuple[ExternalDependency, ...] = ()
+    """On "dependency" events: the waiting phases, each as the waiting flow's dependency
+    (`phase` of `flow_id` waits for `flow_phase` of the event's flow)."""
 
 
 def _shutting_down() -> FlowStateError:
@@ -722,14 +743,20 @@ class WatchHub:
             self._on_lag(max((now - moment).total_seconds(), 0.0))  # clocks may differ a little
 
     async def _follow(
-        self, channel: _Channel[P, T], position: P, *, catch_up: bool
+        self,
+        channel: _Channel[P, T],
+        position: P,
+        *,
+        catch_up: bool,
+        done: Callable[[P], bool] | None = None,
     ) -> AsyncGenerator[tuple[T | None, P], None]:
         """Items of `channel` after `position`, forever, each with the position it ends at.
 
         `catch_up`: the log may already hold items after `position` (a resume), so read it
         first instead of waiting for a notification. Yields ``(None, position)`` when a
         heartbeat is due; `position` then says how far the log is known to hold nothing more
-        for this follower. Raises SERVER_SHUTTING_DOWN when the hub closes.
+        for this follower. Returns when `done(position)` holds once everything known has been
+        yielded (before waiting). Raises SERVER_SHUTTING_DOWN when the hub closes.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._heartbeat
@@ -754,6 +781,8 @@ class WatchHub:
             position = max(position, covered)
             if items:
                 continue
+            if done is not None and done(position):
+                return
             if loop.time() >= deadline:
                 yield None, position
                 deadline = loop.time() + self._heartbeat
@@ -764,7 +793,15 @@ class WatchHub:
     # -- WatchFlow ---------------------------------------------------------------------------
 
     def watch_flow(
-        self, tenant: Tenant, flow_id: str, *, after_version: int | None, keep_open: bool
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        *,
+        after_version: int | None,
+        keep_open: bool,
+        children_depth: int = 0,
+        include_dependencies: bool = False,
+        cursor: str = "",
     ) -> AsyncGenerator[FlowEventValue, None]:
         """Stream one flow: a snapshot (or the changes after `after_version`), then live changes.
 
@@ -772,7 +809,14 @@ class WatchHub:
         MALFORMED_REQUEST for an `after_version` below 0 or beyond the flow's version, and
         SERVER_SHUTTING_DOWN when the hub closes. Ends after the event that made the flow
         COMPLETED or CANCELLED (or after a terminal snapshot) unless `keep_open`.
+
+        With `children_depth` or `include_dependencies` the stream is a tree stream
+        (`_watch_tree`): it resumes by `cursor` (`after_version` is then ignored).
         """
+        if children_depth or include_dependencies:
+            return self._watch_tree(
+                tenant, flow_id, children_depth, include_dependencies, cursor, keep_open
+            )
         return self._watch_flow(tenant, flow_id, after_version, keep_open)
 
     async def _watch_flow(
@@ -821,6 +865,111 @@ class WatchHub:
                     yield FlowEventValue(flow_id, position, status, progress, change=entry)
                     if not keep_open and status in TERMINAL_STATUSES:
                         return
+        except Exception as error:
+            self._as_shutdown(error)
+            raise
+        finally:
+            self._open -= 1
+            channel.unsubscribe()
+
+    # -- WatchFlow of a tree (children, dependencies) ---------------------------------------
+
+    async def _watch_tree(
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        depth: int,
+        dependencies: bool,
+        cursor_token: str,
+        keep_open: bool,
+    ) -> AsyncGenerator[FlowEventValue, None]:
+        """A flow, its descendants down to `depth` and (with `dependencies`) the phases its
+        tree's external dependencies name, from the tenant log (docs/child_flows.md, "Watching
+        a tree"): a snapshot event per flow (or the changes after `cursor_token`), then live.
+
+        Which flows belong is the tree as read at the start, grown while the stream runs: a
+        change of a flow whose parent belongs makes it belong (a new child, at most `depth`
+        levels down), and a member's entry that links a child reads the linked flow's subtree.
+        Every event carries the cursor after it, as on WatchFlows. Without `keep_open` the
+        stream ends once the watched flow's terminal transaction has been sent (its children's
+        changes in that transaction included), or, on a resume of an already terminal flow,
+        once the log up to now has been sent.
+        """
+        self._check_open()
+        resume = TenantCursor.decode(cursor_token) if cursor_token else None
+        channel = self._tenant_channel(tenant)
+        pokes = channel.subscribe()
+        self._open += 1
+        try:
+            if resume is not None:
+                await self._log.check_cursor(resume)
+            read = await self._log.tree(
+                tenant, flow_id, depth, dependencies=dependencies, snapshot=resume is None
+            )
+            self._check_open()
+            tree = _Tree(flow_id, depth, dependencies, read)
+            root = read.flows[0]
+            status, progress, version = root.status, root.progress, root.version
+            end_at: LogPosition | None = None  # the watched flow's terminal transaction's end
+            idle_end: LogPosition | None = None  # a resume of a terminal flow: end once idle
+            if resume is None:
+                assert read.cursor is not None
+                cursor = read.cursor
+                snapshots = tree.snapshot_events(read)
+                for index, event in enumerate(snapshots):
+                    self._check_open()
+                    last = index == len(snapshots) - 1
+                    yield replace(event, cursor=cursor.encode()) if last else event
+                if not keep_open and status in TERMINAL_STATUSES:
+                    return
+            else:
+                cursor = resume
+                if not keep_open and status in TERMINAL_STATUSES:
+                    idle_end = cursor.position  # send what the log holds after the cursor, then end
+            self._check_open()
+            channel.go_live(cursor.position, pokes, current=resume is None)
+
+            def done(position: LogPosition) -> bool:
+                return (end_at is not None and position >= end_at) or (
+                    idle_end is not None and position >= idle_end
+                )
+
+            follow_tenant = self._follow(
+                channel, cursor.position, catch_up=resume is not None, done=done
+            )
+            async with contextlib.aclosing(follow_tenant) as follower:
+                async for change, position in follower:
+                    if change is None:
+                        cursor = cursor.advanced(position)
+                        yield FlowEventValue(
+                            flow_id,
+                            version,
+                            status,
+                            progress,
+                            heartbeat_at=_now(),
+                            cursor=cursor.encode(),
+                            relation="self",
+                        )
+                        continue
+                    if end_at is not None and position > end_at:
+                        return  # the terminal transaction was sent; not past it
+                    consumed = cursor.consumed(change)
+                    cursor = cursor.advanced(position)
+                    if consumed:
+                        continue
+                    found = await tree.event_of(change, self._log, tenant)
+                    if found is None:
+                        continue
+                    if change.flow_id == flow_id:
+                        entry = change.entry
+                        status, progress, version = (
+                            entry.status_after,
+                            entry.progress_after,
+                            entry.flow_version,
+                        )
+                        if not keep_open and status in TERMINAL_STATUSES:
+                            end_at = (position[0], MAX_SEQ)
+                    yield replace(found, cursor=cursor.encode())
         except Exception as error:
             self._as_shutdown(error)
             raise
@@ -926,6 +1075,126 @@ class WatchHub:
         finally:
             self._open -= 1
             channel.unsubscribe()
+
+
+class _Tree:
+    """Which flows a tree stream covers, and the event (if any) each change makes.
+
+    `members` maps each covered flow to its depth below the watched flow (0 for it);
+    `waiting` maps ``(flow id, phase)`` of another flow to the dependencies that wait for it.
+    """
+
+    def __init__(self, flow_id: str, depth: int, dependencies: bool, read: TreeRead) -> None:
+        self.flow_id = flow_id
+        self.depth = depth
+        self.dependencies = dependencies
+        self.members: dict[str, int] = {}
+        self.waiting: dict[tuple[str, str], list[ExternalDependency]] = {}
+        self._add(read, 0)
+
+    def _add(self, read: TreeRead, base: int) -> None:
+        """Make the flows of `read` (at `base` + their depth) members, with their dependencies."""
+        for flow, depth in zip(read.flows, read.depths, strict=True):
+            self.members.setdefault(flow.flow_id, base + depth)
+            if not self.dependencies:
+                continue
+            for dep in flow.external_dependencies:
+                waiting = ExternalDependency(dep.phase, flow.flow_id, dep.flow_phase)
+                known = self.waiting.setdefault((dep.flow_id, dep.flow_phase), [])
+                if waiting not in known:
+                    known.append(waiting)
+
+    def _waiting_on(self, flow_id: str) -> tuple[ExternalDependency, ...]:
+        return tuple(w for (f, _), ws in self.waiting.items() if f == flow_id for w in ws)
+
+    def snapshot_events(self, read: TreeRead) -> list[FlowEventValue]:
+        """One snapshot event per flow of `read`: the watched flow, descendants, dependencies."""
+        events = [
+            FlowEventValue(
+                flow.flow_id,
+                flow.version,
+                flow.status,
+                flow.progress,
+                snapshot=flow,
+                relation="self" if flow.flow_id == self.flow_id else "descendant",
+                parent_flow_id=flow.parent_flow_id or "" if flow.flow_id != self.flow_id else "",
+            )
+            for flow in read.flows
+        ]
+        events.extend(
+            FlowEventValue(
+                flow.flow_id,
+                flow.version,
+                flow.status,
+                flow.progress,
+                snapshot=flow,
+                relation="dependency",
+                waiting=self._waiting_on(flow.flow_id),
+            )
+            for flow in read.dependencies
+            if flow.flow_id not in self.members
+        )
+        return events
+
+    async def event_of(
+        self, change: TenantChange, log: TenantLog, tenant: Tenant
+    ) -> FlowEventValue | None:
+        """The event `change` makes on the stream (None: not the tree's), growing the tree."""
+        flow_id, entry = change.flow_id, change.entry
+        if flow_id not in self.members:
+            parent_depth = self.members.get(change.parent_flow_id or "")
+            if parent_depth is None or parent_depth >= self.depth:
+                return self._dependency_event(change)
+            self.members[flow_id] = parent_depth + 1
+            if entry.flow_version > 1:
+                # Not its first entry: a flow linked into the tree, with a subtree of its own.
+                await self._grow(log, tenant, flow_id)
+        linked = entry.metadata.get("child_flow_id") if entry.metadata.get("linked") else None
+        if (
+            isinstance(linked, str)
+            and linked not in self.members
+            and self.members[flow_id] < self.depth
+        ):
+            # The link of an existing flow (which writes no entry of its own): it and its
+            # subtree belong from here on.
+            self.members[linked] = self.members[flow_id] + 1
+            await self._grow(log, tenant, linked)
+        relation: Relation = "self" if flow_id == self.flow_id else "descendant"
+        return FlowEventValue(
+            flow_id,
+            entry.flow_version,
+            entry.status_after,
+            entry.progress_after,
+            change=entry,
+            relation=relation,
+            parent_flow_id=change.parent_flow_id or "" if relation == "descendant" else "",
+            waiting=tuple(self.waiting.get((flow_id, entry.phase or ""), ())),
+        )
+
+    async def _grow(self, log: TenantLog, tenant: Tenant, flow_id: str) -> None:
+        """Add the subtree below `flow_id` (a member) as it is now."""
+        base = self.members[flow_id]
+        read = await log.tree(
+            tenant, flow_id, self.depth - base, dependencies=False, snapshot=False
+        )
+        self._add(read, base)
+
+    def _dependency_event(self, change: TenantChange) -> FlowEventValue | None:
+        entry = change.entry
+        if entry.phase is None or entry.to_state is None:
+            return None
+        waiting = self.waiting.get((change.flow_id, entry.phase))
+        if not waiting:
+            return None
+        return FlowEventValue(
+            change.flow_id,
+            entry.flow_version,
+            entry.status_after,
+            entry.progress_after,
+            change=entry,
+            relation="dependency",
+            waiting=tuple(waiting),
+        )
 
 
 def _matches(

@@ -45,7 +45,19 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import asyncpg
-from sqlalchemy import BigInteger, Integer, Text, and_, any_, bindparam, func, or_, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from flowstate.core.errors import FlowStateError
@@ -53,6 +65,7 @@ from flowstate.core.filters import Filter, FlowFacts
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
 from flowstate.storage.codec import entry_from_row, flow_from_row
 from flowstate.storage.filters import filter_condition
+from flowstate.storage.limits import MAX_TREE_FLOWS
 from flowstate.storage.schema import flow_history, flows
 from flowstate.storage.sql import (
     Compiled,
@@ -74,6 +87,7 @@ __all__ = [
     "TenantLog",
     "TenantRead",
     "TenantSnapshot",
+    "TreeRead",
 ]
 
 LogPosition = tuple[int, int]
@@ -109,6 +123,7 @@ _READ = compile_statement(
         flows.c.created_at.label("flow_created_at"),
         flows.c.phase_states.label("flow_phase_states"),
         flows.c.error_context.label("flow_error_context"),
+        flows.c.parent_flow_id.label("flow_parent_flow_id"),
     )
     .select_from(flow_history.join(flows, flows.c.id == flow_history.c.flow_id))
     .where(_HISTORY_IN_TENANT, _AFTER, flow_history.c.txid < _HORIZON)
@@ -146,6 +161,21 @@ def _snapshot_with(condition: Filter) -> Compiled:
     return compile_statement(_SNAPSHOT_SELECT.where(filter_condition(condition)))
 
 
+_TREE = compile_statement(
+    text(
+        "WITH RECURSIVE tree(id, depth) AS ("
+        " SELECT id, 0 FROM flows"
+        "  WHERE id = :flow_id AND client_account_id = :account AND engagement_id = :engagement"
+        " UNION ALL"
+        " SELECT f.id, tree.depth + 1 FROM flows f JOIN tree"
+        "  ON f.parent_flow_id = tree.id AND f.client_account_id = :account"
+        "  AND f.engagement_id = :engagement WHERE tree.depth < :depth"
+        ") SELECT f.*, tree.depth AS tree_depth FROM tree JOIN flows f ON f.id = tree.id"
+        " ORDER BY tree.depth, f.created_at, f.id LIMIT :limit"
+    )
+)
+"""A flow and its descendants down to ``:depth`` levels, level by level (as GetFlow's tree)."""
+
 _SKIP = compile_statement(
     select(flow_history.c.flow_id, func.max(flow_history.c.version).label("version"))
     .where(_HISTORY_IN_TENANT, flow_history.c.txid >= _HORIZON)
@@ -175,6 +205,9 @@ class TenantChange:
     and time from the entry, the changed phase's new state from the entry, labels and creation
     time from the flow; the other phases' states and the open error codes are the flow's when
     the change is read (a later change may already have moved them)."""
+    parent_flow_id: str | None = None
+    """The flow's parent as the change is read (set once, never changed: a flow created as a
+    child has it from its first entry on, a linked one from its link on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +296,22 @@ class TenantSnapshot:
 
     flows: tuple[Flow, ...]
     cursor: TenantCursor
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRead:
+    """A flow's tree as of one moment (`TenantLog.tree`), for WatchFlow with children.
+
+    `flows`: the flow first, then its descendants level by level (oldest first within a
+    level), each with its depth below the flow in `depths`; `dependencies`: the flows their
+    external dependencies name (with `dependencies=True`); `cursor`: the position right after
+    this moment (with `snapshot=True`, as `TenantLog.snapshot`'s).
+    """
+
+    flows: tuple[Flow, ...]
+    depths: tuple[int, ...]
+    dependencies: tuple[Flow, ...]
+    cursor: TenantCursor | None
 
 
 def _tenant_params(tenant: Tenant) -> dict[str, Any]:
@@ -375,6 +424,79 @@ class TenantLog:
         cursor = TenantCursor((xmin - 1, MAX_SEQ), skip, xmax if skip else 0)
         return TenantSnapshot(tuple(flow_from_row(row) for row in rows), cursor)
 
+    async def tree(
+        self,
+        tenant: Tenant,
+        flow_id: str,
+        depth: int,
+        *,
+        dependencies: bool,
+        snapshot: bool,
+        limit: int = MAX_TREE_FLOWS,
+    ) -> TreeRead:
+        """`flow_id` and its descendants down to `depth` levels, read in one transaction.
+
+        With `dependencies`, also the flows their external dependencies name; with
+        `snapshot`, the cursor right after the read (horizon and skip map, as `snapshot`).
+        FLOW_NOT_FOUND for a missing flow (or another tenant's); MALFORMED_REQUEST (field
+        ``children_depth``) when the tree holds more than `limit` flows down to `depth`.
+        """
+        params = _tenant_params(tenant)
+
+        async def statements(
+            tx: Transaction,
+        ) -> tuple[list[asyncpg.Record], list[asyncpg.Record], TenantCursor | None]:
+            cursor = None
+            if snapshot:
+                horizon = await tx.fetchrow(_HORIZON_NOW)
+                assert horizon is not None
+                skip_rows = await tx.fetch(_SKIP, {**params, "horizon": horizon["xmin"]})
+                skip = {str(row["flow_id"]): row["version"] for row in skip_rows}
+                xmin, xmax = horizon["xmin"], horizon["xmax"]
+                cursor = TenantCursor((xmin - 1, MAX_SEQ), skip, xmax if skip else 0)
+            rows = await tx.fetch(
+                _TREE, {**params, "flow_id": flow_id, "depth": depth, "limit": limit + 1}
+            )
+            dependency_rows: list[asyncpg.Record] = []
+            if dependencies and rows:
+                named = {
+                    str(dep["flow_id"])
+                    for row in rows[: limit + 1]
+                    for dep in row["external_dependencies"]
+                }
+                if named:
+                    dependency_rows = await tx.fetch(
+                        _SNAPSHOT,
+                        {
+                            **params,
+                            "statuses": [],
+                            "definition_name": "",
+                            "flow_ids": sorted(named),
+                            "limit": len(named),
+                        },
+                    )
+            return rows, dependency_rows, cursor
+
+        rows, dependency_rows, cursor = await self._snapshot_read(tenant, statements)
+        if not rows:
+            raise FlowStateError(
+                ErrorCode.FLOW_NOT_FOUND, f"Flow {flow_id!r} does not exist", flow_id=flow_id
+            )
+        if len(rows) > limit:
+            raise FlowStateError(
+                ErrorCode.MALFORMED_REQUEST,
+                f"the flow has more than {limit} flows down to {depth} levels of children; "
+                "watch fewer levels (children_depth), or watch its children one by one",
+                field="children_depth",
+                tree_limit=limit,
+            )
+        return TreeRead(
+            flows=tuple(flow_from_row(row) for row in rows),
+            depths=tuple(int(row["tree_depth"]) for row in rows),
+            dependencies=tuple(flow_from_row(row) for row in dependency_rows),
+            cursor=cursor,
+        )
+
 
 def _change_from_row(row: asyncpg.Record) -> TenantChange:
     entry = entry_from_row(row)
@@ -391,10 +513,12 @@ def _change_from_row(row: asyncpg.Record) -> TenantChange:
         created_at=row["flow_created_at"],
         updated_at=entry.occurred_at,
     )
+    parent = row["flow_parent_flow_id"]
     return TenantChange(
         position=(row["txid"], row["seq"]),
         flow_id=str(row["flow_id"]),
         definition_name=row["definition_name"],
         entry=entry,
         facts=facts,
+        parent_flow_id=None if parent is None else str(parent),
     )

@@ -100,6 +100,64 @@ func (RecoveryAction) EnumDescriptor() ([]byte, []int) {
 	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{0}
 }
 
+// How an event's flow relates to the flow a WatchFlow stream watches.
+type WatchRelation int32
+
+const (
+	// A plain WatchFlow stream (one flow).
+	WatchRelation_WATCH_RELATION_UNSPECIFIED WatchRelation = 0
+	// The watched flow itself (also heartbeats).
+	WatchRelation_WATCH_RELATION_SELF WatchRelation = 1
+	// One of its child flows, down to children_depth.
+	WatchRelation_WATCH_RELATION_DESCENDANT WatchRelation = 2
+	// A flow one of its (or its descendants') phases depends on
+	// (external_dependencies); only changes of the named phases are sent.
+	WatchRelation_WATCH_RELATION_DEPENDENCY WatchRelation = 3
+)
+
+// Enum value maps for WatchRelation.
+var (
+	WatchRelation_name = map[int32]string{
+		0: "WATCH_RELATION_UNSPECIFIED",
+		1: "WATCH_RELATION_SELF",
+		2: "WATCH_RELATION_DESCENDANT",
+		3: "WATCH_RELATION_DEPENDENCY",
+	}
+	WatchRelation_value = map[string]int32{
+		"WATCH_RELATION_UNSPECIFIED": 0,
+		"WATCH_RELATION_SELF":        1,
+		"WATCH_RELATION_DESCENDANT":  2,
+		"WATCH_RELATION_DEPENDENCY":  3,
+	}
+)
+
+func (x WatchRelation) Enum() *WatchRelation {
+	p := new(WatchRelation)
+	*p = x
+	return p
+}
+
+func (x WatchRelation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchRelation) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowstate_v1_flow_service_proto_enumTypes[1].Descriptor()
+}
+
+func (WatchRelation) Type() protoreflect.EnumType {
+	return &file_flowstate_v1_flow_service_proto_enumTypes[1]
+}
+
+func (x WatchRelation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchRelation.Descriptor instead.
+func (WatchRelation) EnumDescriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{1}
+}
+
 // What a bulk action does to each of its flows.
 type BulkActionType int32
 
@@ -154,11 +212,11 @@ func (x BulkActionType) String() string {
 }
 
 func (BulkActionType) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowstate_v1_flow_service_proto_enumTypes[1].Descriptor()
+	return file_flowstate_v1_flow_service_proto_enumTypes[2].Descriptor()
 }
 
 func (BulkActionType) Type() protoreflect.EnumType {
-	return &file_flowstate_v1_flow_service_proto_enumTypes[1]
+	return &file_flowstate_v1_flow_service_proto_enumTypes[2]
 }
 
 func (x BulkActionType) Number() protoreflect.EnumNumber {
@@ -167,7 +225,7 @@ func (x BulkActionType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BulkActionType.Descriptor instead.
 func (BulkActionType) EnumDescriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{1}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{2}
 }
 
 // Where a bulk action stands.
@@ -211,11 +269,11 @@ func (x BulkActionState) String() string {
 }
 
 func (BulkActionState) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowstate_v1_flow_service_proto_enumTypes[2].Descriptor()
+	return file_flowstate_v1_flow_service_proto_enumTypes[3].Descriptor()
 }
 
 func (BulkActionState) Type() protoreflect.EnumType {
-	return &file_flowstate_v1_flow_service_proto_enumTypes[2]
+	return &file_flowstate_v1_flow_service_proto_enumTypes[3]
 }
 
 func (x BulkActionState) Number() protoreflect.EnumNumber {
@@ -224,7 +282,7 @@ func (x BulkActionState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BulkActionState.Descriptor instead.
 func (BulkActionState) EnumDescriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{2}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{3}
 }
 
 // What happened to one flow of a bulk action.
@@ -268,11 +326,11 @@ func (x BulkFlowOutcome) String() string {
 }
 
 func (BulkFlowOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowstate_v1_flow_service_proto_enumTypes[3].Descriptor()
+	return file_flowstate_v1_flow_service_proto_enumTypes[4].Descriptor()
 }
 
 func (BulkFlowOutcome) Type() protoreflect.EnumType {
-	return &file_flowstate_v1_flow_service_proto_enumTypes[3]
+	return &file_flowstate_v1_flow_service_proto_enumTypes[4]
 }
 
 func (x BulkFlowOutcome) Number() protoreflect.EnumNumber {
@@ -281,7 +339,7 @@ func (x BulkFlowOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BulkFlowOutcome.Descriptor instead.
 func (BulkFlowOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{3}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{4}
 }
 
 // Request of CreateFlow. (No `expected_version`: there is no flow yet.)
@@ -3296,7 +3354,24 @@ type WatchFlowRequest struct {
 	AfterVersion *int64 `protobuf:"varint,2,opt,name=after_version,json=afterVersion,proto3,oneof" json:"after_version,omitempty"`
 	// Keep the stream open after the flow reaches a terminal status (it ends
 	// after the terminal event otherwise).
-	KeepOpen      bool `protobuf:"varint,3,opt,name=keep_open,json=keepOpen,proto3" json:"keep_open,omitempty"`
+	KeepOpen bool `protobuf:"varint,3,opt,name=keep_open,json=keepOpen,proto3" json:"keep_open,omitempty"`
+	// Also stream the changes of the flow's child flows down to this many levels
+	// (0: none; at most 5, as GetFlow's children_depth), children created or
+	// linked while the stream is open included (docs/child_flows.md, "Watching
+	// a tree"). Such a stream follows the tenant's commit-ordered log: it starts
+	// with a snapshot event per flow (the flow, its descendants, its
+	// dependencies), every event carries `cursor`, and it resumes by `cursor`
+	// instead of `after_version`. More than 500 flows in the tree:
+	// MALFORMED_REQUEST (field children_depth).
+	ChildrenDepth int32 `protobuf:"varint,60,opt,name=children_depth,json=childrenDepth,proto3" json:"children_depth,omitempty"`
+	// Also stream the changes of the phases of other flows that this flow's
+	// `external_dependencies` (and, with children_depth, its descendants') wait
+	// for, as events with relation DEPENDENCY naming the waiting phases. Streams
+	// like children_depth (snapshot, cursor).
+	IncludeDependencies bool `protobuf:"varint,61,opt,name=include_dependencies,json=includeDependencies,proto3" json:"include_dependencies,omitempty"`
+	// Resume a stream opened with children_depth or include_dependencies after
+	// this cursor (from a previous WatchFlowResponse). Not with after_version.
+	Cursor        string `protobuf:"bytes,62,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3352,11 +3427,45 @@ func (x *WatchFlowRequest) GetKeepOpen() bool {
 	return false
 }
 
+func (x *WatchFlowRequest) GetChildrenDepth() int32 {
+	if x != nil {
+		return x.ChildrenDepth
+	}
+	return 0
+}
+
+func (x *WatchFlowRequest) GetIncludeDependencies() bool {
+	if x != nil {
+		return x.IncludeDependencies
+	}
+	return false
+}
+
+func (x *WatchFlowRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
 // Response of WatchFlow: one event.
 type WatchFlowResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The event.
-	Event         *FlowEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// The event; its `flow_id` says which flow it is about (the watched flow, a
+	// descendant, or a dependency).
+	Event *FlowEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// With children_depth or include_dependencies: pass back as `cursor` to
+	// resume after this event (empty on the snapshot events but the last one).
+	Cursor string `protobuf:"bytes,60,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// With children_depth or include_dependencies: how the event's flow relates
+	// to the watched flow (UNSPECIFIED on plain streams).
+	Relation WatchRelation `protobuf:"varint,61,opt,name=relation,proto3,enum=flowstate.v1.WatchRelation" json:"relation,omitempty"`
+	// For DESCENDANT events: the parent of the event's flow.
+	ParentFlowId string `protobuf:"bytes,62,opt,name=parent_flow_id,json=parentFlowId,proto3" json:"parent_flow_id,omitempty"`
+	// For DEPENDENCY events: the phases (of the watched flow or its descendants)
+	// that wait for the event's flow and phase (`change.phase`; every waiting
+	// phase of the flow on a snapshot).
+	Waiting       []*WaitingPhase `protobuf:"bytes,63,rep,name=waiting,proto3" json:"waiting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3398,6 +3507,98 @@ func (x *WatchFlowResponse) GetEvent() *FlowEvent {
 	return nil
 }
 
+func (x *WatchFlowResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *WatchFlowResponse) GetRelation() WatchRelation {
+	if x != nil {
+		return x.Relation
+	}
+	return WatchRelation_WATCH_RELATION_UNSPECIFIED
+}
+
+func (x *WatchFlowResponse) GetParentFlowId() string {
+	if x != nil {
+		return x.ParentFlowId
+	}
+	return ""
+}
+
+func (x *WatchFlowResponse) GetWaiting() []*WaitingPhase {
+	if x != nil {
+		return x.Waiting
+	}
+	return nil
+}
+
+// A phase that waits for a phase of another flow (external_dependencies).
+type WaitingPhase struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The waiting flow: the watched flow or one of its descendants.
+	FlowId string `protobuf:"bytes,1,opt,name=flow_id,json=flowId,proto3" json:"flow_id,omitempty"`
+	// Its waiting phase.
+	Phase string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The phase of the event's flow it waits for.
+	FlowPhase     string `protobuf:"bytes,3,opt,name=flow_phase,json=flowPhase,proto3" json:"flow_phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitingPhase) Reset() {
+	*x = WaitingPhase{}
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitingPhase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitingPhase) ProtoMessage() {}
+
+func (x *WaitingPhase) ProtoReflect() protoreflect.Message {
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitingPhase.ProtoReflect.Descriptor instead.
+func (*WaitingPhase) Descriptor() ([]byte, []int) {
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *WaitingPhase) GetFlowId() string {
+	if x != nil {
+		return x.FlowId
+	}
+	return ""
+}
+
+func (x *WaitingPhase) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *WaitingPhase) GetFlowPhase() string {
+	if x != nil {
+		return x.FlowPhase
+	}
+	return ""
+}
+
 // Request of WatchFlows.
 type WatchFlowsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3421,7 +3622,7 @@ type WatchFlowsRequest struct {
 
 func (x *WatchFlowsRequest) Reset() {
 	*x = WatchFlowsRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3433,7 +3634,7 @@ func (x *WatchFlowsRequest) String() string {
 func (*WatchFlowsRequest) ProtoMessage() {}
 
 func (x *WatchFlowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[42]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3446,7 +3647,7 @@ func (x *WatchFlowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowsRequest.ProtoReflect.Descriptor instead.
 func (*WatchFlowsRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{42}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchFlowsRequest) GetStatuses() []FlowStatus {
@@ -3497,7 +3698,7 @@ type WatchFlowsResponse struct {
 
 func (x *WatchFlowsResponse) Reset() {
 	*x = WatchFlowsResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3509,7 +3710,7 @@ func (x *WatchFlowsResponse) String() string {
 func (*WatchFlowsResponse) ProtoMessage() {}
 
 func (x *WatchFlowsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[43]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3522,7 +3723,7 @@ func (x *WatchFlowsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowsResponse.ProtoReflect.Descriptor instead.
 func (*WatchFlowsResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{43}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WatchFlowsResponse) GetEvent() *FlowEvent {
@@ -3565,7 +3766,7 @@ type FlowEvent struct {
 
 func (x *FlowEvent) Reset() {
 	*x = FlowEvent{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[44]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3577,7 +3778,7 @@ func (x *FlowEvent) String() string {
 func (*FlowEvent) ProtoMessage() {}
 
 func (x *FlowEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[44]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3590,7 +3791,7 @@ func (x *FlowEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowEvent.ProtoReflect.Descriptor instead.
 func (*FlowEvent) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{44}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *FlowEvent) GetFlowId() string {
@@ -3709,7 +3910,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[45]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3721,7 +3922,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[45]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3734,7 +3935,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{45}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Heartbeat) GetServerTime() *timestamppb.Timestamp {
@@ -3759,7 +3960,7 @@ type CountFlowsRequest struct {
 
 func (x *CountFlowsRequest) Reset() {
 	*x = CountFlowsRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[46]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3771,7 +3972,7 @@ func (x *CountFlowsRequest) String() string {
 func (*CountFlowsRequest) ProtoMessage() {}
 
 func (x *CountFlowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[46]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3784,7 +3985,7 @@ func (x *CountFlowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountFlowsRequest.ProtoReflect.Descriptor instead.
 func (*CountFlowsRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{46}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CountFlowsRequest) GetFilter() string {
@@ -3814,7 +4015,7 @@ type CountFlowsResponse struct {
 
 func (x *CountFlowsResponse) Reset() {
 	*x = CountFlowsResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[47]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3826,7 +4027,7 @@ func (x *CountFlowsResponse) String() string {
 func (*CountFlowsResponse) ProtoMessage() {}
 
 func (x *CountFlowsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[47]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3839,7 +4040,7 @@ func (x *CountFlowsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountFlowsResponse.ProtoReflect.Descriptor instead.
 func (*CountFlowsResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{47}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CountFlowsResponse) GetTotalCount() int64 {
@@ -3870,7 +4071,7 @@ type FlowCountGroup struct {
 
 func (x *FlowCountGroup) Reset() {
 	*x = FlowCountGroup{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[48]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3882,7 +4083,7 @@ func (x *FlowCountGroup) String() string {
 func (*FlowCountGroup) ProtoMessage() {}
 
 func (x *FlowCountGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[48]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3895,7 +4096,7 @@ func (x *FlowCountGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowCountGroup.ProtoReflect.Descriptor instead.
 func (*FlowCountGroup) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{48}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *FlowCountGroup) GetKey() string {
@@ -3949,7 +4150,7 @@ type BulkAction struct {
 
 func (x *BulkAction) Reset() {
 	*x = BulkAction{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[49]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3961,7 +4162,7 @@ func (x *BulkAction) String() string {
 func (*BulkAction) ProtoMessage() {}
 
 func (x *BulkAction) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[49]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3974,7 +4175,7 @@ func (x *BulkAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BulkAction.ProtoReflect.Descriptor instead.
 func (*BulkAction) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{49}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *BulkAction) GetBulkActionId() string {
@@ -4096,7 +4297,7 @@ type BulkFlowResult struct {
 
 func (x *BulkFlowResult) Reset() {
 	*x = BulkFlowResult{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[50]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4108,7 +4309,7 @@ func (x *BulkFlowResult) String() string {
 func (*BulkFlowResult) ProtoMessage() {}
 
 func (x *BulkFlowResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[50]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4121,7 +4322,7 @@ func (x *BulkFlowResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BulkFlowResult.ProtoReflect.Descriptor instead.
 func (*BulkFlowResult) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{50}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *BulkFlowResult) GetFlowId() string {
@@ -4188,7 +4389,7 @@ type StartBulkActionRequest struct {
 
 func (x *StartBulkActionRequest) Reset() {
 	*x = StartBulkActionRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[51]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4200,7 +4401,7 @@ func (x *StartBulkActionRequest) String() string {
 func (*StartBulkActionRequest) ProtoMessage() {}
 
 func (x *StartBulkActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[51]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4213,7 +4414,7 @@ func (x *StartBulkActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBulkActionRequest.ProtoReflect.Descriptor instead.
 func (*StartBulkActionRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{51}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *StartBulkActionRequest) GetRequestId() string {
@@ -4269,7 +4470,7 @@ type StartBulkActionResponse struct {
 
 func (x *StartBulkActionResponse) Reset() {
 	*x = StartBulkActionResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[52]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4281,7 +4482,7 @@ func (x *StartBulkActionResponse) String() string {
 func (*StartBulkActionResponse) ProtoMessage() {}
 
 func (x *StartBulkActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[52]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4294,7 +4495,7 @@ func (x *StartBulkActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBulkActionResponse.ProtoReflect.Descriptor instead.
 func (*StartBulkActionResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{52}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *StartBulkActionResponse) GetBulkAction() *BulkAction {
@@ -4315,7 +4516,7 @@ type GetBulkActionRequest struct {
 
 func (x *GetBulkActionRequest) Reset() {
 	*x = GetBulkActionRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[53]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4327,7 +4528,7 @@ func (x *GetBulkActionRequest) String() string {
 func (*GetBulkActionRequest) ProtoMessage() {}
 
 func (x *GetBulkActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[53]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4340,7 +4541,7 @@ func (x *GetBulkActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBulkActionRequest.ProtoReflect.Descriptor instead.
 func (*GetBulkActionRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{53}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetBulkActionRequest) GetBulkActionId() string {
@@ -4361,7 +4562,7 @@ type GetBulkActionResponse struct {
 
 func (x *GetBulkActionResponse) Reset() {
 	*x = GetBulkActionResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[54]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4373,7 +4574,7 @@ func (x *GetBulkActionResponse) String() string {
 func (*GetBulkActionResponse) ProtoMessage() {}
 
 func (x *GetBulkActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[54]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4386,7 +4587,7 @@ func (x *GetBulkActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBulkActionResponse.ProtoReflect.Descriptor instead.
 func (*GetBulkActionResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{54}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetBulkActionResponse) GetBulkAction() *BulkAction {
@@ -4409,7 +4610,7 @@ type ListBulkActionsRequest struct {
 
 func (x *ListBulkActionsRequest) Reset() {
 	*x = ListBulkActionsRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[55]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4421,7 +4622,7 @@ func (x *ListBulkActionsRequest) String() string {
 func (*ListBulkActionsRequest) ProtoMessage() {}
 
 func (x *ListBulkActionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[55]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4434,7 +4635,7 @@ func (x *ListBulkActionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBulkActionsRequest.ProtoReflect.Descriptor instead.
 func (*ListBulkActionsRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{55}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListBulkActionsRequest) GetPageSize() int32 {
@@ -4464,7 +4665,7 @@ type ListBulkActionsResponse struct {
 
 func (x *ListBulkActionsResponse) Reset() {
 	*x = ListBulkActionsResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[56]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4476,7 +4677,7 @@ func (x *ListBulkActionsResponse) String() string {
 func (*ListBulkActionsResponse) ProtoMessage() {}
 
 func (x *ListBulkActionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[56]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4489,7 +4690,7 @@ func (x *ListBulkActionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBulkActionsResponse.ProtoReflect.Descriptor instead.
 func (*ListBulkActionsResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{56}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListBulkActionsResponse) GetBulkActions() []*BulkAction {
@@ -4523,7 +4724,7 @@ type ListBulkActionResultsRequest struct {
 
 func (x *ListBulkActionResultsRequest) Reset() {
 	*x = ListBulkActionResultsRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[57]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4535,7 +4736,7 @@ func (x *ListBulkActionResultsRequest) String() string {
 func (*ListBulkActionResultsRequest) ProtoMessage() {}
 
 func (x *ListBulkActionResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[57]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4548,7 +4749,7 @@ func (x *ListBulkActionResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBulkActionResultsRequest.ProtoReflect.Descriptor instead.
 func (*ListBulkActionResultsRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{57}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListBulkActionResultsRequest) GetBulkActionId() string {
@@ -4592,7 +4793,7 @@ type ListBulkActionResultsResponse struct {
 
 func (x *ListBulkActionResultsResponse) Reset() {
 	*x = ListBulkActionResultsResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[58]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4604,7 +4805,7 @@ func (x *ListBulkActionResultsResponse) String() string {
 func (*ListBulkActionResultsResponse) ProtoMessage() {}
 
 func (x *ListBulkActionResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[58]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4617,7 +4818,7 @@ func (x *ListBulkActionResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBulkActionResultsResponse.ProtoReflect.Descriptor instead.
 func (*ListBulkActionResultsResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{58}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListBulkActionResultsResponse) GetResults() []*BulkFlowResult {
@@ -4645,7 +4846,7 @@ type CancelBulkActionRequest struct {
 
 func (x *CancelBulkActionRequest) Reset() {
 	*x = CancelBulkActionRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[59]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4657,7 +4858,7 @@ func (x *CancelBulkActionRequest) String() string {
 func (*CancelBulkActionRequest) ProtoMessage() {}
 
 func (x *CancelBulkActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[59]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4670,7 +4871,7 @@ func (x *CancelBulkActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBulkActionRequest.ProtoReflect.Descriptor instead.
 func (*CancelBulkActionRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{59}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CancelBulkActionRequest) GetBulkActionId() string {
@@ -4691,7 +4892,7 @@ type CancelBulkActionResponse struct {
 
 func (x *CancelBulkActionResponse) Reset() {
 	*x = CancelBulkActionResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[60]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4703,7 +4904,7 @@ func (x *CancelBulkActionResponse) String() string {
 func (*CancelBulkActionResponse) ProtoMessage() {}
 
 func (x *CancelBulkActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[60]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4716,7 +4917,7 @@ func (x *CancelBulkActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBulkActionResponse.ProtoReflect.Descriptor instead.
 func (*CancelBulkActionResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{60}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *CancelBulkActionResponse) GetBulkAction() *BulkAction {
@@ -4737,7 +4938,7 @@ type WatchBulkActionRequest struct {
 
 func (x *WatchBulkActionRequest) Reset() {
 	*x = WatchBulkActionRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[61]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4749,7 +4950,7 @@ func (x *WatchBulkActionRequest) String() string {
 func (*WatchBulkActionRequest) ProtoMessage() {}
 
 func (x *WatchBulkActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[61]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4762,7 +4963,7 @@ func (x *WatchBulkActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBulkActionRequest.ProtoReflect.Descriptor instead.
 func (*WatchBulkActionRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{61}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *WatchBulkActionRequest) GetBulkActionId() string {
@@ -4783,7 +4984,7 @@ type WatchBulkActionResponse struct {
 
 func (x *WatchBulkActionResponse) Reset() {
 	*x = WatchBulkActionResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[62]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4795,7 +4996,7 @@ func (x *WatchBulkActionResponse) String() string {
 func (*WatchBulkActionResponse) ProtoMessage() {}
 
 func (x *WatchBulkActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[62]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4808,7 +5009,7 @@ func (x *WatchBulkActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBulkActionResponse.ProtoReflect.Descriptor instead.
 func (*WatchBulkActionResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{62}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *WatchBulkActionResponse) GetBulkAction() *BulkAction {
@@ -4839,7 +5040,7 @@ type DecidePhaseRequest struct {
 
 func (x *DecidePhaseRequest) Reset() {
 	*x = DecidePhaseRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[63]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4851,7 +5052,7 @@ func (x *DecidePhaseRequest) String() string {
 func (*DecidePhaseRequest) ProtoMessage() {}
 
 func (x *DecidePhaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[63]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4864,7 +5065,7 @@ func (x *DecidePhaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecidePhaseRequest.ProtoReflect.Descriptor instead.
 func (*DecidePhaseRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{63}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *DecidePhaseRequest) GetFlowId() string {
@@ -4922,7 +5123,7 @@ type DecidePhaseResponse struct {
 
 func (x *DecidePhaseResponse) Reset() {
 	*x = DecidePhaseResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[64]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4934,7 +5135,7 @@ func (x *DecidePhaseResponse) String() string {
 func (*DecidePhaseResponse) ProtoMessage() {}
 
 func (x *DecidePhaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[64]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4947,7 +5148,7 @@ func (x *DecidePhaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecidePhaseResponse.ProtoReflect.Descriptor instead.
 func (*DecidePhaseResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{64}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *DecidePhaseResponse) GetFlow() *Flow {
@@ -4985,7 +5186,7 @@ type LinkChildFlowRequest struct {
 
 func (x *LinkChildFlowRequest) Reset() {
 	*x = LinkChildFlowRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[65]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4997,7 +5198,7 @@ func (x *LinkChildFlowRequest) String() string {
 func (*LinkChildFlowRequest) ProtoMessage() {}
 
 func (x *LinkChildFlowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[65]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5010,7 +5211,7 @@ func (x *LinkChildFlowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkChildFlowRequest.ProtoReflect.Descriptor instead.
 func (*LinkChildFlowRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{65}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *LinkChildFlowRequest) GetFlowId() string {
@@ -5068,7 +5269,7 @@ type LinkChildFlowResponse struct {
 
 func (x *LinkChildFlowResponse) Reset() {
 	*x = LinkChildFlowResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[66]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5080,7 +5281,7 @@ func (x *LinkChildFlowResponse) String() string {
 func (*LinkChildFlowResponse) ProtoMessage() {}
 
 func (x *LinkChildFlowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[66]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5093,7 +5294,7 @@ func (x *LinkChildFlowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkChildFlowResponse.ProtoReflect.Descriptor instead.
 func (*LinkChildFlowResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{66}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *LinkChildFlowResponse) GetFlow() *Flow {
@@ -5126,7 +5327,7 @@ type RetentionPolicy struct {
 
 func (x *RetentionPolicy) Reset() {
 	*x = RetentionPolicy{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[67]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5138,7 +5339,7 @@ func (x *RetentionPolicy) String() string {
 func (*RetentionPolicy) ProtoMessage() {}
 
 func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[67]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5151,7 +5352,7 @@ func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetentionPolicy.ProtoReflect.Descriptor instead.
 func (*RetentionPolicy) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{67}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RetentionPolicy) GetRetainDays() int32 {
@@ -5184,7 +5385,7 @@ type GetRetentionPolicyRequest struct {
 
 func (x *GetRetentionPolicyRequest) Reset() {
 	*x = GetRetentionPolicyRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[68]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5196,7 +5397,7 @@ func (x *GetRetentionPolicyRequest) String() string {
 func (*GetRetentionPolicyRequest) ProtoMessage() {}
 
 func (x *GetRetentionPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[68]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5209,7 +5410,7 @@ func (x *GetRetentionPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRetentionPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetRetentionPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{68}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{69}
 }
 
 // Response of GetRetentionPolicy.
@@ -5223,7 +5424,7 @@ type GetRetentionPolicyResponse struct {
 
 func (x *GetRetentionPolicyResponse) Reset() {
 	*x = GetRetentionPolicyResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[69]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5235,7 +5436,7 @@ func (x *GetRetentionPolicyResponse) String() string {
 func (*GetRetentionPolicyResponse) ProtoMessage() {}
 
 func (x *GetRetentionPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[69]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5248,7 +5449,7 @@ func (x *GetRetentionPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRetentionPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetRetentionPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{69}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *GetRetentionPolicyResponse) GetPolicy() *RetentionPolicy {
@@ -5269,7 +5470,7 @@ type SetRetentionPolicyRequest struct {
 
 func (x *SetRetentionPolicyRequest) Reset() {
 	*x = SetRetentionPolicyRequest{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[70]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5281,7 +5482,7 @@ func (x *SetRetentionPolicyRequest) String() string {
 func (*SetRetentionPolicyRequest) ProtoMessage() {}
 
 func (x *SetRetentionPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[70]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5294,7 +5495,7 @@ func (x *SetRetentionPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRetentionPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetRetentionPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{70}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SetRetentionPolicyRequest) GetRetainDays() int32 {
@@ -5315,7 +5516,7 @@ type SetRetentionPolicyResponse struct {
 
 func (x *SetRetentionPolicyResponse) Reset() {
 	*x = SetRetentionPolicyResponse{}
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[71]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5327,7 +5528,7 @@ func (x *SetRetentionPolicyResponse) String() string {
 func (*SetRetentionPolicyResponse) ProtoMessage() {}
 
 func (x *SetRetentionPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowstate_v1_flow_service_proto_msgTypes[71]
+	mi := &file_flowstate_v1_flow_service_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5340,7 +5541,7 @@ func (x *SetRetentionPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRetentionPolicyResponse.ProtoReflect.Descriptor instead.
 func (*SetRetentionPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{71}
+	return file_flowstate_v1_flow_service_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SetRetentionPolicyResponse) GetPolicy() *RetentionPolicy {
@@ -5592,14 +5793,26 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x11_expected_version\"\x80\x01\n" +
 	"\x11SkipPhaseResponse\x12&\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowstate.v1.FlowR\x04flow\x12C\n" +
-	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries\"\x84\x01\n" +
+	"\x0fhistory_entries\x18\x02 \x03(\v2\x1a.flowstate.v1.HistoryEntryR\x0ehistoryEntries\"\xf6\x01\n" +
 	"\x10WatchFlowRequest\x12\x17\n" +
 	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12(\n" +
 	"\rafter_version\x18\x02 \x01(\x03H\x00R\fafterVersion\x88\x01\x01\x12\x1b\n" +
-	"\tkeep_open\x18\x03 \x01(\bR\bkeepOpenB\x10\n" +
-	"\x0e_after_version\"B\n" +
+	"\tkeep_open\x18\x03 \x01(\bR\bkeepOpen\x12%\n" +
+	"\x0echildren_depth\x18< \x01(\x05R\rchildrenDepth\x121\n" +
+	"\x14include_dependencies\x18= \x01(\bR\x13includeDependencies\x12\x16\n" +
+	"\x06cursor\x18> \x01(\tR\x06cursorB\x10\n" +
+	"\x0e_after_version\"\xef\x01\n" +
 	"\x11WatchFlowResponse\x12-\n" +
-	"\x05event\x18\x01 \x01(\v2\x17.flowstate.v1.FlowEventR\x05event\"\xbd\x01\n" +
+	"\x05event\x18\x01 \x01(\v2\x17.flowstate.v1.FlowEventR\x05event\x12\x16\n" +
+	"\x06cursor\x18< \x01(\tR\x06cursor\x127\n" +
+	"\brelation\x18= \x01(\x0e2\x1b.flowstate.v1.WatchRelationR\brelation\x12$\n" +
+	"\x0eparent_flow_id\x18> \x01(\tR\fparentFlowId\x124\n" +
+	"\awaiting\x18? \x03(\v2\x1a.flowstate.v1.WaitingPhaseR\awaiting\"\\\n" +
+	"\fWaitingPhase\x12\x17\n" +
+	"\aflow_id\x18\x01 \x01(\tR\x06flowId\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x1d\n" +
+	"\n" +
+	"flow_phase\x18\x03 \x01(\tR\tflowPhase\"\xbd\x01\n" +
 	"\x11WatchFlowsRequest\x124\n" +
 	"\bstatuses\x18\x01 \x03(\x0e2\x18.flowstate.v1.FlowStatusR\bstatuses\x12'\n" +
 	"\x0fdefinition_name\x18\x02 \x01(\tR\x0edefinitionName\x12\x19\n" +
@@ -5750,7 +5963,12 @@ const file_flowstate_v1_flow_service_proto_rawDesc = "" +
 	"\x16RECOVERY_ACTION_RESUME\x10\x05\x12\x1a\n" +
 	"\x16RECOVERY_ACTION_CANCEL\x10\x06\x12\x1b\n" +
 	"\x17RECOVERY_ACTION_ABANDON\x10\a\x12\x18\n" +
-	"\x14RECOVERY_ACTION_SKIP\x10\b*\xde\x01\n" +
+	"\x14RECOVERY_ACTION_SKIP\x10\b*\x86\x01\n" +
+	"\rWatchRelation\x12\x1e\n" +
+	"\x1aWATCH_RELATION_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13WATCH_RELATION_SELF\x10\x01\x12\x1d\n" +
+	"\x19WATCH_RELATION_DESCENDANT\x10\x02\x12\x1d\n" +
+	"\x19WATCH_RELATION_DEPENDENCY\x10\x03*\xde\x01\n" +
 	"\x0eBulkActionType\x12 \n" +
 	"\x1cBULK_ACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16BULK_ACTION_TYPE_RETRY\x10\x01\x12\x1b\n" +
@@ -5825,285 +6043,289 @@ func file_flowstate_v1_flow_service_proto_rawDescGZIP() []byte {
 	return file_flowstate_v1_flow_service_proto_rawDescData
 }
 
-var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
+var file_flowstate_v1_flow_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_flowstate_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 74)
 var file_flowstate_v1_flow_service_proto_goTypes = []any{
 	(RecoveryAction)(0),                   // 0: flowstate.v1.RecoveryAction
-	(BulkActionType)(0),                   // 1: flowstate.v1.BulkActionType
-	(BulkActionState)(0),                  // 2: flowstate.v1.BulkActionState
-	(BulkFlowOutcome)(0),                  // 3: flowstate.v1.BulkFlowOutcome
-	(*CreateFlowRequest)(nil),             // 4: flowstate.v1.CreateFlowRequest
-	(*CreateFlowResponse)(nil),            // 5: flowstate.v1.CreateFlowResponse
-	(*GetFlowRequest)(nil),                // 6: flowstate.v1.GetFlowRequest
-	(*GetFlowResponse)(nil),               // 7: flowstate.v1.GetFlowResponse
-	(*PhaseStateFilter)(nil),              // 8: flowstate.v1.PhaseStateFilter
-	(*ListFlowsRequest)(nil),              // 9: flowstate.v1.ListFlowsRequest
-	(*ListFlowsResponse)(nil),             // 10: flowstate.v1.ListFlowsResponse
-	(*PhaseTransition)(nil),               // 11: flowstate.v1.PhaseTransition
-	(*FlowTransition)(nil),                // 12: flowstate.v1.FlowTransition
-	(*ValidateTransitionRequest)(nil),     // 13: flowstate.v1.ValidateTransitionRequest
-	(*ValidateTransitionResponse)(nil),    // 14: flowstate.v1.ValidateTransitionResponse
-	(*TransitionPhaseRequest)(nil),        // 15: flowstate.v1.TransitionPhaseRequest
-	(*TransitionPhaseResponse)(nil),       // 16: flowstate.v1.TransitionPhaseResponse
-	(*UpdatePhaseProgressRequest)(nil),    // 17: flowstate.v1.UpdatePhaseProgressRequest
-	(*HeartbeatRequest)(nil),              // 18: flowstate.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),             // 19: flowstate.v1.HeartbeatResponse
-	(*UpdatePhaseProgressResponse)(nil),   // 20: flowstate.v1.UpdatePhaseProgressResponse
-	(*RollbackRequest)(nil),               // 21: flowstate.v1.RollbackRequest
-	(*RollbackResponse)(nil),              // 22: flowstate.v1.RollbackResponse
-	(*RetryRequest)(nil),                  // 23: flowstate.v1.RetryRequest
-	(*RetryResponse)(nil),                 // 24: flowstate.v1.RetryResponse
-	(*GetRecoveryOptionsRequest)(nil),     // 25: flowstate.v1.GetRecoveryOptionsRequest
-	(*GetRecoveryOptionsResponse)(nil),    // 26: flowstate.v1.GetRecoveryOptionsResponse
-	(*RecoveryOption)(nil),                // 27: flowstate.v1.RecoveryOption
-	(*PauseFlowRequest)(nil),              // 28: flowstate.v1.PauseFlowRequest
-	(*PauseFlowResponse)(nil),             // 29: flowstate.v1.PauseFlowResponse
-	(*ResumeFlowRequest)(nil),             // 30: flowstate.v1.ResumeFlowRequest
-	(*ResumeFlowResponse)(nil),            // 31: flowstate.v1.ResumeFlowResponse
-	(*CancelFlowRequest)(nil),             // 32: flowstate.v1.CancelFlowRequest
-	(*CancelFlowResponse)(nil),            // 33: flowstate.v1.CancelFlowResponse
-	(*ListFlowHistoryRequest)(nil),        // 34: flowstate.v1.ListFlowHistoryRequest
-	(*ListFlowHistoryResponse)(nil),       // 35: flowstate.v1.ListFlowHistoryResponse
-	(*GetFlowDefinitionRequest)(nil),      // 36: flowstate.v1.GetFlowDefinitionRequest
-	(*GetFlowDefinitionResponse)(nil),     // 37: flowstate.v1.GetFlowDefinitionResponse
-	(*CreateFlowDefinitionRequest)(nil),   // 38: flowstate.v1.CreateFlowDefinitionRequest
-	(*CreateFlowDefinitionResponse)(nil),  // 39: flowstate.v1.CreateFlowDefinitionResponse
-	(*ListFlowDefinitionsRequest)(nil),    // 40: flowstate.v1.ListFlowDefinitionsRequest
-	(*ListFlowDefinitionsResponse)(nil),   // 41: flowstate.v1.ListFlowDefinitionsResponse
-	(*SkipPhaseRequest)(nil),              // 42: flowstate.v1.SkipPhaseRequest
-	(*SkipPhaseResponse)(nil),             // 43: flowstate.v1.SkipPhaseResponse
-	(*WatchFlowRequest)(nil),              // 44: flowstate.v1.WatchFlowRequest
-	(*WatchFlowResponse)(nil),             // 45: flowstate.v1.WatchFlowResponse
-	(*WatchFlowsRequest)(nil),             // 46: flowstate.v1.WatchFlowsRequest
-	(*WatchFlowsResponse)(nil),            // 47: flowstate.v1.WatchFlowsResponse
-	(*FlowEvent)(nil),                     // 48: flowstate.v1.FlowEvent
-	(*Heartbeat)(nil),                     // 49: flowstate.v1.Heartbeat
-	(*CountFlowsRequest)(nil),             // 50: flowstate.v1.CountFlowsRequest
-	(*CountFlowsResponse)(nil),            // 51: flowstate.v1.CountFlowsResponse
-	(*FlowCountGroup)(nil),                // 52: flowstate.v1.FlowCountGroup
-	(*BulkAction)(nil),                    // 53: flowstate.v1.BulkAction
-	(*BulkFlowResult)(nil),                // 54: flowstate.v1.BulkFlowResult
-	(*StartBulkActionRequest)(nil),        // 55: flowstate.v1.StartBulkActionRequest
-	(*StartBulkActionResponse)(nil),       // 56: flowstate.v1.StartBulkActionResponse
-	(*GetBulkActionRequest)(nil),          // 57: flowstate.v1.GetBulkActionRequest
-	(*GetBulkActionResponse)(nil),         // 58: flowstate.v1.GetBulkActionResponse
-	(*ListBulkActionsRequest)(nil),        // 59: flowstate.v1.ListBulkActionsRequest
-	(*ListBulkActionsResponse)(nil),       // 60: flowstate.v1.ListBulkActionsResponse
-	(*ListBulkActionResultsRequest)(nil),  // 61: flowstate.v1.ListBulkActionResultsRequest
-	(*ListBulkActionResultsResponse)(nil), // 62: flowstate.v1.ListBulkActionResultsResponse
-	(*CancelBulkActionRequest)(nil),       // 63: flowstate.v1.CancelBulkActionRequest
-	(*CancelBulkActionResponse)(nil),      // 64: flowstate.v1.CancelBulkActionResponse
-	(*WatchBulkActionRequest)(nil),        // 65: flowstate.v1.WatchBulkActionRequest
-	(*WatchBulkActionResponse)(nil),       // 66: flowstate.v1.WatchBulkActionResponse
-	(*DecidePhaseRequest)(nil),            // 67: flowstate.v1.DecidePhaseRequest
-	(*DecidePhaseResponse)(nil),           // 68: flowstate.v1.DecidePhaseResponse
-	(*LinkChildFlowRequest)(nil),          // 69: flowstate.v1.LinkChildFlowRequest
-	(*LinkChildFlowResponse)(nil),         // 70: flowstate.v1.LinkChildFlowResponse
-	(*RetentionPolicy)(nil),               // 71: flowstate.v1.RetentionPolicy
-	(*GetRetentionPolicyRequest)(nil),     // 72: flowstate.v1.GetRetentionPolicyRequest
-	(*GetRetentionPolicyResponse)(nil),    // 73: flowstate.v1.GetRetentionPolicyResponse
-	(*SetRetentionPolicyRequest)(nil),     // 74: flowstate.v1.SetRetentionPolicyRequest
-	(*SetRetentionPolicyResponse)(nil),    // 75: flowstate.v1.SetRetentionPolicyResponse
-	nil,                                   // 76: flowstate.v1.CreateFlowRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),         // 77: google.protobuf.Timestamp
-	(*ExternalDependency)(nil),            // 78: flowstate.v1.ExternalDependency
-	(*Flow)(nil),                          // 79: flowstate.v1.Flow
-	(*HistoryEntry)(nil),                  // 80: flowstate.v1.HistoryEntry
-	(PhaseState)(0),                       // 81: flowstate.v1.PhaseState
-	(FlowStatus)(0),                       // 82: flowstate.v1.FlowStatus
-	(*FlowError)(nil),                     // 83: flowstate.v1.FlowError
-	(*PhaseFailure)(nil),                  // 84: flowstate.v1.PhaseFailure
-	(*structpb.Struct)(nil),               // 85: google.protobuf.Struct
-	(ErrorCode)(0),                        // 86: flowstate.v1.ErrorCode
-	(*FlowDefinition)(nil),                // 87: flowstate.v1.FlowDefinition
-	(*FlowAlert)(nil),                     // 88: flowstate.v1.FlowAlert
-	(ApprovalDecision)(0),                 // 89: flowstate.v1.ApprovalDecision
-	(*CreateWebhookRequest)(nil),          // 90: flowstate.v1.CreateWebhookRequest
-	(*ListWebhooksRequest)(nil),           // 91: flowstate.v1.ListWebhooksRequest
-	(*DeleteWebhookRequest)(nil),          // 92: flowstate.v1.DeleteWebhookRequest
-	(*TestWebhookRequest)(nil),            // 93: flowstate.v1.TestWebhookRequest
-	(*ReplayWebhookRequest)(nil),          // 94: flowstate.v1.ReplayWebhookRequest
-	(*CreateWebhookResponse)(nil),         // 95: flowstate.v1.CreateWebhookResponse
-	(*ListWebhooksResponse)(nil),          // 96: flowstate.v1.ListWebhooksResponse
-	(*DeleteWebhookResponse)(nil),         // 97: flowstate.v1.DeleteWebhookResponse
-	(*TestWebhookResponse)(nil),           // 98: flowstate.v1.TestWebhookResponse
-	(*ReplayWebhookResponse)(nil),         // 99: flowstate.v1.ReplayWebhookResponse
+	(WatchRelation)(0),                    // 1: flowstate.v1.WatchRelation
+	(BulkActionType)(0),                   // 2: flowstate.v1.BulkActionType
+	(BulkActionState)(0),                  // 3: flowstate.v1.BulkActionState
+	(BulkFlowOutcome)(0),                  // 4: flowstate.v1.BulkFlowOutcome
+	(*CreateFlowRequest)(nil),             // 5: flowstate.v1.CreateFlowRequest
+	(*CreateFlowResponse)(nil),            // 6: flowstate.v1.CreateFlowResponse
+	(*GetFlowRequest)(nil),                // 7: flowstate.v1.GetFlowRequest
+	(*GetFlowResponse)(nil),               // 8: flowstate.v1.GetFlowResponse
+	(*PhaseStateFilter)(nil),              // 9: flowstate.v1.PhaseStateFilter
+	(*ListFlowsRequest)(nil),              // 10: flowstate.v1.ListFlowsRequest
+	(*ListFlowsResponse)(nil),             // 11: flowstate.v1.ListFlowsResponse
+	(*PhaseTransition)(nil),               // 12: flowstate.v1.PhaseTransition
+	(*FlowTransition)(nil),                // 13: flowstate.v1.FlowTransition
+	(*ValidateTransitionRequest)(nil),     // 14: flowstate.v1.ValidateTransitionRequest
+	(*ValidateTransitionResponse)(nil),    // 15: flowstate.v1.ValidateTransitionResponse
+	(*TransitionPhaseRequest)(nil),        // 16: flowstate.v1.TransitionPhaseRequest
+	(*TransitionPhaseResponse)(nil),       // 17: flowstate.v1.TransitionPhaseResponse
+	(*UpdatePhaseProgressRequest)(nil),    // 18: flowstate.v1.UpdatePhaseProgressRequest
+	(*HeartbeatRequest)(nil),              // 19: flowstate.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),             // 20: flowstate.v1.HeartbeatResponse
+	(*UpdatePhaseProgressResponse)(nil),   // 21: flowstate.v1.UpdatePhaseProgressResponse
+	(*RollbackRequest)(nil),               // 22: flowstate.v1.RollbackRequest
+	(*RollbackResponse)(nil),              // 23: flowstate.v1.RollbackResponse
+	(*RetryRequest)(nil),                  // 24: flowstate.v1.RetryRequest
+	(*RetryResponse)(nil),                 // 25: flowstate.v1.RetryResponse
+	(*GetRecoveryOptionsRequest)(nil),     // 26: flowstate.v1.GetRecoveryOptionsRequest
+	(*GetRecoveryOptionsResponse)(nil),    // 27: flowstate.v1.GetRecoveryOptionsResponse
+	(*RecoveryOption)(nil),                // 28: flowstate.v1.RecoveryOption
+	(*PauseFlowRequest)(nil),              // 29: flowstate.v1.PauseFlowRequest
+	(*PauseFlowResponse)(nil),             // 30: flowstate.v1.PauseFlowResponse
+	(*ResumeFlowRequest)(nil),             // 31: flowstate.v1.ResumeFlowRequest
+	(*ResumeFlowResponse)(nil),            // 32: flowstate.v1.ResumeFlowResponse
+	(*CancelFlowRequest)(nil),             // 33: flowstate.v1.CancelFlowRequest
+	(*CancelFlowResponse)(nil),            // 34: flowstate.v1.CancelFlowResponse
+	(*ListFlowHistoryRequest)(nil),        // 35: flowstate.v1.ListFlowHistoryRequest
+	(*ListFlowHistoryResponse)(nil),       // 36: flowstate.v1.ListFlowHistoryResponse
+	(*GetFlowDefinitionRequest)(nil),      // 37: flowstate.v1.GetFlowDefinitionRequest
+	(*GetFlowDefinitionResponse)(nil),     // 38: flowstate.v1.GetFlowDefinitionResponse
+	(*CreateFlowDefinitionRequest)(nil),   // 39: flowstate.v1.CreateFlowDefinitionRequest
+	(*CreateFlowDefinitionResponse)(nil),  // 40: flowstate.v1.CreateFlowDefinitionResponse
+	(*ListFlowDefinitionsRequest)(nil),    // 41: flowstate.v1.ListFlowDefinitionsRequest
+	(*ListFlowDefinitionsResponse)(nil),   // 42: flowstate.v1.ListFlowDefinitionsResponse
+	(*SkipPhaseRequest)(nil),              // 43: flowstate.v1.SkipPhaseRequest
+	(*SkipPhaseResponse)(nil),             // 44: flowstate.v1.SkipPhaseResponse
+	(*WatchFlowRequest)(nil),              // 45: flowstate.v1.WatchFlowRequest
+	(*WatchFlowResponse)(nil),             // 46: flowstate.v1.WatchFlowResponse
+	(*WaitingPhase)(nil),                  // 47: flowstate.v1.WaitingPhase
+	(*WatchFlowsRequest)(nil),             // 48: flowstate.v1.WatchFlowsRequest
+	(*WatchFlowsResponse)(nil),            // 49: flowstate.v1.WatchFlowsResponse
+	(*FlowEvent)(nil),                     // 50: flowstate.v1.FlowEvent
+	(*Heartbeat)(nil),                     // 51: flowstate.v1.Heartbeat
+	(*CountFlowsRequest)(nil),             // 52: flowstate.v1.CountFlowsRequest
+	(*CountFlowsResponse)(nil),            // 53: flowstate.v1.CountFlowsResponse
+	(*FlowCountGroup)(nil),                // 54: flowstate.v1.FlowCountGroup
+	(*BulkAction)(nil),                    // 55: flowstate.v1.BulkAction
+	(*BulkFlowResult)(nil),                // 56: flowstate.v1.BulkFlowResult
+	(*StartBulkActionRequest)(nil),        // 57: flowstate.v1.StartBulkActionRequest
+	(*StartBulkActionResponse)(nil),       // 58: flowstate.v1.StartBulkActionResponse
+	(*GetBulkActionRequest)(nil),          // 59: flowstate.v1.GetBulkActionRequest
+	(*GetBulkActionResponse)(nil),         // 60: flowstate.v1.GetBulkActionResponse
+	(*ListBulkActionsRequest)(nil),        // 61: flowstate.v1.ListBulkActionsRequest
+	(*ListBulkActionsResponse)(nil),       // 62: flowstate.v1.ListBulkActionsResponse
+	(*ListBulkActionResultsRequest)(nil),  // 63: flowstate.v1.ListBulkActionResultsRequest
+	(*ListBulkActionResultsResponse)(nil), // 64: flowstate.v1.ListBulkActionResultsResponse
+	(*CancelBulkActionRequest)(nil),       // 65: flowstate.v1.CancelBulkActionRequest
+	(*CancelBulkActionResponse)(nil),      // 66: flowstate.v1.CancelBulkActionResponse
+	(*WatchBulkActionRequest)(nil),        // 67: flowstate.v1.WatchBulkActionRequest
+	(*WatchBulkActionResponse)(nil),       // 68: flowstate.v1.WatchBulkActionResponse
+	(*DecidePhaseRequest)(nil),            // 69: flowstate.v1.DecidePhaseRequest
+	(*DecidePhaseResponse)(nil),           // 70: flowstate.v1.DecidePhaseResponse
+	(*LinkChildFlowRequest)(nil),          // 71: flowstate.v1.LinkChildFlowRequest
+	(*LinkChildFlowResponse)(nil),         // 72: flowstate.v1.LinkChildFlowResponse
+	(*RetentionPolicy)(nil),               // 73: flowstate.v1.RetentionPolicy
+	(*GetRetentionPolicyRequest)(nil),     // 74: flowstate.v1.GetRetentionPolicyRequest
+	(*GetRetentionPolicyResponse)(nil),    // 75: flowstate.v1.GetRetentionPolicyResponse
+	(*SetRetentionPolicyRequest)(nil),     // 76: flowstate.v1.SetRetentionPolicyRequest
+	(*SetRetentionPolicyResponse)(nil),    // 77: flowstate.v1.SetRetentionPolicyResponse
+	nil,                                   // 78: flowstate.v1.CreateFlowRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),         // 79: google.protobuf.Timestamp
+	(*ExternalDependency)(nil),            // 80: flowstate.v1.ExternalDependency
+	(*Flow)(nil),                          // 81: flowstate.v1.Flow
+	(*HistoryEntry)(nil),                  // 82: flowstate.v1.HistoryEntry
+	(PhaseState)(0),                       // 83: flowstate.v1.PhaseState
+	(FlowStatus)(0),                       // 84: flowstate.v1.FlowStatus
+	(*FlowError)(nil),                     // 85: flowstate.v1.FlowError
+	(*PhaseFailure)(nil),                  // 86: flowstate.v1.PhaseFailure
+	(*structpb.Struct)(nil),               // 87: google.protobuf.Struct
+	(ErrorCode)(0),                        // 88: flowstate.v1.ErrorCode
+	(*FlowDefinition)(nil),                // 89: flowstate.v1.FlowDefinition
+	(*FlowAlert)(nil),                     // 90: flowstate.v1.FlowAlert
+	(ApprovalDecision)(0),                 // 91: flowstate.v1.ApprovalDecision
+	(*CreateWebhookRequest)(nil),          // 92: flowstate.v1.CreateWebhookRequest
+	(*ListWebhooksRequest)(nil),           // 93: flowstate.v1.ListWebhooksRequest
+	(*DeleteWebhookRequest)(nil),          // 94: flowstate.v1.DeleteWebhookRequest
+	(*TestWebhookRequest)(nil),            // 95: flowstate.v1.TestWebhookRequest
+	(*ReplayWebhookRequest)(nil),          // 96: flowstate.v1.ReplayWebhookRequest
+	(*CreateWebhookResponse)(nil),         // 97: flowstate.v1.CreateWebhookResponse
+	(*ListWebhooksResponse)(nil),          // 98: flowstate.v1.ListWebhooksResponse
+	(*DeleteWebhookResponse)(nil),         // 99: flowstate.v1.DeleteWebhookResponse
+	(*TestWebhookResponse)(nil),           // 100: flowstate.v1.TestWebhookResponse
+	(*ReplayWebhookResponse)(nil),         // 101: flowstate.v1.ReplayWebhookResponse
 }
 var file_flowstate_v1_flow_service_proto_depIdxs = []int32{
-	76,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
-	77,  // 1: flowstate.v1.CreateFlowRequest.deadline:type_name -> google.protobuf.Timestamp
-	78,  // 2: flowstate.v1.CreateFlowRequest.external_dependencies:type_name -> flowstate.v1.ExternalDependency
-	79,  // 3: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 4: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	79,  // 5: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
-	79,  // 6: flowstate.v1.GetFlowResponse.descendants:type_name -> flowstate.v1.Flow
-	81,  // 7: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
-	82,  // 8: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	8,   // 9: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
-	77,  // 10: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
-	79,  // 11: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
-	81,  // 12: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
-	81,  // 13: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
-	82,  // 14: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
-	82,  // 15: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
-	11,  // 16: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
-	12,  // 17: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
-	83,  // 18: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
-	81,  // 19: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
-	82,  // 20: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
-	82,  // 21: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
-	81,  // 22: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
-	84,  // 23: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
-	85,  // 24: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	79,  // 25: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 26: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	85,  // 27: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
-	77,  // 28: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
-	79,  // 29: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 30: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	79,  // 31: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 32: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	79,  // 33: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 34: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	79,  // 35: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
-	27,  // 36: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
+	78,  // 0: flowstate.v1.CreateFlowRequest.labels:type_name -> flowstate.v1.CreateFlowRequest.LabelsEntry
+	79,  // 1: flowstate.v1.CreateFlowRequest.deadline:type_name -> google.protobuf.Timestamp
+	80,  // 2: flowstate.v1.CreateFlowRequest.external_dependencies:type_name -> flowstate.v1.ExternalDependency
+	81,  // 3: flowstate.v1.CreateFlowResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 4: flowstate.v1.CreateFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	81,  // 5: flowstate.v1.GetFlowResponse.flow:type_name -> flowstate.v1.Flow
+	81,  // 6: flowstate.v1.GetFlowResponse.descendants:type_name -> flowstate.v1.Flow
+	83,  // 7: flowstate.v1.PhaseStateFilter.states:type_name -> flowstate.v1.PhaseState
+	84,  // 8: flowstate.v1.ListFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	9,   // 9: flowstate.v1.ListFlowsRequest.phase_states:type_name -> flowstate.v1.PhaseStateFilter
+	79,  // 10: flowstate.v1.ListFlowsRequest.updated_before:type_name -> google.protobuf.Timestamp
+	81,  // 11: flowstate.v1.ListFlowsResponse.flows:type_name -> flowstate.v1.Flow
+	83,  // 12: flowstate.v1.PhaseTransition.from_state:type_name -> flowstate.v1.PhaseState
+	83,  // 13: flowstate.v1.PhaseTransition.to_state:type_name -> flowstate.v1.PhaseState
+	84,  // 14: flowstate.v1.FlowTransition.from_status:type_name -> flowstate.v1.FlowStatus
+	84,  // 15: flowstate.v1.FlowTransition.to_status:type_name -> flowstate.v1.FlowStatus
+	12,  // 16: flowstate.v1.ValidateTransitionRequest.phase_transition:type_name -> flowstate.v1.PhaseTransition
+	13,  // 17: flowstate.v1.ValidateTransitionRequest.flow_transition:type_name -> flowstate.v1.FlowTransition
+	85,  // 18: flowstate.v1.ValidateTransitionResponse.error:type_name -> flowstate.v1.FlowError
+	83,  // 19: flowstate.v1.ValidateTransitionResponse.valid_transitions:type_name -> flowstate.v1.PhaseState
+	84,  // 20: flowstate.v1.ValidateTransitionResponse.valid_flow_transitions:type_name -> flowstate.v1.FlowStatus
+	84,  // 21: flowstate.v1.ValidateTransitionResponse.resulting_status:type_name -> flowstate.v1.FlowStatus
+	83,  // 22: flowstate.v1.TransitionPhaseRequest.target_state:type_name -> flowstate.v1.PhaseState
+	86,  // 23: flowstate.v1.TransitionPhaseRequest.failure:type_name -> flowstate.v1.PhaseFailure
+	87,  // 24: flowstate.v1.TransitionPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	81,  // 25: flowstate.v1.TransitionPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 26: flowstate.v1.TransitionPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	87,  // 27: flowstate.v1.UpdatePhaseProgressRequest.metadata:type_name -> google.protobuf.Struct
+	79,  // 28: flowstate.v1.HeartbeatResponse.heartbeat_deadline_time:type_name -> google.protobuf.Timestamp
+	81,  // 29: flowstate.v1.UpdatePhaseProgressResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 30: flowstate.v1.UpdatePhaseProgressResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	81,  // 31: flowstate.v1.RollbackResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 32: flowstate.v1.RollbackResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	81,  // 33: flowstate.v1.RetryResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 34: flowstate.v1.RetryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	81,  // 35: flowstate.v1.GetRecoveryOptionsResponse.flow:type_name -> flowstate.v1.Flow
+	28,  // 36: flowstate.v1.GetRecoveryOptionsResponse.options:type_name -> flowstate.v1.RecoveryOption
 	0,   // 37: flowstate.v1.RecoveryOption.action:type_name -> flowstate.v1.RecoveryAction
-	81,  // 38: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
-	82,  // 39: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
-	86,  // 40: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
-	77,  // 41: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
-	23,  // 42: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
-	21,  // 43: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
-	15,  // 44: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
-	30,  // 45: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
-	32,  // 46: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
-	28,  // 47: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
-	42,  // 48: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
-	79,  // 49: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 50: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	79,  // 51: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 52: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	79,  // 53: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 54: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	80,  // 55: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	87,  // 56: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	87,  // 57: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
-	87,  // 58: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
-	87,  // 59: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
-	85,  // 60: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
-	79,  // 61: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 62: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	48,  // 63: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
-	82,  // 64: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
-	48,  // 65: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
-	82,  // 66: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
-	79,  // 67: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
-	80,  // 68: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
-	49,  // 69: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
-	88,  // 70: flowstate.v1.FlowEvent.alert:type_name -> flowstate.v1.FlowAlert
-	77,  // 71: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
-	52,  // 72: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
-	1,   // 73: flowstate.v1.BulkAction.action:type_name -> flowstate.v1.BulkActionType
-	2,   // 74: flowstate.v1.BulkAction.state:type_name -> flowstate.v1.BulkActionState
-	77,  // 75: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 76: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
-	77,  // 77: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
-	3,   // 78: flowstate.v1.BulkFlowResult.outcome:type_name -> flowstate.v1.BulkFlowOutcome
-	83,  // 79: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
-	77,  // 80: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
-	1,   // 81: flowstate.v1.StartBulkActionRequest.action:type_name -> flowstate.v1.BulkActionType
-	53,  // 82: flowstate.v1.StartBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 83: flowstate.v1.GetBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 84: flowstate.v1.ListBulkActionsResponse.bulk_actions:type_name -> flowstate.v1.BulkAction
-	3,   // 85: flowstate.v1.ListBulkActionResultsRequest.outcome:type_name -> flowstate.v1.BulkFlowOutcome
-	54,  // 86: flowstate.v1.ListBulkActionResultsResponse.results:type_name -> flowstate.v1.BulkFlowResult
-	53,  // 87: flowstate.v1.CancelBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	53,  // 88: flowstate.v1.WatchBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
-	89,  // 89: flowstate.v1.DecidePhaseRequest.decision:type_name -> flowstate.v1.ApprovalDecision
-	79,  // 90: flowstate.v1.DecidePhaseResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 91: flowstate.v1.DecidePhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	79,  // 92: flowstate.v1.LinkChildFlowResponse.flow:type_name -> flowstate.v1.Flow
-	80,  // 93: flowstate.v1.LinkChildFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
-	77,  // 94: flowstate.v1.RetentionPolicy.update_time:type_name -> google.protobuf.Timestamp
-	71,  // 95: flowstate.v1.GetRetentionPolicyResponse.policy:type_name -> flowstate.v1.RetentionPolicy
-	71,  // 96: flowstate.v1.SetRetentionPolicyResponse.policy:type_name -> flowstate.v1.RetentionPolicy
-	4,   // 97: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
-	6,   // 98: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
-	9,   // 99: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
-	13,  // 100: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
-	15,  // 101: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
-	17,  // 102: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
-	21,  // 103: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
-	23,  // 104: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
-	25,  // 105: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
-	28,  // 106: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
-	30,  // 107: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
-	32,  // 108: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
-	34,  // 109: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
-	36,  // 110: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
-	38,  // 111: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
-	40,  // 112: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
-	42,  // 113: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
-	44,  // 114: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
-	46,  // 115: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
-	18,  // 116: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
-	50,  // 117: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
-	90,  // 118: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
-	91,  // 119: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
-	92,  // 120: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
-	93,  // 121: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
-	94,  // 122: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
-	55,  // 123: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
-	57,  // 124: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
-	59,  // 125: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
-	61,  // 126: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
-	63,  // 127: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
-	65,  // 128: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
-	67,  // 129: flowstate.v1.FlowStateService.DecidePhase:input_type -> flowstate.v1.DecidePhaseRequest
-	69,  // 130: flowstate.v1.FlowStateService.LinkChildFlow:input_type -> flowstate.v1.LinkChildFlowRequest
-	72,  // 131: flowstate.v1.FlowStateService.GetRetentionPolicy:input_type -> flowstate.v1.GetRetentionPolicyRequest
-	74,  // 132: flowstate.v1.FlowStateService.SetRetentionPolicy:input_type -> flowstate.v1.SetRetentionPolicyRequest
-	5,   // 133: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
-	7,   // 134: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
-	10,  // 135: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
-	14,  // 136: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
-	16,  // 137: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
-	20,  // 138: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
-	22,  // 139: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
-	24,  // 140: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
-	26,  // 141: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
-	29,  // 142: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
-	31,  // 143: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
-	33,  // 144: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
-	35,  // 145: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
-	37,  // 146: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
-	39,  // 147: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
-	41,  // 148: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
-	43,  // 149: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
-	45,  // 150: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
-	47,  // 151: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
-	19,  // 152: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
-	51,  // 153: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
-	95,  // 154: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
-	96,  // 155: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
-	97,  // 156: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
-	98,  // 157: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
-	99,  // 158: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
-	56,  // 159: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
-	58,  // 160: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
-	60,  // 161: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
-	62,  // 162: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
-	64,  // 163: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
-	66,  // 164: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
-	68,  // 165: flowstate.v1.FlowStateService.DecidePhase:output_type -> flowstate.v1.DecidePhaseResponse
-	70,  // 166: flowstate.v1.FlowStateService.LinkChildFlow:output_type -> flowstate.v1.LinkChildFlowResponse
-	73,  // 167: flowstate.v1.FlowStateService.GetRetentionPolicy:output_type -> flowstate.v1.GetRetentionPolicyResponse
-	75,  // 168: flowstate.v1.FlowStateService.SetRetentionPolicy:output_type -> flowstate.v1.SetRetentionPolicyResponse
-	133, // [133:169] is the sub-list for method output_type
-	97,  // [97:133] is the sub-list for method input_type
-	97,  // [97:97] is the sub-list for extension type_name
-	97,  // [97:97] is the sub-list for extension extendee
-	0,   // [0:97] is the sub-list for field type_name
+	83,  // 38: flowstate.v1.RecoveryOption.target_state:type_name -> flowstate.v1.PhaseState
+	84,  // 39: flowstate.v1.RecoveryOption.target_status:type_name -> flowstate.v1.FlowStatus
+	88,  // 40: flowstate.v1.RecoveryOption.blocked_by:type_name -> flowstate.v1.ErrorCode
+	79,  // 41: flowstate.v1.RecoveryOption.next_attempt_time:type_name -> google.protobuf.Timestamp
+	24,  // 42: flowstate.v1.RecoveryOption.retry:type_name -> flowstate.v1.RetryRequest
+	22,  // 43: flowstate.v1.RecoveryOption.rollback:type_name -> flowstate.v1.RollbackRequest
+	16,  // 44: flowstate.v1.RecoveryOption.transition_phase:type_name -> flowstate.v1.TransitionPhaseRequest
+	31,  // 45: flowstate.v1.RecoveryOption.resume_flow:type_name -> flowstate.v1.ResumeFlowRequest
+	33,  // 46: flowstate.v1.RecoveryOption.cancel_flow:type_name -> flowstate.v1.CancelFlowRequest
+	29,  // 47: flowstate.v1.RecoveryOption.pause_flow:type_name -> flowstate.v1.PauseFlowRequest
+	43,  // 48: flowstate.v1.RecoveryOption.skip_phase:type_name -> flowstate.v1.SkipPhaseRequest
+	81,  // 49: flowstate.v1.PauseFlowResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 50: flowstate.v1.PauseFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	81,  // 51: flowstate.v1.ResumeFlowResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 52: flowstate.v1.ResumeFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	81,  // 53: flowstate.v1.CancelFlowResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 54: flowstate.v1.CancelFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	82,  // 55: flowstate.v1.ListFlowHistoryResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	89,  // 56: flowstate.v1.GetFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	89,  // 57: flowstate.v1.CreateFlowDefinitionRequest.definition:type_name -> flowstate.v1.FlowDefinition
+	89,  // 58: flowstate.v1.CreateFlowDefinitionResponse.definition:type_name -> flowstate.v1.FlowDefinition
+	89,  // 59: flowstate.v1.ListFlowDefinitionsResponse.definitions:type_name -> flowstate.v1.FlowDefinition
+	87,  // 60: flowstate.v1.SkipPhaseRequest.metadata:type_name -> google.protobuf.Struct
+	81,  // 61: flowstate.v1.SkipPhaseResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 62: flowstate.v1.SkipPhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	50,  // 63: flowstate.v1.WatchFlowResponse.event:type_name -> flowstate.v1.FlowEvent
+	1,   // 64: flowstate.v1.WatchFlowResponse.relation:type_name -> flowstate.v1.WatchRelation
+	47,  // 65: flowstate.v1.WatchFlowResponse.waiting:type_name -> flowstate.v1.WaitingPhase
+	84,  // 66: flowstate.v1.WatchFlowsRequest.statuses:type_name -> flowstate.v1.FlowStatus
+	50,  // 67: flowstate.v1.WatchFlowsResponse.event:type_name -> flowstate.v1.FlowEvent
+	84,  // 68: flowstate.v1.FlowEvent.status:type_name -> flowstate.v1.FlowStatus
+	81,  // 69: flowstate.v1.FlowEvent.snapshot:type_name -> flowstate.v1.Flow
+	82,  // 70: flowstate.v1.FlowEvent.change:type_name -> flowstate.v1.HistoryEntry
+	51,  // 71: flowstate.v1.FlowEvent.heartbeat:type_name -> flowstate.v1.Heartbeat
+	90,  // 72: flowstate.v1.FlowEvent.alert:type_name -> flowstate.v1.FlowAlert
+	79,  // 73: flowstate.v1.Heartbeat.server_time:type_name -> google.protobuf.Timestamp
+	54,  // 74: flowstate.v1.CountFlowsResponse.groups:type_name -> flowstate.v1.FlowCountGroup
+	2,   // 75: flowstate.v1.BulkAction.action:type_name -> flowstate.v1.BulkActionType
+	3,   // 76: flowstate.v1.BulkAction.state:type_name -> flowstate.v1.BulkActionState
+	79,  // 77: flowstate.v1.BulkAction.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 78: flowstate.v1.BulkAction.update_time:type_name -> google.protobuf.Timestamp
+	79,  // 79: flowstate.v1.BulkAction.end_time:type_name -> google.protobuf.Timestamp
+	4,   // 80: flowstate.v1.BulkFlowResult.outcome:type_name -> flowstate.v1.BulkFlowOutcome
+	85,  // 81: flowstate.v1.BulkFlowResult.error:type_name -> flowstate.v1.FlowError
+	79,  // 82: flowstate.v1.BulkFlowResult.done_time:type_name -> google.protobuf.Timestamp
+	2,   // 83: flowstate.v1.StartBulkActionRequest.action:type_name -> flowstate.v1.BulkActionType
+	55,  // 84: flowstate.v1.StartBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	55,  // 85: flowstate.v1.GetBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	55,  // 86: flowstate.v1.ListBulkActionsResponse.bulk_actions:type_name -> flowstate.v1.BulkAction
+	4,   // 87: flowstate.v1.ListBulkActionResultsRequest.outcome:type_name -> flowstate.v1.BulkFlowOutcome
+	56,  // 88: flowstate.v1.ListBulkActionResultsResponse.results:type_name -> flowstate.v1.BulkFlowResult
+	55,  // 89: flowstate.v1.CancelBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	55,  // 90: flowstate.v1.WatchBulkActionResponse.bulk_action:type_name -> flowstate.v1.BulkAction
+	91,  // 91: flowstate.v1.DecidePhaseRequest.decision:type_name -> flowstate.v1.ApprovalDecision
+	81,  // 92: flowstate.v1.DecidePhaseResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 93: flowstate.v1.DecidePhaseResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	81,  // 94: flowstate.v1.LinkChildFlowResponse.flow:type_name -> flowstate.v1.Flow
+	82,  // 95: flowstate.v1.LinkChildFlowResponse.history_entries:type_name -> flowstate.v1.HistoryEntry
+	79,  // 96: flowstate.v1.RetentionPolicy.update_time:type_name -> google.protobuf.Timestamp
+	73,  // 97: flowstate.v1.GetRetentionPolicyResponse.policy:type_name -> flowstate.v1.RetentionPolicy
+	73,  // 98: flowstate.v1.SetRetentionPolicyResponse.policy:type_name -> flowstate.v1.RetentionPolicy
+	5,   // 99: flowstate.v1.FlowStateService.CreateFlow:input_type -> flowstate.v1.CreateFlowRequest
+	7,   // 100: flowstate.v1.FlowStateService.GetFlow:input_type -> flowstate.v1.GetFlowRequest
+	10,  // 101: flowstate.v1.FlowStateService.ListFlows:input_type -> flowstate.v1.ListFlowsRequest
+	14,  // 102: flowstate.v1.FlowStateService.ValidateTransition:input_type -> flowstate.v1.ValidateTransitionRequest
+	16,  // 103: flowstate.v1.FlowStateService.TransitionPhase:input_type -> flowstate.v1.TransitionPhaseRequest
+	18,  // 104: flowstate.v1.FlowStateService.UpdatePhaseProgress:input_type -> flowstate.v1.UpdatePhaseProgressRequest
+	22,  // 105: flowstate.v1.FlowStateService.Rollback:input_type -> flowstate.v1.RollbackRequest
+	24,  // 106: flowstate.v1.FlowStateService.Retry:input_type -> flowstate.v1.RetryRequest
+	26,  // 107: flowstate.v1.FlowStateService.GetRecoveryOptions:input_type -> flowstate.v1.GetRecoveryOptionsRequest
+	29,  // 108: flowstate.v1.FlowStateService.PauseFlow:input_type -> flowstate.v1.PauseFlowRequest
+	31,  // 109: flowstate.v1.FlowStateService.ResumeFlow:input_type -> flowstate.v1.ResumeFlowRequest
+	33,  // 110: flowstate.v1.FlowStateService.CancelFlow:input_type -> flowstate.v1.CancelFlowRequest
+	35,  // 111: flowstate.v1.FlowStateService.ListFlowHistory:input_type -> flowstate.v1.ListFlowHistoryRequest
+	37,  // 112: flowstate.v1.FlowStateService.GetFlowDefinition:input_type -> flowstate.v1.GetFlowDefinitionRequest
+	39,  // 113: flowstate.v1.FlowStateService.CreateFlowDefinition:input_type -> flowstate.v1.CreateFlowDefinitionRequest
+	41,  // 114: flowstate.v1.FlowStateService.ListFlowDefinitions:input_type -> flowstate.v1.ListFlowDefinitionsRequest
+	43,  // 115: flowstate.v1.FlowStateService.SkipPhase:input_type -> flowstate.v1.SkipPhaseRequest
+	45,  // 116: flowstate.v1.FlowStateService.WatchFlow:input_type -> flowstate.v1.WatchFlowRequest
+	48,  // 117: flowstate.v1.FlowStateService.WatchFlows:input_type -> flowstate.v1.WatchFlowsRequest
+	19,  // 118: flowstate.v1.FlowStateService.Heartbeat:input_type -> flowstate.v1.HeartbeatRequest
+	52,  // 119: flowstate.v1.FlowStateService.CountFlows:input_type -> flowstate.v1.CountFlowsRequest
+	92,  // 120: flowstate.v1.FlowStateService.CreateWebhook:input_type -> flowstate.v1.CreateWebhookRequest
+	93,  // 121: flowstate.v1.FlowStateService.ListWebhooks:input_type -> flowstate.v1.ListWebhooksRequest
+	94,  // 122: flowstate.v1.FlowStateService.DeleteWebhook:input_type -> flowstate.v1.DeleteWebhookRequest
+	95,  // 123: flowstate.v1.FlowStateService.TestWebhook:input_type -> flowstate.v1.TestWebhookRequest
+	96,  // 124: flowstate.v1.FlowStateService.ReplayWebhook:input_type -> flowstate.v1.ReplayWebhookRequest
+	57,  // 125: flowstate.v1.FlowStateService.StartBulkAction:input_type -> flowstate.v1.StartBulkActionRequest
+	59,  // 126: flowstate.v1.FlowStateService.GetBulkAction:input_type -> flowstate.v1.GetBulkActionRequest
+	61,  // 127: flowstate.v1.FlowStateService.ListBulkActions:input_type -> flowstate.v1.ListBulkActionsRequest
+	63,  // 128: flowstate.v1.FlowStateService.ListBulkActionResults:input_type -> flowstate.v1.ListBulkActionResultsRequest
+	65,  // 129: flowstate.v1.FlowStateService.CancelBulkAction:input_type -> flowstate.v1.CancelBulkActionRequest
+	67,  // 130: flowstate.v1.FlowStateService.WatchBulkAction:input_type -> flowstate.v1.WatchBulkActionRequest
+	69,  // 131: flowstate.v1.FlowStateService.DecidePhase:input_type -> flowstate.v1.DecidePhaseRequest
+	71,  // 132: flowstate.v1.FlowStateService.LinkChildFlow:input_type -> flowstate.v1.LinkChildFlowRequest
+	74,  // 133: flowstate.v1.FlowStateService.GetRetentionPolicy:input_type -> flowstate.v1.GetRetentionPolicyRequest
+	76,  // 134: flowstate.v1.FlowStateService.SetRetentionPolicy:input_type -> flowstate.v1.SetRetentionPolicyRequest
+	6,   // 135: flowstate.v1.FlowStateService.CreateFlow:output_type -> flowstate.v1.CreateFlowResponse
+	8,   // 136: flowstate.v1.FlowStateService.GetFlow:output_type -> flowstate.v1.GetFlowResponse
+	11,  // 137: flowstate.v1.FlowStateService.ListFlows:output_type -> flowstate.v1.ListFlowsResponse
+	15,  // 138: flowstate.v1.FlowStateService.ValidateTransition:output_type -> flowstate.v1.ValidateTransitionResponse
+	17,  // 139: flowstate.v1.FlowStateService.TransitionPhase:output_type -> flowstate.v1.TransitionPhaseResponse
+	21,  // 140: flowstate.v1.FlowStateService.UpdatePhaseProgress:output_type -> flowstate.v1.UpdatePhaseProgressResponse
+	23,  // 141: flowstate.v1.FlowStateService.Rollback:output_type -> flowstate.v1.RollbackResponse
+	25,  // 142: flowstate.v1.FlowStateService.Retry:output_type -> flowstate.v1.RetryResponse
+	27,  // 143: flowstate.v1.FlowStateService.GetRecoveryOptions:output_type -> flowstate.v1.GetRecoveryOptionsResponse
+	30,  // 144: flowstate.v1.FlowStateService.PauseFlow:output_type -> flowstate.v1.PauseFlowResponse
+	32,  // 145: flowstate.v1.FlowStateService.ResumeFlow:output_type -> flowstate.v1.ResumeFlowResponse
+	34,  // 146: flowstate.v1.FlowStateService.CancelFlow:output_type -> flowstate.v1.CancelFlowResponse
+	36,  // 147: flowstate.v1.FlowStateService.ListFlowHistory:output_type -> flowstate.v1.ListFlowHistoryResponse
+	38,  // 148: flowstate.v1.FlowStateService.GetFlowDefinition:output_type -> flowstate.v1.GetFlowDefinitionResponse
+	40,  // 149: flowstate.v1.FlowStateService.CreateFlowDefinition:output_type -> flowstate.v1.CreateFlowDefinitionResponse
+	42,  // 150: flowstate.v1.FlowStateService.ListFlowDefinitions:output_type -> flowstate.v1.ListFlowDefinitionsResponse
+	44,  // 151: flowstate.v1.FlowStateService.SkipPhase:output_type -> flowstate.v1.SkipPhaseResponse
+	46,  // 152: flowstate.v1.FlowStateService.WatchFlow:output_type -> flowstate.v1.WatchFlowResponse
+	49,  // 153: flowstate.v1.FlowStateService.WatchFlows:output_type -> flowstate.v1.WatchFlowsResponse
+	20,  // 154: flowstate.v1.FlowStateService.Heartbeat:output_type -> flowstate.v1.HeartbeatResponse
+	53,  // 155: flowstate.v1.FlowStateService.CountFlows:output_type -> flowstate.v1.CountFlowsResponse
+	97,  // 156: flowstate.v1.FlowStateService.CreateWebhook:output_type -> flowstate.v1.CreateWebhookResponse
+	98,  // 157: flowstate.v1.FlowStateService.ListWebhooks:output_type -> flowstate.v1.ListWebhooksResponse
+	99,  // 158: flowstate.v1.FlowStateService.DeleteWebhook:output_type -> flowstate.v1.DeleteWebhookResponse
+	100, // 159: flowstate.v1.FlowStateService.TestWebhook:output_type -> flowstate.v1.TestWebhookResponse
+	101, // 160: flowstate.v1.FlowStateService.ReplayWebhook:output_type -> flowstate.v1.ReplayWebhookResponse
+	58,  // 161: flowstate.v1.FlowStateService.StartBulkAction:output_type -> flowstate.v1.StartBulkActionResponse
+	60,  // 162: flowstate.v1.FlowStateService.GetBulkAction:output_type -> flowstate.v1.GetBulkActionResponse
+	62,  // 163: flowstate.v1.FlowStateService.ListBulkActions:output_type -> flowstate.v1.ListBulkActionsResponse
+	64,  // 164: flowstate.v1.FlowStateService.ListBulkActionResults:output_type -> flowstate.v1.ListBulkActionResultsResponse
+	66,  // 165: flowstate.v1.FlowStateService.CancelBulkAction:output_type -> flowstate.v1.CancelBulkActionResponse
+	68,  // 166: flowstate.v1.FlowStateService.WatchBulkAction:output_type -> flowstate.v1.WatchBulkActionResponse
+	70,  // 167: flowstate.v1.FlowStateService.DecidePhase:output_type -> flowstate.v1.DecidePhaseResponse
+	72,  // 168: flowstate.v1.FlowStateService.LinkChildFlow:output_type -> flowstate.v1.LinkChildFlowResponse
+	75,  // 169: flowstate.v1.FlowStateService.GetRetentionPolicy:output_type -> flowstate.v1.GetRetentionPolicyResponse
+	77,  // 170: flowstate.v1.FlowStateService.SetRetentionPolicy:output_type -> flowstate.v1.SetRetentionPolicyResponse
+	135, // [135:171] is the sub-list for method output_type
+	99,  // [99:135] is the sub-list for method input_type
+	99,  // [99:99] is the sub-list for extension type_name
+	99,  // [99:99] is the sub-list for extension extendee
+	0,   // [0:99] is the sub-list for field type_name
 }
 
 func init() { file_flowstate_v1_flow_service_proto_init() }
@@ -6141,21 +6363,21 @@ func file_flowstate_v1_flow_service_proto_init() {
 	file_flowstate_v1_flow_service_proto_msgTypes[28].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[38].OneofWrappers = []any{}
 	file_flowstate_v1_flow_service_proto_msgTypes[40].OneofWrappers = []any{}
-	file_flowstate_v1_flow_service_proto_msgTypes[44].OneofWrappers = []any{
+	file_flowstate_v1_flow_service_proto_msgTypes[45].OneofWrappers = []any{
 		(*FlowEvent_Snapshot)(nil),
 		(*FlowEvent_Change)(nil),
 		(*FlowEvent_Heartbeat)(nil),
 		(*FlowEvent_Alert)(nil),
 	}
-	file_flowstate_v1_flow_service_proto_msgTypes[63].OneofWrappers = []any{}
-	file_flowstate_v1_flow_service_proto_msgTypes[65].OneofWrappers = []any{}
+	file_flowstate_v1_flow_service_proto_msgTypes[64].OneofWrappers = []any{}
+	file_flowstate_v1_flow_service_proto_msgTypes[66].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowstate_v1_flow_service_proto_rawDesc), len(file_flowstate_v1_flow_service_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   73,
+			NumEnums:      5,
+			NumMessages:   74,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

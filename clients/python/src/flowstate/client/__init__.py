@@ -30,6 +30,7 @@ from flowstate.client._enums import (
     HistoryEventKind,
     PhaseState,
     RecoveryAction,
+    WatchRelation,
 )
 from flowstate.client._errors import (
     Aborted,
@@ -73,6 +74,7 @@ from flowstate.client._models import (
     BulkFlowResult,
     DefinitionPage,
     DefinitionRegistration,
+    ExternalDependency,
     Flow,
     FlowAlert,
     FlowCount,
@@ -92,6 +94,7 @@ from flowstate.client._models import (
     RecoveryOptions,
     RetentionPolicy,
     ValidationResult,
+    WaitingPhase,
 )
 from flowstate.client._retry import RetryPolicy
 from flowstate.client._sync_client import FlowstateClient
@@ -119,6 +122,7 @@ __all__ = [
     "DefinitionShadowsBuiltin",
     "DependentPhasesActive",
     "ErrorCode",
+    "ExternalDependency",
     "FailedPrecondition",
     "Flow",
     "FlowAlert",
@@ -171,6 +175,8 @@ __all__ = [
     "Unavailable",
     "ValidationResult",
     "VersionConflict",
+    "WaitingPhase",
+    "WatchRelation",
     "WebhookNotFound",
     "__version__",
 ]

@@ -24,6 +24,7 @@ from flowstate.client._models import (
     BulkFlowResult,
     DefinitionPage,
     DefinitionRegistration,
+    ExternalDependency,
     Flow,
     FlowCount,
     FlowDefinition,
@@ -41,7 +42,7 @@ from flowstate.client._models import (
 )
 from flowstate.client._requests import EnumLike, new_request_id
 from flowstate.client._retry import RetryPolicy, RetryState
-from flowstate.client._watch import FlowsWatch, FlowWatch, is_resumable
+from flowstate.client._watch import FlowsWatch, FlowWatch, TreeWatch, is_resumable
 from flowstate.v1 import definition_pb2, flow_service_pb2, flow_service_pb2_grpc, webhook_pb2
 
 __all__ = ["AsyncFlowstateClient"]
@@ -214,6 +215,7 @@ class AsyncFlowstateClient:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         deadline: datetime | None = None,
+        external_dependencies: Iterable[ExternalDependency] = (),
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> MutationResult:
@@ -228,6 +230,8 @@ class AsyncFlowstateClient:
             request_id: Idempotency key; generated when None.
             deadline: When the flow should be finished (timezone-aware); the definition's
                 `deadline` when None. A flow not terminal by then gets a DEADLINE_EXCEEDED alert.
+            external_dependencies: Phases of other flows (same tenant) that phases of this
+                flow wait for (docs/child_flows.md); at most 32.
             timeout: Seconds per attempt; the client's default when None.
             retry: This call's retry policy; the client's when None.
         """
@@ -239,6 +243,7 @@ class AsyncFlowstateClient:
             labels=labels,
             request_id=request_id,
             deadline=deadline,
+            external_dependencies=external_dependencies,
         )
         response = await self._call(lambda s: s.CreateFlow, request, timeout, retry)
         return MutationResult._from_proto(response)
@@ -1045,6 +1050,9 @@ class AsyncFlowstateClient:
         after_version: int | None = None,
         keep_open: bool = False,
         include_heartbeats: bool = False,
+        children_depth: int = 0,
+        include_dependencies: bool = False,
+        cursor: str | None = None,
     ) -> AsyncGenerator[FlowEvent, None]:
         """Yield a flow's events: a snapshot (or the changes after `after_version`), then each
         change as it commits, in version order.
@@ -1053,13 +1061,34 @@ class AsyncFlowstateClient:
         by reconnecting from the last version seen, with backoff (`watch_retry`); no event is
         yielded twice and none is missed. The iteration ends after the terminal event unless
         `keep_open`. Heartbeats are yielded only with `include_heartbeats`.
+
+        With `children_depth` (1-5) the events of the flow's child flows down to that many
+        levels come too (children created later included), and with `include_dependencies`
+        the changes of the phases its `external_dependencies` wait for; each event says which
+        flow it is about (`FlowEvent.flow_id`, `relation`, `parent_flow_id`, `waiting`). Such a
+        stream starts with a snapshot event per flow, resumes by `FlowEvent.cursor` (pass it
+        as `cursor`; not with `after_version`) and ends after the flow's terminal transaction
+        (docs/child_flows.md, "Watching a tree").
         """
-        position = FlowWatch(
-            flow_id,
-            after_version=after_version,
-            keep_open=keep_open,
-            include_heartbeats=include_heartbeats,
-        )
+        position: FlowWatch | TreeWatch
+        if children_depth or include_dependencies:
+            position = TreeWatch(
+                flow_id,
+                children_depth=children_depth,
+                include_dependencies=include_dependencies,
+                cursor=cursor,
+                keep_open=keep_open,
+                include_heartbeats=include_heartbeats,
+                after_version=after_version,
+            )
+        else:
+            position = FlowWatch(
+                flow_id,
+                after_version=after_version,
+                keep_open=keep_open,
+                include_heartbeats=include_heartbeats,
+                cursor=cursor,
+            )
         async for event in self._stream(lambda s: s.WatchFlow, position):
             yield event
 
@@ -1094,7 +1123,7 @@ class AsyncFlowstateClient:
     async def _stream(
         self,
         method: Callable[[flow_service_pb2_grpc.FlowStateServiceAsyncStub], Any],
-        position: FlowWatch | FlowsWatch,
+        position: FlowWatch | FlowsWatch | TreeWatch,
     ) -> AsyncGenerator[FlowEvent, None]:
         state = RetryState(self._config.watch_retry)
         while True:

@@ -23,6 +23,7 @@ __all__ = [
     "HistoryEventKind",
     "PhaseState",
     "RecoveryAction",
+    "WatchRelation",
 ]
 
 
@@ -258,6 +259,21 @@ class BulkFlowOutcome(_ProtoEnum):
     SKIPPED = 3
 
 
+class WatchRelation(_ProtoEnum):
+    """How an event's flow relates to the flow `watch` watches (``flowstate.v1.WatchRelation``).
+
+    Set on streams with ``children_depth`` or ``include_dependencies``; UNSPECIFIED otherwise.
+    """
+
+    UNSPECIFIED = 0
+    #: The watched flow itself.
+    SELF = 1
+    #: One of its child flows (down to ``children_depth``).
+    DESCENDANT = 2
+    #: A flow one of the tree's phases depends on (``external_dependencies``).
+    DEPENDENCY = 3
+
+
 _PREFIXES = {
     "BulkActionType": "BULK_ACTION_TYPE_",
     "BulkActionState": "BULK_ACTION_STATE_",
@@ -269,4 +285,5 @@ _PREFIXES = {
     "RecoveryAction": "RECOVERY_ACTION_",
     "ApprovalDecision": "APPROVAL_DECISION_",
     "AlertKind": "ALERT_KIND_",
+    "WatchRelation": "WATCH_RELATION_",
 }

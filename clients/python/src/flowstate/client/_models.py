@@ -30,6 +30,7 @@ from flowstate.client._enums import (
     HistoryEventKind,
     PhaseState,
     RecoveryAction,
+    WatchRelation,
 )
 from flowstate.client._errors import FlowstateError, error_from_flow_error, whole_numbers
 from flowstate.v1 import (
@@ -50,6 +51,7 @@ __all__ = [
     "BulkFlowResult",
     "DefinitionPage",
     "DefinitionRegistration",
+    "ExternalDependency",
     "Flow",
     "FlowAlert",
     "FlowDefinition",
@@ -66,6 +68,7 @@ __all__ = [
     "RecoveryOption",
     "RecoveryOptions",
     "ValidationResult",
+    "WaitingPhase",
 ]
 
 _E = TypeVar("_E", PhaseState, FlowStatus)
@@ -234,6 +237,23 @@ class Phase:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalDependency:
+    """A phase of this flow that may start only once a phase of another flow is done."""
+
+    #: The phase of this flow that waits.
+    phase: str
+    #: The other flow (same tenant).
+    flow_id: str
+    #: The phase of the other flow it waits for (COMPLETED or SKIPPED).
+    flow_phase: str
+
+    def _to_proto(self) -> flow_pb2.ExternalDependency:
+        return flow_pb2.ExternalDependency(
+            phase=self.phase, flow_id=self.flow_id, flow_phase=self.flow_phase
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Flow:
     """A flow: one run of a flow definition, owned by one tenant."""
 
@@ -263,6 +283,8 @@ class Flow:
     parent_flow_id: str | None = None
     #: That phase of the parent.
     parent_phase: str | None = None
+    #: Phases of other flows this flow's phases wait for (set at creation).
+    external_dependencies: tuple[ExternalDependency, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -302,6 +324,10 @@ class Flow:
             alerts=tuple(FlowAlert._from_proto(alert) for alert in raw.alerts),
             parent_flow_id=raw.parent_flow_id or None,
             parent_phase=raw.parent_phase or None,
+            external_dependencies=tuple(
+                ExternalDependency(d.phase, d.flow_id, d.flow_phase)
+                for d in raw.external_dependencies
+            ),
         )
 
 
@@ -861,6 +887,22 @@ class DefinitionPage:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitingPhase:
+    """A phase that waits for a phase of another flow (on `FlowEvent.waiting`)."""
+
+    #: The waiting flow: the watched flow or one of its descendants.
+    flow_id: str
+    #: Its waiting phase.
+    phase: str
+    #: The phase of the event's flow it waits for.
+    flow_phase: str
+
+    @classmethod
+    def _from_proto(cls, raw: flow_service_pb2.WaitingPhase) -> WaitingPhase:
+        return cls(flow_id=raw.flow_id, phase=raw.phase, flow_phase=raw.flow_phase)
+
+
+@dataclass(frozen=True, slots=True)
 class FlowEvent:
     """One event of a status stream (`watch` or `watch_flows`)."""
 
@@ -877,11 +919,30 @@ class FlowEvent:
     change: HistoryEntry | None
     #: The server's clock (``kind == HEARTBEAT``).
     heartbeat_time: datetime | None
-    #: For `watch_flows`: resume after this event by passing it as ``cursor``.
+    #: For `watch_flows` (and `watch` with ``children_depth`` / ``include_dependencies``):
+    #: resume after this event by passing it as ``cursor``.
     cursor: str | None
     raw: flow_service_pb2.FlowEvent = dataclasses.field(repr=False, compare=False)
     #: The alert the server raised (``kind == ALERT``).
     alert: FlowAlert | None = None
+    #: With ``children_depth`` / ``include_dependencies``: how the event's flow relates to the
+    #: watched one (UNSPECIFIED on plain streams).
+    relation: WatchRelation = WatchRelation.UNSPECIFIED
+    #: For DESCENDANT events: the parent of the event's flow.
+    parent_flow_id: str | None = None
+    #: For DEPENDENCY events: the phases that wait for this flow's phase.
+    waiting: tuple[WaitingPhase, ...] = ()
+
+    @classmethod
+    def _from_watch(cls, response: flow_service_pb2.WatchFlowResponse) -> FlowEvent:
+        """The event of a WatchFlow response, with its cursor, relation and waiting phases."""
+        event = cls._from_proto(response.event, cursor=response.cursor)
+        return dataclasses.replace(
+            event,
+            relation=WatchRelation(response.relation),
+            parent_flow_id=response.parent_flow_id or None,
+            waiting=tuple(WaitingPhase._from_proto(w) for w in response.waiting),
+        )
 
     @classmethod
     def _from_proto(cls, raw: flow_service_pb2.FlowEvent, cursor: str | None = None) -> FlowEvent:

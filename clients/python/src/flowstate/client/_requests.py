@@ -17,6 +17,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 from flowstate.client._enums import ApprovalDecision, ErrorCode, FlowStatus, PhaseState
+from flowstate.client._models import ExternalDependency
 from flowstate.v1 import approvals_pb2, definition_pb2, errors_pb2, flow_service_pb2, states_pb2
 
 __all__ = [
@@ -101,6 +102,7 @@ def create_flow(
     labels: Mapping[str, str] | None,
     request_id: str | None,
     deadline: datetime | None = None,
+    external_dependencies: Iterable[ExternalDependency] = (),
 ) -> flow_service_pb2.CreateFlowRequest:
     """A ``CreateFlowRequest``."""
     request = flow_service_pb2.CreateFlowRequest(
@@ -110,6 +112,7 @@ def create_flow(
         flow_id=flow_id or "",
         display_name=display_name,
         labels=dict(labels or {}),
+        external_dependencies=[d._to_proto() for d in external_dependencies],
     )
     if deadline is not None:
         if deadline.tzinfo is None:
@@ -518,11 +521,22 @@ def list_flow_history(
 
 
 def watch_flow(
-    flow_id: str, *, after_version: int | None, keep_open: bool
+    flow_id: str,
+    *,
+    after_version: int | None,
+    keep_open: bool,
+    children_depth: int = 0,
+    include_dependencies: bool = False,
+    cursor: str | None = None,
 ) -> flow_service_pb2.WatchFlowRequest:
     """A ``WatchFlowRequest``."""
     return flow_service_pb2.WatchFlowRequest(
-        flow_id=_flow_id(flow_id), after_version=after_version, keep_open=keep_open
+        flow_id=_flow_id(flow_id),
+        after_version=after_version,
+        keep_open=keep_open,
+        children_depth=children_depth,
+        include_dependencies=include_dependencies,
+        cursor=cursor or "",
     )
 
 

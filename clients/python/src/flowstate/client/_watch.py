@@ -4,8 +4,9 @@ A stream is resumed after UNAVAILABLE (a dropped connection, a restarting server
 shutting down), after SUBSCRIBER_TOO_SLOW, and after a call that broke without any status from
 the server (CANCELLED and the like, e.g. from gRPC's own stop) by opening it again from the last
 position seen: ``after_version`` = the last flow version for `watch`, the last cursor for
-`watch_flows`. The server replays what happened in between from history, so nothing is missed;
-events at or below a version already delivered are dropped here, so nothing is delivered twice.
+`watch_flows` and for `watch` with ``children_depth`` / ``include_dependencies``. The server
+replays what happened in between from history, so nothing is missed; events at or below a
+version already delivered are dropped here, so nothing is delivered twice.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flowstate.client._errors import ERROR_DOMAIN, FlowstateError
 from flowstate.client._models import FlowEvent
 from flowstate.v1 import flow_service_pb2
 
-__all__ = ["FlowWatch", "FlowsWatch", "is_resumable"]
+__all__ = ["FlowWatch", "FlowsWatch", "TreeWatch", "is_resumable"]
 
 
 _BROKEN_WITHOUT_STATUS = frozenset(
@@ -71,9 +72,13 @@ class FlowWatch:
         after_version: int | None,
         keep_open: bool,
         include_heartbeats: bool,
+        cursor: str | None = None,
     ) -> None:
-        """Start after `after_version` (None: with a snapshot of the current flow)."""
+        """Start after `after_version` (None: with a snapshot of the current flow).
+
+        `cursor` is sent as is (the server refuses it on a plain stream: one place decides)."""
         self.flow_id = flow_id
+        self.cursor = cursor
         self.last_version = after_version
         self.keep_open = keep_open
         self.include_heartbeats = include_heartbeats
@@ -84,7 +89,10 @@ class FlowWatch:
         """The request that opens (or reopens) the stream at the current position."""
         self.received = False
         return _requests.watch_flow(
-            self.flow_id, after_version=self.last_version, keep_open=self.keep_open
+            self.flow_id,
+            after_version=self.last_version,
+            keep_open=self.keep_open,
+            cursor=self.cursor,
         )
 
     def accept(self, response: flow_service_pb2.WatchFlowResponse) -> FlowEvent | None:
@@ -169,3 +177,69 @@ class FlowsWatch:
     def ended_for_good(self) -> bool:
         """After a stream ended without error: True if the server had nothing to send."""
         return not self.received
+
+
+class TreeWatch:
+    """The position of a `watch` stream with children or dependencies: the last cursor, and
+    each flow's last version (the stream carries several flows)."""
+
+    def __init__(
+        self,
+        flow_id: str,
+        *,
+        children_depth: int,
+        include_dependencies: bool,
+        cursor: str | None,
+        keep_open: bool,
+        include_heartbeats: bool,
+        after_version: int | None = None,
+    ) -> None:
+        """Start after `cursor` (None: with a snapshot of the tree).
+
+        `after_version` is sent as is on the first request (the server refuses it here)."""
+        self.after_version = after_version
+        self.flow_id = flow_id
+        self.children_depth = children_depth
+        self.include_dependencies = include_dependencies
+        self.cursor = cursor
+        self.keep_open = keep_open
+        self.include_heartbeats = include_heartbeats
+        self.versions: dict[str, int] = {}
+        self.terminal_seen = False
+        self.received = False
+
+    def request(self) -> flow_service_pb2.WatchFlowRequest:
+        """The request that opens (or reopens) the stream at the current position."""
+        self.received = False
+        return _requests.watch_flow(
+            self.flow_id,
+            after_version=self.after_version,
+            keep_open=self.keep_open,
+            children_depth=self.children_depth,
+            include_dependencies=self.include_dependencies,
+            cursor=self.cursor,
+        )
+
+    def accept(self, response: flow_service_pb2.WatchFlowResponse) -> FlowEvent | None:
+        """The event to deliver for `response`, or None to drop it (a duplicate, a heartbeat)."""
+        self.received = True
+        if response.cursor:
+            self.cursor = response.cursor
+        event = FlowEvent._from_watch(response)
+        if event.kind == FlowEventKind.HEARTBEAT:
+            return event if self.include_heartbeats else None
+        last = self.versions.get(event.flow_id)
+        if last is not None and event.flow_version <= last:
+            return None
+        self.versions[event.flow_id] = event.flow_version
+        if event.flow_id == self.flow_id and FlowStatus(event.status).is_terminal:
+            self.terminal_seen = True
+        return event
+
+    #: The server ends the stream after the watched flow's terminal transaction (its
+    #: children's changes in it included): the iteration ends with the stream, not at the event.
+    done = False
+
+    def ended_for_good(self) -> bool:
+        """After a stream ended without error: True if there is nothing more to wait for."""
+        return (self.terminal_seen and not self.keep_open) or not self.received

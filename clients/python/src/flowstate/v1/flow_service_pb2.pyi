@@ -75,6 +75,38 @@ RECOVERY_ACTION_SKIP: RecoveryAction.ValueType  # 8
 """Skip an optional phase that failed (FAILED or RETRY_NEEDED -> SKIPPED)."""
 Global___RecoveryAction: _TypeAlias = RecoveryAction  # noqa: Y015
 
+class _WatchRelation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatchRelationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchRelation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATCH_RELATION_UNSPECIFIED: _WatchRelation.ValueType  # 0
+    """A plain WatchFlow stream (one flow)."""
+    WATCH_RELATION_SELF: _WatchRelation.ValueType  # 1
+    """The watched flow itself (also heartbeats)."""
+    WATCH_RELATION_DESCENDANT: _WatchRelation.ValueType  # 2
+    """One of its child flows, down to children_depth."""
+    WATCH_RELATION_DEPENDENCY: _WatchRelation.ValueType  # 3
+    """A flow one of its (or its descendants') phases depends on
+    (external_dependencies); only changes of the named phases are sent.
+    """
+
+class WatchRelation(_WatchRelation, metaclass=_WatchRelationEnumTypeWrapper):
+    """How an event's flow relates to the flow a WatchFlow stream watches."""
+
+WATCH_RELATION_UNSPECIFIED: WatchRelation.ValueType  # 0
+"""A plain WatchFlow stream (one flow)."""
+WATCH_RELATION_SELF: WatchRelation.ValueType  # 1
+"""The watched flow itself (also heartbeats)."""
+WATCH_RELATION_DESCENDANT: WatchRelation.ValueType  # 2
+"""One of its child flows, down to children_depth."""
+WATCH_RELATION_DEPENDENCY: WatchRelation.ValueType  # 3
+"""A flow one of its (or its descendants') phases depends on
+(external_dependencies); only changes of the named phases are sent.
+"""
+Global___WatchRelation: _TypeAlias = WatchRelation  # noqa: Y015
+
 class _BulkActionType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1747,6 +1779,9 @@ class WatchFlowRequest(_message.Message):
     FLOW_ID_FIELD_NUMBER: _builtins.int
     AFTER_VERSION_FIELD_NUMBER: _builtins.int
     KEEP_OPEN_FIELD_NUMBER: _builtins.int
+    CHILDREN_DEPTH_FIELD_NUMBER: _builtins.int
+    INCLUDE_DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow's id."""
     after_version: _builtins.int
@@ -1757,16 +1792,39 @@ class WatchFlowRequest(_message.Message):
     """Keep the stream open after the flow reaches a terminal status (it ends
     after the terminal event otherwise).
     """
+    children_depth: _builtins.int
+    """Also stream the changes of the flow's child flows down to this many levels
+    (0: none; at most 5, as GetFlow's children_depth), children created or
+    linked while the stream is open included (docs/child_flows.md, "Watching
+    a tree"). Such a stream follows the tenant's commit-ordered log: it starts
+    with a snapshot event per flow (the flow, its descendants, its
+    dependencies), every event carries `cursor`, and it resumes by `cursor`
+    instead of `after_version`. More than 500 flows in the tree:
+    MALFORMED_REQUEST (field children_depth).
+    """
+    include_dependencies: _builtins.bool
+    """Also stream the changes of the phases of other flows that this flow's
+    `external_dependencies` (and, with children_depth, its descendants') wait
+    for, as events with relation DEPENDENCY naming the waiting phases. Streams
+    like children_depth (snapshot, cursor).
+    """
+    cursor: _builtins.str
+    """Resume a stream opened with children_depth or include_dependencies after
+    this cursor (from a previous WatchFlowResponse). Not with after_version.
+    """
     def __init__(
         self,
         *,
         flow_id: _builtins.str = ...,
         after_version: _builtins.int | None = ...,
         keep_open: _builtins.bool = ...,
+        children_depth: _builtins.int = ...,
+        include_dependencies: _builtins.bool = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_version", b"_after_version", "after_version", b"after_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_version", b"_after_version", "after_version", b"after_version", "flow_id", b"flow_id", "keep_open", b"keep_open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_version", b"_after_version", "after_version", b"after_version", "children_depth", b"children_depth", "cursor", b"cursor", "flow_id", b"flow_id", "include_dependencies", b"include_dependencies", "keep_open", b"keep_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_version: _TypeAlias = _typing.Literal["after_version"]  # noqa: Y015
     _WhichOneofArgType__after_version: _TypeAlias = _typing.Literal["_after_version", b"_after_version"]  # noqa: Y015
@@ -1781,22 +1839,79 @@ class WatchFlowResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    RELATION_FIELD_NUMBER: _builtins.int
+    PARENT_FLOW_ID_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """With children_depth or include_dependencies: pass back as `cursor` to
+    resume after this event (empty on the snapshot events but the last one).
+    """
+    relation: Global___WatchRelation.ValueType
+    """With children_depth or include_dependencies: how the event's flow relates
+    to the watched flow (UNSPECIFIED on plain streams).
+    """
+    parent_flow_id: _builtins.str
+    """For DESCENDANT events: the parent of the event's flow."""
     @_builtins.property
     def event(self) -> Global___FlowEvent:
-        """The event."""
+        """The event; its `flow_id` says which flow it is about (the watched flow, a
+        descendant, or a dependency).
+        """
+
+    @_builtins.property
+    def waiting(self) -> _containers.RepeatedCompositeFieldContainer[Global___WaitingPhase]:
+        """For DEPENDENCY events: the phases (of the watched flow or its descendants)
+        that wait for the event's flow and phase (`change.phase`; every waiting
+        phase of the flow on a snapshot).
+        """
 
     def __init__(
         self,
         *,
         event: Global___FlowEvent | None = ...,
+        cursor: _builtins.str = ...,
+        relation: Global___WatchRelation.ValueType = ...,
+        parent_flow_id: _builtins.str = ...,
+        waiting: _abc.Iterable[Global___WaitingPhase] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event", "parent_flow_id", b"parent_flow_id", "relation", b"relation", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchFlowResponse: _TypeAlias = WatchFlowResponse  # noqa: Y015
+
+@_typing.final
+class WaitingPhase(_message.Message):
+    """A phase that waits for a phase of another flow (external_dependencies)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    FLOW_PHASE_FIELD_NUMBER: _builtins.int
+    flow_id: _builtins.str
+    """The waiting flow: the watched flow or one of its descendants."""
+    phase: _builtins.str
+    """Its waiting phase."""
+    flow_phase: _builtins.str
+    """The phase of the event's flow it waits for."""
+    def __init__(
+        self,
+        *,
+        flow_id: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        flow_phase: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_id", b"flow_id", "flow_phase", b"flow_phase", "phase", b"phase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitingPhase: _TypeAlias = WaitingPhase  # noqa: Y015
 
 @_typing.final
 class WatchFlowsRequest(_message.Message):

@@ -1,0 +1,368 @@
+"""WatchFlow of a tree (issue 21) at the hub level: children's and dependencies' events.
+
+A WatchFlow with `children_depth` or `include_dependencies` follows the tenant log: a snapshot
+event per flow, then every change of the flow, of its descendants down to the depth (children
+created or linked while the stream runs included) and of the phases its dependencies name, each
+with the cursor after it. Real PostgreSQL, real store, real LISTEN connection; the hub is read
+directly (no gRPC). The kill -9 resume case through a real server is in
+`test_watch_tree_restart.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import pytest
+
+from flowstate.core.commands import CancelFlow, TransitionPhase
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, ExternalDependency, FlowStatus, PhaseState, Tenant
+from flowstate.server.watch import FlowEventValue, WatchHub
+from flowstate.service import FlowService
+from flowstate.service.definitions import register_definition
+from flowstate.storage import FlowStore
+from flowstate.storage.changes import TenantLog
+
+from .support import ctx, next_change
+
+IN_PROGRESS, COMPLETED = PhaseState.IN_PROGRESS, PhaseState.COMPLETED
+
+LEAF = {
+    "name": "tree_leaf",
+    "phases": [{"name": "a", "weight": 50}, {"name": "b", "depends_on": ["a"], "weight": 50}],
+}
+MID = {
+    "name": "tree_mid",
+    "phases": [
+        {
+            "name": "x",
+            "weight": 50,
+            "kind": "child_flow",
+            "child_flow": {"definition": "tree_leaf"},
+        },
+        {"name": "y", "depends_on": ["x"], "weight": 50},
+    ],
+}
+TOP = {
+    "name": "tree_top",
+    "phases": [
+        {"name": "prep", "weight": 20},
+        {
+            "name": "m",
+            "depends_on": ["prep"],
+            "weight": 40,
+            "kind": "child_flow",
+            "child_flow": {"definition": "tree_mid"},
+        },
+        {
+            "name": "n",
+            "depends_on": ["prep"],
+            "weight": 40,
+            "kind": "child_flow",
+            "child_flow": {"definition": "tree_leaf", "on_parent_cancel": "cascade"},
+        },
+    ],
+}
+
+
+async def _definitions(store: FlowStore, tenant: Tenant) -> FlowService:
+    for document in (LEAF, MID, TOP):
+        await register_definition(store, tenant, document, ctx())
+    return FlowService(store)
+
+
+async def _create(service: FlowService, tenant: Tenant, name: str, **options: object) -> str:
+    result = await service.create_flow(tenant, definition_name=name, ctx=ctx(), **options)  # type: ignore[arg-type]
+    return result.flow.flow_id
+
+
+async def _move(
+    service: FlowService, tenant: Tenant, flow_id: str, phase: str, to: PhaseState
+) -> str:
+    """Move `phase`; returns the child it started following ("" when none)."""
+    result = await service.mutate(tenant, flow_id, TransitionPhase(phase, to), ctx())
+    return next((p.child_flow_id or "" for p in result.flow.phases if p.name == phase), "")
+
+
+def _tree(
+    hub: WatchHub,
+    tenant: Tenant,
+    flow_id: str,
+    *,
+    depth: int = 5,
+    dependencies: bool = False,
+    cursor: str = "",
+    keep_open: bool = True,
+) -> AsyncGenerator[FlowEventValue, None]:
+    return hub.watch_flow(
+        tenant,
+        flow_id,
+        after_version=None,
+        keep_open=keep_open,
+        children_depth=depth,
+        include_dependencies=dependencies,
+        cursor=cursor,
+    )
+
+
+async def _history(store: FlowStore, tenant: Tenant, *flow_ids: str) -> set[tuple[str, int]]:
+    """Every (flow, version) of the flows' history."""
+    return {
+        (flow_id, entry.flow_version)
+        for flow_id in flow_ids
+        for entry in await store.read_changes(tenant, flow_id, 0, 10_000)
+    }
+
+
+async def _changes_until(
+    stream: AsyncIterator[FlowEventValue], wanted: set[tuple[str, int]]
+) -> list[FlowEventValue]:
+    """Change events until every (flow, version) of `wanted` arrived (bounded per event)."""
+    got: list[FlowEventValue] = []
+    seen: set[tuple[str, int]] = set()
+    while not wanted <= seen:
+        event = await next_change(stream)
+        assert event.change is not None, event
+        got.append(event)
+        seen.add((event.flow_id, event.flow_version))
+    return got
+
+
+def _keys(events: list[FlowEventValue]) -> list[tuple[str, int]]:
+    return [(e.flow_id, e.flow_version) for e in events]
+
+
+async def test_snapshot_then_the_changes_of_children_created_after_the_start(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    stream = _tree(hub, tenant, top)
+    snapshot = await next_change(stream)
+    assert (snapshot.flow_id, snapshot.relation, snapshot.flow_version) == (top, "self", 1)
+    assert snapshot.snapshot is not None
+    assert snapshot.cursor  # the only (so the last) snapshot event carries the cursor
+
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    mid = await _move(service, tenant, top, "m", IN_PROGRESS)  # creates mid, in one transaction
+    leaf = await _move(service, tenant, mid, "x", IN_PROGRESS)  # creates a grandchild
+    await _move(service, tenant, leaf, "a", IN_PROGRESS)  # moves leaf, mid and top at once
+    wanted = await _history(store, tenant, top, mid, leaf) - {(top, 1)}
+    got = await _changes_until(stream, wanted)
+    assert sorted(_keys(got)) == sorted(wanted)  # each exactly once
+    for event in got:
+        assert event.cursor
+        if event.flow_id == top:
+            assert (event.relation, event.parent_flow_id) == ("self", "")
+        else:
+            expected_parent = top if event.flow_id == mid else mid
+            assert (event.relation, event.parent_flow_id) == ("descendant", expected_parent)
+    for flow_id in (top, mid, leaf):  # per flow in version order
+        versions = [e.flow_version for e in got if e.flow_id == flow_id]
+        assert versions == sorted(versions)
+    await stream.aclose()
+
+
+async def test_depth_limits_the_levels_and_snapshot_lists_existing_descendants(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    mid = await _move(service, tenant, top, "m", IN_PROGRESS)
+    leaf = await _move(service, tenant, mid, "x", IN_PROGRESS)
+
+    deep = _tree(hub, tenant, top, depth=2)
+    snapshots = [await next_change(deep) for _ in range(3)]
+    assert [(e.flow_id, e.relation, e.parent_flow_id) for e in snapshots] == [
+        (top, "self", ""),
+        (mid, "descendant", top),
+        (leaf, "descendant", mid),
+    ]
+    assert [bool(e.cursor) for e in snapshots] == [False, False, True]
+
+    shallow = _tree(hub, tenant, top, depth=1)
+    assert [(await next_change(shallow)).flow_id for _ in range(2)] == [top, mid]
+    await _move(service, tenant, leaf, "a", IN_PROGRESS)  # leaf, then mid, then top
+    leaf_version = (await store.get_flow(tenant, leaf)).version
+    mid_version = (await store.get_flow(tenant, mid)).version
+    top_version = (await store.get_flow(tenant, top)).version
+    deep_got = await _changes_until(deep, {(leaf, leaf_version), (top, top_version)})
+    shallow_got = await _changes_until(shallow, {(mid, mid_version), (top, top_version)})
+    assert (leaf, leaf_version) in _keys(deep_got)
+    assert all(e.flow_id != leaf for e in shallow_got)  # two levels down: not at depth 1
+    await deep.aclose()
+    await shallow.aclose()
+
+
+async def test_resume_by_cursor_loses_and_repeats_no_child_event(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    stream = _tree(hub, tenant, top)
+    first = await next_change(stream)
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
+    await _move(service, tenant, leaf, "a", IN_PROGRESS)
+    before = await _history(store, tenant, top, leaf) - {(top, 1)}
+    delivered = await _changes_until(stream, before)
+    await stream.aclose()  # the client goes away; a child is created and moves meanwhile
+    mid = await _move(service, tenant, top, "m", IN_PROGRESS)
+    await _move(service, tenant, leaf, "a", COMPLETED)
+    await _move(service, tenant, leaf, "b", IN_PROGRESS)
+
+    resumed = _tree(hub, tenant, top, cursor=delivered[-1].cursor)
+    everything = await _history(store, tenant, top, leaf, mid) - {(top, 1)}
+    rest = await _changes_until(resumed, everything - set(_keys(delivered)))
+    assert sorted(_keys(delivered) + _keys(rest)) == sorted(everything)
+    assert all(e.snapshot is None for e in rest)  # a resume sends no snapshot
+    assert first.snapshot is not None
+    await resumed.aclose()
+
+
+async def test_a_linked_flow_and_its_own_children_join_the_stream(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    loose = await _create(service, tenant, "tree_mid")  # a root with a child of its own
+    loose_leaf = await _move(service, tenant, loose, "x", IN_PROGRESS)
+    stream = _tree(hub, tenant, top)
+    assert (await next_change(stream)).flow_id == top
+
+    await service.link_child_flow(tenant, top, "m", loose, ctx())  # writes no entry of `loose`
+    await _move(service, tenant, loose_leaf, "a", IN_PROGRESS)  # the grandchild moves first
+    leaf_version = (await store.get_flow(tenant, loose_leaf)).version
+    got = await _changes_until(stream, {(loose_leaf, leaf_version)})
+    by_flow = {e.flow_id: e for e in got}
+    assert by_flow[loose_leaf].relation == "descendant"
+    assert by_flow[loose_leaf].parent_flow_id == loose
+    assert by_flow[loose].parent_flow_id == top  # mid follows its child: an entry of its own
+    await stream.aclose()
+
+
+async def test_dependency_changes_wake_the_dependent_and_resume_by_cursor(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    upstream = await _create(service, tenant, "tree_leaf")
+    dependent = await _create(
+        service,
+        tenant,
+        "discovery",
+        external_dependencies=(ExternalDependency("data_import", upstream, "b"),),
+    )
+    stream = _tree(hub, tenant, dependent, depth=0, dependencies=True)
+    own, other = await next_change(stream), await next_change(stream)
+    assert (own.flow_id, own.relation) == (dependent, "self")
+    assert (other.flow_id, other.relation) == (upstream, "dependency")
+    assert other.snapshot is not None
+    assert other.waiting == (ExternalDependency("data_import", dependent, "b"),)
+    assert other.cursor
+
+    await _move(service, tenant, upstream, "a", IN_PROGRESS)  # not the phase waited for
+    await _move(service, tenant, upstream, "a", COMPLETED)
+    await _move(service, tenant, upstream, "b", IN_PROGRESS)
+    woken = await next_change(stream)
+    assert woken.change is not None
+    assert (woken.flow_id, woken.relation, woken.change.phase) == (upstream, "dependency", "b")
+    assert woken.change.to_state is IN_PROGRESS
+    assert woken.waiting == (ExternalDependency("data_import", dependent, "b"),)
+    await stream.aclose()
+
+    await _move(service, tenant, upstream, "b", COMPLETED)  # while nobody watches
+    resumed = _tree(hub, tenant, dependent, depth=0, dependencies=True, cursor=woken.cursor)
+    done = await next_change(resumed)
+    assert done.change is not None
+    assert (done.flow_id, done.change.phase, done.change.to_state) == (upstream, "b", COMPLETED)
+    # Now the dependent's phase may start, and its own change follows on the same stream.
+    await _move(service, tenant, dependent, "data_import", IN_PROGRESS)
+    started = await next_change(resumed)
+    assert (started.flow_id, started.relation) == (dependent, "self")
+    await resumed.aclose()
+
+
+async def test_ends_after_the_terminal_transaction_with_the_cascaded_children(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
+    stream = _tree(hub, tenant, top, keep_open=False)
+    assert [(await next_change(stream)).flow_id for _ in range(2)] == [top, leaf]
+    await service.mutate(tenant, top, CancelFlow("stop"), ctx())  # cascades to the child
+    events = [event async for event in stream if event.heartbeat_at is None]
+    cancelled = {e.flow_id for e in events if e.status is FlowStatus.CANCELLED}
+    assert cancelled == {top, leaf}  # the child's cancel of that transaction too, then the end
+
+
+async def test_a_resume_of_a_finished_tree_sends_the_rest_then_ends(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
+    stream = _tree(hub, tenant, top, keep_open=False)
+    cursor = [(await next_change(stream)).cursor for _ in range(2)][-1]
+    await stream.aclose()
+    await service.mutate(tenant, top, CancelFlow("stop"), ctx())  # while nobody watches
+    resumed = _tree(hub, tenant, top, keep_open=False, cursor=cursor)
+    events = [event async for event in resumed if event.heartbeat_at is None]
+    assert {(e.flow_id, e.status) for e in events} >= {
+        (top, FlowStatus.CANCELLED),
+        (leaf, FlowStatus.CANCELLED),
+    }
+    assert all(e.snapshot is None for e in events)
+    again = _tree(hub, tenant, top, keep_open=False, cursor=events[-1].cursor)
+    assert [event async for event in again if event.heartbeat_at is None] == []
+
+
+async def test_tenancy_another_tenants_tree_is_not_found_and_never_streamed(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    stranger = Tenant(tenant.client_account_id, tenant.engagement_id + "-stranger")
+    service = await _definitions(store, tenant)
+    await _definitions(store, stranger)
+    top = await _create(service, tenant, "tree_top")
+    with pytest.raises(FlowStateError) as refused:
+        await next_change(_tree(hub, stranger, top))
+    assert refused.value.code is ErrorCode.FLOW_NOT_FOUND
+    # The same definitions in another tenant: its changes never reach our tree's stream.
+    theirs = await _create(service, stranger, "tree_top")
+    stream = _tree(hub, tenant, top)
+    assert (await next_change(stream)).flow_id == top
+    await _move(service, stranger, theirs, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    assert (await next_change(stream)).flow_id == top
+    await stream.aclose()
+
+
+async def test_a_tree_over_the_limit_is_refused_with_the_limit(
+    store: FlowStore, tenant: Tenant, database_url: str
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    await _move(service, tenant, top, "m", IN_PROGRESS)
+    log = await TenantLog.open(database_url)
+    try:
+        read = await log.tree(tenant, top, 5, dependencies=False, snapshot=True, limit=2)
+        assert len(read.flows) == 2
+        with pytest.raises(FlowStateError) as refused:
+            await log.tree(tenant, top, 5, dependencies=False, snapshot=True, limit=1)
+    finally:
+        await log.close()
+    assert refused.value.code is ErrorCode.MALFORMED_REQUEST
+    assert refused.value.details["field"] == "children_depth"
+    assert refused.value.details["tree_limit"] == 1
