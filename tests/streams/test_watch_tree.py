@@ -10,7 +10,8 @@ directly (no gRPC). The kill -9 resume case through a real server is in
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import pytest
 
@@ -23,7 +24,7 @@ from flowstate.service.definitions import register_definition
 from flowstate.storage import FlowStore
 from flowstate.storage.changes import TenantLog
 
-from .support import ctx, next_change
+from .support import ctx, next_change, next_event
 
 IN_PROGRESS, COMPLETED = PhaseState.IN_PROGRESS, PhaseState.COMPLETED
 
@@ -325,6 +326,25 @@ async def test_a_resume_of_a_finished_tree_sends_the_rest_then_ends(
     assert all(e.snapshot is None for e in events)
     again = _tree(hub, tenant, top, keep_open=False, cursor=events[-1].cursor)
     assert [event async for event in again if event.heartbeat_at is None] == []
+
+
+async def test_heartbeats_of_a_tree_stream_carry_a_cursor_that_resumes_exactly(
+    make_hub: Callable[..., asyncio.Future[WatchHub]], store: FlowStore, tenant: Tenant
+) -> None:
+    hub = await make_hub(heartbeat_interval=0.2)
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    stream = _tree(hub, tenant, top)
+    assert (await next_event(stream)).snapshot is not None
+    beat = await next_event(stream)
+    assert (beat.heartbeat_at is not None, beat.relation, beat.flow_id) == (True, "self", top)
+    assert beat.cursor
+    await stream.aclose()
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    resumed = _tree(hub, tenant, top, cursor=beat.cursor)
+    change = await next_change(resumed)
+    assert (change.flow_id, change.flow_version) == (top, 2)
+    await resumed.aclose()
 
 
 async def test_tenancy_another_tenants_tree_is_not_found_and_never_streamed(

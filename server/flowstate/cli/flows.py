@@ -189,6 +189,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--keep-open", action="store_true", help="keep following after the flow has ended"
     )
+    parser.add_argument(
+        "--children-depth",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also follow the flow's child flows down to N levels (1-5; each line names its "
+        "flow; resume with --cursor)",
+    )
+    parser.add_argument(
+        "--dependencies",
+        action="store_true",
+        help="also follow the phases of other flows that its external dependencies wait for",
+    )
+    parser.add_argument(
+        "--cursor",
+        metavar="CURSOR",
+        help="with --children-depth or --dependencies: resume after this cursor",
+    )
 
     parser = command(
         "watch-all",
@@ -856,10 +874,35 @@ def _watch_all(client: FlowstateClient, args: argparse.Namespace, output: _Outpu
 
 
 def _watch(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
-    events = client.watch(args.flow_id, after_version=args.after_version, keep_open=args.keep_open)
+    tree = bool(args.children_depth or args.dependencies)
+    events = client.watch(
+        args.flow_id,
+        after_version=args.after_version,
+        keep_open=args.keep_open,
+        children_depth=args.children_depth,
+        include_dependencies=args.dependencies,
+        cursor=args.cursor,
+    )
     for event in events:
-        if output.as_json:
+        if output.as_json and tree:  # the response as WatchFlow sends it, cursor included
+            response = flow_service_pb2.WatchFlowResponse(
+                event=event.raw,
+                cursor=event.cursor or "",
+                relation=flow_service_pb2.WatchRelation.ValueType(event.relation),
+                parent_flow_id=event.parent_flow_id or "",
+                waiting=[
+                    flow_service_pb2.WaitingPhase(
+                        flow_id=w.flow_id, phase=w.phase, flow_phase=w.flow_phase
+                    )
+                    for w in event.waiting
+                ],
+            )
+            output.event(json.dumps(_proto_json(response), separators=(",", ":")))
+        elif output.as_json:
             output.event(json.dumps(_proto_json(event.raw), separators=(",", ":")))
+        elif tree:
+            cursor = f"  cursor={event.cursor}" if event.cursor else ""
+            output.event(f"{event.flow_id}  {event.relation.name}  {_event_line(event)}{cursor}")
         else:
             output.event(_event_line(event))
     return EXIT_OK
