@@ -14,6 +14,8 @@
 #   make bench            benchmarks against the raw limits of the parts (~8 min; bench/README.md)
 #   make mutate           mutation testing of flowstate.core with mutmut (docs/testing.md; long)
 #   make mutate-sample    a fixed, seeded sample of those mutants (CI; a few minutes)
+#   make record-error-fixtures  record the SDK fakes' errors again from real servers
+#                         (tests/fixtures/errors; docs/testing.md)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -48,7 +50,8 @@ BREAKING_BASELINE_FILE := .ci/breaking-baseline
 # Python test directories that exist (an empty tests/ is not tracked by git).
 PYTEST_PATHS := $(wildcard tests clients/python/tests)
 
-.PHONY: help setup generate lint check-generated test serve bench mutate mutate-sample clean-tools
+.PHONY: help setup generate lint check-generated test serve bench mutate mutate-sample \
+	record-error-fixtures clean-tools
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -227,6 +230,12 @@ serve: setup
 
 bench: setup
 	$(VENV)/bin/python -m bench.run
+
+# The errors the TypeScript and Go SDK tests' fake servers replay, recorded from real servers;
+# tests/server/test_error_fixtures.py (part of `make test`) fails when they drift.
+record-error-fixtures: setup
+	FLOWSTATE_RECORD_ERROR_FIXTURES=1 $(VENV)/bin/pytest -p no:randomly \
+	  tests/server/test_error_fixtures.py::test_the_fixtures_are_what_the_server_sends
 
 # --- mutation testing (docs/testing.md) ----------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,12 +210,13 @@ async def _unix_proxy(socket_path: str) -> AsyncIterator[tuple[int, Callable[[],
 
 @contextlib.asynccontextmanager
 async def proxied_server(
-    database_url: str, tenant: Tenant
+    database_url: str, tenant: Tenant, *, interceptors: Sequence[Any] = ()
 ) -> AsyncIterator[tuple[Api, Callable[[], None]]]:
     """A server of its own whose database connections go through a proxy the test can cut.
 
-    Yields the tenant's API on that server and ``cut()``, which makes the database unreachable.
-    Needs the embedded PostgreSQL (a unix socket to put the proxy in front of).
+    Yields the tenant's API on that server (its channel with the client `interceptors`) and
+    ``cut()``, which makes the database unreachable. Needs the embedded PostgreSQL (a unix
+    socket to put the proxy in front of).
     """
     url = make_url(database_url)
     host = url.query.get("host")
@@ -229,7 +230,7 @@ async def proxied_server(
         try:
             async with (
                 serve_in_process(proxied_url, store=store) as server,
-                server.channel() as channel,
+                grpc.aio.insecure_channel(server.address, interceptors=interceptors) as channel,
             ):
                 stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
                 yield Api(stub, server.mint, tenant), cut

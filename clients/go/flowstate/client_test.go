@@ -5,10 +5,13 @@ package flowstate_test
 // against the real server is in e2e_test.go.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -17,10 +20,12 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"flowstate.dev/client/flowstate"
 	flowstatev1 "flowstate.dev/client/gen/flowstate/v1"
@@ -54,16 +59,17 @@ func newTestClient(t *testing.T, address string, options ...flowstate.Option) *f
 	return client
 }
 
-func unavailable() error {
-	return refusal(codes.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "database unreachable", &flowstatev1.FlowError{RetryAllowed: true})
+// unavailable is what a server whose database is unreachable answers (recorded).
+func unavailable(ctx context.Context) error {
+	return recorded(ctx, "temporary_resource_unavailable")
 }
 
 func TestTokenSourceIsAskedOnEveryAttempt(t *testing.T) {
 	attempts := 0
-	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+	server := (&fakeServer{getFlow: func(ctx context.Context, _ *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
 		attempts++
 		if attempts < 3 {
-			return nil, unavailable()
+			return nil, unavailable(ctx)
 		}
 		return &flowstatev1.GetFlowResponse{Flow: &flowstatev1.Flow{FlowId: "f1"}}, nil
 	}}).serve(t, "")
@@ -88,12 +94,12 @@ func TestMutationGetsOneRequestIDReusedOnRetries(t *testing.T) {
 	var mu sync.Mutex
 	var ids []string
 	server := (&fakeServer{
-		transitionPhase: func(_ context.Context, req *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error) {
+		transitionPhase: func(ctx context.Context, req *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			ids = append(ids, req.GetRequestId())
 			if len(ids) < 3 {
-				return nil, unavailable()
+				return nil, unavailable(ctx)
 			}
 			return &flowstatev1.TransitionPhaseResponse{Flow: &flowstatev1.Flow{Version: 2}}, nil
 		},
@@ -131,12 +137,12 @@ func TestRateLimitedCallIsRetriedWithTheSameRequestID(t *testing.T) {
 	var mu sync.Mutex
 	var ids []string
 	server := (&fakeServer{
-		transitionPhase: func(_ context.Context, req *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error) {
+		transitionPhase: func(ctx context.Context, req *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			ids = append(ids, req.GetRequestId())
 			if len(ids) == 1 {
-				return nil, refusal(codes.ResourceExhausted, "RATE_LIMITED", "slow down", &flowstatev1.FlowError{RetryAllowed: true})
+				return nil, recorded(ctx, "rate_limited")
 			}
 			return &flowstatev1.TransitionPhaseResponse{Flow: &flowstatev1.Flow{Version: 2}}, nil
 		},
@@ -153,14 +159,9 @@ func TestRateLimitedCallIsRetriedWithTheSameRequestID(t *testing.T) {
 
 func TestRefusalIsNotRetriedAndIsDecoded(t *testing.T) {
 	calls := 0
-	server := (&fakeServer{transitionPhase: func(context.Context, *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error) {
+	server := (&fakeServer{transitionPhase: func(ctx context.Context, _ *flowstatev1.TransitionPhaseRequest) (*flowstatev1.TransitionPhaseResponse, error) {
 		calls++
-		return nil, refusal(codes.FailedPrecondition, "INVALID_PHASE_TRANSITION", "cannot go from NOT_STARTED to COMPLETED", &flowstatev1.FlowError{
-			Phase:            "data_import",
-			ValidTransitions: []flowstatev1.PhaseState{flowstatev1.PhaseState_PHASE_STATE_IN_PROGRESS},
-			Details:          mustStruct(map[string]any{"valid_transitions": []any{"IN_PROGRESS"}, "phase": "data_import"}),
-			CorrelationId:    "corr-42",
-		})
+		return nil, recorded(ctx, "invalid_phase_transition")
 	}}).serve(t, "")
 	client := newTestClient(t, server.address)
 	_, err := client.TransitionPhase(testContext(t), &flowstatev1.TransitionPhaseRequest{FlowId: "f1", Phase: "data_import", TargetState: flowstatev1.PhaseState_PHASE_STATE_COMPLETED})
@@ -177,13 +178,15 @@ func TestRefusalIsNotRetriedAndIsDecoded(t *testing.T) {
 	if !errors.As(err, &fe) {
 		t.Fatalf("not a *flowstate.Error: %T", err)
 	}
-	if fe.Code != flowstate.CodeInvalidPhaseTransition || fe.GRPCCode != codes.FailedPrecondition || fe.Message != "cannot go from NOT_STARTED to COMPLETED" {
+	// What the real server said (tests/fixtures/errors/invalid_phase_transition.json).
+	const message = "Cannot transition phase 'data_import' from 'not_started' to 'completed'"
+	if fe.Code != flowstate.CodeInvalidPhaseTransition || fe.GRPCCode != codes.FailedPrecondition || fe.Message != message {
 		t.Fatalf("decoded %+v", fe)
 	}
 	if got := fe.ValidTransitions(); !slices.Equal(got, []flowstatev1.PhaseState{flowstatev1.PhaseState_PHASE_STATE_IN_PROGRESS}) {
 		t.Fatalf("ValidTransitions = %v", got)
 	}
-	if fe.Phase() != "data_import" || fe.CorrelationID != "corr-42" || fe.RetryAllowed || fe.FlowError == nil || fe.ErrorInfo == nil {
+	if fe.Phase() != "data_import" || fe.CorrelationID != "fixture-correlation-id" || fe.RetryAllowed || fe.FlowError == nil || fe.ErrorInfo == nil {
 		t.Fatalf("decoded %+v", fe)
 	}
 	if status.Code(err) != codes.FailedPrecondition {
@@ -193,9 +196,9 @@ func TestRefusalIsNotRetriedAndIsDecoded(t *testing.T) {
 	var decoded map[string]any
 	_ = json.Unmarshal(encoded, &decoded)
 	want := map[string]any{
-		"code": "INVALID_PHASE_TRANSITION", "grpcCode": "FAILED_PRECONDITION", "message": "cannot go from NOT_STARTED to COMPLETED",
-		"details": map[string]any{"valid_transitions": []any{"IN_PROGRESS"}, "phase": "data_import"}, "retryAllowed": false,
-		"correlationId": "corr-42", "phase": "data_import",
+		"code": "INVALID_PHASE_TRANSITION", "grpcCode": "FAILED_PRECONDITION", "message": message,
+		"details":      map[string]any{"phase": "data_import", "from_state": "not_started", "to_state": "completed", "valid_transitions": []any{"in_progress"}},
+		"retryAllowed": false, "correlationId": "fixture-correlation-id", "phase": "data_import",
 	}
 	if got, _ := json.Marshal(decoded); string(got) != mustJSON(want) {
 		t.Fatalf("JSON = %s, want %s", got, mustJSON(want))
@@ -212,9 +215,9 @@ func mustJSON(value any) string {
 
 func TestGivesUpAfterMaxAttempts(t *testing.T) {
 	calls := 0
-	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+	server := (&fakeServer{getFlow: func(ctx context.Context, _ *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
 		calls++
-		return nil, unavailable()
+		return nil, unavailable(ctx)
 	}}).serve(t, "")
 	client := newTestClient(t, server.address, flowstate.WithRetryPolicy(fastRetry(4)))
 	_, err := client.GetFlow(testContext(t), &flowstatev1.GetFlowRequest{FlowId: "f1"})
@@ -278,9 +281,9 @@ func TestMutationRetriedAfterTheConnectionBrokeMidCall(t *testing.T) {
 
 func TestCancelledContextStopsRetrying(t *testing.T) {
 	var calls atomic.Int32
-	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+	server := (&fakeServer{getFlow: func(ctx context.Context, _ *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
 		calls.Add(1)
-		return nil, unavailable()
+		return nil, unavailable(ctx)
 	}}).serve(t, "")
 	// Signalled once the first attempt's answer is back in the client: it is then in its backoff.
 	attemptDone := make(chan struct{}, 1)
@@ -353,45 +356,73 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestErrorDecoding(t *testing.T) {
+	// Each case's error as the real server sent it (tests/fixtures/errors), or, for the last,
+	// a bare status (what a proxy or a crashed handler may send).
+	fixture := func(name string) func(context.Context) error {
+		return func(ctx context.Context) error { return recorded(ctx, name) }
+	}
 	cases := []struct {
 		name  string
-		err   error
+		err   func(context.Context) error
 		is    []error
 		check func(t *testing.T, fe *flowstate.Error)
 	}{
-		{"PHASE_ORDER_VIOLATION", refusal(codes.FailedPrecondition, "PHASE_ORDER_VIOLATION", "blocked", &flowstatev1.FlowError{BlockingPhases: []string{"data_import"}}),
+		{"PHASE_ORDER_VIOLATION", fixture("phase_order_violation"),
 			[]error{flowstate.ErrPhaseOrderViolation, flowstate.ErrFailedPrecondition},
 			func(t *testing.T, fe *flowstate.Error) {
 				if !slices.Equal(fe.BlockingPhases(), []string{"data_import"}) {
 					t.Fatal(fe.BlockingPhases())
 				}
 			}},
-		{"VERSION_CONFLICT", refusal(codes.Aborted, "VERSION_CONFLICT", "stale", &flowstatev1.FlowError{CurrentVersion: 7}),
+		{"VERSION_CONFLICT", fixture("version_conflict"),
 			[]error{flowstate.ErrVersionConflict, flowstate.ErrAborted},
 			func(t *testing.T, fe *flowstate.Error) {
-				if v, ok := fe.CurrentVersion(); !ok || v != 7 {
+				if v, ok := fe.CurrentVersion(); !ok || v != 2 {
 					t.Fatal(v, ok)
 				}
 			}},
-		{"FLOW_NOT_FOUND", refusal(codes.NotFound, "FLOW_NOT_FOUND", "no such flow", nil), []error{flowstate.ErrFlowNotFound, flowstate.ErrNotFound}, nil},
-		{"UNAUTHENTICATED", refusal(codes.Unauthenticated, "UNAUTHENTICATED", "bad token", nil), []error{flowstate.ErrUnauthenticated}, nil},
-		{"PERMISSION_DENIED", refusal(codes.PermissionDenied, "PERMISSION_DENIED", "read only", nil), []error{flowstate.ErrPermissionDenied}, nil},
-		{"MALFORMED_REQUEST", refusal(codes.InvalidArgument, "MALFORMED_REQUEST", "bad id", nil, &errdetails.BadRequest_FieldViolation{Field: "flow_id", Description: "not a UUID"}),
+		{"FLOW_NOT_FOUND", fixture("flow_not_found"), []error{flowstate.ErrFlowNotFound, flowstate.ErrNotFound}, nil},
+		{"UNAUTHENTICATED", fixture("unauthenticated"), []error{flowstate.ErrUnauthenticated},
+			func(t *testing.T, fe *flowstate.Error) {
+				if fe.Message != "missing bearer token (authorization: Bearer <token>)" {
+					t.Fatal(fe.Message)
+				}
+			}},
+		{"PERMISSION_DENIED", fixture("permission_denied"), []error{flowstate.ErrPermissionDenied}, nil},
+		{"MALFORMED_REQUEST", fixture("malformed_request"),
 			[]error{flowstate.ErrMalformedRequest, flowstate.ErrInvalidArgument},
 			func(t *testing.T, fe *flowstate.Error) {
-				if len(fe.FieldViolations) != 1 || fe.FieldViolations[0].GetField() != "flow_id" {
+				if len(fe.FieldViolations) != 1 || fe.FieldViolations[0].GetField() != "flow_id" || fe.FieldViolations[0].GetDescription() != "must be a UUID (8-4-4-4-12 hex digits)" {
 					t.Fatal(fe.FieldViolations)
 				}
 			}},
-		{"SERVER_SHUTTING_DOWN", refusal(codes.Unavailable, "SERVER_SHUTTING_DOWN", "bye", &flowstatev1.FlowError{RetryAllowed: true}), []error{flowstate.ErrServerShuttingDown, flowstate.ErrUnavailable}, nil},
-		{"MAX_RETRIES_EXCEEDED", refusal(codes.FailedPrecondition, "MAX_RETRIES_EXCEEDED", "no more", &flowstatev1.FlowError{AttemptsRemaining: new(int32), Recovery: []string{"rollback", "cancel"}}),
+		{"INVALID_PHASE", fixture("invalid_phase"), []error{flowstate.ErrInvalidPhase, flowstate.ErrInvalidArgument}, nil},
+		{"SERVER_SHUTTING_DOWN", fixture("server_shutting_down"), []error{flowstate.ErrServerShuttingDown, flowstate.ErrUnavailable},
+			func(t *testing.T, fe *flowstate.Error) {
+				if !fe.RetryAllowed || fe.RetryDelay != time.Second { // the server asks for a second
+					t.Fatal(fe.RetryAllowed, fe.RetryDelay)
+				}
+			}},
+		{"RATE_LIMITED", fixture("rate_limited"), []error{flowstate.ErrRateLimited},
+			func(t *testing.T, fe *flowstate.Error) {
+				if !fe.RetryAllowed || fe.RetryDelay != time.Second {
+					t.Fatal(fe.RetryAllowed, fe.RetryDelay)
+				}
+			}},
+		{"MAX_RETRIES_EXCEEDED", fixture("max_retries_exceeded"),
 			[]error{flowstate.ErrMaxRetriesExceeded},
 			func(t *testing.T, fe *flowstate.Error) {
-				if n, ok := fe.AttemptsRemaining(); !ok || n != 0 || !slices.Equal(fe.Recovery(), []string{"rollback", "cancel"}) {
+				if n, ok := fe.AttemptsRemaining(); !ok || n != 0 || !slices.Equal(fe.Recovery(), []string{"abandon", "cancel"}) {
 					t.Fatal(n, ok, fe.Recovery())
 				}
 			}},
-		{"a status without details", status.Error(codes.Internal, "boom"), []error{flowstate.ErrInternal},
+		{"an unknown reason falls back to the gRPC code", fixture("unknown_reason"), []error{flowstate.ErrFailedPrecondition},
+			func(t *testing.T, fe *flowstate.Error) {
+				if errors.Is(fe, flowstate.ErrInvalidPhaseTransition) || fe.Message != "Cannot transition phase 'data_import' from 'not_started' to 'completed'" {
+					t.Fatal(fe)
+				}
+			}},
+		{"a status without details", func(context.Context) error { return status.Error(codes.Internal, "boom") }, []error{flowstate.ErrInternal},
 			func(t *testing.T, fe *flowstate.Error) {
 				if fe.Code != flowstate.CodeInternal || fe.FlowError != nil {
 					t.Fatal(fe)
@@ -400,8 +431,8 @@ func TestErrorDecoding(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
-				return nil, c.err
+			server := (&fakeServer{getFlow: func(ctx context.Context, _ *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+				return nil, c.err(ctx)
 			}}).serve(t, "")
 			_, err := newTestClient(t, server.address, flowstate.WithRetryPolicy(flowstate.NoRetry())).GetFlow(testContext(t), &flowstatev1.GetFlowRequest{FlowId: "f1"})
 			for _, target := range c.is {
@@ -459,11 +490,11 @@ func TestWatchResumesWithoutDuplicates(t *testing.T) {
 			_ = stream.Send(snapshotEvent(1, flowstatev1.FlowStatus_FLOW_STATUS_INITIALIZED))
 			_ = stream.Send(changeEvent(2, active))
 			_ = stream.Send(changeEvent(3, active))
-			return refusal(codes.Unavailable, "SERVER_SHUTTING_DOWN", "draining", &flowstatev1.FlowError{RetryAllowed: true})
+			return recorded(stream.Context(), "server_shutting_down")
 		case 2:
 			_ = stream.Send(changeEvent(3, active)) // replayed again: must not be yielded twice
 			_ = stream.Send(changeEvent(4, active))
-			return refusal(codes.ResourceExhausted, "SUBSCRIBER_TOO_SLOW", "too slow", nil)
+			return recorded(stream.Context(), "subscriber_too_slow")
 		default:
 			_ = stream.Send(heartbeatEvent())
 			_ = stream.Send(changeEvent(5, flowstatev1.FlowStatus_FLOW_STATUS_COMPLETED))
@@ -525,8 +556,8 @@ func TestWatchOptions(t *testing.T) {
 }
 
 func TestWatchEndsWithARefusal(t *testing.T) {
-	server := (&fakeServer{watchFlow: func(*flowstatev1.WatchFlowRequest, grpc.ServerStreamingServer[flowstatev1.WatchFlowResponse]) error {
-		return refusal(codes.NotFound, "FLOW_NOT_FOUND", "no such flow", nil)
+	server := (&fakeServer{watchFlow: func(_ *flowstatev1.WatchFlowRequest, stream grpc.ServerStreamingServer[flowstatev1.WatchFlowResponse]) error {
+		return recorded(stream.Context(), "flow_not_found")
 	}}).serve(t, "")
 	_, err := collect(newTestClient(t, server.address).Watch(testContext(t), "f1"), 10)
 	if !errors.Is(err, flowstate.ErrFlowNotFound) {
@@ -642,7 +673,7 @@ func TestWatchFlowsResumesByCursor(t *testing.T) {
 		if n == 1 {
 			send("a", 1)
 			send("b", 1)
-			return refusal(codes.Unavailable, "SERVER_SHUTTING_DOWN", "draining", nil)
+			return recorded(stream.Context(), "server_shutting_down")
 		}
 		send("b", 1)
 		send("a", 2)
@@ -702,7 +733,7 @@ func TestCloseEndsOpenWatches(t *testing.T) {
 		},
 		watchFlows: func(_ *flowstatev1.WatchFlowsRequest, stream grpc.ServerStreamingServer[flowstatev1.WatchFlowsResponse]) error {
 			_ = stream.Send(&flowstatev1.WatchFlowsResponse{Event: changeEvent(1, flowstatev1.FlowStatus_FLOW_STATUS_DATA_GATHERING).GetEvent(), Cursor: "c1"})
-			return unavailable() // then a 60 s wait before reconnecting
+			return unavailable(stream.Context()) // then a 60 s wait before reconnecting
 		},
 	}).serve(t, "")
 	slow := flowstate.RetryPolicy{MaxAttempts: -1, InitialBackoff: time.Minute, MaxBackoff: time.Minute, Deadline: 10 * time.Minute}
@@ -782,9 +813,9 @@ func TestErrorUnwrapsToTheContextError(t *testing.T) {
 
 func TestCallRetryOverridesThePolicyForOneCall(t *testing.T) {
 	attempts := 0
-	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+	server := (&fakeServer{getFlow: func(ctx context.Context, _ *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
 		attempts++
-		return nil, unavailable()
+		return nil, unavailable(ctx)
 	}}).serve(t, "")
 	client := newTestClient(t, server.address)
 	_, err := client.GetFlow(testContext(t), &flowstatev1.GetFlowRequest{FlowId: "f1"}, flowstate.CallRetry(flowstate.NoRetry()))
@@ -854,5 +885,41 @@ func TestClientHeaderAndEnvironment(t *testing.T) {
 	}
 	if _, err := flowstate.NewClient(server.address, flowstate.WithoutEnvironment()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The fake replays every recorded error exactly: a plain gRPC client receives the recorded
+// status (re-marshalled, the same bytes as grpc-status-details-bin in the file) and trailers.
+func TestFakeReplaysTheRecordedErrorsByteForByte(t *testing.T) {
+	entries, err := os.ReadDir(filepath.Join("..", "..", "..", "tests", "fixtures", "errors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, entry := range entries {
+		name := strings.TrimSuffix(entry.Name(), ".json")
+		t.Run(name, func(t *testing.T) {
+			server := (&fakeServer{getFlow: func(ctx context.Context, _ *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
+				return nil, recorded(ctx, name)
+			}}).serve(t, "")
+			conn, err := grpc.NewClient(server.address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = conn.Close() }()
+			var trailer metadata.MD
+			_, err = flowstatev1.NewFlowStateServiceClient(conn).GetFlow(testContext(t), &flowstatev1.GetFlowRequest{FlowId: "f1"}, grpc.Trailer(&trailer))
+			fixture := loadErrorFixture(name)
+			st := status.Convert(err)
+			received, marshalErr := proto.MarshalOptions{Deterministic: true}.Marshal(st.Proto())
+			if marshalErr != nil {
+				t.Fatal(marshalErr)
+			}
+			if st.Code() != fixture.GRPCStatus || st.Message() != fixture.Message || !bytes.Equal(received, fixture.DetailsBin) {
+				t.Fatalf("received %v %q %x, recorded %v %q %x", st.Code(), st.Message(), received, fixture.GRPCStatus, fixture.Message, fixture.DetailsBin)
+			}
+			if got := trailer.Get("x-correlation-id"); !slices.Equal(got, []string{fixture.Trailers["x-correlation-id"]}) {
+				t.Fatalf("x-correlation-id = %v", got)
+			}
+		})
 	}
 }

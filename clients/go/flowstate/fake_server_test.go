@@ -8,19 +8,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/protoadapt"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	flowstatev1 "flowstate.dev/client/gen/flowstate/v1"
 )
@@ -115,46 +114,48 @@ func (f *fakeServer) serve(t *testing.T, address string) *fakeServer {
 // kill closes every connection at once (like a crashed server).
 func (f *fakeServer) kill() { f.grpc.Stop() }
 
-// refusal builds a rich Flowstate status the way the real server does: ErrorInfo, FlowError,
-// RetryInfo when retryable, BadRequest for field violations.
-func refusal(code codes.Code, reason string, message string, flowError *flowstatev1.FlowError, violations ...*errdetails.BadRequest_FieldViolation) error {
-	if flowError == nil {
-		flowError = &flowstatev1.FlowError{}
-	}
-	flowError = proto.Clone(flowError).(*flowstatev1.FlowError)
-	flowError.ErrorCode = flowstatev1.ErrorCode(flowstatev1.ErrorCode_value["ERROR_CODE_"+reason])
-	flowError.Message = message
-	if flowError.CorrelationId == "" {
-		flowError.CorrelationId = "corr-1"
-	}
-	metadata := map[string]string{"correlation_id": flowError.CorrelationId}
-	for key, value := range flowError.GetDetails().AsMap() {
-		encoded, _ := json.Marshal(value)
-		metadata[key] = string(encoded)
-	}
-	details := []protoadapt.MessageV1{
-		protoadapt.MessageV1Of(&errdetails.ErrorInfo{Reason: reason, Domain: "flowstate.v1", Metadata: metadata}),
-		protoadapt.MessageV1Of(flowError),
-	}
-	if flowError.RetryAllowed {
-		details = append(details, protoadapt.MessageV1Of(&errdetails.RetryInfo{RetryDelay: durationpb.New(0)}))
-	}
-	if len(violations) > 0 {
-		details = append(details, protoadapt.MessageV1Of(&errdetails.BadRequest{FieldViolations: violations}))
-	}
-	st, err := status.New(code, message).WithDetails(details...)
-	if err != nil {
-		panic(fmt.Sprintf("WithDetails: %v", err))
-	}
-	return st.Err()
+// errorFixture is one file of tests/fixtures/errors: an error as a real server sent it,
+// recorded by tests/server/error_fixtures.py (tests/server/test_error_fixtures.py fails when
+// the server's errors drift from the files).
+type errorFixture struct {
+	Name       string            `json:"name"`
+	GRPCStatus codes.Code        `json:"grpc-status"`
+	Message    string            `json:"grpc-message"`
+	DetailsBin []byte            `json:"grpc-status-details-bin"` // base64 in the file
+	Trailers   map[string]string `json:"trailers"`
 }
 
-func mustStruct(values map[string]any) *structpb.Struct {
-	s, err := structpb.NewStruct(values)
+func loadErrorFixture(name string) errorFixture {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "..", "tests", "fixtures", "errors", name+".json"))
 	if err != nil {
-		panic(err)
+		panic(fmt.Sprintf("error fixture %s: %v", name, err))
 	}
-	return s
+	var fixture errorFixture
+	if err := json.Unmarshal(raw, &fixture); err != nil {
+		panic(fmt.Sprintf("error fixture %s: %v", name, err))
+	}
+	return fixture
+}
+
+// recorded returns the recorded error `name` for a fake handler to return, and sets its
+// trailers on the call of ctx: grpc-go then sends the recorded grpc-status, grpc-message and
+// grpc-status-details-bin (the recorded google.rpc.Status, re-marshalled to the same bytes).
+// Nothing is built by hand.
+func recorded(ctx context.Context, name string) error {
+	fixture := loadErrorFixture(name)
+	st := &spb.Status{}
+	if err := proto.Unmarshal(fixture.DetailsBin, st); err != nil {
+		panic(fmt.Sprintf("error fixture %s: %v", name, err))
+	}
+	if codes.Code(st.GetCode()) != fixture.GRPCStatus || st.GetMessage() != fixture.Message {
+		panic(fmt.Sprintf("error fixture %s: its status line and its details disagree", name))
+	}
+	if ctx != nil {
+		if err := grpc.SetTrailer(ctx, metadata.New(fixture.Trailers)); err != nil {
+			panic(fmt.Sprintf("SetTrailer: %v", err))
+		}
+	}
+	return status.FromProto(st).Err()
 }
 
 func changeEvent(version int64, status flowstatev1.FlowStatus) *flowstatev1.WatchFlowResponse {

@@ -29,6 +29,9 @@ import {
   UnavailableError,
   VersionConflictError,
   FailedPreconditionError,
+  InvalidPhaseError,
+  MaxRetriesExceededError,
+  RateLimitedError,
   type FlowEvent,
   type FlowstateClient,
   type FlowstateClientOptions,
@@ -37,7 +40,8 @@ import {
   VERSION,
   withEnvironment,
 } from "../src/index.js";
-import { flowstateError, startFakeServer, type FakeServer } from "./support/fake-server.js";
+import { ERROR_FIXTURES, errorFixture, recordedError, recordedStatusBytes } from "./support/error-fixtures.js";
+import { startFakeServer, type FakeServer } from "./support/fake-server.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const FAST_RETRY = { initialBackoffMs: 1, maxBackoffMs: 5, jitter: 0 };
@@ -90,7 +94,7 @@ describe("unary calls", () => {
     const server = await serve({
       getFlow() {
         attempts += 1;
-        if (attempts < 3) throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down", { retryAllowed: true });
+        if (attempts < 3) throw recordedError("temporary_resource_unavailable");
         return { flow: { flowId: "f1" } };
       },
     });
@@ -109,7 +113,7 @@ describe("unary calls", () => {
     const server = await serve({
       transitionPhase(request) {
         ids.push(request.requestId);
-        if (ids.length < 3) throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down", { retryAllowed: true });
+        if (ids.length < 3) throw recordedError("temporary_resource_unavailable");
         return { flow: { flowId: request.flowId, version: 2n } };
       },
       createFlow(request) {
@@ -136,7 +140,7 @@ describe("unary calls", () => {
       transitionPhase(request) {
         ids.push(request.requestId);
         if (ids.length === 1) {
-          throw flowstateError(Code.ResourceExhausted, "RATE_LIMITED", "slow down", { retryAllowed: true }, { retryDelaySeconds: 0 });
+          throw recordedError("rate_limited");
         }
         return { flow: { flowId: request.flowId, version: 2n } };
       },
@@ -152,12 +156,7 @@ describe("unary calls", () => {
     const server = await serve({
       transitionPhase() {
         calls += 1;
-        throw flowstateError(Code.FailedPrecondition, "INVALID_PHASE_TRANSITION", "cannot go from NOT_STARTED to COMPLETED", {
-          phase: "data_import",
-          validTransitions: [PhaseState.IN_PROGRESS],
-          details: { valid_transitions: ["IN_PROGRESS"], phase: "data_import" },
-          correlationId: "corr-42",
-        });
+        throw recordedError("invalid_phase_transition");
       },
     });
     const client = clientFor(server);
@@ -169,23 +168,27 @@ describe("unary calls", () => {
     assert.ok(err instanceof FailedPreconditionError);
     assert.ok(err instanceof FlowstateError);
     assert.ok(isFlowstateError(err));
+    // What the real server said (tests/fixtures/errors/invalid_phase_transition.json).
+    const message = "Cannot transition phase 'data_import' from 'not_started' to 'completed'";
+    const details = { phase: "data_import", from_state: "not_started", to_state: "completed", valid_transitions: ["in_progress"] };
     assert.equal(err.code, "INVALID_PHASE_TRANSITION");
     assert.equal(err.grpcCode, Code.FailedPrecondition);
     assert.equal(err.grpcCodeName, "FAILED_PRECONDITION");
-    assert.equal(err.message, "cannot go from NOT_STARTED to COMPLETED");
+    assert.equal(err.message, message);
     assert.deepEqual(err.validTransitions, [PhaseState.IN_PROGRESS]);
     assert.equal(err.phase, "data_import");
-    assert.equal(err.correlationId, "corr-42");
+    assert.equal(err.correlationId, "fixture-correlation-id");
     assert.equal(err.retryAllowed, false);
-    assert.deepEqual(err.details, { valid_transitions: ["IN_PROGRESS"], phase: "data_import" });
+    assert.equal(err.retryDelayMs, undefined);
+    assert.deepEqual(err.details, details);
     assert.equal(err.name, "InvalidPhaseTransitionError");
     assert.deepEqual(err.toJSON(), {
       code: "INVALID_PHASE_TRANSITION",
       grpcCode: "FAILED_PRECONDITION",
-      message: "cannot go from NOT_STARTED to COMPLETED",
-      details: { valid_transitions: ["IN_PROGRESS"], phase: "data_import" },
+      message,
+      details,
       retryAllowed: false,
-      correlationId: "corr-42",
+      correlationId: "fixture-correlation-id",
       phase: "data_import",
     });
   });
@@ -195,7 +198,7 @@ describe("unary calls", () => {
     const server = await serve({
       getFlow() {
         calls += 1;
-        throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down", { retryAllowed: true }, { retryDelaySeconds: 0 });
+        throw recordedError("temporary_resource_unavailable");
       },
     });
     const client = clientFor(server, { retry: { ...FAST_RETRY, maxAttempts: 4 } });
@@ -203,7 +206,7 @@ describe("unary calls", () => {
       assert.ok(err instanceof UnavailableError);
       assert.equal(err.code, "TEMPORARY_RESOURCE_UNAVAILABLE");
       assert.equal(err.retryAllowed, true);
-      assert.equal(err.retryDelayMs, 0);
+      assert.equal(err.retryDelayMs, 1_000); // the server's RetryInfo: a second at least
       return true;
     });
     assert.equal(calls, 4);
@@ -214,7 +217,7 @@ describe("unary calls", () => {
     const server = await serve({
       getFlow() {
         calls += 1;
-        throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down");
+        throw recordedError("temporary_resource_unavailable");
       },
     });
     await assert.rejects(clientFor(server, { retry: false }).getFlow({ flowId: "f1" }), UnavailableError);
@@ -273,7 +276,7 @@ describe("unary calls", () => {
       getFlow() {
         calls += 1;
         setImmediate(() => controller.abort(new Error("caller gave up")));
-        throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down");
+        throw recordedError("temporary_resource_unavailable");
       },
     });
     const client = clientFor(server, { retry: { initialBackoffMs: 600_000, maxBackoffMs: 600_000, maxAttempts: 5, deadlineMs: 3_600_000 } });
@@ -286,7 +289,7 @@ describe("unary calls", () => {
     const server = await serve({
       async getFlow(_request, context) {
         calls += 1;
-        if (calls === 1) throw flowstateError(Code.Unavailable, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down");
+        if (calls === 1) throw recordedError("temporary_resource_unavailable");
         await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
         return {};
       },
@@ -348,42 +351,76 @@ describe("error decoding", () => {
   }> = [
     {
       name: "PHASE_ORDER_VIOLATION",
-      error: () =>
-        flowstateError(Code.FailedPrecondition, "PHASE_ORDER_VIOLATION", "blocked", {
-          blockingPhases: ["data_import"],
-          details: { blocking_phases: ["data_import"] },
-        }),
+      error: () => recordedError("phase_order_violation"),
       cls: PhaseOrderViolationError,
       check: (err) => assert.deepEqual((err as PhaseOrderViolationError).blockingPhases, ["data_import"]),
     },
     {
       name: "VERSION_CONFLICT",
-      error: () =>
-        flowstateError(Code.Aborted, "VERSION_CONFLICT", "stale", { currentVersion: 7n, details: { current_version: 7 } }),
+      error: () => recordedError("version_conflict"),
       cls: VersionConflictError,
-      check: (err) => assert.equal((err as VersionConflictError).currentVersion, 7n),
+      check: (err) => assert.equal((err as VersionConflictError).currentVersion, 2n),
     },
-    { name: "FLOW_NOT_FOUND", error: () => flowstateError(Code.NotFound, "FLOW_NOT_FOUND", "no such flow"), cls: FlowNotFoundError },
-    { name: "UNAUTHENTICATED", error: () => flowstateError(Code.Unauthenticated, "UNAUTHENTICATED", "bad token"), cls: UnauthenticatedError },
-    { name: "PERMISSION_DENIED", error: () => flowstateError(Code.PermissionDenied, "PERMISSION_DENIED", "read only"), cls: PermissionDeniedError },
+    { name: "FLOW_NOT_FOUND", error: () => recordedError("flow_not_found"), cls: FlowNotFoundError },
+    {
+      name: "UNAUTHENTICATED",
+      error: () => recordedError("unauthenticated"),
+      cls: UnauthenticatedError,
+      check: (err) => assert.equal(err.message, "missing bearer token (authorization: Bearer <token>)"),
+    },
+    {
+      name: "PERMISSION_DENIED",
+      error: () => recordedError("permission_denied"),
+      cls: PermissionDeniedError,
+      check: (err) => assert.deepEqual(err.details, { granted_scopes: ["flows:read"], required_scope: "flows:write" }),
+    },
     {
       name: "MALFORMED_REQUEST",
-      error: () =>
-        flowstateError(Code.InvalidArgument, "MALFORMED_REQUEST", "flow_id is not a UUID", { details: { field: "flow_id" } }, {
-          fieldViolations: [{ field: "flow_id", description: "not a UUID" }],
-        }),
+      error: () => recordedError("malformed_request"),
       cls: MalformedRequestError,
-      check: (err) => assert.deepEqual(err.fieldViolations.map((v) => v.field), ["flow_id"]),
+      check: (err) =>
+        assert.deepEqual(
+          err.fieldViolations.map((v) => [v.field, v.description]),
+          [["flow_id", "must be a UUID (8-4-4-4-12 hex digits)"]],
+        ),
+    },
+    {
+      name: "INVALID_PHASE",
+      error: () => recordedError("invalid_phase"),
+      cls: InvalidPhaseError,
+      check: (err) => assert.equal(err.message, "Unknown phase 'no_such_phase' in flow definition 'discovery'"),
+    },
+    {
+      name: "MAX_RETRIES_EXCEEDED",
+      error: () => recordedError("max_retries_exceeded"),
+      cls: MaxRetriesExceededError,
+      check: (err) => {
+        assert.equal((err as MaxRetriesExceededError).attemptsRemaining, 0);
+        assert.deepEqual(err.recovery, ["abandon", "cancel"]);
+      },
     },
     {
       name: "SERVER_SHUTTING_DOWN",
-      error: () => flowstateError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "bye", { retryAllowed: true }),
+      error: () => recordedError("server_shutting_down"),
       cls: ServerShuttingDownError,
+      check: (err) => {
+        assert.equal(err.retryAllowed, true);
+        assert.equal(err.retryDelayMs, 1_000); // the server asks for a second before reconnecting
+      },
+    },
+    {
+      name: "RATE_LIMITED",
+      error: () => recordedError("rate_limited"),
+      cls: RateLimitedError,
+      check: (err) => {
+        assert.equal(err.retryDelayMs, 1_000);
+      },
     },
     {
       name: "an unknown reason falls back to the class of the gRPC code",
-      error: () => flowstateError(Code.FailedPrecondition, "UNSPECIFIED", "new kind of refusal"),
+      error: () => recordedError("unknown_reason"),
       cls: FailedPreconditionError,
+      check: (err) => assert.equal(err.message, "Cannot transition phase 'data_import' from 'not_started' to 'completed'"),
     },
     {
       name: "a status without details is classified by its gRPC code",
@@ -409,6 +446,27 @@ describe("error decoding", () => {
       c.check?.(err);
     });
   }
+
+  // The fake replays the recorded errors exactly: the client receives the recorded status bytes.
+  for (const name of ERROR_FIXTURES) {
+    it(`replays ${name} byte for byte`, async () => {
+      const server = await serve({
+        getFlow() {
+          throw recordedError(name);
+        },
+      });
+      const err = await clientFor(server, { retry: false })
+        .getFlow({ flowId: "f1" })
+        .then(() => assert.fail("expected an error"), (e: unknown) => e);
+      assert.ok(err instanceof FlowstateError && err.cause instanceof ConnectError, String(err));
+      const fixture = errorFixture(name);
+      assert.equal(err.grpcCode, fixture["grpc-status"]);
+      assert.equal(err.cause.rawMessage, fixture["grpc-message"]);
+      const received = err.cause.metadata.get("grpc-status-details-bin") ?? "";
+      assert.deepEqual(new Uint8Array(Buffer.from(received, "base64")), recordedStatusBytes(name));
+      assert.equal(err.cause.metadata.get("x-correlation-id"), fixture.trailers["x-correlation-id"]);
+    });
+  }
 });
 
 describe("watch", () => {
@@ -422,11 +480,11 @@ describe("watch", () => {
             yield { event: event(1, FlowStatus.INITIALIZED, "snapshot") };
             yield { event: event(2) };
             yield { event: event(3) };
-            throw flowstateError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "draining", { retryAllowed: true });
+            throw recordedError("server_shutting_down");
           case 2:
             yield { event: event(3) }; // replayed again: must not be delivered twice
             yield { event: event(4) };
-            throw flowstateError(Code.ResourceExhausted, "SUBSCRIBER_TOO_SLOW", "too slow");
+            throw recordedError("subscriber_too_slow");
           default:
             yield { event: event(0, FlowStatus.DATA_GATHERING, "heartbeat") };
             yield { event: event(5, FlowStatus.COMPLETED) };
@@ -464,7 +522,7 @@ describe("watch", () => {
     const server = await serve({
       // eslint-disable-next-line require-yield
       async *watchFlow() {
-        throw flowstateError(Code.NotFound, "FLOW_NOT_FOUND", "no such flow");
+        throw recordedError("flow_not_found");
       },
     });
     await assert.rejects(collect(clientFor(server).watch("f1")), FlowNotFoundError);
@@ -567,7 +625,7 @@ describe("settings and interop", () => {
   it("errors interoperate with Connect and with a duplicate copy of the package", async () => {
     const server = await serve({
       getFlow() {
-        throw flowstateError(Code.NotFound, "FLOW_NOT_FOUND", "no such flow");
+        throw recordedError("flow_not_found");
       },
     });
     const err = await clientFor(server).getFlow({ flowId: "f1" }).catch((e: unknown) => e);
@@ -634,7 +692,7 @@ describe("close()", () => {
       async *watchFlow() {
         opened += 1;
         yield { event: event(1, FlowStatus.INITIALIZED, "snapshot") };
-        throw flowstateError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "bye");
+        throw recordedError("server_shutting_down");
       },
       async *watchFlows(_request, context) {
         yield { event: event(1), cursor: "c1" };
@@ -671,7 +729,7 @@ describe("watchFlows", () => {
         if (requests.length === 1) {
           yield ev("a", 1);
           yield ev("b", 1);
-          throw flowstateError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "draining");
+          throw recordedError("server_shutting_down");
         }
         yield ev("b", 1);
         yield ev("a", 2);

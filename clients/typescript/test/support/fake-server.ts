@@ -1,14 +1,14 @@
 // An in-process gRPC server (Connect's Node adapter, gRPC protocol over h2c on 127.0.0.1) with
 // handlers chosen by each test: for deterministic tests of retries, error decoding and watch
 // resumption that a real server cannot easily provoke. The end-to-end tests use the real one.
+// The errors it answers with are recorded from a real server (./error-fixtures.ts).
 import * as http2 from "node:http2";
 import type { AddressInfo, Socket } from "node:net";
 
-import type { JsonObject } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 
-import { ErrorCode, FlowErrorSchema, FlowStateService, googleRpc, type FlowError } from "../../src/index.js";
+import { FlowStateService } from "../../src/index.js";
 
 export interface FakeServer {
   address: string;
@@ -50,33 +50,4 @@ export async function startFakeServer(
       server.close(() => resolve());
     });
   return { address: `127.0.0.1:${bound}`, headers, kill: close, close };
-}
-
-/** A rich Flowstate refusal, shaped like the real server's (ErrorInfo + FlowError [+ RetryInfo] [+ BadRequest]). */
-export function flowstateError(
-  grpcCode: Code,
-  reason: keyof typeof ErrorCode,
-  message: string,
-  flowError: Partial<Omit<FlowError, "$typeName" | "errorCode" | "message">> = {},
-  options: { retryDelaySeconds?: number; fieldViolations?: { field: string; description: string }[] } = {},
-): ConnectError {
-  const details = (flowError.details ?? {}) as JsonObject;
-  const metadata: Record<string, string> = { correlation_id: flowError.correlationId ?? "corr-1" };
-  for (const [key, value] of Object.entries(details)) {
-    metadata[key] = Array.isArray(value) ? value.join(",") : typeof value === "string" ? value : JSON.stringify(value);
-  }
-  const outgoing: ConstructorParameters<typeof ConnectError>[3] = [
-    { desc: googleRpc.ErrorInfoSchema, value: { reason, domain: "flowstate.v1", metadata } },
-    {
-      desc: FlowErrorSchema,
-      value: { ...flowError, details, errorCode: ErrorCode[reason], message, correlationId: metadata["correlation_id"] },
-    },
-  ];
-  if (options.retryDelaySeconds !== undefined) {
-    outgoing.push({ desc: googleRpc.RetryInfoSchema, value: { retryDelay: { seconds: BigInt(options.retryDelaySeconds) } } });
-  }
-  if (options.fieldViolations) {
-    outgoing.push({ desc: googleRpc.BadRequestSchema, value: { fieldViolations: options.fieldViolations } });
-  }
-  return new ConnectError(message, grpcCode, { "x-correlation-id": metadata["correlation_id"] ?? "" }, outgoing);
 }
