@@ -63,7 +63,7 @@ async def running_timed_flows(url: str, count: int) -> list[str]:
     try:
         service = FlowService(store)
         now = datetime.now(UTC)
-        await store.register_definition(
+        await store.definitions.register(
             TENANT, definition_from_document(DEFINITION), request_id="", now=now
         )
 

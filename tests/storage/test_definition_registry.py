@@ -132,19 +132,19 @@ async def test_tenants_never_see_each_others_definitions(
     other = other_of(tenant)
     await definition_service.register_definition(store, tenant, diamond(), make_context())
     with pytest.raises(FlowStateError) as hidden:
-        await store.get_definition("diamond", tenant=other)
+        await store.definitions.get("diamond", tenant=other)
     assert hidden.value.code is ErrorCode.DEFINITION_NOT_FOUND
     with pytest.raises(FlowStateError) as refused:
         await FlowService(store).create_flow(other, definition_name="diamond", ctx=make_context())
     assert refused.value.code is ErrorCode.DEFINITION_NOT_FOUND
-    listed = await store.list_definitions(other)
+    listed = await store.definitions.list_page(other)
     assert [d.definition.name for d in listed.definitions] == ["discovery"]
     # The other tenant may register the same name: its own version 1.
     theirs, created = await definition_service.register_definition(
         store, other, diamond(40), make_context()
     )
     assert (theirs.definition.version, created) == (1, True)
-    mine = await store.get_definition("diamond", tenant=tenant)
+    mine = await store.definitions.get("diamond", tenant=tenant)
     assert mine.phase("d").weight == 25
 
 
@@ -176,7 +176,7 @@ async def test_shadowing_a_builtin_must_be_explicit(
         make_context(),
     )
     assert moved.flow.phase("data_import").state is PhaseState.IN_PROGRESS
-    theirs = await store.get_stored_definition("discovery", tenant=other_of(tenant))
+    theirs = await store.definitions.get_stored("discovery", tenant=other_of(tenant))
     assert (theirs.definition.version, theirs.builtin) == (1, True)
 
 
@@ -193,20 +193,20 @@ async def test_listing_pages_by_name_and_by_version(
     names: list[tuple[str, int]] = []
     token = ""
     while True:
-        page = await store.list_definitions(tenant, page_size=2, page_token=token)
+        page = await store.definitions.list_page(tenant, page_size=2, page_token=token)
         names += [(d.definition.name, d.definition.version) for d in page.definitions]
         token = page.next_page_token
         if not token:
             break
     assert names == [("alpha", 1), ("beta", 2), ("discovery", 1), ("gamma", 1)]
-    versions = await store.list_definitions(tenant, name="beta", page_size=1)
+    versions = await store.definitions.list_page(tenant, name="beta", page_size=1)
     assert [d.definition.version for d in versions.definitions] == [2]
-    rest = await store.list_definitions(
+    rest = await store.definitions.list_page(
         tenant, name="beta", page_size=1, page_token=versions.next_page_token
     )
     assert [d.definition.version for d in rest.definitions] == [1]
     with pytest.raises(FlowStateError) as bad:
-        await store.list_definitions(tenant, page_token=versions.next_page_token)
+        await store.definitions.list_page(tenant, page_token=versions.next_page_token)
     assert bad.value.code is ErrorCode.MALFORMED_REQUEST
 
 

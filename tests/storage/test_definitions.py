@@ -17,8 +17,8 @@ async def test_the_builtins_are_seeded(store: FlowStore, database_url: str) -> N
     rows = await fetch(database_url, "SELECT name, version, body FROM flow_definitions")
     stored = {(r["name"], r["version"]) for r in rows}
     assert ("discovery", 1) in stored
-    assert await store.get_definition("discovery") == DISCOVERY
-    assert await store.get_definition("discovery", 1) == DISCOVERY
+    assert await store.definitions.get("discovery") == DISCOVERY
+    assert await store.definitions.get("discovery", 1) == DISCOVERY
 
 
 async def test_a_stored_body_is_the_core_dict(database_url: str) -> None:
@@ -35,7 +35,7 @@ async def test_an_unknown_definition_is_not_found(
     store: FlowStore, name: str, version: int | None
 ) -> None:
     with pytest.raises(FlowStateError) as refused:
-        await store.get_definition(name, version)
+        await store.definitions.get(name, version)
     assert refused.value.code is ErrorCode.DEFINITION_NOT_FOUND
     assert refused.value.details == {
         "definition_name": name,

@@ -43,26 +43,43 @@ def test_store_methods() -> None:
         "get_flow",
         "list_flows",
         "list_history",
-        "get_definition",
-        "get_stored_definition",
-        "register_definition",
-        "list_definitions",
         "read_changes",
         "purge_expired_idempotency_keys",
         "count_stuck_flows",
         "get_retention_policy",
         "set_retention_policy",
-        "claim_timers",
-        "touch_heartbeat",
-        "create_webhook",
-        "list_webhooks",
-        "get_webhook",
-        "delete_webhook",
-        "rewind_webhook",
-        "claim_webhooks",
-        "advance_webhook",
-        "record_webhook_failure",
-        "release_webhooks",
         "due_alert_flows",
         "children_of",
     }
+
+
+def test_store_capabilities() -> None:
+    """The capabilities beside the flows, on the store's runner (docs/architecture.md)."""
+    from flowstate.storage.definitions_repo import DefinitionStore
+    from flowstate.storage.timers import TimerStore
+    from flowstate.storage.webhooks_repo import WebhookStore
+
+    def public(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_")}
+
+    assert public(DefinitionStore) == {
+        "CACHE_SIZE",
+        "get",
+        "get_stored",
+        "list_page",
+        "register",
+        "resolve",
+        "seed",
+    }
+    assert public(WebhookStore) == {
+        "create",
+        "list_all",
+        "get",
+        "delete",
+        "rewind",
+        "claim",
+        "advance",
+        "record_failure",
+        "release",
+    }
+    assert public(TimerStore) == {"claim", "touch_heartbeat"}

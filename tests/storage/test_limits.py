@@ -190,7 +190,7 @@ async def test_bad_ids_and_versions_are_refused(
             ),
             "expected_version",
         ),
-        (store.get_definition("discovery", 0), "definition_version"),
+        (store.definitions.get("discovery", 0), "definition_version"),
     ]
     for call, field in cases:
         with pytest.raises(FlowStateError) as refused:

@@ -80,7 +80,7 @@ def ctx(user: str = "worker") -> Context:
 
 async def timed_flow(store: FlowStore, tenant: Tenant) -> str:
     definition = definition_from_document(DEFINITION)
-    await store.register_definition(tenant, definition, request_id="", now=datetime.now(UTC))
+    await store.definitions.register(tenant, definition, request_id="", now=datetime.now(UTC))
     created = await FlowService(store).create_flow(tenant, definition_name="timed", ctx=ctx())
     return created.flow.flow_id
 
@@ -187,7 +187,7 @@ async def test_a_timer_pushed_back_after_its_claim_does_not_fire(
     await service.mutate(tenant, flow_id, TransitionPhase("work", S.IN_PROGRESS), ctx())
     await make_due(sql, flow_id, "heartbeat_timeout")
     claimed = [
-        t for t in await timer_store.claim_timers(batch=1000, lease=30) if t.flow_id == flow_id
+        t for t in await timer_store.timers.claim(batch=1000, lease=30) if t.flow_id == flow_id
     ]
     assert [t.kind for t in claimed] == ["heartbeat_timeout"]
     beat = await service.heartbeat(tenant, flow_id, "work")  # the worker was alive after all
@@ -209,8 +209,8 @@ async def test_claims_are_bounded_disjoint_and_expire(
         await service.mutate(tenant, flow_id, TransitionPhase("work", S.IN_PROGRESS), ctx())
         await make_due(sql, flow_id, "phase_timeout")
     first, second = await asyncio.gather(
-        timer_store.claim_timers(batch=4, lease=0.5),
-        timer_store.claim_timers(batch=4, lease=0.5),
+        timer_store.timers.claim(batch=4, lease=0.5),
+        timer_store.timers.claim(batch=4, lease=0.5),
     )
     mine = set(flows)
     a = {t.flow_id for t in first if t.flow_id in mine}
@@ -220,9 +220,9 @@ async def test_claims_are_bounded_disjoint_and_expire(
     assert not a & b
     assert a | b == mine
     # Nothing fired them: once the claims expire, the timers are claimable again.
-    assert not {t.flow_id for t in await timer_store.claim_timers(batch=100, lease=30)} & mine
+    assert not {t.flow_id for t in await timer_store.timers.claim(batch=100, lease=30)} & mine
     await asyncio.sleep(0.6)
-    again = {t.flow_id for t in await timer_store.claim_timers(batch=100, lease=30)}
+    again = {t.flow_id for t in await timer_store.timers.claim(batch=100, lease=30)}
     assert mine <= again
 
 

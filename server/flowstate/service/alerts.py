@@ -29,7 +29,8 @@ from flowstate.core.errors import FlowStateError
 from flowstate.core.model import Flow, FlowStatus, HistoryEntry, Tenant
 from flowstate.core.timers import SYSTEM_TIMER_USER
 from flowstate.service.flows import timer_sync
-from flowstate.storage.store import FlowStore, FlowTransaction, MutationResult, StoredKey, Write
+from flowstate.storage.flow_transaction import FlowTransaction
+from flowstate.storage.store import FlowStore, MutationResult, StoredKey, Write
 
 __all__ = ["AlertScan", "ScanResult"]
 

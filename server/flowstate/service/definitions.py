@@ -31,7 +31,7 @@ async def register_definition(
     """Validate `document` and register it for `tenant`: (the stored version, created)."""
     check_context(ctx)
     submitted = definition_from_document(document)
-    return await store.register_definition(
+    return await store.definitions.register(
         tenant,
         submitted,
         request_id=ctx.request_id,
@@ -45,13 +45,13 @@ async def get_definition(
     store: FlowStore, tenant: Tenant, name: str, version: int | None = None
 ) -> StoredDefinition:
     """A definition in `tenant`'s view (its own and the built-ins); DEFINITION_NOT_FOUND."""
-    return await store.get_stored_definition(name, version, tenant=tenant)
+    return await store.definitions.get_stored(name, version, tenant=tenant)
 
 
 async def list_definitions(
     store: FlowStore, tenant: Tenant, *, name: str = "", page_size: int = 0, page_token: str = ""
 ) -> DefinitionPage:
-    """One page of the definitions `tenant` can use (see `FlowStore.list_definitions`)."""
-    return await store.list_definitions(
+    """One page of the definitions `tenant` can use (see `FlowStore.definitions.list_page`)."""
+    return await store.definitions.list_page(
         tenant, name=name, page_size=page_size, page_token=page_token
     )

@@ -58,6 +58,7 @@ from flowstate.core.recovery import RecoveryOption, get_recovery_options
 from flowstate.core.rules import TERMINAL_STATUSES
 from flowstate.core.timers import TimerKind, plan_timers
 from flowstate.service.idempotency import fingerprint
+from flowstate.storage.flow_transaction import FlowTransaction
 from flowstate.storage.limits import (
     DEFAULT_HISTORY_PAGE_SIZE,
     MAX_CHILD_FLOW_DEPTH,
@@ -81,7 +82,6 @@ from flowstate.storage.store import (
     FlowPage,
     FlowQuery,
     FlowStore,
-    FlowTransaction,
     HistoryPage,
     IdempotencyKey,
     MutationResult,
@@ -334,7 +334,7 @@ class FlowService:
             tenant, flow_id, ctx, key, expected_version, fixed, heartbeats=heartbeats
         )
         if heartbeats and isinstance(command, UpdatePhaseProgress):
-            await self.store.touch_heartbeat(
+            await self.store.timers.touch_heartbeat(
                 tenant, flow_id, command.phase, TimerKind.HEARTBEAT_TIMEOUT.value, heartbeats[-1]
             )
         return result
@@ -529,7 +529,7 @@ class FlowService:
         check_heartbeat(flow, definition, phase)
         if seconds is None:
             return Heartbeat(flow.version, None)
-        due = await self.store.touch_heartbeat(
+        due = await self.store.timers.touch_heartbeat(
             tenant, flow_id, phase, TimerKind.HEARTBEAT_TIMEOUT.value, seconds
         )
         if due is None:  # the phase changed since the read (e.g. it just timed out)
@@ -578,7 +578,7 @@ class FlowService:
     ) -> FlowDefinition:
         """A definition in `tenant`'s view (None: built-ins only; its latest version when
         `version` is None), from the store's cache when it has been read before."""
-        return await self.store.get_definition(name, version, tenant=tenant)
+        return await self.store.definitions.get(name, version, tenant=tenant)
 
     async def definition_of(self, flow: Flow) -> FlowDefinition:
         """The definition `flow` follows, in its tenant's view."""
@@ -632,7 +632,7 @@ class FlowService:
             # definition (a tenant's shadow of it is checked with a flow id).
             definition = BUILTIN_DEFINITIONS.get(check.definition_name)
             if definition is None:
-                definition = await self.store.get_definition(check.definition_name, tenant=tenant)
+                definition = await self.store.definitions.get(check.definition_name, tenant=tenant)
             return table_phase_transition(definition, check.phase, check.from_state, check.to_state)
         flow = await self.store.get_flow(tenant, check.flow_id)
         definition = await self.definition_of(flow)

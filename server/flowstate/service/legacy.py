@@ -114,7 +114,7 @@ async def import_legacy_rows(
 ) -> LegacyImportResult:
     """Create one discovery flow per legacy row (see the module docstring)."""
     service = FlowService(store)
-    definition = await store.get_definition(DISCOVERY.name)
+    definition = await store.definitions.get(DISCOVERY.name)
     missing = [p for p in definition.phase_names if p not in LEGACY_COMPLETION_COLUMNS]
     if missing:
         raise FlowStateError(

@@ -1,6 +1,6 @@
 """`TimerService`: fire due timers through the ordinary mutation path (docs/timers.md).
 
-`fire_due` claims a bounded batch of due timers of every tenant (`FlowStore.claim_timers`:
+`fire_due` claims a bounded batch of due timers of every tenant (`FlowStore.timers.claim`:
 ``FOR UPDATE SKIP LOCKED``, so N replicas share the work and never wait for each other) and
 fires each in its own flow transaction (`FlowStore.update_flow`): under the flow's row lock it
 re-reads the timer row (``FOR UPDATE``) and the database clock, then
@@ -29,7 +29,8 @@ from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Flow
 from flowstate.core.timers import SYSTEM_TIMER_USER, TimerKind, plan_timers, timer_command
 from flowstate.service.flows import follow_through, timer_sync, update_tree
-from flowstate.storage.store import FlowStore, FlowTransaction
+from flowstate.storage.flow_transaction import FlowTransaction
+from flowstate.storage.store import FlowStore
 from flowstate.storage.values import (
     ClaimedTimer,
     MutationResult,
@@ -72,7 +73,7 @@ class TimerService:
 
     async def fire_due(self) -> TimerRound:
         """Claim one batch of due timers and fire each (see the module doc)."""
-        claimed = await self.store.claim_timers(batch=self.batch, lease=self.lease)
+        claimed = await self.store.timers.claim(batch=self.batch, lease=self.lease)
         fired: list[FiredTimer] = []
         for timer in claimed:
             try:

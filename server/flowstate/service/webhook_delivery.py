@@ -1,7 +1,7 @@
 """The webhook delivery loop: leases in Postgres, one task per subscription, bounded requests.
 
 `WebhookDispatcher` runs in every server replica. Each `poll_interval` it claims (or renews)
-leases on active subscriptions (`FlowStore.claim_webhooks`: the lease is a row lock-free
+leases on active subscriptions (`FlowStore.webhooks.claim`: the lease is a row lock-free
 ``lease_owner``/``lease_expires_at`` pair on the database clock, so exactly one replica delivers
 a subscription at a time, and a crashed replica's subscriptions move to another once its leases
 expire). For every subscription it holds, one task reads the tenant change log
@@ -123,14 +123,14 @@ class WebhookDispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         try:
-            await self._store.release_webhooks(self.owner)
+            await self._store.webhooks.release(self.owner)
         except FlowStateError:
             _log.warning("could not release the webhook leases (they expire on their own)")
 
     async def _run(self) -> None:
         while True:
             try:
-                claimed = await self._store.claim_webhooks(
+                claimed = await self._store.webhooks.claim(
                     self.owner,
                     lease_seconds=self._settings.lease_seconds,
                     limit=self._settings.max_subscriptions,
@@ -171,7 +171,7 @@ class WebhookDispatcher:
                     if not await self._deliver_one(webhook, change):
                         return  # lease lost or subscription disabled
                     skipped = None
-                if skipped is not None and not await self._store.advance_webhook(
+                if skipped is not None and not await self._store.webhooks.advance(
                     webhook, self.owner, skipped, delivered=0, now=datetime.now(UTC)
                 ):
                     return
@@ -201,11 +201,11 @@ class WebhookDispatcher:
             now = datetime.now(UTC)
             if result.ok:
                 self._observe("ok")
-                return await self._store.advance_webhook(
+                return await self._store.webhooks.advance(
                     webhook, self.owner, change.position, delivered=1, now=now
                 )
             self._observe("failed")
-            count = await self._store.record_webhook_failure(
+            count = await self._store.webhooks.record_failure(
                 webhook,
                 self.owner,
                 error=result.error,

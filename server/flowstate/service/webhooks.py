@@ -351,7 +351,7 @@ class WebhookService:
             await self._sender.policy.check(url)
         except TargetRefusedError as exc:
             raise malformed("url", f"url refused: {exc}") from None
-        stored = await self._store.create_webhook(
+        stored = await self._store.webhooks.create(
             tenant,
             url=url,
             secret=secret,
@@ -363,15 +363,15 @@ class WebhookService:
 
     async def list(self, tenant: Tenant) -> tuple[StoredWebhook, ...]:
         """Every subscription of `tenant`."""
-        return await self._store.list_webhooks(tenant)
+        return await self._store.webhooks.list_all(tenant)
 
     async def delete(self, tenant: Tenant, webhook_id: str) -> None:
         """Delete one (WEBHOOK_NOT_FOUND)."""
-        await self._store.delete_webhook(tenant, webhook_id)
+        await self._store.webhooks.delete(tenant, webhook_id)
 
     async def test(self, tenant: Tenant, webhook_id: str) -> tuple[str, DeliveryResult]:
         """Send a ``webhook.test`` event now: (its webhook-id, what the receiver answered)."""
-        stored, secret = await self._store.get_webhook(tenant, webhook_id)
+        stored, secret = await self._store.webhooks.get(tenant, webhook_id)
         message_id = f"test_{uuid.uuid4().hex}"
         body = json.dumps(
             {
@@ -401,4 +401,4 @@ class WebhookService:
             if decoded.skip:
                 raise malformed("after_cursor", "after_cursor must be a webhook delivery's cursor")
             position = decoded.position
-        return await self._store.rewind_webhook(tenant, webhook_id, position=position, since=since)
+        return await self._store.webhooks.rewind(tenant, webhook_id, position=position, since=since)

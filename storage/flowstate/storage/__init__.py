@@ -5,8 +5,12 @@ returns; rows never leave this package and every failure is a core `FlowStateErr
 (`StoreUnavailable` when the database cannot serve now). Modules:
 
 - `store`: `FlowStore` (reads, and the runner a use case hands its decision to: `update_flow`,
-  `insert_flow`) and `FlowTransaction`; `values`: what it takes and returns; `statements`: the
-  compiled SQL; `runner`: transactions with bounded retries;
+  `insert_flow`); `flow_transaction`: `FlowTransaction`, what a decision runs in, and the write
+  of a change; `group_commit` / `group_commit_batch`: many calls of a tenant in one transaction;
+  `values`: what it takes and returns; `statements`: the compiled SQL; `runner`: transactions
+  with bounded retries;
+- beside the flows, on the same runner: `definitions_repo` (`FlowStore.definitions`),
+  `webhooks_repo` (`FlowStore.webhooks`), `timers` (`FlowStore.timers`), `bulk`;
 - `changes`: the tenant change log behind WatchFlows (commit-ordered reads, the resume cursor);
 - `schema`: the tables (SQLAlchemy Core metadata, shared with the migrations);
 - `migrate`: Alembic configured in code (`upgrade`, `downgrade`, `current_revision`);
@@ -22,12 +26,8 @@ from flowstate.storage.embedded import (
     resolve_database_url,
 )
 from flowstate.storage.errors import SchemaNotReadyError, StoreUnavailable
-from flowstate.storage.store import (
-    DEFAULT_IDEMPOTENCY_TTL,
-    NOTIFY_CHANNEL,
-    FlowStore,
-    FlowTransaction,
-)
+from flowstate.storage.flow_transaction import FlowTransaction
+from flowstate.storage.store import DEFAULT_IDEMPOTENCY_TTL, NOTIFY_CHANNEL, FlowStore
 from flowstate.storage.values import (
     FlowCount,
     FlowPage,

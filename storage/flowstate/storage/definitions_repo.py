@@ -1,8 +1,9 @@
-"""The definitions registry's SQL: per-tenant, versioned, immutable definition bodies.
+"""The definitions registry: per-tenant, versioned, immutable definition bodies, and their cache.
 
-Functions here take an open `Transaction` and never commit; `FlowStore` runs them in its
-transaction runner (as the app role in the caller's tenant, so row-level security applies:
-a tenant reads its own rows and the built-ins, and inserts only its own).
+`DefinitionStore` (the store's `FlowStore.definitions`) runs the registry's SQL in the store's
+transaction runner, as the app role in the caller's tenant, so row-level security applies: a
+tenant reads its own rows and the built-ins, and inserts only its own. `load` and
+`latest_version` take an open `Transaction` (a decision resolves its definition in its own).
 
 **Resolution.** A tenant's view of a name is its own versions plus the built-in's (owner
 `BUILTIN_OWNER`). A tenant may register a built-in's name only when it says so
@@ -12,8 +13,9 @@ resolving to the built-in. Should a later release add a built-in version whose n
 tenant's shadow already uses, the tenant's own row wins for that tenant (its flows keep their
 definition); docs/definitions.md says so.
 
-**Registration** (`register`): the body (everything but the version) identical to the latest
-version visible for the name returns that version; any other body becomes version n+1.
+**Registration** (`DefinitionStore.register`): the body (everything but the version) identical
+to the latest version visible for the name returns that version; any other body becomes version
+n+1.
 Concurrent registrations of one (tenant, name) serialize on a transaction-scoped advisory
 lock. With a request id, the outcome is also kept as an idempotency key (operation
 ``create_flow_definition``), so the same request sent again returns the version it got
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,20 +37,40 @@ from sqlalchemy import Integer, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
 from flowstate.core.definition_document import definition_body
-from flowstate.core.definitions import BUILTIN_DEFINITIONS, FlowDefinition, definition_from_dict
+from flowstate.core.definitions import (
+    BUILTIN_DEFINITIONS,
+    FlowDefinition,
+    definition_from_dict,
+    definition_to_dict,
+)
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Tenant
+from flowstate.storage.limits import (
+    DEFAULT_DEFINITION_PAGE_SIZE,
+    MAX_DEFINITION_PAGE_SIZE,
+    MAX_REQUEST_ID_LENGTH,
+    check_identifier,
+    check_name,
+    check_page_size,
+    check_tenant,
+    check_version,
+    malformed,
+)
+from flowstate.storage.runner import TransactionRunner
 from flowstate.storage.schema import BUILTIN_OWNER
-from flowstate.storage.sql import Transaction, compile_statement
+from flowstate.storage.sql import Transaction, compile_statement, tenant_params
+from flowstate.storage.statements import EXACT_DEFINITION, SEED_DEFINITION
+from flowstate.storage.tokens import decode_token, encode_token, query_hash
 
 __all__ = [
     "DefinitionPage",
+    "DefinitionStore",
     "StoredDefinition",
     "latest_version",
-    "list_page",
     "load",
-    "register",
 ]
+
+_log = logging.getLogger("flowstate.storage")
 
 NIL_FLOW_ID = "00000000-0000-0000-0000-000000000000"
 """`idempotency_keys.flow_id` of a key that belongs to no flow (a definition registration)."""
@@ -172,10 +195,6 @@ _INSERT_KEY = compile_statement(
 )
 
 
-def _params(tenant: Tenant) -> dict[str, Any]:
-    return {"account": tenant.client_account_id, "engagement": tenant.engagement_id}
-
-
 def _stored(row: asyncpg.Record) -> StoredDefinition:
     body = row["body"]
     if isinstance(body, str):
@@ -206,7 +225,11 @@ async def load(
     only another tenant has it).
     """
     params = {
-        **(_params(tenant) if tenant else {"account": BUILTIN_OWNER, "engagement": BUILTIN_OWNER}),
+        **(
+            tenant_params(tenant)
+            if tenant
+            else {"account": BUILTIN_OWNER, "engagement": BUILTIN_OWNER}
+        ),
         "name": name,
     }
     if version is None:
@@ -223,7 +246,7 @@ async def latest_version(tx: Transaction, tenant: Tenant, name: str) -> int:
 
     DEFINITION_NOT_FOUND when the tenant sees no version of it.
     """
-    version = await tx.fetchval(_LATEST_VERSION, {**_params(tenant), "name": name})
+    version = await tx.fetchval(_LATEST_VERSION, {**tenant_params(tenant), "name": name})
     if version is None:
         raise _not_found(name, None)
     return int(version)
@@ -237,79 +260,10 @@ def fingerprint(body: Mapping[str, Any], allow_shadow_builtin: bool) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-async def register(
-    tx: Transaction,
-    tenant: Tenant,
-    submitted: FlowDefinition,
-    *,
-    allow_shadow_builtin: bool,
-    request_id: str,
-    now: datetime,
-    key_ttl: timedelta,
-    validate_only: bool,
-) -> tuple[StoredDefinition, bool]:
-    """Register `submitted` (its version is ignored) for `tenant`: (stored, created).
-
-    See the module docstring for versions, shadowing and idempotency.
-    """
-    params = _params(tenant)
-    body = definition_body(submitted)
-    name = submitted.name
-    print_ = fingerprint(body, allow_shadow_builtin)
-    if request_id:
-        replay = await _replay(tx, tenant, request_id, print_, now)
-        if replay is not None:
-            return replay, False
-    lock_key = json.dumps([tenant.client_account_id, tenant.engagement_id, name])
-    await tx.fetchval(_LOCK_NAME, {"key": lock_key})
-    builtin = name in BUILTIN_DEFINITIONS or await tx.fetchval(_HAS_BUILTIN, {"name": name})
-    if builtin and not allow_shadow_builtin:
-        raise FlowStateError(
-            ErrorCode.DEFINITION_SHADOWS_BUILTIN,
-            f"{name!r} is a built-in definition; registering it for your tenant shadows the "
-            "built-in (set allow_shadow_builtin to do so)",
-            definition_name=name,
-            field="definition.name",
-        )
-    latest_row = await tx.fetchrow(_LOAD_LATEST, {**params, "name": name})
-    latest = None if latest_row is None else _stored(latest_row)
-    if latest is not None and definition_body(latest.definition) == body:
-        result, created = latest, False
-    else:
-        version = 1 if latest is None else latest.definition.version + 1
-        definition = FlowDefinition(
-            name=name,
-            version=version,
-            phases=submitted.phases,
-            display_name=submitted.display_name,
-            description=submitted.description,
-        )
-        if validate_only:
-            return StoredDefinition(definition, builtin=False, created_at=None), False
-        created_at = await tx.fetchval(
-            _INSERT,
-            {**params, "name": name, "version": version, "body": {**body, "version": version}},
-        )
-        result, created = StoredDefinition(definition, False, created_at), True
-    if request_id and not validate_only:
-        await tx.execute(
-            _INSERT_KEY,
-            {
-                **params,
-                "request_id": request_id,
-                "fingerprint": print_,
-                "response": {"name": name, "version": result.definition.version},
-                "now": now,
-                "expires": now + key_ttl,
-            },
-        )
-    return result, created
-
-
 async def _replay(
     tx: Transaction, tenant: Tenant, request_id: str, print_: str, now: datetime
 ) -> StoredDefinition | None:
-    params = {**_params(tenant), "request_id": request_id}
+    params = {**tenant_params(tenant), "request_id": request_id}
     row = await tx.fetchrow(_SELECT_KEY, params)
     if row is None:
         return None
@@ -328,16 +282,205 @@ async def _replay(
     return await load(tx, tenant, response["name"], int(response["version"]))
 
 
-async def list_page(
-    tx: Transaction, tenant: Tenant, *, name: str, after: str | int | None, limit: int
-) -> list[StoredDefinition]:
-    """Up to `limit` definitions after the keyset position `after` (see `FlowStore`)."""
-    params = {**_params(tenant), "limit": limit}
-    if name:
-        below = after if isinstance(after, int) else 2**31 - 1
-        rows = await tx.fetch(_LIST_VERSIONS, {**params, "name": name, "below": below})
-    else:
-        rows = await tx.fetch(
-            _LIST_LATEST, {**params, "after": after if isinstance(after, str) else ""}
-        )
-    return [_stored(row) for row in rows]
+class DefinitionStore:
+    """The registry on the store's runner, with the process's definition cache.
+
+    One per `FlowStore` (`FlowStore.definitions`); every call but `resolve` is a transaction
+    of its own. Bodies of a (tenant, name, version) never change, so the cache is never
+    invalidated, only bounded (`CACHE_SIZE`, oldest first out).
+    """
+
+    CACHE_SIZE = 4096
+    """Definitions kept in process."""
+
+    def __init__(self, runner: TransactionRunner, *, key_ttl: timedelta) -> None:
+        """Run on `runner`'s pool; registration keys live `key_ttl`."""
+        self._run = runner._run
+        self._key_ttl = key_ttl
+        # (tenant or None for built-ins only, name, version) -> definition.
+        self._cache: dict[tuple[Tenant | None, str, int], FlowDefinition] = {}
+
+    async def get(
+        self, name: str, version: int | None = None, *, tenant: Tenant | None = None
+    ) -> FlowDefinition:
+        """The definition `name` at `version` (None: its latest version) in `tenant`'s view
+        (its own definitions and the built-ins; None: the built-ins only).
+
+        DEFINITION_NOT_FOUND when there is no such definition (also another tenant's).
+        """
+        if version is not None:
+            cached = self._cache.get((tenant, name, version))
+            if cached is not None:
+                return cached
+        return (await self.get_stored(name, version, tenant=tenant)).definition
+
+    async def get_stored(
+        self, name: str, version: int | None = None, *, tenant: Tenant | None = None
+    ) -> StoredDefinition:
+        """`get` with whose the definition is and when it was registered."""
+        check_name("definition_name", name)
+        if tenant is not None:
+            check_tenant(tenant)
+        if version is not None:
+            check_version("definition_version", version, minimum=1)
+        stored = await self._run(tenant, lambda tx: load(tx, tenant, name, version))
+        self._remember(tenant, stored.definition)
+        return stored
+
+    async def resolve(
+        self, tx: Transaction, tenant: Tenant, name: str, version: int | None
+    ) -> FlowDefinition:
+        """`get` inside the open transaction `tx` (a decision's `FlowTransaction.definition`)."""
+        if version is None:
+            # "The latest" can change at any time (a registration, maybe by another process):
+            # ask for its number, and take the (immutable) body from the cache when it is there.
+            version = await latest_version(tx, tenant, name)
+        cached = self._cache.get((tenant, name, version))
+        if cached is not None:
+            return cached
+        definition = (await load(tx, tenant, name, version)).definition
+        self._remember(tenant, definition)
+        return definition
+
+    def _remember(self, tenant: Tenant | None, definition: FlowDefinition) -> None:
+        if len(self._cache) >= self.CACHE_SIZE:
+            self._cache.pop(next(iter(self._cache)))  # oldest first: FIFO
+        self._cache[(tenant, definition.name, definition.version)] = definition
+
+    async def register(
+        self,
+        tenant: Tenant,
+        submitted: FlowDefinition,
+        *,
+        request_id: str,
+        now: datetime,
+        allow_shadow_builtin: bool = False,
+        validate_only: bool = False,
+    ) -> tuple[StoredDefinition, bool]:
+        """Register `submitted` (validated; its version is ignored) for `tenant`:
+        (the stored version, created).
+
+        An identical body returns the existing version; idempotent on `request_id` (see the
+        module doc for versions, shadowing and idempotency). DEFINITION_SHADOWS_BUILTIN for a
+        built-in's name without `allow_shadow_builtin`. With `validate_only`, nothing is
+        written.
+        """
+        check_tenant(tenant)
+        check_identifier("request_id", request_id, required=False, max_length=MAX_REQUEST_ID_LENGTH)
+        params = tenant_params(tenant)
+        body = definition_body(submitted)
+        name = submitted.name
+        print_ = fingerprint(body, allow_shadow_builtin)
+        lock_key = json.dumps([tenant.client_account_id, tenant.engagement_id, name])
+
+        async def work(tx: Transaction) -> tuple[StoredDefinition, bool]:
+            if request_id:
+                replay = await _replay(tx, tenant, request_id, print_, now)
+                if replay is not None:
+                    return replay, False
+            await tx.fetchval(_LOCK_NAME, {"key": lock_key})
+            builtin = name in BUILTIN_DEFINITIONS or await tx.fetchval(_HAS_BUILTIN, {"name": name})
+            if builtin and not allow_shadow_builtin:
+                raise FlowStateError(
+                    ErrorCode.DEFINITION_SHADOWS_BUILTIN,
+                    f"{name!r} is a built-in definition; registering it for your tenant shadows "
+                    "the built-in (set allow_shadow_builtin to do so)",
+                    definition_name=name,
+                    field="definition.name",
+                )
+            latest_row = await tx.fetchrow(_LOAD_LATEST, {**params, "name": name})
+            latest = None if latest_row is None else _stored(latest_row)
+            if latest is not None and definition_body(latest.definition) == body:
+                result, created = latest, False
+            else:
+                version = 1 if latest is None else latest.definition.version + 1
+                definition = FlowDefinition(
+                    name=name,
+                    version=version,
+                    phases=submitted.phases,
+                    display_name=submitted.display_name,
+                    description=submitted.description,
+                )
+                if validate_only:
+                    return StoredDefinition(definition, builtin=False, created_at=None), False
+                created_at = await tx.fetchval(
+                    _INSERT,
+                    {
+                        **params,
+                        "name": name,
+                        "version": version,
+                        "body": {**body, "version": version},
+                    },
+                )
+                result, created = StoredDefinition(definition, False, created_at), True
+            if request_id and not validate_only:
+                await tx.execute(
+                    _INSERT_KEY,
+                    {
+                        **params,
+                        "request_id": request_id,
+                        "fingerprint": print_,
+                        "response": {"name": name, "version": result.definition.version},
+                        "now": now,
+                        "expires": now + self._key_ttl,
+                    },
+                )
+            return result, created
+
+        return await self._run(tenant, work, write=not validate_only)
+
+    async def list_page(
+        self, tenant: Tenant, *, name: str = "", page_size: int = 0, page_token: str = ""
+    ) -> DefinitionPage:
+        """The definitions `tenant` can use: the latest version of each name (its own and the
+        built-ins) by name, or with `name` every version of it, newest first. AIP-158 pages."""
+        check_tenant(tenant)
+        if name:
+            check_name("name", name)
+        size = check_page_size(page_size, DEFAULT_DEFINITION_PAGE_SIZE, MAX_DEFINITION_PAGE_SIZE)
+        query_id = query_hash({"definitions": name})
+        after: str | int | None = None
+        if page_token:
+            position = decode_token(page_token, "definitions", query_id)
+            valid = len(position) == 1 and isinstance(position[0], int if name else str)
+            if not valid or isinstance(position[0], bool):
+                raise malformed("page_token", "page_token is not a valid token")
+            after = position[0]
+        params = {**tenant_params(tenant), "limit": size + 1}
+        if name:
+            below = after if isinstance(after, int) else 2**31 - 1
+            statement, params = _LIST_VERSIONS, {**params, "name": name, "below": below}
+        else:
+            after_name = after if isinstance(after, str) else ""
+            statement, params = _LIST_LATEST, {**params, "after": after_name}
+
+        async def work(tx: Transaction) -> list[StoredDefinition]:
+            return [_stored(row) for row in await tx.fetch(statement, params)]
+
+        found = await self._run(tenant, work)
+        token = ""
+        if len(found) > size:
+            found = found[:size]
+            last = found[-1].definition
+            token = encode_token("definitions", query_id, [last.version if name else last.name])
+        return DefinitionPage(tuple(found), token)
+
+    async def seed(self) -> None:
+        """Insert missing built-in definitions; warn when a stored body differs from the code."""
+
+        async def work(tx: Transaction) -> list[tuple[FlowDefinition, Any]]:
+            seen = []
+            for definition in BUILTIN_DEFINITIONS.values():
+                key = {"name": definition.name, "version": definition.version}
+                await tx.execute(SEED_DEFINITION, {**key, "body": definition_to_dict(definition)})
+                seen.append((definition, await tx.fetchval(EXACT_DEFINITION, key)))
+            return seen
+
+        for definition, stored in await self._run(None, work):
+            if stored != definition_to_dict(definition):
+                _log.warning(
+                    "stored definition %s v%d differs from the built-in one; the stored one is "
+                    "used (a changed definition needs a new version)",
+                    definition.name,
+                    definition.version,
+                )

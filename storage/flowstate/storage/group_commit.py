@@ -12,8 +12,9 @@ A batch holds at most one request per request id (a duplicate stays queued for t
 which then sees the first one's committed key and replays it). The same flow may appear several
 times: its requests are decided in arrival order, each on the flow as the previous one left it.
 
-What a batch does with its requests (one transaction, the isolation and fallback rules) is the
-store's `FlowStore._run_batch`; this module only queues and groups. docs/performance.md has the
+What a batch does with its requests (one transaction, the isolation and fallback rules) is
+`flowstate.storage.group_commit_batch` (`GroupCommitRunner._run_batch`, which `FlowStore`
+inherits); this module only queues and groups. docs/performance.md has the
 correctness argument.
 """
 

@@ -281,6 +281,13 @@ def check_version(field: str, value: object, minimum: int = 0) -> int:
     return value
 
 
+def check_page_size(value: object, default: int, maximum: int) -> int:
+    """A requested page size: 0 means `default`, more than `maximum` is cut to it."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise malformed("page_size", "page_size must be a non-negative integer")
+    return default if value == 0 else min(value, maximum)
+
+
 def check_context(ctx: Context) -> None:
     """A core context: a timezone-aware `now` (ValueError: a bug), identifiers in limits."""
     if ctx.now.utcoffset() is None:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement, sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from flowstate.core.model import Tenant
 from flowstate.storage.codec import dumps
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "init_connection",
     "reset_connection",
     "sql_literal",
+    "tenant_params",
 ]
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -128,6 +130,11 @@ def sql_literal(value: str) -> str:
     quotes is the complete escaping.
     """
     return "'" + value.replace("'", "''") + "'"
+
+
+def tenant_params(tenant: Tenant) -> dict[str, Any]:
+    """The ``:account`` and ``:engagement`` parameters of a statement scoped to `tenant`."""
+    return {"account": tenant.client_account_id, "engagement": tenant.engagement_id}
 
 
 class Transaction:

@@ -15,16 +15,25 @@ of the database, so replicas whose clocks disagree still agree on what is due.
   claimed a row (an expired lease) still change the flow once.
 - `LOCK`: the row and the database's clock, ``FOR UPDATE`` (a racing Heartbeat waits).
 - `HEARTBEAT`: push a heartbeat timer back (never earlier), unclaimed.
+
+`TimerStore` (the store's `FlowStore.timers`) runs `CLAIM` and `HEARTBEAT` on the store's
+runner; `SYNC`, `LOCK` and `DELETE` run inside a flow's transaction (`FlowTransaction`).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import Float, Integer, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from flowstate.storage.sql import compile_statement
+from flowstate.core.model import Tenant
+from flowstate.storage.limits import check_flow_id, check_tenant
+from flowstate.storage.runner import TransactionRunner
+from flowstate.storage.sql import Transaction, compile_statement
+from flowstate.storage.values import ClaimedTimer
 
-__all__ = ["CLAIM", "DATABASE_NOW", "DELETE", "HEARTBEAT", "LOCK", "SYNC"]
+__all__ = ["CLAIM", "DATABASE_NOW", "DELETE", "HEARTBEAT", "LOCK", "SYNC", "TimerStore"]
 
 _FLOW_ID = bindparam("flow_id", type_=UUID(as_uuid=False))
 _PHASE = bindparam("phase", type_=Text)
@@ -118,3 +127,49 @@ DELETE = compile_statement(
 )
 
 DATABASE_NOW = compile_statement(text("SELECT statement_timestamp()"))
+
+
+class TimerStore:
+    """Claiming due timers and heartbeats, on the store's runner (docs/timers.md)."""
+
+    def __init__(self, runner: TransactionRunner) -> None:
+        """Run on `runner`'s pool, with its retries and error mapping."""
+        self._run = runner._run
+
+    async def claim(self, *, batch: int, lease: float) -> list[ClaimedTimer]:
+        """Claim up to `batch` due timers of every tenant for `lease` seconds (`CLAIM`); the
+        caller fires each through `FlowStore.update_flow`.
+
+        Runs as the connecting user (cross-tenant maintenance, like the purge), one statement.
+        """
+
+        async def work(tx: Transaction) -> list[ClaimedTimer]:
+            rows = await tx.fetch(CLAIM, {"lease": lease, "batch": batch})
+            return [
+                ClaimedTimer(
+                    tenant=Tenant(row["client_account_id"], row["engagement_id"]),
+                    flow_id=str(row["flow_id"]),
+                    phase=row["phase"],
+                    kind=row["kind"],
+                    due_at=row["due_at"],
+                    flow_version=row["flow_version"],
+                )
+                for row in rows
+            ]
+
+        return await self._run(None, work, autocommit=True)
+
+    async def touch_heartbeat(
+        self, tenant: Tenant, flow_id: str, phase: str, kind: str, seconds: float
+    ) -> datetime | None:
+        """Push the flow's `kind` timer of `phase` to `seconds` from now (database clock; never
+        earlier); its new due time, or None when the flow has no such timer."""
+        check_tenant(tenant)
+        flow_id = check_flow_id(flow_id)
+        params = {"flow_id": flow_id, "phase": phase, "kind": kind, "seconds": seconds}
+
+        async def work(tx: Transaction) -> datetime | None:
+            due: datetime | None = await tx.fetchval(HEARTBEAT, params)
+            return due
+
+        return await self._run(tenant, work, write=True)

@@ -164,7 +164,7 @@ class TimerSync:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedTimer:
-    """A due timer claimed by this replica (`FlowStore.claim_timers`), to fire or void."""
+    """A due timer claimed by this replica (`TimerStore.claim`), to fire or void."""
 
     tenant: Tenant
     flow_id: str

@@ -1,9 +1,10 @@
-"""Webhook subscriptions' SQL: the tenant's subscriptions, and the delivery loop's leases.
+"""`WebhookStore`: the tenant's webhook subscriptions, and the delivery loop's leases.
 
-Tenant functions (`create`, `list_all`, `get`, `delete`, `rewind`, `position_at`) take an open
-`Transaction` that runs as the app role in the caller's tenant (row-level security applies).
-The delivery loop's functions (`claim`, `advance`, `record_failure`, `release`) run as the
-connecting user across tenants, like the stuck-flows count: they never answer a tenant.
+One per `FlowStore` (`FlowStore.webhooks`), on its transaction runner; each call is one
+transaction. Tenant calls (`create`, `list_all`, `get`, `delete`, `rewind`) run as the app role
+in the caller's tenant (row-level security applies). The delivery loop's calls (`claim`,
+`advance`, `record_failure`, `release`) run as the connecting user across tenants, like the
+stuck-flows count: they never answer a tenant.
 
 **Cursor.** A subscription's cursor is a position ``(txid, seq)`` of the tenant change log
 (`flowstate.storage.changes`): every change at or before it has been delivered (or filtered
@@ -26,18 +27,21 @@ lease (it stalled past the expiry and another claimed it) cannot move the cursor
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 from sqlalchemy import BigInteger, Float, Integer, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, UUID
 
-from flowstate.core.model import Tenant
+from flowstate.core.errors import FlowStateError
+from flowstate.core.model import ErrorCode, Tenant
 from flowstate.storage.changes import MAX_SEQ, LogPosition
-from flowstate.storage.limits import MAX_WEBHOOKS_PER_TENANT, malformed
-from flowstate.storage.sql import Transaction, compile_statement
+from flowstate.storage.limits import MAX_WEBHOOKS_PER_TENANT, check_tenant, malformed
+from flowstate.storage.runner import TransactionRunner
+from flowstate.storage.sql import Transaction, compile_statement, tenant_params
 
 __all__ = [
     "ACTIVE",
@@ -45,16 +49,7 @@ __all__ = [
     "ClaimedWebhook",
     "FailureCount",
     "StoredWebhook",
-    "advance",
-    "claim",
-    "create",
-    "delete",
-    "get",
-    "list_all",
-    "position_at",
-    "record_failure",
-    "release",
-    "rewind",
+    "WebhookStore",
 ]
 
 ACTIVE: Final = "ACTIVE"
@@ -271,10 +266,6 @@ class ClaimedWebhook:
     """Bumped by every `rewind`: a delivery task of an older generation may not write."""
 
 
-def _tenant(tenant: Tenant) -> dict[str, Any]:
-    return {"account": tenant.client_account_id, "engagement": tenant.engagement_id}
-
-
 def _stored(row: asyncpg.Record) -> StoredWebhook:
     return StoredWebhook(
         id=str(row["id"]),
@@ -307,114 +298,17 @@ def _claimed(row: asyncpg.Record) -> ClaimedWebhook:
     )
 
 
-async def create(
-    tx: Transaction,
-    tenant: Tenant,
-    *,
-    webhook_id: str,
-    url: str,
-    secret: str,
-    statuses: tuple[str, ...],
-    definition_name: str,
-    now: datetime,
-) -> StoredWebhook:
-    """Insert a subscription whose cursor is the log's horizon now (MALFORMED_REQUEST past
-    `MAX_WEBHOOKS_PER_TENANT`)."""
-    count = await tx.fetchval(_COUNT, _tenant(tenant))
-    if count >= MAX_WEBHOOKS_PER_TENANT:
-        raise malformed(
-            "url",
-            f"a tenant may hold at most {MAX_WEBHOOKS_PER_TENANT} webhooks; delete one first",
-            limit=MAX_WEBHOOKS_PER_TENANT,
-        )
-    row = await tx.fetchrow(
-        _INSERT,
-        {
-            **_tenant(tenant),
-            "id": webhook_id,
-            "url": url,
-            "secret": secret,
-            "statuses": list(statuses),
-            "definition_name": definition_name,
-            "now": now,
-        },
+def _not_found(webhook_id: str) -> FlowStateError:
+    return FlowStateError(
+        ErrorCode.WEBHOOK_NOT_FOUND, f"webhook {webhook_id} not found", webhook_id=webhook_id
     )
-    assert row is not None
-    return _stored(row)
 
 
-async def list_all(tx: Transaction, tenant: Tenant) -> tuple[StoredWebhook, ...]:
-    """Every subscription of `tenant`, oldest first (at most `MAX_WEBHOOKS_PER_TENANT`)."""
-    return tuple(_stored(row) for row in await tx.fetch(_LIST, _tenant(tenant)))
-
-
-async def get(tx: Transaction, tenant: Tenant, webhook_id: str) -> tuple[StoredWebhook, str] | None:
-    """The subscription and its secret, or None when `tenant` has none with this id."""
-    row = await tx.fetchrow(_GET, {**_tenant(tenant), "id": webhook_id})
-    return None if row is None else (_stored(row), row["secret"])
-
-
-async def delete(tx: Transaction, tenant: Tenant, webhook_id: str) -> bool:
-    """Delete the subscription; whether it existed."""
-    status = await tx.execute(_DELETE, {**_tenant(tenant), "id": webhook_id})
-    return status.split()[-1] != "0"
-
-
-async def position_at(tx: Transaction, tenant: Tenant, since: datetime | None) -> LogPosition:
-    """The position just before the first change of `tenant` at or after `since` (None: now)."""
-    if since is not None:
-        row = await tx.fetchrow(_FIRST_SINCE, {**_tenant(tenant), "since": since})
-        if row is not None:
-            txid, seq = row["txid"], row["seq"]
-            return (txid, seq - 1)
-    xmin: int = await tx.fetchval(_HORIZON)
-    return (xmin - 1, MAX_SEQ)
-
-
-async def rewind(
-    tx: Transaction, tenant: Tenant, webhook_id: str, position: LogPosition
-) -> StoredWebhook | None:
-    """Move the cursor to `position` (back or forward) and enable the subscription."""
-    row = await tx.fetchrow(
-        _REWIND, {**_tenant(tenant), "id": webhook_id, "txid": position[0], "seq": position[1]}
-    )
-    return None if row is None else _stored(row)
-
-
-async def claim(
-    tx: Transaction, owner: str, *, lease_seconds: float, limit: int
-) -> tuple[ClaimedWebhook, ...]:
-    """Take or renew the leases of up to `limit` active subscriptions for `owner`."""
-    rows = await tx.fetch(_CLAIM, {"owner": owner, "lease_seconds": lease_seconds, "limit": limit})
-    return tuple(_claimed(row) for row in rows)
-
-
-async def advance(
-    tx: Transaction,
-    held: ClaimedWebhook,
-    owner: str,
-    position: LogPosition,
-    *,
-    delivered: int,
-    now: datetime,
-) -> bool:
-    """Move the cursor forward to `position` after `delivered` acknowledged deliveries; False
-    when `owner` no longer holds the lease of this generation (lost, rewound, gone, disabled)."""
-    mine = {"id": held.id, "owner": owner, "generation": held.generation}
-    status = await tx.execute(
-        _ADVANCE,
-        {
-            **mine,
-            "txid": position[0],
-            "seq": position[1],
-            "delivered": delivered,
-            "now": now,
-        },
-    )
-    if status.split()[-1] != "0":
-        return True
-    # Nothing moved: either the cursor is already there (fine) or the lease is lost.
-    return await tx.fetchval(_OWNED, mine) is not None
+def _check_id(webhook_id: str) -> str:
+    try:
+        return str(uuid.UUID(webhook_id))
+    except (ValueError, TypeError, AttributeError):
+        raise _not_found(str(webhook_id)[:64]) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,34 +320,182 @@ class FailureCount:
     disabled_reason: str
 
 
-async def record_failure(
-    tx: Transaction,
-    held: ClaimedWebhook,
-    owner: str,
-    *,
-    error: str,
-    budget: int,
-    now: datetime,
-) -> FailureCount | None:
-    """Count one failed attempt; disable the subscription when it is the `budget`-th in a row.
-    None when `owner` no longer holds the lease."""
-    row = await tx.fetchrow(
-        _FAILURE,
-        {
+class WebhookStore:
+    """Webhook subscriptions on the store's runner (`FlowStore.webhooks`): each call is one
+    transaction; tenant calls as the app role in the tenant, the delivery loop's across
+    tenants (see the module doc)."""
+
+    def __init__(self, runner: TransactionRunner) -> None:
+        """Run on `runner`'s pool, with its retries and error mapping."""
+        self._run = runner._run
+
+    # --- the tenant's subscriptions -------------------------------------------------------
+
+    async def create(
+        self,
+        tenant: Tenant,
+        *,
+        url: str,
+        secret: str,
+        statuses: tuple[str, ...],
+        definition_name: str,
+        now: datetime,
+    ) -> StoredWebhook:
+        """A new subscription of `tenant`, delivering every change that commits after it: its
+        cursor is the log's horizon now (MALFORMED_REQUEST past `MAX_WEBHOOKS_PER_TENANT`)."""
+        check_tenant(tenant)
+        params = {
+            **tenant_params(tenant),
+            "id": str(uuid.uuid4()),
+            "url": url,
+            "secret": secret,
+            "statuses": list(statuses),
+            "definition_name": definition_name,
+            "now": now,
+        }
+
+        async def work(tx: Transaction) -> StoredWebhook:
+            count = await tx.fetchval(_COUNT, tenant_params(tenant))
+            if count >= MAX_WEBHOOKS_PER_TENANT:
+                raise malformed(
+                    "url",
+                    f"a tenant may hold at most {MAX_WEBHOOKS_PER_TENANT} webhooks; "
+                    "delete one first",
+                    limit=MAX_WEBHOOKS_PER_TENANT,
+                )
+            row = await tx.fetchrow(_INSERT, params)
+            assert row is not None
+            return _stored(row)
+
+        return await self._run(tenant, work, write=True)
+
+    async def list_all(self, tenant: Tenant) -> tuple[StoredWebhook, ...]:
+        """Every subscription of `tenant`, oldest first (at most `MAX_WEBHOOKS_PER_TENANT`)."""
+        check_tenant(tenant)
+
+        async def work(tx: Transaction) -> tuple[StoredWebhook, ...]:
+            return tuple(_stored(row) for row in await tx.fetch(_LIST, tenant_params(tenant)))
+
+        return await self._run(tenant, work)
+
+    async def get(self, tenant: Tenant, webhook_id: str) -> tuple[StoredWebhook, str]:
+        """The subscription and its secret; WEBHOOK_NOT_FOUND for another tenant's or none."""
+        check_tenant(tenant)
+        webhook_id = _check_id(webhook_id)
+        params = {**tenant_params(tenant), "id": webhook_id}
+        row = await self._run(tenant, lambda tx: tx.fetchrow(_GET, params))
+        if row is None:
+            raise _not_found(webhook_id)
+        return _stored(row), row["secret"]
+
+    async def delete(self, tenant: Tenant, webhook_id: str) -> None:
+        """Delete the subscription; WEBHOOK_NOT_FOUND when `tenant` has none with this id."""
+        check_tenant(tenant)
+        webhook_id = _check_id(webhook_id)
+        params = {**tenant_params(tenant), "id": webhook_id}
+        status = await self._run(tenant, lambda tx: tx.execute(_DELETE, params), write=True)
+        if status.split()[-1] == "0":
+            raise _not_found(webhook_id)
+
+    async def rewind(
+        self,
+        tenant: Tenant,
+        webhook_id: str,
+        *,
+        position: LogPosition | None = None,
+        since: datetime | None = None,
+    ) -> StoredWebhook:
+        """Move the cursor to `position` (back or forward), or to just before the first change
+        at or after `since` (neither: now), and enable the subscription (a replay)."""
+        check_tenant(tenant)
+        webhook_id = _check_id(webhook_id)
+
+        async def work(tx: Transaction) -> asyncpg.Record | None:
+            target = position or await _position_at(tx, tenant, since)
+            params = {**tenant_params(tenant), "id": webhook_id}
+            return await tx.fetchrow(_REWIND, {**params, "txid": target[0], "seq": target[1]})
+
+        row = await self._run(tenant, work, write=True)
+        if row is None:
+            raise _not_found(webhook_id)
+        return _stored(row)
+
+    # --- the delivery loop (every tenant) -------------------------------------------------
+
+    async def claim(
+        self, owner: str, *, lease_seconds: float, limit: int
+    ) -> tuple[ClaimedWebhook, ...]:
+        """Take or renew the leases of up to `limit` active subscriptions for `owner`."""
+        params = {"owner": owner, "lease_seconds": lease_seconds, "limit": limit}
+        rows = await self._run(None, lambda tx: tx.fetch(_CLAIM, params), write=True)
+        return tuple(_claimed(row) for row in rows)
+
+    async def advance(
+        self,
+        held: ClaimedWebhook,
+        owner: str,
+        position: LogPosition,
+        *,
+        delivered: int,
+        now: datetime,
+    ) -> bool:
+        """Move the cursor forward to `position` after `delivered` acknowledged deliveries;
+        False when `owner` no longer holds the lease of this generation (lost, rewound, gone,
+        disabled)."""
+        mine = {"id": held.id, "owner": owner, "generation": held.generation}
+        params = {
+            **mine,
+            "txid": position[0],
+            "seq": position[1],
+            "delivered": delivered,
+            "now": now,
+        }
+
+        async def work(tx: Transaction) -> bool:
+            status = await tx.execute(_ADVANCE, params)
+            if status.split()[-1] != "0":
+                return True
+            # Nothing moved: either the cursor is already there (fine) or the lease is lost.
+            return await tx.fetchval(_OWNED, mine) is not None
+
+        return await self._run(None, work, write=True)
+
+    async def record_failure(
+        self,
+        held: ClaimedWebhook,
+        owner: str,
+        *,
+        error: str,
+        budget: int,
+        now: datetime,
+    ) -> FailureCount | None:
+        """Count one failed attempt; disable the subscription when it is the `budget`-th in a
+        row. None when `owner` no longer holds the lease."""
+        params = {
             "id": held.id,
             "owner": owner,
             "generation": held.generation,
             "error": error,
             "budget": budget,
             "now": now,
-        },
-    )
-    if row is None:
-        return None
-    reason = row["disabled_reason"] if row["state"] == DISABLED else ""
-    return FailureCount(int(row["consecutive_failures"]), reason)
+        }
+        row = await self._run(None, lambda tx: tx.fetchrow(_FAILURE, params), write=True)
+        if row is None:
+            return None
+        reason = row["disabled_reason"] if row["state"] == DISABLED else ""
+        return FailureCount(int(row["consecutive_failures"]), reason)
+
+    async def release(self, owner: str) -> None:
+        """Give up every lease `owner` holds (a clean shutdown: another replica takes over)."""
+        await self._run(None, lambda tx: tx.execute(_RELEASE, {"owner": owner}), write=True)
 
 
-async def release(tx: Transaction, owner: str) -> None:
-    """Give up every lease `owner` holds (a clean shutdown: another replica takes over now)."""
-    await tx.execute(_RELEASE, {"owner": owner})
+async def _position_at(tx: Transaction, tenant: Tenant, since: datetime | None) -> LogPosition:
+    """The position just before the first change of `tenant` at or after `since` (None: now)."""
+    if since is not None:
+        row = await tx.fetchrow(_FIRST_SINCE, {**tenant_params(tenant), "since": since})
+        if row is not None:
+            txid, seq = row["txid"], row["seq"]
+            return (txid, seq - 1)
+    xmin: int = await tx.fetchval(_HORIZON)
+    return (xmin - 1, MAX_SEQ)
