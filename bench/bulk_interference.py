@@ -30,62 +30,33 @@ import grpc.aio
 from bench._db import database
 from bench._latency import summary
 from flowstate.core.model import (
-    ErrorCode,
-    Flow,
     FlowStatus,
-    Phase,
-    PhaseError,
     PhaseState,
     Tenant,
 )
 from flowstate.storage import migrate
-from flowstate.testing import insert_flow_rows, serve_subprocess
+from flowstate.testing import discovery_flow, insert_flow_rows, serve_subprocess
 from flowstate.v1 import flow_service_pb2 as pb
 from flowstate.v1 import flow_service_pb2_grpc, states_pb2
 
 TENANT = Tenant("bench-account", "bench-engagement")
 _TURNS: dict[str, int] = {}
-PHASES = (
-    "data_import",
-    "field_mapping",
-    "data_cleansing",
-    "asset_inventory",
-    "dependency_analysis",
-)
-
-
-def _flow(state: PhaseState, now: datetime) -> Flow:
-    failed = state is PhaseState.FAILED
-    return Flow(
-        flow_id=str(uuid.uuid4()),
-        tenant=TENANT,
-        definition_name="discovery",
-        definition_version=1,
-        phases=tuple(
-            Phase(
-                name,
-                state if name == "data_import" else PhaseState.NOT_STARTED,
-                error=PhaseError(ErrorCode.EXTERNAL_SERVICE_ERROR, "down")
-                if failed and name == "data_import"
-                else None,
-                state_entered_at=now,
-                started_at=now if name == "data_import" else None,
-            )
-            for name in PHASES
-        ),
-        status=FlowStatus.FAILED if failed else FlowStatus.DATA_GATHERING,
-        progress=0.0 if failed else 6.0,
-        version=1,
-        created_at=now,
-        updated_at=now,
-    )
 
 
 async def _prepare(dsn: str, url: str, flows: int, clients: int) -> list[str]:
     await migrate.upgrade(url)
     now = datetime.now(UTC)
-    interactive = [_flow(PhaseState.IN_PROGRESS, now) for _ in range(clients)]
-    rows = [_flow(PhaseState.FAILED, now) for _ in range(flows)] + interactive
+    interactive = [
+        discovery_flow(
+            TENANT,
+            at=now,
+            data_import=PhaseState.IN_PROGRESS,
+            status=FlowStatus.DATA_GATHERING,
+            progress=6.0,
+        )
+        for _ in range(clients)
+    ]
+    rows = [discovery_flow(TENANT, at=now) for _ in range(flows)] + interactive
     await insert_flow_rows(url, rows)
     connection = await asyncpg.connect(dsn)
     try:

@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,7 +44,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from flowstate.core.model import Flow, Tenant
+from flowstate.core.definitions import DISCOVERY
+from flowstate.core.model import ErrorCode, Flow, FlowStatus, Phase, PhaseError, PhaseState, Tenant
 from flowstate.server.app import FlowstateServer
 from flowstate.server.auth import (
     DEV_AUDIENCE,
@@ -58,15 +60,64 @@ from flowstate.storage.store import FlowStore
 
 __all__ = [
     "READY_LINE",
+    "UPSTREAM_DOWN",
     "RunningServer",
     "ServerProcess",
     "TestPki",
     "TokenMinter",
+    "discovery_flow",
     "insert_flow_rows",
     "serve_in_process",
     "serve_subprocess",
     "write_test_pki",
 ]
+
+
+UPSTREAM_DOWN = PhaseError(ErrorCode.EXTERNAL_SERVICE_ERROR, "upstream down")
+"""A retryable phase error (the discovery definition retries EXTERNAL_SERVICE_ERROR)."""
+
+
+def discovery_flow(
+    tenant: Tenant,
+    *,
+    at: datetime,
+    data_import: PhaseState = PhaseState.FAILED,
+    error: PhaseError | None = UPSTREAM_DOWN,
+    retry_count: int = 0,
+    others: PhaseState = PhaseState.NOT_STARTED,
+    status: FlowStatus = FlowStatus.FAILED,
+    progress: float = 0.0,
+    labels: Mapping[str, str] | None = None,
+) -> Flow:
+    """A discovery flow at version 1 changed last `at`, built without the core and without
+    history, for `insert_flow_rows`: by default its data_import FAILED with a retryable error
+    and the other phases have not started (what a bulk RETRY test starts from). `error` and
+    `retry_count` apply to data_import while it is FAILED."""
+    failed = data_import is PhaseState.FAILED
+    states = {phase.name: others for phase in DISCOVERY.phases} | {"data_import": data_import}
+    return Flow(
+        flow_id=str(uuid.uuid4()),
+        tenant=tenant,
+        definition_name=DISCOVERY.name,
+        definition_version=DISCOVERY.version,
+        phases=tuple(
+            Phase(
+                name,
+                state,
+                retry_count=retry_count if failed and name == "data_import" else 0,
+                error=error if failed and name == "data_import" else None,
+                state_entered_at=None if state is PhaseState.NOT_STARTED else at,
+                started_at=None if state is PhaseState.NOT_STARTED else at,
+            )
+            for name, state in states.items()
+        ),
+        status=status,
+        progress=progress,
+        version=1,
+        created_at=at,
+        updated_at=at,
+        labels=dict(labels or {}),
+    )
 
 
 async def insert_flow_rows(database_url: str, flows: Sequence[Flow]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -21,29 +20,16 @@ from sqlalchemy.engine import make_url
 
 from flowstate.core.bulk import bulk_request_id
 from flowstate.core.model import (
-    ErrorCode,
-    Flow,
-    FlowStatus,
-    Phase,
-    PhaseError,
-    PhaseState,
     Tenant,
 )
 from flowstate.storage import migrate
-from flowstate.testing import insert_flow_rows, serve_subprocess
+from flowstate.testing import discovery_flow, insert_flow_rows, serve_subprocess
 from flowstate.v1 import flow_service_pb2 as pb
 
 from .support import request_id, stub_for
 
 TENANT = Tenant("bulk-faults", "engagement")
 FLOWS = 300
-PHASES = (
-    "data_import",
-    "field_mapping",
-    "data_cleansing",
-    "asset_inventory",
-    "dependency_analysis",
-)
 # Slow enough to kill it mid-action, a short lease so that the successor takes over soon.
 ENV = {
     "FLOWSTATE_BULK_RATE": "60",
@@ -77,32 +63,7 @@ async def own_db(database_server: Any) -> AsyncIterator[str]:
 async def failed_flows(url: str, count: int) -> list[str]:
     """`count` discovery flows whose data_import FAILED with a retryable error."""
     now = datetime.now(UTC)
-    flows = [
-        Flow(
-            flow_id=str(uuid.uuid4()),
-            tenant=TENANT,
-            definition_name="discovery",
-            definition_version=1,
-            phases=tuple(
-                Phase(
-                    name,
-                    PhaseState.FAILED if name == "data_import" else PhaseState.NOT_STARTED,
-                    error=(
-                        PhaseError(ErrorCode.EXTERNAL_SERVICE_ERROR, "down")
-                        if name == "data_import"
-                        else None
-                    ),
-                    state_entered_at=now,
-                )
-                for name in PHASES
-            ),
-            status=FlowStatus.FAILED,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
-        for _ in range(count)
-    ]
+    flows = [discovery_flow(TENANT, at=now) for _ in range(count)]
     await insert_flow_rows(url, flows)
     return [flow.flow_id for flow in flows]
 

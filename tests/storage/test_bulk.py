@@ -20,7 +20,6 @@ from flowstate.core.model import (
     ErrorCode,
     Flow,
     FlowStatus,
-    Phase,
     PhaseError,
     PhaseState,
     Tenant,
@@ -28,8 +27,9 @@ from flowstate.core.model import (
 from flowstate.service import FlowService
 from flowstate.service.bulk import BulkService
 from flowstate.storage import FlowStore
-from flowstate.storage.bulk import BulkItem, BulkSelection
+from flowstate.storage.bulk import BulkItem, BulkRequest, BulkSelection
 from flowstate.storage.migrate import upgrade
+from flowstate.testing import discovery_flow
 
 from .support import T0, fetch, insert_flows
 
@@ -52,60 +52,29 @@ async def bulk_store(bulk_database: str) -> AsyncIterator[FlowStore]:
     await opened.close()
 
 
-PHASES = (
-    "data_import",
-    "field_mapping",
-    "data_cleansing",
-    "asset_inventory",
-    "dependency_analysis",
-)
-
-
-def _flow(
-    tenant: Tenant,
-    kind: str,
-    *,
-    minute: int,
-) -> Flow:
+def _flow(tenant: Tenant, kind: str, *, minute: int) -> Flow:
     """A discovery flow of one of the kinds the 2,000-flow test mixes."""
-    states = dict.fromkeys(PHASES, PhaseState.NOT_STARTED)
-    error = None
-    retries = 0
-    status = FlowStatus.FAILED
-    if kind in ("retryable", "exhausted", "terminal"):
-        error = PhaseError(ErrorCode.EXTERNAL_SERVICE_ERROR, "upstream down")
-        states["data_import"] = PhaseState.FAILED
-        retries = 3 if kind == "exhausted" else 0
-        status = FlowStatus.CANCELLED if kind == "terminal" else FlowStatus.FAILED
-    elif kind == "non_retryable":
-        error = PhaseError(ErrorCode.DATA_VALIDATION_FAILED, "bad rows")
-        states["data_import"] = PhaseState.FAILED
-    elif kind == "completed":
-        states = dict.fromkeys(PHASES, PhaseState.COMPLETED)
-        status = FlowStatus.COMPLETED
-    phases = tuple(
-        Phase(
-            name,
-            state,
-            retry_count=retries if name == "data_import" else 0,
-            error=error if name == "data_import" else None,
-            state_entered_at=T0,
-        )
-        for name, state in states.items()
-    )
     at = T0 + timedelta(minutes=minute)
-    return Flow(
-        flow_id=str(uuid.uuid4()),
-        tenant=tenant,
-        definition_name="discovery",
-        definition_version=1,
-        phases=phases,
-        status=status,
-        progress=100.0 if kind == "completed" else 0.0,
-        version=1,
-        created_at=at,
-        updated_at=at,
-        labels={"kind": kind},
+    labels = {"kind": kind}
+    if kind == "completed":
+        return discovery_flow(
+            tenant,
+            at=at,
+            data_import=PhaseState.COMPLETED,
+            others=PhaseState.COMPLETED,
+            status=FlowStatus.COMPLETED,
+            progress=100.0,
+            labels=labels,
+        )
+    if kind == "non_retryable":
+        bad_rows = PhaseError(ErrorCode.DATA_VALIDATION_FAILED, "bad rows")
+        return discovery_flow(tenant, at=at, error=bad_rows, labels=labels)
+    return discovery_flow(
+        tenant,
+        at=at,
+        retry_count=3 if kind == "exhausted" else 0,
+        status=FlowStatus.CANCELLED if kind == "terminal" else FlowStatus.FAILED,
+        labels=labels,
     )
 
 
@@ -159,10 +128,8 @@ async def test_a_retry_over_2000_flows_has_exact_per_flow_results(
     kind_of = {f.flow_id: k for f, k in zip(flows, kinds, strict=True)}
     service = _service(store)
 
-    action, created = await service.start(
-        tenant,
-        kind=BulkActionKind.RETRY,
-        phase=None,
+    request = BulkRequest(
+        BulkActionKind.RETRY,
         selection=_selection(
             "labels.kind IN (retryable, non_retryable, exhausted, terminal, completed)"
         ),
@@ -170,19 +137,10 @@ async def test_a_retry_over_2000_flows_has_exact_per_flow_results(
         user_id="operator",
         request_id="bulk-test-1",
     )
+    action, created = await service.start(tenant, request)
     assert created
     assert (action.state, action.total) == (BulkActionState.RUNNING, 2000)
-    again, created_again = await service.start(
-        tenant,
-        kind=BulkActionKind.RETRY,
-        phase=None,
-        selection=_selection(
-            "labels.kind IN (retryable, non_retryable, exhausted, terminal, completed)"
-        ),
-        reason="outage over",
-        user_id="operator",
-        request_id="bulk-test-1",
-    )
+    again, created_again = await service.start(tenant, request)
     assert (again.action_id, created_again) == (action.action_id, False)
 
     while (await service.work_once()).action_id is not None:
@@ -234,12 +192,11 @@ async def test_cancel_mid_action_stops_it_and_counts_exactly_what_changed(
     service = _service(store, rate=100.0)
     action, _ = await service.start(
         tenant,
-        kind=BulkActionKind.RETRY,
-        phase=None,
-        selection=_selection("status = FAILED"),
-        reason="",
-        user_id="operator",
-        request_id="",
+        BulkRequest(
+            BulkActionKind.RETRY,
+            selection=_selection("status = FAILED"),
+            user_id="operator",
+        ),
     )
     worker = asyncio.create_task(service.work_once())
     async with asyncio.timeout(30):
@@ -283,12 +240,11 @@ async def test_a_takeover_replays_a_change_that_committed_before_its_outcome(
     crashed = _service(store, lease=0.3)
     action, _ = await crashed.start(
         tenant,
-        kind=BulkActionKind.RETRY,
-        phase=None,
-        selection=_selection("labels.kind = retryable"),
-        reason="",
-        user_id="operator",
-        request_id="",
+        BulkRequest(
+            BulkActionKind.RETRY,
+            selection=_selection("labels.kind = retryable"),
+            user_id="operator",
+        ),
     )
     claimed = await crashed.actions.claim(crashed.owner, lease=0.3)
     assert claimed is not None
@@ -325,12 +281,11 @@ async def test_another_tenants_action_is_not_found(bulk_store: FlowStore, tenant
     service = _service(bulk_store)
     action, _ = await service.start(
         tenant,
-        kind=BulkActionKind.CANCEL,
-        phase=None,
-        selection=BulkSelection(flow_ids=(str(uuid.uuid4()),)),
-        reason="",
-        user_id="operator",
-        request_id="",
+        BulkRequest(
+            BulkActionKind.CANCEL,
+            selection=BulkSelection(flow_ids=(str(uuid.uuid4()),)),
+            user_id="operator",
+        ),
     )
     assert action.total == 0
     other = Tenant(f"other-{uuid.uuid4()}", "e")
@@ -356,23 +311,21 @@ async def test_start_refuses_a_missing_selection_or_phase(
     with pytest.raises(FlowStateError) as no_selection:
         await service.start(
             tenant,
-            kind=BulkActionKind.CANCEL,
-            phase=None,
-            selection=BulkSelection(),
-            reason="",
-            user_id="u",
-            request_id="",
+            BulkRequest(
+                BulkActionKind.CANCEL,
+                selection=BulkSelection(),
+                user_id="u",
+            ),
         )
     assert no_selection.value.details["field"] == "filter"
     with pytest.raises(FlowStateError) as no_phase:
         await service.start(
             tenant,
-            kind=BulkActionKind.ROLLBACK,
-            phase=None,
-            selection=_selection("stuck"),
-            reason="",
-            user_id="u",
-            request_id="",
+            BulkRequest(
+                BulkActionKind.ROLLBACK,
+                selection=_selection("stuck"),
+                user_id="u",
+            ),
         )
     assert no_phase.value.details["field"] == "phase"
     listed, _ = await service.actions.list_actions(tenant, page_size=10, page_token="")
@@ -386,12 +339,11 @@ async def test_a_stopping_worker_gives_its_lease_up_so_another_continues_at_once
     stopping = _service(bulk_store, rate=20.0, lease=600.0)  # a lease that would not expire
     action, _ = await stopping.start(
         tenant,
-        kind=BulkActionKind.RETRY,
-        phase=None,
-        selection=_selection("labels.kind = retryable AND status = FAILED"),
-        reason="",
-        user_id="operator",
-        request_id="",
+        BulkRequest(
+            BulkActionKind.RETRY,
+            selection=_selection("labels.kind = retryable AND status = FAILED"),
+            user_id="operator",
+        ),
     )
     worker = asyncio.create_task(stopping.work_once())
     async with asyncio.timeout(30):

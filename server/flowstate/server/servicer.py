@@ -61,7 +61,7 @@ from flowstate.service import definitions as definition_service
 from flowstate.service import retention as retention_service
 from flowstate.service.bulk import BulkService
 from flowstate.service.webhooks import WebhookService
-from flowstate.storage.bulk import BulkItem, BulkSelection
+from flowstate.storage.bulk import BulkItem, BulkRequest, BulkSelection
 from flowstate.storage.store import FlowQuery, FlowStore, MutationResult
 from flowstate.v1 import flow_pb2, flow_service_pb2_grpc, webhook_pb2
 from flowstate.v1 import flow_service_pb2 as pb
@@ -714,15 +714,15 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
         """Start a bulk action over a filter or ids; it runs in the background."""
         args = validation.start_bulk_action(request)
         condition = self._filter(args.filter_text) if args.filter_text else None
-        action, _ = await self._require_bulk().start(
-            call.tenant,
+        bulk = BulkRequest(
             kind=args.kind,
-            phase=args.phase,
             selection=BulkSelection(condition, args.filter_text, args.flow_ids),
+            phase=args.phase,
             reason=args.reason,
             user_id=call.principal.user_id,
             request_id=args.request_id,
         )
+        action, _ = await self._require_bulk().start(call.tenant, bulk)
         return pb.StartBulkActionResponse(bulk_action=bulk_action_to_proto(action))
 
     @unary(Scope.ADMIN)

@@ -18,6 +18,7 @@ has the measured effect on TransitionPhase latency).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,7 +30,6 @@ from typing import Any
 
 from flowstate.core.bulk import (
     PHASE_KINDS,
-    BulkActionKind,
     BulkActionState,
     BulkOutcome,
     bulk_command,
@@ -43,7 +43,7 @@ from flowstate.storage.bulk import (
     BulkAction,
     BulkActionStore,
     BulkItem,
-    BulkSelection,
+    BulkRequest,
     ClaimedAction,
 )
 from flowstate.storage.limits import check_name, malformed
@@ -92,25 +92,16 @@ class BulkService:
         self._clock = clock
         self.current: ClaimedAction | None = None
 
-    async def start(
-        self,
-        tenant: Tenant,
-        *,
-        kind: BulkActionKind,
-        phase: str | None,
-        selection: BulkSelection,
-        reason: str,
-        user_id: str,
-        request_id: str,
-    ) -> tuple[BulkAction, bool]:
+    async def start(self, tenant: Tenant, request: BulkRequest) -> tuple[BulkAction, bool]:
         """Store a new action (see `BulkActionStore.start`); MALFORMED_REQUEST without a
         selection or without the phase a ROLLBACK or SKIP needs."""
+        kind, phase, selection = request.kind, request.phase, request.selection
         if kind in PHASE_KINDS:
             if not phase:
                 raise malformed("phase", f"a {kind.value} bulk action needs a phase")
             check_name("phase", phase)
-        else:
-            phase = None
+        elif phase is not None:
+            request = dataclasses.replace(request, phase=None)
         if selection.filter is None and not selection.flow_ids:
             raise malformed(
                 "filter",
@@ -119,22 +110,13 @@ class BulkService:
             )
         payload = {
             "kind": kind.value,
-            "phase": phase,
+            "phase": request.phase,
             "filter": selection.filter_text,
             "flow_ids": sorted(selection.flow_ids),
-            "reason": reason,
+            "reason": request.reason,
         }
         fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-        return await self.actions.start(
-            tenant,
-            kind=kind,
-            phase=phase,
-            selection=selection,
-            reason=reason,
-            user_id=user_id,
-            request_id=request_id,
-            fingerprint=fingerprint,
-        )
+        return await self.actions.start(tenant, request, fingerprint=fingerprint)
 
     async def work_once(self) -> BulkRound:
         """Lease one action and take its flows until none is left, it is cancelled, or the

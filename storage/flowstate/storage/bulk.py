@@ -59,7 +59,14 @@ from flowstate.storage.statements import FLOWS_IN_TENANT
 from flowstate.storage.store import FlowStore
 from flowstate.storage.tokens import decode_token, encode_token, query_hash
 
-__all__ = ["BulkAction", "BulkActionStore", "BulkItem", "BulkSelection", "ClaimedAction"]
+__all__ = [
+    "BulkAction",
+    "BulkActionStore",
+    "BulkItem",
+    "BulkRequest",
+    "BulkSelection",
+    "ClaimedAction",
+]
 
 _ID = bindparam("id", type_=UUID(as_uuid=False))
 _OWNER = bindparam("owner", type_=Text)
@@ -274,6 +281,21 @@ class BulkSelection:
     flow_ids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class BulkRequest:
+    """A new bulk action as asked (`BulkService.start`, then `BulkActionStore.start`)."""
+
+    kind: BulkActionKind
+    selection: BulkSelection
+    phase: str | None = None
+    """The phase a ROLLBACK or SKIP acts on (None for the other kinds)."""
+    reason: str = ""
+    user_id: str = ""
+    """Who started it: every flow's change is made as this user."""
+    request_id: str = ""
+    """Its idempotency key ("" for none)."""
+
+
 def _action_from_row(row: Any) -> BulkAction:
     return BulkAction(
         action_id=str(row["id"]),
@@ -337,21 +359,14 @@ class BulkActionStore:
     # --- tenant calls ----------------------------------------------------------------------
 
     async def start(
-        self,
-        tenant: Tenant,
-        *,
-        kind: BulkActionKind,
-        phase: str | None,
-        selection: BulkSelection,
-        reason: str,
-        user_id: str,
-        request_id: str,
-        fingerprint: str,
+        self, tenant: Tenant, request: BulkRequest, *, fingerprint: str
     ) -> tuple[BulkAction, bool]:
-        """Store a new action over its flows: (the action, created). A repeated `request_id`
+        """Store a new action over its flows: (the action, created). A repeated request id
         with the same `fingerprint` returns the first action (created False); with another,
         REQUEST_ID_REUSED."""
         check_tenant(tenant)
+        kind, phase, selection = request.kind, request.phase, request.selection
+        request_id = request.request_id
         if len(selection.flow_ids) > MAX_FLOW_IDS_PER_QUERY:
             raise malformed(
                 "flow_ids",
@@ -383,8 +398,8 @@ class BulkActionStore:
                     "action": kind.value,
                     "phase": phase,
                     "filter": selection.filter_text,
-                    "reason": reason,
-                    "user_id": user_id,
+                    "reason": request.reason,
+                    "user_id": request.user_id,
                     "request_id": request_id,
                     "fingerprint": fingerprint,
                 },
