@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,22 @@ async def proxied_server(
                 yield Api(stub, server.mint, tenant), cut
         finally:
             await store.close()
+
+
+@contextlib.contextmanager
+def sync_stub(address: str) -> Iterator[flow_service_pb2_grpc.FlowStateServiceStub]:
+    """A blocking stub on a channel of its own, e.g. to a `serve_subprocess` server."""
+    with grpc.insecure_channel(address) as channel:
+        yield flow_service_pb2_grpc.FlowStateServiceStub(channel)
+
+
+def new_flow(
+    stub: flow_service_pb2_grpc.FlowStateServiceStub, metadata: Iterable[tuple[str, str]]
+) -> flow_pb2.Flow:
+    """A new discovery flow, through a blocking stub (`sync_stub`)."""
+    return stub.CreateFlow(
+        pb.CreateFlowRequest(request_id=request_id()), metadata=tuple(metadata)
+    ).flow
 
 
 def phase_states(flow: flow_pb2.Flow) -> dict[str, int]:

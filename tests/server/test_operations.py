@@ -28,7 +28,7 @@ from flowstate.testing import RunningServer, serve_in_process, serve_subprocess,
 from flowstate.v1 import flow_service_pb2 as pb
 from flowstate.v1 import flow_service_pb2_grpc
 
-from .support import Api, S, decode_failure, refused, request_id
+from .support import Api, S, decode_failure, new_flow, refused, request_id, sync_stub
 
 SERVICE = "flowstate.v1.FlowStateService"
 
@@ -180,11 +180,8 @@ def _flowstate(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 def test_sigterm_drains_streams_and_exits_zero(database_url: str, tenant: Tenant) -> None:
     with serve_subprocess(database_url=database_url) as process:
         metadata = process.mint.metadata(tenant)
-        with grpc.insecure_channel(process.address) as channel:
-            stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-            flow = stub.CreateFlow(
-                pb.CreateFlowRequest(request_id=request_id()), metadata=metadata
-            ).flow
+        with sync_stub(process.address) as stub:
+            flow = new_flow(stub, metadata)
             stream = stub.WatchFlow(pb.WatchFlowRequest(flow_id=flow.flow_id), metadata=metadata)
             first = next(stream)
             assert first.event.snapshot.flow_id == flow.flow_id
@@ -225,11 +222,8 @@ def test_zero_config_serve_and_token_with_the_dev_secret(tmp_path: Path) -> None
             "token", "--tenant", "a/b", "--user", "x", "--data-dir", str(tmp_path / "other")
         )
         metadata = (("authorization", f"Bearer {token}"),)
-        with grpc.insecure_channel(process.address) as channel:
-            stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-            flow = stub.CreateFlow(
-                pb.CreateFlowRequest(request_id=request_id()), metadata=metadata
-            ).flow
+        with sync_stub(process.address) as stub:
+            flow = new_flow(stub, metadata)
             assert (flow.client_account_id, flow.engagement_id) == ("acme", "migration-1")
             with pytest.raises(grpc.RpcError) as caught:
                 stub.GetFlow(

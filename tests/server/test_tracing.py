@@ -15,9 +15,8 @@ from flowstate.core.model import Tenant
 from flowstate.server.config import ConfigError, ServerSettings
 from flowstate.testing import ServerProcess, serve_subprocess
 from flowstate.v1 import flow_service_pb2 as pb
-from flowstate.v1 import flow_service_pb2_grpc
 
-from .support import request_id
+from .support import new_flow, request_id, sync_stub
 
 SERVICE = "/flowstate.v1.FlowStateService"
 
@@ -42,11 +41,8 @@ def test_rpcs_and_their_statements_are_traced(database_url: str, tenant: Tenant)
             *process.mint.metadata(tenant),
             ("traceparent", f"00-{trace_id}-{parent_id}-01"),
         )
-        with grpc.insecure_channel(process.address) as channel:
-            stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-            flow = stub.CreateFlow(
-                pb.CreateFlowRequest(request_id=request_id()), metadata=metadata
-            ).flow
+        with sync_stub(process.address) as stub:
+            flow = new_flow(stub, metadata)
             with pytest.raises(grpc.RpcError):
                 stub.GetFlow(pb.GetFlowRequest(flow_id=str(uuid.uuid4())), metadata=metadata)
             # A stream works under the interceptor too: snapshot, then the final change.

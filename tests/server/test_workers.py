@@ -22,7 +22,7 @@ from flowstate.v1 import flow_service_pb2 as pb
 from flowstate.v1 import flow_service_pb2_grpc
 from flowstate.v1 import states_pb2 as S  # noqa: N812 - as in the other server tests
 
-from .support import request_id
+from .support import new_flow, request_id, sync_stub
 
 WORKER_LINE = re.compile(r"^flowstate: worker (\d+) pid (\d+)$")
 CHANGES = 16
@@ -80,11 +80,8 @@ def test_two_workers_share_the_port_and_every_stream_sees_every_change(
     with serve_subprocess(database_url=database_url, args=["--workers", "2"], env=env) as process:
         assert sorted(_workers(process)) == [0, 1]
         metadata = process.mint.metadata(tenant)
-        with grpc.insecure_channel(process.address) as channel:
-            stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-            flow = stub.CreateFlow(
-                pb.CreateFlowRequest(request_id=request_id()), metadata=metadata
-            ).flow
+        with sync_stub(process.address) as stub:
+            flow = new_flow(stub, metadata)
             stream = stub.WatchFlow(
                 pb.WatchFlowRequest(flow_id=flow.flow_id), metadata=metadata, timeout=60
             )
@@ -121,11 +118,8 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_them_all(
         assert _alive(restarted)
         assert _alive(first[1])
         metadata = process.mint.metadata(tenant)
-        with grpc.insecure_channel(process.address) as channel:
-            stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-            flow = stub.CreateFlow(
-                pb.CreateFlowRequest(request_id=request_id()), metadata=metadata
-            ).flow
+        with sync_stub(process.address) as stub:
+            flow = new_flow(stub, metadata)
         prefixes: set[str] = set()
         toggles = itertools.count()
 
