@@ -1,28 +1,9 @@
 """Prometheus metrics of one server, in its own registry, served on a separate HTTP port.
 
-| metric | type | labels |
-|---|---|---|
-| `flowstate_rpc_requests_total` | counter | method, code |
-| `flowstate_rpc_duration_seconds` | histogram | method, code |
-| `flowstate_phase_transitions_total` | counter | phase, from_state, to_state, result |
-| `flowstate_phase_time_in_state_seconds` | histogram | phase, state (the state left) |
-| `flowstate_retries_total` | counter | phase |
-| `flowstate_rollbacks_total` | counter | phase, kind (rollback, cascade) |
-| `flowstate_open_streams` | gauge | method |
-| `flowstate_stuck_flows` | gauge | status |
-| `flowstate_stuck_flows_checked_timestamp_seconds` | gauge | |
-| `flowstate_client_requests_total` | counter | sdk, version |
-| `flowstate_stream_lag_seconds` | histogram | |
-| `flowstate_archived_flows_total` | counter | |
-| `flowstate_archive_purged_flows_total` | counter | |
-| `flowstate_archive_dropped_partitions_total` | counter | |
-| `flowstate_archive_runs_total` | counter | result (ok, failed) |
-| `flowstate_archive_pending_flows` | gauge | |
-| `flowstate_archive_lag_seconds` | gauge | |
-| `flowstate_webhook_deliveries_total` | counter | result (ok, failed, disabled) |
-| `flowstate_tenant_requests_total` | counter | tenant (top N, else ``other``), family, result |
-| `flowstate_bulk_flows_total` | counter | |
-| `flowstate_alerts_total` | counter | kind |
+The metrics, their labels and what they count are listed once, in docs/operations.md
+("Metrics"); `tests/docs/test_metrics_table.py` fails when a metric registered here is missing
+from that table or the table names one that is not registered. The notes below are about how
+the labels are kept bounded.
 
 `result` is ``applied`` or the refusal's error code. Label values come from definitions and
 enums, never from free request text, so cardinality stays bounded: refusals that name an
