@@ -88,3 +88,17 @@ def test_the_size_limit_reads_the_text() -> None:
     with pytest.raises(FlowStateError, match="larger than"):
         check_json_object("command.metadata", big)
     check_json_object("command.metadata", EncodedJson({"x": "a"}))
+
+
+def test_a_value_without_encoded_json_is_plain_compact_json() -> None:
+    """The fast path (no EncodedJson to splice) writes what the splicing path writes."""
+    value = {"b": [1, 2.5, None, True], "a": {"z": "é"}, "n": "x\u2028y"}
+
+    assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert dumps_canonical(value) == json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, sort_keys=True
+    )
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps({"when": object()})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        dumps({"x": math.inf})

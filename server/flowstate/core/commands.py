@@ -642,8 +642,11 @@ class _Builder:
         if new.state is old.state or (
             old.state is PhaseState.FAILED and new.state is PhaseState.RETRY_NEEDED
         ):
-            return replace(new, next_attempt_at=old.next_attempt_at)
-        return replace(new, next_attempt_at=None)
+            due = old.next_attempt_at
+        else:
+            due = None
+        # (A copy only when it changes: most phases have no automatic retry scheduled.)
+        return new if new.next_attempt_at == due else replace(new, next_attempt_at=due)
 
     def raise_alert(self, alert: FlowAlert) -> None:
         """Add `alert` to the flow's alerts in force and record it (nothing else changes)."""
@@ -661,7 +664,9 @@ class _Builder:
         """The flow after every step, and the steps' entries."""
         flow = self.flow
         if self.entries:
-            flow = replace(flow, alert_due_at=alert_due_at(flow, self.definition))
+            due = alert_due_at(flow, self.definition)
+            if due != flow.alert_due_at:
+                flow = replace(flow, alert_due_at=due)
         return Decision(flow=flow, entries=tuple(self.entries), effects=tuple(self.effects))
 
     def cancel_child(self, phase: Phase, reason: str) -> None:
@@ -682,8 +687,9 @@ class _Builder:
         if kind is HistoryKind.ALERT:
             new_flow = replace(new_flow, version=version)
         else:
-            new_flow = replace(new_flow, version=version, updated_at=self.ctx.now)
-            new_flow = replace(new_flow, alerts=alerts_in_force(new_flow, self.definition))
+            # The alerts in force depend on status, phases and alerts, not on version and time.
+            alerts = alerts_in_force(new_flow, self.definition)
+            new_flow = replace(new_flow, version=version, updated_at=self.ctx.now, alerts=alerts)
         entry = HistoryEntry(
             flow_version=version,
             kind=kind,

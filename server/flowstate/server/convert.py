@@ -185,6 +185,17 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return message
 
 
+def _set_duration(target: duration_pb2.Duration, seconds: float) -> None:
+    """Set the Duration field `target` in place, as `Duration.FromTimedelta` of
+    ``timedelta(seconds=seconds)`` would (rounded to microseconds, nanos with the sign of
+    seconds)."""
+    span = timedelta(seconds=seconds)
+    whole, nanos = span.days * 86400 + span.seconds, span.microseconds * 1000
+    if whole < 0 and nanos > 0:
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    target.seconds, target.nanos = whole, nanos
+
+
 # --- google.protobuf.Struct <-> dict ---------------------------------------------------------
 
 
@@ -259,7 +270,7 @@ def entry_to_proto(flow_id: str, entry: HistoryEntry) -> history_pb2.HistoryEntr
     if entry.error is not None:
         message.error_context.CopyFrom(phase_error_to_proto(entry.error))
     if entry.time_in_state_seconds is not None:
-        message.time_in_state.CopyFrom(_duration(entry.time_in_state_seconds))
+        _set_duration(message.time_in_state, entry.time_in_state_seconds)
     if entry.next_attempt_at is not None:
         set_timestamp(message.next_attempt_time, entry.next_attempt_at)
     if entry.approval is not None:
@@ -422,8 +433,10 @@ def _kind_fields(phase: PhaseDefinition) -> dict[str, Any]:
 def _fill_phase(message: flow_pb2.Phase, phase: Phase) -> None:
     """Set the per-flow fields of a Phase message (name and limits are already there)."""
     message.state = PHASE_STATE_TO_PROTO[phase.state]
-    message.progress = phase.progress
-    message.retry_count = phase.retry_count
+    if phase.progress:  # zero is what the message holds already
+        message.progress = phase.progress
+    if phase.retry_count:
+        message.retry_count = phase.retry_count
     if phase.last_retry_at is not None:
         set_timestamp(message.last_retry_time, phase.last_retry_at)
     if phase.error is not None:

@@ -209,17 +209,27 @@ class DefinitionViews:
     def __init__(self) -> None:
         """Start with the built-ins."""
         self._views: dict[FlowDefinition, DefinitionView] = {}
+        # The same definition objects come back on every call (the store caches them): found
+        # by identity, a view costs a dict lookup instead of hashing the whole definition. The
+        # entry holds the object, so its id cannot be reused while the entry exists.
+        self._by_identity: dict[int, tuple[FlowDefinition, DefinitionView]] = {}
         self._resolved: dict[tuple[Tenant, str, int], FlowDefinition] = {}
         for definition in BUILTIN_DEFINITIONS.values():
             self.view(definition)
 
     def view(self, definition: FlowDefinition) -> DefinitionView:
         """The view of `definition` (built once per distinct definition)."""
+        known = self._by_identity.get(id(definition))
+        if known is not None and known[0] is definition:
+            return known[1]
         view = self._views.get(definition)
         if view is None:
             if len(self._views) >= MAX_VIEWS:
                 self._views.pop(next(iter(self._views)))
             view = self._views[definition] = DefinitionView(definition)
+        if len(self._by_identity) >= MAX_VIEWS:
+            self._by_identity.clear()
+        self._by_identity[id(definition)] = (definition, view)
         return view
 
     def resolved(self, tenant: Tenant, name: str, version: int) -> FlowDefinition | None:

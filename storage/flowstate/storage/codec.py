@@ -110,7 +110,50 @@ def dumps_canonical(value: Any, *, default: Any = None, allow_nan: bool = False)
     return _dumps_splicing(value, sort_keys=True, allow_nan=allow_nan, default=default)
 
 
+class _Splice(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by the fast path's hook when it meets an `EncodedJson`: splice instead."""
+
+
+def _fast_hook(default: Any) -> Any:
+    def hook(item: Any) -> Any:
+        if isinstance(item, EncodedJson):
+            raise _Splice
+        if default is None:
+            raise TypeError(f"Object of type {type(item).__name__} is not JSON serializable")
+        return default(item)
+
+    return hook
+
+
+_MAX_ENCODERS = 16
+_encoders: dict[tuple[bool, bool, Any], json.JSONEncoder] = {}
+
+
+def _encoder(sort_keys: bool, allow_nan: bool, default: Any) -> json.JSONEncoder:
+    """The fast path's encoder for these settings, built once (a few `default` hooks exist)."""
+    key = (sort_keys, allow_nan, default)
+    encoder = _encoders.get(key)
+    if encoder is None:
+        encoder = json.JSONEncoder(
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=allow_nan,
+            sort_keys=sort_keys,
+            default=_fast_hook(default),
+        )
+        if len(_encoders) < _MAX_ENCODERS:
+            _encoders[key] = encoder
+    return encoder
+
+
 def _dumps_splicing(value: Any, *, sort_keys: bool, allow_nan: bool, default: Any) -> str:
+    # Fast path: most values hold no EncodedJson (a request without metadata); one encoder per
+    # settings, made once, encodes them. Its hook raises `_Splice` at the first EncodedJson,
+    # and the value is encoded again below, splicing.
+    try:
+        return _encoder(sort_keys, allow_nan, default).encode(value)
+    except _Splice:
+        pass
     # The encoder hands each EncodedJson (a Mapping, not a dict) to the hook, which leaves a
     # placeholder string no caller can guess (a fresh UUID per call); the placeholders are then
     # replaced by the texts. Sorted or not, an object's text differs only in key order, which
@@ -223,52 +266,65 @@ def alert_from_json(data: Mapping[str, Any] | None) -> FlowAlert | None:
 
 
 def _phase_details(phase: Phase) -> dict[str, Any]:
-    if phase.approval is not None:
-        return {**_plain_phase_details(phase), "approval": approval_to_json(phase.approval)}
-    return _plain_phase_details(phase)
-
-
-def _plain_phase_details(phase: Phase) -> dict[str, Any]:
-    return {
+    last_retry, entered = phase.last_retry_at, phase.state_entered_at
+    started, completed = phase.started_at, phase.completed_at
+    detail: dict[str, Any] = {
         "name": phase.name,
         "progress": phase.progress,
         "retry_count": phase.retry_count,
-        "last_retry_at": _iso(phase.last_retry_at),
-        "state_entered_at": _iso(phase.state_entered_at),
-        "started_at": _iso(phase.started_at),
-        "completed_at": _iso(phase.completed_at),
-        **({"next_attempt_at": _iso(phase.next_attempt_at)} if phase.next_attempt_at else {}),
-        **({"child_flow_id": phase.child_flow_id} if phase.child_flow_id else {}),
+        "last_retry_at": None if last_retry is None else last_retry.isoformat(),
+        "state_entered_at": None if entered is None else entered.isoformat(),
+        "started_at": None if started is None else started.isoformat(),
+        "completed_at": None if completed is None else completed.isoformat(),
     }
+    if phase.next_attempt_at:
+        detail["next_attempt_at"] = phase.next_attempt_at.isoformat()
+    if phase.child_flow_id:
+        detail["child_flow_id"] = phase.child_flow_id
+    if phase.approval is not None:
+        detail["approval"] = approval_to_json(phase.approval)
+    return detail
 
 
-def flow_to_row(flow: Flow) -> dict[str, Any]:
-    """Column values of `flow` for the `flows` table (JSONB columns as plain JSON values)."""
-    retry_times = [p.last_retry_at for p in flow.phases if p.last_retry_at is not None]
+def _flow_columns(flow: Flow, iso: bool) -> dict[str, Any]:
+    """`flow_to_row`, or with `iso` `flow_to_json` (timestamps as ISO text), in one pass."""
+    phases = flow.phases
+    retry_times = [p.last_retry_at for p in phases if p.last_retry_at is not None]
+    last_retry_at = max(retry_times) if retry_times else None
+    times: tuple[Any, ...] = (
+        flow.created_at,
+        flow.updated_at,
+        flow.deadline,
+        flow.alert_due_at,
+        last_retry_at,
+    )
+    if iso:
+        times = tuple(None if t is None else t.isoformat() for t in times)
+    created, updated, deadline, due, last_retry = times
+    before_pause = flow.status_before_pause
+    tenant = flow.tenant
     return {
         "id": flow.flow_id,
-        "client_account_id": flow.tenant.client_account_id,
-        "engagement_id": flow.tenant.engagement_id,
+        "client_account_id": tenant.client_account_id,
+        "engagement_id": tenant.engagement_id,
         "definition_name": flow.definition_name,
         "definition_version": flow.definition_version,
         "status": flow.status.value,
-        "status_before_pause": (
-            None if flow.status_before_pause is None else flow.status_before_pause.value
-        ),
+        "status_before_pause": None if before_pause is None else before_pause.value,
         "version": flow.version,
-        "phase_states": {p.name: p.state.value for p in flow.phases},
-        "phase_details": [_phase_details(p) for p in flow.phases],
+        "phase_states": {p.name: p.state.value for p in phases},
+        "phase_details": [_phase_details(p) for p in phases],
         "progress": flow.progress,
-        "error_context": {p.name: error_to_json(p.error) for p in flow.phases if p.error},
-        "retry_count": sum(p.retry_count for p in flow.phases),
-        "last_retry_at": max(retry_times) if retry_times else None,
+        "error_context": {p.name: error_to_json(p.error) for p in phases if p.error},
+        "retry_count": sum(p.retry_count for p in phases),
+        "last_retry_at": last_retry,
         "display_name": flow.display_name,
         "labels": dict(flow.labels),
-        "created_at": flow.created_at,
-        "updated_at": flow.updated_at,
-        "deadline": flow.deadline,
+        "created_at": created,
+        "updated_at": updated,
+        "deadline": deadline,
         "alerts": [alert_to_json(a) for a in flow.alerts],
-        "alert_due_at": flow.alert_due_at,
+        "alert_due_at": due,
         "parent_flow_id": flow.parent_flow_id,
         "parent_phase": flow.parent_phase,
         "external_dependencies": [
@@ -278,37 +334,68 @@ def flow_to_row(flow: Flow) -> dict[str, Any]:
     }
 
 
+def flow_to_row(flow: Flow) -> dict[str, Any]:
+    """Column values of `flow` for the `flows` table (JSONB columns as plain JSON values)."""
+    return _flow_columns(flow, iso=False)
+
+
+# Enum members by value: a dict lookup instead of an `Enum(value)` call per phase (rows hold
+# only valid values; an unknown one still raises, through the call).
+_PHASE_STATES: Mapping[str, PhaseState] = {m.value: m for m in PhaseState}
+_FLOW_STATUSES: Mapping[str, FlowStatus] = {m.value: m for m in FlowStatus}
+_fromiso = datetime.fromisoformat
+
+
+def _phase_state(value: str) -> PhaseState:
+    state = _PHASE_STATES.get(value)
+    return PhaseState(value) if state is None else state
+
+
+def _flow_status(value: str) -> FlowStatus:
+    status = _FLOW_STATUSES.get(value)
+    return FlowStatus(value) if status is None else status
+
+
+def _phase_from_json(detail: Mapping[str, Any], state: str, error: Any) -> Phase:
+    last_retry, entered = detail["last_retry_at"], detail["state_entered_at"]
+    started, completed = detail["started_at"], detail["completed_at"]
+    next_attempt = detail.get("next_attempt_at")
+    approval = detail.get("approval")
+    return Phase(
+        name=detail["name"],
+        state=_phase_state(state),
+        progress=detail["progress"],
+        retry_count=detail["retry_count"],
+        last_retry_at=None if last_retry is None else _fromiso(last_retry),
+        error=None if error is None else error_from_json(error),
+        state_entered_at=None if entered is None else _fromiso(entered),
+        started_at=None if started is None else _fromiso(started),
+        completed_at=None if completed is None else _fromiso(completed),
+        next_attempt_at=None if next_attempt is None else _fromiso(next_attempt),
+        approval=None if approval is None else approval_from_json(approval),
+        child_flow_id=detail.get("child_flow_id"),
+    )
+
+
 def flow_from_row(row: Row) -> Flow:
     """The `Flow` stored in a `flows` row (as returned by a select of every column)."""
     states: Mapping[str, str] = row["phase_states"]
     errors: Mapping[str, Any] = row["error_context"]
     phases = tuple(
-        Phase(
-            name=detail["name"],
-            state=PhaseState(states[detail["name"]]),
-            progress=detail["progress"],
-            retry_count=detail["retry_count"],
-            last_retry_at=_from_iso(detail["last_retry_at"]),
-            error=error_from_json(errors.get(detail["name"])),
-            state_entered_at=_from_iso(detail["state_entered_at"]),
-            started_at=_from_iso(detail["started_at"]),
-            completed_at=_from_iso(detail["completed_at"]),
-            next_attempt_at=_from_iso(detail.get("next_attempt_at")),
-            approval=approval_from_json(detail.get("approval")),
-            child_flow_id=detail.get("child_flow_id"),
-        )
+        _phase_from_json(detail, states[detail["name"]], errors.get(detail["name"]))
         for detail in row["phase_details"]
     )
     before_pause = row["status_before_pause"]
     parent = _optional(row, "parent_flow_id")
+    dependencies = _optional(row, "external_dependencies")
     return Flow(
         flow_id=str(row["id"]),
         tenant=Tenant(row["client_account_id"], row["engagement_id"]),
         definition_name=row["definition_name"],
         definition_version=row["definition_version"],
         phases=phases,
-        status=FlowStatus(row["status"]),
-        status_before_pause=None if before_pause is None else FlowStatus(before_pause),
+        status=_flow_status(row["status"]),
+        status_before_pause=None if before_pause is None else _flow_status(before_pause),
         progress=row["progress"],
         version=row["version"],
         created_at=row["created_at"],
@@ -320,9 +407,12 @@ def flow_from_row(row: Row) -> Flow:
         alert_due_at=_optional(row, "alert_due_at"),
         parent_flow_id=None if parent is None else str(parent),
         parent_phase=_optional(row, "parent_phase"),
-        external_dependencies=tuple(
-            ExternalDependency(d["phase"], d["flow_id"], d["flow_phase"])
-            for d in (_optional(row, "external_dependencies") or ())
+        external_dependencies=(
+            tuple(
+                ExternalDependency(d["phase"], d["flow_id"], d["flow_phase"]) for d in dependencies
+            )
+            if dependencies
+            else ()
         ),
     )
 
@@ -411,7 +501,7 @@ def _with_datetimes(data: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str,
 
 def flow_to_json(flow: Flow) -> dict[str, Any]:
     """`flow` as a JSON-able dict (the row form with ISO timestamps)."""
-    return _with_iso(flow_to_row(flow), _FLOW_TIMESTAMPS)
+    return _flow_columns(flow, iso=True)
 
 
 def flow_from_json(data: Mapping[str, Any]) -> Flow:
