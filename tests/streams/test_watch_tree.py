@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ from flowstate.server.watch import FlowEventValue, WatchHub
 from flowstate.service import FlowService
 from flowstate.service.definitions import register_definition
 from flowstate.storage import FlowStore
-from flowstate.storage.changes import TenantLog
+from flowstate.storage.changes import TenantLog, TenantRead
 
 from .support import ctx, next_change, next_event
 
@@ -345,6 +346,38 @@ async def test_heartbeats_of_a_tree_stream_carry_a_cursor_that_resumes_exactly(
     change = await next_change(resumed)
     assert (change.flow_id, change.flow_version) == (top, 2)
     await resumed.aclose()
+
+
+async def test_100_tree_watchers_share_about_one_log_read_per_change(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
+    log = hub._log  # counted where the tenant channel reads (the same object, wrapped)
+    reads = 0
+    read = log.read
+
+    async def counted(*args: Any, **kwargs: Any) -> TenantRead:
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)
+
+    log.read = counted  # type: ignore[method-assign]
+    streams = [_tree(hub, tenant, top) for _ in range(100)]
+    for stream in streams:
+        assert [(await next_change(stream)).flow_id for _ in range(2)] == [top, leaf]
+    before, known = reads, await _history(store, tenant, top, leaf)
+    await _move(service, tenant, leaf, "a", IN_PROGRESS)  # leaf and top
+    await _move(service, tenant, leaf, "a", COMPLETED)
+    wanted = await _history(store, tenant, top, leaf) - known
+    for stream in streams:
+        assert sorted(_keys(await _changes_until(stream, wanted))) == sorted(wanted)
+    # Single-flight reads of the shared tenant channel: a handful per commit, not per watcher.
+    assert reads - before <= 10, reads - before  # 100 watchers, 2 commits
+    await asyncio.gather(*(s.aclose() for s in streams))
 
 
 async def test_tenancy_another_tenants_tree_is_not_found_and_never_streamed(
