@@ -19,6 +19,7 @@ from flowstate.client import (
     FlowStatus,
     RetryPolicy,
     Unavailable,
+    WatchRelation,
 )
 from flowstate.v1 import flow_service_pb2
 
@@ -217,6 +218,54 @@ async def test_watch_flows_resumes_from_the_last_cursor(
     assert second.cursor == "c3"
     assert list(second.statuses) == [FlowStatus.DISCOVERY]
     assert second.definition_name == "discovery"
+
+
+def node(
+    version: int, cursor: str, flow_id: str, relation: int, kind: str = "change", **kwargs: object
+) -> flow_service_pb2.WatchFlowResponse:
+    return flow_service_pb2.WatchFlowResponse(
+        event=flow_event(version, kind, flow_id=flow_id, **kwargs),  # type: ignore[arg-type]
+        cursor=cursor,
+        relation=relation,  # type: ignore[arg-type]
+        parent_flow_id="p" if relation == WatchRelation.DESCENDANT else "",
+    )
+
+
+async def test_watch_of_a_tree_resumes_from_the_last_cursor_and_ends_after_a_clean_end(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient
+) -> None:
+    self_, child = WatchRelation.SELF, WatchRelation.DESCENDANT
+    servicer.add(
+        "WatchFlow",
+        Stream(
+            [node(1, "", "p", self_, "snapshot"), node(2, "c1", "k", child, "snapshot")],
+            then=SHUTTING_DOWN,
+        ),
+        # Resumed from c1; a repeat of a version already seen is dropped. The parent's terminal
+        # event, then its child's change of the same transaction, then a clean end: the end.
+        Stream(
+            [
+                node(2, "c1", "k", child),
+                node(3, "c2", "k", child),
+                node(2, "c3", "p", self_, status=COMPLETED),
+                node(4, "c4", "k", child, status=COMPLETED),
+            ]
+        ),
+    )
+
+    events = await asyncio.wait_for(collect(client.watch("p", children_depth=1)), timeout=5)
+
+    assert [(e.flow_id, e.flow_version, e.cursor, e.relation) for e in events] == [
+        ("p", 1, None, self_),
+        ("k", 2, "c1", child),
+        ("k", 3, "c2", child),
+        ("p", 2, "c3", self_),
+        ("k", 4, "c4", child),
+    ]
+    assert events[1].parent_flow_id == "p"
+    first, second = servicer.requests("WatchFlow")
+    assert (first.children_depth, first.cursor, first.HasField("after_version")) == (1, "", False)
+    assert (second.children_depth, second.cursor) == (1, "c1")
 
 
 async def test_watch_survives_a_server_restart_on_the_same_port(
