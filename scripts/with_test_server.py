@@ -15,6 +15,7 @@ COMMAND's exit code:
     FLOWSTATE_TEST_TOKEN_ADMIN          tenant A, flows:admin (implies write)
     FLOWSTATE_TEST_TOKEN_OTHER_TENANT   tenant B, flows:write
     FLOWSTATE_TEST_TOKEN_READONLY       tenant A, flows:read
+    FLOWSTATE_TEST_TOKEN_RETENTION      tenant A, retention:admin (not implied by flows:admin)
     FLOWSTATE_TEST_TENANT               tenant A as ACCOUNT/ENGAGEMENT (random suffix per run)
     FLOWSTATE_TEST_OTHER_TENANT         tenant B
     FLOWSTATE_TEST_RESTART_CMD          shell command: graceful restart on the same port and
@@ -470,6 +471,11 @@ def run(args: argparse.Namespace) -> int:
                 "FLOWSTATE_TEST_TOKEN_ADMIN": (tenant_a, "admin", ["flows:admin"]),
                 "FLOWSTATE_TEST_TOKEN_OTHER_TENANT": (tenant_b, "intruder", ["flows:write"]),
                 "FLOWSTATE_TEST_TOKEN_READONLY": (tenant_a, "reader", ["flows:read"]),
+                "FLOWSTATE_TEST_TOKEN_RETENTION": (
+                    tenant_a,
+                    "retention-admin",
+                    ["retention:admin"],
+                ),
             }
         )
         if args.tls:

@@ -538,6 +538,24 @@ func (c *Client) ReplayWebhook(ctx context.Context, req *flowstatev1.ReplayWebho
 	return invoke(ctx, c, req, c.raw.ReplayWebhook, opts)
 }
 
+// GetRetentionPolicy returns the tenant's retention policy (scope retention:admin, not implied
+// by flows:admin; docs/retention.md); Policy.RetainDays 0: the tenant has no policy of its own.
+// A nil req is an empty request.
+func (c *Client) GetRetentionPolicy(ctx context.Context, req *flowstatev1.GetRetentionPolicyRequest, opts ...grpc.CallOption) (*flowstatev1.GetRetentionPolicyResponse, error) {
+	if req == nil {
+		req = &flowstatev1.GetRetentionPolicyRequest{}
+	}
+	return invoke(ctx, c, req, c.raw.GetRetentionPolicy, opts)
+}
+
+// SetRetentionPolicy keeps the tenant's COMPLETED and CANCELLED flows req.RetainDays (1..36500)
+// after their last change, then archives and deletes them; 0 removes the tenant's own policy.
+// Scope retention:admin; idempotent (an out-of-range value is ErrMalformedRequest on
+// retain_days).
+func (c *Client) SetRetentionPolicy(ctx context.Context, req *flowstatev1.SetRetentionPolicyRequest, opts ...grpc.CallOption) (*flowstatev1.SetRetentionPolicyResponse, error) {
+	return invoke(ctx, c, req, c.raw.SetRetentionPolicy, opts)
+}
+
 // DecidePhase decides on a phase waiting for approval (request id added when empty): APPROVE
 // -> COMPLETED, REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED (APPROVAL_REJECTED). It needs
 // the flows:approve scope and whatever scope or claim the phase's approval policy names

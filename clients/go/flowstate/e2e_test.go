@@ -32,6 +32,7 @@ import (
 
 type testServer struct {
 	address, token, adminToken, otherTenantToken, readonlyToken string
+	retentionToken                                              string // retention:admin
 	restartCmd, hardRestartCmd, stopCmd, startCmd               string
 }
 
@@ -63,6 +64,7 @@ func TestMain(m *testing.M) {
 			adminToken:       os.Getenv("FLOWSTATE_TEST_TOKEN_ADMIN"),
 			otherTenantToken: os.Getenv("FLOWSTATE_TEST_TOKEN_OTHER_TENANT"),
 			readonlyToken:    os.Getenv("FLOWSTATE_TEST_TOKEN_READONLY"),
+			retentionToken:   os.Getenv("FLOWSTATE_TEST_TOKEN_RETENTION"),
 			restartCmd:       os.Getenv("FLOWSTATE_TEST_RESTART_CMD"),
 			hardRestartCmd:   os.Getenv("FLOWSTATE_TEST_HARD_RESTART_CMD"),
 			stopCmd:          os.Getenv("FLOWSTATE_TEST_STOP_CMD"),
@@ -85,7 +87,7 @@ func server(t *testing.T) *testServer {
 		}
 		t.Skip("FLOWSTATE_TEST_ADDRESS is not set (see the banner above)")
 	}
-	for name, value := range map[string]string{"token": e2eServer.token, "admin": e2eServer.adminToken, "other tenant": e2eServer.otherTenantToken, "read-only": e2eServer.readonlyToken} {
+	for name, value := range map[string]string{"token": e2eServer.token, "admin": e2eServer.adminToken, "other tenant": e2eServer.otherTenantToken, "read-only": e2eServer.readonlyToken, "retention": e2eServer.retentionToken} {
 		if value == "" {
 			t.Fatalf("FLOWSTATE_TEST_ADDRESS is set but the %s token is not (use scripts/with_test_server.py)", name)
 		}

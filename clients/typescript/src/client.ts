@@ -66,6 +66,10 @@ import {
   type DeleteWebhookResponse,
   type TestWebhookResponse,
   type ReplayWebhookResponse,
+  GetRetentionPolicyRequestSchema,
+  SetRetentionPolicyRequestSchema,
+  type GetRetentionPolicyResponse,
+  type SetRetentionPolicyResponse,
   type CancelFlowResponse,
   type CreateFlowDefinitionResponse,
   type CreateFlowResponse,
@@ -196,6 +200,7 @@ export type DeleteWebhookInput = Init<typeof DeleteWebhookRequestSchema>;
 export type TestWebhookInput = Init<typeof TestWebhookRequestSchema>;
 export type ReplayWebhookInput = Init<typeof ReplayWebhookRequestSchema>;
 export type DecidePhaseInput = Init<typeof DecidePhaseRequestSchema>;
+export type SetRetentionPolicyInput = Init<typeof SetRetentionPolicyRequestSchema>;
 export type CountFlowsInput = Init<typeof CountFlowsRequestSchema>;
 export type StartBulkActionInput = Init<typeof StartBulkActionRequestSchema>;
 export type GetBulkActionInput = Init<typeof GetBulkActionRequestSchema>;
@@ -248,6 +253,17 @@ export interface FlowstateClient {
   testWebhook(request: TestWebhookInput, options?: FlowstateCallOptions): Promise<TestWebhookResponse>;
   /** Moves a webhook's cursor (after a cursor, from a time, or to now) and enables it. */
   replayWebhook(request: ReplayWebhookInput, options?: FlowstateCallOptions): Promise<ReplayWebhookResponse>;
+  /**
+   * The tenant's retention policy (scope `retention:admin`, not implied by `flows:admin`;
+   * docs/retention.md). `policy.retainDays` 0: the tenant has no policy of its own.
+   */
+  getRetentionPolicy(options?: FlowstateCallOptions): Promise<GetRetentionPolicyResponse>;
+  /**
+   * Keeps the tenant's COMPLETED and CANCELLED flows `retainDays` (1..36500) after their last
+   * change, then archives and deletes them; 0 removes the tenant's own policy. Scope
+   * `retention:admin`; idempotent (an out-of-range value is a `MalformedRequestError` on `retain_days`).
+   */
+  setRetentionPolicy(request: SetRetentionPolicyInput, options?: FlowstateCallOptions): Promise<SetRetentionPolicyResponse>;
   /**
    * Decides on a phase waiting for approval (scope `flows:approve`): APPROVE -> COMPLETED,
    * REQUEST_CHANGES -> IN_PROGRESS, REJECT -> FAILED (APPROVAL_REJECTED). The approver (the
@@ -513,6 +529,10 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
     deleteWebhook: (request, o) => unary(DeleteWebhookRequestSchema, request, (r, c) => raw.deleteWebhook(r, c), false, o),
     testWebhook: (request, o) => unary(TestWebhookRequestSchema, request, (r, c) => raw.testWebhook(r, c), false, o),
     replayWebhook: (request, o) => unary(ReplayWebhookRequestSchema, request, (r, c) => raw.replayWebhook(r, c), false, o),
+    getRetentionPolicy: (o) =>
+      unary(GetRetentionPolicyRequestSchema, {}, (r, c) => raw.getRetentionPolicy(r, c), false, o),
+    setRetentionPolicy: (request, o) =>
+      unary(SetRetentionPolicyRequestSchema, request, (r, c) => raw.setRetentionPolicy(r, c), false, o),
     decidePhase: (request, o) => unary(DecidePhaseRequestSchema, request, (r, c) => raw.decidePhase(r, c), true, o),
     countFlows: (request = {}, o) => unary(CountFlowsRequestSchema, request, (r, c) => raw.countFlows(r, c), false, o),
     startBulkAction: (request, o) =>

@@ -514,6 +514,33 @@ if (testServer === undefined) {
     });
   });
 
+  describe("retention policy (docs/retention.md)", TIMEOUT, () => {
+    it("sets, reads and clears the tenant's policy with retention:admin; flows:admin is not enough", async () => {
+      const retention = connect(server.retentionToken);
+      const stored = await retention.setRetentionPolicy({ retainDays: 90 });
+      assert.equal(stored.policy?.retainDays, 90);
+      assert.equal(stored.policy?.updatedBy, "retention-admin");
+      assert.ok(stored.policy?.updateTime, "update time set");
+      const read = await retention.getRetentionPolicy();
+      assert.equal(read.policy?.retainDays, 90);
+      assert.deepEqual(read.policy?.updateTime, stored.policy?.updateTime);
+      for (const retainDays of [-1, 36501]) {
+        const bad = await refusal(retention.setRetentionPolicy({ retainDays }));
+        assert.ok(bad instanceof MalformedRequestError, String(bad));
+        assert.deepEqual(bad.fieldViolations.map((v) => v.field), ["retain_days"]);
+      }
+      assert.equal((await retention.getRetentionPolicy()).policy?.retainDays, 90); // unchanged
+      const admin = connect(server.adminToken);
+      const denied = await refusal(admin.setRetentionPolicy({ retainDays: 1 }));
+      assert.ok(denied instanceof PermissionDeniedError, String(denied));
+      assert.ok((await refusal(admin.getRetentionPolicy())) instanceof PermissionDeniedError);
+      const cleared = await retention.setRetentionPolicy({ retainDays: 0 });
+      assert.equal(cleared.policy?.retainDays, 0);
+      assert.equal(cleared.policy?.updateTime, undefined);
+      assert.equal((await retention.getRetentionPolicy()).policy?.retainDays, 0);
+    });
+  });
+
   describe("child flows (docs/child_flows.md)", TIMEOUT, () => {
     const child = { name: "ts_child", phases: [{ name: "work", weight: 100 }] };
     const master = {

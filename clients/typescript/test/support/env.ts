@@ -13,6 +13,8 @@ export interface TestServerEnv {
   adminToken: string;
   otherTenantToken: string;
   readonlyToken: string;
+  /** Tenant A, scope `retention:admin` (which `flows:admin` does not imply). */
+  retentionToken: string;
   /** Shell commands of the harness: graceful restart, hard (SIGKILL) restart, stop, start. */
   restartCmd?: string;
   hardRestartCmd?: string;
@@ -61,6 +63,7 @@ function load(): TestServerEnv | undefined {
     adminToken: required("FLOWSTATE_TEST_TOKEN_ADMIN"),
     otherTenantToken: required("FLOWSTATE_TEST_TOKEN_OTHER_TENANT"),
     readonlyToken: required("FLOWSTATE_TEST_TOKEN_READONLY"),
+    retentionToken: required("FLOWSTATE_TEST_TOKEN_RETENTION"),
     restartCmd: env["FLOWSTATE_TEST_RESTART_CMD"] || undefined,
     hardRestartCmd: env["FLOWSTATE_TEST_HARD_RESTART_CMD"] || undefined,
     stopCmd: env["FLOWSTATE_TEST_STOP_CMD"] || undefined,
