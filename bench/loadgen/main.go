@@ -5,7 +5,7 @@
 // generator is not the bottleneck. Every mode is bounded in time, talks to 127.0.0.1 only, and
 // prints one JSON object on stdout for bench/run.py to read.
 //
-//	loadgen unary  -rpc transition|progress|validate|getflow -concurrency N -duration D ...
+//	loadgen unary  -rpc transition|progress|validate|getflow -concurrency N -duration D [-rate R] ...
 //	loadgen fanout -flow ID -watchers N -duration D ...
 //	loadgen idle   -flow ID -streams N -hold D ...
 package main
@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	flowstatev1 "flowstate.dev/client/gen/flowstate/v1"
@@ -174,11 +175,12 @@ func mean(d []time.Duration) time.Duration {
 	return sum / time.Duration(len(d))
 }
 
-// errorLog counts errors and keeps a few distinct messages.
+// errorLog counts errors, per gRPC code too, and keeps a few distinct messages.
 type errorLog struct {
 	mu      sync.Mutex
 	count   int
 	samples map[string]int
+	byCode  map[string]int
 }
 
 func (e *errorLog) add(err error) {
@@ -187,8 +189,10 @@ func (e *errorLog) add(err error) {
 	e.count++
 	if e.samples == nil {
 		e.samples = map[string]int{}
+		e.byCode = map[string]int{}
 	}
 	msg := err.Error()
+	e.byCode[status.Code(err).String()]++
 	if st, ok := status.FromError(err); ok {
 		msg = st.Code().String() + ": " + st.Message()
 	}
@@ -211,12 +215,23 @@ type unaryResult struct {
 	Requests     int            `json:"requests"`
 	Errors       int            `json:"errors"`
 	ErrorSamples map[string]int `json:"error_samples"`
+	ErrorsByCode map[string]int `json:"errors_by_code"`
 	ElapsedS     float64        `json:"elapsed_s"`
 	Throughput   float64        `json:"throughput"`
 	P50Ms        float64        `json:"p50_ms"`
 	P99Ms        float64        `json:"p99_ms"`
 	MeanMs       float64        `json:"mean_ms"`
 	MaxMs        float64        `json:"max_ms"`
+	CPUS         float64        `json:"cpu_s"` // this process's user + system CPU, whole run
+}
+
+// cpuSeconds is the user + system CPU time of this process so far.
+func cpuSeconds() float64 {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		return 0
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano()).Seconds()
 }
 
 // caller issues one request; it returns the error of the call.
@@ -232,6 +247,7 @@ func runUnary(args []string) error {
 	duration := fs.Duration("duration", 5*time.Second, "measured time")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured time before it")
 	flows := fs.String("flows", "", "comma-separated flow ids; client i uses flow i mod len")
+	rate := fs.Float64("rate", 0, "calls per second of all clients together, evenly paced (0: closed loop, each call right after the previous one)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -271,13 +287,29 @@ func runUnary(args []string) error {
 	end := measureFrom.Add(*duration)
 	var errs errorLog
 	lat := make([][]time.Duration, *concurrency)
+	// With -rate, each client starts a call every interval (staggered across clients); a call
+	// that overruns its slot delays the next one, which then starts at once (no catch-up burst).
+	var interval time.Duration
+	if *rate > 0 {
+		interval = time.Duration(float64(*concurrency) / *rate * float64(time.Second))
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < *concurrency; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
 			mine := make([]time.Duration, 0, 4096)
+			next := start.Add(interval * time.Duration(w) / time.Duration(*concurrency))
 			for seq := 0; ; seq++ {
+				if interval > 0 {
+					if wait := time.Until(next); wait > 0 {
+						time.Sleep(wait)
+					}
+					next = next.Add(interval)
+					if now := time.Now(); next.Before(now) {
+						next = now
+					}
+				}
 				t0 := time.Now()
 				if !t0.Before(end) {
 					break
@@ -308,10 +340,10 @@ func runUnary(args []string) error {
 	elapsed := duration.Seconds()
 	res := unaryResult{
 		Mode: "unary", RPC: *rpc, Concurrency: *concurrency, Connections: len(pool),
-		Requests: len(all), Errors: errs.count, ErrorSamples: errs.samples,
+		Requests: len(all), Errors: errs.count, ErrorSamples: errs.samples, ErrorsByCode: errs.byCode,
 		ElapsedS: elapsed, Throughput: float64(len(all)) / elapsed,
 		P50Ms: ms(percentile(all, 50)), P99Ms: ms(percentile(all, 99)),
-		MeanMs: ms(mean(all)),
+		MeanMs: ms(mean(all)), CPUS: cpuSeconds(),
 	}
 	if len(all) > 0 {
 		res.MaxMs = ms(all[len(all)-1])

@@ -15,9 +15,11 @@ from flowstate.core.model import ErrorCode, FlowStatus, PhaseState
 from flowstate.server.errors import (
     ERROR_DOMAIN,
     GRPC_STATUS_BY_CODE,
+    PrebuiltStatus,
     internal_error,
     to_grpc_status,
 )
+from flowstate.server.ratelimit import Limit, RateLimiter
 from flowstate.v1 import errors_pb2, states_pb2
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -229,3 +231,65 @@ def test_internal_error_says_nothing_but_the_correlation_id() -> None:
     assert isinstance(flow_error, errors_pb2.FlowError)
     assert not flow_error.details.fields
     assert not flow_error.retry_allowed
+
+
+def _decoded(status: grpc.Status) -> tuple[object, ...]:
+    """Everything a client decodes from `status`: code, message, trailers, each detail."""
+    trailing = dict(status.trailing_metadata)
+    raw = trailing["grpc-status-details-bin"]
+    assert isinstance(raw, bytes)
+    rich = status_pb2.Status.FromString(raw)
+    details = []
+    for packed in rich.details:
+        message = next(
+            t() for t in DETAIL_TYPES.values() if packed.TypeName() == t.DESCRIPTOR.full_name
+        )
+        packed.Unpack(message)
+        details.append((packed.type_url, message))
+    return (
+        status.code,
+        status.details,
+        sorted(trailing),
+        trailing["x-correlation-id"],
+        rich.code,
+        rich.message,
+        details,
+    )
+
+
+_LIMITER = RateLimiter({"read": Limit(200, 400)})
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(_LIMITER.refusal("read", 0.004), id="rate-limited"),
+        pytest.param(
+            FlowStateError(
+                C.INVALID_PHASE_TRANSITION,
+                "no",
+                phase="data_import",
+                valid_transitions=["in_progress"],
+                current_version=3,
+            ),
+            id="typed-details",
+        ),
+        pytest.param(
+            FlowStateError(
+                C.MALFORMED_REQUEST,
+                "many",
+                field_violations=[{"field": f"f{i}", "description": "x" * 200} for i in range(40)],
+            ),
+            id="bounded-violations",
+        ),
+        pytest.param(internal_error("cid"), id="internal"),
+    ],
+)
+def test_a_prebuilt_status_decodes_exactly_like_the_status_built_per_call(
+    error: FlowStateError,
+) -> None:
+    prebuilt = PrebuiltStatus(error)
+    for correlation_id, now in (("cid-1", NOW), ("0123456789abcdef" * 8, datetime.now(UTC))):
+        fast = prebuilt.status(correlation_id=correlation_id, now=now)
+        slow = to_grpc_status(error, correlation_id=correlation_id, now=now)
+        assert _decoded(fast) == _decoded(slow)

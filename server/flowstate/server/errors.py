@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
@@ -53,6 +53,7 @@ __all__ = [
     "GRPC_STATUS_BY_CODE",
     "MAX_DETAILS_BYTES",
     "MAX_LISTED_VIOLATIONS",
+    "PrebuiltStatus",
     "flow_error_to_proto",
     "internal_error",
     "to_grpc_status",
@@ -163,16 +164,17 @@ def _clip(text: str, limit: int = _MAX_TEXT) -> str:
 
 
 def flow_error_to_proto(
-    error: FlowStateError, *, correlation_id: str, now: datetime
+    error: FlowStateError, *, correlation_id: str, now: datetime | None
 ) -> errors_pb2.FlowError:
-    """The `flowstate.v1.FlowError` of `error`, typed fields taken from its details."""
+    """The `flowstate.v1.FlowError` of `error`, typed fields taken from its details (no
+    `timestamp` without `now`)."""
     details = error.details
     message = errors_pb2.FlowError(
         error_code=ERROR_CODE_TO_PROTO[error.code],
         message=_clip(error.message, _MAX_MESSAGE),
         details=dict_to_struct(details),
         retry_allowed=error.retry_allowed,
-        timestamp=timestamp(now),
+        timestamp=None if now is None else timestamp(now),
         correlation_id=correlation_id,
         phase=str(details.get("phase") or ""),
         blocking_phases=_strings(details.get("blocking_phases")),
@@ -227,6 +229,39 @@ def _packed(message: Any) -> any_pb2.Any:
     return packed
 
 
+def _status_parts(
+    error: FlowStateError,
+    violations: list[error_details_pb2.BadRequest.FieldViolation],
+    *,
+    listed: int,
+    free_form: bool,
+    correlation_id: str,
+    now: datetime | None,
+) -> tuple[error_details_pb2.ErrorInfo, errors_pb2.FlowError, list[Any]]:
+    """ErrorInfo, FlowError and the other details (RetryInfo, BadRequest) of a status with the
+    first `listed` violations; without free-form details unless `free_form` (the typed FlowError
+    fields and the codes always remain). Without `correlation_id` / `now` (`PrebuiltStatus`),
+    the correlation id and the timestamp are left out."""
+    details = {k: v for k, v in error.details.items() if k != _VIOLATIONS} if free_form else {}
+    omitted = len(violations) - listed
+    if omitted > 0:
+        details[_OMITTED] = omitted
+    metadata = {key: _clip(_metadata_value(value)) for key, value in details.items()}
+    if correlation_id:
+        metadata["correlation_id"] = correlation_id
+    flow_error = flow_error_to_proto(error, correlation_id=correlation_id, now=now)
+    flow_error.details.CopyFrom(dict_to_struct(details))
+    error_info = error_details_pb2.ErrorInfo(
+        reason=error.code.value, domain=ERROR_DOMAIN, metadata=metadata
+    )
+    others: list[Any] = []
+    if error.retry_allowed:
+        others.append(error_details_pb2.RetryInfo(retry_delay=_retry_delay(error)))
+    if listed > 0:
+        others.append(error_details_pb2.BadRequest(field_violations=violations[:listed]))
+    return error_info, flow_error, others
+
+
 def _status_proto(
     error: FlowStateError,
     violations: list[error_details_pb2.BadRequest.FieldViolation],
@@ -236,32 +271,19 @@ def _status_proto(
     correlation_id: str,
     now: datetime,
 ) -> status_pb2.Status:
-    """The status with the first `listed` violations; without free-form details unless
-    `free_form` (the typed FlowError fields and the codes always remain)."""
-    details = {k: v for k, v in error.details.items() if k != _VIOLATIONS} if free_form else {}
-    omitted = len(violations) - listed
-    if omitted > 0:
-        details[_OMITTED] = omitted
-    metadata = {key: _clip(_metadata_value(value)) for key, value in details.items()}
-    metadata["correlation_id"] = correlation_id
-    flow_error = flow_error_to_proto(error, correlation_id=correlation_id, now=now)
-    flow_error.details.CopyFrom(dict_to_struct(details))
-    packed = [
-        _packed(
-            error_details_pb2.ErrorInfo(
-                reason=error.code.value, domain=ERROR_DOMAIN, metadata=metadata
-            )
-        ),
-        _packed(flow_error),
-    ]
-    if error.retry_allowed:
-        packed.append(_packed(error_details_pb2.RetryInfo(retry_delay=_retry_delay(error))))
-    if listed > 0:
-        packed.append(_packed(error_details_pb2.BadRequest(field_violations=violations[:listed])))
+    """The status with the first `listed` violations (see `_status_parts`)."""
+    error_info, flow_error, others = _status_parts(
+        error,
+        violations,
+        listed=listed,
+        free_form=free_form,
+        correlation_id=correlation_id,
+        now=now,
+    )
     return status_pb2.Status(
         code=_RPC_CODE[GRPC_STATUS_BY_CODE[error.code]],
         message=_clip(error.message, _MAX_MESSAGE),
-        details=packed,
+        details=[_packed(message) for message in (error_info, flow_error, *others)],
     )
 
 
@@ -275,14 +297,15 @@ def _retry_delay(error: FlowStateError) -> duration_pb2.Duration:
     return _RETRY_DELAY
 
 
-def to_grpc_status(error: FlowStateError, *, correlation_id: str, now: datetime) -> grpc.Status:
-    """The rich gRPC status of a refusal, ready for `context.abort_with_status`.
-
-    Bounded (module docstring): at most `MAX_LISTED_VIOLATIONS` violations, fewer if they
-    would not fit in `MAX_DETAILS_BYTES`, then no free-form details at all if even that is too
-    much.
-    """
-    violations = _violations(error)
+def _bounds(
+    error: FlowStateError,
+    violations: list[error_details_pb2.BadRequest.FieldViolation],
+    *,
+    correlation_id: str,
+    now: datetime,
+) -> tuple[int, bool]:
+    """How many violations, and whether the free-form details, fit in `MAX_DETAILS_BYTES`:
+    at most `MAX_LISTED_VIOLATIONS`, halved until they fit, then no free-form details at all."""
     listed = min(len(violations), MAX_LISTED_VIOLATIONS)
     free_form = True
     while True:
@@ -295,12 +318,104 @@ def to_grpc_status(error: FlowStateError, *, correlation_id: str, now: datetime)
             now=now,
         )
         if proto.ByteSize() <= MAX_DETAILS_BYTES or (listed <= 1 and not free_form):
-            break
+            return listed, free_form
         if listed > 1:
             listed //= 2
         else:
             free_form = False
+
+
+def to_grpc_status(error: FlowStateError, *, correlation_id: str, now: datetime) -> grpc.Status:
+    """The rich gRPC status of a refusal, ready for `context.abort_with_status`.
+
+    Bounded (module docstring): at most `MAX_LISTED_VIOLATIONS` violations, fewer if they
+    would not fit in `MAX_DETAILS_BYTES`, then no free-form details at all if even that is too
+    much.
+    """
+    violations = _violations(error)
+    listed, free_form = _bounds(error, violations, correlation_id=correlation_id, now=now)
+    proto = _status_proto(
+        error,
+        violations,
+        listed=listed,
+        free_form=free_form,
+        correlation_id=correlation_id,
+        now=now,
+    )
     return _with_correlation_id(rpc_status.to_status(proto), correlation_id)
+
+
+_ANY_PREFIX: Final = "type.googleapis.com/"
+_ERROR_INFO_URL: Final = _ANY_PREFIX + error_details_pb2.ErrorInfo.DESCRIPTOR.full_name
+_FLOW_ERROR_URL: Final = _ANY_PREFIX + errors_pb2.FlowError.DESCRIPTOR.full_name
+_DETAILS_KEY: Final = "grpc-status-details-bin"  # what grpcio-status's to_status sets
+_LONGEST_CORRELATION_ID: Final = "x" * 128  # sizes a PrebuiltStatus (rpc: at most 128)
+
+
+class PrebuiltStatus:
+    """The rich status of one refusal, serialized once and sent many times.
+
+    `to_grpc_status` builds and serializes four messages per call; a flood of identical
+    refusals (RATE_LIMITED of one tenant and family, `flowstate.server.rpc`) must cost less.
+    Everything but the correlation id and the time is serialized here, once; `status` then
+    appends the two: protobuf parses concatenated encodings of a message as one merged message
+    (a map entry or a scalar field added by the second part), so ErrorInfo's metadata gains
+    ``correlation_id`` and FlowError its `correlation_id` and `timestamp`, and the Status's
+    repeated `details` keep their order (ErrorInfo, FlowError, then RetryInfo / BadRequest). A
+    client decodes exactly what `to_grpc_status` would have sent
+    (tests/server/test_errors.py compares them).
+    """
+
+    __slots__ = ("_code", "_error_info", "_flow_error", "_head", "_message", "_tail")
+
+    def __init__(self, error: FlowStateError) -> None:
+        """Serialize `error`'s status without its correlation id and time."""
+        violations = _violations(error)
+        listed, free_form = _bounds(
+            error, violations, correlation_id=_LONGEST_CORRELATION_ID, now=datetime.now(UTC)
+        )
+        error_info, flow_error, others = _status_parts(
+            error, violations, listed=listed, free_form=free_form, correlation_id="", now=None
+        )
+        self._code = GRPC_STATUS_BY_CODE[error.code]
+        self._message = _clip(error.message, _MAX_MESSAGE)
+        self._error_info = error_info.SerializeToString()
+        self._flow_error = flow_error.SerializeToString()
+        self._head = status_pb2.Status(
+            code=_RPC_CODE[self._code], message=self._message
+        ).SerializeToString()
+        self._tail = status_pb2.Status(
+            details=[_packed(message) for message in others]
+        ).SerializeToString()
+
+    def status(self, *, correlation_id: str, now: datetime) -> grpc.Status:
+        """The status for one call: `to_grpc_status`'s, at a fraction of its cost."""
+        error_info = (
+            self._error_info
+            + error_details_pb2.ErrorInfo(
+                metadata={"correlation_id": correlation_id}
+            ).SerializeToString()
+        )
+        flow_error = (
+            self._flow_error
+            + errors_pb2.FlowError(
+                correlation_id=correlation_id, timestamp=timestamp(now)
+            ).SerializeToString()
+        )
+        details = status_pb2.Status(
+            details=(
+                any_pb2.Any(type_url=_ERROR_INFO_URL, value=error_info),
+                any_pb2.Any(type_url=_FLOW_ERROR_URL, value=flow_error),
+            )
+        ).SerializeToString()
+        return _Status(
+            self._code,
+            self._message,
+            (
+                (_DETAILS_KEY, self._head + details + self._tail),
+                (CORRELATION_ID_HEADER, correlation_id),
+            ),
+        )
 
 
 def internal_error(correlation_id: str) -> FlowStateError:
