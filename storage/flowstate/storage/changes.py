@@ -65,6 +65,7 @@ from flowstate.core.filters import Filter, FlowFacts
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
 from flowstate.storage.codec import entry_from_row, flow_from_row
 from flowstate.storage.filters import filter_condition
+from flowstate.storage.flow_transaction import flow_not_found
 from flowstate.storage.limits import MAX_TREE_FLOWS
 from flowstate.storage.schema import flow_history, flows
 from flowstate.storage.sql import (
@@ -74,6 +75,7 @@ from flowstate.storage.sql import (
     connect_arguments,
     init_connection,
     reset_connection,
+    tenant_params,
 )
 from flowstate.storage.statements import enter_tenant
 from flowstate.storage.urls import normalize_database_url
@@ -314,10 +316,6 @@ class TreeRead:
     cursor: TenantCursor | None
 
 
-def _tenant_params(tenant: Tenant) -> dict[str, Any]:
-    return {"account": tenant.client_account_id, "engagement": tenant.engagement_id}
-
-
 class TenantLog:
     """Reads the tenant-wide log over a small asyncpg pool of its own (see the module doc)."""
 
@@ -355,7 +353,7 @@ class TenantLog:
 
     async def read(self, tenant: Tenant, after: LogPosition, limit: int) -> TenantRead:
         """The next at most `limit` entries of `tenant` after `after`, in log order."""
-        params = {**_tenant_params(tenant), "after_txid": after[0], "after_seq": after[1]}
+        params = {**tenant_params(tenant), "after_txid": after[0], "after_seq": after[1]}
 
         async def statements(tx: Transaction) -> tuple[list[asyncpg.Record], int, bool]:
             horizon = await tx.fetchrow(_HORIZON_NOW)
@@ -394,7 +392,7 @@ class TenantLog:
 
         `condition`: a parsed filter (compiled by `flowstate.storage.filters`), ANDed."""
         snapshot_statement = _SNAPSHOT if condition is None else _snapshot_with(condition)
-        params = _tenant_params(tenant)
+        params = tenant_params(tenant)
         filters = {
             "statuses": sorted(status.value for status in statuses),
             "definition_name": definition_name,
@@ -441,7 +439,7 @@ class TenantLog:
         FLOW_NOT_FOUND for a missing flow (or another tenant's); MALFORMED_REQUEST (field
         ``children_depth``) when the tree holds more than `limit` flows down to `depth`.
         """
-        params = _tenant_params(tenant)
+        params = tenant_params(tenant)
 
         async def statements(
             tx: Transaction,
@@ -479,9 +477,7 @@ class TenantLog:
 
         rows, dependency_rows, cursor = await self._snapshot_read(tenant, statements)
         if not rows:
-            raise FlowStateError(
-                ErrorCode.FLOW_NOT_FOUND, f"Flow {flow_id!r} does not exist", flow_id=flow_id
-            )
+            raise flow_not_found(flow_id)
         if len(rows) > limit:
             raise FlowStateError(
                 ErrorCode.MALFORMED_REQUEST,
