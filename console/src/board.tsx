@@ -11,6 +11,10 @@
  * match. With `flows:admin`, rows can be selected and one bulk action (docs/bulk-actions.md)
  * started on them: StartBulkAction with their ids, then WatchBulkAction until it is finished,
  * whose counts the notice shows.
+ *
+ * A child flow (docs/child_flows.md) says whose child it is, linked; "top-level only" hides
+ * children and "Parent" keeps one flow's children. Both filter here, like "stuck only": the
+ * stream's flows carry `parent_flow_id`.
  */
 import type { Client } from "@connectrpc/connect";
 import { useEffect, useRef, useState } from "preact/hooks";
@@ -39,6 +43,9 @@ interface Row {
   updated: Timestamp | undefined;
   /** The alerts in force, by kind (from the server). */
   alerts: AlertKind[];
+  /** The parent's id and the phase of it this flow follows; empty for a root flow. */
+  parentFlowId: string;
+  parentPhase: string;
 }
 
 /** The alerts of a row after `event` (see the module doc). */
@@ -85,6 +92,8 @@ export function Board({ api, session }: { api: Client<typeof FlowStateService>; 
   const [status, setStatus] = useState<FlowStatus | 0>(0);
   const [definition, setDefinition] = useState("");
   const [stuckOnly, setStuckOnly] = useState(false);
+  const [rootsOnly, setRootsOnly] = useState(false);
+  const [parent, setParent] = useState("");
   const [page, setPage] = useState(0);
   const [live, setLive] = useState<"connecting" | "live" | string>("connecting");
   const [now, setNow] = useState(Date.now());
@@ -108,7 +117,13 @@ export function Board({ api, session }: { api: Client<typeof FlowStateService>; 
             const row = old.get(flow.flowId);
             if (!row) return old;
             const rows = new Map(old);
-            rows.set(flow.flowId, { ...row, name: flow.displayName, definition: `${flow.definitionName} v${flow.definitionVersion}` });
+            rows.set(flow.flowId, {
+              ...row,
+              name: flow.displayName,
+              definition: `${flow.definitionName} v${flow.definitionVersion}`,
+              parentFlowId: flow.parentFlowId,
+              parentPhase: flow.parentPhase,
+            });
             return rows;
           }),
         () => undefined, // the next event tries nothing more; the row keeps its id
@@ -150,6 +165,8 @@ export function Board({ api, session }: { api: Client<typeof FlowStateService>; 
                 // An alert is not a change: the last change's time stays.
                 updated: snapshot?.updateTime ?? change?.occurTime ?? prev?.updated,
                 alerts: alertsAfter(prev?.alerts ?? [], event.kind.case, event.kind.value, event.status),
+                parentFlowId: snapshot?.parentFlowId ?? prev?.parentFlowId ?? "",
+                parentPhase: snapshot?.parentPhase ?? prev?.parentPhase ?? "",
               });
               return rows;
             });
@@ -203,6 +220,8 @@ export function Board({ api, session }: { api: Client<typeof FlowStateService>; 
   const isStuck = (r: Row) => r.alerts.includes(AlertKind.STUCK);
   const sorted = [...rows.values()]
     .filter((r) => !stuckOnly || isStuck(r))
+    .filter((r) => !rootsOnly || !r.parentFlowId)
+    .filter((r) => !parent.trim() || r.parentFlowId === parent.trim())
     .sort((a, b) => Number((b.updated?.seconds ?? 0n) - (a.updated?.seconds ?? 0n)) || a.flowId.localeCompare(b.flowId));
   const pages = Math.max(1, Math.ceil(sorted.length / PAGE_SIZE));
   const current = Math.min(page, pages - 1);
@@ -257,6 +276,30 @@ export function Board({ api, session }: { api: Client<typeof FlowStateService>; 
         <label>
           <input type="checkbox" name="stuck" checked={stuckOnly} onChange={(e) => setStuckOnly((e.target as HTMLInputElement).checked)} />{" "}
           stuck only
+        </label>
+        <label>
+          <input
+            type="checkbox"
+            name="roots"
+            checked={rootsOnly}
+            onChange={(e) => {
+              setRootsOnly((e.target as HTMLInputElement).checked);
+              setPage(0);
+            }}
+          />{" "}
+          top-level only
+        </label>
+        <label>
+          Parent{" "}
+          <input
+            name="parent"
+            placeholder="any (a flow id)"
+            value={parent}
+            onChange={(e) => {
+              setParent((e.target as HTMLInputElement).value);
+              setPage(0);
+            }}
+          />
         </label>
         <span class={`live ${live === "live" ? "ok" : "bad"}`} data-testid="live">
           {live === "live" ? "● live" : live === "connecting" ? "connecting…" : `○ ${live} (reconnecting)`}
@@ -349,6 +392,15 @@ export function Board({ api, session }: { api: Client<typeof FlowStateService>; 
                   {r.name || r.flowId.slice(0, 8)}
                 </a>
                 <div class="sub">{r.flowId}</div>
+                {r.parentFlowId && (
+                  <div class="sub" data-testid="parent-indicator">
+                    child of{" "}
+                    <a href={`/flows/${r.parentFlowId}`} onClick={link} title={r.parentFlowId}>
+                      {rows.get(r.parentFlowId)?.name || r.parentFlowId.slice(0, 8)}
+                    </a>{" "}
+                    · phase {r.parentPhase}
+                  </div>
+                )}
               </td>
               <td>{r.definition}</td>
               <td>

@@ -1,5 +1,5 @@
 /** The phase DAG as SVG: columns by dependency depth, edges from each dependency. */
-import type { Phase, PhaseDefinition } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
+import { PhaseKind, type Phase, type PhaseDefinition } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
 import { stateClass, stateName } from "./format.js";
 
 const W = 170;
@@ -56,9 +56,11 @@ export function Dag({ definition, phases }: Props) {
         const at = pos.get(p.name)!;
         const phase = state.get(p.name);
         const cls = phase ? stateClass(phase.state) : "st-definition";
+        const child = p.kind === PhaseKind.CHILD_FLOW;
         return (
-          <g key={p.name} class={`node ${cls}`} data-phase={p.name} transform={`translate(${at.x},${at.y})`}>
+          <g key={p.name} class={`node ${cls}${child ? " child" : ""}`} data-phase={p.name} transform={`translate(${at.x},${at.y})`}>
             <rect width={W} height={H} rx="6" />
+            {child && <title>{`${p.name}: a child flow of ${p.childFlow?.definitionName ?? "?"}`}</title>}
             <text x="8" y="18" class="name">{p.displayName || p.name}</text>
             <text x="8" y="36" class="state">
               {phase ? stateName(phase.state) : `weight ${p.weight}, ${p.maxRetries} retries`}

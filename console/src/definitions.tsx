@@ -5,7 +5,12 @@
 import type { Client } from "@connectrpc/connect";
 import { useEffect, useState } from "preact/hooks";
 
-import type { FlowDefinition, FlowStateService } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
+import {
+  ParentCancelPolicy,
+  PhaseKind,
+  type FlowDefinition,
+  type FlowStateService,
+} from "../../clients/typescript/src/gen/flowstate/v1/index.js";
 import { describeError } from "./api.js";
 import { Dag } from "./dag.js";
 import { statusName } from "./format.js";
@@ -69,7 +74,16 @@ export function Definitions({ api }: { api: Api }) {
             <tbody>
               {d.phases.map((p) => (
                 <tr key={p.name}>
-                  <td>{p.name}</td>
+                  <td>
+                    {p.name}
+                    {p.kind === PhaseKind.CHILD_FLOW && p.childFlow && (
+                      <div class="sub" data-testid="definition-child">
+                        child flow {p.childFlow.definitionName}
+                        {p.childFlow.definitionVersion ? ` v${p.childFlow.definitionVersion}` : " (latest)"}
+                        {p.childFlow.onParentCancel === ParentCancelPolicy.ABANDON ? ", abandoned" : ", cancelled"} when the parent is cancelled
+                      </div>
+                    )}
+                  </td>
                   <td>{p.dependsOn.join(", ") || "—"}</td>
                   <td>{p.weight}</td>
                   <td>{p.maxRetries}</td>

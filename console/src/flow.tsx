@@ -11,6 +11,10 @@
  * flows:approve (DecidePhase, docs/approvals.md), each confirmed with a comment box; the last
  * decision shows on the phase. The flow's alerts in force (a passed deadline, stuck, an approval
  * timeout) show as badges next to its status.
+ *
+ * In a tree of flows (docs/child_flows.md) the page also shows its ancestors, its descendants
+ * (to a chosen depth), the child each child_flow phase follows and the other flows its phases
+ * wait for; those flows are watched too (tree.tsx).
  */
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
@@ -23,6 +27,7 @@ import {
   FlowStatus,
   PauseFlowRequestSchema,
   PhaseDefinitionSchema,
+  PhaseKind,
   PhaseState,
   RecoveryAction,
   type Flow,
@@ -46,6 +51,7 @@ import {
   TERMINAL,
   when,
 } from "./format.js";
+import { ChildOfPhase, Children, DEFAULT_DEPTH, ExternalDependencies, Lineage, loadRelated, useWatchRelated, watchedIds, type Related } from "./tree.js";
 
 type Api = Client<typeof FlowStateService>;
 
@@ -54,12 +60,15 @@ interface Loaded {
   definition: FlowDefinition | undefined;
   history: HistoryEntry[];
   options: RecoveryOption[];
+  related: Related;
 }
 
 /** What the user is asked to confirm: a description and the call that performs it. */
 interface Pending {
   title: string;
   change: string;
+  /** What `version` is of: "the flow", or a child flow. */
+  subject?: string;
   version: bigint;
   /** Whether the dialog asks for a comment (passed to `run`). */
   comment?: boolean;
@@ -74,9 +83,13 @@ const DECISIONS: Array<{ decision: ApprovalDecision; label: string; target: Phas
 
 const MAX_HISTORY = 1000;
 
-async function load(api: Api, flowId: string): Promise<Loaded> {
-  const [{ flow }, { options }] = await Promise.all([api.getFlow({ flowId }), api.getRecoveryOptions({ flowId })]);
+async function load(api: Api, flowId: string, childrenDepth: number): Promise<Loaded> {
+  const [{ flow, descendants, descendantsTruncated }, { options }] = await Promise.all([
+    api.getFlow({ flowId, childrenDepth }),
+    api.getRecoveryOptions({ flowId }),
+  ]);
   if (!flow) throw new Error("The server sent no flow.");
+  const related = await loadRelated(api, flow, descendants, descendantsTruncated);
   const history: HistoryEntry[] = [];
   let pageToken = "";
   do {
@@ -90,17 +103,48 @@ async function load(api: Api, flowId: string): Promise<Loaded> {
   } catch {
     definition = undefined; // drawn from the flow's phases alone
   }
-  return { flow, definition, history, options };
+  return { flow, definition, history, options, related };
 }
 
+/**
+ * Title and change of an option. A parent's options include those of its active children (and
+ * theirs), each naming the flow it acts on (`flow_id`) and the parent phase following it: those
+ * say so, and describe the child's phase and status (`target`, when the page read it).
+ */
 function describeOption(
   option: RecoveryOption,
   flow: Flow,
   downstream: Map<string, string[]>,
+  related: Related,
+): { title: string; change: string; subject: string; version: bigint } {
+  if (option.flowId && option.flowId !== flow.flowId) {
+    const target = related.descendants.find((d) => d.flowId === option.flowId);
+    const own = describeOwnOption(option, target, new Map());
+    const name = target?.displayName || option.flowId.slice(0, 8);
+    return {
+      title: `${own.title} in child of ${option.parentPhase || "?"}`,
+      change: `In child flow ${name} (followed by phase ${option.parentPhase}): ${own.change}`,
+      subject: `child flow ${name}`,
+      version: target?.version ?? optionVersion(option),
+    };
+  }
+  return { ...describeOwnOption(option, flow, downstream), subject: "the flow", version: flow.version };
+}
+
+/** The `expected_version` an option's request carries (0 when none). */
+function optionVersion(option: RecoveryOption): bigint {
+  const request = option.request.value as { expectedVersion?: bigint } | undefined;
+  return request?.expectedVersion ?? 0n;
+}
+
+function describeOwnOption(
+  option: RecoveryOption,
+  flow: Flow | undefined,
+  downstream: Map<string, string[]>,
 ): { title: string; change: string } {
   const action = actionName(option.action);
   if (option.phase) {
-    const phase = flow.phases.find((p) => p.name === option.phase);
+    const phase = flow?.phases.find((p) => p.name === option.phase);
     const from = phase ? stateName(phase.state) : "?";
     let change = `Phase ${option.phase} goes from ${from} to ${stateName(option.targetState)}.`;
     if (option.action === RecoveryAction.ROLLBACK && option.request.case === "rollback") {
@@ -111,7 +155,8 @@ function describeOption(
     if (option.attemptsRemaining !== undefined) change += ` Attempts left: ${option.attemptsRemaining}.`;
     return { title: `${action} ${option.phase}`, change };
   }
-  return { title: action, change: `The flow goes from ${statusName(flow.status)} to ${statusName(option.targetStatus)}.` };
+  const from = flow ? statusName(flow.status) : "its status";
+  return { title: action, change: `The flow goes from ${from} to ${statusName(option.targetStatus)}.` };
 }
 
 /** For each phase, the started phases downstream of it (what a cascading rollback also rolls back). */
@@ -171,6 +216,8 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
   const [busy, setBusy] = useState(false);
   const [comment, setComment] = useState("");
   const [live, setLive] = useState(false);
+  const [depth, setDepth] = useState(DEFAULT_DEPTH);
+  const depthRef = useRef(depth);
   const reloading = useRef<Promise<void> | null>(null);
   const again = useRef(false);
 
@@ -183,7 +230,7 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
       do {
         again.current = false;
         try {
-          setData(await load(api, flowId));
+          setData(await load(api, flowId, depthRef.current));
           setError(null);
         } catch (err) {
           setError(describeError(err));
@@ -219,9 +266,19 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
     return () => abort.abort();
   }, [api, flowId, reload]);
 
+  useWatchRelated(api, data ? watchedIds(data.related) : [], reload);
+  const changeDepth = (next: number) => {
+    depthRef.current = next;
+    setDepth(next);
+    void reload();
+  };
+
   if (error && !data) return <p class="error" role="alert">{error}</p>;
   if (!data) return <p>Loading…</p>;
-  const { flow, definition, history, options } = data;
+  const { flow, definition, history, options, related } = data;
+  const kindOf = new Map((definition?.phases ?? []).map((p) => [p.name, p.kind]));
+  const followsChild = (name: string, childId: string) => childId !== "" || kindOf.get(name) === PhaseKind.CHILD_FLOW;
+  const hasChildren = related.descendants.length > 0 || flow.phases.some((p) => followsChild(p.name, p.childFlowId));
   const canWrite = session.scopes.has("flows:write");
   const canApprove = session.scopes.has("flows:approve");
   const waiting = flow.phases.filter((p) => p.state === PhaseState.WAITING_APPROVAL);
@@ -277,6 +334,7 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
         <span data-testid="flow-version">{String(flow.version)}</span> · updated {when(flow.updateTime)}{" "}
         <span class={`live ${live ? "ok" : "bad"}`}>{live ? "● live" : "○ reconnecting"}</span>
       </p>
+      <Lineage flow={flow} ancestors={related.ancestors} />
       {error && <p class="error" role="alert">{error}</p>}
       {notice && (
         <p class={notice.ok ? "notice" : "error"} role={notice.ok ? "status" : "alert"} data-testid="notice">
@@ -302,7 +360,10 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
         <tbody>
           {flow.phases.map((p) => (
             <tr key={p.name} data-phase={p.name}>
-              <td>{p.name}</td>
+              <td>
+                {p.name}
+                {followsChild(p.name, p.childFlowId) && <ChildOfPhase childId={p.childFlowId} related={related} />}
+              </td>
               <td>
                 <span class={`badge ${stateClass(p.state)}`} data-testid="phase-state">
                   {stateName(p.state)}
@@ -341,6 +402,9 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
           ))}
         </tbody>
       </table>
+
+      {hasChildren && <Children flow={flow} related={related} depth={depth} onDepth={changeDepth} />}
+      <ExternalDependencies flow={flow} related={related} />
 
       {waiting.length > 0 && (
         <>
@@ -394,16 +458,17 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
       {canWrite ? (
         <div class="actions" data-testid="actions">
           {visible.map((o, i) => {
-            const d = describeOption(o, flow, downstream);
+            const d = describeOption(o, flow, downstream, related);
             return (
               <div class="option" key={i}>
                 <button
                   type="button"
                   data-action={RecoveryAction[o.action]?.toLowerCase()}
                   data-phase={o.phase}
+                  data-flow-id={o.flowId || flow.flowId}
                   disabled={!o.allowed || busy}
                   title={o.allowed ? o.reason : o.blockingDetail}
-                  onClick={() => confirm({ ...d, version: flow.version, run: () => send(api, o) })}
+                  onClick={() => confirm({ ...d, run: () => send(api, o) })}
                 >
                   {d.title}
                 </button>
@@ -488,7 +553,9 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
                 </label>
               </p>
             )}
-            <p class="sub">Applies only if the flow is still at version {String(pending.version)} (what this page shows).</p>
+            <p class="sub">
+              Applies only if {pending.subject ?? "the flow"} is still at version {String(pending.version)} (what this page shows).
+            </p>
             <button type="button" class="primary" data-testid="confirm" disabled={busy} onClick={() => void execute()}>
               Confirm
             </button>{" "}

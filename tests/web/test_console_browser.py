@@ -348,3 +348,217 @@ async def test_labels_filter_multi_select_and_a_bulk_retry_on_the_board(
         await expect(page.get_by_test_id("selected-count")).to_have_text("0 selected")
     finally:
         await context.close()
+
+
+def _definition(name: str, *phases: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "phases": list(phases)}
+
+
+def _child_phase(name: str, definition: str, weight: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "weight": weight,
+        "kind": "PHASE_KIND_CHILD_FLOW",
+        "childFlow": {"definitionName": definition},
+        **extra,
+    }
+
+
+async def _register_tree_definitions(admin: Api) -> None:
+    """work: a -> b; mid: one child flow of work; release: prep -> (left: work, right: mid) ->
+    finish. A release started on both sides is a tree three levels deep."""
+    definitions = [
+        _definition(
+            "work",
+            {"name": "a", "weight": 50, "maxRetries": 1},
+            {"name": "b", "weight": 50, "dependsOn": ["a"]},
+        ),
+        _definition("mid", _child_phase("inner", "work", 100)),
+        _definition(
+            "release",
+            {"name": "prep", "weight": 10},
+            _child_phase("left", "work", 40, dependsOn=["prep"], maxRetries=1),
+            _child_phase("right", "mid", 40, dependsOn=["prep"]),
+            {"name": "finish", "weight": 10, "dependsOn": ["left", "right"]},
+        ),
+    ]
+    for definition in definitions:
+        await admin.call("CreateFlowDefinition", definition=definition)
+
+
+def _phase(flow: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(p for p in flow["phases"] if p["name"] == name)
+
+
+async def test_the_flow_tree_shows_children_live_and_links_parent_and_child(
+    browser: Browser, http: httpx.AsyncClient, base_url: str, web_server: RunningServer
+) -> None:
+    """A parent whose two child-flow phases have started (one child has a child of its own):
+    its page lists the descendants under the phases they follow, to the depth chosen; driving a
+    child to completion through the API moves the child's row and the parent's phase live; the
+    child's page links back to its parent, the board marks children and can hide them."""
+    tenant = Tenant("acme", f"console-{uuid.uuid4().hex[:8]}")
+    api = Api(http, web_server.mint(tenant, user="worker", scopes=["flows:admin"]))
+    await _register_tree_definitions(api)
+    parent_id = (await api.call("CreateFlow", definitionName="release", displayName="Release 7"))[
+        "flow"
+    ]["flowId"]
+    await api.move(parent_id, "prep", "PHASE_STATE_IN_PROGRESS")
+    await api.move(parent_id, "prep", "PHASE_STATE_COMPLETED")
+    await api.move(parent_id, "left", "PHASE_STATE_IN_PROGRESS")
+    parent = (await api.move(parent_id, "right", "PHASE_STATE_IN_PROGRESS"))["flow"]
+    left, right = _phase(parent, "left")["childFlowId"], _phase(parent, "right")["childFlowId"]
+    mid = (await api.move(right, "inner", "PHASE_STATE_IN_PROGRESS"))["flow"]
+    grandchild = _phase(mid, "inner")["childFlowId"]
+
+    context = await browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = await context.new_page()
+    try:
+        await _sign_in(
+            page, base_url, web_server.mint(tenant, user="alice", scopes=["flows:write"])
+        )
+        # The board: children say whose they are; "top-level only" hides them.
+        child_row = page.locator(f"tr[data-flow-id='{left}']")
+        await expect(child_row.get_by_test_id("parent-indicator")).to_contain_text(
+            "child of Release 7 · phase left", timeout=TIMEOUT_MS
+        )
+        await expect(page.locator(f"tr[data-flow-id='{grandchild}']")).to_be_visible()
+        await page.get_by_label("top-level only").check()
+        await expect(child_row).to_have_count(0)
+        await expect(page.locator(f"tr[data-flow-id='{parent_id}']")).to_be_visible()
+        await page.get_by_label("top-level only").uncheck()
+        await page.fill("input[name=parent]", right)
+        await page.press("input[name=parent]", "Tab")
+        await expect(page.locator("table.board tbody tr[data-flow-id]")).to_have_count(1)
+        await expect(page.locator(f"tr[data-flow-id='{grandchild}']")).to_be_visible()
+
+        await page.goto(f"{base_url}/flows/{parent_id}")
+        children = page.get_by_test_id("children")
+        rows = {
+            flow_id: children.locator(f"tr[data-child-id='{flow_id}']")
+            for flow_id in (left, right, grandchild)
+        }
+        for flow_id, level in ((left, "1"), (right, "1"), (grandchild, "2")):
+            await expect(rows[flow_id]).to_have_attribute("data-level", level, timeout=TIMEOUT_MS)
+        await expect(rows[left].get_by_test_id("child-status")).to_have_text("initialized")
+        await expect(rows[left].get_by_test_id("child-progress")).to_have_text("0.0%")
+        left_phase = page.locator("tr[data-phase='left']")
+        await expect(left_phase.get_by_test_id("phase-child-link")).to_have_attribute(
+            "href", f"/flows/{left}"
+        )
+        await expect(page.locator("svg.dag g.node.child")).to_have_count(2)
+        # Depth 1: the grandchild is not read.
+        await page.select_option("select[name=children-depth]", "1")
+        await expect(rows[grandchild]).to_have_count(0, timeout=TIMEOUT_MS)
+        await page.select_option("select[name=children-depth]", "2")
+        await expect(rows[grandchild]).to_be_visible(timeout=TIMEOUT_MS)
+
+        # A grandchild's change reaches its row (the related flows are watched).
+        await api.move(grandchild, "a", "PHASE_STATE_IN_PROGRESS")
+        grand = (await api.call("GetFlow", flowId=grandchild))["flow"]
+        await expect(rows[grandchild].get_by_test_id("child-progress")).to_have_text(
+            f"{grand['progress']:.1f}%", timeout=TIMEOUT_MS
+        )
+
+        # The left child driven to completion from its own side: its row and the parent's
+        # phase follow without a reload of the page.
+        await api.move(left, "a", "PHASE_STATE_IN_PROGRESS")
+        half = (await api.call("GetFlow", flowId=left))["flow"]
+        await expect(rows[left].get_by_test_id("child-progress")).to_have_text(
+            f"{half['progress']:.1f}%", timeout=TIMEOUT_MS
+        )
+        await expect(left_phase.get_by_test_id("phase-state")).to_have_text("in progress")
+        for phase_name in ("a", "b"):
+            if phase_name == "b":
+                await api.move(left, phase_name, "PHASE_STATE_IN_PROGRESS")
+            await api.move(left, phase_name, "PHASE_STATE_COMPLETED")
+        await expect(rows[left].get_by_test_id("child-status")).to_have_text(
+            "completed", timeout=TIMEOUT_MS
+        )
+        await expect(rows[left].get_by_test_id("child-progress")).to_have_text("100.0%")
+        await expect(left_phase.get_by_test_id("phase-state")).to_have_text("completed")
+        await expect(left_phase.get_by_test_id("phase-child")).to_contain_text("completed")
+        now = (await api.call("GetFlow", flowId=parent_id))["flow"]
+        await expect(page.get_by_test_id("flow-progress")).to_have_text(f"{now['progress']:.1f}%")
+        if SCREENSHOTS:
+            await page.screenshot(path=f"{SCREENSHOTS}/console-tree.png")
+
+        # A child's recovery option, among the parent's, says which child it acts on; cancelling
+        # the right child fails the parent's phase that follows it.
+        cancel_right = page.locator(f"button[data-action=cancel][data-flow-id='{right}']")
+        await expect(cancel_right).to_have_text("cancel in child of right")
+        await cancel_right.click()
+        await expect(page.get_by_test_id("confirm-change")).to_contain_text(
+            "In child flow Release 7 / right (followed by phase right): The flow goes from active"
+        )
+        await page.get_by_test_id("confirm").click()
+        right_phase = page.locator("tr[data-phase='right']")
+        await expect(right_phase.get_by_test_id("phase-state")).to_have_text(
+            "failed", timeout=TIMEOUT_MS
+        )
+        await expect(right_phase.locator(".errctx")).to_contain_text("child flow cancelled")
+        await expect(rows[right].get_by_test_id("child-status")).to_have_text("cancelled")
+        await expect(rows[grandchild].get_by_test_id("child-status")).to_have_text("cancelled")
+
+        # Parent -> child -> parent, by the links.
+        await rows[left].get_by_test_id("child-link").click()
+        await expect(page).to_have_url(f"{base_url}/flows/{left}")
+        lineage = page.get_by_test_id("lineage")
+        await expect(lineage.get_by_test_id("parent-link")).to_have_text(
+            "Release 7", timeout=TIMEOUT_MS
+        )
+        await expect(page.get_by_test_id("parent-phase")).to_contain_text(
+            "Child flow of phase left (completed)"
+        )
+        await lineage.get_by_test_id("parent-link").click()
+        await expect(page).to_have_url(f"{base_url}/flows/{parent_id}")
+        await expect(rows[right]).to_be_visible(timeout=TIMEOUT_MS)
+        # The grandchild's page names both ancestors, root first.
+        await rows[grandchild].get_by_test_id("child-link").click()
+        crumbs = page.get_by_test_id("lineage").locator("a")
+        await expect(crumbs).to_have_count(2, timeout=TIMEOUT_MS)
+        await expect(crumbs.first).to_have_text("Release 7")
+        await expect(crumbs.last).to_have_attribute("href", f"/flows/{right}")
+    finally:
+        await context.close()
+
+
+async def test_external_dependencies_are_listed_linked_and_follow_the_other_flow(
+    browser: Browser, http: httpx.AsyncClient, base_url: str, web_server: RunningServer
+) -> None:
+    """A flow whose first phase waits for a phase of another flow: its page names that flow
+    (linked) and phase with the phase's state, which follows the other flow live; a flow outside
+    any tree shows no tree sections."""
+    tenant = Tenant("acme", f"console-{uuid.uuid4().hex[:8]}")
+    api = Api(http, web_server.mint(tenant, user="worker"))
+    upstream = (await api.call("CreateFlow", displayName="upstream"))["flow"]["flowId"]
+    dependency = {"phase": "data_import", "flowId": upstream, "flowPhase": "data_import"}
+    downstream = (await api.call("CreateFlow", externalDependencies=[dependency]))["flow"]
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await _sign_in(page, base_url, web_server.mint(tenant, scopes=["flows:read"]))
+        await page.goto(f"{base_url}/flows/{downstream['flowId']}")
+        row = page.get_by_test_id("external").locator(
+            f"tr[data-phase='data_import'][data-flow-id='{upstream}']"
+        )
+        await expect(row.get_by_test_id("external-state")).to_have_text(
+            "not started", timeout=TIMEOUT_MS
+        )
+        await expect(row.get_by_test_id("external-link")).to_have_text("upstream")
+        assert await page.get_by_test_id("children").count() == 0
+        assert await page.get_by_test_id("lineage").count() == 0
+        await api.move(upstream, "data_import", "PHASE_STATE_IN_PROGRESS")
+        await expect(row.get_by_test_id("external-state")).to_have_text(
+            "in progress", timeout=TIMEOUT_MS
+        )
+        await api.move(upstream, "data_import", "PHASE_STATE_COMPLETED")
+        await expect(row.get_by_test_id("external-state")).to_have_text(
+            "completed", timeout=TIMEOUT_MS
+        )
+        await row.get_by_test_id("external-link").click()
+        await expect(page).to_have_url(f"{base_url}/flows/{upstream}")
+        await expect(page.get_by_test_id("flow-status")).to_be_visible(timeout=TIMEOUT_MS)
+        assert await page.get_by_test_id("external").count() == 0
+    finally:
+        await context.close()
