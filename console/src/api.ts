@@ -95,6 +95,11 @@ export async function exchangeTicket(ticket: string): Promise<Session> {
   return session;
 }
 
+/** The Flowstate error code of a failed call (`MALFORMED_REQUEST`, ...; `UNSPECIFIED` if none). */
+export function errorCode(err: unknown): string {
+  return toFlowstateError(err).code;
+}
+
 /** An error of a call, in words (from the structured error; never a raw dump). */
 export function describeError(err: unknown): string {
   const error = toFlowstateError(err);

@@ -14,7 +14,8 @@
  *
  * In a tree of flows (docs/child_flows.md) the page also shows its ancestors, its descendants
  * (to a chosen depth), the child each child_flow phase follows and the other flows its phases
- * wait for; those flows are watched too (tree.tsx).
+ * wait for; the page's WatchFlow is a tree stream over all of them, and its ancestors are
+ * watched too (tree.tsx).
  */
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
@@ -36,7 +37,7 @@ import {
   type HistoryEntry,
   type RecoveryOption,
 } from "../../clients/typescript/src/gen/flowstate/v1/index.js";
-import { describeError, type Session } from "./api.js";
+import { describeError, errorCode, type Session } from "./api.js";
 import { Dag } from "./dag.js";
 import {
   actionName,
@@ -51,7 +52,7 @@ import {
   TERMINAL,
   when,
 } from "./format.js";
-import { ChildOfPhase, Children, DEFAULT_DEPTH, ExternalDependencies, Lineage, loadRelated, useWatchRelated, watchedIds, type Related } from "./tree.js";
+import { ChildOfPhase, Children, DEFAULT_DEPTH, ExternalDependencies, Lineage, loadRelated, useWatchRelated, type Related } from "./tree.js";
 
 type Api = Client<typeof FlowStateService>;
 
@@ -243,30 +244,47 @@ export function FlowPage({ api, session, flowId }: { api: Api; session: Session;
   useEffect(() => {
     setData(null);
     void reload();
+  }, [reload]);
+
+  // One tree stream (WatchFlow with children_depth and include_dependencies: the flow, its
+  // descendants down to the depth shown, the flows its dependencies name), resumed by cursor;
+  // a tree too large for one stream (MALFORMED_REQUEST) falls back to the flow alone.
+  useEffect(() => {
     const abort = new AbortController();
     (async () => {
+      let tree = true;
+      let cursor = "";
       let after: bigint | undefined;
       for (let attempt = 0; !abort.signal.aborted; attempt++) {
         try {
-          const stream = api.watchFlow({ flowId, afterVersion: after, keepOpen: true }, { signal: abort.signal });
-          for await (const { event } of stream) {
+          const request = tree
+            ? { flowId, keepOpen: true, childrenDepth: depth, includeDependencies: true, cursor }
+            : { flowId, keepOpen: true, afterVersion: after };
+          for await (const response of api.watchFlow(request, { signal: abort.signal })) {
             attempt = 0;
             setLive(true);
+            if (response.cursor) cursor = response.cursor;
+            const event = response.event;
             if (!event || event.kind.case === "heartbeat") continue;
-            after = event.flowVersion;
+            if (!tree) after = event.flowVersion;
             void reload();
           }
-        } catch {
+        } catch (err) {
           if (abort.signal.aborted) return;
+          if (tree && errorCode(err) === "MALFORMED_REQUEST") {
+            tree = false;
+            attempt = -1;
+            continue;
+          }
         }
         setLive(false);
         await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** attempt)));
       }
     })();
     return () => abort.abort();
-  }, [api, flowId, reload]);
+  }, [api, flowId, depth, reload]);
 
-  useWatchRelated(api, data ? watchedIds(data.related) : [], reload);
+  useWatchRelated(api, data ? data.related.ancestors.map((a) => a.flowId) : [], reload);
   const changeDepth = (next: number) => {
     depthRef.current = next;
     setDepth(next);

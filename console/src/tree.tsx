@@ -1,14 +1,14 @@
 /**
  * A flow's place in a tree of flows (docs/child_flows.md): its ancestors up to the root, its
- * descendants (GetFlow with `children_depth`), the flows its phases wait for
- * (`external_dependencies`), and a live stream over all of them.
+ * descendants (GetFlow with `children_depth`) and the flows its phases wait for
+ * (`external_dependencies`).
  *
- * Liveness: the flow page's own WatchFlow already sees most of a child's changes (a child moves
- * the phase it follows in its own transaction), but not those that leave that phase unchanged
- * (a child paused, a grandchild below the depth shown moving nothing up, an earlier attempt, an
- * abandoned child, another flow's phase that a dependency names). So the page also watches the
- * related flows themselves: one WatchFlows stream with their ids (`flow_ids`), restarted when
- * the set changes; each event reloads the page (coalesced by the page's reload).
+ * Liveness: the flow page's WatchFlow is a tree stream (`children_depth`,
+ * `include_dependencies`), which brings the changes of the descendants and of the dependencies'
+ * phases. The ancestors are not on it (a tree stream looks down), and a parent can change
+ * without its child (another phase, a pause): `useWatchRelated` watches them with one WatchFlows
+ * stream of their ids (`flow_ids`, at most 5), restarted when the set changes; each event
+ * reloads the page (coalesced by the page's reload).
  */
 import type { Client } from "@connectrpc/connect";
 import { useEffect } from "preact/hooks";
@@ -49,16 +49,6 @@ export async function loadRelated(api: Api, flow: Flow, descendants: Flow[], tru
   const found = await Promise.all(ids.map((flowId) => api.getFlow({ flowId }).then((r) => r.flow, () => undefined)));
   for (const other of found) if (other) external.set(other.flowId, other);
   return { ancestors, descendants, truncated, external };
-}
-
-/** The ids a page showing `related` watches besides its own flow, sorted (a stable key). */
-export function watchedIds(related: Related): string[] {
-  const ids = new Set<string>([
-    ...related.ancestors.map((f) => f.flowId),
-    ...related.descendants.map((f) => f.flowId),
-    ...related.external.keys(),
-  ]);
-  return [...ids].sort();
 }
 
 /**
@@ -125,7 +115,9 @@ export function Lineage({ flow, ancestors }: { flow: Flow; ancestors: Flow[] }) 
         {[...ancestors].reverse().map((a) => (
           <li key={a.flowId}>
             <FlowLink flow={a} testId={a === parent ? "parent-link" : "ancestor-link"} />{" "}
-            <span class={`badge ${statusClass(a.status)}`}>{statusName(a.status)}</span>
+            <span class={`badge ${statusClass(a.status)}`} data-testid="ancestor-status">
+              {statusName(a.status)}
+            </span>
           </li>
         ))}
         {!parent && (

@@ -378,7 +378,7 @@ async def _register_tree_definitions(admin: Api) -> None:
             "release",
             {"name": "prep", "weight": 10},
             _child_phase("left", "work", 40, dependsOn=["prep"], maxRetries=1),
-            _child_phase("right", "mid", 40, dependsOn=["prep"]),
+            _child_phase("right", "mid", 40, dependsOn=["prep"], maxRetries=1),
             {"name": "finish", "weight": 10, "dependsOn": ["left", "right"]},
         ),
     ]
@@ -499,6 +499,17 @@ async def test_the_flow_tree_shows_children_live_and_links_parent_and_child(
         await expect(right_phase.locator(".errctx")).to_contain_text("child flow cancelled")
         await expect(rows[right].get_by_test_id("child-status")).to_have_text("cancelled")
         await expect(rows[grandchild].get_by_test_id("child-status")).to_have_text("cancelled")
+        # A retry of that phase starts a new child; the cancelled one stays, as an earlier attempt.
+        await api.call("Retry", flowId=parent_id, phase="right")
+        restarted = (await api.move(parent_id, "right", "PHASE_STATE_IN_PROGRESS"))["flow"]
+        new_right = _phase(restarted, "right")["childFlowId"]
+        await expect(children.locator(f"tr[data-child-id='{new_right}']")).to_have_attribute(
+            "data-level", "1", timeout=TIMEOUT_MS
+        )
+        await expect(rows[right]).to_contain_text("earlier attempt")
+        await expect(right_phase.get_by_test_id("phase-child-link")).to_have_attribute(
+            "href", f"/flows/{new_right}"
+        )
 
         # Parent -> child -> parent, by the links.
         await rows[left].get_by_test_id("child-link").click()
@@ -509,6 +520,11 @@ async def test_the_flow_tree_shows_children_live_and_links_parent_and_child(
         )
         await expect(page.get_by_test_id("parent-phase")).to_contain_text(
             "Child flow of phase left (completed)"
+        )
+        # The parent changes without this child (paused): its status here follows.
+        await api.call("PauseFlow", flowId=parent_id, reason="freeze")
+        await expect(lineage.get_by_test_id("ancestor-status")).to_have_text(
+            "paused", timeout=TIMEOUT_MS
         )
         await lineage.get_by_test_id("parent-link").click()
         await expect(page).to_have_url(f"{base_url}/flows/{parent_id}")
