@@ -535,6 +535,17 @@ async def test_the_flow_tree_shows_children_live_and_links_parent_and_child(
         await expect(crumbs).to_have_count(2, timeout=TIMEOUT_MS)
         await expect(crumbs.first).to_have_text("Release 7")
         await expect(crumbs.last).to_have_attribute("href", f"/flows/{right}")
+
+        # The definitions page names each child_flow phase's child definition.
+        await page.get_by_role("link", name="Definitions").click()
+        release = page.locator("article[data-definition=release]")
+        await expect(release.get_by_test_id("definition-child")).to_have_count(
+            2, timeout=TIMEOUT_MS
+        )
+        await expect(release.get_by_test_id("definition-child").first).to_have_text(
+            "child flow work (latest), cancelled when the parent is cancelled"
+        )
+        await expect(release.locator("g.node.child")).to_have_count(2)
     finally:
         await context.close()
 
