@@ -696,6 +696,52 @@ func TestWatchFlowsResumesByCursor(t *testing.T) {
 	}
 }
 
+func TestWatchTreeResumesByCursorAndEndsAfterTheTerminalTransaction(t *testing.T) {
+	var mu sync.Mutex
+	var requests []*flowstatev1.WatchFlowRequest
+	server := (&fakeServer{watchFlow: func(req *flowstatev1.WatchFlowRequest, stream grpc.ServerStreamingServer[flowstatev1.WatchFlowResponse]) error {
+		mu.Lock()
+		requests = append(requests, req)
+		n := len(requests)
+		mu.Unlock()
+		send := func(flowID string, version int64, cursor string, status flowstatev1.FlowStatus) {
+			event := changeEvent(version, status).GetEvent()
+			event.FlowId = flowID
+			relation := flowstatev1.WatchRelation_WATCH_RELATION_DESCENDANT
+			if flowID == "p" {
+				relation = flowstatev1.WatchRelation_WATCH_RELATION_SELF
+			}
+			_ = stream.Send(&flowstatev1.WatchFlowResponse{Event: event, Cursor: cursor, Relation: relation})
+		}
+		active, cancelled := flowstatev1.FlowStatus_FLOW_STATUS_DATA_GATHERING, flowstatev1.FlowStatus_FLOW_STATUS_CANCELLED
+		if n == 1 {
+			send("p", 1, "", active)
+			send("k", 1, "c1", active)
+			return recorded(stream.Context(), "server_shutting_down")
+		}
+		send("k", 1, "c1", active) // replayed: not yielded twice
+		send("p", 2, "c2", cancelled)
+		send("k", 2, "c3", cancelled) // the same transaction: still yielded
+		return nil                    // a clean end after the terminal event: the end
+	}}).serve(t, "")
+	client := newTestClient(t, server.address)
+	var seen []string
+	for response, err := range client.WatchTree(testContext(t), "p", flowstate.ChildrenDepth(1)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen = append(seen, response.GetEvent().GetFlowId()+"@"+string(rune('0'+response.GetEvent().GetFlowVersion()))+":"+response.GetCursor())
+	}
+	if !slices.Equal(seen, []string{"p@1:", "k@1:c1", "p@2:c2", "k@2:c3"}) {
+		t.Fatalf("seen %v", seen)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(requests) != 2 || requests[1].GetCursor() != "c1" || requests[1].GetChildrenDepth() != 1 || requests[0].AfterVersion != nil {
+		t.Fatalf("requests %v", requests)
+	}
+}
+
 func TestDialWaitsForTheConnection(t *testing.T) {
 	server := (&fakeServer{getFlow: func(context.Context, *flowstatev1.GetFlowRequest) (*flowstatev1.GetFlowResponse, error) {
 		return &flowstatev1.GetFlowResponse{Flow: &flowstatev1.Flow{FlowId: "f1"}}, nil

@@ -28,6 +28,7 @@ import {
   UnauthenticatedError,
   UnavailableError,
   VersionConflictError,
+  WatchRelation,
   FailedPreconditionError,
   InvalidPhaseError,
   MaxRetriesExceededError,
@@ -713,6 +714,45 @@ describe("close()", () => {
     assert.deepEqual(await pendingFlows, { done: true, value: undefined });
     assert.equal(opened, 1);
     await assert.rejects(client.getFlow({ flowId: "f1" }), (err: unknown) => isFlowstateError(err) && err.grpcCode === Code.Canceled);
+  });
+});
+
+describe("watchTree", () => {
+  it("resumes by cursor, drops repeats per flow, and ends after a clean end past the watched flow's terminal event", async () => {
+    const requests: WatchFlowRequest[] = [];
+    const server = await serve({
+      async *watchFlow(request) {
+        requests.push(request);
+        const ev = (flowId: string, version: number, cursor: string, status = FlowStatus.DATA_GATHERING) => ({
+          event: { ...event(version, status), flowId },
+          cursor,
+          relation: flowId === "p" ? WatchRelation.SELF : WatchRelation.DESCENDANT,
+          parentFlowId: flowId === "p" ? "" : "p",
+        });
+        if (requests.length === 1) {
+          yield ev("p", 1, "");
+          yield ev("k", 1, "c1");
+          throw recordedError("server_shutting_down");
+        }
+        yield ev("k", 1, "c1"); // replayed: not delivered twice
+        yield ev("p", 2, "c2", FlowStatus.CANCELLED);
+        yield ev("k", 2, "c3", FlowStatus.CANCELLED); // the same transaction: still delivered
+      },
+    });
+    const client = clientFor(server);
+    const responses = await collect(client.watchTree("p", { childrenDepth: 1 }), 10);
+    assert.deepEqual(
+      responses.map((r) => `${r.event?.flowId}@${r.event?.flowVersion}:${r.cursor}`),
+      ["p@1:", "k@1:c1", "p@2:c2", "k@2:c3"],
+    );
+    assert.equal(responses[1]?.parentFlowId, "p");
+    assert.deepEqual(
+      requests.map((r) => [r.childrenDepth, r.cursor, r.afterVersion]),
+      [
+        [1, "", undefined],
+        [1, "c1", undefined],
+      ],
+    ); // no third request: the clean end after the terminal event is the end
   });
 });
 
