@@ -55,16 +55,25 @@ async def test_webhooks_commands(
         connection = ["--address", hook_server.address, "--token", token]
         return await asyncio.to_thread(run_cli, "webhooks", *argv, *connection)
 
-    created = await webhooks("create", receiver_url, "--status", "completed", "--json")
+    created = await webhooks(
+        "create", receiver_url, "--status", "completed", "--filter", "labels.team = core", "--json"
+    )
     assert created.code == 0, created.err
     document = json.loads(created.out)
     webhook_id = document["webhook"]["webhookId"]
     assert document["secret"].startswith("whsec_")
     assert document["webhook"]["statuses"] == ["FLOW_STATUS_COMPLETED"]
+    assert document["webhook"]["filter"] == "labels.team = core"
 
     listed = await webhooks("list")
     assert f"webhook {webhook_id}: active" in listed.out
     assert "status completed" in listed.out
+    assert "labels.team = core" in listed.out
+
+    bad_filter = await webhooks("create", receiver_url, "--filter", "status = NOPE")
+    assert bad_filter.code == 1
+    assert "MALFORMED_REQUEST" in bad_filter.err
+    assert "at position 9" in bad_filter.err
 
     tested = await webhooks("test", webhook_id)
     assert tested.code == 0, tested.err

@@ -237,3 +237,24 @@ def test_stuck_follows_per_status_thresholds() -> None:
         **{**{f: getattr(FACTS, f) for f in FACTS.__slots__}, "status": FlowStatus.ACTIVE}
     )
     assert not matches(rule, active)  # no threshold: never stuck
+
+
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [("stuck", 0), ("NOT stuck", 4), ("updated > -1h", 10), ("created <= -2d", 11)],
+)
+def test_a_timeless_filter_refuses_what_depends_on_the_time_of_evaluation(
+    text: str, position: int
+) -> None:
+    parse_filter(text, now=NOW, stuck_before=STUCK_BEFORE)  # fine where it is resolved once
+    with pytest.raises(FilterError) as refused:
+        parse_filter(text, now=NOW, stuck_before=STUCK_BEFORE, timeless=True)
+    assert refused.value.position == position
+    assert "time of evaluation" in refused.value.message
+
+
+def test_a_timeless_filter_takes_absolute_times() -> None:
+    parsed = parse_filter(
+        "updated > 2026-12-01T00:00:00Z", now=NOW, stuck_before=STUCK_BEFORE, timeless=True
+    )
+    assert parsed == Comparison("updated", None, ">", (datetime(2026, 12, 1, tzinfo=UTC),))

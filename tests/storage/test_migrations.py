@@ -209,3 +209,17 @@ async def test_child_flow_columns_up_and_down(fresh_database_url: str) -> None:
     assert await _scalar_set(fresh_database_url, columns) == set()
     await migrate.upgrade(fresh_database_url)
     assert len(await _scalar_set(fresh_database_url, columns)) == 3
+
+
+async def test_webhook_filter_column_up_and_down(fresh_database_url: str) -> None:
+    """Migration 0014: webhook_subscriptions.filter ('' for existing rows) comes and goes."""
+    column = (
+        "SELECT column_default FROM information_schema.columns"
+        " WHERE table_name = 'webhook_subscriptions' AND column_name = 'filter'"
+    )
+    await migrate.upgrade(fresh_database_url, "0014_webhook_filter")
+    assert await _scalar_set(fresh_database_url, column) == {"''::text"}
+    await migrate.downgrade(fresh_database_url, "0013_child_flows")
+    assert await _scalar_set(fresh_database_url, column) == set()
+    await migrate.upgrade(fresh_database_url)
+    assert await _scalar_set(fresh_database_url, column) == {"''::text"}

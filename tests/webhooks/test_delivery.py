@@ -17,12 +17,13 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from grpc_status import rpc_status
 
 from flowstate.core.model import Tenant
 from flowstate.service.webhooks import new_secret
 from flowstate.testing import ServerProcess, TokenMinter, serve_in_process, serve_subprocess
+from flowstate.v1 import errors_pb2, flow_service_pb2_grpc, states_pb2, webhook_pb2
 from flowstate.v1 import flow_service_pb2 as pb
-from flowstate.v1 import flow_service_pb2_grpc, states_pb2, webhook_pb2
 
 from .conftest import FAST, FAST_ENV
 from .receiver import Delivery, receiving
@@ -317,3 +318,80 @@ def _timestamp(moment: datetime) -> Any:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        ("status = NOPE", 9),
+        ("labels.team = 'x' OR", 20),
+        ("stuck", 0),  # depends on the time of evaluation: not in a kept filter
+        ("updated > -1h", 10),
+        ("status = FAILED AND (definition = x OR stuck)", 39),
+    ],
+)
+async def test_a_webhook_filter_that_does_not_parse_is_refused_with_its_position(
+    webhook_database_url: str, text: str, position: int
+) -> None:
+    minter = TokenMinter.random()
+    md = minter.metadata(new_tenant(), scopes=ADMIN_SCOPES)
+    async with (
+        serve_in_process(webhook_database_url, minter=minter, **FAST) as server,
+        server.channel() as channel,
+    ):
+        stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await create_webhook(stub, md, "https://93.184.216.34/x", filter=text)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+        assert status is not None
+        flow_error = errors_pb2.FlowError()
+        assert any(d.Unpack(flow_error) for d in status.details if d.Is(flow_error.DESCRIPTOR))
+        assert errors_pb2.ErrorCode.Name(flow_error.error_code) == "ERROR_CODE_MALFORMED_REQUEST"
+        assert flow_error.details["field"] == "filter"
+        assert flow_error.details["position"] == position
+        assert f"at position {position}" in flow_error.message
+        listed = await stub.ListWebhooks(webhook_pb2.ListWebhooksRequest(), metadata=md)
+        assert not listed.webhooks  # nothing was created
+
+
+async def test_a_filter_in_the_filter_language_selects_the_changes_delivered(
+    webhook_database_url: str,
+) -> None:
+    """The filter is evaluated on each change, on the flow as the change left it (as WatchFlows
+    does), and ANDed with the definition; the other flows' changes move the cursor silently."""
+    minter = TokenMinter.random()
+    tenant = new_tenant()
+    text = 'labels.team = "core" AND phase.data_import = COMPLETED'
+    async with (
+        receiving() as receiver,
+        serve_in_process(webhook_database_url, minter=minter, **FAST) as server,
+        server.channel() as channel,
+    ):
+        stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
+        md = minter.metadata(tenant, scopes=ADMIN_SCOPES)
+        created = await create_webhook(
+            stub, md, receiver.url, definition_name="discovery", filter=text
+        )
+        receiver.secret = created.secret
+        assert created.webhook.filter == text
+        listed = await stub.ListWebhooks(webhook_pb2.ListWebhooksRequest(), metadata=md)
+        assert [w.filter for w in listed.webhooks] == [text]
+
+        flows = {}
+        for team in ("core", "ops"):
+            request = pb.CreateFlowRequest(request_id=rid(), labels={"team": team})
+            flows[team] = (await stub.CreateFlow(request, metadata=md)).flow.flow_id
+        core, ops = flows["core"], flows["ops"]
+        # The ops flow first: once the core flow's last change has arrived, every change of the
+        # ops flow (earlier in the log) has been read and filtered out.
+        for flow_id in (ops, core):
+            await transition(stub, md, [flow_id], states_pb2.PHASE_STATE_IN_PROGRESS)  # v2
+            await transition(stub, md, [flow_id], states_pb2.PHASE_STATE_COMPLETED)  # v3
+            await transition(
+                stub, md, [flow_id], states_pb2.PHASE_STATE_IN_PROGRESS, phase="field_mapping"
+            )  # v4: data_import is still COMPLETED
+        await wait_for(lambda: any(d.message_id == f"evt_{core}_4" for d in receiver.accepted()))
+        assert all(d.signature_valid for d in receiver.deliveries)
+        delivered = {d.message_id for d in receiver.accepted() if d.body["type"] == "flow.changed"}
+        assert delivered == {f"evt_{core}_3", f"evt_{core}_4"}

@@ -2,7 +2,8 @@
 
 Every command needs the ``webhooks:admin`` scope (``flows:admin`` implies it).
 
-- ``create URL [--status S ...] [--definition NAME] [--secret whsec_...]`` subscribes URL and
+- ``create URL [--status S ...] [--definition NAME] [--filter F] [--secret whsec_...]``
+  subscribes URL (``--filter``: the filter language of ``flows list``, docs/filters.md) and
   prints the webhook and its signing secret (shown only this once).
 - ``list`` prints each webhook with its delivery state, failures and the reason it was disabled.
 - ``delete ID``; ``test ID`` sends a signed test event now and prints the receiver's answer
@@ -55,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "completed, failed",
     )
     parser.add_argument("--definition", default="", help="deliver only flows of this definition")
+    parser.add_argument(
+        "--filter",
+        default="",
+        help="deliver only changes after which the flow matches this filter (docs/filters.md), "
+        "e.g. 'status = FAILED AND labels.team = \"core\"'",
+    )
     parser.add_argument("--secret", default="", help="whsec_... (default: the server makes one)")
     parser.set_defaults(run=lambda args: _run(_create, args))
 
@@ -96,7 +103,8 @@ def _describe(webhook: webhook_pb2.Webhook) -> list[str]:
     lines = [
         f"webhook {webhook.webhook_id}: {_STATES.get(webhook.state, 'unknown')}",
         f"  url: {webhook.url}",
-        f"  filter: status {statuses}; definition {webhook.definition_name or 'any'}",
+        f"  filter: status {statuses}; definition {webhook.definition_name or 'any'}"
+        + (f"; {webhook.filter}" if webhook.filter else ""),
         f"  delivered: {webhook.delivered_count}; failures in a row: "
         f"{webhook.consecutive_failures}",
     ]
@@ -109,7 +117,11 @@ def _describe(webhook: webhook_pb2.Webhook) -> list[str]:
 
 def _create(client: FlowstateClient, args: argparse.Namespace, output: _Output) -> int:
     created = client.create_webhook(
-        args.url, statuses=args.status, definition_name=args.definition, secret=args.secret
+        args.url,
+        statuses=args.status,
+        definition_name=args.definition,
+        secret=args.secret,
+        filter=args.filter,
     )
     if output.as_json:
         output.json(_proto_json(created))

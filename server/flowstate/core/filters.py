@@ -36,7 +36,9 @@ positions come out exactly where this code knows what it expected. Every refusal
 character offset in the filter text, ``expected`` where one thing was).
 
 Relative times and ``stuck`` are resolved against the `now` / `stuck_before` given to
-`parse_filter`: a long WatchFlows stream keeps the instants of its request.
+`parse_filter`: a long WatchFlows stream keeps the instants of its request. A webhook's filter
+is stored and evaluated on every change for as long as the webhook lives, so it refuses both
+(``timeless=True``): an instant of its creation would mean less every day.
 """
 
 from __future__ import annotations
@@ -204,8 +206,10 @@ class _Parser:
         stuck_before: datetime | Mapping[FlowStatus, datetime],
         max_depth: int,
         max_terms: int,
+        timeless: bool,
     ) -> None:
         self.tokens = list(_tokens(text, field))
+        self.timeless = timeless
         self.index = 0
         self.field = field
         self.now = now
@@ -272,6 +276,10 @@ class _Parser:
             self.expect_op(")")
             return inner
         if token.kind == "word" and token.text.lower() == "stuck":
+            if self.timeless:
+                raise self.fail(
+                    "stuck is not available here: it depends on the time of evaluation", token
+                )
             self.index += 1
             self.count_term(token)
             return self.stuck
@@ -362,6 +370,12 @@ class _Parser:
 
     def time_value(self, text: str, token: _Token) -> datetime:
         duration = _DURATION.fullmatch(text)
+        if duration is not None and self.timeless:
+            raise self.fail(
+                f"{text!r}: a time before now is not available here (it depends on the time of "
+                "evaluation); give an RFC 3339 timestamp",
+                token,
+            )
         if duration is not None:
             amount, unit = int(duration.group(1)), _DURATION_UNITS[duration.group(2)]
             return self.now - timedelta(**{unit: amount})
@@ -401,14 +415,16 @@ def parse_filter(
     field: str = "filter",
     max_depth: int = 16,
     max_terms: int = 64,
+    timeless: bool = False,
 ) -> Filter | None:
     """The filter `text` as a tree (None when it is empty or blank); FilterError otherwise.
 
     `now` resolves relative times (``updated > -1h``); `stuck_before` is the instant before
     which a live flow's last change makes it stuck, or that instant per status (a status
-    absent is never stuck). `field` names the request field in errors.
+    absent is never stuck). `field` names the request field in errors. `timeless` refuses
+    ``stuck`` and relative times (a filter kept and evaluated long after it was written).
     """
-    return _Parser(text, field, now, stuck_before, max_depth, max_terms).parse()
+    return _Parser(text, field, now, stuck_before, max_depth, max_terms, timeless).parse()
 
 
 def matches(condition: Filter | None, facts: FlowFacts) -> bool:

@@ -434,6 +434,7 @@ class FlowStateServicer(flow_service_pb2_grpc.FlowStateServiceServicer):
             statuses=args.statuses,
             definition_name=args.definition_name,
             secret=args.secret,
+            filter_text=args.filter_text,
             now=call.context().now,
         )
         return webhook_pb2.CreateWebhookResponse(webhook=webhook_to_proto(stored), secret=secret)

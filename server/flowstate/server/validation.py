@@ -747,6 +747,7 @@ class CreateWebhookArgs:
     statuses: tuple[FlowStatus, ...]
     definition_name: str
     secret: str
+    filter_text: str = ""
 
 
 def create_webhook(request: webhook_pb2.CreateWebhookRequest) -> CreateWebhookArgs:
@@ -764,6 +765,7 @@ def create_webhook(request: webhook_pb2.CreateWebhookRequest) -> CreateWebhookAr
         statuses=tuple(s for s in statuses if s is not None),
         definition_name=definition_name or "",
         secret=secret,
+        filter_text=request.filter,
     )
 
 

@@ -26,6 +26,7 @@ def webhook_to_proto(stored: StoredWebhook) -> webhook_pb2.Webhook:
         url=stored.url,
         statuses=[FLOW_STATUS_TO_PROTO[FlowStatus(s)] for s in stored.statuses],
         definition_name=stored.definition_name,
+        filter=stored.filter,
         state=_STATE.get(stored.state, webhook_pb2.WEBHOOK_STATE_UNSPECIFIED),
         disabled_reason=stored.disabled_reason,
         consecutive_failures=stored.consecutive_failures,

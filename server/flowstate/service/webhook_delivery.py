@@ -9,7 +9,10 @@ expire). For every subscription it holds, one task reads the tenant change log
 matching changes one at a time, in log order, so a flow's changes arrive in version order:
 
 - a 2xx moves the stored cursor past the change (`advance`); a change the filter does not match
-  moves it too, without a request;
+  moves it too, without a request. The filter is the subscription's statuses, definition and
+  ``filter`` text (the filter language, parsed once per task by `webhook_filter`), evaluated
+  on each change exactly as WatchFlows evaluates its filter: on the flow as the change left it
+  (`TenantChange.facts`);
 - a failure is counted (`record_failure`) and the same change is tried again after an
   exponential backoff with jitter (``initial_backoff * 2**(n-1)``, at most `max_backoff`, times a
   random factor in [0.5, 1]); after `failure_budget` consecutive failed attempts the subscription
@@ -37,7 +40,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 from flowstate.core.errors import FlowStateError
-from flowstate.service.webhooks import WebhookSender, change_body, event_id
+from flowstate.core.filters import Filter, matches
+from flowstate.service.webhooks import WebhookSender, change_body, event_id, webhook_filter
 from flowstate.storage.changes import LogPosition, TenantChange, TenantLog
 from flowstate.storage.store import FlowStore
 from flowstate.storage.webhooks_repo import ClaimedWebhook
@@ -152,20 +156,24 @@ class WebhookDispatcher:
                 task = asyncio.create_task(self._deliver_all(webhook), name=f"webhook-{webhook.id}")
                 self._tasks[webhook.id] = (webhook.generation, task)
 
-    def _matches(self, webhook: ClaimedWebhook, change: TenantChange) -> bool:
+    @staticmethod
+    def _matches(webhook: ClaimedWebhook, condition: Filter | None, change: TenantChange) -> bool:
         if webhook.statuses and change.entry.status_after.value not in webhook.statuses:
             return False
-        return not webhook.definition_name or webhook.definition_name == change.definition_name
+        if webhook.definition_name and webhook.definition_name != change.definition_name:
+            return False
+        return condition is None or (change.facts is not None and matches(condition, change.facts))
 
     async def _deliver_all(self, webhook: ClaimedWebhook) -> None:
         """Deliver `webhook`'s changes from its cursor on, until the lease is lost."""
         cursor: LogPosition = webhook.cursor
         try:
+            condition = webhook_filter(webhook.filter)  # checked at creation: it parses
             while True:
                 read = await self._log.read(webhook.tenant, cursor, _READ_BATCH)
                 skipped: LogPosition | None = None
                 for change in read.changes:
-                    if not self._matches(webhook, change):
+                    if not self._matches(webhook, condition, change):
                         skipped = change.position
                         continue
                     if not await self._deliver_one(webhook, change):

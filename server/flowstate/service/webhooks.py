@@ -45,9 +45,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from flowstate.core.filters import Filter, parse_filter
 from flowstate.core.model import FlowStatus, Tenant
 from flowstate.storage.changes import LogPosition, TenantChange, TenantCursor
 from flowstate.storage.limits import (
+    MAX_FILTER_DEPTH,
+    MAX_FILTER_LENGTH,
+    MAX_FILTER_TERMS,
     MAX_NAME_LENGTH,
     MAX_WEBHOOK_URL_LENGTH,
     check_name,
@@ -69,6 +73,7 @@ __all__ = [
     "new_secret",
     "secret_key",
     "sign",
+    "webhook_filter",
 ]
 
 SECRET_PREFIX: Final = "whsec_"
@@ -80,6 +85,25 @@ _MAX_ERROR: Final = 500
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def webhook_filter(text: str, *, field: str = "filter") -> Filter | None:
+    """A webhook's ``filter`` as a tree (None when blank): the filter language of ListFlows and
+    WatchFlows (docs/filters.md), evaluated on each change as WatchFlows does (on the flow as
+    the change left it), without ``stuck`` and relative times (``updated > -1h``), which
+    depend on the time of evaluation and so mean nothing in a filter kept for the webhook's
+    life. MALFORMED_REQUEST on `field` with the ``position`` of the problem otherwise."""
+    check_text(field, text, MAX_FILTER_LENGTH)
+    now = datetime.now(UTC)  # resolves nothing: `timeless` refuses what would need it
+    return parse_filter(
+        text,
+        now=now,
+        stuck_before=now,
+        field=field,
+        max_depth=MAX_FILTER_DEPTH,
+        max_terms=MAX_FILTER_TERMS,
+        timeless=True,
+    )
 
 
 def new_secret() -> str:
@@ -336,10 +360,13 @@ class WebhookService:
         statuses: Sequence[FlowStatus],
         definition_name: str,
         secret: str,
+        filter_text: str = "",
         now: datetime,
     ) -> tuple[StoredWebhook, str]:
-        """A new subscription and its secret (MALFORMED_REQUEST for a refused URL or secret)."""
+        """A new subscription and its secret (MALFORMED_REQUEST for a refused URL, secret or
+        filter: `webhook_filter`)."""
         check_text("url", url, MAX_WEBHOOK_URL_LENGTH)
+        webhook_filter(filter_text)  # refused here, with its position, rather than at delivery
         if definition_name:
             check_name("definition_name", definition_name)
         check_text("definition_name", definition_name, MAX_NAME_LENGTH)
@@ -357,6 +384,7 @@ class WebhookService:
             secret=secret,
             statuses=_check_statuses(statuses),
             definition_name=definition_name,
+            filter=filter_text,
             now=now,
         )
         return stored, secret

@@ -334,6 +334,9 @@ webhook_subscriptions = Table(
     Column("secret", Text, nullable=False),
     Column("statuses", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
     Column("definition_name", Text, nullable=False, server_default=text("''")),
+    # The filter's text in the filter language (docs/filters.md; '' for none), evaluated by the
+    # delivery loop on each change (migration 0014).
+    Column("filter", Text, nullable=False, server_default=text("''")),
     Column("state", Text, nullable=False),
     Column("disabled_reason", Text, nullable=False, server_default=text("''")),
     # The delivery cursor: every change at or before (cursor_txid, cursor_seq) is delivered.

@@ -65,7 +65,7 @@ _OWNER = bindparam("owner", type_=Text)
 _NOW = bindparam("now", type_=_TS)
 _GENERATION = bindparam("generation", type_=Integer)
 _COLUMNS = (
-    "id, client_account_id, engagement_id, url, statuses, definition_name, state, "
+    "id, client_account_id, engagement_id, url, statuses, definition_name, filter, state, "
     "disabled_reason, cursor_txid, cursor_seq, consecutive_failures, delivered_count, "
     "last_error, last_attempt_at, last_success_at, created_at"
 )
@@ -80,8 +80,8 @@ _INSERT = compile_statement(
     text(
         f"""
         INSERT INTO webhook_subscriptions (id, client_account_id, engagement_id, url, secret,
-            statuses, definition_name, state, cursor_txid, cursor_seq, created_at)
-        VALUES (:id, :account, :engagement, :url, :secret, :statuses, :definition_name,
+            statuses, definition_name, filter, state, cursor_txid, cursor_seq, created_at)
+        VALUES (:id, :account, :engagement, :url, :secret, :statuses, :definition_name, :filter,
             '{ACTIVE}', (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint - 1, {MAX_SEQ},
             :now)
         RETURNING {_COLUMNS}
@@ -94,6 +94,7 @@ _INSERT = compile_statement(
         bindparam("secret", type_=Text),
         bindparam("statuses", type_=ARRAY(Text)),
         bindparam("definition_name", type_=Text),
+        bindparam("filter", type_=Text),
         _NOW,
     )
 )
@@ -157,7 +158,7 @@ _CLAIM = compile_statement(
         ) AS free
         WHERE w.id = free.id
         RETURNING w.id, w.client_account_id, w.engagement_id, w.url, w.secret, w.statuses,
-            w.definition_name, w.cursor_txid, w.cursor_seq, w.generation
+            w.definition_name, w.filter, w.cursor_txid, w.cursor_seq, w.generation
         """
     ).bindparams(
         _OWNER,
@@ -240,6 +241,8 @@ class StoredWebhook:
     url: str
     statuses: tuple[str, ...]
     definition_name: str
+    filter: str
+    """The filter's text (docs/filters.md); '' for none."""
     state: str
     disabled_reason: str
     cursor: LogPosition
@@ -261,6 +264,8 @@ class ClaimedWebhook:
     secret: str
     statuses: frozenset[str]
     definition_name: str
+    filter: str
+    """The filter's text as created (the delivery loop parses it: `service.webhooks`)."""
     cursor: LogPosition
     generation: int
     """Bumped by every `rewind`: a delivery task of an older generation may not write."""
@@ -273,6 +278,7 @@ def _stored(row: asyncpg.Record) -> StoredWebhook:
         url=row["url"],
         statuses=tuple(row["statuses"]),
         definition_name=row["definition_name"],
+        filter=row["filter"],
         state=row["state"],
         disabled_reason=row["disabled_reason"],
         cursor=(row["cursor_txid"], row["cursor_seq"]),
@@ -293,6 +299,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedWebhook:
         secret=row["secret"],
         statuses=frozenset(row["statuses"]),
         definition_name=row["definition_name"],
+        filter=row["filter"],
         cursor=(row["cursor_txid"], row["cursor_seq"]),
         generation=row["generation"],
     )
@@ -339,6 +346,7 @@ class WebhookStore:
         secret: str,
         statuses: tuple[str, ...],
         definition_name: str,
+        filter: str = "",
         now: datetime,
     ) -> StoredWebhook:
         """A new subscription of `tenant`, delivering every change that commits after it: its
@@ -351,6 +359,7 @@ class WebhookStore:
             "secret": secret,
             "statuses": list(statuses),
             "definition_name": definition_name,
+            "filter": filter,
             "now": now,
         }
 

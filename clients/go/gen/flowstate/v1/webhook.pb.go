@@ -110,7 +110,12 @@ type Webhook struct {
 	// Output only. The delivery cursor: every change up to it has been
 	// delivered. Each delivery's body carries the cursor just after it, which
 	// ReplayWebhook accepts.
-	Cursor        string `protobuf:"bytes,13,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	Cursor string `protobuf:"bytes,13,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// Deliver only changes after which the flow matches this filter, in the
+	// filter language of ListFlows (docs/filters.md), evaluated on each change
+	// as WatchFlows does; without `stuck` and relative times. Empty: every
+	// change. Combined with `statuses` and `definition_name` by AND.
+	Filter        string `protobuf:"bytes,14,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -236,6 +241,13 @@ func (x *Webhook) GetCursor() string {
 	return ""
 }
 
+func (x *Webhook) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
 // Request of CreateWebhook.
 type CreateWebhookRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -247,7 +259,10 @@ type CreateWebhookRequest struct {
 	DefinitionName string `protobuf:"bytes,3,opt,name=definition_name,json=definitionName,proto3" json:"definition_name,omitempty"`
 	// The signing secret, `whsec_` followed by base64 of 24-64 random bytes;
 	// empty: the server generates one and returns it in the response.
-	Secret        string `protobuf:"bytes,4,opt,name=secret,proto3" json:"secret,omitempty"`
+	Secret string `protobuf:"bytes,4,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The filter (see Webhook.filter); one that does not parse is refused with
+	// MALFORMED_REQUEST and the position of the problem.
+	Filter        string `protobuf:"bytes,5,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -306,6 +321,13 @@ func (x *CreateWebhookRequest) GetDefinitionName() string {
 func (x *CreateWebhookRequest) GetSecret() string {
 	if x != nil {
 		return x.Secret
+	}
+	return ""
+}
+
+func (x *CreateWebhookRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
 	}
 	return ""
 }
@@ -765,7 +787,7 @@ var File_flowstate_v1_webhook_proto protoreflect.FileDescriptor
 
 const file_flowstate_v1_webhook_proto_rawDesc = "" +
 	"\n" +
-	"\x1aflowstate/v1/webhook.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
+	"\x1aflowstate/v1/webhook.proto\x12\fflowstate.v1\x1a\x19flowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x04\n" +
 	"\aWebhook\x12\x1d\n" +
 	"\n" +
 	"webhook_id\x18\x01 \x01(\tR\twebhookId\x12\x10\n" +
@@ -783,12 +805,14 @@ const file_flowstate_v1_webhook_proto_rawDesc = "" +
 	"createTime\x12F\n" +
 	"\x11last_attempt_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x0flastAttemptTime\x12F\n" +
 	"\x11last_success_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0flastSuccessTime\x12\x16\n" +
-	"\x06cursor\x18\r \x01(\tR\x06cursor\"\x9f\x01\n" +
+	"\x06cursor\x18\r \x01(\tR\x06cursor\x12\x16\n" +
+	"\x06filter\x18\x0e \x01(\tR\x06filter\"\xb7\x01\n" +
 	"\x14CreateWebhookRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x124\n" +
 	"\bstatuses\x18\x02 \x03(\x0e2\x18.flowstate.v1.FlowStatusR\bstatuses\x12'\n" +
 	"\x0fdefinition_name\x18\x03 \x01(\tR\x0edefinitionName\x12\x16\n" +
-	"\x06secret\x18\x04 \x01(\tR\x06secret\"`\n" +
+	"\x06secret\x18\x04 \x01(\tR\x06secret\x12\x16\n" +
+	"\x06filter\x18\x05 \x01(\tR\x06filter\"`\n" +
 	"\x15CreateWebhookResponse\x12/\n" +
 	"\awebhook\x18\x01 \x01(\v2\x15.flowstate.v1.WebhookR\awebhook\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\"\x15\n" +

@@ -807,19 +807,24 @@ class FlowstateClient:
         statuses: Iterable[EnumLike] = (),
         definition_name: str = "",
         secret: str = "",
+        filter: str = "",
         timeout: float | None = None,
     ) -> webhook_pb2.CreateWebhookResponse:
         """Subscribe `url` to the tenant's flow changes; the response carries the webhook and
         its signing secret (returned only here; `secret` empty: the server makes one).
+        `filter`: only changes after which the flow matches it (docs/filters.md, without
+        ``stuck`` and relative times), e.g. ``'status = FAILED AND labels.team = "core"'``.
 
         Raises:
-            MalformedRequest: a refused URL (not https, or a private address), a bad secret.
+            MalformedRequest: a refused URL (not https, or a private address), a bad secret,
+                a filter that does not parse (``details["position"]``).
         """
         request = webhook_pb2.CreateWebhookRequest(
             url=url,
             statuses=[_requests.flow_status(status) for status in statuses],
             definition_name=definition_name,
             secret=secret,
+            filter=filter,
         )
         return self._call(lambda s: s.CreateWebhook, request, timeout)
 

@@ -26,35 +26,35 @@ from flowstate.v1 import states_pb2 as flowstate_dot_v1_dot_states__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lowstate/v1/webhook.proto\x12\x0c\x66lowstate.v1\x1a\x19\x66lowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x03\n\x07Webhook\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12*\n\x08statuses\x18\x03 \x03(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x04 \x01(\t\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.flowstate.v1.WebhookState\x12\x17\n\x0f\x64isabled_reason\x18\x06 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x17\n\x0f\x64\x65livered_count\x18\t \x01(\x03\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_success_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ursor\x18\r \x01(\t\"x\n\x14\x43reateWebhookRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12*\n\x08statuses\x18\x02 \x03(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x03 \x01(\t\x12\x0e\n\x06secret\x18\x04 \x01(\t\"O\n\x15\x43reateWebhookResponse\x12&\n\x07webhook\x18\x01 \x01(\x0b\x32\x15.flowstate.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x15\n\x13ListWebhooksRequest\"?\n\x14ListWebhooksResponse\x12\'\n\x08webhooks\x18\x01 \x03(\x0b\x32\x15.flowstate.v1.Webhook\"*\n\x14\x44\x65leteWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"(\n\x12TestWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\"^\n\x13TestWebhookResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"p\n\x14ReplayWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\t\x12.\n\nsince_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x15ReplayWebhookResponse\x12&\n\x07webhook\x18\x01 \x01(\x0b\x32\x15.flowstate.v1.Webhook*c\n\x0cWebhookState\x12\x1d\n\x19WEBHOOK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14WEBHOOK_STATE_ACTIVE\x10\x01\x12\x1a\n\x16WEBHOOK_STATE_DISABLED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lowstate/v1/webhook.proto\x12\x0c\x66lowstate.v1\x1a\x19\x66lowstate/v1/states.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x03\n\x07Webhook\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12*\n\x08statuses\x18\x03 \x03(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x04 \x01(\t\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.flowstate.v1.WebhookState\x12\x17\n\x0f\x64isabled_reason\x18\x06 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x17\n\x0f\x64\x65livered_count\x18\t \x01(\x03\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_success_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ursor\x18\r \x01(\t\x12\x0e\n\x06\x66ilter\x18\x0e \x01(\t\"\x88\x01\n\x14\x43reateWebhookRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12*\n\x08statuses\x18\x02 \x03(\x0e\x32\x18.flowstate.v1.FlowStatus\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x03 \x01(\t\x12\x0e\n\x06secret\x18\x04 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x05 \x01(\t\"O\n\x15\x43reateWebhookResponse\x12&\n\x07webhook\x18\x01 \x01(\x0b\x32\x15.flowstate.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x15\n\x13ListWebhooksRequest\"?\n\x14ListWebhooksResponse\x12\'\n\x08webhooks\x18\x01 \x03(\x0b\x32\x15.flowstate.v1.Webhook\"*\n\x14\x44\x65leteWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"(\n\x12TestWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\"^\n\x13TestWebhookResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"p\n\x14ReplayWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\t\x12.\n\nsince_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x15ReplayWebhookResponse\x12&\n\x07webhook\x18\x01 \x01(\x0b\x32\x15.flowstate.v1.Webhook*c\n\x0cWebhookState\x12\x1d\n\x19WEBHOOK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14WEBHOOK_STATE_ACTIVE\x10\x01\x12\x1a\n\x16WEBHOOK_STATE_DISABLED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowstate.v1.webhook_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WEBHOOKSTATE']._serialized_start=1213
-  _globals['_WEBHOOKSTATE']._serialized_end=1312
+  _globals['_WEBHOOKSTATE']._serialized_start=1246
+  _globals['_WEBHOOKSTATE']._serialized_end=1345
   _globals['_WEBHOOK']._serialized_start=105
-  _globals['_WEBHOOK']._serialized_end=534
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=536
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=656
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=658
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=737
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=739
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=760
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=762
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=825
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=827
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=869
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=871
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=894
-  _globals['_TESTWEBHOOKREQUEST']._serialized_start=896
-  _globals['_TESTWEBHOOKREQUEST']._serialized_end=936
-  _globals['_TESTWEBHOOKRESPONSE']._serialized_start=938
-  _globals['_TESTWEBHOOKRESPONSE']._serialized_end=1032
-  _globals['_REPLAYWEBHOOKREQUEST']._serialized_start=1034
-  _globals['_REPLAYWEBHOOKREQUEST']._serialized_end=1146
-  _globals['_REPLAYWEBHOOKRESPONSE']._serialized_start=1148
-  _globals['_REPLAYWEBHOOKRESPONSE']._serialized_end=1211
+  _globals['_WEBHOOK']._serialized_end=550
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=553
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=689
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=691
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=770
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=772
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=793
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=795
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=858
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=860
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=902
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=904
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=927
+  _globals['_TESTWEBHOOKREQUEST']._serialized_start=929
+  _globals['_TESTWEBHOOKREQUEST']._serialized_end=969
+  _globals['_TESTWEBHOOKRESPONSE']._serialized_start=971
+  _globals['_TESTWEBHOOKRESPONSE']._serialized_end=1065
+  _globals['_REPLAYWEBHOOKREQUEST']._serialized_start=1067
+  _globals['_REPLAYWEBHOOKREQUEST']._serialized_end=1179
+  _globals['_REPLAYWEBHOOKRESPONSE']._serialized_start=1181
+  _globals['_REPLAYWEBHOOKRESPONSE']._serialized_end=1244
 # @@protoc_insertion_point(module_scope)

@@ -72,6 +72,7 @@ class Webhook(_message.Message):
     LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     LAST_SUCCESS_TIME_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
     """Output only. The subscription's id (a UUID)."""
     url: _builtins.str
@@ -92,6 +93,12 @@ class Webhook(_message.Message):
     """Output only. The delivery cursor: every change up to it has been
     delivered. Each delivery's body carries the cursor just after it, which
     ReplayWebhook accepts.
+    """
+    filter: _builtins.str
+    """Deliver only changes after which the flow matches this filter, in the
+    filter language of ListFlows (docs/filters.md), evaluated on each change
+    as WatchFlows does; without `stuck` and relative times. Empty: every
+    change. Combined with `statuses` and `definition_name` by AND.
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_states_pb2.FlowStatus.ValueType]:
@@ -127,10 +134,11 @@ class Webhook(_message.Message):
         last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         last_success_time: _timestamp_pb2.Timestamp | None = ...,
         cursor: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_attempt_time", b"last_attempt_time", "last_success_time", b"last_success_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "create_time", b"create_time", "cursor", b"cursor", "definition_name", b"definition_name", "delivered_count", b"delivered_count", "disabled_reason", b"disabled_reason", "last_attempt_time", b"last_attempt_time", "last_error", b"last_error", "last_success_time", b"last_success_time", "state", b"state", "statuses", b"statuses", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "create_time", b"create_time", "cursor", b"cursor", "definition_name", b"definition_name", "delivered_count", b"delivered_count", "disabled_reason", b"disabled_reason", "filter", b"filter", "last_attempt_time", b"last_attempt_time", "last_error", b"last_error", "last_success_time", b"last_success_time", "state", b"state", "statuses", b"statuses", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -146,6 +154,7 @@ class CreateWebhookRequest(_message.Message):
     STATUSES_FIELD_NUMBER: _builtins.int
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """The receiver's URL."""
     definition_name: _builtins.str
@@ -153,6 +162,10 @@ class CreateWebhookRequest(_message.Message):
     secret: _builtins.str
     """The signing secret, `whsec_` followed by base64 of 24-64 random bytes;
     empty: the server generates one and returns it in the response.
+    """
+    filter: _builtins.str
+    """The filter (see Webhook.filter); one that does not parse is refused with
+    MALFORMED_REQUEST and the position of the problem.
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_states_pb2.FlowStatus.ValueType]:
@@ -165,10 +178,11 @@ class CreateWebhookRequest(_message.Message):
         statuses: _abc.Iterable[_states_pb2.FlowStatus.ValueType] | None = ...,
         definition_name: _builtins.str = ...,
         secret: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "secret", b"secret", "statuses", b"statuses", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "filter", b"filter", "secret", b"secret", "statuses", b"statuses", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
