@@ -222,3 +222,45 @@ def test_public_key_file(tmp_path: Path) -> None:
     key_file.write_text("not a key")
     with pytest.raises(ConfigError, match="PEM"):
         resolve_auth(ServerSettings(jwt_public_key_file=key_file))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not a key",
+        b"-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n",
+        b"\xff\xfe binary",
+    ],
+    ids=["text", "bad-base64-body", "binary"],
+)
+def test_a_bad_public_key_file_names_the_setting_and_the_file(
+    tmp_path: Path, content: bytes
+) -> None:
+    key_file = tmp_path / "jwt-public.pem"
+    key_file.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        resolve_auth(ServerSettings(jwt_public_key_file=key_file))
+    message = str(caught.value)
+    assert message.startswith(f"FLOWSTATE_JWT_PUBLIC_KEY_FILE {key_file} is not a usable")
+    assert "PEM RSA or EC P-256 public key" in message
+
+
+def test_a_public_key_of_another_kind_names_the_setting_and_the_file(tmp_path: Path) -> None:
+    public = ec.generate_private_key(ec.SECP384R1()).public_key()
+    key_file = tmp_path / "p384.pem"
+    key_file.write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(ConfigError, match=r"^FLOWSTATE_JWT_PUBLIC_KEY_FILE .*p384\.pem"):
+        resolve_auth(ServerSettings(jwt_public_key_file=key_file))
+
+
+def test_a_short_secret_names_its_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^FLOWSTATE_JWT_SECRET: .*32 bytes"):
+        resolve_auth(ServerSettings(jwt_secret="short"))
+    secret_file = tmp_path / "short-secret"
+    secret_file.write_text("short\n")
+    with pytest.raises(ConfigError, match=r"^FLOWSTATE_JWT_SECRET_FILE .*short-secret: .*32 bytes"):
+        resolve_auth(ServerSettings(jwt_secret_file=secret_file))

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from flowstate.core.model import FlowStatus
 from flowstate.core.rules import TERMINAL_STATUSES
 from flowstate.server.auth import (
@@ -509,22 +511,38 @@ def _read_file(path: Path, what: str) -> bytes:
         raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
+def _public_key(path: Path) -> JwtKey:
+    """The key of FLOWSTATE_JWT_PUBLIC_KEY_FILE; ConfigError naming the setting and the file."""
+    _read_file(path, "JWT public key file")
+    try:
+        return JwtKey.from_public_key_file(path)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        # cryptography's own text ("Could not deserialize key data...") names neither.
+        raise ConfigError(
+            f"FLOWSTATE_JWT_PUBLIC_KEY_FILE {path} is not a usable JWT public key (a PEM RSA or "
+            f"EC P-256 public key is expected): {exc}"
+        ) from None
+
+
 def resolve_auth(settings: ServerSettings) -> AuthConfig:
     """The JWT verification of `settings` (see the module docstring); ConfigError if none."""
+    if settings.jwt_public_key_file is not None:
+        key = _public_key(settings.jwt_public_key_file)
+        return AuthConfig(key, settings.jwt_issuer, settings.jwt_audience, "public-key")
     try:
-        if settings.jwt_public_key_file is not None:
-            _read_file(settings.jwt_public_key_file, "JWT public key file")
-            key = JwtKey.from_public_key_file(settings.jwt_public_key_file)
-            return AuthConfig(key, settings.jwt_issuer, settings.jwt_audience, "public-key")
         if settings.jwt_secret is not None:
             key = JwtKey.hs256(settings.jwt_secret.encode())
             return AuthConfig(key, settings.jwt_issuer, settings.jwt_audience, "secret")
-        if settings.jwt_secret_file is not None:
-            secret = _read_file(settings.jwt_secret_file, "JWT secret file").strip()
-            key = JwtKey.hs256(secret)
-            return AuthConfig(key, settings.jwt_issuer, settings.jwt_audience, "secret-file")
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"FLOWSTATE_JWT_SECRET: {exc}") from None
+    if settings.jwt_secret_file is not None:
+        path = settings.jwt_secret_file
+        secret = _read_file(path, "JWT secret file").strip()
+        try:
+            key = JwtKey.hs256(secret)
+        except ValueError as exc:
+            raise ConfigError(f"FLOWSTATE_JWT_SECRET_FILE {path}: {exc}") from None
+        return AuthConfig(key, settings.jwt_issuer, settings.jwt_audience, "secret-file")
     if not (settings.embedded_database or settings.dev_auth):
         raise ConfigError(
             "no token verification configured: set FLOWSTATE_JWT_SECRET, "
