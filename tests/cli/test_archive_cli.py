@@ -66,5 +66,10 @@ async def test_archive_run_list_restore(
     code, out = await asyncio.to_thread(cli, "archive", "restore", str(location), "--flow", flow_id)
     assert (code, out.strip()) == (0, "restored 1 flow(s), 2 history entries")
     assert await store.get_flow(tenant, flow_id) == before
+    removed = f"{name}: policy removed (the archiver's --default-days applies)"
     code, out = await asyncio.to_thread(cli, "archive", "policy", "clear", name)
-    assert out.strip() == f"{name}: policy cleared"
+    assert (code, out.strip()) == (0, removed)
+    code, out = await asyncio.to_thread(cli, "archive", "policy", "set", name, "0")
+    assert (code, out.strip()) == (0, removed)  # one rule: set 0 is clear
+    code, out = await asyncio.to_thread(cli, "archive", "policy", "get", name)
+    assert out.strip() == f"{name}: no policy (the archiver's --default-days applies)"

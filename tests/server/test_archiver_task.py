@@ -15,7 +15,6 @@ from flowstate.core.commands import CancelFlow, Context
 from flowstate.core.model import Tenant
 from flowstate.service import FlowService
 from flowstate.storage import FlowQuery, FlowStore
-from flowstate.storage.retention import RetentionStore
 from flowstate.testing import serve_in_process
 
 
@@ -45,11 +44,7 @@ async def test_the_server_archives_expired_flows_on_its_timer(
         created = await service.create_flow(tenant, definition_name="discovery", ctx=ten_days_ago)
         await service.mutate(tenant, created.flow.flow_id, CancelFlow("old"), ten_days_ago)
         flow_ids.append(created.flow.flow_id)
-    policies = await RetentionStore.open(database_url)
-    try:
-        await policies.set_policy(tenant, 1, "test")
-    finally:
-        await policies.close()
+    await store.retention_policies.set(tenant, 1, "test")
 
     async with serve_in_process(
         database_url, store=store, metrics_port=0, archive_dir=tmp_path, archive_interval=0.1

@@ -46,8 +46,6 @@ def test_store_methods() -> None:
         "read_changes",
         "purge_expired_idempotency_keys",
         "count_stuck_flows",
-        "get_retention_policy",
-        "set_retention_policy",
         "due_alert_flows",
         "children_of",
     }
@@ -56,6 +54,7 @@ def test_store_methods() -> None:
 def test_store_capabilities() -> None:
     """The capabilities beside the flows, on the store's runner (docs/architecture.md)."""
     from flowstate.storage.definitions_repo import DefinitionStore
+    from flowstate.storage.retention import RetentionPolicies
     from flowstate.storage.timers import TimerStore
     from flowstate.storage.webhooks_repo import WebhookStore
 
@@ -83,3 +82,4 @@ def test_store_capabilities() -> None:
         "release",
     }
     assert public(TimerStore) == {"claim", "touch_heartbeat"}
+    assert public(RetentionPolicies) == {"get", "set"}

@@ -252,3 +252,126 @@ async def test_a_stopped_server_is_unavailable_and_a_restart_recovers(
             restarted.stop(force=True)
     finally:
         await own.close()
+
+
+class GatedProxy:
+    """A TCP proxy on 127.0.0.1 to the database whose new connections wait at `gate`: a
+    connection the pool opens stays in its opening (before PostgreSQL's first byte) until the
+    test opens the gate."""
+
+    def __init__(self, database_url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(database_url)
+        socket_dir = parsed.query.get("host")
+        port = parsed.port or int(str(parsed.query.get("port", 5432)))
+        # The embedded server listens on a unix socket (``?host=DIR``); others on TCP.
+        self.unix = f"{socket_dir}/.s.PGSQL.{port}" if isinstance(socket_dir, str) else None
+        self.upstream = (parsed.host or "127.0.0.1", port)
+        self.url = database_url
+        self.gate = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> GatedProxy:
+        from sqlalchemy.engine import make_url
+
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        parsed = make_url(self.url)
+        query = {k: v for k, v in parsed.query.items() if k not in ("host", "port")}
+        self.url = parsed.set(host="127.0.0.1", port=port, query=query).render_as_string(
+            hide_password=False
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pipe in self._pipes:
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.arrived.set()
+        await self.gate.wait()
+        if self.unix is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.unix)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            finally:
+                sink.close()
+
+        for task in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            self._pipes.add(asyncio.create_task(task))
+
+
+async def test_opening_a_connection_does_not_count_against_the_pool_wait(
+    tenant: Tenant, make_context: ContextFactory, database_url: str
+) -> None:
+    """The pool has room (size 2, one connection busy) but opening the second connection
+    takes longer than the pool wait: the call waits for it (bounded by the connect timeout),
+    it does not fail `pool_timeout` (docs/storage.md, "Timeouts")."""
+    pool_timeout = 0.05
+    async with GatedProxy(database_url) as proxy:
+        proxy.gate.set()  # the store's first connection opens at once
+        held = await HoldingStore.open(
+            proxy.url, pool_size=2, pool_timeout=pool_timeout, connect_timeout=30
+        )
+        try:
+            create = asyncio.create_task(
+                FlowService(held).create_flow(
+                    tenant, definition_name="discovery", ctx=make_context()
+                )
+            )
+            await asyncio.wait_for(held.holding.wait(), 10)  # connection 1 is busy
+            proxy.gate.clear()
+            proxy.arrived.clear()
+            ping = asyncio.create_task(held.ping())  # needs connection 2: the pool opens it
+            await asyncio.wait_for(proxy.arrived.wait(), 10)
+            # Not a synchronisation: the opening must outlast the pool wait, which is the
+            # property under test (four times pool_timeout).
+            await asyncio.sleep(pool_timeout * 4)
+            assert not ping.done()
+            proxy.gate.set()
+            await asyncio.wait_for(ping, 30)  # no StoreUnavailable(pool_timeout)
+            held.release.set()
+            await asyncio.wait_for(create, 10)
+        finally:
+            held.release.set()
+            proxy.gate.set()
+            await held.close()
+
+
+async def test_a_connection_that_cannot_be_opened_in_time_is_unreachable(
+    tenant: Tenant, make_context: ContextFactory, database_url: str
+) -> None:
+    """The opening has its own budget, `connect_timeout`: past it the call is UNAVAILABLE with
+    reason unreachable (never pool_timeout: the pool had room)."""
+    async with GatedProxy(database_url) as proxy:
+        proxy.gate.set()
+        held = await HoldingStore.open(proxy.url, pool_size=2, pool_timeout=30, connect_timeout=0.2)
+        try:
+            create = asyncio.create_task(
+                FlowService(held).create_flow(
+                    tenant, definition_name="discovery", ctx=make_context()
+                )
+            )
+            await asyncio.wait_for(held.holding.wait(), 10)
+            proxy.gate.clear()  # connection 2 never opens
+            with pytest.raises(StoreUnavailable) as unavailable:
+                await asyncio.wait_for(held.ping(), 20)
+            assert unavailable.value.details == {"reason": "unreachable"}
+            held.release.set()
+            await asyncio.wait_for(create, 10)
+        finally:
+            held.release.set()
+            proxy.gate.set()
+            await held.close()

@@ -223,3 +223,82 @@ async def test_webhook_filter_column_up_and_down(fresh_database_url: str) -> Non
     assert await _scalar_set(fresh_database_url, column) == set()
     await migrate.upgrade(fresh_database_url)
     assert await _scalar_set(fresh_database_url, column) == {"''::text"}
+
+
+async def test_archive_trees_up_and_down_releases_what_the_old_archiver_left_unpurgeable(
+    fresh_database_url: str,
+) -> None:
+    """Migration 0015: the tree-aware purge and the dependents index come and go; the archive
+    records the old archiver (0008) left pending for a parent whose child lives are dropped from
+    the catalog (the flow is archived again with its tree), those of a whole tree are kept."""
+    from flowstate.core.commands import CancelFlow, Context, TransitionPhase
+    from flowstate.core.definition_document import definition_from_document
+    from flowstate.core.model import PhaseState, Tenant
+    from flowstate.service import FlowService
+    from flowstate.storage import FlowStore
+
+    from .support import fetch
+
+    await migrate.upgrade(fresh_database_url)
+    store = await FlowStore.open(fresh_database_url, pool_size=2)
+    tenant = Tenant("acct-0015", "trees")
+    now = datetime.now(UTC)
+    ctx = Context(now=now, user_id="test", request_id="")
+    try:
+        service = FlowService(store)
+        for document in (
+            {"name": "leaf", "phases": [{"name": "a", "weight": 100}]},
+            {
+                "name": "root",
+                "phases": [
+                    {
+                        "name": "sub",
+                        "weight": 100,
+                        "kind": "child_flow",
+                        "child_flow": {"definition": "leaf", "on_parent_cancel": "abandon"},
+                    }
+                ],
+            },
+        ):
+            await store.definitions.register(
+                tenant, definition_from_document(document), request_id=uuid.uuid4().hex, now=now
+            )
+        parent = (await service.create_flow(tenant, definition_name="root", ctx=ctx)).flow
+        started = await service.mutate(
+            tenant, parent.flow_id, TransitionPhase("sub", PhaseState.IN_PROGRESS), ctx
+        )
+        [child] = [p.child_flow_id for p in started.flow.phases]
+        await service.mutate(tenant, parent.flow_id, CancelFlow("done"), ctx)  # child lives
+        alone = (await service.create_flow(tenant, definition_name="leaf", ctx=ctx)).flow
+        await service.mutate(tenant, alone.flow_id, CancelFlow("done"), ctx)
+    finally:
+        await store.close()
+    await migrate.downgrade(fresh_database_url, "0014_webhook_filter")
+    await fetch(
+        fresh_database_url,
+        "INSERT INTO flow_archives (flow_id, client_account_id, engagement_id, flow_version,"
+        " entry_count, location, sha256) SELECT id, client_account_id, engagement_id, version,"
+        " 0, 'by 0013', '' FROM flows WHERE id = ANY($1::uuid[])",
+        [parent.flow_id, alone.flow_id],
+    )
+
+    await migrate.upgrade(fresh_database_url, "0015_archive_trees")
+
+    pending = await _scalar_set(
+        fresh_database_url, "SELECT flow_id::text FROM flow_archives WHERE purged_at IS NULL"
+    )
+    assert pending == {alone.flow_id}
+    indexes = "SELECT indexname FROM pg_indexes WHERE indexname = 'ix_flows_external_dependencies'"
+    assert await _scalar_set(fresh_database_url, indexes) == {"ix_flows_external_dependencies"}
+    purged = await fetch(
+        fresh_database_url,
+        "SELECT * FROM flowstate_purge_archived_flows($1::uuid[])",
+        [parent.flow_id, child, alone.flow_id],
+    )
+    assert (purged[0]["flows"], purged[0]["entries"]) == (1, 2)  # the lone flow only
+
+    await migrate.downgrade(fresh_database_url, "0014_webhook_filter")
+    assert await _scalar_set(fresh_database_url, indexes) == set()
+    functions = "SELECT proname FROM pg_proc WHERE proname = 'flowstate_purgeable_flows'"
+    assert await _scalar_set(fresh_database_url, functions) == set()
+    await migrate.upgrade(fresh_database_url)

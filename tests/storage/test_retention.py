@@ -32,7 +32,7 @@ from flowstate.storage.archives import (
     decode_archive,
 )
 from flowstate.storage.migrate import upgrade
-from flowstate.storage.retention import RetentionStore
+from flowstate.storage.retention import RetentionPolicies, RetentionStore
 
 from .support import ContextFactory, asyncpg_dsn, fetch
 
@@ -98,7 +98,7 @@ async def _expiring_flows(
 ) -> tuple[list[str], dict[str, tuple[Any, list[Any]]]]:
     """`count` ended flows of a tenant kept one day, and their rows as stored now."""
     service = FlowService(store)
-    await retention_store.set_policy(tenant, 1, "admin")
+    await store.retention_policies.set(tenant, 1, "admin")
     flow_ids = [
         await _terminal_flow(service, tenant, make_context, steps=steps) for _ in range(count)
     ]
@@ -115,8 +115,8 @@ async def test_archive_and_delete_a_thousand_terminal_flows(
     service = FlowService(store)
     expiring = Tenant(f"acct-{uuid.uuid4().hex[:8]}", "retention")
     keeping = Tenant(f"acct-{uuid.uuid4().hex[:8]}", "retention")
-    await retention_store.set_policy(expiring, 30, "admin")
-    await retention_store.set_policy(keeping, 60, "admin")
+    await store.retention_policies.set(expiring, 30, "admin")
+    await store.retention_policies.set(keeping, 60, "admin")
     gate = asyncio.Semaphore(8)
 
     async def terminal(tenant: Tenant) -> str:
@@ -266,7 +266,7 @@ async def test_a_partition_whose_rows_are_all_archived_is_dropped(
         ]
         service = FlowService(store)
         tenant = Tenant("acct-partitions", "retention")
-        await retention.set_policy(tenant, 30, "admin")
+        await store.retention_policies.set(tenant, 30, "admin")
 
         def at(month: int) -> ContextFactory:
             moment = datetime(2021, month, 15, tzinfo=UTC)
@@ -313,24 +313,27 @@ async def test_a_partition_whose_rows_are_all_archived_is_dropped(
 
 
 async def test_policies_are_per_tenant_and_validated(
-    retention_store: RetentionStore, tenant: Tenant
+    store: FlowStore, retention_store: RetentionStore, tenant: Tenant
 ) -> None:
+    """One implementation on either runner (the server's store, the CLI's retention store);
+    one rule: 1..36500 days sets, 0 removes, anything else is refused."""
     other = Tenant(tenant.client_account_id, tenant.engagement_id + "-other")
-    assert await retention_store.get_policy(tenant) is None
-    stored = await retention_store.set_policy(tenant, 90, "alice")
+    policies = store.retention_policies
+    assert await policies.get(tenant) is None
+    stored = await policies.set(tenant, 90, "alice")
+    assert stored is not None
     assert (stored.retain_days, stored.updated_by) == (90, "alice")
-    assert await retention_store.get_policy(other) is None
-    for bad in (0, -1, 36501, True):
+    assert await policies.get(other) is None
+    assert await RetentionPolicies(retention_store).get(tenant) == stored
+    for bad in (-1, 36501, True, False):
         with pytest.raises(FlowStateError) as refused:
-            await retention_store.set_policy(tenant, bad, "alice")
+            await policies.set(tenant, bad, "alice")
         assert refused.value.code is ErrorCode.MALFORMED_REQUEST
         assert refused.value.details["field"] == "retain_days"
-    policy = await retention_store.get_policy(tenant)
-    assert policy is not None
-    assert policy.retain_days == 90
-    assert await retention_store.clear_policy(tenant)
-    assert await retention_store.get_policy(tenant) is None
-    assert not await retention_store.clear_policy(tenant)
+    assert await policies.get(tenant) == stored
+    assert await RetentionPolicies(retention_store).set(tenant, 0, "bob") is None
+    assert await policies.get(tenant) is None
+    assert await policies.set(tenant, 0, "bob") is None  # removing no policy is no error
 
 
 async def test_a_damaged_archive_is_refused(tmp_path: Path) -> None:
@@ -410,7 +413,7 @@ async def test_an_archive_from_an_older_schema_restores_with_defaults(
     """A column added after the archive was written takes its default; an unknown key is
     ignored (archives outlive schema versions)."""
     service = FlowService(store)
-    await retention_store.set_policy(tenant, 1, "admin")
+    await store.retention_policies.set(tenant, 1, "admin")
     flow_id = await _terminal_flow(service, tenant, make_context)
     archiver = _archiver(retention_store, tmp_path / "new")
     await archiver.run_once(datetime.now(UTC) + timedelta(days=2))

@@ -20,7 +20,7 @@ from flowstate.service.retention import Archiver
 from flowstate.storage.archives import archive_sink
 from flowstate.storage.embedded import resolve_database_url
 from flowstate.storage.limits import malformed
-from flowstate.storage.retention import RetentionStore
+from flowstate.storage.retention import RetentionPolicies, RetentionStore
 
 __all__ = ["register"]
 
@@ -104,10 +104,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     policy = actions.add_parser("policy", help="a tenant's retention policy")
     policy.add_argument(
-        "policy_action", choices=("set", "get", "clear"), help="set DAYS, get or clear"
+        "policy_action",
+        choices=("set", "get", "clear"),
+        help="set DAYS (0 removes it, like clear), get or clear",
     )
     policy.add_argument("tenant", metavar="ACCOUNT/ENGAGEMENT", help="the tenant")
-    policy.add_argument("days", type=int, nargs="?", default=None, help="for set: 1..36500")
+    policy.add_argument(
+        "days", type=int, nargs="?", default=None, help="for set: 1..36500, or 0 to remove"
+    )
     policy.add_argument("--user-id", default="cli", help="recorded as who set it")
     policy.set_defaults(run=_policy)
 
@@ -192,20 +196,22 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> int:
     tenant = parse_tenant(args.tenant)
-    if args.policy_action == "set":
-        if args.days is None:
-            raise malformed("days", "policy set needs DAYS")
-        stored = _with_store(args, lambda s: s.set_policy(tenant, args.days, args.user_id))
-        print(f"{args.tenant}: terminal flows kept {stored.retain_days} day(s)")
-    elif args.policy_action == "get":
-        policy = _with_store(args, lambda s: s.get_policy(tenant))
+    if args.policy_action == "get":
+        policy = _with_store(args, lambda s: RetentionPolicies(s).get(tenant))
         print(
             f"{args.tenant}: no policy (the archiver's --default-days applies)"
             if policy is None
             else f"{args.tenant}: terminal flows kept {policy.retain_days} day(s) "
             f"(set {policy.updated_at:%Y-%m-%d %H:%M:%S %Z} by {policy.updated_by or '-'})"
         )
-    else:
-        cleared = _with_store(args, lambda s: s.clear_policy(tenant))
-        print(f"{args.tenant}: policy {'cleared' if cleared else 'was not set'}")
+        return 0
+    days = 0 if args.policy_action == "clear" else args.days  # the one rule: 0 removes
+    if days is None:
+        raise malformed("days", "policy set needs DAYS (0 removes the policy)")
+    stored = _with_store(args, lambda s: RetentionPolicies(s).set(tenant, days, args.user_id))
+    print(
+        f"{args.tenant}: policy removed (the archiver's --default-days applies)"
+        if stored is None
+        else f"{args.tenant}: terminal flows kept {stored.retain_days} day(s)"
+    )
     return 0

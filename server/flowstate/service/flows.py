@@ -389,6 +389,12 @@ class FlowService:
                     flow_id=child_id,
                 )
             child = found[0]
+            if await tx.archived([child_id]):
+                raise _not_linkable(
+                    child_id,
+                    f"flow {child_id} is archived (its retention has passed) and about to be "
+                    "deleted",
+                )
             definition = await tx.definition(parent.definition_name, parent.definition_version)
             spec = definition.phase(phase).child_flow
             if spec is not None:
@@ -692,10 +698,22 @@ async def _check_external_targets(
 ) -> None:
     """Every external dependency names a phase of this definition and an existing phase of a
     flow of the tenant (another tenant's flow is FLOW_NOT_FOUND, as always)."""
-    others = {f.flow_id: f for f in await tx.read_flows(sorted({d.flow_id for d in externals}))}
+    named = sorted({d.flow_id for d in externals})
+    # Held FOR KEY SHARE until COMMIT, then checked against the archive catalog: a flow that
+    # retention archived (about to be deleted) cannot become a dependency (docs/retention.md).
+    others = {f.flow_id: f for f in await tx.share_flows(named)}
+    archived = await tx.archived(sorted(others))
     for dependency in externals:
         definition.phase(dependency.phase)
         other = others.get(dependency.flow_id)
+        if dependency.flow_id in archived:
+            raise FlowStateError(
+                ErrorCode.FLOW_NOT_FOUND,
+                f"Flow {dependency.flow_id!r} is archived (its retention has passed) and about "
+                "to be deleted: it cannot become a dependency",
+                flow_id=dependency.flow_id,
+                archived=True,
+            )
         if other is None:
             raise FlowStateError(
                 ErrorCode.FLOW_NOT_FOUND,

@@ -3,14 +3,16 @@
 A run (`Archiver.run_once`) does, in order:
 
 1. create the monthly history partitions up to `partitions_ahead` from now (idempotent);
-2. archive: batch after batch of terminal flows whose tenant's retention (or the default) has
-   passed since their last change, each batch one transaction: lock (SKIP LOCKED, so replicas
-   split the work), export flow + full history as one JSON Lines archive, verify it was
-   written, record it in `flow_archives`, commit;
+2. archive: batch after batch of whole trees of child flows (a flow outside trees is a tree of
+   one) whose every flow is terminal and past its tenant's retention (or the default) since
+   its last change, and that no live flow's external dependencies name; each batch one
+   transaction: lock (SKIP LOCKED, so replicas split the work), export flow + full history as
+   one JSON Lines archive, verify it was written, record it in `flow_archives`, commit;
 3. drop every monthly partition that ended at least `settle` ago and holds only rows of
    archived flows (no row deletes for those);
 4. purge: delete the remaining rows of archived flows through the one sanctioned database
-   function, in batches.
+   function, in batches; it deletes whole trees only (docs/retention.md, "Trees and
+   dependencies").
 
 Each step is bounded (`batch_size`, `max_batches`), so a run over a large backlog ends and the
 next one continues. "Now" is the database clock unless a run is given one (tests, or an
@@ -114,13 +116,11 @@ class Archiver:
                 self._write, default_days=self.default_days, limit=self.batch_size, now=now
             )
             if not flows:
-                break
+                break  # (a batch holds whole trees: a short one does not mean the end)
             result.archived_flows += len(flows)
             result.archived_entries += sum(len(f.entries) for f in flows)
             result.archived_by_tenant.update(f.tenant for f in flows)
             _log.info("archived %d flow(s)", len(flows))
-            if len(flows) < self.batch_size:
-                break
         result.dropped_partitions = await self.store.drop_archived_partitions(self.settle)
         for _ in range(self.max_batches):
             picked, purged, entries = await self.store.purge_batch(self.batch_size)
@@ -139,7 +139,8 @@ class Archiver:
         return decode_archive(await self.sink.read(location), location)
 
     async def restore(self, location: str, flow_ids: Sequence[str] = ()) -> RestoreResult:
-        """Bring back the flows of an archive (or those of `flow_ids`), exactly as archived.
+        """Bring back the flows of an archive (or those of `flow_ids` with their whole trees),
+        exactly as archived.
 
         All or nothing; a flow that exists again (or was never deleted) refuses the restore.
         Restored flows are held: retention never archives them again by itself.
@@ -151,11 +152,11 @@ class Archiver:
 
 async def get_policy(store: FlowStore, tenant: Tenant) -> RetentionPolicy | None:
     """The tenant's own retention policy (GetRetentionPolicy), or None."""
-    return await store.get_retention_policy(tenant)
+    return await store.retention_policies.get(tenant)
 
 
 async def set_policy(
     store: FlowStore, tenant: Tenant, retain_days: int, user_id: str
 ) -> RetentionPolicy | None:
     """Set the tenant's policy to `retain_days` (1..36500), or remove it (0): what is stored."""
-    return await store.set_retention_policy(tenant, retain_days, user_id)
+    return await store.retention_policies.set(tenant, retain_days, user_id)

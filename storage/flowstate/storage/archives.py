@@ -259,8 +259,42 @@ def archive_sink(target: str, *, endpoint_url: str | None = None) -> ArchiveSink
 def flows_in(
     archives: Sequence[ArchivedFlowRows], flow_ids: Sequence[str]
 ) -> list[ArchivedFlowRows]:
-    """The flows of `archives` whose id is in `flow_ids` (all of them when it is empty)."""
-    if not flow_ids:
-        return list(archives)
-    wanted = set(flow_ids)
-    return [flow for flow in archives if flow.flow_id in wanted]
+    """The flows of `archives` to restore for `flow_ids` (all of them when it is empty): each
+    named flow with its whole tree as the archive holds it (its ancestors and descendants, by
+    their parent links), parents before children, so that a restore brings trees back whole.
+    MALFORMED_REQUEST (field ``flow_id``) for an id the archive does not hold."""
+    by_id = {flow.flow_id: flow for flow in archives}
+    missing = sorted(set(flow_ids) - by_id.keys())
+    if missing:
+        raise malformed("flow_id", f"the archive holds no flow {', '.join(missing)}")
+    if flow_ids:
+        wanted = set(flow_ids)
+        children: dict[str, list[str]] = {}
+        for flow in archives:
+            parent = flow.row.get("parent_flow_id")
+            if parent:
+                children.setdefault(str(parent), []).append(flow.flow_id)
+        roots = set()
+        for flow_id in wanted:
+            while (parent := by_id[flow_id].row.get("parent_flow_id")) and str(parent) in by_id:
+                flow_id = str(parent)
+            roots.add(flow_id)
+        wanted = set()
+        stack = list(roots)
+        while stack:
+            flow_id = stack.pop()
+            if flow_id not in wanted:
+                wanted.add(flow_id)
+                stack.extend(children.get(flow_id, ()))
+        chosen = [flow for flow in archives if flow.flow_id in wanted]
+    else:
+        chosen = list(archives)
+
+    def depth(flow: ArchivedFlowRows) -> int:
+        levels = 0
+        while (parent := flow.row.get("parent_flow_id")) and str(parent) in by_id:
+            flow = by_id[str(parent)]
+            levels += 1
+        return levels
+
+    return sorted(chosen, key=depth)  # stable: the archive's order within a level

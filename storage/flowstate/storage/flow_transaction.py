@@ -24,6 +24,7 @@ from flowstate.storage.definitions_repo import DefinitionStore
 from flowstate.storage.sql import Compiled, Transaction, tenant_params
 from flowstate.storage.statements import (
     ANCESTORS,
+    ARCHIVED_FLOWS,
     COUNT_CHILDREN,
     DELETE_KEY,
     FLOW_EXISTS,
@@ -32,6 +33,7 @@ from flowstate.storage.statements import (
     SELECT_HISTORY,
     SELECT_KEY,
     SET_PARENT,
+    SHARE_FLOWS,
     write_statement,
 )
 from flowstate.storage.values import LockedTimer, MutationResult, Outcome, StoredKey, Write
@@ -261,6 +263,21 @@ class FlowTransaction:
     async def read_flows(self, flow_ids: Sequence[str]) -> list[Flow]:
         """The tenant's flows among `flow_ids`, as of this transaction's snapshot (no lock)."""
         return await self._flows(SELECT_FLOWS, flow_ids)
+
+    async def share_flows(self, flow_ids: Sequence[str]) -> list[Flow]:
+        """The tenant's flows among `flow_ids`, held FOR KEY SHARE until the transaction ends
+        (flows a new flow depends on: retention cannot archive them meanwhile)."""
+        return await self._flows(SHARE_FLOWS, flow_ids)
+
+    async def archived(self, flow_ids: Sequence[str]) -> set[str]:
+        """The flows among `flow_ids` that retention archived and will delete (not restored).
+
+        Read after the flows are locked: a separate statement, so its snapshot sees an archive
+        that committed while the lock was waited for."""
+        if not flow_ids:
+            return set()
+        rows = await self._tx.fetch(ARCHIVED_FLOWS, {"ids": list(flow_ids)})
+        return {str(r["flow_id"]) for r in rows}
 
     async def _flows(self, statement: Compiled, flow_ids: Sequence[str]) -> list[Flow]:
         if not flow_ids:

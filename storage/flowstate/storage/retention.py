@@ -1,25 +1,29 @@
 """Retention in PostgreSQL: policies, history partitions, archive batches, the sanctioned delete.
 
 `RetentionStore` runs on a small pool of its own (the archiver is a background job; it must not
-take the request path's connections). Its cross-tenant statements run as the connecting role
-(the database owner, docs/operations.md "Database roles"); the per-tenant policy calls run as
-the app role in the tenant, so row-level security applies to them as to every store call.
+take the request path's connections). Its statements run as the connecting role (the database
+owner, docs/operations.md "Database roles"). Retention policies are `RetentionPolicies`, on
+whichever runner: as the app role in the tenant, so row-level security applies to them.
 
-What the migration (0008) provides and this module calls:
+What the migrations (0008, 0015) provide and this module calls:
 
 - ``flowstate_ensure_history_partitions(from, to)``: missing monthly partitions;
 - ``flowstate_purge_archived_flows(ids)``: the one sanctioned delete (archived, terminal flows
-  at their archived version: their history, keys and row);
+  at their archived version: their history, keys and row), of whole trees named by no live
+  flow only (``flowstate_purgeable_flows``);
 - ``flowstate_drop_archived_history_partitions(settle)``: whole partitions whose rows all belong
   to archived flows;
 - ``flowstate_restore_archived_flow(flow, entries)``: the sanctioned insert of a restore.
 
-An archive batch is one transaction: pick expired terminal flows ``FOR UPDATE SKIP LOCKED`` (so
-replicas archiving at once take disjoint batches), read them and their history as JSON rows
-(``to_jsonb``: every column, exactly as stored), hand them to the caller's writer (which writes
-and verifies the archive) and record the archive in `flow_archives` before COMMIT. A batch whose
-write fails records nothing; a write that succeeded before a failed COMMIT leaves an archive
-that the next run writes again (archives are at least once; a restore takes any of them).
+An archive batch is one transaction over whole trees of child flows (docs/retention.md, "Trees
+and dependencies"): pick the roots of due trees ``FOR UPDATE SKIP LOCKED`` (so replicas
+archiving at once take disjoint batches), lock the rest of each tree the same way (a tree with
+a flow held elsewhere waits), judge the locked trees again on a fresh snapshot, read them and
+their history as JSON rows (``to_jsonb``: every column, exactly as stored), hand them to the
+caller's writer (which writes and verifies the archive) and record the archive in
+`flow_archives` before COMMIT. A batch whose write fails records nothing; a write that
+succeeded before a failed COMMIT leaves an archive that the next run writes again (archives
+are at least once; a restore takes any of them).
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ import asyncpg
 from flowstate.core.model import Tenant
 from flowstate.storage.codec import dumps
 from flowstate.storage.limits import check_tenant, malformed
-from flowstate.storage.runner import TransactionRunner
-from flowstate.storage.schema import TERMINAL_FLOW
+from flowstate.storage.runner import TransactionRunner, open_connection
+from flowstate.storage.schema import ACTIVE_FLOW, TERMINAL_FLOW
 from flowstate.storage.sql import (
     Transaction,
     connect_arguments,
@@ -50,12 +54,10 @@ __all__ = [
     "ArchiveRecord",
     "ArchivedFlow",
     "CandidateBatch",
+    "RetentionPolicies",
     "RetentionPolicy",
     "RetentionStore",
     "check_retain_days",
-    "delete_policy",
-    "select_policy",
-    "upsert_policy",
 ]
 
 MAX_RETAIN_DAYS = 36500
@@ -104,28 +106,77 @@ class ArchiveRecord:
 # cannot say more plainly; parameters are positional ($n) as asyncpg takes them.
 
 _TERMINAL = str(TERMINAL_FLOW)
+_ACTIVE = str(ACTIVE_FLOW)
 
 # $1 now (NULL: the database clock), $2 default retention days (NULL: only tenants with a
-# policy), $3 batch size. The cut-off `updated_at < now - least(days)` is sargable on the partial
-# index ix_flows_terminal_updated_at; the per-tenant days then decide each row.
-_CANDIDATES = f"""
+# policy), $3 batch size (in trees). A batch takes whole trees (docs/retention.md, "Trees and
+# dependencies"): roots of expired terminal flows, in the order of the partial index
+# ix_flows_terminal_updated_at (the cut-off `updated_at < now - least(days)` is sargable on it;
+# the per-tenant days then decide each row), each with its tree read by a lateral recursive
+# query, taken only when every flow of the tree is terminal, expired, not held by a restore and
+# named by no live flow's external_dependencies (one probe of ix_flows_external_dependencies),
+# and some flow of it has no archive yet. A flow whose parent row is missing (deleted before
+# migration 0015) counts as a root. {only} narrows it to given roots (the check after locking).
+_UNITS = f"""
     WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
     shortest AS (
         SELECT least(min(retain_days), $2::integer) AS days FROM retention_policies
     )
-    SELECT f.id::text AS flow_id, f.client_account_id, f.engagement_id, f.version,
-           to_jsonb(f) AS row
+    SELECT f.id::text AS root, tree.members
     FROM flows f
     LEFT JOIN retention_policies p
         ON p.client_account_id = f.client_account_id AND p.engagement_id = f.engagement_id
     CROSS JOIN clock CROSS JOIN shortest
+    CROSS JOIN LATERAL (
+        WITH RECURSIVE down(id, depth) AS (
+            SELECT f.id, 0
+            UNION ALL
+            SELECT c.id, down.depth + 1 FROM down JOIN flows c
+                ON c.parent_flow_id = down.id
+               AND c.client_account_id = f.client_account_id
+               AND c.engagement_id = f.engagement_id
+            WHERE down.depth < 32
+        )
+        SELECT array_agg(m.id::text ORDER BY down.depth, m.id) AS members,
+               bool_and(coalesce(
+                   m.{_TERMINAL}
+                   AND m.updated_at < clock.now
+                       - make_interval(days => coalesce(p.retain_days, $2::integer))
+                   AND NOT EXISTS (
+                       SELECT 1 FROM flow_archives a
+                       WHERE a.flow_id = m.id AND a.restored_at IS NOT NULL
+                   )
+                   AND NOT EXISTS (
+                       SELECT 1 FROM flows d
+                       WHERE d.external_dependencies <> '[]'::jsonb AND d.{_ACTIVE}
+                         AND d.external_dependencies
+                             @> jsonb_build_array(jsonb_build_object('flow_id', m.id::text))
+                   ),
+                   false
+               )) AS ready,
+               bool_or(NOT EXISTS (SELECT 1 FROM flow_archives a WHERE a.flow_id = m.id)) AS due
+        FROM down JOIN flows m ON m.id = down.id
+    ) tree
     WHERE f.{_TERMINAL}
       AND f.updated_at < clock.now - make_interval(days => shortest.days)
       AND f.updated_at < clock.now - make_interval(days => coalesce(p.retain_days, $2::integer))
-      AND NOT EXISTS (SELECT 1 FROM flow_archives a WHERE a.flow_id = f.id)
+      AND (f.parent_flow_id IS NULL
+           OR NOT EXISTS (SELECT 1 FROM flows q WHERE q.id = f.parent_flow_id))
+      AND tree.ready AND tree.due
+      {{only}}
     ORDER BY f.updated_at, f.id
     LIMIT $3
     FOR UPDATE OF f SKIP LOCKED
+"""
+_CANDIDATES = _UNITS.format(only="")
+_CANDIDATES_AGAIN = _UNITS.format(only="AND f.id = ANY($4::uuid[])")
+_LOCK_MEMBERS = """
+    SELECT id::text FROM flows WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED
+"""
+_ROWS = """
+    SELECT f.id::text AS flow_id, f.client_account_id, f.engagement_id, f.version,
+           to_jsonb(f) AS row
+    FROM flows f WHERE f.id = ANY($1::uuid[])
 """
 _ENTRIES = """
     SELECT flow_id::text AS flow_id, to_jsonb(h) AS row
@@ -133,11 +184,14 @@ _ENTRIES = """
     ORDER BY flow_id, version
 """
 _RECORD = """
-    INSERT INTO flow_archives
+    INSERT INTO flow_archives AS a
         (flow_id, client_account_id, engagement_id, flow_version, entry_count, location, sha256)
     SELECT u.flow_id, u.account, u.engagement, u.version, u.entries, $6, $7
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::integer[], $5::integer[])
         AS u(flow_id, account, engagement, version, entries)
+    ON CONFLICT (flow_id) DO UPDATE SET
+        flow_version = EXCLUDED.flow_version, entry_count = EXCLUDED.entry_count,
+        location = EXCLUDED.location, sha256 = EXCLUDED.sha256, archived_at = now()
 """
 _PENDING_PURGE = """
     SELECT flow_id FROM flow_archives
@@ -154,6 +208,7 @@ _ENSURE_PARTITIONS = """
     )
 """
 _RESTORE = "SELECT flowstate_restore_archived_flow($1::jsonb, $2::jsonb)"
+_EXISTS = "SELECT EXISTS (SELECT 1 FROM flows WHERE id = $1::uuid)"
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 _LAG = f"""
     WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now)
@@ -203,31 +258,102 @@ def check_retain_days(days: object, field: str = "retain_days") -> int:
     return days
 
 
-async def select_policy(tx: Transaction, tenant: Tenant) -> RetentionPolicy | None:
-    """The tenant's own policy in an open tenant transaction (RLS), or None."""
-    row = await tx.connection.fetchrow(
-        _SELECT_POLICY, tenant.client_account_id, tenant.engagement_id
+async def _lock_trees(
+    tx: Transaction, now: datetime | None, default_days: int | None, limit: int
+) -> CandidateBatch:
+    """Whole trees due for archiving, every flow of them locked (module doc): about `limit`
+    flows (trees in index order while they fit; the first tree whatever its size)."""
+    connection = tx.connection
+    units = await connection.fetch(_CANDIDATES, now, default_days, limit)
+    if not units:
+        return CandidateBatch([])
+    # Lock the rest of each tree (roots are locked): a tree with a flow that another
+    # transaction holds waits for a later batch (SKIP LOCKED: nobody waits for an archiver).
+    others = [m for u in units for m in u["members"][1:]]
+    locked = {r[0] for r in await connection.fetch(_LOCK_MEMBERS, others)} if others else set()
+    held = [u["root"] for u in units if locked.issuperset(u["members"][1:])]
+    if not held:
+        return CandidateBatch([])
+    # Judge them again on a fresh snapshot now that they are locked: a flow committed between
+    # the first statement's snapshot and the locks (say one depending on a flow of the tree)
+    # counts. Terminal, locked flows stay as they are until COMMIT.
+    again = await connection.fetch(_CANDIDATES_AGAIN, now, default_days, len(held), held)
+    before = {u["root"]: list(u["members"]) for u in units}
+    trees = [list(u["members"]) for u in again if before.get(u["root"]) == list(u["members"])]
+    chosen: list[str] = []
+    for members in sorted(trees, key=lambda m: held.index(m[0])):
+        if chosen and len(chosen) + len(members) > limit:
+            break
+        chosen.extend(members)
+    if not chosen:
+        return CandidateBatch([])
+    rows = {r["flow_id"]: r for r in await connection.fetch(_ROWS, chosen)}
+    entries: dict[str, list[dict[str, Any]]] = {i: [] for i in chosen}
+    for entry in await connection.fetch(_ENTRIES, chosen):
+        entries[entry["flow_id"]].append(entry["row"])
+    return CandidateBatch(
+        [
+            ArchivedFlow(
+                flow_id=flow_id,
+                tenant=Tenant(rows[flow_id]["client_account_id"], rows[flow_id]["engagement_id"]),
+                version=rows[flow_id]["version"],
+                row=rows[flow_id]["row"],
+                entries=entries[flow_id],
+            )
+            for flow_id in chosen
+        ]
     )
-    return None if row is None else RetentionPolicy(**dict(row))
 
 
-async def upsert_policy(
-    tx: Transaction, tenant: Tenant, days: int, user_id: str
-) -> RetentionPolicy:
-    """Store the tenant's policy (`days` already checked); what is stored."""
-    row = await tx.connection.fetchrow(
-        _UPSERT_POLICY, tenant.client_account_id, tenant.engagement_id, days, user_id
-    )
-    assert row is not None
-    return RetentionPolicy(**dict(row))
+class RetentionPolicies:
+    """Tenants' retention policies: the one place they are read and written.
 
+    Runs on a store's runner: the server's `FlowStore` (``store.retention_policies``, behind
+    GetRetentionPolicy / SetRetentionPolicy) or the CLI's `RetentionStore`. Every call is one
+    transaction as the app role in the tenant, so row-level security applies. One rule:
+    `set` with 1..`MAX_RETAIN_DAYS` days stores the policy, with 0 removes it (then the
+    archiver's default applies); nothing else is accepted.
+    """
 
-async def delete_policy(tx: Transaction, tenant: Tenant) -> bool:
-    """Remove the tenant's own policy; whether there was one."""
-    status = await tx.connection.execute(
-        _DELETE_POLICY, tenant.client_account_id, tenant.engagement_id
-    )
-    return bool(status != "DELETE 0")
+    def __init__(self, runner: TransactionRunner) -> None:
+        """Run on `runner`'s pool, with its retries and error mapping."""
+        self._run = runner._run
+
+    async def get(self, tenant: Tenant) -> RetentionPolicy | None:
+        """The tenant's own policy, or None (then the archiver's default applies)."""
+        check_tenant(tenant)
+
+        async def work(tx: Transaction) -> RetentionPolicy | None:
+            row = await tx.connection.fetchrow(
+                _SELECT_POLICY, tenant.client_account_id, tenant.engagement_id
+            )
+            return None if row is None else RetentionPolicy(**dict(row))
+
+        return await self._run(tenant, work)
+
+    async def set(self, tenant: Tenant, retain_days: int, user_id: str) -> RetentionPolicy | None:
+        """Store the tenant's policy (1..`MAX_RETAIN_DAYS` days) or remove it (0); what is
+        stored now (None: no policy). MALFORMED_REQUEST (field ``retain_days``) otherwise."""
+        check_tenant(tenant)
+        if retain_days == 0 and not isinstance(retain_days, bool):
+
+            async def remove(tx: Transaction) -> None:
+                await tx.connection.execute(
+                    _DELETE_POLICY, tenant.client_account_id, tenant.engagement_id
+                )
+
+            await self._run(tenant, remove, write=True)
+            return None
+        days = check_retain_days(retain_days)
+
+        async def upsert(tx: Transaction) -> RetentionPolicy:
+            row = await tx.connection.fetchrow(
+                _UPSERT_POLICY, tenant.client_account_id, tenant.engagement_id, days, user_id
+            )
+            assert row is not None
+            return RetentionPolicy(**dict(row))
+
+        return await self._run(tenant, upsert, write=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +387,7 @@ class RetentionStore(TransactionRunner):
             **arguments,
             min_size=0,
             max_size=pool_size,
+            connect=open_connection,
             init=init_connection,
             reset=reset_connection,
             server_settings=settings,
@@ -270,29 +397,6 @@ class RetentionStore(TransactionRunner):
     async def close(self) -> None:
         """Close the pool."""
         await self._pool.close()
-
-    # --- policies (as the app role in the tenant: RLS) --------------------------------------
-
-    async def get_policy(self, tenant: Tenant) -> RetentionPolicy | None:
-        """The tenant's own policy, or None (then the server's default applies)."""
-        check_tenant(tenant)
-
-        return await self._run(tenant, lambda tx: select_policy(tx, tenant))
-
-    async def set_policy(self, tenant: Tenant, retain_days: int, user_id: str) -> RetentionPolicy:
-        """Set the tenant's policy (validated); returns what is stored."""
-        check_tenant(tenant)
-        days = check_retain_days(retain_days)
-
-        return await self._run(
-            tenant, lambda tx: upsert_policy(tx, tenant, days, user_id), write=True
-        )
-
-    async def clear_policy(self, tenant: Tenant) -> bool:
-        """Remove the tenant's policy (the default applies again); whether there was one."""
-        check_tenant(tenant)
-
-        return await self._run(tenant, lambda tx: delete_policy(tx, tenant), write=True)
 
     # --- partitions -------------------------------------------------------------------------
 
@@ -335,25 +439,10 @@ class RetentionStore(TransactionRunner):
             check_retain_days(default_days, "default_days")
 
         async def work(tx: Transaction) -> list[ArchivedFlow]:
-            rows = await tx.connection.fetch(_CANDIDATES, now, default_days, limit)
-            if not rows:
+            batch = await _lock_trees(tx, now, default_days, limit)
+            if not batch.flows:
                 return []
-            ids = [r["flow_id"] for r in rows]
-            entries: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-            for entry in await tx.connection.fetch(_ENTRIES, ids):
-                entries[entry["flow_id"]].append(entry["row"])
-            batch = CandidateBatch(
-                [
-                    ArchivedFlow(
-                        flow_id=r["flow_id"],
-                        tenant=Tenant(r["client_account_id"], r["engagement_id"]),
-                        version=r["version"],
-                        row=r["row"],
-                        entries=entries[r["flow_id"]],
-                    )
-                    for r in rows
-                ]
-            )
+            ids = [f.flow_id for f in batch.flows]
             record = await write(batch)
             await tx.connection.execute(
                 _RECORD,
@@ -436,23 +525,37 @@ class RetentionStore(TransactionRunner):
         return await self._run(None, work)
 
     async def restore(self, flows: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]]) -> int:
-        """Insert archived flows back (row and entries exactly as archived), all or none.
+        """Insert archived flows back (row and entries exactly as archived), all or none, in
+        the order given (parents before children: `flowstate.storage.archives.flows_in`).
 
-        MALFORMED_REQUEST on ``flow_id`` when one of them exists (nothing is restored then).
+        MALFORMED_REQUEST on ``flow_id`` when one of them exists, or has a parent that neither
+        exists nor comes before it (nothing is restored then).
         Returns the number of history entries restored.
         """
 
         async def work(tx: Transaction) -> int:
             total = 0
+            restored: set[str] = set()
             for row, entries in flows:
-                exists = await tx.connection.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM flows WHERE id = $1::uuid)", row["id"]
-                )
+                exists = await tx.connection.fetchval(_EXISTS, row["id"])
                 if exists:
                     raise malformed(
                         "flow_id", f"flow {row['id']} exists: only a deleted flow can be restored"
                     )
+                parent = row.get("parent_flow_id")
+                # A tree comes back whole (parents first): never a dangling parent link.
+                if (
+                    parent
+                    and str(parent) not in restored
+                    and not await tx.connection.fetchval(_EXISTS, parent)
+                ):
+                    raise malformed(
+                        "flow_id",
+                        f"flow {row['id']} is a child of {parent}, which is neither in the "
+                        "database nor restored with it: restore its parent's archive first",
+                    )
                 total += int(await tx.connection.fetchval(_RESTORE, dumps(row), dumps(entries)))
+                restored.add(str(row["id"]))
             return total
 
         return await self._run(None, work, write=True)

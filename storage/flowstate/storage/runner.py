@@ -1,12 +1,25 @@
 """`TransactionRunner`: one PostgreSQL transaction per call, on a pool, with bounded retries.
 
-The shape of every store call: take a pooled connection (waiting at most `pool_timeout`),
+The shape of every store call: take a pooled connection (waiting at most `pool_timeout` for a
+free place in the pool; opening a new connection there is bounded by the connect timeout alone,
+see "Two budgets" below),
 ``BEGIN`` and enter the tenant (app role, RLS settings) in one batch, run the work, ``COMMIT``.
 Serialization failures and deadlocks are retried (3 attempts in all), a connection that breaks
 before COMMIT is sent is retried once (after expiring every pooled connection), a racing
 duplicate request id (its key's primary key) is retried so that the work replays it; anything
 else surfaces at once as a `FlowStateError` (`flowstate.storage.errors`). A failed transaction
 is rolled back, or its connection dropped when its state is unknown.
+
+Two budgets. asyncpg's ``Pool.acquire`` both waits for a free place (a holder) and, when that
+holder has no open connection (the pool opens them on demand, after `expire_connections`, or
+after ``max_inactive_connection_lifetime``), opens one: connect, TLS, authentication and
+`init_connection`'s type introspection, all inside the caller's wait. Under load, opening takes
+long, so a deadline around ``acquire`` alone failed calls with ``pool_timeout`` while the pool
+had room. Pools of a runner are therefore created with ``connect=open_connection``: when the
+pool starts opening a connection for a caller waiting in `TransactionRunner`, the caller's
+wait deadline ends (the pool had room), and the opening is bounded by asyncpg's connect
+``timeout`` (`FlowStore.open`'s `connect_timeout`); a connect that times out is UNAVAILABLE
+with the reason of an unreachable database, not ``pool_timeout``.
 """
 
 from __future__ import annotations
@@ -14,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -26,7 +40,7 @@ from flowstate.storage.limits import malformed
 from flowstate.storage.sql import Connection, Transaction
 from flowstate.storage.statements import begin
 
-__all__ = ["TransactionRunner"]
+__all__ = ["TransactionRunner", "open_connection"]
 
 _log = logging.getLogger("flowstate.storage")
 T = TypeVar("T")
@@ -44,6 +58,25 @@ _FLOW_ID_TAKEN = frozenset({"pk_flows", "uq_flow_history_flow_id_version_occurre
 _FLOW_ID_TAKEN_MESSAGE = (
     "flow_id is not available: omit it to have one generated, or send a new UUID"
 )
+
+
+# The task waiting for a pooled connection and its wait deadline (module doc, "Two budgets").
+_WAITING: ContextVar[tuple[asyncio.Task[Any] | None, asyncio.Timeout] | None] = ContextVar(
+    "flowstate_pool_wait", default=None
+)
+
+
+async def open_connection(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """The pools' ``connect``: a new connection, opened outside the waiting caller's pool
+    deadline (the pool had room), bounded by asyncpg's connect ``timeout`` (module doc).
+
+    Only the caller's own task counts: the pool's background refills run in tasks that
+    inherited the context and must not touch a caller's deadline."""
+    waiting = _WAITING.get()
+    if waiting is not None and waiting[0] is asyncio.current_task():
+        waiting[1].reschedule(None)
+    connection: asyncpg.Connection = await asyncpg.connect(*args, **kwargs)
+    return connection
 
 
 @dataclass
@@ -112,7 +145,11 @@ class TransactionRunner:
         try:
             # asyncio.timeout rather than acquire(timeout=...), which runs a wait_for task.
             async with asyncio.timeout(self._pool_timeout) as deadline:
-                connection = await self._pool.acquire()
+                waiting = _WAITING.set((asyncio.current_task(), deadline))
+                try:
+                    connection = await self._pool.acquire()
+                finally:
+                    _WAITING.reset(waiting)
         except TimeoutError:
             if deadline.expired():
                 raise StoreUnavailable(reason="pool_timeout") from None

@@ -62,6 +62,7 @@ __all__ = [
     "APP_ROLE",
     "BUILTIN_OWNER",
     "HISTORY_PARTITION_PREFIX",
+    "LIVE_WITH_DEPENDENCIES",
     "TERMINAL_FLOW",
     "bulk_action_items",
     "bulk_actions",
@@ -101,6 +102,9 @@ TERMINAL_FLOW = text(
     "status IN (" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES)) + ")"
 )
 """A terminal flow: the predicate of the archiver's index (retention counts from its update)."""
+
+LIVE_WITH_DEPENDENCIES = text("external_dependencies <> '[]'::jsonb AND " + str(ACTIVE_FLOW))
+"""A live flow with external dependencies: the predicate of their index (migration 0015)."""
 
 HISTORY_PARTITION_PREFIX = "flow_history_"
 """`flow_history` is partitioned by month: ``flow_history_YYYY_MM`` and ``flow_history_default``."""
@@ -194,6 +198,14 @@ flows = Table(
         "engagement_id",
         "parent_flow_id",
         postgresql_where=text("parent_flow_id IS NOT NULL"),
+    ),
+    # Migration 0015: live flows that name other flows (retention keeps what they name).
+    Index(
+        "ix_flows_external_dependencies",
+        "external_dependencies",
+        postgresql_using="gin",
+        postgresql_ops={"external_dependencies": "jsonb_path_ops"},
+        postgresql_where=LIVE_WITH_DEPENDENCIES,
     ),
     Index(
         "ix_flows_phase_states",

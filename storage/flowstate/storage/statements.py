@@ -44,6 +44,7 @@ from flowstate.storage.schema import (
     ACTIVE_FLOW,
     APP_ROLE,
     BUILTIN_OWNER,
+    flow_archives,
     flow_definitions,
     flow_history,
     flows,
@@ -515,6 +516,24 @@ LOCK_TREE_FLOWS = compile_statement(
 )
 SELECT_FLOWS = compile_statement(
     select(flows).where(flows.c.id == any_(TREE_FLOW_IDS), FLOWS_IN_TENANT)
+)
+SHARE_FLOWS = compile_statement(
+    # Flows another flow is about to name (external dependencies), held FOR KEY SHARE until
+    # COMMIT: an archiver batch skips them (SKIP LOCKED), so none is archived under the new
+    # flow; one archived before is then seen by `ARCHIVED_FLOWS` (docs/retention.md).
+    select(flows)
+    .where(flows.c.id == any_(TREE_FLOW_IDS), FLOWS_IN_TENANT)
+    .order_by(flows.c.id)
+    .with_for_update(key_share=True)
+)
+ARCHIVED_FLOWS = compile_statement(
+    # The flows among `ids` that retention archived (not restored): about to be deleted, so
+    # they cannot become a child or a dependency (docs/retention.md, "Trees and dependencies").
+    select(flow_archives.c.flow_id).where(
+        flow_archives.c.flow_id == any_(TREE_FLOW_IDS),
+        flow_archives.c.purged_at.is_(None),
+        flow_archives.c.restored_at.is_(None),
+    )
 )
 COUNT_CHILDREN = compile_statement(
     select(func.count())

@@ -5,8 +5,9 @@ one PostgreSQL transaction, opened and committed inside the method; rows never l
 (callers get core values), and every failure is a `FlowStateError` (see
 `flowstate.storage.errors`). Statements live in `flowstate.storage.statements`. Each other
 capability lives beside its SQL and runs on this runner: `definitions` (`definitions_repo`),
-`webhooks` (`webhooks_repo`), `timers` (`timers`); what a decision runs in and the write of a
-change are `flow_transaction`, a group-commit batch is `group_commit_batch`.
+`webhooks` (`webhooks_repo`), `timers` (`timers`), `retention_policies` (`retention`); what a
+decision runs in and the write of a change are `flow_transaction`, a group-commit batch is
+`group_commit_batch`.
 
 The store decides nothing about flows: a use case (`flowstate.service`) hands it a decision.
 `update_flow` is the shape of every mutation (read under lock, decide in a closure, write)::
@@ -71,6 +72,7 @@ from flowstate.storage.limits import (
     check_version,
     malformed,
 )
+from flowstate.storage.runner import open_connection
 from flowstate.storage.sql import (
     Transaction,
     connect_arguments,
@@ -155,7 +157,8 @@ class FlowStore(GroupCommitRunner):
 
     Get one with `open`, release it with `close`. All methods are coroutines, safe to call
     concurrently; each runs its own transaction. The capabilities beside the flows run on the
-    same runner: `definitions` (the registry and its cache), `webhooks`, `timers`.
+    same runner: `definitions` (the registry and its cache), `webhooks`, `timers`,
+    `retention_policies`.
     """
 
     def __init__(
@@ -187,6 +190,8 @@ class FlowStore(GroupCommitRunner):
         """Webhook subscriptions and delivery leases (`flowstate.storage.webhooks_repo`)."""
         self.timers = TimerStore(self)
         """Claiming due timers, heartbeats (`flowstate.storage.timers`)."""
+        self.retention_policies = retention.RetentionPolicies(self)
+        """Tenants' retention policies (`flowstate.storage.retention`, docs/retention.md)."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -234,6 +239,7 @@ class FlowStore(GroupCommitRunner):
                 min_size=1,
                 max_size=pool_size,
                 timeout=connect_timeout,
+                connect=open_connection,
                 init=init_connection,
                 reset=reset_connection,
                 server_settings={
@@ -367,26 +373,6 @@ class FlowStore(GroupCommitRunner):
             ]
 
         return await self._run(None, work, autocommit=True)
-
-    # --- retention policies (docs/retention.md; the archiver has its own RetentionStore) ----
-
-    async def get_retention_policy(self, tenant: Tenant) -> retention.RetentionPolicy | None:
-        """The tenant's own retention policy, or None."""
-        check_tenant(tenant)
-        return await self._run(tenant, lambda tx: retention.select_policy(tx, tenant))
-
-    async def set_retention_policy(
-        self, tenant: Tenant, retain_days: int, user_id: str
-    ) -> retention.RetentionPolicy | None:
-        """Set the tenant's policy (1..36500 days), or remove it (0); what is stored now."""
-        check_tenant(tenant)
-        if retain_days == 0:
-            await self._run(tenant, lambda tx: retention.delete_policy(tx, tenant), write=True)
-            return None
-        days = retention.check_retain_days(retain_days)
-        return await self._run(
-            tenant, lambda tx: retention.upsert_policy(tx, tenant, days, user_id), write=True
-        )
 
     # --- writes: the runner a use case hands its decision to -------------------------------------
 
