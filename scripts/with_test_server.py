@@ -41,7 +41,8 @@ The control commands are this script's subcommands (``restart [--hard]``, ``stop
 exits 0 once done, non-zero on failure.
 
 Options: ``--timeout SECONDS`` bounds COMMAND (default 1800; it is killed after that),
-``--ready-timeout`` bounds each server start (default 120), ``--keep`` keeps the temporary
+``--ready-timeout`` bounds each server start (default 120), ``--workers N`` runs each server
+with N worker processes (default 1; ``flowstate serve --workers``), ``--keep`` keeps the temporary
 directory, ``--flowstate PATH`` picks the CLI (default: the repository's .venv/bin/flowstate,
 else ``flowstate`` on PATH). Only the standard library is used, except with
 ``FLOWSTATE_TEST_DATABASE_URL`` (then run it with the project's venv: SQLAlchemy, asyncpg);
@@ -97,8 +98,10 @@ class TestServer:
         database_url: str | None,
         ready_timeout: float,
         extra_args: Sequence[str] = (),
+        workers: int = 1,
     ) -> None:
         self.flowstate = flowstate
+        self.workers = workers
         self.workdir = workdir
         self.extra_args = list(extra_args)
         self.data_dir = workdir / "data"
@@ -137,11 +140,12 @@ class TestServer:
         ready.unlink(missing_ok=True)
         command = [self.flowstate, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--data-dir", str(self.data_dir), "--ready-file", str(ready)]
-        # One worker process: the SDK suites test the SDKs against a server, its restarts
-        # included; several workers behind one port are tested in tests/server/test_workers.py.
-        # (CI once saw the TS "watchFlows resumes after a hard restart" test hang with two
-        # workers, not reproduced since: docs/testing.md, "Known intermittent failures".)
-        command += ["--grace-period", "2", "--http-port", "off", "--workers", "1", *self.extra_args]
+        # One worker process by default (--workers): the SDK suites test the SDKs against a
+        # server, its restarts included; several workers behind one port are tested in
+        # tests/server/test_workers.py, and add only start-up time here (docs/testing.md,
+        # "Known intermittent failures", for the runs with two).
+        command += ["--grace-period", "2", "--http-port", "off", "--workers", str(self.workers)]
+        command += self.extra_args
         if self.database_url:
             command += ["--database-url", self.database_url, "--migrate", "--dev-auth"]
         with self.log_path.open("ab") as log:
@@ -455,6 +459,7 @@ def run(args: argparse.Namespace) -> int:
         workdir=workdir,
         database_url=database_url,
         ready_timeout=args.ready_timeout,
+        workers=args.workers,
     )
     control_path = workdir / "control.sock"
     listener: socket.socket | None = None
@@ -557,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--flowstate", help="the flowstate CLI to run")
     parser.add_argument("--tls", action="store_true", help="also start an mTLS server")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes per server")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     return run(parser.parse_args(argv))
 

@@ -39,11 +39,27 @@ def _workers(process: ServerProcess) -> dict[int, int]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not reaped yet, holds nothing and counts as dead)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state != "Z"
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the live processes whose command line contains `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def _wait_for(condition: object, what: str, timeout: float = 60.0) -> None:
@@ -132,3 +148,45 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_them_all(
         assert "exited (-9); restarting" in process.log()
     for pid in (first[1], restarted):
         _wait_for(lambda pid=pid: not _alive(pid), f"worker {pid} to exit", timeout=30)
+
+
+def test_a_killed_supervisor_takes_its_workers_with_it(database_url: str, tenant: Tenant) -> None:
+    """SIGKILL of the supervisor (no drain, no cleanup of its own): the kernel kills every
+    worker as the supervisor exits (PR_SET_PDEATHSIG), so none keeps serving on the shared
+    port (SO_REUSEPORT would let it take connections meant for the next server). A new server
+    on the same port then answers alone, with every change committed before the kill."""
+    with serve_subprocess(database_url=database_url, args=["--workers", "2"]) as process:
+        workers = _workers(process)
+        assert sorted(workers) == [0, 1]
+        # Each worker's --ready-file lies in the supervisor's own run directory: a marker that
+        # finds any process the supervisor started, restarted workers included.
+        cmdline = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
+        ready_file = Path(cmdline[cmdline.index(b"--ready-file") + 1].decode())
+        run_dir = str(ready_file.parent)
+        assert sorted(_processes_with(run_dir)) == sorted(workers.values())
+        metadata = process.mint.metadata(tenant)
+        with grpc.insecure_channel(process.address) as channel:
+            stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
+            flow = stub.CreateFlow(
+                pb.CreateFlowRequest(request_id=request_id()), metadata=metadata
+            ).flow
+        process.process.kill()
+        process.process.wait(30)
+        try:
+            # Bounded: the kernel signals the workers while the supervisor exits.
+            _wait_for(lambda: not _processes_with(run_dir), "the workers to die", timeout=10)
+        finally:
+            for pid in _processes_with(run_dir):  # survivors of a failure: not left running
+                os.kill(pid, signal.SIGKILL)
+        port = process.address.rsplit(":", 1)[1]
+        secret = {"FLOWSTATE_JWT_SECRET": process.mint.secret}
+        with serve_subprocess(
+            database_url=database_url, args=["--workers", "2", "--port", port], env=secret
+        ) as restarted:
+            assert restarted.address == process.address
+            with grpc.insecure_channel(restarted.address) as channel:
+                stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
+                read = stub.GetFlow(pb.GetFlowRequest(flow_id=flow.flow_id), metadata=metadata)
+            assert read.flow.version == flow.version
+            assert not set(_workers(restarted).values()) & set(workers.values())
+            assert restarted.stop() == 0

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -95,18 +96,22 @@ class _Worker:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=sys.stderr.fileno(),
             env={**os.environ, "FLOWSTATE_REUSE_PORT": "1"},
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         self.started_at = time.monotonic()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     """In the worker, before exec: be killed when the supervisor dies (Linux), so that a
-    supervisor that is killed outright leaves no worker serving behind it."""
+    supervisor that is killed outright leaves no worker serving behind it (the kernel sends
+    SIGKILL as the supervisor exits: tests/server/test_workers.py). A supervisor that died
+    between the fork and the prctl sent nothing: the worker then exits at once."""
     if sys.platform != "linux":
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor:
+        os._exit(1)
 
 
 def _worker_argv(
