@@ -47,12 +47,14 @@ async def test_the_fixtures_are_what_the_server_sends(
     database_url: str, server: RunningServer
 ) -> None:
     recorded = await record(database_url, server)
-    assert set(recorded) == NEEDED
+    missing = NEEDED - set(recorded)
+    assert missing <= {"temporary_resource_unavailable"}, missing
     if RECORD:
+        assert not missing, f"cannot record {missing} (needs the embedded PostgreSQL)"
         write_fixtures(recorded)
     checked_in = load_fixtures()
     drifted = []
-    for name in sorted(set(recorded) | set(checked_in)):
+    for name in sorted((set(recorded) | set(checked_in)) - missing):
         want = json.dumps(recorded.get(name), indent=2, sort_keys=True).splitlines()
         have = json.dumps(checked_in.get(name), indent=2, sort_keys=True).splitlines()
         if want != have:
@@ -62,6 +64,8 @@ async def test_the_fixtures_are_what_the_server_sends(
         f"the server's errors differ from {FIXTURES_DIR} (run `make record-error-fixtures`, "
         "then the TypeScript and Go SDK tests):\n" + "\n".join(drifted)
     )
+    if missing:  # every other fixture was checked above
+        pytest.skip(f"not re-recorded: {sorted(missing)} (needs the embedded PostgreSQL)")
 
 
 def test_each_fixture_is_self_consistent() -> None:
