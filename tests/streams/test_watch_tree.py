@@ -249,6 +249,32 @@ async def test_a_linked_flow_and_its_own_children_join_the_stream(
     await stream.aclose()
 
 
+async def test_a_resume_sends_a_linked_flows_entries_from_its_link_on_only(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    stream = _tree(hub, tenant, top)
+    cursor = (await next_change(stream)).cursor
+    await stream.aclose()
+    # While nobody watches: a root flow with a child of its own moves, then is linked, then moves.
+    loose = await _create(service, tenant, "tree_mid")
+    loose_leaf = await _move(service, tenant, loose, "x", IN_PROGRESS)
+    await _move(service, tenant, loose_leaf, "a", IN_PROGRESS)
+    before_link = await _history(store, tenant, loose, loose_leaf)
+    await _move(service, tenant, top, "prep", COMPLETED)
+    await service.link_child_flow(tenant, top, "m", loose, ctx())
+    await _move(service, tenant, loose_leaf, "a", COMPLETED)
+    everything = await _history(store, tenant, top, loose, loose_leaf)
+    after_link = everything - before_link - {(top, 1), (top, 2)}
+
+    resumed = _tree(hub, tenant, top, cursor=cursor)
+    got = await _changes_until(resumed, after_link)
+    assert sorted(_keys(got)) == sorted(after_link)  # nothing of either from before the link
+    await resumed.aclose()
+
+
 async def test_dependency_changes_wake_the_dependent_and_resume_by_cursor(
     hub: WatchHub, store: FlowStore, tenant: Tenant
 ) -> None:

@@ -904,7 +904,12 @@ class WatchHub:
             if resume is not None:
                 await self._log.check_cursor(resume)
             read = await self._log.tree(
-                tenant, flow_id, depth, dependencies=dependencies, snapshot=resume is None
+                tenant,
+                flow_id,
+                depth,
+                dependencies=dependencies,
+                snapshot=resume is None,
+                links=resume is not None,  # a link after the cursor: its earlier entries stay out
             )
             self._check_open()
             tree = _Tree(flow_id, depth, dependencies, read)
@@ -1081,7 +1086,9 @@ class _Tree:
     """Which flows a tree stream covers, and the event (if any) each change makes.
 
     `members` maps each covered flow to its depth below the watched flow (0 for it);
-    `waiting` maps ``(flow id, phase)`` of another flow to the dependencies that wait for it.
+    `joined` the txid from which a member's entries belong (a linked flow's link, for it and
+    its subtree; absent: all of them); `waiting` maps ``(flow id, phase)`` of another flow to
+    the dependencies that wait for it.
     """
 
     def __init__(self, flow_id: str, depth: int, dependencies: bool, read: TreeRead) -> None:
@@ -1089,13 +1096,22 @@ class _Tree:
         self.depth = depth
         self.dependencies = dependencies
         self.members: dict[str, int] = {}
+        self.joined: dict[str, int] = {}
         self.waiting: dict[tuple[str, str], list[ExternalDependency]] = {}
         self._add(read, 0)
 
-    def _add(self, read: TreeRead, base: int) -> None:
-        """Make the flows of `read` (at `base` + their depth) members, with their dependencies."""
+    def _add(self, read: TreeRead, base: int, since: int = 0) -> None:
+        """Make the flows of `read` (at `base` + their depth) members, with their dependencies;
+        their entries belong from `since`, from their link or from their parent's on."""
         for flow, depth in zip(read.flows, read.depths, strict=True):
-            self.members.setdefault(flow.flow_id, base + depth)
+            if flow.flow_id not in self.members:
+                self.members[flow.flow_id] = base + depth
+                joined = since
+                if base + depth > 0:
+                    parent = self.joined.get(flow.parent_flow_id or "", 0)
+                    joined = max(since, parent, read.links.get(flow.flow_id, 0))
+                if joined:
+                    self.joined[flow.flow_id] = joined
             if not self.dependencies:
                 continue
             for dep in flow.external_dependencies:
@@ -1141,14 +1157,19 @@ class _Tree:
     ) -> FlowEventValue | None:
         """The event `change` makes on the stream (None: not the tree's), growing the tree."""
         flow_id, entry = change.flow_id, change.entry
+        if flow_id in self.members and change.position[0] < self.joined.get(flow_id, 0):
+            return self._dependency_event(change)  # a linked flow's entry from before its link
         if flow_id not in self.members:
             parent_depth = self.members.get(change.parent_flow_id or "")
-            if parent_depth is None or parent_depth >= self.depth:
+            if parent_depth is None or parent_depth >= self.depth or entry.flow_version > 1:
+                # Not the tree's; or an entry of a flow linked later, read after its link: the
+                # link's entry (below) makes it belong from there on.
                 return self._dependency_event(change)
+            # A new child's first entry, in its parent's transaction.
             self.members[flow_id] = parent_depth + 1
-            if entry.flow_version > 1:
-                # Not its first entry: a flow linked into the tree, with a subtree of its own.
-                await self._grow(log, tenant, flow_id)
+            joined = self.joined.get(change.parent_flow_id or "", 0)
+            if joined:
+                self.joined[flow_id] = joined
         linked = entry.metadata.get("child_flow_id") if entry.metadata.get("linked") else None
         if (
             isinstance(linked, str)
@@ -1156,8 +1177,9 @@ class _Tree:
             and self.members[flow_id] < self.depth
         ):
             # The link of an existing flow (which writes no entry of its own): it and its
-            # subtree belong from here on.
+            # subtree belong from this transaction on.
             self.members[linked] = self.members[flow_id] + 1
+            self.joined[linked] = change.position[0]
             await self._grow(log, tenant, linked)
         relation: Relation = "self" if flow_id == self.flow_id else "descendant"
         return FlowEventValue(
@@ -1177,7 +1199,7 @@ class _Tree:
         read = await log.tree(
             tenant, flow_id, self.depth - base, dependencies=False, snapshot=False
         )
-        self._add(read, base)
+        self._add(read, base, self.joined.get(flow_id, 0))
 
     def _dependency_event(self, change: TenantChange) -> FlowEventValue | None:
         entry = change.entry

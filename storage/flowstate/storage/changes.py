@@ -58,7 +58,7 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.filters import Filter, FlowFacts
@@ -177,6 +177,21 @@ _TREE = compile_statement(
     )
 )
 """A flow and its descendants down to ``:depth`` levels, level by level (as GetFlow's tree)."""
+
+_LINKS = compile_statement(
+    select(
+        flow_history.c.metadata["child_flow_id"].astext.label("child"),
+        func.min(flow_history.c.txid).label("txid"),
+    )
+    .where(
+        _HISTORY_IN_TENANT,
+        flow_history.c.flow_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=False)))),
+        flow_history.c.metadata.has_key("linked"),
+    )
+    .group_by(text("1"))  # the child (the same path twice would be two parameters)
+)
+"""The transaction of each flow's link (LinkChildFlow) among the children of ``:ids``: the
+entries of the parent that started following a linked flow (metadata ``linked``)."""
 
 _SKIP = compile_statement(
     select(flow_history.c.flow_id, func.max(flow_history.c.version).label("version"))
@@ -314,6 +329,9 @@ class TreeRead:
     depths: tuple[int, ...]
     dependencies: tuple[Flow, ...]
     cursor: TenantCursor | None
+    links: Mapping[str, int] = field(default_factory=dict)
+    """With `links=True`: the txid of the link of each linked flow of the tree (LinkChildFlow):
+    its entries below it are from before it belonged."""
 
 
 class TenantLog:
@@ -431,11 +449,13 @@ class TenantLog:
         dependencies: bool,
         snapshot: bool,
         limit: int = MAX_TREE_FLOWS,
+        links: bool = False,
     ) -> TreeRead:
         """`flow_id` and its descendants down to `depth` levels, read in one transaction.
 
         With `dependencies`, also the flows their external dependencies name; with
-        `snapshot`, the cursor right after the read (horizon and skip map, as `snapshot`).
+        `snapshot`, the cursor right after the read (horizon and skip map, as `snapshot`);
+        with `links`, the transaction of each linked flow's link (`TreeRead.links`).
         FLOW_NOT_FOUND for a missing flow (or another tenant's); MALFORMED_REQUEST (field
         ``children_depth``) when the tree holds more than `limit` flows down to `depth`.
         """
@@ -443,7 +463,9 @@ class TenantLog:
 
         async def statements(
             tx: Transaction,
-        ) -> tuple[list[asyncpg.Record], list[asyncpg.Record], TenantCursor | None]:
+        ) -> tuple[
+            list[asyncpg.Record], list[asyncpg.Record], TenantCursor | None, dict[str, int]
+        ]:
             cursor = None
             if snapshot:
                 horizon = await tx.fetchrow(_HORIZON_NOW)
@@ -473,9 +495,16 @@ class TenantLog:
                             "limit": len(named),
                         },
                     )
-            return rows, dependency_rows, cursor
+            linked: dict[str, int] = {}
+            if links and len(rows) > 1:
+                ids = [str(row["id"]) for row in rows[:limit]]
+                linked = {
+                    str(row["child"]): row["txid"]
+                    for row in await tx.fetch(_LINKS, {**params, "ids": ids})
+                }
+            return rows, dependency_rows, cursor, linked
 
-        rows, dependency_rows, cursor = await self._snapshot_read(tenant, statements)
+        rows, dependency_rows, cursor, linked = await self._snapshot_read(tenant, statements)
         if not rows:
             raise flow_not_found(flow_id)
         if len(rows) > limit:
@@ -491,6 +520,7 @@ class TenantLog:
             depths=tuple(int(row["tree_depth"]) for row in rows),
             dependencies=tuple(flow_from_row(row) for row in dependency_rows),
             cursor=cursor,
+            links=linked,
         )
 
 
