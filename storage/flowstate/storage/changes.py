@@ -463,9 +463,7 @@ class TenantLog:
 
         async def statements(
             tx: Transaction,
-        ) -> tuple[
-            list[asyncpg.Record], list[asyncpg.Record], TenantCursor | None, dict[str, int]
-        ]:
+        ) -> tuple[list[asyncpg.Record], list[asyncpg.Record], TenantCursor | None, dict[str, int]]:
             cursor = None
             if snapshot:
                 horizon = await tx.fetchrow(_HORIZON_NOW)
