@@ -20,12 +20,23 @@ func TestE2EWebhooksCreateListReplayDelete(t *testing.T) {
 	_, err := admin.CreateWebhook(ctx, &flowstatev1.CreateWebhookRequest{Url: "https://10.0.0.1/hook"})
 	expectError(t, err, flowstate.ErrMalformedRequest, codes.InvalidArgument)
 
+	_, err = admin.CreateWebhook(ctx, &flowstatev1.CreateWebhookRequest{Url: "https://93.184.216.34/go-hook", Filter: "status = NOPE"})
+	bad := expectError(t, err, flowstate.ErrMalformedRequest, codes.InvalidArgument)
+	if position, ok := bad.Details["position"].(float64); !ok || position != 9 {
+		t.Fatalf("a filter that does not parse: details %v, want position 9", bad.Details)
+	}
+
+	filter := `labels.team = "core" AND phase.data_import = COMPLETED`
 	created, err := admin.CreateWebhook(ctx, &flowstatev1.CreateWebhookRequest{
 		Url:      "https://93.184.216.34/go-hook",
 		Statuses: []flowstatev1.FlowStatus{flowstatev1.FlowStatus_FLOW_STATUS_COMPLETED},
+		Filter:   filter,
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if created.GetWebhook().GetFilter() != filter {
+		t.Fatalf("filter = %q, want %q", created.GetWebhook().GetFilter(), filter)
 	}
 	id := created.GetWebhook().GetWebhookId()
 	if len(created.GetSecret()) < 10 || created.GetSecret()[:6] != "whsec_" {

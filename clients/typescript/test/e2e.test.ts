@@ -501,8 +501,13 @@ if (testServer === undefined) {
       const refused = await refusal(admin.createWebhook({ url: "https://169.254.169.254/latest" }));
       assert.ok(refused instanceof MalformedRequestError, String(refused));
       // A public address literal (no DNS lookup); nothing is delivered without flow changes.
-      const created = await admin.createWebhook({ url: "https://93.184.216.34/ts-hook", statuses: [FlowStatus.COMPLETED] });
+      const badFilter = await refusal(admin.createWebhook({ url: "https://93.184.216.34/ts-hook", filter: "status = NOPE" }));
+      assert.ok(badFilter instanceof MalformedRequestError, String(badFilter));
+      assert.equal(badFilter.details["position"], 9);
+      const filter = 'labels.team = "core" AND phase.data_import = COMPLETED';
+      const created = await admin.createWebhook({ url: "https://93.184.216.34/ts-hook", statuses: [FlowStatus.COMPLETED], filter });
       assert.match(created.secret, /^whsec_/);
+      assert.equal(created.webhook?.filter, filter);
       const id = created.webhook?.webhookId ?? "";
       const listed = await admin.listWebhooks();
       assert.ok(listed.webhooks.some((w) => w.webhookId === id));
