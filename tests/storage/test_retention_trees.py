@@ -375,3 +375,37 @@ async def test_the_sanctioned_delete_refuses_a_partial_tree(
         await connection.close()
     assert all([await trees.exists(f) for f in (parent, cascade, abandon)])
     assert await _dangling(database_url) == []
+
+
+async def test_the_backlog_counts_due_trees_not_trees_kept_on_purpose(
+    fresh_database_url: str, make_context: ContextFactory, tmp_path: Path
+) -> None:
+    """`lag` (the pending and lag metrics, docs/operations.md): a terminal child under a live
+    parent is kept on purpose, not a backlog; a due tree counts with all its flows, overdue
+    from its last change. A database of its own: the backlog is every tenant's."""
+    from flowstate.storage.migrate import upgrade
+
+    await upgrade(fresh_database_url)
+    store = await FlowStore.open(fresh_database_url, pool_size=2)
+    retention_store = await RetentionStore.open(fresh_database_url)
+    try:
+        trees = await Trees(store, Tenant("acct-lag", "trees"), make_context).setup()
+        archiver = _archiver(retention_store, tmp_path)
+        _, live_cascade, _ = await trees.parent()
+        await trees.cancel(live_cascade)  # a terminal child under a live parent
+        assert await archiver.lag(START + timedelta(days=3)) == (0, 0.0)
+
+        done, _, done_abandon = await trees.parent()
+        await trees.cancel(done)
+        await trees.cancel(done_abandon, days=1)  # the tree's last change: day 1
+        pending, overdue = await archiver.lag(START + timedelta(days=3))
+        assert pending == 3
+        assert overdue == pytest.approx(timedelta(days=1).total_seconds(), abs=60)
+
+        result = await archiver.run_once(START + timedelta(days=3))
+        assert result.archived_flows == 3
+        assert await archiver.lag(START + timedelta(days=3)) == (0, 0.0)
+        assert await trees.exists(live_cascade)
+    finally:
+        await retention_store.close()
+        await store.close()

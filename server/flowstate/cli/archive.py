@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
             f"dropped {len(result.dropped_partitions)} partition(s); "
             f"deleted {result.purged_flows} flow(s) ({result.purged_entries} entries row by "
             f"row); created {len(result.created_partitions)} partition(s); "
-            f"{waiting} expired flow(s) still waiting (oldest {overdue:.0f} s overdue)"
+            f"{waiting} flow(s) of due trees still waiting (oldest {overdue:.0f} s overdue)"
         )
 
     print(_with_store(args, work))

@@ -37,8 +37,9 @@ with ``max``, not ``sum``). The checked timestamp says how fresh it is (alert wh
 
 The archive metrics come from the archiver task (`flowstate.server.archiving`, on servers with
 ``FLOWSTATE_ARCHIVE_DIR``): flows archived, deleted and partitions dropped by this replica's
-runs (sum over replicas), and after each run the expired terminal flows still waiting and how
-long the oldest of them is overdue (every replica sees the same: aggregate with ``max``).
+runs (sum over replicas), and after each run the flows of trees due for archiving still
+waiting and how long the oldest of those trees is overdue (every replica sees the same:
+aggregate with ``max``).
 
 `flowstate_alerts_total` counts the alerts this server raised (`flowstate.server.alerts`), by
 kind (``deadline_exceeded``, ``stuck``, ``approval_timeout``); each breach is raised once by one
@@ -246,12 +247,12 @@ class Metrics:
         )
         self._archive_pending = Gauge(
             "flowstate_archive_pending_flows",
-            "Expired terminal flows not archived yet (after the last run).",
+            "Flows of trees due for archiving, not archived yet (after the last run).",
             registry=self.registry,
         )
         self._archive_lag = Gauge(
             "flowstate_archive_lag_seconds",
-            "How long the oldest expired, unarchived terminal flow is overdue (after a run).",
+            "How long the oldest tree due for archiving is overdue (after a run).",
             registry=self.registry,
         )
         self._webhook_deliveries = Counter(

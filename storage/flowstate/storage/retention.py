@@ -116,13 +116,14 @@ _ACTIVE = str(ACTIVE_FLOW)
 # query, taken only when every flow of the tree is terminal, expired, not held by a restore and
 # named by no live flow's external_dependencies (one probe of ix_flows_external_dependencies),
 # and some flow of it has no archive yet. A flow whose parent row is missing (deleted before
-# migration 0015) counts as a root. {only} narrows it to given roots (the check after locking).
-_UNITS = f"""
+# migration 0015) counts as a root. The candidates take $3 trees in index order, locked; the
+# check after locking narrows them to given roots ($3 then the roots' ids).
+_DUE_TREES = f"""
     WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
     shortest AS (
         SELECT least(min(retain_days), $2::integer) AS days FROM retention_policies
     )
-    SELECT f.id::text AS root, tree.members
+    SELECT {{columns}}
     FROM flows f
     LEFT JOIN retention_policies p
         ON p.client_account_id = f.client_account_id AND p.engagement_id = f.engagement_id
@@ -138,6 +139,7 @@ _UNITS = f"""
             WHERE down.depth < 32
         )
         SELECT array_agg(m.id::text ORDER BY down.depth, m.id) AS members,
+               max(m.updated_at) AS last_change,
                bool_and(coalesce(
                    m.{_TERMINAL}
                    AND m.updated_at < clock.now
@@ -163,13 +165,30 @@ _UNITS = f"""
       AND (f.parent_flow_id IS NULL
            OR NOT EXISTS (SELECT 1 FROM flows q WHERE q.id = f.parent_flow_id))
       AND tree.ready AND tree.due
-      {{only}}
+      {{rest}}
+"""
+_UNITS_REST = """
+      {only}
     ORDER BY f.updated_at, f.id
-    LIMIT $3
+    {limit}
     FOR UPDATE OF f SKIP LOCKED
 """
-_CANDIDATES = _UNITS.format(only="")
-_CANDIDATES_AGAIN = _UNITS.format(only="AND f.id = ANY($4::uuid[])")
+_UNITS_COLUMNS = "f.id::text AS root, tree.members"
+_CANDIDATES = _DUE_TREES.format(
+    columns=_UNITS_COLUMNS, rest=_UNITS_REST.format(only="", limit="LIMIT $3")
+)
+_CANDIDATES_AGAIN = _DUE_TREES.format(
+    columns=_UNITS_COLUMNS, rest=_UNITS_REST.format(only="AND f.id = ANY($3::uuid[])", limit="")
+)
+# The backlog: flows of trees due (what the next runs will archive) and how long the oldest tree
+# is overdue (its last change plus the retention); trees kept on purpose (a live flow in them,
+# a live dependent) are not a backlog.
+_LAG = _DUE_TREES.format(
+    columns="coalesce(sum(cardinality(tree.members)), 0) AS flows, coalesce(extract(epoch FROM"
+    " max(clock.now - tree.last_change"
+    " - make_interval(days => coalesce(p.retain_days, $2::integer)))), 0) AS lag",
+    rest="",
+)
 _LOCK_MEMBERS = """
     SELECT id::text FROM flows WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED
 """
@@ -210,20 +229,6 @@ _ENSURE_PARTITIONS = """
 _RESTORE = "SELECT flowstate_restore_archived_flow($1::jsonb, $2::jsonb)"
 _EXISTS = "SELECT EXISTS (SELECT 1 FROM flows WHERE id = $1::uuid)"
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
-_LAG = f"""
-    WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now)
-    SELECT count(*) AS flows,
-           coalesce(extract(epoch FROM clock.now - min(f.updated_at
-               + make_interval(days => coalesce(p.retain_days, $2::integer)))), 0) AS lag
-    FROM flows f
-    LEFT JOIN retention_policies p
-        ON p.client_account_id = f.client_account_id AND p.engagement_id = f.engagement_id
-    CROSS JOIN clock
-    WHERE f.{_TERMINAL}
-      AND f.updated_at < clock.now - make_interval(days => coalesce(p.retain_days, $2::integer))
-      AND NOT EXISTS (SELECT 1 FROM flow_archives a WHERE a.flow_id = f.id)
-    GROUP BY clock.now
-"""
 _LIST_ARCHIVES = """
     SELECT flow_id::text AS flow_id, client_account_id, engagement_id, flow_version,
            entry_count, location, sha256, archived_at, purged_at, restored_at
@@ -277,7 +282,7 @@ async def _lock_trees(
     # Judge them again on a fresh snapshot now that they are locked: a flow committed between
     # the first statement's snapshot and the locks (say one depending on a flow of the tree)
     # counts. Terminal, locked flows stay as they are until COMMIT.
-    again = await connection.fetch(_CANDIDATES_AGAIN, now, default_days, len(held), held)
+    again = await connection.fetch(_CANDIDATES_AGAIN, now, default_days, held)
     before = {u["root"]: list(u["members"]) for u in units}
     trees = [list(u["members"]) for u in again if before.get(u["root"]) == list(u["members"])]
     chosen: list[str] = []
@@ -485,7 +490,8 @@ class RetentionStore(TransactionRunner):
     async def lag(
         self, *, default_days: int | None, now: datetime | None = None
     ) -> tuple[int, float]:
-        """(expired terminal flows not archived yet, seconds the oldest is overdue)."""
+        """(flows of trees due for archiving, seconds the oldest such tree is overdue): trees
+        kept on purpose (a live flow in them, a live dependent) do not count."""
 
         async def work(tx: Transaction) -> tuple[int, float]:
             row = await tx.connection.fetchrow(_LAG, now, default_days)
