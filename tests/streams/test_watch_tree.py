@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from flowstate.core.commands import CancelFlow, TransitionPhase
@@ -24,8 +25,9 @@ from flowstate.service import FlowService
 from flowstate.service.definitions import register_definition
 from flowstate.storage import FlowStore
 from flowstate.storage.changes import TenantLog, TenantRead
+from flowstate.storage.urls import normalize_database_url
 
-from .support import ctx, next_change, next_event
+from .support import assert_quiet, ctx, next_change, next_event
 
 IN_PROGRESS, COMPLETED = PhaseState.IN_PROGRESS, PhaseState.COMPLETED
 
@@ -404,6 +406,36 @@ async def test_100_tree_watchers_share_about_one_log_read_per_change(
     # Single-flight reads of the shared tenant channel: a handful per commit, not per watcher.
     assert reads - before <= 10, reads - before  # 100 watchers, 2 commits
     await asyncio.gather(*(s.aclose() for s in streams))
+
+
+async def test_a_resume_of_a_finished_tree_waits_for_a_terminal_change_behind_the_horizon(
+    make_hub: Callable[..., asyncio.Future[WatchHub]],
+    store: FlowStore,
+    tenant: Tenant,
+    database_url: str,
+) -> None:
+    hub = await make_hub(heartbeat_interval=0.05)
+    service = await _definitions(store, tenant)
+    top = await _create(service, tenant, "tree_top")
+    stream = _tree(hub, tenant, top, keep_open=False)
+    cursor = (await next_change(stream)).cursor
+    await stream.aclose()
+    blocker = await asyncpg.connect(
+        normalize_database_url(database_url).replace("postgresql+asyncpg", "postgresql")
+    )
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.fetchval("SELECT pg_current_xact_id()")  # holds the horizon back
+        await service.mutate(tenant, top, CancelFlow("stop"), ctx())  # committed, not readable
+        resumed = _tree(hub, tenant, top, keep_open=False, cursor=cursor)
+        await assert_quiet(resumed, 0.3)  # heartbeats: it neither ends nor sends the change
+        await transaction.rollback()
+        cancelled = await next_change(resumed)
+        assert (cancelled.flow_id, cancelled.status) == (top, FlowStatus.CANCELLED)
+        assert [e async for e in resumed if e.heartbeat_at is None] == []  # then the end
+    finally:
+        await blocker.close()
 
 
 async def test_tenancy_another_tenants_tree_is_not_found_and_never_streamed(

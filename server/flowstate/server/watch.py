@@ -299,6 +299,11 @@ class _Channel(Generic[P, T]):
         finally:
             self._pump = None
 
+    def retry_soon(self) -> None:
+        """A follower's own read found committed entries behind the horizon: read again soon
+        (their notification may have come before anyone listened on this channel)."""
+        self._schedule_retry(pending=True)
+
     def _schedule_retry(self, pending: bool) -> None:
         """Re-read soon when committed changes wait behind the horizon (no notify will come)."""
         if not pending:
@@ -768,6 +773,8 @@ class WatchHub:
             if items is None:
                 read = await channel.fetch(position)
                 self._check_open()
+                if read.pending:
+                    channel.retry_soon()
                 items = list(read.items)
                 covered = read.covered
                 catch_up = read.full
@@ -930,7 +937,9 @@ class WatchHub:
             else:
                 cursor = resume
                 if not keep_open and status in TERMINAL_STATUSES:
-                    idle_end = cursor.position  # send what the log holds after the cursor, then end
+                    # Send what the log holds up to the read (the terminal transaction included,
+                    # also while an older transaction holds the horizon back), then end.
+                    idle_end = (read.xmax - 1, MAX_SEQ)
             self._check_open()
             channel.go_live(cursor.position, pokes, current=resume is None)
 

@@ -332,6 +332,8 @@ class TreeRead:
     links: Mapping[str, int] = field(default_factory=dict)
     """With `links=True`: the txid of the link of each linked flow of the tree (LinkChildFlow):
     its entries below it are from before it belonged."""
+    xmax: int = 0
+    """The read's xmax: every transaction whose changes the read saw has a txid below it."""
 
 
 class TenantLog:
@@ -463,11 +465,11 @@ class TenantLog:
 
         async def statements(
             tx: Transaction,
-        ) -> tuple[list[asyncpg.Record], list[asyncpg.Record], TenantCursor | None, dict[str, int]]:
+        ) -> tuple[list[asyncpg.Record], list[asyncpg.Record], TenantCursor | None, Any]:
             cursor = None
+            horizon = await tx.fetchrow(_HORIZON_NOW)
+            assert horizon is not None
             if snapshot:
-                horizon = await tx.fetchrow(_HORIZON_NOW)
-                assert horizon is not None
                 skip_rows = await tx.fetch(_SKIP, {**params, "horizon": horizon["xmin"]})
                 skip = {str(row["flow_id"]): row["version"] for row in skip_rows}
                 xmin, xmax = horizon["xmin"], horizon["xmax"]
@@ -500,9 +502,11 @@ class TenantLog:
                     str(row["child"]): row["txid"]
                     for row in await tx.fetch(_LINKS, {**params, "ids": ids})
                 }
-            return rows, dependency_rows, cursor, linked
+            return rows, dependency_rows, cursor, (linked, horizon["xmax"])
 
-        rows, dependency_rows, cursor, linked = await self._snapshot_read(tenant, statements)
+        rows, dependency_rows, cursor, (linked, xmax) = await self._snapshot_read(
+            tenant, statements
+        )
         if not rows:
             raise flow_not_found(flow_id)
         if len(rows) > limit:
@@ -519,6 +523,7 @@ class TenantLog:
             dependencies=tuple(flow_from_row(row) for row in dependency_rows),
             cursor=cursor,
             links=linked,
+            xmax=xmax,
         )
 
 
