@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from collections.abc import AsyncIterator
@@ -49,8 +50,27 @@ async def scripted(servicer: ScriptedServicer) -> AsyncIterator[ScriptedServer]:
 
 
 @pytest.fixture
-async def client(scripted: ScriptedServer) -> AsyncIterator[AsyncFlowstateClient]:
-    """An async client of the scripted server with fast retries and a static token."""
+def waits() -> list[float]:
+    """The waits, in seconds, the `client` fixture's calls and streams took between attempts."""
+    return []
+
+
+@pytest.fixture
+async def client(
+    scripted: ScriptedServer, waits: list[float], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AsyncFlowstateClient]:
+    """An async client of the scripted server with fast retries and a static token.
+
+    Its waits between attempts (unary retries, stream reconnections) are recorded in `waits`
+    instead of slept: the recorded errors carry the real server's RetryInfo (1 s for
+    TEMPORARY_RESOURCE_UNAVAILABLE, SERVER_SHUTTING_DOWN and RATE_LIMITED), which the client
+    honours as a minimum; the tests assert the wait instead of spending it.
+    """
+
+    async def recorded_sleep(delay: float) -> None:
+        waits.append(delay)
+        await asyncio.sleep(0)
+
     async with AsyncFlowstateClient(
         address=scripted.address,
         token="test-token",
@@ -60,6 +80,8 @@ async def client(scripted: ScriptedServer) -> AsyncIterator[AsyncFlowstateClient
         ),
         timeout=5.0,
     ) as client:
+        client._sleep = recorded_sleep
+        monkeypatch.setattr(client, "_pause", recorded_sleep)
         yield client
 
 

@@ -1,8 +1,9 @@
 """A real ``grpc.aio`` server for the SDK's unit-level tests, answering from a script.
 
-Each RPC pops the next scripted outcome for its method: a response message, a `Fail` (the server
-aborts the call with a rich ``google.rpc.Status`` built exactly as the Flowstate server does), or,
-for the streams, a `Stream` (events, then an optional failure). Every request and its metadata
+Each RPC pops the next scripted outcome for its method: a response message, a `Recorded` error
+(the server aborts the call with an error recorded from a real Flowstate server, replayed byte
+for byte: recorded_errors.py), a `Bare` status without details, or, for the streams, a `Stream`
+(events, then an optional failure). Every request and its metadata
 are recorded, so tests can check what the SDK sent (request ids reused across retries, the bearer
 token, ``after_version`` on reconnect). Nothing here is a mock: the SDK talks HTTP/2 to a real
 gRPC server bound to 127.0.0.1.
@@ -14,56 +15,29 @@ import asyncio
 import socket
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
 import grpc.aio
-from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from recorded_errors import Recorded
 
-from flowstate.v1 import errors_pb2, flow_service_pb2, flow_service_pb2_grpc, states_pb2
+from flowstate.v1 import flow_service_pb2, flow_service_pb2_grpc, states_pb2
 
 
 @dataclass(frozen=True)
-class Fail:
-    """Abort the call with `grpc_code`, and unless `bare`, the Flowstate rich details."""
+class Bare:
+    """Abort the call with `grpc_code` and `message` only, no details: what gRPC itself, a proxy
+    or a server's unexpected failure sends (the Flowstate server's own refusals are replayed
+    from recordings: `recorded_errors.Recorded`)."""
 
     grpc_code: grpc.StatusCode
-    reason: str = ""
-    message: str = "refused"
-    details: dict[str, Any] = field(default_factory=dict)
-    flow_error: errors_pb2.FlowError | None = None
-    retry_delay: float | None = None
-    bare: bool = False
-    domain: str = "flowstate.v1"
+    message: str = "plain"
 
-    def status(self) -> grpc.Status:
-        """The ``grpc.Status`` carrying ErrorInfo, FlowError and RetryInfo."""
-        code_number = self.grpc_code.value[0]
-        rich = status_pb2.Status(code=code_number, message=self.message)
-        if self.reason:
-            info = error_details_pb2.ErrorInfo(reason=self.reason, domain=self.domain)
-            rich.details.add().Pack(info)
-            flow_error = self.flow_error
-            if flow_error is None:
-                details = struct_pb2.Struct()
-                details.update(self.details)
-                flow_error = errors_pb2.FlowError(
-                    error_code=errors_pb2.ErrorCode.Value(f"ERROR_CODE_{self.reason}"),
-                    message=self.message,
-                    details=details,
-                    retry_allowed=self.retry_delay is not None,
-                )
-            rich.details.add().Pack(flow_error)
-        if self.retry_delay is not None:
-            delay = duration_pb2.Duration()
-            delay.FromTimedelta(timedelta(seconds=self.retry_delay))
-            rich.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-        return rpc_status.to_status(rich)
+
+Failure = Bare | Recorded
+"""A scripted failure."""
 
 
 @dataclass(frozen=True)
@@ -71,13 +45,13 @@ class Stream:
     """A scripted server stream: these responses, then `then` (None: end with OK)."""
 
     responses: Sequence[Message]
-    then: Fail | None = None
+    then: Failure | None = None
     #: Keep the stream open (idle) after the responses instead of ending it.
     hang: bool = False
 
 
 @dataclass(frozen=True)
-class Recorded:
+class Call:
     """One call the server received."""
 
     method: str
@@ -90,10 +64,10 @@ class ScriptedServicer:
 
     def __init__(self) -> None:
         self.script: dict[str, deque[Any]] = defaultdict(deque)
-        self.calls: list[Recorded] = []
+        self.calls: list[Call] = []
 
     def add(self, method: str, *outcomes: Any) -> None:
-        """Queue outcomes (responses, `Fail`, `Stream`) for `method`."""
+        """Queue outcomes (responses, `Recorded`, `Bare`, `Stream`) for `method`."""
         self.script[method].extend(outcomes)
 
     def requests(self, method: str) -> list[Any]:
@@ -101,16 +75,12 @@ class ScriptedServicer:
         return [call.request for call in self.calls if call.method == method]
 
     async def _answer(self, method: str, request: Any, context: Any) -> Any:
-        self.calls.append(
-            Recorded(method, request, {k: v for k, v in context.invocation_metadata()})
-        )
+        self.calls.append(Call(method, request, {k: v for k, v in context.invocation_metadata()}))
         if not self.script[method]:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"nothing scripted for {method}")
         outcome = self.script[method].popleft()
-        if isinstance(outcome, Fail):
-            if outcome.bare:
-                await context.abort(outcome.grpc_code, outcome.message)
-            await context.abort_with_status(outcome.status())
+        if isinstance(outcome, Bare | Recorded):
+            await _fail(context, outcome)
         return outcome
 
     async def _stream(self, method: str, request: Any, context: Any) -> AsyncIterator[Any]:
@@ -118,10 +88,8 @@ class ScriptedServicer:
         assert isinstance(outcome, Stream)
         for response in outcome.responses:
             yield response
-        if outcome.then is not None and outcome.then.bare:
-            await context.abort(outcome.then.grpc_code, outcome.then.message)
         if outcome.then is not None:
-            await context.abort_with_status(outcome.then.status())
+            await _fail(context, outcome.then)
         if outcome.hang:
             await asyncio.Event().wait()
 
@@ -141,6 +109,13 @@ class ScriptedServicer:
 
             return stream
         return super().__getattribute__(name)
+
+
+async def _fail(context: Any, failure: Failure) -> None:
+    if isinstance(failure, Bare):
+        await context.abort(failure.grpc_code, failure.message)
+    else:
+        await context.abort_with_status(failure.status())
 
 
 _STREAMS = {"WatchFlow", "WatchFlows"}
@@ -177,13 +152,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def pack_any(message: Message) -> any_pb2.Any:
-    """``message`` packed into an Any (for tests that build statuses by hand)."""
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def flow_event(

@@ -1,18 +1,20 @@
 """Every refusal of the server becomes the exception its ErrorInfo reason names.
 
-The server here is a real ``grpc.aio`` server that aborts with the same rich status the Flowstate
-server sends (ErrorInfo + FlowError + RetryInfo), so decoding goes through the real trailers.
+The server here is a real ``grpc.aio`` server that replays errors recorded from a real Flowstate
+server (recorded_errors.py: the recorded grpc-status, grpc-message, grpc-status-details-bin and
+trailers, byte for byte), so decoding goes through the real trailers of the real errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import timedelta
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
-from scripted_server import Fail, ScriptedServer, ScriptedServicer, free_port
+from google.protobuf import struct_pb2
+from recorded_errors import ERROR_FIXTURES, Recorded, error_fixture, recorded
+from scripted_server import Bare, ScriptedServer, ScriptedServicer, free_port
 
 from flowstate.client import (
     Aborted,
@@ -58,7 +60,7 @@ from flowstate.client import (
     WebhookNotFound,
 )
 from flowstate.client._errors import error_from_flow_error
-from flowstate.v1 import errors_pb2, states_pb2
+from flowstate.v1 import errors_pb2
 
 SC = grpc.StatusCode
 FP = SC.FAILED_PRECONDITION
@@ -114,100 +116,165 @@ CASES = [
 @pytest.mark.parametrize(
     ("reason", "grpc_code", "cls", "parent"), CASES, ids=[case[0] for case in CASES]
 )
-async def test_reason_selects_class(
-    servicer: ScriptedServicer,
-    client: AsyncFlowstateClient,
+def test_reason_selects_class(
     reason: str,
     grpc_code: grpc.StatusCode,
     cls: type[FlowstateError],
     parent: type[FlowstateError],
 ) -> None:
-    servicer.add(
-        "GetFlow", *[Fail(grpc_code, reason, f"{reason} happened", {"phase_hint": "x"})] * 5
+    """The class of every refusal code (over the wire below for the recorded ones)."""
+    flow_error = errors_pb2.FlowError(
+        error_code=errors_pb2.ErrorCode.Value(f"ERROR_CODE_{reason}"), message="refused"
     )
-
-    with pytest.raises(cls) as caught:
-        await client.get_flow("f-1")
-
-    error = caught.value
+    error = error_from_flow_error(flow_error)  # no gRPC code: the class's own
     assert type(error) is cls
     assert isinstance(error, parent)
     assert error.code == ErrorCode[reason]
     assert error.grpc_code == grpc_code
-    assert error.message == f"{reason} happened"
-    assert error.details == {"phase_hint": "x"}
+
+
+#: fixture name -> the class it decodes to, its intermediate class
+RECORDED = {
+    "flow_not_found": (FlowNotFound, NotFound),
+    "invalid_phase": (InvalidPhase, InvalidArgument),
+    "invalid_phase_transition": (InvalidPhaseTransition, FailedPrecondition),
+    "malformed_request": (MalformedRequest, InvalidArgument),
+    "max_retries_exceeded": (MaxRetriesExceeded, FailedPrecondition),
+    "permission_denied": (PermissionDenied, FlowstateError),
+    "phase_order_violation": (PhaseOrderViolation, FailedPrecondition),
+    "rate_limited": (RateLimited, ResourceExhausted),
+    "server_shutting_down": (ServerShuttingDown, Unavailable),
+    "subscriber_too_slow": (SubscriberTooSlow, ResourceExhausted),
+    "temporary_resource_unavailable": (Unavailable, FlowstateError),
+    "unauthenticated": (Unauthenticated, FlowstateError),
+    "version_conflict": (VersionConflict, Aborted),
+}
+#: The recorded errors whose RetryInfo asks for a second before the next attempt.
+RETRY_AFTER_A_SECOND = {"rate_limited", "server_shutting_down", "temporary_resource_unavailable"}
+
+
+def test_every_recorded_error_is_decoded_here() -> None:
+    assert set(ERROR_FIXTURES) == set(RECORDED) | {"unknown_reason"}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+async def test_recorded_error_selects_class(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, name: str
+) -> None:
+    fixture = error_fixture(name)
+    cls, parent = RECORDED[name]
+    servicer.add("GetFlow", recorded(name))
+
+    with pytest.raises(cls) as caught:
+        await client.get_flow("f-1", retry=RetryPolicy.disabled())
+
+    error = caught.value
+    assert type(error) is cls
+    assert isinstance(error, parent)
+    assert error.code == ErrorCode[name.upper()]
+    assert error.grpc_code == fixture.grpc_code
+    assert error.message == fixture.message
+    assert error.details == fixture.flow_error_details()
+    assert error.correlation_id == "fixture-correlation-id"
     assert error.flow_error is not None
-    assert ErrorCode(error.flow_error.error_code) == ErrorCode[reason]
+    assert ErrorCode(error.flow_error.error_code) == error.code
+    assert error.retry_allowed is (name in RETRY_AFTER_A_SECOND)
+    expected_delay = timedelta(seconds=1) if name in RETRY_AFTER_A_SECOND else None
+    assert error.retry_delay == expected_delay
     assert error.status is not None
-    assert error.status.code == grpc_code.value[0]
+    assert error.status.code == fixture.grpc_code.value[0]
     assert isinstance(error.__cause__, grpc.aio.AioRpcError)
 
 
+@pytest.mark.parametrize("name", ERROR_FIXTURES)
+async def test_the_client_receives_the_recorded_status_bytes(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, name: str
+) -> None:
+    """The scripted server replays a recording exactly: status code, message, the
+    grpc-status-details-bin bytes and the trailers the client receives are the file's."""
+    fixture = error_fixture(name)
+    servicer.add("GetFlow", recorded(name))
+
+    with pytest.raises(FlowstateError) as caught:
+        await client.get_flow("f-1", retry=RetryPolicy.disabled())
+
+    rpc_error = caught.value.__cause__
+    assert isinstance(rpc_error, grpc.aio.AioRpcError)
+    assert rpc_error.code() == fixture.grpc_code
+    assert rpc_error.details() == fixture.message
+    trailers = dict(rpc_error.trailing_metadata() or ())
+    assert trailers.pop("grpc-status-details-bin") == fixture.details_bin
+    assert trailers == fixture.trailers
+    assert caught.value.status is not None
+    assert caught.value.status.SerializeToString(deterministic=True) == fixture.details_bin
+
+
 async def test_typed_details(servicer: ScriptedServicer, client: AsyncFlowstateClient) -> None:
+    """The typed accessors on the real refusals (tests/fixtures/errors/NAME.json)."""
     servicer.add(
         "TransitionPhase",
-        Fail(
-            SC.FAILED_PRECONDITION,
-            flow_error=errors_pb2.FlowError(
-                error_code=errors_pb2.ERROR_CODE_INVALID_PHASE_TRANSITION,
-                message="cannot go",
-                phase="data_import",
-                valid_transitions=[states_pb2.PHASE_STATE_IN_PROGRESS],
-                correlation_id="corr-1",
-            ),
-            reason="INVALID_PHASE_TRANSITION",
-        ),
-        Fail(
-            SC.FAILED_PRECONDITION,
-            "PHASE_ORDER_VIOLATION",
-            details={"blocking_phases": ["data_import", "field_mapping"]},
-        ),
-        Fail(SC.ABORTED, "VERSION_CONFLICT", details={"current_version": 7}),
-        Fail(
-            SC.FAILED_PRECONDITION,
-            "MAX_RETRIES_EXCEEDED",
-            details={"attempts_remaining": 0, "recovery": ["rollback", "cancel"]},
-        ),
-        Fail(
-            SC.FAILED_PRECONDITION,
-            "INVALID_FLOW_TRANSITION",
-            details={"valid_flow_transitions": ["PAUSED", "cancelled"]},
-        ),
-        Fail(
-            SC.FAILED_PRECONDITION, "DEPENDENT_PHASES_ACTIVE", details={"dependent_phases": ["b"]}
-        ),
+        recorded("invalid_phase_transition"),
+        recorded("phase_order_violation"),
+        recorded("version_conflict"),
+        recorded("max_retries_exceeded"),
+        recorded("malformed_request"),
     )
 
     with pytest.raises(InvalidPhaseTransition) as invalid:
         await client.transition_phase("f-1", "data_import", PhaseState.COMPLETED)
     assert invalid.value.valid_transitions == [PhaseState.IN_PROGRESS]
     assert invalid.value.phase == "data_import"
-    assert invalid.value.correlation_id == "corr-1"
-    assert "corr-1" in str(invalid.value)
+    assert invalid.value.message == (
+        "Cannot transition phase 'data_import' from 'not_started' to 'completed'"
+    )
+    assert invalid.value.correlation_id == "fixture-correlation-id"
+    assert "fixture-correlation-id" in str(invalid.value)
 
     with pytest.raises(PhaseOrderViolation) as order:
-        await client.transition_phase("f-1", "data_cleansing", "IN_PROGRESS")
-    assert order.value.blocking_phases == ["data_import", "field_mapping"]
+        await client.transition_phase("f-1", "field_mapping", "IN_PROGRESS")
+    assert order.value.blocking_phases == ["data_import"]
+    assert order.value.phase == "field_mapping"
 
     with pytest.raises(VersionConflict) as conflict:
-        await client.transition_phase("f-1", "data_import", "IN_PROGRESS", expected_version=3)
-    assert conflict.value.current_version == 7
+        await client.transition_phase("f-1", "data_import", "IN_PROGRESS", expected_version=1)
+    assert conflict.value.current_version == 2
 
     with pytest.raises(MaxRetriesExceeded) as exhausted:
         await client.transition_phase("f-1", "data_import", "IN_PROGRESS")
     assert exhausted.value.attempts_remaining == 0
-    assert exhausted.value.recovery == ["rollback", "cancel"]
+    assert exhausted.value.recovery == ["abandon", "cancel"]
 
-    with pytest.raises(InvalidFlowTransition) as flow_transition:
+    with pytest.raises(MalformedRequest) as malformed:
         await client.transition_phase("f-1", "data_import", "IN_PROGRESS")
-    assert flow_transition.value.valid_flow_transitions == [
-        FlowStatus.PAUSED,
-        FlowStatus.CANCELLED,
+    assert malformed.value.field_violations == [
+        ("flow_id", "must be a UUID (8-4-4-4-12 hex digits)")
     ]
 
-    with pytest.raises(DependentPhasesActive) as dependents:
-        await client.transition_phase("f-1", "data_import", "IN_PROGRESS")
-    assert dependents.value.dependent_phases == ["b"]
+
+def test_typed_details_of_refusals_not_recorded() -> None:
+    """INVALID_FLOW_TRANSITION and DEPENDENT_PHASES_ACTIVE are raised by the real server in
+    test_sdk_e2e.py; here their accessors, on the FlowError the server sends."""
+
+    def flow_error(
+        code: errors_pb2.ErrorCode.ValueType, **details: list[str]
+    ) -> errors_pb2.FlowError:
+        struct = struct_pb2.Struct()
+        struct.update(details)
+        return errors_pb2.FlowError(error_code=code, message="refused", details=struct)
+
+    flow_transition = error_from_flow_error(
+        flow_error(
+            errors_pb2.ERROR_CODE_INVALID_FLOW_TRANSITION,
+            valid_flow_transitions=["PAUSED", "cancelled"],
+        )
+    )
+    assert isinstance(flow_transition, InvalidFlowTransition)
+    assert flow_transition.valid_flow_transitions == [FlowStatus.PAUSED, FlowStatus.CANCELLED]
+    dependents = error_from_flow_error(
+        flow_error(errors_pb2.ERROR_CODE_DEPENDENT_PHASES_ACTIVE, dependent_phases=["b"])
+    )
+    assert isinstance(dependents, DependentPhasesActive)
+    assert dependents.dependent_phases == ["b"]
 
 
 @pytest.mark.parametrize(
@@ -232,7 +299,7 @@ async def test_status_without_details_falls_back_to_grpc_code(
     cls: type[FlowstateError],
     code: ErrorCode,
 ) -> None:
-    servicer.add("GetFlow", *[Fail(grpc_code, message="plain", bare=True)] * 5)
+    servicer.add("GetFlow", *[Bare(grpc_code, "plain")] * 5)
 
     with pytest.raises(FlowstateError) as caught:
         await client.get_flow("f-1")
@@ -247,21 +314,23 @@ async def test_status_without_details_falls_back_to_grpc_code(
 async def test_unknown_reason_falls_back_to_grpc_code_class(
     servicer: ScriptedServicer, client: AsyncFlowstateClient
 ) -> None:
-    future = errors_pb2.FlowError(error_code=99, message="from the future")  # type: ignore[arg-type]
-    servicer.add("GetFlow", Fail(SC.FAILED_PRECONDITION, "SOMETHING_NEW", flow_error=future))
+    """A newer server's refusal: ErrorInfo reason SOME_FUTURE_REFUSAL, FlowError code 9999."""
+    servicer.add("GetFlow", recorded("unknown_reason"))
 
     with pytest.raises(FailedPrecondition) as caught:
         await client.get_flow("f-1")
 
     assert type(caught.value) is FailedPrecondition
-    assert caught.value.code.name == "UNKNOWN_99"
-    assert caught.value.message == "from the future"
+    assert caught.value.code.name == "UNKNOWN_9999"
+    assert caught.value.message == error_fixture("unknown_reason").message
+    assert caught.value.details == error_fixture("unknown_reason").flow_error_details()
 
 
 async def test_error_info_of_another_domain_is_ignored(
     servicer: ScriptedServicer, client: AsyncFlowstateClient
 ) -> None:
-    servicer.add("GetFlow", Fail(SC.NOT_FOUND, "FLOW_NOT_FOUND", domain="example.com"))
+    """The recorded FLOW_NOT_FOUND with its ErrorInfo's domain replaced."""
+    servicer.add("GetFlow", Recorded("flow_not_found", error_info_domain="example.com"))
 
     with pytest.raises(FlowNotFound):  # the FlowError still names the code
         await client.get_flow("f-1")
@@ -280,23 +349,16 @@ async def test_connection_refused_is_unavailable_after_retries() -> None:
 async def test_sync_client_raises_the_same_classes(
     scripted: ScriptedServer, servicer: ScriptedServicer
 ) -> None:
-    servicer.add(
-        "Rollback",
-        Fail(
-            SC.FAILED_PRECONDITION,
-            "DEPENDENT_PHASES_ACTIVE",
-            details={"dependent_phases": ["field_mapping"]},
-        ),
-    )
+    servicer.add("Rollback", recorded("phase_order_violation"))
 
     def rollback() -> None:
         with FlowstateClient(address=scripted.address, token="t") as client:
             client.rollback("f-1", "data_import", cascade=False)
 
     # The blocking client runs in a thread: the server shares this test's event loop.
-    with pytest.raises(DependentPhasesActive) as caught:
+    with pytest.raises(PhaseOrderViolation) as caught:
         await asyncio.to_thread(rollback)
-    assert caught.value.dependent_phases == ["field_mapping"]
+    assert caught.value.blocking_phases == ["data_import"]
     assert isinstance(caught.value.__cause__, grpc.RpcError)
     assert servicer.requests("Rollback")[0].cascade is False
 
@@ -324,56 +386,3 @@ def test_every_refusal_code_has_a_class() -> None:
         ErrorCode.CHILD_FLOW_CANCELLED,
     }
     assert refusals | failure_codes == set(ErrorCode)
-
-
-def _rich(status: grpc.Status) -> tuple[int, error_details_pb2.ErrorInfo, errors_pb2.FlowError]:
-    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
-    assert isinstance(raw, bytes)
-    rich = status_pb2.Status.FromString(raw)
-    info, flow_error = error_details_pb2.ErrorInfo(), errors_pb2.FlowError()
-    for packed in rich.details:
-        if packed.TypeName() == "google.rpc.ErrorInfo":
-            packed.Unpack(info)
-        elif packed.TypeName() == "flowstate.v1.FlowError":
-            packed.Unpack(flow_error)
-    return rich.code, info, flow_error
-
-
-@pytest.mark.parametrize(
-    ("reason", "grpc_code"), [case[:2] for case in CASES], ids=[case[0] for case in CASES]
-)
-def test_the_scripted_servers_errors_are_the_servers_own(
-    reason: str, grpc_code: grpc.StatusCode
-) -> None:
-    """The fake encodes refusals by hand; this keeps it from drifting away from the server.
-
-    Each case's status is built twice, by `Fail` and by the server's own encoder
-    (`flowstate.server.errors.to_grpc_status`), and every field `Fail` sets must agree.
-    """
-    server_errors = pytest.importorskip("flowstate.server.errors")
-    core_errors = pytest.importorskip("flowstate.core.errors")
-    core_model = pytest.importorskip("flowstate.core.model")
-    details = {"phase_hint": "x"}
-    refusal = core_errors.FlowStateError(
-        core_model.ErrorCode[reason], f"{reason} happened", **details
-    )
-    real = server_errors.to_grpc_status(refusal, correlation_id="c-1", now=datetime.now(UTC))
-    fake = Fail(
-        grpc_code,
-        reason,
-        f"{reason} happened",
-        details,
-        retry_delay=0.5 if refusal.retry_allowed else None,
-    ).status()
-
-    assert fake.code == real.code == grpc_code
-    (real_code, real_info, real_error), (fake_code, fake_info, fake_error) = (
-        _rich(real),
-        _rich(fake),
-    )
-    assert fake_code == real_code
-    assert (fake_info.reason, fake_info.domain) == (real_info.reason, real_info.domain)
-    assert fake_error.error_code == real_error.error_code
-    assert fake_error.message == real_error.message
-    assert fake_error.details == real_error.details
-    assert fake_error.retry_allowed == real_error.retry_allowed

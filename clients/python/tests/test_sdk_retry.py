@@ -1,7 +1,9 @@
 """Retries: UNAVAILABLE is retried with backoff, reusing the request id; nothing else is.
 
 The server is a real ``grpc.aio`` server that answers UNAVAILABLE a scripted number of times
-and then succeeds, recording every request it received.
+and then succeeds, recording every request it received. Its errors are recorded from a real
+server (recorded_errors.py): UNAVAILABLE and RATE_LIMITED carry its RetryInfo of 1 s, the minimum
+wait the client honours (the `client` fixture records the waits instead of sleeping them).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from scripted_server import Fail, ScriptedServer, ScriptedServicer
+from recorded_errors import error_fixture, recorded
+from scripted_server import Bare, Failure, ScriptedServer, ScriptedServicer
 
 from flowstate.client import (
     AsyncFlowstateClient,
@@ -29,7 +32,10 @@ from flowstate.client._config import ClientConfig
 from flowstate.client._retry import RetryState
 from flowstate.v1 import flow_pb2, flow_service_pb2
 
-UNAVAILABLE = Fail(grpc.StatusCode.UNAVAILABLE, "TEMPORARY_RESOURCE_UNAVAILABLE", "db down")
+#: What a server whose database is unreachable answers (recorded).
+UNAVAILABLE = recorded("temporary_resource_unavailable")
+#: The real server's RetryInfo on UNAVAILABLE and RATE_LIMITED, in seconds.
+SERVER_RETRY_DELAY = 1.0
 
 
 def transition_response(version: int = 2) -> flow_service_pb2.TransitionPhaseResponse:
@@ -39,7 +45,7 @@ def transition_response(version: int = 2) -> flow_service_pb2.TransitionPhaseRes
 
 
 async def test_mutation_retried_on_unavailable_with_the_same_request_id(
-    servicer: ScriptedServicer, client: AsyncFlowstateClient
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, waits: list[float]
 ) -> None:
     servicer.add("TransitionPhase", UNAVAILABLE, UNAVAILABLE, transition_response())
 
@@ -52,6 +58,7 @@ async def test_mutation_retried_on_unavailable_with_the_same_request_id(
     assert len(request_ids) == 1
     assert uuid.UUID(request_ids.pop()).version == 4
     assert requests[0] == requests[1] == requests[2]
+    assert waits == [SERVER_RETRY_DELAY] * 2  # the server's RetryInfo, above the fast backoff
 
 
 async def test_given_request_id_is_sent_and_each_call_gets_its_own(
@@ -84,16 +91,17 @@ async def test_reads_are_retried_too(
 @pytest.mark.parametrize(
     "failure",
     [
-        Fail(grpc.StatusCode.FAILED_PRECONDITION, "INVALID_PHASE_TRANSITION"),
-        Fail(grpc.StatusCode.ABORTED, "VERSION_CONFLICT"),
-        Fail(grpc.StatusCode.INTERNAL, "INTERNAL"),
-        Fail(grpc.StatusCode.DEADLINE_EXCEEDED, bare=True),
-        Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, bare=True),
+        recorded("invalid_phase_transition"),
+        recorded("version_conflict"),
+        recorded("subscriber_too_slow"),
+        Bare(grpc.StatusCode.INTERNAL),
+        Bare(grpc.StatusCode.DEADLINE_EXCEEDED),
+        Bare(grpc.StatusCode.RESOURCE_EXHAUSTED),
     ],
-    ids=lambda fail: fail.grpc_code.name,
+    ids=lambda fail: getattr(fail, "name", fail.grpc_code.name),
 )
 async def test_other_failures_are_not_retried(
-    servicer: ScriptedServicer, client: AsyncFlowstateClient, failure: Fail
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, failure: Failure
 ) -> None:
     servicer.add("TransitionPhase", failure, transition_response())
 
@@ -110,11 +118,18 @@ async def test_gives_up_after_max_attempts(
     servicer.add("GetFlow", *[UNAVAILABLE] * 10)
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.001, jitter=0.0)
 
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+
     async with AsyncFlowstateClient(address=scripted.address, retry=policy) as client:
+        client._sleep = record
         with pytest.raises(Unavailable) as caught:
             await client.get_flow("f-1")
 
-    assert caught.value.message == "db down"
+    assert caught.value.message == error_fixture("temporary_resource_unavailable").message
+    assert caught.value.retry_delay == timedelta(seconds=SERVER_RETRY_DELAY)
     assert len(servicer.requests("GetFlow")) == 3
 
 
@@ -144,27 +159,18 @@ async def test_overall_deadline_bounds_the_retries(
             await client.get_flow("f-1")
 
     assert len(servicer.requests("GetFlow")) == 6
-    assert waits == [10.0] * 5
+    assert waits == [10.0] * 5  # above the server's RetryInfo of 1 s
 
 
 async def test_server_retry_delay_is_a_minimum_wait(
-    servicer: ScriptedServicer, client: AsyncFlowstateClient
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, waits: list[float]
 ) -> None:
-    servicer.add(
-        "GetFlow",
-        Fail(grpc.StatusCode.UNAVAILABLE, "TEMPORARY_RESOURCE_UNAVAILABLE", retry_delay=0.04),
-        flow_service_pb2.GetFlowResponse(),
-    )
-    waits: list[float] = []
-
-    async def record(delay: float) -> None:
-        waits.append(delay)
-
-    client._sleep = record
+    """The client's backoff is 0.01 s; the recorded UNAVAILABLE's RetryInfo says 1 s."""
+    servicer.add("GetFlow", UNAVAILABLE, flow_service_pb2.GetFlowResponse())
 
     await client.get_flow("f-1")
 
-    assert waits == [pytest.approx(0.04)]
+    assert waits == [SERVER_RETRY_DELAY]
 
 
 async def test_token_source_is_called_for_every_attempt(
@@ -173,10 +179,15 @@ async def test_token_source_is_called_for_every_attempt(
     servicer.add("GetFlow", UNAVAILABLE, flow_service_pb2.GetFlowResponse())
     tokens = iter(["token-1", "token-2"])
     policy = RetryPolicy(initial_backoff=0.001, jitter=0.0)
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
 
     async with AsyncFlowstateClient(
         address=scripted.address, token=lambda: next(tokens), retry=policy
     ) as client:
+        client._sleep = record
         await client.get_flow("f-1")
 
     sent = [call.metadata.get("authorization") for call in servicer.calls]
@@ -196,11 +207,13 @@ async def test_sync_client_retries_with_the_same_request_id(
     servicer: ScriptedServicer, scripted: ScriptedServer
 ) -> None:
     servicer.add("Retry", UNAVAILABLE, flow_service_pb2.RetryResponse())
-    servicer.add("Retry", Fail(grpc.StatusCode.FAILED_PRECONDITION, "INVALID_PHASE_TRANSITION"))
+    servicer.add("Retry", recorded("invalid_phase_transition"))
     policy = RetryPolicy(initial_backoff=0.001, jitter=0.0)
+    waits: list[float] = []
 
     def run() -> None:
         with FlowstateClient(address=scripted.address, token="t", retry=policy) as client:
+            client._sleep = waits.append
             client.retry("f-1", "data_import")
             with pytest.raises(InvalidPhaseTransition):
                 client.retry("f-1", "data_import")
@@ -210,6 +223,7 @@ async def test_sync_client_retries_with_the_same_request_id(
     ids = [request.request_id for request in servicer.requests("Retry")]
     assert len(ids) == 3
     assert ids[0] == ids[1] != ids[2]
+    assert waits == [SERVER_RETRY_DELAY]
 
 
 def test_backoff_grows_exponentially_up_to_the_cap() -> None:
@@ -323,35 +337,23 @@ async def test_a_per_call_retry_policy_overrides_the_clients(
 
 
 async def test_rate_limited_calls_are_retried_after_the_servers_delay(
-    servicer: ScriptedServicer, client: AsyncFlowstateClient
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, waits: list[float]
 ) -> None:
     """RATE_LIMITED (RESOURCE_EXHAUSTED) applied nothing: the SDK waits the RetryInfo delay and
     sends the same request again."""
-    servicer.add(
-        "TransitionPhase",
-        Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", retry_delay=0.25),
-        transition_response(),
-    )
-    waits: list[float] = []
-
-    async def record(delay: float) -> None:
-        waits.append(delay)
-
-    client._sleep = record
+    servicer.add("TransitionPhase", recorded("rate_limited"), transition_response())
 
     await client.transition_phase("f-1", "data_import", "COMPLETED")
 
     first, second = servicer.requests("TransitionPhase")
     assert first.request_id == second.request_id
-    assert waits == [pytest.approx(0.25)]
+    assert waits == [SERVER_RETRY_DELAY]  # "retry in 1.000s" (a limit of 1/s, recorded)
 
 
 async def test_rate_limited_calls_are_raised_when_the_policy_says_so(
     servicer: ScriptedServicer, scripted: ScriptedServer
 ) -> None:
-    servicer.add(
-        "GetFlow", Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", retry_delay=0.25)
-    )
+    servicer.add("GetFlow", recorded("rate_limited"))
     policy = RetryPolicy(retry_rate_limited=False)
     async with AsyncFlowstateClient(address=scripted.address, retry=policy) as client:
         with pytest.raises(RateLimited):

@@ -7,7 +7,8 @@ import threading
 
 import grpc
 import pytest
-from scripted_server import Fail, ScriptedServer, ScriptedServicer, Stream, flow_event
+from recorded_errors import Recorded, recorded
+from scripted_server import Bare, ScriptedServer, ScriptedServicer, Stream, flow_event
 
 from flowstate.client import (
     AsyncFlowstateClient,
@@ -21,11 +22,14 @@ from flowstate.client import (
     Unavailable,
     WatchRelation,
 )
-from flowstate.v1 import flow_service_pb2
+from flowstate.client._errors import InternalError
+from flowstate.client._watch import is_resumable
+from flowstate.v1 import errors_pb2, flow_service_pb2
 
 COMPLETED = FlowStatus.COMPLETED.value
-SHUTTING_DOWN = Fail(grpc.StatusCode.UNAVAILABLE, "SERVER_SHUTTING_DOWN", "bye")
-TOO_SLOW = Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_TOO_SLOW", "read faster")
+#: The errors a stream ends with, recorded from a real server (recorded_errors.py).
+SHUTTING_DOWN = recorded("server_shutting_down")
+TOO_SLOW = recorded("subscriber_too_slow")
 
 
 def one(version: int, kind: str = "change", **kwargs: object) -> flow_service_pb2.WatchFlowResponse:
@@ -51,7 +55,7 @@ async def collect(events: object, limit: int = 100) -> list[FlowEvent]:
 
 @pytest.mark.parametrize("failure", [SHUTTING_DOWN, TOO_SLOW], ids=["shutting-down", "too-slow"])
 async def test_watch_resumes_after_the_last_version_without_duplicates(
-    servicer: ScriptedServicer, client: AsyncFlowstateClient, failure: Fail
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, failure: Recorded, waits: list[float]
 ) -> None:
     servicer.add(
         "WatchFlow",
@@ -74,6 +78,9 @@ async def test_watch_resumes_after_the_last_version_without_duplicates(
     assert events[0].snapshot is not None
     assert events[1].change is not None
     assert events[-1].status == FlowStatus.COMPLETED
+    # SERVER_SHUTTING_DOWN asks for a second before reconnecting (its RetryInfo, recorded);
+    # SUBSCRIBER_TOO_SLOW carries none: the watch policy's backoff.
+    assert waits == ([1.0] if failure is SHUTTING_DOWN else [0.01])
 
 
 async def test_watch_stops_after_the_terminal_event_without_waiting_for_the_server(
@@ -130,7 +137,7 @@ async def test_watch_resumes_a_stream_broken_without_a_status_from_the_server(
     """As in the TypeScript and Go SDKs: e.g. gRPC's own `server.stop` cancels a stream."""
     servicer.add(
         "WatchFlow",
-        Stream([one(1, "snapshot")], then=Fail(code, message="gone", bare=True)),
+        Stream([one(1, "snapshot")], then=Bare(code, "gone")),
         Stream([one(2, status=COMPLETED)]),
     )
 
@@ -141,16 +148,14 @@ async def test_watch_resumes_a_stream_broken_without_a_status_from_the_server(
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL])
-async def test_watch_raises_a_broken_stream_the_server_explained(
-    servicer: ScriptedServicer, client: AsyncFlowstateClient, code: grpc.StatusCode
-) -> None:
-    servicer.add("WatchFlow", Stream([one(1, "snapshot")], then=Fail(code, "INTERNAL")))
-
-    with pytest.raises(FlowstateError) as raised:
-        await collect(client.watch("f-1"))
-
-    assert raised.value.grpc_code == code
-    assert len(servicer.requests("WatchFlow")) == 1
+def test_a_broken_stream_the_server_explained_is_not_resumed(code: grpc.StatusCode) -> None:
+    """A CANCELLED or INTERNAL that carries the server's FlowError is the server's answer, not
+    a broken connection. (No recorded error has these codes: the decision is tested on the
+    decoded error; a recorded refusal ending a stream is raised over the wire below.)"""
+    flow_error = errors_pb2.FlowError(error_code=errors_pb2.ERROR_CODE_INTERNAL)
+    explained = InternalError("boom", grpc_code=code, flow_error=flow_error)
+    assert not is_resumable(explained)
+    assert is_resumable(InternalError("gone", grpc_code=code))
 
 
 async def test_watch_raises_what_cannot_be_resumed(
@@ -158,7 +163,7 @@ async def test_watch_raises_what_cannot_be_resumed(
 ) -> None:
     servicer.add(
         "WatchFlow",
-        Stream([one(1, "snapshot")], then=Fail(grpc.StatusCode.NOT_FOUND, "FLOW_NOT_FOUND")),
+        Stream([one(1, "snapshot")], then=recorded("flow_not_found")),
     )
 
     seen: list[int] = []
@@ -170,12 +175,13 @@ async def test_watch_raises_what_cannot_be_resumed(
     with pytest.raises(FlowNotFound):
         await watch()
     assert seen == [1]
+    assert len(servicer.requests("WatchFlow")) == 1
 
 
 async def test_watch_gives_up_when_the_reconnect_deadline_runs_out(
     servicer: ScriptedServicer, scripted: ScriptedServer
 ) -> None:
-    servicer.add("WatchFlow", *[Fail(grpc.StatusCode.UNAVAILABLE, bare=True)] * 50)
+    servicer.add("WatchFlow", *[Bare(grpc.StatusCode.UNAVAILABLE)] * 50)
     policy = RetryPolicy(
         max_attempts=None, initial_backoff=0.01, max_backoff=0.01, jitter=0, deadline=0.2
     )
@@ -314,13 +320,16 @@ async def test_sync_watch_resumes_too(servicer: ScriptedServicer, scripted: Scri
         Stream([one(2), one(3, status=COMPLETED)]),
     )
     policy = RetryPolicy(max_attempts=None, initial_backoff=0.01, jitter=0, deadline=5)
+    waits: list[float] = []
 
     def run() -> list[int]:
         with FlowstateClient(address=scripted.address, watch_retry=policy) as client:
+            client._pause = waits.append  # type: ignore[method-assign,assignment]  # not slept
             return [event.flow_version for event in client.watch("f-1")]
 
     assert await asyncio.to_thread(run) == [1, 2, 3]
     assert servicer.requests("WatchFlow")[1].after_version == 2
+    assert waits == [1.0]  # SERVER_SHUTTING_DOWN's RetryInfo (recorded)
 
 
 # --- close() ends open watches -----------------------------------------------------------------
