@@ -14,6 +14,7 @@ from flowstate.core.model import PhaseState
 from flowstate.service.idempotency import fingerprint
 from flowstate.storage.codec import EncodedJson, dumps, dumps_canonical
 from flowstate.storage.limits import MAX_JSON_BYTES, check_json_object
+from flowstate.storage.sql import _decode_json
 
 METADATA = {"b": [1, 2.5, None], "a": {"z": "é", "y": True}}
 
@@ -102,3 +103,21 @@ def test_a_value_without_encoded_json_is_plain_compact_json() -> None:
         dumps({"when": object()})
     with pytest.raises(ValueError, match="JSON compliant"):
         dumps({"x": math.inf})
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{}", "[]", '{"a":[1,2.5,null,true,"é"]}', ' {"a": 1}', '{"a": 1} ', '"s"', "null"],
+)
+def test_column_json_decodes_as_json_loads(text: str) -> None:
+    """The pool's JSON decoder reads compact jsonb text itself, anything else via json.loads."""
+    assert _decode_json(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "nope", '{"a":', "{} x"])
+def test_column_json_that_is_not_json_fails_as_json_loads_does(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        _decode_json(text)
+    assert str(got.value) == str(expected.value)

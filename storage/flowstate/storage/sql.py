@@ -11,7 +11,8 @@ codecs `init_connection` installs).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import json.scanner
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -100,13 +101,37 @@ def _identity(value: str) -> str:
     return value
 
 
+# The decoder's own scanner (C): typeshed types `make_scanner` as taking itself, not a decoder.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder()  # type: ignore[arg-type]
+)
+
+
+def _decode_json(text: str) -> Any:
+    """`json.loads` of a column's text, without its whitespace handling on the usual path.
+
+    PostgreSQL writes jsonb compactly (no leading or trailing whitespace): the C scanner alone
+    reads it. Anything else (a ``json`` column keeps its text as written) goes through
+    `json.loads`, which also gives the usual error for text that is not JSON.
+    """
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    try:
+        value, end = _scan_json(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 async def init_connection(connection: Connection) -> None:
     """Per-connection setup: JSON and JSONB as text, decoded with the stdlib."""
     for type_name in ("json", "jsonb"):
         await connection.set_type_codec(
             type_name,
             encoder=_identity,
-            decoder=json.loads,
+            decoder=_decode_json,
             schema="pg_catalog",
             format="text",
         )
