@@ -7,6 +7,7 @@ Tenants' policies are one day; runs happen as of later moments (`Archiver.run_on
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -409,3 +410,82 @@ async def test_the_backlog_counts_due_trees_not_trees_kept_on_purpose(
     finally:
         await retention_store.close()
         await store.close()
+
+
+async def _wait_for_lock_waiter(url: str) -> None:
+    """Bounded polling until a connection of the store (application_name ``flowstate``; the
+    archiver's own pool has another) waits for a lock: the race under test is being raced."""
+    for _ in range(500):
+        rows = await fetch(
+            url,
+            "SELECT 1 FROM pg_stat_activity"
+            " WHERE application_name = 'flowstate' AND wait_event_type = 'Lock'",
+        )
+        if rows:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no connection of the store waited for a lock")
+
+
+async def test_a_new_dependency_and_an_archive_batch_racing_never_leave_a_dangling_one(
+    trees: Trees, retention_store: RetentionStore, database_url: str, tmp_path: Path
+) -> None:
+    """Both orders of the race, with locks, not timing: a flow being created with a dependency
+    holds it FOR KEY SHARE, so an archive batch passes it by; a creation that waits for a batch
+    holding the flow sees the archive once the batch commits and is refused."""
+    target = (
+        await trees.service.create_flow(trees.tenant, definition_name="tree_child", ctx=trees.ctx())
+    ).flow.flow_id
+    await trees.cancel(target)
+    sink = DirectoryArchiveSink(tmp_path)
+    release = asyncio.Event()
+    writing = asyncio.Event()
+
+    async def write(batch: CandidateBatch) -> ArchiveRecord:
+        if target in {f.flow_id for f in batch.flows}:
+            writing.set()
+            await release.wait()  # the batch holds its flows locked until this returns
+        return await sink.write(archive_name(), encode_archive(batch, datetime.now(UTC)))
+
+    # 1. A creator holds the flow (FOR KEY SHARE, as create_flow does): the batch skips it.
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        async with connection.transaction():
+            await connection.execute("SELECT 1 FROM flows WHERE id = $1 FOR KEY SHARE", target)
+            release.set()
+            while await retention_store.archive_batch(
+                write, default_days=None, limit=100, now=START + timedelta(days=2)
+            ):
+                pass
+            assert not writing.is_set()
+    finally:
+        await connection.close()
+
+    # 2. The batch holds the flow: the creation waits for it, then sees the archive.
+    release.clear()
+    batch = asyncio.create_task(
+        retention_store.archive_batch(
+            write, default_days=None, limit=100, now=START + timedelta(days=2)
+        )
+    )
+    create: asyncio.Task[Any] | None = None
+    try:
+        await asyncio.wait_for(writing.wait(), 30)
+        create = asyncio.create_task(
+            trees.service.create_flow(
+                trees.tenant,
+                definition_name="tree_child",
+                ctx=trees.ctx(),
+                external_dependencies=(ExternalDependency("a", target, "a"),),
+            )
+        )
+        await _wait_for_lock_waiter(database_url)
+        release.set()
+        assert target in {f.flow_id for f in await asyncio.wait_for(batch, 30)}
+        with pytest.raises(FlowStateError) as refused:
+            await asyncio.wait_for(create, 30)
+        assert refused.value.code is ErrorCode.FLOW_NOT_FOUND
+        assert refused.value.details["archived"] is True
+    finally:
+        release.set()
+        await asyncio.gather(batch, *([create] if create else []), return_exceptions=True)
