@@ -465,7 +465,7 @@ def _check_kind(check: _Checker, prefix: str, phase: Mapping[str, Any], own: obj
     if not isinstance(child, Mapping):
         check.add(field, "a phase of kind child_flow needs child_flow: {definition: NAME}")
         return
-    check.unknown_keys(field + ".", child, _CHILD_FLOW_KEYS)
+    check.unknown_keys(field + ".", child, _CHILD_FLOW_KEYS, "a child flow")
     name = child.get("definition")
     if check.name(f"{field}.definition", name, "the child definition name") and name == own:
         check.add(f"{field}.definition", "a definition cannot have itself as a child flow")

@@ -198,7 +198,9 @@ def read_legacy_file(path: Path, file_format: str | None = None) -> list[dict[st
     if chosen not in ("csv", "json"):
         raise malformed("file", f"cannot tell the format of {path}: use .csv or .json, or --format")
     try:
-        text = path.read_text(encoding="utf-8")
+        # newline="": line breaks inside a quoted CSV field are data (the csv module's rule).
+        with path.open(encoding="utf-8", newline="") as handle:
+            text = handle.read()
     except (OSError, UnicodeError) as exc:
         raise malformed("file", f"cannot read {path}: {exc}") from None
     if chosen == "csv":
