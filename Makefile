@@ -12,7 +12,7 @@
 #   make test             pytest (tests/, clients/python/tests/), npm test, go test, examples/
 #   make serve            run the server (flowstate serve)
 #   make bench            benchmarks against the raw limits of the parts (~8 min; bench/README.md)
-#   make mutate           mutation testing of flowstate.core with mutmut (docs/testing.md; long)
+#   make mutate           mutation testing of flowstate.core and flowstate.service (docs/testing.md; long)
 #   make mutate-sample    a fixed, seeded sample of those mutants (CI; a few minutes)
 #   make record-error-fixtures  record the SDK fakes' errors again from real servers
 #                         (tests/fixtures/errors; docs/testing.md)
@@ -246,8 +246,10 @@ MUTATE_SEED ?= 23
 MUTATE_SAMPLE_MIN ?= 90
 
 mutate: setup
-	$(PY) scripts/mutate.py --min-score 90
+	$(PY) scripts/mutate.py --paths core,service --min-score 90
 
+# The sample is of the core only: a use-case mutant needs the database, and before its first
+# mutant mutmut runs the whole storage suite once to learn which tests call what (minutes).
 mutate-sample: setup
-	$(PY) scripts/mutate.py --sample $(MUTATE_SAMPLE) --seed $(MUTATE_SEED) \
+	$(PY) scripts/mutate.py --paths core --sample $(MUTATE_SAMPLE) --seed $(MUTATE_SEED) \
 	  --min-score $(MUTATE_SAMPLE_MIN)

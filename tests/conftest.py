@@ -15,6 +15,12 @@ Fixtures (all async ones run on the session event loop, see pyproject.toml):
 ``database_url`` (session)
     URL (``postgresql+asyncpg://``) of a database migrated to head, shared by the session.
     Tests isolate by tenant (`tenant`), not by database: never assume a table is empty.
+    Each session has its own, named ``flowstate_shared_<pid>_<random>`` and dropped at its
+    end, so sessions running at once on one server never meet (``make mutate`` runs one
+    session per mutant, in forked processes, on one cluster). With
+    ``FLOWSTATE_TEST_TEMPLATE_DATABASE`` set (to a database of that server already migrated
+    to head; ``scripts/mutate.py`` makes one), the database is a copy of it instead of being
+    migrated: milliseconds instead of the migrations' seconds.
 ``store`` (session)
     An open `flowstate.storage.FlowStore` on ``database_url``. Do not close it; open your own
     (``await FlowStore.open(database_url)``) when a test must break or close one.
@@ -73,6 +79,8 @@ from flowstate.testing_postgres import (
 )
 
 TEST_DATABASE_URL_ENV = "FLOWSTATE_TEST_DATABASE_URL"
+TEMPLATE_DATABASE_ENV = "FLOWSTATE_TEST_TEMPLATE_DATABASE"
+SHARED_DATABASE_PREFIX = "flowstate_shared"
 
 HYPOTHESIS_PROFILE_ENV = "HYPOTHESIS_PROFILE"
 
@@ -129,10 +137,12 @@ class DatabaseServer:
         finally:
             await engine.dispose()
 
-    async def create_database(self, prefix: str = "flowstate_test") -> str:
-        """Create an empty database with a unique name and return its URL."""
+    async def create_database(
+        self, prefix: str = "flowstate_test", *, template: str = "template0"
+    ) -> str:
+        """Create a database with a unique name (a copy of `template`) and return its URL."""
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        await self.execute_admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        await self.execute_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url_for(name)
 
     async def drop_database(self, url: str) -> None:
@@ -164,9 +174,18 @@ def database_server() -> Iterator[DatabaseServer]:
 
 @pytest_asyncio.fixture(scope="session")
 async def database_url(database_server: DatabaseServer) -> AsyncIterator[str]:
-    """A database migrated to head, shared by the whole session (isolate by tenant)."""
-    url = await database_server.create_database("flowstate_shared")
-    await upgrade(url)
+    """A database migrated to head, shared by the whole session (isolate by tenant).
+
+    Its own per session (the process id in its name), a copy of FLOWSTATE_TEST_TEMPLATE_DATABASE
+    when that is set (see the module docstring).
+    """
+    prefix = f"{SHARED_DATABASE_PREFIX}_{os.getpid()}"
+    template = os.environ.get(TEMPLATE_DATABASE_ENV, "").strip()
+    if template:
+        url = await database_server.create_database(prefix, template=template)
+    else:
+        url = await database_server.create_database(prefix)
+        await upgrade(url)
     yield url
     await database_server.drop_database(url)
 

@@ -417,3 +417,38 @@ def test_a_child_flow_spec_reads_back_from_its_stored_form() -> None:
     assert child_from_dict({"definition": "etl"}) == ChildFlowSpec(
         "etl", 0, ParentCancelPolicy.CASCADE
     )
+
+
+def test_child_failure_message_and_what_counts_as_the_failure() -> None:
+    world = World()
+    c1, _ = started(world)
+    world.apply(c1, TransitionPhase("x", S.IN_PROGRESS))
+    failed = world.apply(
+        c1, TransitionPhase("x", S.FAILED, error=PhaseError(ErrorCode.AGENT_TIMEOUT, "slow", {}))
+    ).flow
+    error = child_failure(failed)
+    assert error is not None
+    assert error.message == f"Child flow {c1} failed in phase 'x': slow"
+    # An error on a phase that is not FAILED (waiting for its retry) is no failure of the child.
+    waiting = replace(failed, phases=tuple(replace(p, state=S.RETRY_NEEDED) for p in failed.phases))
+    assert child_failure(waiting) is None
+
+
+def test_follow_command_needs_both_parent_fields_and_hands_an_error_only_when_failed() -> None:
+    world = World()
+    c1, _ = started(world)
+    world.apply(c1, TransitionPhase("x", S.IN_PROGRESS))
+    failed = world.apply(
+        c1, TransitionPhase("x", S.FAILED, error=PhaseError(ErrorCode.AGENT_TIMEOUT, "slow", {}))
+    ).flow
+    assert follow_command(replace(failed, parent_phase=None)) is None
+    assert follow_command(replace(failed, parent_flow_id=None)) is None
+    follow = follow_command(failed)
+    assert follow is not None
+    assert follow.child_error == child_failure(failed)
+    # Cancelled with a failed phase: the parent phase fails with CHILD_FLOW_CANCELLED, not the
+    # child's error.
+    cancelled = follow_command(replace(failed, status=F.CANCELLED))
+    assert cancelled is not None
+    assert cancelled.child_status is F.CANCELLED
+    assert cancelled.child_error is None
