@@ -136,7 +136,10 @@ def _archiver(retention_store: RetentionStore, directory: Path) -> Archiver:
 
 
 async def _dangling(url: str) -> list[Any]:
-    """Flows of every tenant naming a parent or a child that does not exist."""
+    """Flows of every tenant naming a parent or a child that does not exist.
+
+    The session's database is shared: another test stores a deliberately corrupt
+    `phase_details` (a JSON string, tests/server/test_errors.py), which names no child."""
     return await fetch(
         url,
         """
@@ -144,7 +147,9 @@ async def _dangling(url: str) -> list[Any]:
         WHERE c.parent_flow_id IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM flows p WHERE p.id = c.parent_flow_id)
         UNION ALL
-        SELECT f.id FROM flows f, jsonb_array_elements(f.phase_details) AS d(details)
+        SELECT f.id FROM flows f, jsonb_array_elements(
+            CASE jsonb_typeof(f.phase_details) WHEN 'array' THEN f.phase_details ELSE '[]' END
+        ) AS d(details)
         WHERE d.details ? 'child_flow_id'
           AND NOT EXISTS (
               SELECT 1 FROM flows c WHERE c.id::text = d.details ->> 'child_flow_id'
