@@ -394,4 +394,8 @@ async def test_a_filter_in_the_filter_language_selects_the_changes_delivered(
         await wait_for(lambda: any(d.message_id == f"evt_{core}_4" for d in receiver.accepted()))
         assert all(d.signature_valid for d in receiver.deliveries)
         delivered = {d.message_id for d in receiver.accepted() if d.body["type"] == "flow.changed"}
-        assert delivered == {f"evt_{core}_3", f"evt_{core}_4"}
+        # v2 moves data_import itself (to IN_PROGRESS): the entry decides, it never matches.
+        # v1 (creation) is filtered on the other phases as they are when it is read
+        # (docs/filters.md): read after v3 has committed, it matches. Nothing of ops ever does.
+        assert {f"evt_{core}_3", f"evt_{core}_4"} <= delivered
+        assert delivered <= {f"evt_{core}_1", f"evt_{core}_3", f"evt_{core}_4"}
