@@ -13,9 +13,9 @@ is the ``legacy_discovery_flows`` view (see docs/storage.md).
   are ignored: they are what the derivation recomputes);
 - one history entry (version 1, kind CREATED, reason ``"imported from legacy"``) whose metadata
   keeps the legacy booleans and id;
-- the flow id is the row's ``flow_id`` (or ``id``) when it is a UUID, else a UUID derived from
-  the tenant and that legacy id, so importing the same file twice creates nothing new: rows
-  whose flow already exists are reported as skipped.
+- the flow id is the row's ``flow_id`` (or its ``id`` when ``flow_id`` is missing or blank) when
+  it is a UUID, else a UUID derived from the tenant and that legacy id, so importing the same
+  file twice creates nothing new: rows whose flow already exists are reported as skipped.
 
 Row values may be booleans or the strings a CSV export writes (true/false, t/f, 1/0, yes/no,
 empty = false). A bad row is MALFORMED_REQUEST naming ``rows[i].column``; rows before it have
@@ -92,11 +92,12 @@ def _as_bool(value: object, field: str) -> bool:
 
 
 def _flow_id(tenant: Tenant, row: Mapping[str, Any], index: int) -> tuple[str, str]:
-    """(flow id, legacy id) of a row."""
-    raw = row.get("flow_id", row.get("id"))
-    if raw is None or str(raw).strip() == "":
+    """(flow id, legacy id) of a row: its flow_id, or its id when flow_id is missing or blank
+    (a CSV export with both columns writes "" for a row without a flow_id)."""
+    given = (row.get(column) for column in ("flow_id", "id"))
+    legacy_id = next((str(v).strip() for v in given if v is not None and str(v).strip()), "")
+    if not legacy_id:
         raise malformed(f"rows[{index}].flow_id", f"rows[{index}] has no flow_id or id")
-    legacy_id = str(raw).strip()
     try:
         return str(uuid.UUID(legacy_id)), legacy_id
     except ValueError:

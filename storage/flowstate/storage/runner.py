@@ -37,6 +37,7 @@ from flowstate.core.errors import FlowStateError
 from flowstate.core.model import Tenant
 from flowstate.storage.errors import StoreUnavailable, classify, constraint_name, to_store_error
 from flowstate.storage.limits import malformed
+from flowstate.storage.schema import HISTORY_PARTITION_PREFIX
 from flowstate.storage.sql import Connection, Transaction
 from flowstate.storage.statements import begin
 
@@ -54,6 +55,10 @@ _IDEMPOTENCY_PK = "pk_idempotency_keys"
 # checks the history first, its version-1 entry. Only a create can hit the history constraint:
 # a change of an existing flow holds the row lock while it picks the next version.
 _FLOW_ID_TAKEN = frozenset({"pk_flows", "uq_flow_history_flow_id_version_occurred_at"})
+# The history is partitioned by month: a violation there names the partition's own index
+# (``flow_history_2026_12_flow_id_version_occurred_at_key``), not the parent's constraint. Seen
+# when the existing flow's creation entry has the very same time as the new one's.
+_FLOW_ID_TAKEN_IN_PARTITION = "_flow_id_version_occurred_at_key"
 # The one refusal of such an id, identical whichever tenant holds it (docs/server.md).
 _FLOW_ID_TAKEN_MESSAGE = (
     "flow_id is not available: omit it to have one generated, or send a new UUID"
@@ -195,7 +200,9 @@ class TransactionRunner:
 
     @staticmethod
     def _translate(exc: Exception) -> FlowStateError:
-        if constraint_name(exc) in _FLOW_ID_TAKEN:
+        name = constraint_name(exc) or ""
+        in_history = name.startswith(HISTORY_PARTITION_PREFIX)
+        if name in _FLOW_ID_TAKEN or (in_history and name.endswith(_FLOW_ID_TAKEN_IN_PARTITION)):
             return malformed("flow_id", _FLOW_ID_TAKEN_MESSAGE)
         return to_store_error(exc)
 
