@@ -11,6 +11,8 @@ version already delivered are dropped here, so nothing is delivered twice.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 import grpc
 from google.rpc import error_details_pb2
 
@@ -21,6 +23,9 @@ from flowstate.client._models import FlowEvent
 from flowstate.v1 import flow_service_pb2
 
 __all__ = ["FlowWatch", "FlowsWatch", "TreeWatch", "is_resumable"]
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 _BROKEN_WITHOUT_STATUS = frozenset(
@@ -62,7 +67,75 @@ def _from_server(error: FlowstateError) -> bool:
     return False
 
 
-class FlowWatch:
+class _Position(Generic[_Request, _Response]):
+    """Where a resumable stream stands, the one place its rules live: the cursor to reopen it
+    from, each flow's last version delivered (a replayed one is dropped), whether the current
+    connection delivered anything, and whether the watched flow's terminal event came.
+
+    The streams differ only in the request they send, how a response becomes an event, which
+    flow a version belongs to, and which event is the watched flow's terminal one.
+    """
+
+    def __init__(self, *, cursor: str | None, include_heartbeats: bool, keep_open: bool) -> None:
+        self.cursor = cursor
+        self.include_heartbeats = include_heartbeats
+        self.keep_open = keep_open
+        self.versions: dict[str, int] = {}
+        self.terminal_seen = False
+        self.received = False
+
+    def request(self) -> _Request:
+        """The request that opens (or reopens) the stream at the current position."""
+        self.received = False
+        return self._request()
+
+    def accept(self, response: _Response) -> FlowEvent | None:
+        """The event to deliver for `response`, or None to drop it (a duplicate, a heartbeat)."""
+        self.received = True
+        event = self._event(response)
+        if event.cursor:
+            self.cursor = event.cursor
+        if event.kind == FlowEventKind.HEARTBEAT:
+            return event if self.include_heartbeats else None
+        key = self._version_key(event)
+        last = self.versions.get(key)
+        if last is not None and event.flow_version <= last:
+            return None
+        self.versions[key] = event.flow_version
+        if self._ends_watch(event):
+            self.terminal_seen = True
+        return event
+
+    @property
+    def done(self) -> bool:
+        """Whether the iteration is over without waiting for the stream's end."""
+        return False
+
+    def ended_for_good(self) -> bool:
+        """After a stream ended without error: True if there is nothing more to wait for.
+
+        A stream that ends cleanly after delivering events (and before the watched flow's
+        terminal event) is resumed; one that ends without sending anything means the server
+        has nothing more to send.
+        """
+        return (self.terminal_seen and not self.keep_open) or not self.received
+
+    def _request(self) -> _Request:
+        raise NotImplementedError
+
+    def _event(self, response: _Response) -> FlowEvent:
+        raise NotImplementedError
+
+    def _version_key(self, event: FlowEvent) -> str:
+        """The flow whose last version `event` advances."""
+        return event.flow_id
+
+    def _ends_watch(self, event: FlowEvent) -> bool:
+        """Whether `event` (new, not a heartbeat) is the watched flow's terminal event."""
+        return False
+
+
+class FlowWatch(_Position[flow_service_pb2.WatchFlowRequest, flow_service_pb2.WatchFlowResponse]):
     """The position of one `watch` stream: the last version delivered."""
 
     def __init__(
@@ -77,17 +150,22 @@ class FlowWatch:
         """Start after `after_version` (None: with a snapshot of the current flow).
 
         `cursor` is sent as is (the server refuses it on a plain stream: one place decides)."""
+        super().__init__(cursor=cursor, include_heartbeats=include_heartbeats, keep_open=keep_open)
         self.flow_id = flow_id
-        self.cursor = cursor
-        self.last_version = after_version
-        self.keep_open = keep_open
-        self.include_heartbeats = include_heartbeats
-        self.terminal_seen = False
-        self.received = False
+        if after_version is not None:
+            self.versions[flow_id] = after_version
 
-    def request(self) -> flow_service_pb2.WatchFlowRequest:
-        """The request that opens (or reopens) the stream at the current position."""
-        self.received = False
+    @property
+    def last_version(self) -> int | None:
+        """The last version delivered (or the one to start after)."""
+        return self.versions.get(self.flow_id)
+
+    @property
+    def done(self) -> bool:
+        """Whether the iteration is over: the terminal event was delivered (without keep_open)."""
+        return self.terminal_seen and not self.keep_open
+
+    def _request(self) -> flow_service_pb2.WatchFlowRequest:
         return _requests.watch_flow(
             self.flow_id,
             after_version=self.last_version,
@@ -95,36 +173,23 @@ class FlowWatch:
             cursor=self.cursor,
         )
 
-    def accept(self, response: flow_service_pb2.WatchFlowResponse) -> FlowEvent | None:
-        """The event to deliver for `response`, or None to drop it (a duplicate, a heartbeat)."""
-        self.received = True
-        event = FlowEvent._from_proto(response.event)
-        if event.kind == FlowEventKind.HEARTBEAT:
-            return event if self.include_heartbeats else None
-        if self.last_version is not None and event.flow_version <= self.last_version:
-            return None
-        self.last_version = event.flow_version
-        if FlowStatus(event.status).is_terminal:
-            self.terminal_seen = True
-        return event
+    def _event(self, response: flow_service_pb2.WatchFlowResponse) -> FlowEvent:
+        # Without the response's cursor: a plain stream resumes by version alone.
+        return FlowEvent._from_proto(response.event)
 
-    @property
-    def done(self) -> bool:
-        """Whether the iteration is over: the terminal event was delivered (without keep_open)."""
-        return self.terminal_seen and not self.keep_open
+    def _version_key(self, event: FlowEvent) -> str:
+        return self.flow_id  # one flow: the watched one, however its id was spelt
 
-    def ended_for_good(self) -> bool:
-        """After a stream ended without error: True if there is nothing more to wait for.
-
-        A stream that ends cleanly after delivering events (and before the flow's terminal
-        event) is resumed; one that ends without sending anything means the server has nothing
-        more to send.
-        """
-        return self.done or not self.received
+    def _ends_watch(self, event: FlowEvent) -> bool:
+        return FlowStatus(event.status).is_terminal
 
 
-class FlowsWatch:
-    """The position of one `watch_flows` stream: the last cursor and each flow's last version."""
+class FlowsWatch(
+    _Position[flow_service_pb2.WatchFlowsRequest, flow_service_pb2.WatchFlowsResponse]
+):
+    """The position of one `watch_flows` stream: the last cursor and each flow's last version.
+
+    It never ends by itself (no watched flow, so no terminal event)."""
 
     def __init__(
         self,
@@ -137,18 +202,13 @@ class FlowsWatch:
         filter: str = "",
     ) -> None:
         """Start after `cursor` (None: with a snapshot of every matching flow)."""
+        super().__init__(cursor=cursor, include_heartbeats=include_heartbeats, keep_open=True)
         self.filter = filter
         self.statuses = statuses
         self.definition_name = definition_name
         self.flow_ids = flow_ids
-        self.cursor = cursor
-        self.include_heartbeats = include_heartbeats
-        self.versions: dict[str, int] = {}
-        self.received = False
 
-    def request(self) -> flow_service_pb2.WatchFlowsRequest:
-        """The request that opens (or reopens) the stream at the current position."""
-        self.received = False
+    def _request(self) -> flow_service_pb2.WatchFlowsRequest:
         return _requests.watch_flows(
             statuses=self.statuses,
             definition_name=self.definition_name,
@@ -157,31 +217,17 @@ class FlowsWatch:
             filter=self.filter,
         )
 
-    def accept(self, response: flow_service_pb2.WatchFlowsResponse) -> FlowEvent | None:
-        """The event to deliver for `response`, or None to drop it (a duplicate, a heartbeat)."""
-        self.received = True
-        if response.cursor:
-            self.cursor = response.cursor
-        event = FlowEvent._from_proto(response.event, cursor=response.cursor)
-        if event.kind == FlowEventKind.HEARTBEAT:
-            return event if self.include_heartbeats else None
-        last = self.versions.get(event.flow_id)
-        if last is not None and event.flow_version <= last:
-            return None
-        self.versions[event.flow_id] = event.flow_version
-        return event
-
-    #: A `watch_flows` stream never ends by itself.
-    done = False
-
-    def ended_for_good(self) -> bool:
-        """After a stream ended without error: True if the server had nothing to send."""
-        return not self.received
+    def _event(self, response: flow_service_pb2.WatchFlowsResponse) -> FlowEvent:
+        return FlowEvent._from_proto(response.event, cursor=response.cursor)
 
 
-class TreeWatch:
+class TreeWatch(_Position[flow_service_pb2.WatchFlowRequest, flow_service_pb2.WatchFlowResponse]):
     """The position of a `watch` stream with children or dependencies: the last cursor, and
-    each flow's last version (the stream carries several flows)."""
+    each flow's last version (the stream carries several flows).
+
+    The server ends the stream after the watched flow's terminal transaction (its children's
+    changes in it included): the iteration ends with the stream, not at the event (`done` stays
+    False)."""
 
     def __init__(
         self,
@@ -197,20 +243,13 @@ class TreeWatch:
         """Start after `cursor` (None: with a snapshot of the tree).
 
         `after_version` is sent as is on the first request (the server refuses it here)."""
+        super().__init__(cursor=cursor, include_heartbeats=include_heartbeats, keep_open=keep_open)
         self.after_version = after_version
         self.flow_id = flow_id
         self.children_depth = children_depth
         self.include_dependencies = include_dependencies
-        self.cursor = cursor
-        self.keep_open = keep_open
-        self.include_heartbeats = include_heartbeats
-        self.versions: dict[str, int] = {}
-        self.terminal_seen = False
-        self.received = False
 
-    def request(self) -> flow_service_pb2.WatchFlowRequest:
-        """The request that opens (or reopens) the stream at the current position."""
-        self.received = False
+    def _request(self) -> flow_service_pb2.WatchFlowRequest:
         return _requests.watch_flow(
             self.flow_id,
             after_version=self.after_version,
@@ -220,26 +259,8 @@ class TreeWatch:
             cursor=self.cursor,
         )
 
-    def accept(self, response: flow_service_pb2.WatchFlowResponse) -> FlowEvent | None:
-        """The event to deliver for `response`, or None to drop it (a duplicate, a heartbeat)."""
-        self.received = True
-        if response.cursor:
-            self.cursor = response.cursor
-        event = FlowEvent._from_watch(response)
-        if event.kind == FlowEventKind.HEARTBEAT:
-            return event if self.include_heartbeats else None
-        last = self.versions.get(event.flow_id)
-        if last is not None and event.flow_version <= last:
-            return None
-        self.versions[event.flow_id] = event.flow_version
-        if event.flow_id == self.flow_id and FlowStatus(event.status).is_terminal:
-            self.terminal_seen = True
-        return event
+    def _event(self, response: flow_service_pb2.WatchFlowResponse) -> FlowEvent:
+        return FlowEvent._from_watch(response)
 
-    #: The server ends the stream after the watched flow's terminal transaction (its
-    #: children's changes in it included): the iteration ends with the stream, not at the event.
-    done = False
-
-    def ended_for_good(self) -> bool:
-        """After a stream ended without error: True if there is nothing more to wait for."""
-        return (self.terminal_seen and not self.keep_open) or not self.received
+    def _ends_watch(self, event: FlowEvent) -> bool:
+        return event.flow_id == self.flow_id and FlowStatus(event.status).is_terminal
