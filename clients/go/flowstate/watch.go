@@ -205,6 +205,63 @@ func resumable[T any](ctx context.Context, closed context.Context, policy RetryP
 	}
 }
 
+// position is where a status stream stands, the one place its rules live: the cursor to reopen
+// it from, each flow's last version yielded (a replayed one is skipped), and whether the watched
+// flow's terminal event came. Watch, WatchFlows and WatchTree differ only in the request they
+// send, which flow a version belongs to, and whether a terminal event ends them.
+type position struct {
+	cursor            string
+	versions          map[string]int64
+	includeHeartbeats bool
+	watched           string // the flow whose terminal event sets terminal (WatchFlows reads neither)
+	terminal          bool
+}
+
+func newPosition(cfg *watchConfig, watched string) *position {
+	return &position{cursor: cfg.cursor, versions: map[string]int64{}, includeHeartbeats: cfg.includeHeartbeats, watched: watched}
+}
+
+// accept takes a response's cursor ("" keeps the last one) and its event, a version of flow
+// key, and says whether to yield the response.
+func (p *position) accept(cursor string, event *flowstatev1.FlowEvent, key string) verdict {
+	if cursor != "" {
+		p.cursor = cursor
+	}
+	if event == nil {
+		return skip
+	}
+	if event.GetHeartbeat() != nil {
+		if p.includeHeartbeats {
+			return deliver
+		}
+		return skip
+	}
+	if seen, ok := p.versions[key]; ok && event.GetFlowVersion() <= seen {
+		return skip
+	}
+	p.versions[key] = event.GetFlowVersion()
+	if key == p.watched && IsTerminal(event.GetStatus()) {
+		p.terminal = true
+	}
+	return deliver
+}
+
+// lastVersion is the last version yielded of flow key (nil: none yet).
+func (p *position) lastVersion(key string) *int64 {
+	if version, ok := p.versions[key]; ok {
+		return &version
+	}
+	return nil
+}
+
+func newWatchConfig(options []WatchOption) *watchConfig {
+	cfg := &watchConfig{}
+	for _, option := range options {
+		option(cfg)
+	}
+	return cfg
+}
+
 func (c *Client) watchPolicy(cfg *watchConfig) RetryPolicy {
 	if cfg.retry != nil {
 		return *cfg.retry
@@ -223,35 +280,23 @@ func (c *Client) watchPolicy(cfg *watchConfig) RetryPolicy {
 //		fmt.Println(event.GetFlowVersion(), event.GetStatus(), event.GetProgress())
 //	}
 func (c *Client) Watch(ctx context.Context, flowID string, options ...WatchOption) iter.Seq2[*flowstatev1.FlowEvent, error] {
-	cfg := &watchConfig{}
-	for _, option := range options {
-		option(cfg)
+	cfg := newWatchConfig(options)
+	at := newPosition(cfg, flowID)
+	if cfg.afterVersion != nil {
+		at.versions[flowID] = *cfg.afterVersion
 	}
-	last := cfg.afterVersion
 	events := resumable(ctx, c.closed, c.watchPolicy(cfg), cfg.onReconnect,
 		func(ctx context.Context) (grpc.ServerStreamingClient[flowstatev1.WatchFlowResponse], error) {
-			return c.raw.WatchFlow(ctx, &flowstatev1.WatchFlowRequest{FlowId: flowID, AfterVersion: last, KeepOpen: cfg.keepOpen})
+			// A plain stream resumes by version alone: no cursor.
+			return c.raw.WatchFlow(ctx, &flowstatev1.WatchFlowRequest{FlowId: flowID, AfterVersion: at.lastVersion(flowID), KeepOpen: cfg.keepOpen})
 		},
 		func(response *flowstatev1.WatchFlowResponse) verdict {
-			event := response.GetEvent()
-			if event == nil {
-				return skip
-			}
-			if event.GetHeartbeat() != nil {
-				if cfg.includeHeartbeats {
-					return deliver
-				}
-				return skip
-			}
-			if last != nil && event.GetFlowVersion() <= *last {
-				return skip
-			}
-			version := event.GetFlowVersion()
-			last = &version
-			if IsTerminal(event.GetStatus()) && !cfg.keepOpen {
+			// Every version is the watched flow's, however its id was spelt.
+			v := at.accept(response.GetCursor(), response.GetEvent(), flowID)
+			if v == deliver && at.terminal && !cfg.keepOpen {
 				return deliverAndStop
 			}
-			return deliver
+			return v
 		}, nil)
 	return func(yield func(*flowstatev1.FlowEvent, error) bool) {
 		for response, err := range events {
@@ -265,41 +310,20 @@ func (c *Client) Watch(ctx context.Context, flowID string, options ...WatchOptio
 // WatchFlows streams the events of the caller's flows that match Filter, resuming by cursor
 // after disconnects and dropping versions already yielded per flow. It never ends by itself.
 func (c *Client) WatchFlows(ctx context.Context, options ...WatchOption) iter.Seq2[FlowsEvent, error] {
-	cfg := &watchConfig{}
-	for _, option := range options {
-		option(cfg)
-	}
-	cursor := cfg.cursor
-	versions := map[string]int64{}
+	cfg := newWatchConfig(options)
+	at := newPosition(cfg, "")
 	events := resumable(ctx, c.closed, c.watchPolicy(cfg), cfg.onReconnect,
 		func(ctx context.Context) (grpc.ServerStreamingClient[flowstatev1.WatchFlowsResponse], error) {
 			request := &flowstatev1.WatchFlowsRequest{
 				Statuses:       cfg.filter.GetStatuses(),
 				DefinitionName: cfg.filter.GetDefinitionName(),
 				FlowIds:        cfg.filter.GetFlowIds(),
-				Cursor:         cursor,
+				Cursor:         at.cursor,
 			}
 			return c.raw.WatchFlows(ctx, request)
 		},
 		func(response *flowstatev1.WatchFlowsResponse) verdict {
-			if response.GetCursor() != "" {
-				cursor = response.GetCursor()
-			}
-			event := response.GetEvent()
-			if event == nil {
-				return skip
-			}
-			if event.GetHeartbeat() != nil {
-				if cfg.includeHeartbeats {
-					return deliver
-				}
-				return skip
-			}
-			if seen, ok := versions[event.GetFlowId()]; ok && event.GetFlowVersion() <= seen {
-				return skip
-			}
-			versions[event.GetFlowId()] = event.GetFlowVersion()
-			return deliver
+			return at.accept(response.GetCursor(), response.GetEvent(), response.GetEvent().GetFlowId())
 		}, nil)
 	return func(yield func(FlowsEvent, error) bool) {
 		for response, err := range events {
@@ -325,46 +349,22 @@ func (c *Client) WatchFlows(ctx context.Context, options ...WatchOption) iter.Se
 // twice. Without KeepOpen it ends after the watched flow's terminal transaction (its children's
 // changes in that transaction included).
 func (c *Client) WatchTree(ctx context.Context, flowID string, options ...WatchOption) iter.Seq2[*flowstatev1.WatchFlowResponse, error] {
-	cfg := &watchConfig{}
-	for _, option := range options {
-		option(cfg)
-	}
+	cfg := newWatchConfig(options)
 	depth := MaxChildrenDepth
 	if cfg.childrenDepth != nil {
 		depth = *cfg.childrenDepth
 	}
-	cursor := cfg.cursor
-	versions := map[string]int64{}
-	terminal := false
+	at := newPosition(cfg, flowID)
 	return resumable(ctx, c.closed, c.watchPolicy(cfg), cfg.onReconnect,
 		func(ctx context.Context) (grpc.ServerStreamingClient[flowstatev1.WatchFlowResponse], error) {
 			return c.raw.WatchFlow(ctx, &flowstatev1.WatchFlowRequest{
 				FlowId: flowID, KeepOpen: cfg.keepOpen, ChildrenDepth: depth,
-				IncludeDependencies: cfg.dependencies, Cursor: cursor,
+				IncludeDependencies: cfg.dependencies, Cursor: at.cursor,
 			})
 		},
 		func(response *flowstatev1.WatchFlowResponse) verdict {
-			if response.GetCursor() != "" {
-				cursor = response.GetCursor()
-			}
-			event := response.GetEvent()
-			if event == nil {
-				return skip
-			}
-			if event.GetHeartbeat() != nil {
-				if cfg.includeHeartbeats {
-					return deliver
-				}
-				return skip
-			}
-			if seen, ok := versions[event.GetFlowId()]; ok && event.GetFlowVersion() <= seen {
-				return skip
-			}
-			versions[event.GetFlowId()] = event.GetFlowVersion()
-			if event.GetFlowId() == flowID && IsTerminal(event.GetStatus()) {
-				terminal = true
-			}
-			return deliver
+			return at.accept(response.GetCursor(), response.GetEvent(), response.GetEvent().GetFlowId())
 		},
-		func() bool { return terminal && !cfg.keepOpen })
+		// The server ends the stream after the watched flow's terminal transaction.
+		func() bool { return at.terminal && !cfg.keepOpen })
 }
