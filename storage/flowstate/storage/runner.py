@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import Tenant
@@ -41,7 +43,7 @@ from flowstate.storage.schema import HISTORY_PARTITION_PREFIX
 from flowstate.storage.sql import Connection, Transaction
 from flowstate.storage.statements import begin
 
-__all__ = ["TransactionRunner", "open_connection"]
+__all__ = ["TransactionRunner", "open_connection", "release"]
 
 _log = logging.getLogger("flowstate.storage")
 T = TypeVar("T")
@@ -82,6 +84,58 @@ async def open_connection(*args: Any, **kwargs: Any) -> asyncpg.Connection:
         waiting[1].reschedule(None)
     connection: asyncpg.Connection = await asyncpg.connect(*args, **kwargs)
     return connection
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, Any, None]:
+    """The rest of `coro`, which yielded `waiting` on its first step: as ``yield from``."""
+    while True:
+        try:
+            sent = yield waiting
+        except BaseException as exc:  # thrown into the task (its cancellation): pass it on
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting = coro.send(sent)
+            except StopIteration:
+                return
+
+
+async def _finish_release(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _resume(coro, waiting)
+
+
+async def release(pool: asyncpg.Pool, connection: PoolConnectionProxy[asyncpg.Record]) -> None:
+    """`pool.release(connection)` without its `asyncio.shield` task when nothing suspends.
+
+    asyncpg shields every release in a new task, so that cancelling the caller cannot leave
+    the connection checked out. On the usual path a release never suspends (the store's
+    `reset_connection` runs no statement outside a transaction), so the first step of the
+    holder's release finishes it in the caller's task; only a release that does suspend (a
+    ROLLBACK, a close of an expired connection) runs its remainder shielded, as asyncpg does.
+    Saves the task and one event-loop iteration per transaction. Uses asyncpg's holder
+    (`_holder`, `_con`, pinned version); `tests/storage/test_pool_release.py` checks both paths.
+    """
+    proxy: Any = connection
+    if (
+        type(connection) is not PoolConnectionProxy
+        or proxy._holder._pool is not pool
+        or proxy._con is None
+    ):
+        await pool.release(connection)  # its checks and errors (a released one: nothing)
+        return
+    holder = proxy._holder
+    pool._check_init()  # asyncpg's own check: the pool is not closing
+    proxy._con._on_release()
+    coro = holder.release(holder._timeout)
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    await asyncio.shield(_finish_release(coro, waiting))
 
 
 @dataclass
@@ -174,7 +228,7 @@ class TransactionRunner:
             await _abandon(connection, exc, attempt.committing or autocommit)
             raise
         finally:
-            await self._pool.release(connection)
+            await release(self._pool, connection)
 
     async def _should_retry(
         self, exc: Exception, attempts: dict[str, int], committing: bool
