@@ -101,6 +101,9 @@ export function isResumable(error: FlowstateError): boolean {
 
 type RawClient = Client<typeof FlowStateService>;
 
+/** What every stream's options have: the caller's stop and reconnection listener. */
+type StreamOptions = Pick<WatchOptions, "signal" | "onReconnect">;
+
 /**
  * Runs one logical stream over as many connections as it takes. `finished` says, after a clean
  * end, that the logical stream is over (`watchTree`: the server ends it after the watched
@@ -110,8 +113,7 @@ async function* resumable<T>(
   open: (signal: AbortSignal) => AsyncIterable<T>,
   accept: (item: T) => "yield" | "skip" | "yield-and-stop",
   policy: RetryPolicy,
-  signal: AbortSignal | undefined,
-  onReconnect: ReconnectListener | undefined,
+  { signal, onReconnect }: StreamOptions,
   closed: AbortSignal,
   finished: () => boolean = () => false,
 ): AsyncGenerator<T, void, undefined> {
@@ -179,6 +181,54 @@ async function* resumable<T>(
   }
 }
 
+/**
+ * Where a resumable stream stands, the one place its rules live: the cursor to reopen it from,
+ * each flow's last version delivered (a replayed one is skipped), and whether the watched flow's
+ * terminal event came. `watch()`, `watchFlows()` and `watchTree()` differ only in the request
+ * they send, which flow a version belongs to, and whether a terminal event ends them.
+ */
+class StreamPosition {
+  cursor: string;
+  terminal = false;
+  private readonly versions = new Map<string, bigint>();
+
+  /** `watched`: the flow whose terminal event sets `terminal` (`watchFlows()` reads neither). */
+  constructor(
+    cursor: string | undefined,
+    private readonly watched: string,
+    private readonly includeHeartbeats: boolean,
+  ) {
+    this.cursor = cursor ?? "";
+  }
+
+  /** Takes a response's cursor ("" keeps the last one) and its event, a version of flow `key`. */
+  accept(cursor: string, event: FlowEvent | undefined, key: string): "yield" | "skip" {
+    if (cursor) this.cursor = cursor;
+    if (event === undefined) return "skip";
+    if (event.kind.case === "heartbeat") return this.includeHeartbeats ? "yield" : "skip";
+    const seen = this.versions.get(key);
+    if (seen !== undefined && event.flowVersion <= seen) return "skip";
+    this.versions.set(key, event.flowVersion);
+    if (key === this.watched && TERMINAL_STATUSES.has(event.status)) this.terminal = true;
+    return "yield";
+  }
+
+  /** `accept` for a stream of several flows: each event's version is of its own flow. */
+  acceptOwn(response: { cursor: string; event?: FlowEvent }): "yield" | "skip" {
+    return this.accept(response.cursor, response.event, response.event?.flowId ?? "");
+  }
+
+  /** The last version delivered of flow `key` (undefined: none yet). */
+  lastVersion(key: string): bigint | undefined {
+    return this.versions.get(key);
+  }
+
+  /** Starts flow `key` after `version` (unset: from its snapshot). */
+  startAfter(key: string, version: bigint | number | undefined): void {
+    if (version !== undefined) this.versions.set(key, BigInt(version));
+  }
+}
+
 /** The events of one flow, resumed across disconnects (see the module comment). */
 export function watchFlow(
   raw: RawClient,
@@ -187,21 +237,19 @@ export function watchFlow(
   policy: RetryPolicy,
   closed: AbortSignal = new AbortController().signal,
 ): AsyncGenerator<FlowEvent, void, undefined> {
-  let last = options.afterVersion === undefined ? undefined : BigInt(options.afterVersion);
+  const at = new StreamPosition(undefined, flowId, options.includeHeartbeats ?? false);
+  at.startAfter(flowId, options.afterVersion);
   const keepOpen = options.keepOpen ?? false;
   const events = resumable(
-    (signal) => raw.watchFlow({ flowId, afterVersion: last, keepOpen }, { signal, timeoutMs: 0 }),
+    // A plain stream resumes by version alone: no cursor.
+    (signal) => raw.watchFlow({ flowId, afterVersion: at.lastVersion(flowId), keepOpen }, { signal, timeoutMs: 0 }),
     (response) => {
-      const event = response.event;
-      if (event === undefined) return "skip";
-      if (event.kind.case === "heartbeat") return options.includeHeartbeats ? "yield" : "skip";
-      if (last !== undefined && event.flowVersion <= last) return "skip";
-      last = event.flowVersion;
-      return TERMINAL_STATUSES.has(event.status) && !keepOpen ? "yield-and-stop" : "yield";
+      // Every version is the watched flow's, however its id was spelt.
+      const verdict = at.accept(response.cursor, response.event, flowId);
+      return verdict === "yield" && at.terminal && !keepOpen ? "yield-and-stop" : verdict;
     },
     policy,
-    options.signal,
-    options.onReconnect,
+    options,
     closed,
   );
   return (async function* () {
@@ -218,8 +266,7 @@ export function watchFlows(
   policy: RetryPolicy,
   closed: AbortSignal = new AbortController().signal,
 ): AsyncGenerator<FlowsEvent, void, undefined> {
-  let cursor = options.cursor ?? "";
-  const versions = new Map<string, bigint>();
+  const at = new StreamPosition(options.cursor, "", options.includeHeartbeats ?? false);
   const events = resumable(
     (signal) =>
       raw.watchFlows(
@@ -227,23 +274,13 @@ export function watchFlows(
           statuses: options.statuses ?? [],
           definitionName: options.definitionName ?? "",
           flowIds: options.flowIds ?? [],
-          cursor,
+          cursor: at.cursor,
         },
         { signal, timeoutMs: 0 },
       ),
-    (response) => {
-      if (response.cursor) cursor = response.cursor;
-      const event = response.event;
-      if (event === undefined) return "skip";
-      if (event.kind.case === "heartbeat") return options.includeHeartbeats ? "yield" : "skip";
-      const seen = versions.get(event.flowId);
-      if (seen !== undefined && event.flowVersion <= seen) return "skip";
-      versions.set(event.flowId, event.flowVersion);
-      return "yield";
-    },
+    (response) => at.acceptOwn(response),
     policy,
-    options.signal,
-    options.onReconnect,
+    options,
     closed,
   );
   return (async function* () {
@@ -266,11 +303,9 @@ export function watchTree(
   policy: RetryPolicy,
   closed: AbortSignal = new AbortController().signal,
 ): AsyncGenerator<WatchFlowResponse, void, undefined> {
-  let cursor = options.cursor ?? "";
+  const at = new StreamPosition(options.cursor, flowId, options.includeHeartbeats ?? false);
   const keepOpen = options.keepOpen ?? false;
-  const versions = new Map<string, bigint>();
-  let terminal = false;
-  const responses = resumable(
+  return resumable(
     (signal) =>
       raw.watchFlow(
         {
@@ -278,26 +313,15 @@ export function watchTree(
           keepOpen,
           childrenDepth: options.childrenDepth ?? MAX_CHILDREN_DEPTH,
           includeDependencies: options.includeDependencies ?? false,
-          cursor,
+          cursor: at.cursor,
         },
         { signal, timeoutMs: 0 },
       ),
-    (response) => {
-      if (response.cursor) cursor = response.cursor;
-      const event = response.event;
-      if (event === undefined) return "skip";
-      if (event.kind.case === "heartbeat") return options.includeHeartbeats ? "yield" : "skip";
-      const seen = versions.get(event.flowId);
-      if (seen !== undefined && event.flowVersion <= seen) return "skip";
-      versions.set(event.flowId, event.flowVersion);
-      if (event.flowId === flowId && TERMINAL_STATUSES.has(event.status)) terminal = true;
-      return "yield";
-    },
+    (response) => at.acceptOwn(response),
     policy,
-    options.signal,
-    options.onReconnect,
+    options,
     closed,
-    () => terminal && !keepOpen,
+    // The server ends the stream after the watched flow's terminal transaction.
+    () => at.terminal && !keepOpen,
   );
-  return responses;
 }
