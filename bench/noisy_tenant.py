@@ -29,17 +29,20 @@ PostgreSQL (embedded only), each load generator (its own rusage), and the whole 
 (psutil), whose remainder is other processes: on a shared machine, a round where that
 remainder is high is noise, not Flowstate. The load average is read at the start and the end.
 
-**What the ratio means.** The server is one Python process with one event loop: a refusal is
-cheap (no request decoding, no database, a status serialized once per tenant, family and wait)
-but not free, and a closed-loop flooder sends a new call the moment its refusal arrives, so it
-keeps that loop busy whatever a refusal costs. The victim's calls queue behind the refusals in
-flight (at most `--flooders` of them) at each step of their own work. The ratio therefore
-measures what one replica's in-process limit leaves to the other tenants under a flood of that
-concurrency. On a 2-core machine the flooder's own CPU (Go: about a tenth of the server's per
-call) also competes with the server and PostgreSQL for the same cores, which a remote flooder
-would not: the flooder's CPU is reported so that this share is visible. A flood much larger than
-one replica can refuse belongs in front of the server (a proxy's per-tenant limit); a client
-that honours RetryInfo (every Flowstate SDK) never floods in the first place.
+**What the ratio means.** The server is one Python process with one event loop. The limit
+shapes before it refuses (`flowstate.server.ratelimit`, ``FLOWSTATE_RATE_LIMIT_MAX_WAIT``,
+default 0.5 s): a flooder's call that finds the bucket empty waits for a reserved token instead
+of being refused, so the 16 closed-loop clients are slowed to the tenant's rate (each waits
+about 16 / LIMIT s per call) and the server serves the noisy tenant's admitted calls, its
+budget, rather than those plus a refusal per round trip (a refusal costs the loop about what a
+cheap read does, and a closed-loop flooder sends a new call the moment its refusal arrives:
+~1,700 refusals/s before shaping). ``noisy_refused_per_s`` is therefore ~0 unless the flooders
+outnumber ``LIMIT * max wait``. What the ratio still measures: the noisy tenant's admitted
+load (LIMIT/s, plus its burst of 2 * LIMIT at the start of each flood) next to the victim's
+100/s, on a server that shares its cores with the load generators and, on a shared machine,
+with other processes: the flooder's CPU and everyone else's are reported so that this share is
+visible; a round where "others" is high is noise, not Flowstate. A client that honours
+RetryInfo (every Flowstate SDK) never floods in the first place.
 
 Prints one JSON object (``--out`` also writes it) and a Markdown row per mode for
 bench/RESULTS.md.

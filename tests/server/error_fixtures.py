@@ -248,7 +248,11 @@ async def _refusals(recorder: _Recorder, api: Api) -> None:
 
 async def _rate_limited(recorder: _Recorder, database_url: str) -> None:
     limits = parse_limits("write=1:1")
-    async with serve_in_process(database_url, rate_limits=limits) as server, _api(server) as api:
+    # No waiting for a token (max wait 0): the second write is refused, however slowly it comes.
+    async with (
+        serve_in_process(database_url, rate_limits=limits, rate_limit_max_wait=0) as server,
+        _api(server) as api,
+    ):
         fid = await recorder.create(api)  # takes the one token
         await recorder.expect(
             "rate_limited",

@@ -165,6 +165,7 @@ async def test_a_flooding_tenant_is_refused_while_another_tenant_is_served(
             store=store,
             minter=minter,
             rate_limits={"read": Limit(rate=1, burst=5)},
+            rate_limit_max_wait=0,  # policing only (shaping: test_rate_shaping.py)
         ) as server,
         server.channel() as channel,
     ):

@@ -349,7 +349,11 @@ class FlowstateServer:
                 Authenticator(auth.key, issuer=auth.issuer, audience=auth.audience),
                 metrics,
                 traced=resources.tracing is not None,
-                limiter=RateLimiter(settings.rate_limits) if settings.rate_limits else None,
+                limiter=(
+                    RateLimiter(settings.rate_limits, max_wait=settings.rate_limit_max_wait)
+                    if settings.rate_limits
+                    else None
+                ),
             )
             server = grpc.aio.server(
                 options=grpc_options(settings),

@@ -34,7 +34,14 @@ from flowstate.server.auth import (
     load_or_create_dev_secret,
 )
 from flowstate.server.logs import LOG_FORMATS
-from flowstate.server.ratelimit import DEFAULT_LIMITS, Limit, parse_limits
+from flowstate.server.ratelimit import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_WAIT,
+    Limit,
+    check_max_wait,
+    parse_limits,
+    parse_max_wait,
+)
 from flowstate.server.tracing import TRACING_MODES
 from flowstate.storage.embedded import default_data_dir
 
@@ -224,6 +231,9 @@ class ServerSettings:
     rate_limits: Mapping[str, Limit] | None = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     """FLOWSTATE_RATE_LIMITS: per-tenant token buckets by RPC family (`server.ratelimit`;
     ``read=500:1000,write=200:400``; ``off``: None)."""
+    rate_limit_max_wait: float = DEFAULT_MAX_WAIT
+    """FLOWSTATE_RATE_LIMIT_MAX_WAIT: seconds a call that finds its bucket empty may wait for a
+    reserved token before it is refused instead (`server.ratelimit`; 0: refuse at once)."""
     tenant_metrics_top_n: int = 20
     """FLOWSTATE_TENANT_METRICS_TOP_N: tenants with their own ``tenant`` metric label."""
     webhooks: bool = True
@@ -336,6 +346,11 @@ class ServerSettings:
                 values["rate_limits"] = parse_limits(value)
             except ValueError as exc:
                 raise ConfigError(f"FLOWSTATE_RATE_LIMITS: {exc}") from None
+        if (value := get("FLOWSTATE_RATE_LIMIT_MAX_WAIT")) is not None:
+            try:
+                values["rate_limit_max_wait"] = parse_max_wait(value)
+            except ValueError as exc:
+                raise ConfigError(f"FLOWSTATE_RATE_LIMIT_MAX_WAIT: {exc}") from None
         if (value := get("FLOWSTATE_TENANT_METRICS_TOP_N")) is not None:
             values["tenant_metrics_top_n"] = _int(
                 "FLOWSTATE_TENANT_METRICS_TOP_N", value, minimum=0, maximum=1000
@@ -396,6 +411,10 @@ class ServerSettings:
 
     def checked(self) -> ServerSettings:
         """Self, after refusing contradictory or out-of-range settings (ConfigError)."""
+        try:
+            check_max_wait(self.rate_limit_max_wait)
+        except ValueError as exc:
+            raise ConfigError(f"FLOWSTATE_RATE_LIMIT_MAX_WAIT: {exc}") from None
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log format must be one of {', '.join(LOG_FORMATS)}")
         if not 0 <= self.port <= 65535:

@@ -7,6 +7,7 @@ the gRPC servicer's own method with `GrpcContextShim`, which gives the `flowstat
 wrapper what it reads from a ``grpc.aio.ServicerContext``:
 
 - ``invocation_metadata()``: the HTTP request headers (``authorization``, ``x-correlation-id``);
+- ``time_remaining()``: the call's timeout (a rate-limited call waits for its token within it);
 - ``set_trailing_metadata()``: the response trailers (``trailer-x-correlation-id`` on a Connect
   unary response, the end-of-stream message of a stream, the gRPC-Web trailer frame);
 - ``abort_with_status()`` / ``abort()``: raise the `connectrpc.errors.ConnectError` of the rich
@@ -70,6 +71,11 @@ class GrpcContextShim:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         """The request headers, lower-case names (as gRPC metadata)."""
         return tuple(self._ctx.request_headers.allitems())
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the call's deadline (``connect-timeout-ms``), None without one."""
+        remaining = self._ctx.timeout_ms
+        return None if remaining is None else remaining / 1000
 
     def set_trailing_metadata(self, metadata: Iterable[tuple[str, str]]) -> None:
         """Set response trailers (the correlation id)."""

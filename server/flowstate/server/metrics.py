@@ -12,8 +12,10 @@ tenants register their own definitions, phase names are tenant data too: the fir
 `MAX_PHASE_LABELS` distinct phase names get their own ``phase`` label, every later one is
 counted as ``other``.
 
-`flowstate_tenant_requests_total` counts admitted (``admitted``) and rate-limited
-(``limited``) calls per tenant and RPC family (`flowstate.server.ratelimit`). The ``tenant``
+`flowstate_tenant_requests_total` counts admitted (``admitted``), delayed for a reserved token
+(``shaped``) and refused (``limited``) calls per tenant and RPC family
+(`flowstate.server.ratelimit`); `flowstate_rate_limit_wait_seconds` their waits, by family
+only. The ``tenant``
 label (``account/engagement``) is given to at most ``FLOWSTATE_TENANT_METRICS_TOP_N`` (20)
 tenants: the first ones to make `TENANT_LABEL_AFTER` calls (counted in a bounded table that
 halves its counts when full, so only sustained callers get there); every other tenant is
@@ -138,11 +140,19 @@ class Metrics:
         self.tenant_labels = TenantLabels(tenant_top_n)
         self._tenant_requests = Counter(
             "flowstate_tenant_requests",
-            "Calls per tenant (top N, else other) and RPC family: admitted or limited.",
+            "Calls per tenant (top N, else other) and RPC family: admitted, shaped or limited.",
             ["tenant", "family", "result"],
             registry=self.registry,
         )
         self._tenant_children: dict[tuple[str, str, str], Counter] = {}
+        self._rate_limit_wait = Histogram(
+            "flowstate_rate_limit_wait_seconds",
+            "Waits of calls shaped by their tenant's rate limit (a reserved token), by family.",
+            ["family"],
+            buckets=_RPC_BUCKETS,
+            registry=self.registry,
+        )
+        self._wait_children: dict[str, Histogram] = {}
         self._rpc_total = Counter(
             "flowstate_rpc_requests",
             "RPCs handled, by method and gRPC status code.",
@@ -330,12 +340,21 @@ class Metrics:
         return phase
 
     def observe_tenant(self, tenant: Tenant, family: str, result: str) -> None:
-        """Count one call of `tenant` in `family`: ``admitted`` or ``limited``."""
+        """Count one call of `tenant` in `family`: ``admitted``, ``shaped`` (`observe_shaped`)
+        or ``limited``."""
         key = (self.tenant_labels.label(tenant), family, result)
         child = self._tenant_children.get(key)
         if child is None:
             child = self._tenant_children[key] = self._tenant_requests.labels(*key)
         child.inc()
+
+    def observe_shaped(self, tenant: Tenant, family: str, seconds: float) -> None:
+        """Count a call of `tenant` in `family` that waits `seconds` for its reserved token."""
+        self.observe_tenant(tenant, family, "shaped")
+        histogram = self._wait_children.get(family)
+        if histogram is None:
+            histogram = self._wait_children[family] = self._rate_limit_wait.labels(family)
+        histogram.observe(seconds)
 
     def _transition(self, phase: str, from_state: str, to_state: str, result: str) -> Counter:
         phase = self._phase(phase)

@@ -4,9 +4,21 @@ Families come from the scope a method needs (`family_of`): ``read`` (flows:read 
 ``stream`` (opening a WatchFlow / WatchFlows stream: a stream is limited when it opens, not
 per event), ``write`` (flows:write, definitions:write) and ``admin`` (flows:admin,
 webhooks:admin). Each (tenant, family) has a bucket of `burst` tokens refilled at `rate`
-tokens per second; a call takes one. An empty bucket refuses the call with RESOURCE_EXHAUSTED /
-RATE_LIMITED and a ``google.rpc.RetryInfo`` delay: when the next token will be there. Nothing
-is applied for a refused call, so the SDKs retry it after that delay.
+tokens per second; a call takes one.
+
+**Shaping, then policing.** A call that finds its bucket empty *reserves* the next token
+(`reserve`): the bucket goes negative and the call waits until its token is due, then runs,
+so a tenant over its rate is slowed to it, and a client calling in a closed loop (one that
+ignores RetryInfo) waits instead of coming back at once for another refusal, which would cost
+the event loop about what serving it would. A reservation is made only if its wait is at most
+`max_wait` (``FLOWSTATE_RATE_LIMIT_MAX_WAIT``, default `DEFAULT_MAX_WAIT`) and at most the
+call's remaining deadline; the bucket therefore never goes below ``-rate * max_wait``, which
+bounds the calls of one tenant and family waiting at once (at most ``rate * max_wait``, e.g.
+2,500 reads with the defaults). Any other call is refused at once with RESOURCE_EXHAUSTED /
+RATE_LIMITED and a ``google.rpc.RetryInfo`` delay: when a reservation within its budget would
+fit. Nothing is applied for a refused call, so the SDKs retry it after that delay. A reserved
+token is spent even if its call then ends without running (cancelled, or released by a drain).
+``max_wait`` 0 refuses at once (pure policing).
 
 Defaults (`DEFAULT_LIMITS`, per tenant and per replica): read 5000/s (burst 10000), write
 2000/s (4000), stream 100/s (200), admin 50/s (100): above what one replica serves on the
@@ -32,7 +44,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Tenant
@@ -40,12 +52,17 @@ from flowstate.server.auth import Scope
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_MAX_WAIT",
     "FAMILIES",
     "MAX_BUCKETS",
+    "MAX_WAIT_CEILING",
     "Limit",
     "RateLimiter",
+    "Reservation",
+    "check_max_wait",
     "family_of",
     "parse_limits",
+    "parse_max_wait",
 ]
 
 FAMILIES: Final = ("read", "write", "stream", "admin")
@@ -69,6 +86,12 @@ DEFAULT_LIMITS: Final[Mapping[str, Limit]] = {
     "admin": Limit(50, 100),
 }
 """Per tenant and per replica (module doc)."""
+
+DEFAULT_MAX_WAIT: Final = 0.5
+"""Seconds a call may wait for a reserved token (module doc): long enough to slow a closed-loop
+client to the rate without refusing it, short against the deadlines clients set."""
+MAX_WAIT_CEILING: Final = 10.0
+"""The largest accepted max wait: a longer one parks more calls and outlives most deadlines."""
 
 
 def family_of(scope: Scope, *, streaming: bool) -> str:
@@ -109,6 +132,40 @@ def parse_limits(value: str) -> dict[str, Limit] | None:
     return limits
 
 
+def check_max_wait(seconds: float) -> float:
+    """`seconds` if it is a max wait (0, refuse at once, to `MAX_WAIT_CEILING`), else ValueError
+    with the reason."""
+    if not 0 <= seconds <= MAX_WAIT_CEILING:
+        raise ValueError(f"must be between 0 and {MAX_WAIT_CEILING:g} seconds, not {seconds:g}")
+    return seconds
+
+
+def parse_max_wait(value: str) -> float:
+    """``FLOWSTATE_RATE_LIMIT_MAX_WAIT``: seconds (`check_max_wait`); ValueError with the reason
+    for anything else."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {value!r}") from None
+    return check_max_wait(seconds)
+
+
+class Reservation(NamedTuple):
+    """What `RateLimiter.reserve` decided for a call that found no token."""
+
+    reserved: bool
+    """Whether a token is reserved for the call (it runs once `seconds` have passed)."""
+    seconds: float
+    """Reserved: the wait until the token is due (0.0: one was there after all). Refused: the
+    RetryInfo delay, whole milliseconds (at least 0.001)."""
+
+
+def _ceil_ms(seconds: float) -> float:
+    """`seconds` (> 0) rounded up to the millisecond (float noise of 1e-9 ms aside), at least
+    0.001: a wait is never 0.0, which means a token was taken."""
+    return max(1, math.ceil(round(seconds * 1000, 9))) / 1000
+
+
 class _Bucket:
     __slots__ = ("tokens", "updated")
 
@@ -121,10 +178,16 @@ class RateLimiter:
     """Token buckets per (tenant, family) in this replica (see the module doc)."""
 
     def __init__(
-        self, limits: Mapping[str, Limit], *, clock: Callable[[], float] = time.monotonic
+        self,
+        limits: Mapping[str, Limit],
+        *,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Limit each family of `limits` (a family absent from it is not limited)."""
+        """Limit each family of `limits` (a family absent from it is not limited); a call may
+        wait up to `max_wait` seconds for a reserved token (0: refused at once)."""
         self._limits = dict(limits)
+        self._max_wait = max_wait
         self._clock = clock
         self._buckets: dict[tuple[Tenant, str], _Bucket] = {}
 
@@ -133,9 +196,15 @@ class RateLimiter:
         """The limit of each family."""
         return self._limits
 
+    @property
+    def max_wait(self) -> float:
+        """The longest wait for a reserved token, in seconds (0: none)."""
+        return self._max_wait
+
     def take(self, tenant: Tenant, family: str) -> float:
         """Take a token: 0.0, or (the bucket is empty) the seconds until the next one is there,
-        rounded up to the millisecond (so at least 0.001, and a retry after it finds a token).
+        rounded up to the millisecond (so at least 0.001, and a retry after it finds a token);
+        nothing is taken then (`reserve` decides whether the call waits or is refused).
 
         The hot path of every call: no exception, no allocation once the bucket exists.
         """
@@ -155,10 +224,30 @@ class RateLimiter:
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return 0.0
-        return math.ceil((1 - bucket.tokens) / limit.rate * 1000) / 1000
+        return _ceil_ms((1 - bucket.tokens) / limit.rate)
+
+    def reserve(self, tenant: Tenant, family: str, deadline: float | None) -> Reservation:
+        """After `take` found no token: reserve the next one for a call with `deadline` seconds
+        left (None: no deadline), if it is due within `max_wait` and the deadline (so the bucket
+        stays above ``-rate * max_wait``); else refuse, the delay being when a reservation within
+        the same budget would fit."""
+        limit = self._limits[family]
+        now = self._clock()
+        bucket = self._buckets.get((tenant, family))
+        if bucket is None:  # swept meanwhile: full again
+            bucket = self._buckets[(tenant, family)] = _Bucket(limit.burst, now)
+        bucket.tokens = min(limit.burst, bucket.tokens + (now - bucket.updated) * limit.rate)
+        bucket.updated = now
+        due = max(0.0, (1 - bucket.tokens) / limit.rate)
+        budget = self._max_wait if deadline is None else max(0.0, min(self._max_wait, deadline))
+        if due <= budget:
+            bucket.tokens -= 1
+            return Reservation(True, due)
+        return Reservation(False, _ceil_ms(due - budget))
 
     def check(self, tenant: Tenant, family: str) -> None:
-        """Take a token, or raise RATE_LIMITED with ``retry_after_seconds`` (see `take`)."""
+        """Take a token now, or raise RATE_LIMITED with ``retry_after_seconds`` (see `take`;
+        no reservation)."""
         wait = self.take(tenant, family)
         if wait:
             raise self.refusal(family, wait)

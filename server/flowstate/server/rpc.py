@@ -11,8 +11,10 @@ responses). The wrapper, per call:
    shutdown can wait for exactly the calls it accepted;
 3. authenticates the bearer token (`Authenticator`, cached; more than one ``authorization``
    header is refused, not resolved by order) and checks the method's scope; takes a token of
-   the tenant's bucket for the method's family (`flowstate.server.ratelimit`: RATE_LIMITED
-   with RetryInfo when empty); only then decodes the request body (`Encoded`, see
+   the tenant's bucket for the method's family (`flowstate.server.ratelimit`); when it is
+   empty, waits for a reserved token (`_shape`; a drain releases the wait with
+   SERVER_SHUTTING_DOWN) or, past the max wait or the call's deadline, refuses with
+   RATE_LIMITED and RetryInfo; only then decodes the request body (`Encoded`, see
    `add_service`: a refused call never pays for parsing), MALFORMED_REQUEST if it does not;
 4. runs the method; a `FlowStateError` becomes the rich status of `flowstate.server.errors`
    (logged at INFO; RATE_LIMITED at DEBUG, counted in the metrics instead);
@@ -109,10 +111,12 @@ class CallGate:
     CANCELLED, which no SDK retries. So the server drains here first: `close` makes every
     later call end at once with UNAVAILABLE / SERVER_SHUTTING_DOWN (retryable, RetryInfo),
     `drained` waits until the admitted calls have ended and no call has arrived for a short
-    quiet spell (gRPC's queue is empty), and only then is the gRPC server stopped.
+    quiet spell (gRPC's queue is empty), and only then is the gRPC server stopped. Calls waiting
+    for a reserved rate-limit token (`hold`) are released by `close` at once, so that a drain
+    never waits out their waits.
     """
 
-    __slots__ = ("_active", "_idle", "_last_arrival", "_open")
+    __slots__ = ("_active", "_held", "_idle", "_last_arrival", "_open")
 
     def __init__(self) -> None:
         """An open gate with nothing in flight."""
@@ -121,6 +125,7 @@ class CallGate:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_arrival = 0.0
+        self._held: set[asyncio.Future[None]] = set()
 
     @property
     def in_flight(self) -> int:
@@ -142,9 +147,26 @@ class CallGate:
         if self._active == 0:
             self._idle.set()
 
+    async def hold(self, seconds: float) -> bool:
+        """Wait `seconds`, or less if the gate closes meanwhile; whether it is still open."""
+        if not self._open:
+            return False
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _release, waiter)
+        self._held.add(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._held.discard(waiter)
+        return self._open
+
     def close(self) -> None:
-        """Refuse every later call."""
+        """Refuse every later call, and release the calls in `hold`."""
         self._open = False
+        for waiter in self._held:
+            _release(waiter)
 
     async def drained(self, within: float, *, quiet: float = 0.2) -> bool:
         """Wait (at most `within` s) until nothing is in flight and nothing arrived for `quiet`
@@ -164,6 +186,11 @@ class CallGate:
             if since >= quiet:
                 return True
             await asyncio.sleep(min(quiet - since, max(deadline - loop.time(), 0)))
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class RateLimitRefusals:
@@ -350,10 +377,12 @@ def _begin(support: RpcSupport, context: _Context) -> tuple[str, list[str]]:
     return correlation_id or _correlation_ids.next(), authorizations
 
 
-def _admit(support: RpcSupport, principal: Principal, family: str) -> None:
-    """Take a token of the caller's tenant for `family` (RATE_LIMITED when there is none; the
-    streams' path: a unary call takes `_take` and `_rate_limited`)."""
+async def _admit(support: RpcSupport, context: _Context, principal: Principal, family: str) -> None:
+    """Take (or wait for) a token of the caller's tenant for `family`, else raise RATE_LIMITED
+    (the streams' path: a unary call takes `_take`, `_shape` and `_rate_limited`)."""
     wait = _take(support, principal.tenant, family)
+    if wait:
+        wait = await _shape(support, context, principal.tenant, family)
     if wait:
         assert support.limiter is not None  # a wait comes from the limiter
         raise support.limiter.refusal(family, wait)
@@ -373,13 +402,35 @@ def _authorize(support: RpcSupport, authorizations: list[str], scope: Scope) -> 
 
 
 def _take(support: RpcSupport, tenant: Tenant, family: str) -> float:
-    """Take a token of `tenant` for `family`: 0.0, or the wait until the next one (refused)."""
+    """Take a token of `tenant` for `family`: 0.0, or (none there) the wait until the next one
+    (then `_shape` decides)."""
     limiter = support.limiter
     if limiter is None:
         return 0.0
     wait = limiter.take(tenant, family)
-    support.metrics.observe_tenant(tenant, family, "limited" if wait else "admitted")
+    if not wait:
+        support.metrics.observe_tenant(tenant, family, "admitted")
     return wait
+
+
+async def _shape(support: RpcSupport, context: _Context, tenant: Tenant, family: str) -> float:
+    """A call that found its bucket empty: wait for a reserved token (0.0 once it is due), or
+    the RetryInfo delay of its refusal (no reservation within the max wait and its deadline).
+    SERVER_SHUTTING_DOWN if the server begins to drain meanwhile."""
+    limiter = support.limiter
+    assert limiter is not None  # `_take` found no token
+    deadline = context.time_remaining() if limiter.max_wait else None
+    reserved, seconds = limiter.reserve(tenant, family, deadline)
+    if not reserved:
+        support.metrics.observe_tenant(tenant, family, "limited")
+        return seconds
+    if not seconds:  # a token came back since `_take`
+        support.metrics.observe_tenant(tenant, family, "admitted")
+        return 0.0
+    support.metrics.observe_shaped(tenant, family, seconds)
+    if not await support.gate.hold(seconds):
+        raise _shutting_down()
+    return 0.0
 
 
 def _decoded(request: Any) -> Any:
@@ -568,6 +619,8 @@ def unary(
                 principal = _authorize(support, authorizations, scope)
                 wait = _take(support, principal.tenant, family)
                 if wait:
+                    wait = await _shape(support, context, principal.tenant, family)
+                if wait:
                     response = None
                 else:
                     response = await func(self, _decoded(request), Call(principal, correlation_id))
@@ -632,7 +685,7 @@ def stream(
             gauge.inc()
             try:
                 principal = _authorize(support, authorizations, scope)
-                _admit(support, principal, family)
+                await _admit(support, context, principal, family)
                 async for response in func(
                     self, _decoded(request), Call(principal, correlation_id)
                 ):
