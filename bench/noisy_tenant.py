@@ -5,7 +5,10 @@
 
 One `flowstate serve` (one worker process) per mode, on the bench's PostgreSQL (embedded, or
 ``FLOWSTATE_BENCH_DATABASE_URL``), with ``FLOWSTATE_RATE_LIMITS=read=LIMIT:2*LIMIT``
-(``limited``) or ``off`` (``unlimited``, the baseline). Both clients are the Go load generator
+(``limited``: calls over the rate wait for their tokens, the server's default; ``policed``: the
+same limit with ``FLOWSTATE_RATE_LIMIT_MAX_WAIT=0``, every call over the rate refused at once,
+the behaviour before shaping) or ``off`` (``unlimited``, the baseline). Both clients are the Go
+load generator
 (`bench/loadgen`, ``unary -rpc getflow``), each its own process:
 
 - the **victim**: the quiet tenant, `--victims` (2) clients calling GetFlow on its flow at
@@ -281,10 +284,10 @@ def _mode(procs: Processes, setup: Setup, rounds: int) -> dict[str, Any]:
 
 
 def _run_mode(
-    procs: Processes, loadgen: Path, db: Any, limits: str, args: argparse.Namespace
+    procs: Processes, loadgen: Path, db: Any, limits: dict[str, str], args: argparse.Namespace
 ) -> dict[str, Any]:
     env = {
-        "FLOWSTATE_RATE_LIMITS": limits,
+        **limits,
         "FLOWSTATE_WORKERS": "1",
         "FLOWSTATE_TIMER_INTERVAL": "0",
         "FLOWSTATE_WEBHOOKS": "off",
@@ -322,11 +325,18 @@ def main() -> None:
     )
     parser.add_argument("--limit", type=int, default=200, help="the read limit per second")
     parser.add_argument(
-        "--modes", default="limited,unlimited", help="comma-separated: limited, unlimited"
+        "--modes",
+        default="limited,unlimited",
+        help="comma-separated: limited, policed, unlimited",
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
-    limits = {"limited": f"read={args.limit}:{2 * args.limit}", "unlimited": "off"}
+    limit = f"read={args.limit}:{2 * args.limit}"
+    limits = {
+        "limited": {"FLOWSTATE_RATE_LIMITS": limit},
+        "policed": {"FLOWSTATE_RATE_LIMITS": limit, "FLOWSTATE_RATE_LIMIT_MAX_WAIT": "0"},
+        "unlimited": {"FLOWSTATE_RATE_LIMITS": "off"},
+    }
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     unknown = [mode for mode in modes if mode not in limits]
     if unknown or not modes:
@@ -341,7 +351,7 @@ def main() -> None:
         "victim_rate": args.victim_rate,
         "seconds": args.seconds,
         "rounds": args.rounds,
-        "limit": limits["limited"],
+        "limit": limit,
         "cpus": os.cpu_count(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
     }
@@ -349,7 +359,8 @@ def main() -> None:
     with database() as db, Processes(OUT / "logs" / "noisy_tenant") as procs:
         asyncio.run(migrate.upgrade(db.sqlalchemy_url))
         for mode in modes:
-            print(f"{mode} ({limits[mode]}):", file=sys.stderr, flush=True)
+            settings = " ".join(f"{key}={value}" for key, value in limits[mode].items())
+            print(f"{mode} ({settings}):", file=sys.stderr, flush=True)
             figures[mode] = _run_mode(procs, loadgen, db, limits[mode], args)
     figures["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(figures)
