@@ -12,8 +12,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest_asyncio
 
+from flowstate.core.model import Tenant
 from flowstate.server.watch import WatchHub
 from flowstate.storage import FlowStore
+
+from .support import Trees
 
 
 @pytest_asyncio.fixture
@@ -46,3 +49,9 @@ async def make_hub(
     finally:
         for started in hubs:
             await started.close()
+
+
+@pytest_asyncio.fixture
+async def trees(store: FlowStore, tenant: Tenant) -> Trees:
+    """The test's tenant with the tree definitions registered (`support.Trees`)."""
+    return await Trees.register(store, tenant)

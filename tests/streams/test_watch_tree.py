@@ -11,111 +11,21 @@ directly (no gRPC). The kill -9 resume case through a real server is in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
-from flowstate.core.commands import CancelFlow, TransitionPhase
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, ExternalDependency, FlowStatus, PhaseState, Tenant
 from flowstate.server.watch import FlowEventValue, WatchHub
-from flowstate.service import FlowService
-from flowstate.service.definitions import register_definition
-from flowstate.storage import FlowStore
 from flowstate.storage.changes import TenantLog, TenantRead
 from flowstate.storage.urls import normalize_database_url
 
-from .support import assert_quiet, ctx, next_change, next_event
+from .support import Trees, assert_quiet, next_change, next_event
 
 IN_PROGRESS, COMPLETED = PhaseState.IN_PROGRESS, PhaseState.COMPLETED
-
-LEAF = {
-    "name": "tree_leaf",
-    "phases": [{"name": "a", "weight": 50}, {"name": "b", "depends_on": ["a"], "weight": 50}],
-}
-MID = {
-    "name": "tree_mid",
-    "phases": [
-        {
-            "name": "x",
-            "weight": 50,
-            "kind": "child_flow",
-            "child_flow": {"definition": "tree_leaf"},
-        },
-        {"name": "y", "depends_on": ["x"], "weight": 50},
-    ],
-}
-TOP = {
-    "name": "tree_top",
-    "phases": [
-        {"name": "prep", "weight": 20},
-        {
-            "name": "m",
-            "depends_on": ["prep"],
-            "weight": 40,
-            "kind": "child_flow",
-            "child_flow": {"definition": "tree_mid"},
-        },
-        {
-            "name": "n",
-            "depends_on": ["prep"],
-            "weight": 40,
-            "kind": "child_flow",
-            "child_flow": {"definition": "tree_leaf", "on_parent_cancel": "cascade"},
-        },
-    ],
-}
-
-
-async def _definitions(store: FlowStore, tenant: Tenant) -> FlowService:
-    for document in (LEAF, MID, TOP):
-        await register_definition(store, tenant, document, ctx())
-    return FlowService(store)
-
-
-async def _create(service: FlowService, tenant: Tenant, name: str, **options: object) -> str:
-    result = await service.create_flow(tenant, definition_name=name, ctx=ctx(), **options)  # type: ignore[arg-type]
-    return result.flow.flow_id
-
-
-async def _move(
-    service: FlowService, tenant: Tenant, flow_id: str, phase: str, to: PhaseState
-) -> str:
-    """Move `phase`; returns the child it started following ("" when none)."""
-    result = await service.mutate(tenant, flow_id, TransitionPhase(phase, to), ctx())
-    return next((p.child_flow_id or "" for p in result.flow.phases if p.name == phase), "")
-
-
-def _tree(
-    hub: WatchHub,
-    tenant: Tenant,
-    flow_id: str,
-    *,
-    depth: int = 5,
-    dependencies: bool = False,
-    cursor: str = "",
-    keep_open: bool = True,
-) -> AsyncGenerator[FlowEventValue, None]:
-    return hub.watch_flow(
-        tenant,
-        flow_id,
-        after_version=None,
-        keep_open=keep_open,
-        children_depth=depth,
-        include_dependencies=dependencies,
-        cursor=cursor,
-    )
-
-
-async def _history(store: FlowStore, tenant: Tenant, *flow_ids: str) -> set[tuple[str, int]]:
-    """Every (flow, version) of the flows' history."""
-    return {
-        (flow_id, entry.flow_version)
-        for flow_id in flow_ids
-        for entry in await store.read_changes(tenant, flow_id, 0, 10_000)
-    }
 
 
 async def _changes_until(
@@ -137,22 +47,21 @@ def _keys(events: list[FlowEventValue]) -> list[tuple[str, int]]:
 
 
 async def test_snapshot_then_the_changes_of_children_created_after_the_start(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    stream = _tree(hub, tenant, top)
+    top = await trees.top()
+    stream = trees.watch(hub, top)
     snapshot = await next_change(stream)
     assert (snapshot.flow_id, snapshot.relation, snapshot.flow_version) == (top, "self", 1)
     assert snapshot.snapshot is not None
     assert snapshot.cursor  # the only (so the last) snapshot event carries the cursor
 
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    mid = await _move(service, tenant, top, "m", IN_PROGRESS)  # creates mid, in one transaction
-    leaf = await _move(service, tenant, mid, "x", IN_PROGRESS)  # creates a grandchild
-    await _move(service, tenant, leaf, "a", IN_PROGRESS)  # moves leaf, mid and top at once
-    wanted = await _history(store, tenant, top, mid, leaf) - {(top, 1)}
+    await trees.move(top, "prep", IN_PROGRESS)
+    await trees.move(top, "prep", COMPLETED)
+    mid = await trees.move(top, "m", IN_PROGRESS)  # creates mid, in one transaction
+    leaf = await trees.move(mid, "x", IN_PROGRESS)  # creates a grandchild
+    await trees.move(leaf, "a", IN_PROGRESS)  # moves leaf, mid and top at once
+    wanted = await trees.history(top, mid, leaf) - {(top, 1)}
     got = await _changes_until(stream, wanted)
     assert sorted(_keys(got)) == sorted(wanted)  # each exactly once
     for event in got:
@@ -169,16 +78,13 @@ async def test_snapshot_then_the_changes_of_children_created_after_the_start(
 
 
 async def test_depth_limits_the_levels_and_snapshot_lists_existing_descendants(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    mid = await _move(service, tenant, top, "m", IN_PROGRESS)
-    leaf = await _move(service, tenant, mid, "x", IN_PROGRESS)
+    top = await trees.top(prep=COMPLETED)
+    mid = await trees.move(top, "m", IN_PROGRESS)
+    leaf = await trees.move(mid, "x", IN_PROGRESS)
 
-    deep = _tree(hub, tenant, top, depth=2)
+    deep = trees.watch(hub, top, depth=2)
     snapshots = [await next_change(deep) for _ in range(3)]
     assert [(e.flow_id, e.relation, e.parent_flow_id) for e in snapshots] == [
         (top, "self", ""),
@@ -187,12 +93,12 @@ async def test_depth_limits_the_levels_and_snapshot_lists_existing_descendants(
     ]
     assert [bool(e.cursor) for e in snapshots] == [False, False, True]
 
-    shallow = _tree(hub, tenant, top, depth=1)
+    shallow = trees.watch(hub, top, depth=1)
     assert [(await next_change(shallow)).flow_id for _ in range(2)] == [top, mid]
-    await _move(service, tenant, leaf, "a", IN_PROGRESS)  # leaf, then mid, then top
-    leaf_version = (await store.get_flow(tenant, leaf)).version
-    mid_version = (await store.get_flow(tenant, mid)).version
-    top_version = (await store.get_flow(tenant, top)).version
+    await trees.move(leaf, "a", IN_PROGRESS)  # leaf, then mid, then top
+    leaf_version = await trees.version(leaf)
+    mid_version = await trees.version(mid)
+    top_version = await trees.version(top)
     deep_got = await _changes_until(deep, {(leaf, leaf_version), (top, top_version)})
     shallow_got = await _changes_until(shallow, {(mid, mid_version), (top, top_version)})
     assert (leaf, leaf_version) in _keys(deep_got)
@@ -202,25 +108,24 @@ async def test_depth_limits_the_levels_and_snapshot_lists_existing_descendants(
 
 
 async def test_resume_by_cursor_loses_and_repeats_no_child_event(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    stream = _tree(hub, tenant, top)
+    top = await trees.top()
+    stream = trees.watch(hub, top)
     first = await next_change(stream)
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
-    await _move(service, tenant, leaf, "a", IN_PROGRESS)
-    before = await _history(store, tenant, top, leaf) - {(top, 1)}
+    await trees.move(top, "prep", IN_PROGRESS)
+    await trees.move(top, "prep", COMPLETED)
+    leaf = await trees.move(top, "n", IN_PROGRESS)
+    await trees.move(leaf, "a", IN_PROGRESS)
+    before = await trees.history(top, leaf) - {(top, 1)}
     delivered = await _changes_until(stream, before)
     await stream.aclose()  # the client goes away; a child is created and moves meanwhile
-    mid = await _move(service, tenant, top, "m", IN_PROGRESS)
-    await _move(service, tenant, leaf, "a", COMPLETED)
-    await _move(service, tenant, leaf, "b", IN_PROGRESS)
+    mid = await trees.move(top, "m", IN_PROGRESS)
+    await trees.move(leaf, "a", COMPLETED)
+    await trees.move(leaf, "b", IN_PROGRESS)
 
-    resumed = _tree(hub, tenant, top, cursor=delivered[-1].cursor)
-    everything = await _history(store, tenant, top, leaf, mid) - {(top, 1)}
+    resumed = trees.watch(hub, top, cursor=delivered[-1].cursor)
+    everything = await trees.history(top, leaf, mid) - {(top, 1)}
     rest = await _changes_until(resumed, everything - set(_keys(delivered)))
     assert sorted(_keys(delivered) + _keys(rest)) == sorted(everything)
     assert all(e.snapshot is None for e in rest)  # a resume sends no snapshot
@@ -229,20 +134,17 @@ async def test_resume_by_cursor_loses_and_repeats_no_child_event(
 
 
 async def test_a_linked_flow_and_its_own_children_join_the_stream(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    loose = await _create(service, tenant, "tree_mid")  # a root with a child of its own
-    loose_leaf = await _move(service, tenant, loose, "x", IN_PROGRESS)
-    stream = _tree(hub, tenant, top)
+    top = await trees.top(prep=COMPLETED)
+    loose = await trees.create("tree_mid")  # a root with a child of its own
+    loose_leaf = await trees.move(loose, "x", IN_PROGRESS)
+    stream = trees.watch(hub, top)
     assert (await next_change(stream)).flow_id == top
 
-    await service.link_child_flow(tenant, top, "m", loose, ctx())  # writes no entry of `loose`
-    await _move(service, tenant, loose_leaf, "a", IN_PROGRESS)  # the grandchild moves first
-    leaf_version = (await store.get_flow(tenant, loose_leaf)).version
+    await trees.link(top, "m", loose)  # writes no entry of `loose`
+    await trees.move(loose_leaf, "a", IN_PROGRESS)  # the grandchild moves first
+    leaf_version = await trees.version(loose_leaf)
     got = await _changes_until(stream, {(loose_leaf, leaf_version)})
     by_flow = {e.flow_id: e for e in got}
     assert by_flow[loose_leaf].relation == "descendant"
@@ -252,43 +154,37 @@ async def test_a_linked_flow_and_its_own_children_join_the_stream(
 
 
 async def test_a_resume_sends_a_linked_flows_entries_from_its_link_on_only(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    stream = _tree(hub, tenant, top)
+    top = await trees.top(prep=IN_PROGRESS)
+    stream = trees.watch(hub, top)
     cursor = (await next_change(stream)).cursor
     await stream.aclose()
     # While nobody watches: a root flow with a child of its own moves, then is linked, then moves.
-    loose = await _create(service, tenant, "tree_mid")
-    loose_leaf = await _move(service, tenant, loose, "x", IN_PROGRESS)
-    await _move(service, tenant, loose_leaf, "a", IN_PROGRESS)
-    before_link = await _history(store, tenant, loose, loose_leaf)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    await service.link_child_flow(tenant, top, "m", loose, ctx())
-    await _move(service, tenant, loose_leaf, "a", COMPLETED)
-    everything = await _history(store, tenant, top, loose, loose_leaf)
+    loose = await trees.create("tree_mid")
+    loose_leaf = await trees.move(loose, "x", IN_PROGRESS)
+    await trees.move(loose_leaf, "a", IN_PROGRESS)
+    before_link = await trees.history(loose, loose_leaf)
+    await trees.move(top, "prep", COMPLETED)
+    await trees.link(top, "m", loose)
+    await trees.move(loose_leaf, "a", COMPLETED)
+    everything = await trees.history(top, loose, loose_leaf)
     after_link = everything - before_link - {(top, 1), (top, 2)}
 
-    resumed = _tree(hub, tenant, top, cursor=cursor)
+    resumed = trees.watch(hub, top, cursor=cursor)
     got = await _changes_until(resumed, after_link)
     assert sorted(_keys(got)) == sorted(after_link)  # nothing of either from before the link
     await resumed.aclose()
 
 
 async def test_dependency_changes_wake_the_dependent_and_resume_by_cursor(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    upstream = await _create(service, tenant, "tree_leaf")
-    dependent = await _create(
-        service,
-        tenant,
-        "discovery",
-        external_dependencies=(ExternalDependency("data_import", upstream, "b"),),
+    upstream = await trees.create("tree_leaf")
+    dependent = await trees.create(
+        "discovery", external_dependencies=(ExternalDependency("data_import", upstream, "b"),)
     )
-    stream = _tree(hub, tenant, dependent, depth=0, dependencies=True)
+    stream = trees.watch(hub, dependent, depth=0, dependencies=True)
     own, other = await next_change(stream), await next_change(stream)
     assert (own.flow_id, own.relation) == (dependent, "self")
     assert (other.flow_id, other.relation) == (upstream, "dependency")
@@ -296,9 +192,9 @@ async def test_dependency_changes_wake_the_dependent_and_resume_by_cursor(
     assert other.waiting == (ExternalDependency("data_import", dependent, "b"),)
     assert other.cursor
 
-    await _move(service, tenant, upstream, "a", IN_PROGRESS)  # not the phase waited for
-    await _move(service, tenant, upstream, "a", COMPLETED)
-    await _move(service, tenant, upstream, "b", IN_PROGRESS)
+    await trees.move(upstream, "a", IN_PROGRESS)  # not the phase waited for
+    await trees.move(upstream, "a", COMPLETED)
+    await trees.move(upstream, "b", IN_PROGRESS)
     woken = await next_change(stream)
     assert woken.change is not None
     assert (woken.flow_id, woken.relation, woken.change.phase) == (upstream, "dependency", "b")
@@ -306,84 +202,74 @@ async def test_dependency_changes_wake_the_dependent_and_resume_by_cursor(
     assert woken.waiting == (ExternalDependency("data_import", dependent, "b"),)
     await stream.aclose()
 
-    await _move(service, tenant, upstream, "b", COMPLETED)  # while nobody watches
-    resumed = _tree(hub, tenant, dependent, depth=0, dependencies=True, cursor=woken.cursor)
+    await trees.move(upstream, "b", COMPLETED)  # while nobody watches
+    resumed = trees.watch(hub, dependent, depth=0, dependencies=True, cursor=woken.cursor)
     done = await next_change(resumed)
     assert done.change is not None
     assert (done.flow_id, done.change.phase, done.change.to_state) == (upstream, "b", COMPLETED)
     # Now the dependent's phase may start, and its own change follows on the same stream.
-    await _move(service, tenant, dependent, "data_import", IN_PROGRESS)
+    await trees.move(dependent, "data_import", IN_PROGRESS)
     started = await next_change(resumed)
     assert (started.flow_id, started.relation) == (dependent, "self")
     await resumed.aclose()
 
 
 async def test_ends_after_the_terminal_transaction_with_the_cascaded_children(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
-    stream = _tree(hub, tenant, top, keep_open=False)
+    top = await trees.top(prep=COMPLETED)
+    leaf = await trees.move(top, "n", IN_PROGRESS)
+    stream = trees.watch(hub, top, keep_open=False)
     assert [(await next_change(stream)).flow_id for _ in range(2)] == [top, leaf]
-    await service.mutate(tenant, top, CancelFlow("stop"), ctx())  # cascades to the child
+    await trees.cancel(top)  # cascades to the child
     events = [event async for event in stream if event.heartbeat_at is None]
     cancelled = {e.flow_id for e in events if e.status is FlowStatus.CANCELLED}
     assert cancelled == {top, leaf}  # the child's cancel of that transaction too, then the end
 
 
 async def test_a_resume_of_a_finished_tree_sends_the_rest_then_ends(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
-    stream = _tree(hub, tenant, top, keep_open=False)
+    top = await trees.top(prep=COMPLETED)
+    leaf = await trees.move(top, "n", IN_PROGRESS)
+    stream = trees.watch(hub, top, keep_open=False)
     cursor = [(await next_change(stream)).cursor for _ in range(2)][-1]
     await stream.aclose()
-    await service.mutate(tenant, top, CancelFlow("stop"), ctx())  # while nobody watches
-    resumed = _tree(hub, tenant, top, keep_open=False, cursor=cursor)
+    await trees.cancel(top)  # while nobody watches
+    resumed = trees.watch(hub, top, keep_open=False, cursor=cursor)
     events = [event async for event in resumed if event.heartbeat_at is None]
     assert {(e.flow_id, e.status) for e in events} >= {
         (top, FlowStatus.CANCELLED),
         (leaf, FlowStatus.CANCELLED),
     }
     assert all(e.snapshot is None for e in events)
-    again = _tree(hub, tenant, top, keep_open=False, cursor=events[-1].cursor)
+    again = trees.watch(hub, top, keep_open=False, cursor=events[-1].cursor)
     assert [event async for event in again if event.heartbeat_at is None] == []
 
 
 async def test_heartbeats_of_a_tree_stream_carry_a_cursor_that_resumes_exactly(
-    make_hub: Callable[..., asyncio.Future[WatchHub]], store: FlowStore, tenant: Tenant
+    make_hub: Callable[..., asyncio.Future[WatchHub]], trees: Trees
 ) -> None:
     hub = await make_hub(heartbeat_interval=0.2)
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    stream = _tree(hub, tenant, top)
+    top = await trees.top()
+    stream = trees.watch(hub, top)
     assert (await next_event(stream)).snapshot is not None
     beat = await next_event(stream)
     assert (beat.heartbeat_at is not None, beat.relation, beat.flow_id) == (True, "self", top)
     assert beat.cursor
     await stream.aclose()
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    resumed = _tree(hub, tenant, top, cursor=beat.cursor)
+    await trees.move(top, "prep", IN_PROGRESS)
+    resumed = trees.watch(hub, top, cursor=beat.cursor)
     change = await next_change(resumed)
     assert (change.flow_id, change.flow_version) == (top, 2)
     await resumed.aclose()
 
 
 async def test_100_tree_watchers_share_about_one_log_read_per_change(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
+    top = await trees.top(prep=COMPLETED)
+    leaf = await trees.move(top, "n", IN_PROGRESS)
     log = hub._log  # counted where the tenant channel reads (the same object, wrapped)
     reads = 0
     read = log.read
@@ -394,13 +280,13 @@ async def test_100_tree_watchers_share_about_one_log_read_per_change(
         return await read(*args, **kwargs)
 
     log.read = counted  # type: ignore[method-assign]
-    streams = [_tree(hub, tenant, top) for _ in range(100)]
+    streams = [trees.watch(hub, top) for _ in range(100)]
     for stream in streams:
         assert [(await next_change(stream)).flow_id for _ in range(2)] == [top, leaf]
-    before, known = reads, await _history(store, tenant, top, leaf)
-    await _move(service, tenant, leaf, "a", IN_PROGRESS)  # leaf and top
-    await _move(service, tenant, leaf, "a", COMPLETED)
-    wanted = await _history(store, tenant, top, leaf) - known
+    before, known = reads, await trees.history(top, leaf)
+    await trees.move(leaf, "a", IN_PROGRESS)  # leaf and top
+    await trees.move(leaf, "a", COMPLETED)
+    wanted = await trees.history(top, leaf) - known
     for stream in streams:
         assert sorted(_keys(await _changes_until(stream, wanted))) == sorted(wanted)
     # Single-flight reads of the shared tenant channel: a handful per commit, not per watcher.
@@ -410,14 +296,12 @@ async def test_100_tree_watchers_share_about_one_log_read_per_change(
 
 async def test_a_resume_of_a_finished_tree_waits_for_a_terminal_change_behind_the_horizon(
     make_hub: Callable[..., asyncio.Future[WatchHub]],
-    store: FlowStore,
-    tenant: Tenant,
+    trees: Trees,
     database_url: str,
 ) -> None:
     hub = await make_hub(heartbeat_interval=0.05)
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    stream = _tree(hub, tenant, top, keep_open=False)
+    top = await trees.top()
+    stream = trees.watch(hub, top, keep_open=False)
     cursor = (await next_change(stream)).cursor
     await stream.aclose()
     blocker = await asyncpg.connect(
@@ -427,8 +311,8 @@ async def test_a_resume_of_a_finished_tree_waits_for_a_terminal_change_behind_th
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.fetchval("SELECT pg_current_xact_id()")  # holds the horizon back
-        await service.mutate(tenant, top, CancelFlow("stop"), ctx())  # committed, not readable
-        resumed = _tree(hub, tenant, top, keep_open=False, cursor=cursor)
+        await trees.cancel(top)  # committed, not readable
+        resumed = trees.watch(hub, top, keep_open=False, cursor=cursor)
         await assert_quiet(resumed, 0.3)  # heartbeats: it neither ends nor sends the change
         await transaction.rollback()
         cancelled = await next_change(resumed)
@@ -439,39 +323,37 @@ async def test_a_resume_of_a_finished_tree_waits_for_a_terminal_change_behind_th
 
 
 async def test_tenancy_another_tenants_tree_is_not_found_and_never_streamed(
-    hub: WatchHub, store: FlowStore, tenant: Tenant
+    hub: WatchHub, trees: Trees
 ) -> None:
-    stranger = Tenant(tenant.client_account_id, tenant.engagement_id + "-stranger")
-    service = await _definitions(store, tenant)
-    await _definitions(store, stranger)
-    top = await _create(service, tenant, "tree_top")
+    mine = trees.tenant
+    stranger = await Trees.register(
+        trees.store, Tenant(mine.client_account_id, mine.engagement_id + "-stranger")
+    )
+    top = await trees.top()
     with pytest.raises(FlowStateError) as refused:
-        await next_change(_tree(hub, stranger, top))
+        await next_change(stranger.watch(hub, top))
     assert refused.value.code is ErrorCode.FLOW_NOT_FOUND
     # The same definitions in another tenant: its changes never reach our tree's stream.
-    theirs = await _create(service, stranger, "tree_top")
-    stream = _tree(hub, tenant, top)
+    theirs = await stranger.top()
+    stream = trees.watch(hub, top)
     assert (await next_change(stream)).flow_id == top
-    await _move(service, stranger, theirs, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
+    await stranger.move(theirs, "prep", IN_PROGRESS)
+    await trees.move(top, "prep", IN_PROGRESS)
     assert (await next_change(stream)).flow_id == top
     await stream.aclose()
 
 
 async def test_a_tree_over_the_limit_is_refused_with_the_limit(
-    store: FlowStore, tenant: Tenant, database_url: str
+    trees: Trees, database_url: str
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", COMPLETED)
-    await _move(service, tenant, top, "m", IN_PROGRESS)
+    top = await trees.top(prep=COMPLETED)
+    await trees.move(top, "m", IN_PROGRESS)
     log = await TenantLog.open(database_url)
     try:
-        read = await log.tree(tenant, top, 5, dependencies=False, snapshot=True, limit=2)
+        read = await log.tree(trees.tenant, top, 5, dependencies=False, snapshot=True, limit=2)
         assert len(read.flows) == 2
         with pytest.raises(FlowStateError) as refused:
-            await log.tree(tenant, top, 5, dependencies=False, snapshot=True, limit=1)
+            await log.tree(trees.tenant, top, 5, dependencies=False, snapshot=True, limit=1)
     finally:
         await log.close()
     assert refused.value.code is ErrorCode.MALFORMED_REQUEST

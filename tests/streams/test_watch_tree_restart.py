@@ -23,31 +23,19 @@ from flowstate.testing import serve_subprocess
 from flowstate.v1 import flow_service_pb2 as pb
 from flowstate.v1 import flow_service_pb2_grpc
 
-from .support import EVENT_TIMEOUT, ctx
-from .test_watch_tree import _create, _definitions, _move
+from .support import EVENT_TIMEOUT, Trees, ctx
 
 IN_PROGRESS = PhaseState.IN_PROGRESS
 REPORTS = 30
 
 
-async def _history(store: FlowStore, tenant: Tenant, flow_ids: list[str]) -> set[tuple[str, int]]:
-    return {
-        (flow_id, entry.flow_version)
-        for flow_id in flow_ids
-        for entry in await store.read_changes(tenant, flow_id, 0, 10_000)
-    }
-
-
 async def test_tree_stream_resumes_across_kill_9_losing_and_repeating_no_child_event(
-    database_url: str, store: FlowStore, tenant: Tenant
+    database_url: str, store: FlowStore, tenant: Tenant, trees: Trees
 ) -> None:
-    service = await _definitions(store, tenant)
-    top = await _create(service, tenant, "tree_top")
-    await _move(service, tenant, top, "prep", IN_PROGRESS)
-    await _move(service, tenant, top, "prep", PhaseState.COMPLETED)
-    mid = await _move(service, tenant, top, "m", IN_PROGRESS)
-    leaf = await _move(service, tenant, top, "n", IN_PROGRESS)
-    await _move(service, tenant, leaf, "a", IN_PROGRESS)
+    top = await trees.top(prep=PhaseState.COMPLETED)
+    mid = await trees.move(top, "m", IN_PROGRESS)
+    leaf = await trees.move(top, "n", IN_PROGRESS)
+    await trees.move(leaf, "a", IN_PROGRESS)
 
     async def report(count: int) -> None:
         for i in range(count):
@@ -88,12 +76,12 @@ async def test_tree_stream_resumes_across_kill_9_losing_and_repeating_no_child_e
 
     # While no server runs: more reports, and a grandchild is created (mid's x starts).
     await report(REPORTS)
-    grandchild = await _move(service, tenant, mid, "x", IN_PROGRESS)
-    await _move(service, tenant, grandchild, "a", IN_PROGRESS)
+    grandchild = await trees.move(mid, "x", IN_PROGRESS)
+    await trees.move(grandchild, "a", IN_PROGRESS)
     flows = [top, mid, leaf, grandchild]
     expected = {
         (flow_id, version)
-        for flow_id, version in await _history(store, tenant, flows)
+        for flow_id, version in await trees.history(*flows)
         if version > snapshot_versions.get(flow_id, 0)
     }
 
