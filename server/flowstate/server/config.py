@@ -44,6 +44,10 @@ from flowstate.server.ratelimit import (
 )
 from flowstate.server.tracing import TRACING_MODES
 from flowstate.storage.embedded import default_data_dir
+from flowstate.storage.store import (
+    DEFAULT_GROUP_COMMIT_MAX_BATCH,
+    DEFAULT_GROUP_COMMIT_MAX_IN_FLIGHT,
+)
 
 __all__ = [
     "DEFAULT_HTTP_PORT",
@@ -178,9 +182,9 @@ class ServerSettings:
     group_commit: bool = True
     """FLOWSTATE_GROUP_COMMIT: concurrent mutations of one tenant share transactions
     (docs/performance.md, "Group commit"); off: one transaction per mutation."""
-    group_commit_max_batch: int = 64
+    group_commit_max_batch: int = DEFAULT_GROUP_COMMIT_MAX_BATCH
     """FLOWSTATE_GROUP_COMMIT_MAX_BATCH: most mutations one shared transaction holds."""
-    group_commit_max_in_flight: int = 2
+    group_commit_max_in_flight: int = DEFAULT_GROUP_COMMIT_MAX_IN_FLIGHT
     """FLOWSTATE_GROUP_COMMIT_MAX_IN_FLIGHT: most shared transactions of one tenant at once
     (each holds a pooled connection)."""
     tracing: str = "off"

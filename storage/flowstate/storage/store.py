@@ -139,8 +139,13 @@ _STATUS_BY_VALUE = {status.value: status for status in FlowStatus}
 
 DEFAULT_GROUP_COMMIT_MAX_BATCH = 64
 """Most mutations one group-commit transaction holds."""
-DEFAULT_GROUP_COMMIT_MAX_IN_FLIGHT = 2
-"""Most group-commit transactions of one tenant running at once (each holds a connection)."""
+DEFAULT_GROUP_COMMIT_MAX_IN_FLIGHT = 1
+"""Most group-commit transactions of one tenant running at once (each holds a connection).
+
+One: the next batch is everything queued while the running one worked (a lone call on an idle
+tenant still starts at once). Two in flight made a call that found one batch running and an
+empty queue start a second batch alone (5-11% of the calls at 32 clients, each paying the
+lone transaction's round trips): twice the batches, more CPU per call (docs/performance.md)."""
 
 # --- helpers ------------------------------------------------------------------------------
 
