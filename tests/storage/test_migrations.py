@@ -302,3 +302,18 @@ async def test_archive_trees_up_and_down_releases_what_the_old_archiver_left_unp
     functions = "SELECT proname FROM pg_proc WHERE proname = 'flowstate_purgeable_flows'"
     assert await _scalar_set(fresh_database_url, functions) == set()
     await migrate.upgrade(fresh_database_url)
+
+
+async def test_purge_counts_up_and_down(fresh_database_url: str) -> None:
+    """Migration 0016: the sanctioned delete answers the flows its own DELETE removed
+    (``ROW_COUNT``); downgrade restores 0015's count of the flows it chose."""
+    body = (
+        "SELECT prosrc LIKE '%GET DIAGNOSTICS v_flows = ROW_COUNT%' FROM pg_proc"
+        " WHERE proname = 'flowstate_purge_archived_flows'"
+    )
+    await migrate.upgrade(fresh_database_url, "0016_purge_counts")
+    assert await _scalar_set(fresh_database_url, body) == {True}
+    await migrate.downgrade(fresh_database_url, "0015_archive_trees")
+    assert await _scalar_set(fresh_database_url, body) == {False}
+    await migrate.upgrade(fresh_database_url)
+    assert await _scalar_set(fresh_database_url, body) == {True}

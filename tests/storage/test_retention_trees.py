@@ -494,3 +494,61 @@ async def test_a_new_dependency_and_an_archive_batch_racing_never_leave_a_dangli
     finally:
         release.set()
         await asyncio.gather(batch, *([create] if create else []), return_exceptions=True)
+
+
+async def _wait_until_waiting_for_a_lock(url: str, pid: int) -> None:
+    """Bounded polling until the backend `pid` waits for a lock."""
+    for _ in range(500):
+        rows = await fetch(
+            url, "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'", pid
+        )
+        if rows:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"backend {pid} never waited for a lock")
+
+
+async def test_two_purges_of_one_tree_racing_count_each_flow_once(
+    trees: Trees, retention_store: RetentionStore, database_url: str, tmp_path: Path
+) -> None:
+    """Two replicas' archivers purging one tree at once (the `purged_flows` counter,
+    docs/operations.md), raced with locks, not timing: the first purge holds the tree's rows
+    until it commits; the second chose the same tree on its own snapshot and waits for them,
+    then deletes nothing and answers nothing. The replicas' counts add up to the flows deleted."""
+    parent, cascade, abandon = await trees.parent()
+    await trees.cancel(parent)
+    await trees.cancel(abandon)
+    sink = DirectoryArchiveSink(tmp_path)
+
+    async def write(batch: CandidateBatch) -> ArchiveRecord:
+        return await sink.write(archive_name(), encode_archive(batch, datetime.now(UTC)))
+
+    archived: set[str] = set()
+    while batch := await retention_store.archive_batch(
+        write, default_days=None, limit=100, now=START + timedelta(days=2)
+    ):
+        archived.update(f.flow_id for f in batch)
+    assert {parent, cascade, abandon} <= archived
+
+    purge = "SELECT flows, entries FROM flowstate_purge_archived_flows($1::uuid[])"
+    first = await asyncpg.connect(asyncpg_dsn(database_url))
+    second = await asyncpg.connect(asyncpg_dsn(database_url))
+    racing: asyncio.Task[Any] | None = None
+    try:
+        async with first.transaction():
+            counted_first = await first.fetchrow(purge, [parent])
+            racing = asyncio.create_task(second.fetchrow(purge, [cascade]))
+            await _wait_until_waiting_for_a_lock(database_url, second.get_server_pid())
+        counted_second = await asyncio.wait_for(racing, 30)
+    finally:
+        if racing is not None:
+            await asyncio.gather(racing, return_exceptions=True)
+        await first.close()
+        await second.close()
+    assert counted_first is not None
+    assert counted_second is not None
+    assert counted_first["flows"] == 3
+    assert counted_first["entries"] > 0
+    assert (counted_second["flows"], counted_second["entries"]) == (0, 0)
+    assert not any([await trees.exists(f) for f in (parent, cascade, abandon)])
+    assert await _dangling(database_url) == []
