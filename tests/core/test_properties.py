@@ -194,12 +194,34 @@ def check_decision(
     if isinstance(command, PHASE_COMMANDS) and old.status is not FlowStatus.PAUSED:
         derived = determine_flow_status(definition, new.phases, entries[-1].status_before)
         assert new.status is derived
+    check_facts_after(old, entries)
+    assert entries[-1].phase_states_after == new.phase_states
+
+
+def check_facts_after(old: Flow, entries: tuple[HistoryEntry, ...]) -> None:
+    """Each entry records the flow it leaves: the phase states and open error codes reached by
+    applying the entries so far, one phase change each, to `old` (what filters on changes
+    read, whenever they read it)."""
+    states = old.phase_states
+    errors = {p.name: p.error for p in old.phases}
+    for entry in entries:
+        if entry.phase is not None:
+            assert entry.to_state is not None
+            assert states[entry.phase] is entry.from_state
+            states[entry.phase] = entry.to_state
+            errors[entry.phase] = entry.error
+        assert entry.phase_states_after == states
+        assert entry.error_codes_after == frozenset(e.error_code for e in errors.values() if e)
 
 
 def run_random_commands(data: st.DataObject, definition: FlowDefinition, steps: int) -> Flow:
     created = create_flow("flow-p", TENANT, definition, ctx(0))
     flow = created.flow
     history: list[HistoryEntry] = list(created.entries)
+    assert created.entries[0].phase_states_after == {
+        name: PhaseState.NOT_STARTED for name in definition.phase_names
+    }
+    assert created.entries[0].error_codes_after == frozenset()
     for step in range(1, steps + 1):
         command = draw_command(data, flow, definition)
         admin = isinstance(command, Retry) and data.draw(st.booleans(), label="admin")

@@ -410,6 +410,8 @@ def test_the_created_entry_in_full() -> None:
             user_id="alice",
             request_id="req-0",
             metadata={"definition": "discovery", "definition_version": 1},
+            phase_states_after={name: S.NOT_STARTED for name in DISCOVERY.phase_names},
+            error_codes_after=frozenset(),
         ),
     )
     assert decision.flow.display_name == ""

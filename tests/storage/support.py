@@ -146,6 +146,8 @@ def rich_flow(tenant: Tenant, *, flow_id: str | None = None) -> tuple[Flow, tupl
         next_attempt_at=T0 + timedelta(seconds=1.5),
         approval=approval,
         alert=alert,
+        phase_states_after=flow.phase_states,
+        error_codes_after=frozenset({error.error_code, ErrorCode.EXTERNAL_SERVICE_ERROR}),
     )
     return flow, (entry,)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest_asyncio
 
-from flowstate.core.commands import UpdatePhaseProgress
-from flowstate.core.model import Tenant
+from flowstate.core.commands import TransitionPhase, UpdatePhaseProgress
+from flowstate.core.filters import matches, parse_filter
+from flowstate.core.model import ErrorCode, PhaseError, PhaseState, Tenant
 from flowstate.service import FlowService
 from flowstate.storage import FlowStore
 from flowstate.storage.changes import TenantLog
@@ -59,6 +61,50 @@ async def test_entries_are_the_flows_history_entries(
     read = await log.read(tenant, START, 100)
     assert tuple(c.entry for c in read.changes) == history
     assert read.changes[-1].entry.phase_progress == 0.25
+
+
+async def test_each_change_is_the_flow_at_its_version_whenever_it_is_read(
+    store: FlowStore, log: TenantLog, tenant: Tenant, make_context: ContextFactory
+) -> None:
+    """Filters on changes (WatchFlows, webhooks: docs/filters.md) see the flow as each entry
+    left it: every phase's state and the open error codes at that version, recorded with the
+    entry. Read after the flow has moved on, each entry still answers as it did then."""
+    service = FlowService(store)
+    flow_id = await started_flow(store, tenant, make_context)  # v1 created, v2 IN_PROGRESS
+    for command in (
+        TransitionPhase("data_import", PhaseState.COMPLETED),  # v3
+        TransitionPhase("field_mapping", PhaseState.IN_PROGRESS),  # v4
+        TransitionPhase(
+            "field_mapping",
+            PhaseState.FAILED,
+            error=PhaseError(ErrorCode.AGENT_TIMEOUT, "no heartbeat"),
+        ),  # v5
+    ):
+        await service.mutate(tenant, flow_id, command, make_context())
+    changes = (await log.read(tenant, START, 100)).changes
+    assert [c.entry.flow_version for c in changes] == [1, 2, 3, 4, 5]
+    facts = [c.facts for c in changes]
+    assert all(f is not None for f in facts)
+    states = [(f.phase_states["data_import"], f.phase_states["field_mapping"]) for f in facts if f]
+    assert states == [
+        (PhaseState.NOT_STARTED, PhaseState.NOT_STARTED),
+        (PhaseState.IN_PROGRESS, PhaseState.NOT_STARTED),
+        (PhaseState.COMPLETED, PhaseState.NOT_STARTED),
+        (PhaseState.COMPLETED, PhaseState.IN_PROGRESS),
+        (PhaseState.COMPLETED, PhaseState.FAILED),
+    ]
+    assert [f.error_codes for f in facts if f] == [frozenset()] * 4 + [{"AGENT_TIMEOUT"}]
+
+    def matching(text: str) -> list[int]:
+        now = datetime.now(UTC)
+        condition = parse_filter(text, now=now, stuck_before=now)
+        return [c.entry.flow_version for c in changes if c.facts and matches(condition, c.facts)]
+
+    # Read after v5, the creation entry still has data_import NOT_STARTED and no error.
+    assert matching("phase.data_import = COMPLETED") == [3, 4, 5]
+    assert matching("phase.field_mapping = NOT_STARTED") == [1, 2, 3]
+    assert matching("error = AGENT_TIMEOUT") == [5]
+    assert matching("status = FAILED") == [5]
 
 
 async def test_another_tenant_reads_nothing(

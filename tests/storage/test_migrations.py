@@ -107,9 +107,12 @@ async def test_history_partitioning_up_and_down_keeps_every_row(
                 await service.mutate(tenant, created.flow.flow_id, CancelFlow("x"), ctx)
     finally:
         await store.close()
-    # Without the columns later migrations add (0012: approval, alert), which a downgrade
-    # below 0008 removes with their migrations.
-    dump = "SELECT (to_jsonb(h) - 'approval' - 'alert')::text AS r FROM flow_history h ORDER BY seq"
+    # Without the columns later migrations add (0012: approval, alert; 0017: the facts after
+    # each entry), which a downgrade below 0008 removes with their migrations.
+    dump = (
+        "SELECT (to_jsonb(h) - 'approval' - 'alert' - 'phase_states_after'"
+        " - 'error_codes_after')::text AS r FROM flow_history h ORDER BY seq"
+    )
     before = [r["r"] for r in await fetch(fresh_database_url, dump)]
     assert len(before) == 12
 
@@ -317,3 +320,22 @@ async def test_purge_counts_up_and_down(fresh_database_url: str) -> None:
     assert await _scalar_set(fresh_database_url, body) == {False}
     await migrate.upgrade(fresh_database_url)
     assert await _scalar_set(fresh_database_url, body) == {True}
+
+
+async def test_history_facts_columns_up_and_down(fresh_database_url: str) -> None:
+    """Migration 0017: flow_history.phase_states_after / error_codes_after (nullable, on every
+    partition) come and go."""
+    columns = (
+        "SELECT DISTINCT column_name FROM information_schema.columns"
+        " WHERE table_name LIKE 'flow_history%' AND is_nullable = 'YES'"
+        " AND column_name IN ('phase_states_after', 'error_codes_after')"
+    )
+    await migrate.upgrade(fresh_database_url, "0017_history_facts")
+    assert await _scalar_set(fresh_database_url, columns) == {
+        "phase_states_after",
+        "error_codes_after",
+    }
+    await migrate.downgrade(fresh_database_url, "0016_purge_counts")
+    assert await _scalar_set(fresh_database_url, columns) == set()
+    await migrate.upgrade(fresh_database_url)
+    assert len(await _scalar_set(fresh_database_url, columns)) == 2

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncGenerator, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
-from flowstate.core.commands import CancelFlow
+from flowstate.core.commands import CancelFlow, TransitionPhase
 from flowstate.core.errors import FlowStateError
-from flowstate.core.model import ErrorCode, FlowStatus, Tenant
+from flowstate.core.filters import parse_filter
+from flowstate.core.model import ErrorCode, FlowStatus, PhaseState, Tenant
 from flowstate.server.watch import FlowEventValue, WatchHub
 from flowstate.service import FlowService
 from flowstate.storage import FlowStore
@@ -100,6 +102,49 @@ async def test_filters_apply_to_the_status_after_the_change_definition_and_ids(
     await assert_quiet(wrong_definition, 0.3)
     for stream in (by_id, cancelled_only, wrong_definition):
         await stream.aclose()
+
+
+async def test_a_filter_sees_each_change_as_the_flow_was_at_its_version_when_read_late(
+    hub: WatchHub, store: FlowStore, tenant: Tenant
+) -> None:
+    """A condition on phases the change does not move (docs/filters.md): each change is
+    filtered on the flow at its version, also when the stream resumes from a cursor after the
+    flows have moved on, so every change is read late."""
+    service = FlowService(store)
+    moved = await create_flow(store, tenant)  # v1 created, v2 data_import IN_PROGRESS
+    snapshot = _watch(hub, tenant)
+    cursor = (await next_event(snapshot)).cursor
+    await snapshot.aclose()
+    assert cursor
+    marker = await create_flow(store, tenant)
+    for flow_id, phase, state in (
+        (moved.flow_id, "data_import", PhaseState.COMPLETED),  # v3: matches
+        (moved.flow_id, "field_mapping", PhaseState.IN_PROGRESS),  # v4: no longer
+        (marker.flow_id, "data_import", PhaseState.COMPLETED),  # v3: matches (ends the wait)
+    ):
+        await service.mutate(tenant, flow_id, TransitionPhase(phase, state), ctx())
+    now = datetime.now(UTC)
+    condition = parse_filter(
+        "phase.data_import = COMPLETED AND phase.field_mapping = NOT_STARTED",
+        now=now,
+        stuck_before=now,
+    )
+    stream = hub.watch_flows(
+        tenant,
+        statuses=NO_STATUSES,
+        definition_name="",
+        flow_ids=NO_IDS,
+        cursor=cursor,
+        condition=condition,
+    )
+    seen = [await next_change(stream) for _ in range(2)]
+    # (Read as the flows are now, the marker's creation would match and the moved flow's v3
+    # would not: its field_mapping is IN_PROGRESS by then.)
+    assert [(e.flow_id, e.flow_version) for e in seen] == [
+        (moved.flow_id, 3),
+        (marker.flow_id, 3),
+    ]
+    await stream.aclose()
 
 
 async def test_another_tenants_changes_never_appear(

@@ -395,6 +395,7 @@ def create_flow(
         user_id=ctx.user_id,
         request_id=ctx.request_id,
         metadata={"definition": definition.name, "definition_version": definition.version},
+        **_facts_after(flow),
     )
     return Decision(flow=flow, entries=(entry,))
 
@@ -700,10 +701,19 @@ class _Builder:
             user_id=self.ctx.user_id,
             request_id=self.ctx.request_id,
             progress_after=new_flow.progress,
+            **_facts_after(new_flow),
             **fields,
         )
         self.flow = new_flow
         self.entries.append(entry)
+
+
+def _facts_after(flow: Flow) -> dict[str, Any]:
+    """An entry's record of the flow it leaves: every phase's state and the open errors."""
+    return {
+        "phase_states_after": {p.name: p.state for p in flow.phases},
+        "error_codes_after": frozenset(p.error.error_code for p in flow.phases if p.error),
+    }
 
 
 def _check_definition(flow: Flow, definition: FlowDefinition) -> None:

@@ -301,3 +301,9 @@ class HistoryEntry:
     """For DECISION entries: the decision, approver and comment."""
     alert: FlowAlert | None = None
     """For ALERT entries: the alert raised."""
+    phase_states_after: Mapping[str, PhaseState] | None = None
+    """Every phase's state after this entry: with `status_after`, the flow as this version
+    left it, for filters on changes (WatchFlows, webhooks). None on an entry stored before
+    migration 0017 recorded it."""
+    error_codes_after: frozenset[ErrorCode] | None = None
+    """The codes of the phases' open errors after this entry (None as above)."""

@@ -218,10 +218,10 @@ class TenantChange:
     definition_name: str
     entry: HistoryEntry
     facts: FlowFacts | None = None
-    """The flow as the change left it, for filters (`flowstate.core.filters.matches`): status
-    and time from the entry, the changed phase's new state from the entry, labels and creation
-    time from the flow; the other phases' states and the open error codes are the flow's when
-    the change is read (a later change may already have moved them)."""
+    """The flow as the change left it, for filters (`flowstate.core.filters.matches`): status,
+    time, every phase's state and the open error codes as the entry recorded them at its
+    version (`HistoryEntry.phase_states_after`), so a filter answers the same whenever the
+    change is read; labels, definition and creation time (never changed) from the flow."""
     parent_flow_id: str | None = None
     """The flow's parent as the change is read (set once, never changed: a flow created as a
     child has it from its first entry on, a linked one from its link on)."""
@@ -529,16 +529,12 @@ class TenantLog:
 
 def _change_from_row(row: asyncpg.Record) -> TenantChange:
     entry = entry_from_row(row)
-    phase_states = {name: PhaseState(state) for name, state in row["flow_phase_states"].items()}
-    if entry.phase is not None and entry.to_state is not None:
-        phase_states[entry.phase] = entry.to_state
-    errors = row["flow_error_context"]
     facts = FlowFacts(
         status=entry.status_after,
         definition_name=row["definition_name"],
-        phase_states=phase_states,
+        phase_states=_phase_states_after(entry, row),
         labels=dict(row["flow_labels"]),
-        error_codes=frozenset(str(e.get("error_code", "")) for e in errors.values()),
+        error_codes=_error_codes_after(entry, row),
         created_at=row["flow_created_at"],
         updated_at=entry.occurred_at,
     )
@@ -551,3 +547,21 @@ def _change_from_row(row: asyncpg.Record) -> TenantChange:
         facts=facts,
         parent_flow_id=None if parent is None else str(parent),
     )
+
+
+def _phase_states_after(entry: HistoryEntry, row: asyncpg.Record) -> Mapping[str, PhaseState]:
+    """Every phase's state as the entry left it; for an entry stored before migration 0017,
+    the flow's as read now with the entry's own phase change."""
+    if entry.phase_states_after is not None:
+        return entry.phase_states_after
+    states = {name: PhaseState(state) for name, state in row["flow_phase_states"].items()}
+    if entry.phase is not None and entry.to_state is not None:
+        states[entry.phase] = entry.to_state
+    return states
+
+
+def _error_codes_after(entry: HistoryEntry, row: asyncpg.Record) -> frozenset[str]:
+    """The open error codes as the entry left them (before 0017: the flow's as read now)."""
+    if entry.error_codes_after is not None:
+        return frozenset(code.value for code in entry.error_codes_after)
+    return frozenset(str(e.get("error_code", "")) for e in row["flow_error_context"].values())

@@ -443,6 +443,19 @@ def entry_to_row(flow: Flow, entry: HistoryEntry) -> dict[str, Any]:
         "next_attempt_at": entry.next_attempt_at,
         "approval": approval_to_json(entry.approval),
         "alert": alert_to_json(entry.alert),
+        **_facts_to_row(entry),
+    }
+
+
+def _facts_to_row(entry: HistoryEntry) -> dict[str, Any]:
+    """The flow as `entry` left it: ``{phase: state}`` (the shape of `flows.phase_states`) and
+    the open error codes, sorted; None for an entry without that record."""
+    states, codes = entry.phase_states_after, entry.error_codes_after
+    return {
+        "phase_states_after": (
+            None if states is None else {name: state.value for name, state in states.items()}
+        ),
+        "error_codes_after": None if codes is None else sorted(code.value for code in codes),
     }
 
 
@@ -475,7 +488,17 @@ def entry_from_row(row: Row) -> HistoryEntry:
         next_attempt_at=_optional(row, "next_attempt_at"),
         approval=approval_from_json(_optional(row, "approval")),
         alert=alert_from_json(_optional(row, "alert")),
+        phase_states_after=_states_after(_optional(row, "phase_states_after")),
+        error_codes_after=_codes_after(_optional(row, "error_codes_after")),
     )
+
+
+def _states_after(data: Mapping[str, str] | None) -> dict[str, PhaseState] | None:
+    return None if data is None else {name: PhaseState(state) for name, state in data.items()}
+
+
+def _codes_after(data: list[str] | None) -> frozenset[ErrorCode] | None:
+    return None if data is None else frozenset(ErrorCode(code) for code in data)
 
 
 def _alerts(data: list[Mapping[str, Any]] | None) -> tuple[FlowAlert, ...]:

@@ -249,6 +249,11 @@ flow_history = Table(
     # Migration 0012: the decision of a DECISION entry, the alert of an ALERT entry.
     Column("approval", JSONB, nullable=True),
     Column("alert", JSONB, nullable=True),
+    # Migration 0017: the flow as this entry left it, for filters on changes: every phase's
+    # state ({phase: state}, as flows.phase_states) and the open error codes. NULL on rows
+    # written before it.
+    Column("phase_states_after", JSONB, nullable=True),
+    Column("error_codes_after", ARRAY(Text), nullable=True),
     # The writing transaction's id (xid8 as bigint): orders commits for the tenant cursor.
     Column(
         "txid",

@@ -3612,9 +3612,9 @@ type WatchFlowsRequest struct {
 	// starts with a snapshot of every matching flow, then streams live.
 	Cursor string `protobuf:"bytes,4,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	// Only flows matching this filter (as ListFlowsRequest.filter), evaluated on
-	// the flow as each change left it; relative times (`-1h`) and `stuck` are
-	// resolved when the stream starts. A change's phase states other than the
-	// changed phase are the flow's when the change is read.
+	// the flow as each change left it (every phase's state and open error codes
+	// at the change's version, however late it is read); relative times (`-1h`)
+	// and `stuck` are resolved when the stream starts.
 	Filter        string `protobuf:"bytes,30,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -1918,9 +1918,9 @@ export type WatchFlowsRequest = Message<"flowstate.v1.WatchFlowsRequest"> & {
 
   /**
    * Only flows matching this filter (as ListFlowsRequest.filter), evaluated on
-   * the flow as each change left it; relative times (`-1h`) and `stuck` are
-   * resolved when the stream starts. A change's phase states other than the
-   * changed phase are the flow's when the change is read.
+   * the flow as each change left it (every phase's state and open error codes
+   * at the change's version, however late it is read); relative times (`-1h`)
+   * and `stuck` are resolved when the stream starts.
    *
    * @generated from field: string filter = 30;
    */
