@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -21,6 +22,7 @@ from grpc_status import rpc_status
 from flowstate.core.model import Tenant
 from flowstate.server import app
 from flowstate.server.config import ConfigError, ServerSettings
+from flowstate.server.connect import GrpcContextShim
 from flowstate.server.ratelimit import (
     DEFAULT_MAX_WAIT,
     MAX_WAIT_CEILING,
@@ -154,6 +156,17 @@ def test_a_bad_max_wait_is_refused(value: str, reason: str) -> None:
 def test_a_max_wait_given_directly_is_checked_too() -> None:
     with pytest.raises(ConfigError, match=r"^FLOWSTATE_RATE_LIMIT_MAX_WAIT: .* not 60$"):
         ServerSettings(rate_limit_max_wait=60).checked()
+
+
+def test_over_connect_a_call_waits_within_its_timeout() -> None:
+    class Timed:
+        timeout_ms: float | None = 1500.0
+
+    timed = Timed()
+    shim = GrpcContextShim(cast(Any, timed))
+    assert shim.time_remaining() == 1.5
+    timed.timeout_ms = None
+    assert shim.time_remaining() is None
 
 
 # --- a real server -------------------------------------------------------------------------
