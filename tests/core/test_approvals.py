@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from flowstate.core.commands import (
+    CancelFlow,
     Context,
     DecidePhase,
     ExpireApproval,
@@ -35,6 +36,7 @@ from flowstate.core.model import (
     Flow,
     FlowStatus,
     HistoryKind,
+    PhaseApproval,
     PhaseState,
 )
 from flowstate.core.timers import (
@@ -338,3 +340,107 @@ def test_a_flow_deadline_given_at_creation_wins_over_the_definition() -> None:
     definition = _definition(None, deadline=60)
     flow = create_flow("f-1", TENANT, definition, _ctx(0), deadline=at(0) + timedelta(hours=1))
     assert flow.flow.deadline == at(3600)
+
+
+def test_an_unknown_decision_is_a_malformed_request_naming_the_valid_ones() -> None:
+    definition = _definition(None)
+    flow = _waiting(definition)
+    command = DecidePhase("publish", "maybe")  # type: ignore[arg-type]
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, definition, command, _ctx(40))
+    assert refused.value.code is ErrorCode.MALFORMED_REQUEST
+    assert refused.value.message == "Unknown decision 'maybe'"
+    assert refused.value.details == {
+        "field": "decision",
+        "valid_decisions": ["approve", "reject", "request_changes"],
+    }
+
+
+def test_the_refusal_to_decide_on_a_phase_that_does_not_wait_is_whole() -> None:
+    definition = _definition(None)
+    flow = _run(
+        create_flow("f-1", TENANT, definition, _ctx(0)).flow,
+        definition,
+        (TransitionPhase("draft", S.IN_PROGRESS), _ctx(1)),
+    )
+    command = DecidePhase("draft", ApprovalDecision.REJECT)
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, definition, command, _ctx(2))
+    assert refused.value.message == (
+        "Only a phase waiting for approval can be decided on; phase 'draft' is 'in_progress'"
+    )
+    assert refused.value.details == {
+        "phase": "draft",
+        "from_state": "in_progress",
+        "to_state": "failed",
+        "valid_transitions": [
+            "waiting_validation",
+            "waiting_approval",
+            "completed",
+            "failed",
+            "retry_needed",
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("comment", "message"), [("not ready", "not ready"), ("", "rejected by bob")]
+)
+def test_a_rejection_carries_the_comment_as_its_reason_and_error(
+    comment: str, message: str
+) -> None:
+    definition = _definition(None)
+    flow = _waiting(definition)
+    result = apply_command(
+        flow, definition, DecidePhase("publish", ApprovalDecision.REJECT, comment), _ctx(40, "bob")
+    )
+    (entry,) = result.entries
+    assert entry.reason == comment
+    assert entry.error is not None
+    assert (entry.error.error_code, entry.error.message, entry.error.details) == (
+        ErrorCode.APPROVAL_REJECTED,
+        message,
+        {"approver": "bob"},
+    )
+
+
+def test_a_decision_is_stamped_with_its_time() -> None:
+    definition = _definition(None)
+    result = apply_command(
+        _waiting(definition),
+        definition,
+        DecidePhase("publish", ApprovalDecision.APPROVE, "ok"),
+        _ctx(40, "bob"),
+    )
+    assert result.flow.phase("publish").approval == PhaseApproval(
+        ApprovalDecision.APPROVE, "bob", "ok", at(40)
+    )
+
+
+def test_deciding_on_an_ended_flow_names_the_phase() -> None:
+    definition = _definition(None)
+    cancelled = _run(_waiting(definition), definition, (CancelFlow(), _ctx(35)))
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(
+            cancelled, definition, DecidePhase("publish", ApprovalDecision.APPROVE), _ctx(40)
+        )
+    assert refused.value.code is ErrorCode.FLOW_TERMINAL
+    assert refused.value.message == "Flow is cancelled: phase 'publish' can no longer change"
+    assert refused.value.details == {"phase": "publish", "flow_status": "cancelled"}
+
+
+def test_the_refusal_on_an_optional_phase_offers_the_skip() -> None:
+    definition = FlowDefinition(
+        name="review",
+        version=1,
+        phases=(
+            PhaseDefinition("draft", (), 100, 1, None),
+            PhaseDefinition(
+                "publish", ("draft",), 0, 1, None, optional=True, approval=ApprovalPolicy()
+            ),
+        ),
+    )
+    flow = create_flow("f-1", TENANT, definition, _ctx(0)).flow
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, definition, DecidePhase("publish", ApprovalDecision.APPROVE), _ctx(1))
+    assert refused.value.details["valid_transitions"] == ["in_progress", "skipped"]

@@ -48,13 +48,14 @@ from flowstate.core.commands import (
     FollowChild,
     LinkChild,
     StartChild,
+    check_external_order,
     child_flow_id_for,
 )
 from flowstate.core.definitions import ChildFlowSpec, ParentCancelPolicy, child_from_dict
-from flowstate.core.model import ErrorCode, ExternalDependency
+from flowstate.core.model import ErrorCode, ExternalDependency, HistoryKind
 from flowstate.core.rules import TERMINAL_STATUSES, flow_transition_allowed
 
-from .support import RETRYABLE, TENANT, ctx
+from .support import RETRYABLE, TENANT, at, ctx
 
 S = PhaseState
 F = FlowStatus
@@ -452,3 +453,225 @@ def test_follow_command_needs_both_parent_fields_and_hands_an_error_only_when_fa
     assert cancelled is not None
     assert cancelled.child_status is F.CANCELLED
     assert cancelled.child_error is None
+
+
+def test_the_external_order_refusal_names_the_start_or_the_skip() -> None:
+    other = "00000000-0000-4000-8000-0000000000aa"
+    flow = replace(
+        create_flow(ROOT_ID, TENANT, LEAF, ctx()).flow,
+        external_dependencies=(
+            ExternalDependency("b", other, "done"),
+            ExternalDependency("b", other, "checked"),
+            ExternalDependency("b", other, "running"),
+            ExternalDependency("a", other, "other"),
+        ),
+    )
+    states = {(other, "checked"): S.SKIPPED, (other, "running"): S.IN_PROGRESS}
+    assert check_external_order(flow, states, "b", S.COMPLETED) is None
+    assert check_external_order(flow, {}, "b", S.FAILED) is None
+    for target, verb in ((S.IN_PROGRESS, "start"), (S.SKIPPED, "be skipped")):
+        refusal = check_external_order(flow, states, "b", target)
+        assert refusal is not None
+        assert refusal.code is ErrorCode.PHASE_ORDER_VIOLATION
+        assert refusal.message == (
+            f"Phase 'b' cannot {verb} before phase(s) of other flows completed: "
+            f"'{other}/done', '{other}/running'"
+        )
+        assert refusal.details == {
+            "phase": "b",
+            "from_state": "not_started",
+            "to_state": target.value,
+            "blocking_phases": [f"{other}/done", f"{other}/running"],
+            "blocking_external": [
+                {"flow_id": other, "phase": "done"},
+                {"flow_id": other, "phase": "running"},
+            ],
+        }
+
+
+def test_an_external_dependency_of_a_phase_the_flow_lacks_has_no_from_state() -> None:
+    other = "00000000-0000-4000-8000-0000000000aa"
+    flow = replace(
+        create_flow(ROOT_ID, TENANT, LEAF, ctx()).flow,
+        external_dependencies=(ExternalDependency("ghost", other, "done"),),
+    )
+    refusal = check_external_order(flow, {}, "ghost", S.IN_PROGRESS)
+    assert refusal is not None
+    assert refusal.details["from_state"] is None
+
+
+def test_a_link_on_the_retry_step_counts_the_attempt_at_the_links_time() -> None:
+    world = World()
+    _, c2 = started(world)
+    failed = apply_command(world.flows[ROOT_ID], ROOT, FollowChild("c2", c2, F.FAILED), ctx(10))
+    waiting = apply_command(failed.flow, ROOT, TransitionPhase("c2", S.RETRY_NEEDED), ctx(20)).flow
+    linked = "00000000-0000-4000-8000-000000000043"
+    follow = FollowChild("", linked, F.ACTIVE, 40.0)
+    decision = apply_command(waiting, ROOT, LinkChild("c2", follow, "take over"), ctx(30))
+    phase = decision.flow.phase("c2")
+    assert (phase.state, phase.child_flow_id, phase.progress) == (S.IN_PROGRESS, linked, 0.4)
+    assert (phase.retry_count, phase.last_retry_at, phase.state_entered_at) == (1, at(30), at(30))
+    # The failure's error stays on the phase until it completes (as on any retry's start).
+    assert phase.error == failed.flow.phase("c2").error
+    assert phase.error is not None
+    assert [(e.kind, e.reason, dict(e.metadata)) for e in decision.entries] == [
+        (HistoryKind.TRANSITION, "take over", {"child_flow_id": linked, "linked": True}),
+        (
+            HistoryKind.PROGRESS,
+            f"child flow {linked} is active",
+            {"child_flow_id": linked, "child_status": "active"},
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (F.FAILED, PhaseError(ErrorCode.PHASE_EXECUTION_FAILED, "Child flow {id} failed", {})),
+        (
+            F.CANCELLED,
+            PhaseError(ErrorCode.CHILD_FLOW_CANCELLED, "Child flow {id} was cancelled", {}),
+        ),
+    ],
+)
+def test_a_child_that_ends_without_an_error_of_its_own_fails_the_phase_naming_it(
+    status: FlowStatus, error: PhaseError
+) -> None:
+    world = World()
+    _, c2 = started(world)
+    decision = apply_command(world.flows[ROOT_ID], ROOT, FollowChild("c2", c2, status), ctx(10))
+    phase = decision.flow.phase("c2")
+    assert phase.state is S.FAILED
+    assert phase.error == replace(
+        error, message=error.message.format(id=c2), details={"child_flow_id": c2}
+    )
+
+
+def test_the_refusals_of_a_link_are_whole() -> None:
+    world = World()
+    _, c2 = started(world)
+    root = world.flows[ROOT_ID]
+    follow = FollowChild("", "00000000-0000-4000-8000-000000000044", F.ACTIVE)
+
+    def refusal(flow: Flow, phase: str) -> FlowStateError:
+        with pytest.raises(FlowStateError) as refused:
+            apply_command(flow, ROOT, LinkChild(phase, follow), ctx(10))
+        return refused.value
+
+    not_linkable = refusal(root, "q")
+    assert (not_linkable.code, not_linkable.message, not_linkable.details) == (
+        ErrorCode.CHILD_FLOW_NOT_LINKABLE,
+        "Phase 'q' is not of kind child_flow",
+        {"phase": "q"},
+    )
+    # c2 is optional: the refusal of a link (a start) out of FAILED offers the skip.
+    failed = apply_command(root, ROOT, FollowChild("c2", c2, F.FAILED), ctx(5)).flow
+    out_of_failed = refusal(failed, "c2")
+    assert out_of_failed.code is ErrorCode.INVALID_PHASE_TRANSITION
+    assert out_of_failed.details["valid_transitions"] == ["retry_needed", "rolled_back", "skipped"]
+    ended = apply_command(root, ROOT, CancelFlow(), ctx(5)).flow
+    terminal = refusal(ended, "c2")
+    assert (terminal.code, terminal.message, terminal.details) == (
+        ErrorCode.FLOW_TERMINAL,
+        "Flow is cancelled: phase 'c2' can no longer change",
+        {"phase": "c2", "flow_status": "cancelled"},
+    )
+
+
+def test_a_link_on_the_retry_step_of_a_non_retryable_failure_needs_an_admins_retry() -> None:
+    """The link is the retry's start: a non-retryable error is lifted only by an admin's
+    forced Retry, never by a link (not even an admin's: a link has no force)."""
+    world = World()
+    _, c2 = started(world)
+    fatal = PhaseError(ErrorCode.DATA_VALIDATION_FAILED, "bad rows", {})
+    assert not fatal.retryable
+    failed = apply_command(
+        world.flows[ROOT_ID], ROOT, FollowChild("c2", c2, F.FAILED, child_error=fatal), ctx(10)
+    ).flow
+    waiting = apply_command(failed, ROOT, Retry("c2", force=True), replace(ctx(20), is_admin=True))
+    follow = FollowChild("", "00000000-0000-4000-8000-000000000045", F.ACTIVE)
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(waiting.flow, ROOT, LinkChild("c2", follow), replace(ctx(30), is_admin=True))
+    assert refused.value.code is ErrorCode.RETRY_NOT_ALLOWED
+    assert refused.value.message == (
+        "Phase 'c2' failed with non-retryable DATA_VALIDATION_FAILED; retrying it needs admin force"
+    )
+
+
+def test_following_a_child_records_each_step_with_the_childs_status() -> None:
+    world = World()
+    _, c2 = started(world)
+    failed = apply_command(world.flows[ROOT_ID], ROOT, FollowChild("c2", c2, F.FAILED), ctx(10))
+    error = PhaseError(
+        ErrorCode.PHASE_EXECUTION_FAILED, f"Child flow {c2} failed", {"child_flow_id": c2}
+    )
+    recovered = apply_command(failed.flow, ROOT, FollowChild("c2", c2, F.ACTIVE, 50.0), ctx(20))
+    done = apply_command(recovered.flow, ROOT, FollowChild("c2", c2, F.COMPLETED, 100.0), ctx(30))
+    meta = {"child_flow_id": c2}
+    steps = [
+        (
+            e.kind,
+            e.from_state,
+            e.to_state,
+            e.reason,
+            dict(e.metadata),
+            e.error,
+            e.occurred_at,
+            e.phase_progress,
+        )
+        for e in (*failed.entries, *recovered.entries, *done.entries)
+    ]
+    assert steps == [
+        (
+            HistoryKind.TRANSITION,
+            S.IN_PROGRESS,
+            S.FAILED,
+            f"child flow {c2} is failed",
+            {**meta, "child_status": "failed"},
+            error,
+            at(10),
+            None,
+        ),
+        (
+            HistoryKind.TRANSITION,
+            S.FAILED,
+            S.IN_PROGRESS,
+            f"child flow {c2} is active",
+            {**meta, "child_status": "active"},
+            error,
+            at(20),
+            None,
+        ),
+        (
+            HistoryKind.PROGRESS,
+            S.IN_PROGRESS,
+            S.IN_PROGRESS,
+            f"child flow {c2} is active",
+            {**meta, "child_status": "active"},
+            error,
+            at(20),
+            0.5,
+        ),
+        (
+            HistoryKind.TRANSITION,
+            S.IN_PROGRESS,
+            S.COMPLETED,
+            f"child flow {c2} is completed",
+            {**meta, "child_status": "completed"},
+            None,
+            at(30),
+            None,
+        ),
+    ]
+    phase = done.flow.phase("c2")
+    assert (phase.state_entered_at, phase.completed_at, phase.error) == (at(30), at(30), None)
+
+
+def test_a_childs_progress_is_clamped_to_the_phases_range() -> None:
+    world = World()
+    _, c2 = started(world)
+    root = world.flows[ROOT_ID]
+    over = apply_command(root, ROOT, FollowChild("c2", c2, F.ACTIVE, 150.0), ctx(10))
+    under = apply_command(over.flow, ROOT, FollowChild("c2", c2, F.ACTIVE, -5.0), ctx(20))
+    assert [e.phase_progress for e in (*over.entries, *under.entries)] == [1.0, 0.0]
+    assert under.flow.phase("c2").progress == 0.0
