@@ -245,8 +245,6 @@ class _Parser:
         return result
 
     def expr(self, depth: int) -> Filter:
-        if depth > self.max_depth:
-            raise self.fail(f"nested deeper than {self.max_depth} levels", limit=self.max_depth)
         first = self.unary(depth)
         parts = [first]
         joiner: str | None = None
@@ -266,6 +264,10 @@ class _Parser:
         return And(tuple(parts)) if joiner == "AND" else Or(tuple(parts))
 
     def unary(self, depth: int) -> Filter:
+        # Checked here, not in expr: a NOT nests as deep as a parenthesis does (a filter of
+        # nothing but NOTs would otherwise recurse until Python's own limit).
+        if depth > self.max_depth:
+            raise self.fail(f"nested deeper than {self.max_depth} levels", limit=self.max_depth)
         token = self.token
         if self.is_keyword("NOT"):
             self.index += 1
