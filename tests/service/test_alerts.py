@@ -87,6 +87,8 @@ def _alert_entry(before: Flow, alert: FlowAlert, version: int) -> HistoryEntry:
         user_id=SYSTEM_TIMER_USER,
         progress_after=before.progress,
         alert=alert,
+        phase_states_after=before.phase_states,
+        error_codes_after=frozenset(),
     )
 
 

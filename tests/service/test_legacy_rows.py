@@ -121,6 +121,8 @@ async def test_a_row_becomes_a_whole_flow_with_its_created_entry(
                 "legacy_completed": completed,
             },
             progress_after=40.0,
+            phase_states_after={p.name: p.state for p in phases},
+            error_codes_after=frozenset(),
         ),
     )
 

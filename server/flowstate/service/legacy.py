@@ -179,6 +179,7 @@ def _imported_flow(
         created_entry,
         status_after=status,
         progress_after=progress,
+        phase_states_after=flow.phase_states,  # the imported states, not the created ones
         reason=LEGACY_IMPORT_REASON,
         metadata={
             **created_entry.metadata,
