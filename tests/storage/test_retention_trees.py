@@ -8,6 +8,7 @@ Tenants' policies are one day; runs happen as of later moments (`Archiver.run_on
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -552,3 +553,85 @@ async def test_two_purges_of_one_tree_racing_count_each_flow_once(
     assert (counted_second["flows"], counted_second["entries"]) == (0, 0)
     assert not any([await trees.exists(f) for f in (parent, cascade, abandon)])
     assert await _dangling(database_url) == []
+
+
+_BACKLOG_ROOTS = """
+INSERT INTO flows (id, client_account_id, engagement_id, definition_name, definition_version,
+    status, version, phase_states, phase_details, progress, labels, created_at, updated_at,
+    parent_flow_id, external_dependencies)
+SELECT md5('root' || i)::uuid, 't' || (i % 20), 'e', 'tree_child', 1, 'cancelled', 1,
+    '{}'::jsonb, '[]'::jsonb, 0, '{}'::jsonb, $1::timestamptz - interval '60 days',
+    $1::timestamptz - interval '30 days' - make_interval(secs => i), NULL, '[]'::jsonb
+FROM generate_series(1, 100000) AS i
+"""
+_BACKLOG_CHILDREN = """
+INSERT INTO flows (id, client_account_id, engagement_id, definition_name, definition_version,
+    status, version, phase_states, phase_details, progress, labels, created_at, updated_at,
+    parent_flow_id, external_dependencies)
+SELECT md5('child' || i || '-' || k)::uuid, 't' || (i % 20), 'e', 'tree_child', 1,
+    CASE WHEN i % 1000 = 1 AND k = 1 THEN 'initialized' ELSE 'completed' END, 1,
+    '{}'::jsonb, '[]'::jsonb, 0, '{}'::jsonb, $1::timestamptz - interval '60 days',
+    $1::timestamptz - interval '20 days' - make_interval(hours => k),
+    md5('root' || i)::uuid, '[]'::jsonb
+FROM generate_series(1, 100000) AS i CROSS JOIN generate_series(1, 2) AS k
+WHERE i % 100 = 0 OR i % 1000 = 1
+UNION ALL
+SELECT md5('dependent' || i)::uuid, 't' || (i % 20), 'e', 'tree_child', 1, 'initialized', 1,
+    '{}'::jsonb, '[]'::jsonb, 0, '{}'::jsonb, $1::timestamptz, $1::timestamptz, NULL,
+    jsonb_build_array(jsonb_build_object(
+        'phase', 'a', 'flow_id', md5('root' || i)::uuid::text, 'flow_phase', 'a'))
+FROM generate_series(1, 100000) AS i WHERE i % 1000 = 2
+"""
+_BACKLOG_ARCHIVES = """
+INSERT INTO flow_archives (flow_id, client_account_id, engagement_id, flow_version,
+    entry_count, location, sha256, restored_at)
+SELECT id, client_account_id, engagement_id, 1, 0, 'test', '',
+    CASE WHEN parent_flow_id IS NOT NULL THEN $1::timestamptz END
+FROM flows
+WHERE id IN (SELECT md5('root' || i)::uuid FROM generate_series(1, 100000) AS i
+             WHERE i % 10 = 3 OR i % 200 = 0)
+   OR id IN (SELECT md5('child' || i || '-1')::uuid FROM generate_series(1, 100000) AS i
+             WHERE i % 400 = 0)
+"""
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
+
+
+async def test_the_backlog_at_100k_expired_roots_walks_trees_once_and_counts_as_batches_do(
+    fresh_database_url: str,
+) -> None:
+    """The backlog query (`lag`) at 100,000 expired roots, most of them lone flows (every 100th
+    with two expired children, every 400th of those with a restored child; every 1000th with a
+    live child, or named by a live flow; every 10th archived): it walks all the trees in one
+    recursive query (its recursive union runs once, not once per root as it did: ~3.7 s,
+    docs/retention.md), and counts exactly what the batches' rule (`_DUE_TREES`, one lateral
+    tree per root) counts."""
+    from flowstate.storage import retention
+    from flowstate.storage.migrate import upgrade
+
+    await upgrade(fresh_database_url)
+    now = datetime.now(UTC)
+    connection = await asyncpg.connect(asyncpg_dsn(fresh_database_url))
+    try:
+        for statement in (_BACKLOG_ROOTS, _BACKLOG_CHILDREN, _BACKLOG_ARCHIVES):
+            await connection.execute(statement, now)
+        await connection.execute("ANALYZE")
+        [plan] = json.loads(
+            await connection.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + retention._LAG, now, 7)
+        )
+        reference = retention._DUE_TREES.format(
+            columns="coalesce(sum(cardinality(tree.members)), 0)", rest=""
+        )
+        expected = await connection.fetchval(reference, now, 7)
+    finally:
+        await connection.close()
+    unions = [n for n in _nodes(plan["Plan"]) if n["Node Type"] == "Recursive Union"]
+    assert [n["Actual Loops"] for n in unions] == [1]
+    store = await RetentionStore.open(fresh_database_url)
+    try:
+        pending, _ = await store.lag(default_days=7, now=now)
+    finally:
+        await store.close()
+    assert 80000 < pending == expected
