@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import os
 import signal
 from pathlib import Path
@@ -177,6 +178,17 @@ def _write_ready_file(path: Path, address: str) -> None:
     temporary.replace(path)  # atomic: a watcher never reads a half-written file
 
 
+def _freeze_startup_heap() -> None:
+    """Keep what start-up made (imported libraries, pools, the servicer: nearly the whole heap)
+    out of the garbage collector's full passes, which then walk only what serving creates.
+
+    Each full pass over that heap cost 40-110 ms of CPU, about once per 2,000 transitions at
+    32 clients (docs/performance.md, "Garbage collection"). Here, not in `FlowstateServer.start`:
+    a process that starts servers in-process (the tests) keeps its collector as it was."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: ServerSettings) -> int:
     """Start the server, announce it, wait for a signal, stop gracefully."""
     stop = asyncio.Event()
@@ -184,6 +196,7 @@ async def serve(settings: ServerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await FlowstateServer.start(settings)
+    _freeze_startup_heap()
     worker = settings.reuse_port  # a worker of `serve --workers N`: the supervisor announces
     try:
         if server.metrics_port is not None:
