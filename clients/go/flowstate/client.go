@@ -447,6 +447,49 @@ func (c *Client) GetRecoveryOptions(ctx context.Context, req *flowstatev1.GetRec
 	return invoke(ctx, c, req, c.raw.GetRecoveryOptions, opts)
 }
 
+// RecoveryResult is what executing a recovery option answers: the flow after the action and
+// the history entries it recorded.
+type RecoveryResult struct {
+	Flow           *flowstatev1.Flow
+	HistoryEntries []*flowstatev1.HistoryEntry
+}
+
+// ExecuteRecovery sends the request a recovery option carries (an option of GetRecoveryOptions:
+// retry, rollback, restart, resume, cancel, pause or skip) through the matching method, with a
+// fresh request id; the request is pinned to the flow's version when the options were read
+// (ErrVersionConflict if it changed since). The option is not modified. An option that is not
+// Allowed is sent all the same (the server refuses it with its BlockedBy); one without a request
+// is an error before anything is sent.
+func (c *Client) ExecuteRecovery(ctx context.Context, option *flowstatev1.RecoveryOption, opts ...grpc.CallOption) (*RecoveryResult, error) {
+	var response interface {
+		GetFlow() *flowstatev1.Flow
+		GetHistoryEntries() []*flowstatev1.HistoryEntry
+	}
+	var err error
+	switch request := option.GetRequest().(type) {
+	case *flowstatev1.RecoveryOption_Retry:
+		response, err = c.Retry(ctx, request.Retry, opts...)
+	case *flowstatev1.RecoveryOption_Rollback:
+		response, err = c.Rollback(ctx, request.Rollback, opts...)
+	case *flowstatev1.RecoveryOption_TransitionPhase:
+		response, err = c.TransitionPhase(ctx, request.TransitionPhase, opts...)
+	case *flowstatev1.RecoveryOption_ResumeFlow:
+		response, err = c.ResumeFlow(ctx, request.ResumeFlow, opts...)
+	case *flowstatev1.RecoveryOption_CancelFlow:
+		response, err = c.CancelFlow(ctx, request.CancelFlow, opts...)
+	case *flowstatev1.RecoveryOption_PauseFlow:
+		response, err = c.PauseFlow(ctx, request.PauseFlow, opts...)
+	case *flowstatev1.RecoveryOption_SkipPhase:
+		response, err = c.SkipPhase(ctx, request.SkipPhase, opts...)
+	default:
+		return nil, fmt.Errorf("flowstate: recovery option %v carries no request", option.GetAction())
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &RecoveryResult{Flow: response.GetFlow(), HistoryEntries: response.GetHistoryEntries()}, nil
+}
+
 // PauseFlow pauses a flow (request id added when empty).
 func (c *Client) PauseFlow(ctx context.Context, req *flowstatev1.PauseFlowRequest, opts ...grpc.CallOption) (*flowstatev1.PauseFlowResponse, error) {
 	req = withRequestID(req, func(r *flowstatev1.PauseFlowRequest, id string) { r.RequestId = id })

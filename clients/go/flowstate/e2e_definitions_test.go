@@ -88,14 +88,25 @@ func TestE2EDiamondWithParallelBranchesAndASkip(t *testing.T) {
 	}
 	_, err = writer.SkipPhase(ctx, &flowstatev1.SkipPhaseRequest{FlowId: flowID, Phase: "b"})
 	expectError(t, err, flowstate.ErrInvalidPhaseTransition, codes.FailedPrecondition)
-	skipped, err := writer.SkipPhase(ctx, &flowstatev1.SkipPhaseRequest{FlowId: flowID, Phase: "c", Reason: "not needed"})
+	// The failed optional phase's recovery options offer the skip, executed as offered.
+	options, err := writer.GetRecoveryOptions(ctx, &flowstatev1.GetRecoveryOptionsRequest{FlowId: flowID})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if skipped.GetFlow().GetPhases()[2].GetState() != flowstatev1.PhaseState_PHASE_STATE_SKIPPED || skipped.GetFlow().GetProgress() != 57.5 {
-		t.Fatalf("after the skip: %v %v", skipped.GetFlow().GetPhases()[2].GetState(), skipped.GetFlow().GetProgress())
+	i := slices.IndexFunc(options.GetOptions(), func(o *flowstatev1.RecoveryOption) bool {
+		return o.GetAction() == flowstatev1.RecoveryAction_RECOVERY_ACTION_SKIP && o.GetPhase() == "c"
+	})
+	if i < 0 {
+		t.Fatalf("no skip of c among %v", options.GetOptions())
 	}
-	if kinds := skipped.GetHistoryEntries(); len(kinds) != 1 || kinds[0].GetKind() != flowstatev1.HistoryEventKind_HISTORY_EVENT_KIND_SKIP {
+	skipped, err := writer.ExecuteRecovery(ctx, options.GetOptions()[i])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if skipped.Flow.GetPhases()[2].GetState() != flowstatev1.PhaseState_PHASE_STATE_SKIPPED || skipped.Flow.GetProgress() != 57.5 {
+		t.Fatalf("after the skip: %v %v", skipped.Flow.GetPhases()[2].GetState(), skipped.Flow.GetProgress())
+	}
+	if kinds := skipped.HistoryEntries; len(kinds) != 1 || kinds[0].GetKind() != flowstatev1.HistoryEventKind_HISTORY_EVENT_KIND_SKIP {
 		t.Fatalf("history of the skip: %v", kinds)
 	}
 	mustMove(ctx, t, writer, flowID, "b", flowstatev1.PhaseState_PHASE_STATE_COMPLETED)

@@ -520,6 +520,60 @@ func TestE2EWatch(t *testing.T) {
 			t.Fatalf("versions %v", got)
 		}
 	})
+
+	t.Run("WatchFlows with a filter expression", func(t *testing.T) {
+		// matching already matches (its snapshot says the stream is live); a matches from its
+		// third version on; b's change never matches.
+		matching, a, b := newFlow(ctx, t, writer), newFlow(ctx, t, writer), newFlow(ctx, t, writer)
+		mustMove(ctx, t, writer, matching, "data_import", inProgress)
+		mustMove(ctx, t, writer, matching, "data_import", completed)
+		watchCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		filter := &flowstatev1.WatchFlowsRequest{FlowIds: []string{matching, a, b}, Filter: "phase.data_import = COMPLETED"}
+		seen := make(chan []string, 1)
+		first := make(chan struct{})
+		go func() {
+			var got []string
+			for event, err := range writer.WatchFlows(watchCtx, flowstate.Filter(filter)) {
+				if err != nil {
+					break
+				}
+				got = append(got, fmt.Sprintf("%s@%d", event.Event.GetFlowId(), event.Event.GetFlowVersion()))
+				if len(got) == 1 {
+					close(first)
+				}
+				if event.Event.GetFlowId() == a && event.Event.GetFlowVersion() == 4 {
+					break
+				}
+			}
+			seen <- got
+		}()
+		select {
+		case <-first:
+		case <-ctx.Done():
+			t.Fatal("no snapshot from WatchFlows")
+		}
+		mustMove(ctx, t, writer, b, "data_import", inProgress)
+		mustMove(ctx, t, writer, a, "data_import", inProgress)
+		mustMove(ctx, t, writer, a, "data_import", completed)
+		mustMove(ctx, t, writer, a, "field_mapping", inProgress)
+		got := <-seen
+		if want := []string{matching + "@3", a + "@3", a + "@4"}; !slices.Equal(got, want) {
+			t.Fatalf("events %v, want %v", got, want)
+		}
+	})
+
+	t.Run("WatchFlows with a filter that does not parse", func(t *testing.T) {
+		var final error
+		for _, err := range writer.WatchFlows(ctx, flowstate.Filter(&flowstatev1.WatchFlowsRequest{Filter: "status = NOPE"})) {
+			final = err
+			break
+		}
+		bad := expectError(t, final, flowstate.ErrMalformedRequest, codes.InvalidArgument)
+		if position, ok := bad.Details["position"].(float64); !ok || position != 9 || bad.Details["field"] != "filter" {
+			t.Fatalf("details %v, want field filter at position 9", bad.Details)
+		}
+	})
 }
 
 // iterPull adapts a watch for step-by-step reading; next returns an error at the end.
@@ -731,17 +785,26 @@ func TestE2ERecoveryOptions(t *testing.T) {
 	if rollback == nil || rollback.GetFlowId() != flowID || rollback.GetPhase() != "field_mapping" {
 		t.Fatalf("rollback option's request: %v", resp.GetOptions()[1])
 	}
-	done, err := writer.Rollback(ctx, rollback)
+	// An option that is not allowed is sent all the same: the server refuses it with its BlockedBy.
+	_, err = writer.ExecuteRecovery(ctx, resp.GetOptions()[4])
+	expectError(t, err, flowstate.ErrRetryNotAllowed, codes.FailedPrecondition)
+	if _, err := writer.ExecuteRecovery(ctx, &flowstatev1.RecoveryOption{}); err == nil {
+		t.Fatal("an option without a request: want an error")
+	}
+	done, err := writer.ExecuteRecovery(ctx, resp.GetOptions()[1])
 	if err != nil {
 		t.Fatal(err)
 	}
-	phases := done.GetFlow().GetPhases()
+	if resp.GetOptions()[1].GetRollback().GetRequestId() != "" {
+		t.Fatal("ExecuteRecovery modified the option")
+	}
+	phases := done.Flow.GetPhases()
 	if phases[0].GetState() != flowstatev1.PhaseState_PHASE_STATE_COMPLETED || phases[1].GetState() != flowstatev1.PhaseState_PHASE_STATE_ROLLED_BACK {
 		t.Fatalf("after the rollback option: %v", phases[:2])
 	}
-	if done.GetFlow().GetStatus() != want[1].status || len(done.GetHistoryEntries()) != 1 ||
-		done.GetHistoryEntries()[0].GetKind() != flowstatev1.HistoryEventKind_HISTORY_EVENT_KIND_ROLLBACK {
-		t.Fatalf("status %v, entries %v", done.GetFlow().GetStatus(), done.GetHistoryEntries())
+	if done.Flow.GetStatus() != want[1].status || len(done.HistoryEntries) != 1 ||
+		done.HistoryEntries[0].GetKind() != flowstatev1.HistoryEventKind_HISTORY_EVENT_KIND_ROLLBACK {
+		t.Fatalf("status %v, entries %v", done.Flow.GetStatus(), done.HistoryEntries)
 	}
 	after, err := writer.GetRecoveryOptions(ctx, &flowstatev1.GetRecoveryOptionsRequest{FlowId: flowID})
 	if err != nil || after.GetOptions()[0].GetAction() != flowstatev1.RecoveryAction_RECOVERY_ACTION_RESTART {

@@ -53,8 +53,10 @@ func OnReconnect(fn func(err *Error, attempt int, delay time.Duration)) WatchOpt
 // after the cursor of one of its responses.
 func AfterCursor(cursor string) WatchOption { return func(c *watchConfig) { c.cursor = cursor } }
 
-// Filter sets the filters of a WatchFlows (statuses, definition name, flow ids; the cursor
-// field is ignored: see AfterCursor).
+// Filter sets the filters of a WatchFlows: statuses, definition name, flow ids and the filter
+// expression (WatchFlowsRequest.Filter, the ListFlows language of docs/filters.md, evaluated on
+// each change as the change left the flow), all ANDed. The cursor field is ignored: see
+// AfterCursor. A filter that does not parse ends the iteration with ErrMalformedRequest.
 func Filter(filter *flowstatev1.WatchFlowsRequest) WatchOption {
 	return func(c *watchConfig) { c.filter = filter }
 }
@@ -318,6 +320,7 @@ func (c *Client) WatchFlows(ctx context.Context, options ...WatchOption) iter.Se
 				Statuses:       cfg.filter.GetStatuses(),
 				DefinitionName: cfg.filter.GetDefinitionName(),
 				FlowIds:        cfg.filter.GetFlowIds(),
+				Filter:         cfg.filter.GetFilter(),
 				Cursor:         at.cursor,
 			}
 			return c.raw.WatchFlows(ctx, request)
