@@ -14,7 +14,7 @@ import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type * as http2 from "node:http2";
 
-import { create, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { clone, create, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager, type Http2SessionOptions } from "@connectrpc/connect-node";
 
@@ -80,6 +80,8 @@ import {
   type GetFlowResponse,
   type GetRecoveryOptionsResponse,
   type HistoryEntry,
+  type RecoveryOption,
+  RecoveryAction,
   type ListFlowDefinitionsResponse,
   type ListFlowHistoryResponse,
   type ListFlowsResponse,
@@ -226,6 +228,15 @@ export interface FlowstateClient {
   rollback(request: RollbackInput, options?: FlowstateCallOptions): Promise<RollbackResponse>;
   retry(request: RetryInput, options?: FlowstateCallOptions): Promise<RetryResponse>;
   getRecoveryOptions(request: GetRecoveryOptionsInput, options?: FlowstateCallOptions): Promise<GetRecoveryOptionsResponse>;
+  /**
+   * Sends the request a recovery option carries (an option of `getRecoveryOptions`: retry,
+   * rollback, restart, resume, cancel, pause or skip) through the matching method, with a fresh
+   * request id; the option is not modified. The request is pinned to the flow's version when the
+   * options were read (`VersionConflictError` if it changed since). An option that is not
+   * `allowed` is sent all the same (the server refuses it with its `blockedBy`); one without a
+   * request rejects with a `TypeError` before anything is sent.
+   */
+  executeRecovery(option: RecoveryOption, options?: FlowstateCallOptions): Promise<RecoveryResult>;
   pauseFlow(request: PauseFlowInput, options?: FlowstateCallOptions): Promise<PauseFlowResponse>;
   resumeFlow(request: ResumeFlowInput, options?: FlowstateCallOptions): Promise<ResumeFlowResponse>;
   cancelFlow(request: CancelFlowInput, options?: FlowstateCallOptions): Promise<CancelFlowResponse>;
@@ -327,6 +338,12 @@ export interface FlowstateClient {
    * flight and later calls reject with a CANCELLED `FlowstateError`.
    */
   close(): void;
+}
+
+/** What executing a recovery option answers (`executeRecovery()`): the flow after the action and the history it recorded. */
+export interface RecoveryResult {
+  flow?: Flow;
+  historyEntries: HistoryEntry[];
 }
 
 /** A flow with its descendants (`getFlowTree()`), level by level. */
@@ -503,6 +520,31 @@ export function createFlowstateClient(given: FlowstateClientOptions = {}): Flows
     retry: (request, o) => unary(RetryRequestSchema, request, (r, c) => raw.retry(r, c), true, o),
     getRecoveryOptions: (request, o) =>
       unary(GetRecoveryOptionsRequestSchema, request, (r, c) => raw.getRecoveryOptions(r, c), false, o),
+    async executeRecovery(option, o) {
+      const request = option.request;
+      // A copy: the request id goes into it, not into the caller's option.
+      const sent = await (async () => {
+        switch (request.case) {
+          case "retry":
+            return client.retry(clone(RetryRequestSchema, request.value), o);
+          case "rollback":
+            return client.rollback(clone(RollbackRequestSchema, request.value), o);
+          case "transitionPhase":
+            return client.transitionPhase(clone(TransitionPhaseRequestSchema, request.value), o);
+          case "resumeFlow":
+            return client.resumeFlow(clone(ResumeFlowRequestSchema, request.value), o);
+          case "cancelFlow":
+            return client.cancelFlow(clone(CancelFlowRequestSchema, request.value), o);
+          case "pauseFlow":
+            return client.pauseFlow(clone(PauseFlowRequestSchema, request.value), o);
+          case "skipPhase":
+            return client.skipPhase(clone(SkipPhaseRequestSchema, request.value), o);
+          case undefined:
+            throw new TypeError(`recovery option ${RecoveryAction[option.action]} carries no request`);
+        }
+      })();
+      return { flow: sent.flow, historyEntries: sent.historyEntries };
+    },
     pauseFlow: (request, o) => unary(PauseFlowRequestSchema, request, (r, c) => raw.pauseFlow(r, c), true, o),
     resumeFlow: (request, o) => unary(ResumeFlowRequestSchema, request, (r, c) => raw.resumeFlow(r, c), true, o),
     cancelFlow: (request, o) => unary(CancelFlowRequestSchema, request, (r, c) => raw.cancelFlow(r, c), true, o),

@@ -46,6 +46,12 @@ export interface WatchFlowsOptions {
   definitionName?: string;
   /** Only these flows. */
   flowIds?: string[];
+  /**
+   * Only flows matching this filter expression (the ListFlows language, docs/filters.md),
+   * evaluated on each change as the change left the flow; ANDed with the fields above. One that
+   * does not parse rejects with MALFORMED_REQUEST (`field` filter, `position`, in `details`).
+   */
+  filter?: string;
   /** Resume after this cursor (from `FlowsEvent.cursor`); unset: start with snapshots. */
   cursor?: string;
   /** Stops the iteration; the pending `next()` rejects with the signal's reason. */
@@ -274,6 +280,7 @@ export function watchFlows(
           statuses: options.statuses ?? [],
           definitionName: options.definitionName ?? "",
           flowIds: options.flowIds ?? [],
+          filter: options.filter ?? "",
           cursor: at.cursor,
         },
         { signal, timeoutMs: 0 },

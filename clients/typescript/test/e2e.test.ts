@@ -381,7 +381,7 @@ if (testServer === undefined) {
   });
 
   describe("recovery options", TIMEOUT, () => {
-    it("GetRecoveryOptions lists the options, and sending the rollback option's request rolls back", async () => {
+    it("GetRecoveryOptions lists the options, and executeRecovery of the rollback option rolls back", async () => {
       const flowId = await newFlow();
       await move(flowId, "data_import", PhaseState.IN_PROGRESS);
       await move(flowId, "data_import", PhaseState.COMPLETED);
@@ -410,7 +410,12 @@ if (testServer === undefined) {
       assert.ok(rollback && rollback.request.case === "rollback", String(rollback?.request.case));
       assert.equal(rollback.request.value.flowId, flowId);
       assert.equal(rollback.request.value.phase, "field_mapping");
-      const done = await writer.rollback(rollback.request.value);
+      // An option that is not allowed is sent all the same: the server refuses it with its blockedBy.
+      const notAllowed = await refusal(writer.executeRecovery(options[4]!));
+      assert.ok(notAllowed instanceof RetryNotAllowedError, String(notAllowed));
+      await assert.rejects(writer.executeRecovery({ ...rollback, request: { case: undefined } }), TypeError);
+      const done = await writer.executeRecovery(rollback);
+      assert.equal(rollback.request.value.requestId, "", "executeRecovery modified the option");
       assert.deepEqual(
         done.flow?.phases.slice(0, 2).map((p) => p.state),
         [PhaseState.COMPLETED, PhaseState.ROLLED_BACK],
@@ -469,7 +474,11 @@ if (testServer === undefined) {
       });
       const notOptional = await refusal(writer.skipPhase({ flowId, phase: "b" }));
       assert.ok(notOptional instanceof InvalidPhaseTransitionError, String(notOptional));
-      const skipped = await writer.skipPhase({ flowId, phase: "c", reason: "not needed" });
+      // The failed optional phase's recovery options offer the skip, executed as offered.
+      const { options } = await writer.getRecoveryOptions({ flowId });
+      const skip = options.find((o) => o.action === RecoveryAction.SKIP && o.phase === "c");
+      assert.ok(skip, String(options.map((o) => o.action)));
+      const skipped = await writer.executeRecovery(skip);
       assert.equal(skipped.flow?.phases[2]?.state, PhaseState.SKIPPED);
       assert.deepEqual(skipped.historyEntries.map((e) => e.kind), [HistoryEventKind.SKIP]);
       assert.equal(skipped.flow?.progress, 57.5);
@@ -873,6 +882,42 @@ if (testServer === undefined) {
       await move(flowId, "data_import", PhaseState.COMPLETED);
       await watching;
       assert.deepEqual(seen, [1n, 2n, 3n]);
+    });
+
+    it("watchFlows with a filter expression delivers exactly the changes that match it", async () => {
+      // matching already matches (its snapshot says the stream is live); a matches from its
+      // third version on; b's change never matches.
+      const [matching, a, b] = [await newFlow(), await newFlow(), await newFlow()];
+      await move(matching, "data_import", PhaseState.IN_PROGRESS);
+      await move(matching, "data_import", PhaseState.COMPLETED);
+      const controller = new AbortController();
+      const seen: string[] = [];
+      let snapshotted: () => void = () => undefined;
+      const subscribed = new Promise<void>((resolve) => {
+        snapshotted = resolve;
+      });
+      const options = { flowIds: [matching, a, b], filter: "phase.data_import = COMPLETED", signal: controller.signal };
+      const watching = (async () => {
+        for await (const { event } of writer.watchFlows(options)) {
+          seen.push(`${event.flowId}@${event.flowVersion}`);
+          snapshotted();
+          if (event.flowId === a && event.flowVersion === 4n) return;
+        }
+      })();
+      await subscribed;
+      await move(b, "data_import", PhaseState.IN_PROGRESS);
+      await move(a, "data_import", PhaseState.IN_PROGRESS);
+      await move(a, "data_import", PhaseState.COMPLETED);
+      await move(a, "field_mapping", PhaseState.IN_PROGRESS);
+      await watching;
+      assert.deepEqual(seen, [`${matching}@3`, `${a}@3`, `${a}@4`]);
+    });
+
+    it("watchFlows with a filter that does not parse rejects with MALFORMED_REQUEST", async () => {
+      const events = writer.watchFlows({ filter: "status = NOPE" });
+      const bad = await refusal(events.next());
+      assert.ok(bad instanceof MalformedRequestError, String(bad));
+      assert.deepEqual([bad.details.field, bad.details.position], ["filter", 9]);
     });
   });
 
