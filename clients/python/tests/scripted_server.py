@@ -2,7 +2,8 @@
 
 Each RPC pops the next scripted outcome for its method: a response message, a `Recorded` error
 (the server aborts the call with an error recorded from a real Flowstate server, replayed byte
-for byte: recorded_errors.py), a `Bare` status without details, or, for the streams, a `Stream`
+for byte: recorded_errors.py), an `Encoded` refusal (the server's own encoder, for the codes no
+recording covers), a `Bare` status without details, or, for the streams, a `Stream`
 (events, then an optional failure). Every request and its metadata
 are recorded, so tests can check what the SDK sent (request ids reused across retries, the bearer
 token, ``after_version`` on reconnect). Nothing here is a mock: the SDK talks HTTP/2 to a real
@@ -36,7 +37,26 @@ class Bare:
     message: str = "plain"
 
 
-Failure = Bare | Recorded
+@dataclass(frozen=True)
+class Encoded:
+    """Abort the call with `grpc_status`, a status the server's own encoder built
+    (``flowstate.server.errors.to_grpc_status``): only for the refusals no recording covers,
+    whose gRPC code and details are then still checked over the wire (test_sdk_errors.py)."""
+
+    grpc_status: grpc.Status
+
+    @property
+    def grpc_code(self) -> grpc.StatusCode:
+        """The status code the encoder chose."""
+        code: grpc.StatusCode = self.grpc_status.code
+        return code
+
+    def status(self) -> grpc.Status:
+        """The status to abort with, as the encoder built it."""
+        return self.grpc_status
+
+
+Failure = Bare | Recorded | Encoded
 """A scripted failure."""
 
 
@@ -79,7 +99,7 @@ class ScriptedServicer:
         if not self.script[method]:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"nothing scripted for {method}")
         outcome = self.script[method].popleft()
-        if isinstance(outcome, Bare | Recorded):
+        if isinstance(outcome, Bare | Recorded | Encoded):
             await _fail(context, outcome)
         return outcome
 

@@ -42,6 +42,7 @@ from flowstate.client import (
     PermissionDenied,
     PhaseOrderViolation,
     PhaseState,
+    RecoveryAction,
     RequestIdReused,
     RetryNotAllowed,
     RetryPolicy,
@@ -484,6 +485,39 @@ async def test_watch_flows_sees_the_tenants_flows(client: AsyncFlowstateClient) 
     assert seen[first] == [1, 2]
 
 
+async def test_watch_flows_with_a_filter_expression(client: AsyncFlowstateClient) -> None:
+    """Exactly the changes the filter matches (the same case as the TypeScript and Go suites)."""
+    matching, a, b = [(await client.create_flow()).flow.flow_id for _ in range(3)]
+    await client.transition_phase(matching, "data_import", "IN_PROGRESS")
+    await client.transition_phase(matching, "data_import", "COMPLETED")
+    seen: list[tuple[str, int]] = []
+    ready = asyncio.Event()
+
+    async def watch() -> None:
+        events = client.watch_flows(
+            flow_ids=[matching, a, b], filter="phase.data_import = COMPLETED"
+        )
+        async for event in events:
+            seen.append((event.flow_id, event.flow_version))
+            ready.set()  # matching's snapshot: the stream is live
+            if (event.flow_id, event.flow_version) == (a, 4):
+                return
+
+    task = asyncio.create_task(watch())
+    await _until(ready, task, within=10)
+    await client.transition_phase(b, "data_import", "IN_PROGRESS")
+    await client.transition_phase(a, "data_import", "IN_PROGRESS")
+    await client.transition_phase(a, "data_import", "COMPLETED")
+    await client.transition_phase(a, "field_mapping", "IN_PROGRESS")
+    await asyncio.wait_for(task, timeout=10)
+
+    assert seen == [(matching, 3), (a, 3), (a, 4)]
+    with pytest.raises(MalformedRequest) as bad:
+        async for _ in client.watch_flows(filter="status = NOPE"):
+            pass
+    assert (bad.value.details["field"], bad.value.details["position"]) == ("filter", 9)
+
+
 async def test_watch_resumes_across_a_server_restart(database_url: str, tenant: Tenant) -> None:
     """`flowstate serve` is stopped and started again on the same database and port.
 
@@ -699,6 +733,26 @@ async def test_a_diamond_runs_with_parallel_branches_and_a_skip(make_client: Mak
     await client.transition_phase(flow_id, "d", PhaseState.IN_PROGRESS)
     done = (await client.transition_phase(flow_id, "d", PhaseState.COMPLETED)).flow
     assert (done.status, done.progress) == (FlowStatus.COMPLETED, 100.0)
+
+
+async def test_the_skip_recovery_option_of_a_failed_optional_phase_executes(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(scopes=DEFINITION_SCOPES)
+    await client.create_flow_definition(DIAMOND)
+    flow_id = (await client.create_flow("sdk_diamond")).flow.flow_id
+    await client.transition_phase(flow_id, "a", PhaseState.IN_PROGRESS)
+    await client.transition_phase(flow_id, "a", PhaseState.COMPLETED)
+    await client.transition_phase(flow_id, "c", PhaseState.IN_PROGRESS)
+    await client.transition_phase(flow_id, "c", PhaseState.FAILED, error_code="AGENT_TIMEOUT")
+
+    options = (await client.get_recovery_options(flow_id)).options
+    [skip] = [o for o in options if o.action is RecoveryAction.SKIP]
+    result = await skip.execute(client)
+
+    assert (skip.phase, skip.allowed) == ("c", True)
+    assert result.flow.phase("c").state is PhaseState.SKIPPED
+    assert [e.kind for e in result.history_entries] == [HistoryEventKind.SKIP]
 
 
 async def test_the_sync_client_registers_and_skips(
@@ -923,6 +977,8 @@ async def test_child_flows_link_tree_and_follow(make_client: MakeClient) -> None
     assert not tree.truncated
     page = await client.list_flows(parent_flow_id=master.flow_id)
     assert {f.parent_phase for f in page.flows} == {"left", "right"}
+    children = client.iter_flows(parent_flow_id=master.flow_id, page_size=1)
+    assert {f.flow_id async for f in children} == {child_id, existing.flow_id}
 
     for flow_id in (child_id, existing.flow_id):
         await client.transition_phase(flow_id, "work", PhaseState.IN_PROGRESS)

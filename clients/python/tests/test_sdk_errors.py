@@ -8,13 +8,13 @@ trailers, byte for byte), so decoding goes through the real trailers of the real
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
 from recorded_errors import ERROR_FIXTURES, Recorded, error_fixture, recorded
-from scripted_server import Bare, ScriptedServer, ScriptedServicer, free_port
+from scripted_server import Bare, Encoded, ScriptedServer, ScriptedServicer, free_port
 
 from flowstate.client import (
     Aborted,
@@ -184,6 +184,55 @@ async def test_recorded_error_selects_class(
     assert error.status is not None
     assert error.status.code == fixture.grpc_code.value[0]
     assert isinstance(error.__cause__, grpc.aio.AioRpcError)
+
+
+#: The refusal codes no recording covers: their status comes from the server's own encoder.
+NOT_RECORDED = [case for case in CASES if case[0].lower() not in RECORDED]
+
+
+def test_every_refusal_code_is_checked_over_the_wire() -> None:
+    """Recorded, or encoded by the server below: no code's gRPC status goes unchecked."""
+    assert {case[0] for case in NOT_RECORDED} | {name.upper() for name in RECORDED} == {
+        case[0] for case in CASES
+    }
+
+
+@pytest.mark.parametrize(
+    ("reason", "grpc_code", "cls", "parent"), NOT_RECORDED, ids=[case[0] for case in NOT_RECORDED]
+)
+async def test_refusal_not_recorded_selects_class_over_the_wire(
+    servicer: ScriptedServicer,
+    client: AsyncFlowstateClient,
+    reason: str,
+    grpc_code: grpc.StatusCode,
+    cls: type[FlowstateError],
+    parent: type[FlowstateError],
+) -> None:
+    """The server's own encoder (`to_grpc_status`) builds the refusal, a real gRPC server sends
+    it: the gRPC code the server uses for the code is the one the SDK expects (CASES), and the
+    client decodes the class, code, message and details from the wire."""
+    server_errors = pytest.importorskip("flowstate.server.errors")
+    core_errors = pytest.importorskip("flowstate.core.errors")
+    core_model = pytest.importorskip("flowstate.core.model")
+    refusal = core_errors.FlowStateError(
+        core_model.ErrorCode[reason], f"{reason} happened", phase_hint="x"
+    )
+    status = server_errors.to_grpc_status(refusal, correlation_id="c-1", now=datetime.now(UTC))
+    servicer.add("GetFlow", Encoded(status))
+
+    with pytest.raises(FlowstateError) as caught:
+        await client.get_flow("f-1", retry=RetryPolicy.disabled())
+
+    error = caught.value
+    rpc_error = error.__cause__
+    assert isinstance(rpc_error, grpc.aio.AioRpcError)
+    assert rpc_error.code() == status.code == grpc_code
+    assert type(error) is cls
+    assert isinstance(error, parent)
+    assert (error.code, error.grpc_code) == (ErrorCode[reason], grpc_code)
+    assert error.message == f"{reason} happened"
+    assert error.details == {"phase_hint": "x"}
+    assert error.correlation_id == "c-1"
 
 
 @pytest.mark.parametrize("name", ERROR_FIXTURES)

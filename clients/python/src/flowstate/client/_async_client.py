@@ -365,6 +365,7 @@ class AsyncFlowstateClient:
         page_size: int = 0,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        parent_flow_id: str | None = None,
     ) -> AsyncGenerator[Flow, None]:
         """Yield every matching flow, fetching pages as needed (filters as `list_flows`)."""
         statuses = tuple(statuses)
@@ -384,6 +385,7 @@ class AsyncFlowstateClient:
                 page_token=token,
                 timeout=timeout,
                 retry=retry,
+                parent_flow_id=parent_flow_id,
             )
             for flow in page.flows:
                 yield flow
@@ -631,6 +633,8 @@ class AsyncFlowstateClient:
                 response = await self._call(lambda s: s.CancelFlow, request, timeout, retry)
             case flow_service_pb2.PauseFlowRequest():
                 response = await self._call(lambda s: s.PauseFlow, request, timeout, retry)
+            case flow_service_pb2.SkipPhaseRequest():
+                response = await self._call(lambda s: s.SkipPhase, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     async def pause_flow(

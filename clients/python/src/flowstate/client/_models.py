@@ -673,6 +673,7 @@ _RecoveryRequest = (
     | flow_service_pb2.ResumeFlowRequest
     | flow_service_pb2.CancelFlowRequest
     | flow_service_pb2.PauseFlowRequest
+    | flow_service_pb2.SkipPhaseRequest
 )
 
 

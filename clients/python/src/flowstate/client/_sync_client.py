@@ -363,6 +363,7 @@ class FlowstateClient:
         page_size: int = 0,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        parent_flow_id: str | None = None,
     ) -> Generator[Flow, None, None]:
         """Yield every matching flow, fetching pages as needed (filters as `list_flows`)."""
         statuses = tuple(statuses)
@@ -382,6 +383,7 @@ class FlowstateClient:
                 page_token=token,
                 timeout=timeout,
                 retry=retry,
+                parent_flow_id=parent_flow_id,
             )
             yield from page.flows
             token = page.next_page_token
@@ -628,6 +630,8 @@ class FlowstateClient:
                 response = self._call(lambda s: s.CancelFlow, request, timeout, retry)
             case flow_service_pb2.PauseFlowRequest():
                 response = self._call(lambda s: s.PauseFlow, request, timeout, retry)
+            case flow_service_pb2.SkipPhaseRequest():
+                response = self._call(lambda s: s.SkipPhase, request, timeout, retry)
         return MutationResult._from_proto(response)
 
     def pause_flow(
