@@ -70,6 +70,7 @@ EXPECTED = [
     "PhaseOrderViolation",
     "PhaseState",
     "RateLimited",
+    "ReconnectListener",
     "RecoveryAction",
     "RecoveryOption",
     "RecoveryOptions",

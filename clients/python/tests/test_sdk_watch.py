@@ -190,6 +190,40 @@ async def test_watch_gives_up_when_the_reconnect_deadline_runs_out(
             await collect(client.watch("f-1"))
 
 
+async def test_a_streams_own_policy_and_reconnect_listener(
+    servicer: ScriptedServicer, client: AsyncFlowstateClient, waits: list[float]
+) -> None:
+    """`retry` replaces the client's `watch_retry` for one stream; `on_reconnect` hears each
+    reconnection: the error, the attempt and the delay (as the TypeScript and Go SDKs do)."""
+    heard: list[tuple[type[FlowstateError], int, float]] = []
+
+    def listener(error: FlowstateError, attempt: int, delay: float) -> None:
+        heard.append((type(error), attempt, delay))
+
+    servicer.add(
+        "WatchFlow",
+        Stream([one(1, "snapshot")], then=SHUTTING_DOWN),
+        Stream([one(2)]),  # a clean end before the terminal event
+        Stream([one(3, status=COMPLETED)]),
+    )
+    events = await collect(client.watch("f-1", on_reconnect=listener))
+    assert [e.flow_version for e in events] == [1, 2, 3]
+    # Each stream delivered an event before it ended: no opening failed in a row (attempt 0).
+    assert [(cls.__name__, attempt) for cls, attempt, _ in heard] == [
+        ("ServerShuttingDown", 0),
+        ("Unavailable", 0),
+    ]
+    assert heard[0][2] == 1.0  # SERVER_SHUTTING_DOWN's recorded RetryInfo
+    assert [delay for _, _, delay in heard] == waits
+
+    servicer.add("WatchFlows", *[Bare(grpc.StatusCode.UNAVAILABLE)] * 5)
+    once = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01, jitter=0)
+    with pytest.raises(Unavailable):  # the client's watch_retry would go on for minutes
+        await collect(client.watch_flows(retry=once, on_reconnect=listener))
+    assert len(servicer.requests("WatchFlows")) == 2
+    assert [(cls.__name__, attempt) for cls, attempt, _ in heard[2:]] == [("Unavailable", 1)]
+
+
 async def test_watch_flows_resumes_from_the_last_cursor(
     servicer: ScriptedServicer, client: AsyncFlowstateClient
 ) -> None:

@@ -99,6 +99,7 @@ from flowstate.client._models import (
 from flowstate.client._retry import RetryPolicy
 from flowstate.client._sync_client import FlowstateClient
 from flowstate.client._version import __version__
+from flowstate.client._watch import ReconnectListener
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -160,6 +161,7 @@ __all__ = [
     "PhaseOrderViolation",
     "PhaseState",
     "RateLimited",
+    "ReconnectListener",
     "RecoveryAction",
     "RecoveryOption",
     "RecoveryOptions",

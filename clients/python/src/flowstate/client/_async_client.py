@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from flowstate.client import _requests
 from flowstate.client._config import ClientConfig, TokenSource
 from flowstate.client._enums import BulkActionType, BulkFlowOutcome
-from flowstate.client._errors import FlowstateError, error_from_rpc_error
+from flowstate.client._errors import FlowstateError, Unavailable, error_from_rpc_error
 from flowstate.client._models import (
     BulkAction,
     BulkFlowResult,
@@ -42,7 +42,13 @@ from flowstate.client._models import (
 )
 from flowstate.client._requests import EnumLike, new_request_id
 from flowstate.client._retry import RetryPolicy, RetryState
-from flowstate.client._watch import FlowsWatch, FlowWatch, TreeWatch, is_resumable
+from flowstate.client._watch import (
+    FlowsWatch,
+    FlowWatch,
+    ReconnectListener,
+    TreeWatch,
+    is_resumable,
+)
 from flowstate.v1 import definition_pb2, flow_service_pb2, flow_service_pb2_grpc, webhook_pb2
 
 __all__ = ["AsyncFlowstateClient"]
@@ -1062,6 +1068,8 @@ class AsyncFlowstateClient:
         children_depth: int = 0,
         include_dependencies: bool = False,
         cursor: str | None = None,
+        retry: RetryPolicy | None = None,
+        on_reconnect: ReconnectListener | None = None,
     ) -> AsyncGenerator[FlowEvent, None]:
         """Yield a flow's events: a snapshot (or the changes after `after_version`), then each
         change as it commits, in version order.
@@ -1069,7 +1077,9 @@ class AsyncFlowstateClient:
         Disconnects, server restarts, SERVER_SHUTTING_DOWN and SUBSCRIBER_TOO_SLOW are handled
         by reconnecting from the last version seen, with backoff (`watch_retry`); no event is
         yielded twice and none is missed. The iteration ends after the terminal event unless
-        `keep_open`. Heartbeats are yielded only with `include_heartbeats`.
+        `keep_open`. Heartbeats are yielded only with `include_heartbeats`. `retry` overrides
+        the client's `watch_retry` for this stream; `on_reconnect(error, attempt, delay)` is
+        called before each reconnection (for logging, metrics, tests).
 
         With `children_depth` (1-5) the events of the flow's child flows down to that many
         levels come too (children created later included), and with `include_dependencies`
@@ -1098,7 +1108,7 @@ class AsyncFlowstateClient:
                 include_heartbeats=include_heartbeats,
                 cursor=cursor,
             )
-        async for event in self._stream(lambda s: s.WatchFlow, position):
+        async for event in self._stream(lambda s: s.WatchFlow, position, retry, on_reconnect):
             yield event
 
     async def watch_flows(
@@ -1110,8 +1120,11 @@ class AsyncFlowstateClient:
         cursor: str | None = None,
         include_heartbeats: bool = False,
         filter: str = "",
+        retry: RetryPolicy | None = None,
+        on_reconnect: ReconnectListener | None = None,
     ) -> AsyncGenerator[FlowEvent, None]:
-        """Yield the events of every matching flow of the caller's tenant, resuming as `watch`.
+        """Yield the events of every matching flow of the caller's tenant, resuming as `watch`
+        (`retry` and `on_reconnect` as there).
 
         `filter` (docs/filters.md) is evaluated on each flow as the change left it.
 
@@ -1126,15 +1139,17 @@ class AsyncFlowstateClient:
             include_heartbeats=include_heartbeats,
             filter=filter,
         )
-        async for event in self._stream(lambda s: s.WatchFlows, position):
+        async for event in self._stream(lambda s: s.WatchFlows, position, retry, on_reconnect):
             yield event
 
     async def _stream(
         self,
         method: Callable[[flow_service_pb2_grpc.FlowStateServiceAsyncStub], Any],
         position: FlowWatch | FlowsWatch | TreeWatch,
+        policy: RetryPolicy | None,
+        on_reconnect: ReconnectListener | None,
     ) -> AsyncGenerator[FlowEvent, None]:
-        state = RetryState(self._config.watch_retry)
+        state = RetryState(policy or self._config.watch_retry)
         while True:
             state.begin()
             if self._closed:
@@ -1164,6 +1179,8 @@ class AsyncFlowstateClient:
                 delay = state.next_delay(error, retryable=is_resumable(error))
                 if delay is None:
                     raise error from exc
+                if on_reconnect is not None:
+                    on_reconnect(error, state.attempt, delay)
                 await self._pause(delay)
                 continue
             finally:
@@ -1173,6 +1190,12 @@ class AsyncFlowstateClient:
             delay = state.next_backoff()
             if delay is None:
                 return
+            if on_reconnect is not None:
+                # A clean end before the stream is over (a server draining without a status).
+                ended = Unavailable(
+                    "stream ended early; resuming", grpc_code=grpc.StatusCode.UNAVAILABLE
+                )
+                on_reconnect(ended, state.attempt, delay)
             await self._pause(delay)
 
 

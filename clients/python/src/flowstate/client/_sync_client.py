@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from flowstate.client import _requests
 from flowstate.client._config import ClientConfig, TokenSource
 from flowstate.client._enums import BulkActionType, BulkFlowOutcome
-from flowstate.client._errors import FlowstateError, error_from_rpc_error
+from flowstate.client._errors import FlowstateError, Unavailable, error_from_rpc_error
 from flowstate.client._models import (
     BulkAction,
     BulkFlowResult,
@@ -46,7 +46,13 @@ from flowstate.client._models import (
 )
 from flowstate.client._requests import EnumLike, new_request_id
 from flowstate.client._retry import RetryPolicy, RetryState
-from flowstate.client._watch import FlowsWatch, FlowWatch, TreeWatch, is_resumable
+from flowstate.client._watch import (
+    FlowsWatch,
+    FlowWatch,
+    ReconnectListener,
+    TreeWatch,
+    is_resumable,
+)
 from flowstate.v1 import definition_pb2, flow_service_pb2, flow_service_pb2_grpc, webhook_pb2
 
 __all__ = ["FlowstateClient"]
@@ -1056,6 +1062,8 @@ class FlowstateClient:
         children_depth: int = 0,
         include_dependencies: bool = False,
         cursor: str | None = None,
+        retry: RetryPolicy | None = None,
+        on_reconnect: ReconnectListener | None = None,
     ) -> Generator[FlowEvent, None, None]:
         """Yield a flow's events: a snapshot (or the changes after `after_version`), then each
         change as it commits, in version order.
@@ -1063,7 +1071,9 @@ class FlowstateClient:
         Disconnects, server restarts, SERVER_SHUTTING_DOWN and SUBSCRIBER_TOO_SLOW are handled
         by reconnecting from the last version seen, with backoff (`watch_retry`); no event is
         yielded twice and none is missed. The iteration ends after the terminal event unless
-        `keep_open`. Heartbeats are yielded only with `include_heartbeats`.
+        `keep_open`. Heartbeats are yielded only with `include_heartbeats`. `retry` overrides
+        the client's `watch_retry` for this stream; `on_reconnect(error, attempt, delay)` is
+        called before each reconnection (for logging, metrics, tests).
 
         With `children_depth` (1-5) the events of the flow's child flows down to that many
         levels come too (children created later included), and with `include_dependencies`
@@ -1092,7 +1102,7 @@ class FlowstateClient:
                 include_heartbeats=include_heartbeats,
                 cursor=cursor,
             )
-        yield from self._stream(lambda s: s.WatchFlow, position)
+        yield from self._stream(lambda s: s.WatchFlow, position, retry, on_reconnect)
 
     def watch_flows(
         self,
@@ -1103,8 +1113,11 @@ class FlowstateClient:
         cursor: str | None = None,
         include_heartbeats: bool = False,
         filter: str = "",
+        retry: RetryPolicy | None = None,
+        on_reconnect: ReconnectListener | None = None,
     ) -> Generator[FlowEvent, None, None]:
-        """Yield the events of every matching flow of the caller's tenant, resuming as `watch`.
+        """Yield the events of every matching flow of the caller's tenant, resuming as `watch`
+        (`retry` and `on_reconnect` as there).
 
         `filter` (docs/filters.md) is evaluated on each flow as the change left it.
 
@@ -1119,14 +1132,16 @@ class FlowstateClient:
             include_heartbeats=include_heartbeats,
             filter=filter,
         )
-        yield from self._stream(lambda s: s.WatchFlows, position)
+        yield from self._stream(lambda s: s.WatchFlows, position, retry, on_reconnect)
 
     def _stream(
         self,
         method: Callable[[flow_service_pb2_grpc.FlowStateServiceStub], Any],
         position: FlowWatch | FlowsWatch | TreeWatch,
+        policy: RetryPolicy | None,
+        on_reconnect: ReconnectListener | None,
     ) -> Generator[FlowEvent, None, None]:
-        state = RetryState(self._config.watch_retry)
+        state = RetryState(policy or self._config.watch_retry)
         while True:
             state.begin()
             if self._closed:
@@ -1148,6 +1163,8 @@ class FlowstateClient:
                 delay = state.next_delay(error, retryable=is_resumable(error))
                 if delay is None:
                     raise error from exc
+                if on_reconnect is not None:
+                    on_reconnect(error, state.attempt, delay)
                 self._pause(delay)
                 continue
             finally:
@@ -1157,4 +1174,10 @@ class FlowstateClient:
             delay = state.next_backoff()
             if delay is None:
                 return
+            if on_reconnect is not None:
+                # A clean end before the stream is over (a server draining without a status).
+                ended = Unavailable(
+                    "stream ended early; resuming", grpc_code=grpc.StatusCode.UNAVAILABLE
+                )
+                on_reconnect(ended, state.attempt, delay)
             self._pause(delay)

@@ -11,7 +11,8 @@ version already delivered are dropped here, so nothing is delivered twice.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeAlias, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -22,7 +23,12 @@ from flowstate.client._errors import ERROR_DOMAIN, FlowstateError
 from flowstate.client._models import FlowEvent
 from flowstate.v1 import flow_service_pb2
 
-__all__ = ["FlowWatch", "FlowsWatch", "TreeWatch", "is_resumable"]
+__all__ = ["FlowWatch", "FlowsWatch", "ReconnectListener", "TreeWatch", "is_resumable"]
+
+ReconnectListener: TypeAlias = Callable[[FlowstateError, int, float], None]
+"""Called before each reconnection of a stream (`watch`/`watch_flows` ``on_reconnect``) with the
+error that ended it, the attempt (how many openings in a row failed without delivering an
+event: 0 when the stream had delivered events) and the delay in seconds before it opens again."""
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
