@@ -14,7 +14,8 @@ from flowstate.core.filters import matches, parse_filter
 from flowstate.core.model import ErrorCode, PhaseError, PhaseState, Tenant
 from flowstate.service import FlowService
 from flowstate.storage import FlowStore
-from flowstate.storage.changes import TenantLog
+from flowstate.storage.changes import _READ, MAX_SEQ, TenantLog, _change_from_row
+from flowstate.storage.sql import tenant_params
 
 from .support import ContextFactory, HoldingStore
 from .test_concurrency import started_flow
@@ -105,6 +106,44 @@ async def test_each_change_is_the_flow_at_its_version_whenever_it_is_read(
     assert matching("phase.field_mapping = NOT_STARTED") == [1, 2, 3]
     assert matching("error = AGENT_TIMEOUT") == [5]
     assert matching("status = FAILED") == [5]
+
+
+async def test_an_entry_written_before_the_facts_were_recorded_is_read_as_the_flow_is_now(
+    store: FlowStore, log: TenantLog, tenant: Tenant, make_context: ContextFactory
+) -> None:
+    """Rows written before migration 0017 have no facts (NULL): the change takes the other
+    phases' states and open errors from the flow as read, with its own phase change."""
+    flow_id = await started_flow(store, tenant, make_context)  # v2: data_import IN_PROGRESS
+    for phase, state in (
+        ("data_import", PhaseState.COMPLETED),
+        ("field_mapping", PhaseState.IN_PROGRESS),
+    ):
+        await FlowService(store).mutate(
+            tenant, flow_id, TransitionPhase(phase, state), make_context()
+        )
+    rows = await log._snapshot_read(
+        tenant,
+        lambda tx: tx.fetch(
+            _READ,
+            {
+                **tenant_params(tenant),
+                "after_txid": 0,
+                "after_seq": 0,
+                "horizon": MAX_SEQ,
+                "limit": 10,
+            },
+        ),
+    )
+    [creation] = [
+        {**dict(row), "phase_states_after": None, "error_codes_after": None}
+        for row in rows
+        if row["version"] == 1
+    ]
+    facts = _change_from_row(creation).facts
+    assert facts is not None
+    assert facts.phase_states["data_import"] is PhaseState.COMPLETED  # as read now
+    assert facts.phase_states["field_mapping"] is PhaseState.IN_PROGRESS
+    assert facts.error_codes == frozenset()
 
 
 async def test_another_tenant_reads_nothing(

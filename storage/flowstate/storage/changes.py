@@ -63,7 +63,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from flowstate.core.errors import FlowStateError
 from flowstate.core.filters import Filter, FlowFacts
 from flowstate.core.model import ErrorCode, Flow, FlowStatus, HistoryEntry, PhaseState, Tenant
-from flowstate.storage.codec import entry_from_row, flow_from_row
+from flowstate.storage.codec import Row, entry_from_row, flow_from_row
 from flowstate.storage.filters import filter_condition
 from flowstate.storage.flow_transaction import flow_not_found
 from flowstate.storage.limits import MAX_TREE_FLOWS
@@ -527,7 +527,7 @@ class TenantLog:
         )
 
 
-def _change_from_row(row: asyncpg.Record) -> TenantChange:
+def _change_from_row(row: Row) -> TenantChange:
     entry = entry_from_row(row)
     facts = FlowFacts(
         status=entry.status_after,
@@ -549,7 +549,7 @@ def _change_from_row(row: asyncpg.Record) -> TenantChange:
     )
 
 
-def _phase_states_after(entry: HistoryEntry, row: asyncpg.Record) -> Mapping[str, PhaseState]:
+def _phase_states_after(entry: HistoryEntry, row: Row) -> Mapping[str, PhaseState]:
     """Every phase's state as the entry left it; for an entry stored before migration 0017,
     the flow's as read now with the entry's own phase change."""
     if entry.phase_states_after is not None:
@@ -560,7 +560,7 @@ def _phase_states_after(entry: HistoryEntry, row: asyncpg.Record) -> Mapping[str
     return states
 
 
-def _error_codes_after(entry: HistoryEntry, row: asyncpg.Record) -> frozenset[str]:
+def _error_codes_after(entry: HistoryEntry, row: Row) -> frozenset[str]:
     """The open error codes as the entry left them (before 0017: the flow's as read now)."""
     if entry.error_codes_after is not None:
         return frozenset(code.value for code in entry.error_codes_after)
