@@ -24,6 +24,8 @@ from flowstate.client import (
     AlertKind,
     ApprovalDecision,
     AsyncFlowstateClient,
+    BulkActionNotFound,
+    BulkActionState,
     ChildFlowNotLinkable,
     DependentPhasesActive,
     ErrorCode,
@@ -187,6 +189,47 @@ async def test_filters_and_counts(client: AsyncFlowstateClient) -> None:
     with pytest.raises(MalformedRequest) as refused:
         await client.count_flows("labels.team =")
     assert refused.value.details["position"] == 13
+
+
+async def test_a_bulk_retry_watched_and_its_results_paged(client: AsyncFlowstateClient) -> None:
+    """The bulk calls as the TypeScript and Go suites make them (client has flows:admin)."""
+    labels = {"run": str(uuid.uuid4())}
+    failed = []
+    for code in ["EXTERNAL_SERVICE_ERROR", "EXTERNAL_SERVICE_ERROR", "DATA_VALIDATION_FAILED"]:
+        flow_id = (await client.create_flow(labels=labels)).flow.flow_id
+        await client.transition_phase(flow_id, "data_import", "IN_PROGRESS")
+        await client.transition_phase(flow_id, "data_import", "FAILED", error_code=code)
+        failed.append(flow_id)
+    await client.create_flow(labels=labels)
+
+    started_action = await client.start_bulk_action(
+        "RETRY", filter=f'labels.run = "{labels["run"]}" AND status = FAILED', reason="py e2e"
+    )
+    assert started_action.total == 3
+    last = started_action
+    async for update in client.watch_bulk_action(started_action.bulk_action_id):
+        last = update
+    assert last.state is BulkActionState.SUCCEEDED
+    assert (last.applied, last.refused, last.skipped) == (2, 1, 0)
+
+    pages, token = [], None
+    while True:
+        results, token = await client.list_bulk_action_results(
+            started_action.bulk_action_id, page_size=1, page_token=token
+        )
+        pages.append([r.flow_id for r in results])
+        if token is None:
+            break
+    assert sorted(flow_id for page in pages for flow_id in page) == sorted(failed)
+    assert all(len(page) <= 1 for page in pages)
+    refused = client.iter_bulk_action_results(started_action.bulk_action_id, outcome="REFUSED")
+    assert [(r.flow_id, r.error_code) async for r in refused] == [
+        (failed[2], ErrorCode.RETRY_NOT_ALLOWED)
+    ]
+    actions, _ = await client.list_bulk_actions(page_size=50)
+    assert started_action.bulk_action_id in {a.bulk_action_id for a in actions}
+    with pytest.raises(BulkActionNotFound):
+        await client.get_bulk_action(str(uuid.uuid4()))
 
 
 async def test_iter_flows_follows_page_tokens(client: AsyncFlowstateClient) -> None:

@@ -957,6 +957,30 @@ class FlowstateClient:
         actions = [BulkAction._from_proto(a) for a in response.bulk_actions]
         return actions, response.next_page_token or None
 
+    def list_bulk_action_results(
+        self,
+        bulk_action_id: str,
+        *,
+        outcome: EnumLike | None = None,
+        page_size: int = 0,
+        page_token: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> tuple[list[BulkFlowResult], str | None]:
+        """One page of a bulk action's per-flow results in the order its flows are taken (only
+        `outcome`, e.g. ``"REFUSED"``, when given) and the next page's token."""
+        request = flow_service_pb2.ListBulkActionResultsRequest(
+            bulk_action_id=bulk_action_id,
+            outcome=flow_service_pb2.BulkFlowOutcome.ValueType(
+                BulkFlowOutcome.parse(outcome) if outcome is not None else 0
+            ),
+            page_size=page_size,
+            page_token=page_token or "",
+        )
+        response = self._call(lambda s: s.ListBulkActionResults, request, timeout, retry)
+        results = [BulkFlowResult._from_proto(r) for r in response.results]
+        return results, response.next_page_token or None
+
     def iter_bulk_action_results(
         self,
         bulk_action_id: str,
@@ -966,23 +990,20 @@ class FlowstateClient:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> Generator[BulkFlowResult, None, None]:
-        """Yield a bulk action's per-flow results in the order its flows are taken (only
-        `outcome`, e.g. ``"REFUSED"``, when given), fetching pages as needed."""
-        token = ""
+        """Yield a bulk action's per-flow results (`list_bulk_action_results`), fetching pages
+        as needed."""
+        token: str | None = None
         while True:
-            request = flow_service_pb2.ListBulkActionResultsRequest(
-                bulk_action_id=bulk_action_id,
-                outcome=flow_service_pb2.BulkFlowOutcome.ValueType(
-                    BulkFlowOutcome.parse(outcome) if outcome is not None else 0
-                ),
+            results, token = self.list_bulk_action_results(
+                bulk_action_id,
+                outcome=outcome,
                 page_size=page_size,
                 page_token=token,
+                timeout=timeout,
+                retry=retry,
             )
-            response = self._call(lambda s: s.ListBulkActionResults, request, timeout, retry)
-            for result in response.results:
-                yield BulkFlowResult._from_proto(result)
-            token = response.next_page_token
-            if not token:
+            yield from results
+            if token is None:
                 return
 
     def cancel_bulk_action(
