@@ -205,3 +205,72 @@ def test_a_good_document_builds_every_field() -> None:
             PhaseDefinition("tail", ("child",), 0, 0, None, policy=PhasePolicy()),
         ),
     )
+
+
+def test_a_phase_whose_name_is_refused_is_not_a_phase_others_may_depend_on() -> None:
+    long = "p" * 64
+    assert found(
+        {
+            "name": "names",
+            "phases": [
+                phase("Bad", weight=50),
+                phase(long, weight=50),
+                phase("ok", "Bad", long),
+            ],
+        }
+    ) == [
+        (
+            "phases[0].name",
+            "the phase name 'Bad' must be lowercase letters, digits and '_', "
+            "starting with a letter",
+        ),
+        ("phases[1].name", "the phase name 'pppppppppppppppppppp'... is longer than 63 characters"),
+        ("phases[2].depends_on[0]", "unknown phase 'Bad'"),
+        ("phases[2].depends_on[1]", f"unknown phase {long!r}"),
+    ]
+
+
+def test_a_phase_that_is_not_a_mapping_does_not_stop_the_checks_of_the_next() -> None:
+    assert found(
+        {
+            "name": "mixed",
+            "phases": ["first", phase("a", "ghost", weight=100, colour="red")],
+        }
+    ) == [
+        ("phases[0]", "a phase must be a mapping with a name"),
+        ("phases[1].colour", "unknown field of a phase: 'colour'"),
+        ("phases[1].depends_on[0]", "unknown phase 'ghost'"),
+    ]
+
+
+def test_the_approval_policys_texts_are_each_checked() -> None:
+    policy = {"approval": {"claim": "", "claim_value": ""}}
+    assert found({"name": "texts", "phases": [phase("a", weight=100, policy=policy)]}) == [
+        ("phases[0].policy.approval.claim", "must be a non-empty string of at most 256 characters"),
+        (
+            "phases[0].policy.approval.claim_value",
+            "must be a non-empty string of at most 256 characters",
+        ),
+    ]
+
+
+def test_a_child_flows_version_may_be_absent_or_0_for_the_latest() -> None:
+    for child in ({"definition": "kid"}, {"definition": "kid", "version": 0}):
+        document = {
+            "name": "parent",
+            "phases": [phase("c", weight=100, kind="child_flow", child_flow=child)],
+        }
+        assert found(document) == []
+        assert definition_from_document(document).phase("c").child_flow == ChildFlowSpec("kid")
+
+
+def test_a_minimal_document_builds_version_1_with_empty_texts() -> None:
+    assert definition_from_document({"name": "tiny", "phases": [phase("a", weight=100)]}) == (
+        FlowDefinition(
+            name="tiny",
+            version=1,
+            phases=(PhaseDefinition("a", (), 100, 0, None, policy=PhasePolicy()),),
+            display_name="",
+            description="",
+        )
+    )
