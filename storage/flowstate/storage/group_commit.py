@@ -8,9 +8,11 @@ task (so cancelling it cancels its transaction, as without group commit), and un
 requests that arrived while the previous batches ran go together, in a task of the batch's own.
 Nothing ever waits for a batch to fill.
 
-A batch holds at most one request per request id (a duplicate stays queued for the next batch,
-which then sees the first one's committed key and replays it). The same flow may appear several
-times: its requests are decided in arrival order, each on the flow as the previous one left it.
+A request id is in at most one running batch (a duplicate stays queued until the batch holding
+its id has committed, so the batch it joins sees the first one's key and replays it; with two
+batches in flight, a batch started meanwhile would read the keys before that commit). The same
+flow may appear several times: its requests are decided in arrival order, each on the flow as the
+previous one left it.
 
 What a batch does with its requests (one transaction, the isolation and fallback rules) is
 `flowstate.storage.group_commit_batch` (`GroupCommitRunner._run_batch`, which `FlowStore`
@@ -60,6 +62,8 @@ class Queued(Generic[R]):
 class _Lane(Generic[R]):
     queued: deque[Queued[R]] = field(default_factory=deque)
     in_flight: int = 0
+    running_ids: set[str] = field(default_factory=set)
+    """The request ids of the running batches (`_take` keeps their duplicates queued)."""
 
 
 class GroupCommit(Generic[R]):
@@ -91,13 +95,20 @@ class GroupCommit(Generic[R]):
         state = self._lanes.get(lane)
         if state is None:
             state = self._lanes[lane] = _Lane()
-        if state.in_flight < self._max_in_flight and not state.queued:
+        if (
+            state.in_flight < self._max_in_flight
+            and not state.queued
+            and request_id not in state.running_ids
+        ):
             # Nothing to group with: run it in the caller's task, so that cancelling the call
             # cancels its transaction (as without group commit); later calls queue behind it.
             state.in_flight += 1
+            if request_id:
+                state.running_ids.add(request_id)
             try:
                 await self._run_batch(lane, [queued])
             finally:
+                state.running_ids.discard(request_id)
                 self._finished(lane, state)
             return queued.future.result()
         state.queued.append(queued)
@@ -106,7 +117,8 @@ class GroupCommit(Generic[R]):
         return await queued.future
 
     def _take(self, state: _Lane[R]) -> list[Queued[R]]:
-        """The next batch: queued requests in order, one per request id, at most max_batch."""
+        """The next batch: queued requests in order, one per request id and none whose id a running
+        batch holds, at most max_batch."""
         batch: list[Queued[R]] = []
         ids: set[str] = set()
         kept: deque[Queued[R]] = deque()
@@ -114,25 +126,31 @@ class GroupCommit(Generic[R]):
             queued = state.queued.popleft()
             if queued.future.done():  # its caller went away before it ran: drop it
                 continue
-            if queued.request_id and queued.request_id in ids:
-                kept.append(queued)  # a duplicate: the next batch replays it
+            if queued.request_id and (
+                queued.request_id in ids or queued.request_id in state.running_ids
+            ):
+                kept.append(queued)  # a duplicate: a batch after the first one's commit replays it
                 continue
             ids.add(queued.request_id)
             batch.append(queued)
         kept.extend(state.queued)
         state.queued = kept
+        ids.discard("")
+        state.running_ids |= ids
         return batch
 
-    def _start(self, lane: Hashable, state: _Lane[R]) -> None:
+    def _start(self, lane: Hashable, state: _Lane[R]) -> bool:
+        """Start the next batch of `lane`; False when nothing could start."""
         batch = self._take(state)
         if not batch:
             if state.in_flight == 0 and not state.queued:
                 self._lanes.pop(lane, None)
-            return
+            return False
         state.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._run(lane, state, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _run(self, lane: Hashable, state: _Lane[R], batch: list[Queued[R]]) -> None:
         try:
@@ -148,13 +166,15 @@ class GroupCommit(Generic[R]):
         finally:
             for queued in batch:  # run_batch's contract broken: do not hang
                 queued.settle(RuntimeError("batch left a request unanswered"))
+                state.running_ids.discard(queued.request_id)
             self._finished(lane, state)
 
     def _finished(self, lane: Hashable, state: _Lane[R]) -> None:
         """A batch of `lane` ended: start the next ones from its queue."""
         state.in_flight -= 1
         while state.queued and state.in_flight < self._max_in_flight:
-            self._start(lane, state)
+            if not self._start(lane, state):
+                break  # what is queued waits for a running batch's ids
         if not state.queued and state.in_flight == 0:
             self._lanes.pop(lane, None)
 
