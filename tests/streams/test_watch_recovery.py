@@ -47,6 +47,30 @@ class FailingOnceStore:
         return await self.store.read_changes(tenant, flow_id, after_version, limit)
 
 
+class HeldReadStore:
+    """The real store; once armed, its next per-flow history read is held after it has read
+    (its snapshot taken) until released: a change can commit and be notified in between."""
+
+    def __init__(self, store: FlowStore) -> None:
+        self.store = store
+        self.armed = False
+        self.read_done = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def get_flow(self, tenant: Tenant, flow_id: str) -> Any:
+        return await self.store.get_flow(tenant, flow_id)
+
+    async def read_changes(
+        self, tenant: Tenant, flow_id: str, after_version: int, limit: int
+    ) -> tuple[HistoryEntry, ...]:
+        entries = await self.store.read_changes(tenant, flow_id, after_version, limit)
+        if self.armed:
+            self.armed = False
+            self.read_done.set()
+            await self.release.wait()
+        return entries
+
+
 @contextlib.contextmanager
 def socket_reserved() -> Iterator[int]:
     """A 127.0.0.1 port that is bound but not listening: connecting to it is refused."""
@@ -88,6 +112,42 @@ async def test_failed_channel_read_loses_and_duplicates_nothing(
         assert versions == list(range(first + 1, last + 1))
         await stream.aclose()
     finally:
+        await hub.close()
+
+
+async def test_a_change_notified_during_a_resumed_streams_first_read_is_delivered(
+    store: FlowStore, database_url: str, tenant: Tenant
+) -> None:
+    """A resumed stream's first read of a new channel runs while a change commits and its
+    notification arrives: the change is read after it (the notification found no window to
+    read after, and no later notification comes). This lost the change of a WatchFlows stream
+    resumed on a freshly restarted server until the channel re-read after such a poke."""
+    held = HeldReadStore(store)
+    # Heartbeats far away: the change must come from the notification, not from a tick.
+    hub = await WatchHub.start(held, database_url, heartbeat_interval=60.0)
+    try:
+        flow = await create_flow(store, tenant)
+        held.armed = True
+        stream = hub.watch_flow(
+            tenant, flow.flow_id, after_version=flow.version - 1, keep_open=True
+        )
+        replayed = asyncio.ensure_future(next_change(stream))
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            await held.read_done.wait()
+        channel = hub._flow_channels[(tenant, flow.flow_id)]
+        pokes = channel.pokes
+        version = await report_progress(store, tenant, flow.flow_id, 1)
+        for _ in range(int(EVENT_TIMEOUT / 0.01)):  # until the hub has the notification
+            if channel.pokes > pokes:
+                break
+            await asyncio.sleep(0.01)
+        assert channel.pokes > pokes, "the change's notification never reached the hub"
+        held.release.set()
+        assert (await replayed).flow_version == flow.version
+        assert (await next_change(stream)).flow_version == version
+        await stream.aclose()
+    finally:
+        held.release.set()
         await hub.close()
 
 

@@ -239,8 +239,15 @@ class _Channel(Generic[P, T]):
             task.exception()  # retrieved here so that an unawaited failure is not reported twice
 
     async def _fetch(self, after: P) -> _Read[P, T]:
+        pokes = self.pokes
         read = await self._reader(after, self._limit)
         self._absorb(after, read)
+        if self.pokes != pokes:
+            # A notification came while this read ran: its change may have committed after
+            # the read's snapshot. Read again, for its own sake: a poke before the channel's
+            # first read started no pump, and a pump that joined this read (single-flight) has
+            # already cleared its dirty flag.
+            self.poke()
         return read
 
     def _absorb(self, after: P, read: _Read[P, T]) -> None:
