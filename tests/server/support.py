@@ -1,11 +1,20 @@
-"""Helpers of the server tests: a tenant-bound API client and a decoder of rich errors."""
+"""Helpers of the server tests: a tenant-bound API client, a decoder of rich errors and a
+rate-limited server of a test's own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +28,9 @@ from grpc_status import rpc_status
 from sqlalchemy import make_url
 
 from flowstate.core.model import Tenant
+from flowstate.server.ratelimit import Limit
 from flowstate.storage import FlowStore
-from flowstate.testing import TokenMinter, serve_in_process
+from flowstate.testing import RunningServer, TokenMinter, serve_in_process
 from flowstate.v1 import errors_pb2, flow_pb2, flow_service_pb2_grpc, states_pb2
 from flowstate.v1 import flow_service_pb2 as pb
 
@@ -63,6 +73,13 @@ class RpcFailure:
     def reason(self) -> str:
         """The ErrorInfo reason (the error code), or ""."""
         return self.error_info.reason if self.error_info is not None else ""
+
+    @property
+    def retry_delay(self) -> float | None:
+        """The RetryInfo delay in seconds, or None without one."""
+        if self.retry_info is None:
+            return None
+        return self.retry_info.retry_delay.ToTimedelta().total_seconds()
 
     @property
     def violated_fields(self) -> set[str]:
@@ -264,3 +281,118 @@ def struct(**values: Any) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(values)
     return message
+
+
+def unique_tenant(account: str, name: str) -> Tenant:
+    """A tenant of `account` no other test or run shares (`name` and a random suffix)."""
+    return Tenant(account, f"{name}-{uuid.uuid4().hex[:8]}")
+
+
+class Clock:
+    """A clock the test moves by hand (a `RateLimiter`'s, injected)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+_SHAPED_POLLS = 500  # bounded polling: at most this many 10 ms looks
+
+
+@dataclass
+class LimitedServer:
+    """A server of a test's own with the rate limits it set, a stub on it, and its rate metrics.
+
+    The rate-limit tests start one each (their buckets and counters must start empty, which the
+    session's server cannot give), call GetFlowDefinition as tenants (the cheapest call of the
+    ``read`` family) and read what the limiter counted.
+    """
+
+    running: RunningServer
+    stub: flow_service_pb2_grpc.FlowStateServiceAsyncStub
+
+    def metadata(self, tenant: Tenant) -> tuple[tuple[str, str], ...]:
+        """Call metadata with a fresh token of `tenant` (no particular scopes)."""
+        return self.running.mint.metadata(tenant)
+
+    async def read(self, tenant: Tenant, *, rpc_timeout: float | None = None) -> None:
+        """GetFlowDefinition("discovery") as `tenant`, with a gRPC timeout; raises the refusal."""
+        await self.stub.GetFlowDefinition(
+            pb.GetFlowDefinitionRequest(name="discovery"),
+            metadata=self.metadata(tenant),
+            timeout=rpc_timeout,
+        )
+
+    async def outcome(self, tenant: Tenant) -> grpc.aio.AioRpcError | None:
+        """`read` as `tenant`: None when served, else its refusal."""
+        try:
+            await self.read(tenant)
+        except grpc.aio.AioRpcError as error:
+            return error
+        return None
+
+    async def flood(self, tenant: Tenant, calls: int) -> list[grpc.aio.AioRpcError]:
+        """`calls` concurrent `read`s as `tenant`; the refusals among them, in call order."""
+        results = await asyncio.gather(*(self.outcome(tenant) for _ in range(calls)))
+        return [error for error in results if error is not None]
+
+    def requests(self, family: str) -> dict[str, float]:
+        """flowstate_tenant_requests_total of `family` by result (every tenant)."""
+        counts: dict[str, float] = {}
+        for metric in self.running.server.metrics.registry.collect():
+            if metric.name == "flowstate_tenant_requests":
+                for sample in metric.samples:
+                    if sample.name.endswith("_total") and sample.labels["family"] == family:
+                        result = sample.labels["result"]
+                        counts[result] = counts.get(result, 0) + sample.value
+        return counts
+
+    def waits(self, family: str) -> tuple[float, float]:
+        """(count, sum) of flowstate_rate_limit_wait_seconds for `family`."""
+        found = {
+            sample.name: sample.value
+            for metric in self.running.server.metrics.registry.collect()
+            if metric.name == "flowstate_rate_limit_wait_seconds"
+            for sample in metric.samples
+            if sample.labels.get("family") == family
+        }
+        return (
+            found.get("flowstate_rate_limit_wait_seconds_count", 0.0),
+            found.get("flowstate_rate_limit_wait_seconds_sum", 0.0),
+        )
+
+    async def wait_until_shaped(self, family: str, count: int) -> None:
+        """Bounded polling until `count` calls of `family` wait for their tokens."""
+        for _ in range(_SHAPED_POLLS):
+            if self.requests(family).get("shaped", 0) >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no {count} shaped {family} calls: {self.requests(family)}")
+
+
+@contextlib.asynccontextmanager
+async def limited_server(
+    database_url: str,
+    store: FlowStore,
+    limits: Mapping[str, Limit],
+    *,
+    max_wait: float,
+    **settings: Any,
+) -> AsyncIterator[LimitedServer]:
+    """A `LimitedServer` with `limits` and the shaping `max_wait` (0: refuse at once).
+
+    `settings` are further `ServerSettings` fields (e.g. ``grace_period``).
+    """
+    async with (
+        serve_in_process(
+            database_url,
+            store=store,
+            rate_limits=dict(limits),
+            rate_limit_max_wait=max_wait,
+            **settings,
+        ) as running,
+        running.channel() as channel,
+    ):
+        yield LimitedServer(running, flow_service_pb2_grpc.FlowStateServiceStub(channel))

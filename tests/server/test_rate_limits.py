@@ -3,14 +3,8 @@ and metric labels whose cardinality stays bounded whatever tenants do."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-
 import grpc
-import grpc.aio
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from flowstate.core.errors import FlowStateError
 from flowstate.core.model import ErrorCode, Tenant
@@ -18,21 +12,10 @@ from flowstate.server.auth import Scope
 from flowstate.server.metrics import MAX_PHASE_LABELS, TENANT_LABEL_AFTER, Metrics, TenantLabels
 from flowstate.server.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter, family_of, parse_limits
 from flowstate.storage import FlowStore
-from flowstate.testing import TokenMinter, serve_in_process
-from flowstate.v1 import flow_service_pb2 as pb
-from flowstate.v1 import flow_service_pb2_grpc
+
+from .support import Clock, decode_failure, limited_server, unique_tenant
 
 A, B = Tenant("acct", "noisy"), Tenant("acct", "quiet")
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _refusal(limiter: RateLimiter, tenant: Tenant, family: str) -> FlowStateError:
@@ -156,58 +139,20 @@ def test_phase_labels_are_bounded() -> None:
 async def test_a_flooding_tenant_is_refused_while_another_tenant_is_served(
     database_url: str, store: FlowStore
 ) -> None:
-    minter = TokenMinter.random()
-    noisy = Tenant("acct-limits", f"noisy-{uuid.uuid4().hex[:8]}")
-    quiet = Tenant("acct-limits", f"quiet-{uuid.uuid4().hex[:8]}")
-    async with (
-        serve_in_process(
-            database_url,
-            store=store,
-            minter=minter,
-            rate_limits={"read": Limit(rate=1, burst=5)},
-            rate_limit_max_wait=0,  # policing only (shaping: test_rate_shaping.py)
-        ) as server,
-        server.channel() as channel,
-    ):
-        stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-        request = pb.GetFlowDefinitionRequest(name="discovery")
-
-        async def call(tenant: Tenant) -> grpc.aio.AioRpcError | None:
-            try:
-                await stub.GetFlowDefinition(request, metadata=minter.metadata(tenant))
-            except grpc.aio.AioRpcError as error:
-                return error
-            return None
-
-        flood = await asyncio.gather(*(call(noisy) for _ in range(30)))
-        quiet_results = [await call(quiet) for _ in range(5)]
-        refused = [error for error in flood if error is not None]
+    noisy, quiet = unique_tenant("acct-limits", "noisy"), unique_tenant("acct-limits", "quiet")
+    async with limited_server(
+        database_url,
+        store,
+        {"read": Limit(rate=1, burst=5)},
+        max_wait=0,  # policing only (shaping: test_rate_shaping.py)
+    ) as server:
+        refused = await server.flood(noisy, 30)
+        quiet_results = [await server.outcome(quiet) for _ in range(5)]
         assert 20 <= len(refused) <= 25  # a burst of 5, and about one token while flooding
         assert quiet_results == [None] * 5
-        error = refused[0]
-        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-        assert status is not None
-        found: dict[str, object] = {}
-        for detail in status.details:
-            for name, kind in (
-                ("info", error_details_pb2.ErrorInfo),
-                ("retry", error_details_pb2.RetryInfo),
-            ):
-                if detail.Is(kind.DESCRIPTOR):
-                    message = kind()
-                    detail.Unpack(message)
-                    found[name] = message
-        info, retry = found["info"], found["retry"]
-        assert isinstance(info, error_details_pb2.ErrorInfo)
-        assert info.reason == "RATE_LIMITED"
-        assert isinstance(retry, error_details_pb2.RetryInfo)
-        assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 1.0
-        samples = {
-            (s.labels["family"], s.labels["result"]): s.value
-            for family in server.server.metrics.registry.collect()
-            if family.name == "flowstate_tenant_requests"
-            for s in family.samples
-            if s.name.endswith("_total")
-        }
-        assert samples[("read", "limited")] == len(refused)
+        failure = decode_failure(refused[0])
+        assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert failure.reason == "RATE_LIMITED"
+        assert failure.retry_delay is not None
+        assert 0 < failure.retry_delay <= 1.0
+        assert server.requests("read")["limited"] == len(refused)

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
 from typing import Any, cast
 
 import grpc
 import grpc.aio
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from flowstate.core.model import Tenant
 from flowstate.server import app
@@ -32,22 +29,11 @@ from flowstate.server.ratelimit import (
     parse_max_wait,
 )
 from flowstate.storage import FlowStore
-from flowstate.testing import RunningServer, TokenMinter, serve_in_process
 from flowstate.v1 import flow_service_pb2 as pb
-from flowstate.v1 import flow_service_pb2_grpc
+
+from .support import Clock, decode_failure, limited_server, unique_tenant
 
 A = Tenant("acct", "noisy")
-_POLLS = 500  # bounded polling: at most this many 10 ms looks
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _is(reservation: Reservation, reserved: bool, seconds: float) -> bool:
@@ -181,92 +167,28 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def _tenant(name: str) -> Tenant:
-    return Tenant("acct-shaping", f"{name}-{uuid.uuid4().hex[:8]}")
-
-
-def _requests(server: RunningServer, family: str) -> dict[str, float]:
-    """flowstate_tenant_requests_total of `family` by result (every tenant)."""
-    counts: dict[str, float] = {}
-    for metric in server.server.metrics.registry.collect():
-        if metric.name == "flowstate_tenant_requests":
-            for sample in metric.samples:
-                if sample.name.endswith("_total") and sample.labels["family"] == family:
-                    result = sample.labels["result"]
-                    counts[result] = counts.get(result, 0) + sample.value
-    return counts
-
-
-def _waits(server: RunningServer, family: str) -> tuple[float, float]:
-    """(count, sum) of flowstate_rate_limit_wait_seconds for `family`."""
-    found = {
-        sample.name: sample.value
-        for metric in server.server.metrics.registry.collect()
-        if metric.name == "flowstate_rate_limit_wait_seconds"
-        for sample in metric.samples
-        if sample.labels.get("family") == family
-    }
-    return (
-        found.get("flowstate_rate_limit_wait_seconds_count", 0.0),
-        found.get("flowstate_rate_limit_wait_seconds_sum", 0.0),
-    )
+    return unique_tenant("acct-shaping", name)
 
 
 def _details(error: grpc.aio.AioRpcError) -> tuple[str, float | None]:
     """(ErrorInfo reason, RetryInfo delay in seconds or None) of a refusal."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    reason, delay = "", None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            delay = retry.retry_delay.ToTimedelta().total_seconds()
-    return reason, delay
-
-
-async def _wait_until_shaped(server: RunningServer, family: str, count: int) -> None:
-    """Bounded polling until `count` calls of `family` wait for their tokens."""
-    for _ in range(_POLLS):
-        if _requests(server, family).get("shaped", 0) >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no {count} shaped {family} calls: {_requests(server, family)}")
+    failure = decode_failure(error)
+    return failure.reason, failure.retry_delay
 
 
 async def test_calls_over_the_rate_wait_their_turn_up_to_the_deficit_bound(
     database_url: str, store: FlowStore, clock: Clock
 ) -> None:
-    minter = TokenMinter.random()
     noisy, quiet = _tenant("noisy"), _tenant("quiet")
-    async with (
-        serve_in_process(
-            database_url,
-            store=store,
-            minter=minter,
-            rate_limits={"read": Limit(rate=5, burst=1)},
-            rate_limit_max_wait=1.0,
-        ) as server,
-        server.channel() as channel,
-    ):
-        stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-        request = pb.GetFlowDefinitionRequest(name="discovery")
-
-        async def call(tenant: Tenant) -> grpc.aio.AioRpcError | None:
-            try:
-                await stub.GetFlowDefinition(request, metadata=minter.metadata(tenant))
-            except grpc.aio.AioRpcError as error:
-                return error
-            return None
-
-        flood = asyncio.gather(*(call(noisy) for _ in range(9)))
-        await _wait_until_shaped(server, "read", 5)
-        assert await call(quiet) is None  # another tenant's bucket: served while they wait
-        results = await flood
-        refused = [error for error in results if error is not None]
+    async with limited_server(
+        database_url, store, {"read": Limit(rate=5, burst=1)}, max_wait=1.0
+    ) as server:
+        flood = asyncio.create_task(server.flood(noisy, 9))
+        await server.wait_until_shaped("read", 5)
+        assert (
+            await server.outcome(quiet) is None
+        )  # another tenant's bucket: served while they wait
+        refused = await flood
         # One token, then rate * max wait = 5 calls waiting 0.2, 0.4, ... 1.0 s; the other 3
         # refused with the time until a reservation within 1 s would fit (their token: 1.2 s).
         assert len(refused) == 3
@@ -275,8 +197,8 @@ async def test_calls_over_the_rate_wait_their_turn_up_to_the_deficit_bound(
             reason, delay = _details(error)
             assert reason == "RATE_LIMITED"
             assert delay == pytest.approx(0.2)
-        assert _requests(server, "read") == {"admitted": 2, "shaped": 5, "limited": 3}
-        count, total = _waits(server, "read")
+        assert server.requests("read") == {"admitted": 2, "shaped": 5, "limited": 3}
+        count, total = server.waits("read")
         assert count == 5
         assert total == pytest.approx(0.2 + 0.4 + 0.6 + 0.8 + 1.0)
 
@@ -284,56 +206,36 @@ async def test_calls_over_the_rate_wait_their_turn_up_to_the_deficit_bound(
 async def test_a_call_is_refused_when_its_deadline_ends_before_its_token(
     database_url: str, store: FlowStore, clock: Clock
 ) -> None:
-    minter = TokenMinter.random()
     tenant = _tenant("deadline")
-    async with (
-        serve_in_process(
-            database_url,
-            store=store,
-            minter=minter,
-            rate_limits={"read": Limit(rate=0.1, burst=1)},  # the next token in 10 s
-            rate_limit_max_wait=10.0,
-        ) as server,
-        server.channel() as channel,
-    ):
-        stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-        request = pb.GetFlowDefinitionRequest(name="discovery")
-        await stub.GetFlowDefinition(request, metadata=minter.metadata(tenant))
+    async with limited_server(
+        database_url,
+        store,
+        {"read": Limit(rate=0.1, burst=1)},  # the next token in 10 s
+        max_wait=10.0,
+    ) as server:
+        await server.read(tenant)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.GetFlowDefinition(request, metadata=minter.metadata(tenant), timeout=5)
+            await server.read(tenant, rpc_timeout=5)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # at once, not at 5 s
         reason, delay = _details(caught.value)
         assert reason == "RATE_LIMITED"
         assert delay is not None
         # 10 s less what was left of its 5 s (gRPC's timeout header rounds it to a few ms)
         assert 4.9 <= delay < 10
-        assert _requests(server, "read") == {"admitted": 1, "limited": 1}
+        assert server.requests("read") == {"admitted": 1, "limited": 1}
 
 
 async def test_a_drain_releases_the_calls_waiting_for_their_tokens(
     database_url: str, store: FlowStore, clock: Clock
 ) -> None:
-    minter = TokenMinter.random()
     tenant = _tenant("drain")
-    async with (
-        serve_in_process(
-            database_url,
-            store=store,
-            minter=minter,
-            rate_limits={"read": Limit(rate=0.1, burst=1)},
-            rate_limit_max_wait=10.0,
-            grace_period=30.0,
-        ) as server,
-        server.channel() as channel,
-    ):
-        stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
-        request = pb.GetFlowDefinitionRequest(name="discovery")
-        await stub.GetFlowDefinition(request, metadata=minter.metadata(tenant))
-        waiting = asyncio.ensure_future(
-            stub.GetFlowDefinition(request, metadata=minter.metadata(tenant))
-        )
-        await _wait_until_shaped(server, "read", 1)  # its token is 10 s away
-        await server.server.stop()
+    async with limited_server(
+        database_url, store, {"read": Limit(rate=0.1, burst=1)}, max_wait=10.0, grace_period=30.0
+    ) as server:
+        await server.read(tenant)
+        waiting = asyncio.create_task(server.read(tenant))
+        await server.wait_until_shaped("read", 1)  # its token is 10 s away
+        await server.running.server.stop()
         # Held for its wait, it would have run and succeeded; released, it is told to retry.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await waiting
@@ -344,29 +246,23 @@ async def test_a_drain_releases_the_calls_waiting_for_their_tokens(
 async def test_stream_opens_are_shaped_like_unary_calls(
     database_url: str, store: FlowStore, clock: Clock
 ) -> None:
-    minter = TokenMinter.random()
     tenant = _tenant("streams")
-    async with (
-        serve_in_process(
-            database_url,
-            store=store,
-            minter=minter,
-            rate_limits={"stream": Limit(rate=5, burst=1)},
-            rate_limit_max_wait=0.2,  # one stream open may wait (0.2 s), no more
-        ) as server,
-        server.channel() as channel,
-    ):
-        stub = flow_service_pb2_grpc.FlowStateServiceStub(channel)
+    async with limited_server(
+        database_url,
+        store,
+        {"stream": Limit(rate=5, burst=1)},
+        max_wait=0.2,  # one stream open may wait (0.2 s), no more
+    ) as server:
         streams = [
-            stub.WatchFlows(pb.WatchFlowsRequest(), metadata=minter.metadata(tenant))
+            server.stub.WatchFlows(pb.WatchFlowsRequest(), metadata=server.metadata(tenant))
             for _ in range(2)
         ]
-        await _wait_until_shaped(server, "stream", 1)
-        refused = stub.WatchFlows(pb.WatchFlowsRequest(), metadata=minter.metadata(tenant))
+        await server.wait_until_shaped("stream", 1)
+        refused = server.stub.WatchFlows(pb.WatchFlowsRequest(), metadata=server.metadata(tenant))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await refused.read()
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert _details(caught.value) == ("RATE_LIMITED", 0.2)
-        assert _requests(server, "stream") == {"admitted": 1, "shaped": 1, "limited": 1}
+        assert server.requests("stream") == {"admitted": 1, "shaped": 1, "limited": 1}
         for stream in streams:
             stream.cancel()
