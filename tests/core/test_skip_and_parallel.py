@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowstate.core import (
+    Command,
     ErrorCode,
     FlowDefinition,
     FlowStateError,
@@ -12,14 +13,17 @@ from flowstate.core import (
     PauseFlow,
     PhaseDefinition,
     RecoveryAction,
+    RecoveryOption,
+    Retry,
     Rollback,
     SkipPhase,
     TransitionPhase,
+    UpdatePhaseProgress,
     apply_command,
     get_recovery_options,
 )
 
-from .support import RETRYABLE, F, S, ctx, flow_with, new_flow, run
+from .support import RETRYABLE, F, S, at, ctx, flow_with, new_flow, run
 
 # A diamond: a -> b, a -> c, b + c -> d; c is optional. b and c are in different groups.
 DIAMOND = FlowDefinition(
@@ -90,12 +94,26 @@ def test_a_skip_waits_for_the_dependencies_and_for_resume() -> None:
     with pytest.raises(FlowStateError) as early:
         apply_command(new_flow(DIAMOND), DIAMOND, SkipPhase("c"), ctx(1))
     assert early.value.code is ErrorCode.PHASE_ORDER_VIOLATION
+    assert str(early.value) == "Phase 'c' cannot be skipped before 'a' completed"
+    assert early.value.details == {
+        "phase": "c",
+        "from_state": "not_started",
+        "to_state": "skipped",
+        "blocking_phases": ["a"],
+    }
     flow, _ = run(
         flow_with({"a": S.COMPLETED}, definition=DIAMOND), PauseFlow(), definition=DIAMOND
     )
     with pytest.raises(FlowStateError) as paused:
         apply_command(flow, DIAMOND, SkipPhase("c"), ctx(30))
     assert paused.value.code is ErrorCode.FLOW_PAUSED
+    assert str(paused.value) == "Flow is paused: phase 'c' cannot be skipped until it is resumed"
+    assert paused.value.details == {
+        "phase": "c",
+        "from_state": "not_started",
+        "to_state": "skipped",
+        "recovery": ["resume"],
+    }
 
 
 def test_transition_to_skipped_is_a_skip() -> None:
@@ -167,3 +185,119 @@ def test_status_rule_8_ignores_skipped_phases_unless_only_skips_happened() -> No
     assert flow_with({"x": S.SKIPPED}, definition=only_skip).status is F.PLANNING
     assert flow_with({"x": S.SKIPPED, "y": S.IN_PROGRESS}, definition=only_skip).status is F.ACTIVE
     assert flow_with({"x": S.SKIPPED, "y": S.COMPLETED}, definition=only_skip).status is F.COMPLETED
+
+
+def test_a_skip_records_its_reason_metadata_and_time() -> None:
+    flow = flow_with({"a": S.COMPLETED}, definition=DIAMOND)
+    command = SkipPhase("c", reason="not needed", metadata={"ticket": 7})
+
+    decision = apply_command(flow, DIAMOND, command, ctx(5))
+
+    (entry,) = decision.entries
+    assert (entry.kind, entry.reason, entry.metadata) == (
+        HistoryKind.SKIP,
+        "not needed",
+        {"ticket": 7},
+    )
+    assert decision.flow.phase("c").state_entered_at == at(5)
+
+
+def test_a_skip_in_a_terminal_flow_is_refused_naming_the_phase() -> None:
+    flow = flow_with({"a": S.COMPLETED}, definition=DIAMOND, status=F.CANCELLED)
+
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, DIAMOND, SkipPhase("c"), ctx(1))
+
+    assert refused.value.code is ErrorCode.FLOW_TERMINAL
+    assert str(refused.value) == "Flow is cancelled: phase 'c' can no longer change"
+    assert refused.value.details == {"phase": "c", "flow_status": "cancelled"}
+
+
+def test_an_error_reported_with_a_skip_is_refused_with_whole_details() -> None:
+    flow = flow_with({"a": S.COMPLETED}, definition=DIAMOND)
+
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, DIAMOND, TransitionPhase("c", S.SKIPPED, error=RETRYABLE), ctx(1))
+
+    assert refused.value.code is ErrorCode.MALFORMED_REQUEST
+    assert refused.value.details == {"field": "error", "phase": "c", "to_state": "skipped"}
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (
+            UpdatePhaseProgress("c", 0.5),
+            "Progress can only be reported while phase 'c' is in_progress; it is 'not_started'",
+        ),
+        (
+            Retry("c"),
+            "Only a failed or retry_needed phase can be retried; phase 'c' is 'not_started'",
+        ),
+    ],
+    ids=["progress", "retry"],
+)
+def test_a_refused_report_on_an_optional_phase_lists_the_skip_among_its_moves(
+    command: Command, message: str
+) -> None:
+    flow = flow_with({"a": S.COMPLETED}, definition=DIAMOND)
+
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, DIAMOND, command, ctx(1))
+
+    assert refused.value.code is ErrorCode.INVALID_PHASE_TRANSITION
+    assert str(refused.value) == message
+    expected = {"phase": "c", "from_state": "not_started"}
+    if isinstance(command, UpdatePhaseProgress):
+        expected["to_state"] = "not_started"
+    assert refused.value.details == {**expected, "valid_transitions": ["in_progress", "skipped"]}
+
+
+def test_recovery_offers_the_skip_of_a_failed_optional_phase_as_a_whole_option() -> None:
+    flow = flow_with({"a": S.COMPLETED, "c": S.FAILED}, definition=DIAMOND)
+
+    (skip,) = [o for o in get_recovery_options(flow, DIAMOND) if o.action is RecoveryAction.SKIP]
+
+    assert skip == RecoveryOption(
+        action=RecoveryAction.SKIP,
+        phase="c",
+        target_state=S.SKIPPED,
+        target_status=F.DATA_GATHERING,
+        reason="Phase 'c' is optional: skip it so the flow goes on without it",
+        allowed=True,
+        blocked_by=None,
+        blocking_detail="",
+        attempts_remaining=None,
+        command=SkipPhase(phase="c", reason="recovery: skip"),
+    )
+
+
+def test_recovery_names_a_skipped_phase_in_its_rollback() -> None:
+    flow = flow_with({"a": S.COMPLETED, "c": S.SKIPPED}, definition=DIAMOND)
+
+    reasons = {
+        o.phase: o.reason
+        for o in get_recovery_options(flow, DIAMOND)
+        if o.action is RecoveryAction.ROLLBACK
+    }
+
+    assert reasons["c"] == "Roll back skipped phase 'c' to revise it"
+    assert reasons["a"] == "Roll back completed phase 'a' (and downstream c) to revise it"
+
+
+def test_recovery_offers_every_skip_before_any_abandon() -> None:
+    flow = flow_with(
+        {"a": S.COMPLETED, "b": S.RETRY_NEEDED, "c": S.RETRY_NEEDED}, definition=DIAMOND
+    )
+
+    options = [(o.action, o.phase) for o in get_recovery_options(flow, DIAMOND) if o.allowed]
+
+    assert options == [
+        (RecoveryAction.RETRY, "b"),
+        (RecoveryAction.RETRY, "c"),
+        (RecoveryAction.SKIP, "c"),
+        (RecoveryAction.ABANDON, "b"),
+        (RecoveryAction.ABANDON, "c"),
+        (RecoveryAction.ROLLBACK, "a"),
+        (RecoveryAction.CANCEL, None),
+    ]
