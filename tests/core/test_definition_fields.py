@@ -13,6 +13,7 @@ from flowstate.core import ErrorCode, FlowStatus
 from flowstate.core.definition_document import (
     Violation,
     check_document,
+    definition_body,
     definition_from_document,
     invalid_definition,
 )
@@ -274,3 +275,50 @@ def test_a_minimal_document_builds_version_1_with_empty_texts() -> None:
             description="",
         )
     )
+
+
+def test_the_stored_body_of_child_flow_phases_reads_back_as_the_same_definition() -> None:
+    """The body the registry stores and compares re-registrations with: `kind` and `child_flow`
+    on child_flow phases only, `version` only when pinned, no `deadline` when none is set."""
+    document = {
+        "name": "parent",
+        "phases": [
+            phase("latest", weight=50, kind="child_flow", child_flow={"definition": "kid"}),
+            phase(
+                "pinned",
+                "latest",
+                weight=50,
+                kind="child_flow",
+                child_flow={"definition": "kid", "version": 2, "on_parent_cancel": "abandon"},
+            ),
+            phase("task", "pinned"),
+        ],
+    }
+    definition = definition_from_document(document)
+    body = definition_body(definition)
+    common = {"max_retries": 0, "status_group": None, "display_name": "", "description": ""}
+    assert body == {
+        "name": "parent",
+        "display_name": "",
+        "description": "",
+        "phases": [
+            {
+                "name": "latest",
+                "depends_on": [],
+                "weight": 50,
+                **common,
+                "kind": "child_flow",
+                "child_flow": {"definition": "kid", "on_parent_cancel": "cascade"},
+            },
+            {
+                "name": "pinned",
+                "depends_on": ["latest"],
+                "weight": 50,
+                **common,
+                "kind": "child_flow",
+                "child_flow": {"definition": "kid", "version": 2, "on_parent_cancel": "abandon"},
+            },
+            {"name": "task", "depends_on": ["pinned"], "weight": 0, **common},
+        ],
+    }
+    assert definition_from_document(body) == definition

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -267,6 +268,72 @@ def test_each_invalid_definition_is_refused_with_its_own_message(build: Any, mes
     with pytest.raises(DefinitionError) as refused:
         build()
     assert str(refused.value) == message
+
+
+def _with_deadline(deadline: object) -> FlowDefinition:
+    return FlowDefinition("x", 1, _ONE, deadline_seconds=deadline)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "deadline", [0, -1, -0.5, "30"], ids=["zero", "negative", "-0.5", "string"]
+)
+def test_a_deadline_that_is_not_a_positive_number_is_refused(deadline: object) -> None:
+    with pytest.raises(DefinitionError) as refused:
+        _with_deadline(deadline)
+    assert (
+        str(refused.value)
+        == "flow definition 'x' v1: deadline must be a positive number of seconds"
+    )
+
+
+@pytest.mark.parametrize("deadline", [None, 0.001, 1, 86400.0])
+def test_no_deadline_or_any_positive_one_is_accepted(deadline: float | None) -> None:
+    assert _with_deadline(deadline).deadline_seconds == deadline
+
+
+def test_optional_must_be_a_bool() -> None:
+    with pytest.raises(DefinitionError) as refused:
+        FlowDefinition("x", 1, (P("a", (), 100, 0, None, optional="yes"),))  # type: ignore[arg-type]
+    assert str(refused.value) == "flow definition 'x' v1: phase 'a' optional must be a bool"
+
+
+@pytest.mark.parametrize(
+    "child",
+    [
+        ChildFlowSpec(""),
+        ChildFlowSpec(5),  # type: ignore[arg-type]
+        ChildFlowSpec("leaf", -1),
+        ChildFlowSpec("leaf", True),
+        ChildFlowSpec("leaf", 2, "cascade"),  # type: ignore[arg-type]
+        SimpleNamespace(
+            definition_name="leaf",
+            definition_version=2,
+            on_parent_cancel=ParentCancelPolicy.CASCADE,
+        ),
+    ],
+    ids=[
+        "empty-name",
+        "name-not-a-string",
+        "negative-version",
+        "bool-version",
+        "policy-not-the-enum",
+        "not-a-child-flow-spec",
+    ],
+)
+def test_a_malformed_child_flow_is_refused(child: object) -> None:
+    with pytest.raises(DefinitionError) as refused:
+        FlowDefinition("x", 1, (P("a", (), 100, 0, None, child_flow=child),))  # type: ignore[arg-type]
+    assert str(refused.value) == "flow definition 'x' v1: phase 'a' has a malformed child_flow"
+
+
+@pytest.mark.parametrize(
+    "child",
+    [ChildFlowSpec("leaf"), ChildFlowSpec("leaf", 3, ParentCancelPolicy.ABANDON)],
+    ids=["latest-version", "pinned-version"],
+)
+def test_a_well_formed_child_flow_is_accepted(child: ChildFlowSpec) -> None:
+    definition = FlowDefinition("x", 1, (P("a", (), 100, 0, None, child_flow=child),))
+    assert definition.phase("a").child_flow == child
 
 
 def test_weights_of_zero_are_valid_when_built_at_run_time() -> None:

@@ -192,6 +192,10 @@ INVALID = [
     ("status IN FAILED", 10, "expected '(', found 'FAILED'", "("),
     ("status IN (FAILED,)", 18, "expected a value, found ')'", None),
     ("status IN (FAILED PAUSED)", 18, "expected ')', found 'PAUSED'", ")"),
+    # An operator where another is expected: refused, not taken for the expected one.
+    ("status IN = (FAILED)", 10, "expected '(', found '='", "("),
+    ("status IN (FAILED = PAUSED)", 18, "expected ')', found '='", ")"),
+    ("(stuck,", 6, "expected ')', found ','", ")"),
     ("updated > yesterday", 10, f"'yesterday' {TIMESTAMP}", None),
     ("updated > 2026-12-01T10:00:00", 10, f"'2026-12-01T10:00:00' {TIMESTAMP}", None),
     ("updated > -1w", 10, f"'-1w' {TIMESTAMP}", None),

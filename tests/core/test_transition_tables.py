@@ -182,6 +182,15 @@ def test_every_phase_state_is_reachable_and_terminal_statuses_are_absorbing() ->
             "phase states unreachable: ['rolled_back']",
         ),
         (
+            "PHASE_TRANSITIONS",
+            # COMPLETED -> SKIPPED added to the table but not to SKIP_SOURCES
+            {
+                **rules.PHASE_TRANSITIONS,
+                S.COMPLETED: rules.PHASE_TRANSITIONS[S.COMPLETED] | {S.SKIPPED},
+            },
+            "SKIP_SOURCES does not match the phase table",
+        ),
+        (
             "FLOW_TRANSITIONS",
             {**rules.FLOW_TRANSITIONS, F.CANCELLED: frozenset({F.ACTIVE})},
             "terminal flow status cancelled has outgoing transitions",
@@ -192,7 +201,13 @@ def test_every_phase_state_is_reachable_and_terminal_statuses_are_absorbing() ->
             "flow table does not cover every status",
         ),
     ],
-    ids=["missing-phase-row", "unreachable-state", "terminal-with-exit", "missing-flow-row"],
+    ids=[
+        "missing-phase-row",
+        "unreachable-state",
+        "skip-source-not-listed",
+        "terminal-with-exit",
+        "missing-flow-row",
+    ],
 )
 def test_check_tables_refuses_broken_tables(
     monkeypatch: pytest.MonkeyPatch, table: str, broken: object, message: str
