@@ -55,7 +55,7 @@ from flowstate.core.definitions import ChildFlowSpec, ParentCancelPolicy, child_
 from flowstate.core.model import ErrorCode, ExternalDependency, HistoryKind
 from flowstate.core.rules import TERMINAL_STATUSES, flow_transition_allowed
 
-from .support import RETRYABLE, TENANT, at, ctx
+from .support import RETRYABLE, TENANT, at, ctx, flow_with
 
 S = PhaseState
 F = FlowStatus
@@ -675,3 +675,62 @@ def test_a_childs_progress_is_clamped_to_the_phases_range() -> None:
     under = apply_command(over.flow, ROOT, FollowChild("c2", c2, F.ACTIVE, -5.0), ctx(20))
     assert [e.phase_progress for e in (*over.entries, *under.entries)] == [1.0, 0.0]
     assert under.flow.phase("c2").progress == 0.0
+
+
+def test_every_cancel_of_a_child_says_why() -> None:
+    world = World()
+    c1, c2 = started(world)
+    running = world.flows[ROOT_ID]
+
+    def effects(flow: Flow, command: Command) -> tuple[object, ...]:
+        return apply_command(flow, ROOT, command, ctx()).effects
+
+    assert effects(running, CancelFlow()) == (
+        CancelChild("c1", c1, "the parent flow was cancelled"),
+    )
+    assert effects(running, Rollback("p")) == (
+        CancelChild("c1", c1, "phase 'c1' of the parent was rolled back"),
+        CancelChild("c2", c2, "phase 'c2' of the parent was rolled back"),
+    )
+    world.apply(c1, CancelFlow())
+    world.apply(c2, CancelFlow())
+    failed = world.flows[ROOT_ID]
+    assert (failed.phase("c1").state, failed.phase("c2").state) == (S.FAILED, S.FAILED)
+    assert effects(failed, SkipPhase("c2")) == (
+        CancelChild("c2", c2, "phase 'c2' of the parent was skipped"),
+    )
+    retried = (CancelChild("c1", c1, "phase 'c1' of the parent is retried"),)
+    assert effects(failed, Retry("c1")) == retried
+    assert effects(failed, TransitionPhase("c1", S.RETRY_NEEDED)) == retried
+    assert effects(failed, Rollback("c1")) == (
+        CancelChild("c1", c1, "phase 'c1' of the parent was rolled back"),
+    )
+    waiting = apply_command(failed, ROOT, Retry("c1"), ctx()).flow
+    assert effects(waiting, TransitionPhase("c1", S.FAILED)) == ()  # abandoning cancels nothing
+
+
+def test_the_refusal_of_a_report_on_a_child_flow_phase_is_whole() -> None:
+    world = World()
+    c1, _ = started(world)
+    flow = world.flows[ROOT_ID]
+    message = (
+        "Phase 'c1' follows its child flow: its progress and outcome come from the child "
+        "(report them there, or cancel the child to fail the phase)"
+    )
+    unlinked = flow_with({"p": S.COMPLETED, "c1": S.IN_PROGRESS}, definition=ROOT)  # no child id
+    cases: list[tuple[Flow, Command, str, str]] = [
+        (flow, TransitionPhase("c1", S.COMPLETED), "completed", c1),
+        (flow, UpdatePhaseProgress("c1", 0.5), "in_progress", c1),
+        (unlinked, TransitionPhase("c1", S.COMPLETED), "completed", ""),
+    ]
+    for subject, command, to_state, child in cases:
+        with pytest.raises(FlowStateError) as refused:
+            apply_command(subject, ROOT, command, ctx())
+        assert refused.value.code is ErrorCode.PHASE_FOLLOWS_CHILD_FLOW
+        assert str(refused.value) == message
+        assert refused.value.details == {
+            "phase": "c1",
+            "from_state": "in_progress",
+            "to_state": to_state,
+            "child_flow_id": child,
+        }
