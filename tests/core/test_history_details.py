@@ -23,8 +23,15 @@ from flowstate.core import (
     TransitionPhase,
     apply_command,
 )
+from flowstate.core.commands import RaiseAlert
+from flowstate.core.definitions import (
+    ApprovalPolicy,
+    ApprovalTimeoutAction,
+    PhasePolicy,
+    RetryPolicy,
+)
 from flowstate.core.derivation import phase_factor
-from flowstate.core.model import PhaseError
+from flowstate.core.model import AlertKind, FlowAlert, PhaseError
 
 from .support import BRANCHY, FATAL, RETRYABLE, at, ctx, flow_with, run
 
@@ -202,3 +209,105 @@ def test_a_refused_rollback_of_an_optional_phase_offers_the_skip() -> None:
         apply_command(flow, OPTIONAL_LAST, Rollback("b"), ctx(1))
 
     assert refused.value.details["valid_transitions"] == ["in_progress", "skipped"]
+
+
+def test_a_rollback_command_records_no_metadata() -> None:
+    flow = flow_with({"data_import": S.COMPLETED})
+
+    command = Rollback("data_import", reason="redo")
+
+    (entry,) = apply_command(flow, DISCOVERY, command, ctx(1)).entries
+
+    assert (entry.kind, entry.reason, entry.metadata) == (HistoryKind.ROLLBACK, "redo", {})
+
+
+AUTO_RETRY = FlowDefinition(
+    name="auto_retry",
+    version=1,
+    phases=(
+        PhaseDefinition(
+            "work",
+            (),
+            100,
+            2,
+            None,
+            policy=PhasePolicy(
+                retry_policy=RetryPolicy(
+                    initial_backoff=2.0,
+                    multiplier=3.0,
+                    max_backoff=10.0,
+                    retry_on=frozenset({ErrorCode.AGENT_TIMEOUT}),
+                )
+            ),
+        ),
+    ),
+)
+
+
+def test_only_the_failure_entry_names_the_automatic_retrys_time() -> None:
+    flow, entries = run(
+        flow_with({"work": S.IN_PROGRESS}, definition=AUTO_RETRY),
+        TransitionPhase("work", S.FAILED, error=RETRYABLE),
+        Retry("work"),
+        definition=AUTO_RETRY,
+    )
+
+    due = at(12)  # failed at 10 s, initial backoff 2 s
+    assert [(e.to_state, e.next_attempt_at) for e in entries] == [
+        (S.FAILED, due),
+        (S.RETRY_NEEDED, None),
+    ]
+    assert flow.phase("work").next_attempt_at == due  # the phase keeps it in RETRY_NEEDED
+
+
+GATED = FlowDefinition(
+    name="gated",
+    version=1,
+    phases=(
+        PhaseDefinition(
+            "review",
+            (),
+            50,
+            0,
+            None,
+            approval=ApprovalPolicy(
+                required=True, timeout_seconds=60.0, on_timeout=ApprovalTimeoutAction.ESCALATE
+            ),
+        ),
+        PhaseDefinition("docs", (), 50, 0, None),
+    ),
+)
+
+
+def test_an_alert_is_a_new_version_and_an_approval_timeout_stays_while_the_phase_waits() -> None:
+    flow = flow_with({"review": S.WAITING_APPROVAL}, definition=GATED)
+    timeout = FlowAlert(
+        kind=AlertKind.APPROVAL_TIMEOUT,
+        due_at=at(60),
+        raised_at=at(61),
+        status=flow.status,
+        phase="review",
+        message="approval of 'review' is overdue",
+    )
+
+    raised = apply_command(flow, GATED, RaiseAlert(timeout), ctx(61))
+    (alert_entry,) = raised.entries
+    assert (raised.flow.version, alert_entry.flow_version) == (11, 11)
+    assert raised.flow.alerts == (timeout,)
+
+    changed = apply_command(raised.flow, GATED, TransitionPhase("docs", S.IN_PROGRESS), ctx(70))
+    assert (changed.flow.version, changed.flow.alerts) == (12, (timeout,))
+
+
+def test_a_transition_out_of_an_approval_wait_is_refused_with_whole_details() -> None:
+    flow = flow_with({"review": S.WAITING_APPROVAL}, definition=GATED)
+
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(flow, GATED, TransitionPhase("review", S.COMPLETED), ctx(1))
+
+    assert refused.value.code is ErrorCode.APPROVAL_REQUIRED
+    assert refused.value.details == {
+        "phase": "review",
+        "from_state": "waiting_approval",
+        "to_state": "completed",
+    }
