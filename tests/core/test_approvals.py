@@ -34,9 +34,11 @@ from flowstate.core.model import (
     ApprovalDecision,
     ErrorCode,
     Flow,
+    FlowAlert,
     FlowStatus,
     HistoryKind,
     PhaseApproval,
+    PhaseError,
     PhaseState,
 )
 from flowstate.core.timers import (
@@ -47,7 +49,7 @@ from flowstate.core.timers import (
     timer_command,
 )
 
-from .support import TENANT, at
+from .support import RETRYABLE, TENANT, at
 
 S = PhaseState
 
@@ -444,3 +446,220 @@ def test_the_refusal_on_an_optional_phase_offers_the_skip() -> None:
     with pytest.raises(FlowStateError) as refused:
         apply_command(flow, definition, DecidePhase("publish", ApprovalDecision.APPROVE), _ctx(1))
     assert refused.value.details["valid_transitions"] == ["in_progress", "skipped"]
+
+
+# --- found missing by ``make mutate`` (docs/testing.md) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "message", "details"),
+    [
+        (
+            ApprovalPolicy(scope="approve:finance"),
+            "deciding on this phase needs the approve:finance scope",
+            {"required_scope": "approve:finance"},
+        ),
+        (
+            ApprovalPolicy(claim="groups", claim_value="finance"),
+            "deciding on this phase needs the claim groups = 'finance'",
+            {"required_claim": "groups", "required_claim_value": "finance"},
+        ),
+    ],
+)
+def test_a_refusal_by_the_policy_names_what_the_caller_lacks(
+    policy: ApprovalPolicy, message: str, details: dict[str, str]
+) -> None:
+    definition = _definition(policy)
+    command = DecidePhase("publish", ApprovalDecision.APPROVE)
+    with pytest.raises(FlowStateError) as refused:
+        apply_command(_waiting(definition), definition, command, _ctx(40))
+    assert refused.value.code is ErrorCode.PERMISSION_DENIED
+    assert refused.value.message == message
+    assert refused.value.details == details
+
+
+def test_requested_changes_send_a_retried_phase_back_with_its_last_error() -> None:
+    definition = _definition(None)
+    flow = _run(
+        _waiting(definition),
+        definition,
+        (TransitionPhase("publish", S.IN_PROGRESS), _ctx(31)),
+        (TransitionPhase("publish", S.FAILED, error=RETRYABLE), _ctx(32)),
+        (TransitionPhase("publish", S.RETRY_NEEDED), _ctx(33)),
+        (TransitionPhase("publish", S.IN_PROGRESS), _ctx(34)),
+        (TransitionPhase("publish", S.WAITING_APPROVAL), _ctx(35)),
+    )
+    decide = DecidePhase("publish", ApprovalDecision.REQUEST_CHANGES, "again")
+    result = apply_command(flow, definition, decide, _ctx(40, "bob"))
+    phase = result.flow.phase("publish")
+    assert (phase.state, phase.error, phase.state_entered_at, phase.started_at) == (
+        S.IN_PROGRESS,
+        RETRYABLE,
+        at(40),
+        at(40),
+    )
+    (entry,) = result.entries
+    assert (entry.error, entry.time_in_state_seconds) == (RETRYABLE, 5.0)
+
+
+def test_a_rejection_without_comment_or_approver_names_an_approver() -> None:
+    definition = _definition(None)
+    command = DecidePhase("publish", ApprovalDecision.REJECT)
+    result = apply_command(_waiting(definition), definition, command, _ctx(40, ""))
+    phase = result.flow.phase("publish")
+    assert phase.error == PhaseError(
+        ErrorCode.APPROVAL_REJECTED, "rejected by an approver", {"approver": ""}
+    )
+    assert (phase.state, phase.state_entered_at) == (S.FAILED, at(40))
+
+
+def _expire(definition: FlowDefinition, flow: Flow, since: float = 30) -> tuple[Any, ...]:
+    command = ExpireApproval("publish", at(since))
+    return apply_command(flow, definition, command, _ctx(90, SYSTEM_TIMER_USER)).entries
+
+
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [
+        (
+            ApprovalPolicy(timeout_seconds=60, on_timeout=ApprovalTimeoutAction.REJECT),
+            "approval timed out after 60 s",
+        ),
+        # A wait the definition has no timeout for (entered by a plain transition).
+        (None, "approval timed out"),
+    ],
+)
+def test_an_expired_approval_is_a_rejection_by_the_timer_saying_why(
+    policy: ApprovalPolicy | None, why: str
+) -> None:
+    definition = _definition(policy)
+    (entry,) = _expire(definition, _waiting(definition))
+    approval = PhaseApproval(ApprovalDecision.REJECT, SYSTEM_TIMER_USER, why, at(90))
+    error = PhaseError(ErrorCode.APPROVAL_REJECTED, why, {"approver": SYSTEM_TIMER_USER})
+    assert (entry.kind, entry.reason, entry.user_id) == (
+        HistoryKind.DECISION,
+        why,
+        SYSTEM_TIMER_USER,
+    )
+    assert (entry.to_state, entry.approval, entry.error) == (S.FAILED, approval, error)
+
+
+def test_an_expired_approval_of_another_wait_or_an_ended_flow_is_void() -> None:
+    definition = _definition(
+        ApprovalPolicy(timeout_seconds=60, on_timeout=ApprovalTimeoutAction.REJECT)
+    )
+    flow = _waiting(definition)
+    assert _expire(definition, flow, since=29) == ()  # the phase waits, but since 30
+    cancelled = _run(flow, definition, (CancelFlow(), _ctx(35)))
+    assert cancelled.phase("publish").state is S.WAITING_APPROVAL
+    assert _expire(definition, cancelled) == ()
+
+
+def test_an_escalation_is_the_alert_of_the_wait_it_is_about() -> None:
+    escalate = _definition(
+        ApprovalPolicy(timeout_seconds=60, on_timeout=ApprovalTimeoutAction.ESCALATE)
+    )
+    flow = _waiting(escalate)
+    message = "phase 'publish' has waited for approval since 2025-01-19T10:30:30+00:00"
+    command = timer_command(flow, escalate, TimerKind.APPROVAL_TIMEOUT, "publish")
+    assert command == RaiseAlert(
+        FlowAlert(
+            AlertKind.APPROVAL_TIMEOUT,
+            at(90),
+            at(90),
+            FlowStatus.WAITING_APPROVAL,
+            "publish",
+            message,
+        )
+    )
+    (entry,) = apply_command(flow, escalate, command, _ctx(95, SYSTEM_TIMER_USER)).entries
+    assert (entry.kind, entry.reason) == (HistoryKind.ALERT, message)
+
+
+PAIR = FlowDefinition(
+    name="pair",
+    version=1,
+    phases=tuple(
+        PhaseDefinition(
+            name,
+            (),
+            50,
+            1,
+            None,
+            approval=ApprovalPolicy(timeout_seconds=60, on_timeout=ApprovalTimeoutAction.ESCALATE),
+        )
+        for name in ("legal", "finance")
+    ),
+)
+
+
+def test_an_escalated_wait_does_not_stop_the_timer_of_another() -> None:
+    flow = _run(
+        create_flow("f-1", TENANT, PAIR, _ctx(0)).flow,
+        PAIR,
+        (TransitionPhase("legal", S.IN_PROGRESS), _ctx(1)),
+        (TransitionPhase("finance", S.IN_PROGRESS), _ctx(2)),
+        (TransitionPhase("legal", S.WAITING_APPROVAL), _ctx(10)),
+        (TransitionPhase("finance", S.WAITING_APPROVAL), _ctx(20)),
+    )
+    command = timer_command(flow, PAIR, TimerKind.APPROVAL_TIMEOUT, "legal")
+    assert command is not None
+    flow = apply_command(flow, PAIR, command, _ctx(70, SYSTEM_TIMER_USER)).flow
+    assert plan_timers(flow, PAIR) == (PlannedTimer(TimerKind.APPROVAL_TIMEOUT, "finance", at(80)),)
+
+
+def _deadline_alert(status: FlowStatus, now: float = 60) -> FlowAlert:
+    message = "the flow's deadline 2025-01-19T10:31:00+00:00 has passed"
+    return FlowAlert(AlertKind.DEADLINE_EXCEEDED, at(60), at(now), status, message=message)
+
+
+def test_a_deadline_is_breached_at_its_very_time_and_recorded_with_its_message() -> None:
+    definition = _definition(None, deadline=60)
+    flow = create_flow("f-1", TENANT, definition, _ctx(0)).flow
+    alert = _deadline_alert(FlowStatus.INITIALIZED)
+    assert breaches(flow, definition, at(60), {}) == [RaiseAlert(alert)]
+    (entry,) = apply_command(flow, definition, RaiseAlert(alert), _ctx(60)).entries
+    assert (entry.kind, entry.reason, entry.alert) == (HistoryKind.ALERT, alert.message, alert)
+
+
+def test_a_change_keeps_the_deadline_due_until_an_alert_handles_it() -> None:
+    definition = _definition(None, deadline=60)
+    flow = _run(
+        create_flow("f-1", TENANT, definition, _ctx(0)).flow,
+        definition,
+        (TransitionPhase("draft", S.IN_PROGRESS), _ctx(10)),
+    )
+    assert flow.alert_due_at == at(60)
+
+
+def test_an_alert_computed_before_a_change_is_raised_with_the_status_it_finds() -> None:
+    definition = _definition(None, deadline=60)
+    flow = create_flow("f-1", TENANT, definition, _ctx(0)).flow
+    (command,) = breaches(flow, definition, at(61), {})
+    flow = _run(flow, definition, (TransitionPhase("draft", S.IN_PROGRESS), _ctx(62)))
+    raised = apply_command(flow, definition, command, _ctx(63)).flow
+    assert raised.alerts == (_deadline_alert(FlowStatus.ACTIVE, now=63),)
+
+
+def test_a_stuck_flow_is_found_after_a_fraction_of_a_second_and_alerted_whole() -> None:
+    definition = _definition(None)
+    flow = _run(
+        create_flow("f-1", TENANT, definition, _ctx(0)).flow,
+        definition,
+        (TransitionPhase("draft", S.IN_PROGRESS), _ctx(1)),
+    )
+    message = "no change for 0.5 s in status active"
+    stuck = FlowAlert(AlertKind.STUCK, at(1.5), at(2), FlowStatus.ACTIVE, message=message)
+    assert breaches(flow, definition, at(2), {FlowStatus.ACTIVE: 0.5}) == [RaiseAlert(stuck)]
+
+
+def test_a_deadline_alert_in_force_does_not_hide_a_stuck_one() -> None:
+    definition = _definition(None, deadline=60)
+    flow = _run(
+        create_flow("f-1", TENANT, definition, _ctx(0)).flow,
+        definition,
+        (TransitionPhase("draft", S.IN_PROGRESS), _ctx(1)),
+    )
+    commands = breaches(flow, definition, at(100), {FlowStatus.ACTIVE: 50.0})
+    flow = _run(flow, definition, *((command, _ctx(100)) for command in commands))
+    assert [a.kind for a in flow.alerts] == [AlertKind.DEADLINE_EXCEEDED, AlertKind.STUCK]
