@@ -24,9 +24,11 @@ CRAWL = FlowDefinition(
 )
 
 
-def _refusal(states: dict[str, S], phase: str) -> FlowStateError:
+def _refusal(states: dict[str, S], phase: str, status: F | None = None) -> FlowStateError:
+    """The refusal of a heartbeat of `phase` in a crawl flow with `states` (and `status`)."""
+    flow = flow_with(states, definition=CRAWL, status=status)
     with pytest.raises(FlowStateError) as refused:
-        check_heartbeat(flow_with(states, definition=CRAWL), CRAWL, phase)
+        check_heartbeat(flow, CRAWL, phase)
     return refused.value
 
 
@@ -44,12 +46,10 @@ def test_a_heartbeat_of_an_unknown_phase_names_the_known_ones() -> None:
 
 
 def test_a_heartbeat_on_an_ended_flow_names_the_phase() -> None:
-    flow = flow_with({"fetch": S.IN_PROGRESS}, definition=CRAWL, status=F.CANCELLED)
-    with pytest.raises(FlowStateError) as refused:
-        check_heartbeat(flow, CRAWL, "fetch")
-    assert refused.value.code is ErrorCode.FLOW_TERMINAL
-    assert refused.value.message == "Flow is cancelled: phase 'fetch' can no longer change"
-    assert refused.value.details == {"phase": "fetch", "flow_status": "cancelled"}
+    refusal = _refusal({"fetch": S.IN_PROGRESS}, "fetch", status=F.CANCELLED)
+    assert refusal.code is ErrorCode.FLOW_TERMINAL
+    assert refusal.message == "Flow is cancelled: phase 'fetch' can no longer change"
+    assert refusal.details == {"phase": "fetch", "flow_status": "cancelled"}
 
 
 def test_a_heartbeat_of_a_phase_that_does_not_run_is_an_invalid_transition() -> None:
